@@ -1,0 +1,239 @@
+"""YAML config -> frozen dataclasses, with strict validation and a config hash.
+
+The core owns three keys (`task`, `jvm`, `output`); every other top-level key belongs to the
+task, which parses it with the same `Section` reader so that all errors look alike and name the
+key. A key nobody consumed is an error: a typo must never silently fall back to a default.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import yaml
+
+from shardrun.errors import ConfigError
+
+_REQUIRED = object()
+_HEAP_RE = re.compile(r"^([1-9][0-9]*)([kKmMgGtT]?)$")
+_HEAP_UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
+
+
+def heap_bytes(value: str) -> int:
+    """'512m' -> 536870912, as the JVM reads -Xmx."""
+    match = _HEAP_RE.match(value)
+    if not match:
+        raise ValueError(value)
+    return int(match.group(1)) * _HEAP_UNITS[match.group(2).lower()]
+
+
+class Section:
+    """Reads one mapping of the config; remembers which keys were read so `finish` can reject the rest."""
+
+    def __init__(self, data: Any, where: str = ""):
+        if data is None:
+            data = {}
+        if not isinstance(data, Mapping):
+            raise ConfigError(
+                f"config key '{where}' must be a mapping (key: value lines), got {_describe(data)}."
+            )
+        self._data = dict(data)
+        self._where = where
+        self._seen: set[str] = set()
+        self._children: list[Section] = []
+
+    def name(self, key: str) -> str:
+        return f"{self._where}.{key}" if self._where else key
+
+    def has(self, key: str) -> bool:
+        return key in self._data
+
+    def get(
+        self,
+        key: str,
+        kind: type | tuple[type, ...],
+        default: Any = _REQUIRED,
+        check: Callable[[Any], str | None] | None = None,
+        nullable: bool = False,
+    ) -> Any:
+        """The value of `key`, checked: right type, and `check(value)` returns None (or a reason)."""
+        self._seen.add(key)
+        if key not in self._data:
+            if default is _REQUIRED:
+                raise ConfigError(f"config key '{self.name(key)}' is required but missing; add it to the config.")
+            return default
+        value = self._data[key]
+        if value is None and nullable:
+            return None
+        kinds = kind if isinstance(kind, tuple) else (kind,)
+        # bool is an int in Python; a YAML `true` where a number belongs is a mistake.
+        if isinstance(value, bool) and bool not in kinds or not isinstance(value, kinds):
+            expected = " or ".join(k.__name__ for k in kinds) + (" or null" if nullable else "")
+            raise ConfigError(f"config key '{self.name(key)}' must be {expected}, got {_describe(value)}.")
+        if check is not None:
+            reason = check(value)
+            if reason:
+                raise ConfigError(f"config key '{self.name(key)}' {reason}, got {_describe(value)}.")
+        return value
+
+    def int_list(self, key: str, default: Any = _REQUIRED, positive: bool = True) -> tuple[int, ...]:
+        values = self.get(key, list, default=default)
+        if not values:
+            raise ConfigError(f"config key '{self.name(key)}' must be a non-empty list of integers, got [].")
+        for v in values:
+            if isinstance(v, bool) or not isinstance(v, int) or (positive and v <= 0):
+                raise ConfigError(
+                    f"config key '{self.name(key)}' must list {'positive ' if positive else ''}integers only,"
+                    f" got {_describe(v)} in {values!r}."
+                )
+        if len(set(values)) != len(values):
+            raise ConfigError(f"config key '{self.name(key)}' lists a value twice: {values!r}.")
+        return tuple(values)
+
+    def choice(self, key: str, choices: tuple[str, ...], default: Any = _REQUIRED) -> str:
+        return self.get(
+            key, str, default, check=lambda v: None if v in choices else f"must be one of {', '.join(choices)}"
+        )
+
+    def section(self, key: str) -> "Section":
+        self._seen.add(key)
+        child = Section(self._data.get(key), self.name(key))
+        self._children.append(child)
+        return child
+
+    def finish(self) -> None:
+        """Reject keys nobody asked for, here and in every sub-section read through `section`."""
+        unknown = sorted(set(self._data) - self._seen)
+        if unknown:
+            names = ", ".join(f"'{self.name(k)}'" for k in unknown)
+            raise ConfigError(
+                f"unknown config key {names}; check the spelling against the config reference in README.md."
+            )
+        for child in self._children:
+            child.finish()
+
+
+def _describe(value: Any) -> str:
+    text = repr(value)
+    if len(text) > 60:
+        text = text[:57] + "..."
+    return f"{type(value).__name__} {text}"
+
+
+def _heap_check(value: str) -> str | None:
+    return None if _HEAP_RE.match(value) else "must be a JVM heap size such as 256m or 2g"
+
+
+@dataclass(frozen=True)
+class JvmConfig:
+    xms: str | None
+    xmx: str
+    options: tuple[str, ...] = ()
+    classpath: str | None = None
+
+    @property
+    def xmx_bytes(self) -> int:
+        return heap_bytes(self.xmx)
+
+    def jvm_args(self) -> list[str]:
+        args = [f"-Xmx{self.xmx}"]
+        if self.xms:
+            args.insert(0, f"-Xms{self.xms}")
+        return args + list(self.options)
+
+
+@dataclass(frozen=True)
+class OutputConfig:
+    root: Path
+    log_dir: Path
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    task: str
+    jvm: JvmConfig
+    output: OutputConfig
+    settings: Any  # the task's own frozen dataclass
+    hash: str
+    source: Path | None = None
+    raw: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+
+def parse_jvm(section: Section) -> JvmConfig:
+    xms = section.get("xms", str, default=None, check=_heap_check, nullable=True)
+    xmx = section.get("xmx", str, default="1g", check=_heap_check)
+    options = section.get("options", list, default=[], nullable=True) or []
+    for opt in options:
+        if not isinstance(opt, str) or not opt.startswith("-"):
+            raise ConfigError(
+                f"config key 'jvm.options' must list JVM flags starting with '-', got {_describe(opt)}."
+            )
+        if opt.startswith(("-Xmx", "-Xms")):
+            raise ConfigError("config key 'jvm.options' must not set the heap; use jvm.xms and jvm.xmx instead.")
+    classpath = section.get("classpath", str, default=None, nullable=True)
+    if xms and heap_bytes(xms) > heap_bytes(xmx):
+        raise ConfigError(f"config key 'jvm.xms' ({xms}) is larger than 'jvm.xmx' ({xmx}); lower xms or raise xmx.")
+    return JvmConfig(xms=xms, xmx=xmx, options=tuple(options), classpath=classpath)
+
+
+def parse_output(section: Section) -> OutputConfig:
+    root = section.get("root", str, default="analysis/out")
+    log_dir = section.get("log_dir", str, default=None, nullable=True)
+    root_path = Path(root)
+    return OutputConfig(root=root_path, log_dir=Path(log_dir) if log_dir else root_path.parent)
+
+
+def config_hash(task: str, settings: Any) -> str:
+    """Hash of what the numbers depend on: the task and its settings, not heap sizes or paths of output.
+
+    A resume may change the heap or the output root; it may not change the science.
+    """
+    from dataclasses import asdict, is_dataclass
+
+    body = asdict(settings) if is_dataclass(settings) else settings
+    text = json.dumps({"task": task, "settings": body}, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def parse_config(raw: Any, source: Path | None = None) -> RunConfig:
+    from shardrun.task import load_task  # late: the task module may be a user's plug-in
+
+    top = Section(raw, "")
+    task_path = top.get("task", str, default="shardrun.infodynamics:task")
+    jvm = parse_jvm(top.section("jvm"))
+    output = parse_output(top.section("output"))
+    task = load_task(task_path)
+    settings = task.parse_settings(top)
+    top.finish()
+    return RunConfig(
+        task=task_path,
+        jvm=jvm,
+        output=output,
+        settings=settings,
+        hash=config_hash(task_path, settings),
+        source=source,
+        raw=raw,
+    )
+
+
+def load_config(path: str | Path) -> RunConfig:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist; pass an existing file with --config.") from None
+    except OSError as exc:
+        raise ConfigError(f"config file {path} cannot be read ({exc.strerror}); check its permissions.") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(f"config file {path} is not valid YAML{where}: {getattr(exc, 'problem', exc)}.") from None
+    if raw is None:
+        raise ConfigError(f"config file {path} is empty; start from config/proposal.yaml.")
+    return parse_config(raw, source=path)

@@ -1,0 +1,74 @@
+"""The exceptions shardrun raises on purpose, and the exit codes they map to.
+
+Every message names the problem and the fix, in one paragraph, because the person reading it is
+a researcher looking at a log hours into a run, not the author of the code.
+"""
+
+from __future__ import annotations
+
+# Exit codes of every command (documented in README.md, "Exit codes").
+EXIT_OK = 0
+EXIT_USERS_FAILED = 1  # the run finished but some users failed (see errors.jsonl)
+EXIT_USAGE = 2  # bad flags, config, data or environment: nothing was computed
+EXIT_INTERRUPTED = 3  # stopped by a signal; resume with --resume
+EXIT_SHARD_LOCKED = 4  # another live process holds the shard
+EXIT_VALIDATION_FAILED = 5  # validate_outputs / merge found problems
+
+
+class ShardrunError(Exception):
+    """Base of the errors that carry a user-facing message and an exit code."""
+
+    exit_code = EXIT_USAGE
+
+
+class ConfigError(ShardrunError):
+    """The YAML config is malformed, has an unknown key or a bad value."""
+
+
+class DataError(ShardrunError):
+    """The input table cannot be used (missing file or column, no users, ...)."""
+
+
+class UsageError(ShardrunError):
+    """The command-line flags do not fit together."""
+
+
+class EnvironmentProblem(ShardrunError):
+    """Java, the JIDT jar or another prerequisite is missing or broken."""
+
+
+class ResumeMismatch(ShardrunError):
+    """--resume was pointed at a dir that belongs to another config or shard layout."""
+
+
+class ShardLocked(ShardrunError):
+    """Another live process is running the same shard dir."""
+
+    exit_code = EXIT_SHARD_LOCKED
+
+
+class HeapTooSmall(Exception):
+    """One user's analysis needs more Java heap than the JVM was given.
+
+    Raised per user (the shard goes on with the next user), never for the whole run.
+    """
+
+    def __init__(self, needed_bytes: int | None, xmx: str | None, detail: str):
+        self.needed_bytes = needed_bytes
+        self.xmx = xmx
+        self.detail = detail
+        need = f"about {format_bytes(needed_bytes)}" if needed_bytes else "more heap"
+        super().__init__(
+            f"Java heap exhausted: this user needs {need} of heap but the JVM has -Xmx{xmx or '?'}"
+            f" ({detail}). Raise jvm.xmx in the config, or lower k_selection.k_max, then resume"
+            " the shard with --resume."
+        )
+
+
+def format_bytes(n: int | float) -> str:
+    n = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    raise AssertionError("unreachable")

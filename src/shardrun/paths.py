@@ -1,0 +1,123 @@
+"""The one place that names every file of a run and of a shard.
+
+User ids are untrusted text (they come from the data): they never become part of a path. A
+user's result file is named by a hash of the id, and the id itself lives inside the file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+from shardrun.shards import ShardSpec
+
+RUN_JSON = "run.json"
+SHARD_JSON = "shard.json"
+STATUS_JSON = "status.json"
+
+
+def user_file_stem(user_id: str) -> str:
+    return "u-" + hashlib.sha256(user_id.encode("utf-8", "surrogatepass")).hexdigest()[:40]
+
+
+@dataclass(frozen=True)
+class ShardPaths:
+    dir: Path
+
+    @property
+    def status(self) -> Path:
+        return self.dir / STATUS_JSON
+
+    @property
+    def identity(self) -> Path:
+        """shard.json: which run, shard, config and data this dir belongs to (written once)."""
+        return self.dir / SHARD_JSON
+
+    @property
+    def results(self) -> Path:
+        return self.dir / "results"
+
+    @property
+    def errors(self) -> Path:
+        return self.dir / "errors.jsonl"
+
+    @property
+    def lock(self) -> Path:
+        return self.dir / "lock"
+
+    @property
+    def log(self) -> Path:
+        return self.dir / "shard.log"
+
+    @property
+    def tmp(self) -> Path:
+        """Scratch space on the same filesystem, so a rename into results/ is atomic."""
+        return self.dir / ".tmp"
+
+    def result(self, user_id: str) -> Path:
+        return self.results / f"{user_file_stem(user_id)}.json"
+
+    def make(self) -> None:
+        for path in (self.dir, self.results, self.tmp):
+            path.mkdir(parents=True, exist_ok=True)
+
+
+@dataclass(frozen=True)
+class RunPaths:
+    dir: Path
+
+    @property
+    def run_json(self) -> Path:
+        return self.dir / RUN_JSON
+
+    @property
+    def merged(self) -> Path:
+        return self.dir / "merged"
+
+    def shard(self, spec: ShardSpec) -> ShardPaths:
+        return ShardPaths(self.dir / spec.dirname)
+
+    def shard_dirs(self) -> list[Path]:
+        return sorted(p for p in self.dir.glob("shard-*-of-*") if (p / SHARD_JSON).is_file())
+
+    @staticmethod
+    def create(root: Path, label: str, now: datetime) -> "RunPaths":
+        """A new, empty run dir `<label>_<YYYYmmdd_HHMMSS>` under root (suffixed if that second is taken)."""
+        root.mkdir(parents=True, exist_ok=True)
+        stem = f"{label}_{now:%Y%m%d_%H%M%S}"
+        for attempt in range(1, 1000):
+            candidate = root / (stem if attempt == 1 else f"{stem}_{attempt}")
+            try:
+                candidate.mkdir()
+            except FileExistsError:
+                continue
+            return RunPaths(candidate)
+        raise FileExistsError(f"could not create a new run dir named {stem}* under {root}")
+
+
+@dataclass(frozen=True)
+class MergedPaths:
+    dir: Path
+
+    @property
+    def csv(self) -> Path:
+        return self.dir / "results.csv"
+
+    @property
+    def parquet(self) -> Path:
+        return self.dir / "results.parquet"
+
+    @property
+    def report(self) -> Path:
+        return self.dir / "merge_report.json"
+
+    @property
+    def validation(self) -> Path:
+        return self.dir / "validation.json"
+
+
+def shard_log_path(log_dir: Path, spec: ShardSpec) -> Path:
+    """`analysis/shard<i>.log`, the per-shard log of the original workflow (written by the launcher)."""
+    return log_dir / f"shard{spec.index}.log"

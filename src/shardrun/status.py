@@ -1,0 +1,97 @@
+"""status.json of a running shard: the counts, the current user, a heartbeat and an ETA.
+
+One object owns the document; the shard loop updates it between users and a daemon thread
+rewrites it every few seconds so that a long user still shows a fresh `updated_at` (a stale
+heartbeat is how a monitor tells a hung or dead shard from a slow one).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+from typing import Any, Callable
+
+from shardrun.paths import ShardPaths
+from shardrun.store import utc_now, write_json_atomic
+
+STATES = ("starting", "running", "completed", "completed_with_failures", "failed", "interrupted")
+STATUS_FORMAT = 1
+
+
+class ShardStatus:
+    def __init__(self, paths: ShardPaths, base: dict[str, Any], clock: Callable[[], float] = time.monotonic):
+        self._paths = paths
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._session_start = clock()
+        self._session_users = 0
+        self._doc: dict[str, Any] = {
+            "format": STATUS_FORMAT,
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "state": "starting",
+            "users_total": 0,
+            "users_done": 0,
+            "users_ok": 0,
+            "users_failed": 0,
+            "users_skipped": 0,
+            "users_todo": 0,
+            "current_user": None,
+            "current_user_since": None,
+            "started_at": utc_now(),
+            "updated_at": utc_now(),
+            "rate_users_per_hour": None,
+            "eta_seconds": None,
+            "last_error": None,
+            **base,
+        }
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def snapshot(self) -> dict[str, Any]:
+        with self._lock:
+            return dict(self._doc)
+
+    def update(self, **fields: Any) -> None:
+        with self._lock:
+            self._doc.update(fields)
+            self._write_locked()
+
+    def begin_user(self, user_id: str) -> None:
+        self.update(current_user=user_id, current_user_since=utc_now(), state="running")
+
+    def end_user(self, outcome: str) -> None:
+        """Count a finished user (outcome ok / skipped / failed) and refresh rate and ETA."""
+        with self._lock:
+            self._session_users += 1
+            doc = self._doc
+            doc["users_done"] += 1
+            doc[f"users_{outcome}"] += 1
+            doc["users_todo"] = max(doc["users_total"] - doc["users_done"], 0)
+            doc["current_user"] = None
+            doc["current_user_since"] = None
+            elapsed = max(self._clock() - self._session_start, 1e-9)
+            per_user = elapsed / self._session_users
+            doc["rate_users_per_hour"] = round(3600.0 / per_user, 2)
+            doc["eta_seconds"] = round(per_user * doc["users_todo"], 1)
+            self._write_locked()
+
+    def _write_locked(self) -> None:
+        self._doc["updated_at"] = utc_now()
+        write_json_atomic(self._paths.status, self._doc)
+
+    def start_heartbeat(self, every_seconds: float) -> None:
+        def beat() -> None:
+            while not self._stop.wait(every_seconds):
+                with self._lock:
+                    self._write_locked()
+
+        self._thread = threading.Thread(target=beat, name="status-heartbeat", daemon=True)
+        self._thread.start()
+
+    def stop_heartbeat(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)

@@ -1,0 +1,66 @@
+"""What the orchestration core needs from an analysis, and how it finds one by dotted path.
+
+The core (worker, merge, validate) never imports JIDT; it talks to the analysis only through this
+protocol, so a user can plug in another JVM analysis with `task: package.module:object`.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any, Mapping, Protocol, Sequence
+
+import pandas as pd
+
+from shardrun.config import Section
+from shardrun.errors import ConfigError
+
+# Columns the core adds to every row; the rest come from the task.
+BOOKKEEPING_COLUMNS = ("shard", "seconds", "config_hash")
+STATUSES = ("ok", "skipped", "failed")
+
+
+class Dataset(Protocol):
+    user_ids: Sequence[str]  # sorted; every shard computes the same list
+    fingerprint: str  # sha256 of the input, recorded in run.json and checked on resume
+
+
+class Task(Protocol):
+    key_columns: tuple[str, ...]  # one result row per distinct key, e.g. (user_id, feature_mode)
+
+    def parse_settings(self, section: Section) -> Any:
+        """Read the task's own config keys (strictly) into a frozen dataclass."""
+
+    def preflight(self, settings: Any, heap_bytes: int) -> list[str]:
+        """Problems that make part of the configured work impossible, before any user starts."""
+
+    def load(self, settings: Any) -> Dataset:
+        """Read the input; raise DataError with the fix when it cannot be used."""
+
+    def result_columns(self, settings: Any) -> list[str]:
+        """The task's columns of the result set, in order (bookkeeping columns excluded)."""
+
+    def failed_rows(self, settings: Any, user_id: str, reason: str) -> list[Mapping[str, Any]]:
+        """The rows recorded for a user whose analysis raised (status failed)."""
+
+    def analyse(self, dataset: Dataset, user_id: str, settings: Any) -> list[Mapping[str, Any]]:
+        """One user's rows. Needs the JVM already started in this process."""
+
+    def check_rows(self, frame: pd.DataFrame, settings: Any) -> list[str]:
+        """Task-specific sanity checks of a merged result set (value ranges)."""
+
+    def describe_versions(self) -> Mapping[str, str]:
+        """Versions to record as provenance (for example the JIDT jar)."""
+
+
+def load_task(dotted: str) -> Task:
+    module_name, _, attr = dotted.partition(":")
+    if not module_name or not attr:
+        raise ConfigError(f"config key 'task' must look like 'package.module:object', got {dotted!r}.")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ConfigError(f"config key 'task' names module {module_name!r}, which cannot be imported ({exc}).") from None
+    try:
+        return getattr(module, attr)
+    except AttributeError:
+        raise ConfigError(f"config key 'task': module {module_name!r} has no object {attr!r}.") from None
