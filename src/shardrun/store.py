@@ -69,11 +69,19 @@ def _encode(obj: Any) -> bytes:
     return (json.dumps(_json_safe(obj), indent=1, sort_keys=False, allow_nan=False) + "\n").encode()
 
 
-def write_json_atomic(path: Path, obj: Any) -> None:
-    """Replace `path` with `obj` as JSON: readers see the old file or the new one, never a mix."""
-    tmp = _write_tmp(path.parent, _encode(obj))
-    os.replace(tmp, path)
+def write_bytes_atomic(path: Path, payload: bytes) -> None:
+    """Replace `path` with `payload`: readers see the old file or the new one, never a mix."""
+    tmp = _write_tmp(path.parent, payload)
+    try:
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     _fsync_dir(path.parent)
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    write_bytes_atomic(path, _encode(obj))
 
 
 def create_json_once(path: Path, obj: Any) -> bool:

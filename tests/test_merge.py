@@ -1,0 +1,246 @@
+"""merge_shards on real shard dirs written with the real store functions; the task is a test double."""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+import pytest
+
+from shardrun.merge import MergeError, merge_shards, shard_dirs_of_run
+from shardrun.paths import MergedPaths, RunPaths
+from shardrun.shards import ShardSpec
+from shardrun.store import write_json_atomic
+from shardrun.config import parse_config
+from task_double import (  # noqa: F401  (task_double: the autouse fixture that makes the double loadable)
+    COLUMNS,
+    MODES,
+    USERS,
+    ais_of,
+    make_run,
+    raw_config,
+    read_both,
+    read_report,
+    task_double,
+)
+
+
+# --- tests ----------------------------------------------------------------------------------
+
+
+def test_one_run_merge_is_complete_sorted_and_in_schema_order(tmp_path):
+    run = make_run(tmp_path / "run", count=4)
+    write_json_atomic(RunPaths(run).shard(ShardSpec(0, 4)).status, {"state": "completed"})
+    out = tmp_path / "merged"
+
+    report = merge_shards(shard_dirs_of_run(run), out)
+
+    assert report.complete and report.rows == 16 and report.users == 8
+    _, frame = read_both(out)
+    assert list(frame.columns) == COLUMNS + ["shard", "seconds", "config_hash"]
+    assert list(zip(frame.user_id, frame.feature_mode)) == [(u, m) for u in USERS for m in MODES]
+    assert frame["te_bits"].isna().all()
+    assert frame["n_obs"].dtype == "int64"
+    on_disk = read_report(out)
+    assert on_disk["complete"] is True
+    assert on_disk["config_hash"] == parse_config(raw_config()).hash
+    assert on_disk["identical_duplicates"] == 0
+    assert on_disk["conflicts"] == [] and on_disk["missing_users"] == [] and on_disk["missing_shards"] == []
+    assert [s["shard"] for s in on_disk["shards"]] == ["0/4", "1/4", "2/4", "3/4"]
+    assert on_disk["shards"][0]["state"] == "completed" and on_disk["shards"][1]["state"] is None
+    assert on_disk["shards"][0]["users_planned"] == 2 and on_disk["shards"][0]["users_committed"] == 2
+    assert len(on_disk["provenance"]) == 1
+    assert on_disk["provenance"][0]["config"] == raw_config()
+    assert on_disk["provenance"][0]["versions"] == {"shardrun": "test"}
+
+
+def test_separately_started_runs_combine(tmp_path):
+    dirs = []
+    for index in range(4):  # four runs, each with one shard of the same 4-way split
+        run = make_run(tmp_path / f"run{index}", count=4, indices=[index])
+        dirs += shard_dirs_of_run(run)
+
+    report = merge_shards(dirs, tmp_path / "merged")
+
+    assert report.complete and report.rows == 16 and report.identical_duplicates == 0
+    assert len(report.provenance) == 4
+    assert sorted(s["shard"] for s in report.shards) == ["0/4", "1/4", "2/4", "3/4"]
+
+
+def test_identical_duplicates_are_dropped(tmp_path):
+    # the same users computed by a 2-way and a 1-way run: values agree, bookkeeping differs
+    first = make_run(tmp_path / "a", count=2, seconds=1.0)
+    second = make_run(tmp_path / "b", count=1, seconds=9.0)
+    out = tmp_path / "merged"
+
+    report = merge_shards(shard_dirs_of_run(first) + shard_dirs_of_run(second), out)
+
+    assert report.complete
+    assert report.rows == 16 and report.identical_duplicates == 16
+    _, frame = read_both(out)
+    assert not frame.duplicated(["user_id", "feature_mode"]).any()
+    assert set(frame["shard"]) == {"0/2", "1/2"}  # the first dir by sorted path is kept
+
+
+def test_same_dir_given_twice_is_read_once(tmp_path):
+    run = make_run(tmp_path / "run", count=2)
+    dirs = shard_dirs_of_run(run)
+
+    report = merge_shards(dirs + dirs, tmp_path / "merged")
+
+    assert report.complete and report.rows == 16 and report.identical_duplicates == 0
+
+
+def test_conflicting_duplicates_are_reported_and_first_kept(tmp_path):
+    first = make_run(tmp_path / "a", count=1)
+    second = make_run(tmp_path / "b", count=1, overrides={"u03": {"ais_bits": 99.0, "modes": ("activity",)}})
+    out = tmp_path / "merged"
+
+    report = merge_shards(shard_dirs_of_run(first) + shard_dirs_of_run(second), out)
+
+    assert not report.complete
+    assert report.rows == 16 and report.identical_duplicates == 14  # 15 rows in b, one of them differs
+    assert report.conflicts == [
+        {
+            "key": {"user_id": "u03", "feature_mode": "activity"},
+            "dirs": [str((first / "shard-0-of-1").resolve()), str((second / "shard-0-of-1").resolve())],
+            "differences": [{"column": "ais_bits", "values": [ais_of("u03", "activity"), 99.0]}],
+        }
+    ]
+    assert read_report(out)["complete"] is False
+    _, frame = read_both(out)
+    kept = frame[(frame.user_id == "u03") & (frame.feature_mode == "activity")]
+    assert kept["ais_bits"].tolist() == [ais_of("u03", "activity")]
+
+
+def test_config_hash_mismatch_is_refused_unless_forced(tmp_path):
+    first = make_run(tmp_path / "a", count=1)
+    second = make_run(tmp_path / "b", count=1, raw=raw_config(modes=["activity"]))
+    dirs = shard_dirs_of_run(first) + shard_dirs_of_run(second)
+    hash_a, hash_b = parse_config(raw_config()).hash, parse_config(raw_config(modes=["activity"])).hash
+
+    with pytest.raises(MergeError) as refused:
+        merge_shards(dirs, tmp_path / "merged")
+    message = str(refused.value)
+    assert "--force merges anyway" in message
+    assert f"{dirs[0].resolve()}: config hash {hash_a}" in message
+    assert f"{dirs[1].resolve()}: config hash {hash_b}" in message
+    assert not (tmp_path / "merged").exists()
+
+    report = merge_shards(dirs, tmp_path / "merged", force=True)
+    assert not report.complete
+    assert report.config_hash is None
+    assert {m["config_hash"] for m in report.forced_mismatch} == {hash_a, hash_b}
+    assert read_report(tmp_path / "merged")["forced_mismatch"] == report.forced_mismatch
+
+
+def test_data_fingerprint_mismatch_is_refused(tmp_path):
+    first = make_run(tmp_path / "a", count=1)
+    second = make_run(tmp_path / "b", count=1, fingerprint="other-data")
+
+    with pytest.raises(MergeError, match="data fingerprint other-data"):
+        merge_shards(shard_dirs_of_run(first) + shard_dirs_of_run(second), tmp_path / "merged")
+
+
+def test_missing_shard_missing_users_and_missing_modes_are_reported(tmp_path):
+    run = make_run(
+        tmp_path / "run",
+        count=4,
+        indices=[0, 1, 3],
+        skip_users=["u05"],
+        overrides={"u04": {"modes": ("activity",)}},
+    )
+
+    report = merge_shards(shard_dirs_of_run(run), tmp_path / "merged")
+
+    assert not report.complete
+    assert report.missing_shards == [
+        {"shard": "2/4", "note": "no dir of this shard was given; which users it holds is unknown to merge"}
+    ]
+    assert report.missing_users == [
+        {"user_id": "u05", "shards": ["1/4"], "dirs": [str((run / "shard-1-of-4").resolve())]}
+    ]
+    assert report.users_short_of_rows == [{"user_id": "u04", "rows": 1, "expected_rows": 2}]
+    assert report.problem_lines() == [
+        "user 'u05' has no results (planned in shard 1/4)",
+        "shard 2/4 was not merged (its users are unknown)",
+        "user 'u04' has 1 rows, others have 2",
+    ]
+
+
+HOSTILE_IDS = ["../x", "/abs", "a\x00b", "L" * 5000, "NA", "None", "007", "comma,quote\"\r\nnewline", "ü ümlaut"]
+
+
+def test_hostile_user_ids_survive_under_their_own_ids(tmp_path):
+    run = make_run(tmp_path / "run", count=3, raw=raw_config(users=HOSTILE_IDS))
+    out = tmp_path / "merged"
+
+    report = merge_shards(shard_dirs_of_run(run), out)
+
+    assert report.complete and report.users == len(HOSTILE_IDS)
+    csv_frame, parquet_frame = read_both(out)
+    for frame in (csv_frame, parquet_frame):
+        assert sorted(set(frame["user_id"])) == sorted(HOSTILE_IDS)
+    # nothing was written outside the run dir and the output dir
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["merged", "run"]
+    assert sorted(p.name for p in out.iterdir()) == ["merge_report.json", "results.csv", "results.parquet"]
+
+
+def test_csv_and_parquet_agree(tmp_path):
+    run = make_run(
+        tmp_path / "run",
+        count=2,
+        raw=raw_config(users=HOSTILE_IDS),
+        overrides={"/abs": {"status": "failed", "reason": "boom", "n_obs": None, "ais_bits": None}},
+    )
+    out = tmp_path / "merged"
+    merge_shards(shard_dirs_of_run(run), out)
+
+    csv_frame, parquet_frame = read_both(out)
+
+    # CSV cannot tell an empty text from a missing one; compare text columns with both as "".
+    def normalised(frame):
+        frame = frame.copy()
+        for column in ("user_id", "feature_mode", "status", "reason", "shard", "config_hash"):
+            frame[column] = frame[column].astype(object).where(frame[column].notna(), "")
+        return frame
+
+    pd.testing.assert_frame_equal(normalised(csv_frame), normalised(parquet_frame), check_dtype=False)
+    failed = parquet_frame[parquet_frame.user_id == "/abs"]
+    assert failed["n_obs"].isna().all() and failed["ais_bits"].isna().all()
+    assert math.isnan(csv_frame.loc[csv_frame.user_id == "/abs", "ais_bits"].iloc[0])
+
+
+def test_remerge_removes_the_stale_validation(tmp_path):
+    run = make_run(tmp_path / "run", count=1)
+    out = tmp_path / "merged"
+    merge_shards(shard_dirs_of_run(run), out)
+    write_json_atomic(MergedPaths(out).validation, {"valid": True, "problems": []})
+
+    merge_shards(shard_dirs_of_run(run), out)
+
+    assert not MergedPaths(out).validation.exists()
+
+
+def test_without_run_json_columns_come_from_the_rows(tmp_path):
+    run = make_run(tmp_path / "run", count=1)
+    RunPaths(run).run_json.unlink()
+
+    report = merge_shards(shard_dirs_of_run(run), tmp_path / "merged")
+
+    assert report.provenance == []
+    _, frame = read_both(tmp_path / "merged")
+    expected_rest = sorted(set(COLUMNS) - {"user_id", "feature_mode"})
+    assert list(frame.columns) == ["user_id", "feature_mode", *expected_rest, "shard", "seconds", "config_hash"]
+
+
+def test_a_dir_that_is_not_a_shard_dir_is_refused(tmp_path):
+    run = make_run(tmp_path / "run", count=1)
+    (tmp_path / "plain").mkdir()
+
+    with pytest.raises(MergeError, match="plain is not a shard dir .*no shard.json"):
+        merge_shards([tmp_path / "plain"], tmp_path / "merged")
+    with pytest.raises(MergeError, match="looks like a run dir: pass it with --run"):
+        merge_shards([run], tmp_path / "merged")
+    with pytest.raises(MergeError, match="holds no shard dirs"):
+        shard_dirs_of_run(tmp_path / "plain")

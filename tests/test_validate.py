@@ -1,0 +1,228 @@
+"""validate: the pure check_frame on small frames, and validate_result_set on merged shard dirs."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+
+from shardrun.config import Section, parse_config
+from shardrun.merge import merge_shards, shard_dirs_of_run
+from shardrun.paths import MergedPaths
+from shardrun.shards import ShardSpec
+from shardrun.merge import MAX_LISTED
+from shardrun.validate import check_frame, validate_result_set, write_validation
+
+# The task double and the shard-dir builders are shared with the merge tests (pytest puts tests/ on
+# sys.path); importing them also brings the autouse fixture that makes the double loadable.
+from task_double import USERS, TaskDouble, make_run, raw_config, rows_of, task_double  # noqa: F401
+
+TASK = TaskDouble()
+SETTINGS = TASK.parse_settings(Section(raw_config()))
+CONFIG_HASH = "feedfacefeedface"
+
+
+def good_frame(users=USERS) -> pd.DataFrame:
+    rows = [row for user in users for row in rows_of(user, ShardSpec(0, 1), CONFIG_HASH)]
+    return pd.DataFrame(rows)
+
+
+def check(frame: pd.DataFrame, expected_users=USERS, config_hash=CONFIG_HASH) -> list[str]:
+    return check_frame(frame, TASK, SETTINGS, expected_users, config_hash=config_hash)
+
+
+@pytest.fixture
+def config():
+    """The config the merged test runs were made with (parsed once the task double is loadable)."""
+    return parse_config(raw_config())
+
+
+# --- check_frame (pure) ---------------------------------------------------------------------
+
+
+def test_a_good_frame_passes():
+    assert check(good_frame()) == []
+
+
+def test_missing_and_unexpected_columns_are_named():
+    frame = good_frame().drop(columns="n_obs").assign(extra=1)
+
+    assert check(frame) == ["missing column 'n_obs'", "unexpected column 'extra' (not in the task's schema)"]
+
+
+def test_columns_out_of_order_are_reported():
+    frame = good_frame()
+    frame = frame[list(reversed(frame.columns))]
+
+    problems = check(frame)
+
+    assert len(problems) == 1 and problems[0].startswith("columns are not in schema order")
+
+
+def test_a_duplicate_key_is_reported():
+    frame = good_frame()
+    frame = pd.concat([frame, frame.iloc[[2]]], ignore_index=True)
+
+    assert check(frame) == ["duplicate key user_id='u01', feature_mode='activity': 2 rows (expected one)"]
+
+
+def test_a_bad_status_is_reported():
+    frame = good_frame()
+    frame.loc[3, "status"] = "done"
+
+    assert check(frame) == ["user_id='u01', feature_mode='composite': status 'done' is not one of ok, skipped, failed"]
+
+
+def test_a_failed_row_without_reason_is_reported():
+    frame = good_frame()
+    frame.loc[0, ["status", "reason"]] = ["failed", "  "]
+    frame.loc[1, ["status", "reason"]] = ["skipped", None]
+
+    assert check(frame) == [
+        "user_id='u00', feature_mode='activity': status 'failed' but reason is empty",
+        "user_id='u00', feature_mode='composite': status 'skipped' but reason is empty",
+    ]
+
+
+def test_a_wrong_config_hash_is_reported():
+    assert check(good_frame(), config_hash="0123456789abcdef") == [
+        f"config_hash is {CONFIG_HASH!r} but the config's hash is '0123456789abcdef';"
+        " the results were computed with another config"
+    ]
+
+
+def test_mixed_config_hashes_are_reported():
+    frame = good_frame()
+    frame.loc[5, "config_hash"] = "other"
+
+    problems = check(frame, config_hash=None)
+
+    assert problems == [
+        f"column config_hash has 2 values ({CONFIG_HASH!r}, 'other'); a result set must come from one config"
+    ]
+
+
+def test_missing_and_unknown_users_are_reported():
+    assert check(good_frame(), expected_users=USERS[1:] + ["u99"]) == [
+        "user 'u99' from the input has no rows",
+        "user 'u00' is not in the input",
+    ]
+
+
+def test_a_user_missing_a_mode_is_reported():
+    frame = good_frame().drop(index=5).reset_index(drop=True)
+
+    assert check(frame) == ["user 'u02' has no row for feature_mode='composite'"]
+
+
+def test_task_value_checks_are_included():
+    frame = good_frame()
+    frame.loc[0, "ais_bits"] = -1.0
+
+    assert check(frame) == ["user 'u00' mode 'activity': ais_bits -1.0 < 0"]
+
+
+def test_long_lists_are_capped():
+    users = [f"u{i:02d}" for i in range(15)]
+    frame = good_frame(users)
+    frame["status"] = "done"
+
+    problems = check(frame, expected_users=users)
+
+    assert len(problems) == MAX_LISTED + 1
+    assert problems[-1] == f"... and {len(frame) - MAX_LISTED} more rows with a bad status or reason ({len(frame)} in all)"
+
+
+def test_hostile_ids_are_shown_escaped_and_cut():
+    frame = good_frame()
+    frame.loc[frame.user_id == "u00", "user_id"] = "a\x00b" + "x" * 500
+    frame.loc[0, "status"] = "bad"
+
+    problems = check(frame, expected_users=None)
+
+    assert "user_id='a\\x00bxxx" in problems[0] and "..." in problems[0] and len(problems[0]) < 200
+
+
+# --- validate_result_set (files) --------------------------------------------------------------
+
+
+@pytest.fixture
+def merged(tmp_path):
+    def build(**run_options):
+        run = make_run(tmp_path / "run", count=2, **run_options)
+        out = tmp_path / "merged"
+        merge_shards(shard_dirs_of_run(run), out)
+        return out
+
+    return build
+
+
+def test_a_merged_run_is_valid_with_and_without_config(merged, config):
+    out = merged()
+
+    assert validate_result_set(out) == []
+    assert validate_result_set(out, config) == []
+
+
+def test_csv_is_read_when_there_is_no_parquet(merged, config):
+    out = merged()
+    MergedPaths(out).parquet.unlink()
+
+    assert validate_result_set(out, config) == []
+
+
+def test_a_missing_user_is_reported_from_the_report_and_from_the_config(merged, config):
+    out = merged(skip_users=["u03"])
+
+    assert validate_result_set(out) == ["merge report: user 'u03' has no results (planned in shard 1/2)"]
+    assert validate_result_set(out, config) == ["user 'u03' from the input has no rows"]
+
+
+def test_a_config_with_another_hash_is_reported(merged, config):
+    out = merged()
+    other = parse_config(raw_config(modes=["activity", "composite", "extra"]))
+
+    problems = validate_result_set(out, other)
+
+    assert (
+        f"config_hash is {config.hash!r} but the config's hash is {other.hash!r};"
+        " the results were computed with another config"
+    ) in problems
+
+
+def test_conflicts_in_the_report_are_reported(merged, config, tmp_path):
+    out = merged()
+    report_path = MergedPaths(out).report
+    report = json.loads(report_path.read_text())
+    report["conflicts"] = [
+        {
+            "key": {"user_id": "u01", "feature_mode": "activity"},
+            "dirs": ["a", "b"],
+            "differences": [{"column": "ais_bits", "values": [1.0, 2.0]}],
+        }
+    ]
+    report_path.write_text(json.dumps(report))
+
+    assert validate_result_set(out, config) == [
+        "merge report: conflicting rows for user_id='u01', feature_mode='activity' in a, b: ais_bits differ"
+    ]
+
+
+def test_a_result_dir_without_results_is_reported(tmp_path, config):
+    assert validate_result_set(tmp_path, config) == [
+        f"no results.parquet or results.csv in {tmp_path}; run merge_shard_results --output {tmp_path}"
+    ]
+    assert validate_result_set(tmp_path) == [
+        f"no merge_report.json in {tmp_path}; pass --config to validate results without it"
+    ]
+
+
+def test_write_validation_records_the_verdict(merged):
+    out = merged()
+
+    write_validation(out, ["missing column 'n_obs'"])
+    assert json.loads(MergedPaths(out).validation.read_text())["problems"] == ["missing column 'n_obs'"]
+    write_validation(out, [])
+    written = json.loads(MergedPaths(out).validation.read_text())
+    assert written["valid"] is True and written["problems"] == [] and written["checked_at"]
