@@ -57,8 +57,11 @@ def run_production_parser() -> argparse.ArgumentParser:
 def _run_production(args: argparse.Namespace) -> int:
     from shardrun.config import load_config
     from shardrun.shards import ShardSpec
-    from shardrun.worker import WorkerOptions, run_shard
+    from shardrun.worker import StopFlag, WorkerOptions, run_shard
 
+    stop = StopFlag()
+    if not args.dry_run:
+        stop.install()
     config = load_config(args.config)
     options = WorkerOptions(
         shard=ShardSpec.parse(args.shard) if args.shard else None,
@@ -68,7 +71,7 @@ def _run_production(args: argparse.Namespace) -> int:
         dry_run=args.dry_run,
         heartbeat_seconds=args.heartbeat,
     )
-    outcome = run_shard(config, options)
+    outcome = run_shard(config, options, stop)
     if args.dry_run:
         plan = outcome.plan
         print(f"shard {plan.shard}: {len(plan.assigned)} users assigned, {len(plan.done)} already done,"

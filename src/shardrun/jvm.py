@@ -81,12 +81,14 @@ def start_jvm(config: JvmConfig) -> JvmInfo:
     import jpype
 
     jar = find_jidt_jar(config.classpath)
-    args = tuple(config.jvm_args())
+    # -Xrs: the JVM must not install its own SIGTERM/SIGINT handlers, which would run its shutdown
+    # and exit under the worker's feet; the worker's Python handlers drain instead.
+    args = (*config.jvm_args(), "-Xrs")
     if jpype.isJVMStarted():
         raise RuntimeError("the JVM is already running in this process; start_jvm must be called once")
     jvm_path = find_java()
     try:
-        jpype.startJVM(jvm_path, *args, classpath=[str(jar)], convertStrings=False)
+        jpype.startJVM(jvm_path, *args, classpath=[str(jar)], convertStrings=False, interrupt=False)
     except (OSError, RuntimeError) as exc:
         raise EnvironmentProblem(
             f"the JVM did not start with {' '.join(args)} ({exc}). Check jvm.options and jvm.xmx in the config"

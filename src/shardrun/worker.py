@@ -19,7 +19,7 @@ import traceback
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from shardrun import store
 from shardrun.config import RunConfig
@@ -177,18 +177,25 @@ def user_outcome(rows: Sequence[Mapping[str, Any]]) -> str:
 
 
 class StopFlag:
-    """Set by SIGTERM/SIGINT: finish the user in flight, commit it, then stop taking users."""
+    """Set by SIGTERM/SIGINT: finish the user in flight, commit it, then stop taking users.
+
+    Installed first thing in the worker, before the data is read or the JVM starts, so that a
+    signal at any moment leads to a drain, never to the default action half-way through start-up.
+    A second signal calls `on_second` (by default: leave at once).
+    """
 
     def __init__(self) -> None:
         self.requested_by: str | None = None
+        self.on_second: Callable[[str], None] = lambda _name: os._exit(EXIT_INTERRUPTED)
 
-    def install(self, on_second: "callable") -> None:
+    def install(self) -> None:
         def handler(signum: int, _frame: Any) -> None:
+            name = signal.Signals(signum).name
             if self.requested_by is not None:
-                on_second(signal.Signals(signum).name)
+                self.on_second(name)
                 return
-            self.requested_by = signal.Signals(signum).name
-            log.warning("%s received: finishing the user in flight, then stopping", self.requested_by)
+            self.requested_by = name
+            log.warning("%s received: finishing the user in flight, then stopping", name)
 
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, handler)
@@ -213,7 +220,8 @@ def prepare(config: RunConfig, options: WorkerOptions) -> tuple[Task, Dataset, R
     return task, dataset, dirs, plan, problems
 
 
-def run_shard(config: RunConfig, options: WorkerOptions) -> ShardOutcome:
+def run_shard(config: RunConfig, options: WorkerOptions, stop: StopFlag | None = None) -> ShardOutcome:
+    stop = stop or StopFlag()
     task, dataset, dirs, plan, problems = prepare(config, options)
     if options.dry_run:
         return ShardOutcome(exit_code=2 if problems else EXIT_OK, plan=plan, dirs=dirs, problems=problems)
@@ -231,6 +239,9 @@ def run_shard(config: RunConfig, options: WorkerOptions) -> ShardOutcome:
         "task": config.task,
         "users_planned": list(plan.assigned),
     }
+    if stop.requested_by:
+        log.warning("%s received before the shard started: nothing was written", stop.requested_by)
+        return ShardOutcome(exit_code=EXIT_INTERRUPTED, plan=plan, dirs=dirs)
     ensure_run_document(dirs.run, run_document(config, task, dataset, dirs.spec.count))
     dirs.shard.make()
     attach_shard_log(dirs.shard.log)
@@ -241,7 +252,7 @@ def run_shard(config: RunConfig, options: WorkerOptions) -> ShardOutcome:
         committed = store.scan_committed(dirs.shard)
         plan = plan_shard(dataset.user_ids, dirs.spec, options.pilot, committed)
         previous = [user_outcome(committed[u].rows) for u in plan.done]
-        exit_code = ShardLoop(config, task, dataset, dirs, plan, options, previous).run()
+        exit_code = ShardLoop(config, task, dataset, dirs, plan, options, previous, stop).run()
     return ShardOutcome(exit_code=exit_code, plan=plan, dirs=dirs)
 
 
@@ -261,6 +272,7 @@ class ShardLoop:
         plan: ShardPlan,
         options: WorkerOptions,
         previous_outcomes: Sequence[str],
+        stop: StopFlag,
     ):
         self.config = config
         self.task = task
@@ -268,7 +280,7 @@ class ShardLoop:
         self.dirs = dirs
         self.plan = plan
         self.options = options
-        self.stop = StopFlag()
+        self.stop = stop
         previous = list(previous_outcomes)
         self.status = ShardStatus(
             dirs.shard,
@@ -301,7 +313,7 @@ class ShardLoop:
             self.status.update(state="failed", last_error=str(exc))
             raise
         self.status.update(state="running", java_version=jvm_info.java_version, jidt_jar_sha256=jvm_info.jar_sha256)
-        self.stop.install(on_second=self._stop_now)
+        self.stop.on_second = self._stop_now
         self.status.start_heartbeat(self.options.heartbeat_seconds)
         try:
             for user_id in self.plan.todo:

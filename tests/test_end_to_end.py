@@ -1,0 +1,193 @@
+"""End to end with real processes, the real JVM and JIDT: shards, SIGKILL, resume, merge, validate."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+pytestmark = pytest.mark.e2e
+
+BOOKKEEPING = ["shard", "seconds", "config_hash"]
+LABELS = ["idle", "walk", "run"]
+
+
+def write_categorical_data(path: Path, n_users: int, n_rows: int, seed: int = 7) -> None:
+    """Users whose activity label follows an order-1 Markov chain with an hour-of-day drift."""
+    rng = np.random.default_rng(seed)
+    frames = []
+    for u in range(n_users):
+        start = pd.Timestamp("2026-03-01") + pd.Timedelta(minutes=int(rng.integers(0, 600)))
+        times = start + pd.to_timedelta(np.arange(n_rows) * 30, unit="min")
+        state = 0
+        labels = []
+        for t in times:
+            stay = 0.7 if 8 <= t.hour < 20 else 0.9
+            if rng.random() > stay:
+                state = int(rng.integers(0, 3))
+            labels.append(LABELS[state])
+        frames.append(pd.DataFrame({"who": f"user-{u:02d}", "when": times.strftime("%Y-%m-%dT%H:%M:%S"), "label": labels}))
+    pd.concat(frames).to_csv(path, index=False)
+
+
+def write_config(path: Path, data: Path, root: Path, surrogates: int = 60, k_grid=(1, 2, 3, 4)) -> Path:
+    config = {
+        "task": "shardrun.infodynamics:task",
+        "data": {
+            "path": str(data), "user_column": "who", "time_column": "when", "value_column": "label",
+            "encoding": "categorical", "levels": 3, "step": None, "aggregate": "sum",
+        },
+        "hour_bins": 4,
+        "feature_modes": ["activity", "composite"],
+        "k_selection": {"strategy": "AIS", "k_grid": list(k_grid), "k_max": None, "undersampling_guard": False},
+        "surrogates": surrogates,
+        "seed": 12345,
+        "jvm": {"xms": "64m", "xmx": "256m", "options": [], "classpath": None},
+        "output": {"root": str(root / "out"), "log_dir": str(root / "logs")},
+    }
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+def shardrun(module: str, *args: str, cwd: Path, check: bool = True, **kwargs) -> subprocess.CompletedProcess:
+    result = subprocess.run([sys.executable, "-m", f"shardrun.{module}", *args], cwd=cwd, capture_output=True,
+                            text=True, timeout=600, **kwargs)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{module} {args} exited {result.returncode}\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+def analysis_values(merged_dir: Path) -> pd.DataFrame:
+    frame = pd.read_parquet(merged_dir / "results.parquet")
+    return frame.drop(columns=BOOKKEEPING).sort_values(["user_id", "feature_mode"]).reset_index(drop=True)
+
+
+def read_status(shard_dir: Path) -> dict:
+    try:
+        return json.loads((shard_dir / "status.json").read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return {}
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    root = tmp_path_factory.mktemp("e2e")
+    data = root / "users.csv"
+    write_categorical_data(data, n_users=14, n_rows=700)
+    config = write_config(root / "config.yaml", data, root)
+    reference = root / "reference"
+    shardrun("worker", "--config", str(config), "--full", "--shard", "0/1", "--out", str(reference), cwd=root)
+    shardrun("merge", "--run", str(reference), "--output", str(reference / "merged"), cwd=root)
+    return {"root": root, "config": config, "data": data, "reference": analysis_values(reference / "merged")}
+
+
+def test_reference_run_is_whole_and_valid(workspace):
+    ref = workspace["reference"]
+    assert len(ref) == 14 * 2
+    assert not ref.duplicated(["user_id", "feature_mode"]).any()
+    assert set(ref["status"]) == {"ok"}
+    result = shardrun("validate", "--dir", str(workspace["root"] / "reference" / "merged"),
+                      "--config", str(workspace["config"]), cwd=workspace["root"])
+    assert "valid" in result.stdout
+
+
+def test_sigkilled_shard_resumes_to_the_uninterrupted_result(workspace):
+    root, config = workspace["root"], workspace["config"]
+    run = root / "killed"
+    victim = subprocess.Popen(
+        [sys.executable, "-m", "shardrun.worker", "--config", str(config), "--full", "--shard", "1/3",
+         "--out", str(run), "--heartbeat", "0.2"],
+        cwd=root, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    shard_dir = run / "shard-1-of-3"
+    deadline = time.monotonic() + 120
+    while read_status(shard_dir).get("users_done", 0) < 1:
+        assert victim.poll() is None, "the shard ended before it could be killed"
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    before = read_status(shard_dir)
+    assert before["state"] == "running" and before["users_todo"] > 0, before
+    committed_before = sorted(p.name for p in (shard_dir / "results").glob("u-*.json"))
+
+    resumed = shardrun("worker", "--config", str(config), "--full", "--resume", str(shard_dir), cwd=root)
+    assert "exit 0" in resumed.stdout
+    after = read_status(shard_dir)
+    assert after["state"] == "completed"
+    assert after["resumed_with_done"] == len(committed_before)
+    assert after["users_done"] == after["users_total"]
+    for index in (0, 2):
+        shardrun("worker", "--config", str(config), "--full", "--shard", f"{index}/3", "--out", str(run), cwd=root)
+
+    shardrun("merge", "--run", str(run), "--output", str(run / "merged"), cwd=root)
+    merged = analysis_values(run / "merged")
+    assert not merged.duplicated(["user_id", "feature_mode"]).any()
+    pd.testing.assert_frame_equal(merged, workspace["reference"], check_exact=True)
+
+
+def test_launcher_runs_k_shards_merges_and_validates(workspace):
+    root, config = workspace["root"], workspace["config"]
+    result = shardrun("launcher", "--config", str(config), "--shards", "3", "--progress-every", "1", cwd=root)
+    run_dir = Path(result.stdout.split("run dir: ")[1].split()[0])
+    assert (run_dir / "merged" / "results.csv").is_file()
+    assert json.loads((run_dir / "merged" / "validation.json").read_text())["valid"] is True
+    for index in range(3):
+        assert (root / "logs" / f"shard{index}.log").is_file()
+        assert read_status(run_dir / f"shard-{index}-of-3")["state"] == "completed"
+    pd.testing.assert_frame_equal(analysis_values(run_dir / "merged"), workspace["reference"], check_exact=True)
+    csv = pd.read_csv(run_dir / "merged" / "results.csv")
+    assert len(csv) == len(workspace["reference"])
+
+
+def test_sigterm_to_the_launcher_drains_and_the_run_continues(workspace):
+    root, config = workspace["root"], workspace["config"]
+    earlier_runs = set((root / "out").glob("full_*"))
+    launcher = subprocess.Popen(
+        [sys.executable, "-m", "shardrun.launcher", "--config", str(config), "--shards", "2", "--grace", "60"],
+        cwd=root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    deadline = time.monotonic() + 120
+    run_dir = None
+    while run_dir is None or sum(read_status(d).get("users_done", 0) for d in run_dir.glob("shard-*")) < 1:
+        assert time.monotonic() < deadline and launcher.poll() is None
+        runs = [p for p in set((root / "out").glob("full_*")) - earlier_runs if (p / "run.json").is_file()]
+        run_dir = runs[0] if runs else None
+        time.sleep(0.01)
+    launcher.send_signal(signal.SIGTERM)
+    output, _ = launcher.communicate(timeout=120)
+    assert launcher.returncode == 3, output
+    statuses = [read_status(d) for d in run_dir.glob("shard-*") if (d / "status.json").is_file()]
+    states = [status["state"] for status in statuses]
+    # A shard that had already finished all its users stays completed; none may be left running.
+    assert "interrupted" in states and set(states) <= {"interrupted", "completed"}, output
+    pids = [status["pid"] for status in statuses]
+    for pid in pids:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+    assert not (run_dir / "merged").exists()
+
+    shardrun("launcher", "--config", str(config), "--shards", "2", "--run-dir", str(run_dir), cwd=root)
+    pd.testing.assert_frame_equal(analysis_values(run_dir / "merged"), workspace["reference"], check_exact=True)
+
+
+def test_bad_config_is_refused_before_anything_is_written(workspace, tmp_path):
+    root = workspace["root"]
+    bad = yaml.safe_load(workspace["config"].read_text())
+    bad["k_selection"]["k_grid"] = [0, 1]
+    bad["output"]["root"] = str(tmp_path / "never")
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(bad))
+    result = shardrun("worker", "--config", str(path), "--full", "--shard", "0/2", cwd=root, check=False)
+    assert result.returncode == 2
+    assert "k_selection.k_grid" in result.stderr
+    assert not (tmp_path / "never").exists()
