@@ -1,0 +1,35 @@
+"""The default analysis task: information dynamics (entropy, AIS, TE) per user with JIDT.
+
+Found by the core through `task: shardrun.infodynamics:task`. One module per job: settings (config
+keys), data (loading), symbols (symbolisation), seeds (permutations), measures (the JIDT calls),
+heap (memory model and preflight), analysis (one user's rows), checks (value ranges of a result
+set), versions (provenance).
+"""
+
+from __future__ import annotations
+
+from shardrun.infodynamics.analysis import analyse_user, failed_rows, result_columns
+from shardrun.infodynamics.checks import check_rows
+from shardrun.infodynamics.data import load
+from shardrun.infodynamics.heap import preflight
+from shardrun.infodynamics.settings import parse_settings
+from shardrun.infodynamics.versions import describe_versions
+
+
+class InfodynamicsTask:
+    """The Task protocol of shardrun.task, bound to this package's functions."""
+
+    key_columns = ("user_id", "feature_mode")
+    parse_settings = staticmethod(parse_settings)
+    preflight = staticmethod(preflight)
+    load = staticmethod(load)
+    result_columns = staticmethod(result_columns)
+    failed_rows = staticmethod(failed_rows)
+    analyse = staticmethod(analyse_user)
+    check_rows = staticmethod(check_rows)
+    describe_versions = staticmethod(describe_versions)
+
+
+task = InfodynamicsTask()
+
+__all__ = ["InfodynamicsTask", "task"]

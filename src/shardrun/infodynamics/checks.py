@@ -1,0 +1,110 @@
+"""Value-range checks of a merged result set (the task's part of validate_outputs).
+
+For ok rows, with N = n_obs and k the k of the column (k_selected for ais_bits and te_hour_bits):
+- 0 <= entropy_bits <= log2(base);
+- 0 <= AIS and its null mean <= entropy_bits * N / (N - k), and <= log2(base);
+- 0 <= te_hour_bits <= entropy_bits * N / (N - k) and <= log2(data.levels);
+- p-values in [0, 1]; k_selected in the grid; ais_bits equal to ais_k<k_selected>_bits;
+- n_obs at least max(data.min_observations, largest k + 2) and base the mode's base.
+Skipped and failed rows must have a reason.
+
+Why N / (N - k): AIS(k) <= H(next), but the next values are the N - k symbols after the first k,
+while entropy_bits is over all N. With P_N the empirical distribution of all N symbols,
+P_N = (N-k)/N * P_{N-k} + k/N * Q (Q: the first k), and entropy is concave, so
+H(P_N) >= (N-k)/N * H(P_{N-k}), that is H(P_{N-k}) <= N/(N-k) * H(P_N). TE <= H(value symbols of the
+next values) <= H(mode symbols of the same values), so the same bound holds. The bound is exact;
+TOLERANCE only absorbs floating-point rounding of sums of at most base^(k+1) terms (about 1e-12).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+
+from shardrun.infodynamics.analysis import ais_columns, minimum_observations, result_columns
+from shardrun.infodynamics.settings import Settings
+from shardrun.infodynamics.symbols import mode_base
+from shardrun.task import STATUSES
+
+TOLERANCE = 1e-9
+_EXAMPLES = 3
+
+
+def check_rows(frame: pd.DataFrame, settings: Settings) -> list[str]:
+    missing = [column for column in result_columns(settings) if column not in frame.columns]
+    if missing:
+        return [f"the result set lacks the columns {', '.join(missing)}"]
+    problems: list[str] = []
+    status = frame["status"].astype(str)
+    reason = frame["reason"].fillna("").astype(str).str.strip()
+    problems += _report(frame, ~status.isin(STATUSES), f"have a status other than {', '.join(STATUSES)}")
+    problems += _report(frame, ~frame["feature_mode"].isin(settings.feature_modes),
+                        f"have a feature_mode outside the config's {', '.join(settings.feature_modes)}")
+    unexplained = status.isin(["skipped", "failed"]) & (reason == "")
+    problems += _report(frame, unexplained, "are skipped or failed without a reason")
+    ok = frame[status == "ok"]
+    if not ok.empty:
+        problems += _check_ok_rows(ok, settings)
+    return problems
+
+
+def _number(frame: pd.DataFrame, column: str) -> pd.Series:
+    return pd.to_numeric(frame[column], errors="coerce").astype(float)
+
+
+def _check_ok_rows(ok: pd.DataFrame, settings: Settings) -> list[str]:
+    problems: list[str] = []
+    ks = settings.k_selection.ks
+    n_obs = _number(ok, "n_obs")
+    base = _number(ok, "base")
+    entropy = _number(ok, "entropy_bits")
+    k_selected = _number(ok, "k_selected")
+    expected_base = ok["feature_mode"].map(lambda mode: mode_base(settings, mode))
+    log2_base = np.log2(base)
+
+    problems += _report(ok, ~(base == expected_base), "have a base other than their feature mode's")
+    problems += _report(ok, ~(n_obs >= minimum_observations(settings)),
+                        "are ok with fewer observations than the minimum")
+    problems += _report(ok, ~((entropy >= -TOLERANCE) & (entropy <= log2_base + TOLERANCE)),
+                        "have entropy_bits outside [0, log2(base)]")
+    problems += _report(ok, ~k_selected.isin(ks), f"have k_selected outside the k grid {list(ks)}")
+
+    def bound(k: pd.Series | int) -> pd.Series:
+        return np.minimum(entropy * n_obs / (n_obs - k), log2_base) + TOLERANCE
+
+    for k in ks:
+        bits, null_mean, p_value = (_number(ok, column) for column in ais_columns(k))
+        evaluated = bits.notna()
+        if not settings.k_selection.undersampling_guard:
+            problems += _report(ok, ~evaluated, f"lack AIS at k={k} although the undersampling guard is off")
+        together = evaluated == null_mean.notna()
+        together &= evaluated == p_value.notna()
+        problems += _report(ok, ~together, f"have only some of the k={k} AIS columns")
+        for column, values in ((bits.name, bits), (null_mean.name, null_mean)):
+            inside = (values >= -TOLERANCE) & (values <= bound(k))
+            problems += _report(ok, evaluated & ~inside, f"have {column} outside [0, entropy_bits * N/(N-{k})]")
+        problems += _report(ok, evaluated & ~p_value.between(0, 1), f"have ais_k{k}_p outside [0, 1]")
+
+    ais_bits = _number(ok, "ais_bits")
+    at_selected = pd.Series(np.nan, index=ok.index)
+    for k in ks:
+        at_selected = at_selected.where(k_selected != k, _number(ok, ais_columns(k)[0]))
+    problems += _report(ok, ~(ais_bits == at_selected), "have ais_bits different from AIS at k_selected")
+
+    te = _number(ok, "te_hour_bits")
+    te_inside = (te >= -TOLERANCE) & (te <= bound(k_selected)) & (te <= math.log2(settings.data.levels) + TOLERANCE)
+    problems += _report(ok, ~te_inside, "have te_hour_bits outside [0, min(entropy_bits * N/(N-k), log2(levels))]")
+    problems += _report(ok, ~_number(ok, "te_hour_p").between(0, 1), "have te_hour_p outside [0, 1]")
+    return problems
+
+
+def _report(frame: pd.DataFrame, mask: pd.Series, text: str) -> list[str]:
+    mask = mask.fillna(True).astype(bool)
+    if not mask.any():
+        return []
+    bad = frame[mask]
+    examples = ", ".join(f"{row.user_id}/{row.feature_mode}" for row in bad.head(_EXAMPLES).itertuples())
+    more = f" and {len(bad) - _EXAMPLES} more" if len(bad) > _EXAMPLES else ""
+    return [f"{len(bad)} rows {text} ({examples}{more})"]

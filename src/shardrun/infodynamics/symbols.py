@@ -1,0 +1,64 @@
+"""Symbolisation: one user's values and hours of day -> the integer series JIDT counts.
+
+- quantile encoding: edges = numpy.quantile(values, [1/L, ..., (L-1)/L]) over that user's values,
+  symbol = numpy.searchsorted(edges, value, side="right"), in 0..L-1 (L = data.levels). Ties (for
+  example many zero counts) can leave some symbols unused.
+- categorical encoding: the user's distinct labels sorted as text, symbol = the label's index.
+- The base is data.levels for every user, in both encodings. Unused symbols change no plug-in
+  estimate (AIS, entropy, TE count only observed tuples); a base that depends on the data only
+  would make the JIDT array sizes, the heap model and preflight (which see the config, not the data)
+  differ per user. So with categorical encoding data.levels is the alphabet size: a user with more
+  distinct labels is skipped with a reason telling to raise data.levels, never a crash.
+- hour bin = floor(hour_of_day * hour_bins / 24).
+- feature modes: activity = the value symbol (base L); composite = value_symbol * hour_bins +
+  hour_bin (base L * hour_bins).
+- te_hour uses JIDT's TE calculator, which needs one base for source and destination: the larger of
+  L (destination: the value symbols) and hour_bins (source: the hour bins).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from shardrun.infodynamics.settings import Settings
+
+
+class TooManyLabels(Exception):
+    """A categorical user has more distinct labels than data.levels: that user is skipped, with this reason."""
+
+    def __init__(self, distinct: int, levels: int):
+        super().__init__(
+            f"{distinct} distinct category labels but data.levels is {levels}; raise data.levels to at least"
+            f" {distinct} to analyse this user"
+        )
+
+
+def value_symbols(values: np.ndarray, encoding: str, levels: int) -> np.ndarray:
+    """Symbols 0..levels-1 of one user's values (int32, as JIDT's int[] needs)."""
+    if encoding == "categorical":
+        labels, symbols = np.unique(values.astype(str), return_inverse=True)
+        if len(labels) > levels:
+            raise TooManyLabels(len(labels), levels)
+        return symbols.astype(np.int32)
+    edges = np.quantile(values, np.arange(1, levels) / levels)
+    return np.searchsorted(edges, values, side="right").astype(np.int32)
+
+
+def hour_symbols(hours: np.ndarray, hour_bins: int) -> np.ndarray:
+    return (np.asarray(hours, dtype=np.int64) * hour_bins // 24).astype(np.int32)
+
+
+def mode_base(settings: Settings, mode: str) -> int:
+    levels = settings.data.levels
+    return levels * settings.hour_bins if mode == "composite" else levels
+
+
+def te_base(settings: Settings) -> int:
+    return max(settings.data.levels, settings.hour_bins)
+
+
+def mode_symbols(mode: str, values: np.ndarray, hours: np.ndarray, hour_bins: int) -> np.ndarray:
+    """The series analysed in `mode`, from value symbols and hour-bin symbols."""
+    if mode == "composite":
+        return (values.astype(np.int32) * hour_bins + hours).astype(np.int32)
+    return values.astype(np.int32)

@@ -1,0 +1,169 @@
+"""Result rows: schema, determinism, skip rules, the undersampling guard and check_rows."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from shardrun.config import Section
+from shardrun.infodynamics import task
+
+REPO = Path(__file__).resolve().parents[1]
+SAMPLE = REPO / "data" / "sample_users.csv"
+
+
+def make_settings(path: Path, *, k_grid=(1, 2), surrogates=8, modes=("activity", "composite"), **extra):
+    data = {"path": str(path), **extra.pop("data", {})}
+    top = Section({"data": data, "feature_modes": list(modes), "k_selection": {"k_grid": list(k_grid), **extra.pop(
+        "k_selection", {})}, "surrogates": surrogates, "seed": 3, **extra})
+    settings = task.parse_settings(top)
+    top.finish()
+    return settings
+
+
+def sample_subset(path: Path, users=("u001", "u021", "u041"), hours=200, shuffle=False) -> Path:
+    frame = pd.read_csv(SAMPLE, dtype={"user_id": str})
+    frame = frame[frame.user_id.isin(users)].groupby("user_id").head(hours)
+    if shuffle:
+        frame = frame.sample(frac=1.0, random_state=1)
+    frame.to_csv(path, index=False)
+    return path
+
+
+def same_rows(first, second) -> bool:
+    # JSON with NaN as a token compares NaN equal to NaN, value for value.
+    return json.dumps(first, sort_keys=True) == json.dumps(second, sort_keys=True)
+
+
+def test_result_columns_follow_the_grid_after_k_max(tmp_path):
+    settings = make_settings(tmp_path / "x.csv", k_grid=(3, 1, 2), k_selection={"k_max": 2})
+    assert task.result_columns(settings) == [
+        "user_id", "feature_mode", "status", "reason", "n_obs", "base", "entropy_bits", "k_selected", "ais_bits",
+        "ais_k1_bits", "ais_k1_null_mean_bits", "ais_k1_p", "ais_k2_bits", "ais_k2_null_mean_bits", "ais_k2_p",
+        "te_hour_bits", "te_hour_p",
+    ]
+    assert task.key_columns == ("user_id", "feature_mode")
+
+
+def test_failed_rows(tmp_path):
+    settings = make_settings(tmp_path / "x.csv")
+    rows = task.failed_rows(settings, "u9", "boom")
+    assert [row["feature_mode"] for row in rows] == ["activity", "composite"]
+    for row in rows:
+        assert list(row) == task.result_columns(settings)
+        assert (row["status"], row["reason"], row["user_id"]) == ("failed", "boom", "u9")
+        assert all(math.isnan(row[c]) for c in task.result_columns(settings)[4:])
+
+
+@pytest.mark.usefixtures("jvm")
+def test_rows_are_plain_json_values_and_pass_check_rows(tmp_path):
+    settings = make_settings(sample_subset(tmp_path / "d.csv"))
+    dataset = task.load(settings)
+    rows = [row for user in dataset.user_ids for row in task.analyse(dataset, user, settings)]
+    for row in rows:
+        assert list(row) == task.result_columns(settings)
+        assert all(type(value) in (int, float, str) for value in row.values())
+        assert row["status"] == "ok" and row["reason"] == ""
+    json.dumps(rows)
+    assert task.check_rows(pd.DataFrame(rows), settings) == []
+
+
+@pytest.mark.usefixtures("jvm")
+def test_numbers_do_not_depend_on_order_repetition_or_file_row_order(tmp_path):
+    settings = make_settings(sample_subset(tmp_path / "d.csv"), k_grid=(1, 2, 3), surrogates=12)
+    shuffled = make_settings(sample_subset(tmp_path / "s.csv", shuffle=True), k_grid=(1, 2, 3), surrogates=12)
+    dataset, shuffled_dataset = task.load(settings), task.load(shuffled)
+    forward = {user: task.analyse(dataset, user, settings) for user in dataset.user_ids}
+    backward = {user: task.analyse(dataset, user, settings) for user in reversed(dataset.user_ids)}
+    again = {user: task.analyse(dataset, user, settings) for user in dataset.user_ids}
+    from_shuffled = {user: task.analyse(shuffled_dataset, user, shuffled) for user in shuffled_dataset.user_ids}
+    assert same_rows(forward, backward) and same_rows(forward, again) and same_rows(forward, from_shuffled)
+
+
+@pytest.mark.usefixtures("jvm")
+def test_too_few_observations_is_a_skip_per_mode(tmp_path):
+    path = tmp_path / "d.csv"
+    times = pd.date_range("2025-01-01", periods=9, freq="h").strftime("%Y-%m-%dT%H:%M:%S")
+    pd.DataFrame({"user_id": "tiny", "timestamp": times, "value": range(9)}).to_csv(path, index=False)
+    # min_observations 5, but the largest k is 8, so 10 observations are needed.
+    settings = make_settings(path, k_grid=(1, 8), data={"min_observations": 5})
+    rows = task.analyse(task.load(settings), "tiny", settings)
+    assert [row["status"] for row in rows] == ["skipped", "skipped"]
+    assert all("only 9 observations; needs at least 10" in row["reason"] for row in rows)
+    assert [row["base"] for row in rows] == [4, 24] and all(row["n_obs"] == 9 for row in rows)
+    assert math.isnan(rows[0]["entropy_bits"])
+
+
+@pytest.mark.usefixtures("jvm")
+def test_more_labels_than_levels_is_a_skip(tmp_path):
+    path = tmp_path / "d.csv"
+    times = pd.date_range("2025-01-01", periods=40, freq="h").strftime("%Y-%m-%dT%H:%M:%S")
+    labels = [f"l{i % 5}" for i in range(40)]
+    pd.DataFrame({"user_id": "many", "timestamp": times, "value": labels}).to_csv(path, index=False)
+    settings = make_settings(path, data={"encoding": "categorical", "levels": 3})
+    rows = task.analyse(task.load(settings), "many", settings)
+    assert [row["status"] for row in rows] == ["skipped", "skipped"]
+    assert "5 distinct category labels but data.levels is 3" in rows[0]["reason"]
+
+
+@pytest.mark.usefixtures("jvm")
+def test_undersampling_guard(tmp_path):
+    path = tmp_path / "d.csv"
+    rng = np.random.default_rng(0)
+    times = pd.date_range("2025-01-01", periods=100, freq="h").strftime("%Y-%m-%dT%H:%M:%S")
+    pd.DataFrame({"user_id": "g", "timestamp": times, "value": rng.integers(0, 9, 100)}).to_csv(path, index=False)
+    settings = make_settings(path, k_grid=(1, 2, 3), k_selection={"undersampling_guard": True})
+    activity, composite = task.analyse(task.load(settings), "g", settings)
+    # activity, base 4: k=1 needs 16 + 1 and k=2 needs 64 + 2 observations (ok), k=3 needs 256 + 3.
+    assert activity["status"] == "ok" and "k=3" in activity["reason"] and "k=1" not in activity["reason"]
+    assert not math.isnan(activity["ais_k2_bits"])
+    assert all(math.isnan(activity[c]) for c in ("ais_k3_bits", "ais_k3_null_mean_bits", "ais_k3_p"))
+    assert activity["k_selected"] in (1, 2)
+    # composite, base 24: even k=1 needs 576 + 1 observations.
+    assert composite["status"] == "skipped" and "undersampling guard" in composite["reason"]
+    assert task.check_rows(pd.DataFrame([activity, composite]), settings) == []
+
+
+def test_check_rows_catches_out_of_range_values(tmp_path):
+    settings = make_settings(tmp_path / "x.csv", k_grid=(1, 2))
+    good = {
+        "user_id": "a", "feature_mode": "activity", "status": "ok", "reason": "", "n_obs": 100, "base": 4,
+        "entropy_bits": 1.5, "k_selected": 2, "ais_bits": 0.5,
+        "ais_k1_bits": 0.4, "ais_k1_null_mean_bits": 0.01, "ais_k1_p": 0.0,
+        "ais_k2_bits": 0.5, "ais_k2_null_mean_bits": 0.02, "ais_k2_p": 0.01,
+        "te_hour_bits": 0.1, "te_hour_p": 0.5,
+    }
+    assert task.check_rows(pd.DataFrame([good]), settings) == []
+    # AIS over the N-k next values may exceed the entropy over all N, but by at most N/(N-k).
+    assert task.check_rows(pd.DataFrame([good | {"ais_k2_bits": 1.5 * 100 / 98, "ais_bits": 1.5 * 100 / 98,
+                                                 "entropy_bits": 1.5}]), settings) == []
+    bad_cases = {
+        "ais_k1_bits": ({"ais_k1_bits": 1.6}, "ais_k1_bits outside"),
+        "negative": ({"ais_k1_bits": -0.01}, "ais_k1_bits outside"),
+        "entropy": ({"entropy_bits": 2.1}, "entropy_bits outside"),
+        "p": ({"ais_k2_p": 1.5}, "ais_k2_p outside"),
+        "k": ({"k_selected": 3}, "k_selected outside"),
+        "selected": ({"ais_bits": 0.4}, "ais_bits different"),
+        "te": ({"te_hour_bits": -0.001}, "te_hour_bits outside"),
+        "te_p": ({"te_hour_p": float("nan")}, "te_hour_p outside"),
+        "base": ({"base": 24}, "base other than"),
+        "reason": ({"status": "skipped", "reason": ""}, "without a reason"),
+        "status": ({"status": "done"}, "status other than"),
+        "mode": ({"feature_mode": "weekday"}, "feature_mode outside"),
+        "missing k": ({"ais_k1_bits": float("nan")}, "lack AIS at k=1"),
+    }
+    for name, (change, message) in bad_cases.items():
+        problems = task.check_rows(pd.DataFrame([good, good | {"user_id": "b"} | change]), settings)
+        assert any(message in p and "b/" in p for p in problems), (name, problems)
+    assert "lacks the columns" in task.check_rows(pd.DataFrame([good]).drop(columns="te_hour_p"), settings)[0]
+
+
+def test_describe_versions_needs_no_jvm():
+    versions = task.describe_versions()
+    assert versions["idtxl-uv"] and versions["numpy"] == np.__version__
+    assert len(versions["jidt_jar_sha256"]) == 64
