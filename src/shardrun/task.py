@@ -51,6 +51,8 @@ class Task(Protocol):
     def describe_versions(self) -> Mapping[str, str]:
         """Versions to record as provenance (for example the JIDT jar)."""
 
+    # Optional: run_label(settings) -> str, put into new run dir names (`full_<label>_<time>`).
+
 
 def load_task(dotted: str) -> Task:
     module_name, _, attr = dotted.partition(":")

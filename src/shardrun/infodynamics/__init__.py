@@ -29,6 +29,11 @@ class InfodynamicsTask:
     check_rows = staticmethod(check_rows)
     describe_versions = staticmethod(describe_versions)
 
+    @staticmethod
+    def run_label(settings) -> str:
+        """Part of the run dir's name: `full_bins6_<time>` as in the original workflow."""
+        return f"bins{settings.hour_bins}"
+
 
 task = InfodynamicsTask()
 
