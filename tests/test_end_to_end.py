@@ -15,6 +15,8 @@ import pandas as pd
 import pytest
 import yaml
 
+from independent_estimator import assert_row_matches, expected_mode_row
+
 pytestmark = pytest.mark.e2e
 
 BOOKKEEPING = ["shard", "seconds", "config_hash"]
@@ -98,6 +100,20 @@ def test_reference_run_is_whole_and_valid(workspace):
     result = shardrun("validate", "--dir", str(workspace["root"] / "reference" / "merged"),
                       "--config", str(workspace["config"]), cwd=workspace["root"])
     assert "valid" in result.stdout
+
+
+def test_pipeline_numbers_match_an_independent_implementation(workspace):
+    """The numbers of real run_production processes on categorical data, against a plug-in estimator."""
+    raw = pd.read_csv(workspace["data"])
+    ref = workspace["reference"].set_index(["user_id", "feature_mode"])
+    for user, mine in raw.groupby("who"):
+        mine = mine.sort_values("when", kind="stable")
+        labels = sorted(set(mine["label"]))
+        values = np.array([labels.index(v) for v in mine["label"]])
+        hours = np.array([int(w[11:13]) * 4 // 24 for w in mine["when"]])
+        for mode in ("activity", "composite"):
+            expected = expected_mode_row(values, hours, mode, 3, 4, (1, 2, 3, 4), 60, 12345, user)
+            assert_row_matches(ref.loc[(user, mode)], expected)
 
 
 def test_sigkilled_shard_resumes_to_the_uninterrupted_result(workspace):

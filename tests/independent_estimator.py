@@ -1,0 +1,111 @@
+"""An independent plug-in estimator (numpy and collections, no JIDT) of what the default analysis computes.
+
+Used by the numeric tests and by the end-to-end tests, which compare a whole pipeline run against it.
+The permutation nulls rebuild JIDT's documented surrogate construction from the same seeded
+permutations (the permutations are inputs; drawing them is the package's job).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+
+import numpy as np
+
+from shardrun.infodynamics.seeds import generator_for, permutation_batches
+
+
+
+def plugin_entropy(symbols) -> float:
+    counts = Counter(np.asarray(symbols).tolist())
+    n = sum(counts.values())
+    return -sum(c / n * math.log2(c / n) for c in counts.values())
+
+
+def plugin_mi(first, second) -> float:
+    first, second = list(first), list(second)
+    n = len(first)
+    joint, a, b = Counter(zip(first, second)), Counter(first), Counter(second)
+    return sum(c / n * math.log2(c * n / (a[x] * b[y])) for (x, y), c in joint.items())
+
+
+def plugin_cmi(first, second, given) -> float:
+    """I(first; second | given) from counts."""
+    first, second, given = list(first), list(second), list(given)
+    n = len(first)
+    xyz = Counter(zip(first, second, given))
+    xz, yz, z = Counter(zip(first, given)), Counter(zip(second, given)), Counter(given)
+    return sum(c / n * math.log2(c * z[g] / (xz[(x, g)] * yz[(y, g)])) for (x, y, g), c in xyz.items())
+
+
+def pasts(symbols, k) -> list[tuple]:
+    """The k values before each of positions k..N-1, oldest first."""
+    s = list(np.asarray(symbols).tolist())
+    return [tuple(s[t - k:t]) for t in range(k, len(s))]
+
+
+def plugin_ais(symbols, k) -> float:
+    return plugin_mi(pasts(symbols, k), list(np.asarray(symbols)[k:]))
+
+
+def plugin_ais_null(symbols, k, permutations) -> list[float]:
+    """JIDT's AIS surrogates: past states sorted, next values sorted, next reordered by each permutation."""
+    past = sorted(pasts(symbols, k))  # tuple order = JIDT's integer past-state order
+    nxt = sorted(np.asarray(symbols)[k:].tolist())
+    return [plugin_mi(past, [nxt[i] for i in perm]) for perm in permutations]
+
+
+def plugin_te(source, dest, k) -> float:
+    """TE source -> dest, destination history k, source history 1, delay 1."""
+    return plugin_cmi(list(np.asarray(source)[k - 1:-1]), list(np.asarray(dest)[k:]), pasts(dest, k))
+
+
+def plugin_te_null(source, dest, k, permutations) -> list[float]:
+    """JIDT's TE surrogates: sources sorted against (past, next) tuples sorted by past then next."""
+    sources = sorted(np.asarray(source)[k - 1:-1].tolist())
+    tuples = sorted(zip(pasts(dest, k), np.asarray(dest)[k:].tolist()))
+    past, nxt = [p for p, _ in tuples], [d for _, d in tuples]
+    return [plugin_cmi([sources[i] for i in perm], nxt, past) for perm in permutations]
+
+
+def seeded_permutations(observations: int, count: int, *key) -> np.ndarray:
+    return np.concatenate(list(permutation_batches(generator_for(*key), observations, count)))
+
+
+def p_value(null, value) -> float:
+    """JIDT's p-value; asserts no surrogate is within rounding of the value, where >= could flip."""
+    null = np.asarray(null)
+    assert not np.any(np.abs(null - value) < 1e-9), "a surrogate ties the value: pick other test data"
+    return float(np.count_nonzero(null >= value) / len(null))
+
+
+def expected_mode_row(values, hour_bins_series, mode: str, levels: int, hour_bins: int, ks, surrogates: int,
+                      seed: int, user: str) -> dict:
+    """The numbers of one (user, mode) row, computed independently: entropy, AIS per k, selection, TE."""
+    values = np.asarray(values)
+    hour_bins_series = np.asarray(hour_bins_series)
+    symbols = values if mode == "activity" else values * hour_bins + hour_bins_series
+    row = {"n_obs": len(symbols), "entropy_bits": plugin_entropy(symbols)}
+    corrected = {}
+    for k in ks:
+        ais = plugin_ais(symbols, k)
+        null = plugin_ais_null(symbols, k, seeded_permutations(len(symbols) - k, surrogates, seed, user, mode, "ais", k))
+        row.update({f"ais_k{k}_bits": ais, f"ais_k{k}_null_mean_bits": float(np.mean(null)),
+                    f"ais_k{k}_p": p_value(null, ais)})
+        corrected[k] = ais - np.mean(null)
+    k_selected = max(corrected, key=lambda k: (corrected[k], -k))
+    te = plugin_te(hour_bins_series, values, k_selected)
+    te_null = plugin_te_null(hour_bins_series, values, k_selected, seeded_permutations(
+        len(values) - k_selected, surrogates, seed, user, mode, "te_hour", k_selected))
+    row.update(k_selected=k_selected, ais_bits=row[f"ais_k{k_selected}_bits"], te_hour_bits=te,
+               te_hour_p=p_value(te_null, te))
+    return row
+
+
+def assert_row_matches(row, expected: dict, tol: float = 1e-9) -> None:
+    """Counts and p-values exactly, bits to `tol`."""
+    for column, value in expected.items():
+        if column.endswith("_bits"):
+            assert abs(row[column] - value) < tol, (column, row[column], value)
+        else:
+            assert row[column] == value, (column, row[column], value)
