@@ -196,6 +196,43 @@ def test_sigterm_to_the_launcher_drains_and_the_run_continues(workspace):
     pd.testing.assert_frame_equal(analysis_values(run_dir / "merged"), workspace["reference"], check_exact=True)
 
 
+def test_failing_users_are_recorded_and_the_shard_goes_on(workspace, tmp_path):
+    """Real Java failures of two users (see faulty_task.py): errors.jsonl, failed rows, the rest intact."""
+    root = workspace["root"]
+    config = yaml.safe_load(workspace["config"].read_text())
+    config["task"] = "faulty_task:task"
+    path = tmp_path / "faulty.yaml"
+    path.write_text(yaml.safe_dump(config))
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent)}
+    run = tmp_path / "run"
+    result = shardrun("worker", "--config", str(path), "--full", "--shard", "0/1", "--out", str(run), cwd=root,
+                      check=False, env=env)
+    assert result.returncode == 1, result.stderr
+    shard_dir = run / "shard-0-of-1"
+    status = read_status(shard_dir)
+    assert status["state"] == "completed_with_failures"
+    assert (status["users_failed"], status["users_done"]) == (2, 14)
+
+    errors = {e["user_id"]: e for e in map(json.loads, (shard_dir / "errors.jsonl").read_text().splitlines())}
+    assert set(errors) == {"user-03", "user-05"}
+    assert errors["user-03"]["java_class"] == "java.lang.ArrayIndexOutOfBoundsException"
+    assert "ActiveInformationCalculatorDiscrete" in errors["user-03"]["java_stack"]
+    hungry = errors["user-05"]
+    assert hungry["error_type"] == "HeapTooSmall" and hungry["heap_needed_bytes"] == 8 * 2**30
+    assert "8.0 GiB" in hungry["message"] and "-Xmx256m" in hungry["message"] and "jvm.xmx" in hungry["message"]
+
+    shardrun("merge", "--run", str(run), "--output", str(run / "merged"), cwd=root, env=env)
+    merged = analysis_values(run / "merged")
+    failed = merged[merged["status"] == "failed"]
+    assert sorted(set(failed["user_id"])) == ["user-03", "user-05"] and failed["reason"].str.len().min() > 0
+    ok = merged[merged["status"] == "ok"].reset_index(drop=True)
+    reference = workspace["reference"]
+    expected = reference[~reference["user_id"].isin(["user-03", "user-05"])].reset_index(drop=True)
+    pd.testing.assert_frame_equal(ok, expected, check_exact=True, check_dtype=False)  # NaN makes ints nullable
+    validation = shardrun("validate", "--dir", str(run / "merged"), cwd=root, env=env)
+    assert "valid" in validation.stdout
+
+
 def test_bad_config_is_refused_before_anything_is_written(workspace, tmp_path):
     root = workspace["root"]
     bad = yaml.safe_load(workspace["config"].read_text())

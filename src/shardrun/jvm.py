@@ -60,12 +60,20 @@ def find_java() -> str:
     import jpype
 
     try:
-        return jpype.getDefaultJVMPath()
+        path = jpype.getDefaultJVMPath()
     except (jpype.JVMNotFoundException, jpype.JVMNotSupportedException) as exc:
         raise EnvironmentProblem(
             f"no usable Java runtime was found ({exc}). Install Java 11 or newer (Debian/Ubuntu:"
             " `apt-get install openjdk-17-jre-headless`) or set JAVA_HOME to a JDK or JRE."
         ) from None
+    java_home = os.environ.get("JAVA_HOME")
+    # JPype quietly falls back to other Javas when JAVA_HOME is wrong; a user who set it means it.
+    if java_home and not Path(path).resolve().is_relative_to(Path(java_home).resolve()):
+        raise EnvironmentProblem(
+            f"JAVA_HOME is {java_home}, but no JVM library was found under it. Point JAVA_HOME at a JDK or JRE"
+            " (the directory that holds bin/java), or unset it to use the Java on this machine."
+        )
+    return path
 
 
 @dataclass(frozen=True)

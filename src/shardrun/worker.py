@@ -32,7 +32,7 @@ from shardrun.errors import (
     ResumeMismatch,
     UsageError,
 )
-from shardrun.jvm import is_heap_exhaustion, java_class_name, java_stack, start_jvm
+from shardrun.jvm import find_java, find_jidt_jar, is_heap_exhaustion, java_class_name, java_stack, start_jvm
 from shardrun.paths import RunPaths, ShardPaths
 from shardrun.shards import ShardSpec, users_of_shard
 from shardrun.status import ShardStatus
@@ -213,6 +213,8 @@ def prepare(config: RunConfig, options: WorkerOptions) -> tuple[Task, Dataset, R
     """Everything before side effects: preflight problems, the data, the dirs and the plan."""
     task = load_task(config.task)
     problems = task.preflight(config.settings, config.jvm.xmx_bytes)
+    find_jidt_jar(config.jvm.classpath)
+    find_java()
     dataset = task.load(config.settings)
     dirs = resolve_dirs(config, task, options, datetime.now())
     committed = store.scan_committed(dirs.shard) if dirs.resuming else {}
