@@ -228,9 +228,12 @@ def ensure_identity(paths: ShardPaths, identity: Mapping[str, Any], resuming: bo
         ("pilot", "--pilot size", "resume with the same --full / --pilot N as the run started with"),
     ):
         if existing.get(key) != identity.get(key):
+            def shown(value: Any) -> str:
+                return "--full" if key == "pilot" and value is None else repr(value)
+
             raise ResumeMismatch(
-                f"cannot resume {paths.dir}: its {what} is {existing.get(key)!r} but this run has"
-                f" {identity.get(key)!r}; {fix}."
+                f"cannot resume {paths.dir}: its {what} is {shown(existing.get(key))} but this run has"
+                f" {shown(identity.get(key))}; {fix}."
             )
     return existing
 
