@@ -13,6 +13,7 @@ EXIT_USAGE = 2  # bad flags, config, data or environment: nothing was computed
 EXIT_INTERRUPTED = 3  # stopped by a signal; resume with --resume
 EXIT_SHARD_LOCKED = 4  # another live process holds the shard
 EXIT_VALIDATION_FAILED = 5  # validate_outputs / merge found problems
+EXIT_STORAGE = 6  # the shard dir cannot be written (disk full, read-only, ...); committed users are kept
 
 
 class ShardrunError(Exception):

@@ -52,6 +52,14 @@ class ShardPaths:
         return self.dir / "shard.log"
 
     @property
+    def hs_err_pattern(self) -> str:
+        """-XX:ErrorFile target: where a crashing JVM writes its report (%p = its pid)."""
+        return str(self.dir.resolve() / "hs_err_pid%p.log")
+
+    def hs_err_files(self) -> list[Path]:
+        return sorted(self.dir.glob("hs_err_pid*.log"))
+
+    @property
     def tmp(self) -> Path:
         """Scratch space on the same filesystem, so a rename into results/ is atomic."""
         return self.dir / ".tmp"

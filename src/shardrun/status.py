@@ -7,22 +7,33 @@ heartbeat is how a monitor tells a hung or dead shard from a slow one).
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import threading
 import time
+from pathlib import Path
 from typing import Any, Callable
 
 from shardrun.paths import ShardPaths
 from shardrun.store import utc_now, write_json_atomic
+
+log = logging.getLogger(__name__)
 
 STATES = ("starting", "running", "completed", "completed_with_failures", "failed", "interrupted")
 STATUS_FORMAT = 1
 
 
 class ShardStatus:
-    def __init__(self, paths: ShardPaths, base: dict[str, Any], clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self,
+        paths: ShardPaths,
+        base: dict[str, Any],
+        clock: Callable[[], float] = time.monotonic,
+        write: Callable[[Path, Any], None] = write_json_atomic,
+    ):
         self._paths = paths
+        self._write = write
         self._clock = clock
         self._lock = threading.Lock()
         self._session_start = clock()
@@ -80,13 +91,16 @@ class ShardStatus:
 
     def _write_locked(self) -> None:
         self._doc["updated_at"] = utc_now()
-        write_json_atomic(self._paths.status, self._doc)
+        self._write(self._paths.status, self._doc)
 
     def start_heartbeat(self, every_seconds: float) -> None:
         def beat() -> None:
             while not self._stop.wait(every_seconds):
-                with self._lock:
-                    self._write_locked()
+                try:
+                    with self._lock:
+                        self._write_locked()
+                except OSError as exc:  # the shard loop meets the same disk on its next write and stops there
+                    log.warning("heartbeat could not write %s: %s", self._paths.status, exc)
 
         self._thread = threading.Thread(target=beat, name="status-heartbeat", daemon=True)
         self._thread.start()
