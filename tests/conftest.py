@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from e2e_support import analysis_values, shardrun, write_categorical_data, write_config
 from shardrun.config import JvmConfig
 from shardrun.jvm import start_jvm
 
@@ -15,3 +16,16 @@ def jvm():
 
     if not jpype.isJVMStarted():
         start_jvm(JvmConfig(xms=None, xmx="512m"))
+
+
+@pytest.fixture(scope="session")
+def workspace(tmp_path_factory):
+    """Categorical test data, a config for it, and the reference: one uninterrupted K=1 run, merged."""
+    root = tmp_path_factory.mktemp("e2e")
+    data = root / "users.csv"
+    write_categorical_data(data, n_users=14, n_rows=700)
+    config = write_config(root / "config.yaml", data, root)
+    reference = root / "reference"
+    shardrun("worker", "--config", str(config), "--full", "--shard", "0/1", "--out", str(reference), cwd=root)
+    shardrun("merge", "--run", str(reference), "--output", str(reference / "merged"), cwd=root)
+    return {"root": root, "config": config, "data": data, "reference": analysis_values(reference / "merged")}

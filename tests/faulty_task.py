@@ -4,10 +4,13 @@
   exception with a Java stack trace.
 - HUNGRY_USER asks JIDT for a calculator far larger than any test heap: real Java heap exhaustion,
   reported through the analysis's own HeapTooSmall path with the heap it would need.
-Every other user is analysed exactly as `shardrun.infodynamics:task` does.
+Every other user is analysed exactly as `shardrun.infodynamics:task` does. With the environment
+variable FAULTY_TASK_HEALED=1 the faults are gone (to test --retry-failed).
 """
 
 from __future__ import annotations
+
+import os
 
 from shardrun.infodynamics import InfodynamicsTask
 from shardrun.infodynamics.measures import heap_exhaustion_as_heap_too_small
@@ -23,6 +26,8 @@ class FaultyTask(InfodynamicsTask):
         import jpype
 
         calculator_class = jpype.JClass("infodynamics.measures.discrete.ActiveInformationCalculatorDiscrete")
+        if os.environ.get("FAULTY_TASK_HEALED") == "1":
+            return InfodynamicsTask.analyse(dataset, user_id, settings)
         if user_id == FAILING_USER:
             calculator = calculator_class(2, 1)
             calculator.initialise()

@@ -15,82 +15,10 @@ import pandas as pd
 import pytest
 import yaml
 
+from e2e_support import analysis_values, read_status, shardrun
 from independent_estimator import assert_row_matches, expected_mode_row
 
 pytestmark = pytest.mark.e2e
-
-BOOKKEEPING = ["shard", "seconds", "config_hash"]
-LABELS = ["idle", "walk", "run"]
-
-
-def write_categorical_data(path: Path, n_users: int, n_rows: int, seed: int = 7) -> None:
-    """Users whose activity label follows an order-1 Markov chain with an hour-of-day drift."""
-    rng = np.random.default_rng(seed)
-    frames = []
-    for u in range(n_users):
-        start = pd.Timestamp("2026-03-01") + pd.Timedelta(minutes=int(rng.integers(0, 600)))
-        times = start + pd.to_timedelta(np.arange(n_rows) * 30, unit="min")
-        state = 0
-        labels = []
-        for t in times:
-            stay = 0.7 if 8 <= t.hour < 20 else 0.9
-            if rng.random() > stay:
-                state = int(rng.integers(0, 3))
-            labels.append(LABELS[state])
-        frames.append(pd.DataFrame({"who": f"user-{u:02d}", "when": times.strftime("%Y-%m-%dT%H:%M:%S"), "label": labels}))
-    pd.concat(frames).to_csv(path, index=False)
-
-
-def write_config(path: Path, data: Path, root: Path, surrogates: int = 60, k_grid=(1, 2, 3, 4)) -> Path:
-    config = {
-        "task": "shardrun.infodynamics:task",
-        "data": {
-            "path": str(data), "user_column": "who", "time_column": "when", "value_column": "label",
-            "encoding": "categorical", "levels": 3, "step": None, "aggregate": "sum",
-        },
-        "hour_bins": 4,
-        "feature_modes": ["activity", "composite"],
-        "k_selection": {"strategy": "AIS", "k_grid": list(k_grid), "k_max": None, "undersampling_guard": False},
-        "surrogates": surrogates,
-        "seed": 12345,
-        "jvm": {"xms": "64m", "xmx": "256m", "options": [], "classpath": None},
-        "output": {"root": str(root / "out"), "log_dir": str(root / "logs")},
-    }
-    path.write_text(yaml.safe_dump(config, sort_keys=False))
-    return path
-
-
-def shardrun(module: str, *args: str, cwd: Path, check: bool = True, **kwargs) -> subprocess.CompletedProcess:
-    result = subprocess.run([sys.executable, "-m", f"shardrun.{module}", *args], cwd=cwd, capture_output=True,
-                            text=True, timeout=600, **kwargs)
-    if check and result.returncode != 0:
-        raise AssertionError(f"{module} {args} exited {result.returncode}\n{result.stdout}\n{result.stderr}")
-    return result
-
-
-def analysis_values(merged_dir: Path) -> pd.DataFrame:
-    frame = pd.read_parquet(merged_dir / "results.parquet")
-    return frame.drop(columns=BOOKKEEPING).sort_values(["user_id", "feature_mode"]).reset_index(drop=True)
-
-
-def read_status(shard_dir: Path) -> dict:
-    try:
-        return json.loads((shard_dir / "status.json").read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
-        return {}
-
-
-@pytest.fixture(scope="module")
-def workspace(tmp_path_factory):
-    root = tmp_path_factory.mktemp("e2e")
-    data = root / "users.csv"
-    write_categorical_data(data, n_users=14, n_rows=700)
-    config = write_config(root / "config.yaml", data, root)
-    reference = root / "reference"
-    shardrun("worker", "--config", str(config), "--full", "--shard", "0/1", "--out", str(reference), cwd=root)
-    shardrun("merge", "--run", str(reference), "--output", str(reference / "merged"), cwd=root)
-    return {"root": root, "config": config, "data": data, "reference": analysis_values(reference / "merged")}
-
 
 def test_reference_run_is_whole_and_valid(workspace):
     ref = workspace["reference"]

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable, Sequence
 
-from shardrun.errors import EXIT_OK, EXIT_USAGE, EXIT_VALIDATION_FAILED, ShardrunError, UsageError
+from shardrun.errors import EXIT_CRASH, EXIT_OK, EXIT_USAGE, EXIT_VALIDATION_FAILED, ShardrunError, UsageError
 
 log = logging.getLogger("shardrun")
 
@@ -23,6 +25,19 @@ def _guarded(main: Callable[[argparse.Namespace], int], parser: argparse.Argumen
     except ShardrunError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except Exception:  # not swallowed: logged with its traceback, and a distinct exit code for the launcher
+        log.exception("unexpected error; please report it with this traceback")
+        return EXIT_CRASH
+
+
+def _heap_size(text: str) -> str:
+    from shardrun.config import heap_bytes
+
+    try:
+        heap_bytes(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a JVM heap size such as 512m or 2g") from None
+    return text
 
 
 def _pilot_size(text: str) -> int:
@@ -50,6 +65,11 @@ def run_production_parser() -> argparse.ArgumentParser:
     where.add_argument("--resume", type=Path, help="continue a shard dir, or a run dir (with --shard)")
     p.add_argument("--dry-run", action="store_true", help="print the plan and what cannot run, then exit")
     p.add_argument("--heartbeat", type=float, default=10.0, metavar="S", help="status.json refresh period")
+    p.add_argument("--retry-failed", action="store_true",
+                   help="with --resume: run again the users whose committed result is 'failed'")
+    p.add_argument("--xmx", type=_heap_size, metavar="SIZE", help="override jvm.xmx (e.g. 2g); does not change the config hash")
+    p.add_argument("--nice", type=int, default=0, metavar="N", help="lower this process's CPU priority by N (0-19)")
+    p.add_argument("--cooldown", type=float, default=0.0, metavar="S", help="pause S seconds between users")
     p.add_argument("-v", "--verbose", action="store_true")
     return p
 
@@ -57,12 +77,19 @@ def run_production_parser() -> argparse.ArgumentParser:
 def _run_production(args: argparse.Namespace) -> int:
     from shardrun.config import load_config
     from shardrun.shards import ShardSpec
-    from shardrun.worker import StopFlag, WorkerOptions, run_shard
+    from shardrun.worker import StopFlag, WorkerOptions, die_with_launcher, prepare, run_shard
 
     stop = StopFlag()
     if not args.dry_run:
         stop.install()
+        die_with_launcher()
+        if args.nice:
+            os.nice(args.nice)
+    if args.retry_failed and not args.resume:
+        raise UsageError("--retry-failed goes with --resume DIR: it retries the failed users of an existing shard.")
     config = load_config(args.config)
+    if args.xmx:
+        config = replace(config, jvm=replace(config.jvm, xmx=args.xmx))
     options = WorkerOptions(
         shard=ShardSpec.parse(args.shard) if args.shard else None,
         pilot=args.pilot,
@@ -70,20 +97,25 @@ def _run_production(args: argparse.Namespace) -> int:
         resume=args.resume,
         dry_run=args.dry_run,
         heartbeat_seconds=args.heartbeat,
+        cooldown_seconds=args.cooldown,
+        retry_failed=args.retry_failed,
     )
-    outcome = run_shard(config, options, stop)
     if args.dry_run:
-        plan = outcome.plan
+        prepared = prepare(config, options)
+        plan = prepared.plan
         print(f"shard {plan.shard}: {len(plan.assigned)} users assigned, {len(plan.done)} already done,"
               f" {len(plan.todo)} to do")
-        print(f"shard dir: {outcome.dirs.shard.dir}")
-        print(f"jvm: {' '.join(config.jvm.jvm_args())}")
-        for problem in outcome.problems:
+        print(f"shard dir: {prepared.dirs.shard.dir}")
+        print(f"jvm: {prepared.heap.jvm_line()}")
+        for line in prepared.heap.report_lines():
+            print(line)
+        for problem in prepared.problems:
             print(f"cannot run: {problem}")
-        if not outcome.problems:
+        if not prepared.problems:
             print("every configured (feature mode, k) fits the JVM heap")
-    else:
-        print(f"shard {outcome.plan.shard} done (exit {outcome.exit_code}): {outcome.dirs.shard.dir}")
+        return EXIT_USAGE if prepared.problems else EXIT_OK
+    outcome = run_shard(config, options, stop)
+    print(f"shard {outcome.plan.shard} done (exit {outcome.exit_code}): {outcome.dirs.shard.dir}")
     return outcome.exit_code
 
 
@@ -104,7 +136,19 @@ def launch_parser() -> argparse.ArgumentParser:
                    help="merge and validate when every shard completed (default: yes)")
     p.add_argument("--grace", type=float, default=120.0, metavar="S",
                    help="after Ctrl-C/SIGTERM, seconds to let shards finish their user before killing them")
-    p.add_argument("--progress-every", type=float, default=30.0, metavar="S")
+    p.add_argument("--progress-every", type=float, default=30.0, metavar="S",
+                   help="seconds between progress lines when not on a terminal")
+    p.add_argument("--live", action=argparse.BooleanOptionalAction, default=None,
+                   help="redraw a progress table (default: when stdout is a terminal)")
+    p.add_argument("--max-parallel", type=int, metavar="M", help="run at most M shards at a time")
+    p.add_argument("--cpu-limit", type=float, metavar="P",
+                   help="suspend shards while the machine's CPU use is above P percent (resume below P-10)")
+    p.add_argument("--nice", type=int, default=0, metavar="N", help="run shards with CPU priority lowered by N")
+    p.add_argument("--cooldown", type=float, default=0.0, metavar="S", help="each shard pauses S seconds between users")
+    p.add_argument("--restarts", type=int, default=0, metavar="N",
+                   help="restart a shard that died abnormally (signal, JVM crash) up to N times, by resuming it")
+    p.add_argument("--restart-heap-factor", type=float, default=1.0, metavar="F",
+                   help="each restart multiplies the shard's -Xmx by F (default 1: same heap)")
     p.add_argument("-v", "--verbose", action="store_true")
     return p
 
@@ -113,13 +157,26 @@ def _launch(args: argparse.Namespace) -> int:
     from shardrun.config import load_config
     from shardrun.launcher import LaunchOptions, launch
 
+    from shardrun.scheduling import RestartPolicy
+
     if args.shards < 1:
         raise UsageError(f"--shards must be at least 1, got {args.shards}.")
+    if args.max_parallel is not None and args.max_parallel < 1:
+        raise UsageError(f"--max-parallel must be at least 1, got {args.max_parallel}.")
+    if args.cpu_limit is not None and not 10 < args.cpu_limit <= 100:
+        raise UsageError(f"--cpu-limit is a percentage of the machine between 10 and 100, got {args.cpu_limit}.")
+    if args.restarts < 0 or args.restart_heap_factor < 1:
+        raise UsageError("--restarts must be >= 0 and --restart-heap-factor >= 1.")
     config = load_config(args.config)
     options = LaunchOptions(
         config_path=args.config.resolve(), shards=args.shards, run_dir=args.run_dir, pilot=args.pilot,
         merge=args.merge, grace_seconds=args.grace, progress_every=args.progress_every,
+        max_parallel=args.max_parallel, cpu_limit=args.cpu_limit, nice=args.nice, cooldown_seconds=args.cooldown,
+        restart=RestartPolicy(args.restarts, args.restart_heap_factor),
+        live=sys.stdout.isatty() if args.live is None else args.live,
     )
+    if options.live:
+        logging.getLogger().setLevel(logging.WARNING)  # log lines would tear the redrawn table
     return launch(config, options).exit_code
 
 

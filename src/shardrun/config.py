@@ -21,6 +21,8 @@ from shardrun.errors import ConfigError
 _REQUIRED = object()
 _HEAP_RE = re.compile(r"^([1-9][0-9]*)([kKmMgGtT]?)$")
 _HEAP_UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
+# jvm.xmx / jvm.xms value meaning "choose from the data": see shardrun.admission.resolve_heap.
+AUTO_HEAP = "auto"
 
 
 def heap_bytes(value: str) -> int:
@@ -125,25 +127,52 @@ def _describe(value: Any) -> str:
 
 
 def _heap_check(value: str) -> str | None:
-    return None if _HEAP_RE.match(value) else "must be a JVM heap size such as 256m or 2g"
+    if value == AUTO_HEAP or _HEAP_RE.match(value):
+        return None
+    return "must be a JVM heap size such as 256m or 2g, or auto"
 
 
 @dataclass(frozen=True)
 class JvmConfig:
+    # A heap size such as "1g", or "auto" (AUTO_HEAP) until shardrun.admission.resolve_heap has
+    # chosen one from the data: xmx auto = the largest user's predicted need plus a margin; xms auto
+    # = the same as xmx (the whole heap committed at start, as the launcher's memory check assumes).
     xms: str | None
     xmx: str
     options: tuple[str, ...] = ()
     classpath: str | None = None
 
     @property
+    def xmx_is_auto(self) -> bool:
+        return self.xmx == AUTO_HEAP
+
+    @property
+    def heap_is_resolved(self) -> bool:
+        """False while xmx or xms is still "auto": no JVM may start yet."""
+        return AUTO_HEAP not in (self.xmx, self.xms)
+
+    @property
     def xmx_bytes(self) -> int:
+        if self.xmx_is_auto:
+            _unresolved("jvm.xmx")
         return heap_bytes(self.xmx)
 
     def jvm_args(self) -> list[str]:
+        if not self.heap_is_resolved:
+            _unresolved("jvm.xmx" if self.xmx_is_auto else "jvm.xms")
         args = [f"-Xmx{self.xmx}"]
         if self.xms:
             args.insert(0, f"-Xms{self.xms}")
         return args + list(self.options)
+
+
+def _unresolved(key: str) -> None:
+    # A caller skipped shardrun.admission.resolve_heap: a bug, but the user needs a way out.
+    raise ConfigError(
+        f"{key} is 'auto', which is chosen from the data just before the JVM starts, but this step needed"
+        f" a heap size before that. Set {key} to a size such as 1g in the config, and report this as a bug"
+        " of shardrun."
+    )
 
 
 @dataclass(frozen=True)
@@ -175,7 +204,7 @@ def parse_jvm(section: Section) -> JvmConfig:
         if opt.startswith(("-Xmx", "-Xms")):
             raise ConfigError("config key 'jvm.options' must not set the heap; use jvm.xms and jvm.xmx instead.")
     classpath = section.get("classpath", str, default=None, nullable=True)
-    if xms and heap_bytes(xms) > heap_bytes(xmx):
+    if AUTO_HEAP not in (xms, xmx) and xms and heap_bytes(xms) > heap_bytes(xmx):
         raise ConfigError(f"config key 'jvm.xms' ({xms}) is larger than 'jvm.xmx' ({xmx}); lower xms or raise xmx.")
     return JvmConfig(xms=xms, xmx=xmx, options=tuple(options), classpath=classpath)
 

@@ -14,6 +14,7 @@ EXIT_INTERRUPTED = 3  # stopped by a signal; resume with --resume
 EXIT_SHARD_LOCKED = 4  # another live process holds the shard
 EXIT_VALIDATION_FAILED = 5  # validate_outputs / merge found problems
 EXIT_STORAGE = 6  # the shard dir cannot be written (disk full, read-only, ...); committed users are kept
+EXIT_CRASH = 70  # an unexpected error (a bug) or, for the launcher, a shard that died abnormally
 
 
 class ShardrunError(Exception):

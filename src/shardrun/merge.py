@@ -26,6 +26,7 @@ import pandas as pd
 from shardrun.config import parse_config
 from shardrun.errors import ShardrunError
 from shardrun.paths import MergedPaths, RunPaths, ShardPaths
+from shardrun.plots import UserSpan, user_span, write_summary_png
 from shardrun.shards import ShardSpec
 from shardrun.store import read_json, scan_committed, utc_now, write_bytes_atomic, write_json_atomic
 from shardrun.task import BOOKKEEPING_COLUMNS, Task, load_task
@@ -53,6 +54,7 @@ class ShardInput:
     spec: ShardSpec
     state: str | None
     committed: Mapping[str, Sequence[Mapping[str, Any]]]  # user id -> rows
+    committed_at: Mapping[str, Any] = field(default_factory=dict)  # user id -> commit time (for the timeline)
 
     @property
     def config_hash(self) -> str | None:
@@ -112,8 +114,15 @@ def read_shard(shard_dir: Path) -> ShardInput:
             f"{paths.identity} is not a valid shard identity ({exc!r}); it must be the shard.json written by"
             " run_production. Leave that dir out of the merge or restore the file."
         ) from None
-    committed = {user_id: user.rows for user_id, user in scan_committed(paths).items()}
-    return ShardInput(dir=paths.dir, identity=identity, spec=spec, state=_read_state(paths), committed=committed)
+    users = scan_committed(paths)
+    return ShardInput(
+        dir=paths.dir,
+        identity=identity,
+        spec=spec,
+        state=_read_state(paths),
+        committed={user_id: user.rows for user_id, user in users.items()},
+        committed_at={user_id: user.record.get("committed_at") for user_id, user in users.items()},
+    )
 
 
 def _read_state(paths: ShardPaths) -> str | None:
@@ -564,7 +573,9 @@ def merge_shards(shard_dirs: Sequence[Path], output_dir: Path, force: bool = Fal
         forced_mismatch=mismatch,
         provenance=provenance,
     )
-    write_result_set(Path(output_dir), build_frame(rows, columns), report)
+    frame = build_frame(rows, columns)
+    write_result_set(Path(output_dir), frame, report)
+    write_summary(MergedPaths(Path(output_dir)).summary_png, frame, commit_spans(shards), run_title(dirs))
     if report.complete:
         log.info("%s", report.summary())
     else:
@@ -582,6 +593,55 @@ def write_result_set(output_dir: Path, frame: pd.DataFrame, report: MergeReport)
     write_bytes_atomic(paths.csv, frame_to_csv_bytes(frame))
     write_bytes_atomic(paths.parquet, frame_to_parquet_bytes(frame))
     write_json_atomic(paths.report, report.to_json())
+
+
+# --- the summary picture ---------------------------------------------------------------------
+
+
+def commit_spans(shards: Sequence[ShardInput]) -> list[UserSpan]:
+    """Every committed user of every shard dir as a timeline span (duplicates included: each was
+    real work of its shard). Shards of one index from different runs are told apart by run dir."""
+    labels = [str(s.spec) for s in shards]
+    repeated = {label for label in labels if labels.count(label) > 1}
+    spans = []
+    untimed = 0
+    for shard, label in zip(shards, labels):
+        if label in repeated:
+            label = f"{label} {shard.dir.parent.name}"
+        for user_id, rows in shard.committed.items():
+            span = user_span(label, shard.committed_at.get(user_id), rows)
+            if span is None:
+                untimed += 1
+            else:
+                spans.append(span)
+    if untimed:
+        log.warning("%d committed users have no readable committed_at; they are left out of the timeline only", untimed)
+    return spans
+
+
+def run_title(shard_dirs: Sequence[Path]) -> str:
+    """The run dir's name for the picture's heading, or how many runs were combined."""
+    runs = sorted({d.parent.name for d in shard_dirs})
+    return runs[0] if len(runs) == 1 else f"{len(runs)} runs"
+
+
+def write_summary(path: Path, frame: pd.DataFrame, spans: Sequence[UserSpan], title: str) -> bool:
+    """Draw summary.png; True if it was written.
+
+    The one guarded step of a merge: the picture only illustrates results already written, so a
+    plotting failure (a matplotlib bug, an odd value, a missing font) is logged as an error with
+    its traceback and the merge goes on. A picture of an earlier merge is removed first, so it is
+    never shown next to results it does not describe.
+    """
+    path.unlink(missing_ok=True)
+    try:
+        write_summary_png(frame, spans, path, title=title)
+    except Exception as exc:  # noqa: BLE001 - documented guard: the picture must not cost the results
+        log.error("could not draw %s (%s: %s); the merged results are complete without it", path,
+                  type(exc).__name__, exc, exc_info=True)
+        return False
+    log.info("summary picture: %s", path)
+    return True
 
 
 if __name__ == "__main__":

@@ -1,73 +1,47 @@
-"""`monitor_progress`: the state of every shard of a run, read from status.json files only.
+"""`monitor_progress`: the state of every shard of a run, from another terminal or after the fact.
 
-A shard that says `running` is shown dead when its pid is gone (same host) or its heartbeat is
-older than --stale-after: the status file cannot update itself after a SIGKILL.
+Reads only files: each shard's status.json and, when the run was started by launch_shards,
+RUN/launcher.json (waiting and suspended shards, restarts). A shard recorded as running is shown
+dead when its pid is gone or its heartbeat is stale (progress.liveness).
 """
 
 from __future__ import annotations
 
-import socket
 import time
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Sequence
 
-import psutil
-
-from shardrun import store
-
-ACTIVE_STATES = ("starting", "running")
+from shardrun import progress, store
+from shardrun.paths import RunPaths
 
 
-def liveness(doc: dict[str, Any], now: datetime, stale_after: float) -> str:
-    """The state to show: the recorded one, or 'dead' when a running shard cannot be alive."""
-    state = doc.get("state", "unknown")
-    if state not in ACTIVE_STATES:
-        return state
-    if doc.get("host") == socket.gethostname() and not psutil.pid_exists(int(doc.get("pid", -1))):
-        return "dead (process gone)"
-    updated = doc.get("updated_at")
-    if updated:
-        age = (now - datetime.fromisoformat(updated)).total_seconds()
-        if age > stale_after:
-            return f"dead? (no heartbeat for {age:.0f} s)"
-    return state
+def _read(path: Path) -> dict[str, Any] | None:
+    try:
+        return store.read_json(path)
+    except (OSError, ValueError):
+        return None  # missing, or replaced under us (atomic writes): shown as not started this tick
 
 
-def shard_rows(run_dir: Path, now: datetime, stale_after: float) -> list[str]:
-    rows = []
-    for status_path in sorted(run_dir.glob("shard-*-of-*/status.json")):
-        try:
-            doc = store.read_json(status_path)
-        except (OSError, ValueError) as exc:
-            rows.append(f"  {status_path.parent.name}: unreadable status.json ({exc})")
-            continue
-        eta = doc.get("eta_seconds")
-        rows.append(
-            f"  shard {doc.get('shard')}: {liveness(doc, now, stale_after):<24}"
-            f" {doc.get('users_done')}/{doc.get('users_total')} done"
-            f" (ok {doc.get('users_ok')}, skipped {doc.get('users_skipped')}, failed {doc.get('users_failed')})"
-            f"  current {doc.get('current_user')!r}"
-            f"  rate {doc.get('rate_users_per_hour') or '-'} users/h"
-            f"  ETA {f'{eta:.0f} s' if isinstance(eta, (int, float)) else '-'}"
-        )
-    return rows or [f"  (no shard has started in {run_dir})"]
+def run_views(run_dir: Path, now: datetime, stale_after: float) -> list[progress.ShardView]:
+    launcher = _read(RunPaths(run_dir).launcher_json) or {}
+    phases = {entry["shard"]: entry["phase"] for entry in launcher.get("shards", [])}
+    shards = set(phases)
+    for status_path in run_dir.glob("shard-*-of-*/status.json"):
+        doc = _read(status_path)
+        if doc and doc.get("shard"):
+            shards.add(doc["shard"])
+    views = []
+    for shard in sorted(shards, key=lambda s: tuple(int(x) for x in s.split("/"))):
+        index, count = shard.split("/")
+        doc = _read(run_dir / f"shard-{index}-of-{count}" / "status.json")
+        views.append(progress.shard_view(shard, doc, now, stale_after, phases.get(shard)))
+    return views
 
 
 def newest_run(root: Path = Path("analysis/out")) -> list[Path]:
     runs = sorted((p for p in root.glob("*") if (p / "run.json").is_file()), key=lambda p: p.stat().st_mtime)
     return runs[-1:]
-
-
-def any_active(run_dirs: Sequence[Path], now: datetime, stale_after: float) -> bool:
-    for run_dir in run_dirs:
-        for status_path in run_dir.glob("shard-*-of-*/status.json"):
-            try:
-                if liveness(store.read_json(status_path), now, stale_after) in ACTIVE_STATES:
-                    return True
-            except (OSError, ValueError):
-                return True
-    return False
 
 
 def watch(run_dirs: Sequence[Path], watch: bool, every: float, stale_after: float) -> int:
@@ -77,10 +51,13 @@ def watch(run_dirs: Sequence[Path], watch: bool, every: float, stale_after: floa
         return 2
     while True:
         now = datetime.now(timezone.utc)
+        active = False
         for run_dir in run_dirs:
-            print(f"{run_dir}  ({now:%H:%M:%S} UTC)")
-            print("\n".join(shard_rows(run_dir, now, stale_after)))
-        if not watch or not any_active(run_dirs, now, stale_after):
+            views = run_views(run_dir, now, stale_after)
+            print(f"{run_dir}  ({now:%Y-%m-%d %H:%M:%S} UTC)")
+            print("\n".join(progress.render_table(views)) if views else "  (no shard has started yet)")
+            active = active or any(v.active for v in views)
+        if not watch or not active:
             return 0
         time.sleep(every)
 

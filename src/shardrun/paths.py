@@ -81,6 +81,11 @@ class RunPaths:
         return self.dir / RUN_JSON
 
     @property
+    def launcher_json(self) -> Path:
+        """What only the launcher knows: waiting and suspended shards, restarts, deaths."""
+        return self.dir / "launcher.json"
+
+    @property
     def merged(self) -> Path:
         return self.dir / "merged"
 
@@ -124,6 +129,10 @@ class MergedPaths:
     @property
     def validation(self) -> Path:
         return self.dir / "validation.json"
+
+    @property
+    def summary_png(self) -> Path:
+        return self.dir / "summary.png"
 
 
 def shard_log_path(log_dir: Path, spec: ShardSpec) -> Path:

@@ -20,7 +20,7 @@ from shardrun.store import utc_now, write_json_atomic
 
 log = logging.getLogger(__name__)
 
-STATES = ("starting", "running", "completed", "completed_with_failures", "failed", "interrupted")
+STATES = ("starting", "running", "completed", "completed_with_failures", "failed", "interrupted", "killed")
 STATUS_FORMAT = 1
 
 
@@ -109,3 +109,29 @@ class ShardStatus:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
+
+
+def record_death(paths: ShardPaths, exit_code: int, description: str, hs_err_files: list[str]) -> bool:
+    """Write a dead shard's end into its status.json (a killed process cannot write it itself).
+
+    Taken under the shard lock, so it can never race a live worker: if the lock is held, some
+    process owns the shard again and its own status stands. True if the death was recorded.
+    """
+    from shardrun.errors import ShardLocked
+    from shardrun.store import ShardLock, read_json
+
+    try:
+        with ShardLock(paths):
+            doc = read_json(paths.status)
+            doc.update(
+                state="killed" if exit_code < 0 else "failed",
+                exit_code=exit_code,
+                last_error=description,
+                current_user=None,
+                jvm_crash_logs=hs_err_files or None,
+                updated_at=utc_now(),
+            )
+            write_json_atomic(paths.status, doc)
+            return True
+    except ShardLocked:
+        return False

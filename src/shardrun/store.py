@@ -117,13 +117,25 @@ class CommittedUser:
     path: Path
 
 
-def commit_user(paths: ShardPaths, user_id: str, rows: list[Mapping[str, Any]], meta: Mapping[str, Any]) -> Path:
-    """Make one user's rows visible, whole and exactly once."""
-    record = {"format": RESULT_FORMAT, "user_id": user_id, "committed_at": utc_now(), **meta, "rows": list(rows)}
+def commit_user(
+    paths: ShardPaths, user_id: str, rows: list[Mapping[str, Any]], meta: Mapping[str, Any], replace: bool = False
+) -> Path:
+    """Make one user's rows visible, whole and exactly once.
+
+    `replace` is only for --retry-failed: the new rows take the place of the failed ones in one
+    atomic rename, so the user is never absent and never twice.
+    """
+    # milliseconds: a user can take well under a second, and the merge timeline starts it at
+    # committed_at - seconds
+    committed_at = datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+    record = {"format": RESULT_FORMAT, "user_id": user_id, "committed_at": committed_at, **meta, "rows": list(rows)}
     target = paths.result(user_id)
     tmp = _write_tmp(paths.tmp, _encode(record))
     try:
-        os.link(tmp, target)
+        if replace:
+            os.replace(tmp, target)
+        else:
+            os.link(tmp, target)
     except FileExistsError:
         raise AlreadyCommitted(user_id) from None
     finally:

@@ -52,6 +52,17 @@ class Task(Protocol):
         """Versions to record as provenance (for example the JIDT jar)."""
 
     # Optional: run_label(settings) -> str, put into new run dir names (`full_<label>_<time>`).
+    # Optional: user_heap_needs(settings, dataset) -> dict[str, int] (see PredictsHeap below), which
+    # jvm.xmx: auto, the --dry-run heap report and the launcher's memory check rely on.
+
+
+class PredictsHeap(Protocol):
+    """The optional part of a Task that predicts each user's Java heap (shardrun.admission uses it)."""
+
+    def user_heap_needs(self, settings: Any, dataset: Dataset) -> dict[str, int]:
+        """Bytes of Java heap (-Xmx) each user of `dataset` needs: the largest over everything the
+        analysis runs for that user. A user skipped by rule needs only the JVM's baseline. Called
+        once per process on every user, so it must be fast (no JVM, no per-user series building)."""
 
 
 def load_task(dotted: str) -> Task:

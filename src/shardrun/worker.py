@@ -12,33 +12,26 @@ import logging
 import os
 import platform
 import signal
-import socket
 import sys
-import time
-import traceback
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 from shardrun import store
+from shardrun.admission import HeapPlan, plan_heap, task_heap_needs
 from shardrun.config import RunConfig
-from shardrun.errors import (
-    EXIT_INTERRUPTED,
-    EXIT_OK,
-    EXIT_USERS_FAILED,
-    ConfigError,
-    HeapTooSmall,
-    ResumeMismatch,
-    UsageError,
-)
-from shardrun.jvm import find_java, find_jidt_jar, is_heap_exhaustion, java_class_name, java_stack, start_jvm
+from shardrun.errors import EXIT_INTERRUPTED, ConfigError, ResumeMismatch, UsageError
+from shardrun.jvm import find_java, find_jidt_jar
 from shardrun.paths import RunPaths, ShardPaths
 from shardrun.shards import ShardSpec, users_of_shard
-from shardrun.status import ShardStatus
+from shardrun.shard_loop import ShardLoop, StopFlag, user_outcome
 from shardrun.task import Dataset, Task, load_task
 
 log = logging.getLogger(__name__)
+
+# Set by launch_shards in each shard's environment: the pid the shard must not outlive.
+LAUNCHER_PID_ENV = "SHARDRUN_LAUNCHER_PID"
 
 
 @dataclass(frozen=True)
@@ -49,6 +42,8 @@ class WorkerOptions:
     resume: Path | None = None
     dry_run: bool = False
     heartbeat_seconds: float = 10.0
+    cooldown_seconds: float = 0.0  # pause between users, to share the machine
+    retry_failed: bool = False
 
 
 @dataclass(frozen=True)
@@ -59,17 +54,25 @@ class ShardPlan:
     assigned: tuple[str, ...]
     done: tuple[str, ...]
     todo: tuple[str, ...]
+    retry: tuple[str, ...] = ()  # in todo although committed: failed users run again (--retry-failed)
 
 
 def plan_shard(
-    sorted_user_ids: Sequence[str], shard: ShardSpec, pilot: int | None, committed: Mapping[str, Any]
+    sorted_user_ids: Sequence[str],
+    shard: ShardSpec,
+    pilot: int | None,
+    committed: Mapping[str, Any],
+    retry_failed: bool = False,
 ) -> ShardPlan:
     assigned = users_of_shard(sorted_user_ids, shard)
     if pilot is not None:
         assigned = assigned[:pilot]
-    done = tuple(u for u in assigned if u in committed)
-    todo = tuple(u for u in assigned if u not in committed)
-    return ShardPlan(shard=shard, assigned=tuple(assigned), done=done, todo=todo)
+    retry = tuple(
+        u for u in assigned if retry_failed and u in committed and user_outcome(committed[u].rows) == "failed"
+    )
+    done = tuple(u for u in assigned if u in committed and u not in retry)
+    todo = tuple(u for u in assigned if u not in done)
+    return ShardPlan(shard=shard, assigned=tuple(assigned), done=done, todo=todo, retry=retry)
 
 
 @dataclass
@@ -167,92 +170,81 @@ def ensure_run_document(run: RunPaths, document: Mapping[str, Any]) -> None:
             )
 
 
-def user_outcome(rows: Sequence[Mapping[str, Any]]) -> str:
-    statuses = {row.get("status") for row in rows}
-    if "failed" in statuses:
-        return "failed"
-    if statuses == {"skipped"}:
-        return "skipped"
-    return "ok"
-
-
-class StopFlag:
-    """Set by SIGTERM/SIGINT: finish the user in flight, commit it, then stop taking users.
-
-    Installed first thing in the worker, before the data is read or the JVM starts, so that a
-    signal at any moment leads to a drain, never to the default action half-way through start-up.
-    A second signal calls `on_second` (by default: leave at once).
-    """
-
-    def __init__(self) -> None:
-        self.requested_by: str | None = None
-        self.on_second: Callable[[str], None] = lambda _name: os._exit(EXIT_INTERRUPTED)
-
-    def install(self) -> None:
-        def handler(signum: int, _frame: Any) -> None:
-            name = signal.Signals(signum).name
-            if self.requested_by is not None:
-                self.on_second(name)
-                return
-            self.requested_by = name
-            log.warning("%s received: finishing the user in flight, then stopping", name)
-
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, handler)
-
-
 @dataclass
 class ShardOutcome:
     exit_code: int
     plan: ShardPlan
     dirs: ResolvedDirs
-    problems: list[str] = field(default_factory=list)
 
 
-def prepare(config: RunConfig, options: WorkerOptions) -> tuple[Task, Dataset, ResolvedDirs, ShardPlan, list[str]]:
-    """Everything before side effects: preflight problems, the data, the dirs and the plan."""
+@dataclass(frozen=True)
+class PreparedShard:
+    """Everything decided before any side effect: what `--dry-run` prints and `run_shard` acts on."""
+
+    task: Task
+    dataset: Dataset
+    dirs: ResolvedDirs
+    plan: ShardPlan
+    heap: HeapPlan  # the resolved JVM flags (jvm.xmx auto) and the users over the heap
+    problems: list[str]  # (mode, k) that cannot run with that heap
+
+
+def prepare(config: RunConfig, options: WorkerOptions) -> PreparedShard:
+    """Read the config's consequences, the data and the shard dir; write nothing.
+
+    A heap given as a size is preflighted before the data is read. jvm.xmx: auto is chosen from every
+    user's predicted need (so all shards of a run choose the same heap), then preflighted the same way.
+    """
     task = load_task(config.task)
-    problems = task.preflight(config.settings, config.jvm.xmx_bytes)
+    problems = [] if config.jvm.xmx_is_auto else task.preflight(config.settings, config.jvm.xmx_bytes)
     find_jidt_jar(config.jvm.classpath)
     find_java()
     dataset = task.load(config.settings)
+    needs = task_heap_needs(task, config.settings, dataset, config.jvm)
     dirs = resolve_dirs(config, task, options, datetime.now())
     committed = store.scan_committed(dirs.shard) if dirs.resuming else {}
-    plan = plan_shard(dataset.user_ids, dirs.spec, options.pilot, committed)
-    return task, dataset, dirs, plan, problems
+    plan = plan_shard(dataset.user_ids, dirs.spec, options.pilot, committed, options.retry_failed)
+    heap = plan_heap(config.jvm, needs, plan.todo)
+    if config.jvm.xmx_is_auto:
+        problems = task.preflight(config.settings, heap.heap)
+    return PreparedShard(task, dataset, dirs, plan, heap, problems)
 
 
 def run_shard(config: RunConfig, options: WorkerOptions, stop: StopFlag | None = None) -> ShardOutcome:
     stop = stop or StopFlag()
-    task, dataset, dirs, plan, problems = prepare(config, options)
-    if options.dry_run:
-        return ShardOutcome(exit_code=2 if problems else EXIT_OK, plan=plan, dirs=dirs, problems=problems)
-    if problems:
+    prepared = prepare(config, options)
+    task, dataset, dirs, heap = prepared.task, prepared.dataset, prepared.dirs, prepared.heap
+    if prepared.problems:
         raise ConfigError(
-            "the configured analysis cannot run as it stands:\n  - " + "\n  - ".join(problems)
+            "the configured analysis cannot run as it stands:\n  - " + "\n  - ".join(prepared.problems)
             + "\nLower k_selection.k_max or the k grid, or raise jvm.xmx; `run_production --dry-run` lists this"
             " before any user starts."
         )
+    if stop.requested_by:
+        log.warning("%s received before the shard started: nothing was written", stop.requested_by)
+        return ShardOutcome(exit_code=EXIT_INTERRUPTED, plan=prepared.plan, dirs=dirs)
+    # From here on the config carries the resolved heap: the JVM, status.json, run.json, errors.jsonl.
+    config = replace(config, jvm=heap.jvm)
     identity = {
         "shard": str(dirs.spec),
         "config_hash": config.hash,
         "data_fingerprint": dataset.fingerprint,
         "pilot": options.pilot,
         "task": config.task,
-        "users_planned": list(plan.assigned),
+        "users_planned": list(prepared.plan.assigned),
     }
-    if stop.requested_by:
-        log.warning("%s received before the shard started: nothing was written", stop.requested_by)
-        return ShardOutcome(exit_code=EXIT_INTERRUPTED, plan=plan, dirs=dirs)
-    ensure_run_document(dirs.run, run_document(config, task, dataset, dirs.spec.count))
+    ensure_run_document(dirs.run, {**run_document(config, task, dataset, dirs.spec.count), "jvm": config.jvm.jvm_args()})
     dirs.shard.make()
     attach_shard_log(dirs.shard.log)
+    log.info("JVM heap: %s", heap.jvm_line())
+    if heap.over_budget_count:
+        log.warning("%s", "\n".join(heap.report_lines()))
     with store.ShardLock(dirs.shard):
         store.ensure_identity(dirs.shard, identity, resuming=dirs.resuming)
         store.clean_tmp(dirs.shard)
         # Re-scan under the lock: the plan made before it may predate another process's last commit.
         committed = store.scan_committed(dirs.shard)
-        plan = plan_shard(dataset.user_ids, dirs.spec, options.pilot, committed)
+        plan = plan_shard(dataset.user_ids, dirs.spec, options.pilot, committed, options.retry_failed)
         previous = [user_outcome(committed[u].rows) for u in plan.done]
         exit_code = ShardLoop(config, task, dataset, dirs, plan, options, previous, stop).run()
     return ShardOutcome(exit_code=exit_code, plan=plan, dirs=dirs)
@@ -264,134 +256,24 @@ def attach_shard_log(path: Path) -> None:
     logging.getLogger().addHandler(handler)
 
 
-class ShardLoop:
-    def __init__(
-        self,
-        config: RunConfig,
-        task: Task,
-        dataset: Dataset,
-        dirs: ResolvedDirs,
-        plan: ShardPlan,
-        options: WorkerOptions,
-        previous_outcomes: Sequence[str],
-        stop: StopFlag,
-    ):
-        self.config = config
-        self.task = task
-        self.dataset = dataset
-        self.dirs = dirs
-        self.plan = plan
-        self.options = options
-        self.stop = stop
-        previous = list(previous_outcomes)
-        self.status = ShardStatus(
-            dirs.shard,
-            {
-                "shard": str(dirs.spec),
-                "shard_index": dirs.spec.index,
-                "shard_count": dirs.spec.count,
-                "run_dir": str(dirs.run.dir),
-                "config_hash": config.hash,
-                "jvm": config.jvm.jvm_args(),
-                "users_total": len(plan.assigned),
-                "users_done": len(plan.done),
-                "users_ok": previous.count("ok"),
-                "users_failed": previous.count("failed"),
-                "users_skipped": previous.count("skipped"),
-                "users_todo": len(plan.todo),
-                "resumed_with_done": len(plan.done),
-            },
-        )
+def die_with_launcher() -> None:
+    """A shard started by launch_shards ends when the launcher ends, however the launcher ends.
 
-    def run(self) -> int:
-        self.status.update(state="starting")
-        log.info(
-            "shard %s: %d users assigned, %d already committed, %d to do",
-            self.dirs.spec, len(self.plan.assigned), len(self.plan.done), len(self.plan.todo),
-        )
-        try:
-            jvm_info = start_jvm(self.config.jvm)
-        except Exception as exc:
-            self.status.update(state="failed", last_error=str(exc))
-            raise
-        self.status.update(state="running", java_version=jvm_info.java_version, jidt_jar_sha256=jvm_info.jar_sha256)
-        self.stop.on_second = self._stop_now
-        self.status.start_heartbeat(self.options.heartbeat_seconds)
-        try:
-            for user_id in self.plan.todo:
-                if self.stop.requested_by:
-                    break
-                self._run_user(user_id)
-        except BaseException as exc:
-            self.status.update(state="failed", last_error=f"{type(exc).__name__}: {exc}")
-            raise
-        finally:
-            self.status.stop_heartbeat()
-        return self._finish()
+    Linux delivers SIGTERM to this process when its parent dies (prctl PR_SET_PDEATHSIG), which
+    the stop flag turns into a drain. If the launcher died before this call, stop at once.
+    Elsewhere (no prctl), the launcher's own signal forwarding is the only guard.
+    """
+    launcher_pid = os.environ.get(LAUNCHER_PID_ENV)
+    if not launcher_pid or not sys.platform.startswith("linux"):
+        return
+    import ctypes
 
-    def _stop_now(self, signal_name: str) -> None:
-        log.warning("second %s: stopping now; the user in flight is abandoned uncommitted", signal_name)
-        self.status.update(state="interrupted", last_error=f"stopped by a second {signal_name}")
-        logging.shutdown()
-        os._exit(EXIT_INTERRUPTED)
-
-    def _run_user(self, user_id: str) -> None:
-        self.status.begin_user(user_id)
-        started = time.monotonic()
-        try:
-            rows = list(self.task.analyse(self.dataset, user_id, self.config.settings))
-        except Exception as exc:  # one user's failure must not end the shard: record it and go on
-            rows = list(self.task.failed_rows(self.config.settings, user_id, failure_reason(exc)))
-            self._record_error(user_id, exc)
-        seconds = round(time.monotonic() - started, 3)
-        bookkeeping = {"shard": str(self.dirs.spec), "seconds": seconds, "config_hash": self.config.hash}
-        rows = [{**row, **bookkeeping} for row in rows]
-        try:
-            store.commit_user(self.dirs.shard, user_id, rows, {"shard": str(self.dirs.spec), "host": socket.gethostname()})
-        except store.AlreadyCommitted:
-            log.error("user %r was already committed in %s; keeping the first commit", user_id, self.dirs.shard.dir)
-        outcome = user_outcome(rows)
-        self.status.end_user(outcome)
-        log.info("user %r %s in %.2f s", user_id, outcome, seconds)
-
-    def _record_error(self, user_id: str, exc: BaseException) -> None:
-        record: dict[str, Any] = {
-            "user_id": user_id,
-            "shard": str(self.dirs.spec),
-            "error_type": type(exc).__name__,
-            "message": str(exc),
-            "java_class": java_class_name(exc) or java_class_name(exc.__cause__ or exc),
-            "java_stack": java_stack(exc) or (java_stack(exc.__cause__) if exc.__cause__ else None),
-            "traceback": "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)),
-            "xmx": self.config.jvm.xmx,
-        }
-        if isinstance(exc, HeapTooSmall):
-            record["heap_needed_bytes"] = exc.needed_bytes
-        elif is_heap_exhaustion(exc):
-            record["heap_needed_bytes"] = None
-        store.append_error(self.dirs.shard, record)
-        self.status.update(last_error=f"{user_id}: {failure_reason(exc)}")
-        log.error("user %r failed: %s", user_id, failure_reason(exc))
-
-    def _finish(self) -> int:
-        doc = self.status.snapshot()
-        if self.stop.requested_by and doc["users_todo"] > 0:
-            self.status.update(state="interrupted", last_error=f"stopped by {self.stop.requested_by}")
-            log.warning("shard %s interrupted with %d users to do; resume with --resume %s",
-                        self.dirs.spec, doc["users_todo"], self.dirs.shard.dir)
-            return EXIT_INTERRUPTED
-        failed = doc["users_failed"] > 0
-        self.status.update(state="completed_with_failures" if failed else "completed", eta_seconds=0)
-        log.info("shard %s finished: %d ok, %d skipped, %d failed", self.dirs.spec,
-                 doc["users_ok"], doc["users_skipped"], doc["users_failed"])
-        return EXIT_USERS_FAILED if failed else EXIT_OK
-
-
-def failure_reason(exc: BaseException) -> str:
-    if is_heap_exhaustion(exc) and not isinstance(exc, HeapTooSmall):
-        return f"Java heap exhausted ({exc}); raise jvm.xmx and resume"
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}"[:500]
+    pr_set_pdeathsig = 1
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(pr_set_pdeathsig, signal.SIGTERM, 0, 0, 0) != 0:
+        log.warning("could not ask to die with the launcher (errno %d)", ctypes.get_errno())
+    if os.getppid() != int(launcher_pid):
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def configure_logging(verbose: bool = False) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from shardrun.infodynamics.analysis import analyse_user, failed_rows, result_columns
 from shardrun.infodynamics.checks import check_rows
 from shardrun.infodynamics.data import load
-from shardrun.infodynamics.heap import preflight
+from shardrun.infodynamics.heap import preflight, user_heap_needs
 from shardrun.infodynamics.settings import parse_settings
 from shardrun.infodynamics.versions import describe_versions
 
@@ -22,6 +22,7 @@ class InfodynamicsTask:
     key_columns = ("user_id", "feature_mode")
     parse_settings = staticmethod(parse_settings)
     preflight = staticmethod(preflight)
+    user_heap_needs = staticmethod(user_heap_needs)  # the optional PredictsHeap part of the protocol
     load = staticmethod(load)
     result_columns = staticmethod(result_columns)
     failed_rows = staticmethod(failed_rows)

@@ -1,6 +1,8 @@
 """Memory model of the JIDT calls, so impossible (mode, k) are reported before any user starts.
 
-Pure arithmetic on the config: no JVM, no data. Per (mode, k) the analysis runs, one after another:
+Pure arithmetic on the config (preflight) or on the config and each user's number of observations
+(`heap_needs`, vectorised for millions of users); no JVM. `user_heap_needs` reads those numbers
+from a loaded Dataset. Per (mode, k) the analysis runs, one after another:
 
 - AIS: ActiveInformationCalculatorDiscrete(base, k) holds nextPastCount (base arrays of base^k ints:
   about 4 * base^(k+1) bytes), pastCount (base^k ints) and nextCount. computeSignificance(int[][])
@@ -28,6 +30,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+import pandas as pd
+
 from shardrun.errors import format_bytes
 from shardrun.infodynamics.seeds import PERMUTATION_BATCH_BYTES, batch_rows
 from shardrun.infodynamics.settings import Settings
@@ -39,6 +44,10 @@ G1_RESERVE_FRACTION = 0.10
 _MIB = 1024**2
 _ARRAY_HEADER = 16
 _REFERENCE = 4  # compressed oops, the default below 32 GB of heap
+# Arrays that depend on the data, as (arrays of n_obs ints, arrays of n_obs - k ints); shared by the
+# one-user functions and the vectorised heap_needs so the two cannot drift apart.
+_AIS_SERIES_ARRAYS = (1, 3)
+_TE_SERIES_ARRAYS = (2, 4)
 
 
 def int_array(length: int) -> int:
@@ -82,31 +91,41 @@ def _permutation_arrays(observations: int | None, surrogates: int) -> list[int]:
     return int_matrix(rows, observations) + [_aligned(_ARRAY_HEADER + 8 * rows)]  # + the null values
 
 
-def ais_arrays(base: int, k: int, n_obs: int | None, surrogates: int) -> list[int]:
-    """Bytes of every array alive at the peak of one AIS(k) with its surrogates."""
+def _ais_calculators(base: int, k: int) -> list[int]:
     power = base**k
     calculator = int_matrix(base, power) + [int_array(power), int_array(base)]
-    arrays = calculator * 2  # computeSignificance builds a second calculator
+    return calculator * 2  # computeSignificance builds a second calculator
+
+
+def ais_arrays(base: int, k: int, n_obs: int | None, surrogates: int) -> list[int]:
+    """Bytes of every array alive at the peak of one AIS(k) with its surrogates."""
+    arrays = _ais_calculators(base, k)
     observations = None if n_obs is None else max(n_obs - k, 0)
     if n_obs is not None:
         # the series, past values, next values, one shuffled copy of the next values
-        arrays += [int_array(n_obs)] + [int_array(observations)] * 3
+        series, per_observation = _AIS_SERIES_ARRAYS
+        arrays += [int_array(n_obs)] * series + [int_array(observations)] * per_observation
     return arrays + _permutation_arrays(observations, surrogates)
 
 
-def te_arrays(base: int, k: int, n_obs: int | None, surrogates: int) -> list[int]:
-    """Bytes of every array alive at the peak of one TE (source history 1) with its surrogates."""
+def _te_calculators(base: int, k: int) -> list[int]:
     power = base**k
     calculator = (
         [ref_array(base)] + int_matrix(base, power) * base  # sourceNextPastCount[b][b][b^k]
         + int_matrix(base, power) * 2  # sourcePastCount, nextPastCount
         + [int_array(power), int_array(base), int_array(base)]  # pastCount, nextCount, shifted values
     )
-    arrays = calculator * 2
+    return calculator * 2
+
+
+def te_arrays(base: int, k: int, n_obs: int | None, surrogates: int) -> list[int]:
+    """Bytes of every array alive at the peak of one TE (source history 1) with its surrogates."""
+    arrays = _te_calculators(base, k)
     observations = None if n_obs is None else max(n_obs - k, 0)
     if n_obs is not None:
         # source and destination series, then source, destination and past values, one shuffled source
-        arrays += [int_array(n_obs)] * 2 + [int_array(observations)] * 4
+        series, per_observation = _TE_SERIES_ARRAYS
+        arrays += [int_array(n_obs)] * series + [int_array(observations)] * per_observation
     return arrays + _permutation_arrays(observations, surrogates)
 
 
@@ -193,3 +212,174 @@ def preflight(settings: Settings, heap_bytes: int) -> list[str]:
         if worst > 1 else " Lower data.levels or hour_bins."
     )
     return [problem.problem + "." + fix for problem in problems]
+
+
+# --- Per-user needs, vectorised over the number of observations ------------------------------
+#
+# A user's need depends on the data only through n_obs, so millions of users cost one numpy pass
+# over the distinct n_obs values. minimum_heaps equals minimum_heap element by element (tested).
+
+_G1_REGIONS = tuple(_MIB << i for i in range(6))  # the region sizes g1_region_bytes can return: 1..32 MiB
+_NEED_CAP = 2**60  # far beyond any machine; keeps absurd state spaces from overflowing int64
+
+
+def baseline_heap() -> int:
+    """The heap of a user who never reaches JIDT (skipped by rule): the JVM's baseline alone, in whole MiB."""
+    return -(-_total([], _MIB) // _MIB) * _MIB
+
+
+def _region_index(heaps: np.ndarray) -> np.ndarray:
+    """Index into _G1_REGIONS of g1_region_bytes(heap), for many heaps."""
+    target = np.maximum(heaps // 2048, _MIB)
+    index = np.zeros(heaps.shape, dtype=np.int64)
+    for i, region in enumerate(_G1_REGIONS[1:], start=1):
+        index[target >= region] = i
+    return index
+
+
+def _on_heap_many(sizes: np.ndarray, regions: np.ndarray) -> np.ndarray:
+    return np.where(sizes * 2 < regions, sizes, -(-sizes // regions) * regions)
+
+
+def _int_arrays(lengths: np.ndarray) -> np.ndarray:
+    return (_ARRAY_HEADER + 4 * lengths + 7) // 8 * 8  # int_array (and ref_array: 4-byte references)
+
+
+def _data_on_heap(n_obs: np.ndarray, k: int, surrogates: int, series_arrays: tuple[int, int],
+                  regions: np.ndarray) -> np.ndarray:
+    """Heap of the arrays that depend on n_obs (series, past/next values, a permutation batch)."""
+    series, per_observation = series_arrays
+    observations = np.maximum(n_obs - k, 0)
+    of_observations = _on_heap_many(_int_arrays(observations), regions)
+    rows = np.maximum(1, np.minimum(surrogates, PERMUTATION_BATCH_BYTES // (4 * np.maximum(observations, 1))))
+    return (
+        series * _on_heap_many(_int_arrays(n_obs), regions)
+        + per_observation * of_observations
+        + _on_heap_many(_int_arrays(rows), regions)  # the batch's array of row references
+        + rows * of_observations  # its rows
+        + _on_heap_many((_ARRAY_HEADER + 8 * rows + 7) // 8 * 8, regions)  # the null values (doubles)
+    )
+
+
+def _calculators_on_heap(arrays: list[int]) -> np.ndarray:
+    """Heap of arrays whose size does not depend on the data, for each G1 region size."""
+    return np.array(
+        [min(sum(_on_heap(size, region) for size in arrays), _NEED_CAP) for region in _G1_REGIONS], dtype=np.int64
+    )
+
+
+def minimum_heaps(settings: Settings, mode: str, k: int, n_obs: np.ndarray) -> np.ndarray:
+    """minimum_heap(settings, mode, k, n) for every n of `n_obs` at once (int64 bytes, whole MiB)."""
+    n_obs = np.asarray(n_obs, dtype=np.int64)
+    regions_all = np.array(_G1_REGIONS, dtype=np.int64)
+    ais_fixed = _calculators_on_heap(_ais_calculators(mode_base(settings, mode), k))
+    te_fixed = _calculators_on_heap(_te_calculators(te_base(settings), k))
+
+    def need_at(heaps: np.ndarray) -> np.ndarray:
+        index = _region_index(heaps)
+        regions = regions_all[index]
+        ais = ais_fixed[index] + _data_on_heap(n_obs, k, settings.surrogates, _AIS_SERIES_ARRAYS, regions)
+        te = te_fixed[index] + _data_on_heap(n_obs, k, settings.surrogates, _TE_SERIES_ARRAYS, regions)
+        used = JVM_BASELINE_BYTES + np.maximum(ais, te)
+        # float64 division and truncation, exactly as _total's int(used / (1 - reserve))
+        return (used / (1 - G1_RESERVE_FRACTION)).astype(np.int64)
+
+    # The fixed point of minimum_heap, element by element: a settled element keeps its heap.
+    heaps = np.full(n_obs.shape, _MIB, dtype=np.int64)
+    settled = np.zeros(n_obs.shape, dtype=bool)
+    for _ in range(8):
+        need = -(-need_at(heaps) // _MIB) * _MIB
+        settled |= need <= heaps
+        heaps = np.where(settled, heaps, need)
+    return heaps
+
+
+def heap_needs(settings: Settings, n_obs: np.ndarray, analysed: np.ndarray | None = None) -> np.ndarray:
+    """Each user's heap need (bytes): the largest minimum_heap over its feature modes and the k it runs.
+
+    `analysed[i]` False marks a user skipped by a rule the caller knows (too many category labels);
+    a user with fewer than the minimum observations is skipped here. Skipped users, and modes whose
+    every k the undersampling guard removes, need only baseline_heap(). A (mode, k) whose state space
+    is beyond a Java int is left out: preflight refuses the whole run for it.
+    """
+    # Imported here: analysis imports this module, and these are its skip rules, not copies of them.
+    from shardrun.infodynamics.analysis import guard_allows, minimum_observations
+
+    n_obs = np.asarray(n_obs, dtype=np.int64)
+    baseline = baseline_heap()
+    needs = np.full(n_obs.shape, baseline, dtype=np.int64)
+    runs = n_obs >= minimum_observations(settings)
+    if analysed is not None:
+        runs &= np.asarray(analysed, dtype=bool)
+    if not runs.any():
+        return needs
+    distinct, position = np.unique(n_obs[runs], return_inverse=True)
+    largest = np.full(distinct.shape, baseline, dtype=np.int64)
+    for mode in settings.feature_modes:
+        base = mode_base(settings, mode)
+        for k in settings.k_selection.ks:
+            if state_space_too_large(base, k) or state_space_too_large(te_base(settings), k):
+                continue
+            heaps = minimum_heaps(settings, mode, k, distinct)
+            if settings.k_selection.undersampling_guard:
+                # guard_allows is n - k >= base^(k+1); evaluated on the distinct values only
+                allowed = np.array([guard_allows(int(n), base, k) for n in distinct], dtype=bool)
+                heaps = np.where(allowed, heaps, baseline)
+            largest = np.maximum(largest, heaps)
+    needs[runs] = largest[position]
+    return needs
+
+
+def observation_counts(dataset, settings: Settings) -> tuple[tuple[str, ...], np.ndarray, np.ndarray]:
+    """(user ids, n_obs per user, analysed per user) of a loaded infodynamics Dataset, without series().
+
+    Dataset.series builds each user's series (about 60 microseconds, and a log line per user with
+    dropped values): too slow for a million users. This follows the same rules on the stored rows:
+    missing values dropped, then, with data.step, the number of resampled bins (empty bins count for
+    sum and count, as in data.resample). Fixed-width steps (1h, 30min, 1D) are counted with integer
+    arithmetic; calendar steps (W, MS) go through data.resample per user. `analysed` is False for a
+    categorical user with more distinct labels than data.levels (without data.step; with it the
+    labels are those of the bins, and the user is counted as analysed, which can only overestimate).
+    """
+    from shardrun.infodynamics.data import _missing_values, resample
+
+    data = settings.data
+    step_nanos = None
+    if data.step is not None:
+        try:
+            step_nanos = int(pd.tseries.frequencies.to_offset(data.step).nanos)
+        except ValueError:  # a calendar offset (weeks, months): bins of varying length
+            step_nanos = None
+    keeps_empty_bins = data.aggregate in ("sum", "count")
+    user_ids = tuple(dataset.user_ids)
+    n_obs = np.empty(len(user_ids), dtype=np.int64)
+    analysed = np.ones(len(user_ids), dtype=bool)
+    rows_by_user = dataset._rows_by_user  # the package's own Dataset; series() is the public, slow route
+    for i, user_id in enumerate(user_ids):
+        rows = rows_by_user[user_id]
+        present = ~_missing_values(rows.values, data.encoding)
+        if data.step is None:
+            n_obs[i] = np.count_nonzero(present)
+            if data.encoding == "categorical":
+                analysed[i] = len(set(rows.values[present])) <= data.levels
+        elif step_nanos is not None:
+            n_obs[i] = _fixed_step_bins(rows.local_times[present], step_nanos, keeps_empty_bins)
+        else:
+            n_obs[i] = len(resample(rows.values[present], rows.local_times[present], data.step, data.aggregate)[0])
+    return user_ids, n_obs, analysed
+
+
+def _fixed_step_bins(local_times: np.ndarray, step_nanos: int, keeps_empty_bins: bool) -> int:
+    """Bins pandas' resample makes for a fixed-width step: origin at midnight of the first time's day."""
+    if len(local_times) == 0:
+        return 0
+    times = np.sort(local_times.astype("datetime64[ns]").view(np.int64))
+    origin = times[0] - times[0] % (86_400 * 10**9)  # 'start_day'; times are naive local wall clock
+    bins = (times - origin) // step_nanos
+    return int(bins[-1] - bins[0] + 1) if keeps_empty_bins else int(len(np.unique(bins)))
+
+
+def user_heap_needs(settings: Settings, dataset) -> dict[str, int]:
+    """The Task protocol's optional user_heap_needs: bytes of Java heap each user of `dataset` needs."""
+    user_ids, n_obs, analysed = observation_counts(dataset, settings)
+    return dict(zip(user_ids, heap_needs(settings, n_obs, analysed).tolist()))

@@ -1,0 +1,400 @@
+"""Memory admission: how much Java heap a shard gets, and whether K shards fit in this machine.
+
+Two decisions, both pure functions of numbers so they are tested without processes:
+
+- `resolve_heap(jvm, needs)`: `jvm.xmx: auto` becomes a size chosen from the users' predicted heap
+  needs (Task.user_heap_needs): the largest need plus AUTO_HEAP_MARGIN, rounded up to a multiple of
+  AUTO_HEAP_STEP, at least AUTO_HEAP_FLOOR and at most AUTO_HEAP_CEILING. `jvm.xms: auto` becomes the
+  chosen xmx. A heap given as a size is kept as it is.
+- `admit(shards, heap, native_overhead, available)`: K x (heap + the process's memory beyond its
+  heap) must fit in the memory available, or the launcher refuses to start and says which K or
+  heap would fit. The overhead beyond the heap was measured (docs/PERFORMANCE.md, bench/jvm_overhead.py)
+  and is encoded in `native_overhead_bytes`.
+
+The side effects sit at the edges: `available_memory()` reads psutil and the cgroup files (through
+the pure parsers below), `task_heap_needs` asks the task, `check_launch` puts them together for the
+launcher. The worker resolves the heap after loading the data and before starting the JVM.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from shardrun.config import AUTO_HEAP, JvmConfig, RunConfig, heap_bytes
+from shardrun.errors import ConfigError, format_bytes
+
+log = logging.getLogger(__name__)
+
+MIB = 1024**2
+GIB = 1024**3
+
+# --- Choosing the heap ------------------------------------------------------------------------
+
+# The heap model (infodynamics/heap.py) is within about 10% of measured needs; the margin covers that,
+# the larger G1 regions of a larger heap (each humongous array is rounded up to whole regions), and
+# garbage the collector has not yet reclaimed between one (mode, k) and the next.
+AUTO_HEAP_MARGIN = 0.25
+AUTO_HEAP_STEP = 64 * MIB  # round up to this, so nearby data give the same flags
+AUTO_HEAP_FLOOR = 128 * MIB  # below this the JVM's own start-up and JIT use matter more than the model
+# Above 32 GiB the JVM turns off compressed references, so every reference doubles and a 33 GiB heap
+# holds less than a 31 GiB one; a need beyond this is an outlier user or a k grid to reconsider.
+AUTO_HEAP_CEILING = 31 * GIB
+OVER_BUDGET_SHOWN = 20  # users listed by --dry-run and in the log; the rest are counted
+
+
+def auto_heap_bytes(largest_need: int, at_least: int = 0) -> int:
+    """The heap auto picks for a largest user need (bytes): margin, rounding, floor, ceiling.
+
+    `at_least` is an explicit jvm.xms: the JVM refuses an initial heap above the maximum.
+    """
+    with_margin = math.ceil(largest_need * (1 + AUTO_HEAP_MARGIN))
+    rounded = -(-with_margin // AUTO_HEAP_STEP) * AUTO_HEAP_STEP
+    return max(min(max(rounded, AUTO_HEAP_FLOOR), AUTO_HEAP_CEILING), at_least)
+
+
+def resolve_heap(jvm: JvmConfig, needs: Mapping[str, int]) -> JvmConfig:
+    """The JvmConfig the JVM starts with: `auto` replaced by sizes, everything else unchanged.
+
+    xmx auto: auto_heap_bytes of the largest need in `needs` (the floor when there are none).
+    xms auto: the same as the final xmx, so the whole heap is committed at start (no growth pauses,
+    and the process's size is the one the launcher's admission check counted).
+    """
+    xmx = jvm.xmx
+    if jvm.xmx == AUTO_HEAP:
+        explicit_xms = heap_bytes(jvm.xms) if jvm.xms not in (None, AUTO_HEAP) else 0
+        xmx = f"{auto_heap_bytes(max(needs.values(), default=0), at_least=explicit_xms) // MIB}m"
+    xms = xmx if jvm.xms == AUTO_HEAP else jvm.xms
+    return replace(jvm, xmx=xmx, xms=xms)
+
+
+def describe_auto_rule() -> str:
+    return (
+        f"the largest user need + {AUTO_HEAP_MARGIN:.0%}, rounded up to a multiple of {AUTO_HEAP_STEP // MIB} MiB,"
+        f" at least {AUTO_HEAP_FLOOR // MIB} MiB and at most {AUTO_HEAP_CEILING // GIB} GiB"
+    )
+
+
+def task_heap_needs(task: Any, settings: Any, dataset: Any, jvm: JvmConfig) -> dict[str, int] | None:
+    """The task's per-user heap needs, or None when the task does not predict them.
+
+    jvm.xmx auto cannot be decided without them, so that case is an error naming the way out.
+    """
+    predict = getattr(task, "user_heap_needs", None)
+    if predict is None:
+        if jvm.xmx == AUTO_HEAP:
+            raise ConfigError(
+                f"jvm.xmx is auto, but the task {type(task).__name__} does not predict each user's heap"
+                " (it has no user_heap_needs, see shardrun.task.PredictsHeap); set jvm.xmx to a size such"
+                " as 1g in the config."
+            )
+        return None
+    return predict(settings, dataset)
+
+
+@dataclass(frozen=True)
+class HeapPlan:
+    """The heap a shard starts with, and the users predicted not to fit in it."""
+
+    configured: JvmConfig  # as written in the config (may say auto)
+    jvm: JvmConfig  # resolved: what the JVM gets, what status.json and run.json record
+    largest_need: int | None  # over every user of the data; None when the task predicts no needs
+    largest_user: str | None
+    users_considered: int  # the users `over_budget` was computed over (a shard's users to do)
+    over_budget: tuple[tuple[str, int], ...]  # (user id, need) of the first OVER_BUDGET_SHOWN of them
+    over_budget_count: int
+    over_budget_largest: int = 0  # the largest need among all of them, shown or not
+
+    @property
+    def heap(self) -> int:
+        return self.jvm.xmx_bytes
+
+    def jvm_line(self) -> str:
+        """The JVM flags, and with auto how they were chosen."""
+        flags = " ".join(self.jvm.jvm_args())
+        if not self.configured.xmx_is_auto:
+            return flags
+        if self.largest_need is None or self.largest_user is None:
+            return f"{flags} (jvm.xmx auto: no users, so the floor of {AUTO_HEAP_FLOOR // MIB} MiB)"
+        return (f"{flags} (jvm.xmx auto: user {self.largest_user!r} needs {format_bytes(self.largest_need)};"
+                f" {describe_auto_rule()})")
+
+    def report_lines(self) -> list[str]:
+        """What --dry-run prints under the JVM flags: who is predicted to exceed the heap."""
+        heap = format_bytes(self.heap)
+        if self.largest_need is None:
+            return ["heap: the task does not predict each user's heap; no per-user check"]
+        if not self.over_budget_count:
+            return [f"heap: all {self.users_considered} users to do fit in -Xmx{self.jvm.xmx}"
+                    f" (the largest predicted need of the data is {format_bytes(self.largest_need)},"
+                    f" user {self.largest_user!r})"]
+        lines = [f"heap: {self.over_budget_count} of the {self.users_considered} users to do are predicted to need"
+                 f" more than the {heap} heap (-Xmx{self.jvm.xmx}); they would fail with 'Java heap exhausted':"]
+        lines += [f"  user {user!r}: needs {format_bytes(need)}, heap {heap}" for user, need in self.over_budget]
+        if self.over_budget_count > len(self.over_budget):
+            lines.append(f"  ... and {self.over_budget_count - len(self.over_budget)} more")
+        fix = (
+            f"lower k_selection.k_max (auto stops at {AUTO_HEAP_CEILING // GIB} GiB)" if self.configured.xmx_is_auto
+            else f"raise jvm.xmx to {auto_heap_bytes(self.over_budget_largest) // MIB}m (their largest need"
+                 f" + {AUTO_HEAP_MARGIN:.0%}), or set jvm.xmx: auto"
+        )
+        lines.append(f"  fix: {fix}")
+        return lines
+
+
+def plan_heap(jvm: JvmConfig, needs: Mapping[str, int] | None, users: Sequence[str]) -> HeapPlan:
+    """Resolve the heap from every user's need, then list which of `users` exceed it (pure)."""
+    resolved = resolve_heap(jvm, needs or {})
+    if not needs:
+        return HeapPlan(jvm, resolved, None, None, len(users), (), 0)
+    largest_user = max(needs, key=needs.__getitem__)
+    heap = resolved.xmx_bytes
+    over = [(user, needs[user]) for user in users if needs.get(user, 0) > heap]
+    return HeapPlan(
+        configured=jvm, jvm=resolved, largest_need=needs[largest_user], largest_user=largest_user,
+        users_considered=len(users), over_budget=tuple(over[:OVER_BUDGET_SHOWN]), over_budget_count=len(over),
+        over_budget_largest=max((need for _, need in over), default=0),
+    )
+
+
+# --- Memory beyond the heap, measured ---------------------------------------------------------
+
+# A shard process's RSS minus its (fully touched) Java heap: CPython, numpy, pandas, shardrun and the
+# sample table (135 MiB before the JVM starts), then libjvm, JPype, metaspace, code cache, threads and
+# G1's own structures (mark bitmaps, card table, remembered sets), which grow with the heap. Measured
+# with bench/jvm_overhead.py (docs/PERFORMANCE.md): on 2 CPUs 199 MiB at -Xmx128m, 234 MiB at 1g,
+# 370 MiB at 4g (about 194 MiB + 4.4% of the heap); sized for 64 CPUs (more GC and compiler threads)
+# 240 MiB at 128m, 281 MiB at 1g, 402 MiB at 4g (about 235 MiB + 4%). The constants cover the 64-CPU
+# figures with a margin of at least 20% (other library versions, a larger Python heap while analysing).
+# The loaded input table is counted separately (`data_bytes` of check_launch): every shard holds the
+# whole table, and for millions of users it can outweigh everything above.
+NATIVE_OVERHEAD_FIXED_BYTES = 288 * MIB
+NATIVE_OVERHEAD_HEAP_FRACTION = 0.05
+
+
+def native_overhead_bytes(heap: int) -> int:
+    """Memory a shard process uses beyond a Java heap of `heap` bytes (with a margin; see above)."""
+    return NATIVE_OVERHEAD_FIXED_BYTES + math.ceil(NATIVE_OVERHEAD_HEAP_FRACTION * heap)
+
+
+# --- Admission ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Admission:
+    ok: bool
+    message: str  # one paragraph: the arithmetic, and when refused, the K or heap that would fit
+    max_shards_that_fit: int  # 0 when not even one shard fits
+    max_heap_that_fits: int  # bytes (whole MiB) per shard for the requested K; 0 when none fits
+
+
+def admit(
+    shards: int,
+    heap_bytes: int,
+    native_overhead_bytes: int,
+    available_bytes: int,
+    *,
+    heap_floor_bytes: int = 0,
+    available_what: str = "memory available",
+) -> Admission:
+    """May K shards of `heap_bytes` heap (plus overhead) start with `available_bytes` free? (pure)
+
+    The suggested heap keeps the overhead of the requested heap, which overstates it for a smaller
+    heap (the overhead grows with the heap), so the suggestion errs on the side of fitting.
+    `heap_floor_bytes` is the largest user's need: a heap below it is not offered as a way out.
+    """
+    if shards < 1:
+        raise ValueError(f"shards must be at least 1, got {shards}")
+    per_shard = heap_bytes + native_overhead_bytes
+    total = shards * per_shard
+    max_shards = max(available_bytes, 0) // per_shard
+    max_heap = max((max(available_bytes, 0) // shards - native_overhead_bytes) // MIB * MIB, 0)
+    arithmetic = (
+        f"{shards} shard{'s' if shards > 1 else ''} x ({format_bytes(heap_bytes)} Java heap"
+        f" + {format_bytes(native_overhead_bytes)} beyond the heap) = {format_bytes(total)}"
+    )
+    if total <= available_bytes:
+        return Admission(True, f"{arithmetic} fits in the {format_bytes(available_bytes)} of {available_what}.",
+                         max_shards, max_heap)
+    fixes = []
+    if max_shards >= 1:
+        fixes.append(f"run at most {max_shards} shard{'s' if max_shards > 1 else ''} at once"
+                     f" (--max-parallel {max_shards}, or --shards {max_shards})")
+    if max_heap >= max(heap_floor_bytes, MIB):
+        fixes.append(f"lower jvm.xmx to {max_heap // MIB}m or less")
+    elif max_heap > 0:
+        fixes.append(f"not a smaller heap: {max_heap // MIB}m would fit {shards} shards, but the largest user"
+                     f" needs {format_bytes(heap_floor_bytes)}")
+    fixes.append("or free memory on this machine")
+    lead = "not even one shard fits" if max_shards == 0 else "the OOM killer would end shards mid-run"
+    message = (
+        f"{arithmetic} is more than the {format_bytes(available_bytes)} of {available_what}: {lead}."
+        f" To fit: {'; '.join(fixes)}."
+    )
+    return Admission(False, message, max_shards, max_heap)
+
+
+# --- Memory available: psutil, capped by a cgroup limit ---------------------------------------
+
+_UNLIMITED = 2**60  # cgroup v1 writes "no limit" as a page-aligned 2^63 - 1
+
+
+def parse_cgroup_limit(text: str) -> int | None:
+    """memory.max (v2) or memory.limit_in_bytes (v1) -> bytes, or None for no limit."""
+    value = text.strip()
+    if not value or value == "max":
+        return None
+    limit = int(value)
+    return None if limit >= _UNLIMITED else limit
+
+
+def parse_memory_stat(text: str) -> dict[str, int]:
+    """memory.stat -> {key: value}; malformed lines are skipped (the file is advisory here)."""
+    stat = {}
+    for line in text.splitlines():
+        key, _, value = line.partition(" ")
+        if value.strip().isdigit():
+            stat[key] = int(value)
+    return stat
+
+
+def parse_proc_cgroup(text: str) -> tuple[str | None, str | None]:
+    """/proc/self/cgroup -> (the v2 cgroup path, the v1 memory controller's path), each None if absent."""
+    v2 = v1 = None
+    for line in text.splitlines():
+        parts = line.split(":", 2)
+        if len(parts) != 3:
+            continue
+        _, controllers, path = parts
+        if controllers == "":
+            v2 = path
+        elif "memory" in controllers.split(","):
+            v1 = path
+    return v2, v1
+
+
+def cgroup_headroom(limit: int, usage: int, stat: Mapping[str, int]) -> int:
+    """What a cgroup can still take: its limit minus usage, not counting reclaimable file cache."""
+    inactive_file = stat.get("total_inactive_file", stat.get("inactive_file", 0))
+    return max(limit - max(usage - inactive_file, 0), 0)
+
+
+def _candidate_dirs(mount: Path, path: str | None) -> list[Path]:
+    """The process's cgroup dir and its ancestors up to the mount (every limit on the way applies)."""
+    dirs = []
+    if path:
+        current = mount / path.lstrip("/")
+        while current != mount and mount in current.parents:
+            dirs.append(current)
+            current = current.parent
+    dirs.append(mount)
+    return dirs
+
+
+def _read(path: Path) -> str | None:
+    try:
+        return path.read_text()
+    except OSError:
+        return None
+
+
+def _read_int(path: Path) -> int:
+    text = (_read(path) or "").strip()
+    return int(text) if text.isdigit() else 0
+
+
+def cgroup_available(root: Path = Path("/sys/fs/cgroup"), proc_cgroup: Path = Path("/proc/self/cgroup")) -> tuple[int, str] | None:
+    """(bytes the tightest cgroup memory limit still allows, its file), or None without a limit."""
+    v2_path, v1_path = parse_proc_cgroup(_read(proc_cgroup) or "")
+    layouts = (
+        (root, v2_path, "memory.max", "memory.current"),
+        (root / "memory", v1_path, "memory.limit_in_bytes", "memory.usage_in_bytes"),
+    )
+    tightest: tuple[int, str] | None = None
+    for mount, path, limit_name, usage_name in layouts:
+        for directory in _candidate_dirs(mount, path):
+            limit_text = _read(directory / limit_name)
+            limit = parse_cgroup_limit(limit_text) if limit_text is not None else None
+            if limit is None:
+                continue
+            usage = _read_int(directory / usage_name)
+            headroom = cgroup_headroom(limit, usage, parse_memory_stat(_read(directory / "memory.stat") or ""))
+            if tightest is None or headroom < tightest[0]:
+                tightest = (headroom, str(directory / limit_name))
+    return tightest
+
+
+def available_memory() -> int:
+    """Bytes this machine can still give to new processes: psutil's available, capped by a cgroup limit."""
+    return _available_memory()[0]
+
+
+def _available_memory() -> tuple[int, str]:
+    import psutil
+
+    available = (int(psutil.virtual_memory().available), "memory available (psutil)")
+    cgroup = cgroup_available()
+    if cgroup is not None and cgroup[0] < available[0]:
+        return cgroup[0], f"memory left under the cgroup limit ({cgroup[1]})"
+    return available
+
+
+# --- The launcher's check ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LaunchCheck:
+    heap: HeapPlan  # heap.jvm: the resolved JVM config to give every shard (pass heap.jvm.xmx as --xmx)
+    admission: Admission
+
+    @property
+    def ok(self) -> bool:
+        return self.admission.ok
+
+
+def check_launch(
+    config: RunConfig,
+    task: Any,
+    dataset: Any | None,
+    shards: int,
+    *,
+    data_bytes: int = 0,
+    available_bytes: int | None = None,
+) -> LaunchCheck:
+    """Resolve the heap (from the data when given) and admit K shards against the memory available.
+
+    `dataset` is required for jvm.xmx auto (the needs come from the data); without it an explicit heap
+    is admitted as configured and nobody is checked per user. `data_bytes` is the memory the loaded
+    table takes in one process (every shard loads all of it; measure_load gives it).
+    `available_bytes` defaults to available_memory().
+    """
+    if dataset is None and config.jvm.xmx_is_auto:
+        raise ConfigError(
+            "jvm.xmx is auto, which is chosen from the data, but the launcher's memory check was given no"
+            " data; load it first (shardrun.admission.measure_load) or set jvm.xmx to a size such as 1g."
+        )
+    needs = task_heap_needs(task, config.settings, dataset, config.jvm) if dataset is not None else None
+    heap = plan_heap(config.jvm, needs, list(dataset.user_ids) if dataset is not None else [])
+    if available_bytes is None:
+        available_bytes, available_what = _available_memory()
+    else:
+        available_what = "memory available"
+    admission = admit(
+        shards, heap.heap, native_overhead_bytes(heap.heap) + data_bytes, available_bytes,
+        heap_floor_bytes=heap.largest_need or 0, available_what=available_what,
+    )
+    log.info("memory check for %d shards with %s: %s", shards, heap.jvm_line(), admission.message)
+    return LaunchCheck(heap=heap, admission=admission)
+
+
+def measure_load(task: Any, settings: Any) -> tuple[Any, int]:
+    """Load the data and return it with the memory the load took (RSS growth of this process)."""
+    import psutil
+
+    process = psutil.Process()
+    before = process.memory_info().rss
+    dataset = task.load(settings)
+    return dataset, max(process.memory_info().rss - before, 0)

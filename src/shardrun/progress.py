@@ -1,0 +1,119 @@
+"""What a person sees of a run's progress: pure functions from status.json and launcher.json documents.
+
+Used by the launcher's live view and by `monitor_progress`, so both say the same thing. A shard
+recorded as running is shown dead when its pid is gone (same host) or its heartbeat is stale,
+unless the launcher says it suspended it on purpose (--cpu-limit).
+"""
+
+from __future__ import annotations
+
+import socket
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Mapping, Sequence
+
+import psutil
+
+ACTIVE_STATES = ("starting", "running")
+
+
+@dataclass(frozen=True)
+class ShardView:
+    shard: str
+    state: str
+    done: int
+    total: int
+    ok: int
+    skipped: int
+    failed: int
+    current_user: str | None
+    rate_per_hour: float | None
+    eta_seconds: float | None
+
+    @property
+    def active(self) -> bool:
+        return self.state in ACTIVE_STATES or self.state in ("suspended", "waiting")
+
+
+def liveness(doc: Mapping[str, Any], now: datetime, stale_after: float, launcher_phase: str | None = None) -> str:
+    state = doc.get("state", "unknown")
+    if state not in ACTIVE_STATES:
+        return state
+    if launcher_phase == "suspended":
+        return "suspended"
+    pid = doc.get("pid")
+    if doc.get("host") == socket.gethostname() and isinstance(pid, int) and not psutil.pid_exists(pid):
+        return "dead (process gone)"
+    updated = doc.get("updated_at")
+    if updated:
+        age = (now - datetime.fromisoformat(updated)).total_seconds()
+        if age > stale_after:
+            return f"dead? (no heartbeat for {age:.0f} s)"
+    return state
+
+
+def shard_view(
+    shard: str, doc: Mapping[str, Any] | None, now: datetime, stale_after: float, launcher_phase: str | None = None
+) -> ShardView:
+    if doc is None:
+        return ShardView(shard, launcher_phase or "waiting", 0, 0, 0, 0, 0, None, None, None)
+    return ShardView(
+        shard=shard,
+        state=liveness(doc, now, stale_after, launcher_phase),
+        done=int(doc.get("users_done") or 0),
+        total=int(doc.get("users_total") or 0),
+        ok=int(doc.get("users_ok") or 0),
+        skipped=int(doc.get("users_skipped") or 0),
+        failed=int(doc.get("users_failed") or 0),
+        current_user=doc.get("current_user"),
+        rate_per_hour=doc.get("rate_users_per_hour"),
+        eta_seconds=doc.get("eta_seconds") if doc.get("state") in ACTIVE_STATES else None,
+    )
+
+
+def overall_eta(views: Sequence[ShardView], parallel: int | None = None) -> float | None:
+    """Seconds until the whole run ends: remaining users at the pooled per-user time, over the parallelism.
+
+    With every shard running this is close to the slowest shard's ETA; with shards still waiting
+    (--max-parallel) it accounts for their users too. None until some shard has a measured rate.
+    """
+    remaining = sum(max(v.total - v.done, 0) for v in views if v.state not in ("completed", "completed_with_failures"))
+    rates = [v.rate_per_hour for v in views if v.rate_per_hour]
+    if remaining == 0:
+        return 0.0
+    if not rates:
+        return None
+    seconds_per_user = 3600.0 / (sum(rates) / len(rates))
+    lanes = min(parallel or len(views), len(views)) or 1
+    slowest = max((v.eta_seconds or 0.0) for v in views)
+    return max(remaining * seconds_per_user / lanes, slowest)
+
+
+def format_seconds(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    seconds = int(round(seconds))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
+
+
+def render_table(views: Sequence[ShardView], parallel: int | None = None) -> list[str]:
+    lines = [f"{'shard':<7} {'state':<24} {'done/total':>11} {'failed':>6} {'users/h':>8} {'ETA':>7}  current user"]
+    for v in views:
+        rate = f"{v.rate_per_hour:.0f}" if v.rate_per_hour else "-"
+        current = (v.current_user or "")[:30]
+        lines.append(
+            f"{v.shard:<7} {v.state[:24]:<24} {f'{v.done}/{v.total}':>11} {v.failed:>6} {rate:>8}"
+            f" {format_seconds(v.eta_seconds):>7}  {current}"
+        )
+    done = sum(v.done for v in views)
+    total = sum(v.total for v in views)
+    lines.append(f"overall: {done}/{total} users, ETA {format_seconds(overall_eta(views, parallel))}")
+    return lines
+
+
+def plain_line(views: Sequence[ShardView], parallel: int | None = None) -> str:
+    """One line for logs and CI, where a redrawn table would be noise."""
+    parts = [f"{v.shard} {v.state} {v.done}/{v.total}" for v in views]
+    return f"progress: {'; '.join(parts)}; overall ETA {format_seconds(overall_eta(views, parallel))}"

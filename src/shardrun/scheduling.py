@@ -1,0 +1,102 @@
+"""The launcher's decisions, as small pure objects: which shard to start, restart, suspend or resume.
+
+No processes here: the launcher (launcher.py) observes its children, asks these policies, and acts.
+That keeps every rule testable with plain values.
+"""
+
+from __future__ import annotations
+
+import signal
+from dataclasses import dataclass
+from typing import Sequence
+
+from shardrun.config import heap_bytes
+from shardrun.errors import (
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_SHARD_LOCKED,
+    EXIT_STORAGE,
+    EXIT_USAGE,
+    EXIT_USERS_FAILED,
+    EXIT_VALIDATION_FAILED,
+)
+
+# Exits that say the shard itself decided to stop: restarting would change nothing.
+DELIBERATE_EXITS = frozenset(
+    {EXIT_OK, EXIT_USERS_FAILED, EXIT_USAGE, EXIT_INTERRUPTED, EXIT_SHARD_LOCKED, EXIT_VALIDATION_FAILED, EXIT_STORAGE}
+)
+
+
+def died_abnormally(exit_code: int) -> bool:
+    """Killed by a signal (SIGKILL from the OOM killer, SIGSEGV, SIGABRT of a JVM crash) or crashed."""
+    return exit_code not in DELIBERATE_EXITS
+
+
+def describe_exit(code: int) -> str:
+    """A shard's exit status in words, with the likely cause for a death by signal."""
+    words = {
+        EXIT_OK: "completed",
+        EXIT_USERS_FAILED: "completed, some users failed (see errors.jsonl)",
+        EXIT_USAGE: "refused its input (config, data or environment; see its log)",
+        EXIT_INTERRUPTED: "interrupted (resume to continue)",
+        EXIT_SHARD_LOCKED: "refused: another process holds the shard dir",
+        EXIT_STORAGE: "stopped: its dir cannot be written (disk full or read-only; see its log)",
+    }
+    if code in words:
+        return words[code]
+    if code == -signal.SIGKILL:
+        return "killed by SIGKILL (likely the OOM killer: lower K or jvm.xmx, then resume)"
+    if code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = f"signal {-code}"
+        return f"killed by {name}" + (" (a JVM crash: see hs_err_pid*.log in the shard dir)"
+                                      if -code in (signal.SIGABRT, signal.SIGSEGV, signal.SIGBUS) else "")
+    return f"crashed with exit code {code} (see its log; an hs_err_pid*.log in the shard dir means the JVM crashed)"
+
+
+@dataclass(frozen=True)
+class RestartPolicy:
+    """Restart a shard that died abnormally, by resuming its dir, at most `max_restarts` times."""
+
+    max_restarts: int = 0
+    heap_factor: float = 1.0  # >1: each restart gets a larger heap (for JVMs that died of memory)
+
+    def should_restart(self, exit_code: int, restarts_so_far: int) -> bool:
+        return died_abnormally(exit_code) and restarts_so_far < self.max_restarts
+
+    def heap_for_restart(self, xmx: str, restarts_so_far: int) -> str:
+        """The -Xmx of restart number `restarts_so_far + 1`, in whole MiB."""
+        if self.heap_factor == 1.0:
+            return xmx
+        scaled = heap_bytes(xmx) * self.heap_factor ** (restarts_so_far + 1)
+        return f"{int(-(-scaled // 2**20))}m"
+
+
+def shards_to_start(waiting: Sequence[int], active: int, max_parallel: int | None) -> list[int]:
+    """The waiting shards (in order) that may start now, with at most `max_parallel` active."""
+    if max_parallel is None:
+        return list(waiting)
+    return list(waiting[: max(max_parallel - active, 0)])
+
+
+@dataclass(frozen=True)
+class CpuThrottle:
+    """Hold the machine's CPU use under `limit` percent by suspending shard processes.
+
+    Above the limit, suspend one more shard (the most recently started: it has done least work);
+    below `limit - hysteresis`, resume one (the first suspended). One step per decision, so each
+    step's effect is measured before the next; the band between the two thresholds keeps it from
+    flapping. When the shards alone exceed the limit, this becomes a duty cycle around it.
+    """
+
+    limit: float
+    hysteresis: float = 10.0
+
+    def decide(self, cpu_percent: float, running: Sequence[int], suspended: Sequence[int]) -> tuple[str, int] | None:
+        if cpu_percent > self.limit and running:
+            return ("suspend", running[-1])
+        if cpu_percent < self.limit - self.hysteresis and suspended:
+            return ("resume", suspended[0])
+        return None

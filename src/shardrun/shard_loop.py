@@ -1,0 +1,213 @@
+"""The loop of one shard process: for each user, analyse -> commit -> status, with a drain on signals.
+
+A user becomes done only by its atomic commit (store.commit_user). One user's failure is recorded
+(errors.jsonl, failed rows) and the loop goes on; a storage failure stops the shard clearly.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import time
+import traceback
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
+
+from shardrun import store
+from shardrun.config import RunConfig
+from shardrun.durability import durable_write
+from shardrun.errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_USERS_FAILED, HeapTooSmall
+from shardrun.jvm import is_heap_exhaustion, java_class_name, java_stack, start_jvm
+from shardrun.status import ShardStatus
+from shardrun.task import Dataset, Task
+
+if TYPE_CHECKING:
+    from shardrun.worker import ResolvedDirs, ShardPlan, WorkerOptions
+
+log = logging.getLogger(__name__)
+
+
+def user_outcome(rows: Sequence[Mapping[str, Any]]) -> str:
+    statuses = {row.get("status") for row in rows}
+    if "failed" in statuses:
+        return "failed"
+    if statuses == {"skipped"}:
+        return "skipped"
+    return "ok"
+
+
+class StopFlag:
+    """Set by SIGTERM/SIGINT: finish the user in flight, commit it, then stop taking users.
+
+    Installed first thing in the worker, before the data is read or the JVM starts, so that a
+    signal at any moment leads to a drain, never to the default action half-way through start-up.
+    A second signal calls `on_second` (by default: leave at once).
+    """
+
+    def __init__(self) -> None:
+        self.requested_by: str | None = None
+        self.on_second: Callable[[str], None] = lambda _name: os._exit(EXIT_INTERRUPTED)
+
+    def install(self) -> None:
+        def handler(signum: int, _frame: Any) -> None:
+            name = signal.Signals(signum).name
+            if self.requested_by is not None:
+                self.on_second(name)
+                return
+            self.requested_by = name
+            log.warning("%s received: finishing the user in flight, then stopping", name)
+
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, handler)
+
+
+class ShardLoop:
+    def __init__(
+        self,
+        config: RunConfig,
+        task: Task,
+        dataset: Dataset,
+        dirs: ResolvedDirs,
+        plan: ShardPlan,
+        options: WorkerOptions,
+        previous_outcomes: Sequence[str],
+        stop: StopFlag,
+    ):
+        self.config = config
+        self.task = task
+        self.dataset = dataset
+        self.dirs = dirs
+        self.plan = plan
+        self.options = options
+        self.stop = stop
+        previous = list(previous_outcomes)
+        self.status = ShardStatus(
+            dirs.shard,
+            {
+                "shard": str(dirs.spec),
+                "shard_index": dirs.spec.index,
+                "shard_count": dirs.spec.count,
+                "run_dir": str(dirs.run.dir),
+                "config_hash": config.hash,
+                "jvm": config.jvm.jvm_args(),
+                "users_total": len(plan.assigned),
+                "users_done": len(plan.done),
+                "users_ok": previous.count("ok"),
+                "users_failed": previous.count("failed"),
+                "users_skipped": previous.count("skipped"),
+                "users_todo": len(plan.todo),
+                "resumed_with_done": len(plan.done),
+            },
+            write=lambda path, doc: durable_write("status.json", path.parent, lambda: store.write_json_atomic(path, doc)),
+        )
+
+    def run(self) -> int:
+        self.status.update(state="starting")
+        log.info(
+            "shard %s: %d users assigned, %d already committed, %d to do",
+            self.dirs.spec, len(self.plan.assigned), len(self.plan.done), len(self.plan.todo),
+        )
+        # A JVM crash writes its hs_err file into the shard dir, where the launcher and users look.
+        jvm_config = replace(self.config.jvm, options=(*self.config.jvm.options, f"-XX:ErrorFile={self.dirs.shard.hs_err_pattern}"))
+        try:
+            jvm_info = start_jvm(jvm_config)
+        except Exception as exc:
+            self.status.update(state="failed", last_error=str(exc))
+            raise
+        self.status.update(state="running", java_version=jvm_info.java_version, jidt_jar_sha256=jvm_info.jar_sha256)
+        self.stop.on_second = self._stop_now
+        self.status.start_heartbeat(self.options.heartbeat_seconds)
+        try:
+            for position, user_id in enumerate(self.plan.todo):
+                if position and self.options.cooldown_seconds:
+                    self._cool_down()
+                if self.stop.requested_by:
+                    break
+                self._run_user(user_id)
+        except BaseException as exc:
+            self._record_shard_failure(exc)
+            raise
+        finally:
+            self.status.stop_heartbeat()
+        return self._finish()
+
+    def _cool_down(self) -> None:
+        """Pause between users (--cooldown), waking early when a stop is requested."""
+        until = time.monotonic() + self.options.cooldown_seconds
+        while not self.stop.requested_by and time.monotonic() < until:
+            time.sleep(min(0.2, until - time.monotonic()))
+
+    def _record_shard_failure(self, exc: BaseException) -> None:
+        try:
+            self.status.update(state="failed", last_error=f"{type(exc).__name__}: {exc}")
+        except OSError as status_error:  # the disk that failed the shard may refuse this too
+            log.error("could not record the failure in %s: %s", self.dirs.shard.status, status_error)
+
+    def _stop_now(self, signal_name: str) -> None:
+        log.warning("second %s: stopping now; the user in flight is abandoned uncommitted", signal_name)
+        self.status.update(state="interrupted", last_error=f"stopped by a second {signal_name}")
+        logging.shutdown()
+        os._exit(EXIT_INTERRUPTED)
+
+    def _run_user(self, user_id: str) -> None:
+        self.status.begin_user(user_id)
+        started = time.monotonic()
+        try:
+            rows = list(self.task.analyse(self.dataset, user_id, self.config.settings))
+        except Exception as exc:  # one user's failure must not end the shard: record it and go on
+            rows = list(self.task.failed_rows(self.config.settings, user_id, failure_reason(exc)))
+            self._record_error(user_id, exc)
+        seconds = round(time.monotonic() - started, 3)
+        bookkeeping = {"shard": str(self.dirs.spec), "seconds": seconds, "config_hash": self.config.hash}
+        rows = [{**row, **bookkeeping} for row in rows]
+        meta = {"shard": str(self.dirs.spec), "host": socket.gethostname()}
+        try:
+            durable_write(f"the result of user {user_id!r}", self.dirs.shard.results,
+                          lambda: store.commit_user(self.dirs.shard, user_id, rows, meta,
+                                                    replace=user_id in self.plan.retry))
+        except store.AlreadyCommitted:
+            log.error("user %r was already committed in %s; keeping the first commit", user_id, self.dirs.shard.dir)
+        outcome = user_outcome(rows)
+        self.status.end_user(outcome)
+        log.info("user %r %s in %.2f s", user_id, outcome, seconds)
+
+    def _record_error(self, user_id: str, exc: BaseException) -> None:
+        record: dict[str, Any] = {
+            "user_id": user_id,
+            "shard": str(self.dirs.spec),
+            "error_type": type(exc).__name__,
+            "message": str(exc),
+            "java_class": java_class_name(exc) or java_class_name(exc.__cause__ or exc),
+            "java_stack": java_stack(exc) or (java_stack(exc.__cause__) if exc.__cause__ else None),
+            "traceback": "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)),
+            "xmx": self.config.jvm.xmx,
+        }
+        if isinstance(exc, HeapTooSmall):
+            record["heap_needed_bytes"] = exc.needed_bytes
+        elif is_heap_exhaustion(exc):
+            record["heap_needed_bytes"] = None
+        durable_write("errors.jsonl", self.dirs.shard.dir, lambda: store.append_error(self.dirs.shard, record))
+        self.status.update(last_error=f"{user_id}: {failure_reason(exc)}")
+        log.error("user %r failed: %s", user_id, failure_reason(exc))
+
+    def _finish(self) -> int:
+        doc = self.status.snapshot()
+        if self.stop.requested_by and doc["users_todo"] > 0:
+            self.status.update(state="interrupted", last_error=f"stopped by {self.stop.requested_by}")
+            log.warning("shard %s interrupted with %d users to do; resume with --resume %s",
+                        self.dirs.spec, doc["users_todo"], self.dirs.shard.dir)
+            return EXIT_INTERRUPTED
+        failed = doc["users_failed"] > 0
+        self.status.update(state="completed_with_failures" if failed else "completed", eta_seconds=0)
+        log.info("shard %s finished: %d ok, %d skipped, %d failed", self.dirs.spec,
+                 doc["users_ok"], doc["users_skipped"], doc["users_failed"])
+        return EXIT_USERS_FAILED if failed else EXIT_OK
+
+
+def failure_reason(exc: BaseException) -> str:
+    if is_heap_exhaustion(exc) and not isinstance(exc, HeapTooSmall):
+        return f"Java heap exhausted ({exc}); raise jvm.xmx and resume"
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}"[:500]

@@ -1,0 +1,147 @@
+"""launch_shards with real processes and signals: restarts, deaths, --max-parallel, --cpu-limit, --nice, orphans."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import psutil
+import pytest
+import yaml
+
+from e2e_support import analysis_values, read_status, shardrun, wait_for
+
+pytestmark = pytest.mark.e2e
+
+
+def start_launcher(workspace, *flags: str, config: Path | None = None) -> tuple[subprocess.Popen, Path]:
+    root = workspace["root"]
+    earlier = set((root / "out").glob("full_*"))
+    launcher = subprocess.Popen(
+        [sys.executable, "-m", "shardrun.launcher", "--config", str(config or workspace["config"]), *flags],
+        cwd=root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+
+    def new_run():
+        runs = [p for p in set((root / "out").glob("full_*")) - earlier if (p / "launcher.json").is_file()]
+        return runs[0] if runs else None
+
+    return launcher, wait_for(new_run, process=launcher)
+
+
+def launcher_doc(run_dir: Path) -> dict:
+    try:
+        return json.loads((run_dir / "launcher.json").read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return {"shards": []}
+
+
+def shard_pid_after_first_user(run_dir: Path, index: int, count: int, launcher: subprocess.Popen) -> int:
+    shard_dir = run_dir / f"shard-{index}-of-{count}"
+    wait_for(lambda: read_status(shard_dir).get("users_done", 0) >= 1, process=launcher)
+    return launcher_doc(run_dir)["shards"][index]["pid"]
+
+
+def test_a_sigkilled_shard_is_restarted_by_resuming_and_the_result_is_whole(workspace):
+    launcher, run_dir = start_launcher(workspace, "--shards", "2", "--restarts", "1")
+    os.kill(shard_pid_after_first_user(run_dir, 1, 2, launcher), signal.SIGKILL)
+    output, _ = launcher.communicate(timeout=300)
+    assert launcher.returncode == 0, output
+    assert "shard 1/2 killed by SIGKILL (likely the OOM killer" in output
+    assert "restarting shard 1/2 by resuming its dir (restart 1 of 1" in output
+    doc = launcher_doc(run_dir)["shards"][1]
+    assert doc["restarts"] == 1 and doc["exits"] == [-signal.SIGKILL, 0]
+    status = read_status(run_dir / "shard-1-of-2")
+    assert status["state"] == "completed" and status["resumed_with_done"] >= 1
+    pd.testing.assert_frame_equal(analysis_values(run_dir / "merged"), workspace["reference"], check_exact=True)
+
+
+def test_without_restarts_the_death_is_written_into_the_shards_status(workspace):
+    launcher, run_dir = start_launcher(workspace, "--shards", "2")
+    os.kill(shard_pid_after_first_user(run_dir, 0, 2, launcher), signal.SIGKILL)
+    output, _ = launcher.communicate(timeout=300)
+    assert launcher.returncode == 70, output
+    status = read_status(run_dir / "shard-0-of-2")
+    assert status["state"] == "killed" and status["exit_code"] == -signal.SIGKILL
+    assert "likely the OOM killer" in status["last_error"]
+    assert read_status(run_dir / "shard-1-of-2")["state"] == "completed"
+    assert "not merging" in output and "--run-dir" in output
+    shardrun("launcher", "--config", str(workspace["config"]), "--shards", "2", "--run-dir", str(run_dir),
+             cwd=workspace["root"])
+    pd.testing.assert_frame_equal(analysis_values(run_dir / "merged"), workspace["reference"], check_exact=True)
+
+
+def test_max_parallel_runs_at_most_m_shards_at_once(workspace):
+    launcher, run_dir = start_launcher(workspace, "--shards", "3", "--max-parallel", "1", "--nice", "7")
+    most_running = 0
+    niceness = set()
+    while launcher.poll() is None:
+        shards = launcher_doc(run_dir)["shards"]
+        running = [s for s in shards if s["phase"] == "running"]
+        most_running = max(most_running, len(running))
+        for shard in running:
+            index, count = shard["shard"].split("/")
+            if read_status(run_dir / f"shard-{index}-of-{count}").get("pid") != shard["pid"]:
+                continue  # not yet past its start-up, where it lowers its own priority
+            try:
+                niceness.add(psutil.Process(shard["pid"]).nice())
+            except psutil.NoSuchProcess:
+                pass
+    output, _ = launcher.communicate()
+    assert launcher.returncode == 0, output
+    assert most_running == 1
+    assert niceness == {7}
+    pd.testing.assert_frame_equal(analysis_values(run_dir / "merged"), workspace["reference"], check_exact=True)
+
+
+def test_cpu_limit_suspends_and_resumes_shards(workspace):
+    launcher, run_dir = start_launcher(workspace, "--shards", "2", "--cpu-limit", "20", "--progress-every", "1")
+    suspended_seen = wait_for(
+        lambda: any(s["phase"] == "suspended" for s in launcher_doc(run_dir)["shards"]), process=launcher)
+    assert suspended_seen
+    output, _ = launcher.communicate(timeout=600)
+    assert launcher.returncode == 0, output
+    pd.testing.assert_frame_equal(analysis_values(run_dir / "merged"), workspace["reference"], check_exact=True)
+
+
+def test_shards_die_with_a_sigkilled_launcher(workspace):
+    launcher, run_dir = start_launcher(workspace, "--shards", "2", "--no-merge")
+    pids = [shard_pid_after_first_user(run_dir, i, 2, launcher) for i in range(2)]
+    launcher.kill()
+    launcher.communicate()
+    for pid in pids:
+        wait_for(lambda: not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE,
+                 timeout=60, every=0.1)
+    states = {read_status(d)["state"] for d in run_dir.glob("shard-*")}
+    assert states <= {"interrupted", "completed"}, states
+
+
+def test_retry_failed_runs_failed_users_again(workspace, tmp_path):
+    """Users that failed (real Java errors, faulty_task.py) are retried once the cause is gone."""
+    root = workspace["root"]
+    config = yaml.safe_load(workspace["config"].read_text())
+    config["task"] = "faulty_task:task"
+    path = tmp_path / "faulty.yaml"
+    path.write_text(yaml.safe_dump(config))
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent)}
+    run = tmp_path / "run"
+    first = shardrun("worker", "--config", str(path), "--full", "--shard", "0/1", "--out", str(run), cwd=root,
+                     check=False, env=env)
+    assert first.returncode == 1
+    shard_dir = run / "shard-0-of-1"
+    plain = shardrun("worker", "--config", str(path), "--full", "--resume", str(shard_dir), cwd=root,
+                     check=False, env=env)
+    assert plain.returncode == 1 and read_status(shard_dir)["users_failed"] == 2  # resume alone skips them
+    healed = {**env, "FAULTY_TASK_HEALED": "1"}
+    shardrun("worker", "--config", str(path), "--full", "--resume", str(shard_dir), "--retry-failed", cwd=root,
+             env=healed)
+    status = read_status(shard_dir)
+    assert (status["users_failed"], status["users_ok"], status["users_done"]) == (0, 14, 14)
+    shardrun("merge", "--run", str(run), "--output", str(run / "merged"), cwd=root, env=env)
+    merged = analysis_values(run / "merged")
+    pd.testing.assert_frame_equal(merged, workspace["reference"], check_exact=True)
