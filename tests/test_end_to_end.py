@@ -62,6 +62,8 @@ def test_sigkilled_shard_resumes_to_the_uninterrupted_result(workspace):
     victim.wait()
     before = read_status(shard_dir)
     assert before["state"] == "running" and before["users_todo"] > 0, before
+    monitor = shardrun("monitor", str(run), cwd=root)
+    assert "1/3" in monitor.stdout and "dead (process gone)" in monitor.stdout, monitor.stdout
     committed_before = sorted(p.name for p in (shard_dir / "results").glob("u-*.json"))
 
     resumed = shardrun("worker", "--config", str(config), "--full", "--resume", str(shard_dir), cwd=root)

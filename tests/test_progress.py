@@ -51,9 +51,9 @@ def test_overall_eta_pools_rates_and_counts_waiting_shards():
 
 
 def test_table_and_line_show_every_shard():
-    views = [shard_view("0/2", status(), NOW, 120), shard_view("1/2", None, NOW, 120, "waiting")]
+    views = [shard_view("0/2", status(), NOW, 120), shard_view("1/2", None, NOW, 120, "waiting", expected_total=8)]
     table = render_table(views)
     assert "0/2" in table[1] and "5/10" in table[1] and "u7" in table[1] and "50s" in table[1]
     assert "waiting" in table[2]
-    assert table[-1].startswith("overall: 5/10 users, ETA")
-    assert plain_line(views).startswith("progress: 0/2 running 5/10; 1/2 waiting 0/0")
+    assert table[-1].startswith("overall: 5/18 users, ETA")  # the waiting shard's users count
+    assert plain_line(views).startswith("progress: 0/2 running 5/10; 1/2 waiting 0/8")

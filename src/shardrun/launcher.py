@@ -31,7 +31,7 @@ from shardrun.config import RunConfig
 from shardrun.errors import EXIT_CRASH, EXIT_INTERRUPTED, EXIT_OK, EXIT_USERS_FAILED, EXIT_VALIDATION_FAILED, ConfigError
 from shardrun.paths import RunPaths, shard_log_path
 from shardrun.scheduling import CpuThrottle, RestartPolicy, describe_exit, died_abnormally, shards_to_start
-from shardrun.shards import ShardSpec
+from shardrun.shards import ShardSpec, users_of_shard
 from shardrun.status import record_death
 from shardrun.task import load_task
 from shardrun.worker import LAUNCHER_PID_ENV, run_label
@@ -61,6 +61,7 @@ class LaunchOptions:
 class ShardSlot:
     spec: ShardSpec
     xmx: str
+    users_total: int | None = None  # known before the shard writes its status (from the launcher's data load)
     phase: str = "waiting"  # waiting | running | suspended | done
     process: subprocess.Popen | None = None
     log_handle: IO[bytes] | None = None
@@ -76,7 +77,8 @@ class ShardSlot:
     def to_json(self) -> dict:
         return {
             "shard": str(self.spec), "phase": self.phase, "pid": self.process.pid if self.process else None,
-            "starts": self.starts, "restarts": self.restarts, "xmx": self.xmx, "exits": self.exits,
+            "users_total": self.users_total, "starts": self.starts, "restarts": self.restarts, "xmx": self.xmx,
+            "exits": self.exits,
             "deaths": self.deaths,
         }
 
@@ -114,12 +116,15 @@ def overall_exit(codes: dict[str, int]) -> int:
 
 class Launcher:
     def __init__(self, config: RunConfig, options: LaunchOptions, out: Callable[[str], None] = print,
-                 cpu_percent: Callable[[], float] = lambda: psutil.cpu_percent(interval=None)):
+                 cpu_percent: Callable[[], float] = lambda: psutil.cpu_percent(interval=None),
+                 users_per_shard: list[int] | None = None):
         self.config = config
         self.options = options
         self.out = out
         self.cpu_percent = cpu_percent
-        self.slots = [ShardSlot(ShardSpec(i, options.shards), config.jvm.xmx) for i in range(options.shards)]
+        totals = users_per_shard or [None] * options.shards
+        self.slots = [ShardSlot(ShardSpec(i, options.shards), config.jvm.xmx, users_total=totals[i])
+                      for i in range(options.shards)]
         self.signals_seen = 0
         self.stopping_since: float | None = None
         self.killed_after_grace = False
@@ -261,7 +266,8 @@ class Launcher:
                     doc = store.read_json(status_path)
                 except (OSError, ValueError):
                     doc = None  # replaced atomically: an error here is a race with the writer
-            views.append(progress.shard_view(str(slot.spec), doc, now, stale_after=120.0, launcher_phase=slot.phase))
+            views.append(progress.shard_view(str(slot.spec), doc, now, stale_after=120.0, launcher_phase=slot.phase,
+                                             expected_total=slot.users_total))
         return views
 
     def show_progress(self) -> None:
@@ -310,11 +316,12 @@ class Launcher:
         return codes
 
 
-def admit_launch(config: RunConfig, options: LaunchOptions, out: Callable[[str], None]) -> RunConfig:
-    """Refuse, before any process starts, a launch that cannot fit; return the config with its heap resolved.
+def admit_launch(config: RunConfig, options: LaunchOptions, out: Callable[[str], None]) -> tuple[RunConfig, list[int]]:
+    """Refuse, before any process starts, a launch that cannot fit.
 
-    The data is loaded once here (no JVM): it gives jvm.xmx auto its value, the per-user heap needs
-    and the memory one loaded table takes in every shard.
+    Returns the config with its heap resolved and each shard's number of users. The data is loaded
+    once here (no JVM): it gives jvm.xmx auto its value, the per-user heap needs, the memory one
+    loaded table takes in every shard, and the users of shards still waiting for the progress view.
     """
     task = load_task(config.task)
     if not config.jvm.xmx_is_auto:
@@ -322,6 +329,9 @@ def admit_launch(config: RunConfig, options: LaunchOptions, out: Callable[[str],
     dataset, data_bytes = measure_load(task, config.settings)
     at_once = min(options.shards, options.max_parallel or options.shards)
     check = check_launch(config, task, dataset, at_once, data_bytes=data_bytes)
+    users_per_shard = [len(users_of_shard(dataset.user_ids, ShardSpec(i, options.shards))) for i in range(options.shards)]
+    if options.pilot is not None:
+        users_per_shard = [min(n, options.pilot) for n in users_per_shard]
     del dataset  # the shards load their own copy; this one must not count against them
     refuse_if(task.preflight(config.settings, check.heap.heap))
     if not check.ok:
@@ -329,7 +339,7 @@ def admit_launch(config: RunConfig, options: LaunchOptions, out: Callable[[str],
     for line in check.heap.report_lines():
         out(line)
     out(f"memory: {check.admission.message}")
-    return replace(config, jvm=check.heap.jvm)
+    return replace(config, jvm=check.heap.jvm), users_per_shard
 
 
 def refuse_if(problems: list[str]) -> None:
@@ -341,8 +351,8 @@ def launch(config: RunConfig, options: LaunchOptions, out: Callable[[str], None]
     from shardrun.merge import merge_shards
     from shardrun.validate import validate_result_set, write_validation
 
-    config = admit_launch(config, options, out)
-    launcher = Launcher(config, options, out)
+    config, users_per_shard = admit_launch(config, options, out)
+    launcher = Launcher(config, options, out, users_per_shard=users_per_shard)
     launcher.run = run = launcher.prepare_run_dir()
     previous = {sig: signal.signal(sig, launcher.forward) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:

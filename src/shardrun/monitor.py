@@ -26,6 +26,7 @@ def _read(path: Path) -> dict[str, Any] | None:
 def run_views(run_dir: Path, now: datetime, stale_after: float) -> list[progress.ShardView]:
     launcher = _read(RunPaths(run_dir).launcher_json) or {}
     phases = {entry["shard"]: entry["phase"] for entry in launcher.get("shards", [])}
+    totals = {entry["shard"]: entry.get("users_total") for entry in launcher.get("shards", [])}
     shards = set(phases)
     for status_path in run_dir.glob("shard-*-of-*/status.json"):
         doc = _read(status_path)
@@ -35,7 +36,7 @@ def run_views(run_dir: Path, now: datetime, stale_after: float) -> list[progress
     for shard in sorted(shards, key=lambda s: tuple(int(x) for x in s.split("/"))):
         index, count = shard.split("/")
         doc = _read(run_dir / f"shard-{index}-of-{count}" / "status.json")
-        views.append(progress.shard_view(shard, doc, now, stale_after, phases.get(shard)))
+        views.append(progress.shard_view(shard, doc, now, stale_after, phases.get(shard), totals.get(shard)))
     return views
 
 

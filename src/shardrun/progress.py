@@ -53,10 +53,16 @@ def liveness(doc: Mapping[str, Any], now: datetime, stale_after: float, launcher
 
 
 def shard_view(
-    shard: str, doc: Mapping[str, Any] | None, now: datetime, stale_after: float, launcher_phase: str | None = None
+    shard: str,
+    doc: Mapping[str, Any] | None,
+    now: datetime,
+    stale_after: float,
+    launcher_phase: str | None = None,
+    expected_total: int | None = None,
 ) -> ShardView:
+    """One shard's row; `expected_total` (from the launcher) counts a shard that has not written status yet."""
     if doc is None:
-        return ShardView(shard, launcher_phase or "waiting", 0, 0, 0, 0, 0, None, None, None)
+        return ShardView(shard, launcher_phase or "waiting", 0, expected_total or 0, 0, 0, 0, None, None, None)
     return ShardView(
         shard=shard,
         state=liveness(doc, now, stale_after, launcher_phase),
