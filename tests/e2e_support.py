@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -83,3 +84,12 @@ def wait_for(condition, timeout: float = 120.0, every: float = 0.01, process: su
         assert process is None or process.poll() is None, "the process ended before the condition held"
         assert time.monotonic() < deadline, "timed out"
         time.sleep(every)
+
+
+def faulty_task_config(workspace: dict, tmp_path: Path) -> tuple[Path, dict]:
+    """The workspace config with tests/faulty_task.py as its task, and the environment that finds it."""
+    config = yaml.safe_load(workspace["config"].read_text())
+    config["task"] = "faulty_task:task"
+    path = tmp_path / "faulty.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path, {**os.environ, "PYTHONPATH": str(Path(__file__).parent)}

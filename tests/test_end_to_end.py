@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from e2e_support import analysis_values, read_status, shardrun
+from e2e_support import faulty_task_config, analysis_values, read_status, shardrun
 from independent_estimator import assert_row_matches, expected_mode_row
 
 pytestmark = pytest.mark.e2e
@@ -129,11 +129,7 @@ def test_sigterm_to_the_launcher_drains_and_the_run_continues(workspace):
 def test_failing_users_are_recorded_and_the_shard_goes_on(workspace, tmp_path):
     """Real Java failures of two users (see faulty_task.py): errors.jsonl, failed rows, the rest intact."""
     root = workspace["root"]
-    config = yaml.safe_load(workspace["config"].read_text())
-    config["task"] = "faulty_task:task"
-    path = tmp_path / "faulty.yaml"
-    path.write_text(yaml.safe_dump(config))
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent)}
+    path, env = faulty_task_config(workspace, tmp_path)
     run = tmp_path / "run"
     result = shardrun("worker", "--config", str(path), "--full", "--shard", "0/1", "--out", str(run), cwd=root,
                       check=False, env=env)

@@ -12,9 +12,8 @@ from pathlib import Path
 import pandas as pd
 import psutil
 import pytest
-import yaml
 
-from e2e_support import analysis_values, read_status, shardrun, wait_for
+from e2e_support import faulty_task_config, analysis_values, read_status, shardrun, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -124,11 +123,7 @@ def test_shards_die_with_a_sigkilled_launcher(workspace):
 def test_retry_failed_runs_failed_users_again(workspace, tmp_path):
     """Users that failed (real Java errors, faulty_task.py) are retried once the cause is gone."""
     root = workspace["root"]
-    config = yaml.safe_load(workspace["config"].read_text())
-    config["task"] = "faulty_task:task"
-    path = tmp_path / "faulty.yaml"
-    path.write_text(yaml.safe_dump(config))
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent)}
+    path, env = faulty_task_config(workspace, tmp_path)
     run = tmp_path / "run"
     first = shardrun("worker", "--config", str(path), "--full", "--shard", "0/1", "--out", str(run), cwd=root,
                      check=False, env=env)

@@ -99,11 +99,18 @@ def _ais_calculators(base: int, k: int) -> list[int]:
 
 def ais_arrays(base: int, k: int, n_obs: int | None, surrogates: int) -> list[int]:
     """Bytes of every array alive at the peak of one AIS(k) with its surrogates."""
-    arrays = _ais_calculators(base, k)
+    # the series, past values, next values, one shuffled copy of the next values
+    return _with_observations(_ais_calculators(base, k), _AIS_SERIES_ARRAYS, k, n_obs, surrogates)
+
+
+def _with_observations(
+    calculators: list[int], series_arrays: tuple[int, int], k: int, n_obs: int | None, surrogates: int
+) -> list[int]:
+    """The calculators' arrays plus the per-observation ones (when n_obs is known) and the permutations."""
     observations = None if n_obs is None else max(n_obs - k, 0)
+    arrays = list(calculators)
     if n_obs is not None:
-        # the series, past values, next values, one shuffled copy of the next values
-        series, per_observation = _AIS_SERIES_ARRAYS
+        series, per_observation = series_arrays
         arrays += [int_array(n_obs)] * series + [int_array(observations)] * per_observation
     return arrays + _permutation_arrays(observations, surrogates)
 
@@ -120,13 +127,8 @@ def _te_calculators(base: int, k: int) -> list[int]:
 
 def te_arrays(base: int, k: int, n_obs: int | None, surrogates: int) -> list[int]:
     """Bytes of every array alive at the peak of one TE (source history 1) with its surrogates."""
-    arrays = _te_calculators(base, k)
-    observations = None if n_obs is None else max(n_obs - k, 0)
-    if n_obs is not None:
-        # source and destination series, then source, destination and past values, one shuffled source
-        series, per_observation = _TE_SERIES_ARRAYS
-        arrays += [int_array(n_obs)] * series + [int_array(observations)] * per_observation
-    return arrays + _permutation_arrays(observations, surrogates)
+    # source and destination series, then source, destination and past values, one shuffled source
+    return _with_observations(_te_calculators(base, k), _TE_SERIES_ARRAYS, k, n_obs, surrogates)
 
 
 def _total(arrays: list[int], heap_bytes: int) -> int:
