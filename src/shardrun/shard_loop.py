@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 from shardrun import store
 from shardrun.config import RunConfig
-from shardrun.durability import durable_write
+from shardrun.durability import StorageError, durable_write
 from shardrun.errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_USERS_FAILED, HeapTooSmall
 from shardrun.jvm import is_heap_exhaustion, java_class_name, java_stack, start_jvm
 from shardrun.status import ShardStatus
@@ -142,7 +142,9 @@ class ShardLoop:
     def _record_shard_failure(self, exc: BaseException) -> None:
         try:
             self.status.update(state="failed", last_error=f"{type(exc).__name__}: {exc}")
-        except OSError as status_error:  # the disk that failed the shard may refuse this too
+        # The disk that failed the shard may refuse this too (as a StorageError when the status writer
+        # goes through durable_write); the shard's first error is the one to report, not this one.
+        except (OSError, StorageError) as status_error:
             log.error("could not record the failure in %s: %s", self.dirs.shard.status, status_error)
 
     def _stop_now(self, signal_name: str) -> None:

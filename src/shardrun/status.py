@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+from shardrun.durability import StorageError
 from shardrun.paths import ShardPaths
 from shardrun.store import utc_now, write_json_atomic
 
@@ -99,7 +100,10 @@ class ShardStatus:
                 try:
                     with self._lock:
                         self._write_locked()
-                except OSError as exc:  # the shard loop meets the same disk on its next write and stops there
+                # The shard loop meets the same disk on its next write and stops there. A StorageError
+                # (a write given up by durable_write: full disk, read-only dir) must not end this
+                # thread with a traceback that buries the shard's own one-paragraph error.
+                except (OSError, StorageError) as exc:
                     log.warning("heartbeat could not write %s: %s", self._paths.status, exc)
 
         self._thread = threading.Thread(target=beat, name="status-heartbeat", daemon=True)
