@@ -48,6 +48,7 @@ def test_overall_eta_pools_rates_and_counts_waiting_shards():
     assert overall_eta(running + [waiting], parallel=2) == 100.0
     assert overall_eta(running) == 50.0
     assert overall_eta([shard_view("0/1", status(users_done=10), NOW, 120)]) == 0.0
+    assert overall_eta([shard_view("0/1", status(state="interrupted"), NOW, 120)]) is None
 
 
 def test_table_and_line_show_every_shard():

@@ -28,6 +28,7 @@ import psutil
 from shardrun import progress, store
 from shardrun.admission import check_launch, measure_load
 from shardrun.config import RunConfig
+from shardrun.durability import durable_write
 from shardrun.errors import EXIT_CRASH, EXIT_INTERRUPTED, EXIT_OK, EXIT_USERS_FAILED, EXIT_VALIDATION_FAILED, ConfigError
 from shardrun.paths import RunPaths, shard_log_path
 from shardrun.scheduling import CpuThrottle, RestartPolicy, describe_exit, died_abnormally, shards_to_start
@@ -120,7 +121,7 @@ class Launcher:
                  users_per_shard: list[int] | None = None):
         self.config = config
         self.options = options
-        self.out = out
+        self._out = out
         self.cpu_percent = cpu_percent
         totals = users_per_shard or [None] * options.shards
         self.slots = [ShardSlot(ShardSpec(i, options.shards), config.jvm.xmx, users_total=totals[i])
@@ -132,6 +133,10 @@ class Launcher:
         self.run: RunPaths | None = None
         self.resume_all = False
         self._live_lines = 0
+
+    def out(self, message: str) -> None:
+        self._out(message)
+        self._live_lines = 0  # the live table is redrawn below the message, not over it
 
     # --- set-up -------------------------------------------------------------------------------
 
@@ -150,7 +155,8 @@ class Launcher:
             return run
         task = load_task(self.config.task)
         label = run_label(task, self.config, self.options.pilot)
-        return RunPaths.create(self.config.output.root, label, datetime.now())
+        root = self.config.output.root
+        return durable_write("a new run dir", root, lambda: RunPaths.create(root, label, datetime.now()))
 
     # --- actions ------------------------------------------------------------------------------
 

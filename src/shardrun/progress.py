@@ -87,8 +87,8 @@ def overall_eta(views: Sequence[ShardView], parallel: int | None = None) -> floa
     rates = [v.rate_per_hour for v in views if v.rate_per_hour]
     if remaining == 0:
         return 0.0
-    if not rates:
-        return None
+    if not rates or not any(v.active for v in views):
+        return None  # nothing measured yet, or nothing running that could finish the rest
     seconds_per_user = 3600.0 / (sum(rates) / len(rates))
     lanes = min(parallel or len(views), len(views)) or 1
     slowest = max((v.eta_seconds or 0.0) for v in views)

@@ -21,6 +21,7 @@ from typing import Any, Mapping, Sequence
 from shardrun import store
 from shardrun.admission import HeapPlan, plan_heap, task_heap_needs
 from shardrun.config import RunConfig
+from shardrun.durability import durable_write
 from shardrun.errors import EXIT_INTERRUPTED, ConfigError, ResumeMismatch, UsageError
 from shardrun.jvm import find_java, find_jidt_jar
 from shardrun.paths import RunPaths, ShardPaths
@@ -113,7 +114,8 @@ def resolve_dirs(config: RunConfig, task: Task, options: WorkerOptions, now: dat
     elif options.dry_run:
         run = RunPaths(config.output.root / "(new run dir)")
     else:
-        run = RunPaths.create(config.output.root, run_label(task, config, options.pilot), now)
+        run = durable_write("a new run dir", config.output.root,
+                            lambda: RunPaths.create(config.output.root, run_label(task, config, options.pilot), now))
     shard_paths = run.shard(options.shard)
     if shard_paths.identity.is_file():
         raise ResumeMismatch(
@@ -202,7 +204,7 @@ def prepare(config: RunConfig, options: WorkerOptions) -> PreparedShard:
     dataset = task.load(config.settings)
     needs = task_heap_needs(task, config.settings, dataset, config.jvm)
     dirs = resolve_dirs(config, task, options, datetime.now())
-    committed = store.scan_committed(dirs.shard) if dirs.resuming else {}
+    committed = scan_committed(dirs.shard) if dirs.resuming else {}
     plan = plan_shard(dataset.user_ids, dirs.spec, options.pilot, committed, options.retry_failed)
     heap = plan_heap(config.jvm, needs, plan.todo)
     if config.jvm.xmx_is_auto:
@@ -233,21 +235,33 @@ def run_shard(config: RunConfig, options: WorkerOptions, stop: StopFlag | None =
         "task": config.task,
         "users_planned": list(prepared.plan.assigned),
     }
-    ensure_run_document(dirs.run, {**run_document(config, task, dataset, dirs.spec.count), "jvm": config.jvm.jvm_args()})
-    dirs.shard.make()
-    attach_shard_log(dirs.shard.log)
+    # Every write of the set-up goes through durable_write like the loop's own: a read-only or full
+    # output dir is a StorageError naming the dir and the fix (exit 6), not an unexpected crash.
+    run_doc = {**run_document(config, task, dataset, dirs.spec.count), "jvm": config.jvm.jvm_args()}
+    durable_write("run.json", dirs.run.dir, lambda: ensure_run_document(dirs.run, run_doc))
+    durable_write("the shard dir", dirs.shard.dir, lambda: (dirs.shard.make(), attach_shard_log(dirs.shard.log)))
     log.info("JVM heap: %s", heap.jvm_line())
     if heap.over_budget_count:
         log.warning("%s", "\n".join(heap.report_lines()))
-    with store.ShardLock(dirs.shard):
-        store.ensure_identity(dirs.shard, identity, resuming=dirs.resuming)
-        store.clean_tmp(dirs.shard)
+    lock = store.ShardLock(dirs.shard)
+    durable_write("the shard lock", dirs.shard.dir, lock.acquire)
+    try:
+        durable_write("shard.json", dirs.shard.dir,
+                      lambda: store.ensure_identity(dirs.shard, identity, resuming=dirs.resuming))
+        durable_write("the scratch dir", dirs.shard.tmp, lambda: store.clean_tmp(dirs.shard))
         # Re-scan under the lock: the plan made before it may predate another process's last commit.
-        committed = store.scan_committed(dirs.shard)
+        committed = scan_committed(dirs.shard)
         plan = plan_shard(dataset.user_ids, dirs.spec, options.pilot, committed, options.retry_failed)
         previous = [user_outcome(committed[u].rows) for u in plan.done]
         exit_code = ShardLoop(config, task, dataset, dirs, plan, options, previous, stop).run()
+    finally:
+        lock.release()
     return ShardOutcome(exit_code=exit_code, plan=plan, dirs=dirs)
+
+
+def scan_committed(paths: ShardPaths) -> dict[str, store.CommittedUser]:
+    """store.scan_committed, whose quarantine of an unreadable result file moves it (a write)."""
+    return durable_write("results/quarantine", paths.results, lambda: store.scan_committed(paths))
 
 
 def attach_shard_log(path: Path) -> None:

@@ -168,10 +168,12 @@ def _require_columns(present: list[str], wanted: list[str], path: Path) -> None:
 
 
 def _user_ids(column: pd.Series, path: Path, name: str) -> np.ndarray:
-    missing = column.isna().to_numpy()
+    # An empty id counts as missing: a CSV cannot tell "" from no value (it reads both as missing,
+    # here and in the merged results.csv), so a Parquet file must not make "" a user either.
+    missing = (column.isna() | (column.astype(str) == "")).to_numpy()
     if missing.any():
         raise DataError(
-            f"data file {path}: {int(missing.sum())} rows have no user id in column {name!r}"
+            f"data file {path}: {int(missing.sum())} rows have no user id (missing or empty) in column {name!r}"
             f" ({_row_list(np.flatnonzero(missing))}); fill in or remove those rows."
         )
     return column.astype(str).to_numpy(dtype=object)
