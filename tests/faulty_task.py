@@ -1,23 +1,37 @@
-"""A plug-in task for failure tests: the real default analysis, except two users that fail for real.
+"""A plug-in task for failure tests: the real default analysis, with faults that happen for real.
 
-- FAILING_USER makes JIDT itself throw (a symbol outside the calculator's base): a real Java
-  exception with a Java stack trace.
-- HUNGRY_USER asks JIDT for a calculator far larger than any test heap: real Java heap exhaustion,
-  reported through the analysis's own HeapTooSmall path with the heap it would need.
-Every other user is analysed exactly as `shardrun.infodynamics:task` does. With the environment
-variable FAULTY_TASK_HEALED=1 the faults are gone (to test --retry-failed).
+The environment variable FAULTY_TASK picks the faults:
+- unset or "fail": two users fail. FAILING_USER makes JIDT itself throw (a symbol outside the
+  calculator's base): a real Java exception with a Java stack trace. HUNGRY_USER asks JIDT for a
+  calculator far larger than any test heap: real Java heap exhaustion, reported through the
+  analysis's own HeapTooSmall path with the heap it would need.
+- "healed": no faults (to test --retry-failed once the cause is gone).
+- "crash-once:<marker file>": at CRASHING_USER, the first process to get there crashes the JVM for
+  real (a write to address 0 through sun.misc.Unsafe: SIGSEGV, an hs_err report, abort); it leaves
+  the marker file so that a restarted process goes through.
+Every other user is analysed exactly as `shardrun.infodynamics:task` does.
 """
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 from shardrun.infodynamics import InfodynamicsTask
 from shardrun.infodynamics.measures import heap_exhaustion_as_heap_too_small
 
 FAILING_USER = "user-03"
 HUNGRY_USER = "user-05"
+CRASHING_USER = "user-08"
 HUNGRY_NEED = 8 * 2**30  # two int[2][2^29] count tables
+
+
+def crash_the_jvm() -> None:
+    import jpype
+
+    unsafe_field = jpype.JClass("sun.misc.Unsafe").class_.getDeclaredField("theUnsafe")
+    unsafe_field.setAccessible(True)
+    unsafe_field.get(None).putAddress(0, 0)
 
 
 class FaultyTask(InfodynamicsTask):
@@ -25,16 +39,21 @@ class FaultyTask(InfodynamicsTask):
     def analyse(dataset, user_id, settings):
         import jpype
 
-        calculator_class = jpype.JClass("infodynamics.measures.discrete.ActiveInformationCalculatorDiscrete")
-        if os.environ.get("FAULTY_TASK_HEALED") == "1":
-            return InfodynamicsTask.analyse(dataset, user_id, settings)
-        if user_id == FAILING_USER:
-            calculator = calculator_class(2, 1)
-            calculator.initialise()
-            calculator.addObservations(jpype.JArray(jpype.JInt)([0, 1, 7, 1, 0]))
-        if user_id == HUNGRY_USER:
-            with heap_exhaustion_as_heap_too_small(lambda: HUNGRY_NEED, "test calculator at k=29"):
-                calculator_class(2, 29).initialise()
+        mode = os.environ.get("FAULTY_TASK", "fail")
+        if mode.startswith("crash-once:"):
+            marker = Path(mode.split(":", 1)[1])
+            if user_id == CRASHING_USER and not marker.exists():
+                marker.touch()
+                crash_the_jvm()
+        elif mode == "fail":
+            calculator_class = jpype.JClass("infodynamics.measures.discrete.ActiveInformationCalculatorDiscrete")
+            if user_id == FAILING_USER:
+                calculator = calculator_class(2, 1)
+                calculator.initialise()
+                calculator.addObservations(jpype.JArray(jpype.JInt)([0, 1, 7, 1, 0]))
+            if user_id == HUNGRY_USER:
+                with heap_exhaustion_as_heap_too_small(lambda: HUNGRY_NEED, "test calculator at k=29"):
+                    calculator_class(2, 29).initialise()
         return InfodynamicsTask.analyse(dataset, user_id, settings)
 
 

@@ -13,17 +13,18 @@ import pandas as pd
 import psutil
 import pytest
 
-from e2e_support import faulty_task_config, analysis_values, read_status, shardrun, wait_for
+from e2e_support import analysis_values, faulty_task_config, read_status, shardrun, wait_for
 
 pytestmark = pytest.mark.e2e
 
 
-def start_launcher(workspace, *flags: str, config: Path | None = None) -> tuple[subprocess.Popen, Path]:
+def start_launcher(workspace, *flags: str, config: Path | None = None,
+                   env: dict | None = None) -> tuple[subprocess.Popen, Path]:
     root = workspace["root"]
     earlier = set((root / "out").glob("full_*"))
     launcher = subprocess.Popen(
         [sys.executable, "-m", "shardrun.launcher", "--config", str(config or workspace["config"]), *flags],
-        cwd=root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        cwd=root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
     )
 
     def new_run():
@@ -58,6 +59,24 @@ def test_a_sigkilled_shard_is_restarted_by_resuming_and_the_result_is_whole(work
     status = read_status(run_dir / "shard-1-of-2")
     assert status["state"] == "completed" and status["resumed_with_done"] >= 1
     pd.testing.assert_frame_equal(analysis_values(run_dir / "merged"), workspace["reference"], check_exact=True)
+
+
+def test_a_jvm_crash_is_recorded_with_its_report_and_the_shard_restarted(workspace, tmp_path):
+    """A real JVM crash (SIGSEGV in the JVM, see faulty_task.py) at one user, once."""
+    config, env = faulty_task_config(workspace, tmp_path)
+    env["FAULTY_TASK"] = f"crash-once:{tmp_path / 'crashed'}"
+    launcher, run_dir = start_launcher(workspace, "--shards", "2", "--restarts", "1", config=config, env=env)
+    output, _ = launcher.communicate(timeout=300)
+    assert launcher.returncode == 0, output
+    shard_dir = run_dir / "shard-0-of-2"  # user-08 is the 9th user: index 8, shard 0 of 2
+    reports = list(shard_dir.glob("hs_err_pid*.log"))
+    assert len(reports) == 1 and "SIGSEGV" in reports[0].read_text()
+    assert f"shard 0/2 killed by SIGABRT (a JVM crash: see hs_err_pid*.log in the shard dir); JVM crash report: {reports[0]}" in output
+    assert launcher_doc(run_dir)["shards"][0]["restarts"] == 1
+    status = read_status(shard_dir)
+    assert status["state"] == "completed" and status["jvm_crash_logs"] == [str(reports[0])]
+    merged = analysis_values(run_dir / "merged")
+    pd.testing.assert_frame_equal(merged, workspace["reference"], check_exact=True)
 
 
 def test_without_restarts_the_death_is_written_into_the_shards_status(workspace):
@@ -132,7 +151,7 @@ def test_retry_failed_runs_failed_users_again(workspace, tmp_path):
     plain = shardrun("worker", "--config", str(path), "--full", "--resume", str(shard_dir), cwd=root,
                      check=False, env=env)
     assert plain.returncode == 1 and read_status(shard_dir)["users_failed"] == 2  # resume alone skips them
-    healed = {**env, "FAULTY_TASK_HEALED": "1"}
+    healed = {**env, "FAULTY_TASK": "healed"}
     shardrun("worker", "--config", str(path), "--full", "--resume", str(shard_dir), "--retry-failed", cwd=root,
              env=healed)
     status = read_status(shard_dir)

@@ -194,8 +194,8 @@ class Launcher:
         slot.log_handle.close()
         shard_paths = self.run.shard(slot.spec)
         if died_abnormally(code):
-            hs_err = [str(p) for p in shard_paths.hs_err_files()]
-            description = describe_exit(code)
+            hs_err = [str(p) for p in shard_paths.hs_err_files() if f"pid{slot.process.pid}." in p.name]
+            description = describe_exit(code) + (f"; JVM crash report: {', '.join(hs_err)}" if hs_err else "")
             slot.deaths.append(description)
             self.out(f"shard {slot.spec} {description}")
             if shard_paths.status.is_file():

@@ -99,6 +99,8 @@ class ShardLoop:
                 "users_skipped": previous.count("skipped"),
                 "users_todo": len(plan.todo),
                 "resumed_with_done": len(plan.done),
+                # reports of JVMs that crashed in this shard dir before (-XX:ErrorFile), kept across restarts
+                "jvm_crash_logs": [str(p) for p in dirs.shard.hs_err_files()] or None,
             },
             write=lambda path, doc: durable_write("status.json", path.parent, lambda: store.write_json_atomic(path, doc)),
         )
