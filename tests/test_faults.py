@@ -1,0 +1,1001 @@
+"""Fault injection, driven by a table: each case is a fault, how it is injected, and what must hold after.
+
+Real processes, real signals, real files, the real JVM and JIDT jar. Where the fault needs the
+machine's help (a read-only mount, a tmpfs that fills up, a file-size limit) the test asks the
+kernel for it; docs/RELIABILITY.md lists every case, how it is injected and the guarantee it checks.
+
+`test_fault` runs one case and then the checks every case must pass:
+- the faulted command's exit code and the message fragments of the table;
+- every error is clear: no Python traceback anywhere in the output, one `error: ...` paragraph for
+  the deliberate exits 2, 4 and 6;
+- nothing committed is ever lost: every result file the test saw committed (whole, parsing, named
+  by its user's hash) is still there, byte for byte, at the end;
+- nothing escapes: outside the case's output root and log dir nothing changed (the whole pytest
+  tmp tree and the repository are compared before and after), and inside them every file has a
+  name shardrun gives (never one made from a user id).
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import random
+import re
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import pandas as pd
+import pytest
+import yaml
+
+from e2e_support import analysis_values, read_status, shardrun, wait_for, write_categorical_data, write_config
+from shardrun.merge import merge_shards, read_result_file, shard_dirs_of_run
+from shardrun.paths import user_file_stem
+
+pytestmark = pytest.mark.e2e
+
+REPO = Path(__file__).resolve().parents[1]
+MODES = ("activity", "composite")  # the feature modes of write_config: two rows per user
+KILL_TRIALS = 12
+KILL_SEED = 20260301
+
+
+# --- the small workload every case runs ------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Small:
+    """Ten users, a small grid and few surrogates (a whole shard takes about 2 s), and its reference."""
+
+    root: Path
+    data: Path
+    run: Path  # the reference: one uninterrupted K=1 run, merged
+    reference: pd.DataFrame
+    first_commit_seconds: float  # when the reference run committed its first user, from process start
+
+
+SURROGATES = 200
+K_GRID = (1, 2, 3)
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory) -> Small:
+    root = tmp_path_factory.mktemp("faults-small")
+    data = root / "users.csv"
+    write_categorical_data(data, n_users=10, n_rows=600)
+    config = write_config(root / "config.yaml", data, root, surrogates=SURROGATES, k_grid=K_GRID)
+    run = root / "reference"
+    started = time.monotonic()
+    process = subprocess.Popen(
+        worker_command(config, "--shard", "0/1", "--out", str(run)),
+        cwd=root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    results = run / "shard-0-of-1" / "results"
+    first = None
+    while process.poll() is None:
+        if first is None and results.is_dir() and any(results.glob("u-*.json")):
+            first = time.monotonic() - started
+        time.sleep(0.005)
+    output = process.communicate()[0]
+    assert process.returncode == 0 and first is not None, output
+    shardrun("merge", "--run", str(run), "--output", str(run / "merged"), cwd=root)
+    return Small(root, data, run, analysis_values(run / "merged"), first)
+
+
+# --- the lab: one case's sandbox and the universal checks -------------------------------------
+
+
+@dataclass
+class Lab:
+    root: Path  # the case's sandbox and the working directory of every process it starts
+    small: Small
+    basetemp: Path
+    own: set[Path] = field(default_factory=set)  # inputs the test itself wrote
+    writable: list[Path] = field(default_factory=list)  # where shardrun may write: output root, log dir
+    committed: dict[Path, bytes] = field(default_factory=dict)  # every commit seen, with its bytes
+    cleanups: list[Callable[[], None]] = field(default_factory=list)
+
+    @property
+    def out(self) -> Path:
+        return self.root / "out"
+
+    @property
+    def logs(self) -> Path:
+        return self.root / "logs"
+
+    def input(self, name: str, content: bytes | str) -> Path:
+        path = self.root / "in" / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(content.encode() if isinstance(content, str) else content)
+        self.own.add(path)
+        return path
+
+    def config(self, data: Path | None = None, name: str = "config.yaml",
+               edit: Callable[[dict], None] | None = None) -> Path:
+        """A config of the small workload (same hash as the reference) writing under this sandbox."""
+        (self.root / "in").mkdir(exist_ok=True)
+        path = write_config(self.root / "in" / name, data or self.small.data, self.root,
+                            surrogates=SURROGATES, k_grid=K_GRID)
+        if edit is not None:
+            raw = yaml.safe_load(path.read_text())
+            edit(raw)
+            path.write_text(yaml.safe_dump(raw, sort_keys=False))
+        self.own.add(path)
+        return path
+
+    def observe(self, shard_dir: Path, skip: tuple[Path, ...] = ()) -> int:
+        """Every result file in results/ is a whole commit (parses, named by its user's hash, one row
+        per mode); remember its bytes. Returns the number of committed users."""
+        count = 0
+        for path in sorted((shard_dir / "results").glob("u-*.json")):
+            if path in skip:
+                continue
+            payload = path.read_bytes()
+            record = json.loads(payload)  # a torn file fails here
+            assert path.stem == user_file_stem(record["user_id"]), path
+            assert sorted(row["feature_mode"] for row in record["rows"]) == sorted(MODES), path
+            assert all(row["user_id"] == record["user_id"] for row in record["rows"]), path
+            self.committed[path] = payload
+            count += 1
+        return count
+
+
+def snapshot(*roots: Path, skip: tuple[str, ...] = ()) -> dict[Path, tuple[int, int]]:
+    files = {}
+    for root in roots:
+        for base, dirs, names in os.walk(root):
+            dirs[:] = [d for d in dirs if d not in skip]
+            for name in names:
+                path = Path(base) / name
+                try:
+                    stat = path.lstat()
+                except FileNotFoundError:
+                    continue
+                files[path] = (stat.st_size, stat.st_mtime_ns)
+    return files
+
+
+REPO_SKIP = (".venv", ".git", "__pycache__", ".pytest_cache")
+
+
+@pytest.fixture
+def lab(small, tmp_path, tmp_path_factory):
+    lab = Lab(root=tmp_path, small=small, basetemp=tmp_path_factory.getbasetemp())
+    lab.writable = [lab.out, lab.logs]
+    yield lab
+    for cleanup in reversed(lab.cleanups):
+        cleanup()
+
+
+# Names shardrun gives, by the kind of dir that holds them. A user id never becomes one of them.
+NAME_RULES = {
+    "run": (r"run\.json", r"launcher\.json", r"\.[^/]+\.tmp"),
+    "shard": (r"shard\.json", r"status\.json", r"lock", r"shard\.log", r"errors\.jsonl", r"hs_err_pid\d+\.log",
+              r"\.[^/]+\.tmp"),
+    "results": (r"u-[0-9a-f]{40}\.json",),
+    "quarantine": (r"u-[0-9a-f]{40}\.json\.\d+",),
+    "tmp": (r"\.[^/]+\.tmp",),
+    "merged": (r"results\.csv", r"results\.parquet", r"merge_report\.json", r"validation\.json", r"summary\.png",
+               r"\.[^/]+\.tmp"),
+    "logs": (r"shard\d+\.log",),
+}
+SUBDIRS = {
+    "run": ((r"shard-\d+-of-\d+", "shard"), (r"merged", "merged")),
+    "shard": ((r"results", "results"), (r"\.tmp", "tmp")),
+    "results": ((r"quarantine", "quarantine"),),
+}
+
+
+def assert_shardrun_names(path: Path, kind: str) -> None:
+    for child in path.iterdir():
+        if child.is_dir():
+            sub = [k for pattern, k in SUBDIRS.get(kind, ()) if re.fullmatch(pattern, child.name)]
+            assert sub, f"unexpected dir {child!r} in a {kind} dir"
+            assert_shardrun_names(child, sub[0])
+        else:
+            assert any(re.fullmatch(p, child.name) for p in NAME_RULES[kind]), f"unexpected file {child!r}"
+
+
+def universal_checks(lab: Lab, before: dict) -> None:
+    # Nothing committed is ever lost.
+    for path, payload in lab.committed.items():
+        assert path.is_file(), f"committed {path} was lost"
+        assert path.read_bytes() == payload, f"committed {path} changed"
+    # Nothing escapes: outside the writable dirs, nothing changed ...
+    after = snapshot(lab.basetemp, REPO, skip=REPO_SKIP)
+    changed = {p for p in set(before) | set(after) if before.get(p) != after.get(p)}
+    allowed = [*lab.writable]
+    escaped = sorted(p for p in changed if p not in lab.own and not any(p.is_relative_to(a) for a in allowed))
+    assert not escaped, f"written outside the run and log dirs: {escaped[:10]}"
+    # ... and inside them every name is one shardrun gives.
+    if lab.out.is_dir():
+        for entry in lab.out.iterdir():
+            assert entry.is_dir(), f"unexpected file {entry!r} in the output root"
+            assert_shardrun_names(entry, "merged" if entry.name.startswith("merged") else "run")
+    if lab.logs.is_dir():
+        assert_shardrun_names(lab.logs, "logs")
+
+
+# --- running shardrun -------------------------------------------------------------------------
+
+
+def worker_command(config: Path, *args: str) -> list[str]:
+    return [sys.executable, "-m", "shardrun.worker", "--config", str(config), "--full", *args]
+
+
+def run(lab: Lab, command: list[str], env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(command, cwd=lab.root, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, **(env or {})})
+
+
+def start(lab: Lab, command: list[str], **kwargs) -> subprocess.Popen:
+    return subprocess.Popen(command, cwd=lab.root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            **kwargs)
+
+
+def resume(lab: Lab, config: Path, shard_dir: Path) -> subprocess.CompletedProcess:
+    result = run(lab, worker_command(config, "--resume", str(shard_dir)))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert read_status(shard_dir)["state"] == "completed"
+    return result
+
+
+def merged_values(lab: Lab, run_dir: Path, in_process: bool = False) -> pd.DataFrame:
+    """merge_shard_results --run RUN (in this process when asked: the same code, without the start-up)."""
+    if in_process:
+        assert merge_shards(shard_dirs_of_run(run_dir), run_dir / "merged").complete
+    else:
+        shardrun("merge", "--run", str(run_dir), "--output", str(run_dir / "merged"), cwd=lab.root)
+    merged = analysis_values(run_dir / "merged")
+    assert not merged.duplicated(["user_id", "feature_mode"]).any()
+    return merged
+
+
+def committed_count(shard_dir: Path) -> int:
+    results = shard_dir / "results"
+    return len(list(results.glob("u-*.json"))) if results.is_dir() else 0
+
+
+def wait_for_commits(process: subprocess.Popen, shard_dir: Path, n: int) -> None:
+    wait_for(lambda: committed_count(shard_dir) >= n, process=process, every=0.005)
+
+
+def output_of(process: subprocess.Popen) -> str:
+    return process.communicate(timeout=300)[0]
+
+
+@dataclass
+class Outcome:
+    exit_code: int | None
+    output: str = ""
+    facts: dict = field(default_factory=dict)  # values for the message fragments and the checks
+    recovered: pd.DataFrame | None = None  # merged analysis values after the documented recovery
+
+
+# --- 1. SIGKILL at random points ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class KillPoint:
+    """Where a SIGKILL lands: `delay` seconds after the process starts, but no later than its first
+    new commit (start-up: config, data, run.json, shard.json, lock, tmp clean-up, JVM); or, when
+    `after_commits` > 0, `delay` seconds after its `after_commits`-th new commit (the user loop)."""
+
+    after_commits: int
+    delay: float
+
+
+def kill_plan(small: Small) -> list[list[KillPoint]]:
+    """Seeded: odd trials are first killed in start-up, even ones in the loop; every third trial is
+    killed again in its resume (in start-up after a loop kill, in the loop after a start-up kill)."""
+    rng = random.Random(KILL_SEED)
+
+    def in_start_up() -> KillPoint:
+        return KillPoint(0, rng.uniform(0.05, 0.95) * small.first_commit_seconds)
+
+    def in_loop(most: int) -> KillPoint:
+        return KillPoint(rng.randint(1, most), rng.uniform(0.0, 0.03))
+
+    plans = []
+    for trial in range(KILL_TRIALS):
+        plan = [in_start_up() if trial % 2 else in_loop(7)]
+        if trial % 3 == 2:
+            plan.append(in_loop(3) if trial % 2 else in_start_up())
+        plans.append(plan)
+    return plans
+
+
+def kill_at(process: subprocess.Popen, shard_dir: Path, point: KillPoint) -> None:
+    started = time.monotonic()
+    before = committed_count(shard_dir)
+    if point.after_commits:
+        wait_for(lambda: committed_count(shard_dir) >= before + point.after_commits, process=process, every=0.002)
+        time.sleep(point.delay)
+    else:
+        while (time.monotonic() - started < point.delay and committed_count(shard_dir) == before
+               and process.poll() is None):
+            time.sleep(0.002)
+    process.send_signal(signal.SIGKILL)
+
+
+def sigkill_trial(lab: Lab, config: Path, trial: int, points: list[KillPoint]) -> list[tuple[int, int, int]]:
+    """Kill at each point, resume until complete, merge; returns (trial, kill, users committed after it)."""
+    run_dir = lab.out / f"trial-{trial:02d}"
+    shard_dir = run_dir / "shard-0-of-1"
+
+    def continuation() -> list[str]:
+        """What a user runs next: the shard dir if it has an identity, else the same run again."""
+        if (shard_dir / "shard.json").is_file():
+            return ["--resume", str(shard_dir)]
+        return ["--shard", "0/1", "--out", str(run_dir)]
+
+    landed = []
+    counts = [0]
+    for kill, point in enumerate(points):
+        victim = start(lab, worker_command(config, *continuation()))
+        kill_at(victim, shard_dir, point)
+        output = output_of(victim)
+        assert victim.returncode == -signal.SIGKILL, f"trial {trial}: ended before the kill {point}\n{output}"
+        assert "Traceback" not in output, output
+        counts.append(lab.observe(shard_dir) if shard_dir.is_dir() else 0)
+        assert counts[-1] >= counts[-2], f"trial {trial}: committed users went from {counts[-2]} to {counts[-1]}"
+        assert not (shard_dir / "results" / "quarantine").exists()
+        landed.append((trial, kill, counts[-1]))
+    finished = run(lab, worker_command(config, *continuation()))
+    assert finished.returncode == 0 and "Traceback" not in finished.stderr, finished.stderr
+    status = read_status(shard_dir)
+    assert status["state"] == "completed" and status["users_done"] == status["users_total"] == 10
+    assert status["resumed_with_done"] == counts[-1]
+    assert not (shard_dir / "results" / "quarantine").exists(), "resume found a torn result file"
+    assert lab.observe(shard_dir) == 10
+    with MERGE_LOCK:  # in this process: matplotlib's pyplot is not thread-safe
+        merged = merged_values(lab, run_dir, in_process=True)
+    pd.testing.assert_frame_equal(merged, lab.small.reference, check_exact=True, obj=f"trial {trial}")
+    return landed
+
+
+MERGE_LOCK = threading.Lock()
+
+
+def sigkill_trials(lab: Lab) -> Outcome:
+    """The trials, two at a time (the kill points follow each process's own progress, not the clock alone)."""
+    config = lab.config()
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        trials = [pool.submit(sigkill_trial, lab, config, trial, points)
+                  for trial, points in enumerate(kill_plan(lab.small))]
+        landed = [kill for trial in trials for kill in trial.result()]
+    return Outcome(-signal.SIGKILL, facts={"landed": landed})
+
+
+def kills_hit_start_up_and_the_loop(lab: Lab, outcome: Outcome) -> None:
+    """The trials killed shards before any commit and between commits (not all at one point)."""
+    landed = outcome.facts["landed"]
+    assert len(landed) == KILL_TRIALS + sum(1 for d in kill_plan(lab.small) if len(d) > 1)
+    after = [count for _, _, count in landed]
+    assert 0 in after, landed
+    assert any(0 < count < 10 for count in after), landed
+
+
+# --- 2. SIGTERM drain -----------------------------------------------------------------------------
+
+
+def sigterm_drain(lab: Lab) -> Outcome:
+    config = lab.config()
+    run_dir = lab.out / "run"
+    shard_dir = run_dir / "shard-0-of-1"
+    shard = start(lab, worker_command(config, "--shard", "0/1", "--out", str(run_dir)))
+    def in_flight_after_two() -> str | None:
+        status = read_status(shard_dir)
+        return status.get("current_user") if status.get("users_done", 0) >= 2 else None
+
+    in_flight = wait_for(in_flight_after_two, process=shard, every=0.005)
+    shard.send_signal(signal.SIGTERM)
+    output = output_of(shard)
+    return Outcome(shard.returncode, output, facts={"run": run_dir, "shard_dir": shard_dir, "in_flight": in_flight,
+                                                   "config": config})
+
+
+def drained_whole(lab: Lab, outcome: Outcome) -> None:
+    """state interrupted; users_done = the files committed; the user in flight was committed whole."""
+    shard_dir = outcome.facts["shard_dir"]
+    status = read_status(shard_dir)
+    committed = lab.observe(shard_dir)
+    assert status["state"] == "interrupted" and status["current_user"] is None
+    assert status["users_done"] == committed and 0 < committed < 10
+    assert (shard_dir / "results" / f"{user_file_stem(outcome.facts['in_flight'])}.json").is_file()
+    assert list((shard_dir / ".tmp").iterdir()) == []
+
+
+def resume_run(lab: Lab, outcome: Outcome) -> pd.DataFrame:
+    shard_dir = outcome.facts["shard_dir"]
+    resume(lab, outcome.facts["config"], shard_dir)
+    lab.observe(shard_dir)
+    return merged_values(lab, outcome.facts["run"])
+
+
+# --- 3. torn and partial result files -------------------------------------------------------------
+
+
+def torn_files(lab: Lab) -> Outcome:
+    run_dir = lab.out / "run"
+    shutil.copytree(lab.small.run, run_dir, ignore=shutil.ignore_patterns("merged"))
+    shard_dir = run_dir / "shard-0-of-1"
+    files = sorted((shard_dir / "results").glob("u-*.json"))
+    by_user = {json.loads(p.read_text())["user_id"]: p for p in files}
+    real = by_user["user-01"].read_bytes()
+    injected = {
+        by_user["user-01"]: real[: len(real) // 2],  # a truncated copy of its own real file
+        by_user["user-04"]: b"\x00\xff\x13 not json at all \x00" * 7,  # garbage
+        by_user["user-06"]: b"",  # zero length (a crash before the data reached the disk)
+        by_user["user-08"]: by_user["user-09"].read_bytes(),  # another user's whole file under this name
+    }
+    for path, payload in injected.items():
+        path.write_bytes(payload)
+    strays = [shard_dir / ".tmp" / ".k3j2h1.tmp", shard_dir / ".status.json.x1y2.tmp"]
+    for stray in strays:
+        stray.write_bytes(real)
+    lab.observe(shard_dir, skip=tuple(injected))
+    config = lab.config()
+    result = run(lab, worker_command(config, "--resume", str(shard_dir)))
+    return Outcome(result.returncode, result.stdout + result.stderr,
+                   facts={"run": run_dir, "shard_dir": shard_dir, "injected": injected, "strays": strays})
+
+
+def torn_quarantined_and_recomputed(lab: Lab, outcome: Outcome) -> None:
+    """The four bad files are in results/quarantine/ as they were; their users were computed again."""
+    shard_dir, injected = outcome.facts["shard_dir"], outcome.facts["injected"]
+    quarantined = sorted((shard_dir / "results" / "quarantine").iterdir())
+    assert sorted(p.read_bytes() for p in quarantined) == sorted(injected.values())
+    assert all(p.name.split(".json.")[0] + ".json" in {q.name for q in injected} for p in quarantined)
+    assert not any(stray.exists() for stray in outcome.facts["strays"])
+    status = read_status(shard_dir)
+    assert (status["state"], status["resumed_with_done"], status["users_done"]) == ("completed", 6, 10)
+    assert lab.observe(shard_dir) == 10
+
+
+def merge_run(lab: Lab, outcome: Outcome) -> pd.DataFrame:
+    return merged_values(lab, outcome.facts["run"])
+
+
+# --- 4. full disk: a file-size limit, and a tmpfs that fills up -----------------------------------
+
+
+def file_size_limit(lab: Lab) -> Outcome:
+    """prlimit(2) on the running shard: RLIMIT_FSIZE below a result file, above status.json."""
+    config = lab.config()
+    run_dir = lab.out / "run"
+    shard_dir = run_dir / "shard-0-of-1"
+    shard = start(lab, worker_command(config, "--shard", "0/1", "--out", str(run_dir), "--heartbeat", "0.05"))
+    wait_for_commits(shard, shard_dir, 3)
+    smallest_result = min(p.stat().st_size for p in (shard_dir / "results").glob("u-*.json"))
+    limit = smallest_result - 64
+    # the premise: the failed state (status.json with the error in it) still fits, a user does not
+    assert (shard_dir / "status.json").stat().st_size + 400 < limit
+    resource.prlimit(shard.pid, resource.RLIMIT_FSIZE, (limit, limit))
+    before = committed_count(shard_dir)
+    output = output_of(shard)
+    return Outcome(shard.returncode, output, facts={"run": run_dir, "shard_dir": shard_dir, "config": config,
+                                                   "before": before})
+
+
+def stopped_failed_with_commits_intact(lab: Lab, outcome: Outcome) -> None:
+    """state failed with the error; the users committed before are whole; no partial file anywhere."""
+    shard_dir = outcome.facts["shard_dir"]
+    status = read_status(shard_dir)
+    assert status["state"] == "failed" and "file size limit" in status["last_error"]
+    committed = lab.observe(shard_dir)
+    assert outcome.facts["before"] <= committed < 10 and status["users_done"] == committed
+    assert list((shard_dir / ".tmp").iterdir()) == []
+
+
+def needs_root_mounts() -> None:
+    if os.geteuid() != 0 or subprocess.run(["unshare", "-m", "true"], capture_output=True).returncode != 0:
+        pytest.skip("needs root with mount rights (tmpfs, bind mounts); see docs/RELIABILITY.md")
+
+
+def disk_full(lab: Lab) -> Outcome:
+    """A real ENOSPC: the run dir on a 2 MiB tmpfs that a filler file fills after three commits."""
+    needs_root_mounts()
+    disk = lab.out  # the output root is the small disk
+    disk.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(disk)], check=True)
+    lab.cleanups.append(lambda: subprocess.run(["umount", "-l", str(disk)], check=True))
+    config = lab.config()
+    run_dir = disk / "run"
+    shard_dir = run_dir / "shard-0-of-1"
+    shard = start(lab, worker_command(config, "--shard", "0/1", "--out", str(run_dir), "--heartbeat", "0.05"))
+    wait_for_commits(shard, shard_dir, 3)
+    filler = disk / "filler"
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT)
+    try:
+        while True:
+            os.write(fd, b"\0" * 4096)
+    except OSError as exc:
+        assert exc.errno == errno.ENOSPC
+    finally:
+        os.close(fd)
+    before = committed_count(shard_dir)
+    output = output_of(shard)
+    return Outcome(shard.returncode, output, facts={"run": run_dir, "shard_dir": shard_dir, "config": config,
+                                                   "before": before, "filler": filler})
+
+
+def commits_intact(lab: Lab, outcome: Outcome) -> None:
+    """The users committed before the fault are whole; the shard did not finish; no partial file."""
+    shard_dir = outcome.facts["shard_dir"]
+    committed = lab.observe(shard_dir)
+    assert outcome.facts["before"] <= committed < 10
+    assert list((shard_dir / ".tmp").iterdir()) == []
+    assert read_status(shard_dir)["state"] != "completed"
+
+
+def free_space_and_resume(lab: Lab, outcome: Outcome) -> pd.DataFrame:
+    outcome.facts["filler"].unlink()
+    return resume_run(lab, outcome)
+
+
+# --- 5. read-only output dirs ---------------------------------------------------------------------
+
+
+def read_only_root(lab: Lab, command: Callable[[Lab, Path], list[str]]) -> Outcome:
+    """The output root read-only from the start: a read-only bind mount, in a private mount namespace
+    of the command alone (as root, chmod would not stop a write); for other users a chmod 0555."""
+    config = lab.config()
+    lab.out.mkdir()
+    if os.geteuid() == 0:
+        needs_root_mounts()
+        wrapped = ["unshare", "-m", "--propagation", "private", "sh", "-c",
+                   'mount --bind "$0" "$0" && mount -o remount,ro,bind "$0" && exec "$@"', str(lab.out),
+                   *command(lab, config)]
+        words = "read-only"
+    else:
+        lab.out.chmod(0o555)
+        lab.cleanups.append(lambda: lab.out.chmod(0o755))
+        wrapped, words = command(lab, config), "permission denied"
+    result = run(lab, wrapped)
+    return Outcome(result.returncode, result.stdout + result.stderr, facts={"out": lab.out, "words": words})
+
+
+def read_only_root_worker(lab: Lab) -> Outcome:
+    return read_only_root(lab, lambda lab, config: worker_command(config, "--shard", "0/1"))
+
+
+def read_only_root_launcher(lab: Lab) -> Outcome:
+    return read_only_root(lab, lambda lab, config: [sys.executable, "-m", "shardrun.launcher", "--config",
+                                                    str(config), "--shards", "2"])
+
+
+def output_root_empty(lab: Lab, outcome: Outcome) -> None:
+    """Nothing was written: the output root is as empty as it was."""
+    assert list(lab.out.iterdir()) == []
+
+
+def read_only_mid_run(lab: Lab) -> Outcome:
+    """The shard dir turns read-only after three commits: a read-only bind mount over it, made inside
+    the shard's own mount namespace (nsenter), so nothing outside the shard process sees it."""
+    config = lab.config()
+    run_dir = lab.out / "run"
+    shard_dir = run_dir / "shard-0-of-1"
+    command = worker_command(config, "--shard", "0/1", "--out", str(run_dir), "--heartbeat", "0.05")
+    if os.geteuid() == 0:
+        needs_root_mounts()
+        shard = start(lab, ["unshare", "-m", "--propagation", "private", *command])
+        wait_for_commits(shard, shard_dir, 3)
+        subprocess.run(["nsenter", "-t", str(shard.pid), "-m", "sh", "-c",
+                        'mount --bind "$0" "$0" && mount -o remount,ro,bind "$0"', str(shard_dir)], check=True)
+        words = "read-only"
+    else:
+        shard = start(lab, command)
+        wait_for_commits(shard, shard_dir, 3)
+        for path in (shard_dir, shard_dir / "results", shard_dir / ".tmp"):
+            path.chmod(0o555)
+        words = "permission denied"
+    before = committed_count(shard_dir)
+    output = output_of(shard)
+    if os.geteuid() != 0:
+        for path in (shard_dir, shard_dir / "results", shard_dir / ".tmp"):
+            path.chmod(0o755)
+    return Outcome(shard.returncode, output, facts={"run": run_dir, "shard_dir": shard_dir, "config": config,
+                                                   "before": before, "words": words})
+
+
+# --- 6. two processes on one shard ----------------------------------------------------------------
+
+
+def second_process(lab: Lab) -> Outcome:
+    config = lab.config()
+    run_dir = lab.out / "run"
+    shard_dir = run_dir / "shard-0-of-1"
+    # --cooldown keeps the holder busy long enough for the second process to reach the lock
+    first = start(lab, worker_command(config, "--shard", "0/1", "--out", str(run_dir), "--cooldown", "0.3"))
+    wait_for_commits(first, shard_dir, 1)
+    committed_before = committed_count(shard_dir)
+    second = run(lab, worker_command(config, "--resume", str(shard_dir)))
+    holder_alive = first.poll() is None
+    first_output = output_of(first)
+    return Outcome(second.returncode, second.stdout + second.stderr,
+                   facts={"run": run_dir, "shard_dir": shard_dir, "holder_pid": first.pid, "holder_alive": holder_alive,
+                          "committed_before": committed_before, "first_exit": first.returncode,
+                          "first_output": first_output})
+
+
+def first_process_unharmed(lab: Lab, outcome: Outcome) -> None:
+    """The holder was running when the second was refused, and went on to complete its shard, every user once."""
+    assert outcome.facts["holder_alive"] and outcome.facts["committed_before"] < 10
+    assert outcome.facts["first_exit"] == 0, outcome.facts["first_output"]
+    assert "Traceback" not in outcome.facts["first_output"]
+    status = read_status(outcome.facts["shard_dir"])
+    assert status["state"] == "completed" and status["pid"] == outcome.facts["holder_pid"]
+    assert lab.observe(outcome.facts["shard_dir"]) == 10
+
+
+def stale_lock(lab: Lab) -> Outcome:
+    config = lab.config()
+    run_dir = lab.out / "run"
+    shard_dir = run_dir / "shard-0-of-1"
+    holder = start(lab, worker_command(config, "--shard", "0/1", "--out", str(run_dir)))
+    wait_for_commits(holder, shard_dir, 2)
+    holder.send_signal(signal.SIGKILL)
+    output_of(holder)
+    lock_text = json.loads((shard_dir / "lock").read_text())
+    assert lock_text["pid"] == holder.pid  # the dead holder's lock file is still there
+    lab.observe(shard_dir)
+    result = run(lab, worker_command(config, "--resume", str(shard_dir)))
+    return Outcome(result.returncode, result.stdout + result.stderr,
+                   facts={"run": run_dir, "shard_dir": shard_dir, "dead_pid": holder.pid})
+
+
+def resumed_past_the_stale_lock(lab: Lab, outcome: Outcome) -> None:
+    """The resume took the lock (its own pid is in the lock file) and completed the shard."""
+    shard_dir = outcome.facts["shard_dir"]
+    status = read_status(shard_dir)
+    assert status["state"] == "completed" and status["resumed_with_done"] >= 2
+    assert json.loads((shard_dir / "lock").read_text())["pid"] == status["pid"] != outcome.facts["dead_pid"]
+    assert lab.observe(shard_dir) == 10
+
+
+# --- 7. duplicate and conflicting shard dirs in a merge ------------------------------------------
+
+
+def copy_of_reference(lab: Lab, name: str) -> Path:
+    copy = lab.out / name
+    shutil.copytree(lab.small.run, copy, ignore=shutil.ignore_patterns("merged"))
+    return copy / "shard-0-of-1"
+
+
+def merge_duplicates(lab: Lab) -> Outcome:
+    copy = copy_of_reference(lab, "copy")
+    output = lab.out / "merged-dup"
+    result = run(lab, [sys.executable, "-m", "shardrun.merge", "--shards", str(lab.small.run / "shard-0-of-1"),
+                       str(copy), "--output", str(output)])
+    reference = lab.small.reference
+    return Outcome(result.returncode, result.stdout + result.stderr,
+                   facts={"merged": output, "rows": len(reference), "users": reference["user_id"].nunique()},
+                   recovered=analysis_values(output) if result.returncode == 0 else None)
+
+
+def duplicates_dropped(lab: Lab, outcome: Outcome) -> None:
+    """Every row came twice and identical: all dropped as duplicates; the set is complete."""
+    report = json.loads((outcome.facts["merged"] / "merge_report.json").read_text())
+    assert report["complete"] is True and report["conflicts"] == []
+    assert report["identical_duplicates"] == report["rows"] == len(lab.small.reference)
+
+
+def merge_conflict(lab: Lab) -> Outcome:
+    copy = copy_of_reference(lab, "edited")
+    victim = next(p for p in sorted((copy / "results").glob("u-*.json")) if '"user-03"' in p.read_text())
+    record = json.loads(victim.read_text())
+    row = next(r for r in record["rows"] if r["feature_mode"] == "composite")
+    row["ais_k2_bits"] = row["ais_k2_bits"] + 0.125
+    victim.write_text(json.dumps(record))
+    output = lab.out / "merged-conflict"
+    result = run(lab, [sys.executable, "-m", "shardrun.merge", "--shards", str(lab.small.run / "shard-0-of-1"),
+                       str(copy), "--output", str(output)])
+    return Outcome(result.returncode, result.stdout + result.stderr, facts={"merged": output, "copy": copy})
+
+
+def conflict_reported(lab: Lab, outcome: Outcome) -> None:
+    """merge_report.json: incomplete, exactly one conflict: that key, that column, both dirs."""
+    report = json.loads((outcome.facts["merged"] / "merge_report.json").read_text())
+    assert report["complete"] is False
+    [conflict] = report["conflicts"]
+    assert conflict["key"] == {"user_id": "user-03", "feature_mode": "composite"}
+    assert [d["column"] for d in conflict["differences"]] == ["ais_k2_bits"]
+    first, second = conflict["differences"][0]["values"]
+    assert abs(abs(second - first) - 0.125) < 1e-12
+    assert str(outcome.facts["copy"]) in conflict["dirs"]
+    assert report["identical_duplicates"] == report["rows"] - 1
+
+
+# --- 8. hostile user ids in the data -------------------------------------------------------------
+
+HOSTILE = {  # renamed users of the small data: id in the data <- the reference user whose rows it has
+    "../escape": "user-00",
+    "/abs/path": "user-01",
+    "a\x00b": "user-02",
+    "sep/ar\\\\ator": "user-03",
+    "x" * 5000: "user-04",
+    "..": "user-05",
+}
+# Columns that depend only on a user's series (the surrogates are seeded by the user id, so the null
+# means, p-values and the selected k may differ under another id).
+SERIES_ONLY = ["n_obs", "base", "entropy_bits"] + [f"ais_k{k}_bits" for k in K_GRID]
+
+
+def hostile_ids(lab: Lab) -> Outcome:
+    raw = pd.read_csv(lab.small.data, dtype=str)
+    raw["who"] = raw["who"].map({v: k for k, v in HOSTILE.items()}).fillna(raw["who"])
+    data = lab.input("hostile.csv", raw.to_csv(index=False))
+    assert set(pd.read_csv(data, dtype=str)["who"]) >= set(HOSTILE)  # the CSV keeps NUL and the rest
+    config = lab.config(data)
+    result = run(lab, [sys.executable, "-m", "shardrun.launcher", "--config", str(config), "--shards", "2"])
+    output = result.stdout + result.stderr
+    run_dir = Path(output.split("run dir: ")[1].split()[0]) if "run dir: " in output else None
+    return Outcome(result.returncode, output, facts={"run": run_dir})
+
+
+def hostile_results_under_their_ids(lab: Lab, outcome: Outcome) -> None:
+    """Each hostile id has its two rows in results.parquet and results.csv, computed from its own rows."""
+    merged_dir = outcome.facts["run"] / "merged"
+    merged = analysis_values(merged_dir)
+    reference = lab.small.reference.set_index(["user_id", "feature_mode"])
+    assert set(merged["user_id"]) == set(HOSTILE) | set(reference.index.get_level_values(0)) - set(HOSTILE.values())
+    for hostile, original in HOSTILE.items():
+        mine = merged[merged["user_id"] == hostile].set_index("feature_mode")
+        assert sorted(mine.index) == sorted(MODES) and set(mine["status"]) == {"ok"}
+        for mode in MODES:
+            assert mine.loc[mode, SERIES_ONLY].tolist() == reference.loc[(original, mode), SERIES_ONLY].tolist()
+    csv = read_result_file(merged_dir / "results.csv", ["user_id", "feature_mode", "status", "reason"])
+    assert sorted(csv["user_id"].unique()) == sorted(merged["user_id"].unique())
+    for shard_dir in outcome.facts["run"].glob("shard-*"):
+        lab.observe(shard_dir)
+    assert not Path("/abs").exists()
+    for base in (lab.root, lab.out, outcome.facts["run"]):
+        assert not (base / "escape").exists()
+
+
+def empty_user_id(lab: Lab) -> Outcome:
+    raw = pd.read_csv(lab.small.data, dtype=str)
+    raw.loc[raw["who"] == "user-07", "who"] = ""
+    data = lab.root / "in" / "empty-id.parquet"
+    data.parent.mkdir(parents=True, exist_ok=True)
+    raw.to_parquet(data, index=False)
+    lab.own.add(data)
+    result = run(lab, worker_command(lab.config(data), "--shard", "0/1"))
+    return Outcome(result.returncode, result.stdout + result.stderr, facts={"data": data})
+
+
+# --- 9. config faults, 10. data faults, 11. no Java or jar -------------------------------------
+
+
+def output_root_absent(lab: Lab, outcome: Outcome) -> None:
+    """Nothing was written: the output root and the log dir do not exist."""
+    assert not lab.out.exists() and not lab.logs.exists()
+
+
+def refused(make_config: Callable[[Lab], Path], env: dict | None = None) -> Callable[[Lab], Outcome]:
+    def inject(lab: Lab) -> Outcome:
+        config = make_config(lab)
+        result = run(lab, worker_command(config, "--shard", "0/1"), env=env)
+        return Outcome(result.returncode, result.stdout + result.stderr, facts={"config": config})
+
+    return inject
+
+
+def with_data(name: str, content: Callable[[pd.DataFrame], bytes | str]) -> Callable[[Lab], Path]:
+    """A config of the small workload whose data file is `content(the small data)`."""
+    return lambda lab: lab.config(lab.input(name, content(pd.read_csv(lab.small.data, dtype=str))))
+
+
+def malformed_yaml(lab: Lab) -> Path:
+    path = lab.config()
+    path.write_text(path.read_text().replace("surrogates: 200", "surrogates: [200"))
+    return path
+
+
+def set_key(dotted: str, value) -> Callable[[Lab], Path]:
+    def edit(raw: dict) -> None:
+        *parents, last = dotted.split(".")
+        node = raw
+        for key in parents:
+            node = node[key]
+        node[last] = value
+
+    return lambda lab: lab.config(edit=edit)
+
+
+def data_variant(name: str, change: Callable[[pd.DataFrame], pd.DataFrame]) -> Callable[[Lab], Outcome]:
+    """A full run of the small workload on a changed copy of its data (documented data rules)."""
+
+    def inject(lab: Lab) -> Outcome:
+        raw = pd.read_csv(lab.small.data, dtype=str)
+        changed = change(raw.copy())
+        data = lab.input(name, changed.to_csv(index=False))
+        run_dir = lab.out / "run"
+        result = run(lab, worker_command(lab.config(data), "--shard", "0/1", "--out", str(run_dir)))
+        merged = merged_values(lab, run_dir) if result.returncode == 0 else None
+        lab.observe(run_dir / "shard-0-of-1")
+        repeats = changed.groupby("who", sort=False)["when"].transform(lambda w: w.eq(w.shift()))
+        return Outcome(result.returncode, result.stdout + result.stderr,
+                       facts={"data": changed, "merged": merged, "run": run_dir,
+                              "missing": int(changed["label"].isna().sum()), "repeats": int(repeats.sum())})
+
+    return inject
+
+
+NAN_USER, NAN_ROWS = "user-03", slice(100, 600, 20)  # every 20th of its rows from the 100th loses its value
+DUP_USER = "user-04"
+
+
+def blank_values(raw: pd.DataFrame) -> pd.DataFrame:
+    rows = raw.index[raw["who"] == NAN_USER][NAN_ROWS]
+    raw.loc[rows, "label"] = None
+    return raw
+
+
+def shuffled(raw: pd.DataFrame) -> pd.DataFrame:
+    return raw.sample(frac=1.0, random_state=3).reset_index(drop=True)
+
+
+def duplicate_times(raw: pd.DataFrame) -> pd.DataFrame:
+    rows = raw.index[raw["who"] == DUP_USER]
+    for position in range(10, len(rows), 10):
+        raw.loc[rows[position], "when"] = raw.loc[rows[position - 1], "when"]
+    return raw
+
+
+def others_equal_reference(lab: Lab, merged: pd.DataFrame, user: str) -> pd.DataFrame:
+    reference = lab.small.reference
+    pd.testing.assert_frame_equal(merged[merged["user_id"] != user].reset_index(drop=True),
+                                  reference[reference["user_id"] != user].reset_index(drop=True), check_exact=True)
+    return merged[merged["user_id"] == user].set_index("feature_mode")
+
+
+def nan_rows_dropped(lab: Lab, outcome: Outcome) -> None:
+    """The user with blank values is analysed on its other rows (n_obs counts them); the rest unchanged."""
+    data = outcome.facts["data"]
+    mine = others_equal_reference(lab, outcome.facts["merged"], NAN_USER)
+    expected = int(((data["who"] == NAN_USER) & data["label"].notna()).sum())
+    assert 0 < outcome.facts["missing"] and expected == int((data["who"] == NAN_USER).sum()) - outcome.facts["missing"]
+    assert set(mine["status"]) == {"ok"} and set(mine["n_obs"]) == {expected}
+
+
+def sorted_by_time(lab: Lab, outcome: Outcome) -> None:
+    """Shuffled rows give exactly the reference: every user's rows were sorted by time."""
+    pd.testing.assert_frame_equal(outcome.facts["merged"], lab.small.reference, check_exact=True)
+
+
+def duplicates_kept_in_file_order(lab: Lab, outcome: Outcome) -> None:
+    """Rows sharing a timestamp stay separate observations in file order: n_obs unchanged, and the
+    activity series (which ignores the hour) gives the reference's numbers."""
+    mine = others_equal_reference(lab, outcome.facts["merged"], DUP_USER)
+    reference = lab.small.reference.set_index(["user_id", "feature_mode"])
+    assert set(mine["n_obs"]) == {int((outcome.facts["data"]["who"] == DUP_USER).sum())}
+    columns = [c for c in mine.columns if not c.startswith("te_hour") and c != "user_id"]
+    assert mine.loc["activity", columns].tolist() == reference.loc[(DUP_USER, "activity"), columns].tolist()
+
+
+# --- the table ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Fault:
+    name: str  # the test id
+    injected: str  # how the fault is injected (for docs/RELIABILITY.md)
+    inject: Callable[[Lab], Outcome]
+    exit_code: int | None  # of the faulted command
+    messages: tuple[str, ...] = ()  # fragments of its output; {name} is filled from the outcome's facts
+    on_disk: tuple[Callable[[Lab, Outcome], None], ...] = ()
+    recover: Callable[[Lab, Outcome], pd.DataFrame] | None = None  # the documented fix -> merged = reference
+
+
+FAULTS = [
+    Fault("sigkill-random-points", f"{KILL_TRIALS} seeded trials of SIGKILL at random delays (start-up or"
+          " loop), every third killed again in its resume; each resumed to completion and merged",
+          sigkill_trials, -signal.SIGKILL, (), (kills_hit_start_up_and_the_loop,)),
+    Fault("sigterm-drain", "SIGTERM to one run_production after two commits", sigterm_drain, 3,
+          ("SIGTERM received: finishing the user in flight",), (drained_whole,), resume_run),
+    Fault("torn-result-files", "a truncated copy, garbage, an empty file and another user's file under"
+          " real users' names in results/, stray .tmp files; then resume", torn_files, 0,
+          ("is unreadable", "will be recomputed"), (torn_quarantined_and_recomputed,), merge_run),
+    Fault("file-size-limit", "prlimit RLIMIT_FSIZE on the running shard below a result file's size",
+          file_size_limit, 6, ("error: cannot write the result of user", "{shard_dir}/results", "file size limit"),
+          (stopped_failed_with_commits_intact,), resume_run),
+    Fault("disk-full", "run dir on a 2 MiB tmpfs, filled by a filler file after three commits", disk_full, 6,
+          ("error: cannot write", "{shard_dir}", "No space left on device", "the disk is full"), (commits_intact,),
+          free_space_and_resume),
+    Fault("read-only-output-root", "output root read-only (bind mount) from the start, run_production",
+          read_only_root_worker, 6, ("error: cannot write", "{out}", "{words}"), (output_root_empty,)),
+    Fault("read-only-output-root-launcher", "output root read-only (bind mount) from the start, launch_shards",
+          read_only_root_launcher, 6, ("error: cannot write", "{out}", "{words}"), (output_root_empty,)),
+    Fault("read-only-shard-dir-mid-run", "shard dir turned read-only (bind mount) after three commits",
+          read_only_mid_run, 6, ("error: cannot write", "{shard_dir}", "{words}"), (commits_intact,), resume_run),
+    Fault("second-process-on-a-shard", "run_production --resume on a shard dir whose first process is running",
+          second_process, 4, ("error: shard dir", "in use by another process", '"pid": {holder_pid}'),
+          (first_process_unharmed,), merge_run),
+    Fault("stale-lock-after-sigkill", "SIGKILL the lock holder after two commits, then resume", stale_lock, 0,
+          (), (resumed_past_the_stale_lock,), merge_run),
+    Fault("merge-identical-duplicates", "the same shard dir copied into a second run dir; merge both",
+          merge_duplicates, 0, ("merged {rows} rows for {users} users from 2 shard dirs",), (duplicates_dropped,),
+          lambda lab, outcome: outcome.recovered),
+    Fault("merge-conflicting-duplicates", "that copy with one value edited in one result file; merge both",
+          merge_conflict, 5, ("conflicting rows for user_id='user-03', feature_mode='composite'", "ais_k2_bits differ"),
+          (conflict_reported,)),
+    Fault("hostile-user-ids", "user ids ../escape, /abs/path, a<NUL>b, sep/ar\\\\ator, 5000 x, .. in the data"
+          " (CSV); launch_shards K=2 with merge and validation", hostile_ids, 0, ("validation passed",),
+          (hostile_results_under_their_ids,)),
+    Fault("empty-user-id", "one user's id is the empty string (Parquet, where it is not a missing value)",
+          empty_user_id, 2, ("error: data file {data}", "rows have no user id (missing or empty)"),
+          (output_root_absent,)),
+    Fault("config-malformed-yaml", "an unclosed [ in the YAML", refused(malformed_yaml), 2,
+          ("error: config file {config} is not valid YAML at line",), (output_root_absent,)),
+    Fault("config-unknown-key", "data.colour: blue", refused(set_key("data.colour", "blue")), 2,
+          ("error: unknown config key 'data.colour'", "check the spelling"), (output_root_absent,)),
+    Fault("config-wrong-type", "surrogates: many", refused(set_key("surrogates", "many")), 2,
+          ("error: config key 'surrogates' must be int", "got str 'many'"), (output_root_absent,)),
+    Fault("config-wrong-type-nested", "k_selection.k_grid: 3 (not a list)", refused(set_key("k_selection.k_grid", 3)),
+          2, ("error: config key 'k_selection.k_grid' must be list",), (output_root_absent,)),
+    Fault("data-file-missing", "data.path names a file that does not exist",
+          refused(lambda lab: lab.config(lab.root / "in" / "nowhere.csv")), 2,
+          ("error: data file", "nowhere.csv does not exist", "fix data.path"), (output_root_absent,)),
+    Fault("data-file-empty", "a 0-byte data file", refused(with_data("empty.csv", lambda raw: b"")), 2,
+          ("error: data file", "empty.csv cannot be read", "valid CSV or Parquet"), (output_root_absent,)),
+    Fault("data-header-only", "a data file with the header and no rows",
+          refused(with_data("header.csv", lambda raw: raw.head(0).to_csv(index=False))), 2,
+          ("error: data file", "header.csv has no rows",), (output_root_absent,)),
+    Fault("data-missing-column", "the value column is named 'activity', not 'label'",
+          refused(with_data("renamed.csv", lambda raw: raw.rename(columns={"label": "activity"}).to_csv(index=False))),
+          2, ("has no column 'label'", "its columns are 'who', 'when', 'activity'", "data.value_column"),
+          (output_root_absent,)),
+    Fault("data-nan-values", f"{NAN_USER}: every 20th value from row 100 blank", data_variant("nan.csv", blank_values),
+          0, ("dropped {missing} rows with a missing value",), (nan_rows_dropped,)),
+    Fault("data-unsorted-timestamps", "all rows of the data file shuffled", data_variant("shuffled.csv", shuffled), 0,
+          (), (sorted_by_time,)),
+    Fault("data-duplicate-timestamps", f"{DUP_USER}: every 10th row repeats the previous row's timestamp",
+          data_variant("dups.csv", duplicate_times), 0,
+          ("{repeats} rows share a timestamp with the previous row; kept as separate rows",),
+          (duplicates_kept_in_file_order,)),
+    Fault("no-java", "JAVA_HOME points at a dir without Java",
+          refused(lambda lab: lab.config(), env={"JAVA_HOME": "/nonexistent/java"}), 2,
+          ("error: JAVA_HOME is /nonexistent/java", "Point JAVA_HOME at a JDK or JRE"), (output_root_absent,)),
+    Fault("no-jar", "jvm.classpath names a jar that does not exist",
+          refused(set_key("jvm.classpath", "/nonexistent/infodynamics.jar")), 2,
+          ("error: jvm.classpath points at /nonexistent/infodynamics.jar", "pip install --no-deps idtxl-uv"),
+          (output_root_absent,)),
+]
+
+DELIBERATE_ERRORS = (2, 4, 6)
+
+
+@pytest.mark.parametrize("fault", FAULTS, ids=[fault.name for fault in FAULTS])
+def test_fault(fault: Fault, lab: Lab):
+    before = snapshot(lab.basetemp, REPO, skip=REPO_SKIP)
+    outcome = fault.inject(lab)
+    assert outcome.exit_code == fault.exit_code, outcome.output
+    for fragment in fault.messages:
+        assert fragment.format(**outcome.facts) in outcome.output, (fragment, outcome.output)
+    assert "Traceback" not in outcome.output and "Logging error" not in outcome.output, outcome.output
+    if fault.exit_code in DELIBERATE_ERRORS:
+        errors = [line for line in outcome.output.splitlines() if line.startswith("error: ")]
+        assert len(errors) == 1, outcome.output
+    for check in fault.on_disk:
+        check(lab, outcome)
+    if fault.recover is not None:
+        pd.testing.assert_frame_equal(fault.recover(lab, outcome), lab.small.reference, check_exact=True)
+    universal_checks(lab, before)
+
+
+def test_reliability_doc_lists_every_case():
+    doc = (REPO / "docs" / "RELIABILITY.md").read_text()
+    for fault in FAULTS:
+        assert f"`test_fault[{fault.name}]`" in doc, fault.name
