@@ -14,7 +14,7 @@ if errorlevel 1 if "%JAVA_HOME%"=="" (
 )
 if not exist .venv\Scripts\python.exe (
   echo creating .venv ^(first use; takes a minute^) 1>&2
-  py -3 -m venv .venv || python -m venv .venv || (echo error: could not create .venv; install Python 3.10 or newer 1>&2 & exit /b 2)
+  py -3 -m venv .venv || python -m venv .venv || (echo error: could not create .venv; install Python 3.11 or newer 1>&2 & exit /b 2)
   .venv\Scripts\python.exe -m pip install -q --upgrade pip
   .venv\Scripts\python.exe -m pip install -q -e ".[test]" || exit /b 2
   .venv\Scripts\python.exe -m pip install -q --no-deps idtxl-uv==1.6.1 || exit /b 2

@@ -21,9 +21,9 @@ if ! command -v java >/dev/null 2>&1 && [ -z "${JAVA_HOME:-}" ]; then
 fi
 
 PYTHON="${PYTHON:-python3}"
-command -v "$PYTHON" >/dev/null 2>&1 || fail "no $PYTHON found; install Python 3.10 or newer (or set PYTHON=/path/to/python3)."
-"$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 10))' \
-  || fail "$("$PYTHON" --version 2>&1) is too old; shardrun needs Python 3.10 or newer (set PYTHON=/path/to/python3)."
+command -v "$PYTHON" >/dev/null 2>&1 || fail "no $PYTHON found; install Python 3.11 or newer (or set PYTHON=/path/to/python3)."
+"$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
+  || fail "$("$PYTHON" --version 2>&1) is too old; shardrun needs Python 3.11 or newer (set PYTHON=/path/to/python3)."
 
 wanted="$(cat pyproject.toml "$0" | sha256sum | cut -d' ' -f1)"
 stamp="$VENV/.shardrun-installed"

@@ -3,9 +3,9 @@
 The launcher never starts a JVM: it starts shard processes with subprocess (a fresh interpreter
 each, so no JVM is ever forked), watches them, and acts on the decisions of scheduling.py: start
 (at most --max-parallel at once), restart by resuming (--restarts), suspend and resume
-(--cpu-limit). Each shard runs in its own session so that a terminal's Ctrl-C reaches the launcher
+(--cpu-limit). Each shard runs in its own process group so that a terminal's Ctrl-C reaches the launcher
 alone, which then drains the shards once; each shard also dies with the launcher (parent-death
-signal, set by the worker). What the launcher knows that the shards cannot (waiting, suspended,
+signal, set by the worker; for a suspended shard, the orphaned process group's SIGHUP + SIGCONT). What the launcher knows that the shards cannot (waiting, suspended,
 restarts, deaths) is written to RUN/launcher.json for `monitor_progress`.
 """
 
@@ -172,8 +172,12 @@ class Launcher:
         slot.log_handle.write(f"\n=== {store.utc_now()} {' '.join(command)}\n".encode())
         slot.log_handle.flush()
         env = {**os.environ, LAUNCHER_PID_ENV: str(os.getpid())}
+        # Its own process group, in the launcher's session: a terminal's Ctrl-C reaches the launcher
+        # alone, and if the launcher dies while this shard is suspended (--cpu-limit), the group
+        # becomes orphaned and the kernel sends it SIGHUP and SIGCONT, so it drains instead of
+        # staying stopped forever (a stopped process cannot act on its parent-death signal).
         slot.process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=slot.log_handle,
-                                        stderr=subprocess.STDOUT, env=env, start_new_session=True)
+                                        stderr=subprocess.STDOUT, env=env, process_group=0)
         slot.phase = "running"
         slot.starts += 1
         log.info("started shard %s as pid %d (%s), log %s", slot.spec, slot.process.pid,
@@ -360,7 +364,7 @@ def launch(config: RunConfig, options: LaunchOptions, out: Callable[[str], None]
     config, users_per_shard = admit_launch(config, options, out)
     launcher = Launcher(config, options, out, users_per_shard=users_per_shard)
     launcher.run = run = launcher.prepare_run_dir()
-    previous = {sig: signal.signal(sig, launcher.forward) for sig in (signal.SIGINT, signal.SIGTERM)}
+    previous = {sig: signal.signal(sig, launcher.forward) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
     try:
         out(f"starting {options.shards} shards in {run.dir}; logs in {config.output.log_dir}/shard<i>.log")
         launcher.wait()

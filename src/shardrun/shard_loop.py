@@ -39,7 +39,7 @@ def user_outcome(rows: Sequence[Mapping[str, Any]]) -> str:
 
 
 class StopFlag:
-    """Set by SIGTERM/SIGINT: finish the user in flight, commit it, then stop taking users.
+    """Set by SIGTERM/SIGINT/SIGHUP: finish the user in flight, commit it, then stop taking users.
 
     Installed first thing in the worker, before the data is read or the JVM starts, so that a
     signal at any moment leads to a drain, never to the default action half-way through start-up.
@@ -59,7 +59,8 @@ class StopFlag:
             self.requested_by = name
             log.warning("%s received: finishing the user in flight, then stopping", name)
 
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        # SIGHUP: a lost terminal, or the kernel telling an orphaned, suspended shard its launcher is gone
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(sig, handler)
 
 
