@@ -12,6 +12,7 @@ from pathlib import Path
 import pandas as pd
 import psutil
 import pytest
+import yaml
 
 from e2e_support import analysis_values, faulty_task_config, read_status, shardrun, wait_for
 
@@ -117,21 +118,42 @@ def test_max_parallel_runs_at_most_m_shards_at_once(workspace):
     pd.testing.assert_frame_equal(analysis_values(run_dir / "merged"), workspace["reference"], check_exact=True)
 
 
-def test_cpu_limit_suspends_and_resumes_shards(workspace):
+def busy_config(workspace, tmp_path) -> Path:
+    """The workspace config with many surrogates: shards busy for several throttle periods (2 s each)."""
+    config = yaml.safe_load(workspace["config"].read_text())
+    config["surrogates"] = 1500
+    path = tmp_path / "busy.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def test_cpu_limit_suspends_and_resumes_shards(workspace, tmp_path):
     # Two busy shards take the whole machine, far above 60%; the resume threshold (50%) stays well
     # above an idle machine's noise, so the run always finishes.
-    launcher, run_dir = start_launcher(workspace, "--shards", "2", "--cpu-limit", "60", "--progress-every", "1")
+    launcher, run_dir = start_launcher(workspace, "--shards", "2", "--cpu-limit", "60", "--progress-every", "1",
+                                       config=busy_config(workspace, tmp_path))
     wait_for(lambda: any(s["phase"] == "suspended" for s in launcher_doc(run_dir)["shards"]), process=launcher)
     output, _ = launcher.communicate(timeout=600)
     assert launcher.returncode == 0, output
-    pd.testing.assert_frame_equal(analysis_values(run_dir / "merged"), workspace["reference"], check_exact=True)
+    assert "validation passed" in output
+    merged = analysis_values(run_dir / "merged")
+    assert len(merged) == 28 and set(merged["status"]) == {"ok"}
 
 
-def test_a_suspended_shard_does_not_outlive_a_sigkilled_launcher(workspace):
-    launcher, run_dir = start_launcher(workspace, "--shards", "2", "--cpu-limit", "60", "--no-merge")
-    suspended = wait_for(lambda: [s for s in launcher_doc(run_dir)["shards"] if s["phase"] == "suspended"],
-                         process=launcher)
-    assert psutil.Process(suspended[0]["pid"]).status() == psutil.STATUS_STOPPED
+def test_a_suspended_shard_does_not_outlive_a_sigkilled_launcher(workspace, tmp_path):
+    launcher, run_dir = start_launcher(workspace, "--shards", "2", "--cpu-limit", "60", "--no-merge",
+                                       config=busy_config(workspace, tmp_path))
+
+    def a_stopped_shard():
+        for shard in launcher_doc(run_dir)["shards"]:
+            try:
+                if shard["phase"] == "suspended" and psutil.Process(shard["pid"]).status() == psutil.STATUS_STOPPED:
+                    return True
+            except psutil.NoSuchProcess:
+                continue
+        return False
+
+    wait_for(a_stopped_shard, process=launcher)
     pids = [s["pid"] for s in launcher_doc(run_dir)["shards"] if s["pid"]]
     launcher.kill()
     launcher.communicate()
@@ -148,8 +170,9 @@ def test_shards_die_with_a_sigkilled_launcher(workspace):
     for pid in pids:
         wait_for(lambda: not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE,
                  timeout=60, every=0.1)
-    states = {read_status(d)["state"] for d in run_dir.glob("shard-*")}
-    assert states <= {"interrupted", "completed"}, states
+    statuses = {d.name: read_status(d) for d in run_dir.glob("shard-*")}
+    logs = {d.name: (d / "shard.log").read_text()[-2000:] for d in run_dir.glob("shard-*")}
+    assert {doc.get("state") for doc in statuses.values()} <= {"interrupted", "completed"}, (statuses, logs)
 
 
 def test_retry_failed_runs_failed_users_again(workspace, tmp_path):

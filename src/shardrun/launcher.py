@@ -67,6 +67,7 @@ class ShardSlot:
     process: subprocess.Popen | None = None
     log_handle: IO[bytes] | None = None
     starts: int = 0
+    started_at: float = 0.0  # monotonic time of the latest start: the throttle suspends the newest first
     restarts: int = 0
     exits: list[int] = field(default_factory=list)
     deaths: list[str] = field(default_factory=list)
@@ -179,6 +180,7 @@ class Launcher:
         slot.process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=slot.log_handle,
                                         stderr=subprocess.STDOUT, env=env, process_group=0)
         slot.phase = "running"
+        slot.started_at = time.monotonic()
         slot.starts += 1
         log.info("started shard %s as pid %d (%s), log %s", slot.spec, slot.process.pid,
                  "resuming" if resume else "new", log_path)
@@ -199,7 +201,10 @@ class Launcher:
         shard_paths = self.run.shard(slot.spec)
         if died_abnormally(code):
             hs_err = [str(p) for p in shard_paths.hs_err_files() if f"pid{slot.process.pid}." in p.name]
-            description = describe_exit(code) + (f"; JVM crash report: {', '.join(hs_err)}" if hs_err else "")
+            if self.killed_after_grace and code == -signal.SIGKILL:
+                description = f"killed by the launcher after the --grace period of {self.options.grace_seconds:.0f} s"
+            else:
+                description = describe_exit(code) + (f"; JVM crash report: {', '.join(hs_err)}" if hs_err else "")
             slot.deaths.append(description)
             self.out(f"shard {slot.spec} {description}")
             if shard_paths.status.is_file():
@@ -252,7 +257,7 @@ class Launcher:
     def throttle_tick(self) -> None:
         if self.throttle is None or self.stopping_since is not None:
             return
-        running = sorted((s for s in self.slots if s.phase == "running"), key=lambda s: s.process.pid)
+        running = sorted((s for s in self.slots if s.phase == "running"), key=lambda s: s.started_at)
         suspended = [s for s in self.slots if s.phase == "suspended"]
         decision = self.throttle.decide(self.cpu_percent(), [s.index for s in running], [s.index for s in suspended])
         if decision:

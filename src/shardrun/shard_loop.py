@@ -152,9 +152,13 @@ class ShardLoop:
 
     def _stop_now(self, signal_name: str) -> None:
         log.warning("second %s: stopping now; the user in flight is abandoned uncommitted", signal_name)
-        self.status.update(state="interrupted", last_error=f"stopped by a second {signal_name}")
-        logging.shutdown()
-        os._exit(EXIT_INTERRUPTED)
+        try:
+            self.status.update(state="interrupted", last_error=f"stopped by a second {signal_name}")
+        except Exception as exc:  # leaving at once matters more than the status line; say why it is stale
+            log.error("could not mark %s interrupted: %s", self.dirs.shard.status, exc)
+        finally:
+            logging.shutdown()
+            os._exit(EXIT_INTERRUPTED)
 
     def _run_user(self, user_id: str) -> None:
         self.status.begin_user(user_id)

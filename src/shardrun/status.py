@@ -36,7 +36,9 @@ class ShardStatus:
         self._paths = paths
         self._write = write
         self._clock = clock
-        self._lock = threading.Lock()
+        # Re-entrant: the second-signal handler updates the status from the main thread, which the
+        # signal may have interrupted inside update() while holding this lock.
+        self._lock = threading.RLock()
         self._session_start = clock()
         self._session_users = 0
         self._doc: dict[str, Any] = {
