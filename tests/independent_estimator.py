@@ -1,18 +1,71 @@
 """An independent plug-in estimator (numpy and collections, no JIDT) of what the default analysis computes.
 
 Used by the numeric tests and by the end-to-end tests, which compare a whole pipeline run against it.
-The permutation nulls rebuild JIDT's documented surrogate construction from the same seeded
-permutations (the permutations are inputs; drawing them is the package's job).
+The permutations are rebuilt here from the documented algorithm (shardrun/infodynamics/surrogates.py):
+java.util.Random as the Java SE specification defines it, Collections.shuffle as its documentation
+describes it, the per-surrogate seed, and the derivation for a test of m observations. The
+permutation nulls rebuild JIDT's documented surrogate construction from them.
 """
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import json
 import math
 from collections import Counter
 
 import numpy as np
 
-from shardrun.infodynamics.seeds import generator_for, permutation_batches
+
+class JavaRandom:
+    """java.util.Random: the 48-bit linear congruential generator of the Java SE specification."""
+
+    MULTIPLIER, ADDEND, MASK = 0x5DEECE66D, 0xB, (1 << 48) - 1
+
+    def __init__(self, seed: int):
+        self.state = (seed ^ self.MULTIPLIER) & self.MASK
+
+    def next_bits(self, bits: int) -> int:
+        self.state = (self.state * self.MULTIPLIER + self.ADDEND) & self.MASK
+        return self.state >> (48 - bits)
+
+    def next_int(self, bound: int) -> int:
+        r = self.next_bits(31)
+        if bound & (bound - 1) == 0:
+            return (bound * r) >> 31
+        u = r
+        while u - (u % bound) + bound - 1 >= 2**31:  # Java's int overflow test: reject and draw again
+            u = self.next_bits(31)
+        return u % bound
+
+
+def java_shuffled_range(seed: int, length: int) -> list[int]:
+    """Collections.shuffle(0..length-1, new Random(seed)): from the last position down to the second,
+    swap in the element at random.nextInt(i)."""
+    values = list(range(length))
+    random = JavaRandom(seed)
+    for i in range(length, 1, -1):
+        j = random.next_int(i)
+        values[i - 1], values[j] = values[j], values[i - 1]
+    return values
+
+
+@functools.lru_cache(maxsize=64)
+def base_permutations(seed: int, user: str, count: int, n_obs: int) -> np.ndarray:
+    """The documented base permutations of a user: one per surrogate, of 0..n_obs-2."""
+    rows = []
+    for r in range(count):
+        key = json.dumps([seed, user, r], ensure_ascii=False).encode("utf-8")
+        java_seed = int.from_bytes(hashlib.sha256(key).digest()[:8], "big", signed=True)
+        rows.append(java_shuffled_range(java_seed, n_obs - 1))
+    return np.array(rows, dtype=np.int64)
+
+
+def user_permutations(seed: int, user: str, count: int, observations: int, n_obs: int) -> np.ndarray:
+    """The documented surrogates of a test of `observations` observations of a user with n_obs in all:
+    each base permutation with the values >= observations left out."""
+    return np.array([[v for v in row if v < observations] for row in base_permutations(seed, user, count, n_obs)])
 
 
 
@@ -68,10 +121,6 @@ def plugin_te_null(source, dest, k, permutations) -> list[float]:
     return [plugin_cmi([sources[i] for i in perm], nxt, past) for perm in permutations]
 
 
-def seeded_permutations(observations: int, count: int, *key) -> np.ndarray:
-    return np.concatenate(list(permutation_batches(generator_for(*key), observations, count)))
-
-
 def p_value(null, value) -> float:
     """JIDT's p-value; asserts no surrogate is within rounding of the value, where >= could flip."""
     null = np.asarray(null)
@@ -87,16 +136,17 @@ def expected_mode_row(values, hour_bins_series, mode: str, levels: int, hour_bin
     symbols = values if mode == "activity" else values * hour_bins + hour_bins_series
     row = {"n_obs": len(symbols), "entropy_bits": plugin_entropy(symbols)}
     corrected = {}
+    n = len(symbols)
     for k in ks:
         ais = plugin_ais(symbols, k)
-        null = plugin_ais_null(symbols, k, seeded_permutations(len(symbols) - k, surrogates, seed, user, mode, "ais", k))
+        null = plugin_ais_null(symbols, k, user_permutations(seed, user, surrogates, n - k, n))
         row.update({f"ais_k{k}_bits": ais, f"ais_k{k}_null_mean_bits": float(np.mean(null)),
                     f"ais_k{k}_p": p_value(null, ais)})
         corrected[k] = ais - np.mean(null)
     k_selected = max(corrected, key=lambda k: (corrected[k], -k))
     te = plugin_te(hour_bins_series, values, k_selected)
-    te_null = plugin_te_null(hour_bins_series, values, k_selected, seeded_permutations(
-        len(values) - k_selected, surrogates, seed, user, mode, "te_hour", k_selected))
+    te_null = plugin_te_null(hour_bins_series, values, k_selected,
+                             user_permutations(seed, user, surrogates, n - k_selected, n))
     row.update(k_selected=k_selected, ais_bits=row[f"ais_k{k_selected}_bits"], te_hour_bits=te,
                te_hour_p=p_value(te_null, te))
     return row

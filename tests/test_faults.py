@@ -586,7 +586,9 @@ def read_only_mid_run(lab: Lab) -> Outcome:
     config = lab.config()
     run_dir = lab.out / "run"
     shard_dir = run_dir / "shard-0-of-1"
-    command = worker_command(config, "--shard", "0/1", "--out", str(run_dir), "--heartbeat", "0.05")
+    # --cooldown keeps the shard running (between users) while the mount is made after its third commit
+    command = worker_command(config, "--shard", "0/1", "--out", str(run_dir), "--heartbeat", "0.05",
+                             "--cooldown", "0.3")
     if os.geteuid() == 0:
         needs_root_mounts()
         shard = start(lab, ["unshare", "-m", "--propagation", "private", *command])

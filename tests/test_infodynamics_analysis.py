@@ -119,14 +119,34 @@ def test_undersampling_guard(tmp_path):
     pd.DataFrame({"user_id": "g", "timestamp": times, "value": rng.integers(0, 9, 100)}).to_csv(path, index=False)
     settings = make_settings(path, k_grid=(1, 2, 3), k_selection={"undersampling_guard": True})
     activity, composite = task.analyse(task.load(settings), "g", settings)
-    # activity, base 4: k=1 needs 16 + 1 and k=2 needs 64 + 2 observations (ok), k=3 needs 256 + 3.
+    # The guard keeps k where n_obs - k >= base * (distinct pasts of length k). activity, base 4: 4 pasts
+    # at k=1 (99 >= 16), at most 16 at k=2 (98 >= 64), but about 60 of the 64 at k=3 (97 < 240).
     assert activity["status"] == "ok" and "k=3" in activity["reason"] and "k=1" not in activity["reason"]
     assert not math.isnan(activity["ais_k2_bits"])
     assert all(math.isnan(activity[c]) for c in ("ais_k3_bits", "ais_k3_null_mean_bits", "ais_k3_p"))
     assert activity["k_selected"] in (1, 2)
-    # composite, base 24: even k=1 needs 576 + 1 observations.
+    # composite, base 24: even k=1 has about 24 pasts, and 99 < 24 * 24.
     assert composite["status"] == "skipped" and "undersampling guard" in composite["reason"]
     assert task.check_rows(pd.DataFrame([activity, composite]), settings) == []
+
+
+@pytest.mark.usefixtures("jvm")
+def test_undersampling_guard_counts_the_pasts_the_series_shows(tmp_path):
+    # A series that cycles through its 4 levels shows 4 pasts at every k: the guard keeps k = 4, where the
+    # dense calculators' rule (n_obs - k >= 4^(k+1) = 1024) dropped it.
+    path = tmp_path / "d.csv"
+    times = pd.date_range("2025-01-01", periods=300, freq="h").strftime("%Y-%m-%dT%H:%M:%S")
+    pd.DataFrame({"user_id": "c", "timestamp": times, "value": [i % 4 for i in range(300)]}).to_csv(path, index=False)
+    settings = make_settings(path, k_grid=(1, 2, 3, 4, 5), k_selection={"undersampling_guard": True})
+    rows = {row["feature_mode"]: row for row in task.analyse(task.load(settings), "c", settings)}
+    values = [i % 4 for i in range(300)]
+    hours = [t.hour * 6 // 24 for t in pd.date_range("2025-01-01", periods=300, freq="h")]
+    for mode, symbols, base in (("activity", values, 4), ("composite", [v * 6 + h for v, h in zip(values, hours)], 24)):
+        for k in range(1, 6):
+            pasts = {tuple(symbols[t - k:t]) for t in range(k, 300)}
+            kept = 300 - k >= base * len(pasts)
+            assert math.isnan(rows[mode][f"ais_k{k}_bits"]) != kept, (mode, k, len(pasts))
+    assert not math.isnan(rows["activity"]["ais_k4_bits"])
 
 
 def test_check_rows_catches_out_of_range_values(tmp_path):

@@ -25,8 +25,10 @@ import pytest
 
 from shardrun.config import Section
 from shardrun.infodynamics import task
-from shardrun.infodynamics.measures import ais_test, entropy_bits, java_ints, te_test
-from shardrun.infodynamics.seeds import generator_for, permutation_batches
+from shardrun.infodynamics.jarrays import java_ints
+from shardrun.infodynamics.measures import ais_test, entropy_bits, te_test
+from shardrun.infodynamics.states import observed_pasts
+from shardrun.infodynamics.surrogates import UserSurrogates, fixed_permutations
 from independent_estimator import (
     assert_row_matches,
     expected_mode_row,
@@ -36,12 +38,20 @@ from independent_estimator import (
     plugin_entropy,
     plugin_te,
     plugin_te_null,
-    seeded_permutations,
+    user_permutations,
 )
 
 pytestmark = pytest.mark.usefixtures("jvm")
 
 TOL = 1e-9
+
+
+def ais(symbols, base, k, permutations):
+    return ais_test(symbols, base, observed_pasts(symbols, base, (k,))[k], permutations)
+
+
+def identity(n):
+    return np.arange(n, dtype=np.int32)[None, :]
 
 
 # --- (a) closed forms via Eulerian circuits ------------------------------------------------------
@@ -108,7 +118,7 @@ def order1_sequence() -> tuple[list[int], float]:
 
 def test_ais_k1_of_an_order1_chain_equals_the_closed_form():
     sequence, closed_form = order1_sequence()
-    result = ais_test(np.array(sequence, dtype=np.int32), 3, 1, lambda n: [np.arange(n, dtype=np.int32)[None, :]])
+    result = ais(np.array(sequence, dtype=np.int32), 3, 1, fixed_permutations(identity(len(sequence) - 1)))
     assert abs(result.value - closed_form) < TOL
     assert closed_form > 0.05  # not a trivial zero
 
@@ -120,7 +130,7 @@ def test_ais_k2_of_an_order1_chain_equals_ais_k1():
     pairs = eulerian_circuit(exact_multiplicities(joint))
     sequence = [pairs[0][0]] + [pair[1] for pair in pairs[:-1]] + [pairs[-1][1]]
     _, closed_form = order1_sequence()
-    result = ais_test(np.array(sequence, dtype=np.int32), 3, 2, lambda n: [np.arange(n, dtype=np.int32)[None, :]])
+    result = ais(np.array(sequence, dtype=np.int32), 3, 2, fixed_permutations(identity(len(sequence) - 2)))
     assert abs(result.value - closed_form) < TOL
 
 
@@ -135,7 +145,7 @@ def test_ais_k2_of_an_order2_chain_equals_the_closed_form():
     )
     pairs = eulerian_circuit(exact_multiplicities(joint))
     sequence = [pairs[0][0]] + [pair[1] for pair in pairs]  # a0, then b of every pair visited
-    result = ais_test(np.array(sequence, dtype=np.int32), 2, 2, lambda n: [np.arange(n, dtype=np.int32)[None, :]])
+    result = ais(np.array(sequence, dtype=np.int32), 2, 2, fixed_permutations(identity(len(sequence) - 2)))
     assert abs(result.value - closed_form) < TOL
     assert closed_form > 0.1
 
@@ -151,9 +161,9 @@ def test_entropy_ais_and_null_match_the_independent_estimator(base, k):
     symbols[0] = 0
     for t in range(1, len(symbols)):
         symbols[t] = symbols[t - 1] if rng.random() < 0.6 else rng.integers(0, base)
-    key = (11, "user", "activity", "ais", k)
-    result = ais_test(symbols, base, k, lambda n: permutation_batches(generator_for(*key), n, 40))
-    permutations = seeded_permutations(len(symbols) - k, 40, *key)
+    surrogates = UserSurrogates(11, "user", 40, len(symbols))
+    result = ais(symbols, base, k, surrogates.batches)
+    permutations = user_permutations(11, "user", 40, len(symbols) - k, len(symbols))
     null = plugin_ais_null(symbols, k, permutations)
 
     assert abs(entropy_bits(symbols, base) - plugin_entropy(symbols)) < TOL
@@ -165,10 +175,10 @@ def test_entropy_ais_and_null_match_the_independent_estimator(base, k):
 
 def test_null_batches_combine_exactly():
     symbols = np.random.default_rng(3).integers(0, 4, 300).astype(np.int32)
-    permutations = seeded_permutations(298, 30, 5, "u", "activity", "ais", 2)
-    whole = ais_test(symbols, 4, 2, lambda n: [permutations])
-    one_by_one = ais_test(symbols, 4, 2, lambda n: [row[None, :] for row in permutations])
-    uneven = ais_test(symbols, 4, 2, lambda n: [permutations[:7], permutations[7:]])
+    permutations = UserSurrogates(5, "u", 30, 300).rows(298)
+    whole = ais(symbols, 4, 2, fixed_permutations(permutations))
+    one_by_one = ais(symbols, 4, 2, fixed_permutations(*(row[None, :] for row in permutations)))
+    uneven = ais(symbols, 4, 2, fixed_permutations(permutations[:7], permutations[7:]))
     for other in (one_by_one, uneven):
         assert other.value == whole.value and other.null_mean == whole.null_mean and other.p_value == whole.p_value
         assert np.array_equal(other.null, whole.null)
@@ -183,9 +193,8 @@ def test_te_and_its_null_match_the_independent_estimator(k):
     dest = rng.integers(0, 4, n).astype(np.int32)
     copy = rng.random(n) < 0.5
     dest[1:][copy[1:]] = hours[:-1][copy[1:]] % 4
-    key = (12, "user", "composite", "te_hour", k)
-    result = te_test(hours, dest, 6, k, lambda m: permutation_batches(generator_for(*key), m, 30))
-    null = plugin_te_null(hours, dest, k, seeded_permutations(n - k, 30, *key))
+    result = te_test(hours, dest, 6, 4, observed_pasts(dest, 4, (k,))[k], UserSurrogates(12, "user", 30, n).batches)
+    null = plugin_te_null(hours, dest, k, user_permutations(12, "user", 30, n - k, n))
     expected = plugin_te(hours, dest, k)
     assert abs(result.value - expected) < TOL and expected > 0.05
     assert np.max(np.abs(result.null - np.array(null))) < TOL

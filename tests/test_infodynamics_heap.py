@@ -1,4 +1,4 @@
-"""The heap model and preflight (no JVM), and a real JVM with a tiny heap raising HeapTooSmall."""
+"""The heap model and preflight (no JVM), and real JVMs: at the predicted heap, and too small a heap."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from shardrun.config import Section, heap_bytes
@@ -17,7 +18,7 @@ REPO = Path(__file__).resolve().parents[1]
 MIB = 1024**2
 
 
-def settings_for(levels=4, hour_bins=6, k_grid=(1, 2, 3, 4), surrogates=100, path="data/sample_users.csv"):
+def settings_for(levels=4, hour_bins=6, k_grid=(1, 2, 3, 4, 5, 6), surrogates=100, path="data/sample_users.csv"):
     top = Section({
         "data": {"path": str(path), "levels": levels}, "hour_bins": hour_bins,
         "feature_modes": ["activity", "composite"], "k_selection": {"k_grid": list(k_grid)},
@@ -28,36 +29,38 @@ def settings_for(levels=4, hour_bins=6, k_grid=(1, 2, 3, 4), surrogates=100, pat
     return settings
 
 
-def test_counts_dominate_and_are_held_twice():
-    # composite base 24 at k=4: per calculator 24 rows of 24^4 ints plus 24^4 past counts; two
-    # calculators; plus the permutation batch bound. Array headers add well under 0.1 %.
-    arrays = heap.ais_arrays(24, 4, n_obs=None, surrogates=100)
-    expected = 2 * 4 * (24**5 + 24**4) + 16 * MIB
-    assert expected <= sum(arrays) <= expected * 1.001
+def test_past_ids_are_bounded_by_the_windows_and_by_base_to_the_k():
+    n_obs = np.array([0, 10, 1000, 10**6])
+    assert heap.past_ids_bound(n_obs, 24, 1).tolist() == [1, 10, 24, 24]
+    assert heap.past_ids_bound(n_obs, 24, 3).tolist() == [1, 8, 998, 24**3]
+    assert heap.past_ids_bound(n_obs, 24, 16).tolist() == [1, 1, 985, 10**6 - 15]  # 24^16 overflows int64
 
 
-def test_state_space_beyond_a_java_int_is_reported():
-    # levels 4 x 24 hour bins = base 96; 96^5 > Integer.MAX_VALUE.
-    problems = task.preflight(settings_for(hour_bins=24, k_grid=(1, 5)), heap_bytes("64g"))
-    assert len(problems) == 1
-    assert "composite at k=5: Base and history combination too large" in problems[0]
-    assert "k_selection.k_max to 4" in problems[0]
+def test_the_need_grows_with_the_observations_not_with_base_to_the_k():
+    settings = settings_for(k_grid=(1, 4, 6, 16))
+    at = {k: heap.minimum_heap(settings, "composite", k, 61_000) for k in (1, 4, 6, 16)}
+    # composite base 24 at k=6 was 24^7 counts (4.6e9) for the dense calculators; now it is bounded by
+    # 61,000 pasts, and so is k = 16 (4^16 value pasts for te_hour, 24^16 composite ones)
+    assert at[1] <= at[4] <= at[6] <= at[16] <= 64 * MIB
+    million = heap.minimum_heap(settings, "composite", 6, 10**6)
+    assert 128 * MIB < million <= 512 * MIB
 
 
-def test_te_state_space_is_checked_too():
-    # levels 2, hour_bins 24: activity AIS (base 2) holds k=7, but te_hour's common base is 24.
-    problems = task.preflight(settings_for(levels=2, hour_bins=24, k_grid=(7,)), heap_bytes("64g"))
-    assert any("te_hour at k=7 (feature mode activity)" in p and "max(data.levels, hour_bins)" in p for p in problems)
-
-
-def test_heap_too_small_says_how_much_is_needed():
+def test_the_default_analysis_needs_a_small_heap_under_auto():
     settings = settings_for()
-    problems = task.preflight(settings, 64 * MIB)
-    assert len(problems) == 1 and "composite at k=4 needs about" in problems[0]
-    needed = heap.minimum_heap(settings, "composite", 4)
-    assert f"raise jvm.xmx to at least {needed // MIB}m" in problems[0]
-    assert task.preflight(settings, needed) == []
-    assert task.preflight(settings, heap_bytes("256m")) == []  # the shipped proposal heap
+    needs = heap.heap_needs(settings, np.array([1400, 61_000]))
+    assert (needs <= 256 * MIB / 1.25).all()  # so jvm.xmx auto (need + 25%, in 64 MiB steps) stays <= 256m
+
+
+def test_preflight_refuses_only_a_heap_too_small_for_the_smallest_user():
+    settings = settings_for()
+    assert task.preflight(settings, heap_bytes("256m")) == []  # composite k=6 is no longer refused
+    problems = task.preflight(settings, heap_bytes("4m"))
+    assert problems and all("raise jvm.xmx to at least" in p for p in problems)
+    assert "feature mode activity at k=1" in problems[0]
+    smallest = max(settings.data.min_observations, 8)
+    needed = heap.minimum_heap(settings, "composite", 6, smallest)
+    assert any(f"at least {needed // MIB}m" in p for p in problems)
 
 
 def test_preflight_and_import_need_no_jvm():
@@ -66,52 +69,81 @@ def test_preflight_and_import_need_no_jvm():
         from shardrun.config import Section
         from shardrun.infodynamics import task
         top = Section({"data": {"path": "x.csv"}, "feature_modes": ["composite"],
-                       "k_selection": {"k_grid": [1, 5]}, "seed": 1})
-        problems = task.preflight(task.parse_settings(top), 256 * 1024**2)
-        assert problems and "k=5" in problems[0], problems
+                       "k_selection": {"k_grid": [1, 6]}, "seed": 1})
+        problems = task.preflight(task.parse_settings(top), 2 * 1024**2)
+        assert problems and "k=1" in problems[0], problems
         task.describe_versions()
         assert "jpype" not in sys.modules, "the JVM bridge was imported"
     """)
     subprocess.run([sys.executable, "-c", script], check=True, cwd=REPO, timeout=60)
 
 
-@pytest.mark.jvm
-def test_tiny_heap_raises_heap_too_small_with_the_needed_size(tmp_path):
-    data = tmp_path / "d.csv"
-    rows = ["user_id,timestamp,value"] + [f"u,2025-01-01T{h % 24:02d}:00:00,{(h * 7) % 5}" for h in range(60)]
-    data.write_text("\n".join(rows) + "\n")
+def write_random_user(path: Path, n: int, seed: int = 4) -> Path:
+    """An hourly series of independent values: nearly every past of length >= 4 is new (the most
+    pasts, so the largest tables, a series of n observations can have)."""
+    values = np.random.default_rng(seed).integers(0, 50, n)
+    times = np.datetime64("2020-01-01T00:00") + np.arange(n).astype("timedelta64[h]")
+    rows = [f"u,{stamp},{value}" for stamp, value in zip(np.datetime_as_string(times, unit="s"), values)]
+    path.write_text("user_id,timestamp,value\n" + "\n".join(rows) + "\n")
+    return path
+
+
+def run_user(data: Path, xmx: str, k_grid=(1, 2, 3, 4, 5, 6), surrogates=100) -> dict:
     script = textwrap.dedent(f"""
         import json
         from shardrun.config import JvmConfig, Section
         from shardrun.errors import HeapTooSmall
         from shardrun.jvm import start_jvm
         from shardrun.infodynamics import task
-        top = Section({{"data": {{"path": {str(data)!r}}}, "feature_modes": ["composite"],
-                       "k_selection": {{"k_grid": [1, 4]}}, "surrogates": 5, "seed": 1}})
+        top = Section({{"data": {{"path": {str(data)!r}}}, "feature_modes": ["activity", "composite"],
+                       "k_selection": {{"k_grid": {list(k_grid)}}}, "surrogates": {surrogates}, "seed": 1}})
         settings = task.parse_settings(top)
-        start_jvm(JvmConfig(xms=None, xmx="16m"))
-        # A plain java.lang.OutOfMemoryError is recognised as well as JIDT's wrapped form.
+        dataset = task.load(settings)
+        start_jvm(JvmConfig(xms=None, xmx={xmx!r}))
+        try:
+            rows = task.analyse(dataset, "u", settings)
+        except HeapTooSmall as exc:
+            print(json.dumps({{"ok": False, "needed": exc.needed_bytes, "xmx": exc.xmx, "message": str(exc)}}))
+        else:
+            print(json.dumps({{"ok": True, "k_selected": [row["k_selected"] for row in rows]}}))
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.jvm
+def test_a_user_runs_at_the_predicted_heap_and_fails_clearly_below_it(tmp_path):
+    data = write_random_user(tmp_path / "u.csv", 20_000)
+    settings = settings_for(path=data)
+    need = task.user_heap_needs(settings, task.load(settings))["u"]
+    assert run_user(data, f"{need // MIB}m")["ok"]  # the model never promises a heap that is too small
+    report = run_user(data, "16m")
+    assert need > 16 * MIB and not report["ok"] and report["xmx"] == "16m"
+    assert report["needed"] > 16 * MIB and "Raise jvm.xmx" in report["message"]
+
+
+@pytest.mark.jvm
+def test_both_forms_of_heap_exhaustion_are_recognised():
+    script = textwrap.dedent("""
         import jpype
+        from shardrun.config import JvmConfig
+        from shardrun.errors import HeapTooSmall
+        from shardrun.jvm import start_jvm
         from shardrun.infodynamics.measures import heap_exhaustion_as_heap_too_small
-        try:
-            with heap_exhaustion_as_heap_too_small(lambda: 800 * 2**20, "plain allocation"):
-                jpype.JInt[200_000_000]
-        except HeapTooSmall as exc:
-            assert "java.lang.OutOfMemoryError" in str(exc) and exc.needed_bytes == 800 * 2**20, exc
-        else:
-            raise SystemExit("a 800 MB array fitted in a 16 MB heap")
-        try:
-            task.analyse(task.load(settings), "u", settings)
-        except HeapTooSmall as exc:
-            print(json.dumps({{"needed": exc.needed_bytes, "xmx": exc.xmx, "message": str(exc)}}))
-        else:
-            raise SystemExit("composite k=4 ran in a 16 MB heap")
+        start_jvm(JvmConfig(xms=None, xmx="16m"))
+        calculator = jpype.JClass("infodynamics.measures.discrete.MutualInformationCalculatorDiscrete")
+        for what, allocate in (("plain allocation", lambda: jpype.JInt[200_000_000]),
+                               ("JIDT's table", lambda: calculator(24, 50_000_000, 0).initialise())):
+            try:
+                with heap_exhaustion_as_heap_too_small(lambda: 800 * 2**20, what):
+                    allocate()
+            except HeapTooSmall as exc:
+                assert exc.needed_bytes == 800 * 2**20 and what in str(exc), exc
+                print(what, "->", type(exc.__cause__).__name__, exc.__cause__.getMessage())
+            else:
+                raise SystemExit(f"{what} fitted in a 16 MB heap")
     """)
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO, timeout=120)
     assert done.returncode == 0, done.stderr
-    report = json.loads(done.stdout.strip().splitlines()[-1])
-    settings = settings_for(k_grid=(1, 4), surrogates=5, path=data)
-    assert report["xmx"] == "16m"
-    assert report["needed"] == heap.minimum_heap(settings, "composite", 4, n_obs=60)
-    assert report["needed"] > 16 * MIB
-    assert "k=4" in report["message"] and "Raise jvm.xmx" in report["message"]
+    assert "Requested memory for the MI bases" in done.stdout  # JIDT's wrapped form was the one seen

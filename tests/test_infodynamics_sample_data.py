@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from shardrun.admission import AUTO_HEAP_FLOOR
 from shardrun.config import load_config
 from shardrun.infodynamics import task
 from shardrun.infodynamics.analysis import minimum_observations
@@ -38,7 +39,8 @@ def test_every_user_is_long_enough_and_the_shipped_heaps_pass_preflight(monkeypa
     monkeypatch.chdir(REPO)  # data.path is relative to the repository root
     for name in ("proposal.yaml", "small.yaml"):
         config = load_config(REPO / "config" / name)
-        assert task.preflight(config.settings, config.jvm.xmx_bytes) == []
+        heap = AUTO_HEAP_FLOOR if config.jvm.xmx_is_auto else config.jvm.xmx_bytes  # auto is at least the floor
+        assert task.preflight(config.settings, heap) == []
         dataset = task.load(config.settings)
         assert len(dataset.user_ids) == 60
         shortest = min(dataset.series(user).n_obs for user in dataset.user_ids)

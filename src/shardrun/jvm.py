@@ -12,6 +12,7 @@ import importlib.metadata
 import importlib.util
 import logging
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -102,9 +103,26 @@ def start_jvm(config: JvmConfig) -> JvmInfo:
             f"the JVM did not start with {' '.join(args)} ({exc}). Check jvm.options and jvm.xmx in the config"
             " (is the heap larger than the machine's memory?)."
         ) from None
+    unlink_python_gc_from_java_gc()
     version = str(jpype.java.lang.System.getProperty("java.version"))
     log.info("JVM %s started with %s, JIDT jar %s", version, " ".join(args), jar)
     return JvmInfo(jar=str(jar), jar_sha256=file_sha256(jar), java_version=version, args=args)
+
+
+def unlink_python_gc_from_java_gc() -> None:
+    """Drop the callback JPype adds to Python's garbage collector at start.
+
+    With it, every Python collection (thousands per user) checks JPype's memory marks and often forces
+    a full Java collection (jpype issue #1197): measured 30% of the time of a user with 61,000
+    observations. A Java object that Python holds is released by reference counting the moment its
+    last Python reference goes, and shardrun builds no reference cycles through Java objects, so the
+    hook has nothing to collect here; Java's own collector still runs whenever the heap needs it.
+    """
+    import gc
+
+    import _jpype
+
+    gc.callbacks[:] = [callback for callback in gc.callbacks if callback is not _jpype._collect]
 
 
 def file_sha256(path: str | os.PathLike) -> str:
@@ -117,7 +135,10 @@ def file_sha256(path: str | os.PathLike) -> str:
 
 # --- Java error taxonomy --------------------------------------------------------------------
 
-_JIDT_HEAP_MESSAGE = "Requested memory for the base"
+# JIDT wraps an OutOfMemoryError of its count tables as RuntimeException("Requested memory for the base
+# ..." (dense calculators) or "Requested memory for the MI bases ..." (MI and CMI) "... is too large for
+# the JVM at this time").
+_JIDT_HEAP_MESSAGE = re.compile(r"Requested memory for the .* is too large for the JVM")
 
 
 def java_class_name(exc: BaseException) -> str | None:
@@ -138,7 +159,7 @@ def is_heap_exhaustion(exc: BaseException) -> bool:
         return False
     if name == "java.lang.OutOfMemoryError":
         return True
-    return _JIDT_HEAP_MESSAGE in str(exc.getMessage() or "")
+    return _JIDT_HEAP_MESSAGE.search(str(exc.getMessage() or "")) is not None
 
 
 def java_stack(exc: BaseException) -> str | None:

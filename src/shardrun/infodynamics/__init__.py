@@ -1,9 +1,10 @@
 """The default analysis task: information dynamics (entropy, AIS, TE) per user with JIDT.
 
 Found by the core through `task: shardrun.infodynamics:task`. One module per job: settings (config
-keys), data (loading), symbols (symbolisation), seeds (permutations), measures (the JIDT calls),
-heap (memory model and preflight), analysis (one user's rows), checks (value ranges of a result
-set), versions (provenance).
+keys), data (loading), symbols (symbolisation), states (observed pasts), surrogates (the seeded
+permutations), jarrays (numpy to Java arrays), measures (the JIDT calls), heap (memory model and
+preflight), analysis (one user's rows), checks (value ranges of a result set), versions
+(provenance), reference (JIDT's dense calculators, for tests and benchmarks only).
 """
 
 from __future__ import annotations

@@ -10,10 +10,17 @@ ais_k<k>_p, then te_hour_bits, te_hour_p. Missing numbers are NaN; values are pl
   the permutation p-value. k_selected: the k with the largest bias-corrected AIS (AIS - null mean),
   the smallest such k on ties; ais_bits: AIS at k_selected.
 - te_hour_*: TE from the hour-bin series to the value-symbol series, destination history k_selected.
+  It depends on the mode only through k_selected (the permutations are the user's, surrogates.py),
+  so both modes selecting the same k share one computation.
 - Skipped rows carry n_obs and base only: too few observations (fewer than
   max(data.min_observations, largest k + 2)), more category labels than data.levels, or every k
   removed by the undersampling guard. An ok row whose guard removed some k has NaN for those k and
   a reason naming them; otherwise the reason of an ok row is "".
+- The undersampling guard (k_selection.undersampling_guard) keeps a k for a (user, mode) only if
+  n_obs - k >= base * M_k, where M_k is the number of distinct pasts of length k the series shows:
+  on average at least one observation per cell of the (observed past, next symbol) table that AIS
+  is estimated from. (The dense calculators' rule n_obs - k >= base^(k+1) counted every possible
+  past; M_k <= base^k, so this guard never drops a k the old one kept.)
 """
 
 from __future__ import annotations
@@ -26,17 +33,11 @@ import numpy as np
 
 from shardrun.infodynamics import heap
 from shardrun.infodynamics.data import Dataset
-from shardrun.infodynamics.measures import (
-    NullTest,
-    PermutationSource,
-    ais_test,
-    entropy_bits,
-    heap_exhaustion_as_heap_too_small,
-    te_test,
-)
-from shardrun.infodynamics.seeds import generator_for, permutation_batches
+from shardrun.infodynamics.measures import NullTest, ais_test, entropy_bits, heap_exhaustion_as_heap_too_small, te_test
 from shardrun.infodynamics.settings import Settings
-from shardrun.infodynamics.symbols import TooManyLabels, hour_symbols, mode_base, mode_symbols, te_base, value_symbols
+from shardrun.infodynamics.states import ObservedPasts, observed_pasts
+from shardrun.infodynamics.surrogates import UserSurrogates
+from shardrun.infodynamics.symbols import TooManyLabels, hour_symbols, mode_base, mode_symbols, value_symbols
 
 log = logging.getLogger(__name__)
 
@@ -62,9 +63,9 @@ def minimum_observations(settings: Settings) -> int:
     return max(settings.data.min_observations, max(settings.k_selection.ks) + 2)
 
 
-def guard_allows(n_obs: int, base: int, k: int) -> bool:
-    """The undersampling guard: at least base^(k+1) observations for the (past, next) table."""
-    return n_obs - k >= base ** (k + 1)
+def guard_allows(n_obs: int, base: int, pasts: ObservedPasts) -> bool:
+    """The undersampling guard: at least one observation per cell of the (observed past, next) table."""
+    return n_obs - pasts.k >= base * pasts.distinct
 
 
 def _row(settings: Settings, user_id: str, mode: str, status: str, reason: str) -> dict[str, Any]:
@@ -101,61 +102,83 @@ def analyse_user(dataset: Dataset, user_id: str, settings: Settings) -> list[Map
     except TooManyLabels as exc:
         return _skipped_rows(settings, user_id, series.n_obs, str(exc))
     hours = hour_symbols(series.hours, settings.hour_bins)
-    return [_analyse_mode(settings, user_id, mode, values, hours) for mode in settings.feature_modes]
+    return _UserAnalysis(settings, user_id, values, hours).rows()
 
 
-def _analyse_mode(settings: Settings, user_id: str, mode: str, values: np.ndarray, hours: np.ndarray) -> dict[str, Any]:
-    base = mode_base(settings, mode)
-    symbols = mode_symbols(mode, values, hours, settings.hour_bins)
-    n_obs = len(symbols)
-    ks = settings.k_selection.ks
-    guarded = [k for k in ks if settings.k_selection.undersampling_guard and not guard_allows(n_obs, base, k)]
-    evaluated = [k for k in ks if k not in guarded]
-    if not evaluated:
-        reason = (
-            f"undersampling guard: no k of {list(ks)} has n_obs - k >= base^(k+1)"
-            f" ({n_obs} observations, base {base})"
-        )
-        return _skipped_row(settings, user_id, mode, n_obs, reason)
+class _UserAnalysis:
+    """One user's tests. k runs outermost so that both modes' AIS at a k use one batch of permutations."""
 
-    row = _row(settings, user_id, mode, "ok", "")
-    row.update(n_obs=n_obs, base=base, entropy_bits=entropy_bits(symbols, base))
-    tests: dict[int, NullTest] = {}
-    for k in evaluated:
+    def __init__(self, settings: Settings, user_id: str, values: np.ndarray, hours: np.ndarray):
+        self.settings, self.user_id, self.values, self.hours = settings, user_id, values, hours
+        self.n_obs = len(values)
+        self.surrogates = UserSurrogates(settings.seed, user_id, settings.surrogates, self.n_obs)
+        ks = settings.k_selection.ks
+        self.symbols = {mode: mode_symbols(mode, values, hours, settings.hour_bins) for mode in settings.feature_modes}
+        self.pasts = {mode: observed_pasts(self.symbols[mode], mode_base(settings, mode), ks)
+                      for mode in settings.feature_modes}
+        self._value_pasts: dict[int, ObservedPasts] | None = None
+        self._te: dict[int, NullTest] = {}
+
+    def rows(self) -> list[dict[str, Any]]:
+        settings = self.settings
+        ks = settings.k_selection.ks
+        guarded = {mode: [k for k in ks if settings.k_selection.undersampling_guard
+                          and not guard_allows(self.n_obs, mode_base(settings, mode), self.pasts[mode][k])]
+                   for mode in settings.feature_modes}
+        tests: dict[str, dict[int, NullTest]] = {mode: {} for mode in settings.feature_modes}
+        for k in ks:
+            for mode in settings.feature_modes:
+                if k not in guarded[mode]:
+                    tests[mode][k] = self._ais(mode, k)
+        return [self._mode_row(mode, tests[mode], guarded[mode]) for mode in settings.feature_modes]
+
+    def _ais(self, mode: str, k: int) -> NullTest:
         started = time.perf_counter()
-        permutations = _permutations(settings, user_id, mode, "ais", k)
-        tests[k] = _run(settings, mode, k, n_obs, ais_test, symbols, base, k, permutations)
-        bits, null_mean, p_value = ais_columns(k)
-        row.update({bits: tests[k].value, null_mean: tests[k].null_mean, p_value: tests[k].p_value})
-        log.debug("user %s %s k=%d: AIS %.4f bits in %.3f s", user_id, mode, k, tests[k].value,
+        test = self._run(mode, k, f"feature mode {mode} at k={k}", ais_test, self.symbols[mode], mode_base(self.settings, mode), self.pasts[mode][k],
+                         self.surrogates.batches)
+        log.debug("user %s %s k=%d: AIS %.4f bits in %.3f s", self.user_id, mode, k, test.value,
                   time.perf_counter() - started)
+        return test
 
-    k_selected = select_k(tests)
-    permutations = _permutations(settings, user_id, mode, "te_hour", k_selected)
-    te = _run(settings, mode, k_selected, n_obs, te_test, hours, values, te_base(settings), k_selected, permutations)
-    row.update(k_selected=k_selected, ais_bits=tests[k_selected].value, te_hour_bits=te.value, te_hour_p=te.p_value)
-    if guarded:
-        row["reason"] = (
-            f"undersampling guard left out k={','.join(map(str, guarded))} (n_obs - k < base^(k+1) with"
-            f" {n_obs} observations, base {base})"
-        )
-    return row
+    def _te_hour(self, mode: str, k: int) -> NullTest:
+        if k not in self._te:
+            if self._value_pasts is None:
+                # activity's symbols are the value symbols: their pasts are already known
+                self._value_pasts = self.pasts.get("activity") or observed_pasts(
+                    self.values, self.settings.data.levels, self.settings.k_selection.ks)
+            self._te[k] = self._run(mode, k, f"te_hour at k={k} (feature mode {mode})", te_test, self.hours, self.values, self.settings.hour_bins,
+                                    self.settings.data.levels, self._value_pasts[k], self.surrogates.batches)
+        return self._te[k]
+
+    def _mode_row(self, mode: str, tests: Mapping[int, NullTest], guarded: list[int]) -> dict[str, Any]:
+        settings, n_obs, base = self.settings, self.n_obs, mode_base(self.settings, mode)
+        if not tests:
+            reason = (
+                f"undersampling guard: no k of {list(settings.k_selection.ks)} has n_obs - k >= base * (observed"
+                f" pasts of length k) ({n_obs} observations, base {base})"
+            )
+            return _skipped_row(settings, self.user_id, mode, n_obs, reason)
+        row = _row(settings, self.user_id, mode, "ok", "")
+        row.update(n_obs=n_obs, base=base, entropy_bits=entropy_bits(self.symbols[mode], base))
+        for k, test in tests.items():
+            bits, null_mean, p_value = ais_columns(k)
+            row.update({bits: test.value, null_mean: test.null_mean, p_value: test.p_value})
+        k_selected = select_k(tests)
+        te = self._te_hour(mode, k_selected)
+        row.update(k_selected=k_selected, ais_bits=tests[k_selected].value, te_hour_bits=te.value, te_hour_p=te.p_value)
+        if guarded:
+            row["reason"] = (
+                f"undersampling guard left out k={','.join(map(str, guarded))} (n_obs - k < base * observed pasts"
+                f" of length k, with {n_obs} observations, base {base})"
+            )
+        return row
+
+    def _run(self, mode: str, k: int, what: str, measure: Callable[..., NullTest], *args) -> NullTest:
+        """One JIDT computation; heap exhaustion becomes HeapTooSmall with the model's need for (mode, k)."""
+        with heap_exhaustion_as_heap_too_small(lambda: heap.minimum_heap(self.settings, mode, k, self.n_obs), what):
+            return measure(*args)
 
 
 def select_k(tests: Mapping[int, NullTest]) -> int:
     """The k with the largest bias-corrected AIS (AIS - null mean); the smallest k on ties."""
     return min(tests, key=lambda k: (-(tests[k].value - tests[k].null_mean), k))
-
-
-def _permutations(settings: Settings, user_id: str, mode: str, measure: str, k: int) -> PermutationSource:
-    """The seeded surrogates of one (user, mode, measure, k); JIDT tells how many observations."""
-    rng = generator_for(settings.seed, user_id, mode, measure, k)
-    return lambda observations: permutation_batches(rng, observations, settings.surrogates)
-
-
-def _run(settings: Settings, mode: str, k: int, n_obs: int, measure: Callable[..., NullTest], *args) -> NullTest:
-    """One JIDT computation; Java heap exhaustion becomes HeapTooSmall with the model's need for (mode, k)."""
-    with heap_exhaustion_as_heap_too_small(
-        lambda: heap.minimum_heap(settings, mode, k, n_obs), f"feature mode {mode} at k={k}"
-    ):
-        return measure(*args)

@@ -1,311 +1,178 @@
-"""Memory model of the JIDT calls, so impossible (mode, k) are reported before any user starts.
+"""Memory model of the JIDT calls over observed pasts, so a user who cannot fit is named before it starts.
 
-Pure arithmetic on the config (preflight) or on the config and each user's number of observations
-(`heap_needs`, vectorised for millions of users); no JVM. `user_heap_needs` reads those numbers
-from a loaded Dataset. Per (mode, k) the analysis runs, one after another:
+Pure arithmetic on the config and each user's number of observations (vectorised over millions of
+users); no JVM. `user_heap_needs` reads those numbers from a loaded Dataset. With N observations
+and a test at k there are m = N - k observations and at most R = min(m + 1, base^k) past ids
+(states.py), so every table is bounded by the data, never by base^(k+1). Per (mode, k), one phase
+after another (each phase's arrays are garbage by the time the next allocates):
 
-- AIS: ActiveInformationCalculatorDiscrete(base, k) holds nextPastCount (base arrays of base^k ints:
-  about 4 * base^(k+1) bytes), pastCount (base^k ints) and nextCount. computeSignificance(int[][])
-  builds a second calculator of the same size, so the counts are held twice; it also rebuilds the
-  past and next values (2 ints per observation) and one shuffled copy per surrogate at a time; the
-  batch of permutations in flight is another (rows x observations) ints.
-- te_hour at k: TransferEntropyCalculatorDiscrete(b, k, 1) with b = max(levels, hour_bins) holds
-  sourceNextPastCount (b^(k+2) ints), sourcePastCount and nextPastCount (b^(k+1) each), pastCount;
-  twice again during computeSignificance, plus 4 ints per observation and the permutation batch.
+- AIS: MutualInformationCalculatorDiscrete(base, R) holds jointCount (base arrays of R ints),
+  iCount and jCount; computeSignificance(int[][]) builds a second calculator of the same size, the
+  sorted next and past values (2 ints per observation) and one reordered copy per surrogate; the
+  batch of permutations in flight is rows x m ints plus the null values (rows doubles).
+- te_hour at k: ConditionalMutualInformationCalculatorDiscrete(hour_bins, levels, R) holds
+  hour_bins x levels arrays of R ints, hour_bins + levels arrays of R ints and one more; twice during
+  computeSignificance, plus 4 ints per observation and its own batch.
+- drawing the user's permutations (once, while the first test's calculator exists): JIDT's
+  RandomGenerator shuffles an ArrayList of n_obs - 1 boxed Integers (16 bytes each, the list's
+  array up to 2.5 references each while it grows) into an int[1][n_obs - 1].
 
-The need of (mode, k) is the larger of the two (they never overlap: the first is garbage by the time
-the second allocates). On top of the arrays:
+On top of the arrays:
 - G1 (the JVM's default collector) stores an array of at least half a region in whole regions
   ("humongous" objects), so such arrays are rounded up to regions; the region size is about
   heap / 2048 rounded down to a power of two, between 1 MiB and 32 MiB.
 - JVM_BASELINE_BYTES for what JPype and the JIDT classes keep alive before any analysis (measured
   about 6 MiB after a full GC on OpenJDK 17 with JPype 1.7; 8 MiB here).
 - G1 keeps G1ReservePercent (10 %) of the heap free, so the total is divided by 0.9.
-Checked against real runs: composite (base 24) at k=4 on 1264 observations is predicted to need
-117 MiB and failed at -Xmx104m, ran at -Xmx112m. Another collector (jvm.options) changes the
-rounding; the model stays a good guide.
+R is an upper bound (real series show far fewer pasts), so the model errs on the safe side; the
+figures it was checked against are in docs/PERFORMANCE.md.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
 
 import numpy as np
 import pandas as pd
 
 from shardrun.errors import format_bytes
-from shardrun.infodynamics.seeds import PERMUTATION_BATCH_BYTES, batch_rows
 from shardrun.infodynamics.settings import Settings
-from shardrun.infodynamics.symbols import mode_base, te_base
+from shardrun.infodynamics.surrogates import PERMUTATION_BATCH_BYTES
+from shardrun.infodynamics.symbols import mode_base
 
-JAVA_INT_MAX = 2**31 - 1
 JVM_BASELINE_BYTES = 8 * 1024**2
 G1_RESERVE_FRACTION = 0.10
 _MIB = 1024**2
-_ARRAY_HEADER = 16
+_HEADER = 16
 _REFERENCE = 4  # compressed oops, the default below 32 GB of heap
-# Arrays that depend on the data, as (arrays of n_obs ints, arrays of n_obs - k ints); shared by the
-# one-user functions and the vectorised heap_needs so the two cannot drift apart.
-_AIS_SERIES_ARRAYS = (1, 3)
-_TE_SERIES_ARRAYS = (2, 4)
+_INTEGER_OBJECT = 16  # a boxed java.lang.Integer: 12-byte header + the int
+_G1_REGIONS = np.array([_MIB << i for i in range(6)], dtype=np.int64)  # 1..32 MiB
+_FIXED_POINT_STEPS = 8
 
 
-def int_array(length: int) -> int:
-    return _aligned(_ARRAY_HEADER + 4 * length)
+def _array_bytes(length: np.ndarray, element: int) -> np.ndarray:
+    return (_HEADER + element * length + 7) // 8 * 8
 
 
-def ref_array(length: int) -> int:
-    return _aligned(_ARRAY_HEADER + _REFERENCE * length)
+def _region_bytes(heaps: np.ndarray) -> np.ndarray:
+    """G1's region size for each heap: heap / 2048 rounded down to a power of two, within 1..32 MiB."""
+    target = np.maximum(heaps // 2048, _MIB)
+    index = np.searchsorted(_G1_REGIONS, target, side="right") - 1
+    return _G1_REGIONS[np.clip(index, 0, len(_G1_REGIONS) - 1)]
 
 
-def _aligned(size: int) -> int:
-    return (size + 7) // 8 * 8
+def _on_heap(count, length: np.ndarray, element: int, region: np.ndarray) -> np.ndarray:
+    """Heap of `count` arrays of `length` elements: humongous ones (>= half a region) take whole regions."""
+    size = _array_bytes(length, element)
+    return count * np.where(size * 2 < region, size, -(-size // region) * region)
 
 
-def int_matrix(rows: int, columns: int) -> list[int]:
-    """A Java int[rows][columns]: one array of references plus `rows` int arrays."""
-    return [ref_array(rows)] + [int_array(columns)] * rows
+def past_ids_bound(n_obs: np.ndarray, base: int, k: int) -> np.ndarray:
+    """R: at most one past id per window (m + 1 of them), and never more than base^k."""
+    windows = np.maximum(n_obs - k, 0) + 1
+    if k * math.log2(base) < 62:
+        windows = np.minimum(windows, base**k)
+    return windows
 
 
-def g1_region_bytes(heap_bytes: int) -> int:
-    target = max(heap_bytes // 2048, _MIB)
-    region = 1 << (target.bit_length() - 1)  # largest power of two <= target
-    return min(max(region, _MIB), 32 * _MIB)
+def _batch_rows(observations: np.ndarray, surrogates: int) -> np.ndarray:
+    return np.maximum(1, np.minimum(surrogates, PERMUTATION_BATCH_BYTES // (4 * np.maximum(observations, 1))))
 
 
-def _on_heap(array_bytes: int, region: int) -> int:
-    if array_bytes * 2 < region:
-        return array_bytes
-    return -(-array_bytes // region) * region  # humongous: whole regions
+def _batch(observations: np.ndarray, surrogates: int, region: np.ndarray) -> np.ndarray:
+    rows = _batch_rows(observations, surrogates)
+    return (_on_heap(1, rows, _REFERENCE, region) + _on_heap(rows, observations, 4, region)
+            + _on_heap(1, rows, 8, region))
 
 
-def state_space_too_large(base: int, k: int) -> bool:
-    """JIDT's "Base and history combination too large": base^k does not fit a Java int."""
-    return base**k > JAVA_INT_MAX
+def _ais_phase(base: int, k: int, n_obs: np.ndarray, surrogates: int, region: np.ndarray) -> np.ndarray:
+    m, ids = np.maximum(n_obs - k, 0), past_ids_bound(n_obs, base, k)
+    calculator = (_on_heap(1, base, _REFERENCE, region) + _on_heap(base, ids, 4, region)
+                  + _on_heap(1, base, 4, region) + _on_heap(1, ids, 4, region))
+    return 2 * calculator + _on_heap(3, m, 4, region) + _batch(m, surrogates, region)
 
 
-def _permutation_arrays(observations: int | None, surrogates: int) -> list[int]:
-    if observations is None:  # data not known (preflight): the batch's upper bound
-        return [PERMUTATION_BATCH_BYTES]
-    rows = batch_rows(observations, surrogates)
-    return int_matrix(rows, observations) + [_aligned(_ARRAY_HEADER + 8 * rows)]  # + the null values
-
-
-def _ais_calculators(base: int, k: int) -> list[int]:
-    power = base**k
-    calculator = int_matrix(base, power) + [int_array(power), int_array(base)]
-    return calculator * 2  # computeSignificance builds a second calculator
-
-
-def ais_arrays(base: int, k: int, n_obs: int | None, surrogates: int) -> list[int]:
-    """Bytes of every array alive at the peak of one AIS(k) with its surrogates."""
-    # the series, past values, next values, one shuffled copy of the next values
-    return _with_observations(_ais_calculators(base, k), _AIS_SERIES_ARRAYS, k, n_obs, surrogates)
-
-
-def _with_observations(
-    calculators: list[int], series_arrays: tuple[int, int], k: int, n_obs: int | None, surrogates: int
-) -> list[int]:
-    """The calculators' arrays plus the per-observation ones (when n_obs is known) and the permutations."""
-    observations = None if n_obs is None else max(n_obs - k, 0)
-    arrays = list(calculators)
-    if n_obs is not None:
-        series, per_observation = series_arrays
-        arrays += [int_array(n_obs)] * series + [int_array(observations)] * per_observation
-    return arrays + _permutation_arrays(observations, surrogates)
-
-
-def _te_calculators(base: int, k: int) -> list[int]:
-    power = base**k
+def _te_phase(settings: Settings, k: int, n_obs: np.ndarray, region: np.ndarray) -> np.ndarray:
+    sources, nexts = settings.hour_bins, settings.data.levels
+    m, ids = np.maximum(n_obs - k, 0), past_ids_bound(n_obs, nexts, k)
     calculator = (
-        [ref_array(base)] + int_matrix(base, power) * base  # sourceNextPastCount[b][b][b^k]
-        + int_matrix(base, power) * 2  # sourcePastCount, nextPastCount
-        + [int_array(power), int_array(base), int_array(base)]  # pastCount, nextCount, shifted values
+        _on_heap(2, sources, _REFERENCE, region) + _on_heap(sources + 1, nexts, _REFERENCE, region)
+        + _on_heap(sources * nexts + sources + nexts + 1, ids, 4, region)
     )
-    return calculator * 2
+    return 2 * calculator + _on_heap(4, m, 4, region) + _batch(m, settings.surrogates, region)
 
 
-def te_arrays(base: int, k: int, n_obs: int | None, surrogates: int) -> list[int]:
-    """Bytes of every array alive at the peak of one TE (source history 1) with its surrogates."""
-    # source and destination series, then source, destination and past values, one shuffled source
-    return _with_observations(_te_calculators(base, k), _TE_SERIES_ARRAYS, k, n_obs, surrogates)
+def _draw_phase(settings: Settings, n_obs: np.ndarray, region: np.ndarray) -> np.ndarray:
+    length = np.maximum(n_obs - 1, 0)
+    drawing = (_on_heap(1, length * 5 // 2, _REFERENCE, region) + length * _INTEGER_OBJECT
+               + _on_heap(1, 1, _REFERENCE, region) + _on_heap(1, length, 4, region))
+    first = settings.feature_modes[0], min(settings.k_selection.ks)
+    return drawing + _ais_phase(mode_base(settings, first[0]), first[1], n_obs, settings.surrogates, region)
 
 
-def _total(arrays: list[int], heap_bytes: int) -> int:
-    region = g1_region_bytes(heap_bytes)
-    used = JVM_BASELINE_BYTES + sum(_on_heap(size, region) for size in arrays)
-    return int(used / (1 - G1_RESERVE_FRACTION))
+def _need_at(settings: Settings, mode: str, k: int, n_obs: np.ndarray, heaps: np.ndarray) -> np.ndarray:
+    """Heap (bytes) one user needs for (mode, k), were the JVM's heap `heaps` (G1 regions depend on it)."""
+    region = _region_bytes(heaps)
+    arrays = np.maximum.reduce([
+        _ais_phase(mode_base(settings, mode), k, n_obs, settings.surrogates, region),
+        _te_phase(settings, k, n_obs, region),
+        _draw_phase(settings, n_obs, region),
+    ])
+    return ((JVM_BASELINE_BYTES + arrays) / (1 - G1_RESERVE_FRACTION)).astype(np.int64)
 
 
-def _needs(settings: Settings, mode: str, k: int, heap_bytes: int, n_obs: int | None) -> tuple[int, int]:
-    """(heap for AIS at k, heap for te_hour at k) of one user in `mode`."""
-    ais = _total(ais_arrays(mode_base(settings, mode), k, n_obs, settings.surrogates), heap_bytes)
-    te = _total(te_arrays(te_base(settings), k, n_obs, settings.surrogates), heap_bytes)
-    return ais, te
+def minimum_heaps(settings: Settings, mode: str, k: int, n_obs: np.ndarray) -> np.ndarray:
+    """The smallest -Xmx (bytes, whole MiB) the model accepts for (mode, k), for every n of `n_obs`.
 
-
-def needed_bytes(settings: Settings, mode: str, k: int, heap_bytes: int, n_obs: int | None = None) -> int:
-    """Java heap one user needs for (mode, k): AIS and te_hour at that k, whichever is larger."""
-    return max(_needs(settings, mode, k, heap_bytes, n_obs))
-
-
-def minimum_heap(settings: Settings, mode: str, k: int, n_obs: int | None = None) -> int:
-    """The smallest -Xmx (bytes, rounded up to MiB) the model accepts for (mode, k).
-
-    The need depends on the heap through G1's region size, so iterate to a fixed point.
+    The need depends on the heap through G1's region size, so iterate to a fixed point; an element
+    keeps the first heap that covers its need.
     """
-    heap = _MIB
-    for _ in range(8):
-        need = -(-needed_bytes(settings, mode, k, heap, n_obs) // _MIB) * _MIB
-        if need <= heap:
-            break
-        heap = need
-    return heap
+    n_obs = np.asarray(n_obs, dtype=np.int64)
+    heaps = np.full(n_obs.shape, _MIB, dtype=np.int64)
+    settled = np.zeros(n_obs.shape, dtype=bool)
+    for _ in range(_FIXED_POINT_STEPS):
+        need = -(-_need_at(settings, mode, k, n_obs, heaps) // _MIB) * _MIB
+        settled |= need <= heaps
+        heaps = np.where(settled, heaps, need)
+    return heaps
 
 
-@dataclass(frozen=True)
-class Infeasible:
-    mode: str
-    k: int
-    problem: str
-
-
-def infeasible(settings: Settings, heap_bytes: int) -> list[Infeasible]:
-    """Every (mode, k) of the grid that cannot run: state space beyond a Java int, or heap too small."""
-    found = []
-    for mode in settings.feature_modes:
-        base = mode_base(settings, mode)
-        for k in settings.k_selection.ks:
-            if state_space_too_large(base, k):
-                found.append(Infeasible(mode, k, (
-                    f"feature mode {mode} at k={k}: Base and history combination too large for JIDT"
-                    f" ({base}^{k} past states exceed Java's Integer.MAX_VALUE {JAVA_INT_MAX})"
-                )))
-            elif state_space_too_large(te_base(settings), k):
-                found.append(Infeasible(mode, k, (
-                    f"te_hour at k={k} (feature mode {mode}): Base and history combination too large for JIDT"
-                    f" ({te_base(settings)}^{k} past states exceed Java's Integer.MAX_VALUE {JAVA_INT_MAX};"
-                    " the TE base is max(data.levels, hour_bins))"
-                )))
-            else:
-                ais, te = _needs(settings, mode, k, heap_bytes, None)
-                if max(ais, te) > heap_bytes:
-                    largest = (
-                        f"AIS: {base}^{k + 1} counts" if ais >= te
-                        else f"te_hour: {te_base(settings)}^{k + 2} counts"
-                    )
-                    found.append(Infeasible(mode, k, (
-                        f"feature mode {mode} at k={k} needs about {format_bytes(max(ais, te))} of Java heap"
-                        f" ({largest}, held twice for the surrogates), more than the"
-                        f" {format_bytes(heap_bytes)} of jvm.xmx; raise jvm.xmx to at least"
-                        f" {minimum_heap(settings, mode, k) // _MIB}m"
-                    )))
-    return found
-
-
-def preflight(settings: Settings, heap_bytes: int) -> list[str]:
-    """Readable problems, one per (mode, k) that cannot run, each with the way out."""
-    problems = infeasible(settings, heap_bytes)
-    if not problems:
-        return []
-    worst = min(problem.k for problem in problems)
-    fix = (
-        f" Remove those k from k_selection.k_grid or set k_selection.k_max to {worst - 1}."
-        if worst > 1 else " Lower data.levels or hour_bins."
-    )
-    return [problem.problem + "." + fix for problem in problems]
-
-
-# --- Per-user needs, vectorised over the number of observations ------------------------------
-#
-# A user's need depends on the data only through n_obs, so millions of users cost one numpy pass
-# over the distinct n_obs values. minimum_heaps equals minimum_heap element by element (tested).
-
-_G1_REGIONS = tuple(_MIB << i for i in range(6))  # the region sizes g1_region_bytes can return: 1..32 MiB
-_NEED_CAP = 2**60  # far beyond any machine; keeps absurd state spaces from overflowing int64
+def minimum_heap(settings: Settings, mode: str, k: int, n_obs: int) -> int:
+    """minimum_heaps for one user with n_obs observations."""
+    return int(minimum_heaps(settings, mode, k, np.array([n_obs]))[0])
 
 
 def baseline_heap() -> int:
     """The heap of a user who never reaches JIDT (skipped by rule): the JVM's baseline alone, in whole MiB."""
-    return -(-_total([], _MIB) // _MIB) * _MIB
+    return -(-int(JVM_BASELINE_BYTES / (1 - G1_RESERVE_FRACTION)) // _MIB) * _MIB
 
 
-def _region_index(heaps: np.ndarray) -> np.ndarray:
-    """Index into _G1_REGIONS of g1_region_bytes(heap), for many heaps."""
-    target = np.maximum(heaps // 2048, _MIB)
-    index = np.zeros(heaps.shape, dtype=np.int64)
-    for i, region in enumerate(_G1_REGIONS[1:], start=1):
-        index[target >= region] = i
-    return index
+def preflight(settings: Settings, heap_bytes: int) -> list[str]:
+    """Before the data: a heap too small even for the smallest user the analysis runs, per (mode, k)."""
+    from shardrun.infodynamics.analysis import minimum_observations  # its skip rule, not a copy of it
 
-
-def _on_heap_many(sizes: np.ndarray, regions: np.ndarray) -> np.ndarray:
-    return np.where(sizes * 2 < regions, sizes, -(-sizes // regions) * regions)
-
-
-def _int_arrays(lengths: np.ndarray) -> np.ndarray:
-    return (_ARRAY_HEADER + 4 * lengths + 7) // 8 * 8  # int_array (and ref_array: 4-byte references)
-
-
-def _data_on_heap(n_obs: np.ndarray, k: int, surrogates: int, series_arrays: tuple[int, int],
-                  regions: np.ndarray) -> np.ndarray:
-    """Heap of the arrays that depend on n_obs (series, past/next values, a permutation batch)."""
-    series, per_observation = series_arrays
-    observations = np.maximum(n_obs - k, 0)
-    of_observations = _on_heap_many(_int_arrays(observations), regions)
-    rows = np.maximum(1, np.minimum(surrogates, PERMUTATION_BATCH_BYTES // (4 * np.maximum(observations, 1))))
-    return (
-        series * _on_heap_many(_int_arrays(n_obs), regions)
-        + per_observation * of_observations
-        + _on_heap_many(_int_arrays(rows), regions)  # the batch's array of row references
-        + rows * of_observations  # its rows
-        + _on_heap_many((_ARRAY_HEADER + 8 * rows + 7) // 8 * 8, regions)  # the null values (doubles)
-    )
-
-
-def _calculators_on_heap(arrays: list[int]) -> np.ndarray:
-    """Heap of arrays whose size does not depend on the data, for each G1 region size."""
-    return np.array(
-        [min(sum(_on_heap(size, region) for size in arrays), _NEED_CAP) for region in _G1_REGIONS], dtype=np.int64
-    )
-
-
-def minimum_heaps(settings: Settings, mode: str, k: int, n_obs: np.ndarray) -> np.ndarray:
-    """minimum_heap(settings, mode, k, n) for every n of `n_obs` at once (int64 bytes, whole MiB)."""
-    n_obs = np.asarray(n_obs, dtype=np.int64)
-    regions_all = np.array(_G1_REGIONS, dtype=np.int64)
-    ais_fixed = _calculators_on_heap(_ais_calculators(mode_base(settings, mode), k))
-    te_fixed = _calculators_on_heap(_te_calculators(te_base(settings), k))
-
-    def need_at(heaps: np.ndarray) -> np.ndarray:
-        index = _region_index(heaps)
-        regions = regions_all[index]
-        ais = ais_fixed[index] + _data_on_heap(n_obs, k, settings.surrogates, _AIS_SERIES_ARRAYS, regions)
-        te = te_fixed[index] + _data_on_heap(n_obs, k, settings.surrogates, _TE_SERIES_ARRAYS, regions)
-        used = JVM_BASELINE_BYTES + np.maximum(ais, te)
-        # float64 division and truncation, exactly as _total's int(used / (1 - reserve))
-        return (used / (1 - G1_RESERVE_FRACTION)).astype(np.int64)
-
-    # The fixed point of minimum_heap, element by element: a settled element keeps its heap.
-    heaps = np.full(n_obs.shape, _MIB, dtype=np.int64)
-    settled = np.zeros(n_obs.shape, dtype=bool)
-    for _ in range(8):
-        need = -(-need_at(heaps) // _MIB) * _MIB
-        settled |= need <= heaps
-        heaps = np.where(settled, heaps, need)
-    return heaps
+    smallest = minimum_observations(settings)
+    problems = []
+    for mode in settings.feature_modes:
+        for k in settings.k_selection.ks:
+            need = minimum_heap(settings, mode, k, smallest)
+            if need > heap_bytes:
+                problems.append(
+                    f"feature mode {mode} at k={k} needs about {format_bytes(need)} of Java heap even for a user"
+                    f" with the fewest observations analysed ({smallest}), more than the {format_bytes(heap_bytes)}"
+                    f" of jvm.xmx; raise jvm.xmx to at least {need // _MIB}m (or use jvm.xmx: auto)."
+                )
+    return problems
 
 
 def heap_needs(settings: Settings, n_obs: np.ndarray, analysed: np.ndarray | None = None) -> np.ndarray:
     """Each user's heap need (bytes): the largest minimum_heap over its feature modes and the k it runs.
 
     `analysed[i]` False marks a user skipped by a rule the caller knows (too many category labels);
-    a user with fewer than the minimum observations is skipped here. Skipped users, and modes whose
-    every k the undersampling guard removes, need only baseline_heap(). A (mode, k) whose state space
-    is beyond a Java int is left out: preflight refuses the whole run for it.
+    a user with fewer than the minimum observations is skipped here; both need only baseline_heap().
+    The undersampling guard is ignored: it can only remove work, so the need stays an upper bound.
     """
-    # Imported here: analysis imports this module, and these are its skip rules, not copies of them.
-    from shardrun.infodynamics.analysis import guard_allows, minimum_observations
+    from shardrun.infodynamics.analysis import minimum_observations  # its skip rule, not a copy of it
 
     n_obs = np.asarray(n_obs, dtype=np.int64)
     baseline = baseline_heap()
@@ -318,16 +185,8 @@ def heap_needs(settings: Settings, n_obs: np.ndarray, analysed: np.ndarray | Non
     distinct, position = np.unique(n_obs[runs], return_inverse=True)
     largest = np.full(distinct.shape, baseline, dtype=np.int64)
     for mode in settings.feature_modes:
-        base = mode_base(settings, mode)
         for k in settings.k_selection.ks:
-            if state_space_too_large(base, k) or state_space_too_large(te_base(settings), k):
-                continue
-            heaps = minimum_heaps(settings, mode, k, distinct)
-            if settings.k_selection.undersampling_guard:
-                # guard_allows is n - k >= base^(k+1); evaluated on the distinct values only
-                allowed = np.array([guard_allows(int(n), base, k) for n in distinct], dtype=bool)
-                heaps = np.where(allowed, heaps, baseline)
-            largest = np.maximum(largest, heaps)
+            largest = np.maximum(largest, minimum_heaps(settings, mode, k, distinct))
     needs[runs] = largest[position]
     return needs
 

@@ -1,16 +1,26 @@
-"""The JIDT calls: entropy, AIS and transfer entropy in bits, with seeded permutation nulls.
+"""The JIDT calls: entropy, AIS and transfer entropy in bits over observed pasts, with permutation nulls.
 
 Java classes are looked up inside the functions, so importing this module never needs a JVM; the
 caller starts it once per process (shardrun.jvm.start_jvm).
 
-Surrogates follow JIDT's computeSignificance(int[][]) exactly, fed with our seeded permutations
-(JIDT's computeSignificance(int) is unseeded, and slower): for AIS it lists the past states and the
-next values, each sorted by value, and pairs past[t] with next[perm[t]]; for TE it lists the source
-values sorted by value against the (destination next, destination past) tuples sorted by past then
-next, and pairs source[perm[t]] with tuple t. Each permutation has one entry per observation (N - k
-for a series of N symbols). The p-value is JIDT's: the share of surrogates >= the measured value.
-Batches are combined exactly: the measured value is recomputed identically for every batch, and the
-count and the mean are taken over all surrogate values together.
+Every table is sized by the pasts the series shows, never by base^k (states.py):
+- AIS(k) = I(next; past): JIDT's MutualInformationCalculatorDiscrete(base, M, 0) with the next symbol
+  as its first variable and the observed-past id as its second, a table of base x M counts.
+  JIDT's ActiveInformationCalculatorDiscrete(base, k) computes the same sum over the same nonzero
+  cells in the same order (next outer, past inner) with the same operations, so the value is the
+  same to the last bit. Its computeSignificance(int[][]) lists the next values sorted and the pasts
+  sorted and pairs past[t] with next[perm[t]], exactly as the AIS calculator does; so are the
+  surrogates, given the same permutations.
+- te_hour at k = I(source; next | past): JIDT's ConditionalMutualInformationCalculatorDiscrete
+  (source base, destination base, M), source = the hour bin before each next value, past = the
+  observed pasts of the destination. TransferEntropyCalculatorDiscrete(b, k, 1) sums the same terms
+  in the same order (past, next, source), up to rounding (it divides by log 2 once at the end: the
+  two agree to about 1e-15). Its surrogates pair source[perm[t]] with the t-th (next, past) tuple
+  sorted by past then next; the CMI calculator lists its tuples sorted by (source, next, past)
+  instead, so each permutation is reordered (`_te_reorder`) to pair the same values.
+The p-value is JIDT's: the share of surrogates >= the measured value. Batches are combined exactly:
+the measured value is recomputed identically for every batch, and the count and the mean are
+taken over all surrogate values together.
 """
 
 from __future__ import annotations
@@ -23,13 +33,15 @@ from typing import Callable, Iterable, Iterator
 import numpy as np
 
 from shardrun.errors import HeapTooSmall
+from shardrun.infodynamics.jarrays import java_ints
+from shardrun.infodynamics.states import ObservedPasts
 from shardrun.jvm import is_heap_exhaustion
 
-_INT32 = np.iinfo(np.int32)
 _XMX = re.compile(r"^-Xmx(\S+)$")
 
-# Given the number of observations JIDT counted, the permutation batches to test with.
-PermutationSource = Callable[[int], Iterable[np.ndarray]]
+# Given the number of observations JIDT counted and an optional column order, the Java int[][]
+# batches of permutations to test with (surrogates.UserSurrogates.batches).
+PermutationSource = Callable[[int, "np.ndarray | None"], Iterable[object]]
 
 
 @dataclass(frozen=True)
@@ -38,34 +50,6 @@ class NullTest:
     null_mean: float  # mean of the surrogate values, in bits
     p_value: float  # share of surrogate values >= value
     null: np.ndarray  # the surrogate values, in permutation order
-
-
-def java_ints(values: np.ndarray):
-    """A Java int[] holding `values` (JInt[N] plus slice assignment, the fast path).
-
-    Only int32 goes in: JPype wraps int64 values outside the int range around silently.
-    """
-    from jpype import JInt
-
-    values = np.asarray(values)
-    if values.dtype != np.int32:
-        if values.dtype.kind not in "iu" or (values.size and (values.min() < _INT32.min or values.max() > _INT32.max)):
-            raise ValueError(f"symbols must be integers within the Java int range, got {values.dtype}")
-        values = values.astype(np.int32)
-    array = JInt[len(values)]
-    array[:] = np.ascontiguousarray(values)
-    return array
-
-
-def java_int_rows(rows: np.ndarray):
-    """A Java int[rows][columns] from a 2-D int32 array."""
-    from jpype import JInt
-
-    count, length = rows.shape
-    array = JInt[count, length]
-    for index in range(count):
-        array[index][:] = np.ascontiguousarray(rows[index], dtype=np.int32)
-    return array
 
 
 def entropy_bits(symbols: np.ndarray, base: int) -> float:
@@ -77,36 +61,54 @@ def entropy_bits(symbols: np.ndarray, base: int) -> float:
     return float(calculator.computeAverageLocalOfObservations())
 
 
-def ais_test(symbols: np.ndarray, base: int, k: int, permutations: PermutationSource) -> NullTest:
-    """AIS(k) of the series and its permutation null."""
+def ais_test(symbols: np.ndarray, base: int, pasts: ObservedPasts, permutations: PermutationSource) -> NullTest:
+    """AIS(k) of the series (k = pasts.k) and its permutation null."""
     from jpype import JClass
 
-    calculator = JClass("infodynamics.measures.discrete.ActiveInformationCalculatorDiscrete")(base, k)
+    calculator = JClass("infodynamics.measures.discrete.MutualInformationCalculatorDiscrete")(
+        base, max(pasts.id_range, 1), 0)
     calculator.initialise()
-    calculator.addObservations(java_ints(symbols))
-    return _significance(calculator, permutations)
+    calculator.addObservations(java_ints(symbols[pasts.k:]), java_ints(pasts.ids))
+    return _significance(calculator, permutations, None)
 
 
 def te_test(
-    source: np.ndarray, destination: np.ndarray, base: int, k: int, permutations: PermutationSource
+    source: np.ndarray, destination: np.ndarray, source_base: int, destination_base: int,
+    pasts: ObservedPasts, permutations: PermutationSource,
 ) -> NullTest:
-    """TE source -> destination: destination history k, source history 1, delay 1; and its null."""
+    """TE source -> destination: destination history k = pasts.k (the destination's pasts), source
+    history 1, delay 1; and its permutation null."""
     from jpype import JClass
 
-    calculator = JClass("infodynamics.measures.discrete.TransferEntropyCalculatorDiscrete")(base, k, 1)
+    k = pasts.k
+    sources, nexts = source[k - 1:len(source) - 1], destination[k:]
+    calculator = JClass("infodynamics.measures.discrete.ConditionalMutualInformationCalculatorDiscrete")(
+        source_base, destination_base, max(pasts.id_range, 1))
     calculator.initialise()
-    calculator.addObservations(java_ints(source), java_ints(destination))
-    return _significance(calculator, permutations)
+    calculator.addObservations(java_ints(sources), java_ints(nexts), java_ints(pasts.ids))
+    return _significance(calculator, permutations, _te_reorder(sources, nexts, pasts.ids))
 
 
-def _significance(calculator, permutations: PermutationSource) -> NullTest:
+def _te_reorder(sources: np.ndarray, nexts: np.ndarray, pasts: np.ndarray) -> np.ndarray:
+    """Column order that makes the CMI calculator pair the values TE's own surrogates pair.
+
+    Position t of the CMI calculator's tuple list holds observation cmi[t]; that observation's
+    (next, past) tuple stands at position rank[cmi[t]] of TE's list, so the CMI's t-th tuple must
+    take the source TE's permutation gives that position: perm[rank[cmi[t]]].
+    """
+    te_order = np.lexsort((nexts, pasts))  # TE: by past, then next (stable: ties keep time order)
+    cmi_order = np.lexsort((pasts, nexts, sources))  # CMI: by source, next, past
+    rank = np.empty(len(te_order), dtype=np.int64)
+    rank[te_order] = np.arange(len(te_order))
+    return rank[cmi_order]
+
+
+def _significance(calculator, permutations: PermutationSource, reorder: np.ndarray | None) -> NullTest:
     observations = int(calculator.getNumObservations())
     value = float(calculator.computeAverageLocalOfObservations())
     null_parts = []
-    for batch in permutations(observations):
-        if batch.shape[1] != observations:
-            raise ValueError(f"permutations of length {batch.shape[1]} for {observations} observations")
-        distribution = calculator.computeSignificance(java_int_rows(batch))
+    for batch in permutations(observations, reorder):
+        distribution = calculator.computeSignificance(batch)
         null_parts.append(np.array(distribution.distribution, dtype=np.float64))
     null = np.concatenate(null_parts)
     return NullTest(

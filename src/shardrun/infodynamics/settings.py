@@ -37,6 +37,10 @@ import pandas as pd
 
 from shardrun.config import Section
 from shardrun.errors import ConfigError
+from shardrun.infodynamics.surrogates import SCHEME
+
+# The measures over observed pasts (measures.py) with the surrogate scheme of surrogates.py.
+ENGINE = f"observed-pasts-v1/{SCHEME}"
 
 ENCODINGS = ("quantile", "categorical")
 AGGREGATES = ("sum", "mean", "min", "max", "count", "first", "last")
@@ -79,6 +83,9 @@ class Settings:
     k_selection: KSelection
     surrogates: int
     seed: int
+    # Not a config key: how the numbers are computed. It is part of the config hash, so a run dir is
+    # never continued by code that computes other numbers from the same config.
+    engine: str = ENGINE
 
 
 def _at_least(minimum: int):

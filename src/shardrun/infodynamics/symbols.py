@@ -6,14 +6,13 @@
 - categorical encoding: the user's distinct labels sorted as text, symbol = the label's index.
 - The base is data.levels for every user, in both encodings. Unused symbols change no plug-in
   estimate (AIS, entropy, TE count only observed tuples); a base that depends on the data only
-  would make the JIDT array sizes, the heap model and preflight (which see the config, not the data)
-  differ per user. So with categorical encoding data.levels is the alphabet size: a user with more
-  distinct labels is skipped with a reason telling to raise data.levels, never a crash.
+  would make the JIDT array sizes and the heap model (which see the config and n_obs, not the
+  labels) differ per user. So with categorical encoding data.levels is the alphabet size: a user
+  with more distinct labels is skipped with a reason telling to raise data.levels, never a crash.
 - hour bin = floor(hour_of_day * hour_bins / 24).
 - feature modes: activity = the value symbol (base L); composite = value_symbol * hour_bins +
   hour_bin (base L * hour_bins).
-- te_hour uses JIDT's TE calculator, which needs one base for source and destination: the larger of
-  L (destination: the value symbols) and hour_bins (source: the hour bins).
+- te_hour's source is the hour-bin series (base hour_bins), its destination the value symbols (base L).
 """
 
 from __future__ import annotations
@@ -51,10 +50,6 @@ def hour_symbols(hours: np.ndarray, hour_bins: int) -> np.ndarray:
 def mode_base(settings: Settings, mode: str) -> int:
     levels = settings.data.levels
     return levels * settings.hour_bins if mode == "composite" else levels
-
-
-def te_base(settings: Settings) -> int:
-    return max(settings.data.levels, settings.hour_bins)
 
 
 def mode_symbols(mode: str, values: np.ndarray, hours: np.ndarray, hour_bins: int) -> np.ndarray:

@@ -1,0 +1,310 @@
+"""The analysis engine side by side: JIDT's dense calculators, shardrun's observed pasts, pyinform, numpy.
+
+    .venv/bin/pip install -e ".[bench]"          # pyinform (the Inform C library), for the AIS column
+    .venv/bin/python bench/engine.py [--surrogates 100] [--dense-budget 120] [--sections tests,users,runs]
+
+In one process with one JVM (-Xmx4g, so the dense calculators get as far as they can), on three
+series of the composite mode (4 levels x 6 hour bins = base 24): a sample user (data/sample_users.csv,
+u021), a synthetic series of 61,000 hourly observations and one of 10^6 (a Markov chain with weak
+memory and a daily rhythm, tools/make_sample_data.py's generator, so that many pasts occur: about
+33,000 distinct pasts of length 6 at 61,000 observations). Sections:
+
+- tests: per k = 1..6, AIS(k) with --surrogates permutations: the dense calculator
+  (ActiveInformationCalculatorDiscrete; skipped where its predicted time exceeds --dense-budget
+  seconds or its counts cannot be allocated), the observed pasts (shardrun's measures.ais_test, its
+  permutations drawn in the JVM included), pyinform's active_info (the value alone) and a plain
+  numpy implementation (value and surrogates). Seconds, and the heap: measured peak (the sum of the
+  G1 pools' peak usage after a full collection, an upper bound) for the JVM columns.
+- users: one whole user of config/proposal.yaml's analysis (both modes, k = 1..6, te_hour) through
+  task.analyse, against the plain numpy implementation of the same work, on one core.
+- runs: a whole run of K = 1 (`run_production --shard 0/1` as a process: JVM start, commits, and
+  `merge_shard_results`) against the numpy implementation over the same users, on the sample data
+  and on 21 synthetic users of 61,000 observations.
+
+Figures and the machine they came from: docs/PERFORMANCE.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tools"))
+
+from make_sample_data import simulate, transition_table  # noqa: E402
+
+from shardrun.config import JvmConfig, Section  # noqa: E402
+from shardrun.infodynamics import task  # noqa: E402
+from shardrun.infodynamics.measures import ais_test  # noqa: E402
+from shardrun.infodynamics.reference import dense_ais_test  # noqa: E402
+from shardrun.infodynamics.states import observed_pasts  # noqa: E402
+from shardrun.infodynamics.surrogates import UserSurrogates  # noqa: E402
+from shardrun.infodynamics.symbols import hour_symbols, mode_symbols, value_symbols  # noqa: E402
+from shardrun.jvm import start_jvm  # noqa: E402
+
+BASE, LEVELS, HOUR_BINS = 24, 4, 6
+MIB = 1024**2
+DENSE_SECONDS_PER_CELL = 1.2e-9  # measured: the dense calculator sweeps base^(k+1) cells per surrogate
+
+
+# --- data ---------------------------------------------------------------------------------------
+
+
+def synthetic_counts(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(hourly counts 0..5, hour of day) of a weak-memory Markov chain with a daily rhythm."""
+    hours = np.arange(n) % 24
+    return simulate(np.random.default_rng(seed), transition_table(0.1, 0.0, 1.0), hours), hours
+
+
+def symbols_of(counts: np.ndarray, hours: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    return value_symbols(counts.astype(float), "quantile", LEVELS), hour_symbols(hours, HOUR_BINS)
+
+
+def sample_user(user: str = "u021") -> tuple[np.ndarray, np.ndarray]:
+    frame = pd.read_csv(REPO / "data" / "sample_users.csv", dtype={"user_id": str})
+    frame = frame[frame.user_id == user]
+    return frame.value.to_numpy(), pd.to_datetime(frame.timestamp).dt.hour.to_numpy()
+
+
+# --- a plain numpy implementation of the same work ---------------------------------------------
+
+
+def window_codes(symbols: np.ndarray, base: int, k: int) -> np.ndarray:
+    """Dense ids of the past before each of positions k..N-1 (np.unique of the windows' integer codes)."""
+    codes = np.zeros(len(symbols) - k, dtype=np.int64)
+    for i in range(k):
+        codes = codes * base + symbols[i:len(symbols) - k + i]
+    return np.unique(codes, return_inverse=True)[1].reshape(-1)
+
+
+def plugin_mi(first: np.ndarray, second: np.ndarray, second_base: int) -> float:
+    joint = np.bincount(first * second_base + second)
+    joint = joint[joint > 0]
+    a, b = np.bincount(first), np.bincount(second)
+    n = len(first)
+    entropy = lambda c: float(np.log2(n) - np.dot(c, np.log2(c)) / n)  # noqa: E731
+    return entropy(a[a > 0]) + entropy(b[b > 0]) - entropy(joint)
+
+
+def numpy_ais(symbols: np.ndarray, base: int, k: int, surrogates: int, rng: np.random.Generator) -> tuple[float, float]:
+    past, nexts = window_codes(symbols, base, k), symbols[k:].astype(np.int64)
+    value = plugin_mi(past, nexts, base)
+    null = [plugin_mi(past, nexts[rng.permutation(len(nexts))], base) for _ in range(surrogates)]
+    return value, float(np.mean(null))
+
+
+def numpy_te(source: np.ndarray, dest: np.ndarray, k: int, surrogates: int, rng: np.random.Generator) -> float:
+    past = window_codes(dest, LEVELS, k)
+    src, nexts = source[k - 1:len(source) - 1].astype(np.int64), dest[k:].astype(np.int64)
+    n = len(nexts)
+
+    def cmi(s: np.ndarray) -> float:
+        def h(codes: np.ndarray) -> float:
+            c = np.bincount(codes)
+            c = c[c > 0]
+            return float(np.log2(n) - np.dot(c, np.log2(c)) / n)
+        return h(past * HOUR_BINS + s) + h(past * LEVELS + nexts) - h(past) - h((past * HOUR_BINS + s) * LEVELS + nexts)
+
+    value = cmi(src)
+    [cmi(src[rng.permutation(n)]) for _ in range(surrogates)]
+    return value
+
+
+def numpy_user(counts: np.ndarray, hours: np.ndarray, ks, surrogates: int, seed: int) -> None:
+    """Both modes' entropy, AIS(k) with nulls, k selection and te_hour with its null, like task.analyse."""
+    rng = np.random.default_rng(seed)
+    values, hour_bins = symbols_of(counts, hours)
+    for mode, base in (("activity", LEVELS), ("composite", BASE)):
+        symbols = mode_symbols(mode, values, hour_bins, HOUR_BINS).astype(np.int64)
+        c = np.bincount(symbols)
+        c = c[c > 0]
+        corrected = {}
+        for k in ks:
+            value, null_mean = numpy_ais(symbols, base, k, surrogates, rng)
+            corrected[k] = value - null_mean
+        k_selected = max(corrected, key=lambda k: (corrected[k], -k))
+        numpy_te(hour_bins, values.astype(np.int64), k_selected, surrogates, rng)
+
+
+# --- measuring ----------------------------------------------------------------------------------
+
+
+def timed(run) -> tuple[float, object]:
+    started = time.perf_counter()
+    result = run()
+    return time.perf_counter() - started, result
+
+
+def peak_heap(run) -> tuple[float, int, object]:
+    """(seconds, the sum of the heap pools' peak usage during `run`, its result)."""
+    from jpype import JClass
+
+    management = JClass("java.lang.management.ManagementFactory")
+    JClass("java.lang.System").gc()
+    pools = [p for p in management.getMemoryPoolMXBeans() if str(p.getType()) == "Heap memory"]
+    for pool in pools:
+        pool.resetPeakUsage()
+    seconds, result = timed(run)
+    return seconds, sum(int(p.getPeakUsage().getUsed()) for p in pools), result
+
+
+def table(rows: list[list[str]]) -> None:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for index, row in enumerate(rows):
+        print("| " + " | ".join(cell.ljust(width) for cell, width in zip(row, widths)) + " |")
+        if index == 0:
+            print("|" + "|".join("-" * (width + 2) for width in widths) + "|")
+
+
+def pyinform_ais(symbols: np.ndarray, k: int):
+    try:
+        from pyinform import activeinfo
+    except ImportError:
+        return None, "not installed"
+    try:
+        return timed(lambda: activeinfo.active_info(symbols.astype(np.int32), k))
+    except (MemoryError, Exception) as exc:  # noqa: BLE001 - Inform reports its allocation failures
+        return None, f"fails ({type(exc).__name__})"
+
+
+# --- sections -----------------------------------------------------------------------------------
+
+
+def tests_section(series: dict[str, np.ndarray], surrogates: int, dense_budget: float) -> None:
+    print(f"\n## AIS(k) of composite (base 24) with {surrogates} surrogates: seconds (peak heap)\n")
+    rows = [["series", "N", "k", "pasts M", "dense JIDT", "observed pasts", "dense / observed",
+             "pyinform (value only)", "numpy (value + surrogates)", "numpy / observed"]]
+    for name, symbols in series.items():
+        n = len(symbols)
+        for k in range(1, 7):
+            pasts = observed_pasts(symbols, BASE, (k,))[k]
+            user = UserSurrogates(1, name, surrogates, n)
+            ours_s, ours_heap, ours = peak_heap(lambda: ais_test(symbols, BASE, pasts, user.batches))
+            cells = BASE ** (k + 1)
+            dense_cell, ratio = "not run", ""
+            if 8 * cells > 3.5 * 1024**3:
+                dense_cell = f"cannot run ({BASE}^{k + 1} counts)"
+            elif cells * DENSE_SECONDS_PER_CELL * surrogates > dense_budget:
+                dense_cell = f"skipped (~{cells * DENSE_SECONDS_PER_CELL * surrogates:.0f} s predicted)"
+            else:
+                rows_ = user.rows(n - k)
+                dense_s, dense_heap, dense = peak_heap(lambda: dense_ais_test(symbols, BASE, k, rows_))
+                assert dense.value == ours.value and np.array_equal(dense.null, ours.null)
+                dense_cell, ratio = f"{dense_s:.3f} s ({dense_heap / MIB:.0f} MiB)", f"{dense_s / ours_s:.0f}x"
+            inform_s, inform = pyinform_ais(symbols, k)
+            if inform_s is not None:
+                assert abs(inform - ours.value) < 1e-9, (inform, ours.value)
+                inform_cell = f"{inform_s:.3f} s"
+            else:
+                inform_cell = str(inform)
+            np_s, (np_value, _) = timed(lambda: numpy_ais(symbols.astype(np.int64), BASE, k, surrogates,
+                                                           np.random.default_rng(k)))
+            assert abs(np_value - ours.value) < 1e-9
+            rows.append([name, str(n), str(k), str(pasts.distinct), dense_cell,
+                         f"{ours_s:.3f} s ({ours_heap / MIB:.0f} MiB)", ratio, inform_cell, f"{np_s:.3f} s",
+                         f"{np_s / ours_s:.1f}x"])
+    table(rows)
+
+
+def proposal_settings(path: Path, surrogates: int):
+    config = yaml.safe_load((REPO / "config" / "proposal.yaml").read_text())
+    config["data"]["path"] = str(path)
+    config["surrogates"] = surrogates
+    top = Section({key: config[key] for key in config if key not in ("task", "jvm", "output")})
+    settings = task.parse_settings(top)
+    top.finish()
+    return settings
+
+
+def write_users(path: Path, users: dict[str, tuple[np.ndarray, np.ndarray]]) -> Path:
+    frames = []
+    for user, (counts, _) in users.items():
+        times = np.datetime64("2000-01-03T00:00") + np.arange(len(counts)).astype("timedelta64[h]")
+        frames.append(pd.DataFrame({"user_id": user, "timestamp": np.datetime_as_string(times, unit="s"),
+                                    "value": counts}))
+    pd.concat(frames).to_csv(path, index=False)
+    return path
+
+
+def users_section(surrogates: int, workdir: Path) -> None:
+    print(f"\n## One whole user of the default analysis (both modes, k = 1..6, te_hour, {surrogates} surrogates)\n")
+    rows = [["N", "task.analyse", "peak heap", "heap model", "numpy, one core", "numpy / shardrun"]]
+    for n in (61_000, 1_000_000):
+        counts, hours = synthetic_counts(n, seed=n)
+        settings = proposal_settings(write_users(workdir / f"user{n}.csv", {"u": (counts, hours)}), surrogates)
+        dataset = task.load(settings)
+        need = task.user_heap_needs(settings, dataset)["u"]
+        ours_s, ours_heap, _ = peak_heap(lambda: task.analyse(dataset, "u", settings))
+        np_s, _ = timed(lambda: numpy_user(counts, hours, range(1, 7), surrogates, seed=1))
+        rows.append([str(n), f"{ours_s:.1f} s", f"{ours_heap / MIB:.0f} MiB", f"{need / MIB:.0f} MiB",
+                     f"{np_s:.1f} s", f"{np_s / ours_s:.2f}x"])
+    table(rows)
+
+
+def runs_section(surrogates: int, workdir: Path) -> None:
+    print(f"\n## A whole run, K = 1: run_production + merge_shard_results against numpy ({surrogates} surrogates)\n")
+    rows = [["data", "users", "shardrun (JVM start, commits, merge)", "numpy, one core", "numpy / shardrun"]]
+    synthetic = {f"s{i:02d}": synthetic_counts(61_000, seed=100 + i) for i in range(21)}
+    cases = [("sample data", REPO / "data" / "sample_users.csv", None),
+             ("21 x 61,000 observations", write_users(workdir / "run21.csv", synthetic), synthetic)]
+    for name, data, users in cases:
+        config = yaml.safe_load((REPO / "config" / "proposal.yaml").read_text())
+        config["data"]["path"] = str(data)
+        config["surrogates"] = surrogates
+        config["output"] = {"root": str(workdir / "out"), "log_dir": str(workdir / "logs")}
+        path = workdir / f"{len(rows)}.yaml"
+        path.write_text(yaml.safe_dump(config))
+        run_dir = workdir / f"run{len(rows)}"
+        worker = [sys.executable, "-m", "shardrun.worker", "--config", str(path), "--full", "--shard", "0/1",
+                  "--out", str(run_dir)]
+        merge = [sys.executable, "-m", "shardrun.merge", "--run", str(run_dir), "--output", str(run_dir / "merged")]
+
+        def shardrun() -> None:
+            for command in (worker, merge):
+                subprocess.run(command, check=True, capture_output=True, cwd=REPO)
+
+        ours_s, _ = timed(shardrun)
+        if users is None:
+            frame = pd.read_csv(data, dtype={"user_id": str})
+            users = {user: (group.value.to_numpy(), pd.to_datetime(group.timestamp).dt.hour.to_numpy())
+                     for user, group in frame.groupby("user_id")}
+        np_s, _ = timed(lambda: [numpy_user(c, h, range(1, 7), surrogates, seed=1) for c, h in users.values()])
+        rows.append([name, str(len(users)), f"{ours_s:.1f} s", f"{np_s:.1f} s", f"{np_s / ours_s:.2f}x"])
+    table(rows)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--surrogates", type=int, default=100)
+    parser.add_argument("--dense-budget", type=float, default=120.0, help="skip a dense test predicted to take longer (s)")
+    parser.add_argument("--sections", default="tests,users,runs")
+    args = parser.parse_args()
+    sections = set(args.sections.split(","))
+    start_jvm(JvmConfig(xms=None, xmx="4g"))
+    with tempfile.TemporaryDirectory() as scratch:
+        workdir = Path(scratch)
+        if "tests" in sections:
+            series = {"sample u021": sample_user(), "synthetic 61k": synthetic_counts(61_000, seed=61_000),
+                      "synthetic 1M": synthetic_counts(1_000_000, seed=1_000_000)}
+            symbols = {}
+            for name, (counts, hours) in series.items():
+                values, bins = symbols_of(np.asarray(counts), np.asarray(hours))
+                symbols[name] = mode_symbols("composite", values, bins, HOUR_BINS)
+            tests_section(symbols, args.surrogates, args.dense_budget)
+        if "users" in sections:
+            users_section(args.surrogates, workdir)
+        if "runs" in sections:
+            runs_section(args.surrogates, workdir)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,118 @@
+"""The seeded permutations behind every null distribution of one user.
+
+The algorithm (fixed; the numbers depend on it, so it enters the config hash as SCHEME):
+- Surrogate r (0 <= r < surrogates) of a user starts from a base permutation of 0..L-1, where
+  L = n_obs - 1 (the most observations any test of the user has, at k = 1). It is drawn in the JVM
+  by JIDT's RandomGenerator: a java.util.Random seeded with `surrogate_seed(seed, user_id, r)`,
+  then generateRandomPerturbations(L, 1), which is Collections.shuffle of the list 0..L-1: for
+  i = L down to 2, swap the elements at i-1 and random.nextInt(i). java.util.Random's generator and
+  nextInt are fixed by the Java SE specification, so the permutations are the same on every JVM and
+  never depend on the numpy version.
+- A test with m observations (m = n_obs - k) uses, as its surrogate r, the base permutation r with
+  the values m..L-1 removed (order kept): a uniformly random permutation of 0..m-1 again.
+So all tests of a user (every k, both feature modes, AIS and te_hour) share one set of draws: the
+user pays for drawing `surrogates` permutations once, not once per test, and a number depends only
+on (seed, user id, surrogate index), never on K, shard order, resumes or batching.
+
+Each test hands the permutations to JIDT's computeSignificance(int[][]) in batches of at most
+PERMUTATION_BATCH_BYTES; batching groups rows only, it changes no number.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Callable, Iterator
+
+import numpy as np
+
+from shardrun.infodynamics.jarrays import java_int_matrix
+
+SCHEME = "jidt-random-generator-shared-v1"
+# Upper bound of one batch of permutations (the numpy rows and the Java int[][] each).
+PERMUTATION_BATCH_BYTES = 32 * 1024 * 1024
+_INT32_MAX = 2**31 - 1
+
+# (java long seed, length) -> a permutation of 0..length-1 as int32: how a base permutation is drawn.
+Draw = Callable[[int, int], np.ndarray]
+
+
+def surrogate_seed(seed: int, user_id: str, surrogate: int) -> int:
+    """The java.util.Random seed (a signed 64-bit long) of surrogate `surrogate` of `user_id`."""
+    key = json.dumps([seed, user_id, surrogate], ensure_ascii=False).encode("utf-8")
+    return int.from_bytes(hashlib.sha256(key).digest()[:8], "big", signed=True)
+
+
+def draw_in_jvm(java_seed: int, length: int) -> np.ndarray:
+    """One base permutation, drawn by JIDT's RandomGenerator in the JVM (the documented algorithm)."""
+    from jpype import JClass
+
+    generator = JClass("infodynamics.utils.RandomGenerator")()
+    generator.setSeed(java_seed)
+    return np.array(generator.generateRandomPerturbations(length, 1)[0], dtype=np.int32)
+
+
+def batch_rows(observations: int, count: int) -> int:
+    """Permutations per batch: all of them if they fit in PERMUTATION_BATCH_BYTES, else fewer (>= 1)."""
+    return max(1, min(count, PERMUTATION_BATCH_BYTES // (4 * max(observations, 1))))
+
+
+class UserSurrogates:
+    """The permutations of one user's tests: drawn on first use, then derived for each test size."""
+
+    def __init__(self, seed: int, user_id: str, count: int, n_obs: int, draw: Draw = draw_in_jvm):
+        if n_obs - 1 > _INT32_MAX:
+            raise ValueError(f"{n_obs} observations do not fit a Java int index")
+        self.seed, self.user_id, self.count, self.length = seed, user_id, count, max(n_obs - 1, 0)
+        self._draw = draw
+        self._base: np.ndarray | None = None
+        self._cached: tuple[int, object] | None = None  # (observations, the Java batch) for reuse
+
+    def base(self) -> np.ndarray:
+        """All base permutations, shape (count, n_obs - 1), drawn once."""
+        if self._base is None:
+            base = np.empty((self.count, self.length), dtype=np.int32)
+            for r in range(self.count):
+                base[r] = self._draw(surrogate_seed(self.seed, self.user_id, r), self.length)
+            self._base = base
+        return self._base
+
+    def rows(self, observations: int, start: int = 0, stop: int | None = None) -> np.ndarray:
+        """Surrogates start..stop-1 for a test of `observations` observations, shape (rows, observations)."""
+        if not 0 < observations <= self.length:
+            raise ValueError(f"a test of {observations} observations, but the permutations cover {self.length}")
+        base = self.base()[start:stop]
+        if observations == self.length:
+            return base  # a view: callers copy (into the JVM) and never write
+        return base[base < observations].reshape(len(base), observations)
+
+    def batches(self, observations: int, reorder: np.ndarray | None = None) -> Iterator[object]:
+        """The Java int[][] batches for one test; `reorder[t]` (if given) is the column placed at t.
+
+        A batch that holds every surrogate and is not reordered is kept for the next test of the same
+        size (the other feature mode at the same k), so it is built and copied into the JVM once.
+        """
+        rows_per_batch = batch_rows(observations, self.count)
+        if rows_per_batch >= self.count and reorder is None:
+            if self._cached is None or self._cached[0] != observations:
+                self._cached = None  # let the previous batch go before the next is built
+                self._cached = (observations, java_int_matrix(self.rows(observations)))
+            yield self._cached[1]
+            return
+        self._cached = None  # at most one batch in the heap at a time (the heap model counts one)
+        for start in range(0, self.count, rows_per_batch):
+            rows = self.rows(observations, start, start + rows_per_batch)
+            yield java_int_matrix(rows if reorder is None else rows[:, reorder])
+
+
+def fixed_permutations(*batches: np.ndarray) -> Callable[[int, np.ndarray | None], Iterator[object]]:
+    """A permutation source (measures.PermutationSource) handing out the given rows, batch by batch:
+    for tests and benchmarks that choose their own permutations."""
+
+    def source(observations: int, reorder: np.ndarray | None) -> Iterator[object]:
+        for rows in batches:
+            if rows.shape[1] != observations:
+                raise ValueError(f"permutations of length {rows.shape[1]} for {observations} observations")
+            yield java_int_matrix(rows if reorder is None else rows[:, reorder])
+
+    return source
