@@ -45,6 +45,9 @@ def test_the_shipped_configs_parse():
         ("jvm.colour", "blue", "unknown config key 'jvm.colour'"),
         ("output.root", ["a"], "'output.root' must be str"),
         ("threads", 4, "unknown config key 'threads'"),
+        ("jvm.threads", 0, "'jvm.threads' must be auto or a positive number of threads"),
+        ("jvm.threads", "many", "'jvm.threads' must be auto or a positive number of threads"),
+        ("jvm.threads", 1.5, "'jvm.threads' must be int or str"),
         ("task", "no_such_module:task", "'task' names module 'no_such_module'"),
         ("task", "shardrun.infodynamics", "'task' must look like 'package.module:object'"),
         ("jvm", "big", "'jvm' must be a mapping"),
@@ -62,6 +65,20 @@ def test_hash_covers_the_science_not_the_heap_or_paths():
     assert parse_config(with_change("output.root", "elsewhere")).hash == base
     assert parse_config(with_change("seed", 1)).hash != base
     assert parse_config(with_change("surrogates", 11)).hash != base
+    threaded = parse_config(with_change("jvm.threads", 8))
+    assert threaded.hash == base and threaded.jvm.threads == 8 and parse_config(SMALL).jvm.threads is None
+    from shardrun.config import config_hash
+    from shardrun.infodynamics import task
+
+    assert config_hash(threaded.task, task.with_threads(threaded.settings, 8)) == base  # threads change no number
+
+
+def test_auto_threads_share_this_process_cpus_among_the_shards():
+    from shardrun.config import resolve_threads, usable_cpus
+
+    assert resolve_threads(3, 64) == 3  # a configured count is kept
+    assert resolve_threads(None, 1) == usable_cpus()
+    assert resolve_threads(None, usable_cpus() * 4) == 1
 
 
 def test_file_errors(tmp_path):

@@ -183,3 +183,22 @@ def test_k_far_beyond_the_dense_limit_runs(tmp_path):
         # a past of 16 composite symbols is almost never seen twice: AIS nears the entropy of the next
         # symbol, and so does its permutation null, which is what bias correction is for
         assert row["ais_k16_null_mean_bits"] > 0.9 * row["ais_k16_bits"]
+
+
+@pytest.mark.usefixtures("jvm")
+def test_threads_change_no_number(tmp_path):
+    from shardrun.infodynamics import heap
+    from shardrun.infodynamics.measures import jvm_heap_bytes
+
+    rng = np.random.default_rng(8)
+    times = pd.date_range("2024-01-01", periods=12_000, freq="h").strftime("%Y-%m-%dT%H:%M:%S")
+    pd.DataFrame({"user_id": "long", "timestamp": times, "value": rng.integers(0, 9, 12_000)}).to_csv(
+        tmp_path / "d.csv", index=False)
+    top = Section({"data": {"path": str(tmp_path / "d.csv")}, "feature_modes": ["activity", "composite"],
+                   "k_selection": {"k_grid": [1, 2, 3, 4, 5, 6]}, "surrogates": 100, "seed": 4})
+    one = task.parse_settings(top)
+    two = task.with_threads(one, 2)
+    assert heap.threads_that_fit(two, 12_000, jvm_heap_bytes()) == 2  # the test below really runs on two
+    assert heap.threads_that_fit(two, 12_000, heap.heap_needs(one, np.array([12_000]))[0]) == 1  # heap for one
+    dataset = task.load(one)
+    assert task.analyse(dataset, "long", one) == task.analyse(dataset, "long", two)

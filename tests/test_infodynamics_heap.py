@@ -88,7 +88,7 @@ def write_random_user(path: Path, n: int, seed: int = 4) -> Path:
     return path
 
 
-def run_user(data: Path, xmx: str, k_grid=(1, 2, 3, 4, 5, 6), surrogates=100) -> dict:
+def run_user(data: Path, xmx: str, k_grid=(1, 2, 3, 4, 5, 6), surrogates=100, threads=1) -> dict:
     script = textwrap.dedent(f"""
         import json
         from shardrun.config import JvmConfig, Section
@@ -97,7 +97,7 @@ def run_user(data: Path, xmx: str, k_grid=(1, 2, 3, 4, 5, 6), surrogates=100) ->
         from shardrun.infodynamics import task
         top = Section({{"data": {{"path": {str(data)!r}}}, "feature_modes": ["activity", "composite"],
                        "k_selection": {{"k_grid": {list(k_grid)}}}, "surrogates": {surrogates}, "seed": 1}})
-        settings = task.parse_settings(top)
+        settings = task.with_threads(task.parse_settings(top), {threads})
         dataset = task.load(settings)
         start_jvm(JvmConfig(xms=None, xmx={xmx!r}))
         try:
@@ -118,6 +118,9 @@ def test_a_user_runs_at_the_predicted_heap_and_fails_clearly_below_it(tmp_path):
     settings = settings_for(path=data)
     need = task.user_heap_needs(settings, task.load(settings))["u"]
     assert run_user(data, f"{need // MIB}m")["ok"]  # the model never promises a heap that is too small
+    need_of_two = heap.heap_needs(settings, np.array([20_000]), threads=2)[0]
+    assert heap.threads_that_fit(task.with_threads(settings, 2), 20_000, need_of_two) == 2
+    assert run_user(data, f"{need_of_two // MIB}m", threads=2)["ok"]  # nor with two threads at their heap
     report = run_user(data, "16m")
     assert need > 16 * MIB and not report["ok"] and report["xmx"] == "16m"
     assert report["needed"] > 16 * MIB and "Raise jvm.xmx" in report["message"]

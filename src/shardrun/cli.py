@@ -40,6 +40,16 @@ def _heap_size(text: str) -> str:
     return text
 
 
+def _thread_count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"--threads takes a positive number of threads, got {text!r}")
+    return value
+
+
 def _pilot_size(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -68,6 +78,8 @@ def run_production_parser() -> argparse.ArgumentParser:
     p.add_argument("--retry-failed", action="store_true",
                    help="with --resume: run again the users whose committed result is 'failed'")
     p.add_argument("--xmx", type=_heap_size, metavar="SIZE", help="override jvm.xmx (e.g. 2g); does not change the config hash")
+    p.add_argument("--threads", type=_thread_count, metavar="N",
+                   help="override jvm.threads: threads driving the JVM in this process; numbers do not depend on it")
     p.add_argument("--nice", type=int, default=0, metavar="N", help="lower this process's CPU priority by N (0-19)")
     p.add_argument("--cooldown", type=float, default=0.0, metavar="S", help="pause S seconds between users")
     p.add_argument("-v", "--verbose", action="store_true")
@@ -90,6 +102,8 @@ def _run_production(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     if args.xmx:
         config = replace(config, jvm=replace(config.jvm, xmx=args.xmx))
+    if args.threads:
+        config = replace(config, jvm=replace(config.jvm, threads=args.threads))
     options = WorkerOptions(
         shard=ShardSpec.parse(args.shard) if args.shard else None,
         pilot=args.pilot,
@@ -144,6 +158,8 @@ def launch_parser() -> argparse.ArgumentParser:
     p.add_argument("--cpu-limit", type=float, metavar="P",
                    help="suspend shards while the machine's CPU use is above P percent (resume below P-10)")
     p.add_argument("--nice", type=int, default=0, metavar="N", help="run shards with CPU priority lowered by N")
+    p.add_argument("--threads", type=_thread_count, metavar="N",
+                   help="threads per shard (default jvm.threads; auto: the CPUs shared by the shards running at once)")
     p.add_argument("--cooldown", type=float, default=0.0, metavar="S", help="each shard pauses S seconds between users")
     p.add_argument("--restarts", type=int, default=0, metavar="N",
                    help="restart a shard that died abnormally (signal, JVM crash) up to N times, by resuming it")
@@ -168,6 +184,8 @@ def _launch(args: argparse.Namespace) -> int:
     if args.restarts < 0 or args.restart_heap_factor < 1:
         raise UsageError("--restarts must be >= 0 and --restart-heap-factor >= 1.")
     config = load_config(args.config)
+    if args.threads:
+        config = replace(config, jvm=replace(config.jvm, threads=args.threads))
     options = LaunchOptions(
         config_path=args.config.resolve(), shards=args.shards, run_dir=args.run_dir, pilot=args.pilot,
         merge=args.merge, grace_seconds=args.grace, progress_every=args.progress_every,

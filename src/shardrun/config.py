@@ -7,8 +7,10 @@ key. A key nobody consumed is an error: a typo must never silently fall back to 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,8 +23,9 @@ from shardrun.errors import ConfigError
 _REQUIRED = object()
 _HEAP_RE = re.compile(r"^([1-9][0-9]*)([kKmMgGtT]?)$")
 _HEAP_UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
+AUTO = "auto"  # a value chosen at start: jvm.threads (resolve_threads), jvm.xmx and jvm.xms
 # jvm.xmx / jvm.xms value meaning "choose from the data": see shardrun.admission.resolve_heap.
-AUTO_HEAP = "auto"
+AUTO_HEAP = AUTO
 
 
 def heap_bytes(value: str) -> int:
@@ -141,6 +144,9 @@ class JvmConfig:
     xmx: str
     options: tuple[str, ...] = ()
     classpath: str | None = None
+    # Threads that drive the JVM in one shard process (the task's own parallelism); None = auto:
+    # the CPUs this process may use divided by the shards sharing them (see resolve_threads).
+    threads: int | None = None
 
     @property
     def xmx_is_auto(self) -> bool:
@@ -204,9 +210,32 @@ def parse_jvm(section: Section) -> JvmConfig:
         if opt.startswith(("-Xmx", "-Xms")):
             raise ConfigError("config key 'jvm.options' must not set the heap; use jvm.xms and jvm.xmx instead.")
     classpath = section.get("classpath", str, default=None, nullable=True)
+    threads = section.get("threads", (int, str), default=AUTO, check=_threads_check)
     if AUTO_HEAP not in (xms, xmx) and xms and heap_bytes(xms) > heap_bytes(xmx):
         raise ConfigError(f"config key 'jvm.xms' ({xms}) is larger than 'jvm.xmx' ({xmx}); lower xms or raise xmx.")
-    return JvmConfig(xms=xms, xmx=xmx, options=tuple(options), classpath=classpath)
+    return JvmConfig(xms=xms, xmx=xmx, options=tuple(options), classpath=classpath,
+                     threads=None if threads == AUTO else threads)
+
+
+def _threads_check(value: int | str) -> str | None:
+    if value == AUTO or (isinstance(value, int) and value >= 1):
+        return None
+    return "must be auto or a positive number of threads"
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity: a scheduler's allocation), else the machine's."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def resolve_threads(configured: int | None, shards_sharing: int) -> int:
+    """jvm.threads: as configured, or auto: this process's CPUs shared by `shards_sharing` shards."""
+    if configured is not None:
+        return configured
+    return max(1, usable_cpus() // max(1, shards_sharing))
 
 
 def parse_output(section: Section) -> OutputConfig:
@@ -219,13 +248,20 @@ def parse_output(section: Section) -> OutputConfig:
 def config_hash(task: str, settings: Any) -> str:
     """Hash of what the numbers depend on: the task and its settings, not heap sizes or paths of output.
 
-    A resume may change the heap or the output root; it may not change the science.
+    A resume may change the heap or the output root; it may not change the science. A settings field
+    whose metadata says `hashed: False` (how many threads run the work, say) is left out.
     """
-    from dataclasses import asdict, is_dataclass
-
-    body = asdict(settings) if is_dataclass(settings) else settings
-    text = json.dumps({"task": task, "settings": body}, sort_keys=True, default=str)
+    text = json.dumps({"task": task, "settings": _hashed(settings)}, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _hashed(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _hashed(getattr(value, f.name)) for f in dataclasses.fields(value)
+                if f.metadata.get("hashed", True)}
+    if isinstance(value, (list, tuple)):
+        return [_hashed(item) for item in value]
+    return value
 
 
 def parse_config(raw: Any, source: Path | None = None) -> RunConfig:

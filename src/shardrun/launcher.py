@@ -27,7 +27,7 @@ import psutil
 
 from shardrun import progress, store
 from shardrun.admission import check_launch, measure_load
-from shardrun.config import RunConfig
+from shardrun.config import RunConfig, resolve_threads
 from shardrun.durability import durable_write
 from shardrun.errors import EXIT_CRASH, EXIT_INTERRUPTED, EXIT_OK, EXIT_USERS_FAILED, EXIT_VALIDATION_FAILED, ConfigError
 from shardrun.paths import RunPaths, shard_log_path
@@ -94,11 +94,11 @@ class LaunchResult:
 
 
 def shard_command(config_path: Path, spec: ShardSpec, run_dir: Path, resume: bool, options: LaunchOptions,
-                  xmx: str) -> list[str]:
+                  xmx: str, threads: int) -> list[str]:
     mode = ["--full"] if options.pilot is None else ["--pilot", str(options.pilot)]
     where = ["--resume", str(run_dir)] if resume else ["--out", str(run_dir)]
     command = [sys.executable, "-m", "shardrun.worker", "--config", str(config_path), *mode, "--shard", str(spec),
-               *where, "--xmx", xmx]
+               *where, "--xmx", xmx, "--threads", str(threads)]
     if options.nice:
         command += ["--nice", str(options.nice)]
     if options.cooldown_seconds:
@@ -127,6 +127,8 @@ class Launcher:
         totals = users_per_shard or [None] * options.shards
         self.slots = [ShardSlot(ShardSpec(i, options.shards), config.jvm.xmx, users_total=totals[i])
                       for i in range(options.shards)]
+        # The CPUs are shared by the shards that run at once (auto), not by all K.
+        self.threads = resolve_threads(config.jvm.threads, min(options.shards, options.max_parallel or options.shards))
         self.signals_seen = 0
         self.stopping_since: float | None = None
         self.killed_after_grace = False
@@ -165,7 +167,8 @@ class Launcher:
         assert self.run is not None
         # Resume whenever the shard dir has an identity: after a restart, or when continuing a run.
         resume = self.run.shard(slot.spec).identity.is_file()
-        command = shard_command(self.options.config_path, slot.spec, self.run.dir, resume, self.options, slot.xmx)
+        command = shard_command(self.options.config_path, slot.spec, self.run.dir, resume, self.options, slot.xmx,
+                                self.threads)
         log_dir = self.config.output.log_dir
         log_dir.mkdir(parents=True, exist_ok=True)
         log_path = shard_log_path(log_dir, slot.spec)

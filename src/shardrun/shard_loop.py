@@ -93,6 +93,7 @@ class ShardLoop:
                 "run_dir": str(dirs.run.dir),
                 "config_hash": config.hash,
                 "jvm": config.jvm.jvm_args(),
+                "threads": config.jvm.threads,
                 "users_total": len(plan.assigned),
                 "users_done": len(plan.done),
                 "users_ok": previous.count("ok"),

@@ -54,6 +54,9 @@ class Task(Protocol):
     # Optional: run_label(settings) -> str, put into new run dir names (`full_<label>_<time>`).
     # Optional: user_heap_needs(settings, dataset) -> dict[str, int] (see PredictsHeap below), which
     # jvm.xmx: auto, the --dry-run heap report and the launcher's memory check rely on.
+    # Optional: with_threads(settings, threads) -> settings: the settings to analyse with when the shard
+    # process may use `threads` threads (jvm.threads); a number must never depend on it, and the config
+    # hash must not either.
 
 
 class PredictsHeap(Protocol):

@@ -20,7 +20,7 @@ from typing import Any, Mapping, Sequence
 
 from shardrun import store
 from shardrun.admission import HeapPlan, plan_heap, task_heap_needs
-from shardrun.config import RunConfig
+from shardrun.config import RunConfig, resolve_threads
 from shardrun.durability import durable_write
 from shardrun.errors import EXIT_INTERRUPTED, ConfigError, ResumeMismatch, UsageError
 from shardrun.jvm import find_java, find_jidt_jar
@@ -225,8 +225,11 @@ def run_shard(config: RunConfig, options: WorkerOptions, stop: StopFlag | None =
     if stop.requested_by:
         log.warning("%s received before the shard started: nothing was written", stop.requested_by)
         return ShardOutcome(exit_code=EXIT_INTERRUPTED, plan=prepared.plan, dirs=dirs)
-    # From here on the config carries the resolved heap: the JVM, status.json, run.json, errors.jsonl.
-    config = replace(config, jvm=heap.jvm)
+    # From here on the config carries the resolved heap and threads: the JVM, the task, status.json,
+    # run.json, errors.jsonl.
+    threads = resolve_threads(config.jvm.threads, dirs.spec.count)
+    config = replace(config, jvm=replace(heap.jvm, threads=threads),
+                     settings=with_threads(task, config.settings, threads))
     identity = {
         "shard": str(dirs.spec),
         "config_hash": config.hash,
@@ -257,6 +260,12 @@ def run_shard(config: RunConfig, options: WorkerOptions, stop: StopFlag | None =
     finally:
         lock.release()
     return ShardOutcome(exit_code=exit_code, plan=plan, dirs=dirs)
+
+
+def with_threads(task: Task, settings: Any, threads: int) -> Any:
+    """The task's settings for `threads` threads, if the task can use them (Task.with_threads)."""
+    set_threads = getattr(task, "with_threads", None)
+    return settings if set_threads is None else set_threads(settings, threads)
 
 
 def scan_committed(paths: ShardPaths) -> dict[str, store.CommittedUser]:

@@ -9,6 +9,8 @@ preflight), analysis (one user's rows), checks (value ranges of a result set), v
 
 from __future__ import annotations
 
+import dataclasses
+
 from shardrun.infodynamics.analysis import analyse_user, failed_rows, result_columns
 from shardrun.infodynamics.checks import check_rows
 from shardrun.infodynamics.data import load
@@ -30,6 +32,11 @@ class InfodynamicsTask:
     analyse = staticmethod(analyse_user)
     check_rows = staticmethod(check_rows)
     describe_versions = staticmethod(describe_versions)
+
+    @staticmethod
+    def with_threads(settings, threads: int):
+        """Task.with_threads: each long user's permutation tests then run on up to `threads` threads."""
+        return dataclasses.replace(settings, threads=threads)
 
     @staticmethod
     def run_label(settings) -> str:

@@ -33,7 +33,15 @@ import numpy as np
 
 from shardrun.infodynamics import heap
 from shardrun.infodynamics.data import Dataset
-from shardrun.infodynamics.measures import NullTest, ais_test, entropy_bits, heap_exhaustion_as_heap_too_small, te_test
+from shardrun.infodynamics.jvm_threads import JvmThreads
+from shardrun.infodynamics.measures import (
+    NullTest,
+    ais_test,
+    entropy_bits,
+    heap_exhaustion_as_heap_too_small,
+    jvm_heap_bytes,
+    te_test,
+)
 from shardrun.infodynamics.settings import Settings
 from shardrun.infodynamics.states import ObservedPasts, observed_pasts
 from shardrun.infodynamics.surrogates import UserSurrogates
@@ -111,7 +119,10 @@ class _UserAnalysis:
     def __init__(self, settings: Settings, user_id: str, values: np.ndarray, hours: np.ndarray):
         self.settings, self.user_id, self.values, self.hours = settings, user_id, values, hours
         self.n_obs = len(values)
-        self.surrogates = UserSurrogates(settings.seed, user_id, settings.surrogates, self.n_obs)
+        self.threads = JvmThreads(heap.threads_that_fit(settings, self.n_obs, jvm_heap_bytes())
+                                  if settings.threads > 1 else 1)
+        self.surrogates = UserSurrogates(settings.seed, user_id, settings.surrogates, self.n_obs,
+                                         threads=self.threads)
         ks = settings.k_selection.ks
         self.symbols = {mode: mode_symbols(mode, values, hours, settings.hour_bins) for mode in settings.feature_modes}
         self.pasts = {mode: observed_pasts(self.symbols[mode], mode_base(settings, mode), ks)
@@ -134,8 +145,8 @@ class _UserAnalysis:
 
     def _ais(self, mode: str, k: int) -> NullTest:
         started = time.perf_counter()
-        test = self._run(mode, k, f"feature mode {mode} at k={k}", ais_test, self.symbols[mode], mode_base(self.settings, mode), self.pasts[mode][k],
-                         self.surrogates.batches)
+        test = self._run(mode, k, f"feature mode {mode} at k={k}", ais_test, self.symbols[mode],
+                         mode_base(self.settings, mode), self.pasts[mode][k], self.surrogates.batches, self.threads)
         log.debug("user %s %s k=%d: AIS %.4f bits in %.3f s", self.user_id, mode, k, test.value,
                   time.perf_counter() - started)
         return test
@@ -146,8 +157,9 @@ class _UserAnalysis:
                 # activity's symbols are the value symbols: their pasts are already known
                 self._value_pasts = self.pasts.get("activity") or observed_pasts(
                     self.values, self.settings.data.levels, self.settings.k_selection.ks)
-            self._te[k] = self._run(mode, k, f"te_hour at k={k} (feature mode {mode})", te_test, self.hours, self.values, self.settings.hour_bins,
-                                    self.settings.data.levels, self._value_pasts[k], self.surrogates.batches)
+            self._te[k] = self._run(mode, k, f"te_hour at k={k} (feature mode {mode})", te_test, self.hours,
+                                    self.values, self.settings.hour_bins, self.settings.data.levels,
+                                    self._value_pasts[k], self.surrogates.batches, self.threads)
         return self._te[k]
 
     def _mode_row(self, mode: str, tests: Mapping[int, NullTest], guarded: list[int]) -> dict[str, Any]:

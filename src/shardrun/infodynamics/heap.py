@@ -37,7 +37,7 @@ import pandas as pd
 
 from shardrun.errors import format_bytes
 from shardrun.infodynamics.settings import Settings
-from shardrun.infodynamics.surrogates import PERMUTATION_BATCH_BYTES
+from shardrun.infodynamics.surrogates import batch_rows
 from shardrun.infodynamics.symbols import mode_base
 
 JVM_BASELINE_BYTES = 8 * 1024**2
@@ -75,54 +75,58 @@ def past_ids_bound(n_obs: np.ndarray, base: int, k: int) -> np.ndarray:
     return windows
 
 
-def _batch_rows(observations: np.ndarray, surrogates: int) -> np.ndarray:
-    return np.maximum(1, np.minimum(surrogates, PERMUTATION_BATCH_BYTES // (4 * np.maximum(observations, 1))))
+def _batch(observations: np.ndarray, surrogates: int, threads: int, region: np.ndarray) -> np.ndarray:
+    """The permutations in the heap at once: every batch if they all fit together (surrogates.py keeps
+    them for the other mode), else one batch per thread."""
+    rows = batch_rows(observations, surrogates, threads)
+    batches = np.minimum(-(-surrogates // rows), threads)
+    batches = np.where(rows * threads >= surrogates, -(-surrogates // rows), batches)
+    alive = np.minimum(surrogates, rows * batches)
+    return (batches * (_on_heap(1, rows, _REFERENCE, region) + _on_heap(1, rows, 8, region))
+            + _on_heap(alive, observations, 4, region))
 
 
-def _batch(observations: np.ndarray, surrogates: int, region: np.ndarray) -> np.ndarray:
-    rows = _batch_rows(observations, surrogates)
-    return (_on_heap(1, rows, _REFERENCE, region) + _on_heap(rows, observations, 4, region)
-            + _on_heap(1, rows, 8, region))
-
-
-def _ais_phase(base: int, k: int, n_obs: np.ndarray, surrogates: int, region: np.ndarray) -> np.ndarray:
+def _ais_phase(base: int, k: int, n_obs: np.ndarray, surrogates: int, threads: int, region: np.ndarray) -> np.ndarray:
     m, ids = np.maximum(n_obs - k, 0), past_ids_bound(n_obs, base, k)
     calculator = (_on_heap(1, base, _REFERENCE, region) + _on_heap(base, ids, 4, region)
                   + _on_heap(1, base, 4, region) + _on_heap(1, ids, 4, region))
-    return 2 * calculator + _on_heap(3, m, 4, region) + _batch(m, surrogates, region)
+    # per thread: its calculator, the copy computeSignificance builds, and its per-observation arrays
+    return threads * (2 * calculator + _on_heap(3, m, 4, region)) + _batch(m, surrogates, threads, region)
 
 
-def _te_phase(settings: Settings, k: int, n_obs: np.ndarray, region: np.ndarray) -> np.ndarray:
+def _te_phase(settings: Settings, k: int, n_obs: np.ndarray, threads: int, region: np.ndarray) -> np.ndarray:
     sources, nexts = settings.hour_bins, settings.data.levels
     m, ids = np.maximum(n_obs - k, 0), past_ids_bound(n_obs, nexts, k)
     calculator = (
         _on_heap(2, sources, _REFERENCE, region) + _on_heap(sources + 1, nexts, _REFERENCE, region)
         + _on_heap(sources * nexts + sources + nexts + 1, ids, 4, region)
     )
-    return 2 * calculator + _on_heap(4, m, 4, region) + _batch(m, settings.surrogates, region)
+    return threads * (2 * calculator + _on_heap(4, m, 4, region)) + _batch(m, settings.surrogates, threads, region)
 
 
-def _draw_phase(settings: Settings, n_obs: np.ndarray, region: np.ndarray) -> np.ndarray:
+def _draw_phase(settings: Settings, n_obs: np.ndarray, threads: int, region: np.ndarray) -> np.ndarray:
     length = np.maximum(n_obs - 1, 0)
     drawing = (_on_heap(1, length * 5 // 2, _REFERENCE, region) + length * _INTEGER_OBJECT
                + _on_heap(1, 1, _REFERENCE, region) + _on_heap(1, length, 4, region))
     first = settings.feature_modes[0], min(settings.k_selection.ks)
-    return drawing + _ais_phase(mode_base(settings, first[0]), first[1], n_obs, settings.surrogates, region)
+    return threads * drawing + _ais_phase(mode_base(settings, first[0]), first[1], n_obs, settings.surrogates,
+                                          threads, region)
 
 
-def _need_at(settings: Settings, mode: str, k: int, n_obs: np.ndarray, heaps: np.ndarray) -> np.ndarray:
+def _need_at(settings: Settings, mode: str, k: int, n_obs: np.ndarray, heaps: np.ndarray, threads: int) -> np.ndarray:
     """Heap (bytes) one user needs for (mode, k), were the JVM's heap `heaps` (G1 regions depend on it)."""
     region = _region_bytes(heaps)
     arrays = np.maximum.reduce([
-        _ais_phase(mode_base(settings, mode), k, n_obs, settings.surrogates, region),
-        _te_phase(settings, k, n_obs, region),
-        _draw_phase(settings, n_obs, region),
+        _ais_phase(mode_base(settings, mode), k, n_obs, settings.surrogates, threads, region),
+        _te_phase(settings, k, n_obs, threads, region),
+        _draw_phase(settings, n_obs, threads, region),
     ])
     return ((JVM_BASELINE_BYTES + arrays) / (1 - G1_RESERVE_FRACTION)).astype(np.int64)
 
 
-def minimum_heaps(settings: Settings, mode: str, k: int, n_obs: np.ndarray) -> np.ndarray:
-    """The smallest -Xmx (bytes, whole MiB) the model accepts for (mode, k), for every n of `n_obs`.
+def minimum_heaps(settings: Settings, mode: str, k: int, n_obs: np.ndarray, threads: int = 1) -> np.ndarray:
+    """The smallest -Xmx (bytes, whole MiB) the model accepts for (mode, k), for every n of `n_obs`, with
+    the tests' surrogates split over `threads` threads.
 
     The need depends on the heap through G1's region size, so iterate to a fixed point; an element
     keeps the first heap that covers its need.
@@ -131,15 +135,15 @@ def minimum_heaps(settings: Settings, mode: str, k: int, n_obs: np.ndarray) -> n
     heaps = np.full(n_obs.shape, _MIB, dtype=np.int64)
     settled = np.zeros(n_obs.shape, dtype=bool)
     for _ in range(_FIXED_POINT_STEPS):
-        need = -(-_need_at(settings, mode, k, n_obs, heaps) // _MIB) * _MIB
+        need = -(-_need_at(settings, mode, k, n_obs, heaps, threads) // _MIB) * _MIB
         settled |= need <= heaps
         heaps = np.where(settled, heaps, need)
     return heaps
 
 
-def minimum_heap(settings: Settings, mode: str, k: int, n_obs: int) -> int:
+def minimum_heap(settings: Settings, mode: str, k: int, n_obs: int, threads: int = 1) -> int:
     """minimum_heaps for one user with n_obs observations."""
-    return int(minimum_heaps(settings, mode, k, np.array([n_obs]))[0])
+    return int(minimum_heaps(settings, mode, k, np.array([n_obs]), threads)[0])
 
 
 def baseline_heap() -> int:
@@ -165,7 +169,7 @@ def preflight(settings: Settings, heap_bytes: int) -> list[str]:
     return problems
 
 
-def heap_needs(settings: Settings, n_obs: np.ndarray, analysed: np.ndarray | None = None) -> np.ndarray:
+def heap_needs(settings: Settings, n_obs: np.ndarray, analysed: np.ndarray | None = None, threads: int = 1) -> np.ndarray:
     """Each user's heap need (bytes): the largest minimum_heap over its feature modes and the k it runs.
 
     `analysed[i]` False marks a user skipped by a rule the caller knows (too many category labels);
@@ -186,9 +190,24 @@ def heap_needs(settings: Settings, n_obs: np.ndarray, analysed: np.ndarray | Non
     largest = np.full(distinct.shape, baseline, dtype=np.int64)
     for mode in settings.feature_modes:
         for k in settings.k_selection.ks:
-            largest = np.maximum(largest, minimum_heaps(settings, mode, k, distinct))
+            largest = np.maximum(largest, minimum_heaps(settings, mode, k, distinct, threads))
     needs[runs] = largest[position]
     return needs
+
+
+# Below this much work per test (surrogates x observations), threads cost more than they save.
+PARALLEL_MIN_WORK = 1_000_000
+
+
+def threads_that_fit(settings: Settings, n_obs: int, heap_bytes: int) -> int:
+    """How many of settings.threads one user's tests run on: as many as its work is worth and the heap
+    holds (each thread holds its own calculators), at least one."""
+    if settings.threads <= 1 or settings.surrogates * n_obs < PARALLEL_MIN_WORK:
+        return 1
+    for threads in range(settings.threads, 1, -1):
+        if heap_needs(settings, np.array([n_obs]), threads=threads)[0] <= heap_bytes:
+            return threads
+    return 1
 
 
 def observation_counts(dataset, settings: Settings) -> tuple[tuple[str, ...], np.ndarray, np.ndarray]:

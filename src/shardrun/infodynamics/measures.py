@@ -26,6 +26,7 @@ taken over all surrogate values together.
 from __future__ import annotations
 
 import re
+import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator
@@ -34,14 +35,16 @@ import numpy as np
 
 from shardrun.errors import HeapTooSmall
 from shardrun.infodynamics.jarrays import java_ints
+from shardrun.infodynamics.jvm_threads import JvmThreads
 from shardrun.infodynamics.states import ObservedPasts
 from shardrun.jvm import is_heap_exhaustion
 
 _XMX = re.compile(r"^-Xmx(\S+)$")
 
-# Given the number of observations JIDT counted and an optional column order, the Java int[][]
-# batches of permutations to test with (surrogates.UserSurrogates.batches).
-PermutationSource = Callable[[int, "np.ndarray | None"], Iterable[object]]
+# Given the number of observations JIDT counted, an optional column order and how many threads will
+# share the work, the Java int[][] batches of permutations to test with (UserSurrogates.batches).
+PermutationSource = Callable[[int, "np.ndarray | None", int], Iterable[object]]
+ONE_THREAD = JvmThreads(1)
 
 
 @dataclass(frozen=True)
@@ -61,20 +64,24 @@ def entropy_bits(symbols: np.ndarray, base: int) -> float:
     return float(calculator.computeAverageLocalOfObservations())
 
 
-def ais_test(symbols: np.ndarray, base: int, pasts: ObservedPasts, permutations: PermutationSource) -> NullTest:
+def ais_test(symbols: np.ndarray, base: int, pasts: ObservedPasts, permutations: PermutationSource,
+             threads: JvmThreads = ONE_THREAD) -> NullTest:
     """AIS(k) of the series (k = pasts.k) and its permutation null."""
     from jpype import JClass
 
-    calculator = JClass("infodynamics.measures.discrete.MutualInformationCalculatorDiscrete")(
-        base, max(pasts.id_range, 1), 0)
-    calculator.initialise()
-    calculator.addObservations(java_ints(symbols[pasts.k:]), java_ints(pasts.ids))
-    return _significance(calculator, permutations, None)
+    def calculator():
+        mutual_information = JClass("infodynamics.measures.discrete.MutualInformationCalculatorDiscrete")(
+            base, max(pasts.id_range, 1), 0)
+        mutual_information.initialise()
+        mutual_information.addObservations(java_ints(symbols[pasts.k:]), java_ints(pasts.ids))
+        return mutual_information
+
+    return _significance(calculator, permutations, None, threads)
 
 
 def te_test(
     source: np.ndarray, destination: np.ndarray, source_base: int, destination_base: int,
-    pasts: ObservedPasts, permutations: PermutationSource,
+    pasts: ObservedPasts, permutations: PermutationSource, threads: JvmThreads = ONE_THREAD,
 ) -> NullTest:
     """TE source -> destination: destination history k = pasts.k (the destination's pasts), source
     history 1, delay 1; and its permutation null."""
@@ -82,11 +89,15 @@ def te_test(
 
     k = pasts.k
     sources, nexts = source[k - 1:len(source) - 1], destination[k:]
-    calculator = JClass("infodynamics.measures.discrete.ConditionalMutualInformationCalculatorDiscrete")(
-        source_base, destination_base, max(pasts.id_range, 1))
-    calculator.initialise()
-    calculator.addObservations(java_ints(sources), java_ints(nexts), java_ints(pasts.ids))
-    return _significance(calculator, permutations, _te_reorder(sources, nexts, pasts.ids))
+
+    def calculator():
+        conditional = JClass("infodynamics.measures.discrete.ConditionalMutualInformationCalculatorDiscrete")(
+            source_base, destination_base, max(pasts.id_range, 1))
+        conditional.initialise()
+        conditional.addObservations(java_ints(sources), java_ints(nexts), java_ints(pasts.ids))
+        return conditional
+
+    return _significance(calculator, permutations, _te_reorder(sources, nexts, pasts.ids), threads)
 
 
 def _te_reorder(sources: np.ndarray, nexts: np.ndarray, pasts: np.ndarray) -> np.ndarray:
@@ -103,14 +114,22 @@ def _te_reorder(sources: np.ndarray, nexts: np.ndarray, pasts: np.ndarray) -> np
     return rank[cmi_order]
 
 
-def _significance(calculator, permutations: PermutationSource, reorder: np.ndarray | None) -> NullTest:
+def _significance(new_calculator: Callable[[], object], permutations: PermutationSource,
+                  reorder: np.ndarray | None, threads: JvmThreads) -> NullTest:
+    """The value and its null; the batches of surrogates run on `threads`, each thread on a calculator of
+    its own (computeSignificance builds its scratch tables per call, so calculators are never shared)."""
+    calculator = new_calculator()
     observations = int(calculator.getNumObservations())
     value = float(calculator.computeAverageLocalOfObservations())
-    null_parts = []
-    for batch in permutations(observations, reorder):
-        distribution = calculator.computeSignificance(batch)
-        null_parts.append(np.array(distribution.distribution, dtype=np.float64))
-    null = np.concatenate(null_parts)
+    spare = [calculator]
+    own = threading.local()
+
+    def null_of(batch) -> np.ndarray:
+        if not hasattr(own, "calculator"):
+            own.calculator = spare.pop() if spare else new_calculator()  # list.pop is atomic
+        return np.array(own.calculator.computeSignificance(batch).distribution, dtype=np.float64)
+
+    null = np.concatenate(threads.map(null_of, permutations(observations, reorder, threads.count)))
     return NullTest(
         value=value,
         null_mean=float(null.mean()),
@@ -130,6 +149,17 @@ def jvm_heap() -> tuple[int, str]:
         if match:
             return max_bytes, match.group(1)
     return max_bytes, f"{max_bytes // 1024**2}m"
+
+
+def jvm_heap_bytes() -> int:
+    """The JVM's -Xmx in bytes, as the heap model counts it (its maximum heap where -Xmx is unreadable)."""
+    from shardrun.config import heap_bytes
+
+    max_bytes, xmx = jvm_heap()
+    try:
+        return heap_bytes(xmx)
+    except ValueError:
+        return max_bytes
 
 
 @contextmanager

@@ -31,7 +31,7 @@ Every problem raises ConfigError naming the key (through shardrun.config.Section
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pandas as pd
 
@@ -86,6 +86,9 @@ class Settings:
     # Not a config key: how the numbers are computed. It is part of the config hash, so a run dir is
     # never continued by code that computes other numbers from the same config.
     engine: str = ENGINE
+    # Not a config key either: the threads the shard process gives the analysis (jvm.threads, through
+    # Task.with_threads). No number depends on it, so the config hash leaves it out.
+    threads: int = field(default=1, metadata={"hashed": False})
 
 
 def _at_least(minimum: int):

@@ -27,6 +27,7 @@ from typing import Callable, Iterator
 import numpy as np
 
 from shardrun.infodynamics.jarrays import java_int_matrix
+from shardrun.infodynamics.jvm_threads import JvmThreads
 
 SCHEME = "jidt-random-generator-shared-v1"
 # Upper bound of one batch of permutations (the numpy rows and the Java int[][] each).
@@ -52,29 +53,31 @@ def draw_in_jvm(java_seed: int, length: int) -> np.ndarray:
     return np.array(generator.generateRandomPerturbations(length, 1)[0], dtype=np.int32)
 
 
-def batch_rows(observations: int, count: int) -> int:
-    """Permutations per batch: all of them if they fit in PERMUTATION_BATCH_BYTES, else fewer (>= 1)."""
-    return max(1, min(count, PERMUTATION_BATCH_BYTES // (4 * max(observations, 1))))
+def batch_rows(observations, count: int, parts: int = 1):
+    """Permutations per batch: all of them (or 1/parts of them, so `parts` threads share the work) if the
+    batches in flight fit in PERMUTATION_BATCH_BYTES, else fewer (>= 1). Works on numpy arrays too."""
+    fitting = PERMUTATION_BATCH_BYTES // (4 * np.maximum(observations, 1) * parts)
+    return np.maximum(1, np.minimum(-(-count // parts), fitting))
 
 
 class UserSurrogates:
     """The permutations of one user's tests: drawn on first use, then derived for each test size."""
 
-    def __init__(self, seed: int, user_id: str, count: int, n_obs: int, draw: Draw = draw_in_jvm):
+    def __init__(self, seed: int, user_id: str, count: int, n_obs: int, draw: Draw = draw_in_jvm,
+                 threads: JvmThreads = JvmThreads(1)):
         if n_obs - 1 > _INT32_MAX:
             raise ValueError(f"{n_obs} observations do not fit a Java int index")
         self.seed, self.user_id, self.count, self.length = seed, user_id, count, max(n_obs - 1, 0)
-        self._draw = draw
+        self._draw, self._threads = draw, threads
         self._base: np.ndarray | None = None
-        self._cached: tuple[int, object] | None = None  # (observations, the Java batch) for reuse
+        self._cached: tuple[tuple[int, int], list] | None = None  # ((observations, parts), Java batches)
 
     def base(self) -> np.ndarray:
         """All base permutations, shape (count, n_obs - 1), drawn once."""
         if self._base is None:
-            base = np.empty((self.count, self.length), dtype=np.int32)
-            for r in range(self.count):
-                base[r] = self._draw(surrogate_seed(self.seed, self.user_id, r), self.length)
-            self._base = base
+            rows = self._threads.map(
+                lambda r: self._draw(surrogate_seed(self.seed, self.user_id, r), self.length), range(self.count))
+            self._base = np.array(rows, dtype=np.int32).reshape(self.count, self.length)
         return self._base
 
     def rows(self, observations: int, start: int = 0, stop: int | None = None) -> np.ndarray:
@@ -86,30 +89,33 @@ class UserSurrogates:
             return base  # a view: callers copy (into the JVM) and never write
         return base[base < observations].reshape(len(base), observations)
 
-    def batches(self, observations: int, reorder: np.ndarray | None = None) -> Iterator[object]:
+    def batches(self, observations: int, reorder: np.ndarray | None = None, parts: int = 1) -> Iterator[object]:
         """The Java int[][] batches for one test; `reorder[t]` (if given) is the column placed at t.
 
-        A batch that holds every surrogate and is not reordered is kept for the next test of the same
-        size (the other feature mode at the same k), so it is built and copied into the JVM once.
+        When every batch fits at once and the test is not reordered, the batches are kept for the next
+        test of the same size (the other feature mode at the same k): built and copied into the JVM once.
         """
-        rows_per_batch = batch_rows(observations, self.count)
-        if rows_per_batch >= self.count and reorder is None:
-            if self._cached is None or self._cached[0] != observations:
-                self._cached = None  # let the previous batch go before the next is built
-                self._cached = (observations, java_int_matrix(self.rows(observations)))
-            yield self._cached[1]
+        rows_per_batch = int(batch_rows(observations, self.count, parts))
+        starts = range(0, self.count, rows_per_batch)
+        if reorder is None and rows_per_batch * parts >= self.count:
+            key = (observations, parts)
+            if self._cached is None or self._cached[0] != key:
+                self._cached = None  # let the previous batches go before the next are built
+                self._cached = (key, [java_int_matrix(self.rows(observations, start, start + rows_per_batch))
+                                      for start in starts])
+            yield from self._cached[1]
             return
-        self._cached = None  # at most one batch in the heap at a time (the heap model counts one)
-        for start in range(0, self.count, rows_per_batch):
+        self._cached = None  # the batches in flight are the only ones in the heap (what the heap model counts)
+        for start in starts:
             rows = self.rows(observations, start, start + rows_per_batch)
             yield java_int_matrix(rows if reorder is None else rows[:, reorder])
 
 
-def fixed_permutations(*batches: np.ndarray) -> Callable[[int, np.ndarray | None], Iterator[object]]:
+def fixed_permutations(*batches: np.ndarray) -> Callable[[int, np.ndarray | None, int], Iterator[object]]:
     """A permutation source (measures.PermutationSource) handing out the given rows, batch by batch:
     for tests and benchmarks that choose their own permutations."""
 
-    def source(observations: int, reorder: np.ndarray | None) -> Iterator[object]:
+    def source(observations: int, reorder: np.ndarray | None, parts: int = 1) -> Iterator[object]:
         for rows in batches:
             if rows.shape[1] != observations:
                 raise ValueError(f"permutations of length {rows.shape[1]} for {observations} observations")
