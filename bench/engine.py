@@ -206,7 +206,7 @@ def tests_section(series: dict[str, np.ndarray], surrogates: int, dense_budget: 
         for k in range(1, 7):
             pasts = observed_pasts(symbols, BASE, (k,))[k]
             ours_s, ours = timed(lambda: ais_test(symbols, BASE, pasts, user.batches))
-            model = heap.minimum_heap(settings, "composite", k, n)
+            model = heap.minimum_heap(settings, k, n)
             cells = BASE ** (k + 1)
             dense_cell, ratio = "not run", ""
             if 8 * cells > 3.5 * 1024**3:

@@ -219,8 +219,7 @@ def test_user_heap_needs_equal_the_heap_model_on_sample_users():
     assert set(needs) == set(dataset.user_ids)
     for user in dataset.user_ids[:: len(dataset.user_ids) // 6]:
         n_obs = dataset.series(user).n_obs
-        expected = max(heap.minimum_heap(settings, mode, k, n_obs)
-                       for mode in settings.feature_modes for k in settings.k_selection.ks)
+        expected = max(heap.minimum_heap(settings, k, n_obs) for k in settings.k_selection.ks)
         assert needs[user] == expected, user
     assert auto_heap_bytes(max(needs.values())) == 128 * MIB  # the figure config/proposal.yaml quotes
 
@@ -256,8 +255,7 @@ def test_users_skipped_by_rule_need_only_the_baseline(tmp_path):
     settings = settings_for(data)
     needs = task.user_heap_needs(settings, task.load(settings))
     assert needs["few"] == needs["gaps"] == heap.baseline_heap()
-    assert needs["many"] == max(heap.minimum_heap(settings, m, k, 200) for m in settings.feature_modes
-                                for k in settings.k_selection.ks)
+    assert needs["many"] == max(heap.minimum_heap(settings, k, 200) for k in settings.k_selection.ks)
     # categorical: more distinct labels than data.levels means skipped
     labels = write_rows(tmp_path / "l.csv", {
         "three": hourly(700, value=lambda i: "abc"[i % 3]), "five": hourly(700, value=lambda i: "abcde"[i % 5])})
@@ -316,7 +314,7 @@ def test_dry_run_names_the_users_over_a_small_heap(tmp_path):
     assert "heap: 60 of the 60 users to do are predicted to need more than the 8.0 MiB heap" in out
     assert "  user 'u001': needs 10.0 MiB, heap 8.0 MiB" in out
     assert out.count("  user '") == 20 and "... and 40 more" in out
-    assert "cannot run: feature mode activity at k=1" in out
+    assert "cannot run: the tests at k=1 need about" in out
     assert not (tmp_path / "out").exists()  # a dry run writes nothing
 
 

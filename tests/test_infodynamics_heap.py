@@ -38,11 +38,11 @@ def test_past_ids_are_bounded_by_the_windows_and_by_base_to_the_k():
 
 def test_the_need_grows_with_the_observations_not_with_base_to_the_k():
     settings = settings_for(k_grid=(1, 4, 6, 16))
-    at = {k: heap.minimum_heap(settings, "composite", k, 61_000) for k in (1, 4, 6, 16)}
+    at = {k: heap.minimum_heap(settings, k, 61_000) for k in (1, 4, 6, 16)}
     # composite base 24 at k=6 was 24^7 counts (4.6e9) for the dense calculators; now it is bounded by
     # 61,000 pasts, and so is k = 16 (4^16 value pasts for te_hour, 24^16 composite ones)
     assert at[1] <= at[4] <= at[6] <= at[16] <= 64 * MIB
-    million = heap.minimum_heap(settings, "composite", 6, 10**6)
+    million = heap.minimum_heap(settings, 6, 10**6)
     assert 128 * MIB < million <= 512 * MIB
 
 
@@ -57,9 +57,9 @@ def test_preflight_refuses_only_a_heap_too_small_for_the_smallest_user():
     assert task.preflight(settings, heap_bytes("256m")) == []  # composite k=6 is no longer refused
     problems = task.preflight(settings, heap_bytes("4m"))
     assert problems and all("raise jvm.xmx to at least" in p for p in problems)
-    assert "feature mode activity at k=1" in problems[0]
+    assert "the tests at k=1 need about" in problems[0]
     smallest = max(settings.data.min_observations, 8)
-    needed = heap.minimum_heap(settings, "composite", 6, smallest)
+    needed = heap.minimum_heap(settings, 6, smallest)
     assert any(f"at least {needed // MIB}m" in p for p in problems)
 
 

@@ -36,7 +36,7 @@ from shardrun.infodynamics.data import Dataset
 from shardrun.infodynamics.jvm_threads import JvmThreads
 from shardrun.infodynamics.measures import (
     NullTest,
-    ais_test,
+    ais_tests,
     entropy_bits,
     heap_exhaustion_as_heap_too_small,
     jvm_heap_bytes,
@@ -114,7 +114,7 @@ def analyse_user(dataset: Dataset, user_id: str, settings: Settings) -> list[Map
 
 
 class _UserAnalysis:
-    """One user's tests. k runs outermost so that both modes' AIS at a k use one batch of permutations."""
+    """One user's tests, k by k: both modes' AIS at a k take their surrogates from the same batches."""
 
     def __init__(self, settings: Settings, user_id: str, values: np.ndarray, hours: np.ndarray):
         self.settings, self.user_id, self.values, self.hours = settings, user_id, values, hours
@@ -137,19 +137,24 @@ class _UserAnalysis:
                           and not guard_allows(self.n_obs, mode_base(settings, mode), self.pasts[mode][k])]
                    for mode in settings.feature_modes}
         tests: dict[str, dict[int, NullTest]] = {mode: {} for mode in settings.feature_modes}
+        if any(len(guarded[mode]) < len(ks) for mode in settings.feature_modes):
+            self.surrogates.base()  # drawn before any calculator exists, as the heap model counts
         for k in ks:
-            for mode in settings.feature_modes:
-                if k not in guarded[mode]:
-                    tests[mode][k] = self._ais(mode, k)
+            modes = [mode for mode in settings.feature_modes if k not in guarded[mode]]
+            if modes:
+                for mode, test in zip(modes, self._ais(modes, k)):
+                    tests[mode][k] = test
         return [self._mode_row(mode, tests[mode], guarded[mode]) for mode in settings.feature_modes]
 
-    def _ais(self, mode: str, k: int) -> NullTest:
+    def _ais(self, modes: list[str], k: int) -> list[NullTest]:
+        """AIS(k) of the modes at once: each batch of permutations is built once for all of them."""
         started = time.perf_counter()
-        test = self._run(mode, k, f"feature mode {mode} at k={k}", ais_test, self.symbols[mode],
-                         mode_base(self.settings, mode), self.pasts[mode][k], self.surrogates.batches, self.threads)
-        log.debug("user %s %s k=%d: AIS %.4f bits in %.3f s", self.user_id, mode, k, test.value,
-                  time.perf_counter() - started)
-        return test
+        series = [(self.symbols[mode], mode_base(self.settings, mode), self.pasts[mode][k]) for mode in modes]
+        tests = self._run(k, f"feature mode {' and '.join(modes)} at k={k}", ais_tests, series,
+                          self.surrogates.batches, self.threads)
+        log.debug("user %s k=%d: AIS %s bits in %.3f s", self.user_id, k,
+                  ", ".join(f"{mode} {test.value:.4f}" for mode, test in zip(modes, tests)), time.perf_counter() - started)
+        return tests
 
     def _te_hour(self, mode: str, k: int) -> NullTest:
         if k not in self._te:
@@ -157,7 +162,7 @@ class _UserAnalysis:
                 # activity's symbols are the value symbols: their pasts are already known
                 self._value_pasts = self.pasts.get("activity") or observed_pasts(
                     self.values, self.settings.data.levels, self.settings.k_selection.ks)
-            self._te[k] = self._run(mode, k, f"te_hour at k={k} (feature mode {mode})", te_test, self.hours,
+            self._te[k] = self._run(k, f"te_hour at k={k} (feature mode {mode})", te_test, self.hours,
                                     self.values, self.settings.hour_bins, self.settings.data.levels,
                                     self._value_pasts[k], self.surrogates.batches, self.threads)
         return self._te[k]
@@ -185,9 +190,9 @@ class _UserAnalysis:
             )
         return row
 
-    def _run(self, mode: str, k: int, what: str, measure: Callable[..., NullTest], *args) -> NullTest:
-        """One JIDT computation; heap exhaustion becomes HeapTooSmall with the model's need for (mode, k)."""
-        with heap_exhaustion_as_heap_too_small(lambda: heap.minimum_heap(self.settings, mode, k, self.n_obs), what):
+    def _run(self, k: int, what: str, measure: Callable[..., Any], *args) -> Any:
+        """One JIDT computation; heap exhaustion becomes HeapTooSmall with the model's need at k."""
+        with heap_exhaustion_as_heap_too_small(lambda: heap.minimum_heap(self.settings, k, self.n_obs), what):
             return measure(*args)
 
 

@@ -3,19 +3,21 @@
 Pure arithmetic on the config and each user's number of observations (vectorised over millions of
 users); no JVM. `user_heap_needs` reads those numbers from a loaded Dataset. With N observations
 and a test at k there are m = N - k observations and at most R = min(m + 1, base^k) past ids
-(states.py), so every table is bounded by the data, never by base^(k+1). Per (mode, k), one phase
-after another (each phase's arrays are garbage by the time the next allocates):
+(states.py), so every table is bounded by the data, never by base^(k+1). Per k, one phase after
+another (each phase's arrays are garbage by the time the next allocates):
 
-- AIS: MutualInformationCalculatorDiscrete(base, R) holds jointCount (base arrays of R ints),
-  iCount and jCount; computeSignificance(int[][]) builds a second calculator of the same size, the
+- AIS at k, every feature mode at once (they share the batches of permutations): per mode,
+  MutualInformationCalculatorDiscrete(base, R) holds jointCount (base arrays of R ints), iCount and
+  jCount; each computeSignificance(int[][]) call builds a second calculator of the same size, the
   sorted next and past values (2 ints per observation) and one reordered copy per surrogate; the
-  batch of permutations in flight is rows x m ints plus the null values (rows doubles).
+  batch of permutations in flight is rows x m ints plus the null values (rows doubles). With T
+  threads the calculators are shared and everything else is held T times.
 - te_hour at k: ConditionalMutualInformationCalculatorDiscrete(hour_bins, levels, R) holds
-  hour_bins x levels arrays of R ints, hour_bins + levels arrays of R ints and one more; twice during
-  computeSignificance, plus 4 ints per observation and its own batch.
-- drawing the user's permutations (once, while the first test's calculator exists): JIDT's
-  RandomGenerator shuffles an ArrayList of n_obs - 1 boxed Integers (16 bytes each, the list's
-  array up to 2.5 references each while it grows) into an int[1][n_obs - 1].
+  hour_bins x levels arrays of R ints, hour_bins + levels arrays of R ints and one more; a second
+  one per computeSignificance call, plus 4 ints per observation and its batch (per thread again).
+- drawing the user's permutations (once, before any test; per thread): JIDT's RandomGenerator
+  shuffles an ArrayList of n_obs - 1 boxed Integers (16 bytes each, the list's array up to 2.5
+  references each while it grows) into an int[1][n_obs - 1].
 
 On top of the arrays:
 - G1 (the JVM's default collector) stores an array of at least half a region in whole regions
@@ -76,22 +78,27 @@ def past_ids_bound(n_obs: np.ndarray, base: int, k: int) -> np.ndarray:
 
 
 def _batch(observations: np.ndarray, surrogates: int, threads: int, region: np.ndarray) -> np.ndarray:
-    """The permutations in the heap at once: every batch if they all fit together (surrogates.py keeps
-    them for the other mode), else one batch per thread."""
+    """The permutations in the heap at once: the batch each thread works on (surrogates.py builds a batch
+    only when a thread takes it)."""
     rows = batch_rows(observations, surrogates, threads)
     batches = np.minimum(-(-surrogates // rows), threads)
-    batches = np.where(rows * threads >= surrogates, -(-surrogates // rows), batches)
-    alive = np.minimum(surrogates, rows * batches)
     return (batches * (_on_heap(1, rows, _REFERENCE, region) + _on_heap(1, rows, 8, region))
-            + _on_heap(alive, observations, 4, region))
+            + _on_heap(batches * rows, observations, 4, region))
 
 
-def _ais_phase(base: int, k: int, n_obs: np.ndarray, surrogates: int, threads: int, region: np.ndarray) -> np.ndarray:
-    m, ids = np.maximum(n_obs - k, 0), past_ids_bound(n_obs, base, k)
-    calculator = (_on_heap(1, base, _REFERENCE, region) + _on_heap(base, ids, 4, region)
-                  + _on_heap(1, base, 4, region) + _on_heap(1, ids, 4, region))
-    # per thread: its calculator, the copy computeSignificance builds, and its per-observation arrays
-    return threads * (2 * calculator + _on_heap(3, m, 4, region)) + _batch(m, surrogates, threads, region)
+def _mi_calculator(base: int, ids: np.ndarray, region: np.ndarray) -> np.ndarray:
+    return (_on_heap(1, base, _REFERENCE, region) + _on_heap(base, ids, 4, region)
+            + _on_heap(1, base, 4, region) + _on_heap(1, ids, 4, region))
+
+
+def _ais_phase(settings: Settings, k: int, n_obs: np.ndarray, threads: int, region: np.ndarray) -> np.ndarray:
+    """Every mode's AIS at k at once (they share the batches): each mode's calculator, and per thread the
+    copy computeSignificance builds, the per-observation arrays and its batch."""
+    m = np.maximum(n_obs - k, 0)
+    calculators = [_mi_calculator(mode_base(settings, mode), past_ids_bound(n_obs, mode_base(settings, mode), k), region)
+                   for mode in settings.feature_modes]
+    per_thread = sum(calculators) + len(calculators) * _on_heap(3, m, 4, region)
+    return sum(calculators) + threads * per_thread + _batch(m, settings.surrogates, threads, region)
 
 
 def _te_phase(settings: Settings, k: int, n_obs: np.ndarray, threads: int, region: np.ndarray) -> np.ndarray:
@@ -101,32 +108,30 @@ def _te_phase(settings: Settings, k: int, n_obs: np.ndarray, threads: int, regio
         _on_heap(2, sources, _REFERENCE, region) + _on_heap(sources + 1, nexts, _REFERENCE, region)
         + _on_heap(sources * nexts + sources + nexts + 1, ids, 4, region)
     )
-    return threads * (2 * calculator + _on_heap(4, m, 4, region)) + _batch(m, settings.surrogates, threads, region)
+    return calculator + threads * (calculator + _on_heap(4, m, 4, region)) + _batch(m, settings.surrogates, threads, region)
 
 
-def _draw_phase(settings: Settings, n_obs: np.ndarray, threads: int, region: np.ndarray) -> np.ndarray:
+def _draw_phase(n_obs: np.ndarray, threads: int, region: np.ndarray) -> np.ndarray:
+    """Drawing the user's permutations, before any test (each thread shuffles a list of boxed Integers)."""
     length = np.maximum(n_obs - 1, 0)
-    drawing = (_on_heap(1, length * 5 // 2, _REFERENCE, region) + length * _INTEGER_OBJECT
-               + _on_heap(1, 1, _REFERENCE, region) + _on_heap(1, length, 4, region))
-    first = settings.feature_modes[0], min(settings.k_selection.ks)
-    return threads * drawing + _ais_phase(mode_base(settings, first[0]), first[1], n_obs, settings.surrogates,
-                                          threads, region)
+    return threads * (_on_heap(1, length * 5 // 2, _REFERENCE, region) + length * _INTEGER_OBJECT
+                      + _on_heap(1, 1, _REFERENCE, region) + _on_heap(1, length, 4, region))
 
 
-def _need_at(settings: Settings, mode: str, k: int, n_obs: np.ndarray, heaps: np.ndarray, threads: int) -> np.ndarray:
-    """Heap (bytes) one user needs for (mode, k), were the JVM's heap `heaps` (G1 regions depend on it)."""
+def _need_at(settings: Settings, k: int, n_obs: np.ndarray, heaps: np.ndarray, threads: int) -> np.ndarray:
+    """Heap (bytes) one user needs at k, were the JVM's heap `heaps` (G1 regions depend on it)."""
     region = _region_bytes(heaps)
     arrays = np.maximum.reduce([
-        _ais_phase(mode_base(settings, mode), k, n_obs, settings.surrogates, threads, region),
+        _ais_phase(settings, k, n_obs, threads, region),
         _te_phase(settings, k, n_obs, threads, region),
-        _draw_phase(settings, n_obs, threads, region),
+        _draw_phase(n_obs, threads, region),
     ])
     return ((JVM_BASELINE_BYTES + arrays) / (1 - G1_RESERVE_FRACTION)).astype(np.int64)
 
 
-def minimum_heaps(settings: Settings, mode: str, k: int, n_obs: np.ndarray, threads: int = 1) -> np.ndarray:
-    """The smallest -Xmx (bytes, whole MiB) the model accepts for (mode, k), for every n of `n_obs`, with
-    the tests' surrogates split over `threads` threads.
+def minimum_heaps(settings: Settings, k: int, n_obs: np.ndarray, threads: int = 1) -> np.ndarray:
+    """The smallest -Xmx (bytes, whole MiB) the model accepts for the tests at k, for every n of `n_obs`,
+    with the surrogates split over `threads` threads.
 
     The need depends on the heap through G1's region size, so iterate to a fixed point; an element
     keeps the first heap that covers its need.
@@ -135,15 +140,15 @@ def minimum_heaps(settings: Settings, mode: str, k: int, n_obs: np.ndarray, thre
     heaps = np.full(n_obs.shape, _MIB, dtype=np.int64)
     settled = np.zeros(n_obs.shape, dtype=bool)
     for _ in range(_FIXED_POINT_STEPS):
-        need = -(-_need_at(settings, mode, k, n_obs, heaps, threads) // _MIB) * _MIB
+        need = -(-_need_at(settings, k, n_obs, heaps, threads) // _MIB) * _MIB
         settled |= need <= heaps
         heaps = np.where(settled, heaps, need)
     return heaps
 
 
-def minimum_heap(settings: Settings, mode: str, k: int, n_obs: int, threads: int = 1) -> int:
+def minimum_heap(settings: Settings, k: int, n_obs: int, threads: int = 1) -> int:
     """minimum_heaps for one user with n_obs observations."""
-    return int(minimum_heaps(settings, mode, k, np.array([n_obs]), threads)[0])
+    return int(minimum_heaps(settings, k, np.array([n_obs]), threads)[0])
 
 
 def baseline_heap() -> int:
@@ -152,25 +157,24 @@ def baseline_heap() -> int:
 
 
 def preflight(settings: Settings, heap_bytes: int) -> list[str]:
-    """Before the data: a heap too small even for the smallest user the analysis runs, per (mode, k)."""
+    """Before the data: a heap too small even for the smallest user the analysis runs, per k."""
     from shardrun.infodynamics.analysis import minimum_observations  # its skip rule, not a copy of it
 
     smallest = minimum_observations(settings)
     problems = []
-    for mode in settings.feature_modes:
-        for k in settings.k_selection.ks:
-            need = minimum_heap(settings, mode, k, smallest)
-            if need > heap_bytes:
-                problems.append(
-                    f"feature mode {mode} at k={k} needs about {format_bytes(need)} of Java heap even for a user"
-                    f" with the fewest observations analysed ({smallest}), more than the {format_bytes(heap_bytes)}"
-                    f" of jvm.xmx; raise jvm.xmx to at least {need // _MIB}m (or use jvm.xmx: auto)."
-                )
+    for k in settings.k_selection.ks:
+        need = minimum_heap(settings, k, smallest)
+        if need > heap_bytes:
+            problems.append(
+                f"the tests at k={k} need about {format_bytes(need)} of Java heap even for a user with the fewest"
+                f" observations analysed ({smallest}), more than the {format_bytes(heap_bytes)} of jvm.xmx; raise"
+                f" jvm.xmx to at least {need // _MIB}m (or use jvm.xmx: auto)."
+            )
     return problems
 
 
 def heap_needs(settings: Settings, n_obs: np.ndarray, analysed: np.ndarray | None = None, threads: int = 1) -> np.ndarray:
-    """Each user's heap need (bytes): the largest minimum_heap over its feature modes and the k it runs.
+    """Each user's heap need (bytes): the largest minimum_heap over the k it runs.
 
     `analysed[i]` False marks a user skipped by a rule the caller knows (too many category labels);
     a user with fewer than the minimum observations is skipped here; both need only baseline_heap().
@@ -188,9 +192,8 @@ def heap_needs(settings: Settings, n_obs: np.ndarray, analysed: np.ndarray | Non
         return needs
     distinct, position = np.unique(n_obs[runs], return_inverse=True)
     largest = np.full(distinct.shape, baseline, dtype=np.int64)
-    for mode in settings.feature_modes:
-        for k in settings.k_selection.ks:
-            largest = np.maximum(largest, minimum_heaps(settings, mode, k, distinct, threads))
+    for k in settings.k_selection.ks:
+        largest = np.maximum(largest, minimum_heaps(settings, k, distinct, threads))
     needs[runs] = largest[position]
     return needs
 

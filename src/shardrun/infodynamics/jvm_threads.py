@@ -26,14 +26,14 @@ class JvmThreads:
     def map(self, call: Callable[[Item], Result], items: Iterable[Item]) -> list[Result]:
         """[call(item) for item in items], on up to `count` threads; the first exception is raised.
 
-        Items are taken from the iterable one at a time as threads get free, so at most `count` of
-        them exist at once (a batch of permutations in the JVM is built only when a thread takes it).
+        Items are taken from the iterable one at a time as threads get free, so a lazy iterable makes
+        at most `count` of them at once.
         """
         if self.count == 1:
             done = []
             for item in items:
                 done.append(call(item))
-                del item  # before the next is made: never two batches of one thread in the heap at once
+                del item  # before the next is made: a thread never holds two at once
             return done
         results: dict[int, Result] = {}
         errors: list[BaseException] = []

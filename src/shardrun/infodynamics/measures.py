@@ -26,10 +26,9 @@ taken over all surrogate values together.
 from __future__ import annotations
 
 import re
-import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable, Iterable, Iterator
+from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -42,8 +41,9 @@ from shardrun.jvm import is_heap_exhaustion
 _XMX = re.compile(r"^-Xmx(\S+)$")
 
 # Given the number of observations JIDT counted, an optional column order and how many threads will
-# share the work, the Java int[][] batches of permutations to test with (UserSurrogates.batches).
-PermutationSource = Callable[[int, "np.ndarray | None", int], Iterable[object]]
+# share the work, the batches of permutations to test with, each as a call that builds its Java
+# int[][] (UserSurrogates.batches).
+PermutationSource = Callable[[int, "np.ndarray | None", int], Iterable[Callable[[], object]]]
 ONE_THREAD = JvmThreads(1)
 
 
@@ -64,19 +64,28 @@ def entropy_bits(symbols: np.ndarray, base: int) -> float:
     return float(calculator.computeAverageLocalOfObservations())
 
 
+def ais_tests(series: Sequence[tuple[np.ndarray, int, ObservedPasts]], permutations: PermutationSource,
+              threads: JvmThreads = ONE_THREAD) -> list[NullTest]:
+    """AIS(k) and its null for each (symbols, base, pasts) of series of one length at one k: every batch
+    of permutations is built once and tested against all of them."""
+    from jpype import JClass
+
+    def calculator_of(symbols: np.ndarray, base: int, pasts: ObservedPasts) -> Callable[[], object]:
+        def calculator():
+            mutual_information = JClass("infodynamics.measures.discrete.MutualInformationCalculatorDiscrete")(
+                base, max(pasts.id_range, 1), 0)
+            mutual_information.initialise()
+            mutual_information.addObservations(java_ints(symbols[pasts.k:]), java_ints(pasts.ids))
+            return mutual_information
+        return calculator
+
+    return _significance([calculator_of(*one) for one in series], permutations, None, threads)
+
+
 def ais_test(symbols: np.ndarray, base: int, pasts: ObservedPasts, permutations: PermutationSource,
              threads: JvmThreads = ONE_THREAD) -> NullTest:
     """AIS(k) of the series (k = pasts.k) and its permutation null."""
-    from jpype import JClass
-
-    def calculator():
-        mutual_information = JClass("infodynamics.measures.discrete.MutualInformationCalculatorDiscrete")(
-            base, max(pasts.id_range, 1), 0)
-        mutual_information.initialise()
-        mutual_information.addObservations(java_ints(symbols[pasts.k:]), java_ints(pasts.ids))
-        return mutual_information
-
-    return _significance(calculator, permutations, None, threads)
+    return ais_tests([(symbols, base, pasts)], permutations, threads)[0]
 
 
 def te_test(
@@ -97,7 +106,7 @@ def te_test(
         conditional.addObservations(java_ints(sources), java_ints(nexts), java_ints(pasts.ids))
         return conditional
 
-    return _significance(calculator, permutations, _te_reorder(sources, nexts, pasts.ids), threads)
+    return _significance([calculator], permutations, _te_reorder(sources, nexts, pasts.ids), threads)[0]
 
 
 def _te_reorder(sources: np.ndarray, nexts: np.ndarray, pasts: np.ndarray) -> np.ndarray:
@@ -114,28 +123,29 @@ def _te_reorder(sources: np.ndarray, nexts: np.ndarray, pasts: np.ndarray) -> np
     return rank[cmi_order]
 
 
-def _significance(new_calculator: Callable[[], object], permutations: PermutationSource,
-                  reorder: np.ndarray | None, threads: JvmThreads) -> NullTest:
-    """The value and its null; the batches of surrogates run on `threads`, each thread on a calculator of
-    its own (computeSignificance builds its scratch tables per call, so calculators are never shared)."""
-    calculator = new_calculator()
-    observations = int(calculator.getNumObservations())
-    value = float(calculator.computeAverageLocalOfObservations())
-    spare = [calculator]
-    own = threading.local()
+def _significance(new_calculators: Sequence[Callable[[], object]], permutations: PermutationSource,
+                  reorder: np.ndarray | None, threads: JvmThreads) -> list[NullTest]:
+    """The values and nulls of calculators over the same observations; the batches of surrogates run on
+    `threads`, all on the same calculators. That is safe: computeSignificance(int[][]) builds its own
+    scratch calculator per call and only reads the caller's count tables; the scalars it also writes
+    back (the average, min and max of the actual value) get the same values from every call, and
+    nothing here reads them."""
+    calculators = [new() for new in new_calculators]
+    observations = int(calculators[0].getNumObservations())
+    values = [float(calculator.computeAverageLocalOfObservations()) for calculator in calculators]
 
-    def null_of(batch) -> np.ndarray:
-        if not hasattr(own, "calculator"):
-            own.calculator = spare.pop() if spare else new_calculator()  # list.pop is atomic
-        return np.array(own.calculator.computeSignificance(batch).distribution, dtype=np.float64)
+    def nulls_of(build_batch: Callable[[], object]) -> list[np.ndarray]:
+        batch = build_batch()
+        return [np.array(calculator.computeSignificance(batch).distribution, dtype=np.float64)
+                for calculator in calculators]
 
-    null = np.concatenate(threads.map(null_of, permutations(observations, reorder, threads.count)))
-    return NullTest(
-        value=value,
-        null_mean=float(null.mean()),
-        p_value=float(np.count_nonzero(null >= value) / len(null)),
-        null=null,
-    )
+    per_batch = threads.map(nulls_of, permutations(observations, reorder, threads.count))
+    tests = []
+    for index, value in enumerate(values):
+        null = np.concatenate([nulls[index] for nulls in per_batch])
+        tests.append(NullTest(value=value, null_mean=float(null.mean()),
+                              p_value=float(np.count_nonzero(null >= value) / len(null)), null=null))
+    return tests
 
 
 def jvm_heap() -> tuple[int, str]:

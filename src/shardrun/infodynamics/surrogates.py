@@ -20,6 +20,7 @@ PERMUTATION_BATCH_BYTES; batching groups rows only, it changes no number.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from typing import Callable, Iterator
@@ -70,7 +71,6 @@ class UserSurrogates:
         self.seed, self.user_id, self.count, self.length = seed, user_id, count, max(n_obs - 1, 0)
         self._draw, self._threads = draw, threads
         self._base: np.ndarray | None = None
-        self._cached: tuple[tuple[int, int], list] | None = None  # ((observations, parts), Java batches)
 
     def base(self) -> np.ndarray:
         """All base permutations, shape (count, n_obs - 1), drawn once."""
@@ -89,36 +89,28 @@ class UserSurrogates:
             return base  # a view: callers copy (into the JVM) and never write
         return base[base < observations].reshape(len(base), observations)
 
-    def batches(self, observations: int, reorder: np.ndarray | None = None, parts: int = 1) -> Iterator[object]:
-        """The Java int[][] batches for one test; `reorder[t]` (if given) is the column placed at t.
-
-        When every batch fits at once and the test is not reordered, the batches are kept for the next
-        test of the same size (the other feature mode at the same k): built and copied into the JVM once.
-        """
+    def batches(self, observations: int, reorder: np.ndarray | None = None, parts: int = 1) -> Iterator[Callable[[], object]]:
+        """The batches of one test (or of several tests of one size, which share them), each as a call that
+        builds its Java int[][], so that the thread that runs a batch builds it; `reorder[t]` (if given) is
+        the column placed at t."""
         rows_per_batch = int(batch_rows(observations, self.count, parts))
-        starts = range(0, self.count, rows_per_batch)
-        if reorder is None and rows_per_batch * parts >= self.count:
-            key = (observations, parts)
-            if self._cached is None or self._cached[0] != key:
-                self._cached = None  # let the previous batches go before the next are built
-                self._cached = (key, [java_int_matrix(self.rows(observations, start, start + rows_per_batch))
-                                      for start in starts])
-            yield from self._cached[1]
-            return
-        self._cached = None  # the batches in flight are the only ones in the heap (what the heap model counts)
-        for start in starts:
+
+        def build(start: int) -> object:
             rows = self.rows(observations, start, start + rows_per_batch)
-            yield java_int_matrix(rows if reorder is None else rows[:, reorder])
+            return java_int_matrix(rows if reorder is None else rows[:, reorder])
+
+        for start in range(0, self.count, rows_per_batch):
+            yield functools.partial(build, start)
 
 
-def fixed_permutations(*batches: np.ndarray) -> Callable[[int, np.ndarray | None, int], Iterator[object]]:
+def fixed_permutations(*batches: np.ndarray) -> Callable[[int, np.ndarray | None, int], Iterator[Callable[[], object]]]:
     """A permutation source (measures.PermutationSource) handing out the given rows, batch by batch:
     for tests and benchmarks that choose their own permutations."""
 
-    def source(observations: int, reorder: np.ndarray | None, parts: int = 1) -> Iterator[object]:
+    def source(observations: int, reorder: np.ndarray | None, parts: int = 1) -> Iterator[Callable[[], object]]:
         for rows in batches:
             if rows.shape[1] != observations:
                 raise ValueError(f"permutations of length {rows.shape[1]} for {observations} observations")
-            yield java_int_matrix(rows if reorder is None else rows[:, reorder])
+            yield functools.partial(java_int_matrix, rows if reorder is None else rows[:, reorder])
 
     return source
