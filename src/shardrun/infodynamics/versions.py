@@ -1,4 +1,5 @@
-"""Provenance of the numbers: the JIDT jar (from idtxl-uv) and numpy (it draws the surrogates)."""
+"""Provenance of the numbers: the JIDT jar (from idtxl-uv; it computes every measure and draws the
+permutations) and numpy (quantile edges and symbols)."""
 
 from __future__ import annotations
 
