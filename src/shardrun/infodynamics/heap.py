@@ -204,7 +204,8 @@ PARALLEL_MIN_WORK = 1_000_000
 
 def threads_that_fit(settings: Settings, n_obs: int, heap_bytes: int) -> int:
     """How many of settings.threads one user's tests run on: as many as its work is worth and the heap
-    holds (each thread holds its own calculators), at least one."""
+    holds (the calculators are shared; each thread holds its scratch copy, its arrays and its batch),
+    at least one."""
     if settings.threads <= 1 or settings.surrogates * n_obs < PARALLEL_MIN_WORK:
         return 1
     for threads in range(settings.threads, 1, -1):
