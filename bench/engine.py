@@ -47,14 +47,15 @@ sys.path.insert(0, str(REPO / "tools"))
 
 from make_sample_data import simulate, transition_table  # noqa: E402
 
-from shardrun.config import JvmConfig, Section  # noqa: E402
+from shardrun.config import JvmConfig  # noqa: E402
+from shardrun.section import Section
 from shardrun.infodynamics import heap, task  # noqa: E402
 from shardrun.infodynamics.measures import ais_test  # noqa: E402
 from shardrun.infodynamics.reference import dense_ais_test  # noqa: E402
 from shardrun.infodynamics.states import observed_pasts  # noqa: E402
 from shardrun.infodynamics.surrogates import UserSurrogates  # noqa: E402
 from shardrun.infodynamics.symbols import hour_symbols, mode_symbols, value_symbols  # noqa: E402
-from shardrun.jvm import start_jvm  # noqa: E402
+from shardrun.shard.jvm import start_jvm  # noqa: E402
 
 BASE, LEVELS, HOUR_BINS = 24, 4, 6
 MIB = 1024**2
@@ -280,7 +281,7 @@ def runs_at(data: Path, surrogates: int, xmx: str) -> bool:
         "from engine import proposal_settings\n"
         "from shardrun.config import JvmConfig\n"
         "from shardrun.errors import HeapTooSmall\n"
-        "from shardrun.jvm import start_jvm\n"
+        "from shardrun.shard.jvm import start_jvm\n"
         "from shardrun.infodynamics import task\n"
         "from pathlib import Path\n"
         "settings = proposal_settings(Path(sys.argv[2]), int(sys.argv[3]))\n"

@@ -2,7 +2,7 @@
 
 A shard is one Python process holding CPython, numpy, pandas, the loaded input table, JPype and a
 JVM: metaspace, code cache, thread stacks, the garbage collector's own structures, and the heap.
-The launcher's admission check (shardrun.admission) needs `RSS - heap` per shard to decide whether K
+The launcher's admission check (shardrun.launch.admission) needs `RSS - heap` per shard to decide whether K
 shards fit in memory; this script measures it with real worker-like processes:
 
     for each heap H: python -c "<child>"  which imports shardrun, loads the config's data, starts
@@ -40,7 +40,7 @@ CHILD = textwrap.dedent(
     import json, resource, sys, time
     import psutil
     from shardrun.config import JvmConfig, load_config
-    from shardrun.jvm import start_jvm
+    from shardrun.shard.jvm import start_jvm
     from shardrun.task import load_task
 
     config_path, heap, users, options = sys.argv[1], sys.argv[2], int(sys.argv[3]), json.loads(sys.argv[4])

@@ -6,7 +6,7 @@ import pytest
 
 from e2e_support import analysis_values, shardrun, write_categorical_data, write_config
 from shardrun.config import JvmConfig
-from shardrun.jvm import start_jvm
+from shardrun.shard.jvm import start_jvm
 
 
 @pytest.fixture(scope="session")

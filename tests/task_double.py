@@ -13,10 +13,10 @@ import pandas as pd
 import pytest
 
 from shardrun.config import parse_config
-from shardrun.merge import read_result_file
-from shardrun.paths import MergedPaths, RunPaths
-from shardrun.shards import ShardSpec, users_of_shard
-from shardrun.store import commit_user, ensure_identity, write_json_atomic
+from shardrun.results.merge import read_result_file
+from shardrun.storage.paths import MergedPaths, RunPaths
+from shardrun.sharding import ShardSpec, users_of_shard
+from shardrun.storage.store import commit_user, ensure_identity, write_json_atomic
 
 DOUBLE_MODULE = "shardrun_test_double_task"
 MODES = ("activity", "composite")

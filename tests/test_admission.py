@@ -3,7 +3,6 @@ cgroup files, the task's per-user heap needs, and what `--dry-run` says about us
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import subprocess
 import sys
@@ -14,13 +13,10 @@ import numpy as np
 import pytest
 import yaml
 
-from shardrun import admission
-from shardrun.admission import (
-    AUTO_HEAP_CEILING,
-    AUTO_HEAP_FLOOR,
-    AUTO_HEAP_STEP,
+from shardrun.launch import admission
+from shardrun.heap_plan import AUTO_HEAP_CEILING, AUTO_HEAP_FLOOR, AUTO_HEAP_STEP, auto_heap_bytes, plan_heap, resolve_heap
+from shardrun.launch.admission import (
     admit,
-    auto_heap_bytes,
     cgroup_available,
     cgroup_headroom,
     check_launch,
@@ -28,10 +24,9 @@ from shardrun.admission import (
     parse_cgroup_limit,
     parse_memory_stat,
     parse_proc_cgroup,
-    plan_heap,
-    resolve_heap,
 )
-from shardrun.config import JvmConfig, Section, load_config, parse_config
+from shardrun.config import JvmConfig, load_config, parse_config
+from shardrun.section import Section
 from shardrun.errors import ConfigError
 from shardrun.infodynamics import heap, task
 

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from shardrun.config import heap_bytes, load_config, parse_config
+from shardrun.config import load_config, parse_config
+from shardrun.units import heap_bytes
 from shardrun.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]

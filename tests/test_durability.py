@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from shardrun.durability import IoRetryPolicy, StorageError, durable_write
+from shardrun.storage.durability import IoRetryPolicy, StorageError, durable_write
 
 
 def flaky(failures: list[int]):

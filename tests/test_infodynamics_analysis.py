@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from shardrun.config import Section
+from shardrun.section import Section
 from shardrun.infodynamics import task
 
 REPO = Path(__file__).resolve().parents[1]

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from shardrun.config import Section
+from shardrun.section import Section
 from shardrun.errors import DataError
 from shardrun.infodynamics import task
 from shardrun.infodynamics.symbols import TooManyLabels, hour_symbols, mode_symbols, value_symbols

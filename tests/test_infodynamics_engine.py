@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from shardrun.config import Section
+from shardrun.section import Section
 from shardrun.infodynamics import surrogates, task
 from shardrun.infodynamics.analysis import select_k
 from shardrun.infodynamics.measures import ais_test, te_test

@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from shardrun.config import Section
+from shardrun.section import Section
 from shardrun.infodynamics import task
 from shardrun.infodynamics.jarrays import java_ints
 from shardrun.infodynamics.measures import ais_test, entropy_bits, te_test

@@ -11,7 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from shardrun.config import Section, heap_bytes
+from shardrun.section import Section
+from shardrun.units import heap_bytes
 from shardrun.infodynamics import heap, task
 
 REPO = Path(__file__).resolve().parents[1]
@@ -66,7 +67,7 @@ def test_preflight_refuses_only_a_heap_too_small_for_the_smallest_user():
 def test_preflight_and_import_need_no_jvm():
     script = textwrap.dedent("""
         import sys
-        from shardrun.config import Section
+        from shardrun.section import Section
         from shardrun.infodynamics import task
         top = Section({"data": {"path": "x.csv"}, "feature_modes": ["composite"],
                        "k_selection": {"k_grid": [1, 6]}, "seed": 1})
@@ -91,9 +92,10 @@ def write_random_user(path: Path, n: int, seed: int = 4) -> Path:
 def run_user(data: Path, xmx: str, k_grid=(1, 2, 3, 4, 5, 6), surrogates=100, threads=1) -> dict:
     script = textwrap.dedent(f"""
         import json
-        from shardrun.config import JvmConfig, Section
+        from shardrun.config import JvmConfig
+        from shardrun.section import Section
         from shardrun.errors import HeapTooSmall
-        from shardrun.jvm import start_jvm
+        from shardrun.shard.jvm import start_jvm
         from shardrun.infodynamics import task
         top = Section({{"data": {{"path": {str(data)!r}}}, "feature_modes": ["activity", "composite"],
                        "k_selection": {{"k_grid": {list(k_grid)}}}, "surrogates": {surrogates}, "seed": 1}})
@@ -132,7 +134,7 @@ def test_both_forms_of_heap_exhaustion_are_recognised():
         import jpype
         from shardrun.config import JvmConfig
         from shardrun.errors import HeapTooSmall
-        from shardrun.jvm import start_jvm
+        from shardrun.shard.jvm import start_jvm
         from shardrun.infodynamics.measures import heap_exhaustion_as_heap_too_small
         start_jvm(JvmConfig(xms=None, xmx="16m"))
         calculator = jpype.JClass("infodynamics.measures.discrete.MutualInformationCalculatorDiscrete")

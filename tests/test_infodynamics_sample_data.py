@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from shardrun.admission import AUTO_HEAP_FLOOR
+from shardrun.heap_plan import AUTO_HEAP_FLOOR
 from shardrun.config import load_config
 from shardrun.infodynamics import task
-from shardrun.infodynamics.analysis import minimum_observations
+from shardrun.infodynamics.settings import minimum_observations
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "data" / "sample_users.csv"

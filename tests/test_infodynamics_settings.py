@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from shardrun.config import Section, parse_config
+from shardrun.config import parse_config
+from shardrun.section import Section
 from shardrun.errors import ConfigError
 from shardrun.infodynamics import task
 from shardrun.infodynamics.settings import Settings

@@ -7,10 +7,10 @@ import math
 import pandas as pd
 import pytest
 
-from shardrun.merge import MergeError, merge_shards, shard_dirs_of_run
-from shardrun.paths import MergedPaths, RunPaths
-from shardrun.shards import ShardSpec
-from shardrun.store import write_json_atomic
+from shardrun.results.merge import MergeError, merge_shards, shard_dirs_of_run
+from shardrun.storage.paths import MergedPaths, RunPaths
+from shardrun.sharding import ShardSpec
+from shardrun.storage.store import write_json_atomic
 from shardrun.config import parse_config
 from task_double import (  # noqa: F401  (task_double: the autouse fixture that makes the double loadable)
     COLUMNS,

@@ -10,11 +10,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from shardrun import plots
-from shardrun.merge import commit_spans, merge_shards, read_shard, shard_dirs_of_run
-from shardrun.paths import MergedPaths, ShardPaths
-from shardrun.plots import UserSpan
-from shardrun.store import scan_committed
+from shardrun.results import summary as plots
+from shardrun.results.merge import commit_spans, merge_shards, read_shard, shard_dirs_of_run
+from shardrun.storage.paths import MergedPaths, ShardPaths
+from shardrun.results.summary import UserSpan
+from shardrun.storage.store import scan_committed
 from task_double import (  # noqa: F401  (task_double: the autouse fixture that makes the double loadable)
     COLUMNS,
     USERS,
@@ -284,8 +284,8 @@ def test_a_plot_failure_keeps_the_merged_results(tmp_path, monkeypatch, caplog):
     def broken(*args, **kwargs):
         raise ValueError("no font")
 
-    monkeypatch.setattr("shardrun.merge.write_summary_png", broken)
-    with caplog.at_level(logging.ERROR, logger="shardrun.merge"):
+    monkeypatch.setattr("shardrun.results.merge.write_summary_png", broken)
+    with caplog.at_level(logging.ERROR, logger="shardrun.results.merge"):
         report = merge_shards(shard_dirs_of_run(run), out)
 
     assert report.complete and read_report(out)["complete"] is True

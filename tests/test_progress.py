@@ -5,7 +5,7 @@ import subprocess
 import sys
 from datetime import datetime, timedelta, timezone
 
-from shardrun.progress import liveness, overall_eta, plain_line, render_table, shard_view
+from shardrun.observe.progress import liveness, overall_eta, plain_line, render_table, shard_view
 
 NOW = datetime(2026, 11, 23, 12, 0, 0, tzinfo=timezone.utc)
 

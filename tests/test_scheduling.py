@@ -4,7 +4,7 @@ import signal
 
 import pytest
 
-from shardrun.scheduling import CpuThrottle, RestartPolicy, describe_exit, died_abnormally, shards_to_start
+from shardrun.launch.policies import CpuThrottle, RestartPolicy, describe_exit, died_abnormally, shards_to_start
 
 
 @pytest.mark.parametrize("code,abnormal", [

@@ -3,8 +3,8 @@
 import pytest
 
 from shardrun.errors import UsageError
-from shardrun.shards import ShardSpec, users_of_shard
-from shardrun.worker import plan_shard
+from shardrun.sharding import ShardSpec, users_of_shard
+from shardrun.shard.plan import plan_shard
 
 USERS = sorted(f"user{n:03d}" for n in range(23))
 

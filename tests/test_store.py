@@ -8,9 +8,9 @@ import textwrap
 
 import pytest
 
-from shardrun import store
+from shardrun.storage import store
 from shardrun.errors import ResumeMismatch, ShardLocked
-from shardrun.paths import ShardPaths, user_file_stem
+from shardrun.storage.paths import ShardPaths, user_file_stem
 
 HOSTILE_IDS = ["../../escape", "/etc/passwd", "a/b\\c", "nul\x00byte", "x" * 5000, "..", "ünïcødé", ""]
 
@@ -101,8 +101,8 @@ def test_lock_refuses_a_second_live_process_and_frees_on_death(shard):
     holder = subprocess.Popen(
         [sys.executable, "-c", textwrap.dedent(f"""
             import sys, time
-            from shardrun.paths import ShardPaths
-            from shardrun.store import ShardLock
+            from shardrun.storage.paths import ShardPaths
+            from shardrun.storage.store import ShardLock
             from pathlib import Path
             lock = ShardLock(ShardPaths(Path({str(shard.dir)!r})))
             lock.acquire()

@@ -7,12 +7,13 @@ import json
 import pandas as pd
 import pytest
 
-from shardrun.config import Section, parse_config
-from shardrun.merge import merge_shards, shard_dirs_of_run
-from shardrun.paths import MergedPaths
-from shardrun.shards import ShardSpec
-from shardrun.merge import MAX_LISTED
-from shardrun.validate import check_frame, validate_result_set, write_validation
+from shardrun.config import parse_config
+from shardrun.section import Section
+from shardrun.results.merge import merge_shards, shard_dirs_of_run
+from shardrun.storage.paths import MergedPaths
+from shardrun.sharding import ShardSpec
+from shardrun.results.merge import MAX_LISTED
+from shardrun.results.validate import check_frame, validate_result_set, write_validation
 
 # The task double and the shard-dir builders are shared with the merge tests (pytest puts tests/ on
 # sys.path); importing them also brings the autouse fixture that makes the double loadable.

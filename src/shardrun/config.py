@@ -11,126 +11,23 @@ import dataclasses
 import hashlib
 import json
 import os
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 
 import yaml
 
 from shardrun.errors import ConfigError
+from shardrun.section import Section, describe_value
+from shardrun.units import heap_bytes, is_heap_size
 
-_REQUIRED = object()
-_HEAP_RE = re.compile(r"^([1-9][0-9]*)([kKmMgGtT]?)$")
-_HEAP_UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
 AUTO = "auto"  # a value chosen at start: jvm.threads (resolve_threads), jvm.xmx and jvm.xms
 # jvm.xmx / jvm.xms value meaning "choose from the data": see shardrun.admission.resolve_heap.
 AUTO_HEAP = AUTO
 
 
-def heap_bytes(value: str) -> int:
-    """'512m' -> 536870912, as the JVM reads -Xmx."""
-    match = _HEAP_RE.match(value)
-    if not match:
-        raise ValueError(value)
-    return int(match.group(1)) * _HEAP_UNITS[match.group(2).lower()]
-
-
-class Section:
-    """Reads one mapping of the config; remembers which keys were read so `finish` can reject the rest."""
-
-    def __init__(self, data: Any, where: str = ""):
-        if data is None:
-            data = {}
-        if not isinstance(data, Mapping):
-            raise ConfigError(
-                f"config key '{where}' must be a mapping (key: value lines), got {_describe(data)}."
-            )
-        self._data = dict(data)
-        self._where = where
-        self._seen: set[str] = set()
-        self._children: list[Section] = []
-
-    def name(self, key: str) -> str:
-        return f"{self._where}.{key}" if self._where else key
-
-    def has(self, key: str) -> bool:
-        return key in self._data
-
-    def get(
-        self,
-        key: str,
-        kind: type | tuple[type, ...],
-        default: Any = _REQUIRED,
-        check: Callable[[Any], str | None] | None = None,
-        nullable: bool = False,
-    ) -> Any:
-        """The value of `key`, checked: right type, and `check(value)` returns None (or a reason)."""
-        self._seen.add(key)
-        if key not in self._data:
-            if default is _REQUIRED:
-                raise ConfigError(f"config key '{self.name(key)}' is required but missing; add it to the config.")
-            return default
-        value = self._data[key]
-        if value is None and nullable:
-            return None
-        kinds = kind if isinstance(kind, tuple) else (kind,)
-        # bool is an int in Python; a YAML `true` where a number belongs is a mistake.
-        if isinstance(value, bool) and bool not in kinds or not isinstance(value, kinds):
-            expected = " or ".join(k.__name__ for k in kinds) + (" or null" if nullable else "")
-            raise ConfigError(f"config key '{self.name(key)}' must be {expected}, got {_describe(value)}.")
-        if check is not None:
-            reason = check(value)
-            if reason:
-                raise ConfigError(f"config key '{self.name(key)}' {reason}, got {_describe(value)}.")
-        return value
-
-    def int_list(self, key: str, default: Any = _REQUIRED, positive: bool = True) -> tuple[int, ...]:
-        values = self.get(key, list, default=default)
-        if not values:
-            raise ConfigError(f"config key '{self.name(key)}' must be a non-empty list of integers, got [].")
-        for v in values:
-            if isinstance(v, bool) or not isinstance(v, int) or (positive and v <= 0):
-                raise ConfigError(
-                    f"config key '{self.name(key)}' must list {'positive ' if positive else ''}integers only,"
-                    f" got {_describe(v)} in {values!r}."
-                )
-        if len(set(values)) != len(values):
-            raise ConfigError(f"config key '{self.name(key)}' lists a value twice: {values!r}.")
-        return tuple(values)
-
-    def choice(self, key: str, choices: tuple[str, ...], default: Any = _REQUIRED) -> str:
-        return self.get(
-            key, str, default, check=lambda v: None if v in choices else f"must be one of {', '.join(choices)}"
-        )
-
-    def section(self, key: str) -> "Section":
-        self._seen.add(key)
-        child = Section(self._data.get(key), self.name(key))
-        self._children.append(child)
-        return child
-
-    def finish(self) -> None:
-        """Reject keys nobody asked for, here and in every sub-section read through `section`."""
-        unknown = sorted(set(self._data) - self._seen)
-        if unknown:
-            names = ", ".join(f"'{self.name(k)}'" for k in unknown)
-            raise ConfigError(
-                f"unknown config key {names}; check the spelling against the config reference in README.md."
-            )
-        for child in self._children:
-            child.finish()
-
-
-def _describe(value: Any) -> str:
-    text = repr(value)
-    if len(text) > 60:
-        text = text[:57] + "..."
-    return f"{type(value).__name__} {text}"
-
-
 def _heap_check(value: str) -> str | None:
-    if value == AUTO_HEAP or _HEAP_RE.match(value):
+    if value == AUTO_HEAP or is_heap_size(value):
         return None
     return "must be a JVM heap size such as 256m or 2g, or auto"
 
@@ -205,7 +102,7 @@ def parse_jvm(section: Section) -> JvmConfig:
     for opt in options:
         if not isinstance(opt, str) or not opt.startswith("-"):
             raise ConfigError(
-                f"config key 'jvm.options' must list JVM flags starting with '-', got {_describe(opt)}."
+                f"config key 'jvm.options' must list JVM flags starting with '-', got {describe_value(opt)}."
             )
         if opt.startswith(("-Xmx", "-Xms")):
             raise ConfigError("config key 'jvm.options' must not set the heap; use jvm.xms and jvm.xmx instead.")

@@ -6,6 +6,8 @@ a researcher looking at a log hours into a run, not the author of the code.
 
 from __future__ import annotations
 
+from shardrun.units import format_bytes
+
 # Exit codes of every command (documented in README.md, "Exit codes").
 EXIT_OK = 0
 EXIT_USERS_FAILED = 1  # the run finished but some users failed (see errors.jsonl)
@@ -65,12 +67,3 @@ class HeapTooSmall(Exception):
             f" ({detail}). Raise jvm.xmx in the config, or lower k_selection.k_max, then resume"
             " the shard with --resume."
         )
-
-
-def format_bytes(n: int | float) -> str:
-    n = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    raise AssertionError("unreachable")

@@ -11,7 +11,7 @@ from typing import Any, Mapping, Protocol, Sequence
 
 import pandas as pd
 
-from shardrun.config import Section
+from shardrun.section import Section
 from shardrun.errors import ConfigError
 
 # Columns the core adds to every row; the rest come from the task.
@@ -60,7 +60,7 @@ class Task(Protocol):
 
 
 class PredictsHeap(Protocol):
-    """The optional part of a Task that predicts each user's Java heap (shardrun.admission uses it)."""
+    """The optional part of a Task that predicts each user's Java heap (shardrun.launch.admission uses it)."""
 
     def user_heap_needs(self, settings: Any, dataset: Dataset) -> dict[str, int]:
         """Bytes of Java heap (-Xmx) each user of `dataset` needs: the largest over everything the

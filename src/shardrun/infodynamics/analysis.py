@@ -42,7 +42,7 @@ from shardrun.infodynamics.measures import (
     jvm_heap_bytes,
     te_test,
 )
-from shardrun.infodynamics.settings import Settings
+from shardrun.infodynamics.settings import Settings, minimum_observations
 from shardrun.infodynamics.states import ObservedPasts, observed_pasts
 from shardrun.infodynamics.surrogates import UserSurrogates
 from shardrun.infodynamics.symbols import TooManyLabels, hour_symbols, mode_base, mode_symbols, value_symbols
@@ -65,10 +65,6 @@ def result_columns(settings: Settings) -> list[str]:
     for k in settings.k_selection.ks:
         columns.extend(ais_columns(k))
     return columns + list(TRAILING_COLUMNS)
-
-
-def minimum_observations(settings: Settings) -> int:
-    return max(settings.data.min_observations, max(settings.k_selection.ks) + 2)
 
 
 def guard_allows(n_obs: int, base: int, pasts: ObservedPasts) -> bool:

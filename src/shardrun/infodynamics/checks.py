@@ -23,8 +23,8 @@ import math
 import numpy as np
 import pandas as pd
 
-from shardrun.infodynamics.analysis import ais_columns, minimum_observations, result_columns
-from shardrun.infodynamics.settings import Settings
+from shardrun.infodynamics.analysis import ais_columns, result_columns
+from shardrun.infodynamics.settings import Settings, minimum_observations
 from shardrun.infodynamics.symbols import mode_base
 from shardrun.task import STATUSES
 

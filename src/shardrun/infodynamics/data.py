@@ -30,7 +30,7 @@ import pandas as pd
 
 from shardrun.errors import DataError
 from shardrun.infodynamics.settings import DataSettings, Settings
-from shardrun.jvm import file_sha256
+from shardrun.digest import file_sha256
 
 log = logging.getLogger(__name__)
 

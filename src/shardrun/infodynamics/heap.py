@@ -37,18 +37,17 @@ import math
 import numpy as np
 import pandas as pd
 
-from shardrun.errors import format_bytes
-from shardrun.infodynamics.settings import Settings
+from shardrun.units import MIB, format_bytes
+from shardrun.infodynamics.settings import Settings, minimum_observations
 from shardrun.infodynamics.surrogates import batch_rows
 from shardrun.infodynamics.symbols import mode_base
 
 JVM_BASELINE_BYTES = 8 * 1024**2
 G1_RESERVE_FRACTION = 0.10
-_MIB = 1024**2
 _HEADER = 16
 _REFERENCE = 4  # compressed oops, the default below 32 GB of heap
 _INTEGER_OBJECT = 16  # a boxed java.lang.Integer: 12-byte header + the int
-_G1_REGIONS = np.array([_MIB << i for i in range(6)], dtype=np.int64)  # 1..32 MiB
+_G1_REGIONS = np.array([MIB << i for i in range(6)], dtype=np.int64)  # 1..32 MiB
 _FIXED_POINT_STEPS = 8
 
 
@@ -58,7 +57,7 @@ def _array_bytes(length: np.ndarray, element: int) -> np.ndarray:
 
 def _region_bytes(heaps: np.ndarray) -> np.ndarray:
     """G1's region size for each heap: heap / 2048 rounded down to a power of two, within 1..32 MiB."""
-    target = np.maximum(heaps // 2048, _MIB)
+    target = np.maximum(heaps // 2048, MIB)
     index = np.searchsorted(_G1_REGIONS, target, side="right") - 1
     return _G1_REGIONS[np.clip(index, 0, len(_G1_REGIONS) - 1)]
 
@@ -137,10 +136,10 @@ def minimum_heaps(settings: Settings, k: int, n_obs: np.ndarray, threads: int = 
     keeps the first heap that covers its need.
     """
     n_obs = np.asarray(n_obs, dtype=np.int64)
-    heaps = np.full(n_obs.shape, _MIB, dtype=np.int64)
+    heaps = np.full(n_obs.shape, MIB, dtype=np.int64)
     settled = np.zeros(n_obs.shape, dtype=bool)
     for _ in range(_FIXED_POINT_STEPS):
-        need = -(-_need_at(settings, k, n_obs, heaps, threads) // _MIB) * _MIB
+        need = -(-_need_at(settings, k, n_obs, heaps, threads) // MIB) * MIB
         settled |= need <= heaps
         heaps = np.where(settled, heaps, need)
     return heaps
@@ -153,12 +152,11 @@ def minimum_heap(settings: Settings, k: int, n_obs: int, threads: int = 1) -> in
 
 def baseline_heap() -> int:
     """The heap of a user who never reaches JIDT (skipped by rule): the JVM's baseline alone, in whole MiB."""
-    return -(-int(JVM_BASELINE_BYTES / (1 - G1_RESERVE_FRACTION)) // _MIB) * _MIB
+    return -(-int(JVM_BASELINE_BYTES / (1 - G1_RESERVE_FRACTION)) // MIB) * MIB
 
 
 def preflight(settings: Settings, heap_bytes: int) -> list[str]:
     """Before the data: a heap too small even for the smallest user the analysis runs, per k."""
-    from shardrun.infodynamics.analysis import minimum_observations  # its skip rule, not a copy of it
 
     smallest = minimum_observations(settings)
     problems = []
@@ -168,7 +166,7 @@ def preflight(settings: Settings, heap_bytes: int) -> list[str]:
             problems.append(
                 f"the tests at k={k} need about {format_bytes(need)} of Java heap even for a user with the fewest"
                 f" observations analysed ({smallest}), more than the {format_bytes(heap_bytes)} of jvm.xmx; raise"
-                f" jvm.xmx to at least {need // _MIB}m (or use jvm.xmx: auto)."
+                f" jvm.xmx to at least {need // MIB}m (or use jvm.xmx: auto)."
             )
     return problems
 
@@ -180,7 +178,6 @@ def heap_needs(settings: Settings, n_obs: np.ndarray, analysed: np.ndarray | Non
     a user with fewer than the minimum observations is skipped here; both need only baseline_heap().
     The undersampling guard is ignored: it can only remove work, so the need stays an upper bound.
     """
-    from shardrun.infodynamics.analysis import minimum_observations  # its skip rule, not a copy of it
 
     n_obs = np.asarray(n_obs, dtype=np.int64)
     baseline = baseline_heap()

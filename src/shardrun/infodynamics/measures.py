@@ -36,7 +36,7 @@ from shardrun.errors import HeapTooSmall
 from shardrun.infodynamics.jarrays import java_ints
 from shardrun.infodynamics.jvm_threads import JvmThreads
 from shardrun.infodynamics.states import ObservedPasts
-from shardrun.jvm import is_heap_exhaustion
+from shardrun.shard.jvm import is_heap_exhaustion
 
 _XMX = re.compile(r"^-Xmx(\S+)$")
 
@@ -163,7 +163,7 @@ def jvm_heap() -> tuple[int, str]:
 
 def jvm_heap_bytes() -> int:
     """The JVM's -Xmx in bytes, as the heap model counts it (its maximum heap where -Xmx is unreadable)."""
-    from shardrun.config import heap_bytes
+    from shardrun.units import heap_bytes
 
     max_bytes, xmx = jvm_heap()
     try:

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-from shardrun.config import Section
+from shardrun.section import Section
 from shardrun.errors import ConfigError
 from shardrun.infodynamics.surrogates import SCHEME
 
@@ -174,3 +174,8 @@ def parse_settings(section: Section) -> Settings:
     data_section.finish()
     k_section.finish()
     return settings
+
+
+def minimum_observations(settings: Settings) -> int:
+    """The fewest observations a user needs to be analysed (fewer: skipped with a reason)."""
+    return max(settings.data.min_observations, max(settings.k_selection.ks) + 2)

@@ -8,7 +8,8 @@ import importlib.metadata
 import numpy as np
 
 from shardrun.errors import EnvironmentProblem
-from shardrun.jvm import JIDT_DISTRIBUTION, file_sha256, find_jidt_jar
+from shardrun.digest import file_sha256
+from shardrun.shard.jvm import JIDT_DISTRIBUTION, find_jidt_jar
 
 
 def describe_versions() -> dict[str, str]:

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from shardrun.errors import ResumeMismatch, ShardLocked
-from shardrun.paths import ShardPaths, user_file_stem
+from shardrun.storage.paths import ShardPaths, user_file_stem
 
 log = logging.getLogger(__name__)
 

@@ -8,60 +8,25 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 import socket
 import time
 import traceback
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
+from typing import Any, Sequence
 
-from shardrun import store
+from shardrun.storage import store
 from shardrun.config import RunConfig
-from shardrun.durability import StorageError, durable_write
+from shardrun.storage.durability import StorageError, durable_write
 from shardrun.errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_USERS_FAILED, HeapTooSmall
-from shardrun.jvm import is_heap_exhaustion, java_class_name, java_stack, start_jvm
-from shardrun.status import ShardStatus
+from shardrun.shard.lifecycle import StopFlag
+from shardrun.shard.plan import ShardPlan
+from shardrun.shard.prepare import ResolvedDirs, WorkerOptions
+from shardrun.states import user_outcome
+from shardrun.shard.jvm import is_heap_exhaustion, java_class_name, java_stack, start_jvm
+from shardrun.storage.status import ShardStatus
 from shardrun.task import Dataset, Task
 
-if TYPE_CHECKING:
-    from shardrun.worker import ResolvedDirs, ShardPlan, WorkerOptions
-
 log = logging.getLogger(__name__)
-
-
-def user_outcome(rows: Sequence[Mapping[str, Any]]) -> str:
-    statuses = {row.get("status") for row in rows}
-    if "failed" in statuses:
-        return "failed"
-    if statuses == {"skipped"}:
-        return "skipped"
-    return "ok"
-
-
-class StopFlag:
-    """Set by SIGTERM/SIGINT/SIGHUP: finish the user in flight, commit it, then stop taking users.
-
-    Installed first thing in the worker, before the data is read or the JVM starts, so that a
-    signal at any moment leads to a drain, never to the default action half-way through start-up.
-    A second signal calls `on_second` (by default: leave at once).
-    """
-
-    def __init__(self) -> None:
-        self.requested_by: str | None = None
-        self.on_second: Callable[[str], None] = lambda _name: os._exit(EXIT_INTERRUPTED)
-
-    def install(self) -> None:
-        def handler(signum: int, _frame: Any) -> None:
-            name = signal.Signals(signum).name
-            if self.requested_by is not None:
-                self.on_second(name)
-                return
-            self.requested_by = name
-            log.warning("%s received: finishing the user in flight, then stopping", name)
-
-        # SIGHUP: a lost terminal, or the kernel telling an orphaned, suspended shard its launcher is gone
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-            signal.signal(sig, handler)
 
 
 class ShardLoop:

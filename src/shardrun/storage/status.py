@@ -15,9 +15,9 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from shardrun.durability import StorageError
-from shardrun.paths import ShardPaths
-from shardrun.store import utc_now, write_json_atomic
+from shardrun.storage.durability import StorageError
+from shardrun.storage.paths import ShardPaths
+from shardrun.storage.store import utc_now, write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +124,7 @@ def record_death(paths: ShardPaths, exit_code: int, description: str, hs_err_fil
     process owns the shard again and its own status stands. True if the death was recorded.
     """
     from shardrun.errors import ShardLocked
-    from shardrun.store import ShardLock, read_json
+    from shardrun.storage.store import ShardLock, read_json
 
     try:
         with ShardLock(paths):

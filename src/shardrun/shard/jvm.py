@@ -7,7 +7,6 @@ do work. Workers are started with subprocess, never by forking a process that ha
 
 from __future__ import annotations
 
-import hashlib
 import importlib.metadata
 import importlib.util
 import logging
@@ -17,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from shardrun.config import JvmConfig
+from shardrun.digest import file_sha256
 from shardrun.errors import EnvironmentProblem
 
 log = logging.getLogger(__name__)
@@ -123,14 +123,6 @@ def unlink_python_gc_from_java_gc() -> None:
     import _jpype
 
     gc.callbacks[:] = [callback for callback in gc.callbacks if callback is not _jpype._collect]
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 # --- Java error taxonomy --------------------------------------------------------------------

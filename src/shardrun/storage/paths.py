@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from shardrun.shards import ShardSpec
+from shardrun.sharding import ShardSpec
 
 RUN_JSON = "run.json"
 SHARD_JSON = "shard.json"

@@ -1,11 +1,8 @@
-"""Memory admission: how much Java heap a shard gets, and whether K shards fit in this machine.
+"""Memory admission: whether K shards, each with its heap, fit in this machine.
 
-Two decisions, both pure functions of numbers so they are tested without processes:
+The heap itself is chosen in shardrun.heap_plan. Here, a pure function of numbers, tested without
+processes:
 
-- `resolve_heap(jvm, needs)`: `jvm.xmx: auto` becomes a size chosen from the users' predicted heap
-  needs (Task.user_heap_needs): the largest need plus AUTO_HEAP_MARGIN, rounded up to a multiple of
-  AUTO_HEAP_STEP, at least AUTO_HEAP_FLOOR and at most AUTO_HEAP_CEILING. `jvm.xms: auto` becomes the
-  chosen xmx. A heap given as a size is kept as it is.
 - `admit(shards, heap, native_overhead, available)`: K x (heap + the process's memory beyond its
   heap) must fit in the memory available, or the launcher refuses to start and says which K or
   heap would fit. The overhead beyond the heap was measured (docs/PERFORMANCE.md, bench/jvm_overhead.py)
@@ -20,144 +17,16 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping
 
-from shardrun.config import AUTO_HEAP, JvmConfig, RunConfig, heap_bytes
-from shardrun.errors import ConfigError, format_bytes
+from shardrun.config import RunConfig
+from shardrun.heap_plan import HeapPlan, plan_heap, task_heap_needs
+from shardrun.errors import ConfigError
+from shardrun.units import MIB, format_bytes
 
 log = logging.getLogger(__name__)
-
-MIB = 1024**2
-GIB = 1024**3
-
-# --- Choosing the heap ------------------------------------------------------------------------
-
-# The heap model (infodynamics/heap.py) is within about 10% of measured needs; the margin covers that,
-# the larger G1 regions of a larger heap (each humongous array is rounded up to whole regions), and
-# garbage the collector has not yet reclaimed between one (mode, k) and the next.
-AUTO_HEAP_MARGIN = 0.25
-AUTO_HEAP_STEP = 64 * MIB  # round up to this, so nearby data give the same flags
-AUTO_HEAP_FLOOR = 128 * MIB  # below this the JVM's own start-up and JIT use matter more than the model
-# Above 32 GiB the JVM turns off compressed references, so every reference doubles and a 33 GiB heap
-# holds less than a 31 GiB one; a need beyond this is an outlier user or a k grid to reconsider.
-AUTO_HEAP_CEILING = 31 * GIB
-OVER_BUDGET_SHOWN = 20  # users listed by --dry-run and in the log; the rest are counted
-
-
-def auto_heap_bytes(largest_need: int, at_least: int = 0) -> int:
-    """The heap auto picks for a largest user need (bytes): margin, rounding, floor, ceiling.
-
-    `at_least` is an explicit jvm.xms: the JVM refuses an initial heap above the maximum.
-    """
-    with_margin = math.ceil(largest_need * (1 + AUTO_HEAP_MARGIN))
-    rounded = -(-with_margin // AUTO_HEAP_STEP) * AUTO_HEAP_STEP
-    return max(min(max(rounded, AUTO_HEAP_FLOOR), AUTO_HEAP_CEILING), at_least)
-
-
-def resolve_heap(jvm: JvmConfig, needs: Mapping[str, int]) -> JvmConfig:
-    """The JvmConfig the JVM starts with: `auto` replaced by sizes, everything else unchanged.
-
-    xmx auto: auto_heap_bytes of the largest need in `needs` (the floor when there are none).
-    xms auto: the same as the final xmx, so the whole heap is committed at start (no growth pauses,
-    and the process's size is the one the launcher's admission check counted).
-    """
-    xmx = jvm.xmx
-    if jvm.xmx == AUTO_HEAP:
-        explicit_xms = heap_bytes(jvm.xms) if jvm.xms not in (None, AUTO_HEAP) else 0
-        xmx = f"{auto_heap_bytes(max(needs.values(), default=0), at_least=explicit_xms) // MIB}m"
-    xms = xmx if jvm.xms == AUTO_HEAP else jvm.xms
-    return replace(jvm, xmx=xmx, xms=xms)
-
-
-def describe_auto_rule() -> str:
-    return (
-        f"the largest user need + {AUTO_HEAP_MARGIN:.0%}, rounded up to a multiple of {AUTO_HEAP_STEP // MIB} MiB,"
-        f" at least {AUTO_HEAP_FLOOR // MIB} MiB and at most {AUTO_HEAP_CEILING // GIB} GiB"
-    )
-
-
-def task_heap_needs(task: Any, settings: Any, dataset: Any, jvm: JvmConfig) -> dict[str, int] | None:
-    """The task's per-user heap needs, or None when the task does not predict them.
-
-    jvm.xmx auto cannot be decided without them, so that case is an error naming the way out.
-    """
-    predict = getattr(task, "user_heap_needs", None)
-    if predict is None:
-        if jvm.xmx == AUTO_HEAP:
-            raise ConfigError(
-                f"jvm.xmx is auto, but the task {type(task).__name__} does not predict each user's heap"
-                " (it has no user_heap_needs, see shardrun.task.PredictsHeap); set jvm.xmx to a size such"
-                " as 1g in the config."
-            )
-        return None
-    return predict(settings, dataset)
-
-
-@dataclass(frozen=True)
-class HeapPlan:
-    """The heap a shard starts with, and the users predicted not to fit in it."""
-
-    configured: JvmConfig  # as written in the config (may say auto)
-    jvm: JvmConfig  # resolved: what the JVM gets, what status.json and run.json record
-    largest_need: int | None  # over every user of the data; None when the task predicts no needs
-    largest_user: str | None
-    users_considered: int  # the users `over_budget` was computed over (a shard's users to do)
-    over_budget: tuple[tuple[str, int], ...]  # (user id, need) of the first OVER_BUDGET_SHOWN of them
-    over_budget_count: int
-    over_budget_largest: int = 0  # the largest need among all of them, shown or not
-
-    @property
-    def heap(self) -> int:
-        return self.jvm.xmx_bytes
-
-    def jvm_line(self) -> str:
-        """The JVM flags, and with auto how they were chosen."""
-        flags = " ".join(self.jvm.jvm_args())
-        if not self.configured.xmx_is_auto:
-            return flags
-        if self.largest_need is None or self.largest_user is None:
-            return f"{flags} (jvm.xmx auto: no users, so the floor of {AUTO_HEAP_FLOOR // MIB} MiB)"
-        return (f"{flags} (jvm.xmx auto: user {self.largest_user!r} needs {format_bytes(self.largest_need)};"
-                f" {describe_auto_rule()})")
-
-    def report_lines(self) -> list[str]:
-        """What --dry-run prints under the JVM flags: who is predicted to exceed the heap."""
-        heap = format_bytes(self.heap)
-        if self.largest_need is None:
-            return ["heap: the task does not predict each user's heap; no per-user check"]
-        if not self.over_budget_count:
-            return [f"heap: all {self.users_considered} users to do fit in -Xmx{self.jvm.xmx}"
-                    f" (the largest predicted need of the data is {format_bytes(self.largest_need)},"
-                    f" user {self.largest_user!r})"]
-        lines = [f"heap: {self.over_budget_count} of the {self.users_considered} users to do are predicted to need"
-                 f" more than the {heap} heap (-Xmx{self.jvm.xmx}); they would fail with 'Java heap exhausted':"]
-        lines += [f"  user {user!r}: needs {format_bytes(need)}, heap {heap}" for user, need in self.over_budget]
-        if self.over_budget_count > len(self.over_budget):
-            lines.append(f"  ... and {self.over_budget_count - len(self.over_budget)} more")
-        fix = (
-            f"lower k_selection.k_max (auto stops at {AUTO_HEAP_CEILING // GIB} GiB)" if self.configured.xmx_is_auto
-            else f"raise jvm.xmx to {auto_heap_bytes(self.over_budget_largest) // MIB}m (their largest need"
-                 f" + {AUTO_HEAP_MARGIN:.0%}), or set jvm.xmx: auto"
-        )
-        lines.append(f"  fix: {fix}")
-        return lines
-
-
-def plan_heap(jvm: JvmConfig, needs: Mapping[str, int] | None, users: Sequence[str]) -> HeapPlan:
-    """Resolve the heap from every user's need, then list which of `users` exceed it (pure)."""
-    resolved = resolve_heap(jvm, needs or {})
-    if not needs:
-        return HeapPlan(jvm, resolved, None, None, len(users), (), 0)
-    largest_user = max(needs, key=needs.__getitem__)
-    heap = resolved.xmx_bytes
-    over = [(user, needs[user]) for user in users if needs.get(user, 0) > heap]
-    return HeapPlan(
-        configured=jvm, jvm=resolved, largest_need=needs[largest_user], largest_user=largest_user,
-        users_considered=len(users), over_budget=tuple(over[:OVER_BUDGET_SHOWN]), over_budget_count=len(over),
-        over_budget_largest=max((need for _, need in over), default=0),
-    )
 
 
 # --- Memory beyond the heap, measured ---------------------------------------------------------

@@ -10,7 +10,7 @@ import signal
 from dataclasses import dataclass
 from typing import Sequence
 
-from shardrun.config import heap_bytes
+from shardrun.units import heap_bytes, heap_flag_value
 from shardrun.errors import (
     EXIT_INTERRUPTED,
     EXIT_OK,
@@ -71,7 +71,7 @@ class RestartPolicy:
         if self.heap_factor == 1.0:
             return xmx
         scaled = heap_bytes(xmx) * self.heap_factor ** (restarts_so_far + 1)
-        return f"{int(-(-scaled // 2**20))}m"
+        return heap_flag_value(scaled)
 
 
 def shards_to_start(waiting: Sequence[int], active: int, max_parallel: int | None) -> list[int]:

@@ -297,7 +297,7 @@ def write_summary_png(frame: pd.DataFrame, spans: Iterable[Sequence[Any]], path:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    from shardrun.store import write_bytes_atomic
+    from shardrun.storage.store import write_bytes_atomic
 
     figure = Figure(figsize=FIGURE_INCHES, dpi=DPI, layout="constrained")
     FigureCanvasAgg(figure)  # explicit Agg canvas: no GUI backend, no pyplot

@@ -1,0 +1,1 @@
+"""The console scripts: one module per command, each only parsing flags and calling its layer."""

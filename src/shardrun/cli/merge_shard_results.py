@@ -1,0 +1,39 @@
+"""merge_shard_results: shard dirs into one result set (also `python -m shardrun.merge`)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Sequence
+
+from shardrun.cli.common import guarded
+from shardrun.errors import EXIT_OK, EXIT_VALIDATION_FAILED
+from shardrun.results.merge import merge_shards, shard_dirs_of_run
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="merge_shard_results", description="Merge shard dirs into one result set.")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--shards", type=Path, nargs="+", metavar="DIR", help="shard dirs (any runs)")
+    source.add_argument("--run", type=Path, metavar="DIR", help="a run dir: all its shards")
+    p.add_argument("--output", type=Path, required=True, metavar="DIR")
+    p.add_argument("--force", action="store_true", help="merge shards of different config hashes anyway")
+    p.add_argument("-v", "--verbose", action="store_true")
+    return p
+
+
+def _merge(args: argparse.Namespace) -> int:
+    dirs = shard_dirs_of_run(args.run) if args.run else list(args.shards)
+    report = merge_shards(dirs, args.output, force=args.force)
+    print(f"merged {report.rows} rows for {report.users} users from {len(dirs)} shard dirs into {args.output}")
+    for line in report.problem_lines():
+        print(f"  - {line}")
+    return EXIT_OK if report.complete else EXIT_VALIDATION_FAILED
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return guarded(_merge, parser(), argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,210 @@
+"""Checks a merged result set and returns its problems as readable one-liners (empty = valid).
+
+`check_frame` is the pure core (a frame in, problems out); `validate_result_set` gathers what it
+needs from disk: the results file, merge_report.json, and the settings (from --config, or from the
+config snapshot the merge recorded as provenance). Problems are returned, not raised: a result set
+with problems is an answer, not an error; the CLI prints them and exits non-zero.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import pandas as pd
+
+from shardrun.config import RunConfig, parse_config
+from shardrun.errors import ShardrunError
+from shardrun.results.merge import (
+    STATUS_COLUMNS,
+    capped,
+    describe_key,
+    read_result_file,
+    report_problems,
+    schema_columns,
+    show,
+)
+from shardrun.storage.paths import MergedPaths
+from shardrun.storage.store import read_json, utc_now, write_json_atomic
+from shardrun.task import BOOKKEEPING_COLUMNS, STATUSES, Task, load_task
+
+log = logging.getLogger(__name__)
+
+
+def _is_blank(value: Any) -> bool:
+    """None, NaN, pandas' NA, or text of only whitespace."""
+    return value is None or pd.isna(value) or not str(value).strip()
+
+
+# --- the pure checks ------------------------------------------------------------------------
+
+
+def check_columns(frame: pd.DataFrame, expected: Sequence[str]) -> list[str]:
+    found = list(frame.columns)
+    problems = [f"missing column {c!r}" for c in expected if c not in found]
+    problems += [f"unexpected column {c!r} (not in the task's schema)" for c in found if c not in expected]
+    if not problems and found != list(expected):
+        problems.append(f"columns are not in schema order: expected {list(expected)}, found {found}")
+    return problems
+
+
+def check_one_row_per_key(frame: pd.DataFrame, key_columns: Sequence[str]) -> list[str]:
+    duplicated = frame[frame.duplicated(subset=list(key_columns), keep=False)]
+    problems = [
+        f"duplicate key {describe_key(dict(zip(key_columns, key)), key_columns)}: {len(group)} rows (expected one)"
+        for key, group in duplicated.groupby(list(key_columns), sort=True, dropna=False)
+    ]
+    return capped(problems, "duplicate keys")
+
+
+def check_statuses(frame: pd.DataFrame, key_columns: Sequence[str]) -> list[str]:
+    problems = []
+    for row in frame.to_dict("records"):
+        where = describe_key(row, key_columns)
+        status = row.get("status")
+        if _is_blank(status) or status not in STATUSES:
+            problems.append(f"{where}: status {show(status)} is not one of {', '.join(STATUSES)}")
+        elif status in ("skipped", "failed") and ("reason" in row and _is_blank(row["reason"])):
+            problems.append(f"{where}: status {status!r} but reason is empty")
+    return capped(problems, "rows with a bad status or reason")
+
+
+def check_config_hash(frame: pd.DataFrame, config_hash: str | None) -> list[str]:
+    values = sorted({str(v) for v in frame["config_hash"] if not _is_blank(v)})
+    problems = []
+    if frame["config_hash"].map(_is_blank).any():
+        problems.append("some rows have no config_hash")
+    if len(values) > 1:
+        problems.append(
+            f"column config_hash has {len(values)} values ({', '.join(map(show, values))});"
+            " a result set must come from one config"
+        )
+    elif values and config_hash is not None and values[0] != config_hash:
+        problems.append(
+            f"config_hash is {values[0]!r} but the config's hash is {config_hash!r};"
+            " the results were computed with another config"
+        )
+    return problems
+
+
+def check_users(frame: pd.DataFrame, user_column: str, expected_users: Sequence[str]) -> list[str]:
+    present = {str(u) for u in frame[user_column] if not pd.isna(u)}  # "  " is a (strange) user id, not a blank
+    expected = set(expected_users)
+    missing = [f"user {show(u)} from the input has no rows" for u in sorted(expected - present)]
+    unknown = [f"user {show(u)} is not in the input" for u in sorted(present - expected)]
+    return capped(missing, "users without rows") + capped(unknown, "users not in the input")
+
+
+def check_rows_per_user(frame: pd.DataFrame, key_columns: Sequence[str]) -> list[str]:
+    """Every user has a row for every value of the other key columns seen (e.g. every feature mode)."""
+    user_column, other = key_columns[0], list(key_columns[1:])
+    if not other or frame.empty:
+        return []
+    all_keys = set(frame[other].itertuples(index=False, name=None))
+    problems = []
+    for user, group in frame.groupby(user_column, sort=True):
+        for absent in sorted(all_keys - set(group[other].itertuples(index=False, name=None)), key=repr):
+            problems.append(f"user {show(user)} has no row for {describe_key(dict(zip(other, absent)), other)}")
+    return capped(problems, "missing rows")
+
+
+def check_frame(
+    frame: pd.DataFrame,
+    task: Task,
+    settings: Any,
+    expected_users: Sequence[str] | None,
+    config_hash: str | None = None,
+) -> list[str]:
+    """Problems of a result frame; no I/O. `expected_users` None skips the input-coverage check;
+    `config_hash` None checks only that the set has a single hash."""
+    key_columns = list(task.key_columns)
+    # By convention the first key column names the user (the Task protocol has no separate name for it).
+    user_column = key_columns[0]
+    columns = schema_columns(task, settings)
+    problems = check_columns(frame, columns)
+    present = set(frame.columns)
+    if set(key_columns) <= present:
+        problems += check_one_row_per_key(frame, key_columns)
+        problems += check_rows_per_user(frame, key_columns)
+        if expected_users is not None:
+            problems += check_users(frame, user_column, expected_users)
+    if "status" in present:
+        problems += check_statuses(frame, key_columns)
+    if "config_hash" in present:
+        problems += check_config_hash(frame, config_hash)
+    if set(columns) <= present:
+        # The task's value checks assume its schema; with columns missing they would only fail noisily.
+        problems += capped(list(task.check_rows(frame, settings)), "value problems")
+    return problems
+
+
+def check_report(report: Mapping[str, Any], coverage: bool) -> list[str]:
+    """Problems recorded by merge. Conflicts and forced mismatches always count; the coverage lists
+    only when there is no config to check the users against."""
+    return [f"merge report: {line}" for line in report_problems(report, coverage=coverage)]
+
+
+# --- gathering from disk --------------------------------------------------------------------
+
+
+def _read_frame(paths: MergedPaths, task: Task) -> tuple[pd.DataFrame | None, list[str]]:
+    source = paths.parquet if paths.parquet.is_file() else paths.csv
+    if not source.is_file():
+        return None, [f"no results.parquet or results.csv in {paths.dir}; run merge_shard_results --output {paths.dir}"]
+    try:
+        return read_result_file(source, [*task.key_columns, *STATUS_COLUMNS, *BOOKKEEPING_COLUMNS]), []
+    except (OSError, ValueError) as exc:
+        # pyarrow's and pandas' parse errors derive from ValueError (ArrowInvalid, ParserError)
+        return None, [f"{source} cannot be read: {exc}"]
+
+
+def _settings_from_report(report: Mapping[str, Any]) -> tuple[RunConfig | None, list[str]]:
+    """The config the merge recorded: the provenance entry with the report's config hash, else the first."""
+    provenance = report.get("provenance") or []
+    if not provenance:
+        return None, ["merge_report.json records no run.json (no config snapshot); pass --config to validate"]
+    entry = next((p for p in provenance if p.get("config_hash") == report.get("config_hash")), provenance[0])
+    try:
+        return parse_config(entry["config"]), []
+    except (KeyError, ShardrunError) as exc:
+        return None, [f"the config snapshot in {entry.get('run_dir')}/run.json cannot be parsed ({exc}); pass --config"]
+
+
+def validate_result_set(result_dir: Path, config: RunConfig | None = None) -> list[str]:
+    """Problems of the result set in `result_dir` (empty = valid).
+
+    With `config`, coverage is checked against the users of the config's input (a pilot run then
+    reports the users it did not run); without, against what merge_report.json recorded.
+    A bad config or unreadable input data raises (a usage error, not a property of the results).
+    """
+    paths = MergedPaths(Path(result_dir))
+    if not paths.dir.is_dir():
+        return [f"result dir {paths.dir} does not exist; pass the --output dir of merge_shard_results"]
+    try:
+        report = read_json(paths.report) if paths.report.is_file() else None
+    except (OSError, ValueError) as exc:
+        return [f"{paths.report} cannot be read ({exc}); merge again with merge_shard_results"]
+    coverage_from_report = config is None
+    if coverage_from_report:
+        if report is None:
+            return [f"no merge_report.json in {paths.dir}; pass --config to validate results without it"]
+        config, problems = _settings_from_report(report)
+        if config is None:
+            return problems
+    task = load_task(config.task)
+    expected_users = None if coverage_from_report else list(task.load(config.settings).user_ids)
+    frame, problems = _read_frame(paths, task)
+    if frame is None:
+        return problems
+    problems = check_frame(frame, task, config.settings, expected_users, config_hash=config.hash)
+    if report is not None:
+        problems += check_report(report, coverage=coverage_from_report)
+    return problems
+
+
+def write_validation(result_dir: Path, problems: Sequence[str]) -> Path:
+    path = MergedPaths(Path(result_dir)).validation
+    write_json_atomic(path, {"valid": not problems, "problems": list(problems), "checked_at": utc_now()})
+    log.info("wrote %s (%s)", path, "valid" if not problems else f"{len(problems)} problems")
+    return path

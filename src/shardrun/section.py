@@ -1,0 +1,106 @@
+"""Strict reading of one mapping of the YAML config: the right type, a check, and no unknown key.
+
+The core and every task read their keys with it, so that all config errors look alike: they name
+the key, what it must be, and what was found.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping
+
+from shardrun.errors import ConfigError
+
+_REQUIRED = object()
+
+
+class Section:
+    """Reads one mapping of the config; remembers which keys were read so `finish` can reject the rest."""
+
+    def __init__(self, data: Any, where: str = ""):
+        if data is None:
+            data = {}
+        if not isinstance(data, Mapping):
+            raise ConfigError(
+                f"config key '{where}' must be a mapping (key: value lines), got {describe_value(data)}."
+            )
+        self._data = dict(data)
+        self._where = where
+        self._seen: set[str] = set()
+        self._children: list[Section] = []
+
+    def name(self, key: str) -> str:
+        return f"{self._where}.{key}" if self._where else key
+
+    def has(self, key: str) -> bool:
+        return key in self._data
+
+    def get(
+        self,
+        key: str,
+        kind: type | tuple[type, ...],
+        default: Any = _REQUIRED,
+        check: Callable[[Any], str | None] | None = None,
+        nullable: bool = False,
+    ) -> Any:
+        """The value of `key`, checked: right type, and `check(value)` returns None (or a reason)."""
+        self._seen.add(key)
+        if key not in self._data:
+            if default is _REQUIRED:
+                raise ConfigError(f"config key '{self.name(key)}' is required but missing; add it to the config.")
+            return default
+        value = self._data[key]
+        if value is None and nullable:
+            return None
+        kinds = kind if isinstance(kind, tuple) else (kind,)
+        # bool is an int in Python; a YAML `true` where a number belongs is a mistake.
+        if isinstance(value, bool) and bool not in kinds or not isinstance(value, kinds):
+            expected = " or ".join(k.__name__ for k in kinds) + (" or null" if nullable else "")
+            raise ConfigError(f"config key '{self.name(key)}' must be {expected}, got {describe_value(value)}.")
+        if check is not None:
+            reason = check(value)
+            if reason:
+                raise ConfigError(f"config key '{self.name(key)}' {reason}, got {describe_value(value)}.")
+        return value
+
+    def int_list(self, key: str, default: Any = _REQUIRED, positive: bool = True) -> tuple[int, ...]:
+        values = self.get(key, list, default=default)
+        if not values:
+            raise ConfigError(f"config key '{self.name(key)}' must be a non-empty list of integers, got [].")
+        for v in values:
+            if isinstance(v, bool) or not isinstance(v, int) or (positive and v <= 0):
+                raise ConfigError(
+                    f"config key '{self.name(key)}' must list {'positive ' if positive else ''}integers only,"
+                    f" got {describe_value(v)} in {values!r}."
+                )
+        if len(set(values)) != len(values):
+            raise ConfigError(f"config key '{self.name(key)}' lists a value twice: {values!r}.")
+        return tuple(values)
+
+    def choice(self, key: str, choices: tuple[str, ...], default: Any = _REQUIRED) -> str:
+        return self.get(
+            key, str, default, check=lambda v: None if v in choices else f"must be one of {', '.join(choices)}"
+        )
+
+    def section(self, key: str) -> "Section":
+        self._seen.add(key)
+        child = Section(self._data.get(key), self.name(key))
+        self._children.append(child)
+        return child
+
+    def finish(self) -> None:
+        """Reject keys nobody asked for, here and in every sub-section read through `section`."""
+        unknown = sorted(set(self._data) - self._seen)
+        if unknown:
+            names = ", ".join(f"'{self.name(k)}'" for k in unknown)
+            raise ConfigError(
+                f"unknown config key {names}; check the spelling against the config reference in README.md."
+            )
+        for child in self._children:
+            child.finish()
+
+
+def describe_value(value: Any) -> str:
+    text = repr(value)
+    if len(text) > 60:
+        text = text[:57] + "..."
+    return f"{type(value).__name__} {text}"

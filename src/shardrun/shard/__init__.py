@@ -1,0 +1,1 @@
+"""One shard process: prepare (plan, dirs, heap) -> lock -> the loop (analyse, commit, heartbeat)."""

@@ -1,0 +1,128 @@
+"""Everything a shard decides before its first write: task, data, heap, dirs and plan (what --dry-run prints).
+
+Order matters for the guarantees: everything that can reject the input (config, preflight of the
+analysis, data, the resume identity) happens here, before any directory is created or the JVM is
+started.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+from shardrun.config import RunConfig
+from shardrun.errors import ResumeMismatch, UsageError
+from shardrun.heap_plan import HeapPlan, plan_heap, task_heap_needs
+from shardrun.shard.jvm import find_java, find_jidt_jar
+from shardrun.shard.plan import ShardPlan, plan_shard
+from shardrun.sharding import ShardSpec
+from shardrun.storage import store
+from shardrun.storage.durability import durable_write
+from shardrun.storage.paths import RunPaths, ShardPaths
+from shardrun.task import Dataset, Task, load_task
+
+
+@dataclass(frozen=True)
+class WorkerOptions:
+    shard: ShardSpec | None  # None: taken from the shard dir given to --resume
+    pilot: int | None  # None means --full
+    out: Path | None = None
+    resume: Path | None = None
+    dry_run: bool = False
+    heartbeat_seconds: float = 10.0
+    cooldown_seconds: float = 0.0  # pause between users, to share the machine
+    retry_failed: bool = False
+
+
+@dataclass
+class ResolvedDirs:
+    run: RunPaths
+    shard: ShardPaths
+    spec: ShardSpec
+    resuming: bool  # the shard dir already has an identity that must match
+
+
+def resolve_dirs(config: RunConfig, task: Task, options: WorkerOptions, now: datetime) -> ResolvedDirs:
+    """Where this shard writes. Reads only; creates nothing except a brand-new run dir name."""
+    if options.resume is not None:
+        target = options.resume
+        if (target / "shard.json").is_file():
+            identity = store.read_json(target / "shard.json")
+            spec = ShardSpec.parse(identity["shard"])
+            if options.shard is not None and options.shard != spec:
+                raise ResumeMismatch(
+                    f"--resume {target} is shard {spec} but --shard says {options.shard}; drop --shard or"
+                    " pass the run dir instead."
+                )
+            return ResolvedDirs(RunPaths(target.parent), ShardPaths(target), spec, resuming=True)
+        if (target / "run.json").is_file():
+            if options.shard is None:
+                raise UsageError(f"--resume {target} is a run dir: say which shard with --shard i/K.")
+            run = RunPaths(target)
+            shard_paths = run.shard(options.shard)
+            return ResolvedDirs(run, shard_paths, options.shard, resuming=shard_paths.identity.is_file())
+        raise ResumeMismatch(
+            f"--resume {target} is neither a shard dir (with shard.json) nor a run dir (with run.json);"
+            " pass a dir made by run_production or launch_shards."
+        )
+    if options.shard is None:
+        raise UsageError("--shard i/K is required (or --shard auto inside a scheduler job array).")
+    if options.out is not None:
+        run = RunPaths(options.out)
+    elif options.dry_run:
+        run = RunPaths(config.output.root / "(new run dir)")
+    else:
+        run = durable_write("a new run dir", config.output.root,
+                            lambda: RunPaths.create(config.output.root, run_label(task, config, options.pilot), now))
+    shard_paths = run.shard(options.shard)
+    if shard_paths.identity.is_file():
+        raise ResumeMismatch(
+            f"{shard_paths.dir} already holds shard {options.shard} of an earlier start; continue it with"
+            f" --resume {run.dir} (or pick a new --out)."
+        )
+    return ResolvedDirs(run, shard_paths, options.shard, resuming=False)
+
+
+def run_label(task: Task, config: RunConfig, pilot: int | None) -> str:
+    mode = "full" if pilot is None else f"pilot{pilot}"
+    label_of = getattr(task, "run_label", None)
+    return f"{mode}_{label_of(config.settings)}" if label_of else mode
+
+
+@dataclass(frozen=True)
+class PreparedShard:
+    """Everything decided before any side effect: what `--dry-run` prints and `run_shard` acts on."""
+
+    task: Task
+    dataset: Dataset
+    dirs: ResolvedDirs
+    plan: ShardPlan
+    heap: HeapPlan  # the resolved JVM flags (jvm.xmx auto) and the users over the heap
+    problems: list[str]  # (mode, k) that cannot run with that heap
+
+
+def prepare(config: RunConfig, options: WorkerOptions) -> PreparedShard:
+    """Read the config's consequences, the data and the shard dir; write nothing.
+
+    A heap given as a size is preflighted before the data is read. jvm.xmx: auto is chosen from every
+    user's predicted need (so all shards of a run choose the same heap), then preflighted the same way.
+    """
+    task = load_task(config.task)
+    problems = [] if config.jvm.xmx_is_auto else task.preflight(config.settings, config.jvm.xmx_bytes)
+    find_jidt_jar(config.jvm.classpath)
+    find_java()
+    dataset = task.load(config.settings)
+    needs = task_heap_needs(task, config.settings, dataset, config.jvm)
+    dirs = resolve_dirs(config, task, options, datetime.now())
+    committed = scan_committed(dirs.shard) if dirs.resuming else {}
+    plan = plan_shard(dataset.user_ids, dirs.spec, options.pilot, committed, options.retry_failed)
+    heap = plan_heap(config.jvm, needs, plan.todo)
+    if config.jvm.xmx_is_auto:
+        problems = task.preflight(config.settings, heap.heap)
+    return PreparedShard(task, dataset, dirs, plan, heap, problems)
+
+
+def scan_committed(paths: ShardPaths) -> dict[str, store.CommittedUser]:
+    """store.scan_committed, whose quarantine of an unreadable result file moves it (a write)."""
+    return durable_write("results/quarantine", paths.results, lambda: store.scan_committed(paths))

@@ -1,0 +1,134 @@
+"""One shard, start to end: prepare -> run.json -> lock -> shard.json -> the loop (run_production's work)."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import logging
+import platform
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Mapping
+
+from shardrun.config import RunConfig, resolve_threads
+from shardrun.errors import EXIT_INTERRUPTED, ConfigError, ResumeMismatch
+from shardrun.shard.lifecycle import StopFlag
+from shardrun.shard.loop import ShardLoop
+from shardrun.shard.plan import ShardPlan, plan_shard
+from shardrun.shard.prepare import ResolvedDirs, WorkerOptions, prepare, scan_committed
+from shardrun.states import user_outcome
+from shardrun.storage import store
+from shardrun.storage.durability import durable_write
+from shardrun.storage.paths import RunPaths
+from shardrun.task import Dataset, Task
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ShardOutcome:
+    exit_code: int
+    plan: ShardPlan
+    dirs: ResolvedDirs
+
+
+def run_shard(config: RunConfig, options: WorkerOptions, stop: StopFlag | None = None) -> ShardOutcome:
+    stop = stop or StopFlag()
+    prepared = prepare(config, options)
+    task, dataset, dirs, heap = prepared.task, prepared.dataset, prepared.dirs, prepared.heap
+    if prepared.problems:
+        raise ConfigError(
+            "the configured analysis cannot run as it stands:\n  - " + "\n  - ".join(prepared.problems)
+            + "\nLower k_selection.k_max or the k grid, or raise jvm.xmx; `run_production --dry-run` lists this"
+            " before any user starts."
+        )
+    if stop.requested_by:
+        log.warning("%s received before the shard started: nothing was written", stop.requested_by)
+        return ShardOutcome(exit_code=EXIT_INTERRUPTED, plan=prepared.plan, dirs=dirs)
+    # From here on the config carries the resolved heap and threads: the JVM, the task, status.json,
+    # run.json, errors.jsonl.
+    threads = resolve_threads(config.jvm.threads, dirs.spec.count)
+    config = replace(config, jvm=replace(heap.jvm, threads=threads),
+                     settings=with_threads(task, config.settings, threads))
+    identity = {
+        "shard": str(dirs.spec),
+        "config_hash": config.hash,
+        "data_fingerprint": dataset.fingerprint,
+        "pilot": options.pilot,
+        "task": config.task,
+        "users_planned": list(prepared.plan.assigned),
+    }
+    # Every write of the set-up goes through durable_write like the loop's own: a read-only or full
+    # output dir is a StorageError naming the dir and the fix (exit 6), not an unexpected crash.
+    run_doc = {**run_document(config, task, dataset, dirs.spec.count), "jvm": config.jvm.jvm_args()}
+    durable_write("run.json", dirs.run.dir, lambda: ensure_run_document(dirs.run, run_doc))
+    durable_write("the shard dir", dirs.shard.dir, lambda: (dirs.shard.make(), attach_shard_log(dirs.shard.log)))
+    log.info("JVM heap: %s", heap.jvm_line())
+    if heap.over_budget_count:
+        log.warning("%s", "\n".join(heap.report_lines()))
+    lock = store.ShardLock(dirs.shard)
+    durable_write("the shard lock", dirs.shard.dir, lock.acquire)
+    try:
+        durable_write("shard.json", dirs.shard.dir,
+                      lambda: store.ensure_identity(dirs.shard, identity, resuming=dirs.resuming))
+        durable_write("the scratch dir", dirs.shard.tmp, lambda: store.clean_tmp(dirs.shard))
+        # Re-scan under the lock: the plan made before it may predate another process's last commit.
+        committed = scan_committed(dirs.shard)
+        plan = plan_shard(dataset.user_ids, dirs.spec, options.pilot, committed, options.retry_failed)
+        previous = [user_outcome(committed[u].rows) for u in plan.done]
+        exit_code = ShardLoop(config, task, dataset, dirs, plan, options, previous, stop).run()
+    finally:
+        lock.release()
+    return ShardOutcome(exit_code=exit_code, plan=plan, dirs=dirs)
+
+
+def with_threads(task: Task, settings: Any, threads: int) -> Any:
+    """The task's settings for `threads` threads, if the task can use them (Task.with_threads)."""
+    set_threads = getattr(task, "with_threads", None)
+    return settings if set_threads is None else set_threads(settings, threads)
+
+
+def versions(task: Task) -> dict[str, str]:
+    try:
+        own = importlib.metadata.version("shardrun")
+    except importlib.metadata.PackageNotFoundError:
+        own = "unknown (not installed)"
+    return {
+        "shardrun": own,
+        "python": platform.python_version(),
+        **{k: str(v) for k, v in task.describe_versions().items()},
+    }
+
+
+def run_document(config: RunConfig, task: Task, dataset: Dataset, shard_count: int) -> dict[str, Any]:
+    """run.json: what a run is (config snapshot and hash, K, versions), written once per run dir."""
+    return {
+        "config": dict(config.raw),
+        "config_path": str(config.source) if config.source else None,
+        "config_hash": config.hash,
+        "task": config.task,
+        "shards": shard_count,
+        "data_fingerprint": dataset.fingerprint,
+        "users_total": len(dataset.user_ids),
+        "versions": versions(task),
+        "created_at": store.utc_now(),
+    }
+
+
+def ensure_run_document(run: RunPaths, document: Mapping[str, Any]) -> None:
+    """First process of a run writes run.json; every later one checks it describes the same run."""
+    run.dir.mkdir(parents=True, exist_ok=True)
+    if store.create_json_once(run.run_json, document):
+        return
+    existing = store.read_json(run.run_json)
+    for key in ("config_hash", "data_fingerprint"):
+        if existing.get(key) != document.get(key):
+            raise ResumeMismatch(
+                f"run dir {run.dir} belongs to another run: its {key} is {existing.get(key)!r}, this one has"
+                f" {document.get(key)!r}. Use the run's own config and data, or a new --out."
+            )
+
+
+def attach_shard_log(path: Path) -> None:
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.getLogger().addHandler(handler)

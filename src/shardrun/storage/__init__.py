@@ -1,0 +1,1 @@
+"""Files on disk: the paths object, atomic writes, exactly-once result commits, the lock, status.json."""
