@@ -239,8 +239,18 @@ def run(lab: Lab, command: list[str], env: dict | None = None) -> subprocess.Com
 
 
 def start(lab: Lab, command: list[str], **kwargs) -> subprocess.Popen:
-    return subprocess.Popen(command, cwd=lab.root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            **kwargs)
+    """A process for the case to drive; killed at teardown if the case left it running (a failed case
+    must not leave a shard writing into the next one's files)."""
+    process = subprocess.Popen(command, cwd=lab.root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               **kwargs)
+    lab.cleanups.append(lambda: stop_if_running(process))
+    return process
+
+
+def stop_if_running(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        process.kill()
+        process.wait(timeout=60)
 
 
 def resume(lab: Lab, config: Path, shard_dir: Path) -> subprocess.CompletedProcess:
@@ -593,8 +603,13 @@ def read_only_mid_run(lab: Lab) -> Outcome:
         needs_root_mounts()
         shard = start(lab, ["unshare", "-m", "--propagation", "private", *command])
         wait_for_commits(shard, shard_dir, 3)
+        # The remount fails with EBUSY while the shard holds a file open for writing through the new
+        # bind mount (a status.json or result temp file, every few ms), so it is retried until it lands
+        # between two writes.
         subprocess.run(["nsenter", "-t", str(shard.pid), "-m", "sh", "-c",
-                        'mount --bind "$0" "$0" && mount -o remount,ro,bind "$0"', str(shard_dir)], check=True)
+                        'mount --bind "$0" "$0" && for attempt in $(seq 500); do'
+                        ' mount -o remount,ro,bind "$0" 2>/dev/null && exit 0; sleep 0.01; done;'
+                        ' mount -o remount,ro,bind "$0"', str(shard_dir)], check=True)
         words = "read-only"
     else:
         shard = start(lab, command)
