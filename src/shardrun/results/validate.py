@@ -16,15 +16,9 @@ import pandas as pd
 
 from shardrun.config import RunConfig, parse_config
 from shardrun.errors import ShardrunError
-from shardrun.results.merge import (
-    STATUS_COLUMNS,
-    capped,
-    describe_key,
-    read_result_file,
-    report_problems,
-    schema_columns,
-    show,
-)
+from shardrun.results.frame import schema_columns
+from shardrun.results.read import STATUS_COLUMNS, read_result_file
+from shardrun.results.report import capped, describe_key, report_problems, show
 from shardrun.storage.paths import MergedPaths
 from shardrun.storage.store import read_json, utc_now, write_json_atomic
 from shardrun.task import BOOKKEEPING_COLUMNS, STATUSES, Task, load_task
