@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import pandas as pd
 
@@ -32,7 +32,6 @@ from shardrun.results.combine import (
 )
 from shardrun.results.frame import build_frame, frame_to_csv_bytes, frame_to_parquet_bytes, output_columns
 from shardrun.results.read import (
-    ShardInput,
     read_provenance,
     read_result_file,
     read_shard,
@@ -40,9 +39,11 @@ from shardrun.results.read import (
     shard_dirs_of_run,
 )
 from shardrun.results.report import MergeReport, mismatch_message
-from shardrun.results.summary import UserSpan, user_span, write_summary_png
+from shardrun.results.summary import run_title, task_panels, write_summary_png
+from shardrun.results.timeline import UserSpan, commit_spans
 from shardrun.storage.paths import MergedPaths
 from shardrun.storage.store import write_bytes_atomic, write_json_atomic
+from shardrun.task import Task
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +105,8 @@ def merge_shards(shard_dirs: Sequence[Path], output_dir: Path, force: bool = Fal
     )
     frame = build_frame(rows, columns)
     write_result_set(Path(output_dir), frame, report)
-    write_summary(MergedPaths(Path(output_dir)).summary_png, frame, commit_spans(shards), run_title(dirs))
+    write_summary(MergedPaths(Path(output_dir)).summary_png, frame, commit_spans(shards), run_title(dirs), task,
+                  settings)
     if report.complete:
         log.info("%s", report.summary())
     else:
@@ -127,44 +129,18 @@ def write_result_set(output_dir: Path, frame: pd.DataFrame, report: MergeReport)
 # --- the summary picture ---------------------------------------------------------------------
 
 
-def commit_spans(shards: Sequence[ShardInput]) -> list[UserSpan]:
-    """Every committed user of every shard dir as a timeline span (duplicates included: each was
-    real work of its shard). Shards of one index from different runs are told apart by run dir."""
-    labels = [str(s.spec) for s in shards]
-    repeated = {label for label in labels if labels.count(label) > 1}
-    spans = []
-    untimed = 0
-    for shard, label in zip(shards, labels):
-        if label in repeated:
-            label = f"{label} {shard.dir.parent.name}"
-        for user_id, rows in shard.committed.items():
-            span = user_span(label, shard.committed_at.get(user_id), rows)
-            if span is None:
-                untimed += 1
-            else:
-                spans.append(span)
-    if untimed:
-        log.warning("%d committed users have no readable committed_at; they are left out of the timeline only", untimed)
-    return spans
-
-
-def run_title(shard_dirs: Sequence[Path]) -> str:
-    """The run dir's name for the picture's heading, or how many runs were combined."""
-    runs = sorted({d.parent.name for d in shard_dirs})
-    return runs[0] if len(runs) == 1 else f"{len(runs)} runs"
-
-
-def write_summary(path: Path, frame: pd.DataFrame, spans: Sequence[UserSpan], title: str) -> bool:
-    """Draw summary.png; True if it was written.
+def write_summary(path: Path, frame: pd.DataFrame, spans: Sequence[UserSpan], title: str, task: Task,
+                  settings: Any | None) -> bool:
+    """Draw summary.png (the task's panels, if any, above the per-shard timeline); True if it was written.
 
     The one guarded step of a merge: the picture only illustrates results already written, so a
-    plotting failure (a matplotlib bug, an odd value, a missing font) is logged as an error with
-    its traceback and the merge goes on. A picture of an earlier merge is removed first, so it is
-    never shown next to results it does not describe.
+    plotting failure (a matplotlib bug, an odd value, a missing font, a task's panel that raises) is
+    logged as an error with its traceback and the merge goes on. A picture of an earlier merge is
+    removed first, so it is never shown next to results it does not describe.
     """
     path.unlink(missing_ok=True)
     try:
-        write_summary_png(frame, spans, path, title=title)
+        write_summary_png(frame, spans, path, title=title, panels=task_panels(task, frame, settings))
     except Exception as exc:  # noqa: BLE001 - documented guard: the picture must not cost the results
         log.error("could not draw %s (%s: %s); the merged results are complete without it", path,
                   type(exc).__name__, exc, exc_info=True)
