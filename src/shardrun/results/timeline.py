@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from shardrun.results.read import ShardInput
-from shardrun.states import UserStatus, user_outcome
+from shardrun.states import STATUSES, UserStatus, user_outcome
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +100,7 @@ def shard_summary(timeline: pd.DataFrame) -> pd.DataFrame:
 
     Ordered straggler first: latest finish first, then by shard.
     """
-    columns = ["shard", "users", "ok", "skipped", "failed", "first_start_s", "finish_s", "busy_s", "lag_s"]
+    columns = ["shard", "users", *STATUSES, "first_start_s", "finish_s", "busy_s", "lag_s"]
     if timeline.empty:
         return pd.DataFrame(columns=columns)
     grouped = timeline.groupby("shard", sort=False)
