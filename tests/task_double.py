@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 
 from shardrun.config import parse_config
-from shardrun.results.merge import read_result_file
+from shardrun.results.read import read_result_file
 from shardrun.storage.paths import MergedPaths, RunPaths
 from shardrun.sharding import ShardSpec, users_of_shard
 from shardrun.storage.store import commit_user, ensure_identity, write_json_atomic

@@ -7,7 +7,9 @@ import math
 import pandas as pd
 import pytest
 
-from shardrun.results.merge import MergeError, merge_shards, shard_dirs_of_run
+from shardrun.errors import MergeError
+from shardrun.results.merge import merge_shards
+from shardrun.results.read import shard_dirs_of_run
 from shardrun.storage.paths import MergedPaths, RunPaths
 from shardrun.sharding import ShardSpec
 from shardrun.storage.store import write_json_atomic

@@ -1,4 +1,5 @@
-"""summary.png: the data preparation on small frames with known answers, then merge writing a real PNG."""
+"""summary.png: the data preparation on small frames with known answers (the core's timeline and the
+default task's panels), then merge writing a real PNG with and without the task's picture hook."""
 
 from __future__ import annotations
 
@@ -10,10 +11,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from shardrun.results import summary as plots
-from shardrun.results.merge import commit_spans, merge_shards, read_shard, shard_dirs_of_run
+from shardrun.infodynamics import plots as task_plots
+from shardrun.infodynamics import task as default_task
+from shardrun.results import summary, timeline
+from shardrun.results.merge import merge_shards
+from shardrun.results.read import read_shard, shard_dirs_of_run
+from shardrun.results.timeline import UserSpan, commit_spans
+from shardrun.states import user_outcome
 from shardrun.storage.paths import MergedPaths, ShardPaths
-from shardrun.results.summary import UserSpan
 from shardrun.storage.store import scan_committed
 from task_double import (  # noqa: F401  (task_double: the autouse fixture that makes the double loadable)
     COLUMNS,
@@ -26,7 +31,7 @@ from task_double import (  # noqa: F401  (task_double: the autouse fixture that 
 )
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-PIXELS = (plots.FIGURE_INCHES[1] * plots.DPI, plots.FIGURE_INCHES[0] * plots.DPI)  # rows, columns
+PIXELS = (summary.FIGURE_INCHES[1] * summary.DPI, summary.FIGURE_INCHES[0] * summary.DPI)  # rows, columns
 
 
 def result_frame(ais_by_k: dict[int, list[float]], null_by_k: dict[int, list[float]], status: list[str],
@@ -51,7 +56,7 @@ def test_ais_quantiles_over_ok_rows_with_bias_correction():
         status=["ok"] * 5 + ["failed"],  # the failed row's 99 must not count
     )
 
-    table = plots.ais_quantiles(frame).set_index(["feature_mode", "measure", "k"])
+    table = task_plots.ais_quantiles(frame).set_index(["feature_mode", "measure", "k"])
 
     ais_k1 = table.loc[("activity", "ais", 1)]
     assert ais_k1["n"] == 5
@@ -73,8 +78,8 @@ def test_ais_quantiles_per_mode_and_numeric_k_order():
         ignore_index=True,
     )
 
-    assert plots.grid_ks(frame) == [2, 10]  # 10 after 2, not before it as text would sort
-    table = plots.ais_quantiles(frame)
+    assert task_plots.grid_ks(frame) == [2, 10]  # 10 after 2, not before it as text would sort
+    table = task_plots.ais_quantiles(frame)
     ais = table[table.measure == "ais"]
     assert list(zip(ais.feature_mode, ais.k, ais["median"])) == [
         ("activity", 2, 0.5), ("activity", 10, 0.7), ("composite", 2, 1.0), ("composite", 10, 3.0),
@@ -83,9 +88,9 @@ def test_ais_quantiles_per_mode_and_numeric_k_order():
 
 def test_ais_quantiles_empty_without_ok_rows_or_columns():
     no_ok = result_frame({1: [1.0, 2.0]}, {1: [0.0, 0.0]}, ["failed", "skipped"])
-    assert plots.ais_quantiles(no_ok).empty
-    assert plots.ais_quantiles(pd.DataFrame({"status": ["ok"], "ais_bits": [1.0]})).empty
-    assert plots.ais_quantiles(pd.DataFrame()).empty
+    assert task_plots.ais_quantiles(no_ok).empty
+    assert task_plots.ais_quantiles(pd.DataFrame({"status": ["ok"], "ais_bits": [1.0]})).empty
+    assert task_plots.ais_quantiles(pd.DataFrame()).empty
 
 
 # --- selected k ------------------------------------------------------------------------------
@@ -99,10 +104,10 @@ def test_selected_k_counts_include_zero_counts_of_the_grid_and_only_ok_rows():
         k_selected=[1, 3, 3, 2, None],  # the failed row's 2 and the missing k do not count
     )
 
-    counts = plots.selected_k_counts(frame)
+    counts = task_plots.selected_k_counts(frame)
 
     assert list(zip(counts.feature_mode, counts.k, counts.users)) == [("activity", 1, 1), ("activity", 2, 0), ("activity", 3, 2)]
-    assert plots.selected_k_counts(frame.drop(columns="k_selected")).empty
+    assert task_plots.selected_k_counts(frame.drop(columns="k_selected")).empty
 
 
 # --- the timeline ----------------------------------------------------------------------------
@@ -110,15 +115,26 @@ def test_selected_k_counts_include_zero_counts_of_the_grid_and_only_ok_rows():
 
 def test_user_span_ends_at_the_commit_and_lasts_the_rows_seconds():
     rows = [{"status": "ok", "seconds": 2.5}, {"status": "failed", "seconds": 2.5}]
-    span = plots.user_span("1/4", "2026-01-01T00:00:10.250+00:00", rows)
+    span = timeline.user_span("1/4", "2026-01-01T00:00:10.250+00:00", rows)
     end = datetime(2026, 1, 1, 0, 0, 10, 250000, tzinfo=timezone.utc).timestamp()
     assert span == UserSpan("1/4", end - 2.5, end, "failed")
-    assert plots.user_span("1/4", None, rows) is None
-    assert plots.user_span("1/4", "not a time", rows) is None
-    assert plots.user_span("0/1", "2026-01-01T00:00:10+00:00", [{"status": "skipped", "seconds": None}]).start == \
+    assert timeline.user_span("1/4", None, rows) is None
+    assert timeline.user_span("1/4", "not a time", rows) is None
+    assert timeline.user_span("0/1", "2026-01-01T00:00:10+00:00", [{"status": "skipped", "seconds": None}]).start == \
         datetime(2026, 1, 1, 0, 0, 10, tzinfo=timezone.utc).timestamp()
-    assert plots.user_status([{"status": "skipped"}, {"status": "ok"}]) == "ok"
-    assert plots.user_status([{"status": "skipped"}]) == "skipped"
+    # a span's status is the user's outcome as shardrun.states defines it, the one definition
+    assert user_outcome([{"status": "skipped"}, {"status": "ok"}]) == "ok"
+    assert user_outcome([{"status": "skipped"}]) == "skipped"
+    assert span_status([{"status": "skipped"}, {"status": "ok"}]) == "ok"
+    assert span_status([{"status": "skipped"}]) == "skipped"
+    assert span_status([]) == "failed"  # no rows: cannot be trusted
+    assert span_status([{"status": ""}, {"status": "ok"}]) == "failed"  # an unknown status too
+    assert span_status([{"status": None}]) == "failed"
+
+
+def span_status(rows) -> str:
+    """The status the timeline gives a user with these rows."""
+    return timeline.user_span("0/1", "2026-01-01T00:00:10+00:00", rows).status
 
 
 def test_timeline_table_is_relative_to_the_run_start_and_ordered_by_shard():
@@ -128,12 +144,12 @@ def test_timeline_table_is_relative_to_the_run_start_and_ordered_by_shard():
         UserSpan("2/16", 1000.0, 1003.0, "ok"),
     ]
 
-    table = plots.timeline_table(spans)
+    table = timeline.timeline_table(spans)
 
     assert table.attrs["run_start"] == 1000.0
     assert list(table.shard) == ["2/16", "2/16", "10/16"]
     assert list(table.start_s) == [0.0, 3.0, 5.0] and list(table.seconds) == [3.0, 1.0, 2.0]
-    assert plots.timeline_table([]).empty
+    assert timeline.timeline_table([]).empty
 
 
 def test_shard_summary_lists_the_straggler_shard_first():
@@ -144,11 +160,11 @@ def test_shard_summary_lists_the_straggler_shard_first():
         UserSpan("2/3", 1.0, 20.0, "skipped"),
     ]
 
-    summary = plots.shard_summary(plots.timeline_table(spans))
+    per_shard = timeline.shard_summary(timeline.timeline_table(spans))
 
-    assert list(summary.shard) == ["1/3", "2/3", "0/3"]
-    assert list(summary.lag_s) == [18.0, 8.0, 0.0]
-    first = summary.set_index("shard").loc["0/3"]
+    assert list(per_shard.shard) == ["1/3", "2/3", "0/3"]
+    assert list(per_shard.lag_s) == [18.0, 8.0, 0.0]
+    first = per_shard.set_index("shard").loc["0/3"]
     assert (first.users, first.ok, first.failed, first.skipped, first.busy_s) == (2, 1, 1, 0, 12.0)
 
 
@@ -156,11 +172,11 @@ def test_slow_users_are_the_slowest_first_and_only_when_they_stand_out():
     spans = [UserSpan("0/2", i, i + 1.0, "ok") for i in range(10)]
     spans += [UserSpan("1/2", 0.0, 5.0, "ok"), UserSpan("1/2", 5.0, 13.0, "ok"), UserSpan("0/2", 10.0, 14.0, "ok")]
 
-    slow = plots.slow_users(plots.timeline_table(spans), factor=3.0, per_shard=3)
+    slow = timeline.slow_users(timeline.timeline_table(spans), factor=3.0, per_shard=3)
 
     assert list(zip(slow.shard, slow.seconds)) == [("1/2", 8.0), ("1/2", 5.0), ("0/2", 4.0)]
     uniform = [UserSpan("0/1", i, i + 1.0, "ok") for i in range(5)]
-    assert plots.slow_users(plots.timeline_table(uniform)).empty
+    assert timeline.slow_users(timeline.timeline_table(uniform)).empty
 
 
 def test_timeline_bars_cap_per_shard_and_keep_idle_gaps():
@@ -169,7 +185,7 @@ def test_timeline_bars_cap_per_shard_and_keep_idle_gaps():
     spans += [UserSpan("0/2", 4600.0 + i, 4601.0 + i, "ok") for i in range(10)]
     spans += [UserSpan("1/2", float(i), i + 1.0, "skipped") for i in range(3)]
 
-    bars = plots.timeline_bars(plots.timeline_table(spans), max_bars_per_shard=100)
+    bars = timeline.timeline_bars(timeline.timeline_table(spans), max_bars_per_shard=100)
 
     shard0 = bars[bars.shard == "0/2"]
     assert len(shard0) <= 100 + 1  # the cap, plus one bar started by the idle gap
@@ -182,7 +198,7 @@ def test_timeline_bars_cap_per_shard_and_keep_idle_gaps():
 
 def test_timeline_bars_show_the_most_common_status():
     spans = [UserSpan("0/1", float(i), i + 1.0, status) for i, status in enumerate(["ok", "failed", "failed", "ok"])]
-    bars = plots.timeline_bars(plots.timeline_table(spans), max_bars_per_shard=1)
+    bars = timeline.timeline_bars(timeline.timeline_table(spans), max_bars_per_shard=1)
     assert list(bars.status) == ["failed"] and list(bars.users) == [4]  # a 2-2 tie goes to the more severe
 
 
@@ -190,8 +206,8 @@ def test_timeline_bars_of_hundreds_of_thousands_stay_few():
     users = 300_000
     starts = np.arange(users, dtype=float)
     spans = list(zip([f"{i % 8}/8" for i in range(users)], starts, starts + 0.9, ["ok"] * users))
-    bars = plots.timeline_bars(plots.timeline_table(spans))
-    assert bars.groupby("shard").size().max() <= plots.MAX_BARS_PER_SHARD
+    bars = timeline.timeline_bars(timeline.timeline_table(spans))
+    assert bars.groupby("shard").size().max() <= timeline.MAX_BARS_PER_SHARD
     assert bars.users.sum() == users
 
 
@@ -203,8 +219,23 @@ AIS_COLUMNS = ["k_selected"] + [f"ais_k{k}_{what}" for k in KS for what in ("bit
 
 @pytest.fixture
 def with_ais_columns(task_double, monkeypatch):
-    """The double's schema with the AIS columns of the real analysis, so merge keeps them."""
+    """The double's schema with the AIS columns of the real analysis, so merge keeps them, and the
+    default task's picture hook, so merge draws the AIS panels."""
     monkeypatch.setattr(task_double, "result_columns", lambda settings: COLUMNS + AIS_COLUMNS)
+    monkeypatch.setattr(task_double, "summary_panels", default_task.summary_panels, raising=False)
+
+
+@pytest.fixture
+def drawn_panels(monkeypatch):
+    """The panels each merge hands to write_summary_png (which still draws them)."""
+    seen = []
+
+    def spy(frame, spans, path, title=None, panels=()):
+        seen.append(list(panels))
+        summary.write_summary_png(frame, spans, path, title=title, panels=panels)
+
+    monkeypatch.setattr("shardrun.results.merge.write_summary_png", spy)
+    return seen
 
 
 def ais_override(i: int, ks=KS) -> dict:
@@ -255,11 +286,57 @@ def test_merge_writes_a_readable_png(tmp_path, with_ais_columns, case):
     assert_valid_png(MergedPaths(out).summary_png)
 
 
-def test_merge_writes_a_png_for_a_task_without_ais_columns(tmp_path):
+def test_merge_draws_the_default_tasks_panels_through_its_hook(tmp_path, with_ais_columns, drawn_panels):
+    run = make_run(tmp_path / "run", count=2, overrides={u: ais_override(i) for i, u in enumerate(USERS)})
+    merge_shards(shard_dirs_of_run(run), tmp_path / "merged")
+    [panels] = drawn_panels
+    assert [p.width for p in panels] == [3.0, 2.0]  # AIS against k, then the selected k
+    assert_valid_png(MergedPaths(tmp_path / "merged").summary_png)
+
+
+def test_merge_writes_the_timeline_for_a_task_without_the_picture_hook(tmp_path, task_double, drawn_panels):
+    assert not hasattr(task_double, "summary_panels")
     run = make_run(tmp_path / "run", count=3)
     out = tmp_path / "merged"
     merge_shards(shard_dirs_of_run(run), out)
+    assert drawn_panels == [[]]  # no panels of the task: the core's own picture only
     assert_valid_png(MergedPaths(out).summary_png)
+
+
+def picture_frame_and_spans():
+    frame = result_frame({1: [0.3, 0.4], 2: [0.5, 0.7]}, {1: [0.0, 0.0], 2: [0.1, 0.1]}, ["ok", "failed"],
+                         k_selected=[2, None])
+    return frame, [UserSpan("0/2", 0.0, 2.0, "ok"), UserSpan("1/2", 0.0, 3.0, "failed")]
+
+
+def test_the_core_picture_is_the_status_panel_above_the_timeline():
+    frame, spans = picture_frame_and_spans()
+    figure = summary.draw_summary(frame, spans, panels=summary.task_panels(object(), frame, None))
+    assert summary.panel_titles(figure) == [summary.STATUS_PANEL_TITLE, summary.TIMELINE_TITLE]
+    assert summary.status_counts(frame) == {"ok": 1, "failed": 1}
+
+
+def test_the_default_tasks_picture_holds_the_ais_panels_above_the_timeline():
+    frame, spans = picture_frame_and_spans()
+    panels = summary.task_panels(default_task, frame, None)
+    figure = summary.draw_summary(frame, spans, panels=panels)
+    assert summary.panel_titles(figure) == [
+        task_plots.AIS_PANEL_TITLE, task_plots.SELECTED_K_PANEL_TITLE, summary.TIMELINE_TITLE,
+    ]
+
+
+def test_a_failing_picture_hook_keeps_the_merged_results(tmp_path, task_double, monkeypatch, caplog):
+    def broken(frame, settings):
+        raise KeyError("ais_k1_bits")
+
+    monkeypatch.setattr(task_double, "summary_panels", broken, raising=False)
+    run = make_run(tmp_path / "run", count=2)
+    out = tmp_path / "merged"
+    with caplog.at_level(logging.ERROR, logger="shardrun.results.merge"):
+        report = merge_shards(shard_dirs_of_run(run), out)
+    assert report.complete and len(read_both(out)[0]) == 16
+    assert not MergedPaths(out).summary_png.exists()
+    assert any("KeyError" in r.getMessage() for r in caplog.records if r.levelno == logging.ERROR)
 
 
 def test_commit_times_have_milliseconds_and_become_spans(tmp_path):
@@ -316,6 +393,6 @@ def test_hundreds_of_thousands_of_users_still_draw(tmp_path):
     spans = list(zip([f"{s}/16" for s in shard_of], ends - durations, ends, frame.status.iloc[::2]))
     path = tmp_path / "summary.png"
 
-    plots.write_summary_png(frame, spans, path)
+    summary.write_summary_png(frame, spans, path, panels=task_plots.summary_panels(frame, None))
 
     assert_valid_png(path)

@@ -9,10 +9,11 @@ import pytest
 
 from shardrun.config import parse_config
 from shardrun.section import Section
-from shardrun.results.merge import merge_shards, shard_dirs_of_run
+from shardrun.results.merge import merge_shards
+from shardrun.results.read import shard_dirs_of_run
 from shardrun.storage.paths import MergedPaths
 from shardrun.sharding import ShardSpec
-from shardrun.results.merge import MAX_LISTED
+from shardrun.results.report import MAX_LISTED
 from shardrun.results.validate import check_frame, validate_result_set, write_validation
 
 # The task double and the shard-dir builders are shared with the merge tests (pytest puts tests/ on

@@ -45,6 +45,10 @@ class ResumeMismatch(ShardrunError):
     """--resume was pointed at a dir that belongs to another config or shard layout."""
 
 
+class MergeError(ShardrunError):
+    """The given dirs cannot be merged as they are (not shard dirs, or shards of different configs)."""
+
+
 class ShardLocked(ShardrunError):
     """Another live process is running the same shard dir."""
 

@@ -7,7 +7,7 @@ protocol, so a user can plug in another JVM analysis with `task: package.module:
 from __future__ import annotations
 
 import importlib
-from typing import Any, Mapping, Protocol, Sequence
+from typing import Any, Callable, Mapping, NamedTuple, Protocol, Sequence
 
 import pandas as pd
 
@@ -66,6 +66,23 @@ class PredictsHeap(Protocol):
         """Bytes of Java heap (-Xmx) each user of `dataset` needs: the largest over everything the
         analysis runs for that user. A user skipped by rule needs only the JVM's baseline. Called
         once per process on every user, so it must be fast (no JVM, no per-user series building)."""
+
+
+class SummaryPanel(NamedTuple):
+    """One panel a task adds to summary.png (see DrawsSummary)."""
+
+    draw: Callable[[Any], None]  # draws the panel on the matplotlib Axes it is given
+    width: float = 1.0  # relative to the task's other panels, which share the picture's top row
+
+
+class DrawsSummary(Protocol):
+    """The optional part of a Task that adds its own panels to a merge's summary.png
+    (shardrun.results.summary uses it); without it the picture holds the core's panels only."""
+
+    def summary_panels(self, frame: pd.DataFrame, settings: Any | None) -> Sequence[SummaryPanel]:
+        """Panels of the merged result frame, drawn above the core's per-shard timeline. `settings`
+        is None when the merge found no run.json. Import matplotlib inside the drawing functions
+        only, so that loading the task stays cheap."""
 
 
 def load_task(dotted: str) -> Task:

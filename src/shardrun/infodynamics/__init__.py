@@ -15,6 +15,7 @@ from shardrun.infodynamics.analysis import analyse_user, failed_rows, result_col
 from shardrun.infodynamics.checks import check_rows
 from shardrun.infodynamics.data import load
 from shardrun.infodynamics.heap import preflight, user_heap_needs
+from shardrun.infodynamics.plots import summary_panels
 from shardrun.infodynamics.settings import parse_settings
 from shardrun.infodynamics.versions import describe_versions
 
@@ -32,6 +33,7 @@ class InfodynamicsTask:
     analyse = staticmethod(analyse_user)
     check_rows = staticmethod(check_rows)
     describe_versions = staticmethod(describe_versions)
+    summary_panels = staticmethod(summary_panels)  # the optional DrawsSummary part: its panels of summary.png
 
     @staticmethod
     def with_threads(settings, threads: int):

@@ -16,18 +16,13 @@ import pandas as pd
 
 from shardrun.config import RunConfig, parse_config
 from shardrun.errors import ShardrunError
-from shardrun.results.merge import (
-    STATUS_COLUMNS,
-    capped,
-    describe_key,
-    read_result_file,
-    report_problems,
-    schema_columns,
-    show,
-)
+from shardrun.results.frame import schema_columns
+from shardrun.results.read import STATUS_COLUMNS, read_result_file
+from shardrun.results.report import capped, describe_key, report_problems, show
 from shardrun.storage.paths import MergedPaths
 from shardrun.storage.store import read_json, utc_now, write_json_atomic
-from shardrun.task import BOOKKEEPING_COLUMNS, STATUSES, Task, load_task
+from shardrun.states import STATUSES, UserStatus
+from shardrun.task import BOOKKEEPING_COLUMNS, Task, load_task
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +60,7 @@ def check_statuses(frame: pd.DataFrame, key_columns: Sequence[str]) -> list[str]
         status = row.get("status")
         if _is_blank(status) or status not in STATUSES:
             problems.append(f"{where}: status {show(status)} is not one of {', '.join(STATUSES)}")
-        elif status in ("skipped", "failed") and ("reason" in row and _is_blank(row["reason"])):
+        elif status in (UserStatus.SKIPPED, UserStatus.FAILED) and ("reason" in row and _is_blank(row["reason"])):
             problems.append(f"{where}: status {status!r} but reason is empty")
     return capped(problems, "rows with a bad status or reason")
 

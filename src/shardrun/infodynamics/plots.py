@@ -1,0 +1,235 @@
+"""The default analysis's panels of summary.png: AIS against history length k, and the selected k.
+
+Found by the core through the task's optional `summary_panels` hook (shardrun.task.DrawsSummary);
+the core draws its per-shard timeline below them. Two halves, as in the core's picture: the data
+preparation is pure (a frame of merged rows in, small tables out) and is tested without drawing;
+the drawing functions take a matplotlib Axes and import matplotlib only when called.
+
+Whatever the size of the result set, the drawing stays small: a handful of quantiles and counts
+per (mode, k). The look (font sizes, grid) matches the core's panels.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+from shardrun.states import UserStatus
+from shardrun.task import SummaryPanel
+
+QUANTILES = {"q10": 0.10, "q25": 0.25, "median": 0.50, "q75": 0.75, "q90": 0.90}
+AIS_PANEL_TITLE = "AIS against history length k (users with status ok)"
+SELECTED_K_PANEL_TITLE = "Selected k (largest bias-corrected AIS)"
+
+_AIS_COLUMN = re.compile(r"^ais_k(\d+)_bits$")
+
+TITLE_SIZE = 13
+LABEL_SIZE = 11
+TICK_SIZE = 10
+LEGEND_SIZE = 9
+NOTE_SIZE = 9
+MODE_COLOURS = ("#1b9e77", "#d95f02", "#7570b3", "#e7298a", "#66a61e", "#e6ab02", "#a6761d", "#666666")
+
+
+def summary_panels(frame: pd.DataFrame, settings: Any | None = None) -> list[SummaryPanel]:
+    """Task.summary_panels: AIS against k (three fifths of the row) and the selected k (two fifths).
+
+    Everything comes from the result columns, so `settings` is not needed (None without run.json).
+    """
+    colours = {mode: MODE_COLOURS[i % len(MODE_COLOURS)] for i, mode in enumerate(mode_groups(frame))}
+    ais = functools.partial(draw_ais_panel, quantiles=ais_quantiles(frame), colours=colours, ks=grid_ks(frame))
+    selected = functools.partial(draw_selected_k_panel, counts=selected_k_counts(frame), colours=colours,
+                                 has_column="k_selected" in frame.columns)
+    return [SummaryPanel(draw=ais, width=3.0), SummaryPanel(draw=selected, width=2.0)]
+
+
+# --- the tables ----------------------------------------------------------------------------
+
+
+def grid_ks(frame: pd.DataFrame) -> list[int]:
+    """The k grid as the result columns show it (`ais_k<k>_bits`), ascending."""
+    return sorted(int(m.group(1)) for c in frame.columns if (m := _AIS_COLUMN.match(str(c))))
+
+
+def ok_rows(frame: pd.DataFrame) -> pd.DataFrame:
+    """Rows of users with status ok; every row when the result set has no status column."""
+    if "status" not in frame.columns:
+        return frame
+    return frame[(frame["status"] == UserStatus.OK.value).to_numpy(dtype=bool, na_value=False)]
+
+
+def mode_groups(frame: pd.DataFrame) -> dict[str, np.ndarray]:
+    """Row positions of each feature mode, by mode name (sorted); one group "all rows" for a task
+    without modes. Positions rather than string comparisons: a frame may hold millions of rows."""
+    if "feature_mode" not in frame.columns:
+        return {"all rows": np.arange(len(frame))} if len(frame) else {}
+    codes, names = pd.factorize(frame["feature_mode"], sort=False)  # missing modes get code -1
+    groups = {str(name): np.flatnonzero(codes == code) for code, name in enumerate(names)}
+    return dict(sorted(groups.items()))
+
+
+def _numbers(series: pd.Series) -> np.ndarray:
+    """A column as float64 with NaN for missing (nullable Int64 columns hold pd.NA)."""
+    return pd.to_numeric(series, errors="coerce").to_numpy(dtype="float64", na_value=np.nan)
+
+
+def ais_quantiles(frame: pd.DataFrame) -> pd.DataFrame:
+    """Per (feature_mode, measure, k) over ok rows: n, q10, q25, median, q75, q90.
+
+    measure "ais" is `ais_k<k>_bits`; "bias_corrected" is `ais_k<k>_bits - ais_k<k>_null_mean_bits`
+    (only where the null mean column exists). NaN values (a k left out by the undersampling guard)
+    are left out of that k's statistics; a (mode, measure, k) without any value has no row.
+    """
+    columns = ["feature_mode", "measure", "k", "n", *QUANTILES]
+    rows = ok_rows(frame)
+    groups = mode_groups(rows)
+    records = []
+    for k in grid_ks(frame):
+        measures = {"ais": _numbers(rows[f"ais_k{k}_bits"])}
+        null_column = f"ais_k{k}_null_mean_bits"
+        if null_column in rows.columns:
+            measures["bias_corrected"] = measures["ais"] - _numbers(rows[null_column])
+        for measure, values in measures.items():
+            for mode, positions in groups.items():
+                present = values[positions]
+                present = present[~np.isnan(present)]
+                if present.size:
+                    quantiles = np.quantile(present, list(QUANTILES.values()))
+                    records.append((mode, measure, k, int(present.size), *map(float, quantiles)))
+    table = pd.DataFrame.from_records(records, columns=columns)
+    return table.sort_values(["feature_mode", "measure", "k"], kind="stable").reset_index(drop=True)
+
+
+def selected_k_counts(frame: pd.DataFrame) -> pd.DataFrame:
+    """Per (feature_mode, k): how many ok rows selected that k, for every k of the grid (zeros
+    included, so bars line up) and any other k the rows name."""
+    columns = ["feature_mode", "k", "users"]
+    if "k_selected" not in frame.columns:
+        return pd.DataFrame(columns=columns)
+    rows = ok_rows(frame)
+    selected = _numbers(rows["k_selected"])
+    per_mode = {}
+    for mode, positions in mode_groups(rows).items():
+        ks = selected[positions]
+        ks = ks[~np.isnan(ks)].astype("int64")
+        if ks.size:
+            per_mode[mode] = pd.Series(ks).value_counts()
+    if not per_mode:
+        return pd.DataFrame(columns=columns)
+    every_k = sorted(set(grid_ks(frame)).union(*(set(c.index) for c in per_mode.values())))
+    records = [
+        (mode, int(k), int(counts.get(k, 0))) for mode, counts in per_mode.items() for k in every_k
+    ]
+    return pd.DataFrame.from_records(records, columns=columns)
+
+
+# --- drawing -------------------------------------------------------------------------------
+
+
+def draw_ais_panel(axes, quantiles: pd.DataFrame, colours: Mapping[str, str], ks: Sequence[int]) -> None:
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+
+    _style(axes, AIS_PANEL_TITLE, "history length k", "AIS (bits)")
+    if ks:
+        axes.set_xticks(list(ks))
+        axes.set_xlim(min(ks) - 0.5, max(ks) + 0.5)
+    if quantiles.empty:
+        _empty_panel(axes, "no AIS values: no users with status ok" if ks else "no ais_k<k>_bits columns",
+                     keep_x_ticks=bool(ks))
+        return
+    mode_handles = []
+    for mode in sorted(set(quantiles["feature_mode"])):
+        colour = colours.get(mode, "black")
+        ais = quantiles[(quantiles["feature_mode"] == mode) & (quantiles["measure"] == "ais")].sort_values("k")
+        corrected = quantiles[(quantiles["feature_mode"] == mode) & (quantiles["measure"] == "bias_corrected")]
+        corrected = corrected.sort_values("k")
+        if not ais.empty:
+            x = ais["k"].to_numpy(dtype=float)
+            # one k: a band needs width, so draw it as a short block around the k
+            band_x = np.array([x[0] - 0.18, x[0] + 0.18]) if len(x) == 1 else x
+            repeat = 2 if len(x) == 1 else 1
+            for low, high, alpha in (("q10", "q90", 0.13), ("q25", "q75", 0.32)):
+                axes.fill_between(
+                    band_x,
+                    np.repeat(ais[low].to_numpy(float), repeat),
+                    np.repeat(ais[high].to_numpy(float), repeat),
+                    color=colour,
+                    alpha=alpha,
+                    linewidth=0,
+                )
+            axes.plot(x, ais["median"], "-o", color=colour, linewidth=2.2, markersize=6)
+        if not corrected.empty:
+            axes.plot(corrected["k"], corrected["median"], "--s", color=colour, linewidth=1.6, markersize=5)
+        n = int(ais["n"].max()) if not ais.empty else int(corrected["n"].max())
+        mode_handles.append(Line2D([], [], color=colour, marker="o", linewidth=2.2, label=f"{mode} (n = {n:,})"))
+    style_handles = [
+        Line2D([], [], color="#444444", marker="o", linewidth=2.2, label="median AIS"),
+        Line2D([], [], color="#444444", marker="s", linestyle="--", linewidth=1.6,
+               label="median bias-corrected AIS\n(AIS − permutation null mean)"),
+        Patch(facecolor="#444444", alpha=0.32, label="25–75% of users (AIS)"),
+        Patch(facecolor="#444444", alpha=0.13, label="10–90% of users (AIS)"),
+    ]
+    legend = axes.legend(handles=mode_handles, title="feature mode", fontsize=LEGEND_SIZE,
+                         title_fontsize=LEGEND_SIZE, loc="upper left")
+    axes.add_artist(legend)
+    axes.legend(handles=style_handles, fontsize=LEGEND_SIZE, loc="upper right", framealpha=0.9)
+    low = min(0.0, float(quantiles["q10"].min()))
+    high = float(quantiles["q90"].max())
+    # headroom for the two legends above the highest band
+    axes.set_ylim(low - 0.02 * (high - low or 1), high + 0.45 * (high - low or 1))
+
+
+def draw_selected_k_panel(axes, counts: pd.DataFrame, colours: Mapping[str, str], has_column: bool = True) -> None:
+    _style(axes, SELECTED_K_PANEL_TITLE, "selected history length k", "users (status ok)")
+    axes.grid(False, axis="x")
+    if counts.empty:
+        _empty_panel(axes, "no selected k: no users with status ok" if has_column else "no k_selected column")
+        return
+    modes = sorted(set(counts["feature_mode"]))
+    ks = sorted(set(counts["k"]))
+    width = 0.8 / len(modes)
+    label_bars = len(modes) * len(ks) <= 24  # count labels only while they fit above their bars
+    for i, mode in enumerate(modes):
+        mine = counts[counts["feature_mode"] == mode].set_index("k").reindex(ks, fill_value=0)
+        x = np.array(ks, dtype=float) + (i - (len(modes) - 1) / 2) * width
+        bars = axes.bar(x, mine["users"], width=width * 0.95, color=colours.get(mode, "black"),
+                        label=f"{mode} (n = {int(mine['users'].sum()):,})")
+        if label_bars:
+            axes.bar_label(bars, labels=[f"{n:,}" for n in mine["users"]], fontsize=NOTE_SIZE, padding=2)
+    axes.set_xticks(ks)
+    axes.set_xlim(min(ks) - 0.6, max(ks) + 0.6)
+    axes.set_ylim(0, max(1, int(counts["users"].max())) * 1.3)  # headroom: count labels, then the legend
+    axes.yaxis.get_major_locator().set_params(integer=True)
+    axes.yaxis.set_major_formatter(_thousands())
+    axes.legend(title="feature mode", fontsize=LEGEND_SIZE, title_fontsize=LEGEND_SIZE, loc="upper center",
+                ncol=len(modes))
+
+
+def _thousands():
+    """Tick labels with thousands separators for big numbers (100,000 s), plain for small (0.5 s)."""
+    from matplotlib.ticker import FuncFormatter
+
+    return FuncFormatter(lambda x, _: f"{x:,.0f}" if abs(x) >= 1000 else f"{x:.4g}")
+
+
+def _empty_panel(axes, message: str, keep_x_ticks: bool = False) -> None:
+    """A panel without data keeps its title and labels, says why it is empty, and drops the
+    meaningless 0..1 ticks."""
+    axes.text(0.5, 0.5, message, transform=axes.transAxes, ha="center", va="center", fontsize=LABEL_SIZE, color="#555555")
+    axes.set_yticks([])
+    if not keep_x_ticks:
+        axes.set_xticks([])
+
+
+def _style(axes, title: str, xlabel: str, ylabel: str) -> None:
+    axes.set_title(title, fontsize=TITLE_SIZE, loc="left")
+    axes.set_xlabel(xlabel, fontsize=LABEL_SIZE)
+    axes.set_ylabel(ylabel, fontsize=LABEL_SIZE)
+    axes.tick_params(labelsize=TICK_SIZE)
+    axes.grid(True, color="#e5e5e5", linewidth=0.8)
+    axes.set_axisbelow(True)

@@ -1,0 +1,168 @@
+"""What merge and validate read from disk: shard dirs, run.json provenance, the task, result files.
+
+Reading is one end of a merge (writing is the other); everything in between is pure. A dir that
+cannot be read as a shard dir raises MergeError with the fix; a shard's status.json is only
+reported, so an unreadable one does not stop a merge.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+import pandas as pd
+
+from shardrun.config import parse_config
+from shardrun.errors import MergeError, ShardrunError
+from shardrun.sharding import ShardSpec
+from shardrun.storage.paths import RunPaths, ShardPaths
+from shardrun.storage.store import read_json, scan_committed
+from shardrun.task import Task, load_task
+
+log = logging.getLogger(__name__)
+
+# Columns the core itself reads (besides the task's key columns); kept as text when a CSV is read
+# back, so that an id such as "007" or "NA" is not turned into a number or a missing value.
+STATUS_COLUMNS = ("status", "reason")
+
+
+@dataclass(frozen=True)
+class ShardInput:
+    """One shard dir as merge sees it: its identity, its state and its committed rows."""
+
+    dir: Path
+    identity: Mapping[str, Any]
+    spec: ShardSpec
+    state: str | None
+    committed: Mapping[str, Sequence[Mapping[str, Any]]]  # user id -> rows
+    committed_at: Mapping[str, Any] = field(default_factory=dict)  # user id -> commit time (for the timeline)
+
+    @property
+    def config_hash(self) -> str | None:
+        return self.identity.get("config_hash")
+
+    @property
+    def data_fingerprint(self) -> str | None:
+        return self.identity.get("data_fingerprint")
+
+    @property
+    def users_planned(self) -> list[str]:
+        return list(self.identity.get("users_planned") or [])
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "dir": str(self.dir),
+            "shard": str(self.spec),
+            "config_hash": self.config_hash,
+            "data_fingerprint": self.data_fingerprint,
+            "pilot": self.identity.get("pilot"),
+            "users_planned": len(self.users_planned),
+            "users_committed": len(self.committed),
+            "state": self.state,
+        }
+
+
+def shard_dirs_of_run(run_dir: Path) -> list[Path]:
+    """The shard dirs of a run dir (`shard-<i>-of-<K>/` holding a shard.json), sorted."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise MergeError(f"run dir {run_dir} does not exist; pass the run dir that holds the shard-<i>-of-<K>/ dirs.")
+    dirs = RunPaths(run_dir).shard_dirs()
+    if not dirs:
+        raise MergeError(
+            f"{run_dir} holds no shard dirs (shard-<i>-of-<K>/ with a shard.json); pass a run dir made by"
+            " run_production or launch_shards with --run, or list shard dirs with --shards."
+        )
+    return dirs
+
+
+def read_shard(shard_dir: Path) -> ShardInput:
+    paths = ShardPaths(Path(shard_dir))
+    if not paths.dir.is_dir():
+        raise MergeError(f"{paths.dir} does not exist; pass existing shard dirs (shard-<i>-of-<K>/) to --shards.")
+    if not paths.identity.is_file():
+        hint = (
+            " It looks like a run dir: pass it with --run instead."
+            if RunPaths(paths.dir).shard_dirs()
+            else " Pass dirs named shard-<i>-of-<K>/ written by run_production."
+        )
+        raise MergeError(f"{paths.dir} is not a shard dir (it has no shard.json).{hint}")
+    try:
+        identity = read_json(paths.identity)
+        spec = ShardSpec.parse(identity["shard"])
+    except (OSError, ValueError, KeyError, TypeError, ShardrunError) as exc:
+        raise MergeError(
+            f"{paths.identity} is not a valid shard identity ({exc!r}); it must be the shard.json written by"
+            " run_production. Leave that dir out of the merge or restore the file."
+        ) from None
+    users = scan_committed(paths)
+    return ShardInput(
+        dir=paths.dir,
+        identity=identity,
+        spec=spec,
+        state=_read_state(paths),
+        committed={user_id: user.rows for user_id, user in users.items()},
+        committed_at={user_id: user.record.get("committed_at") for user_id, user in users.items()},
+    )
+
+
+def _read_state(paths: ShardPaths) -> str | None:
+    """The shard's last recorded state; only reported, so an unreadable status.json must not stop a merge."""
+    if not paths.status.is_file():
+        return None
+    try:
+        return read_json(paths.status).get("state")
+    except (OSError, ValueError, AttributeError) as exc:
+        log.warning("status file %s cannot be read (%s); its state is reported as 'unreadable'", paths.status, exc)
+        return "unreadable"
+
+
+def read_provenance(shard_dirs: Iterable[Path]) -> list[dict[str, Any]]:
+    """run.json of every distinct parent run dir of the shard dirs (in the order first seen)."""
+    provenance = []
+    seen: set[Path] = set()
+    for shard_dir in shard_dirs:
+        run = RunPaths(shard_dir.parent)
+        if run.dir in seen or not run.run_json.is_file():
+            continue
+        seen.add(run.dir)
+        try:
+            provenance.append({"run_dir": str(run.dir), **read_json(run.run_json)})
+        except (OSError, ValueError, TypeError) as exc:
+            raise MergeError(f"{run.run_json} cannot be read ({exc}); restore it or merge without its shards.") from None
+    return provenance
+
+
+def resolve_task(provenance: Sequence[Mapping[str, Any]], shards: Sequence[ShardInput]) -> tuple[Task, Any | None]:
+    """The task and its settings, from the first run.json's config snapshot. Without any run.json
+    only the task is known (from shard.json), and the columns come from the rows."""
+    if provenance:
+        source = provenance[0]
+        try:
+            config = parse_config(source["config"])
+        except (KeyError, ShardrunError) as exc:
+            raise MergeError(
+                f"the config snapshot in {source['run_dir']}/run.json cannot be parsed ({exc}); the code may have"
+                " changed since the run. Merge with the shardrun version that made the run."
+            ) from None
+        return load_task(config.task), config.settings
+    task_path = shards[0].identity.get("task")
+    if not isinstance(task_path, str):
+        raise MergeError(f"{shards[0].dir}/shard.json names no task and there is no run.json; cannot merge it.")
+    return load_task(task_path), None
+
+
+def read_result_file(path: Path, text_columns: Iterable[str]) -> pd.DataFrame:
+    """Read results.parquet or results.csv as merge wrote it."""
+    if path.suffix == ".parquet":
+        return pd.read_parquet(path, engine="pyarrow")
+    # Only empty fields are missing: default NA strings such as "NA" or "None" may be real user ids.
+    return pd.read_csv(
+        path,
+        dtype={c: str for c in text_columns},
+        keep_default_na=False,
+        na_values=[""],
+        encoding="utf-8",
+    )

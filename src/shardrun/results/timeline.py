@@ -1,0 +1,197 @@
+"""The per-shard timeline of a merge, pure: committed users as spans, and the tables drawn from them.
+
+A span is one committed user of one shard dir, from its start to its commit; its status is the
+user's outcome (shardrun.states.user_outcome). From the spans: the timeline table (seconds since the
+run start, ordered by shard), a per-shard summary (straggler first), the slow users, and the bars to
+draw (at most `MAX_BARS_PER_SHARD` per shard, consecutive users combined beyond that). Drawing them
+is summary.py's job.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+from datetime import datetime, timezone
+from typing import Any, Iterable, Mapping, NamedTuple, Sequence
+
+import numpy as np
+import pandas as pd
+
+from shardrun.results.read import ShardInput
+from shardrun.states import STATUSES, UserStatus, user_outcome
+
+log = logging.getLogger(__name__)
+
+MAX_BARS_PER_SHARD = 400  # beyond a few hundred bars a shard's row is wider in bars than in pixels
+SLOW_FACTOR = 3.0  # a user is slow when it took at least this many times the median user
+SLOW_PER_SHARD = 3  # the slowest users outlined per shard (more would hide the others)
+# also the display order of statuses
+STATUS_SEVERITY = {UserStatus.OK.value: 0, UserStatus.SKIPPED.value: 1, UserStatus.FAILED.value: 2}
+
+_SHARD_LABEL = re.compile(r"^(\d+)/(\d+)")
+
+
+class UserSpan(NamedTuple):
+    """One committed user of one shard: from its start to its commit, in POSIX seconds."""
+
+    shard: str
+    start: float
+    end: float
+    status: str
+
+
+def user_span(shard: str, committed_at: Any, rows: Sequence[Mapping[str, Any]]) -> UserSpan | None:
+    """The span of one committed user: it ended at `committed_at` and took the rows' `seconds`.
+
+    None when the commit time is missing or unreadable (a result file written by hand or by another
+    tool): such a user is left out of the timeline only, never out of the results.
+    """
+    if not isinstance(committed_at, str):
+        return None
+    try:
+        moment = datetime.fromisoformat(committed_at)
+    except ValueError:
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)  # store writes UTC; never read it as local time
+    end = moment.timestamp()
+    durations = [row.get("seconds") for row in rows]
+    seconds = max((float(d) for d in durations if _is_number(d) and math.isfinite(d) and d >= 0), default=0.0)
+    return UserSpan(shard=shard, start=end - seconds, end=end, status=user_outcome(rows).value)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def shard_sort_key(label: str) -> tuple:
+    """Shards as people count them: "2/4" before "10/16", by K then i; other labels after, as text."""
+    match = _SHARD_LABEL.match(label)
+    if match:
+        return (0, int(match.group(2)), int(match.group(1)), label)
+    return (1, 0, 0, label)
+
+
+def timeline_table(spans: Iterable[Sequence[Any]]) -> pd.DataFrame:
+    """One row per span: shard, start_s, end_s (seconds since the earliest start), seconds, status.
+
+    Sorted by shard (see shard_sort_key), then start. The frame's attrs["run_start"] holds the
+    earliest start in POSIX seconds (None when there are no spans).
+    """
+    table = pd.DataFrame(list(spans), columns=["shard", "start", "end", "status"])
+    table["shard"] = table["shard"].astype(str)
+    table["status"] = table["status"].astype(str)
+    run_start = float(table["start"].min()) if len(table) else None
+    table["start_s"] = table["start"].astype("float64") - (run_start or 0.0)
+    table["end_s"] = table["end"].astype("float64") - (run_start or 0.0)
+    table["seconds"] = table["end_s"] - table["start_s"]
+    order = {label: rank for rank, label in enumerate(sorted(set(table["shard"]), key=shard_sort_key))}
+    table["shard_rank"] = table["shard"].map(order)
+    table = table.sort_values(["shard_rank", "start_s", "end_s"], kind="stable").reset_index(drop=True)
+    table = table[["shard", "start_s", "end_s", "seconds", "status"]]
+    table.attrs["run_start"] = run_start
+    return table
+
+
+def shard_summary(timeline: pd.DataFrame) -> pd.DataFrame:
+    """Per shard: users, ok / skipped / failed, first_start_s, finish_s, busy_s (sum of user
+    seconds) and lag_s (how long after the first shard to finish it finished).
+
+    Ordered straggler first: latest finish first, then by shard.
+    """
+    columns = ["shard", "users", *STATUSES, "first_start_s", "finish_s", "busy_s", "lag_s"]
+    if timeline.empty:
+        return pd.DataFrame(columns=columns)
+    grouped = timeline.groupby("shard", sort=False)
+    summary = pd.DataFrame(
+        {
+            "users": grouped.size(),
+            "first_start_s": grouped["start_s"].min(),
+            "finish_s": grouped["end_s"].max(),
+            "busy_s": grouped["seconds"].sum(),
+        }
+    )
+    counts = pd.crosstab(timeline["shard"], timeline["status"])
+    for status in UserStatus:
+        summary[status.value] = counts[status] if status in counts else 0
+    summary["lag_s"] = summary["finish_s"] - summary["finish_s"].min()
+    summary = summary.reset_index(names="shard")
+    summary["rank"] = summary["shard"].map(shard_sort_key)
+    summary = summary.sort_values(["finish_s", "rank"], ascending=[False, True], kind="stable")
+    return summary[columns].reset_index(drop=True)
+
+
+def slow_users(timeline: pd.DataFrame, factor: float = SLOW_FACTOR, per_shard: int = SLOW_PER_SHARD) -> pd.DataFrame:
+    """Users that took at least `factor` times the median user, at most `per_shard` per shard,
+    slowest first. Empty when all users took about the same time (nothing stands out)."""
+    if timeline.empty:
+        return timeline.copy()
+    threshold = factor * float(timeline["seconds"].median())
+    slow = timeline[(timeline["seconds"] >= threshold) & (timeline["seconds"] > 0)]
+    slow = slow.sort_values(["seconds", "start_s"], ascending=[False, True], kind="stable")
+    slow = slow.groupby("shard", sort=False).head(per_shard)
+    slow = slow.reset_index(drop=True)
+    slow.attrs["threshold_s"] = threshold
+    return slow
+
+
+def timeline_bars(timeline: pd.DataFrame, max_bars_per_shard: int = MAX_BARS_PER_SHARD) -> pd.DataFrame:
+    """Bars to draw: shard, start_s, end_s, status, users (how many users the bar stands for).
+
+    A shard with at most `max_bars_per_shard` users gets one bar per user. A bigger shard gets its
+    users combined in start order, `ceil(n / max_bars_per_shard)` consecutive users per bar, with
+    the most common status of its users (ties go to the more severe status), so a bar shows what
+    most of its users did and a cluster of failures still shows. A bar never bridges an idle
+    gap (a shard stopped and resumed later): a gap longer than 1/2000 of the run starts a new bar,
+    so idle time stays visible.
+    """
+    columns = ["shard", "start_s", "end_s", "status", "users"]
+    if timeline.empty:
+        return pd.DataFrame(columns=columns)
+    frame = timeline[["shard", "start_s", "end_s", "status"]].copy()
+    position = frame.groupby("shard", sort=False).cumcount()
+    size = frame.groupby("shard", sort=False)["shard"].transform("size")
+    chunk = np.ceil(size / max_bars_per_shard).astype("int64")
+    previous_end = frame.groupby("shard", sort=False)["end_s"].shift()
+    total = float(frame["end_s"].max() - frame["start_s"].min())
+    idle_gap = frame["start_s"] - previous_end > max(total / 2000, 1e-9)
+    starts_bar = (position % chunk == 0) | idle_gap
+    frame["bar"] = starts_bar.astype("int64").cumsum()  # spans are sorted by shard then start
+    frame["severity"] = frame["status"].map(STATUS_SEVERITY).fillna(max(STATUS_SEVERITY.values()))
+    grouped = frame.groupby("bar", sort=True)
+    bars = pd.DataFrame(
+        {
+            "shard": grouped["shard"].first(),
+            "start_s": grouped["start_s"].min(),
+            "end_s": grouped["end_s"].max(),
+            "users": grouped.size(),
+        }
+    )
+    # most common status per bar: count per (bar, status), then keep the largest count, the most
+    # severe status first among equals
+    tally = frame.groupby(["bar", "status"], sort=False).agg(n=("status", "size"), severity=("severity", "first"))
+    tally = tally.reset_index().sort_values(["bar", "n", "severity"], ascending=[True, False, False], kind="stable")
+    bars["status"] = tally.drop_duplicates("bar").set_index("bar")["status"]
+    return bars[columns].reset_index(drop=True)
+
+
+def commit_spans(shards: Sequence[ShardInput]) -> list[UserSpan]:
+    """Every committed user of every shard dir as a timeline span (duplicates included: each was
+    real work of its shard). Shards of one index from different runs are told apart by run dir."""
+    labels = [str(s.spec) for s in shards]
+    repeated = {label for label in labels if labels.count(label) > 1}
+    spans = []
+    untimed = 0
+    for shard, label in zip(shards, labels):
+        if label in repeated:
+            label = f"{label} {shard.dir.parent.name}"
+        for user_id, rows in shard.committed.items():
+            span = user_span(label, shard.committed_at.get(user_id), rows)
+            if span is None:
+                untimed += 1
+            else:
+                spans.append(span)
+    if untimed:
+        log.warning("%d committed users have no readable committed_at; they are left out of the timeline only", untimed)
+    return spans
