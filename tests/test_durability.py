@@ -5,7 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from shardrun.storage.durability import IoRetryPolicy, StorageError, durable_write
+from shardrun.errors import StorageError
+from shardrun.storage.durability import IoRetryPolicy, durable_write
 
 
 def flaky(failures: list[int]):

@@ -39,7 +39,8 @@ import pytest
 import yaml
 
 from e2e_support import analysis_values, read_status, shardrun, wait_for, write_categorical_data, write_config
-from shardrun.results.merge import merge_shards, read_result_file, shard_dirs_of_run
+from shardrun.results.merge import merge_shards
+from shardrun.results.read import read_result_file, shard_dirs_of_run
 from shardrun.storage.paths import user_file_stem
 
 pytestmark = pytest.mark.e2e

@@ -9,7 +9,7 @@ import textwrap
 import pytest
 
 from shardrun.storage import store
-from shardrun.errors import ResumeMismatch, ShardLocked
+from shardrun.errors import AlreadyCommitted, ResumeMismatch, ShardLocked
 from shardrun.storage.paths import ShardPaths, user_file_stem
 
 HOSTILE_IDS = ["../../escape", "/etc/passwd", "a/b\\c", "nul\x00byte", "x" * 5000, "..", "ünïcødé", ""]
@@ -24,7 +24,7 @@ def shard(tmp_path):
 
 def test_commit_is_exactly_once(shard):
     store.commit_user(shard, "alice", [{"user_id": "alice", "v": 1.0}], {"shard": "0/1"})
-    with pytest.raises(store.AlreadyCommitted):
+    with pytest.raises(AlreadyCommitted):
         store.commit_user(shard, "alice", [{"user_id": "alice", "v": 2.0}], {"shard": "0/1"})
     committed = store.scan_committed(shard)
     assert list(committed) == ["alice"]

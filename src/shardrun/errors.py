@@ -49,6 +49,19 @@ class MergeError(ShardrunError):
     """The given dirs cannot be merged as they are (not shard dirs, or shards of different configs)."""
 
 
+class StorageError(ShardrunError):
+    """The shard's files cannot be written (disk full, read-only, ...); the shard stops and what was
+    committed stays."""
+
+    exit_code = EXIT_STORAGE
+
+
+class AlreadyCommitted(ShardrunError):
+    """A user's result file exists already: a second commit of the same user is refused (exactly once)."""
+
+    exit_code = EXIT_CRASH
+
+
 class ShardLocked(ShardrunError):
     """Another live process is running the same shard dir."""
 

@@ -79,11 +79,3 @@ class ShardSpec:
 def users_of_shard(sorted_user_ids: Sequence[str], shard: ShardSpec) -> list[str]:
     """The shard's users, in the order of the global sorted list."""
     return [u for position, u in enumerate(sorted_user_ids) if position % shard.count == shard.index]
-
-
-def shard_of_user(sorted_user_ids: Sequence[str], user_id: str, count: int) -> int:
-    return list(sorted_user_ids).index(user_id) % count
-
-
-def sorted_unique(user_ids: Sequence[str]) -> list[str]:
-    return sorted(set(user_ids))

@@ -16,7 +16,6 @@ from shardrun.errors import ConfigError
 
 # Columns the core adds to every row; the rest come from the task.
 BOOKKEEPING_COLUMNS = ("shard", "seconds", "config_hash")
-STATUSES = ("ok", "skipped", "failed")
 
 
 class Dataset(Protocol):

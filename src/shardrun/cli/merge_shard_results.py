@@ -8,7 +8,8 @@ from typing import Sequence
 
 from shardrun.cli.common import guarded
 from shardrun.errors import EXIT_OK, EXIT_VALIDATION_FAILED
-from shardrun.results.merge import merge_shards, shard_dirs_of_run
+from shardrun.results.merge import merge_shards
+from shardrun.results.read import shard_dirs_of_run
 
 
 def parser() -> argparse.ArgumentParser:

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import os
 from dataclasses import replace
 from pathlib import Path
 from typing import Sequence
 
 from shardrun.cli.common import guarded, heap_size, pilot_size, thread_count
 from shardrun.config import load_config
+from shardrun.platforms import lower_priority
 from shardrun.errors import EXIT_OK, EXIT_USAGE, UsageError
 from shardrun.shard.lifecycle import StopFlag, die_with_launcher
 from shardrun.shard.prepare import WorkerOptions, prepare
@@ -49,7 +49,7 @@ def _run_production(args: argparse.Namespace) -> int:
         stop.install()
         die_with_launcher()
         if args.nice:
-            os.nice(args.nice)
+            lower_priority(args.nice)
     if args.retry_failed and not args.resume:
         raise UsageError("--retry-failed goes with --resume DIR: it retries the failed users of an existing shard.")
     config = load_config(args.config)

@@ -26,7 +26,7 @@ import pandas as pd
 from shardrun.infodynamics.analysis import ais_columns, result_columns
 from shardrun.infodynamics.settings import Settings, minimum_observations
 from shardrun.infodynamics.symbols import mode_base
-from shardrun.task import STATUSES
+from shardrun.states import STATUSES
 
 TOLERANCE = 1e-9
 _EXAMPLES = 3

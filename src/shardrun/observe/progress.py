@@ -14,7 +14,10 @@ from typing import Any, Mapping, Sequence
 
 import psutil
 
-ACTIVE_STATES = ("starting", "running")
+from shardrun.states import ShardPhase, ShardState
+
+ACTIVE_STATES = (ShardState.STARTING, ShardState.RUNNING)
+ENDED_WELL = (ShardState.COMPLETED, ShardState.COMPLETED_WITH_FAILURES)
 
 
 @dataclass(frozen=True)
@@ -32,15 +35,15 @@ class ShardView:
 
     @property
     def active(self) -> bool:
-        return self.state in ACTIVE_STATES or self.state in ("suspended", "waiting")
+        return self.state in ACTIVE_STATES or self.state in (ShardPhase.SUSPENDED, ShardPhase.WAITING)
 
 
 def liveness(doc: Mapping[str, Any], now: datetime, stale_after: float, launcher_phase: str | None = None) -> str:
     state = doc.get("state", "unknown")
     if state not in ACTIVE_STATES:
         return state
-    if launcher_phase == "suspended":
-        return "suspended"
+    if launcher_phase == ShardPhase.SUSPENDED:
+        return ShardPhase.SUSPENDED.value
     pid = doc.get("pid")
     if doc.get("host") == socket.gethostname() and isinstance(pid, int) and not psutil.pid_exists(pid):
         return "dead (process gone)"
@@ -62,7 +65,7 @@ def shard_view(
 ) -> ShardView:
     """One shard's row; `expected_total` (from the launcher) counts a shard that has not written status yet."""
     if doc is None:
-        return ShardView(shard, launcher_phase or "waiting", 0, expected_total or 0, 0, 0, 0, None, None, None)
+        return ShardView(shard, launcher_phase or ShardPhase.WAITING.value, 0, expected_total or 0, 0, 0, 0, None, None, None)
     return ShardView(
         shard=shard,
         state=liveness(doc, now, stale_after, launcher_phase),
@@ -83,7 +86,7 @@ def overall_eta(views: Sequence[ShardView], parallel: int | None = None) -> floa
     With every shard running this is close to the slowest shard's ETA; with shards still waiting
     (--max-parallel) it accounts for their users too. None until some shard has a measured rate.
     """
-    remaining = sum(max(v.total - v.done, 0) for v in views if v.state not in ("completed", "completed_with_failures"))
+    remaining = sum(max(v.total - v.done, 0) for v in views if v.state not in ENDED_WELL)
     rates = [v.rate_per_hour for v in views if v.rate_per_hour]
     if remaining == 0:
         return 0.0

@@ -33,10 +33,8 @@ from shardrun.results.combine import (
 from shardrun.results.frame import build_frame, frame_to_csv_bytes, frame_to_parquet_bytes, output_columns
 from shardrun.results.read import (
     read_provenance,
-    read_result_file,
     read_shard,
     resolve_task,
-    shard_dirs_of_run,
 )
 from shardrun.results.report import MergeReport, mismatch_message
 from shardrun.results.summary import run_title, task_panels, write_summary_png
@@ -49,7 +47,6 @@ log = logging.getLogger(__name__)
 
 # The command line names the run's shard dirs with shard_dirs_of_run and older callers read result
 # files with read_result_file through this module; both live in read.py.
-__all__ = ["MergeError", "merge_shards", "read_result_file", "shard_dirs_of_run", "write_result_set"]
 
 
 # --- the command ----------------------------------------------------------------------------

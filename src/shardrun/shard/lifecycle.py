@@ -5,10 +5,10 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import sys
 from typing import Any, Callable
 
 from shardrun.errors import EXIT_INTERRUPTED
+from shardrun.platforms import STOP_SIGNALS, signal_on_parent_death
 
 log = logging.getLogger(__name__)
 
@@ -17,7 +17,7 @@ LAUNCHER_PID_ENV = "SHARDRUN_LAUNCHER_PID"
 
 
 class StopFlag:
-    """Set by SIGTERM/SIGINT/SIGHUP: finish the user in flight, commit it, then stop taking users.
+    """Set by SIGTERM/SIGINT/SIGHUP (platforms.STOP_SIGNALS): finish the user in flight, commit it, then stop taking users.
 
     Installed first thing in the worker, before the data is read or the JVM starts, so that a
     signal at any moment leads to a drain, never to the default action half-way through start-up.
@@ -37,8 +37,7 @@ class StopFlag:
             self.requested_by = name
             log.warning("%s received: finishing the user in flight, then stopping", name)
 
-        # SIGHUP: a lost terminal, or the kernel telling an orphaned, suspended shard its launcher is gone
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        for sig in STOP_SIGNALS:
             signal.signal(sig, handler)
 
 
@@ -50,13 +49,7 @@ def die_with_launcher() -> None:
     Elsewhere (no prctl), the launcher's own signal forwarding is the only guard.
     """
     launcher_pid = os.environ.get(LAUNCHER_PID_ENV)
-    if not launcher_pid or not sys.platform.startswith("linux"):
+    if not launcher_pid or not signal_on_parent_death(signal.SIGTERM):
         return
-    import ctypes
-
-    pr_set_pdeathsig = 1
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(pr_set_pdeathsig, signal.SIGTERM, 0, 0, 0) != 0:
-        log.warning("could not ask to die with the launcher (errno %d)", ctypes.get_errno())
     if os.getppid() != int(launcher_pid):
         os.kill(os.getpid(), signal.SIGTERM)

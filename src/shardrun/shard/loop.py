@@ -16,12 +16,12 @@ from typing import Any, Sequence
 
 from shardrun.storage import store
 from shardrun.config import RunConfig
-from shardrun.storage.durability import StorageError, durable_write
-from shardrun.errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_USERS_FAILED, HeapTooSmall
+from shardrun.storage.durability import durable_write
+from shardrun.errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_USERS_FAILED, AlreadyCommitted, HeapTooSmall, StorageError
 from shardrun.shard.lifecycle import StopFlag
 from shardrun.shard.plan import ShardPlan
 from shardrun.shard.prepare import ResolvedDirs, WorkerOptions
-from shardrun.states import user_outcome
+from shardrun.states import ShardState, UserStatus, user_outcome
 from shardrun.shard.jvm import is_heap_exhaustion, java_class_name, java_stack, start_jvm
 from shardrun.storage.status import ShardStatus
 from shardrun.task import Dataset, Task
@@ -61,9 +61,9 @@ class ShardLoop:
                 "threads": config.jvm.threads,
                 "users_total": len(plan.assigned),
                 "users_done": len(plan.done),
-                "users_ok": previous.count("ok"),
-                "users_failed": previous.count("failed"),
-                "users_skipped": previous.count("skipped"),
+                "users_ok": previous.count(UserStatus.OK),
+                "users_failed": previous.count(UserStatus.FAILED),
+                "users_skipped": previous.count(UserStatus.SKIPPED),
                 "users_todo": len(plan.todo),
                 "resumed_with_done": len(plan.done),
                 # reports of JVMs that crashed in this shard dir before (-XX:ErrorFile), kept across restarts
@@ -73,7 +73,7 @@ class ShardLoop:
         )
 
     def run(self) -> int:
-        self.status.update(state="starting")
+        self.status.update(state=ShardState.STARTING.value)
         log.info(
             "shard %s: %d users assigned, %d already committed, %d to do",
             self.dirs.spec, len(self.plan.assigned), len(self.plan.done), len(self.plan.todo),
@@ -83,7 +83,7 @@ class ShardLoop:
         try:
             jvm_info = start_jvm(jvm_config)
         except Exception as exc:
-            self.status.update(state="failed", last_error=str(exc))
+            self.status.update(state=ShardState.FAILED.value, last_error=str(exc))
             raise
         self.status.update(state="running", java_version=jvm_info.java_version, jidt_jar_sha256=jvm_info.jar_sha256)
         self.stop.on_second = self._stop_now
@@ -110,7 +110,7 @@ class ShardLoop:
 
     def _record_shard_failure(self, exc: BaseException) -> None:
         try:
-            self.status.update(state="failed", last_error=f"{type(exc).__name__}: {exc}")
+            self.status.update(state=ShardState.FAILED.value, last_error=f"{type(exc).__name__}: {exc}")
         # The disk that failed the shard may refuse this too (as a StorageError when the status writer
         # goes through durable_write); the shard's first error is the one to report, not this one.
         except (OSError, StorageError) as status_error:
@@ -119,7 +119,7 @@ class ShardLoop:
     def _stop_now(self, signal_name: str) -> None:
         log.warning("second %s: stopping now; the user in flight is abandoned uncommitted", signal_name)
         try:
-            self.status.update(state="interrupted", last_error=f"stopped by a second {signal_name}")
+            self.status.update(state=ShardState.INTERRUPTED.value, last_error=f"stopped by a second {signal_name}")
         except Exception as exc:  # leaving at once matters more than the status line; say why it is stale
             log.error("could not mark %s interrupted: %s", self.dirs.shard.status, exc)
         finally:
@@ -142,7 +142,7 @@ class ShardLoop:
             durable_write(f"the result of user {user_id!r}", self.dirs.shard.results,
                           lambda: store.commit_user(self.dirs.shard, user_id, rows, meta,
                                                     replace=user_id in self.plan.retry))
-        except store.AlreadyCommitted:
+        except AlreadyCommitted:
             log.error("user %r was already committed in %s; keeping the first commit", user_id, self.dirs.shard.dir)
         outcome = user_outcome(rows)
         self.status.end_user(outcome)
@@ -170,12 +170,13 @@ class ShardLoop:
     def _finish(self) -> int:
         doc = self.status.snapshot()
         if self.stop.requested_by and doc["users_todo"] > 0:
-            self.status.update(state="interrupted", last_error=f"stopped by {self.stop.requested_by}")
+            self.status.update(state=ShardState.INTERRUPTED.value, last_error=f"stopped by {self.stop.requested_by}")
             log.warning("shard %s interrupted with %d users to do; resume with --resume %s",
                         self.dirs.spec, doc["users_todo"], self.dirs.shard.dir)
             return EXIT_INTERRUPTED
         failed = doc["users_failed"] > 0
-        self.status.update(state="completed_with_failures" if failed else "completed", eta_seconds=0)
+        state = ShardState.COMPLETED_WITH_FAILURES if failed else ShardState.COMPLETED
+        self.status.update(state=state.value, eta_seconds=0)
         log.info("shard %s finished: %d ok, %d skipped, %d failed", self.dirs.spec,
                  doc["users_ok"], doc["users_skipped"], doc["users_failed"])
         return EXIT_USERS_FAILED if failed else EXIT_OK

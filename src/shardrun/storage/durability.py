@@ -18,7 +18,7 @@ from typing import Callable, TypeVar
 
 import tenacity
 
-from shardrun.errors import EXIT_STORAGE, ShardrunError
+from shardrun.errors import StorageError
 
 log = logging.getLogger(__name__)
 
@@ -34,12 +34,6 @@ _PERMANENT_FIXES = {
     errno.EACCES: "permission denied: make the dir writable for this user, then resume",
     errno.EPERM: "operation not permitted: make the dir writable for this user, then resume",
 }
-
-
-class StorageError(ShardrunError):
-    """The shard's files cannot be written; the shard stops and what was committed stays."""
-
-    exit_code = EXIT_STORAGE
 
 
 def is_transient(exc: BaseException) -> bool:

@@ -15,13 +15,13 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from shardrun.storage.durability import StorageError
+from shardrun.errors import StorageError
+from shardrun.states import ShardState, UserStatus
 from shardrun.storage.paths import ShardPaths
 from shardrun.storage.store import utc_now, write_json_atomic
 
 log = logging.getLogger(__name__)
 
-STATES = ("starting", "running", "completed", "completed_with_failures", "failed", "interrupted", "killed")
 STATUS_FORMAT = 1
 
 
@@ -45,7 +45,7 @@ class ShardStatus:
             "format": STATUS_FORMAT,
             "pid": os.getpid(),
             "host": socket.gethostname(),
-            "state": "starting",
+            "state": ShardState.STARTING.value,
             "users_total": 0,
             "users_done": 0,
             "users_ok": 0,
@@ -74,9 +74,9 @@ class ShardStatus:
             self._write_locked()
 
     def begin_user(self, user_id: str) -> None:
-        self.update(current_user=user_id, current_user_since=utc_now(), state="running")
+        self.update(current_user=user_id, current_user_since=utc_now(), state=ShardState.RUNNING.value)
 
-    def end_user(self, outcome: str) -> None:
+    def end_user(self, outcome: UserStatus) -> None:
         """Count a finished user (outcome ok / skipped / failed) and refresh rate and ETA."""
         with self._lock:
             self._session_users += 1
@@ -130,7 +130,7 @@ def record_death(paths: ShardPaths, exit_code: int, description: str, hs_err_fil
         with ShardLock(paths):
             doc = read_json(paths.status)
             doc.update(
-                state="killed" if exit_code < 0 else "failed",
+                state=(ShardState.KILLED if exit_code < 0 else ShardState.FAILED).value,
                 exit_code=exit_code,
                 last_error=description,
                 current_user=None,

@@ -17,9 +17,10 @@ import tempfile
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Mapping
 
-from shardrun.errors import ResumeMismatch, ShardLocked
+from shardrun.errors import AlreadyCommitted, ResumeMismatch, ShardLocked
+from shardrun.platforms import lock_exclusive
 from shardrun.storage.paths import ShardPaths, user_file_stem
 
 log = logging.getLogger(__name__)
@@ -105,8 +106,6 @@ def read_json(path: Path) -> Any:
 # --- results ------------------------------------------------------------------------------
 
 
-class AlreadyCommitted(Exception):
-    """A second commit of the same user in the same shard dir: refused, the first one stands."""
 
 
 @dataclass(frozen=True)
@@ -137,7 +136,7 @@ def commit_user(
         else:
             os.link(tmp, target)
     except FileExistsError:
-        raise AlreadyCommitted(user_id) from None
+        raise AlreadyCommitted(f"user {user_id!r} is committed already in {paths.results}; a user is committed once.") from None
     finally:
         tmp.unlink(missing_ok=True)
     _fsync_dir(paths.results)
@@ -268,7 +267,7 @@ class ShardLock:
     def acquire(self) -> None:
         handle = open(self._path, "a+", encoding="utf-8")
         try:
-            _lock_exclusive(handle)
+            lock_exclusive(handle)
         except OSError:
             handle.seek(0)
             holder = handle.read().strip() or "unknown process"
@@ -294,21 +293,3 @@ class ShardLock:
 
     def __exit__(self, *exc: object) -> None:
         self.release()
-
-
-def _lock_exclusive(handle: Any) -> None:
-    """Non-blocking exclusive lock that the OS drops when the process dies; OSError if held."""
-    try:
-        import fcntl
-    except ImportError:  # Windows
-        import msvcrt
-
-        handle.seek(0)
-        msvcrt.locking(handle.fileno(), msvcrt.LK_NBLCK, 1)
-        return
-    fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-
-
-def iter_rows(users: Iterable[CommittedUser]) -> Iterable[dict[str, Any]]:
-    for user in users:
-        yield from user.rows
