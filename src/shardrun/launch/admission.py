@@ -24,6 +24,7 @@ from typing import Any, Mapping
 from shardrun.config import RunConfig
 from shardrun.heap_plan import HeapPlan, plan_heap, task_heap_needs
 from shardrun.errors import ConfigError
+from shardrun.task import heap_advice
 from shardrun.units import MIB, format_bytes
 
 log = logging.getLogger(__name__)
@@ -246,7 +247,8 @@ def check_launch(
             " data; load it first (shardrun.admission.measure_load) or set jvm.xmx to a size such as 1g."
         )
     needs = task_heap_needs(task, config.settings, dataset, config.jvm) if dataset is not None else None
-    heap = plan_heap(config.jvm, needs, list(dataset.user_ids) if dataset is not None else [])
+    heap = plan_heap(config.jvm, needs, list(dataset.user_ids) if dataset is not None else [],
+                     advice=heap_advice(task, config.settings))
     if available_bytes is None:
         available_bytes, available_what = _available_memory()
     else:
