@@ -21,9 +21,9 @@ from shardrun.errors import ConfigError
 from shardrun.task import DEFAULT_HEAP_ADVICE
 from shardrun.units import GIB, MIB, format_bytes, heap_bytes
 
-# The heap model (infodynamics/heap.py) is within about 10% of measured needs; the margin covers that,
+# The default task's heap model is within about 10% of measured needs; the margin covers that,
 # the larger G1 regions of a larger heap (each humongous array is rounded up to whole regions), and
-# garbage the collector has not yet reclaimed between one (mode, k) and the next.
+# garbage the collector has not yet reclaimed between one part of a user's analysis and the next.
 AUTO_HEAP_MARGIN = 0.25
 AUTO_HEAP_STEP = 64 * MIB  # round up to this, so nearby data give the same flags
 AUTO_HEAP_FLOOR = 128 * MIB  # below this the JVM's own start-up and JIT use matter more than the model

@@ -99,7 +99,7 @@ class PreparedShard:
     dirs: ResolvedDirs
     plan: ShardPlan
     heap: HeapPlan  # the resolved JVM flags (jvm.xmx auto) and the users over the heap
-    problems: list[str]  # (mode, k) that cannot run with that heap
+    problems: list[str]  # the task's preflight: work that cannot run with that heap
 
 
 def prepare(config: RunConfig, options: WorkerOptions) -> PreparedShard:
