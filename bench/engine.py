@@ -55,6 +55,7 @@ from shardrun.infodynamics.reference import dense_ais_test  # noqa: E402
 from shardrun.infodynamics.states import observed_pasts  # noqa: E402
 from shardrun.infodynamics.surrogates import UserSurrogates  # noqa: E402
 from shardrun.infodynamics.symbols import hour_symbols, mode_symbols, value_symbols  # noqa: E402
+from shardrun.infodynamics.jidt import find_jidt_jar  # noqa: E402
 from shardrun.shard.jvm import start_jvm  # noqa: E402
 
 BASE, LEVELS, HOUR_BINS = 24, 4, 6
@@ -282,11 +283,12 @@ def runs_at(data: Path, surrogates: int, xmx: str) -> bool:
         "from shardrun.config import JvmConfig\n"
         "from shardrun.errors import HeapTooSmall\n"
         "from shardrun.shard.jvm import start_jvm\n"
+        "from shardrun.infodynamics.jidt import find_jidt_jar\n"
         "from shardrun.infodynamics import task\n"
         "from pathlib import Path\n"
         "settings = proposal_settings(Path(sys.argv[2]), int(sys.argv[3]))\n"
         "dataset = task.load(settings)\n"
-        "start_jvm(JvmConfig(xms=None, xmx=sys.argv[4]))\n"
+        "start_jvm(JvmConfig(xms=None, xmx=sys.argv[4]), [str(find_jidt_jar())])\n"
         "rows = task.analyse(dataset, 'u', settings)\n"
         "sys.exit(0 if all(row['status'] == 'ok' for row in rows) else 3)\n"
     )
@@ -355,7 +357,7 @@ def main() -> None:
     parser.add_argument("--sections", default="tests,draws,users,runs")
     args = parser.parse_args()
     sections = set(args.sections.split(","))
-    start_jvm(JvmConfig(xms=None, xmx="4g"))
+    start_jvm(JvmConfig(xms=None, xmx="4g"), [str(find_jidt_jar())])
     with tempfile.TemporaryDirectory() as scratch:
         workdir = Path(scratch)
         if "tests" in sections:

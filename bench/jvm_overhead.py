@@ -40,7 +40,7 @@ CHILD = textwrap.dedent(
     import json, resource, sys, time
     import psutil
     from shardrun.config import JvmConfig, load_config
-    from shardrun.shard.jvm import start_jvm
+    from shardrun.shard.jvm import start_jvm, task_classpath
     from shardrun.task import load_task
 
     config_path, heap, users, options = sys.argv[1], sys.argv[2], int(sys.argv[3]), json.loads(sys.argv[4])
@@ -49,7 +49,7 @@ CHILD = textwrap.dedent(
     task = load_task(config.task)
     dataset = task.load(config.settings)
     rss_before_jvm = me.memory_info().rss
-    start_jvm(JvmConfig(xms=heap, xmx=heap, options=tuple(options), classpath=config.jvm.classpath))
+    start_jvm(JvmConfig(xms=heap, xmx=heap, options=tuple(options)), task_classpath(task, config.settings, config.jvm))
     rss_after_start = me.memory_info().rss
     started = time.perf_counter()
     for user_id in dataset.user_ids[:users]:

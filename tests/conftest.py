@@ -6,6 +6,7 @@ import pytest
 
 from e2e_support import analysis_values, shardrun, write_categorical_data, write_config
 from shardrun.config import JvmConfig
+from shardrun.infodynamics.jidt import find_jidt_jar
 from shardrun.shard.jvm import start_jvm
 
 
@@ -15,7 +16,7 @@ def jvm():
     import jpype
 
     if not jpype.isJVMStarted():
-        start_jvm(JvmConfig(xms=None, xmx="512m"))
+        start_jvm(JvmConfig(xms=None, xmx="512m"), [str(find_jidt_jar())])
 
 
 @pytest.fixture(scope="session")

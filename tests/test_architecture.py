@@ -6,6 +6,7 @@ import cannot hide a wrong-way dependency or a cycle.
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -93,3 +94,25 @@ def test_reading_commands_do_not_load_the_shard_stack(alias):
     loaded = sorted(m for m in modules if m.split(".")[:2] in (["shardrun", "shard"], ["shardrun", "launch"])
                     or m.split(".")[0] in ("jpype", "_jpype", "tenacity"))
     assert loaded == []
+
+
+# The words of the default analysis (its library, its package on PyPI, its measure), as whole words.
+ANALYSIS_WORDS = re.compile(r"\b(jidt|idtxl|ais)\b", re.IGNORECASE)
+def test_the_words_of_the_default_analysis_find_what_they_should():
+    assert ANALYSIS_WORDS.search("the JIDT jar") and ANALYSIS_WORDS.search("pip install idtxl-uv")
+    assert ANALYSIS_WORDS.search("AIS(k) in bits") and ANALYSIS_WORDS.search('measure "ais"')
+    assert not ANALYSIS_WORDS.search("waist, ais_k1_bits, raising, jidtish")
+
+
+def test_no_module_outside_the_default_task_names_its_analysis():
+    """The core and every other module say "the task", never JIDT, idtxl or AIS (comments and docstrings too)."""
+    package = REPO / "src" / "shardrun"
+    found = []
+    for path in sorted(package.rglob("*.py")):
+        relative = path.relative_to(package).as_posix()
+        if relative.startswith("infodynamics/"):
+            continue
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+            if ANALYSIS_WORDS.search(line):
+                found.append(f"{relative}:{number}: {line.strip()}")
+    assert found == [], "\n".join(found)

@@ -97,11 +97,12 @@ def run_user(data: Path, xmx: str, k_grid=(1, 2, 3, 4, 5, 6), surrogates=100, th
         from shardrun.errors import HeapTooSmall
         from shardrun.shard.jvm import start_jvm
         from shardrun.infodynamics import task
+        from shardrun.infodynamics.jidt import find_jidt_jar
         top = Section({{"data": {{"path": {str(data)!r}}}, "feature_modes": ["activity", "composite"],
                        "k_selection": {{"k_grid": {list(k_grid)}}}, "surrogates": {surrogates}, "seed": 1}})
         settings = task.with_threads(task.parse_settings(top), {threads})
         dataset = task.load(settings)
-        start_jvm(JvmConfig(xms=None, xmx={xmx!r}))
+        start_jvm(JvmConfig(xms=None, xmx={xmx!r}), [str(find_jidt_jar())])
         try:
             rows = task.analyse(dataset, "u", settings)
         except HeapTooSmall as exc:
@@ -136,7 +137,8 @@ def test_both_forms_of_heap_exhaustion_are_recognised():
         from shardrun.errors import HeapTooSmall
         from shardrun.shard.jvm import start_jvm
         from shardrun.infodynamics.measures import heap_exhaustion_as_heap_too_small
-        start_jvm(JvmConfig(xms=None, xmx="16m"))
+        from shardrun.infodynamics.jidt import find_jidt_jar
+        start_jvm(JvmConfig(xms=None, xmx="16m"), [str(find_jidt_jar())])
         calculator = jpype.JClass("infodynamics.measures.discrete.MutualInformationCalculatorDiscrete")
         for what, allocate in (("plain allocation", lambda: jpype.JInt[200_000_000]),
                                ("JIDT's table", lambda: calculator(24, 50_000_000, 0).initialise())):

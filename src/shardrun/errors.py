@@ -38,7 +38,7 @@ class UsageError(ShardrunError):
 
 
 class EnvironmentProblem(ShardrunError):
-    """Java, the JIDT jar or another prerequisite is missing or broken."""
+    """Java, a jar the task needs or another prerequisite is missing or broken."""
 
 
 class ResumeMismatch(ShardrunError):
@@ -68,19 +68,23 @@ class ShardLocked(ShardrunError):
     exit_code = EXIT_SHARD_LOCKED
 
 
-class HeapTooSmall(Exception):
+class HeapTooSmall(ShardrunError):
     """One user's analysis needs more Java heap than the JVM was given.
 
-    Raised per user (the shard goes on with the next user), never for the whole run.
+    Raised per user (the shard records the user as failed and goes on with the next one), never for
+    the whole run; a shard with such a user ends with EXIT_USERS_FAILED. `advice` is the task's own
+    way to need less heap (Task.heap_advice), said after raising jvm.xmx.
     """
 
-    def __init__(self, needed_bytes: int | None, xmx: str | None, detail: str):
+    exit_code = EXIT_USERS_FAILED
+
+    def __init__(self, needed_bytes: int | None, xmx: str | None, detail: str, advice: str | None = None):
         self.needed_bytes = needed_bytes
         self.xmx = xmx
         self.detail = detail
         need = f"about {format_bytes(needed_bytes)}" if needed_bytes else "more heap"
+        other_way = f", or {advice}" if advice else ""
         super().__init__(
             f"Java heap exhausted: this user needs {need} of heap but the JVM has -Xmx{xmx or '?'}"
-            f" ({detail}). Raise jvm.xmx in the config, or lower k_selection.k_max, then resume"
-            " the shard with --resume."
+            f" ({detail}). Raise jvm.xmx in the config{other_way}, then resume the shard with --resume."
         )

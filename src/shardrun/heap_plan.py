@@ -18,16 +18,17 @@ from typing import Any, Mapping, Sequence
 
 from shardrun.config import AUTO_HEAP, JvmConfig
 from shardrun.errors import ConfigError
+from shardrun.task import DEFAULT_HEAP_ADVICE
 from shardrun.units import GIB, MIB, format_bytes, heap_bytes
 
-# The heap model (infodynamics/heap.py) is within about 10% of measured needs; the margin covers that,
+# The default task's heap model is within about 10% of measured needs; the margin covers that,
 # the larger G1 regions of a larger heap (each humongous array is rounded up to whole regions), and
-# garbage the collector has not yet reclaimed between one (mode, k) and the next.
+# garbage the collector has not yet reclaimed between one part of a user's analysis and the next.
 AUTO_HEAP_MARGIN = 0.25
 AUTO_HEAP_STEP = 64 * MIB  # round up to this, so nearby data give the same flags
 AUTO_HEAP_FLOOR = 128 * MIB  # below this the JVM's own start-up and JIT use matter more than the model
 # Above 32 GiB the JVM turns off compressed references, so every reference doubles and a 33 GiB heap
-# holds less than a 31 GiB one; a need beyond this is an outlier user or a k grid to reconsider.
+# holds less than a 31 GiB one; a need beyond this is an outlier user or settings to reconsider.
 AUTO_HEAP_CEILING = 31 * GIB
 OVER_BUDGET_SHOWN = 20  # users listed by --dry-run and in the log; the rest are counted
 
@@ -93,6 +94,7 @@ class HeapPlan:
     over_budget: tuple[tuple[str, int], ...]  # (user id, need) of the first OVER_BUDGET_SHOWN of them
     over_budget_count: int
     over_budget_largest: int = 0  # the largest need among all of them, shown or not
+    advice: str = DEFAULT_HEAP_ADVICE  # the task's way to need less heap (Task.heap_advice)
 
     @property
     def heap(self) -> int:
@@ -123,7 +125,7 @@ class HeapPlan:
         if self.over_budget_count > len(self.over_budget):
             lines.append(f"  ... and {self.over_budget_count - len(self.over_budget)} more")
         fix = (
-            f"lower k_selection.k_max (auto stops at {AUTO_HEAP_CEILING // GIB} GiB)" if self.configured.xmx_is_auto
+            f"{self.advice} (auto stops at {AUTO_HEAP_CEILING // GIB} GiB)" if self.configured.xmx_is_auto
             else f"raise jvm.xmx to {auto_heap_bytes(self.over_budget_largest) // MIB}m (their largest need"
                  f" + {AUTO_HEAP_MARGIN:.0%}), or set jvm.xmx: auto"
         )
@@ -131,16 +133,20 @@ class HeapPlan:
         return lines
 
 
-def plan_heap(jvm: JvmConfig, needs: Mapping[str, int] | None, users: Sequence[str]) -> HeapPlan:
-    """Resolve the heap from every user's need, then list which of `users` exceed it (pure)."""
+def plan_heap(jvm: JvmConfig, needs: Mapping[str, int] | None, users: Sequence[str],
+              advice: str = DEFAULT_HEAP_ADVICE) -> HeapPlan:
+    """Resolve the heap from every user's need, then list which of `users` exceed it (pure).
+
+    `advice` (the task's heap_advice) is the fix the report names when raising the heap cannot help.
+    """
     resolved = resolve_heap(jvm, needs or {})
     if not needs:
-        return HeapPlan(jvm, resolved, None, None, len(users), (), 0)
+        return HeapPlan(jvm, resolved, None, None, len(users), (), 0, advice=advice)
     largest_user = max(needs, key=needs.__getitem__)
     heap = resolved.xmx_bytes
     over = [(user, needs[user]) for user in users if needs.get(user, 0) > heap]
     return HeapPlan(
         configured=jvm, jvm=resolved, largest_need=needs[largest_user], largest_user=largest_user,
         users_considered=len(users), over_budget=tuple(over[:OVER_BUDGET_SHOWN]), over_budget_count=len(over),
-        over_budget_largest=max((need for _, need in over), default=0),
+        over_budget_largest=max((need for _, need in over), default=0), advice=advice,
     )

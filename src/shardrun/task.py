@@ -1,7 +1,10 @@
 """What the orchestration core needs from an analysis, and how it finds one by dotted path.
 
-The core (worker, merge, validate) never imports JIDT; it talks to the analysis only through this
-protocol, so a user can plug in another JVM analysis with `task: package.module:object`.
+The core (worker, merge, validate) knows no analysis library; it talks to the analysis only through
+this protocol, so a user can plug in another JVM analysis with `task: package.module:object`
+(docs/TASKS.md walks through one). The required part is `Task`; the optional parts are
+`PredictsHeap` (per-user heap needs) and `RunsOnJvm` (classpath, JVM options, heap exhaustion,
+provenance of the JVM's classpath), each hook with a default here or in the core.
 """
 
 from __future__ import annotations
@@ -48,7 +51,7 @@ class Task(Protocol):
         """Task-specific sanity checks of a merged result set (value ranges)."""
 
     def describe_versions(self) -> Mapping[str, str]:
-        """Versions to record as provenance (for example the JIDT jar)."""
+        """Versions to record as provenance in run.json (libraries, jars); needs no JVM."""
 
     # Optional: run_label(settings) -> str, put into new run dir names (`full_<label>_<time>`).
     # Optional: user_heap_needs(settings, dataset) -> dict[str, int] (see PredictsHeap below), which
@@ -56,6 +59,7 @@ class Task(Protocol):
     # Optional: with_threads(settings, threads) -> settings: the settings to analyse with when the shard
     # process may use `threads` threads (jvm.threads); a number must never depend on it, and the config
     # hash must not either.
+    # Optional: the JVM hooks of RunsOnJvm below (classpath, options, heap exhaustion, advice, provenance).
 
 
 class PredictsHeap(Protocol):
@@ -82,6 +86,45 @@ class DrawsSummary(Protocol):
         """Panels of the merged result frame, drawn above the core's per-shard timeline. `settings`
         is None when the merge found no run.json. Import matplotlib inside the drawing functions
         only, so that loading the task stays cheap."""
+
+
+class RunsOnJvm(Protocol):
+    """The optional JVM part of a Task. Every hook has a default; a task defines those it needs.
+
+    The core starts the JVM once per shard process, after every check and before the first analyse.
+    """
+
+    def jvm_classpath(self, settings: Any, configured: str | None) -> list[str]:
+        """The classpath entries (jars, dirs) the JVM starts with. `configured` is the config's
+        jvm.classpath (a core key), or None. Raise EnvironmentProblem naming the fix when a needed jar
+        is missing: it is called before anything is written, so the shard refuses to start (exit 2).
+        Default (no hook): jvm.classpath split on os.pathsep, each entry required to exist; none = []."""
+
+    def jvm_options(self, settings: Any) -> list[str]:
+        """Extra JVM flags the analysis needs (never -Xmx/-Xms: the heap is jvm.xmx's), placed before
+        the config's jvm.options so that a user's own flag wins. Default: none."""
+
+    def is_heap_exhaustion(self, exc: BaseException) -> bool:
+        """True for the task's own forms of heap exhaustion (a library that wraps OutOfMemoryError in
+        another exception). The core recognises java.lang.OutOfMemoryError itself. Default: none."""
+
+    def heap_advice(self, settings: Any) -> str:
+        """How to make the analysis need less heap (a lower-case phrase such as "lower the window"),
+        said wherever the core advises raising jvm.xmx. Default: DEFAULT_HEAP_ADVICE."""
+
+    def jvm_provenance(self, classpath: Sequence[str]) -> Mapping[str, Any]:
+        """Facts about the classpath the JVM was started with (a jar's sha256, say), recorded in each
+        shard's status.json once the JVM runs. Keys must not clash with the core's status keys
+        (those are kept). Default: none."""
+
+
+DEFAULT_HEAP_ADVICE = "make each user's analysis need less heap (see the task's documentation)"
+
+
+def heap_advice(task: Any, settings: Any) -> str:
+    """The task's advice for a user or run that does not fit in the heap (RunsOnJvm.heap_advice)."""
+    advise = getattr(task, "heap_advice", None)
+    return str(advise(settings)) if advise is not None else DEFAULT_HEAP_ADVICE
 
 
 def load_task(dotted: str) -> Task:

@@ -79,7 +79,7 @@ def _run_production(args: argparse.Namespace) -> int:
         for problem in prepared.problems:
             print(f"cannot run: {problem}")
         if not prepared.problems:
-            print("every configured (feature mode, k) fits the JVM heap")
+            print("preflight: the task found nothing that cannot run with this heap")
         return EXIT_USAGE if prepared.problems else EXIT_OK
     outcome = run_shard(config, options, stop)
     print(f"shard {outcome.plan.shard} done (exit {outcome.exit_code}): {outcome.dirs.shard.dir}")

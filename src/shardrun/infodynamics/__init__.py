@@ -3,7 +3,8 @@
 Found by the core through `task: shardrun.infodynamics:task`. One module per job: settings (config
 keys), data (loading), symbols (symbolisation), states (observed pasts), surrogates (the seeded
 permutations), jarrays (numpy to Java arrays), measures (the JIDT calls), heap (memory model and
-preflight), analysis (one user's rows), checks (value ranges of a result set), versions
+preflight), analysis (one user's rows), checks (value ranges of a result set), jidt (the JVM hooks:
+the jar from idtxl-uv, JIDT's wrapped heap exhaustion, the heap advice, the jar's sha256), versions
 (provenance), reference (JIDT's dense calculators, for tests and benchmarks only).
 """
 
@@ -16,6 +17,7 @@ from shardrun.infodynamics.checks import check_rows
 from shardrun.infodynamics.data import load
 from shardrun.infodynamics.heap import preflight, user_heap_needs
 from shardrun.infodynamics.plots import summary_panels
+from shardrun.infodynamics.jidt import heap_advice, is_jidt_heap_exhaustion, jvm_classpath, jvm_provenance
 from shardrun.infodynamics.settings import parse_settings
 from shardrun.infodynamics.versions import describe_versions
 
@@ -34,6 +36,11 @@ class InfodynamicsTask:
     check_rows = staticmethod(check_rows)
     describe_versions = staticmethod(describe_versions)
     summary_panels = staticmethod(summary_panels)  # the optional DrawsSummary part: its panels of summary.png
+    # The optional RunsOnJvm part: JIDT's jar, its wrapped OutOfMemoryError, the advice, the jar's sha256.
+    jvm_classpath = staticmethod(jvm_classpath)
+    is_heap_exhaustion = staticmethod(is_jidt_heap_exhaustion)
+    heap_advice = staticmethod(heap_advice)
+    jvm_provenance = staticmethod(jvm_provenance)
 
     @staticmethod
     def with_threads(settings, threads: int):

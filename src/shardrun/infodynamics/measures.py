@@ -1,7 +1,7 @@
 """The JIDT calls: entropy, AIS and transfer entropy in bits over observed pasts, with permutation nulls.
 
 Java classes are looked up inside the functions, so importing this module never needs a JVM; the
-caller starts it once per process (shardrun.jvm.start_jvm).
+caller starts it once per process (the core's shard loop, with the classpath of infodynamics.jidt).
 
 Every table is sized by the pasts the series shows, never by base^k (states.py):
 - AIS(k) = I(next; past): JIDT's MutualInformationCalculatorDiscrete(base, M, 0) with the next symbol
@@ -34,9 +34,9 @@ import numpy as np
 
 from shardrun.errors import HeapTooSmall
 from shardrun.infodynamics.jarrays import java_ints
+from shardrun.infodynamics.jidt import HEAP_ADVICE, is_heap_exhaustion
 from shardrun.infodynamics.jvm_threads import JvmThreads
 from shardrun.infodynamics.states import ObservedPasts
-from shardrun.shard.jvm import is_heap_exhaustion
 
 _XMX = re.compile(r"^-Xmx(\S+)$")
 
@@ -181,4 +181,4 @@ def heap_exhaustion_as_heap_too_small(needed_bytes: Callable[[], int], what: str
         if not is_heap_exhaustion(exc):
             raise
         _, xmx = jvm_heap()
-        raise HeapTooSmall(needed_bytes(), xmx, f"{what}: {exc}") from exc
+        raise HeapTooSmall(needed_bytes(), xmx, f"{what}: {exc}", advice=HEAP_ADVICE) from exc

@@ -9,7 +9,7 @@ import numpy as np
 
 from shardrun.errors import EnvironmentProblem
 from shardrun.digest import file_sha256
-from shardrun.shard.jvm import JIDT_DISTRIBUTION, find_jidt_jar
+from shardrun.infodynamics.jidt import JIDT_DISTRIBUTION, find_jidt_jar
 
 
 def describe_versions() -> dict[str, str]:

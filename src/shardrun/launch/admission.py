@@ -23,7 +23,9 @@ from typing import Any, Mapping
 
 from shardrun.config import RunConfig
 from shardrun.heap_plan import HeapPlan, plan_heap, task_heap_needs
+from shardrun.shard.jvm import task_classpath
 from shardrun.errors import ConfigError
+from shardrun.task import heap_advice
 from shardrun.units import MIB, format_bytes
 
 log = logging.getLogger(__name__)
@@ -238,15 +240,19 @@ def check_launch(
     `dataset` is required for jvm.xmx auto (the needs come from the data); without it an explicit heap
     is admitted as configured and nobody is checked per user. `data_bytes` is the memory the loaded
     table takes in one process (every shard loads all of it; measure_load gives it).
-    `available_bytes` defaults to available_memory().
+    `available_bytes` defaults to available_memory(). A classpath the task cannot find
+    (Task.jvm_classpath) raises EnvironmentProblem here, before any shard starts.
     """
     if dataset is None and config.jvm.xmx_is_auto:
         raise ConfigError(
             "jvm.xmx is auto, which is chosen from the data, but the launcher's memory check was given no"
             " data; load it first (shardrun.admission.measure_load) or set jvm.xmx to a size such as 1g."
         )
+    # What the task needs on the classpath (a jar) is missing: refuse the launch, not each of K shards.
+    task_classpath(task, config.settings, config.jvm)
     needs = task_heap_needs(task, config.settings, dataset, config.jvm) if dataset is not None else None
-    heap = plan_heap(config.jvm, needs, list(dataset.user_ids) if dataset is not None else [])
+    heap = plan_heap(config.jvm, needs, list(dataset.user_ids) if dataset is not None else [],
+                     advice=heap_advice(task, config.settings))
     if available_bytes is None:
         available_bytes, available_what = _available_memory()
     else:

@@ -1,59 +1,71 @@
-"""Starting the one JVM of a process, finding the JIDT jar, and naming Java errors.
+"""Starting the one JVM of a process with the task's classpath and options, and naming Java errors.
 
 Nothing here runs at import time: a JVM cannot be restarted in a process, and a process that
 forks after starting one hangs, so the worker starts it once, explicitly, after it has decided to
 do work. Workers are started with subprocess, never by forking a process that has a JVM.
+
+What goes on the classpath, extra JVM flags, the task's own forms of heap exhaustion and what to
+record of the classpath are the task's (shardrun.task.RunsOnJvm); the defaults live here.
 """
 
 from __future__ import annotations
 
-import importlib.metadata
-import importlib.util
 import logging
 import os
-import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Mapping, Sequence
 
 from shardrun.config import JvmConfig
-from shardrun.digest import file_sha256
-from shardrun.errors import EnvironmentProblem
+from shardrun.errors import ConfigError, EnvironmentProblem
 
 log = logging.getLogger(__name__)
 
-JIDT_DISTRIBUTION = "idtxl-uv"
-JIDT_JAR_NAME = "infodynamics.jar"
-_INSTALL_HINT = (
-    f"install it with `pip install --no-deps {JIDT_DISTRIBUTION}` (the README's commands do this), "
-    "or point jvm.classpath in the config at an infodynamics.jar"
-)
+
+def configured_classpath(configured: str | None) -> list[str]:
+    """The default classpath of a task without a jvm_classpath hook: jvm.classpath's entries, each existing."""
+    entries = [entry for entry in (configured or "").split(os.pathsep) if entry]
+    paths = []
+    for entry in entries:
+        path = Path(entry).expanduser()
+        if not path.exists():
+            raise EnvironmentProblem(
+                f"jvm.classpath names {path}, which does not exist; point jvm.classpath at the jars or dirs"
+                " the task needs (separated by the OS's path separator), or remove the key."
+            )
+        paths.append(str(path.resolve()))
+    return paths
 
 
-def find_jidt_jar(classpath: str | None = None) -> Path:
-    """The JIDT jar: jvm.classpath if set, else the one shipped in the idtxl-uv package.
+def task_classpath(task: Any, settings: Any, jvm: JvmConfig) -> list[str]:
+    """The classpath the task's JVM starts with (RunsOnJvm.jvm_classpath, given jvm.classpath).
 
-    Found through package metadata, without importing idtxl (which would pull in its heavy
-    dependencies, deliberately not installed).
+    Raises EnvironmentProblem with the fix when something the task needs is missing: a shard calls it
+    before it writes anything.
     """
-    if classpath:
-        path = Path(classpath).expanduser()
-        if not path.is_file():
-            raise EnvironmentProblem(f"jvm.classpath points at {path}, which is not a file; {_INSTALL_HINT}.")
-        return path.resolve()
-    try:
-        for file in importlib.metadata.files(JIDT_DISTRIBUTION) or []:
-            if file.name == JIDT_JAR_NAME:
-                path = Path(file.locate())
-                if path.is_file():
-                    return path.resolve()
-    except importlib.metadata.PackageNotFoundError:
-        pass
-    spec = importlib.util.find_spec("idtxl")
-    for location in (spec.submodule_search_locations or []) if spec else []:
-        path = Path(location) / JIDT_JAR_NAME
-        if path.is_file():
-            return path.resolve()
-    raise EnvironmentProblem(f"the JIDT jar ({JIDT_JAR_NAME}) was not found; {_INSTALL_HINT}.")
+    hook = getattr(task, "jvm_classpath", None)
+    if hook is None:
+        return configured_classpath(jvm.classpath)
+    return [str(entry) for entry in hook(settings, jvm.classpath)]
+
+
+def task_jvm_options(task: Any, settings: Any) -> tuple[str, ...]:
+    """The task's extra JVM flags (RunsOnJvm.jvm_options), checked like the config's jvm.options."""
+    hook = getattr(task, "jvm_options", None)
+    options = tuple(hook(settings)) if hook is not None else ()
+    for option in options:
+        if not isinstance(option, str) or not option.startswith("-") or option.startswith(("-Xmx", "-Xms")):
+            raise ConfigError(
+                f"the task {type(task).__name__} asks for the JVM flag {option!r}; a task's jvm_options must be"
+                " flags starting with '-' that do not set the heap (jvm.xms and jvm.xmx do). Fix the task."
+            )
+    return options
+
+
+def task_jvm_provenance(task: Any, classpath: Sequence[str]) -> Mapping[str, Any]:
+    """What the task records of the classpath its JVM started with (RunsOnJvm.jvm_provenance)."""
+    hook = getattr(task, "jvm_provenance", None)
+    return dict(hook(list(classpath))) if hook is not None else {}
 
 
 def find_java() -> str:
@@ -79,25 +91,28 @@ def find_java() -> str:
 
 @dataclass(frozen=True)
 class JvmInfo:
-    jar: str
-    jar_sha256: str
+    classpath: tuple[str, ...]
     java_version: str
     args: tuple[str, ...]
 
 
-def start_jvm(config: JvmConfig) -> JvmInfo:
-    """Start this process's JVM with the config's heap and the JIDT jar (once per process)."""
+def start_jvm(config: JvmConfig, classpath: Sequence[str] = ()) -> JvmInfo:
+    """Start this process's JVM with the config's heap and options and `classpath` (once per process).
+
+    A shard takes the classpath from the task (task_classpath) and puts the task's own flags into
+    config.options (task_jvm_options).
+    """
     import jpype
 
-    jar = find_jidt_jar(config.classpath)
     # -Xrs: the JVM must not install its own SIGTERM/SIGINT handlers, which would run its shutdown
     # and exit under the worker's feet; the worker's Python handlers drain instead.
     args = (*config.jvm_args(), "-Xrs")
     if jpype.isJVMStarted():
         raise RuntimeError("the JVM is already running in this process; start_jvm must be called once")
     jvm_path = find_java()
+    entries = tuple(str(entry) for entry in classpath)
     try:
-        jpype.startJVM(jvm_path, *args, classpath=[str(jar)], convertStrings=False, interrupt=False)
+        jpype.startJVM(jvm_path, *args, classpath=list(entries), convertStrings=False, interrupt=False)
     except (OSError, RuntimeError) as exc:
         raise EnvironmentProblem(
             f"the JVM did not start with {' '.join(args)} ({exc}). Check jvm.options and jvm.xmx in the config"
@@ -105,8 +120,8 @@ def start_jvm(config: JvmConfig) -> JvmInfo:
         ) from None
     unlink_python_gc_from_java_gc()
     version = str(jpype.java.lang.System.getProperty("java.version"))
-    log.info("JVM %s started with %s, JIDT jar %s", version, " ".join(args), jar)
-    return JvmInfo(jar=str(jar), jar_sha256=file_sha256(jar), java_version=version, args=args)
+    log.info("JVM %s started with %s, classpath %s", version, " ".join(args), os.pathsep.join(entries) or "(none)")
+    return JvmInfo(classpath=entries, java_version=version, args=args)
 
 
 def unlink_python_gc_from_java_gc() -> None:
@@ -127,11 +142,6 @@ def unlink_python_gc_from_java_gc() -> None:
 
 # --- Java error taxonomy --------------------------------------------------------------------
 
-# JIDT wraps an OutOfMemoryError of its count tables as RuntimeException("Requested memory for the base
-# ..." (dense calculators) or "Requested memory for the MI bases ..." (MI and CMI) "... is too large for
-# the JVM at this time").
-_JIDT_HEAP_MESSAGE = re.compile(r"Requested memory for the .* is too large for the JVM")
-
 
 def java_class_name(exc: BaseException) -> str | None:
     """'java.lang.OutOfMemoryError' for a Java exception seen through JPype, else None."""
@@ -144,14 +154,12 @@ def java_class_name(exc: BaseException) -> str | None:
     return None
 
 
-def is_heap_exhaustion(exc: BaseException) -> bool:
-    """Both forms JIDT raises: a plain OutOfMemoryError, or JIDT's RuntimeException wrapping it."""
-    name = java_class_name(exc)
-    if name is None:
-        return False
-    if name == "java.lang.OutOfMemoryError":
+def is_heap_exhaustion(exc: BaseException, task: Any = None) -> bool:
+    """A java.lang.OutOfMemoryError, or one of the task's own forms (RunsOnJvm.is_heap_exhaustion)."""
+    if java_class_name(exc) == "java.lang.OutOfMemoryError":
         return True
-    return _JIDT_HEAP_MESSAGE.search(str(exc.getMessage() or "")) is not None
+    hook = getattr(task, "is_heap_exhaustion", None)
+    return bool(hook is not None and hook(exc))
 
 
 def java_stack(exc: BaseException) -> str | None:

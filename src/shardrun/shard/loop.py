@@ -22,7 +22,9 @@ from shardrun.shard.lifecycle import StopFlag
 from shardrun.shard.plan import ShardPlan
 from shardrun.shard.prepare import ResolvedDirs, WorkerOptions
 from shardrun.states import ShardState, UserStatus, user_outcome
-from shardrun.shard.jvm import is_heap_exhaustion, java_class_name, java_stack, start_jvm
+from shardrun.shard.jvm import (
+    is_heap_exhaustion, java_class_name, java_stack, start_jvm, task_classpath, task_jvm_options, task_jvm_provenance,
+)
 from shardrun.storage.status import ShardStatus
 from shardrun.task import Dataset, Task
 
@@ -78,14 +80,21 @@ class ShardLoop:
             "shard %s: %d users assigned, %d already committed, %d to do",
             self.dirs.spec, len(self.plan.assigned), len(self.plan.done), len(self.plan.todo),
         )
-        # A JVM crash writes its hs_err file into the shard dir, where the launcher and users look.
-        jvm_config = replace(self.config.jvm, options=(*self.config.jvm.options, f"-XX:ErrorFile={self.dirs.shard.hs_err_pattern}"))
+        settings = self.config.settings
         try:
-            jvm_info = start_jvm(jvm_config)
+            # The task's flags first, so that the config's jvm.options win; a JVM crash writes its hs_err
+            # file into the shard dir, where the launcher and users look.
+            options = (*task_jvm_options(self.task, settings), *self.config.jvm.options,
+                       f"-XX:ErrorFile={self.dirs.shard.hs_err_pattern}")
+            jvm_info = start_jvm(replace(self.config.jvm, options=options),
+                                 task_classpath(self.task, settings, self.config.jvm))
+            provenance = task_jvm_provenance(self.task, jvm_info.classpath)
         except Exception as exc:
             self.status.update(state=ShardState.FAILED.value, last_error=str(exc))
             raise
-        self.status.update(state="running", java_version=jvm_info.java_version, jidt_jar_sha256=jvm_info.jar_sha256)
+        core_keys = self.status.snapshot().keys() | {"java_version", "exit_code"}  # never overridden by a task
+        self.status.update(state=ShardState.RUNNING.value, java_version=jvm_info.java_version,
+                           **{key: value for key, value in provenance.items() if key not in core_keys})
         self.stop.on_second = self._stop_now
         self.status.start_heartbeat(self.options.heartbeat_seconds)
         try:
@@ -132,7 +141,7 @@ class ShardLoop:
         try:
             rows = list(self.task.analyse(self.dataset, user_id, self.config.settings))
         except Exception as exc:  # one user's failure must not end the shard: record it and go on
-            rows = list(self.task.failed_rows(self.config.settings, user_id, failure_reason(exc)))
+            rows = list(self.task.failed_rows(self.config.settings, user_id, failure_reason(exc, self.task)))
             self._record_error(user_id, exc)
         seconds = round(time.monotonic() - started, 3)
         bookkeeping = {"shard": str(self.dirs.spec), "seconds": seconds, "config_hash": self.config.hash}
@@ -161,11 +170,12 @@ class ShardLoop:
         }
         if isinstance(exc, HeapTooSmall):
             record["heap_needed_bytes"] = exc.needed_bytes
-        elif is_heap_exhaustion(exc):
+        elif is_heap_exhaustion(exc, self.task):
             record["heap_needed_bytes"] = None
         durable_write("errors.jsonl", self.dirs.shard.dir, lambda: store.append_error(self.dirs.shard, record))
-        self.status.update(last_error=f"{user_id}: {failure_reason(exc)}")
-        log.error("user %r failed: %s", user_id, failure_reason(exc))
+        reason = failure_reason(exc, self.task)
+        self.status.update(last_error=f"{user_id}: {reason}")
+        log.error("user %r failed: %s", user_id, reason)
 
     def _finish(self) -> int:
         doc = self.status.snapshot()
@@ -182,8 +192,8 @@ class ShardLoop:
         return EXIT_USERS_FAILED if failed else EXIT_OK
 
 
-def failure_reason(exc: BaseException) -> str:
-    if is_heap_exhaustion(exc) and not isinstance(exc, HeapTooSmall):
+def failure_reason(exc: BaseException, task: Task | None = None) -> str:
+    if is_heap_exhaustion(exc, task) and not isinstance(exc, HeapTooSmall):
         return f"Java heap exhausted ({exc}); raise jvm.xmx and resume"
     text = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {text[0] if text else ''}"[:500]

@@ -14,13 +14,13 @@ from pathlib import Path
 from shardrun.config import RunConfig
 from shardrun.errors import ResumeMismatch, UsageError
 from shardrun.heap_plan import HeapPlan, plan_heap, task_heap_needs
-from shardrun.shard.jvm import find_java, find_jidt_jar
+from shardrun.shard.jvm import find_java, task_classpath, task_jvm_options
 from shardrun.shard.plan import ShardPlan, plan_shard
 from shardrun.sharding import ShardSpec
 from shardrun.storage import store
 from shardrun.storage.durability import durable_write
 from shardrun.storage.paths import RunPaths, ShardPaths
-from shardrun.task import Dataset, Task, load_task
+from shardrun.task import Dataset, Task, heap_advice, load_task
 
 
 @dataclass(frozen=True)
@@ -99,7 +99,7 @@ class PreparedShard:
     dirs: ResolvedDirs
     plan: ShardPlan
     heap: HeapPlan  # the resolved JVM flags (jvm.xmx auto) and the users over the heap
-    problems: list[str]  # (mode, k) that cannot run with that heap
+    problems: list[str]  # the task's preflight: work that cannot run with that heap
 
 
 def prepare(config: RunConfig, options: WorkerOptions) -> PreparedShard:
@@ -110,14 +110,15 @@ def prepare(config: RunConfig, options: WorkerOptions) -> PreparedShard:
     """
     task = load_task(config.task)
     problems = [] if config.jvm.xmx_is_auto else task.preflight(config.settings, config.jvm.xmx_bytes)
-    find_jidt_jar(config.jvm.classpath)
+    task_classpath(task, config.settings, config.jvm)  # a missing jar refuses the shard before any write
+    task_jvm_options(task, config.settings)
     find_java()
     dataset = task.load(config.settings)
     needs = task_heap_needs(task, config.settings, dataset, config.jvm)
     dirs = resolve_dirs(config, task, options, datetime.now())
     committed = scan_committed(dirs.shard) if dirs.resuming else {}
     plan = plan_shard(dataset.user_ids, dirs.spec, options.pilot, committed, options.retry_failed)
-    heap = plan_heap(config.jvm, needs, plan.todo)
+    heap = plan_heap(config.jvm, needs, plan.todo, advice=heap_advice(task, config.settings))
     if config.jvm.xmx_is_auto:
         problems = task.preflight(config.settings, heap.heap)
     return PreparedShard(task, dataset, dirs, plan, heap, problems)

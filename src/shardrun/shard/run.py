@@ -19,7 +19,7 @@ from shardrun.states import user_outcome
 from shardrun.storage import store
 from shardrun.storage.durability import durable_write
 from shardrun.storage.paths import RunPaths
-from shardrun.task import Dataset, Task
+from shardrun.task import Dataset, Task, heap_advice
 
 log = logging.getLogger(__name__)
 
@@ -38,8 +38,8 @@ def run_shard(config: RunConfig, options: WorkerOptions, stop: StopFlag | None =
     if prepared.problems:
         raise ConfigError(
             "the configured analysis cannot run as it stands:\n  - " + "\n  - ".join(prepared.problems)
-            + "\nLower k_selection.k_max or the k grid, or raise jvm.xmx; `run_production --dry-run` lists this"
-            " before any user starts."
+            + f"\n{capitalised(heap_advice(task, config.settings))}, or raise jvm.xmx; `run_production --dry-run`"
+            " lists this before any user starts."
         )
     if stop.requested_by:
         log.warning("%s received before the shard started: nothing was written", stop.requested_by)
@@ -79,6 +79,10 @@ def run_shard(config: RunConfig, options: WorkerOptions, stop: StopFlag | None =
     finally:
         lock.release()
     return ShardOutcome(exit_code=exit_code, plan=plan, dirs=dirs)
+
+
+def capitalised(text: str) -> str:
+    return text[:1].upper() + text[1:]
 
 
 def with_threads(task: Task, settings: Any, threads: int) -> Any:
