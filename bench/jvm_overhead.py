@@ -6,7 +6,7 @@ The launcher's admission check (shardrun.launch.admission) needs `RSS - heap` pe
 shards fit in memory; this script measures it with real worker-like processes:
 
     for each heap H: python -c "<child>"  which imports shardrun, loads the config's data, starts
-    the JVM with shardrun.jvm.start_jvm at -Xms=H -Xmx=H (+ -XX:+AlwaysPreTouch, so the whole heap
+    the JVM with shardrun.shard.jvm.start_jvm at -Xms=H -Xmx=H (+ -XX:+AlwaysPreTouch, so the whole heap
     is resident as it becomes in a long run), runs the first --users users through the task, and
     reports its peak RSS (the kernel's high-water mark) and the JVM's committed heap and non-heap.
     The parent samples the child's RSS with psutil as a cross-check.
