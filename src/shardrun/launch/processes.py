@@ -1,0 +1,111 @@
+"""The process port: the only place where the launcher touches its shards' processes.
+
+`ProcessPort` is what the launcher needs of a backend (start a shard's command with its log file,
+report exits, suspend, resume, ask to stop, kill). `LocalProcesses` is the real one: each shard a
+child process of the launcher. A job-array backend would be another implementation of the same port.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Protocol
+
+from shardrun.shard.lifecycle import LAUNCHER_PID_ENV
+from shardrun.storage import store
+
+
+@dataclass(frozen=True)
+class Exited:
+    """A shard's process ended with `code` (negative: killed by that signal); `pid` was its process id."""
+
+    index: int
+    code: int
+    pid: int
+
+
+class ProcessPort(Protocol):
+    def start(self, index: int, command: list[str], log_path: Path) -> int:
+        """Start shard `index` running `command`, its output appended to `log_path`; return its pid."""
+
+    def poll(self) -> list[Exited]:
+        """The shards whose process ended since the last poll, in shard order."""
+
+    def suspend(self, index: int) -> None:
+        """Stop the shard's process for now (SIGSTOP)."""
+
+    def resume(self, index: int) -> None:
+        """Continue a suspended shard (SIGCONT)."""
+
+    def terminate(self, index: int) -> None:
+        """Ask the shard to drain and stop (SIGTERM)."""
+
+    def kill(self, index: int) -> None:
+        """End the shard at once (SIGKILL)."""
+
+    def pid(self, index: int) -> int | None:
+        """The pid of the shard's latest process (also after it ended), or None if it never started."""
+
+
+class LocalProcesses:
+    """Shards as child processes of the launcher (subprocess), each in its own process group."""
+
+    def __init__(self) -> None:
+        self._processes: dict[int, subprocess.Popen] = {}
+        self._logs: dict[int, IO[bytes]] = {}
+        self._live: set[int] = set()
+
+    def start(self, index: int, command: list[str], log_path: Path) -> int:
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        log_handle = open(log_path, "ab")
+        log_handle.write(f"\n=== {store.utc_now()} {' '.join(command)}\n".encode())
+        log_handle.flush()
+        env = {**os.environ, LAUNCHER_PID_ENV: str(os.getpid())}
+        # Its own process group, in the launcher's session: a terminal's Ctrl-C reaches the launcher
+        # alone, and if the launcher dies while this shard is suspended (--cpu-limit), the group
+        # becomes orphaned and the kernel sends it SIGHUP and SIGCONT, so it drains instead of
+        # staying stopped forever (a stopped process cannot act on its parent-death signal).
+        try:
+            process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log_handle,
+                                       stderr=subprocess.STDOUT, env=env, process_group=0)
+        except BaseException:
+            log_handle.close()
+            raise
+        self._processes[index] = process
+        self._logs[index] = log_handle
+        self._live.add(index)
+        return process.pid
+
+    def poll(self) -> list[Exited]:
+        exits = []
+        for index in sorted(self._live):
+            process = self._processes[index]
+            if process.poll() is not None:
+                self._live.discard(index)
+                self._logs.pop(index).close()
+                exits.append(Exited(index, process.returncode, process.pid))
+        return exits
+
+    def _signal(self, index: int, signum: int) -> None:
+        if index in self._live:
+            self._processes[index].send_signal(signum)
+
+    def suspend(self, index: int) -> None:
+        self._signal(index, signal.SIGSTOP)
+
+    def resume(self, index: int) -> None:
+        self._signal(index, signal.SIGCONT)
+
+    def terminate(self, index: int) -> None:
+        self._signal(index, signal.SIGTERM)
+
+    def kill(self, index: int) -> None:
+        if index in self._live:
+            self._processes[index].kill()
+
+    def pid(self, index: int) -> int | None:
+        process = self._processes.get(index)
+        return process.pid if process else None

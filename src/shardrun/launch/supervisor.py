@@ -1,0 +1,295 @@
+"""The launcher's supervisor: events in, actions out. Pure: no processes, files, clocks or signals.
+
+Every decision of `launch_shards` about its shards is made here, in `Supervisor.handle`:
+
+- which waiting shards start (at most --max-parallel at once, in shard order): `_on_tick`
+- what a shard's exit means (a death is recorded; an abnormal one is restarted by resuming its dir
+  with the heap grown by --restart-heap-factor, at most --restarts times): `_on_exit`
+- a stop request (waiting shards are dropped, the others asked to drain, a suspended one woken so
+  it can; a second request asks again): `_on_stop`
+- the kill of shards still running --grace seconds after the first stop request: `_on_tick`
+- the CPU throttle (suspend the newest running shard, resume the first suspended): `_on_cpu`
+
+The launcher (launcher.py) turns what it observes into events, feeds them here and performs the
+returned actions through a process port (processes.py). A job-array backend would perform the same
+actions with a different port. The rules themselves are the policies of policies.py.
+"""
+
+from __future__ import annotations
+
+import signal
+from dataclasses import dataclass, field
+from typing import Sequence, Union
+
+from shardrun.errors import EXIT_CRASH, EXIT_INTERRUPTED, EXIT_OK
+from shardrun.launch.policies import CpuThrottle, RestartPolicy, describe_exit, died_abnormally, shards_to_start
+from shardrun.sharding import ShardSpec
+from shardrun.states import ShardPhase
+
+# --- events: what the launcher observed ---------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ShardExited:
+    """A shard's process ended: its exit code (negative: killed by that signal) and the JVM crash
+    reports (hs_err files) that this process left in its shard dir."""
+
+    index: int
+    code: int
+    hs_err_files: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Tick:
+    """Time passed; `now` is a monotonic clock in seconds."""
+
+    now: float
+
+
+@dataclass(frozen=True)
+class StopRequested:
+    """The launcher received a stop signal (`signal_name`, e.g. "SIGINT") at monotonic time `now`."""
+
+    signal_name: str
+    now: float
+
+
+@dataclass(frozen=True)
+class CpuReading:
+    """The machine's CPU use in percent, measured every --cpu-check-every seconds."""
+
+    percent: float
+
+
+Event = Union[ShardExited, Tick, StopRequested, CpuReading]
+
+# --- actions: what the launcher must do ---------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Start:
+    """Start shard `index` with heap `xmx` (a restart resumes its dir: the launcher resumes whenever
+    the shard dir has an identity)."""
+
+    index: int
+    xmx: str
+    restart: bool = False
+
+
+@dataclass(frozen=True)
+class Suspend:
+    """Stop the shard's process for a while (SIGSTOP): the CPU is above --cpu-limit."""
+
+    index: int
+
+
+@dataclass(frozen=True)
+class Resume:
+    """Continue a suspended shard (SIGCONT): the CPU is below --cpu-limit minus the hysteresis."""
+
+    index: int
+
+
+@dataclass(frozen=True)
+class Terminate:
+    """Ask the shard to finish its user in flight and stop (SIGTERM); `wake`: it is suspended, so
+    continue it too (SIGCONT), since a stopped process cannot drain."""
+
+    index: int
+    wake: bool = False
+
+
+@dataclass(frozen=True)
+class Kill:
+    """Kill the shard at once (SIGKILL): the --grace period is over."""
+
+    index: int
+
+
+@dataclass(frozen=True)
+class RecordDeath:
+    """Write the abnormal death into the shard's status.json (if the shard wrote one)."""
+
+    index: int
+    code: int
+    description: str
+    hs_err_files: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Say:
+    """A line for the person who runs the launcher."""
+
+    message: str
+
+
+Action = Union[Start, Suspend, Resume, Terminate, Kill, RecordDeath, Say]
+
+# --- state --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SupervisorPolicy:
+    """The launch options the supervisor decides by."""
+
+    shards: int
+    xmx: str
+    restart: RestartPolicy = RestartPolicy()
+    max_parallel: int | None = None
+    grace_seconds: float = 120.0
+    throttle: CpuThrottle | None = None
+
+
+@dataclass
+class SlotState:
+    """What the supervisor knows of one shard (its part of launcher.json, without the pid)."""
+
+    index: int
+    xmx: str
+    phase: ShardPhase = ShardPhase.WAITING
+    starts: int = 0
+    start_order: int = 0  # the launcher's count of starts at this shard's latest start: the newest is suspended first
+    restarts: int = 0
+    exits: list[int] = field(default_factory=list)
+    deaths: list[str] = field(default_factory=list)
+
+
+def overall_exit(codes: dict[str, int]) -> int:
+    """The launcher's exit: interrupted first, then any abnormal death, then the worst deliberate exit."""
+    values = list(codes.values())
+    if EXIT_INTERRUPTED in values:
+        return EXIT_INTERRUPTED
+    if any(died_abnormally(code) for code in values):
+        return EXIT_CRASH
+    return max(values, default=EXIT_OK)
+
+
+class Supervisor:
+    """The shards' phases and the launcher's stop state; `handle(event)` changes only these and
+    returns what the launcher must do, in order."""
+
+    def __init__(self, policy: SupervisorPolicy):
+        self.policy = policy
+        self.slots = [SlotState(i, policy.xmx) for i in range(policy.shards)]
+        self.stop_requests = 0
+        self.stopping_since: float | None = None
+        self.killed_after_grace = False
+        self._starts = 0
+
+    # --- queries ------------------------------------------------------------------------------
+
+    def spec(self, index: int) -> ShardSpec:
+        return ShardSpec(index, self.policy.shards)
+
+    @property
+    def stopping(self) -> bool:
+        return self.stopping_since is not None
+
+    @property
+    def finished(self) -> bool:
+        """Every shard is done: the launcher's loop ends."""
+        return all(slot.phase is ShardPhase.DONE for slot in self.slots)
+
+    def alive(self) -> list[int]:
+        """The shards whose process exists (running or suspended): the ones whose exit to watch."""
+        return [slot.index for slot in self.slots if slot.phase.alive]
+
+    def exit_codes(self) -> dict[str, int]:
+        """Each shard's last exit code; a shard that never exited counts as interrupted."""
+        return {str(self.spec(slot.index)): slot.exits[-1] if slot.exits else EXIT_INTERRUPTED for slot in self.slots}
+
+    # --- events -------------------------------------------------------------------------------
+
+    def handle(self, event: Event) -> list[Action]:
+        if isinstance(event, ShardExited):
+            return self._on_exit(event)
+        if isinstance(event, Tick):
+            return self._on_tick(event.now)
+        if isinstance(event, StopRequested):
+            return self._on_stop(event)
+        if isinstance(event, CpuReading):
+            return self._on_cpu(event.percent)
+        raise TypeError(f"not a supervisor event: {event!r}")
+
+    def _on_exit(self, event: ShardExited) -> list[Action]:
+        slot = self.slots[event.index]
+        if not slot.phase.alive:
+            return []  # not ours to watch (a duplicate report)
+        spec = self.spec(slot.index)
+        code = event.code
+        slot.exits.append(code)
+        actions: list[Action] = []
+        if died_abnormally(code):
+            hs_err = tuple(event.hs_err_files)
+            if self.killed_after_grace and code == -signal.SIGKILL:
+                description = f"killed by the launcher after the --grace period of {self.policy.grace_seconds:.0f} s"
+            else:
+                description = describe_exit(code) + (f"; JVM crash report: {', '.join(hs_err)}" if hs_err else "")
+            slot.deaths.append(description)
+            actions += [Say(f"shard {spec} {description}"), RecordDeath(slot.index, code, description, hs_err)]
+        restart = self.policy.restart
+        if not self.stopping and restart.should_restart(code, slot.restarts):
+            slot.xmx = restart.heap_for_restart(slot.xmx, slot.restarts)
+            slot.restarts += 1
+            slot.phase = ShardPhase.WAITING
+            actions.append(Say(f"restarting shard {spec} by resuming its dir (restart {slot.restarts} of"
+                               f" {restart.max_restarts}, -Xmx{slot.xmx})"))
+        else:
+            slot.phase = ShardPhase.DONE
+        return actions
+
+    def _on_tick(self, now: float) -> list[Action]:
+        if not self.stopping:
+            waiting = [slot.index for slot in self.slots if slot.phase is ShardPhase.WAITING]
+            active = sum(1 for slot in self.slots if slot.phase.alive)
+            actions: list[Action] = []
+            for index in shards_to_start(waiting, active, self.policy.max_parallel):
+                slot = self.slots[index]
+                self._starts += 1
+                slot.phase = ShardPhase.RUNNING
+                slot.starts += 1
+                slot.start_order = self._starts
+                actions.append(Start(index, slot.xmx, restart=slot.restarts > 0))
+            return actions
+        if not self.killed_after_grace and now - self.stopping_since > self.policy.grace_seconds:
+            self.killed_after_grace = True
+            return [Say(f"grace period of {self.policy.grace_seconds:.0f} s over: killing the remaining shards"),
+                    *(Kill(index) for index in self.alive())]
+        return []
+
+    def _on_stop(self, event: StopRequested) -> list[Action]:
+        self.stop_requests += 1
+        if self.stop_requests == 1:
+            self.stopping_since = event.now
+            actions: list[Action] = [Say(f"{event.signal_name}: asking every shard to finish its current user and"
+                                         f" stop (again to stop at once)")]
+        else:
+            actions = [Say(f"{event.signal_name} again: stopping every shard now")]
+        for slot in self.slots:
+            if slot.phase is ShardPhase.WAITING:
+                slot.phase = ShardPhase.DONE
+            elif slot.phase.alive:
+                actions.append(Terminate(slot.index, wake=slot.phase is ShardPhase.SUSPENDED))
+                slot.phase = ShardPhase.RUNNING
+        return actions
+
+    def _on_cpu(self, percent: float) -> list[Action]:
+        throttle = self.policy.throttle
+        if throttle is None or self.stopping:
+            return []
+        running = sorted((s for s in self.slots if s.phase is ShardPhase.RUNNING), key=lambda s: s.start_order)
+        suspended = [s.index for s in self.slots if s.phase is ShardPhase.SUSPENDED]
+        decision = throttle.decide(percent, [s.index for s in running], suspended)
+        if decision is None:
+            return []
+        what, index = decision
+        if what == "suspend":
+            self.slots[index].phase = ShardPhase.SUSPENDED
+            return [Suspend(index)]
+        self.slots[index].phase = ShardPhase.RUNNING
+        return [Resume(index)]
+
+
+def feed(supervisor: Supervisor, events: Sequence[Event]) -> list[Action]:
+    """Every action for these events, in order (a convenience for tests and replays)."""
+    return [action for event in events for action in supervisor.handle(event)]

@@ -1,0 +1,342 @@
+"""The launcher's supervisor, with no process: events in, actions out.
+
+The first tests feed events to the pure `Supervisor` and assert its actions; the last ones drive the
+`Launcher` loop with `FakePort`, a test double of the process port (the way pytest-xdist tests its
+schedulers with fake nodes). The real processes are tested in test_launcher.py and test_faults.py.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from shardrun.config import JvmConfig, OutputConfig, load_config
+from shardrun.launch.launcher import LaunchOptions, Launcher
+from shardrun.launch.policies import CpuThrottle, RestartPolicy
+from shardrun.launch.processes import Exited
+from shardrun.launch.supervisor import (
+    CpuReading,
+    Kill,
+    RecordDeath,
+    Resume,
+    Say,
+    ShardExited,
+    Start,
+    StopRequested,
+    Supervisor,
+    SupervisorPolicy,
+    Suspend,
+    Terminate,
+    Tick,
+    overall_exit,
+)
+from shardrun.states import ShardPhase
+from shardrun.storage.paths import RunPaths
+
+REPO = Path(__file__).resolve().parents[1]
+SIGKILL = -signal.SIGKILL
+
+
+def supervisor(shards=2, xmx="1g", restarts=0, factor=1.0, max_parallel=None, grace=120.0, cpu_limit=None):
+    return Supervisor(SupervisorPolicy(
+        shards=shards, xmx=xmx, restart=RestartPolicy(max_restarts=restarts, heap_factor=factor),
+        max_parallel=max_parallel, grace_seconds=grace, throttle=CpuThrottle(cpu_limit) if cpu_limit else None,
+    ))
+
+
+def phases(sup: Supervisor) -> list[str]:
+    return [slot.phase.value for slot in sup.slots]
+
+
+def said(actions) -> list[str]:
+    return [action.message for action in actions if isinstance(action, Say)]
+
+
+# --- starts -------------------------------------------------------------------------------------
+
+
+def test_max_parallel_starts_shards_in_order_as_others_end():
+    sup = supervisor(shards=4, max_parallel=2)
+    assert sup.handle(Tick(0)) == [Start(0, "1g"), Start(1, "1g")]
+    assert phases(sup) == ["running", "running", "waiting", "waiting"]
+    assert sup.handle(Tick(1)) == []  # two running: nothing fits
+    assert sup.handle(ShardExited(1, 0)) == []
+    assert sup.handle(Tick(2)) == [Start(2, "1g")]
+    assert sup.handle(ShardExited(0, 0)) == [] and sup.handle(ShardExited(2, 1)) == []
+    assert sup.handle(Tick(3)) == [Start(3, "1g")]
+    assert not sup.finished
+    sup.handle(ShardExited(3, 0))
+    assert sup.finished and phases(sup) == ["done"] * 4
+    assert [slot.starts for slot in sup.slots] == [1, 1, 1, 1]
+    assert sup.exit_codes() == {"0/4": 0, "1/4": 0, "2/4": 1, "3/4": 0}
+
+
+def test_without_max_parallel_every_shard_starts_at_once():
+    sup = supervisor(shards=3)
+    assert sup.handle(Tick(0)) == [Start(0, "1g"), Start(1, "1g"), Start(2, "1g")]
+
+
+def test_an_exit_of_a_shard_that_is_not_running_changes_nothing():
+    sup = supervisor(shards=2, restarts=1)
+    assert sup.handle(ShardExited(0, SIGKILL)) == []
+    assert phases(sup) == ["waiting", "waiting"] and sup.slots[0].exits == []
+
+
+# --- deaths and restarts ------------------------------------------------------------------------
+
+
+def test_a_sigkill_is_recorded_as_the_oom_killer_and_restarted_with_a_larger_heap_up_to_the_limit():
+    sup = supervisor(shards=2, restarts=2, factor=1.5)
+    sup.handle(Tick(0))
+    actions = sup.handle(ShardExited(1, SIGKILL))
+    description = "killed by SIGKILL (likely the OOM killer: lower K or jvm.xmx, then resume)"
+    assert actions == [
+        Say(f"shard 1/2 {description}"),
+        RecordDeath(1, SIGKILL, description, ()),
+        Say("restarting shard 1/2 by resuming its dir (restart 1 of 2, -Xmx1536m)"),
+    ]
+    assert sup.slots[1].phase is ShardPhase.WAITING
+    assert sup.handle(Tick(1)) == [Start(1, "1536m", restart=True)]
+
+    actions = sup.handle(ShardExited(1, SIGKILL))
+    # As the launcher has always done: heap_for_restart(grown heap, 1) scales the already grown heap
+    # by factor**2 (1.5 x 2.25 = 3.375 x 1g), where the README says "F times the previous heap".
+    assert said(actions)[-1] == "restarting shard 1/2 by resuming its dir (restart 2 of 2, -Xmx3456m)"
+    assert sup.handle(Tick(2)) == [Start(1, "3456m", restart=True)]
+
+    actions = sup.handle(ShardExited(1, SIGKILL))  # the third death: no restart left
+    assert said(actions) == [f"shard 1/2 {description}"]
+    assert sup.slots[1].phase is ShardPhase.DONE and sup.handle(Tick(3)) == []
+    slot = sup.slots[1]
+    assert (slot.starts, slot.restarts, slot.xmx, slot.exits) == (3, 2, "3456m", [SIGKILL] * 3)
+    assert slot.deaths == [description] * 3
+    sup.handle(ShardExited(0, 0))
+    assert sup.finished and overall_exit(sup.exit_codes()) == 70
+
+
+def test_a_jvm_crash_names_its_report():
+    sup = supervisor(shards=1, restarts=1)
+    sup.handle(Tick(0))
+    report = "/runs/r/shard-0-of-1/hs_err_pid42.log"
+    actions = sup.handle(ShardExited(0, -signal.SIGABRT, (report,)))
+    description = ("killed by SIGABRT (a JVM crash: see hs_err_pid*.log in the shard dir);"
+                   f" JVM crash report: {report}")
+    assert actions[:2] == [Say(f"shard 0/1 {description}"), RecordDeath(0, -signal.SIGABRT, description, (report,))]
+    assert sup.handle(Tick(1)) == [Start(0, "1g", restart=True)]  # no heap factor: the same heap
+
+
+@pytest.mark.parametrize("code", [0, 1, 2, 3, 4, 5, 6])
+def test_deliberate_exits_are_never_restarted_nor_recorded_as_deaths(code):
+    sup = supervisor(shards=1, restarts=5, factor=2.0)
+    sup.handle(Tick(0))
+    assert sup.handle(ShardExited(0, code)) == []
+    assert sup.handle(Tick(1)) == []
+    assert sup.finished and sup.slots[0].deaths == [] and sup.slots[0].restarts == 0
+
+
+def test_an_unexpected_error_exit_is_a_death_and_restarted():
+    sup = supervisor(shards=1, restarts=1)
+    sup.handle(Tick(0))
+    actions = sup.handle(ShardExited(0, 70))
+    assert isinstance(actions[1], RecordDeath) and "crashed with exit code 70" in actions[1].description
+    assert sup.handle(Tick(1)) == [Start(0, "1g", restart=True)]
+
+
+# --- stopping -----------------------------------------------------------------------------------
+
+
+def test_a_stop_request_drops_waiting_shards_and_asks_the_others_to_drain():
+    sup = supervisor(shards=3, max_parallel=2, restarts=3, cpu_limit=60)
+    sup.handle(Tick(0))
+    assert sup.handle(CpuReading(90)) == [Suspend(1)]
+    actions = sup.handle(StopRequested("SIGINT", 10.0))
+    assert actions == [
+        Say("SIGINT: asking every shard to finish its current user and stop (again to stop at once)"),
+        Terminate(0, wake=False),
+        Terminate(1, wake=True),  # suspended: continued so that it can drain
+    ]
+    assert phases(sup) == ["running", "running", "done"]
+    assert sup.handle(Tick(11)) == []  # nothing starts any more
+    assert sup.handle(CpuReading(99)) == []  # nor is suspended
+    assert sup.handle(ShardExited(0, 3)) == []
+    actions = sup.handle(ShardExited(1, 70))  # a death while stopping: recorded, not restarted
+    assert [type(a) for a in actions] == [Say, RecordDeath] and sup.finished
+    assert overall_exit(sup.exit_codes()) == 3  # shard 2 never ran: interrupted
+
+
+def test_a_second_stop_request_asks_again_and_keeps_the_first_grace_deadline():
+    sup = supervisor(shards=2, grace=30)
+    sup.handle(Tick(0))
+    sup.handle(StopRequested("SIGTERM", 5.0))
+    assert sup.handle(StopRequested("SIGINT", 20.0)) == [
+        Say("SIGINT again: stopping every shard now"), Terminate(0), Terminate(1)]
+    assert sup.stopping_since == 5.0
+    assert sup.handle(Tick(35.5))[1:] == [Kill(0), Kill(1)]
+
+
+def test_after_the_grace_period_the_remaining_shards_are_killed_once_and_not_restarted():
+    sup = supervisor(shards=2, restarts=3, grace=120)
+    sup.handle(Tick(0))
+    sup.handle(StopRequested("SIGTERM", 100.0))
+    assert sup.handle(ShardExited(0, 3)) == []
+    assert sup.handle(Tick(220.0)) == []  # exactly the grace period: not over yet
+    assert sup.handle(Tick(220.5)) == [Say("grace period of 120 s over: killing the remaining shards"), Kill(1)]
+    assert sup.handle(Tick(300.0)) == []  # once
+    actions = sup.handle(ShardExited(1, SIGKILL))
+    description = "killed by the launcher after the --grace period of 120 s"
+    assert actions == [Say(f"shard 1/2 {description}"), RecordDeath(1, SIGKILL, description, ())]
+    assert sup.finished and sup.slots[1].restarts == 0
+    assert overall_exit(sup.exit_codes()) == 3  # interrupted wins over the death
+
+
+def test_a_sigkill_before_the_grace_period_is_still_the_oom_killer():
+    sup = supervisor(shards=1, grace=120)
+    sup.handle(Tick(0))
+    sup.handle(StopRequested("SIGTERM", 0.0))
+    assert "likely the OOM killer" in sup.handle(ShardExited(0, SIGKILL))[0].message
+
+
+# --- the CPU throttle ---------------------------------------------------------------------------
+
+
+def test_cpu_throttle_suspends_the_newest_and_resumes_the_first_with_a_band_between():
+    sup = supervisor(shards=3, cpu_limit=60, restarts=1)
+    sup.handle(Tick(0))  # started 0, 1, 2 in that order
+    sup.handle(ShardExited(0, SIGKILL))
+    sup.handle(Tick(1))  # 0 restarted: now the newest
+    assert sup.handle(CpuReading(75)) == [Suspend(0)]
+    assert sup.handle(CpuReading(75)) == [Suspend(2)]
+    assert phases(sup) == ["suspended", "running", "suspended"]
+    assert sup.handle(CpuReading(55)) == []  # inside the band: hold
+    assert sup.handle(CpuReading(45)) == [Resume(0)]
+    assert sup.handle(CpuReading(45)) == [Resume(2)]
+    assert sup.handle(CpuReading(45)) == []
+    assert phases(sup) == ["running", "running", "running"]
+    assert sup.handle(CpuReading(100)) == [Suspend(0)]
+
+
+def test_without_a_cpu_limit_readings_change_nothing():
+    sup = supervisor(shards=2)
+    sup.handle(Tick(0))
+    assert sup.handle(CpuReading(100)) == []
+
+
+def test_a_suspended_shard_is_still_counted_by_max_parallel():
+    sup = supervisor(shards=3, max_parallel=1, cpu_limit=60)
+    sup.handle(Tick(0))
+    assert sup.handle(CpuReading(99)) == [Suspend(0)]
+    assert sup.handle(Tick(1)) == []
+
+
+# --- the launcher's exit ------------------------------------------------------------------------
+
+
+def test_overall_exit_prefers_interrupted_then_crash_then_the_worst_deliberate_exit():
+    assert overall_exit({}) == 0
+    assert overall_exit({"0/2": 0, "1/2": 1}) == 1
+    assert overall_exit({"0/2": 0, "1/2": SIGKILL}) == 70
+    assert overall_exit({"0/2": 3, "1/2": SIGKILL}) == 3
+    assert overall_exit({"0/3": 0, "1/3": 5, "2/3": 1}) == 5
+
+
+# --- the launcher's loop with a fake port -------------------------------------------------------
+
+
+class FakePort:
+    """A test double of the process port: no process; each started shard 'exits' with the next code
+    scripted for it, `polls_alive` polls after its start."""
+
+    def __init__(self, codes: dict[int, list[int]], polls_alive: int = 2):
+        self.codes = {index: list(codes) for index, codes in codes.items()}
+        self.polls_alive = polls_alive
+        self.calls: list[tuple] = []
+        self.live: dict[int, int] = {}  # index -> polls left
+        self.pids: dict[int, int] = {}
+        self.next_pid = 1000
+
+    def start(self, index, command, log_path):
+        self.next_pid += 1
+        self.pids[index] = self.next_pid
+        self.live[index] = self.polls_alive
+        self.calls.append(("start", index, command))
+        return self.next_pid
+
+    def poll(self):
+        exits = []
+        for index in sorted(self.live):
+            self.live[index] -= 1
+            if self.live[index] <= 0 and self.codes.get(index):
+                del self.live[index]
+                exits.append(Exited(index, self.codes[index].pop(0), self.pids[index]))
+        return exits
+
+    def suspend(self, index):
+        self.calls.append(("suspend", index))
+
+    def resume(self, index):
+        self.calls.append(("resume", index))
+
+    def terminate(self, index):
+        self.calls.append(("terminate", index))
+        self.codes[index] = [3]
+        self.live[index] = 0
+
+    def kill(self, index):
+        self.calls.append(("kill", index))
+
+    def pid(self, index):
+        return self.pids.get(index)
+
+
+def fake_launcher(tmp_path, port, outputs, **options) -> Launcher:
+    config = load_config(REPO / "config" / "proposal.yaml")
+    config = replace(config, jvm=JvmConfig(xms=None, xmx="1g", threads=1),
+                     output=OutputConfig(root=tmp_path / "out", log_dir=tmp_path / "logs"))
+    clock = [0.0]
+
+    def sleep(seconds):
+        clock[0] += seconds
+
+    launcher = Launcher(config, LaunchOptions(config_path=tmp_path / "c.yaml", **options), out=outputs.append,
+                        cpu_percent=lambda: 0.0, users_per_shard=[5] * options["shards"], port=port,
+                        clock=lambda: clock[0], sleep=sleep)
+    launcher.run = RunPaths(tmp_path / "run")
+    launcher.run.dir.mkdir()
+    return launcher
+
+
+def test_the_launcher_performs_the_supervisors_restart_through_the_port(tmp_path):
+    port = FakePort({0: [SIGKILL, 0], 1: [0]})
+    outputs: list[str] = []
+    launcher = fake_launcher(tmp_path, port, outputs, shards=2, max_parallel=1,
+                             restart=RestartPolicy(max_restarts=1, heap_factor=1.5))
+    launcher.wait()
+    starts = [(call[1], call[2][call[2].index("--xmx") + 1]) for call in port.calls if call[0] == "start"]
+    assert starts == [(0, "1g"), (0, "1536m"), (1, "1g")]  # the restart waits for its turn like any other
+    assert "shard 0/2 killed by SIGKILL (likely the OOM killer: lower K or jvm.xmx, then resume)" in outputs
+    assert "restarting shard 0/2 by resuming its dir (restart 1 of 1, -Xmx1536m)" in outputs
+    doc = json.loads(launcher.run.launcher_json.read_text())
+    assert doc["max_parallel"] == 1 and doc["cpu_limit"] is None
+    assert doc["shards"][0] == {
+        "shard": "0/2", "phase": "done", "pid": 1002, "users_total": 5, "starts": 2, "restarts": 1,
+        "xmx": "1536m", "exits": [SIGKILL, 0], "deaths": [outputs[0].removeprefix("shard 0/2 ")],
+    }
+    assert doc["shards"][1]["exits"] == [0] and doc["shards"][1]["pid"] == 1003
+    assert launcher.summary() == {"0/2": 0, "1/2": 0}
+
+
+def test_a_signal_to_the_launcher_reaches_every_running_shard_through_the_port(tmp_path):
+    port = FakePort({}, polls_alive=10**6)  # shards that run until told to stop
+    outputs: list[str] = []
+    launcher = fake_launcher(tmp_path, port, outputs, shards=3, max_parallel=2)
+    launcher.step()
+    launcher.request_stop(signal.SIGTERM)
+    launcher.wait()
+    assert [call[:2] for call in port.calls] == [("start", 0), ("start", 1), ("terminate", 0), ("terminate", 1)]
+    assert outputs[0] == "SIGTERM: asking every shard to finish its current user and stop (again to stop at once)"
+    assert [s["phase"] for s in json.loads(launcher.run.launcher_json.read_text())["shards"]] == ["done"] * 3
+    assert overall_exit(launcher.summary()) == 3
