@@ -103,16 +103,15 @@ def test_a_sigkill_is_recorded_as_the_oom_killer_and_restarted_with_a_larger_hea
     assert sup.handle(Tick(1)) == [Start(1, "1536m", restart=True)]
 
     actions = sup.handle(ShardExited(1, SIGKILL))
-    # As the launcher has always done: heap_for_restart(grown heap, 1) scales the already grown heap
-    # by factor**2 (1.5 x 2.25 = 3.375 x 1g), where the README says "F times the previous heap".
-    assert said(actions)[-1] == "restarting shard 1/2 by resuming its dir (restart 2 of 2, -Xmx3456m)"
-    assert sup.handle(Tick(2)) == [Start(1, "3456m", restart=True)]
+    # F times the previous heap: 1g x 1.5 x 1.5 (before, the grown heap was scaled by F^2 again: 3456m)
+    assert said(actions)[-1] == "restarting shard 1/2 by resuming its dir (restart 2 of 2, -Xmx2304m)"
+    assert sup.handle(Tick(2)) == [Start(1, "2304m", restart=True)]
 
     actions = sup.handle(ShardExited(1, SIGKILL))  # the third death: no restart left
     assert said(actions) == [f"shard 1/2 {description}"]
     assert sup.slots[1].phase is ShardPhase.DONE and sup.handle(Tick(3)) == []
     slot = sup.slots[1]
-    assert (slot.starts, slot.restarts, slot.xmx, slot.exits) == (3, 2, "3456m", [SIGKILL] * 3)
+    assert (slot.starts, slot.restarts, slot.xmx, slot.exits) == (3, 2, "2304m", [SIGKILL] * 3)
     assert slot.deaths == [description] * 3
     sup.handle(ShardExited(0, 0))
     assert sup.finished and overall_exit(sup.exit_codes()) == 70

@@ -29,6 +29,7 @@ import psutil
 from shardrun.observe import progress
 from shardrun.observe.live import LiveTable
 from shardrun.storage import store
+from shardrun.platforms import STOP_SIGNALS
 from shardrun.launch.admission import check_launch, measure_load
 from shardrun.config import RunConfig, resolve_threads
 from shardrun.storage.durability import durable_write
@@ -334,7 +335,7 @@ def launch(config: RunConfig, options: LaunchOptions, out: Callable[[str], None]
     config, users_per_shard = admit_launch(config, options, out)
     launcher = Launcher(config, options, out, users_per_shard=users_per_shard)
     launcher.run = run = launcher.prepare_run_dir()
-    previous = {sig: signal.signal(sig, launcher.request_stop) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    previous = {sig: signal.signal(sig, launcher.request_stop) for sig in STOP_SIGNALS}
     try:
         out(f"starting {options.shards} shards in {run.dir}; logs in {config.output.log_dir}/shard<i>.log")
         launcher.wait()

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Protocol
 
+from shardrun import platforms
 from shardrun.shard.lifecycle import LAUNCHER_PID_ENV
 from shardrun.storage import store
 
@@ -70,7 +71,7 @@ class LocalProcesses:
         # staying stopped forever (a stopped process cannot act on its parent-death signal).
         try:
             process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log_handle,
-                                       stderr=subprocess.STDOUT, env=env, process_group=0)
+                                       stderr=subprocess.STDOUT, env=env, **platforms.own_process_group())
         except BaseException:
             log_handle.close()
             raise
@@ -94,10 +95,12 @@ class LocalProcesses:
             self._processes[index].send_signal(signum)
 
     def suspend(self, index: int) -> None:
-        self._signal(index, signal.SIGSTOP)
+        if index in self._live:
+            platforms.suspend(self._processes[index].pid)
 
     def resume(self, index: int) -> None:
-        self._signal(index, signal.SIGCONT)
+        if index in self._live:
+            platforms.resume(self._processes[index].pid)
 
     def terminate(self, index: int) -> None:
         self._signal(index, signal.SIGTERM)

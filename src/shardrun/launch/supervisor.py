@@ -229,7 +229,7 @@ class Supervisor:
             actions += [Say(f"shard {spec} {description}"), RecordDeath(slot.index, code, description, hs_err)]
         restart = self.policy.restart
         if not self.stopping and restart.should_restart(code, slot.restarts):
-            slot.xmx = restart.heap_for_restart(slot.xmx, slot.restarts)
+            slot.xmx = restart.heap_for_restart(self.policy.xmx, slot.restarts)  # from the first heap: F, F^2, ...
             slot.restarts += 1
             slot.phase = ShardPhase.WAITING
             actions.append(Say(f"restarting shard {spec} by resuming its dir (restart {slot.restarts} of"
