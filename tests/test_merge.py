@@ -12,7 +12,7 @@ from shardrun.results.merge import merge_shards
 from shardrun.results.read import shard_dirs_of_run
 from shardrun.storage.paths import MergedPaths, RunPaths
 from shardrun.sharding import ShardSpec
-from shardrun.storage.store import write_json_atomic
+from shardrun.storage.atomic import write_json_atomic
 from shardrun.config import parse_config
 from task_double import (  # noqa: F401  (task_double: the autouse fixture that makes the double loadable)
     COLUMNS,

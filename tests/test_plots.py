@@ -19,7 +19,7 @@ from shardrun.results.read import read_shard, shard_dirs_of_run
 from shardrun.results.timeline import UserSpan, commit_spans
 from shardrun.states import user_outcome
 from shardrun.storage.paths import MergedPaths, ShardPaths
-from shardrun.storage.store import scan_committed
+from shardrun.storage.commits import scan_committed
 from task_double import (  # noqa: F401  (task_double: the autouse fixture that makes the double loadable)
     COLUMNS,
     USERS,

@@ -28,7 +28,7 @@ import psutil
 
 from shardrun.observe import progress
 from shardrun.observe.live import LiveTable
-from shardrun.storage import store
+from shardrun.storage.atomic import read_json, utc_now, write_json_atomic
 from shardrun.platforms import STOP_SIGNALS
 from shardrun.launch.admission import check_launch, measure_load
 from shardrun.config import RunConfig, resolve_threads
@@ -148,7 +148,7 @@ class Launcher:
             run = RunPaths(self.options.run_dir)
             if not run.run_json.is_file():
                 raise ConfigError(f"--run-dir {run.dir} has no run.json; it is not a run made by launch_shards.")
-            existing = store.read_json(run.run_json)
+            existing = read_json(run.run_json)
             if existing.get("shards") != self.options.shards:
                 raise ConfigError(
                     f"--run-dir {run.dir} was started with {existing.get('shards')} shards; pass --shards"
@@ -225,10 +225,10 @@ class Launcher:
         self.handle(Tick(self.clock()))
 
     def write_state(self) -> None:
-        doc = {"pid": os.getpid(), "host": socket.gethostname(), "updated_at": store.utc_now(),
+        doc = {"pid": os.getpid(), "host": socket.gethostname(), "updated_at": utc_now(),
                "max_parallel": self.options.max_parallel, "cpu_limit": self.options.cpu_limit,
                "shards": [self.slot_json(slot.index) for slot in self.supervisor.slots]}
-        store.write_json_atomic(self.run.launcher_json, doc)
+        write_json_atomic(self.run.launcher_json, doc)
 
     def slot_json(self, index: int) -> dict:
         slot = self.supervisor.slots[index]
@@ -247,7 +247,7 @@ class Launcher:
             doc = None
             if status_path.is_file():
                 try:
-                    doc = store.read_json(status_path)
+                    doc = read_json(status_path)
                 except (OSError, ValueError):
                     doc = None  # replaced atomically: an error here is a race with the writer
             views.append(progress.shard_view(str(spec), doc, now, stale_after=120.0, launcher_phase=slot.phase.value,

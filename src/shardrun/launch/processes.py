@@ -16,7 +16,7 @@ from typing import IO, Protocol
 
 from shardrun import platforms
 from shardrun.shard.lifecycle import LAUNCHER_PID_ENV
-from shardrun.storage import store
+from shardrun.storage.atomic import utc_now
 
 
 @dataclass(frozen=True)
@@ -62,7 +62,7 @@ class LocalProcesses:
     def start(self, index: int, command: list[str], log_path: Path) -> int:
         log_path.parent.mkdir(parents=True, exist_ok=True)
         log_handle = open(log_path, "ab")
-        log_handle.write(f"\n=== {store.utc_now()} {' '.join(command)}\n".encode())
+        log_handle.write(f"\n=== {utc_now()} {' '.join(command)}\n".encode())
         log_handle.flush()
         env = {**os.environ, LAUNCHER_PID_ENV: str(os.getpid())}
         # Its own process group, in the launcher's session: a terminal's Ctrl-C reaches the launcher

@@ -13,13 +13,13 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from shardrun.observe import progress
-from shardrun.storage import store
+from shardrun.storage.atomic import read_json
 from shardrun.storage.paths import RunPaths
 
 
 def _read(path: Path) -> dict[str, Any] | None:
     try:
-        return store.read_json(path)
+        return read_json(path)
     except (OSError, ValueError):
         return None  # missing, or replaced under us (atomic writes): shown as not started this tick
 

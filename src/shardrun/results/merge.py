@@ -40,7 +40,7 @@ from shardrun.results.report import MergeReport, mismatch_message
 from shardrun.results.summary import run_title, task_panels, write_summary_png
 from shardrun.results.timeline import UserSpan, commit_spans
 from shardrun.storage.paths import MergedPaths
-from shardrun.storage.store import write_bytes_atomic, write_json_atomic
+from shardrun.storage.atomic import write_bytes_atomic, write_json_atomic
 from shardrun.task import Task
 
 log = logging.getLogger(__name__)

@@ -18,7 +18,8 @@ from shardrun.config import parse_config
 from shardrun.errors import MergeError, ShardrunError
 from shardrun.sharding import ShardSpec
 from shardrun.storage.paths import RunPaths, ShardPaths
-from shardrun.storage.store import read_json, scan_committed
+from shardrun.storage.atomic import read_json
+from shardrun.storage.commits import scan_committed
 from shardrun.task import Task, load_task
 
 log = logging.getLogger(__name__)

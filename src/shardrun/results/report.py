@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any, Mapping, Sequence
 
-from shardrun.storage.store import utc_now
+from shardrun.storage.atomic import utc_now
 
 MAX_LISTED = 20  # a long list of the same problem shows this many, then the count of the rest
 _MAX_VALUE_CHARS = 60  # user ids are untrusted text and may be very long

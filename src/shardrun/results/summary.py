@@ -107,7 +107,7 @@ def draw_summary(frame: pd.DataFrame, spans: Iterable[Sequence[Any]], panels: Se
 def write_summary_png(frame: pd.DataFrame, spans: Iterable[Sequence[Any]], path: Path, title: str | None = None,
                       panels: Sequence[SummaryPanel] = ()) -> None:
     """Draw the picture (see draw_summary) into `path` (PNG), replacing it atomically."""
-    from shardrun.storage.store import write_bytes_atomic
+    from shardrun.storage.atomic import write_bytes_atomic
 
     figure = draw_summary(frame, spans, panels, title)
     buffer = io.BytesIO()

@@ -20,7 +20,7 @@ from shardrun.results.frame import schema_columns
 from shardrun.results.read import STATUS_COLUMNS, read_result_file
 from shardrun.results.report import capped, describe_key, report_problems, show
 from shardrun.storage.paths import MergedPaths
-from shardrun.storage.store import read_json, utc_now, write_json_atomic
+from shardrun.storage.atomic import read_json, utc_now, write_json_atomic
 from shardrun.states import STATUSES, UserStatus
 from shardrun.task import BOOKKEEPING_COLUMNS, Task, load_task
 

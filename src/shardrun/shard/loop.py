@@ -1,6 +1,6 @@
 """The loop of one shard process: for each user, analyse -> commit -> status, with a drain on signals.
 
-A user becomes done only by its atomic commit (store.commit_user). One user's failure is recorded
+A user becomes done only by its atomic commit (commit_user). One user's failure is recorded
 (errors.jsonl, failed rows) and the loop goes on; a storage failure stops the shard clearly.
 """
 
@@ -14,7 +14,8 @@ import traceback
 from dataclasses import replace
 from typing import Any, Sequence
 
-from shardrun.storage import store
+from shardrun.storage.atomic import write_json_atomic
+from shardrun.storage.commits import append_error, commit_user
 from shardrun.config import RunConfig
 from shardrun.storage.durability import durable_write
 from shardrun.errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_USERS_FAILED, AlreadyCommitted, HeapTooSmall, StorageError
@@ -71,7 +72,7 @@ class ShardLoop:
                 # reports of JVMs that crashed in this shard dir before (-XX:ErrorFile), kept across restarts
                 "jvm_crash_logs": [str(p) for p in dirs.shard.hs_err_files()] or None,
             },
-            write=lambda path, doc: durable_write("status.json", path.parent, lambda: store.write_json_atomic(path, doc)),
+            write=lambda path, doc: durable_write("status.json", path.parent, lambda: write_json_atomic(path, doc)),
         )
 
     def run(self) -> int:
@@ -149,7 +150,7 @@ class ShardLoop:
         meta = {"shard": str(self.dirs.spec), "host": socket.gethostname()}
         try:
             durable_write(f"the result of user {user_id!r}", self.dirs.shard.results,
-                          lambda: store.commit_user(self.dirs.shard, user_id, rows, meta,
+                          lambda: commit_user(self.dirs.shard, user_id, rows, meta,
                                                     replace=user_id in self.plan.retry))
         except AlreadyCommitted:
             log.error("user %r was already committed in %s; keeping the first commit", user_id, self.dirs.shard.dir)
@@ -172,7 +173,7 @@ class ShardLoop:
             record["heap_needed_bytes"] = exc.needed_bytes
         elif is_heap_exhaustion(exc, self.task):
             record["heap_needed_bytes"] = None
-        durable_write("errors.jsonl", self.dirs.shard.dir, lambda: store.append_error(self.dirs.shard, record))
+        durable_write("errors.jsonl", self.dirs.shard.dir, lambda: append_error(self.dirs.shard, record))
         reason = failure_reason(exc, self.task)
         self.status.update(last_error=f"{user_id}: {reason}")
         log.error("user %r failed: %s", user_id, reason)

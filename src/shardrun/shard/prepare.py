@@ -17,7 +17,9 @@ from shardrun.heap_plan import HeapPlan, plan_heap, task_heap_needs
 from shardrun.shard.jvm import find_java, task_classpath, task_jvm_options
 from shardrun.shard.plan import ShardPlan, plan_shard
 from shardrun.sharding import ShardSpec
-from shardrun.storage import store
+from shardrun.storage.atomic import read_json
+from shardrun.storage import commits
+from shardrun.storage.commits import CommittedUser
 from shardrun.storage.durability import durable_write
 from shardrun.storage.paths import RunPaths, ShardPaths
 from shardrun.task import Dataset, Task, heap_advice, load_task
@@ -48,7 +50,7 @@ def resolve_dirs(config: RunConfig, task: Task, options: WorkerOptions, now: dat
     if options.resume is not None:
         target = options.resume
         if (target / "shard.json").is_file():
-            identity = store.read_json(target / "shard.json")
+            identity = read_json(target / "shard.json")
             spec = ShardSpec.parse(identity["shard"])
             if options.shard is not None and options.shard != spec:
                 raise ResumeMismatch(
@@ -116,7 +118,7 @@ def prepare(config: RunConfig, options: WorkerOptions) -> PreparedShard:
     dataset = task.load(config.settings)
     needs = task_heap_needs(task, config.settings, dataset, config.jvm)
     dirs = resolve_dirs(config, task, options, datetime.now())
-    committed = scan_committed(dirs.shard) if dirs.resuming else {}
+    committed = scan_committed_durably(dirs.shard) if dirs.resuming else {}
     plan = plan_shard(dataset.user_ids, dirs.spec, options.pilot, committed, options.retry_failed)
     heap = plan_heap(config.jvm, needs, plan.todo, advice=heap_advice(task, config.settings))
     if config.jvm.xmx_is_auto:
@@ -124,6 +126,6 @@ def prepare(config: RunConfig, options: WorkerOptions) -> PreparedShard:
     return PreparedShard(task, dataset, dirs, plan, heap, problems)
 
 
-def scan_committed(paths: ShardPaths) -> dict[str, store.CommittedUser]:
-    """store.scan_committed, whose quarantine of an unreadable result file moves it (a write)."""
-    return durable_write("results/quarantine", paths.results, lambda: store.scan_committed(paths))
+def scan_committed_durably(paths: ShardPaths) -> dict[str, CommittedUser]:
+    """commits.scan_committed, whose quarantine of an unreadable result file moves it (a write)."""
+    return durable_write("results/quarantine", paths.results, lambda: commits.scan_committed(paths))

@@ -14,9 +14,12 @@ from shardrun.errors import EXIT_INTERRUPTED, ConfigError, ResumeMismatch
 from shardrun.shard.lifecycle import StopFlag
 from shardrun.shard.loop import ShardLoop
 from shardrun.shard.plan import ShardPlan, plan_shard
-from shardrun.shard.prepare import ResolvedDirs, WorkerOptions, prepare, scan_committed
+from shardrun.shard.prepare import ResolvedDirs, WorkerOptions, prepare, scan_committed_durably
 from shardrun.states import user_outcome
-from shardrun.storage import store
+from shardrun.storage.atomic import create_json_once, read_json, utc_now
+from shardrun.storage.commits import clean_tmp
+from shardrun.storage.identity import ensure_identity
+from shardrun.storage.lock import ShardLock
 from shardrun.storage.durability import durable_write
 from shardrun.storage.paths import RunPaths
 from shardrun.task import Dataset, Task, heap_advice
@@ -65,14 +68,14 @@ def run_shard(config: RunConfig, options: WorkerOptions, stop: StopFlag | None =
     log.info("JVM heap: %s", heap.jvm_line())
     if heap.over_budget_count:
         log.warning("%s", "\n".join(heap.report_lines()))
-    lock = store.ShardLock(dirs.shard)
+    lock = ShardLock(dirs.shard)
     durable_write("the shard lock", dirs.shard.dir, lock.acquire)
     try:
         durable_write("shard.json", dirs.shard.dir,
-                      lambda: store.ensure_identity(dirs.shard, identity, resuming=dirs.resuming))
-        durable_write("the scratch dir", dirs.shard.tmp, lambda: store.clean_tmp(dirs.shard))
+                      lambda: ensure_identity(dirs.shard, identity, resuming=dirs.resuming))
+        durable_write("the scratch dir", dirs.shard.tmp, lambda: clean_tmp(dirs.shard))
         # Re-scan under the lock: the plan made before it may predate another process's last commit.
-        committed = scan_committed(dirs.shard)
+        committed = scan_committed_durably(dirs.shard)
         plan = plan_shard(dataset.user_ids, dirs.spec, options.pilot, committed, options.retry_failed)
         previous = [user_outcome(committed[u].rows) for u in plan.done]
         exit_code = ShardLoop(config, task, dataset, dirs, plan, options, previous, stop).run()
@@ -114,16 +117,16 @@ def run_document(config: RunConfig, task: Task, dataset: Dataset, shard_count: i
         "data_fingerprint": dataset.fingerprint,
         "users_total": len(dataset.user_ids),
         "versions": versions(task),
-        "created_at": store.utc_now(),
+        "created_at": utc_now(),
     }
 
 
 def ensure_run_document(run: RunPaths, document: Mapping[str, Any]) -> None:
     """First process of a run writes run.json; every later one checks it describes the same run."""
     run.dir.mkdir(parents=True, exist_ok=True)
-    if store.create_json_once(run.run_json, document):
+    if create_json_once(run.run_json, document):
         return
-    existing = store.read_json(run.run_json)
+    existing = read_json(run.run_json)
     for key in ("config_hash", "data_fingerprint"):
         if existing.get(key) != document.get(key):
             raise ResumeMismatch(

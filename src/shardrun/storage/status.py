@@ -17,8 +17,8 @@ from typing import Any, Callable
 
 from shardrun.errors import StorageError
 from shardrun.states import ShardState, UserStatus
+from shardrun.storage.atomic import utc_now, write_json_atomic
 from shardrun.storage.paths import ShardPaths
-from shardrun.storage.store import utc_now, write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +124,8 @@ def record_death(paths: ShardPaths, exit_code: int, description: str, hs_err_fil
     process owns the shard again and its own status stands. True if the death was recorded.
     """
     from shardrun.errors import ShardLocked
-    from shardrun.storage.store import ShardLock, read_json
+    from shardrun.storage.atomic import read_json
+    from shardrun.storage.lock import ShardLock
 
     try:
         with ShardLock(paths):
