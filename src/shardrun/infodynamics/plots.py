@@ -18,6 +18,13 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
+from shardrun.panel_style import (
+    LEGEND_SIZE,
+    NOTE_SIZE,
+    empty_panel,
+    style_axes,
+    thousands,
+)
 from shardrun.states import UserStatus
 from shardrun.task import SummaryPanel
 
@@ -27,11 +34,6 @@ SELECTED_K_PANEL_TITLE = "Selected k (largest bias-corrected AIS)"
 
 _AIS_COLUMN = re.compile(r"^ais_k(\d+)_bits$")
 
-TITLE_SIZE = 13
-LABEL_SIZE = 11
-TICK_SIZE = 10
-LEGEND_SIZE = 9
-NOTE_SIZE = 9
 MODE_COLOURS = ("#1b9e77", "#d95f02", "#7570b3", "#e7298a", "#66a61e", "#e6ab02", "#a6761d", "#666666")
 
 
@@ -134,12 +136,12 @@ def draw_ais_panel(axes, quantiles: pd.DataFrame, colours: Mapping[str, str], ks
     from matplotlib.lines import Line2D
     from matplotlib.patches import Patch
 
-    _style(axes, AIS_PANEL_TITLE, "history length k", "AIS (bits)")
+    style_axes(axes, AIS_PANEL_TITLE, "history length k", "AIS (bits)")
     if ks:
         axes.set_xticks(list(ks))
         axes.set_xlim(min(ks) - 0.5, max(ks) + 0.5)
     if quantiles.empty:
-        _empty_panel(axes, "no AIS values: no users with status ok" if ks else "no ais_k<k>_bits columns",
+        empty_panel(axes, "no AIS values: no users with status ok" if ks else "no ais_k<k>_bits columns",
                      keep_x_ticks=bool(ks))
         return
     mode_handles = []
@@ -185,10 +187,10 @@ def draw_ais_panel(axes, quantiles: pd.DataFrame, colours: Mapping[str, str], ks
 
 
 def draw_selected_k_panel(axes, counts: pd.DataFrame, colours: Mapping[str, str], has_column: bool = True) -> None:
-    _style(axes, SELECTED_K_PANEL_TITLE, "selected history length k", "users (status ok)")
+    style_axes(axes, SELECTED_K_PANEL_TITLE, "selected history length k", "users (status ok)")
     axes.grid(False, axis="x")
     if counts.empty:
-        _empty_panel(axes, "no selected k: no users with status ok" if has_column else "no k_selected column")
+        empty_panel(axes, "no selected k: no users with status ok" if has_column else "no k_selected column")
         return
     modes = sorted(set(counts["feature_mode"]))
     ks = sorted(set(counts["k"]))
@@ -205,31 +207,6 @@ def draw_selected_k_panel(axes, counts: pd.DataFrame, colours: Mapping[str, str]
     axes.set_xlim(min(ks) - 0.6, max(ks) + 0.6)
     axes.set_ylim(0, max(1, int(counts["users"].max())) * 1.3)  # headroom: count labels, then the legend
     axes.yaxis.get_major_locator().set_params(integer=True)
-    axes.yaxis.set_major_formatter(_thousands())
+    axes.yaxis.set_major_formatter(thousands())
     axes.legend(title="feature mode", fontsize=LEGEND_SIZE, title_fontsize=LEGEND_SIZE, loc="upper center",
                 ncol=len(modes))
-
-
-def _thousands():
-    """Tick labels with thousands separators for big numbers (100,000 s), plain for small (0.5 s)."""
-    from matplotlib.ticker import FuncFormatter
-
-    return FuncFormatter(lambda x, _: f"{x:,.0f}" if abs(x) >= 1000 else f"{x:.4g}")
-
-
-def _empty_panel(axes, message: str, keep_x_ticks: bool = False) -> None:
-    """A panel without data keeps its title and labels, says why it is empty, and drops the
-    meaningless 0..1 ticks."""
-    axes.text(0.5, 0.5, message, transform=axes.transAxes, ha="center", va="center", fontsize=LABEL_SIZE, color="#555555")
-    axes.set_yticks([])
-    if not keep_x_ticks:
-        axes.set_xticks([])
-
-
-def _style(axes, title: str, xlabel: str, ylabel: str) -> None:
-    axes.set_title(title, fontsize=TITLE_SIZE, loc="left")
-    axes.set_xlabel(xlabel, fontsize=LABEL_SIZE)
-    axes.set_ylabel(ylabel, fontsize=LABEL_SIZE)
-    axes.tick_params(labelsize=TICK_SIZE)
-    axes.grid(True, color="#e5e5e5", linewidth=0.8)
-    axes.set_axisbelow(True)

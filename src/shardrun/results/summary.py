@@ -21,6 +21,14 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 import pandas as pd
 
+from shardrun.panel_style import (
+    LEGEND_SIZE,
+    NOTE_SIZE,
+    TITLE_SIZE,
+    empty_panel,
+    style_axes,
+    thousands,
+)
 from shardrun.results.timeline import (
     SLOW_FACTOR,
     STATUS_SEVERITY,
@@ -35,11 +43,6 @@ from shardrun.task import SummaryPanel, Task
 
 FIGURE_INCHES = (14, 10)
 DPI = 110
-TITLE_SIZE = 13
-LABEL_SIZE = 11
-TICK_SIZE = 10
-LEGEND_SIZE = 9
-NOTE_SIZE = 9
 STATUS_COLOURS = {UserStatus.OK.value: "#4c72b0", UserStatus.SKIPPED.value: "#b0b0b0", UserStatus.FAILED.value: "#d62728"}
 STATUS_PANEL_TITLE = "Result rows by status"
 TIMELINE_TITLE = "Per-shard timeline: each user from its start to its commit"
@@ -122,10 +125,10 @@ def panel_titles(figure) -> list[str]:
 
 def draw_status_panel(axes, counts: dict[str, int]) -> None:
     """The core's own top panel for a task that draws none: how many result rows have each status."""
-    _style(axes, STATUS_PANEL_TITLE, "status", "rows")
+    style_axes(axes, STATUS_PANEL_TITLE, "status", "rows")
     axes.grid(False, axis="x")
     if not counts:
-        _empty_panel(axes, "no status column")
+        empty_panel(axes, "no status column")
         return
     statuses = list(counts)
     bars = axes.bar(range(len(statuses)), [counts[s] for s in statuses],
@@ -135,7 +138,7 @@ def draw_status_panel(axes, counts: dict[str, int]) -> None:
     axes.set_xticklabels(statuses)
     axes.set_ylim(0, max(counts.values()) * 1.15)
     axes.yaxis.get_major_locator().set_params(integer=True)
-    axes.yaxis.set_major_formatter(_thousands())
+    axes.yaxis.set_major_formatter(thousands())
 
 
 def draw_timeline_panel(axes, timeline: pd.DataFrame) -> None:
@@ -145,11 +148,11 @@ def draw_timeline_panel(axes, timeline: pd.DataFrame) -> None:
     when = ""
     if run_start is not None:
         when = f" (run start {datetime.fromtimestamp(run_start, timezone.utc):%Y-%m-%d %H:%M:%S} UTC)"
-    _style(axes, TIMELINE_TITLE, f"seconds since run start{when}", "shard")
-    axes.xaxis.set_major_formatter(_thousands())
+    style_axes(axes, TIMELINE_TITLE, f"seconds since run start{when}", "shard")
+    axes.xaxis.set_major_formatter(thousands())
     axes.grid(False, axis="y")
     if timeline.empty:
-        _empty_panel(axes, "no committed users with a commit time")
+        empty_panel(axes, "no committed users with a commit time")
         return
     shards = sorted(set(timeline["shard"]), key=shard_sort_key)
     row = {label: i for i, label in enumerate(shards)}
@@ -220,30 +223,5 @@ def draw_timeline_panel(axes, timeline: pd.DataFrame) -> None:
                 ncol=len(handles), framealpha=0.9, title=title, title_fontsize=LEGEND_SIZE)
 
 
-def _thousands():
-    """Tick labels with thousands separators for big numbers (100,000 s), plain for small (0.5 s)."""
-    from matplotlib.ticker import FuncFormatter
-
-    return FuncFormatter(lambda x, _: f"{x:,.0f}" if abs(x) >= 1000 else f"{x:.4g}")
-
-
 def _plural(n: int, word: str) -> str:
     return f"{n:,} {word}" if n == 1 else f"{n:,} {word}s"
-
-
-def _empty_panel(axes, message: str, keep_x_ticks: bool = False) -> None:
-    """A panel without data keeps its title and labels, says why it is empty, and drops the
-    meaningless 0..1 ticks."""
-    axes.text(0.5, 0.5, message, transform=axes.transAxes, ha="center", va="center", fontsize=LABEL_SIZE, color="#555555")
-    axes.set_yticks([])
-    if not keep_x_ticks:
-        axes.set_xticks([])
-
-
-def _style(axes, title: str, xlabel: str, ylabel: str) -> None:
-    axes.set_title(title, fontsize=TITLE_SIZE, loc="left")
-    axes.set_xlabel(xlabel, fontsize=LABEL_SIZE)
-    axes.set_ylabel(ylabel, fontsize=LABEL_SIZE)
-    axes.tick_params(labelsize=TICK_SIZE)
-    axes.grid(True, color="#e5e5e5", linewidth=0.8)
-    axes.set_axisbelow(True)
