@@ -42,7 +42,7 @@ from shardrun.infodynamics.settings import Settings, minimum_observations
 from shardrun.infodynamics.surrogates import batch_rows
 from shardrun.infodynamics.symbols import mode_base
 
-JVM_BASELINE_BYTES = 8 * 1024**2
+JVM_BASELINE_BYTES = 8 * MIB
 G1_RESERVE_FRACTION = 0.10
 _HEADER = 16
 _REFERENCE = 4  # compressed oops, the default below 32 GB of heap

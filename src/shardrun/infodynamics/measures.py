@@ -37,6 +37,7 @@ from shardrun.infodynamics.jarrays import java_ints
 from shardrun.infodynamics.jidt import HEAP_ADVICE, is_heap_exhaustion
 from shardrun.infodynamics.jvm_threads import JvmThreads
 from shardrun.infodynamics.states import ObservedPasts
+from shardrun.units import MIB
 
 _XMX = re.compile(r"^-Xmx(\S+)$")
 
@@ -158,7 +159,7 @@ def jvm_heap() -> tuple[int, str]:
         match = _XMX.match(str(argument))
         if match:
             return max_bytes, match.group(1)
-    return max_bytes, f"{max_bytes // 1024**2}m"
+    return max_bytes, f"{max_bytes // MIB}m"
 
 
 def jvm_heap_bytes() -> int:
