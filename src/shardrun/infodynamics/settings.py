@@ -8,8 +8,14 @@ Keys and defaults (`task`, `jvm` and `output` belong to the core and are not rea
     data.time_column       default "timestamp"
     data.value_column      default "value"
     data.encoding          quantile | categorical, default quantile
-    data.levels            integer >= 2, default 4. quantile: bins per user. categorical: the largest
-                           number of distinct labels one user may have (the alphabet size, see symbols.py)
+    data.levels            integer 2..LEVELS_MAX (256), default 4. quantile: bins per user. categorical: the
+                           largest number of distinct labels one user may have (the alphabet size, see
+                           symbols.py)
+    data.time_format       null (default: ISO 8601 text only, or a datetime column) or a strptime format
+                           such as "%d/%m/%Y %H:%M" that every timestamp text must match (data.py)
+    data.timezone          null (default: each timestamp's local time as written) or an IANA zone name
+                           such as "Europe/Berlin": offset-aware timestamps are converted to that zone's
+                           local time, those without an offset are taken as written in it (data.py)
     data.step              null (rows as given, the default) or a pandas frequency such as "1h"
     data.aggregate         sum | mean | min | max | count | first | last, default sum; used only with
                            `step`. With categorical encoding only first | last | min | max | count,
@@ -17,21 +23,32 @@ Keys and defaults (`task`, `jvm` and `output` belong to the core and are not rea
     data.min_observations  integer >= 1, default 20. An addition to the original config: a user with
                            fewer observations (after NaN removal and resampling) than
                            max(min_observations, largest k + 2) is skipped with a reason.
-    hour_bins              integer 1..24, default 6
+    hour_bins              integer 1..24, default 6 (bins of whole hours of the day)
     feature_modes          required, non-empty list of distinct modes from activity | composite
     k_selection.strategy   AIS (the only strategy), default AIS
     k_selection.k_grid     required, non-empty list of distinct positive integers (stored sorted)
     k_selection.k_max      null (default) or a positive integer; k above it are dropped from the grid
     k_selection.undersampling_guard   bool, default false
-    surrogates             positive integer, default 100
+    surrogates             integer 1..SURROGATES_MAX (10,000), default 100
     seed                   required integer; the surrogates depend on it
 
 Every problem raises ConfigError naming the key (through shardrun.config.Section).
+
+The bounds keep a typing slip from sizing memory or time: JIDT's tables hold levels x hour_bins
+arrays per observed past, and a user's permutations take surrogates x n_obs ints (README, config
+reference, says why these numbers).
+
+data.time_format and data.timezone are fields of TimedDataSettings only, which `parse_data` returns
+when one of them is set: the config hash is taken over the settings' fields (shardrun.config), so a
+config without them keeps the hash it had before they existed and its run dirs still resume.
 """
 
 from __future__ import annotations
 
+import zoneinfo
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import ClassVar
 
 import pandas as pd
 
@@ -47,6 +64,8 @@ AGGREGATES = ("sum", "mean", "min", "max", "count", "first", "last")
 CATEGORICAL_AGGREGATES = ("first", "last", "min", "max", "count")
 FEATURE_MODES = ("activity", "composite")
 STRATEGIES = ("AIS",)
+LEVELS_MAX = 256
+SURROGATES_MAX = 10_000
 
 
 @dataclass(frozen=True)
@@ -60,6 +79,17 @@ class DataSettings:
     step: str | None
     aggregate: str
     min_observations: int
+    # Not fields here (see the module docstring): null unless set, then TimedDataSettings holds them.
+    time_format: ClassVar[str | None] = None
+    timezone: ClassVar[str | None] = None
+
+
+@dataclass(frozen=True)
+class TimedDataSettings(DataSettings):
+    """DataSettings with data.time_format or data.timezone set: both are hashed."""
+
+    time_format: str | None = None
+    timezone: str | None = None
 
 
 @dataclass(frozen=True)
@@ -95,6 +125,31 @@ def _at_least(minimum: int):
     return lambda v: None if v >= minimum else f"must be at least {minimum}"
 
 
+def _between(minimum: int, maximum: int, why: str):
+    return lambda v: None if minimum <= v <= maximum else f"must be between {minimum} and {maximum:,} ({why})"
+
+
+def _time_format(value: str) -> str | None:
+    """A strptime format that can read back what it writes (so `mixed`, `ISO8601` or `%Q` are refused)."""
+    hint = 'must be a strptime format with % directives such as "%d/%m/%Y %H:%M", or null for ISO 8601'
+    if "%" not in value:
+        return hint
+    sample = datetime(2025, 1, 31, 13, 5, 7, tzinfo=timezone.utc)
+    try:
+        datetime.strptime(sample.strftime(value), value)
+    except ValueError:
+        return hint
+    return None
+
+
+def _zone(value: str) -> str | None:
+    try:
+        zoneinfo.ZoneInfo(value)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        return 'must be an IANA time zone name such as "Europe/Berlin" or "UTC", or null'
+    return None
+
+
 def _non_empty(value: str) -> str | None:
     return None if value.strip() else "must not be empty"
 
@@ -116,16 +171,22 @@ def parse_data(section: Section) -> DataSettings:
             f"config key '{section.name('aggregate')}' is {aggregate!r}, which does not give a category label"
             f" with data.encoding categorical; use one of {', '.join(CATEGORICAL_AGGREGATES)}."
         )
-    return DataSettings(
+    time_format = section.get("time_format", str, default=None, check=_time_format, nullable=True)
+    zone = section.get("timezone", str, default=None, check=_zone, nullable=True)
+    timed = {} if time_format is None and zone is None else {"time_format": time_format, "timezone": zone}
+    return (TimedDataSettings if timed else DataSettings)(
         path=section.get("path", str, check=_non_empty),
         user_column=section.get("user_column", str, default="user_id", check=_non_empty),
         time_column=section.get("time_column", str, default="timestamp", check=_non_empty),
         value_column=section.get("value_column", str, default="value", check=_non_empty),
         encoding=encoding,
-        levels=section.get("levels", int, default=4, check=_at_least(2)),
+        levels=section.get("levels", int, default=4,
+                           check=_between(2, LEVELS_MAX, "more bins leave JIDT's count tables mostly empty and only cost memory;"
+                                                   " lower data.levels")),
         step=step,
         aggregate=aggregate,
         min_observations=section.get("min_observations", int, default=20, check=_at_least(1)),
+        **timed,
     )
 
 
@@ -163,11 +224,15 @@ def parse_settings(section: Section) -> Settings:
     settings = Settings(
         data=parse_data(data_section),
         hour_bins=section.get(
-            "hour_bins", int, default=6, check=lambda v: None if 1 <= v <= 24 else "must be between 1 and 24"
+            "hour_bins", int, default=6, check=_between(1, 24, "bins of the 24 hours of a day; set a number in that range")
         ),
         feature_modes=parse_feature_modes(section),
         k_selection=parse_k_selection(k_section),
-        surrogates=section.get("surrogates", int, default=100, check=_at_least(1)),
+        surrogates=section.get(
+            "surrogates", int, default=100,
+            check=_between(1, SURROGATES_MAX, "p-values resolve 1/(surrogates+1) and memory and time grow with"
+                                              " it; lower surrogates"),
+        ),
         seed=section.get("seed", int),
     )
     # The sub-sections are wholly ours, so their unknown keys can be reported now.
