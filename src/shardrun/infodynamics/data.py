@@ -3,11 +3,22 @@
 Rules (documented for users in the config reference):
 - CSV (`.csv`, optionally compressed: `.csv.gz`, `.csv.bz2`, `.csv.xz`, `.csv.zip`) or Parquet
   (`.parquet`, `.pq`), chosen by the file name. User ids are read as text, so `007` stays `007`.
-- Timestamps: ISO 8601 text (or any single format pandas recognises) or a datetime column. A timestamp
-  with a UTC offset keeps its own local wall-clock hour for the hour-of-day bin: `10:00+02:00` is
-  hour 10. Rows are ordered by the instant they denote (stable, so equal instants keep file order).
-  Offsets may differ between rows (daylight saving time); mixing rows with and without an offset is
-  an error because their order would be a guess.
+- Timestamps are never guessed. `data.time_format: null` (the default): ISO 8601 text only (what
+  pandas reads with format="ISO8601": `2025-01-31T13:00:00`, `2025-01-31 13:00`, with or without a
+  UTC offset or `Z`), or a datetime column (Parquet). Other text, such as `11/01/2025 03:00` (11
+  January or 1 November?), is refused with the fix. `data.time_format` set (a strptime format such
+  as "%d/%m/%Y %H:%M"): every text must match it; rows that do not are refused, quoted. A datetime
+  column is taken as it is whatever the format.
+- Time zones, `data.timezone: null` (the default): each timestamp's local time as written. A
+  timestamp with a UTC offset keeps its own wall-clock hour for the hour-of-day bin (`10:00+02:00`
+  is hour 10) and is ordered by the instant it denotes, so offsets may differ between rows (daylight
+  saving time). Mixing rows with and without an offset is refused because their order would be a
+  guess. `data.timezone` set (an IANA name such as "Europe/Berlin"): a timestamp with an offset is
+  converted to that zone's local time for its hour bin; one without an offset is that zone's
+  wall-clock time, and one that names no single instant there (the hour repeated when DST ends, or
+  skipped when it starts) is refused with the fix (write its offset).
+- Order: rows are sorted by (user, instant), stably, so equal instants (a DST hour repeated without
+  offsets and without data.timezone, say) keep their file order; nothing else reorders them.
 - Values: a missing or non-finite value drops its row (counted per user and logged). With quantile
   encoding the column must be numeric; with categorical encoding values are labels compared as text.
 - `data.step: null`: the rows as given. Several rows at the same timestamp stay separate, consecutive
@@ -113,7 +124,8 @@ def load(settings: Settings) -> Dataset:
     if frame.empty:
         raise DataError(f"data file {path} has no rows, so there are no users to analyse; check the file.")
     users = _user_ids(frame[data.user_column], path, data.user_column)
-    instants, local_times = parse_timestamps(frame[data.time_column], path, data.time_column)
+    instants, local_times = parse_timestamps(frame[data.time_column], path, data.time_column, data.time_format,
+                                             data.timezone)
     values = _typed_values(frame[data.value_column], path, data)
     codes, user_ids = pd.factorize(users, sort=True)
     # Sort by user, then by instant; np.lexsort is stable, so equal instants keep file order.
@@ -179,80 +191,134 @@ def _user_ids(column: pd.Series, path: Path, name: str) -> np.ndarray:
     return column.astype(str).to_numpy(dtype=object)
 
 
-def parse_timestamps(column: pd.Series, path: Path, name: str) -> tuple[np.ndarray, np.ndarray]:
-    """(instants as int64 ns for ordering, local wall-clock times as datetime64[ns])."""
+def parse_timestamps(column: pd.Series, path: Path, name: str, time_format: str | None = None,
+                     zone: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(instants as int64 ns for ordering, local wall-clock times as datetime64[ns]); rules in the module docstring."""
     if pd.api.types.is_numeric_dtype(column) and not pd.api.types.is_bool_dtype(column):
         raise DataError(
             f"data file {path}: column {name!r} holds numbers, not timestamps; write ISO 8601 timestamps"
             " such as 2025-01-31T13:00:00 (a number would be read as nanoseconds since 1970)."
         )
-    if isinstance(column.dtype, pd.DatetimeTZDtype) or pd.api.types.is_datetime64_dtype(column):
-        parsed = column
-    else:
-        parsed = _parse_time_text(column, path, name)
-        if parsed is None:
-            return _parse_mixed_offsets(column, path, name)
-    empty = parsed.isna().to_numpy()
+    empty = column.isna().to_numpy()
     if empty.any():
         raise DataError(
             f"data file {path}: {int(empty.sum())} rows have no timestamp in column {name!r}"
             f" ({_row_list(np.flatnonzero(empty))}); fill in or remove those rows."
         )
-    if isinstance(parsed.dtype, pd.DatetimeTZDtype):
-        local = parsed.dt.tz_localize(None)
-        instants = parsed.dt.tz_convert("UTC").dt.tz_localize(None)
+    if isinstance(column.dtype, pd.DatetimeTZDtype) or pd.api.types.is_datetime64_dtype(column):
+        times = _Times.of(column)  # a native datetime column (Parquet): data.time_format does not apply
     else:
-        local = instants = parsed
-    return _as_ns(instants).view(np.int64), _as_ns(local)
+        times = _parse_time_text(column.astype(str), path, name, time_format)
+    return times.resolve(path, name, zone)
 
 
-def _parse_time_text(column: pd.Series, path: Path, name: str) -> pd.Series | None:
-    """Parsed timestamps, or None when the rows carry different UTC offsets."""
-    # ISO 8601 first (fast, unambiguous), then one inferred format, then per-element inference.
-    for form in ("ISO8601", None, "mixed"):
-        try:
-            return pd.to_datetime(column, format=form)
-        except (ValueError, TypeError) as exc:
-            if _MIXED_OFFSETS in str(exc):
-                return None
-            failure = exc
-    bad = _unparseable_rows(column)
-    examples = "; ".join(f"row {i + 1}: {column.iloc[i]!r}" for i in bad[:_EXAMPLES]) or str(failure)
-    raise DataError(
-        f"data file {path}: column {name!r} has timestamps that cannot be parsed ({examples}); write them as"
-        " ISO 8601, such as 2025-01-31T13:00:00 or 2025-01-31T13:00:00+01:00."
-    )
+@dataclass(frozen=True)
+class _Times:
+    """Parsed timestamps: rows with a UTC offset (`aware`) carry their instant and their own wall clock."""
+
+    aware: np.ndarray  # bool, per row
+    naive: np.ndarray  # datetime64[ns], the time as written (NaT where aware)
+    utc: np.ndarray  # datetime64[ns], the instant in UTC (NaT where not aware)
+    own: np.ndarray  # datetime64[ns], the wall clock of the row's own offset (NaT where not aware)
+
+    @staticmethod
+    def of(parsed: pd.Series) -> "_Times":
+        """From one parsed column: all without an offset, or all in one zone."""
+        if isinstance(parsed.dtype, pd.DatetimeTZDtype):
+            nat = np.full(len(parsed), np.datetime64("NaT"), dtype="datetime64[ns]")
+            return _Times(np.ones(len(parsed), dtype=bool), nat,
+                          _as_ns(parsed.dt.tz_convert("UTC").dt.tz_localize(None)), _as_ns(parsed.dt.tz_localize(None)))
+        nat = np.full(len(parsed), np.datetime64("NaT"), dtype="datetime64[ns]")
+        return _Times(np.zeros(len(parsed), dtype=bool), _as_ns(parsed), nat, nat)
+
+    @staticmethod
+    def of_rows(stamps: list[datetime]) -> "_Times":
+        """From Python datetimes, some with an offset and some without, or with different offsets."""
+        aware = np.array([stamp.tzinfo is not None for stamp in stamps], dtype=bool)
+        naive = _as_ns(pd.to_datetime([None if a else s for a, s in zip(aware, stamps)]))
+        utc = _as_ns(pd.to_datetime([s if a else None for a, s in zip(aware, stamps)], utc=True).tz_localize(None))
+        own = _as_ns(pd.to_datetime([s.replace(tzinfo=None) if a else None for a, s in zip(aware, stamps)]))
+        return _Times(aware, naive, utc, own)
+
+    def resolve(self, path: Path, name: str, zone: str | None) -> tuple[np.ndarray, np.ndarray]:
+        if zone is None:
+            if self.aware.any() and not self.aware.all():
+                raise DataError(
+                    f"data file {path}: column {name!r} mixes timestamps with and without a UTC offset"
+                    f" ({_row_list(np.flatnonzero(~self.aware))} have none), so their order is unknown; give every"
+                    " timestamp an offset or none, or set data.timezone to the zone the ones without an offset"
+                    " are written in (such as \"Europe/Berlin\")."
+                )
+            instants = np.where(self.aware, self.utc, self.naive)
+            local = np.where(self.aware, self.own, self.naive)
+            return instants.view(np.int64), local
+        # data.timezone: an offset-aware row is shown on that zone's clock; a row without an offset is
+        # that zone's wall-clock time, which must name exactly one instant.
+        local = self.naive.copy()
+        instants = self.utc.copy()
+        if self.aware.any():
+            zoned = pd.DatetimeIndex(self.utc[self.aware]).tz_localize("UTC").tz_convert(zone)
+            local[self.aware] = _as_ns(zoned.tz_localize(None))
+        if (~self.aware).any():
+            written = pd.DatetimeIndex(self.naive[~self.aware])
+            placed = written.tz_localize(zone, ambiguous="NaT", nonexistent="NaT")
+            unplaced = np.flatnonzero(~self.aware)[np.asarray(placed.isna())]
+            if len(unplaced):
+                examples = "; ".join(f"row {i + 1}: {pd.Timestamp(self.naive[i])}" for i in unplaced[:_EXAMPLES])
+                raise DataError(
+                    f"data file {path}: column {name!r} has {len(unplaced)} timestamps without a UTC offset that"
+                    f" name no single instant in data.timezone {zone!r} ({examples}): the hour the clocks repeat"
+                    " when daylight saving time ends, or skip when it starts. Write those timestamps with their"
+                    " UTC offset (such as 2025-10-26T02:30:00+01:00), or remove data.timezone to take every"
+                    " timestamp as written (equal times then keep their file order)."
+                )
+            instants[~self.aware] = _as_ns(placed.tz_convert("UTC").tz_localize(None))
+        return instants.view(np.int64), local
 
 
-def _unparseable_rows(column: pd.Series) -> np.ndarray:
-    coerced = pd.to_datetime(column, format="mixed", errors="coerce", utc=True)
-    return np.flatnonzero((coerced.isna() & column.notna()).to_numpy())
-
-
-def _parse_mixed_offsets(column: pd.Series, path: Path, name: str) -> tuple[np.ndarray, np.ndarray]:
-    """Rows with different UTC offsets: order by the instant, bin by each row's own local hour."""
+def _parse_time_text(column: pd.Series, path: Path, name: str, time_format: str | None) -> _Times:
+    """ISO 8601 text (time_format None) or text in exactly `time_format`; anything else is refused."""
+    try:
+        return _Times.of(pd.to_datetime(column, format=time_format or "ISO8601"))
+    except (ValueError, TypeError) as exc:
+        if _MIXED_OFFSETS not in str(exc):
+            _refuse_unparsed(column, path, name, time_format)
+            raise DataError(f"data file {path}: column {name!r} cannot be read as timestamps ({exc}).") from None
+    # Several UTC offsets (or some rows without one): each row on its own.
+    read = (lambda text: datetime.strptime(text, time_format)) if time_format else datetime.fromisoformat
     stamps, bad = [], []
     for row, text in enumerate(column):
         try:
-            stamps.append(datetime.fromisoformat(str(text)))
+            stamps.append(read(text))
         except ValueError:
             bad.append(row)
     if bad:
-        examples = "; ".join(f"row {i + 1}: {column.iloc[i]!r}" for i in bad[:_EXAMPLES])
+        _refuse(column, np.asarray(bad), path, name, time_format)
+    return _Times.of_rows(stamps)
+
+
+def _refuse_unparsed(column: pd.Series, path: Path, name: str, time_format: str | None) -> None:
+    coerced = pd.to_datetime(column, format=time_format or "ISO8601", errors="coerce", utc=True)
+    bad = np.flatnonzero(coerced.isna().to_numpy())
+    if len(bad):
+        _refuse(column, bad, path, name, time_format)
+
+
+def _refuse(column: pd.Series, bad: np.ndarray, path: Path, name: str, time_format: str | None) -> None:
+    examples = "; ".join(f"row {i + 1}: {column.iloc[i]!r}" for i in bad[:_EXAMPLES])
+    more = f" and {len(bad) - _EXAMPLES} more" if len(bad) > _EXAMPLES else ""
+    if time_format:
         raise DataError(
-            f"data file {path}: column {name!r} has timestamps that cannot be parsed ({examples}); write them"
-            " as ISO 8601, such as 2025-01-31T13:00:00+01:00."
+            f"data file {path}: column {name!r} has {len(bad)} timestamps that do not match data.time_format"
+            f" {time_format!r} ({examples}{more}); fix those rows, or set data.time_format to the format the"
+            " column is written in."
         )
-    naive = [row for row, stamp in enumerate(stamps) if stamp.tzinfo is None]
-    if naive:
-        raise DataError(
-            f"data file {path}: column {name!r} mixes timestamps with and without a UTC offset"
-            f" ({_row_list(np.asarray(naive))} have none), so their order is unknown; give every timestamp"
-            " an offset or none."
-        )
-    local = pd.to_datetime([stamp.replace(tzinfo=None) for stamp in stamps])
-    instants = pd.to_datetime(stamps, utc=True).tz_localize(None)
-    return _as_ns(instants).view(np.int64), _as_ns(local)
+    raise DataError(
+        f"data file {path}: column {name!r} has {len(bad)} timestamps that are not ISO 8601 ({examples}{more})."
+        " Dates such as 11/01/2025 are never guessed (11 January or 1 November?): write ISO 8601 such as"
+        " 2025-01-31T13:00:00 or 2025-01-31T13:00:00+01:00, or set data.time_format to the column's format,"
+        ' such as "%d/%m/%Y %H:%M" (day first) or "%m/%d/%Y %H:%M" (month first).'
+    )
 
 
 def _as_ns(times: pd.Series | pd.DatetimeIndex) -> np.ndarray:
