@@ -127,7 +127,17 @@ def heap_advice(task: Any, settings: Any) -> str:
     return str(advise(settings)) if advise is not None else DEFAULT_HEAP_ADVICE
 
 
+def _required_members() -> tuple[str, ...]:
+    """The members every Task has (the Protocol's attribute and methods, in the order written above)."""
+    methods = [name for name, value in vars(Task).items() if callable(value) and not name.startswith("_")]
+    return tuple(dict.fromkeys([*Task.__annotations__, *methods]))
+
+
+REQUIRED_MEMBERS = _required_members()
+
+
 def load_task(dotted: str) -> Task:
+    """The object `package.module:object` names, refused (ConfigError) unless it has every Task member."""
     module_name, _, attr = dotted.partition(":")
     if not module_name or not attr:
         raise ConfigError(f"config key 'task' must look like 'package.module:object', got {dotted!r}.")
@@ -136,6 +146,21 @@ def load_task(dotted: str) -> Task:
     except ImportError as exc:
         raise ConfigError(f"config key 'task' names module {module_name!r}, which cannot be imported ({exc}).") from None
     try:
-        return getattr(module, attr)
+        task = getattr(module, attr)
     except AttributeError:
         raise ConfigError(f"config key 'task': module {module_name!r} has no object {attr!r}.") from None
+    missing = [name for name in REQUIRED_MEMBERS if not hasattr(task, name)]
+    not_callable = [name for name in REQUIRED_MEMBERS if name not in missing and name in vars(Task)
+                    and not callable(getattr(task, name))]
+    if missing or not_callable:
+        problems = []
+        if missing:
+            problems.append(f"it lacks {', '.join(missing)}")
+        if not_callable:
+            problems.append(f"{', '.join(not_callable)} cannot be called")
+        raise ConfigError(
+            f"config key 'task' names {dotted!r}, a {type(task).__name__}, which is not a task: {'; '.join(problems)}"
+            " (the members of shardrun.task.Task). Name an object that implements the protocol (docs/TASKS.md),"
+            " such as the default shardrun.infodynamics:task, or remove the key."
+        )
+    return task
