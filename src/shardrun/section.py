@@ -55,7 +55,12 @@ class Section:
         # bool is an int in Python; a YAML `true` where a number belongs is a mistake.
         if isinstance(value, bool) and bool not in kinds or not isinstance(value, kinds):
             expected = " or ".join(k.__name__ for k in kinds) + (" or null" if nullable else "")
-            raise ConfigError(f"config key '{self.name(key)}' must be {expected}, got {describe_value(value)}.")
+            hint = ""
+            if int in kinds and float not in kinds and isinstance(value, (str, float)):
+                hint = " Write it as a whole number such as 100 (YAML reads 1e3 as text, and 1.0e+3 as a float)."
+            raise ConfigError(
+                f"config key '{self.name(key)}' must be {expected}, got {describe_value(value)}.{hint}"
+            )
         if check is not None:
             reason = check(value)
             if reason:
