@@ -81,7 +81,7 @@ def merge_shards(shard_dirs: Sequence[Path], output_dir: Path, force: bool = Fal
     overwrite.
     """
     output_dir = Path(output_dir)
-    check_output_dir(output_dir, overwrite)
+    prepare_output_dir(output_dir, overwrite)
     dirs = _distinct_dirs(list(shard_dirs))
     if not dirs:
         raise MergeError("no shard dirs given; pass shard dirs with --shards or a run dir with --run.")
@@ -143,6 +143,7 @@ _FIXES = {
     errno.EROFS: "the filesystem is read-only: pass an --output dir on a writable filesystem",
     errno.EACCES: "permission denied: make that dir writable for this user or pass another --output dir",
     errno.EPERM: "operation not permitted: make that dir writable for this user or pass another --output dir",
+    errno.EBUSY: "it is a mount point or in use: pass a new dir inside it, or another dir, as --output",
     errno.ENOSPC: "the disk is full: free space and merge again (an earlier result set there is untouched)",
     errno.EDQUOT: "the disk quota is exhausted: free space and merge again (an earlier result set there is untouched)",
 }
@@ -153,9 +154,15 @@ def cannot_write(output_dir: Path, exc: OSError) -> StorageError:
     return StorageError(f"cannot write the result set {output_dir} in {output_dir.parent}: {exc.strerror or exc}; {fix}.")
 
 
-def check_output_dir(output_dir: Path, overwrite: bool) -> None:
-    """Refuse an output path that is a file, or an existing non-empty dir without `overwrite`
-    (an empty dir holds no result set and is used as it is)."""
+def prepare_output_dir(output_dir: Path, overwrite: bool) -> None:
+    """Before anything is read: tidy what a crashed merge left beside the output dir (so a set it had
+    moved aside is back in place and counts as existing), then refuse an output path that is a file,
+    or an existing non-empty dir without `overwrite` (an empty dir holds no result set and is used)."""
+    if output_dir.parent.is_dir():
+        try:
+            _tidy_leftovers(MergedPaths(output_dir))
+        except OSError as exc:
+            raise cannot_write(output_dir, exc) from None
     if output_dir.exists() and not output_dir.is_dir():
         raise MergeError(
             f"--output {output_dir} is a file, not a dir; merge writes a result set dir (results.csv,"
@@ -198,7 +205,6 @@ def write_result_set(output_dir: Path, frame: pd.DataFrame, report: MergeReport,
     paths = MergedPaths(output_dir)
     try:
         output_dir.parent.mkdir(parents=True, exist_ok=True)
-        _tidy_leftovers(paths)
         staging = _staging_dir(paths, "merging")
         staging.mkdir()
     except OSError as exc:
