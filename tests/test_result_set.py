@@ -110,6 +110,19 @@ def test_overwrite_replaces_the_whole_set(tmp_path, monkeypatch, exchange):
     assert siblings(out) == ["a", "b", "merged"]
 
 
+def test_an_output_given_as_a_symlink_is_replaced_where_it_points(tmp_path):
+    run = make_run(tmp_path / "run", count=1)
+    real = tmp_path / "real"
+    merge_shards(shard_dirs_of_run(run), real)
+    link = tmp_path / "link"
+    link.symlink_to(real)
+
+    assert merge_shards(shard_dirs_of_run(run), link, overwrite=True).complete
+
+    assert link.is_symlink() and MergedPaths(real).report.is_file()
+    assert siblings(real) == ["link", "real", "run"]
+
+
 def test_leftovers_of_a_crashed_merge_are_tidied_and_a_set_moved_aside_is_put_back(tmp_path):
     run = make_run(tmp_path / "run", count=1)
     out = tmp_path / "merged"

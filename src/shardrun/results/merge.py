@@ -81,6 +81,8 @@ def merge_shards(shard_dirs: Sequence[Path], output_dir: Path, force: bool = Fal
     overwrite.
     """
     output_dir = Path(output_dir)
+    if output_dir.is_symlink():
+        output_dir = output_dir.resolve()  # the set is swapped in where the link points; the link stays
     prepare_output_dir(output_dir, overwrite)
     dirs = _distinct_dirs(list(shard_dirs))
     if not dirs:

@@ -99,6 +99,8 @@ _RENAME_EXCHANGE = 2
 
 def fsync_tree(directory: Path) -> None:
     """fsync every file in `directory` (not recursive: a result set is flat), then the dir itself."""
+    if os.name != "posix":
+        return  # Windows flushes on close; rename is still atomic (see fsync_dir)
     for path in directory.iterdir():
         if path.is_file():
             with open(path, "rb") as handle:
