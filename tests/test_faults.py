@@ -41,6 +41,7 @@ import yaml
 from e2e_support import analysis_values, read_status, shardrun, wait_for, write_categorical_data, write_config
 from shardrun.results.merge import merge_shards
 from shardrun.results.read import read_result_file, shard_dirs_of_run
+from shardrun.storage.commits import rows_checksum
 from shardrun.storage.paths import user_file_stem
 
 pytestmark = pytest.mark.e2e
@@ -715,6 +716,9 @@ def merge_conflict(lab: Lab) -> Outcome:
     record = json.loads(victim.read_text())
     row = next(r for r in record["rows"] if r["feature_mode"] == "composite")
     row["ais_k2_bits"] = row["ais_k2_bits"] + 0.125
+    # the checksum rewritten too: rows that really differ (a non-deterministic computation), not a hand
+    # edit, which merge would leave out as untrusted (merge-hand-edited-result-file)
+    record["rows_sha256"] = rows_checksum(record["rows"])
     victim.write_text(json.dumps(record))
     output = lab.out / "merged-conflict"
     result = run(lab, [sys.executable, "-m", "shardrun.merge", "--shards", str(lab.small.run / "shard-0-of-1"),
@@ -733,6 +737,76 @@ def conflict_reported(lab: Lab, outcome: Outcome) -> None:
     assert abs(abs(second - first) - 0.125) < 1e-12
     assert str(outcome.facts["copy"]) in conflict["dirs"]
     assert report["identical_duplicates"] == report["rows"] - 1
+
+
+def copy_for_edit(lab: Lab, user: str) -> tuple[Path, Path, Path]:
+    """A copy of the reference run, every result file observed but `user`'s (the case changes it)."""
+    run_dir = lab.out / "run"
+    shutil.copytree(lab.small.run, run_dir, ignore=shutil.ignore_patterns("merged"))
+    shard_dir = run_dir / "shard-0-of-1"
+    victim = shard_dir / "results" / f"{user_file_stem(user)}.json"
+    lab.observe(shard_dir, skip=(victim,))
+    return run_dir, shard_dir, victim
+
+
+def merge_after(lab: Lab, run_dir: Path, shard_dir: Path, victim: Path, user: str) -> Outcome:
+    output = lab.out / "merged-untrusted"
+    result = run(lab, [sys.executable, "-m", "shardrun.merge", "--run", str(run_dir), "--output", str(output)])
+    return Outcome(result.returncode, result.stdout + result.stderr,
+                   facts={"run": run_dir, "shard_dir": shard_dir, "victim": victim, "payload": victim.read_bytes(),
+                          "user": user, "merged": output, "config": lab.config()})
+
+
+EDITED_USER = "user-04"
+SWAPPED_USER = "user-05"
+
+
+def hand_edited(lab: Lab) -> Outcome:
+    """te_hour_p of one row changed in place in its committed file, as by hand (the checksum not)."""
+    run_dir, shard_dir, victim = copy_for_edit(lab, EDITED_USER)
+    record = json.loads(victim.read_text())
+    row = next(r for r in record["rows"] if r["feature_mode"] == "composite")
+    row["te_hour_p"] = 0.0123 if row["te_hour_p"] != 0.0123 else 0.0456
+    victim.write_text(json.dumps(record, indent=1))
+    return merge_after(lab, run_dir, shard_dir, victim, EDITED_USER)
+
+
+def swapped_in(lab: Lab) -> Outcome:
+    """One user's committed file replaced by the same user's file of a run of another config."""
+    other = lab.config(name="other.yaml", edit=lambda raw: raw.update(surrogates=SURROGATES // 2))
+    other_run = lab.out / "other"
+    result = run(lab, worker_command(other, "--shard", "0/1", "--out", str(other_run)))
+    assert result.returncode == 0, result.stdout + result.stderr
+    run_dir, shard_dir, victim = copy_for_edit(lab, SWAPPED_USER)
+    victim.write_bytes((other_run / "shard-0-of-1" / "results" / victim.name).read_bytes())
+    return merge_after(lab, run_dir, shard_dir, victim, SWAPPED_USER)
+
+
+def untrusted_reported(lab: Lab, outcome: Outcome) -> None:
+    """merge_report.json: incomplete; that file listed as untrusted, its user missing; the file itself is
+    left in place, byte for byte (merge reports, the resume decides); no row of that user in the set."""
+    report = json.loads((outcome.facts["merged"] / "merge_report.json").read_text())
+    assert report["complete"] is False
+    [untrusted] = report["untrusted_files"]
+    assert (untrusted["file"], untrusted["user_id"]) == (outcome.facts["victim"].name, outcome.facts["user"])
+    assert [m["user_id"] for m in report["missing_users"]] == [outcome.facts["user"]]
+    assert report["conflicts"] == [] and report["rows"] == len(lab.small.reference) - 2
+    assert outcome.facts["victim"].read_bytes() == outcome.facts["payload"]
+    merged = pd.read_parquet(outcome.facts["merged"] / "results.parquet")
+    assert outcome.facts["user"] not in set(merged["user_id"])
+
+
+def resume_quarantines_and_recomputes(lab: Lab, outcome: Outcome) -> pd.DataFrame:
+    """The documented fix: resume the shard; the untrusted file goes to results/quarantine/ byte for byte
+    and its user is computed again (the same numbers as before the edit); the merge equals the reference."""
+    shard_dir = outcome.facts["shard_dir"]
+    result = resume(lab, outcome.facts["config"], shard_dir)
+    assert "cannot be trusted" in result.stdout + result.stderr and "will be recomputed" in result.stdout + result.stderr
+    [quarantined] = sorted((shard_dir / "results" / "quarantine").iterdir())
+    assert quarantined.read_bytes() == outcome.facts["payload"]
+    assert read_status(shard_dir)["resumed_with_done"] == 9
+    lab.observe(shard_dir)
+    return merged_values(lab, outcome.facts["run"])
 
 
 # --- 8. hostile user ids in the data -------------------------------------------------------------
@@ -946,9 +1020,18 @@ FAULTS = [
     Fault("merge-identical-duplicates", "the same shard dir copied into a second run dir; merge both",
           merge_duplicates, 0, ("merged {rows} rows for {users} users from 2 shard dirs",), (duplicates_dropped,),
           lambda lab, outcome: outcome.recovered),
-    Fault("merge-conflicting-duplicates", "that copy with one value edited in one result file; merge both",
+    Fault("merge-conflicting-duplicates", "that copy with one value changed in one result file (its checksum"
+          " rewritten: rows that really differ); merge both",
           merge_conflict, 5, ("conflicting rows for user_id='user-03', feature_mode='composite'", "ais_k2_bits differ"),
           (conflict_reported,)),
+    Fault("merge-hand-edited-result-file", f"te_hour_p of {EDITED_USER} (composite) edited in place in its"
+          " committed file; merge the run, then resume", hand_edited, 5,
+          ("is left out: its rows do not match the checksum", "edited after the commit",
+           f"user '{EDITED_USER}' has no results"), (untrusted_reported,), resume_quarantines_and_recomputes),
+    Fault("merge-swapped-in-file", f"{SWAPPED_USER}'s committed file replaced by its file from a run of another"
+          " config (surrogates halved); merge the run, then resume", swapped_in, 5,
+          ("is left out: it was committed under config hash", "comes from another config's run",
+           f"user '{SWAPPED_USER}' has no results"), (untrusted_reported,), resume_quarantines_and_recomputes),
     Fault("hostile-user-ids", "user ids ../escape, /abs/path, a<NUL>b, sep/ar\\\\ator, 5000 x, .. in the data"
           " (CSV); launch_shards K=2 with merge and validation", hostile_ids, 0, ("validation passed",),
           (hostile_results_under_their_ids,)),

@@ -219,7 +219,7 @@ def test_remerge_removes_the_stale_validation(tmp_path):
     merge_shards(shard_dirs_of_run(run), out)
     write_json_atomic(MergedPaths(out).validation, {"valid": True, "problems": []})
 
-    merge_shards(shard_dirs_of_run(run), out)
+    merge_shards(shard_dirs_of_run(run), out, overwrite=True)
 
     assert not MergedPaths(out).validation.exists()
 

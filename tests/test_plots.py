@@ -363,7 +363,7 @@ def test_a_plot_failure_keeps_the_merged_results(tmp_path, monkeypatch, caplog):
 
     monkeypatch.setattr("shardrun.results.merge.write_summary_png", broken)
     with caplog.at_level(logging.ERROR, logger="shardrun.results.merge"):
-        report = merge_shards(shard_dirs_of_run(run), out)
+        report = merge_shards(shard_dirs_of_run(run), out, overwrite=True)
 
     assert report.complete and read_report(out)["complete"] is True
     assert len(read_both(out)[0]) == 16

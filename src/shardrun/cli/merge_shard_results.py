@@ -18,14 +18,18 @@ def parser() -> argparse.ArgumentParser:
     source.add_argument("--shards", type=Path, nargs="+", metavar="DIR", help="shard dirs (any runs)")
     source.add_argument("--run", type=Path, metavar="DIR", help="a run dir: all its shards")
     p.add_argument("--output", type=Path, required=True, metavar="DIR")
-    p.add_argument("--force", action="store_true", help="merge shards of different config hashes anyway")
+    p.add_argument("--force", action="store_true",
+                   help="merge shards of different config hashes or input data anyway (recorded; the set is"
+                        " incomplete); does not imply --overwrite")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing --output dir (the old set stays until the new one is complete)")
     p.add_argument("-v", "--verbose", action="store_true")
     return p
 
 
 def _merge(args: argparse.Namespace) -> int:
     dirs = shard_dirs_of_run(args.run) if args.run else list(args.shards)
-    report = merge_shards(dirs, args.output, force=args.force)
+    report = merge_shards(dirs, args.output, force=args.force, overwrite=args.overwrite)
     print(f"merged {report.rows} rows for {report.users} users from {len(dirs)} shard dirs into {args.output}")
     for line in report.problem_lines():
         print(f"  - {line}")

@@ -8,8 +8,8 @@ from typing import Sequence
 
 from shardrun.cli.common import guarded
 from shardrun.config import load_config
-from shardrun.errors import EXIT_OK, EXIT_VALIDATION_FAILED
-from shardrun.results.validate import validate_result_set, write_validation
+from shardrun.errors import EXIT_OK, EXIT_VALIDATION_FAILED, StorageError, UsageError
+from shardrun.results.validate import checked_config_hash, validate_result_set, write_validation
 
 
 def parser() -> argparse.ArgumentParser:
@@ -20,17 +20,39 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def _check_dir(result_dir: Path) -> None:
+    if not result_dir.exists():
+        raise UsageError(
+            f"result dir {result_dir} does not exist; pass the --output dir of merge_shard_results (or RUN/merged"
+            " of a launch_shards run) to --dir."
+        )
+    if not result_dir.is_dir():
+        raise UsageError(
+            f"{result_dir} is a file, not a result dir; pass the dir that holds results.parquet and"
+            " merge_report.json (the --output dir of merge_shard_results) to --dir."
+        )
+
+
 def _validate(args: argparse.Namespace) -> int:
+    _check_dir(args.dir)
     config = load_config(args.config) if args.config else None
     problems = validate_result_set(args.dir, config)
-    write_validation(args.dir, problems)
     if problems:
         print(f"{args.dir}: {len(problems)} problem(s):")
         for problem in problems:
             print(f"  - {problem}")
-        return EXIT_VALIDATION_FAILED
-    print(f"{args.dir}: valid")
-    return EXIT_OK
+    else:
+        print(f"{args.dir}: valid")
+    try:
+        note = write_validation(args.dir, problems, checked_config_hash(args.dir, config))
+    except OSError as exc:
+        raise StorageError(
+            f"cannot write validation.json in {args.dir}: {exc.strerror or exc}; the verdict above was not"
+            " recorded. Make that dir writable (or copy the result set to a writable dir) and validate again."
+        ) from None
+    if note:
+        print(f"note: {note}")
+    return EXIT_VALIDATION_FAILED if problems else EXIT_OK
 
 
 def main(argv: Sequence[str] | None = None) -> int:

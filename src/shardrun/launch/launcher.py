@@ -350,7 +350,7 @@ def launch(config: RunConfig, options: LaunchOptions, out: Callable[[str], None]
         return result
     if options.merge:
         merged = run.merged
-        report = merge_shards(run.shard_dirs(), merged)
+        report = merge_shards(run.shard_dirs(), merged, overwrite=True)  # the launcher owns RUN/merged
         problems = validate_result_set(merged)
         write_validation(merged, problems)
         result.merged_dir = merged

@@ -2,8 +2,11 @@
 which shards and users are missing.
 
 This is where the merge decides a conflict: rows that share a key are identical duplicates when
-every value agrees (bookkeeping columns aside, missing == missing), and conflicts otherwise. Nothing
-here reads or writes a file; the inputs are the ShardInputs that read.py built.
+every value agrees (bookkeeping columns aside, missing == missing), and conflicts otherwise.
+"Agrees" is by JSON type and value (json_type): true is not 1 and "1" is not 1; a number is one
+JSON type, so 1128 and 1128.0 are the same number (JSON does not tell them apart, and the merged
+column types them alike: frame.column_types). Nothing here reads or writes a file; the inputs are
+the ShardInputs that read.py built.
 """
 
 from __future__ import annotations
@@ -52,10 +55,37 @@ def is_missing(value: Any) -> bool:
     return value is None or (isinstance(value, float) and math.isnan(value))
 
 
+def json_type(value: Any) -> str:
+    """The JSON type of a value read from a result file: null (also NaN), boolean, number, string,
+    array or object. int and float are both "number"; bool is not a number here (JSON's true is not 1)."""
+    if is_missing(value):
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, (int, float)):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, (list, tuple)):
+        return "array"
+    if isinstance(value, dict):
+        return "object"
+    return type(value).__name__
+
+
 def values_equal(a: Any, b: Any) -> bool:
-    """Exact equality, with missing == missing (so NaN == NaN and null == NaN)."""
-    if is_missing(a) or is_missing(b):
-        return is_missing(a) and is_missing(b)
+    """Same JSON type and equal value, with missing == missing (so NaN == NaN and null == NaN).
+
+    true != 1, "1" != 1, 1128 == 1128.0 (one JSON number); arrays and objects element by element."""
+    kind = json_type(a)
+    if kind != json_type(b):
+        return False
+    if kind == "null":
+        return True
+    if kind == "array":
+        return len(a) == len(b) and all(values_equal(x, y) for x, y in zip(a, b))
+    if kind == "object":
+        return a.keys() == b.keys() and all(values_equal(a[k], b[k]) for k in a)
     return a == b
 
 
@@ -69,6 +99,13 @@ def row_key(row: Mapping[str, Any], key_columns: Sequence[str]) -> tuple:
     return tuple(row.get(c) for c in key_columns)
 
 
+def typed_key(row: Mapping[str, Any], key_columns: Sequence[str]) -> tuple:
+    """The key as the merge matches it: with each value's JSON type, so a key of true and one of 1
+    (equal and of one hash in Python) are different keys."""
+    return tuple((json_type(v), None if is_missing(v) else repr(v) if json_type(v) in ("array", "object") else v)
+                 for v in row_key(row, key_columns))
+
+
 def combine_rows(shards: Sequence[ShardInput], key_columns: Sequence[str]) -> Combined:
     """One row per key. The first row (shards in the given order) is kept; later ones with the same
     key are counted as identical duplicates, or listed as conflicts when any value differs."""
@@ -79,9 +116,9 @@ def combine_rows(shards: Sequence[ShardInput], key_columns: Sequence[str]) -> Co
         for user_id, rows in shard.committed.items():
             for row in rows:
                 key = row_key(row, key_columns)
-                first = kept.get(key)
+                first = kept.get(typed_key(row, key_columns))
                 if first is None:
-                    kept[key] = KeptRow(row=row, user_id=user_id, source=shard.dir)
+                    kept[typed_key(row, key_columns)] = KeptRow(row=row, user_id=user_id, source=shard.dir)
                     continue
                 differences = differing_columns(first.row, row)
                 if not differences:

@@ -1,5 +1,14 @@
 """The result set as a table: its columns (the task's schema), typed columns, CSV and Parquet bytes.
 
+A column's type comes from the JSON types of its values (combine.json_type), the same rule the merge
+uses to tell identical duplicates from conflicts: all boolean -> bool, all number -> int64 when every
+value is written as an integer, else float64 (1128 and 1128.0 are then both 1128.0: one JSON number,
+one column type), all string -> text; null is
+missing in any of them. A column whose values are of more than one JSON type (true in one row, 1 in
+another; "n/a" next to numbers) is a problem the merge reports (mixed_columns); it is written as text
+(JSON text for what is not a string), so the Parquet writer never meets a mixed-type column. Arrays and
+objects are written as JSON text too.
+
 Pure: rows in, a pandas frame or bytes out; writing the bytes is merge.py's job.
 """
 
@@ -7,12 +16,13 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import math
 from typing import Any, Iterable, Mapping, Sequence
 
 import pandas as pd
 
-from shardrun.results.combine import is_missing
+from shardrun.results.combine import is_missing, json_type
 from shardrun.task import BOOKKEEPING_COLUMNS, Task
 
 
@@ -31,22 +41,52 @@ def output_columns(task: Task, settings: Any | None, rows: Iterable[Mapping[str,
     return list(task.key_columns) + rest + list(BOOKKEEPING_COLUMNS)
 
 
+def value_types(values: Iterable[Any]) -> dict[str, int]:
+    """How many values of each JSON type (null aside), in the order first seen."""
+    counts: dict[str, int] = {}
+    for value in values:
+        kind = json_type(value)
+        if kind != "null":
+            counts[kind] = counts.get(kind, 0) + 1
+    return counts
+
+
+def mixed_columns(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> list[dict[str, Any]]:
+    """The columns whose values are of more than one JSON type, with the count of each type."""
+    found = []
+    for column in columns:
+        types = value_types(row.get(column) for row in rows)
+        if len(types) > 1:
+            found.append({"column": column, "types": types})
+    return found
+
+
+def _as_text(value: Any) -> str | None:
+    if is_missing(value):
+        return None
+    return value if isinstance(value, str) else json.dumps(value, sort_keys=True, allow_nan=False)
+
+
 def _typed_column(values: list[Any]) -> pd.Series:
-    """A column with a stable type: int, float or text. Rows are JSON, where a missing number is
-    null; pandas alone would make an int column with one null into floats."""
-    present = [v for v in values if not is_missing(v)]
-    has_missing = len(present) < len(values)
-    if present and all(isinstance(v, bool) for v in present):
+    """A column with a stable type from its values' JSON types (see the module doc). Rows are JSON,
+    where a missing number is null; pandas alone would make an int column with one null into floats."""
+    types = value_types(values)
+    has_missing = sum(types.values()) < len(values)
+    kind = next(iter(types)) if len(types) == 1 else ("number" if not types else "mixed")
+    # an all-null column is a float column: a missing number is the only thing null stands for in a row
+    if kind == "boolean":
         return pd.Series(values, dtype="boolean" if has_missing else bool)
-    if present and all(isinstance(v, int) and not isinstance(v, bool) for v in present):
-        return pd.Series([None if is_missing(v) else v for v in values], dtype="Int64" if has_missing else "int64")
-    if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in present):
-        # also an all-null column: a missing number is the only thing null stands for in a result row
+    if kind == "number" and types and all(isinstance(v, int) for v in values if not is_missing(v)):
+        return pd.Series([None if is_missing(v) else int(v) for v in values], dtype="Int64" if has_missing else "int64")
+    if kind == "number":
         return pd.Series([math.nan if is_missing(v) else float(v) for v in values], dtype="float64")
-    return pd.Series([None if is_missing(v) else v for v in values], dtype=object)
+    if kind == "string":
+        return pd.Series([None if is_missing(v) else v for v in values], dtype=object)
+    return pd.Series([_as_text(v) for v in values], dtype=object)
 
 
 def build_frame(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> pd.DataFrame:
+    """The frame of the rows in the given columns; every column of one type (mixed ones as text)."""
     return pd.DataFrame({c: _typed_column([row.get(c) for row in rows]) for c in columns}, columns=list(columns))
 
 

@@ -10,17 +10,28 @@ from all of them.
 Each step lives in its own module: read.py (shard dirs, run.json, the task), combine.py (the pure
 rules: duplicates, conflicts, coverage), frame.py (the table and its bytes), report.py
 (merge_report.json). This module only runs them in order, with reading and writing at the two ends.
+
+Writing is atomic for the whole set: results.csv, results.parquet, summary.png and merge_report.json
+are built in a sibling dir `.<name>.merging-<pid>-<random>` of the output dir, fsynced, and swapped
+into place (storage.atomic.replace_dir), so the output path holds the previous complete set or the
+new one, never a part. An existing, non-empty output dir is refused unless `overwrite` (the
+command's --overwrite; the launcher owns RUN/merged and always replaces it).
 """
 
 from __future__ import annotations
 
+import errno
 import logging
+import os
+import secrets
+import shutil
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import pandas as pd
+import psutil
 
-from shardrun.errors import MergeError
+from shardrun.errors import MergeError, StorageError
 from shardrun.results.combine import (
     combine_rows,
     find_mismatch,
@@ -30,7 +41,7 @@ from shardrun.results.combine import (
     find_users_short_of_rows,
     sorted_rows,
 )
-from shardrun.results.frame import build_frame, frame_to_csv_bytes, frame_to_parquet_bytes, output_columns
+from shardrun.results.frame import build_frame, frame_to_csv_bytes, frame_to_parquet_bytes, mixed_columns, output_columns
 from shardrun.results.read import (
     read_provenance,
     read_shard,
@@ -40,7 +51,7 @@ from shardrun.results.report import MergeReport, mismatch_message
 from shardrun.results.summary import run_title, task_panels, write_summary_png
 from shardrun.results.timeline import UserSpan, commit_spans
 from shardrun.storage.paths import MergedPaths
-from shardrun.storage.atomic import write_bytes_atomic, write_json_atomic
+from shardrun.storage.atomic import fsync_tree, replace_dir, write_bytes_atomic, write_json_atomic
 from shardrun.task import Task
 
 log = logging.getLogger(__name__)
@@ -60,8 +71,19 @@ def _distinct_dirs(shard_dirs: Sequence[Path]) -> list[Path]:
     return unique
 
 
-def merge_shards(shard_dirs: Sequence[Path], output_dir: Path, force: bool = False) -> MergeReport:
-    """Merge shard dirs (of one run or of several) into results.csv, results.parquet and merge_report.json."""
+def merge_shards(shard_dirs: Sequence[Path], output_dir: Path, force: bool = False,
+                 overwrite: bool = False) -> MergeReport:
+    """Merge shard dirs (of one run or of several) into results.csv, results.parquet, summary.png and
+    merge_report.json in `output_dir`, all at once.
+
+    `force` merges shards of different configs or data anyway (recorded, the set is incomplete);
+    `overwrite` replaces an existing output dir. They are separate permissions: force does not imply
+    overwrite.
+    """
+    output_dir = Path(output_dir)
+    if output_dir.is_symlink():
+        output_dir = output_dir.resolve()  # the set is swapped in where the link points; the link stays
+    prepare_output_dir(output_dir, overwrite)
     dirs = _distinct_dirs(list(shard_dirs))
     if not dirs:
         raise MergeError("no shard dirs given; pass shard dirs with --shards or a run dir with --run.")
@@ -83,6 +105,9 @@ def merge_shards(shard_dirs: Sequence[Path], output_dir: Path, force: bool = Fal
     if dropped:
         log.warning("columns %s are not in the task's schema and are left out of the merged results", dropped)
 
+    mixed = mixed_columns(rows, columns)
+    for m in mixed:
+        log.warning("column %r mixes JSON types %s; it is written as text", m["column"], m["types"])
     report = MergeReport(
         output_dir=str(output_dir),
         shards=[s.describe() for s in shards],
@@ -99,11 +124,14 @@ def merge_shards(shard_dirs: Sequence[Path], output_dir: Path, force: bool = Fal
         dropped_columns=dropped,
         forced_mismatch=mismatch,
         provenance=provenance,
+        untrusted_files=[u for s in shards for u in s.untrusted],
+        unverified_files=[{"dir": str(s.dir), "files": list(s.unverified)} for s in shards if s.unverified],
+        mixed_columns=mixed,
     )
     frame = build_frame(rows, columns)
-    write_result_set(Path(output_dir), frame, report)
-    write_summary(MergedPaths(Path(output_dir)).summary_png, frame, commit_spans(shards), run_title(dirs), task,
-                  settings)
+    spans, title = commit_spans(shards), run_title(dirs)
+    write_result_set(output_dir, frame, report,
+                     draw=lambda path: write_summary(path, frame, spans, title, task, settings))
     if report.complete:
         log.info("%s", report.summary())
     else:
@@ -111,16 +139,93 @@ def merge_shards(shard_dirs: Sequence[Path], output_dir: Path, force: bool = Fal
     return report
 
 
-def write_result_set(output_dir: Path, frame: pd.DataFrame, report: MergeReport) -> None:
-    """The report is written last and stale reports are removed first, so a merge that dies half-way
-    never leaves new results next to an old report (or validation) that vouches for them."""
+# --- the output dir ---------------------------------------------------------------------------
+
+_FIXES = {
+    errno.EROFS: "the filesystem is read-only: pass an --output dir on a writable filesystem",
+    errno.EACCES: "permission denied: make that dir writable for this user or pass another --output dir",
+    errno.EPERM: "operation not permitted: make that dir writable for this user or pass another --output dir",
+    errno.EBUSY: "it is a mount point or in use: pass a new dir inside it, or another dir, as --output",
+    errno.ENOSPC: "the disk is full: free space and merge again (an earlier result set there is untouched)",
+    errno.EDQUOT: "the disk quota is exhausted: free space and merge again (an earlier result set there is untouched)",
+}
+
+
+def cannot_write(output_dir: Path, exc: OSError) -> StorageError:
+    fix = _FIXES.get(exc.errno, "check the dir and the disk, then merge again (an earlier result set there is untouched)")
+    return StorageError(f"cannot write the result set {output_dir} in {output_dir.parent}: {exc.strerror or exc}; {fix}.")
+
+
+def prepare_output_dir(output_dir: Path, overwrite: bool) -> None:
+    """Before anything is read: tidy what a crashed merge left beside the output dir (so a set it had
+    moved aside is back in place and counts as existing), then refuse an output path that is a file,
+    or an existing non-empty dir without `overwrite` (an empty dir holds no result set and is used)."""
+    if output_dir.parent.is_dir():
+        try:
+            _tidy_leftovers(MergedPaths(output_dir))
+        except OSError as exc:
+            raise cannot_write(output_dir, exc) from None
+    if output_dir.exists() and not output_dir.is_dir():
+        raise MergeError(
+            f"--output {output_dir} is a file, not a dir; merge writes a result set dir (results.csv,"
+            " results.parquet, merge_report.json, summary.png) there. Pass the path of a new dir, or of an"
+            " earlier result set with --overwrite."
+        )
+    if output_dir.is_dir() and not overwrite and any(output_dir.iterdir()):
+        raise MergeError(
+            f"--output {output_dir} exists and is not empty; merge never replaces a result set silently."
+            " Pass --overwrite to replace it (the old set stays in place until the new one is complete),"
+            " or pass a new --output dir."
+        )
+
+
+def _staging_dir(paths: MergedPaths, kind: str) -> Path:
+    return paths.dir.parent / f"{paths.staging_prefix(kind)}{os.getpid()}-{secrets.token_hex(4)}"
+
+
+def _tidy_leftovers(paths: MergedPaths) -> None:
+    """Staging dirs of merges that died: a set moved aside with nothing put in its place is put
+    back; the rest are removed. A staging dir of a merge still running (its pid alive) is left alone."""
+    for kind in ("old", "merging"):
+        for leftover in paths.leftovers(kind):
+            pid = MergedPaths.staging_pid(leftover)
+            if pid is not None and pid != os.getpid() and psutil.pid_exists(pid):
+                continue
+            if kind == "old" and not paths.dir.exists():
+                os.rename(leftover, paths.dir)
+                log.warning("put back the result set %s that a crashed merge had moved aside", paths.dir)
+                continue
+            shutil.rmtree(leftover, ignore_errors=True)
+            log.info("removed %s, left by a merge that did not finish", leftover)
+
+
+def write_result_set(output_dir: Path, frame: pd.DataFrame, report: MergeReport,
+                     draw: Callable[[Path], object] | None = None) -> None:
+    """Build the whole set in a sibling staging dir (the report last), fsync it, then swap it into
+    place: a merge that dies at any point leaves the previous complete set (or nothing) at the path,
+    never new results next to an old report or validation."""
     paths = MergedPaths(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    paths.report.unlink(missing_ok=True)
-    paths.validation.unlink(missing_ok=True)
-    write_bytes_atomic(paths.csv, frame_to_csv_bytes(frame))
-    write_bytes_atomic(paths.parquet, frame_to_parquet_bytes(frame))
-    write_json_atomic(paths.report, report.to_json())
+    try:
+        output_dir.parent.mkdir(parents=True, exist_ok=True)
+        staging = _staging_dir(paths, "merging")
+        staging.mkdir()
+    except OSError as exc:
+        raise cannot_write(output_dir, exc) from None
+    try:
+        new = MergedPaths(staging)
+        write_bytes_atomic(new.csv, frame_to_csv_bytes(frame))
+        write_bytes_atomic(new.parquet, frame_to_parquet_bytes(frame))
+        if draw is not None:
+            draw(new.summary_png)
+        write_json_atomic(new.report, report.to_json())
+        fsync_tree(staging)
+        replace_dir(staging, output_dir, aside=_staging_dir(paths, "old"))
+    except OSError as exc:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise cannot_write(output_dir, exc) from None
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
 
 
 # --- the summary picture ---------------------------------------------------------------------

@@ -39,6 +39,11 @@ class ShardInput:
     state: str | None
     committed: Mapping[str, Sequence[Mapping[str, Any]]]  # user id -> rows
     committed_at: Mapping[str, Any] = field(default_factory=dict)  # user id -> commit time (for the timeline)
+    # result files that fail commits.verify_record (edited after the commit, or from another config's
+    # run): their rows are left out of the merge and each is a problem of the result set
+    untrusted: Sequence[Mapping[str, Any]] = ()
+    # result files of format 1 (no checksum): merged, and listed as a note, never a problem
+    unverified: Sequence[str] = ()
 
     @property
     def config_hash(self) -> str | None:
@@ -61,6 +66,8 @@ class ShardInput:
             "pilot": self.identity.get("pilot"),
             "users_planned": len(self.users_planned),
             "users_committed": len(self.committed),
+            "untrusted_files": len(self.untrusted),
+            "unverified_files": len(self.unverified),
             "state": self.state,
         }
 
@@ -98,7 +105,16 @@ def read_shard(shard_dir: Path) -> ShardInput:
             f"{paths.identity} is not a valid shard identity ({exc!r}); it must be the shard.json written by"
             " run_production. Leave that dir out of the merge or restore the file."
         ) from None
-    users = scan_committed(paths)
+    # "keep": merge reports a file it cannot trust (and leaves it where it is) instead of moving it
+    scanned = scan_committed(paths, untrusted="keep")
+    users = {user_id: user for user_id, user in scanned.items() if user.problem is None}
+    untrusted = [
+        {"dir": str(paths.dir), "file": user.path.name, "user_id": user_id, "problem": user.problem}
+        for user_id, user in sorted(scanned.items())
+        if user.problem is not None
+    ]
+    for entry in untrusted:
+        log.warning("result file %s/results/%s is left out of the merge: %s", entry["dir"], entry["file"], entry["problem"])
     return ShardInput(
         dir=paths.dir,
         identity=identity,
@@ -106,6 +122,8 @@ def read_shard(shard_dir: Path) -> ShardInput:
         state=_read_state(paths),
         committed={user_id: user.rows for user_id, user in users.items()},
         committed_at={user_id: user.record.get("committed_at") for user_id, user in users.items()},
+        untrusted=untrusted,
+        unverified=sorted(user.path.name for user in users.values() if not user.verified),
     )
 
 

@@ -60,6 +60,18 @@ def report_problems(report: Mapping[str, Any], coverage: bool = True) -> list[st
     )
     if report.get("forced_mismatch"):
         problems.append("shards of different configs or input data were merged with --force")
+    problems += capped(
+        [
+            f"result file {u['dir']}/results/{u['file']} (user {show(u['user_id'])}) is left out: {u['problem']}"
+            for u in report.get("untrusted_files", [])
+        ],
+        "untrusted result files",
+    )
+    problems += [
+        f"column {m['column']!r} mixes JSON types ({', '.join(f'{t}: {n} rows' for t, n in m['types'].items())});"
+        " it is written as text"
+        for m in report.get("mixed_columns", [])
+    ]
     if not coverage:
         return problems
     problems += capped(
@@ -103,6 +115,12 @@ class MergeReport:
     dropped_columns: list[str]
     forced_mismatch: list[dict[str, Any]]
     provenance: list[dict[str, Any]]
+    # result files that fail their checksum or carry another config's hash (left out; a problem)
+    untrusted_files: list[dict[str, Any]] = field(default_factory=list)
+    # per shard dir, its result files of format 1 (no checksum): merged, a note, not a problem
+    unverified_files: list[dict[str, Any]] = field(default_factory=list)
+    # columns whose values are of more than one JSON type (frame.column_types); a problem
+    mixed_columns: list[dict[str, Any]] = field(default_factory=list)
     created_at: str = field(default_factory=utc_now)
 
     @property
@@ -114,6 +132,8 @@ class MergeReport:
             or self.users_short_of_rows
             or self.unplanned_users
             or self.forced_mismatch
+            or self.untrusted_files
+            or self.mixed_columns
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -129,6 +149,9 @@ class MergeReport:
             f"merged {self.rows} rows of {self.users} users from {len(self.shards)} shard dirs into"
             f" {self.output_dir} ({self.identical_duplicates} identical duplicates dropped)"
         )
+        unverified = sum(len(u["files"]) for u in self.unverified_files)
+        if unverified:
+            head += f"; {unverified} result files of an older format have no checksum and were merged unverified"
         if self.complete:
             return head + "; the result set is complete"
         return f"{head}; INCOMPLETE, see {self.output_dir}/merge_report.json: " + "; ".join(self.problem_lines())

@@ -198,8 +198,42 @@ def validate_result_set(result_dir: Path, config: RunConfig | None = None) -> li
     return problems
 
 
-def write_validation(result_dir: Path, problems: Sequence[str]) -> Path:
-    path = MergedPaths(Path(result_dir)).validation
-    write_json_atomic(path, {"valid": not problems, "problems": list(problems), "checked_at": utc_now()})
-    log.info("wrote %s (%s)", path, "valid" if not problems else f"{len(problems)} problems")
-    return path
+def checked_config_hash(result_dir: Path, config: RunConfig | None) -> str | None:
+    """The config hash a validation checked against: the given config's, else the one merge_report.json records."""
+    if config is not None:
+        return config.hash
+    try:
+        report = read_json(MergedPaths(Path(result_dir)).report)
+    except (OSError, ValueError):
+        return None
+    value = report.get("config_hash") if isinstance(report, dict) else None
+    return value if isinstance(value, str) else None
+
+
+def write_validation(result_dir: Path, problems: Sequence[str], config_hash: str | None = None) -> str | None:
+    """Write validation.json (the verdict, its problems, the config hash checked against).
+
+    A validation.json already there that records another config hash is not replaced silently: the
+    new file keeps it under `previous` (its config hash, verdict and time), and the returned note
+    (also logged as a warning) says so; None when there was nothing to say. `config_hash` None takes
+    the hash merge_report.json records.
+    """
+    paths = MergedPaths(Path(result_dir))
+    if config_hash is None:
+        config_hash = checked_config_hash(paths.dir, None)
+    document: dict[str, Any] = {"valid": not problems, "problems": list(problems), "config_hash": config_hash,
+                                "checked_at": utc_now()}
+    note = None
+    try:
+        earlier = read_json(paths.validation) if paths.validation.is_file() else None
+    except (OSError, ValueError):
+        earlier = None
+    if isinstance(earlier, dict) and earlier.get("config_hash") not in (None, config_hash):
+        document["previous"] = {k: earlier.get(k) for k in ("config_hash", "valid", "checked_at")}
+        note = (f"{paths.validation} recorded a validation against config hash {earlier.get('config_hash')!r}"
+                f" (checked at {earlier.get('checked_at')}); it is replaced by this one against {config_hash!r},"
+                " and both are recorded in it (the earlier one under 'previous')")
+        log.warning("%s", note)
+    write_json_atomic(paths.validation, document)
+    log.info("wrote %s (%s)", paths.validation, "valid" if not problems else f"{len(problems)} problems")
+    return note

@@ -1,8 +1,16 @@
 """A shard's results, exactly once: commit_user (one file per user, linked into place from a fsynced
-temporary file, so it exists whole or not at all), the resume scan, and errors.jsonl."""
+temporary file, so it exists whole or not at all), the resume scan, and errors.jsonl.
+
+Provenance: every result file carries `rows_sha256` (sha256 of the canonical JSON of its rows, see
+rows_checksum) and `config_hash` (the shard's, from shard.json). `verify_record` checks both, so a
+file edited by hand after its commit, or copied in from a run of another config, is told apart from
+one commit_user wrote here. Files of format 1 (before checksums) carry neither: they are accepted as
+unverified (only the config hash of their rows is checked), so runs made before still merge and resume.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -25,7 +33,7 @@ from shardrun.storage.paths import ShardPaths, user_file_stem
 log = logging.getLogger(__name__)
 
 
-RESULT_FORMAT = 1
+RESULT_FORMAT = 2  # 2: rows_sha256 and config_hash in the file; 1 (older runs): neither
 
 
 @dataclass(frozen=True)
@@ -34,6 +42,54 @@ class CommittedUser:
     rows: list[dict[str, Any]]
     record: dict[str, Any]
     path: Path
+    problem: str | None = None  # why the file cannot be trusted (verify_record); only with untrusted="keep"
+
+    @property
+    def verified(self) -> bool:
+        """True if the file carries a checksum (format 2 or later); format 1 files cannot be checked."""
+        return "rows_sha256" in self.record
+
+
+def rows_checksum(rows: Any) -> str:
+    """sha256 of the canonical JSON of the rows: NaN as null (as stored), keys sorted, no spaces,
+    ASCII. The rows read back from a file give the same text, so the checksum survives the round trip."""
+    canonical = json.dumps(json_safe(rows), sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
+    return hashlib.sha256(canonical.encode("ascii")).hexdigest()
+
+
+def verify_record(record: Mapping[str, Any], config_hash: str | None) -> str | None:
+    """Why a committed record cannot be trusted, or None.
+
+    The checksum must match the rows (else the file was edited after its commit); the file's config
+    hash and every row's `config_hash` must be the shard's (else the file comes from another config's
+    run). `config_hash` None (no shard.json to compare with) checks the checksum only. A record
+    without a checksum (format 1) is checked for its rows' config hash only.
+    """
+    rows = record.get("rows") or []
+    stored = record.get("rows_sha256")
+    if stored is not None and stored != rows_checksum(rows):
+        return ("its rows do not match the checksum written when it was committed (rows_sha256): it was"
+                " edited after the commit")
+    if config_hash is None:
+        return None
+    file_hash = record.get("config_hash")
+    if file_hash is not None and file_hash != config_hash:
+        return f"it was committed under config hash {file_hash!r}, but this shard's is {config_hash!r}: it comes from another config's run"
+    row_hashes = sorted({str(row.get("config_hash")) for row in rows if isinstance(row, dict) and row.get("config_hash") is not None})
+    foreign = [h for h in row_hashes if h != config_hash]
+    if foreign:
+        return f"its rows carry config hash {foreign[0]!r}, but this shard's is {config_hash!r}: it comes from another config's run"
+    return None
+
+
+def shard_config_hash(paths: ShardPaths) -> str | None:
+    """The config hash in the shard's shard.json, or None when there is none (yet) or it cannot be read."""
+    try:
+        identity = read_json(paths.identity)
+    except (OSError, ValueError):
+        return None
+    value = identity.get("config_hash") if isinstance(identity, dict) else None
+    return value if isinstance(value, str) else None
 
 
 def commit_user(
@@ -47,7 +103,16 @@ def commit_user(
     # milliseconds: a user can take well under a second, and the merge timeline starts it at
     # committed_at - seconds
     committed_at = datetime.now(timezone.utc).isoformat(timespec="milliseconds")
-    record = {"format": RESULT_FORMAT, "user_id": user_id, "committed_at": committed_at, **meta, "rows": list(rows)}
+    stored_rows = json_safe(list(rows))
+    record = {
+        "format": RESULT_FORMAT,
+        "user_id": user_id,
+        "committed_at": committed_at,
+        **meta,
+        "config_hash": meta.get("config_hash", shard_config_hash(paths)),
+        "rows_sha256": rows_checksum(stored_rows),
+        "rows": stored_rows,
+    }
     target = paths.result(user_id)
     tmp = write_temp_file(paths.tmp, encode_json(record))
     try:
@@ -63,16 +128,25 @@ def commit_user(
     return target
 
 
-def scan_committed(paths: ShardPaths) -> dict[str, CommittedUser]:
+def scan_committed(paths: ShardPaths, untrusted: str = "quarantine") -> dict[str, CommittedUser]:
     """Every user committed in this shard dir, by user id.
 
     A result file that does not parse or whose name does not match its user id was not written
     by commit_user (a disk fault, a hand edit): it is moved aside to results/quarantine/ and
     the user counts as not committed, so resume recomputes it instead of trusting it.
+
+    A file that parses but fails verify_record (edited after its commit, or from another config's
+    run) is, with `untrusted="quarantine"` (the resume scan), treated the same way: moved aside byte
+    for byte with a warning that says why, and the user is recomputed (the analysis is deterministic,
+    so the recomputed rows are the ones the file held before the edit). With `untrusted="keep"`
+    (merge) it is left in place and returned with `problem` set, for the caller to report.
     """
+    if untrusted not in ("quarantine", "keep"):
+        raise ValueError(f"untrusted must be 'quarantine' or 'keep', not {untrusted!r}")
     committed: dict[str, CommittedUser] = {}
     if not paths.results.is_dir():
         return committed
+    config_hash = shard_config_hash(paths)
     for path in sorted(paths.results.glob("u-*.json")):
         try:
             record = read_json(path)
@@ -81,18 +155,22 @@ def scan_committed(paths: ShardPaths) -> dict[str, CommittedUser]:
             if not isinstance(user_id, str) or path.stem != user_file_stem(user_id) or not isinstance(rows, list):
                 raise ValueError("file name, user id or rows do not match")
         except (OSError, ValueError, KeyError, TypeError) as exc:
-            _quarantine(paths, path, exc)
+            _quarantine(paths, path, f"is unreadable ({exc})")
             continue
-        committed[user_id] = CommittedUser(user_id=user_id, rows=rows, record=record, path=path)
+        problem = verify_record(record, config_hash)
+        if problem is not None and untrusted == "quarantine":
+            _quarantine(paths, path, f"cannot be trusted: {problem}")
+            continue
+        committed[user_id] = CommittedUser(user_id=user_id, rows=rows, record=record, path=path, problem=problem)
     return committed
 
 
-def _quarantine(paths: ShardPaths, path: Path, why: Exception) -> None:
+def _quarantine(paths: ShardPaths, path: Path, why: str) -> None:
     quarantine = paths.results / "quarantine"
     quarantine.mkdir(exist_ok=True)
     target = quarantine / f"{path.name}.{datetime.now():%Y%m%d%H%M%S%f}"
     os.replace(path, target)
-    log.warning("result file %s is unreadable (%s); moved to %s and the user will be recomputed", path, why, target)
+    log.warning("result file %s %s; moved to %s and the user will be recomputed", path, why, target)
 
 
 def clean_tmp(paths: ShardPaths) -> int:

@@ -114,6 +114,25 @@ class RunPaths:
 class MergedPaths:
     dir: Path
 
+    # A result set is built in a sibling dir `.<name>.merging-<pid>-<random>` and swapped into place;
+    # `.<name>.old-<pid>-<random>` holds the set it replaces for a moment. Both start with a dot and
+    # never hold a merge_report.json under the result set's own name, so nothing takes them for one.
+    def staging_prefix(self, kind: str) -> str:
+        """`.<name>.merging-` (kind "merging") or `.<name>.old-` (kind "old")."""
+        return f".{self.dir.name}.{kind}-"
+
+    def leftovers(self, kind: str) -> list[Path]:
+        """Staging dirs of this result set left in its parent (by a merge that crashed or still runs)."""
+        return sorted(self.dir.parent.glob(self.staging_prefix(kind) + "*"))
+
+    @staticmethod
+    def staging_pid(path: Path) -> int | None:
+        """The pid of the merge that made a staging dir, from its name; None if the name has none."""
+        try:
+            return int(path.name.rsplit("-", 2)[-2])
+        except (IndexError, ValueError):
+            return None
+
     @property
     def csv(self) -> Path:
         return self.dir / "results.csv"

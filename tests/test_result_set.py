@@ -1,0 +1,408 @@
+"""Issue 8, the result set as trustworthy as the commits: atomic merge, no silent overwrite, typed
+duplicates, and provenance (checksum + config hash) of every committed result file.
+
+In-process tests use the Task test double (task_double.py); the command-line tests run
+`python -m shardrun.merge` / `python -m shardrun.validate` as subprocesses with the double importable
+from a tiny module on PYTHONPATH, and check the exit code, the message and that no traceback shows.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from shardrun.errors import MergeError
+from shardrun.results.combine import values_equal
+from shardrun.results.merge import merge_shards
+from shardrun.results.read import shard_dirs_of_run
+from shardrun.results.validate import write_validation
+from shardrun.storage.atomic import read_json, write_json_atomic
+from shardrun.storage.commits import rows_checksum, scan_committed
+from shardrun.storage.paths import MergedPaths, ShardPaths
+from task_double import (  # noqa: F401  (task_double: the autouse fixture that makes the double loadable)
+    DOUBLE_MODULE,
+    make_run,
+    raw_config,
+    read_both,
+    read_report,
+    task_double,
+)
+
+TESTS = Path(__file__).resolve().parent
+SRC = TESTS.parent / "src"
+
+
+def set_files(out: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(out.iterdir())}
+
+
+def siblings(out: Path) -> list[str]:
+    return sorted(p.name for p in out.parent.iterdir())
+
+
+def only_shard(run: Path) -> ShardPaths:
+    [shard] = shard_dirs_of_run(run)
+    return ShardPaths(shard)
+
+
+def edit_file(path: Path, change) -> None:
+    record = json.loads(path.read_text())
+    change(record)
+    path.write_text(json.dumps(record))
+
+
+# --- 3. atomic merge --------------------------------------------------------------------------
+
+
+def test_a_failure_after_results_csv_leaves_nothing_at_a_new_output(tmp_path, monkeypatch):
+    run = make_run(tmp_path / "run", count=1)
+    out = tmp_path / "out" / "merged"
+
+    def broken(frame):
+        raise RuntimeError("parquet writer down")
+
+    monkeypatch.setattr("shardrun.results.merge.frame_to_parquet_bytes", broken)
+    with pytest.raises(RuntimeError, match="parquet writer down"):
+        merge_shards(shard_dirs_of_run(run), out)
+
+    assert not out.exists()
+    assert siblings(out) == []  # no staging dir, no results.csv anywhere
+
+
+def test_a_failure_during_an_overwrite_keeps_the_previous_complete_set(tmp_path, monkeypatch):
+    run = make_run(tmp_path / "run", count=1)
+    out = tmp_path / "merged"
+    merge_shards(shard_dirs_of_run(run), out)
+    write_validation(out, [])
+    before = set_files(out)
+    assert set(before) == {"results.csv", "results.parquet", "merge_report.json", "summary.png", "validation.json"}
+
+    monkeypatch.setattr("shardrun.results.merge.frame_to_parquet_bytes",
+                        lambda frame: (_ for _ in ()).throw(RuntimeError("parquet writer down")))
+    with pytest.raises(RuntimeError):
+        merge_shards(shard_dirs_of_run(run), out, overwrite=True)
+
+    assert set_files(out) == before
+    assert siblings(out) == ["merged", "run"]
+
+
+@pytest.mark.parametrize("exchange", [True, False], ids=["rename-exchange", "rename-aside"])
+def test_overwrite_replaces_the_whole_set(tmp_path, monkeypatch, exchange):
+    if not exchange:
+        monkeypatch.setattr("shardrun.storage.atomic.exchange_paths", lambda a, b: False)
+    first = make_run(tmp_path / "a", count=1)
+    second = make_run(tmp_path / "b", count=1, skip_users=["u03"])
+    out = tmp_path / "merged"
+    merge_shards(shard_dirs_of_run(first), out)
+    write_validation(out, [])
+
+    report = merge_shards(shard_dirs_of_run(second), out, overwrite=True)
+
+    assert not report.complete and read_report(out)["missing_users"][0]["user_id"] == "u03"
+    assert not MergedPaths(out).validation.exists()  # the old verdict went with the old set
+    assert len(read_both(out)[1]) == 14
+    assert siblings(out) == ["a", "b", "merged"]
+
+
+def test_an_output_given_as_a_symlink_is_replaced_where_it_points(tmp_path):
+    run = make_run(tmp_path / "run", count=1)
+    real = tmp_path / "real"
+    merge_shards(shard_dirs_of_run(run), real)
+    link = tmp_path / "link"
+    link.symlink_to(real)
+
+    assert merge_shards(shard_dirs_of_run(run), link, overwrite=True).complete
+
+    assert link.is_symlink() and MergedPaths(real).report.is_file()
+    assert siblings(real) == ["link", "real", "run"]
+
+
+def test_leftovers_of_a_crashed_merge_are_tidied_and_a_set_moved_aside_is_put_back(tmp_path):
+    run = make_run(tmp_path / "run", count=1)
+    out = tmp_path / "merged"
+    merge_shards(shard_dirs_of_run(run), out)
+    before = set_files(out)
+    dead = 2**22 + 12345  # above Linux's default pid_max
+    staging = tmp_path / f".merged.merging-{dead}-abcd"
+    staging.mkdir()
+    (staging / "results.csv").write_text("half")
+    out.rename(tmp_path / f".merged.old-{dead}-beef")  # died between the two renames
+
+    with pytest.raises(MergeError, match="exists and is not empty"):
+        merge_shards(shard_dirs_of_run(run), out)  # the set put back counts as existing
+
+    assert set_files(out) == before
+    assert siblings(out) == ["merged", "run"]
+
+
+# --- 4. no silent overwrite -------------------------------------------------------------------
+
+
+def test_an_existing_output_dir_is_refused_without_overwrite(tmp_path):
+    run = make_run(tmp_path / "run", count=1)
+    out = tmp_path / "merged"
+    merge_shards(shard_dirs_of_run(run), out)
+    before = set_files(out)
+
+    with pytest.raises(MergeError) as refused:
+        merge_shards(shard_dirs_of_run(run), out, force=True)  # --force does not imply --overwrite
+    assert "--overwrite" in str(refused.value) and str(out) in str(refused.value)
+    assert set_files(out) == before
+
+    assert merge_shards(shard_dirs_of_run(run), out, overwrite=True).complete
+
+
+def test_an_empty_output_dir_is_used_and_a_file_is_refused(tmp_path):
+    run = make_run(tmp_path / "run", count=1)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert merge_shards(shard_dirs_of_run(run), empty).complete
+    a_file = tmp_path / "file"
+    a_file.write_text("x")
+    with pytest.raises(MergeError, match="is a file, not a dir"):
+        merge_shards(shard_dirs_of_run(run), a_file, overwrite=True)
+    assert a_file.read_text() == "x"
+
+
+def test_validation_of_another_config_is_not_replaced_silently(tmp_path):
+    run = make_run(tmp_path / "run", count=1)
+    out = tmp_path / "merged"
+    merge_shards(shard_dirs_of_run(run), out)
+    assert write_validation(out, []) is None
+    first = read_json(MergedPaths(out).validation)
+    assert first["config_hash"] == read_report(out)["config_hash"]
+
+    note = write_validation(out, ["config_hash is 'a' but ..."], config_hash="other-hash")
+
+    assert note and first["config_hash"] in note and "other-hash" in note
+    written = read_json(MergedPaths(out).validation)
+    assert written["config_hash"] == "other-hash"
+    assert written["previous"] == {"config_hash": first["config_hash"], "valid": True, "checked_at": first["checked_at"]}
+
+
+# --- 5. typed duplicates ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("a, b, equal", [
+    (True, 1, False), (False, 0, False), (1, "1", False), (1128.0, 1128, True), (1128, 1128.5, False),
+    (None, float("nan"), True), (None, 0, False), ([1, True], [1.0, True], True), ([1, True], [1, 1], False),
+    ({"a": 1}, {"a": 1.0}, True), ({"a": True}, {"a": 1}, False), ("x", "x", True),
+])
+def test_values_are_equal_by_json_type_and_value(a, b, equal):
+    assert values_equal(a, b) is equal and values_equal(b, a) is equal
+
+
+def test_true_and_1_conflict_and_1128_and_1128_0_are_identical(tmp_path):
+    first = make_run(tmp_path / "a", count=1, overrides={"u01": {"n_obs": 1128}, "u02": {"n_obs": True}})
+    second = make_run(tmp_path / "b", count=1, overrides={"u01": {"n_obs": 1128.0}, "u02": {"n_obs": 1}})
+
+    report = merge_shards(shard_dirs_of_run(first) + shard_dirs_of_run(second), tmp_path / "merged")
+
+    assert report.identical_duplicates == 14
+    assert [(c["key"]["user_id"], c["differences"]) for c in report.conflicts] == [
+        ("u02", [{"column": "n_obs", "values": [True, 1]}])
+    ] * 2
+    # u02's true is kept among numbers: the column mixes JSON types, is reported and written as text
+    assert report.mixed_columns == [{"column": "n_obs", "types": {"number": 14, "boolean": 2}}]
+    assert any("column 'n_obs' mixes JSON types" in line for line in report.problem_lines())
+    csv_frame, parquet_frame = read_both(tmp_path / "merged")
+    assert parquet_frame["n_obs"].tolist()[:4] == ["103", "103", "1128", "1128"]
+    assert parquet_frame["n_obs"].tolist()[4:6] == ["true", "true"]
+
+
+def test_a_number_column_with_ints_and_floats_is_one_float_column(tmp_path):
+    run = make_run(tmp_path / "run", count=1, overrides={"u01": {"n_obs": 1128.5}})
+    report = merge_shards(shard_dirs_of_run(run), tmp_path / "merged")
+    assert report.complete and report.mixed_columns == []
+    assert read_both(tmp_path / "merged")[1]["n_obs"].dtype == "float64"
+
+
+# --- 6. provenance of the committed files ------------------------------------------------------
+
+
+def test_commit_writes_the_checksum_and_the_config_hash(tmp_path):
+    run = make_run(tmp_path / "run", count=1)
+    shard = only_shard(run)
+    record = read_json(shard.result("u01"))
+    assert record["format"] == 2
+    assert record["config_hash"] == read_json(shard.identity)["config_hash"]
+    assert record["rows_sha256"] == rows_checksum(record["rows"])
+
+
+def test_a_hand_edited_te_value_is_reported_by_merge(tmp_path):
+    run = make_run(tmp_path / "run", count=1)
+    shard = only_shard(run)
+    edit_file(shard.result("u03"), lambda r: r["rows"][0].update(te_bits=0.5))
+
+    report = merge_shards(shard_dirs_of_run(run), tmp_path / "merged")
+
+    assert not report.complete
+    [untrusted] = report.untrusted_files
+    assert untrusted["user_id"] == "u03" and untrusted["file"] == shard.result("u03").name
+    assert "edited after the commit" in untrusted["problem"]
+    assert [m["user_id"] for m in report.missing_users] == ["u03"]  # its rows are left out
+    assert "u03" not in set(read_both(tmp_path / "merged")[1]["user_id"])
+    assert any("is left out: its rows do not match the checksum" in line for line in report.problem_lines())
+    assert shard.result("u03").exists()  # merge reports, it does not move the file
+
+
+def test_a_file_from_another_configs_run_is_reported_by_merge(tmp_path):
+    run = make_run(tmp_path / "run", count=1)
+    other = make_run(tmp_path / "other", count=1, raw=raw_config(modes=["activity"]))
+    shard = only_shard(run)
+    shard.result("u05").write_bytes(only_shard(other).result("u05").read_bytes())
+
+    report = merge_shards(shard_dirs_of_run(run), tmp_path / "merged")
+
+    assert not report.complete
+    [untrusted] = report.untrusted_files
+    assert untrusted["user_id"] == "u05" and "comes from another config's run" in untrusted["problem"]
+
+
+def test_old_files_without_a_checksum_still_merge_with_a_note(tmp_path):
+    run = make_run(tmp_path / "run", count=1)
+    shard = only_shard(run)
+    for path in sorted(shard.results.glob("u-*.json"))[:3]:
+        edit_file(path, lambda r: [r.pop("rows_sha256"), r.pop("config_hash"), r.update(format=1)])
+
+    report = merge_shards(shard_dirs_of_run(run), tmp_path / "merged")
+
+    assert report.complete and report.rows == 16
+    [note] = report.unverified_files
+    assert note["dir"] == str(shard.dir) and len(note["files"]) == 3
+    assert "3 result files of an older format have no checksum" in report.summary()
+    assert read_report(tmp_path / "merged")["unverified_files"] == [note]
+
+
+def test_an_old_file_from_another_config_is_still_caught_by_its_rows(tmp_path):
+    run = make_run(tmp_path / "run", count=1)
+    shard = only_shard(run)
+    edit_file(shard.result("u02"), lambda r: [r.pop("rows_sha256"), r.pop("config_hash"),
+                                              [row.update(config_hash="elsewhere") for row in r["rows"]]])
+    report = merge_shards(shard_dirs_of_run(run), tmp_path / "merged")
+    assert [u["user_id"] for u in report.untrusted_files] == ["u02"]
+
+
+def test_the_resume_scan_quarantines_an_edited_file_and_recomputes_it(tmp_path, caplog):
+    run = make_run(tmp_path / "run", count=1)
+    shard = only_shard(run)
+    path = shard.result("u03")
+    edit_file(path, lambda r: r["rows"][1].update(ais_bits=9.0))
+    edited = path.read_bytes()
+
+    committed = scan_committed(shard)
+
+    assert "u03" not in committed and len(committed) == 7
+    [moved] = list((shard.results / "quarantine").iterdir())
+    assert moved.read_bytes() == edited
+    assert "cannot be trusted" in caplog.text and "will be recomputed" in caplog.text
+
+
+# --- the commands: exit codes and messages, never a traceback -----------------------------------
+
+
+@pytest.fixture
+def cli_env(tmp_path):
+    modules = tmp_path / "modules"
+    modules.mkdir()
+    (modules / f"{DOUBLE_MODULE}.py").write_text("from task_double import TaskDouble\n\ntask = TaskDouble()\n")
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(modules), str(TESTS), str(SRC)])
+    return env
+
+
+def command(env, *args: str, wrap: list[str] = ()) -> subprocess.CompletedProcess:
+    result = subprocess.run([*wrap, sys.executable, *args], env=env, capture_output=True, text=True, timeout=120)
+    assert "Traceback" not in result.stdout + result.stderr
+    return result
+
+
+def needs_root_mounts() -> None:
+    if os.geteuid() != 0 or subprocess.run(["unshare", "-m", "true"], capture_output=True).returncode != 0:
+        pytest.skip("needs root with mount rights (a read-only bind mount in a private mount namespace)")
+
+
+def read_only(path: Path) -> list[str]:
+    """Run the command with `path` read-only: a bind mount in a private mount namespace (root ignores chmod)."""
+    return ["unshare", "-m", "--propagation", "private", "sh", "-c",
+            'mount --bind "$0" "$0" && mount -o remount,ro,bind "$0" && exec "$@"', str(path)]
+
+
+def test_merge_cli_refuses_an_existing_dir_and_a_file(tmp_path, cli_env):
+    run = make_run(tmp_path / "run", count=1)
+    out = tmp_path / "merged"
+    assert command(cli_env, "-m", "shardrun.merge", "--run", str(run), "--output", str(out)).returncode == 0
+
+    again = command(cli_env, "-m", "shardrun.merge", "--run", str(run), "--output", str(out))
+    assert again.returncode == 2
+    assert again.stderr.count("error: ") == 1 and "exists and is not empty" in again.stderr
+    assert "--overwrite" in again.stderr
+
+    replaced = command(cli_env, "-m", "shardrun.merge", "--run", str(run), "--output", str(out), "--overwrite")
+    assert replaced.returncode == 0 and "merged 16 rows" in replaced.stdout
+
+    a_file = tmp_path / "results.csv"
+    a_file.write_text("x")
+    refused = command(cli_env, "-m", "shardrun.merge", "--run", str(run), "--output", str(a_file))
+    assert refused.returncode == 2 and f"error: --output {a_file} is a file, not a dir" in refused.stderr
+
+
+def test_merge_cli_reports_an_edited_file_with_exit_5(tmp_path, cli_env):
+    run = make_run(tmp_path / "run", count=1)
+    edit_file(only_shard(run).result("u03"), lambda r: r["rows"][0].update(ais_bits=0.25))
+    result = command(cli_env, "-m", "shardrun.merge", "--run", str(run), "--output", str(tmp_path / "merged"))
+    assert result.returncode == 5
+    assert "edited after the commit" in result.stdout and "user 'u03' has no results" in result.stdout
+
+
+def test_merge_cli_into_a_read_only_dir(tmp_path, cli_env):
+    needs_root_mounts()
+    run = make_run(tmp_path / "run", count=1)
+    root = tmp_path / "ro"
+    root.mkdir()
+    result = command(cli_env, "-m", "shardrun.merge", "--run", str(run), "--output", str(root / "merged"),
+                     wrap=read_only(root))
+    assert result.returncode == 6
+    assert result.stderr.count("error: ") == 1
+    assert f"error: cannot write the result set {root / 'merged'}" in result.stderr
+    assert "read-only" in result.stderr and "--output" in result.stderr
+    assert list(root.iterdir()) == []
+
+
+def test_validate_cli_on_a_missing_dir_a_file_and_a_read_only_dir(tmp_path, cli_env):
+    missing = command(cli_env, "-m", "shardrun.validate", "--dir", str(tmp_path / "nowhere"))
+    assert missing.returncode == 2
+    assert f"error: result dir {tmp_path / 'nowhere'} does not exist" in missing.stderr
+    a_file = tmp_path / "f"
+    a_file.write_text("x")
+    not_dir = command(cli_env, "-m", "shardrun.validate", "--dir", str(a_file))
+    assert not_dir.returncode == 2 and "is a file, not a result dir" in not_dir.stderr
+
+    needs_root_mounts()
+    run = make_run(tmp_path / "run", count=1)
+    out = tmp_path / "merged"
+    merge_shards(shard_dirs_of_run(run), out)
+    result = command(cli_env, "-m", "shardrun.validate", "--dir", str(out), wrap=read_only(out))
+    assert result.returncode == 6
+    assert f"{out}: valid" in result.stdout  # the verdict is shown even though it cannot be recorded
+    assert result.stderr.count("error: ") == 1
+    assert f"error: cannot write validation.json in {out}: Read-only file system" in result.stderr
+    assert not MergedPaths(out).validation.exists()
+
+
+def test_validate_cli_says_when_it_replaces_a_validation_of_another_config(tmp_path, cli_env):
+    run = make_run(tmp_path / "run", count=1)
+    out = tmp_path / "merged"
+    merge_shards(shard_dirs_of_run(run), out)
+    write_json_atomic(MergedPaths(out).validation,
+                      {"valid": True, "problems": [], "config_hash": "earlier", "checked_at": "2025-01-01"})
+    result = command(cli_env, "-m", "shardrun.validate", "--dir", str(out))
+    assert result.returncode == 0
+    assert "note: " in result.stdout and "'earlier'" in result.stdout
+    assert read_json(MergedPaths(out).validation)["previous"]["config_hash"] == "earlier"
