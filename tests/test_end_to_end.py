@@ -97,7 +97,7 @@ def test_launcher_runs_k_shards_merges_and_validates(workspace):
 
 def test_sigterm_to_the_launcher_drains_and_the_run_continues(workspace):
     root, config = workspace["root"], workspace["config"]
-    earlier_runs = set((root / "out").glob("full_*"))
+    earlier_runs = set((root / "out").glob("config_full_*"))
     launcher = subprocess.Popen(
         [sys.executable, "-m", "shardrun.launcher", "--config", str(config), "--shards", "2", "--grace", "60"],
         cwd=root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -106,7 +106,7 @@ def test_sigterm_to_the_launcher_drains_and_the_run_continues(workspace):
     run_dir = None
     while run_dir is None or sum(read_status(d).get("users_done", 0) for d in run_dir.glob("shard-*")) < 1:
         assert time.monotonic() < deadline and launcher.poll() is None
-        runs = [p for p in set((root / "out").glob("full_*")) - earlier_runs if (p / "run.json").is_file()]
+        runs = [p for p in set((root / "out").glob("config_full_*")) - earlier_runs if (p / "run.json").is_file()]
         run_dir = runs[0] if runs else None
         time.sleep(0.01)
     launcher.send_signal(signal.SIGTERM)
