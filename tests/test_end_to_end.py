@@ -126,6 +126,38 @@ def test_sigterm_to_the_launcher_drains_and_the_run_continues(workspace):
     pd.testing.assert_frame_equal(analysis_values(run_dir / "merged"), workspace["reference"], check_exact=True)
 
 
+def test_launch_shards_out_starts_or_continues_one_run(workspace, tmp_path):
+    """launch_shards --out DIR, interrupted after a commit, then the very same command: the whole result."""
+    root, config = workspace["root"], workspace["config"]
+    out = tmp_path / "run"
+    command = ["--config", str(config), "--shards", "2", "--out", str(out)]
+    launcher = subprocess.Popen([sys.executable, "-m", "shardrun.launcher", *command, "--grace", "60"],
+                                cwd=root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 120
+    while sum(read_status(d).get("users_done", 0) for d in out.glob("shard-*")) < 1:
+        assert time.monotonic() < deadline and launcher.poll() is None
+        time.sleep(0.01)
+    launcher.send_signal(signal.SIGTERM)
+    output, _ = launcher.communicate(timeout=120)
+    assert launcher.returncode == 3, output
+    assert f"Continue it with: launch_shards --config {config} --shards 2 --out {out}\n" in output + "\n"
+    assert not (out / "merged").exists()
+
+    again = shardrun("launcher", *command, cwd=root)
+    assert "validation passed" in again.stdout
+    pd.testing.assert_frame_equal(analysis_values(out / "merged"), workspace["reference"], check_exact=True)
+    shardrun("launcher", *command, cwd=root)  # a finished run: nothing left to do, the same result
+    pd.testing.assert_frame_equal(analysis_values(out / "merged"), workspace["reference"], check_exact=True)
+
+    other_k = shardrun("launcher", "--config", str(config), "--shards", "3", "--out", str(out), cwd=root, check=False)
+    assert other_k.returncode == 2 and "was started with 2 shards; pass --shards 2" in other_k.stderr
+    assert not list(out.glob("shard-*-of-3"))
+    (out / "shard-0-of-2" / "shard.json").write_text("{damaged")
+    damaged = shardrun("launcher", *command, cwd=root, check=False)
+    assert damaged.returncode == 2 and "shard.json is damaged" in damaged.stderr
+    assert "Traceback" not in damaged.stdout + damaged.stderr and "crash" not in damaged.stdout + damaged.stderr
+
+
 def test_failing_users_are_recorded_and_the_shard_goes_on(workspace, tmp_path):
     """Real Java failures of two users (see faulty_task.py): errors.jsonl, failed rows, the rest intact."""
     root = workspace["root"]
