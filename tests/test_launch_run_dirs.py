@@ -173,3 +173,10 @@ def test_the_resume_hint_never_names_a_dir_without_run_json(tmp_path):
     fresh.write_state()
     fresh.forget_empty_run_dir()
     assert not fresh.run.dir.exists()
+
+
+def test_with_nothing_written_after_refusals_the_hint_says_to_fix_them_first(tmp_path):
+    launcher = out_launcher(tmp_path, tmp_path / "run1")
+    launcher.run = launcher.prepare_run_dir("fp")
+    hint = launcher.resume_hint(tmp_path / "c.yaml", interrupted=False)
+    assert hint.startswith("nothing was written") and "Once the errors above are fixed, the same command" in hint

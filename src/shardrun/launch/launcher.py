@@ -33,7 +33,14 @@ from shardrun.platforms import STOP_SIGNALS
 from shardrun.launch.admission import check_launch, measure_load
 from shardrun.config import RunConfig, resolve_threads
 from shardrun.storage.durability import durable_write
-from shardrun.errors import EXIT_OK, EXIT_USERS_FAILED, EXIT_VALIDATION_FAILED, ConfigError, ResumeMismatch
+from shardrun.errors import (
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_USERS_FAILED,
+    EXIT_VALIDATION_FAILED,
+    ConfigError,
+    ResumeMismatch,
+)
 from shardrun.storage.identity import read_run_document, read_shard_identity
 from shardrun.storage.paths import RunPaths, ShardPaths, shard_log_path
 from shardrun.launch.policies import (
@@ -158,7 +165,9 @@ class Launcher:
 
         Every check of an existing run (K, config, data, --pilot) is made before anything is written.
         """
-        given, flag = (self.options.run_dir, "--run-dir") if self.options.run_dir is not None else (self.options.out, "--out")
+        given, flag = self.options.run_dir, "--run-dir"
+        if given is None:
+            given, flag = self.options.out, "--out"
         if given is not None:
             run = RunPaths(given)
             if run.run_json.is_file():
@@ -168,7 +177,8 @@ class Launcher:
             if self.options.run_dir is not None:
                 raise ConfigError(f"--run-dir {run.dir} has no run.json; it is not a run made by launch_shards."
                                   f" To start a run there, pass --out {run.dir}.")
-            others = sorted(p.name for p in run.dir.iterdir() if p.name != run.launcher_json.name) if run.dir.is_dir() else []
+            others = (sorted(p.name for p in run.dir.iterdir() if p.name != run.launcher_json.name)
+                      if run.dir.is_dir() else [])
             if others:
                 raise ConfigError(
                     f"--out {run.dir} is not empty ({', '.join(others[:3])}{', ...' if len(others) > 3 else ''}) and"
@@ -347,7 +357,8 @@ class Launcher:
             self.show_progress()
 
     def summary(self) -> dict[str, int]:
-        self.out(f"run dir: {self.run.dir}" if self.run.run_json.is_file() else "run dir: none (no shard wrote run.json)")
+        written = self.run.run_json.is_file()
+        self.out(f"run dir: {self.run.dir}" if written else "run dir: none (no shard wrote run.json)")
         codes = self.supervisor.exit_codes()
         for slot, view in zip(self.supervisor.slots, self.views()):
             spec = self.spec(slot.index)
@@ -362,15 +373,16 @@ class Launcher:
                      + "".join(f"\n      {line}" for line in excerpt))
         return codes
 
-    def resume_hint(self, config_source: Path | None) -> str:
+    def resume_hint(self, config_source: Path | None, interrupted: bool = True) -> str:
         """A command that continues this run, or (nothing written yet) the one that starts it."""
         command = f"launch_shards --config {config_source} --shards {self.options.shards}"
         pilot = "" if self.options.pilot is None else f" --pilot {self.options.pilot}"
         if self.run.run_json.is_file():
             return f"the run is incomplete. Continue it with: {command} --out {self.run.dir}{pilot}"
         out = f" --out {self.options.out}" if self.options.out is not None else ""
-        return ("nothing was written (no shard got as far as run.json). The same command starts the run:"
-                f" {command}{out}{pilot}")
+        then = ("The same command starts the run" if interrupted
+                else "Once the errors above are fixed, the same command starts the run")
+        return f"nothing was written (no shard got as far as run.json). {then}: {command}{out}{pilot}"
 
 
 def shard_error_lines(log_path: Path, tail_bytes: int = 256 * 1024) -> list[str]:
@@ -437,7 +449,7 @@ def launch(config: RunConfig, options: LaunchOptions, out: Callable[[str], None]
     result.exit_code = overall_exit(result.shard_codes)
     launcher.forget_empty_run_dir()
     if result.exit_code not in (EXIT_OK, EXIT_USERS_FAILED):
-        out(f"not merging: {launcher.resume_hint(config.source)}")
+        out(f"not merging: {launcher.resume_hint(config.source, interrupted=result.exit_code == EXIT_INTERRUPTED)}")
         return result
     if options.merge:
         merged = run.merged
