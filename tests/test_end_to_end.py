@@ -152,7 +152,16 @@ def test_launch_shards_out_starts_or_continues_one_run(workspace, tmp_path):
     other_k = shardrun("launcher", "--config", str(config), "--shards", "3", "--out", str(out), cwd=root, check=False)
     assert other_k.returncode == 2 and "was started with 2 shards; pass --shards 2" in other_k.stderr
     assert not list(out.glob("shard-*-of-3"))
-    (out / "shard-0-of-2" / "shard.json").write_text("{damaged")
+    identity_path = out / "shard-0-of-2" / "shard.json"
+    identity = json.loads(identity_path.read_text())
+    identity_path.write_text(json.dumps({**identity, "config_hash": "0123456789abcdef"}))
+    refused = shardrun("launcher", *command, cwd=root, check=False)  # the shard itself refuses: exit 2
+    assert refused.returncode == 2, refused.stdout + refused.stderr
+    (summary_line,) = [line for line in refused.stdout.split("\n  shard ") if line.startswith("0/2:")]
+    assert "refused its input (config, data or environment);" in summary_line
+    assert "see its log" not in summary_line and "crash" not in summary_line
+    assert "\n      error: cannot resume" in summary_line and "'0123456789abcdef'" in summary_line
+    identity_path.write_text("{damaged")
     damaged = shardrun("launcher", *command, cwd=root, check=False)
     assert damaged.returncode == 2 and "shard.json is damaged" in damaged.stderr
     assert "Traceback" not in damaged.stdout + damaged.stderr and "crash" not in damaged.stdout + damaged.stderr
