@@ -22,14 +22,14 @@ pytestmark = pytest.mark.e2e
 def start_launcher(workspace, *flags: str, config: Path | None = None,
                    env: dict | None = None) -> tuple[subprocess.Popen, Path]:
     root = workspace["root"]
-    earlier = set((root / "out").glob("config_full_*"))
+    earlier = set((root / "out").glob("*_full_*"))
     launcher = subprocess.Popen(
         [sys.executable, "-m", "shardrun.launcher", "--config", str(config or workspace["config"]), *flags],
         cwd=root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
     )
 
     def new_run():
-        runs = [p for p in set((root / "out").glob("config_full_*")) - earlier if (p / "launcher.json").is_file()]
+        runs = [p for p in set((root / "out").glob("*_full_*")) - earlier if (p / "launcher.json").is_file()]
         return runs[0] if runs else None
 
     return launcher, wait_for(new_run, process=launcher)
