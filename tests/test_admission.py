@@ -336,3 +336,25 @@ def test_a_shard_with_auto_records_the_resolved_flags(tmp_path):
     assert json.loads((run / "shard-0-of-2" / "status.json").read_text())["jvm"] == flags
     assert json.loads((run / "run.json").read_text())["jvm"] == flags
     assert json.loads((run / "run.json").read_text())["config"]["jvm"]["xmx"] == "auto"  # the snapshot as written
+
+
+def test_a_refusal_always_ends_with_a_fix_that_works():
+    """Every branch, the one where no smaller heap fits included, ends with the memory the launch needs."""
+    cases = [
+        admit(4, 1 * GIB, 256 * MIB, 3 * GIB),
+        admit(4, 1 * GIB, 256 * MIB, 3 * GIB, heap_floor_bytes=900 * MIB),
+        admit(2, 4 * GIB, 256 * MIB, 2 * GIB),
+        admit(2, 4 * GIB, 256 * MIB, 2 * GIB, heap_floor_bytes=3 * GIB),
+        admit(1, 4 * GIB, 256 * MIB, 2 * GIB, heap_floor_bytes=3 * GIB),
+    ]
+    for result in cases:
+        assert not result.ok
+        fix = result.message.split("To fit: ")[1]
+        assert "on this machine, or run on one with" in fix.split("; ")[-1] and fix.endswith("available."), fix
+        assert "not a smaller heap" not in fix  # an explanation, never offered as the fix
+    # no heap fits 2 at once, but one at a time with a smaller heap does: said, and it really fits
+    result = admit(2, 4 * GIB, 256 * MIB, 2 * GIB, heap_floor_bytes=1 * GIB)
+    assert "--max-parallel 1 and jvm.xmx 1792m or less" in result.message
+    assert admit(1, 1792 * MIB, 256 * MIB, 2 * GIB).ok
+    # the machine the last fix names is enough
+    assert admit(2, 4 * GIB, 256 * MIB, int(8.5 * GIB)).ok

@@ -97,7 +97,7 @@ def test_launcher_runs_k_shards_merges_and_validates(workspace):
 
 def test_sigterm_to_the_launcher_drains_and_the_run_continues(workspace):
     root, config = workspace["root"], workspace["config"]
-    earlier_runs = set((root / "out").glob("full_*"))
+    earlier_runs = set((root / "out").glob("config_full_*"))
     launcher = subprocess.Popen(
         [sys.executable, "-m", "shardrun.launcher", "--config", str(config), "--shards", "2", "--grace", "60"],
         cwd=root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -106,7 +106,7 @@ def test_sigterm_to_the_launcher_drains_and_the_run_continues(workspace):
     run_dir = None
     while run_dir is None or sum(read_status(d).get("users_done", 0) for d in run_dir.glob("shard-*")) < 1:
         assert time.monotonic() < deadline and launcher.poll() is None
-        runs = [p for p in set((root / "out").glob("full_*")) - earlier_runs if (p / "run.json").is_file()]
+        runs = [p for p in set((root / "out").glob("config_full_*")) - earlier_runs if (p / "run.json").is_file()]
         run_dir = runs[0] if runs else None
         time.sleep(0.01)
     launcher.send_signal(signal.SIGTERM)
@@ -124,6 +124,47 @@ def test_sigterm_to_the_launcher_drains_and_the_run_continues(workspace):
 
     shardrun("launcher", "--config", str(config), "--shards", "2", "--run-dir", str(run_dir), cwd=root)
     pd.testing.assert_frame_equal(analysis_values(run_dir / "merged"), workspace["reference"], check_exact=True)
+
+
+def test_launch_shards_out_starts_or_continues_one_run(workspace, tmp_path):
+    """launch_shards --out DIR, interrupted after a commit, then the very same command: the whole result."""
+    root, config = workspace["root"], workspace["config"]
+    out = tmp_path / "run"
+    command = ["--config", str(config), "--shards", "2", "--out", str(out)]
+    launcher = subprocess.Popen([sys.executable, "-m", "shardrun.launcher", *command, "--grace", "60"],
+                                cwd=root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 120
+    while sum(read_status(d).get("users_done", 0) for d in out.glob("shard-*")) < 1:
+        assert time.monotonic() < deadline and launcher.poll() is None
+        time.sleep(0.01)
+    launcher.send_signal(signal.SIGTERM)
+    output, _ = launcher.communicate(timeout=120)
+    assert launcher.returncode == 3, output
+    assert f"Continue it with: launch_shards --config {config} --shards 2 --out {out}\n" in output + "\n"
+    assert not (out / "merged").exists()
+
+    again = shardrun("launcher", *command, cwd=root)
+    assert "validation passed" in again.stdout
+    pd.testing.assert_frame_equal(analysis_values(out / "merged"), workspace["reference"], check_exact=True)
+    shardrun("launcher", *command, cwd=root)  # a finished run: nothing left to do, the same result
+    pd.testing.assert_frame_equal(analysis_values(out / "merged"), workspace["reference"], check_exact=True)
+
+    other_k = shardrun("launcher", "--config", str(config), "--shards", "3", "--out", str(out), cwd=root, check=False)
+    assert other_k.returncode == 2 and "was started with 2 shards; pass --shards 2" in other_k.stderr
+    assert not list(out.glob("shard-*-of-3"))
+    identity_path = out / "shard-0-of-2" / "shard.json"
+    identity = json.loads(identity_path.read_text())
+    identity_path.write_text(json.dumps({**identity, "config_hash": "0123456789abcdef"}))
+    refused = shardrun("launcher", *command, cwd=root, check=False)  # the shard itself refuses: exit 2
+    assert refused.returncode == 2, refused.stdout + refused.stderr
+    (summary_line,) = [line for line in refused.stdout.split("\n  shard ") if line.startswith("0/2:")]
+    assert "refused its input (config, data or environment);" in summary_line
+    assert "see its log" not in summary_line and "crash" not in summary_line
+    assert "\n      error: cannot resume" in summary_line and "'0123456789abcdef'" in summary_line
+    identity_path.write_text("{damaged")
+    damaged = shardrun("launcher", *command, cwd=root, check=False)
+    assert damaged.returncode == 2 and "shard.json is damaged" in damaged.stderr
+    assert "Traceback" not in damaged.stdout + damaged.stderr and "crash" not in damaged.stdout + damaged.stderr
 
 
 def test_failing_users_are_recorded_and_the_shard_goes_on(workspace, tmp_path):

@@ -100,7 +100,7 @@ def test_the_example_task_runs_merges_and_validates_without_jidt(no_jidt_python,
     assert "validation passed" in done.stdout
 
     (run_dir,) = (tmp_path / "out").iterdir()
-    assert run_dir.name.startswith("full_javastats_")
+    assert run_dir.name.startswith("javastats_full_javastats_")  # config stem, mode, task label
     merged = run_dir / "merged"
     assert json.loads((merged / "validation.json").read_text())["valid"] is True
     assert (merged / "summary.png").stat().st_size > 0

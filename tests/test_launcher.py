@@ -22,14 +22,14 @@ pytestmark = pytest.mark.e2e
 def start_launcher(workspace, *flags: str, config: Path | None = None,
                    env: dict | None = None) -> tuple[subprocess.Popen, Path]:
     root = workspace["root"]
-    earlier = set((root / "out").glob("full_*"))
+    earlier = set((root / "out").glob("*_full_*"))
     launcher = subprocess.Popen(
         [sys.executable, "-m", "shardrun.launcher", "--config", str(config or workspace["config"]), *flags],
         cwd=root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
     )
 
     def new_run():
-        runs = [p for p in set((root / "out").glob("full_*")) - earlier if (p / "launcher.json").is_file()]
+        runs = [p for p in set((root / "out").glob("*_full_*")) - earlier if (p / "launcher.json").is_file()]
         return runs[0] if runs else None
 
     return launcher, wait_for(new_run, process=launcher)
@@ -89,9 +89,10 @@ def test_without_restarts_the_death_is_written_into_the_shards_status(workspace)
     assert status["state"] == "killed" and status["exit_code"] == -signal.SIGKILL
     assert "likely the OOM killer" in status["last_error"]
     assert read_status(run_dir / "shard-1-of-2")["state"] == "completed"
-    assert "not merging" in output and "--run-dir" in output
-    shardrun("launcher", "--config", str(workspace["config"]), "--shards", "2", "--run-dir", str(run_dir),
-             cwd=workspace["root"])
+    # the hint is a command that works as printed
+    hint = output.split("not merging: the run is incomplete. Continue it with: launch_shards ")[1].splitlines()[0]
+    assert hint == f"--config {workspace['config']} --shards 2 --out {run_dir}"
+    shardrun("launcher", *hint.split(), cwd=workspace["root"])
     pd.testing.assert_frame_equal(analysis_values(run_dir / "merged"), workspace["reference"], check_exact=True)
 
 

@@ -20,7 +20,10 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="launch_shards", description="Run K shards as K local processes, then merge.")
     p.add_argument("--config", type=Path, default=Path("config/proposal.yaml"))
     p.add_argument("--shards", type=int, default=4, metavar="K")
-    p.add_argument("--run-dir", type=Path, help="continue this run (every shard resumes)")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--out", type=Path, metavar="DIR",
+                       help="start the run in DIR, or continue it if DIR holds the same run (config, data, K)")
+    where.add_argument("--run-dir", type=Path, help="continue this run (every shard resumes)")
     p.add_argument("--pilot", type=pilot_size, metavar="N", help="only the first N users of each shard")
     p.add_argument("--merge", action=argparse.BooleanOptionalAction, default=True,
                    help="merge and validate when every shard completed (default: yes)")
@@ -58,7 +61,7 @@ def _launch(args: argparse.Namespace) -> int:
     if args.threads:
         config = replace(config, jvm=replace(config.jvm, threads=args.threads))
     options = LaunchOptions(
-        config_path=args.config.resolve(), shards=args.shards, run_dir=args.run_dir, pilot=args.pilot,
+        config_path=args.config.resolve(), shards=args.shards, run_dir=args.run_dir, out=args.out, pilot=args.pilot,
         merge=args.merge, grace_seconds=args.grace, progress_every=args.progress_every,
         max_parallel=args.max_parallel, cpu_limit=args.cpu_limit, nice=args.nice, cooldown_seconds=args.cooldown,
         restart=RestartPolicy(args.restarts, args.restart_heap_factor),

@@ -94,15 +94,25 @@ def admit(
     if max_shards >= 1:
         fixes.append(f"run at most {max_shards} shard{'s' if max_shards > 1 else ''} at once"
                      f" (--max-parallel {max_shards}, or --shards {max_shards})")
+    note = ""
     if max_heap >= max(heap_floor_bytes, MIB):
         fixes.append(f"lower jvm.xmx to {max_heap // MIB}m or less")
     elif max_heap > 0:
-        fixes.append(f"not a smaller heap: {max_heap // MIB}m would fit {shards} shards, but the largest user"
-                     f" needs {format_bytes(heap_floor_bytes)}")
-    fixes.append("or free memory on this machine")
+        note = (f"; not a smaller heap: {max_heap // MIB}m would fit {shards} shard{'s' if shards > 1 else ''},"
+                f" but the largest user needs {format_bytes(heap_floor_bytes)}")
+    if max_shards == 0 and shards > 1 and max_heap < max(heap_floor_bytes, MIB):
+        # No heap fits K at once, not even one shard of this heap: one at a time with a smaller heap may.
+        one_heap = max((max(available_bytes, 0) - native_overhead_bytes) // MIB * MIB, 0)
+        if one_heap > max_heap and one_heap >= max(heap_floor_bytes, MIB):
+            fixes.append(f"run one shard at a time with a smaller heap (--max-parallel 1 and jvm.xmx"
+                         f" {one_heap // MIB}m or less)")
+    # Always a fix that works as it stands: the memory this launch needs.
+    short = format_bytes(total - max(available_bytes, 0))
+    fixes.append(f"{'or ' if fixes else ''}give the launch more memory: free {short} on this machine,"
+                 f" or run on one with {format_bytes(total)} of {available_what}")
     lead = "not even one shard fits" if max_shards == 0 else "the OOM killer would end shards mid-run"
     message = (
-        f"{arithmetic} is more than the {format_bytes(available_bytes)} of {available_what}: {lead}."
+        f"{arithmetic} is more than the {format_bytes(available_bytes)} of {available_what}: {lead}{note}."
         f" To fit: {'; '.join(fixes)}."
     )
     return Admission(False, message, max_shards, max_heap)

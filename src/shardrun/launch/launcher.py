@@ -33,9 +33,24 @@ from shardrun.platforms import STOP_SIGNALS
 from shardrun.launch.admission import check_launch, measure_load
 from shardrun.config import RunConfig, resolve_threads
 from shardrun.storage.durability import durable_write
-from shardrun.errors import EXIT_OK, EXIT_USERS_FAILED, EXIT_VALIDATION_FAILED, ConfigError
-from shardrun.storage.paths import RunPaths, shard_log_path
-from shardrun.launch.policies import CpuThrottle, RestartPolicy, describe_exit, died_abnormally
+from shardrun.errors import (
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_USERS_FAILED,
+    EXIT_VALIDATION_FAILED,
+    ConfigError,
+    ResumeMismatch,
+)
+from shardrun.storage.identity import read_run_document, read_shard_identity
+from shardrun.storage.paths import RunPaths, ShardPaths, shard_log_path
+from shardrun.launch.policies import (
+    CpuThrottle,
+    RestartPolicy,
+    describe_exit,
+    died_abnormally,
+    log_excerpt,
+    shows_its_error,
+)
 from shardrun.launch.processes import LocalProcesses, ProcessPort
 from shardrun.launch.supervisor import (
     Action,
@@ -70,6 +85,7 @@ class LaunchOptions:
     config_path: Path
     shards: int
     run_dir: Path | None = None  # an existing run dir: continue it (every shard resumes)
+    out: Path | None = None  # start the run here, or continue it if this dir holds the same run
     pilot: int | None = None
     merge: bool = True
     grace_seconds: float = 120.0
@@ -131,6 +147,7 @@ class Launcher:
         self.threads = resolve_threads(config.jvm.threads, min(options.shards, options.max_parallel or options.shards))
         self.run: RunPaths | None = None
         self.resume_all = False
+        self.created_run_dir = False  # this launcher made the run dir (removed again if nothing was written)
         self.live = LiveTable()
         self._signals: list[StopRequested] = []  # stop requests from the signal handler, for the loop
 
@@ -143,23 +160,79 @@ class Launcher:
 
     # --- set-up -------------------------------------------------------------------------------
 
-    def prepare_run_dir(self) -> RunPaths:
-        if self.options.run_dir is not None:
-            run = RunPaths(self.options.run_dir)
-            if not run.run_json.is_file():
-                raise ConfigError(f"--run-dir {run.dir} has no run.json; it is not a run made by launch_shards.")
-            existing = read_json(run.run_json)
-            if existing.get("shards") != self.options.shards:
+    def prepare_run_dir(self, data_fingerprint: str | None = None) -> RunPaths:
+        """The run dir: --run-dir (a run to continue), --out (this run, new or continued) or a new one.
+
+        Every check of an existing run (K, config, data, --pilot) is made before anything is written.
+        """
+        given, flag = self.options.run_dir, "--run-dir"
+        if given is None:
+            given, flag = self.options.out, "--out"
+        if given is not None:
+            run = RunPaths(given)
+            if run.run_json.is_file():
+                self.check_same_run(run, flag, data_fingerprint)
+                self.resume_all = True
+                return run
+            if self.options.run_dir is not None:
+                raise ConfigError(f"--run-dir {run.dir} has no run.json; it is not a run made by launch_shards."
+                                  f" To start a run there, pass --out {run.dir}.")
+            others = (sorted(p.name for p in run.dir.iterdir() if p.name != run.launcher_json.name)
+                      if run.dir.is_dir() else [])
+            if others:
                 raise ConfigError(
-                    f"--run-dir {run.dir} was started with {existing.get('shards')} shards; pass --shards"
-                    f" {existing.get('shards')} to continue it."
+                    f"--out {run.dir} is not empty ({', '.join(others[:3])}{', ...' if len(others) > 3 else ''}) and"
+                    " holds no run.json, so it is no run to continue; pass an empty or new dir to --out."
                 )
-            self.resume_all = True
+            self.created_run_dir = not run.dir.exists()
+            durable_write("the run dir", run.dir, lambda: run.dir.mkdir(parents=True, exist_ok=True))
             return run
         task = load_task(self.config.task)
         label = run_label(task, self.config, self.options.pilot)
         root = self.config.output.root
+        self.created_run_dir = True
         return durable_write("a new run dir", root, lambda: RunPaths.create(root, label, datetime.now()))
+
+    def check_same_run(self, run: RunPaths, flag: str, data_fingerprint: str | None) -> None:
+        """The run in `run` is this one (same K, config, data and --pilot), or a refusal naming the difference."""
+        existing = read_run_document(run.run_json)
+        other = f"or pass another dir to {flag} for a new run"
+        if existing.get("shards") != self.options.shards:
+            raise ConfigError(
+                f"{flag} {run.dir} was started with {existing.get('shards')} shards; pass --shards"
+                f" {existing.get('shards')} to continue it ({other})."
+            )
+        if existing.get("config_hash") != self.config.hash:
+            raise ResumeMismatch(
+                f"{flag} {run.dir} holds a run of another config: its config hash is {existing.get('config_hash')!r}"
+                f" (config {existing.get('config_path')}), {self.config.source}'s is {self.config.hash!r}. Continue it"
+                f" with its own config, {other}."
+            )
+        if data_fingerprint is not None and existing.get("data_fingerprint") != data_fingerprint:
+            raise ResumeMismatch(
+                f"{flag} {run.dir} holds a run of other input data: its data fingerprint is"
+                f" {existing.get('data_fingerprint')!r}, the data now is {data_fingerprint!r} (the input file"
+                f" changed since the run started). Restore it, {other}."
+            )
+        for shard_dir in run.shard_dirs():
+            pilot = read_shard_identity(ShardPaths(shard_dir)).get("pilot")
+            if pilot != self.options.pilot:
+                started = "--full" if pilot is None else f"--pilot {pilot}"
+                raise ResumeMismatch(
+                    f"{flag} {run.dir} was started with {started} ({shard_dir.name}/shard.json); pass {started} to"
+                    f" continue it ({other})."
+                )
+
+    def forget_empty_run_dir(self) -> None:
+        """No shard wrote run.json: nothing of the run exists, so leave no trace of it (launcher.json, the dir)."""
+        if self.run is None or self.run.run_json.is_file():
+            return
+        self.run.launcher_json.unlink(missing_ok=True)
+        if self.created_run_dir:
+            try:
+                self.run.dir.rmdir()  # only if empty
+            except OSError:
+                pass
 
     # --- events in, actions out ---------------------------------------------------------------
 
@@ -284,23 +357,52 @@ class Launcher:
             self.show_progress()
 
     def summary(self) -> dict[str, int]:
-        self.out(f"run dir: {self.run.dir}")
+        written = self.run.run_json.is_file()
+        self.out(f"run dir: {self.run.dir}" if written else "run dir: none (no shard wrote run.json)")
         codes = self.supervisor.exit_codes()
         for slot, view in zip(self.supervisor.slots, self.views()):
             spec = self.spec(slot.index)
             code = codes[str(spec)]
+            log_path = shard_log_path(self.config.output.log_dir, spec)
+            excerpt = shard_error_lines(log_path) if slot.exits and shows_its_error(code) else []
             restarts = f", restarted {slot.restarts}x" if slot.restarts else ""
             counts = (f" {view.done}/{view.total} users ({view.ok} ok, {view.skipped} skipped, {view.failed} failed)"
                       if view.total else "")
-            self.out(f"  shard {spec}: {describe_exit(code) if slot.exits else 'never started'}{restarts};"
-                     f"{counts} log {shard_log_path(self.config.output.log_dir, spec)}")
+            said = describe_exit(code, log_hint=not excerpt) if slot.exits else "never started"
+            self.out(f"  shard {spec}: {said}{restarts};{counts} log {log_path}"
+                     + "".join(f"\n      {line}" for line in excerpt))
         return codes
 
+    def resume_hint(self, config_source: Path | None, interrupted: bool = True) -> str:
+        """A command that continues this run, or (nothing written yet) the one that starts it."""
+        command = f"launch_shards --config {config_source} --shards {self.options.shards}"
+        pilot = "" if self.options.pilot is None else f" --pilot {self.options.pilot}"
+        if self.run.run_json.is_file():
+            return f"the run is incomplete. Continue it with: {command} --out {self.run.dir}{pilot}"
+        out = f" --out {self.options.out}" if self.options.out is not None else ""
+        then = ("The same command starts the run" if interrupted
+                else "Once the errors above are fixed, the same command starts the run")
+        return f"nothing was written (no shard got as far as run.json). {then}: {command}{out}{pilot}"
 
-def admit_launch(config: RunConfig, options: LaunchOptions, out: Callable[[str], None]) -> tuple[RunConfig, list[int]]:
+
+def shard_error_lines(log_path: Path, tail_bytes: int = 256 * 1024) -> list[str]:
+    """The lines of a shard's log that say why it stopped (policies.log_excerpt), from the log's end."""
+    try:
+        with open(log_path, "rb") as handle:
+            handle.seek(0, os.SEEK_END)
+            handle.seek(max(handle.tell() - tail_bytes, 0))
+            text = handle.read().decode("utf-8", errors="replace")
+    except OSError:
+        return []
+    return log_excerpt(text)
+
+
+def admit_launch(config: RunConfig, options: LaunchOptions,
+                 out: Callable[[str], None]) -> tuple[RunConfig, list[int], str]:
     """Refuse, before any process starts, a launch that cannot fit.
 
-    Returns the config with its heap resolved and each shard's number of users. The data is loaded
+    Returns the config with its heap resolved, each shard's number of users and the data's
+    fingerprint (an existing run given to --out must be of the same data). The data is loaded
     once here (no JVM): it gives jvm.xmx auto its value, the per-user heap needs, the memory one
     loaded table takes in every shard, and the users of shards still waiting for the progress view.
     """
@@ -313,6 +415,7 @@ def admit_launch(config: RunConfig, options: LaunchOptions, out: Callable[[str],
     users_per_shard = [len(users_of_shard(dataset.user_ids, ShardSpec(i, options.shards))) for i in range(options.shards)]
     if options.pilot is not None:
         users_per_shard = [min(n, options.pilot) for n in users_per_shard]
+    fingerprint = dataset.fingerprint
     del dataset  # the shards load their own copy; this one must not count against them
     refuse_if(task.preflight(config.settings, check.heap.heap))
     if not check.ok:
@@ -320,7 +423,7 @@ def admit_launch(config: RunConfig, options: LaunchOptions, out: Callable[[str],
     for line in check.heap.report_lines():
         out(line)
     out(f"memory: {check.admission.message}")
-    return replace(config, jvm=check.heap.jvm), users_per_shard
+    return replace(config, jvm=check.heap.jvm), users_per_shard, fingerprint
 
 
 def refuse_if(problems: list[str]) -> None:
@@ -332,9 +435,9 @@ def launch(config: RunConfig, options: LaunchOptions, out: Callable[[str], None]
     from shardrun.results.merge import merge_shards
     from shardrun.results.validate import validate_result_set, write_validation
 
-    config, users_per_shard = admit_launch(config, options, out)
+    config, users_per_shard, fingerprint = admit_launch(config, options, out)
     launcher = Launcher(config, options, out, users_per_shard=users_per_shard)
-    launcher.run = run = launcher.prepare_run_dir()
+    launcher.run = run = launcher.prepare_run_dir(fingerprint)
     previous = {sig: signal.signal(sig, launcher.request_stop) for sig in STOP_SIGNALS}
     try:
         out(f"starting {options.shards} shards in {run.dir}; logs in {config.output.log_dir}/shard<i>.log")
@@ -344,9 +447,9 @@ def launch(config: RunConfig, options: LaunchOptions, out: Callable[[str], None]
             signal.signal(sig, handler)
     result = LaunchResult(run_dir=run.dir, shard_codes=launcher.summary())
     result.exit_code = overall_exit(result.shard_codes)
+    launcher.forget_empty_run_dir()
     if result.exit_code not in (EXIT_OK, EXIT_USERS_FAILED):
-        out(f"not merging: the run is incomplete. Continue it with: launch_shards --config {config.source}"
-            f" --shards {options.shards} --run-dir {run.dir}")
+        out(f"not merging: {launcher.resume_hint(config.source, interrupted=result.exit_code == EXIT_INTERRUPTED)}")
         return result
     if options.merge:
         merged = run.merged

@@ -6,6 +6,7 @@ That keeps every rule testable with plain values.
 
 from __future__ import annotations
 
+import re
 import signal
 from dataclasses import dataclass
 from typing import Sequence
@@ -32,15 +33,19 @@ def died_abnormally(exit_code: int) -> bool:
     return exit_code not in DELIBERATE_EXITS
 
 
-def describe_exit(code: int) -> str:
-    """A shard's exit status in words, with the likely cause for a death by signal."""
+def describe_exit(code: int, log_hint: bool = True) -> str:
+    """A shard's exit status in words, with the likely cause for a death by signal.
+
+    log_hint=False leaves out "see its log" (the caller shows the log's error lines instead).
+    """
+    see = "; see its log" if log_hint else ""
     words = {
         EXIT_OK: "completed",
         EXIT_USERS_FAILED: "completed, some users failed (see errors.jsonl)",
-        EXIT_USAGE: "refused its input (config, data or environment; see its log)",
+        EXIT_USAGE: f"refused its input (config, data or environment{see})",
         EXIT_INTERRUPTED: "interrupted (resume to continue)",
         EXIT_SHARD_LOCKED: "refused: another process holds the shard dir",
-        EXIT_STORAGE: "stopped: its dir cannot be written (disk full or read-only; see its log)",
+        EXIT_STORAGE: f"stopped: its dir cannot be written (disk full or read-only{see})",
     }
     if code in words:
         return words[code]
@@ -53,7 +58,55 @@ def describe_exit(code: int) -> str:
             name = f"signal {-code}"
         return f"killed by {name}" + (" (a JVM crash: see hs_err_pid*.log in the shard dir)"
                                       if -code in (signal.SIGABRT, signal.SIGSEGV, signal.SIGBUS) else "")
-    return f"crashed with exit code {code} (see its log; an hs_err_pid*.log in the shard dir means the JVM crashed)"
+    return (f"crashed with exit code {code} ({'see its log; ' if log_hint else ''}an hs_err_pid*.log in the shard dir"
+            " means the JVM crashed)")
+
+
+def shows_its_error(code: int) -> bool:
+    """Exits whose cause the launcher's summary shows from the shard's log: refusals, storage, crashes, deaths."""
+    return code not in (EXIT_OK, EXIT_USERS_FAILED, EXIT_INTERRUPTED)
+
+
+_LOG_RECORD = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d")
+
+
+def log_excerpt(text: str, max_lines: int = 4, width: int = 300) -> list[str]:
+    """The few lines of a shard's log that say why it stopped, from its last start (pure).
+
+    The log holds every start of the shard, each after a `=== <time> <command>` line; only the last
+    start counts. In order of preference: the `error:` paragraph of a refusal, the end of the last
+    Python traceback (its last frame and the exception), the JVM's fatal error report, the last
+    ERROR/CRITICAL log records. Nothing meaningful (a SIGKILL mid-run, say): [].
+    """
+    lines = [line.rstrip() for line in text.splitlines()]
+    starts = [i for i, line in enumerate(lines) if line.startswith("=== ")]
+    lines = [line for line in lines[starts[-1] + 1 if starts else 0:] if line.strip()]
+
+    def cut(chosen: list[str]) -> list[str]:
+        return [line if len(line) <= width else line[: width - 3] + "..." for line in chosen[:max_lines]]
+
+    errors = [i for i, line in enumerate(lines) if line.startswith("error:")]
+    if errors:
+        paragraph = [lines[errors[-1]]]
+        for line in lines[errors[-1] + 1:]:
+            if not line.startswith(" "):
+                break
+            paragraph.append(line)
+        return cut(paragraph)
+    tracebacks = [i for i, line in enumerate(lines) if line.startswith("Traceback (most recent call last)")]
+    if tracebacks:
+        block = []
+        for line in lines[tracebacks[-1] + 1:]:
+            block.append(line)
+            if not line.startswith(" "):
+                break  # the exception line ends the traceback
+        return cut(block[-min(max_lines, 3):])
+    fatal = [i for i, line in enumerate(lines) if line.startswith("# A fatal error has been detected")]
+    if fatal:
+        report = [line for line in lines[fatal[-1]:] if line.startswith("#") and line.strip("# ")]
+        return cut(report)
+    records = [line for line in lines if _LOG_RECORD.match(line) and (" ERROR " in line or " CRITICAL " in line)]
+    return cut(records[-max_lines:])
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,8 @@ started.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 
@@ -17,10 +18,10 @@ from shardrun.heap_plan import HeapPlan, plan_heap, task_heap_needs
 from shardrun.shard.jvm import find_java, task_classpath, task_jvm_options
 from shardrun.shard.plan import ShardPlan, plan_shard
 from shardrun.sharding import ShardSpec
-from shardrun.storage.atomic import read_json
 from shardrun.storage import commits
 from shardrun.storage.commits import CommittedUser
 from shardrun.storage.durability import durable_write
+from shardrun.storage.identity import read_run_document, read_shard_identity
 from shardrun.storage.paths import RunPaths, ShardPaths
 from shardrun.task import Dataset, Task, heap_advice, load_task
 
@@ -43,14 +44,38 @@ class ResolvedDirs:
     shard: ShardPaths
     spec: ShardSpec
     resuming: bool  # the shard dir already has an identity that must match
+    # A brand-new run dir under output.root: named (root, label, time) here, created by create_run_dir
+    # only once every check has passed, so a refused start leaves no empty run dir behind.
+    new_run: tuple[Path, str, datetime] | None = None
+
+
+def create_run_dir(dirs: ResolvedDirs) -> ResolvedDirs:
+    """Create the new run dir that resolve_dirs only named (a no-op for --out and --resume)."""
+    if dirs.new_run is None:
+        return dirs
+    root, label, now = dirs.new_run
+    run = durable_write("a new run dir", root, lambda: RunPaths.create(root, label, now))
+    return replace(dirs, run=run, shard=run.shard(dirs.spec), new_run=None)
+
+
+def check_shard_count(run: RunPaths, spec: ShardSpec, flag: str) -> None:
+    """A run dir holds one K: a shard of another K than run.json's is refused before anything is written."""
+    if not run.run_json.is_file():
+        return
+    shards = read_run_document(run.run_json).get("shards")
+    if shards != spec.count:
+        raise ResumeMismatch(
+            f"{flag} {run.dir} holds a run of K={shards} shards (its run.json), and shard {spec} is of K={spec.count};"
+            f" a run dir holds one K. Pass --shard i/{shards} to add to that run, or a new --out for K={spec.count}."
+        )
 
 
 def resolve_dirs(config: RunConfig, task: Task, options: WorkerOptions, now: datetime) -> ResolvedDirs:
-    """Where this shard writes. Reads only; creates nothing except a brand-new run dir name."""
+    """Where this shard writes. Reads only; creates nothing (a brand-new run dir is only named)."""
     if options.resume is not None:
         target = options.resume
         if (target / "shard.json").is_file():
-            identity = read_json(target / "shard.json")
+            identity = read_shard_identity(ShardPaths(target))
             spec = ShardSpec.parse(identity["shard"])
             if options.shard is not None and options.shard != spec:
                 raise ResumeMismatch(
@@ -62,7 +87,10 @@ def resolve_dirs(config: RunConfig, task: Task, options: WorkerOptions, now: dat
             if options.shard is None:
                 raise UsageError(f"--resume {target} is a run dir: say which shard with --shard i/K.")
             run = RunPaths(target)
+            check_shard_count(run, options.shard, "--resume")
             shard_paths = run.shard(options.shard)
+            if shard_paths.identity.is_file():
+                read_shard_identity(shard_paths)  # a damaged one is refused here, before any write
             return ResolvedDirs(run, shard_paths, options.shard, resuming=shard_paths.identity.is_file())
         raise ResumeMismatch(
             f"--resume {target} is neither a shard dir (with shard.json) nor a run dir (with run.json);"
@@ -70,26 +98,37 @@ def resolve_dirs(config: RunConfig, task: Task, options: WorkerOptions, now: dat
         )
     if options.shard is None:
         raise UsageError("--shard i/K is required (or --shard auto inside a scheduler job array).")
+    new_run = None
     if options.out is not None:
         run = RunPaths(options.out)
-    elif options.dry_run:
-        run = RunPaths(config.output.root / "(new run dir)")
+        check_shard_count(run, options.shard, "--out")
     else:
-        run = durable_write("a new run dir", config.output.root,
-                            lambda: RunPaths.create(config.output.root, run_label(task, config, options.pilot), now))
+        run = RunPaths(config.output.root / "(new run dir)")
+        if not options.dry_run:
+            new_run = (config.output.root, run_label(task, config, options.pilot), now)
     shard_paths = run.shard(options.shard)
     if shard_paths.identity.is_file():
         raise ResumeMismatch(
             f"{shard_paths.dir} already holds shard {options.shard} of an earlier start; continue it with"
             f" --resume {run.dir} (or pick a new --out)."
         )
-    return ResolvedDirs(run, shard_paths, options.shard, resuming=False)
+    return ResolvedDirs(run, shard_paths, options.shard, resuming=False, new_run=new_run)
 
 
 def run_label(task: Task, config: RunConfig, pilot: int | None) -> str:
+    """The name of a new run dir before its time: `<config stem>_<full|pilotN>[_<task's label>]`."""
     mode = "full" if pilot is None else f"pilot{pilot}"
     label_of = getattr(task, "run_label", None)
-    return f"{mode}_{label_of(config.settings)}" if label_of else mode
+    label = f"{mode}_{label_of(config.settings)}" if label_of else mode
+    stem = config_stem(config)
+    return f"{stem}_{label}" if stem else label
+
+
+def config_stem(config: RunConfig) -> str:
+    """The config file's stem, as it may stand in a dir name ('' for a config not read from a file)."""
+    if config.source is None:
+        return ""
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", Path(config.source).stem).strip("-.")
 
 
 @dataclass(frozen=True)

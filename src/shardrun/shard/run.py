@@ -14,11 +14,11 @@ from shardrun.errors import EXIT_INTERRUPTED, ConfigError, ResumeMismatch
 from shardrun.shard.lifecycle import StopFlag
 from shardrun.shard.loop import ShardLoop
 from shardrun.shard.plan import ShardPlan, plan_shard
-from shardrun.shard.prepare import ResolvedDirs, WorkerOptions, prepare, scan_committed_durably
+from shardrun.shard.prepare import ResolvedDirs, WorkerOptions, create_run_dir, prepare, scan_committed_durably
 from shardrun.states import user_outcome
-from shardrun.storage.atomic import create_json_once, read_json, utc_now
+from shardrun.storage.atomic import create_json_once, utc_now
 from shardrun.storage.commits import clean_tmp
-from shardrun.storage.identity import ensure_identity
+from shardrun.storage.identity import ensure_identity, read_run_document
 from shardrun.storage.lock import ShardLock
 from shardrun.storage.durability import durable_write
 from shardrun.storage.paths import RunPaths
@@ -47,6 +47,7 @@ def run_shard(config: RunConfig, options: WorkerOptions, stop: StopFlag | None =
     if stop.requested_by:
         log.warning("%s received before the shard started: nothing was written", stop.requested_by)
         return ShardOutcome(exit_code=EXIT_INTERRUPTED, plan=prepared.plan, dirs=dirs)
+    dirs = create_run_dir(dirs)  # every check passed: only now a new run dir appears
     # From here on the config carries the resolved heap and threads: the JVM, the task, status.json,
     # run.json, errors.jsonl.
     threads = resolve_threads(config.jvm.threads, dirs.spec.count)
@@ -126,7 +127,13 @@ def ensure_run_document(run: RunPaths, document: Mapping[str, Any]) -> None:
     run.dir.mkdir(parents=True, exist_ok=True)
     if create_json_once(run.run_json, document):
         return
-    existing = read_json(run.run_json)
+    existing = read_run_document(run.run_json)
+    if existing.get("shards") != document.get("shards"):
+        raise ResumeMismatch(
+            f"run dir {run.dir} holds a run of K={existing.get('shards')} shards (its run.json), and this shard is"
+            f" of K={document.get('shards')}; a run dir holds one K. Pass --shard i/{existing.get('shards')}, or a"
+            " new --out."
+        )
     for key in ("config_hash", "data_fingerprint"):
         if existing.get(key) != document.get(key):
             raise ResumeMismatch(

@@ -1,12 +1,52 @@
-"""shard.json: what a shard dir is (shard, config hash, data, mode); written once, checked on every resume."""
+"""shard.json: what a shard dir is (shard, config hash, data, mode); written once, checked on every resume.
+
+Also the readers of shard.json and run.json that turn a damaged file into a refusal with its fix.
+"""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Mapping
 
 from shardrun.errors import ResumeMismatch
 from shardrun.storage.atomic import create_json_once, read_json
 from shardrun.storage.paths import ShardPaths
+
+
+def read_shard_identity(paths: ShardPaths) -> dict[str, Any]:
+    """shard.json of a shard dir; a damaged one (not a JSON object with its shard) is a ResumeMismatch."""
+    document = _read_object(paths.identity)
+    if document is None or not isinstance(document.get("shard"), str):
+        run = paths.dir.parent
+        raise ResumeMismatch(
+            f"cannot resume {paths.dir}: its shard.json is damaged (not the JSON object shardrun writes"
+            " once at the shard's start), so it cannot be told which run it belongs to. Its committed results"
+            f" are not trusted without it: move the dir aside (e.g. rename it to {paths.dir.name}.damaged) and"
+            f" run the shard again with --resume {run} --shard i/K (or `launch_shards --out {run}`), which"
+            " starts that shard afresh."
+        )
+    return document
+
+
+def read_run_document(path: Path) -> dict[str, Any]:
+    """run.json of a run dir; a damaged one is a ResumeMismatch naming the fix."""
+    document = _read_object(path)
+    if document is None:
+        raise ResumeMismatch(
+            f"{path} is damaged (not the JSON object shardrun writes once when a run starts), so it cannot be"
+            f" told which run {path.parent} is. Delete it and run the same command again (the next shard writes"
+            " it anew; each shard's shard.json still guards its own dir), or start the run in a new --out dir."
+        )
+    return document
+
+
+def _read_object(path: Path) -> dict[str, Any] | None:
+    """A JSON object from `path`, or None if the file is not one (truncated, overwritten, not UTF-8)."""
+    try:
+        document = read_json(path)
+    except ValueError:  # JSONDecodeError and UnicodeDecodeError
+        return None
+    return document if isinstance(document, dict) else None
 
 
 def ensure_identity(paths: ShardPaths, identity: Mapping[str, Any], resuming: bool) -> dict[str, Any]:
@@ -15,7 +55,7 @@ def ensure_identity(paths: ShardPaths, identity: Mapping[str, Any], resuming: bo
     Whether a dir is resumable is decided by its shard.json (same config hash, same data,
     same shard layout), never by the dir merely existing.
     """
-    existing = read_json(paths.identity) if paths.identity.is_file() else None
+    existing = read_shard_identity(paths) if paths.identity.is_file() else None
     if existing is None:
         if resuming:
             raise ResumeMismatch(

@@ -1,0 +1,182 @@
+"""The launcher's run dir (--out: new or the same run continued), its resume hint, and the shard errors
+its summary shows; without processes (the fake port of test_supervisor)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from shardrun.errors import ConfigError, ResumeMismatch
+from shardrun.launch.policies import describe_exit, log_excerpt
+from shardrun.storage.paths import RunPaths
+from test_supervisor import FakePort, fake_launcher
+
+SIGKILL = -9
+
+
+# --- what the summary shows of a shard's log (pure) ----------------------------------------------
+
+EARLIER_START = """
+=== 2026-01-01T00:00:00Z python -m shardrun.worker --shard 0/2
+error: an old refusal that a later start must not show
+"""
+
+
+def test_the_error_paragraph_of_the_last_start_is_shown():
+    log = EARLIER_START + """
+=== 2026-01-01T00:01:00Z python -m shardrun.worker --shard 0/2 --resume run
+2026-01-01 00:01:01,000 INFO shardrun.shard.prepare: loading
+error: the configured analysis cannot run as it stands:
+  - the tests at k=4 need about 2.0 GiB
+  - the tests at k=5 need about 4.0 GiB
+"""
+    assert log_excerpt(log) == ["error: the configured analysis cannot run as it stands:",
+                                "  - the tests at k=4 need about 2.0 GiB", "  - the tests at k=5 need about 4.0 GiB"]
+
+
+def test_the_end_of_a_traceback_is_shown():
+    log = """=== start
+2026-01-01 00:01:01,000 ERROR shardrun: unexpected error; please report it with this traceback
+Traceback (most recent call last):
+  File "a.py", line 1, in <module>
+    main()
+  File "b.py", line 9, in main
+    raise KeyError("shard")
+KeyError: 'shard'
+"""
+    assert log_excerpt(log) == ['  File "b.py", line 9, in main', '    raise KeyError("shard")', "KeyError: 'shard'"]
+
+
+def test_a_jvm_fatal_error_report_is_shown_and_a_plain_death_shows_nothing():
+    jvm = """=== start
+#
+# A fatal error has been detected by the Java Runtime Environment:
+#
+#  SIGSEGV (0xb) at pc=0x0000, pid=7, tid=8
+#
+# Problematic frame:
+# C  [libc.so.6+0x1234]
+"""
+    excerpt = log_excerpt(jvm)
+    assert excerpt[0].startswith("# A fatal error") and "SIGSEGV" in excerpt[1] and len(excerpt) == 4
+    killed = "=== start\n2026-01-01 00:01:01,000 INFO shardrun.shard.loop: user u1 done\n"
+    assert log_excerpt(killed) == []
+    assert log_excerpt("=== start\n" + "error: " + "x" * 1000)[0].endswith("...")
+
+
+def test_describe_exit_without_the_log_hint():
+    assert describe_exit(2) == "refused its input (config, data or environment; see its log)"
+    assert describe_exit(2, log_hint=False) == "refused its input (config, data or environment)"
+    assert "see its log" not in describe_exit(70, log_hint=False) and "hs_err" in describe_exit(70, log_hint=False)
+    assert "see its log" not in describe_exit(6, log_hint=False)
+
+
+def test_the_summary_shows_a_refused_shards_error_instead_of_see_its_log(tmp_path):
+    port = FakePort({0: [2], 1: [0]})
+    outputs: list[str] = []
+    launcher = fake_launcher(tmp_path, port, outputs, shards=2)
+    (tmp_path / "logs").mkdir()
+    (tmp_path / "logs" / "shard0.log").write_text(
+        "=== start\nerror: cannot resume run/shard-0-of-2: its shard.json is damaged (...)\nshard done\n")
+    launcher.wait()
+    launcher.summary()
+    (line0,) = [o for o in outputs if o.startswith("  shard 0/2")]
+    assert "refused its input (config, data or environment);" in line0 and "see its log" not in line0
+    assert line0.endswith("\n      error: cannot resume run/shard-0-of-2: its shard.json is damaged (...)")
+    (line1,) = [o for o in outputs if o.startswith("  shard 1/2")]
+    assert "\n" not in line1
+
+
+# --- --out: a new run, or the same one continued ------------------------------------------------
+
+
+def write_run_json(launcher, run_dir, **changes):
+    run_dir.mkdir(parents=True, exist_ok=True)
+    doc = {"shards": launcher.options.shards, "config_hash": launcher.config.hash, "data_fingerprint": "fp",
+           "config_path": "config/other.yaml", **changes}
+    (run_dir / "run.json").write_text(json.dumps(doc))
+
+
+def out_launcher(tmp_path, out, **options):
+    base = tmp_path / f"launcher{len(list(tmp_path.glob('launcher*')))}"  # fake_launcher makes base/run
+    base.mkdir()
+    return fake_launcher(base, FakePort({}), [], shards=2, out=out, **options)
+
+
+def test_out_starts_a_new_run_in_a_missing_or_empty_dir(tmp_path):
+    for out in (tmp_path / "new" / "run", tmp_path / "empty"):
+        if out.name == "empty":
+            out.mkdir()
+        launcher = out_launcher(tmp_path, out)
+        run = launcher.prepare_run_dir("fp")
+        assert run.dir == out and out.is_dir() and not launcher.resume_all
+
+
+def test_out_continues_the_same_run(tmp_path):
+    out = tmp_path / "run1"
+    launcher = out_launcher(tmp_path, out)
+    write_run_json(launcher, out)
+    assert launcher.prepare_run_dir("fp").dir == out and launcher.resume_all
+
+
+@pytest.mark.parametrize("changes, error, words", [
+    ({"shards": 3}, ConfigError, ["started with 3 shards", "--shards 3"]),
+    ({"config_hash": "0123"}, ResumeMismatch, ["another config", "'0123'", "config/other.yaml"]),
+    ({"data_fingerprint": "old"}, ResumeMismatch, ["other input data", "'old'", "'fp'"]),
+])
+def test_out_refuses_another_run_naming_the_difference(tmp_path, changes, error, words):
+    out = tmp_path / "run1"
+    launcher = out_launcher(tmp_path, out)
+    write_run_json(launcher, out, **changes)
+    before = sorted(out.rglob("*"))
+    with pytest.raises(error) as refused:
+        launcher.prepare_run_dir("fp")
+    for word in words:
+        assert word in str(refused.value)
+    assert sorted(out.rglob("*")) == before
+
+
+def test_out_refuses_another_pilot_and_a_dir_that_is_no_run(tmp_path):
+    out = tmp_path / "run1"
+    launcher = out_launcher(tmp_path, out, pilot=3)
+    write_run_json(launcher, out)
+    (out / "shard-0-of-2").mkdir()
+    (out / "shard-0-of-2" / "shard.json").write_text(json.dumps({"shard": "0/2", "pilot": None}))
+    with pytest.raises(ResumeMismatch, match="started with --full"):
+        launcher.prepare_run_dir("fp")
+    stranger = tmp_path / "stranger"
+    stranger.mkdir()
+    (stranger / "notes.txt").write_text("mine")
+    with pytest.raises(ConfigError, match="not empty"):
+        out_launcher(tmp_path, stranger).prepare_run_dir("fp")
+
+
+def test_the_resume_hint_never_names_a_dir_without_run_json(tmp_path):
+    out = tmp_path / "run1"
+    launcher = out_launcher(tmp_path, out, pilot=4)
+    launcher.run = launcher.prepare_run_dir("fp")
+    hint = launcher.resume_hint(tmp_path / "c.yaml")
+    assert hint.startswith("nothing was written") and hint.endswith(f"--shards 2 --out {out} --pilot 4")
+    launcher.forget_empty_run_dir()
+    assert not out.exists()  # made by this launcher, nothing in it
+    write_run_json(launcher, out)
+    assert launcher.resume_hint(tmp_path / "c.yaml") == (
+        f"the run is incomplete. Continue it with: launch_shards --config {tmp_path / 'c.yaml'} --shards 2"
+        f" --out {out} --pilot 4")
+    # a new run dir under output.root, made and left empty: removed, and the hint is the same command
+    (tmp_path / "fresh").mkdir()
+    fresh = fake_launcher(tmp_path / "fresh", FakePort({}), [], shards=2)
+    fresh.run = fresh.prepare_run_dir("fp")
+    assert fresh.run.dir.parent == tmp_path / "fresh" / "out" and fresh.run.dir.name.startswith("proposal_full_")
+    assert fresh.resume_hint(tmp_path / "c.yaml").endswith(f"--config {tmp_path / 'c.yaml'} --shards 2")
+    fresh.write_state()
+    fresh.forget_empty_run_dir()
+    assert not fresh.run.dir.exists()
+
+
+def test_with_nothing_written_after_refusals_the_hint_says_to_fix_them_first(tmp_path):
+    launcher = out_launcher(tmp_path, tmp_path / "run1")
+    launcher.run = launcher.prepare_run_dir("fp")
+    hint = launcher.resume_hint(tmp_path / "c.yaml", interrupted=False)
+    assert hint.startswith("nothing was written") and "Once the errors above are fixed, the same command" in hint
