@@ -108,3 +108,25 @@ def test_verify_refuses_other_hosts_gone_pids_and_processes_younger_than_the_rec
         me.kill()
         me.wait()
     assert "gone" in verify(me.pid, here, now, [tmp_path])
+
+
+def test_a_second_request_signals_again_only_with_now(tmp_path):
+    run = tmp_path / "run"
+    shard_dir = run / "shard-0-of-1"
+    shard_dir.mkdir(parents=True)
+    # a stand-in shard: a shardrun command line naming the shard dir
+    shard = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "shardrun", str(shard_dir)])
+    try:
+        now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        (shard_dir / "status.json").write_text(json.dumps(
+            {"shard": "0/1", "state": "running", "pid": shard.pid, "host": socket.gethostname(), "started_at": now}))
+        sent = []
+        record = lambda pid, signum: sent.append(pid) or True  # noqa: E731
+        assert [t.pid for t in stop_run(run, send=record).signalled] == [shard.pid]
+        again = stop_run(run, send=record)
+        assert again.signalled == [] and "already asked" in again.skipped[0]
+        assert [t.pid for t in stop_run(run, now=True, send=record).signalled] == [shard.pid]
+        assert sent == [shard.pid, shard.pid]
+    finally:
+        shard.kill()
+        shard.wait()
