@@ -1,9 +1,17 @@
 @echo off
 rem Run the analysis as K shard processes on this machine, then merge and validate.
 rem   run_parallel_4shards.bat [CONFIG] [K]      (defaults: config\proposal.yaml, 4)
+rem A relative CONFIG is taken from the current directory when it exists there, else from the repository.
+rem Unlike run_parallel_4shards.sh, CONFIG and K come first and no further flags are passed (untested).
 setlocal
-cd /d "%~dp0"
 set "CONFIG=%~1"
+if not "%CONFIG%"=="" if exist "%~f1" set "CONFIG=%~f1"
+cd /d "%~dp0"
+if /i "%CONFIG%"=="--help" (
+  echo usage: run_parallel_4shards.bat [CONFIG] [K]   ^(defaults: config\proposal.yaml, 4^)
+  if exist .venv\Scripts\launch_shards.exe .venv\Scripts\launch_shards.exe --help
+  exit /b 0
+)
 if "%CONFIG%"=="" set "CONFIG=config\proposal.yaml"
 set "SHARDS=%~2"
 if "%SHARDS%"=="" set "SHARDS=4"

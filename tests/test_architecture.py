@@ -82,7 +82,7 @@ def imported_by(alias: str) -> set[str]:
     return {line.rsplit("|", 1)[-1].strip() for line in result.stderr.splitlines() if line.startswith("import time:")}
 
 
-@pytest.mark.parametrize("alias", ["worker", "launcher", "merge", "validate", "monitor"])
+@pytest.mark.parametrize("alias", ["worker", "launcher", "merge", "validate", "monitor", "stop"])
 def test_an_entry_module_is_not_imported_a_second_time(alias):
     # Run with -m it is __main__; a second copy under its own name would hold its own globals.
     assert f"shardrun.{alias}" not in imported_by(alias)

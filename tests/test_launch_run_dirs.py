@@ -9,7 +9,6 @@ import pytest
 
 from shardrun.errors import ConfigError, ResumeMismatch
 from shardrun.launch.policies import describe_exit, log_excerpt
-from shardrun.storage.paths import RunPaths
 from test_supervisor import FakePort, fake_launcher
 
 SIGKILL = -9

@@ -290,7 +290,7 @@ def test_merge_draws_the_default_tasks_panels_through_its_hook(tmp_path, with_ai
     run = make_run(tmp_path / "run", count=2, overrides={u: ais_override(i) for i, u in enumerate(USERS)})
     merge_shards(shard_dirs_of_run(run), tmp_path / "merged")
     [panels] = drawn_panels
-    assert [p.width for p in panels] == [3.0, 2.0]  # AIS against k, then the selected k
+    assert [p.width for p in panels] == [2.6, 1.6, 1.8]  # AIS against k, significant shares, the selected k
     assert_valid_png(MergedPaths(tmp_path / "merged").summary_png)
 
 
@@ -321,8 +321,57 @@ def test_the_default_tasks_picture_holds_the_ais_panels_above_the_timeline():
     panels = summary.task_panels(default_task, frame, None)
     figure = summary.draw_summary(frame, spans, panels=panels)
     assert summary.panel_titles(figure) == [
-        task_plots.AIS_PANEL_TITLE, task_plots.SELECTED_K_PANEL_TITLE, summary.TIMELINE_TITLE,
+        task_plots.AIS_PANEL_TITLE, task_plots.SIGNIFICANCE_PANEL_TITLE, task_plots.SELECTED_K_PANEL_TITLE,
+        summary.TIMELINE_TITLE,
     ]
+    # the title in plain words: the core's part (users, shards), then what the task's panels show
+    assert figure.get_suptitle().startswith(f"2 users, 2 shards: {task_plots.PLAIN_TITLE}\n")
+
+
+def test_the_core_title_says_users_and_shards_and_names_no_analysis():
+    frame, spans = picture_frame_and_spans()
+    figure = summary.draw_summary(frame, spans, panels=summary.task_panels(object(), frame, None), title="run1")
+    first, second = figure.get_suptitle().split("\n")
+    assert first == "2 users, 2 shards: results by status and the time each shard took"
+    assert second == "run1: 2 result rows, ok 1 / failed 1"
+
+
+def test_the_ais_axis_fits_the_data_not_a_fixed_range():
+    frame = result_frame({1: [2.0, 2.1, 2.2], 2: [2.4, 2.5, 2.6]}, {1: [0.1] * 3, 2: [0.1] * 3}, ["ok"] * 3)
+    spans = [UserSpan("0/1", 0.0, 1.0, "ok")]
+    figure = summary.draw_summary(frame, spans, panels=summary.task_panels(default_task, frame, None))
+    low, high = figure.axes[0].get_ylim()
+    values = task_plots.ais_quantiles(frame)[["q10", "q90", "median"]].to_numpy()
+    assert values.min() - 0.5 < low < values.min() and values.max() < high < values.max() + 0.5
+
+
+# --- significance ------------------------------------------------------------------------------
+
+
+def test_significant_shares_count_ok_rows_with_a_p_value_below_alpha_per_mode_and_k():
+    frame = pd.concat([
+        result_frame({1: [0.1] * 4, 2: [0.1] * 4}, {1: [0.0] * 4, 2: [0.0] * 4}, ["ok", "ok", "ok", "failed"]),
+        result_frame({1: [0.1] * 2, 2: [0.1] * 2}, {1: [0.0] * 2, 2: [0.0] * 2}, ["ok", "ok"], mode="composite"),
+    ], ignore_index=True)
+    frame["ais_k1_p"] = [0.01, 0.2, 0.05, 0.0, 0.04, 0.049]
+    frame["ais_k2_p"] = [0.01, np.nan, 0.5, 0.0, 0.9, 0.5]
+    table = task_plots.significant_shares(frame)
+    rows = {(r.feature_mode, r.k): (r.n, r.significant, r.share) for r in table.itertuples()}
+    assert rows[("activity", 1)] == (3, 1, 1 / 3)  # 0.05 is not below 0.05; the failed row does not count
+    assert rows[("activity", 2)] == (2, 1, 0.5)  # a missing p-value does not count
+    assert rows[("composite", 1)] == (2, 2, 1.0) and rows[("composite", 2)] == (2, 0, 0.0)
+
+
+def test_significant_shares_are_empty_without_p_columns_or_ok_rows():
+    frame = result_frame({1: [0.1]}, {1: [0.0]}, ["failed"])
+    assert task_plots.significant_shares(frame).empty
+    assert task_plots.significant_shares(frame.drop(columns=["ais_k1_p"]).assign(status="ok")).empty
+
+
+def test_fitted_limits_surround_the_data_with_a_margin():
+    assert task_plots.fitted_limits(1.0, 2.0) == pytest.approx((0.94, 2.06))
+    low, high = task_plots.fitted_limits(3.0, 3.0)
+    assert low < 3.0 < high
 
 
 def test_a_failing_picture_hook_keeps_the_merged_results(tmp_path, task_double, monkeypatch, caplog):

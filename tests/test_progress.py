@@ -58,3 +58,85 @@ def test_table_and_line_show_every_shard():
     assert "waiting" in table[2]
     assert table[-1].startswith("overall: 5/18 users, ETA")  # the waiting shard's users count
     assert plain_line(views).startswith("progress: 0/2 running 5/10; 1/2 waiting 0/8")
+
+
+# --- monitor_progress on files: runs, run.json's K, newest by start time, files of the wrong shape -------------
+
+import json  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+from shardrun.observe.monitor import newest_run, run_views  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def make_run(path: Path, shards: int, created_at: str, statuses: dict) -> Path:
+    path.mkdir(parents=True)
+    (path / "run.json").write_text(json.dumps({"shards": shards, "created_at": created_at}))
+    for index, doc in statuses.items():
+        shard_dir = path / f"shard-{index}-of-{shards}"
+        shard_dir.mkdir()
+        (shard_dir / "status.json").write_text(doc if isinstance(doc, str) else json.dumps(doc))
+    return path
+
+
+def monitor(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "shardrun.monitor", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=120)
+
+
+def test_shards_that_have_not_started_are_shown_from_run_json(tmp_path):
+    run = make_run(tmp_path / "run", 3, NOW.isoformat(), {1: status(state="completed", users_done=10)})
+    views = run_views(run, NOW, 120)
+    assert [(v.shard, v.state) for v in views] == [("0/3", "waiting"), ("1/3", "completed"), ("2/3", "waiting")]
+
+
+@pytest.mark.parametrize("content", [
+    "[1, 2, 3]", '"running"', "null", "{not json",
+    json.dumps(status(users_done="five")), json.dumps(status(updated_at=12)), json.dumps(status(state=["running"])),
+    json.dumps(status(current_user=7)), json.dumps(status(rate_users_per_hour="fast")), json.dumps(status(pid="1")),
+    json.dumps(status(updated_at="yesterday")), json.dumps(status(updated_at="2026-11-23T12:00:00")),
+])
+def test_a_status_json_of_the_wrong_shape_is_shown_unreadable(tmp_path, content):
+    run = make_run(tmp_path / "run", 2, NOW.isoformat(), {0: content, 1: status()})
+    views = run_views(run, NOW, 120)
+    assert views[0].state == "unreadable status.json"
+    assert render_table(views)[1].startswith("0/2")  # and the table renders
+    result = monitor(str(run), cwd=tmp_path)
+    assert result.returncode == 0 and "unreadable status.json" in result.stdout, result.stderr
+
+
+def test_a_launcher_json_of_the_wrong_shape_does_not_crash(tmp_path):
+    run = make_run(tmp_path / "run", 1, NOW.isoformat(), {0: status()})
+    (run / "launcher.json").write_text(json.dumps({"shards": [1, {"shard": 5}, {"shard": "9/x", "phase": 3}]}))
+    assert [v.shard for v in run_views(run, NOW, 120)] == ["0/1"]
+
+
+def test_the_newest_run_is_the_one_started_last_not_the_last_touched(tmp_path):
+    root = tmp_path / "out"
+    newer = make_run(root / "b", 1, "2026-11-23T12:00:00+00:00", {})
+    make_run(root / "a", 1, "2026-11-22T12:00:00+00:00", {})  # made (touched) after, started before
+    assert newest_run(root) == [newer]
+    assert "b" in monitor(str(root), cwd=tmp_path).stdout.splitlines()[0]
+
+
+def test_a_dir_without_a_run_is_an_error(tmp_path):
+    (tmp_path / "empty").mkdir()
+    result = monitor(str(tmp_path / "empty"), cwd=tmp_path)
+    assert result.returncode == 2 and "holds no run" in result.stdout
+    assert monitor(cwd=tmp_path).returncode == 2  # no analysis/out here
+
+
+def test_config_gives_the_output_root(tmp_path):
+    import yaml
+
+    config = yaml.safe_load((REPO / "config" / "small.yaml").read_text())
+    config["data"]["path"] = str(REPO / "data" / "sample_users.csv")
+    config["output"] = {"root": str(tmp_path / "elsewhere")}
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
+    make_run(tmp_path / "elsewhere" / "r1", 2, NOW.isoformat(), {0: status(state="completed")})
+    result = monitor("--config", str(tmp_path / "c.yaml"), cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "r1" in result.stdout and "1/2" in result.stdout

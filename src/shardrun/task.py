@@ -53,7 +53,7 @@ class Task(Protocol):
     def describe_versions(self) -> Mapping[str, str]:
         """Versions to record as provenance in run.json (libraries, jars); needs no JVM."""
 
-    # Optional: run_label(settings) -> str, put into new run dir names (`full_<label>_<time>`).
+    # Optional: run_label(settings) -> str, put into new run dir names (`<config stem>_full_<label>_<time>`).
     # Optional: user_heap_needs(settings, dataset) -> dict[str, int] (see PredictsHeap below), which
     # jvm.xmx: auto, the --dry-run heap report and the launcher's memory check rely on.
     # Optional: with_threads(settings, threads) -> settings: the settings to analyse with when the shard

@@ -1,4 +1,5 @@
-"""What every command shares: logging set-up, error-to-exit mapping, and flag value types."""
+"""What every command shares: its parser (help with defaults, --version), logging set-up,
+error-to-exit mapping, and flag value types (a bad value is refused by argparse: exit 2, no traceback)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,46 @@ from shardrun.errors import EXIT_CRASH, ShardrunError
 from shardrun.units import heap_bytes
 
 log = logging.getLogger("shardrun")
+
+AUTO = "auto"
+
+
+def shardrun_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("shardrun")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown"
+
+
+class HelpWithDefaults(argparse.RawDescriptionHelpFormatter):
+    """Every flag's help ends with its default, when it has one worth saying (not None, not False)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if (
+            "%(default)" in text or "default" in text
+            or default is None or default is False or default is argparse.SUPPRESS
+            or not action.option_strings
+        ):
+            return text
+        if isinstance(default, (list, tuple)):
+            default = " ".join(str(d) for d in default)
+        return f"{text} (default: {default})"
+
+
+def command_parser(prog: str, description: str) -> argparse.ArgumentParser:
+    """The parser every console script starts from: defaults in --help, --version."""
+    p = argparse.ArgumentParser(prog=prog, description=description, formatter_class=HelpWithDefaults)
+    p.add_argument("--version", action="version", version=f"%(prog)s (shardrun {shardrun_version()})",
+                   help="print shardrun's version and exit")
+    return p
+
+
+def add_verbose(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-v", "--verbose", action="store_true", help="log debug messages too")
 
 
 def guarded(main: Callable[[argparse.Namespace], int], parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> int:
@@ -27,11 +68,59 @@ def guarded(main: Callable[[argparse.Namespace], int], parser: argparse.Argument
 
 
 def heap_size(text: str) -> str:
+    """A JVM heap size such as 512m or 2g, or auto (chosen from the data, as jvm.xmx: auto in a config)."""
+    if text.strip().lower() == AUTO:
+        return AUTO
     try:
         heap_bytes(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a JVM heap size such as 512m or 2g") from None
+        raise argparse.ArgumentTypeError(f"{text!r} is not a JVM heap size such as 512m or 2g, or auto") from None
     return text
+
+
+def _number(text: str, kind: type, what: str) -> float | int:
+    try:
+        value = kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not {what}") from None
+    if kind is float and value != value or value in (float("inf"), float("-inf")):
+        raise argparse.ArgumentTypeError(f"{text!r} is not {what}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    value = _number(text, int, "a whole number")
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {text!r}")
+    return int(value)
+
+
+def non_negative_int(text: str) -> int:
+    value = _number(text, int, "a whole number")
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text!r}")
+    return int(value)
+
+
+def positive_seconds(text: str) -> float:
+    value = _number(text, float, "a number of seconds")
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds above 0, got {text!r}")
+    return float(value)
+
+
+def non_negative_seconds(text: str) -> float:
+    value = _number(text, float, "a number of seconds")
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds, 0 or more, got {text!r}")
+    return float(value)
+
+
+def nice_level(text: str) -> int:
+    value = _number(text, int, "a whole number")
+    if not 0 <= value <= 19:
+        raise argparse.ArgumentTypeError(f"lowers the CPU priority by 0 to 19, got {text!r}")
+    return int(value)
 
 
 def thread_count(text: str) -> int:
@@ -45,9 +134,12 @@ def thread_count(text: str) -> int:
 
 
 def pilot_size(text: str) -> int:
-    value = int(text)
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
     if value < 1:
-        raise argparse.ArgumentTypeError("--pilot takes a positive number of users")
+        raise argparse.ArgumentTypeError(f"--pilot takes a positive number of users, got {text!r}")
     return value
 
 

@@ -6,24 +6,24 @@ import argparse
 from pathlib import Path
 from typing import Sequence
 
-from shardrun.cli.common import guarded
+from shardrun.cli.common import add_verbose, command_parser, guarded
 from shardrun.errors import EXIT_OK, EXIT_VALIDATION_FAILED
 from shardrun.results.merge import merge_shards
 from shardrun.results.read import shard_dirs_of_run
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="merge_shard_results", description="Merge shard dirs into one result set.")
+    p = command_parser("merge_shard_results", "Merge shard dirs into one result set.")
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--shards", type=Path, nargs="+", metavar="DIR", help="shard dirs (any runs)")
     source.add_argument("--run", type=Path, metavar="DIR", help="a run dir: all its shards")
-    p.add_argument("--output", type=Path, required=True, metavar="DIR")
+    p.add_argument("--output", type=Path, required=True, metavar="DIR", help="where the merged result set is written")
     p.add_argument("--force", action="store_true",
                    help="merge shards of different config hashes or input data anyway (recorded; the set is"
                         " incomplete); does not imply --overwrite")
     p.add_argument("--overwrite", action="store_true",
                    help="replace an existing --output dir (the old set stays until the new one is complete)")
-    p.add_argument("-v", "--verbose", action="store_true")
+    add_verbose(p)
     return p
 
 

@@ -6,23 +6,30 @@ import argparse
 from pathlib import Path
 from typing import Sequence
 
-from shardrun.cli.common import guarded
+from shardrun.cli.common import add_verbose, command_parser, guarded, positive_seconds
+from shardrun.config import load_config
 from shardrun.observe.monitor import watch
+
+DEFAULT_ROOT = Path("analysis/out")
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="monitor_progress", description="Show the progress of runs from their status.json files.")
-    p.add_argument("runs", type=Path, nargs="*", help="run dirs (default: the newest under analysis/out)")
+    p = command_parser("monitor_progress", "Show the progress of runs from their status.json files.")
+    p.add_argument("runs", type=Path, nargs="*", metavar="RUN_DIR",
+                   help="run dirs, or dirs of runs (their newest run); default: the newest run under output.root"
+                        f" of --config, else under {DEFAULT_ROOT}")
+    p.add_argument("--config", type=Path, help="the run's config: its output.root is where to look for the newest run")
     p.add_argument("--watch", action="store_true", help="refresh until every shard has ended")
-    p.add_argument("--every", type=float, default=5.0, metavar="S")
-    p.add_argument("--stale-after", type=float, default=120.0, metavar="S",
+    p.add_argument("--every", type=positive_seconds, default=5.0, metavar="S", help="seconds between refreshes with --watch")
+    p.add_argument("--stale-after", type=positive_seconds, default=120.0, metavar="S",
                    help="a running shard whose heartbeat is older than this is shown as dead")
-    p.add_argument("-v", "--verbose", action="store_true")
+    add_verbose(p)
     return p
 
 
 def _monitor(args: argparse.Namespace) -> int:
-    return watch(args.runs, watch=args.watch, every=args.every, stale_after=args.stale_after)
+    root = load_config(args.config).output.root if args.config else DEFAULT_ROOT
+    return watch(args.runs, watch=args.watch, every=args.every, stale_after=args.stale_after, root=root)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

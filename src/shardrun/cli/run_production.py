@@ -3,47 +3,61 @@
 from __future__ import annotations
 
 import argparse
+import os
+import shutil
+import subprocess
 from dataclasses import replace
 from pathlib import Path
 from typing import Sequence
 
-from shardrun.cli.common import guarded, heap_size, pilot_size, thread_count
-from shardrun.config import load_config
+from shardrun.cli.common import (
+    add_verbose, command_parser, guarded, heap_size, nice_level, non_negative_seconds, pilot_size, positive_seconds,
+    thread_count,
+)
+from shardrun.config import RunConfig, load_config
 from shardrun.platforms import lower_priority
-from shardrun.errors import EXIT_OK, EXIT_USAGE, UsageError
+from shardrun.errors import EXIT_OK, EXIT_USAGE, EnvironmentProblem, UsageError
 from shardrun.shard.lifecycle import StopFlag, die_with_launcher
-from shardrun.shard.prepare import WorkerOptions, prepare
+from shardrun.shard.jvm import find_java, task_jvm_options
+from shardrun.shard.prepare import PreparedShard, WorkerOptions, prepare
 from shardrun.shard.run import run_shard
 from shardrun.sharding import ShardSpec
 
+DEFAULT_CONFIG = Path("config/proposal.yaml")
+
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="run_production",
-        description="Run one shard of the analysis: the users whose index in the sorted user list is i mod K.",
+    p = command_parser(
+        "run_production",
+        "Run one shard of the analysis: the users whose index in the sorted user list is i mod K.",
     )
-    p.add_argument("--config", type=Path, required=True, help="YAML config (see config/proposal.yaml)")
+    p.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="YAML config")
     mode = p.add_mutually_exclusive_group(required=True)
     mode.add_argument("--full", action="store_true", help="every user of the shard")
     mode.add_argument("--pilot", type=pilot_size, metavar="N", help="only the first N users of the shard")
-    p.add_argument("--shard", help="i/K (0 <= i < K), or 'auto' inside a SLURM/SGE/PBS job array")
+    p.add_argument("--shard", metavar="i/K", help="i/K (0 <= i < K), or 'auto' inside a SLURM/SGE/PBS job array")
     where = p.add_mutually_exclusive_group()
     where.add_argument("--out", type=Path, help="run dir; the shard writes DIR/shard-<i>-of-<K>/")
     where.add_argument("--resume", type=Path, help="continue a shard dir, or a run dir (with --shard)")
     p.add_argument("--dry-run", action="store_true", help="print the plan and what cannot run, then exit")
-    p.add_argument("--heartbeat", type=float, default=10.0, metavar="S", help="status.json refresh period")
+    p.add_argument("--heartbeat", type=positive_seconds, default=10.0, metavar="S",
+                   help="seconds between refreshes of status.json")
     p.add_argument("--retry-failed", action="store_true",
                    help="with --resume: run again the users whose committed result is 'failed'")
-    p.add_argument("--xmx", type=heap_size, metavar="SIZE", help="override jvm.xmx (e.g. 2g); does not change the config hash")
+    p.add_argument("--xmx", type=heap_size, metavar="SIZE", help="override jvm.xmx (e.g. 2g, or auto: from the data); does not change the config hash")
     p.add_argument("--threads", type=thread_count, metavar="N",
                    help="override jvm.threads: threads driving the JVM in this process; numbers do not depend on it")
-    p.add_argument("--nice", type=int, default=0, metavar="N", help="lower this process's CPU priority by N (0-19)")
-    p.add_argument("--cooldown", type=float, default=0.0, metavar="S", help="pause S seconds between users")
-    p.add_argument("-v", "--verbose", action="store_true")
+    p.add_argument("--nice", type=nice_level, default=0, metavar="N", help="lower this process's CPU priority by N (0-19)")
+    p.add_argument("--cooldown", type=non_negative_seconds, default=0.0, metavar="S", help="pause S seconds between users")
+    add_verbose(p)
     return p
 
 
 def _run_production(args: argparse.Namespace) -> int:
+    # Flags are checked before anything is loaded: a missing --shard must not wait for the data.
+    if args.shard is None and args.resume is None:
+        raise UsageError("--shard i/K is required (or --shard auto inside a scheduler job array).")
+    shard = ShardSpec.parse(args.shard) if args.shard else None
     stop = StopFlag()
     if not args.dry_run:
         stop.install()
@@ -58,7 +72,7 @@ def _run_production(args: argparse.Namespace) -> int:
     if args.threads:
         config = replace(config, jvm=replace(config.jvm, threads=args.threads))
     options = WorkerOptions(
-        shard=ShardSpec.parse(args.shard) if args.shard else None,
+        shard=shard,
         pilot=args.pilot,
         out=args.out,
         resume=args.resume,
@@ -78,12 +92,45 @@ def _run_production(args: argparse.Namespace) -> int:
             print(line)
         for problem in prepared.problems:
             print(f"cannot run: {problem}")
+        check_jvm_options(prepared, config)
         if not prepared.problems:
             print("preflight: the task found nothing that cannot run with this heap")
         return EXIT_USAGE if prepared.problems else EXIT_OK
     outcome = run_shard(config, options, stop)
     print(f"shard {outcome.plan.shard} done (exit {outcome.exit_code}): {outcome.dirs.shard.dir}")
     return outcome.exit_code
+
+
+def java_executable(jvm_library: str) -> str:
+    """The `java` launcher of the Java whose JVM library JPype would load (lib/server/libjvm.so -> bin/java)."""
+    library = Path(jvm_library).resolve()
+    for home in library.parents[:4]:
+        for name in ("java", "java.exe"):
+            candidate = home / "bin" / name
+            if candidate.is_file() and os.access(candidate, os.X_OK):
+                return str(candidate)
+    found = shutil.which("java")
+    if found is None:
+        raise EnvironmentProblem(f"no java launcher was found next to {jvm_library} nor on PATH; set JAVA_HOME.")
+    return found
+
+
+def check_jvm_options(prepared: PreparedShard, config: RunConfig) -> None:
+    """Start `java <the shard's flags> -version` in a subprocess (never a JVM in this process) and
+    refuse, with the JVM's own words, flags it would refuse at the real start."""
+    options = (*task_jvm_options(prepared.task, config.settings), *prepared.heap.jvm.jvm_args(), "-Xrs")
+    command = [java_executable(find_java()), *options, "-version"]
+    try:
+        result = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise EnvironmentProblem(f"could not run {' '.join(command)} to check the JVM flags ({exc}).") from None
+    if result.returncode != 0:
+        said = " ".join(line.strip() for line in (result.stderr or result.stdout).splitlines() if line.strip())
+        raise UsageError(
+            f"the JVM refuses the flags {' '.join(options)}: {said} Fix jvm.options, jvm.xms or jvm.xmx in the"
+            " config (or --xmx)."
+        )
+    print(f"java accepts the flags: {' '.join(options)}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -6,17 +6,17 @@ import argparse
 from pathlib import Path
 from typing import Sequence
 
-from shardrun.cli.common import guarded
+from shardrun.cli.common import add_verbose, command_parser, guarded
 from shardrun.config import load_config
 from shardrun.errors import EXIT_OK, EXIT_VALIDATION_FAILED, StorageError, UsageError
 from shardrun.results.validate import checked_config_hash, validate_result_set, write_validation
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="validate_outputs", description="Check that a merged result set is whole and sane.")
+    p = command_parser("validate_outputs", "Check that a merged result set is whole and sane.")
     p.add_argument("--dir", type=Path, required=True, help="a merged dir (with results.parquet or results.csv)")
     p.add_argument("--config", type=Path, help="check coverage against this config's input data")
-    p.add_argument("-v", "--verbose", action="store_true")
+    add_verbose(p)
     return p
 
 

@@ -1,4 +1,5 @@
-"""The default analysis's panels of summary.png: AIS against history length k, and the selected k.
+"""The default analysis's panels of summary.png: AIS against history length k, the share of users whose
+AIS is significant at each k, and the selected k; and the picture's title in plain words.
 
 Found by the core through the task's optional `summary_panels` hook (shardrun.task.DrawsSummary);
 the core draws its per-shard timeline below them. Two halves, as in the core's picture: the data
@@ -6,7 +7,9 @@ preparation is pure (a frame of merged rows in, small tables out) and is tested 
 the drawing functions take a matplotlib Axes and import matplotlib only when called.
 
 Whatever the size of the result set, the drawing stays small: a handful of quantiles and counts
-per (mode, k). The look (font sizes, grid) matches the core's panels.
+per (mode, k). The look (font sizes, grid) matches the core's panels. The first panel also says,
+as the figure's title (Figure.suptitle), what the picture is about; the core puts its own part
+(users, shards) before it.
 """
 
 from __future__ import annotations
@@ -30,23 +33,33 @@ from shardrun.task import SummaryPanel
 
 QUANTILES = {"q10": 0.10, "q25": 0.25, "median": 0.50, "q75": 0.75, "q90": 0.90}
 AIS_PANEL_TITLE = "AIS against history length k (users with status ok)"
-SELECTED_K_PANEL_TITLE = "Selected k (largest bias-corrected AIS)"
+SELECTED_K_PANEL_TITLE = "Selected k (best bias-corrected AIS)"
+SIGNIFICANCE_PANEL_TITLE = "Users whose AIS is significant"
+ALPHA = 0.05  # the significance level of the share shown
+# What the picture shows, for a reader who does not know the measure's name.
+PLAIN_TITLE = "how much of each user's next value its own past predicts (active information storage, AIS)"
 
 _AIS_COLUMN = re.compile(r"^ais_k(\d+)_bits$")
+_P_COLUMN = "ais_k{k}_p"
 
 MODE_COLOURS = ("#1b9e77", "#d95f02", "#7570b3", "#e7298a", "#66a61e", "#e6ab02", "#a6761d", "#666666")
 
 
 def summary_panels(frame: pd.DataFrame, settings: Any | None = None) -> list[SummaryPanel]:
-    """Task.summary_panels: AIS against k (three fifths of the row) and the selected k (two fifths).
+    """Task.summary_panels: AIS against k (the widest), the share of users whose AIS is significant
+    per k, and the selected k.
 
     Everything comes from the result columns, so `settings` is not needed (None without run.json).
     """
     colours = {mode: MODE_COLOURS[i % len(MODE_COLOURS)] for i, mode in enumerate(mode_groups(frame))}
-    ais = functools.partial(draw_ais_panel, quantiles=ais_quantiles(frame), colours=colours, ks=grid_ks(frame))
+    ks = grid_ks(frame)
+    ais = functools.partial(draw_ais_panel, quantiles=ais_quantiles(frame), colours=colours, ks=ks)
+    significant = functools.partial(draw_significance_panel, shares=significant_shares(frame), colours=colours,
+                                    ks=ks)
     selected = functools.partial(draw_selected_k_panel, counts=selected_k_counts(frame), colours=colours,
                                  has_column="k_selected" in frame.columns)
-    return [SummaryPanel(draw=ais, width=3.0), SummaryPanel(draw=selected, width=2.0)]
+    return [SummaryPanel(draw=ais, width=2.6), SummaryPanel(draw=significant, width=1.6),
+            SummaryPanel(draw=selected, width=1.8)]
 
 
 # --- the tables ----------------------------------------------------------------------------
@@ -106,6 +119,38 @@ def ais_quantiles(frame: pd.DataFrame) -> pd.DataFrame:
     return table.sort_values(["feature_mode", "measure", "k"], kind="stable").reset_index(drop=True)
 
 
+def significant_shares(frame: pd.DataFrame, alpha: float = ALPHA) -> pd.DataFrame:
+    """Per (feature_mode, k) over ok rows with a p-value at k: n, significant (p < alpha) and share (0..1).
+
+    Rows whose `ais_k<k>_p` is missing (the k left out by the guard) do not count at that k; a k
+    without a p-value column, or a (mode, k) without any p-value, has no row.
+    """
+    columns = ["feature_mode", "k", "n", "significant", "share"]
+    rows = ok_rows(frame)
+    groups = mode_groups(rows)
+    records = []
+    for k in grid_ks(frame):
+        column = _P_COLUMN.format(k=k)
+        if column not in rows.columns:
+            continue
+        p_values = _numbers(rows[column])
+        for mode, positions in groups.items():
+            present = p_values[positions]
+            present = present[~np.isnan(present)]
+            if present.size:
+                significant = int((present < alpha).sum())
+                records.append((mode, k, int(present.size), significant, significant / present.size))
+    table = pd.DataFrame.from_records(records, columns=columns)
+    return table.sort_values(["feature_mode", "k"], kind="stable").reset_index(drop=True)
+
+
+def fitted_limits(low: float, high: float, pad: float = 0.06) -> tuple[float, float]:
+    """Axis limits around the data [low, high] with a margin; a flat range gets a unit-sized one."""
+    span = high - low
+    margin = pad * span if span > 0 else max(abs(high) * 0.1, 0.05)
+    return low - margin, high + margin
+
+
 def selected_k_counts(frame: pd.DataFrame) -> pd.DataFrame:
     """Per (feature_mode, k): how many ok rows selected that k, for every k of the grid (zeros
     included, so bars line up) and any other k the rows name."""
@@ -136,6 +181,7 @@ def draw_ais_panel(axes, quantiles: pd.DataFrame, colours: Mapping[str, str], ks
     from matplotlib.lines import Line2D
     from matplotlib.patches import Patch
 
+    axes.figure.suptitle(PLAIN_TITLE)  # the core adds its part (users, shards) in front
     style_axes(axes, AIS_PANEL_TITLE, "history length k", "AIS (bits)")
     if ks:
         axes.set_xticks(list(ks))
@@ -172,18 +218,42 @@ def draw_ais_panel(axes, quantiles: pd.DataFrame, colours: Mapping[str, str], ks
     style_handles = [
         Line2D([], [], color="#444444", marker="o", linewidth=2.2, label="median AIS"),
         Line2D([], [], color="#444444", marker="s", linestyle="--", linewidth=1.6,
-               label="median bias-corrected AIS\n(AIS − permutation null mean)"),
+               label="median AIS − permutation\nnull mean (bias-corrected)"),
         Patch(facecolor="#444444", alpha=0.32, label="25–75% of users (AIS)"),
         Patch(facecolor="#444444", alpha=0.13, label="10–90% of users (AIS)"),
     ]
-    legend = axes.legend(handles=mode_handles, title="feature mode", fontsize=LEGEND_SIZE,
-                         title_fontsize=LEGEND_SIZE, loc="upper left")
-    axes.add_artist(legend)
-    axes.legend(handles=style_handles, fontsize=LEGEND_SIZE, loc="upper right", framealpha=0.9)
-    low = min(0.0, float(quantiles["q10"].min()))
-    high = float(quantiles["q90"].max())
-    # headroom for the two legends above the highest band
-    axes.set_ylim(low - 0.02 * (high - low or 1), high + 0.45 * (high - low or 1))
+    # The legend below the axes, so the y axis fits the bands and medians instead of making room.
+    axes.legend(handles=[*mode_handles, *style_handles], fontsize=LEGEND_SIZE, loc="upper center",
+                bbox_to_anchor=(0.5, -0.16), ncol=2, framealpha=0.9)
+    drawn = quantiles[["q10", "q90", "median"]].to_numpy(dtype=float)
+    axes.set_ylim(*fitted_limits(float(np.nanmin(drawn)), float(np.nanmax(drawn))))
+
+
+def draw_significance_panel(axes, shares: pd.DataFrame, colours: Mapping[str, str], ks: Sequence[int]) -> None:
+    """Per k and mode, the share of ok users whose AIS p-value is below ALPHA (its permutation test)."""
+    from matplotlib.ticker import PercentFormatter
+
+    style_axes(axes, SIGNIFICANCE_PANEL_TITLE, "history length k", f"users with p < {ALPHA:g} (%)")
+    if ks:
+        axes.set_xticks(list(ks))
+        axes.set_xlim(min(ks) - 0.5, max(ks) + 0.5)
+    if shares.empty:
+        empty_panel(axes, "no p-values: no users with status ok" if ks else "no ais_k<k>_p columns",
+                    keep_x_ticks=bool(ks))
+        return
+    label_points = len(shares) <= 24
+    for mode in sorted(set(shares["feature_mode"])):
+        mine = shares[shares["feature_mode"] == mode].sort_values("k")
+        percent = mine["share"].to_numpy(dtype=float) * 100
+        colour = colours.get(mode, "black")
+        axes.plot(mine["k"], percent, "-o", color=colour, linewidth=2, markersize=6, label=mode)
+        for k, value in zip(mine["k"], percent) if label_points else ():
+            axes.annotate(f"{value:.0f}%", (k, value), textcoords="offset points", xytext=(0, 6), ha="center",
+                          fontsize=NOTE_SIZE, color=colour)
+    axes.yaxis.set_major_formatter(PercentFormatter(decimals=0))
+    axes.set_ylim(-3, 112)  # a share: the whole 0-100% scale, with room for the labels above 100%
+    axes.legend(title="feature mode", fontsize=LEGEND_SIZE, title_fontsize=LEGEND_SIZE, loc="upper center",
+                bbox_to_anchor=(0.5, -0.16))
 
 
 def draw_selected_k_panel(axes, counts: pd.DataFrame, colours: Mapping[str, str], has_column: bool = True) -> None:
@@ -205,8 +275,8 @@ def draw_selected_k_panel(axes, counts: pd.DataFrame, colours: Mapping[str, str]
             axes.bar_label(bars, labels=[f"{n:,}" for n in mine["users"]], fontsize=NOTE_SIZE, padding=2)
     axes.set_xticks(ks)
     axes.set_xlim(min(ks) - 0.6, max(ks) + 0.6)
-    axes.set_ylim(0, max(1, int(counts["users"].max())) * 1.3)  # headroom: count labels, then the legend
+    axes.set_ylim(0, max(1, int(counts["users"].max())) * 1.12)  # headroom for the count labels
     axes.yaxis.get_major_locator().set_params(integer=True)
     axes.yaxis.set_major_formatter(thousands())
     axes.legend(title="feature mode", fontsize=LEGEND_SIZE, title_fontsize=LEGEND_SIZE, loc="upper center",
-                ncol=len(modes))
+                bbox_to_anchor=(0.5, -0.16))

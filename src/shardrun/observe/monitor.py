@@ -1,8 +1,10 @@
 """`monitor_progress`: the state of every shard of a run, from another terminal or after the fact.
 
-Reads only files: each shard's status.json and, when the run was started by launch_shards,
-RUN/launcher.json (waiting and suspended shards, restarts). A shard recorded as running is shown
-dead when its pid is gone or its heartbeat is stale (progress.liveness).
+Reads only files: run.json (the shard count K, so shards that have not started show too; the start
+time that picks the newest run), each shard's status.json and, when the run was started by
+launch_shards, RUN/launcher.json (waiting and suspended shards, restarts). A shard recorded as
+running is shown dead when its pid is gone or its heartbeat is stale (progress.liveness). A file of
+the wrong shape is shown as such for its shard, never a crash.
 """
 
 from __future__ import annotations
@@ -12,45 +14,125 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Sequence
 
+from shardrun.errors import EXIT_OK, EXIT_USAGE
 from shardrun.observe import progress
+from shardrun.sharding import ShardSpec
 from shardrun.storage.atomic import read_json
 from shardrun.storage.paths import RunPaths
 
+MISSING = object()  # no file (yet): not started
+UNREADABLE = object()  # a file that is not a JSON object
 
-def _read(path: Path) -> dict[str, Any] | None:
+
+def _read(path: Path) -> Any:
     try:
-        return read_json(path)
+        doc = read_json(path)
+    except FileNotFoundError:
+        return MISSING
     except (OSError, ValueError):
-        return None  # missing, or replaced under us (atomic writes): shown as not started this tick
+        return UNREADABLE  # replaced under us (atomic writes) or damaged: shown as such this tick
+    return doc if isinstance(doc, dict) else UNREADABLE
+
+
+def _doc(path: Path) -> dict[str, Any]:
+    doc = _read(path)
+    return doc if isinstance(doc, dict) else {}
+
+
+def _spec(text: Any) -> ShardSpec | None:
+    try:
+        return ShardSpec.parse(text) if isinstance(text, str) and text.strip() != "auto" else None
+    except Exception:
+        return None
+
+
+def run_shards(run_dir: Path, launcher: dict[str, Any]) -> dict[ShardSpec, dict[str, Any]]:
+    """Every shard of the run: K from run.json, the launcher's list, and the shard dirs on disk."""
+    shards: dict[ShardSpec, dict[str, Any]] = {}
+    count = _doc(RunPaths(run_dir).run_json).get("shards")
+    if isinstance(count, int) and not isinstance(count, bool) and 0 < count <= 100_000:
+        for index in range(count):
+            shards[ShardSpec(index, count)] = {}
+    entries = launcher.get("shards")
+    for entry in entries if isinstance(entries, list) else []:
+        spec = _spec(entry.get("shard")) if isinstance(entry, dict) else None
+        if spec is not None:
+            shards[spec] = entry
+    for shard_dir in run_dir.glob("shard-*-of-*"):
+        parts = shard_dir.name.split("-")
+        spec = _spec(f"{parts[1]}/{parts[3]}") if len(parts) == 4 else None
+        if spec is not None:
+            shards.setdefault(spec, {})
+    return shards
 
 
 def run_views(run_dir: Path, now: datetime, stale_after: float) -> list[progress.ShardView]:
-    launcher = _read(RunPaths(run_dir).launcher_json) or {}
-    phases = {entry["shard"]: entry["phase"] for entry in launcher.get("shards", [])}
-    totals = {entry["shard"]: entry.get("users_total") for entry in launcher.get("shards", [])}
-    shards = set(phases)
-    for status_path in run_dir.glob("shard-*-of-*/status.json"):
-        doc = _read(status_path)
-        if doc and doc.get("shard"):
-            shards.add(doc["shard"])
+    launcher = _doc(RunPaths(run_dir).launcher_json)
     views = []
-    for shard in sorted(shards, key=lambda s: tuple(int(x) for x in s.split("/"))):
-        index, count = shard.split("/")
-        doc = _read(run_dir / f"shard-{index}-of-{count}" / "status.json")
-        views.append(progress.shard_view(shard, doc, now, stale_after, phases.get(shard), totals.get(shard)))
+    for spec, entry in sorted(run_shards(run_dir, launcher).items(), key=lambda item: (item[0].count, item[0].index)):
+        phase = entry.get("phase") if isinstance(entry.get("phase"), str) else None
+        total = entry.get("users_total") if isinstance(entry.get("users_total"), int) else None
+        doc = _read(run_dir / spec.dirname / "status.json")
+        if doc is UNREADABLE:
+            views.append(progress.unreadable_view(str(spec)))
+            continue
+        doc = None if doc is MISSING else doc
+        try:
+            views.append(progress.shard_view(str(spec), doc, now, stale_after, phase, total))
+        except (TypeError, ValueError, AttributeError, OverflowError):
+            views.append(progress.unreadable_view(str(spec)))  # fields of the wrong type
     return views
 
 
+def run_started(run_dir: Path) -> float:
+    """When the run began: run.json's created_at, else the dir's own time (a run whose shards have not written yet)."""
+    created = _doc(RunPaths(run_dir).run_json).get("created_at")
+    if isinstance(created, str):
+        try:
+            moment = datetime.fromisoformat(created)
+            return (moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)).timestamp()
+        except ValueError:
+            pass
+    return run_dir.stat().st_mtime
+
+
+def is_run(path: Path) -> bool:
+    paths = RunPaths(path)
+    return paths.run_json.is_file() or paths.launcher_json.is_file()
+
+
+def runs_under(root: Path) -> list[Path]:
+    return [p for p in root.glob("*") if p.is_dir() and is_run(p)] if root.is_dir() else []
+
+
 def newest_run(root: Path = Path("analysis/out")) -> list[Path]:
-    runs = sorted((p for p in root.glob("*") if (p / "run.json").is_file()), key=lambda p: p.stat().st_mtime)
+    runs = sorted(runs_under(root), key=lambda p: (run_started(p), p.name))
     return runs[-1:]
 
 
-def watch(run_dirs: Sequence[Path], watch: bool, every: float, stale_after: float) -> int:
-    run_dirs = list(run_dirs) or newest_run()
-    if not run_dirs:
-        print("no run found under analysis/out; pass a run dir")
-        return 2
+def resolve_runs(paths: Sequence[Path], root: Path) -> tuple[list[Path], list[str]]:
+    """Each path a run dir, or a dir of runs (its newest run); none: the newest under `root`."""
+    if not paths:
+        found = newest_run(root)
+        return found, [] if found else [f"no run found under {root}; pass a run dir (or --config for its output.root)"]
+    runs, problems = [], []
+    for path in paths:
+        if is_run(path):
+            runs.append(path)
+        elif newest := newest_run(path):
+            runs.extend(newest)
+        else:
+            problems.append(f"{path} holds no run (no run.json or launcher.json in it or in a dir under it)")
+    return runs, problems
+
+
+def watch(run_dirs: Sequence[Path], watch: bool, every: float, stale_after: float,
+          root: Path = Path("analysis/out")) -> int:
+    run_dirs, problems = resolve_runs(run_dirs, root)
+    for problem in problems:
+        print(f"error: {problem}")
+    if problems or not run_dirs:
+        return EXIT_USAGE
     while True:
         now = datetime.now(timezone.utc)
         active = False
@@ -60,5 +142,5 @@ def watch(run_dirs: Sequence[Path], watch: bool, every: float, stale_after: floa
             print("\n".join(progress.render_table(views)) if views else "  (no shard has started yet)")
             active = active or any(v.active for v in views)
         if not watch or not active:
-            return 0
+            return EXIT_OK
         time.sleep(every)

@@ -55,6 +55,40 @@ def liveness(doc: Mapping[str, Any], now: datetime, stale_after: float, launcher
     return state
 
 
+UNREADABLE = "unreadable status.json"
+
+
+def _typed(doc: Mapping[str, Any], key: str, types: tuple[type, ...]) -> Any:
+    """doc[key] if absent, null or of one of `types` (bool is not a number); else a ValueError."""
+    value = doc.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) and bool not in types or not isinstance(value, types):
+        raise ValueError(f"status.json field {key!r} is {type(value).__name__}")
+    return value
+
+
+def _checked(doc: Mapping[str, Any]) -> None:
+    """A status.json of the wrong shape is refused here, so nothing below fails on it."""
+    if not isinstance(doc, Mapping):
+        raise ValueError("status.json is not a JSON object")
+    _typed(doc, "state", (str,))
+    _typed(doc, "host", (str,))
+    _typed(doc, "current_user", (str,))
+    for key in ("pid", "users_done", "users_total", "users_ok", "users_skipped", "users_failed"):
+        _typed(doc, key, (int,))
+    for key in ("rate_users_per_hour", "eta_seconds"):
+        _typed(doc, key, (int, float))
+    updated = _typed(doc, "updated_at", (str,))
+    if updated is not None and datetime.fromisoformat(updated).tzinfo is None:
+        raise ValueError("status.json field 'updated_at' has no time zone")
+
+
+def unreadable_view(shard: str) -> ShardView:
+    """A shard whose status.json cannot be read as one (not a JSON object, fields of the wrong type)."""
+    return ShardView(shard, UNREADABLE, 0, 0, 0, 0, 0, None, None, None)
+
+
 def shard_view(
     shard: str,
     doc: Mapping[str, Any] | None,
@@ -63,9 +97,16 @@ def shard_view(
     launcher_phase: str | None = None,
     expected_total: int | None = None,
 ) -> ShardView:
-    """One shard's row; `expected_total` (from the launcher) counts a shard that has not written status yet."""
+    """One shard's row; `expected_total` (from the launcher) counts a shard that has not written status yet.
+
+    A status.json of the wrong shape gives the row 'unreadable status.json' instead of an exception.
+    """
     if doc is None:
         return ShardView(shard, launcher_phase or ShardPhase.WAITING.value, 0, expected_total or 0, 0, 0, 0, None, None, None)
+    try:
+        _checked(doc)
+    except ValueError:
+        return unreadable_view(shard)
     return ShardView(
         shard=shard,
         state=liveness(doc, now, stale_after, launcher_phase),

@@ -3,7 +3,9 @@ per-shard timeline.
 
 The core draws what it knows about every run: the timeline of each shard's users (timeline.py
 prepares the tables) and, for a task without panels of its own, the result rows by status. A task
-adds its panels through the optional `summary_panels` hook (shardrun.task.DrawsSummary).
+adds its panels through the optional `summary_panels` hook (shardrun.task.DrawsSummary); a panel may
+also say in plain words what the picture shows, as the figure's title (`axes.figure.suptitle`), and
+the core puts its own part in front: how many users and shards, never the analysis's name.
 
 Everything is drawn on an explicit Agg canvas: pyplot's global state is never touched, so merging
 inside another program (a notebook, a GUI) neither opens windows nor changes its figures. matplotlib
@@ -73,15 +75,24 @@ def run_title(shard_dirs: Sequence[Path]) -> str:
     return runs[0] if len(runs) == 1 else f"{len(runs)} runs"
 
 
-def heading(frame: pd.DataFrame, timeline: pd.DataFrame, title: str | None) -> str:
-    counts = status_counts(frame)
+def plain_title(frame: pd.DataFrame, timeline: pd.DataFrame, task_words: str | None) -> str:
+    """The picture's first line: "60 users, 4 shards: <what the task's panels show>" (the core's part
+    names no analysis; without the task's words, "results by status and the time each shard took")."""
     users = frame["user_id"].nunique() if "user_id" in frame.columns else None
-    parts = [_plural(len(frame), "row")] + ([_plural(users, "user")] if users is not None else [])
-    shards = timeline["shard"].nunique()
+    shards = timeline["shard"].nunique() if "shard" in timeline.columns else 0
+    parts = ([_plural(users, "user")] if users is not None else [_plural(len(frame), "row")])
     parts += [_plural(shards, "shard")] if shards else []
+    words = task_words or "results by status and the time each shard took"
+    return ", ".join(parts) + ": " + words
+
+
+def heading(frame: pd.DataFrame, timeline: pd.DataFrame, title: str | None) -> str:
+    """The picture's second line: which run, and the result rows by status."""
+    counts = status_counts(frame)
+    parts = [_plural(len(frame), "result row")]
     if counts:
-        parts.append("rows " + " / ".join(f"{status} {n:,}" for status, n in counts.items()))
-    return "Merged results" + (f" of {title}" if title else "") + ": " + ", ".join(parts)
+        parts.append(" / ".join(f"{status} {n:,}" for status, n in counts.items()))
+    return (f"{title}: " if title else "") + ", ".join(parts)
 
 
 # --- drawing -------------------------------------------------------------------------------
@@ -103,7 +114,9 @@ def draw_summary(frame: pd.DataFrame, spans: Iterable[Sequence[Any]], panels: Se
         panel.draw(figure.add_subplot(grid[0, column]))
     timeline = timeline_table(spans)
     draw_timeline_panel(figure.add_subplot(grid[1, :]), timeline)
-    figure.suptitle(heading(frame, timeline, title), fontsize=TITLE_SIZE + 1, fontweight="bold")
+    task_words = figure.get_suptitle() or None  # what the task's panels said the picture shows
+    figure.suptitle(f"{plain_title(frame, timeline, task_words)}\n{heading(frame, timeline, title)}",
+                    fontsize=TITLE_SIZE + 1, fontweight="bold")
     return figure
 
 
@@ -219,7 +232,7 @@ def draw_timeline_panel(axes, timeline: pd.DataFrame) -> None:
     if per_bar > 1:
         title = f"one bar = up to {per_bar:,} consecutive users, coloured by their most common status"
     # below the panel: inside it would cover bars or the shard notes
-    axes.legend(handles=handles, fontsize=LEGEND_SIZE, loc="upper center", bbox_to_anchor=(0.5, -0.1),
+    axes.legend(handles=handles, fontsize=LEGEND_SIZE, loc="upper center", bbox_to_anchor=(0.5, -0.14),
                 ncol=len(handles), framealpha=0.9, title=title, title_fontsize=LEGEND_SIZE)
 
 

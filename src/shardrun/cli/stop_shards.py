@@ -1,0 +1,53 @@
+"""stop_shards: drain every live shard of a run on this host, as Ctrl-C does (also `python -m shardrun.stop`)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Sequence
+
+from shardrun.cli.common import add_verbose, command_parser, guarded
+from shardrun.errors import EXIT_OK, UsageError
+from shardrun.observe.stop import stop_run
+from shardrun.storage.paths import RunPaths
+
+
+def parser() -> argparse.ArgumentParser:
+    p = command_parser(
+        "stop_shards",
+        "Ask every live shard of a run on this host to stop after the user in flight (SIGTERM, as Ctrl-C),"
+        " whether the launcher or a person started it. Only processes verified to be that run's shards"
+        " (or its launcher) are signalled.",
+    )
+    p.add_argument("run", type=Path, metavar="RUN_DIR", help="the run dir (holding run.json and shard-<i>-of-<K>/)")
+    p.add_argument("--now", action="store_true",
+                   help="signal again processes already asked to drain: they stop at once, abandoning the user in flight"
+                        " (uncommitted)")
+    add_verbose(p)
+    return p
+
+
+def _stop(args: argparse.Namespace) -> int:
+    run = RunPaths(args.run)
+    if not run.dir.is_dir() or not (run.run_json.is_file() or run.launcher_json.is_file()
+                                    or any(run.dir.glob("shard-*-of-*/status.json"))):
+        raise UsageError(f"{args.run} is not a run dir (no run.json, launcher.json or shard status); pass a run dir.")
+    report = stop_run(run.dir, now=args.now)
+    verb = "stop now" if args.now else "drain"
+    for target in report.signalled:
+        print(f"asked {target.what} (pid {target.pid}) to {verb}")
+    for shard in report.via_launcher:
+        print(f"{shard}: the launcher passes the signal on")
+    for line in report.skipped:
+        print(f"not signalled: {line}")
+    if not report.signalled:
+        print(f"{run.dir}: no live shard of this run on this host")
+    return EXIT_OK
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return guarded(_stop, parser(), argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

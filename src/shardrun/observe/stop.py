@@ -1,0 +1,216 @@
+"""`stop_shards RUN`: drain every live shard of a run on this host from another terminal, as Ctrl-C does.
+
+A pid in a file is only a claim: the process may have ended and its pid been reused, or it may run
+on another host. A process is signalled only when it is verifiably the one the file names: same
+host, alive, a shardrun command line, started no later than the file says it started, and tied to
+this run (its command line names the shard dir or the run dir, or it holds the shard's lock file
+open). A launcher that is alive is signalled instead of the shards it started (it forwards the
+signal to each of them, as for Ctrl-C; signalling both would count as the second, immediate stop).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping
+
+import psutil
+
+from shardrun import platforms
+from shardrun.states import ShardPhase, ShardState
+from shardrun.storage.atomic import read_json, write_json_atomic
+from shardrun.storage.paths import RunPaths
+
+COMMAND_WORDS = ("shardrun", "run_production", "launch_shards")
+LAUNCHER_WORDS = ("launch_shards", "shardrun.launcher")
+CLOCK_SLACK_SECONDS = 1.0  # the files' times are whole seconds
+LIVE_STATES = (ShardState.STARTING, ShardState.RUNNING)
+REQUESTS = "stop_requests.json"  # in the run dir: the processes already asked to drain (pid -> create time)
+
+
+@dataclass(frozen=True)
+class Target:
+    what: str  # "shard 0/2" or "launcher"
+    pid: int
+
+
+@dataclass(frozen=True)
+class StopReport:
+    signalled: list[Target]
+    via_launcher: list[str]  # shards the launcher will stop
+    skipped: list[str]  # one line each: why a recorded process was not signalled
+
+    @property
+    def stopped_anything(self) -> bool:
+        return bool(self.signalled)
+
+
+def _read(path: Path) -> Mapping[str, Any] | None:
+    try:
+        doc = read_json(path)
+    except (OSError, ValueError):
+        return None
+    return doc if isinstance(doc, dict) else None
+
+
+def _time(text: Any) -> float | None:
+    if not isinstance(text, str):
+        return None
+    try:
+        return datetime.fromisoformat(text).timestamp()
+    except ValueError:
+        return None
+
+
+def _mentions(process: psutil.Process, command: list[str], places: Iterable[Path]) -> bool:
+    """The command line names one of `places` (relative arguments resolved against the process's cwd)."""
+    try:
+        cwd: Path | None = Path(process.cwd())
+    except (psutil.Error, OSError):
+        cwd = None
+    wanted = {place.resolve() for place in places}
+    for word in command:
+        for part in {word, word.split("=", 1)[-1]}:
+            if not part or part.startswith("-"):
+                continue
+            path = Path(part)
+            if not path.is_absolute():
+                if cwd is None:
+                    continue
+                path = cwd / path
+            try:
+                if path.resolve() in wanted:
+                    return True
+            except (OSError, ValueError):
+                continue
+    return False
+
+
+def _holds(process: psutil.Process, path: Path) -> bool:
+    try:
+        return any(Path(f.path) == path.resolve() for f in process.open_files())
+    except (psutil.Error, OSError):
+        return False
+
+
+def verify(pid: Any, host: Any, started: Any, places: Iterable[Path] | None, lock: Path | None = None,
+           words: tuple[str, ...] = COMMAND_WORDS) -> str | None:
+    """None when pid is verifiably a shardrun process (its command line has one of `words`) on this host,
+    started no later than `started`, and tied to one of `places` (unless None); else why not."""
+    if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
+        return "no pid recorded"
+    if host != socket.gethostname():
+        return f"runs on host {host!r}, not this one"
+    if pid == os.getpid():
+        return "that pid is this command"
+    try:
+        process = psutil.Process(pid)
+        command = process.cmdline()
+        created = process.create_time()
+    except psutil.NoSuchProcess:
+        return f"pid {pid} is gone"
+    except psutil.Error as exc:
+        return f"pid {pid} cannot be inspected ({exc.__class__.__name__})"
+    if not any(word in part for part in command for word in words):
+        return f"pid {pid} is not a shardrun process now (pid reused?)"
+    began = _time(started)
+    if began is None:
+        return f"pid {pid}: no start time recorded to check it against"
+    if created > began + CLOCK_SLACK_SECONDS:
+        return f"pid {pid} started after the recorded start (pid reused)"
+    if places is None:
+        return None
+    if not (_mentions(process, command, places) or (lock is not None and _holds(process, lock))):
+        return f"pid {pid} is a shardrun process of another run"
+    return None
+
+
+def _signal(pid: int, signum: int) -> bool:
+    try:
+        os.kill(pid, signum)
+        if psutil.Process(pid).status() == psutil.STATUS_STOPPED:
+            platforms.resume(pid)  # suspended (--cpu-limit): let it see the stop and drain
+    except (ProcessLookupError, psutil.NoSuchProcess):
+        return False
+    except psutil.Error:
+        pass
+    return True
+
+
+def _create_time(pid: int) -> float | None:
+    try:
+        return psutil.Process(pid).create_time()
+    except psutil.Error:
+        return None
+
+
+def stop_run(run_dir: Path, now: bool = False, signum: int = signal.SIGTERM,
+             send: Callable[[int, int], bool] = _signal) -> StopReport:
+    """Signal the run's live launcher (if any) and every live shard it did not start; report each decision.
+
+    A process this command already asked to drain is signalled again only with `now` (the second
+    signal: stop at once, abandoning the user in flight).
+    """
+    run = RunPaths(run_dir)
+    signalled: list[Target] = []
+    via_launcher: list[str] = []
+    skipped: list[str] = []
+    asked = _read(run.dir / REQUESTS) or {}
+
+    def signal_once(what: str, pid: int) -> bool:
+        created = _create_time(pid)
+        if not now and created is not None and asked.get(str(pid)) == created:
+            skipped.append(f"{what}: pid {pid} was already asked to drain; --now stops it at once")
+            return True
+        if send(pid, signum):
+            signalled.append(Target(what, pid))
+            asked[str(pid)] = created
+            return True
+        return False
+
+    launcher = _read(run.launcher_json)
+    launcher_pids: dict[str, int] = {}
+    launcher_alive = False
+    if launcher is not None:
+        entries = launcher.get("shards") if isinstance(launcher.get("shards"), list) else []
+        for entry in entries:
+            if (isinstance(entry, dict) and isinstance(entry.get("shard"), str) and isinstance(entry.get("pid"), int)
+                    and entry.get("phase") != ShardPhase.DONE):
+                launcher_pids[entry["shard"]] = entry["pid"]
+        # A launcher's command line need not name the run dir it made itself: a launcher command line
+        # on this host, older than its latest launcher.json, is the evidence.
+        why = verify(launcher.get("pid"), launcher.get("host"), launcher.get("updated_at"), None,
+                     words=LAUNCHER_WORDS)
+        if why is None:
+            launcher_alive = signal_once("launcher", launcher["pid"])
+        elif not why.endswith("is gone"):
+            skipped.append(f"launcher: {why}")
+
+    for shard_dir in sorted(run.dir.glob("shard-*-of-*")):
+        status = _read(shard_dir / "status.json")
+        name = shard_dir.name
+        if status is None:
+            continue
+        shard = status.get("shard") if isinstance(status.get("shard"), str) else name
+        if status.get("state") not in LIVE_STATES:
+            continue
+        pid = status.get("pid")
+        if launcher_alive and launcher_pids.get(shard) == pid:
+            via_launcher.append(f"shard {shard} (pid {pid})")
+            continue
+        why = verify(pid, status.get("host"), status.get("started_at"), [shard_dir, run.dir], shard_dir / "lock")
+        if why is None:
+            signal_once(f"shard {shard}", pid)
+        else:
+            skipped.append(f"shard {shard}: {why}")
+    if signalled:
+        try:
+            write_json_atomic(run.dir / REQUESTS, asked)
+        except OSError:
+            pass  # only the memory of this request is lost: a second request without --now signals again
+    return StopReport(signalled, via_launcher, skipped)
+

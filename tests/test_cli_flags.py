@@ -1,0 +1,111 @@
+"""Flags of every command: values refused by the parser (exit 2, no traceback), --version, help with defaults,
+and the dry run's check of the JVM flags by the JVM itself (in a subprocess)."""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from shardrun.cli import launch_shards, merge_shard_results, monitor_progress, run_production, stop_shards
+from shardrun.cli import validate_outputs
+
+REPO = Path(__file__).resolve().parents[1]
+PARSERS = {
+    "run_production": run_production.parser,
+    "launch_shards": launch_shards.parser,
+    "merge_shard_results": merge_shard_results.parser,
+    "validate_outputs": validate_outputs.parser,
+    "monitor_progress": monitor_progress.parser,
+    "stop_shards": stop_shards.parser,
+}
+
+
+def refused(parser: argparse.ArgumentParser, argv: list[str], capsys) -> str:
+    with pytest.raises(SystemExit) as exit_info:
+        parser.parse_args(argv)
+    assert exit_info.value.code == 2
+    return capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["--full", "--shard", "0/4", "--cooldown", "-1"], "--cooldown"),
+    (["--full", "--shard", "0/4", "--heartbeat", "0"], "--heartbeat"),
+    (["--full", "--shard", "0/4", "--nice", "-1"], "--nice"),
+    (["--full", "--shard", "0/4", "--nice", "20"], "--nice"),
+    (["--full", "--shard", "0/4", "--xmx", "lots"], "--xmx"),
+    (["--full", "--shard", "0/4", "--pilot", "0"], "--pilot"),
+])
+def test_run_production_refuses_bad_numbers(argv, words, capsys):
+    assert words in refused(run_production.parser(), argv, capsys)
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["--progress-every", "0"], "--progress-every"),
+    (["--cooldown", "-0.5"], "--cooldown"),
+    (["--nice", "-3"], "--nice"),
+    (["--shards", "0"], "--shards"),
+    (["--max-parallel", "0"], "--max-parallel"),
+    (["--grace", "-1"], "--grace"),
+    (["--restarts", "-1"], "--restarts"),
+])
+def test_launch_shards_refuses_bad_numbers(argv, words, capsys):
+    assert words in refused(launch_shards.parser(), argv, capsys)
+
+
+def test_xmx_auto_is_taken_on_the_command_line_as_in_the_config():
+    args = run_production.parser().parse_args(["--full", "--shard", "0/4", "--xmx", "AUTO"])
+    assert args.xmx == "auto"
+
+
+def test_run_production_defaults_to_the_production_config():
+    assert run_production.parser().parse_args(["--full", "--shard", "0/4"]).config == Path("config/proposal.yaml")
+
+
+@pytest.mark.parametrize("name", sorted(PARSERS))
+def test_every_command_has_version_and_help_for_every_flag(name, capsys):
+    parser = PARSERS[name]()
+    with pytest.raises(SystemExit) as exit_info:
+        parser.parse_args(["--version"])
+    assert exit_info.value.code == 0
+    assert "shardrun" in capsys.readouterr().out
+    undocumented = [a.option_strings or a.dest for a in parser._actions if not a.help]
+    assert undocumented == []
+    assert "--version" in parser.format_help()
+    for action in parser._actions:
+        if action.option_strings and action.default not in (None, False, argparse.SUPPRESS):
+            assert "default" in (parser.formatter_class(name)._get_help_string(action)), action.option_strings
+
+
+def cli(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "shardrun.worker", *args], cwd=cwd, capture_output=True,
+                          text=True, timeout=300)
+
+
+def test_a_missing_shard_is_refused_before_the_config_is_read(tmp_path):
+    result = cli("--config", str(tmp_path / "no-such.yaml"), "--full")
+    assert result.returncode == 2
+    assert "--shard" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.jvm
+def test_the_dry_run_refuses_jvm_flags_the_jvm_refuses_with_its_own_words(tmp_path):
+    config = yaml.safe_load((REPO / "config" / "small.yaml").read_text())
+    config["jvm"]["options"] = ["-XX:+NoSuchOptionOfShardrun"]
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(config))
+    result = cli("--config", str(path), "--full", "--shard", "0/4", "--dry-run")
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "NoSuchOptionOfShardrun" in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "analysis").exists()
+
+
+@pytest.mark.jvm
+def test_the_dry_run_with_xmx_auto_checks_the_resolved_flags():
+    result = cli("--config", "config/small.yaml", "--full", "--shard", "0/4", "--dry-run", "--xmx", "auto")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "jvm.xmx auto" in result.stdout and "java accepts the flags: -Xmx" in result.stdout

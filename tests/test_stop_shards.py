@@ -1,0 +1,132 @@
+"""stop_shards RUN: drains the run's live shards on this host (started by hand or by the launcher), and never
+signals a process that is not one of them (a pid reused by another program)."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pytest
+
+from e2e_support import read_status, shardrun, wait_for
+from shardrun.observe.stop import stop_run, verify
+
+pytestmark = pytest.mark.e2e
+
+
+def start_shard(workspace, run: Path, shard: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "shardrun.worker", "--config", str(workspace["config"]), "--full", "--shard", shard,
+         "--out", str(run), "--cooldown", "30"],
+        cwd=workspace["root"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+
+
+def test_stop_shards_drains_shards_started_by_hand(workspace, tmp_path):
+    run = tmp_path / "run"
+    shards = [start_shard(workspace, run, f"{i}/2") for i in range(2)]
+    try:
+        for i, process in enumerate(shards):
+            wait_for(lambda i=i: read_status(run / f"shard-{i}-of-2").get("users_done", 0) >= 1, process=process)
+        result = shardrun("stop", str(run), cwd=tmp_path)
+        assert result.stdout.count("to drain") == 2, result.stdout
+        for process in shards:
+            assert process.wait(timeout=120) == 3
+        for i in range(2):
+            assert read_status(run / f"shard-{i}-of-2")["state"] == "interrupted"
+        again = shardrun("stop", str(run), cwd=tmp_path)
+        assert "no live shard" in again.stdout
+    finally:
+        for process in shards:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+
+
+def test_stop_shards_drains_a_launched_run_through_its_launcher(workspace):
+    root = workspace["root"]
+    earlier = set((root / "out").glob("full_*"))
+    launcher = subprocess.Popen(
+        [sys.executable, "-m", "shardrun.launcher", "--config", str(workspace["config"]), "--shards", "2",
+         "--cooldown", "30", "--no-merge"],
+        cwd=root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    try:
+        def run_with_users():
+            for run in set((root / "out").glob("full_*")) - earlier:
+                if all(read_status(run / f"shard-{i}-of-2").get("users_done", 0) >= 1 for i in range(2)):
+                    return run
+            return None
+        run = wait_for(run_with_users, process=launcher)
+        result = shardrun("stop", str(run), cwd=root)
+        assert "asked launcher" in result.stdout and result.stdout.count("the launcher passes") == 2, result.stdout
+        assert launcher.wait(timeout=120) == 3
+        for i in range(2):
+            assert read_status(run / f"shard-{i}-of-2")["state"] == "interrupted"
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()
+            launcher.wait()
+
+
+def test_a_pid_that_belongs_to_another_program_is_not_signalled(tmp_path):
+    sleeper = subprocess.Popen(["sleep", "60"])
+    try:
+        run = tmp_path / "run"
+        shard_dir = run / "shard-0-of-1"
+        shard_dir.mkdir(parents=True)
+        (run / "run.json").write_text(json.dumps({"shards": 1, "created_at": "2026-01-01T00:00:00+00:00"}))
+        now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        (shard_dir / "status.json").write_text(json.dumps(
+            {"shard": "0/1", "state": "running", "pid": sleeper.pid, "host": socket.gethostname(), "started_at": now}))
+        sent = []
+        report = stop_run(run, send=lambda pid, signum: sent.append(pid) or True)
+        assert sent == [] and "not a shardrun process" in report.skipped[0]
+        result = shardrun("stop", str(run), cwd=tmp_path)
+        assert "not signalled" in result.stdout
+        assert sleeper.poll() is None
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+
+
+def test_verify_refuses_other_hosts_gone_pids_and_processes_younger_than_the_record(tmp_path):
+    here = socket.gethostname()
+    me = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "shardrun", str(tmp_path)])
+    try:
+        now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        assert "host" in verify(me.pid, "elsewhere", now, [tmp_path])
+        assert verify(me.pid, here, now, [tmp_path]) is None
+        assert "after the recorded start" in verify(me.pid, here, "2000-01-01T00:00:00+00:00", [tmp_path])
+        assert "another run" in verify(me.pid, here, now, [tmp_path / "other"])
+        assert "no pid" in verify("12", here, now, [tmp_path])
+    finally:
+        me.kill()
+        me.wait()
+    assert "gone" in verify(me.pid, here, now, [tmp_path])
+
+
+def test_a_second_request_signals_again_only_with_now(tmp_path):
+    run = tmp_path / "run"
+    shard_dir = run / "shard-0-of-1"
+    shard_dir.mkdir(parents=True)
+    # a stand-in shard: a shardrun command line naming the shard dir
+    shard = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "shardrun", str(shard_dir)])
+    try:
+        now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        (shard_dir / "status.json").write_text(json.dumps(
+            {"shard": "0/1", "state": "running", "pid": shard.pid, "host": socket.gethostname(), "started_at": now}))
+        sent = []
+        record = lambda pid, signum: sent.append(pid) or True  # noqa: E731
+        assert [t.pid for t in stop_run(run, send=record).signalled] == [shard.pid]
+        again = stop_run(run, send=record)
+        assert again.signalled == [] and "already asked" in again.skipped[0]
+        assert [t.pid for t in stop_run(run, now=True, send=record).signalled] == [shard.pid]
+        assert sent == [shard.pid, shard.pid]
+    finally:
+        shard.kill()
+        shard.wait()
