@@ -49,7 +49,7 @@ def test_stop_shards_drains_shards_started_by_hand(workspace, tmp_path):
 
 def test_stop_shards_drains_a_launched_run_through_its_launcher(workspace):
     root = workspace["root"]
-    earlier = set((root / "out").glob("full_*"))
+    earlier = set((root / "out").glob("*_full_*"))
     launcher = subprocess.Popen(
         [sys.executable, "-m", "shardrun.launcher", "--config", str(workspace["config"]), "--shards", "2",
          "--cooldown", "30", "--no-merge"],
@@ -57,7 +57,7 @@ def test_stop_shards_drains_a_launched_run_through_its_launcher(workspace):
     )
     try:
         def run_with_users():
-            for run in set((root / "out").glob("full_*")) - earlier:
+            for run in set((root / "out").glob("*_full_*")) - earlier:
                 if all(read_status(run / f"shard-{i}-of-2").get("users_done", 0) >= 1 for i in range(2)):
                     return run
             return None

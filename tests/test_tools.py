@@ -74,5 +74,5 @@ def test_run_parallel_takes_a_config_relative_to_the_caller_with_flags_around_it
     result = subprocess.run([str(REPO / "run_parallel_4shards.sh"), "--pilot", "1", "cfg/mine.yaml", "--no-live", "2",
                              "--progress-every", "5"], cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout + result.stderr
-    runs = list((tmp_path / "out").glob("pilot1_*"))
+    runs = list((tmp_path / "out").glob("mine_pilot1_*"))
     assert len(runs) == 1 and sorted(p.name for p in runs[0].glob("shard-*")) == ["shard-0-of-2", "shard-1-of-2"]
