@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import psutil
 import pytest
 
 from e2e_support import analysis_values, shardrun, write_categorical_data, write_config
@@ -30,3 +31,20 @@ def workspace(tmp_path_factory):
     shardrun("worker", "--config", str(config), "--full", "--shard", "0/1", "--out", str(reference), cwd=root)
     shardrun("merge", "--run", str(reference), "--output", str(reference / "merged"), cwd=root)
     return {"root": root, "config": config, "data": data, "reference": analysis_values(reference / "merged")}
+
+
+@pytest.fixture(autouse=True)
+def no_process_outlives_its_test():
+    """Every process a test started (shards, launchers, helpers; the launchers' shards too) is killed
+    when the test ends, passed or failed, so a failed test never leaves a shard writing into the
+    next one's files. Only this pytest process's own descendants are touched, by their pids."""
+    me = psutil.Process()
+    before = {child.pid for child in me.children(recursive=True)}
+    yield
+    left = [child for child in me.children(recursive=True) if child.pid not in before]
+    for child in left:
+        try:
+            child.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(left, timeout=30)
