@@ -10,6 +10,7 @@ import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
+import psutil
 import pytest
 
 from e2e_support import read_status, shardrun, wait_for
@@ -94,9 +95,17 @@ def test_a_pid_that_belongs_to_another_program_is_not_signalled(tmp_path):
         sleeper.wait()
 
 
+def stand_in(place: Path) -> subprocess.Popen:
+    """A process whose command line looks like a shard of `place`, returned once it has that command
+    line (right after the fork it still shows pytest's)."""
+    process = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "shardrun", str(place)])
+    wait_for(lambda: "shardrun" in psutil.Process(process.pid).cmdline(), timeout=30, process=process)
+    return process
+
+
 def test_verify_refuses_other_hosts_gone_pids_and_processes_younger_than_the_record(tmp_path):
     here = socket.gethostname()
-    me = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "shardrun", str(tmp_path)])
+    me = stand_in(tmp_path)
     try:
         now = datetime.now(timezone.utc).isoformat(timespec="seconds")
         assert "host" in verify(me.pid, "elsewhere", now, [tmp_path])
@@ -115,7 +124,7 @@ def test_a_second_request_signals_again_only_with_now(tmp_path):
     shard_dir = run / "shard-0-of-1"
     shard_dir.mkdir(parents=True)
     # a stand-in shard: a shardrun command line naming the shard dir
-    shard = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "shardrun", str(shard_dir)])
+    shard = stand_in(shard_dir)
     try:
         now = datetime.now(timezone.utc).isoformat(timespec="seconds")
         (shard_dir / "status.json").write_text(json.dumps(
