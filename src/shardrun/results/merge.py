@@ -247,5 +247,5 @@ def write_summary(path: Path, frame: pd.DataFrame, spans: Sequence[UserSpan], ti
         log.error("could not draw %s (%s: %s); the merged results are complete without it", path,
                   type(exc).__name__, exc, exc_info=True)
         return False
-    log.info("summary picture: %s", path)
+    log.info("drew the summary picture (%s)", path.name)  # path is in the staging dir until published
     return True
