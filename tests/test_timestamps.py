@@ -12,26 +12,13 @@ import yaml
 from shardrun.config import parse_config
 from shardrun.errors import ConfigError, DataError
 from shardrun.infodynamics import task
-from shardrun.section import Section
+from test_infodynamics_data import settings_for  # the same minimal config of the analysis
 
 REPO = Path(__file__).resolve().parents[1]
 
 # Days 1..12 are read either way; 13.. only day first. Hours cross the bins of hour_bins: 6.
 INSTANTS = [pd.Timestamp(2025, 1, 11, 3), pd.Timestamp(2025, 1, 2, 9), pd.Timestamp(2025, 1, 13, 22),
             pd.Timestamp(2025, 1, 5, 14), pd.Timestamp(2025, 1, 11, 17), pd.Timestamp(2025, 1, 30, 0)]
-
-
-def settings_for(path: Path, **data):
-    top = Section({
-        "data": {"path": str(path), **data},
-        "hour_bins": 6,
-        "feature_modes": ["activity", "composite"],
-        "k_selection": {"k_grid": [1, 2]},
-        "seed": 1,
-    })
-    settings = task.parse_settings(top)
-    top.finish()
-    return settings
 
 
 def write(path: Path, stamps: list[str], users: list[str] | None = None) -> Path:

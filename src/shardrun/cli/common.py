@@ -88,59 +88,27 @@ def _number(text: str, kind: type, what: str) -> float | int:
     return value
 
 
-def positive_int(text: str) -> int:
-    value = _number(text, int, "a whole number")
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {text!r}")
-    return int(value)
+def number_type(kind: type, what: str, rule: str, at_least: float | None = None, above: float | None = None,
+                at_most: float | None = None) -> Callable[[str], float | int]:
+    """An argparse type for a number within bounds; `rule` says the bounds in words for the error."""
+
+    def parse(text: str) -> float | int:
+        value = _number(text, kind, what)
+        if ((at_least is not None and value < at_least) or (above is not None and value <= above)
+                or (at_most is not None and value > at_most)):
+            raise argparse.ArgumentTypeError(f"{rule}, got {text!r}")
+        return kind(value)
+
+    return parse
 
 
-def non_negative_int(text: str) -> int:
-    value = _number(text, int, "a whole number")
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text!r}")
-    return int(value)
-
-
-def positive_seconds(text: str) -> float:
-    value = _number(text, float, "a number of seconds")
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a number of seconds above 0, got {text!r}")
-    return float(value)
-
-
-def non_negative_seconds(text: str) -> float:
-    value = _number(text, float, "a number of seconds")
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be a number of seconds, 0 or more, got {text!r}")
-    return float(value)
-
-
-def nice_level(text: str) -> int:
-    value = _number(text, int, "a whole number")
-    if not 0 <= value <= 19:
-        raise argparse.ArgumentTypeError(f"lowers the CPU priority by 0 to 19, got {text!r}")
-    return int(value)
-
-
-def thread_count(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"--threads takes a positive number of threads, got {text!r}")
-    return value
-
-
-def pilot_size(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"--pilot takes a positive number of users, got {text!r}")
-    return value
+positive_int = number_type(int, "a whole number", "must be at least 1", at_least=1)
+non_negative_int = number_type(int, "a whole number", "must be 0 or more", at_least=0)
+positive_seconds = number_type(float, "a number of seconds", "must be a number of seconds above 0", above=0)
+non_negative_seconds = number_type(float, "a number of seconds", "must be a number of seconds, 0 or more", at_least=0)
+nice_level = number_type(int, "a whole number", "lowers the CPU priority by 0 to 19", at_least=0, at_most=19)
+thread_count = number_type(int, "a whole number", "--threads takes a positive number of threads", at_least=1)
+pilot_size = number_type(int, "a whole number", "--pilot takes a positive number of users", at_least=1)
 
 
 def configure_logging(verbose: bool = False) -> None:

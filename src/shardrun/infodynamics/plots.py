@@ -177,15 +177,20 @@ def selected_k_counts(frame: pd.DataFrame) -> pd.DataFrame:
 # --- drawing -------------------------------------------------------------------------------
 
 
+def k_axis(axes, ks: Sequence[int]) -> None:
+    """An x axis with a tick at every k of the grid."""
+    if ks:
+        axes.set_xticks(list(ks))
+        axes.set_xlim(min(ks) - 0.5, max(ks) + 0.5)
+
+
 def draw_ais_panel(axes, quantiles: pd.DataFrame, colours: Mapping[str, str], ks: Sequence[int]) -> None:
     from matplotlib.lines import Line2D
     from matplotlib.patches import Patch
 
     axes.figure.suptitle(PLAIN_TITLE)  # the core adds its part (users, shards) in front
     style_axes(axes, AIS_PANEL_TITLE, "history length k", "AIS (bits)")
-    if ks:
-        axes.set_xticks(list(ks))
-        axes.set_xlim(min(ks) - 0.5, max(ks) + 0.5)
+    k_axis(axes, ks)
     if quantiles.empty:
         empty_panel(axes, "no AIS values: no users with status ok" if ks else "no ais_k<k>_bits columns",
                      keep_x_ticks=bool(ks))
@@ -234,9 +239,7 @@ def draw_significance_panel(axes, shares: pd.DataFrame, colours: Mapping[str, st
     from matplotlib.ticker import PercentFormatter
 
     style_axes(axes, SIGNIFICANCE_PANEL_TITLE, "history length k", f"users with p < {ALPHA:g} (%)")
-    if ks:
-        axes.set_xticks(list(ks))
-        axes.set_xlim(min(ks) - 0.5, max(ks) + 0.5)
+    k_axis(axes, ks)
     if shares.empty:
         empty_panel(axes, "no p-values: no users with status ok" if ks else "no ais_k<k>_p columns",
                     keep_x_ticks=bool(ks))
