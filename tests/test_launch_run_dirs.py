@@ -120,7 +120,7 @@ def test_out_continues_the_same_run(tmp_path):
 
 
 @pytest.mark.parametrize("changes, error, words", [
-    ({"shards": 3}, ConfigError, ["started with 3 shards", "--shards 3"]),
+    ({"shards": 3}, ResumeMismatch, ["started with 3 shards", "--shards 3"]),
     ({"config_hash": "0123"}, ResumeMismatch, ["another config", "'0123'", "config/other.yaml"]),
     ({"data_fingerprint": "old"}, ResumeMismatch, ["other input data", "'old'", "'fp'"]),
 ])

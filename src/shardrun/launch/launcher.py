@@ -41,7 +41,7 @@ from shardrun.errors import (
     ConfigError,
     ResumeMismatch,
 )
-from shardrun.storage.identity import read_run_document, read_shard_identity
+from shardrun.storage.identity import read_run_document, read_shard_identity, run_difference
 from shardrun.storage.paths import RunPaths, ShardPaths, shard_log_path
 from shardrun.launch.policies import (
     CpuThrottle,
@@ -197,23 +197,12 @@ class Launcher:
         """The run in `run` is this one (same K, config, data and --pilot), or a refusal naming the difference."""
         existing = read_run_document(run.run_json)
         other = f"or pass another dir to {flag} for a new run"
-        if existing.get("shards") != self.options.shards:
-            raise ConfigError(
-                f"{flag} {run.dir} was started with {existing.get('shards')} shards; pass --shards"
-                f" {existing.get('shards')} to continue it ({other})."
-            )
-        if existing.get("config_hash") != self.config.hash:
-            raise ResumeMismatch(
-                f"{flag} {run.dir} holds a run of another config: its config hash is {existing.get('config_hash')!r}"
-                f" (config {existing.get('config_path')}), {self.config.source}'s is {self.config.hash!r}. Continue it"
-                f" with its own config, {other}."
-            )
-        if data_fingerprint is not None and existing.get("data_fingerprint") != data_fingerprint:
-            raise ResumeMismatch(
-                f"{flag} {run.dir} holds a run of other input data: its data fingerprint is"
-                f" {existing.get('data_fingerprint')!r}, the data now is {data_fingerprint!r} (the input file"
-                f" changed since the run started). Restore it, {other}."
-            )
+        difference = run_difference(existing, self.options.shards, self.config.hash, data_fingerprint)
+        if difference:
+            fix = {"shards": f"pass --shards {existing.get('shards')} to continue it",
+                   "config_hash": "continue it with its own config",
+                   "data_fingerprint": "restore the input file"}[difference[0]]
+            raise ResumeMismatch(f"{flag} {run.dir}: {difference[1]}. To fix: {fix}, {other}.")
         for shard_dir in run.shard_dirs():
             pilot = read_shard_identity(ShardPaths(shard_dir)).get("pilot")
             if pilot != self.options.pilot:

@@ -21,7 +21,7 @@ from shardrun.sharding import ShardSpec
 from shardrun.storage import commits
 from shardrun.storage.commits import CommittedUser
 from shardrun.storage.durability import durable_write
-from shardrun.storage.identity import read_run_document, read_shard_identity
+from shardrun.storage.identity import read_run_document, read_shard_identity, run_difference
 from shardrun.storage.paths import RunPaths, ShardPaths
 from shardrun.task import Dataset, Task, heap_advice, load_task
 
@@ -62,12 +62,12 @@ def check_shard_count(run: RunPaths, spec: ShardSpec, flag: str) -> None:
     """A run dir holds one K: a shard of another K than run.json's is refused before anything is written."""
     if not run.run_json.is_file():
         return
-    shards = read_run_document(run.run_json).get("shards")
-    if shards != spec.count:
-        raise ResumeMismatch(
-            f"{flag} {run.dir} holds a run of K={shards} shards (its run.json), and shard {spec} is of K={spec.count};"
-            f" a run dir holds one K. Pass --shard i/{shards} to add to that run, or a new --out for K={spec.count}."
-        )
+    existing = read_run_document(run.run_json)
+    difference = run_difference(existing, spec.count)
+    if difference:
+        shards = existing.get("shards")
+        raise ResumeMismatch(f"{flag} {run.dir}: {difference[1]}. Pass --shard i/{shards} to add to that run, or a"
+                             f" new --out for K={spec.count}.")
 
 
 def resolve_dirs(config: RunConfig, task: Task, options: WorkerOptions, now: datetime) -> ResolvedDirs:

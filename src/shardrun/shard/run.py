@@ -18,7 +18,7 @@ from shardrun.shard.prepare import ResolvedDirs, WorkerOptions, create_run_dir, 
 from shardrun.states import user_outcome
 from shardrun.storage.atomic import create_json_once, utc_now
 from shardrun.storage.commits import clean_tmp
-from shardrun.storage.identity import ensure_identity, read_run_document
+from shardrun.storage.identity import ensure_identity, read_run_document, run_difference
 from shardrun.storage.lock import ShardLock
 from shardrun.storage.durability import durable_write
 from shardrun.storage.paths import RunPaths
@@ -128,18 +128,10 @@ def ensure_run_document(run: RunPaths, document: Mapping[str, Any]) -> None:
     if create_json_once(run.run_json, document):
         return
     existing = read_run_document(run.run_json)
-    if existing.get("shards") != document.get("shards"):
-        raise ResumeMismatch(
-            f"run dir {run.dir} holds a run of K={existing.get('shards')} shards (its run.json), and this shard is"
-            f" of K={document.get('shards')}; a run dir holds one K. Pass --shard i/{existing.get('shards')}, or a"
-            " new --out."
-        )
-    for key in ("config_hash", "data_fingerprint"):
-        if existing.get(key) != document.get(key):
-            raise ResumeMismatch(
-                f"run dir {run.dir} belongs to another run: its {key} is {existing.get(key)!r}, this one has"
-                f" {document.get(key)!r}. Use the run's own config and data, or a new --out."
-            )
+    difference = run_difference(existing, document["shards"], document["config_hash"], document["data_fingerprint"])
+    if difference:
+        raise ResumeMismatch(f"run dir {run.dir} belongs to another run: {difference[1]}. Use the run's own config,"
+                             f" data and K (--shard i/{existing.get('shards')}), or a new --out.")
 
 
 def attach_shard_log(path: Path) -> None:

@@ -40,6 +40,24 @@ def read_run_document(path: Path) -> dict[str, Any]:
     return document
 
 
+def run_difference(existing: Mapping[str, Any], shards: int, config_hash: str | None = None,
+                   data_fingerprint: str | None = None) -> tuple[str, str] | None:
+    """How the run of `existing` (a run.json) differs from this one, as (key, words); None when it is the
+    same run. The config and the data are compared only when given. The one rule of "the same run" for
+    a shard joining a run dir and for the launcher continuing one: one K, one config, one input."""
+    if existing.get("shards") != shards:
+        return "shards", (f"it was started with {existing.get('shards')} shards (K={existing.get('shards')}, its"
+                          f" run.json), and this is K={shards}: a run dir holds one K")
+    if config_hash is not None and existing.get("config_hash") != config_hash:
+        return "config_hash", (f"it holds a run of another config: its config hash is {existing.get('config_hash')!r}"
+                               f" (config {existing.get('config_path')}), this config's is {config_hash!r}")
+    if data_fingerprint is not None and existing.get("data_fingerprint") != data_fingerprint:
+        return "data_fingerprint", (f"it holds a run of other input data: its data fingerprint is"
+                                    f" {existing.get('data_fingerprint')!r}, the data now is {data_fingerprint!r}"
+                                    " (the input file changed since the run started)")
+    return None
+
+
 def _read_object(path: Path) -> dict[str, Any] | None:
     """A JSON object from `path`, or None if the file is not one (truncated, overwritten, not UTF-8)."""
     try:
