@@ -107,12 +107,14 @@ def resolve_dirs(config: RunConfig, task: Task, options: WorkerOptions, now: dat
         if not options.dry_run:
             new_run = (config.output.root, run_label(task, config, options.pilot), now)
     shard_paths = run.shard(options.shard)
-    if shard_paths.identity.is_file():
-        raise ResumeMismatch(
-            f"{shard_paths.dir} already holds shard {options.shard} of an earlier start; continue it with"
-            f" --resume {run.dir} (or pick a new --out)."
-        )
-    return ResolvedDirs(run, shard_paths, options.shard, resuming=False, new_run=new_run)
+    # --out starts the shard or continues it, like launch_shards --out: a job array element that is
+    # requeued, preempted or resubmitted runs this same command again. Whether it continues is decided
+    # by the shard's identity (same config, data and --pilot, checked under the lock), never by the
+    # dir existing; committed users are skipped as with --resume.
+    continuing = shard_paths.identity.is_file()
+    if continuing:
+        read_shard_identity(shard_paths)  # a damaged one is refused here, before any write
+    return ResolvedDirs(run, shard_paths, options.shard, resuming=continuing, new_run=new_run)
 
 
 def run_label(task: Task, config: RunConfig, pilot: int | None) -> str:
