@@ -9,6 +9,8 @@ The environment variable FAULTY_TASK picks the faults:
 - "crash-once:<marker file>": at CRASHING_USER, the first process to get there crashes the JVM for
   real (a write to address 0 through sun.misc.Unsafe: SIGSEGV, an hs_err report, abort); it leaves
   the marker file so that a restarted process goes through.
+- "slow:<seconds>": every user first spends that long inside one Java call (Thread.sleep), as a long
+  JIDT computation does: Python's own signal handlers cannot run until it returns.
 Every other user is analysed exactly as `shardrun.infodynamics:task` does.
 """
 
@@ -40,7 +42,9 @@ class FaultyTask(InfodynamicsTask):
         import jpype
 
         mode = os.environ.get("FAULTY_TASK", "fail")
-        if mode.startswith("crash-once:"):
+        if mode.startswith("slow:"):
+            jpype.JClass("java.lang.Thread").sleep(int(float(mode.split(":", 1)[1]) * 1000))
+        elif mode.startswith("crash-once:"):
             marker = Path(mode.split(":", 1)[1])
             if user_id == CRASHING_USER and not marker.exists():
                 marker.touch()

@@ -16,6 +16,7 @@ EXIT_INTERRUPTED = 3  # stopped by a signal; resume with --resume
 EXIT_SHARD_LOCKED = 4  # another live process holds the shard
 EXIT_VALIDATION_FAILED = 5  # validate_outputs / merge found problems
 EXIT_STORAGE = 6  # the shard dir cannot be written (disk full, read-only, ...); committed users are kept
+EXIT_PREEMPTED = 7  # drained ahead of the scheduler's stop (time limit, preemption); requeued or resume
 EXIT_CRASH = 70  # an unexpected error (a bug) or, for the launcher, a shard that died abnormally
 
 
@@ -88,3 +89,9 @@ class HeapTooSmall(ShardrunError):
             f"Java heap exhausted: this user needs {need} of heap but the JVM has -Xmx{xmx or '?'}"
             f" ({detail}). Raise jvm.xmx in the config{other_way}, then resume the shard with --resume."
         )
+
+
+class SchedulerError(ShardrunError):
+    """The cluster's scheduler refused or failed a request (submit, requeue, query); its own words are in the message."""
+
+    exit_code = EXIT_USAGE

@@ -25,6 +25,18 @@ STOP_SIGNALS: tuple[signal.Signals, ...] = tuple(
 )
 
 
+# HotSpot suspends and resumes its threads with SIGUSR2 unless _JAVA_SR_SIGNUM names another signal, and
+# then takes SIGUSR2 from Python: a scheduler's `--signal=USR2` warning would be lost once the JVM runs.
+# A real-time signal nobody else uses takes that role instead (HotSpot accepts one above SIGSEGV).
+JVM_SUSPEND_SIGNAL_ENV = "_JAVA_SR_SIGNUM"
+
+
+def keep_usr2_from_jvm() -> None:
+    """Before the JVM starts: move HotSpot's suspend/resume signal off SIGUSR2 (POSIX; a user's own choice stands)."""
+    if not WINDOWS and hasattr(signal, "SIGRTMIN"):
+        os.environ.setdefault(JVM_SUSPEND_SIGNAL_ENV, str(signal.SIGRTMIN + 6))
+
+
 def lock_exclusive(handle: IO[Any]) -> None:
     """A non-blocking exclusive lock on an open file that the OS drops when the process dies; OSError if
     another process holds it (flock on POSIX, a one-byte region lock on Windows)."""

@@ -42,6 +42,7 @@ class ShardState(StrEnum):
     COMPLETED_WITH_FAILURES = "completed_with_failures"
     FAILED = "failed"  # stopped by an error of its own (a storage failure): resume after the fix
     INTERRUPTED = "interrupted"  # drained on a signal: resume to continue
+    PREEMPTED = "preempted"  # drained on the scheduler's warning signal: requeued, or resume to continue
     KILLED = "killed"  # written by the launcher: the process died abnormally
 
     @property

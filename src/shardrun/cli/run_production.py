@@ -11,13 +11,13 @@ from pathlib import Path
 from typing import Sequence
 
 from shardrun.cli.common import (
-    add_verbose, command_parser, guarded, heap_size, nice_level, non_negative_seconds, pilot_size, positive_seconds,
-    thread_count,
+    add_verbose, command_parser, guarded, heap_size, nice_level, non_negative_int, non_negative_seconds, pilot_size,
+    positive_seconds, thread_count,
 )
 from shardrun.config import RunConfig, load_config
 from shardrun.platforms import lower_priority
 from shardrun.errors import EXIT_OK, EXIT_USAGE, EnvironmentProblem, UsageError
-from shardrun.shard.lifecycle import StopFlag, die_with_launcher
+from shardrun.shard.lifecycle import PREEMPT_SIGNALS, PreemptionNotice, StopFlag, die_with_launcher
 from shardrun.shard.jvm import find_java, task_jvm_options
 from shardrun.shard.prepare import PreparedShard, WorkerOptions, prepare
 from shardrun.shard.run import run_shard
@@ -49,6 +49,13 @@ def parser() -> argparse.ArgumentParser:
                    help="override jvm.threads: threads driving the JVM in this process; numbers do not depend on it")
     p.add_argument("--nice", type=nice_level, default=0, metavar="N", help="lower this process's CPU priority by N (0-19)")
     p.add_argument("--cooldown", type=non_negative_seconds, default=0.0, metavar="S", help="pause S seconds between users")
+    p.add_argument("--preempt-signal", choices=PREEMPT_SIGNALS, metavar="SIG",
+                   help="the scheduler's warning signal (TERM, USR1 or USR2; sbatch --signal) ahead of a time limit or"
+                        " preemption: drain within --preempt-lead, status 'preempted', requeue while users are left")
+    p.add_argument("--preempt-lead", type=positive_seconds, default=120.0, metavar="S",
+                   help="seconds between the warning signal and the scheduler's kill (sbatch --signal=...@S)")
+    p.add_argument("--requeue-limit", type=non_negative_int, default=3, metavar="N",
+                   help="after a preemption, ask SLURM to requeue this job at most N times in all (0: never)")
     add_verbose(p)
     return p
 
@@ -58,7 +65,9 @@ def _run_production(args: argparse.Namespace) -> int:
     if args.shard is None and args.resume is None:
         raise UsageError("--shard i/K is required (or --shard auto inside a scheduler job array).")
     shard = ShardSpec.parse(args.shard) if args.shard else None
-    stop = StopFlag()
+    preemption = (PreemptionNotice.named(args.preempt_signal, args.preempt_lead, args.requeue_limit)
+                  if args.preempt_signal else None)
+    stop = StopFlag(preemption)
     if not args.dry_run:
         stop.install()
         die_with_launcher()

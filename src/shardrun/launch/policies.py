@@ -15,6 +15,7 @@ from shardrun.units import heap_bytes, heap_flag_value
 from shardrun.errors import (
     EXIT_INTERRUPTED,
     EXIT_OK,
+    EXIT_PREEMPTED,
     EXIT_SHARD_LOCKED,
     EXIT_STORAGE,
     EXIT_USAGE,
@@ -24,7 +25,8 @@ from shardrun.errors import (
 
 # Exits that say the shard itself decided to stop: restarting would change nothing.
 DELIBERATE_EXITS = frozenset(
-    {EXIT_OK, EXIT_USERS_FAILED, EXIT_USAGE, EXIT_INTERRUPTED, EXIT_SHARD_LOCKED, EXIT_VALIDATION_FAILED, EXIT_STORAGE}
+    {EXIT_OK, EXIT_USERS_FAILED, EXIT_USAGE, EXIT_INTERRUPTED, EXIT_SHARD_LOCKED, EXIT_VALIDATION_FAILED, EXIT_STORAGE,
+     EXIT_PREEMPTED}
 )
 
 
@@ -44,6 +46,7 @@ def describe_exit(code: int, log_hint: bool = True) -> str:
         EXIT_USERS_FAILED: "completed, some users failed (see errors.jsonl)",
         EXIT_USAGE: f"refused its input (config, data or environment{see})",
         EXIT_INTERRUPTED: "interrupted (resume to continue)",
+        EXIT_PREEMPTED: "preempted: drained on the scheduler's warning signal (requeued, or resume to continue)",
         EXIT_SHARD_LOCKED: "refused: another process holds the shard dir",
         EXIT_STORAGE: f"stopped: its dir cannot be written (disk full or read-only{see})",
     }
@@ -64,7 +67,7 @@ def describe_exit(code: int, log_hint: bool = True) -> str:
 
 def shows_its_error(code: int) -> bool:
     """Exits whose cause the launcher's summary shows from the shard's log: refusals, storage, crashes, deaths."""
-    return code not in (EXIT_OK, EXIT_USERS_FAILED, EXIT_INTERRUPTED)
+    return code not in (EXIT_OK, EXIT_USERS_FAILED, EXIT_INTERRUPTED, EXIT_PREEMPTED)
 
 
 _LOG_RECORD = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d")

@@ -21,7 +21,7 @@ import signal
 from dataclasses import dataclass, field
 from typing import Sequence, Union
 
-from shardrun.errors import EXIT_CRASH, EXIT_INTERRUPTED, EXIT_OK
+from shardrun.errors import EXIT_CRASH, EXIT_INTERRUPTED, EXIT_OK, EXIT_PREEMPTED
 from shardrun.launch.policies import CpuThrottle, RestartPolicy, describe_exit, died_abnormally, shards_to_start
 from shardrun.sharding import ShardSpec
 from shardrun.states import ShardPhase
@@ -157,7 +157,7 @@ class SlotState:
 def overall_exit(codes: dict[str, int]) -> int:
     """The launcher's exit: interrupted first, then any abnormal death, then the worst deliberate exit."""
     values = list(codes.values())
-    if EXIT_INTERRUPTED in values:
+    if EXIT_INTERRUPTED in values or EXIT_PREEMPTED in values:
         return EXIT_INTERRUPTED
     if any(died_abnormally(code) for code in values):
         return EXIT_CRASH

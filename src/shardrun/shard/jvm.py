@@ -18,6 +18,7 @@ from typing import Any, Mapping, Sequence
 
 from shardrun.config import JvmConfig
 from shardrun.errors import ConfigError, EnvironmentProblem
+from shardrun.platforms import keep_usr2_from_jvm
 
 log = logging.getLogger(__name__)
 
@@ -110,6 +111,7 @@ def start_jvm(config: JvmConfig, classpath: Sequence[str] = ()) -> JvmInfo:
     if jpype.isJVMStarted():
         raise RuntimeError("the JVM is already running in this process; start_jvm must be called once")
     jvm_path = find_java()
+    keep_usr2_from_jvm()
     entries = tuple(str(entry) for entry in classpath)
     try:
         jpype.startJVM(jvm_path, *args, classpath=list(entries), convertStrings=False, interrupt=False)

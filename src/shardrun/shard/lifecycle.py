@@ -1,10 +1,14 @@
-"""How a shard process lives and ends: the drain on signals, and dying with its launcher."""
+"""How a shard process lives and ends: the drain on signals, the scheduler's warning signal, and
+dying with its launcher."""
 
 from __future__ import annotations
 
 import logging
 import os
 import signal
+import threading
+import time
+from dataclasses import dataclass
 from typing import Any, Callable
 
 from shardrun.errors import EXIT_INTERRUPTED
@@ -16,29 +20,102 @@ log = logging.getLogger(__name__)
 LAUNCHER_PID_ENV = "SHARDRUN_LAUNCHER_PID"
 
 
+# Signals a scheduler can be asked to send ahead of its stop (sbatch --signal): their names as flags take them.
+PREEMPT_SIGNALS = ("TERM", "USR1", "USR2")
+
+
+@dataclass(frozen=True)
+class PreemptionNotice:
+    """The scheduler's promise: `signal` comes `lead_seconds` before it stops this process (a time
+    limit, a preemption). The shard then drains as for any stop, but the user in flight is kept only
+    if it ends in time: `abandon_after` seconds after the signal it is given up uncommitted, leaving
+    a margin to record the state and ask for a requeue before the kill. `requeue_limit` bounds how
+    often the shard asks its scheduler to run it again (0: never)."""
+
+    signal: signal.Signals
+    lead_seconds: float
+    requeue_limit: int = 3
+
+    @property
+    def abandon_after(self) -> float:
+        margin = min(max(5.0, 0.1 * self.lead_seconds), self.lead_seconds / 2)
+        return self.lead_seconds - margin
+
+    @classmethod
+    def named(cls, name: str, lead_seconds: float, requeue_limit: int) -> "PreemptionNotice":
+        return cls(signal.Signals[f"SIG{name.upper().removeprefix('SIG')}"], lead_seconds, requeue_limit)
+
+
 class StopFlag:
     """Set by SIGTERM/SIGINT/SIGHUP (platforms.STOP_SIGNALS): finish the user in flight, commit it, then stop taking users.
 
     Installed first thing in the worker, before the data is read or the JVM starts, so that a
     signal at any moment leads to a drain, never to the default action half-way through start-up.
     A second signal calls `on_second` (by default: leave at once).
+
+    With a `preemption` notice, its signal (one of the stop signals, or USR1/USR2) sets `preempted`
+    as well and calls `on_preempt`, which the shard loop uses to bound the drain by the lead time.
+    Python runs its signal handlers only when the main thread is back in the interpreter, which may
+    be minutes later during one long Java call; so the preemption is also watched through the
+    signal wakeup fd by a thread of its own, which notes it the moment it arrives.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, preemption: PreemptionNotice | None = None) -> None:
+        self.preemption = preemption
         self.requested_by: str | None = None
+        self.preempted_at: float | None = None  # time.monotonic() of the preemption signal
         self.on_second: Callable[[str], None] = lambda _name: os._exit(EXIT_INTERRUPTED)
+        self.on_preempt: Callable[[], None] = lambda: None
+        self._preempt_lock = threading.Lock()
+
+    @property
+    def preempted(self) -> bool:
+        return self.preempted_at is not None
 
     def install(self) -> None:
         def handler(signum: int, _frame: Any) -> None:
             name = signal.Signals(signum).name
+            if self.preemption is not None and signum == self.preemption.signal and not self._preemption_handled:
+                self._preemption_handled = True
+                self._note_preemption()  # a no-op when the watcher thread noted it first
+                return
             if self.requested_by is not None:
                 self.on_second(name)
                 return
             self.requested_by = name
             log.warning("%s received: finishing the user in flight, then stopping", name)
 
-        for sig in STOP_SIGNALS:
+        self._preemption_handled = False
+        for sig in {*STOP_SIGNALS, *([self.preemption.signal] if self.preemption else [])}:
             signal.signal(sig, handler)
+        if self.preemption is not None:
+            self._watch_wakeup_fd()
+
+    def _note_preemption(self) -> None:
+        """Record the preemption signal once, from the watcher thread or the handler, whichever is first."""
+        with self._preempt_lock:
+            if self.preempted_at is not None:
+                return
+            self.preempted_at = time.monotonic()
+            self.requested_by = self.requested_by or self.preemption.signal.name
+        log.warning("%s received: the scheduler stops this shard in %.0f s; the user in flight is kept if it ends"
+                    " within %.0f s, then the shard stops", self.preemption.signal.name, self.preemption.lead_seconds,
+                    self.preemption.abandon_after)
+        self.on_preempt()
+
+    def _watch_wakeup_fd(self) -> None:
+        read_end, write_end = os.pipe()
+        os.set_blocking(write_end, False)
+        signal.set_wakeup_fd(write_end, warn_on_full_buffer=False)
+        wanted = int(self.preemption.signal)
+
+        def watch() -> None:
+            while True:
+                for signum in os.read(read_end, 64):
+                    if signum == wanted:
+                        self._note_preemption()
+
+        threading.Thread(target=watch, name="preemption-watch", daemon=True).start()
 
 
 def die_with_launcher() -> None:

@@ -1,7 +1,10 @@
 """The loop of one shard process: for each user, analyse -> commit -> status, with a drain on signals.
 
 A user becomes done only by its atomic commit (commit_user). One user's failure is recorded
-(errors.jsonl, failed rows) and the loop goes on; a storage failure stops the shard clearly.
+(errors.jsonl, failed rows) and the loop goes on; a storage failure stops the shard clearly. On the
+scheduler's warning signal (lifecycle.PreemptionNotice) the drain is bounded by the lead time: the user
+in flight is abandoned uncommitted if it has not ended in time, the shard says `preempted` and asks
+its scheduler to run it again (requeue.py) while users are left.
 """
 
 from __future__ import annotations
@@ -9,18 +12,24 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import threading
 import time
 import traceback
 from dataclasses import replace
+from pathlib import Path
 from typing import Any, Sequence
 
-from shardrun.storage.atomic import write_json_atomic
+from shardrun.storage.atomic import read_json, write_json_atomic
 from shardrun.storage.commits import append_error, commit_user
 from shardrun.config import RunConfig
 from shardrun.storage.durability import durable_write
-from shardrun.errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_USERS_FAILED, AlreadyCommitted, HeapTooSmall, StorageError
+from shardrun.errors import (
+    EXIT_INTERRUPTED, EXIT_OK, EXIT_PREEMPTED, EXIT_USERS_FAILED, AlreadyCommitted, HeapTooSmall, SchedulerError,
+    StorageError,
+)
 from shardrun.shard.lifecycle import StopFlag
 from shardrun.shard.plan import ShardPlan
+from shardrun.shard.requeue import decide_requeue, requeue_slurm_job
 from shardrun.shard.prepare import ResolvedDirs, WorkerOptions
 from shardrun.states import ShardState, UserStatus, user_outcome
 from shardrun.shard.jvm import (
@@ -51,6 +60,9 @@ class ShardLoop:
         self.plan = plan
         self.options = options
         self.stop = stop
+        # The drain ends once: by the loop, or by the abandon timer of a preemption (whichever is first).
+        self._ending_lock = threading.Lock()
+        self._ending = False
         previous = list(previous_outcomes)
         self.status = ShardStatus(
             dirs.shard,
@@ -71,6 +83,7 @@ class ShardLoop:
                 "resumed_with_done": len(plan.done),
                 # reports of JVMs that crashed in this shard dir before (-XX:ErrorFile), kept across restarts
                 "jvm_crash_logs": [str(p) for p in dirs.shard.hs_err_files()] or None,
+                "requeues": previous_requeues(dirs.shard.status),
             },
             write=lambda path, doc: durable_write("status.json", path.parent, lambda: write_json_atomic(path, doc)),
         )
@@ -97,6 +110,9 @@ class ShardLoop:
         self.status.update(state=ShardState.RUNNING.value, java_version=jvm_info.java_version,
                            **{key: value for key, value in provenance.items() if key not in core_keys})
         self.stop.on_second = self._stop_now
+        self.stop.on_preempt = self._arm_abandon_timer
+        if self.stop.preempted:  # the warning came while the data was read or the JVM started
+            self._arm_abandon_timer()
         self.status.start_heartbeat(self.options.heartbeat_seconds)
         try:
             for position, user_id in enumerate(self.plan.todo):
@@ -128,13 +144,65 @@ class ShardLoop:
 
     def _stop_now(self, signal_name: str) -> None:
         log.warning("second %s: stopping now; the user in flight is abandoned uncommitted", signal_name)
+        # After a preemption notice the second signal is the scheduler's own stop: still a preemption.
+        state, code = ((ShardState.PREEMPTED, EXIT_PREEMPTED) if self.stop.preempted
+                       else (ShardState.INTERRUPTED, EXIT_INTERRUPTED))
         try:
-            self.status.update(state=ShardState.INTERRUPTED.value, last_error=f"stopped by a second {signal_name}")
+            self.status.update(state=state.value, last_error=f"stopped by a second {signal_name}")
         except Exception as exc:  # leaving at once matters more than the status line; say why it is stale
-            log.error("could not mark %s interrupted: %s", self.dirs.shard.status, exc)
+            log.error("could not mark %s %s: %s", self.dirs.shard.status, state.value, exc)
         finally:
             logging.shutdown()
-            os._exit(EXIT_INTERRUPTED)
+            os._exit(code)
+
+    def _arm_abandon_timer(self) -> None:
+        notice = self.stop.preemption
+        assert notice is not None and self.stop.preempted_at is not None
+        left = notice.abandon_after - (time.monotonic() - self.stop.preempted_at)
+        timer = threading.Timer(max(left, 0.0), self._abandon)
+        timer.daemon = True
+        timer.start()
+
+    def _claim_ending(self) -> bool:
+        with self._ending_lock:
+            first, self._ending = not self._ending, True
+            return first
+
+    def _abandon(self) -> None:
+        """The lead time is nearly over and the user in flight has not ended: give it up uncommitted
+        (commits are atomic, so it is simply not done) and leave before the scheduler's kill."""
+        if not self._claim_ending():
+            return  # the loop is already ending the shard itself
+        user = self.status.snapshot().get("current_user")
+        notice = self.stop.preemption
+        log.warning("the user in flight (%r) did not end within %.0f s of %s: abandoned uncommitted", user,
+                    notice.abandon_after, self.stop.requested_by)
+        try:
+            self.status.update(state=ShardState.PREEMPTED.value, current_user=None,
+                               last_error=f"preempted by {self.stop.requested_by}; user {user!r} abandoned uncommitted")
+            self._requeue_if_work_left()
+        except Exception as exc:  # leaving before the kill matters more than the status line
+            log.error("could not record the preemption in %s: %s", self.dirs.shard.status, exc)
+        finally:
+            logging.shutdown()
+            os._exit(EXIT_PREEMPTED)
+
+    def _requeue_if_work_left(self) -> None:
+        doc = self.status.snapshot()
+        decision = decide_requeue(doc["users_todo"], doc["requeues"], self.stop.preemption.requeue_limit, os.environ)
+        if not decision.requeue:
+            log.warning("not requeueing shard %s: %s", self.dirs.spec, decision.reason)
+            return
+        # Counted before the request: once the scheduler takes it, this process may be stopped at any moment.
+        self.status.update(requeues=doc["requeues"] + 1)
+        try:
+            requeue_slurm_job(os.environ)
+        except SchedulerError as exc:
+            self.status.update(requeues=doc["requeues"], last_error=str(exc))
+            log.error("%s", exc)
+            return
+        log.warning("shard %s asked SLURM to requeue it (%d of at most %d); %d users to do", self.dirs.spec,
+                    doc["requeues"] + 1, self.stop.preemption.requeue_limit, doc["users_todo"])
 
     def _run_user(self, user_id: str) -> None:
         self.status.begin_user(user_id)
@@ -179,7 +247,14 @@ class ShardLoop:
         log.error("user %r failed: %s", user_id, reason)
 
     def _finish(self) -> int:
+        if not self._claim_ending():
+            threading.Event().wait()  # the abandon timer is ending the process (os._exit)
         doc = self.status.snapshot()
+        if self.stop.preempted and doc["users_todo"] > 0:
+            self.status.update(state=ShardState.PREEMPTED.value, last_error=f"preempted by {self.stop.requested_by}")
+            log.warning("shard %s preempted with %d users to do", self.dirs.spec, doc["users_todo"])
+            self._requeue_if_work_left()
+            return EXIT_PREEMPTED
         if self.stop.requested_by and doc["users_todo"] > 0:
             self.status.update(state=ShardState.INTERRUPTED.value, last_error=f"stopped by {self.stop.requested_by}")
             log.warning("shard %s interrupted with %d users to do; resume with --resume %s",
@@ -191,6 +266,15 @@ class ShardLoop:
         log.info("shard %s finished: %d ok, %d skipped, %d failed", self.dirs.spec,
                  doc["users_ok"], doc["users_skipped"], doc["users_failed"])
         return EXIT_USERS_FAILED if failed else EXIT_OK
+
+
+def previous_requeues(status_path: Path) -> int:
+    """How often earlier processes of this shard asked to be requeued (kept in status.json across starts)."""
+    try:
+        count = read_json(status_path).get("requeues")
+    except (OSError, ValueError, AttributeError):
+        return 0
+    return count if isinstance(count, int) and count >= 0 else 0
 
 
 def failure_reason(exc: BaseException, task: Task | None = None) -> str:

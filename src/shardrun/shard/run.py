@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from shardrun.config import RunConfig, resolve_threads
-from shardrun.errors import EXIT_INTERRUPTED, ConfigError, ResumeMismatch
+from shardrun.errors import EXIT_INTERRUPTED, EXIT_PREEMPTED, ConfigError, ResumeMismatch
 from shardrun.shard.lifecycle import StopFlag
 from shardrun.shard.loop import ShardLoop
 from shardrun.shard.plan import ShardPlan, plan_shard
@@ -46,7 +46,8 @@ def run_shard(config: RunConfig, options: WorkerOptions, stop: StopFlag | None =
         )
     if stop.requested_by:
         log.warning("%s received before the shard started: nothing was written", stop.requested_by)
-        return ShardOutcome(exit_code=EXIT_INTERRUPTED, plan=prepared.plan, dirs=dirs)
+        return ShardOutcome(exit_code=EXIT_PREEMPTED if stop.preempted else EXIT_INTERRUPTED, plan=prepared.plan,
+                            dirs=dirs)
     dirs = create_run_dir(dirs)  # every check passed: only now a new run dir appears
     # From here on the config carries the resolved heap and threads: the JVM, the task, status.json,
     # run.json, errors.jsonl.

@@ -1,0 +1,48 @@
+"""A preempted shard asks its scheduler to run it again: whether (pure) and how (SLURM's scontrol).
+
+Only SLURM has a command an element can run on itself; elsewhere a preempted shard ends with
+EXIT_PREEMPTED and its `preempted` status.json, and the same command continues it.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from dataclasses import dataclass
+from typing import Callable, Mapping
+
+from shardrun.errors import SchedulerError
+
+# SLURM_JOB_ID is the element's own job id inside an array (SLURM_ARRAY_JOB_ID is the array's).
+SLURM_JOB_ENV = "SLURM_JOB_ID"
+
+
+@dataclass(frozen=True)
+class RequeueDecision:
+    requeue: bool
+    reason: str  # why not, for the log and status.json; empty when requeueing
+
+
+def decide_requeue(users_todo: int, requeues_done: int, limit: int, env: Mapping[str, str]) -> RequeueDecision:
+    if users_todo <= 0:
+        return RequeueDecision(False, "no users left to do")
+    if not env.get(SLURM_JOB_ENV):
+        return RequeueDecision(False, "not a SLURM job: run the same command again to continue")
+    if requeues_done >= limit:
+        return RequeueDecision(False, f"requeued {requeues_done} times already (--requeue-limit {limit}): resubmit the"
+                                      " missing elements with launch_shards --scheduler slurm --out RUN_DIR")
+    return RequeueDecision(True, "")
+
+
+def requeue_slurm_job(env: Mapping[str, str],
+                      run: Callable[..., subprocess.CompletedProcess] = subprocess.run) -> None:
+    """`scontrol requeue` this job; SLURM then stops it and starts it again (the job must allow requeue)."""
+    command = ["scontrol", "requeue", env[SLURM_JOB_ENV]]
+    try:
+        result = run(command, capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise SchedulerError(f"could not run {' '.join(command)} ({exc}); resubmit the element with launch_shards"
+                             " --scheduler slurm --out RUN_DIR.") from None
+    if result.returncode != 0:
+        said = " ".join((result.stderr or result.stdout).split())
+        raise SchedulerError(f"{' '.join(command)} failed: {said}. Submit with --requeue (launch_shards does), or"
+                             " resubmit the element with launch_shards --scheduler slurm --out RUN_DIR.")

@@ -1,0 +1,114 @@
+"""The scheduler's warning signal (run_production --preempt-signal): real processes, real signals, the real JVM.
+
+A user's analysis here spends seconds inside one Java call (tests/faulty_task.py, "slow:<s>"), as a
+long JIDT computation does, so Python's own signal handler cannot run until the call returns: the
+lead time must still be kept.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from e2e_support import analysis_values, faulty_task_config, read_status, shardrun, wait_for
+from shardrun.errors import EXIT_OK, EXIT_PREEMPTED, SchedulerError
+from shardrun.shard.lifecycle import PreemptionNotice
+from shardrun.shard.requeue import decide_requeue, requeue_slurm_job
+from shardrun.storage.paths import user_file_stem
+
+pytestmark = pytest.mark.e2e
+
+
+def start_shard(config: Path, env: dict, out: Path, *flags: str) -> subprocess.Popen:
+    command = [sys.executable, "-m", "shardrun.worker", "--config", str(config), "--full", "--shard", "0/2",
+               "--out", str(out), "--heartbeat", "0.5", *flags]
+    return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def committed(shard_dir: Path) -> set[str]:
+    return {path.name for path in (shard_dir / "results").glob("*.json")}
+
+
+def in_flight(shard_dir: Path) -> str | None:
+    return read_status(shard_dir).get("current_user")
+
+
+@pytest.mark.parametrize("signal_name", ["USR1", "USR2", "TERM"])
+def test_warning_signal_drains_within_the_lead_and_says_preempted(workspace, tmp_path, signal_name):
+    """The user in flight (2 s) ends well within the lead (60 s): it is committed, then the shard stops as
+    `preempted` (exit 7) without asking anyone to requeue it (no SLURM job); the same command finishes it.
+    USR2 counts only because the JVM is kept off it (platforms.keep_usr2_from_jvm)."""
+    config, env = faulty_task_config(workspace, tmp_path)
+    out = tmp_path / "run"
+    shard_dir = out / "shard-0-of-2"
+    slow = {**env, "FAULTY_TASK": "slow:2"}
+    process = start_shard(config, slow, out, "--preempt-signal", signal_name, "--preempt-lead", "60")
+    first = wait_for(lambda: in_flight(shard_dir), timeout=120, process=process)
+    process.send_signal(getattr(signal, f"SIG{signal_name}"))
+    output, _ = process.communicate(timeout=60)
+    assert process.returncode == EXIT_PREEMPTED, output
+    status = read_status(shard_dir)
+    assert status["state"] == "preempted" and status["requeues"] == 0, status
+    assert f"{user_file_stem(first)}.json" in committed(shard_dir), "the user in flight ended in time: kept"
+    assert status["users_todo"] > 0 and "not a SLURM job" in output
+
+    again = shardrun("worker", "--config", str(config), "--full", "--shard", "0/2", "--out", str(out), cwd=tmp_path,
+                     env={**env, "FAULTY_TASK": "healed"})
+    assert again.returncode == EXIT_OK and read_status(shard_dir)["state"] == "completed"
+
+
+def test_a_user_that_cannot_end_within_the_lead_is_abandoned_uncommitted(workspace, tmp_path):
+    """Each user spends 60 s in one Java call; the lead is 4 s (abandoned after 2 s). The shard leaves
+    in time, the user in flight uncommitted and the status `preempted`; the run, finished afterwards,
+    equals the uninterrupted reference."""
+    config, env = faulty_task_config(workspace, tmp_path)
+    out = tmp_path / "run"
+    shard_dir = out / "shard-0-of-2"
+    process = start_shard(config, {**env, "FAULTY_TASK": "slow:60"}, out, "--preempt-signal", "USR1",
+                          "--preempt-lead", "4")
+    user = wait_for(lambda: in_flight(shard_dir), timeout=120, process=process)
+    sent = time.monotonic()
+    process.send_signal(signal.SIGUSR1)
+    output, _ = process.communicate(timeout=30)
+    took = time.monotonic() - sent
+    assert process.returncode == EXIT_PREEMPTED, output
+    assert took < 4, f"left {took:.1f} s after the warning: past the lead"
+    status = read_status(shard_dir)
+    assert status["state"] == "preempted" and status["current_user"] is None
+    assert "abandoned uncommitted" in status["last_error"] and user in status["last_error"]
+    assert committed(shard_dir) == set(), "nothing of the abandoned user may be committed"
+
+    healed = {**env, "FAULTY_TASK": "healed"}
+    for index in (0, 1):
+        shardrun("worker", "--config", str(config), "--full", "--shard", f"{index}/2", "--out", str(out),
+                 cwd=tmp_path, env=healed)
+    shardrun("merge", "--run", str(out), "--output", str(out / "merged"), cwd=tmp_path, env=env)
+    assert analysis_values(out / "merged").equals(workspace["reference"])
+
+
+def test_requeue_is_asked_while_users_are_left_and_bounded():
+    env = {"SLURM_JOB_ID": "42"}
+    assert decide_requeue(users_todo=3, requeues_done=0, limit=3, env=env).requeue
+    assert not decide_requeue(users_todo=0, requeues_done=0, limit=3, env=env).requeue
+    bounded = decide_requeue(users_todo=3, requeues_done=3, limit=3, env=env)
+    assert not bounded.requeue and "launch_shards --scheduler slurm" in bounded.reason
+    assert not decide_requeue(users_todo=3, requeues_done=0, limit=3, env={}).requeue
+
+
+def test_a_refused_requeue_names_the_scheduler_s_words():
+    """Stands in for scontrol (the real one is exercised by tests/test_slurm.py): its refusal is reported."""
+    def refusing_scontrol(command, **_kwargs):
+        return subprocess.CompletedProcess(command, 1, "", "scontrol: error: Requested operation is disabled\n")
+
+    with pytest.raises(SchedulerError, match="Requested operation is disabled"):
+        requeue_slurm_job({"SLURM_JOB_ID": "42"}, run=refusing_scontrol)
+
+
+@pytest.mark.parametrize("lead, after", [(120.0, 108.0), (30.0, 25.0), (4.0, 2.0)])
+def test_the_drain_keeps_a_margin_before_the_kill(lead, after):
+    assert PreemptionNotice(signal.SIGUSR1, lead).abandon_after == pytest.approx(after)
