@@ -18,6 +18,7 @@ import pytest
 from e2e_support import analysis_values, faulty_task_config, read_status, shardrun, wait_for
 from shardrun.errors import EXIT_OK, EXIT_PREEMPTED, SchedulerError
 from shardrun.shard.lifecycle import PreemptionNotice
+from shardrun.scheduler.slurm import SlurmCommands
 from shardrun.shard.requeue import decide_requeue, requeue_slurm_job
 from shardrun.storage.paths import user_file_stem
 
@@ -106,7 +107,7 @@ def test_a_refused_requeue_names_the_scheduler_s_words():
         return subprocess.CompletedProcess(command, 1, "", "scontrol: error: Requested operation is disabled\n")
 
     with pytest.raises(SchedulerError, match="Requested operation is disabled"):
-        requeue_slurm_job({"SLURM_JOB_ID": "42"}, run=refusing_scontrol)
+        requeue_slurm_job({"SLURM_JOB_ID": "42"}, SlurmCommands(run=refusing_scontrol))
 
 
 @pytest.mark.parametrize("lead, after", [(120.0, 108.0), (30.0, 25.0), (4.0, 2.0)])

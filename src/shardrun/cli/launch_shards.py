@@ -1,4 +1,4 @@
-"""launch_shards: K shards as local processes, then merge (also `python -m shardrun.launcher`)."""
+"""launch_shards: K shards as local processes or a SLURM job array, then merge (also `python -m shardrun.launcher`)."""
 
 from __future__ import annotations
 
@@ -15,12 +15,22 @@ from shardrun.cli.common import (
 )
 from shardrun.config import load_config
 from shardrun.errors import UsageError
+from shardrun.launch.cluster import ClusterOptions, submit_run
 from shardrun.launch.launcher import LaunchOptions, launch
 from shardrun.launch.policies import RestartPolicy
+from shardrun.launch.slurm_script import DEFAULT_SIGNAL, WarningSignal
+from shardrun.units import MIB, heap_bytes
+
+# Flags of the local launcher only, with their defaults: given with --scheduler slurm they are refused.
+LOCAL_ONLY = {"run_dir": None, "grace": 120.0, "live": None, "cpu_limit": None, "nice": 0, "cooldown": 0.0,
+              "restarts": 0, "restart_heap_factor": 1.0, "threads": None, "progress_every": 30.0}
+SLURM_ONLY = {"dry_run": False, "time": None, "signal": DEFAULT_SIGNAL, "cpus_per_shard": 1, "mem": None,
+              "requeue_limit": 3, "sbatch_option": [], "partition": None, "account": None, "qos": None,
+              "constraint": None}
 
 
 def parser() -> argparse.ArgumentParser:
-    p = command_parser("launch_shards", "Run K shards as K local processes, then merge.")
+    p = command_parser("launch_shards", "Run K shards as K local processes (or as a SLURM job array), then merge.")
     p.add_argument("--config", type=Path, default=Path("config/proposal.yaml"), help="YAML config")
     p.add_argument("--shards", type=positive_int, default=4, metavar="K", help="number of shards")
     where = p.add_mutually_exclusive_group()
@@ -47,13 +57,69 @@ def parser() -> argparse.ArgumentParser:
                    help="restart a shard that died abnormally (signal, JVM crash) up to N times, by resuming it")
     p.add_argument("--restart-heap-factor", type=float, default=1.0, metavar="F",
                    help="each restart multiplies the shard's -Xmx by F (default 1: same heap)")
+    p.add_argument("--scheduler", choices=("local", "slurm"), default="local",
+                   help="local: K processes on this machine; slurm: submit a job array and a merge job (docs/CLUSTER.md)")
+    slurm = p.add_argument_group("with --scheduler slurm")
+    slurm.add_argument("--dry-run", action="store_true", help="print the sbatch scripts (and what is missing) and submit nothing")
+    slurm.add_argument("--time", metavar="LIMIT", help="each element's time limit (sbatch --time, e.g. 2-00:00:00)")
+    slurm.add_argument("--signal", default=DEFAULT_SIGNAL, metavar="SIG@S",
+                       help="the warning SLURM sends S seconds before a time limit (TERM, USR1 or USR2): the shard drains,"
+                            " says preempted and requeues itself")
+    slurm.add_argument("--cpus-per-shard", type=positive_int, default=1, metavar="N",
+                       help="CPUs per element (sbatch --cpus-per-task; the shard's threads)")
+    slurm.add_argument("--mem", metavar="SIZE", help="memory per element (default: heap + the JVM's overhead + the data)")
+    slurm.add_argument("--requeue-limit", type=non_negative_int, default=3, metavar="N",
+                       help="times a preempted element requeues itself (then resubmit with the same command)")
+    slurm.add_argument("--partition", help="sbatch --partition")
+    slurm.add_argument("--account", help="sbatch --account")
+    slurm.add_argument("--qos", help="sbatch --qos")
+    slurm.add_argument("--constraint", help="sbatch --constraint")
+    slurm.add_argument("--sbatch-option", action="append", default=[], metavar="OPTION",
+                       help="any other sbatch option, written into the scripts as is (repeatable), e.g. --sbatch-option=--gres=tmp:10G")
     add_verbose(p)
     return p
+
+
+def _given(args: argparse.Namespace, defaults: dict) -> list[str]:
+    return [f"--{name.replace('_', '-')}" for name, default in defaults.items() if getattr(args, name) != default]
+
+
+def _submit(args: argparse.Namespace) -> int:
+    local_flags = _given(args, LOCAL_ONLY)
+    if local_flags:
+        raise UsageError(f"{', '.join(local_flags)} belong to --scheduler local; on SLURM the scheduler runs the shards"
+                         " (drop them; --max-parallel sets the array's concurrency cap).")
+    for option in args.sbatch_option:
+        if not option.startswith("--") or any(option.startswith(f"--{own}") for own in
+                                               ("array", "output", "signal", "requeue", "dependency", "chdir")):
+            raise UsageError(f"--sbatch-option {option!r}: give a long sbatch option (--name=value) other than the ones"
+                             " launch_shards writes itself (--array, --output, --signal, --requeue, --dependency, --chdir).")
+    named = [f"--{name}={getattr(args, name)}" for name in ("partition", "account", "qos", "constraint")
+             if getattr(args, name)]
+    mem_mib = None
+    if args.mem:
+        try:
+            mem_mib = max(heap_bytes(args.mem) // MIB, 1)
+        except ValueError:
+            raise UsageError(f"--mem {args.mem!r}: give a size such as 4g or 3500m.") from None
+    config = load_config(args.config)
+    options = ClusterOptions(
+        config_path=args.config, shards=args.shards, signal=WarningSignal.parse(args.signal), out=args.out,
+        pilot=args.pilot, dry_run=args.dry_run, merge=args.merge, max_parallel=args.max_parallel,
+        cpus=args.cpus_per_shard, mem_mib=mem_mib, time_limit=args.time, requeue_limit=args.requeue_limit,
+        sbatch_options=(*named, *args.sbatch_option),
+    )
+    return submit_run(config, options).exit_code
 
 
 def _launch(args: argparse.Namespace) -> int:
     if args.shards < 1:
         raise UsageError(f"--shards must be at least 1, got {args.shards}.")
+    if args.scheduler == "slurm":
+        return _submit(args)
+    slurm_flags = _given(args, SLURM_ONLY)
+    if slurm_flags:
+        raise UsageError(f"{', '.join(slurm_flags)} belong to --scheduler slurm; add --scheduler slurm, or drop them.")
     if args.max_parallel is not None and args.max_parallel < 1:
         raise UsageError(f"--max-parallel must be at least 1, got {args.max_parallel}.")
     if args.cpu_limit is not None and not 10 < args.cpu_limit <= 100:

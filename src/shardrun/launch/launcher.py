@@ -75,7 +75,8 @@ from shardrun.storage.status import record_death
 from shardrun.task import load_task
 from shardrun.shard.prepare import run_label
 
-__all__ = ["LaunchOptions", "LaunchResult", "Launcher", "admit_launch", "launch", "overall_exit", "shard_command"]
+__all__ = ["LaunchOptions", "LaunchResult", "Launcher", "admit_launch", "check_same_run", "launch", "overall_exit",
+           "shard_command"]
 
 log = logging.getLogger(__name__)
 
@@ -171,7 +172,8 @@ class Launcher:
         if given is not None:
             run = RunPaths(given)
             if run.run_json.is_file():
-                self.check_same_run(run, flag, data_fingerprint)
+                check_same_run(run, flag, self.options.shards, self.config.hash, self.options.pilot,
+                               data_fingerprint)
                 self.resume_all = True
                 return run
             if self.options.run_dir is not None:
@@ -192,25 +194,6 @@ class Launcher:
         root = self.config.output.root
         self.created_run_dir = True
         return durable_write("a new run dir", root, lambda: RunPaths.create(root, label, datetime.now()))
-
-    def check_same_run(self, run: RunPaths, flag: str, data_fingerprint: str | None) -> None:
-        """The run in `run` is this one (same K, config, data and --pilot), or a refusal naming the difference."""
-        existing = read_run_document(run.run_json)
-        other = f"or pass another dir to {flag} for a new run"
-        difference = run_difference(existing, self.options.shards, self.config.hash, data_fingerprint)
-        if difference:
-            fix = {"shards": f"pass --shards {existing.get('shards')} to continue it",
-                   "config_hash": "continue it with its own config",
-                   "data_fingerprint": "restore the input file"}[difference[0]]
-            raise ResumeMismatch(f"{flag} {run.dir}: {difference[1]}. To fix: {fix}, {other}.")
-        for shard_dir in run.shard_dirs():
-            pilot = read_shard_identity(ShardPaths(shard_dir)).get("pilot")
-            if pilot != self.options.pilot:
-                started = "--full" if pilot is None else f"--pilot {pilot}"
-                raise ResumeMismatch(
-                    f"{flag} {run.dir} was started with {started} ({shard_dir.name}/shard.json); pass {started} to"
-                    f" continue it ({other})."
-                )
 
     def forget_empty_run_dir(self) -> None:
         """No shard wrote run.json: nothing of the run exists, so leave no trace of it (launcher.json, the dir)."""
@@ -372,6 +355,27 @@ class Launcher:
         then = ("The same command starts the run" if interrupted
                 else "Once the errors above are fixed, the same command starts the run")
         return f"nothing was written (no shard got as far as run.json). {then}: {command}{out}{pilot}"
+
+
+def check_same_run(run: RunPaths, flag: str, shards: int, config_hash: str, pilot: int | None,
+                   data_fingerprint: str | None) -> None:
+    """The run in `run` is this one (same K, config, data and --pilot), or a refusal naming the difference."""
+    existing = read_run_document(run.run_json)
+    other = f"or pass another dir to {flag} for a new run"
+    difference = run_difference(existing, shards, config_hash, data_fingerprint)
+    if difference:
+        fix = {"shards": f"pass --shards {existing.get('shards')} to continue it",
+               "config_hash": "continue it with its own config",
+               "data_fingerprint": "restore the input file"}[difference[0]]
+        raise ResumeMismatch(f"{flag} {run.dir}: {difference[1]}. To fix: {fix}, {other}.")
+    for shard_dir in run.shard_dirs():
+        started_with = read_shard_identity(ShardPaths(shard_dir)).get("pilot")
+        if started_with != pilot:
+            started = "--full" if started_with is None else f"--pilot {started_with}"
+            raise ResumeMismatch(
+                f"{flag} {run.dir} was started with {started} ({shard_dir.name}/shard.json); pass {started} to"
+                f" continue it ({other})."
+            )
 
 
 def shard_error_lines(log_path: Path, tail_bytes: int = 256 * 1024) -> list[str]:

@@ -12,10 +12,12 @@ from __future__ import annotations
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Sequence
+from dataclasses import replace
+from typing import Any, Mapping, Sequence
 
-from shardrun.errors import EXIT_OK, EXIT_USAGE
+from shardrun.errors import EXIT_OK, EXIT_USAGE, SchedulerError
 from shardrun.observe import progress
+from shardrun.scheduler.slurm import SlurmCommands, queue_by_index
 from shardrun.sharding import ShardSpec
 from shardrun.storage.atomic import read_json
 from shardrun.storage.paths import RunPaths
@@ -66,22 +68,51 @@ def run_shards(run_dir: Path, launcher: dict[str, Any]) -> dict[ShardSpec, dict[
     return shards
 
 
-def run_views(run_dir: Path, now: datetime, stale_after: float) -> list[progress.ShardView]:
+def expected_users(run_doc: dict[str, Any], spec: ShardSpec) -> int | None:
+    """A shard's users from run.json before it has written its own status: modulo over the run's users."""
+    users, pilot = run_doc.get("users_total"), run_doc.get("pilot")
+    if not isinstance(users, int) or spec.count != run_doc.get("shards"):
+        return None
+    assigned = len(range(spec.index, users, spec.count))
+    return min(assigned, pilot) if isinstance(pilot, int) else assigned
+
+
+def run_views(run_dir: Path, now: datetime, stale_after: float,
+              scheduler: Mapping[int, str] | None = None) -> list[progress.ShardView]:
+    """`scheduler`: the cluster scheduler's word for each shard index (absent: not in its queue)."""
     launcher = _doc(RunPaths(run_dir).launcher_json)
+    run_doc = _doc(RunPaths(run_dir).run_json)
     views = []
     for spec, entry in sorted(run_shards(run_dir, launcher).items(), key=lambda item: (item[0].count, item[0].index)):
         phase = entry.get("phase") if isinstance(entry.get("phase"), str) else None
-        total = entry.get("users_total") if isinstance(entry.get("users_total"), int) else None
+        total = entry.get("users_total") if isinstance(entry.get("users_total"), int) else expected_users(run_doc, spec)
+        in_queue = None if scheduler is None else scheduler.get(spec.index, "not in the queue")
         doc = _read(run_dir / spec.dirname / "status.json")
         if doc is UNREADABLE:
-            views.append(progress.unreadable_view(str(spec)))
+            views.append(replace(progress.unreadable_view(str(spec)), scheduler=in_queue))
             continue
         doc = None if doc is MISSING else doc
         try:
-            views.append(progress.shard_view(str(spec), doc, now, stale_after, phase, total))
+            views.append(progress.shard_view(str(spec), doc, now, stale_after, phase, total, in_queue))
         except (TypeError, ValueError, AttributeError, OverflowError):
-            views.append(progress.unreadable_view(str(spec)))  # fields of the wrong type
+            views.append(replace(progress.unreadable_view(str(spec)), scheduler=in_queue))  # fields of the wrong type
     return views
+
+
+def slurm_view(run: RunPaths) -> tuple[dict[int, str] | None, str | None]:
+    """For a run submitted to SLURM: each shard's element as squeue sees it ('pending (Priority)',
+    'running', 'requeued', 'preempted', ...). None for other runs; a failing squeue is said, not raised."""
+    if not run.slurm_json.is_file():
+        return None, None
+    try:
+        queue = queue_by_index(run, SlurmCommands())
+    except SchedulerError as exc:
+        return None, str(exc)
+    view = {}
+    for index, element in queue.items():
+        reason = element.reason if element.reason and element.reason not in ("None", "(null)") else ""
+        view[index] = f"{element.state.lower()}{f' ({reason})' if reason else ''} {element.job_id}"
+    return view, None
 
 
 def run_started(run_dir: Path) -> float:
@@ -137,8 +168,11 @@ def watch(run_dirs: Sequence[Path], watch: bool, every: float, stale_after: floa
         now = datetime.now(timezone.utc)
         active = False
         for run_dir in run_dirs:
-            views = run_views(run_dir, now, stale_after)
+            scheduler, trouble = slurm_view(RunPaths(run_dir))
+            views = run_views(run_dir, now, stale_after, scheduler)
             print(f"{run_dir}  ({now:%Y-%m-%d %H:%M:%S} UTC)")
+            if trouble:
+                print(f"  SLURM's view is missing: {trouble}")
             print("\n".join(progress.render_table(views)) if views else "  (no shard has started yet)")
             active = active or any(v.active for v in views)
         if not watch or not active:

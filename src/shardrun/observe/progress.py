@@ -8,7 +8,7 @@ unless the launcher says it suspended it on purpose (--cpu-limit).
 from __future__ import annotations
 
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any, Mapping, Sequence
 
@@ -32,6 +32,7 @@ class ShardView:
     current_user: str | None
     rate_per_hour: float | None
     eta_seconds: float | None
+    scheduler: str | None = None  # the cluster scheduler's view of the shard's job (SLURM), when it has one
 
     @property
     def active(self) -> bool:
@@ -96,17 +97,19 @@ def shard_view(
     stale_after: float,
     launcher_phase: str | None = None,
     expected_total: int | None = None,
+    scheduler: str | None = None,
 ) -> ShardView:
     """One shard's row; `expected_total` (from the launcher) counts a shard that has not written status yet.
 
     A status.json of the wrong shape gives the row 'unreadable status.json' instead of an exception.
     """
     if doc is None:
-        return ShardView(shard, launcher_phase or ShardPhase.WAITING.value, 0, expected_total or 0, 0, 0, 0, None, None, None)
+        return ShardView(shard, launcher_phase or ShardPhase.WAITING.value, 0, expected_total or 0, 0, 0, 0, None, None,
+                         None, scheduler)
     try:
         _checked(doc)
     except ValueError:
-        return unreadable_view(shard)
+        return replace(unreadable_view(shard), scheduler=scheduler)
     return ShardView(
         shard=shard,
         state=liveness(doc, now, stale_after, launcher_phase),
@@ -118,6 +121,7 @@ def shard_view(
         current_user=doc.get("current_user"),
         rate_per_hour=doc.get("rate_users_per_hour"),
         eta_seconds=doc.get("eta_seconds") if doc.get("state") in ACTIVE_STATES else None,
+        scheduler=scheduler,
     )
 
 
@@ -149,12 +153,17 @@ def format_seconds(seconds: float | None) -> str:
 
 
 def render_table(views: Sequence[ShardView], parallel: int | None = None) -> list[str]:
-    lines = [f"{'shard':<7} {'state':<24} {'done/total':>11} {'failed':>6} {'users/h':>8} {'ETA':>7}  current user"]
+    """One row per shard; a `slurm` column when the scheduler's view is known."""
+    with_scheduler = any(v.scheduler is not None for v in views)
+    slurm_head = f" {'slurm':<22}" if with_scheduler else ""
+    lines = [f"{'shard':<7} {'state':<24}{slurm_head} {'done/total':>11} {'failed':>6} {'users/h':>8} {'ETA':>7}"
+             "  current user"]
     for v in views:
         rate = f"{v.rate_per_hour:.0f}" if v.rate_per_hour else "-"
         current = (v.current_user or "")[:30]
+        slurm = f" {(v.scheduler or '-')[:22]:<22}" if with_scheduler else ""
         lines.append(
-            f"{v.shard:<7} {v.state[:24]:<24} {f'{v.done}/{v.total}':>11} {v.failed:>6} {rate:>8}"
+            f"{v.shard:<7} {v.state[:24]:<24}{slurm} {f'{v.done}/{v.total}':>11} {v.failed:>6} {rate:>8}"
             f" {format_seconds(v.eta_seconds):>7}  {current}"
         )
     done = sum(v.done for v in views)

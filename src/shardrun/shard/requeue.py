@@ -6,11 +6,10 @@ EXIT_PREEMPTED and its `preempted` status.json, and the same command continues i
 
 from __future__ import annotations
 
-import subprocess
 from dataclasses import dataclass
-from typing import Callable, Mapping
+from typing import Mapping
 
-from shardrun.errors import SchedulerError
+from shardrun.scheduler.slurm import SlurmCommands
 
 # SLURM_JOB_ID is the element's own job id inside an array (SLURM_ARRAY_JOB_ID is the array's).
 SLURM_JOB_ENV = "SLURM_JOB_ID"
@@ -33,16 +32,6 @@ def decide_requeue(users_todo: int, requeues_done: int, limit: int, env: Mapping
     return RequeueDecision(True, "")
 
 
-def requeue_slurm_job(env: Mapping[str, str],
-                      run: Callable[..., subprocess.CompletedProcess] = subprocess.run) -> None:
-    """`scontrol requeue` this job; SLURM then stops it and starts it again (the job must allow requeue)."""
-    command = ["scontrol", "requeue", env[SLURM_JOB_ENV]]
-    try:
-        result = run(command, capture_output=True, text=True, timeout=60)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        raise SchedulerError(f"could not run {' '.join(command)} ({exc}); resubmit the element with launch_shards"
-                             " --scheduler slurm --out RUN_DIR.") from None
-    if result.returncode != 0:
-        said = " ".join((result.stderr or result.stdout).split())
-        raise SchedulerError(f"{' '.join(command)} failed: {said}. Submit with --requeue (launch_shards does), or"
-                             " resubmit the element with launch_shards --scheduler slurm --out RUN_DIR.")
+def requeue_slurm_job(env: Mapping[str, str], slurm: SlurmCommands | None = None) -> None:
+    """`scontrol requeue` this job; SLURM then stops it and starts it again later."""
+    (slurm or SlurmCommands()).requeue(env[SLURM_JOB_ENV])

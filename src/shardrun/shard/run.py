@@ -64,7 +64,7 @@ def run_shard(config: RunConfig, options: WorkerOptions, stop: StopFlag | None =
     }
     # Every write of the set-up goes through durable_write like the loop's own: a read-only or full
     # output dir is a StorageError naming the dir and the fix (exit 6), not an unexpected crash.
-    run_doc = {**run_document(config, task, dataset, dirs.spec.count), "jvm": config.jvm.jvm_args()}
+    run_doc = {**run_document(config, task, dataset, dirs.spec.count, options.pilot), "jvm": config.jvm.jvm_args()}
     durable_write("run.json", dirs.run.dir, lambda: ensure_run_document(dirs.run, run_doc))
     durable_write("the shard dir", dirs.shard.dir, lambda: (dirs.shard.make(), attach_shard_log(dirs.shard.log)))
     log.info("JVM heap: %s", heap.jvm_line())
@@ -108,8 +108,9 @@ def versions(task: Task) -> dict[str, str]:
     }
 
 
-def run_document(config: RunConfig, task: Task, dataset: Dataset, shard_count: int) -> dict[str, Any]:
-    """run.json: what a run is (config snapshot and hash, K, versions), written once per run dir."""
+def run_document(config: RunConfig, task: Task, dataset: Dataset, shard_count: int,
+                 pilot: int | None = None) -> dict[str, Any]:
+    """run.json: what a run is (config snapshot and hash, K, --pilot, versions), written once per run dir."""
     return {
         "config": dict(config.raw),
         "config_path": str(config.source) if config.source else None,
@@ -118,6 +119,7 @@ def run_document(config: RunConfig, task: Task, dataset: Dataset, shard_count: i
         "shards": shard_count,
         "data_fingerprint": dataset.fingerprint,
         "users_total": len(dataset.user_ids),
+        "pilot": pilot,
         "versions": versions(task),
         "created_at": utc_now(),
     }

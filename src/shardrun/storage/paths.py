@@ -89,6 +89,16 @@ class RunPaths:
     def merged(self) -> Path:
         return self.dir / "merged"
 
+    @property
+    def slurm_json(self) -> Path:
+        """The run's SLURM submissions (array job ids, indices, merge jobs), for resubmission and the monitor."""
+        return self.dir / "slurm.json"
+
+    @property
+    def slurm_scripts(self) -> Path:
+        """The sbatch scripts as submitted, kept for the user to read and rerun."""
+        return self.dir / "slurm"
+
     def shard(self, spec: ShardSpec) -> ShardPaths:
         return ShardPaths(self.dir / spec.dirname)
 

@@ -1,0 +1,210 @@
+"""`launch_shards --scheduler slurm`: a run's shards as a SLURM job array, then a merge job.
+
+One command both starts and continues a run. On a new run it writes run.json (so every element
+takes K from the run), submits an array of K elements and a merge + validate job that waits for
+them (afterany). On an existing run (`--out DIR`) it submits only the shards that are neither
+complete (status.json) nor still SLURM's business (waiting, running, requeued), by index, and a new
+merge job in place of the one still pending. `--dry-run` prints all of it and submits nothing.
+Every decision is a pure function below; SLURM itself is behind scheduler.slurm.SlurmCommands.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from pathlib import Path
+from typing import Callable, Iterable
+
+from shardrun.config import RunConfig
+from shardrun.errors import EXIT_OK, ConfigError
+from shardrun.heap_plan import plan_heap, task_heap_needs
+from shardrun.launch.admission import measure_load, native_overhead_bytes
+from shardrun.launch.launcher import check_same_run, refuse_if
+from shardrun.launch.slurm_script import ElementJob, WarningSignal, array_script, index_ranges, merge_script, \
+    split_for_array_size
+from shardrun.scheduler.slurm import (
+    QueuedElement, SlurmCommands, array_job_name, merge_job_name, queue_by_index, read_submissions, record_submission,
+    recorded_arrays,
+)
+from shardrun.shard.jvm import task_classpath
+from shardrun.shard.prepare import run_label
+from shardrun.shard.run import ensure_run_document, run_document
+from shardrun.sharding import ShardSpec
+from shardrun.states import ShardState
+from shardrun.storage.atomic import read_json, write_bytes_atomic
+from shardrun.storage.durability import durable_write
+from shardrun.storage.paths import RunPaths
+from shardrun.task import heap_advice, load_task
+from shardrun.units import MIB
+
+COMPLETE = frozenset({ShardState.COMPLETED, ShardState.COMPLETED_WITH_FAILURES})
+
+
+@dataclass(frozen=True)
+class ClusterOptions:
+    config_path: Path
+    shards: int
+    signal: WarningSignal
+    out: Path | None = None
+    pilot: int | None = None
+    dry_run: bool = False
+    merge: bool = True
+    max_parallel: int | None = None  # the array's %M
+    cpus: int = 1
+    mem_mib: int | None = None  # None: from the heap model and the data
+    time_limit: str | None = None
+    requeue_limit: int = 3
+    sbatch_options: tuple[str, ...] = ()
+
+
+@dataclass
+class Submission:
+    run_dir: Path
+    to_submit: list[int]
+    arrays: list[dict] = field(default_factory=list)  # {"job_id", "index_offset", "indices"}
+    merge_job_id: str | None = None
+    exit_code: int = EXIT_OK
+
+
+# --- pure decisions -------------------------------------------------------------------------------
+
+
+def element_memory_mib(heap_bytes: int, data_bytes: int) -> int:
+    """sbatch --mem for one shard: its Java heap, the process beyond the heap (measured, admission.py)
+    and the loaded input table."""
+    return math.ceil((heap_bytes + native_overhead_bytes(heap_bytes) + data_bytes) / MIB)
+
+
+def shards_to_submit(shards: int, complete: Iterable[int], queued: Iterable[int]) -> list[int]:
+    """The shard indices that are neither complete nor still waiting or running in the queue."""
+    settled = set(complete) | set(queued)
+    return [index for index in range(shards) if index not in settled]
+
+
+def describe_shard(index: int, state: str | None, queued: QueuedElement | None) -> str:
+    if queued is not None and queued.waiting_or_running:
+        reason = f", {queued.reason}" if queued.reason and queued.reason not in ("None", "(null)") else ""
+        return f"shard {index}: in the queue as job {queued.job_id} ({queued.state.lower()}{reason})"
+    if state in COMPLETE:
+        return f"shard {index}: {state}"
+    return f"shard {index}: to submit ({state or 'never started'})"
+
+
+# --- the run on disk --------------------------------------------------------------------------------
+
+
+def shard_states(run: RunPaths, shards: int) -> dict[int, str | None]:
+    states: dict[int, str | None] = {}
+    for index in range(shards):
+        try:
+            doc = read_json(run.shard(ShardSpec(index, shards)).status)
+            states[index] = doc.get("state") if isinstance(doc, dict) else None
+        except (OSError, ValueError):
+            states[index] = None
+    return states
+
+
+def resolve_run_dir(config: RunConfig, options: ClusterOptions, data_fingerprint: str) -> tuple[RunPaths, bool]:
+    """(the run dir, whether it holds this run already); a new one is only named, not created."""
+    if options.out is not None:
+        run = RunPaths(options.out.resolve())
+        if run.run_json.is_file():
+            check_same_run(run, "--out", options.shards, config.hash, options.pilot, data_fingerprint)
+            return run, True
+        if run.dir.is_dir() and any(run.dir.iterdir()):
+            raise ConfigError(f"--out {run.dir} is not empty and holds no run.json, so it is no run to continue; pass an"
+                              " empty or new dir to --out.")
+        return run, False
+    task = load_task(config.task)
+    name = f"{run_label(task, config, options.pilot)}_{datetime.now():%Y%m%d_%H%M%S}"
+    return RunPaths(config.output.root.resolve() / name), False
+
+
+# --- the submission ---------------------------------------------------------------------------------
+
+
+def submit_run(config: RunConfig, options: ClusterOptions, slurm: SlurmCommands | None = None,
+               out: Callable[[str], None] = print) -> Submission:
+    slurm = slurm or SlurmCommands()
+    task = load_task(config.task)
+    if not config.jvm.xmx_is_auto:
+        refuse_if(task.preflight(config.settings, config.jvm.xmx_bytes))
+    task_classpath(task, config.settings, config.jvm)
+    dataset, data_bytes = measure_load(task, config.settings)
+    heap = plan_heap(config.jvm, task_heap_needs(task, config.settings, dataset, config.jvm), list(dataset.user_ids),
+                     advice=heap_advice(task, config.settings))
+    refuse_if(task.preflight(config.settings, heap.heap))
+    for line in heap.report_lines():
+        out(line)
+    config = replace(config, jvm=heap.jvm)
+    run, existing = resolve_run_dir(config, options, dataset.fingerprint)
+
+    states = shard_states(run, options.shards) if existing else {}
+    offsets = recorded_arrays(read_submissions(run)) if existing else {}
+    queue = queue_by_index(run, slurm) if existing else {}
+    queued = [index for index, element in queue.items() if element.waiting_or_running]
+    complete = [index for index, state in states.items() if state in COMPLETE]
+    submission = Submission(run.dir, shards_to_submit(options.shards, complete, queued))
+    if existing:
+        out(f"run {run.dir}: {len(complete)} of {options.shards} shards complete, {len(queued)} in the queue")
+        for index in range(options.shards):
+            if index not in complete:
+                out(f"  {describe_shard(index, states.get(index), queue.get(index))}")
+
+    mem_mib = options.mem_mib or element_memory_mib(heap.heap, data_bytes)
+    workdir = Path.cwd()
+    log_dir = config.output.log_dir.resolve()
+    jobs = [
+        ElementJob(run_dir=run.dir, config_path=options.config_path.resolve(), shards=options.shards,
+                   array_ids=tuple(ids), index_offset=offset, python=sys.executable, workdir=workdir, log_dir=log_dir,
+                   pilot=options.pilot, xmx=heap.jvm.xmx, cpus=options.cpus, mem_mib=mem_mib, signal=options.signal,
+                   requeue_limit=options.requeue_limit, max_parallel=options.max_parallel,
+                   time_limit=options.time_limit, sbatch_options=options.sbatch_options)
+        for offset, ids in split_for_array_size(submission.to_submit, slurm.max_array_size())
+    ]
+    scripts = [array_script(job, array_job_name(run.dir)) for job in jobs]
+    wait_for = [job_id for job_id in offsets if any(e.waiting_or_running and e.array_job_id == job_id
+                                                    for e in queue.values())]
+    merge_text = merge_script(run.dir, options.config_path.resolve(), sys.executable, workdir, log_dir,
+                              merge_job_name(run.dir), options.sbatch_options) if options.merge else None
+    merge_needed = options.merge and (jobs or wait_for or not (run.merged / "validation.json").is_file())
+    out(f"memory per shard: {mem_mib} MiB (sbatch --mem; jvm {heap.jvm_line()})")
+    if not submission.to_submit:
+        out("nothing to submit: every shard is complete or in the queue")
+
+    if options.dry_run:
+        for job, script in zip(jobs, scripts):
+            out(f"--- array of shards {index_ranges(job.shard_indices)} (dry run: not submitted) ---")
+            out(script)
+        if merge_needed:
+            out("--- merge job (dry run: not submitted), after the arrays end (afterany) ---")
+            out(merge_text)
+        return submission
+
+    document = {**run_document(config, task, dataset, options.shards, options.pilot), "jvm": config.jvm.jvm_args()}
+    durable_write("run.json", run.dir, lambda: ensure_run_document(run, document))
+    for number, (job, script) in enumerate(zip(jobs, scripts)):
+        stamp = f"{datetime.now():%Y%m%d_%H%M%S}"
+        path = run.slurm_scripts / f"array_{stamp}_{number}.sh"
+        durable_write("the sbatch script", run.slurm_scripts,
+                      lambda: (path.parent.mkdir(parents=True, exist_ok=True), write_bytes_atomic(path, script.encode())))
+        job_id = slurm.submit(script)
+        submission.arrays.append({"job_id": job_id, "index_offset": job.index_offset, "indices": job.shard_indices,
+                                  "script": str(path.relative_to(run.dir))})
+        out(f"submitted shards {index_ranges(job.shard_indices)} of {options.shards} as array job {job_id}")
+    if merge_needed:
+        slurm.cancel_pending(merge_job_name(run.dir))  # an earlier merge job would merge too early
+        after = [*wait_for, *(array["job_id"] for array in submission.arrays)]
+        submission.merge_job_id = slurm.submit(merge_text, dependency=f"afterany:{':'.join(after)}" if after else None)
+        out(f"submitted the merge + validate job {submission.merge_job_id}"
+            + (f" (after {', '.join(after)} end)" if after else ""))
+    if submission.arrays or submission.merge_job_id:
+        durable_write("slurm.json", run.dir, lambda: record_submission(run, submission.arrays, submission.merge_job_id))
+    out(f"run dir: {run.dir}")
+    out(f"follow it: monitor_progress {run.dir} --watch   (SLURM's view: squeue --name={array_job_name(run.dir)})")
+    out(f"continue it (resubmit what is missing): launch_shards --scheduler slurm --config {options.config_path}"
+        f" --shards {options.shards} --out {run.dir}" + (f" --pilot {options.pilot}" if options.pilot else ""))
+    return submission
+

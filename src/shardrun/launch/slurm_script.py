@@ -1,0 +1,169 @@
+"""What a run submits to SLURM, as text: the job array's sbatch script and the merge job's (pure).
+
+Every element runs one idempotent command, `run_production --shard auto --out RUN`: the shard's index
+comes from SLURM_ARRAY_TASK_ID (plus SHARDRUN_INDEX_OFFSET when the cluster's MaxArraySize makes a
+run several arrays) and K from the run's run.json, never from the array's size, so a requeue, a
+preemption or a resubmission of chosen elements continues the same shard. docs/CLUSTER.md explains
+the script line by line.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Sequence
+
+from shardrun.errors import UsageError
+
+# sbatch --signal=[B:]SIG[@SECONDS]: the signals a shard can take as its warning (run_production --preempt-signal).
+_SIGNAL_RE = re.compile(r"^(?:B:)?(?:SIG)?(TERM|USR1|USR2)(?:@(\d+))?$")
+DEFAULT_SIGNAL = "USR1@120"
+
+
+@dataclass(frozen=True)
+class WarningSignal:
+    name: str  # TERM, USR1 or USR2
+    lead_seconds: int
+
+    @classmethod
+    def parse(cls, text: str) -> "WarningSignal":
+        match = _SIGNAL_RE.match(text.strip().upper())
+        if not match:
+            raise UsageError(f"--signal {text!r}: give SIGNAL@SECONDS with SIGNAL one of TERM, USR1, USR2 (for example"
+                             f" {DEFAULT_SIGNAL}: USR1 two minutes before the time limit).")
+        lead = int(match.group(2) or 60)  # sbatch's own default lead is 60 s
+        if not 10 <= lead <= 65535:
+            raise UsageError(f"--signal {text!r}: the lead must be 10 to 65535 seconds (SLURM's limit), got {lead}.")
+        return cls(match.group(1), lead)
+
+    def __str__(self) -> str:
+        return f"{self.name}@{self.lead_seconds}"
+
+
+@dataclass(frozen=True)
+class ElementJob:
+    """Everything one array of shard elements needs (one run may need several: index_offset)."""
+
+    run_dir: Path
+    config_path: Path
+    shards: int
+    array_ids: tuple[int, ...]  # SLURM_ARRAY_TASK_ID values; shard index = id + index_offset
+    index_offset: int
+    python: str
+    workdir: Path
+    log_dir: Path
+    pilot: int | None
+    xmx: str
+    cpus: int
+    mem_mib: int
+    signal: WarningSignal
+    requeue_limit: int
+    max_parallel: int | None = None
+    time_limit: str | None = None
+    sbatch_options: tuple[str, ...] = ()
+
+    @property
+    def shard_indices(self) -> list[int]:
+        return [array_id + self.index_offset for array_id in self.array_ids]
+
+
+def index_ranges(indices: Iterable[int]) -> str:
+    """0,1,2,5,7,8 -> '0-2,5,7-8': sbatch --array syntax."""
+    ordered = sorted(set(indices))
+    parts = []
+    start = previous = None
+    for index in [*ordered, None]:
+        if start is not None and index == previous + 1:
+            previous = index
+            continue
+        if start is not None:
+            parts.append(str(start) if start == previous else f"{start}-{previous}")
+        start = previous = index
+    return ",".join(parts)
+
+
+def split_for_array_size(indices: Sequence[int], max_array_size: int) -> list[tuple[int, list[int]]]:
+    """Shard indices as arrays whose ids stay below MaxArraySize: [(index_offset, array ids)]."""
+    if max_array_size < 1:
+        raise ValueError("MaxArraySize must be at least 1")
+    groups: dict[int, list[int]] = {}
+    for index in sorted(set(indices)):
+        offset = index // max_array_size * max_array_size
+        groups.setdefault(offset, []).append(index - offset)
+    return sorted(groups.items())
+
+
+def _q(value: object) -> str:
+    return shlex.quote(str(value))
+
+
+def element_command(job: ElementJob) -> list[str]:
+    mode = ["--full"] if job.pilot is None else ["--pilot", str(job.pilot)]
+    return [job.python, "-m", "shardrun.worker", "--config", str(job.config_path), *mode, "--shard", "auto",
+            "--out", str(job.run_dir), "--xmx", job.xmx, "--threads", str(job.cpus),
+            "--preempt-signal", job.signal.name, "--preempt-lead", str(job.signal.lead_seconds),
+            "--requeue-limit", str(job.requeue_limit)]
+
+
+def log_pattern(job: ElementJob) -> str:
+    """`analysis/shard<i>.log` as in the original workflow (%a is the array id, the index when there is no offset)."""
+    name = "shard%a.log" if job.index_offset == 0 else f"shard%a+{job.index_offset}.log"
+    return str(job.log_dir / name)
+
+
+def array_script(job: ElementJob, job_name: str) -> str:
+    cap = f"%{job.max_parallel}" if job.max_parallel else ""
+    lines = [
+        "#!/bin/bash",
+        f"# shardrun: {len(job.array_ids)} of the {job.shards} shards of {job.run_dir} as a SLURM job array.",
+        "# Written by launch_shards --scheduler slurm; docs/CLUSTER.md explains every line.",
+        f"#SBATCH --job-name={job_name}",
+        f"#SBATCH --array={index_ranges(job.array_ids)}{cap}",
+        "#SBATCH --ntasks=1",
+        f"#SBATCH --cpus-per-task={job.cpus}",
+        f"#SBATCH --mem={job.mem_mib}M",
+        *([f"#SBATCH --time={job.time_limit}"] if job.time_limit else []),
+        f"#SBATCH --signal=B:{job.signal}",
+        "#SBATCH --requeue",
+        "#SBATCH --open-mode=append",
+        f"#SBATCH --output={log_pattern(job)}",
+        f"#SBATCH --chdir={job.workdir}",
+        *(f"#SBATCH {option}" for option in job.sbatch_options),
+        "",
+        "set -eu",
+    ]
+    if job.index_offset:
+        lines.append(f"export SHARDRUN_INDEX_OFFSET={job.index_offset}")
+    lines += [
+        'echo "=== $(date -u +%Y-%m-%dT%H:%M:%SZ) SLURM job ${SLURM_JOB_ID} (array ${SLURM_ARRAY_JOB_ID}'
+        ' element ${SLURM_ARRAY_TASK_ID}) on $(hostname), restart ${SLURM_RESTART_COUNT:-0}"',
+        "# exec: the shard itself is the batch step, so the --signal warning (B:) reaches it directly.",
+        "exec " + " ".join(_q(part) for part in element_command(job)),
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def merge_script(run_dir: Path, config_path: Path, python: str, workdir: Path, log_dir: Path, job_name: str,
+                 sbatch_options: Sequence[str] = ()) -> str:
+    """The job that merges and validates the run once every element has ended (afterany, given at submit)."""
+    merged = run_dir / "merged"
+    return "\n".join([
+        "#!/bin/bash",
+        f"# shardrun: merge and validate {run_dir} once its shards have ended (afterany).",
+        f"#SBATCH --job-name={job_name}",
+        "#SBATCH --ntasks=1",
+        "#SBATCH --cpus-per-task=1",
+        "#SBATCH --open-mode=append",
+        f"#SBATCH --output={log_dir / 'merge.log'}",
+        f"#SBATCH --chdir={workdir}",
+        *(f"#SBATCH {option}" for option in sbatch_options),
+        "",
+        "set -u",
+        'echo "=== $(date -u +%Y-%m-%dT%H:%M:%SZ) SLURM job ${SLURM_JOB_ID}: merge"',
+        f"{_q(python)} -m shardrun.merge --run {_q(run_dir)} --output {_q(merged)} --overwrite || exit $?",
+        f"exec {_q(python)} -m shardrun.validate --dir {_q(merged)} --config {_q(config_path)}",
+        "",
+    ])

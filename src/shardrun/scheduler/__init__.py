@@ -1,0 +1,1 @@
+"""The clusters scheduler as shardrun sees it: its commands and the runs record of submissions."""
