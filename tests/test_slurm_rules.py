@@ -1,0 +1,124 @@
+"""The SLURM backend's rules, without a cluster: the scripts it writes, what it resubmits, how it reads squeue.
+
+The scripts are checked by bash itself (`bash -n`) and by running the element's command line through
+the real argument parser of run_production; tests/test_slurm.py submits them to a real slurmctld.
+"""
+
+from __future__ import annotations
+
+import shlex
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from shardrun.cli.run_production import parser as run_production_parser
+from shardrun.errors import UsageError
+from shardrun.launch.cluster import element_memory_mib, shards_to_submit
+from shardrun.launch.slurm_script import (
+    ElementJob, WarningSignal, array_script, index_ranges, merge_script, split_for_array_size,
+)
+from shardrun.scheduler.slurm import parse_max_array_size, parse_queue, scheduler_view
+from shardrun.units import MIB
+
+
+def job(**changes) -> ElementJob:
+    values = dict(run_dir=Path("/runs/r 1"), config_path=Path("/cfg/proposal.yaml"), shards=4, array_ids=(0, 1, 2, 3),
+                  index_offset=0, python="/venv/bin/python", workdir=Path("/work dir"), log_dir=Path("/logs"),
+                  pilot=None, xmx="1g", cpus=2, mem_mib=1600, signal=WarningSignal("USR1", 120), requeue_limit=3,
+                  max_parallel=2, time_limit="1-00:00:00", sbatch_options=("--partition=short",))
+    values.update(changes)
+    return ElementJob(**values)
+
+
+@pytest.mark.parametrize("indices, text", [
+    ([0, 1, 2, 3], "0-3"), ([3, 0, 2], "0,2-3"), ([0, 1, 2, 5, 7, 8], "0-2,5,7-8"), ([9], "9"), ([], ""),
+])
+def test_index_ranges(indices, text):
+    assert index_ranges(indices) == text
+
+
+def test_runs_larger_than_max_array_size_become_several_arrays_with_offsets():
+    assert split_for_array_size(range(10), 4) == [(0, [0, 1, 2, 3]), (4, [0, 1, 2, 3]), (8, [0, 1])]
+    assert split_for_array_size([1, 9], 4) == [(0, [1]), (8, [1])]
+    for offset, ids in split_for_array_size(range(2500), 1001):
+        assert max(ids) < 1001
+
+
+def test_the_array_script_is_valid_bash_with_every_sbatch_line(tmp_path):
+    script = array_script(job(), "shardrun-r1")
+    path = tmp_path / "array.sh"
+    path.write_text(script)
+    assert subprocess.run(["bash", "-n", str(path)]).returncode == 0
+    directives = [line.removeprefix("#SBATCH ") for line in script.splitlines() if line.startswith("#SBATCH ")]
+    assert "--array=0-3%2" in directives and "--cpus-per-task=2" in directives and "--mem=1600M" in directives
+    assert "--signal=B:USR1@120" in directives and "--requeue" in directives and "--open-mode=append" in directives
+    assert "--output=/logs/shard%a.log" in directives and "--time=1-00:00:00" in directives
+    assert "--partition=short" in directives
+    assert "SHARDRUN_INDEX_OFFSET" not in script
+
+
+def test_an_offset_array_exports_its_offset_and_logs_apart():
+    script = array_script(job(array_ids=(0, 1), index_offset=1001), "shardrun-r1")
+    assert "export SHARDRUN_INDEX_OFFSET=1001" in script and "shard%a+1001.log" in script
+    assert job(array_ids=(0, 1), index_offset=1001).shard_indices == [1001, 1002]
+
+
+def test_the_element_command_is_one_that_run_production_accepts_with_auto_shard_and_k_from_the_run():
+    script = array_script(job(pilot=5), "x")
+    exec_line = next(line for line in script.splitlines() if line.startswith("exec "))
+    argv = shlex.split(exec_line)[4:]  # exec python -m shardrun.worker
+    args = run_production_parser().parse_args(argv)
+    assert args.shard == "auto" and args.out == Path("/runs/r 1") and args.pilot == 5
+    assert args.preempt_signal == "USR1" and args.preempt_lead == 120 and args.requeue_limit == 3
+    assert "--shards" not in argv and "--resume" not in argv
+
+
+def test_the_merge_script_merges_then_validates_and_is_valid_bash(tmp_path):
+    script = merge_script(Path("/runs/r1"), Path("/cfg/c.yaml"), "/venv/bin/python", Path("/w"), Path("/logs"), "m")
+    path = tmp_path / "merge.sh"
+    path.write_text(script)
+    assert subprocess.run(["bash", "-n", str(path)]).returncode == 0
+    assert script.index("shardrun.merge --run /runs/r1 --output /runs/r1/merged --overwrite") < script.index(
+        "shardrun.validate --dir /runs/r1/merged --config /cfg/c.yaml")
+
+
+@pytest.mark.parametrize("text, name, lead", [
+    ("USR1@120", "USR1", 120), ("B:USR2@300", "USR2", 300), ("SIGTERM@60", "TERM", 60), ("usr1", "USR1", 60),
+])
+def test_warning_signal_parses_sbatch_syntax(text, name, lead):
+    assert WarningSignal.parse(text) == WarningSignal(name, lead)
+
+
+@pytest.mark.parametrize("text", ["KILL@60", "USR1@5", "USR1@x", ""])
+def test_warning_signal_refuses_what_a_shard_cannot_drain_on(text):
+    with pytest.raises(UsageError):
+        WarningSignal.parse(text)
+
+
+def test_only_shards_neither_complete_nor_queued_are_resubmitted():
+    assert shards_to_submit(6, complete=[0, 2], queued=[1, 2]) == [3, 4, 5]
+    assert shards_to_submit(3, complete=[0, 1, 2], queued=[]) == []
+
+
+def test_squeue_lines_become_elements_and_later_arrays_win():
+    text = "\n".join([
+        "100|0|101|COMPLETED|None", "100|1|102|FAILED|NonZeroExitCode", "100|2|103|PENDING|Resources",
+        "200|1|201|RUNNING|None", "300|N/A|300|PENDING|Dependency", "garbage",
+    ])
+    elements = parse_queue(text)
+    assert [(e.array_job_id, e.array_task_id, e.state) for e in elements] == [
+        ("100", 0, "COMPLETED"), ("100", 1, "FAILED"), ("100", 2, "PENDING"), ("200", 1, "RUNNING")]
+    view = scheduler_view(elements, {"100": 0, "200": 0})
+    assert view[1].job_id == "201" and view[2].waiting_or_running and not view[0].waiting_or_running
+    assert scheduler_view(parse_queue("7|3|8|RUNNING|None"), {"7": 1001})[1004].job_id == "8"
+
+
+def test_max_array_size_from_scontrol_show_config():
+    assert parse_max_array_size("Foo = 1\nMaxArraySize            = 40\n") == 40
+    assert parse_max_array_size("nothing") == 1001
+
+
+def test_element_memory_counts_heap_overhead_and_data():
+    assert element_memory_mib(1024 * MIB, 0) > 1024
+    assert element_memory_mib(1024 * MIB, 500 * MIB) == element_memory_mib(1024 * MIB, 0) + 500
