@@ -1,0 +1,158 @@
+"""launch_shards --scheduler slurm against a real single-node SLURM (tests/slurm_cluster.py: munged,
+slurmctld and slurmd from the Debian packages, started by the test session and stopped by PID).
+
+Every run is submitted with the project's own command, as a user would, and its merged result must
+equal the uninterrupted local K=1 reference of the same config: no user twice, none lost, no element
+running another's users, whatever SLURM did to the elements on the way (a requeue mid-run, a cancel
+and a resubmission by index, a time-limit warning answered by a drain and a self-requeue).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from e2e_support import analysis_values, read_status, wait_for
+
+pytestmark = pytest.mark.e2e
+
+RUN_TIMEOUT = 420
+
+
+def own_config(workspace: dict, tmp_path: Path, faulty: bool = False) -> Path:
+    """The workspace config with this test's own log dir (the elements' logs are checked)."""
+    config = yaml.safe_load(workspace["config"].read_text())
+    config["output"]["log_dir"] = str(tmp_path / "logs")
+    if faulty:
+        config["task"] = "faulty_task:task"
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def launch(cluster, config: Path, run: Path, shards: int, *flags: str, env: dict | None = None):
+    environment = {**cluster.env, **(env or {})}
+    return subprocess.run(
+        [sys.executable, "-m", "shardrun.launcher", "--scheduler", "slurm", "--config", str(config),
+         "--shards", str(shards), "--out", str(run), *flags],
+        env=environment, cwd=run.parent, capture_output=True, text=True, timeout=300,
+    )
+
+
+def submitted(run: Path) -> tuple[list[str], str | None]:
+    """The array job ids and the newest merge job id that RUN/slurm.json records."""
+    submissions = json.loads((run / "slurm.json").read_text())["submissions"]
+    arrays = [array["job_id"] for submission in submissions for array in submission["arrays"]]
+    return arrays, submissions[-1]["merge_job_id"]
+
+
+def wait_for_run(cluster, run: Path) -> None:
+    arrays, merge = submitted(run)
+    cluster.wait_until_gone([*arrays, merge], timeout=RUN_TIMEOUT)
+
+
+def assert_equals_reference(run: Path, workspace: dict, shards: int) -> None:
+    validation = json.loads((run / "merged" / "validation.json").read_text())
+    assert validation["valid"], validation["problems"]
+    report = json.loads((run / "merged" / "merge_report.json").read_text())
+    assert report["identical_duplicates"] == 0, "some user was computed twice"
+    assert analysis_values(run / "merged").equals(workspace["reference"])
+    assert sorted(p.name for p in run.glob("shard-*")) == sorted(f"shard-{i}-of-{shards}" for i in range(shards))
+
+
+def faulty_env(slow_seconds: float) -> dict:
+    return {"PYTHONPATH": str(Path(__file__).parent), "FAULTY_TASK": f"slow:{slow_seconds}"}
+
+
+def test_an_array_of_four_and_its_merge_job_equal_a_local_k1_run(slurm_cluster, workspace, tmp_path):
+    config = own_config(workspace, tmp_path)
+    run = tmp_path / "run"
+    dry = launch(slurm_cluster, config, run, 4, "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    assert "#SBATCH --array=0-3" in dry.stdout and "not submitted" in dry.stdout
+    assert not run.exists(), "a dry run writes nothing"
+
+    result = launch(slurm_cluster, config, run, 4, "--time", "10")
+    assert result.returncode == 0, result.stderr
+    assert "submitted shards 0-3 of 4 as array job" in result.stdout and "merge + validate job" in result.stdout
+    wait_for_run(slurm_cluster, run)
+    assert_equals_reference(run, workspace, 4)
+    for index in range(4):
+        log = (tmp_path / "logs" / f"shard{index}.log").read_text()
+        assert f"element {index})" in log and f"shard {index}/4 done (exit 0)" in log
+    assert "merged" in (tmp_path / "logs" / "merge.log").read_text()
+
+    again = launch(slurm_cluster, config, run, 4)
+    assert again.returncode == 0 and "nothing to submit" in again.stdout, again.stdout
+
+
+def test_an_element_requeued_mid_run_continues_its_shard(slurm_cluster, workspace, tmp_path):
+    config = own_config(workspace, tmp_path, faulty=True)
+    run = tmp_path / "run"
+    result = launch(slurm_cluster, config, run, 2, env=faulty_env(1))
+    assert result.returncode == 0, result.stderr
+    (array,), _merge = submitted(run)
+    shard_dir = run / "shard-1-of-2"
+    wait_for(lambda: read_status(shard_dir).get("users_done", 0) >= 2, timeout=RUN_TIMEOUT)
+    element = f"{array}_1"
+    slurm_cluster.scontrol("requeue", element)
+    slurm_cluster.wait_for_state(element, "PENDING", timeout=120)
+    slurm_cluster.start_now(element)
+    wait_for_run(slurm_cluster, run)
+    log = (tmp_path / "logs" / "shard1.log").read_text()
+    assert "restart 1" in log, "the element ran again after its requeue"
+    assert read_status(shard_dir)["resumed_with_done"] >= 2, "the requeued element continued, not restarted"
+    assert_equals_reference(run, workspace, 2)
+
+
+def test_a_cancelled_element_is_resubmitted_by_index_with_the_same_command(slurm_cluster, workspace, tmp_path):
+    config = own_config(workspace, tmp_path, faulty=True)
+    run = tmp_path / "run"
+    env = faulty_env(0.5)
+    result = launch(slurm_cluster, config, run, 3, env=env)
+    assert result.returncode == 0, result.stderr
+    (array,), first_merge = submitted(run)
+    slurm_cluster.scancel(f"{array}_1")
+    wait_for_run(slurm_cluster, run)
+    assert not (run / "merged" / "validation.json").is_file() or not json.loads(
+        (run / "merged" / "validation.json").read_text())["valid"], "an incomplete run must not pass as complete"
+
+    dry = launch(slurm_cluster, config, run, 3, "--dry-run", env=env)
+    assert "shard 1: to submit" in dry.stdout and "#SBATCH --array=1\n" in dry.stdout, dry.stdout
+    again = launch(slurm_cluster, config, run, 3, env=env)
+    assert again.returncode == 0, again.stderr
+    assert "submitted shards 1 of 3 as array job" in again.stdout, again.stdout
+    arrays, merge = submitted(run)
+    assert len(arrays) == 2 and merge != first_merge
+    wait_for_run(slurm_cluster, run)
+    assert_equals_reference(run, workspace, 3)
+
+
+def test_the_time_limit_warning_drains_says_preempted_and_requeues_the_element(slurm_cluster, workspace, tmp_path):
+    """SLURM's `--signal=B:USR1@30` warning, sent to the batch step by scancel as SLURM does before a
+    time limit: the shard finishes its user, says `preempted`, requeues its own job and, started
+    again, completes."""
+    config = own_config(workspace, tmp_path, faulty=True)
+    run = tmp_path / "run"
+    result = launch(slurm_cluster, config, run, 2, "--signal", "USR1@30", "--requeue-limit", "1", env=faulty_env(1.5))
+    assert result.returncode == 0, result.stderr
+    (array,), _merge = submitted(run)
+    shard_dir = run / "shard-0-of-2"
+    wait_for(lambda: read_status(shard_dir).get("users_done", 0) >= 1, timeout=RUN_TIMEOUT)
+    element = f"{array}_0"
+    slurm_cluster.scancel("--batch", "--signal=USR1", element)
+    wait_for(lambda: read_status(shard_dir).get("requeues") == 1, timeout=60)
+    record = slurm_cluster.wait_for_state(element, "PENDING", timeout=120)
+    assert read_status(shard_dir)["state"] == "preempted", read_status(shard_dir)
+    assert record.get("Restarts") in (None, "1"), record
+    slurm_cluster.start_now(element)
+    wait_for_run(slurm_cluster, run)
+    status = read_status(shard_dir)
+    assert status["state"] == "completed" and status["requeues"] == 1, status
+    assert "preempted" in (tmp_path / "logs" / "shard0.log").read_text()
+    assert_equals_reference(run, workspace, 2)
