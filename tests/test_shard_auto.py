@@ -1,14 +1,21 @@
 """`--shard auto`: each scheduler's variables -> i/K, K fixed by the run, and every refusal naming its fix.
 
-Pure cases: environment dicts, one per scheduler and per way an array is submitted.
+Pure cases are environment dicts (one per scheduler and per way an array is submitted); one real
+`run_production --dry-run` process shows a resubmitted SLURM element joining its run as shard 1/4.
 """
 
 from __future__ import annotations
 
+import json
+import os
+from pathlib import Path
+
 import pytest
 
-from shardrun.errors import UsageError
+from e2e_support import shardrun, write_categorical_data, write_config
+from shardrun.errors import ResumeMismatch, UsageError
 from shardrun.sharding import SCHEDULERS, ShardSpec, resolve_auto_shard
+from shardrun.storage.identity import recorded_shard_count
 
 
 def slurm(task_id: int, low: int, high: int, count: int, step: int = 1, **more: str) -> dict[str, str]:
@@ -144,3 +151,59 @@ def test_the_explanation_names_the_variable_and_where_k_came_from():
     assert "SLURM_ARRAY_TASK_ID=1" in auto.explanation and "run.json of RUN" in auto.explanation
     assert "PBS_ARRAYID=7" in auto.explanation  # a variable that lost is named, not silently dropped
     assert "K=4 from SLURM_ARRAY_TASK_COUNT=4" in resolve_auto_shard(slurm(0, 0, 3, 4)).explanation
+
+
+def test_the_recorded_k_of_a_run_dir_or_of_a_shard_dir_in_it(tmp_path):
+    run = tmp_path / "run"
+    assert recorded_shard_count(run) is None  # no run yet: K comes from elsewhere
+    run.mkdir()
+    (run / "run.json").write_text(json.dumps({"shards": 4}))
+    shard = run / "shard-1-of-4"
+    shard.mkdir()
+    (shard / "shard.json").write_text(json.dumps({"shard": "1/4"}))
+    assert recorded_shard_count(run) == (run, 4)
+    assert recorded_shard_count(shard) == (run, 4)
+    (run / "run.json").write_text(json.dumps({"shards": "4"}))
+    with pytest.raises(ResumeMismatch, match="--shard i/K"):
+        recorded_shard_count(run)
+
+
+@pytest.fixture()
+def run_of_four(tmp_path):
+    data = tmp_path / "data.csv"
+    write_categorical_data(data, n_users=8, n_rows=60)
+    config = write_config(tmp_path / "tiny.yaml", data, tmp_path)
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "run.json").write_text(json.dumps({"shards": 4, "config_hash": "x", "data_fingerprint": "y"}))
+    return {"root": tmp_path, "config": config, "run": run}
+
+
+RESUBMITTED_ELEMENT = {"SLURM_ARRAY_TASK_ID": "1", "SLURM_ARRAY_TASK_COUNT": "1", "SLURM_ARRAY_TASK_MIN": "1",
+                       "SLURM_ARRAY_TASK_MAX": "1"}
+
+
+def clean_environment(**more: str) -> dict[str, str]:
+    """This process's environment without any job-array variable a CI runner may have, plus `more`."""
+    names = {s.index_variable for s in SCHEDULERS} | {"SHARDRUN_SHARDS", "SHARDRUN_INDEX_OFFSET", "SHARDRUN_FIRST_INDEX"}
+    return {**{k: v for k, v in os.environ.items() if k not in names}, **more}
+
+
+@pytest.mark.jvm  # the dry run asks `java -version` whether it accepts the shard's flags
+def test_a_resubmitted_slurm_element_joins_its_run_as_shard_1_of_4(run_of_four):
+    result = shardrun("worker", "--config", str(run_of_four["config"]), "--full", "--shard", "auto",
+                      "--out", str(run_of_four["run"]), "--dry-run", cwd=run_of_four["root"],
+                      env=clean_environment(**RESUBMITTED_ELEMENT))
+    assert result.stdout.startswith("shard 1/4: 2 users assigned"), result.stdout
+    assert "shard-1-of-4" in result.stdout
+    assert "K=4 from the run.json of" in result.stderr
+    assert not (run_of_four["run"] / "shard-0-of-1").exists()
+
+
+def test_a_resubmitted_element_that_contradicts_the_run_is_refused_before_anything_is_read(run_of_four):
+    result = shardrun("worker", "--config", str(run_of_four["root"] / "no-such.yaml"), "--full", "--shard", "auto",
+                      "--out", str(run_of_four["run"]), cwd=run_of_four["root"], check=False,
+                      env=clean_environment(**RESUBMITTED_ELEMENT, SHARDRUN_SHARDS="2"))
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "K=4" in result.stderr and "SHARDRUN_SHARDS=2" in result.stderr and "Traceback" not in result.stderr
+    assert sorted(p.name for p in run_of_four["run"].iterdir()) == ["run.json"]
