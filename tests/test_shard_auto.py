@@ -17,6 +17,8 @@ from shardrun.errors import ResumeMismatch, UsageError
 from shardrun.sharding import SCHEDULERS, ShardSpec, resolve_auto_shard
 from shardrun.storage.identity import recorded_shard_count
 
+REPO = Path(__file__).resolve().parents[1]
+
 
 def slurm(task_id: int, low: int, high: int, count: int, step: int = 1, **more: str) -> dict[str, str]:
     """The variables slurmctld sets for one element of `sbatch --array=...` (MIN/MAX: lowest/highest ID,
@@ -151,6 +153,15 @@ def test_the_explanation_names_the_variable_and_where_k_came_from():
     assert "SLURM_ARRAY_TASK_ID=1" in auto.explanation and "run.json of RUN" in auto.explanation
     assert "PBS_ARRAYID=7" in auto.explanation  # a variable that lost is named, not silently dropped
     assert "K=4 from SLURM_ARRAY_TASK_COUNT=4" in resolve_auto_shard(slurm(0, 0, 3, 4)).explanation
+
+
+def test_every_scheduler_is_documented():
+    page = (REPO / "docs" / "SCHEDULERS.md").read_text()
+    for scheduler in SCHEDULERS:
+        assert f"`{scheduler.index_variable}`" in page, scheduler.name
+    for variable in ("SHARDRUN_SHARDS", "SHARDRUN_INDEX_OFFSET", "SHARDRUN_FIRST_INDEX", "MaxArraySize",
+                     "$(Process)"):
+        assert variable in page
 
 
 def test_the_recorded_k_of_a_run_dir_or_of_a_shard_dir_in_it(tmp_path):
