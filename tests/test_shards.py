@@ -32,11 +32,6 @@ def test_parse_shard_rejects_bad_specs(text):
         ShardSpec.parse(text)
 
 
-def test_auto_reads_slurm_array_variables():
-    env = {"SLURM_ARRAY_TASK_ID": "5", "SLURM_ARRAY_TASK_COUNT": "4", "SLURM_ARRAY_TASK_MIN": "2"}
-    assert ShardSpec.parse("auto", env) == ShardSpec(3, 4)
-
-
 def test_auto_sge_counts_from_one():
     assert ShardSpec.parse("auto", {"SGE_TASK_ID": "1", "SHARDRUN_SHARDS": "3"}) == ShardSpec(0, 3)
 

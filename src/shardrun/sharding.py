@@ -3,6 +3,10 @@
 User u belongs to shard i of K iff index(u) % K == i, where index is u's position in the sorted
 list of user ids. Every shard computes the same sorted list on its own, so no coordination is
 needed and a shard is just a process with an index (a job array element on a scheduler).
+
+`--shard auto` turns a scheduler's job-array variables into i/K (resolve_auto_shard); the table of
+schedulers, the order in which they are tried and where each variable was checked are in
+docs/SCHEDULERS.md.
 """
 
 from __future__ import annotations
@@ -10,19 +14,17 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 from shardrun.errors import UsageError
 
 _SPEC_RE = re.compile(r"^\s*(\d+)\s*/\s*(\d+)\s*$")
 
-# Job-array variables for `--shard auto`:
-# (index variable, count variable, variable holding the first index, first index when that is unset).
-_SCHEDULER_ENV = (
-    ("SLURM_ARRAY_TASK_ID", "SLURM_ARRAY_TASK_COUNT", "SLURM_ARRAY_TASK_MIN", 0),
-    ("SGE_TASK_ID", None, "SGE_TASK_FIRST", 1),
-    ("PBS_ARRAY_INDEX", None, None, 0),
-)
+# shardrun's own variables, read by `--shard auto` on every scheduler.
+SHARDRUN_INDEX = "SHARDRUN_INDEX"  # this element's shard index (0-based); wins over every scheduler's variable
+SHARDRUN_SHARDS = "SHARDRUN_SHARDS"  # K, where neither the run dir nor the scheduler gives it
+SHARDRUN_INDEX_OFFSET = "SHARDRUN_INDEX_OFFSET"  # added to the index: a run of K shards submitted as several arrays
+SHARDRUN_FIRST_INDEX = "SHARDRUN_FIRST_INDEX"  # the array ID that is shard 0 (e.g. 1 for a 1-based SLURM array)
 
 
 @dataclass(frozen=True, order=True)
@@ -44,36 +46,260 @@ class ShardSpec:
         return f"shard-{self.index}-of-{self.count}"
 
     @classmethod
-    def parse(cls, text: str, env: Mapping[str, str] | None = None) -> "ShardSpec":
-        """'i/K', or 'auto' to read a scheduler's job-array variables."""
+    def parse(cls, text: str, env: Mapping[str, str] | None = None, run_shards: int | None = None) -> "ShardSpec":
+        """'i/K', or 'auto' to read a scheduler's job-array variables (run_shards: K of the run dir the
+        shard joins, which decides K when it is known)."""
         if text.strip() == "auto":
-            return cls.from_scheduler_env(os.environ if env is None else env)
+            return resolve_auto_shard(os.environ if env is None else env, run_shards).spec
         match = _SPEC_RE.match(text)
         if not match:
             raise UsageError(f"--shard must look like i/K (for example 0/4) or 'auto', got {text!r}.")
         return cls(int(match.group(1)), int(match.group(2)))
 
-    @classmethod
-    def from_scheduler_env(cls, env: Mapping[str, str]) -> "ShardSpec":
-        for index_var, count_var, first_var, default_first in _SCHEDULER_ENV:
-            if index_var not in env:
-                continue
-            count_text = env.get(count_var) if count_var else None
-            count_text = count_text or env.get("SHARDRUN_SHARDS")
-            if not count_text:
-                raise UsageError(
-                    f"--shard auto found {index_var} but not the number of shards; set SHARDRUN_SHARDS=K"
-                    + (f" (or run as a job array so that {count_var} is set)." if count_var else ".")
-                )
-            try:
-                first = int(env[first_var]) if first_var and env.get(first_var) else default_first
-                return cls(int(env[index_var]) - first, int(count_text))
-            except ValueError:
-                raise UsageError(f"--shard auto: {index_var} or the shard count is not an integer.") from None
+
+@dataclass(frozen=True)
+class Scheduler:
+    """How one job-array system numbers its elements, as `--shard auto` reads it.
+
+    An element's shard index is (ID - first) / step + SHARDRUN_INDEX_OFFSET, where ID is the value of
+    index_variable, step that of step_variable (1 without one) and first the ID that is shard 0:
+    SHARDRUN_FIRST_INDEX when set, else lowest_index moved up to the residue, modulo the step, of the
+    array's lowest ID as submitted (first_variable). Only the residue, not the lowest ID itself, so that
+    a resubmission of chosen elements (`sbatch --array=1`) keeps their indices.
+    """
+
+    name: str
+    index_variable: str
+    lowest_index: int  # the scheduler's own first ID: 0, or 1 where IDs count from 1
+    first_variable: str | None = None  # the array's lowest ID as submitted
+    step_variable: str | None = None  # the array's step
+    last_variable: str | None = None  # the array's highest ID as submitted
+    count_variable: str | None = None  # how many elements the array has
+    counts_whole_array: bool = False  # count_variable always counts the whole array: it cannot be resubmitted in part
+    outside_an_array: tuple[str, ...] = ()  # values index_variable takes in a job that is not an array element
+    gives_count: bool = True  # False: the scheduler never says K (documented in the refusal)
+
+
+# Tried in this order; the first whose index variable is set wins. The innermost launcher comes first:
+# shardrun's own variable, then a process launcher that runs inside a job (GNU parallel), then
+# container orchestrators, then batch schedulers (whose variables are inherited by everything a job
+# starts). Names and bases checked against each scheduler's documentation (docs/SCHEDULERS.md, Sources).
+SCHEDULERS: tuple[Scheduler, ...] = (
+    # Any scheduler, and HTCondor, which has no variable of its own: environment = "SHARDRUN_INDEX=$(Process)".
+    Scheduler("SHARDRUN_INDEX", SHARDRUN_INDEX, lowest_index=0, gives_count=False),
+    # GNU parallel: $PARALLEL_SEQ (= {#}) counts jobs from 1 (src/parallel: `my $seq = 1`).
+    Scheduler("GNU parallel", "PARALLEL_SEQ", lowest_index=1, gives_count=False),
+    # Kubernetes Indexed Job: 0 .. spec.completions-1; completions is not in the pod's environment.
+    Scheduler("Kubernetes Indexed Job", "JOB_COMPLETION_INDEX", lowest_index=0, gives_count=False),
+    # AWS Batch array job: 0 .. size-1, and the size of the parent array.
+    Scheduler("AWS Batch", "AWS_BATCH_JOB_ARRAY_INDEX", lowest_index=0, count_variable="AWS_BATCH_JOB_ARRAY_SIZE",
+              counts_whole_array=True),
+    # SLURM (slurmctld's _create_job_array): MIN/MAX the lowest/highest ID, COUNT the number of IDs,
+    # STEP the number after the first ':' of --array (1 without one, so 1 for a list like 0,5,9).
+    Scheduler("SLURM", "SLURM_ARRAY_TASK_ID", lowest_index=0, first_variable="SLURM_ARRAY_TASK_MIN",
+              step_variable="SLURM_ARRAY_TASK_STEP", last_variable="SLURM_ARRAY_TASK_MAX",
+              count_variable="SLURM_ARRAY_TASK_COUNT"),
+    # Grid Engine (SGE, UGE, SoGE): qsub -t n[-m[:s]], IDs from 1; 'undefined' outside an array job.
+    Scheduler("SGE/UGE", "SGE_TASK_ID", lowest_index=1, first_variable="SGE_TASK_FIRST",
+              step_variable="SGE_TASK_STEPSIZE", last_variable="SGE_TASK_LAST", outside_an_array=("undefined",)),
+    # LSF: bsub -J "name[1-N:s]", IDs from 1; LSB_JOBINDEX is 0 in a job that is not an array element.
+    # There is no variable for the array's lowest ID, so LSF never says K.
+    Scheduler("LSF", "LSB_JOBINDEX", lowest_index=1, step_variable="LSB_JOBINDEX_STEP",
+              last_variable="LSB_JOBINDEX_END", outside_an_array=("0",), gives_count=False),
+    # PBS Pro: qsub -J X-Y[:Z]; the range is not in the environment.
+    Scheduler("PBS Pro", "PBS_ARRAY_INDEX", lowest_index=0, gives_count=False),
+    # Torque: qsub -t 0-N; the range is not in the environment.
+    Scheduler("Torque", "PBS_ARRAYID", lowest_index=0, gives_count=False),
+)
+
+
+@dataclass(frozen=True)
+class AutoShard:
+    """What `--shard auto` decided, and how, in words for the shard's log."""
+
+    spec: ShardSpec
+    explanation: str
+
+
+@dataclass(frozen=True)
+class _ArrayElement:
+    """One element's position, read from its scheduler's variables (K not yet known)."""
+
+    scheduler: Scheduler
+    said: str  # "SLURM_ARRAY_TASK_ID=5"
+    index: int  # the shard index, offset included
+    how: str  # "first index 1, step 2"
+    last_index: int | None  # the shard index of the array's highest ID, when the scheduler says it
+    last_said: str | None
+    count: int | None  # the array's size when it evidently is a whole run: its lowest ID is shard 0
+    count_said: str  # where count comes from ("SLURM_ARRAY_TASK_COUNT=4"), or why it is None
+
+
+def resolve_auto_shard(env: Mapping[str, str], run_shards: int | None = None,
+                       run_dir: str | None = None) -> AutoShard:
+    """i/K of this job-array element. K comes from the run (run_shards: K in run.json of the run dir
+    the shard joins), else SHARDRUN_SHARDS, else the scheduler's array size when the array is evidently
+    a whole first submission; explicit numbers that disagree are refused, never reconciled."""
+    element = _array_element(env)
+    shards, shards_from = _shard_count(env, element, run_shards, run_dir or "the run dir")
+    fix_base = (
+        f"If the array's IDs count shards from 1 (e.g. --array=1-{shards}), set {SHARDRUN_FIRST_INDEX}=1;"
+        f" if this array is one of several that together make the run, its {SHARDRUN_INDEX_OFFSET}"
+        f" ({_offset(env)} now) plus its size must not exceed K."
+    )
+    if element.index >= shards:
         raise UsageError(
-            "--shard auto needs a scheduler job array (SLURM_ARRAY_TASK_ID, SGE_TASK_ID or PBS_ARRAY_INDEX);"
-            " outside one, pass --shard i/K."
+            f"--shard auto: {element.said} gives shard {element.index} ({element.how}), but the run has K={shards}"
+            f" shards (0..{shards - 1}). {fix_base} Or pass --shard i/{shards}."
         )
+    if element.last_index is not None and element.last_index >= shards:
+        raise UsageError(
+            f"--shard auto: this array's highest ID ({element.last_said}) would be shard {element.last_index}"
+            f" ({element.how}), but the run has K={shards} shards (0..{shards - 1}), so every element is refused"
+            f" before any of them starts. {fix_base}"
+        )
+    spec = ShardSpec(element.index, shards)
+    ignored = [f"{s.index_variable}={env[s.index_variable]}" for s in SCHEDULERS
+               if s is not element.scheduler and _present(env, s)]
+    also = f"; also set, not used: {', '.join(ignored)}" if ignored else ""
+    return AutoShard(spec, f"shard {spec}: {element.said} ({element.scheduler.name}: {element.how}),"
+                           f" K={shards} from {shards_from}{also}")
+
+
+def _present(env: Mapping[str, str], scheduler: Scheduler) -> bool:
+    value = env.get(scheduler.index_variable, "").strip()
+    return bool(value) and value not in scheduler.outside_an_array
+
+
+def _integer(env: Mapping[str, str], name: str, minimum: int) -> int | None:
+    """The integer value of `name`, None when it is unset or empty; anything else is refused."""
+    text = env.get(name, "").strip()
+    if not text:
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        value = None
+    if value is None or value < minimum:
+        raise UsageError(
+            f"--shard auto: {name}={text!r} is not a whole number >= {minimum}. Fix or unset {name} in the job's"
+            " environment, or pass --shard i/K."
+        )
+    return value
+
+
+def _offset(env: Mapping[str, str]) -> int:
+    return _integer(env, SHARDRUN_INDEX_OFFSET, 0) or 0
+
+
+def _array_element(env: Mapping[str, str]) -> _ArrayElement:
+    scheduler = next((s for s in SCHEDULERS if _present(env, s)), None)
+    if scheduler is None:
+        names = ", ".join(s.index_variable for s in SCHEDULERS)
+        outside = [f"{s.index_variable}={env[s.index_variable]}" for s in SCHEDULERS
+                   if env.get(s.index_variable, "").strip() in s.outside_an_array]
+        said = f" ({', '.join(outside)}: a job that is not an array element)" if outside else ""
+        raise UsageError(
+            f"--shard auto needs a job array element, but none of {names} is set{said}. On HTCondor, pass the"
+            f' process number in the submit file (environment = "{SHARDRUN_INDEX}=$(Process)"); elsewhere, outside'
+            " a job array, pass --shard i/K."
+        )
+    variable = scheduler.index_variable
+    array_id = _integer(env, variable, 0)
+    assert array_id is not None  # _present: set and not empty
+    step = (_integer(env, scheduler.step_variable, 1) if scheduler.step_variable else None) or 1
+    offset = _offset(env)
+    array_lowest = _integer(env, scheduler.first_variable, 0) if scheduler.first_variable else None
+    if array_lowest is None and scheduler.counts_whole_array:
+        array_lowest = scheduler.lowest_index
+    override = _integer(env, SHARDRUN_FIRST_INDEX, 0)
+    if override is not None:
+        first, first_from = override, f"{SHARDRUN_FIRST_INDEX}={override}"
+    elif array_lowest is not None:
+        # The residue of the array's lowest ID, not that ID: --array=1 resubmits shard 1, not shard 0.
+        first = scheduler.lowest_index + (array_lowest - scheduler.lowest_index) % step
+        first_from = f"first index {first}"
+    else:
+        first, first_from = scheduler.lowest_index, f"first index {scheduler.lowest_index}"
+    how = first_from + (f", step {step}" if step != 1 else "") + (f", offset {offset}" if offset else "")
+    said = f"{variable}={array_id}"
+    if array_id < first or (array_id - first) % step:
+        raise UsageError(
+            f"--shard auto: {said} is not first index {first} plus a multiple of step {step}, so it names no shard."
+            f" Set {SHARDRUN_FIRST_INDEX} to the array ID that is shard 0, or {SHARDRUN_INDEX} to this element's"
+            " shard index, in the job's environment (or pass --shard i/K)."
+        )
+
+    def shard_of(some_id: int) -> int:
+        return (some_id - first) // step + offset
+
+    last_id = _integer(env, scheduler.last_variable, 0) if scheduler.last_variable else None
+    size = _integer(env, scheduler.count_variable, 1) if scheduler.count_variable else None
+    last_said = f"{scheduler.last_variable}={last_id}" if last_id is not None else None
+    if last_id is None and size is not None and scheduler.counts_whole_array and array_lowest is not None:
+        last_id, last_said = array_lowest + (size - 1) * step, f"{scheduler.count_variable}={size}"
+    count, count_said = _whole_array_size(scheduler, array_lowest, last_id, size, step, shard_of)
+    return _ArrayElement(scheduler, said, shard_of(array_id), how, None if last_id is None else shard_of(last_id),
+                         last_said, count, count_said)
+
+
+def _whole_array_size(scheduler: Scheduler, array_lowest: int | None, last_id: int | None, size: int | None,
+                      step: int, shard_of: Callable[[int], int]) -> tuple[int | None, str]:
+    """The array's size as K, only when the array is evidently a whole first submission: its lowest ID is
+    shard 0 and its IDs are every step from lowest to highest. A resubmission of chosen elements
+    (`--array=1`) or a sparse list (`--array=0,5,9`) says nothing about K. Returns (size, where it comes
+    from) or (None, why not)."""
+    if not scheduler.gives_count:
+        return None, f"{scheduler.name} does not give the number of shards"
+    if array_lowest is None:
+        return None, f"{scheduler.name} did not say where the array starts"
+    if shard_of(array_lowest) != 0:
+        lowest = f"{scheduler.first_variable}={array_lowest}" if scheduler.first_variable else "its first element"
+        return None, (f"the array starts at shard {shard_of(array_lowest)} ({lowest}), so it is part of a run (a"
+                      " resubmission of chosen elements, or one of several arrays), and its size is not K")
+    spanned = None if last_id is None else (last_id - array_lowest) // step + 1
+    if size is None:
+        if spanned is None:
+            return None, f"{scheduler.name} did not say how large the array is"
+        return spanned, (f"{scheduler.first_variable}={array_lowest} to {scheduler.last_variable}={last_id}"
+                         + (f" step {step}" if step != 1 else ""))
+    if spanned is not None and spanned != size:
+        return None, (f"the array is not every step from {scheduler.first_variable}={array_lowest} to"
+                      f" {scheduler.last_variable}={last_id} ({scheduler.count_variable}={size}: a list such as"
+                      " 0,5,9), so its size is not K")
+    return size, f"{scheduler.count_variable}={size}"
+
+
+def _shard_count(env: Mapping[str, str], element: _ArrayElement, run_shards: int | None,
+                 run_dir: str) -> tuple[int, str]:
+    """K and where it comes from: the run's, else SHARDRUN_SHARDS, else the array's size when the array is
+    evidently the whole run."""
+    declared = _integer(env, SHARDRUN_SHARDS, 1)
+    if run_shards is not None and declared is not None and declared != run_shards:
+        raise UsageError(
+            f"--shard auto: {run_dir} holds a run of K={run_shards} shards (its run.json), but"
+            f" {SHARDRUN_SHARDS}={declared}; a run dir holds one K. Set {SHARDRUN_SHARDS}={run_shards} (or unset it)"
+            f" to add to that run, or give a new --out for a run of K={declared}."
+        )
+    if declared is None and element.count is not None and run_shards is not None and element.count != run_shards:
+        raise UsageError(
+            f"--shard auto: {run_dir} holds a run of K={run_shards} shards (its run.json), but this array looks like"
+            f" a whole run of {element.count} ({element.scheduler.name}: its lowest ID is shard 0 and it has"
+            f" {element.count} elements). If the array resubmits some shards of that run, say so with"
+            f" {SHARDRUN_SHARDS}={run_shards} in the job's environment; otherwise submit {run_shards} elements, or"
+            f" give a new --out for a run of K={element.count}."
+        )
+    if run_shards is not None:
+        return run_shards, f"the run.json of {run_dir}"
+    if declared is not None:
+        return declared, f"{SHARDRUN_SHARDS}={declared}"
+    if element.count is not None:
+        return element.count, element.count_said
+    raise UsageError(
+        f"--shard auto found {element.said} but not the number of shards K: {element.count_said}. Run it in the"
+        f" run's dir (--out DIR or --resume DIR whose run.json says K), or set {SHARDRUN_SHARDS}=K in the job's"
+        " environment, or pass --shard i/K."
+    )
 
 
 def users_of_shard(sorted_user_ids: Sequence[str], shard: ShardSpec) -> list[str]:

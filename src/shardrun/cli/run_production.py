@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import shutil
 import subprocess
@@ -21,9 +22,11 @@ from shardrun.shard.lifecycle import PREEMPT_SIGNALS, PreemptionNotice, StopFlag
 from shardrun.shard.jvm import find_java, task_jvm_options
 from shardrun.shard.prepare import PreparedShard, WorkerOptions, prepare
 from shardrun.shard.run import run_shard
-from shardrun.sharding import ShardSpec
+from shardrun.sharding import ShardSpec, resolve_auto_shard
+from shardrun.storage.identity import recorded_shard_count
 
 DEFAULT_CONFIG = Path("config/proposal.yaml")
+log = logging.getLogger(__name__)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -35,7 +38,10 @@ def parser() -> argparse.ArgumentParser:
     mode = p.add_mutually_exclusive_group(required=True)
     mode.add_argument("--full", action="store_true", help="every user of the shard")
     mode.add_argument("--pilot", type=pilot_size, metavar="N", help="only the first N users of the shard")
-    p.add_argument("--shard", metavar="i/K", help="i/K (0 <= i < K), or 'auto' inside a SLURM/SGE/PBS job array")
+    p.add_argument("--shard", metavar="i/K",
+                   help="i/K (0 <= i < K), or 'auto' inside a job array (SLURM, SGE, LSF, PBS, HTCondor, Kubernetes,"
+                        " AWS Batch, GNU parallel: docs/SCHEDULERS.md); with auto, K is the run's when --out or"
+                        " --resume names an existing run")
     where = p.add_mutually_exclusive_group()
     where.add_argument("--out", type=Path, help="run dir; the shard writes DIR/shard-<i>-of-<K>/")
     where.add_argument("--resume", type=Path, help="continue a shard dir, or a run dir (with --shard)")
@@ -64,7 +70,7 @@ def _run_production(args: argparse.Namespace) -> int:
     # Flags are checked before anything is loaded: a missing --shard must not wait for the data.
     if args.shard is None and args.resume is None:
         raise UsageError("--shard i/K is required (or --shard auto inside a scheduler job array).")
-    shard = ShardSpec.parse(args.shard) if args.shard else None
+    shard = shard_of(args)
     preemption = (PreemptionNotice.named(args.preempt_signal, args.preempt_lead, args.requeue_limit)
                   if args.preempt_signal else None)
     stop = StopFlag(preemption)
@@ -108,6 +114,21 @@ def _run_production(args: argparse.Namespace) -> int:
     outcome = run_shard(config, options, stop)
     print(f"shard {outcome.plan.shard} done (exit {outcome.exit_code}): {outcome.dirs.shard.dir}")
     return outcome.exit_code
+
+
+def shard_of(args: argparse.Namespace) -> ShardSpec | None:
+    """--shard as a ShardSpec. With auto, K is fixed by the run when --out/--resume names one (its run.json),
+    never taken from a job array's size alone: a resubmitted element must join the run it belongs to."""
+    if not args.shard:
+        return None
+    if args.shard.strip() != "auto":
+        return ShardSpec.parse(args.shard)
+    target = args.out or args.resume
+    recorded = recorded_shard_count(target) if target is not None else None
+    run_dir, run_shards = recorded if recorded else (None, None)
+    auto = resolve_auto_shard(os.environ, run_shards, None if run_dir is None else str(run_dir))
+    log.info("--shard auto: %s", auto.explanation)
+    return auto.spec
 
 
 def java_executable(jvm_library: str) -> str:

@@ -10,7 +10,7 @@ from typing import Any, Mapping
 
 from shardrun.errors import ResumeMismatch
 from shardrun.storage.atomic import create_json_once, read_json
-from shardrun.storage.paths import ShardPaths
+from shardrun.storage.paths import RunPaths, ShardPaths
 
 
 def read_shard_identity(paths: ShardPaths) -> dict[str, Any]:
@@ -38,6 +38,21 @@ def read_run_document(path: Path) -> dict[str, Any]:
             " it anew; each shard's shard.json still guards its own dir), or start the run in a new --out dir."
         )
     return document
+
+
+def recorded_shard_count(path: Path) -> tuple[Path, int] | None:
+    """(run dir, K) of the run that `path` is (a run dir) or is in (a shard dir), from its run.json; None when
+    there is no run.json yet (a new run dir). A run.json without a valid K is a ResumeMismatch with its fix."""
+    run = RunPaths(path.parent if ShardPaths(path).identity.is_file() else path)
+    if not run.run_json.is_file():
+        return None
+    shards = read_run_document(run.run_json).get("shards")
+    if isinstance(shards, bool) or not isinstance(shards, int) or shards < 1:
+        raise ResumeMismatch(
+            f"{run.run_json} does not say how many shards the run has (its \"shards\" is {shards!r}), so --shard auto"
+            f" cannot tell K. Pass --shard i/K explicitly, or start the run in a new --out dir."
+        )
+    return run.dir, shards
 
 
 def run_difference(existing: Mapping[str, Any], shards: int, config_hash: str | None = None,
