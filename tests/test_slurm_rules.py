@@ -55,7 +55,7 @@ def test_the_array_script_is_valid_bash_with_every_sbatch_line(tmp_path):
     assert "--signal=B:USR1@120" in directives and "--requeue" in directives and "--open-mode=append" in directives
     assert "--output=/logs/shard%a.log" in directives and "--time=1-00:00:00" in directives
     assert "--partition=short" in directives
-    assert "SHARDRUN_INDEX_OFFSET" not in script
+    assert "SHARDRUN_INDEX_OFFSET" not in script and "export SHARDRUN_SHARDS=4" in script
 
 
 def test_an_offset_array_exports_its_offset_and_logs_apart():

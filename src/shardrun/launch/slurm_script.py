@@ -133,6 +133,8 @@ def array_script(job: ElementJob, job_name: str) -> str:
         *(f"#SBATCH {option}" for option in job.sbatch_options),
         "",
         "set -eu",
+        "# K is the run's (run.json); said here too, so an element never takes the array's size for it.",
+        f"export SHARDRUN_SHARDS={job.shards}",
     ]
     if job.index_offset:
         lines.append(f"export SHARDRUN_INDEX_OFFSET={job.index_offset}")
