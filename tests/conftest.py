@@ -6,6 +6,7 @@ import psutil
 import pytest
 
 from e2e_support import analysis_values, shardrun, write_categorical_data, write_config
+from slurm_cluster import SlurmCluster, SlurmClusterError, running_clusters
 from shardrun.config import JvmConfig
 from shardrun.infodynamics.jidt import find_jidt_jar
 from shardrun.shard.jvm import start_jvm
@@ -33,15 +34,43 @@ def workspace(tmp_path_factory):
     return {"root": root, "config": config, "data": data, "reference": analysis_values(reference / "merged")}
 
 
+@pytest.fixture(scope="session")
+def slurm_cluster():
+    """A private single-node SLURM cluster (tests/slurm_cluster.py: munged, slurmctld, slurmd in a temporary
+    dir), started when a test first asks for it and stopped at the session's end. A test submits with
+    `slurm_cluster.sbatch(...)`, or runs SLURM commands (and shardrun's) with `env=slurm_cluster.env`.
+    If SLURM cannot start here (not installed: tools/install_slurm.sh), the tests that need it fail."""
+    cluster = SlurmCluster(shared=True)
+    try:
+        cluster.start()
+    except SlurmClusterError as error:
+        pytest.fail(f"no SLURM cluster for this test: {error}", pytrace=False)
+    yield cluster
+    cluster.stop()
+
+
 @pytest.fixture(autouse=True)
 def no_process_outlives_its_test():
     """Every process a test started (shards, launchers, helpers; the launchers' shards too) is killed
     when the test ends, passed or failed, so a failed test never leaves a shard writing into the
-    next one's files. Only this pytest process's own descendants are touched, by their pids."""
+    next one's files. Only this pytest process's own descendants are touched, by their pids.
+    A running test cluster's daemons (and their children) are spared; the jobs a test submitted to it
+    are cancelled, and a cluster the test started for itself and left running is stopped."""
     me = psutil.Process()
     before = {child.pid for child in me.children(recursive=True)}
+    clusters_before = running_clusters()
+    jobs_before = {id(cluster): cluster.queued_job_ids() for cluster in clusters_before}
     yield
-    left = [child for child in me.children(recursive=True) if child.pid not in before]
+    for cluster in running_clusters():
+        if cluster not in clusters_before and not cluster.shared:
+            cluster.stop()
+            continue
+        left_jobs = cluster.queued_job_ids() - jobs_before.get(id(cluster), set())
+        if left_jobs:
+            cluster.scancel(*sorted(left_jobs))
+            cluster.wait_until_gone(left_jobs, timeout=cluster.kill_wait + 30)
+    spared = set().union(*(cluster.daemon_pids() for cluster in running_clusters()))
+    left = [child for child in me.children(recursive=True) if child.pid not in before and child.pid not in spared]
     for child in left:
         try:
             child.kill()
