@@ -185,6 +185,8 @@ def submit_run(config: RunConfig, options: ClusterOptions, slurm: SlurmCommands 
 
     document = {**run_document(config, task, dataset, options.shards, options.pilot), "jvm": config.jvm.jvm_args()}
     durable_write("run.json", run.dir, lambda: ensure_run_document(run, document))
+    # SLURM cannot open an element's --output in a missing dir: the element would fail before it starts.
+    durable_write("the log dir", log_dir, lambda: log_dir.mkdir(parents=True, exist_ok=True))
     for number, (job, script) in enumerate(zip(jobs, scripts)):
         stamp = f"{datetime.now():%Y%m%d_%H%M%S}"
         path = run.slurm_scripts / f"array_{stamp}_{number}.sh"
