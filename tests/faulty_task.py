@@ -10,7 +10,8 @@ The environment variable FAULTY_TASK picks the faults:
   real (a write to address 0 through sun.misc.Unsafe: SIGSEGV, an hs_err report, abort); it leaves
   the marker file so that a restarted process goes through.
 - "slow:<seconds>": every user first spends that long inside one Java call (Thread.sleep), as a long
-  JIDT computation does: Python's own signal handlers cannot run until it returns.
+  JIDT computation does: Python's own signal handlers cannot run until it returns. The task's time
+  estimate (user_seconds) adds those seconds, as an honest estimate of itself would.
 Every other user is analysed exactly as `shardrun.infodynamics:task` does.
 """
 
@@ -59,6 +60,13 @@ class FaultyTask(InfodynamicsTask):
                 with heap_exhaustion_as_heap_too_small(lambda: HUNGRY_NEED, "test calculator at k=29"):
                     calculator_class(2, 29).initialise()
         return InfodynamicsTask.analyse(dataset, user_id, settings)
+
+
+    @staticmethod
+    def user_seconds(settings, dataset):
+        mode = os.environ.get("FAULTY_TASK", "fail")
+        extra = float(mode.split(":", 1)[1]) if mode.startswith("slow:") else 0.0
+        return {user: seconds + extra for user, seconds in InfodynamicsTask.user_seconds(settings, dataset).items()}
 
 
 task = FaultyTask()

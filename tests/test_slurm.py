@@ -176,3 +176,19 @@ def test_the_time_limit_warning_drains_says_preempted_and_requeues_the_element(s
     assert status["state"] == "completed" and status["requeues"] == 1, status
     assert "preempted" in (tmp_path / "logs" / "shard0.log").read_text()
     assert_equals_reference(run, workspace, 2)
+
+
+def test_the_dry_run_names_the_users_that_cannot_finish_within_the_time_limit(slurm_cluster, workspace, tmp_path):
+    """Each user takes 100 s more than usual (and the task's estimate says so); an element has 1 minute
+    less the 10 s warning: every user is named, and so is the time limit that would do."""
+    config = own_config(workspace, tmp_path, faulty=True)
+    run = tmp_path / "run"
+    dry = launch(slurm_cluster, config, run, 2, "--time", "1", "--signal", "USR1@10", "--dry-run", env=faulty_env(100))
+    assert dry.returncode == 0, dry.stderr
+    named = [line for line in dry.stdout.splitlines() if "cannot finish within --time" in line]
+    assert len(named) == 14 and "user 'user-00'" in dry.stdout, dry.stdout
+    assert "14 users would be abandoned at every requeue: raise --time above" in dry.stdout
+    fine = launch(slurm_cluster, config, run, 2, "--time", "10", "--dry-run", env=faulty_env(1))
+    assert "cannot finish" not in fine.stdout and "the longest user is estimated at" in fine.stdout
+    refused = launch(slurm_cluster, config, run, 2, "--time", "1", "--signal", "USR1@60", "--dry-run")
+    assert refused.returncode == 2 and "not longer than the warning's lead" in refused.stderr

@@ -14,9 +14,9 @@ import pytest
 
 from shardrun.cli.run_production import parser as run_production_parser
 from shardrun.errors import UsageError
-from shardrun.launch.cluster import element_memory_mib, shards_to_submit
+from shardrun.launch.cluster import element_memory_mib, shards_to_submit, time_limit_lines, users_over_time_limit
 from shardrun.launch.slurm_script import (
-    ElementJob, WarningSignal, array_script, index_ranges, merge_script, split_for_array_size,
+    ElementJob, WarningSignal, array_script, index_ranges, merge_script, split_for_array_size, time_limit_seconds,
 )
 from shardrun.scheduler.slurm import parse_max_array_size, parse_queue, scheduler_view
 from shardrun.units import MIB
@@ -122,3 +122,27 @@ def test_max_array_size_from_scontrol_show_config():
 def test_element_memory_counts_heap_overhead_and_data():
     assert element_memory_mib(1024 * MIB, 0) > 1024
     assert element_memory_mib(1024 * MIB, 500 * MIB) == element_memory_mib(1024 * MIB, 0) + 500
+
+
+@pytest.mark.parametrize("text, seconds", [
+    ("90", 5400), ("1:30", 90), ("4:00:00", 14400), ("2-00:00:00", 172800), ("1-12", 129600), ("1-0:30", 88200),
+    ("UNLIMITED", None),
+])
+def test_slurm_time_limits_in_every_form(text, seconds):
+    assert time_limit_seconds(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["", "1h", "0", "1:2:3:4", "-5"])
+def test_a_time_limit_slurm_would_not_take_is_refused(text):
+    with pytest.raises(UsageError):
+        time_limit_seconds(text)
+
+
+def test_users_that_cannot_finish_before_the_warning_are_named_longest_first():
+    predicted = {"a": 10.0, "b": 3700.0, "c": 3590.0, "d": 9000.0}
+    assert users_over_time_limit(predicted, limit_seconds=3600, lead_seconds=120) == [("d", 9000.0), ("b", 3700.0),
+                                                                                        ("c", 3590.0)]
+    lines = time_limit_lines(predicted, 3600, 120)
+    assert "user 'd'" in lines[1] and "raise --time above 2h32m" in lines[-1]
+    assert time_limit_lines(None, 3600, 120) == ["time: the task estimates no user's time; nothing checked against --time"]
+    assert time_limit_lines(predicted, None, 120) == []

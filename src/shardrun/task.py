@@ -71,6 +71,20 @@ class PredictsHeap(Protocol):
         once per process on every user, so it must be fast (no JVM, no per-user series building)."""
 
 
+class PredictsTime(Protocol):
+    """The optional part of a Task that estimates each user's analysis time (launch_shards --scheduler
+    slurm --time names the users that could not finish within an element's time limit)."""
+
+    def user_seconds(self, settings: Any, dataset: Dataset) -> dict[str, float]:
+        """Estimated seconds of each user's analysis, erring long. Fast: no JVM, no per-user series."""
+
+
+def task_user_seconds(task: Any, settings: Any, dataset: Dataset) -> dict[str, float] | None:
+    """The task's per-user time estimates (PredictsTime), or None when it makes none."""
+    predict = getattr(task, "user_seconds", None)
+    return None if predict is None else dict(predict(settings, dataset))
+
+
 class SummaryPanel(NamedTuple):
     """One panel a task adds to summary.png (see DrawsSummary)."""
 

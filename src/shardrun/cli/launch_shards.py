@@ -18,7 +18,7 @@ from shardrun.errors import UsageError
 from shardrun.launch.cluster import ClusterOptions, submit_run
 from shardrun.launch.launcher import LaunchOptions, launch
 from shardrun.launch.policies import RestartPolicy
-from shardrun.launch.slurm_script import DEFAULT_SIGNAL, WarningSignal
+from shardrun.launch.slurm_script import DEFAULT_SIGNAL, WarningSignal, time_limit_seconds
 from shardrun.units import MIB, heap_bytes
 
 # Flags of the local launcher only, with their defaults: given with --scheduler slurm they are refused.
@@ -102,9 +102,14 @@ def _submit(args: argparse.Namespace) -> int:
             mem_mib = max(heap_bytes(args.mem) // MIB, 1)
         except ValueError:
             raise UsageError(f"--mem {args.mem!r}: give a size such as 4g or 3500m.") from None
+    signal = WarningSignal.parse(args.signal)
+    limit = time_limit_seconds(args.time) if args.time else None
+    if limit is not None and limit <= signal.lead_seconds:
+        raise UsageError(f"--time {args.time} is not longer than the warning's lead ({signal}): an element would be warned"
+                         " before it starts; raise --time or shorten the lead (--signal USR1@60).")
     config = load_config(args.config)
     options = ClusterOptions(
-        config_path=args.config, shards=args.shards, signal=WarningSignal.parse(args.signal), out=args.out,
+        config_path=args.config, shards=args.shards, signal=signal, out=args.out,
         pilot=args.pilot, dry_run=args.dry_run, merge=args.merge, max_parallel=args.max_parallel,
         cpus=args.cpus_per_shard, mem_mib=mem_mib, time_limit=args.time, requeue_limit=args.requeue_limit,
         sbatch_options=(*named, *args.sbatch_option),

@@ -15,6 +15,7 @@ import dataclasses
 from shardrun.infodynamics.analysis import analyse_user, failed_rows, result_columns
 from shardrun.infodynamics.checks import check_rows
 from shardrun.infodynamics.data import load
+from shardrun.infodynamics.cost import user_seconds
 from shardrun.infodynamics.heap import preflight, user_heap_needs
 from shardrun.infodynamics.plots import summary_panels
 from shardrun.infodynamics.jidt import heap_advice, is_jidt_heap_exhaustion, jvm_classpath, jvm_provenance
@@ -29,6 +30,7 @@ class InfodynamicsTask:
     parse_settings = staticmethod(parse_settings)
     preflight = staticmethod(preflight)
     user_heap_needs = staticmethod(user_heap_needs)  # the optional PredictsHeap part of the protocol
+    user_seconds = staticmethod(user_seconds)  # the optional PredictsTime part: time estimates for --time
     load = staticmethod(load)
     result_columns = staticmethod(result_columns)
     failed_rows = staticmethod(failed_rows)

@@ -15,15 +15,17 @@ import sys
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Mapping
 
 from shardrun.config import RunConfig
 from shardrun.errors import EXIT_OK, ConfigError
 from shardrun.heap_plan import plan_heap, task_heap_needs
 from shardrun.launch.admission import measure_load, native_overhead_bytes
 from shardrun.launch.launcher import check_same_run, refuse_if
-from shardrun.launch.slurm_script import ElementJob, WarningSignal, array_script, index_ranges, merge_script, \
-    split_for_array_size
+from shardrun.launch.slurm_script import (
+    ElementJob, WarningSignal, array_script, index_ranges, merge_script, split_for_array_size, time_limit_seconds,
+)
+from shardrun.observe.progress import format_seconds
 from shardrun.scheduler.slurm import (
     QueuedElement, SlurmCommands, array_job_name, merge_job_name, queue_by_index, read_submissions, record_submission,
     recorded_arrays,
@@ -36,7 +38,7 @@ from shardrun.states import ShardState
 from shardrun.storage.atomic import read_json, write_bytes_atomic
 from shardrun.storage.durability import durable_write
 from shardrun.storage.paths import RunPaths
-from shardrun.task import heap_advice, load_task
+from shardrun.task import heap_advice, load_task, task_user_seconds
 from shardrun.units import MIB
 
 COMPLETE = frozenset({ShardState.COMPLETED, ShardState.COMPLETED_WITH_FAILURES})
@@ -81,6 +83,37 @@ def shards_to_submit(shards: int, complete: Iterable[int], queued: Iterable[int]
     """The shard indices that are neither complete nor still waiting or running in the queue."""
     settled = set(complete) | set(queued)
     return [index for index in range(shards) if index not in settled]
+
+
+def users_over_time_limit(predicted: Mapping[str, float], limit_seconds: int, lead_seconds: int) -> list[tuple[str, float]]:
+    """Users whose predicted time exceeds what an element has before its warning (the limit less the
+    lead): they would be abandoned at every requeue. Longest first (pure)."""
+    budget = limit_seconds - lead_seconds
+    return sorted(((user, seconds) for user, seconds in predicted.items() if seconds > budget),
+                  key=lambda item: (-item[1], item[0]))
+
+
+def time_limit_lines(predicted: Mapping[str, float] | None, limit_seconds: int | None, lead_seconds: int) -> list[str]:
+    """What the submission says about --time: the longest user, and every user that cannot finish."""
+    if limit_seconds is None:
+        return []
+    if predicted is None:
+        return ["time: the task estimates no user's time; nothing checked against --time"]
+    if not predicted:
+        return []
+    longest = max(predicted.values())
+    lines = [f"time: {format_seconds(limit_seconds)} per element; the longest user is estimated at"
+             f" {format_seconds(longest)} (the task's estimate)"]
+    over = users_over_time_limit(predicted, limit_seconds, lead_seconds)
+    for user, seconds in over[:20]:
+        lines.append(f"  cannot finish within --time: user {user!r} (estimated {format_seconds(seconds)}, over the"
+                     f" {format_seconds(limit_seconds - lead_seconds)} an element has before its warning)")
+    if len(over) > 20:
+        lines.append(f"  ... and {len(over) - 20} more users")
+    if over:
+        lines.append(f"  {len(over)} users would be abandoned at every requeue: raise --time above"
+                     f" {format_seconds(over[0][1] + lead_seconds)}")
+    return lines
 
 
 def describe_shard(index: int, state: str | None, queued: QueuedElement | None) -> str:
@@ -137,6 +170,10 @@ def submit_run(config: RunConfig, options: ClusterOptions, slurm: SlurmCommands 
                      advice=heap_advice(task, config.settings))
     refuse_if(task.preflight(config.settings, heap.heap))
     for line in heap.report_lines():
+        out(line)
+    limit_seconds = time_limit_seconds(options.time_limit) if options.time_limit else None
+    for line in time_limit_lines(task_user_seconds(task, config.settings, dataset) if limit_seconds else None,
+                                 limit_seconds, options.signal.lead_seconds):
         out(line)
     config = replace(config, jvm=heap.jvm)
     run, existing = resolve_run_dir(config, options, dataset.fingerprint)

@@ -42,6 +42,28 @@ class WarningSignal:
         return f"{self.name}@{self.lead_seconds}"
 
 
+_TIME_RE = re.compile(r"^(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?$")
+
+
+def time_limit_seconds(text: str) -> int | None:
+    """sbatch --time in seconds (None: unlimited). SLURM's forms: M, M:S, H:M:S, D-H, D-H:M, D-H:M:S."""
+    if text.strip().upper() in ("UNLIMITED", "INFINITE"):
+        return None
+    match = _TIME_RE.match(text.strip())
+    if not match:
+        raise UsageError(f"--time {text!r}: give a SLURM time limit such as 90 (minutes), 4:00:00 or 2-00:00:00.")
+    days, first, second, third = (int(part) if part else None for part in match.groups())
+    if days is not None:  # D-H, D-H:M, D-H:M:S
+        seconds = days * 86400 + first * 3600 + (second or 0) * 60 + (third or 0)
+    elif third is not None:  # H:M:S
+        seconds = first * 3600 + second * 60 + third
+    else:  # M or M:S
+        seconds = first * 60 + (second or 0)
+    if seconds <= 0:
+        raise UsageError(f"--time {text!r}: the time limit must be more than zero.")
+    return seconds
+
+
 @dataclass(frozen=True)
 class ElementJob:
     """Everything one array of shard elements needs (one run may need several: index_offset)."""
