@@ -44,7 +44,11 @@ def slurm_cluster():
     try:
         cluster.start()
     except SlurmClusterError as error:
-        pytest.fail(f"no SLURM cluster for this test: {error}", pytrace=False)
+        failure = str(error)
+    else:
+        failure = None
+    if failure:
+        pytest.fail(f"no SLURM cluster for this test: {failure}", pytrace=False)
     yield cluster
     cluster.stop()
 

@@ -157,6 +157,7 @@ def test_an_array_with_a_concurrency_cap_then_an_afterany_job(slurm_cluster, tmp
     ("3-9:3", [3, 6, 9], ("3", "9", "3", "3")),
     ("0,5,9", [0, 5, 9], ("0", "9", "1", "3")),       # sparse: STEP is 1, the indices are not MIN + i*STEP
     ("1-5:2,8", [1, 3, 5, 8], ("1", "8", "2", "4")),  # mixed: STEP is the range's, 8 is off that grid
+    ("1", [1], ("1", "1", "1", "1")),                 # one element resubmitted: COUNT is 1, not the run's K
 ])
 def test_what_an_element_of_a_stepped_or_sparse_array_is_told(slurm_cluster, tmp_path, spec, indices,
                                                               min_max_step_count):
