@@ -23,15 +23,17 @@ from slurm_cluster import SlurmCluster, SlurmClusterError
 pytestmark = pytest.mark.e2e
 
 RUN_TIMEOUT = 420
+# Below the largest run's K, so that a run of 4 shards must be submitted as two arrays (an index offset).
+MAX_ARRAY_SIZE = 3
 
 
 @pytest.fixture(scope="module")
 def slurm_cluster():
-    """This module's own cluster, whose requeued jobs may start again 11 s after the requeue
+    """This module's own cluster, with MaxArraySize 3, whose requeued jobs may start again 11 s after the requeue
     (cred_expire=10) instead of SLURM's default 121 s: requeues are left to SLURM, as on a real
     cluster, without making the tests wait two minutes each. (`scontrol update StartTime=now`
     does not do for array elements: slurmd refuses the revoked credential, "Job credential revoked".)"""
-    cluster = SlurmCluster(shared=True, cred_expire=10)
+    cluster = SlurmCluster(shared=True, cred_expire=10, max_array_size=MAX_ARRAY_SIZE)
     try:
         cluster.start()
     except SlurmClusterError as error:
@@ -97,17 +99,19 @@ def test_an_array_of_four_and_its_merge_job_equal_a_local_k1_run(slurm_cluster, 
     run = tmp_path / "run"
     dry = launch(slurm_cluster, config, run, 4, "--dry-run")
     assert dry.returncode == 0, dry.stderr
-    assert "#SBATCH --array=0-3" in dry.stdout and "not submitted" in dry.stdout
-    assert not run.exists(), "a dry run writes nothing"
+    assert "#SBATCH --array=0-2\n" in dry.stdout and "SHARDRUN_INDEX_OFFSET=3" in dry.stdout, dry.stdout
+    assert "not submitted" in dry.stdout and not run.exists(), "a dry run writes nothing"
 
     result = launch(slurm_cluster, config, run, 4, "--time", "10")
     assert result.returncode == 0, result.stderr
-    assert "submitted shards 0-3 of 4 as array job" in result.stdout and "merge + validate job" in result.stdout
+    assert "submitted shards 0-2 of 4 as array job" in result.stdout and "submitted shards 3 of 4" in result.stdout
+    assert "merge + validate job" in result.stdout
+    assert len(submitted(run)[0]) == 2, "MaxArraySize 3: two arrays"
     wait_for_run(slurm_cluster, run)
     assert_equals_reference(run, workspace, 4)
     for index in range(4):
         log = (tmp_path / "logs" / f"shard{index}.log").read_text()
-        assert f"element {index})" in log and f"shard {index}/4 done (exit 0)" in log
+        assert "=== " in log and f"shard {index}/4 done (exit 0)" in log, "the element's own log: shard<i>.log"
     assert "merged" in (tmp_path / "logs" / "merge.log").read_text()
 
     again = launch(slurm_cluster, config, run, 4)
@@ -143,6 +147,13 @@ def test_a_cancelled_element_is_resubmitted_by_index_with_the_same_command(slurm
     wait_for_run(slurm_cluster, run)
     assert not (run / "merged" / "validation.json").is_file() or not json.loads(
         (run / "merged" / "validation.json").read_text())["valid"], "an incomplete run must not pass as complete"
+
+    monitor = subprocess.run([sys.executable, "-m", "shardrun.monitor", str(run)], env=slurm_cluster.env,
+                             capture_output=True, text=True, timeout=120)
+    lines = {line.split()[0]: line for line in monitor.stdout.splitlines() if line[:1].isdigit()}
+    assert set(lines) == {"0/3", "1/3", "2/3"} and "slurm" in monitor.stdout, monitor.stdout
+    assert "cancelled" in lines["1/3"] and "/5" in lines["1/3"], "every shard shows, with SLURM's view"
+    assert "completed" in lines["0/3"], monitor.stdout
 
     dry = launch(slurm_cluster, config, run, 3, "--dry-run", env=env)
     assert "shard 1: to submit" in dry.stdout and "#SBATCH --array=1\n" in dry.stdout, dry.stdout

@@ -60,7 +60,8 @@ def test_the_array_script_is_valid_bash_with_every_sbatch_line(tmp_path):
 
 def test_an_offset_array_exports_its_offset_and_logs_apart():
     script = array_script(job(array_ids=(0, 1), index_offset=1001), "shardrun-r1")
-    assert "export SHARDRUN_INDEX_OFFSET=1001" in script and "shard%a+1001.log" in script
+    assert "export SHARDRUN_INDEX_OFFSET=1001" in script and "slurm-%A_%a.log" in script
+    assert 'exec >>/logs/"shard$((SLURM_ARRAY_TASK_ID + 1001)).log" 2>&1' in script
     assert job(array_ids=(0, 1), index_offset=1001).shard_indices == [1001, 1002]
 
 

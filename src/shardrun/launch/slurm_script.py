@@ -130,8 +130,10 @@ def element_command(job: ElementJob) -> list[str]:
 
 
 def log_pattern(job: ElementJob) -> str:
-    """`analysis/shard<i>.log` as in the original workflow (%a is the array id, the index when there is no offset)."""
-    name = "shard%a.log" if job.index_offset == 0 else f"shard%a+{job.index_offset}.log"
+    """SLURM's --output: `analysis/shard<i>.log` as in the original workflow, %a being the shard index
+    when the array has no offset. An array with an offset keeps SLURM's own lines in
+    `slurm-<array>_<id>.log`; its script sends the shard's output to shard<i>.log itself."""
+    name = "shard%a.log" if job.index_offset == 0 else "slurm-%A_%a.log"
     return str(job.log_dir / name)
 
 
@@ -159,7 +161,8 @@ def array_script(job: ElementJob, job_name: str) -> str:
         f"export SHARDRUN_SHARDS={job.shards}",
     ]
     if job.index_offset:
-        lines.append(f"export SHARDRUN_INDEX_OFFSET={job.index_offset}")
+        lines += [f"export SHARDRUN_INDEX_OFFSET={job.index_offset}",
+                  f'exec >>{_q(job.log_dir)}/"shard$((SLURM_ARRAY_TASK_ID + {job.index_offset})).log" 2>&1']
     lines += [
         'echo "=== $(date -u +%Y-%m-%dT%H:%M:%SZ) SLURM job ${SLURM_JOB_ID} (array ${SLURM_ARRAY_JOB_ID}'
         ' element ${SLURM_ARRAY_TASK_ID}) on $(hostname), restart ${SLURM_RESTART_COUNT:-0}"',
