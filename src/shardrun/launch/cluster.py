@@ -27,8 +27,7 @@ from shardrun.launch.slurm_script import (
 )
 from shardrun.observe.progress import format_seconds
 from shardrun.scheduler.slurm import (
-    QueuedElement, SlurmCommands, array_job_name, merge_job_name, queue_by_index, read_submissions, record_submission,
-    recorded_arrays,
+    QueuedElement, SlurmCommands, array_job_name, merge_job_name, queue_by_index, record_submission,
 )
 from shardrun.shard.jvm import task_classpath
 from shardrun.shard.prepare import run_label
@@ -158,6 +157,26 @@ def resolve_run_dir(config: RunConfig, options: ClusterOptions, data_fingerprint
 # --- the submission ---------------------------------------------------------------------------------
 
 
+def merged_valid(run: RunPaths) -> bool:
+    """The run's own merge exists and passed validation."""
+    try:
+        return read_json(run.merged / "validation.json").get("valid") is True
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def submit_array(run: RunPaths, job: ElementJob, script: str, slurm: SlurmCommands) -> dict:
+    """Keep the script in RUN/slurm/, submit it, and record the array in slurm.json at once: a
+    submission that is not recorded would be submitted again by the next resubmission."""
+    path = run.slurm_scripts / f"array_{datetime.now():%Y%m%d_%H%M%S_%f}.sh"
+    durable_write("the sbatch script", run.slurm_scripts,
+                  lambda: (path.parent.mkdir(parents=True, exist_ok=True), write_bytes_atomic(path, script.encode())))
+    array = {"job_id": slurm.submit(script), "index_offset": job.index_offset, "indices": job.shard_indices,
+             "script": str(path.relative_to(run.dir))}
+    durable_write("slurm.json", run.dir, lambda: record_submission(run, [array], None))
+    return array
+
+
 def submit_run(config: RunConfig, options: ClusterOptions, slurm: SlurmCommands | None = None,
                out: Callable[[str], None] = print) -> Submission:
     slurm = slurm or SlurmCommands()
@@ -179,7 +198,6 @@ def submit_run(config: RunConfig, options: ClusterOptions, slurm: SlurmCommands 
     run, existing = resolve_run_dir(config, options, dataset.fingerprint)
 
     states = shard_states(run, options.shards) if existing else {}
-    offsets = recorded_arrays(read_submissions(run)) if existing else {}
     queue = queue_by_index(run, slurm) if existing else {}
     queued = [index for index, element in queue.items() if element.waiting_or_running]
     complete = [index for index, state in states.items() if state in COMPLETE]
@@ -202,11 +220,11 @@ def submit_run(config: RunConfig, options: ClusterOptions, slurm: SlurmCommands 
         for offset, ids in split_for_array_size(submission.to_submit, slurm.max_array_size())
     ]
     scripts = [array_script(job, array_job_name(run.dir)) for job in jobs]
-    wait_for = [job_id for job_id in offsets if any(e.waiting_or_running and e.array_job_id == job_id
-                                                    for e in queue.values())]
+    # The merge job waits for every element of the run still in the queue, old arrays and new.
+    wait_for = sorted({element.array_job_id for element in queue.values() if element.waiting_or_running})
     merge_text = merge_script(run.dir, options.config_path.resolve(), sys.executable, workdir, log_dir,
-                              merge_job_name(run.dir), options.sbatch_options) if options.merge else None
-    merge_needed = options.merge and (jobs or wait_for or not (run.merged / "validation.json").is_file())
+                              merge_job_name(run.dir), options.sbatch_options)
+    merge_needed = options.merge and bool(jobs or wait_for or not merged_valid(run))
     out(f"memory per shard: {mem_mib} MiB (sbatch --mem; jvm {heap.jvm_line()})")
     if not submission.to_submit:
         out("nothing to submit: every shard is complete or in the queue")
@@ -224,23 +242,17 @@ def submit_run(config: RunConfig, options: ClusterOptions, slurm: SlurmCommands 
     durable_write("run.json", run.dir, lambda: ensure_run_document(run, document))
     # SLURM cannot open an element's --output in a missing dir: the element would fail before it starts.
     durable_write("the log dir", log_dir, lambda: log_dir.mkdir(parents=True, exist_ok=True))
-    for number, (job, script) in enumerate(zip(jobs, scripts)):
-        stamp = f"{datetime.now():%Y%m%d_%H%M%S}"
-        path = run.slurm_scripts / f"array_{stamp}_{number}.sh"
-        durable_write("the sbatch script", run.slurm_scripts,
-                      lambda: (path.parent.mkdir(parents=True, exist_ok=True), write_bytes_atomic(path, script.encode())))
-        job_id = slurm.submit(script)
-        submission.arrays.append({"job_id": job_id, "index_offset": job.index_offset, "indices": job.shard_indices,
-                                  "script": str(path.relative_to(run.dir))})
-        out(f"submitted shards {index_ranges(job.shard_indices)} of {options.shards} as array job {job_id}")
+    for job, script in zip(jobs, scripts):
+        submission.arrays.append(submit_array(run, job, script, slurm))
+        out(f"submitted shards {index_ranges(job.shard_indices)} of {options.shards} as array job"
+            f" {submission.arrays[-1]['job_id']}")
     if merge_needed:
         slurm.cancel_pending(merge_job_name(run.dir))  # an earlier merge job would merge too early
         after = [*wait_for, *(array["job_id"] for array in submission.arrays)]
         submission.merge_job_id = slurm.submit(merge_text, dependency=f"afterany:{':'.join(after)}" if after else None)
+        durable_write("slurm.json", run.dir, lambda: record_submission(run, [], submission.merge_job_id))
         out(f"submitted the merge + validate job {submission.merge_job_id}"
             + (f" (after {', '.join(after)} end)" if after else ""))
-    if submission.arrays or submission.merge_job_id:
-        durable_write("slurm.json", run.dir, lambda: record_submission(run, submission.arrays, submission.merge_job_id))
     out(f"run dir: {run.dir}")
     out(f"follow it: monitor_progress {run.dir} --watch   (SLURM's view: squeue --name={array_job_name(run.dir)})")
     out(f"continue it (resubmit what is missing): launch_shards --scheduler slurm --config {options.config_path}"
