@@ -122,6 +122,7 @@ CHECKED_RENAME = "rename after checking that the name is free"
 LINK_REFUSED_ERRNOS = frozenset({errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS, errno.EMLINK, errno.EXDEV})
 
 _ways_by_dir: dict[str, str] = {}
+_ways_said: set[tuple[int | None, str]] = set()
 _ways_lock = threading.Lock()
 
 
@@ -132,10 +133,19 @@ def publish_way(directory: Path) -> str:
 
 
 def _choose_way(directory: Path, way: str, refused: OSError) -> None:
+    """Remember `way` for `directory`; say so once per filesystem at warning level (a shard has three
+    such dirs: the run dir, its own dir and results/), and for its other dirs at info level."""
+    try:
+        device = os.stat(directory).st_dev
+    except OSError:
+        device = None
     with _ways_lock:
-        if _ways_by_dir.get(str(directory)) == way:
-            return
         _ways_by_dir[str(directory)] = way
+        first_on_device = (device, way) not in _ways_said
+        _ways_said.add((device, way))
+    if not first_on_device:
+        log.info("hard links are refused in %s too: files are put in place by %s", directory, way)
+        return
     why = ("still one atomic step that fails if the name exists" if way == RENAME_NOREPLACE else
            "exactly once because one process writes each shard dir (the shard lock), so no other process can"
            " take the name between the check and the rename")
