@@ -51,7 +51,8 @@ def vfat_mount(image: Path, mount_point: Path, size_mib: int = 64) -> Iterator[P
     loop = None
     mounted = False
     try:
-        subprocess.run(["mkfs.vfat", "-n", "SHARDRUN", str(image)], check=True, capture_output=True)
+        # no volume label: fusefat would list it as a file in the root dir
+        subprocess.run(["mkfs.vfat", str(image)], check=True, capture_output=True)
         loop = subprocess.run(["losetup", "--find", "--show", str(image)], check=True, capture_output=True,
                               text=True).stdout.strip()
         # -s: one thread; fusefat's driver is not written for concurrent requests
