@@ -233,6 +233,7 @@ def test_a_filesystem_without_locks_gets_the_lease_with_a_warning(shard, caplog,
     lock.acquire()
     try:
         assert lock.uses_lease and json.loads(shard.lease.read_text())["pid"] == os.getpid()
+        assert json.loads(shard.lock.read_text())["pid"] == os.getpid()  # still names the holder (stop_shards)
         warning = caplog.text
         assert f"file locks are not supported in {shard.dir}" in warning
         assert platforms.describe_filesystem(shard.dir) in warning and errno.errorcode[code] in warning

@@ -70,7 +70,7 @@ class ShardLock:
 
     The OS lock is held for the life of the process, so the kernel releases it when the process dies
     however it dies: a stale lock file left by a SIGKILL never blocks a resume. The lock file's text
-    (pid, host) only serves the error message. The lease (when used) is released by release(); a
+    (pid, host) only serves the error message and stop_shards, and is written by the holder only. The lease (when used) is released by release(); a
     holder killed before that leaves it, and the next process takes it over by the lease's stale rule.
     """
 
@@ -105,26 +105,25 @@ class ShardLock:
             else:
                 self._refuse_a_live_lease()
         except BaseException:
-            if handle is not None:
-                handle.close()
+            handle.close()
             raise
-        if handle is not None:
-            handle.seek(0)
-            handle.truncate()
-            handle.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "since": utc_now()}))
-            handle.flush()
-            self._handle = handle
+        handle.seek(0)
+        handle.truncate()
+        handle.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "since": utc_now()}))
+        handle.flush()
+        self._handle = handle
 
-    def _take_os_lock(self) -> tuple[IO[Any] | None, OSError | None]:
-        """The OS lock's open file, or (None, the error) if the filesystem has no locks; ShardLocked if
-        another process holds it. Any other error is raised (durable_write reports it)."""
+    def _take_os_lock(self) -> tuple[IO[Any], OSError | None]:
+        """The lock file, open and locked, or open with the error if the filesystem has no locks (kept
+        open all the same: its holder's text and its open file tell stop_shards which process runs the
+        shard); ShardLocked if another process holds it. Any other error is raised (durable_write
+        reports it)."""
         handle = open(self._path, "a+", encoding="utf-8")
         try:
             (self._os_lock or platforms.lock_exclusive)(handle)
         except OSError as exc:
             if platforms.locks_unsupported(exc):
-                handle.close()
-                return None, exc
+                return handle, exc
             if platforms.lock_is_held(exc):
                 handle.seek(0)
                 holder = handle.read().strip() or "unknown process"
