@@ -159,8 +159,8 @@ def publish_new(tmp: Path, target: Path) -> str:
     FileExistsError if it does (then `tmp` stays for the caller to remove). Returns the way used.
 
     A hard link is atomic and refuses an existing name, on any number of writers. Where links are
-    refused, renameat2(RENAME_NOREPLACE) keeps both properties. Where that is missing too (NFS, FUSE
-    and BeeGFS answer EINVAL), the name is checked and then renamed into: exactly once as long as one
+    refused, renameat2(RENAME_NOREPLACE) keeps both properties. Where that is missing too (NFS and
+    FUSE filesystems without it answer EINVAL), the name is checked and then renamed into: exactly once as long as one
     process writes the dir, which the shard lock guarantees for a shard dir. Even if two writers did
     race there, the name is the user's, so the second rename replaces the first file whole: the user
     is never there twice and never torn."""
@@ -241,7 +241,7 @@ def exchange_paths(a: Path, b: Path) -> bool:
 
 def rename_noreplace(a: Path, b: Path) -> bool:
     """Rename `a` to `b` in one step unless `b` exists (FileExistsError); False where the OS or the
-    filesystem has no such rename (Linux renameat2 RENAME_NOREPLACE; NFS, FUSE and BeeGFS lack it)."""
+    filesystem has no such rename (Linux renameat2 RENAME_NOREPLACE; NFS and many FUSE filesystems lack it)."""
     return _renameat2(a, b, _RENAME_NOREPLACE)
 
 
