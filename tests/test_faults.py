@@ -39,6 +39,7 @@ import pytest
 import yaml
 
 from e2e_support import analysis_values, read_status, shardrun, wait_for, write_categorical_data, write_config
+from fs_support import stand_in_worker, vfat_mount
 from shardrun.results.merge import merge_shards
 from shardrun.results.read import read_result_file, shard_dirs_of_run
 from shardrun.storage.commits import rows_checksum
@@ -182,7 +183,7 @@ def lab(small, tmp_path, tmp_path_factory):
 # Names shardrun gives, by the kind of dir that holds them. A user id never becomes one of them.
 NAME_RULES = {
     "run": (r"run\.json", r"launcher\.json", r"\.[^/]+\.tmp"),
-    "shard": (r"shard\.json", r"status\.json", r"lock", r"shard\.log", r"errors\.jsonl", r"hs_err_pid\d+\.log",
+    "shard": (r"shard\.json", r"status\.json", r"lock", r"lease", r"shard\.log", r"errors\.jsonl", r"hs_err_pid\d+\.log",
               r"\.[^/]+\.tmp"),
     "results": (r"u-[0-9a-f]{40}\.json",),
     "quarantine": (r"u-[0-9a-f]{40}\.json\.\d+",),
@@ -867,6 +868,192 @@ def empty_user_id(lab: Lab) -> Outcome:
     return Outcome(result.returncode, result.stdout + result.stderr, facts={"data": data})
 
 
+# --- 12. shared filesystems: no hard links, no file locks (docs/SHARED_FILESYSTEMS.md) -------------
+
+
+LEASE = {"SHARDRUN_LOCK": "lease"}  # the lease forced, on this machine's filesystem (which also locks)
+NO_FLOCK = {"STAND_IN_NO_FLOCK": "ENOLCK"}  # tests/stand_in_worker.py: flock as on NFS without lock support
+
+
+def vfat_output_root(lab: Lab) -> Path:
+    """The case's output root is a real vfat filesystem (tests/fs_support.py: no hard links, no
+    RENAME_NOREPLACE), unmounted and detached at teardown after every process of the case is stopped."""
+    mount = vfat_mount(lab.root / "disk" / "vfat.img", lab.out)
+    mount.__enter__()
+    lab.cleanups.append(lambda: mount.__exit__(None, None, None))
+    lab.writable += [lab.root / "disk", lab.root / "merged"]
+    return lab.out
+
+
+def merged_elsewhere(lab: Lab, outcome: Outcome) -> pd.DataFrame:
+    """merge_shard_results --run RUN with its output on the ordinary disk: fusefat loses the contents
+    of a renamed dir (a bug of that driver), and the merge swaps its result set in by renaming a dir."""
+    output = lab.root / "merged"
+    shardrun("merge", "--run", str(outcome.facts["run"]), "--output", str(output), "--overwrite", cwd=lab.root)
+    merged = analysis_values(output)
+    assert not merged.duplicated(["user_id", "feature_mode"]).any()
+    return merged
+
+
+def no_hard_links(lab: Lab) -> Outcome:
+    out = vfat_output_root(lab)
+    config = lab.config()
+    run_dir = out / "run"
+    result = run(lab, worker_command(config, "--shard", "0/1", "--out", str(run_dir)))
+    return Outcome(result.returncode, result.stdout + result.stderr,
+                   facts={"run": run_dir, "shard_dir": run_dir / "shard-0-of-1", "config": config})
+
+
+def every_user_once(lab: Lab, outcome: Outcome) -> None:
+    """Completed; every user committed once, whole; no scratch file left."""
+    shard_dir = outcome.facts["shard_dir"]
+    status = read_status(shard_dir)
+    assert status["state"] == "completed" and status["users_done"] == 10
+    assert lab.observe(shard_dir) == 10
+    assert list((shard_dir / ".tmp").iterdir()) == []
+
+
+def crash_before_rename(lab: Lab) -> Outcome:
+    """SIGKILL between the existence check and the rename of the third commit (the instant is aimed at
+    by tests/stand_in_worker.py; the kill and the vfat filesystem are real)."""
+    out = vfat_output_root(lab)
+    config = lab.config()
+    run_dir = out / "run"
+    result = run(lab, stand_in_worker("--config", str(config), "--full", "--shard", "0/1", "--out", str(run_dir)),
+                 env={"STAND_IN_KILL_BEFORE_RENAME": "3"})
+    return Outcome(result.returncode, result.stdout + result.stderr,
+                   facts={"run": run_dir, "shard_dir": run_dir / "shard-0-of-1", "config": config})
+
+
+def checked_but_not_renamed(lab: Lab, outcome: Outcome) -> None:
+    """Two users committed; the third's whole file is still in .tmp/, its name in results/ free."""
+    shard_dir = outcome.facts["shard_dir"]
+    assert lab.observe(shard_dir) == 2
+    (orphan,) = (shard_dir / ".tmp").iterdir()
+    record = json.loads(orphan.read_bytes())
+    assert not (shard_dir / "results" / f"{user_file_stem(record['user_id'])}.json").exists()
+    assert read_status(shard_dir)["state"] != "completed"
+
+
+def resume_then_merge_elsewhere(lab: Lab, outcome: Outcome) -> pd.DataFrame:
+    resume_every_user_once(lab, outcome)
+    return merged_elsewhere(lab, outcome)
+
+
+def resume_on_the_lease_then_merge(lab: Lab, outcome: Outcome) -> pd.DataFrame:
+    resume_every_user_once(lab, outcome, env=LEASE)
+    assert not list(outcome.facts["shard_dir"].glob("lease.taken-*"))  # the leftover of the takeover is gone
+    return merge_run(lab, outcome)
+
+
+def resume_every_user_once(lab: Lab, outcome: Outcome, env: dict | None = None) -> None:
+    shard_dir = outcome.facts["shard_dir"]
+    result = run(lab, worker_command(outcome.facts["config"], "--resume", str(shard_dir)), env=env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    status = read_status(shard_dir)
+    assert status["state"] == "completed" and status["resumed_with_done"] == outcome.facts.get("done", 2)
+    every_user_once(lab, outcome)
+
+
+def kill_holder_after_two(lab: Lab, env: dict) -> dict:
+    """A shard on the lease SIGKILLed after two commits: its lease is left behind."""
+    config = lab.config()
+    run_dir = lab.out / "run"
+    shard_dir = run_dir / "shard-0-of-1"
+    holder = start(lab, worker_command(config, "--shard", "0/1", "--out", str(run_dir)), env={**os.environ, **env})
+    wait_for_commits(holder, shard_dir, 2)
+    holder.send_signal(signal.SIGKILL)
+    output_of(holder)
+    assert json.loads((shard_dir / "lease").read_text())["pid"] == holder.pid
+    done = lab.observe(shard_dir)
+    return {"run": run_dir, "shard_dir": shard_dir, "config": config, "dead_pid": holder.pid, "done": done}
+
+
+def stale_lease(lab: Lab) -> Outcome:
+    facts = kill_holder_after_two(lab, LEASE)
+    result = run(lab, worker_command(facts["config"], "--resume", str(facts["shard_dir"])), env=LEASE)
+    return Outcome(result.returncode, result.stdout + result.stderr, facts=facts)
+
+
+def resumed_past_the_stale_lease(lab: Lab, outcome: Outcome) -> None:
+    """The resume took the dead holder's lease over, completed, and released it."""
+    shard_dir = outcome.facts["shard_dir"]
+    status = read_status(shard_dir)
+    assert status["state"] == "completed" and status["resumed_with_done"] == outcome.facts["done"]
+    assert not (shard_dir / "lease").exists() and not list(shard_dir.glob("lease.taken-*"))
+    assert lab.observe(shard_dir) == 10
+
+
+def crash_in_takeover(lab: Lab) -> Outcome:
+    """The resume is SIGKILLed right after it moved the dead holder's lease aside (the instant is
+    aimed at by tests/stand_in_worker.py; the lease, the kill and the takeover are real)."""
+    facts = kill_holder_after_two(lab, LEASE)
+    result = run(lab, stand_in_worker("--config", str(facts["config"]), "--full", "--resume", str(facts["shard_dir"])),
+                 env={**LEASE, "STAND_IN_KILL_AFTER_LEASE_ASIDE": "1"})
+    return Outcome(result.returncode, result.stdout + result.stderr, facts=facts)
+
+
+def lease_moved_aside(lab: Lab, outcome: Outcome) -> None:
+    """No lease, the dead holder's moved aside; the users committed before are untouched."""
+    shard_dir = outcome.facts["shard_dir"]
+    assert not (shard_dir / "lease").exists()
+    (aside,) = shard_dir.glob("lease.taken-*")
+    assert json.loads(aside.read_text())["pid"] == outcome.facts["dead_pid"]
+    assert lab.observe(shard_dir) == outcome.facts["done"]
+
+
+def no_flock_second_process(lab: Lab) -> Outcome:
+    """Both processes on a filesystem without locks (the stand-in): the first takes the lease, the second
+    must be refused by it."""
+    config = lab.config()
+    run_dir = lab.out / "run"
+    shard_dir = run_dir / "shard-0-of-1"
+    first = start(lab, stand_in_worker("--config", str(config), "--full", "--shard", "0/1", "--out", str(run_dir),
+                                       "--cooldown", "0.3"), env={**os.environ, **NO_FLOCK})
+    wait_for_commits(first, shard_dir, 1)
+    committed_before = committed_count(shard_dir)
+    second = run(lab, stand_in_worker("--config", str(config), "--full", "--resume", str(shard_dir)), env=NO_FLOCK)
+    holder_alive = first.poll() is None
+    first_output = output_of(first)
+    return Outcome(second.returncode, second.stdout + second.stderr,
+                   facts={"run": run_dir, "shard_dir": shard_dir, "holder_pid": first.pid, "holder_alive": holder_alive,
+                          "committed_before": committed_before, "first_exit": first.returncode,
+                          "first_output": first_output})
+
+
+def holder_warned_and_completed(lab: Lab, outcome: Outcome) -> None:
+    """The holder said why it uses a lease (naming the filesystem), completed, and released its lease."""
+    first_process_unharmed(lab, outcome)
+    said = outcome.facts["first_output"]
+    assert "file locks are not supported in" in said and "ENOLCK" in said and "using a lease file" in said
+    assert " filesystem " in said.split("file locks are not supported in", 1)[1].split("\n", 1)[0]
+    assert not (outcome.facts["shard_dir"] / "lease").exists()
+
+
+def no_flock_forced(lab: Lab) -> Outcome:
+    config = lab.config()
+    run_dir = lab.out / "run"
+    result = run(lab, stand_in_worker("--config", str(config), "--full", "--shard", "0/1", "--out", str(run_dir)),
+                 env={**NO_FLOCK, "SHARDRUN_LOCK": "flock"})
+    return Outcome(result.returncode, result.stdout + result.stderr,
+                   facts={"run": run_dir, "shard_dir": run_dir / "shard-0-of-1", "config": config})
+
+
+def nothing_computed(lab: Lab, outcome: Outcome) -> None:
+    shard_dir = outcome.facts["shard_dir"]
+    assert committed_count(shard_dir) == 0 and not (shard_dir / "shard.json").exists()
+    assert not (shard_dir / "lease").exists()
+
+
+def unset_and_run_again(lab: Lab, outcome: Outcome) -> pd.DataFrame:
+    """The fix the error names: SHARDRUN_LOCK unset, the same command again (the lease is used)."""
+    result = run(lab, stand_in_worker("--config", str(outcome.facts["config"]), "--full", "--shard", "0/1", "--out",
+                                      str(outcome.facts["run"])), env=NO_FLOCK)
+    assert result.returncode == 0 and "using a lease file" in result.stderr, result.stderr
+    every_user_once(lab, outcome)
+    return merged_values(lab, outcome.facts["run"])
+
+
 # --- 9. config faults, 10. data faults, 11. no Java or jar -------------------------------------
 
 
@@ -1017,6 +1204,27 @@ FAULTS = [
           (first_process_unharmed,), merge_run),
     Fault("stale-lock-after-sigkill", "SIGKILL the lock holder after two commits, then resume", stale_lock, 0,
           (), (resumed_past_the_stale_lock,), merge_run),
+    Fault("commit-without-hard-links", "the output root is a real vfat filesystem (mkfs.vfat image on a loop"
+          " device, fusefat): link and RENAME_NOREPLACE refused; one run_production", no_hard_links, 0,
+          ("hard links are refused in {run}", "EPERM", "rename after checking that the name is free",
+           "exactly once because one process writes each shard dir"), (every_user_once,), merged_elsewhere),
+    Fault("crash-between-check-and-rename", "on that vfat root, SIGKILL after the third commit's existence check,"
+          " before its rename (instant aimed by a stand-in); then resume", crash_before_rename, -signal.SIGKILL, (),
+          (checked_but_not_renamed,), resume_then_merge_elsewhere),
+    Fault("stale-lease-after-sigkill", "SHARDRUN_LOCK=lease; SIGKILL the holder after two commits, then resume",
+          stale_lease, 0, ("took over the lease", "its process {dead_pid} on this host is gone"),
+          (resumed_past_the_stale_lease,), merge_run),
+    Fault("crash-during-lease-takeover", "SHARDRUN_LOCK=lease; the resume after a SIGKILLed holder is SIGKILLed"
+          " right after moving the stale lease aside (instant aimed by a stand-in); then resume", crash_in_takeover,
+          -signal.SIGKILL, (), (lease_moved_aside,), resume_on_the_lease_then_merge),
+    Fault("no-file-locks-second-process", "flock fails with ENOLCK (stand-in for NFS without locks) in both"
+          " processes; run_production --resume while the first runs", no_flock_second_process, 4,
+          ("error: shard dir", "in use by another process", '"pid": {holder_pid}', "heartbeat",
+           "SHARDRUN_LEASE_STALE_SECONDS"), (holder_warned_and_completed,), merge_run),
+    Fault("no-file-locks-flock-forced", "flock fails with ENOLCK (stand-in) and SHARDRUN_LOCK=flock",
+          no_flock_forced, 2, ("error: file locks are not supported in shard dir {shard_dir}", "ENOLCK",
+                               "SHARDRUN_LOCK=flock", "Unset SHARDRUN_LOCK"), (nothing_computed,),
+          unset_and_run_again),
     Fault("merge-identical-duplicates", "the same shard dir copied into a second run dir; merge both",
           merge_duplicates, 0, ("merged {rows} rows for {users} users from 2 shard dirs",), (duplicates_dropped,),
           lambda lab, outcome: outcome.recovered),

@@ -69,6 +69,11 @@ class ShardLocked(ShardrunError):
     exit_code = EXIT_SHARD_LOCKED
 
 
+class LocksUnsupported(EnvironmentProblem):
+    """The shard dir's filesystem has no file locks (flock fails with ENOLCK, ENOSYS or EOPNOTSUPP) and
+    SHARDRUN_LOCK=flock forbids the lease file that would stand in for them. Nothing was computed."""
+
+
 class HeapTooSmall(ShardrunError):
     """One user's analysis needs more Java heap than the JVM was given.
 

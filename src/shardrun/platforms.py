@@ -7,10 +7,13 @@ Windows has (README: "Set-up and the two commands" lists what differs).
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import signal
 import sys
+from dataclasses import dataclass
+from pathlib import Path
 from typing import IO, Any
 
 log = logging.getLogger(__name__)
@@ -37,9 +40,16 @@ def keep_usr2_from_jvm() -> None:
         os.environ.setdefault(JVM_SUSPEND_SIGNAL_ENV, str(signal.SIGRTMIN + 6))
 
 
+# What an OS lock call answers when the filesystem has no locks at all (NFS mounted without a lock
+# manager, some Lustre and FUSE mounts), as opposed to a lock that another process holds.
+LOCKS_UNSUPPORTED_ERRNOS = frozenset({errno.ENOLCK, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP})
+LOCK_HELD_ERRNOS = frozenset({errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES, errno.EDEADLK})
+
+
 def lock_exclusive(handle: IO[Any]) -> None:
     """A non-blocking exclusive lock on an open file that the OS drops when the process dies; OSError if
-    another process holds it (flock on POSIX, a one-byte region lock on Windows)."""
+    another process holds it (flock on POSIX, a one-byte region lock on Windows). An errno in
+    LOCKS_UNSUPPORTED_ERRNOS means the filesystem cannot lock at all, not that the lock is taken."""
     if WINDOWS:
         import msvcrt
 
@@ -105,3 +115,103 @@ def resume(pid: int) -> None:
         psutil.Process(pid).resume()
         return
     os.kill(pid, signal.SIGCONT)
+
+
+def lock_is_held(exc: OSError) -> bool:
+    """True if `exc`, raised by lock_exclusive, means another process holds the lock. On Windows every
+    failure counts as held (msvcrt reports a held region with several errnos; untested here)."""
+    return WINDOWS or exc.errno in LOCK_HELD_ERRNOS
+
+
+def locks_unsupported(exc: OSError) -> bool:
+    """True if `exc`, raised by lock_exclusive, means the filesystem has no file locks."""
+    return not WINDOWS and exc.errno in LOCKS_UNSUPPORTED_ERRNOS
+
+
+def boot_id() -> str | None:
+    """This boot of this machine (Linux), so a lease of a process from before a reboot is told apart
+    from a live one with the same pid; None elsewhere."""
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip() or None
+    except OSError:
+        return None
+
+
+@dataclass(frozen=True)
+class Filesystem:
+    """The mount a path lives on, as /proc/self/mountinfo tells (Linux)."""
+
+    type: str  # ext4, nfs4, lustre, beegfs, fuse.fusefat, ...
+    source: str  # the device or server:/export
+    mount_point: str
+    options: frozenset[str]  # the mount's and the superblock's options
+
+    def describe(self) -> str:
+        return f"{self.type} filesystem {self.source} mounted at {self.mount_point}"
+
+    def option(self, name: str) -> str | None:
+        """The value of option `name=value`, or None."""
+        for option in self.options:
+            key, _, value = option.partition("=")
+            if key == name:
+                return value
+        return None
+
+
+def _unescape_mountinfo(field: str) -> str:
+    # mountinfo writes space, tab, newline and backslash in octal (\040 ...)
+    out, i = [], 0
+    while i < len(field):
+        if field[i] == "\\" and i + 3 < len(field) and field[i + 1:i + 4].isdigit():
+            out.append(chr(int(field[i + 1:i + 4], 8)))
+            i += 4
+        else:
+            out.append(field[i])
+            i += 1
+    return "".join(out)
+
+
+def parse_mountinfo(text: str) -> list[Filesystem]:
+    """The mounts of a /proc/<pid>/mountinfo text, in its order (later mounts hide earlier ones)."""
+    mounts = []
+    for line in text.splitlines():
+        left, sep, right = line.partition(" - ")
+        fields, tail = left.split(), right.split()
+        if not sep or len(fields) < 6 or len(tail) < 2:
+            continue
+        options = set(fields[5].split(","))
+        if len(tail) > 2:
+            options.update(tail[2].split(","))
+        mounts.append(Filesystem(type=tail[0], source=_unescape_mountinfo(tail[1]),
+                                 mount_point=_unescape_mountinfo(fields[4]), options=frozenset(options)))
+    return mounts
+
+
+def filesystem_of(path: Path, mountinfo: str | None = None) -> Filesystem | None:
+    """The mount that holds `path` (the longest mount point above it, the last one mounted there);
+    None where the OS does not say (not Linux) or it cannot be read."""
+    if mountinfo is None:
+        try:
+            mountinfo = Path("/proc/self/mountinfo").read_text()
+        except OSError:
+            return None
+    target = os.path.realpath(path)
+    best: Filesystem | None = None
+    for mount in parse_mountinfo(mountinfo):
+        point = mount.mount_point
+        inside = target == point or target.startswith(point.rstrip("/") + "/")
+        if inside and (best is None or len(point) >= len(best.mount_point)):
+            best = mount
+    return best
+
+
+def describe_filesystem(path: Path) -> str:
+    fs = filesystem_of(path)
+    return fs.describe() if fs else "filesystem type unknown"
+
+
+def flock_is_host_local(fs: Filesystem | None) -> bool:
+    """True for a mount whose flock locks only this host's processes while other hosts see the same
+    files: NFS mounted with local_lock=flock or local_lock=all (what `nolock` means). flock then
+    succeeds everywhere at once, so it cannot keep two hosts off one shard dir."""
+    return fs is not None and fs.type in ("nfs", "nfs4") and fs.option("local_lock") in ("flock", "all")

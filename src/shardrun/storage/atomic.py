@@ -1,19 +1,31 @@
 """Files that appear whole or not at all: write to a temporary file, fsync, rename (or link) into place;
-and dirs that do the same (replace_dir: a dir built beside its target, fsynced, swapped into place)."""
+and dirs that do the same (replace_dir: a dir built beside its target, fsynced, swapped into place).
+
+publish_new is the one place where a file is put at a name that must not exist yet (a user's result,
+shard.json, run.json): a hard link where the filesystem has them, else a rename that refuses to
+replace (renameat2 RENAME_NOREPLACE), else a rename after checking that the name is free. The way is
+chosen once per dir and logged once (docs/SHARED_FILESYSTEMS.md).
+"""
 
 from __future__ import annotations
 
 import ctypes
 import errno
 import json
+import logging
 import math
 import os
 import shutil
 import sys
 import tempfile
+import threading
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
+
+from shardrun.platforms import describe_filesystem
+
+log = logging.getLogger(__name__)
 
 
 def utc_now() -> str:
@@ -73,17 +85,110 @@ def write_json_atomic(path: Path, obj: Any) -> None:
     write_bytes_atomic(path, encode_json(obj))
 
 
-def create_json_once(path: Path, obj: Any) -> bool:
-    """Write `path` only if it does not exist yet (atomically). True if this call created it."""
-    tmp = write_temp_file(path.parent, encode_json(obj))
+def create_json_once(path: Path, obj: Any, sole_writer: bool = False) -> bool:
+    """Write `path` only if it does not exist yet (atomically). True if this call created it.
+
+    `sole_writer`: the caller holds the shard lock of the dir (shard.json). Without it (run.json,
+    which every shard of a run may try to create at once) and where the filesystem offers only the
+    checked rename, the file is read back: if another process's rename replaced this one's, the call
+    says it did not create the file, and the caller compares with what is there."""
+    payload = encode_json(obj)
+    tmp = write_temp_file(path.parent, payload)
     try:
-        os.link(tmp, path)
+        way = publish_new(tmp, path)
     except FileExistsError:
         return False
     finally:
         tmp.unlink(missing_ok=True)
     fsync_dir(path.parent)
+    if way == CHECKED_RENAME and not sole_writer:
+        try:
+            return path.read_bytes() == payload
+        except FileNotFoundError:
+            return False
     return True
+
+
+# --- a file at a name that must not exist yet -----------------------------------------------
+
+HARD_LINK = "hard link"
+RENAME_NOREPLACE = "rename without replace (renameat2 RENAME_NOREPLACE)"
+CHECKED_RENAME = "rename after checking that the name is free"
+
+# What link(2) answers on a filesystem (or a pair of dirs) that has no hard links: FAT and exFAT,
+# FUSE filesystems without link (EPERM), BeeGFS across dirs (EPERM), others EOPNOTSUPP, ENOSYS,
+# EMLINK or EXDEV. A real permission problem gives EPERM too; the rename that follows then fails with
+# it and the caller reports it.
+LINK_REFUSED_ERRNOS = frozenset({errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS, errno.EMLINK, errno.EXDEV})
+
+_ways_by_dir: dict[str, str] = {}
+_ways_said: set[tuple[int | None, str]] = set()
+_ways_lock = threading.Lock()
+
+
+def publish_way(directory: Path) -> str:
+    """How publish_new puts files into `directory` in this process (HARD_LINK until a link was refused)."""
+    with _ways_lock:
+        return _ways_by_dir.get(str(directory), HARD_LINK)
+
+
+def _choose_way(directory: Path, way: str, refused: OSError) -> None:
+    """Remember `way` for `directory`; say so once per filesystem at warning level (a shard has three
+    such dirs: the run dir, its own dir and results/), and for its other dirs at info level."""
+    try:
+        device = os.stat(directory).st_dev
+    except OSError:
+        device = None
+    with _ways_lock:
+        _ways_by_dir[str(directory)] = way
+        first_on_device = (device, way) not in _ways_said
+        _ways_said.add((device, way))
+    if not first_on_device:
+        log.info("hard links are refused in %s too: files are put in place by %s", directory, way)
+        return
+    why = ("still one atomic step that fails if the name exists" if way == RENAME_NOREPLACE else
+           "exactly once because one process writes each shard dir (the shard lock), so no other process can"
+           " take the name between the check and the rename")
+    log.warning("hard links are refused in %s (%s: link failed with %s, %s): files are put in place by %s from now"
+                " on; %s (docs/SHARED_FILESYSTEMS.md)", directory, describe_filesystem(directory),
+                errno.errorcode.get(refused.errno, refused.errno), refused.strerror, way, why)
+
+
+def publish_new(tmp: Path, target: Path) -> str:
+    """Put the complete, fsynced file `tmp` at `target` in one step, only if `target` does not exist:
+    FileExistsError if it does (then `tmp` stays for the caller to remove). Returns the way used.
+
+    A hard link is atomic and refuses an existing name, on any number of writers. Where links are
+    refused, renameat2(RENAME_NOREPLACE) keeps both properties. Where that is missing too (NFS and
+    FUSE filesystems without it answer EINVAL), the name is checked and then renamed into: exactly once as long as one
+    process writes the dir, which the shard lock guarantees for a shard dir. Even if two writers did
+    race there, the name is the user's, so the second rename replaces the first file whole: the user
+    is never there twice and never torn."""
+    directory = target.parent
+    way = publish_way(directory)
+    if way == HARD_LINK:
+        try:
+            os.link(tmp, target)
+            return HARD_LINK
+        except FileExistsError:
+            raise
+        except OSError as exc:
+            if exc.errno not in LINK_REFUSED_ERRNOS:
+                raise
+            refused = exc
+        if rename_noreplace(tmp, target):
+            _choose_way(directory, RENAME_NOREPLACE, refused)
+            return RENAME_NOREPLACE
+        _choose_way(directory, CHECKED_RENAME, refused)
+        way = CHECKED_RENAME
+    if way == RENAME_NOREPLACE and rename_noreplace(tmp, target):
+        return RENAME_NOREPLACE
+    if os.path.lexists(target):
+        raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(target))
+    # A crash here leaves `tmp` in its scratch dir (removed at the next start) and the name free: the
+    # user is not committed and is computed again.
+    os.rename(tmp, target)
+    return CHECKED_RENAME
 
 
 def read_json(path: Path) -> Any:
@@ -94,6 +199,7 @@ def read_json(path: Path) -> Any:
 # --- whole dirs -----------------------------------------------------------------------------
 
 _AT_FDCWD = -100
+_RENAME_NOREPLACE = 1
 _RENAME_EXCHANGE = 2
 
 
@@ -108,9 +214,9 @@ def fsync_tree(directory: Path) -> None:
     fsync_dir(directory)
 
 
-def exchange_paths(a: Path, b: Path) -> bool:
-    """Swap two existing paths in one step (Linux renameat2 RENAME_EXCHANGE); False where the OS or
-    the filesystem cannot (then the caller falls back to two renames)."""
+def _renameat2(a: Path, b: Path, flags: int) -> bool:
+    """Linux renameat2(a, b, flags); False where the OS, the C library or the filesystem lacks it
+    (ENOSYS, EINVAL, EOPNOTSUPP); any other failure is raised (EEXIST as FileExistsError)."""
     if not sys.platform.startswith("linux"):
         return False
     try:
@@ -119,12 +225,24 @@ def exchange_paths(a: Path, b: Path) -> bool:
         return False
     renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
     renameat2.restype = ctypes.c_int
-    if renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+    if renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), flags) == 0:
         return True
     err = ctypes.get_errno()
     if err in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.ENOTSUP):
         return False
-    raise OSError(err, os.strerror(err), str(b))
+    raise OSError(err, os.strerror(err), str(b))  # OSError picks the subclass: EEXIST is FileExistsError
+
+
+def exchange_paths(a: Path, b: Path) -> bool:
+    """Swap two existing paths in one step (Linux renameat2 RENAME_EXCHANGE); False where the OS or
+    the filesystem cannot (then the caller falls back to two renames)."""
+    return _renameat2(a, b, _RENAME_EXCHANGE)
+
+
+def rename_noreplace(a: Path, b: Path) -> bool:
+    """Rename `a` to `b` in one step unless `b` exists (FileExistsError); False where the OS or the
+    filesystem has no such rename (Linux renameat2 RENAME_NOREPLACE; NFS and many FUSE filesystems lack it)."""
+    return _renameat2(a, b, _RENAME_NOREPLACE)
 
 
 def replace_dir(new: Path, target: Path, aside: Path) -> None:

@@ -1,5 +1,5 @@
-"""A shard's results, exactly once: commit_user (one file per user, linked into place from a fsynced
-temporary file, so it exists whole or not at all), the resume scan, and errors.jsonl.
+"""A shard's results, exactly once: commit_user (one file per user, put into place from a fsynced
+temporary file by atomic.publish_new, so it exists whole or not at all), the resume scan, and errors.jsonl.
 
 Provenance: every result file carries `rows_sha256` (sha256 of the canonical JSON of its rows, see
 rows_checksum) and `config_hash` (the shard's, from shard.json). `verify_record` checks both, so a
@@ -24,6 +24,7 @@ from shardrun.storage.atomic import (
     encode_json,
     fsync_dir,
     json_safe,
+    publish_new,
     read_json,
     utc_now,
     write_temp_file,
@@ -119,7 +120,9 @@ def commit_user(
         if replace:
             os.replace(tmp, target)
         else:
-            os.link(tmp, target)
+            # a hard link, or on a filesystem without them a rename that cannot replace: the shard
+            # lock makes this process the only writer of results/ (atomic.publish_new)
+            publish_new(tmp, target)
     except FileExistsError:
         raise AlreadyCommitted(f"user {user_id!r} is committed already in {paths.results}; a user is committed once.") from None
     finally:

@@ -95,7 +95,7 @@ def ensure_identity(paths: ShardPaths, identity: Mapping[str, Any], resuming: bo
                 f"{paths.dir} is not a shard dir (no shard.json): pass a shard dir or a run dir made by"
                 " run_production or launch_shards to --resume."
             )
-        create_json_once(paths.identity, dict(identity))
+        create_json_once(paths.identity, dict(identity), sole_writer=True)  # under the shard lock
         return dict(identity)
     if not resuming:
         raise ResumeMismatch(

@@ -1,48 +1,195 @@
-"""At most one live process per shard dir: an OS file lock, released by the kernel when its holder dies."""
+"""At most one live process per shard dir: an OS file lock, or a lease file where the filesystem has
+no working locks (docs/SHARED_FILESYSTEMS.md).
+
+Which one, by SHARDRUN_LOCK:
+- `auto` (the default): the OS lock (flock on POSIX). When the filesystem answers that it has no
+  locks (ENOLCK, ENOSYS, EOPNOTSUPP: NFS without a lock manager, some Lustre mounts), or is an NFS
+  mount whose flock only locks this host (local_lock=flock or all, what `nolock` means), the lease
+  file is used instead, with a warning that names the filesystem and what changes.
+- `flock`: the OS lock only; a filesystem without locks is an error (LocksUnsupported).
+- `lease`: the lease file, plus the OS lock where the filesystem has one.
+
+The two see each other: a process on the OS lock refuses a shard dir whose lease is live, and a
+process on the lease takes the OS lock too where it can, so it refuses a shard whose OS lock is held.
+"""
 
 from __future__ import annotations
 
+import errno
 import json
+import logging
 import os
+import signal
 import socket
+import time
+from typing import IO, Any, Callable
 
-from shardrun.errors import ShardLocked
-from shardrun.platforms import lock_exclusive
+from shardrun import platforms
+from shardrun.errors import EnvironmentProblem, LocksUnsupported, ShardLocked
 from shardrun.storage.atomic import utc_now
+from shardrun.storage.lease import DEFAULT_STALE_SECONDS, LEASE_STALE_ENV, Holder, Lease, LeaseHeld, read_lease, staleness
 from shardrun.storage.paths import ShardPaths
+
+log = logging.getLogger(__name__)
+
+LOCK_ENV = "SHARDRUN_LOCK"
+LOCK_MECHANISMS = ("auto", "flock", "lease")
+
+
+def lock_mechanism(value: str | None) -> str:
+    """SHARDRUN_LOCK's value (unset or empty: auto)."""
+    chosen = (value or "auto").strip().lower()
+    if chosen not in LOCK_MECHANISMS:
+        raise EnvironmentProblem(f"{LOCK_ENV}={value!r} is not a lock mechanism; set it to auto (the default),"
+                                 " flock or lease, or unset it (docs/SHARED_FILESYSTEMS.md).")
+    return chosen
+
+
+def lease_stale_seconds(value: str | None) -> float:
+    """SHARDRUN_LEASE_STALE_SECONDS's value (unset or empty: the default)."""
+    if not value or not value.strip():
+        return DEFAULT_STALE_SECONDS
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = float("nan")
+    if not seconds > 0 or seconds == float("inf"):
+        raise EnvironmentProblem(f"{LEASE_STALE_ENV}={value!r} is not a number of seconds above 0; set it to, for"
+                                 f" example, {DEFAULT_STALE_SECONDS:g}, or unset it.")
+    return seconds
+
+
+def stop_this_process() -> None:
+    """What a holder does when its lease was taken over: the stop signal, so the shard drains (the
+    launcher and the scheduler see an interrupted shard, which resumes later)."""
+    signal.raise_signal(signal.SIGTERM)
 
 
 class ShardLock:
-    """At most one live process per shard dir.
+    """At most one live process per shard dir (the module's rule).
 
-    An OS file lock (flock) is held for the life of the process, so the kernel releases it when
-    the process dies however it dies: a stale lock file left by a SIGKILL never blocks a resume.
-    The file's text (pid, host) only serves the error message.
+    The OS lock is held for the life of the process, so the kernel releases it when the process dies
+    however it dies: a stale lock file left by a SIGKILL never blocks a resume. The lock file's text
+    (pid, host) only serves the error message and stop_shards, and is written by the holder only. The lease (when used) is released by release(); a
+    holder killed before that leaves it, and the next process takes it over by the lease's stale rule.
     """
 
-    def __init__(self, paths: ShardPaths):
+    def __init__(self, paths: ShardPaths, mechanism: str | None = None, stale_after: float | None = None,
+                 os_lock: Callable[[IO[Any]], None] | None = None, on_lease_lost: Callable[[], None] | None = None):
+        self._paths = paths
         self._path = paths.lock
-        self._handle = None
+        self.mechanism = lock_mechanism(mechanism if mechanism is not None else os.environ.get(LOCK_ENV))
+        self.stale_after = (stale_after if stale_after is not None
+                            else lease_stale_seconds(os.environ.get(LEASE_STALE_ENV)))
+        # Resolved at call time, so a test can stand in for a filesystem without locks.
+        self._os_lock = os_lock
+        self._on_lease_lost = on_lease_lost or stop_this_process
+        self._handle: IO[Any] | None = None
+        self._lease: Lease | None = None
+
+    @property
+    def uses_lease(self) -> bool:
+        return self._lease is not None
 
     def acquire(self) -> None:
-        handle = open(self._path, "a+", encoding="utf-8")
+        handle, unsupported = self._take_os_lock()
         try:
-            lock_exclusive(handle)
-        except OSError:
-            handle.seek(0)
-            holder = handle.read().strip() or "unknown process"
+            use_lease = self._lease_needed(unsupported)
+            if use_lease:
+                lease = Lease(self._paths.lease, stale_after=self.stale_after, on_lost=self._on_lease_lost)
+                try:
+                    lease.acquire()
+                except LeaseHeld as held:
+                    raise self._locked(held.state) from None
+                self._lease = lease
+            else:
+                self._refuse_a_live_lease()
+        except BaseException:
             handle.close()
-            raise ShardLocked(
-                f"shard dir {self._path.parent} is in use by another process ({holder}); wait for it to end,"
-                " or stop it, then resume. Two processes must never run one shard."
-            ) from None
+            raise
         handle.seek(0)
         handle.truncate()
         handle.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "since": utc_now()}))
         handle.flush()
         self._handle = handle
 
+    def _take_os_lock(self) -> tuple[IO[Any], OSError | None]:
+        """The lock file, open and locked, or open with the error if the filesystem has no locks (kept
+        open all the same: its holder's text and its open file tell stop_shards which process runs the
+        shard); ShardLocked if another process holds it. Any other error is raised (durable_write
+        reports it)."""
+        handle = open(self._path, "a+", encoding="utf-8")
+        try:
+            (self._os_lock or platforms.lock_exclusive)(handle)
+        except OSError as exc:
+            if platforms.locks_unsupported(exc):
+                return handle, exc
+            if platforms.lock_is_held(exc):
+                handle.seek(0)
+                holder = handle.read().strip() or "unknown process"
+                handle.close()
+                raise ShardLocked(
+                    f"shard dir {self._path.parent} is in use by another process ({holder}); wait for it to end,"
+                    " or stop it, then resume. Two processes must never run one shard."
+                ) from None
+            handle.close()
+            raise
+        return handle, None
+
+    def _lease_needed(self, unsupported: OSError | None) -> bool:
+        shard_dir = self._path.parent
+        if self.mechanism == "lease":
+            return True
+        if unsupported is not None:
+            where = platforms.describe_filesystem(shard_dir)
+            if self.mechanism == "flock":
+                raise LocksUnsupported(
+                    f"file locks are not supported in shard dir {shard_dir} ({where}): flock failed with"
+                    f" {errno.errorcode.get(unsupported.errno, unsupported.errno)} ({unsupported.strerror}), and"
+                    f" {LOCK_ENV}=flock asks for them. Unset {LOCK_ENV} (or set it to lease) to use a lease file"
+                    " instead (docs/SHARED_FILESYSTEMS.md), or mount the filesystem with locking (NFS: without"
+                    " nolock, with the lock manager running), then resume."
+                )
+            log.warning(
+                "file locks are not supported in %s (%s: flock failed with %s, %s); using a lease file (%s) instead."
+                " A shard killed on this host is taken over at once; one killed on another host can be resumed"
+                " only once its heartbeat is %g s old (%s). Set %s=lease for every process of the run to choose it"
+                " on purpose (docs/SHARED_FILESYSTEMS.md).",
+                shard_dir, where, errno.errorcode.get(unsupported.errno, unsupported.errno), unsupported.strerror,
+                self._paths.lease.name, self.stale_after, LEASE_STALE_ENV, LOCK_ENV)
+            return True
+        fs = platforms.filesystem_of(shard_dir)
+        if self.mechanism == "auto" and platforms.flock_is_host_local(fs):
+            log.warning(
+                "%s is on %s, whose flock locks only this host (local_lock=%s): another host would get the same"
+                " lock at once. Using a lease file (%s) as well. Set %s=lease for every process of the run to"
+                " choose it on purpose (docs/SHARED_FILESYSTEMS.md).",
+                shard_dir, fs.describe(), fs.option("local_lock"), self._paths.lease.name, LOCK_ENV)
+            return True
+        return False
+
+    def _refuse_a_live_lease(self) -> None:
+        """A process that holds the shard through a lease (on a host whose filesystem has no locks, or
+        with SHARDRUN_LOCK=lease) does not show in the OS lock: its lease must be stale or absent."""
+        try:
+            state = read_lease(self._paths.lease)
+        except FileNotFoundError:
+            return
+        if staleness(state, Holder.this_process(), time.time(), self.stale_after) is None:
+            raise self._locked(state)
+
+    def _locked(self, state: Any) -> ShardLocked:
+        held = state.describe(time.time()) if state is not None else "a lease"
+        return ShardLocked(
+            f"shard dir {self._path.parent} is in use by another process ({held}); wait for it to end, or stop it,"
+            " then resume. Two processes must never run one shard. A lease is taken over when its process is gone"
+            f" (on the same host) or its heartbeat is older than {self.stale_after:g} s ({LEASE_STALE_ENV})."
+        )
+
     def release(self) -> None:
+        if self._lease is not None:
+            self._lease.release()
+            self._lease = None
         if self._handle is not None:
             self._handle.close()
             self._handle = None

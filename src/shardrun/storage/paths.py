@@ -48,6 +48,11 @@ class ShardPaths:
         return self.dir / "lock"
 
     @property
+    def lease(self) -> Path:
+        """The lease file that stands in for the OS lock where the filesystem has none (storage/lease.py)."""
+        return self.dir / "lease"
+
+    @property
     def log(self) -> Path:
         return self.dir / "shard.log"
 

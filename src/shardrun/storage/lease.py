@@ -1,0 +1,298 @@
+"""A lease file: the shard lock where the filesystem has no working file locks.
+
+The lease is a file created with O_CREAT|O_EXCL (atomic on local filesystems and on NFS v3 and
+later), holding who holds it: host, boot id, pid and the process's start time, and a random token.
+Its modification time is the heartbeat: the holder sets it every `refresh_every` seconds from a
+thread of its own. Another process respects the lease unless it is stale (`staleness`):
+
+- on the same host (same host name and boot id), only when the holder's process is gone (its pid
+  no longer runs, or runs another process: a different start time). The clock does not count there:
+  a shard suspended by `--cpu-limit` or a debugger is alive however old its heartbeat;
+- on another host (or a lease that cannot be read), only when the heartbeat is older than
+  `stale_after` seconds (SHARDRUN_LEASE_STALE_SECONDS, default 120).
+
+A stale lease is taken over by renaming it aside first (to `lease.taken-<token>`): of two
+processes that both found it stale only one rename finds the file, and the new lease is again an
+O_EXCL create, so two takers can never both win. docs/SHARED_FILESYSTEMS.md explains the choice.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import secrets
+import socket
+import threading
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import psutil
+
+from shardrun.platforms import boot_id
+from shardrun.storage.atomic import utc_now
+
+log = logging.getLogger(__name__)
+
+LEASE_STALE_ENV = "SHARDRUN_LEASE_STALE_SECONDS"
+DEFAULT_STALE_SECONDS = 120.0
+TAKEN_ASIDE = ".taken-"  # `lease.taken-<token>`: a stale lease moved aside by the process taking over
+
+
+@dataclass(frozen=True)
+class Holder:
+    """Who holds a lease."""
+
+    host: str
+    pid: int
+    boot_id: str | None
+    started: float | None  # the process's start time (psutil), which tells a reused pid apart
+    token: str  # unique to one acquisition
+    acquired_at: str
+
+    @classmethod
+    def this_process(cls) -> "Holder":
+        return cls(host=socket.gethostname(), pid=os.getpid(), boot_id=boot_id(), started=process_started(os.getpid()),
+                   token=secrets.token_hex(8), acquired_at=utc_now())
+
+    def same_machine(self, other: "Holder") -> bool:
+        """Same host name and same boot: only then can a pid be looked up here. Two machines (or
+        containers) that share a host name differ in boot id, and a reboot changes it."""
+        return self.host == other.host and self.boot_id == other.boot_id
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> "Holder | None":
+        try:
+            raw = json.loads(text)
+            return cls(host=str(raw["host"]), pid=int(raw["pid"]), boot_id=raw.get("boot_id"),
+                       started=raw.get("started"), token=str(raw["token"]), acquired_at=str(raw.get("acquired_at")))
+        except (ValueError, KeyError, TypeError):
+            return None
+
+
+@dataclass(frozen=True)
+class LeaseState:
+    """A lease file as a reader finds it."""
+
+    holder: Holder | None  # None: empty or unreadable (being written right now, or its writer died mid-write)
+    heartbeat: float  # the file's modification time (seconds since the epoch)
+    inode: tuple[int, int]  # (st_dev, st_ino): which file this was, across a rename
+
+    def describe(self, now: float) -> str:
+        age = max(now - self.heartbeat, 0.0)
+        who = (json.dumps({"host": self.holder.host, "pid": self.holder.pid, "since": self.holder.acquired_at})
+               if self.holder else "a lease file being written or left unreadable")
+        return f"lease {who}, heartbeat {age:.0f} s ago"
+
+
+def process_started(pid: int) -> float | None:
+    try:
+        return psutil.Process(pid).create_time()
+    except (psutil.Error, OSError):
+        return None
+
+
+def process_alive(pid: int, started: float | None) -> bool:
+    """True if `pid` runs on this machine and is the process that started at `started` (not a later
+    process that reused the pid). A zombie (dead, not yet reaped) is gone."""
+    try:
+        process = psutil.Process(pid)
+        if process.status() == psutil.STATUS_ZOMBIE:
+            return False
+        return started is None or abs(process.create_time() - started) < 0.5
+    except psutil.NoSuchProcess:
+        return False
+    except psutil.AccessDenied:
+        return True
+
+
+def staleness(state: LeaseState, me: Holder, now: float, stale_after: float,
+              alive: Callable[[int, float | None], bool] = process_alive) -> str | None:
+    """Why the lease in `state` may be taken over by `me`, or None if it must be respected (the
+    module's rule: the process table on the same machine, the heartbeat's age elsewhere)."""
+    holder = state.holder
+    if holder is not None and holder.same_machine(me):
+        if alive(holder.pid, holder.started):
+            return None
+        return f"its process {holder.pid} on this host is gone"
+    age = now - state.heartbeat
+    if age > stale_after:
+        where = f"on host {holder.host}" if holder else "unreadable"
+        return f"its heartbeat ({where}) is {age:.0f} s old, older than {stale_after:g} s"
+    return None
+
+
+def read_lease(path: Path) -> LeaseState:
+    """The lease at `path` (FileNotFoundError if there is none)."""
+    with open(path, "rb") as handle:
+        stat = os.fstat(handle.fileno())
+        text = handle.read().decode("utf-8", "replace")
+    return LeaseState(holder=Holder.from_json(text), heartbeat=stat.st_mtime, inode=(stat.st_dev, stat.st_ino))
+
+
+class LeaseHeld(Exception):
+    """Another live process holds the lease."""
+
+    def __init__(self, state: LeaseState | None):
+        self.state = state
+        super().__init__(state.describe(time.time()) if state else "lease held")
+
+
+class Lease:
+    """One lease file, held from acquire() to release(), refreshed by its own thread meanwhile.
+
+    If the file stops being this holder's (another process judged it stale and took it over, for
+    example after this host could not reach the filesystem for `stale_after` seconds), the refresher
+    calls `on_lost` once and stops: the holder must stop writing.
+    """
+
+    def __init__(self, path: Path, stale_after: float = DEFAULT_STALE_SECONDS, refresh_every: float | None = None,
+                 on_lost: Callable[[], None] | None = None, clock: Callable[[], float] = time.time,
+                 alive: Callable[[int, float | None], bool] = process_alive):
+        self.path = path
+        self.stale_after = stale_after
+        # several refreshes fit in one stale period, so one slow write on a busy filesystem is no loss
+        self.refresh_every = refresh_every if refresh_every is not None else max(stale_after / 6, 0.05)
+        self._on_lost = on_lost or (lambda: None)
+        self._clock = clock
+        self._alive = alive
+        self._fd: int | None = None
+        self._inode: tuple[int, int] | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.holder: Holder | None = None
+        self.took_over: str | None = None  # why the lease found here was stale, if one was taken over
+
+    @property
+    def held(self) -> bool:
+        return self._fd is not None
+
+    def acquire(self) -> None:
+        """Create the lease, taking over a stale one; LeaseHeld if a live process holds it."""
+        me = Holder.this_process()
+        for _ in range(5):
+            try:
+                fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            except FileExistsError:
+                self._take_over_if_stale(me)
+                continue
+            try:
+                os.write(fd, me.to_json().encode())
+                os.fsync(fd)
+                self._beat(fd)
+                stat = os.fstat(fd)
+            except BaseException:
+                os.close(fd)
+                self.path.unlink(missing_ok=True)
+                raise
+            self._fd, self._inode, self.holder = fd, (stat.st_dev, stat.st_ino), me
+            self._remove_aside_leftovers()
+            self._stop.clear()
+            self._thread = threading.Thread(target=self._refresh_loop, name="lease-heartbeat", daemon=True)
+            self._thread.start()
+            return
+        raise LeaseHeld(self._state_or_none())  # contended five times over: someone else keeps winning
+
+    def _take_over_if_stale(self, me: Holder) -> None:
+        try:
+            state = read_lease(self.path)
+        except FileNotFoundError:
+            return  # released (or moved aside by another taker) since our create: try again
+        why = staleness(state, me, self._clock(), self.stale_after, self._alive)
+        if why is None:
+            raise LeaseHeld(state)
+        aside = self.path.with_name(f"{self.path.name}{TAKEN_ASIDE}{me.token}")
+        try:
+            os.rename(self.path, aside)
+        except FileNotFoundError:
+            return  # another process moved it first; the O_EXCL create decides between us
+        # A crash here leaves no lease and the aside file: the next process creates the lease at
+        # once and removes the leftover.
+        try:
+            moved = read_lease(aside)
+        except FileNotFoundError:
+            return  # the new holder already removed our aside file: the create will tell
+        if moved.inode != state.inode or (moved.holder and state.holder and moved.holder.token != state.holder.token):
+            # Between our read and our rename another process took the stale lease over and made a
+            # new one, which we just moved: put it back (unless yet another is there) and give way.
+            if not os.path.lexists(self.path):
+                os.rename(aside, self.path)
+            raise LeaseHeld(moved)
+        aside.unlink(missing_ok=True)
+        self.took_over = why
+        log.warning("took over the lease %s of another process: %s", self.path, why)
+
+    def _remove_aside_leftovers(self) -> None:
+        for leftover in self.path.parent.glob(f"{self.path.name}{TAKEN_ASIDE}*"):
+            leftover.unlink(missing_ok=True)
+
+    def _state_or_none(self) -> LeaseState | None:
+        try:
+            return read_lease(self.path)
+        except OSError:
+            return None
+
+    def _beat(self, fd: int) -> None:
+        now = self._clock()
+        # Through the open file: if the lease was moved aside, this touches the moved file, never
+        # a lease another process made since.
+        if os.utime in os.supports_fd:
+            os.utime(fd, (now, now))
+        else:
+            os.utime(self.path, (now, now))
+
+    def still_mine(self) -> bool:
+        """True if the file at the lease's path is the one this holder created."""
+        try:
+            stat = os.stat(self.path)
+        except FileNotFoundError:
+            return False
+        return (stat.st_dev, stat.st_ino) == self._inode
+
+    def refresh(self) -> bool:
+        """One heartbeat; False (and on_lost called) if the lease is no longer this holder's."""
+        fd = self._fd
+        if fd is None:
+            return False
+        if not self.still_mine():
+            log.error("the lease %s was taken over by another process (this one's heartbeat was older than"
+                      " %g s, or the file was removed): this process must stop writing the shard", self.path,
+                      self.stale_after)
+            self._stop.set()
+            self._on_lost()
+            return False
+        self._beat(fd)
+        return True
+
+    def _refresh_loop(self) -> None:
+        while not self._stop.wait(self.refresh_every):
+            try:
+                if not self.refresh():
+                    return
+            # A network filesystem that fails for a moment must not end the heartbeat: the next beat
+            # retries, and the lease only goes stale after several missed ones.
+            except OSError as exc:
+                log.warning("lease heartbeat could not touch %s: %s", self.path, exc)
+
+    def release(self) -> None:
+        """Stop the heartbeat and remove the lease if it is still this holder's."""
+        self._stop.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout=5)
+        self._thread = None
+        fd, self._fd = self._fd, None
+        if fd is None:
+            return
+        try:
+            if self.still_mine():
+                self.path.unlink(missing_ok=True)
+        finally:
+            os.close(fd)
+
+    def describe_holder(self) -> dict[str, Any]:
+        return asdict(self.holder) if self.holder else {}

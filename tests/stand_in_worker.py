@@ -1,0 +1,60 @@
+"""run_production with stand-ins for what this machine cannot produce for real, each chosen by an
+environment variable and each named for what it stands in for. Everything else is the real worker.
+
+STAND_IN_NO_FLOCK=ENOLCK (or ENOSYS, EOPNOTSUPP)
+    flock fails with that errno: stands in for an NFS mount without lock support (or a Lustre mount
+    without flock). This machine's filesystems all have flock, and a real NFS client is not available.
+STAND_IN_KILL_BEFORE_RENAME=N
+    SIGKILL this process when its N-th rename into results/ is about to happen, after the existence
+    check: stands in for a crash at exactly that instant (a kill from outside cannot aim at it).
+STAND_IN_KILL_AFTER_LEASE_ASIDE=1
+    SIGKILL this process right after it renamed a stale lease aside, before it creates its own: stands
+    in for a crash in the middle of a takeover.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+import sys
+from pathlib import Path
+
+
+def install_stand_ins() -> None:
+    no_flock = os.environ.get("STAND_IN_NO_FLOCK")
+    if no_flock:
+        import shardrun.platforms
+
+        code = getattr(errno, no_flock)
+
+        def flock_on_a_filesystem_without_locks(handle) -> None:
+            raise OSError(code, os.strerror(code))
+
+        shardrun.platforms.lock_exclusive = flock_on_a_filesystem_without_locks
+
+    kill_before = int(os.environ.get("STAND_IN_KILL_BEFORE_RENAME") or 0)
+    kill_after_aside = os.environ.get("STAND_IN_KILL_AFTER_LEASE_ASIDE") == "1"
+    if kill_before or kill_after_aside:
+        real_rename = os.rename
+        renames_into_results = 0
+
+        def rename(src, dst, *args, **kwargs):
+            nonlocal renames_into_results
+            if kill_before and Path(dst).parent.name == "results":
+                renames_into_results += 1
+                if renames_into_results == kill_before:
+                    os.kill(os.getpid(), signal.SIGKILL)
+            real_rename(src, dst, *args, **kwargs)
+            if kill_after_aside and Path(src).name == "lease" and ".taken-" in Path(dst).name:
+                os.kill(os.getpid(), signal.SIGKILL)
+
+        os.rename = rename
+
+
+if __name__ == "__main__":
+    install_stand_ins()
+    from shardrun.cli.run_production import main
+
+    sys.argv[0] = "run_production"
+    raise SystemExit(main())
