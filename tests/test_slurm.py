@@ -143,6 +143,9 @@ def test_a_cancelled_element_is_resubmitted_by_index_with_the_same_command(slurm
     result = launch(slurm_cluster, config, run, 3, env=env)
     assert result.returncode == 0, result.stderr
     (array,), first_merge = submitted(run)
+    # Cancelled once running: a pending element cancelled before SLURM gave it a job record of its own
+    # leaves the queue at once, and the monitor could only say "not in the queue".
+    slurm_cluster.wait_for_state(f"{array}_1", "RUNNING", timeout=120)
     slurm_cluster.scancel(f"{array}_1")
     wait_for_run(slurm_cluster, run)
     assert not (run / "merged" / "validation.json").is_file() or not json.loads(
