@@ -67,6 +67,7 @@ class StopFlag:
         self.on_second: Callable[[str], None] = lambda _name: os._exit(EXIT_INTERRUPTED)
         self.on_preempt: Callable[[], None] = lambda: None
         self._preempt_lock = threading.Lock()
+        self._preemption_handled = False  # the handler has seen the preemption signal (the watcher may have first)
 
     @property
     def preempted(self) -> bool:
@@ -85,7 +86,6 @@ class StopFlag:
             self.requested_by = name
             log.warning("%s received: finishing the user in flight, then stopping", name)
 
-        self._preemption_handled = False
         for sig in {*STOP_SIGNALS, *([self.preemption.signal] if self.preemption else [])}:
             signal.signal(sig, handler)
         if self.preemption is not None:
