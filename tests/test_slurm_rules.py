@@ -113,6 +113,7 @@ def test_squeue_lines_become_elements_and_later_arrays_win():
     view = scheduler_view(elements, {"100": 0, "200": 0})
     assert view[1].job_id == "201" and view[2].waiting_or_running and not view[0].waiting_or_running
     assert scheduler_view(parse_queue("7|3|8|RUNNING|None"), {"7": 1001})[1004].job_id == "8"
+    assert str(view[2]) == "pending (Resources) 103" and str(view[1]) == "running 201"
 
 
 def test_max_array_size_from_scontrol_show_config():

@@ -117,8 +117,7 @@ def time_limit_lines(predicted: Mapping[str, float] | None, limit_seconds: int |
 
 def describe_shard(index: int, state: str | None, queued: QueuedElement | None) -> str:
     if queued is not None and queued.waiting_or_running:
-        reason = f", {queued.reason}" if queued.reason and queued.reason not in ("None", "(null)") else ""
-        return f"shard {index}: in the queue as job {queued.job_id} ({queued.state.lower()}{reason})"
+        return f"shard {index}: in the queue ({queued})"
     if state in COMPLETE:
         return f"shard {index}: {state}"
     return f"shard {index}: to submit ({state or 'never started'})"

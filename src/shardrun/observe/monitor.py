@@ -108,11 +108,7 @@ def slurm_view(run: RunPaths) -> tuple[dict[int, str] | None, str | None]:
         queue = queue_by_index(run, SlurmCommands())
     except SchedulerError as exc:
         return None, str(exc)
-    view = {}
-    for index, element in queue.items():
-        reason = element.reason if element.reason and element.reason not in ("None", "(null)") else ""
-        view[index] = f"{element.state.lower()}{f' ({reason})' if reason else ''} {element.job_id}"
-    return view, None
+    return {index: str(element) for index, element in queue.items()}, None
 
 
 def run_started(run_dir: Path) -> float:

@@ -37,6 +37,11 @@ class QueuedElement:
     def waiting_or_running(self) -> bool:
         return self.state in WAITING_OR_RUNNING
 
+    def __str__(self) -> str:
+        """'pending (Resources) 1234', 'running 1235', 'cancelled 1236': squeue's words, its empty reasons left out."""
+        reason = f" ({self.reason})" if self.reason and self.reason not in ("None", "(null)") else ""
+        return f"{self.state.lower()}{reason} {self.job_id}"
+
 
 def parse_queue(text: str) -> list[QueuedElement]:
     """`squeue --array --noheader --format=%F|%K|%A|%T|%r` lines -> elements (pure; other lines are skipped)."""
