@@ -7,6 +7,10 @@ STAND_IN_NO_FLOCK=ENOLCK (or ENOSYS, EOPNOTSUPP)
 STAND_IN_KILL_BEFORE_RENAME=N
     SIGKILL this process when its N-th rename into results/ is about to happen, after the existence
     check: stands in for a crash at exactly that instant (a kill from outside cannot aim at it).
+STAND_IN_KILL_AT_BATCH_FSYNC=N
+    SIGKILL this process when the fsync of its N-th batch file is about to happen, after the batch's
+    bytes were written to its temporary file: stands in for a crash between a group commit's write and
+    its fsync (a kill from outside cannot aim at it).
 STAND_IN_KILL_AFTER_LEASE_ASIDE=1
     SIGKILL this process right after it renamed a stale lease aside, before it creates its own: stands
     in for a crash in the middle of a takeover.
@@ -50,6 +54,22 @@ def install_stand_ins() -> None:
                 os.kill(os.getpid(), signal.SIGKILL)
 
         os.rename = rename
+
+    kill_at_fsync = int(os.environ.get("STAND_IN_KILL_AT_BATCH_FSYNC") or 0)
+    if kill_at_fsync:
+        real_fsync = os.fsync
+        batch_fsyncs = 0
+
+        def fsync(fd):
+            nonlocal batch_fsyncs
+            # batch files are the only files written in the shard's scratch dir .tmp/
+            if Path(os.readlink(f"/proc/self/fd/{fd}")).parent.name == ".tmp":
+                batch_fsyncs += 1
+                if batch_fsyncs == kill_at_fsync:
+                    os.kill(os.getpid(), signal.SIGKILL)
+            real_fsync(fd)
+
+        os.fsync = fsync
 
 
 if __name__ == "__main__":

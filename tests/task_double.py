@@ -148,7 +148,7 @@ def make_run(
             override = dict((overrides or {}).get(user_id, {}))
             modes = override.pop("modes", config.settings.modes)
             rows = rows_of(user_id, spec, config.hash, modes=modes, seconds=seconds, **override)
-            commit_user(paths, user_id, rows, meta={})
+            commit_user(paths, user_id, rows)
     return run_dir
 
 

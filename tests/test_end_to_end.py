@@ -17,6 +17,7 @@ import yaml
 
 from e2e_support import faulty_task_config, analysis_values, read_status, shardrun
 from independent_estimator import assert_row_matches, expected_mode_row
+from store_support import committed_users
 
 pytestmark = pytest.mark.e2e
 
@@ -64,7 +65,7 @@ def test_sigkilled_shard_resumes_to_the_uninterrupted_result(workspace):
     assert before["state"] == "running" and before["users_todo"] > 0, before
     monitor = shardrun("monitor", str(run), cwd=root)
     assert "1/3" in monitor.stdout and "dead (process gone)" in monitor.stdout, monitor.stdout
-    committed_before = sorted(p.name for p in (shard_dir / "results").glob("u-*.json"))
+    committed_before = committed_users(shard_dir)
 
     resumed = shardrun("worker", "--config", str(config), "--full", "--resume", str(shard_dir), cwd=root)
     assert "exit 0" in resumed.stdout

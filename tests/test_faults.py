@@ -42,8 +42,8 @@ from e2e_support import analysis_values, read_status, shardrun, wait_for, write_
 from fs_support import stand_in_worker, vfat_mount
 from shardrun.results.merge import merge_shards
 from shardrun.results.read import read_result_file, shard_dirs_of_run
-from shardrun.storage.commits import rows_checksum
-from shardrun.storage.paths import user_file_stem
+from shardrun.storage.batches import decode_batch
+from store_support import batch_files, batch_of, committed_user_count, committed_users, edit_batch
 
 pytestmark = pytest.mark.e2e
 
@@ -79,14 +79,15 @@ def small(tmp_path_factory) -> Small:
     config = write_config(root / "config.yaml", data, root, surrogates=SURROGATES, k_grid=K_GRID)
     run = root / "reference"
     started = time.monotonic()
+    # One user per batch file: the cases that damage a copy of this run aim at one user's batch.
     process = subprocess.Popen(
-        worker_command(config, "--shard", "0/1", "--out", str(run)),
+        worker_command(config, "--shard", "0/1", "--out", str(run), "--commit-interval", "0"),
         cwd=root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
     results = run / "shard-0-of-1" / "results"
     first = None
     while process.poll() is None:
-        if first is None and results.is_dir() and any(results.glob("u-*.json")):
+        if first is None and results.is_dir() and any(results.glob("b-*.jsonl")):
             first = time.monotonic() - started
         time.sleep(0.005)
     output = process.communicate()[0]
@@ -105,7 +106,8 @@ class Lab:
     basetemp: Path
     own: set[Path] = field(default_factory=set)  # inputs the test itself wrote
     writable: list[Path] = field(default_factory=list)  # where shardrun may write: output root, log dir
-    committed: dict[Path, bytes] = field(default_factory=dict)  # every commit seen, with its bytes
+    committed: dict[Path, bytes] = field(default_factory=dict)  # every batch file seen, with its bytes
+    batch_sizes: list[int] = field(default_factory=list)  # users per batch file, of every batch seen
     cleanups: list[Callable[[], None]] = field(default_factory=list)
 
     @property
@@ -137,20 +139,23 @@ class Lab:
         return path
 
     def observe(self, shard_dir: Path, skip: tuple[Path, ...] = ()) -> int:
-        """Every result file in results/ is a whole commit (parses, named by its user's hash, one row
+        """Every batch file in results/ is a whole commit (its checksum holds, each user once with one row
         per mode); remember its bytes. Returns the number of committed users."""
-        count = 0
-        for path in sorted((shard_dir / "results").glob("u-*.json")):
+        users: list[str] = []
+        for path in batch_files(shard_dir):
             if path in skip:
                 continue
             payload = path.read_bytes()
-            record = json.loads(payload)  # a torn file fails here
-            assert path.stem == user_file_stem(record["user_id"]), path
-            assert sorted(row["feature_mode"] for row in record["rows"]) == sorted(MODES), path
-            assert all(row["user_id"] == record["user_id"] for row in record["rows"]), path
+            batch = decode_batch(payload)  # a torn or changed batch fails here
+            for record in batch.records:
+                assert sorted(row["feature_mode"] for row in record["rows"]) == sorted(MODES), path
+                assert all(row["user_id"] == record["user_id"] for row in record["rows"]), path
+                users.append(record["user_id"])
+            if path not in self.committed:
+                self.batch_sizes.append(len(batch.records))
             self.committed[path] = payload
-            count += 1
-        return count
+        assert len(users) == len(set(users)), f"a user committed twice in {shard_dir}: {sorted(users)}"
+        return len(users)
 
 
 def snapshot(*roots: Path, skip: tuple[str, ...] = ()) -> dict[Path, tuple[int, int]]:
@@ -185,8 +190,8 @@ NAME_RULES = {
     "run": (r"run\.json", r"launcher\.json", r"\.[^/]+\.tmp"),
     "shard": (r"shard\.json", r"status\.json", r"lock", r"lease", r"shard\.log", r"errors\.jsonl", r"hs_err_pid\d+\.log",
               r"\.[^/]+\.tmp"),
-    "results": (r"u-[0-9a-f]{40}\.json",),
-    "quarantine": (r"u-[0-9a-f]{40}\.json\.\d+",),
+    "results": (r"b-\d{6}\.jsonl",),
+    "quarantine": (r"b-\d{6}\.jsonl\.\d+",),
     "tmp": (r"\.[^/]+\.tmp",),
     "merged": (r"results\.csv", r"results\.parquet", r"merge_report\.json", r"validation\.json", r"summary\.png",
                r"\.[^/]+\.tmp"),
@@ -232,8 +237,13 @@ def universal_checks(lab: Lab, before: dict) -> None:
 # --- running shardrun -------------------------------------------------------------------------
 
 
+# Group commit as users meet it, on the small workload's short users: a batch file of one to a few users.
+COMMIT_INTERVAL = "0.2"
+
+
 def worker_command(config: Path, *args: str) -> list[str]:
-    return [sys.executable, "-m", "shardrun.worker", "--config", str(config), "--full", *args]
+    interval = () if "--commit-interval" in args else ("--commit-interval", COMMIT_INTERVAL)
+    return [sys.executable, "-m", "shardrun.worker", "--config", str(config), "--full", *interval, *args]
 
 
 def run(lab: Lab, command: list[str], env: dict | None = None) -> subprocess.CompletedProcess:
@@ -275,8 +285,7 @@ def merged_values(lab: Lab, run_dir: Path, in_process: bool = False) -> pd.DataF
 
 
 def committed_count(shard_dir: Path) -> int:
-    results = shard_dir / "results"
-    return len(list(results.glob("u-*.json"))) if results.is_dir() else 0
+    return committed_user_count(shard_dir)
 
 
 def wait_for_commits(process: subprocess.Popen, shard_dir: Path, n: int) -> None:
@@ -321,7 +330,7 @@ def kill_plan(small: Small) -> list[list[KillPoint]]:
 
     plans = []
     for trial in range(KILL_TRIALS):
-        plan = [in_start_up() if trial % 2 else in_loop(7)]
+        plan = [in_start_up() if trial % 2 else in_loop(5)]
         if trial % 3 == 2:
             plan.append(in_loop(3) if trial % 2 else in_start_up())
         plans.append(plan)
@@ -397,6 +406,7 @@ def kills_hit_start_up_and_the_loop(lab: Lab, outcome: Outcome) -> None:
     after = [count for _, _, count in landed]
     assert 0 in after, landed
     assert any(0 < count < 10 for count in after), landed
+    assert max(lab.batch_sizes) >= 2, f"no batch of several users: {lab.batch_sizes}"  # group commit was exercised
 
 
 # --- 2. SIGTERM drain -----------------------------------------------------------------------------
@@ -406,7 +416,9 @@ def sigterm_drain(lab: Lab) -> Outcome:
     config = lab.config()
     run_dir = lab.out / "run"
     shard_dir = run_dir / "shard-0-of-1"
-    shard = start(lab, worker_command(config, "--shard", "0/1", "--out", str(run_dir)))
+    # status.json written every 50 ms (at most once a second by default), so the case sees the user in flight
+    shard = start(lab, worker_command(config, "--shard", "0/1", "--out", str(run_dir), "--heartbeat", "0.05"))
+
     def in_flight_after_two() -> str | None:
         status = read_status(shard_dir)
         return status.get("current_user") if status.get("users_done", 0) >= 2 else None
@@ -425,7 +437,7 @@ def drained_whole(lab: Lab, outcome: Outcome) -> None:
     committed = lab.observe(shard_dir)
     assert status["state"] == "interrupted" and status["current_user"] is None
     assert status["users_done"] == committed and 0 < committed < 10
-    assert (shard_dir / "results" / f"{user_file_stem(outcome.facts['in_flight'])}.json").is_file()
+    assert outcome.facts["in_flight"] in committed_users(shard_dir)
     assert list((shard_dir / ".tmp").iterdir()) == []
 
 
@@ -443,33 +455,40 @@ def torn_files(lab: Lab) -> Outcome:
     run_dir = lab.out / "run"
     shutil.copytree(lab.small.run, run_dir, ignore=shutil.ignore_patterns("merged"))
     shard_dir = run_dir / "shard-0-of-1"
-    files = sorted((shard_dir / "results").glob("u-*.json"))
-    by_user = {json.loads(p.read_text())["user_id"]: p for p in files}
+    by_user = {user: batch_of(shard_dir, user) for user in ("user-01", "user-04", "user-06", "user-08", "user-09")}
     real = by_user["user-01"].read_bytes()
     injected = {
         by_user["user-01"]: real[: len(real) // 2],  # a truncated copy of its own real file
         by_user["user-04"]: b"\x00\xff\x13 not json at all \x00" * 7,  # garbage
         by_user["user-06"]: b"",  # zero length (a crash before the data reached the disk)
-        by_user["user-08"]: by_user["user-09"].read_bytes(),  # another user's whole file under this name
     }
+    # another user's whole batch under this one's name: whole and checked, but user-08 is no longer in it
+    by_user["user-08"].write_bytes(by_user["user-09"].read_bytes())
     for path, payload in injected.items():
         path.write_bytes(payload)
     strays = [shard_dir / ".tmp" / ".k3j2h1.tmp", shard_dir / ".status.json.x1y2.tmp"]
     for stray in strays:
         stray.write_bytes(real)
-    lab.observe(shard_dir, skip=tuple(injected))
+    lab.observe(shard_dir, skip=(*injected, by_user["user-08"], by_user["user-09"]))
     config = lab.config()
     result = run(lab, worker_command(config, "--resume", str(shard_dir)))
     return Outcome(result.returncode, result.stdout + result.stderr,
-                   facts={"run": run_dir, "shard_dir": shard_dir, "injected": injected, "strays": strays})
+                   facts={"run": run_dir, "shard_dir": shard_dir, "injected": injected, "strays": strays,
+                          "repeated": by_user["user-09"]})
 
 
 def torn_quarantined_and_recomputed(lab: Lab, outcome: Outcome) -> None:
-    """The four bad files are in results/quarantine/ as they were; their users were computed again."""
+    """The three damaged files are in results/quarantine/ as they were, and so is the later of the two
+    batches that hold user-09 alone (a batch that adds nothing); the users of the damaged files, and
+    user-08, whose batch was overwritten by user-09's, were computed again."""
     shard_dir, injected = outcome.facts["shard_dir"], outcome.facts["injected"]
+    repeated = outcome.facts["repeated"]
     quarantined = sorted((shard_dir / "results" / "quarantine").iterdir())
-    assert sorted(p.read_bytes() for p in quarantined) == sorted(injected.values())
-    assert all(p.name.split(".json.")[0] + ".json" in {q.name for q in injected} for p in quarantined)
+    set_aside = {**{path.name: payload for path, payload in injected.items()}, repeated.name: None}
+    assert sorted(p.name.split(".jsonl.")[0] + ".jsonl" for p in quarantined) == sorted(set_aside)
+    assert sorted(p.read_bytes() for p in quarantined if not p.name.startswith(repeated.name)) == sorted(
+        injected.values())
+    assert not repeated.exists() and committed_users(shard_dir).count("user-09") == 1
     assert not any(stray.exists() for stray in outcome.facts["strays"])
     status = read_status(shard_dir)
     assert (status["state"], status["resumed_with_done"], status["users_done"]) == ("completed", 6, 10)
@@ -488,9 +507,11 @@ def file_size_limit(lab: Lab) -> Outcome:
     config = lab.config()
     run_dir = lab.out / "run"
     shard_dir = run_dir / "shard-0-of-1"
-    shard = start(lab, worker_command(config, "--shard", "0/1", "--out", str(run_dir), "--heartbeat", "0.05"))
+    # one user per batch, so that every batch to come is as large as those already written
+    shard = start(lab, worker_command(config, "--shard", "0/1", "--out", str(run_dir), "--heartbeat", "0.05",
+                                      "--commit-interval", "0"))
     wait_for_commits(shard, shard_dir, 3)
-    smallest_result = min(p.stat().st_size for p in (shard_dir / "results").glob("u-*.json"))
+    smallest_result = min(p.stat().st_size for p in batch_files(shard_dir))
     limit = smallest_result - 64
     # the premise: the failed state (status.json with the error in it) still fits, a user does not
     assert (shard_dir / "status.json").stat().st_size + 400 < limit
@@ -713,14 +734,13 @@ def duplicates_dropped(lab: Lab, outcome: Outcome) -> None:
 
 def merge_conflict(lab: Lab) -> Outcome:
     copy = copy_of_reference(lab, "edited")
-    victim = next(p for p in sorted((copy / "results").glob("u-*.json")) if '"user-03"' in p.read_text())
-    record = json.loads(victim.read_text())
-    row = next(r for r in record["rows"] if r["feature_mode"] == "composite")
-    row["ais_k2_bits"] = row["ais_k2_bits"] + 0.125
+    def raise_ais_k2(record: dict) -> None:
+        row = next(r for r in record["rows"] if r["feature_mode"] == "composite")
+        row["ais_k2_bits"] = row["ais_k2_bits"] + 0.125
+
     # the checksum rewritten too: rows that really differ (a non-deterministic computation), not a hand
     # edit, which merge would leave out as untrusted (merge-hand-edited-result-file)
-    record["rows_sha256"] = rows_checksum(record["rows"])
-    victim.write_text(json.dumps(record))
+    edit_batch(batch_of(copy, "user-03"), raise_ais_k2, keep_checksum=False)
     output = lab.out / "merged-conflict"
     result = run(lab, [sys.executable, "-m", "shardrun.merge", "--shards", str(lab.small.run / "shard-0-of-1"),
                        str(copy), "--output", str(output)])
@@ -745,7 +765,7 @@ def copy_for_edit(lab: Lab, user: str) -> tuple[Path, Path, Path]:
     run_dir = lab.out / "run"
     shutil.copytree(lab.small.run, run_dir, ignore=shutil.ignore_patterns("merged"))
     shard_dir = run_dir / "shard-0-of-1"
-    victim = shard_dir / "results" / f"{user_file_stem(user)}.json"
+    victim = batch_of(shard_dir, user)
     lab.observe(shard_dir, skip=(victim,))
     return run_dir, shard_dir, victim
 
@@ -765,10 +785,11 @@ SWAPPED_USER = "user-05"
 def hand_edited(lab: Lab) -> Outcome:
     """te_hour_p of one row changed in place in its committed file, as by hand (the checksum not)."""
     run_dir, shard_dir, victim = copy_for_edit(lab, EDITED_USER)
-    record = json.loads(victim.read_text())
-    row = next(r for r in record["rows"] if r["feature_mode"] == "composite")
-    row["te_hour_p"] = 0.0123 if row["te_hour_p"] != 0.0123 else 0.0456
-    victim.write_text(json.dumps(record, indent=1))
+    def change_te_hour_p(record: dict) -> None:
+        row = next(r for r in record["rows"] if r["feature_mode"] == "composite")
+        row["te_hour_p"] = 0.0123 if row["te_hour_p"] != 0.0123 else 0.0456
+
+    edit_batch(victim, change_te_hour_p)
     return merge_after(lab, run_dir, shard_dir, victim, EDITED_USER)
 
 
@@ -776,7 +797,7 @@ def swapped_in(lab: Lab) -> Outcome:
     """One user's committed file replaced by the same user's file of a run of another config."""
     other = lab.config(name="other.yaml", edit=lambda raw: raw.update(surrogates=SURROGATES // 2))
     other_run = lab.out / "other"
-    result = run(lab, worker_command(other, "--shard", "0/1", "--out", str(other_run)))
+    result = run(lab, worker_command(other, "--shard", "0/1", "--out", str(other_run), "--commit-interval", "0"))
     assert result.returncode == 0, result.stdout + result.stderr
     run_dir, shard_dir, victim = copy_for_edit(lab, SWAPPED_USER)
     victim.write_bytes((other_run / "shard-0-of-1" / "results" / victim.name).read_bytes())
@@ -919,7 +940,8 @@ def crash_before_rename(lab: Lab) -> Outcome:
     out = vfat_output_root(lab)
     config = lab.config()
     run_dir = out / "run"
-    result = run(lab, stand_in_worker("--config", str(config), "--full", "--shard", "0/1", "--out", str(run_dir)),
+    result = run(lab, stand_in_worker("--config", str(config), "--full", "--shard", "0/1", "--out", str(run_dir),
+                                      "--commit-interval", "0"),  # one user per batch: the third rename is the third user
                  env={"STAND_IN_KILL_BEFORE_RENAME": "3"})
     return Outcome(result.returncode, result.stdout + result.stderr,
                    facts={"run": run_dir, "shard_dir": run_dir / "shard-0-of-1", "config": config})
@@ -930,14 +952,82 @@ def checked_but_not_renamed(lab: Lab, outcome: Outcome) -> None:
     shard_dir = outcome.facts["shard_dir"]
     assert lab.observe(shard_dir) == 2
     (orphan,) = (shard_dir / ".tmp").iterdir()
-    record = json.loads(orphan.read_bytes())
-    assert not (shard_dir / "results" / f"{user_file_stem(record['user_id'])}.json").exists()
+    [record] = decode_batch(orphan.read_bytes()).records
+    assert record["user_id"] not in committed_users(shard_dir)
     assert read_status(shard_dir)["state"] != "completed"
+
+
+# --- group commit: a crash inside a batch's commit, a torn batch of several users ----------------------
+
+
+def crash_before_batch_fsync(lab: Lab) -> Outcome:
+    """SIGKILL when the third batch's bytes are written to its temporary file and its fsync is about to
+    happen (the instant is aimed at by tests/stand_in_worker.py; the kill is real). The first user is a
+    batch of its own (no commit before it to wait for); users of about 0.1 s (a 0.05 s cooldown between
+    them) and a 0.25 s interval make the next ones hold several."""
+    config = lab.config()
+    run_dir = lab.out / "run"
+    shard_dir = run_dir / "shard-0-of-1"
+    result = run(lab, stand_in_worker("--config", str(config), "--full", "--shard", "0/1", "--out", str(run_dir),
+                                      "--commit-interval", "0.25", "--cooldown", "0.05"),
+                 env={"STAND_IN_KILL_AT_BATCH_FSYNC": "3"})
+    return Outcome(result.returncode, result.stdout + result.stderr,
+                   facts={"run": run_dir, "shard_dir": shard_dir, "config": config})
+
+
+def written_but_not_committed(lab: Lab, outcome: Outcome) -> None:
+    """The first two batches are committed whole, one of several users; the third's bytes are whole in
+    .tmp/ but it was never published, so none of its users is committed (nor counted in status.json)."""
+    shard_dir = outcome.facts["shard_dir"]
+    done = lab.observe(shard_dir)
+    assert [path.name for path in batch_files(shard_dir)] == ["b-000001.jsonl", "b-000002.jsonl"]
+    assert done >= 3, "the premise: a batch of several users"
+    (orphan,) = (shard_dir / ".tmp").iterdir()
+    pending = [record["user_id"] for record in decode_batch(orphan.read_bytes()).records]
+    assert pending and not set(pending) & set(committed_users(shard_dir))
+    assert read_status(shard_dir)["users_done"] <= done
+    outcome.facts["done"] = done
+
+
+def torn_batch(lab: Lab) -> Outcome:
+    """A run whose users were all committed in batches of several (a long interval); then its last batch is
+    cut in the middle of a record, as by a disk that lost the end of a write; then resume."""
+    config = lab.config()
+    run_dir = lab.out / "run"
+    shard_dir = run_dir / "shard-0-of-1"
+    made = run(lab, worker_command(config, "--shard", "0/1", "--out", str(run_dir), "--commit-interval", "30"))
+    assert made.returncode == 0, made.stdout + made.stderr
+    *whole, last = batch_files(shard_dir)
+    lab.observe(shard_dir, skip=(last,))
+    payload = last.read_bytes()
+    users = [record["user_id"] for record in decode_batch(payload).records]
+    assert len(users) >= 2, "the premise: a batch of several users"
+    torn = payload[: payload.rindex(b'"user_id"')]  # the last record cut short
+    last.write_bytes(torn)
+    result = run(lab, worker_command(config, "--resume", str(shard_dir)))
+    return Outcome(result.returncode, result.stdout + result.stderr,
+                   facts={"run": run_dir, "shard_dir": shard_dir, "torn": last, "payload": torn, "users": users})
+
+
+def torn_batch_quarantined_whole(lab: Lab, outcome: Outcome) -> None:
+    """The torn batch is in results/quarantine/ byte for byte, and every one of its users (not only the
+    cut one) was computed again."""
+    shard_dir = outcome.facts["shard_dir"]
+    [quarantined] = (shard_dir / "results" / "quarantine").iterdir()
+    assert quarantined.read_bytes() == outcome.facts["payload"] and not outcome.facts["torn"].exists()
+    status = read_status(shard_dir)
+    assert status["state"] == "completed" and status["resumed_with_done"] == 10 - len(outcome.facts["users"])
+    assert lab.observe(shard_dir) == 10
 
 
 def resume_then_merge_elsewhere(lab: Lab, outcome: Outcome) -> pd.DataFrame:
     resume_every_user_once(lab, outcome)
     return merged_elsewhere(lab, outcome)
+
+
+def resume_every_user_once_then_merge(lab: Lab, outcome: Outcome) -> pd.DataFrame:
+    resume_every_user_once(lab, outcome)
+    return merge_run(lab, outcome)
 
 
 def resume_on_the_lease_then_merge(lab: Lab, outcome: Outcome) -> pd.DataFrame:
@@ -1186,7 +1276,7 @@ FAULTS = [
           ("SIGTERM received: finishing the user in flight",), (drained_whole,), resume_run),
     Fault("torn-result-files", "a truncated copy, garbage, an empty file and another user's file under"
           " real users' names in results/, stray .tmp files; then resume", torn_files, 0,
-          ("is unreadable", "will be recomputed"), (torn_quarantined_and_recomputed,), merge_run),
+          ("cannot be trusted", "will be recomputed"), (torn_quarantined_and_recomputed,), merge_run),
     Fault("file-size-limit", "prlimit RLIMIT_FSIZE on the running shard below a result file's size",
           file_size_limit, 6, ("error: cannot write the result of user", "{shard_dir}/results", "file size limit"),
           (stopped_failed_with_commits_intact,), resume_run),
@@ -1211,6 +1301,12 @@ FAULTS = [
     Fault("crash-between-check-and-rename", "on that vfat root, SIGKILL after the third commit's existence check,"
           " before its rename (instant aimed by a stand-in); then resume", crash_before_rename, -signal.SIGKILL, (),
           (checked_but_not_renamed,), resume_then_merge_elsewhere),
+    Fault("crash-between-batch-write-and-fsync", "SIGKILL after the second batch file's bytes are written to its"
+          " temporary file, before its fsync (instant aimed by a stand-in); then resume", crash_before_batch_fsync,
+          -signal.SIGKILL, (), (written_but_not_committed,), resume_every_user_once_then_merge),
+    Fault("torn-batch", "a batch of several users cut in the middle of its last record; then resume", torn_batch, 0,
+          ("cannot be trusted: its records do not match the checksum", "will be recomputed"),
+          (torn_batch_quarantined_whole,), merge_run),
     Fault("stale-lease-after-sigkill", "SHARDRUN_LOCK=lease; SIGKILL the holder after two commits, then resume",
           stale_lease, 0, ("took over the lease", "its process {dead_pid} on this host is gone"),
           (resumed_past_the_stale_lease,), merge_run),
@@ -1234,7 +1330,7 @@ FAULTS = [
           (conflict_reported,)),
     Fault("merge-hand-edited-result-file", f"te_hour_p of {EDITED_USER} (composite) edited in place in its"
           " committed file; merge the run, then resume", hand_edited, 5,
-          ("is left out: its rows do not match the checksum", "edited after the commit",
+          ("is left out: its records do not match the checksum", "edited after the commit",
            f"user '{EDITED_USER}' has no results"), (untrusted_reported,), resume_quarantines_and_recomputes),
     Fault("merge-swapped-in-file", f"{SWAPPED_USER}'s committed file replaced by its file from a run of another"
           " config (surrogates halved); merge the run, then resume", swapped_in, 5,

@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 
 from shardrun.errors import MergeError
+from shardrun.results.frame import _typed_column, typed_frame
 from shardrun.results.merge import merge_shards
 from shardrun.results.read import shard_dirs_of_run
 from shardrun.storage.paths import MergedPaths, RunPaths
@@ -246,3 +247,34 @@ def test_a_dir_that_is_not_a_shard_dir_is_refused(tmp_path):
         merge_shards([run], tmp_path / "merged")
     with pytest.raises(MergeError, match="holds no shard dirs"):
         shard_dirs_of_run(tmp_path / "plain")
+
+
+# --- the typed frame: pandas' inference, checked against typing every value ---------------------
+
+COLUMNS_OF_EVERY_KIND = {
+    "ints": [1, 2, 3, 4],
+    "ints_with_null": [1, None, 3, 4],
+    "floats_with_nan": [1.5, math.nan, None, 2.0],
+    "ints_and_floats": [1128, 1128.0, 3, 0.5],
+    "bools": [True, False, True, True],
+    "bools_with_null": [True, None, False, True],
+    "strings": ["a", "007", "NA", ""],
+    "strings_with_null": ["a", None, "b", "c"],
+    "all_null": [None, None, math.nan, None],
+    "bool_and_int": [True, 1, 0, False],
+    "text_and_numbers": ["n/a", 1.5, 2, None],
+    "arrays": [[1, 2], [3], None, []],
+    "objects": [{"a": 1}, None, {"b": [2]}, {}],
+    "huge_ints": [2**70, 1, None, 3],
+}
+
+
+def test_the_typed_frame_equals_typing_every_value():
+    rows = [{c: values[n] for c, values in COLUMNS_OF_EVERY_KIND.items()} for n in range(4)]
+    frame, mixed = typed_frame(rows, list(COLUMNS_OF_EVERY_KIND))
+    for column, values in COLUMNS_OF_EVERY_KIND.items():
+        pd.testing.assert_series_equal(frame[column], _typed_column(list(values)), check_names=False, obj=column)
+    assert [m["column"] for m in mixed] == ["bool_and_int", "text_and_numbers"]
+    assert mixed[0]["types"] == {"boolean": 2, "number": 2}
+    assert frame["ints_with_null"].dtype == "Int64" and frame["bools"].dtype == bool
+    assert frame["all_null"].dtype == "float64" and frame["ints_and_floats"].dtype == "float64"

@@ -392,8 +392,8 @@ def test_commit_times_have_milliseconds_and_become_spans(tmp_path):
     run = make_run(tmp_path / "run", count=2, seconds=0.25)
     for shard_dir in shard_dirs_of_run(run):
         for user in scan_committed(ShardPaths(shard_dir)).values():
-            stamp = datetime.fromisoformat(user.record["committed_at"])
-            assert len(user.record["committed_at"].split("T")[1].split("+")[0]) == len("00:00:00.000")
+            stamp = datetime.fromisoformat(user.record["ended_at"])
+            assert len(user.record["ended_at"].split("T")[1].split("+")[0]) == len("00:00:00.000")
             assert stamp.tzinfo is not None
     spans = commit_spans([read_shard(d) for d in shard_dirs_of_run(run)])
     assert len(spans) == len(USERS)

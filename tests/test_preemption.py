@@ -20,7 +20,7 @@ from shardrun.errors import EXIT_OK, EXIT_PREEMPTED, SchedulerError
 from shardrun.shard.lifecycle import PreemptionNotice
 from shardrun.scheduler.slurm import SlurmCommands
 from shardrun.shard.requeue import decide_requeue, requeue_slurm_job
-from shardrun.storage.paths import user_file_stem
+from store_support import committed_users
 
 pytestmark = pytest.mark.e2e
 
@@ -32,7 +32,7 @@ def start_shard(config: Path, env: dict, out: Path, *flags: str) -> subprocess.P
 
 
 def committed(shard_dir: Path) -> set[str]:
-    return {path.name for path in (shard_dir / "results").glob("*.json")}
+    return set(committed_users(shard_dir))
 
 
 def in_flight(shard_dir: Path) -> str | None:
@@ -55,7 +55,7 @@ def test_warning_signal_drains_within_the_lead_and_says_preempted(workspace, tmp
     assert process.returncode == EXIT_PREEMPTED, output
     status = read_status(shard_dir)
     assert status["state"] == "preempted" and status["requeues"] == 0, status
-    assert f"{user_file_stem(first)}.json" in committed(shard_dir), "the user in flight ended in time: kept"
+    assert first in committed(shard_dir), "the user in flight ended in time: kept"
     assert status["users_todo"] > 0 and "not a SLURM job" in output
 
     again = shardrun("worker", "--config", str(config), "--full", "--shard", "0/2", "--out", str(out), cwd=tmp_path,

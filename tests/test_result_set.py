@@ -8,6 +8,7 @@ from a tiny module on PYTHONPATH, and check the exit code, the message and that 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -22,8 +23,9 @@ from shardrun.results.merge import merge_shards
 from shardrun.results.read import shard_dirs_of_run
 from shardrun.results.validate import write_validation
 from shardrun.storage.atomic import read_json, write_json_atomic
-from shardrun.storage.commits import rows_checksum, scan_committed
+from shardrun.storage.commits import scan_committed
 from shardrun.storage.paths import MergedPaths, ShardPaths
+from store_support import as_user_file, batch_of, edit_batch
 from task_double import (  # noqa: F401  (task_double: the autouse fixture that makes the double loadable)
     DOUBLE_MODULE,
     make_run,
@@ -50,10 +52,11 @@ def only_shard(run: Path) -> ShardPaths:
     return ShardPaths(shard)
 
 
-def edit_file(path: Path, change) -> None:
-    record = json.loads(path.read_text())
-    change(record)
-    path.write_text(json.dumps(record))
+def edit_user(shard: ShardPaths, user_id: str, change) -> Path:
+    """Edit one user's record in place in its batch file, the checksum left as it was (a hand edit)."""
+    path = batch_of(shard.dir, user_id)
+    edit_batch(path, lambda record: change(record) if record["user_id"] == user_id else None)
+    return path
 
 
 # --- 3. atomic merge --------------------------------------------------------------------------
@@ -228,34 +231,37 @@ def test_a_number_column_with_ints_and_floats_is_one_float_column(tmp_path):
 def test_commit_writes_the_checksum_and_the_config_hash(tmp_path):
     run = make_run(tmp_path / "run", count=1)
     shard = only_shard(run)
-    record = read_json(shard.result("u01"))
-    assert record["format"] == 2
-    assert record["config_hash"] == read_json(shard.identity)["config_hash"]
-    assert record["rows_sha256"] == rows_checksum(record["rows"])
+    path = batch_of(shard.dir, "u01")
+    head, _, body = path.read_bytes().partition(b"\n")
+    header = json.loads(head)
+    assert header["format"] == 3 and header["users"] == len(body.splitlines())
+    assert header["config_hash"] == read_json(shard.identity)["config_hash"]
+    assert header["records_sha256"] == hashlib.sha256(body).hexdigest()
 
 
 def test_a_hand_edited_te_value_is_reported_by_merge(tmp_path):
     run = make_run(tmp_path / "run", count=1)
     shard = only_shard(run)
-    edit_file(shard.result("u03"), lambda r: r["rows"][0].update(te_bits=0.5))
+    edited = edit_user(shard, "u03", lambda r: r["rows"][0].update(te_bits=0.5))
 
     report = merge_shards(shard_dirs_of_run(run), tmp_path / "merged")
 
     assert not report.complete
     [untrusted] = report.untrusted_files
-    assert untrusted["user_id"] == "u03" and untrusted["file"] == shard.result("u03").name
+    assert untrusted["user_id"] == "u03" and untrusted["file"] == edited.name
     assert "edited after the commit" in untrusted["problem"]
     assert [m["user_id"] for m in report.missing_users] == ["u03"]  # its rows are left out
     assert "u03" not in set(read_both(tmp_path / "merged")[1]["user_id"])
-    assert any("is left out: its rows do not match the checksum" in line for line in report.problem_lines())
-    assert shard.result("u03").exists()  # merge reports, it does not move the file
+    assert any("is left out: its records do not match the checksum" in line
+               for line in report.problem_lines())
+    assert edited.exists()  # merge reports, it does not move the file
 
 
 def test_a_file_from_another_configs_run_is_reported_by_merge(tmp_path):
     run = make_run(tmp_path / "run", count=1)
     other = make_run(tmp_path / "other", count=1, raw=raw_config(modes=["activity"]))
     shard = only_shard(run)
-    shard.result("u05").write_bytes(only_shard(other).result("u05").read_bytes())
+    batch_of(shard.dir, "u05").write_bytes(batch_of(only_shard(other).dir, "u05").read_bytes())
 
     report = merge_shards(shard_dirs_of_run(run), tmp_path / "merged")
 
@@ -267,8 +273,8 @@ def test_a_file_from_another_configs_run_is_reported_by_merge(tmp_path):
 def test_old_files_without_a_checksum_still_merge_with_a_note(tmp_path):
     run = make_run(tmp_path / "run", count=1)
     shard = only_shard(run)
-    for path in sorted(shard.results.glob("u-*.json"))[:3]:
-        edit_file(path, lambda r: [r.pop("rows_sha256"), r.pop("config_hash"), r.update(format=1)])
+    for user_id in ("u01", "u02", "u03"):
+        as_user_file(shard.dir, user_id, format=1)
 
     report = merge_shards(shard_dirs_of_run(run), tmp_path / "merged")
 
@@ -282,8 +288,8 @@ def test_old_files_without_a_checksum_still_merge_with_a_note(tmp_path):
 def test_an_old_file_from_another_config_is_still_caught_by_its_rows(tmp_path):
     run = make_run(tmp_path / "run", count=1)
     shard = only_shard(run)
-    edit_file(shard.result("u02"), lambda r: [r.pop("rows_sha256"), r.pop("config_hash"),
-                                              [row.update(config_hash="elsewhere") for row in r["rows"]]])
+    as_user_file(shard.dir, "u02", format=1,
+                 edit=lambda r: [row.update(config_hash="elsewhere") for row in r["rows"]])
     report = merge_shards(shard_dirs_of_run(run), tmp_path / "merged")
     assert [u["user_id"] for u in report.untrusted_files] == ["u02"]
 
@@ -291,8 +297,7 @@ def test_an_old_file_from_another_config_is_still_caught_by_its_rows(tmp_path):
 def test_the_resume_scan_quarantines_an_edited_file_and_recomputes_it(tmp_path, caplog):
     run = make_run(tmp_path / "run", count=1)
     shard = only_shard(run)
-    path = shard.result("u03")
-    edit_file(path, lambda r: r["rows"][1].update(ais_bits=9.0))
+    path = edit_user(shard, "u03", lambda r: r["rows"][1].update(ais_bits=9.0))
     edited = path.read_bytes()
 
     committed = scan_committed(shard)
@@ -354,7 +359,7 @@ def test_merge_cli_refuses_an_existing_dir_and_a_file(tmp_path, cli_env):
 
 def test_merge_cli_reports_an_edited_file_with_exit_5(tmp_path, cli_env):
     run = make_run(tmp_path / "run", count=1)
-    edit_file(only_shard(run).result("u03"), lambda r: r["rows"][0].update(ais_bits=0.25))
+    edit_user(only_shard(run), "u03", lambda r: r["rows"][0].update(ais_bits=0.25))
     result = command(cli_env, "-m", "shardrun.merge", "--run", str(run), "--output", str(tmp_path / "merged"))
     assert result.returncode == 5
     assert "edited after the commit" in result.stdout and "user 'u03' has no results" in result.stdout

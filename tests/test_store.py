@@ -5,15 +5,18 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
 
 from shardrun.storage.atomic import create_json_once, read_json, write_json_atomic
-from shardrun.storage.commits import append_error, commit_user, read_errors, scan_committed
+from shardrun.storage.commits import (
+    GroupCommitter, append_error, commit_user, next_batch_number, read_errors, rows_checksum, scan_committed,
+)
 from shardrun.storage.identity import ensure_identity
 from shardrun.storage.lock import ShardLock
 from shardrun.errors import AlreadyCommitted, ResumeMismatch, ShardLocked
-from shardrun.storage.paths import ShardPaths, user_file_stem
+from shardrun.storage.paths import ShardPaths
 
 HOSTILE_IDS = ["../../escape", "/etc/passwd", "a/b\\c", "nul\x00byte", "x" * 5000, "..", "ünïcødé", ""]
 
@@ -43,21 +46,103 @@ def test_nan_is_stored_as_null(shard):
 @pytest.mark.parametrize("user_id", HOSTILE_IDS)
 def test_hostile_user_ids_stay_inside_the_shard_dir(shard, user_id):
     path = commit_user(shard, user_id, [{"user_id": user_id}], {})
-    assert path.parent == shard.results
-    assert path.name == f"{user_file_stem(user_id)}.json"
+    assert path.parent == shard.results and path.name == "b-000001.jsonl"
+    assert [p.name for p in shard.results.rglob("*")] == ["b-000001.jsonl"]
     assert scan_committed(shard)[user_id].user_id == user_id
 
 
-def test_torn_result_file_is_quarantined_and_recomputed(shard):
-    commit_user(shard, "good", [{"a": 1}], {})
-    torn = shard.result("torn")
-    torn.write_text('{"user_id": "torn", "rows": [')
+class Clock:
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self):
+        return self.now
+
+
+def test_users_that_end_within_the_interval_share_one_batch(shard):
+    clock = Clock()
+    committer = GroupCommitter(shard, {"config_hash": None}, interval_seconds=1.0, clock=clock)
+    for n in range(5):
+        clock.now += 0.1
+        committer.add(f"u{n}", [{"user_id": f"u{n}", "v": n}])
+        assert committer.flush_if_due() is None
+    assert scan_committed(shard) == {} and committer.queued == 5  # queued is not committed
+    clock.now += 0.6
+    committer.add("u5", [{"user_id": "u5", "v": 5}])
+    assert committer.flush_if_due() == shard.batch(1)
+    clock.now += 5.0  # a long user: it is committed as soon as it ends
+    committer.add("u6", [{"user_id": "u6", "v": 6}])
+    assert committer.flush_if_due() == shard.batch(2)
+    committed = scan_committed(shard)
+    assert sorted(committed) == [f"u{n}" for n in range(7)]
+    assert {committed[f"u{n}"].path for n in range(6)} == {shard.batch(1)}
+    assert committed["u6"].rows == [{"user_id": "u6", "v": 6}] and committed["u6"].verified
+    with pytest.raises(AlreadyCommitted):
+        committer.add("u3", [])
+
+
+def test_the_background_flusher_commits_a_queue_left_behind_a_long_user(shard):
+    committer = GroupCommitter(shard, {}, interval_seconds=0.05)
+    committer.start_flusher()
+    try:
+        committer.add("quick", [{"user_id": "quick"}])
+        deadline = time.monotonic() + 10
+        while "quick" not in scan_committed(shard, untrusted="keep") and time.monotonic() < deadline:
+            time.sleep(0.02)
+    finally:
+        committer.stop_flusher()
+    assert list(scan_committed(shard)) == ["quick"] and committer.queued == 0
+
+
+def test_a_retry_replaces_the_earlier_record_and_a_plain_duplicate_does_not(shard):
+    commit_user(shard, "a", [{"user_id": "a", "status": "failed"}])
+    commit_user(shard, "a", [{"user_id": "a", "status": "ok"}], replaces=True)
+    assert scan_committed(shard)["a"].rows == [{"user_id": "a", "status": "ok"}]
+    copy = shard.batch(3)
+    copy.write_bytes(shard.batch(1).read_bytes())  # the failed record again, not marked as a replacement
+    assert scan_committed(shard)["a"].rows == [{"user_id": "a", "status": "ok"}]
+
+
+def test_torn_and_edited_batches_are_quarantined_whole_and_their_users_recomputed(shard):
+    commit_user(shard, "good", [{"a": 1}])
+    committer = GroupCommitter(shard, {})
+    committer.add("b1", [{"a": 2}])
+    committer.add("b2", [{"a": 3}])
+    edited = committer.flush()
+    edited.write_bytes(edited.read_bytes().replace(b'"a":3', b'"a":4'))
+    torn = shard.batch(3)
+    torn.write_bytes(shard.batch(1).read_bytes()[:-7])
+    legacy_torn = shard.result("torn")
+    legacy_torn.write_text('{"user_id": "torn", "rows": [')
+    kept = scan_committed(shard, untrusted="keep")
+    assert kept["b1"].problem and "records_sha256" in kept["b2"].problem and kept["good"].problem is None
+    committed = scan_committed(shard)
+    assert list(committed) == ["good"]
+    assert not edited.exists() and not torn.exists() and not legacy_torn.exists()
+    assert len(list((shard.results / "quarantine").iterdir())) == 3
+    assert GroupCommitter(shard, {}).flush() is None and next_batch_number(shard) == 4  # never a number again
+
+
+def test_a_batch_of_another_config_is_not_trusted(shard):
+    write_json_atomic(shard.identity, {"config_hash": "mine"})
+    commit_user(shard, "a", [{"user_id": "a", "config_hash": "mine"}])
+    commit_user(shard, "b", [{"user_id": "b", "config_hash": "theirs"}], {"config_hash": "mine"})
+    kept = scan_committed(shard, untrusted="keep")
+    assert kept["a"].problem is None
+    assert "'theirs'" in kept["b"].problem and "another config" in kept["b"].problem
+
+
+def test_one_file_per_user_results_of_older_runs_are_still_read(shard):
+    rows = [{"user_id": "old", "v": 1.5}]
+    record = {"format": 2, "user_id": "old", "committed_at": "2026-01-01T00:00:00.000+00:00",
+              "rows_sha256": rows_checksum(rows), "rows": rows}
+    shard.result("old").write_text(json.dumps(record))
     misnamed = shard.result("other")
     misnamed.write_text(json.dumps({"user_id": "not-other", "rows": []}))
     committed = scan_committed(shard)
-    assert list(committed) == ["good"]
-    assert not torn.exists() and not misnamed.exists()
-    assert len(list((shard.results / "quarantine").iterdir())) == 2
+    assert list(committed) == ["old"] and committed["old"].rows == rows and committed["old"].verified
+    assert committed["old"].record["ended_at"] == record["committed_at"]
+    assert not misnamed.exists()
 
 
 def test_write_json_atomic_replaces_whole(shard):

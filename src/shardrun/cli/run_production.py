@@ -55,6 +55,10 @@ def parser() -> argparse.ArgumentParser:
                    help="override jvm.threads: threads driving the JVM in this process; numbers do not depend on it")
     p.add_argument("--nice", type=nice_level, default=0, metavar="N", help="lower this process's CPU priority by N (0-19)")
     p.add_argument("--cooldown", type=non_negative_seconds, default=0.0, metavar="S", help="pause S seconds between users")
+    p.add_argument("--commit-interval", type=non_negative_seconds, default=1.0, metavar="S",
+                   help="group commit: users that end within S seconds of the last commit are committed together,"
+                        " in one file and one fsync (default 1; 0 commits every user as it ends). A crash loses at"
+                        " most the users of the last S seconds, which the resume computes again")
     p.add_argument("--preempt-signal", choices=PREEMPT_SIGNALS, metavar="SIG",
                    help="the scheduler's warning signal (TERM, USR1 or USR2; sbatch --signal) ahead of a time limit or"
                         " preemption: drain within --preempt-lead, status 'preempted', requeue while users are left")
@@ -94,6 +98,7 @@ def _run_production(args: argparse.Namespace) -> int:
         dry_run=args.dry_run,
         heartbeat_seconds=args.heartbeat,
         cooldown_seconds=args.cooldown,
+        commit_interval_seconds=args.commit_interval,
         retry_failed=args.retry_failed,
     )
     if args.dry_run:

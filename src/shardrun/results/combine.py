@@ -101,9 +101,13 @@ def row_key(row: Mapping[str, Any], key_columns: Sequence[str]) -> tuple:
 
 def typed_key(row: Mapping[str, Any], key_columns: Sequence[str]) -> tuple:
     """The key as the merge matches it: with each value's JSON type, so a key of true and one of 1
-    (equal and of one hash in Python) are different keys."""
+    (equal and of one hash in Python) are different keys. A key of strings only (the usual user id and
+    mode) is its plain tuple: it cannot equal a typed one, whose members are tuples."""
+    values = row_key(row, key_columns)
+    if all(type(v) is str for v in values):
+        return values
     return tuple((json_type(v), None if is_missing(v) else repr(v) if json_type(v) in ("array", "object") else v)
-                 for v in row_key(row, key_columns))
+                 for v in values)
 
 
 def combine_rows(shards: Sequence[ShardInput], key_columns: Sequence[str]) -> Combined:
@@ -115,11 +119,12 @@ def combine_rows(shards: Sequence[ShardInput], key_columns: Sequence[str]) -> Co
     for shard in shards:
         for user_id, rows in shard.committed.items():
             for row in rows:
-                key = row_key(row, key_columns)
-                first = kept.get(typed_key(row, key_columns))
+                typed = typed_key(row, key_columns)
+                first = kept.get(typed)
                 if first is None:
-                    kept[typed_key(row, key_columns)] = KeptRow(row=row, user_id=user_id, source=shard.dir)
+                    kept[typed] = KeptRow(row=row, user_id=user_id, source=shard.dir)
                     continue
+                key = row_key(row, key_columns)
                 differences = differing_columns(first.row, row)
                 if not differences:
                     identical += 1
@@ -148,8 +153,15 @@ def _sortable(value: Any) -> tuple:
 
 
 def sorted_rows(rows: Iterable[KeptRow], key_columns: Sequence[str]) -> list[KeptRow]:
-    """The kept rows in key order (the order of the result set)."""
-    return sorted(rows, key=lambda kept: tuple(_sortable(v) for v in row_key(kept.row, key_columns)))
+    """The kept rows in key order (the order of the result set). Keys of strings only sort as plain
+    tuples: the same order as _sortable gives them, without a tuple per value."""
+    rows = list(rows)
+    keys = [row_key(kept.row, key_columns) for kept in rows]
+    if all(type(v) is str for key in keys for v in key):
+        order = sorted(range(len(rows)), key=keys.__getitem__)
+    else:
+        order = sorted(range(len(rows)), key=lambda n: tuple(_sortable(v) for v in keys[n]))
+    return [rows[n] for n in order]
 
 
 # --- coverage -------------------------------------------------------------------------------

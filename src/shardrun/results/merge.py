@@ -41,7 +41,7 @@ from shardrun.results.combine import (
     find_users_short_of_rows,
     sorted_rows,
 )
-from shardrun.results.frame import build_frame, frame_to_csv_bytes, frame_to_parquet_bytes, mixed_columns, output_columns
+from shardrun.results.frame import frame_to_csv_bytes, frame_to_parquet_bytes, output_columns, typed_frame
 from shardrun.results.read import (
     read_provenance,
     read_shard,
@@ -105,7 +105,7 @@ def merge_shards(shard_dirs: Sequence[Path], output_dir: Path, force: bool = Fal
     if dropped:
         log.warning("columns %s are not in the task's schema and are left out of the merged results", dropped)
 
-    mixed = mixed_columns(rows, columns)
+    frame, mixed = typed_frame(rows, columns)
     for m in mixed:
         log.warning("column %r mixes JSON types %s; it is written as text", m["column"], m["types"])
     report = MergeReport(
@@ -128,7 +128,6 @@ def merge_shards(shard_dirs: Sequence[Path], output_dir: Path, force: bool = Fal
         unverified_files=[{"dir": str(s.dir), "files": list(s.unverified)} for s in shards if s.unverified],
         mixed_columns=mixed,
     )
-    frame = build_frame(rows, columns)
     spans, title = commit_spans(shards), run_title(dirs)
     write_result_set(output_dir, frame, report,
                      draw=lambda path: write_summary(path, frame, spans, title, task, settings))

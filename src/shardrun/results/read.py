@@ -38,9 +38,9 @@ class ShardInput:
     spec: ShardSpec
     state: str | None
     committed: Mapping[str, Sequence[Mapping[str, Any]]]  # user id -> rows
-    committed_at: Mapping[str, Any] = field(default_factory=dict)  # user id -> commit time (for the timeline)
-    # result files that fail commits.verify_record (edited after the commit, or from another config's
-    # run): their rows are left out of the merge and each is a problem of the result set
+    ended_at: Mapping[str, Any] = field(default_factory=dict)  # user id -> when its analysis ended (the timeline)
+    # results whose file fails its check (a batch edited after the commit or cut short, or from another
+    # config's run): their rows are left out of the merge and each is a problem of the result set
     untrusted: Sequence[Mapping[str, Any]] = ()
     # result files of format 1 (no checksum): merged, and listed as a note, never a problem
     unverified: Sequence[str] = ()
@@ -121,9 +121,9 @@ def read_shard(shard_dir: Path) -> ShardInput:
         spec=spec,
         state=_read_state(paths),
         committed={user_id: user.rows for user_id, user in users.items()},
-        committed_at={user_id: user.record.get("committed_at") for user_id, user in users.items()},
+        ended_at={user_id: user.record.get("ended_at") for user_id, user in users.items()},
         untrusted=untrusted,
-        unverified=sorted(user.path.name for user in users.values() if not user.verified),
+        unverified=sorted({user.path.name for user in users.values() if not user.verified}),
     )
 
 

@@ -41,16 +41,16 @@ class UserSpan(NamedTuple):
     status: str
 
 
-def user_span(shard: str, committed_at: Any, rows: Sequence[Mapping[str, Any]]) -> UserSpan | None:
-    """The span of one committed user: it ended at `committed_at` and took the rows' `seconds`.
+def user_span(shard: str, ended_at: Any, rows: Sequence[Mapping[str, Any]]) -> UserSpan | None:
+    """The span of one committed user: it ended at `ended_at` and took the rows' `seconds`.
 
     None when the commit time is missing or unreadable (a result file written by hand or by another
     tool): such a user is left out of the timeline only, never out of the results.
     """
-    if not isinstance(committed_at, str):
+    if not isinstance(ended_at, str):
         return None
     try:
-        moment = datetime.fromisoformat(committed_at)
+        moment = datetime.fromisoformat(ended_at)
     except ValueError:
         return None
     if moment.tzinfo is None:
@@ -187,11 +187,11 @@ def commit_spans(shards: Sequence[ShardInput]) -> list[UserSpan]:
         if label in repeated:
             label = f"{label} {shard.dir.parent.name}"
         for user_id, rows in shard.committed.items():
-            span = user_span(label, shard.committed_at.get(user_id), rows)
+            span = user_span(label, shard.ended_at.get(user_id), rows)
             if span is None:
                 untimed += 1
             else:
                 spans.append(span)
     if untimed:
-        log.warning("%d committed users have no readable committed_at; they are left out of the timeline only", untimed)
+        log.warning("%d committed users have no readable ended_at; they are left out of the timeline only", untimed)
     return spans

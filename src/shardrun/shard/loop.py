@@ -1,7 +1,9 @@
 """The loop of one shard process: for each user, analyse -> commit -> status, with a drain on signals.
 
-A user becomes done only by its atomic commit (commit_user). One user's failure is recorded
-(errors.jsonl, failed rows) and the loop goes on; a storage failure stops the shard clearly. On the
+A user becomes done only by its commit (commits.GroupCommitter: the users that end within a second
+share one batch file, published whole or not at all). One user's failure is recorded (errors.jsonl,
+failed rows) and the loop goes on; a storage failure stops the shard clearly. Every way out (the end,
+a drain, a preemption, a second signal, a failure) first commits the users already finished. On the
 scheduler's warning signal (lifecycle.PreemptionNotice) the drain is bounded by the lead time: the user
 in flight is abandoned uncommitted if it has not ended in time, the shard says `preempted` and asks
 its scheduler to run it again (requeue.py) while users are left.
@@ -20,7 +22,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from shardrun.storage.atomic import read_json, write_json_atomic
-from shardrun.storage.commits import append_error, commit_user
+from shardrun.storage.commits import GroupCommitter, append_error
 from shardrun.config import RunConfig
 from shardrun.storage.durability import durable_write
 from shardrun.errors import (
@@ -39,6 +41,10 @@ from shardrun.storage.status import ShardStatus
 from shardrun.task import Dataset, Task
 
 log = logging.getLogger(__name__)
+
+# How long a preemption's abandon waits for a commit the loop is writing, before leaving without the
+# users it holds (they are recomputed after the requeue); within the margin kept before the kill.
+ABANDON_COMMIT_WAIT_SECONDS = 2.0
 
 
 class ShardLoop:
@@ -87,6 +93,12 @@ class ShardLoop:
             },
             write=lambda path, doc: durable_write("status.json", path.parent, lambda: write_json_atomic(path, doc)),
         )
+        self.commits = GroupCommitter(
+            dirs.shard, {"config_hash": config.hash, "shard": str(dirs.spec), "host": socket.gethostname()},
+            committed=plan.done, interval_seconds=options.commit_interval_seconds, guard=durable_write,
+            on_commit=self._count_committed,
+        )
+        self._outcomes_queued: dict[str, UserStatus] = {}  # ended users waiting for their batch
 
     def run(self) -> int:
         self.status.update(state=ShardState.STARTING.value)
@@ -114,6 +126,7 @@ class ShardLoop:
         if self.stop.preempted:  # the warning came while the data was read or the JVM started
             self._arm_abandon_timer()
         self.status.start_heartbeat(self.options.heartbeat_seconds)
+        self.commits.start_flusher()
         try:
             for position, user_id in enumerate(self.plan.todo):
                 if position and self.options.cooldown_seconds:
@@ -121,10 +134,13 @@ class ShardLoop:
                 if self.stop.requested_by:
                     break
                 self._run_user(user_id)
+            self.commits.flush()
         except BaseException as exc:
+            self.commits.try_flush()  # the users that ended are whole: keep them if the disk still lets us
             self._record_shard_failure(exc)
             raise
         finally:
+            self.commits.stop_flusher()
             self.status.stop_heartbeat()
         return self._finish()
 
@@ -144,6 +160,8 @@ class ShardLoop:
 
     def _stop_now(self, signal_name: str) -> None:
         log.warning("second %s: stopping now; the user in flight is abandoned uncommitted", signal_name)
+        # Not waiting: the signal may have interrupted this very thread inside a commit.
+        self.commits.try_flush(wait_seconds=0)
         # After a preemption notice the second signal is the scheduler's own stop: still a preemption.
         state, code = ((ShardState.PREEMPTED, EXIT_PREEMPTED) if self.stop.preempted
                        else (ShardState.INTERRUPTED, EXIT_INTERRUPTED))
@@ -177,6 +195,7 @@ class ShardLoop:
         notice = self.stop.preemption
         log.warning("the user in flight (%r) did not end within %.0f s of %s: abandoned uncommitted", user,
                     notice.abandon_after, self.stop.requested_by)
+        self.commits.try_flush(wait_seconds=ABANDON_COMMIT_WAIT_SECONDS)
         try:
             self.status.update(state=ShardState.PREEMPTED.value, current_user=None,
                                last_error=f"preempted by {self.stop.requested_by}; user {user!r} abandoned uncommitted")
@@ -215,16 +234,19 @@ class ShardLoop:
         seconds = round(time.monotonic() - started, 3)
         bookkeeping = {"shard": str(self.dirs.spec), "seconds": seconds, "config_hash": self.config.hash}
         rows = [{**row, **bookkeeping} for row in rows]
-        meta = {"shard": str(self.dirs.spec), "host": socket.gethostname()}
-        try:
-            durable_write(f"the result of user {user_id!r}", self.dirs.shard.results,
-                          lambda: commit_user(self.dirs.shard, user_id, rows, meta,
-                                                    replace=user_id in self.plan.retry))
-        except AlreadyCommitted:
-            log.error("user %r was already committed in %s; keeping the first commit", user_id, self.dirs.shard.dir)
         outcome = user_outcome(rows)
-        self.status.end_user(outcome)
+        self._outcomes_queued[user_id] = outcome  # before add: the background flusher may commit it at once
+        try:
+            self.commits.add(user_id, rows, replaces=user_id in self.plan.retry)
+        except AlreadyCommitted:
+            self._outcomes_queued.pop(user_id)
+            log.error("user %r was already committed in %s; keeping the first commit", user_id, self.dirs.shard.dir)
+        self.status.end_user()
         log.info("user %r %s in %.2f s", user_id, outcome, seconds)
+        self.commits.flush_if_due()
+
+    def _count_committed(self, user_ids: Sequence[str]) -> None:
+        self.status.count_committed([self._outcomes_queued.pop(user_id) for user_id in user_ids])
 
     def _record_error(self, user_id: str, exc: BaseException) -> None:
         record: dict[str, Any] = {

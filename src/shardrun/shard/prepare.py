@@ -35,6 +35,7 @@ class WorkerOptions:
     dry_run: bool = False
     heartbeat_seconds: float = 10.0
     cooldown_seconds: float = 0.0  # pause between users, to share the machine
+    commit_interval_seconds: float = 1.0  # group commit: at most one batch file per interval (commits.GroupCommitter)
     retry_failed: bool = False
 
 

@@ -1,11 +1,16 @@
-"""A shard's results, exactly once: commit_user (one file per user, put into place from a fsynced
-temporary file by atomic.publish_new, so it exists whole or not at all), the resume scan, and errors.jsonl.
+"""A shard's results, exactly once: the group committer (batches of users, each batch file whole or
+absent), the resume scan, and errors.jsonl.
 
-Provenance: every result file carries `rows_sha256` (sha256 of the canonical JSON of its rows, see
-rows_checksum) and `config_hash` (the shard's, from shard.json). `verify_record` checks both, so a
-file edited by hand after its commit, or copied in from a run of another config, is told apart from
-one commit_user wrote here. Files of format 1 (before checksums) carry neither: they are accepted as
-unverified (only the config hash of their rows is checked), so runs made before still merge and resume.
+A user is committed when a batch file holding its record is published in results/ (storage/batches.py
+is the format): written to a fsynced temporary file and put in place by atomic.publish_new, so a crash
+at any instant leaves every user committed whole or not at all. Batching is group commit: the users
+that end within a second share one file and one fsync, instead of a file, two fsyncs and a link each.
+
+Provenance: every batch carries the sha256 of its records' bytes and the shard's `config_hash`; a
+batch edited after its commit, or copied in from a run of another config, is told apart from one
+written here. Runs made before batches hold one file per user (`u-<hash>.json`, format 2 with
+`rows_sha256`, or format 1 with no checksum, accepted as unverified); they are still read, so those
+runs still merge and resume.
 """
 
 from __future__ import annotations
@@ -14,41 +19,29 @@ import hashlib
 import json
 import logging
 import os
+import threading
+import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from shardrun.errors import AlreadyCommitted
-from shardrun.storage.atomic import (
-    encode_json,
-    fsync_dir,
-    json_safe,
-    publish_new,
-    read_json,
-    utc_now,
-    write_temp_file,
-)
-from shardrun.storage.paths import ShardPaths, user_file_stem
+from shardrun.storage.atomic import fsync_dir, json_safe, publish_new, read_json, utc_now, write_temp_file
+from shardrun.storage.batches import BadBatch, decode_batch, encode_batch, encode_record, readable_user_ids
+from shardrun.storage.paths import ShardPaths, batch_number, user_file_stem
 
 log = logging.getLogger(__name__)
-
-
-RESULT_FORMAT = 2  # 2: rows_sha256 and config_hash in the file; 1 (older runs): neither
 
 
 @dataclass(frozen=True)
 class CommittedUser:
     user_id: str
     rows: list[dict[str, Any]]
-    record: dict[str, Any]
-    path: Path
-    problem: str | None = None  # why the file cannot be trusted (verify_record); only with untrusted="keep"
-
-    @property
-    def verified(self) -> bool:
-        """True if the file carries a checksum (format 2 or later); format 1 files cannot be checked."""
-        return "rows_sha256" in self.record
+    record: dict[str, Any]  # the user's record as stored; `ended_at` (when its analysis ended) for the timeline
+    path: Path  # the batch file (or, in older runs, the user's own file) that holds it
+    problem: str | None = None  # why the file cannot be trusted; only with untrusted="keep"
+    verified: bool = True  # False for a format 1 file (no checksum) and for an untrusted one
 
 
 def rows_checksum(rows: Any) -> str:
@@ -71,15 +64,22 @@ def verify_record(record: Mapping[str, Any], config_hash: str | None) -> str | N
     if stored is not None and stored != rows_checksum(rows):
         return ("its rows do not match the checksum written when it was committed (rows_sha256): it was"
                 " edited after the commit")
+    return config_problem(record.get("config_hash"), {"its rows": rows}, config_hash)
+
+
+def config_problem(file_hash: Any, rows_by_whose: Mapping[str, Sequence[Any]], config_hash: str | None) -> str | None:
+    """Why a file of another config's run is not this shard's: its own config hash, or that of any of
+    its rows (`rows_by_whose` names each row list for the message), differs from `config_hash`."""
     if config_hash is None:
         return None
-    file_hash = record.get("config_hash")
     if file_hash is not None and file_hash != config_hash:
-        return f"it was committed under config hash {file_hash!r}, but this shard's is {config_hash!r}: it comes from another config's run"
-    row_hashes = sorted({str(row.get("config_hash")) for row in rows if isinstance(row, dict) and row.get("config_hash") is not None})
-    foreign = [h for h in row_hashes if h != config_hash]
-    if foreign:
-        return f"its rows carry config hash {foreign[0]!r}, but this shard's is {config_hash!r}: it comes from another config's run"
+        return (f"it was committed under config hash {file_hash!r}, but this shard's is {config_hash!r}: it comes"
+                " from another config's run")
+    for whose, rows in rows_by_whose.items():
+        foreign = {row.get("config_hash") for row in rows if isinstance(row, dict)} - {None, config_hash}
+        if foreign:
+            return (f"{whose} carry config hash {sorted(map(str, foreign))[0]!r}, but this shard's is"
+                    f" {config_hash!r}: it comes from another config's run")
     return None
 
 
@@ -93,56 +93,172 @@ def shard_config_hash(paths: ShardPaths) -> str | None:
     return value if isinstance(value, str) else None
 
 
-def commit_user(
-    paths: ShardPaths, user_id: str, rows: list[Mapping[str, Any]], meta: Mapping[str, Any], replace: bool = False
-) -> Path:
-    """Make one user's rows visible, whole and exactly once.
+class GroupCommitter:
+    """Commits a shard's users in batches, each user exactly once (the shard lock makes this the only writer).
 
-    `replace` is only for --retry-failed: the new rows take the place of the failed ones in one
-    atomic rename, so the user is never absent and never twice.
+    `add` queues a finished user; the queue becomes one batch file, written to a fsynced temporary file
+    and published under a new name (atomic.publish_new), so every user of the batch is committed at once
+    or none is. A batch is written when `interval_seconds` have passed since the last one: a shard of
+    long users commits each user as it ends, a shard of many small users one file (one fsync) a second.
+    A crash loses at most the users queued since the last batch; they were never committed, so the
+    resume computes them again. `flush` writes the queue now (the drain, the end of the shard).
+
+    A background flusher (start_flusher) writes a queue left waiting behind a long user. The lock is
+    taken only by this object; `try_flush` never waits for it (a signal handler on the thread that
+    holds it must not deadlock).
     """
-    # milliseconds: a user can take well under a second, and the merge timeline starts it at
-    # committed_at - seconds
-    committed_at = datetime.now(timezone.utc).isoformat(timespec="milliseconds")
-    stored_rows = json_safe(list(rows))
-    record = {
-        "format": RESULT_FORMAT,
-        "user_id": user_id,
-        "committed_at": committed_at,
-        **meta,
-        "config_hash": meta.get("config_hash", shard_config_hash(paths)),
-        "rows_sha256": rows_checksum(stored_rows),
-        "rows": stored_rows,
-    }
-    target = paths.result(user_id)
-    tmp = write_temp_file(paths.tmp, encode_json(record))
+
+    def __init__(self, paths: ShardPaths, header: Mapping[str, Any], committed: Iterable[str] = (),
+                 interval_seconds: float = 1.0, clock: Callable[[], float] = time.monotonic,
+                 guard: Callable[[str, Path, Callable[[], Path]], Path] | None = None,
+                 on_commit: Callable[[Sequence[str]], None] = lambda user_ids: None):
+        self._paths = paths
+        self._header = dict(header)
+        self._committed = set(committed)
+        self._interval = interval_seconds
+        self._clock = clock
+        self._guard = guard or (lambda what, where, write: write())
+        self._on_commit = on_commit  # told the user ids of every batch that landed (status counts)
+        self._lock = threading.Lock()
+        self._queue: list[tuple[str, bytes]] = []
+        self._last_batch = clock()
+        self._next_number = next_batch_number(paths)
+        self._failure: BaseException | None = None  # a background flush that failed, raised by the next call
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @property
+    def queued(self) -> int:
+        return len(self._queue)
+
+    def add(self, user_id: str, rows: Sequence[Mapping[str, Any]], replaces: bool = False) -> None:
+        with self._lock:
+            self._raise_failure()
+            if not replaces and (user_id in self._committed or any(user_id == q for q, _ in self._queue)):
+                raise AlreadyCommitted(f"user {user_id!r} is committed already in {self._paths.results};"
+                                       " a user is committed once.")
+            ended_at = datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+            self._queue.append((user_id, encode_record(user_id, rows, ended_at, replaces)))
+
+    def flush_if_due(self) -> Path | None:
+        with self._lock:
+            self._raise_failure()
+            if self._queue and self._clock() - self._last_batch >= self._interval:
+                return self._write_queue()
+            return None
+
+    def flush(self) -> Path | None:
+        with self._lock:
+            self._raise_failure()
+            return self._write_queue() if self._queue else None
+
+    def try_flush(self, wait_seconds: float = 0.0) -> bool:
+        """Write the queue if the lock comes free within `wait_seconds`; False if not, or if the write failed
+        (logged: the caller is leaving, and the queued users are recomputed by the next run)."""
+        if not self._lock.acquire(timeout=wait_seconds):
+            log.error("could not commit the %d users queued: a commit was in progress", len(self._queue))
+            return False
+        try:
+            if self._queue:
+                self._raise_failure()
+                self._write_queue()
+            return True
+        except Exception as exc:
+            log.error("could not commit the %d users queued (they will be computed again): %s", len(self._queue), exc)
+            return False
+        finally:
+            self._lock.release()
+
+    def _raise_failure(self) -> None:
+        if self._failure is not None:
+            raise self._failure
+
+    def _write_queue(self) -> Path:
+        users = [user_id for user_id, _ in self._queue]
+        header = {**self._header, "committed_at": datetime.now(timezone.utc).isoformat(timespec="milliseconds")}
+        payload = encode_batch(header, [line for _, line in self._queue])
+        target = self._paths.batch(self._next_number)
+        what = (f"the result of user {users[0]!r}" if len(users) == 1
+                else f"the results of {len(users)} users ({target.name})")
+        self._guard(what, self._paths.results, lambda: write_batch_file(self._paths, target, payload))
+        self._committed.update(users)
+        self._queue.clear()
+        self._next_number += 1
+        self._last_batch = self._clock()
+        self._on_commit(users)
+        return target
+
+    def start_flusher(self) -> None:
+        def flush_in_background() -> None:
+            while not self._stop.wait(self._interval):
+                with self._lock:
+                    if self._failure is not None:
+                        return
+                    try:
+                        if self._queue and self._clock() - self._last_batch >= self._interval:
+                            self._write_queue()
+                    except BaseException as exc:  # raised in the shard loop at its next commit
+                        self._failure = exc
+                        return
+
+        self._thread = threading.Thread(target=flush_in_background, name="group-commit", daemon=True)
+        self._thread.start()
+
+    def stop_flusher(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+
+def write_batch_file(paths: ShardPaths, target: Path, payload: bytes) -> Path:
+    """Publish `payload` at `target`, a name that must be new: whole or not at all, then durable."""
+    tmp = write_temp_file(paths.tmp, payload)
     try:
-        if replace:
-            os.replace(tmp, target)
-        else:
-            # a hard link, or on a filesystem without them a rename that cannot replace: the shard
-            # lock makes this process the only writer of results/ (atomic.publish_new)
-            publish_new(tmp, target)
+        # a hard link, or on a filesystem without them a rename that cannot replace: the shard lock makes
+        # this process the only writer of results/ (atomic.publish_new)
+        publish_new(tmp, target)
     except FileExistsError:
-        raise AlreadyCommitted(f"user {user_id!r} is committed already in {paths.results}; a user is committed once.") from None
+        raise AlreadyCommitted(f"{target} exists already; batch names are never reused.") from None
     finally:
         tmp.unlink(missing_ok=True)
     fsync_dir(paths.results)
     return target
 
 
+def next_batch_number(paths: ShardPaths) -> int:
+    """One past the highest batch number ever used here, quarantined batches included: a number is never
+    given to a second batch, so a name in a log or a report always means one file."""
+    quarantine = paths.results / "quarantine"
+    set_aside = [Path(path.name.rsplit(".", 1)[0]) for path in quarantine.glob("b-*")] if quarantine.is_dir() else []
+    numbers = [batch_number(path) for path in [*paths.batch_files(), *set_aside]]
+    return max((n for n in numbers if n is not None), default=0) + 1
+
+
+def commit_user(paths: ShardPaths, user_id: str, rows: Sequence[Mapping[str, Any]],
+                header: Mapping[str, Any] | None = None, replaces: bool = False) -> Path:
+    """Commit one user now, as a batch of its own (a stand-in worker's or a tool's single commit)."""
+    committer = GroupCommitter(paths, {"config_hash": shard_config_hash(paths), **(header or {})},
+                               committed=scan_committed(paths, untrusted="keep"))
+    committer.add(user_id, rows, replaces=replaces)
+    written = committer.flush()
+    assert written is not None
+    return written
+
+
 def scan_committed(paths: ShardPaths, untrusted: str = "quarantine") -> dict[str, CommittedUser]:
-    """Every user committed in this shard dir, by user id.
+    """Every user committed in this shard dir, by user id: its batch files, and the one-file-per-user
+    results of runs made before batches (format 1 and 2, read first, as they are older).
 
-    A result file that does not parse or whose name does not match its user id was not written
-    by commit_user (a disk fault, a hand edit): it is moved aside to results/quarantine/ and
-    the user counts as not committed, so resume recomputes it instead of trusting it.
+    A file that cannot be read as what commits write (torn, truncated, edited, a per-user file whose
+    name does not match its user, another config's) cannot be trusted. With `untrusted="quarantine"`
+    (the resume scan, under the shard lock) it is moved aside byte for byte to results/quarantine/
+    with a warning that says why, and its users count as not committed, so the resume recomputes them
+    (the analysis is deterministic: the same numbers). With `untrusted="keep"` (merge, and readers of a
+    live shard) it is left in place and its users are returned with `problem` set, for the caller to
+    report.
 
-    A file that parses but fails verify_record (edited after its commit, or from another config's
-    run) is, with `untrusted="quarantine"` (the resume scan), treated the same way: moved aside byte
-    for byte with a warning that says why, and the user is recomputed (the analysis is deterministic,
-    so the recomputed rows are the ones the file held before the edit). With `untrusted="keep"`
-    (merge) it is left in place and returned with `problem` set, for the caller to report.
+    A second record of a user replaces the first only when it says so (--retry-failed); otherwise the
+    first stands and the duplicate is logged.
     """
     if untrusted not in ("quarantine", "keep"):
         raise ValueError(f"untrusted must be 'quarantine' or 'keep', not {untrusted!r}")
@@ -150,22 +266,69 @@ def scan_committed(paths: ShardPaths, untrusted: str = "quarantine") -> dict[str
     if not paths.results.is_dir():
         return committed
     config_hash = shard_config_hash(paths)
+
+    def set_aside(path: Path, user_ids: Sequence[str], problem: str) -> None:
+        if untrusted == "quarantine":
+            _quarantine(paths, path, problem)
+            return
+        for user_id in user_ids:
+            committed.setdefault(user_id, CommittedUser(user_id, [], {}, path, problem=problem, verified=False))
+
     for path in sorted(paths.results.glob("u-*.json")):
-        try:
-            record = read_json(path)
-            user_id = record["user_id"]
-            rows = record["rows"]
-            if not isinstance(user_id, str) or path.stem != user_file_stem(user_id) or not isinstance(rows, list):
-                raise ValueError("file name, user id or rows do not match")
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            _quarantine(paths, path, f"is unreadable ({exc})")
-            continue
-        problem = verify_record(record, config_hash)
-        if problem is not None and untrusted == "quarantine":
-            _quarantine(paths, path, f"cannot be trusted: {problem}")
-            continue
-        committed[user_id] = CommittedUser(user_id=user_id, rows=rows, record=record, path=path, problem=problem)
+        _scan_user_file(path, config_hash, committed, set_aside)
+    for path in paths.batch_files():
+        _scan_batch_file(path, config_hash, committed, set_aside)
     return committed
+
+
+def _scan_user_file(path: Path, config_hash: str | None, committed: dict[str, CommittedUser],
+                    set_aside: Callable[[Path, Sequence[str], str], None]) -> None:
+    try:
+        record = read_json(path)
+        user_id = record["user_id"]
+        rows = record["rows"]
+        if not isinstance(user_id, str) or path.stem != user_file_stem(user_id) or not isinstance(rows, list):
+            raise ValueError("file name, user id or rows do not match")
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        set_aside(path, [], f"it is unreadable ({exc})")
+        return
+    problem = verify_record(record, config_hash)
+    if problem is not None:
+        set_aside(path, [user_id], problem)
+        return
+    record = {**record, "ended_at": record.get("committed_at")}
+    committed[user_id] = CommittedUser(user_id, rows, record, path, verified="rows_sha256" in record)
+
+
+def _scan_batch_file(path: Path, config_hash: str | None, committed: dict[str, CommittedUser],
+                     set_aside: Callable[[Path, Sequence[str], str], None]) -> None:
+    try:
+        payload = path.read_bytes()
+        batch = decode_batch(payload)
+    except OSError as exc:
+        set_aside(path, [], f"it is unreadable ({exc})")
+        return
+    except BadBatch as exc:
+        set_aside(path, readable_user_ids(payload), str(exc))
+        return
+    user_ids = [record["user_id"] for record in batch.records]
+    problem = config_problem(batch.header.get("config_hash"),
+                             {f"the rows of user {r['user_id']!r}": r["rows"] for r in batch.records}, config_hash)
+    if problem is not None:
+        set_aside(path, user_ids, problem)
+        return
+    repeated = [user_id for user_id, record in zip(user_ids, batch.records)
+                if user_id in committed and not record.get("replaces")]
+    if repeated and len(repeated) == len(user_ids):
+        earlier = committed[repeated[0]].path.name
+        set_aside(path, [], f"every user in it is committed already (a copy of {earlier}?), and it replaces none")
+        return
+    for user_id in repeated:
+        log.warning("user %r has a second record in %s that does not replace the first (in %s); the first"
+                    " stands", user_id, path, committed[user_id].path)
+    for record in batch.records:
+        if record["user_id"] not in repeated:
+            committed[record["user_id"]] = CommittedUser(record["user_id"], record["rows"], record, path)
 
 
 def _quarantine(paths: ShardPaths, path: Path, why: str) -> None:
@@ -173,7 +336,8 @@ def _quarantine(paths: ShardPaths, path: Path, why: str) -> None:
     quarantine.mkdir(exist_ok=True)
     target = quarantine / f"{path.name}.{datetime.now():%Y%m%d%H%M%S%f}"
     os.replace(path, target)
-    log.warning("result file %s %s; moved to %s and the user will be recomputed", path, why, target)
+    log.warning("result file %s cannot be trusted: %s; moved to %s and its users will be recomputed", path, why,
+                target)
 
 
 def clean_tmp(paths: ShardPaths) -> int:

@@ -1,7 +1,8 @@
 """The one place that names every file of a run and of a shard.
 
-User ids are untrusted text (they come from the data): they never become part of a path. A
-user's result file is named by a hash of the id, and the id itself lives inside the file.
+User ids are untrusted text (they come from the data): they never become part of a path. Results
+are committed in numbered batch files that hold the ids inside; runs made before batches named each
+user's own result file by a hash of the id.
 """
 
 from __future__ import annotations
@@ -16,6 +17,18 @@ from shardrun.sharding import ShardSpec
 RUN_JSON = "run.json"
 SHARD_JSON = "shard.json"
 STATUS_JSON = "status.json"
+
+
+BATCH_PREFIX = "b-"
+BATCH_SUFFIX = ".jsonl"
+
+
+def batch_number(path: Path) -> int | None:
+    """The number in a batch file's name, or None for a name that is not a batch's."""
+    digits = path.name[len(BATCH_PREFIX):-len(BATCH_SUFFIX)]
+    if not (path.name.startswith(BATCH_PREFIX) and path.name.endswith(BATCH_SUFFIX) and digits.isdigit()):
+        return None
+    return int(digits)
 
 
 def user_file_stem(user_id: str) -> str:
@@ -70,7 +83,17 @@ class ShardPaths:
         return self.dir / ".tmp"
 
     def result(self, user_id: str) -> Path:
+        """A user's own result file, as runs made before batch files committed them (read, never written)."""
         return self.results / f"{user_file_stem(user_id)}.json"
+
+    def batch(self, number: int) -> Path:
+        """The number-th batch file of committed users (storage/batches.py)."""
+        return self.results / f"{BATCH_PREFIX}{number:06d}{BATCH_SUFFIX}"
+
+    def batch_files(self) -> list[Path]:
+        """The batch files in commit order."""
+        found = [p for p in self.results.glob(f"{BATCH_PREFIX}*{BATCH_SUFFIX}") if batch_number(p) is not None]
+        return sorted(found, key=batch_number)
 
     def make(self) -> None:
         for path in (self.dir, self.results, self.tmp):

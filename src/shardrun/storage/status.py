@@ -1,8 +1,10 @@
 """status.json of a running shard: the counts, the current user, a heartbeat and an ETA.
 
-One object owns the document; the shard loop updates it between users and a daemon thread
-rewrites it every few seconds so that a long user still shows a fresh `updated_at` (a stale
-heartbeat is how a monitor tells a hung or dead shard from a slow one).
+One object owns the document. A change of state (`update`) is written at once; the per-user counts
+(`begin_user`, `end_user`) only mark the document changed, and a daemon thread writes it at most once
+every `min_interval` seconds, so a shard of many small users does not pay a write and an fsync per
+user. The same thread rewrites it every `heartbeat` seconds regardless, so that a long user still
+shows a fresh `updated_at` (a stale heartbeat is how a monitor tells a hung or dead shard from a slow one).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import socket
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from shardrun.errors import StorageError
 from shardrun.states import ShardState, UserStatus
@@ -41,6 +43,8 @@ class ShardStatus:
         self._lock = threading.RLock()
         self._session_start = clock()
         self._session_users = 0
+        self._changed = False  # counts changed since the last write (written by the heartbeat thread)
+        self._last_write = clock()
         self._doc: dict[str, Any] = {
             "format": STATUS_FORMAT,
             "pid": os.getpid(),
@@ -74,34 +78,57 @@ class ShardStatus:
             self._write_locked()
 
     def begin_user(self, user_id: str) -> None:
-        self.update(current_user=user_id, current_user_since=utc_now(), state=ShardState.RUNNING.value)
-
-    def end_user(self, outcome: UserStatus) -> None:
-        """Count a finished user (outcome ok / skipped / failed) and refresh rate and ETA."""
         with self._lock:
-            self._session_users += 1
+            self._doc.update(current_user=user_id, current_user_since=utc_now())
+            if self._doc["state"] != ShardState.RUNNING.value:
+                self._doc["state"] = ShardState.RUNNING.value
+                self._write_locked()
+            else:
+                self._changed = True
+
+    def end_user(self) -> None:
+        """The user in flight has ended (its result is queued for commit)."""
+        with self._lock:
+            self._doc.update(current_user=None, current_user_since=None)
+            self._changed = True
+
+    def count_committed(self, outcomes: Sequence[UserStatus]) -> None:
+        """Count users whose commit has landed (outcome ok / skipped / failed); refresh rate and ETA.
+        Counted at the commit, not at the analysis's end, so `users_done` never counts a user a crash
+        could still lose."""
+        with self._lock:
+            self._session_users += len(outcomes)
             doc = self._doc
-            doc["users_done"] += 1
-            doc[f"users_{outcome}"] += 1
+            for outcome in outcomes:
+                doc["users_done"] += 1
+                doc[f"users_{outcome}"] += 1
             doc["users_todo"] = max(doc["users_total"] - doc["users_done"], 0)
-            doc["current_user"] = None
-            doc["current_user_since"] = None
             elapsed = max(self._clock() - self._session_start, 1e-9)
-            per_user = elapsed / self._session_users
-            doc["rate_users_per_hour"] = round(3600.0 / per_user, 2)
-            doc["eta_seconds"] = round(per_user * doc["users_todo"], 1)
-            self._write_locked()
+            if self._session_users:
+                per_user = elapsed / self._session_users
+                doc["rate_users_per_hour"] = round(3600.0 / per_user, 2)
+                doc["eta_seconds"] = round(per_user * doc["users_todo"], 1)
+            self._changed = True
 
     def _write_locked(self) -> None:
         self._doc["updated_at"] = utc_now()
         self._write(self._paths.status, self._doc)
+        self._changed = False
+        self._last_write = self._clock()
 
-    def start_heartbeat(self, every_seconds: float) -> None:
+    def write_if_due(self, heartbeat_seconds: float) -> bool:
+        """Write when the counts changed, or when `heartbeat_seconds` passed since the last write."""
+        with self._lock:
+            if self._changed or self._clock() - self._last_write >= heartbeat_seconds:
+                self._write_locked()
+                return True
+            return False
+
+    def start_heartbeat(self, every_seconds: float, min_interval: float = 1.0) -> None:
         def beat() -> None:
-            while not self._stop.wait(every_seconds):
+            while not self._stop.wait(min(min_interval, every_seconds)):
                 try:
-                    with self._lock:
-                        self._write_locked()
+                    self.write_if_due(every_seconds)
                 # The shard loop meets the same disk on its next write and stops there. A StorageError
                 # (a write given up by durable_write: full disk, read-only dir) must not end this
                 # thread with a traceback that buries the shard's own one-paragraph error.

@@ -1,0 +1,95 @@
+"""The batch file: several users' committed results in one file, checked by one checksum (pure).
+
+A batch is JSON Lines: a header line, then one line per user. The header carries `records_sha256`,
+the sha256 of the exact bytes after the header line, so checking a batch is one hash over its bytes
+(no re-encoding of values) and any change to any record after the commit is seen. The batch is the
+unit of trust: a batch that fails the check is set aside whole, and its users are recomputed.
+
+    {"format": 3, "users": 2, "records_sha256": "...", "committed_at": "...", "config_hash": "...", ...}
+    {"user_id": "u1", "ended_at": "...", "rows": [...]}
+    {"user_id": "u2", "ended_at": "...", "replaces": true, "rows": [...]}
+
+`replaces` marks a user run again by --retry-failed: its record takes the place of the user's earlier
+(failed) one; without it a second record of a user is a duplicate and the first one stands.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
+
+from shardrun.storage.atomic import json_safe
+
+BATCH_FORMAT = 3
+
+
+class BadBatch(ValueError):
+    """The bytes are not a whole, unchanged batch file (torn, truncated, edited or not a batch)."""
+
+
+@dataclass(frozen=True)
+class Batch:
+    header: Mapping[str, Any]
+    records: Sequence[Mapping[str, Any]]
+
+
+def encode_record(user_id: str, rows: Sequence[Mapping[str, Any]], ended_at: str, replaces: bool = False) -> bytes:
+    """One user's line: NaN as null (JSON has none), compact, ASCII (any id survives any reader)."""
+    record: dict[str, Any] = {"user_id": user_id, "ended_at": ended_at}
+    if replaces:
+        record["replaces"] = True
+    record["rows"] = json_safe(list(rows))
+    return json.dumps(record, separators=(",", ":"), allow_nan=False).encode("ascii") + b"\n"
+
+
+def encode_batch(header: Mapping[str, Any], record_lines: Sequence[bytes]) -> bytes:
+    body = b"".join(record_lines)
+    full_header = {"format": BATCH_FORMAT, "users": len(record_lines),
+                   "records_sha256": hashlib.sha256(body).hexdigest(), **header}
+    return json.dumps(full_header, separators=(",", ":"), allow_nan=False).encode("ascii") + b"\n" + body
+
+
+def decode_batch(payload: bytes) -> Batch:
+    """The header and records of a batch file's bytes, or BadBatch saying what is wrong with them."""
+    head, newline, body = payload.partition(b"\n")
+    if not newline:
+        raise BadBatch("it has no header line (empty or cut off)")
+    try:
+        header = json.loads(head)
+    except ValueError as exc:
+        raise BadBatch(f"its header is not JSON ({exc})") from None
+    if not isinstance(header, dict) or header.get("format") != BATCH_FORMAT:
+        raise BadBatch(f"its header is not a format-{BATCH_FORMAT} batch header")
+    if hashlib.sha256(body).hexdigest() != header.get("records_sha256"):
+        raise BadBatch("its records do not match the checksum written when it was committed (records_sha256):"
+                       " it was cut short or edited after the commit")
+    lines = body.splitlines()
+    if len(lines) != header.get("users"):
+        raise BadBatch(f"it holds {len(lines)} records but its header says {header.get('users')}")
+    records = []
+    for number, line in enumerate(lines, start=2):
+        try:
+            record = json.loads(line)
+        except ValueError as exc:
+            raise BadBatch(f"line {number} is not JSON ({exc})") from None
+        if not (isinstance(record, dict) and isinstance(record.get("user_id"), str)
+                and isinstance(record.get("rows"), list)):
+            raise BadBatch(f"line {number} is not a user's record (user_id and rows)")
+        records.append(record)
+    return Batch(header=header, records=records)
+
+
+def readable_user_ids(payload: bytes) -> list[str]:
+    """The user ids that can still be read from the records of a bad batch (to name whose results it
+    held); the records themselves are not trusted."""
+    user_ids = []
+    for line in payload.split(b"\n")[1:]:
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict) and isinstance(record.get("user_id"), str):
+            user_ids.append(record["user_id"])
+    return user_ids

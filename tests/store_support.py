@@ -1,0 +1,73 @@
+"""Reading and damaging a shard's committed results the way a disk fault or a hand edit would (tests only)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Callable
+
+from shardrun.storage.batches import decode_batch, encode_batch, encode_record, readable_user_ids
+from shardrun.storage.commits import rows_checksum
+from shardrun.storage.paths import ShardPaths
+
+
+def batch_files(shard_dir: Path) -> list[Path]:
+    return ShardPaths(Path(shard_dir)).batch_files()
+
+
+def batch_users(path: Path) -> list[str]:
+    """The user ids a batch file names (read leniently: also from a damaged batch)."""
+    return readable_user_ids(path.read_bytes())
+
+
+def batch_of(shard_dir: Path, user_id: str) -> Path:
+    """The batch file that holds `user_id`'s record."""
+    return next(path for path in batch_files(shard_dir) if user_id in batch_users(path))
+
+
+def committed_users(shard_dir: Path) -> list[str]:
+    """The users in the batch files of a shard dir, in commit order (each file is published whole, so a
+    live shard's can be read too; a damaged one raises)."""
+    return [record["user_id"] for path in batch_files(shard_dir) for record in decode_batch(path.read_bytes()).records]
+
+
+def committed_user_count(shard_dir: Path) -> int:
+    return len(committed_users(shard_dir)) if (Path(shard_dir) / "results").is_dir() else 0
+
+
+def edit_batch(path: Path, edit: Callable[[dict[str, Any]], Any], keep_checksum: bool = True,
+               header: dict[str, Any] | None = None) -> None:
+    """Rewrite each record of a batch through `edit` (a hand edit). With `keep_checksum` the header's
+    records_sha256 is left as it was, so the edit shows; without it the checksum is made to match (rows
+    that really differ, as from a non-deterministic computation)."""
+    head, _, body = path.read_bytes().partition(b"\n")
+    old_header = json.loads(head)
+    records = [json.loads(line) for line in body.splitlines()]
+    for record in records:
+        edit(record)
+    lines = [encode_record(r["user_id"], r["rows"], r["ended_at"], r.get("replaces", False)) for r in records]
+    fields = {k: v for k, v in old_header.items() if k not in ("format", "users", "records_sha256")}
+    payload = encode_batch({**fields, **(header or {})}, lines)
+    if keep_checksum:
+        new_head, _, new_body = payload.partition(b"\n")
+        payload = head + b"\n" + new_body
+    path.write_bytes(payload)
+
+
+def as_user_file(shard_dir: Path, user_id: str, format: int = 2, edit: Callable[[dict], Any] | None = None) -> Path:
+    """Move a user out of its batch into a one-file-per-user result, as runs made before batches
+    wrote them (format 2: rows_sha256 and config_hash; format 1: neither). Its batch must hold it alone."""
+    shard = ShardPaths(Path(shard_dir))
+    source = batch_of(shard.dir, user_id)
+    batch = decode_batch(source.read_bytes())
+    [record] = batch.records
+    legacy: dict[str, Any] = {"format": format, "user_id": user_id, "committed_at": record["ended_at"]}
+    if format >= 2:
+        legacy.update(config_hash=batch.header.get("config_hash"), rows_sha256=rows_checksum(record["rows"]))
+    legacy["rows"] = record["rows"]
+    if edit is not None:
+        edit(legacy)
+    target = shard.result(user_id)
+    target.write_text(json.dumps(legacy, indent=1))
+    source.unlink()
+    return target
