@@ -53,9 +53,19 @@ def check_one_row_per_key(frame: pd.DataFrame, key_columns: Sequence[str]) -> li
     return capped(problems, "duplicate keys")
 
 
+def _blank_mask(column: pd.Series) -> pd.Series:
+    """_is_blank for a whole column at once."""
+    return column.isna() | column.astype(str).str.strip().eq("")
+
+
 def check_statuses(frame: pd.DataFrame, key_columns: Sequence[str]) -> list[str]:
+    # The rule found for every row at once; only the rows that break it are looked at one by one.
+    status = frame["status"]
+    bad = _blank_mask(status) | ~status.isin(STATUSES)
+    if "reason" in frame.columns:
+        bad |= status.isin([UserStatus.SKIPPED, UserStatus.FAILED]) & _blank_mask(frame["reason"])
     problems = []
-    for row in frame.to_dict("records"):
+    for row in frame[bad.to_numpy(dtype=bool)].to_dict("records"):
         where = describe_key(row, key_columns)
         status = row.get("status")
         if _is_blank(status) or status not in STATUSES:
@@ -66,9 +76,10 @@ def check_statuses(frame: pd.DataFrame, key_columns: Sequence[str]) -> list[str]
 
 
 def check_config_hash(frame: pd.DataFrame, config_hash: str | None) -> list[str]:
-    values = sorted({str(v) for v in frame["config_hash"] if not _is_blank(v)})
+    blank = _blank_mask(frame["config_hash"])
+    values = sorted({str(v) for v in frame["config_hash"][~blank].unique()})
     problems = []
-    if frame["config_hash"].map(_is_blank).any():
+    if blank.any():
         problems.append("some rows have no config_hash")
     if len(values) > 1:
         problems.append(
@@ -97,8 +108,11 @@ def check_rows_per_user(frame: pd.DataFrame, key_columns: Sequence[str]) -> list
     if not other or frame.empty:
         return []
     all_keys = set(frame[other].itertuples(index=False, name=None))
+    # Counted for every user at once; only the users short of rows are looked at one by one.
+    per_user = frame[[user_column, *other]].drop_duplicates().groupby(user_column, sort=True).size()
+    short = frame[frame[user_column].isin(per_user.index[per_user < len(all_keys)])]
     problems = []
-    for user, group in frame.groupby(user_column, sort=True):
+    for user, group in short.groupby(user_column, sort=True):
         for absent in sorted(all_keys - set(group[other].itertuples(index=False, name=None)), key=repr):
             problems.append(f"user {show(user)} has no row for {describe_key(dict(zip(other, absent)), other)}")
     return capped(problems, "missing rows")
