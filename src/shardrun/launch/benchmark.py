@@ -1,0 +1,157 @@
+"""launch_shards --benchmark N: the same users at K=1 and at the requested K, timed and compared.
+
+Which users. Shard i of K owns the users at positions i, i+K, i+2K, ... of the sorted user list
+(sharding.users_of_shard), and --pilot P keeps the first P users of each shard. So P users per shard
+are exactly the positions 0 .. P*K-1: the first P*K users of the list. The benchmark rounds N up to
+a multiple of K (n = ceil(N/K) * K, at most the users there are), runs K=1 with --pilot n and K with
+--pilot n/K, and both analyse the first n users, with no change to how a shard picks its users.
+
+What it reports. Each run is a whole launch_shards run (memory and cores checks, shards, merge,
+validation) in its own dir under one benchmark dir. The time of a run is the wall time from its first
+shard's start to its last shard's exit (LaunchResult.shards_seconds): the speedup is K=1's over K's.
+The merged results of both must agree value for value (results.compare), or the benchmark fails.
+The full run's projected time = the K run's time x (work of all users / work of the n users), where
+a user's work is the task's own time estimate (PredictsTime.user_seconds: for the default analysis it
+grows with the user's observations) or, for a task without one, 1 per user. Each shard's start-up
+(Python, data, JVM) is inside the measured time and is scaled with it, so the projection errs long
+for a small pilot.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, replace
+from datetime import datetime
+from pathlib import Path
+from typing import Callable, Sequence
+
+from shardrun.config import RunConfig
+from shardrun.errors import EXIT_OK, EXIT_USERS_FAILED, EXIT_VALIDATION_FAILED, UsageError
+from shardrun.launch.launcher import LaunchOptions, launch
+from shardrun.results.compare import read_result_frame, result_differences
+from shardrun.shard.prepare import config_stem
+from shardrun.storage.durability import durable_write
+from shardrun.storage.paths import RunPaths
+from shardrun.task import load_task, task_user_seconds
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PilotUsers:
+    """The users both runs analyse: the first `users` of the sorted list."""
+
+    users: int  # n: the --pilot of the K=1 run
+    per_shard: int  # n / K: the --pilot of the K run
+    requested: int  # N as given
+
+
+def pilot_users(requested: int, shards: int, users_total: int) -> PilotUsers:
+    """N rounded up to a multiple of K, at most the users there are (pure; see the module's docstring)."""
+    if requested < 1 or shards < 1:
+        raise ValueError(f"requested users and shards must be at least 1, got {requested} and {shards}")
+    per_shard = math.ceil(requested / shards)
+    return PilotUsers(users=min(per_shard * shards, users_total), per_shard=per_shard, requested=requested)
+
+
+def projected_seconds(measured_seconds: float, pilot_work: float, total_work: float) -> float:
+    """The full run's time: the pilot's measured time scaled by the work of all users over the pilot's (pure)."""
+    if pilot_work <= 0:
+        raise ValueError(f"the pilot's work must be positive, got {pilot_work}")
+    return measured_seconds * total_work / pilot_work
+
+
+def user_work(task: object, settings: object, dataset: object) -> tuple[list[float], str]:
+    """Each user's work in sorted order, and what it is: the task's time estimate, else 1 per user."""
+    estimates = task_user_seconds(task, settings, dataset)
+    if estimates:
+        return [float(estimates[u]) for u in dataset.user_ids], "the task's per-user time estimate"
+    return [1.0] * len(dataset.user_ids), "users"
+
+
+@dataclass(frozen=True)
+class Verdict:
+    exit_code: int
+    lines: list[str]
+
+
+def verdict(shards: int, reference_rows: int, users: int, differences: Sequence[str]) -> Verdict:
+    """Whether the K run gave K=1's numbers, in the words the benchmark prints (pure)."""
+    if not differences:
+        return Verdict(EXIT_OK, [f"benchmark: the numbers agree: {reference_rows} rows of {users} users, K=1 and"
+                                 f" K={shards} value for value (shard, seconds and config_hash aside)"])
+    return Verdict(EXIT_VALIDATION_FAILED, [
+        f"benchmark FAILED: K={shards} did not give K=1's numbers for the same {users} users, though no number may"
+        f" depend on K. Keep both run dirs and report it with these lines (shardrun's or the task's bug):",
+        *(f"  - {line}" for line in differences)])
+
+
+def benchmark_dir(config: RunConfig, options: LaunchOptions, users: int) -> Path:
+    """--out DIR (new or empty), else a new dir `<config stem>_benchmark<n>_<time>` under output.root."""
+    if options.out is not None:
+        out = options.out
+        if out.exists() and (not out.is_dir() or any(out.iterdir())):
+            raise UsageError(f"--out {out} is not a new or empty dir; --benchmark puts its two runs (k1/ and"
+                             f" k{options.shards}/) there. Pass a new dir to --out, or leave --out out for a new dir"
+                             f" under output.root.")
+        durable_write("the benchmark dir", out, lambda: out.mkdir(parents=True, exist_ok=True))
+        return out
+    stem = config_stem(config)
+    label = f"{stem}_benchmark{users}" if stem else f"benchmark{users}"
+    root = config.output.root
+    return durable_write("a new benchmark dir", root, lambda: RunPaths.create(root, label, datetime.now())).dir
+
+
+def run_benchmark(config: RunConfig, options: LaunchOptions, requested: int, out: Callable[[str], None] = print) -> int:
+    """Run the pilot at K=1 and at options.shards, compare, report; the exit code."""
+    if options.shards < 2:
+        raise UsageError(f"--benchmark compares K=1 with the K of --shards, which is {options.shards}; pass"
+                         " --shards 2 or more.")
+    task = load_task(config.task)
+    dataset = task.load(config.settings)
+    work, work_unit = user_work(task, config.settings, dataset)
+    del dataset  # the runs' shards load their own copies
+    chosen = pilot_users(requested, options.shards, len(work))
+    where = benchmark_dir(config, options, chosen.users)
+    rounded = (f" (--benchmark {requested} rounded up to a multiple of K={options.shards}, so that --pilot"
+               f" {chosen.per_shard} in each of {options.shards} shards takes exactly these users)"
+               if chosen.users != requested else "")
+    out(f"benchmark: the first {chosen.users} of {len(work)} users in sorted order{rounded}, at K=1 and at"
+        f" K={options.shards}, in {where}")
+    results = {}
+    for shards, pilot in ((1, chosen.users), (options.shards, chosen.per_shard)):
+        out(f"benchmark: K={shards} (--pilot {pilot}{' per shard' if shards > 1 else ''}) in {where / f'k{shards}'}")
+        result = launch(config, replace(options, shards=shards, pilot=pilot, out=where / f"k{shards}", run_dir=None,
+                                     merge=True), out)
+        if result.exit_code not in (EXIT_OK, EXIT_USERS_FAILED) or result.merged_dir is None:
+            out(f"benchmark stopped: the K={shards} run did not complete (exit {result.exit_code}; see above), so"
+                " there is nothing to compare. Fix what it reports and run the benchmark again.")
+            return result.exit_code
+        results[shards] = result
+    one, many = results[1], results[options.shards]
+    out(f"benchmark: K=1 took {one.shards_seconds:.1f} s, K={options.shards} took {many.shards_seconds:.1f} s"
+        f" (first shard's start to last shard's exit): speedup {one.shards_seconds / many.shards_seconds:.2f}x")
+    reference = read_result_frame(one.merged_dir)
+    differences = result_differences(reference, read_result_frame(many.merged_dir), task.key_columns,
+                                     names=("K=1", f"K={options.shards}"))
+    outcome = verdict(options.shards, len(reference), chosen.users, differences)
+    for line in outcome.lines:
+        out(line)
+    if outcome.exit_code != EXIT_OK:
+        return outcome.exit_code
+    pilot_work, total_work = sum(work[:chosen.users]), sum(work)
+    projected = projected_seconds(many.shards_seconds, pilot_work, total_work)
+    scale = (f"{len(work)} / {chosen.users} users" if work_unit == "users"
+             else f"{total_work / pilot_work:.2f} ({work_unit} of all {len(work)} users over these {chosen.users})")
+    out(f"benchmark: projected full run at K={options.shards}: {_duration(projected)} = {many.shards_seconds:.1f} s"
+        f" x {scale}; each shard's start-up is scaled with it, so this errs long for a small pilot")
+    return max(one.exit_code, many.exit_code)
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 2 * 3600:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"
