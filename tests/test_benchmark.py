@@ -16,7 +16,8 @@ import pytest
 import yaml
 
 from shardrun.errors import EXIT_OK, EXIT_VALIDATION_FAILED
-from shardrun.launch.benchmark import pilot_users, projected_seconds, verdict
+from shardrun.launch.admission import available_cores
+from shardrun.launch.benchmark import pilot_users, project, verdict
 from shardrun.results.compare import read_result_frame, result_differences
 from shardrun.sharding import ShardSpec, users_of_shard
 
@@ -38,11 +39,18 @@ def test_the_k_run_takes_exactly_the_users_of_the_k1_run(requested, shards, tota
     assert chosen.users >= min(requested, total) and chosen.users == min(math.ceil(requested / shards) * shards, total)
 
 
-def test_the_projection_scales_the_measured_time_by_the_work():
-    assert projected_seconds(6.0, pilot_work=8, total_work=60) == 45.0
-    assert projected_seconds(10.0, pilot_work=2.5, total_work=5.0) == 20.0
+def test_the_projection_scales_the_analysis_and_keeps_the_start_up():
+    # 8 s measured; the users took 6 s of analysis on 2 shards at once: 3 s analysis, 5 s start-up and waits
+    projection = project(8.0, users_seconds=6.0, at_once=2, pilot_work=8, total_work=60)
+    assert (projection.fixed, projection.analysis, projection.scale) == (5.0, 3.0, 7.5)
+    assert projection.seconds == 5.0 + 3.0 * 7.5
+    # analysis can never be more than the run took (a clock step, shards not in parallel after all)
+    capped = project(2.0, users_seconds=10.0, at_once=1, pilot_work=1, total_work=2)
+    assert (capped.fixed, capped.analysis, capped.seconds) == (0.0, 2.0, 4.0)
     with pytest.raises(ValueError):
-        projected_seconds(1.0, 0, 10)
+        project(1.0, 1.0, 1, pilot_work=0, total_work=10)
+    with pytest.raises(ValueError):
+        project(1.0, 1.0, 0, pilot_work=1, total_work=10)
 
 
 # --- two result sets, value for value ---------------------------------------------------------------
@@ -158,8 +166,14 @@ def test_a_benchmark_of_the_main_job_runs_the_same_users_twice_and_agrees(tmp_pa
                      r" exit\): speedup \d+\.\d\dx\n", out), out
     assert ("benchmark: the numbers agree: 16 rows of 8 users, K=1 and K=4 value for value"
             " (shard, seconds and config_hash aside)") in out
-    assert re.search(r"\nbenchmark: projected full run at K=4: \d+(\.\d)? (s|min|h) = \d+\.\d s x \d+\.\d\d \(the task's per-user"
-                     r" time estimate of all 60 users over these 8\)", out), out
+    projected = re.search(r"\nbenchmark: projected full run at K=4: \S+ (s|min|h) = (\d+\.\d) s of start-up and"
+                          r" waiting \(the K=4 run's (\d+\.\d) s less its analysis\) \+ (\d+\.\d) s of analysis"
+                          r" \(its users' seconds / (\d) shards? at once\) x (\d+\.\d\d) \(the task's per-user time"
+                          r" estimate of all 60 users over these 8\)\n", out)
+    assert projected, out
+    fixed, measured, analysis = (float(projected.group(i)) for i in (2, 3, 4))
+    assert abs(fixed + analysis - measured) <= 0.11 and analysis > 0
+    assert int(projected.group(5)) == min(4, available_cores().count)  # one thread each: as many as the cores
     one, four = read_result_frame(where / "k1" / "merged"), read_result_frame(where / "k4" / "merged")
     users = sorted(pd.read_csv(REPO / "data" / "sample_users.csv", usecols=["user_id"], dtype=str)["user_id"].unique())
     assert sorted(set(one["user_id"])) == sorted(set(four["user_id"])) == users[:8]

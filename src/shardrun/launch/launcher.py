@@ -109,6 +109,7 @@ class LaunchResult:
     exit_code: int = EXIT_OK
     merged_dir: Path | None = None
     shards_seconds: float | None = None  # wall time from the first shard's start to the last one's exit
+    max_parallel: int | None = None  # the shards that ran at most at once (None: all)
 
 
 def shard_command(config_path: Path, spec: ShardSpec, run_dir: Path, resume: bool, options: LaunchOptions,
@@ -463,7 +464,8 @@ def launch(config: RunConfig, options: LaunchOptions, out: Callable[[str], None]
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     shards_seconds = time.monotonic() - started
-    result = LaunchResult(run_dir=run.dir, shard_codes=launcher.summary(), shards_seconds=shards_seconds)
+    result = LaunchResult(run_dir=run.dir, shard_codes=launcher.summary(), shards_seconds=shards_seconds,
+                          max_parallel=options.max_parallel)
     result.exit_code = overall_exit(result.shard_codes)
     launcher.forget_empty_run_dir()
     if result.exit_code not in (EXIT_OK, EXIT_USERS_FAILED):
