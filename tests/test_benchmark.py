@@ -37,6 +37,7 @@ def test_the_k_run_takes_exactly_the_users_of_the_k1_run(requested, shards, tota
     k = [u for i in range(shards) for u in users_of_shard(users, ShardSpec(i, shards))[:chosen.per_shard]]
     assert sorted(k) == k1 == users[:chosen.users]
     assert chosen.users >= min(requested, total) and chosen.users == min(math.ceil(requested / shards) * shards, total)
+    assert chosen.per_shard == math.ceil(chosen.users / shards)  # never more per shard than its share
 
 
 def test_the_projection_scales_the_analysis_and_keeps_the_start_up():

@@ -57,8 +57,9 @@ def pilot_users(requested: int, shards: int, users_total: int) -> PilotUsers:
     """N rounded up to a multiple of K, at most the users there are (pure; see the module's docstring)."""
     if requested < 1 or shards < 1:
         raise ValueError(f"requested users and shards must be at least 1, got {requested} and {shards}")
-    per_shard = math.ceil(requested / shards)
-    return PilotUsers(users=min(per_shard * shards, users_total), per_shard=per_shard, requested=requested)
+    users = min(math.ceil(requested / shards) * shards, users_total)
+    # Fewer users than asked for: each shard's pilot need only hold its share of all of them.
+    return PilotUsers(users=users, per_shard=max(1, math.ceil(users / shards)), requested=requested)
 
 
 @dataclass(frozen=True)
@@ -144,9 +145,13 @@ def run_benchmark(config: RunConfig, options: LaunchOptions, requested: int, out
     del dataset  # the runs' shards load their own copies
     chosen = pilot_users(requested, options.shards, len(work))
     where = benchmark_dir(config, options, chosen.users)
-    rounded = (f" (--benchmark {requested} rounded up to a multiple of K={options.shards}, so that --pilot"
-               f" {chosen.per_shard} in each of {options.shards} shards takes exactly these users)"
-               if chosen.users != requested else "")
+    if chosen.users < requested:
+        rounded = f" (all of them: --benchmark {requested} is more than there are)"
+    elif chosen.users > requested:
+        rounded = (f" (--benchmark {requested} rounded up to a multiple of K={options.shards}, so that --pilot"
+                   f" {chosen.per_shard} in each of {options.shards} shards takes exactly these users)")
+    else:
+        rounded = ""
     out(f"benchmark: the first {chosen.users} of {len(work)} users in sorted order{rounded}, at K=1 and at"
         f" K={options.shards}, in {where}")
     results = {}
@@ -154,6 +159,8 @@ def run_benchmark(config: RunConfig, options: LaunchOptions, requested: int, out
         out(f"benchmark: K={shards} (--pilot {pilot}{' per shard' if shards > 1 else ''}) in {where / f'k{shards}'}")
         result = launch(config, replace(options, shards=shards, pilot=pilot, out=where / f"k{shards}", run_dir=None,
                                      merge=True), out)
+        log.info("benchmark run at K=%d: exit %d, shards' wall time %s s, run dir %s", shards, result.exit_code,
+                 None if result.shards_seconds is None else round(result.shards_seconds, 3), result.run_dir)
         if result.exit_code not in (EXIT_OK, EXIT_USERS_FAILED) or result.merged_dir is None:
             out(f"benchmark stopped: the K={shards} run did not complete (exit {result.exit_code}; see above), so"
                 " there is nothing to compare. Fix what it reports and run the benchmark again.")
