@@ -1,5 +1,6 @@
-"""Memory admission: the heap auto picks, K x (heap + overhead) against the memory available, the
-cgroup files, the task's per-user heap needs, and what `--dry-run` says about users over the heap."""
+"""Admission: the heap auto picks, K x (heap + overhead) against the memory available, the cgroup
+files (memory limits and CPU quotas), the cores available, the task's per-user heap needs, and what
+`--dry-run` says about users over the heap."""
 
 from __future__ import annotations
 
@@ -17,11 +18,16 @@ from shardrun.launch import admission
 from shardrun.heap_plan import AUTO_HEAP_CEILING, AUTO_HEAP_FLOOR, AUTO_HEAP_STEP, auto_heap_bytes, plan_heap, resolve_heap
 from shardrun.launch.admission import (
     admit,
+    available_cores,
     cgroup_available,
+    cgroup_cpu_quota,
     cgroup_headroom,
     check_launch,
+    cores_from,
     native_overhead_bytes,
+    parse_cfs_quota,
     parse_cgroup_limit,
+    parse_cpu_max,
     parse_memory_stat,
     parse_proc_cgroup,
 )
@@ -202,6 +208,66 @@ def test_available_memory_is_positive_and_at_most_the_machines():
     import psutil
 
     assert 0 < admission.available_memory() <= psutil.virtual_memory().total
+
+
+# --- cores available: affinity and the cgroup's CPU quota --------------------------------------
+
+
+def test_cpu_quota_parsing():
+    assert parse_cpu_max("max 100000\n") is None
+    assert parse_cpu_max("200000 100000\n") == 2.0
+    assert parse_cpu_max("150000 100000\n") == 1.5
+    assert parse_cpu_max("50000\n") == 0.5  # the period defaults to 100 ms
+    assert parse_cpu_max("") is None and parse_cpu_max("garbage here\n") is None
+    assert parse_cfs_quota("-1\n", "100000\n") is None  # v1's "no quota"
+    assert parse_cfs_quota("300000\n", "100000\n") == 3.0
+    assert parse_cfs_quota("25000\n", "50000\n") == 0.5
+    assert parse_cfs_quota("x\n", "100000\n") is None
+    v1 = "4:memory:/job\n3:cpu,cpuacct:/slurm/job_7\n0::/\n"
+    assert parse_proc_cgroup(v1, controller="cpu") == ("/", "/slurm/job_7")
+    assert parse_proc_cgroup(v1) == ("/", "/job")  # memory stays the default controller
+    assert parse_proc_cgroup("2:cpuacct:/a\n", controller="cpu") == (None, None)  # cpuacct is not cpu
+
+
+def test_cores_are_the_affinity_capped_by_the_quota_rounded_up():
+    assert cores_from(8, None) == 8
+    assert cores_from(8, 2.0) == 2
+    assert cores_from(8, 1.5) == 2  # as the JVM counts its processors under a quota
+    assert cores_from(2, 6.0) == 2
+    assert cores_from(4, 0.25) == 1
+    assert cores_from(0, None) == 1  # never below one
+
+
+def test_cgroup_cpu_quota_takes_the_tightest_on_the_way_up(tmp_path):
+    proc = tmp_path / "cgroup"
+    root = tmp_path / "sys"
+    proc.write_text("0::/job/step\n")
+    (root / "job" / "step").mkdir(parents=True)
+    (root / "job" / "cpu.max").write_text("300000 100000\n")
+    (root / "job" / "step" / "cpu.max").write_text("max 100000\n")
+    assert cgroup_cpu_quota(root, proc) == (3.0, str(root / "job" / "cpu.max"))
+    (root / "job" / "step" / "cpu.max").write_text("150000 100000\n")
+    assert cgroup_cpu_quota(root, proc) == (1.5, str(root / "job" / "step" / "cpu.max"))
+    # v1: the cpu controller mounted with cpuacct, the quota at the process's own cgroup
+    proc.write_text("3:cpu,cpuacct:/docker/abc\n0::/\n")
+    for entry in (root / "job" / "step" / "cpu.max", root / "job" / "cpu.max"):
+        entry.unlink()
+    v1 = root / "cpu,cpuacct" / "docker" / "abc"
+    v1.mkdir(parents=True)
+    (v1 / "cpu.cfs_quota_us").write_text("200000\n")
+    (v1 / "cpu.cfs_period_us").write_text("100000\n")
+    (root / "cpu,cpuacct" / "cpu.cfs_quota_us").write_text("-1\n")
+    (root / "cpu,cpuacct" / "cpu.cfs_period_us").write_text("100000\n")
+    assert cgroup_cpu_quota(root, proc) == (2.0, str(v1 / "cpu.cfs_quota_us"))
+    assert cgroup_cpu_quota(tmp_path / "none", tmp_path / "none.txt") is None
+
+
+def test_available_cores_on_this_machine_are_within_its_affinity():
+    import os
+
+    cores = available_cores()
+    assert 1 <= cores.count <= cores.affinity == len(os.sched_getaffinity(0))
+    assert cores.describe().startswith(f"affinity {cores.affinity}; cgroup quota ")
 
 
 # --- the task's per-user needs ----------------------------------------------------------------

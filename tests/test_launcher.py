@@ -1,4 +1,5 @@
-"""launch_shards with real processes and signals: restarts, deaths, --max-parallel, --cpu-limit, --nice, orphans."""
+"""launch_shards with real processes and signals: restarts, deaths, --max-parallel (and its default from the cores),
+--cpu-limit, --nice, orphans."""
 
 from __future__ import annotations
 
@@ -117,6 +118,34 @@ def test_max_parallel_runs_at_most_m_shards_at_once(workspace):
     assert most_running == 1
     assert niceness == {7}
     pd.testing.assert_frame_equal(analysis_values(run_dir / "merged"), workspace["reference"], check_exact=True)
+
+
+def test_on_one_core_the_shards_run_one_at_a_time_unless_max_parallel_says_otherwise(workspace, tmp_path):
+    """The launcher under `taskset -c 0`: one core available, so two shards run one after the other."""
+    root, config = workspace["root"], workspace["config"]
+    on_core_zero = ["taskset", "-c", "0", sys.executable, "-m", "shardrun.launcher", "--config", str(config),
+                    "--shards", "2"]
+    out = tmp_path / "run"
+    launcher = subprocess.Popen([*on_core_zero, "--out", str(out)], cwd=root, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True)
+    most_running = 0
+    while launcher.poll() is None:
+        most_running = max(most_running, sum(s["phase"] == "running" for s in launcher_doc(out)["shards"]))
+    output, _ = launcher.communicate()
+    assert launcher.returncode == 0, output
+    assert ("cores: 2 shards on 1 core available (affinity 1; cgroup quota " in output
+            and ": running at most 1 at once, 1 thread each (jvm.threads auto), the others as earlier ones finish;"
+                " pass --max-parallel 2 to run all at once\n" in output), output
+    assert most_running == 1 and launcher_doc(out)["max_parallel"] == 1
+    pd.testing.assert_frame_equal(analysis_values(out / "merged"), workspace["reference"], check_exact=True)
+
+    explicit = subprocess.run([*on_core_zero, "--out", str(tmp_path / "explicit"), "--max-parallel", "2", "--dry-run"],
+                              cwd=root, capture_output=True, text=True, timeout=120)
+    assert explicit.returncode == 0, explicit.stdout + explicit.stderr
+    assert ": running at most 2 at once (--max-parallel 2), 1 thread each (jvm.threads auto); 2 threads share 1 core\n" \
+        in explicit.stdout, explicit.stdout
+    assert "dry run: started no shard and wrote nothing" in explicit.stdout
+    assert not (tmp_path / "explicit").exists()
 
 
 def busy_config(workspace, tmp_path) -> Path:

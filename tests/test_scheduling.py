@@ -1,10 +1,12 @@
-"""The launcher's policies, as plain values: no processes."""
+"""The launcher's policies, as plain values: no processes (max-parallel and its default from the cores too)."""
 
 import signal
 
 import pytest
 
-from shardrun.launch.policies import CpuThrottle, RestartPolicy, describe_exit, died_abnormally, shards_to_start
+from shardrun.launch.policies import (
+    CpuThrottle, RestartPolicy, describe_exit, died_abnormally, parallel_for_cores, shards_to_start,
+)
 
 
 @pytest.mark.parametrize("code,abnormal", [
@@ -50,3 +52,47 @@ def test_cpu_throttle_has_a_band_between_suspend_and_resume():
     assert throttle.decide(45, running=[0, 1], suspended=[2, 3]) == ("resume", 2)
     assert throttle.decide(95, running=[], suspended=[0, 1]) is None
     assert throttle.decide(5, running=[0], suspended=[]) is None
+
+
+# --- max-parallel's default from the cores ------------------------------------------------------
+
+
+def test_more_shards_than_cores_run_at_most_as_many_as_the_cores_by_default():
+    plan = parallel_for_cores(4, 2, "affinity 2; cgroup quota none", None, None)
+    assert (plan.max_parallel, plan.threads) == (2, 1)
+    assert plan.line == ("4 shards on 2 cores available (affinity 2; cgroup quota none): running at most 2 at once,"
+                         " 1 thread each (jvm.threads auto), the others as earlier ones finish;"
+                         " pass --max-parallel 4 to run all at once")
+
+
+def test_shards_that_fit_the_cores_all_run_at_once_sharing_them_as_threads():
+    plan = parallel_for_cores(2, 8, "affinity 8; cgroup quota none", None, None)
+    assert (plan.max_parallel, plan.threads) == (None, 4)
+    assert plan.line.endswith(": all at once, 4 threads each (jvm.threads auto)")
+    alone = parallel_for_cores(1, 2, "affinity 2; cgroup quota none", None, None)
+    assert (alone.max_parallel, alone.threads) == (None, 2)
+    assert "pass --max-parallel" not in alone.line
+
+
+def test_each_shard_counts_its_configured_threads():
+    plan = parallel_for_cores(4, 8, "affinity 8; cgroup quota none", 3, None)
+    assert (plan.max_parallel, plan.threads) == (2, 3)  # 8 // 3
+    assert "running at most 2 at once, 3 threads each (jvm.threads)" in plan.line
+    wide = parallel_for_cores(3, 2, "affinity 2; cgroup quota none", 4, None)
+    assert wide.max_parallel == 1  # a shard wider than the machine still runs, one at a time
+
+
+def test_an_explicit_max_parallel_always_wins():
+    more = parallel_for_cores(4, 2, "affinity 2; cgroup quota none", None, 4)
+    assert (more.max_parallel, more.threads) == (4, 1)
+    assert "running at most 4 at once (--max-parallel 4)" in more.line and "4 threads share 2 cores" in more.line
+    fewer = parallel_for_cores(4, 8, "affinity 8; cgroup quota none", None, 1)
+    assert (fewer.max_parallel, fewer.threads) == (1, 8)
+    assert "share" not in fewer.line
+
+
+def test_the_policy_refuses_nonsense():
+    with pytest.raises(ValueError):
+        parallel_for_cores(0, 2, "", None, None)
+    with pytest.raises(ValueError):
+        parallel_for_cores(2, 0, "", None, None)

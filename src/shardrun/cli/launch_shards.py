@@ -16,15 +16,16 @@ from shardrun.cli.common import (
 from shardrun.config import load_config
 from shardrun.errors import UsageError
 from shardrun.launch.cluster import ClusterOptions, submit_run
-from shardrun.launch.launcher import LaunchOptions, launch
+from shardrun.launch.benchmark import run_benchmark
+from shardrun.launch.launcher import LaunchOptions, launch, plan_launch
 from shardrun.launch.policies import RestartPolicy
 from shardrun.launch.slurm_script import DEFAULT_SIGNAL, WarningSignal, time_limit_seconds
 from shardrun.units import MIB, heap_bytes
 
 # Flags of the local launcher only, with their defaults: given with --scheduler slurm they are refused.
 LOCAL_ONLY = {"run_dir": None, "grace": 120.0, "live": None, "cpu_limit": None, "nice": 0, "cooldown": 0.0,
-              "restarts": 0, "restart_heap_factor": 1.0, "threads": None, "progress_every": 30.0}
-SLURM_ONLY = {"dry_run": False, "time": None, "signal": DEFAULT_SIGNAL, "cpus_per_shard": 1, "mem": None,
+              "restarts": 0, "restart_heap_factor": 1.0, "threads": None, "progress_every": 30.0, "benchmark": None}
+SLURM_ONLY = {"time": None, "signal": DEFAULT_SIGNAL, "cpus_per_shard": 1, "mem": None,
               "requeue_limit": 3, "sbatch_option": [], "partition": None, "account": None, "qos": None,
               "constraint": None}
 
@@ -46,7 +47,9 @@ def parser() -> argparse.ArgumentParser:
                    help="seconds between progress lines when not on a terminal")
     p.add_argument("--live", action=argparse.BooleanOptionalAction, default=None,
                    help="redraw a progress table (default: when stdout is a terminal)")
-    p.add_argument("--max-parallel", type=positive_int, metavar="M", help="run at most M shards at a time")
+    p.add_argument("--max-parallel", type=positive_int, metavar="M",
+                   help="run at most M shards at a time (default: as many as the cores available hold, each shard"
+                        " counting its jvm.threads; with --scheduler slurm: the array's %%M cap, default none)")
     p.add_argument("--cpu-limit", type=float, metavar="P",
                    help="suspend shards while the machine's CPU use is above P percent (resume below P-10)")
     p.add_argument("--nice", type=nice_level, default=0, metavar="N", help="run shards with CPU priority lowered by N")
@@ -57,10 +60,15 @@ def parser() -> argparse.ArgumentParser:
                    help="restart a shard that died abnormally (signal, JVM crash) up to N times, by resuming it")
     p.add_argument("--restart-heap-factor", type=float, default=1.0, metavar="F",
                    help="each restart multiplies the shard's -Xmx by F (default 1: same heap)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the plan and start nothing: locally the heap, the memory check and the shards at once"
+                        " on the cores; with --scheduler slurm the sbatch scripts (and what is missing), submitting nothing")
+    p.add_argument("--benchmark", type=positive_int, metavar="N",
+                   help="run the first N users (rounded up to a multiple of K) at K=1 and at K, check that both give the"
+                        " same numbers, print the wall times, the speedup and the full run's projected time")
     p.add_argument("--scheduler", choices=("local", "slurm"), default="local",
                    help="local: K processes on this machine; slurm: submit a job array and a merge job (docs/CLUSTER.md)")
     slurm = p.add_argument_group("with --scheduler slurm")
-    slurm.add_argument("--dry-run", action="store_true", help="print the sbatch scripts (and what is missing) and submit nothing")
     slurm.add_argument("--time", metavar="LIMIT", help="each element's time limit (sbatch --time, e.g. 2-00:00:00)")
     slurm.add_argument("--signal", default=DEFAULT_SIGNAL, metavar="SIG@S",
                        help="the warning SLURM sends S seconds before a time limit (TERM, USR1 or USR2): the shard drains,"
@@ -131,6 +139,13 @@ def _launch(args: argparse.Namespace) -> int:
         raise UsageError(f"--cpu-limit is a percentage of the machine between 10 and 100, got {args.cpu_limit}.")
     if args.restarts < 0 or args.restart_heap_factor < 1:
         raise UsageError("--restarts must be >= 0 and --restart-heap-factor >= 1.")
+    if args.benchmark is not None:
+        clashing = [flag for flag, given in (("--pilot", args.pilot is not None), ("--run-dir", args.run_dir is not None),
+                                             ("--no-merge", not args.merge), ("--dry-run", args.dry_run)) if given]
+        if clashing:
+            raise UsageError(f"--benchmark runs its own pilots (the same first N users at K=1 and at K), in new run dirs,"
+                             f" and merges both to compare them, so it takes no {', '.join(clashing)}; drop"
+                             f" {'it' if len(clashing) == 1 else 'them'} (--out DIR names a new dir for the benchmark).")
     config = load_config(args.config)
     if args.threads:
         config = replace(config, jvm=replace(config.jvm, threads=args.threads))
@@ -143,6 +158,12 @@ def _launch(args: argparse.Namespace) -> int:
     )
     if options.live:
         logging.getLogger().setLevel(logging.WARNING)  # log lines would tear the redrawn table
+    if args.benchmark is not None:
+        return run_benchmark(config, options, args.benchmark)
+    if args.dry_run:
+        plan_launch(config, options, print)
+        print(f"dry run: started no shard and wrote nothing; without --dry-run this starts {args.shards} shards")
+        return 0
     return launch(config, options).exit_code
 
 

@@ -1,4 +1,4 @@
-"""Memory admission: whether K shards, each with its heap, fit in this machine.
+"""Admission: whether K shards, each with its heap, fit in this machine's memory, and the cores they get.
 
 The heap itself is chosen in shardrun.heap_plan. Here, a pure function of numbers, tested without
 processes:
@@ -7,10 +7,13 @@ processes:
   heap) must fit in the memory available, or the launcher refuses to start and says which K or
   heap would fit. The overhead beyond the heap was measured (docs/PERFORMANCE.md, bench/jvm_overhead.py)
   and is encoded in `native_overhead_bytes`.
+- `cores_from(affinity, quota)`: the cores the shards may use, the smaller of the launcher's CPU
+  affinity and its cgroup's CPU quota (how many run at once follows in policies.parallel_for_cores).
 
 The side effects sit at the edges: `available_memory()` reads psutil and the cgroup files (through
-the pure parsers below), `task_heap_needs` asks the task, `check_launch` puts them together for the
-launcher. The worker resolves the heap after loading the data and before starting the JVM.
+the pure parsers below), `available_cores()` the affinity and the cgroup's CPU quota files,
+`task_heap_needs` asks the task, `check_launch` puts them together for the launcher. The worker
+resolves the heap after loading the data and before starting the JVM.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-from shardrun.config import RunConfig
+from shardrun.config import RunConfig, usable_cpus
 from shardrun.heap_plan import HeapPlan, plan_heap, task_heap_needs
 from shardrun.shard.jvm import task_classpath
 from shardrun.errors import ConfigError
@@ -142,8 +145,8 @@ def parse_memory_stat(text: str) -> dict[str, int]:
     return stat
 
 
-def parse_proc_cgroup(text: str) -> tuple[str | None, str | None]:
-    """/proc/self/cgroup -> (the v2 cgroup path, the v1 memory controller's path), each None if absent."""
+def parse_proc_cgroup(text: str, controller: str = "memory") -> tuple[str | None, str | None]:
+    """/proc/self/cgroup -> (the v2 cgroup path, the v1 path of `controller`), each None if absent."""
     v2 = v1 = None
     for line in text.splitlines():
         parts = line.split(":", 2)
@@ -152,7 +155,7 @@ def parse_proc_cgroup(text: str) -> tuple[str | None, str | None]:
         _, controllers, path = parts
         if controllers == "":
             v2 = path
-        elif "memory" in controllers.split(","):
+        elif controller in controllers.split(","):
             v1 = path
     return v2, v1
 
@@ -221,6 +224,88 @@ def _available_memory() -> tuple[int, str]:
     if cgroup is not None and cgroup[0] < available[0]:
         return cgroup[0], f"memory left under the cgroup limit ({cgroup[1]})"
     return available
+
+
+# --- Cores available: the affinity, capped by a cgroup CPU quota -------------------------------
+
+
+@dataclass(frozen=True)
+class CoresAvailable:
+    """The cores the launcher's shards may run on, and where the figure comes from."""
+
+    count: int  # min(affinity, quota rounded up), at least 1
+    affinity: int  # CPUs in the launcher's affinity mask (a scheduler's allocation, taskset)
+    quota: float | None = None  # cores' worth of CPU time the tightest cgroup grants; None: no quota
+    quota_file: str | None = None
+
+    def describe(self) -> str:
+        """Where `count` comes from, in words: "affinity 2; cgroup quota none"."""
+        quota = "none" if self.quota is None else f"{self.quota:g} cores, {self.quota_file}"
+        return f"affinity {self.affinity}; cgroup quota {quota}"
+
+
+def _quota_cores(quota: int, period: int) -> float | None:
+    return quota / period if quota > 0 and period > 0 else None
+
+
+def parse_cpu_max(text: str) -> float | None:
+    """cpu.max (v2), "<quota> <period>" in microseconds or "max <period>" -> cores' worth, None for no quota.
+
+    A file that does not read as that is taken as no quota: the figure only caps a default.
+    """
+    fields = text.split()
+    if not fields or fields[0] == "max":
+        return None
+    try:
+        return _quota_cores(int(fields[0]), int(fields[1]) if len(fields) > 1 else 100_000)
+    except ValueError:
+        return None
+
+
+def parse_cfs_quota(quota_text: str, period_text: str) -> float | None:
+    """cpu.cfs_quota_us and cpu.cfs_period_us (v1) -> cores' worth, None for no quota (-1)."""
+    try:
+        return _quota_cores(int(quota_text.strip()), int(period_text.strip()))
+    except ValueError:
+        return None
+
+
+def cores_from(affinity: int, quota: float | None) -> int:
+    """The cores the shards may use: the affinity, capped by the quota rounded up, at least 1 (pure).
+
+    Rounded up as the JVM does for its own processor count: a quota of 1.5 cores keeps two busy.
+    """
+    limits = [affinity] + ([math.ceil(quota)] if quota is not None else [])
+    return max(1, min(limits))
+
+
+def cgroup_cpu_quota(root: Path = Path("/sys/fs/cgroup"),
+                     proc_cgroup: Path = Path("/proc/self/cgroup")) -> tuple[float, str] | None:
+    """(the tightest cgroup CPU quota on the way up, in cores' worth, its file), or None without one."""
+    v2_path, v1_path = parse_proc_cgroup(_read(proc_cgroup) or "", controller="cpu")
+    found: list[tuple[float | None, Path]] = []
+    for directory in _candidate_dirs(root, v2_path):
+        text = _read(directory / "cpu.max")
+        if text is not None:
+            found.append((parse_cpu_max(text), directory / "cpu.max"))
+    # v1 mounts the cpu controller alone or joined with cpuacct, under either name.
+    for mount in (root / "cpu", root / "cpu,cpuacct", root / "cpuacct,cpu"):
+        for directory in _candidate_dirs(mount, v1_path):
+            quota_text, period_text = _read(directory / "cpu.cfs_quota_us"), _read(directory / "cpu.cfs_period_us")
+            if quota_text is not None and period_text is not None:
+                found.append((parse_cfs_quota(quota_text, period_text), directory / "cpu.cfs_quota_us"))
+    quotas = [(quota, str(path)) for quota, path in found if quota is not None]
+    return min(quotas) if quotas else None
+
+
+def available_cores() -> CoresAvailable:
+    """The cores this process (and the shards it starts, which inherit both limits) may use."""
+    affinity = usable_cpus()
+    quota = cgroup_cpu_quota()
+    cores = CoresAvailable(cores_from(affinity, quota[0] if quota else None), affinity,
+                           *(quota if quota else (None, None)))
+    log.info("cores available: %d (%s)", cores.count, cores.describe())
+    return cores
 
 
 # --- The launcher's check ------------------------------------------------------------------

@@ -30,7 +30,7 @@ from shardrun.observe import progress
 from shardrun.observe.live import LiveTable
 from shardrun.storage.atomic import read_json, utc_now, write_json_atomic
 from shardrun.platforms import STOP_SIGNALS
-from shardrun.launch.admission import check_launch, measure_load
+from shardrun.launch.admission import available_cores, check_launch, measure_load
 from shardrun.config import RunConfig, resolve_threads
 from shardrun.storage.durability import durable_write
 from shardrun.errors import (
@@ -45,10 +45,12 @@ from shardrun.storage.identity import read_run_document, read_shard_identity, ru
 from shardrun.storage.paths import RunPaths, ShardPaths, shard_log_path
 from shardrun.launch.policies import (
     CpuThrottle,
+    ParallelPlan,
     RestartPolicy,
     describe_exit,
     died_abnormally,
     log_excerpt,
+    parallel_for_cores,
     shows_its_error,
 )
 from shardrun.launch.processes import LocalProcesses, ProcessPort
@@ -76,7 +78,7 @@ from shardrun.task import load_task
 from shardrun.shard.prepare import run_label
 
 __all__ = ["LaunchOptions", "LaunchResult", "Launcher", "admit_launch", "check_same_run", "launch", "overall_exit",
-           "shard_command"]
+           "plan_launch", "plan_parallel", "shard_command"]
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +108,8 @@ class LaunchResult:
     shard_codes: dict[str, int] = field(default_factory=dict)
     exit_code: int = EXIT_OK
     merged_dir: Path | None = None
+    shards_seconds: float | None = None  # wall time from the first shard's start to the last one's exit
+    max_parallel: int | None = None  # the shards that ran at most at once (None: all)
 
 
 def shard_command(config_path: Path, spec: ShardSpec, run_dir: Path, resume: bool, options: LaunchOptions,
@@ -424,21 +428,44 @@ def refuse_if(problems: list[str]) -> None:
         raise ConfigError("the configured analysis cannot run as it stands:\n  - " + "\n  - ".join(problems))
 
 
+def plan_parallel(config: RunConfig, options: LaunchOptions) -> tuple[RunConfig, LaunchOptions, ParallelPlan]:
+    """The shards at once on the cores available (an explicit --max-parallel wins) and their threads,
+    written into the options and the config the launcher runs with."""
+    cores = available_cores()
+    parallel = parallel_for_cores(options.shards, cores.count, cores.describe(), config.jvm.threads,
+                                  options.max_parallel)
+    return (replace(config, jvm=replace(config.jvm, threads=parallel.threads)),
+            replace(options, max_parallel=parallel.max_parallel), parallel)
+
+
+def plan_launch(config: RunConfig, options: LaunchOptions,
+                out: Callable[[str], None]) -> tuple[RunConfig, LaunchOptions, list[int], str]:
+    """Everything decided before a shard starts, printed: the cores (how many shards at once, their
+    threads), then the heap and the memory of that many shards at once. Refuses a launch that cannot fit."""
+    config, options, parallel = plan_parallel(config, options)
+    config, users_per_shard, fingerprint = admit_launch(config, options, out)
+    out(f"cores: {parallel.line}")
+    return config, options, users_per_shard, fingerprint
+
+
 def launch(config: RunConfig, options: LaunchOptions, out: Callable[[str], None] = print) -> LaunchResult:
     from shardrun.results.merge import merge_shards
     from shardrun.results.validate import validate_result_set, write_validation
 
-    config, users_per_shard, fingerprint = admit_launch(config, options, out)
+    config, options, users_per_shard, fingerprint = plan_launch(config, options, out)
     launcher = Launcher(config, options, out, users_per_shard=users_per_shard)
     launcher.run = run = launcher.prepare_run_dir(fingerprint)
     previous = {sig: signal.signal(sig, launcher.request_stop) for sig in STOP_SIGNALS}
+    started = time.monotonic()
     try:
         out(f"starting {options.shards} shards in {run.dir}; logs in {config.output.log_dir}/shard<i>.log")
         launcher.wait()
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-    result = LaunchResult(run_dir=run.dir, shard_codes=launcher.summary())
+    shards_seconds = time.monotonic() - started
+    result = LaunchResult(run_dir=run.dir, shard_codes=launcher.summary(), shards_seconds=shards_seconds,
+                          max_parallel=options.max_parallel)
     result.exit_code = overall_exit(result.shard_codes)
     launcher.forget_empty_run_dir()
     if result.exit_code not in (EXIT_OK, EXIT_USERS_FAILED):

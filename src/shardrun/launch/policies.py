@@ -138,6 +138,52 @@ def shards_to_start(waiting: Sequence[int], active: int, max_parallel: int | Non
 
 
 @dataclass(frozen=True)
+class ParallelPlan:
+    """How many shards run at once on the cores available, and the launch plan's line that says so."""
+
+    max_parallel: int | None  # None: every shard at once
+    threads: int  # threads per shard (jvm.threads, or auto: the cores shared by the shards at once)
+    line: str
+
+
+def parallel_for_cores(shards: int, cores: int, cores_source: str, threads_per_shard: int | None,
+                       given_max_parallel: int | None) -> ParallelPlan:
+    """At most as many shards at once as the cores hold, unless --max-parallel says otherwise (pure).
+
+    A shard keeps `threads_per_shard` cores busy (jvm.threads; auto counts one, since auto shares the
+    cores among the shards at once). More shards than that on the cores only share them: measured,
+    four JVMs on two cores took 14% longer than two (docs/PERFORMANCE.md), so by default the shards
+    beyond wait and start as earlier ones finish. An explicit --max-parallel always wins.
+    `cores_source` says where the figure of cores comes from, for the line.
+    """
+    if shards < 1 or cores < 1:
+        raise ValueError(f"shards and cores must be at least 1, got {shards} and {cores}")
+    allowed = max(1, cores // (threads_per_shard or 1))
+    if given_max_parallel is not None:
+        max_parallel: int | None = given_max_parallel
+    else:
+        max_parallel = None if shards <= allowed else allowed
+    at_once = min(shards, max_parallel or shards)
+    threads = threads_per_shard or max(1, cores // at_once)
+    source = "jvm.threads" if threads_per_shard else "jvm.threads auto"
+    per_shard = f", {threads} thread{'s' if threads > 1 else ''} each ({source})"
+    what = f"{shards} shard{'s' if shards > 1 else ''} on {cores} core{'s' if cores > 1 else ''} available ({cores_source})"
+    if given_max_parallel is not None:
+        busy = at_once * threads
+        shared = f"; {busy} threads share {cores} core{'s' if cores > 1 else ''}" if busy > cores else ""
+        return ParallelPlan(max_parallel, threads,
+                            f"{what}: running at most {at_once} at once (--max-parallel {given_max_parallel})"
+                            f"{per_shard}{shared}")
+    if max_parallel is None:
+        if shards == 1:
+            return ParallelPlan(None, threads, f"{what}: {threads} thread{'s' if threads > 1 else ''} ({source})")
+        return ParallelPlan(None, threads, f"{what}: all at once{per_shard}")
+    return ParallelPlan(max_parallel, threads,
+                        f"{what}: running at most {max_parallel} at once{per_shard}, the others as earlier ones"
+                        f" finish; pass --max-parallel {shards} to run all at once")
+
+
+@dataclass(frozen=True)
 class CpuThrottle:
     """Hold the machine's CPU use under `limit` percent by suspending shard processes.
 

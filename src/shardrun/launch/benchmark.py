@@ -1,0 +1,196 @@
+"""launch_shards --benchmark N: the same users at K=1 and at the requested K, timed and compared.
+
+Which users. Shard i of K owns the users at positions i, i+K, i+2K, ... of the sorted user list
+(sharding.users_of_shard), and --pilot P keeps the first P users of each shard. So P users per shard
+are exactly the positions 0 .. P*K-1: the first P*K users of the list. The benchmark rounds N up to
+a multiple of K (n = ceil(N/K) * K, at most the users there are), runs K=1 with --pilot n and K with
+--pilot n/K, and both analyse the first n users, with no change to how a shard picks its users.
+
+What it reports. Each run is a whole launch_shards run (memory and cores checks, shards, merge,
+validation) in its own dir under one benchmark dir. The time of a run is the wall time from its first
+shard's start to its last shard's exit (LaunchResult.shards_seconds): the speedup is K=1's over K's.
+The merged results of both must agree value for value (results.compare), or the benchmark fails.
+
+The projection of the full run at K splits the K run's time T in two. The analysis part A is the
+seconds its users took (each user's `seconds`, summed over the shards) divided by the shards that ran
+at once; the rest, T - A, is start-up (Python, the data, the JVM, in every shard and every wave of
+--max-parallel) and waiting, which the full run pays the same. The full run's time = (T - A) + A x
+(work of all users / work of the pilot's users), where a user's work is the task's own time estimate
+(PredictsTime.user_seconds: for the default analysis it grows with the user's observations) or, for
+a task without one, 1 per user. Scaling the whole of T instead would scale the start-ups too: on the
+sample data, where start-up is most of a run, that projected 59 s for a 10 s run.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, replace
+from datetime import datetime
+from pathlib import Path
+from typing import Callable, Sequence
+
+from shardrun.config import RunConfig
+from shardrun.errors import EXIT_OK, EXIT_USERS_FAILED, EXIT_VALIDATION_FAILED, UsageError
+from shardrun.launch.launcher import LaunchOptions, launch
+from shardrun.results.compare import read_result_frame, result_differences
+from shardrun.results.read import read_shard
+from shardrun.results.timeline import commit_spans
+from shardrun.shard.prepare import config_stem
+from shardrun.storage.durability import durable_write
+from shardrun.storage.paths import RunPaths
+from shardrun.task import load_task, task_user_seconds
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PilotUsers:
+    """The users both runs analyse: the first `users` of the sorted list."""
+
+    users: int  # n: the --pilot of the K=1 run
+    per_shard: int  # n / K: the --pilot of the K run
+    requested: int  # N as given
+
+
+def pilot_users(requested: int, shards: int, users_total: int) -> PilotUsers:
+    """N rounded up to a multiple of K, at most the users there are (pure; see the module's docstring)."""
+    if requested < 1 or shards < 1:
+        raise ValueError(f"requested users and shards must be at least 1, got {requested} and {shards}")
+    users = min(math.ceil(requested / shards) * shards, users_total)
+    # Fewer users than asked for: each shard's pilot need only hold its share of all of them.
+    return PilotUsers(users=users, per_shard=max(1, math.ceil(users / shards)), requested=requested)
+
+
+@dataclass(frozen=True)
+class Projection:
+    """The full run's time from the K run's (see the module's docstring)."""
+
+    fixed: float  # of the K run's time: start-ups and waiting, which the full run pays the same
+    analysis: float  # of the K run's time: its users' analysis, on the shards that ran at once
+    scale: float  # the work of all users over the work of the pilot's users
+
+    @property
+    def seconds(self) -> float:
+        return self.fixed + self.analysis * self.scale
+
+
+def project(measured_seconds: float, users_seconds: float, at_once: int, pilot_work: float,
+            total_work: float) -> Projection:
+    """The K run's time split into start-up and analysis, the analysis scaled to all users (pure).
+
+    `users_seconds` is the sum of the pilot users' analysis seconds over every shard; `at_once` the
+    shards that ran at the same time. The analysis part never exceeds the measured time.
+    """
+    if pilot_work <= 0 or at_once < 1:
+        raise ValueError(f"the pilot's work and the shards at once must be positive, got {pilot_work} and {at_once}")
+    analysis = min(max(users_seconds, 0.0) / at_once, measured_seconds)
+    return Projection(fixed=measured_seconds - analysis, analysis=analysis, scale=total_work / pilot_work)
+
+
+def users_seconds(run_dir: Path) -> float:
+    """The seconds a run's committed users took to analyse, summed over its shards (their `seconds`)."""
+    return sum(span.end - span.start for span in commit_spans([read_shard(d) for d in RunPaths(run_dir).shard_dirs()]))
+
+
+def user_work(task: object, settings: object, dataset: object) -> tuple[list[float], str]:
+    """Each user's work in sorted order, and what it is: the task's time estimate, else 1 per user."""
+    estimates = task_user_seconds(task, settings, dataset)
+    if estimates:
+        return [float(estimates[u]) for u in dataset.user_ids], "the task's per-user time estimate"
+    return [1.0] * len(dataset.user_ids), "users"
+
+
+@dataclass(frozen=True)
+class Verdict:
+    exit_code: int
+    lines: list[str]
+
+
+def verdict(shards: int, reference_rows: int, users: int, differences: Sequence[str]) -> Verdict:
+    """Whether the K run gave K=1's numbers, in the words the benchmark prints (pure)."""
+    if not differences:
+        return Verdict(EXIT_OK, [f"benchmark: the numbers agree: {reference_rows} rows of {users} users, K=1 and"
+                                 f" K={shards} value for value (shard, seconds and config_hash aside)"])
+    return Verdict(EXIT_VALIDATION_FAILED, [
+        f"benchmark FAILED: K={shards} did not give K=1's numbers for the same {users} users, though no number may"
+        f" depend on K. Keep both run dirs and report it with these lines (shardrun's or the task's bug):",
+        *(f"  - {line}" for line in differences)])
+
+
+def benchmark_dir(config: RunConfig, options: LaunchOptions, users: int) -> Path:
+    """--out DIR (new or empty), else a new dir `<config stem>_benchmark<n>_<time>` under output.root."""
+    if options.out is not None:
+        out = options.out
+        if out.exists() and (not out.is_dir() or any(out.iterdir())):
+            raise UsageError(f"--out {out} is not a new or empty dir; --benchmark puts its two runs (k1/ and"
+                             f" k{options.shards}/) there. Pass a new dir to --out, or leave --out out for a new dir"
+                             f" under output.root.")
+        durable_write("the benchmark dir", out, lambda: out.mkdir(parents=True, exist_ok=True))
+        return out
+    stem = config_stem(config)
+    label = f"{stem}_benchmark{users}" if stem else f"benchmark{users}"
+    root = config.output.root
+    return durable_write("a new benchmark dir", root, lambda: RunPaths.create(root, label, datetime.now())).dir
+
+
+def run_benchmark(config: RunConfig, options: LaunchOptions, requested: int, out: Callable[[str], None] = print) -> int:
+    """Run the pilot at K=1 and at options.shards, compare, report; the exit code."""
+    if options.shards < 2:
+        raise UsageError(f"--benchmark compares K=1 with the K of --shards, which is {options.shards}; pass"
+                         " --shards 2 or more.")
+    task = load_task(config.task)
+    dataset = task.load(config.settings)
+    work, work_unit = user_work(task, config.settings, dataset)
+    del dataset  # the runs' shards load their own copies
+    chosen = pilot_users(requested, options.shards, len(work))
+    where = benchmark_dir(config, options, chosen.users)
+    if chosen.users < requested:
+        rounded = f" (all of them: --benchmark {requested} is more than there are)"
+    elif chosen.users > requested:
+        rounded = (f" (--benchmark {requested} rounded up to a multiple of K={options.shards}, so that --pilot"
+                   f" {chosen.per_shard} in each of {options.shards} shards takes exactly these users)")
+    else:
+        rounded = ""
+    out(f"benchmark: the first {chosen.users} of {len(work)} users in sorted order{rounded}, at K=1 and at"
+        f" K={options.shards}, in {where}")
+    results = {}
+    for shards, pilot in ((1, chosen.users), (options.shards, chosen.per_shard)):
+        out(f"benchmark: K={shards} (--pilot {pilot}{' per shard' if shards > 1 else ''}) in {where / f'k{shards}'}")
+        result = launch(config, replace(options, shards=shards, pilot=pilot, out=where / f"k{shards}", run_dir=None,
+                                     merge=True), out)
+        log.info("benchmark run at K=%d: exit %d, shards' wall time %s s, run dir %s", shards, result.exit_code,
+                 None if result.shards_seconds is None else round(result.shards_seconds, 3), result.run_dir)
+        if result.exit_code not in (EXIT_OK, EXIT_USERS_FAILED) or result.merged_dir is None:
+            out(f"benchmark stopped: the K={shards} run did not complete (exit {result.exit_code}; see above), so"
+                " there is nothing to compare. Fix what it reports and run the benchmark again.")
+            return result.exit_code
+        results[shards] = result
+    one, many = results[1], results[options.shards]
+    out(f"benchmark: K=1 took {one.shards_seconds:.1f} s, K={options.shards} took {many.shards_seconds:.1f} s"
+        f" (first shard's start to last shard's exit): speedup {one.shards_seconds / many.shards_seconds:.2f}x")
+    reference = read_result_frame(one.merged_dir)
+    differences = result_differences(reference, read_result_frame(many.merged_dir), task.key_columns,
+                                     names=("K=1", f"K={options.shards}"))
+    outcome = verdict(options.shards, len(reference), chosen.users, differences)
+    for line in outcome.lines:
+        out(line)
+    if outcome.exit_code != EXIT_OK:
+        return outcome.exit_code
+    at_once = min(options.shards, many.max_parallel or options.shards)
+    projection = project(many.shards_seconds, users_seconds(many.run_dir), at_once, sum(work[:chosen.users]), sum(work))
+    scaled_by = (f"{len(work)} / {chosen.users} users" if work_unit == "users"
+                 else f"{projection.scale:.2f} ({work_unit} of all {len(work)} users over these {chosen.users})")
+    out(f"benchmark: projected full run at K={options.shards}: {_duration(projection.seconds)} ="
+        f" {projection.fixed:.1f} s of start-up and waiting (the K={options.shards} run's {many.shards_seconds:.1f} s"
+        f" less its analysis) + {projection.analysis:.1f} s of analysis (its users' seconds / {at_once} shard{'s' if at_once > 1 else ''}"
+        f" at once) x {scaled_by}")
+    return max(one.exit_code, many.exit_code)
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 2 * 3600:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"
