@@ -10,7 +10,7 @@ import pytest
 from shardrun.errors import MergeError
 from shardrun.results.frame import _typed_column, typed_frame
 from shardrun.results.merge import merge_shards
-from shardrun.results.read import shard_dirs_of_run
+from shardrun.results.read import read_shard, shard_dirs_of_run
 from shardrun.storage.paths import MergedPaths, RunPaths
 from shardrun.sharding import ShardSpec
 from shardrun.storage.atomic import write_json_atomic
@@ -278,3 +278,45 @@ def test_the_typed_frame_equals_typing_every_value():
     assert mixed[0]["types"] == {"boolean": 2, "number": 2}
     assert frame["ints_with_null"].dtype == "Int64" and frame["bools"].dtype == bool
     assert frame["all_null"].dtype == "float64" and frame["ints_and_floats"].dtype == "float64"
+
+
+# --- the columnar merge and the row-by-row merge give one result set ---------------------------------
+
+
+def merge_both_ways(tmp_path, dirs, name):
+    """The same shard dirs merged in columns and row by row: the outputs and reports must agree."""
+    columnar, row_by_row = tmp_path / f"{name}-columnar", tmp_path / f"{name}-rows"
+    first = merge_shards(dirs, columnar)
+    second = merge_shards(dirs, row_by_row, columnar=False)
+    assert (columnar / "results.csv").read_bytes() == (row_by_row / "results.csv").read_bytes(), name
+    pd.testing.assert_frame_equal(pd.read_parquet(columnar / "results.parquet"),
+                                  pd.read_parquet(row_by_row / "results.parquet"), obj=name)
+    left, right = first.to_json(), second.to_json()
+    for differs_by_design in ("output_dir", "shards", "created_at"):
+        left.pop(differs_by_design), right.pop(differs_by_design)
+    assert left == right, name
+    return first
+
+
+def test_the_columnar_merge_equals_the_row_by_row_merge(tmp_path, caplog):
+    caplog.set_level("INFO")
+    plain = make_run(tmp_path / "plain", count=3)
+    assert [s.columnar for s in map(read_shard, shard_dirs_of_run(plain))] == [True] * 3
+    merge_both_ways(tmp_path, shard_dirs_of_run(plain), "plain")
+
+    conflicting = make_run(tmp_path / "conflicting", count=1, overrides={"u03": {"ais_bits": 99.0}, "u05": {"n_obs": None}})
+    report = merge_both_ways(tmp_path, shard_dirs_of_run(plain) + shard_dirs_of_run(conflicting), "duplicates")
+    assert report.identical_duplicates > 0 and len(report.conflicts) == 4  # two users, two modes each
+    assert "merging row by row" not in caplog.text  # in columns: the duplicates only were compared one by one
+
+    partial = make_run(tmp_path / "partial", count=4, indices=[0, 2], skip_users=["u04"],
+                       overrides={"u02": {"modes": ("activity",)}})
+    report = merge_both_ways(tmp_path, shard_dirs_of_run(partial), "partial")
+    assert report.missing_shards and report.missing_users and report.users_short_of_rows
+
+    floats_here = make_run(tmp_path / "floats", count=1, overrides={"u01": {"n_obs": 1128.5}})
+    merge_both_ways(tmp_path, shard_dirs_of_run(plain) + shard_dirs_of_run(floats_here), "ints and floats")
+
+    mixed = make_run(tmp_path / "mixed", count=1, overrides={"u02": {"n_obs": True}})
+    report = merge_both_ways(tmp_path, shard_dirs_of_run(mixed), "mixed")
+    assert report.mixed_columns and "merged row by row" in caplog.text

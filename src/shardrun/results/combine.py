@@ -16,6 +16,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from shardrun.results.columnar import PLAIN_TYPES, SOURCE, USER, typed_frame_of_table
 from shardrun.results.read import ShardInput
 from shardrun.sharding import ShardSpec
 from shardrun.task import BOOKKEEPING_COLUMNS
@@ -141,6 +146,76 @@ def combine_rows(shards: Sequence[ShardInput], key_columns: Sequence[str]) -> Co
     return Combined(rows=list(kept.values()), identical_duplicates=identical, conflicts=conflicts)
 
 
+# --- combining whole columns (the columnar merge) -----------------------------------------------
+
+
+@dataclass(frozen=True)
+class CombinedFrame:
+    frame: pd.DataFrame  # one row per key, sorted by key, in the given columns
+    users: list[str]  # the committed user of each row of `frame`
+    identical_duplicates: int
+    conflicts: list[dict[str, Any]]
+
+
+def combine_tables(tables: Sequence[pa.Table | None], dirs: Sequence[Path], key_columns: Sequence[str],
+                   columns: Sequence[str]) -> CombinedFrame | None:
+    """combine.combine_rows, sorted_rows and frame.typed_frame over whole columns; None when the shards'
+    columns cannot be one typed table (then the merge goes row by row)."""
+    present = [t.append_column(SOURCE, pa.array(np.full(t.num_rows, n, dtype=np.int32)))
+               for n, t in enumerate(tables) if t is not None]
+    if not present:
+        return None
+    try:
+        table = pa.concat_tables(present, promote_options="permissive")
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
+        return None  # a column of one JSON type in one shard and another in the next
+    for column in key_columns:
+        if column not in table.column_names or not (pa.types.is_string(table.schema.field(column).type)
+                                                    or pa.types.is_large_string(table.schema.field(column).type)):
+            return None
+        if table.column(column).null_count:
+            return None
+    if not all(any(test(field.type) for test in PLAIN_TYPES) for field in table.schema):
+        return None
+    frame = typed_frame_of_table(table, [*dict.fromkeys([*columns, USER, SOURCE])])
+    later = frame.duplicated(list(key_columns), keep="first").to_numpy()
+    identical, conflicts = 0, []
+    if later.any():
+        identical, conflicts = _compare_duplicates(frame, later, key_columns, columns, dirs)
+    kept = frame[~later].sort_values(list(key_columns), kind="stable")
+    return CombinedFrame(frame=kept[list(columns)].reset_index(drop=True), users=kept[USER].tolist(),
+                         identical_duplicates=identical, conflicts=conflicts)
+
+
+def _compare_duplicates(frame: pd.DataFrame, later: np.ndarray, key_columns: Sequence[str], columns: Sequence[str],
+                        dirs: Sequence[Path]) -> tuple[int, list[dict[str, Any]]]:
+    """Each later row of a key against the first (combine.combine_rows' rule), in merge order."""
+    keys = list(key_columns)
+    involved = frame[frame.duplicated(keys, keep=False).to_numpy()]
+    first_of: dict[tuple, dict[str, Any]] = {}
+    identical, conflicts = 0, []
+    for row in involved[[*columns, SOURCE]].to_dict("records"):
+        row = {column: (None if value is pd.NA else value) for column, value in row.items()}
+        key = tuple(row[c] for c in keys)
+        first = first_of.setdefault(key, row)
+        if first is row:
+            continue
+        differences = differing_columns(_values(first), _values(row))
+        if not differences:
+            identical += 1
+            continue
+        conflicts.append({
+            "key": dict(zip(keys, key)),
+            "dirs": [str(dirs[first[SOURCE]]), str(dirs[row[SOURCE]])],
+            "differences": [{"column": c, "values": [first.get(c), row.get(c)]} for c in differences],
+        })
+    return identical, conflicts
+
+
+def _values(row: Mapping[str, Any]) -> dict[str, Any]:
+    return {column: value for column, value in row.items() if column != SOURCE}
+
+
 def _sortable(value: Any) -> tuple:
     """A sort key for mixed key values: numbers, then text, then anything else, missing last."""
     if is_missing(value):
@@ -185,7 +260,7 @@ def find_missing_shards(shards: Sequence[ShardInput]) -> list[dict[str, Any]]:
 
 def find_missing_users(shards: Sequence[ShardInput]) -> list[dict[str, Any]]:
     """Users some shard planned that no given dir committed, with the shard(s) that should have them."""
-    committed = {u for s in shards for u in s.committed}
+    committed = {u for s in shards for u in s.users}
     planned_in: dict[str, list[ShardInput]] = {}
     for shard in shards:
         for user_id in shard.users_planned:
@@ -207,16 +282,17 @@ def find_unplanned_users(shards: Sequence[ShardInput]) -> list[dict[str, Any]]:
     return [
         {"user_id": user_id, "dir": str(s.dir)}
         for s in shards
-        for user_id in sorted(s.committed)
+        for user_id in sorted(s.users)
         if user_id not in planned
     ]
 
 
-def find_users_short_of_rows(rows: Sequence[KeptRow]) -> list[dict[str, Any]]:
-    """Users with fewer rows than the user with the most (for example a feature mode missing)."""
+def find_users_short_of_rows(row_users: Sequence[str]) -> list[dict[str, Any]]:
+    """Users with fewer rows than the user with the most (for example a feature mode missing), from the
+    committed user of each row of the result set."""
     counts: dict[str, int] = {}
-    for kept in rows:
-        counts[kept.user_id] = counts.get(kept.user_id, 0) + 1
+    for user_id in row_users:
+        counts[user_id] = counts.get(user_id, 0) + 1
     expected = max(counts.values(), default=0)
     return [
         {"user_id": user_id, "rows": n, "expected_rows": expected}

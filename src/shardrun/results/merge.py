@@ -25,6 +25,7 @@ import logging
 import os
 import secrets
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -32,8 +33,10 @@ import pandas as pd
 import psutil
 
 from shardrun.errors import MergeError, StorageError
+from shardrun.results.columnar import USER
 from shardrun.results.combine import (
     combine_rows,
+    combine_tables,
     find_mismatch,
     find_missing_shards,
     find_missing_users,
@@ -43,6 +46,7 @@ from shardrun.results.combine import (
 )
 from shardrun.results.frame import frame_to_csv_bytes, frame_to_parquet_bytes, output_columns, typed_frame
 from shardrun.results.read import (
+    ShardInput,
     read_provenance,
     read_shard,
     resolve_task,
@@ -72,13 +76,14 @@ def _distinct_dirs(shard_dirs: Sequence[Path]) -> list[Path]:
 
 
 def merge_shards(shard_dirs: Sequence[Path], output_dir: Path, force: bool = False,
-                 overwrite: bool = False) -> MergeReport:
+                 overwrite: bool = False, columnar: bool = True) -> MergeReport:
     """Merge shard dirs (of one run or of several) into results.csv, results.parquet, summary.png and
     merge_report.json in `output_dir`, all at once.
 
     `force` merges shards of different configs or data anyway (recorded, the set is incomplete);
     `overwrite` replaces an existing output dir. They are separate permissions: force does not imply
-    overwrite.
+    overwrite. `columnar` False reads and combines row by row even where columns would do (the same
+    result set, slowly; the tests compare the two).
     """
     output_dir = Path(output_dir)
     if output_dir.is_symlink():
@@ -87,7 +92,7 @@ def merge_shards(shard_dirs: Sequence[Path], output_dir: Path, force: bool = Fal
     dirs = _distinct_dirs(list(shard_dirs))
     if not dirs:
         raise MergeError("no shard dirs given; pass shard dirs with --shards or a run dir with --run.")
-    shards = [read_shard(d) for d in dirs]
+    shards = [read_shard(d, columnar=columnar) for d in dirs]
 
     mismatch = find_mismatch(shards)
     if mismatch and not force:
@@ -97,15 +102,13 @@ def merge_shards(shard_dirs: Sequence[Path], output_dir: Path, force: bool = Fal
 
     provenance = read_provenance(dirs)
     task, settings = resolve_task(provenance, shards)
-    combined = combine_rows(shards, task.key_columns)
-    ordered = sorted_rows(combined.rows, task.key_columns)
-    rows = [kept.row for kept in ordered]
-    columns = output_columns(task, settings, rows)
-    dropped = sorted({c for row in rows for c in row} - set(columns))
+    combined = combine_columnar(shards, dirs, task, settings)
+    if combined is None:
+        shards = [shard if not shard.columnar else read_shard(shard.dir, columnar=False) for shard in shards]
+        combined = combine_row_by_row(shards, task, settings)
+    frame, row_users, mixed, dropped = combined.frame, combined.users, combined.mixed, combined.dropped
     if dropped:
         log.warning("columns %s are not in the task's schema and are left out of the merged results", dropped)
-
-    frame, mixed = typed_frame(rows, columns)
     for m in mixed:
         log.warning("column %r mixes JSON types %s; it is written as text", m["column"], m["types"])
     report = MergeReport(
@@ -113,13 +116,13 @@ def merge_shards(shard_dirs: Sequence[Path], output_dir: Path, force: bool = Fal
         shards=[s.describe() for s in shards],
         config_hash=None if mismatch else shards[0].config_hash,
         data_fingerprint=None if mismatch else shards[0].data_fingerprint,
-        rows=len(rows),
-        users=len({kept.user_id for kept in ordered}),
+        rows=len(frame),
+        users=len(set(row_users)),
         identical_duplicates=combined.identical_duplicates,
         conflicts=combined.conflicts,
         missing_users=find_missing_users(shards),
         missing_shards=find_missing_shards(shards),
-        users_short_of_rows=find_users_short_of_rows(ordered),
+        users_short_of_rows=find_users_short_of_rows(row_users),
         unplanned_users=find_unplanned_users(shards),
         dropped_columns=dropped,
         forced_mismatch=mismatch,
@@ -136,6 +139,47 @@ def merge_shards(shard_dirs: Sequence[Path], output_dir: Path, force: bool = Fal
     else:
         log.warning("%s", report.summary())
     return report
+
+
+# --- combining: in columns where the shards allow it, else row by row --------------------------
+
+
+@dataclass(frozen=True)
+class MergedRows:
+    frame: pd.DataFrame  # the result set: one row per key, sorted, typed, in the output columns
+    users: list[str]  # the committed user of each row
+    identical_duplicates: int
+    conflicts: list[dict[str, Any]]
+    mixed: list[dict[str, Any]]  # columns of more than one JSON type (written as text)
+    dropped: list[str]  # columns the rows carry that the schema does not have
+
+
+def combine_columnar(shards: Sequence[ShardInput], dirs: Sequence[Path], task: Task,
+                     settings: Any | None) -> MergedRows | None:
+    """The merge over whole columns (combine.combine_tables), or None when some shard must be read row by row."""
+    if settings is None or not all(shard.columnar for shard in shards):
+        return None
+    columns = output_columns(task, settings, [])
+    tables = [shard.table for shard in shards]
+    combined = combine_tables(tables, [shard.dir for shard in shards], task.key_columns, columns)
+    if combined is None:
+        if any(table is not None for table in tables):
+            log.info("the shards' columns cannot be typed as one table; merging row by row")
+        return None
+    present = {name for table in tables if table is not None for name in table.column_names}
+    dropped = sorted(present - set(columns) - {USER})
+    return MergedRows(combined.frame, combined.users, combined.identical_duplicates, combined.conflicts, [], dropped)
+
+
+def combine_row_by_row(shards: Sequence[ShardInput], task: Task, settings: Any | None) -> MergedRows:
+    combined = combine_rows(shards, task.key_columns)
+    ordered = sorted_rows(combined.rows, task.key_columns)
+    rows = [kept.row for kept in ordered]
+    columns = output_columns(task, settings, rows)
+    dropped = sorted({c for row in rows for c in row} - set(columns))
+    frame, mixed = typed_frame(rows, columns)
+    return MergedRows(frame, [kept.user_id for kept in ordered], combined.identical_duplicates, combined.conflicts,
+                      mixed, dropped)
 
 
 # --- the output dir ---------------------------------------------------------------------------

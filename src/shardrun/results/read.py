@@ -13,9 +13,11 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 import pandas as pd
+import pyarrow as pa
 
 from shardrun.config import parse_config
 from shardrun.errors import MergeError, ShardrunError
+from shardrun.results.columnar import read_columnar
 from shardrun.sharding import ShardSpec
 from shardrun.storage.paths import RunPaths, ShardPaths
 from shardrun.storage.atomic import read_json
@@ -31,13 +33,17 @@ STATUS_COLUMNS = ("status", "reason")
 
 @dataclass(frozen=True)
 class ShardInput:
-    """One shard dir as merge sees it: its identity, its state and its committed rows."""
+    """One shard dir as merge sees it: its identity, its state and its committed rows, either as one
+    Arrow table (columnar.read_columnar) or row by row (`committed`)."""
 
     dir: Path
     identity: Mapping[str, Any]
     spec: ShardSpec
     state: str | None
-    committed: Mapping[str, Sequence[Mapping[str, Any]]]  # user id -> rows
+    users: tuple[str, ...]  # the committed users, in commit order
+    committed: Mapping[str, Sequence[Mapping[str, Any]]] = field(default_factory=dict)  # user id -> rows (row by row)
+    table: pa.Table | None = None  # the rows with columnar.USER (columnar); None row by row, or when there are none
+    columnar: bool = False
     ended_at: Mapping[str, Any] = field(default_factory=dict)  # user id -> when its analysis ended (the timeline)
     # results whose file fails its check (a batch edited after the commit or cut short, or from another
     # config's run): their rows are left out of the merge and each is a problem of the result set
@@ -65,7 +71,7 @@ class ShardInput:
             "data_fingerprint": self.data_fingerprint,
             "pilot": self.identity.get("pilot"),
             "users_planned": len(self.users_planned),
-            "users_committed": len(self.committed),
+            "users_committed": len(self.users),
             "untrusted_files": len(self.untrusted),
             "unverified_files": len(self.unverified),
             "state": self.state,
@@ -86,7 +92,8 @@ def shard_dirs_of_run(run_dir: Path) -> list[Path]:
     return dirs
 
 
-def read_shard(shard_dir: Path) -> ShardInput:
+def read_shard(shard_dir: Path, columnar: bool = True) -> ShardInput:
+    """A shard dir as merge reads it: in columns where it can (columnar.read_columnar), else row by row."""
     paths = ShardPaths(Path(shard_dir))
     if not paths.dir.is_dir():
         raise MergeError(f"{paths.dir} does not exist; pass existing shard dirs (shard-<i>-of-<K>/) to --shards.")
@@ -105,6 +112,12 @@ def read_shard(shard_dir: Path) -> ShardInput:
             f"{paths.identity} is not a valid shard identity ({exc!r}); it must be the shard.json written by"
             " run_production. Leave that dir out of the merge or restore the file."
         ) from None
+    state = _read_state(paths)
+    if columnar:
+        read = read_columnar(paths, identity.get("config_hash"))
+        if read is not None:
+            return ShardInput(dir=paths.dir, identity=identity, spec=spec, state=state, users=read.users,
+                              table=read.table, ended_at=read.ended_at, columnar=True)
     # "keep": merge reports a file it cannot trust (and leaves it where it is) instead of moving it
     scanned = scan_committed(paths, untrusted="keep")
     users = {user_id: user for user_id, user in scanned.items() if user.problem is None}
@@ -119,7 +132,8 @@ def read_shard(shard_dir: Path) -> ShardInput:
         dir=paths.dir,
         identity=identity,
         spec=spec,
-        state=_read_state(paths),
+        state=state,
+        users=tuple(users),
         committed={user_id: user.rows for user_id, user in users.items()},
         ended_at={user_id: user.record.get("ended_at") for user_id, user in users.items()},
         untrusted=untrusted,

@@ -13,11 +13,12 @@ import logging
 import math
 import re
 from datetime import datetime, timezone
-from typing import Any, Iterable, Mapping, NamedTuple, Sequence
+from typing import Any, Iterable, Iterator, Mapping, NamedTuple, Sequence
 
 import numpy as np
 import pandas as pd
 
+from shardrun.results.columnar import USER
 from shardrun.results.read import ShardInput
 from shardrun.states import STATUSES, UserStatus, user_outcome
 
@@ -176,6 +177,20 @@ def timeline_bars(timeline: pd.DataFrame, max_bars_per_shard: int = MAX_BARS_PER
     return bars[columns].reset_index(drop=True)
 
 
+def rows_by_user(shard: ShardInput) -> Iterator[tuple[str, list[dict[str, Any]]]]:
+    """Each committed user with the two columns of its rows a span needs (status and seconds)."""
+    if not shard.columnar:
+        yield from shard.committed.items()
+        return
+    wanted = [c for c in ("status", "seconds") if shard.table is not None and c in shard.table.column_names]
+    grouped: dict[str, list[dict[str, Any]]] = {user_id: [] for user_id in shard.users}
+    if shard.table is not None:
+        columns = {c: shard.table.column(c).to_pylist() for c in [USER, *wanted]}
+        for n, user_id in enumerate(columns[USER]):
+            grouped[user_id].append({c: columns[c][n] for c in wanted})
+    yield from grouped.items()
+
+
 def commit_spans(shards: Sequence[ShardInput]) -> list[UserSpan]:
     """Every committed user of every shard dir as a timeline span (duplicates included: each was
     real work of its shard). Shards of one index from different runs are told apart by run dir."""
@@ -186,7 +201,7 @@ def commit_spans(shards: Sequence[ShardInput]) -> list[UserSpan]:
     for shard, label in zip(shards, labels):
         if label in repeated:
             label = f"{label} {shard.dir.parent.name}"
-        for user_id, rows in shard.committed.items():
+        for user_id, rows in rows_by_user(shard):
             span = user_span(label, shard.ended_at.get(user_id), rows)
             if span is None:
                 untimed += 1

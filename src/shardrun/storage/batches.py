@@ -51,8 +51,9 @@ def encode_batch(header: Mapping[str, Any], record_lines: Sequence[bytes]) -> by
     return json.dumps(full_header, separators=(",", ":"), allow_nan=False).encode("ascii") + b"\n" + body
 
 
-def decode_batch(payload: bytes) -> Batch:
-    """The header and records of a batch file's bytes, or BadBatch saying what is wrong with them."""
+def verified_body(payload: bytes) -> tuple[dict[str, Any], bytes]:
+    """A batch's header and the bytes of its records, checked against the header's checksum (the
+    records are not parsed: a reader that parses them in bulk takes the bytes), or BadBatch."""
     head, newline, body = payload.partition(b"\n")
     if not newline:
         raise BadBatch("it has no header line (empty or cut off)")
@@ -65,6 +66,12 @@ def decode_batch(payload: bytes) -> Batch:
     if hashlib.sha256(body).hexdigest() != header.get("records_sha256"):
         raise BadBatch("its records do not match the checksum written when it was committed (records_sha256):"
                        " it was cut short or edited after the commit")
+    return header, body
+
+
+def decode_batch(payload: bytes) -> Batch:
+    """The header and records of a batch file's bytes, or BadBatch saying what is wrong with them."""
+    header, body = verified_body(payload)
     lines = body.splitlines()
     if len(lines) != header.get("users"):
         raise BadBatch(f"it holds {len(lines)} records but its header says {header.get('users')}")

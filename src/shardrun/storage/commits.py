@@ -24,7 +24,7 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, Callable, Container, Iterable, Mapping, Sequence
 
 from shardrun.errors import AlreadyCommitted
 from shardrun.storage.atomic import fsync_dir, json_safe, publish_new, read_json, utc_now, write_temp_file
@@ -318,7 +318,7 @@ def _scan_batch_file(path: Path, config_hash: str | None, committed: dict[str, C
         set_aside(path, user_ids, problem)
         return
     repeated = [user_id for user_id, record in zip(user_ids, batch.records)
-                if user_id in committed and not record.get("replaces")]
+                if not stands(user_id, record.get("replaces", False), committed)]
     if repeated and len(repeated) == len(user_ids):
         earlier = committed[repeated[0]].path.name
         set_aside(path, [], f"every user in it is committed already (a copy of {earlier}?), and it replaces none")
@@ -329,6 +329,12 @@ def _scan_batch_file(path: Path, config_hash: str | None, committed: dict[str, C
     for record in batch.records:
         if record["user_id"] not in repeated:
             committed[record["user_id"]] = CommittedUser(record["user_id"], record["rows"], record, path)
+
+
+def stands(user_id: str, replaces: bool, earlier: Container[str]) -> bool:
+    """Whether a user's record stands: the first of that user, or a later one that replaces the earlier
+    (--retry-failed). A later record that does not say so is a duplicate; the first one stands."""
+    return user_id not in earlier or bool(replaces)
 
 
 def _quarantine(paths: ShardPaths, path: Path, why: str) -> None:
