@@ -4,7 +4,8 @@ Writes a generated table (users of 29,000..61,000 hourly rows, sorted by user) a
 (row groups of --row-group rows), then runs, for each file and each K, a fresh Python process that does
 exactly a shard's preparation (shardrun.shard.prepare.prepare of shard 0/K, as `run_production
 --dry-run` does: index -> plan -> the rows of its users) and reports its wall time and peak RSS
-(getrusage of the process). K=1 reads every row: what every shard paid before shards read by user.
+(VmHWM of /proc/self/status: Linux only; getrusage's ru_maxrss would carry over the peak of the
+process that started it, across exec). K=1 reads every row: what every shard paid before shards read by user.
 
     .venv/bin/python bench/shard_load.py --rows 10000000 --dir /tmp/shard-load
     .venv/bin/python bench/shard_load.py --rows 1000000 --shards 1 8 --formats parquet
@@ -71,23 +72,30 @@ def config_for(data: Path, directory: Path) -> Path:
     return path
 
 
+def peak_rss_mib() -> float:
+    """This process's peak resident size (VmHWM): its own, unlike ru_maxrss, which execve keeps."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    raise RuntimeError("no VmHWM in /proc/self/status (this benchmark needs Linux)")
+
+
 def measure(config_path: str, shard: str) -> dict:
     """In this process: one shard's preparation, timed, and the process's peak RSS."""
-    import resource
-
     from shardrun.config import load_config
     from shardrun.shard.prepare import WorkerOptions, prepare
     from shardrun.sharding import ShardSpec
 
-    imported = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    imported = peak_rss_mib()
     config = load_config(config_path)
     started = time.perf_counter()
     prepared = prepare(config, WorkerOptions(shard=ShardSpec.parse(shard), pilot=None, dry_run=True))
     seconds = time.perf_counter() - started
     return {
         "seconds": round(seconds, 2),
-        "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-        "after_imports_mib": round(imported / 2**20, 1),
+        "peak_rss_mib": peak_rss_mib(),
+        "after_imports_mib": imported,
         "users_loaded": len(prepared.dataset.user_ids) if prepared.dataset is not None else 0,
         "users_total": len(prepared.index.user_ids),
         "jvm": prepared.heap.jvm_line().split(" (")[0],
