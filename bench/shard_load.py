@@ -7,7 +7,7 @@ exactly a shard's preparation (shardrun.shard.prepare.prepare of shard 0/K, as `
 (VmHWM of /proc/self/status: Linux only; getrusage's ru_maxrss would carry over the peak of the
 process that started it, across exec). K=1 reads every row: what every shard paid before shards read by user.
 
-    .venv/bin/python bench/shard_load.py --rows 10000000 --dir /tmp/shard-load
+    .venv/bin/python bench/shard_load.py --rows 10000000 --dir bench-data
     .venv/bin/python bench/shard_load.py --rows 1000000 --shards 1 8 --formats parquet
 
 Figures and the machine: docs/PERFORMANCE.md ("Each shard reads its own users").

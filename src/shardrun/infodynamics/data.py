@@ -288,8 +288,7 @@ def _parquet_rows_of(path: Path, data: DataSettings, wanted: list[str], chosen: 
             positions.append(first_row + np.flatnonzero(mask))
         first_row += rows_in_group
     if not kept:
-        frame = parquet.schema_arrow.empty_table().select(wanted).to_pandas()
-        return frame
+        return parquet.schema_arrow.empty_table().select(wanted).to_pandas()
     frame = pa.concat_tables(kept).to_pandas()
     frame.index = pd.Index(np.concatenate(positions))
     return frame[wanted]
