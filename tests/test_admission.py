@@ -22,8 +22,10 @@ from shardrun.launch.admission import (
     cgroup_available,
     cgroup_cpu_quota,
     cgroup_headroom,
+    LaunchData,
     check_launch,
     cores_from,
+    measure_launch_data,
     native_overhead_bytes,
     parse_cfs_quota,
     parse_cgroup_limit,
@@ -32,6 +34,7 @@ from shardrun.launch.admission import (
     parse_proc_cgroup,
 )
 from shardrun.config import JvmConfig, load_config, parse_config
+from shardrun.task import UserIndex
 from shardrun.section import Section
 from shardrun.errors import ConfigError
 from shardrun.infodynamics import heap, task
@@ -348,16 +351,68 @@ def test_observation_counts_match_the_series_after_resampling(tmp_path, step, ag
 
 def test_check_launch_resolves_auto_from_the_data_and_admits(tmp_path):
     config = load_config(proposal_with(tmp_path, xms="auto", xmx="auto"))
-    dataset = task.load(config.settings)
-    roomy = check_launch(config, task, dataset, 4, available_bytes=64 * GIB)
+    data = measure_launch_data(task, config.settings, config.jvm, 4, config.partition)
+    roomy = check_launch(config, task, data, 4, available_bytes=64 * GIB)
     assert roomy.ok and roomy.heap.jvm == JvmConfig(xms="128m", xmx="128m")
-    tight = check_launch(config, task, dataset, 4, data_bytes=0, available_bytes=1 * GIB)
+    tight = check_launch(config, task, data, 4, data_bytes=0, available_bytes=1 * GIB)
     assert not tight.ok and f"--shards {tight.admission.max_shards_that_fit}" in tight.admission.message
     assert tight.admission.max_shards_that_fit == 1 * GIB // (128 * MIB + native_overhead_bytes(128 * MIB))
     with pytest.raises(ConfigError, match="auto.*no data"):
         check_launch(config, task, None, 4)
     explicit = load_config(proposal_with(tmp_path, xms=None, xmx="256m"))  # a size: no data needed
     assert check_launch(explicit, task, None, 2, available_bytes=64 * GIB).heap.jvm.xmx == "256m"
+
+
+def test_check_launch_counts_one_shards_share_of_the_data(tmp_path):
+    config = load_config(proposal_with(tmp_path, xms=None, xmx="256m"))
+    index = UserIndex(("a", "b"), "fp", (10, 10))
+    share = LaunchData(index, None, None, share_bytes=300 * MIB, share_users=1, whole_table=False)
+    overhead = native_overhead_bytes(256 * MIB)
+    fits = 2 * (256 * MIB + overhead + 300 * MIB)
+    assert check_launch(config, task, share, 2, available_bytes=fits).ok
+    refused = check_launch(config, task, share, 2, available_bytes=fits - MIB)
+    assert not refused.ok and "2 shards x (256.0 MiB Java heap" in refused.admission.message
+    assert check_launch(config, task, share, 2, data_bytes=0, available_bytes=fits - 600 * MIB).ok  # data_bytes wins
+
+
+def big_table(path: Path, users: int, rows_each: int) -> Path:
+    """A table written by pandas, users in blocks (the layout a sorted Parquet file has)."""
+    import pandas as pd
+
+    ids = np.repeat([f"u{i:04d}" for i in range(users)], rows_each)
+    stamps = np.tile(pd.date_range("2025-01-01", periods=rows_each, freq="h").strftime("%Y-%m-%dT%H:%M:%S"), users)
+    frame = pd.DataFrame({"user_id": ids, "timestamp": stamps, "value": np.arange(len(ids)) % 5})
+    if path.suffix == ".csv":
+        frame.to_csv(path, index=False)
+    else:
+        frame.to_parquet(path, index=False, row_group_size=rows_each * 4)
+    return path
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".parquet"])
+def test_measure_launch_data_loads_the_largest_share_and_bounds_every_users_heap(tmp_path, suffix):
+    path = big_table(tmp_path / f"t{suffix}", users=64, rows_each=4000)
+    settings = settings_for(path)
+    jvm = JvmConfig(xms="auto", xmx="auto")
+    whole = measure_launch_data(task, settings, jvm, 1, "modulo")
+    eighth = measure_launch_data(task, settings, jvm, 8, "modulo")
+    assert whole.index == eighth.index and len(whole.index.user_ids) == 64
+    assert (whole.share_users, eighth.share_users) == (64, 8) and not eighth.whole_table
+    assert set(eighth.needs) == set(whole.index.user_ids) and set(eighth.checked) == set(eighth.index.user_ids[:57:8])
+    # the bound from the index is the exact need here: no missing values, no resampling
+    assert all(eighth.needs[u] == need for u, need in whole.checked.items())
+    assert 0 < eighth.share_bytes < whole.share_bytes
+    assert "8 of 64 users, measured" in eighth.describe()
+
+
+def test_with_sum_resampling_auto_loads_the_whole_table_in_every_shard(tmp_path):
+    path = big_table(tmp_path / "t.csv", users=8, rows_each=50)
+    settings = settings_for(path, step="1h", aggregate="sum")
+    assert task.index_heap_needs(settings, task.user_index(settings)) is None  # empty bins: rows bound nothing
+    data = measure_launch_data(task, settings, JvmConfig(xms=None, xmx="auto"), 4, "modulo")
+    assert data.whole_table and data.share_users == 8 and "the whole table" in data.describe()
+    explicit = measure_launch_data(task, settings, JvmConfig(xms=None, xmx="1g"), 4, "modulo")
+    assert not explicit.whole_table and explicit.share_users == 2
 
 
 def run_dry(config: Path, *shard: str) -> subprocess.CompletedProcess:

@@ -1,7 +1,7 @@
 """YAML config -> frozen dataclasses, with strict validation and a config hash.
 
-The core owns three keys (`task`, `jvm`, `output`); every other top-level key belongs to the
-task, which parses it with the same `Section` reader so that all errors look alike and name the
+The core owns four keys (`task`, `partition`, `jvm`, `output`); every other top-level key belongs to
+the task, which parses it with the same `Section` reader so that all errors look alike and name the
 key. A key nobody consumed is an error: a typo must never silently fall back to a default.
 """
 
@@ -19,6 +19,7 @@ import yaml
 
 from shardrun.errors import ConfigError
 from shardrun.section import Section, describe_value
+from shardrun.sharding import MODULO, PARTITIONS
 from shardrun.units import heap_bytes, is_heap_size
 
 AUTO = "auto"  # a value chosen at start: jvm.threads (resolve_threads), jvm.xmx and jvm.xms
@@ -93,6 +94,9 @@ class RunConfig:
     hash: str
     source: Path | None = None
     raw: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
+    # Which shard runs which user (shardrun.sharding: modulo or balanced); in the hash, so that every
+    # shard of a run, each reading the config on its own, assigns users alike.
+    partition: str = MODULO
 
 
 def parse_jvm(section: Section) -> JvmConfig:
@@ -142,13 +146,20 @@ def parse_output(section: Section) -> OutputConfig:
     return OutputConfig(root=root_path, log_dir=Path(log_dir) if log_dir else root_path.parent)
 
 
-def config_hash(task: str, settings: Any) -> str:
-    """Hash of what the numbers depend on: the task and its settings, not heap sizes or paths of output.
+def config_hash(task: str, settings: Any, partition: str = MODULO) -> str:
+    """Hash of what the numbers depend on: the task and its settings, not heap sizes or paths of output,
+    and of which shard runs which user (`partition`).
 
-    A resume may change the heap or the output root; it may not change the science. A settings field
-    whose metadata says `hashed: False` (how many threads run the work, say) is left out.
+    A resume may change the heap or the output root; it may not change the science, nor move users
+    between shards (a user committed by one shard would be run again by another). A settings field
+    whose metadata says `hashed: False` (how many threads run the work, say) is left out. The default
+    partition is left out too, so the hash of a config without the key stays what it was before the key
+    existed (runs started then still resume).
     """
-    text = json.dumps({"task": task, "settings": _hashed(settings)}, sort_keys=True, default=str)
+    document = {"task": task, "settings": _hashed(settings)}
+    if partition != MODULO:
+        document["partition"] = partition
+    text = json.dumps(document, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -166,6 +177,7 @@ def parse_config(raw: Any, source: Path | None = None) -> RunConfig:
 
     top = Section(raw, "")
     task_path = top.get("task", str, default="shardrun.infodynamics:task")
+    partition = top.choice("partition", PARTITIONS, default=MODULO)
     jvm = parse_jvm(top.section("jvm"))
     output = parse_output(top.section("output"))
     task = load_task(task_path)
@@ -176,9 +188,10 @@ def parse_config(raw: Any, source: Path | None = None) -> RunConfig:
         jvm=jvm,
         output=output,
         settings=settings,
-        hash=config_hash(task_path, settings),
+        hash=config_hash(task_path, settings, partition),
         source=source,
         raw=raw,
+        partition=partition,
     )
 
 

@@ -8,18 +8,27 @@ before starting the JVM) and by the launcher's memory admission (shardrun.launch
   AUTO_HEAP_STEP, at least AUTO_HEAP_FLOOR and at most AUTO_HEAP_CEILING. `jvm.xms: auto` becomes the
   chosen xmx. A heap given as a size is kept as it is.
 - `plan_heap(jvm, needs, users)`: that heap, and the users predicted to need more (HeapPlan).
+
+Which needs: every user's, so that all shards of a run choose the same heap. A shard that reads only
+its own users takes them from the task's bound on the user index (PredictsHeap.index_heap_needs, an
+upper bound: the heap may come out a step larger than exact needs would give); without such a bound
+jvm.xmx auto makes it load the whole input (`run_heap_needs`). The users a shard is about to run are
+checked against the exact needs of their loaded rows (`checked`).
 """
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass, replace
 from typing import Any, Mapping, Sequence
 
 from shardrun.config import AUTO_HEAP, JvmConfig
 from shardrun.errors import ConfigError
-from shardrun.task import DEFAULT_HEAP_ADVICE
+from shardrun.task import DEFAULT_HEAP_ADVICE, Dataset, UserIndex, index_heap_needs
 from shardrun.units import GIB, MIB, format_bytes, heap_bytes
+
+log = logging.getLogger(__name__)
 
 # The default task's heap model is within about 10% of measured needs; the margin covers that,
 # the larger G1 regions of a larger heap (each humongous array is rounded up to whole regions), and
@@ -82,6 +91,25 @@ def task_heap_needs(task: Any, settings: Any, dataset: Any, jvm: JvmConfig) -> d
     return predict(settings, dataset)
 
 
+def run_heap_needs(task: Any, settings: Any, index: UserIndex, whole: Dataset | None,
+                   jvm: JvmConfig) -> tuple[dict[str, int] | None, Dataset | None]:
+    """Every user's heap need for the run, and the whole Dataset when it had to be loaded for them.
+
+    Exact needs when the whole input is loaded already (`whole`, a task without ReadsByUser); else the
+    task's bound from the index; else, only when jvm.xmx is auto (which cannot be chosen otherwise),
+    the whole input is loaded. None: no prediction of every user (an explicit heap needs none).
+    """
+    if whole is not None:
+        return task_heap_needs(task, settings, whole, jvm), whole
+    bounds = index_heap_needs(task, settings, index)
+    if bounds is not None or not jvm.xmx_is_auto:
+        return bounds, None
+    log.info("jvm.xmx auto: the task bounds no user's heap from the user index, so every user's rows are"
+             " read to choose it; set jvm.xmx to a size to read only this shard's users")
+    whole = task.load(settings)
+    return task_heap_needs(task, settings, whole, jvm), whole
+
+
 @dataclass(frozen=True)
 class HeapPlan:
     """The heap a shard starts with, and the users predicted not to fit in it."""
@@ -134,17 +162,21 @@ class HeapPlan:
 
 
 def plan_heap(jvm: JvmConfig, needs: Mapping[str, int] | None, users: Sequence[str],
-              advice: str = DEFAULT_HEAP_ADVICE) -> HeapPlan:
+              advice: str = DEFAULT_HEAP_ADVICE, checked: Mapping[str, int] | None = None) -> HeapPlan:
     """Resolve the heap from every user's need, then list which of `users` exceed it (pure).
 
-    `advice` (the task's heap_advice) is the fix the report names when raising the heap cannot help.
+    `checked`: the needs `users` are checked against, when closer than `needs` (exact needs of their
+    loaded rows where `needs` are bounds from the index); default `needs`. `advice` (the task's
+    heap_advice) is the fix the report names when raising the heap cannot help.
     """
     resolved = resolve_heap(jvm, needs or {})
     if not needs:
         return HeapPlan(jvm, resolved, None, None, len(users), (), 0, advice=advice)
+    checked = needs if checked is None else checked
     largest_user = max(needs, key=needs.__getitem__)
     heap = resolved.xmx_bytes
-    over = [(user, needs[user]) for user in users if needs.get(user, 0) > heap]
+    need_of = {user: checked.get(user, needs.get(user, 0)) for user in users}
+    over = [(user, need) for user, need in need_of.items() if need > heap]
     return HeapPlan(
         configured=jvm, jvm=resolved, largest_need=needs[largest_user], largest_user=largest_user,
         users_considered=len(users), over_budget=tuple(over[:OVER_BUDGET_SHOWN]), over_budget_count=len(over),

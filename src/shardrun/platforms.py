@@ -215,3 +215,52 @@ def flock_is_host_local(fs: Filesystem | None) -> bool:
     files: NFS mounted with local_lock=flock or local_lock=all (what `nolock` means). flock then
     succeeds everywhere at once, so it cannot keep two hosts off one shard dir."""
     return fs is not None and fs.type in ("nfs", "nfs4") and fs.option("local_lock") in ("flock", "all")
+
+
+class PeakMemory:
+    """The most memory this process took above its size at start(): the peak of a load, not what it
+    keeps afterwards (a parse holds its text and its columns at once, briefly).
+
+    Linux: the peak resident size (VmHWM) reset at start by writing 5 to /proc/self/clear_refs, so an
+    earlier peak does not count. Windows: psutil's peak working set, which cannot be reset. Elsewhere,
+    or where the reset is refused: the lifetime peak (getrusage). An earlier peak can only overstate the
+    figure, which errs on the side the memory admission needs.
+    """
+
+    def __init__(self) -> None:
+        self._before = 0
+
+    def start(self) -> "PeakMemory":
+        import psutil
+
+        if sys.platform.startswith("linux"):
+            try:
+                with open("/proc/self/clear_refs", "w") as handle:
+                    handle.write("5")
+            except OSError as exc:  # an old kernel or a restricted /proc: the lifetime peak stands in
+                log.debug("cannot reset the peak resident size (%s)", exc)
+        self._before = int(psutil.Process().memory_info().rss)
+        return self
+
+    def grown(self) -> int:
+        """Bytes of the peak since start() above the size at start() (0 if it never grew)."""
+        return max(_peak_rss() - self._before, 0)
+
+
+def _peak_rss() -> int:
+    if sys.platform.startswith("linux"):
+        try:
+            with open("/proc/self/status") as handle:
+                for line in handle:
+                    if line.startswith("VmHWM:"):
+                        return int(line.split()[1]) * 1024
+        except (OSError, ValueError, IndexError):
+            pass
+    if WINDOWS:
+        import psutil
+
+        return int(psutil.Process().memory_info().peak_wset)
+    import resource
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(peak) if sys.platform == "darwin" else int(peak) * 1024  # bytes on macOS, KiB elsewhere

@@ -1,8 +1,18 @@
 """Which users belong to which shard: pure functions, no files, no processes.
 
-User u belongs to shard i of K iff index(u) % K == i, where index is u's position in the sorted
-list of user ids. Every shard computes the same sorted list on its own, so no coordination is
-needed and a shard is just a process with an index (a job array element on a scheduler).
+Two partitions, chosen by the config's core key `partition` (part of the config hash, so every shard
+of a run uses the same one):
+
+- `modulo` (the default): user u belongs to shard i of K iff index(u) % K == i, where index is u's
+  position in the sorted list of user ids.
+- `balanced`: greedy longest-processing-time-first over the users' costs (balanced_assignment): users
+  taken by cost, largest first, ties by user id; each goes to the shard with the least cost so far,
+  ties to the lowest shard index. Within the 4/3 - 1/(3K) bound of LPT on the optimal makespan, and in
+  practice close to max(total / K, the largest user).
+
+Every shard computes the same sorted list and the same costs on its own (the task's user index), so
+no coordination is needed and a shard is just a process with an index (a job array element on a
+scheduler). A shard's users are always kept in the order of the sorted list.
 
 `--shard auto` turns a scheduler's job-array variables into i/K (resolve_auto_shard); the table of
 schedulers, the order in which they are tried and where each variable was checked are in
@@ -11,6 +21,7 @@ docs/SCHEDULERS.md.
 
 from __future__ import annotations
 
+import heapq
 import os
 import re
 from dataclasses import dataclass
@@ -305,3 +316,50 @@ def _shard_count(env: Mapping[str, str], element: _ArrayElement, run_shards: int
 def users_of_shard(sorted_user_ids: Sequence[str], shard: ShardSpec) -> list[str]:
     """The shard's users, in the order of the global sorted list."""
     return [u for position, u in enumerate(sorted_user_ids) if position % shard.count == shard.index]
+
+
+MODULO = "modulo"
+BALANCED = "balanced"
+PARTITIONS = (MODULO, BALANCED)
+
+
+def balanced_assignment(sorted_user_ids: Sequence[str], costs: Sequence[float], count: int) -> list[list[str]]:
+    """Each shard's users under `balanced` (see the module docstring), each list in sorted-list order.
+
+    A cost is any non-negative number that grows with a user's work (the task's observations); only
+    their order and sums matter, and every shard must pass the same ones.
+    """
+    if len(costs) != len(sorted_user_ids):
+        raise ValueError(f"{len(costs)} costs for {len(sorted_user_ids)} users")
+    if count < 1:
+        raise ValueError(f"count must be at least 1, got {count}")
+    # The user's position stands in for its id in the tie-break: the list is sorted, so it orders alike.
+    by_cost = sorted(range(len(sorted_user_ids)), key=lambda position: (-costs[position], position))
+    shard_of = [0] * len(sorted_user_ids)
+    loads = [(0.0, index) for index in range(count)]  # a heap: least loaded first, then lowest index
+    for position in by_cost:
+        load, index = heapq.heappop(loads)
+        shard_of[position] = index
+        heapq.heappush(loads, (load + costs[position], index))
+    shards: list[list[str]] = [[] for _ in range(count)]
+    for position, user_id in enumerate(sorted_user_ids):
+        shards[shard_of[position]].append(user_id)
+    return shards
+
+
+def assign_users(sorted_user_ids: Sequence[str], count: int, partition: str = MODULO,
+                 costs: Sequence[float] | None = None) -> list[list[str]]:
+    """Every shard's users of a run of `count` shards: shard i's list at index i.
+
+    `costs` (one per user) is needed by `balanced` only; None there means one unit per user, which
+    gives modulo's shards."""
+    if partition == MODULO:
+        return [users_of_shard(sorted_user_ids, ShardSpec(index, count)) for index in range(count)]
+    if partition == BALANCED:
+        return balanced_assignment(sorted_user_ids, [1] * len(sorted_user_ids) if costs is None else costs, count)
+    raise ValueError(f"unknown partition {partition!r}; one of {', '.join(PARTITIONS)}")
+
+
+def shard_costs(assignment: Sequence[Sequence[str]], cost_of: Mapping[str, float]) -> list[float]:
+    """The summed cost of each shard's users (what --dry-run compares between partitions)."""
+    return [sum(cost_of[user_id] for user_id in users) for users in assignment]

@@ -3,14 +3,16 @@
 The core (worker, merge, validate) knows no analysis library; it talks to the analysis only through
 this protocol, so a user can plug in another JVM analysis with `task: package.module:object`
 (docs/TASKS.md walks through one). The required part is `Task`; the optional parts are
-`PredictsHeap` (per-user heap needs) and `RunsOnJvm` (classpath, JVM options, heap exhaustion,
-provenance of the JVM's classpath), each hook with a default here or in the core.
+`ReadsByUser` (a cheap user index, then only a shard's users loaded), `PredictsHeap` (per-user heap
+needs) and `RunsOnJvm` (classpath, JVM options, heap exhaustion, provenance of the JVM's classpath),
+each hook with a default here or in the core.
 """
 
 from __future__ import annotations
 
 import importlib
-from typing import Any, Callable, Mapping, NamedTuple, Protocol, Sequence
+from dataclasses import dataclass
+from typing import Any, Callable, Collection, Mapping, NamedTuple, Protocol, Sequence
 
 import pandas as pd
 
@@ -24,6 +26,28 @@ BOOKKEEPING_COLUMNS = ("shard", "seconds", "config_hash")
 class Dataset(Protocol):
     user_ids: Sequence[str]  # sorted; every shard computes the same list
     fingerprint: str  # sha256 of the input, recorded in run.json and checked on resume
+
+
+@dataclass(frozen=True)
+class UserIndex:
+    """Who is in the input and how much: what every shard reads before it loads its own users.
+
+    `user_ids` are sorted exactly as the task's Dataset.user_ids (every shard computes the same list);
+    `observations[i]` is the number of input rows of user_ids[i] (None when the task did not count
+    them: a task without ReadsByUser), the cost `partition: balanced` weighs users by.
+    """
+
+    user_ids: tuple[str, ...]
+    fingerprint: str  # the same as the Dataset's: recorded in run.json and checked on resume
+    observations: tuple[int, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if self.observations is not None and len(self.observations) != len(self.user_ids):
+            raise ValueError(f"{len(self.observations)} observation counts for {len(self.user_ids)} users")
+
+    def costs(self) -> list[int]:
+        """Each user's cost for `partition: balanced`: its observations, or 1 each when not counted."""
+        return list(self.observations) if self.observations is not None else [1] * len(self.user_ids)
 
 
 class Task(Protocol):
@@ -54,12 +78,28 @@ class Task(Protocol):
         """Versions to record as provenance in run.json (libraries, jars); needs no JVM."""
 
     # Optional: run_label(settings) -> str, put into new run dir names (`<config stem>_full_<label>_<time>`).
+    # Optional: user_index(settings) -> UserIndex, with load(settings, users=...) (see ReadsByUser below):
+    # a shard then reads only its users' rows.
     # Optional: user_heap_needs(settings, dataset) -> dict[str, int] (see PredictsHeap below), which
     # jvm.xmx: auto, the --dry-run heap report and the launcher's memory check rely on.
     # Optional: with_threads(settings, threads) -> settings: the settings to analyse with when the shard
     # process may use `threads` threads (jvm.threads); a number must never depend on it, and the config
     # hash must not either.
     # Optional: the JVM hooks of RunsOnJvm below (classpath, options, heap exhaustion, advice, provenance).
+
+
+class ReadsByUser(Protocol):
+    """The optional part of a Task that lets each shard read only its own users (docs/TASKS.md).
+
+    Without it every shard loads the whole input (Task.load) and takes its users from that."""
+
+    def user_index(self, settings: Any) -> UserIndex:
+        """A cheap pass over the input's user ids only: sorted ids, rows per user, the fingerprint.
+        Refuse (DataError) whatever the full load refuses about user ids, with the same message."""
+
+    def load(self, settings: Any, users: Collection[str] | None = None) -> Dataset:
+        """Task.load, reading only the rows of `users` (None: every user). The Dataset's user_ids are
+        those of `users` present in the input; every check of the full load applies to the rows read."""
 
 
 class PredictsHeap(Protocol):
@@ -69,6 +109,35 @@ class PredictsHeap(Protocol):
         """Bytes of Java heap (-Xmx) each user of `dataset` needs: the largest over everything the
         analysis runs for that user. A user skipped by rule needs only the JVM's baseline. Called
         once per process on every user, so it must be fast (no JVM, no per-user series building)."""
+
+    def index_heap_needs(self, settings: Any, index: UserIndex) -> dict[str, int] | None:
+        """Optional (with ReadsByUser): every user's need from the index alone, never below
+        user_heap_needs (an upper bound); None when the index cannot bound it. jvm.xmx: auto is chosen
+        from these, so that every shard chooses the same heap without loading other shards' users."""
+
+
+def read_user_index(task: Any, settings: Any) -> tuple[UserIndex, Dataset | None]:
+    """The input's user index, and the whole Dataset when the task has no index of its own (then the
+    index is taken from a full load, which the caller should keep rather than load again)."""
+    index_of = getattr(task, "user_index", None)
+    if index_of is not None:
+        return index_of(settings), None
+    dataset = task.load(settings)
+    return UserIndex(tuple(dataset.user_ids), dataset.fingerprint), dataset
+
+
+def load_users(task: Any, settings: Any, users: Collection[str], index: UserIndex) -> Dataset:
+    """The Dataset of `users` (a shard's users to do): only their rows when the task reads by user and
+    they are not every user of `index`; otherwise the whole input, exactly as Task.load reads it."""
+    if getattr(task, "user_index", None) is None or len(users) == len(index.user_ids):
+        return task.load(settings)
+    return task.load(settings, users=users)
+
+
+def index_heap_needs(task: Any, settings: Any, index: UserIndex) -> dict[str, int] | None:
+    """The task's upper bounds of every user's heap from the index (PredictsHeap.index_heap_needs), or None."""
+    predict = getattr(task, "index_heap_needs", None)
+    return None if predict is None else predict(settings, index)
 
 
 class PredictsTime(Protocol):

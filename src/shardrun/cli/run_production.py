@@ -20,6 +20,7 @@ from shardrun.platforms import lower_priority
 from shardrun.errors import EXIT_OK, EXIT_USAGE, EnvironmentProblem, UsageError
 from shardrun.shard.lifecycle import PREEMPT_SIGNALS, PreemptionNotice, StopFlag, die_with_launcher
 from shardrun.shard.jvm import find_java, task_jvm_options
+from shardrun.shard.plan import partition_report
 from shardrun.shard.prepare import PreparedShard, WorkerOptions, prepare
 from shardrun.shard.run import run_shard
 from shardrun.sharding import ShardSpec, resolve_auto_shard
@@ -107,6 +108,8 @@ def _run_production(args: argparse.Namespace) -> int:
         print(f"shard {plan.shard}: {len(plan.assigned)} users assigned, {len(plan.done)} already done,"
               f" {len(plan.todo)} to do")
         print(f"shard dir: {prepared.dirs.shard.dir}")
+        for line in partition_report(prepared.index, plan.shard.count, config.partition):
+            print(line)
         print(f"jvm: {prepared.heap.jvm_line()}")
         for line in prepared.heap.report_lines():
             print(line)

@@ -14,9 +14,9 @@ import dataclasses
 
 from shardrun.infodynamics.analysis import analyse_user, failed_rows, result_columns
 from shardrun.infodynamics.checks import check_rows
-from shardrun.infodynamics.data import load
+from shardrun.infodynamics.data import load, user_index
 from shardrun.infodynamics.cost import user_seconds
-from shardrun.infodynamics.heap import preflight, user_heap_needs
+from shardrun.infodynamics.heap import index_heap_needs, preflight, user_heap_needs
 from shardrun.infodynamics.plots import summary_panels
 from shardrun.infodynamics.jidt import heap_advice, is_jidt_heap_exhaustion, jvm_classpath, jvm_provenance
 from shardrun.infodynamics.settings import parse_settings
@@ -30,8 +30,10 @@ class InfodynamicsTask:
     parse_settings = staticmethod(parse_settings)
     preflight = staticmethod(preflight)
     user_heap_needs = staticmethod(user_heap_needs)  # the optional PredictsHeap part of the protocol
+    index_heap_needs = staticmethod(index_heap_needs)  # its bound from the user index (jvm.xmx auto)
     user_seconds = staticmethod(user_seconds)  # the optional PredictsTime part: time estimates for --time
-    load = staticmethod(load)
+    load = staticmethod(load)  # load(settings, users=None): with user_index, the optional ReadsByUser part
+    user_index = staticmethod(user_index)
     result_columns = staticmethod(result_columns)
     failed_rows = staticmethod(failed_rows)
     analyse = staticmethod(analyse_user)

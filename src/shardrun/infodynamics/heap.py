@@ -1,7 +1,9 @@
 """Memory model of the JIDT calls over observed pasts, so a user who cannot fit is named before it starts.
 
 Pure arithmetic on the config and each user's number of observations (vectorised over millions of
-users); no JVM. `user_heap_needs` reads those numbers from a loaded Dataset. With N observations
+users); no JVM. `user_heap_needs` reads those numbers from a loaded Dataset; `index_heap_needs`
+bounds them from the user index (rows per user) alone, so that every shard chooses the same
+`jvm.xmx: auto` without loading the other shards' users. With N observations
 and a test at k there are m = N - k observations and at most R = min(m + 1, base^k) past ids
 (states.py), so every table is bounded by the data, never by base^(k+1). Per k, one phase after
 another (each phase's arrays are garbage by the time the next allocates):
@@ -37,6 +39,7 @@ import math
 import numpy as np
 import pandas as pd
 
+from shardrun.task import UserIndex
 from shardrun.units import MIB, format_bytes
 from shardrun.infodynamics.settings import Settings, minimum_observations
 from shardrun.infodynamics.surrogates import batch_rows
@@ -264,3 +267,20 @@ def user_heap_needs(settings: Settings, dataset) -> dict[str, int]:
     """The Task protocol's optional user_heap_needs: bytes of Java heap each user of `dataset` needs."""
     user_ids, n_obs, analysed = observation_counts(dataset, settings)
     return dict(zip(user_ids, heap_needs(settings, n_obs, analysed).tolist()))
+
+
+def index_heap_needs(settings: Settings, index: UserIndex) -> dict[str, int] | None:
+    """The Task protocol's optional index_heap_needs: every user's need from its rows in the input.
+
+    An upper bound of user_heap_needs, because the need grows with n_obs and n_obs never exceeds the
+    rows: without data.step a row with a missing value is dropped; with data.step and an aggregate
+    that drops empty bins (mean, min, max, first, last) each bin holds at least one row. A categorical
+    user with more labels than data.levels (skipped, baseline need) is counted as analysed. With
+    data.step and sum or count, empty bins count too, so n_obs depends on each user's time span, which
+    the index does not read: None (jvm.xmx: auto then needs every user's rows).
+    """
+    data = settings.data
+    if index.observations is None or (data.step is not None and data.aggregate in ("sum", "count")):
+        return None
+    needs = heap_needs(settings, np.asarray(index.observations, dtype=np.int64))
+    return dict(zip(index.user_ids, needs.tolist()))

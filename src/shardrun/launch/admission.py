@@ -1,4 +1,5 @@
-"""Admission: whether K shards, each with its heap, fit in this machine's memory, and the cores they get.
+"""Admission: whether K shards, each with its heap and its share of the input, fit in this machine's
+memory, and the cores they get.
 
 The heap itself is chosen in shardrun.heap_plan. Here, a pure function of numbers, tested without
 processes:
@@ -6,14 +7,22 @@ processes:
 - `admit(shards, heap, native_overhead, available)`: K x (heap + the process's memory beyond its
   heap) must fit in the memory available, or the launcher refuses to start and says which K or
   heap would fit. The overhead beyond the heap was measured (docs/PERFORMANCE.md, bench/jvm_overhead.py)
-  and is encoded in `native_overhead_bytes`.
+  and is encoded in `native_overhead_bytes`; the input a shard loads is added to it.
 - `cores_from(affinity, quota)`: the cores the shards may use, the smaller of the launcher's CPU
   affinity and its cgroup's CPU quota (how many run at once follows in policies.parallel_for_cores).
 
+The input a shard loads, the rule: each shard is counted with the load peak of ONE shard's share,
+measured. `measure_launch_data` reads the user index, assigns the users as the run will (the
+config's partition), loads the share with the most observations (the input rows of its users) and
+measures the peak memory that load took (platforms.PeakMemory): about the whole table's load peak / K
+for a task that reads by user (ReadsByUser), and never less than the largest share's. A shard that
+loads the whole table is counted with the whole table's measured peak: a task without ReadsByUser,
+or jvm.xmx auto where the task cannot bound the heap from the index (heap_plan.run_heap_needs).
+
 The side effects sit at the edges: `available_memory()` reads psutil and the cgroup files (through
 the pure parsers below), `available_cores()` the affinity and the cgroup's CPU quota files,
-`task_heap_needs` asks the task, `check_launch` puts them together for the launcher. The worker
-resolves the heap after loading the data and before starting the JVM.
+`measure_launch_data` reads the input, `check_launch` puts them together for the launcher. The worker
+resolves the heap after loading its users and before starting the JVM.
 """
 
 from __future__ import annotations
@@ -24,11 +33,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-from shardrun.config import RunConfig, usable_cpus
-from shardrun.heap_plan import HeapPlan, plan_heap, task_heap_needs
+from shardrun.config import JvmConfig, RunConfig, usable_cpus
+from shardrun.heap_plan import HeapPlan, plan_heap, run_heap_needs, task_heap_needs
+from shardrun.platforms import PeakMemory
 from shardrun.shard.jvm import task_classpath
+from shardrun.shard.plan import assign_index
 from shardrun.errors import ConfigError
-from shardrun.task import heap_advice
+from shardrun.task import UserIndex, heap_advice, load_users, read_user_index
 from shardrun.units import MIB, format_bytes
 
 log = logging.getLogger(__name__)
@@ -43,8 +54,8 @@ log = logging.getLogger(__name__)
 # 370 MiB at 4g (about 194 MiB + 4.4% of the heap); sized for 64 CPUs (more GC and compiler threads)
 # 240 MiB at 128m, 281 MiB at 1g, 402 MiB at 4g (about 235 MiB + 4%). The constants cover the 64-CPU
 # figures with a margin of at least 20% (other library versions, a larger Python heap while analysing).
-# The loaded input table is counted separately (`data_bytes` of check_launch): every shard holds the
-# whole table, and for millions of users it can outweigh everything above.
+# The loaded input is counted separately (`data_bytes` of check_launch, the rule in the module
+# docstring): for millions of users it can outweigh everything above.
 NATIVE_OVERHEAD_FIXED_BYTES = 288 * MIB
 NATIVE_OVERHEAD_HEAP_FRACTION = 0.05
 
@@ -312,6 +323,41 @@ def available_cores() -> CoresAvailable:
 
 
 @dataclass(frozen=True)
+class LaunchData:
+    """What the launcher reads of the input to plan a run's memory (measure_launch_data)."""
+
+    index: UserIndex  # every user: the fingerprint, the assignment, the progress view's users per shard
+    needs: dict[str, int] | None  # every user's predicted heap need (the task's bound, or exact); None: none
+    checked: dict[str, int] | None  # exact needs of the users whose rows were loaded
+    share_bytes: int  # the load peak of one shard's share, measured (the rule in the module docstring)
+    share_users: int  # the users of the share measured
+    whole_table: bool  # each shard loads the whole table (share_bytes is the whole table's peak)
+
+    def describe(self) -> str:
+        what = ("the whole table (each shard loads all of it)" if self.whole_table
+                else f"the largest shard's share, {self.share_users} of {len(self.index.user_ids)} users")
+        return f"{format_bytes(self.share_bytes)} to load {what}, measured"
+
+
+def measure_launch_data(task: Any, settings: Any, jvm: JvmConfig, shards: int, partition: str) -> LaunchData:
+    """Read the input as a run of `shards` shards will and measure one shard's load (no JVM)."""
+    whole_load = PeakMemory().start()
+    index, whole = read_user_index(task, settings)
+    needs, whole = run_heap_needs(task, settings, index, whole, jvm)
+    if whole is not None:
+        dataset, peak, users = whole, whole_load.grown(), len(index.user_ids)
+    else:
+        assignment = assign_index(index, shards, partition)
+        cost_of = dict(zip(index.user_ids, index.costs()))
+        largest = max(assignment, key=lambda users: sum(cost_of[u] for u in users))
+        share_load = PeakMemory().start()
+        dataset = load_users(task, settings, tuple(largest), index) if largest else None
+        peak, users = share_load.grown(), len(largest)
+    checked = task_heap_needs(task, settings, dataset, jvm) if dataset is not None else None
+    return LaunchData(index, needs if needs is not None else checked, checked, peak, users, whole is not None)
+
+
+@dataclass(frozen=True)
 class LaunchCheck:
     heap: HeapPlan  # heap.jvm: the resolved JVM config to give every shard (pass heap.jvm.xmx as --xmx)
     admission: Admission
@@ -324,30 +370,33 @@ class LaunchCheck:
 def check_launch(
     config: RunConfig,
     task: Any,
-    dataset: Any | None,
+    data: LaunchData | None,
     shards: int,
     *,
-    data_bytes: int = 0,
+    data_bytes: int | None = None,
     available_bytes: int | None = None,
 ) -> LaunchCheck:
     """Resolve the heap (from the data when given) and admit K shards against the memory available.
 
-    `dataset` is required for jvm.xmx auto (the needs come from the data); without it an explicit heap
-    is admitted as configured and nobody is checked per user. `data_bytes` is the memory the loaded
-    table takes in one process (every shard loads all of it; measure_load gives it).
-    `available_bytes` defaults to available_memory(). A classpath the task cannot find
-    (Task.jvm_classpath) raises EnvironmentProblem here, before any shard starts.
+    `data` (measure_launch_data) is required for jvm.xmx auto (the needs come from the data); without
+    it an explicit heap is admitted as configured and nobody is checked per user. `data_bytes` is the
+    memory one shard's input takes in its process; default data.share_bytes (the rule in the module
+    docstring), 0 without data. `available_bytes` defaults to available_memory(). A classpath the task
+    cannot find (Task.jvm_classpath) raises EnvironmentProblem here, before any shard starts.
     """
-    if dataset is None and config.jvm.xmx_is_auto:
+    if data is None and config.jvm.xmx_is_auto:
         raise ConfigError(
             "jvm.xmx is auto, which is chosen from the data, but the launcher's memory check was given no"
-            " data; load it first (shardrun.admission.measure_load) or set jvm.xmx to a size such as 1g."
+            " data; read it first (shardrun.launch.admission.measure_launch_data) or set jvm.xmx to a size"
+            " such as 1g."
         )
     # What the task needs on the classpath (a jar) is missing: refuse the launch, not each of K shards.
     task_classpath(task, config.settings, config.jvm)
-    needs = task_heap_needs(task, config.settings, dataset, config.jvm) if dataset is not None else None
-    heap = plan_heap(config.jvm, needs, list(dataset.user_ids) if dataset is not None else [],
-                     advice=heap_advice(task, config.settings))
+    heap = plan_heap(config.jvm, data.needs if data is not None else None,
+                     list(data.index.user_ids) if data is not None else [],
+                     advice=heap_advice(task, config.settings), checked=data.checked if data is not None else None)
+    if data_bytes is None:
+        data_bytes = data.share_bytes if data is not None else 0
     if available_bytes is None:
         available_bytes, available_what = _available_memory()
     else:
@@ -358,13 +407,3 @@ def check_launch(
     )
     log.info("memory check for %d shards with %s: %s", shards, heap.jvm_line(), admission.message)
     return LaunchCheck(heap=heap, admission=admission)
-
-
-def measure_load(task: Any, settings: Any) -> tuple[Any, int]:
-    """Load the data and return it with the memory the load took (RSS growth of this process)."""
-    import psutil
-
-    process = psutil.Process()
-    before = process.memory_info().rss
-    dataset = task.load(settings)
-    return dataset, max(process.memory_info().rss - before, 0)

@@ -19,8 +19,8 @@ from typing import Callable, Iterable, Mapping
 
 from shardrun.config import RunConfig
 from shardrun.errors import EXIT_OK, ConfigError
-from shardrun.heap_plan import plan_heap, task_heap_needs
-from shardrun.launch.admission import measure_load, native_overhead_bytes
+from shardrun.heap_plan import plan_heap
+from shardrun.launch.admission import measure_launch_data, native_overhead_bytes
 from shardrun.launch.launcher import check_same_run, refuse_if
 from shardrun.launch.slurm_script import (
     ElementJob, WarningSignal, array_script, index_ranges, merge_script, split_for_array_size, time_limit_seconds,
@@ -30,6 +30,7 @@ from shardrun.scheduler.slurm import (
     QueuedElement, SlurmCommands, array_job_name, merge_job_name, queue_by_index, record_submission,
 )
 from shardrun.shard.jvm import task_classpath
+from shardrun.shard.plan import partition_report
 from shardrun.shard.prepare import run_label
 from shardrun.shard.run import ensure_run_document, run_document
 from shardrun.sharding import ShardSpec
@@ -74,7 +75,7 @@ class Submission:
 
 def element_memory_mib(heap_bytes: int, data_bytes: int) -> int:
     """sbatch --mem for one shard: its Java heap, the process beyond the heap (measured, admission.py)
-    and the loaded input table."""
+    and the load peak of its share of the input (admission's rule)."""
     return math.ceil((heap_bytes + native_overhead_bytes(heap_bytes) + data_bytes) / MIB)
 
 
@@ -183,18 +184,21 @@ def submit_run(config: RunConfig, options: ClusterOptions, slurm: SlurmCommands 
     if not config.jvm.xmx_is_auto:
         refuse_if(task.preflight(config.settings, config.jvm.xmx_bytes))
     task_classpath(task, config.settings, config.jvm)
-    dataset, data_bytes = measure_load(task, config.settings)
-    heap = plan_heap(config.jvm, task_heap_needs(task, config.settings, dataset, config.jvm), list(dataset.user_ids),
-                     advice=heap_advice(task, config.settings))
+    data = measure_launch_data(task, config.settings, config.jvm, options.shards, config.partition)
+    heap = plan_heap(config.jvm, data.needs, list(data.index.user_ids), advice=heap_advice(task, config.settings),
+                     checked=data.checked)
     refuse_if(task.preflight(config.settings, heap.heap))
     for line in heap.report_lines():
         out(line)
+    for line in partition_report(data.index, options.shards, config.partition):
+        out(line)
     limit_seconds = time_limit_seconds(options.time_limit) if options.time_limit else None
-    for line in time_limit_lines(task_user_seconds(task, config.settings, dataset) if limit_seconds else None,
-                                 limit_seconds, options.signal.lead_seconds):
+    # The time estimates need every user's rows: read only when --time asks for them.
+    predicted = task_user_seconds(task, config.settings, task.load(config.settings)) if limit_seconds else None
+    for line in time_limit_lines(predicted, limit_seconds, options.signal.lead_seconds):
         out(line)
     config = replace(config, jvm=heap.jvm)
-    run, existing = resolve_run_dir(config, options, dataset.fingerprint)
+    run, existing = resolve_run_dir(config, options, data.index.fingerprint)
 
     states = shard_states(run, options.shards) if existing else {}
     queue = queue_by_index(run, slurm) if existing else {}
@@ -207,7 +211,7 @@ def submit_run(config: RunConfig, options: ClusterOptions, slurm: SlurmCommands 
             if index not in complete:
                 out(f"  {describe_shard(index, states.get(index), queue.get(index))}")
 
-    mem_mib = options.mem_mib or element_memory_mib(heap.heap, data_bytes)
+    mem_mib = options.mem_mib or element_memory_mib(heap.heap, data.share_bytes)
     workdir = Path.cwd()
     log_dir = config.output.log_dir.resolve()
     jobs = [
@@ -237,7 +241,7 @@ def submit_run(config: RunConfig, options: ClusterOptions, slurm: SlurmCommands 
             out(merge_text)
         return submission
 
-    document = {**run_document(config, task, dataset, options.shards, options.pilot), "jvm": config.jvm.jvm_args()}
+    document = {**run_document(config, task, data.index, options.shards, options.pilot), "jvm": config.jvm.jvm_args()}
     durable_write("run.json", run.dir, lambda: ensure_run_document(run, document))
     # SLURM cannot open an element's --output in a missing dir: the element would fail before it starts.
     durable_write("the log dir", log_dir, lambda: log_dir.mkdir(parents=True, exist_ok=True))

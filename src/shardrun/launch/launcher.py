@@ -30,7 +30,7 @@ from shardrun.observe import progress
 from shardrun.observe.live import LiveTable
 from shardrun.storage.atomic import read_json, utc_now, write_json_atomic
 from shardrun.platforms import STOP_SIGNALS
-from shardrun.launch.admission import available_cores, check_launch, measure_load
+from shardrun.launch.admission import available_cores, check_launch, measure_launch_data
 from shardrun.config import RunConfig, resolve_threads
 from shardrun.storage.durability import durable_write
 from shardrun.errors import (
@@ -72,7 +72,8 @@ from shardrun.launch.supervisor import (
     Tick,
     overall_exit,
 )
-from shardrun.sharding import ShardSpec, users_of_shard
+from shardrun.shard.plan import assign_index
+from shardrun.sharding import ShardSpec
 from shardrun.storage.status import record_death
 from shardrun.task import load_task
 from shardrun.shard.prepare import run_label
@@ -399,28 +400,29 @@ def admit_launch(config: RunConfig, options: LaunchOptions,
     """Refuse, before any process starts, a launch that cannot fit.
 
     Returns the config with its heap resolved, each shard's number of users and the data's
-    fingerprint (an existing run given to --out must be of the same data). The data is loaded
-    once here (no JVM): it gives jvm.xmx auto its value, the per-user heap needs, the memory one
-    loaded table takes in every shard, and the users of shards still waiting for the progress view.
+    fingerprint (an existing run given to --out must be of the same data). The input is read here
+    as the shards will read it (no JVM; admission.measure_launch_data): the user index gives every
+    user, the assignment, and jvm.xmx auto its value (from the task's bound of each user's need),
+    and one shard's share is loaded to measure the memory its load takes.
     """
     task = load_task(config.task)
     if not config.jvm.xmx_is_auto:
         refuse_if(task.preflight(config.settings, config.jvm.xmx_bytes))  # cheap: before reading the data
-    dataset, data_bytes = measure_load(task, config.settings)
+    data = measure_launch_data(task, config.settings, config.jvm, options.shards, config.partition)
     at_once = min(options.shards, options.max_parallel or options.shards)
-    check = check_launch(config, task, dataset, at_once, data_bytes=data_bytes)
-    users_per_shard = [len(users_of_shard(dataset.user_ids, ShardSpec(i, options.shards))) for i in range(options.shards)]
+    check = check_launch(config, task, data, at_once)
+    assignment = assign_index(data.index, options.shards, config.partition)
+    users_per_shard = [len(users) for users in assignment]
     if options.pilot is not None:
         users_per_shard = [min(n, options.pilot) for n in users_per_shard]
-    fingerprint = dataset.fingerprint
-    del dataset  # the shards load their own copy; this one must not count against them
     refuse_if(task.preflight(config.settings, check.heap.heap))
     if not check.ok:
         raise ConfigError(f"not starting {options.shards} shards: {check.admission.message}")
     for line in check.heap.report_lines():
         out(line)
+    out(f"data per shard: {data.describe()}")
     out(f"memory: {check.admission.message}")
-    return replace(config, jvm=check.heap.jvm), users_per_shard, fingerprint
+    return replace(config, jvm=check.heap.jvm), users_per_shard, data.index.fingerprint
 
 
 def refuse_if(problems: list[str]) -> None:

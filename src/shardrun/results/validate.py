@@ -22,7 +22,7 @@ from shardrun.results.report import capped, describe_key, report_problems, show
 from shardrun.storage.paths import MergedPaths
 from shardrun.storage.atomic import read_json, utc_now, write_json_atomic
 from shardrun.states import STATUSES, UserStatus
-from shardrun.task import BOOKKEEPING_COLUMNS, Task, load_task
+from shardrun.task import BOOKKEEPING_COLUMNS, Task, load_task, read_user_index
 
 log = logging.getLogger(__name__)
 
@@ -202,7 +202,8 @@ def validate_result_set(result_dir: Path, config: RunConfig | None = None) -> li
         if config is None:
             return problems
     task = load_task(config.task)
-    expected_users = None if coverage_from_report else list(task.load(config.settings).user_ids)
+    # The user index where the task has one: the ids without loading every row.
+    expected_users = None if coverage_from_report else list(read_user_index(task, config.settings)[0].user_ids)
     frame, problems = _read_frame(paths, task)
     if frame is None:
         return problems

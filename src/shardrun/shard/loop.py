@@ -52,7 +52,7 @@ class ShardLoop:
         self,
         config: RunConfig,
         task: Task,
-        dataset: Dataset,
+        dataset: Dataset | None,  # None when the plan has no user to do
         dirs: ResolvedDirs,
         plan: ShardPlan,
         options: WorkerOptions,
@@ -106,21 +106,11 @@ class ShardLoop:
             "shard %s: %d users assigned, %d already committed, %d to do",
             self.dirs.spec, len(self.plan.assigned), len(self.plan.done), len(self.plan.todo),
         )
-        settings = self.config.settings
-        try:
-            # The task's flags first, so that the config's jvm.options win; a JVM crash writes its hs_err
-            # file into the shard dir, where the launcher and users look.
-            options = (*task_jvm_options(self.task, settings), *self.config.jvm.options,
-                       f"-XX:ErrorFile={self.dirs.shard.hs_err_pattern}")
-            jvm_info = start_jvm(replace(self.config.jvm, options=options),
-                                 task_classpath(self.task, settings, self.config.jvm))
-            provenance = task_jvm_provenance(self.task, jvm_info.classpath)
-        except Exception as exc:
-            self.status.update(state=ShardState.FAILED.value, last_error=str(exc))
-            raise
-        core_keys = self.status.snapshot().keys() | {"java_version", "exit_code"}  # never overridden by a task
-        self.status.update(state=ShardState.RUNNING.value, java_version=jvm_info.java_version,
-                           **{key: value for key, value in provenance.items() if key not in core_keys})
+        if self.plan.todo:
+            self._start_jvm()
+        else:
+            # A resume of a finished shard: the JVM (seconds, and its whole heap) would serve no user.
+            log.info("shard %s: no user to do, so no JVM is started", self.dirs.spec)
         self.stop.on_second = self._stop_now
         self.stop.on_preempt = self._arm_abandon_timer
         if self.stop.preempted:  # the warning came while the data was read or the JVM started
@@ -143,6 +133,23 @@ class ShardLoop:
             self.commits.stop_flusher()
             self.status.stop_heartbeat()
         return self._finish()
+
+    def _start_jvm(self) -> None:
+        settings = self.config.settings
+        try:
+            # The task's flags first, so that the config's jvm.options win; a JVM crash writes its hs_err
+            # file into the shard dir, where the launcher and users look.
+            options = (*task_jvm_options(self.task, settings), *self.config.jvm.options,
+                       f"-XX:ErrorFile={self.dirs.shard.hs_err_pattern}")
+            jvm_info = start_jvm(replace(self.config.jvm, options=options),
+                                 task_classpath(self.task, settings, self.config.jvm))
+            provenance = task_jvm_provenance(self.task, jvm_info.classpath)
+        except Exception as exc:
+            self.status.update(state=ShardState.FAILED.value, last_error=str(exc))
+            raise
+        core_keys = self.status.snapshot().keys() | {"java_version", "exit_code"}  # never overridden by a task
+        self.status.update(state=ShardState.RUNNING.value, java_version=jvm_info.java_version,
+                           **{key: value for key, value in provenance.items() if key not in core_keys})
 
     def _cool_down(self) -> None:
         """Pause between users (--cooldown), waking early when a stop is requested."""

@@ -1,12 +1,13 @@
-"""Which users a shard runs: its share of the sorted user list, less those already committed (pure)."""
+"""Which users a shard runs: its share of the run's assignment, less those committed (pure)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
-from shardrun.sharding import ShardSpec, users_of_shard
+from shardrun.sharding import PARTITIONS, ShardSpec, assign_users, shard_costs
 from shardrun.states import UserStatus, user_outcome
+from shardrun.task import UserIndex
 
 
 @dataclass(frozen=True)
@@ -20,14 +21,23 @@ class ShardPlan:
     retry: tuple[str, ...] = ()  # in todo although committed: failed users run again (--retry-failed)
 
 
+def assign_index(index: UserIndex, count: int, partition: str) -> list[list[str]]:
+    """Every shard's users of a run of `count` shards under `partition`, from the user index (the costs
+    of `balanced` are the index's observations per user)."""
+    return assign_users(index.user_ids, count, partition, index.costs())
+
+
 def plan_shard(
-    sorted_user_ids: Sequence[str],
+    assignment: Sequence[Sequence[str]],
     shard: ShardSpec,
     pilot: int | None,
     committed: Mapping[str, Any],
     retry_failed: bool = False,
 ) -> ShardPlan:
-    assigned = users_of_shard(sorted_user_ids, shard)
+    """`assignment`: every shard's users (assign_index), shard i's at index i."""
+    if len(assignment) != shard.count:
+        raise ValueError(f"an assignment of {len(assignment)} shards for shard {shard}")
+    assigned = list(assignment[shard.index])
     if pilot is not None:
         assigned = assigned[:pilot]
     retry = tuple(
@@ -36,3 +46,23 @@ def plan_shard(
     done = tuple(u for u in assigned if u in committed and u not in retry)
     todo = tuple(u for u in assigned if u not in done)
     return ShardPlan(shard=shard, assigned=tuple(assigned), done=done, todo=todo, retry=retry)
+
+
+def partition_report(index: UserIndex, count: int, chosen: str) -> list[str]:
+    """Each shard's predicted cost under every partition, for --dry-run (pure).
+
+    The cost is the index's observations per user (one per user when the task counts none); the lower
+    bound no assignment can beat is max(total / K, the largest user)."""
+    costs = index.costs()
+    cost_of = dict(zip(index.user_ids, costs))
+    unit = "observations" if index.observations is not None else "users"
+    bound = max(sum(costs) / count, max(costs, default=0))
+    lines = [f"predicted cost per shard ({unit}; lower bound {bound:,.0f}):"]
+    for partition in PARTITIONS:
+        per_shard = shard_costs(assign_users(index.user_ids, count, partition, costs), cost_of)
+        largest = max(per_shard, default=0)
+        ratio = f"{largest / bound:.3f}x the lower bound" if bound else "no users"
+        mark = " (this run)" if partition == chosen else ""
+        lines.append(f"  {partition}{mark}: largest {largest:,.0f}, {ratio}; shards "
+                     + ", ".join(f"{i}: {cost:,.0f}" for i, cost in enumerate(per_shard)))
+    return lines

@@ -14,16 +14,16 @@ from pathlib import Path
 
 from shardrun.config import RunConfig
 from shardrun.errors import ResumeMismatch, UsageError
-from shardrun.heap_plan import HeapPlan, plan_heap, task_heap_needs
+from shardrun.heap_plan import HeapPlan, plan_heap, run_heap_needs, task_heap_needs
 from shardrun.shard.jvm import find_java, task_classpath, task_jvm_options
-from shardrun.shard.plan import ShardPlan, plan_shard
+from shardrun.shard.plan import ShardPlan, assign_index, plan_shard
 from shardrun.sharding import ShardSpec
 from shardrun.storage import commits
 from shardrun.storage.commits import CommittedUser
 from shardrun.storage.durability import durable_write
 from shardrun.storage.identity import read_run_document, read_shard_identity, run_difference
 from shardrun.storage.paths import RunPaths, ShardPaths
-from shardrun.task import Dataset, Task, heap_advice, load_task
+from shardrun.task import Dataset, Task, UserIndex, heap_advice, load_task, load_users, read_user_index
 
 
 @dataclass(frozen=True)
@@ -139,33 +139,50 @@ class PreparedShard:
     """Everything decided before any side effect: what `--dry-run` prints and `run_shard` acts on."""
 
     task: Task
-    dataset: Dataset
+    index: UserIndex  # every user of the input: the assignment, run.json's fingerprint and user count
+    dataset: Dataset | None  # the rows of the users to do (all rows for a task without ReadsByUser); None: none to do
     dirs: ResolvedDirs
+    assignment: list[list[str]]  # every shard's users (config.partition), shard i's at index i
     plan: ShardPlan
     heap: HeapPlan  # the resolved JVM flags (jvm.xmx auto) and the users over the heap
     problems: list[str]  # the task's preflight: work that cannot run with that heap
+    committed: dict[str, CommittedUser]  # the resume scan the plan was made from
+    committed_listing: frozenset  # the result files that scan saw (commits.results_listing)
 
 
 def prepare(config: RunConfig, options: WorkerOptions) -> PreparedShard:
-    """Read the config's consequences, the data and the shard dir; write nothing.
+    """Read the config's consequences, the user index, the shard dir and this shard's rows; write nothing.
 
-    A heap given as a size is preflighted before the data is read. jvm.xmx: auto is chosen from every
-    user's predicted need (so all shards of a run choose the same heap), then preflighted the same way.
+    The order keeps a shard's memory to its own share: the user index (ids and rows per user, a cheap
+    pass) -> the assignment and the plan (the resume scan) -> the rows of the users to do only
+    (Task.load with users, for a task that reads by user). A heap given as a size is preflighted before
+    the data is read. jvm.xmx: auto is chosen from every user's predicted need (so all shards of a run
+    choose the same heap): the task's bound from the index where it has one, else a full load.
     """
     task = load_task(config.task)
     problems = [] if config.jvm.xmx_is_auto else task.preflight(config.settings, config.jvm.xmx_bytes)
     task_classpath(task, config.settings, config.jvm)  # a missing jar refuses the shard before any write
     task_jvm_options(task, config.settings)
     find_java()
-    dataset = task.load(config.settings)
-    needs = task_heap_needs(task, config.settings, dataset, config.jvm)
+    index, whole = read_user_index(task, config.settings)
+    needs, whole = run_heap_needs(task, config.settings, index, whole, config.jvm)
     dirs = resolve_dirs(config, task, options, datetime.now())
     committed = scan_committed_durably(dirs.shard) if dirs.resuming else {}
-    plan = plan_shard(dataset.user_ids, dirs.spec, options.pilot, committed, options.retry_failed)
-    heap = plan_heap(config.jvm, needs, plan.todo, advice=heap_advice(task, config.settings))
+    listing = commits.results_listing(dirs.shard) if dirs.resuming else frozenset()
+    assignment = assign_index(index, dirs.spec.count, config.partition)
+    plan = plan_shard(assignment, dirs.spec, options.pilot, committed, options.retry_failed)
+    dataset = whole if whole is not None else shard_rows(task, config, plan.todo, index)
+    checked = task_heap_needs(task, config.settings, dataset, config.jvm) if dataset is not None else {}
+    heap = plan_heap(config.jvm, needs if needs is not None else checked, plan.todo,
+                     advice=heap_advice(task, config.settings), checked=checked)
     if config.jvm.xmx_is_auto:
         problems = task.preflight(config.settings, heap.heap)
-    return PreparedShard(task, dataset, dirs, plan, heap, problems)
+    return PreparedShard(task, index, dataset, dirs, assignment, plan, heap, problems, committed, listing)
+
+
+def shard_rows(task: Task, config: RunConfig, users: tuple[str, ...], index: UserIndex) -> Dataset | None:
+    """The rows of `users` (a plan's users to do), or None when there are none: nothing to read."""
+    return load_users(task, config.settings, users, index) if users else None
 
 
 def scan_committed_durably(paths: ShardPaths) -> dict[str, CommittedUser]:

@@ -14,15 +14,17 @@ from shardrun.errors import EXIT_INTERRUPTED, EXIT_PREEMPTED, ConfigError, Resum
 from shardrun.shard.lifecycle import StopFlag
 from shardrun.shard.loop import ShardLoop
 from shardrun.shard.plan import ShardPlan, plan_shard
-from shardrun.shard.prepare import ResolvedDirs, WorkerOptions, create_run_dir, prepare, scan_committed_durably
+from shardrun.shard.prepare import (
+    PreparedShard, ResolvedDirs, WorkerOptions, create_run_dir, prepare, scan_committed_durably, shard_rows,
+)
 from shardrun.states import user_outcome
 from shardrun.storage.atomic import create_json_once, utc_now
-from shardrun.storage.commits import clean_tmp
+from shardrun.storage.commits import CommittedUser, clean_tmp, results_listing
 from shardrun.storage.identity import ensure_identity, read_run_document, run_difference
 from shardrun.storage.lock import ShardLock
 from shardrun.storage.durability import durable_write
 from shardrun.storage.paths import RunPaths
-from shardrun.task import Dataset, Task, heap_advice
+from shardrun.task import Task, UserIndex, heap_advice
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +39,7 @@ class ShardOutcome:
 def run_shard(config: RunConfig, options: WorkerOptions, stop: StopFlag | None = None) -> ShardOutcome:
     stop = stop or StopFlag()
     prepared = prepare(config, options)
-    task, dataset, dirs, heap = prepared.task, prepared.dataset, prepared.dirs, prepared.heap
+    task, index, dirs, heap = prepared.task, prepared.index, prepared.dirs, prepared.heap
     if prepared.problems:
         raise ConfigError(
             "the configured analysis cannot run as it stands:\n  - " + "\n  - ".join(prepared.problems)
@@ -57,14 +59,14 @@ def run_shard(config: RunConfig, options: WorkerOptions, stop: StopFlag | None =
     identity = {
         "shard": str(dirs.spec),
         "config_hash": config.hash,
-        "data_fingerprint": dataset.fingerprint,
+        "data_fingerprint": index.fingerprint,
         "pilot": options.pilot,
         "task": config.task,
         "users_planned": list(prepared.plan.assigned),
     }
     # Every write of the set-up goes through durable_write like the loop's own: a read-only or full
     # output dir is a StorageError naming the dir and the fix (exit 6), not an unexpected crash.
-    run_doc = {**run_document(config, task, dataset, dirs.spec.count, options.pilot), "jvm": config.jvm.jvm_args()}
+    run_doc = {**run_document(config, task, index, dirs.spec.count, options.pilot), "jvm": config.jvm.jvm_args()}
     durable_write("run.json", dirs.run.dir, lambda: ensure_run_document(dirs.run, run_doc))
     durable_write("the shard dir", dirs.shard.dir, lambda: (dirs.shard.make(), attach_shard_log(dirs.shard.log)))
     log.info("JVM heap: %s", heap.jvm_line())
@@ -76,14 +78,27 @@ def run_shard(config: RunConfig, options: WorkerOptions, stop: StopFlag | None =
         durable_write("shard.json", dirs.shard.dir,
                       lambda: ensure_identity(dirs.shard, identity, resuming=dirs.resuming))
         durable_write("the scratch dir", dirs.shard.tmp, lambda: clean_tmp(dirs.shard))
-        # Re-scan under the lock: the plan made before it may predate another process's last commit.
-        committed = scan_committed_durably(dirs.shard)
-        plan = plan_shard(dataset.user_ids, dirs.spec, options.pilot, committed, options.retry_failed)
+        committed = committed_under_lock(prepared)
+        plan = plan_shard(prepared.assignment, dirs.spec, options.pilot, committed, options.retry_failed)
+        dataset = prepared.dataset
+        loaded = set(dataset.user_ids) if dataset is not None else set()
+        if not loaded.issuperset(plan.todo):  # a result file quarantined since prepare: its user is to do again
+            dataset = shard_rows(task, config, plan.todo, index)
         previous = [user_outcome(committed[u].rows) for u in plan.done]
         exit_code = ShardLoop(config, task, dataset, dirs, plan, options, previous, stop).run()
     finally:
         lock.release()
     return ShardOutcome(exit_code=exit_code, plan=plan, dirs=dirs)
+
+
+def committed_under_lock(prepared: PreparedShard) -> dict[str, CommittedUser]:
+    """The committed users now that this process holds the lock: prepare's scan while the result files
+    are those it saw (one scan for a resume, however many users it has), else a new scan, since another
+    process may have committed between prepare and the lock."""
+    shard = prepared.dirs.shard
+    if prepared.dirs.resuming and results_listing(shard) == prepared.committed_listing:
+        return prepared.committed
+    return scan_committed_durably(shard)
 
 
 def capitalised(text: str) -> str:
@@ -108,7 +123,7 @@ def versions(task: Task) -> dict[str, str]:
     }
 
 
-def run_document(config: RunConfig, task: Task, dataset: Dataset, shard_count: int,
+def run_document(config: RunConfig, task: Task, index: UserIndex, shard_count: int,
                  pilot: int | None = None) -> dict[str, Any]:
     """run.json: what a run is (config snapshot and hash, K, --pilot, versions), written once per run dir."""
     return {
@@ -117,8 +132,9 @@ def run_document(config: RunConfig, task: Task, dataset: Dataset, shard_count: i
         "config_hash": config.hash,
         "task": config.task,
         "shards": shard_count,
-        "data_fingerprint": dataset.fingerprint,
-        "users_total": len(dataset.user_ids),
+        "data_fingerprint": index.fingerprint,
+        "users_total": len(index.user_ids),
+        "partition": config.partition,
         "pilot": pilot,
         "versions": versions(task),
         "created_at": utc_now(),

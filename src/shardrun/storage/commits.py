@@ -337,6 +337,21 @@ def stands(user_id: str, replaces: bool, earlier: Container[str]) -> bool:
     return user_id not in earlier or bool(replaces)
 
 
+def results_listing(paths: ShardPaths) -> frozenset[tuple[str, int, int]]:
+    """(name, size, mtime in ns) of every result file: what a second look compares with the first to
+    know whether a scan still holds, without reading any file again."""
+    if not paths.results.is_dir():
+        return frozenset()
+    listing = set()
+    for path in [*paths.results.glob("u-*.json"), *paths.batch_files()]:
+        try:
+            stat = path.stat()
+        except FileNotFoundError:  # moved aside between the listing and the stat
+            continue
+        listing.add((path.name, stat.st_size, stat.st_mtime_ns))
+    return frozenset(listing)
+
+
 def _quarantine(paths: ShardPaths, path: Path, why: str) -> None:
     quarantine = paths.results / "quarantine"
     quarantine.mkdir(exist_ok=True)
