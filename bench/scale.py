@@ -1,20 +1,26 @@
 """shardrun's own cost at scale, each figure a ratio against a baseline measured side by side in this run.
 
-    .venv/bin/python bench/scale.py [--sections overhead,merge,balance] [--merge-users 10000,100000]
-                                    [--merge-shards 16,64] [--overhead-users 20000]
+    .venv/bin/python bench/scale.py [--sections overhead,merge,load,balance] [--overhead-users 20000]
+        [--merge-users 10000,100000] [--merge-shards 16,64] [--load-rows 10000000]
+        [--balance-users 16,64,1000] [--balance-shards 4,8,16] [--work DIR]
 
 Sections:
 - merge: result stores of N users over K shard dirs, written by the real group committer (batches of
   500 users, as a shard of small users commits them) with the rows of a real run of config/proposal.yaml
   (its schema and values, one copy per synthetic user id). `merge_shard_results` and `validate_outputs`
-  run as processes (start-up included) and their peak RSS is read from the kernel (wait4's ru_maxrss);
+  run as processes (start-up included) and their peak RSS is read from the kernel (ru_maxrss of a small
+  helper process's children);
   the baseline is pandas reading the merged results.csv back, in this process.
 - overhead: N small users (48 hourly observations each, windows of the sample data's real series; k=1,
   5 surrogates, both feature modes) through one shard process (`run_production --shard 0/1`: start-up,
-  JVM, analysis, commits) plus its merge, against a plain in-process numpy implementation of the same
-  analysis on one core (tests/independent_estimator.py: the same permutations, the same numbers).
-- balance: per-shard cost (observations) and makespan over the lower bound, max(total / K, largest
-  user), for modulo and balanced assignment, on users of 29,000 to 61,000 observations.
+  JVM, analysis, commits) plus its merge, against the plain numpy implementation of the same analysis
+  (bench/engine.py's numpy_user: entropy, AIS with its permutation null, k selection, te_hour with its
+  null) over the same users on one core, in this process.
+- load: a shard's start (user index, plan, the rows of its users) and its peak memory at K=1 and K=8 on a
+  generated table of --load-rows rows, CSV and Parquet: bench/shard_load.py, run from here.
+- balance: makespan over the lower bound, max(total / K, largest user), for modulo and balanced
+  assignment (sharding.py), users of 29,000 to 61,000 observations drawn with a fixed seed, a user's
+  cost its observations.
 
 Figures and the commands that produced them: docs/PERFORMANCE.md ("Scale").
 """
@@ -24,36 +30,21 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
+import numpy as np
 import pandas as pd
+import yaml
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests"))
+sys.path.insert(0, str(REPO / "bench"))  # engine.py: the plain numpy implementation of the analysis
 PYTHON = sys.executable
 BATCH_USERS = 500
-
-
-def timed_process(command: list[str], cwd: Path, env: dict | None = None) -> tuple[float, int, subprocess.CompletedProcess]:
-    """Wall seconds and peak RSS (bytes) of one child process, which must succeed (or exit 5, incomplete)."""
-    started = time.perf_counter()
-    process = subprocess.Popen(command, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               env={**os.environ, **(env or {})})
-    out, err = process.communicate()
-    _, status, usage = os.wait4(process.pid, 0) if process.returncode is None else (0, 0, None)
-    seconds = time.perf_counter() - started
-    if usage is None:
-        usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    result = subprocess.CompletedProcess(command, process.returncode, out, err)
-    if process.returncode != 0:
-        raise SystemExit(f"{' '.join(command)} exited {process.returncode}:\n{out}\n{err}")
-    return seconds, usage.ru_maxrss * 1024, result
 
 
 def peak_rss_of(command: list[str], cwd: Path) -> tuple[float, int]:
@@ -143,7 +134,79 @@ def merge_section(work: Path, user_counts: list[int], shard_counts: list[int]) -
     return figures
 
 
-SECTIONS: dict[str, Callable[..., Any]] = {}
+# --- per-user overhead: small users through one shard, against numpy ---------------------------------
+
+
+def small_users(path: Path, users: int, length: int = 48) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """`users` users of `length` hourly observations, each a window of a sample user's real series."""
+    sample = pd.read_csv(REPO / "data" / "sample_users.csv", dtype={"user_id": str})
+    series = [(group["timestamp"].to_numpy(), group["value"].to_numpy()) for _, group in sample.groupby("user_id")]
+    frames, arrays = [], {}
+    for n in range(users):
+        stamps, values = series[n % len(series)]
+        start = (n // len(series) * length) % (len(values) - length)
+        user = f"w{n:06d}"
+        window = slice(start, start + length)
+        frames.append(pd.DataFrame({"user_id": user, "timestamp": stamps[window], "value": values[window]}))
+        arrays[user] = (values[window], pd.to_datetime(stamps[window]).hour.to_numpy())
+    pd.concat(frames).to_csv(path, index=False)
+    return arrays
+
+
+def overhead_section(work: Path, users: int) -> dict[str, Any]:
+    from engine import numpy_user
+
+    data = work / f"small{users}.csv"
+    arrays = small_users(data, users)
+    config = yaml.safe_load((REPO / "config" / "proposal.yaml").read_text())
+    config["data"]["path"] = str(data)
+    config["k_selection"]["k_grid"] = [1]
+    config["surrogates"] = 5
+    config["output"] = {"root": str(work / "out")}
+    config_path = work / f"small{users}.yaml"
+    config_path.write_text(yaml.safe_dump(config))
+    run_dir = work / f"small-run-{users}"
+    started = time.perf_counter()
+    subprocess.run([PYTHON, "-m", "shardrun.worker", "--config", str(config_path), "--full", "--shard", "0/1",
+                    "--out", str(run_dir)], cwd=REPO, check=True, capture_output=True)
+    shard_s = time.perf_counter() - started
+    started = time.perf_counter()
+    subprocess.run([PYTHON, "-m", "shardrun.merge", "--run", str(run_dir), "--output", str(run_dir / "merged")],
+                   cwd=REPO, check=True, capture_output=True)
+    merge_s = time.perf_counter() - started
+    started = time.perf_counter()
+    for counts, hours in arrays.values():
+        numpy_user(counts, hours, [1], 5, seed=1)
+    numpy_s = time.perf_counter() - started
+    batches = len(list((run_dir / "shard-0-of-1" / "results").glob("b-*.jsonl")))
+    figure = {"users": users, "shard_s": shard_s, "merge_s": merge_s, "numpy_s": numpy_s,
+              "shardrun_over_numpy": (shard_s + merge_s) / numpy_s, "batch_files": batches}
+    print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in figure.items()}), flush=True)
+    return figure
+
+
+# --- balance: modulo and balanced against the lower bound ---------------------------------------------
+
+
+def balance_section(users: int, shard_counts: list[int], seed: int = 20261202) -> list[dict[str, Any]]:
+    """Makespan over the lower bound for users of 29,000..61,000 observations (the production data's range),
+    with a user's cost taken as its observations (the analysis is linear in them)."""
+    from shardrun.sharding import ShardSpec, balanced_assignment, users_of_shard
+
+    rng = np.random.default_rng(seed)
+    user_ids = [f"u{n:06d}" for n in range(users)]
+    costs = rng.integers(29_000, 61_001, size=users).astype(float)
+    cost_of = dict(zip(user_ids, costs))
+    figures = []
+    for shards in shard_counts:
+        bound = max(costs.sum() / shards, costs.max())
+        modulo = max(sum(cost_of[u] for u in users_of_shard(user_ids, ShardSpec(i, shards))) for i in range(shards))
+        balanced = max(sum(cost_of[u] for u in share) for share in balanced_assignment(user_ids, list(costs), shards))
+        figure = {"users": users, "shards": shards, "modulo_over_bound": modulo / bound,
+                  "balanced_over_bound": balanced / bound}
+        print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in figure.items()}), flush=True)
+        figures.append(figure)
+    return figures
 
 
 def main() -> None:
@@ -151,15 +214,28 @@ def main() -> None:
     parser.add_argument("--sections", default="merge")
     parser.add_argument("--merge-users", default="10000,100000")
     parser.add_argument("--merge-shards", default="16,64")
+    parser.add_argument("--overhead-users", type=int, default=20000)
+    parser.add_argument("--load-rows", type=int, default=10_000_000)
+    parser.add_argument("--balance-users", default="16,64,1000")
+    parser.add_argument("--balance-shards", default="4,8,16")
     parser.add_argument("--work", type=Path, help="keep the generated stores here (default: a temporary dir)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="shardrun-scale-") as scratch:
         work = args.work or Path(scratch)
         work.mkdir(parents=True, exist_ok=True)
         sections = args.sections.split(",")
+        if "overhead" in sections:
+            overhead_section(work, args.overhead_users)
         if "merge" in sections:
             merge_section(work, [int(n) for n in args.merge_users.split(",")],
                           [int(n) for n in args.merge_shards.split(",")])
+        if "load" in sections:
+            import shard_load
+
+            shard_load.main(["--rows", str(args.load_rows), "--dir", str(work / "load"), "--shards", "1", "8"])
+        if "balance" in sections:
+            for users in args.balance_users.split(","):
+                balance_section(int(users), [int(k) for k in args.balance_shards.split(",")])
 
 
 if __name__ == "__main__":

@@ -49,8 +49,9 @@ def test_sigkilled_shard_resumes_to_the_uninterrupted_result(workspace):
     root, config = workspace["root"], workspace["config"]
     run = root / "killed"
     victim = subprocess.Popen(
+        # each user committed as it ends, and users of at least 0.3 s: users are left when one is done
         [sys.executable, "-m", "shardrun.worker", "--config", str(config), "--full", "--shard", "1/3",
-         "--out", str(run), "--heartbeat", "0.2"],
+         "--out", str(run), "--heartbeat", "0.2", "--commit-interval", "0", "--cooldown", "0.3"],
         cwd=root, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     shard_dir = run / "shard-1-of-3"
@@ -100,7 +101,9 @@ def test_sigterm_to_the_launcher_drains_and_the_run_continues(workspace):
     root, config = workspace["root"], workspace["config"]
     earlier_runs = set((root / "out").glob("config_full_*"))
     launcher = subprocess.Popen(
-        [sys.executable, "-m", "shardrun.launcher", "--config", str(config), "--shards", "2", "--grace", "60"],
+        # --cooldown: shards of several seconds, still at work when the first commit shows in status.json
+        [sys.executable, "-m", "shardrun.launcher", "--config", str(config), "--shards", "2", "--grace", "60",
+         "--cooldown", "0.5"],
         cwd=root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
     deadline = time.monotonic() + 120
@@ -132,7 +135,7 @@ def test_launch_shards_out_starts_or_continues_one_run(workspace, tmp_path):
     root, config = workspace["root"], workspace["config"]
     out = tmp_path / "run"
     command = ["--config", str(config), "--shards", "2", "--out", str(out)]
-    launcher = subprocess.Popen([sys.executable, "-m", "shardrun.launcher", *command, "--grace", "60"],
+    launcher = subprocess.Popen([sys.executable, "-m", "shardrun.launcher", *command, "--grace", "60", "--cooldown", "0.5"],
                                 cwd=root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.monotonic() + 120
     while sum(read_status(d).get("users_done", 0) for d in out.glob("shard-*")) < 1:

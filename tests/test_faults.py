@@ -416,8 +416,10 @@ def sigterm_drain(lab: Lab) -> Outcome:
     config = lab.config()
     run_dir = lab.out / "run"
     shard_dir = run_dir / "shard-0-of-1"
-    # status.json written every 50 ms (at most once a second by default), so the case sees the user in flight
-    shard = start(lab, worker_command(config, "--shard", "0/1", "--out", str(run_dir), "--heartbeat", "0.05"))
+    # status.json written every 50 ms (at most once a second by default), so the case sees the user in flight;
+    # users of about 0.1 s, so that users are left when it does (commits come in batches of 0.2 s)
+    shard = start(lab, worker_command(config, "--shard", "0/1", "--out", str(run_dir), "--heartbeat", "0.05",
+                                      "--cooldown", "0.1"))
 
     def in_flight_after_two() -> str | None:
         status = read_status(shard_dir)
