@@ -445,3 +445,14 @@ def test_hundreds_of_thousands_of_users_still_draw(tmp_path):
     summary.write_summary_png(frame, spans, path, panels=task_plots.summary_panels(frame, None))
 
     assert_valid_png(path)
+
+
+def test_spans_read_in_columns_equal_spans_read_row_by_row(tmp_path):
+    statuses = {"u01": {"status": "failed", "reason": "boom"}, "u02": {"status": "skipped", "reason": "short"},
+                "u03": {"status": "no such status"}}
+    runs = [make_run(tmp_path / f"run{seconds}", count=2, overrides=statuses, seconds=seconds)
+            for seconds in (1.5, None, -1.0)]
+    for shard_dir in [d for run in runs for d in shard_dirs_of_run(run)]:
+        columnar, by_rows = read_shard(shard_dir), read_shard(shard_dir, columnar=False)
+        assert columnar.columnar and not by_rows.columnar
+        assert commit_spans([columnar]) == commit_spans([by_rows]) != []

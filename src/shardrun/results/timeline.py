@@ -13,7 +13,7 @@ import logging
 import math
 import re
 from datetime import datetime, timezone
-from typing import Any, Iterable, Iterator, Mapping, NamedTuple, Sequence
+from typing import Any, Iterable, Mapping, NamedTuple, Sequence
 
 import numpy as np
 import pandas as pd
@@ -177,18 +177,38 @@ def timeline_bars(timeline: pd.DataFrame, max_bars_per_shard: int = MAX_BARS_PER
     return bars[columns].reset_index(drop=True)
 
 
-def rows_by_user(shard: ShardInput) -> Iterator[tuple[str, list[dict[str, Any]]]]:
-    """Each committed user with the two columns of its rows a span needs (status and seconds)."""
-    if not shard.columnar:
-        yield from shard.committed.items()
-        return
-    wanted = [c for c in ("status", "seconds") if shard.table is not None and c in shard.table.column_names]
-    grouped: dict[str, list[dict[str, Any]]] = {user_id: [] for user_id in shard.users}
-    if shard.table is not None:
-        columns = {c: shard.table.column(c).to_pylist() for c in [USER, *wanted]}
-        for n, user_id in enumerate(columns[USER]):
-            grouped[user_id].append({c: columns[c][n] for c in wanted})
-    yield from grouped.items()
+def table_spans(label: str, shard: ShardInput) -> tuple[list[UserSpan], int]:
+    """user_span for every committed user of a shard read in columns, over whole columns: a user's
+    seconds the largest finite, non-negative `seconds` of its rows, its status user_outcome's rule.
+    Returns the spans and the number of users without a readable ended_at."""
+    users = pd.Index(shard.users, dtype=object)
+    if shard.table is not None and shard.table.num_rows:
+        names = [c for c in (USER, "status", "seconds") if c in shard.table.column_names]
+        rows = shard.table.select(names).to_pandas()
+        if "seconds" not in rows:
+            rows["seconds"] = np.nan
+        if "status" not in rows:
+            rows["status"] = None
+        seconds = pd.to_numeric(rows["seconds"], errors="coerce")
+        rows["seconds"] = seconds.where(np.isfinite(seconds) & (seconds >= 0))
+        rows["failed"] = (rows["status"] == UserStatus.FAILED) | ~rows["status"].isin(STATUSES)
+        rows["skipped"] = rows["status"] == UserStatus.SKIPPED
+        per_user = rows.groupby(USER, sort=False).agg(seconds=("seconds", "max"), failed=("failed", "any"),
+                                                      skipped=("skipped", "all"))
+        per_user = per_user.reindex(users)
+    else:
+        per_user = pd.DataFrame({"seconds": np.nan, "failed": True, "skipped": False}, index=users)
+    no_rows = per_user["failed"].isna()
+    status = np.where(no_rows | per_user["failed"].fillna(True).astype(bool), UserStatus.FAILED.value,
+                      np.where(per_user["skipped"].fillna(False).astype(bool), UserStatus.SKIPPED.value,
+                               UserStatus.OK.value))
+    ended = pd.to_datetime(pd.Series([shard.ended_at.get(u) for u in shard.users], dtype=object),
+                           errors="coerce", utc=True, format="ISO8601")
+    end = (ended - pd.Timestamp(0, tz="UTC")).dt.total_seconds().to_numpy()
+    seconds = per_user["seconds"].fillna(0.0).to_numpy(dtype=float)
+    spans = [UserSpan(label, e - d, e, st) for e, d, st in zip(end.tolist(), seconds.tolist(), status.tolist())
+             if not math.isnan(e)]
+    return spans, int(np.isnan(end).sum())
 
 
 def commit_spans(shards: Sequence[ShardInput]) -> list[UserSpan]:
@@ -201,7 +221,12 @@ def commit_spans(shards: Sequence[ShardInput]) -> list[UserSpan]:
     for shard, label in zip(shards, labels):
         if label in repeated:
             label = f"{label} {shard.dir.parent.name}"
-        for user_id, rows in rows_by_user(shard):
+        if shard.columnar:
+            shard_spans, shard_untimed = table_spans(label, shard)
+            spans += shard_spans
+            untimed += shard_untimed
+            continue
+        for user_id, rows in shard.committed.items():
             span = user_span(label, shard.ended_at.get(user_id), rows)
             if span is None:
                 untimed += 1
