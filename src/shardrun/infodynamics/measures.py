@@ -25,6 +25,8 @@ taken over all surrogate values together.
 
 from __future__ import annotations
 
+import functools
+
 import re
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -149,8 +151,10 @@ def _significance(new_calculators: Sequence[Callable[[], object]], permutations:
     return tests
 
 
+@functools.cache
 def jvm_heap() -> tuple[int, str]:
-    """(the JVM's maximum heap in bytes, its -Xmx as given or an estimate)."""
+    """(the JVM's maximum heap in bytes, its -Xmx as given or an estimate). A process starts one JVM, whose
+    heap is fixed at its start: asked once (each user asks, and the answer costs a small user's analysis)."""
     from jpype import JClass
 
     max_bytes = int(JClass("java.lang.Runtime").getRuntime().maxMemory())

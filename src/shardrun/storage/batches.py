@@ -40,8 +40,13 @@ def encode_record(user_id: str, rows: Sequence[Mapping[str, Any]], ended_at: str
     record: dict[str, Any] = {"user_id": user_id, "ended_at": ended_at}
     if replaces:
         record["replaces"] = True
-    record["rows"] = json_safe(list(rows))
-    return json.dumps(record, separators=(",", ":"), allow_nan=False).encode("ascii") + b"\n"
+    record["rows"] = list(rows)
+    try:
+        text = json.dumps(record, separators=(",", ":"), allow_nan=False)
+    except ValueError:  # a NaN or an infinity somewhere: only then is every value looked at
+        record["rows"] = json_safe(record["rows"])
+        text = json.dumps(record, separators=(",", ":"), allow_nan=False)
+    return text.encode("ascii") + b"\n"
 
 
 def encode_batch(header: Mapping[str, Any], record_lines: Sequence[bytes]) -> bytes:

@@ -121,6 +121,7 @@ class GroupCommitter:
         self._on_commit = on_commit  # told the user ids of every batch that landed (status counts)
         self._lock = threading.Lock()
         self._queue: list[tuple[str, bytes]] = []
+        self._queued_ids: set[str] = set()
         self._last_batch = clock()
         self._next_number = next_batch_number(paths)
         self._failure: BaseException | None = None  # a background flush that failed, raised by the next call
@@ -134,11 +135,12 @@ class GroupCommitter:
     def add(self, user_id: str, rows: Sequence[Mapping[str, Any]], replaces: bool = False) -> None:
         with self._lock:
             self._raise_failure()
-            if not replaces and (user_id in self._committed or any(user_id == q for q, _ in self._queue)):
+            if not replaces and (user_id in self._committed or user_id in self._queued_ids):
                 raise AlreadyCommitted(f"user {user_id!r} is committed already in {self._paths.results};"
                                        " a user is committed once.")
             ended_at = datetime.now(timezone.utc).isoformat(timespec="milliseconds")
             self._queue.append((user_id, encode_record(user_id, rows, ended_at, replaces)))
+            self._queued_ids.add(user_id)
 
     def flush_if_due(self) -> Path | None:
         with self._lock:
@@ -183,6 +185,7 @@ class GroupCommitter:
         self._guard(what, self._paths.results, lambda: write_batch_file(self._paths, target, payload))
         self._committed.update(users)
         self._queue.clear()
+        self._queued_ids.clear()
         self._next_number += 1
         self._last_batch = self._clock()
         self._on_commit(users)
