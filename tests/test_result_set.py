@@ -66,10 +66,10 @@ def test_a_failure_after_results_csv_leaves_nothing_at_a_new_output(tmp_path, mo
     run = make_run(tmp_path / "run", count=1)
     out = tmp_path / "out" / "merged"
 
-    def broken(frame):
+    def broken(frame, path):
         raise RuntimeError("parquet writer down")
 
-    monkeypatch.setattr("shardrun.results.merge.frame_to_parquet_bytes", broken)
+    monkeypatch.setattr("shardrun.results.merge.write_parquet", broken)
     with pytest.raises(RuntimeError, match="parquet writer down"):
         merge_shards(shard_dirs_of_run(run), out)
 
@@ -85,8 +85,8 @@ def test_a_failure_during_an_overwrite_keeps_the_previous_complete_set(tmp_path,
     before = set_files(out)
     assert set(before) == {"results.csv", "results.parquet", "merge_report.json", "summary.png", "validation.json"}
 
-    monkeypatch.setattr("shardrun.results.merge.frame_to_parquet_bytes",
-                        lambda frame: (_ for _ in ()).throw(RuntimeError("parquet writer down")))
+    monkeypatch.setattr("shardrun.results.merge.write_parquet",
+                        lambda frame, path: (_ for _ in ()).throw(RuntimeError("parquet writer down")))
     with pytest.raises(RuntimeError):
         merge_shards(shard_dirs_of_run(run), out, overwrite=True)
 

@@ -9,15 +9,15 @@ another; "n/a" next to numbers) is a problem the merge reports (typed_frame); it
 (JSON text for what is not a string), so the Parquet writer never meets a mixed-type column. Arrays and
 objects are written as JSON text too.
 
-Pure: rows in, a pandas frame or bytes out; writing the bytes is merge.py's job.
+Rows in, a pandas frame out; and the frame into a file (merge.py says where: its staging dir).
 """
 
 from __future__ import annotations
 
 import csv
-import io
 import json
 import math
+from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
@@ -126,13 +126,12 @@ def _typed_column_by_kind(values: np.ndarray, kind: str) -> pd.Series | None:
     return pd.Series(np.where(missing, math.nan, values).astype("float64"))
 
 
-def frame_to_csv_bytes(frame: pd.DataFrame) -> bytes:
+def write_csv(frame: pd.DataFrame, path: Path) -> None:
     # Every text field quoted: an id with a bare carriage return, a comma or a NUL then reads back as
-    # itself; missing values are empty fields.
-    return frame.to_csv(index=False, quoting=csv.QUOTE_NONNUMERIC, lineterminator="\n").encode("utf-8")
+    # itself; missing values are empty fields. Written to the file in chunks: the text of a result set
+    # of millions of rows is never one string in memory.
+    frame.to_csv(path, index=False, quoting=csv.QUOTE_NONNUMERIC, lineterminator="\n", encoding="utf-8")
 
 
-def frame_to_parquet_bytes(frame: pd.DataFrame) -> bytes:
-    buffer = io.BytesIO()
-    frame.to_parquet(buffer, index=False, engine="pyarrow")
-    return buffer.getvalue()
+def write_parquet(frame: pd.DataFrame, path: Path) -> None:
+    frame.to_parquet(path, index=False, engine="pyarrow")

@@ -44,7 +44,7 @@ from shardrun.results.combine import (
     find_users_short_of_rows,
     sorted_rows,
 )
-from shardrun.results.frame import frame_to_csv_bytes, frame_to_parquet_bytes, output_columns, typed_frame
+from shardrun.results.frame import output_columns, typed_frame, write_csv, write_parquet
 from shardrun.results.read import (
     ShardInput,
     read_provenance,
@@ -55,7 +55,7 @@ from shardrun.results.report import MergeReport, mismatch_message
 from shardrun.results.summary import run_title, task_panels, write_summary_png
 from shardrun.results.timeline import UserSpan, commit_spans
 from shardrun.storage.paths import MergedPaths
-from shardrun.storage.atomic import fsync_tree, replace_dir, write_bytes_atomic, write_json_atomic
+from shardrun.storage.atomic import fsync_tree, replace_dir, write_json_atomic
 from shardrun.task import Task
 
 log = logging.getLogger(__name__)
@@ -256,8 +256,9 @@ def write_result_set(output_dir: Path, frame: pd.DataFrame, report: MergeReport,
         raise cannot_write(output_dir, exc) from None
     try:
         new = MergedPaths(staging)
-        write_bytes_atomic(new.csv, frame_to_csv_bytes(frame))
-        write_bytes_atomic(new.parquet, frame_to_parquet_bytes(frame))
+        # straight into the staging dir, which nobody reads before fsync_tree and the swap below
+        write_csv(frame, new.csv)
+        write_parquet(frame, new.parquet)
         if draw is not None:
             draw(new.summary_png)
         write_json_atomic(new.report, report.to_json())
