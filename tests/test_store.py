@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 
 import pytest
@@ -210,3 +211,11 @@ def test_lock_refuses_a_second_live_process_and_frees_on_death(shard):
     assert shard.lock.exists()
     with ShardLock(shard):
         assert json.loads(shard.lock.read_text())["pid"] == os.getpid()
+
+
+def test_no_background_flusher_when_every_user_is_committed_as_it_ends(shard):
+    committer = GroupCommitter(shard, {}, interval_seconds=0)
+    committer.start_flusher()
+    committer.add("a", [{"user_id": "a"}])
+    assert committer.flush_if_due() == shard.batch(1)
+    assert not any(thread.name == "group-commit" for thread in threading.enumerate())

@@ -9,7 +9,7 @@ import pytest
 
 from shardrun.config import parse_config
 from shardrun.section import Section
-from shardrun.results.merge import merge_shards
+from shardrun.results.merge import merge_result_set, merge_shards
 from shardrun.results.read import shard_dirs_of_run
 from shardrun.storage.paths import MergedPaths
 from shardrun.sharding import ShardSpec
@@ -228,3 +228,14 @@ def test_write_validation_records_the_verdict(merged):
     write_validation(out, [])
     written = json.loads(MergedPaths(out).validation.read_text())
     assert written["valid"] is True and written["problems"] == [] and written["checked_at"]
+
+
+def test_the_merges_own_frame_validates_as_the_files_do(tmp_path):
+    run = make_run(tmp_path / "run", count=2, skip_users=["u03"])
+    merged = merge_result_set(shard_dirs_of_run(run), tmp_path / "merged")
+    from_disk = validate_result_set(tmp_path / "merged")
+    assert from_disk and validate_result_set(tmp_path / "merged", frame=merged.frame) == from_disk
+    whole = make_run(tmp_path / "whole", count=2)
+    merged = merge_result_set(shard_dirs_of_run(whole), tmp_path / "whole-merged")
+    assert validate_result_set(tmp_path / "whole-merged", frame=merged.frame) == [] == validate_result_set(
+        tmp_path / "whole-merged")

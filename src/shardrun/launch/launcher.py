@@ -451,7 +451,7 @@ def plan_launch(config: RunConfig, options: LaunchOptions,
 
 
 def launch(config: RunConfig, options: LaunchOptions, out: Callable[[str], None] = print) -> LaunchResult:
-    from shardrun.results.merge import merge_shards
+    from shardrun.results.merge import merge_result_set
     from shardrun.results.validate import validate_result_set, write_validation
 
     config, options, users_per_shard, fingerprint = plan_launch(config, options, out)
@@ -475,8 +475,9 @@ def launch(config: RunConfig, options: LaunchOptions, out: Callable[[str], None]
         return result
     if options.merge:
         merged = run.merged
-        report = merge_shards(run.shard_dirs(), merged, overwrite=True)  # the launcher owns RUN/merged
-        problems = validate_result_set(merged)
+        merged_set = merge_result_set(run.shard_dirs(), merged, overwrite=True)  # the launcher owns RUN/merged
+        report = merged_set.report
+        problems = validate_result_set(merged, frame=merged_set.frame)  # the frame just written, not read back
         write_validation(merged, problems)
         result.merged_dir = merged
         out(f"merged {report.rows} rows for {report.users} users into {merged}/results.csv (and .parquet)")

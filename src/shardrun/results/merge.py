@@ -77,6 +77,18 @@ def _distinct_dirs(shard_dirs: Sequence[Path]) -> list[Path]:
 
 def merge_shards(shard_dirs: Sequence[Path], output_dir: Path, force: bool = False,
                  overwrite: bool = False, columnar: bool = True) -> MergeReport:
+    """merge_result_set's report (the command's answer)."""
+    return merge_result_set(shard_dirs, output_dir, force, overwrite, columnar).report
+
+
+@dataclass(frozen=True)
+class MergedSet:
+    report: MergeReport
+    frame: pd.DataFrame  # the result set as written, for a validation in the same process
+
+
+def merge_result_set(shard_dirs: Sequence[Path], output_dir: Path, force: bool = False,
+                     overwrite: bool = False, columnar: bool = True) -> MergedSet:
     """Merge shard dirs (of one run or of several) into results.csv, results.parquet, summary.png and
     merge_report.json in `output_dir`, all at once.
 
@@ -138,7 +150,7 @@ def merge_shards(shard_dirs: Sequence[Path], output_dir: Path, force: bool = Fal
         log.info("%s", report.summary())
     else:
         log.warning("%s", report.summary())
-    return report
+    return MergedSet(report, frame)
 
 
 # --- combining: in columns where the shards allow it, else row by row --------------------------

@@ -180,8 +180,10 @@ def _settings_from_report(report: Mapping[str, Any]) -> tuple[RunConfig | None, 
         return None, [f"the config snapshot in {entry.get('run_dir')}/run.json cannot be parsed ({exc}); pass --config"]
 
 
-def validate_result_set(result_dir: Path, config: RunConfig | None = None) -> list[str]:
-    """Problems of the result set in `result_dir` (empty = valid).
+def validate_result_set(result_dir: Path, config: RunConfig | None = None,
+                        frame: pd.DataFrame | None = None) -> list[str]:
+    """Problems of the result set in `result_dir` (empty = valid). `frame`: the result set the merge
+    in this process has just written there (merge.MergedSet), checked instead of reading it back.
 
     With `config`, coverage is checked against the users of the config's input (a pilot run then
     reports the users it did not run); without, against what merge_report.json recorded.
@@ -204,9 +206,10 @@ def validate_result_set(result_dir: Path, config: RunConfig | None = None) -> li
     task = load_task(config.task)
     # The user index where the task has one: the ids without loading every row.
     expected_users = None if coverage_from_report else list(read_user_index(task, config.settings)[0].user_ids)
-    frame, problems = _read_frame(paths, task)
     if frame is None:
-        return problems
+        frame, problems = _read_frame(paths, task)
+        if frame is None:
+            return problems
     problems = check_frame(frame, task, config.settings, expected_users, config_hash=config.hash)
     if report is not None:
         problems += check_report(report, coverage=coverage_from_report)

@@ -104,8 +104,8 @@ class GroupCommitter:
     resume computes them again. `flush` writes the queue now (the drain, the end of the shard).
 
     A background flusher (start_flusher) writes a queue left waiting behind a long user. The lock is
-    taken only by this object; `try_flush` never waits for it (a signal handler on the thread that
-    holds it must not deadlock).
+    taken only by this object; `try_flush` waits for it at most as long as it is told (a signal handler
+    on the thread that holds it must not deadlock).
     """
 
     def __init__(self, paths: ShardPaths, header: Mapping[str, Any], committed: Iterable[str] = (),
@@ -145,9 +145,7 @@ class GroupCommitter:
     def flush_if_due(self) -> Path | None:
         with self._lock:
             self._raise_failure()
-            if self._queue and self._clock() - self._last_batch >= self._interval:
-                return self._write_queue()
-            return None
+            return self._write_queue() if self._due() else None
 
     def flush(self) -> Path | None:
         with self._lock:
@@ -171,6 +169,9 @@ class GroupCommitter:
         finally:
             self._lock.release()
 
+    def _due(self) -> bool:
+        return bool(self._queue) and self._clock() - self._last_batch >= self._interval
+
     def _raise_failure(self) -> None:
         if self._failure is not None:
             raise self._failure
@@ -192,13 +193,16 @@ class GroupCommitter:
         return target
 
     def start_flusher(self) -> None:
+        if self._interval <= 0:
+            return  # every user is committed as it ends (flush_if_due): nothing is ever left waiting
+
         def flush_in_background() -> None:
             while not self._stop.wait(self._interval):
                 with self._lock:
                     if self._failure is not None:
                         return
                     try:
-                        if self._queue and self._clock() - self._last_batch >= self._interval:
+                        if self._due():
                             self._write_queue()
                     except BaseException as exc:  # raised in the shard loop at its next commit
                         self._failure = exc
