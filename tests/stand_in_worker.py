@@ -11,6 +11,11 @@ STAND_IN_KILL_AT_BATCH_FSYNC=N
     SIGKILL this process when the fsync of its N-th batch file is about to happen, after the batch's
     bytes were written to its temporary file: stands in for a crash between a group commit's write and
     its fsync (a kill from outside cannot aim at it).
+STAND_IN_SLOW_EXIT=S
+    at the process's exit (an atexit hook): put back the default action of every stop signal whose handler
+    is not "ignore", as Python's finalization does (_PySignal_Fini), print "exiting", then sleep S seconds:
+    stands in for the rest of a shard process's exit (the JVM's shutdown, the interpreter's teardown), the
+    window in which a stop signal can still arrive.
 STAND_IN_KILL_AFTER_LEASE_ASIDE=1
     SIGKILL this process right after it renamed a stale lease aside, before it creates its own: stands
     in for a crash in the middle of a takeover.
@@ -26,6 +31,22 @@ from pathlib import Path
 
 
 def install_stand_ins() -> None:
+    slow_exit = float(os.environ.get("STAND_IN_SLOW_EXIT") or 0)
+    if slow_exit:
+        import atexit
+        import time
+
+        from shardrun.platforms import STOP_SIGNALS
+
+        def slow_shutdown() -> None:
+            for sig in STOP_SIGNALS:
+                if signal.getsignal(sig) is not signal.SIG_IGN:
+                    signal.signal(sig, signal.SIG_DFL)
+            print("exiting", flush=True)
+            time.sleep(slow_exit)
+
+        atexit.register(slow_shutdown)
+
     no_flock = os.environ.get("STAND_IN_NO_FLOCK")
     if no_flock:
         import shardrun.platforms

@@ -655,6 +655,25 @@ def read_only_mid_run(lab: Lab) -> Outcome:
 # --- 6. two processes on one shard ----------------------------------------------------------------
 
 
+def sigterm_during_exit(lab: Lab) -> Outcome:
+    """SIGTERM to a shard whose users are all committed, while its process exits (the stand-in holds the
+    exit open with the default signal actions back, as at the end of Python's finalization)."""
+    config = lab.config()
+    run_dir = lab.out / "run"
+    shard = start(lab, stand_in_worker("--config", str(config), "--full", "--shard", "0/1", "--out", str(run_dir)),
+                  env={**os.environ, "STAND_IN_SLOW_EXIT": "3"})
+    wait_for(lambda: "exiting" in (shard.stdout.readline() or ""), process=shard)
+    shard.send_signal(signal.SIGTERM)
+    return Outcome(shard.returncode if shard.wait(timeout=60) is not None else None, output_of(shard),
+                   facts={"run": run_dir, "shard_dir": run_dir / "shard-0-of-1"})
+
+
+def completed_not_killed(lab: Lab, outcome: Outcome) -> None:
+    status = read_status(outcome.facts["shard_dir"])
+    assert status["state"] == "completed" and status["users_done"] == 10
+    assert lab.observe(outcome.facts["shard_dir"]) == 10
+
+
 def second_process(lab: Lab) -> Outcome:
     config = lab.config()
     run_dir = lab.out / "run"
@@ -1291,6 +1310,9 @@ FAULTS = [
           read_only_root_launcher, 6, ("error: cannot write", "{out}", "{words}"), (output_root_empty,)),
     Fault("read-only-shard-dir-mid-run", "shard dir turned read-only (bind mount) after three commits",
           read_only_mid_run, 6, ("error: cannot write", "{shard_dir}", "{words}"), (commits_intact,), resume_run),
+    Fault("sigterm-during-the-exit-of-a-completed-shard", "SIGTERM while a shard whose users are all committed"
+          " exits (the stand-in holds the exit open with the default signal actions back)", sigterm_during_exit, 0, (),
+          (completed_not_killed,), merge_run),
     Fault("second-process-on-a-shard", "run_production --resume on a shard dir whose first process is running",
           second_process, 4, ("error: shard dir", "in use by another process", '"pid": {holder_pid}'),
           (first_process_unharmed,), merge_run),

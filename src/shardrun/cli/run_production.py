@@ -119,7 +119,10 @@ def _run_production(args: argparse.Namespace) -> int:
         if not prepared.problems:
             print("preflight: the task found nothing that cannot run with this heap")
         return EXIT_USAGE if prepared.problems else EXIT_OK
-    outcome = run_shard(config, options, stop)
+    try:
+        outcome = run_shard(config, options, stop)
+    finally:
+        stop.ignore_from_now()
     print(f"shard {outcome.plan.shard} done (exit {outcome.exit_code}): {outcome.dirs.shard.dir}")
     return outcome.exit_code
 

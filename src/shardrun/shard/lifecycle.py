@@ -91,6 +91,14 @@ class StopFlag:
         if self.preemption is not None:
             self._watch_wakeup_fd()
 
+    def ignore_from_now(self) -> None:
+        """The shard's end is recorded (status.json, exit code chosen): a stop signal has nothing left to
+        stop, and during the process's exit (the JVM's shutdown, after Python has put the default
+        handlers back) it would kill a shard that finished, which its launcher then reports as killed.
+        Ignored signals stay ignored through Python's finalization."""
+        for sig in {*STOP_SIGNALS, *([self.preemption.signal] if self.preemption else [])}:
+            signal.signal(sig, signal.SIG_IGN)
+
     def _note_preemption(self) -> None:
         """Record the preemption signal once, from the watcher thread or the handler, whichever is first."""
         with self._preempt_lock:
