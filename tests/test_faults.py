@@ -239,6 +239,9 @@ def universal_checks(lab: Lab, before: dict) -> None:
 
 # Group commit as users meet it, on the small workload's short users: a batch file of one to a few users.
 COMMIT_INTERVAL = "0.2"
+# Users of about 0.1 s (a cooldown between them): a case that acts "after N commits" on a running shard
+# finds users left to do when the commits (in batches) show, whatever the machine's speed.
+SLOWED = ("--cooldown", "0.1")
 
 
 def worker_command(config: Path, *args: str) -> list[str]:
@@ -417,9 +420,9 @@ def sigterm_drain(lab: Lab) -> Outcome:
     run_dir = lab.out / "run"
     shard_dir = run_dir / "shard-0-of-1"
     # status.json written every 50 ms (at most once a second by default), so the case sees the user in flight;
-    # users of about 0.1 s, so that users are left when it does (commits come in batches of 0.2 s)
+    # slowed, so that users are left when it does
     shard = start(lab, worker_command(config, "--shard", "0/1", "--out", str(run_dir), "--heartbeat", "0.05",
-                                      "--cooldown", "0.1"))
+                                      *SLOWED))
 
     def in_flight_after_two() -> str | None:
         status = read_status(shard_dir)
@@ -511,7 +514,7 @@ def file_size_limit(lab: Lab) -> Outcome:
     shard_dir = run_dir / "shard-0-of-1"
     # one user per batch, so that every batch to come is as large as those already written
     shard = start(lab, worker_command(config, "--shard", "0/1", "--out", str(run_dir), "--heartbeat", "0.05",
-                                      "--commit-interval", "0"))
+                                      "--commit-interval", "0", *SLOWED))
     wait_for_commits(shard, shard_dir, 3)
     smallest_result = min(p.stat().st_size for p in batch_files(shard_dir))
     limit = smallest_result - 64
@@ -549,7 +552,8 @@ def disk_full(lab: Lab) -> Outcome:
     config = lab.config()
     run_dir = disk / "run"
     shard_dir = run_dir / "shard-0-of-1"
-    shard = start(lab, worker_command(config, "--shard", "0/1", "--out", str(run_dir), "--heartbeat", "0.05"))
+    shard = start(lab, worker_command(config, "--shard", "0/1", "--out", str(run_dir), "--heartbeat", "0.05",
+                                      *SLOWED))
     wait_for_commits(shard, shard_dir, 3)
     filler = disk / "filler"
     fd = os.open(filler, os.O_WRONLY | os.O_CREAT)
@@ -705,7 +709,7 @@ def stale_lock(lab: Lab) -> Outcome:
     config = lab.config()
     run_dir = lab.out / "run"
     shard_dir = run_dir / "shard-0-of-1"
-    holder = start(lab, worker_command(config, "--shard", "0/1", "--out", str(run_dir)))
+    holder = start(lab, worker_command(config, "--shard", "0/1", "--out", str(run_dir), *SLOWED))
     wait_for_commits(holder, shard_dir, 2)
     holder.send_signal(signal.SIGKILL)
     output_of(holder)
@@ -1071,7 +1075,8 @@ def kill_holder_after_two(lab: Lab, env: dict) -> dict:
     config = lab.config()
     run_dir = lab.out / "run"
     shard_dir = run_dir / "shard-0-of-1"
-    holder = start(lab, worker_command(config, "--shard", "0/1", "--out", str(run_dir)), env={**os.environ, **env})
+    holder = start(lab, worker_command(config, "--shard", "0/1", "--out", str(run_dir), *SLOWED),
+                   env={**os.environ, **env})
     wait_for_commits(holder, shard_dir, 2)
     holder.send_signal(signal.SIGKILL)
     output_of(holder)
