@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -288,12 +287,12 @@ def test_user_heap_needs_equal_the_heap_model_on_sample_users():
     assert auto_heap_bytes(max(needs.values())) == 128 * MIB  # the figure config/proposal.yaml quotes
 
 
-def test_a_million_users_take_well_under_a_second_or_two():
+def test_the_needs_of_a_million_users_in_one_call():
+    # one vectorised call over every user (about 0.5 s for 10^6, bench figures aside: no timing here)
     settings = settings_for("x.csv")
     n_obs = np.random.default_rng(2).integers(0, 5000, 1_000_000)
-    started = time.perf_counter()
     needs = heap.heap_needs(settings, n_obs)
-    assert time.perf_counter() - started < 5  # about 0.5 s measured
+    assert needs.shape == n_obs.shape
     assert needs.min() == heap.baseline_heap()
     assert (np.diff(needs[np.argsort(n_obs, kind="stable")]) >= 0).all()  # more observations never need less
 

@@ -15,7 +15,8 @@ The input a shard loads, the rule: each shard is counted with the load peak of O
 measured. `measure_launch_data` reads the user index, assigns the users as the run will (the
 config's partition), loads the share with the most observations (the input rows of its users) and
 measures the peak memory that load took (platforms.PeakMemory): about the whole table's load peak / K
-for a task that reads by user (ReadsByUser), and never less than the largest share's. A shard that
+for a task that reads by user (ReadsByUser), and never less than the largest share's, nor than its rows
+at the rate measured for a shard (LOAD_PEAK_BYTES_PER_ROW). A shard that
 loads the whole table is counted with the whole table's measured peak: a task without ReadsByUser,
 or jvm.xmx auto where the task cannot bound the heap from the index (heap_plan.run_heap_needs).
 
@@ -339,20 +340,30 @@ class LaunchData:
         return f"{format_bytes(self.share_bytes)} to load {what}, measured"
 
 
+# A shard's load peak per input row (the text of the timestamps, their parsed instants and local times, the
+# values, the sort), measured with bench/shard_load.py (docs/PERFORMANCE.md: about 250 bytes). The
+# launcher's own measurement can come out low: its process may reuse memory the user index pass freed,
+# which a fresh shard process does not have; so a share is never counted below its rows at this rate.
+LOAD_PEAK_BYTES_PER_ROW = 250
+
+
 def measure_launch_data(task: Any, settings: Any, jvm: JvmConfig, shards: int, partition: str) -> LaunchData:
     """Read the input as a run of `shards` shards will and measure one shard's load (no JVM)."""
     whole_load = PeakMemory().start()
     index, whole = read_user_index(task, settings)
     needs, whole = run_heap_needs(task, settings, index, whole, jvm)
+    rows_of = dict(zip(index.user_ids, index.costs()))
     if whole is not None:
         dataset, peak, users = whole, whole_load.grown(), len(index.user_ids)
+        rows = sum(rows_of.values())
     else:
         assignment = assign_index(index, shards, partition)
-        cost_of = dict(zip(index.user_ids, index.costs()))
-        largest = max(assignment, key=lambda users: sum(cost_of[u] for u in users))
+        largest = max(assignment, key=lambda users: sum(rows_of[u] for u in users))
         share_load = PeakMemory().start()
         dataset = load_users(task, settings, tuple(largest), index) if largest else None
         peak, users = share_load.grown(), len(largest)
+        rows = sum(rows_of[u] for u in largest)
+    peak = max(peak, int(rows * LOAD_PEAK_BYTES_PER_ROW))
     checked = task_heap_needs(task, settings, dataset, jvm) if dataset is not None else None
     return LaunchData(index, needs if needs is not None else checked, checked, peak, users, whole is not None)
 
