@@ -678,21 +678,27 @@ def completed_not_killed(lab: Lab, outcome: Outcome) -> None:
     assert lab.observe(outcome.facts["shard_dir"]) == 10
 
 
-def second_process(lab: Lab) -> Outcome:
+def second_process_while_the_first_runs(lab: Lab, command: Callable[..., list[str]], env: dict | None = None) -> Outcome:
+    """`command(config, *args)` starts a shard, then the same command resumes its dir while it still runs."""
     config = lab.config()
     run_dir = lab.out / "run"
     shard_dir = run_dir / "shard-0-of-1"
-    # --cooldown keeps the holder busy long enough for the second process to reach the lock
-    first = start(lab, worker_command(config, "--shard", "0/1", "--out", str(run_dir), "--cooldown", "0.3"))
+    # --cooldown keeps the holder busy long enough for the second process to reach the lock (or lease)
+    first = start(lab, command(config, "--shard", "0/1", "--out", str(run_dir), "--cooldown", "0.3"),
+                  env={**os.environ, **(env or {})})
     wait_for_commits(first, shard_dir, 1)
     committed_before = committed_count(shard_dir)
-    second = run(lab, worker_command(config, "--resume", str(shard_dir)))
+    second = run(lab, command(config, "--resume", str(shard_dir)), env=env)
     holder_alive = first.poll() is None
     first_output = output_of(first)
     return Outcome(second.returncode, second.stdout + second.stderr,
                    facts={"run": run_dir, "shard_dir": shard_dir, "holder_pid": first.pid, "holder_alive": holder_alive,
                           "committed_before": committed_before, "first_exit": first.returncode,
                           "first_output": first_output})
+
+
+def second_process(lab: Lab) -> Outcome:
+    return second_process_while_the_first_runs(lab, worker_command)
 
 
 def first_process_unharmed(lab: Lab, outcome: Outcome) -> None:
@@ -1121,20 +1127,8 @@ def lease_moved_aside(lab: Lab, outcome: Outcome) -> None:
 def no_flock_second_process(lab: Lab) -> Outcome:
     """Both processes on a filesystem without locks (the stand-in): the first takes the lease, the second
     must be refused by it."""
-    config = lab.config()
-    run_dir = lab.out / "run"
-    shard_dir = run_dir / "shard-0-of-1"
-    first = start(lab, stand_in_worker("--config", str(config), "--full", "--shard", "0/1", "--out", str(run_dir),
-                                       "--cooldown", "0.3"), env={**os.environ, **NO_FLOCK})
-    wait_for_commits(first, shard_dir, 1)
-    committed_before = committed_count(shard_dir)
-    second = run(lab, stand_in_worker("--config", str(config), "--full", "--resume", str(shard_dir)), env=NO_FLOCK)
-    holder_alive = first.poll() is None
-    first_output = output_of(first)
-    return Outcome(second.returncode, second.stdout + second.stderr,
-                   facts={"run": run_dir, "shard_dir": shard_dir, "holder_pid": first.pid, "holder_alive": holder_alive,
-                          "committed_before": committed_before, "first_exit": first.returncode,
-                          "first_output": first_output})
+    return second_process_while_the_first_runs(
+        lab, lambda config, *args: stand_in_worker("--config", str(config), "--full", *args), env=NO_FLOCK)
 
 
 def holder_warned_and_completed(lab: Lab, outcome: Outcome) -> None:
