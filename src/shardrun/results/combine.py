@@ -12,7 +12,7 @@ the ShardInputs that read.py built.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -115,6 +115,16 @@ def typed_key(row: Mapping[str, Any], key_columns: Sequence[str]) -> tuple:
                  for v in values)
 
 
+def conflict(key_columns: Sequence[str], key: Sequence[Any], dirs: tuple[Path, Path],
+             rows: tuple[Mapping[str, Any], Mapping[str, Any]], differences: Sequence[str]) -> dict[str, Any]:
+    """A conflict as merge_report.json lists it: the key, the two dirs, each differing column's two values."""
+    return {
+        "key": dict(zip(key_columns, key)),
+        "dirs": [str(dirs[0]), str(dirs[1])],
+        "differences": [{"column": c, "values": [rows[0].get(c), rows[1].get(c)]} for c in differences],
+    }
+
+
 def combine_rows(shards: Sequence[ShardInput], key_columns: Sequence[str]) -> Combined:
     """One row per key. The first row (shards in the given order) is kept; later ones with the same
     key are counted as identical duplicates, or listed as conflicts when any value differs."""
@@ -129,20 +139,12 @@ def combine_rows(shards: Sequence[ShardInput], key_columns: Sequence[str]) -> Co
                 if first is None:
                     kept[typed] = KeptRow(row=row, user_id=user_id, source=shard.dir)
                     continue
-                key = row_key(row, key_columns)
                 differences = differing_columns(first.row, row)
                 if not differences:
                     identical += 1
                     continue
-                conflicts.append(
-                    {
-                        "key": dict(zip(key_columns, key)),
-                        "dirs": [str(first.source), str(shard.dir)],
-                        "differences": [
-                            {"column": c, "values": [first.row.get(c), row.get(c)]} for c in differences
-                        ],
-                    }
-                )
+                conflicts.append(conflict(key_columns, row_key(row, key_columns), (first.source, shard.dir),
+                                          (first.row, row), differences))
     return Combined(rows=list(kept.values()), identical_duplicates=identical, conflicts=conflicts)
 
 
@@ -151,10 +153,14 @@ def combine_rows(shards: Sequence[ShardInput], key_columns: Sequence[str]) -> Co
 
 @dataclass(frozen=True)
 class CombinedFrame:
-    frame: pd.DataFrame  # one row per key, sorted by key, in the given columns
+    """The merge's result set, however it was combined (combine_tables, or combine_rows and frame.typed_frame)."""
+
+    frame: pd.DataFrame  # one row per key, sorted by key, typed, in the output columns
     users: list[str]  # the committed user of each row of `frame`
     identical_duplicates: int
     conflicts: list[dict[str, Any]]
+    mixed: list[dict[str, Any]] = field(default_factory=list)  # columns of more than one JSON type (as text)
+    dropped: list[str] = field(default_factory=list)  # columns the rows carry that the schema does not have
 
 
 def combine_tables(tables: Sequence[pa.Table | None], dirs: Sequence[Path], key_columns: Sequence[str],
@@ -183,8 +189,9 @@ def combine_tables(tables: Sequence[pa.Table | None], dirs: Sequence[Path], key_
     if later.any():
         identical, conflicts = _compare_duplicates(frame, later, key_columns, columns, dirs)
     kept = frame[~later].sort_values(list(key_columns), kind="stable")
+    dropped = sorted(set(table.column_names) - set(columns) - {USER, SOURCE})
     return CombinedFrame(frame=kept[list(columns)].reset_index(drop=True), users=kept[USER].tolist(),
-                         identical_duplicates=identical, conflicts=conflicts)
+                         identical_duplicates=identical, conflicts=conflicts, dropped=dropped)
 
 
 def _compare_duplicates(frame: pd.DataFrame, later: np.ndarray, key_columns: Sequence[str], columns: Sequence[str],
@@ -200,20 +207,12 @@ def _compare_duplicates(frame: pd.DataFrame, later: np.ndarray, key_columns: Seq
         first = first_of.setdefault(key, row)
         if first is row:
             continue
-        differences = differing_columns(_values(first), _values(row))
+        differences = [c for c in differing_columns(first, row) if c != SOURCE]
         if not differences:
             identical += 1
             continue
-        conflicts.append({
-            "key": dict(zip(keys, key)),
-            "dirs": [str(dirs[first[SOURCE]]), str(dirs[row[SOURCE]])],
-            "differences": [{"column": c, "values": [first.get(c), row.get(c)]} for c in differences],
-        })
+        conflicts.append(conflict(keys, key, (dirs[first[SOURCE]], dirs[row[SOURCE]]), (first, row), differences))
     return identical, conflicts
-
-
-def _values(row: Mapping[str, Any]) -> dict[str, Any]:
-    return {column: value for column, value in row.items() if column != SOURCE}
 
 
 def _sortable(value: Any) -> tuple:

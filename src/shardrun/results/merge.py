@@ -33,8 +33,8 @@ import pandas as pd
 import psutil
 
 from shardrun.errors import MergeError, StorageError
-from shardrun.results.columnar import USER
 from shardrun.results.combine import (
+    CombinedFrame,
     combine_rows,
     combine_tables,
     find_mismatch,
@@ -114,7 +114,7 @@ def merge_result_set(shard_dirs: Sequence[Path], output_dir: Path, force: bool =
 
     provenance = read_provenance(dirs)
     task, settings = resolve_task(provenance, shards)
-    combined = combine_columnar(shards, dirs, task, settings)
+    combined = combine_columnar(shards, task, settings)
     if combined is None:
         shards = [shard if not shard.columnar else read_shard(shard.dir, columnar=False) for shard in shards]
         combined = combine_row_by_row(shards, task, settings)
@@ -156,42 +156,26 @@ def merge_result_set(shard_dirs: Sequence[Path], output_dir: Path, force: bool =
 # --- combining: in columns where the shards allow it, else row by row --------------------------
 
 
-@dataclass(frozen=True)
-class MergedRows:
-    frame: pd.DataFrame  # the result set: one row per key, sorted, typed, in the output columns
-    users: list[str]  # the committed user of each row
-    identical_duplicates: int
-    conflicts: list[dict[str, Any]]
-    mixed: list[dict[str, Any]]  # columns of more than one JSON type (written as text)
-    dropped: list[str]  # columns the rows carry that the schema does not have
-
-
-def combine_columnar(shards: Sequence[ShardInput], dirs: Sequence[Path], task: Task,
-                     settings: Any | None) -> MergedRows | None:
+def combine_columnar(shards: Sequence[ShardInput], task: Task, settings: Any | None) -> CombinedFrame | None:
     """The merge over whole columns (combine.combine_tables), or None when some shard must be read row by row."""
     if settings is None or not all(shard.columnar for shard in shards):
         return None
-    columns = output_columns(task, settings, [])
     tables = [shard.table for shard in shards]
-    combined = combine_tables(tables, [shard.dir for shard in shards], task.key_columns, columns)
-    if combined is None:
-        if any(table is not None for table in tables):
-            log.info("the shards' columns cannot be typed as one table; merging row by row")
-        return None
-    present = {name for table in tables if table is not None for name in table.column_names}
-    dropped = sorted(present - set(columns) - {USER})
-    return MergedRows(combined.frame, combined.users, combined.identical_duplicates, combined.conflicts, [], dropped)
+    combined = combine_tables(tables, [shard.dir for shard in shards], task.key_columns,
+                              output_columns(task, settings, []))
+    if combined is None and any(table is not None for table in tables):
+        log.info("the shards' columns cannot be typed as one table; merging row by row")
+    return combined
 
 
-def combine_row_by_row(shards: Sequence[ShardInput], task: Task, settings: Any | None) -> MergedRows:
+def combine_row_by_row(shards: Sequence[ShardInput], task: Task, settings: Any | None) -> CombinedFrame:
     combined = combine_rows(shards, task.key_columns)
     ordered = sorted_rows(combined.rows, task.key_columns)
     rows = [kept.row for kept in ordered]
     columns = output_columns(task, settings, rows)
-    dropped = sorted({c for row in rows for c in row} - set(columns))
     frame, mixed = typed_frame(rows, columns)
-    return MergedRows(frame, [kept.user_id for kept in ordered], combined.identical_duplicates, combined.conflicts,
-                      mixed, dropped)
+    return CombinedFrame(frame, [kept.user_id for kept in ordered], combined.identical_duplicates,
+                         combined.conflicts, mixed, sorted({c for row in rows for c in row} - set(columns)))
 
 
 # --- the output dir ---------------------------------------------------------------------------
