@@ -235,8 +235,7 @@ def write_batch_file(paths: ShardPaths, target: Path, payload: bytes) -> Path:
 def next_batch_number(paths: ShardPaths) -> int:
     """One past the highest batch number ever used here, quarantined batches included: a number is never
     given to a second batch, so a name in a log or a report always means one file."""
-    quarantine = paths.results / "quarantine"
-    set_aside = [Path(path.name.rsplit(".", 1)[0]) for path in quarantine.glob("b-*")] if quarantine.is_dir() else []
+    set_aside = [Path(path.name.rsplit(".", 1)[0]) for path in paths.quarantine.glob("b-*")]
     numbers = [batch_number(path) for path in [*paths.batch_files(), *set_aside]]
     return max((n for n in numbers if n is not None), default=0) + 1
 
@@ -360,9 +359,8 @@ def results_listing(paths: ShardPaths) -> frozenset[tuple[str, int, int]]:
 
 
 def _quarantine(paths: ShardPaths, path: Path, why: str) -> None:
-    quarantine = paths.results / "quarantine"
-    quarantine.mkdir(exist_ok=True)
-    target = quarantine / f"{path.name}.{datetime.now():%Y%m%d%H%M%S%f}"
+    paths.quarantine.mkdir(exist_ok=True)
+    target = paths.quarantine / f"{path.name}.{datetime.now():%Y%m%d%H%M%S%f}"
     os.replace(path, target)
     log.warning("result file %s cannot be trusted: %s; moved to %s and its users will be recomputed", path, why,
                 target)

@@ -86,6 +86,11 @@ class ShardPaths:
         """A user's own result file, as runs made before batch files committed them (read, never written)."""
         return self.results / f"{user_file_stem(user_id)}.json"
 
+    @property
+    def quarantine(self) -> Path:
+        """Result files a resume could not read or trust, moved aside byte for byte (a time suffix added)."""
+        return self.results / "quarantine"
+
     def batch(self, number: int) -> Path:
         """The number-th batch file of committed users (storage/batches.py)."""
         return self.results / f"{BATCH_PREFIX}{number:06d}{BATCH_SUFFIX}"
