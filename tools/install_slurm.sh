@@ -6,24 +6,14 @@
 set -euo pipefail
 . "$(dirname "$0")/apt_packages.sh"
 
-PACKAGES=(munge slurm-wlm slurmctld slurmd slurm-client)
-COMMANDS=(sbatch squeue scontrol scancel sinfo slurmctld slurmd munged mungekey)
-
-gone="$(missing_commands "${COMMANDS[@]}")"
-[ -z "$gone" ] && exit 0
-
-if ! can_apt_install; then
-  echo "install_slurm: the tests need SLURM and munge; not found: $gone" >&2
-  echo "install_slurm: install them as root, e.g. sudo apt-get install ${PACKAGES[*]} (Debian/Ubuntu)," >&2
+PACKAGES="munge slurm-wlm slurmctld slurmd slurm-client"
+status=0
+install_missing install_slurm "the tests' SLURM cluster" "$PACKAGES" \
+  sbatch squeue scontrol scancel sinfo slurmctld slurmd munged mungekey || status=$?
+if [ "$status" = 3 ]; then
+  echo "install_slurm: the tests need SLURM and munge; not found: $MISSING" >&2
+  echo "install_slurm: install them as root, e.g. sudo apt-get install $PACKAGES (Debian/Ubuntu)," >&2
   echo "install_slurm: or run this script as root." >&2
   exit 2
 fi
-
-echo "install_slurm: installing ${PACKAGES[*]} with apt-get (for the tests' SLURM cluster)" >&2
-apt_install "${PACKAGES[@]}"
-gone="$(missing_commands "${COMMANDS[@]}")"
-if [ -n "$gone" ]; then
-  echo "install_slurm: still not found after installing ${PACKAGES[*]}: $gone" >&2
-  exit 2
-fi
-echo "install_slurm: installed slurm-client $(dpkg-query -W -f='${Version}' slurm-client 2>/dev/null)" >&2
+exit "$status"

@@ -7,21 +7,11 @@
 set -euo pipefail
 . "$(dirname "$0")/apt_packages.sh"
 
-PACKAGES=(dosfstools fusefat)
-COMMANDS=(mkfs.vfat fusefat losetup)
-
-gone="$(missing_commands "${COMMANDS[@]}")"
-[ -z "$gone" ] && exit 0
-
-if ! can_apt_install; then
-  echo "install_vfat_tools: not found: $gone; the vfat tests will be skipped (they need root, and ${PACKAGES[*]})" >&2
+PACKAGES="dosfstools fusefat"
+status=0
+install_missing install_vfat_tools "the vfat tests" "$PACKAGES" mkfs.vfat fusefat losetup || status=$?
+if [ "$status" = 3 ]; then
+  echo "install_vfat_tools: not found: $MISSING; the vfat tests will be skipped (they need root, and $PACKAGES)" >&2
   exit 0
 fi
-
-echo "install_vfat_tools: installing ${PACKAGES[*]} with apt-get (for the vfat tests)" >&2
-apt_install "${PACKAGES[@]}"
-gone="$(missing_commands "${COMMANDS[@]}")"
-if [ -n "$gone" ]; then
-  echo "install_vfat_tools: still not found after installing ${PACKAGES[*]}: $gone" >&2
-  exit 2
-fi
+exit "$status"
