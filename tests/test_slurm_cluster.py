@@ -186,13 +186,14 @@ def test_a_requeued_element_waits_for_its_begin_time_unless_moved_to_now(slurm_c
     assert record["Reason"] == "BeginTime" and record["Restarts"] == "1"
     # The begin time is cred_expire (120 s by default) + 1 s after the requeue.
     assert 115 <= slurm_time(record["EligibleTime"]) - requeued_at <= 125
-    assert "SIGTERM" in signals(events(out))  # how the running element was stopped
+    # how the running element was stopped (the probe may write it a moment after the job is pending)
+    wait_for_events(out, lambda seen: "SIGTERM" in signals(seen), 30, "the element's SIGTERM")
 
     slurm_cluster.start_now(element)
     seen = wait_for_events(out, lambda seen: len(starts(seen)) == 2, 30, "the element's second start")
     again = time.time() - requeued_at
     second = starts(seen)[1]
-    assert again < 15  # measured: 2 to 3 s
+    assert time.time() < slurm_time(record["EligibleTime"])  # long before its begin time (measured: 2 to 3 s)
     assert second["env"]["SLURM_RESTART_COUNT"] == "1"
     assert second["env"]["SLURM_JOB_ID"] == job_id and second["env"]["SLURM_ARRAY_TASK_ID"] == "1"
     print(f"requeued element ran again after {again:.1f} s with StartTime=now")
