@@ -7,6 +7,8 @@ same p-value, and k_selected is the same, all with the same permutations. Real J
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 from pathlib import Path
 
@@ -19,9 +21,11 @@ from shardrun.infodynamics import surrogates, task
 from shardrun.infodynamics.analysis import select_k
 from shardrun.infodynamics.measures import ais_test, te_test
 from shardrun.infodynamics.reference import dense_ais_test, dense_te_test
+from shardrun.infodynamics import states
+from shardrun.infodynamics.jarrays import ONE_CALL_ELEMENTS, java_int_matrix, java_ints
 from shardrun.infodynamics.states import observed_pasts, window_ids
 from shardrun.infodynamics.surrogates import UserSurrogates, draw_in_jvm, fixed_permutations, surrogate_seed
-from shardrun.infodynamics.symbols import hour_symbols, mode_symbols, value_symbols
+from shardrun.infodynamics.symbols import hour_symbols, mode_symbols, quantile_edges, value_symbols
 from independent_estimator import java_shuffled_range
 
 REPO = Path(__file__).resolve().parents[1]
@@ -52,6 +56,26 @@ def test_long_histories_need_no_base_to_the_k():
     assert [k for k, _ in window_ids(symbols[:5], 24, 9)] == [1, 2, 3, 4, 5]  # stops at the series' length
 
 
+@pytest.mark.parametrize("length, largest", [(500, 3), (500, 3999), (500, 4000), (300, 10**9), (1, 0)])
+def test_ranking_codes_by_table_or_by_sort_gives_numpys_dense_ranks(length, largest):
+    # codes below DIRECT_RANKING_FACTOR x length are ranked through a table, larger ones by numpy.unique
+    codes = np.random.default_rng(length + largest).integers(0, largest + 1, length)
+    expected = np.unique(codes, return_inverse=True)[1].reshape(-1)
+    assert states._dense(codes).tolist() == expected.tolist()
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_quantile_edges_equal_numpys_quantiles(seed):
+    rng = np.random.default_rng(seed)
+    for _ in range(300):
+        size, levels = int(rng.integers(1, 200)), int(rng.integers(2, 257))
+        values = [rng.normal(size=size) * 10.0 ** rng.integers(-300, 300), rng.integers(0, 4, size).astype(float),
+                  rng.exponential(size=size).round(1), rng.integers(-(2**62), 2**62, size)][seed % 4]
+        expected = np.quantile(values, np.arange(1, levels) / levels)
+        edges = quantile_edges(values, levels)
+        assert edges.dtype == expected.dtype and np.array_equal(edges, expected)
+
+
 # --- the permutations: the documented algorithm, drawn in the JVM ---------------------------------
 
 
@@ -60,6 +84,25 @@ def test_long_histories_need_no_base_to_the_k():
                                                 (surrogate_seed(5, "ünïcode/../id", 3), 4096)])
 def test_the_jvm_draws_the_documented_permutation(java_seed, length):
     assert draw_in_jvm(java_seed, length).tolist() == java_shuffled_range(java_seed, length)
+
+
+@pytest.mark.parametrize("user_id", ["u", "", "ünïcode/../id", 'quote " and \\ back', "line\nbreak\u2028", "😀"])
+def test_surrogate_seeds_are_the_documented_hash_of_the_json_text(user_id):
+    for seed in (0, 1, -5, 2**62):
+        texts = [json.dumps([seed, user_id, r], ensure_ascii=False).encode("utf-8") for r in range(7)]
+        expected = [int.from_bytes(hashlib.sha256(text).digest()[:8], "big", signed=True) for text in texts]
+        assert surrogates.surrogate_seeds(seed, user_id, range(7)) == expected
+        assert [surrogate_seed(seed, user_id, r) for r in range(7)] == expected
+
+
+@pytest.mark.usefixtures("jvm")
+@pytest.mark.parametrize("shape", [(1, 1), (5, 47), (4, ONE_CALL_ELEMENTS // 4), (3, ONE_CALL_ELEMENTS // 3 + 1),
+                                   (1, ONE_CALL_ELEMENTS + 1)])
+def test_java_arrays_hold_the_values_by_either_path(shape):
+    rows = np.random.default_rng(shape[1]).integers(-(2**31), 2**31, shape).astype(np.int32)
+    matrix = java_int_matrix(rows)
+    assert [list(row) for row in matrix] == rows.tolist()
+    assert list(java_ints(rows.reshape(-1))) == rows.reshape(-1).tolist()
 
 
 def test_a_smaller_test_keeps_the_order_of_the_smaller_values():

@@ -2,7 +2,7 @@
 
 Found by the core through `task: shardrun.infodynamics:task`. One module per job: settings (config
 keys), data (loading), symbols (symbolisation), states (observed pasts), surrogates (the seeded
-permutations), jarrays (numpy to Java arrays), measures (the JIDT calls), heap (memory model and
+permutations), jarrays (numpy to Java arrays), jclasses (the Java classes, looked up once), measures (the JIDT calls), heap (memory model and
 preflight), analysis (one user's rows), checks (value ranges of a result set), jidt (the JVM hooks:
 the jar from idtxl-uv, JIDT's wrapped heap exhaustion, the heap advice, the jar's sha256), versions
 (provenance), reference (JIDT's dense calculators, for tests and benchmarks only).

@@ -1,6 +1,6 @@
 """The JIDT calls: entropy, AIS and transfer entropy in bits over observed pasts, with permutation nulls.
 
-Java classes are looked up inside the functions, so importing this module never needs a JVM; the
+Java classes are looked up on first use (jclasses.py), so importing this module never needs a JVM; the
 caller starts it once per process (the core's shard loop, with the classpath of infodynamics.jidt).
 
 Every table is sized by the pasts the series shows, never by base^k (states.py):
@@ -36,6 +36,7 @@ import numpy as np
 
 from shardrun.errors import HeapTooSmall
 from shardrun.infodynamics.jarrays import java_ints
+from shardrun.infodynamics.jclasses import CONDITIONAL_MUTUAL_INFORMATION, ENTROPY, MUTUAL_INFORMATION, java_class
 from shardrun.infodynamics.jidt import HEAP_ADVICE, is_heap_exhaustion
 from shardrun.infodynamics.jvm_threads import JvmThreads
 from shardrun.infodynamics.states import ObservedPasts
@@ -59,9 +60,7 @@ class NullTest:
 
 
 def entropy_bits(symbols: np.ndarray, base: int) -> float:
-    from jpype import JClass
-
-    calculator = JClass("infodynamics.measures.discrete.EntropyCalculatorDiscrete")(base)
+    calculator = java_class(ENTROPY)(base)
     calculator.initialise()
     calculator.addObservations(java_ints(symbols))
     return float(calculator.computeAverageLocalOfObservations())
@@ -71,12 +70,10 @@ def ais_tests(series: Sequence[tuple[np.ndarray, int, ObservedPasts]], permutati
               threads: JvmThreads = ONE_THREAD) -> list[NullTest]:
     """AIS(k) and its null for each (symbols, base, pasts) of series of one length at one k: every batch
     of permutations is built once and tested against all of them."""
-    from jpype import JClass
 
     def calculator_of(symbols: np.ndarray, base: int, pasts: ObservedPasts) -> Callable[[], object]:
         def calculator():
-            mutual_information = JClass("infodynamics.measures.discrete.MutualInformationCalculatorDiscrete")(
-                base, max(pasts.id_range, 1), 0)
+            mutual_information = java_class(MUTUAL_INFORMATION)(base, max(pasts.id_range, 1), 0)
             mutual_information.initialise()
             mutual_information.addObservations(java_ints(symbols[pasts.k:]), java_ints(pasts.ids))
             return mutual_information
@@ -97,14 +94,11 @@ def te_test(
 ) -> NullTest:
     """TE source -> destination: destination history k = pasts.k (the destination's pasts), source
     history 1, delay 1; and its permutation null."""
-    from jpype import JClass
-
     k = pasts.k
     sources, nexts = source[k - 1:len(source) - 1], destination[k:]
 
     def calculator():
-        conditional = JClass("infodynamics.measures.discrete.ConditionalMutualInformationCalculatorDiscrete")(
-            source_base, destination_base, max(pasts.id_range, 1))
+        conditional = java_class(CONDITIONAL_MUTUAL_INFORMATION)(source_base, destination_base, max(pasts.id_range, 1))
         conditional.initialise()
         conditional.addObservations(java_ints(sources), java_ints(nexts), java_ints(pasts.ids))
         return conditional

@@ -23,6 +23,10 @@ from typing import Iterator
 
 import numpy as np
 
+# Codes below this many times the series' length are ranked through a table of that size, in
+# linear time; larger codes (long pasts of a big alphabet) through numpy.unique.
+DIRECT_RANKING_FACTOR = 8
+
 
 @dataclass(frozen=True)
 class ObservedPasts:
@@ -71,4 +75,10 @@ def pasts_from_windows(k: int, windows: np.ndarray) -> ObservedPasts:
 
 def _dense(codes: np.ndarray) -> np.ndarray:
     """Rank of each code among the distinct codes (0 = smallest): dense and order-preserving."""
+    if len(codes) and codes.max() < DIRECT_RANKING_FACTOR * len(codes):
+        # codes are small (always at k = 1, where they are the symbols): mark the codes present and
+        # count them, without the sort inside numpy.unique
+        present = np.zeros(int(codes.max()) + 1, dtype=np.int64)
+        present[codes] = 1
+        return (np.cumsum(present) - 1)[codes]
     return np.unique(codes, return_inverse=True)[1].astype(np.int64).reshape(-1)

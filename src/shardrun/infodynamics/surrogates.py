@@ -23,11 +23,12 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-from typing import Callable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
 from shardrun.infodynamics.jarrays import java_int_matrix
+from shardrun.infodynamics.jclasses import RANDOM_GENERATOR, java_class
 from shardrun.infodynamics.jvm_threads import JvmThreads
 
 SCHEME = "jidt-random-generator-shared-v1"
@@ -41,17 +42,22 @@ Draw = Callable[[int, int], np.ndarray]
 
 def surrogate_seed(seed: int, user_id: str, surrogate: int) -> int:
     """The java.util.Random seed (a signed 64-bit long) of surrogate `surrogate` of `user_id`."""
-    key = json.dumps([seed, user_id, surrogate], ensure_ascii=False).encode("utf-8")
-    return int.from_bytes(hashlib.sha256(key).digest()[:8], "big", signed=True)
+    return surrogate_seeds(seed, user_id, [surrogate])[0]
+
+
+def surrogate_seeds(seed: int, user_id: str, surrogates: Iterable[int]) -> list[int]:
+    """surrogate_seed of each surrogate: the sha256 of the JSON text [seed, user_id, surrogate], its
+    first 8 bytes as a signed big-endian long. The text before the surrogate is made once per user."""
+    head = json.dumps([seed, user_id], ensure_ascii=False)[:-1].encode("utf-8")  # '[seed, "id"' without ']'
+    return [int.from_bytes(hashlib.sha256(b"%s, %d]" % (head, surrogate)).digest()[:8], "big", signed=True)
+            for surrogate in surrogates]
 
 
 def draw_in_jvm(java_seed: int, length: int) -> np.ndarray:
     """One base permutation, drawn by JIDT's RandomGenerator in the JVM (the documented algorithm)."""
-    from jpype import JClass
-
-    generator = JClass("infodynamics.utils.RandomGenerator")()
+    generator = java_class(RANDOM_GENERATOR)()
     generator.setSeed(java_seed)
-    return np.array(generator.generateRandomPerturbations(length, 1)[0], dtype=np.int32)
+    return np.array(generator.generateRandomPerturbations(length, 1), dtype=np.int32)[0]
 
 
 def batch_rows(observations, count: int, parts: int = 1):
@@ -75,8 +81,8 @@ class UserSurrogates:
     def base(self) -> np.ndarray:
         """All base permutations, shape (count, n_obs - 1), drawn once."""
         if self._base is None:
-            rows = self._threads.map(
-                lambda r: self._draw(surrogate_seed(self.seed, self.user_id, r), self.length), range(self.count))
+            seeds = surrogate_seeds(self.seed, self.user_id, range(self.count))
+            rows = self._threads.map(lambda java_seed: self._draw(java_seed, self.length), seeds)
             self._base = np.array(rows, dtype=np.int32).reshape(self.count, self.length)
         return self._base
 
