@@ -148,8 +148,10 @@ class _UserAnalysis:
         series = [(self.symbols[mode], mode_base(self.settings, mode), self.pasts[mode][k]) for mode in modes]
         tests = self._run(k, f"feature mode {' and '.join(modes)} at k={k}", ais_tests, series,
                           self.surrogates.batches, self.threads)
-        log.debug("user %s k=%d: AIS %s bits in %.3f s", self.user_id, k,
-                  ", ".join(f"{mode} {test.value:.4f}" for mode, test in zip(modes, tests)), time.perf_counter() - started)
+        if log.isEnabledFor(logging.DEBUG):  # the text is built only when logged: small users are many
+            log.debug("user %s k=%d: AIS %s bits in %.3f s", self.user_id, k,
+                      ", ".join(f"{mode} {test.value:.4f}" for mode, test in zip(modes, tests)),
+                      time.perf_counter() - started)
         return tests
 
     def _te_hour(self, mode: str, k: int) -> NullTest:
