@@ -32,6 +32,7 @@ from shardrun.errors import (
 from shardrun.shard.lifecycle import StopFlag
 from shardrun.shard.plan import ShardPlan
 from shardrun.shard.requeue import decide_requeue, requeue_slurm_job
+from shardrun.shard.user_log import UserLog
 from shardrun.shard.prepare import ResolvedDirs, WorkerOptions
 from shardrun.states import ShardState, UserStatus, user_outcome
 from shardrun.shard.jvm import (
@@ -99,6 +100,7 @@ class ShardLoop:
             on_commit=self._count_committed,
         )
         self._outcomes_queued: dict[str, UserStatus] = {}  # ended users waiting for their batch
+        self.user_log = UserLog(log)
 
     def run(self) -> int:
         self.status.update(state=ShardState.STARTING.value)
@@ -249,7 +251,7 @@ class ShardLoop:
             self._outcomes_queued.pop(user_id)
             log.error("user %r was already committed in %s; keeping the first commit", user_id, self.dirs.shard.dir)
         self.status.end_user()
-        log.info("user %r %s in %.2f s", user_id, outcome, seconds)
+        self.user_log.user_ended(user_id, outcome, seconds)
         self.commits.flush_if_due()
 
     def _count_committed(self, user_ids: Sequence[str]) -> None:
