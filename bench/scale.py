@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -166,6 +167,7 @@ def overhead_section(work: Path, users: int) -> dict[str, Any]:
     config_path = work / f"small{users}.yaml"
     config_path.write_text(yaml.safe_dump(config))
     run_dir = work / f"small-run-{users}"
+    shutil.rmtree(run_dir, ignore_errors=True)  # a kept --work dir: each measurement starts a new run
     started = time.perf_counter()
     subprocess.run([PYTHON, "-m", "shardrun.worker", "--config", str(config_path), "--full", "--shard", "0/1",
                     "--out", str(run_dir)], cwd=REPO, check=True, capture_output=True)

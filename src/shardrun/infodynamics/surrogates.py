@@ -63,8 +63,10 @@ def draw_in_jvm(java_seed: int, length: int) -> np.ndarray:
 def batch_rows(observations, count: int, parts: int = 1):
     """Permutations per batch: all of them (or 1/parts of them, so `parts` threads share the work) if the
     batches in flight fit in PERMUTATION_BATCH_BYTES, else fewer (>= 1). Works on numpy arrays too."""
-    fitting = PERMUTATION_BATCH_BYTES // (4 * np.maximum(observations, 1) * parts)
-    return np.maximum(1, np.minimum(-(-count // parts), fitting))
+    # Python's max and min for one test: numpy's ufuncs on scalars cost a small user more than the sum
+    maximum, minimum = (max, min) if np.isscalar(observations) else (np.maximum, np.minimum)
+    fitting = PERMUTATION_BATCH_BYTES // (4 * maximum(observations, 1) * parts)
+    return maximum(1, minimum(-(-count // parts), fitting))
 
 
 class UserSurrogates:
