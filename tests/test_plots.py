@@ -456,3 +456,24 @@ def test_spans_read_in_columns_equal_spans_read_row_by_row(tmp_path):
         columnar, by_rows = read_shard(shard_dir), read_shard(shard_dir, columnar=False)
         assert columnar.columnar and not by_rows.columnar
         assert commit_spans([columnar]) == commit_spans([by_rows]) != []
+
+
+def test_the_timeline_of_a_span_table_equals_the_timeline_of_spans_one_by_one(tmp_path):
+    """merge draws from span_table's columns; a timeline of UserSpans built user by user (read row by
+    row, user_span) is the independent answer it must equal, value for value and in order."""
+    statuses = {"u01": {"status": "failed", "reason": "boom"}, "u02": {"status": "skipped", "reason": "short"}}
+    runs = [make_run(tmp_path / f"run{seconds}", count=2, overrides=statuses, seconds=seconds)
+            for seconds in (1.5, 0.25)]
+    dirs = [d for run in runs for d in shard_dirs_of_run(run)]
+    columnar = [read_shard(d) for d in dirs]
+    by_rows = [read_shard(d, columnar=False) for d in dirs]
+    one_by_one = [timeline.user_span(label, shard.ended_at.get(user_id), rows)
+                  for shard, label in zip(by_rows, [f"{s.spec} {s.dir.parent.name}" for s in by_rows])
+                  for user_id, rows in shard.committed.items()]
+
+    from_table = timeline.timeline_table(timeline.span_table(columnar))
+
+    assert len(from_table) == len(one_by_one) == 2 * len(USERS)
+    pd.testing.assert_frame_equal(from_table, timeline.timeline_table(one_by_one))
+    assert from_table.attrs == timeline.timeline_table(one_by_one).attrs
+    assert set(from_table["status"]) == {"ok", "failed", "skipped"}

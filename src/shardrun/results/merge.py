@@ -53,7 +53,7 @@ from shardrun.results.read import (
 )
 from shardrun.results.report import MergeReport, mismatch_message
 from shardrun.results.summary import run_title, task_panels, write_summary_png
-from shardrun.results.timeline import UserSpan, commit_spans
+from shardrun.results.timeline import span_table
 from shardrun.storage.paths import MergedPaths
 from shardrun.storage.atomic import fsync_tree, replace_dir, write_json_atomic
 from shardrun.task import Task
@@ -143,7 +143,7 @@ def merge_result_set(shard_dirs: Sequence[Path], output_dir: Path, force: bool =
         unverified_files=[{"dir": str(s.dir), "files": list(s.unverified)} for s in shards if s.unverified],
         mixed_columns=mixed,
     )
-    spans, title = commit_spans(shards), run_title(dirs)
+    spans, title = span_table(shards), run_title(dirs)
     write_result_set(output_dir, frame, report,
                      draw=lambda path: write_summary(path, frame, spans, title, task, settings))
     if report.complete:
@@ -271,7 +271,7 @@ def write_result_set(output_dir: Path, frame: pd.DataFrame, report: MergeReport,
 # --- the summary picture ---------------------------------------------------------------------
 
 
-def write_summary(path: Path, frame: pd.DataFrame, spans: Sequence[UserSpan], title: str, task: Task,
+def write_summary(path: Path, frame: pd.DataFrame, spans: pd.DataFrame, title: str, task: Task,
                   settings: Any | None) -> bool:
     """Draw summary.png (the task's panels, if any, above the per-shard timeline); True if it was written.
 
