@@ -101,9 +101,11 @@ def typed_frame_of_table(table: pa.Table, columns: Sequence[str]) -> pd.DataFram
             typed[column] = pd.Series(values.to_pandas(types_mapper={kind: pd.Int64Dtype()}.get)
                                       if has_nulls else values.to_numpy(), dtype="Int64" if has_nulls else "int64")
         elif pa.types.is_boolean(kind):
-            typed[column] = pd.Series(values.to_pylist(), dtype="boolean" if has_nulls else bool)
+            typed[column] = pd.Series(values.to_pylist() if has_nulls else values.to_numpy(),
+                                      dtype="boolean" if has_nulls else bool)
         elif pa.types.is_string(kind) or pa.types.is_large_string(kind):
-            typed[column] = pd.Series(np.array(values.to_pylist(), dtype=object), dtype=object)
+            # an object array of str (None where null), made by Arrow: a list of them first costs more
+            typed[column] = pd.Series(values.to_numpy(zero_copy_only=False), dtype=object)
         elif pa.types.is_null(kind):
             typed[column] = pd.Series(np.full(table.num_rows, np.nan), dtype="float64")
         else:
