@@ -71,7 +71,9 @@ def read_columnar(paths: ShardPaths, config_hash: str | None) -> ColumnarShard |
     for index, (user_id, replacing) in enumerate(zip(user_ids, replaces)):
         if stands(user_id, bool(replacing), standing):
             standing[user_id] = index
-    chosen = records.take(pa.array(sorted(standing.values()), type=pa.int64()))
+    # usually every record stands (none was replaced): then the records are kept as they are, uncopied
+    chosen = (records if len(standing) == records.num_rows
+              else records.take(pa.array(sorted(standing.values()), type=pa.int64())))
     users = tuple(chosen.column("user_id").to_pylist())
     ended_at = dict(zip(users, chosen.column("ended_at").to_pylist())) if "ended_at" in chosen.column_names else {}
     rows_column = chosen.column("rows").combine_chunks()
