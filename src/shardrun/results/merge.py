@@ -1,4 +1,5 @@
-"""merge_shard_results: shard dirs -> one result set, in the order read -> combine -> frame -> write -> picture.
+"""merge_shard_results: shard dirs -> one result set, in the order read -> combine -> frame -> write (the
+picture drawn meanwhile).
 
 Merging is the last step before anyone reads the numbers, so it never guesses silently: rows
 that share a key but differ are conflicts (listed, and the set is marked incomplete), users a
@@ -25,9 +26,11 @@ import logging
 import os
 import secrets
 import shutil
+import threading
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import pandas as pd
 import psutil
@@ -254,10 +257,9 @@ def write_result_set(output_dir: Path, frame: pd.DataFrame, report: MergeReport,
     try:
         new = MergedPaths(staging)
         # straight into the staging dir, which nobody reads before fsync_tree and the swap below
-        write_csv(frame, new.csv)
-        write_parquet(frame, new.parquet)
-        if draw is not None:
-            draw(new.summary_png)
+        with drawn_meanwhile(draw, new.summary_png):
+            write_csv(frame, new.csv)
+            write_parquet(frame, new.parquet)
         write_json_atomic(new.report, report.to_json())
         fsync_tree(staging)
         replace_dir(staging, output_dir, aside=_staging_dir(paths, "old"))
@@ -270,6 +272,23 @@ def write_result_set(output_dir: Path, frame: pd.DataFrame, report: MergeReport,
 
 
 # --- the summary picture ---------------------------------------------------------------------
+
+
+@contextmanager
+def drawn_meanwhile(draw: Callable[[Path], object] | None, path: Path) -> Iterator[None]:
+    """draw(path) in a thread while the block runs, finished when the block ends (raised or not), so
+    the picture is in the staging dir before its fsync and swap, and never written after a failed set
+    is removed. The picture reads only the frame and the spans, which nobody changes meanwhile; the
+    block writes the tables, and while a writer releases the GIL (pyarrow's do) the two overlap."""
+    if draw is None:
+        yield
+        return
+    drawing = threading.Thread(target=draw, args=(path,), name="summary.png")
+    drawing.start()
+    try:
+        yield
+    finally:
+        drawing.join()
 
 
 def write_summary(path: Path, frame: pd.DataFrame, spans: pd.DataFrame, title: str, task: Task,
