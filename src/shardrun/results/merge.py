@@ -52,7 +52,6 @@ from shardrun.results.read import (
     ShardInput,
     read_provenance,
     read_shard,
-    read_shards,
     resolve_task,
 )
 from shardrun.results.report import MergeReport, mismatch_message
@@ -108,7 +107,7 @@ def merge_result_set(shard_dirs: Sequence[Path], output_dir: Path, force: bool =
     dirs = _distinct_dirs(list(shard_dirs))
     if not dirs:
         raise MergeError("no shard dirs given; pass shard dirs with --shards or a run dir with --run.")
-    shards = read_shards(dirs, columnar=columnar)
+    shards = [read_shard(d, columnar=columnar) for d in dirs]
 
     mismatch = find_mismatch(shards)
     if mismatch and not force:

@@ -8,7 +8,6 @@ reported, so an unreadable one does not stop a merge.
 from __future__ import annotations
 
 import logging
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
@@ -30,7 +29,6 @@ log = logging.getLogger(__name__)
 # Columns the core itself reads (besides the task's key columns); kept as text when a CSV is read
 # back, so that an id such as "007" or "NA" is not turned into a number or a missing value.
 STATUS_COLUMNS = ("status", "reason")
-READ_THREADS = 2  # shard dirs read at once (read_shards)
 
 
 @dataclass(frozen=True)
@@ -92,15 +90,6 @@ def shard_dirs_of_run(run_dir: Path) -> list[Path]:
             " run_production or launch_shards with --run, or list shard dirs with --shards."
         )
     return dirs
-
-
-def read_shards(shard_dirs: Sequence[Path], columnar: bool = True) -> list[ShardInput]:
-    """read_shard of every dir, in their order, READ_THREADS at a time: a shard's read is mostly
-    hashing its batches and Arrow's JSON parsing, which release the GIL, so two shards' reads overlap
-    (on 2 cores, 10^5 users over 16 shards: 0.81 -> 0.67 s). The first dir that cannot be read raises,
-    as it would one by one."""
-    with ThreadPoolExecutor(max_workers=READ_THREADS) as pool:
-        return list(pool.map(lambda shard_dir: read_shard(shard_dir, columnar=columnar), shard_dirs))
 
 
 def read_shard(shard_dir: Path, columnar: bool = True) -> ShardInput:
