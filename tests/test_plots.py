@@ -19,7 +19,7 @@ from shardrun.results.read import read_shard, shard_dirs_of_run
 from shardrun.results.timeline import UserSpan, commit_spans
 from shardrun.states import user_outcome
 from shardrun.storage.paths import MergedPaths, ShardPaths
-from shardrun.storage.commits import scan_committed
+from shardrun.storage.commits import commit_user, scan_committed
 from task_double import (  # noqa: F401  (task_double: the autouse fixture that makes the double loadable)
     COLUMNS,
     USERS,
@@ -456,3 +456,31 @@ def test_spans_read_in_columns_equal_spans_read_row_by_row(tmp_path):
         columnar, by_rows = read_shard(shard_dir), read_shard(shard_dir, columnar=False)
         assert columnar.columnar and not by_rows.columnar
         assert commit_spans([columnar]) == commit_spans([by_rows]) != []
+
+
+def test_the_timeline_of_a_span_table_equals_the_timeline_of_spans_one_by_one(tmp_path):
+    """merge draws from span_table's columns; a timeline of UserSpans built user by user (read row by
+    row, user_span) is the independent answer it must equal, value for value and in order."""
+    statuses = {"u01": {"status": "failed", "reason": "boom"}, "u02": {"status": "skipped", "reason": "short"}}
+    # users whose rows differ in status and seconds: the user's outcome and its largest usable seconds
+    mixed = {"u03": [("skipped", 2.0), ("ok", 3.5)], "u04": [("skipped", 1.0), ("skipped", None)],
+             "u05": [("ok", -1.0), ("failed", 0.5)], "u06": [("ok", None), ("no such status", 4.0)], "u07": []}
+    runs = [make_run(tmp_path / f"run{seconds}", count=2, overrides=statuses, seconds=seconds, skip_users=list(mixed))
+            for seconds in (1.5, 0.25)]
+    for run in runs:
+        for user_id, rows in mixed.items():
+            commit_user(ShardPaths(shard_dirs_of_run(run)[0]), user_id,
+                        [{"user_id": user_id, "feature_mode": mode, "status": status, "seconds": seconds}
+                         for mode, (status, seconds) in zip(["activity", "composite"], rows)])
+    dirs = [d for run in runs for d in shard_dirs_of_run(run)]
+    columnar = [read_shard(d) for d in dirs]
+    by_rows = [read_shard(d, columnar=False) for d in dirs]
+    one_by_one = [timeline.user_span(f"{shard.spec} {shard.dir.parent.name}", shard.ended_at.get(user_id), rows)
+                  for shard in by_rows for user_id, rows in shard.committed.items()]
+
+    from_table = timeline.timeline_table(timeline.span_table(columnar))
+
+    assert all(shard.columnar for shard in columnar) and len(from_table) == len(one_by_one) == 2 * len(USERS)
+    pd.testing.assert_frame_equal(from_table, timeline.timeline_table(one_by_one))
+    assert from_table.attrs == timeline.timeline_table(one_by_one).attrs
+    assert set(from_table["status"]) == {"ok", "failed", "skipped"}

@@ -13,6 +13,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -75,6 +76,28 @@ def test_a_failure_after_results_csv_leaves_nothing_at_a_new_output(tmp_path, mo
 
     assert not out.exists()
     assert siblings(out) == []  # no staging dir, no results.csv anywhere
+
+
+def test_a_failed_set_is_removed_only_after_its_picture_is_drawn(tmp_path, monkeypatch):
+    """The picture is drawn while the tables are written; a table that fails must not remove the
+    staging dir under a picture still being drawn (nor leave one written after the removal)."""
+    run = make_run(tmp_path / "run", count=1)
+    out = tmp_path / "out" / "merged"
+    drawn = []
+
+    def slow_picture(frame, spans, path, title=None, panels=()):
+        time.sleep(0.5)
+        path.write_bytes(b"a picture")  # fails if the staging dir is already gone
+        drawn.append(path.name)
+
+    monkeypatch.setattr("shardrun.results.merge.write_summary_png", slow_picture)
+    monkeypatch.setattr("shardrun.results.merge.write_parquet",
+                        lambda frame, path: (_ for _ in ()).throw(RuntimeError("parquet writer down")))
+    with pytest.raises(RuntimeError, match="parquet writer down"):
+        merge_shards(shard_dirs_of_run(run), out)
+
+    assert drawn == ["summary.png"]
+    assert siblings(out) == []
 
 
 def test_a_failure_during_an_overwrite_keeps_the_previous_complete_set(tmp_path, monkeypatch):

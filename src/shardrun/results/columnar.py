@@ -71,7 +71,9 @@ def read_columnar(paths: ShardPaths, config_hash: str | None) -> ColumnarShard |
     for index, (user_id, replacing) in enumerate(zip(user_ids, replaces)):
         if stands(user_id, bool(replacing), standing):
             standing[user_id] = index
-    chosen = records.take(pa.array(sorted(standing.values()), type=pa.int64()))
+    # usually every record stands (none was replaced): then the records are kept as they are, uncopied
+    chosen = (records if len(standing) == records.num_rows
+              else records.take(pa.array(sorted(standing.values()), type=pa.int64())))
     users = tuple(chosen.column("user_id").to_pylist())
     ended_at = dict(zip(users, chosen.column("ended_at").to_pylist())) if "ended_at" in chosen.column_names else {}
     rows_column = chosen.column("rows").combine_chunks()
@@ -101,9 +103,11 @@ def typed_frame_of_table(table: pa.Table, columns: Sequence[str]) -> pd.DataFram
             typed[column] = pd.Series(values.to_pandas(types_mapper={kind: pd.Int64Dtype()}.get)
                                       if has_nulls else values.to_numpy(), dtype="Int64" if has_nulls else "int64")
         elif pa.types.is_boolean(kind):
-            typed[column] = pd.Series(values.to_pylist(), dtype="boolean" if has_nulls else bool)
+            typed[column] = pd.Series(values.to_pylist() if has_nulls else values.to_numpy(),
+                                      dtype="boolean" if has_nulls else bool)
         elif pa.types.is_string(kind) or pa.types.is_large_string(kind):
-            typed[column] = pd.Series(np.array(values.to_pylist(), dtype=object), dtype=object)
+            # an object array of str (None where null), made by Arrow: a list of them first costs more
+            typed[column] = pd.Series(values.to_numpy(zero_copy_only=False), dtype=object)
         elif pa.types.is_null(kind):
             typed[column] = pd.Series(np.full(table.num_rows, np.nan), dtype="float64")
         else:

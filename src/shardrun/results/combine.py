@@ -12,6 +12,7 @@ the ShardInputs that read.py built.
 from __future__ import annotations
 
 import math
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
@@ -188,7 +189,7 @@ def combine_tables(tables: Sequence[pa.Table | None], dirs: Sequence[Path], key_
     identical, conflicts = 0, []
     if later.any():
         identical, conflicts = _compare_duplicates(frame, later, key_columns, columns, dirs)
-    kept = frame[~later].sort_values(list(key_columns), kind="stable")
+    kept = (frame[~later] if later.any() else frame).sort_values(list(key_columns), kind="stable")
     dropped = sorted(set(table.column_names) - set(columns) - {USER, SOURCE})
     return CombinedFrame(frame=kept[list(columns)].reset_index(drop=True), users=kept[USER].tolist(),
                          identical_duplicates=identical, conflicts=conflicts, dropped=dropped)
@@ -262,7 +263,8 @@ def find_missing_users(shards: Sequence[ShardInput]) -> list[dict[str, Any]]:
     committed = {u for s in shards for u in s.users}
     planned_in: dict[str, list[ShardInput]] = {}
     for shard in shards:
-        for user_id in shard.users_planned:
+        # only the uncommitted users are collected and sorted: the committed are most users of a big run
+        for user_id in [u for u in shard.users_planned if u not in committed]:
             planned_in.setdefault(user_id, []).append(shard)
     return [
         {
@@ -271,7 +273,6 @@ def find_missing_users(shards: Sequence[ShardInput]) -> list[dict[str, Any]]:
             "dirs": [str(s.dir) for s in planned_in[user_id]],
         }
         for user_id in sorted(planned_in)
-        if user_id not in committed
     ]
 
 
@@ -281,20 +282,16 @@ def find_unplanned_users(shards: Sequence[ShardInput]) -> list[dict[str, Any]]:
     return [
         {"user_id": user_id, "dir": str(s.dir)}
         for s in shards
-        for user_id in sorted(s.users)
-        if user_id not in planned
+        for user_id in sorted(set(s.users) - planned)
     ]
 
 
 def find_users_short_of_rows(row_users: Sequence[str]) -> list[dict[str, Any]]:
     """Users with fewer rows than the user with the most (for example a feature mode missing), from the
     committed user of each row of the result set."""
-    counts: dict[str, int] = {}
-    for user_id in row_users:
-        counts[user_id] = counts.get(user_id, 0) + 1
+    counts = Counter(row_users)
     expected = max(counts.values(), default=0)
     return [
-        {"user_id": user_id, "rows": n, "expected_rows": expected}
-        for user_id, n in sorted(counts.items())
-        if n < expected
+        {"user_id": user_id, "rows": counts[user_id], "expected_rows": expected}
+        for user_id in sorted(user_id for user_id, n in counts.items() if n < expected)
     ]

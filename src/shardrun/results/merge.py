@@ -1,4 +1,5 @@
-"""merge_shard_results: shard dirs -> one result set, in the order read -> combine -> frame -> write -> picture.
+"""merge_shard_results: shard dirs -> one result set, in the order read -> combine -> frame -> write (the
+picture drawn meanwhile).
 
 Merging is the last step before anyone reads the numbers, so it never guesses silently: rows
 that share a key but differ are conflicts (listed, and the set is marked incomplete), users a
@@ -25,9 +26,11 @@ import logging
 import os
 import secrets
 import shutil
+import threading
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import pandas as pd
 import psutil
@@ -53,7 +56,7 @@ from shardrun.results.read import (
 )
 from shardrun.results.report import MergeReport, mismatch_message
 from shardrun.results.summary import run_title, task_panels, write_summary_png
-from shardrun.results.timeline import UserSpan, commit_spans
+from shardrun.results.timeline import span_table
 from shardrun.storage.paths import MergedPaths
 from shardrun.storage.atomic import fsync_tree, replace_dir, write_json_atomic
 from shardrun.task import Task
@@ -143,7 +146,7 @@ def merge_result_set(shard_dirs: Sequence[Path], output_dir: Path, force: bool =
         unverified_files=[{"dir": str(s.dir), "files": list(s.unverified)} for s in shards if s.unverified],
         mixed_columns=mixed,
     )
-    spans, title = commit_spans(shards), run_title(dirs)
+    spans, title = span_table(shards), run_title(dirs)
     write_result_set(output_dir, frame, report,
                      draw=lambda path: write_summary(path, frame, spans, title, task, settings))
     if report.complete:
@@ -253,10 +256,9 @@ def write_result_set(output_dir: Path, frame: pd.DataFrame, report: MergeReport,
     try:
         new = MergedPaths(staging)
         # straight into the staging dir, which nobody reads before fsync_tree and the swap below
-        write_csv(frame, new.csv)
-        write_parquet(frame, new.parquet)
-        if draw is not None:
-            draw(new.summary_png)
+        with drawn_meanwhile(draw, new.summary_png):
+            write_csv(frame, new.csv)
+            write_parquet(frame, new.parquet)
         write_json_atomic(new.report, report.to_json())
         fsync_tree(staging)
         replace_dir(staging, output_dir, aside=_staging_dir(paths, "old"))
@@ -271,7 +273,24 @@ def write_result_set(output_dir: Path, frame: pd.DataFrame, report: MergeReport,
 # --- the summary picture ---------------------------------------------------------------------
 
 
-def write_summary(path: Path, frame: pd.DataFrame, spans: Sequence[UserSpan], title: str, task: Task,
+@contextmanager
+def drawn_meanwhile(draw: Callable[[Path], object] | None, path: Path) -> Iterator[None]:
+    """draw(path) in a thread while the block runs, finished when the block ends (raised or not), so
+    the picture is in the staging dir before its fsync and swap, and never written after a failed set
+    is removed. The picture reads only the frame and the spans, which nobody changes meanwhile; the
+    block writes the tables, and while a writer releases the GIL (pyarrow's do) the two overlap."""
+    if draw is None:
+        yield
+        return
+    drawing = threading.Thread(target=draw, args=(path,), name="summary.png")
+    drawing.start()
+    try:
+        yield
+    finally:
+        drawing.join()
+
+
+def write_summary(path: Path, frame: pd.DataFrame, spans: pd.DataFrame, title: str, task: Task,
                   settings: Any | None) -> bool:
     """Draw summary.png (the task's panels, if any, above the per-shard timeline); True if it was written.
 

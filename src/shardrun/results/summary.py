@@ -98,10 +98,11 @@ def heading(frame: pd.DataFrame, timeline: pd.DataFrame, title: str | None) -> s
 # --- drawing -------------------------------------------------------------------------------
 
 
-def draw_summary(frame: pd.DataFrame, spans: Iterable[Sequence[Any]], panels: Sequence[SummaryPanel] = (),
-                 title: str | None = None):
+def draw_summary(frame: pd.DataFrame, spans: pd.DataFrame | Iterable[Sequence[Any]],
+                 panels: Sequence[SummaryPanel] = (), title: str | None = None):
     """The whole picture as a matplotlib Figure (on an Agg canvas): the task's panels side by side
-    in the top row (the core's status panel when there are none), the timeline below."""
+    in the top row (the core's status panel when there are none), the timeline below. `spans` as
+    timeline.timeline_table takes them: a span table, or spans one by one."""
     # Imported here: merging must not pay for (or depend on) matplotlib until it draws.
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -120,8 +121,8 @@ def draw_summary(frame: pd.DataFrame, spans: Iterable[Sequence[Any]], panels: Se
     return figure
 
 
-def write_summary_png(frame: pd.DataFrame, spans: Iterable[Sequence[Any]], path: Path, title: str | None = None,
-                      panels: Sequence[SummaryPanel] = ()) -> None:
+def write_summary_png(frame: pd.DataFrame, spans: pd.DataFrame | Iterable[Sequence[Any]], path: Path,
+                      title: str | None = None, panels: Sequence[SummaryPanel] = ()) -> None:
     """Draw the picture (see draw_summary) into `path` (PNG), replacing it atomically."""
     from shardrun.storage.atomic import write_bytes_atomic
 
@@ -167,7 +168,8 @@ def draw_timeline_panel(axes, timeline: pd.DataFrame) -> None:
     if timeline.empty:
         empty_panel(axes, "no committed users with a commit time")
         return
-    shards = sorted(set(timeline["shard"]), key=shard_sort_key)
+    # unique() rather than set(): iterating a text column value by value costs a second per million
+    shards = sorted(timeline["shard"].unique(), key=shard_sort_key)
     row = {label: i for i, label in enumerate(shards)}
     bars = timeline_bars(timeline)
     end = float(timeline["end_s"].max())
@@ -219,8 +221,8 @@ def draw_timeline_panel(axes, timeline: pd.DataFrame) -> None:
     axes.set_xlim(0, max(end, 1e-3) * (1.28 if annotate else 1.02))
 
     per_bar = int(bars["users"].max())
-    handles = [Patch(facecolor=STATUS_COLOURS[s], label=f"user {s}") for s in STATUS_SEVERITY
-               if s in set(timeline["status"])]
+    statuses = set(timeline["status"].unique())
+    handles = [Patch(facecolor=STATUS_COLOURS[s], label=f"user {s}") for s in STATUS_SEVERITY if s in statuses]
     if not slow.empty:
         handles.append(Patch(facecolor="none", edgecolor="black", linewidth=1.8,
                              label=f"slow user (≥ {SLOW_FACTOR:g}× median {slow.attrs['threshold_s'] / SLOW_FACTOR:,.2f} s)"))

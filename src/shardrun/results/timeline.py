@@ -1,7 +1,8 @@
 """The per-shard timeline of a merge, pure: committed users as spans, and the tables drawn from them.
 
 A span is one committed user of one shard dir, from its start to its commit; its status is the
-user's outcome (shardrun.states.user_outcome). From the spans: the timeline table (seconds since the
+user's outcome (shardrun.states.user_outcome). A merge holds them as one span table (span_table: a
+row per user, UserSpan's fields as columns). From the spans: the timeline table (seconds since the
 run start, ordered by shard), a per-shard summary (straggler first), the slow users, and the bars to
 draw (at most `MAX_BARS_PER_SHARD` per shard, consecutive users combined beyond that). Drawing them
 is summary.py's job.
@@ -17,6 +18,7 @@ from typing import Any, Iterable, Mapping, NamedTuple, Sequence
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from shardrun.results.columnar import USER
 from shardrun.results.read import ShardInput
@@ -40,6 +42,9 @@ class UserSpan(NamedTuple):
     start: float
     end: float
     status: str
+
+
+SPAN_COLUMNS = UserSpan._fields  # the columns of a span table (span_table)
 
 
 def user_span(shard: str, ended_at: Any, rows: Sequence[Mapping[str, Any]]) -> UserSpan | None:
@@ -74,21 +79,31 @@ def shard_sort_key(label: str) -> tuple:
     return (1, 0, 0, label)
 
 
-def timeline_table(spans: Iterable[Sequence[Any]]) -> pd.DataFrame:
+def mapped(column: pd.Series, mapping: Mapping[Any, Any], default: Any) -> np.ndarray:
+    """column.map(mapping), `default` for a value it does not name, looked up once per distinct value
+    (map() on a text column calls Python once per row)."""
+    codes, distinct = pd.factorize(column, use_na_sentinel=False)
+    return np.array([mapping.get(value, default) for value in distinct])[codes]
+
+
+def timeline_table(spans: pd.DataFrame | Iterable[Sequence[Any]]) -> pd.DataFrame:
     """One row per span: shard, start_s, end_s (seconds since the earliest start), seconds, status.
 
+    `spans` is a span table (span_table) or spans one by one (UserSpan or any sequence of its fields).
     Sorted by shard (see shard_sort_key), then start. The frame's attrs["run_start"] holds the
     earliest start in POSIX seconds (None when there are no spans).
     """
-    table = pd.DataFrame(list(spans), columns=["shard", "start", "end", "status"])
+    table = (spans[list(SPAN_COLUMNS)].copy() if isinstance(spans, pd.DataFrame)
+             else pd.DataFrame(list(spans), columns=list(SPAN_COLUMNS)))
     table["shard"] = table["shard"].astype(str)
     table["status"] = table["status"].astype(str)
     run_start = float(table["start"].min()) if len(table) else None
     table["start_s"] = table["start"].astype("float64") - (run_start or 0.0)
     table["end_s"] = table["end"].astype("float64") - (run_start or 0.0)
     table["seconds"] = table["end_s"] - table["start_s"]
-    order = {label: rank for rank, label in enumerate(sorted(set(table["shard"]), key=shard_sort_key))}
-    table["shard_rank"] = table["shard"].map(order)
+    # unique() rather than set(): iterating a text column value by value costs a second per million
+    order = {label: rank for rank, label in enumerate(sorted(table["shard"].unique(), key=shard_sort_key))}
+    table["shard_rank"] = mapped(table["shard"], order, default=len(order))
     table = table.sort_values(["shard_rank", "start_s", "end_s"], kind="stable").reset_index(drop=True)
     table = table[["shard", "start_s", "end_s", "seconds", "status"]]
     table.attrs["run_start"] = run_start
@@ -159,7 +174,7 @@ def timeline_bars(timeline: pd.DataFrame, max_bars_per_shard: int = MAX_BARS_PER
     idle_gap = frame["start_s"] - previous_end > max(total / 2000, 1e-9)
     starts_bar = (position % chunk == 0) | idle_gap
     frame["bar"] = starts_bar.astype("int64").cumsum()  # spans are sorted by shard then start
-    frame["severity"] = frame["status"].map(STATUS_SEVERITY).fillna(max(STATUS_SEVERITY.values()))
+    frame["severity"] = mapped(frame["status"], STATUS_SEVERITY, default=max(STATUS_SEVERITY.values()))
     grouped = frame.groupby("bar", sort=True)
     bars = pd.DataFrame(
         {
@@ -177,61 +192,78 @@ def timeline_bars(timeline: pd.DataFrame, max_bars_per_shard: int = MAX_BARS_PER
     return bars[columns].reset_index(drop=True)
 
 
-def table_spans(label: str, shard: ShardInput) -> tuple[list[UserSpan], int]:
-    """user_span for every committed user of a shard read in columns, over whole columns: a user's
-    seconds the largest finite, non-negative `seconds` of its rows, its status user_outcome's rule.
-    Returns the spans and the number of users without a readable ended_at."""
-    users = pd.Index(shard.users, dtype=object)
-    if shard.table is not None and shard.table.num_rows:
-        names = [c for c in (USER, "status", "seconds") if c in shard.table.column_names]
-        rows = shard.table.select(names).to_pandas()
-        if "seconds" not in rows:
-            rows["seconds"] = np.nan
-        if "status" not in rows:
-            rows["status"] = None
-        seconds = pd.to_numeric(rows["seconds"], errors="coerce")
-        rows["seconds"] = seconds.where(np.isfinite(seconds) & (seconds >= 0))
-        rows["failed"] = (rows["status"] == UserStatus.FAILED) | ~rows["status"].isin(STATUSES)
-        rows["skipped"] = rows["status"] == UserStatus.SKIPPED
-        per_user = rows.groupby(USER, sort=False).agg(seconds=("seconds", "max"), failed=("failed", "any"),
-                                                      skipped=("skipped", "all"))
-        per_user = per_user.reindex(users)
-    else:
-        per_user = pd.DataFrame({"seconds": np.nan, "failed": True, "skipped": False}, index=users)
-    no_rows = per_user["failed"].isna()
-    status = np.where(no_rows | per_user["failed"].fillna(True).astype(bool), UserStatus.FAILED.value,
-                      np.where(per_user["skipped"].fillna(False).astype(bool), UserStatus.SKIPPED.value,
-                               UserStatus.OK.value))
+def table_spans(label: str, shard: ShardInput) -> tuple[pd.DataFrame, int]:
+    """user_span for every committed user of a shard read in columns, over whole columns.
+    Returns the spans (a span table) and the number of users without a readable ended_at."""
+    seconds, status = users_seconds_and_status(shard.table, shard.users)
     ended = pd.to_datetime(pd.Series([shard.ended_at.get(u) for u in shard.users], dtype=object),
                            errors="coerce", utc=True, format="ISO8601")
     end = (ended - pd.Timestamp(0, tz="UTC")).dt.total_seconds().to_numpy()
-    seconds = per_user["seconds"].fillna(0.0).to_numpy(dtype=float)
-    spans = [UserSpan(label, e - d, e, st) for e, d, st in zip(end.tolist(), seconds.tolist(), status.tolist())
-             if not math.isnan(e)]
-    return spans, int(np.isnan(end).sum())
+    timed = ~np.isnan(end)
+    spans = pd.DataFrame({"shard": label, "start": (end - seconds)[timed], "end": end[timed],
+                          "status": status[timed]}, columns=list(SPAN_COLUMNS))
+    return spans, int((~timed).sum())
 
 
-def commit_spans(shards: Sequence[ShardInput]) -> list[UserSpan]:
-    """Every committed user of every shard dir as a timeline span (duplicates included: each was
-    real work of its shard). Shards of one index from different runs are told apart by run dir."""
+def users_seconds_and_status(table: pa.Table | None, users: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Per user of `users` (in that order), from its rows in `table` (column columnar.USER): its
+    seconds, the largest finite, non-negative `seconds` of its rows (0 without one), and its status
+    by user_outcome's rule (failed without rows or with a failed or unknown status, skipped when every
+    row is, else ok). Counted with numpy per row: a pandas group-by per shard costs more than its rows."""
+    if table is None or not table.num_rows:
+        return np.zeros(len(users)), np.full(len(users), UserStatus.FAILED.value)
+    owner = pd.Index(users, dtype=object).get_indexer(table.column(USER).to_numpy(zero_copy_only=False))
+    row_seconds = pd.to_numeric(_column(table, "seconds"), errors="coerce").to_numpy(dtype=float, na_value=np.nan)
+    usable = np.isfinite(row_seconds) & (row_seconds >= 0)
+    seconds = np.zeros(len(users))
+    np.maximum.at(seconds, owner[usable], row_seconds[usable])  # seconds are >= 0: 0 is "none"
+    row_status = _column(table, "status")
+    rows = np.bincount(owner, minlength=len(users))
+    failed = np.bincount(owner, weights=((row_status == UserStatus.FAILED) | ~row_status.isin(STATUSES)).to_numpy(),
+                         minlength=len(users))
+    skipped = np.bincount(owner, weights=(row_status == UserStatus.SKIPPED).to_numpy(), minlength=len(users))
+    status = np.where((rows == 0) | (failed > 0), UserStatus.FAILED.value,
+                      np.where(skipped == rows, UserStatus.SKIPPED.value, UserStatus.OK.value))
+    return seconds, status
+
+
+def _column(table: pa.Table, name: str) -> pd.Series:
+    """A column of the rows as pandas values; all missing when no row has it."""
+    if name not in table.column_names:
+        return pd.Series([None] * table.num_rows, dtype=object)
+    return table.column(name).to_pandas()
+
+
+def row_spans(label: str, shard: ShardInput) -> tuple[pd.DataFrame, int]:
+    """user_span for every committed user of a shard read row by row, as table_spans answers."""
+    spans = [user_span(label, shard.ended_at.get(user_id), rows) for user_id, rows in shard.committed.items()]
+    timed = [span for span in spans if span is not None]
+    return pd.DataFrame(timed, columns=list(SPAN_COLUMNS)), len(spans) - len(timed)
+
+
+def span_table(shards: Sequence[ShardInput]) -> pd.DataFrame:
+    """Every committed user of every shard dir as a timeline span, one row each with UserSpan's fields
+    as columns (duplicates included: each was real work of its shard). Shards of one index from
+    different runs are told apart by run dir. Built over whole columns: a Python object per user
+    costs a noticeable part of a merge of 10^5 users."""
     labels = [str(s.spec) for s in shards]
     repeated = {label for label in labels if labels.count(label) > 1}
-    spans = []
+    parts = []
     untimed = 0
     for shard, label in zip(shards, labels):
         if label in repeated:
             label = f"{label} {shard.dir.parent.name}"
-        if shard.columnar:
-            shard_spans, shard_untimed = table_spans(label, shard)
-            spans += shard_spans
-            untimed += shard_untimed
-            continue
-        for user_id, rows in shard.committed.items():
-            span = user_span(label, shard.ended_at.get(user_id), rows)
-            if span is None:
-                untimed += 1
-            else:
-                spans.append(span)
+        part, shard_untimed = table_spans(label, shard) if shard.columnar else row_spans(label, shard)
+        parts.append(part)
+        untimed += shard_untimed
     if untimed:
         log.warning("%d committed users have no readable ended_at; they are left out of the timeline only", untimed)
-    return spans
+    non_empty = [part for part in parts if len(part)]
+    if not non_empty:
+        return pd.DataFrame(columns=list(SPAN_COLUMNS))
+    return pd.concat(non_empty, ignore_index=True)
+
+
+def commit_spans(shards: Sequence[ShardInput]) -> list[UserSpan]:
+    """span_table's spans one by one."""
+    return [UserSpan(*span) for span in span_table(shards).itertuples(index=False, name=None)]
