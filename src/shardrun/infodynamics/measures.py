@@ -160,8 +160,10 @@ def jvm_heap() -> tuple[int, str]:
     return max_bytes, f"{max_bytes // MIB}m"
 
 
+@functools.cache
 def jvm_heap_bytes() -> int:
-    """The JVM's -Xmx in bytes, as the heap model counts it (its maximum heap where -Xmx is unreadable)."""
+    """The JVM's -Xmx in bytes, as the heap model counts it (its maximum heap where -Xmx is unreadable);
+    fixed for the process, like jvm_heap, and asked by every user."""
     from shardrun.units import heap_bytes
 
     max_bytes, xmx = jvm_heap()

@@ -47,10 +47,14 @@ def surrogate_seed(seed: int, user_id: str, surrogate: int) -> int:
 
 def surrogate_seeds(seed: int, user_id: str, surrogates: Iterable[int]) -> list[int]:
     """surrogate_seed of each surrogate: the sha256 of the JSON text [seed, user_id, surrogate], its
-    first 8 bytes as a signed big-endian long. The text before the surrogate is made once per user."""
-    head = json.dumps([seed, user_id], ensure_ascii=False)[:-1].encode("utf-8")  # '[seed, "id"' without ']'
-    return [int.from_bytes(hashlib.sha256(b"%s, %d]" % (head, surrogate)).digest()[:8], "big", signed=True)
-            for surrogate in surrogates]
+    first 8 bytes as a signed big-endian long. The text before the surrogate is made and hashed once per user."""
+    head = hashlib.sha256(json.dumps([seed, user_id], ensure_ascii=False)[:-1].encode("utf-8"))  # without ']'
+    seeds = []
+    for surrogate in surrogates:
+        text = head.copy()
+        text.update(b", %d]" % surrogate)
+        seeds.append(int.from_bytes(text.digest()[:8], "big", signed=True))
+    return seeds
 
 
 def draw_in_jvm(java_seed: int, length: int) -> np.ndarray:
