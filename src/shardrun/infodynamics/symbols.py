@@ -45,7 +45,8 @@ def value_symbols(values: np.ndarray, encoding: str, levels: int) -> np.ndarray:
 
 
 def quantile_edges(values: np.ndarray, levels: int) -> np.ndarray:
-    """numpy.quantile(values, [1/L, ..., (L-1)/L]) (its default, "linear" method), to the last bit.
+    """numpy.quantile(values, [1/L, ..., (L-1)/L]) (its default, "linear" method), value for value (a
+    zero edge may carry the other sign, which no symbol can tell).
 
     The same order statistics and the same operations in the same order as numpy's own code (its
     _lerp: a + (b - a) * g, or b - (b - a) * (1 - g) where g >= 0.5), without its general machinery,
