@@ -13,6 +13,8 @@ import yaml
 
 from shardrun.cli import launch_shards, merge_shard_results, monitor_progress, run_production, stop_shards
 from shardrun.cli import validate_outputs
+from shardrun.launch.launcher import LaunchOptions, shard_command
+from shardrun.sharding import ShardSpec
 
 REPO = Path(__file__).resolve().parents[1]
 PARSERS = {
@@ -52,9 +54,21 @@ def test_run_production_refuses_bad_numbers(argv, words, capsys):
     (["--max-parallel", "0"], "--max-parallel"),
     (["--grace", "-1"], "--grace"),
     (["--restarts", "-1"], "--restarts"),
+    (["--commit-interval", "-1"], "--commit-interval"),
 ])
 def test_launch_shards_refuses_bad_numbers(argv, words, capsys):
     assert words in refused(launch_shards.parser(), argv, capsys)
+
+
+@pytest.mark.parametrize("given, expected", [(None, 1.0), ("0", 0.0), ("30", 30.0)])
+def test_launch_shards_hands_its_commit_interval_to_every_shard(given, expected, tmp_path):
+    flags = [] if given is None else ["--commit-interval", given]
+    args = launch_shards.parser().parse_args(flags)
+    options = LaunchOptions(config_path=REPO / "config" / "proposal.yaml", shards=2,
+                            commit_interval_seconds=args.commit_interval)
+    command = shard_command(options.config_path, ShardSpec(1, 2), tmp_path, False, options, "1g", 1)
+    assert command[1:3] == ["-m", "shardrun.worker"]
+    assert run_production.parser().parse_args(command[3:]).commit_interval == expected
 
 
 def test_xmx_auto_is_taken_on_the_command_line_as_in_the_config():

@@ -73,6 +73,13 @@ def test_the_element_command_is_one_that_run_production_accepts_with_auto_shard_
     assert args.shard == "auto" and args.out == Path("/runs/r 1") and args.pilot == 5
     assert args.preempt_signal == "USR1" and args.preempt_lead == 120 and args.requeue_limit == 3
     assert "--shards" not in argv and "--resume" not in argv
+    assert args.commit_interval == 1.0 and "--commit-interval" not in argv  # the shard's own default
+
+
+def test_the_element_command_carries_the_launchers_commit_interval():
+    script = array_script(job(commit_interval_seconds=30.0), "x")
+    exec_line = next(line for line in script.splitlines() if line.startswith("exec "))
+    assert run_production_parser().parse_args(shlex.split(exec_line)[4:]).commit_interval == 30.0
 
 
 def test_the_merge_script_merges_then_validates_and_is_valid_bash(tmp_path):

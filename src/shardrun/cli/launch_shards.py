@@ -56,6 +56,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=thread_count, metavar="N",
                    help="threads per shard (default jvm.threads; auto: the CPUs shared by the shards running at once)")
     p.add_argument("--cooldown", type=non_negative_seconds, default=0.0, metavar="S", help="each shard pauses S seconds between users")
+    p.add_argument("--commit-interval", type=non_negative_seconds, metavar="S",
+                   help="each shard's group commit (run_production --commit-interval; default 1): the users that end"
+                        " within S seconds share one batch file; raise it on a shared filesystem where file"
+                        " creations are slow, 0 commits every user at once")
     p.add_argument("--restarts", type=non_negative_int, default=0, metavar="N",
                    help="restart a shard that died abnormally (signal, JVM crash) up to N times, by resuming it")
     p.add_argument("--restart-heap-factor", type=float, default=1.0, metavar="F",
@@ -120,7 +124,7 @@ def _submit(args: argparse.Namespace) -> int:
         config_path=args.config, shards=args.shards, signal=signal, out=args.out,
         pilot=args.pilot, dry_run=args.dry_run, merge=args.merge, max_parallel=args.max_parallel,
         cpus=args.cpus_per_shard, mem_mib=mem_mib, time_limit=args.time, requeue_limit=args.requeue_limit,
-        sbatch_options=(*named, *args.sbatch_option),
+        sbatch_options=(*named, *args.sbatch_option), commit_interval_seconds=args.commit_interval,
     )
     return submit_run(config, options).exit_code
 
@@ -153,6 +157,7 @@ def _launch(args: argparse.Namespace) -> int:
         config_path=args.config.resolve(), shards=args.shards, run_dir=args.run_dir, out=args.out, pilot=args.pilot,
         merge=args.merge, grace_seconds=args.grace, progress_every=args.progress_every,
         max_parallel=args.max_parallel, cpu_limit=args.cpu_limit, nice=args.nice, cooldown_seconds=args.cooldown,
+        commit_interval_seconds=args.commit_interval,
         restart=RestartPolicy(args.restarts, args.restart_heap_factor),
         live=sys.stdout.isatty() if args.live is None else args.live,
     )

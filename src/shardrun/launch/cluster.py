@@ -59,6 +59,7 @@ class ClusterOptions:
     time_limit: str | None = None
     requeue_limit: int = 3
     sbatch_options: tuple[str, ...] = ()
+    commit_interval_seconds: float | None = None  # None: the shard's own default
 
 
 @dataclass
@@ -219,7 +220,8 @@ def submit_run(config: RunConfig, options: ClusterOptions, slurm: SlurmCommands 
                    array_ids=tuple(ids), index_offset=offset, python=sys.executable, workdir=workdir, log_dir=log_dir,
                    pilot=options.pilot, xmx=heap.jvm.xmx, cpus=options.cpus, mem_mib=mem_mib, signal=options.signal,
                    requeue_limit=options.requeue_limit, max_parallel=options.max_parallel,
-                   time_limit=options.time_limit, sbatch_options=options.sbatch_options)
+                   time_limit=options.time_limit, sbatch_options=options.sbatch_options,
+                   commit_interval_seconds=options.commit_interval_seconds)
         for offset, ids in split_for_array_size(submission.to_submit, slurm.max_array_size())
     ]
     scripts = [array_script(job, array_job_name(run.dir)) for job in jobs]

@@ -99,6 +99,7 @@ class LaunchOptions:
     cpu_check_every: float = 2.0
     nice: int = 0
     cooldown_seconds: float = 0.0
+    commit_interval_seconds: float | None = None  # None: the shard's own default (run_production --commit-interval)
     restart: RestartPolicy = RestartPolicy()
     live: bool = False  # redraw a table on the terminal instead of plain lines
 
@@ -123,6 +124,8 @@ def shard_command(config_path: Path, spec: ShardSpec, run_dir: Path, resume: boo
         command += ["--nice", str(options.nice)]
     if options.cooldown_seconds:
         command += ["--cooldown", str(options.cooldown_seconds)]
+    if options.commit_interval_seconds is not None:
+        command += ["--commit-interval", str(options.commit_interval_seconds)]
     return command
 
 

@@ -85,6 +85,7 @@ class ElementJob:
     max_parallel: int | None = None
     time_limit: str | None = None
     sbatch_options: tuple[str, ...] = ()
+    commit_interval_seconds: float | None = None  # None: the shard's own default
 
     @property
     def shard_indices(self) -> list[int]:
@@ -126,7 +127,8 @@ def element_command(job: ElementJob) -> list[str]:
     return [job.python, "-m", "shardrun.worker", "--config", str(job.config_path), *mode, "--shard", "auto",
             "--out", str(job.run_dir), "--xmx", job.xmx, "--threads", str(job.cpus),
             "--preempt-signal", job.signal.name, "--preempt-lead", str(job.signal.lead_seconds),
-            "--requeue-limit", str(job.requeue_limit)]
+            "--requeue-limit", str(job.requeue_limit),
+            *([] if job.commit_interval_seconds is None else ["--commit-interval", str(job.commit_interval_seconds)])]
 
 
 def log_pattern(job: ElementJob) -> str:
