@@ -171,6 +171,26 @@ def test_what_an_element_of_a_stepped_or_sparse_array_is_told(slurm_cluster, tmp
                 values["SLURM_ARRAY_TASK_STEP"], values["SLURM_ARRAY_TASK_COUNT"]) == min_max_step_count
 
 
+def start_again_now(cluster, element: str, out: Path, begin_time: float) -> tuple[list[dict], list[str]]:
+    """StartTime=now on a requeued element until its second start shows in the probe's record, before its
+    own begin time. Usually one update starts it in 1 to 3 s. Twice in CI an element requeued a few
+    milliseconds after its start did not start within 30 s, then within 119 s, of one update: the update
+    seems to be undone while the requeue is still completing. So the update is made again, every 10 s,
+    while the element waits for a begin time still ahead, and each update's outcome is kept for the
+    test's output."""
+    updates = []
+    while True:
+        cluster.start_now(element)
+        record = cluster.job(element)
+        updates.append(f"{record['JobState']} {record.get('Reason')} eligible {record.get('EligibleTime')}")
+        window = min(10.0, begin_time - time.time() - 2)
+        try:
+            return wait_for_events(out, lambda seen: len(starts(seen)) == 2, window, "the element's second start"), updates
+        except AssertionError:
+            if time.time() + 12 >= begin_time:
+                raise AssertionError(f"the element did not start again before its begin time; updates: {updates}")
+
+
 def test_a_requeued_element_waits_for_its_begin_time_unless_moved_to_now(slurm_cluster, tmp_path):
     out = tmp_path / "probe.jsonl"
     script = f"#!/bin/bash\n[ $SLURM_ARRAY_TASK_ID = 1 ] || exit 0\nexec {PYTHON} {PROBE} {out} --exit-on SIGTERM\n"
@@ -189,19 +209,13 @@ def test_a_requeued_element_waits_for_its_begin_time_unless_moved_to_now(slurm_c
     # how the running element was stopped (the probe may write it a moment after the job is pending)
     wait_for_events(out, lambda seen: "SIGTERM" in signals(seen), 30, "the element's SIGTERM")
 
-    slurm_cluster.start_now(element)
-    # Usually 2 to 3 s. The module's slow jobs can hold both CPUs for a while (the warned job until at most
-    # 95 s after the module started, the requeued one from its own begin time on), so the element may wait
-    # for a CPU; any start before its own begin time still shows that StartTime=now moved it.
-    until_begin_time = slurm_time(record["EligibleTime"]) - time.time() - 2
-    seen = wait_for_events(out, lambda seen: len(starts(seen)) == 2, max(30.0, until_begin_time),
-                           "the element's second start")
+    seen, updates = start_again_now(slurm_cluster, element, out, begin_time=slurm_time(record["EligibleTime"]))
     again = time.time() - requeued_at
     second = starts(seen)[1]
     assert time.time() < slurm_time(record["EligibleTime"])  # long before its begin time (measured: 2 to 3 s)
     assert second["env"]["SLURM_RESTART_COUNT"] == "1"
     assert second["env"]["SLURM_JOB_ID"] == job_id and second["env"]["SLURM_ARRAY_TASK_ID"] == "1"
-    print(f"requeued element ran again after {again:.1f} s with StartTime=now")
+    print(f"requeued element ran again after {again:.1f} s with StartTime=now ({updates})")
     slurm_cluster.scancel(array)
     slurm_cluster.wait_until_gone([array], timeout=60)
 
