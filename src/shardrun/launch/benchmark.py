@@ -35,7 +35,7 @@ from shardrun.errors import EXIT_OK, EXIT_USERS_FAILED, EXIT_VALIDATION_FAILED, 
 from shardrun.launch.launcher import LaunchOptions, launch
 from shardrun.results.compare import read_result_frame, result_differences
 from shardrun.results.read import read_shard
-from shardrun.results.timeline import commit_spans
+from shardrun.results.timeline import span_table
 from shardrun.shard.prepare import config_stem
 from shardrun.storage.durability import durable_write
 from shardrun.storage.paths import RunPaths
@@ -90,7 +90,8 @@ def project(measured_seconds: float, users_seconds: float, at_once: int, pilot_w
 
 def users_seconds(run_dir: Path) -> float:
     """The seconds a run's committed users took to analyse, summed over its shards (their `seconds`)."""
-    return sum(span.end - span.start for span in commit_spans([read_shard(d) for d in RunPaths(run_dir).shard_dirs()]))
+    spans = span_table([read_shard(d) for d in RunPaths(run_dir).shard_dirs()])
+    return float((spans["end"] - spans["start"]).sum())
 
 
 def user_work(task: object, settings: object, dataset: object) -> tuple[list[float], str]:
