@@ -3,8 +3,10 @@ default task's panels), then merge writing a real PNG with and without the task'
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
+import os
 from datetime import datetime, timezone
 
 import numpy as np
@@ -18,8 +20,10 @@ from shardrun.results.merge import merge_shards
 from shardrun.results.read import read_shard, shard_dirs_of_run
 from shardrun.results.timeline import UserSpan, commit_spans
 from shardrun.states import user_outcome
+from shardrun.task import SummaryPanel
 from shardrun.storage.paths import MergedPaths, ShardPaths
 from shardrun.storage.commits import commit_user, scan_committed
+import picture_panels
 from task_double import (  # noqa: F401  (task_double: the autouse fixture that makes the double loadable)
     COLUMNS,
     USERS,
@@ -227,14 +231,15 @@ def with_ais_columns(task_double, monkeypatch):
 
 @pytest.fixture
 def drawn_panels(monkeypatch):
-    """The panels each merge hands to write_summary_png (which still draws them)."""
+    """The panels each merge takes from its task to draw (it still draws them)."""
     seen = []
 
-    def spy(frame, spans, path, title=None, panels=()):
-        seen.append(list(panels))
-        summary.write_summary_png(frame, spans, path, title=title, panels=panels)
+    def spy(task, frame, settings):
+        panels = summary.task_panels(task, frame, settings)
+        seen.append(panels)
+        return panels
 
-    monkeypatch.setattr("shardrun.results.merge.write_summary_png", spy)
+    monkeypatch.setattr("shardrun.results.merge.task_panels", spy)
     return seen
 
 
@@ -311,7 +316,7 @@ def picture_frame_and_spans():
 
 def test_the_core_picture_is_the_status_panel_above_the_timeline():
     frame, spans = picture_frame_and_spans()
-    figure = summary.draw_summary(frame, spans, panels=summary.task_panels(object(), frame, None))
+    figure = summary.draw_summary(summary.ResultCounts.of(frame), spans, panels=summary.task_panels(object(), frame, None))
     assert summary.panel_titles(figure) == [summary.STATUS_PANEL_TITLE, summary.TIMELINE_TITLE]
     assert summary.status_counts(frame) == {"ok": 1, "failed": 1}
 
@@ -319,7 +324,7 @@ def test_the_core_picture_is_the_status_panel_above_the_timeline():
 def test_the_default_tasks_picture_holds_the_ais_panels_above_the_timeline():
     frame, spans = picture_frame_and_spans()
     panels = summary.task_panels(default_task, frame, None)
-    figure = summary.draw_summary(frame, spans, panels=panels)
+    figure = summary.draw_summary(summary.ResultCounts.of(frame), spans, panels=panels)
     assert summary.panel_titles(figure) == [
         task_plots.AIS_PANEL_TITLE, task_plots.SIGNIFICANCE_PANEL_TITLE, task_plots.SELECTED_K_PANEL_TITLE,
         summary.TIMELINE_TITLE,
@@ -330,7 +335,7 @@ def test_the_default_tasks_picture_holds_the_ais_panels_above_the_timeline():
 
 def test_the_core_title_says_users_and_shards_and_names_no_analysis():
     frame, spans = picture_frame_and_spans()
-    figure = summary.draw_summary(frame, spans, panels=summary.task_panels(object(), frame, None), title="run1")
+    figure = summary.draw_summary(summary.ResultCounts.of(frame), spans, panels=summary.task_panels(object(), frame, None), title="run1")
     first, second = figure.get_suptitle().split("\n")
     assert first == "2 users, 2 shards: results by status and the time each shard took"
     assert second == "run1: 2 result rows, ok 1 / failed 1"
@@ -339,7 +344,7 @@ def test_the_core_title_says_users_and_shards_and_names_no_analysis():
 def test_the_ais_axis_fits_the_data_not_a_fixed_range():
     frame = result_frame({1: [2.0, 2.1, 2.2], 2: [2.4, 2.5, 2.6]}, {1: [0.1] * 3, 2: [0.1] * 3}, ["ok"] * 3)
     spans = [UserSpan("0/1", 0.0, 1.0, "ok")]
-    figure = summary.draw_summary(frame, spans, panels=summary.task_panels(default_task, frame, None))
+    figure = summary.draw_summary(summary.ResultCounts.of(frame), spans, panels=summary.task_panels(default_task, frame, None))
     low, high = figure.axes[0].get_ylim()
     values = task_plots.ais_quantiles(frame)[["q10", "q90", "median"]].to_numpy()
     assert values.min() - 0.5 < low < values.min() and values.max() < high < values.max() + 0.5
@@ -401,16 +406,26 @@ def test_commit_times_have_milliseconds_and_become_spans(tmp_path):
     assert all(s.end - s.start == pytest.approx(0.25) and s.status == "ok" for s in spans)
 
 
-def test_a_plot_failure_keeps_the_merged_results(tmp_path, monkeypatch, caplog):
+def panels_of(*draws):
+    return lambda frame, settings: [SummaryPanel(draw=draw) for draw in draws]
+
+
+def hook_that_raises(frame, settings):
+    raise ValueError("no font")
+
+
+@pytest.mark.parametrize("hook, said", [
+    (panels_of(picture_panels.no_font), ["ValueError: no font", "in no_font"]),  # raised in the picture's process
+    (panels_of(picture_panels.killed), ["killed by SIGKILL, likely the OOM killer"]),
+    (hook_that_raises, ["ValueError: no font"]),  # the task's hook, in the merge's own process
+], ids=["panel-raises", "picture-process-killed", "panels-hook-raises"])
+def test_a_plot_failure_keeps_the_merged_results(tmp_path, task_double, monkeypatch, caplog, hook, said):
     run = make_run(tmp_path / "run", count=2)
     out = tmp_path / "merged"
     merge_shards(shard_dirs_of_run(run), out)  # a first merge leaves a picture behind
     assert MergedPaths(out).summary_png.is_file()
 
-    def broken(*args, **kwargs):
-        raise ValueError("no font")
-
-    monkeypatch.setattr("shardrun.results.merge.write_summary_png", broken)
+    monkeypatch.setattr(task_double, "summary_panels", hook, raising=False)
     with caplog.at_level(logging.ERROR, logger="shardrun.results.merge"):
         report = merge_shards(shard_dirs_of_run(run), out, overwrite=True)
 
@@ -418,8 +433,32 @@ def test_a_plot_failure_keeps_the_merged_results(tmp_path, monkeypatch, caplog):
     assert len(read_both(out)[0]) == 16
     assert not MergedPaths(out).summary_png.exists()  # the old picture does not pass for this merge's
     [record] = [r for r in caplog.records if r.levelno == logging.ERROR]
-    assert "summary.png" in record.getMessage() and "ValueError: no font" in record.getMessage()
+    assert "summary.png" in record.getMessage() and all(words in record.getMessage() for words in said)
     assert record.exc_info is not None  # the traceback is in the log
+
+
+def test_a_panel_that_cannot_be_pickled_is_drawn_in_the_merges_own_process(tmp_path, task_double, monkeypatch,
+                                                                          caplog):
+    marker = tmp_path / "drawn-by"
+    monkeypatch.setattr(task_double, "summary_panels",
+                        lambda frame, settings: [SummaryPanel(draw=lambda axes: picture_panels.slow(axes, marker, 0))],
+                        raising=False)
+    run = make_run(tmp_path / "run", count=2)
+    with caplog.at_level(logging.INFO, logger="shardrun.results.picture_process"):
+        merge_shards(shard_dirs_of_run(run), tmp_path / "merged")
+    assert_valid_png(MergedPaths(tmp_path / "merged").summary_png)
+    assert marker.read_text() == str(os.getpid())
+    assert any("drawn in the merge's own process" in r.getMessage() for r in caplog.records)
+
+
+def test_the_picture_is_drawn_by_another_process(tmp_path, task_double, monkeypatch):
+    marker = tmp_path / "drawn-by"
+    monkeypatch.setattr(task_double, "summary_panels", panels_of(functools.partial(picture_panels.slow, marker=marker,
+                                                                                   seconds=0)), raising=False)
+    run = make_run(tmp_path / "run", count=2)
+    merge_shards(shard_dirs_of_run(run), tmp_path / "merged")
+    assert_valid_png(MergedPaths(tmp_path / "merged").summary_png)
+    assert int(marker.read_text()) != os.getpid()
 
 
 def test_hundreds_of_thousands_of_users_still_draw(tmp_path):

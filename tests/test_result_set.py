@@ -8,12 +8,12 @@ from a tiny module on PYTHONPATH, and check the exit code, the message and that 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -26,6 +26,8 @@ from shardrun.results.validate import write_validation
 from shardrun.storage.atomic import read_json, write_json_atomic
 from shardrun.storage.commits import scan_committed
 from shardrun.storage.paths import MergedPaths, ShardPaths
+from shardrun.task import SummaryPanel
+import picture_panels
 from store_support import as_user_file, batch_of, edit_batch
 from task_double import (  # noqa: F401  (task_double: the autouse fixture that makes the double loadable)
     DOUBLE_MODULE,
@@ -78,25 +80,20 @@ def test_a_failure_after_results_csv_leaves_nothing_at_a_new_output(tmp_path, mo
     assert siblings(out) == []  # no staging dir, no results.csv anywhere
 
 
-def test_a_failed_set_is_removed_only_after_its_picture_is_drawn(tmp_path, monkeypatch):
+def test_a_failed_set_is_removed_only_after_its_picture_is_drawn(tmp_path, task_double, monkeypatch):
     """The picture is drawn while the tables are written; a table that fails must not remove the
     staging dir under a picture still being drawn (nor leave one written after the removal)."""
     run = make_run(tmp_path / "run", count=1)
     out = tmp_path / "out" / "merged"
-    drawn = []
-
-    def slow_picture(frame, spans, path, title=None, panels=()):
-        time.sleep(0.5)
-        path.write_bytes(b"a picture")  # fails if the staging dir is already gone
-        drawn.append(path.name)
-
-    monkeypatch.setattr("shardrun.results.merge.write_summary_png", slow_picture)
+    marker = tmp_path / "drawn"
+    monkeypatch.setattr(task_double, "summary_panels", lambda frame, settings: [
+        SummaryPanel(draw=functools.partial(picture_panels.slow, marker=marker, seconds=0.5))], raising=False)
     monkeypatch.setattr("shardrun.results.merge.write_parquet",
                         lambda frame, path: (_ for _ in ()).throw(RuntimeError("parquet writer down")))
     with pytest.raises(RuntimeError, match="parquet writer down"):
         merge_shards(shard_dirs_of_run(run), out)
 
-    assert drawn == ["summary.png"]
+    assert marker.is_file()  # the merge ended only after its picture was drawn (after the panel's 0.5 s)
     assert siblings(out) == []
 
 

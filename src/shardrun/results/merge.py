@@ -55,7 +55,8 @@ from shardrun.results.read import (
     resolve_task,
 )
 from shardrun.results.report import MergeReport, mismatch_message
-from shardrun.results.summary import run_title, task_panels, write_summary_png
+from shardrun.results.picture_process import PictureProcess
+from shardrun.results.summary import ResultCounts, SummaryPicture, run_title, task_panels
 from shardrun.results.timeline import span_table
 from shardrun.storage.paths import MergedPaths
 from shardrun.storage.atomic import fsync_tree, replace_dir, write_json_atomic
@@ -107,6 +108,11 @@ def merge_result_set(shard_dirs: Sequence[Path], output_dir: Path, force: bool =
     dirs = _distinct_dirs(list(shard_dirs))
     if not dirs:
         raise MergeError("no shard dirs given; pass shard dirs with --shards or a run dir with --run.")
+    with PictureProcess() as pictures:  # it imports matplotlib meanwhile
+        return _merge(dirs, output_dir, force, columnar, pictures)
+
+
+def _merge(dirs: list[Path], output_dir: Path, force: bool, columnar: bool, pictures: PictureProcess) -> MergedSet:
     shards = [read_shard(d, columnar=columnar) for d in dirs]
 
     mismatch = find_mismatch(shards)
@@ -148,7 +154,7 @@ def merge_result_set(shard_dirs: Sequence[Path], output_dir: Path, force: bool =
     )
     spans, title = span_table(shards), run_title(dirs)
     write_result_set(output_dir, frame, report,
-                     draw=lambda path: write_summary(path, frame, spans, title, task, settings))
+                     draw=lambda path: write_summary(path, frame, spans, title, task, settings, pictures))
     if report.complete:
         log.info("%s", report.summary())
     else:
@@ -277,8 +283,8 @@ def write_result_set(output_dir: Path, frame: pd.DataFrame, report: MergeReport,
 def drawn_meanwhile(draw: Callable[[Path], object] | None, path: Path) -> Iterator[None]:
     """draw(path) in a thread while the block runs, finished when the block ends (raised or not), so
     the picture is in the staging dir before its fsync and swap, and never written after a failed set
-    is removed. The picture reads only the frame and the spans, which nobody changes meanwhile; the
-    block writes the tables, and while a writer releases the GIL (pyarrow's do) the two overlap."""
+    is removed. The thread mostly waits for the picture's process (picture_process.py) while the block
+    writes the tables; it reads only the frame and the spans, which nobody changes meanwhile."""
     if draw is None:
         yield
         return
@@ -291,17 +297,19 @@ def drawn_meanwhile(draw: Callable[[Path], object] | None, path: Path) -> Iterat
 
 
 def write_summary(path: Path, frame: pd.DataFrame, spans: pd.DataFrame, title: str, task: Task,
-                  settings: Any | None) -> bool:
-    """Draw summary.png (the task's panels, if any, above the per-shard timeline); True if it was written.
+                  settings: Any | None, pictures: PictureProcess) -> bool:
+    """Draw summary.png (the task's panels, if any, above the per-shard timeline) in the picture's
+    process; True if it was written.
 
     The one guarded step of a merge: the picture only illustrates results already written, so a
-    plotting failure (a matplotlib bug, an odd value, a missing font, a task's panel that raises) is
-    logged as an error with its traceback and the merge goes on. A picture of an earlier merge is
-    removed first, so it is never shown next to results it does not describe.
+    plotting failure (a matplotlib bug, an odd value, a missing font, a task's panel that raises, the
+    picture's process killed) is logged as an error with its traceback and the merge goes on. A picture
+    of an earlier merge is removed first, so it is never shown next to results it does not describe.
     """
     path.unlink(missing_ok=True)
     try:
-        write_summary_png(frame, spans, path, title=title, panels=task_panels(task, frame, settings))
+        picture = SummaryPicture(ResultCounts.of(frame), spans, title, tuple(task_panels(task, frame, settings)))
+        pictures.write(picture, path)
     except Exception as exc:  # noqa: BLE001 - documented guard: the picture must not cost the results
         log.error("could not draw %s (%s: %s); the merged results are complete without it", path,
                   type(exc).__name__, exc, exc_info=True)

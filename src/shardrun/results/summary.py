@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import io
 import math
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -69,36 +70,68 @@ def status_counts(frame: pd.DataFrame) -> dict[str, int]:
     return {status: int(counts[status]) for status in ordered}
 
 
+@dataclass(frozen=True)
+class ResultCounts:
+    """All the picture says of the result rows themselves: the frame stays with the merge."""
+
+    rows: int
+    users: int | None  # None: the rows have no user_id column
+    statuses: dict[str, int] = field(default_factory=dict)  # status_counts; empty without a status column
+
+    @classmethod
+    def of(cls, frame: pd.DataFrame) -> "ResultCounts":
+        users = int(frame["user_id"].nunique()) if "user_id" in frame.columns else None
+        return cls(len(frame), users, status_counts(frame))
+
+
+@dataclass(frozen=True)
+class SummaryPicture:
+    """Everything summary.png is drawn from, small enough to hand to another process (merge draws it
+    in one, picture_process.py): the counts, the span table and the task's panels, never the frame."""
+
+    counts: ResultCounts
+    spans: pd.DataFrame
+    title: str | None = None
+    panels: tuple[SummaryPanel, ...] = ()
+
+    def write(self, path: Path) -> None:
+        """Draw the picture (see draw_summary) into `path` (PNG), replacing it atomically."""
+        from shardrun.storage.atomic import write_bytes_atomic
+
+        figure = draw_summary(self.counts, self.spans, self.panels, self.title)
+        buffer = io.BytesIO()
+        figure.savefig(buffer, format="png", dpi=DPI)
+        write_bytes_atomic(Path(path), buffer.getvalue())
+
+
 def run_title(shard_dirs: Sequence[Path]) -> str:
     """The run dir's name for the picture's heading, or how many runs were combined."""
     runs = sorted({Path(d).parent.name for d in shard_dirs})
     return runs[0] if len(runs) == 1 else f"{len(runs)} runs"
 
 
-def plain_title(frame: pd.DataFrame, timeline: pd.DataFrame, task_words: str | None) -> str:
+def plain_title(counts: ResultCounts, timeline: pd.DataFrame, task_words: str | None) -> str:
     """The picture's first line: "60 users, 4 shards: <what the task's panels show>" (the core's part
     names no analysis; without the task's words, "results by status and the time each shard took")."""
-    users = frame["user_id"].nunique() if "user_id" in frame.columns else None
     shards = timeline["shard"].nunique() if "shard" in timeline.columns else 0
-    parts = ([_plural(users, "user")] if users is not None else [_plural(len(frame), "row")])
+    parts = ([_plural(counts.users, "user")] if counts.users is not None else [_plural(counts.rows, "row")])
     parts += [_plural(shards, "shard")] if shards else []
     words = task_words or "results by status and the time each shard took"
     return ", ".join(parts) + ": " + words
 
 
-def heading(frame: pd.DataFrame, timeline: pd.DataFrame, title: str | None) -> str:
+def heading(counts: ResultCounts, title: str | None) -> str:
     """The picture's second line: which run, and the result rows by status."""
-    counts = status_counts(frame)
-    parts = [_plural(len(frame), "result row")]
-    if counts:
-        parts.append(" / ".join(f"{status} {n:,}" for status, n in counts.items()))
+    parts = [_plural(counts.rows, "result row")]
+    if counts.statuses:
+        parts.append(" / ".join(f"{status} {n:,}" for status, n in counts.statuses.items()))
     return (f"{title}: " if title else "") + ", ".join(parts)
 
 
 # --- drawing -------------------------------------------------------------------------------
 
 
-def draw_summary(frame: pd.DataFrame, spans: pd.DataFrame | Iterable[Sequence[Any]],
+def draw_summary(counts: ResultCounts, spans: pd.DataFrame | Iterable[Sequence[Any]],
                  panels: Sequence[SummaryPanel] = (), title: str | None = None):
     """The whole picture as a matplotlib Figure (on an Agg canvas): the task's panels side by side
     in the top row (the core's status panel when there are none), the timeline below. `spans` as
@@ -109,27 +142,22 @@ def draw_summary(frame: pd.DataFrame, spans: pd.DataFrame | Iterable[Sequence[An
 
     figure = Figure(figsize=FIGURE_INCHES, dpi=DPI, layout="constrained")
     FigureCanvasAgg(figure)  # explicit Agg canvas: no GUI backend, no pyplot
-    top = list(panels) or [SummaryPanel(draw=lambda axes: draw_status_panel(axes, status_counts(frame)))]
+    top = list(panels) or [SummaryPanel(draw=lambda axes: draw_status_panel(axes, counts.statuses))]
     grid = figure.add_gridspec(2, len(top), height_ratios=[1, 1.05], width_ratios=[p.width for p in top])
     for column, panel in enumerate(top):
         panel.draw(figure.add_subplot(grid[0, column]))
     timeline = timeline_table(spans)
     draw_timeline_panel(figure.add_subplot(grid[1, :]), timeline)
     task_words = figure.get_suptitle() or None  # what the task's panels said the picture shows
-    figure.suptitle(f"{plain_title(frame, timeline, task_words)}\n{heading(frame, timeline, title)}",
+    figure.suptitle(f"{plain_title(counts, timeline, task_words)}\n{heading(counts, title)}",
                     fontsize=TITLE_SIZE + 1, fontweight="bold")
     return figure
 
 
 def write_summary_png(frame: pd.DataFrame, spans: pd.DataFrame | Iterable[Sequence[Any]], path: Path,
                       title: str | None = None, panels: Sequence[SummaryPanel] = ()) -> None:
-    """Draw the picture (see draw_summary) into `path` (PNG), replacing it atomically."""
-    from shardrun.storage.atomic import write_bytes_atomic
-
-    figure = draw_summary(frame, spans, panels, title)
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=DPI)
-    write_bytes_atomic(Path(path), buffer.getvalue())
+    """The picture of a frame (see SummaryPicture) drawn here into `path`."""
+    SummaryPicture(ResultCounts.of(frame), spans, title, tuple(panels)).write(path)
 
 
 def panel_titles(figure) -> list[str]:

@@ -1,0 +1,105 @@
+"""summary.png drawn by a process of its own while the merge writes the tables.
+
+Drawing is Python (matplotlib) and holds the GIL, so a thread beside the table writers overlapped little:
+the picture stayed on the merge's path, a second of three at 100,000 users. The picture's process
+starts when the merge starts (`python -m shardrun.results.picture_process`: a new interpreter, never
+a fork, and never a re-import of the caller's main module as multiprocessing's spawn does), imports
+matplotlib while the merge reads the shards, then reads one pickled SummaryPicture on stdin (counts,
+the span table and the task's panels, never the frame), draws it, and answers on stdout. A picture
+that cannot be pickled (a task's panel that is a lambda) is drawn in the merge's own process instead.
+
+The merge waits for the answer before it fsyncs and swaps the set (merge.drawn_meanwhile): the
+picture is part of the set, and nothing writes into a staging dir after the merge is done with it.
+A process that was never handed a picture (the merge failed first) is stopped.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import pickle
+import signal
+import subprocess
+import sys
+import traceback
+from pathlib import Path
+
+from shardrun.errors import MergeError
+from shardrun.results.summary import SummaryPicture
+
+log = logging.getLogger(__name__)
+
+
+class PictureFailed(MergeError):
+    """The picture's process could not draw summary.png (its error, or its death)."""
+
+
+class PictureProcess:
+    """The process of one merge's picture; `close` (or the with block's end) stops it if still running."""
+
+    def __init__(self) -> None:
+        self._process = subprocess.Popen([sys.executable, "-m", __name__], stdin=subprocess.PIPE,
+                                         stdout=subprocess.PIPE)
+
+    def __enter__(self) -> "PictureProcess":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._process.poll() is None:
+            self._process.kill()
+        self._process.communicate()
+
+    def write(self, picture: SummaryPicture, path: Path) -> None:
+        """Draw `picture` into `path` and return when it is there; PictureFailed with the other process's
+        error and traceback, or with how it died."""
+        try:
+            # the search path first: the panels' functions are imported from it as the picture is read
+            payload = pickle.dumps(list(sys.path)) + pickle.dumps((picture, str(path)))
+        except (pickle.PicklingError, TypeError, AttributeError) as exc:
+            log.info("summary.png is drawn in the merge's own process: a panel cannot be handed to another (%s)", exc)
+            self.close()
+            picture.write(path)
+            return
+        answer, _ = self._process.communicate(payload)
+        code = self._process.returncode
+        if code == 0 and answer:
+            error = pickle.loads(answer)
+            if error is not None:
+                raise PictureFailed(error)
+            return
+        raise PictureFailed(f"the picture's process ended without an answer ({_death(code)})")
+
+
+def _death(code: int) -> str:
+    if code >= 0:
+        return f"exit status {code}"
+    name = signal.Signals(-code).name if -code in signal.valid_signals() else f"signal {-code}"
+    likely = ", likely the OOM killer: merge again with more memory free" if -code == signal.SIGKILL else ""
+    return f"killed by {name}{likely}"
+
+
+def _serve() -> int:
+    """The process: import the drawing, read one picture, draw it, answer None or the error's text."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the merge's to handle; it stops this process
+    import matplotlib.backends.backend_agg  # noqa: F401 - while the merge reads
+    import matplotlib.figure  # noqa: F401
+
+    payload = io.BytesIO(sys.stdin.buffer.read())
+    if not payload.getbuffer().nbytes:
+        return 0  # the merge ended before its picture
+    sys.path[:] = pickle.load(payload)
+    picture, path = pickle.load(payload)
+    try:
+        picture.write(Path(path))
+        error = None
+    except Exception as exc:  # noqa: BLE001 - the answer: the merge logs it with this traceback
+        error = f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}"
+    sys.stdout.buffer.write(pickle.dumps(error))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_serve())
