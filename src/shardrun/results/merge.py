@@ -80,9 +80,10 @@ def _distinct_dirs(shard_dirs: Sequence[Path]) -> list[Path]:
 
 
 def merge_shards(shard_dirs: Sequence[Path], output_dir: Path, force: bool = False,
-                 overwrite: bool = False, columnar: bool = True) -> MergeReport:
+                 overwrite: bool = False, columnar: bool = True,
+                 pictures: PictureProcess | None = None) -> MergeReport:
     """merge_result_set's report (the command's answer)."""
-    return merge_result_set(shard_dirs, output_dir, force, overwrite, columnar).report
+    return merge_result_set(shard_dirs, output_dir, force, overwrite, columnar, pictures).report
 
 
 @dataclass(frozen=True)
@@ -92,14 +93,16 @@ class MergedSet:
 
 
 def merge_result_set(shard_dirs: Sequence[Path], output_dir: Path, force: bool = False,
-                     overwrite: bool = False, columnar: bool = True) -> MergedSet:
+                     overwrite: bool = False, columnar: bool = True,
+                     pictures: PictureProcess | None = None) -> MergedSet:
     """Merge shard dirs (of one run or of several) into results.csv, results.parquet, summary.png and
     merge_report.json in `output_dir`, all at once.
 
     `force` merges shards of different configs or data anyway (recorded, the set is incomplete);
     `overwrite` replaces an existing output dir. They are separate permissions: force does not imply
     overwrite. `columnar` False reads and combines row by row even where columns would do (the same
-    result set, slowly; the tests compare the two).
+    result set, slowly; the tests compare the two). `pictures`: the process that draws summary.png, if
+    the caller started it already (the command does, before its imports); else the merge starts one.
     """
     output_dir = Path(output_dir)
     if output_dir.is_symlink():
@@ -108,8 +111,10 @@ def merge_result_set(shard_dirs: Sequence[Path], output_dir: Path, force: bool =
     dirs = _distinct_dirs(list(shard_dirs))
     if not dirs:
         raise MergeError("no shard dirs given; pass shard dirs with --shards or a run dir with --run.")
-    with PictureProcess() as pictures:  # it imports matplotlib meanwhile
+    if pictures is not None:
         return _merge(dirs, output_dir, force, columnar, pictures)
+    with PictureProcess() as own:  # it imports matplotlib meanwhile
+        return _merge(dirs, output_dir, force, columnar, own)
 
 
 def _merge(dirs: list[Path], output_dir: Path, force: bool, columnar: bool, pictures: PictureProcess) -> MergedSet:

@@ -10,7 +10,8 @@ that cannot be pickled (a task's panel that is a lambda) is drawn in the merge's
 
 The merge waits for the answer before it fsyncs and swaps the set (merge.drawn_meanwhile): the
 picture is part of the set, and nothing writes into a staging dir after the merge is done with it.
-A process that was never handed a picture (the merge failed first) is stopped.
+A process that was never handed a picture (the merge failed first) is stopped. This module imports
+nothing heavy, so that merge_shard_results starts the process before its own imports (pandas, Arrow).
 """
 
 from __future__ import annotations
@@ -23,9 +24,12 @@ import subprocess
 import sys
 import traceback
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from shardrun.errors import MergeError
-from shardrun.results.summary import SummaryPicture
+
+if TYPE_CHECKING:
+    from shardrun.results.summary import SummaryPicture
 
 log = logging.getLogger(__name__)
 
@@ -84,8 +88,11 @@ def _death(code: int) -> str:
 def _serve() -> int:
     """The process: import the drawing, read one picture, draw it, answer None or the error's text."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the merge's to handle; it stops this process
-    import matplotlib.backends.backend_agg  # noqa: F401 - while the merge reads
+    # while the merge reads: the imports are most of a small picture's time
+    import matplotlib.backends.backend_agg  # noqa: F401
     import matplotlib.figure  # noqa: F401
+
+    import shardrun.results.summary  # noqa: F401
 
     payload = io.BytesIO(sys.stdin.buffer.read())
     if not payload.getbuffer().nbytes:
