@@ -27,7 +27,8 @@ import os
 import secrets
 import shutil
 import threading
-from contextlib import contextmanager
+import time
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
@@ -104,6 +105,7 @@ def merge_result_set(shard_dirs: Sequence[Path], output_dir: Path, force: bool =
     result set, slowly; the tests compare the two). `pictures`: the process that draws summary.png, if
     the caller started it already (the command does, before its imports); else the merge starts one.
     """
+    started = time.monotonic()
     output_dir = Path(output_dir)
     if output_dir.is_symlink():
         output_dir = output_dir.resolve()  # the set is swapped in where the link points; the link stays
@@ -111,10 +113,12 @@ def merge_result_set(shard_dirs: Sequence[Path], output_dir: Path, force: bool =
     dirs = _distinct_dirs(list(shard_dirs))
     if not dirs:
         raise MergeError("no shard dirs given; pass shard dirs with --shards or a run dir with --run.")
-    if pictures is not None:
-        return _merge(dirs, output_dir, force, columnar, pictures)
-    with PictureProcess() as own:  # it imports matplotlib meanwhile
-        return _merge(dirs, output_dir, force, columnar, own)
+    # a process of its own unless the caller started it: it imports matplotlib meanwhile
+    with PictureProcess() if pictures is None else nullcontext(pictures) as drawing:
+        merged = _merge(dirs, output_dir, force, columnar, drawing)
+    log.log(logging.INFO if merged.report.complete else logging.WARNING, "%s (in %.1f s)", merged.report.summary(),
+            time.monotonic() - started)
+    return merged
 
 
 def _merge(dirs: list[Path], output_dir: Path, force: bool, columnar: bool, pictures: PictureProcess) -> MergedSet:
@@ -160,10 +164,6 @@ def _merge(dirs: list[Path], output_dir: Path, force: bool, columnar: bool, pict
     spans, title = span_table(shards), run_title(dirs)
     write_result_set(output_dir, frame, report,
                      draw=lambda path: write_summary(path, frame, spans, title, task, settings, pictures))
-    if report.complete:
-        log.info("%s", report.summary())
-    else:
-        log.warning("%s", report.summary())
     return MergedSet(report, frame)
 
 
