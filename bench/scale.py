@@ -159,6 +159,10 @@ def overhead_section(work: Path, users: int) -> dict[str, Any]:
 
     data = work / f"small{users}.csv"
     arrays = small_users(data, users)
+    # written back now: otherwise the shard's first fsyncs wait for the fresh input's writeback (ext4
+    # commits a file's new data with the next journal commit), which a user's data, written long before,
+    # never costs
+    os.sync()
     config = yaml.safe_load((REPO / "config" / "proposal.yaml").read_text())
     config["data"]["path"] = str(data)
     config["k_selection"]["k_grid"] = [1]
