@@ -36,6 +36,19 @@ PLAIN_TYPES = (pa.types.is_integer, pa.types.is_floating, pa.types.is_boolean, p
                pa.types.is_large_string, pa.types.is_null)
 
 
+def _text_dtype() -> Any:
+    """The dtype of the merged frame's text columns (here and in frame.typed_frame): pandas' own text
+    dtype where it has one (pandas 3: Arrow's strings, a missing text NaN; what read_csv and read_parquet
+    give back for the written set), Python str objects (object) before it. Arrow's strings cost a
+    fraction of the memory and time of a str object per value, in the frame and in writing results.csv
+    and results.parquet from it."""
+    inferred = pd.Series(["text"]).dtype
+    return inferred if isinstance(inferred, pd.StringDtype) else object
+
+
+TEXT_DTYPE = _text_dtype()
+
+
 @dataclass(frozen=True)
 class ColumnarShard:
     users: tuple[str, ...]  # committed users, in commit order
@@ -105,8 +118,9 @@ def typed_frame_of_table(table: pa.Table, columns: Sequence[str]) -> pd.DataFram
             typed[column] = pd.Series(values.to_pylist() if has_nulls else values.to_numpy(),
                                       dtype="boolean" if has_nulls else bool)
         elif pa.types.is_string(kind) or pa.types.is_large_string(kind):
-            # an object array of str (None where null), made by Arrow: a list of them first costs more
-            typed[column] = pd.Series(values.to_numpy(zero_copy_only=False), dtype=object)
+            # frame.TEXT_DTYPE: Arrow's own strings kept as they are, or an object array of str made by Arrow
+            typed[column] = (pd.Series(values.to_pandas(), dtype=TEXT_DTYPE) if TEXT_DTYPE is not object
+                             else pd.Series(values.to_numpy(zero_copy_only=False), dtype=object))
         elif pa.types.is_null(kind):
             typed[column] = pd.Series(np.full(table.num_rows, np.nan), dtype="float64")
         else:

@@ -25,6 +25,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from shardrun.results.columnar import TEXT_DTYPE
 from shardrun.results.combine import is_missing, json_type
 from shardrun.task import BOOKKEEPING_COLUMNS, Task
 
@@ -78,8 +79,8 @@ def _typed_column(values: list[Any]) -> pd.Series:
     if kind == "number":
         return pd.Series([math.nan if is_missing(v) else float(v) for v in values], dtype="float64")
     if kind == "string":
-        return pd.Series([None if is_missing(v) else v for v in values], dtype=object)
-    return pd.Series([_as_text(v) for v in values], dtype=object)
+        return pd.Series([None if is_missing(v) else v for v in values], dtype=TEXT_DTYPE)
+    return pd.Series([_as_text(v) for v in values], dtype=TEXT_DTYPE)
 
 
 # pandas' inference of an object column (nulls skipped) -> the one JSON type all its values share
@@ -119,7 +120,7 @@ def _typed_column_by_kind(values: np.ndarray, kind: str) -> pd.Series | None:
     if kind == "boolean":
         return pd.Series(values, dtype="boolean" if has_missing else bool)
     if kind == "string":
-        return pd.Series(np.where(missing, None, values), dtype=object)
+        return pd.Series(np.where(missing, None, values), dtype=TEXT_DTYPE)
     if pd.api.types.infer_dtype(values, skipna=True) == "integer":
         try:
             return pd.Series(pd.array(np.where(missing, None, values), dtype="Int64" if has_missing else "int64"))
