@@ -11,6 +11,8 @@ import pytest
 from shardrun.results.picture_process import PictureFailed, PictureProcess
 from shardrun.results.summary import ResultCounts, SummaryPicture
 from shardrun.results.timeline import UserSpan
+from shardrun.task import SummaryPanel
+import picture_panels
 
 
 def a_picture() -> SummaryPicture:
@@ -25,18 +27,26 @@ def test_a_process_never_handed_a_picture_is_stopped_and_reaped():
     assert not psutil.pid_exists(pid)
 
 
-def test_the_picture_is_written_by_the_other_process_and_the_process_ends(tmp_path):
-    path = tmp_path / "summary.png"
+def test_the_picture_comes_back_as_png_bytes_and_the_process_ends():
     with PictureProcess() as pictures:
         pid = pictures.pid
-        pictures.write(a_picture(), path)
-        assert path.read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
+        pictures.draw(a_picture())
+        assert pictures.png().startswith(b"\x89PNG\r\n\x1a\n")
     assert pid != os.getpid() and not psutil.pid_exists(pid)
 
 
-def test_a_process_killed_before_its_picture_is_named_as_such(tmp_path):
+def test_a_process_killed_before_its_picture_is_named_as_such():
     with PictureProcess() as pictures:
         psutil.Process(pictures.pid).kill()
+        pictures.draw(a_picture())
         with pytest.raises(PictureFailed, match="killed by SIGKILL, likely the OOM killer"):
-            pictures.write(a_picture(), tmp_path / "summary.png")
-    assert not (tmp_path / "summary.png").exists()
+            pictures.png()
+
+
+def test_a_panel_that_raises_comes_back_with_its_traceback():
+    picture = SummaryPicture(ResultCounts(rows=0, users=0), [], panels=(SummaryPanel(draw=picture_panels.no_font),))
+    with PictureProcess() as pictures:
+        pictures.draw(picture)
+        with pytest.raises(PictureFailed, match="ValueError: no font") as failure:
+            pictures.png()
+    assert "in no_font" in str(failure.value)  # the other process's traceback

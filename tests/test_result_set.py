@@ -16,6 +16,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import psutil
 import pytest
 
 from shardrun.errors import MergeError
@@ -80,20 +81,22 @@ def test_a_failure_after_results_csv_leaves_nothing_at_a_new_output(tmp_path, mo
     assert siblings(out) == []  # no staging dir, no results.csv anywhere
 
 
-def test_a_failed_set_is_removed_only_after_its_picture_is_drawn(tmp_path, task_double, monkeypatch):
-    """The picture is drawn while the tables are written; a table that fails must not remove the
-    staging dir under a picture still being drawn (nor leave one written after the removal)."""
+def test_a_failed_set_leaves_nothing_and_stops_its_picture_process(tmp_path, task_double, monkeypatch):
+    """The picture is drawn by its own process while the tables are written; a table that fails ends the
+    merge at once: no staging dir is left, and the process is stopped, not waited for."""
     run = make_run(tmp_path / "run", count=1)
     out = tmp_path / "out" / "merged"
     marker = tmp_path / "drawn"
     monkeypatch.setattr(task_double, "summary_panels", lambda frame, settings: [
-        SummaryPanel(draw=functools.partial(picture_panels.slow, marker=marker, seconds=0.5))], raising=False)
+        SummaryPanel(draw=functools.partial(picture_panels.slow, marker=marker, seconds=60))], raising=False)
     monkeypatch.setattr("shardrun.results.merge.write_parquet",
                         lambda frame, path: (_ for _ in ()).throw(RuntimeError("parquet writer down")))
+    children_before = {child.pid for child in psutil.Process().children()}
     with pytest.raises(RuntimeError, match="parquet writer down"):
         merge_shards(shard_dirs_of_run(run), out)
 
-    assert marker.is_file()  # the merge ended only after its picture was drawn (after the panel's 0.5 s)
+    assert {child.pid for child in psutil.Process().children()} <= children_before
+    assert not marker.exists()  # the picture's 60 s panel never ended: its process was stopped
     assert siblings(out) == []
 
 

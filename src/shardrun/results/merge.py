@@ -1,5 +1,5 @@
 """merge_shard_results: shard dirs -> one result set, in the order read -> combine -> frame -> write (the
-picture drawn meanwhile).
+picture drawn meanwhile by its own process, picture_process.py).
 
 Merging is the last step before anyone reads the numbers, so it never guesses silently: rows
 that share a key but differ are conflicts (listed, and the set is marked incomplete), users a
@@ -26,12 +26,11 @@ import logging
 import os
 import secrets
 import shutil
-import threading
 import time
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Sequence
 
 import pandas as pd
 import psutil
@@ -141,6 +140,8 @@ def _merge(dirs: list[Path], output_dir: Path, force: bool, columnar: bool, pict
         log.warning("columns %s are not in the task's schema and are left out of the merged results", dropped)
     for m in mixed:
         log.warning("column %r mixes JSON types %s; it is written as text", m["column"], m["types"])
+    # drawn by its process from here on, while the checks below run and the tables are written
+    drawing = start_picture(pictures, frame, span_table(shards), run_title(dirs), task, settings)
     report = MergeReport(
         output_dir=str(output_dir),
         shards=[s.describe() for s in shards],
@@ -161,9 +162,7 @@ def _merge(dirs: list[Path], output_dir: Path, force: bool, columnar: bool, pict
         unverified_files=[{"dir": str(s.dir), "files": list(s.unverified)} for s in shards if s.unverified],
         mixed_columns=mixed,
     )
-    spans, title = span_table(shards), run_title(dirs)
-    write_result_set(output_dir, frame, report,
-                     draw=lambda path: write_summary(path, frame, spans, title, task, settings, pictures))
+    write_result_set(output_dir, frame, report, picture=lambda: summary_png(pictures) if drawing else None)
     return MergedSet(report, frame)
 
 
@@ -253,10 +252,11 @@ def _tidy_leftovers(paths: MergedPaths) -> None:
 
 
 def write_result_set(output_dir: Path, frame: pd.DataFrame, report: MergeReport,
-                     draw: Callable[[Path], object] | None = None) -> None:
+                     picture: Callable[[], bytes | None] | None = None) -> None:
     """Build the whole set in a sibling staging dir (the report last), fsync it, then swap it into
     place: a merge that dies at any point leaves the previous complete set (or nothing) at the path,
-    never new results next to an old report or validation."""
+    never new results next to an old report or validation. `picture` gives summary.png's bytes once
+    the tables are written (None: the set has no picture)."""
     paths = MergedPaths(output_dir)
     try:
         output_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -267,9 +267,11 @@ def write_result_set(output_dir: Path, frame: pd.DataFrame, report: MergeReport,
     try:
         new = MergedPaths(staging)
         # straight into the staging dir, which nobody reads before fsync_tree and the swap below
-        with drawn_meanwhile(draw, new.summary_png):
-            write_csv(frame, new.csv)
-            write_parquet(frame, new.parquet)
+        write_csv(frame, new.csv)
+        write_parquet(frame, new.parquet)
+        png = picture() if picture is not None else None
+        if png is not None:
+            new.summary_png.write_bytes(png)
         write_json_atomic(new.report, report.to_json())
         fsync_tree(staging)
         replace_dir(staging, output_dir, aside=_staging_dir(paths, "old"))
@@ -282,42 +284,35 @@ def write_result_set(output_dir: Path, frame: pd.DataFrame, report: MergeReport,
 
 
 # --- the summary picture ---------------------------------------------------------------------
+# The one guarded step of a merge: the picture only illustrates results already written, so a plotting
+# failure (a matplotlib bug, an odd value, a missing font, a task's panel that raises, the picture's
+# process killed) is logged as an error with its traceback and the merge goes on, its set without
+# summary.png: a picture of an earlier merge is never shown next to results it does not describe.
 
 
-@contextmanager
-def drawn_meanwhile(draw: Callable[[Path], object] | None, path: Path) -> Iterator[None]:
-    """draw(path) in a thread while the block runs, finished when the block ends (raised or not), so
-    the picture is in the staging dir before its fsync and swap, and never written after a failed set
-    is removed. The thread mostly waits for the picture's process (picture_process.py) while the block
-    writes the tables; it reads only the frame and the spans, which nobody changes meanwhile."""
-    if draw is None:
-        yield
-        return
-    drawing = threading.Thread(target=draw, args=(path,), name="summary.png")
-    drawing.start()
+def start_picture(pictures: PictureProcess, frame: pd.DataFrame, spans: pd.DataFrame, title: str, task: Task,
+                  settings: Any | None) -> bool:
+    """Hand summary.png (the task's panels, if any, above the per-shard timeline) to the picture's
+    process; False if even that failed (the task's panels raised; logged)."""
     try:
-        yield
-    finally:
-        drawing.join()
-
-
-def write_summary(path: Path, frame: pd.DataFrame, spans: pd.DataFrame, title: str, task: Task,
-                  settings: Any | None, pictures: PictureProcess) -> bool:
-    """Draw summary.png (the task's panels, if any, above the per-shard timeline) in the picture's
-    process; True if it was written.
-
-    The one guarded step of a merge: the picture only illustrates results already written, so a
-    plotting failure (a matplotlib bug, an odd value, a missing font, a task's panel that raises, the
-    picture's process killed) is logged as an error with its traceback and the merge goes on. A picture
-    of an earlier merge is removed first, so it is never shown next to results it does not describe.
-    """
-    path.unlink(missing_ok=True)
-    try:
-        picture = SummaryPicture(ResultCounts.of(frame), spans, title, tuple(task_panels(task, frame, settings)))
-        pictures.write(picture, path)
+        pictures.draw(SummaryPicture(ResultCounts.of(frame), spans, title, tuple(task_panels(task, frame, settings))))
     except Exception as exc:  # noqa: BLE001 - documented guard: the picture must not cost the results
-        log.error("could not draw %s (%s: %s); the merged results are complete without it", path,
-                  type(exc).__name__, exc, exc_info=True)
+        _picture_failed(exc)
         return False
-    log.info("drew the summary picture (%s)", path.name)  # path is in the staging dir until published
     return True
+
+
+def summary_png(pictures: PictureProcess) -> bytes | None:
+    """summary.png's bytes once drawn, or None if drawing failed (logged)."""
+    try:
+        png = pictures.png()
+    except Exception as exc:  # noqa: BLE001 - documented guard: the picture must not cost the results
+        _picture_failed(exc)
+        return None
+    log.info("drew the summary picture (summary.png)")
+    return png
+
+
+def _picture_failed(exc: Exception) -> None:
+    log.error("could not draw summary.png (%s: %s); the merged results are complete without it",
+              type(exc).__name__, exc, exc_info=True)

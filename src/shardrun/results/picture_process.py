@@ -5,13 +5,13 @@ the picture stayed on the merge's path, a second of three at 100,000 users. The 
 starts when the merge starts (`python -m shardrun.results.picture_process`: a new interpreter, never
 a fork, and never a re-import of the caller's main module as multiprocessing's spawn does), imports
 matplotlib while the merge reads the shards, then reads one pickled SummaryPicture on stdin (counts,
-the span table and the task's panels, never the frame), draws it, and answers on stdout. A picture
-that cannot be pickled (a task's panel that is a lambda) is drawn in the merge's own process instead.
+the span table and the task's panels, never the frame) and answers on stdout with the PNG's bytes or
+the error. It writes no file: the merge puts the bytes into its staging dir itself, so a merge that
+fails or is interrupted just stops the process. A picture that cannot be pickled (a task's panel that
+is a lambda) is drawn in the merge's own process instead.
 
-The merge waits for the answer before it fsyncs and swaps the set (merge.drawn_meanwhile): the
-picture is part of the set, and nothing writes into a staging dir after the merge is done with it.
-A process that was never handed a picture (the merge failed first) is stopped. This module imports
-nothing heavy, so that merge_shard_results starts the process before its own imports (pandas, Arrow).
+This module imports nothing heavy, so that merge_shard_results starts the process before its own
+imports (pandas, Arrow).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import signal
 import subprocess
 import sys
 import traceback
-from pathlib import Path
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
 from shardrun.errors import MergeError
@@ -40,11 +40,15 @@ class PictureFailed(MergeError):
 
 
 class PictureProcess:
-    """The process of one merge's picture; `close` (or the with block's end) stops it if still running."""
+    """The process of one merge's picture: `draw` hands the picture over and returns at once, `png`
+    waits for its bytes; `close` (or the with block's end) stops the process if it still runs."""
 
     def __init__(self) -> None:
         self._process = subprocess.Popen([sys.executable, "-m", __name__], stdin=subprocess.PIPE,
                                          stdout=subprocess.PIPE)
+        # the exchange runs in a thread: the process reads the picture only once its imports are done
+        self._exchanger = ThreadPoolExecutor(max_workers=1, thread_name_prefix="summary.png")
+        self._answer: Future[bytes] | None = None
 
     @property
     def pid(self) -> int:
@@ -61,29 +65,43 @@ class PictureProcess:
         if self._process.poll() is None:
             self._process.kill()
         self._process.wait()
+        self._exchanger.shutdown(wait=True)
         self._process.stdin.close()
         self._process.stdout.close()
 
-    def write(self, picture: SummaryPicture, path: Path) -> None:
-        """Draw `picture` into `path` and return when it is there; PictureFailed with the other process's
-        error and traceback, or with how it died."""
+    def draw(self, picture: SummaryPicture) -> None:
+        """Start drawing `picture` (once per process); `png` gives the result."""
         try:
             # the search path first: the panels' functions are imported from it as the picture is read
-            payload = pickle.dumps(list(sys.path)) + pickle.dumps((picture, str(path)))
+            payload = pickle.dumps(list(sys.path)) + pickle.dumps(picture)
         except (pickle.PicklingError, TypeError, AttributeError) as exc:
             log.info("summary.png is drawn in the merge's own process: a panel cannot be handed to another (%s)", exc)
-            self.close()
-            picture.write(path)
+            self._answer = Future()
+            try:
+                self._answer.set_result(picture.png())
+            except Exception as drawing_error:  # noqa: BLE001 - raised again by png(), as the other process's
+                self._answer.set_exception(drawing_error)
             return
+        self._answer = self._exchanger.submit(self._exchange, payload)
+
+    def png(self) -> bytes:
+        """The picture's PNG bytes, once drawn; PictureFailed with the other process's error and
+        traceback, or with how it died."""
+        if self._answer is None:
+            raise RuntimeError("PictureProcess.png() before draw()")
+        return self._answer.result()
+
+    def _exchange(self, payload: bytes) -> bytes:
         try:
             with self._process.stdin:
                 self._process.stdin.write(payload)
             # the answer as soon as it is written: the process's own exit is not waited for here
-            error = pickle.load(self._process.stdout)
+            kind, value = pickle.load(self._process.stdout)
         except (EOFError, BrokenPipeError, pickle.UnpicklingError):
             raise PictureFailed(f"the picture's process ended without an answer ({_death(self._process.wait())})") from None
-        if error is not None:
-            raise PictureFailed(error)
+        if kind == "error":
+            raise PictureFailed(value)
+        return value
 
 
 def _death(code: int) -> str:
@@ -95,7 +113,7 @@ def _death(code: int) -> str:
 
 
 def _serve() -> int:
-    """The process: import the drawing, read one picture, draw it, answer None or the error's text."""
+    """The process: import the drawing, read one picture, answer ("png", bytes) or ("error", text)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the merge's to handle; it stops this process
     # while the merge reads: the imports are most of a small picture's time
     import matplotlib.backends.backend_agg  # noqa: F401
@@ -107,19 +125,17 @@ def _serve() -> int:
     if not payload.getbuffer().nbytes:
         return 0  # the merge ended before its picture
     sys.path[:] = pickle.load(payload)
-    picture, path = pickle.load(payload)
     try:
-        picture.write(Path(path))
-        error = None
+        answer = ("png", pickle.load(payload).png())
     except Exception as exc:  # noqa: BLE001 - the answer: the merge logs it with this traceback
-        error = f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}"
-    sys.stdout.buffer.write(pickle.dumps(error))
+        answer = ("error", f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}")
+    sys.stdout.buffer.write(pickle.dumps(answer))
     sys.stdout.buffer.flush()
     return 0
 
 
 if __name__ == "__main__":
     code = _serve()
-    # the answer is out and the picture written through (write_bytes_atomic): the teardown of an
-    # interpreter holding matplotlib and pandas is skipped, a tenth of a second nobody waits for
+    # the answer is out: the teardown of an interpreter holding matplotlib and pandas is skipped, a
+    # tenth of a second nobody waits for
     os._exit(code)

@@ -94,14 +94,11 @@ class SummaryPicture:
     title: str | None = None
     panels: tuple[SummaryPanel, ...] = ()
 
-    def write(self, path: Path) -> None:
-        """Draw the picture (see draw_summary) into `path` (PNG), replacing it atomically."""
-        from shardrun.storage.atomic import write_bytes_atomic
-
-        figure = draw_summary(self.counts, self.spans, self.panels, self.title)
+    def png(self) -> bytes:
+        """The picture (see draw_summary) as PNG bytes."""
         buffer = io.BytesIO()
-        figure.savefig(buffer, format="png", dpi=DPI)
-        write_bytes_atomic(Path(path), buffer.getvalue())
+        draw_summary(self.counts, self.spans, self.panels, self.title).savefig(buffer, format="png", dpi=DPI)
+        return buffer.getvalue()
 
 
 def run_title(shard_dirs: Sequence[Path]) -> str:
@@ -156,8 +153,10 @@ def draw_summary(counts: ResultCounts, spans: pd.DataFrame | Iterable[Sequence[A
 
 def write_summary_png(frame: pd.DataFrame, spans: pd.DataFrame | Iterable[Sequence[Any]], path: Path,
                       title: str | None = None, panels: Sequence[SummaryPanel] = ()) -> None:
-    """The picture of a frame (see SummaryPicture) drawn here into `path`."""
-    SummaryPicture(ResultCounts.of(frame), spans, title, tuple(panels)).write(path)
+    """The picture of a frame (see SummaryPicture) drawn here into `path`, replacing it atomically."""
+    from shardrun.storage.atomic import write_bytes_atomic
+
+    write_bytes_atomic(Path(path), SummaryPicture(ResultCounts.of(frame), spans, title, tuple(panels)).png())
 
 
 def panel_titles(figure) -> list[str]:
