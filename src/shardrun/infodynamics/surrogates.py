@@ -61,7 +61,7 @@ def draw_in_jvm(java_seed: int, length: int) -> np.ndarray:
     """One base permutation, drawn by JIDT's RandomGenerator in the JVM (the documented algorithm)."""
     generator = java_class(RANDOM_GENERATOR)()
     generator.setSeed(java_seed)
-    return np.array(generator.generateRandomPerturbations(length, 1), dtype=np.int32)[0]
+    return np.array(generator.generateRandomPerturbations(length, 1)[0], dtype=np.int32)  # the one row
 
 
 def batch_rows(observations, count: int, parts: int = 1):

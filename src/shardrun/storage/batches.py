@@ -35,6 +35,10 @@ class Batch:
     records: Sequence[Mapping[str, Any]]
 
 
+# json.dumps with these options builds an encoder per call: a quarter of the cost of a small user's record
+_COMPACT = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
+
+
 def encode_record(user_id: str, rows: Sequence[Mapping[str, Any]], ended_at: str, replaces: bool = False) -> bytes:
     """One user's line: NaN as null (JSON has none), compact, ASCII (any id survives any reader)."""
     record: dict[str, Any] = {"user_id": user_id, "ended_at": ended_at}
@@ -42,10 +46,10 @@ def encode_record(user_id: str, rows: Sequence[Mapping[str, Any]], ended_at: str
         record["replaces"] = True
     record["rows"] = list(rows)
     try:
-        text = json.dumps(record, separators=(",", ":"), allow_nan=False)
+        text = _COMPACT.encode(record)
     except ValueError:  # a NaN or an infinity somewhere: only then is every value looked at
         record["rows"] = json_safe(record["rows"])
-        text = json.dumps(record, separators=(",", ":"), allow_nan=False)
+        text = _COMPACT.encode(record)
     return text.encode("ascii") + b"\n"
 
 
