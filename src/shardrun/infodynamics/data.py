@@ -109,12 +109,12 @@ class Dataset:
         except KeyError:
             raise KeyError(f"user {user_id!r} is not in {self.path}") from None
         missing = _missing_values(rows.values, self._settings.encoding)
-        values = rows.values[~missing]
-        local_times = rows.local_times[~missing]
-        instants = rows.instants[~missing]
+        dropped = int(np.count_nonzero(missing))
+        values, local_times, instants = rows.values, rows.local_times, rows.instants
+        if dropped:  # else the rows as they are: three copies cost a small user more than its symbols
+            values, local_times, instants = values[~missing], local_times[~missing], instants[~missing]
+            log.info("user %s: dropped %d rows with a missing value", user_id, dropped)
         duplicates = int(np.count_nonzero(instants[1:] == instants[:-1]))
-        if missing.any():
-            log.info("user %s: dropped %d rows with a missing value", user_id, int(missing.sum()))
         if self._settings.step is not None:
             values, local_times = resample(values, local_times, self._settings.step, self._settings.aggregate)
         elif duplicates:
@@ -125,7 +125,7 @@ class Dataset:
             user_id=user_id,
             values=values,
             hours=hours,
-            dropped_missing=int(missing.sum()),
+            dropped_missing=dropped,
             duplicate_times=duplicates,
         )
 
