@@ -3,7 +3,9 @@ besides the drawing (tests/test_plots.py draws through merges)."""
 
 from __future__ import annotations
 
+import logging
 import os
+import sys
 
 import psutil
 import pytest
@@ -50,3 +52,12 @@ def test_a_panel_that_raises_comes_back_with_its_traceback():
         with pytest.raises(PictureFailed, match="ValueError: no font") as failure:
             pictures.png()
     assert "in no_font" in str(failure.value)  # the other process's traceback
+
+
+def test_where_no_process_can_start_the_picture_is_drawn_in_this_one(tmp_path, monkeypatch, caplog):
+    monkeypatch.setattr(sys, "executable", str(tmp_path / "no-such-python"))  # Popen fails for real
+    with caplog.at_level(logging.INFO, logger="shardrun.results.picture_process"), PictureProcess() as pictures:
+        assert pictures.pid is None
+        pictures.draw(a_picture())
+        assert pictures.png().startswith(b"\x89PNG\r\n\x1a\n")
+    assert any("no process could be started" in record.getMessage() for record in caplog.records)

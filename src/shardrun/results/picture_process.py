@@ -8,7 +8,8 @@ matplotlib while the merge reads the shards, then reads one pickled SummaryPictu
 the span table and the task's panels, never the frame) and answers on stdout with the PNG's bytes or
 the error. It writes no file: the merge puts the bytes into its staging dir itself, so a merge that
 fails or is interrupted just stops the process. A picture that cannot be pickled (a task's panel that
-is a lambda) is drawn in the merge's own process instead.
+is a lambda), or a machine where no process can be started, has it drawn in the merge's own process
+(in a thread, while the tables are written) instead.
 
 This module imports nothing heavy, so that merge_shard_results starts the process before its own
 imports (pandas, Arrow).
@@ -44,15 +45,19 @@ class PictureProcess:
     waits for its bytes; `close` (or the with block's end) stops the process if it still runs."""
 
     def __init__(self) -> None:
-        self._process = subprocess.Popen([sys.executable, "-m", __name__], stdin=subprocess.PIPE,
-                                         stdout=subprocess.PIPE)
+        self._process: subprocess.Popen | None = None
+        try:
+            self._process = subprocess.Popen([sys.executable or "python3", "-m", __name__], stdin=subprocess.PIPE,
+                                             stdout=subprocess.PIPE)
+        except OSError as exc:  # no process can be started here: the picture is drawn in this one
+            log.info("summary.png is drawn in the merge's own process: no process could be started for it (%s)", exc)
         # the exchange runs in a thread: the process reads the picture only once its imports are done
         self._exchanger = ThreadPoolExecutor(max_workers=1, thread_name_prefix="summary.png")
         self._answer: Future[bytes] | None = None
 
     @property
-    def pid(self) -> int:
-        return self._process.pid
+    def pid(self) -> int | None:
+        return None if self._process is None else self._process.pid
 
     def __enter__(self) -> "PictureProcess":
         return self
@@ -62,27 +67,29 @@ class PictureProcess:
 
     def close(self) -> None:
         """Stop the process if it still runs (after its answer it is only exiting), and reap it."""
-        if self._process.poll() is None:
-            self._process.kill()
-        self._process.wait()
+        process = self._process
+        if process is not None and process.poll() is None:
+            process.kill()
+        if process is not None:
+            process.wait()
         self._exchanger.shutdown(wait=True)
-        self._process.stdin.close()
-        self._process.stdout.close()
+        if process is not None:
+            process.stdin.close()
+            process.stdout.close()
 
     def draw(self, picture: SummaryPicture) -> None:
         """Start drawing `picture` (once per process); `png` gives the result."""
+        if self._process is None:
+            self._answer = self._exchanger.submit(picture.png)
+            return
         try:
             # the search path first: the panels' functions are imported from it as the picture is read
             payload = pickle.dumps(list(sys.path)) + pickle.dumps(picture)
         except (pickle.PicklingError, TypeError, AttributeError) as exc:
             log.info("summary.png is drawn in the merge's own process: a panel cannot be handed to another (%s)", exc)
-            self._answer = Future()
-            try:
-                self._answer.set_result(picture.png())
-            except Exception as drawing_error:  # noqa: BLE001 - raised again by png(), as the other process's
-                self._answer.set_exception(drawing_error)
+            self._answer = self._exchanger.submit(picture.png)
             return
-        self._answer = self._exchanger.submit(self._exchange, payload)
+        self._answer = self._exchanger.submit(self._exchange, payload, self._process)
 
     def png(self) -> bytes:
         """The picture's PNG bytes, once drawn; PictureFailed with the other process's error and
@@ -91,14 +98,15 @@ class PictureProcess:
             raise RuntimeError("PictureProcess.png() before draw()")
         return self._answer.result()
 
-    def _exchange(self, payload: bytes) -> bytes:
+    @staticmethod
+    def _exchange(payload: bytes, process: subprocess.Popen) -> bytes:
         try:
-            with self._process.stdin:
-                self._process.stdin.write(payload)
+            with process.stdin:
+                process.stdin.write(payload)
             # the answer as soon as it is written: the process's own exit is not waited for here
-            kind, value = pickle.load(self._process.stdout)
+            kind, value = pickle.load(process.stdout)
         except (EOFError, BrokenPipeError, pickle.UnpicklingError):
-            raise PictureFailed(f"the picture's process ended without an answer ({_death(self._process.wait())})") from None
+            raise PictureFailed(f"the picture's process ended without an answer ({_death(process.wait())})") from None
         if kind == "error":
             raise PictureFailed(value)
         return value
