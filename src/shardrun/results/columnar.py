@@ -118,7 +118,7 @@ def typed_frame_of_table(table: pa.Table, columns: Sequence[str]) -> pd.DataFram
             typed[column] = pd.Series(values.to_pylist() if has_nulls else values.to_numpy(),
                                       dtype="boolean" if has_nulls else bool)
         elif pa.types.is_string(kind) or pa.types.is_large_string(kind):
-            # frame.TEXT_DTYPE: Arrow's own strings kept as they are, or an object array of str made by Arrow
+            # TEXT_DTYPE: Arrow's own strings kept as they are, or else an object array of str made by Arrow
             typed[column] = (pd.Series(values.to_pandas(), dtype=TEXT_DTYPE) if TEXT_DTYPE is not object
                              else pd.Series(values.to_numpy(zero_copy_only=False), dtype=object))
         elif pa.types.is_null(kind):

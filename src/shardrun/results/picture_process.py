@@ -68,10 +68,10 @@ class PictureProcess:
     def close(self) -> None:
         """Stop the process if it still runs (after its answer it is only exiting), and reap it."""
         process = self._process
-        if process is not None and process.poll() is None:
-            process.kill()
         if process is not None:
-            process.wait()
+            if process.poll() is None:
+                process.kill()
+            process.wait()  # before the exchange's thread is joined: a killed process unblocks it
         self._exchanger.shutdown(wait=True)
         if process is not None:
             process.stdin.close()

@@ -90,7 +90,7 @@ class SummaryPicture:
     in one, picture_process.py): the counts, the span table and the task's panels, never the frame."""
 
     counts: ResultCounts
-    spans: pd.DataFrame
+    spans: pd.DataFrame | Sequence[Sequence[Any]]  # as timeline.timeline_table takes them
     title: str | None = None
     panels: tuple[SummaryPanel, ...] = ()
 
