@@ -316,7 +316,8 @@ def picture_frame_and_spans():
 
 def test_the_core_picture_is_the_status_panel_above_the_timeline():
     frame, spans = picture_frame_and_spans()
-    figure = summary.draw_summary(summary.ResultCounts.of(frame), spans, panels=summary.task_panels(object(), frame, None))
+    figure = summary.draw_summary(summary.ResultCounts.of(frame), spans,
+                                  panels=summary.task_panels(object(), frame, None))
     assert summary.panel_titles(figure) == [summary.STATUS_PANEL_TITLE, summary.TIMELINE_TITLE]
     assert summary.status_counts(frame) == {"ok": 1, "failed": 1}
 
@@ -335,7 +336,8 @@ def test_the_default_tasks_picture_holds_the_ais_panels_above_the_timeline():
 
 def test_the_core_title_says_users_and_shards_and_names_no_analysis():
     frame, spans = picture_frame_and_spans()
-    figure = summary.draw_summary(summary.ResultCounts.of(frame), spans, panels=summary.task_panels(object(), frame, None), title="run1")
+    figure = summary.draw_summary(summary.ResultCounts.of(frame), spans,
+                                  panels=summary.task_panels(object(), frame, None), title="run1")
     first, second = figure.get_suptitle().split("\n")
     assert first == "2 users, 2 shards: results by status and the time each shard took"
     assert second == "run1: 2 result rows, ok 1 / failed 1"
@@ -344,7 +346,8 @@ def test_the_core_title_says_users_and_shards_and_names_no_analysis():
 def test_the_ais_axis_fits_the_data_not_a_fixed_range():
     frame = result_frame({1: [2.0, 2.1, 2.2], 2: [2.4, 2.5, 2.6]}, {1: [0.1] * 3, 2: [0.1] * 3}, ["ok"] * 3)
     spans = [UserSpan("0/1", 0.0, 1.0, "ok")]
-    figure = summary.draw_summary(summary.ResultCounts.of(frame), spans, panels=summary.task_panels(default_task, frame, None))
+    figure = summary.draw_summary(summary.ResultCounts.of(frame), spans,
+                                  panels=summary.task_panels(default_task, frame, None))
     low, high = figure.axes[0].get_ylim()
     values = task_plots.ais_quantiles(frame)[["q10", "q90", "median"]].to_numpy()
     assert values.min() - 0.5 < low < values.min() and values.max() < high < values.max() + 0.5
