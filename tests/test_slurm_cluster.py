@@ -215,7 +215,7 @@ def test_a_requeued_element_waits_for_its_begin_time_unless_moved_to_now(slurm_c
     # The requeue revoked the job's credential; slurmd refuses a credential made in that same second
     # ("Killing non-startable batch JobId=...: Job credential revoked": the element ends FAILED, exit 1).
     # That is what the begin time (cred_expire + 1 s) guards; a restart asked for sooner must wait for a
-    # later second. Without this wait the test failed in CI about one run in four.
+    # later second. Without this wait it failed three times in about a dozen CI runs.
     time.sleep(max(0.0, int(requeue_done) + 1.25 - time.time()))
     seen, updates = start_again_now(slurm_cluster, element, out, begin_time=slurm_time(record["EligibleTime"]))
     again = time.time() - requeued_at
