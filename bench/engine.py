@@ -46,6 +46,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tools"))
 
 from make_sample_data import simulate, transition_table  # noqa: E402
+from plain_numpy import BASE, HOUR_BINS, LEVELS, analyse_symbols, numpy_ais  # noqa: E402
 
 from shardrun.config import JvmConfig  # noqa: E402
 from shardrun.section import Section
@@ -58,7 +59,6 @@ from shardrun.infodynamics.symbols import hour_symbols, mode_symbols, value_symb
 from shardrun.infodynamics.jidt import find_jidt_jar  # noqa: E402
 from shardrun.shard.jvm import start_jvm  # noqa: E402
 
-BASE, LEVELS, HOUR_BINS = 24, 4, 6
 MIB = 1024**2
 DENSE_SECONDS_PER_CELL = 1.2e-9  # measured: the dense calculator sweeps base^(k+1) cells per surrogate
 
@@ -82,64 +82,13 @@ def sample_user(user: str = "u021") -> tuple[np.ndarray, np.ndarray]:
     return frame.value.to_numpy(), pd.to_datetime(frame.timestamp).dt.hour.to_numpy()
 
 
-# --- a plain numpy implementation of the same work ---------------------------------------------
+# --- a plain numpy implementation of the same work (bench/plain_numpy.py) -----------------------
 
 
-def window_codes(symbols: np.ndarray, base: int, k: int) -> np.ndarray:
-    """Dense ids of the past before each of positions k..N-1 (np.unique of the windows' integer codes)."""
-    codes = np.zeros(len(symbols) - k, dtype=np.int64)
-    for i in range(k):
-        codes = codes * base + symbols[i:len(symbols) - k + i]
-    return np.unique(codes, return_inverse=True)[1].reshape(-1)
-
-
-def plugin_mi(first: np.ndarray, second: np.ndarray, second_base: int) -> float:
-    joint = np.bincount(first * second_base + second)
-    joint = joint[joint > 0]
-    a, b = np.bincount(first), np.bincount(second)
-    n = len(first)
-    entropy = lambda c: float(np.log2(n) - np.dot(c, np.log2(c)) / n)  # noqa: E731
-    return entropy(a[a > 0]) + entropy(b[b > 0]) - entropy(joint)
-
-
-def numpy_ais(symbols: np.ndarray, base: int, k: int, surrogates: int, rng: np.random.Generator) -> tuple[float, float]:
-    past, nexts = window_codes(symbols, base, k), symbols[k:].astype(np.int64)
-    value = plugin_mi(past, nexts, base)
-    null = [plugin_mi(past, nexts[rng.permutation(len(nexts))], base) for _ in range(surrogates)]
-    return value, float(np.mean(null))
-
-
-def numpy_te(source: np.ndarray, dest: np.ndarray, k: int, surrogates: int, rng: np.random.Generator) -> float:
-    past = window_codes(dest, LEVELS, k)
-    src, nexts = source[k - 1:len(source) - 1].astype(np.int64), dest[k:].astype(np.int64)
-    n = len(nexts)
-
-    def cmi(s: np.ndarray) -> float:
-        def h(codes: np.ndarray) -> float:
-            c = np.bincount(codes)
-            c = c[c > 0]
-            return float(np.log2(n) - np.dot(c, np.log2(c)) / n)
-        return h(past * HOUR_BINS + s) + h(past * LEVELS + nexts) - h(past) - h((past * HOUR_BINS + s) * LEVELS + nexts)
-
-    value = cmi(src)
-    [cmi(src[rng.permutation(n)]) for _ in range(surrogates)]
-    return value
-
-
-def numpy_user(counts: np.ndarray, hours: np.ndarray, ks, surrogates: int, seed: int) -> None:
-    """Both modes' entropy, AIS(k) with nulls, k selection and te_hour with its null, like task.analyse."""
-    rng = np.random.default_rng(seed)
-    values, hour_bins = symbols_of(counts, hours)
-    for mode, base in (("activity", LEVELS), ("composite", BASE)):
-        symbols = mode_symbols(mode, values, hour_bins, HOUR_BINS).astype(np.int64)
-        c = np.bincount(symbols)
-        c = c[c > 0]
-        corrected = {}
-        for k in ks:
-            value, null_mean = numpy_ais(symbols, base, k, surrogates, rng)
-            corrected[k] = value - null_mean
-        k_selected = max(corrected, key=lambda k: (corrected[k], -k))
-        numpy_te(hour_bins, values.astype(np.int64), k_selected, surrogates, rng)
+def numpy_user(counts: np.ndarray, hours: np.ndarray, ks, surrogates: int, seed: int) -> list[tuple]:
+    """Both modes' entropy, AIS(k) with nulls, k selection and te_hour with its null, like task.analyse,
+    from the symbols shardrun makes of the same values."""
+    return analyse_symbols(*symbols_of(counts, hours), ks, surrogates, np.random.default_rng(seed))
 
 
 # --- measuring ----------------------------------------------------------------------------------

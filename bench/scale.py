@@ -13,9 +13,12 @@ Sections:
   the baseline is pandas reading the merged results.csv back, in this process.
 - overhead: N small users (48 hourly observations each, windows of the sample data's real series; k=1,
   5 surrogates, both feature modes) through one shard process (`run_production --shard 0/1`: start-up,
-  JVM, analysis, commits) plus its merge, against the plain numpy implementation of the same analysis
+  JVM, analysis, commits) plus its merge, against two baselines on one core: the plain numpy
+  implementation of the same analysis over the same users' arrays, already in memory, in this process
   (bench/engine.py's numpy_user: entropy, AIS with its permutation null, k selection, te_hour with its
-  null) over the same users on one core, in this process.
+  null; the analysis alone), and the same analysis as a whole program (bench/plain_numpy.py as a
+  process: start-up, reading and grouping the CSV, the analysis, writing its results CSV), which is
+  what a user would run instead of shardrun.
 - load: a shard's start (user index, plan, the rows of its users) and its peak memory at K=1 and K=8 on a
   generated table of --load-rows rows, CSV and Parquet: bench/shard_load.py, run from here.
 - balance: makespan over the lower bound, max(total / K, largest user), for modulo and balanced
@@ -184,11 +187,29 @@ def overhead_section(work: Path, users: int) -> dict[str, Any]:
     for counts, hours in arrays.values():
         numpy_user(counts, hours, [1], 5, seed=1)
     numpy_s = time.perf_counter() - started
+    plain = work / f"plain-numpy-{users}.csv"
+    started = time.perf_counter()
+    subprocess.run([PYTHON, str(REPO / "bench" / "plain_numpy.py"), "--data", str(data), "--out", str(plain),
+                    "--k-grid", "1", "--surrogates", "5"], cwd=REPO, check=True, capture_output=True)
+    program_s = time.perf_counter() - started
+    check_same_numbers(plain, run_dir / "merged" / "results.csv", users)
     batches = len(list((run_dir / "shard-0-of-1" / "results").glob("b-*.jsonl")))
     figure = {"users": users, "shard_s": shard_s, "merge_s": merge_s, "numpy_s": numpy_s,
-              "shardrun_over_numpy": (shard_s + merge_s) / numpy_s, "batch_files": batches}
+              "numpy_program_s": program_s, "shardrun_over_numpy": (shard_s + merge_s) / numpy_s,
+              "shardrun_over_numpy_program": (shard_s + merge_s) / program_s, "batch_files": batches}
     print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in figure.items()}), flush=True)
     return figure
+
+
+def check_same_numbers(plain: Path, merged: Path, users: int) -> None:
+    """The plain program did the same work: a row per user and mode, with shardrun's numbers (the
+    permutations differ, so the p-values are not compared)."""
+    ours = pd.read_csv(merged, dtype={"user_id": str}).set_index(["user_id", "feature_mode"])
+    theirs = pd.read_csv(plain, dtype={"user_id": str}).set_index(["user_id", "feature_mode"])
+    assert len(theirs) == len(ours) == 2 * users and theirs.index.sort_values().equals(ours.index.sort_values())
+    ours = ours.loc[theirs.index]
+    for column in ("entropy_bits", "k_selected", "ais_bits", "te_hour_bits"):
+        assert np.allclose(theirs[column], ours[column], rtol=0, atol=1e-12), column
 
 
 # --- balance: modulo and balanced against the lower bound ---------------------------------------------
