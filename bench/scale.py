@@ -121,6 +121,7 @@ def merge_section(work: Path, user_counts: list[int], shard_counts: list[int]) -
             run_dir = work / f"store-{users}x{shards}"
             if not run_dir.is_dir():
                 write_store(run_dir, users, shards, run_doc, rows)
+                os.sync()  # else the first merge's fsyncs wait for the new store's writeback
             merged = run_dir / "merged"
             merge_s, merge_rss = peak_rss_of([PYTHON, "-m", "shardrun.merge", "--run", str(run_dir), "--output",
                                               str(merged), "--overwrite"], REPO)
