@@ -6,9 +6,10 @@ baseline that bench/engine.py and bench/scale.py time shardrun against.
 Per user, as config/proposal.yaml's analysis does it (both feature modes, activity of base 4 and
 composite of base 4 x 6 hour bins): the plug-in entropy of the mode's symbols, AIS(k) for every k of
 the grid with the mean of its permutation null, the k of the largest AIS - null mean (the smallest k
-on ties), and te_hour at that k with its permutation null. Plug-in estimates over bincounts, numpy's
-own permutations: the same work as shardrun's analysis, not the same permutations, so the numbers
-are not compared (tests/independent_estimator.py does that, with shardrun's permutations).
+on ties), and te_hour at that k with its permutation null. Plug-in estimates over bincounts, with
+numpy's own permutations: the same work as shardrun's analysis and the same entropy, AIS and te_hour
+to rounding (bench/scale.py's overhead section checks that), but other nulls, so other p-values and
+null means.
 
 As a program it also does what shardrun's shard does around the analysis and a script must too:
 start Python, read the CSV, group the rows by user in time order, write one results CSV. The users
