@@ -7,9 +7,9 @@ Per user, as config/proposal.yaml's analysis does it (both feature modes, activi
 composite of base 4 x 6 hour bins): the plug-in entropy of the mode's symbols, AIS(k) for every k of
 the grid with the mean of its permutation null, the k of the largest AIS - null mean (the smallest k
 on ties), and te_hour at that k with its permutation null. Plug-in estimates over bincounts, with
-numpy's own permutations: the same work as shardrun's analysis and the same entropy, AIS and te_hour
-to rounding (bench/scale.py's overhead section checks that), but other nulls, so other p-values and
-null means.
+numpy's own permutations: the same work as shardrun's analysis, the same entropy and AIS(k) to
+rounding, but other nulls (other p-values and null means, so with several k another k may be
+selected); with one k, the same te_hour too (bench/scale.py's overhead section checks that).
 
 As a program it also does what shardrun's shard does around the analysis and a script must too:
 start Python, read the CSV, group the rows by user in time order, write one results CSV. The users

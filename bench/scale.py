@@ -204,7 +204,7 @@ def overhead_section(work: Path, users: int) -> dict[str, Any]:
 
 def check_same_numbers(plain: Path, merged: Path, users: int) -> None:
     """The plain program did the same work: a row per user and mode, with shardrun's numbers (the
-    permutations differ, so the p-values are not compared)."""
+    permutations differ, so the nulls are not compared; with one k, as here, the same k is selected)."""
     ours = pd.read_csv(merged, dtype={"user_id": str}).set_index(["user_id", "feature_mode"])
     theirs = pd.read_csv(plain, dtype={"user_id": str}).set_index(["user_id", "feature_mode"])
     assert len(theirs) == len(ours) == 2 * users and theirs.index.sort_values().equals(ours.index.sort_values())
