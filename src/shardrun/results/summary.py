@@ -151,14 +151,6 @@ def draw_summary(counts: ResultCounts, spans: pd.DataFrame | Iterable[Sequence[A
     return figure
 
 
-def write_summary_png(frame: pd.DataFrame, spans: pd.DataFrame | Iterable[Sequence[Any]], path: Path,
-                      title: str | None = None, panels: Sequence[SummaryPanel] = ()) -> None:
-    """The picture of a frame (see SummaryPicture) drawn here into `path`, replacing it atomically."""
-    from shardrun.storage.atomic import write_bytes_atomic
-
-    write_bytes_atomic(Path(path), SummaryPicture(ResultCounts.of(frame), spans, title, tuple(panels)).png())
-
-
 def panel_titles(figure) -> list[str]:
     """The titles of a drawn figure's panels, top row first (what a reader sees above each panel)."""
     return [axes.get_title(loc="left") for axes in figure.axes]
