@@ -6,6 +6,7 @@ They are str enums, so they compare equal to the plain strings that the files on
 
 from __future__ import annotations
 
+import re
 from enum import StrEnum
 from typing import Any, Iterable, Mapping
 
@@ -31,6 +32,26 @@ def user_outcome(rows: Iterable[Mapping[str, Any]]) -> UserStatus:
     if statuses == {UserStatus.SKIPPED}:
         return UserStatus.SKIPPED
     return UserStatus.OK
+
+
+# A failed user's reason begins with the class of the error that failed it, "<ExceptionClass>: <message>"
+# (shard.loop.failure_reason writes it so); a Java exception's class is its dotted Java name.
+_LEADING_CLASS = re.compile(r"^\s*([A-Za-z_][\w.$]*)\s*:")
+_FIRST_PHRASE = re.compile(r"[:;(]")
+_MAX_CLASS_CHARS = 80
+
+
+def failure_class(reason: Any) -> str:
+    """The error class of a failed user, from its reason: the leading "<Class>:" (HeapTooSmall,
+    java.lang.NullPointerException), else the reason's first phrase (up to its first ':', ';' or '(',
+    as in "Java heap exhausted (...)"); "no reason given" for an empty one. Pure: the merged rows
+    alone are enough, so a result set is classified without the shard dirs it came from."""
+    text = "" if reason is None else str(reason).strip()
+    match = _LEADING_CLASS.match(text)
+    found = match.group(1) if match else _FIRST_PHRASE.split(text, maxsplit=1)[0].strip()
+    if len(found) > _MAX_CLASS_CHARS:
+        found = found[: _MAX_CLASS_CHARS - 3] + "..."
+    return found or "no reason given"
 
 
 class ShardState(StrEnum):

@@ -9,6 +9,7 @@ import sys
 from typing import Callable, Sequence
 
 from shardrun.errors import EXIT_CRASH, ShardrunError
+from shardrun.results.verdict import FailedTolerance
 from shardrun.units import heap_bytes
 
 log = logging.getLogger("shardrun")
@@ -109,6 +110,20 @@ non_negative_seconds = number_type(float, "a number of seconds", "must be a numb
 nice_level = number_type(int, "a whole number", "lowers the CPU priority by 0 to 19", at_least=0, at_most=19)
 thread_count = number_type(int, "a whole number", "--threads takes a positive number of threads", at_least=1)
 pilot_size = number_type(int, "a whole number", "--pilot takes a positive number of users", at_least=1)
+
+
+def failed_tolerance(text: str) -> FailedTolerance:
+    """--max-failed: a number of users ("5") or a share of the users ("2%")."""
+    try:
+        return FailedTolerance.parse(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def add_max_failed(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--max-failed", type=failed_tolerance, default=FailedTolerance(), metavar="N|P%",
+                   help="the failed users a result set may have and still pass validation: a number of users (5)"
+                        " or a share of them (2%%); default 0: any failed user fails the validation (exit 5)")
 
 
 def configure_logging(verbose: bool = False) -> None:

@@ -6,16 +6,17 @@ import argparse
 from pathlib import Path
 from typing import Sequence
 
-from shardrun.cli.common import add_verbose, command_parser, guarded
+from shardrun.cli.common import add_max_failed, add_verbose, command_parser, guarded
 from shardrun.config import load_config
 from shardrun.errors import EXIT_OK, EXIT_VALIDATION_FAILED, StorageError, UsageError
-from shardrun.results.validate import checked_config_hash, validate_result_set, write_validation
+from shardrun.results.validate import checked_config_hash, validation_of, write_validation
 
 
 def parser() -> argparse.ArgumentParser:
     p = command_parser("validate_outputs", "Check that a merged result set is whole and sane.")
     p.add_argument("--dir", type=Path, required=True, help="a merged dir (with results.parquet or results.csv)")
     p.add_argument("--config", type=Path, help="check coverage against this config's input data")
+    add_max_failed(p)
     add_verbose(p)
     return p
 
@@ -36,15 +37,17 @@ def _check_dir(result_dir: Path) -> None:
 def _validate(args: argparse.Namespace) -> int:
     _check_dir(args.dir)
     config = load_config(args.config) if args.config else None
-    problems = validate_result_set(args.dir, config)
+    validation = validation_of(args.dir, config, max_failed=args.max_failed)
+    problems = validation.problems
     if problems:
         print(f"{args.dir}: {len(problems)} problem(s):")
         for problem in problems:
             print(f"  - {problem}")
-    else:
-        print(f"{args.dir}: valid")
+    for line in validation.lines():  # the final lines: the users by outcome, then the verdict
+        print(line)
+    print(f"{args.dir}: not valid ({len(problems)} problem(s) above)" if problems else f"{args.dir}: valid")
     try:
-        note = write_validation(args.dir, problems, checked_config_hash(args.dir, config))
+        note = write_validation(args.dir, problems, checked_config_hash(args.dir, config), validation.document())
     except OSError as exc:
         raise StorageError(
             f"cannot write validation.json in {args.dir}: {exc.strerror or exc}; the verdict above was not"

@@ -4,25 +4,34 @@
 needs from disk: the results file, merge_report.json, and the settings (from --config, or from the
 config snapshot the merge recorded as provenance). Problems are returned, not raised: a result set
 with problems is an answer, not an error; the CLI prints them and exits non-zero.
+
+Beyond the rows' shape, the run-level verdict (verdict.py): users failed beyond --max-failed, or no
+user analysed at all, are problems too; `validation_of` returns the problems with the users' counts
+by outcome, for the final lines and validation.json.
 """
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import pandas as pd
 
 from shardrun.config import RunConfig, parse_config
+from shardrun.storage.identity import read_run_document
 from shardrun.errors import ShardrunError
 from shardrun.results.frame import schema_columns
 from shardrun.results.read import STATUS_COLUMNS, read_result_file
 from shardrun.results.report import capped, describe_key, report_problems, show
-from shardrun.storage.paths import MergedPaths
+from shardrun.storage.paths import MergedPaths, RunPaths
 from shardrun.storage.atomic import read_json, utc_now, write_json_atomic
 from shardrun.states import STATUSES, UserStatus
 from shardrun.task import BOOKKEEPING_COLUMNS, Task, load_task, read_user_index
+from shardrun.results.verdict import (
+    NO_FAILED, FailedTolerance, Rerun, UserOutcomes, count_outcomes, outcome_document, outcome_lines, verdict_problems,
+)
 
 log = logging.getLogger(__name__)
 
@@ -180,10 +189,49 @@ def _settings_from_report(report: Mapping[str, Any]) -> tuple[RunConfig | None, 
         return None, [f"the config snapshot in {entry.get('run_dir')}/run.json cannot be parsed ({exc}); pass --config"]
 
 
-def validate_result_set(result_dir: Path, config: RunConfig | None = None,
-                        frame: pd.DataFrame | None = None) -> list[str]:
-    """Problems of the result set in `result_dir` (empty = valid). `frame`: the result set the merge
-    in this process has just written there (merge.MergedSet), checked instead of reading it back.
+@dataclass(frozen=True)
+class Validation:
+    """A result set's problems (empty: valid) and its users by outcome (None: the rows could not be read)."""
+
+    problems: list[str]
+    outcomes: UserOutcomes | None = None
+    max_failed: FailedTolerance = NO_FAILED
+
+    @property
+    def valid(self) -> bool:
+        return not self.problems
+
+    def lines(self) -> list[str]:
+        """The final lines about the users (counts, skips by reason, failures by error class)."""
+        return outcome_lines(self.outcomes, self.max_failed) if self.outcomes is not None else []
+
+    def document(self) -> Mapping[str, Any]:
+        """What validation.json records of the verdict beyond the problems."""
+        return outcome_document(self.outcomes, self.max_failed)
+
+
+def rerun_of(result_dir: Path) -> Rerun:
+    """Where the failures are told and how to run only them again: a run's own merged dir (RUN/merged)
+    names its run (launch_shards --out RUN --retry-failed); any other result set, its shard dirs."""
+    run = RunPaths(Path(result_dir).resolve().parent)
+    if not run.run_json.is_file():
+        return Rerun()
+    try:
+        document = read_run_document(run.run_json)
+    except ShardrunError:
+        return Rerun()
+    config = document.get("config_path") or "CONFIG"
+    pilot = f" --pilot {document['pilot']}" if document.get("pilot") else ""
+    scheduler = " --scheduler slurm" if run.slurm_json.is_file() else ""
+    return Rerun(errors=f"{run.dir}/shard-*/errors.jsonl",
+                 command=f"launch_shards{scheduler} --config {config} --shards {document.get('shards')}"
+                         f" --out {run.dir}{pilot} --retry-failed")
+
+
+def validation_of(result_dir: Path, config: RunConfig | None = None, frame: pd.DataFrame | None = None,
+                  max_failed: FailedTolerance = NO_FAILED) -> Validation:
+    """The result set in `result_dir` checked, with its users by outcome. `frame`: the result set the
+    merge in this process has just written there (merge.MergedSet), checked instead of reading it back.
 
     With `config`, coverage is checked against the users of the config's input (a pilot run then
     reports the users it did not run); without, against what merge_report.json recorded.
@@ -191,29 +239,42 @@ def validate_result_set(result_dir: Path, config: RunConfig | None = None,
     """
     paths = MergedPaths(Path(result_dir))
     if not paths.dir.is_dir():
-        return [f"result dir {paths.dir} does not exist; pass the --output dir of merge_shard_results"]
+        return Validation([f"result dir {paths.dir} does not exist; pass the --output dir of merge_shard_results"],
+                          max_failed=max_failed)
     try:
         report = read_json(paths.report) if paths.report.is_file() else None
     except (OSError, ValueError) as exc:
-        return [f"{paths.report} cannot be read ({exc}); merge again with merge_shard_results"]
+        return Validation([f"{paths.report} cannot be read ({exc}); merge again with merge_shard_results"],
+                          max_failed=max_failed)
     coverage_from_report = config is None
     if coverage_from_report:
         if report is None:
-            return [f"no merge_report.json in {paths.dir}; pass --config to validate results without it"]
+            return Validation([f"no merge_report.json in {paths.dir}; pass --config to validate results without it"],
+                              max_failed=max_failed)
         config, problems = _settings_from_report(report)
         if config is None:
-            return problems
+            return Validation(problems, max_failed=max_failed)
     task = load_task(config.task)
     # The user index where the task has one: the ids without loading every row.
     expected_users = None if coverage_from_report else list(read_user_index(task, config.settings)[0].user_ids)
     if frame is None:
         frame, problems = _read_frame(paths, task)
         if frame is None:
-            return problems
+            return Validation(problems, max_failed=max_failed)
     problems = check_frame(frame, task, config.settings, expected_users, config_hash=config.hash)
     if report is not None:
         problems += check_report(report, coverage=coverage_from_report)
-    return problems
+    user_column = task.key_columns[0]  # by convention the first key column names the user
+    outcomes = count_outcomes(frame, user_column) if {user_column, "status"} <= set(frame.columns) else None
+    if outcomes is not None:
+        problems += verdict_problems(outcomes, max_failed, rerun_of(paths.dir))
+    return Validation(problems, outcomes, max_failed)
+
+
+def validate_result_set(result_dir: Path, config: RunConfig | None = None,
+                        frame: pd.DataFrame | None = None, max_failed: FailedTolerance = NO_FAILED) -> list[str]:
+    """Problems of the result set in `result_dir` (empty = valid): validation_of's problems."""
+    return validation_of(result_dir, config, frame, max_failed).problems
 
 
 def checked_config_hash(result_dir: Path, config: RunConfig | None) -> str | None:
@@ -228,8 +289,10 @@ def checked_config_hash(result_dir: Path, config: RunConfig | None) -> str | Non
     return value if isinstance(value, str) else None
 
 
-def write_validation(result_dir: Path, problems: Sequence[str], config_hash: str | None = None) -> str | None:
-    """Write validation.json (the verdict, its problems, the config hash checked against).
+def write_validation(result_dir: Path, problems: Sequence[str], config_hash: str | None = None,
+                     verdict: Mapping[str, Any] | None = None) -> str | None:
+    """Write validation.json (the verdict, its problems, the config hash checked against, and
+    `verdict`: Validation.document(), the users by outcome and the --max-failed tolerance).
 
     A validation.json already there that records another config hash is not replaced silently: the
     new file keeps it under `previous` (its config hash, verdict and time), and the returned note
@@ -239,7 +302,8 @@ def write_validation(result_dir: Path, problems: Sequence[str], config_hash: str
     paths = MergedPaths(Path(result_dir))
     if config_hash is None:
         config_hash = checked_config_hash(paths.dir, None)
-    document: dict[str, Any] = {"valid": not problems, "problems": list(problems), "config_hash": config_hash,
+    document: dict[str, Any] = {"valid": not problems, "verdict": "passed" if not problems else "failed",
+                                "problems": list(problems), **(verdict or {}), "config_hash": config_hash,
                                 "checked_at": utc_now()}
     note = None
     try:

@@ -1,0 +1,239 @@
+"""The run-level verdict of a result set, pure: how many users ended ok, skipped (by reason) and failed
+(by error class), and whether that is a result a scientist may use.
+
+A result set passes only when at least one user was analysed and no more users failed than the
+tolerance allows (`--max-failed N|P%`, default 0). The counts, the reasons and the fix are said in
+the final lines of validate_outputs and launch_shards and recorded in validation.json.
+
+Where the error class comes from: a failed user's rows carry `status: failed` and a `reason` that
+the shard writes as "<ExceptionClass>: <message>" (states.failure_class reads it back). The class
+is taken from the rows, not from the shards' errors.jsonl, so a result set merged from anywhere is
+classified the same, without its shard dirs; errors.jsonl keeps each failure's whole story (message,
+Java stack) and is where the lines send the reader.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Sequence
+
+import pandas as pd
+
+from shardrun.states import STATUSES, UserStatus, failure_class
+
+# What to do about the error classes the core itself raises; any other class is shown with one of its
+# users and the start of its reason (a task's reason names its own fix).
+KNOWN_FIXES = {
+    "HeapTooSmall": "raise jvm.xmx in the config, or --xmx",
+    "Java heap exhausted": "raise jvm.xmx in the config, or --xmx",
+}
+MAX_REASONS_SHOWN = 5  # groups of skip reasons and error classes in a line; then "and N more"
+_REASON_CHARS = 120
+_DIGITS = re.compile(r"\d+(?:\.\d+)?")
+
+
+@dataclass(frozen=True)
+class FailedTolerance:
+    """How many failed users a run may have and still pass: a count ("5") or a share of its users ("2%")."""
+
+    count: int = 0
+    percent: float | None = None  # when set, the tolerance is this share of the users and `count` is unused
+
+    @classmethod
+    def parse(cls, text: str) -> "FailedTolerance":
+        """"5" (users) or "2%" / "2.5%" (of the users); ValueError with the rule otherwise."""
+        raw = str(text).strip()
+        rule = f"--max-failed takes a number of users (5) or a share of the users (2%), got {text!r}"
+        if raw.endswith("%"):
+            try:
+                percent = float(raw[:-1])
+            except ValueError:
+                raise ValueError(rule) from None
+            if not 0 <= percent <= 100:  # NaN fails both comparisons
+                raise ValueError(f"{rule}: a share is 0% to 100%")
+            return cls(percent=percent)
+        if not raw.isdigit():
+            raise ValueError(rule)
+        return cls(count=int(raw))
+
+    def allows(self, failed: int, users: int) -> bool:
+        if self.percent is not None:
+            return failed * 100 <= self.percent * users
+        return failed <= self.count
+
+    def __str__(self) -> str:
+        return f"{self.percent:g}%" if self.percent is not None else str(self.count)
+
+
+NO_FAILED = FailedTolerance()
+
+
+@dataclass(frozen=True)
+class ReasonGroup:
+    """Users that share a reason (skipped) or an error class (failed), with one of them as the example."""
+
+    label: str  # the skip reason (its numbers aside), or the error class
+    users: int
+    example_user: str
+    example_reason: str
+    variants: int = 1  # distinct reason texts in the group (skip reasons that differ only in their numbers)
+
+
+@dataclass(frozen=True)
+class UserOutcomes:
+    """The users of a result set by outcome (a user's outcome is the worst status of its rows)."""
+
+    users: int
+    ok: int
+    skipped: list[ReasonGroup] = field(default_factory=list)  # most users first
+    failed: list[ReasonGroup] = field(default_factory=list)
+
+    @property
+    def skipped_users(self) -> int:
+        return sum(group.users for group in self.skipped)
+
+    @property
+    def failed_users(self) -> int:
+        return sum(group.users for group in self.failed)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "total": self.users, "ok": self.ok, "skipped": self.skipped_users, "failed": self.failed_users,
+            "skipped_by_reason": {group.label: group.users for group in self.skipped},
+            "failed_by_class": {group.label: group.users for group in self.failed},
+        }
+
+
+def _blank(column: pd.Series) -> pd.Series:
+    return column.isna() | column.astype(str).str.strip().eq("")
+
+
+def _groups(users: pd.DataFrame, key: pd.Series) -> list[ReasonGroup]:
+    """`users` (user, reason), one row per user, grouped by `key`; the most users first, then by label."""
+    groups = []
+    for label, members in users.groupby(key, sort=False):
+        first = members.iloc[0]
+        groups.append(ReasonGroup(str(label), len(members), str(first["user"]), str(first["reason"]),
+                                  variants=members["reason"].nunique()))
+    return sorted(groups, key=lambda group: (-group.users, group.label))
+
+
+def count_outcomes(frame: pd.DataFrame, user_column: str) -> UserOutcomes:
+    """Each user's outcome from its rows (states.user_outcome's rule, for every user at once): failed
+    when a row failed or has no known status, skipped when every row was skipped, else ok. Skipped
+    users are grouped by their reason with its numbers aside ("only 3 observations" and "only 0
+    observations" are one reason), failed users by error class (states.failure_class)."""
+    if frame.empty:
+        return UserOutcomes(users=0, ok=0)
+    status = frame["status"].astype("object").where(~_blank(frame["status"]), None)
+    reason = (frame["reason"].astype("object").where(~_blank(frame["reason"]), "")
+              if "reason" in frame.columns else pd.Series("", index=frame.index, dtype="object"))
+    rows = pd.DataFrame({"user": frame[user_column].astype(str), "status": status, "reason": reason.astype(str)})
+    rows["failed"] = rows["status"].eq(UserStatus.FAILED.value) | ~rows["status"].isin(STATUSES)
+    rows["skipped"] = rows["status"].eq(UserStatus.SKIPPED.value)
+    per_user = rows.groupby("user", sort=True).agg(failed=("failed", "any"), skipped=("skipped", "all"))
+    failed_users = per_user.index[per_user["failed"]]
+    skipped_users = per_user.index[~per_user["failed"] & per_user["skipped"]]
+    # A user's reason: that of its first failed row (failed), or of its first row (skipped).
+    failed_rows = rows[rows["failed"] & rows["user"].isin(failed_users)].drop_duplicates("user")
+    failed_rows = failed_rows.assign(reason=failed_rows["reason"].where(
+        failed_rows["status"].eq(UserStatus.FAILED.value),
+        "status " + failed_rows["status"].astype(str) + " is not one of " + ", ".join(STATUSES)))
+    skipped_rows = rows[rows["user"].isin(skipped_users)].drop_duplicates("user")
+    failed = _groups(failed_rows, failed_rows["reason"].map(failure_class))
+    skipped = _groups(skipped_rows, skipped_rows["reason"].map(lambda text: _DIGITS.sub("#", text).strip()
+                                                                 or "no reason given"))
+    # A group's label is a reason as written (its first user's), not the masked key.
+    skipped = [ReasonGroup(group.example_reason or "no reason given", group.users, group.example_user,
+                           group.example_reason, group.variants) for group in skipped]
+    return UserOutcomes(users=len(per_user), ok=len(per_user) - len(failed_users) - len(skipped_users),
+                        skipped=skipped, failed=failed)
+
+
+# --- words ---------------------------------------------------------------------------------------
+
+
+def _cut(text: str, limit: int = _REASON_CHARS) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _plural(count: int, word: str) -> str:
+    return f"{count} {word}{'' if count == 1 else 's'}"
+
+
+def _listed(parts: Sequence[str], what: str) -> str:
+    shown = list(parts[:MAX_REASONS_SHOWN])
+    if len(parts) > MAX_REASONS_SHOWN:
+        shown.append(f"and {len(parts) - MAX_REASONS_SHOWN} more {what}")
+    return ", ".join(shown)
+
+
+def skipped_part(group: ReasonGroup) -> str:
+    similar = f" (and {group.variants - 1} alike but for numbers)" if group.variants > 1 else ""
+    return f"{group.users} {_cut(group.label)!r}{similar}"
+
+
+def failed_part(group: ReasonGroup) -> str:
+    fix = KNOWN_FIXES.get(group.label)
+    if fix is None:
+        said = group.example_reason
+        if said.startswith(group.label):
+            said = said[len(group.label):].lstrip(": ")
+        fix = f"e.g. user {group.example_user!r}: {_cut(said)}"
+    return f"{group.users} {group.label} ({fix})"
+
+
+@dataclass(frozen=True)
+class Rerun:
+    """Where the failed users' errors are and the command that runs only them again, for the message."""
+
+    errors: str = "each shard dir's errors.jsonl"
+    command: str = ("run_production --resume SHARD_DIR --retry-failed for each shard dir the set was merged from,"
+                    " then merge again")
+
+
+def verdict_problems(outcomes: UserOutcomes, tolerance: FailedTolerance = NO_FAILED,
+                     rerun: Rerun = Rerun()) -> list[str]:
+    """What keeps these outcomes from being a result: failed users beyond the tolerance, no user analysed."""
+    problems = []
+    if outcomes.users == 0:
+        return ["the result set has no users: nothing was analysed"]
+    failed = outcomes.failed_users
+    if failed and not tolerance.allows(failed, outcomes.users):
+        problems.append(
+            f"{_plural(failed, 'user')} of {outcomes.users} failed (--max-failed {tolerance}):"
+            f" {_listed([failed_part(group) for group in outcomes.failed], 'error classes')}; see {rerun.errors}"
+            f" for each failure's message and stack; once the cause is fixed, run only them again: {rerun.command}"
+        )
+    if outcomes.ok == 0:
+        if failed == 0:
+            problems.append(
+                f"nothing was analysed: every one of the {_plural(outcomes.users, 'user')} was skipped"
+                f" ({_listed([skipped_part(group) for group in outcomes.skipped], 'reasons')}); the reasons say"
+                " what to change in the input data or the task's settings"
+            )
+        else:
+            problems.append(f"nothing was analysed: of {_plural(outcomes.users, 'user')}, {failed} failed and"
+                            f" {outcomes.skipped_users} skipped; no user has a result")
+    return problems
+
+
+def outcome_lines(outcomes: UserOutcomes, tolerance: FailedTolerance = NO_FAILED) -> list[str]:
+    """The final lines about the users: how many ended how, skips by reason, failures by error class."""
+    within = (f" (within --max-failed {tolerance})"
+              if outcomes.failed_users and tolerance.allows(outcomes.failed_users, outcomes.users) else "")
+    lines = [f"users: {outcomes.users} in the result set: {outcomes.ok} ok, {outcomes.skipped_users} skipped,"
+             f" {outcomes.failed_users} failed{within}"]
+    if outcomes.skipped:
+        lines.append(f"  skipped by reason: {_listed([skipped_part(g) for g in outcomes.skipped], 'reasons')}")
+    if outcomes.failed:
+        lines.append(f"  failed by error class: {_listed([failed_part(g) for g in outcomes.failed], 'error classes')}")
+    return lines
+
+
+def outcome_document(outcomes: UserOutcomes | None, tolerance: FailedTolerance) -> Mapping[str, Any]:
+    """validation.json's counts: the users by outcome, skips by reason, failures by class, the tolerance."""
+    return {"users": outcomes.to_json() if outcomes is not None else None, "max_failed": str(tolerance)}
