@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Sequence
 
 from shardrun.cli.common import (
-    add_verbose, command_parser, guarded, nice_level, non_negative_int, non_negative_seconds, pilot_size, positive_int,
+    add_max_failed, add_verbose, command_parser, guarded, nice_level, non_negative_int, non_negative_seconds, pilot_size, positive_int,
     positive_seconds, thread_count,
 )
 from shardrun.config import load_config
@@ -41,6 +41,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--pilot", type=pilot_size, metavar="N", help="only the first N users of each shard")
     p.add_argument("--merge", action=argparse.BooleanOptionalAction, default=True,
                    help="merge and validate when every shard completed (default: yes)")
+    add_max_failed(p)
+    p.add_argument("--retry-failed", action="store_true",
+                   help="with --out RUN (or --run-dir RUN) of an existing run: every shard runs again the users whose"
+                        " result is 'failed' (run_production --resume --retry-failed), then the run is merged")
+    p.add_argument("--fail-fast", type=non_negative_int, metavar="N",
+                   help="a shard whose first N users all fail with the same error class stops (exit 1) instead of"
+                        " running on (default: run_production's, 5); 0: never")
     p.add_argument("--grace", type=non_negative_seconds, default=120.0, metavar="S",
                    help="after Ctrl-C/SIGTERM, seconds to let shards finish their user before killing them")
     p.add_argument("--progress-every", type=positive_seconds, default=30.0, metavar="S",
@@ -125,6 +132,7 @@ def _submit(args: argparse.Namespace) -> int:
         pilot=args.pilot, dry_run=args.dry_run, merge=args.merge, max_parallel=args.max_parallel,
         cpus=args.cpus_per_shard, mem_mib=mem_mib, time_limit=args.time, requeue_limit=args.requeue_limit,
         sbatch_options=(*named, *args.sbatch_option), commit_interval_seconds=args.commit_interval,
+        retry_failed=args.retry_failed, fail_fast=args.fail_fast, max_failed=args.max_failed,
     )
     return submit_run(config, options).exit_code
 
@@ -132,6 +140,9 @@ def _submit(args: argparse.Namespace) -> int:
 def _launch(args: argparse.Namespace) -> int:
     if args.shards < 1:
         raise UsageError(f"--shards must be at least 1, got {args.shards}.")
+    if args.retry_failed and args.out is None and args.run_dir is None:
+        raise UsageError("--retry-failed runs again the failed users of an existing run: pass its dir with --out RUN"
+                         " (the command that started it, plus --retry-failed).")
     if args.scheduler == "slurm":
         return _submit(args)
     slurm_flags = _given(args, SLURM_ONLY)
@@ -145,7 +156,8 @@ def _launch(args: argparse.Namespace) -> int:
         raise UsageError("--restarts must be >= 0 and --restart-heap-factor >= 1.")
     if args.benchmark is not None:
         clashing = [flag for flag, given in (("--pilot", args.pilot is not None), ("--run-dir", args.run_dir is not None),
-                                             ("--no-merge", not args.merge), ("--dry-run", args.dry_run)) if given]
+                                             ("--no-merge", not args.merge), ("--dry-run", args.dry_run),
+                                             ("--retry-failed", args.retry_failed)) if given]
         if clashing:
             raise UsageError(f"--benchmark runs its own pilots (the same first N users at K=1 and at K), in new run dirs,"
                              f" and merges both to compare them, so it takes no {', '.join(clashing)}; drop"
@@ -160,6 +172,7 @@ def _launch(args: argparse.Namespace) -> int:
         commit_interval_seconds=args.commit_interval,
         restart=RestartPolicy(args.restarts, args.restart_heap_factor),
         live=sys.stdout.isatty() if args.live is None else args.live,
+        retry_failed=args.retry_failed, fail_fast=args.fail_fast, max_failed=args.max_failed,
     )
     if options.live:
         logging.getLogger().setLevel(logging.WARNING)  # log lines would tear the redrawn table

@@ -18,6 +18,7 @@ from shardrun.cli.common import (
 from shardrun.config import RunConfig, load_config
 from shardrun.platforms import lower_priority
 from shardrun.errors import EXIT_OK, EXIT_USAGE, EnvironmentProblem, UsageError
+from shardrun.shard.fail_fast import DEFAULT_FAIL_FAST
 from shardrun.shard.lifecycle import PREEMPT_SIGNALS, PreemptionNotice, StopFlag, die_with_launcher
 from shardrun.shard.jvm import find_java, task_jvm_options
 from shardrun.shard.plan import partition_report
@@ -51,6 +52,9 @@ def parser() -> argparse.ArgumentParser:
                    help="seconds between refreshes of status.json")
     p.add_argument("--retry-failed", action="store_true",
                    help="with --resume: run again the users whose committed result is 'failed'")
+    p.add_argument("--fail-fast", type=non_negative_int, default=DEFAULT_FAIL_FAST, metavar="N",
+                   help="stop the shard (exit 1, the error and its fix in the log and status.json) when its first N"
+                        " users all fail with the same error class; 0: never")
     p.add_argument("--xmx", type=heap_size, metavar="SIZE", help="override jvm.xmx (e.g. 2g, or auto: from the data); does not change the config hash")
     p.add_argument("--threads", type=thread_count, metavar="N",
                    help="override jvm.threads: threads driving the JVM in this process; numbers do not depend on it")
@@ -101,6 +105,7 @@ def _run_production(args: argparse.Namespace) -> int:
         cooldown_seconds=args.cooldown,
         commit_interval_seconds=args.commit_interval,
         retry_failed=args.retry_failed,
+        fail_fast=args.fail_fast,
     )
     if args.dry_run:
         prepared = prepare(config, options)

@@ -4,7 +4,8 @@ One command both starts and continues a run. On a new run it writes run.json (so
 takes K from the run), submits an array of K elements and a merge + validate job that waits for
 them (afterany). On an existing run (`--out DIR`) it submits only the shards that are neither
 complete (status.json) nor still SLURM's business (waiting, running, requeued), by index, and a new
-merge job in place of the one still pending. `--dry-run` prints all of it and submits nothing.
+merge job in place of the one still pending. With `--retry-failed` the complete shards that have
+failed users are submitted too, and every element runs its shard's failed users again. `--dry-run` prints all of it and submits nothing.
 Every decision is a pure function below; SLURM itself is behind scheduler.slurm.SlurmCommands.
 """
 
@@ -18,7 +19,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Mapping
 
 from shardrun.config import RunConfig
-from shardrun.errors import EXIT_OK, ConfigError
+from shardrun.errors import EXIT_OK, ConfigError, UsageError
 from shardrun.heap_plan import plan_heap
 from shardrun.launch.admission import measure_launch_data, native_overhead_bytes
 from shardrun.launch.launcher import check_same_run, refuse_if
@@ -26,6 +27,7 @@ from shardrun.launch.slurm_script import (
     ElementJob, WarningSignal, array_script, index_ranges, merge_script, split_for_array_size, time_limit_seconds,
 )
 from shardrun.observe.progress import format_seconds
+from shardrun.results.verdict import NO_FAILED, FailedTolerance
 from shardrun.scheduler.slurm import (
     QueuedElement, SlurmCommands, array_job_name, merge_job_name, queue_by_index, record_submission,
 )
@@ -60,6 +62,9 @@ class ClusterOptions:
     requeue_limit: int = 3
     sbatch_options: tuple[str, ...] = ()
     commit_interval_seconds: float | None = None  # None: the shard's own default
+    retry_failed: bool = False  # the elements run their shard's failed users again; complete shards with some too
+    fail_fast: int | None = None  # None: the shard's own default (run_production --fail-fast)
+    max_failed: FailedTolerance = NO_FAILED  # the merge job's validation: failed users the run may have
 
 
 @dataclass
@@ -80,9 +85,11 @@ def element_memory_mib(heap_bytes: int, data_bytes: int) -> int:
     return math.ceil((heap_bytes + native_overhead_bytes(heap_bytes) + data_bytes) / MIB)
 
 
-def shards_to_submit(shards: int, complete: Iterable[int], queued: Iterable[int]) -> list[int]:
-    """The shard indices that are neither complete nor still waiting or running in the queue."""
-    settled = set(complete) | set(queued)
+def shards_to_submit(shards: int, complete: Iterable[int], queued: Iterable[int],
+                     retry: Iterable[int] = ()) -> list[int]:
+    """The shard indices that are neither complete nor still waiting or running in the queue; a
+    complete shard in `retry` (--retry-failed: it has failed users) is submitted again unless queued."""
+    settled = (set(complete) - set(retry)) | set(queued)
     return [index for index in range(shards) if index not in settled]
 
 
@@ -117,9 +124,12 @@ def time_limit_lines(predicted: Mapping[str, float] | None, limit_seconds: int |
     return lines
 
 
-def describe_shard(index: int, state: str | None, queued: QueuedElement | None) -> str:
+def describe_shard(index: int, state: str | None, queued: QueuedElement | None, failed_users: int = 0,
+                   retry: bool = False) -> str:
     if queued is not None and queued.waiting_or_running:
         return f"shard {index}: in the queue ({queued})"
+    if state in COMPLETE and retry and failed_users:
+        return f"shard {index}: to submit, to run its {failed_users} failed users again ({state})"
     if state in COMPLETE:
         return f"shard {index}: {state}"
     return f"shard {index}: to submit ({state or 'never started'})"
@@ -128,15 +138,25 @@ def describe_shard(index: int, state: str | None, queued: QueuedElement | None) 
 # --- the run on disk --------------------------------------------------------------------------------
 
 
-def shard_states(run: RunPaths, shards: int) -> dict[int, str | None]:
-    states: dict[int, str | None] = {}
+def _status_docs(run: RunPaths, shards: int) -> dict[int, dict]:
+    docs: dict[int, dict] = {}
     for index in range(shards):
         try:
             doc = read_json(run.shard(ShardSpec(index, shards)).status)
-            states[index] = doc.get("state") if isinstance(doc, dict) else None
         except (OSError, ValueError):
-            states[index] = None
-    return states
+            doc = None
+        docs[index] = doc if isinstance(doc, dict) else {}
+    return docs
+
+
+def shard_states(run: RunPaths, shards: int) -> dict[int, str | None]:
+    return {index: doc.get("state") for index, doc in _status_docs(run, shards).items()}
+
+
+def failed_users_by_shard(run: RunPaths, shards: int) -> dict[int, int]:
+    """Each shard's failed users as its status.json counts them (0 when it has none or no status)."""
+    counts = {index: doc.get("users_failed") for index, doc in _status_docs(run, shards).items()}
+    return {index: count if isinstance(count, int) else 0 for index, count in counts.items()}
 
 
 def resolve_run_dir(config: RunConfig, options: ClusterOptions, data_fingerprint: str) -> tuple[RunPaths, bool]:
@@ -200,17 +220,24 @@ def submit_run(config: RunConfig, options: ClusterOptions, slurm: SlurmCommands 
         out(line)
     config = replace(config, jvm=heap.jvm)
     run, existing = resolve_run_dir(config, options, data.index.fingerprint)
+    if options.retry_failed and not existing:
+        raise UsageError(f"--retry-failed: {run.dir} holds no run (no run.json), so it has no failed users to run"
+                         " again; pass the dir of the run whose failed users to retry with --out.")
 
     states = shard_states(run, options.shards) if existing else {}
+    failed = failed_users_by_shard(run, options.shards) if existing else {}
     queue = queue_by_index(run, slurm) if existing else {}
     queued = [index for index, element in queue.items() if element.waiting_or_running]
     complete = [index for index, state in states.items() if state in COMPLETE]
-    submission = Submission(run.dir, shards_to_submit(options.shards, complete, queued))
+    retry = [index for index, count in failed.items() if count > 0] if options.retry_failed else []
+    submission = Submission(run.dir, shards_to_submit(options.shards, complete, queued, retry))
     if existing:
         out(f"run {run.dir}: {len(complete)} of {options.shards} shards complete, {len(queued)} in the queue")
         for index in range(options.shards):
-            if index not in complete:
-                out(f"  {describe_shard(index, states.get(index), queue.get(index))}")
+            if index not in complete or index in retry:
+                said = describe_shard(index, states.get(index), queue.get(index), failed.get(index, 0),
+                                      options.retry_failed)
+                out(f"  {said}")
 
     mem_mib = options.mem_mib or element_memory_mib(heap.heap, data.share_bytes)
     workdir = Path.cwd()
@@ -221,14 +248,15 @@ def submit_run(config: RunConfig, options: ClusterOptions, slurm: SlurmCommands 
                    pilot=options.pilot, xmx=heap.jvm.xmx, cpus=options.cpus, mem_mib=mem_mib, signal=options.signal,
                    requeue_limit=options.requeue_limit, max_parallel=options.max_parallel,
                    time_limit=options.time_limit, sbatch_options=options.sbatch_options,
-                   commit_interval_seconds=options.commit_interval_seconds)
+                   commit_interval_seconds=options.commit_interval_seconds, retry_failed=options.retry_failed,
+                   fail_fast=options.fail_fast)
         for offset, ids in split_for_array_size(submission.to_submit, slurm.max_array_size())
     ]
     scripts = [array_script(job, array_job_name(run.dir)) for job in jobs]
     # The merge job waits for every element of the run still in the queue, old arrays and new.
     wait_for = sorted({element.array_job_id for element in queue.values() if element.waiting_or_running})
     merge_text = merge_script(run.dir, options.config_path.resolve(), sys.executable, workdir, log_dir,
-                              merge_job_name(run.dir), options.sbatch_options)
+                              merge_job_name(run.dir), options.sbatch_options, max_failed=str(options.max_failed))
     merge_needed = options.merge and bool(jobs or wait_for or not merged_valid(run))
     out(f"memory per shard: {mem_mib} MiB (sbatch --mem; jvm {heap.jvm_line()})")
     if not submission.to_submit:

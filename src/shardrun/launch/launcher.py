@@ -40,6 +40,7 @@ from shardrun.errors import (
     EXIT_VALIDATION_FAILED,
     ConfigError,
     ResumeMismatch,
+    UsageError,
 )
 from shardrun.storage.identity import read_run_document, read_shard_identity, run_difference
 from shardrun.storage.paths import RunPaths, ShardPaths, shard_log_path
@@ -75,6 +76,8 @@ from shardrun.launch.supervisor import (
 from shardrun.shard.plan import assign_index
 from shardrun.sharding import ShardSpec
 from shardrun.storage.status import record_death
+from shardrun.states import ShardState
+from shardrun.results.verdict import NO_FAILED, FailedTolerance
 from shardrun.task import load_task
 from shardrun.shard.prepare import run_label
 
@@ -102,6 +105,9 @@ class LaunchOptions:
     commit_interval_seconds: float | None = None  # None: the shard's own default (run_production --commit-interval)
     restart: RestartPolicy = RestartPolicy()
     live: bool = False  # redraw a table on the terminal instead of plain lines
+    retry_failed: bool = False  # every shard runs its failed users again (run_production --retry-failed)
+    fail_fast: int | None = None  # None: the shard's own default (run_production --fail-fast)
+    max_failed: FailedTolerance = NO_FAILED  # the failed users the merged set may have and still pass
 
 
 @dataclass
@@ -115,9 +121,12 @@ class LaunchResult:
 
 
 def shard_command(config_path: Path, spec: ShardSpec, run_dir: Path, resume: bool, options: LaunchOptions,
-                  xmx: str, threads: int) -> list[str]:
+                  xmx: str, threads: int, retry_failed: bool = False) -> list[str]:
+    """The shard's command line; `retry_failed` (a shard dir to resume only) runs its failed users again."""
     mode = ["--full"] if options.pilot is None else ["--pilot", str(options.pilot)]
     where = ["--resume", str(run_dir)] if resume else ["--out", str(run_dir)]
+    if resume and retry_failed:
+        where.append("--retry-failed")
     command = [sys.executable, "-m", "shardrun.worker", "--config", str(config_path), *mode, "--shard", str(spec),
                *where, "--xmx", xmx, "--threads", str(threads)]
     if options.nice:
@@ -126,6 +135,8 @@ def shard_command(config_path: Path, spec: ShardSpec, run_dir: Path, resume: boo
         command += ["--cooldown", str(options.cooldown_seconds)]
     if options.commit_interval_seconds is not None:
         command += ["--commit-interval", str(options.commit_interval_seconds)]
+    if options.fail_fast is not None:
+        command += ["--fail-fast", str(options.fail_fast)]
     return command
 
 
@@ -184,6 +195,9 @@ class Launcher:
                                data_fingerprint)
                 self.resume_all = True
                 return run
+            if self.options.retry_failed:
+                raise UsageError(f"--retry-failed: {flag} {run.dir} holds no run (no run.json), so it has no failed"
+                                 " users to run again; pass the dir of the run whose failed users to retry.")
             if self.options.run_dir is not None:
                 raise ConfigError(f"--run-dir {run.dir} has no run.json; it is not a run made by launch_shards."
                                   f" To start a run there, pass --out {run.dir}.")
@@ -250,8 +264,10 @@ class Launcher:
         spec = self.spec(action.index)
         # Resume whenever the shard dir has an identity: after a restart, or when continuing a run.
         resume = self.run.shard(spec).identity.is_file()
+        # Failed users are retried at a shard's first start only: a restart after a death resumes, and
+        # does not run again the users that failed in this very launch.
         command = shard_command(self.options.config_path, spec, self.run.dir, resume, self.options, action.xmx,
-                                self.threads)
+                                self.threads, retry_failed=self.options.retry_failed and not action.restart)
         log_path = shard_log_path(self.config.output.log_dir, spec)
         pid = self.port.start(action.index, command, log_path)
         log.info("started shard %s as pid %d (%s), log %s", spec, pid, "resuming" if resume else "new", log_path)
@@ -345,13 +361,30 @@ class Launcher:
             code = codes[str(spec)]
             log_path = shard_log_path(self.config.output.log_dir, spec)
             excerpt = shard_error_lines(log_path) if slot.exits and shows_its_error(code) else []
+            stopped = self.stopped_early(slot.index, code)
+            if stopped:
+                excerpt = [stopped]
             restarts = f", restarted {slot.restarts}x" if slot.restarts else ""
             counts = (f" {view.done}/{view.total} users ({view.ok} ok, {view.skipped} skipped, {view.failed} failed)"
                       if view.total else "")
             said = describe_exit(code, log_hint=not excerpt) if slot.exits else "never started"
+            if stopped:
+                said = "stopped early: its first users all failed alike (fail fast)"
             self.out(f"  shard {spec}: {said}{restarts};{counts} log {log_path}"
                      + "".join(f"\n      {line}" for line in excerpt))
         return codes
+
+    def stopped_early(self, index: int, code: int) -> str | None:
+        """The error of a shard that exited 1 with users left (fail fast: status.json's last_error), else None."""
+        if code != EXIT_USERS_FAILED:
+            return None
+        try:
+            doc = read_json(self.run.shard(self.spec(index)).status)
+        except (OSError, ValueError):
+            return None
+        if not isinstance(doc, dict) or doc.get("state") != ShardState.FAILED or not doc.get("users_todo"):
+            return None
+        return str(doc.get("last_error") or "")
 
     def resume_hint(self, config_source: Path | None, interrupted: bool = True) -> str:
         """A command that continues this run, or (nothing written yet) the one that starts it."""
@@ -455,7 +488,7 @@ def plan_launch(config: RunConfig, options: LaunchOptions,
 
 def launch(config: RunConfig, options: LaunchOptions, out: Callable[[str], None] = print) -> LaunchResult:
     from shardrun.results.merge import merge_result_set
-    from shardrun.results.validate import validate_result_set, write_validation
+    from shardrun.results.validate import validation_of, write_validation
 
     config, options, users_per_shard, fingerprint = plan_launch(config, options, out)
     launcher = Launcher(config, options, out, users_per_shard=users_per_shard)
@@ -480,13 +513,21 @@ def launch(config: RunConfig, options: LaunchOptions, out: Callable[[str], None]
         merged = run.merged
         merged_set = merge_result_set(run.shard_dirs(), merged, overwrite=True)  # the launcher owns RUN/merged
         report = merged_set.report
-        problems = validate_result_set(merged, frame=merged_set.frame)  # the frame just written, not read back
-        write_validation(merged, problems)
+        # the frame just written, not read back
+        validation = validation_of(merged, frame=merged_set.frame, max_failed=options.max_failed)
+        write_validation(merged, validation.problems, verdict=validation.document())
         result.merged_dir = merged
         out(f"merged {report.rows} rows for {report.users} users into {merged}/results.csv (and .parquet)")
-        if problems:
-            out("validation FAILED:\n  - " + "\n  - ".join(problems))
-            result.exit_code = max(result.exit_code, EXIT_VALIDATION_FAILED)
+        # The final lines: the problems, the users by outcome, the verdict. Failed users beyond
+        # --max-failed are a problem, so "validation passed" means every user counted.
+        if validation.problems:
+            out("validation FAILED:\n  - " + "\n  - ".join(validation.problems))
+        for line in validation.lines():
+            out(line)
+        if validation.problems:
+            out(f"validation FAILED ({len(validation.problems)} problem(s) above): {merged}/validation.json")
+            result.exit_code = EXIT_VALIDATION_FAILED
         else:
             out(f"validation passed: {merged}/validation.json")
+            result.exit_code = EXIT_OK  # failed users, if any, are within --max-failed
     return result

@@ -86,6 +86,8 @@ class ElementJob:
     time_limit: str | None = None
     sbatch_options: tuple[str, ...] = ()
     commit_interval_seconds: float | None = None  # None: the shard's own default
+    retry_failed: bool = False  # run the shard's failed users again (run_production --resume RUN --retry-failed)
+    fail_fast: int | None = None  # None: the shard's own default (run_production --fail-fast)
 
     @property
     def shard_indices(self) -> list[int]:
@@ -123,12 +125,16 @@ def _q(value: object) -> str:
 
 
 def element_command(job: ElementJob) -> list[str]:
+    """The element's one command. --retry-failed goes with --resume, which takes a run dir (with
+    --shard auto) whether or not the shard has started: a shard never started simply has nothing to retry."""
     mode = ["--full"] if job.pilot is None else ["--pilot", str(job.pilot)]
+    where = ["--resume", str(job.run_dir), "--retry-failed"] if job.retry_failed else ["--out", str(job.run_dir)]
     return [job.python, "-m", "shardrun.worker", "--config", str(job.config_path), *mode, "--shard", "auto",
-            "--out", str(job.run_dir), "--xmx", job.xmx, "--threads", str(job.cpus),
+            *where, "--xmx", job.xmx, "--threads", str(job.cpus),
             "--preempt-signal", job.signal.name, "--preempt-lead", str(job.signal.lead_seconds),
             "--requeue-limit", str(job.requeue_limit),
-            *([] if job.commit_interval_seconds is None else ["--commit-interval", str(job.commit_interval_seconds)])]
+            *([] if job.commit_interval_seconds is None else ["--commit-interval", str(job.commit_interval_seconds)]),
+            *([] if job.fail_fast is None else ["--fail-fast", str(job.fail_fast)])]
 
 
 def log_pattern(job: ElementJob) -> str:
@@ -176,8 +182,9 @@ def array_script(job: ElementJob, job_name: str) -> str:
 
 
 def merge_script(run_dir: Path, config_path: Path, python: str, workdir: Path, log_dir: Path, job_name: str,
-                 sbatch_options: Sequence[str] = ()) -> str:
-    """The job that merges and validates the run once every element has ended (afterany, given at submit)."""
+                 sbatch_options: Sequence[str] = (), max_failed: str = "0") -> str:
+    """The job that merges and validates the run once every element has ended (afterany, given at submit);
+    its validation fails (exit 5) with more failed users than `max_failed` (--max-failed N|P%)."""
     merged = run_dir / "merged"
     return "\n".join([
         "#!/bin/bash",
@@ -193,6 +200,7 @@ def merge_script(run_dir: Path, config_path: Path, python: str, workdir: Path, l
         "set -u",
         'echo "=== $(date -u +%Y-%m-%dT%H:%M:%SZ) SLURM job ${SLURM_JOB_ID}: merge"',
         f"{_q(python)} -m shardrun.merge --run {_q(run_dir)} --output {_q(merged)} --overwrite || exit $?",
-        f"exec {_q(python)} -m shardrun.validate --dir {_q(merged)} --config {_q(config_path)}",
+        f"exec {_q(python)} -m shardrun.validate --dir {_q(merged)} --config {_q(config_path)}"
+        f" --max-failed {_q(max_failed)}",
         "",
     ])

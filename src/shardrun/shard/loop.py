@@ -6,7 +6,9 @@ failed rows) and the loop goes on; a storage failure stops the shard clearly. Ev
 a drain, a preemption, a second signal, a failure) first commits the users already finished. On the
 scheduler's warning signal (lifecycle.PreemptionNotice) the drain is bounded by the lead time: the user
 in flight is abandoned uncommitted if it has not ended in time, the shard says `preempted` and asks
-its scheduler to run it again (requeue.py) while users are left.
+its scheduler to run it again (requeue.py) while users are left. A shard whose first --fail-fast users
+all failed with one error class stops (fail_fast.py): state `failed`, the error and its fix in
+status.json's last_error and the log, exit 1.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from shardrun.errors import (
     EXIT_INTERRUPTED, EXIT_OK, EXIT_PREEMPTED, EXIT_USERS_FAILED, AlreadyCommitted, HeapTooSmall, SchedulerError,
     StorageError,
 )
+from shardrun.shard.fail_fast import FailFastStop, fail_fast_message, fail_fast_stop
 from shardrun.shard.lifecycle import StopFlag
 from shardrun.shard.plan import ShardPlan
 from shardrun.shard.requeue import decide_requeue, requeue_slurm_job
@@ -100,6 +103,8 @@ class ShardLoop:
             on_commit=self._count_committed,
         )
         self._outcomes_queued: dict[str, UserStatus] = {}  # ended users waiting for their batch
+        self._first_users: list[tuple[UserStatus, str]] = []  # (outcome, reason) of the first --fail-fast users
+        self._fail_fast: FailFastStop | None = None
         self.user_log = UserLog(log)
 
     def run(self) -> int:
@@ -126,6 +131,8 @@ class ShardLoop:
                 if self.stop.requested_by:
                     break
                 self._run_user(user_id)
+                if self._fail_fast is not None:
+                    break
             self.commits.flush()
         except BaseException as exc:
             self.commits.try_flush()  # the users that ended are whole: keep them if the disk still lets us
@@ -235,10 +242,12 @@ class ShardLoop:
     def _run_user(self, user_id: str) -> None:
         self.status.begin_user(user_id)
         started = time.monotonic()
+        reason = ""
         try:
             rows = list(self.task.analyse(self.dataset, user_id, self.config.settings))
         except Exception as exc:  # one user's failure must not end the shard: record it and go on
-            rows = list(self.task.failed_rows(self.config.settings, user_id, failure_reason(exc, self.task)))
+            reason = failure_reason(exc, self.task)
+            rows = list(self.task.failed_rows(self.config.settings, user_id, reason))
             self._record_error(user_id, exc)
         seconds = round(time.monotonic() - started, 3)
         bookkeeping = {"shard": str(self.dirs.spec), "seconds": seconds, "config_hash": self.config.hash}
@@ -252,6 +261,9 @@ class ShardLoop:
             log.error("user %r was already committed in %s; keeping the first commit", user_id, self.dirs.shard.dir)
         self.status.end_user()
         self.user_log.user_ended(user_id, outcome, seconds)
+        if len(self._first_users) < self.options.fail_fast:
+            self._first_users.append((outcome, reason))
+            self._fail_fast = fail_fast_stop(self._first_users, self.options.fail_fast)
         self.commits.flush_if_due()
 
     def _count_committed(self, user_ids: Sequence[str]) -> None:
@@ -291,6 +303,11 @@ class ShardLoop:
             log.warning("shard %s interrupted with %d users to do; resume with --resume %s",
                         self.dirs.spec, doc["users_todo"], self.dirs.shard.dir)
             return EXIT_INTERRUPTED
+        if self._fail_fast is not None and doc["users_todo"] > 0:
+            message = fail_fast_message(self._fail_fast, str(self.dirs.spec), str(self.dirs.shard.dir))
+            self.status.update(state=ShardState.FAILED.value, last_error=message)
+            log.error("%s", message)
+            return EXIT_USERS_FAILED
         failed = doc["users_failed"] > 0
         state = ShardState.COMPLETED_WITH_FAILURES if failed else ShardState.COMPLETED
         self.status.update(state=state.value, eta_seconds=0)

@@ -15,6 +15,7 @@ from pathlib import Path
 from shardrun.config import RunConfig
 from shardrun.errors import ResumeMismatch, UsageError
 from shardrun.heap_plan import HeapPlan, plan_heap, run_heap_needs, task_heap_needs
+from shardrun.shard.fail_fast import DEFAULT_FAIL_FAST
 from shardrun.shard.jvm import find_java, task_classpath, task_jvm_options
 from shardrun.shard.plan import ShardPlan, assign_index, plan_shard
 from shardrun.sharding import ShardSpec
@@ -37,6 +38,7 @@ class WorkerOptions:
     cooldown_seconds: float = 0.0  # pause between users, to share the machine
     commit_interval_seconds: float = 1.0  # group commit: at most one batch file per interval (commits.GroupCommitter)
     retry_failed: bool = False
+    fail_fast: int = DEFAULT_FAIL_FAST  # stop when the first N users all fail with one error class (0: never)
 
 
 @dataclass
