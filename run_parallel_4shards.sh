@@ -24,7 +24,8 @@ TEXT
 takes_value() {
   case "$1" in
     --config|--shards|--run-dir|--out|--pilot|--grace|--progress-every|--max-parallel|--cpu-limit|--nice|\
-    --threads|--cooldown|--restarts|--restart-heap-factor|--benchmark) return 0 ;;
+    --threads|--cooldown|--restarts|--restart-heap-factor|--benchmark|--commit-interval|--max-failed|\
+    --fail-fast) return 0 ;;
     *) return 1 ;;
   esac
 }

@@ -41,6 +41,7 @@ def refused(parser: argparse.ArgumentParser, argv: list[str], capsys) -> str:
     (["--full", "--shard", "0/4", "--nice", "20"], "--nice"),
     (["--full", "--shard", "0/4", "--xmx", "lots"], "--xmx"),
     (["--full", "--shard", "0/4", "--pilot", "0"], "--pilot"),
+    (["--full", "--shard", "0/4", "--fail-fast", "-1"], "--fail-fast"),
 ])
 def test_run_production_refuses_bad_numbers(argv, words, capsys):
     assert words in refused(run_production.parser(), argv, capsys)
@@ -55,6 +56,10 @@ def test_run_production_refuses_bad_numbers(argv, words, capsys):
     (["--grace", "-1"], "--grace"),
     (["--restarts", "-1"], "--restarts"),
     (["--commit-interval", "-1"], "--commit-interval"),
+    (["--fail-fast", "x"], "--fail-fast"),
+    (["--max-failed", "-1"], "--max-failed"),
+    (["--max-failed", "120%"], "--max-failed"),
+    (["--max-failed", "1.5"], "--max-failed"),
 ])
 def test_launch_shards_refuses_bad_numbers(argv, words, capsys):
     assert words in refused(launch_shards.parser(), argv, capsys)
@@ -69,6 +74,33 @@ def test_launch_shards_hands_its_commit_interval_to_every_shard(given, expected,
     command = shard_command(options.config_path, ShardSpec(1, 2), tmp_path, False, options, "1g", 1)
     assert command[1:3] == ["-m", "shardrun.worker"]
     assert run_production.parser().parse_args(command[3:]).commit_interval == expected
+
+
+@pytest.mark.parametrize("value", ["lots", "-2", "2.5", "101%"])
+def test_validate_outputs_refuses_a_bad_max_failed(value, capsys):
+    said = refused(validate_outputs.parser(), ["--dir", "d", "--max-failed", value], capsys)
+    assert "--max-failed takes a number of users (5) or a share of the users (2%)" in said
+
+
+def test_launch_shards_hands_fail_fast_and_retry_failed_to_every_shard(tmp_path):
+    args = launch_shards.parser().parse_args(["--fail-fast", "0", "--retry-failed", "--out", str(tmp_path)])
+    options = LaunchOptions(config_path=REPO / "config" / "proposal.yaml", shards=2, fail_fast=args.fail_fast,
+                            retry_failed=args.retry_failed)
+    resumed = run_production.parser().parse_args(
+        shard_command(options.config_path, ShardSpec(1, 2), tmp_path, True, options, "1g", 1, retry_failed=True)[3:])
+    assert resumed.fail_fast == 0 and resumed.retry_failed and resumed.resume == tmp_path
+    # a shard that never started has nothing to retry: it starts with --out, as run_production requires
+    fresh = run_production.parser().parse_args(
+        shard_command(options.config_path, ShardSpec(1, 2), tmp_path, False, options, "1g", 1, retry_failed=True)[3:])
+    assert not fresh.retry_failed and fresh.out == tmp_path
+    default = run_production.parser().parse_args(shard_command(
+        options.config_path, ShardSpec(1, 2), tmp_path, False, LaunchOptions(options.config_path, 2), "1g", 1)[3:])
+    assert default.fail_fast == 5
+
+
+def test_launch_shards_retry_failed_needs_the_run_to_retry(capsys):
+    assert launch_shards.main(["--retry-failed", "--shards", "2"]) == 2
+    assert "--retry-failed runs again the failed users of an existing run" in capsys.readouterr().err
 
 
 def test_xmx_auto_is_taken_on_the_command_line_as_in_the_config():

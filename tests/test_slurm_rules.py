@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 
 from shardrun.cli.run_production import parser as run_production_parser
+from shardrun.cli.validate_outputs import parser as validate_outputs_parser
+from shardrun.results.verdict import FailedTolerance
 from shardrun.errors import UsageError
 from shardrun.launch.cluster import element_memory_mib, shards_to_submit, time_limit_lines, users_over_time_limit
 from shardrun.launch.slurm_script import (
@@ -91,6 +93,27 @@ def test_the_merge_script_merges_then_validates_and_is_valid_bash(tmp_path):
         "shardrun.validate --dir /runs/r1/merged --config /cfg/c.yaml")
 
 
+def test_the_merge_script_validates_with_the_launchers_max_failed(tmp_path):
+    script = merge_script(Path("/runs/r1"), Path("/cfg/c.yaml"), "/venv/bin/python", Path("/w"), Path("/logs"), "m",
+                          max_failed="2.5%")
+    validate_line = next(line for line in script.splitlines() if "shardrun.validate" in line)
+    argv = shlex.split(validate_line)[4:]  # exec python -m shardrun.validate
+    assert validate_outputs_parser().parse_args(argv).max_failed == FailedTolerance(percent=2.5)
+    default = merge_script(Path("/runs/r1"), Path("/cfg/c.yaml"), "/venv/bin/python", Path("/w"), Path("/logs"), "m")
+    assert default.rstrip().endswith("--max-failed 0")
+
+
+def test_a_retry_element_resumes_the_run_and_retries_its_failed_users():
+    script = array_script(job(retry_failed=True, fail_fast=3), "x")
+    exec_line = next(line for line in script.splitlines() if line.startswith("exec "))
+    args = run_production_parser().parse_args(shlex.split(exec_line)[4:])
+    assert args.shard == "auto" and args.resume == Path("/runs/r 1") and args.out is None
+    assert args.retry_failed and args.fail_fast == 3
+    plain = run_production_parser().parse_args(shlex.split(next(
+        line for line in array_script(job(), "x").splitlines() if line.startswith("exec ")))[4:])
+    assert not plain.retry_failed and plain.fail_fast == 5  # the shard's own default
+
+
 @pytest.mark.parametrize("text, name, lead", [
     ("USR1@120", "USR1", 120), ("B:USR2@300", "USR2", 300), ("SIGTERM@60", "TERM", 60), ("usr1", "USR1", 60),
 ])
@@ -107,6 +130,11 @@ def test_warning_signal_refuses_what_a_shard_cannot_drain_on(text):
 def test_only_shards_neither_complete_nor_queued_are_resubmitted():
     assert shards_to_submit(6, complete=[0, 2], queued=[1, 2]) == [3, 4, 5]
     assert shards_to_submit(3, complete=[0, 1, 2], queued=[]) == []
+
+
+def test_retry_failed_resubmits_complete_shards_with_failed_users_unless_queued():
+    assert shards_to_submit(5, complete=[0, 1, 2], queued=[3], retry=[1, 3]) == [1, 4]
+    assert shards_to_submit(3, complete=[0, 1, 2], queued=[], retry=[]) == []
 
 
 def test_squeue_lines_become_elements_and_later_arrays_win():
