@@ -6,6 +6,8 @@ The environment variable FAULTY_TASK picks the faults:
   calculator far larger than any test heap: real Java heap exhaustion, reported through the
   analysis's own HeapTooSmall path with the heap it would need.
 - "healed": no faults (to test --retry-failed once the cause is gone).
+- "missing-class": every user asks the JVM for a class that is on no classpath, as a task whose jar
+  is missing does: every user fails alike (a TypeError from JPype), to test fail fast.
 - "crash-once:<marker file>": at CRASHING_USER, the first process to get there crashes the JVM for
   real (a write to address 0 through sun.misc.Unsafe: SIGSEGV, an hs_err report, abort); it leaves
   the marker file so that a restarted process goes through.
@@ -26,7 +28,8 @@ from shardrun.infodynamics.measures import heap_exhaustion_as_heap_too_small
 FAILING_USER = "user-03"
 HUNGRY_USER = "user-05"
 CRASHING_USER = "user-08"
-HUNGRY_NEED = 8 * 2**30  # two int[2][2^29] count tables
+HUNGRY_NEED = 8 * 2**30
+MISSING_CLASS = "org.example.shardrun.NotOnTheClasspath"  # two int[2][2^29] count tables
 
 
 def crash_the_jvm() -> None:
@@ -50,6 +53,8 @@ class FaultyTask(InfodynamicsTask):
             if user_id == CRASHING_USER and not marker.exists():
                 marker.touch()
                 crash_the_jvm()
+        elif mode == "missing-class":
+            jpype.JClass(MISSING_CLASS)
         elif mode == "fail":
             calculator_class = jpype.JClass("infodynamics.measures.discrete.ActiveInformationCalculatorDiscrete")
             if user_id == FAILING_USER:
