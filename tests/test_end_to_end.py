@@ -200,8 +200,14 @@ def test_failing_users_are_recorded_and_the_shard_goes_on(workspace, tmp_path):
     reference = workspace["reference"]
     expected = reference[~reference["user_id"].isin(["user-03", "user-05"])].reset_index(drop=True)
     pd.testing.assert_frame_equal(ok, expected, check_exact=True, check_dtype=False)  # NaN makes ints nullable
-    validation = shardrun("validate", "--dir", str(run / "merged"), cwd=root, env=env)
-    assert "valid" in validation.stdout
+    # Failed users are a failed validation (exit 5) with their count by error class, unless tolerated.
+    validation = shardrun("validate", "--dir", str(run / "merged"), cwd=root, env=env, check=False)
+    assert validation.returncode == 5, validation.stdout + validation.stderr
+    assert "2 users of 14 failed (--max-failed 0): 1 HeapTooSmall" in validation.stdout
+    assert f"{run / 'merged'}: not valid (1 problem(s) above)" in validation.stdout
+    tolerated = shardrun("validate", "--dir", str(run / "merged"), "--max-failed", "15%", cwd=root, env=env)
+    assert "12 ok, 0 skipped, 2 failed (within --max-failed 15%)\n  failed by error class: 1 HeapTooSmall" \
+        in tolerated.stdout and tolerated.stdout.endswith(f"{run / 'merged'}: valid\n")
 
 
 def test_bad_config_is_refused_before_anything_is_written(workspace, tmp_path):

@@ -15,7 +15,10 @@ import psutil
 import pytest
 import yaml
 
-from e2e_support import analysis_values, faulty_task_config, read_status, shardrun, wait_for
+from e2e_support import (
+    analysis_values, faulty_task_config, read_status, shardrun, wait_for, write_categorical_data, write_config,
+)
+from faulty_task import MISSING_CLASS
 
 pytestmark = pytest.mark.e2e
 
@@ -225,3 +228,78 @@ def test_retry_failed_runs_failed_users_again(workspace, tmp_path):
     shardrun("merge", "--run", str(run), "--output", str(run / "merged"), cwd=root, env=env)
     merged = analysis_values(run / "merged")
     pd.testing.assert_frame_equal(merged, workspace["reference"], check_exact=True)
+
+
+def test_failed_users_fail_the_run_and_retry_failed_runs_only_them_again(workspace, tmp_path):
+    """Two users fail for real (faulty_task.py): the run exits 5 with the count by error class and the fix;
+    once the cause is gone, --retry-failed runs only those two again and the run is whole and valid."""
+    root = workspace["root"]
+    path, env = faulty_task_config(workspace, tmp_path)
+    run = tmp_path / "run"
+    command = ["--config", str(path), "--shards", "2", "--out", str(run)]
+    failed = shardrun("launcher", *command, cwd=root, check=False, env=env)
+    output = failed.stdout
+    assert failed.returncode == 5, output + failed.stderr
+    assert "validation passed" not in output and f"validation FAILED (1 problem(s) above): {run}/merged" in output
+    assert ("2 users of 14 failed (--max-failed 0): 1 HeapTooSmall (raise jvm.xmx in the config, or --xmx),"
+            " 1 java.lang.ArrayIndexOutOfBoundsException (e.g. user 'user-03': ") in output, output
+    assert f"see {run}/shard-*/errors.jsonl" in output
+    assert f"run only them again: launch_shards --config {path} --shards 2 --out {run} --retry-failed" in output
+    assert "users: 14 in the result set: 12 ok, 0 skipped, 2 failed\n  failed by error class: 1 HeapTooSmall" in output
+    written = json.loads((run / "merged" / "validation.json").read_text())
+    assert written["verdict"] == "failed" and written["users"]["failed_by_class"] == {
+        "HeapTooSmall": 1, "java.lang.ArrayIndexOutOfBoundsException": 1}
+
+    tolerated = shardrun("validate", "--dir", str(run / "merged"), "--max-failed", "2", cwd=root, env=env)
+    assert "12 ok, 0 skipped, 2 failed (within --max-failed 2)" in tolerated.stdout
+    assert json.loads((run / "merged" / "validation.json").read_text())["verdict"] == "passed"
+
+    healed = shardrun("launcher", *command, "--retry-failed", cwd=root, env={**env, "FAULTY_TASK": "healed"})
+    assert "validation passed" in healed.stdout and "14 ok, 0 skipped, 0 failed" in healed.stdout
+    # user-03 and user-05 are shard 1's: it ran those two again; shard 0 had nothing to retry
+    assert read_status(run / "shard-1-of-2")["resumed_with_done"] == 5
+    assert read_status(run / "shard-0-of-2")["resumed_with_done"] == 7
+    pd.testing.assert_frame_equal(analysis_values(run / "merged"), workspace["reference"], check_exact=True)
+
+
+def test_shards_that_fail_fast_are_not_restarted_and_the_run_fails_until_retried(workspace, tmp_path):
+    """Every user fails alike (a class on no classpath, as when a task's jar is missing): each shard stops
+    after its first 3 users, the launcher does not restart them, and the run is not valid."""
+    root = workspace["root"]
+    path, env = faulty_task_config(workspace, tmp_path)
+    run = tmp_path / "run"
+    command = ["--config", str(path), "--shards", "2", "--out", str(run)]
+    stopped = shardrun("launcher", *command, "--fail-fast", "3", "--restarts", "2", cwd=root, check=False,
+                       env={**env, "FAULTY_TASK": "missing-class"})
+    output = stopped.stdout
+    assert stopped.returncode == 5, output + stopped.stderr
+    assert "validation passed" not in output and "restarting" not in output
+    for index in range(2):
+        assert (f"shard {index}/2: stopped early: its first users all failed alike (fail fast); 3/7 users (0 ok,"
+                f" 0 skipped, 3 failed)") in output, output
+        assert (f"      shard {index}/2 stopped (fail fast): its first 3 users all failed with TypeError (e.g."
+                f" TypeError: Class {MISSING_CLASS} is not found)") in output
+        assert launcher_doc(run)["shards"][index]["exits"] == [1]
+    assert "6 users of 6 failed (--max-failed 0): 6 TypeError" in output
+    assert "user 'user-13' has no results (planned in shard 1/2)" in output  # never run: not a result either
+
+    healed = shardrun("launcher", *command, "--retry-failed", cwd=root, env={**env, "FAULTY_TASK": "healed"})
+    assert "validation passed" in healed.stdout
+    pd.testing.assert_frame_equal(analysis_values(run / "merged"), workspace["reference"], check_exact=True)
+
+
+def test_a_run_whose_every_user_was_skipped_is_not_valid(workspace, tmp_path):
+    """Three observations per user, fewer than the analysis needs: every user skipped, nothing analysed."""
+    data = tmp_path / "short.csv"
+    write_categorical_data(data, n_users=6, n_rows=3)
+    config = write_config(tmp_path / "short.yaml", data, tmp_path)
+    done = shardrun("launcher", "--config", str(config), "--shards", "2", cwd=tmp_path, check=False)
+    assert done.returncode == 5, done.stdout + done.stderr
+    assert "validation passed" not in done.stdout
+    assert "nothing was analysed: every one of the 6 users was skipped (6 'only 3 observations; needs at least" \
+        in done.stdout, done.stdout
+    assert "users: 6 in the result set: 0 ok, 6 skipped, 0 failed\n  skipped by reason: 6 'only 3 observations;" \
+        in done.stdout
+    (run_dir,) = (tmp_path / "out").iterdir()
+    written = json.loads((run_dir / "merged" / "validation.json").read_text())
+    assert written["valid"] is False and written["users"]["skipped"] == 6 and written["users"]["ok"] == 0
