@@ -14,7 +14,7 @@ import pytest
 
 from shardrun.cli.run_production import parser as run_production_parser
 from shardrun.cli.validate_outputs import parser as validate_outputs_parser
-from shardrun.results.verdict import FailedTolerance
+from shardrun.results.tolerance import FailedTolerance
 from shardrun.errors import UsageError
 from shardrun.launch.cluster import element_memory_mib, shards_to_submit, time_limit_lines, users_over_time_limit
 from shardrun.launch.slurm_script import (

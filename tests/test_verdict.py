@@ -5,9 +5,8 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from shardrun.results.verdict import (
-    NO_FAILED, FailedTolerance, Rerun, count_outcomes, outcome_lines, verdict_problems,
-)
+from shardrun.results.tolerance import NO_FAILED, FailedTolerance
+from shardrun.results.verdict import Rerun, count_outcomes, outcome_lines, verdict_problems
 from shardrun.states import failure_class
 
 MODES = ("activity", "composite")

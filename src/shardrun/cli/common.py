@@ -9,7 +9,7 @@ import sys
 from typing import Callable, Sequence
 
 from shardrun.errors import EXIT_CRASH, ShardrunError
-from shardrun.results.verdict import FailedTolerance
+from shardrun.results.tolerance import FailedTolerance
 from shardrun.units import heap_bytes
 
 log = logging.getLogger("shardrun")

@@ -27,7 +27,7 @@ from shardrun.launch.slurm_script import (
     ElementJob, WarningSignal, array_script, index_ranges, merge_script, split_for_array_size, time_limit_seconds,
 )
 from shardrun.observe.progress import format_seconds
-from shardrun.results.verdict import NO_FAILED, FailedTolerance
+from shardrun.results.tolerance import NO_FAILED, FailedTolerance
 from shardrun.scheduler.slurm import (
     QueuedElement, SlurmCommands, array_job_name, merge_job_name, queue_by_index, record_submission,
 )

@@ -77,7 +77,7 @@ from shardrun.shard.plan import assign_index
 from shardrun.sharding import ShardSpec
 from shardrun.storage.status import record_death
 from shardrun.states import ShardState
-from shardrun.results.verdict import NO_FAILED, FailedTolerance
+from shardrun.results.tolerance import NO_FAILED, FailedTolerance
 from shardrun.task import load_task
 from shardrun.shard.prepare import run_label
 

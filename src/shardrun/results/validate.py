@@ -29,8 +29,9 @@ from shardrun.storage.paths import MergedPaths, RunPaths
 from shardrun.storage.atomic import read_json, utc_now, write_json_atomic
 from shardrun.states import STATUSES, UserStatus
 from shardrun.task import BOOKKEEPING_COLUMNS, Task, load_task, read_user_index
+from shardrun.results.tolerance import NO_FAILED, FailedTolerance
 from shardrun.results.verdict import (
-    NO_FAILED, FailedTolerance, Rerun, UserOutcomes, count_outcomes, outcome_document, outcome_lines, verdict_problems,
+    Rerun, UserOutcomes, count_outcomes, outcome_document, outcome_lines, verdict_problems,
 )
 
 log = logging.getLogger(__name__)
