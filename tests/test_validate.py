@@ -11,10 +11,11 @@ from shardrun.config import parse_config
 from shardrun.section import Section
 from shardrun.results.merge import merge_result_set, merge_shards
 from shardrun.results.read import shard_dirs_of_run
-from shardrun.storage.paths import MergedPaths
+from shardrun.storage.paths import MergedPaths, RunPaths
 from shardrun.sharding import ShardSpec
 from shardrun.results.report import MAX_LISTED
-from shardrun.results.validate import check_frame, validate_result_set, write_validation
+from shardrun.results.tolerance import FailedTolerance
+from shardrun.results.validate import check_frame, validate_result_set, validation_of, write_validation
 
 # The task double and the shard-dir builders are shared with the merge tests (pytest puts tests/ on
 # sys.path); importing them also brings the autouse fixture that makes the double loadable.
@@ -239,3 +240,53 @@ def test_the_merges_own_frame_validates_as_the_files_do(tmp_path):
     merged = merge_result_set(shard_dirs_of_run(whole), tmp_path / "whole-merged")
     assert validate_result_set(tmp_path / "whole-merged", frame=merged.frame) == [] == validate_result_set(
         tmp_path / "whole-merged")
+
+
+# --- the run-level verdict (files) -----------------------------------------------------------
+
+HEAP = "HeapTooSmall: Java heap exhausted: this user needs about 3.0 GiB of heap but the JVM has -Xmx2g."
+
+
+def test_failed_users_fail_a_merged_set_with_their_class_and_where_to_look(merged, config):
+    failed = {"status": "failed", "reason": HEAP, "ais_bits": None}
+    out = merged(overrides={"u02": failed, "u05": failed})
+
+    validation = validation_of(out, config)
+    (problem,) = validation.problems
+    assert problem.startswith("2 users of 8 failed (--max-failed 0): 2 HeapTooSmall (raise jvm.xmx in the config,"
+                              " or --xmx); see each shard dir's errors.jsonl")
+    assert problem.endswith("run_production --resume SHARD_DIR --retry-failed for each shard dir the set was merged"
+                            " from, then merge again")  # a set merged elsewhere than RUN/merged
+    assert validation.lines() == ["users: 8 in the result set: 6 ok, 0 skipped, 2 failed",
+                                  "  failed by error class: 2 HeapTooSmall (raise jvm.xmx in the config, or --xmx)"]
+    assert validate_result_set(out, config, max_failed=FailedTolerance(2)) == []
+    assert validate_result_set(out, config, max_failed=FailedTolerance(percent=20)) != []  # 25% failed
+
+    write_validation(out, validation.problems, config.hash, validation.document())
+    written = json.loads(MergedPaths(out).validation.read_text())
+    assert written["valid"] is False and written["verdict"] == "failed" and written["max_failed"] == "0"
+    assert written["users"] == {"total": 8, "ok": 6, "skipped": 0, "failed": 2, "skipped_by_reason": {},
+                                "failed_by_class": {"HeapTooSmall": 2}}
+
+
+def test_a_runs_own_merged_dir_names_the_run_to_retry(tmp_path):
+    failed = {"status": "failed", "reason": "java.lang.IllegalStateException: broken", "ais_bits": None}
+    run = make_run(tmp_path / "run", count=2, overrides={"u01": failed})
+    run_json = RunPaths(run).run_json
+    run_json.write_text(json.dumps({**json.loads(run_json.read_text()), "config_path": "/cfg/c.yaml", "pilot": 3}))
+    merge_shards(shard_dirs_of_run(run), run / "merged")
+
+    (problem,) = validate_result_set(run / "merged")
+    assert "1 java.lang.IllegalStateException (e.g. user 'u01': broken)" in problem
+    assert f"see {run}/shard-*/errors.jsonl" in problem
+    assert problem.endswith(f"launch_shards --config /cfg/c.yaml --shards 2 --out {run} --pilot 3 --retry-failed")
+
+
+def test_a_merged_set_whose_every_user_was_skipped_is_not_valid(merged, config):
+    skipped = {"status": "skipped", "reason": "only 0 observations; needs at least 6", "ais_bits": None}
+    out = merged(overrides={user: skipped for user in USERS})
+
+    assert validate_result_set(out, config, max_failed=FailedTolerance(percent=100)) == [
+        "nothing was analysed: every one of the 8 users was skipped (8 'only 0 observations; needs at least 6');"
+        " the reasons say what to change in the input data or the task's settings"
+    ]
