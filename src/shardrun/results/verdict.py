@@ -147,8 +147,9 @@ def failed_part(group: ReasonGroup) -> str:
     fix = KNOWN_FIXES.get(group.label)
     if fix is None:
         said = group.example_reason
-        if said.startswith(group.label):
-            said = said[len(group.label):].lstrip(": ")
+        # A Java exception's message repeats its class ("java.lang.X: java.lang.X: text"): said once, in the label.
+        while said.startswith(f"{group.label}:"):
+            said = said[len(group.label) + 1:].lstrip()
         fix = f"e.g. user {group.example_user!r}: {_cut(said)}"
     return f"{group.users} {group.label} ({fix})"
 
