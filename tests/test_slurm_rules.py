@@ -1,13 +1,15 @@
 """The SLURM backend's rules, without a cluster: the scripts it writes, what it resubmits, how it reads squeue.
 
 The scripts are checked by bash itself (`bash -n`) and by running the element's command line through
-the real argument parser of run_production; tests/test_slurm.py submits them to a real slurmctld.
+the real argument parser of run_production; one dry run of a --retry-failed resubmission is made on a
+real run; tests/test_slurm.py submits them to a real slurmctld.
 """
 
 from __future__ import annotations
 
 import shlex
 import subprocess
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -16,11 +18,15 @@ from shardrun.cli.run_production import parser as run_production_parser
 from shardrun.cli.validate_outputs import parser as validate_outputs_parser
 from shardrun.results.tolerance import FailedTolerance
 from shardrun.errors import UsageError
-from shardrun.launch.cluster import element_memory_mib, shards_to_submit, time_limit_lines, users_over_time_limit
+from e2e_support import faulty_task_config, shardrun
+from shardrun.config import load_config
+from shardrun.launch.cluster import (
+    ClusterOptions, element_memory_mib, shards_to_submit, submit_run, time_limit_lines, users_over_time_limit,
+)
 from shardrun.launch.slurm_script import (
     ElementJob, WarningSignal, array_script, index_ranges, merge_script, split_for_array_size, time_limit_seconds,
 )
-from shardrun.scheduler.slurm import parse_max_array_size, parse_queue, scheduler_view
+from shardrun.scheduler.slurm import SlurmCommands, parse_max_array_size, parse_queue, scheduler_view
 from shardrun.units import MIB
 
 
@@ -183,3 +189,38 @@ def test_users_that_cannot_finish_before_the_warning_are_named_longest_first():
     assert "user 'd'" in lines[1] and "raise --time above 2h32m" in lines[-1]
     assert time_limit_lines(None, 3600, 120) == ["time: the task estimates no user's time; nothing checked against --time"]
     assert time_limit_lines(predicted, None, 120) == []
+
+
+def scontrol_only(command, **_):
+    """A stand-in for SLURM's commands, which this machine lacks: `scontrol show config` answers a
+    MaxArraySize; anything else (sbatch, squeue) would be a submission, which a dry run must not make."""
+    assert command[:3] == ["scontrol", "show", "config"], command
+    return subprocess.CompletedProcess(command, 0, stdout="MaxArraySize            = 1001\n", stderr="")
+
+
+@pytest.mark.e2e
+def test_a_retry_resubmits_the_shards_with_failed_users_and_their_elements_retry(workspace, tmp_path):
+    """A real run of two shards, one of them with two failed users (faulty_task.py), then the dry run of
+    `launch_shards --scheduler slurm --out RUN --retry-failed`: that shard alone, retrying, then the merge."""
+    path, env = faulty_task_config(workspace, tmp_path)
+    run = tmp_path / "run"
+    for shard in ("0/2", "1/2"):  # user-03 and user-05 fail, both of shard 1
+        done = shardrun("worker", "--config", str(path), "--full", "--shard", shard, "--out", str(run),
+                        cwd=workspace["root"], check=False, env=env)
+        assert done.returncode == (0 if shard == "0/2" else 1), done.stderr
+    said: list[str] = []
+    options = ClusterOptions(config_path=path, shards=2, signal=WarningSignal("USR1", 120), out=run, dry_run=True,
+                             retry_failed=True, max_failed=FailedTolerance(1))
+    submission = submit_run(load_config(path), options, SlurmCommands(run=scontrol_only), said.append)
+    assert submission.to_submit == [1]
+    text = "\n".join(said)
+    assert "  shard 1: to submit, to run its 2 failed users again (completed_with_failures)" in text
+    assert "shard 0:" not in text  # complete, nothing failed: not submitted
+    (exec_line,) = [line for line in text.splitlines() if line.startswith("exec ") and "shardrun.worker" in line]
+    args = run_production_parser().parse_args(shlex.split(exec_line)[4:])
+    assert args.resume == run and args.retry_failed and args.shard == "auto"
+    assert "#SBATCH --array=1" in text and "--max-failed 1" in text
+
+    plain = submit_run(load_config(path), replace(options, retry_failed=False), SlurmCommands(run=scontrol_only),
+                       said.append)
+    assert plain.to_submit == []  # without --retry-failed a complete shard stays as it is
