@@ -101,5 +101,7 @@ def test_the_heap_advice_is_the_tasks_with_a_neutral_default():
 def test_heap_too_small_is_a_shardrun_error_of_one_user_with_the_tasks_advice():
     error = HeapTooSmall(300 * MIB, "256m", "AIS at k=6", advice="use a shorter window")
     assert isinstance(error, ShardrunError) and error.exit_code == EXIT_USERS_FAILED
-    assert "Raise jvm.xmx in the config, or use a shorter window, then resume" in str(error)
-    assert "Raise jvm.xmx in the config, then resume" in str(HeapTooSmall(None, None, "x"))
+    assert "Raise jvm.xmx in the config, or use a shorter window, then run the failed users again with" \
+        " --retry-failed" in str(error)
+    assert "Raise jvm.xmx in the config, then run the failed users again with --retry-failed" in str(
+        HeapTooSmall(None, None, "x"))

@@ -21,7 +21,7 @@ def frame(*users: list[dict]) -> pd.DataFrame:
 
 
 HEAP = ("HeapTooSmall: Java heap exhausted: this user needs about 3.0 GiB of heap but the JVM has -Xmx2g (k=6)."
-        " Raise jvm.xmx in the config, then resume the shard with --resume.")
+        " Raise jvm.xmx in the config, then run the failed users again with --retry-failed.")
 JAVA = "java.lang.ArrayIndexOutOfBoundsException: java.lang.ArrayIndexOutOfBoundsException: Index 7 out of bounds"
 
 
@@ -29,7 +29,8 @@ JAVA = "java.lang.ArrayIndexOutOfBoundsException: java.lang.ArrayIndexOutOfBound
     (HEAP, "HeapTooSmall"),
     (JAVA, "java.lang.ArrayIndexOutOfBoundsException"),
     ("TypeError: Class org.example.Missing is not found", "TypeError"),
-    ("Java heap exhausted (java.lang.OutOfMemoryError: Java heap space); raise jvm.xmx and resume",
+    ("Java heap exhausted (java.lang.OutOfMemoryError: Java heap space); raise jvm.xmx and retry the failed users"
+     " (--retry-failed)",
      "Java heap exhausted"),
     ("something odd happened", "something odd happened"),
     ("", "no reason given"),

@@ -10,11 +10,11 @@ from shardrun.units import format_bytes
 
 # Exit codes of every command (documented in README.md, "Exit codes").
 EXIT_OK = 0
-EXIT_USERS_FAILED = 1  # the run finished but some users failed (see errors.jsonl)
+EXIT_USERS_FAILED = 1  # the shard finished but some users failed (see errors.jsonl), or it failed fast
 EXIT_USAGE = 2  # bad flags, config, data or environment: nothing was computed
 EXIT_INTERRUPTED = 3  # stopped by a signal; resume with --resume
 EXIT_SHARD_LOCKED = 4  # another live process holds the shard
-EXIT_VALIDATION_FAILED = 5  # validate_outputs / merge found problems
+EXIT_VALIDATION_FAILED = 5  # validate_outputs / merge found problems, or failed users beyond --max-failed
 EXIT_STORAGE = 6  # the shard dir cannot be written (disk full, read-only, ...); committed users are kept
 EXIT_PREEMPTED = 7  # drained ahead of the scheduler's stop (time limit, preemption); requeued or resume
 EXIT_CRASH = 70  # an unexpected error (a bug) or, for the launcher, a shard that died abnormally
@@ -92,7 +92,8 @@ class HeapTooSmall(ShardrunError):
         other_way = f", or {advice}" if advice else ""
         super().__init__(
             f"Java heap exhausted: this user needs {need} of heap but the JVM has -Xmx{xmx or '?'}"
-            f" ({detail}). Raise jvm.xmx in the config{other_way}, then resume the shard with --resume."
+            f" ({detail}). Raise jvm.xmx in the config{other_way}, then run the failed users again with"
+            " --retry-failed (run_production --resume SHARD_DIR, or launch_shards --out RUN)."
         )
 
 

@@ -327,6 +327,6 @@ def previous_requeues(status_path: Path) -> int:
 
 def failure_reason(exc: BaseException, task: Task | None = None) -> str:
     if is_heap_exhaustion(exc, task) and not isinstance(exc, HeapTooSmall):
-        return f"Java heap exhausted ({exc}); raise jvm.xmx and resume"
+        return f"Java heap exhausted ({exc}); raise jvm.xmx and retry the failed users (--retry-failed)"
     text = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {text[0] if text else ''}"[:500]
