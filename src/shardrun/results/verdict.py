@@ -73,8 +73,9 @@ class UserOutcomes:
         }
 
 
-def _blank(column: pd.Series) -> pd.Series:
-    return column.isna() | column.astype(str).str.strip().eq("")
+def _texts(column: pd.Series) -> pd.Series:
+    """A column as plain text, a missing value as ""."""
+    return column.astype("object").where(column.notna(), "").astype(str).str.strip()
 
 
 def _groups(users: pd.DataFrame, key: pd.Series) -> list[ReasonGroup]:
@@ -91,31 +92,42 @@ def count_outcomes(frame: pd.DataFrame, user_column: str) -> UserOutcomes:
     """Each user's outcome from its rows (states.user_outcome's rule, for every user at once): failed
     when a row failed or has no known status, skipped when every row was skipped, else ok. Skipped
     users are grouped by their reason with its numbers aside ("only 3 observations" and "only 0
-    observations" are one reason), failed users by error class (states.failure_class)."""
+    observations" are one reason), failed users by error class (states.failure_class).
+
+    The flags are found over whole columns; only the failed and skipped users' rows become text."""
     if frame.empty:
         return UserOutcomes(users=0, ok=0)
-    status = frame["status"].astype("object").where(~_blank(frame["status"]), None)
-    reason = (frame["reason"].astype("object").where(~_blank(frame["reason"]), "")
-              if "reason" in frame.columns else pd.Series("", index=frame.index, dtype="object"))
-    rows = pd.DataFrame({"user": frame[user_column].astype(str), "status": status, "reason": reason.astype(str)})
-    rows["failed"] = rows["status"].eq(UserStatus.FAILED.value) | ~rows["status"].isin(STATUSES)
-    rows["skipped"] = rows["status"].eq(UserStatus.SKIPPED.value)
-    per_user = rows.groupby("user", sort=True).agg(failed=("failed", "any"), skipped=("skipped", "all"))
-    failed_users = per_user.index[per_user["failed"]]
-    skipped_users = per_user.index[~per_user["failed"] & per_user["skipped"]]
+    status = frame["status"]
+    known = status.isin(STATUSES).to_numpy(dtype=bool)  # a missing status is not known
+    failed_row = status.eq(UserStatus.FAILED.value).fillna(False).to_numpy(dtype=bool) | ~known
+    skipped_row = status.eq(UserStatus.SKIPPED.value).fillna(False).to_numpy(dtype=bool)
+    flags = pd.DataFrame({"failed": failed_row, "skipped": skipped_row}, index=frame.index)
+    per_user = flags.groupby(frame[user_column], sort=False, dropna=False).agg(failed=("failed", "any"),
+                                                                               skipped=("skipped", "all"))
+    skipped_ids = per_user.index[~per_user["failed"] & per_user["skipped"]]
+    has_reason = "reason" in frame.columns
+
+    def first_rows(mask) -> pd.DataFrame:
+        """(user, status, reason) as text of the first row of each user among the rows of `mask`."""
+        chosen = frame.loc[mask]
+        chosen = chosen.loc[~chosen[user_column].duplicated()]
+        reason = _texts(chosen["reason"]) if has_reason else pd.Series("", index=chosen.index)
+        return pd.DataFrame({"user": _texts(chosen[user_column]), "status": _texts(chosen["status"]),
+                             "reason": reason})
+
     # A user's reason: that of its first failed row (failed), or of its first row (skipped).
-    failed_rows = rows[rows["failed"] & rows["user"].isin(failed_users)].drop_duplicates("user")
-    failed_rows = failed_rows.assign(reason=failed_rows["reason"].where(
+    failed_rows = first_rows(failed_row)
+    failed_rows["reason"] = failed_rows["reason"].where(
         failed_rows["status"].eq(UserStatus.FAILED.value),
-        "status " + failed_rows["status"].astype(str) + " is not one of " + ", ".join(STATUSES)))
-    skipped_rows = rows[rows["user"].isin(skipped_users)].drop_duplicates("user")
+        "status " + failed_rows["status"].map(repr) + " is not one of " + ", ".join(STATUSES))
+    skipped_rows = first_rows(frame[user_column].isin(skipped_ids).to_numpy(dtype=bool))
     failed = _groups(failed_rows, failed_rows["reason"].map(failure_class))
-    skipped = _groups(skipped_rows, skipped_rows["reason"].map(lambda text: _DIGITS.sub("#", text).strip()
+    skipped = _groups(skipped_rows, skipped_rows["reason"].map(lambda text: _DIGITS.sub("#", text)
                                                                  or "no reason given"))
     # A group's label is a reason as written (its first user's), not the masked key.
     skipped = [ReasonGroup(group.example_reason or "no reason given", group.users, group.example_user,
                            group.example_reason, group.variants) for group in skipped]
-    return UserOutcomes(users=len(per_user), ok=len(per_user) - len(failed_users) - len(skipped_users),
+    return UserOutcomes(users=len(per_user), ok=len(per_user) - len(failed_rows) - len(skipped_rows),
                         skipped=skipped, failed=failed)
 
 
