@@ -15,8 +15,8 @@ Java stack) and is where the lines send the reader.
 from __future__ import annotations
 
 import re
-from collections import Counter
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any, Mapping, Sequence
 
 import pandas as pd
@@ -26,22 +26,20 @@ from shardrun.states import STATUSES, UserStatus, failure_class
 
 # What to do about the error classes the core itself raises; any other class is shown with one of its
 # users and the start of its reason (a task's reason names its own fix).
-KNOWN_FIXES = {
+KNOWN_FIXES = MappingProxyType({
     "HeapTooSmall": "raise jvm.xmx in the config, or --xmx",
     "Java heap exhausted": "raise jvm.xmx in the config, or --xmx",
-}
+})
 MAX_REASONS_SHOWN = 5  # groups of skip reasons and error classes in a line; then "and N more"
 _REASON_CHARS = 120
 _DIGITS = re.compile(r"\d+(?:\.\d+)?")
-
-
 
 
 @dataclass(frozen=True)
 class ReasonGroup:
     """Users that share a reason (skipped) or an error class (failed), with one of them as the example."""
 
-    label: str  # the skip reason (its numbers aside), or the error class
+    label: str  # the skip reason as its first user's row says it, or the error class
     users: int
     example_user: str
     example_reason: str
