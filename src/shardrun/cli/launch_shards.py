@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Sequence
 
 from shardrun.cli.common import (
-    add_max_failed, add_verbose, command_parser, guarded, nice_level, non_negative_int, non_negative_seconds, pilot_size, positive_int,
-    positive_seconds, thread_count,
+    add_max_failed, add_verbose, command_parser, guarded, nice_level, non_negative_int, non_negative_seconds, pilot_size,
+    positive_int, positive_seconds, thread_count,
 )
 from shardrun.config import load_config
 from shardrun.errors import UsageError
