@@ -48,12 +48,13 @@ def trace_and_memory(shards: Sequence[ShardInput]) -> tuple[pd.DataFrame, list[d
 
 
 def trace_frame(parts: Sequence[pd.DataFrame]) -> pd.DataFrame:
-    """The shards' traces (shard_trace) as one table (TRACE_COLUMNS), by shard, then start."""
+    """The shards' traces (shard_trace) as one table (TRACE_COLUMNS), by shard, then start (else end)."""
     parts = [part for part in parts if len(part)]
     if not parts:
         return _typed(pd.DataFrame(columns=list(TRACE_COLUMNS)))
     frame = pd.concat(parts, ignore_index=True)
-    order = frame.sort_values(["_shard_order", "start", "user_id", "attempt"], kind="stable", na_position="last")
+    frame["_when"] = frame["start"].where(frame["start"].notna(), frame["end"])  # an older record may lack its start
+    order = frame.sort_values(["_shard_order", "_when", "user_id", "attempt"], kind="stable", na_position="last")
     return _typed(order[list(TRACE_COLUMNS)].reset_index(drop=True))
 
 

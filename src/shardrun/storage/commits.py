@@ -249,11 +249,12 @@ def next_batch_number(paths: ShardPaths) -> int:
 
 
 def commit_user(paths: ShardPaths, user_id: str, rows: Sequence[Mapping[str, Any]],
-                header: Mapping[str, Any] | None = None, replaces: bool = False) -> Path:
+                header: Mapping[str, Any] | None = None, replaces: bool = False,
+                attempt: Mapping[str, Any] | None = None) -> Path:
     """Commit one user now, as a batch of its own (a stand-in worker's or a tool's single commit)."""
     committer = GroupCommitter(paths, {"config_hash": shard_config_hash(paths), **(header or {})},
                                committed=scan_committed(paths, untrusted="keep"))
-    committer.add(user_id, rows, replaces=replaces)
+    committer.add(user_id, rows, replaces=replaces, attempt=attempt)
     written = committer.flush()
     assert written is not None
     return written
