@@ -77,3 +77,21 @@ def test_a_real_run_traces_every_attempt_and_the_memory_each_shard_used(workspac
     assert memory["peak_rss_bytes"] == status["peak_rss_bytes"] >= trace["peak_rss_bytes"].max() > 0
     assert memory["peak_heap_used_bytes"] == trace["heap_used_bytes"].max() > 0
     assert memory["processes"] == 2
+
+
+def test_a_launched_run_reports_the_admissions_budget_against_the_peak(workspace, tmp_path):
+    root = workspace["root"]
+    run = tmp_path / "launched"
+    shardrun("launcher", "--config", str(workspace["config"]), "--shards", "2", "--out", str(run), cwd=root)
+    launcher = json.loads((run / "launcher.json").read_text())
+    report = json.loads((run / "merged" / "merge_report.json").read_text())
+    trace = read_trace(run / "merged" / "trace.tsv")
+    assert len(trace) == 14 and (trace["committed"] == "yes").all() and (trace["attempt"] == 1).all()
+    for slot, shard in zip(launcher["shards"], report["shards"]):
+        memory = shard["memory"]
+        assert shard["shard"] == slot["shard"] and memory["xmx"] == slot["xmx"] == "256m"
+        assert memory["budget_source"] == "launcher admission"
+        assert memory["budget_bytes"] == slot["memory_budget_bytes"] > memory["xmx_bytes"]
+        assert memory["peak_rss_bytes"] > 0 and memory["peak_heap_used_bytes"] > 0 and memory["processes"] == 1
+        mine = trace[trace["shard"] == slot["shard"]]
+        assert set(mine["pid"]) == {slot["pid"]} and memory["peak_heap_used_bytes"] == mine["heap_used_bytes"].max()
