@@ -8,12 +8,15 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pandas as pd
+import pyarrow as pa
 import pytest
 
 from shardrun.config import parse_config
 from shardrun.results.merge import merge_result_set
 from shardrun.results.read import read_shard, shard_dirs_of_run
-from shardrun.results.trace import TRACE_COLUMNS, read_trace, shard_memory, trace_and_memory, write_trace
+from shardrun.results.trace import (
+    TRACE_COLUMNS, TRACE_SCHEMA, read_trace, shard_memory, trace_and_memory, write_trace,
+)
 from shardrun.shard.attempts import Attempts, carried_memory, error_class, scheduler_memory_bytes
 from shardrun.sharding import ShardSpec
 from shardrun.storage.atomic import write_json_atomic
@@ -129,11 +132,14 @@ def test_records_of_older_runs_still_give_a_row_each(tmp_path):
     run = make_run(tmp_path / "run", count=2, overrides={"u02": {"status": "failed", "reason": "boom"}}, seconds=2.5)
     shard0 = RunPaths(run).shard(ShardSpec(0, 2))  # u00, u02, u04, u06
     append_error(shard0, {"user_id": "u02", "error_type": "RuntimeError", "java_class": None})  # u02's committed failure
-    append_error(shard0, {"user_id": "u04", "error_type": "OSError"})  # an attempt whose commit was lost
+    # an attempt whose commit was lost, before the one committed (errors.jsonl's times are whole seconds)
+    append_error(shard0, {"user_id": "u04", "error_type": "OSError", "time": "2025-01-01T00:00:00+00:00"})
     commit_user(shard0, "u02", rows_of("u02", ShardSpec(0, 2), parse_config(raw_config()).hash, seconds=2.5),
                 replaces=True)
 
-    trace, memory = trace_and_memory([read_shard(d) for d in shard_dirs_of_run(run)])
+    table, memory = trace_and_memory([read_shard(d) for d in shard_dirs_of_run(run)])
+    write_trace(table, tmp_path / "trace.tsv")
+    trace = read_trace(tmp_path / "trace.tsv")
 
     assert sorted(trace["user_id"]) == sorted([*USERS, "u02", "u04"])
     assert trace["host"].isna().all() and trace["pid"].isna().all() and trace["heap_used_bytes"].isna().all()
@@ -141,7 +147,7 @@ def test_records_of_older_runs_still_give_a_row_each(tmp_path):
     assert list(u02["status"]) == ["failed", "ok"] and list(u02["committed"]) == ["replaced", "yes"]
     u04 = trace[trace["user_id"] == "u04"].sort_values("attempt")
     assert list(u04["committed"]) == ["no", "yes"] and list(u04["attempt"]) == [1, 2]
-    assert list(u04["error_class"]) == ["OSError", None]
+    assert u04["error_class"].iloc[0] == "OSError" and pd.isna(u04["error_class"].iloc[1])
     ok = trace[(trace["committed"] == "yes")]
     assert (ok["seconds"] == 2.5).all() and ok["start"].notna().all()
     assert [m["processes"] for m in memory] == [0, 0] and memory[0]["peak_rss_bytes"] is None
@@ -149,15 +155,16 @@ def test_records_of_older_runs_still_give_a_row_each(tmp_path):
 
 def test_trace_tsv_gives_untrusted_ids_back_exactly(tmp_path):
     ids = ["tab\there", "new\nline", 'a "quoted" id', 'all\tof\r\n"them"', "NA", "007", " padded "]
-    frame = pd.DataFrame({column: [None] * len(ids) for column in TRACE_COLUMNS})
-    frame["user_id"] = ids
-    frame["attempt"] = 1
+    table = pa.Table.from_pylist([{"user_id": user_id, "attempt": 1, "seconds": 0.25} for user_id in ids],
+                                 schema=TRACE_SCHEMA)
     path = tmp_path / "trace.tsv"
-    write_trace(frame, path)
+    write_trace(table, path)
     assert path.read_text(encoding="utf-8").count("\n") > len(ids) + 1  # newlines inside ids are kept, quoted
     assert list(pd.read_csv(path, sep="\t", dtype={"user_id": str}, keep_default_na=False)["user_id"]) == ids
     assert list(pd.read_csv(path, sep="\t")["user_id"][:4]) == ids[:4]  # the plain call, for ids that are text
-    assert list(read_trace(path)["user_id"]) == ids
+    back = read_trace(path)
+    assert list(back["user_id"]) == ids and list(back["seconds"]) == [0.25] * len(ids)
+    assert back["host"].isna().all() and list(back.columns) == list(TRACE_COLUMNS)
 
 
 def test_attempt_numbers_go_on_from_what_the_shard_dir_records():
