@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import socket
 import time
+from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -26,6 +27,19 @@ from shardrun.storage.atomic import read_json
 MIB = 2**20
 
 
+@dataclass(frozen=True)
+class Probes:
+    """Where an attempt reads its facts: the clocks, the JVM's heap in use, the peak RSS, and who runs it."""
+
+    heap_used: Callable[[], int | None]
+    rss: Callable[[], int]
+    clock: Callable[[], float]
+    cpu_clock: Callable[[], float]
+    now: Callable[[], datetime]
+    host: str
+    pid: int
+
+
 class Attempts:
     """Starts the attempts of one shard process; `earlier` counts each user's attempts recorded before
     (storage.attempts.recorded_attempts), so numbers go on where the shard dir's records left off."""
@@ -35,49 +49,42 @@ class Attempts:
                  cpu_clock: Callable[[], float] = time.process_time,
                  now: Callable[[], datetime] = lambda: datetime.now(timezone.utc)):
         self._counts = dict(earlier)
-        self._heap_used = heap_used
-        self._rss = rss
-        self._clock = clock
-        self._cpu_clock = cpu_clock
-        self._now = now
-        self._host = socket.gethostname()
-        self._pid = os.getpid()
+        self._probes = Probes(heap_used, rss, clock, cpu_clock, now, socket.gethostname(), os.getpid())
 
     def start(self, user_id: str) -> "Attempt":
         number = self._counts.get(user_id, 0) + 1
         self._counts[user_id] = number
-        return Attempt(self, number, self._now(), self._clock(), self._cpu_clock())
+        return Attempt(self._probes, number)
 
 
 class Attempt:
     """One attempt in flight; `stop` reads its clocks and the memory once, `record` is what is stored."""
 
-    def __init__(self, attempts: Attempts, number: int, started_at: datetime, started: float, cpu_started: float):
-        self._attempts = attempts
+    def __init__(self, probes: Probes, number: int):
+        self._probes = probes
         self.number = number
-        self._started_at = started_at
-        self._started = started
-        self._cpu_started = cpu_started
+        self._started_at = probes.now()
+        self._started = probes.clock()
+        self._cpu_started = probes.cpu_clock()
         self.seconds: float | None = None
         self._cpu_seconds: float | None = None
         self.heap_used_bytes: int | None = None
         self._peak_rss_bytes: int | None = None
 
     def stop(self) -> None:
-        attempts = self._attempts
-        self.seconds = round(attempts._clock() - self._started, 3)
-        self._cpu_seconds = round(attempts._cpu_clock() - self._cpu_started, 3)
-        self.heap_used_bytes = attempts._heap_used()
-        self._peak_rss_bytes = attempts._rss()
+        probes = self._probes
+        self.seconds = round(probes.clock() - self._started, 3)
+        self._cpu_seconds = round(probes.cpu_clock() - self._cpu_started, 3)
+        self.heap_used_bytes = probes.heap_used()
+        self._peak_rss_bytes = probes.rss()
 
     def record(self, status: str, failure: BaseException | None) -> dict[str, Any]:
         if self.seconds is None:
             raise RuntimeError("an attempt is recorded after stop()")
-        attempts = self._attempts
         return {
             "number": self.number,
-            "host": attempts._host,
-            "pid": attempts._pid,
+            "host": self._probes.host,
+            "pid": self._probes.pid,
             "start": timestamp(self._started_at),
             "end": timestamp(self._started_at + timedelta(seconds=self.seconds)),
             "seconds": self.seconds,
