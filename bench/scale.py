@@ -72,8 +72,8 @@ def peak_rss_of(command: list[str], cwd: Path) -> tuple[float, int]:
 # --- merge and validate -----------------------------------------------------------------------
 
 
-def template_run(work: Path) -> tuple[dict, list[dict]]:
-    """run.json and one real user's rows, from a real pilot run of config/proposal.yaml."""
+def template_run(work: Path) -> tuple[dict, list[dict], dict | None]:
+    """run.json, one real user's rows and its attempt record, from a real pilot run of config/proposal.yaml."""
     out = work / "template"
     if not (out / "run.json").is_file():
         subprocess.run([PYTHON, "-m", "shardrun.worker", "--config", "config/proposal.yaml", "--shard", "0/1",
@@ -82,10 +82,11 @@ def template_run(work: Path) -> tuple[dict, list[dict]]:
     from shardrun.storage.paths import ShardPaths
 
     [user] = scan_committed(ShardPaths(out / "shard-0-of-1")).values()
-    return json.loads((out / "run.json").read_text()), user.rows
+    return json.loads((out / "run.json").read_text()), user.rows, user.record.get("attempt")
 
 
-def write_store(run_dir: Path, users: int, shards: int, run_doc: dict, rows: list[dict]) -> None:
+def write_store(run_dir: Path, users: int, shards: int, run_doc: dict, rows: list[dict],
+                attempt: dict | None = None) -> None:
     """A finished run of `users` synthetic users over `shards` shard dirs, committed by the real group committer."""
     from shardrun.sharding import ShardSpec, users_of_shard
     from shardrun.storage.atomic import write_json_atomic
@@ -107,20 +108,20 @@ def write_store(run_dir: Path, users: int, shards: int, run_doc: dict, rows: lis
         write_json_atomic(paths.status, {"state": "completed"})
         committer = GroupCommitter(paths, {"config_hash": run_doc["config_hash"], "shard": str(spec)})
         for n, user_id in enumerate(mine, start=1):
-            committer.add(user_id, [{**row, "user_id": user_id, "shard": str(spec)} for row in rows])
+            committer.add(user_id, [{**row, "user_id": user_id, "shard": str(spec)} for row in rows], attempt=attempt)
             if n % BATCH_USERS == 0:
                 committer.flush()
         committer.flush()
 
 
 def merge_section(work: Path, user_counts: list[int], shard_counts: list[int]) -> list[dict[str, Any]]:
-    run_doc, rows = template_run(work)
+    run_doc, rows, attempt = template_run(work)
     figures = []
     for users in user_counts:
         for shards in shard_counts:
             run_dir = work / f"store-{users}x{shards}"
             if not run_dir.is_dir():
-                write_store(run_dir, users, shards, run_doc, rows)
+                write_store(run_dir, users, shards, run_doc, rows, attempt)
                 os.sync()  # else the first merge's fsyncs wait for the new store's writeback
             merged = run_dir / "merged"
             merge_s, merge_rss = peak_rss_of([PYTHON, "-m", "shardrun.merge", "--run", str(run_dir), "--output",

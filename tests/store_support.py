@@ -45,7 +45,8 @@ def edit_batch(path: Path, edit: Callable[[dict[str, Any]], Any], keep_checksum:
     records = [json.loads(line) for line in body.splitlines()]
     for record in records:
         edit(record)
-    lines = [encode_record(r["user_id"], r["rows"], r["ended_at"], r.get("replaces", False)) for r in records]
+    lines = [encode_record(r["user_id"], r["rows"], r["ended_at"], r.get("replaces", False), r.get("attempt"))
+             for r in records]
     fields = {k: v for k, v in old_header.items() if k not in ("format", "users", "records_sha256")}
     payload = encode_batch({**fields, **(header or {})}, lines)
     if keep_checksum:

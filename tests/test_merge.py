@@ -11,6 +11,7 @@ from shardrun.errors import MergeError
 from shardrun.results.frame import _typed_column, typed_frame
 from shardrun.results.merge import merge_shards
 from shardrun.results.read import read_shard, shard_dirs_of_run
+from shardrun.results.trace import read_trace
 from shardrun.storage.paths import MergedPaths, RunPaths
 from shardrun.sharding import ShardSpec
 from shardrun.storage.atomic import write_json_atomic
@@ -186,7 +187,13 @@ def test_hostile_user_ids_survive_under_their_own_ids(tmp_path):
         assert sorted(set(frame["user_id"])) == sorted(HOSTILE_IDS)
     # nothing was written outside the run dir and the output dir
     assert sorted(p.name for p in tmp_path.iterdir()) == ["merged", "run"]
-    assert sorted(p.name for p in out.iterdir()) == ["merge_report.json", "results.csv", "results.parquet", "summary.png"]
+    assert sorted(p.name for p in out.iterdir()) == ["merge_report.json", "results.csv", "results.parquet", "summary.png",
+                                                     "trace.tsv"]
+    # the trace holds every id as it is: read back by pandas as the docs say, and by the plain call
+    trace = read_trace(out / "trace.tsv")
+    assert sorted(trace["user_id"]) == sorted(HOSTILE_IDS)
+    plain = pd.read_csv(out / "trace.tsv", sep="\t", dtype={"user_id": str}, keep_default_na=False)
+    assert sorted(plain["user_id"]) == sorted(HOSTILE_IDS)
 
 
 def test_csv_and_parquet_agree(tmp_path):

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from shardrun.config import JvmConfig, OutputConfig, load_config
+from shardrun.launch.admission import native_overhead_bytes
 from shardrun.launch.launcher import LaunchOptions, Launcher
 from shardrun.launch.policies import CpuThrottle, RestartPolicy
 from shardrun.launch.processes import Exited
@@ -36,6 +37,7 @@ from shardrun.launch.supervisor import (
 )
 from shardrun.states import ShardPhase
 from shardrun.storage.paths import RunPaths
+from shardrun.units import MIB
 
 REPO = Path(__file__).resolve().parents[1]
 SIGKILL = -signal.SIGKILL
@@ -312,7 +314,7 @@ def test_the_launcher_performs_the_supervisors_restart_through_the_port(tmp_path
     port = FakePort({0: [SIGKILL, 0], 1: [0]})
     outputs: list[str] = []
     launcher = fake_launcher(tmp_path, port, outputs, shards=2, max_parallel=1,
-                             restart=RestartPolicy(max_restarts=1, heap_factor=1.5))
+                             restart=RestartPolicy(max_restarts=1, heap_factor=1.5), shard_data_bytes=10 * MIB)
     launcher.wait()
     starts = [(call[1], call[2][call[2].index("--xmx") + 1]) for call in port.calls if call[0] == "start"]
     assert starts == [(0, "1g"), (0, "1536m"), (1, "1g")]  # the restart waits for its turn like any other
@@ -323,8 +325,11 @@ def test_the_launcher_performs_the_supervisors_restart_through_the_port(tmp_path
     assert doc["shards"][0] == {
         "shard": "0/2", "phase": "done", "pid": 1002, "users_total": 5, "starts": 2, "restarts": 1,
         "xmx": "1536m", "exits": [SIGKILL, 0], "deaths": [outputs[0].removeprefix("shard 0/2 ")],
+        # the admission's count for a shard, at the heap of its restart
+        "memory_budget_bytes": 1536 * MIB + native_overhead_bytes(1536 * MIB) + 10 * MIB,
     }
     assert doc["shards"][1]["exits"] == [0] and doc["shards"][1]["pid"] == 1003
+    assert doc["shards"][1]["memory_budget_bytes"] == 1024 * MIB + native_overhead_bytes(1024 * MIB) + 10 * MIB
     assert launcher.summary() == {"0/2": 0, "1/2": 0}
 
 

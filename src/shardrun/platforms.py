@@ -244,10 +244,12 @@ class PeakMemory:
 
     def grown(self) -> int:
         """Bytes of the peak since start() above the size at start() (0 if it never grew)."""
-        return max(_peak_rss() - self._before, 0)
+        return max(peak_rss() - self._before, 0)
 
 
-def _peak_rss() -> int:
+def peak_rss() -> int:
+    """This process's peak resident size in bytes (its high-water mark since it started, unless a
+    PeakMemory reset it)."""
     if sys.platform.startswith("linux"):
         try:
             with open("/proc/self/status") as handle:

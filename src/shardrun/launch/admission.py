@@ -66,6 +66,11 @@ def native_overhead_bytes(heap: int) -> int:
     return NATIVE_OVERHEAD_FIXED_BYTES + math.ceil(NATIVE_OVERHEAD_HEAP_FRACTION * heap)
 
 
+def shard_memory_bytes(heap: int, data_bytes: int) -> int:
+    """What the admission counts for one shard: its heap, the process beyond it, its share of the input."""
+    return heap + native_overhead_bytes(heap) + data_bytes
+
+
 # --- Admission ------------------------------------------------------------------------------
 
 

@@ -30,7 +30,7 @@ from shardrun.observe import progress
 from shardrun.observe.live import LiveTable
 from shardrun.storage.atomic import read_json, utc_now, write_json_atomic
 from shardrun.platforms import STOP_SIGNALS
-from shardrun.launch.admission import available_cores, check_launch, measure_launch_data
+from shardrun.launch.admission import available_cores, check_launch, measure_launch_data, shard_memory_bytes
 from shardrun.config import RunConfig, resolve_threads
 from shardrun.storage.durability import durable_write
 from shardrun.errors import (
@@ -79,6 +79,7 @@ from shardrun.storage.status import record_death
 from shardrun.states import ShardState
 from shardrun.results.tolerance import NO_FAILED, FailedTolerance
 from shardrun.task import load_task
+from shardrun.units import heap_bytes
 from shardrun.shard.prepare import run_label
 
 __all__ = ["LaunchOptions", "LaunchResult", "Launcher", "admit_launch", "check_same_run", "launch", "overall_exit",
@@ -108,6 +109,7 @@ class LaunchOptions:
     retry_failed: bool = False  # every shard runs its failed users again (run_production --retry-failed)
     fail_fast: int | None = None  # None: the shard's own default (run_production --fail-fast)
     max_failed: FailedTolerance = NO_FAILED  # the failed users the merged set may have and still pass
+    shard_data_bytes: int | None = None  # one shard's input in memory, as the admission measured it (plan_launch)
 
 
 @dataclass
@@ -305,6 +307,9 @@ class Launcher:
             "shard": str(self.spec(index)), "phase": slot.phase.value, "pid": self.port.pid(index),
             "users_total": self.users_total[index], "starts": slot.starts, "restarts": slot.restarts,
             "xmx": slot.xmx, "exits": list(slot.exits), "deaths": list(slot.deaths),
+            # what the admission counted for this shard at its heap (merge_report.json's memory budget)
+            "memory_budget_bytes": (None if self.options.shard_data_bytes is None
+                                    else shard_memory_bytes(heap_bytes(slot.xmx), self.options.shard_data_bytes)),
         }
 
     def views(self) -> list[progress.ShardView]:
@@ -432,14 +437,14 @@ def shard_error_lines(log_path: Path, tail_bytes: int = 256 * 1024) -> list[str]
 
 
 def admit_launch(config: RunConfig, options: LaunchOptions,
-                 out: Callable[[str], None]) -> tuple[RunConfig, list[int], str]:
+                 out: Callable[[str], None]) -> tuple[RunConfig, list[int], str, int]:
     """Refuse, before any process starts, a launch that cannot fit.
 
-    Returns the config with its heap resolved, each shard's number of users and the data's
-    fingerprint (an existing run given to --out must be of the same data). The input is read here
-    as the shards will read it (no JVM; admission.measure_launch_data): the user index gives every
-    user, the assignment, and jvm.xmx auto its value (from the task's bound of each user's need),
-    and one shard's share is loaded to measure the memory its load takes.
+    Returns the config with its heap resolved, each shard's number of users, the data's fingerprint
+    (an existing run given to --out must be of the same data) and one shard's input in memory. The
+    input is read here as the shards will read it (no JVM; admission.measure_launch_data): the user
+    index gives every user, the assignment, and jvm.xmx auto its value (from the task's bound of each
+    user's need), and one shard's share is loaded to measure the memory its load takes.
     """
     task = load_task(config.task)
     if not config.jvm.xmx_is_auto:
@@ -458,7 +463,7 @@ def admit_launch(config: RunConfig, options: LaunchOptions,
         out(line)
     out(f"data per shard: {data.describe()}")
     out(f"memory: {check.admission.message}")
-    return replace(config, jvm=check.heap.jvm), users_per_shard, data.index.fingerprint
+    return replace(config, jvm=check.heap.jvm), users_per_shard, data.index.fingerprint, data.share_bytes
 
 
 def refuse_if(problems: list[str]) -> None:
@@ -481,9 +486,9 @@ def plan_launch(config: RunConfig, options: LaunchOptions,
     """Everything decided before a shard starts, printed: the cores (how many shards at once, their
     threads), then the heap and the memory of that many shards at once. Refuses a launch that cannot fit."""
     config, options, parallel = plan_parallel(config, options)
-    config, users_per_shard, fingerprint = admit_launch(config, options, out)
+    config, users_per_shard, fingerprint, data_bytes = admit_launch(config, options, out)
     out(f"cores: {parallel.line}")
-    return config, options, users_per_shard, fingerprint
+    return config, replace(options, shard_data_bytes=data_bytes), users_per_shard, fingerprint
 
 
 def launch(config: RunConfig, options: LaunchOptions, out: Callable[[str], None] = print) -> LaunchResult:

@@ -22,6 +22,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.json as pa_json
 
+from shardrun.storage.attempts import ATTEMPT
 from shardrun.storage.batches import BadBatch, verified_body
 from shardrun.storage.commits import stands
 from shardrun.storage.paths import ShardPaths
@@ -30,6 +31,7 @@ log = logging.getLogger(__name__)
 
 USER = "__user"  # the committed user a row belongs to (its record's user id)
 SOURCE = "__source"  # the index of the shard dir a row came from, in merge order
+STANDING = "__standing"  # whether a record is its user's standing one (not replaced by --retry-failed)
 
 # Arrow types a merged column may have; any other (lists, structs) is merged row by row
 PLAIN_TYPES = (pa.types.is_integer, pa.types.is_floating, pa.types.is_boolean, pa.types.is_string,
@@ -54,6 +56,8 @@ class ColumnarShard:
     users: tuple[str, ...]  # committed users, in commit order
     ended_at: Mapping[str, Any]
     table: pa.Table | None  # the rows of the users' standing records, with USER; None when there are none
+    # every record's user_id, ended_at, attempt (storage/attempts.py) and STANDING, replaced ones included
+    attempts: pa.Table | None = None
 
 
 def read_columnar(paths: ShardPaths, config_hash: str | None) -> ColumnarShard | None:
@@ -70,7 +74,7 @@ def read_columnar(paths: ShardPaths, config_hash: str | None) -> ColumnarShard |
             return None
         bodies.append(body)
     if not bodies:
-        return ColumnarShard((), {}, None)
+        return ColumnarShard((), {}, None, None)
     try:
         records = pa_json.read_json(io.BytesIO(b"".join(bodies)))
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
@@ -86,18 +90,30 @@ def read_columnar(paths: ShardPaths, config_hash: str | None) -> ColumnarShard |
     # usually every record stands (none was replaced): then the records are kept as they are, uncopied
     chosen = (records if len(standing) == records.num_rows
               else records.take(pa.array(sorted(standing.values()), type=pa.int64())))
+    attempts = record_attempts(records, set(standing.values()))
     users = tuple(chosen.column("user_id").to_pylist())
     ended_at = dict(zip(users, chosen.column("ended_at").to_pylist())) if "ended_at" in chosen.column_names else {}
     rows_column = chosen.column("rows").combine_chunks()
     if not pa.types.is_struct(rows_column.type.value_type):
-        return None if len(rows_column.flatten()) else ColumnarShard(users, ended_at, None)
+        return None if len(rows_column.flatten()) else ColumnarShard(users, ended_at, None, attempts)
     rows = pa.Table.from_struct_array(pc.list_flatten(rows_column))
     rows = rows.append_column(USER, pc.take(chosen.column("user_id"), pc.list_parent_indices(rows_column)))
     if "config_hash" in rows.column_names and config_hash is not None:
         hashes = set(pc.unique(rows.column("config_hash")).to_pylist()) - {None, config_hash}
         if hashes:
             return None  # rows of another config's run: reported by the row-by-row read
-    return ColumnarShard(users, ended_at, rows)
+    return ColumnarShard(users, ended_at, rows, attempts)
+
+
+def record_attempts(records: pa.Table, standing: set[int]) -> pa.Table:
+    """Every record's user_id, ended_at and attempt (null in records written before attempts were
+    recorded), and STANDING: whether it is the user's standing record (else a later one replaced it)."""
+    columns = {name: records.column(name) if name in records.column_names else pa.nulls(records.num_rows)
+               for name in ("user_id", "ended_at", ATTEMPT)}
+    flags = np.zeros(records.num_rows, dtype=bool)
+    flags[list(standing)] = True
+    columns[STANDING] = pa.array(flags)
+    return pa.table(columns)
 
 
 def typed_frame_of_table(table: pa.Table, columns: Sequence[str]) -> pd.DataFrame:

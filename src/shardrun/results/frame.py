@@ -207,7 +207,7 @@ def _lines(chunk: pd.DataFrame, kinds: Sequence[str]) -> pa.Buffer:
         pieces += _field_pieces(chunk.iloc[:, n], kind)
         pieces.append(pa.scalar(",", _TEXT))
     pieces[-1] = pa.scalar("\n", _TEXT)
-    return _text_bytes(pc.binary_join_element_wise(*pieces, _NOTHING))
+    return text_bytes(pc.binary_join_element_wise(*pieces, _NOTHING))
 
 
 def _field_pieces(column: pd.Series, kind: str) -> list[pa.Array | pa.Scalar]:
@@ -244,7 +244,7 @@ def _point_where_integral(text: pa.Array) -> pa.Array:
     return pc.if_else(pc.fill_null(integral, False), pa.scalar(".0", _TEXT), _NOTHING)
 
 
-def _text_bytes(text: pa.Array) -> pa.Buffer:
+def text_bytes(text: pa.Array) -> pa.Buffer:
     """The bytes of a text array with no nulls, one value after the other: its data buffer, no copy."""
     offsets = np.frombuffer(text.buffers()[1], dtype=np.int64)[text.offset:text.offset + len(text) + 1]
     start, end = int(offsets[0]), int(offsets[-1])

@@ -58,6 +58,7 @@ from shardrun.results.report import MergeReport, mismatch_message
 from shardrun.results.picture_process import PictureProcess
 from shardrun.results.summary import ResultCounts, SummaryPicture, run_title, task_panels
 from shardrun.results.timeline import span_table
+from shardrun.results.trace import trace_and_memory, write_trace
 from shardrun.storage.paths import MergedPaths
 from shardrun.storage.atomic import fsync_tree, replace_dir, write_json_atomic
 from shardrun.task import Task
@@ -142,9 +143,10 @@ def _merge(dirs: list[Path], output_dir: Path, force: bool, columnar: bool, pict
         log.warning("column %r mixes JSON types %s; it is written as text", m["column"], m["types"])
     # drawn by its process from here on, while the checks below run and the tables are written
     drawing = start_picture(pictures, frame, span_table(shards), run_title(dirs), task, settings)
+    trace, memory = trace_and_memory(shards)
     report = MergeReport(
         output_dir=str(output_dir),
-        shards=[s.describe() for s in shards],
+        shards=[{**s.describe(), "memory": m} for s, m in zip(shards, memory)],
         config_hash=None if mismatch else shards[0].config_hash,
         data_fingerprint=None if mismatch else shards[0].data_fingerprint,
         rows=len(frame),
@@ -162,7 +164,8 @@ def _merge(dirs: list[Path], output_dir: Path, force: bool, columnar: bool, pict
         unverified_files=[{"dir": str(s.dir), "files": list(s.unverified)} for s in shards if s.unverified],
         mixed_columns=mixed,
     )
-    write_result_set(output_dir, frame, report, picture=lambda: summary_png(pictures) if drawing else None)
+    write_result_set(output_dir, frame, report, picture=lambda: summary_png(pictures) if drawing else None,
+                     trace=trace)
     return MergedSet(report, frame)
 
 
@@ -252,11 +255,11 @@ def _tidy_leftovers(paths: MergedPaths) -> None:
 
 
 def write_result_set(output_dir: Path, frame: pd.DataFrame, report: MergeReport,
-                     picture: Callable[[], bytes | None] | None = None) -> None:
+                     picture: Callable[[], bytes | None] | None = None, trace: pd.DataFrame | None = None) -> None:
     """Build the whole set in a sibling staging dir (the report last), fsync it, then swap it into
     place: a merge that dies at any point leaves the previous complete set (or nothing) at the path,
     never new results next to an old report or validation. `picture` gives summary.png's bytes once
-    the tables are written (None: the set has no picture)."""
+    the tables are written (None: the set has no picture); `trace` is trace.tsv's table (None: none)."""
     paths = MergedPaths(output_dir)
     try:
         output_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -269,6 +272,8 @@ def write_result_set(output_dir: Path, frame: pd.DataFrame, report: MergeReport,
         # straight into the staging dir, which nobody reads before fsync_tree and the swap below
         write_csv(frame, new.csv)
         write_parquet(frame, new.parquet)
+        if trace is not None:
+            write_trace(trace, new.trace)
         png = picture() if picture is not None else None
         if png is not None:
             new.summary_png.write_bytes(png)

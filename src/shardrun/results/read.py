@@ -17,11 +17,12 @@ import pyarrow as pa
 
 from shardrun.config import parse_config
 from shardrun.errors import MergeError, ShardrunError
-from shardrun.results.columnar import read_columnar
+from shardrun.results.columnar import STANDING, read_columnar
 from shardrun.sharding import ShardSpec
 from shardrun.storage.paths import RunPaths, ShardPaths
 from shardrun.storage.atomic import read_json
-from shardrun.storage.commits import scan_committed
+from shardrun.storage.attempts import ATTEMPT, attempt_of
+from shardrun.storage.commits import CommittedUser, read_errors, scan_committed
 from shardrun.task import Task, load_task
 
 log = logging.getLogger(__name__)
@@ -29,6 +30,8 @@ log = logging.getLogger(__name__)
 # Columns the core itself reads (besides the task's key columns); kept as text when a CSV is read
 # back, so that an id such as "007" or "NA" is not turned into a number or a missing value.
 STATUS_COLUMNS = ("status", "reason")
+# what a merge keeps of an errors.jsonl line (the trace's; its traceback and stacks stay in the file)
+ERROR_FIELDS = ("user_id", "time", "error_type", "java_class", ATTEMPT)
 
 
 @dataclass(frozen=True)
@@ -50,6 +53,11 @@ class ShardInput:
     untrusted: Sequence[Mapping[str, Any]] = ()
     # result files of format 1 (no checksum): merged, and listed as a note, never a problem
     unverified: Sequence[str] = ()
+    # every committed record's attempt, replaced ones included (columnar.record_attempts' columns)
+    attempts: pa.Table | None = None
+    errors: Sequence[Mapping[str, Any]] = ()  # errors.jsonl's lines, what the trace needs of them (ERROR_FIELDS)
+    status: Mapping[str, Any] = field(default_factory=dict)  # status.json ({} when absent or unreadable)
+    launcher_slot: Mapping[str, Any] = field(default_factory=dict)  # its entry in the run's launcher.json, if any
 
     @property
     def config_hash(self) -> str | None:
@@ -112,12 +120,16 @@ def read_shard(shard_dir: Path, columnar: bool = True) -> ShardInput:
             f"{paths.identity} is not a valid shard identity ({exc!r}); it must be the shard.json written by"
             " run_production. Leave that dir out of the merge or restore the file."
         ) from None
-    state = _read_state(paths)
+    status = _read_status(paths)
+    state = status.get("state")
+    errors = [{key: line.get(key) for key in ERROR_FIELDS} for line in read_errors(paths)]
+    launcher_slot = _launcher_slot(RunPaths(paths.dir.parent), spec)
     if columnar:
         read = read_columnar(paths, identity.get("config_hash"))
         if read is not None:
             return ShardInput(dir=paths.dir, identity=identity, spec=spec, state=state, users=read.users,
-                              table=read.table, ended_at=read.ended_at, columnar=True)
+                              table=read.table, ended_at=read.ended_at, columnar=True, attempts=read.attempts,
+                              errors=errors, status=status, launcher_slot=launcher_slot)
     # "keep": merge reports a file it cannot trust (and leaves it where it is) instead of moving it
     scanned = scan_committed(paths, untrusted="keep")
     users = {user_id: user for user_id, user in scanned.items() if user.problem is None}
@@ -138,18 +150,48 @@ def read_shard(shard_dir: Path, columnar: bool = True) -> ShardInput:
         ended_at={user_id: user.record.get("ended_at") for user_id, user in users.items()},
         untrusted=untrusted,
         unverified=sorted({user.path.name for user in users.values() if not user.verified}),
+        attempts=committed_attempts(users.values()),
+        errors=errors,
+        status=status,
+        launcher_slot=launcher_slot,
     )
 
 
-def _read_state(paths: ShardPaths) -> str | None:
-    """The shard's last recorded state; only reported, so an unreadable status.json must not stop a merge."""
-    if not paths.status.is_file():
-        return None
+def committed_attempts(users: Iterable[CommittedUser]) -> pa.Table | None:
+    """columnar.record_attempts' table of users read row by row."""
+    entries = [{"user_id": user.user_id, "ended_at": record.get("ended_at"), ATTEMPT: attempt_of(record),
+                STANDING: position == len(user.records) - 1}
+               for user in users for position, record in enumerate(user.records)]
+    return pa.Table.from_pylist(entries) if entries else None
+
+
+def _launcher_slot(run: RunPaths, spec: ShardSpec) -> Mapping[str, Any]:
+    """The shard's entry in its run's launcher.json ({} without one: a run not started by launch_shards);
+    only reported, so an unreadable file is no entry."""
     try:
-        return read_json(paths.status).get("state")
-    except (OSError, ValueError, AttributeError) as exc:
-        log.warning("status file %s cannot be read (%s); its state is reported as 'unreadable'", paths.status, exc)
-        return "unreadable"
+        doc = read_json(run.launcher_json)
+    except (OSError, ValueError):
+        return {}
+    slots = doc.get("shards") if isinstance(doc, dict) else None
+    mine = [slot for slot in slots if isinstance(slot, dict) and slot.get("shard") == str(spec)] \
+        if isinstance(slots, list) else []
+    return mine[0] if mine else {}
+
+
+def _read_status(paths: ShardPaths) -> dict[str, Any]:
+    """The shard's status.json ({} when there is none); only reported, so an unreadable one must not
+    stop a merge: its state is then 'unreadable'."""
+    if not paths.status.is_file():
+        return {}
+    try:
+        doc = read_json(paths.status)
+        problem = None if isinstance(doc, dict) else "not a JSON object"
+    except (OSError, ValueError) as exc:
+        problem = str(exc)
+    if problem is None:
+        return doc
+    log.warning("status file %s cannot be read (%s); its state is reported as 'unreadable'", paths.status, problem)
+    return {"state": "unreadable"}
 
 
 def read_provenance(shard_dirs: Iterable[Path]) -> list[dict[str, Any]]:

@@ -21,7 +21,7 @@ import time
 import traceback
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 from shardrun.storage.atomic import read_json, write_json_atomic
 from shardrun.storage.commits import GroupCommitter, append_error
@@ -31,6 +31,8 @@ from shardrun.errors import (
     EXIT_INTERRUPTED, EXIT_OK, EXIT_PREEMPTED, EXIT_USERS_FAILED, AlreadyCommitted, HeapTooSmall, SchedulerError,
     StorageError,
 )
+from shardrun.platforms import peak_rss
+from shardrun.shard.attempts import Attempts, carried_memory, scheduler_memory_bytes
 from shardrun.shard.fail_fast import FailFastStop, fail_fast_message, fail_fast_stop
 from shardrun.shard.lifecycle import StopFlag
 from shardrun.shard.plan import ShardPlan
@@ -41,6 +43,7 @@ from shardrun.states import ShardState, UserStatus, user_outcome
 from shardrun.shard.jvm import (
     is_heap_exhaustion, java_class_name, java_stack, start_jvm, task_classpath, task_jvm_options, task_jvm_provenance,
 )
+from shardrun.storage.attempts import ATTEMPT
 from shardrun.storage.status import ShardStatus
 from shardrun.task import Dataset, Task
 
@@ -62,6 +65,7 @@ class ShardLoop:
         options: WorkerOptions,
         previous_outcomes: Sequence[str],
         stop: StopFlag,
+        earlier_attempts: Mapping[str, int] | None = None,  # storage.attempts.recorded_attempts
     ):
         self.config = config
         self.task = task
@@ -94,9 +98,13 @@ class ShardLoop:
                 # reports of JVMs that crashed in this shard dir before (-XX:ErrorFile), kept across restarts
                 "jvm_crash_logs": [str(p) for p in dirs.shard.hs_err_files()] or None,
                 "requeues": previous_requeues(dirs.shard.status),
+                "slurm_mem_bytes": scheduler_memory_bytes(os.environ),
+                **carried_memory(dirs.shard.status),  # the peaks of this shard's earlier processes
             },
             write=lambda path, doc: durable_write("status.json", path.parent, lambda: write_json_atomic(path, doc)),
+            peak_rss=peak_rss,
         )
+        self.attempts = Attempts(earlier_attempts or {})
         self.commits = GroupCommitter(
             dirs.shard, {"config_hash": config.hash, "shard": str(dirs.spec), "host": socket.gethostname()},
             committed=plan.done, interval_seconds=options.commit_interval_seconds, guard=durable_write,
@@ -241,26 +249,30 @@ class ShardLoop:
 
     def _run_user(self, user_id: str) -> None:
         self.status.begin_user(user_id)
-        started = time.monotonic()
+        attempt = self.attempts.start(user_id)
+        failure: Exception | None = None
         reason = ""
         try:
             rows = list(self.task.analyse(self.dataset, user_id, self.config.settings))
         except Exception as exc:  # one user's failure must not end the shard: record it and go on
+            failure = exc
             reason = failure_reason(exc, self.task)
             rows = list(self.task.failed_rows(self.config.settings, user_id, reason))
-            self._record_error(user_id, exc)
-        seconds = round(time.monotonic() - started, 3)
-        bookkeeping = {"shard": str(self.dirs.spec), "seconds": seconds, "config_hash": self.config.hash}
+        attempt.stop()
+        bookkeeping = {"shard": str(self.dirs.spec), "seconds": attempt.seconds, "config_hash": self.config.hash}
         rows = [{**row, **bookkeeping} for row in rows]
         outcome = user_outcome(rows)
+        record = attempt.record(outcome, failure)
+        if failure is not None:
+            self._record_error(user_id, failure, record)
         self._outcomes_queued[user_id] = outcome  # before add: the background flusher may commit it at once
         try:
-            self.commits.add(user_id, rows, replaces=user_id in self.plan.retry)
+            self.commits.add(user_id, rows, replaces=user_id in self.plan.retry, attempt=record)
         except AlreadyCommitted:
             self._outcomes_queued.pop(user_id)
             log.error("user %r was already committed in %s; keeping the first commit", user_id, self.dirs.shard.dir)
-        self.status.end_user()
-        self.user_log.user_ended(user_id, outcome, seconds)
+        self.status.end_user(attempt.heap_used_bytes)
+        self.user_log.user_ended(user_id, outcome, attempt.seconds)
         if len(self._first_users) < self.options.fail_fast:
             self._first_users.append((outcome, reason))
             self._fail_fast = fail_fast_stop(self._first_users, self.options.fail_fast)
@@ -269,7 +281,7 @@ class ShardLoop:
     def _count_committed(self, user_ids: Sequence[str]) -> None:
         self.status.count_committed([self._outcomes_queued.pop(user_id) for user_id in user_ids])
 
-    def _record_error(self, user_id: str, exc: BaseException) -> None:
+    def _record_error(self, user_id: str, exc: BaseException, attempt: Mapping[str, Any]) -> None:
         record: dict[str, Any] = {
             "user_id": user_id,
             "shard": str(self.dirs.spec),
@@ -279,6 +291,7 @@ class ShardLoop:
             "java_stack": java_stack(exc) or (java_stack(exc.__cause__) if exc.__cause__ else None),
             "traceback": "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)),
             "xmx": self.config.jvm.xmx,
+            ATTEMPT: attempt,
         }
         if isinstance(exc, HeapTooSmall):
             record["heap_needed_bytes"] = exc.needed_bytes

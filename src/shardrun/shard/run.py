@@ -19,7 +19,8 @@ from shardrun.shard.prepare import (
 )
 from shardrun.states import user_outcome
 from shardrun.storage.atomic import create_json_once, utc_now
-from shardrun.storage.commits import CommittedUser, clean_tmp, results_listing
+from shardrun.storage.attempts import recorded_attempts
+from shardrun.storage.commits import CommittedUser, clean_tmp, read_errors, results_listing
 from shardrun.storage.identity import ensure_identity, read_run_document, run_difference
 from shardrun.storage.lock import ShardLock
 from shardrun.storage.durability import durable_write
@@ -85,7 +86,8 @@ def run_shard(config: RunConfig, options: WorkerOptions, stop: StopFlag | None =
         if not loaded.issuperset(plan.todo):  # a result file quarantined since prepare: its user is to do again
             dataset = shard_rows(task, config, plan.todo, index)
         previous = [user_outcome(committed[u].rows) for u in plan.done]
-        exit_code = ShardLoop(config, task, dataset, dirs, plan, options, previous, stop).run()
+        earlier = recorded_attempts(read_errors(dirs.shard), {u: committed[u].records for u in plan.retry})
+        exit_code = ShardLoop(config, task, dataset, dirs, plan, options, previous, stop, earlier).run()
     finally:
         lock.release()
     return ShardOutcome(exit_code=exit_code, plan=plan, dirs=dirs)

@@ -6,11 +6,13 @@ the sha256 of the exact bytes after the header line, so checking a batch is one 
 unit of trust: a batch that fails the check is set aside whole, and its users are recomputed.
 
     {"format": 3, "users": 2, "records_sha256": "...", "committed_at": "...", "config_hash": "...", ...}
-    {"user_id": "u1", "ended_at": "...", "rows": [...]}
-    {"user_id": "u2", "ended_at": "...", "replaces": true, "rows": [...]}
+    {"user_id": "u1", "ended_at": "...", "attempt": {...}, "rows": [...]}
+    {"user_id": "u2", "ended_at": "...", "replaces": true, "attempt": {...}, "rows": [...]}
 
 `replaces` marks a user run again by --retry-failed: its record takes the place of the user's earlier
 (failed) one; without it a second record of a user is a duplicate and the first one stands.
+`attempt` is the attempt that made the rows (storage/attempts.py: where, when, how long, the heap);
+records written before attempts were recorded have none, and are read as before.
 """
 
 from __future__ import annotations
@@ -39,16 +41,21 @@ class Batch:
 _COMPACT = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
 
 
-def encode_record(user_id: str, rows: Sequence[Mapping[str, Any]], ended_at: str, replaces: bool = False) -> bytes:
+def encode_record(user_id: str, rows: Sequence[Mapping[str, Any]], ended_at: str, replaces: bool = False,
+                  attempt: Mapping[str, Any] | None = None) -> bytes:
     """One user's line: NaN as null (JSON has none), compact, ASCII (any id survives any reader)."""
     record: dict[str, Any] = {"user_id": user_id, "ended_at": ended_at}
     if replaces:
         record["replaces"] = True
+    if attempt is not None:
+        record["attempt"] = dict(attempt)
     record["rows"] = list(rows)
     try:
         text = _COMPACT.encode(record)
     except ValueError:  # a NaN or an infinity somewhere: only then is every value looked at
         record["rows"] = json_safe(record["rows"])
+        if attempt is not None:
+            record["attempt"] = json_safe(record["attempt"])
         text = _COMPACT.encode(record)
     return text.encode("ascii") + b"\n"
 

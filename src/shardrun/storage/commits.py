@@ -42,6 +42,12 @@ class CommittedUser:
     path: Path  # the batch file (or, in older runs, the user's own file) that holds it
     problem: str | None = None  # why the file cannot be trusted; only with untrusted="keep"
     verified: bool = True  # False for a format 1 file (no checksum) and for an untrusted one
+    replaced: tuple[Mapping[str, Any], ...] = ()  # the user's earlier records this one replaced (--retry-failed)
+
+    @property
+    def records(self) -> tuple[Mapping[str, Any], ...]:
+        """Every committed record of the user, in commit order: the replaced ones, then the standing one."""
+        return (*self.replaced, self.record)
 
 
 def rows_checksum(rows: Any) -> str:
@@ -132,14 +138,16 @@ class GroupCommitter:
     def queued(self) -> int:
         return len(self._queue)
 
-    def add(self, user_id: str, rows: Sequence[Mapping[str, Any]], replaces: bool = False) -> None:
+    def add(self, user_id: str, rows: Sequence[Mapping[str, Any]], replaces: bool = False,
+            attempt: Mapping[str, Any] | None = None) -> None:
+        """Queue a finished user's rows (and the attempt that made them: storage/attempts.py)."""
         with self._lock:
             self._raise_failure()
             if not replaces and (user_id in self._committed or user_id in self._queued_ids):
                 raise AlreadyCommitted(f"user {user_id!r} is committed already in {self._paths.results};"
                                        " a user is committed once.")
             ended_at = datetime.now(timezone.utc).isoformat(timespec="milliseconds")
-            self._queue.append((user_id, encode_record(user_id, rows, ended_at, replaces)))
+            self._queue.append((user_id, encode_record(user_id, rows, ended_at, replaces, attempt)))
             self._queued_ids.add(user_id)
 
     def flush_if_due(self) -> Path | None:
@@ -241,11 +249,12 @@ def next_batch_number(paths: ShardPaths) -> int:
 
 
 def commit_user(paths: ShardPaths, user_id: str, rows: Sequence[Mapping[str, Any]],
-                header: Mapping[str, Any] | None = None, replaces: bool = False) -> Path:
+                header: Mapping[str, Any] | None = None, replaces: bool = False,
+                attempt: Mapping[str, Any] | None = None) -> Path:
     """Commit one user now, as a batch of its own (a stand-in worker's or a tool's single commit)."""
     committer = GroupCommitter(paths, {"config_hash": shard_config_hash(paths), **(header or {})},
                                committed=scan_committed(paths, untrusted="keep"))
-    committer.add(user_id, rows, replaces=replaces)
+    committer.add(user_id, rows, replaces=replaces, attempt=attempt)
     written = committer.flush()
     assert written is not None
     return written
@@ -334,7 +343,10 @@ def _scan_batch_file(path: Path, config_hash: str | None, committed: dict[str, C
                     " stands", user_id, path, committed[user_id].path)
     for record in batch.records:
         if record["user_id"] not in repeated:
-            committed[record["user_id"]] = CommittedUser(record["user_id"], record["rows"], record, path)
+            earlier = committed.get(record["user_id"])
+            replaced = () if earlier is None or earlier.problem is not None else earlier.records
+            committed[record["user_id"]] = CommittedUser(record["user_id"], record["rows"], record, path,
+                                                         replaced=replaced)
 
 
 def stands(user_id: str, replaces: bool, earlier: Container[str]) -> bool:

@@ -196,6 +196,11 @@ class MergedPaths:
     def summary_png(self) -> Path:
         return self.dir / "summary.png"
 
+    @property
+    def trace(self) -> Path:
+        """One row per attempt at a user: where, when, how long, its outcome, memory (results/trace.py)."""
+        return self.dir / "trace.tsv"
+
 
 def shard_log_path(log_dir: Path, spec: ShardSpec) -> Path:
     """`analysis/shard<i>.log`, the per-shard log of the original workflow (written by the launcher)."""

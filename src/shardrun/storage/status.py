@@ -34,8 +34,10 @@ class ShardStatus:
         base: dict[str, Any],
         clock: Callable[[], float] = time.monotonic,
         write: Callable[[Path, Any], None] = write_json_atomic,
+        peak_rss: Callable[[], int] | None = None,
     ):
         self._paths = paths
+        self._peak_rss = peak_rss  # this process's peak RSS in bytes (platforms.peak_rss), read at every write
         self._write = write
         self._clock = clock
         # Re-entrant: the second-signal handler updates the status from the main thread, which the
@@ -86,10 +88,13 @@ class ShardStatus:
             else:
                 self._changed = True
 
-    def end_user(self) -> None:
-        """The user in flight has ended (its result is queued for commit)."""
+    def end_user(self, heap_used_bytes: int | None = None) -> None:
+        """The user in flight has ended (its result is queued for commit), leaving `heap_used_bytes` of
+        the JVM's heap in use (kept as the peak over users: peak_heap_used_bytes)."""
         with self._lock:
             self._doc.update(current_user=None, current_user_since=None)
+            if heap_used_bytes is not None:
+                self._doc["peak_heap_used_bytes"] = max(self._doc.get("peak_heap_used_bytes") or 0, heap_used_bytes)
             self._changed = True
 
     def count_committed(self, outcomes: Sequence[UserStatus]) -> None:
@@ -112,6 +117,9 @@ class ShardStatus:
 
     def _write_locked(self) -> None:
         self._doc["updated_at"] = utc_now()
+        if self._peak_rss is not None:
+            # the peak over this shard's processes: `base` carries the earlier processes' peak
+            self._doc["peak_rss_bytes"] = max(self._doc.get("peak_rss_bytes") or 0, self._peak_rss())
         self._write(self._paths.status, self._doc)
         self._changed = False
         self._last_write = self._clock()

@@ -1,0 +1,134 @@
+"""What a shard measures of each attempt at a user, and of its own memory.
+
+An attempt's record (its format: storage/attempts.py) says where it ran (host, pid), when (start, and
+end = start + seconds), its CPU time (the whole process's, JVM threads included), its status and
+error class, the JVM heap in use once it ended and the process's peak RSS so far: read at the
+attempt's end, a clock read, two JNI calls and one getrusage, so that every user can afford it.
+
+status.json keeps the peaks over the shard's processes (a resumed shard has several: each carries
+the earlier ones' peaks forward) and what the scheduler granted, for the merge report's memory
+section (results/trace.py).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+from shardrun.platforms import peak_rss
+from shardrun.shard.jvm import heap_used_bytes, java_class_name
+from shardrun.storage.atomic import read_json
+
+MIB = 2**20
+
+
+@dataclass(frozen=True)
+class Probes:
+    """Where an attempt reads its facts: the clocks, the JVM's heap in use, the peak RSS, and who runs it."""
+
+    heap_used: Callable[[], int | None]
+    rss: Callable[[], int]
+    clock: Callable[[], float]
+    cpu_clock: Callable[[], float]
+    now: Callable[[], datetime]
+    host: str
+    pid: int
+
+
+class Attempts:
+    """Starts the attempts of one shard process; `earlier` counts each user's attempts recorded before
+    (storage.attempts.recorded_attempts), so numbers go on where the shard dir's records left off."""
+
+    def __init__(self, earlier: Mapping[str, int], heap_used: Callable[[], int | None] = heap_used_bytes,
+                 rss: Callable[[], int] = peak_rss, clock: Callable[[], float] = time.monotonic,
+                 cpu_clock: Callable[[], float] = time.process_time,
+                 now: Callable[[], datetime] = lambda: datetime.now(timezone.utc)):
+        self._counts = dict(earlier)
+        self._probes = Probes(heap_used, rss, clock, cpu_clock, now, socket.gethostname(), os.getpid())
+
+    def start(self, user_id: str) -> "Attempt":
+        number = self._counts.get(user_id, 0) + 1
+        self._counts[user_id] = number
+        return Attempt(self._probes, number)
+
+
+class Attempt:
+    """One attempt in flight; `stop` reads its clocks and the memory once, `record` is what is stored."""
+
+    def __init__(self, probes: Probes, number: int):
+        self._probes = probes
+        self.number = number
+        self._started_at = probes.now()
+        self._started = probes.clock()
+        self._cpu_started = probes.cpu_clock()
+        self.seconds: float | None = None
+        self._cpu_seconds: float | None = None
+        self.heap_used_bytes: int | None = None
+        self._peak_rss_bytes: int | None = None
+
+    def stop(self) -> None:
+        probes = self._probes
+        self.seconds = round(probes.clock() - self._started, 3)
+        self._cpu_seconds = round(probes.cpu_clock() - self._cpu_started, 3)
+        self.heap_used_bytes = probes.heap_used()
+        self._peak_rss_bytes = probes.rss()
+
+    def record(self, status: str, failure: BaseException | None) -> dict[str, Any]:
+        if self.seconds is None:
+            raise RuntimeError("an attempt is recorded after stop()")
+        return {
+            "number": self.number,
+            "host": self._probes.host,
+            "pid": self._probes.pid,
+            "start": timestamp(self._started_at),
+            "end": timestamp(self._started_at + timedelta(seconds=self.seconds)),
+            "seconds": self.seconds,
+            "cpu_seconds": self._cpu_seconds,
+            "status": str(status),
+            "error_class": error_class(failure) if failure is not None else None,
+            "heap_used_bytes": self.heap_used_bytes,
+            "peak_rss_bytes": self._peak_rss_bytes,
+        }
+
+
+def timestamp(moment: datetime) -> str:
+    """UTC, ISO 8601, milliseconds (the resolution of `seconds`)."""
+    return moment.astimezone(timezone.utc).isoformat(timespec="milliseconds")
+
+
+def error_class(failure: BaseException) -> str:
+    """The class of what the analysis raised: the Java class for a Java exception
+    (java.lang.ArrayIndexOutOfBoundsException), else the Python one (HeapTooSmall, ValueError)."""
+    return java_class_name(failure) or type(failure).__name__
+
+
+def carried_memory(status_path: Path) -> dict[str, int]:
+    """The peaks an earlier process of this shard recorded in status.json, to be carried forward
+    (peak_rss_bytes: over its processes; peak_heap_used_bytes: over its users)."""
+    try:
+        doc = read_json(status_path)
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(doc, dict):
+        return {}
+    return {key: doc[key] for key in ("peak_rss_bytes", "peak_heap_used_bytes")
+            if isinstance(doc.get(key), int) and not isinstance(doc.get(key), bool)}
+
+
+def scheduler_memory_bytes(environ: Mapping[str, str]) -> int | None:
+    """The memory SLURM granted this job (sbatch --mem: SLURM_MEM_PER_NODE; --mem-per-cpu:
+    SLURM_MEM_PER_CPU times SLURM_CPUS_ON_NODE; both in MiB), None outside SLURM or when unknown."""
+    per_node = _mib(environ.get("SLURM_MEM_PER_NODE"))
+    if per_node is not None:
+        return per_node * MIB
+    per_cpu, cpus = _mib(environ.get("SLURM_MEM_PER_CPU")), _mib(environ.get("SLURM_CPUS_ON_NODE"))
+    return per_cpu * cpus * MIB if per_cpu is not None and cpus is not None else None
+
+
+def _mib(text: str | None) -> int | None:
+    return int(text) if text is not None and text.strip().isdigit() else None
