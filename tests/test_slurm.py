@@ -4,7 +4,8 @@ slurmctld and slurmd from the Debian packages, started by the test session and s
 Every run is submitted with the project's own command, as a user would, and its merged result must
 equal the uninterrupted local K=1 reference of the same config: no user twice, none lost, no element
 running another's users, whatever SLURM did to the elements on the way (a requeue mid-run, a cancel
-and a resubmission by index, a time-limit warning answered by a drain and a self-requeue).
+and a resubmission by index, a time-limit warning answered by a drain and a self-requeue), or after
+users that failed for real were run again with --retry-failed.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ import pytest
 import yaml
 
 from e2e_support import analysis_values, read_status, wait_for
+from shardrun.storage.batches import decode_batch
+from shardrun.storage.paths import ShardPaths
 from slurm_cluster import SlurmCluster, SlurmClusterError
 
 pytestmark = pytest.mark.e2e
@@ -90,8 +93,19 @@ def pending_after_requeue(cluster, element: str, before=lambda: None) -> dict:
     return {**record, "_state_before": before()}
 
 
-def faulty_env(slow_seconds: float) -> dict:
-    return {"PYTHONPATH": str(Path(__file__).parent), "FAULTY_TASK": f"slow:{slow_seconds}"}
+def batch_files(shard_dir: Path) -> dict[str, bytes]:
+    """The shard's committed batch files, name -> bytes."""
+    return {path.name: path.read_bytes() for path in ShardPaths(shard_dir).batch_files()}
+
+
+def element_starts(log: Path) -> int:
+    """How many times an element ran for this shard (the array script's first line, once per start)."""
+    return sum(line.startswith("=== ") and "SLURM job" in line for line in log.read_text().splitlines())
+
+
+def faulty_env(mode: str) -> dict:
+    """The environment in which tests/faulty_task.py is found and runs in `mode` ("slow:<seconds>", "fail", ...)."""
+    return {"PYTHONPATH": str(Path(__file__).parent), "FAULTY_TASK": mode}
 
 
 def test_an_array_of_four_and_its_merge_job_equal_a_local_k1_run(slurm_cluster, workspace, tmp_path):
@@ -121,7 +135,7 @@ def test_an_array_of_four_and_its_merge_job_equal_a_local_k1_run(slurm_cluster, 
 def test_an_element_requeued_mid_run_continues_its_shard(slurm_cluster, workspace, tmp_path):
     config = own_config(workspace, tmp_path, faulty=True)
     run = tmp_path / "run"
-    result = launch(slurm_cluster, config, run, 2, env=faulty_env(1))
+    result = launch(slurm_cluster, config, run, 2, env=faulty_env("slow:1"))
     assert result.returncode == 0, result.stderr
     (array,), _merge = submitted(run)
     shard_dir = run / "shard-1-of-2"
@@ -139,7 +153,7 @@ def test_an_element_requeued_mid_run_continues_its_shard(slurm_cluster, workspac
 def test_a_cancelled_element_is_resubmitted_by_index_with_the_same_command(slurm_cluster, workspace, tmp_path):
     config = own_config(workspace, tmp_path, faulty=True)
     run = tmp_path / "run"
-    env = faulty_env(0.5)
+    env = faulty_env("slow:0.5")
     result = launch(slurm_cluster, config, run, 3, env=env)
     assert result.returncode == 0, result.stderr
     (array,), first_merge = submitted(run)
@@ -169,13 +183,60 @@ def test_a_cancelled_element_is_resubmitted_by_index_with_the_same_command(slurm
     assert_equals_reference(run, workspace, 3)
 
 
+def test_retry_failed_resubmits_only_the_shard_with_failed_users_and_runs_only_them_again(
+        slurm_cluster, workspace, tmp_path):
+    """Two users fail for real (faulty_task.py: user-03 and user-05, both of shard 1): the merge job's
+    validation exits 5 and says so. Once the cause is gone, the same command with --retry-failed
+    submits shard 1 alone, its element runs those two users again and no other, and a new merge job
+    makes the run whole and valid."""
+    config = own_config(workspace, tmp_path, faulty=True)
+    run = tmp_path / "run"
+    result = launch(slurm_cluster, config, run, 2, env=faulty_env("fail"))
+    assert result.returncode == 0, result.stderr
+    _arrays, first_merge = submitted(run)
+    wait_for_run(slurm_cluster, run)
+    assert slurm_cluster.job(first_merge)["ExitCode"] == "5:0", "the merge job's validation fails the run"
+    merge_log = (tmp_path / "logs" / "merge.log").read_text()
+    assert "validation passed" not in merge_log, merge_log
+    assert "2 users of 14 failed (--max-failed 0): 1 HeapTooSmall" in merge_log, merge_log
+    assert (f"run only them again: launch_shards --scheduler slurm --config {config} --shards 2 --out {run}"
+            " --retry-failed") in merge_log, "the command run below"
+    validation = json.loads((run / "merged" / "validation.json").read_text())
+    assert validation["verdict"] == "failed" and validation["users"]["failed_by_class"] == {
+        "HeapTooSmall": 1, "java.lang.ArrayIndexOutOfBoundsException": 1}, validation
+    shard_0, shard_1 = run / "shard-0-of-2", run / "shard-1-of-2"
+    assert (read_status(shard_0)["users_failed"], read_status(shard_1)["users_failed"]) == (0, 2)
+    shard_0_before, shard_1_batches = read_status(shard_0), batch_files(shard_1)
+
+    retry = launch(slurm_cluster, config, run, 2, "--retry-failed", env=faulty_env("healed"))
+    assert retry.returncode == 0, retry.stderr
+    assert "shard 1: to submit, to run its 2 failed users again" in retry.stdout, retry.stdout
+    assert "shard 0:" not in retry.stdout and "submitted shards 1 of 2 as array job" in retry.stdout, retry.stdout
+    arrays, merge = submitted(run)
+    assert len(arrays) == 2 and merge != first_merge
+    wait_for_run(slurm_cluster, run)
+    assert slurm_cluster.job(merge)["ExitCode"] == "0:0", (tmp_path / "logs" / "merge.log").read_text()
+
+    assert read_status(shard_0) == shard_0_before and element_starts(tmp_path / "logs" / "shard0.log") == 1
+    status = read_status(shard_1)
+    assert (status["resumed_with_done"], status["users_ok"], status["users_failed"]) == (5, 7, 0), status
+    assert element_starts(tmp_path / "logs" / "shard1.log") == 2
+    after = batch_files(shard_1)
+    assert {name: after[name] for name in shard_1_batches} == shard_1_batches, "the first batches are kept as they were"
+    retried = [record["user_id"] for name in sorted(after.keys() - shard_1_batches.keys())
+               for record in decode_batch(after[name]).records]
+    assert sorted(retried) == ["user-03", "user-05"], "only the failed users ran again"
+    assert_equals_reference(run, workspace, 2)
+
+
 def test_the_time_limit_warning_drains_says_preempted_and_requeues_the_element(slurm_cluster, workspace, tmp_path):
     """SLURM's `--signal=B:USR1@30` warning, sent to the batch step by scancel as SLURM does before a
     time limit: the shard finishes its user, says `preempted`, requeues its own job and, started
     again, completes."""
     config = own_config(workspace, tmp_path, faulty=True)
     run = tmp_path / "run"
-    result = launch(slurm_cluster, config, run, 2, "--signal", "USR1@30", "--requeue-limit", "1", env=faulty_env(1.5))
+    result = launch(slurm_cluster, config, run, 2, "--signal", "USR1@30", "--requeue-limit", "1",
+                    env=faulty_env("slow:1.5"))
     assert result.returncode == 0, result.stderr
     (array,), _merge = submitted(run)
     shard_dir = run / "shard-0-of-2"
@@ -197,12 +258,13 @@ def test_the_dry_run_names_the_users_that_cannot_finish_within_the_time_limit(sl
     less the 10 s warning: every user is named, and so is the time limit that would do."""
     config = own_config(workspace, tmp_path, faulty=True)
     run = tmp_path / "run"
-    dry = launch(slurm_cluster, config, run, 2, "--time", "1", "--signal", "USR1@10", "--dry-run", env=faulty_env(100))
+    dry = launch(slurm_cluster, config, run, 2, "--time", "1", "--signal", "USR1@10", "--dry-run",
+                 env=faulty_env("slow:100"))
     assert dry.returncode == 0, dry.stderr
     named = [line for line in dry.stdout.splitlines() if "cannot finish within --time" in line]
     assert len(named) == 14 and "user 'user-00'" in dry.stdout, dry.stdout
     assert "14 users would be abandoned at every requeue: raise --time above" in dry.stdout
-    fine = launch(slurm_cluster, config, run, 2, "--time", "10", "--dry-run", env=faulty_env(1))
+    fine = launch(slurm_cluster, config, run, 2, "--time", "10", "--dry-run", env=faulty_env("slow:1"))
     assert "cannot finish" not in fine.stdout and "the longest user is estimated at" in fine.stdout
     refused = launch(slurm_cluster, config, run, 2, "--time", "1", "--signal", "USR1@60", "--dry-run")
     assert refused.returncode == 2 and "not longer than the warning's lead" in refused.stderr

@@ -2,7 +2,8 @@
 
 The scripts are checked by bash itself (`bash -n`) and by running the element's command line through
 the real argument parser of run_production; one dry run of a --retry-failed resubmission is made on a
-real run; tests/test_slurm.py submits them to a real slurmctld.
+real run, with a named stand-in for SLURM's commands (`scontrol_only`). tests/test_slurm.py submits
+the same scripts to a real slurmctld, a --retry-failed resubmission included.
 """
 
 from __future__ import annotations
@@ -192,16 +193,20 @@ def test_users_that_cannot_finish_before_the_warning_are_named_longest_first():
 
 
 def scontrol_only(command, **_):
-    """A stand-in for SLURM's commands, which this machine lacks: `scontrol show config` answers a
-    MaxArraySize; anything else (sbatch, squeue) would be a submission, which a dry run must not make."""
+    """A named stand-in for SLURM's commands, so that the resubmission rule is checked here without a
+    cluster (the real submission, its elements and its merge job: tests/test_slurm.py's
+    test_retry_failed_resubmits_only_the_shard_with_failed_users_and_runs_only_them_again). It answers
+    `scontrol show config` with a MaxArraySize and fails the test on any other command: a dry run must
+    not submit (sbatch), and a run never submitted to SLURM has no queue to read (squeue)."""
     assert command[:3] == ["scontrol", "show", "config"], command
     return subprocess.CompletedProcess(command, 0, stdout="MaxArraySize            = 1001\n", stderr="")
 
 
 @pytest.mark.e2e
 def test_a_retry_resubmits_the_shards_with_failed_users_and_their_elements_retry(workspace, tmp_path):
-    """A real run of two shards, one of them with two failed users (faulty_task.py), then the dry run of
-    `launch_shards --scheduler slurm --out RUN --retry-failed`: that shard alone, retrying, then the merge."""
+    """A real run of two local shards, one of them with two failed users (faulty_task.py), then the dry run
+    of `launch_shards --scheduler slurm --out RUN --retry-failed`: that shard alone, retrying, then the
+    merge with the run's --max-failed; without --retry-failed, nothing to submit."""
     path, env = faulty_task_config(workspace, tmp_path)
     run = tmp_path / "run"
     for shard in ("0/2", "1/2"):  # user-03 and user-05 fail, both of shard 1
