@@ -252,15 +252,18 @@ def user_index(settings: Settings) -> UserIndex:
 
 def _column_chunks(path: Path, data: DataSettings) -> Iterator[pd.DataFrame]:
     """The three configured columns in file order, a chunk at a time, as the full load reads them (typed
-    as read_table types them), each indexed by its rows' positions in the file."""
+    as read_table types them, the timestamps' text aside), each indexed by its rows' positions in the file."""
     wanted = _wanted_columns(data)
     kind = _kind(path)
     try:
         if kind == "csv":
             _require_columns(_header(path, kind, wanted), wanted, path)
-            # read_csv numbers a chunk's rows on from the previous chunk: the index is the file position.
-            with pd.read_csv(path, usecols=wanted, dtype=_text_columns(data), chunksize=STREAM_ROWS) as reader:
-                yield from (chunk[wanted] for chunk in reader)
+            # Timestamps as Python strings: pandas parses those (the audit's check) without first
+            # converting an Arrow string array, which halves what the check costs. read_csv numbers a
+            # chunk's rows on from the previous chunk: the index is the file position.
+            types = _text_columns(data) | {data.time_column: object}
+            with pd.read_csv(path, usecols=wanted, dtype=types, chunksize=STREAM_ROWS) as reader:
+                yield from reader
             return
         import pyarrow.parquet as pq
 
@@ -271,7 +274,7 @@ def _column_chunks(path: Path, data: DataSettings) -> Iterator[pd.DataFrame]:
             chunk = batch.to_pandas()
             chunk.index = pd.RangeIndex(first_row, first_row + len(chunk))
             first_row += len(chunk)
-            yield chunk[wanted]
+            yield chunk
     except _READ_ERRORS as exc:
         raise _unreadable(path, exc) from None
 
