@@ -79,11 +79,12 @@ BAD_DATA = [
 ]
 
 
-def bad_data_config(tmp_path: Path, lines: list[str], extra: str = "") -> Path:
+def bad_data_config(tmp_path: Path, lines: list[str], missing: str = "refuse") -> Path:
     data = tmp_path / "users.csv"
     data.write_text("\n".join(lines) + "\n")
     config = tmp_path / "config.yaml"
-    config.write_text(replaced("path: data/sample_users.csv", f"path: {data}{extra}"))
+    text = replaced("path: data/sample_users.csv", f"path: {data}")
+    config.write_text(text.replace("missing: refuse", f"missing: {missing}", 1))
     return config
 
 
@@ -112,6 +113,6 @@ def test_the_launcher_refuses_missing_values_before_starting_a_shard(tmp_path):
 def test_missing_values_run_with_drop(tmp_path):
     """The fix the refusal names: data.missing: drop. The dry run then plans the shard (exit 0)."""
     lines, _ = next(case[1:] for case in BAD_DATA if case[0] == "nan-values")
-    result = run_worker(bad_data_config(tmp_path, lines, extra="\n  missing: drop"), tmp_path, dry_run=True)
+    result = run_worker(bad_data_config(tmp_path, lines, missing="drop"), tmp_path, dry_run=True)
     assert result.returncode == 0, result.stderr
     assert not (tmp_path / "out").exists()

@@ -1401,7 +1401,7 @@ FAULTS = [
               "data.missing: drop"), (output_root_absent,)),
     Fault("data-nan-values-dropped", f"{NAN_USER}: every 20th value from row 100 blank, data.missing: drop",
           data_variant("nan.csv", blank_values, missing="drop"), 0,
-          ("dropped {missing} rows with a missing value (data.missing: drop)",), (nan_rows_dropped,)),
+          ("dropped {missing} rows with a missing or infinite value (data.missing: drop)",), (nan_rows_dropped,)),
     Fault("data-unsorted-timestamps", "all rows of the data file shuffled", data_variant("shuffled.csv", shuffled), 0,
           (), (sorted_by_time,)),
     Fault("data-duplicate-timestamps", f"{DUP_USER}: every 10th row repeats the previous row's timestamp",

@@ -133,7 +133,8 @@ class Dataset:
             if values.dtype != object:
                 infinite = int(np.count_nonzero(np.isinf(values)))
             values, local_times, instants = values[~missing], local_times[~missing], instants[~missing]
-            log.info("user %s: dropped %d rows with a missing value (data.missing: drop)", user_id, dropped)
+            log.info("user %s: dropped %d rows with a missing or infinite value (data.missing: drop)", user_id,
+                     dropped)
         duplicates = int(np.count_nonzero(instants[1:] == instants[:-1]))
         merged = empty = 0
         if self._settings.step is not None:
@@ -205,6 +206,8 @@ def _group_by_user(frame: pd.DataFrame, path: Path, data: DataSettings) -> dict[
     if data.missing == "drop" and not timed.all():
         missing_times = np.bincount(codes[~timed], minlength=len(user_ids))
         frame, codes = frame[timed], codes[timed]
+        log.info("dropped %d rows without a timestamp, of %d users (data.missing: drop)",
+                 int(missing_times.sum()), int(np.count_nonzero(missing_times)))
     instants, local_times = parse_timestamps(frame[data.time_column], path, data.time_column, data.time_format,
                                              data.timezone)
     values = _typed_values(frame[data.value_column], path, data)
