@@ -278,6 +278,9 @@ def test_a_value_column_without_any_value_is_refused_in_either_mode(tmp_path):
         assert message == refusal(task.load, settings)
         assert "column 'value' has no usable value in any of its 5 rows" in message
         assert "data.value_column" in message
+    no_times = write_csv(tmp_path / "t.csv", [("a", None, 1.0), ("b", None, 2.0), ("b", "2025-01-01", None)])
+    message = refusal(task.user_index, settings_for(no_times, missing="drop"))
+    assert "none of its 3 rows has a user id, a timestamp and a usable value" in message
 
 
 @pytest.mark.parametrize("suffix", [".csv", ".parquet"])

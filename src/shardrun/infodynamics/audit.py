@@ -104,6 +104,8 @@ class InputAudit:
             infinite = np.isinf(numbers)
             not_number = np.isnan(numbers) & ~missing_value
         usable_value = ~(missing_value | infinite | not_number)
+        # A row without a user id is refused whatever else it lacks; the others are counted per cause.
+        missing_value, infinite, missing_time = missing_value & ~no_id, infinite & ~no_id, missing_time & ~no_id
         dropped = missing_value | infinite | missing_time
         self.rows += len(chunk)
         self.usable_values += int(np.count_nonzero(usable_value))
