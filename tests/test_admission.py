@@ -315,7 +315,7 @@ def test_users_skipped_by_rule_need_only_the_baseline(tmp_path):
         "many": hourly(200),
         "gaps": hourly(30, value=lambda i: "" if i % 3 else i % 4),  # 10 values left after dropping missing
     })
-    settings = settings_for(data)
+    settings = settings_for(data, missing="drop")  # gaps' missing values left out
     needs = task.user_heap_needs(settings, task.load(settings))
     assert needs["few"] == needs["gaps"] == heap.baseline_heap()
     assert needs["many"] == max(heap.minimum_heap(settings, k, 200) for k in settings.k_selection.ks)
@@ -339,7 +339,7 @@ def test_observation_counts_match_the_series_after_resampling(tmp_path, step, ag
                                                  unit="s"), "" if rng.random() < 0.1 else int(rng.integers(0, 9)))
                           for m in minutes]
     data = write_rows(tmp_path / "r.csv", users)
-    settings = settings_for(data, step=step, aggregate=aggregate)
+    settings = settings_for(data, step=step, aggregate=aggregate, missing="drop")  # 10% of the values missing
     dataset = task.load(settings)
     ids, n_obs, analysed = heap.observation_counts(dataset, settings)
     assert n_obs.tolist() == [dataset.series(u).n_obs for u in ids] and analysed.all()

@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
 
@@ -54,15 +55,64 @@ def test_bad_config_exits_2_naming_the_key(tmp_path, text, named, dry_run):
     assert not (tmp_path / "out").exists()
 
 
-@pytest.mark.parametrize("dry_run", [True, False], ids=["dry-run", "run"])
-def test_day_first_data_exits_2_with_the_fix(tmp_path, dry_run):
+def hourly_lines(user: str, values: list, hours: int = 28) -> list[str]:
+    """`hours` rows of `user`, an hour apart, cycling through `values` (text as written in the file)."""
+    times = pd.date_range("2025-01-01", periods=hours, freq="h").strftime("%Y-%m-%dT%H:%M:%S")
+    return [f"{user},{time},{values[i % len(values)]}" for i, time in enumerate(times)]
+
+
+HEADER = "user_id,timestamp,value"
+# (id, the data file's lines, what stderr must name): each refused at start, before anything is written.
+BAD_DATA = [
+    ("day-first", [HEADER] + [f"u1,{day:02d}/01/2025 03:00,{day % 3}" for day in range(1, 29)],
+     ["'01/01/2025 03:00'", "data.time_format"]),
+    ("nan-values", [HEADER] + hourly_lines("u1", [1, 2, "", 3]) + hourly_lines("u2", [1, "inf", 2, 0, "NaN"]),
+     ["18 rows cannot be analysed as they are (12 missing values in column 'value', 6 infinite values",
+      "rows 3, 7, 11, 15, 19 and 13 more (row 1 is the first row after the header), of 2 users (u1, u2)",
+      "Fix the data", "data.missing: drop"]),
+    ("empty-value-column", [HEADER] + [line.rsplit(",", 1)[0] + "," for line in hourly_lines("u1", [1])],
+     ["column 'value' has no usable value in any of its 28 rows", "data.value_column"]),
+    ("value-twice", [HEADER + ",value"] + [line + ",7" for line in hourly_lines("u1", [1, 2, 3])],
+     ["names a column the config reads more than once ('value' at columns 3, 4)", "Rename or remove"]),
+    ("whitespace-twins", [HEADER] + hourly_lines(" u2", [1, 2]) + hourly_lines("u2", [2, 3]),
+     ["differ only by whitespace around them (' u2' and 'u2')", "Strip the whitespace"]),
+]
+
+
+def bad_data_config(tmp_path: Path, lines: list[str], missing: str = "refuse") -> Path:
     data = tmp_path / "users.csv"
-    lines = ["user_id,timestamp,value"] + [f"u1,{day:02d}/01/2025 03:00,{day % 3}" for day in range(1, 29)]
     data.write_text("\n".join(lines) + "\n")
     config = tmp_path / "config.yaml"
-    config.write_text(replaced("path: data/sample_users.csv", f"path: {data}"))
-    result = run_worker(config, tmp_path, dry_run)
+    text = replaced("path: data/sample_users.csv", f"path: {data}")
+    config.write_text(text.replace("missing: refuse", f"missing: {missing}", 1))
+    return config
+
+
+@pytest.mark.parametrize("dry_run", [True, False], ids=["dry-run", "run"])
+@pytest.mark.parametrize("lines, named", [case[1:] for case in BAD_DATA], ids=[case[0] for case in BAD_DATA])
+def test_bad_data_exits_2_with_the_fix(tmp_path, lines, named, dry_run):
+    result = run_worker(bad_data_config(tmp_path, lines), tmp_path, dry_run)
     assert result.returncode == 2, result.stderr
     assert "Traceback" not in result.stderr
-    assert "'01/01/2025 03:00'" in result.stderr and "data.time_format" in result.stderr
+    for words in named:
+        assert words in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_launcher_refuses_missing_values_before_starting_a_shard(tmp_path):
+    lines, named = next(case[1:] for case in BAD_DATA if case[0] == "nan-values")
+    config = bad_data_config(tmp_path, lines)
+    command = [sys.executable, "-m", "shardrun.launcher", "--config", str(config), "--shards", "2", "--out", str(tmp_path / "out"),
+               "--dry-run"]
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr and named[1] in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_missing_values_run_with_drop(tmp_path):
+    """The fix the refusal names: data.missing: drop. The dry run then plans the shard (exit 0)."""
+    lines, _ = next(case[1:] for case in BAD_DATA if case[0] == "nan-values")
+    result = run_worker(bad_data_config(tmp_path, lines, missing="drop"), tmp_path, dry_run=True)
+    assert result.returncode == 0, result.stderr
     assert not (tmp_path / "out").exists()

@@ -1204,17 +1204,21 @@ def set_key(dotted: str, value) -> Callable[[Lab], Path]:
     return lambda lab: lab.config(edit=edit)
 
 
-def data_variant(name: str, change: Callable[[pd.DataFrame], pd.DataFrame]) -> Callable[[Lab], Outcome]:
-    """A full run of the small workload on a changed copy of its data (documented data rules)."""
+def data_variant(name: str, change: Callable[[pd.DataFrame], pd.DataFrame],
+                 missing: str | None = None) -> Callable[[Lab], Outcome]:
+    """A full run of the small workload on a changed copy of its data (documented data rules), with
+    data.missing set when `missing` is given."""
 
     def inject(lab: Lab) -> Outcome:
         raw = pd.read_csv(lab.small.data, dtype=str)
         changed = change(raw.copy())
         data = lab.input(name, changed.to_csv(index=False))
         run_dir = lab.out / "run"
-        result = run(lab, worker_command(lab.config(data), "--shard", "0/1", "--out", str(run_dir)))
+        edit = None if missing is None else (lambda config: config["data"].update(missing=missing))
+        result = run(lab, worker_command(lab.config(data, edit=edit), "--shard", "0/1", "--out", str(run_dir)))
         merged = merged_values(lab, run_dir) if result.returncode == 0 else None
-        lab.observe(run_dir / "shard-0-of-1")
+        if run_dir.exists():
+            lab.observe(run_dir / "shard-0-of-1")
         repeats = changed.groupby("who", sort=False)["when"].transform(lambda w: w.eq(w.shift()))
         return Outcome(result.returncode, result.stdout + result.stderr,
                        facts={"data": changed, "merged": merged, "run": run_dir,
@@ -1258,11 +1262,17 @@ def nan_rows_dropped(lab: Lab, outcome: Outcome) -> None:
     expected = int(((data["who"] == NAN_USER) & data["label"].notna()).sum())
     assert 0 < outcome.facts["missing"] and expected == int((data["who"] == NAN_USER).sum()) - outcome.facts["missing"]
     assert set(mine["status"]) == {"ok"} and set(mine["n_obs"]) == {expected}
+    missing = outcome.facts["missing"]
+    assert set(mine["n_dropped"]) == {missing} and set(mine["dropped_reason"]) == {f"{missing} missing values"}
 
 
 def sorted_by_time(lab: Lab, outcome: Outcome) -> None:
-    """Shuffled rows give exactly the reference: every user's rows were sorted by time."""
-    pd.testing.assert_frame_equal(outcome.facts["merged"], lab.small.reference, check_exact=True)
+    """Shuffled rows give exactly the reference (but the count of rows moved): every user's rows were
+    sorted by time, and each user's rows say that some were out of order."""
+    merged = outcome.facts["merged"]
+    pd.testing.assert_frame_equal(merged.drop(columns="n_out_of_order"),
+                                  lab.small.reference.drop(columns="n_out_of_order"), check_exact=True)
+    assert (merged["n_out_of_order"] > 0).all() and (lab.small.reference["n_out_of_order"] == 0).all()
 
 
 def duplicates_kept_in_file_order(lab: Lab, outcome: Outcome) -> None:
@@ -1271,8 +1281,9 @@ def duplicates_kept_in_file_order(lab: Lab, outcome: Outcome) -> None:
     mine = others_equal_reference(lab, outcome.facts["merged"], DUP_USER)
     reference = lab.small.reference.set_index(["user_id", "feature_mode"])
     assert set(mine["n_obs"]) == {int((outcome.facts["data"]["who"] == DUP_USER).sum())}
-    columns = [c for c in mine.columns if not c.startswith("te_hour") and c != "user_id"]
+    columns = [c for c in mine.columns if not c.startswith("te_hour") and c not in ("user_id", "n_duplicate_timestamps")]
     assert mine.loc["activity", columns].tolist() == reference.loc[(DUP_USER, "activity"), columns].tolist()
+    assert set(mine["n_duplicate_timestamps"]) == {outcome.facts["repeats"]}
 
 
 # --- the table ----------------------------------------------------------------------------------
@@ -1387,7 +1398,11 @@ FAULTS = [
           2, ("has no column 'label'", "its columns are 'who', 'when', 'activity'", "data.value_column"),
           (output_root_absent,)),
     Fault("data-nan-values", f"{NAN_USER}: every 20th value from row 100 blank", data_variant("nan.csv", blank_values),
-          0, ("dropped {missing} rows with a missing value",), (nan_rows_dropped,)),
+          2, ("error: data file", "{missing} rows cannot be analysed as they are", f"of 1 user ({NAN_USER})",
+              "data.missing: drop"), (output_root_absent,)),
+    Fault("data-nan-values-dropped", f"{NAN_USER}: every 20th value from row 100 blank, data.missing: drop",
+          data_variant("nan.csv", blank_values, missing="drop"), 0,
+          ("dropped {missing} rows with a missing or infinite value (data.missing: drop)",), (nan_rows_dropped,)),
     Fault("data-unsorted-timestamps", "all rows of the data file shuffled", data_variant("shuffled.csv", shuffled), 0,
           (), (sorted_by_time,)),
     Fault("data-duplicate-timestamps", f"{DUP_USER}: every 10th row repeats the previous row's timestamp",

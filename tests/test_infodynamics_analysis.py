@@ -46,6 +46,7 @@ def test_result_columns_follow_the_grid_after_k_max(tmp_path):
         "user_id", "feature_mode", "status", "reason", "n_obs", "base", "entropy_bits", "k_selected", "ais_bits",
         "ais_k1_bits", "ais_k1_null_mean_bits", "ais_k1_p", "ais_k2_bits", "ais_k2_null_mean_bits", "ais_k2_p",
         "te_hour_bits", "te_hour_p",
+        "n_dropped", "dropped_reason", "n_out_of_order", "n_duplicate_timestamps", "n_merged_rows", "n_empty_bins",
     ]
     assert task.key_columns == ("user_id", "feature_mode")
 
@@ -82,7 +83,41 @@ def test_numbers_do_not_depend_on_order_repetition_or_file_row_order(tmp_path):
     backward = {user: task.analyse(dataset, user, settings) for user in reversed(dataset.user_ids)}
     again = {user: task.analyse(dataset, user, settings) for user in dataset.user_ids}
     from_shuffled = {user: task.analyse(shuffled_dataset, user, shuffled) for user in shuffled_dataset.user_ids}
-    assert same_rows(forward, backward) and same_rows(forward, again) and same_rows(forward, from_shuffled)
+    assert same_rows(forward, backward) and same_rows(forward, again)
+
+    def in_order(rows_by_user):  # the rows but the count of rows the shuffle moved
+        return {user: [{c: v for c, v in row.items() if c != "n_out_of_order"} for row in rows]
+                for user, rows in rows_by_user.items()}
+
+    assert same_rows(in_order(forward), in_order(from_shuffled))
+    assert all(row["n_out_of_order"] == 0 for rows in forward.values() for row in rows)
+    assert all(row["n_out_of_order"] > 0 for rows in from_shuffled.values() for row in rows)
+
+
+@pytest.mark.usefixtures("jvm")
+def test_dropped_rows_are_counted_in_every_row_and_the_numbers_are_those_of_the_rows_kept(tmp_path):
+    """data.missing: drop: the user's rows say what was dropped; its numbers are those of a file without
+    the dropped rows; a user without dropped rows keeps every number it had."""
+    clean = pd.read_csv(sample_subset(tmp_path / "clean.csv"), dtype={"user_id": str})
+    dirty = clean.copy()
+    mine = dirty.index[dirty["user_id"] == "u021"]
+    dirty.loc[mine[[5, 50]], "value"] = None
+    dirty.loc[mine[80], "value"] = float("inf")
+    dirty.loc[mine[120], "timestamp"] = None
+    dirty.to_csv(tmp_path / "dirty.csv", index=False)
+    clean.drop(index=mine[[5, 50, 80, 120]]).to_csv(tmp_path / "kept.csv", index=False)
+    settings = {name: make_settings(tmp_path / f"{name}.csv", data={"missing": "drop"}) for name in ("dirty", "kept",
+                                                                                                      "clean")}
+    rows = {name: {user: task.analyse(task.load(s), user, s) for user in ("u001", "u021")} for name, s in settings.items()}
+    for row in rows["dirty"]["u021"]:
+        assert row["status"] == "ok"
+        assert (row["n_dropped"], row["dropped_reason"]) == (4, "2 missing values, 1 infinite value, 1 missing timestamp")
+    numbers = [c for c in task.result_columns(settings["dirty"]) if c not in ("n_dropped", "dropped_reason")]
+    assert [[r[c] for c in numbers] for r in rows["dirty"]["u021"]] == [[r[c] for c in numbers] for r in rows["kept"]["u021"]]
+    assert same_rows(rows["dirty"]["u001"], rows["clean"]["u001"])
+    assert all(r["n_dropped"] == 0 and r["dropped_reason"] == "" for r in rows["dirty"]["u001"])
+    frame = pd.DataFrame([row for user_rows in rows["dirty"].values() for row in user_rows])
+    assert task.check_rows(frame, settings["dirty"]) == []
 
 
 @pytest.mark.usefixtures("jvm")
@@ -157,6 +192,8 @@ def test_check_rows_catches_out_of_range_values(tmp_path):
         "ais_k1_bits": 0.4, "ais_k1_null_mean_bits": 0.01, "ais_k1_p": 0.0,
         "ais_k2_bits": 0.5, "ais_k2_null_mean_bits": 0.02, "ais_k2_p": 0.01,
         "te_hour_bits": 0.1, "te_hour_p": 0.5,
+        "n_dropped": 0, "dropped_reason": "", "n_out_of_order": 3, "n_duplicate_timestamps": 1, "n_merged_rows": 0,
+        "n_empty_bins": 0,
     }
     assert task.check_rows(pd.DataFrame([good]), settings) == []
     # AIS over the N-k next values may exceed the entropy over all N, but by at most N/(N-k).
@@ -176,11 +213,26 @@ def test_check_rows_catches_out_of_range_values(tmp_path):
         "status": ({"status": "done"}, "status other than"),
         "mode": ({"feature_mode": "weekday"}, "feature_mode outside"),
         "missing k": ({"ais_k1_bits": float("nan")}, "lack AIS at k=1"),
+        "dropped refused": ({"n_dropped": 2, "dropped_reason": "2 missing values"}, "although data.missing is refuse"),
+        "negative count": ({"n_out_of_order": -1}, "n_out_of_order that is not a whole number >= 0"),
+        "fraction": ({"n_duplicate_timestamps": 0.5}, "n_duplicate_timestamps that is not a whole number"),
+        "no counts": ({"n_empty_bins": float("nan")}, "lack n_empty_bins although the user was loaded"),
+        "bins without step": ({"n_merged_rows": 4}, "n_merged_rows > 0 although data.step is null"),
+        "unexplained": ({"dropped_reason": "1 missing value"}, "do not add up to n_dropped"),
     }
     for name, (change, message) in bad_cases.items():
         problems = task.check_rows(pd.DataFrame([good, good | {"user_id": "b"} | change]), settings)
         assert any(message in p and "b/" in p for p in problems), (name, problems)
     assert "lacks the columns" in task.check_rows(pd.DataFrame([good]).drop(columns="te_hour_p"), settings)[0]
+    dropping = make_settings(tmp_path / "x.csv", k_grid=(1, 2), data={"missing": "drop"})
+    explained = good | {"n_dropped": 3, "dropped_reason": "2 missing values, 1 missing timestamp"}
+    assert task.check_rows(pd.DataFrame([explained]), dropping) == []
+    failed = {column: float("nan") for column in good} | {"user_id": "f", "feature_mode": "activity",
+                                                         "status": "failed", "reason": "boom"}
+    assert task.check_rows(pd.DataFrame([good, failed]), settings) == []  # a failed user has no counts
+    other_mode = good | {"feature_mode": "composite", "base": 24, "n_out_of_order": 2}
+    assert any("differs between the feature modes" in p for p in task.check_rows(pd.DataFrame([good, other_mode]),
+                                                                                   settings))
 
 
 def test_describe_versions_needs_no_jvm():

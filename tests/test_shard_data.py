@@ -27,8 +27,9 @@ from shardrun.task import UserIndex, load_users, read_user_index
 
 
 def settings_for(path: Path, **data):
+    # missing: drop, since interleaved_table has missing values (refused by default)
     top = Section({
-        "data": {"path": str(path), "levels": 4, **data}, "hour_bins": 6,
+        "data": {"path": str(path), "levels": 4, "missing": "drop", **data}, "hour_bins": 6,
         "feature_modes": ["activity", "composite"], "k_selection": {"k_grid": [1, 2]}, "surrogates": 10, "seed": 1,
     })
     settings = task.parse_settings(top)
@@ -45,7 +46,7 @@ def interleaved_table(seed: int = 4, users: int = 23) -> pd.DataFrame:
         start = pd.Timestamp("2025-03-01") + pd.Timedelta(minutes=int(rng.integers(0, 900)))
         stamps = (start + pd.to_timedelta(np.arange(n) * 37, unit="min")).strftime("%Y-%m-%dT%H:%M:%S")
         values = rng.integers(0, 9, n).astype(float)
-        values[rng.random(n) < 0.1] = np.nan  # missing values are dropped per user, after the load
+        values[rng.random(n) < 0.1] = np.nan  # missing values: dropped per user (data.missing: drop), after the load
         frames.append(pd.DataFrame({"user_id": f"{u:03d}", "timestamp": stamps, "value": values}))
     table = pd.concat(frames, ignore_index=True)
     return table.iloc[rng.permutation(len(table))].reset_index(drop=True)
@@ -126,6 +127,8 @@ def test_some_users_rows_equal_those_of_the_full_load(tmp_path, monkeypatch, suf
         assert part.user_ids == tuple(chosen)
         assert all(same_rows(part, whole, user) for user in chosen)
         assert [part.series(u).n_obs for u in chosen] == [whole.series(u).n_obs for u in chosen]
+        assert [part.series(u).cleaning for u in chosen] == [whole.series(u).cleaning for u in chosen]
+    assert sum(whole.series(u).cleaning.dropped for u in whole.user_ids) > 0  # the counts compared are not all 0
 
 
 def test_a_parquet_file_sorted_by_user_is_read_only_where_its_users_are(tmp_path, monkeypatch):
@@ -162,7 +165,7 @@ def config_file(tmp_path: Path, data: Path, **extra) -> Path:
     path = write_config(tmp_path / "config.yaml", data, tmp_path, surrogates=10, k_grid=(1, 2))
     config = yaml.safe_load(path.read_text())
     config["data"].update({"user_column": "user_id", "time_column": "timestamp", "value_column": "value",
-                           "encoding": "quantile", "levels": 4})
+                           "encoding": "quantile", "levels": 4, "missing": "drop"})
     config.update(extra)
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     return path

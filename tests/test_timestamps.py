@@ -114,7 +114,7 @@ def test_duplicate_times_keep_file_order_and_are_counted(tmp_path):
     stamps = ["2025-10-26T02:30:00", "2025-10-26T01:30:00", "2025-10-26T02:30:00", "2025-10-26T02:30:00"]
     path = write(tmp_path / "d.csv", stamps)
     one = task.load(settings_for(path)).series("a")
-    assert one.values.tolist() == [1, 0, 2, 3] and one.duplicate_times == 2
+    assert one.values.tolist() == [1, 0, 2, 3] and one.cleaning.duplicate_times == 2
 
 
 def test_parquet_datetime_columns_are_accepted(tmp_path):

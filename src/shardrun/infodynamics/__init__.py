@@ -1,7 +1,8 @@
 """The default analysis task: information dynamics (entropy, AIS, TE) per user with JIDT.
 
 Found by the core through `task: shardrun.infodynamics:task`. One module per job: settings (config
-keys), data (loading), symbols (symbolisation), states (observed pasts), surrogates (the seeded
+keys), audit (the whole input's cells checked at start), data (loading), cleaning (what loading did
+to each user's rows, counted in the result rows), symbols (symbolisation), states (observed pasts), surrogates (the seeded
 permutations), jarrays (numpy to Java arrays), jclasses (the Java classes, looked up once), measures (the JIDT calls), heap (memory model and
 preflight), analysis (one user's rows), checks (value ranges of a result set), jidt (the JVM hooks:
 the jar from idtxl-uv, JIDT's wrapped heap exhaustion, the heap advice, the jar's sha256), versions

@@ -2,7 +2,10 @@
 
 Columns: user_id, feature_mode, status (ok | skipped | failed), reason, n_obs, base, entropy_bits,
 k_selected, ais_bits, then per k of the grid (after k_max) ais_k<k>_bits, ais_k<k>_null_mean_bits,
-ais_k<k>_p, then te_hour_bits, te_hour_p. Missing numbers are NaN; values are plain int/float/str.
+ais_k<k>_p, then te_hour_bits, te_hour_p, then what loading did to the user's rows (cleaning.py):
+n_dropped, dropped_reason, n_out_of_order, n_duplicate_timestamps, n_merged_rows, n_empty_bins, the
+same in the rows of every mode, ok or skipped (a failed row leaves them NaN: the core records a failure
+without the series). Missing numbers are NaN; values are plain int/float/str.
 
 - n_obs: symbols in the user's series (after dropping missing values and resampling); base: the
   mode's alphabet (symbols.py). entropy_bits: plug-in entropy of the mode's series over all n_obs.
@@ -32,7 +35,8 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from shardrun.infodynamics import heap
-from shardrun.infodynamics.data import Dataset
+from shardrun.infodynamics.cleaning import CLEANING_COLUMNS
+from shardrun.infodynamics.data import Dataset, UserSeries
 from shardrun.infodynamics.jvm_threads import JvmThreads
 from shardrun.infodynamics.measures import (
     NullTest,
@@ -64,7 +68,7 @@ def result_columns(settings: Settings) -> list[str]:
     columns = list(LEADING_COLUMNS)
     for k in settings.k_selection.ks:
         columns.extend(ais_columns(k))
-    return columns + list(TRAILING_COLUMNS)
+    return columns + list(TRAILING_COLUMNS) + list(CLEANING_COLUMNS)
 
 
 def guard_allows(n_obs: int, base: int, pasts: ObservedPasts) -> bool:
@@ -88,12 +92,18 @@ def _skipped_row(settings: Settings, user_id: str, mode: str, n_obs: int, reason
     return row
 
 
-def _skipped_rows(settings: Settings, user_id: str, n_obs: int, reason: str) -> list[Mapping[str, Any]]:
+def _skipped_rows(settings: Settings, user_id: str, n_obs: int, reason: str) -> list[dict[str, Any]]:
     return [_skipped_row(settings, user_id, mode, n_obs, reason) for mode in settings.feature_modes]
 
 
 def analyse_user(dataset: Dataset, user_id: str, settings: Settings) -> list[Mapping[str, Any]]:
     series = dataset.series(user_id)
+    cleaning = series.cleaning.columns()
+    return [{**row, **cleaning} for row in _series_rows(series, settings)]
+
+
+def _series_rows(series: UserSeries, settings: Settings) -> list[dict[str, Any]]:
+    user_id = series.user_id
     needed = minimum_observations(settings)
     if series.n_obs < needed:
         reason = (

@@ -7,6 +7,10 @@ For ok rows, with N = n_obs and k the k of the column (k_selected for ais_bits a
 - p-values in [0, 1]; k_selected in the grid; ais_bits equal to ais_k<k_selected>_bits;
 - n_obs at least max(data.min_observations, largest k + 2) and base the mode's base.
 Skipped and failed rows must have a reason.
+The cleaning counts (cleaning.py, check_cleaning): whole numbers >= 0 in every ok and skipped row
+(a failed row may lack them), the same in every mode of a user; n_dropped 0 unless data.missing is
+drop, and dropped_reason naming causes whose counts add up to n_dropped; n_merged_rows and
+n_empty_bins 0 without data.step.
 
 Why N / (N - k): AIS(k) <= H(next), but the next values are the N - k symbols after the first k,
 while entropy_bits is over all N. With P_N the empirical distribution of all N symbols,
@@ -24,6 +28,7 @@ import numpy as np
 import pandas as pd
 
 from shardrun.infodynamics.analysis import ais_columns, result_columns
+from shardrun.infodynamics.cleaning import COUNT_COLUMNS
 from shardrun.infodynamics.settings import Settings, minimum_observations
 from shardrun.infodynamics.symbols import mode_base
 from shardrun.states import STATUSES
@@ -47,6 +52,7 @@ def check_rows(frame: pd.DataFrame, settings: Settings) -> list[str]:
     ok = frame[status == "ok"]
     if not ok.empty:
         problems += _check_ok_rows(ok, settings)
+    problems += check_cleaning(frame, settings)
     return problems
 
 
@@ -97,6 +103,30 @@ def _check_ok_rows(ok: pd.DataFrame, settings: Settings) -> list[str]:
     te_inside = (te >= -TOLERANCE) & (te <= bound(k_selected)) & (te <= math.log2(settings.data.levels) + TOLERANCE)
     problems += _report(ok, ~te_inside, "have te_hour_bits outside [0, min(entropy_bits * N/(N-k), log2(levels))]")
     problems += _report(ok, ~_number(ok, "te_hour_p").between(0, 1), "have te_hour_p outside [0, 1]")
+    return problems
+
+
+def check_cleaning(frame: pd.DataFrame, settings: Settings) -> list[str]:
+    """The cleaning counts' rules (module docstring)."""
+    problems: list[str] = []
+    analysed = frame["status"].astype(str).isin(["ok", "skipped"])
+    for column in COUNT_COLUMNS:
+        counts = _number(frame, column)
+        whole = (counts >= 0) & (counts == np.floor(counts))
+        problems += _report(frame, counts.notna() & ~whole, f"have {column} that is not a whole number >= 0")
+        problems += _report(frame, analysed & counts.isna(), f"lack {column} although the user was loaded")
+        differs = counts.groupby(frame["user_id"]).transform("nunique") > 1
+        problems += _report(frame, differs, f"have {column} that differs between the feature modes of a user")
+    dropped = _number(frame, "n_dropped")
+    if settings.data.missing != "drop":
+        problems += _report(frame, dropped > 0, "have n_dropped > 0 although data.missing is refuse")
+    said = frame["dropped_reason"].fillna("").astype(str)
+    named = said.str.findall(r"\d+").map(lambda numbers: sum(int(n) for n in numbers))
+    problems += _report(frame, dropped.notna() & (named != dropped),
+                        "have a dropped_reason whose counts do not add up to n_dropped")
+    if settings.data.step is None:
+        for column in ("n_merged_rows", "n_empty_bins"):
+            problems += _report(frame, _number(frame, column) > 0, f"have {column} > 0 although data.step is null")
     return problems
 
 

@@ -19,22 +19,28 @@ Rules (documented for users in the config reference):
   skipped when it starts) is refused with the fix (write its offset).
 - Order: rows are sorted by (user, instant), stably, so equal instants (a DST hour repeated without
   offsets and without data.timezone, say) keep their file order; nothing else reorders them.
-- Values: a missing or non-finite value drops its row (counted per user and logged). With quantile
-  encoding the column must be numeric; with categorical encoding values are labels compared as text.
+- Missing cells, refused cells and the header: audit.py checks the whole file at start (the user index
+  pass). A row with a missing or non-finite value (empty, NaN, inf, -inf) or without a timestamp is
+  refused, or with `data.missing: drop` left out. With quantile encoding the column must be numeric;
+  with categorical encoding values are labels compared as text.
 - `data.step: null`: the rows as given. Several rows at the same timestamp stay separate, consecutive
   observations (in file order); set `step` to aggregate them instead.
+- Every step here that changes a user's series (rows dropped, rows reordered, duplicate timestamps,
+  rows aggregated into a bin, empty bins) is counted in the user's Cleaning (cleaning.py), which the
+  result rows carry; the log says it too.
 - `data.step` set: each user's values are resampled with pandas on the local wall-clock time, from
   the bin of the first to the bin of the last timestamp. Empty bins become 0 for `sum` and `count`
   (no events is a count of zero) and are dropped for `mean`, `min`, `max`, `first`, `last` (there is
   no value to report).
 
-Reading by user (the Task protocol's ReadsByUser): `user_index` reads the user id column only, in
-chunks (CSV) or record batches (Parquet), and gives the sorted ids and rows per user; `load(settings,
+Reading by user (the Task protocol's ReadsByUser): `user_index` reads the three configured columns in
+chunks (CSV) or record batches (Parquet), audits them (audit.py: so a problem anywhere in the file stops
+every shard at start alike) and gives the sorted ids and rows per user; `load(settings,
 users)` then reads only those users' rows: a CSV in chunks, keeping the matching rows of each; a
 Parquet file row group by row group, skipping a group whose user id statistics (min, max) hold none
 of the users, so a file sorted or clustered by user id is mostly not read at all. Every check above
-applies to the rows read, and a message names a row by its line in the whole file (row 1 = the first
-data row), whichever rows were read.
+applies to the rows read, and a message names a row by its place in the whole file (row 1 = the first
+data row, line 2 of a CSV), whichever rows were read.
 """
 
 from __future__ import annotations
@@ -45,12 +51,23 @@ from dataclasses import dataclass
 from datetime import datetime
 from functools import cached_property
 from pathlib import Path
-from typing import Collection, Iterator
+from typing import Collection, Iterator, NamedTuple
 
 import numpy as np
 import pandas as pd
 
 from shardrun.errors import DataError
+from shardrun.infodynamics.audit import (
+    EXAMPLES,
+    InputAudit,
+    missing_ids,
+    no_user_id,
+    not_numbers,
+    repeated_columns,
+    row_list,
+    unparsed_times,
+)
+from shardrun.infodynamics.cleaning import Cleaning
 from shardrun.infodynamics.settings import DataSettings, Settings
 from shardrun.digest import file_sha256
 from shardrun.task import UserIndex
@@ -59,7 +76,6 @@ log = logging.getLogger(__name__)
 
 CSV_SUFFIXES = (".csv", ".csv.gz", ".csv.bz2", ".csv.xz", ".csv.zip")
 PARQUET_SUFFIXES = (".parquet", ".pq")
-_EXAMPLES = 5  # bad values quoted in an error message
 _MIXED_OFFSETS = "Mixed timezones"  # pandas' message when one column holds several UTC offsets
 # Rows per CSV chunk and per Parquet record batch of the streaming reads: large enough that pandas'
 # per-call overhead vanishes, small enough that one chunk is a few tens of MiB of text.
@@ -73,8 +89,7 @@ class UserSeries:
     user_id: str
     values: np.ndarray  # float64 (quantile encoding) or labels as str objects (categorical)
     hours: np.ndarray  # local hour of day, 0..23, one per value
-    dropped_missing: int  # rows dropped because the value was missing or not finite
-    duplicate_times: int  # rows sharing their timestamp with the previous row (before resampling)
+    cleaning: Cleaning  # what loading did to the user's rows (cleaning.py)
 
     @property
     def n_obs(self) -> int:
@@ -86,6 +101,8 @@ class _UserRows:
     instants: np.ndarray  # int64 ns, ordering key (UTC for offset-aware input)
     local_times: np.ndarray  # datetime64[ns], local wall-clock time
     values: np.ndarray
+    missing_times: int = 0  # rows left out before these for want of a timestamp (data.missing: drop)
+    out_of_order: int = 0  # rows whose timestamp is earlier than the user's row before them in the file
 
 
 class Dataset:
@@ -110,24 +127,26 @@ class Dataset:
             raise KeyError(f"user {user_id!r} is not in {self.path}") from None
         missing = _missing_values(rows.values, self._settings.encoding)
         dropped = int(np.count_nonzero(missing))
+        infinite = 0
         values, local_times, instants = rows.values, rows.local_times, rows.instants
         if dropped:  # else the rows as they are: three copies cost a small user more than its symbols
+            if values.dtype != object:
+                infinite = int(np.count_nonzero(np.isinf(values)))
             values, local_times, instants = values[~missing], local_times[~missing], instants[~missing]
-            log.info("user %s: dropped %d rows with a missing value", user_id, dropped)
+            log.info("user %s: dropped %d rows with a missing or infinite value (data.missing: drop)", user_id,
+                     dropped)
         duplicates = int(np.count_nonzero(instants[1:] == instants[:-1]))
+        merged = empty = 0
         if self._settings.step is not None:
-            values, local_times = resample(values, local_times, self._settings.step, self._settings.aggregate)
+            values, local_times, merged, empty = resample(values, local_times, self._settings.step,
+                                                          self._settings.aggregate)
         elif duplicates:
             log.info("user %s: %d rows share a timestamp with the previous row; kept as separate rows",
                      user_id, duplicates)
-        hours = hour_of_day(local_times)
-        return UserSeries(
-            user_id=user_id,
-            values=values,
-            hours=hours,
-            dropped_missing=dropped,
-            duplicate_times=duplicates,
-        )
+        cleaning = Cleaning(missing_values=dropped - infinite, infinite_values=infinite,
+                            missing_times=rows.missing_times, out_of_order=rows.out_of_order,
+                            duplicate_times=duplicates, merged_rows=merged, empty_bins=empty)
+        return UserSeries(user_id=user_id, values=values, hours=hour_of_day(local_times), cleaning=cleaning)
 
 
 def hour_of_day(local_times: np.ndarray) -> np.ndarray:
@@ -144,8 +163,16 @@ def load(settings: Settings, users: Collection[str] | None = None) -> Dataset:
         frame = read_table(path, data)
         if frame.empty:
             raise _no_rows(path)
+        audit = InputAudit(path, data)
+        present = audit.add(frame)
+        audit.finish(frame[data.user_column][present].astype(str).unique().tolist())
     else:
         frame = read_rows_of(path, data, users)
+        # The user index has audited the whole file; the rows read are audited again for a caller that
+        # did not read it first (their timestamps are parsed below anyway).
+        audit = InputAudit(path, data, whole_file=False, parse_times=False)
+        audit.add(frame)
+        audit.finish(())
     rows_by_user = _group_by_user(frame, path, data)
     log.info("loaded %s: %d rows, %d users", path, len(frame), len(rows_by_user))
     return Dataset(path=path, rows_by_user=rows_by_user, settings=data)
@@ -170,74 +197,87 @@ def _no_rows(path: Path) -> DataError:
 
 def _group_by_user(frame: pd.DataFrame, path: Path, data: DataSettings) -> dict[str, _UserRows]:
     """Every check of the rows, then each user's rows sorted by instant. The frame's index is each row's
-    position in the whole file, which the error messages name."""
+    position in the whole file, which the error messages name. A row without a timestamp is left out
+    with data.missing: drop (counted; its user stays, with its other rows or none) and refused otherwise."""
     users = _user_ids(frame[data.user_column], path, data.user_column)
+    codes, user_ids = pd.factorize(users, sort=True)
+    missing_times = np.zeros(len(user_ids), dtype=np.int64)
+    timed = frame[data.time_column].notna().to_numpy()
+    if data.missing == "drop" and not timed.all():
+        missing_times = np.bincount(codes[~timed], minlength=len(user_ids))
+        frame, codes = frame[timed], codes[timed]
+        log.info("dropped %d rows without a timestamp, of %d users (data.missing: drop)",
+                 int(missing_times.sum()), int(np.count_nonzero(missing_times)))
     instants, local_times = parse_timestamps(frame[data.time_column], path, data.time_column, data.time_format,
                                              data.timezone)
     values = _typed_values(frame[data.value_column], path, data)
-    codes, user_ids = pd.factorize(users, sort=True)
-    # Sort by user, then by instant; np.lexsort is stable, so equal instants keep file order.
-    order = np.lexsort((instants, codes))
-    codes, instants, local_times, values = codes[order], instants[order], local_times[order], values[order]
-    starts = np.flatnonzero(np.r_[True, codes[1:] != codes[:-1]])
-    stops = np.r_[starts[1:], len(codes)]
+    # Each user's rows in file order (a stable sort by user), where a row earlier than the one before it
+    # is out of order; then by instant, stably, so equal instants keep file order.
+    by_user = np.argsort(codes, kind="stable")
+    codes, instants, local_times, values = codes[by_user], instants[by_user], local_times[by_user], values[by_user]
+    earlier = (instants[1:] < instants[:-1]) & (codes[1:] == codes[:-1])
+    out_of_order = np.bincount(codes[1:][earlier], minlength=len(user_ids))
+    if earlier.any():
+        order = np.lexsort((instants, codes))
+        codes, instants, local_times, values = codes[order], instants[order], local_times[order], values[order]
+    every_user = np.arange(len(user_ids))
+    starts, stops = np.searchsorted(codes, every_user, side="left"), np.searchsorted(codes, every_user, side="right")
     return {
-        str(user_ids[codes[start]]): _UserRows(instants[start:stop], local_times[start:stop], values[start:stop])
-        for start, stop in zip(starts, stops)
+        str(user_ids[code]): _UserRows(instants[start:stop], local_times[start:stop], values[start:stop],
+                                       missing_times=int(missing_times[code]), out_of_order=int(out_of_order[code]))
+        for code, start, stop in zip(every_user, starts, stops)
     }
 
 
 def user_index(settings: Settings) -> UserIndex:
-    """The Task protocol's optional user_index: the user id column only, streamed (ReadsByUser).
+    """The Task protocol's optional user_index: the three configured columns streamed (ReadsByUser),
+    audited over the whole file (audit.py) and the ids counted.
 
-    The ids are checked as the full load checks them (_user_ids, the same message over the whole file)
-    and sorted as Dataset.user_ids sorts them.
+    The ids are checked as the full load checks them (the same audit, the same messages over the whole
+    file) and sorted as Dataset.user_ids sorts them.
     """
     data = settings.data
     path = data_file(data)
-    name = data.user_column
+    audit = InputAudit(path, data)
     counts: list[pd.Series] = []
-    rows = 0
-    missing_rows: list[int] = []  # the first _EXAMPLES rows without an id, as positions in the file
-    missing_count = 0
-    for chunk in _user_id_chunks(path, data):
-        missing = _missing_ids(chunk)
-        if missing.any():
-            positions = np.flatnonzero(missing)
-            missing_count += len(positions)
-            missing_rows.extend((rows + positions[:_EXAMPLES]).tolist())
-            chunk = chunk[~missing]
-        counts.append(chunk.astype(str).value_counts(sort=False))
-        rows += len(missing)
-    if rows == 0:
+    for chunk in _column_chunks(path, data):
+        present = audit.add(chunk)
+        counts.append(chunk[data.user_column][present].astype(str).value_counts(sort=False))
+    if audit.rows == 0:
         raise _no_rows(path)
-    if missing_count:
-        raise _no_user_id(path, name, missing_count, np.asarray(missing_rows[:_EXAMPLES]))
     per_user = pd.concat(counts).groupby(level=0, sort=False).sum()
     user_ids = tuple(sorted(str(user) for user in per_user.index))
+    audit.finish(user_ids)
     observations = tuple(int(n) for n in per_user.reindex(list(user_ids)).to_numpy())
-    log.info("indexed %s: %d rows, %d users", path, rows, len(user_ids))
+    log.info("indexed %s: %d rows, %d users", path, audit.rows, len(user_ids))
     return UserIndex(user_ids=user_ids, fingerprint=file_sha256(path), observations=observations)
 
 
-def _user_id_chunks(path: Path, data: DataSettings) -> Iterator[pd.Series]:
-    """The user id column in file order, a chunk at a time, as the full load reads it (text in a CSV;
-    a Parquet column as pandas converts it, so that astype(str) spells ids alike)."""
-    name = data.user_column
+def _column_chunks(path: Path, data: DataSettings) -> Iterator[pd.DataFrame]:
+    """The three configured columns in file order, a chunk at a time, as the full load reads them (typed
+    as read_table types them, the timestamps' text aside), each indexed by its rows' positions in the file."""
+    wanted = _wanted_columns(data)
     kind = _kind(path)
     try:
         if kind == "csv":
-            _require_columns(list(pd.read_csv(path, nrows=0).columns), [name], path)
-            with pd.read_csv(path, usecols=[name], dtype={name: str}, chunksize=STREAM_ROWS) as reader:
-                for chunk in reader:
-                    yield chunk[name]
+            _require_columns(_header(path, kind, wanted), wanted, path)
+            # Timestamps as Python strings: pandas parses those (the audit's check) without first
+            # converting an Arrow string array, which halves what the check costs. read_csv numbers a
+            # chunk's rows on from the previous chunk: the index is the file position.
+            types = _text_columns(data) | {data.time_column: object}
+            with pd.read_csv(path, usecols=wanted, dtype=types, chunksize=STREAM_ROWS) as reader:
+                yield from reader
             return
         import pyarrow.parquet as pq
 
         parquet = pq.ParquetFile(path)
-        _require_columns(list(parquet.schema_arrow.names), [name], path)
-        for batch in parquet.iter_batches(batch_size=STREAM_ROWS, columns=[name]):
-            yield batch.column(0).to_pandas()
+        _require_columns(_header(path, kind, wanted), wanted, path)
+        first_row = 0
+        for batch in parquet.iter_batches(batch_size=STREAM_ROWS, columns=wanted):
+            chunk = batch.to_pandas()
+            chunk.index = pd.RangeIndex(first_row, first_row + len(chunk))
+            first_row += len(chunk)
+            yield chunk
     except _READ_ERRORS as exc:
         raise _unreadable(path, exc) from None
 
@@ -253,7 +293,7 @@ def read_rows_of(path: Path, data: DataSettings, users: Collection[str]) -> pd.D
     kind = _kind(path)
     try:
         if kind == "csv":
-            _require_columns(list(pd.read_csv(path, nrows=0).columns), wanted, path)
+            _require_columns(_header(path, kind, wanted), wanted, path)
             keep = set(chosen)
             with pd.read_csv(path, usecols=wanted, dtype=_text_columns(data), chunksize=STREAM_ROWS) as reader:
                 # read_csv numbers a chunk's rows on from the previous chunk: the index is the file position.
@@ -270,7 +310,7 @@ def _parquet_rows_of(path: Path, data: DataSettings, wanted: list[str], chosen: 
     import pyarrow.parquet as pq
 
     parquet = pq.ParquetFile(path)
-    _require_columns(list(parquet.schema_arrow.names), wanted, path)
+    _require_columns(_header(path, "parquet", wanted), wanted, path)
     id_type = parquet.schema_arrow.field(data.user_column).type
     textual = pa.types.is_string(id_type) or pa.types.is_large_string(id_type)
     leaf = list(parquet.metadata.schema.names).index(data.user_column)
@@ -312,14 +352,9 @@ def read_table(path: Path, data: DataSettings) -> pd.DataFrame:
     wanted = _wanted_columns(data)
     kind = _kind(path)
     try:
+        _require_columns(_header(path, kind, wanted), wanted, path)
         if kind == "csv":
-            present = list(pd.read_csv(path, nrows=0).columns)
-            _require_columns(present, wanted, path)
             return pd.read_csv(path, usecols=wanted, dtype=_text_columns(data))
-        import pyarrow.parquet as pq
-
-        present = list(pq.read_schema(path).names)
-        _require_columns(present, wanted, path)
         return pd.read_parquet(path, columns=wanted)
     except _READ_ERRORS as exc:
         raise _unreadable(path, exc) from None
@@ -358,6 +393,20 @@ def _text_columns(data: DataSettings) -> dict[str, type]:
     return text_columns
 
 
+def _header(path: Path, kind: str, wanted: list[str]) -> list[str]:
+    """The file's column names as written (pandas renames a repeated name, `value` to `value.1`), a
+    DataError when one of `wanted` is named more than once."""
+    if kind == "csv":
+        first_line = pd.read_csv(path, header=None, nrows=1, dtype=str, keep_default_na=False)
+        present = [str(name) for name in first_line.iloc[0]] if len(first_line) else []
+    else:
+        import pyarrow.parquet as pq
+
+        present = list(pq.read_schema(path).names)
+    repeated_columns(path, present, wanted)
+    return present
+
+
 def _require_columns(present: list[str], wanted: list[str], path: Path) -> None:
     missing = [column for column in dict.fromkeys(wanted) if column not in present]
     if missing:
@@ -368,23 +417,10 @@ def _require_columns(present: list[str], wanted: list[str], path: Path) -> None:
         )
 
 
-def _missing_ids(column: pd.Series) -> np.ndarray:
-    # An empty id counts as missing: a CSV cannot tell "" from no value (it reads both as missing,
-    # here and in the merged results.csv), so a Parquet file must not make "" a user either.
-    return (column.isna() | (column.astype(str) == "")).to_numpy()
-
-
-def _no_user_id(path: Path, name: str, count: int, first_rows: np.ndarray) -> DataError:
-    return DataError(
-        f"data file {path}: {count} rows have no user id (missing or empty) in column {name!r}"
-        f" ({_row_list(first_rows, count)}); fill in or remove those rows."
-    )
-
-
 def _user_ids(column: pd.Series, path: Path, name: str) -> np.ndarray:
-    missing = _missing_ids(column)
+    missing = missing_ids(column)
     if missing.any():
-        raise _no_user_id(path, name, int(missing.sum()), _file_rows(column, np.flatnonzero(missing)))
+        raise DataError(no_user_id(path, name, int(missing.sum()), _file_rows(column, np.flatnonzero(missing))))
     return column.astype(str).to_numpy(dtype=object)
 
 
@@ -405,7 +441,7 @@ def parse_timestamps(column: pd.Series, path: Path, name: str, time_format: str 
     if empty.any():
         raise DataError(
             f"data file {path}: {int(empty.sum())} rows have no timestamp in column {name!r}"
-            f" ({_row_list(_file_rows(column, np.flatnonzero(empty)))}); fill in or remove those rows."
+            f" ({row_list(_file_rows(column, np.flatnonzero(empty)))}); fill in or remove those rows."
         )
     if isinstance(column.dtype, pd.DatetimeTZDtype) or pd.api.types.is_datetime64_dtype(column):
         times = _Times.of(column)  # a native datetime column (Parquet): data.time_format does not apply
@@ -448,7 +484,7 @@ class _Times:
             if self.aware.any() and not self.aware.all():
                 raise DataError(
                     f"data file {path}: column {name!r} mixes timestamps with and without a UTC offset"
-                    f" ({_row_list(file_rows[np.flatnonzero(~self.aware)])} have none), so their order is unknown; give every"
+                    f" ({row_list(file_rows[np.flatnonzero(~self.aware)])} have none), so their order is unknown; give every"
                     " timestamp an offset or none, or set data.timezone to the zone the ones without an offset"
                     " are written in (such as \"Europe/Berlin\")."
                 )
@@ -468,7 +504,7 @@ class _Times:
             unplaced = np.flatnonzero(~self.aware)[np.asarray(placed.isna())]
             if len(unplaced):
                 examples = "; ".join(f"row {file_rows[i] + 1}: {pd.Timestamp(self.naive[i])}"
-                                     for i in unplaced[:_EXAMPLES])
+                                     for i in unplaced[:EXAMPLES])
                 raise DataError(
                     f"data file {path}: column {name!r} has {len(unplaced)} timestamps without a UTC offset that"
                     f" name no single instant in data.timezone {zone!r} ({examples}): the hour the clocks repeat"
@@ -509,20 +545,9 @@ def _refuse_unparsed(column: pd.Series, path: Path, name: str, time_format: str 
 
 
 def _refuse(column: pd.Series, bad: np.ndarray, path: Path, name: str, time_format: str | None) -> None:
-    examples = "; ".join(f"row {column.index[i] + 1}: {column.iloc[i]!r}" for i in bad[:_EXAMPLES])
-    more = f" and {len(bad) - _EXAMPLES} more" if len(bad) > _EXAMPLES else ""
-    if time_format:
-        raise DataError(
-            f"data file {path}: column {name!r} has {len(bad)} timestamps that do not match data.time_format"
-            f" {time_format!r} ({examples}{more}); fix those rows, or set data.time_format to the format the"
-            " column is written in."
-        )
-    raise DataError(
-        f"data file {path}: column {name!r} has {len(bad)} timestamps that are not ISO 8601 ({examples}{more})."
-        " Dates such as 11/01/2025 are never guessed (11 January or 1 November?): write ISO 8601 such as"
-        " 2025-01-31T13:00:00 or 2025-01-31T13:00:00+01:00, or set data.time_format to the column's format,"
-        ' such as "%d/%m/%Y %H:%M" (day first) or "%m/%d/%Y %H:%M" (month first).'
-    )
+    examples = "; ".join(f"row {column.index[i] + 1}: {column.iloc[i]!r}" for i in bad[:EXAMPLES])
+    more = f" and {len(bad) - EXAMPLES} more" if len(bad) > EXAMPLES else ""
+    raise DataError(unparsed_times(path, name, len(bad), examples + more, time_format))
 
 
 def _as_ns(times: pd.Series | pd.DatetimeIndex) -> np.ndarray:
@@ -539,12 +564,8 @@ def _typed_values(column: pd.Series, path: Path, data: DataSettings) -> np.ndarr
     numbers = pd.to_numeric(column, errors="coerce")
     bad = np.flatnonzero((numbers.isna() & column.notna()).to_numpy())
     if len(bad):
-        examples = "; ".join(f"row {column.index[i] + 1}: {column.iloc[i]!r}" for i in bad[:_EXAMPLES])
-        raise DataError(
-            f"data file {path}: column {data.value_column!r} holds values that are not numbers ({examples});"
-            " quantile encoding needs numbers. Fix the column, or set data.encoding: categorical to treat the"
-            " values as labels."
-        )
+        examples = "; ".join(f"row {column.index[i] + 1}: {column.iloc[i]!r}" for i in bad[:EXAMPLES])
+        raise DataError(not_numbers(path, data.value_column, examples))
     return numbers.to_numpy(dtype=np.float64)
 
 
@@ -554,25 +575,27 @@ def _missing_values(values: np.ndarray, encoding: str) -> np.ndarray:
     return ~np.isfinite(values)
 
 
-def resample(values: np.ndarray, local_times: np.ndarray, step: str, aggregate: str) -> tuple[np.ndarray, np.ndarray]:
+class Resampled(NamedTuple):
+    values: np.ndarray
+    local_times: np.ndarray
+    merged_rows: int  # rows that share their bin with another row (rows minus bins holding a row)
+    empty_bins: int  # bins between the first and the last without a row (0 or left out by the aggregate)
+
+
+def resample(values: np.ndarray, local_times: np.ndarray, step: str, aggregate: str) -> Resampled:
     """Values on a regular grid of `step` on the local clock (see the module docstring for empty bins)."""
     if len(values) == 0:
-        return values, local_times
+        return Resampled(values, local_times, 0, 0)
     dtype = object if values.dtype == object else np.float64
     series = pd.Series(values, index=pd.DatetimeIndex(local_times), dtype=dtype).sort_index(kind="stable")
-    binned = series.resample(step).agg(aggregate)
+    bins = series.resample(step)
+    binned = bins.agg(aggregate)
+    sizes = bins.size().to_numpy()
+    held = int(np.count_nonzero(sizes > 0))
     binned = binned[binned.notna()]
     if values.dtype == object:
         # Categorical: the aggregate is a label (or a count, whose text is the label).
         out = np.array([str(v) for v in binned.to_numpy()], dtype=object)
     else:
         out = binned.to_numpy(dtype=np.float64)
-    return out, _as_ns(binned.index)
-
-
-def _row_list(rows: np.ndarray, count: int | None = None) -> str:
-    """'rows 1, 4 and 7 more': the first positions (0-based in the file) of `count` rows (default all of `rows`)."""
-    count = len(rows) if count is None else count
-    shown = ", ".join(str(int(i) + 1) for i in rows[:_EXAMPLES])
-    more = f" and {count - _EXAMPLES} more" if count > _EXAMPLES else ""
-    return f"rows {shown}{more}"
+    return Resampled(out, _as_ns(binned.index), len(values) - held, len(sizes) - held)

@@ -20,6 +20,12 @@ Keys and defaults (`task`, `jvm` and `output` belong to the core and are not rea
     data.aggregate         sum | mean | min | max | count | first | last, default sum; used only with
                            `step`. With categorical encoding only first | last | min | max | count,
                            because a sum or mean of labels is not a label.
+    data.missing           refuse | drop, default refuse. What a row with a missing or non-finite value
+                           (empty, NaN, inf, -inf) or without a timestamp does: refuse stops every
+                           shard at start (exit 2) naming the rows and users; drop leaves those rows
+                           out, and each user's result rows count them (n_dropped, dropped_reason;
+                           data.py, cleaning.py). Not hashed: on the same input both give the same
+                           rows or refuse gives none.
     data.min_observations  integer >= 1, default 20. An addition to the original config: a user with
                            fewer observations (after NaN removal and resampling) than
                            max(min_observations, largest k + 2) is skipped with a reason.
@@ -63,6 +69,7 @@ ENCODINGS = ("quantile", "categorical")
 AGGREGATES = ("sum", "mean", "min", "max", "count", "first", "last")
 CATEGORICAL_AGGREGATES = ("first", "last", "min", "max", "count")
 FEATURE_MODES = ("activity", "composite")
+MISSING_RULES = ("refuse", "drop")
 STRATEGIES = ("AIS",)
 LEVELS_MAX = 256
 SURROGATES_MAX = 10_000
@@ -79,6 +86,9 @@ class DataSettings:
     step: str | None
     aggregate: str
     min_observations: int
+    # Not hashed: with the same input, refuse and drop give the same rows, or refuse gives none (it
+    # refuses at start), so a run dir keeps its hash whichever is set.
+    missing: str = field(default="refuse", kw_only=True, metadata={"hashed": False})
     # Not fields here (see the module docstring): null unless set, then TimedDataSettings holds them.
     time_format: ClassVar[str | None] = None
     timezone: ClassVar[str | None] = None
@@ -186,6 +196,7 @@ def parse_data(section: Section) -> DataSettings:
         step=step,
         aggregate=aggregate,
         min_observations=section.get("min_observations", int, default=20, check=_at_least(1)),
+        missing=section.choice("missing", MISSING_RULES, default="refuse"),
         **timed,
     )
 
