@@ -154,9 +154,9 @@ def test_check_rows_catches_out_of_range_values(tmp_path):
     good = {
         "user_id": "a", "feature_mode": "activity", "status": "ok", "reason": "", "n_obs": 100, "base": 4,
         "entropy_bits": 1.5, "k_selected": 2, "ais_bits": 0.5,
-        "ais_k1_bits": 0.4, "ais_k1_null_mean_bits": 0.01, "ais_k1_p": 0.0,
-        "ais_k2_bits": 0.5, "ais_k2_null_mean_bits": 0.02, "ais_k2_p": 0.01,
-        "te_hour_bits": 0.1, "te_hour_p": 0.5,
+        "ais_k1_bits": 0.4, "ais_k1_null_mean_bits": 0.01, "ais_k1_p": 1 / 9,  # (b + 1) / (8 surrogates + 1)
+        "ais_k2_bits": 0.5, "ais_k2_null_mean_bits": 0.02, "ais_k2_p": 2 / 9,
+        "te_hour_bits": 0.1, "te_hour_p": 5 / 9,
     }
     assert task.check_rows(pd.DataFrame([good]), settings) == []
     # AIS over the N-k next values may exceed the entropy over all N, but by at most N/(N-k).
@@ -167,6 +167,9 @@ def test_check_rows_catches_out_of_range_values(tmp_path):
         "negative": ({"ais_k1_bits": -0.01}, "ais_k1_bits outside"),
         "entropy": ({"entropy_bits": 2.1}, "entropy_bits outside"),
         "p": ({"ais_k2_p": 1.5}, "ais_k2_p outside"),
+        "p zero": ({"ais_k1_p": 0.0}, "ais_k1_p outside [1/(surrogates + 1), 1] = [1/9, 1]"),
+        "p of b/S": ({"ais_k2_p": 4 / 8}, "ais_k2_p not a whole multiple of 1/(surrogates + 1)"),
+        "te_p zero": ({"te_hour_p": 0.0}, "te_hour_p outside"),
         "k": ({"k_selected": 3}, "k_selected outside"),
         "selected": ({"ais_bits": 0.4}, "ais_bits different"),
         "te": ({"te_hour_bits": -0.001}, "te_hour_bits outside"),

@@ -4,7 +4,8 @@ For ok rows, with N = n_obs and k the k of the column (k_selected for ais_bits a
 - 0 <= entropy_bits <= log2(base);
 - 0 <= AIS and its null mean <= entropy_bits * N / (N - k), and <= log2(base);
 - 0 <= te_hour_bits <= entropy_bits * N / (N - k) and <= log2(data.levels);
-- p-values in [0, 1]; k_selected in the grid; ais_bits equal to ais_k<k_selected>_bits;
+- p-values (b + 1) / (S + 1), S = surrogates: in [1 / (S + 1), 1] and a whole multiple of 1 / (S + 1);
+  k_selected in the grid; ais_bits equal to ais_k<k_selected>_bits;
 - n_obs at least max(data.min_observations, largest k + 2) and base the mode's base.
 Skipped and failed rows must have a reason.
 
@@ -85,7 +86,7 @@ def _check_ok_rows(ok: pd.DataFrame, settings: Settings) -> list[str]:
         for column, values in ((bits.name, bits), (null_mean.name, null_mean)):
             inside = (values >= -TOLERANCE) & (values <= bound(k))
             problems += _report(ok, evaluated & ~inside, f"have {column} outside [0, entropy_bits * N/(N-{k})]")
-        problems += _report(ok, evaluated & ~p_value.between(0, 1), f"have ais_k{k}_p outside [0, 1]")
+        problems += _check_p_values(ok, p_value, evaluated, settings.surrogates)
 
     ais_bits = _number(ok, "ais_bits")
     at_selected = pd.Series(np.nan, index=ok.index)
@@ -96,7 +97,18 @@ def _check_ok_rows(ok: pd.DataFrame, settings: Settings) -> list[str]:
     te = _number(ok, "te_hour_bits")
     te_inside = (te >= -TOLERANCE) & (te <= bound(k_selected)) & (te <= math.log2(settings.data.levels) + TOLERANCE)
     problems += _report(ok, ~te_inside, "have te_hour_bits outside [0, min(entropy_bits * N/(N-k), log2(levels))]")
-    problems += _report(ok, ~_number(ok, "te_hour_p").between(0, 1), "have te_hour_p outside [0, 1]")
+    problems += _check_p_values(ok, _number(ok, "te_hour_p"), pd.Series(True, index=ok.index), settings.surrogates)
+    return problems
+
+
+def _check_p_values(ok: pd.DataFrame, p_value: pd.Series, evaluated: pd.Series, surrogates: int) -> list[str]:
+    """A p of S surrogates is (b + 1) / (S + 1) for a whole b in 0..S (measures.permutation_p_value)."""
+    draws = p_value * (surrogates + 1)
+    problems = _report(ok, evaluated & ~p_value.between(1 / (surrogates + 1), 1),
+                       f"have {p_value.name} outside [1/(surrogates + 1), 1] = [1/{surrogates + 1}, 1]")
+    problems += _report(ok, evaluated & p_value.between(0, 1) & ~((draws - draws.round()).abs() <= 1e-6),
+                        f"have {p_value.name} not a whole multiple of 1/(surrogates + 1) = 1/{surrogates + 1}"
+                        " (a p-value of another definition?)")
     return problems
 
 
