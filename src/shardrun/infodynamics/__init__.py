@@ -3,7 +3,8 @@
 Found by the core through `task: shardrun.infodynamics:task`. One module per job: settings (config
 keys), data (loading), symbols (symbolisation), states (observed pasts), surrogates (the seeded
 permutations), jarrays (numpy to Java arrays), jclasses (the Java classes, looked up once), measures (the JIDT calls), heap (memory model and
-preflight), analysis (one user's rows), checks (value ranges of a result set), jidt (the JVM hooks:
+preflight), analysis (one user's rows), fdr (q-values over the merged set's users), checks (value
+ranges of a result set), jidt (the JVM hooks:
 the jar from idtxl-uv, JIDT's wrapped heap exhaustion, the heap advice, the jar's sha256), versions
 (provenance), reference (JIDT's dense calculators, for tests and benchmarks only).
 """
@@ -15,6 +16,7 @@ import dataclasses
 from shardrun.infodynamics.analysis import analyse_user, failed_rows, result_columns
 from shardrun.infodynamics.checks import check_rows
 from shardrun.infodynamics.data import load, user_index
+from shardrun.infodynamics.fdr import set_columns, set_report
 from shardrun.infodynamics.cost import user_seconds
 from shardrun.infodynamics.heap import index_heap_needs, preflight, user_heap_needs
 from shardrun.infodynamics.plots import summary_panels
@@ -40,6 +42,9 @@ class InfodynamicsTask:
     check_rows = staticmethod(check_rows)
     describe_versions = staticmethod(describe_versions)
     summary_panels = staticmethod(summary_panels)  # the optional DrawsSummary part: its panels of summary.png
+    # the optional AddsSetColumns part: BH q-values over the merged set's users, and their counts
+    set_columns = staticmethod(set_columns)
+    set_report = staticmethod(set_report)
     # The optional RunsOnJvm part: JIDT's jar, its wrapped OutOfMemoryError, the advice, the jar's sha256.
     jvm_classpath = staticmethod(jvm_classpath)
     is_heap_exhaustion = staticmethod(is_jidt_heap_exhaustion)
