@@ -130,6 +130,21 @@ def p_value(null, value) -> float:
     return (at_or_above + 1) / (len(null) + 1)
 
 
+def brute_force_q(p_values) -> list[float]:
+    """BH's adjusted p-value by its definition, O(m^2): q_i = min over the p_j >= p_i of p_j * m / rank_j,
+    rank_j the number of p-values <= p_j (ties share the highest rank), at most 1; NaN is no test."""
+    tested = [p for p in p_values if not math.isnan(p)]
+    m = len(tested)
+    q_values = []
+    for p in p_values:
+        if math.isnan(p):
+            q_values.append(math.nan)
+            continue
+        candidates = [other * m / sum(1 for x in tested if x <= other) for other in tested if other >= p]
+        q_values.append(min(1.0, min(candidates)))
+    return q_values
+
+
 def expected_mode_row(values, hour_bins_series, mode: str, levels: int, hour_bins: int, ks, surrogates: int,
                       seed: int, user: str) -> dict:
     """The numbers of one (user, mode) row, computed independently: entropy, AIS per k, selection, TE."""

@@ -12,22 +12,8 @@ import pytest
 
 from shardrun.infodynamics import task
 from shardrun.infodynamics.fdr import bh_q_values
+from independent_estimator import brute_force_q
 from test_infodynamics_analysis import make_settings
-
-
-def brute_force_q(p_values) -> list[float]:
-    """BH's adjusted p-value by its definition, O(m^2): q_i = min over the p_j >= p_i of p_j * m / rank_j,
-    rank_j the number of p-values <= p_j (ties share the highest rank), at most 1; NaN is no test."""
-    tested = [p for p in p_values if not math.isnan(p)]
-    m = len(tested)
-    q_values = []
-    for p in p_values:
-        if math.isnan(p):
-            q_values.append(math.nan)
-            continue
-        candidates = [other * m / sum(1 for x in tested if x <= other) for other in tested if other >= p]
-        q_values.append(min(1.0, min(candidates)))
-    return q_values
 
 
 def assert_same(actual, expected) -> None:
