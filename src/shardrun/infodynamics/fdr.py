@@ -25,7 +25,7 @@ import pandas as pd
 from shardrun.infodynamics.analysis import p_columns, q_column
 from shardrun.infodynamics.settings import Settings
 
-# The false discovery rate merge_report.json counts significant users at (the picture's threshold too).
+# The false discovery rate at which merge_report.json counts the significant users of a family.
 ALPHA = 0.05
 
 
