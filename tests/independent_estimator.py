@@ -122,10 +122,27 @@ def plugin_te_null(source, dest, k, permutations) -> list[float]:
 
 
 def p_value(null, value) -> float:
-    """JIDT's p-value; asserts no surrogate is within rounding of the value, where >= could flip."""
+    """The permutation p-value (b + 1) / (S + 1) of Phipson & Smyth (2010): the observed value counted as
+    one more draw of the null. Asserts no surrogate is within rounding of the value, where >= could flip."""
     null = np.asarray(null)
     assert not np.any(np.abs(null - value) < 1e-9), "a surrogate ties the value: pick other test data"
-    return float(np.count_nonzero(null >= value) / len(null))
+    at_or_above = sum(1 for surrogate in null.tolist() if surrogate >= value)
+    return (at_or_above + 1) / (len(null) + 1)
+
+
+def brute_force_q(p_values) -> list[float]:
+    """BH's adjusted p-value by its definition, O(m^2): q_i = min over the p_j >= p_i of p_j * m / rank_j,
+    rank_j the number of p-values <= p_j (ties share the highest rank), at most 1; NaN is no test."""
+    tested = [p for p in p_values if not math.isnan(p)]
+    m = len(tested)
+    q_values = []
+    for p in p_values:
+        if math.isnan(p):
+            q_values.append(math.nan)
+            continue
+        candidates = [other * m / sum(1 for x in tested if x <= other) for other in tested if other >= p]
+        q_values.append(min(1.0, min(candidates)))
+    return q_values
 
 
 def expected_mode_row(values, hour_bins_series, mode: str, levels: int, hour_bins: int, ks, surrogates: int,

@@ -74,6 +74,24 @@ def test_hash_covers_the_science_not_the_heap_or_paths():
     assert config_hash(threaded.task, task.with_threads(threaded.settings, 8)) == base  # threads change no number
 
 
+def test_a_run_dir_of_the_earlier_p_values_is_not_continued():
+    """The p-value's definition is part of the engine, so of the config hash: a run dir started when a p
+    was JIDT's b / S (engine observed-pasts-v1/<scheme>) is refused on resume as another config's run."""
+    import dataclasses
+
+    from shardrun.config import config_hash
+    from shardrun.infodynamics.settings import ENGINE, P_VALUES
+    from shardrun.infodynamics.surrogates import SCHEME
+    from shardrun.storage.identity import run_difference
+
+    config = parse_config(SMALL)
+    assert P_VALUES in ENGINE and config.settings.engine == ENGINE
+    earlier = config_hash(config.task, dataclasses.replace(config.settings, engine=f"observed-pasts-v1/{SCHEME}"))
+    assert earlier != config.hash
+    difference = run_difference({"shards": 2, "config_hash": earlier}, 2, config.hash)
+    assert difference is not None and difference[0] == "config_hash" and earlier in difference[1]
+
+
 def test_auto_threads_share_this_process_cpus_among_the_shards():
     from shardrun.config import resolve_threads, usable_cpus
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -16,7 +17,7 @@ import pytest
 import yaml
 
 from e2e_support import faulty_task_config, analysis_values, read_status, shardrun
-from independent_estimator import assert_row_matches, expected_mode_row
+from independent_estimator import assert_row_matches, brute_force_q, expected_mode_row
 from store_support import committed_users
 
 pytestmark = pytest.mark.e2e
@@ -35,6 +36,7 @@ def test_pipeline_numbers_match_an_independent_implementation(workspace):
     """The numbers of real run_production processes on categorical data, against a plug-in estimator."""
     raw = pd.read_csv(workspace["data"])
     ref = workspace["reference"].set_index(["user_id", "feature_mode"])
+    expected_rows = {}
     for user, mine in raw.groupby("who"):
         mine = mine.sort_values("when", kind="stable")
         labels = sorted(set(mine["label"]))
@@ -43,6 +45,37 @@ def test_pipeline_numbers_match_an_independent_implementation(workspace):
         for mode in ("activity", "composite"):
             expected = expected_mode_row(values, hours, mode, 3, 4, (1, 2, 3, 4), 60, 12345, user)
             assert_row_matches(ref.loc[(user, mode)], expected)
+            expected_rows[(user, mode)] = expected
+    # the q-values over the set: Benjamini-Hochberg per feature mode and p column, by its definition
+    for mode in ("activity", "composite"):
+        users = sorted(user for user, row_mode in expected_rows if row_mode == mode)
+        for p_column in [f"ais_k{k}_p" for k in (1, 2, 3, 4)] + ["te_hour_p"]:
+            q_values = brute_force_q([expected_rows[(user, mode)][p_column] for user in users])
+            q_column = p_column.removesuffix("_p") + "_q"
+            for user, q in zip(users, q_values):
+                assert abs(ref.loc[(user, mode), q_column] - q) <= 1e-12, (user, mode, q_column)
+                assert ref.loc[(user, mode), p_column] >= 1 / 61
+
+
+def test_validation_catches_tampered_q_values(workspace, tmp_path):
+    """A real merged set whose q-values were edited: one below its p, two swapped out of BH's order."""
+    merged = tmp_path / "merged"
+    shutil.copytree(workspace["root"] / "reference" / "merged", merged)
+    frame = pd.read_parquet(merged / "results.parquet")
+    activity = frame.index[frame.feature_mode == "activity"]
+    by_p = frame.loc[activity, "te_hour_p"].sort_values(kind="stable").index
+    smaller, larger = next((a, b) for a, b in zip(by_p, by_p[1:]) if frame.at[a, "te_hour_q"] < frame.at[b, "te_hour_q"])
+    frame.loc[[smaller, larger], "te_hour_q"] = frame.loc[[larger, smaller], "te_hour_q"].to_numpy()
+    frame.loc[activity[0], "ais_k1_q"] = frame.at[activity[0], "ais_k1_p"] / 2
+    frame.to_parquet(merged / "results.parquet", index=False)
+
+    result = shardrun("validate", "--dir", str(merged), "--config", str(workspace["config"]), cwd=workspace["root"],
+                      check=False)
+    assert result.returncode != 0, result.stdout
+    output = result.stdout + result.stderr
+    assert "have ais_k1_q outside [ais_k1_p, 1]" in output, output
+    assert "have te_hour_q below the te_hour_q of a smaller te_hour_p" in output, output
+    assert "validation passed" not in output
 
 
 def test_sigkilled_shard_resumes_to_the_uninterrupted_result(workspace):
@@ -92,6 +125,8 @@ def test_launcher_runs_k_shards_merges_and_validates(workspace):
     for index in range(3):
         assert (root / "logs" / f"shard{index}.log").is_file()
         assert read_status(run_dir / f"shard-{index}-of-3")["state"] == "completed"
+    # K=3 gives K=1's set, its q-values over the whole set included
+    assert {"ais_k1_q", "te_hour_q"} <= set(workspace["reference"].columns)
     pd.testing.assert_frame_equal(analysis_values(run_dir / "merged"), workspace["reference"], check_exact=True)
     csv = pd.read_csv(run_dir / "merged" / "results.csv")
     assert len(csv) == len(workspace["reference"])
@@ -199,7 +234,16 @@ def test_failing_users_are_recorded_and_the_shard_goes_on(workspace, tmp_path):
     ok = merged[merged["status"] == "ok"].reset_index(drop=True)
     reference = workspace["reference"]
     expected = reference[~reference["user_id"].isin(["user-03", "user-05"])].reset_index(drop=True)
-    pd.testing.assert_frame_equal(ok, expected, check_exact=True, check_dtype=False)  # NaN makes ints nullable
+    # the q-values are over the whole set, whose failed users have no p: BH over the 12 ok users of each mode
+    q_columns = [c for c in reference.columns if c.endswith("_q")]
+    pd.testing.assert_frame_equal(ok.drop(columns=q_columns), expected.drop(columns=q_columns), check_exact=True,
+                                  check_dtype=False)  # NaN makes ints nullable
+    assert merged.loc[merged["status"] == "failed", q_columns].isna().all().all()
+    for mode, family in ok.groupby("feature_mode"):
+        assert len(family) == 12
+        for q_column in q_columns:
+            expected_q = brute_force_q(family[q_column.removesuffix("_q") + "_p"].tolist())
+            assert np.allclose(family[q_column], expected_q, rtol=0, atol=1e-12), (mode, q_column)
     # Failed users are a failed validation (exit 5) with their count by error class, unless tolerated.
     validation = shardrun("validate", "--dir", str(run / "merged"), cwd=root, env=env, check=False)
     assert validation.returncode == 5, validation.stdout + validation.stderr

@@ -12,6 +12,7 @@ import pytest
 
 from shardrun.section import Section
 from shardrun.infodynamics import task
+from shardrun.infodynamics.analysis import row_columns
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "data" / "sample_users.csv"
@@ -24,6 +25,12 @@ def make_settings(path: Path, *, k_grid=(1, 2), surrogates=8, modes=("activity",
     settings = task.parse_settings(top)
     top.finish()
     return settings
+
+
+def as_merged(rows, settings) -> pd.DataFrame:
+    """Users' rows as the merge makes them a result set: with the q-values over the set (fdr.py)."""
+    frame = pd.DataFrame(rows)
+    return frame.assign(**task.set_columns(frame, settings))[task.result_columns(settings)]
 
 
 def sample_subset(path: Path, users=("u001", "u021", "u041"), hours=200, shuffle=False) -> Path:
@@ -44,10 +51,12 @@ def test_result_columns_follow_the_grid_after_k_max(tmp_path):
     settings = make_settings(tmp_path / "x.csv", k_grid=(3, 1, 2), k_selection={"k_max": 2})
     assert task.result_columns(settings) == [
         "user_id", "feature_mode", "status", "reason", "n_obs", "base", "entropy_bits", "k_selected", "ais_bits",
-        "ais_k1_bits", "ais_k1_null_mean_bits", "ais_k1_p", "ais_k2_bits", "ais_k2_null_mean_bits", "ais_k2_p",
-        "te_hour_bits", "te_hour_p",
+        "ais_k1_bits", "ais_k1_null_mean_bits", "ais_k1_p", "ais_k1_q", "ais_k2_bits", "ais_k2_null_mean_bits",
+        "ais_k2_p", "ais_k2_q", "te_hour_bits", "te_hour_p", "te_hour_q",
         "n_dropped", "dropped_reason", "n_out_of_order", "n_duplicate_timestamps", "n_merged_rows", "n_empty_bins",
     ]
+    # a user's rows carry every column but the q-values, which the merge adds over the whole set
+    assert row_columns(settings) == [c for c in task.result_columns(settings) if not c.endswith("_q")]
     assert task.key_columns == ("user_id", "feature_mode")
 
 
@@ -56,9 +65,9 @@ def test_failed_rows(tmp_path):
     rows = task.failed_rows(settings, "u9", "boom")
     assert [row["feature_mode"] for row in rows] == ["activity", "composite"]
     for row in rows:
-        assert list(row) == task.result_columns(settings)
+        assert list(row) == row_columns(settings)
         assert (row["status"], row["reason"], row["user_id"]) == ("failed", "boom", "u9")
-        assert all(math.isnan(row[c]) for c in task.result_columns(settings)[4:])
+        assert all(math.isnan(row[c]) for c in row_columns(settings)[4:])
 
 
 @pytest.mark.usefixtures("jvm")
@@ -67,11 +76,11 @@ def test_rows_are_plain_json_values_and_pass_check_rows(tmp_path):
     dataset = task.load(settings)
     rows = [row for user in dataset.user_ids for row in task.analyse(dataset, user, settings)]
     for row in rows:
-        assert list(row) == task.result_columns(settings)
+        assert list(row) == row_columns(settings)
         assert all(type(value) in (int, float, str) for value in row.values())
         assert row["status"] == "ok" and row["reason"] == ""
     json.dumps(rows)
-    assert task.check_rows(pd.DataFrame(rows), settings) == []
+    assert task.check_rows(as_merged(rows, settings), settings) == []
 
 
 @pytest.mark.usefixtures("jvm")
@@ -162,7 +171,7 @@ def test_undersampling_guard(tmp_path):
     assert activity["k_selected"] in (1, 2)
     # composite, base 24: even k=1 has about 24 pasts, and 99 < 24 * 24.
     assert composite["status"] == "skipped" and "undersampling guard" in composite["reason"]
-    assert task.check_rows(pd.DataFrame([activity, composite]), settings) == []
+    assert task.check_rows(as_merged([activity, composite], settings), settings) == []
 
 
 @pytest.mark.usefixtures("jvm")
@@ -189,9 +198,10 @@ def test_check_rows_catches_out_of_range_values(tmp_path):
     good = {
         "user_id": "a", "feature_mode": "activity", "status": "ok", "reason": "", "n_obs": 100, "base": 4,
         "entropy_bits": 1.5, "k_selected": 2, "ais_bits": 0.5,
-        "ais_k1_bits": 0.4, "ais_k1_null_mean_bits": 0.01, "ais_k1_p": 0.0,
-        "ais_k2_bits": 0.5, "ais_k2_null_mean_bits": 0.02, "ais_k2_p": 0.01,
-        "te_hour_bits": 0.1, "te_hour_p": 0.5,
+        # p = (b + 1) / (8 surrogates + 1); q = p for one user, or for two with the same p
+        "ais_k1_bits": 0.4, "ais_k1_null_mean_bits": 0.01, "ais_k1_p": 1 / 9, "ais_k1_q": 1 / 9,
+        "ais_k2_bits": 0.5, "ais_k2_null_mean_bits": 0.02, "ais_k2_p": 2 / 9, "ais_k2_q": 2 / 9,
+        "te_hour_bits": 0.1, "te_hour_p": 5 / 9, "te_hour_q": 5 / 9,
         "n_dropped": 0, "dropped_reason": "", "n_out_of_order": 3, "n_duplicate_timestamps": 1, "n_merged_rows": 0,
         "n_empty_bins": 0,
     }
@@ -204,6 +214,14 @@ def test_check_rows_catches_out_of_range_values(tmp_path):
         "negative": ({"ais_k1_bits": -0.01}, "ais_k1_bits outside"),
         "entropy": ({"entropy_bits": 2.1}, "entropy_bits outside"),
         "p": ({"ais_k2_p": 1.5}, "ais_k2_p outside"),
+        "p zero": ({"ais_k1_p": 0.0}, "ais_k1_p outside [1/(surrogates + 1), 1] = [1/9, 1]"),
+        "p of b/S": ({"ais_k2_p": 4 / 8}, "ais_k2_p not a whole multiple of 1/(surrogates + 1)"),
+        "te_p zero": ({"te_hour_p": 0.0}, "te_hour_p outside"),
+        "q below p": ({"ais_k1_q": 0.1}, "ais_k1_q outside [ais_k1_p, 1]"),
+        "q above 1": ({"te_hour_q": 1.5}, "te_hour_q outside [te_hour_p, 1]"),
+        "q not BH's": ({"ais_k2_q": 3 / 9}, "ais_k2_q other than Benjamini-Hochberg's"),
+        "q missing": ({"te_hour_q": float("nan")}, "te_hour_q without"),
+        "q of a failed row": ({"status": "failed", "reason": "boom"}, "ais_k1_q without an ok ais_k1_p"),
         "k": ({"k_selected": 3}, "k_selected outside"),
         "selected": ({"ais_bits": 0.4}, "ais_bits different"),
         "te": ({"te_hour_bits": -0.001}, "te_hour_bits outside"),

@@ -27,6 +27,7 @@ from shardrun.infodynamics.states import observed_pasts, window_ids
 from shardrun.infodynamics.surrogates import UserSurrogates, draw_in_jvm, fixed_permutations, surrogate_seed
 from shardrun.infodynamics.symbols import hour_symbols, mode_symbols, quantile_edges, value_symbols
 from independent_estimator import java_shuffled_range
+from test_infodynamics_analysis import as_merged
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "data" / "sample_users.csv"
@@ -220,7 +221,7 @@ def test_k_far_beyond_the_dense_limit_runs(tmp_path):
                    "k_selection": {"k_grid": [1, 6, 10, 16]}, "surrogates": 20, "seed": 2})
     settings = task.parse_settings(top)
     rows = task.analyse(task.load(settings), "u021", settings)
-    assert task.check_rows(pd.DataFrame(rows), settings) == []
+    assert task.check_rows(as_merged(rows, settings), settings) == []
     for row in rows:
         assert row["status"] == "ok" and not any(math.isnan(row[f"ais_k{k}_bits"]) for k in (1, 6, 10, 16))
         # a past of 16 composite symbols is almost never seen twice: AIS nears the entropy of the next

@@ -26,7 +26,7 @@ import pytest
 from shardrun.section import Section
 from shardrun.infodynamics import task
 from shardrun.infodynamics.jarrays import java_ints
-from shardrun.infodynamics.measures import ais_test, entropy_bits, te_test
+from shardrun.infodynamics.measures import ais_test, entropy_bits, permutation_p_value, te_test
 from shardrun.infodynamics.states import observed_pasts
 from shardrun.infodynamics.surrogates import UserSurrogates, fixed_permutations
 from independent_estimator import (
@@ -199,6 +199,18 @@ def test_te_and_its_null_match_the_independent_estimator(k):
     assert abs(result.value - expected) < TOL and expected > 0.05
     assert np.max(np.abs(result.null - np.array(null))) < TOL
     assert result.p_value == p_value(null, expected)
+    # never 0: where no surrogate reaches the value (k = 1 here), the smallest p 30 surrogates give
+    assert result.p_value >= 1 / 31
+    if k == 1:
+        assert max(null) < expected and result.p_value == 1 / 31
+
+
+def test_a_permutation_p_value_counts_the_observed_value_as_one_draw_of_the_null():
+    null = np.array([0.1, 0.2, 0.3, 0.4])
+    assert permutation_p_value(null, 0.5) == 1 / 5  # none at or above: 1 / (S + 1), never 0
+    assert permutation_p_value(null, 0.3) == 3 / 5  # a tie counts as at or above
+    assert permutation_p_value(null, 0.0) == 1.0  # all at or above
+    assert permutation_p_value(np.array([0.0]), 1.0) == 0.5
 
 
 def test_int64_symbols_are_checked_not_wrapped():

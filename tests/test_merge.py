@@ -327,3 +327,60 @@ def test_the_columnar_merge_equals_the_row_by_row_merge(tmp_path, caplog):
     mixed = make_run(tmp_path / "mixed", count=1, overrides={"u02": {"n_obs": True}})
     report = merge_both_ways(tmp_path, shard_dirs_of_run(mixed), "mixed")
     assert report.mixed_columns and "merged row by row" in caplog.text
+
+
+# --- a task's columns of the whole set (task.AddsSetColumns) ------------------------------------
+
+
+def rank_in_mode(frame: pd.DataFrame) -> pd.Series:
+    """A column that depends on the whole set: each row's rank of ais_bits among its mode's rows."""
+    return frame.groupby("feature_mode")["ais_bits"].rank(method="min")
+
+
+@pytest.fixture
+def set_hooks(monkeypatch, task_double):
+    """The double with set columns: rank_in_mode (in its schema, after ais_bits) and not_in_schema, its
+    facts for merge_report.json, and the frame its summary panels were given."""
+    seen: list[pd.DataFrame] = []
+    schema = COLUMNS[:6] + ["rank_in_mode"] + COLUMNS[6:]
+    monkeypatch.setattr(task_double, "result_columns", lambda settings: list(schema), raising=False)
+    monkeypatch.setattr(task_double, "set_columns", lambda frame, settings: {
+        "rank_in_mode": rank_in_mode(frame), "not_in_schema": frame["n_obs"] * 0, "shard": frame["n_obs"] * 0,
+    }, raising=False)
+    monkeypatch.setattr(task_double, "set_report", lambda frame, settings: {
+        "top": sorted(frame.loc[frame["rank_in_mode"] == 1, "user_id"])}, raising=False)
+    monkeypatch.setattr(task_double, "summary_panels", lambda frame, settings: seen.append(frame.copy()) or [],
+                        raising=False)
+    return schema, seen
+
+
+def test_a_tasks_set_columns_are_filled_over_the_whole_set_before_the_picture(tmp_path, set_hooks):
+    schema, seen = set_hooks
+    run = make_run(tmp_path / "run", count=4)
+    report = merge_both_ways(tmp_path, shard_dirs_of_run(run), "set columns")
+
+    for output in (tmp_path / "set columns-columnar", tmp_path / "set columns-rows"):
+        for frame in read_both(output):
+            assert list(frame.columns) == schema + ["shard", "seconds", "config_hash"]
+            expected = {(u, m): 1 + sum(ais_of(other, m) < ais_of(u, m) for other in USERS) for u in USERS for m in MODES}
+            assert [expected[key] for key in zip(frame.user_id, frame.feature_mode)] == frame["rank_in_mode"].tolist()
+            assert frame["shard"].str.endswith("/4").all()  # a bookkeeping column is never the task's to fill
+    # the picture was given the frame with the set column already filled in
+    assert seen and all(frame["rank_in_mode"].notna().all() for frame in seen)
+    # a set column outside the schema is left out and said so; the task's facts are recorded
+    assert report.dropped_columns == ["not_in_schema", "shard"]
+    on_disk = read_report(tmp_path / "set columns-columnar")
+    best = {m: min(USERS, key=lambda u: (ais_of(u, m), u)) for m in MODES}
+    assert on_disk["task"] == {"top": sorted(best.values())}
+
+    # the same set from one shard: the same set columns
+    single = make_run(tmp_path / "single", count=1)
+    merge_shards(shard_dirs_of_run(single), tmp_path / "single-merged")
+    pd.testing.assert_series_equal(read_both(tmp_path / "single-merged")[1]["rank_in_mode"],
+                                   read_both(tmp_path / "set columns-columnar")[1]["rank_in_mode"])
+
+
+def test_without_the_hooks_the_report_has_no_task_facts(tmp_path):
+    run = make_run(tmp_path / "run", count=2)
+    merge_shards(shard_dirs_of_run(run), tmp_path / "merged")
+    assert read_report(tmp_path / "merged")["task"] == {}

@@ -4,8 +4,9 @@ The core (worker, merge, validate) knows no analysis library; it talks to the an
 this protocol, so a user can plug in another JVM analysis with `task: package.module:object`
 (docs/TASKS.md walks through one). The required part is `Task`; the optional parts are
 `ReadsByUser` (a cheap user index, then only a shard's users loaded), `PredictsHeap` (per-user heap
-needs) and `RunsOnJvm` (classpath, JVM options, heap exhaustion, provenance of the JVM's classpath),
-each hook with a default here or in the core.
+needs), `RunsOnJvm` (classpath, JVM options, heap exhaustion, provenance of the JVM's classpath) and
+`AddsSetColumns` (columns and facts that depend on the whole merged set), each hook with a default
+here or in the core.
 """
 
 from __future__ import annotations
@@ -86,6 +87,8 @@ class Task(Protocol):
     # process may use `threads` threads (jvm.threads); a number must never depend on it, and the config
     # hash must not either.
     # Optional: the JVM hooks of RunsOnJvm below (classpath, options, heap exhaustion, advice, provenance).
+    # Optional: set_columns(frame, settings) and set_report(frame, settings) (see AddsSetColumns below):
+    # columns and merge_report.json facts that depend on the whole merged set.
 
 
 class ReadsByUser(Protocol):
@@ -152,6 +155,37 @@ def task_user_seconds(task: Any, settings: Any, dataset: Dataset) -> dict[str, f
     """The task's per-user time estimates (PredictsTime), or None when it makes none."""
     predict = getattr(task, "user_seconds", None)
     return None if predict is None else dict(predict(settings, dataset))
+
+
+class AddsSetColumns(Protocol):
+    """The optional part of a Task whose results depend on the whole merged set, not one user alone (a
+    correction for multiple comparisons, a rank among users). shardrun.results.merge calls it once the
+    shards' rows are combined, before anything is written or drawn; never with settings None (a merge
+    without run.json adds nothing). Both hooks must be deterministic: the same rows give the same
+    answer whatever K, the shards' order or the resume history (a tie or a missing value included),
+    so that merging again gives the same set."""
+
+    def set_columns(self, frame: pd.DataFrame, settings: Any) -> Mapping[str, pd.Series]:
+        """Columns of the whole set, each a Series aligned to the frame's index. Each must be one of
+        result_columns (where it stands in the schema, and validation knows it); the shards' rows leave
+        it out, and the merge fills it in. A name outside result_columns is left out with a warning
+        (merge_report.json's dropped_columns). Validate the values in check_rows."""
+
+    def set_report(self, frame: pd.DataFrame, settings: Any) -> Mapping[str, Any]:
+        """JSON-able facts about the set (the frame with the set columns in), written to
+        merge_report.json under "task"."""
+
+
+def task_set_columns(task: Any, frame: pd.DataFrame, settings: Any | None) -> dict[str, pd.Series]:
+    """The task's columns of the whole set (AddsSetColumns.set_columns), or none."""
+    add = getattr(task, "set_columns", None)
+    return {} if add is None or settings is None else dict(add(frame, settings))
+
+
+def task_set_report(task: Any, frame: pd.DataFrame, settings: Any | None) -> dict[str, Any]:
+    """The task's facts about the whole set for merge_report.json (AddsSetColumns.set_report), or none."""
+    report = getattr(task, "set_report", None)
+    return {} if report is None or settings is None else dict(report(frame, settings))
 
 
 class SummaryPanel(NamedTuple):

@@ -4,7 +4,8 @@ Found by the core through `task: shardrun.infodynamics:task`. One module per job
 keys), audit (the whole input's cells checked at start), data (loading), cleaning (what loading did
 to each user's rows, counted in the result rows), symbols (symbolisation), states (observed pasts), surrogates (the seeded
 permutations), jarrays (numpy to Java arrays), jclasses (the Java classes, looked up once), measures (the JIDT calls), heap (memory model and
-preflight), analysis (one user's rows), checks (value ranges of a result set), jidt (the JVM hooks:
+preflight), analysis (one user's rows), fdr (q-values over the merged set's users), checks (value
+ranges of a result set), jidt (the JVM hooks:
 the jar from idtxl-uv, JIDT's wrapped heap exhaustion, the heap advice, the jar's sha256), versions
 (provenance), reference (JIDT's dense calculators, for tests and benchmarks only).
 """
@@ -16,6 +17,8 @@ import dataclasses
 from shardrun.infodynamics.analysis import analyse_user, failed_rows, result_columns
 from shardrun.infodynamics.checks import check_rows
 from shardrun.infodynamics.data import load, user_index
+from shardrun.infodynamics.cleaning import cleaning_summary
+from shardrun.infodynamics.fdr import q_value_report, set_columns
 from shardrun.infodynamics.cost import user_seconds
 from shardrun.infodynamics.heap import index_heap_needs, preflight, user_heap_needs
 from shardrun.infodynamics.plots import summary_panels
@@ -41,11 +44,18 @@ class InfodynamicsTask:
     check_rows = staticmethod(check_rows)
     describe_versions = staticmethod(describe_versions)
     summary_panels = staticmethod(summary_panels)  # the optional DrawsSummary part: its panels of summary.png
+    set_columns = staticmethod(set_columns)  # the optional AddsSetColumns part: BH q-values over the set's users
     # The optional RunsOnJvm part: JIDT's jar, its wrapped OutOfMemoryError, the advice, the jar's sha256.
     jvm_classpath = staticmethod(jvm_classpath)
     is_heap_exhaustion = staticmethod(is_jidt_heap_exhaustion)
     heap_advice = staticmethod(heap_advice)
     jvm_provenance = staticmethod(jvm_provenance)
+
+    @staticmethod
+    def set_report(frame, settings) -> dict:
+        """AddsSetColumns.set_report: the users tested and significant per q column, and what loading did
+        to the rows (data.missing: drop, the sort, duplicate timestamps, bins) summed over the users."""
+        return {**q_value_report(frame, settings), "cleaning": cleaning_summary(frame)}
 
     @staticmethod
     def with_threads(settings, threads: int):

@@ -1,4 +1,5 @@
-"""One user's result rows: one per feature mode, with the columns of `result_columns`.
+"""One user's result rows: one per feature mode, with the columns of `row_columns` (the result columns
+but the q-values, which depend on the whole set: fdr.py).
 
 Columns: user_id, feature_mode, status (ok | skipped | failed), reason, n_obs, base, entropy_bits,
 k_selected, ais_bits, then per k of the grid (after k_max) ais_k<k>_bits, ais_k<k>_null_mean_bits,
@@ -64,11 +65,30 @@ def ais_columns(k: int) -> tuple[str, str, str]:
     return f"ais_k{k}_bits", f"ais_k{k}_null_mean_bits", f"ais_k{k}_p"
 
 
-def result_columns(settings: Settings) -> list[str]:
+def row_columns(settings: Settings) -> list[str]:
+    """The columns of a user's rows, in order: the result columns but the q-values."""
     columns = list(LEADING_COLUMNS)
     for k in settings.k_selection.ks:
         columns.extend(ais_columns(k))
     return columns + list(TRAILING_COLUMNS) + list(CLEANING_COLUMNS)
+
+
+def p_columns(settings: Settings) -> list[str]:
+    """The p-value columns: ais_k<k>_p for every k of the grid, then te_hour_p."""
+    return [ais_columns(k)[2] for k in settings.k_selection.ks] + ["te_hour_p"]
+
+
+def q_column(p_column: str) -> str:
+    """The q-value column of a p-value column: ais_k1_p -> ais_k1_q."""
+    return p_column.removesuffix("_p") + "_q"
+
+
+def result_columns(settings: Settings) -> list[str]:
+    """The result set's columns: a user's row columns, each p-value followed by its q-value, which the
+    merge adds over the whole set (fdr.set_columns)."""
+    p_values = set(p_columns(settings))
+    return [name for column in row_columns(settings)
+            for name in ((column, q_column(column)) if column in p_values else (column,))]
 
 
 def guard_allows(n_obs: int, base: int, pasts: ObservedPasts) -> bool:
@@ -77,7 +97,7 @@ def guard_allows(n_obs: int, base: int, pasts: ObservedPasts) -> bool:
 
 
 def _row(settings: Settings, user_id: str, mode: str, status: str, reason: str) -> dict[str, Any]:
-    row: dict[str, Any] = {column: NAN for column in result_columns(settings)}
+    row: dict[str, Any] = {column: NAN for column in row_columns(settings)}
     row.update(user_id=user_id, feature_mode=mode, status=status, reason=reason)
     return row
 

@@ -4,7 +4,10 @@ For ok rows, with N = n_obs and k the k of the column (k_selected for ais_bits a
 - 0 <= entropy_bits <= log2(base);
 - 0 <= AIS and its null mean <= entropy_bits * N / (N - k), and <= log2(base);
 - 0 <= te_hour_bits <= entropy_bits * N / (N - k) and <= log2(data.levels);
-- p-values in [0, 1]; k_selected in the grid; ais_bits equal to ais_k<k_selected>_bits;
+- p-values (b + 1) / (S + 1), S = surrogates: in [1 / (S + 1), 1] and a whole multiple of 1 / (S + 1);
+  k_selected in the grid; ais_bits equal to ais_k<k_selected>_bits;
+- every q-value (fdr.py) where its p is (ok rows with a p) and nowhere else, in [p, 1], never below the
+  q of a smaller p of its family (BH's order), and equal to the q computed again from the set's p-values;
 - n_obs at least max(data.min_observations, largest k + 2) and base the mode's base.
 Skipped and failed rows must have a reason.
 The cleaning counts (cleaning.py, check_cleaning): whole numbers >= 0 in every ok and skipped row
@@ -27,8 +30,9 @@ import math
 import numpy as np
 import pandas as pd
 
-from shardrun.infodynamics.analysis import ais_columns, result_columns
+from shardrun.infodynamics.analysis import ais_columns, p_columns, q_column, result_columns
 from shardrun.infodynamics.cleaning import COUNT_COLUMNS
+from shardrun.infodynamics.fdr import set_columns
 from shardrun.infodynamics.settings import Settings, minimum_observations
 from shardrun.infodynamics.symbols import mode_base
 from shardrun.states import STATUSES
@@ -52,6 +56,7 @@ def check_rows(frame: pd.DataFrame, settings: Settings) -> list[str]:
     ok = frame[status == "ok"]
     if not ok.empty:
         problems += _check_ok_rows(ok, settings)
+    problems += _check_q_values(frame, settings)
     problems += check_cleaning(frame, settings)
     return problems
 
@@ -91,7 +96,7 @@ def _check_ok_rows(ok: pd.DataFrame, settings: Settings) -> list[str]:
         for column, values in ((bits.name, bits), (null_mean.name, null_mean)):
             inside = (values >= -TOLERANCE) & (values <= bound(k))
             problems += _report(ok, evaluated & ~inside, f"have {column} outside [0, entropy_bits * N/(N-{k})]")
-        problems += _report(ok, evaluated & ~p_value.between(0, 1), f"have ais_k{k}_p outside [0, 1]")
+        problems += _check_p_values(ok, p_value, evaluated, settings.surrogates)
 
     ais_bits = _number(ok, "ais_bits")
     at_selected = pd.Series(np.nan, index=ok.index)
@@ -102,7 +107,44 @@ def _check_ok_rows(ok: pd.DataFrame, settings: Settings) -> list[str]:
     te = _number(ok, "te_hour_bits")
     te_inside = (te >= -TOLERANCE) & (te <= bound(k_selected)) & (te <= math.log2(settings.data.levels) + TOLERANCE)
     problems += _report(ok, ~te_inside, "have te_hour_bits outside [0, min(entropy_bits * N/(N-k), log2(levels))]")
-    problems += _report(ok, ~_number(ok, "te_hour_p").between(0, 1), "have te_hour_p outside [0, 1]")
+    problems += _check_p_values(ok, _number(ok, "te_hour_p"), pd.Series(True, index=ok.index), settings.surrogates)
+    return problems
+
+
+def _check_p_values(ok: pd.DataFrame, p_value: pd.Series, evaluated: pd.Series, surrogates: int) -> list[str]:
+    """A p of S surrogates is (b + 1) / (S + 1) for a whole b in 0..S (measures.permutation_p_value)."""
+    draws = p_value * (surrogates + 1)
+    problems = _report(ok, evaluated & ~p_value.between(1 / (surrogates + 1), 1),
+                       f"have {p_value.name} outside [1/(surrogates + 1), 1] = [1/{surrogates + 1}, 1]")
+    problems += _report(ok, evaluated & p_value.between(0, 1) & ~((draws - draws.round()).abs() <= 1e-6),
+                        f"have {p_value.name} not a whole multiple of 1/(surrogates + 1) = 1/{surrogates + 1}"
+                        " (a p-value of another definition?)")
+    return problems
+
+
+def _check_q_values(frame: pd.DataFrame, settings: Settings) -> list[str]:
+    problems: list[str] = []
+    modes = frame["feature_mode"].astype(str)
+    recomputed = set_columns(frame, settings)
+    for p_column in p_columns(settings):
+        q_name = q_column(p_column)
+        p_value = _number(frame, p_column).where(frame["status"].astype(str).eq("ok"))
+        q_value = _number(frame, q_name)
+        problems += _report(frame, p_value.notna() != q_value.notna(),
+                            f"have {q_name} without an ok {p_column}, or {p_column} without {q_name}")
+        both = p_value.notna() & q_value.notna()
+        problems += _report(frame, both & ~((q_value >= p_value - TOLERANCE) & (q_value <= 1 + TOLERANCE)),
+                            f"have {q_name} outside [{p_column}, 1]")
+        out_of_order = pd.Series(False, index=frame.index)
+        for mode in modes[both].unique():
+            by_p = p_value[both & (modes == mode)].sort_values(kind="stable").index
+            out_of_order.loc[by_p[1:][np.diff(q_value.loc[by_p].to_numpy()) < -TOLERANCE]] = True
+        problems += _report(frame, out_of_order, f"have {q_name} below the {q_name} of a smaller {p_column} in"
+                                                 " their feature mode (not Benjamini-Hochberg's order)")
+        expected = recomputed[q_name]
+        same = ((expected - q_value).abs() <= TOLERANCE) | (expected.isna() & q_value.isna())
+        problems += _report(frame, ~same, f"have {q_name} other than Benjamini-Hochberg's q over the {p_column}"
+                                          " of their feature mode's ok rows")
     return problems
 
 

@@ -18,9 +18,11 @@ Every table is sized by the pasts the series shows, never by base^k (states.py):
   two agree to about 1e-15). Its surrogates pair source[perm[t]] with the t-th (next, past) tuple
   sorted by past then next; the CMI calculator lists its tuples sorted by (source, next, past)
   instead, so each permutation is reordered (`_te_reorder`) to pair the same values.
-The p-value is JIDT's: the share of surrogates >= the measured value. Batches are combined exactly:
-the measured value is recomputed identically for every batch, and the count and the mean are
-taken over all surrogate values together.
+The p-value is the permutation p-value (b + 1) / (S + 1), b of the S surrogates at or above the
+measured value (permutation_p_value): the measured value counts as one more draw of the null, so a p is
+never 0 (Phipson & Smyth 2010, "Permutation p-values should never be zero"); JIDT's own b / S is 0
+whenever no surrogate reaches the value. Batches are combined exactly: the measured value is recomputed
+identically for every batch, and the count and the mean are taken over all surrogate values together.
 """
 
 from __future__ import annotations
@@ -55,8 +57,13 @@ ONE_THREAD = JvmThreads(1)
 class NullTest:
     value: float  # the measure on the data, in bits
     null_mean: float  # mean of the surrogate values, in bits
-    p_value: float  # share of surrogate values >= value
+    p_value: float  # permutation_p_value(null, value): (b + 1) / (S + 1)
     null: np.ndarray  # the surrogate values, in permutation order
+
+
+def permutation_p_value(null: np.ndarray, value: float) -> float:
+    """(b + 1) / (S + 1), b of the S surrogate values at or above `value`: at least 1 / (S + 1), never 0."""
+    return float((np.count_nonzero(null >= value) + 1) / (len(null) + 1))
 
 
 def entropy_bits(symbols: np.ndarray, base: int) -> float:
@@ -141,7 +148,7 @@ def _significance(new_calculators: Sequence[Callable[[], object]], permutations:
     for index, value in enumerate(values):
         null = np.concatenate([nulls[index] for nulls in per_batch])
         tests.append(NullTest(value=value, null_mean=float(null.mean()),
-                              p_value=float(np.count_nonzero(null >= value) / len(null)), null=null))
+                              p_value=permutation_p_value(null, value), null=null))
     return tests
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from shardrun.infodynamics.jarrays import java_int_matrix, java_ints
-from shardrun.infodynamics.measures import NullTest
+from shardrun.infodynamics.measures import NullTest, permutation_p_value
 
 
 def dense_ais_test(symbols: np.ndarray, base: int, k: int, permutations: np.ndarray) -> NullTest:
@@ -37,5 +37,4 @@ def dense_te_test(source: np.ndarray, destination: np.ndarray, base: int, k: int
 def _dense_significance(calculator, permutations: np.ndarray) -> NullTest:
     value = float(calculator.computeAverageLocalOfObservations())
     null = np.array(calculator.computeSignificance(java_int_matrix(permutations)).distribution, dtype=np.float64)
-    return NullTest(value=value, null_mean=float(null.mean()),
-                    p_value=float(np.count_nonzero(null >= value) / len(null)), null=null)
+    return NullTest(value=value, null_mean=float(null.mean()), p_value=permutation_p_value(null, value), null=null)

@@ -62,8 +62,12 @@ from shardrun.section import Section
 from shardrun.errors import ConfigError
 from shardrun.infodynamics.surrogates import SCHEME
 
+# How a p-value is computed from its null (measures.permutation_p_value). Before it, a p was JIDT's b / S
+# (ENGINE "observed-pasts-v1/<scheme>"): a run dir of that engine has another config hash and is
+# refused on resume, so no run holds p-values of both definitions.
+P_VALUES = "p-(b+1)/(S+1)"
 # The measures over observed pasts (measures.py) with the surrogate scheme of surrogates.py.
-ENGINE = f"observed-pasts-v1/{SCHEME}"
+ENGINE = f"observed-pasts-v1/{SCHEME}/{P_VALUES}"
 
 ENCODINGS = ("quantile", "categorical")
 AGGREGATES = ("sum", "mean", "min", "max", "count", "first", "last")

@@ -45,6 +45,16 @@ def output_columns(task: Task, settings: Any | None, rows: Iterable[Mapping[str,
     return list(task.key_columns) + rest + list(BOOKKEEPING_COLUMNS)
 
 
+def with_set_columns(frame: pd.DataFrame, columns: Mapping[str, pd.Series]) -> tuple[pd.DataFrame, list[str]]:
+    """The frame with a task's columns of the whole set (task.AddsSetColumns) filled in where the schema
+    places them (each aligned by the index), and the names the task's schema has no place for (left out;
+    the core's bookkeeping columns are never the task's to fill)."""
+    kept = {name: series for name, series in columns.items()
+            if name in frame.columns and name not in BOOKKEEPING_COLUMNS}
+    outside = sorted(name for name in columns if name not in kept)
+    return (frame.assign(**kept) if kept else frame), outside
+
+
 def value_types(values: Iterable[Any]) -> dict[str, int]:
     """How many values of each JSON type (null aside), in the order first seen."""
     counts: dict[str, int] = {}

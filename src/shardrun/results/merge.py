@@ -11,6 +11,8 @@ from all of them.
 Each step lives in its own module: read.py (shard dirs, run.json, the task), combine.py (the pure
 rules: duplicates, conflicts, coverage), frame.py (the table and its bytes), report.py
 (merge_report.json). This module only runs them in order, with reading and writing at the two ends.
+Once combined, the task may fill in columns that depend on the whole set and add facts to the report
+(the optional hooks of task.AddsSetColumns), before the picture is started and the tables written.
 
 Writing is atomic for the whole set: results.csv, results.parquet, summary.png and merge_report.json
 are built in a sibling dir `.<name>.merging-<pid>-<random>` of the output dir, fsynced, and swapped
@@ -47,7 +49,7 @@ from shardrun.results.combine import (
     find_users_short_of_rows,
     sorted_rows,
 )
-from shardrun.results.frame import output_columns, typed_frame, write_csv, write_parquet
+from shardrun.results.frame import output_columns, typed_frame, with_set_columns, write_csv, write_parquet
 from shardrun.results.read import (
     ShardInput,
     read_provenance,
@@ -61,7 +63,7 @@ from shardrun.results.timeline import span_table
 from shardrun.results.trace import trace_and_memory, write_trace
 from shardrun.storage.paths import MergedPaths
 from shardrun.storage.atomic import fsync_tree, replace_dir, write_json_atomic
-from shardrun.task import Task
+from shardrun.task import Task, task_set_columns, task_set_report
 
 log = logging.getLogger(__name__)
 
@@ -137,6 +139,11 @@ def _merge(dirs: list[Path], output_dir: Path, force: bool, columnar: bool, pict
         shards = [shard if not shard.columnar else read_shard(shard.dir, columnar=False) for shard in shards]
         combined = combine_row_by_row(shards, task, settings)
     frame, row_users, mixed, dropped = combined.frame, combined.users, combined.mixed, combined.dropped
+    # the task's columns of the whole set, before anything is drawn or written: both see them
+    frame, outside = with_set_columns(frame, task_set_columns(task, frame, settings))
+    if outside:
+        log.warning("the task's set columns %s are not among its result columns and are left out", outside)
+        dropped = sorted({*dropped, *outside})
     if dropped:
         log.warning("columns %s are not in the task's schema and are left out of the merged results", dropped)
     for m in mixed:
@@ -163,6 +170,7 @@ def _merge(dirs: list[Path], output_dir: Path, force: bool, columnar: bool, pict
         untrusted_files=[u for s in shards for u in s.untrusted],
         unverified_files=[{"dir": str(s.dir), "files": list(s.unverified)} for s in shards if s.unverified],
         mixed_columns=mixed,
+        task=task_set_report(task, frame, settings),
     )
     write_result_set(output_dir, frame, report, picture=lambda: summary_png(pictures) if drawing else None,
                      trace=trace)
