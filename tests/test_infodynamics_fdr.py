@@ -71,6 +71,8 @@ def result_frame(settings, p_by_row) -> pd.DataFrame:
             "ais_k2_bits": number(0.3 if not math.isnan(p2) else math.nan),
             "ais_k2_null_mean_bits": number(0.02 if not math.isnan(p2) else math.nan), "ais_k2_p": number(p2),
             "te_hour_bits": number(0.1), "te_hour_p": number(p_te),
+            "n_dropped": 0, "dropped_reason": "", "n_out_of_order": 0, "n_duplicate_timestamps": 0,
+            "n_merged_rows": 0, "n_empty_bins": 0,
         })
     frame = pd.DataFrame(rows)
     return frame.assign(**task.set_columns(frame, settings))[task.result_columns(settings)]
