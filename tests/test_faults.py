@@ -193,7 +193,7 @@ NAME_RULES = {
     "results": (r"b-\d{6}\.jsonl",),
     "quarantine": (r"b-\d{6}\.jsonl\.\d+",),
     "tmp": (r"\.[^/]+\.tmp",),
-    "merged": (r"results\.csv", r"results\.parquet", r"merge_report\.json", r"validation\.json", r"summary\.png",
+    "merged": (r"results\.csv", r"results\.parquet", r"merge_report\.json", r"validation\.json", r"summary\.png", r"run\.png",
                r"\.[^/]+\.tmp"),
     "logs": (r"shard\d+\.log",),
 }

@@ -186,7 +186,7 @@ def test_hostile_user_ids_survive_under_their_own_ids(tmp_path):
         assert sorted(set(frame["user_id"])) == sorted(HOSTILE_IDS)
     # nothing was written outside the run dir and the output dir
     assert sorted(p.name for p in tmp_path.iterdir()) == ["merged", "run"]
-    assert sorted(p.name for p in out.iterdir()) == ["merge_report.json", "results.csv", "results.parquet", "summary.png"]
+    assert sorted(p.name for p in out.iterdir()) == ["merge_report.json", "results.csv", "results.parquet", "run.png", "summary.png"]
 
 
 def test_csv_and_parquet_agree(tmp_path):

@@ -50,6 +50,9 @@ class ShardInput:
     untrusted: Sequence[Mapping[str, Any]] = ()
     # result files of format 1 (no checksum): merged, and listed as a note, never a problem
     unverified: Sequence[str] = ()
+    # when each of the shard's processes started (POSIX seconds, status.json's process_starts): the
+    # timeline's waiting and start-up; empty for a shard run before they were recorded
+    process_starts: Sequence[float] = ()
 
     @property
     def config_hash(self) -> str | None:
@@ -112,12 +115,13 @@ def read_shard(shard_dir: Path, columnar: bool = True) -> ShardInput:
             f"{paths.identity} is not a valid shard identity ({exc!r}); it must be the shard.json written by"
             " run_production. Leave that dir out of the merge or restore the file."
         ) from None
-    state = _read_state(paths)
+    state, process_starts = _read_status(paths)
     if columnar:
         read = read_columnar(paths, identity.get("config_hash"))
         if read is not None:
             return ShardInput(dir=paths.dir, identity=identity, spec=spec, state=state, users=read.users,
-                              table=read.table, ended_at=read.ended_at, columnar=True)
+                              table=read.table, ended_at=read.ended_at, columnar=True,
+                              process_starts=process_starts)
     # "keep": merge reports a file it cannot trust (and leaves it where it is) instead of moving it
     scanned = scan_committed(paths, untrusted="keep")
     users = {user_id: user for user_id, user in scanned.items() if user.problem is None}
@@ -138,18 +142,25 @@ def read_shard(shard_dir: Path, columnar: bool = True) -> ShardInput:
         ended_at={user_id: user.record.get("ended_at") for user_id, user in users.items()},
         untrusted=untrusted,
         unverified=sorted({user.path.name for user in users.values() if not user.verified}),
+        process_starts=process_starts,
     )
 
 
-def _read_state(paths: ShardPaths) -> str | None:
-    """The shard's last recorded state; only reported, so an unreadable status.json must not stop a merge."""
+def _read_status(paths: ShardPaths) -> tuple[str | None, tuple[float, ...]]:
+    """The shard's last recorded state and its processes' starts; only reported and drawn, so an
+    unreadable status.json (or start) must not stop a merge."""
     if not paths.status.is_file():
-        return None
+        return None, ()
     try:
-        return read_json(paths.status).get("state")
+        doc = read_json(paths.status)
+        state = doc.get("state")
     except (OSError, ValueError, AttributeError) as exc:
         log.warning("status file %s cannot be read (%s); its state is reported as 'unreadable'", paths.status, exc)
-        return "unreadable"
+        return "unreadable", ()
+    starts = doc.get("process_starts")
+    moments = pd.to_datetime(pd.Series(starts if isinstance(starts, list) else [], dtype=object), errors="coerce",
+                             utc=True, format="ISO8601").dropna()
+    return state, tuple(((moments - pd.Timestamp(0, tz="UTC")).dt.total_seconds()).tolist())
 
 
 def read_provenance(shard_dirs: Iterable[Path]) -> list[dict[str, Any]]:
