@@ -8,6 +8,7 @@ matplotlib is imported inside the functions, so importing this module costs noth
 from __future__ import annotations
 
 import re
+import textwrap
 from typing import Callable
 
 import pandas as pd
@@ -17,6 +18,7 @@ LABEL_SIZE = 11
 TICK_SIZE = 10
 LEGEND_SIZE = 9
 NOTE_SIZE = 9
+EMPTY_PANEL_WIDTH = 44  # characters per line of an empty panel's message
 
 
 def thousands():
@@ -29,7 +31,10 @@ def thousands():
 def empty_panel(axes, message: str, keep_x_ticks: bool = False) -> None:
     """A panel without data keeps its title and labels, says why it is empty, and drops the
     meaningless 0..1 ticks."""
-    axes.text(0.5, 0.5, message, transform=axes.transAxes, ha="center", va="center", fontsize=LABEL_SIZE, color="#555555")
+    # wrapped: a reason can be longer than a narrow panel is wide
+    wrapped = "\n".join(textwrap.fill(line, EMPTY_PANEL_WIDTH) for line in message.split("\n"))
+    axes.text(0.5, 0.5, wrapped, transform=axes.transAxes, ha="center", va="center", fontsize=LABEL_SIZE,
+              color="#555555")
     axes.set_yticks([])
     if not keep_x_ticks:
         axes.set_xticks([])

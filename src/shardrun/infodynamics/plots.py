@@ -41,7 +41,7 @@ FDR_LEVEL = 0.05  # a user is significant when its q-value (Benjamini-Hochberg, 
 # Panel titles: each ends with how many users it is drawn from (", n = ...").
 AIS_PANEL_TITLE = "{mode}: AIS against history length k"
 FDR_PANEL_TITLE = "Users with significant AIS after FDR"
-TE_PANEL_TITLE = "te_hour: the hour of day's information"
+TE_PANEL_TITLE = "te_hour: what the hour adds to the past"
 SELECTED_K_PANEL_TITLE = "History length k chosen per user"
 NO_Q_VALUES = "no q-values in this result set"
 # What the picture shows, for a reader who does not know the measure's name.
@@ -241,6 +241,10 @@ def why_no_users(frame: pd.DataFrame, mode: str | None = None) -> str:
         frame = frame[(frame["feature_mode"] == mode).to_numpy(dtype=bool, na_value=False)]
     if "status" not in frame.columns:
         return "no status column"
+    if mode is None and "user_id" in frame.columns:
+        # one row per user, its worst: a user counts once however many modes it has
+        worst_first = frame["status"].map({UserStatus.FAILED.value: 0, UserStatus.SKIPPED.value: 1}).fillna(2)
+        frame = frame.iloc[np.argsort(worst_first.to_numpy(), kind="stable")].drop_duplicates("user_id")
     reasons = frame["reason"] if "reason" in frame.columns else None
     return why_nothing_is_drawn(frame["status"], reasons, what="user", plain=plain_reason)
 
@@ -283,6 +287,11 @@ def k_axis(axes, ks: Sequence[int]) -> None:
     if ks:
         axes.set_xticks(list(ks))
         axes.set_xlim(min(ks) - 0.5, max(ks) + 0.5)
+
+
+def compact(n: int) -> str:
+    """A count short enough to sit above a narrow bar: 950, 9,500, 95k, 1.2M."""
+    return f"{n:,}" if n < 10_000 else f"{n / 1000:.0f}k" if n < 1_000_000 else f"{n / 1e6:.1f}M"
 
 
 def n_words(ns: Sequence[int]) -> str:
@@ -356,8 +365,8 @@ def draw_fdr_panel(axes, shares: pd.DataFrame, colours: Mapping[str, str], ks: S
     from matplotlib.ticker import PercentFormatter
 
     ns = shares["n"].tolist() if not shares.empty else []
-    title = f"{FDR_PANEL_TITLE}\n(q < {FDR_LEVEL:g}, BH across a mode's users)" + (f", {n_words(ns)} per mode" if ns else "")
-    style_axes(axes, title, "history length k", f"users with q < {FDR_LEVEL:g}")
+    title = f"{FDR_PANEL_TITLE} (q < {FDR_LEVEL:g})" + (f"\n{n_words(ns)} per mode" if ns else "")
+    style_axes(axes, title, "history length k (q: Benjamini-Hochberg within a mode)", f"users with q < {FDR_LEVEL:g}")
     k_axis(axes, ks)
     if shares.empty:
         message = NO_Q_VALUES if not has_q and not why else why or "no q-values: no users with status ok"
@@ -383,8 +392,7 @@ def draw_te_panel(axes, table: pd.DataFrame, colours: Mapping[str, str], has_col
                   why: str | None = None) -> None:
     """Per mode, te_hour's spread over the users (median, 25–75% box, 10–90% whiskers), and above each
     the share significant after FDR (te_hour_q < FDR_LEVEL)."""
-    title = f"{TE_PANEL_TITLE}\nabout the next value, beyond its past" + (
-        f"; {n_words(table['n'].tolist())}" if not table.empty else "")
+    title = TE_PANEL_TITLE + (f"\n{n_words(table['n'].tolist())} per mode" if not table.empty else "")
     style_axes(axes, title, "feature mode (te_hour at its selected k)", "te_hour (bits)")
     axes.grid(False, axis="x")
     if table.empty:
@@ -416,9 +424,8 @@ def draw_te_panel(axes, table: pd.DataFrame, colours: Mapping[str, str], has_col
 def draw_selected_k_panel(axes, counts: pd.DataFrame, colours: Mapping[str, str], has_column: bool = True,
                           why: str | None = None) -> None:
     users = counts.groupby("feature_mode")["users"].sum().tolist() if not counts.empty else []
-    style_axes(axes, f"{SELECTED_K_PANEL_TITLE}\n(the largest bias-corrected AIS)" + (
-        f", {n_words(users)} per mode" if users else ""),
-               "selected history length k", "users (status ok)")
+    style_axes(axes, SELECTED_K_PANEL_TITLE + (f"\n{n_words(users)} per mode" if users else ""),
+               "history length k with the largest bias-corrected AIS", "users (status ok)")
     axes.grid(False, axis="x")
     if counts.empty:
         empty_panel(axes, why or ("no selected k" if has_column else "no k_selected column"))
@@ -433,7 +440,7 @@ def draw_selected_k_panel(axes, counts: pd.DataFrame, colours: Mapping[str, str]
         bars = axes.bar(x, mine["users"], width=width * 0.95, color=colours.get(mode, "black"),
                         label=f"{mode} (n = {int(mine['users'].sum()):,})")
         if label_bars:
-            axes.bar_label(bars, labels=[f"{n:,}" for n in mine["users"]], fontsize=NOTE_SIZE, padding=2)
+            axes.bar_label(bars, labels=[compact(n) for n in mine["users"]], fontsize=NOTE_SIZE - 1, padding=2)
     axes.set_xticks(ks)
     axes.set_xlim(min(ks) - 0.6, max(ks) + 0.6)
     axes.set_ylim(0, max(1, int(counts["users"].max())) * 1.12)  # headroom for the count labels

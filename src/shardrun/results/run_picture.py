@@ -96,7 +96,7 @@ def draw_run(spans: pd.DataFrame | Iterable[Sequence[Any]], starts: pd.DataFrame
     first = first_users(timeline, started)
     phases = shard_phases(timeline, started)
     slow = slow_users(timeline, first)
-    grid = figure.add_gridspec(2, 2, height_ratios=[1.45, 1], width_ratios=[1.5, 1])
+    grid = figure.add_gridspec(2, 2, height_ratios=[1.45, 1], width_ratios=[1.6, 1])
     draw_timeline_panel(figure.add_subplot(grid[0, :]), timeline, phases, slow, has_starts=len(started) > 0)
     draw_estimate_panel(figure.add_subplot(grid[1, 0]), timeline, first, slow)
     draw_breakdown_panel(figure.add_subplot(grid[1, 1]), shard_summary(timeline, phases), has_starts=len(started) > 0)
@@ -192,6 +192,8 @@ def draw_timeline_panel(axes, timeline: pd.DataFrame, phases: pd.DataFrame, slow
 def draw_estimate_panel(axes, timeline: pd.DataFrame, first: np.ndarray, slow: pd.DataFrame) -> None:
     """Each user's seconds against the task's estimate (log-log), the run's median rate and the slow
     line; without estimates, how the users' seconds are spread, with the slow line."""
+    from matplotlib.ticker import FuncFormatter
+
     has_estimate = slow.attrs.get("basis") == "estimate"
     scale, factor = slow.attrs.get("scale", math.nan), slow.attrs.get("factor", 3.0)
     n = len(timeline)
@@ -216,9 +218,9 @@ def draw_estimate_panel(axes, timeline: pd.DataFrame, first: np.ndarray, slow: p
                "estimated seconds (the task's prediction)", "seconds taken")
     axes.set_xscale("log")
     axes.set_yscale("log")
-    for axis in (axes.xaxis, axes.yaxis):  # 0.5 s, not 5 x 10^-1
+    for axis in (axes.xaxis, axes.yaxis):  # 0.5 s, not 5 x 10^-1; minor ticks labelled at 2 and 5 only
         axis.set_major_formatter(thousands())
-        axis.set_minor_formatter(thousands())
+        axis.set_minor_formatter(FuncFormatter(lambda x, _: thousands()(x) if f"{x:.0e}"[0] in "25" else ""))
     if not shown.any():
         empty_panel(axes, "no user has both an estimate and a measured time")
         return
@@ -238,8 +240,8 @@ def draw_estimate_panel(axes, timeline: pd.DataFrame, first: np.ndarray, slow: p
                   label=f"the run's median: {scale:,.3g} s taken per estimated second")
         axes.plot(x, factor * scale * x, color=SLOW_EDGE, linestyle="--", linewidth=1.2,
                   label=f"slow: ≥ {factor:g}× that")
-    handles, labels = axes.get_legend_handles_labels()
-    axes.legend(handles, labels, fontsize=LEGEND_SIZE, loc="upper left", framealpha=0.9)
+    # outside, to the right: inside it would hide the slow and the warm-up users, which sit high
+    axes.legend(fontsize=LEGEND_SIZE, loc="upper left", bbox_to_anchor=(1.01, 1.0), framealpha=0.9)
 
 
 def draw_breakdown_panel(axes, summary: pd.DataFrame, has_starts: bool = True) -> None:
