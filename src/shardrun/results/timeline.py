@@ -139,6 +139,22 @@ def relative_starts(starts: pd.DataFrame | None, timeline: pd.DataFrame) -> pd.D
     return table.sort_values(["shard", "started_s"], kind="stable").reset_index(drop=True)
 
 
+def _process_firsts(timeline: pd.DataFrame, starts: pd.DataFrame) -> list[tuple[str, float, int | None]]:
+    """For each process start of `starts` (relative_starts): its shard, its time and the timeline row of
+    the first user at or after it (None when no user came after it)."""
+    begins = timeline["start_s"].to_numpy()
+    rows_of = timeline.groupby("shard", sort=False).indices  # rows of a shard, in start order
+    firsts = []
+    for shard, started in zip(starts["shard"], starts["started_s"]):
+        rows = rows_of.get(shard)
+        if rows is None:
+            continue
+        # a user's start is its commit time less its seconds: a few milliseconds early at most
+        after = np.searchsorted(begins[rows], started - 0.05)
+        firsts.append((shard, float(started), int(rows[after]) if after < len(rows) else None))
+    return firsts
+
+
 def first_users(timeline: pd.DataFrame, starts: pd.DataFrame) -> np.ndarray:
     """Which spans of the timeline are the first user of a process (of a JVM just started, so its time
     holds the JIT's warm-up): the first span at or after each process start (`starts`: relative_starts),
@@ -147,17 +163,12 @@ def first_users(timeline: pd.DataFrame, starts: pd.DataFrame) -> np.ndarray:
     if timeline.empty:
         return first
     known = set(starts["shard"].unique()) if len(starts) else set()
-    positions = timeline.groupby("shard", sort=False).indices
-    for shard, rows in positions.items():
-        begins = timeline["start_s"].to_numpy()[rows]
+    for shard, rows in timeline.groupby("shard", sort=False).indices.items():
         if shard not in known:
             first[rows[0]] = True
-            continue
-        for started in starts.loc[starts["shard"] == shard, "started_s"]:
-            # a user's start is taken from its commit minus its seconds: a few milliseconds early at most
-            after = np.flatnonzero(begins >= started - 0.05)
-            if after.size:
-                first[rows[after[0]]] = True
+    for _, _, row in _process_firsts(timeline, starts):
+        if row is not None:
+            first[row] = True
     return first
 
 
@@ -165,23 +176,23 @@ def shard_phases(timeline: pd.DataFrame, starts: pd.DataFrame) -> pd.DataFrame:
     """What each shard did before its users: shard, phase, start_s, end_s.
 
     "waiting": from the run's start to the shard's first process start, when the shard started later
-    by more than WAITED_AT_LEAST (the launcher runs at most so many shards at once: it waited for a free core; on a cluster, for
-    the scheduler). "start-up": from each process start to the first user after it (reading the
-    data, starting the JVM). A shard whose starts are not known (a run before they were recorded)
-    has no phases; a process start with no user after it (nothing left to do, or died first) has none.
+    by more than WAITED_AT_LEAST (the launcher runs at most so many shards at once: it waited for a
+    free core; on a cluster, for the scheduler). "start-up": from each process start to the first user
+    after it (reading the data, starting the JVM). A shard whose starts are not known (a run before
+    they were recorded) has no phases; a process start with no user after it (nothing left to do, or
+    died first) has none.
     """
     columns = ["shard", "phase", "start_s", "end_s"]
+    begins = timeline["start_s"].to_numpy()
     records = []
-    for shard, group in starts.groupby("shard", sort=False):
-        mine = timeline[timeline["shard"] == shard]
-        begins = np.sort(mine["start_s"].to_numpy())
-        started = np.sort(group["started_s"].to_numpy())
-        if started[0] > WAITED_AT_LEAST:
-            records.append((shard, "waiting", 0.0, float(started[0])))
-        for when in started:
-            after = begins[begins >= when - 0.05]
-            if after.size:
-                records.append((shard, "start-up", float(when), float(max(after[0], when))))
+    waited: set[str] = set()
+    for shard, started, row in _process_firsts(timeline, starts):  # starts are sorted by shard, then time
+        if shard not in waited:
+            waited.add(shard)
+            if started > WAITED_AT_LEAST:
+                records.append((shard, "waiting", 0.0, started))
+        if row is not None:
+            records.append((shard, "start-up", started, max(float(begins[row]), started)))
     return pd.DataFrame.from_records(records, columns=columns)
 
 
