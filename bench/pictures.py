@@ -128,10 +128,13 @@ def _settings():
     return load_config(Path(__file__).resolve().parents[1] / "config" / "proposal.yaml").settings
 
 
-def draw(pictures: dict, out: Path) -> dict:
-    """Draw through the merge's picture process; seconds from hand-over to both PNGs, and its peak RSS."""
+def draw(drawing: PictureProcess, pictures: dict, out: Path) -> dict:
+    """Draw through the merge's picture process; seconds from hand-over to both PNGs, and its peak RSS.
+
+    The process must have been started before this process grew (as the merge starts it before it
+    reads the shards): a child's peak RSS counts its parent's pages until it executes Python anew."""
     started = time.perf_counter()
-    with PictureProcess() as drawing:
+    with drawing:
         drawing.draw(pictures)
         drawn = {name: drawing.png(name) for name in pictures}
         seconds = time.perf_counter() - started
@@ -152,9 +155,10 @@ def main() -> None:
     args = parser.parse_args()
     out = args.out or Path(tempfile.mkdtemp(prefix="pictures-"))
     out.mkdir(parents=True, exist_ok=True)
+    drawing = PictureProcess()  # first, as the merge does
     if args.results:
         frame = with_q_values(pd.read_parquet(args.results))
-        figures = draw({"summary.png": SummaryPicture(ResultCounts.of(frame), args.results.parent.parent.name,
+        figures = draw(drawing, {"summary.png": SummaryPicture(ResultCounts.of(frame), args.results.parent.parent.name,
                                                       tuple(task_panels(default_task, frame, None)))}, out)
     else:
         rng = np.random.default_rng(20261207)
@@ -168,7 +172,7 @@ def main() -> None:
         handed = time.perf_counter()
         figures = {"users": args.users, "shards": args.shards, "at_once": args.at_once,
                    "synthetic_set_s": round(prepared - started, 2), "panels_and_tables_s": round(handed - prepared, 2),
-                   **draw(pictures, out)}
+                   **draw(drawing, pictures, out)}
     print(json.dumps({**figures, "out": str(out)}), flush=True)
 
 

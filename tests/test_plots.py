@@ -778,3 +778,24 @@ def test_the_timeline_of_a_span_table_equals_the_timeline_of_spans_one_by_one(tm
     pd.testing.assert_frame_equal(from_table, timeline.timeline_table(one_by_one))
     assert from_table.attrs == timeline.timeline_table(one_by_one).attrs
     assert set(from_table["status"]) == {"ok", "failed", "skipped"}
+
+
+def test_where_each_shards_time_went_adds_up_to_its_finish():
+    from matplotlib.figure import Figure
+
+    table, starts = two_waves()
+    per_shard = timeline.shard_summary(table, timeline.shard_phases(table, starts))
+    axes = Figure().add_subplot()
+    run_picture.draw_breakdown_panel(axes, per_shard)
+    widths: dict[float, float] = {}
+    for bar in axes.patches:
+        widths[round(bar.get_y() + bar.get_height() / 2)] = widths.get(round(bar.get_y() + bar.get_height() / 2), 0.0) \
+            + bar.get_width()
+    finish = per_shard.set_index("shard")["finish_s"]
+    assert widths == {0: pytest.approx(finish["0/3"]), 1: pytest.approx(finish["1/3"]), 2: pytest.approx(finish["2/3"])}
+
+
+def test_durations_read_in_the_unit_a_person_would_use():
+    assert [run_picture.duration(s) for s in (2.5, 180.0, 910.8, 3 * 3600.0)] == ["2.5 s", "180.0 s", "15.2 min",
+                                                                                 "3.0 h"]
+    assert run_picture.time_unit(100.0) == (1.0, "seconds") and run_picture.time_unit(5000.0) == (60.0, "minutes")

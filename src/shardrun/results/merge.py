@@ -302,8 +302,9 @@ def start_pictures(pictures: PictureProcess, frame: pd.DataFrame, shards: Sequen
     except Exception as exc:  # noqa: BLE001 - documented guard: the picture must not cost the results
         _picture_failed(MergedPaths.SUMMARY_PNG, exc)
     try:
-        handed[MergedPaths.RUN_PNG] = RunPicture(predicted_spans(span_table(shards), task, frame, settings),
-                                                 start_table(shards), title)
+        # the user ids stay here: the picture needs only each user's estimate (a tenth of its bytes at 10^6)
+        spans = predicted_spans(span_table(shards), task, frame, settings).drop(columns="user_id")
+        handed[MergedPaths.RUN_PNG] = RunPicture(spans, start_table(shards), title)
     except Exception as exc:  # noqa: BLE001 - documented guard
         _picture_failed(MergedPaths.RUN_PNG, exc)
     if handed:

@@ -82,6 +82,12 @@ def time_unit(end_s: float) -> tuple[float, str]:
     return 1.0, "seconds"
 
 
+def duration(seconds: float) -> str:
+    """A span of time as a person reads it: 2.5 s, 15.2 min, 3.1 h."""
+    per, unit = time_unit(seconds * 0.999)  # 180 s stays "180.0 s"; longer ones in minutes, then hours
+    return f"{seconds:,.1f} s" if per == 1.0 else f"{seconds / per:,.1f} {'min' if per == 60.0 else 'h'}"
+
+
 def draw_run(spans: pd.DataFrame | Iterable[Sequence[Any]], starts: pd.DataFrame | None = None,
              title: str | None = None):
     """run.png as a matplotlib Figure (on an Agg canvas): the timeline above, each user's seconds
@@ -154,9 +160,9 @@ def draw_timeline_panel(axes, timeline: pd.DataFrame, phases: pd.DataFrame, slow
         if info["failed"]:
             note += f", {int(info['failed']):,} failed"
         if info["waited_s"] > 0:
-            note += f" · waited {info['waited_s']:,.1f} s"
+            note += f" · waited {duration(info['waited_s'])}"
         if info["startup_s"] > 0:
-            note += f" · start-up {info['startup_s']:,.1f} s"
+            note += f" · start-up {duration(info['startup_s'])}"
         axes.text(info["finish_s"] / per, row[label], note, va="center", ha="left", fontsize=NOTE_SIZE, clip_on=False)
 
     axes.set_yticks(range(len(shards)))
@@ -247,7 +253,8 @@ def draw_estimate_panel(axes, timeline: pd.DataFrame, first: np.ndarray, slow: p
 def draw_breakdown_panel(axes, summary: pd.DataFrame, has_starts: bool = True) -> None:
     """Per shard, its time from the run's start to its last user, stacked: waiting to start, start-up,
     its users' analysis, and the rest (commits and gaps between users, a restart's lost time)."""
-    style_axes(axes, f"{BREAKDOWN_TITLE}, {plural(len(summary), 'shard')}", "seconds from the run's start", "shard")
+    per, unit = time_unit(float(summary["finish_s"].max()) if len(summary) else 0.0)  # the timeline's unit
+    style_axes(axes, f"{BREAKDOWN_TITLE}, {plural(len(summary), 'shard')}", f"{unit} from the run's start", "shard")
     axes.grid(False, axis="y")
     axes.xaxis.set_major_formatter(thousands())
     if summary.empty:
@@ -262,7 +269,7 @@ def draw_breakdown_panel(axes, summary: pd.DataFrame, has_starts: bool = True) -
     left = np.zeros(len(ordered))
     y = np.arange(len(ordered))
     for label, seconds, colour, hatch in parts:
-        values = seconds.to_numpy(dtype=float)
+        values = seconds.to_numpy(dtype=float) / per
         if values.any() or label == "users' analysis":
             axes.barh(y, values, left=left, height=0.7, color=colour, hatch=hatch,
                       edgecolor="#9a9a9a" if hatch else "none", linewidth=0.4, label=label)
