@@ -224,9 +224,13 @@ def draw_estimate_panel(axes, timeline: pd.DataFrame, first: np.ndarray, slow: p
                "estimated seconds (the task's prediction)", "seconds taken")
     axes.set_xscale("log")
     axes.set_yscale("log")
-    for axis in (axes.xaxis, axes.yaxis):  # 0.5 s, not 5 x 10^-1; minor ticks labelled at 2 and 5 only
+    for axis, values in ((axes.xaxis, predicted), (axes.yaxis, seconds)):  # 0.5 s, not 5 x 10^-1
         axis.set_major_formatter(thousands())
-        axis.set_minor_formatter(FuncFormatter(lambda x, _: thousands()(x) if f"{x:.0e}"[0] in "25" else ""))
+        shown_values = values[np.isfinite(values) & (values > 0)]
+        within_a_decade = shown_values.size and shown_values.max() < 10 * shown_values.min()
+        # minor ticks labelled: every one within a decade (else no label at all), at 2 and 5 beyond
+        axis.set_minor_formatter(thousands() if within_a_decade else
+                                 FuncFormatter(lambda x, _: thousands()(x) if f"{x:.0e}"[0] in "25" else ""))
     if not shown.any():
         empty_panel(axes, "no user has both an estimate and a measured time")
         return
@@ -265,7 +269,7 @@ def draw_breakdown_panel(axes, summary: pd.DataFrame, has_starts: bool = True) -
     parts = [("waiting to start", ordered["waited_s"], WAITING_COLOUR, "//"),
              ("start-up", ordered["startup_s"], STARTUP_COLOUR, None),
              ("users' analysis", ordered["busy_s"], STATUS_COLOURS["ok"], None),
-             ("between users (commits, gaps)", rest, "#9ecae1", None)]
+             ("the rest: commits, gaps, restarts", rest, "#9ecae1", None)]
     left = np.zeros(len(ordered))
     y = np.arange(len(ordered))
     for label, seconds, colour, hatch in parts:
