@@ -261,8 +261,19 @@ def test_the_core_picture_without_task_panels_says_why_no_row_is_ok():
     frame = pd.DataFrame({"user_id": ["a", "b"], "status": ["skipped", "skipped"],
                           "reason": ["only 0 observations", "only 1 observations"]})
     figure = summary.draw_summary(summary.ResultCounts.of(frame), summary.task_panels(object(), frame, None))
-    assert summary.panel_titles(figure) == [summary.STATUS_PANEL_TITLE]
+    assert summary.panel_titles(figure) == [summary.STATUS_PANEL_TITLE, summary.REASONS_PANEL_TITLE]
     assert "every row skipped: only N observations (2 of 2)" in texts_of(figure.axes[0])  # the core's words
+    reasons = figure.axes[1]
+    assert [label.get_text() for label in reasons.get_yticklabels()] == ["skipped: only N observations"]
+    assert [bar.get_width() for bar in reasons.patches] == [2]
+
+
+def test_the_core_counts_reasons_by_kind_most_common_first():
+    frame = pd.DataFrame({"status": ["skipped", "skipped", "failed", "ok", "failed", "failed"],
+                          "reason": ["only 3 observations", "only 4 observations", "RuntimeError: boom", "",
+                                     "RuntimeError: boom", "OutOfMemoryError (need 1 GiB)"]})
+    assert summary.reason_counts(frame) == (("failed", "RuntimeError: boom", 2), ("skipped", "only N observations", 2),
+                                            ("failed", "OutOfMemoryError", 1))
 
 
 # --- the timeline ----------------------------------------------------------------------------
@@ -549,7 +560,7 @@ def picture_frame():
 def test_the_core_picture_is_the_status_panel():
     frame = picture_frame()
     figure = summary.draw_summary(summary.ResultCounts.of(frame), summary.task_panels(object(), frame, None))
-    assert summary.panel_titles(figure) == [summary.STATUS_PANEL_TITLE]
+    assert summary.panel_titles(figure) == [summary.STATUS_PANEL_TITLE, summary.REASONS_PANEL_TITLE]
     assert summary.status_counts(frame) == {"ok": 1, "failed": 1}
 
 

@@ -211,7 +211,7 @@ def draw_estimate_panel(axes, timeline: pd.DataFrame, first: np.ndarray, slow: p
             empty_panel(axes, "no committed users with a commit time")
             return
         axes.hist(seconds, bins=min(60, max(10, int(math.sqrt(seconds.size)))), color="#8c8c8c")
-        if math.isfinite(scale):
+        if math.isfinite(scale) and scale > 0:  # a median user of no measurable time judges nobody
             axes.axvline(factor * scale, color=SLOW_EDGE, linestyle="--", linewidth=1.2,
                          label=f"slow: ≥ {factor:g}× the median user ({scale:,.3g} s)")
             axes.legend(fontsize=LEGEND_SIZE, loc="upper right")
@@ -245,7 +245,7 @@ def draw_estimate_panel(axes, timeline: pd.DataFrame, first: np.ndarray, slow: p
                      label=f"slow (marked above; at most {SLOW_PER_SHARD} per shard)")
     low, high = float(predicted[shown].min()), float(predicted[shown].max())
     x = np.geomspace(low / 1.1, high * 1.1, 50)
-    if math.isfinite(scale):
+    if math.isfinite(scale) and scale > 0:
         axes.plot(x, scale * x, color="#555555", linewidth=1.2,
                   label=f"the run's median: {scale:,.3g} s taken per estimated second")
         axes.plot(x, factor * scale * x, color=SLOW_EDGE, linestyle="--", linewidth=1.2,

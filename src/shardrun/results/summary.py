@@ -21,7 +21,15 @@ from typing import Any, Sequence
 
 import pandas as pd
 
-from shardrun.panel_style import NOTE_SIZE, TITLE_SIZE, empty_panel, style_axes, thousands, why_nothing_is_drawn
+from shardrun.panel_style import (
+    NOTE_SIZE,
+    TITLE_SIZE,
+    common_reasons,
+    empty_panel,
+    style_axes,
+    thousands,
+    why_nothing_is_drawn,
+)
 from shardrun.results.timeline import STATUS_SEVERITY
 from shardrun.states import UserStatus
 from shardrun.task import SummaryPanel, Task
@@ -30,6 +38,8 @@ FIGURE_INCHES = (16, 11)
 DPI = 110
 STATUS_COLOURS = {UserStatus.OK.value: "#4c72b0", UserStatus.SKIPPED.value: "#b0b0b0", UserStatus.FAILED.value: "#d62728"}
 STATUS_PANEL_TITLE = "Result rows by status"
+REASONS_PANEL_TITLE = "Why rows were skipped or failed"
+MAX_REASONS = 12  # the most common kinds of reason drawn; the rest counted in one line
 
 
 # --- what goes into the picture ---------------------------------------------------------------
@@ -60,6 +70,19 @@ def why_no_ok_rows(frame: pd.DataFrame) -> str | None:
     return why_nothing_is_drawn(frame["status"], reasons, what="row")
 
 
+def reason_counts(frame: pd.DataFrame) -> tuple[tuple[str, str, int], ...]:
+    """(status, kind of reason, rows) of the skipped and failed rows, most common first
+    (panel_style.common_reasons: numbers masked, so one cause counts once)."""
+    if "status" not in frame.columns or "reason" not in frame.columns:
+        return ()
+    counted = []
+    for status in (UserStatus.SKIPPED.value, UserStatus.FAILED.value):
+        mine = (frame["status"] == status).to_numpy(dtype=bool, na_value=False)
+        if mine.any():
+            counted += [(status, kind, n) for kind, n in common_reasons(frame["reason"][mine])]
+    return tuple(sorted(counted, key=lambda item: (-item[2], item[0], item[1])))
+
+
 @dataclass(frozen=True)
 class ResultCounts:
     """All the picture says of the result rows themselves: the frame stays with the merge."""
@@ -68,11 +91,12 @@ class ResultCounts:
     users: int | None  # None: the rows have no user_id column
     statuses: dict[str, int] = field(default_factory=dict)  # status_counts; empty without a status column
     why_empty: str | None = None  # why_no_ok_rows
+    reasons: tuple[tuple[str, str, int], ...] = ()  # reason_counts
 
     @classmethod
     def of(cls, frame: pd.DataFrame) -> "ResultCounts":
         users = int(frame["user_id"].nunique()) if "user_id" in frame.columns else None
-        return cls(len(frame), users, status_counts(frame), why_no_ok_rows(frame))
+        return cls(len(frame), users, status_counts(frame), why_no_ok_rows(frame), reason_counts(frame))
 
 
 @dataclass(frozen=True)
@@ -125,7 +149,10 @@ def draw_summary(counts: ResultCounts, panels: Sequence[SummaryPanel] = (), titl
 
     figure = Figure(figsize=FIGURE_INCHES, dpi=DPI, layout="constrained")
     FigureCanvasAgg(figure)  # explicit Agg canvas: no GUI backend, no pyplot
-    drawn = list(panels) or [SummaryPanel(draw=lambda axes: draw_status_panel(axes, counts.statuses, counts.why_empty))]
+    drawn = list(panels) or [
+        SummaryPanel(draw=lambda axes: draw_status_panel(axes, counts.statuses, counts.why_empty)),
+        SummaryPanel(draw=lambda axes: draw_reasons_panel(axes, counts.reasons), width=1.6),
+    ]
     rows = sorted({panel.row for panel in drawn})
     outer = figure.add_gridspec(len(rows), 1)
     for place, row in enumerate(rows):
@@ -164,6 +191,36 @@ def draw_status_panel(axes, counts: dict[str, int], why_empty: str | None = None
     if why_empty:
         axes.text(0.5, 0.97, why_empty, transform=axes.transAxes, ha="center", va="top", fontsize=NOTE_SIZE + 1,
                   color="#333333", bbox=dict(facecolor="white", edgecolor="#999999", alpha=0.9))
+
+
+def draw_reasons_panel(axes, reasons: Sequence[tuple[str, str, int]]) -> None:
+    """The core's second panel for a task that draws none: the skipped and failed rows by their
+    reason's kind, most common first."""
+    import textwrap
+
+    style_axes(axes, REASONS_PANEL_TITLE, "rows", "")
+    axes.grid(False, axis="y")
+    if not reasons:
+        empty_panel(axes, "no row was skipped or failed")
+        return
+    shown = list(reasons[:MAX_REASONS])
+    rest = sum(n for _, _, n in reasons[MAX_REASONS:])
+    labels = [textwrap.shorten(f"{status}: {kind}", 60, placeholder="…") for status, kind, _ in shown]
+    values = [n for _, _, n in shown]
+    colours = [STATUS_COLOURS.get(status, "black") for status, _, _ in shown]
+    if rest:
+        labels.append(f"{len(reasons) - MAX_REASONS:,} other reasons")
+        values.append(rest)
+        colours.append("#dddddd")
+    y = range(len(values))
+    bars = axes.barh(y, values, color=colours, height=0.6)
+    axes.bar_label(bars, labels=[f"{n:,}" for n in values], fontsize=NOTE_SIZE, padding=2)
+    axes.set_yticks(list(y))
+    axes.set_yticklabels(labels)
+    axes.set_ylim(max(len(values), 8) - 0.5, -0.5)  # a bar keeps its height however few reasons there are
+    axes.set_xlim(0, max(values) * 1.15)
+    axes.xaxis.get_major_locator().set_params(integer=True)
+    axes.xaxis.set_major_formatter(thousands())
 
 
 def plural(n: int, word: str) -> str:
