@@ -651,7 +651,7 @@ def test_process_starts_in_status_json_become_the_start_table(tmp_path):
     run = make_run(tmp_path / "run", count=2)
     [first, second] = shard_dirs_of_run(run)
     ShardPaths(first).status.write_text('{"state": "completed", "process_starts": ["2026-01-01T00:00:01.500+00:00",'
-                                        ' "2026-01-01T00:01:00.000+00:00", "not a time"]}')
+                                        ' "2026-01-01T00:01:00.000+00:00", "not a time", 7, {"a": 1}]}')
     ShardPaths(second).status.write_text('{"state": "completed"}')  # a run from before starts were recorded
     for columnar in (True, False):
         starts = timeline.start_table([read_shard(d, columnar=columnar) for d in (first, second)])

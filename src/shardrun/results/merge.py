@@ -13,9 +13,9 @@ rules: duplicates, conflicts, coverage), frame.py (the table and its bytes), rep
 (merge_report.json). This module only runs them in order, with reading and writing at the two ends.
 
 Writing is atomic for the whole set: results.csv, results.parquet, summary.png, run.png and
-merge_report.json are built in a sibling dir `.<name>.merging-<pid>-<random>` of the output dir, fsynced, and swapped
-into place (storage.atomic.replace_dir), so the output path holds the previous complete set or the
-new one, never a part. An existing, non-empty output dir is refused unless `overwrite` (the
+merge_report.json are built in a sibling dir `.<name>.merging-<pid>-<random>` of the output dir,
+fsynced, and swapped into place (storage.atomic.replace_dir), so the output path holds the previous
+complete set or the new one, never a part. An existing, non-empty output dir is refused unless `overwrite` (the
 command's --overwrite; the launcher owns RUN/merged and always replaces it).
 """
 
@@ -221,8 +221,8 @@ def prepare_output_dir(output_dir: Path, overwrite: bool) -> None:
     if output_dir.exists() and not output_dir.is_dir():
         raise MergeError(
             f"--output {output_dir} is a file, not a dir; merge writes a result set dir (results.csv,"
-            " results.parquet, merge_report.json, summary.png, run.png) there. Pass the path of a new dir, or of an"
-            " earlier result set with --overwrite."
+            " results.parquet, merge_report.json, summary.png, run.png) there. Pass the path of a new dir, or"
+            " of an earlier result set with --overwrite."
         )
     if output_dir.is_dir() and not overwrite and any(output_dir.iterdir()):
         raise MergeError(

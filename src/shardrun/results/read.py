@@ -158,8 +158,8 @@ def _read_status(paths: ShardPaths) -> tuple[str | None, tuple[float, ...]]:
         log.warning("status file %s cannot be read (%s); its state is reported as 'unreadable'", paths.status, exc)
         return "unreadable", ()
     starts = doc.get("process_starts")
-    moments = pd.to_datetime(pd.Series(starts if isinstance(starts, list) else [], dtype=object), errors="coerce",
-                             utc=True, format="ISO8601").dropna()
+    starts = [start for start in starts if isinstance(start, str)] if isinstance(starts, list) else []
+    moments = pd.to_datetime(pd.Series(starts, dtype=object), errors="coerce", utc=True, format="ISO8601").dropna()
     return state, tuple(((moments - pd.Timestamp(0, tz="UTC")).dt.total_seconds()).tolist())
 
 
