@@ -300,15 +300,17 @@ def n_words(ns: Sequence[int]) -> str:
     return f"n = {high:,}" if low == high else f"n = {low:,}–{high:,}"
 
 
-def _band(axes, table: pd.DataFrame, colour: str, alphas: tuple[float, float], hatch: str | None = None) -> None:
-    """The 10–90% and 25–75% bands of a quantile table over k (a single k: a short block around it)."""
+def _band(axes, table: pd.DataFrame, colour: str, alphas: tuple[float, float], hatched: bool = False) -> None:
+    """The 10–90% and 25–75% bands of a quantile table over k (a single k: a short block around it);
+    `hatched`: drawn as hatching without fill, so that they stay apart from filled bands they overlap."""
     x = table["k"].to_numpy(dtype=float)
     band_x = np.array([x[0] - 0.18, x[0] + 0.18]) if len(x) == 1 else x
     repeat = 2 if len(x) == 1 else 1
-    for (low, high), alpha in zip((("q10", "q90"), ("q25", "q75")), alphas):
+    for (low, high), alpha, hatch in zip((("q10", "q90"), ("q25", "q75")), alphas, ("//", "////")):
+        style = (dict(facecolor="none", edgecolor=colour, hatch=hatch, alpha=alpha, linewidth=0) if hatched
+                 else dict(color=colour, alpha=alpha, linewidth=0))
         axes.fill_between(band_x, np.repeat(table[low].to_numpy(float), repeat),
-                          np.repeat(table[high].to_numpy(float), repeat), color=colour, alpha=alpha, linewidth=0,
-                          hatch=hatch)
+                          np.repeat(table[high].to_numpy(float), repeat), **style)
 
 
 def draw_ais_panel(axes, mode: str, quantiles: pd.DataFrame, ceiling: tuple[float, float] | None, colour: str,
@@ -332,11 +334,14 @@ def draw_ais_panel(axes, mode: str, quantiles: pd.DataFrame, ceiling: tuple[floa
         axes.plot(raw["k"], raw["median"], "-o", color=colour, linewidth=2.2, markersize=6)
         handles.append(Line2D([], [], color=colour, marker="o", linewidth=2.2, label="AIS (raw): median of users"))
     if not corrected.empty:
-        _band(axes, corrected, CORRECTED_COLOUR, (0.07, 0.16))
+        _band(axes, corrected, CORRECTED_COLOUR, (0.25, 0.45), hatched=True)
         axes.plot(corrected["k"], corrected["median"], "--s", color=CORRECTED_COLOUR, linewidth=1.8, markersize=5)
         handles.append(Line2D([], [], color=CORRECTED_COLOUR, marker="s", linestyle="--", linewidth=1.8,
                               label="bias-corrected: AIS − permutation null mean"))
-    handles.append(Patch(facecolor="#777777", alpha=0.35, label="bands: 25–75% and 10–90% of users"))
+    handles.append(Patch(facecolor=colour, alpha=0.35, label="25–75% and 10–90% of users (raw)"))
+    if not corrected.empty:
+        handles.append(Patch(facecolor="none", edgecolor=CORRECTED_COLOUR, hatch="////", alpha=0.6, linewidth=0,
+                             label="25–75% and 10–90% of users (bias-corrected)"))
     top = float(np.nanmax(quantiles[["q90", "median"]].to_numpy(dtype=float)))
     bottom = min(0.0, float(np.nanmin(quantiles[["q10", "median"]].to_numpy(dtype=float))))
     if ceiling is not None:
