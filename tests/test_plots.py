@@ -441,7 +441,7 @@ def test_run_png_draws_the_phases_and_names_what_it_lacks():
     figure = run_picture.draw_run(spans, starts, "run1")
     [line] = [a for a in figure.axes if a.get_title(loc="left") == run_picture.TIMELINE_TITLE]
     labels = [t.get_text() for t in line.get_legend().get_texts()]
-    assert labels[:2] == ["waiting to start: the cores were busy with other shards",
+    assert labels[:2] == ["waiting to start: no free core yet (on a cluster: in the queue)",
                           "start-up: process start to first user (data, JVM)"]
     assert " 1 user · waited 6.5 s · start-up 1.5 s" in texts_of(line)
     assert figure.get_suptitle().startswith("3 users, 3 shards: where the run's time went\nrun1")

@@ -175,7 +175,7 @@ def draw_timeline_panel(axes, timeline: pd.DataFrame, phases: pd.DataFrame, slow
     handles = []
     if (phases["phase"] == "waiting").any():
         handles.append(Patch(facecolor=WAITING_COLOUR, edgecolor="#9a9a9a", hatch="//",
-                             label="waiting to start: the cores were busy with other shards"))
+                             label="waiting to start: no free core yet (on a cluster: in the queue)"))
     if (phases["phase"] == "start-up").any():
         handles.append(Patch(facecolor=STARTUP_COLOUR, label="start-up: process start to first user (data, JVM)"))
     handles += [Patch(facecolor=STATUS_COLOURS[s], label=f"user {s}") for s in STATUS_SEVERITY if s in statuses]
