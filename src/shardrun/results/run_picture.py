@@ -219,27 +219,25 @@ def draw_estimate_panel(axes, timeline: pd.DataFrame, first: np.ndarray, slow: p
         return
     predicted = timeline[PREDICTED].to_numpy(dtype=float)
     seconds = timeline["seconds"].to_numpy(dtype=float)
-    shown = np.isfinite(predicted) & (predicted > 0) & (seconds > 0)
-    style_axes(axes, f"{ESTIMATE_TITLE}, n = {int(shown.sum()):,} users with an estimate",
-               "estimated seconds (the task's prediction)", "seconds taken")
+    estimated = np.isfinite(predicted) & (predicted > 0)
+    shown = estimated & (seconds > 0)  # a log scale has no place for a user of no measurable time
+    title = f"{ESTIMATE_TITLE}, n = {plural(int(estimated.sum()), 'user')} with an estimate"
+    if (estimated & ~shown).any():
+        title += f"\n({int((estimated & ~shown).sum()):,} of them took no measurable time: not drawn)"
+    style_axes(axes, title, "estimated seconds (the task's prediction)", "seconds taken")
     axes.set_xscale("log")
     axes.set_yscale("log")
-    for axis, values in ((axes.xaxis, predicted), (axes.yaxis, seconds)):  # 0.5 s, not 5 x 10^-1
-        axis.set_major_formatter(thousands())
-        shown_values = values[np.isfinite(values) & (values > 0)]
-        within_a_decade = shown_values.size and shown_values.max() < 10 * shown_values.min()
-        # minor ticks labelled: every one within a decade (else no label at all), at 2 and 5 beyond
-        axis.set_minor_formatter(thousands() if within_a_decade else
-                                 FuncFormatter(lambda x, _: thousands()(x) if f"{x:.0e}"[0] in "25" else ""))
     if not shown.any():
         empty_panel(axes, "no user has both an estimate and a measured time")
         return
     judged = shown & ~first
-    axes.scatter(predicted[judged], seconds[judged], s=6 if judged.sum() > 2000 else 14, color="#4c72b0", alpha=0.5,
-                 linewidths=0, rasterized=True, label="user")
     warm = shown & first
-    axes.scatter(predicted[warm], seconds[warm], s=30, marker="^", color=WARM_UP_COLOUR,
-                 label="first user of a JVM (its warm-up: not judged)")
+    if judged.any():
+        axes.scatter(predicted[judged], seconds[judged], s=6 if judged.sum() > 2000 else 14, color="#4c72b0",
+                     alpha=0.5, linewidths=0, rasterized=True, label="user")
+    if warm.any():
+        axes.scatter(predicted[warm], seconds[warm], s=30, marker="^", color=WARM_UP_COLOUR,
+                     label="first user of a JVM (its warm-up: not judged)")
     if not slow.empty:
         axes.scatter(slow[PREDICTED], slow["seconds"], s=60, facecolors="none", edgecolors=SLOW_EDGE, linewidths=1.4,
                      label=f"slow (marked above; at most {SLOW_PER_SHARD} per shard)")
@@ -250,6 +248,13 @@ def draw_estimate_panel(axes, timeline: pd.DataFrame, first: np.ndarray, slow: p
                   label=f"the run's median: {scale:,.3g} s taken per estimated second")
         axes.plot(x, factor * scale * x, color=SLOW_EDGE, linestyle="--", linewidth=1.2,
                   label=f"slow: ≥ {factor:g}× that")
+    axes.autoscale_view()
+    for axis in (axes.xaxis, axes.yaxis):  # 0.5 s, not 5 x 10^-1
+        axis.set_major_formatter(thousands())
+        low, high = sorted(axis.get_view_interval())
+        # minor ticks labelled: every one while the axis spans less than a decade, at 2 and 5 beyond
+        axis.set_minor_formatter(thousands() if low > 0 and high < 10 * low else
+                                 FuncFormatter(lambda x, _: thousands()(x) if f"{x:.0e}"[0] in "25" else ""))
     # outside, to the right: inside it would hide the slow and the warm-up users, which sit high
     axes.legend(fontsize=LEGEND_SIZE, loc="upper left", bbox_to_anchor=(1.01, 1.0), framealpha=0.9)
 
