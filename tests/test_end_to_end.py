@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,8 @@ import pytest
 import yaml
 
 from e2e_support import faulty_task_config, analysis_values, read_status, shardrun
+from shardrun.results.read import read_shard, shard_dirs_of_run
+from shardrun.results.timeline import span_table, start_table
 from independent_estimator import assert_row_matches, brute_force_q, expected_mode_row
 from store_support import committed_users
 
@@ -107,6 +110,9 @@ def test_sigkilled_shard_resumes_to_the_uninterrupted_result(workspace):
     assert after["state"] == "completed"
     assert after["resumed_with_done"] == len(committed_before)
     assert after["users_done"] == after["users_total"]
+    # both processes' starts are kept (run.png draws a start-up for each), the killed one's first
+    killed_start, resumed_start = (datetime.fromisoformat(t) for t in after["process_starts"])
+    assert before["process_starts"] == after["process_starts"][:1] and killed_start < resumed_start
     for index in (0, 2):
         shardrun("worker", "--config", str(config), "--full", "--shard", f"{index}/3", "--out", str(run), cwd=root)
 
@@ -130,6 +136,13 @@ def test_launcher_runs_k_shards_merges_and_validates(workspace):
     pd.testing.assert_frame_equal(analysis_values(run_dir / "merged"), workspace["reference"], check_exact=True)
     csv = pd.read_csv(run_dir / "merged" / "results.csv")
     assert len(csv) == len(workspace["reference"])
+    assert (run_dir / "merged" / "summary.png").stat().st_size > 0 and (run_dir / "merged" / "run.png").stat().st_size > 0
+    # each shard's process started before its first user, on the clock the users' times are read from
+    shards = [read_shard(d) for d in shard_dirs_of_run(run_dir)]
+    spans, starts = span_table(shards), start_table(shards)
+    for shard, first_user in spans.groupby("shard")["start"].min().items():
+        [started] = starts.loc[starts["shard"] == shard, "started"]
+        assert started <= first_user < started + 120, (shard, started, first_user)
 
 
 def test_sigterm_to_the_launcher_drains_and_the_run_continues(workspace):

@@ -194,7 +194,7 @@ NAME_RULES = {
     "quarantine": (r"b-\d{6}\.jsonl\.\d+",),
     "tmp": (r"\.[^/]+\.tmp",),
     "merged": (r"results\.csv", r"results\.parquet", r"merge_report\.json", r"validation\.json", r"summary\.png",
-               r"trace\.tsv",
+               r"run\.png", r"trace\.tsv",
                r"\.[^/]+\.tmp"),
     "logs": (r"shard\d+\.log",),
 }

@@ -187,8 +187,8 @@ def test_hostile_user_ids_survive_under_their_own_ids(tmp_path):
         assert sorted(set(frame["user_id"])) == sorted(HOSTILE_IDS)
     # nothing was written outside the run dir and the output dir
     assert sorted(p.name for p in tmp_path.iterdir()) == ["merged", "run"]
-    assert sorted(p.name for p in out.iterdir()) == ["merge_report.json", "results.csv", "results.parquet", "summary.png",
-                                                     "trace.tsv"]
+    assert sorted(p.name for p in out.iterdir()) == ["merge_report.json", "results.csv", "results.parquet", "run.png",
+                                                     "summary.png", "trace.tsv"]
     # the trace holds every id as it is: read back by pandas as the docs say, and by the plain call
     trace = read_trace(out / "trace.tsv")
     assert sorted(trace["user_id"]) == sorted(HOSTILE_IDS)

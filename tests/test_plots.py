@@ -1,5 +1,7 @@
-"""summary.png: the data preparation on small frames with known answers (the core's timeline and the
-default task's panels), then merge writing a real PNG with and without the task's picture hook."""
+"""The merge's pictures: summary.png (the science: the default task's panels) and run.png (the run: the
+core's per-shard timeline). The data preparation on small frames with known answers, what the drawn
+figures hold (titles, the ceiling line, the reason an empty panel gives), then merge writing real PNGs
+with and without the task's picture hook."""
 
 from __future__ import annotations
 
@@ -15,7 +17,8 @@ import pytest
 
 from shardrun.infodynamics import plots as task_plots
 from shardrun.infodynamics import task as default_task
-from shardrun.results import summary, timeline
+from shardrun.panel_style import why_nothing_is_drawn
+from shardrun.results import run_picture, summary, timeline
 from shardrun.results.merge import merge_shards
 from shardrun.results.read import read_shard, shard_dirs_of_run
 from shardrun.results.timeline import UserSpan, commit_spans
@@ -36,15 +39,19 @@ from task_double import (  # noqa: F401  (task_double: the autouse fixture that 
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 PIXELS = (summary.FIGURE_INCHES[1] * summary.DPI, summary.FIGURE_INCHES[0] * summary.DPI)  # rows, columns
+RUN_PIXELS = (run_picture.FIGURE_INCHES[1] * summary.DPI, run_picture.FIGURE_INCHES[0] * summary.DPI)
 
 
 def result_frame(ais_by_k: dict[int, list[float]], null_by_k: dict[int, list[float]], status: list[str],
-                 mode: str = "activity", k_selected: list | None = None) -> pd.DataFrame:
+                 mode: str = "activity", k_selected: list | None = None, q: float | None = 0.01) -> pd.DataFrame:
+    """Rows of one mode; every AIS p-value 0.0 and, unless `q` is None, every q-value `q`."""
     frame = pd.DataFrame({"user_id": [f"u{i}" for i in range(len(status))], "feature_mode": mode, "status": status})
     for k, values in ais_by_k.items():
         frame[f"ais_k{k}_bits"] = values
         frame[f"ais_k{k}_null_mean_bits"] = null_by_k[k]
         frame[f"ais_k{k}_p"] = 0.0
+        if q is not None:
+            frame[f"ais_k{k}_q"] = q
     if k_selected is not None:
         frame["k_selected"] = pd.array(k_selected, dtype="Int64")
     return frame
@@ -114,14 +121,169 @@ def test_selected_k_counts_include_zero_counts_of_the_grid_and_only_ok_rows():
     assert task_plots.selected_k_counts(frame.drop(columns="k_selected")).empty
 
 
+# --- the ceiling, the FDR share, te_hour ----------------------------------------------------------
+
+
+def two_modes(q: float | None = 0.01) -> pd.DataFrame:
+    """Three ok users in activity (base 4) and composite (base 24)."""
+    frames = [result_frame({1: [0.5, 0.6, 0.7], 2: [0.8, 0.9, 1.0]}, {1: [0.1] * 3, 2: [0.2] * 3}, ["ok"] * 3,
+                           mode=mode, k_selected=[1, 2, 2], q=q).assign(base=base)
+              for mode, base in (("activity", 4), ("composite", 24))]
+    frame = pd.concat(frames, ignore_index=True)
+    frame["te_hour_bits"] = [0.1, 0.2, 0.3, 0.05, 0.06, 0.07]
+    if q is not None:
+        frame["te_hour_q"] = [0.01, 0.2, 0.04, 0.5, 0.5, 0.01]
+    return frame
+
+
+def draw(frame: pd.DataFrame):
+    return summary.draw_summary(summary.ResultCounts.of(frame), summary.task_panels(default_task, frame, None))
+
+
+def axes_titled(figure, start: str):
+    [axes] = [a for a in figure.axes if a.get_title(loc="left").startswith(start)]
+    return axes
+
+
+def texts_of(axes) -> list[str]:
+    return [text.get_text() for text in axes.texts]
+
+
+def horizontal_lines(axes) -> list[float]:
+    """The heights of the panel's horizontal lines across the whole panel (axhline)."""
+    return [float(line.get_ydata()[0]) for line in axes.lines
+            if len(set(line.get_ydata())) == 1 and list(line.get_xdata()) == [0, 1]]
+
+
+def test_each_modes_ais_panel_draws_the_ceiling_at_log2_of_its_base():
+    figure = draw(two_modes())
+    for mode, base in (("activity", 4), ("composite", 24)):
+        axes = axes_titled(figure, task_plots.AIS_PANEL_TITLE.format(mode=mode))
+        assert math.log2(base) in [pytest.approx(y) for y in horizontal_lines(axes)]
+        low, high = axes.get_ylim()
+        assert high > math.log2(base)  # the ceiling is in view, however low the values are
+        labels = [t.get_text() for t in axes.get_legend().get_texts()]
+        assert f"ceiling log2(base) = log2({base}) = {math.log2(base):.2f} bits" in labels
+        assert "bias-corrected: AIS − permutation null mean" in labels  # drawn apart from the raw AIS
+        assert axes.get_title(loc="left").endswith("n = 3 users")
+
+
+def test_users_of_different_bases_get_a_ceiling_band():
+    frame = two_modes()
+    frame.loc[frame.index[0], "base"] = 3  # one activity user with another alphabet
+    assert task_plots.ceilings(frame)["activity"] == pytest.approx((math.log2(3), 2.0))
+    axes = axes_titled(draw(frame), task_plots.AIS_PANEL_TITLE.format(mode="activity"))
+    assert any("bases differ" in t.get_text() for t in axes.get_legend().get_texts())
+
+
+def test_the_fdr_share_is_the_count_of_q_below_the_level_over_n():
+    frame = pd.concat([
+        result_frame({1: [0.1] * 4, 2: [0.1] * 4}, {1: [0.0] * 4, 2: [0.0] * 4}, ["ok", "ok", "ok", "failed"]),
+        result_frame({1: [0.1] * 2, 2: [0.1] * 2}, {1: [0.0] * 2, 2: [0.0] * 2}, ["ok", "ok"], mode="composite"),
+    ], ignore_index=True)
+    frame["ais_k1_q"] = [0.01, 0.2, 0.05, 0.0, 0.04, 0.049]
+    frame["ais_k2_q"] = [0.01, np.nan, 0.5, 0.0, 0.9, 0.5]
+    frame["ais_k1_p"] = frame["ais_k2_p"] = 0.001  # every uncorrected p is small: it must not count
+
+    rows = {(r.feature_mode, r.k): (r.n, r.significant, r.share) for r in task_plots.fdr_shares(frame).itertuples()}
+
+    ok = frame["status"] == "ok"
+    for (mode, k), (n, significant, share) in rows.items():
+        q = frame.loc[ok & (frame["feature_mode"] == mode), f"ais_k{k}_q"].dropna()
+        assert (n, significant, share) == (len(q), int((q < 0.05).sum()), (q < 0.05).sum() / len(q))
+    assert rows[("activity", 1)] == (3, 1, 1 / 3)  # 0.05 is not below 0.05; the failed row does not count
+    assert rows[("activity", 2)] == (2, 1, 0.5)  # a missing q-value does not count
+    assert rows[("composite", 1)] == (2, 2, 1.0) and rows[("composite", 2)] == (2, 0, 0.0)
+
+
+def test_without_q_columns_the_panels_say_so_and_never_fall_back_to_p():
+    frame = two_modes(q=None)
+    assert task_plots.fdr_shares(frame).empty and not task_plots.has_q_values(frame)
+    figure = draw(frame)
+    assert task_plots.NO_Q_VALUES in unwrapped(axes_titled(figure, task_plots.FDR_PANEL_TITLE))
+    te = axes_titled(figure, task_plots.TE_PANEL_TITLE)
+    assert texts_of(te).count(task_plots.NO_Q_VALUES) == 2  # one per mode, above its te_hour
+    assert not task_plots.te_hour_table(frame)["share"].notna().any()
+
+
+def test_te_hour_per_mode_with_its_fdr_share():
+    table = task_plots.te_hour_table(two_modes()).set_index("feature_mode")
+    assert table.loc["activity", "n"] == 3 and table.loc["activity", "median"] == pytest.approx(0.2)
+    assert (table.loc["activity", "significant"], table.loc["activity", "share"]) == (2, pytest.approx(2 / 3))
+    assert (table.loc["composite", "significant"], table.loc["composite", "n_q"]) == (1, 3)
+    te = axes_titled(draw(two_modes()), task_plots.TE_PANEL_TITLE)
+    assert "q < 0.05: 67%\n(2 of 3)" in texts_of(te)
+    assert [label.get_text() for label in te.get_xticklabels()] == ["activity\nn = 3", "composite\nn = 3"]
+
+
+def test_every_panel_of_summary_png_says_how_many_users_it_is_drawn_from():
+    figure = draw(two_modes())
+    titles = summary.panel_titles(figure)
+    assert len(titles) == 5  # two modes' AIS, the FDR share, te_hour, the selected k
+    assert all("n = 3" in title for title in titles), titles
+
+
+def test_an_all_skipped_set_says_why_in_each_panel():
+    frame = result_frame({1: [np.nan] * 3}, {1: [np.nan] * 3}, ["skipped"] * 3, k_selected=[None] * 3)
+    frame["reason"] = [f"only {n} observations; needs at least 14 (data.min_observations 20, largest k + 2 = 8)"
+                       for n in (0, 3, 12)]
+    frame = pd.concat([frame, frame.assign(feature_mode="composite")], ignore_index=True)  # two rows per user
+    figure = draw(frame)
+    expected = "every user skipped: too few observations (3 of 3)"  # users, not rows
+    for mode in ("activity", "composite"):
+        assert expected in unwrapped(axes_titled(figure, task_plots.AIS_PANEL_TITLE.format(mode=mode)))
+    for title in (task_plots.FDR_PANEL_TITLE, task_plots.TE_PANEL_TITLE, task_plots.SELECTED_K_PANEL_TITLE):
+        assert expected in unwrapped(axes_titled(figure, title)), title
+
+
+def unwrapped(axes) -> list[str]:
+    """The panel's texts with the empty panel's line wrapping undone."""
+    return [text.replace("\n", " ") for text in texts_of(axes)]
+
+
+def test_an_all_failed_set_names_the_most_common_reason():
+    frame = result_frame({1: [np.nan] * 3}, {1: [np.nan] * 3}, ["failed"] * 3)
+    frame["reason"] = ["HeapTooSmall: user u1 needs 512 MiB; raise jvm.xmx", "HeapTooSmall: user u2 needs 640 MiB",
+                       "RuntimeError: boom"]
+    text = why_nothing_is_drawn(frame["status"], frame["reason"], plain=task_plots.plain_reason)
+    assert text == "every user failed: most often HeapTooSmall: user uN needs N MiB (2) (3 of 3)"
+    # numbers are masked so the same cause counts once, not once per user
+    counted = why_nothing_is_drawn(pd.Series(["failed"] * 2), pd.Series(["Java heap exhausted (need 512 MiB)",
+                                                                          "Java heap exhausted (need 640 MiB)"]),
+                                   plain=task_plots.plain_reason)
+    assert counted == "every user failed: Java heap exhausted (2 of 2)"
+    mixed = why_nothing_is_drawn(pd.Series(["skipped", "failed"]), pd.Series(["only 3 observations", "boom"]),
+                                 plain=task_plots.plain_reason)
+    assert mixed == "no user with status ok:\n1 skipped: too few observations\n1 failed: boom"
+
+
+def test_the_core_picture_without_task_panels_says_why_no_row_is_ok():
+    frame = pd.DataFrame({"user_id": ["a", "b"], "status": ["skipped", "skipped"],
+                          "reason": ["only 0 observations", "only 1 observations"]})
+    figure = summary.draw_summary(summary.ResultCounts.of(frame), summary.task_panels(object(), frame, None))
+    assert summary.panel_titles(figure) == [summary.STATUS_PANEL_TITLE, summary.REASONS_PANEL_TITLE]
+    assert "every row skipped: only N observations (2 of 2)" in texts_of(figure.axes[0])  # the core's words
+    reasons = figure.axes[1]
+    assert [label.get_text() for label in reasons.get_yticklabels()] == ["skipped: only N observations"]
+    assert [bar.get_width() for bar in reasons.patches] == [2]
+
+
+def test_the_core_counts_reasons_by_kind_most_common_first():
+    frame = pd.DataFrame({"status": ["skipped", "skipped", "failed", "ok", "failed", "failed"],
+                          "reason": ["only 3 observations", "only 4 observations", "RuntimeError: boom", "",
+                                     "RuntimeError: boom", "OutOfMemoryError (need 1 GiB)"]})
+    assert summary.reason_counts(frame) == (("failed", "RuntimeError: boom", 2), ("skipped", "only N observations", 2),
+                                            ("failed", "OutOfMemoryError", 1))
+
+
 # --- the timeline ----------------------------------------------------------------------------
 
 
 def test_user_span_ends_at_the_commit_and_lasts_the_rows_seconds():
     rows = [{"status": "ok", "seconds": 2.5}, {"status": "failed", "seconds": 2.5}]
-    span = timeline.user_span("1/4", "2026-01-01T00:00:10.250+00:00", rows)
+    span = timeline.user_span("1/4", "2026-01-01T00:00:10.250+00:00", rows, "u1")
     end = datetime(2026, 1, 1, 0, 0, 10, 250000, tzinfo=timezone.utc).timestamp()
-    assert span == UserSpan("1/4", end - 2.5, end, "failed")
+    assert span == UserSpan("1/4", end - 2.5, end, "failed", "u1")
     assert timeline.user_span("1/4", None, rows) is None
     assert timeline.user_span("1/4", "not a time", rows) is None
     assert timeline.user_span("0/1", "2026-01-01T00:00:10+00:00", [{"status": "skipped", "seconds": None}]).start == \
@@ -154,6 +316,42 @@ def test_timeline_table_is_relative_to_the_run_start_and_ordered_by_shard():
     assert list(table.shard) == ["2/16", "2/16", "10/16"]
     assert list(table.start_s) == [0.0, 3.0, 5.0] and list(table.seconds) == [3.0, 1.0, 2.0]
     assert timeline.timeline_table([]).empty
+    # a process that started before every user is the run's start
+    starts = pd.DataFrame({"shard": ["2/16"], "started": [998.0]})
+    assert timeline.timeline_table(spans, starts).attrs["run_start"] == 998.0
+
+
+def two_waves():
+    """Shards 0/3 and 1/3 start at once; 2/3 waits until 0/3 is done (at most two at once)."""
+    spans = [UserSpan("0/3", 2.0, 5.0, "ok", "a"), UserSpan("0/3", 5.0, 6.0, "ok", "b"),
+             UserSpan("1/3", 1.5, 9.0, "ok", "c"),
+             UserSpan("2/3", 8.0, 10.0, "ok", "d"), UserSpan("2/3", 10.0, 11.0, "failed", "e")]
+    starts = pd.DataFrame({"shard": ["0/3", "1/3", "2/3"], "started": [0.0, 0.1, 6.5]})
+    table = timeline.timeline_table(spans, starts)
+    return table, timeline.relative_starts(starts, table)
+
+
+def test_phases_are_waiting_for_a_core_then_start_up_until_the_first_user():
+    table, starts = two_waves()
+    phases = timeline.shard_phases(table, starts)
+    assert list(phases.itertuples(index=False, name=None)) == [
+        ("0/3", "start-up", 0.0, 2.0),
+        ("1/3", "start-up", 0.1, 1.5),  # started 0.1 s after the first: the launcher's turn, not a wait
+        ("2/3", "waiting", 0.0, 6.5), ("2/3", "start-up", 6.5, 8.0),
+    ]
+    per_shard = timeline.shard_summary(table, phases).set_index("shard")
+    assert (per_shard.loc["2/3", "waited_s"], per_shard.loc["2/3", "startup_s"]) == (6.5, 1.5)
+    assert per_shard.loc["0/3", "waited_s"] == 0.0
+
+
+def test_a_restarted_shard_gets_a_start_up_per_process():
+    spans = [UserSpan("0/1", 1.0, 2.0, "ok"), UserSpan("0/1", 2.0, 3.0, "ok"), UserSpan("0/1", 10.0, 11.0, "ok")]
+    starts = pd.DataFrame({"shard": ["0/1", "0/1"], "started": [0.0, 8.0]})
+    table = timeline.timeline_table(spans, starts)
+    relative = timeline.relative_starts(starts, table)
+    phases = timeline.shard_phases(table, relative)
+    assert list(zip(phases.phase, phases.start_s, phases.end_s)) == [("start-up", 0.0, 1.0), ("start-up", 8.0, 10.0)]
+    assert list(timeline.first_users(table, relative)) == [True, False, True]  # each process's first user
 
 
 def test_shard_summary_lists_the_straggler_shard_first():
@@ -172,15 +370,35 @@ def test_shard_summary_lists_the_straggler_shard_first():
     assert (first.users, first.ok, first.failed, first.skipped, first.busy_s) == (2, 1, 1, 0, 12.0)
 
 
-def test_slow_users_are_the_slowest_first_and_only_when_they_stand_out():
-    spans = [UserSpan("0/2", i, i + 1.0, "ok") for i in range(10)]
-    spans += [UserSpan("1/2", 0.0, 5.0, "ok"), UserSpan("1/2", 5.0, 13.0, "ok"), UserSpan("0/2", 10.0, 14.0, "ok")]
+def with_estimates(spans, predicted):
+    table = pd.DataFrame(spans, columns=list(timeline.SPAN_COLUMNS))
+    return table.assign(predicted_s=predicted)
 
-    slow = timeline.slow_users(timeline.timeline_table(spans), factor=3.0, per_shard=3)
 
-    assert list(zip(slow.shard, slow.seconds)) == [("1/2", 8.0), ("1/2", 5.0), ("0/2", 4.0)]
-    uniform = [UserSpan("0/1", i, i + 1.0, "ok") for i in range(5)]
-    assert timeline.slow_users(timeline.timeline_table(uniform)).empty
+def test_a_slow_user_is_marked_against_its_estimate_never_for_being_first():
+    # shard 0/2: its first user (the JVM's warm-up) took 5 s for an estimate of 1; then users that took
+    # what their estimates say (a big user's 10 s included), and one that took 4 s for an estimate of 1
+    spans = [UserSpan("0/2", 0.0, 5.0, "ok", "first"), UserSpan("0/2", 5.0, 15.0, "ok", "big"),
+             *[UserSpan("0/2", 15.0 + i, 16.0 + i, "ok", f"u{i}") for i in range(6)],
+             UserSpan("0/2", 21.0, 25.0, "ok", "slow"), UserSpan("1/2", 0.0, 1.0, "ok", "v")]
+    predicted = [1.0, 10.0, *[1.0] * 6, 1.0, 1.0]
+    table = timeline.timeline_table(with_estimates(spans, predicted))
+    first = timeline.first_users(table, timeline.relative_starts(None, table))
+
+    slow = timeline.slow_users(table, first)
+
+    assert list(slow.user_id) == ["slow"]  # not "first" (5x, a warm-up), not "big" (10 s, as estimated)
+    assert slow.attrs["basis"] == "estimate" and slow.attrs["scale"] == pytest.approx(1.0)
+    # by seconds alone (the old rule) the first and the big user would stand out
+    plain = timeline.slow_users(table.assign(predicted_s=np.nan))
+    assert plain.attrs["basis"] == "median" and set(plain.user_id) == {"big", "first", "slow"}
+
+
+def test_the_estimate_is_scaled_to_the_machine():
+    """A machine four times slower than the estimate's: no user is slow for that alone."""
+    spans = [UserSpan("0/1", float(i), i + 4.0, "ok", f"u{i}") for i in range(10)]
+    table = timeline.timeline_table(with_estimates(spans, [1.0] * 10))
+    assert timeline.slow_users(table, timeline.first_users(table, timeline.relative_starts(None, table))).empty
 
 
 def test_timeline_bars_cap_per_shard_and_keep_idle_gaps():
@@ -215,16 +433,34 @@ def test_timeline_bars_of_hundreds_of_thousands_stay_few():
     assert bars.users.sum() == users
 
 
-# --- the PNG through merge -------------------------------------------------------------------
+def test_run_png_draws_the_phases_and_names_what_it_lacks():
+    table, _ = two_waves()
+    spans = [UserSpan(*row) for row in [("0/3", 2.0, 5.0, "ok", "a"), ("1/3", 1.5, 9.0, "ok", "c"),
+                                        ("2/3", 8.0, 10.0, "ok", "d")]]
+    starts = pd.DataFrame({"shard": ["0/3", "1/3", "2/3"], "started": [0.0, 0.1, 6.5]})
+    figure = run_picture.draw_run(spans, starts, "run1")
+    [line] = [a for a in figure.axes if a.get_title(loc="left") == run_picture.TIMELINE_TITLE]
+    labels = [t.get_text() for t in line.get_legend().get_texts()]
+    assert labels[:2] == ["waiting to start: no free core yet (on a cluster: in the queue)",
+                          "start-up: process start to first user (data, JVM)"]
+    assert " 1 user · waited 6.5 s · start-up 1.5 s" in texts_of(line)
+    assert figure.get_suptitle().startswith("3 users, 3 shards: where the run's time went\nrun1")
+    without = run_picture.draw_run(spans, None)
+    [line] = [a for a in without.axes if a.get_title(loc="left") == run_picture.TIMELINE_TITLE]
+    assert "no process start times in this run" in line.get_legend().get_title().get_text()
+
+
+# --- the PNGs through merge -------------------------------------------------------------------
 
 KS = (1, 2, 3)
-AIS_COLUMNS = ["k_selected"] + [f"ais_k{k}_{what}" for k in KS for what in ("bits", "null_mean_bits", "p")]
+AIS_COLUMNS = ["k_selected", "base"] + [f"ais_k{k}_{what}" for k in KS for what in ("bits", "null_mean_bits", "p", "q")]
+AIS_COLUMNS += ["te_hour_bits", "te_hour_q"]
 
 
 @pytest.fixture
 def with_ais_columns(task_double, monkeypatch):
-    """The double's schema with the AIS columns of the real analysis, so merge keeps them, and the
-    default task's picture hook, so merge draws the AIS panels."""
+    """The double's schema with the AIS columns of the real analysis (and the q-values of the set-level
+    step), so merge keeps them, and the default task's picture hook, so merge draws the AIS panels."""
     monkeypatch.setattr(task_double, "result_columns", lambda settings: COLUMNS + AIS_COLUMNS)
     monkeypatch.setattr(task_double, "summary_panels", default_task.summary_panels, raising=False)
 
@@ -246,18 +482,24 @@ def drawn_panels(monkeypatch):
 def ais_override(i: int, ks=KS) -> dict:
     values = {f"ais_k{k}_bits": 0.2 * k + 0.05 * i for k in ks}
     values.update({f"ais_k{k}_null_mean_bits": 0.01 * k * k for k in ks})
-    values.update({f"ais_k{k}_p": 0.0 for k in ks})
-    values["k_selected"] = ks[i % len(ks)]
+    values.update({f"ais_k{k}_p": 0.01 for k in ks})
+    values.update({f"ais_k{k}_q": 0.02 * i for k in ks})
+    values.update(k_selected=ks[i % len(ks)], base=4, te_hour_bits=0.1 * i, te_hour_q=0.03 * i)
     return values
 
 
-def assert_valid_png(path):
+def assert_valid_png(path, pixels=PIXELS):
     import matplotlib.image
 
     payload = path.read_bytes()
     assert payload[:8] == PNG_SIGNATURE
-    assert len(payload) > 20_000  # three drawn panels, not an empty canvas
-    assert matplotlib.image.imread(path).shape[:2] == PIXELS
+    assert len(payload) > 20_000  # drawn panels, not an empty canvas
+    assert matplotlib.image.imread(path).shape[:2] == pixels
+
+
+def assert_both_pictures(out):
+    assert_valid_png(MergedPaths(out).summary_png)
+    assert_valid_png(MergedPaths(out).run_png, RUN_PIXELS)
 
 
 def failed_override() -> dict:
@@ -281,99 +523,75 @@ CASES = {
 
 
 @pytest.mark.parametrize("case", list(CASES))
-def test_merge_writes_a_readable_png(tmp_path, with_ais_columns, case):
+def test_merge_writes_both_pictures(tmp_path, with_ais_columns, case):
     users, overrides = CASES[case]["users"], CASES[case]["overrides"]
     run = make_run(tmp_path / "run", count=min(2, len(users)), raw=raw_config(users=users), overrides=overrides)
     out = tmp_path / "merged"
 
     merge_shards(shard_dirs_of_run(run), out)
 
-    assert_valid_png(MergedPaths(out).summary_png)
+    assert_both_pictures(out)
+    assert MergedPaths(out).run_png.parent == MergedPaths(out).summary_png.parent
 
 
 def test_merge_draws_the_default_tasks_panels_through_its_hook(tmp_path, with_ais_columns, drawn_panels):
     run = make_run(tmp_path / "run", count=2, overrides={u: ais_override(i) for i, u in enumerate(USERS)})
     merge_shards(shard_dirs_of_run(run), tmp_path / "merged")
     [panels] = drawn_panels
-    assert [p.width for p in panels] == [2.6, 1.6, 1.8]  # AIS against k, significant shares, the selected k
-    assert_valid_png(MergedPaths(tmp_path / "merged").summary_png)
+    # one AIS panel per mode in the top row; the FDR share, te_hour and the selected k below
+    assert [(p.row, p.width) for p in panels] == [(0, 1.0), (0, 1.0), (1, 1.3), (1, 1.0), (1, 1.2)]
+    assert_both_pictures(tmp_path / "merged")
 
 
-def test_merge_writes_the_timeline_for_a_task_without_the_picture_hook(tmp_path, task_double, drawn_panels):
+def test_merge_writes_the_status_panel_for_a_task_without_the_picture_hook(tmp_path, task_double, drawn_panels):
     assert not hasattr(task_double, "summary_panels")
     run = make_run(tmp_path / "run", count=3)
     out = tmp_path / "merged"
     merge_shards(shard_dirs_of_run(run), out)
     assert drawn_panels == [[]]  # no panels of the task: the core's own picture only
-    assert_valid_png(MergedPaths(out).summary_png)
+    assert_both_pictures(out)
 
 
-def picture_frame_and_spans():
-    frame = result_frame({1: [0.3, 0.4], 2: [0.5, 0.7]}, {1: [0.0, 0.0], 2: [0.1, 0.1]}, ["ok", "failed"],
-                         k_selected=[2, None])
-    return frame, [UserSpan("0/2", 0.0, 2.0, "ok"), UserSpan("1/2", 0.0, 3.0, "failed")]
+def picture_frame():
+    return result_frame({1: [0.3, 0.4], 2: [0.5, 0.7]}, {1: [0.0, 0.0], 2: [0.1, 0.1]}, ["ok", "failed"],
+                        k_selected=[2, None])
 
 
-def test_the_core_picture_is_the_status_panel_above_the_timeline():
-    frame, spans = picture_frame_and_spans()
-    figure = summary.draw_summary(summary.ResultCounts.of(frame), spans,
-                                  panels=summary.task_panels(object(), frame, None))
-    assert summary.panel_titles(figure) == [summary.STATUS_PANEL_TITLE, summary.TIMELINE_TITLE]
+def test_the_core_picture_is_the_status_panel():
+    frame = picture_frame()
+    figure = summary.draw_summary(summary.ResultCounts.of(frame), summary.task_panels(object(), frame, None))
+    assert summary.panel_titles(figure) == [summary.STATUS_PANEL_TITLE, summary.REASONS_PANEL_TITLE]
     assert summary.status_counts(frame) == {"ok": 1, "failed": 1}
 
 
-def test_the_default_tasks_picture_holds_the_ais_panels_above_the_timeline():
-    frame, spans = picture_frame_and_spans()
-    panels = summary.task_panels(default_task, frame, None)
-    figure = summary.draw_summary(summary.ResultCounts.of(frame), spans, panels=panels)
-    assert summary.panel_titles(figure) == [
-        task_plots.AIS_PANEL_TITLE, task_plots.SIGNIFICANCE_PANEL_TITLE, task_plots.SELECTED_K_PANEL_TITLE,
-        summary.TIMELINE_TITLE,
-    ]
-    # the title in plain words: the core's part (users, shards), then what the task's panels show
-    assert figure.get_suptitle().startswith(f"2 users, 2 shards: {task_plots.PLAIN_TITLE}\n")
+def test_the_default_tasks_picture_is_the_science_only():
+    frame = picture_frame()
+    figure = draw(frame)
+    titles = summary.panel_titles(figure)
+    expected = [task_plots.AIS_PANEL_TITLE.format(mode="activity"), task_plots.FDR_PANEL_TITLE,
+                task_plots.TE_PANEL_TITLE, task_plots.SELECTED_K_PANEL_TITLE]
+    assert len(titles) == len(expected) and all(title.startswith(start) for title, start in zip(titles, expected))
+    assert not any("shard" in title or "timeline" in title for title in titles)
+    # the title in plain words: the core's part (users), then what the task's panels show
+    assert figure.get_suptitle().startswith(f"2 users: {task_plots.PLAIN_TITLE}\n")
 
 
-def test_the_core_title_says_users_and_shards_and_names_no_analysis():
-    frame, spans = picture_frame_and_spans()
-    figure = summary.draw_summary(summary.ResultCounts.of(frame), spans,
-                                  panels=summary.task_panels(object(), frame, None), title="run1")
+def test_the_core_title_says_users_and_names_no_analysis():
+    frame = picture_frame()
+    figure = summary.draw_summary(summary.ResultCounts.of(frame), summary.task_panels(object(), frame, None),
+                                  title="run1")
     first, second = figure.get_suptitle().split("\n")
-    assert first == "2 users, 2 shards: results by status and the time each shard took"
+    assert first == "2 users: result rows by status"
     assert second == "run1: 2 result rows, ok 1 / failed 1"
 
 
-def test_the_ais_axis_fits_the_data_not_a_fixed_range():
+def test_the_ais_axis_fits_the_data_and_the_ceiling():
     frame = result_frame({1: [2.0, 2.1, 2.2], 2: [2.4, 2.5, 2.6]}, {1: [0.1] * 3, 2: [0.1] * 3}, ["ok"] * 3)
-    spans = [UserSpan("0/1", 0.0, 1.0, "ok")]
-    figure = summary.draw_summary(summary.ResultCounts.of(frame), spans,
-                                  panels=summary.task_panels(default_task, frame, None))
+    figure = draw(frame.assign(base=8))  # ceiling 3 bits
     low, high = figure.axes[0].get_ylim()
     values = task_plots.ais_quantiles(frame)[["q10", "q90", "median"]].to_numpy()
-    assert values.min() - 0.5 < low < values.min() and values.max() < high < values.max() + 0.5
-
-
-# --- significance ------------------------------------------------------------------------------
-
-
-def test_significant_shares_count_ok_rows_with_a_p_value_below_alpha_per_mode_and_k():
-    frame = pd.concat([
-        result_frame({1: [0.1] * 4, 2: [0.1] * 4}, {1: [0.0] * 4, 2: [0.0] * 4}, ["ok", "ok", "ok", "failed"]),
-        result_frame({1: [0.1] * 2, 2: [0.1] * 2}, {1: [0.0] * 2, 2: [0.0] * 2}, ["ok", "ok"], mode="composite"),
-    ], ignore_index=True)
-    frame["ais_k1_p"] = [0.01, 0.2, 0.05, 0.0, 0.04, 0.049]
-    frame["ais_k2_p"] = [0.01, np.nan, 0.5, 0.0, 0.9, 0.5]
-    table = task_plots.significant_shares(frame)
-    rows = {(r.feature_mode, r.k): (r.n, r.significant, r.share) for r in table.itertuples()}
-    assert rows[("activity", 1)] == (3, 1, 1 / 3)  # 0.05 is not below 0.05; the failed row does not count
-    assert rows[("activity", 2)] == (2, 1, 0.5)  # a missing p-value does not count
-    assert rows[("composite", 1)] == (2, 2, 1.0) and rows[("composite", 2)] == (2, 0, 0.0)
-
-
-def test_significant_shares_are_empty_without_p_columns_or_ok_rows():
-    frame = result_frame({1: [0.1]}, {1: [0.0]}, ["failed"])
-    assert task_plots.significant_shares(frame).empty
-    assert task_plots.significant_shares(frame.drop(columns=["ais_k1_p"]).assign(status="ok")).empty
+    assert -0.5 < low <= 0.0 and 3.0 < high < 3.0 + 0.5  # from zero (the bias-corrected values) to the ceiling
+    assert low < values.min() and values.max() < high
 
 
 def test_fitted_limits_surround_the_data_with_a_margin():
@@ -382,7 +600,26 @@ def test_fitted_limits_surround_the_data_with_a_margin():
     assert low < 3.0 < high
 
 
-def test_a_failing_picture_hook_keeps_the_merged_results(tmp_path, task_double, monkeypatch, caplog):
+def test_the_tasks_estimate_from_rows_equals_its_estimate_from_the_input():
+    """run.png judges users by PredictsTime.result_seconds (from the merged rows); it must be the same
+    estimate as user_seconds (from the input), which --time plans with."""
+    from shardrun.config import load_config
+
+    config = load_config("config/proposal.yaml")
+    dataset = default_task.load(config.settings)
+    from_input = default_task.user_seconds(config.settings, dataset)
+    users = list(dataset.user_ids)[:5]
+    n_obs = [dataset.series(u).n_obs for u in users]
+    frame = pd.DataFrame({"user_id": np.repeat(users, 2), "feature_mode": ["activity", "composite"] * 5,
+                          "status": ["ok", "skipped"] * 4 + ["skipped", "skipped"], "n_obs": np.repeat(n_obs, 2)})
+    from_rows = default_task.result_seconds(frame, config.settings)
+    assert [from_rows[u] for u in users[:4]] == pytest.approx([from_input[u] for u in users[:4]])
+    assert from_rows[users[4]] == pytest.approx(1.0)  # every row skipped: no tests ran, the fixed part only
+    failed = frame.assign(n_obs=np.nan)
+    assert len(default_task.result_seconds(failed, config.settings)) == 0
+
+
+def test_a_failing_picture_hook_keeps_the_merged_results_and_run_png(tmp_path, task_double, monkeypatch, caplog):
     def broken(frame, settings):
         raise KeyError("ais_k1_bits")
 
@@ -393,6 +630,7 @@ def test_a_failing_picture_hook_keeps_the_merged_results(tmp_path, task_double, 
         report = merge_shards(shard_dirs_of_run(run), out)
     assert report.complete and len(read_both(out)[0]) == 16
     assert not MergedPaths(out).summary_png.exists()
+    assert_valid_png(MergedPaths(out).run_png, RUN_PIXELS)  # one picture's failure costs only itself
     assert any("KeyError" in r.getMessage() for r in caplog.records if r.levelno == logging.ERROR)
 
 
@@ -405,8 +643,20 @@ def test_commit_times_have_milliseconds_and_become_spans(tmp_path):
             assert stamp.tzinfo is not None
     spans = commit_spans([read_shard(d) for d in shard_dirs_of_run(run)])
     assert len(spans) == len(USERS)
-    assert {s.shard for s in spans} == {"0/2", "1/2"}
+    assert {s.shard for s in spans} == {"0/2", "1/2"} and {s.user_id for s in spans} == set(USERS)
     assert all(s.end - s.start == pytest.approx(0.25) and s.status == "ok" for s in spans)
+
+
+def test_process_starts_in_status_json_become_the_start_table(tmp_path):
+    run = make_run(tmp_path / "run", count=2)
+    [first, second] = shard_dirs_of_run(run)
+    ShardPaths(first).status.write_text('{"state": "completed", "process_starts": ["2026-01-01T00:00:01.500+00:00",'
+                                        ' "2026-01-01T00:01:00.000+00:00", "not a time", 7, {"a": 1}]}')
+    ShardPaths(second).status.write_text('{"state": "completed"}')  # a run from before starts were recorded
+    for columnar in (True, False):
+        starts = timeline.start_table([read_shard(d, columnar=columnar) for d in (first, second)])
+        base = datetime(2026, 1, 1, tzinfo=timezone.utc).timestamp()
+        assert list(starts.itertuples(index=False, name=None)) == [("0/2", base + 1.5), ("0/2", base + 60.0)]
 
 
 def panels_of(*draws):
@@ -425,8 +675,8 @@ def hook_that_raises(frame, settings):
 def test_a_plot_failure_keeps_the_merged_results(tmp_path, task_double, monkeypatch, caplog, hook, said):
     run = make_run(tmp_path / "run", count=2)
     out = tmp_path / "merged"
-    merge_shards(shard_dirs_of_run(run), out)  # a first merge leaves a picture behind
-    assert MergedPaths(out).summary_png.is_file()
+    merge_shards(shard_dirs_of_run(run), out)  # a first merge leaves pictures behind
+    assert MergedPaths(out).summary_png.is_file() and MergedPaths(out).run_png.is_file()
 
     monkeypatch.setattr(task_double, "summary_panels", hook, raising=False)
     with caplog.at_level(logging.ERROR, logger="shardrun.results.merge"):
@@ -435,9 +685,11 @@ def test_a_plot_failure_keeps_the_merged_results(tmp_path, task_double, monkeypa
     assert report.complete and read_report(out)["complete"] is True
     assert len(read_both(out)[0]) == 16
     assert not MergedPaths(out).summary_png.exists()  # the old picture does not pass for this merge's
-    [record] = [r for r in caplog.records if r.levelno == logging.ERROR]
-    assert "summary.png" in record.getMessage() and all(words in record.getMessage() for words in said)
-    assert record.exc_info is not None  # the traceback is in the log
+    errors = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert errors and all(r.exc_info is not None for r in errors)  # the traceback is in the log
+    assert any("summary.png" in r.getMessage() and all(words in r.getMessage() for words in said) for r in errors)
+    # the killed process takes run.png with it; a panel that raises costs summary.png only
+    assert MergedPaths(out).run_png.is_file() == ("killed" not in said[0])
 
 
 def test_a_panel_that_cannot_be_pickled_is_drawn_in_the_merges_own_process(tmp_path, task_double, monkeypatch,
@@ -449,18 +701,18 @@ def test_a_panel_that_cannot_be_pickled_is_drawn_in_the_merges_own_process(tmp_p
     run = make_run(tmp_path / "run", count=2)
     with caplog.at_level(logging.INFO, logger="shardrun.results.picture_process"):
         merge_shards(shard_dirs_of_run(run), tmp_path / "merged")
-    assert_valid_png(MergedPaths(tmp_path / "merged").summary_png)
+    assert_both_pictures(tmp_path / "merged")
     assert marker.read_text() == str(os.getpid())
     assert any("drawn in the merge's own process" in r.getMessage() for r in caplog.records)
 
 
-def test_the_picture_is_drawn_by_another_process(tmp_path, task_double, monkeypatch):
+def test_the_pictures_are_drawn_by_another_process(tmp_path, task_double, monkeypatch):
     marker = tmp_path / "drawn-by"
     monkeypatch.setattr(task_double, "summary_panels", panels_of(functools.partial(picture_panels.slow, marker=marker,
                                                                                    seconds=0)), raising=False)
     run = make_run(tmp_path / "run", count=2)
     merge_shards(shard_dirs_of_run(run), tmp_path / "merged")
-    assert_valid_png(MergedPaths(tmp_path / "merged").summary_png)
+    assert_both_pictures(tmp_path / "merged")
     assert int(marker.read_text()) != os.getpid()
 
 
@@ -473,22 +725,30 @@ def test_hundreds_of_thousands_of_users_still_draw(tmp_path):
             "feature_mode": np.tile(["activity", "composite"], users),
             "status": np.where(rng.random(2 * users) < 0.97, "ok", "failed"),
             "k_selected": rng.integers(1, 5, 2 * users),
+            "base": np.tile([4, 24], users),
+            "te_hour_bits": rng.gamma(2, 0.05, 2 * users),
+            "te_hour_q": rng.random(2 * users),
         }
     )
     for k in range(1, 5):
         frame[f"ais_k{k}_bits"] = rng.normal(1.0 + 0.1 * k, 0.2, 2 * users)
         frame[f"ais_k{k}_null_mean_bits"] = 0.01 * k
+        frame[f"ais_k{k}_q"] = rng.random(2 * users)
     durations = rng.gamma(4, 0.3, users)
     shard_of = np.arange(users) % 16
     ends = pd.Series(durations).groupby(shard_of).cumsum().to_numpy()
-    spans = list(zip([f"{s}/16" for s in shard_of], ends - durations, ends, frame.status.iloc[::2]))
-    path = tmp_path / "summary.png"
+    spans = pd.DataFrame({"shard": [f"{s}/16" for s in shard_of], "start": ends - durations, "end": ends,
+                          "status": frame.status.iloc[::2].to_numpy(), "user_id": frame.user_id.iloc[::2].to_numpy(),
+                          "predicted_s": durations * rng.uniform(0.8, 1.2, users)})
+    starts = pd.DataFrame({"shard": [f"{s}/16" for s in range(16)], "started": -2.0})
 
-    picture = summary.SummaryPicture(summary.ResultCounts.of(frame), spans,
-                                     panels=tuple(task_plots.summary_panels(frame, None)))
-    path.write_bytes(picture.png())
+    summary_path, run_path = tmp_path / "summary.png", tmp_path / "run.png"
+    summary_path.write_bytes(summary.SummaryPicture(summary.ResultCounts.of(frame),
+                                                    panels=tuple(task_plots.summary_panels(frame, None))).png())
+    run_path.write_bytes(run_picture.RunPicture(spans, starts).png())
 
-    assert_valid_png(path)
+    assert_valid_png(summary_path)
+    assert_valid_png(run_path, RUN_PIXELS)
 
 
 def test_spans_read_in_columns_equal_spans_read_row_by_row(tmp_path):
@@ -519,7 +779,8 @@ def test_the_timeline_of_a_span_table_equals_the_timeline_of_spans_one_by_one(tm
     dirs = [d for run in runs for d in shard_dirs_of_run(run)]
     columnar = [read_shard(d) for d in dirs]
     by_rows = [read_shard(d, columnar=False) for d in dirs]
-    one_by_one = [timeline.user_span(f"{shard.spec} {shard.dir.parent.name}", shard.ended_at.get(user_id), rows)
+    one_by_one = [timeline.user_span(f"{shard.spec} {shard.dir.parent.name}", shard.ended_at.get(user_id), rows,
+                                     user_id)
                   for shard in by_rows for user_id, rows in shard.committed.items()]
 
     from_table = timeline.timeline_table(timeline.span_table(columnar))
@@ -528,3 +789,24 @@ def test_the_timeline_of_a_span_table_equals_the_timeline_of_spans_one_by_one(tm
     pd.testing.assert_frame_equal(from_table, timeline.timeline_table(one_by_one))
     assert from_table.attrs == timeline.timeline_table(one_by_one).attrs
     assert set(from_table["status"]) == {"ok", "failed", "skipped"}
+
+
+def test_where_each_shards_time_went_adds_up_to_its_finish():
+    from matplotlib.figure import Figure
+
+    table, starts = two_waves()
+    per_shard = timeline.shard_summary(table, timeline.shard_phases(table, starts))
+    axes = Figure().add_subplot()
+    run_picture.draw_breakdown_panel(axes, per_shard)
+    widths: dict[float, float] = {}
+    for bar in axes.patches:
+        widths[round(bar.get_y() + bar.get_height() / 2)] = widths.get(round(bar.get_y() + bar.get_height() / 2), 0.0) \
+            + bar.get_width()
+    finish = per_shard.set_index("shard")["finish_s"]
+    assert widths == {0: pytest.approx(finish["0/3"]), 1: pytest.approx(finish["1/3"]), 2: pytest.approx(finish["2/3"])}
+
+
+def test_durations_read_in_the_unit_a_person_would_use():
+    assert [run_picture.duration(s) for s in (2.5, 180.0, 910.8, 3 * 3600.0)] == ["2.5 s", "180.0 s", "15.2 min",
+                                                                                 "3.0 h"]
+    assert run_picture.time_unit(100.0) == (1.0, "seconds") and run_picture.time_unit(5000.0) == (60.0, "minutes")

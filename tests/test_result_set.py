@@ -106,7 +106,7 @@ def test_a_failure_during_an_overwrite_keeps_the_previous_complete_set(tmp_path,
     merge_shards(shard_dirs_of_run(run), out)
     write_validation(out, [])
     before = set_files(out)
-    assert set(before) == {"results.csv", "results.parquet", "merge_report.json", "summary.png", "trace.tsv",
+    assert set(before) == {"results.csv", "results.parquet", "merge_report.json", "summary.png", "run.png", "trace.tsv",
                            "validation.json"}
 
     monkeypatch.setattr("shardrun.results.merge.write_parquet",

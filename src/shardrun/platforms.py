@@ -137,6 +137,26 @@ def boot_id() -> str | None:
         return None
 
 
+def process_start_time() -> float | None:
+    """When this process started, in POSIX seconds, to the kernel's tick (10 ms): its age from
+    /proc/uptime and its start tick in /proc/self/stat, taken from now. psutil's create_time adds the
+    start tick to the boot time in whole seconds, so it can be up to a second off the wall clock the
+    timeline's other times are read from. None where /proc has no such files (then psutil's)."""
+    import time
+
+    try:
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+        start_tick = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
+        return time.time() - (uptime - start_tick / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError):
+        import psutil
+
+        try:
+            return psutil.Process().create_time()
+        except (psutil.Error, OSError):
+            return None
+
+
 @dataclass(frozen=True)
 class Filesystem:
     """The mount a path lives on, as /proc/self/mountinfo tells (Linux)."""

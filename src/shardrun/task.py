@@ -151,6 +151,12 @@ class PredictsTime(Protocol):
         """Estimated seconds of each user's analysis, erring long. Fast: no JVM, no per-user series."""
 
 
+    def result_seconds(self, frame: pd.DataFrame, settings: Any) -> Mapping[str, float]:
+        """Optional: the same estimate from a merged result frame instead of the input (the merge's
+        run.png judges each user's time against it without loading the data): seconds by user id, NaN
+        or absent for a user it cannot estimate (a failed user without its sizes)."""
+
+
 def task_user_seconds(task: Any, settings: Any, dataset: Dataset) -> dict[str, float] | None:
     """The task's per-user time estimates (PredictsTime), or None when it makes none."""
     predict = getattr(task, "user_seconds", None)
@@ -188,21 +194,29 @@ def task_set_report(task: Any, frame: pd.DataFrame, settings: Any | None) -> dic
     return {} if report is None or settings is None else dict(report(frame, settings))
 
 
+def task_result_seconds(task: Any, frame: pd.DataFrame, settings: Any | None) -> Mapping[str, float] | None:
+    """The task's per-user time estimates from merged rows (PredictsTime.result_seconds), or None when
+    it makes none or the merge found no settings (no run.json)."""
+    predict = getattr(task, "result_seconds", None)
+    return None if predict is None or settings is None else predict(frame, settings)
+
+
 class SummaryPanel(NamedTuple):
     """One panel a task adds to summary.png (see DrawsSummary)."""
 
     draw: Callable[[Any], None]  # draws the panel on the matplotlib Axes it is given
-    width: float = 1.0  # relative to the task's other panels, which share the picture's top row
+    width: float = 1.0  # relative to the other panels of its row, which share the picture's width
+    row: int = 0  # the picture's row it is drawn in, from the top; rows share the picture's height
 
 
 class DrawsSummary(Protocol):
-    """The optional part of a Task that adds its own panels to a merge's summary.png
-    (shardrun.results.summary uses it); without it the picture holds the core's panels only."""
+    """The optional part of a Task that draws a merge's summary.png, the picture of its results
+    (shardrun.results.summary uses it); without it the picture holds the core's count of rows by status."""
 
     def summary_panels(self, frame: pd.DataFrame, settings: Any | None) -> Sequence[SummaryPanel]:
-        """Panels of the merged result frame, drawn above the core's per-shard timeline. `settings`
-        is None when the merge found no run.json. Import matplotlib inside the drawing functions
-        only, so that loading the task stays cheap."""
+        """Panels of the merged result frame: summary.png holds them only (the run's timeline is the
+        core's run.png). `settings` is None when the merge found no run.json. Import matplotlib
+        inside the drawing functions only, so that loading the task stays cheap."""
 
 
 class RunsOnJvm(Protocol):

@@ -19,7 +19,7 @@ from shardrun.infodynamics.checks import check_rows
 from shardrun.infodynamics.data import load, user_index
 from shardrun.infodynamics.cleaning import cleaning_summary
 from shardrun.infodynamics.fdr import q_value_report, set_columns
-from shardrun.infodynamics.cost import user_seconds
+from shardrun.infodynamics.cost import result_seconds, user_seconds
 from shardrun.infodynamics.heap import index_heap_needs, preflight, user_heap_needs
 from shardrun.infodynamics.plots import summary_panels
 from shardrun.infodynamics.jidt import heap_advice, is_jidt_heap_exhaustion, jvm_classpath, jvm_provenance
@@ -36,6 +36,7 @@ class InfodynamicsTask:
     user_heap_needs = staticmethod(user_heap_needs)  # the optional PredictsHeap part of the protocol
     index_heap_needs = staticmethod(index_heap_needs)  # its bound from the user index (jvm.xmx auto)
     user_seconds = staticmethod(user_seconds)  # the optional PredictsTime part: time estimates for --time
+    result_seconds = staticmethod(result_seconds)  # and from merged rows, for run.png's slow users
     load = staticmethod(load)  # load(settings, users=None): with user_index, the optional ReadsByUser part
     user_index = staticmethod(user_index)
     result_columns = staticmethod(result_columns)

@@ -14,10 +14,10 @@ rules: duplicates, conflicts, coverage), frame.py (the table and its bytes), rep
 Once combined, the task may fill in columns that depend on the whole set and add facts to the report
 (the optional hooks of task.AddsSetColumns), before the picture is started and the tables written.
 
-Writing is atomic for the whole set: results.csv, results.parquet, summary.png and merge_report.json
-are built in a sibling dir `.<name>.merging-<pid>-<random>` of the output dir, fsynced, and swapped
-into place (storage.atomic.replace_dir), so the output path holds the previous complete set or the
-new one, never a part. An existing, non-empty output dir is refused unless `overwrite` (the
+Writing is atomic for the whole set: results.csv, results.parquet, summary.png, run.png and
+merge_report.json are built in a sibling dir `.<name>.merging-<pid>-<random>` of the output dir,
+fsynced, and swapped into place (storage.atomic.replace_dir), so the output path holds the previous
+complete set or the new one, never a part. An existing, non-empty output dir is refused unless `overwrite` (the
 command's --overwrite; the launcher owns RUN/merged and always replaces it).
 """
 
@@ -58,12 +58,13 @@ from shardrun.results.read import (
 )
 from shardrun.results.report import MergeReport, mismatch_message
 from shardrun.results.picture_process import PictureProcess
+from shardrun.results.run_picture import RunPicture
 from shardrun.results.summary import ResultCounts, SummaryPicture, run_title, task_panels
-from shardrun.results.timeline import span_table
+from shardrun.results.timeline import PREDICTED, span_table, start_table
 from shardrun.results.trace import trace_and_memory, write_trace
 from shardrun.storage.paths import MergedPaths
 from shardrun.storage.atomic import fsync_tree, replace_dir, write_json_atomic
-from shardrun.task import Task, task_set_columns, task_set_report
+from shardrun.task import Task, task_result_seconds, task_set_columns, task_set_report
 
 log = logging.getLogger(__name__)
 
@@ -98,13 +99,13 @@ class MergedSet:
 def merge_result_set(shard_dirs: Sequence[Path], output_dir: Path, force: bool = False,
                      overwrite: bool = False, columnar: bool = True,
                      pictures: PictureProcess | None = None) -> MergedSet:
-    """Merge shard dirs (of one run or of several) into results.csv, results.parquet, summary.png and
-    merge_report.json in `output_dir`, all at once.
+    """Merge shard dirs (of one run or of several) into results.csv, results.parquet, summary.png, run.png
+    and merge_report.json in `output_dir`, all at once.
 
     `force` merges shards of different configs or data anyway (recorded, the set is incomplete);
     `overwrite` replaces an existing output dir. They are separate permissions: force does not imply
     overwrite. `columnar` False reads and combines row by row even where columns would do (the same
-    result set, slowly; the tests compare the two). `pictures`: the process that draws summary.png, if
+    result set, slowly; the tests compare the two). `pictures`: the process that draws the pictures, if
     the caller started it already (the command does, before its imports); else the merge starts one.
     """
     started = time.monotonic()
@@ -149,7 +150,7 @@ def _merge(dirs: list[Path], output_dir: Path, force: bool, columnar: bool, pict
     for m in mixed:
         log.warning("column %r mixes JSON types %s; it is written as text", m["column"], m["types"])
     # drawn by its process from here on, while the checks below run and the tables are written
-    drawing = start_picture(pictures, frame, span_table(shards), run_title(dirs), task, settings)
+    drawing = start_pictures(pictures, frame, shards, run_title(dirs), task, settings)
     trace, memory = trace_and_memory(shards)
     report = MergeReport(
         output_dir=str(output_dir),
@@ -172,8 +173,7 @@ def _merge(dirs: list[Path], output_dir: Path, force: bool, columnar: bool, pict
         mixed_columns=mixed,
         task=task_set_report(task, frame, settings),
     )
-    write_result_set(output_dir, frame, report, picture=lambda: summary_png(pictures) if drawing else None,
-                     trace=trace)
+    write_result_set(output_dir, frame, report, pictures=lambda: drawn_pictures(pictures, drawing), trace=trace)
     return MergedSet(report, frame)
 
 
@@ -231,8 +231,8 @@ def prepare_output_dir(output_dir: Path, overwrite: bool) -> None:
     if output_dir.exists() and not output_dir.is_dir():
         raise MergeError(
             f"--output {output_dir} is a file, not a dir; merge writes a result set dir (results.csv,"
-            " results.parquet, merge_report.json, summary.png) there. Pass the path of a new dir, or of an"
-            " earlier result set with --overwrite."
+            " results.parquet, merge_report.json, summary.png, run.png) there. Pass the path of a new dir, or"
+            " of an earlier result set with --overwrite."
         )
     if output_dir.is_dir() and not overwrite and any(output_dir.iterdir()):
         raise MergeError(
@@ -263,11 +263,13 @@ def _tidy_leftovers(paths: MergedPaths) -> None:
 
 
 def write_result_set(output_dir: Path, frame: pd.DataFrame, report: MergeReport,
-                     picture: Callable[[], bytes | None] | None = None, trace: pd.DataFrame | None = None) -> None:
+                     pictures: Callable[[], dict[str, bytes]] | None = None,
+                     trace: pd.DataFrame | None = None) -> None:
     """Build the whole set in a sibling staging dir (the report last), fsync it, then swap it into
     place: a merge that dies at any point leaves the previous complete set (or nothing) at the path,
-    never new results next to an old report or validation. `picture` gives summary.png's bytes once
-    the tables are written (None: the set has no picture); `trace` is trace.tsv's table (None: none)."""
+    never new results next to an old report or validation. `pictures` gives the pictures' bytes by
+    file name once the tables are written (a picture not given is not in the set); `trace` is
+    trace.tsv's table (None: none)."""
     paths = MergedPaths(output_dir)
     try:
         output_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -282,9 +284,8 @@ def write_result_set(output_dir: Path, frame: pd.DataFrame, report: MergeReport,
         write_parquet(frame, new.parquet)
         if trace is not None:
             write_trace(trace, new.trace)
-        png = picture() if picture is not None else None
-        if png is not None:
-            new.summary_png.write_bytes(png)
+        for name, png in (pictures() if pictures is not None else {}).items():
+            (new.dir / name).write_bytes(png)
         write_json_atomic(new.report, report.to_json())
         fsync_tree(staging)
         replace_dir(staging, output_dir, aside=_staging_dir(paths, "old"))
@@ -296,36 +297,63 @@ def write_result_set(output_dir: Path, frame: pd.DataFrame, report: MergeReport,
         raise
 
 
-# --- the summary picture ---------------------------------------------------------------------
-# The one guarded step of a merge: the picture only illustrates results already written, so a plotting
-# failure (a matplotlib bug, an odd value, a missing font, a task's panel that raises, the picture's
-# process killed) is logged as an error with its traceback and the merge goes on, its set without
-# summary.png: a picture of an earlier merge is never shown next to results it does not describe.
+# --- the pictures ------------------------------------------------------------------------------
+# The one guarded step of a merge: the pictures only illustrate results already written, so a plotting
+# failure (a matplotlib bug, an odd value, a missing font, a task's panel that raises, the pictures'
+# process killed) is logged as an error with its traceback and the merge goes on, its set without that
+# picture: a picture of an earlier merge is never shown next to results it does not describe. Each
+# picture fails alone: summary.png (the science) and run.png (the run) are drawn apart.
 
 
-def start_picture(pictures: PictureProcess, frame: pd.DataFrame, spans: pd.DataFrame, title: str, task: Task,
-                  settings: Any | None) -> bool:
-    """Hand summary.png (the task's panels, if any, above the per-shard timeline) to the picture's
-    process; False if even that failed (the task's panels raised; logged)."""
+def start_pictures(pictures: PictureProcess, frame: pd.DataFrame, shards: Sequence[ShardInput], title: str,
+                   task: Task, settings: Any | None) -> list[str]:
+    """Hand summary.png (the task's panels) and run.png (the shards' timeline) to the pictures'
+    process; the names of those handed over (one whose inputs failed is logged and left out)."""
+    handed = {}
     try:
-        pictures.draw(SummaryPicture(ResultCounts.of(frame), spans, title, tuple(task_panels(task, frame, settings))))
+        handed[MergedPaths.SUMMARY_PNG] = SummaryPicture(ResultCounts.of(frame), title,
+                                                         tuple(task_panels(task, frame, settings)))
     except Exception as exc:  # noqa: BLE001 - documented guard: the picture must not cost the results
-        _picture_failed(exc)
-        return False
-    return True
-
-
-def summary_png(pictures: PictureProcess) -> bytes | None:
-    """summary.png's bytes once drawn, or None if drawing failed (logged)."""
+        _picture_failed(MergedPaths.SUMMARY_PNG, exc)
     try:
-        png = pictures.png()
-    except Exception as exc:  # noqa: BLE001 - documented guard: the picture must not cost the results
-        _picture_failed(exc)
-        return None
-    log.info("drew the summary picture (summary.png)")
-    return png
+        # the user ids stay here: the picture needs only each user's estimate (a tenth of its bytes at 10^6)
+        spans = predicted_spans(span_table(shards), task, frame, settings).drop(columns="user_id")
+        handed[MergedPaths.RUN_PNG] = RunPicture(spans, start_table(shards), title)
+    except Exception as exc:  # noqa: BLE001 - documented guard
+        _picture_failed(MergedPaths.RUN_PNG, exc)
+    if handed:
+        try:
+            pictures.draw(handed)
+        except Exception as exc:  # noqa: BLE001 - documented guard
+            for name in handed:
+                _picture_failed(name, exc)
+            return []
+    return list(handed)
 
 
-def _picture_failed(exc: Exception) -> None:
-    log.error("could not draw summary.png (%s: %s); the merged results are complete without it",
-              type(exc).__name__, exc, exc_info=True)
+def predicted_spans(spans: pd.DataFrame, task: Task, frame: pd.DataFrame, settings: Any | None) -> pd.DataFrame:
+    """The span table with the task's estimate of each user's seconds (PredictsTime.result_seconds),
+    NaN where it makes none."""
+    estimates = task_result_seconds(task, frame, settings)
+    predicted = (pd.Series(estimates, dtype="float64") if estimates is not None and len(estimates)
+                 else pd.Series(dtype="float64"))
+    ids = spans["user_id"].astype(object) if "user_id" in spans.columns else pd.Series(index=spans.index, dtype=object)
+    return spans.assign(**{PREDICTED: ids.map(predicted).astype("float64").to_numpy()})
+
+
+def drawn_pictures(pictures: PictureProcess, names: Sequence[str]) -> dict[str, bytes]:
+    """The bytes of each picture drawn, by file name; a picture that failed is logged and left out."""
+    drawn = {}
+    for name in names:
+        try:
+            drawn[name] = pictures.png(name)
+        except Exception as exc:  # noqa: BLE001 - documented guard: the picture must not cost the results
+            _picture_failed(name, exc)
+            continue
+        log.info("drew %s", name)
+    return drawn
+
+
+def _picture_failed(name: str, exc: Exception) -> None:
+    log.error("could not draw %s (%s: %s); the merged results are complete without it",
+              name, type(exc).__name__, exc, exc_info=True)

@@ -58,6 +58,9 @@ class ShardInput:
     errors: Sequence[Mapping[str, Any]] = ()  # errors.jsonl's lines, what the trace needs of them (ERROR_FIELDS)
     status: Mapping[str, Any] = field(default_factory=dict)  # status.json ({} when absent or unreadable)
     launcher_slot: Mapping[str, Any] = field(default_factory=dict)  # its entry in the run's launcher.json, if any
+    # when each of the shard's processes started (POSIX seconds, status.json's process_starts): the
+    # timeline's waiting and start-up; empty for a shard run before they were recorded
+    process_starts: Sequence[float] = ()
 
     @property
     def config_hash(self) -> str | None:
@@ -124,12 +127,14 @@ def read_shard(shard_dir: Path, columnar: bool = True) -> ShardInput:
     state = status.get("state")
     errors = [{key: line.get(key) for key in ERROR_FIELDS} for line in read_errors(paths)]
     launcher_slot = _launcher_slot(RunPaths(paths.dir.parent), spec)
+    process_starts = _process_starts(paths, status)
     if columnar:
         read = read_columnar(paths, identity.get("config_hash"))
         if read is not None:
             return ShardInput(dir=paths.dir, identity=identity, spec=spec, state=state, users=read.users,
                               table=read.table, ended_at=read.ended_at, columnar=True, attempts=read.attempts,
-                              errors=errors, status=status, launcher_slot=launcher_slot)
+                              errors=errors, status=status, launcher_slot=launcher_slot,
+                              process_starts=process_starts)
     # "keep": merge reports a file it cannot trust (and leaves it where it is) instead of moving it
     scanned = scan_committed(paths, untrusted="keep")
     users = {user_id: user for user_id, user in scanned.items() if user.problem is None}
@@ -154,6 +159,7 @@ def read_shard(shard_dir: Path, columnar: bool = True) -> ShardInput:
         errors=errors,
         status=status,
         launcher_slot=launcher_slot,
+        process_starts=process_starts,
     )
 
 
@@ -192,6 +198,17 @@ def _read_status(paths: ShardPaths) -> dict[str, Any]:
         return doc
     log.warning("status file %s cannot be read (%s); its state is reported as 'unreadable'", paths.status, problem)
     return {"state": "unreadable"}
+
+
+def _process_starts(paths: ShardPaths, status: Mapping[str, Any]) -> tuple[float, ...]:
+    """When each of the shard's processes started (POSIX seconds, status.json's process_starts); only
+    drawn, so starts that are not ISO 8601 text are left out (logged), never an error of the merge."""
+    starts = status.get("process_starts")
+    texts = [start for start in starts if isinstance(start, str)] if isinstance(starts, list) else []
+    moments = pd.to_datetime(pd.Series(texts, dtype=object), errors="coerce", utc=True, format="ISO8601").dropna()
+    if len(moments) < (len(starts) if isinstance(starts, list) else 0):
+        log.warning("%s: some process starts are not times and are left out of run.png", paths.status)
+    return tuple(((moments - pd.Timestamp(0, tz="UTC")).dt.total_seconds()).tolist())
 
 
 def read_provenance(shard_dirs: Iterable[Path]) -> list[dict[str, Any]]:

@@ -1,11 +1,11 @@
-"""summary.png of a merged result set: the task's panels (if it draws any) above the core's
-per-shard timeline.
+"""summary.png of a merged result set: the science, the task's panels (if it draws any) under a title in
+plain words. The run's operations (each shard's timeline) are run.png's (run_picture.py).
 
-The core draws what it knows about every run: the timeline of each shard's users (timeline.py
-prepares the tables) and, for a task without panels of its own, the result rows by status. A task
-adds its panels through the optional `summary_panels` hook (shardrun.task.DrawsSummary); a panel may
-also say in plain words what the picture shows, as the figure's title (`axes.figure.suptitle`), and
-the core puts its own part in front: how many users and shards, never the analysis's name.
+A task adds its panels through the optional `summary_panels` hook (shardrun.task.DrawsSummary), in
+rows (SummaryPanel.row); a panel may also say in plain words what the picture shows, as the figure's
+title (`axes.figure.suptitle`), and the core puts its own part in front: how many users, never the
+analysis's name. For a task without panels the core draws the result rows by status, and says why
+when none is ok.
 
 Everything is drawn on an explicit Agg canvas: pyplot's global state is never touched, so merging
 inside another program (a notebook, a GUI) neither opens windows nor changes its figures. matplotlib
@@ -15,40 +15,31 @@ is imported inside the drawing functions only, so importing merge does not pay f
 from __future__ import annotations
 
 import io
-import math
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Sequence
 
-import numpy as np
 import pandas as pd
 
 from shardrun.panel_style import (
-    LEGEND_SIZE,
     NOTE_SIZE,
     TITLE_SIZE,
+    common_reasons,
     empty_panel,
     style_axes,
     thousands,
+    why_nothing_is_drawn,
 )
-from shardrun.results.timeline import (
-    SLOW_FACTOR,
-    STATUS_SEVERITY,
-    shard_sort_key,
-    shard_summary,
-    slow_users,
-    timeline_bars,
-    timeline_table,
-)
+from shardrun.results.timeline import STATUS_SEVERITY
 from shardrun.states import UserStatus
 from shardrun.task import SummaryPanel, Task
 
-FIGURE_INCHES = (14, 10)
+FIGURE_INCHES = (16, 11)
 DPI = 110
 STATUS_COLOURS = {UserStatus.OK.value: "#4c72b0", UserStatus.SKIPPED.value: "#b0b0b0", UserStatus.FAILED.value: "#d62728"}
 STATUS_PANEL_TITLE = "Result rows by status"
-TIMELINE_TITLE = "Per-shard timeline: each user from its start to its commit"
+REASONS_PANEL_TITLE = "Why rows were skipped or failed"
+MAX_REASONS = 12  # the most common kinds of reason drawn; the rest counted in one line
 
 
 # --- what goes into the picture ---------------------------------------------------------------
@@ -70,6 +61,28 @@ def status_counts(frame: pd.DataFrame) -> dict[str, int]:
     return {status: int(counts[status]) for status in ordered}
 
 
+def why_no_ok_rows(frame: pd.DataFrame) -> str | None:
+    """Why no row of the set is ok, in plain words (panel_style.why_nothing_is_drawn over its rows),
+    or None when some row is ok or the rows have no status."""
+    if "status" not in frame.columns or (frame["status"] == UserStatus.OK.value).any():
+        return None
+    reasons = frame["reason"] if "reason" in frame.columns else None
+    return why_nothing_is_drawn(frame["status"], reasons, what="row")
+
+
+def reason_counts(frame: pd.DataFrame) -> tuple[tuple[str, str, int], ...]:
+    """(status, kind of reason, rows) of the skipped and failed rows, most common first
+    (panel_style.common_reasons: numbers masked, so one cause counts once)."""
+    if "status" not in frame.columns or "reason" not in frame.columns:
+        return ()
+    counted = []
+    for status in (UserStatus.SKIPPED.value, UserStatus.FAILED.value):
+        mine = (frame["status"] == status).to_numpy(dtype=bool, na_value=False)
+        if mine.any():
+            counted += [(status, kind, n) for kind, n in common_reasons(frame["reason"][mine])]
+    return tuple(sorted(counted, key=lambda item: (-item[2], item[0], item[1])))
+
+
 @dataclass(frozen=True)
 class ResultCounts:
     """All the picture says of the result rows themselves: the frame stays with the merge."""
@@ -77,27 +90,28 @@ class ResultCounts:
     rows: int
     users: int | None  # None: the rows have no user_id column
     statuses: dict[str, int] = field(default_factory=dict)  # status_counts; empty without a status column
+    why_empty: str | None = None  # why_no_ok_rows
+    reasons: tuple[tuple[str, str, int], ...] = ()  # reason_counts
 
     @classmethod
     def of(cls, frame: pd.DataFrame) -> "ResultCounts":
         users = int(frame["user_id"].nunique()) if "user_id" in frame.columns else None
-        return cls(len(frame), users, status_counts(frame))
+        return cls(len(frame), users, status_counts(frame), why_no_ok_rows(frame), reason_counts(frame))
 
 
 @dataclass(frozen=True)
 class SummaryPicture:
     """Everything summary.png is drawn from, small enough to hand to another process (merge draws it
-    in one, picture_process.py): the counts, the span table and the task's panels, never the frame."""
+    in one, picture_process.py): the counts and the task's panels, never the frame."""
 
     counts: ResultCounts
-    spans: pd.DataFrame | Sequence[Sequence[Any]]  # as timeline.timeline_table takes them
     title: str | None = None
     panels: tuple[SummaryPanel, ...] = ()
 
     def png(self) -> bytes:
         """The picture (see draw_summary) as PNG bytes."""
         buffer = io.BytesIO()
-        draw_summary(self.counts, self.spans, self.panels, self.title).savefig(buffer, format="png", dpi=DPI)
+        draw_summary(self.counts, self.panels, self.title).savefig(buffer, format="png", dpi=DPI)
         return buffer.getvalue()
 
 
@@ -107,19 +121,16 @@ def run_title(shard_dirs: Sequence[Path]) -> str:
     return runs[0] if len(runs) == 1 else f"{len(runs)} runs"
 
 
-def plain_title(counts: ResultCounts, timeline: pd.DataFrame, task_words: str | None) -> str:
-    """The picture's first line: "60 users, 4 shards: <what the task's panels show>" (the core's part
-    names no analysis; without the task's words, "results by status and the time each shard took")."""
-    shards = timeline["shard"].nunique() if "shard" in timeline.columns else 0
-    parts = ([_plural(counts.users, "user")] if counts.users is not None else [_plural(counts.rows, "row")])
-    parts += [_plural(shards, "shard")] if shards else []
-    words = task_words or "results by status and the time each shard took"
-    return ", ".join(parts) + ": " + words
+def plain_title(counts: ResultCounts, task_words: str | None) -> str:
+    """The picture's first line: "60 users: <what the task's panels show>" (the core's part names no
+    analysis; without the task's words, "result rows by status")."""
+    part = plural(counts.users, "user") if counts.users is not None else plural(counts.rows, "row")
+    return f"{part}: {task_words or 'result rows by status'}"
 
 
 def heading(counts: ResultCounts, title: str | None) -> str:
     """The picture's second line: which run, and the result rows by status."""
-    parts = [_plural(counts.rows, "result row")]
+    parts = [plural(counts.rows, "result row")]
     if counts.statuses:
         parts.append(" / ".join(f"{status} {n:,}" for status, n in counts.statuses.items()))
     return (f"{title}: " if title else "") + ", ".join(parts)
@@ -128,25 +139,29 @@ def heading(counts: ResultCounts, title: str | None) -> str:
 # --- drawing -------------------------------------------------------------------------------
 
 
-def draw_summary(counts: ResultCounts, spans: pd.DataFrame | Iterable[Sequence[Any]],
-                 panels: Sequence[SummaryPanel] = (), title: str | None = None):
-    """The whole picture as a matplotlib Figure (on an Agg canvas): the task's panels side by side
-    in the top row (the core's status panel when there are none), the timeline below. `spans` as
-    timeline.timeline_table takes them: a span table, or spans one by one."""
+def draw_summary(counts: ResultCounts, panels: Sequence[SummaryPanel] = (), title: str | None = None):
+    """The whole picture as a matplotlib Figure (on an Agg canvas): the task's panels, row by row
+    (SummaryPanel.row; each row's panels share its width by their widths), or the core's status
+    panel when the task draws none."""
     # Imported here: merging must not pay for (or depend on) matplotlib until it draws.
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     figure = Figure(figsize=FIGURE_INCHES, dpi=DPI, layout="constrained")
     FigureCanvasAgg(figure)  # explicit Agg canvas: no GUI backend, no pyplot
-    top = list(panels) or [SummaryPanel(draw=lambda axes: draw_status_panel(axes, counts.statuses))]
-    grid = figure.add_gridspec(2, len(top), height_ratios=[1, 1.05], width_ratios=[p.width for p in top])
-    for column, panel in enumerate(top):
-        panel.draw(figure.add_subplot(grid[0, column]))
-    timeline = timeline_table(spans)
-    draw_timeline_panel(figure.add_subplot(grid[1, :]), timeline)
+    drawn = list(panels) or [
+        SummaryPanel(draw=lambda axes: draw_status_panel(axes, counts.statuses, counts.why_empty)),
+        SummaryPanel(draw=lambda axes: draw_reasons_panel(axes, counts.reasons), width=1.6),
+    ]
+    rows = sorted({panel.row for panel in drawn})
+    outer = figure.add_gridspec(len(rows), 1)
+    for place, row in enumerate(rows):
+        mine = [panel for panel in drawn if panel.row == row]
+        grid = outer[place].subgridspec(1, len(mine), width_ratios=[panel.width for panel in mine])
+        for column, panel in enumerate(mine):
+            panel.draw(figure.add_subplot(grid[0, column]))
     task_words = figure.get_suptitle() or None  # what the task's panels said the picture shows
-    figure.suptitle(f"{plain_title(counts, timeline, task_words)}\n{heading(counts, title)}",
+    figure.suptitle(f"{plain_title(counts, task_words)}\n{heading(counts, title)}",
                     fontsize=TITLE_SIZE + 1, fontweight="bold")
     return figure
 
@@ -156,8 +171,9 @@ def panel_titles(figure) -> list[str]:
     return [axes.get_title(loc="left") for axes in figure.axes]
 
 
-def draw_status_panel(axes, counts: dict[str, int]) -> None:
-    """The core's own top panel for a task that draws none: how many result rows have each status."""
+def draw_status_panel(axes, counts: dict[str, int], why_empty: str | None = None) -> None:
+    """The core's own panel for a task that draws none: how many result rows have each status, and
+    why none is ok when none is."""
     style_axes(axes, STATUS_PANEL_TITLE, "status", "rows")
     axes.grid(False, axis="x")
     if not counts:
@@ -172,90 +188,40 @@ def draw_status_panel(axes, counts: dict[str, int]) -> None:
     axes.set_ylim(0, max(counts.values()) * 1.15)
     axes.yaxis.get_major_locator().set_params(integer=True)
     axes.yaxis.set_major_formatter(thousands())
+    if why_empty:
+        axes.text(0.5, 0.97, why_empty, transform=axes.transAxes, ha="center", va="top", fontsize=NOTE_SIZE + 1,
+                  color="#333333", bbox=dict(facecolor="white", edgecolor="#999999", alpha=0.9))
 
 
-def draw_timeline_panel(axes, timeline: pd.DataFrame) -> None:
-    from matplotlib.patches import Patch
+def draw_reasons_panel(axes, reasons: Sequence[tuple[str, str, int]]) -> None:
+    """The core's second panel for a task that draws none: the skipped and failed rows by their
+    reason's kind, most common first."""
+    import textwrap
 
-    run_start = timeline.attrs.get("run_start")
-    when = ""
-    if run_start is not None:
-        when = f" (run start {datetime.fromtimestamp(run_start, timezone.utc):%Y-%m-%d %H:%M:%S} UTC)"
-    style_axes(axes, TIMELINE_TITLE, f"seconds since run start{when}", "shard")
-    axes.xaxis.set_major_formatter(thousands())
+    style_axes(axes, REASONS_PANEL_TITLE, "rows", "")
     axes.grid(False, axis="y")
-    if timeline.empty:
-        empty_panel(axes, "no committed users with a commit time")
+    if not reasons:
+        empty_panel(axes, "no row was skipped or failed")
         return
-    # unique() rather than set(): iterating a text column value by value costs a second per million
-    shards = sorted(timeline["shard"].unique(), key=shard_sort_key)
-    row = {label: i for i, label in enumerate(shards)}
-    bars = timeline_bars(timeline)
-    end = float(timeline["end_s"].max())
-    # a user of (almost) no seconds still gets a sliver, so that it is seen at all
-    drawn_width = np.maximum(bars["end_s"] - bars["start_s"], 0.002 * max(end, 1e-3))
-    bars = bars.assign(width=drawn_width)
-    height = 0.7
-    # a white edge separates neighbouring users while bars are wide enough to show it
-    edge = "white" if len(bars) <= 60 * len(shards) else "none"
-    for (label, status), group in bars.groupby(["shard", "status"], sort=False):
-        axes.broken_barh(
-            list(zip(group["start_s"], group["width"])),
-            (row[label] - height / 2, height),
-            facecolors=STATUS_COLOURS.get(status, "black"),
-            edgecolors=edge,
-            linewidth=0.6,
-        )
-    slow = slow_users(timeline)
-    for label, group in slow.groupby("shard", sort=False):
-        axes.broken_barh(
-            list(zip(group["start_s"], group["seconds"])),
-            (row[label] - height / 2, height),
-            facecolors="none",
-            edgecolors="black",
-            linewidth=1.8,
-        )
-
-    summary = shard_summary(timeline).set_index("shard")
-    first_finish = float(summary["finish_s"].min())
-    if end > first_finish:
-        # the straggler tail: time between the first shard to finish and the last
-        axes.axvspan(first_finish, end, color="#f2c14e", alpha=0.18, linewidth=0, zorder=0)
-        axes.axvline(end, color="#8a6d00", linestyle=":", linewidth=1.2)
-    annotate = len(shards) <= 40
-    for label in shards if annotate else []:
-        info = summary.loc[label]
-        note = " " + _plural(int(info["users"]), "user")
-        if info["failed"]:
-            note += f", {int(info['failed']):,} failed"
-        if info["lag_s"] > 0:
-            note += f", +{info['lag_s']:,.1f} s"
-        axes.text(info["finish_s"], row[label], note, va="center", ha="left", fontsize=NOTE_SIZE, clip_on=False)
-
-    axes.set_yticks(range(len(shards)))
-    step = max(1, math.ceil(len(shards) / 40))  # at most ~40 shard labels stay legible
-    axes.set_yticklabels([label if i % step == 0 else "" for i, label in enumerate(shards)])
-    axes.set_ylim(len(shards) - 0.5, -0.5)  # first shard on top
-    # room on the right for the per-shard notes
-    axes.set_xlim(0, max(end, 1e-3) * (1.28 if annotate else 1.02))
-
-    per_bar = int(bars["users"].max())
-    statuses = set(timeline["status"].unique())
-    handles = [Patch(facecolor=STATUS_COLOURS[s], label=f"user {s}") for s in STATUS_SEVERITY if s in statuses]
-    if not slow.empty:
-        handles.append(Patch(facecolor="none", edgecolor="black", linewidth=1.8,
-                             label=f"slow user (≥ {SLOW_FACTOR:g}× median {slow.attrs['threshold_s'] / SLOW_FACTOR:,.2f} s)"))
-    if end > first_finish:
-        handles.append(Patch(facecolor="#f2c14e", alpha=0.35,
-                             label=f"straggler tail: the last shard finished {end - first_finish:,.1f} s after the"
-                                   " first (+s: per shard)"))
-    title = None
-    if per_bar > 1:
-        title = f"one bar = up to {per_bar:,} consecutive users, coloured by their most common status"
-    # below the panel: inside it would cover bars or the shard notes
-    axes.legend(handles=handles, fontsize=LEGEND_SIZE, loc="upper center", bbox_to_anchor=(0.5, -0.14),
-                ncol=len(handles), framealpha=0.9, title=title, title_fontsize=LEGEND_SIZE)
+    shown = list(reasons[:MAX_REASONS])
+    rest = sum(n for _, _, n in reasons[MAX_REASONS:])
+    labels = [textwrap.shorten(f"{status}: {kind}", 60, placeholder="…") for status, kind, _ in shown]
+    values = [n for _, _, n in shown]
+    colours = [STATUS_COLOURS.get(status, "black") for status, _, _ in shown]
+    if rest:
+        labels.append(f"{len(reasons) - MAX_REASONS:,} other reasons")
+        values.append(rest)
+        colours.append("#dddddd")
+    y = range(len(values))
+    bars = axes.barh(y, values, color=colours, height=0.6)
+    axes.bar_label(bars, labels=[f"{n:,}" for n in values], fontsize=NOTE_SIZE, padding=2)
+    axes.set_yticks(list(y))
+    axes.set_yticklabels(labels)
+    axes.set_ylim(max(len(values), 8) - 0.5, -0.5)  # a bar keeps its height however few reasons there are
+    axes.set_xlim(0, max(values) * 1.15)
+    axes.xaxis.get_major_locator().set_params(integer=True)
+    axes.xaxis.set_major_formatter(thousands())
 
 
-def _plural(n: int, word: str) -> str:
+def plural(n: int, word: str) -> str:
     return f"{n:,} {word}" if n == 1 else f"{n:,} {word}s"

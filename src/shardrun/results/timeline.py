@@ -1,11 +1,16 @@
-"""The per-shard timeline of a merge, pure: committed users as spans, and the tables drawn from them.
+"""The per-shard timeline of a merge (run.png), pure: committed users as spans, the shards' process
+starts, and the tables drawn from them.
 
 A span is one committed user of one shard dir, from its start to its commit; its status is the
 user's outcome (shardrun.states.user_outcome). A merge holds them as one span table (span_table: a
-row per user, UserSpan's fields as columns). From the spans: the timeline table (seconds since the
-run start, ordered by shard), a per-shard summary (straggler first), the slow users, and the bars to
-draw (at most `MAX_BARS_PER_SHARD` per shard, consecutive users combined beyond that). Drawing them
-is summary.py's job.
+row per user, UserSpan's fields as columns, plus the task's estimate of its seconds, `predicted_s`,
+where the task makes one), and the shards' process starts as a start table (start_table: shard,
+started; from each shard's status.json). From these: the timeline table (seconds since the run
+start, ordered by shard), each shard's phases before its users (waiting to start: a shard started
+after the run's first ones, as the launcher runs at most so many at once; start-up: from a process's
+start to its first user), a per-shard summary, the slow users (against the task's estimate, never the
+first user of a JVM), and the bars to draw (at most `MAX_BARS_PER_SHARD` per shard, consecutive users
+combined beyond that). Drawing them is run_picture.py's job.
 """
 
 from __future__ import annotations
@@ -27,7 +32,8 @@ from shardrun.states import STATUSES, UserStatus, user_outcome
 log = logging.getLogger(__name__)
 
 MAX_BARS_PER_SHARD = 400  # beyond a few hundred bars a shard's row is wider in bars than in pixels
-SLOW_FACTOR = 3.0  # a user is slow when it took at least this many times the median user
+SLOW_FACTOR = 3.0  # a user is slow when it took this many times its estimate (scaled to the run's median user)
+WAITED_AT_LEAST = 0.5  # seconds: a shard started later than the run's first only by the launcher's turn did not wait
 SLOW_PER_SHARD = 3  # the slowest users outlined per shard (more would hide the others)
 # also the display order of statuses
 STATUS_SEVERITY = {UserStatus.OK.value: 0, UserStatus.SKIPPED.value: 1, UserStatus.FAILED.value: 2}
@@ -42,12 +48,15 @@ class UserSpan(NamedTuple):
     start: float
     end: float
     status: str
+    user_id: str | None = None
 
 
 SPAN_COLUMNS = UserSpan._fields  # the columns of a span table (span_table)
+PREDICTED = "predicted_s"  # a span table's optional column: the task's estimate of the user's seconds
+START_COLUMNS = ("shard", "started")  # a start table (start_table): one row per process start, POSIX seconds
 
 
-def user_span(shard: str, ended_at: Any, rows: Sequence[Mapping[str, Any]]) -> UserSpan | None:
+def user_span(shard: str, ended_at: Any, rows: Sequence[Mapping[str, Any]], user_id: str | None = None) -> UserSpan | None:
     """The span of one committed user: it ended at `ended_at` and took the rows' `seconds`.
 
     None when the commit time is missing or unreadable (a result file written by hand or by another
@@ -64,7 +73,7 @@ def user_span(shard: str, ended_at: Any, rows: Sequence[Mapping[str, Any]]) -> U
     end = moment.timestamp()
     durations = [row.get("seconds") for row in rows]
     seconds = max((float(d) for d in durations if _is_number(d) and math.isfinite(d) and d >= 0), default=0.0)
-    return UserSpan(shard=shard, start=end - seconds, end=end, status=user_outcome(rows).value)
+    return UserSpan(shard=shard, start=end - seconds, end=end, status=user_outcome(rows).value, user_id=user_id)
 
 
 def _is_number(value: Any) -> bool:
@@ -86,37 +95,115 @@ def mapped(column: pd.Series, mapping: Mapping[Any, Any], default: Any) -> np.nd
     return np.array([mapping.get(value, default) for value in distinct])[codes]
 
 
-def timeline_table(spans: pd.DataFrame | Iterable[Sequence[Any]]) -> pd.DataFrame:
-    """One row per span: shard, start_s, end_s (seconds since the earliest start), seconds, status.
+def timeline_table(spans: pd.DataFrame | Iterable[Sequence[Any]], starts: pd.DataFrame | None = None) -> pd.DataFrame:
+    """One row per span: shard, start_s, end_s (seconds since the run start), seconds, status, user_id,
+    predicted_s (the task's estimate; NaN without one).
 
-    `spans` is a span table (span_table) or spans one by one (UserSpan or any sequence of its fields).
-    Sorted by shard (see shard_sort_key), then start. The frame's attrs["run_start"] holds the
-    earliest start in POSIX seconds (None when there are no spans).
+    `spans` is a span table (span_table) or spans one by one (UserSpan or any sequence of its fields);
+    `starts` a start table (start_table), whose earliest start is the run's start when it comes before
+    every user. Sorted by shard (see shard_sort_key), then start. The frame's attrs["run_start"] holds
+    the run's start in POSIX seconds (None when there are no spans).
     """
-    table = (spans[list(SPAN_COLUMNS)].copy() if isinstance(spans, pd.DataFrame)
-             else pd.DataFrame(list(spans), columns=list(SPAN_COLUMNS)))
+    if isinstance(spans, pd.DataFrame):
+        table = spans.reindex(columns=[*SPAN_COLUMNS, PREDICTED]).copy()
+    else:
+        table = pd.DataFrame([tuple(span) + (None,) * (len(SPAN_COLUMNS) - len(span)) for span in spans],
+                             columns=list(SPAN_COLUMNS)).assign(**{PREDICTED: np.nan})
     table["shard"] = table["shard"].astype(str)
     table["status"] = table["status"].astype(str)
     run_start = float(table["start"].min()) if len(table) else None
+    if run_start is not None and starts is not None and len(starts):
+        run_start = min(run_start, float(starts["started"].min()))
     table["start_s"] = table["start"].astype("float64") - (run_start or 0.0)
     table["end_s"] = table["end"].astype("float64") - (run_start or 0.0)
     table["seconds"] = table["end_s"] - table["start_s"]
+    table[PREDICTED] = pd.to_numeric(table[PREDICTED], errors="coerce").astype("float64")
     # unique() rather than set(): iterating a text column value by value costs a second per million
     order = {label: rank for rank, label in enumerate(sorted(table["shard"].unique(), key=shard_sort_key))}
     table["shard_rank"] = mapped(table["shard"], order, default=len(order))
     table = table.sort_values(["shard_rank", "start_s", "end_s"], kind="stable").reset_index(drop=True)
-    table = table[["shard", "start_s", "end_s", "seconds", "status"]]
+    table = table[["shard", "start_s", "end_s", "seconds", "status", "user_id", PREDICTED]]
     table.attrs["run_start"] = run_start
     return table
 
 
-def shard_summary(timeline: pd.DataFrame) -> pd.DataFrame:
+def relative_starts(starts: pd.DataFrame | None, timeline: pd.DataFrame) -> pd.DataFrame:
+    """The start table in the timeline's seconds (since its run start): shard, started_s, sorted;
+    only the shards the timeline has (a shard without committed users has nothing to draw)."""
+    run_start = timeline.attrs.get("run_start")
+    if starts is None or not len(starts) or run_start is None:
+        return pd.DataFrame({"shard": pd.Series(dtype=object), "started_s": pd.Series(dtype="float64")})
+    table = pd.DataFrame({"shard": starts["shard"].astype(str),
+                          "started_s": starts["started"].astype("float64") - run_start})
+    table = table[table["shard"].isin(timeline["shard"].unique())]
+    return table.sort_values(["shard", "started_s"], kind="stable").reset_index(drop=True)
+
+
+def _process_firsts(timeline: pd.DataFrame, starts: pd.DataFrame) -> list[tuple[str, float, int | None]]:
+    """For each process start of `starts` (relative_starts): its shard, its time and the timeline row of
+    the first user at or after it (None when no user came after it)."""
+    begins = timeline["start_s"].to_numpy()
+    rows_of = timeline.groupby("shard", sort=False).indices  # rows of a shard, in start order
+    firsts = []
+    for shard, started in zip(starts["shard"], starts["started_s"]):
+        rows = rows_of.get(shard)
+        if rows is None:
+            continue
+        # a user's start is its commit time less its seconds: a few milliseconds early at most
+        after = np.searchsorted(begins[rows], started - 0.05)
+        firsts.append((shard, float(started), int(rows[after]) if after < len(rows) else None))
+    return firsts
+
+
+def first_users(timeline: pd.DataFrame, starts: pd.DataFrame) -> np.ndarray:
+    """Which spans of the timeline are the first user of a process (of a JVM just started, so its time
+    holds the JIT's warm-up): the first span at or after each process start (`starts`: relative_starts),
+    and the first span of a shard whose starts are not known."""
+    first = np.zeros(len(timeline), dtype=bool)
+    if timeline.empty:
+        return first
+    known = set(starts["shard"].unique()) if len(starts) else set()
+    for shard, rows in timeline.groupby("shard", sort=False).indices.items():
+        if shard not in known:
+            first[rows[0]] = True
+    for _, _, row in _process_firsts(timeline, starts):
+        if row is not None:
+            first[row] = True
+    return first
+
+
+def shard_phases(timeline: pd.DataFrame, starts: pd.DataFrame) -> pd.DataFrame:
+    """What each shard did before its users: shard, phase, start_s, end_s.
+
+    "waiting": from the run's start to the shard's first process start, when the shard started later
+    by more than WAITED_AT_LEAST (the launcher runs at most so many shards at once: it waited for a
+    free core; on a cluster, for the scheduler). "start-up": from each process start to the first user
+    after it (reading the data, starting the JVM). A shard whose starts are not known (a run before
+    they were recorded) has no phases; a process start with no user after it (nothing left to do, or
+    died first) has none.
+    """
+    columns = ["shard", "phase", "start_s", "end_s"]
+    begins = timeline["start_s"].to_numpy()
+    records = []
+    waited: set[str] = set()
+    for shard, started, row in _process_firsts(timeline, starts):  # starts are sorted by shard, then time
+        if shard not in waited:
+            waited.add(shard)
+            if started > WAITED_AT_LEAST:
+                records.append((shard, "waiting", 0.0, started))
+        if row is not None:
+            records.append((shard, "start-up", started, max(float(begins[row]), started)))
+    return pd.DataFrame.from_records(records, columns=columns)
+
+
+def shard_summary(timeline: pd.DataFrame, phases: pd.DataFrame | None = None) -> pd.DataFrame:
     """Per shard: users, ok / skipped / failed, first_start_s, finish_s, busy_s (sum of user
-    seconds) and lag_s (how long after the first shard to finish it finished).
+    seconds), lag_s (how long after the first shard to finish it finished), waited_s and startup_s
+    (its phases' seconds, 0 without them).
 
     Ordered straggler first: latest finish first, then by shard.
     """
-    columns = ["shard", "users", *STATUSES, "first_start_s", "finish_s", "busy_s", "lag_s"]
+    columns = ["shard", "users", *STATUSES, "first_start_s", "finish_s", "busy_s", "lag_s", "waited_s", "startup_s"]
     if timeline.empty:
         return pd.DataFrame(columns=columns)
     grouped = timeline.groupby("shard", sort=False)
@@ -132,23 +219,43 @@ def shard_summary(timeline: pd.DataFrame) -> pd.DataFrame:
     for status in UserStatus:
         summary[status.value] = counts[status] if status in counts else 0
     summary["lag_s"] = summary["finish_s"] - summary["finish_s"].min()
+    for phase, column in (("waiting", "waited_s"), ("start-up", "startup_s")):
+        mine = phases[phases["phase"] == phase] if phases is not None and len(phases) else None
+        seconds = (mine["end_s"] - mine["start_s"]).groupby(mine["shard"]).sum() if mine is not None else pd.Series()
+        summary[column] = seconds.reindex(summary.index, fill_value=0.0).astype("float64")
     summary = summary.reset_index(names="shard")
     summary["rank"] = summary["shard"].map(shard_sort_key)
     summary = summary.sort_values(["finish_s", "rank"], ascending=[False, True], kind="stable")
     return summary[columns].reset_index(drop=True)
 
 
-def slow_users(timeline: pd.DataFrame, factor: float = SLOW_FACTOR, per_shard: int = SLOW_PER_SHARD) -> pd.DataFrame:
-    """Users that took at least `factor` times the median user, at most `per_shard` per shard,
-    slowest first. Empty when all users took about the same time (nothing stands out)."""
-    if timeline.empty:
-        return timeline.copy()
-    threshold = factor * float(timeline["seconds"].median())
-    slow = timeline[(timeline["seconds"] >= threshold) & (timeline["seconds"] > 0)]
-    slow = slow.sort_values(["seconds", "start_s"], ascending=[False, True], kind="stable")
-    slow = slow.groupby("shard", sort=False).head(per_shard)
-    slow = slow.reset_index(drop=True)
-    slow.attrs["threshold_s"] = threshold
+def slow_users(timeline: pd.DataFrame, first: np.ndarray | None = None, factor: float = SLOW_FACTOR,
+               per_shard: int = SLOW_PER_SHARD) -> pd.DataFrame:
+    """Users that took at least `factor` times what their estimate says, at most `per_shard` per shard,
+    the most over their estimate first.
+
+    The estimate is the task's (`predicted_s`), scaled to this run's machine by the median user's
+    seconds per predicted second; without estimates every user is predicted the same, so slow means
+    `factor` times the median user. The first user of each JVM (`first`, see first_users) is never
+    judged: its time holds the JVM's warm-up, not its own cost. attrs: "basis" ("estimate" or
+    "median") and "scale" (seconds per predicted second). Empty when nothing stands out.
+    """
+    predicted = timeline[PREDICTED].to_numpy(dtype="float64") if PREDICTED in timeline.columns else None
+    has_estimate = predicted is not None and bool(np.any(np.isfinite(predicted) & (predicted > 0)))
+    if not has_estimate:
+        predicted = np.ones(len(timeline))
+    judged = np.isfinite(predicted) & (predicted > 0)
+    if first is not None:
+        judged &= ~first
+    ratio = np.where(judged, timeline["seconds"].to_numpy(dtype="float64") / np.where(judged, predicted, 1.0), np.nan)
+    slow = timeline.iloc[:0].copy()
+    scale = float(np.nanmedian(ratio)) if judged.any() else math.nan
+    if judged.any() and scale > 0:
+        over = ratio / scale
+        slow = timeline.assign(over=over)[(over >= factor) & (timeline["seconds"] > 0).to_numpy()]
+        slow = slow.sort_values(["over", "start_s"], ascending=[False, True], kind="stable")
+        slow = slow.groupby("shard", sort=False).head(per_shard).reset_index(drop=True)
+    slow.attrs.update(basis="estimate" if has_estimate else "median", scale=scale, factor=factor)
     return slow
 
 
@@ -201,7 +308,8 @@ def table_spans(label: str, shard: ShardInput) -> tuple[pd.DataFrame, int]:
     end = (ended - pd.Timestamp(0, tz="UTC")).dt.total_seconds().to_numpy()
     timed = ~np.isnan(end)
     spans = pd.DataFrame({"shard": label, "start": (end - seconds)[timed], "end": end[timed],
-                          "status": status[timed]}, columns=list(SPAN_COLUMNS))
+                          "status": status[timed], "user_id": np.array(shard.users, dtype=object)[timed]},
+                         columns=list(SPAN_COLUMNS))
     return spans, int((~timed).sum())
 
 
@@ -236,9 +344,17 @@ def _column(table: pa.Table, name: str) -> pd.Series:
 
 def row_spans(label: str, shard: ShardInput) -> tuple[pd.DataFrame, int]:
     """user_span for every committed user of a shard read row by row, as table_spans answers."""
-    spans = [user_span(label, shard.ended_at.get(user_id), rows) for user_id, rows in shard.committed.items()]
+    spans = [user_span(label, shard.ended_at.get(user_id), rows, user_id) for user_id, rows in shard.committed.items()]
     timed = [span for span in spans if span is not None]
     return pd.DataFrame(timed, columns=list(SPAN_COLUMNS)), len(spans) - len(timed)
+
+
+def shard_labels(shards: Sequence[ShardInput]) -> list[str]:
+    """Each shard dir's label on the timeline: its shard ("1/4"), with its run dir's name where shards
+    of one index from different runs are merged."""
+    labels = [str(s.spec) for s in shards]
+    repeated = {label for label in labels if labels.count(label) > 1}
+    return [f"{label} {shard.dir.parent.name}" if label in repeated else label for shard, label in zip(shards, labels)]
 
 
 def span_table(shards: Sequence[ShardInput]) -> pd.DataFrame:
@@ -246,13 +362,9 @@ def span_table(shards: Sequence[ShardInput]) -> pd.DataFrame:
     as columns (duplicates included: each was real work of its shard). Shards of one index from
     different runs are told apart by run dir. Built over whole columns: a Python object per user
     costs a noticeable part of a merge of 10^5 users."""
-    labels = [str(s.spec) for s in shards]
-    repeated = {label for label in labels if labels.count(label) > 1}
     parts = []
     untimed = 0
-    for shard, label in zip(shards, labels):
-        if label in repeated:
-            label = f"{label} {shard.dir.parent.name}"
+    for shard, label in zip(shards, shard_labels(shards)):
         part, shard_untimed = table_spans(label, shard) if shard.columnar else row_spans(label, shard)
         parts.append(part)
         untimed += shard_untimed
@@ -262,6 +374,13 @@ def span_table(shards: Sequence[ShardInput]) -> pd.DataFrame:
     if not non_empty:
         return pd.DataFrame(columns=list(SPAN_COLUMNS))
     return pd.concat(non_empty, ignore_index=True)
+
+
+def start_table(shards: Sequence[ShardInput]) -> pd.DataFrame:
+    """Every recorded process start of every shard dir (ShardInput.process_starts), one row each with
+    START_COLUMNS, labelled as span_table labels the shard's users."""
+    rows = [(label, started) for shard, label in zip(shards, shard_labels(shards)) for started in shard.process_starts]
+    return pd.DataFrame(rows, columns=list(START_COLUMNS)).astype({"started": "float64"})
 
 
 def commit_spans(shards: Sequence[ShardInput]) -> list[UserSpan]:

@@ -20,6 +20,7 @@ import threading
 import time
 import traceback
 from dataclasses import replace
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -39,6 +40,7 @@ from shardrun.shard.plan import ShardPlan
 from shardrun.shard.requeue import decide_requeue, requeue_slurm_job
 from shardrun.shard.user_log import UserLog
 from shardrun.shard.prepare import ResolvedDirs, WorkerOptions
+from shardrun.platforms import process_start_time
 from shardrun.states import ShardState, UserStatus, user_outcome
 from shardrun.shard.jvm import (
     is_heap_exhaustion, java_class_name, java_stack, start_jvm, task_classpath, task_jvm_options, task_jvm_provenance,
@@ -100,6 +102,7 @@ class ShardLoop:
                 "requeues": previous_requeues(dirs.shard.status),
                 "slurm_mem_bytes": scheduler_memory_bytes(os.environ),
                 **carried_memory(dirs.shard.status),  # the peaks of this shard's earlier processes
+                "process_starts": process_starts(dirs.shard.status),  # run.png's start-up and waiting
             },
             write=lambda path, doc: durable_write("status.json", path.parent, lambda: write_json_atomic(path, doc)),
             peak_rss=peak_rss,
@@ -336,6 +339,18 @@ def previous_requeues(status_path: Path) -> int:
     except (OSError, ValueError, AttributeError):
         return 0
     return count if isinstance(count, int) and count >= 0 else 0
+
+
+def process_starts(status_path: Path, keep: int = 100) -> list[str]:
+    """When this shard's processes started: earlier ones (kept in status.json across starts) and this
+    one, in UTC with milliseconds; the last `keep`."""
+    try:
+        earlier = read_json(status_path).get("process_starts")
+    except (OSError, ValueError, AttributeError):
+        earlier = None
+    earlier = [s for s in earlier if isinstance(s, str)] if isinstance(earlier, list) else []
+    started = process_start_time() or time.time()
+    return [*earlier, datetime.fromtimestamp(started, timezone.utc).isoformat(timespec="milliseconds")][-keep:]
 
 
 def failure_reason(exc: BaseException, task: Task | None = None) -> str:

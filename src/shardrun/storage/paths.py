@@ -157,6 +157,9 @@ class RunPaths:
 class MergedPaths:
     dir: Path
 
+    SUMMARY_PNG = "summary.png"  # the results in pictures (the task's panels)
+    RUN_PNG = "run.png"  # the run in a picture (each shard's timeline)
+
     # A result set is built in a sibling dir `.<name>.merging-<pid>-<random>` and swapped into place;
     # `.<name>.old-<pid>-<random>` holds the set it replaces for a moment. Both start with a dot and
     # never hold a merge_report.json under the result set's own name, so nothing takes them for one.
@@ -194,7 +197,11 @@ class MergedPaths:
 
     @property
     def summary_png(self) -> Path:
-        return self.dir / "summary.png"
+        return self.dir / self.SUMMARY_PNG
+
+    @property
+    def run_png(self) -> Path:
+        return self.dir / self.RUN_PNG
 
     @property
     def trace(self) -> Path:
