@@ -24,11 +24,6 @@ from typing import Any, Iterable, Mapping, Sequence
 
 ATTEMPT = "attempt"  # the key of the attempt record in a batch record and in an errors.jsonl line
 
-# the fields of an attempt record, in the order trace.tsv shows them
-FIELDS = ("number", "host", "pid", "start", "end", "seconds", "cpu_seconds", "status", "error_class",
-          "heap_used_bytes", "peak_rss_bytes")
-
-
 def attempt_of(record: Mapping[str, Any]) -> Mapping[str, Any] | None:
     """The attempt record inside a batch record or an errors.jsonl line; None in those written before
     attempts were recorded (or not a mapping)."""
