@@ -97,8 +97,10 @@ class ReadsByUser(Protocol):
     Without it every shard loads the whole input (Task.load) and takes its users from that."""
 
     def user_index(self, settings: Any) -> UserIndex:
-        """A cheap pass over the input's user ids only: sorted ids, rows per user, the fingerprint.
-        Refuse (DataError) whatever the full load refuses about user ids, with the same message."""
+        """A cheap pass over the input (its user id column at least): sorted ids, rows per user, the
+        fingerprint. Refuse (DataError) whatever the full load refuses about user ids, with the same
+        message, and whatever else in the input must stop every shard alike (a shard loads only its
+        users' rows; the default task audits every cell of its three columns here)."""
 
     def load(self, settings: Any, users: Collection[str] | None = None) -> Dataset:
         """Task.load, reading only the rows of `users` (None: every user). The Dataset's user_ids are
