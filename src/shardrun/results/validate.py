@@ -1,7 +1,7 @@
 """Checks a merged result set and returns its problems as readable one-liners (empty = valid).
 
-`check_frame` is the pure core (a frame in, problems out); `validate_result_set` gathers what it
-needs from disk: the results file, merge_report.json, and the settings (from --config, or from the
+`check_frame` is the pure core (a frame in, problems out); `validation_of` gathers what it needs
+from disk: the results file, merge_report.json, and the settings (from --config, or from the
 config snapshot the merge recorded as provenance). Problems are returned, not raised: a result set
 with problems is an answer, not an error; the CLI prints them and exits non-zero.
 
