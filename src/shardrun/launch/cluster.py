@@ -21,7 +21,7 @@ from typing import Callable, Iterable, Mapping
 from shardrun.config import RunConfig
 from shardrun.errors import EXIT_OK, ConfigError, UsageError
 from shardrun.heap_plan import plan_heap
-from shardrun.launch.admission import measure_launch_data, native_overhead_bytes
+from shardrun.launch.admission import measure_launch_data, shard_memory_bytes
 from shardrun.launch.launcher import check_same_run, refuse_if
 from shardrun.launch.slurm_script import (
     ElementJob, WarningSignal, array_script, index_ranges, merge_script, split_for_array_size, time_limit_seconds,
@@ -82,7 +82,7 @@ class Submission:
 def element_memory_mib(heap_bytes: int, data_bytes: int) -> int:
     """sbatch --mem for one shard: its Java heap, the process beyond the heap (measured, admission.py)
     and the load peak of its share of the input (admission's rule)."""
-    return math.ceil((heap_bytes + native_overhead_bytes(heap_bytes) + data_bytes) / MIB)
+    return math.ceil(shard_memory_bytes(heap_bytes, data_bytes) / MIB)
 
 
 def shards_to_submit(shards: int, complete: Iterable[int], queued: Iterable[int],
