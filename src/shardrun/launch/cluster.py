@@ -40,6 +40,7 @@ from shardrun.states import ShardState
 from shardrun.storage.atomic import read_json, write_bytes_atomic
 from shardrun.storage.durability import durable_write
 from shardrun.storage.paths import RunPaths
+from shardrun.storage.status import status_document
 from shardrun.task import heap_advice, load_task, task_user_seconds
 from shardrun.units import MIB
 
@@ -139,14 +140,7 @@ def describe_shard(index: int, state: str | None, queued: QueuedElement | None, 
 
 
 def _status_docs(run: RunPaths, shards: int) -> dict[int, dict]:
-    docs: dict[int, dict] = {}
-    for index in range(shards):
-        try:
-            doc = read_json(run.shard(ShardSpec(index, shards)).status)
-        except (OSError, ValueError):
-            doc = None
-        docs[index] = doc if isinstance(doc, dict) else {}
-    return docs
+    return {index: status_document(run.shard(ShardSpec(index, shards)).status) for index in range(shards)}
 
 
 def shard_states(run: RunPaths, shards: int) -> dict[int, str | None]:

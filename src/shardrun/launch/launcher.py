@@ -75,7 +75,7 @@ from shardrun.launch.supervisor import (
 )
 from shardrun.shard.plan import assign_index
 from shardrun.sharding import ShardSpec
-from shardrun.storage.status import record_death
+from shardrun.storage.status import record_death, status_document
 from shardrun.states import ShardState
 from shardrun.results.tolerance import NO_FAILED, FailedTolerance
 from shardrun.task import load_task
@@ -383,11 +383,8 @@ class Launcher:
         """The error of a shard that exited 1 with users left (fail fast: status.json's last_error), else None."""
         if code != EXIT_USERS_FAILED:
             return None
-        try:
-            doc = read_json(self.run.shard(self.spec(index)).status)
-        except (OSError, ValueError):
-            return None
-        if not isinstance(doc, dict) or doc.get("state") != ShardState.FAILED or not doc.get("users_todo"):
+        doc = status_document(self.run.shard(self.spec(index)).status)
+        if doc.get("state") != ShardState.FAILED or not doc.get("users_todo"):
             return None
         return str(doc.get("last_error") or "")
 

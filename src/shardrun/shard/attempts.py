@@ -22,7 +22,7 @@ from typing import Any, Callable, Mapping
 
 from shardrun.platforms import peak_rss
 from shardrun.shard.jvm import heap_used_bytes, java_class_name
-from shardrun.storage.atomic import read_json
+from shardrun.storage.status import status_document
 
 MIB = 2**20
 
@@ -110,12 +110,7 @@ def error_class(failure: BaseException) -> str:
 def carried_memory(status_path: Path) -> dict[str, int]:
     """The peaks an earlier process of this shard recorded in status.json, to be carried forward
     (peak_rss_bytes: over its processes; peak_heap_used_bytes: over its users)."""
-    try:
-        doc = read_json(status_path)
-    except (OSError, ValueError):
-        return {}
-    if not isinstance(doc, dict):
-        return {}
+    doc = status_document(status_path)
     return {key: doc[key] for key in ("peak_rss_bytes", "peak_heap_used_bytes")
             if isinstance(doc.get(key), int) and not isinstance(doc.get(key), bool)}
 

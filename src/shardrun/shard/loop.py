@@ -24,7 +24,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from shardrun.storage.atomic import read_json, write_json_atomic
+from shardrun.storage.atomic import write_json_atomic
 from shardrun.storage.commits import GroupCommitter, append_error
 from shardrun.config import RunConfig
 from shardrun.storage.durability import durable_write
@@ -46,7 +46,7 @@ from shardrun.shard.jvm import (
     is_heap_exhaustion, java_class_name, java_stack, start_jvm, task_classpath, task_jvm_options, task_jvm_provenance,
 )
 from shardrun.storage.attempts import ATTEMPT
-from shardrun.storage.status import ShardStatus
+from shardrun.storage.status import ShardStatus, status_document
 from shardrun.task import Dataset, Task
 
 log = logging.getLogger(__name__)
@@ -334,20 +334,14 @@ class ShardLoop:
 
 def previous_requeues(status_path: Path) -> int:
     """How often earlier processes of this shard asked to be requeued (kept in status.json across starts)."""
-    try:
-        count = read_json(status_path).get("requeues")
-    except (OSError, ValueError, AttributeError):
-        return 0
+    count = status_document(status_path).get("requeues")
     return count if isinstance(count, int) and count >= 0 else 0
 
 
 def process_starts(status_path: Path, keep: int = 100) -> list[str]:
     """When this shard's processes started: earlier ones (kept in status.json across starts) and this
     one, in UTC with milliseconds; the last `keep`."""
-    try:
-        earlier = read_json(status_path).get("process_starts")
-    except (OSError, ValueError, AttributeError):
-        earlier = None
+    earlier = status_document(status_path).get("process_starts")
     earlier = [s for s in earlier if isinstance(s, str)] if isinstance(earlier, list) else []
     started = process_start_time() or time.time()
     return [*earlier, datetime.fromtimestamp(started, timezone.utc).isoformat(timespec="milliseconds")][-keep:]

@@ -19,12 +19,22 @@ from typing import Any, Callable, Sequence
 
 from shardrun.errors import StorageError
 from shardrun.states import ShardState, UserStatus
-from shardrun.storage.atomic import utc_now, write_json_atomic
+from shardrun.storage.atomic import read_json, utc_now, write_json_atomic
 from shardrun.storage.paths import ShardPaths
 
 log = logging.getLogger(__name__)
 
 STATUS_FORMAT = 1
+
+
+def status_document(path: Path) -> dict[str, Any]:
+    """A shard's status.json as it stands, {} when it is absent, unreadable or not a JSON object: for
+    the readers that only look at it (a shard's next process, the launcher, a SLURM submit)."""
+    try:
+        doc = read_json(path)
+    except (OSError, ValueError):
+        return {}
+    return doc if isinstance(doc, dict) else {}
 
 
 class ShardStatus:
@@ -159,7 +169,6 @@ def record_death(paths: ShardPaths, exit_code: int, description: str, hs_err_fil
     process owns the shard again and its own status stands. True if the death was recorded.
     """
     from shardrun.errors import ShardLocked
-    from shardrun.storage.atomic import read_json
     from shardrun.storage.lock import ShardLock
 
     try:
