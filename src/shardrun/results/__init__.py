@@ -1,2 +1,2 @@
 """Shard dirs -> one result set: read, combine (dedupe, conflicts, coverage), frame, report, write;
-validate; the summary picture (the per-shard timeline, plus the task's own panels)."""
+validate; the pictures (summary.png: the task's panels; run.png: the per-shard timeline) and trace.tsv."""
