@@ -23,8 +23,7 @@ from typing import Any, Callable, Mapping
 from shardrun.platforms import peak_rss
 from shardrun.shard.jvm import heap_used_bytes, java_class_name
 from shardrun.storage.status import status_document
-
-MIB = 2**20
+from shardrun.units import MIB
 
 
 @dataclass(frozen=True)
