@@ -32,7 +32,7 @@ from shardrun.errors import (
     EXIT_INTERRUPTED, EXIT_OK, EXIT_PREEMPTED, EXIT_USERS_FAILED, AlreadyCommitted, HeapTooSmall, SchedulerError,
     StorageError,
 )
-from shardrun.platforms import peak_rss
+from shardrun.platforms import peak_rss, process_start_time
 from shardrun.shard.attempts import Attempts, carried_memory, scheduler_memory_bytes
 from shardrun.shard.fail_fast import FailFastStop, fail_fast_message, fail_fast_stop
 from shardrun.shard.lifecycle import StopFlag
@@ -40,7 +40,6 @@ from shardrun.shard.plan import ShardPlan
 from shardrun.shard.requeue import decide_requeue, requeue_slurm_job
 from shardrun.shard.user_log import UserLog
 from shardrun.shard.prepare import ResolvedDirs, WorkerOptions
-from shardrun.platforms import process_start_time
 from shardrun.states import ShardState, UserStatus, user_outcome
 from shardrun.shard.jvm import (
     is_heap_exhaustion, java_class_name, java_stack, start_jvm, task_classpath, task_jvm_options, task_jvm_provenance,
