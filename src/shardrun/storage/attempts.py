@@ -48,7 +48,7 @@ def recorded_attempts(errors: Iterable[Mapping[str, Any]],
             error_lines[user_id] += 1
             numbers[user_id] = max(numbers.get(user_id, 0), _number(attempt_of(line)))
     for user_id, records in committed.items():
-        numbers[user_id] = max([numbers.get(user_id, 0), error_lines[user_id], len(records),
+        numbers[user_id] = max([numbers.get(user_id, 0), len(records),
                                 *(_number(attempt_of(record)) for record in records)])
     return {user_id: max(count, error_lines[user_id]) for user_id, count in numbers.items()}
 
