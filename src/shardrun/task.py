@@ -213,7 +213,8 @@ class SummaryPanel(NamedTuple):
 
 class DrawsSummary(Protocol):
     """The optional part of a Task that draws a merge's summary.png, the picture of its results
-    (shardrun.results.summary uses it); without it the picture holds the core's count of rows by status."""
+    (shardrun.results.summary uses it); without it the picture holds the core's two panels: the rows by
+    status, and the skipped and failed rows by their reason."""
 
     def summary_panels(self, frame: pd.DataFrame, settings: Any | None) -> Sequence[SummaryPanel]:
         """Panels of the merged result frame: summary.png holds them only (the run's timeline is the
