@@ -20,6 +20,7 @@ from shardrun.launch.benchmark import run_benchmark
 from shardrun.launch.launcher import LaunchOptions, launch, plan_launch
 from shardrun.launch.policies import RestartPolicy
 from shardrun.launch.slurm_script import DEFAULT_SIGNAL, WarningSignal, time_limit_seconds
+from shardrun.shard.fail_fast import DEFAULT_FAIL_FAST
 from shardrun.units import MIB, heap_bytes
 
 # Flags of the local launcher only, with their defaults: given with --scheduler slurm they are refused.
@@ -47,7 +48,7 @@ def parser() -> argparse.ArgumentParser:
                         " result is 'failed' (run_production --resume --retry-failed), then the run is merged")
     p.add_argument("--fail-fast", type=non_negative_int, metavar="N",
                    help="a shard whose first N users all fail with the same error class stops (exit 1) instead of"
-                        " running on (default: run_production's, 5); 0: never")
+                        f" running on (default: run_production's, {DEFAULT_FAIL_FAST}); 0: never")
     p.add_argument("--grace", type=non_negative_seconds, default=120.0, metavar="S",
                    help="after Ctrl-C/SIGTERM, seconds to let shards finish their user before killing them")
     p.add_argument("--progress-every", type=positive_seconds, default=30.0, metavar="S",
