@@ -139,17 +139,18 @@ def describe_shard(index: int, state: str | None, queued: QueuedElement | None, 
 # --- the run on disk --------------------------------------------------------------------------------
 
 
-def _status_docs(run: RunPaths, shards: int) -> dict[int, dict]:
+def status_documents(run: RunPaths, shards: int) -> dict[int, dict]:
+    """Each shard's status.json by index, read once ({} for a shard without one)."""
     return {index: status_document(run.shard(ShardSpec(index, shards)).status) for index in range(shards)}
 
 
-def shard_states(run: RunPaths, shards: int) -> dict[int, str | None]:
-    return {index: doc.get("state") for index, doc in _status_docs(run, shards).items()}
+def shard_states(docs: Mapping[int, Mapping]) -> dict[int, str | None]:
+    return {index: doc.get("state") for index, doc in docs.items()}
 
 
-def failed_users_by_shard(run: RunPaths, shards: int) -> dict[int, int]:
+def failed_users_by_shard(docs: Mapping[int, Mapping]) -> dict[int, int]:
     """Each shard's failed users as its status.json counts them (0 when it has none or no status)."""
-    counts = {index: doc.get("users_failed") for index, doc in _status_docs(run, shards).items()}
+    counts = {index: doc.get("users_failed") for index, doc in docs.items()}
     return {index: count if isinstance(count, int) else 0 for index, count in counts.items()}
 
 
@@ -218,8 +219,9 @@ def submit_run(config: RunConfig, options: ClusterOptions, slurm: SlurmCommands 
         raise UsageError(f"--retry-failed: {run.dir} holds no run (no run.json), so it has no failed users to run"
                          " again; pass the dir of the run whose failed users to retry with --out.")
 
-    states = shard_states(run, options.shards) if existing else {}
-    failed = failed_users_by_shard(run, options.shards) if existing else {}
+    docs = status_documents(run, options.shards) if existing else {}
+    states = shard_states(docs)
+    failed = failed_users_by_shard(docs)
     queue = queue_by_index(run, slurm) if existing else {}
     queued = [index for index, element in queue.items() if element.waiting_or_running]
     complete = [index for index, state in states.items() if state in COMPLETE]
