@@ -56,7 +56,8 @@ class ShardInput:
     # every committed record's attempt, replaced ones included (columnar.record_attempts' columns)
     attempts: pa.Table | None = None
     errors: Sequence[Mapping[str, Any]] = ()  # errors.jsonl's lines, what the trace needs of them (ERROR_FIELDS)
-    status: Mapping[str, Any] = field(default_factory=dict)  # status.json ({} when absent or unreadable)
+    # status.json ({} when absent; only {"state": "unreadable"} when it cannot be read: _read_status)
+    status: Mapping[str, Any] = field(default_factory=dict)
     launcher_slot: Mapping[str, Any] = field(default_factory=dict)  # its entry in the run's launcher.json, if any
     # when each of the shard's processes started (POSIX seconds, status.json's process_starts): the
     # timeline's waiting and start-up; empty for a shard run before they were recorded
