@@ -1,6 +1,7 @@
-"""How long each user's analysis is expected to take: the Task protocol's optional user_seconds.
+"""How long each user's analysis is expected to take: the Task protocol's optional user_seconds (from
+the input) and result_seconds (from merged rows), one formula (estimated_seconds).
 
-An estimate for planning (a scheduler's time limit), not a promise: seconds grow with the user's
+An estimate for planning (a scheduler's time limit) and for run.png's slow users, not a promise: seconds grow with the user's
 observations times the tests run on them (one value and `surrogates` permutations, per k of the grid,
 per feature mode), plus a fixed start. The rate is measured (docs/PERFORMANCE.md): about 4.5e-8 s per
 (observation x test) on 61,000-observation users and 6e-8 s on the sample data's median user (3e-7 s
