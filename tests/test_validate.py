@@ -1,4 +1,4 @@
-"""validate: the pure check_frame on small frames, and validate_result_set on merged shard dirs."""
+"""validate: the pure check_frame on small frames, and validation_of on merged shard dirs."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from shardrun.storage.paths import MergedPaths, RunPaths
 from shardrun.sharding import ShardSpec
 from shardrun.results.report import MAX_LISTED
 from shardrun.results.tolerance import FailedTolerance
-from shardrun.results.validate import check_frame, validate_result_set, validation_of, write_validation
+from shardrun.results.validate import check_frame, validation_of, write_validation
 
 # The task double and the shard-dir builders are shared with the merge tests (pytest puts tests/ on
 # sys.path); importing them also brings the autouse fixture that makes the double loadable.
@@ -147,7 +147,7 @@ def test_hostile_ids_are_shown_escaped_and_cut():
     assert "user_id='a\\x00bxxx" in problems[0] and "..." in problems[0] and len(problems[0]) < 200
 
 
-# --- validate_result_set (files) --------------------------------------------------------------
+# --- validation_of (files) --------------------------------------------------------------------
 
 
 @pytest.fixture
@@ -164,29 +164,29 @@ def merged(tmp_path):
 def test_a_merged_run_is_valid_with_and_without_config(merged, config):
     out = merged()
 
-    assert validate_result_set(out) == []
-    assert validate_result_set(out, config) == []
+    assert validation_of(out).problems == []
+    assert validation_of(out, config).problems == []
 
 
 def test_csv_is_read_when_there_is_no_parquet(merged, config):
     out = merged()
     MergedPaths(out).parquet.unlink()
 
-    assert validate_result_set(out, config) == []
+    assert validation_of(out, config).problems == []
 
 
 def test_a_missing_user_is_reported_from_the_report_and_from_the_config(merged, config):
     out = merged(skip_users=["u03"])
 
-    assert validate_result_set(out) == ["merge report: user 'u03' has no results (planned in shard 1/2)"]
-    assert validate_result_set(out, config) == ["user 'u03' from the input has no rows"]
+    assert validation_of(out).problems == ["merge report: user 'u03' has no results (planned in shard 1/2)"]
+    assert validation_of(out, config).problems == ["user 'u03' from the input has no rows"]
 
 
 def test_a_config_with_another_hash_is_reported(merged, config):
     out = merged()
     other = parse_config(raw_config(modes=["activity", "composite", "extra"]))
 
-    problems = validate_result_set(out, other)
+    problems = validation_of(out, other).problems
 
     assert (
         f"config_hash is {config.hash!r} but the config's hash is {other.hash!r};"
@@ -207,16 +207,16 @@ def test_conflicts_in_the_report_are_reported(merged, config, tmp_path):
     ]
     report_path.write_text(json.dumps(report))
 
-    assert validate_result_set(out, config) == [
+    assert validation_of(out, config).problems == [
         "merge report: conflicting rows for user_id='u01', feature_mode='activity' in a, b: ais_bits differ"
     ]
 
 
 def test_a_result_dir_without_results_is_reported(tmp_path, config):
-    assert validate_result_set(tmp_path, config) == [
+    assert validation_of(tmp_path, config).problems == [
         f"no results.parquet or results.csv in {tmp_path}; run merge_shard_results --output {tmp_path}"
     ]
-    assert validate_result_set(tmp_path) == [
+    assert validation_of(tmp_path).problems == [
         f"no merge_report.json in {tmp_path}; pass --config to validate results without it"
     ]
 
@@ -234,12 +234,12 @@ def test_write_validation_records_the_verdict(merged):
 def test_the_merges_own_frame_validates_as_the_files_do(tmp_path):
     run = make_run(tmp_path / "run", count=2, skip_users=["u03"])
     merged = merge_result_set(shard_dirs_of_run(run), tmp_path / "merged")
-    from_disk = validate_result_set(tmp_path / "merged")
-    assert from_disk and validate_result_set(tmp_path / "merged", frame=merged.frame) == from_disk
+    from_disk = validation_of(tmp_path / "merged").problems
+    assert from_disk and validation_of(tmp_path / "merged", frame=merged.frame).problems == from_disk
     whole = make_run(tmp_path / "whole", count=2)
     merged = merge_result_set(shard_dirs_of_run(whole), tmp_path / "whole-merged")
-    assert validate_result_set(tmp_path / "whole-merged", frame=merged.frame) == [] == validate_result_set(
-        tmp_path / "whole-merged")
+    assert validation_of(tmp_path / "whole-merged", frame=merged.frame).problems == [] == validation_of(
+        tmp_path / "whole-merged").problems
 
 
 # --- the run-level verdict (files) -----------------------------------------------------------
@@ -259,8 +259,8 @@ def test_failed_users_fail_a_merged_set_with_their_class_and_where_to_look(merge
                             " from, then merge again")  # a set merged elsewhere than RUN/merged
     assert validation.lines() == ["users: 8 in the result set: 6 ok, 0 skipped, 2 failed",
                                   "  failed by error class: 2 HeapTooSmall (raise jvm.xmx in the config, or --xmx)"]
-    assert validate_result_set(out, config, max_failed=FailedTolerance(2)) == []
-    assert validate_result_set(out, config, max_failed=FailedTolerance(percent=20)) != []  # 25% failed
+    assert validation_of(out, config, max_failed=FailedTolerance(2)).problems == []
+    assert validation_of(out, config, max_failed=FailedTolerance(percent=20)).problems != []  # 25% failed
 
     write_validation(out, validation.problems, config.hash, validation.document())
     written = json.loads(MergedPaths(out).validation.read_text())
@@ -276,7 +276,7 @@ def test_a_runs_own_merged_dir_names_the_run_to_retry(tmp_path):
     run_json.write_text(json.dumps({**json.loads(run_json.read_text()), "config_path": "/cfg/c.yaml", "pilot": 3}))
     merge_shards(shard_dirs_of_run(run), run / "merged")
 
-    (problem,) = validate_result_set(run / "merged")
+    (problem,) = validation_of(run / "merged").problems
     assert "1 java.lang.IllegalStateException (e.g. user 'u01': broken)" in problem
     assert f"see {run}/shard-*/errors.jsonl" in problem
     assert problem.endswith(f"launch_shards --config /cfg/c.yaml --shards 2 --out {run} --pilot 3 --retry-failed")
@@ -286,7 +286,7 @@ def test_a_merged_set_whose_every_user_was_skipped_is_not_valid(merged, config):
     skipped = {"status": "skipped", "reason": "only 0 observations; needs at least 6", "ais_bits": None}
     out = merged(overrides={user: skipped for user in USERS})
 
-    assert validate_result_set(out, config, max_failed=FailedTolerance(percent=100)) == [
+    assert validation_of(out, config, max_failed=FailedTolerance(percent=100)).problems == [
         "nothing was analysed: every one of the 8 users was skipped (8 'only 0 observations; needs at least 6');"
         " the reasons say what to change in the input data or the task's settings"
     ]

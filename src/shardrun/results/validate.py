@@ -272,12 +272,6 @@ def validation_of(result_dir: Path, config: RunConfig | None = None, frame: pd.D
     return Validation(problems, outcomes, max_failed)
 
 
-def validate_result_set(result_dir: Path, config: RunConfig | None = None,
-                        frame: pd.DataFrame | None = None, max_failed: FailedTolerance = NO_FAILED) -> list[str]:
-    """Problems of the result set in `result_dir` (empty = valid): validation_of's problems."""
-    return validation_of(result_dir, config, frame, max_failed).problems
-
-
 def checked_config_hash(result_dir: Path, config: RunConfig | None) -> str | None:
     """The config hash a validation checked against: the given config's, else the one merge_report.json records."""
     if config is not None:
