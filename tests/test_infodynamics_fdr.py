@@ -122,3 +122,21 @@ def test_validation_catches_q_values_that_are_not_bh_s(tmp_path: Path):
     uncorrected = frame.assign(te_hour_q=frame["te_hour_p"])
     problems = task.check_rows(uncorrected, settings)
     assert len(problems) == 1 and "te_hour_q other than Benjamini-Hochberg's" in problems[0], problems
+
+
+def test_the_report_and_the_picture_count_the_same_significant_users(tmp_path: Path):
+    """A q of exactly 0.05 (one user with p = 1/20) is significant in neither: merge_report.json's counts
+    and summary.png's shares use one threshold, q < 0.05."""
+    from shardrun.infodynamics.plots import fdr_shares
+
+    settings = make_settings(tmp_path / "x.csv", k_grid=(1, 2))
+    frame = result_frame(settings, [("a", "activity", "ok", 1 / 20, 0.01, 1 / 20),
+                                    ("b", "composite", "ok", 0.01, 1 / 20, 0.5)])
+    assert frame.loc[0, "ais_k1_q"] == 0.05 and frame.loc[1, "ais_k2_q"] == 0.05
+    counted = task.set_report(frame, settings)["q_values"]["columns"]
+    shares = fdr_shares(frame).set_index(["feature_mode", "k"])["significant"]
+    for mode in ("activity", "composite"):
+        for k in (1, 2):
+            assert counted[f"ais_k{k}_q"][mode]["significant"] == shares[(mode, k)]
+    assert counted["ais_k1_q"]["activity"]["significant"] == 0 and counted["ais_k2_q"]["activity"]["significant"] == 1
+    assert counted["te_hour_q"]["activity"]["significant"] == 0

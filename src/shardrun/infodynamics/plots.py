@@ -33,11 +33,11 @@ from shardrun.panel_style import (
     thousands,
     why_nothing_is_drawn,
 )
+from shardrun.infodynamics.fdr import ALPHA
 from shardrun.states import UserStatus
 from shardrun.task import SummaryPanel
 
 QUANTILES = {"q10": 0.10, "q25": 0.25, "median": 0.50, "q75": 0.75, "q90": 0.90}
-FDR_LEVEL = 0.05  # a user is significant when its q-value (Benjamini-Hochberg, per mode and k) is below this
 # Panel titles: each ends with how many users it is drawn from (", n = ...").
 AIS_PANEL_TITLE = "{mode}: AIS against history length k"
 FDR_PANEL_TITLE = "Users with significant AIS after FDR"
@@ -156,7 +156,7 @@ def has_q_values(frame: pd.DataFrame) -> bool:
     return bool(q_columns(frame))
 
 
-def fdr_shares(frame: pd.DataFrame, level: float = FDR_LEVEL) -> pd.DataFrame:
+def fdr_shares(frame: pd.DataFrame, level: float = ALPHA) -> pd.DataFrame:
     """Per (feature_mode, k) over ok rows with a q-value at k: n, significant (q < level) and share (0..1).
 
     q is the Benjamini-Hochberg q-value across the users of a mode at that k (`ais_k<k>_q`). Rows whose
@@ -194,7 +194,7 @@ def ceilings(frame: pd.DataFrame) -> dict[str, tuple[float, float]]:
     return limits
 
 
-def te_hour_table(frame: pd.DataFrame, level: float = FDR_LEVEL) -> pd.DataFrame:
+def te_hour_table(frame: pd.DataFrame, level: float = ALPHA) -> pd.DataFrame:
     """Per feature mode over ok rows with a te_hour value: n and the quantiles of `te_hour_bits`; with
     `te_hour_q`, n_q (rows with a q-value), significant (q < level) and share, else NaN there."""
     columns = ["feature_mode", "n", *QUANTILES, "n_q", "significant", "share"]
@@ -366,12 +366,12 @@ def draw_ais_panel(axes, mode: str, quantiles: pd.DataFrame, ceiling: tuple[floa
 
 def draw_fdr_panel(axes, shares: pd.DataFrame, colours: Mapping[str, str], ks: Sequence[int], has_q: bool,
                    why: str | None = None) -> None:
-    """Per k and mode, the share of ok users whose AIS q-value (BH across the mode's users) is below FDR_LEVEL."""
+    """Per k and mode, the share of ok users whose AIS q-value (BH across the mode's users) is below ALPHA."""
     from matplotlib.ticker import PercentFormatter
 
     ns = shares["n"].tolist() if not shares.empty else []
-    title = f"{FDR_PANEL_TITLE} (q < {FDR_LEVEL:g})" + (f"\n{n_words(ns)} per mode" if ns else "")
-    style_axes(axes, title, "history length k (q: Benjamini-Hochberg within a mode)", f"users with q < {FDR_LEVEL:g}")
+    title = f"{FDR_PANEL_TITLE} (q < {ALPHA:g})" + (f"\n{n_words(ns)} per mode" if ns else "")
+    style_axes(axes, title, "history length k (q: Benjamini-Hochberg within a mode)", f"users with q < {ALPHA:g}")
     k_axis(axes, ks)
     if shares.empty:
         message = NO_Q_VALUES if not has_q and not why else why or "no q-values: no users with status ok"
@@ -396,7 +396,7 @@ def draw_fdr_panel(axes, shares: pd.DataFrame, colours: Mapping[str, str], ks: S
 def draw_te_panel(axes, table: pd.DataFrame, colours: Mapping[str, str], has_column: bool = True,
                   why: str | None = None) -> None:
     """Per mode, te_hour's spread over the users (median, 25–75% box, 10–90% whiskers), and above each
-    the share significant after FDR (te_hour_q < FDR_LEVEL)."""
+    the share significant after FDR (te_hour_q < ALPHA)."""
     title = TE_PANEL_TITLE + (f"\n{n_words(table['n'].tolist())} per mode" if not table.empty else "")
     style_axes(axes, title, "feature mode (te_hour at its selected k)", "te_hour (bits)")
     axes.grid(False, axis="x")
@@ -414,7 +414,7 @@ def draw_te_panel(axes, table: pd.DataFrame, colours: Mapping[str, str], has_col
         if np.isnan(row["share"]):
             note = NO_Q_VALUES
         else:
-            note = f"q < {FDR_LEVEL:g}: {row['share'] * 100:.0f}%\n({int(row['significant']):,} of {int(row['n_q']):,})"
+            note = f"q < {ALPHA:g}: {row['share'] * 100:.0f}%\n({int(row['significant']):,} of {int(row['n_q']):,})"
         axes.annotate(note, (i, row["q90"]), textcoords="offset points", xytext=(0, 6), ha="center", va="bottom",
                       fontsize=NOTE_SIZE, color=colour)
     axes.set_xticks(range(len(modes)))
