@@ -19,7 +19,7 @@ from e2e_support import analysis_values, faulty_task_config, read_status, shardr
 from shardrun.errors import EXIT_OK, EXIT_PREEMPTED, SchedulerError
 from shardrun.shard.lifecycle import PreemptionNotice
 from shardrun.scheduler.slurm import SlurmCommands
-from shardrun.shard.requeue import decide_requeue, requeue_slurm_job
+from shardrun.shard.requeue import decide_requeue, own_slurm_job, requeue_slurm_job
 from store_support import committed_users
 
 pytestmark = pytest.mark.e2e
@@ -99,6 +99,35 @@ def test_requeue_is_asked_while_users_are_left_and_bounded():
     bounded = decide_requeue(users_todo=3, requeues_done=3, limit=3, env=env)
     assert not bounded.requeue and "launch_shards --scheduler slurm" in bounded.reason
     assert not decide_requeue(users_todo=3, requeues_done=0, limit=3, env={}).requeue
+
+
+@pytest.mark.parametrize("env, job", [
+    ({"SLURM_JOB_ID": "42"}, "42"),  # a plain job
+    ({"SLURM_JOB_ID": "43", "SLURM_ARRAY_JOB_ID": "40", "SLURM_ARRAY_TASK_ID": "0"}, "40_0"),  # an element
+    # The array's last element keeps the array's id: that id alone would requeue every element.
+    ({"SLURM_JOB_ID": "40", "SLURM_ARRAY_JOB_ID": "40", "SLURM_ARRAY_TASK_ID": "3"}, "40_3"),
+    ({"SLURM_JOB_ID": "43", "SLURM_ARRAY_JOB_ID": "40"}, "43"),  # no task id: the job's own id
+    ({"SLURM_JOB_ID": "43", "SLURM_ARRAY_TASK_ID": "3"}, "43"),  # no array id: likewise
+    ({"SLURM_ARRAY_JOB_ID": "40", "SLURM_ARRAY_TASK_ID": "3"}, "40_3"),
+    ({"SLURM_JOB_ID": "", "SLURM_ARRAY_JOB_ID": "", "SLURM_ARRAY_TASK_ID": ""}, None),
+    ({}, None),  # not a SLURM job
+])
+def test_an_element_names_itself_alone(env, job):
+    assert own_slurm_job(env) == job
+    assert decide_requeue(users_todo=3, requeues_done=0, limit=3, env=env).requeue == (job is not None)
+
+
+def test_the_last_element_requeues_itself_not_its_array():
+    """Stands in for scontrol (the real one is exercised by tests/test_slurm.py): the command it is given."""
+    commands = []
+
+    def recording_scontrol(command, **_kwargs):
+        commands.append(command)
+        return subprocess.CompletedProcess(command, 0, "", "")
+
+    env = {"SLURM_JOB_ID": "40", "SLURM_ARRAY_JOB_ID": "40", "SLURM_ARRAY_TASK_ID": "3"}
+    assert requeue_slurm_job(env, SlurmCommands(run=recording_scontrol)) == "40_3"
+    assert commands == [["scontrol", "requeue", "40_3"]]
 
 
 def test_a_refused_requeue_names_the_scheduler_s_words():

@@ -253,6 +253,60 @@ def test_the_time_limit_warning_drains_says_preempted_and_requeues_the_element(s
     assert_equals_reference(run, workspace, 2)
 
 
+@pytest.fixture()
+def three_cpu_cluster():
+    """A cluster of its own whose node has three CPUs, so that an array of three elements runs all at
+    once (the module's cluster has the machine's CPUs, two here); requeued jobs start 11 s later."""
+    cluster = SlurmCluster(cpus=3, cred_expire=10)
+    try:
+        cluster.start()
+    except SlurmClusterError as error:
+        pytest.fail(f"no SLURM cluster for this test: {error}", pytrace=False)
+    yield cluster
+    cluster.stop()
+
+
+def test_the_last_element_preempted_requeues_itself_and_no_sibling(three_cpu_cluster, workspace, tmp_path):
+    """The array's last element to start keeps the array's own id as its SLURM_JOB_ID, and
+    `scontrol requeue <array id>` requeues every element. Warned alone (USR1 to its batch shell, as
+    for a preemption), that element drains, says preempted and requeues itself alone; its siblings,
+    busy at that moment, run on undisturbed: no signal, no start but their first, no requeue."""
+    cluster = three_cpu_cluster
+    config = own_config(workspace, tmp_path, faulty=True)
+    run = tmp_path / "run"
+    result = launch(cluster, config, run, 3, "--signal", "USR1@30", "--requeue-limit", "1", env=faulty_env("slow:2"))
+    assert result.returncode == 0, result.stderr
+    (array,), _merge = submitted(run)
+    shard_dirs = [run / f"shard-{index}-of-3" for index in range(3)]
+    wait_for(lambda: all(read_status(shard_dir).get("users_done", 0) >= 1 for shard_dir in shard_dirs),
+             timeout=RUN_TIMEOUT)
+    last = [record["ArrayTaskId"] for record in cluster.jobs(array) if record["JobId"] == array]
+    assert len(last) == 1 and last[0].isdigit(), cluster.jobs(array)
+    preempted = int(last[0])
+    siblings = [index for index in range(3) if index != preempted]
+    assert all(cluster.state(f"{array}_{index}") == "RUNNING" for index in range(3)), cluster.jobs(array)
+
+    cluster.scancel("--batch", "--signal=USR1", f"{array}_{preempted}")
+    wait_for(lambda: read_status(shard_dirs[preempted]).get("requeues") == 1, timeout=60)
+    record = pending_after_requeue(cluster, f"{array}_{preempted}",
+                                   before=lambda: [read_status(shard_dirs[index])["state"] for index in siblings])
+    assert record["Restarts"] == "1", record
+    assert record["_state_before"] == ["running", "running"], "the siblings were busy when it requeued itself"
+    wait_for_run(cluster, run)
+
+    for index in siblings:
+        status, log = read_status(shard_dirs[index]), (tmp_path / "logs" / f"shard{index}.log").read_text()
+        assert cluster.job(f"{array}_{index}")["Restarts"] == "0", f"shard {index}'s element was requeued:\n{log}"
+        assert "SIGTERM" not in log and "stopping" not in log and "preempted" not in log, log
+        assert element_starts(tmp_path / "logs" / f"shard{index}.log") == 1, log
+        assert (status["state"], status["requeues"], status["resumed_with_done"]) == ("completed", 0, 0), status
+    status, log = read_status(shard_dirs[preempted]), (tmp_path / "logs" / f"shard{preempted}.log").read_text()
+    assert status["state"] == "completed" and status["requeues"] == 1, status
+    assert element_starts(tmp_path / "logs" / f"shard{preempted}.log") == 2, log
+    assert f"requeue it, job {array}_{preempted} " in log, "it named itself, not its array"
+    assert_equals_reference(run, workspace, 3)
+
+
 def test_the_dry_run_names_the_users_that_cannot_finish_within_the_time_limit(slurm_cluster, workspace, tmp_path):
     """Each user takes 100 s more than usual (and the task's estimate says so); an element has 1 minute
     less the 10 s warning: every user is named, and so is the time limit that would do."""

@@ -241,13 +241,13 @@ class ShardLoop:
         # Counted before the request: once the scheduler takes it, this process may be stopped at any moment.
         self.status.update(requeues=doc["requeues"] + 1)
         try:
-            requeue_slurm_job(os.environ)
+            job = requeue_slurm_job(os.environ)
         except SchedulerError as exc:
             self.status.update(requeues=doc["requeues"], last_error=str(exc))
             log.error("%s", exc)
             return
-        log.warning("shard %s asked SLURM to requeue it (%d of at most %d); %d users to do", self.dirs.spec,
-                    doc["requeues"] + 1, self.stop.preemption.requeue_limit, doc["users_todo"])
+        log.warning("shard %s asked SLURM to requeue it, job %s (%d of at most %d); %d users to do", self.dirs.spec,
+                    job, doc["requeues"] + 1, self.stop.preemption.requeue_limit, doc["users_todo"])
 
     def _run_user(self, user_id: str) -> None:
         self.status.begin_user(user_id)

@@ -1,4 +1,5 @@
-"""A preempted shard asks its scheduler to run it again: whether (pure) and how (SLURM's scontrol).
+"""A preempted shard asks its scheduler to run it again: whether (pure), which job (pure) and how
+(SLURM's scontrol).
 
 Only SLURM has a command an element can run on itself; elsewhere a preempted shard ends with
 EXIT_PREEMPTED and its `preempted` status.json, and the same command continues it.
@@ -11,8 +12,9 @@ from typing import Mapping
 
 from shardrun.scheduler.slurm import SlurmCommands
 
-# SLURM_JOB_ID is the element's own job id inside an array (SLURM_ARRAY_JOB_ID is the array's).
 SLURM_JOB_ENV = "SLURM_JOB_ID"
+SLURM_ARRAY_JOB_ENV = "SLURM_ARRAY_JOB_ID"
+SLURM_ARRAY_TASK_ENV = "SLURM_ARRAY_TASK_ID"
 
 
 @dataclass(frozen=True)
@@ -21,10 +23,22 @@ class RequeueDecision:
     reason: str  # why not, for the log and status.json; empty when requeueing
 
 
+def own_slurm_job(env: Mapping[str, str]) -> str | None:
+    """The name by which SLURM's commands act on this job alone: `<array job id>_<task id>` for an
+    array element, SLURM_JOB_ID otherwise; None outside SLURM.
+
+    An element's SLURM_JOB_ID will not do: the array's last element to start keeps the array's own
+    id as its SLURM_JOB_ID, and `scontrol requeue <array id>` requeues every element of the array."""
+    array_job, task = env.get(SLURM_ARRAY_JOB_ENV, "").strip(), env.get(SLURM_ARRAY_TASK_ENV, "").strip()
+    if array_job and task:
+        return f"{array_job}_{task}"
+    return env.get(SLURM_JOB_ENV, "").strip() or None
+
+
 def decide_requeue(users_todo: int, requeues_done: int, limit: int, env: Mapping[str, str]) -> RequeueDecision:
     if users_todo <= 0:
         return RequeueDecision(False, "no users left to do")
-    if not env.get(SLURM_JOB_ENV):
+    if own_slurm_job(env) is None:
         return RequeueDecision(False, "not a SLURM job: run the same command again to continue")
     if requeues_done >= limit:
         return RequeueDecision(False, f"requeued {requeues_done} times already (--requeue-limit {limit}): resubmit the"
@@ -32,6 +46,11 @@ def decide_requeue(users_todo: int, requeues_done: int, limit: int, env: Mapping
     return RequeueDecision(True, "")
 
 
-def requeue_slurm_job(env: Mapping[str, str], slurm: SlurmCommands | None = None) -> None:
-    """`scontrol requeue` this job; SLURM then stops it and starts it again later."""
-    (slurm or SlurmCommands()).requeue(env[SLURM_JOB_ENV])
+def requeue_slurm_job(env: Mapping[str, str], slurm: SlurmCommands | None = None) -> str:
+    """`scontrol requeue` this job, and only it (own_slurm_job); SLURM then stops it and starts it
+    again later. Returns the job id it named. Called only once decide_requeue said yes."""
+    job = own_slurm_job(env)
+    if job is None:
+        raise ValueError("requeue_slurm_job outside a SLURM job: decide_requeue says no there")
+    (slurm or SlurmCommands()).requeue(job)
+    return job
