@@ -4,8 +4,9 @@ slurmctld and slurmd from the Debian packages, started by the test session and s
 Every run is submitted with the project's own command, as a user would, and its merged result must
 equal the uninterrupted local K=1 reference of the same config: no user twice, none lost, no element
 running another's users, whatever SLURM did to the elements on the way (a requeue mid-run, a cancel
-and a resubmission by index, a time-limit warning answered by a drain and a self-requeue), or after
-users that failed for real were run again with --retry-failed.
+and a resubmission by index, a time-limit warning answered by a drain and a self-requeue, the same
+warning to the array's last element, whose siblings must run on undisturbed), or after users that
+failed for real were run again with --retry-failed.
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """The test cluster itself (tests/slurm_cluster.py), on real daemons, and the SLURM behaviour the cluster
 tests rely on, measured: what an array element is told (plain, stepped, sparse arrays), afterany, a requeue
-and how soon the element runs again, which process a warning signal reaches. docs/CLUSTER_TESTS.md lists
+(of one element, of a whole array) and how soon the element runs again, which process a warning signal
+reaches. docs/CLUSTER_TESTS.md lists
 the figures.
 
 The slow measurements (a requeued job left to its begin time, about 2 minutes; warning signals at a time
@@ -226,6 +227,31 @@ def test_a_requeued_element_waits_for_its_begin_time_unless_moved_to_now(slurm_c
     print(f"requeued element ran again after {again:.1f} s with StartTime=now ({updates})")
     slurm_cluster.scancel(array)
     slurm_cluster.wait_until_gone([array], timeout=60)
+
+
+def test_the_last_element_keeps_the_arrays_id_which_requeues_every_element():
+    """`<array>_<index>` requeues that element alone, even the one whose job id is the array's own;
+    the array's id requeues them all. A cluster of its own, of four CPUs: this module's slow
+    measurements hold the shared one's."""
+    with SlurmCluster(cpus=4) as cluster:
+        def running_pair() -> tuple[str, dict]:
+            array = cluster.sbatch("--array=0-1", "--requeue", "--output=/dev/null", script="#!/bin/bash\nsleep 300\n")
+            for index in (0, 1):
+                cluster.wait_for_state(f"{array}_{index}", "RUNNING", timeout=60)
+            return array, {record["ArrayTaskId"]: record for record in cluster.jobs(array)}
+
+        array, elements = running_pair()
+        assert elements["1"]["JobId"] == array != elements["0"]["JobId"], elements
+        cluster.scontrol("requeue", f"{array}_1")
+        cluster.wait_for_state(f"{array}_1", "PENDING", timeout=30)
+        first = cluster.job(f"{array}_0")
+        assert (first["JobState"], first["Restarts"]) == ("RUNNING", "0"), first
+
+        other, _elements = running_pair()
+        cluster.scontrol("requeue", other)
+        for index in (0, 1):
+            record = cluster.wait_for_state(f"{other}_{index}", "PENDING", timeout=30)
+            assert record["Restarts"] == "1", record
 
 
 def test_scontrol_release_does_not_lift_a_requeued_jobs_begin_time(slurm_cluster, tmp_path):
