@@ -16,8 +16,8 @@ import logging
 import math
 import os
 import shutil
+import secrets
 import sys
-import tempfile
 import threading
 from datetime import datetime, timezone
 from pathlib import Path
@@ -53,8 +53,31 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+# O_EXCL: a scratch name is never shared with another writer, nor followed through a symlink;
+# binary on Windows (Python makes every fd non-inheritable already)
+_NEW_FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_BINARY", 0)
+NEW_FILE_MODE = 0o666  # what open(path, "w") asks for: the kernel takes the umask (or the dir's default ACL) off
+
+
+def create_temp_file(directory: Path) -> tuple[int, Path]:
+    """A new, empty scratch file `.<random>.tmp` in `directory`, open for writing: (fd, path).
+
+    Its mode is the one any program's new file gets (0o666 less the umask), so what is published
+    from it is as readable and writable by the group as the user's umask says (umask 002: a lab
+    shares the run). tempfile.mkstemp would create 0600 whatever the umask. The mode is given to the
+    create itself, never set afterwards: no reading of the process-wide umask (racy: os.umask can
+    only be read by setting it), and no moment at which the file has another mode."""
+    for _ in range(10):
+        path = directory / f".{secrets.token_hex(8)}.tmp"
+        try:
+            return os.open(path, _NEW_FILE_FLAGS, NEW_FILE_MODE), path
+        except FileExistsError:
+            continue  # another writer drew the same 64 random bits: draw again
+    raise FileExistsError(errno.EEXIST, "no free scratch file name after 10 draws", str(directory))
+
+
 def write_temp_file(directory: Path, payload: bytes) -> Path:
-    fd, name = tempfile.mkstemp(dir=directory, prefix=".", suffix=".tmp")
+    fd, name = create_temp_file(directory)
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(payload)

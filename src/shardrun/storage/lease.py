@@ -32,7 +32,7 @@ from typing import Any, Callable
 import psutil
 
 from shardrun.platforms import boot_id
-from shardrun.storage.atomic import utc_now
+from shardrun.storage.atomic import NEW_FILE_MODE, utc_now
 
 log = logging.getLogger(__name__)
 
@@ -177,7 +177,7 @@ class Lease:
         me = Holder.this_process()
         for _ in range(5):
             try:
-                fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+                fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, NEW_FILE_MODE)
             except FileExistsError:
                 self._take_over_if_stale(me)
                 continue
