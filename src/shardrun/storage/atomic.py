@@ -15,8 +15,8 @@ import json
 import logging
 import math
 import os
-import shutil
 import secrets
+import shutil
 import sys
 import threading
 from datetime import datetime, timezone
