@@ -22,12 +22,13 @@ from shardrun.errors import UsageError
 from e2e_support import faulty_task_config, shardrun
 from shardrun.config import load_config
 from shardrun.launch.cluster import (
-    ClusterOptions, element_memory_mib, shards_to_submit, submit_run, time_limit_lines, users_over_time_limit,
+    ClusterOptions, element_memory_mib, merge_memory_mib, shards_to_submit, submit_run, time_limit_lines, users_over_time_limit,
 )
 from shardrun.launch.slurm_script import (
     ElementJob, WarningSignal, array_script, index_ranges, merge_script, split_for_array_size, time_limit_seconds,
 )
 from shardrun.scheduler.slurm import SlurmCommands, parse_max_array_size, parse_queue, scheduler_view
+from shardrun.task import load_task
 from shardrun.units import MIB
 
 
@@ -168,6 +169,21 @@ def test_element_memory_counts_heap_overhead_and_data():
     assert element_memory_mib(1024 * MIB, 500 * MIB) == element_memory_mib(1024 * MIB, 0) + 500
 
 
+def test_the_merge_jobs_memory_grows_with_the_result_sets_cells_from_a_floor():
+    small = merge_memory_mib(60, 2, 32)
+    assert 512 <= small < 1024
+    # 10^6 users x 2 rows x 32 columns peaked at 2.4 GiB in the merge and 0.5 GiB in its picture
+    # (docs/PERFORMANCE.md): the default leaves room above that sum.
+    assert merge_memory_mib(10**6, 2, 32) > (2433 + 505) * 1.2
+    assert merge_memory_mib(2 * 10**6, 2, 32) - small == pytest.approx(2 * (merge_memory_mib(10**6, 2, 32) - small), abs=2)
+
+
+def test_the_merge_script_asks_for_its_memory():
+    script = merge_script(Path("/runs/r1"), Path("/cfg/c.yaml"), "/venv/bin/python", Path("/w"), Path("/logs"), "m",
+                          mem_mib=3000)
+    assert "#SBATCH --mem=3000M" in script.splitlines()
+
+
 @pytest.mark.parametrize("text, seconds", [
     ("90", 5400), ("1:30", 90), ("4:00:00", 14400), ("2-00:00:00", 172800), ("1-12", 129600), ("1-0:30", 88200),
     ("UNLIMITED", None),
@@ -229,3 +245,25 @@ def test_a_retry_resubmits_the_shards_with_failed_users_and_their_elements_retry
     plain = submit_run(load_config(path), replace(options, retry_failed=False), SlurmCommands(run=scontrol_only),
                        said.append)
     assert plain.to_submit == []  # without --retry-failed a complete shard stays as it is
+
+
+@pytest.mark.e2e
+def test_a_new_runs_merge_job_asks_for_the_default_memory_or_merge_mem(workspace, tmp_path):
+    """The dry run of a new run: the merge job's --mem is the default for the data's users (two feature
+    modes, so two rows a user), and --merge-mem replaces it."""
+    said: list[str] = []
+    options = ClusterOptions(config_path=workspace["config"], shards=2, signal=WarningSignal("USR1", 120),
+                             out=tmp_path / "run", dry_run=True)
+    config = load_config(workspace["config"])
+    submit_run(config, options, SlurmCommands(run=scontrol_only), said.append)
+    text = "\n".join(said)
+    merge_part = text[text.index("--- merge job"):]
+    users = len({line.split(",")[0] for line in workspace["data"].read_text().splitlines()[1:]})
+    expected = merge_memory_mib(users, len(config.settings.feature_modes), len(load_task(config.task).result_columns(
+        config.settings)))
+    assert f"#SBATCH --mem={expected}M" in merge_part
+    assert f"memory of the merge job: {expected} MiB" in text
+
+    said.clear()
+    submit_run(config, replace(options, merge_mem_mib=9000), SlurmCommands(run=scontrol_only), said.append)
+    assert "#SBATCH --mem=9000M" in "\n".join(said)

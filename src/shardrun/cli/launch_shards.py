@@ -26,7 +26,7 @@ from shardrun.units import MIB, heap_bytes
 # Flags of the local launcher only, with their defaults: given with --scheduler slurm they are refused.
 LOCAL_ONLY = {"run_dir": None, "grace": 120.0, "live": None, "cpu_limit": None, "nice": 0, "cooldown": 0.0,
               "restarts": 0, "restart_heap_factor": 1.0, "threads": None, "progress_every": 30.0, "benchmark": None}
-SLURM_ONLY = {"time": None, "signal": DEFAULT_SIGNAL, "cpus_per_shard": 1, "mem": None,
+SLURM_ONLY = {"time": None, "signal": DEFAULT_SIGNAL, "cpus_per_shard": 1, "mem": None, "merge_mem": None,
               "requeue_limit": 3, "sbatch_option": [], "partition": None, "account": None, "qos": None,
               "constraint": None}
 
@@ -88,6 +88,8 @@ def parser() -> argparse.ArgumentParser:
     slurm.add_argument("--cpus-per-shard", type=positive_int, default=1, metavar="N",
                        help="CPUs per element (sbatch --cpus-per-task; the shard's threads)")
     slurm.add_argument("--mem", metavar="SIZE", help="memory per element (default: heap + the JVM's overhead + the data)")
+    slurm.add_argument("--merge-mem", metavar="SIZE",
+                       help="memory of the merge + validate job (default: from the users, rows and columns of the result set)")
     slurm.add_argument("--requeue-limit", type=non_negative_int, default=3, metavar="N",
                        help="times a preempted element requeues itself (then resubmit with the same command)")
     slurm.add_argument("--partition", help="sbatch --partition")
@@ -104,6 +106,15 @@ def _given(args: argparse.Namespace, defaults: dict) -> list[str]:
     return [f"--{name.replace('_', '-')}" for name, default in defaults.items() if getattr(args, name) != default]
 
 
+def _size_mib(flag: str, text: str | None) -> int | None:
+    if not text:
+        return None
+    try:
+        return max(heap_bytes(text) // MIB, 1)
+    except ValueError:
+        raise UsageError(f"{flag} {text!r}: give a size such as 4g or 3500m.") from None
+
+
 def _submit(args: argparse.Namespace) -> int:
     local_flags = _given(args, LOCAL_ONLY)
     if local_flags:
@@ -116,12 +127,8 @@ def _submit(args: argparse.Namespace) -> int:
                              " launch_shards writes itself (--array, --output, --signal, --requeue, --dependency, --chdir).")
     named = [f"--{name}={getattr(args, name)}" for name in ("partition", "account", "qos", "constraint")
              if getattr(args, name)]
-    mem_mib = None
-    if args.mem:
-        try:
-            mem_mib = max(heap_bytes(args.mem) // MIB, 1)
-        except ValueError:
-            raise UsageError(f"--mem {args.mem!r}: give a size such as 4g or 3500m.") from None
+    mem_mib = _size_mib("--mem", args.mem)
+    merge_mem_mib = _size_mib("--merge-mem", args.merge_mem)
     signal = WarningSignal.parse(args.signal)
     limit = time_limit_seconds(args.time) if args.time else None
     if limit is not None and limit <= signal.lead_seconds:
@@ -131,7 +138,7 @@ def _submit(args: argparse.Namespace) -> int:
     options = ClusterOptions(
         config_path=args.config, shards=args.shards, signal=signal, out=args.out,
         pilot=args.pilot, dry_run=args.dry_run, merge=args.merge, max_parallel=args.max_parallel,
-        cpus=args.cpus_per_shard, mem_mib=mem_mib, time_limit=args.time, requeue_limit=args.requeue_limit,
+        cpus=args.cpus_per_shard, mem_mib=mem_mib, merge_mem_mib=merge_mem_mib, time_limit=args.time, requeue_limit=args.requeue_limit,
         sbatch_options=(*named, *args.sbatch_option), commit_interval_seconds=args.commit_interval,
         retry_failed=args.retry_failed, fail_fast=args.fail_fast, max_failed=args.max_failed,
     )

@@ -59,6 +59,7 @@ class ClusterOptions:
     max_parallel: int | None = None  # the array's %M
     cpus: int = 1
     mem_mib: int | None = None  # None: from the heap model and the data
+    merge_mem_mib: int | None = None  # None: from the result set's expected size (merge_memory_mib)
     time_limit: str | None = None
     requeue_limit: int = 3
     sbatch_options: tuple[str, ...] = ()
@@ -84,6 +85,19 @@ def element_memory_mib(heap_bytes: int, data_bytes: int) -> int:
     """sbatch --mem for one shard: its Java heap, the process beyond the heap (measured, admission.py)
     and the load peak of its share of the input (admission's rule)."""
     return math.ceil(shard_memory_bytes(heap_bytes, data_bytes) / MIB)
+
+
+# A merge peaked at 2.4 GiB for 2,000,000 rows x 32 columns plus 505 MiB in its picture process
+# (docs/PERFORMANCE.md, "Merge and validate"): about 46 bytes a cell; 64 leaves room for wider text.
+MERGE_BYTES_PER_CELL = 64
+MERGE_BASE_MIB = 768  # Python, pandas, pyarrow and matplotlib in the merge and its picture process
+
+
+def merge_memory_mib(users: int, rows_per_user: int, columns: int) -> int:
+    """sbatch --mem for the merge + validate job: a base for two processes' libraries and the result
+    set's cells (every user's rows), which the merge and its picture hold in memory at once."""
+    cells = users * max(rows_per_user, 1) * max(columns, 1)
+    return MERGE_BASE_MIB + math.ceil(cells * MERGE_BYTES_PER_CELL / MIB)
 
 
 def shards_to_submit(shards: int, complete: Iterable[int], queued: Iterable[int],
@@ -251,10 +265,16 @@ def submit_run(config: RunConfig, options: ClusterOptions, slurm: SlurmCommands 
     scripts = [array_script(job, array_job_name(run.dir)) for job in jobs]
     # The merge job waits for every element of the run still in the queue, old arrays and new.
     wait_for = sorted({element.array_job_id for element in queue.values() if element.waiting_or_running})
+    merge_mem_mib = options.merge_mem_mib or merge_memory_mib(
+        len(data.index.user_ids), len(task.failed_rows(config.settings, "any user", "rows per user")),
+        len(task.result_columns(config.settings)))
     merge_text = merge_script(run.dir, options.config_path.resolve(), sys.executable, workdir, log_dir,
-                              merge_job_name(run.dir), options.sbatch_options, max_failed=str(options.max_failed))
+                              merge_job_name(run.dir), options.sbatch_options, max_failed=str(options.max_failed),
+                              mem_mib=merge_mem_mib)
     merge_needed = options.merge and bool(jobs or wait_for or not merged_valid(run))
     out(f"memory per shard: {mem_mib} MiB (sbatch --mem; jvm {heap.jvm_line()})")
+    if merge_needed:
+        out(f"memory of the merge job: {merge_mem_mib} MiB (sbatch --mem; set it with --merge-mem)")
     if not submission.to_submit:
         out("nothing to submit: every shard is complete or in the queue")
 

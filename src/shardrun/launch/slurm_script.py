@@ -182,7 +182,7 @@ def array_script(job: ElementJob, job_name: str) -> str:
 
 
 def merge_script(run_dir: Path, config_path: Path, python: str, workdir: Path, log_dir: Path, job_name: str,
-                 sbatch_options: Sequence[str] = (), max_failed: str = "0") -> str:
+                 sbatch_options: Sequence[str] = (), max_failed: str = "0", mem_mib: int | None = None) -> str:
     """The job that merges and validates the run once every element has ended (afterany, given at submit);
     its validation fails (exit 5) with more failed users than `max_failed` (--max-failed N|P%)."""
     merged = run_dir / "merged"
@@ -192,6 +192,7 @@ def merge_script(run_dir: Path, config_path: Path, python: str, workdir: Path, l
         f"#SBATCH --job-name={job_name}",
         "#SBATCH --ntasks=1",
         "#SBATCH --cpus-per-task=1",
+        *([f"#SBATCH --mem={mem_mib}M"] if mem_mib else []),
         "#SBATCH --open-mode=append",
         f"#SBATCH --output={log_dir / 'merge.log'}",
         f"#SBATCH --chdir={workdir}",
