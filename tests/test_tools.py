@@ -3,12 +3,20 @@ scripts) and ./run_parallel_4shards.sh's argument handling."""
 
 from __future__ import annotations
 
+import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
+
+from e2e_support import analysis_values, read_status
+from shardrun.cli.run_parallel import config_and_shards
+from shardrun.errors import UsageError
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -76,3 +84,53 @@ def test_run_parallel_takes_a_config_relative_to_the_caller_with_flags_around_it
     assert result.returncode == 0, result.stdout + result.stderr
     runs = list((tmp_path / "out").glob("mine_pilot1_*"))
     assert len(runs) == 1 and sorted(p.name for p in runs[0].glob("shard-*")) == ["shard-0-of-2", "shard-1-of-2"]
+
+
+@pytest.mark.parametrize("words, config, shards, expected", [
+    ([], None, None, (None, None)),
+    (["8"], None, None, (None, 8)),
+    (["c.yaml"], None, None, (Path("c.yaml"), None)),
+    (["c.yaml", "3"], None, None, (Path("c.yaml"), 3)),
+    (["c.yaml", "3"], Path("flag.yaml"), 5, (Path("flag.yaml"), 5)),  # a flag wins over its positional twin
+    (["8"], None, 2, (None, 2)),
+])
+def test_the_scripts_positional_config_and_shard_count(words, config, shards, expected):
+    assert config_and_shards(words, config, shards) == expected
+
+
+@pytest.mark.parametrize("words", [["a.yaml", "2", "b"], ["a.yaml", "two"]])
+def test_the_script_refuses_positional_words_it_cannot_read(words):
+    with pytest.raises(UsageError):
+        config_and_shards(words, None, None)
+
+
+@pytest.mark.jvm
+def test_run_parallel_passes_every_launcher_flag_with_its_value(tmp_path):
+    """No hand-kept list of the flags that take a value: the launcher's own parser reads them, so a flag's
+    value is never taken for CONFIG or K, whichever flag it is."""
+    result = subprocess.run([str(REPO / "run_parallel_4shards.sh"), "config/small.yaml", "--commit-interval", "3",
+                             "2", "--fail-fast", "2", "--max-failed", "1", "--dry-run"],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "this starts 2 shards" in result.stdout
+
+
+@pytest.mark.e2e
+def test_the_continue_hint_after_a_run_of_the_script_is_the_script_and_it_finishes_the_run(workspace, tmp_path):
+    run = tmp_path / "run"
+    script = str(REPO / "run_parallel_4shards.sh")
+    launcher = subprocess.Popen([script, str(workspace["config"]), "2", "--out", "run", "--no-live"], cwd=tmp_path,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    shard_dir = run / "shard-0-of-2"
+    while read_status(shard_dir).get("users_done", 0) < 1:
+        assert launcher.poll() is None, launcher.stdout.read()
+        time.sleep(0.2)
+    doc = json.loads((run / "launcher.json").read_text())
+    os.kill(doc["shards"][0]["pid"], signal.SIGKILL)
+    output, _ = launcher.communicate(timeout=300)
+    assert launcher.returncode != 0, output
+    hint = output.split("Continue it with: ")[1].splitlines()[0]
+    assert hint.startswith(f"{script} --config "), hint
+    again = subprocess.run(hint.split(), cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stdout + again.stderr
+    pd.testing.assert_frame_equal(analysis_values(run / "merged"), workspace["reference"], check_exact=True)

@@ -55,8 +55,9 @@ def add_verbose(p: argparse.ArgumentParser) -> None:
     p.add_argument("-v", "--verbose", action="store_true", help="log debug messages too")
 
 
-def guarded(main: Callable[[argparse.Namespace], int], parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> int:
-    args = parser.parse_args(argv)
+def guarded(main: Callable[[argparse.Namespace], int], parser: argparse.ArgumentParser, argv: Sequence[str] | None,
+            parse: Callable[[Sequence[str] | None], argparse.Namespace] | None = None) -> int:
+    args = (parse or parser.parse_args)(argv)
     configure_logging(getattr(args, "verbose", False))
     try:
         return main(args)

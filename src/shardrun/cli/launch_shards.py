@@ -145,7 +145,8 @@ def _submit(args: argparse.Namespace) -> int:
     return submit_run(config, options).exit_code
 
 
-def _launch(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
+    """launch_shards on parsed flags (also ./run_parallel_4shards.sh's, which adds `invocation`)."""
     if args.shards < 1:
         raise UsageError(f"--shards must be at least 1, got {args.shards}.")
     if args.retry_failed and args.out is None and args.run_dir is None:
@@ -181,6 +182,7 @@ def _launch(args: argparse.Namespace) -> int:
         restart=RestartPolicy(args.restarts, args.restart_heap_factor),
         live=sys.stdout.isatty() if args.live is None else args.live,
         retry_failed=args.retry_failed, fail_fast=args.fail_fast, max_failed=args.max_failed,
+        invocation=getattr(args, "invocation", "launch_shards"),
     )
     if options.live:
         logging.getLogger().setLevel(logging.WARNING)  # log lines would tear the redrawn table
@@ -194,7 +196,7 @@ def _launch(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return guarded(_launch, parser(), argv)
+    return guarded(run, parser(), argv)
 
 
 if __name__ == "__main__":

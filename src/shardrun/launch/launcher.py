@@ -110,6 +110,7 @@ class LaunchOptions:
     fail_fast: int | None = None  # None: the shard's own default (run_production --fail-fast)
     max_failed: FailedTolerance = NO_FAILED  # the failed users the merged set may have and still pass
     shard_data_bytes: int | None = None  # one shard's input in memory, as the admission measured it (plan_launch)
+    invocation: str = "launch_shards"  # the command the user ran, which the hints repeat (or the wrapper script)
 
 
 @dataclass
@@ -390,7 +391,7 @@ class Launcher:
 
     def resume_hint(self, config_source: Path | None, interrupted: bool = True) -> str:
         """A command that continues this run, or (nothing written yet) the one that starts it."""
-        command = f"launch_shards --config {config_source} --shards {self.options.shards}"
+        command = f"{self.options.invocation} --config {config_source} --shards {self.options.shards}"
         pilot = "" if self.options.pilot is None else f" --pilot {self.options.pilot}"
         if self.run.run_json.is_file():
             return f"the run is incomplete. Continue it with: {command} --out {self.run.dir}{pilot}"

@@ -1,0 +1,95 @@
+"""./run_parallel_4shards.sh [CONFIG] [K] [launch_shards flags]: launch_shards with the config and
+the shard count also given by position, anywhere among the flags, as the original workflow's script took
+them. The flags are launch_shards' own parser's, so every flag passes through with its value.
+
+The script runs from the repository; SHARDRUN_CALLER_DIR is the directory it was started from, against
+which a relative CONFIG, --config, --out and --run-dir are read (CONFIG falls back to the repository's),
+and SHARDRUN_INVOKED_AS the script's path as typed there, which the continue hint repeats.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+from typing import Sequence
+
+from shardrun.cli import launch_shards
+from shardrun.cli.common import guarded
+from shardrun.errors import UsageError
+
+CALLER_ENV = "SHARDRUN_CALLER_DIR"
+INVOKED_AS_ENV = "SHARDRUN_INVOKED_AS"  # the script's path as the user typed it, for the hints
+SCRIPT = "./run_parallel_4shards.sh"
+DEFAULT_CONFIG = Path("config/proposal.yaml")
+USAGE = f"""usage: {SCRIPT} [CONFIG] [K] [launch_shards flags ...]
+
+Run K shards of CONFIG as local processes, then merge and validate (launch_shards --merge).
+  CONFIG   YAML config; relative to the current directory, else to the repository
+           (default: config/proposal.yaml)
+  K        number of shards (default: 4)
+CONFIG and K may come before, between or after the flags. Flags of launch_shards:"""
+
+
+def parser() -> argparse.ArgumentParser:
+    p = launch_shards.parser()
+    p.prog = SCRIPT
+    p.usage = argparse.SUPPRESS
+    p.description = USAGE
+    p.add_argument("positional", nargs="*", metavar="CONFIG K", help=argparse.SUPPRESS)
+    for action in p._actions:  # noqa: SLF001 (which flags the caller gave, told apart from defaults)
+        if action.dest in ("config", "shards"):
+            action.default = None
+    return p
+
+
+def config_and_shards(positional: Sequence[str], config: Path | None, shards: int | None) -> tuple[Path | None, int | None]:
+    """CONFIG and K from the positional words: one number is K, one other word is CONFIG, two are both;
+    a flag (--config, --shards) wins over its positional twin."""
+    if len(positional) > 2:
+        raise UsageError(f"at most two positional arguments (CONFIG and K), got: {' '.join(positional)}; flags and"
+                         f" their values go with their flag ({SCRIPT} --help lists them).")
+    words = list(positional)
+    if len(words) == 1 and words[0].isdigit():
+        words = [None, words[0]]
+    given_config, given_shards = (words + [None, None])[:2]
+    if given_shards is not None and not given_shards.isdigit():
+        raise UsageError(f"K must be a whole number of shards, got {given_shards!r} ({SCRIPT} CONFIG K).")
+    return (config or (Path(given_config) if given_config else None),
+            shards or (int(given_shards) if given_shards else None))
+
+
+def find_config(config: Path | None, caller: Path, repository: Path) -> Path:
+    """A config named relative to the caller's directory, else to the repository's."""
+    if config is None:
+        config = DEFAULT_CONFIG
+    if config.is_absolute():
+        return config
+    for base in (caller, repository):
+        if (base / config).exists():
+            return base / config
+    raise UsageError(f"config {config} not found (looked in {caller} and in the repository {repository}); give its"
+                     " path.")
+
+
+def _run(args: argparse.Namespace) -> int:
+    caller = Path(os.environ.get(CALLER_ENV) or Path.cwd())
+    config, shards = config_and_shards(args.positional, args.config, args.shards)
+    args.config = find_config(config, caller, Path.cwd())
+    args.shards = shards if shards is not None else 4
+    for name in ("out", "run_dir"):
+        where = getattr(args, name)
+        if where is not None and not where.is_absolute():
+            setattr(args, name, caller / where)
+    args.invocation = os.environ.get(INVOKED_AS_ENV) or SCRIPT
+    del args.positional
+    return launch_shards.run(args)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = parser()
+    return guarded(_run, p, argv, parse=p.parse_intermixed_args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
