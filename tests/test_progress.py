@@ -1,5 +1,6 @@
 """What the live view and monitor_progress show, from status documents: no processes but one dead pid."""
 
+import os
 import socket
 import subprocess
 import sys
@@ -125,7 +126,7 @@ def test_the_newest_run_is_the_one_started_last_not_the_last_touched(tmp_path):
 def test_a_dir_without_a_run_is_an_error(tmp_path):
     (tmp_path / "empty").mkdir()
     result = monitor(str(tmp_path / "empty"), cwd=tmp_path)
-    assert result.returncode == 2 and "holds no run" in result.stdout
+    assert result.returncode == 2 and "holds no run" in result.stderr and result.stdout == ""  # errors to stderr
     assert monitor(cwd=tmp_path).returncode == 2  # no analysis/out here
 
 
@@ -140,3 +141,19 @@ def test_config_gives_the_output_root(tmp_path):
     result = monitor("--config", str(tmp_path / "c.yaml"), cwd=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "r1" in result.stdout and "1/2" in result.stdout
+
+
+def test_a_reader_that_left_ends_the_monitor_quietly_with_sigpipes_status(tmp_path):
+    """`monitor_progress RUN | head -n 1`: the reader closes the pipe; the monitor ends with 141, as a
+    program stopped by SIGPIPE, and prints no traceback. Here the pipe's reader is closed before the
+    monitor writes anything, so the write fails whatever the timing."""
+    run = make_run(tmp_path / "run", 2, NOW.isoformat(), {0: status(), 1: status()})
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        result = subprocess.run([sys.executable, "-m", "shardrun.monitor", str(run)], cwd=tmp_path, stdout=write_end,
+                                stderr=subprocess.PIPE, text=True, timeout=120)
+    finally:
+        os.close(write_end)
+    assert result.returncode == 141 and result.stderr == "", result.stderr
+

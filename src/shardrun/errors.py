@@ -17,6 +17,7 @@ EXIT_SHARD_LOCKED = 4  # another live process holds the shard
 EXIT_VALIDATION_FAILED = 5  # validate_outputs / merge found problems, or failed users beyond --max-failed
 EXIT_STORAGE = 6  # the shard dir cannot be written (disk full, read-only, ...); committed users are kept
 EXIT_PREEMPTED = 7  # drained ahead of the scheduler's stop (time limit, preemption); requeued or resume
+EXIT_CLOSED_PIPE = 141  # the reader of stdout left (`| head`): what a program stopped by SIGPIPE gives the shell
 EXIT_CRASH = 70  # an unexpected error (a bug) or, for the launcher, a shard that died abnormally
 
 

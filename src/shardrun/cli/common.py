@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from typing import Callable, Sequence
 
-from shardrun.errors import EXIT_CRASH, ShardrunError
+from shardrun.errors import EXIT_CLOSED_PIPE, EXIT_CRASH, ShardrunError
 from shardrun.results.tolerance import FailedTolerance
 from shardrun.units import heap_bytes
 
@@ -60,13 +61,26 @@ def guarded(main: Callable[[argparse.Namespace], int], parser: argparse.Argument
     args = (parse or parser.parse_args)(argv)
     configure_logging(getattr(args, "verbose", False))
     try:
-        return main(args)
+        code = main(args)
+        sys.stdout.flush()  # here, not at the interpreter's exit, so that a closed pipe is caught below
+        return code
+    except BrokenPipeError:
+        quiet_closed_stdout()
+        return EXIT_CLOSED_PIPE
     except ShardrunError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
     except Exception:  # not swallowed: logged with its traceback, and a distinct exit code for the launcher
         log.exception("unexpected error; please report it with this traceback")
         return EXIT_CRASH
+
+
+def quiet_closed_stdout() -> None:
+    """After the reader of stdout left: point stdout at /dev/null, so that the interpreter's own flush at
+    exit does not fail again and print a traceback (the Python documentation's advice on SIGPIPE)."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
 
 
 def heap_size(text: str) -> str:

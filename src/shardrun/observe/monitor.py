@@ -9,6 +9,7 @@ the wrong shape is shown as such for its shard, never a crash.
 
 from __future__ import annotations
 
+import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -157,7 +158,7 @@ def watch(run_dirs: Sequence[Path], watch: bool, every: float, stale_after: floa
           root: Path = Path("analysis/out")) -> int:
     run_dirs, problems = resolve_runs(run_dirs, root)
     for problem in problems:
-        print(f"error: {problem}")
+        print(f"error: {problem}", file=sys.stderr)
     if problems or not run_dirs:
         return EXIT_USAGE
     while True:
