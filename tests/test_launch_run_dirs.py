@@ -9,6 +9,7 @@ import pytest
 
 from shardrun.errors import ConfigError, ResumeMismatch
 from shardrun.launch.policies import describe_exit, log_excerpt
+from e2e_support import shardrun
 from test_supervisor import FakePort, fake_launcher
 
 SIGKILL = -9
@@ -179,3 +180,17 @@ def test_with_nothing_written_after_refusals_the_hint_says_to_fix_them_first(tmp
     launcher.run = launcher.prepare_run_dir("fp")
     hint = launcher.resume_hint(tmp_path / "c.yaml", interrupted=False)
     assert hint.startswith("nothing was written") and "Once the errors above are fixed, the same command" in hint
+
+
+@pytest.mark.jvm
+def test_more_shards_than_users_is_refused_with_the_count_that_fits_and_nothing_written(workspace, tmp_path):
+    """14 users, 20 shards: six processes and JVMs would run for nothing. Refused before anything starts,
+    locally and on SLURM (dry run: the refusal comes before any scheduler command)."""
+    for scheduler in ("local", "slurm"):
+        result = shardrun("launcher", "--config", str(workspace["config"]), "--shards", "20", "--out",
+                          str(tmp_path / scheduler), "--scheduler", scheduler, *(["--dry-run"] if scheduler == "slurm"
+                                                                                   else []),
+                          cwd=workspace["root"], check=False)
+        assert result.returncode == 2, result.stdout + result.stderr
+        assert "20 shards for 14 users" in result.stderr and "Pass --shards 14 or fewer" in result.stderr
+        assert not (tmp_path / scheduler).exists()

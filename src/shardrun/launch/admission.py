@@ -352,6 +352,15 @@ class LaunchData:
 LOAD_PEAK_BYTES_PER_ROW = 250
 
 
+def refuse_shards_without_users(shards: int, users: int) -> None:
+    """A new run of more shards than users would start a process, a JVM and a log for every empty shard,
+    for nothing: refused with the number that fits. (A run that exists keeps its K: run.json.)"""
+    if shards > users:
+        raise ConfigError(f"{shards} shards for {users} user{'s' if users != 1 else ''}: {shards - users} shards would"
+                          f" have no user and still start a process and a JVM each. Pass --shards {max(users, 1)} or"
+                          " fewer (a shard per user at most).")
+
+
 def measure_launch_data(task: Any, settings: Any, jvm: JvmConfig, shards: int, partition: str) -> LaunchData:
     """Read the input as a run of `shards` shards will and measure one shard's load (no JVM)."""
     whole_load = PeakMemory().start()

@@ -21,7 +21,7 @@ from typing import Callable, Iterable, Mapping
 from shardrun.config import RunConfig
 from shardrun.errors import EXIT_OK, ConfigError, UsageError
 from shardrun.heap_plan import plan_heap
-from shardrun.launch.admission import measure_launch_data, shard_memory_bytes
+from shardrun.launch.admission import measure_launch_data, refuse_shards_without_users, shard_memory_bytes
 from shardrun.launch.launcher import check_same_run, refuse_if
 from shardrun.launch.slurm_script import (
     ElementJob, WarningSignal, array_script, index_ranges, merge_script, split_for_array_size, time_limit_seconds,
@@ -229,6 +229,8 @@ def submit_run(config: RunConfig, options: ClusterOptions, slurm: SlurmCommands 
         out(line)
     config = replace(config, jvm=heap.jvm)
     run, existing = resolve_run_dir(config, options, data.index.fingerprint)
+    if not existing:
+        refuse_shards_without_users(options.shards, len(data.index.user_ids))
     if options.retry_failed and not existing:
         raise UsageError(f"--retry-failed: {run.dir} holds no run (no run.json), so it has no failed users to run"
                          " again; pass the dir of the run whose failed users to retry with --out.")

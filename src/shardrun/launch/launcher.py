@@ -30,7 +30,9 @@ from shardrun.observe import progress
 from shardrun.observe.live import LiveTable
 from shardrun.storage.atomic import read_json, utc_now, write_json_atomic
 from shardrun.platforms import STOP_SIGNALS
-from shardrun.launch.admission import available_cores, check_launch, measure_launch_data, shard_memory_bytes
+from shardrun.launch.admission import (
+    available_cores, check_launch, measure_launch_data, refuse_shards_without_users, shard_memory_bytes,
+)
 from shardrun.config import RunConfig, resolve_threads
 from shardrun.storage.durability import durable_write
 from shardrun.errors import (
@@ -448,6 +450,8 @@ def admit_launch(config: RunConfig, options: LaunchOptions,
     if not config.jvm.xmx_is_auto:
         refuse_if(task.preflight(config.settings, config.jvm.xmx_bytes))  # cheap: before reading the data
     data = measure_launch_data(task, config.settings, config.jvm, options.shards, config.partition)
+    if not any(where is not None and RunPaths(where).run_json.is_file() for where in (options.run_dir, options.out)):
+        refuse_shards_without_users(options.shards, len(data.index.user_ids))
     at_once = min(options.shards, options.max_parallel or options.shards)
     check = check_launch(config, task, data, at_once)
     assignment = assign_index(data.index, options.shards, config.partition)
