@@ -1,15 +1,22 @@
 """The launcher's run dir (--out: new or the same run continued), its resume hint, and the shard errors
-its summary shows; without processes (the fake port of test_supervisor)."""
+its summary shows, without processes (the fake port of test_supervisor); then, with real processes, the
+launches it refuses (more shards than users, a second launcher of a running run)."""
 
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
 
+import pandas as pd
 import pytest
 
 from shardrun.errors import ConfigError, ResumeMismatch
 from shardrun.launch.policies import describe_exit, log_excerpt
-from e2e_support import shardrun
+from e2e_support import analysis_values, shardrun, wait_for
+from shardrun.storage.paths import RunPaths
 from test_supervisor import FakePort, fake_launcher
 
 SIGKILL = -9
@@ -194,3 +201,26 @@ def test_more_shards_than_users_is_refused_with_the_count_that_fits_and_nothing_
         assert result.returncode == 2, result.stdout + result.stderr
         assert "20 shards for 14 users" in result.stderr and "Pass --shards 14 or fewer" in result.stderr
         assert not (tmp_path / scheduler).exists()
+
+
+@pytest.mark.e2e
+def test_a_second_launcher_on_a_running_run_is_refused_naming_the_first(workspace, tmp_path):
+    """One launcher per run: a second launch_shards on the same --out while the first runs is refused at
+    once (exit 4) naming it and how to follow it; the first runs the whole run. The first is paused
+    (SIGSTOP; its shards run on) while the second tries, so they overlap whatever the load."""
+    run = tmp_path / "run"
+    command = [sys.executable, "-m", "shardrun.launcher", "--config", str(workspace["config"]), "--shards", "2",
+               "--out", str(run)]
+    first = subprocess.Popen(command, cwd=workspace["root"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lock = RunPaths(run).launcher_lock
+    wait_for(lambda: lock.is_file() and f'"pid": {first.pid}' in lock.read_text(), process=first)
+    os.kill(first.pid, signal.SIGSTOP)
+    try:
+        second = subprocess.run(command, cwd=workspace["root"], capture_output=True, text=True, timeout=300)
+    finally:
+        os.kill(first.pid, signal.SIGCONT)
+    assert second.returncode == 4, second.stdout + second.stderr
+    assert f'"pid": {first.pid}' in second.stderr and f"monitor_progress {run} --watch" in second.stderr
+    output, _ = first.communicate(timeout=600)
+    assert first.returncode == 0, output
+    pd.testing.assert_frame_equal(analysis_values(run / "merged"), workspace["reference"], check_exact=True)

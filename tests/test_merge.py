@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import math
+import os
+import signal
+import subprocess
+import sys
 
 import pandas as pd
 import pytest
 
+from e2e_support import analysis_values, shardrun, wait_for
 from shardrun.errors import MergeError
 from shardrun.results.frame import _typed_column, typed_frame
 from shardrun.results.merge import merge_shards
@@ -384,3 +389,27 @@ def test_without_the_hooks_the_report_has_no_task_facts(tmp_path):
     run = make_run(tmp_path / "run", count=2)
     merge_shards(shard_dirs_of_run(run), tmp_path / "merged")
     assert read_report(tmp_path / "merged")["task"] == {}
+
+
+@pytest.mark.e2e
+def test_a_second_merge_into_the_same_output_is_refused_naming_the_first(workspace, tmp_path):
+    """Two merges into one new --output: the second is refused at once (exit 4) naming the live one, and
+    the first's set is the one in place; never both succeed with one set silently replacing the other.
+    The first is paused (SIGSTOP) while the second tries, so they overlap whatever the machine's load."""
+    reference_run, out = workspace["root"] / "reference", tmp_path / "merged"
+    first = subprocess.Popen([sys.executable, "-m", "shardrun.merge", "--run", str(reference_run), "--output", str(out)],
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lock = MergedPaths(out).merge_lock
+    wait_for(lambda: lock.is_file() and f'"pid": {first.pid}' in lock.read_text(), process=first)
+    os.kill(first.pid, signal.SIGSTOP)
+    try:
+        second = shardrun("merge", "--run", str(reference_run), "--output", str(out), "--overwrite",
+                          cwd=tmp_path, check=False)
+    finally:
+        os.kill(first.pid, signal.SIGCONT)
+    assert second.returncode == 4, second.stdout + second.stderr
+    assert "a merge into" in second.stderr and f'"pid": {first.pid}' in second.stderr
+    output, _ = first.communicate(timeout=300)
+    assert first.returncode == 0, output
+    pd.testing.assert_frame_equal(analysis_values(out), workspace["reference"], check_exact=True)
+    assert not lock.exists()

@@ -13,7 +13,7 @@ EXIT_OK = 0
 EXIT_USERS_FAILED = 1  # the shard finished but some users failed (see errors.jsonl), or it failed fast
 EXIT_USAGE = 2  # bad flags, config, data or environment: nothing was computed
 EXIT_INTERRUPTED = 3  # stopped by a signal; resume with --resume
-EXIT_SHARD_LOCKED = 4  # another live process holds the shard
+EXIT_SHARD_LOCKED = 4  # another live process holds the shard (or launches the run, or merges into the output)
 EXIT_VALIDATION_FAILED = 5  # validate_outputs / merge found problems, or failed users beyond --max-failed
 EXIT_STORAGE = 6  # the shard dir cannot be written (disk full, read-only, ...); committed users are kept
 EXIT_PREEMPTED = 7  # drained ahead of the scheduler's stop (time limit, preemption); requeued or resume
@@ -66,6 +66,12 @@ class AlreadyCommitted(ShardrunError):
 
 class ShardLocked(ShardrunError):
     """Another live process is running the same shard dir."""
+
+    exit_code = EXIT_SHARD_LOCKED
+
+
+class AlreadyRunning(ShardrunError):
+    """Another live process runs the same run (a launcher) or writes the same merge output."""
 
     exit_code = EXIT_SHARD_LOCKED
 

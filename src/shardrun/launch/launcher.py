@@ -40,11 +40,13 @@ from shardrun.errors import (
     EXIT_OK,
     EXIT_USERS_FAILED,
     EXIT_VALIDATION_FAILED,
+    AlreadyRunning,
     ConfigError,
     ResumeMismatch,
     UsageError,
 )
 from shardrun.storage.identity import read_run_document, read_shard_identity, run_difference
+from shardrun.storage.exclusive import ExclusiveFile
 from shardrun.storage.paths import RunPaths, ShardPaths, shard_log_path
 from shardrun.launch.policies import (
     CpuThrottle,
@@ -173,6 +175,7 @@ class Launcher:
         self.run: RunPaths | None = None
         self.resume_all = False
         self.created_run_dir = False  # this launcher made the run dir (removed again if nothing was written)
+        self.guard: ExclusiveFile | None = None  # held while this launcher runs the run (hold_run)
         self.live = LiveTable()
         self._signals: list[StopRequested] = []  # stop requests from the signal handler, for the loop
 
@@ -206,7 +209,8 @@ class Launcher:
             if self.options.run_dir is not None:
                 raise ConfigError(f"--run-dir {run.dir} has no run.json; it is not a run made by launch_shards."
                                   f" To start a run there, pass --out {run.dir}.")
-            others = (sorted(p.name for p in run.dir.iterdir() if p.name != run.launcher_json.name)
+            others = (sorted(p.name for p in run.dir.iterdir()
+                             if p.name not in (run.launcher_json.name, run.launcher_lock.name))
                       if run.dir.is_dir() else [])
             if others:
                 raise ConfigError(
@@ -222,10 +226,30 @@ class Launcher:
         self.created_run_dir = True
         return durable_write("a new run dir", root, lambda: RunPaths.create(root, label, datetime.now()))
 
+    def hold_run(self) -> None:
+        """Be the one launcher of this run until release_run (a second one is refused at once, naming this
+        one), and refuse a new run that another launcher started between prepare_run_dir and here."""
+        run = self.run
+        self.guard = ExclusiveFile(run.launcher_lock, f"launch_shards of the run {run.dir}",
+                                   f"follow it with: monitor_progress {run.dir} --watch, or stop it with: stop_shards"
+                                   f" {run.dir}; run this command again once it has ended to continue the run.")
+        durable_write("the launcher's lock", run.dir, self.guard.acquire)
+        if not self.resume_all and run.run_json.is_file():
+            self.release_run()
+            raise AlreadyRunning(f"another launch_shards started the run {run.dir} a moment ago; follow it with:"
+                                 f" monitor_progress {run.dir} --watch, and run this command again once it has ended"
+                                 " to continue the run.")
+
+    def release_run(self) -> None:
+        if self.guard is not None:
+            self.guard.release()
+            self.guard = None
+
     def forget_empty_run_dir(self) -> None:
         """No shard wrote run.json: nothing of the run exists, so leave no trace of it (launcher.json, the dir)."""
         if self.run is None or self.run.run_json.is_file():
             return
+        self.release_run()
         self.run.launcher_json.unlink(missing_ok=True)
         if self.created_run_dir:
             try:
@@ -494,12 +518,21 @@ def plan_launch(config: RunConfig, options: LaunchOptions,
 
 
 def launch(config: RunConfig, options: LaunchOptions, out: Callable[[str], None] = print) -> LaunchResult:
+    config, options, users_per_shard, fingerprint = plan_launch(config, options, out)
+    launcher = Launcher(config, options, out, users_per_shard=users_per_shard)
+    launcher.run = launcher.prepare_run_dir(fingerprint)
+    launcher.hold_run()
+    try:
+        return run_and_merge(launcher, config, options, out)
+    finally:
+        launcher.release_run()
+
+
+def run_and_merge(launcher: Launcher, config: RunConfig, options: LaunchOptions, out: Callable[[str], None]) -> LaunchResult:
     from shardrun.results.merge import merge_result_set
     from shardrun.results.validate import validation_of, write_validation
 
-    config, options, users_per_shard, fingerprint = plan_launch(config, options, out)
-    launcher = Launcher(config, options, out, users_per_shard=users_per_shard)
-    launcher.run = run = launcher.prepare_run_dir(fingerprint)
+    run = launcher.run
     previous = {sig: signal.signal(sig, launcher.request_stop) for sig in STOP_SIGNALS}
     started = time.monotonic()
     try:

@@ -29,10 +29,10 @@ import os
 import secrets
 import shutil
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import pandas as pd
 import psutil
@@ -62,6 +62,7 @@ from shardrun.results.run_picture import RunPicture
 from shardrun.results.summary import ResultCounts, SummaryPicture, run_title, task_panels
 from shardrun.results.timeline import PREDICTED, span_table, start_table
 from shardrun.results.trace import trace_and_memory, write_trace
+from shardrun.storage.exclusive import ExclusiveFile
 from shardrun.storage.paths import MergedPaths
 from shardrun.storage.atomic import fsync_tree, replace_dir, write_json_atomic
 from shardrun.task import Task, task_result_seconds, task_set_columns, task_set_report
@@ -112,13 +113,14 @@ def merge_result_set(shard_dirs: Sequence[Path], output_dir: Path, force: bool =
     output_dir = Path(output_dir)
     if output_dir.is_symlink():
         output_dir = output_dir.resolve()  # the set is swapped in where the link points; the link stays
-    prepare_output_dir(output_dir, overwrite)
     dirs = _distinct_dirs(list(shard_dirs))
     if not dirs:
         raise MergeError("no shard dirs given; pass shard dirs with --shards or a run dir with --run.")
-    # a process of its own unless the caller started it: it imports matplotlib meanwhile
-    with PictureProcess() if pictures is None else nullcontext(pictures) as drawing:
-        merged = _merge(dirs, output_dir, force, columnar, drawing)
+    with one_merge_into(output_dir):
+        prepare_output_dir(output_dir, overwrite)
+        # a process of its own unless the caller started it: it imports matplotlib meanwhile
+        with PictureProcess() if pictures is None else nullcontext(pictures) as drawing:
+            merged = _merge(dirs, output_dir, force, columnar, drawing)
     log.log(logging.INFO if merged.report.complete else logging.WARNING, "%s (in %.1f s)", merged.report.summary(),
             time.monotonic() - started)
     return merged
@@ -217,6 +219,23 @@ _FIXES = {
 def cannot_write(output_dir: Path, exc: OSError) -> StorageError:
     fix = _FIXES.get(exc.errno, "check the dir and the disk, then merge again (an earlier result set there is untouched)")
     return StorageError(f"cannot write the result set {output_dir} in {output_dir.parent}: {exc.strerror or exc}; {fix}.")
+
+
+@contextmanager
+def one_merge_into(output_dir: Path) -> Iterator[None]:
+    """Held for the whole merge: a second merge into the same output is refused at once (exit 4), so two
+    merges never both succeed with one set silently replacing the other."""
+    guard = ExclusiveFile(MergedPaths(output_dir).merge_lock, f"a merge into {output_dir}",
+                          "wait for it to end (or stop it), then merge again if its set is not the one you want.")
+    try:
+        output_dir.parent.mkdir(parents=True, exist_ok=True)
+        guard.acquire()
+    except OSError as exc:
+        raise cannot_write(output_dir, exc) from None
+    try:
+        yield
+    finally:
+        guard.release()
 
 
 def prepare_output_dir(output_dir: Path, overwrite: bool) -> None:

@@ -119,6 +119,11 @@ class RunPaths:
         return self.dir / "launcher.json"
 
     @property
+    def launcher_lock(self) -> Path:
+        """Held by the one launch_shards running this run (storage/exclusive.py)."""
+        return self.dir / ".launcher.lock"
+
+    @property
     def merged(self) -> Path:
         return self.dir / "merged"
 
@@ -166,6 +171,11 @@ class MergedPaths:
     def staging_prefix(self, kind: str) -> str:
         """`.<name>.merging-` (kind "merging") or `.<name>.old-` (kind "old")."""
         return f".{self.dir.name}.{kind}-"
+
+    @property
+    def merge_lock(self) -> Path:
+        """`.<name>.merge-lock` beside the set: held by the one merge writing it (storage/exclusive.py)."""
+        return self.dir.parent / f".{self.dir.name}.merge-lock"
 
     def leftovers(self, kind: str) -> list[Path]:
         """Staging dirs of this result set left in its parent (by a merge that crashed or still runs)."""
