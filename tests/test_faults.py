@@ -187,7 +187,7 @@ def lab(small, tmp_path, tmp_path_factory):
 
 # Names shardrun gives, by the kind of dir that holds them. A user id never becomes one of them.
 NAME_RULES = {
-    "run": (r"run\.json", r"launcher\.json", r"\.[^/]+\.tmp"),
+    "run": (r"run\.json", r"launcher\.json", r"\.launcher\.lock", r"\.merged\.merge-lock", r"\.[^/]+\.tmp"),
     "shard": (r"shard\.json", r"status\.json", r"lock", r"lease", r"shard\.log", r"errors\.jsonl", r"hs_err_pid\d+\.log",
               r"\.[^/]+\.tmp"),
     "results": (r"b-\d{6}\.jsonl",),
