@@ -27,7 +27,13 @@ BAD = [
     ("levels-5000", replaced("levels: 4", "levels: 5000"), ["'data.levels'", "between 2 and 256"]),
     ("hour-bins", replaced("hour_bins: 6", "hour_bins: 1000"), ["'hour_bins'", "between 1 and 24"]),
     ("surrogates-huge", replaced("surrogates: 10", "surrogates: 1000000000000"),
-     ["'surrogates'", "between 1 and 10,000"]),
+     ["'surrogates'", "at most 10,000", "lower surrogates"]),
+    ("surrogates-zero", replaced("surrogates: 10", "surrogates: 0"), ["'surrogates'", "at least 1", "set surrogates to 100"]),
+    ("required-key-misspelt", replaced("feature_modes:", "feature_mode:"),
+     ["'feature_modes' is required", "did you mean 'feature_mode'? Rename it to 'feature_modes'"]),
+    ("optional-key-misspelt", replaced("hour_bins: 6", "hour_bin: 6"), ["unknown config key 'hour_bin'",
+                                                                         "'hour_bin' -> 'hour_bins'"]),
+    ("a-list-not-a-mapping", "- task\n- data\n", ["the config file must be a mapping (key: value lines)"]),
     ("surrogates-1e12", replaced("surrogates: 10", "surrogates: 1e12"), ["'surrogates'", "must be int"]),
     ("surrogates-float", replaced("surrogates: 10", "surrogates: 1.0e+12"), ["'surrogates'", "must be int"]),
     ("time-format", replaced("step: null", 'step: null\n  time_format: "mixed"'), ["'data.time_format'"]),
@@ -74,6 +80,8 @@ BAD_DATA = [
      ["column 'value' has no usable value in any of its 28 rows", "data.value_column"]),
     ("value-twice", [HEADER + ",value"] + [line + ",7" for line in hourly_lines("u1", [1, 2, 3])],
      ["names a column the config reads more than once ('value' at columns 3, 4)", "Rename or remove"]),
+    ("semicolons", [line.replace(",", ";") for line in [HEADER] + hourly_lines("u1", [1, 2])],
+     ["is not comma-separated", "separated by ';'", "sep=';'"]),
     ("whitespace-twins", [HEADER] + hourly_lines(" u2", [1, 2]) + hourly_lines("u2", [2, 3]),
      ["differ only by whitespace around them (' u2' and 'u2')", "Strip the whitespace"]),
 ]
@@ -116,3 +124,33 @@ def test_missing_values_run_with_drop(tmp_path):
     result = run_worker(bad_data_config(tmp_path, lines, missing="drop"), tmp_path, dry_run=True)
     assert result.returncode == 0, result.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_a_latin1_data_file_is_named_with_its_fix(tmp_path):
+    config = bad_data_config(tmp_path, [HEADER] + hourly_lines("u1", [1, 2]))
+    data = tmp_path / "users.csv"
+    data.write_bytes("\n".join([HEADER] + hourly_lines("Jos\u00e9", [1, 2])).encode("latin-1"))
+    result = run_worker(config, tmp_path, dry_run=True)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert "is not UTF-8 text" in result.stderr and "0xe9" in result.stderr and "iconv -f latin1" in result.stderr
+
+
+def test_a_dir_where_a_file_belongs_and_a_file_where_a_dir_belongs_are_named_as_such(tmp_path):
+    config = bad_data_config(tmp_path, [HEADER] + hourly_lines("u1", [1, 2]))
+    config.write_text(config.read_text().replace(str(tmp_path / "users.csv"), str(tmp_path)))
+    result = run_worker(config, tmp_path, dry_run=True)
+    assert result.returncode == 2 and f"data file {tmp_path} is a directory, not a table" in result.stderr
+
+    command = [sys.executable, "-m", "shardrun.worker", "--config", str(tmp_path), "--full", "--shard", "0/1",
+               "--out", str(tmp_path / "out")]
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and f"--config {tmp_path} is a directory, not a config file" in result.stderr
+
+    a_file = tmp_path / "a-file"
+    a_file.write_text("mine\n")
+    for module, shard in (("shardrun.worker", ["--shard", "0/1", "--full"]), ("shardrun.launcher", ["--shards", "1"])):
+        command = [sys.executable, "-m", module, "--config", str(REPO / "config" / "small.yaml"), *shard,
+                   "--out", str(a_file)]
+        result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120)
+        assert result.returncode == 2, result.stdout + result.stderr
+        assert f"--out {a_file} is a file, not a dir" in result.stderr and a_file.read_text() == "mine\n"

@@ -201,6 +201,11 @@ def load_config(path: str | Path) -> RunConfig:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ConfigError(f"config file {path} does not exist; pass an existing file with --config.") from None
+    except IsADirectoryError:
+        raise ConfigError(f"--config {path} is a directory, not a config file; pass the YAML file itself (for example"
+                          f" {path / 'proposal.yaml'} if it is there).") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"config file {path} is not UTF-8 text (byte {exc.start}); save it as UTF-8.") from None
     except OSError as exc:
         raise ConfigError(f"config file {path} cannot be read ({exc.strerror}); check its permissions.") from None
     try:

@@ -6,7 +6,8 @@ the key, what it must be, and what was found.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping
+import difflib
+from typing import Any, Callable, Mapping, Sequence
 
 from shardrun.errors import ConfigError
 
@@ -20,9 +21,8 @@ class Section:
         if data is None:
             data = {}
         if not isinstance(data, Mapping):
-            raise ConfigError(
-                f"config key '{where}' must be a mapping (key: value lines), got {describe_value(data)}."
-            )
+            what = f"config key '{where}'" if where else "the config file"
+            raise ConfigError(f"{what} must be a mapping (key: value lines), got {describe_value(data)}.")
         self._data = dict(data)
         self._where = where
         self._seen: set[str] = set()
@@ -46,7 +46,9 @@ class Section:
         self._seen.add(key)
         if key not in self._data:
             if default is _REQUIRED:
-                raise ConfigError(f"config key '{self.name(key)}' is required but missing; add it to the config.")
+                near = close_matches(key, [k for k in self._data if k not in self._seen])
+                fix = (f"did you mean {near}? Rename it to '{key}'" if near else "add it to the config")
+                raise ConfigError(f"config key '{self.name(key)}' is required but missing; {fix}.")
             return default
         value = self._data[key]
         if value is None and nullable:
@@ -97,11 +99,19 @@ class Section:
         unknown = sorted(set(self._data) - self._seen)
         if unknown:
             names = ", ".join(f"'{self.name(k)}'" for k in unknown)
+            near = [f"'{self.name(k)}' -> {match}" for k in unknown if (match := close_matches(k, sorted(self._seen)))]
+            hint = f" Did you mean: {'; '.join(near)}?" if near else ""
             raise ConfigError(
-                f"unknown config key {names}; check the spelling against the config reference in README.md."
+                f"unknown config key {names}; check the spelling against the config reference in README.md.{hint}"
             )
         for child in self._children:
             child.finish()
+
+
+def close_matches(key: str, candidates: Sequence[str]) -> str:
+    """The candidates spelt like `key` (a letter off, a plural), quoted, or ''."""
+    found = difflib.get_close_matches(str(key), [str(c) for c in candidates], n=2, cutoff=0.75)
+    return " or ".join(f"'{match}'" for match in found)
 
 
 def describe_value(value: Any) -> str:

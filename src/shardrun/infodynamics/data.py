@@ -183,6 +183,9 @@ def data_file(data: DataSettings) -> Path:
     path = Path(data.path)
     if not path.is_absolute():
         path = Path.cwd() / path
+    if path.is_dir():
+        raise DataError(f"data file {path} is a directory, not a table (data.path {data.path!r}); point data.path at"
+                        " the CSV or Parquet file in it.")
     if not path.is_file():
         raise DataError(
             f"data file {path} does not exist (data.path {data.path!r}, relative paths are resolved against the"
@@ -364,6 +367,12 @@ _READ_ERRORS = (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeEr
 
 
 def _unreadable(path: Path, exc: BaseException) -> DataError:
+    if isinstance(exc, UnicodeDecodeError):
+        return DataError(
+            f"data file {path} is not UTF-8 text: it holds the byte {exc.object[exc.start]:#04x}, which is not valid"
+            " UTF-8 (the file was likely saved as Latin-1 or Windows-1252). Save it as UTF-8, for example with:"
+            f" iconv -f latin1 -t utf-8 '{path}' > '{path.with_suffix('.utf8.csv')}', then point data.path at the new"
+            " file.")
     return DataError(f"data file {path} cannot be read ({type(exc).__name__}: {exc}); check that it is a valid"
                      " CSV or Parquet file.")
 
@@ -409,6 +418,15 @@ def _header(path: Path, kind: str, wanted: list[str]) -> list[str]:
 
 def _require_columns(present: list[str], wanted: list[str], path: Path) -> None:
     missing = [column for column in dict.fromkeys(wanted) if column not in present]
+    delimiter = next((mark for mark in (";", "\t", "|") if len(present) == 1 and mark in present[0]), None)
+    if missing and delimiter is not None:
+        shown = {";": "';'", "\t": "a tab", "|": "'|'"}[delimiter]
+        raise DataError(
+            f"data file {path} is not comma-separated: its one header field {present[0]!r} holds {shown}, so its"
+            f" columns are separated by {shown}. shardrun reads CSV with commas (or Parquet): convert it, for"
+            f" example with: python -c \"import pandas as pd; pd.read_csv('{path}', sep='{delimiter}')"
+            f".to_csv('{path.with_suffix('.comma.csv')}', index=False)\", then point data.path at the new file."
+        )
     if missing:
         raise DataError(
             f"data file {path} has no column {', '.join(repr(c) for c in missing)}; its columns are"

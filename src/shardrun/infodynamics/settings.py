@@ -143,6 +143,17 @@ def _between(minimum: int, maximum: int, why: str):
     return lambda v: None if minimum <= v <= maximum else f"must be between {minimum} and {maximum:,} ({why})"
 
 
+def surrogate_count_problem(count: int) -> str | None:
+    """Why `surrogates` cannot be this count, with the fix for the side it is on."""
+    if count < 1:
+        return ("must be at least 1: the p-values come from a permutation null of that many surrogates (1/(S+1) is"
+                " the smallest p; 100, the default, gives 1/101); set surrogates to 100, or to 1 for a quick try")
+    if count > SURROGATES_MAX:
+        return (f"must be at most {SURROGATES_MAX:,}: memory and time grow with it; lower surrogates (1,000 resolves p"
+                " to 1/1001)")
+    return None
+
+
 def _time_format(value: str) -> str | None:
     """A strptime format that can read back what it writes (so `mixed`, `ISO8601` or `%Q` are refused)."""
     hint = 'must be a strptime format with % directives such as "%d/%m/%Y %H:%M", or null for ISO 8601'
@@ -245,8 +256,7 @@ def parse_settings(section: Section) -> Settings:
         k_selection=parse_k_selection(k_section),
         surrogates=section.get(
             "surrogates", int, default=100,
-            check=_between(1, SURROGATES_MAX, "p-values resolve 1/(surrogates+1) and memory and time grow with"
-                                              " it; lower surrogates"),
+            check=surrogate_count_problem,
         ),
         seed=section.get("seed", int),
     )

@@ -47,7 +47,7 @@ from shardrun.errors import (
 )
 from shardrun.storage.identity import read_run_document, read_shard_identity, run_difference
 from shardrun.storage.exclusive import ExclusiveFile
-from shardrun.storage.paths import RunPaths, ShardPaths, shard_log_path
+from shardrun.storage.paths import RunPaths, ShardPaths, refuse_a_file_for_a_dir, shard_log_path
 from shardrun.launch.policies import (
     CpuThrottle,
     ParallelPlan,
@@ -197,6 +197,7 @@ class Launcher:
         if given is None:
             given, flag = self.options.out, "--out"
         if given is not None:
+            refuse_a_file_for_a_dir(given, flag)
             run = RunPaths(given)
             if run.run_json.is_file():
                 check_same_run(run, flag, self.options.shards, self.config.hash, self.options.pilot,

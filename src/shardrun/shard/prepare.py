@@ -23,7 +23,7 @@ from shardrun.storage import commits
 from shardrun.storage.commits import CommittedUser
 from shardrun.storage.durability import durable_write
 from shardrun.storage.identity import read_run_document, read_shard_identity, run_difference
-from shardrun.storage.paths import RunPaths, ShardPaths
+from shardrun.storage.paths import RunPaths, ShardPaths, refuse_a_file_for_a_dir
 from shardrun.task import Dataset, Task, UserIndex, heap_advice, load_task, load_users, read_user_index
 
 
@@ -103,6 +103,7 @@ def resolve_dirs(config: RunConfig, task: Task, options: WorkerOptions, now: dat
         raise UsageError("--shard i/K is required (or --shard auto inside a scheduler job array).")
     new_run = None
     if options.out is not None:
+        refuse_a_file_for_a_dir(options.out, "--out")
         run = RunPaths(options.out)
         check_shard_count(run, options.shard, "--out")
     else:

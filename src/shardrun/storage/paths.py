@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
+from shardrun.errors import UsageError
 from shardrun.sharding import ShardSpec
 
 RUN_JSON = "run.json"
@@ -156,6 +157,14 @@ class RunPaths:
                 continue
             return RunPaths(candidate)
         raise FileExistsError(f"could not create a new run dir named {stem}* under {root}")
+
+
+def refuse_a_file_for_a_dir(path: Path, flag: str) -> None:
+    """--out and its kin name a dir, new or to continue: a file there is a mistake to say at once, not a
+    failed write (which would read as a full disk)."""
+    if path.exists() and not path.is_dir():
+        raise UsageError(f"{flag} {path} is a file, not a dir; pass the path of a run dir (a new one, or one to"
+                         " continue).")
 
 
 @dataclass(frozen=True)
