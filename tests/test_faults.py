@@ -836,6 +836,28 @@ def swapped_in(lab: Lab) -> Outcome:
     return merge_after(lab, run_dir, shard_dir, victim, SWAPPED_USER)
 
 
+GARBLED_USER = "user-06"
+
+
+def garbled(lab: Lab) -> Outcome:
+    """One user's committed batch file overwritten with bytes that are no batch at all: no user can be read
+    from it, so only the file itself can be named."""
+    run_dir, shard_dir, victim = copy_for_edit(lab, GARBLED_USER)
+    victim.write_bytes(b"\x00\x17 not a batch, nor JSON \xff\n")
+    return merge_after(lab, run_dir, shard_dir, victim, GARBLED_USER)
+
+
+def unreadable_file_reported(lab: Lab, outcome: Outcome) -> None:
+    """merge_report.json: incomplete; the file named in untrusted_files with no user (none could be read),
+    its user missing; the file left in place byte for byte."""
+    report = json.loads((outcome.facts["merged"] / "merge_report.json").read_text())
+    assert report["complete"] is False
+    [untrusted] = report["untrusted_files"]
+    assert (untrusted["file"], untrusted["user_id"]) == (outcome.facts["victim"].name, None)
+    assert [m["user_id"] for m in report["missing_users"]] == [outcome.facts["user"]]
+    assert outcome.facts["victim"].read_bytes() == outcome.facts["payload"]
+
+
 def untrusted_reported(lab: Lab, outcome: Outcome) -> None:
     """merge_report.json: incomplete; that file listed as untrusted, its user missing; the file itself is
     left in place, byte for byte (merge reports, the resume decides); no row of that user in the set."""
@@ -1378,6 +1400,10 @@ FAULTS = [
           " config (surrogates halved); merge the run, then resume", swapped_in, 5,
           ("is left out: it was committed under config hash", "comes from another config's run",
            f"user '{SWAPPED_USER}' has no results"), (untrusted_reported,), resume_quarantines_and_recomputes),
+    Fault("merge-garbage-result-file", f"{GARBLED_USER}'s committed file overwritten with bytes that are no batch;"
+          " merge the run, then resume", garbled, 5,
+          ("(no user readable in it) is left out", f"user '{GARBLED_USER}' has no results"),
+          (unreadable_file_reported,), resume_quarantines_and_recomputes),
     Fault("hostile-user-ids", "user ids ../escape, /abs/path, a<NUL>b, sep/ar\\\\ator, 5000 x, .. in the data"
           " (CSV); launch_shards K=2 with merge and validation", hostile_ids, 0, ("validation passed",),
           (hostile_results_under_their_ids,)),

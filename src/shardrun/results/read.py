@@ -137,13 +137,14 @@ def read_shard(shard_dir: Path, columnar: bool = True) -> ShardInput:
                               errors=errors, status=status, launcher_slot=launcher_slot,
                               process_starts=process_starts)
     # "keep": merge reports a file it cannot trust (and leaves it where it is) instead of moving it
-    scanned = scan_committed(paths, untrusted="keep")
+    unreadable: list[tuple[Path, str]] = []
+    scanned = scan_committed(paths, untrusted="keep", unreadable=unreadable)
     users = {user_id: user for user_id, user in scanned.items() if user.problem is None}
     untrusted = [
         {"dir": str(paths.dir), "file": user.path.name, "user_id": user_id, "problem": user.problem}
         for user_id, user in sorted(scanned.items())
         if user.problem is not None
-    ]
+    ] + [{"dir": str(paths.dir), "file": path.name, "user_id": None, "problem": problem} for path, problem in unreadable]
     for entry in untrusted:
         log.warning("result file %s/results/%s is left out of the merge: %s", entry["dir"], entry["file"], entry["problem"])
     return ShardInput(

@@ -62,7 +62,9 @@ def report_problems(report: Mapping[str, Any], coverage: bool = True) -> list[st
         problems.append("shards of different configs or input data were merged with --force")
     problems += capped(
         [
-            f"result file {u['dir']}/results/{u['file']} (user {show(u['user_id'])}) is left out: {u['problem']}"
+            f"result file {u['dir']}/results/{u['file']}"
+            f" ({'no user readable in it' if u['user_id'] is None else 'user ' + show(u['user_id'])}) is left out:"
+            f" {u['problem']}"
             for u in report.get("untrusted_files", [])
         ],
         "untrusted result files",

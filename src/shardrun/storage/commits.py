@@ -260,7 +260,8 @@ def commit_user(paths: ShardPaths, user_id: str, rows: Sequence[Mapping[str, Any
     return written
 
 
-def scan_committed(paths: ShardPaths, untrusted: str = "quarantine") -> dict[str, CommittedUser]:
+def scan_committed(paths: ShardPaths, untrusted: str = "quarantine",
+                   unreadable: list[tuple[Path, str]] | None = None) -> dict[str, CommittedUser]:
     """Every user committed in this shard dir, by user id: its batch files, and the one-file-per-user
     results of runs made before batches (format 1 and 2, read first, as they are older).
 
@@ -270,7 +271,8 @@ def scan_committed(paths: ShardPaths, untrusted: str = "quarantine") -> dict[str
     with a warning that says why, and its users count as not committed, so the resume recomputes them
     (the analysis is deterministic: the same numbers). With `untrusted="keep"` (merge, and readers of a
     live shard) it is left in place and its users are returned with `problem` set, for the caller to
-    report.
+    report; a file kept that names no user it could read (empty, garbage, cut inside its first record)
+    is appended to `unreadable` as (path, problem).
 
     A second record of a user replaces the first only when it says so (--retry-failed); otherwise the
     first stands and the duplicate is logged.
@@ -288,6 +290,8 @@ def scan_committed(paths: ShardPaths, untrusted: str = "quarantine") -> dict[str
             return
         for user_id in user_ids:
             committed.setdefault(user_id, CommittedUser(user_id, [], {}, path, problem=problem, verified=False))
+        if not user_ids and unreadable is not None:
+            unreadable.append((path, problem))
 
     for path in sorted(paths.results.glob("u-*.json")):
         _scan_user_file(path, config_hash, committed, set_aside)
