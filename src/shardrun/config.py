@@ -172,7 +172,9 @@ def _hashed(value: Any) -> Any:
     return value
 
 
-def parse_config(raw: Any, source: Path | None = None) -> RunConfig:
+def parse_config(raw: Any, source: Path | None = None, task_origin: str | None = None) -> RunConfig:
+    """A config from its YAML mapping; `task_origin`: where a run recorded its task module was imported
+    from (task.task_origin), for a plug-in task not on the Python path now."""
     from shardrun.task import load_task  # late: the task module may be a user's plug-in
 
     top = Section(raw, "")
@@ -180,7 +182,7 @@ def parse_config(raw: Any, source: Path | None = None) -> RunConfig:
     partition = top.choice("partition", PARTITIONS, default=MODULO)
     jvm = parse_jvm(top.section("jvm"))
     output = parse_output(top.section("output"))
-    task = load_task(task_path)
+    task = load_task(task_path, task_origin)
     settings = task.parse_settings(top)
     top.finish()
     return RunConfig(

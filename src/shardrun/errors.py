@@ -31,6 +31,10 @@ class ConfigError(ShardrunError):
     """The YAML config is malformed, has an unknown key or a bad value."""
 
 
+class TaskNotImportable(ConfigError):
+    """The config's task module cannot be imported here (a plug-in not on the Python path)."""
+
+
 class DataError(ShardrunError):
     """The input table cannot be used (missing file or column, no users, ...)."""
 

@@ -12,13 +12,16 @@ here or in the core.
 from __future__ import annotations
 
 import importlib
+import sys
 from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
 from typing import Any, Callable, Collection, Mapping, NamedTuple, Protocol, Sequence
 
 import pandas as pd
 
 from shardrun.section import Section
-from shardrun.errors import ConfigError
+from shardrun.errors import ConfigError, TaskNotImportable
 
 # Columns the core adds to every row; the rest come from the task.
 BOOKKEEPING_COLUMNS = ("shard", "seconds", "config_hash")
@@ -274,16 +277,49 @@ REQUIRED_MEMBERS = _required_members()
 ESSENTIAL_MEMBERS = ("key_columns", "parse_settings", "result_columns")
 
 
-def load_task(dotted: str) -> Task:
-    """The object `package.module:object` names; ConfigError, listing every Task member it lacks, when it
-    lacks one of ESSENTIAL_MEMBERS or has one that cannot be called."""
+def task_origin(dotted: str) -> str | None:
+    """The dir on the Python path that the task's module was imported from (the dir that holds its top
+    package), recorded in run.json so that later commands on the run find a plug-in task again; None if
+    the module has no file."""
+    module_name = dotted.partition(":")[0]
+    module = sys.modules.get(module_name)
+    origin = getattr(module, "__file__", None)
+    if not origin:
+        return None
+    path = Path(origin).resolve()
+    if path.name == "__init__.py":
+        path = path.parent
+    return str(path.parents[module_name.count(".")])
+
+
+def _import_task_module(module_name: str, origin: str | None) -> ModuleType:
+    """The module, from the Python path, else from `origin` (where the run imported it from)."""
+    try:
+        return importlib.import_module(module_name)
+    except ImportError as exc:
+        first_error = exc
+    if origin and Path(origin).is_dir() and origin not in sys.path:
+        sys.path.append(origin)  # after the user's own path: a module found there still wins
+        try:
+            return importlib.import_module(module_name)
+        except ImportError:
+            pass
+    where = (f" The run imported it from {origin}{'' if Path(origin).is_dir() else ', which is gone'}." if origin
+             else "")
+    raise TaskNotImportable(
+        f"config key 'task' names module {module_name!r}, which cannot be imported ({first_error}).{where} Put the dir"
+        f" that holds it on the Python path, for example: PYTHONPATH={origin or 'DIR'} <the same command>"
+        " (docs/TASKS.md).")
+
+
+def load_task(dotted: str, origin: str | None = None) -> Task:
+    """The object `package.module:object` names (its module found on the Python path, else in `origin`:
+    task_origin as run.json recorded it); ConfigError, listing every Task member it lacks, when it lacks
+    one of ESSENTIAL_MEMBERS or has one that cannot be called."""
     module_name, _, attr = dotted.partition(":")
     if not module_name or not attr:
         raise ConfigError(f"config key 'task' must look like 'package.module:object', got {dotted!r}.")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise ConfigError(f"config key 'task' names module {module_name!r}, which cannot be imported ({exc}).") from None
+    module = _import_task_module(module_name, origin)
     try:
         task = getattr(module, attr)
     except AttributeError:

@@ -16,7 +16,7 @@ import pandas as pd
 import pyarrow as pa
 
 from shardrun.config import parse_config
-from shardrun.errors import MergeError, ShardrunError
+from shardrun.errors import MergeError, ShardrunError, TaskNotImportable
 from shardrun.results.columnar import STANDING, read_columnar
 from shardrun.sharding import ShardSpec
 from shardrun.storage.paths import RunPaths, ShardPaths
@@ -235,7 +235,9 @@ def resolve_task(provenance: Sequence[Mapping[str, Any]], shards: Sequence[Shard
     if provenance:
         source = provenance[0]
         try:
-            config = parse_config(source["config"])
+            config = parse_config(source["config"], task_origin=source.get("task_origin"))
+        except TaskNotImportable:
+            raise
         except (KeyError, ShardrunError) as exc:
             raise MergeError(
                 f"the config snapshot in {source['run_dir']}/run.json cannot be parsed ({exc}); the code may have"
@@ -245,7 +247,7 @@ def resolve_task(provenance: Sequence[Mapping[str, Any]], shards: Sequence[Shard
     task_path = shards[0].identity.get("task")
     if not isinstance(task_path, str):
         raise MergeError(f"{shards[0].dir}/shard.json names no task and there is no run.json; cannot merge it.")
-    return load_task(task_path), None
+    return load_task(task_path, shards[0].identity.get("task_origin")), None
 
 
 def read_result_file(path: Path, text_columns: Iterable[str]) -> pd.DataFrame:

@@ -21,7 +21,7 @@ import pandas as pd
 
 from shardrun.config import RunConfig, parse_config
 from shardrun.storage.identity import read_run_document
-from shardrun.errors import ShardrunError
+from shardrun.errors import ShardrunError, TaskNotImportable
 from shardrun.results.frame import schema_columns
 from shardrun.results.read import STATUS_COLUMNS, read_result_file
 from shardrun.results.report import capped, describe_key, report_problems, show
@@ -185,7 +185,9 @@ def _settings_from_report(report: Mapping[str, Any]) -> tuple[RunConfig | None, 
         return None, ["merge_report.json records no run.json (no config snapshot); pass --config to validate"]
     entry = next((p for p in provenance if p.get("config_hash") == report.get("config_hash")), provenance[0])
     try:
-        return parse_config(entry["config"]), []
+        return parse_config(entry["config"], task_origin=entry.get("task_origin")), []
+    except TaskNotImportable:
+        raise  # a check that cannot run here is no verdict on the results: exit 2, validation.json untouched
     except (KeyError, ShardrunError) as exc:
         return None, [f"the config snapshot in {entry.get('run_dir')}/run.json cannot be parsed ({exc}); pass --config"]
 

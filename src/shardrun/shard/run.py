@@ -25,7 +25,7 @@ from shardrun.storage.identity import ensure_identity, read_run_document, run_di
 from shardrun.storage.lock import ShardLock
 from shardrun.storage.durability import durable_write
 from shardrun.storage.paths import RunPaths
-from shardrun.task import Task, UserIndex, heap_advice
+from shardrun.task import Task, UserIndex, heap_advice, task_origin
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +63,7 @@ def run_shard(config: RunConfig, options: WorkerOptions, stop: StopFlag | None =
         "data_fingerprint": index.fingerprint,
         "pilot": options.pilot,
         "task": config.task,
+        "task_origin": task_origin(config.task),
         "users_planned": list(prepared.plan.assigned),
     }
     # Every write of the set-up goes through durable_write like the loop's own: a read-only or full
@@ -133,6 +134,7 @@ def run_document(config: RunConfig, task: Task, index: UserIndex, shard_count: i
         "config_path": str(config.source) if config.source else None,
         "config_hash": config.hash,
         "task": config.task,
+        "task_origin": task_origin(config.task),
         "shards": shard_count,
         "data_fingerprint": index.fingerprint,
         "users_total": len(index.user_ids),
