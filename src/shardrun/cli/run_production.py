@@ -17,9 +17,9 @@ from shardrun.cli.common import (
 )
 from shardrun.config import RunConfig, load_config
 from shardrun.platforms import lower_priority
-from shardrun.errors import EXIT_OK, EXIT_USAGE, EnvironmentProblem, UsageError
+from shardrun.errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, EnvironmentProblem, UsageError
 from shardrun.shard.fail_fast import DEFAULT_FAIL_FAST
-from shardrun.shard.lifecycle import PREEMPT_SIGNALS, PreemptionNotice, StopFlag, die_with_launcher
+from shardrun.shard.lifecycle import PREEMPT_SIGNALS, EarlySignals, PreemptionNotice, StopFlag, die_with_launcher
 from shardrun.shard.jvm import find_java, task_jvm_options
 from shardrun.shard.plan import partition_report
 from shardrun.shard.prepare import PreparedShard, WorkerOptions, prepare
@@ -75,7 +75,7 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def _run_production(args: argparse.Namespace) -> int:
+def _run_production(args: argparse.Namespace, early: EarlySignals | None = None) -> int:
     # Flags are checked before anything is loaded: a missing --shard must not wait for the data.
     if args.shard is None and args.resume is None:
         raise UsageError("--shard i/K is required (or --shard auto inside a scheduler job array).")
@@ -84,10 +84,14 @@ def _run_production(args: argparse.Namespace) -> int:
                   if args.preempt_signal else None)
     stop = StopFlag(preemption)
     if not args.dry_run:
-        stop.install()
+        stop.install(early.caught if early is not None else ())
         die_with_launcher()
         if args.nice:
             lower_priority(args.nice)
+    if early is not None:
+        early.release()
+        if args.dry_run and early.caught:
+            return EXIT_INTERRUPTED
     if args.retry_failed and not args.resume:
         raise UsageError("--retry-failed goes with --resume DIR: it retries the failed users of an existing shard.")
     config = load_config(args.config)
@@ -179,8 +183,9 @@ def check_jvm_options(prepared: PreparedShard, config: RunConfig) -> None:
     print(f"java accepts the flags: {' '.join(options)}")
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    return guarded(_run_production, parser(), argv)
+def main(argv: Sequence[str] | None = None, early: EarlySignals | None = None) -> int:
+    """`early`: the signals noted before this module was imported (worker.main, the entry point)."""
+    return guarded(lambda args: _run_production(args, early), parser(), argv)
 
 
 if __name__ == "__main__":

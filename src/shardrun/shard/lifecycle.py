@@ -9,7 +9,7 @@ import signal
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from shardrun.errors import EXIT_INTERRUPTED
 from shardrun.platforms import STOP_SIGNALS, signal_on_parent_death
@@ -46,6 +46,33 @@ class PreemptionNotice:
         return cls(signal.Signals[f"SIG{name.upper().removeprefix('SIG')}"], lead_seconds, requeue_limit)
 
 
+# The warning signals sbatch --signal may send besides the stop signals (run_production --preempt-signal).
+WARNING_SIGNALS = tuple(getattr(signal, name) for name in ("SIGUSR1", "SIGUSR2") if hasattr(signal, name))
+
+
+class EarlySignals:
+    """The stop and warning signals noted, not acted on, while the process still imports (pandas, the task,
+    the JVM's bridge: a second or more): without it a SIGTERM in that second kills the shard by the
+    signal's default action, which its launcher reports as a crash. StopFlag.install handles them later."""
+
+    def __init__(self) -> None:
+        self.caught: list[int] = []
+
+    def catch(self) -> EarlySignals:
+        for sig in (*STOP_SIGNALS, *WARNING_SIGNALS):
+            signal.signal(sig, self._note)
+        return self
+
+    def _note(self, signum: int, _frame: Any) -> None:
+        self.caught.append(signum)
+
+    def release(self) -> None:
+        """The signals nobody took over since get their default action back."""
+        for sig in (*STOP_SIGNALS, *WARNING_SIGNALS):
+            if signal.getsignal(sig) == self._note:
+                signal.signal(sig, signal.SIG_DFL)
+
+
 class StopFlag:
     """Set by SIGTERM/SIGINT/SIGHUP (platforms.STOP_SIGNALS): finish the user in flight, commit it, then stop taking users.
 
@@ -73,23 +100,27 @@ class StopFlag:
     def preempted(self) -> bool:
         return self.preempted_at is not None
 
-    def install(self) -> None:
-        def handler(signum: int, _frame: Any) -> None:
-            name = signal.Signals(signum).name
-            if self.preemption is not None and signum == self.preemption.signal and not self._preemption_handled:
-                self._preemption_handled = True
-                self._note_preemption()  # a no-op when the watcher thread noted it first
-                return
-            if self.requested_by is not None:
-                self.on_second(name)
-                return
-            self.requested_by = name
-            log.warning("%s received: finishing the user in flight, then stopping", name)
-
+    def install(self, caught_before: Sequence[int] = ()) -> None:
+        """Take the stop (and warning) signals from now on; `caught_before`: the signals that came before,
+        while the process was still importing (worker.main), handled now in their order."""
         for sig in {*STOP_SIGNALS, *([self.preemption.signal] if self.preemption else [])}:
-            signal.signal(sig, handler)
+            signal.signal(sig, self._handle)
         if self.preemption is not None:
             self._watch_wakeup_fd()
+        for signum in caught_before:
+            self._handle(signum, None)
+
+    def _handle(self, signum: int, _frame: Any) -> None:
+        name = signal.Signals(signum).name
+        if self.preemption is not None and signum == self.preemption.signal and not self._preemption_handled:
+            self._preemption_handled = True
+            self._note_preemption()  # a no-op when the watcher thread noted it first
+            return
+        if self.requested_by is not None:
+            self.on_second(name)
+            return
+        self.requested_by = name
+        log.warning("%s received: finishing the user in flight, then stopping", name)
 
     def ignore_from_now(self) -> None:
         """The shard's end is recorded (status.json, exit code chosen): a stop signal has nothing left to

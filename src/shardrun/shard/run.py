@@ -48,7 +48,8 @@ def run_shard(config: RunConfig, options: WorkerOptions, stop: StopFlag | None =
             " lists this before any user starts."
         )
     if stop.requested_by:
-        log.warning("%s received before the shard started: nothing was written", stop.requested_by)
+        log.warning("%s received before the shard started: nothing was written, and the same command starts it"
+                    " again whenever you like", stop.requested_by)
         return ShardOutcome(exit_code=EXIT_PREEMPTED if stop.preempted else EXIT_INTERRUPTED, plan=prepared.plan,
                             dirs=dirs)
     dirs = create_run_dir(dirs)  # every check passed: only now a new run dir appears

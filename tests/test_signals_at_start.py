@@ -1,0 +1,50 @@
+"""A stop or warning signal in a shard's first second, while it still imports: the shard drains like at any
+other moment (exit 3, or 7 for the warning), never dies by the signal's default action (which its launcher
+would report as a crash), and the same command then runs it. The signal is sent the moment the process
+has its handlers (the SigCgt mask in /proc), which is long before its imports end."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from e2e_support import read_status
+from shardrun.errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_PREEMPTED
+
+
+def catches(pid: int, sig: signal.Signals) -> bool:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("SigCgt:"):
+            return bool(int(line.split()[1], 16) >> (sig - 1) & 1)
+    return False
+
+
+@pytest.mark.jvm
+@pytest.mark.parametrize("sig, flags, code", [
+    (signal.SIGTERM, [], EXIT_INTERRUPTED),
+    (signal.SIGINT, [], EXIT_INTERRUPTED),
+    (signal.SIGUSR1, ["--preempt-signal", "USR1", "--preempt-lead", "30"], EXIT_PREEMPTED),
+], ids=["TERM", "INT", "USR1-warning"])
+def test_a_signal_while_the_shard_imports_drains_it_and_the_same_command_runs_it(workspace, tmp_path, sig, flags,
+                                                                                  code):
+    command = [sys.executable, "-m", "shardrun.worker", "--config", str(workspace["config"]), "--full", "--shard",
+               "0/2", "--out", str(tmp_path / "run"), *flags]
+    shard = subprocess.Popen(command, cwd=workspace["root"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                             text=True)
+    deadline = time.monotonic() + 120
+    while not catches(shard.pid, signal.SIGUSR2):  # the last one EarlySignals takes (SIGINT has Python's from the start)
+        assert shard.poll() is None and time.monotonic() < deadline
+        time.sleep(0.001)
+    shard.send_signal(sig)
+    output, _ = shard.communicate(timeout=300)
+    assert shard.returncode == code, output
+    assert "Traceback" not in output and f"{sig.name} received" in output, output
+
+    again = subprocess.run(command, cwd=workspace["root"], capture_output=True, text=True, timeout=600)
+    assert again.returncode == EXIT_OK, again.stdout + again.stderr
+    assert read_status(tmp_path / "run" / "shard-0-of-2")["state"] == "completed"
