@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from shardrun.scheduler.slurm import (SlurmCommands, expand_hostlist, lease_scheduler, parse_job_record, sighting_of,
-                                      this_job)
+from shardrun.scheduler.slurm import (SlurmCommands, expand_hostlist, lease_scheduler, node_lost, parse_job_record,
+                                      sighting_of, this_job)
 from shardrun.storage.lease import (Holder, JobActivity, JobSighting, Lease, LeaseHeld, LeaseState, SchedulerJob,
                                     read_lease, scheduler_verdict, staleness)
 
@@ -37,6 +37,11 @@ RUNNING_RECORD = (
     "NumNodes=1 NumCPUs=1 NumTasks=1 CPUs/Task=1 ReqB:S:C:T=0:0:*:* TRES=cpu=1,mem=12052M,node=1,billing=1 "
     "WorkDir=/tmp StdErr=/dev/null StdIn=/dev/null StdOut=/dev/null Power= \n")
 UNREACHABLE = "slurm_load_jobs error: Unable to contact slurm controller (connect failure)\n"
+# `scontrol --oneliner show node nodea`, trimmed likewise
+NODE_RECORD = ("NodeName=nodea Arch=x86_64 CoresPerSocket=1  CPUAlloc=1 CPUEfctv=2 CPUTot=2 CPULoad=4.58 "
+               "NodeAddr=10.0.0.2 NodeHostName=nodea Version=22.05.8 OS=Linux 6.18.44-fc-v1300 #1 SMP "
+               "PREEMPT_DYNAMIC @0  RealMemory=24105 AllocMem=0 FreeMem=20250 Sockets=2 Boards=1 State={state} "
+               "ThreadsPerCore=1 TmpDisk=0 Weight=1 Owner=N/A MCS_label=N/A Partitions=debug\n")
 
 HOLDER_JOB = SchedulerJob(scheduler="slurm", cluster="lab", element="7_1", restart=0, node="nodea")
 HOLDER = Holder(host="nodea", pid=4242, boot_id="boot-a", started=1.0, token="f00d",
@@ -58,10 +63,13 @@ def record(state: str = "RUNNING", restarts: int = 0, nodes: str = "nodea", batc
 
 class ReplayedSlurm:
     """Stands in for subprocess.run of SLURM's commands: answers `scontrol show job` with a recorded
-    answer (text, exit status, stderr) or raises as a missing or hung command would; counts the calls."""
+    answer (text, exit status, stderr) or raises as a missing or hung command would, and `scontrol show
+    node` with the holder's node in `node_state` (None: a node SLURM does not know); counts the calls."""
 
-    def __init__(self, show_job: str | BaseException, returncode: int = 0, stderr: str = "", cluster: str = "lab"):
+    def __init__(self, show_job: str | BaseException, returncode: int = 0, stderr: str = "", cluster: str = "lab",
+                 node_state: str | None = "MIXED"):
         self.show_job, self.returncode, self.stderr, self.cluster = show_job, returncode, stderr, cluster
+        self.node_state = node_state
         self.calls: list[list[str]] = []
 
     def __call__(self, argv, **kwargs):
@@ -70,6 +78,10 @@ class ReplayedSlurm:
             raise self.show_job
         if argv[:3] == ["scontrol", "show", "config"]:
             return subprocess.CompletedProcess(argv, 0, f"ClusterName             = {self.cluster}\n", "")
+        if argv[:4] == ["scontrol", "--oneliner", "show", "node"]:
+            if self.node_state is None:
+                return subprocess.CompletedProcess(argv, 1, f"Node {argv[-1]} not found\n", "")
+            return subprocess.CompletedProcess(argv, 0, NODE_RECORD.format(state=self.node_state), "")
         assert argv[:4] == ["scontrol", "--oneliner", "show", "job"], argv
         return subprocess.CompletedProcess(argv, self.returncode, self.show_job, self.stderr)
 
@@ -120,6 +132,13 @@ CASES = [
      "is RUNNING on nodea"),
     ("a state this rule does not know, on the holder's node", ReplayedSlurm(record("NEW_STATE")), {}, OLD, False,
      "is NEW_STATE on nodea"),
+    ("job pending again after its node failed (node down)",
+     ReplayedSlurm(record("PENDING", restarts=1, nodes="(null)"), node_state="DOWN+NOT_RESPONDING"), {}, FRESH, False,
+     "its heartbeat (on host nodea) is 5 s old"),
+    ("job on a node that does not respond, old heartbeat", ReplayedSlurm(record(), node_state="ALLOCATED*"), {}, OLD,
+     True, "its heartbeat (on host nodea) is 1000 s old"),
+    ("the holder's node unknown to SLURM", ReplayedSlurm(record("CANCELLED"), node_state=None), {}, FRESH, False,
+     "its heartbeat"),
     ("scheduler unreachable, fresh heartbeat", ReplayedSlurm("", 1, UNREACHABLE), newcomer_env("7_1", restart=1),
      FRESH, False, "its heartbeat (on host nodea) is 5 s old, not older than 120 s"),
     ("scheduler unreachable, old heartbeat", ReplayedSlurm("", 1, UNREACHABLE), {}, OLD, True,
@@ -194,6 +213,12 @@ def test_slurms_record_of_a_job():
     pending = sighting_of(parse_job_record(record("PENDING", restarts=1, nodes="(null)")), "lab")
     assert (pending.activity, pending.nodes) == (JobActivity.WAITING, None)
     assert sighting_of(None, "lab").activity is JobActivity.GONE
+    node = parse_job_record(NODE_RECORD.format(state="IDLE"))
+    assert (node["State"], node["OS"]) == ("IDLE", "Linux 6.18.44-fc-v1300 #1 SMP PREEMPT_DYNAMIC @0")
+    assert not node_lost(node)
+    assert all(node_lost(parse_job_record(NODE_RECORD.format(state=state)))
+               for state in ("DOWN", "DOWN+NOT_RESPONDING", "IDLE*", "MIXED+NOT_RESPONDING"))
+    assert node_lost(None)
 
 
 def test_the_verdict_without_a_cluster_name_settles_nothing():

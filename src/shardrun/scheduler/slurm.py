@@ -101,8 +101,9 @@ def this_job(env: Mapping[str, str]) -> SchedulerJob | None:
 
 
 def parse_job_record(text: str) -> dict[str, str]:
-    """`scontrol --oneliner show job <id>` of one job -> its `Key=Value` fields (pure). Values hold no
-    spaces except the last field's; a key is a word that may hold ':' and '/' (AllocNode:Sid, CPUs/Task)."""
+    """`scontrol --oneliner show job <id>` of one job (or `show node` of one node) -> its `Key=Value`
+    fields (pure). A key is a word that may hold ':' and '/' (AllocNode:Sid, CPUs/Task); a value may
+    hold spaces (OS=Linux 6.1 #1 SMP) but no space followed by such a word and '='."""
     record: dict[str, str] = {}
     line = next((line for line in text.splitlines() if line.strip()), "")
     for field in re.split(r" +(?=[A-Za-z][\w/:]*=)", line.strip()):
@@ -134,10 +135,21 @@ def expand_hostlist(text: str) -> frozenset[str] | None:
     return frozenset(names) or None
 
 
-def sighting_of(record: Mapping[str, str] | None, cluster: str | None) -> JobSighting:
-    """What SLURM's record of a job (None: SLURM does not know the job) says of its processes (pure)."""
+def node_lost(record: Mapping[str, str] | None) -> bool:
+    """True if SLURM's record of a node (None: SLURM does not know it) says SLURM has lost contact with it
+    (DOWN, NOT_RESPONDING: `State=DOWN+NOT_RESPONDING`, `IDLE*`): it cannot say what still runs there (pure)."""
     if record is None:
-        return JobSighting(cluster=cluster, activity=JobActivity.GONE, state="no longer known to SLURM")
+        return True
+    flags = set(record.get("State", "").replace("*", "+NOT_RESPONDING").upper().split("+"))
+    return bool(flags & {"DOWN", "NOT_RESPONDING", "UNKNOWN"})
+
+
+def sighting_of(record: Mapping[str, str] | None, cluster: str | None, lost: bool = False) -> JobSighting:
+    """What SLURM's record of a job (None: SLURM does not know the job) says of its processes; `lost`: SLURM
+    has lost the node the lease's holder ran on (node_lost) (pure)."""
+    if record is None:
+        return JobSighting(cluster=cluster, activity=JobActivity.GONE, state="no longer known to SLURM",
+                           node_lost=lost)
     state = record.get("JobState", "").upper()
     restarts = record.get("Restarts", "")
     restart = int(restarts) if restarts.isdigit() else None
@@ -150,7 +162,8 @@ def sighting_of(record: Mapping[str, str] | None, cluster: str | None) -> JobSig
     nodes = expand_hostlist(record.get("NodeList", ""))
     if nodes is not None and record.get("BatchHost", "(null)") not in ("", "(null)", "None"):
         nodes = nodes | {record["BatchHost"]}
-    return JobSighting(cluster=cluster, activity=activity, state=state or "in no state", nodes=nodes, restart=restart)
+    return JobSighting(cluster=cluster, activity=activity, state=state or "in no state", nodes=nodes, restart=restart,
+                       node_lost=lost)
 
 
 def config_value(config_text: str, name: str) -> str | None:
@@ -236,6 +249,16 @@ class SlurmCommands:
             return None
         raise SchedulerError(f"scontrol show job {job} failed: {answer}")
 
+    def node_record(self, node: str) -> dict[str, str] | None:
+        """SLURM's record of one node (None when SLURM does not know it)."""
+        result = self._run_command(["scontrol", "--oneliner", "show", "node", node], None, timeout=30)
+        if result.returncode == 0:
+            return parse_job_record(result.stdout)
+        answer = said(result)
+        if answer == f"Node {node} not found":
+            return None
+        raise SchedulerError(f"scontrol show node {node} failed: {answer}")
+
 
 def lease_scheduler(env: Mapping[str, str], slurm: SlurmCommands | None = None) -> dict[str, Any]:
     """What a shard lock needs to ask SLURM about a lease's holder on another host: this process's own
@@ -251,11 +274,12 @@ def lease_scheduler(env: Mapping[str, str], slurm: SlurmCommands | None = None) 
         try:
             cluster = env.get(SLURM_CLUSTER_ENV, "").strip() or commands.cluster_name()
             record = commands.job_record(job.element)
+            lost = node_lost(commands.node_record(job.node))
         except SchedulerError as error:
             log.warning("could not ask SLURM about job %s of the shard lease's holder (%s): its heartbeat decides",
                         job.element, error)
             return None
-        return sighting_of(record, cluster)
+        return sighting_of(record, cluster, lost)
 
     asker: JobAsker = ask
     return {"job": this_job(env), "ask_scheduler": asker}

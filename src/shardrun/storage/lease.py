@@ -128,6 +128,7 @@ class JobSighting:
     state: str  # the scheduler's own word, for messages
     nodes: frozenset[str] | None = None  # where it runs (RUNNING, PRESENT); None: could not be told
     restart: int | None = None  # which run the scheduler is at; None: not said
+    node_lost: bool = False  # the scheduler has lost the holder's node (down, not responding): what runs there is unknown
 
 
 @dataclass(frozen=True)
@@ -150,12 +151,16 @@ def scheduler_verdict(job: SchedulerJob, sighting: JobSighting, me: SchedulerJob
     reported them killed): so a job that is gone, waiting, in a later run, or running on other nodes
     has no process of the holder's run left. Anything else that may have processes on the holder's node
     (running there in the same run, completing, suspended, an unknown state, nodes that cannot be read)
-    is respected whatever the heartbeat: a holder paused there is alive. `me`, the asking process's own
+    is respected whatever the heartbeat: a holder paused there is alive. A node the scheduler lost
+    contact with settles nothing: it may have crashed, or still run the holder cut off from the
+    scheduler but not from the filesystem, and the scheduler cannot tell. `me`, the asking process's own
     job, only names the case where the newcomer is the same job restarted (its run is then the later one
     the scheduler reports)."""
     on = f"{job.scheduler} job {job.element}"
     if sighting.cluster is None or sighting.cluster != job.cluster:
         return None  # another cluster's job ids mean other jobs
+    if sighting.node_lost:
+        return None
     if sighting.restart is not None and sighting.restart < job.restart:
         return None  # the scheduler is at an earlier run than the holder's: not the job the holder ran in
     if sighting.activity is JobActivity.GONE:
