@@ -199,7 +199,8 @@ class SlurmCommands:
             raise SchedulerError(f"{command[0]} was not found: run launch_shards --scheduler slurm on a machine where"
                                  " SLURM's commands work (a login node), or use --scheduler local.") from None
         except (OSError, subprocess.TimeoutExpired) as exc:
-            raise SchedulerError(f"{' '.join(command)} did not answer ({exc}); is slurmctld up? (sinfo tells)") from None
+            silent = f"{' '.join(command)} did not answer ({exc})"
+            raise SchedulerError(f"{silent}; is slurmctld up? (sinfo tells)") from None
 
     def _call(self, command: Sequence[str], stdin: str | None = None, what: str = "", timeout: float = 120) -> str:
         result = self._run_command(command, stdin, timeout)

@@ -128,7 +128,7 @@ class JobSighting:
     state: str  # the scheduler's own word, for messages
     nodes: frozenset[str] | None = None  # where it runs (RUNNING, PRESENT); None: could not be told
     restart: int | None = None  # which run the scheduler is at; None: not said
-    node_lost: bool = False  # the scheduler has lost the holder's node (down, not responding): what runs there is unknown
+    node_lost: bool = False  # the scheduler lost the holder's node (down, not responding): what runs there is unknown
 
 
 @dataclass(frozen=True)
