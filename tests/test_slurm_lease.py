@@ -136,9 +136,11 @@ def paused_holder_then_its_job_ends(cluster: SlurmCluster, tmp_path: Path, how: 
     assert not (shard / "lease").exists() and not list(shard.glob("lease.taken-*"))  # released, nothing left
 
 
-@pytest.mark.parametrize("how", ["requeue", "cancel"])
-def test_a_paused_holder_is_kept_while_its_job_runs_and_taken_over_at_once_when_it_ends(slurm_cluster, tmp_path, how):
-    paused_holder_then_its_job_ends(slurm_cluster, tmp_path, how, holder_node="localhost", newcomer_node=None,
+@pytest.mark.parametrize(("how", "newcomer_node"), [("requeue", None), ("cancel", "localhost")],
+                         ids=["requeued-newcomer-outside-slurm", "cancelled-newcomer-in-a-job"])
+def test_a_paused_holder_is_kept_while_its_job_runs_and_taken_over_at_once_when_it_ends(slurm_cluster, tmp_path, how,
+                                                                                       newcomer_node):
+    paused_holder_then_its_job_ends(slurm_cluster, tmp_path, how, holder_node="localhost", newcomer_node=newcomer_node,
                                     pretend=True)
 
 
