@@ -31,7 +31,7 @@ from shardrun.storage.atomic import (
 )
 from shardrun.storage.commits import clean_tmp, commit_user, scan_committed
 from shardrun.storage.identity import ensure_identity
-from shardrun.storage.lease import Holder, Lease, LeaseState, process_started, read_lease, staleness
+from shardrun.storage.lease import Holder, Judgement, Lease, LeaseState, process_started, read_lease, staleness
 from shardrun.storage.lock import LOCK_ENV, ShardLock, lease_stale_seconds, lock_mechanism
 from shardrun.storage.paths import ShardPaths
 
@@ -160,13 +160,13 @@ def test_the_stale_rule():
         return LeaseState(holder=holder, heartbeat=heartbeat, inode=(0, 0))
 
     # Same machine: the process table decides, whatever the heartbeat (a suspended shard is alive).
-    assert staleness(state(parent, old), me, now, 120) is None
+    assert not staleness(state(parent, old), me, now, 120).stale
     reused = replace(parent, started=parent.started - 100)  # the pid now runs a later process
-    assert staleness(state(reused, fresh), me, now, 120) == f"its process {alive_pid} on this host is gone"
+    assert staleness(state(reused, fresh), me, now, 120) == Judgement(True, f"its process {alive_pid} on this host is gone")
     # Same host name, another boot (a reboot, or another machine with the same name): the heartbeat decides.
     rebooted = replace(parent, boot_id="another boot")
-    assert staleness(state(rebooted, fresh), me, now, 120) is None
-    assert staleness(state(rebooted, old), me, now, 120).startswith("its heartbeat")
+    assert not staleness(state(rebooted, fresh), me, now, 120).stale
+    assert staleness(state(rebooted, old), me, now, 120).why.startswith("its heartbeat")
 
 
 def test_of_many_processes_taking_over_one_stale_lease_only_one_wins(shard):

@@ -10,29 +10,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Mapping
 
-from shardrun.scheduler.slurm import SlurmCommands
-
-SLURM_JOB_ENV = "SLURM_JOB_ID"
-SLURM_ARRAY_JOB_ENV = "SLURM_ARRAY_JOB_ID"
-SLURM_ARRAY_TASK_ENV = "SLURM_ARRAY_TASK_ID"
+from shardrun.scheduler.slurm import SlurmCommands, own_slurm_job
 
 
 @dataclass(frozen=True)
 class RequeueDecision:
     requeue: bool
     reason: str  # why not, for the log and status.json; empty when requeueing
-
-
-def own_slurm_job(env: Mapping[str, str]) -> str | None:
-    """The name by which SLURM's commands act on this job alone: `<array job id>_<task id>` for an
-    array element, SLURM_JOB_ID otherwise; None outside SLURM.
-
-    An element's SLURM_JOB_ID will not do: the array's last element to start keeps the array's own
-    id as its SLURM_JOB_ID, and `scontrol requeue <array id>` requeues every element of the array."""
-    array_job, task = env.get(SLURM_ARRAY_JOB_ENV, "").strip(), env.get(SLURM_ARRAY_TASK_ENV, "").strip()
-    if array_job and task:
-        return f"{array_job}_{task}"
-    return env.get(SLURM_JOB_ENV, "").strip() or None
 
 
 def decide_requeue(users_todo: int, requeues_done: int, limit: int, env: Mapping[str, str]) -> RequeueDecision:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import logging
+import os
 import platform
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -11,6 +12,7 @@ from typing import Any, Mapping
 
 from shardrun.config import RunConfig, resolve_threads
 from shardrun.errors import EXIT_INTERRUPTED, EXIT_PREEMPTED, ConfigError, ResumeMismatch
+from shardrun.scheduler.slurm import lease_scheduler
 from shardrun.shard.lifecycle import StopFlag
 from shardrun.shard.loop import ShardLoop
 from shardrun.shard.plan import ShardPlan, plan_shard
@@ -75,7 +77,8 @@ def run_shard(config: RunConfig, options: WorkerOptions, stop: StopFlag | None =
     log.info("JVM heap: %s", heap.jvm_line())
     if heap.over_budget_count:
         log.warning("%s", "\n".join(heap.report_lines()))
-    lock = ShardLock(dirs.shard)
+    # In a SLURM job, the lease records it, and a lease left on another node is judged by SLURM's view of its job.
+    lock = ShardLock(dirs.shard, **lease_scheduler(os.environ))
     durable_write("the shard lock", dirs.shard.dir, lock.acquire)
     try:
         durable_write("shard.json", dirs.shard.dir,

@@ -1,15 +1,21 @@
 """A lease file: the shard lock where the filesystem has no working file locks.
 
 The lease is a file created with O_CREAT|O_EXCL (atomic on local filesystems and on NFS v3 and
-later), holding who holds it: host, boot id, pid and the process's start time, and a random token.
-Its modification time is the heartbeat: the holder sets it every `refresh_every` seconds from a
-thread of its own. Another process respects the lease unless it is stale (`staleness`):
+later), holding who holds it: host, boot id, pid and the process's start time, a random token, and
+the scheduler's job the holder runs in, if any (`SchedulerJob`: SLURM's element, its restart count
+and node). Its modification time is the heartbeat: the holder sets it every `refresh_every` seconds
+from a thread of its own. Another process respects the lease unless it is stale (`staleness`):
 
 - on the same host (same host name and boot id), only when the holder's process is gone (its pid
   no longer runs, or runs another process: a different start time). The clock does not count there:
   a shard suspended by `--cpu-limit` or a debugger is alive however old its heartbeat;
-- on another host (or a lease that cannot be read), only when the heartbeat is older than
-  `stale_after` seconds (SHARDRUN_LEASE_STALE_SECONDS, default 120).
+- on another host, for a holder in a scheduler's job, by what the scheduler says of that job now
+  (`scheduler_verdict`): at once when the run that took the lease no longer runs on the holder's
+  node (ended, forgotten, pending again, running elsewhere, or a later run of it); never while it
+  still runs there, however old the heartbeat (a paused holder is alive);
+- otherwise (no scheduler job, the scheduler could not be asked or its answer settles nothing, a
+  lease that cannot be read), only when the heartbeat is older than `stale_after` seconds
+  (SHARDRUN_LEASE_STALE_SECONDS, default 120).
 
 A stale lease is taken over by renaming it aside first (to `lease.taken-<token>`): of two
 processes that both found it stale only one rename finds the file, and the new lease is again an
@@ -26,8 +32,9 @@ import socket
 import threading
 import time
 from dataclasses import asdict, dataclass
+from enum import Enum
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import psutil
 
@@ -42,6 +49,32 @@ TAKEN_ASIDE = ".taken-"  # `lease.taken-<token>`: a stale lease moved aside by t
 
 
 @dataclass(frozen=True)
+class SchedulerJob:
+    """The scheduler's job a holder runs in, as the scheduler names it (scheduler/slurm.py makes it
+    from the job's environment)."""
+
+    scheduler: str  # "slurm"
+    cluster: str | None  # the cluster's name: a job id means something on its own cluster only
+    element: str  # the id naming this job alone: `<array job>_<task>` for an array element, else the job id
+    restart: int  # which run of the job this is: 0, then one more at each requeue
+    node: str  # the scheduler's name of the node the holder runs on
+
+    def describe(self) -> str:
+        return f"{self.scheduler} job {self.element} (run {self.restart}) on {self.node}"
+
+    @classmethod
+    def from_dict(cls, raw: Any) -> "SchedulerJob | None":
+        if not isinstance(raw, Mapping):
+            return None
+        try:
+            cluster = raw.get("cluster")
+            return cls(scheduler=str(raw["scheduler"]), cluster=None if cluster is None else str(cluster),
+                       element=str(raw["element"]), restart=int(raw["restart"]), node=str(raw["node"]))
+        except (KeyError, TypeError, ValueError):
+            return None
+
+
+@dataclass(frozen=True)
 class Holder:
     """Who holds a lease."""
 
@@ -51,11 +84,12 @@ class Holder:
     started: float | None  # the process's start time (psutil), which tells a reused pid apart
     token: str  # unique to one acquisition
     acquired_at: str
+    job: SchedulerJob | None = None  # absent in leases written before it was recorded
 
     @classmethod
-    def this_process(cls) -> "Holder":
+    def this_process(cls, job: SchedulerJob | None = None) -> "Holder":
         return cls(host=socket.gethostname(), pid=os.getpid(), boot_id=boot_id(), started=process_started(os.getpid()),
-                   token=secrets.token_hex(8), acquired_at=utc_now())
+                   token=secrets.token_hex(8), acquired_at=utc_now(), job=job)
 
     def same_machine(self, other: "Holder") -> bool:
         """Same host name and same boot: only then can a pid be looked up here. Two machines (or
@@ -70,9 +104,82 @@ class Holder:
         try:
             raw = json.loads(text)
             return cls(host=str(raw["host"]), pid=int(raw["pid"]), boot_id=raw.get("boot_id"),
-                       started=raw.get("started"), token=str(raw["token"]), acquired_at=str(raw.get("acquired_at")))
+                       started=raw.get("started"), token=str(raw["token"]), acquired_at=str(raw.get("acquired_at")),
+                       job=SchedulerJob.from_dict(raw.get("job")))
         except (ValueError, KeyError, TypeError):
             return None
+
+
+class JobActivity(str, Enum):
+    """What a scheduler's answer means for the processes of a job (scheduler/slurm.py maps its states)."""
+
+    GONE = "gone"  # ended, or no longer known: no process of the job runs
+    WAITING = "waiting"  # pending (again, after a requeue): no process of the job runs
+    RUNNING = "running"  # the run `restart` runs on `nodes`
+    PRESENT = "present"  # processes of the job may run on `nodes` (completing, suspended, ...), of whichever run
+
+
+@dataclass(frozen=True)
+class JobSighting:
+    """A scheduler's answer, now, about one job (the one a lease's holder recorded)."""
+
+    cluster: str | None  # the name of the cluster that answered
+    activity: JobActivity
+    state: str  # the scheduler's own word, for messages
+    nodes: frozenset[str] | None = None  # where it runs (RUNNING, PRESENT); None: could not be told
+    restart: int | None = None  # which run the scheduler is at; None: not said
+    node_lost: bool = False  # the scheduler lost the holder's node (down, not responding): what runs there is unknown
+
+
+@dataclass(frozen=True)
+class Judgement:
+    """Whether a lease may be taken over, and why (or why not)."""
+
+    stale: bool
+    why: str
+
+
+JobAsker = Callable[[SchedulerJob], "JobSighting | None"]  # None: the scheduler could not be asked
+
+
+def scheduler_verdict(job: SchedulerJob, sighting: JobSighting, me: SchedulerJob | None = None) -> Judgement | None:
+    """Whether the run of `job` that took the lease is over, from the scheduler's answer; None when the
+    answer settles nothing (then the heartbeat decides). Pure.
+
+    The scheduler never starts a run of a job before the previous run's processes are gone from its
+    nodes, nor calls a job ended or pending before then (SLURM: it is COMPLETING until every node
+    reported them killed): so a job that is gone, waiting, in a later run, or running on other nodes
+    has no process of the holder's run left. Anything else that may have processes on the holder's node
+    (running there in the same run, completing, suspended, an unknown state, nodes that cannot be read)
+    is respected whatever the heartbeat: a holder paused there is alive. A node the scheduler lost
+    contact with settles nothing: it may have crashed, or still run the holder cut off from the
+    scheduler but not from the filesystem, and the scheduler cannot tell. `me`, the asking process's own
+    job, only names the case where the newcomer is the same job restarted (its run is then the later one
+    the scheduler reports)."""
+    on = f"{job.scheduler} job {job.element}"
+    if sighting.cluster is None or sighting.cluster != job.cluster:
+        return None  # another cluster's job ids mean other jobs
+    if sighting.node_lost:
+        return None
+    if sighting.restart is not None and sighting.restart < job.restart:
+        return None  # the scheduler is at an earlier run than the holder's: not the job the holder ran in
+    if sighting.activity is JobActivity.GONE:
+        return Judgement(True, f"its {on} has ended ({sighting.state})")
+    if sighting.activity is JobActivity.WAITING:
+        return Judgement(True, f"its {on} is {sighting.state} (no longer running on {job.node})")
+    on_its_node = sighting.nodes is None or job.node in sighting.nodes
+    later_run = sighting.restart is not None and sighting.restart > job.restart
+    restarted = (me is not None and (me.scheduler, me.cluster, me.element) == (job.scheduler, job.cluster, job.element)
+                 and me.restart > job.restart)
+    itself = f" (this process is that job's run {me.restart})" if restarted and me is not None else ""
+    if not on_its_node:
+        where = ", ".join(sorted(sighting.nodes or ()))
+        return Judgement(True, f"its {on} now runs on {where}, not on {job.node}{itself}")
+    if sighting.activity is JobActivity.RUNNING and later_run:
+        return Judgement(True, f"its {on} is at run {sighting.restart} on {job.node}, after the holder's run"
+                               f" {job.restart}{itself}")
+    return Judgement(False, f"its {on} is {sighting.state} on {job.node} (run {job.restart}): the holder is alive"
+                            " there, if perhaps paused")
 
 
 @dataclass(frozen=True)
@@ -85,8 +192,13 @@ class LeaseState:
 
     def describe(self, now: float) -> str:
         age = max(now - self.heartbeat, 0.0)
-        who = (json.dumps({"host": self.holder.host, "pid": self.holder.pid, "since": self.holder.acquired_at})
-               if self.holder else "a lease file being written or left unreadable")
+        if self.holder:
+            fields = {"host": self.holder.host, "pid": self.holder.pid, "since": self.holder.acquired_at}
+            if self.holder.job:
+                fields["job"] = self.holder.job.describe()
+            who = json.dumps(fields)
+        else:
+            who = "a lease file being written or left unreadable"
         return f"lease {who}, heartbeat {age:.0f} s ago"
 
 
@@ -112,19 +224,26 @@ def process_alive(pid: int, started: float | None) -> bool:
 
 
 def staleness(state: LeaseState, me: Holder, now: float, stale_after: float,
-              alive: Callable[[int, float | None], bool] = process_alive) -> str | None:
-    """Why the lease in `state` may be taken over by `me`, or None if it must be respected (the
-    module's rule: the process table on the same machine, the heartbeat's age elsewhere)."""
+              alive: Callable[[int, float | None], bool] = process_alive,
+              ask_scheduler: JobAsker | None = None) -> Judgement:
+    """Whether the lease in `state` may be taken over by `me`, and why (the module's rule: the process
+    table on the same machine; elsewhere the scheduler, when the holder recorded a job and the
+    scheduler answers something that settles it; else the heartbeat's age)."""
     holder = state.holder
     if holder is not None and holder.same_machine(me):
         if alive(holder.pid, holder.started):
-            return None
-        return f"its process {holder.pid} on this host is gone"
+            return Judgement(False, f"its process {holder.pid} runs on this host")
+        return Judgement(True, f"its process {holder.pid} on this host is gone")
+    if holder is not None and holder.job is not None and ask_scheduler is not None:
+        sighting = ask_scheduler(holder.job)
+        verdict = scheduler_verdict(holder.job, sighting, me.job) if sighting is not None else None
+        if verdict is not None:
+            return verdict
     age = now - state.heartbeat
+    where = f"on host {holder.host}" if holder else "unreadable"
     if age > stale_after:
-        where = f"on host {holder.host}" if holder else "unreadable"
-        return f"its heartbeat ({where}) is {age:.0f} s old, older than {stale_after:g} s"
-    return None
+        return Judgement(True, f"its heartbeat ({where}) is {age:.0f} s old, older than {stale_after:g} s")
+    return Judgement(False, f"its heartbeat ({where}) is {max(age, 0):.0f} s old, not older than {stale_after:g} s")
 
 
 def read_lease(path: Path) -> LeaseState:
@@ -136,11 +255,13 @@ def read_lease(path: Path) -> LeaseState:
 
 
 class LeaseHeld(Exception):
-    """Another live process holds the lease."""
+    """Another live process holds the lease (`why`: what showed it alive, when known)."""
 
-    def __init__(self, state: LeaseState | None):
+    def __init__(self, state: LeaseState | None, why: str | None = None):
         self.state = state
-        super().__init__(state.describe(time.time()) if state else "lease held")
+        self.why = why
+        held = state.describe(time.time()) if state else "lease held"
+        super().__init__(f"{held}: {why}" if why else held)
 
 
 class Lease:
@@ -149,11 +270,16 @@ class Lease:
     If the file stops being this holder's (another process judged it stale and took it over, for
     example after this host could not reach the filesystem for `stale_after` seconds), the refresher
     calls `on_lost` once and stops: the holder must stop writing.
+
+    `job` is the scheduler's job this process runs in (recorded in the lease), `ask_scheduler` how to
+    ask the scheduler about another holder's job (scheduler/slurm.py); without them the heartbeat alone
+    decides about a holder on another host.
     """
 
     def __init__(self, path: Path, stale_after: float = DEFAULT_STALE_SECONDS, refresh_every: float | None = None,
                  on_lost: Callable[[], None] | None = None, clock: Callable[[], float] = time.time,
-                 alive: Callable[[int, float | None], bool] = process_alive):
+                 alive: Callable[[int, float | None], bool] = process_alive, job: SchedulerJob | None = None,
+                 ask_scheduler: JobAsker | None = None):
         self.path = path
         self.stale_after = stale_after
         # several refreshes fit in one stale period, so one slow write on a busy filesystem is no loss
@@ -161,6 +287,8 @@ class Lease:
         self._on_lost = on_lost or (lambda: None)
         self._clock = clock
         self._alive = alive
+        self._job = job
+        self._ask_scheduler = ask_scheduler
         self._fd: int | None = None
         self._inode: tuple[int, int] | None = None
         self._stop = threading.Event()
@@ -174,7 +302,7 @@ class Lease:
 
     def acquire(self) -> None:
         """Create the lease, taking over a stale one; LeaseHeld if a live process holds it."""
-        me = Holder.this_process()
+        me = Holder.this_process(self._job)
         for _ in range(5):
             try:
                 fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, NEW_FILE_MODE)
@@ -203,9 +331,9 @@ class Lease:
             state = read_lease(self.path)
         except FileNotFoundError:
             return  # released (or moved aside by another taker) since our create: try again
-        why = staleness(state, me, self._clock(), self.stale_after, self._alive)
-        if why is None:
-            raise LeaseHeld(state)
+        judgement = staleness(state, me, self._clock(), self.stale_after, self._alive, self._ask_scheduler)
+        if not judgement.stale:
+            raise LeaseHeld(state, judgement.why)
         aside = self.path.with_name(f"{self.path.name}{TAKEN_ASIDE}{me.token}")
         try:
             os.rename(self.path, aside)
@@ -224,8 +352,8 @@ class Lease:
                 os.rename(aside, self.path)
             raise LeaseHeld(moved)
         aside.unlink(missing_ok=True)
-        self.took_over = why
-        log.warning("took over the lease %s of another process: %s", self.path, why)
+        self.took_over = judgement.why
+        log.warning("took over the lease %s of another process: %s", self.path, judgement.why)
 
     def _remove_aside_leftovers(self) -> None:
         for leftover in self.path.parent.glob(f"{self.path.name}{TAKEN_ASIDE}*"):

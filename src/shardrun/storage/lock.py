@@ -27,7 +27,8 @@ from typing import IO, Any, Callable
 from shardrun import platforms
 from shardrun.errors import EnvironmentProblem, LocksUnsupported, ShardLocked
 from shardrun.storage.atomic import utc_now
-from shardrun.storage.lease import DEFAULT_STALE_SECONDS, LEASE_STALE_ENV, Holder, Lease, LeaseHeld, read_lease, staleness
+from shardrun.storage.lease import (DEFAULT_STALE_SECONDS, LEASE_STALE_ENV, Holder, JobAsker, Lease, LeaseHeld,
+                                    SchedulerJob, read_lease, staleness)
 from shardrun.storage.paths import ShardPaths
 
 log = logging.getLogger(__name__)
@@ -72,10 +73,13 @@ class ShardLock:
     however it dies: a stale lock file left by a SIGKILL never blocks a resume. The lock file's text
     (pid, host) only serves the error message and stop_shards, and is written by the holder only. The lease (when used) is released by release(); a
     holder killed before that leaves it, and the next process takes it over by the lease's stale rule.
+    `job` and `ask_scheduler` (scheduler/slurm.py: lease_scheduler) let that rule ask the scheduler about
+    a holder on another host instead of waiting for its heartbeat to age (storage/lease.py).
     """
 
     def __init__(self, paths: ShardPaths, mechanism: str | None = None, stale_after: float | None = None,
-                 os_lock: Callable[[IO[Any]], None] | None = None, on_lease_lost: Callable[[], None] | None = None):
+                 os_lock: Callable[[IO[Any]], None] | None = None, on_lease_lost: Callable[[], None] | None = None,
+                 job: SchedulerJob | None = None, ask_scheduler: JobAsker | None = None):
         self._paths = paths
         self._path = paths.lock
         self.mechanism = lock_mechanism(mechanism if mechanism is not None else os.environ.get(LOCK_ENV))
@@ -84,6 +88,8 @@ class ShardLock:
         # Resolved at call time, so a test can stand in for a filesystem without locks.
         self._os_lock = os_lock
         self._on_lease_lost = on_lease_lost or stop_this_process
+        self._job = job
+        self._ask_scheduler = ask_scheduler
         self._handle: IO[Any] | None = None
         self._lease: Lease | None = None
 
@@ -96,11 +102,12 @@ class ShardLock:
         try:
             use_lease = self._lease_needed(unsupported)
             if use_lease:
-                lease = Lease(self._paths.lease, stale_after=self.stale_after, on_lost=self._on_lease_lost)
+                lease = Lease(self._paths.lease, stale_after=self.stale_after, on_lost=self._on_lease_lost,
+                              job=self._job, ask_scheduler=self._ask_scheduler)
                 try:
                     lease.acquire()
                 except LeaseHeld as held:
-                    raise self._locked(held.state) from None
+                    raise self._locked(held.state, held.why) from None
                 self._lease = lease
             else:
                 self._refuse_a_live_lease()
@@ -152,8 +159,8 @@ class ShardLock:
                 )
             log.warning(
                 "file locks are not supported in %s (%s: flock failed with %s, %s); using a lease file (%s) instead."
-                " A shard killed on this host is taken over at once; one killed on another host can be resumed"
-                " only once its heartbeat is %g s old (%s). Set %s=lease for every process of the run to choose it"
+                " A shard killed on this host is taken over at once; one killed on another host at once when SLURM says"
+                " its job no longer runs there, else once its heartbeat is %g s old (%s). Set %s=lease for every process of the run to choose it"
                 " on purpose (docs/SHARED_FILESYSTEMS.md).",
                 shard_dir, where, errno.errorcode.get(unsupported.errno, unsupported.errno), unsupported.strerror,
                 self._paths.lease.name, self.stale_after, LEASE_STALE_ENV, LOCK_ENV)
@@ -175,15 +182,19 @@ class ShardLock:
             state = read_lease(self._paths.lease)
         except FileNotFoundError:
             return
-        if staleness(state, Holder.this_process(), time.time(), self.stale_after) is None:
-            raise self._locked(state)
+        judgement = staleness(state, Holder.this_process(self._job), time.time(), self.stale_after,
+                              ask_scheduler=self._ask_scheduler)
+        if not judgement.stale:
+            raise self._locked(state, judgement.why)
 
-    def _locked(self, state: Any) -> ShardLocked:
+    def _locked(self, state: Any, why: str | None = None) -> ShardLocked:
         held = state.describe(time.time()) if state is not None else "a lease"
+        alive = f"; {why}" if why else ""
         return ShardLocked(
-            f"shard dir {self._path.parent} is in use by another process ({held}); wait for it to end, or stop it,"
-            " then resume. Two processes must never run one shard. A lease is taken over when its process is gone"
-            f" (on the same host) or its heartbeat is older than {self.stale_after:g} s ({LEASE_STALE_ENV})."
+            f"shard dir {self._path.parent} is in use by another process ({held}{alive}); wait for it to end, or stop"
+            " it, then resume. Two processes must never run one shard. A lease is taken over when its process is"
+            " gone (on the same host), at once when its scheduler says the holder's job no longer runs on the"
+            f" holder's node, or else when its heartbeat is older than {self.stale_after:g} s ({LEASE_STALE_ENV})."
         )
 
     def release(self) -> None:
