@@ -69,7 +69,11 @@ def test_a_jvm_fatal_error_report_is_shown_and_a_plain_death_shows_nothing():
     assert excerpt[0].startswith("# A fatal error") and "SIGSEGV" in excerpt[1] and len(excerpt) == 4
     killed = "=== start\n2026-01-01 00:01:01,000 INFO shardrun.shard.loop: user u1 done\n"
     assert log_excerpt(killed) == []
-    assert log_excerpt("=== start\n" + "error: " + "x" * 1000)[0].endswith("...")
+    # a refusal's paragraph is shown whole, folded, so that its fix (its last words) is never cut off
+    refusal = ("error: --resume RUN/shard-0-of-2: the input data differs from the run's (the input file changed"
+               " since the run started; restore it or start a new run with a new --out)") * 3
+    folded = log_excerpt("=== start\n" + refusal + "\n")
+    assert all(len(line) <= 300 for line in folded) and " ".join(line.strip() for line in folded) == refusal
 
 
 def test_describe_exit_without_the_log_hint():
@@ -171,6 +175,9 @@ def test_the_resume_hint_never_names_a_dir_without_run_json(tmp_path):
     assert launcher.resume_hint(tmp_path / "c.yaml") == (
         f"the run is incomplete. Continue it with: launch_shards --config {tmp_path / 'c.yaml'} --shards 2"
         f" --out {out} --pilot 4")
+    # refused shards (bad data, a full disk): the same command is refused again until that is fixed
+    assert launcher.resume_hint(tmp_path / "c.yaml", interrupted=False).startswith(
+        "the run is incomplete. Once the errors above are fixed, continue it with: launch_shards --config")
     # a new run dir under output.root, made and left empty: removed, and the hint is the same command
     (tmp_path / "fresh").mkdir()
     fresh = fake_launcher(tmp_path / "fresh", FakePort({}), [], shards=2)

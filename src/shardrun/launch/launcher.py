@@ -38,6 +38,9 @@ from shardrun.storage.durability import durable_write
 from shardrun.errors import (
     EXIT_INTERRUPTED,
     EXIT_OK,
+    EXIT_SHARD_LOCKED,
+    EXIT_STORAGE,
+    EXIT_USAGE,
     EXIT_USERS_FAILED,
     EXIT_VALIDATION_FAILED,
     AlreadyRunning,
@@ -417,11 +420,14 @@ class Launcher:
         return str(doc.get("last_error") or "")
 
     def resume_hint(self, config_source: Path | None, interrupted: bool = True) -> str:
-        """A command that continues this run, or (nothing written yet) the one that starts it."""
+        """A command that continues this run, or (nothing written yet) the one that starts it; when the
+        shards were not interrupted but refused (a bad input, a full disk, ...), the same command would be
+        refused again until that is fixed, and the hint says so first."""
         command = f"{self.options.invocation} --config {config_source} --shards {self.options.shards}"
         pilot = "" if self.options.pilot is None else f" --pilot {self.options.pilot}"
         if self.run.run_json.is_file():
-            return f"the run is incomplete. Continue it with: {command} --out {self.run.dir}{pilot}"
+            then = "Continue it with" if interrupted else "Once the errors above are fixed, continue it with"
+            return f"the run is incomplete. {then}: {command} --out {self.run.dir}{pilot}"
         out = f" --out {self.options.out}" if self.options.out is not None else ""
         then = ("The same command starts the run" if interrupted
                 else "Once the errors above are fixed, the same command starts the run")
@@ -548,7 +554,8 @@ def run_and_merge(launcher: Launcher, config: RunConfig, options: LaunchOptions,
     result.exit_code = overall_exit(result.shard_codes)
     launcher.forget_empty_run_dir()
     if result.exit_code not in (EXIT_OK, EXIT_USERS_FAILED):
-        out(f"not merging: {launcher.resume_hint(config.source, interrupted=result.exit_code == EXIT_INTERRUPTED)}")
+        refused = result.exit_code in (EXIT_USAGE, EXIT_SHARD_LOCKED, EXIT_STORAGE)
+        out(f"not merging: {launcher.resume_hint(config.source, interrupted=not refused)}")
         return result
     if options.merge:
         merged = run.merged

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import signal
+import textwrap
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -95,7 +96,8 @@ def log_excerpt(text: str, max_lines: int = 4, width: int = 300) -> list[str]:
             if not line.startswith(" "):
                 break
             paragraph.append(line)
-        return cut(paragraph)
+        # whole: a refusal's fix is its last words; folded to the width instead of cut
+        return [folded for line in paragraph for folded in textwrap.wrap(line, width, subsequent_indent="  ")]
     tracebacks = [i for i, line in enumerate(lines) if line.startswith("Traceback (most recent call last)")]
     if tracebacks:
         block = []
