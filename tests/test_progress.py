@@ -1,6 +1,7 @@
 """What the live view and monitor_progress show, from status documents: no processes but one dead pid."""
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -157,3 +158,16 @@ def test_a_reader_that_left_ends_the_monitor_quietly_with_sigpipes_status(tmp_pa
         os.close(write_end)
     assert result.returncode == 141 and result.stderr == "", result.stderr
 
+
+
+def test_ctrl_c_ends_a_watch_quietly(tmp_path):
+    """--watch refreshes until every shard has ended, or until its user stops it: Ctrl-C then is no error
+    (exit 0, nothing on stderr)."""
+    alive = status(pid=os.getpid(), updated_at=datetime.now(timezone.utc).isoformat())  # a live pid, a fresh heartbeat
+    run = make_run(tmp_path / "run", 1, NOW.isoformat(), {0: alive})
+    watching = subprocess.Popen([sys.executable, "-m", "shardrun.monitor", str(run), "--watch", "--every", "0.2"],
+                                cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert str(run) in watching.stdout.readline()  # its first refresh is out: it is watching
+    watching.send_signal(signal.SIGINT)
+    stdout, stderr = watching.communicate(timeout=120)
+    assert watching.returncode == 0 and stderr == "", stderr

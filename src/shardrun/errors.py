@@ -21,6 +21,15 @@ EXIT_CLOSED_PIPE = 141  # the reader of stdout left (`| head`): what a program s
 EXIT_CRASH = 70  # an unexpected error (a bug) or, for the launcher, a shard that died abnormally
 
 
+class StopSignalReceived(BaseException):
+    """A stop signal (SIGTERM, SIGHUP) reached a command that has no drain of its own, as Ctrl-C raises
+    KeyboardInterrupt: a BaseException, so no `except Exception` on its way takes it for an error."""
+
+    def __init__(self, signal_name: str):
+        super().__init__(signal_name)
+        self.signal_name = signal_name
+
+
 class ShardrunError(Exception):
     """Base of the errors that carry a user-facing message and an exit code."""
 

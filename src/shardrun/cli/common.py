@@ -6,10 +6,12 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
 from typing import Callable, Sequence
 
-from shardrun.errors import EXIT_CLOSED_PIPE, EXIT_CRASH, ShardrunError
+from shardrun.errors import EXIT_CLOSED_PIPE, EXIT_CRASH, EXIT_INTERRUPTED, ShardrunError, StopSignalReceived
+from shardrun.platforms import STOP_SIGNALS
 from shardrun.results.tolerance import FailedTolerance
 from shardrun.units import heap_bytes
 
@@ -57,13 +59,25 @@ def add_verbose(p: argparse.ArgumentParser) -> None:
 
 
 def guarded(main: Callable[[argparse.Namespace], int], parser: argparse.ArgumentParser, argv: Sequence[str] | None,
-            parse: Callable[[Sequence[str] | None], argparse.Namespace] | None = None) -> int:
-    args = (parse or parser.parse_args)(argv)
-    configure_logging(getattr(args, "verbose", False))
+            parse: Callable[[Sequence[str] | None], argparse.Namespace] | None = None,
+            stop_signals_interrupt: bool = True) -> int:
+    """Run a command: its errors become their exit codes with one `error:` paragraph, never a traceback
+    (but for a bug: exit 70). With `stop_signals_interrupt` a stop signal interrupts the command like
+    Ctrl-C until it installs handlers of its own (the launcher's drain); the shard has its own from the
+    start (worker.main) and passes False."""
+    if stop_signals_interrupt:
+        interrupt_on_stop_signals()
     try:
+        args = (parse or parser.parse_args)(argv)
+        configure_logging(getattr(args, "verbose", False))
         code = main(args)
         sys.stdout.flush()  # here, not at the interpreter's exit, so that a closed pipe is caught below
         return code
+    except (KeyboardInterrupt, StopSignalReceived) as exc:
+        name = exc.signal_name if isinstance(exc, StopSignalReceived) else "SIGINT"
+        print(f"error: interrupted by {name}. What it was writing is whole or not there at all (every write is"
+              " atomic); run the same command again to do it.", file=sys.stderr)
+        return EXIT_INTERRUPTED
     except BrokenPipeError:
         quiet_closed_stdout()
         return EXIT_CLOSED_PIPE
@@ -73,6 +87,16 @@ def guarded(main: Callable[[argparse.Namespace], int], parser: argparse.Argument
     except Exception:  # not swallowed: logged with its traceback, and a distinct exit code for the launcher
         log.exception("unexpected error; please report it with this traceback")
         return EXIT_CRASH
+
+
+def interrupt_on_stop_signals() -> None:
+    """SIGTERM and SIGHUP raise StopSignalReceived, as SIGINT raises KeyboardInterrupt."""
+    def interrupt(signum: int, _frame: object) -> None:
+        raise StopSignalReceived(signal.Signals(signum).name)
+
+    for sig in STOP_SIGNALS:
+        if sig != signal.SIGINT:
+            signal.signal(sig, interrupt)
 
 
 def quiet_closed_stdout() -> None:

@@ -185,7 +185,7 @@ def check_jvm_options(prepared: PreparedShard, config: RunConfig) -> None:
 
 def main(argv: Sequence[str] | None = None, early: EarlySignals | None = None) -> int:
     """`early`: the signals noted before this module was imported (worker.main, the entry point)."""
-    return guarded(lambda args: _run_production(args, early), parser(), argv)
+    return guarded(lambda args: _run_production(args, early), parser(), argv, stop_signals_interrupt=False)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ from pathlib import Path
 from dataclasses import replace
 from typing import Any, Mapping, Sequence
 
-from shardrun.errors import EXIT_OK, EXIT_USAGE, SchedulerError
+from shardrun.errors import EXIT_OK, EXIT_USAGE, SchedulerError, StopSignalReceived
 from shardrun.observe import progress
 from shardrun.scheduler.slurm import SlurmCommands, queue_by_index
 from shardrun.sharding import ShardSpec
@@ -161,17 +161,28 @@ def watch(run_dirs: Sequence[Path], watch: bool, every: float, stale_after: floa
         print(f"error: {problem}", file=sys.stderr)
     if problems or not run_dirs:
         return EXIT_USAGE
-    while True:
-        now = datetime.now(timezone.utc)
-        active = False
-        for run_dir in run_dirs:
-            scheduler, trouble = slurm_view(RunPaths(run_dir))
-            views = run_views(run_dir, now, stale_after, scheduler)
-            print(f"{run_dir}  ({now:%Y-%m-%d %H:%M:%S} UTC)")
-            if trouble:
-                print(f"  SLURM's view is missing: {trouble}")
-            print("\n".join(progress.render_table(views)) if views else "  (no shard has started yet)")
-            active = active or any(v.active for v in views)
-        if not watch or not active:
-            return EXIT_OK
-        time.sleep(every)
+    try:
+        while True:
+            active = show_runs(run_dirs, stale_after)
+            if not watch or not active:
+                return EXIT_OK
+            time.sleep(every)
+    except (KeyboardInterrupt, StopSignalReceived):
+        if watch:
+            return EXIT_OK  # --watch ends when its user says so: that is no error
+        raise
+
+
+def show_runs(run_dirs: Sequence[Path], stale_after: float) -> bool:
+    """Print each run's progress once; True if some shard is still active."""
+    now = datetime.now(timezone.utc)
+    active = False
+    for run_dir in run_dirs:
+        scheduler, trouble = slurm_view(RunPaths(run_dir))
+        views = run_views(run_dir, now, stale_after, scheduler)
+        print(f"{run_dir}  ({now:%Y-%m-%d %H:%M:%S} UTC)")
+        if trouble:
+            print(f"  SLURM's view is missing: {trouble}")
+        print("\n".join(progress.render_table(views)) if views else "  (no shard has started yet)")
+        active = active or any(v.active for v in views)
+    return active

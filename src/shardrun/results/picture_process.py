@@ -161,8 +161,11 @@ def _serve() -> int:
             answers[name] = ("png", pickle.loads(picture).png())
         except Exception as exc:  # noqa: BLE001 - the answer: the merge logs it with this traceback
             answers[name] = ("error", f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}")
-    sys.stdout.buffer.write(pickle.dumps(answers))
-    sys.stdout.buffer.flush()
+    try:
+        sys.stdout.buffer.write(pickle.dumps(answers))
+        sys.stdout.buffer.flush()
+    except BrokenPipeError:
+        return 0  # the merge is gone (killed, interrupted): nobody is left to answer, nor to tell
     return 0
 
 
