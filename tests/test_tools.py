@@ -134,3 +134,24 @@ def test_the_continue_hint_after_a_run_of_the_script_is_the_script_and_it_finish
     again = subprocess.run(hint.split(), cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stdout + again.stderr
     pd.testing.assert_frame_equal(analysis_values(run / "merged"), workspace["reference"], check_exact=True)
+
+
+@pytest.mark.e2e
+def test_shards_started_by_hand_without_out_become_one_set_as_each_says(workspace, tmp_path):
+    """The original workflow: K run_production processes by hand, no --out, so K run dirs. Each says how
+    they become one set; the merge it names (its pattern expanded as a shell would) equals a K=1 run."""
+    config = tmp_path / "config.yaml"
+    config.write_text(workspace["config"].read_text().replace(str(workspace["root"] / "out"), str(tmp_path / "out")))
+    said = []
+    for index in range(2):
+        done = tool("run_production", "--config", str(config), "--full", "--shard", f"{index}/2", cwd=tmp_path)
+        assert done.returncode == 0, done.stderr
+        said.append(done.stdout.splitlines()[-1])
+    assert len(list((tmp_path / "out").iterdir())) == 2
+    merge = said[-1].split("merge them into one set with: ")[1].split(" (the shell")[0].split()
+    pattern = merge[merge.index("--shards") + 1]
+    shard_dirs = sorted(str(path) for path in Path("/").glob(pattern.lstrip("/")))
+    assert len(shard_dirs) == 2
+    merged = tool("merge_shard_results", "--shards", *shard_dirs, "--output", str(tmp_path / "merged"), cwd=tmp_path)
+    assert merged.returncode == 0, merged.stderr
+    pd.testing.assert_frame_equal(analysis_values(tmp_path / "merged"), workspace["reference"], check_exact=True)

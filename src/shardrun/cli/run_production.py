@@ -133,7 +133,20 @@ def _run_production(args: argparse.Namespace, early: EarlySignals | None = None)
     finally:
         stop.ignore_from_now()
     print(f"shard {outcome.plan.shard} done (exit {outcome.exit_code}): {outcome.dirs.shard.dir}")
+    if args.out is None and args.resume is None and outcome.plan.shard.count > 1:
+        mode = "--full" if args.pilot is None else f"--pilot {args.pilot}"
+        print(alone_in_its_run_dir(outcome.dirs.run.dir, outcome.plan.shard, f"--config {args.config} {mode}"))
     return outcome.exit_code
+
+
+def alone_in_its_run_dir(run_dir: Path, shard: ShardSpec, flags: str) -> str:
+    """A shard of K > 1 started without --out makes a run dir of its own (the original workflow, shards
+    started by hand): how its K shards become one result set."""
+    pattern = f"{run_dir.parent}/*/shard-*-of-{shard.count}"
+    return (f"this run dir holds shard {shard} alone; once all {shard.count} shards are done, merge them into one set"
+            f" with: merge_shard_results --shards {pattern} --output DIR (the shell expands the pattern: make sure it"
+            f" names one run's {shard.count} shards), or next time give every shard one run dir:"
+            f" run_production {flags} --shard i/{shard.count} --out RUN")
 
 
 def shard_of(args: argparse.Namespace) -> ShardSpec | None:
