@@ -7,7 +7,10 @@ own loopback) and reach the bridge's address, where slurmctld listens, and every
 the process ids and the kernel stay shared (a node's processes are ordinary processes of this machine).
 
 Every name carries the tag (unique per cluster) so that several test sessions can each have their own
-network on one machine; interface names stay within Linux's 15 characters. The /24 is drawn at random
+network on one machine; interface names stay within Linux's 15 characters. A namespace's name also
+carries the PID of the process that made it: what a test session killed outright (SIGKILL, no teardown)
+left behind is removed by the next `create()` on the machine (`remove_abandoned`), once no process lives
+in it. The /24 is drawn at random
 among 10.x.y.0/24 until it overlaps no address and no route of this namespace.
 
 `remove()` deletes what `create()` made, whatever state it got to (idempotent, safe after a partial create);
@@ -26,6 +29,7 @@ from pathlib import Path
 import psutil
 
 NETNS_DIR = Path("/run/netns")
+NETNS_NAME = re.compile(r"shardrun-(?P<tag>[a-z0-9]{1,10})-(?P<owner>\d+)-(?P<node>.+)")
 # Each try draws a /24 no other interface or route of the machine uses; collisions are rare, so a few do.
 SUBNET_TRIES = 64
 
@@ -64,6 +68,32 @@ def free_subnet(in_use: list[ipaddress.IPv4Network], draw=random.randrange) -> i
                            f"{', '.join(map(str, taken))}")
 
 
+def remove_abandoned() -> list[str]:
+    """Remove the namespaces (and their bridges) that a process now gone made and no process lives in: what
+    a test session killed without a teardown left. Returns their names."""
+    removed, tags = [], set()
+    for path in sorted(NETNS_DIR.glob("shardrun-*")):
+        match = NETNS_NAME.fullmatch(path.name)
+        if match is None or psutil.pid_exists(int(match["owner"])) or processes_in(path):
+            continue
+        _ip("netns", "del", path.name, check=False)
+        removed.append(path.name)
+        tags.add(match["tag"])
+    for tag in tags:
+        if not any(NETNS_DIR.glob(f"shardrun-{tag}-*")):
+            _ip("link", "del", f"sr{tag}", check=False)
+    return removed
+
+
+def processes_in(netns: Path) -> set[int]:
+    """Every process living in a network namespace (given by its file under /run/netns) now."""
+    inode = namespace_inode(netns)
+    if inode is None:
+        return set()
+    return {process.pid for process in psutil.process_iter()
+            if namespace_inode(Path(f"/proc/{process.pid}/ns/net")) == inode}
+
+
 def namespace_inode(path: Path) -> int | None:
     try:
         return os.stat(path).st_ino
@@ -83,7 +113,7 @@ class NodeNetwork:
         self.tag = tag
         self.nodes = list(nodes)
         self.bridge = f"sr{tag}"
-        self.netns = {node: f"shardrun-{tag}-{node}" for node in self.nodes}
+        self.netns = {node: f"shardrun-{tag}-{os.getpid()}-{node}" for node in self.nodes}
         self.veth = {node: f"sr{tag}v{index}" for index, node in enumerate(self.nodes)}
         self.subnet: ipaddress.IPv4Network | None = None
         self.addresses: dict[str, str] = {}
@@ -95,6 +125,7 @@ class NodeNetwork:
             raise NodeNetworkError("a multi-node test cluster needs root: it makes network namespaces, a bridge "
                                    "and veth links (CAP_NET_ADMIN). Run the tests as root (as CI does), or use "
                                    "the single-node cluster.")
+        remove_abandoned()
         self.subnet = free_subnet(networks_in_use())
         hosts = list(self.subnet.hosts())
         self.gateway = str(hosts[0])
@@ -123,14 +154,7 @@ class NodeNetwork:
 
     def pids(self, node: str) -> set[int]:
         """Every process living in the node's network namespace now (its slurmd, its jobs, ...)."""
-        inode = namespace_inode(self.netns_path(node))
-        if inode is None:
-            return set()
-        found = set()
-        for process in psutil.process_iter():
-            if namespace_inode(Path(f"/proc/{process.pid}/ns/net")) == inode:
-                found.add(process.pid)
-        return found
+        return processes_in(self.netns_path(node))
 
     def leftovers(self) -> list[str]:
         """What of this network still exists (namespaces, links): [] once removed."""

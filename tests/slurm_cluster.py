@@ -1,6 +1,8 @@
-"""A private single-node SLURM cluster for the tests: real munged, slurmctld and slurmd (the Debian
-packages' binaries, see tools/install_slurm.sh) started in a temporary dir with their own munge key,
-config, ports, state and logs, so that several clusters (several test sessions) can run on one machine.
+"""A private SLURM cluster for the tests: real munged, slurmctld and slurmd (the Debian packages' binaries,
+see tools/install_slurm.sh) started in a temporary dir with their own munge key, config, ports, state and
+logs, so that several clusters (several test sessions) can run on one machine. One node (`localhost`) by
+default; with `nodes=` several, each slurmd in network and UTS namespaces of its own (its own address and
+hostname: tests/node_network.py), as separate hosts sharing one filesystem.
 
     cluster = SlurmCluster().start()        # or: with SlurmCluster() as cluster: ...
     job = cluster.sbatch("--array=0-3", "--output=/dev/null", script="#!/bin/bash\\n...")
@@ -37,6 +39,8 @@ from node_network import NodeNetwork, NodeNetworkError
 PACKAGES = "munge slurm-wlm slurmctld slurmd slurm-client"
 DAEMONS = ("munged", "slurmctld", "slurmd")
 COMMANDS = ("mungekey", "munge", *DAEMONS, "sbatch", "squeue", "scontrol", "scancel", "sinfo")
+# What a multi-node cluster needs besides (packages iproute2, util-linux, hostname).
+NODE_COMMANDS = ("ip", "nsenter", "unshare", "hostname")
 # Daemons live in sbin, which a non-root PATH often lacks.
 SEARCH_PATH = os.pathsep.join([os.environ.get("PATH", ""), "/usr/local/sbin", "/usr/sbin", "/sbin"])
 # A job in one of these states is over: its processes are gone (COMPLETING is not among them).
@@ -59,8 +63,8 @@ class SlurmClusterError(RuntimeError):
     """The cluster could not be started (or a command failed); the message holds the reason and the logs' tails."""
 
 
-def missing_commands() -> list[str]:
-    return [name for name in COMMANDS if shutil.which(name, path=SEARCH_PATH) is None]
+def missing_commands(names: Iterable[str] = COMMANDS) -> list[str]:
+    return [name for name in names if shutil.which(name, path=SEARCH_PATH) is None]
 
 
 def _free_port() -> int:
@@ -153,13 +157,18 @@ class SlurmCluster:
     # --- start --------------------------------------------------------------------------------------
 
     def start(self, attempts: int = 3) -> SlurmCluster:
-        """Start munged, slurmctld and slurmd; return once `sinfo` shows the node idle. A port taken
-        between choosing it and binding it (another session) is retried with new ports."""
+        """Start munged, slurmctld and slurmd (one per node); return once `sinfo` shows every node idle. A
+        port taken between choosing it and binding it (another session) is retried with new ports."""
         missing = missing_commands()
         if missing:
             raise SlurmClusterError(
                 f"SLURM is not installed here: {', '.join(missing)} not found. Install it with "
                 f"tools/install_slurm.sh as root (Debian/Ubuntu packages: {PACKAGES}).")
+        missing = missing_commands(NODE_COMMANDS) if self.multi_node else []
+        if missing:
+            raise SlurmClusterError(
+                f"a multi-node cluster needs {', '.join(missing)}, not found. Install them with "
+                f"tools/install_slurm.sh as root (Debian/Ubuntu packages: iproute2, util-linux, hostname).")
         for attempt in range(1, attempts + 1):
             try:
                 return self._start_once()
@@ -524,14 +533,16 @@ PartitionName={self.partition} Nodes={','.join(self.nodes)} Default=YES MaxTime=
                     process.kill()
                     leftovers.append(process)
             psutil.wait_procs(leftovers, timeout=10)
-        if self.network is not None:
-            self.network.remove()
-        if self in _running:
-            _running.remove(self)
-        if self.root is not None and not self.keep_files:
-            shutil.rmtree(self.root, ignore_errors=True)
-        self.root = None
-        self.processes = {}
+        try:
+            if self.network is not None:
+                self.network.remove()
+        finally:
+            if self in _running:
+                _running.remove(self)
+            if self.root is not None and not self.keep_files:
+                shutil.rmtree(self.root, ignore_errors=True)
+            self.root = None
+            self.processes = {}
 
     def __enter__(self) -> SlurmCluster:
         return self.start()

@@ -11,10 +11,16 @@ leaves nothing behind: no process, no namespace, no link.
 
 from __future__ import annotations
 
+import secrets
+import subprocess
+import sys
+from pathlib import Path
+
 import psutil
 import pytest
 
 from e2e_support import read_status, wait_for
+from node_network import NodeNetwork
 from slurm_cluster import SlurmCluster, SlurmClusterError
 from shardrun.storage.batches import decode_batch
 from test_slurm import (assert_equals_reference, batch_files, element_starts, faulty_env, launch, own_config,
@@ -166,3 +172,26 @@ def test_stop_leaves_no_process_namespace_or_link_even_after_a_failed_start(tmp_
         broken.start()
     assert "unrecognized key: NoSuchOption" in str(error.value)
     assert broken.network.leftovers() == [] and broken.processes == {} and broken.root is None
+
+
+def test_what_a_killed_session_left_is_removed_by_the_next_network(tmp_path):
+    """A process that made the nodes' network and died without a teardown (SIGKILL) leaves namespaces and a
+    bridge; the next network made on the machine removes them (no process lives in them any more)."""
+    script = ("import sys, time; sys.path.insert(0, sys.argv[1]); from node_network import NodeNetwork; "
+              "network = NodeNetwork(sys.argv[2], ['nodea', 'nodeb']).create(); print(flush=True); time.sleep(300)")
+    tag = "x" + secrets.token_hex(4)
+    maker = subprocess.Popen([sys.executable, "-c", script, str(Path(__file__).parent), tag], stdout=subprocess.PIPE)
+    assert maker.stdout.readline() == b"\n"
+    abandoned = NodeNetwork(tag, ["nodea", "nodeb"])
+    abandoned.netns = {node: f"shardrun-{tag}-{maker.pid}-{node}" for node in abandoned.nodes}
+    assert len(abandoned.leftovers()) == 5, "two namespaces, two veth, one bridge"
+    maker.kill()
+    maker.wait()
+    network = NodeNetwork("y" + secrets.token_hex(4), ["nodea", "nodeb"])
+    try:
+        network.create()
+        assert abandoned.leftovers() == []
+        assert len(network.leftovers()) == 5
+    finally:
+        network.remove()
+    assert network.leftovers() == []
