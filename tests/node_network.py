@@ -69,20 +69,34 @@ def free_subnet(in_use: list[ipaddress.IPv4Network], draw=random.randrange) -> i
 
 
 def remove_abandoned() -> list[str]:
-    """Remove the namespaces (and their bridges) that a process now gone made and no process lives in: what
-    a test session killed without a teardown left. Returns their names."""
-    removed, tags = [], set()
-    for path in sorted(NETNS_DIR.glob("shardrun-*")):
-        match = NETNS_NAME.fullmatch(path.name)
-        if match is None or psutil.pid_exists(int(match["owner"])) or processes_in(path):
+    """Remove the networks that a process now gone made and in which no process lives: what a test session
+    killed without a teardown left. Returns the namespaces removed."""
+    namespaces: dict[str, list[Path]] = {}
+    for path in NETNS_DIR.glob("shardrun-*"):
+        if (match := NETNS_NAME.fullmatch(path.name)) is not None:
+            namespaces.setdefault(match["tag"], []).append(path)
+    removed = []
+    for tag, paths in sorted(namespaces.items()):
+        owners = {int(NETNS_NAME.fullmatch(path.name)["owner"]) for path in paths}
+        if any(psutil.pid_exists(owner) for owner in owners) or any(processes_in(path) for path in paths):
             continue
-        _ip("netns", "del", path.name, check=False)
-        removed.append(path.name)
-        tags.add(match["tag"])
-    for tag in tags:
-        if not any(NETNS_DIR.glob(f"shardrun-{tag}-*")):
-            _ip("link", "del", f"sr{tag}", check=False)
+        ports = re.findall(r"^\d+: ([^:@\s]+)", _ip("-o", "link", "show", "master", f"sr{tag}", check=False).stdout,
+                           flags=re.MULTILINE)
+        for name in ports:
+            _delete_link(name)
+        for path in paths:
+            _ip("netns", "del", path.name, check=False)
+            removed.append(path.name)
+        _delete_link(f"sr{tag}")
     return removed
+
+
+def _delete_link(name: str) -> list[str]:
+    """Delete a link (a veth: both ends); [] when done or already gone, else `ip`'s complaint."""
+    result = _ip("link", "del", name, check=False)
+    if result.returncode == 0 or "Cannot find device" in result.stderr:
+        return []
+    return [result.stderr.strip()]
 
 
 def processes_in(netns: Path) -> set[int]:
@@ -167,17 +181,16 @@ class NodeNetwork:
         return _ip("link", "show", name, check=False).returncode == 0
 
     def remove(self) -> None:
-        """Delete the namespaces (their veth ends go with them, and so the pairs), the links and the bridge."""
+        """Delete the veth pairs (at once: a namespace's own deletion, taking its veth ends along, finishes in
+        the kernel's own time), the namespaces and the bridge. What is already gone is skipped."""
         problems = []
+        for name in self.veth.values():
+            problems += _delete_link(name)
         for node in self.nodes:
             if self.netns_path(node).exists():
                 result = _ip("netns", "del", self.netns[node], check=False)
                 if result.returncode != 0:
                     problems.append(result.stderr.strip())
-        for name in [*self.veth.values(), self.bridge]:
-            if self._link_exists(name):
-                result = _ip("link", "del", name, check=False)
-                if result.returncode != 0:
-                    problems.append(result.stderr.strip())
+        problems += _delete_link(self.bridge)
         if problems:
             raise NodeNetworkError("could not remove the test nodes' network: " + "; ".join(problems))
