@@ -239,7 +239,8 @@ class SlurmCluster:
 SlurmdSpoolDir={r / 'spool'}
 SlurmdPidFile={r / 'run/slurmd.pid'}
 SlurmdLogFile={r / 'log/slurmd.log'}"""
-            node_lines = f"NodeName=localhost NodeAddr=127.0.0.1 CPUs={self.cpus} RealMemory={self.real_memory_mb} State=UNKNOWN"
+            node_lines = (f"NodeName=localhost NodeAddr=127.0.0.1 CPUs={self.cpus} RealMemory={self.real_memory_mb} "
+                          "State=UNKNOWN")
         else:
             controller = f"{CONTROLLER_HOST}({self.network.gateway})"
             # %n: the node's name, so that each slurmd has its own spool, pid file and log.

@@ -28,8 +28,9 @@ from test_slurm import (assert_equals_reference, batch_files, element_starts, fa
 
 pytestmark = pytest.mark.e2e
 
-NODES = {"nodea": 1, "nodeb": 1}  # one element per node at a time: both nodes take part in every run
-# A job requeued (by a node failure) may start again cred_expire + 1 s later: 6 s, not SLURM's 121 s.
+# As the fixture two_node_cluster's (tests/conftest.py): one element per node at a time, so both nodes take
+# part in every run; a job requeued (by a node failure) may start again cred_expire + 1 s later, 6 s.
+NODES = {"nodea": 1, "nodeb": 1}
 CRED_EXPIRE = 5
 
 
@@ -40,34 +41,27 @@ def started(cluster: SlurmCluster) -> SlurmCluster:
         pytest.fail(f"no two-node SLURM cluster for this test: {error}", pytrace=False)
 
 
-@pytest.fixture(scope="module")
-def two_nodes():
-    """This module's two-node cluster (nodea and nodeb, one CPU each), shared by its tests."""
-    cluster = started(SlurmCluster(shared=True, nodes=NODES, cred_expire=CRED_EXPIRE))
-    yield cluster
-    cluster.stop()
-
-
 def hosts_of(batches: dict[str, bytes]) -> dict[str, str]:
     """user id -> the host that computed it, from committed batches' attempt records."""
     return {record["user_id"]: record["attempt"]["host"] for content in batches.values()
             for record in decode_batch(content).records}
 
 
-def test_each_node_has_its_own_hostname_and_address_and_elements_spread_over_both(two_nodes, tmp_path):
-    assert two_nodes.node_states() == {"nodea": "idle", "nodeb": "idle"}
-    assert two_nodes.startup_seconds < 30  # measured: about 1.3 s
-    addresses = two_nodes.network.addresses
-    assert len(set(addresses.values())) == 2 and two_nodes.network.gateway not in addresses.values()
+def test_each_node_has_its_own_hostname_and_address_and_elements_spread_over_both(two_node_cluster, tmp_path):
+    cluster = two_node_cluster
+    assert cluster.node_states() == {"nodea": "idle", "nodeb": "idle"}
+    assert cluster.startup_seconds < 30  # measured: about 1.3 s
+    addresses = cluster.network.addresses
+    assert len(set(addresses.values())) == 2 and cluster.network.gateway not in addresses.values()
     for node in NODES:
-        record = two_nodes.node(node)
+        record = cluster.node(node)
         assert (record["NodeHostName"], record["NodeAddr"]) == (node, addresses[node]), record
 
-    job = two_nodes.sbatch("--array=0-3", f"--output={tmp_path}/%a.out",
-                           script="#!/bin/bash\necho $(hostname) $SLURMD_NODENAME $(hostname -I)\nsleep 1\n")
-    two_nodes.wait_until_gone([job], timeout=120)
+    job = cluster.sbatch("--array=0-3", f"--output={tmp_path}/%a.out",
+                         script="#!/bin/bash\necho $(hostname) $SLURMD_NODENAME $(hostname -I)\nsleep 1\n")
+    cluster.wait_until_gone([job], timeout=120)
     ran = {}
-    for record in two_nodes.jobs(job):
+    for record in cluster.jobs(job):
         assert record["JobState"] == "COMPLETED", record
         hostname, node_name, *own_addresses = (tmp_path / f"{record['ArrayTaskId']}.out").read_text().split()
         assert hostname == node_name == record["NodeList"], "each job runs under its node's hostname"
@@ -76,12 +70,12 @@ def test_each_node_has_its_own_hostname_and_address_and_elements_spread_over_bot
     assert len(ran) == 4 and set(ran.values()) == {"nodea", "nodeb"}, ran
 
 
-def test_a_four_shard_run_on_two_nodes_equals_a_local_k1_run(two_nodes, workspace, tmp_path):
+def test_a_four_shard_run_on_two_nodes_equals_a_local_k1_run(two_node_cluster, workspace, tmp_path):
     config = own_config(workspace, tmp_path)
     run = tmp_path / "run"
-    result = launch(two_nodes, config, run, 4)
+    result = launch(two_node_cluster, config, run, 4)
     assert result.returncode == 0, result.stderr
-    wait_for_run(two_nodes, run)
+    wait_for_run(two_node_cluster, run)
     assert_equals_reference(run, workspace, 4)
     hosts = {index: read_status(run / f"shard-{index}-of-4")["host"] for index in range(4)}
     assert set(hosts.values()) == {"nodea", "nodeb"}, f"the elements ran on both nodes: {hosts}"
