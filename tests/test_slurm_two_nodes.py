@@ -3,7 +3,8 @@ slurmd in its own network and UTS namespace, its own address and hostname, on th
 filesystem and the kernel are shared, as on a cluster with a shared filesystem).
 
 What one node cannot show: an array's elements run on different hosts and the run still merges equal to
-the local K=1 reference; a node that fails mid-run (its slurmd and its jobs' processes killed at once,
+the local K=1 reference; an element requeued mid-run continues its shard on the other host; a node that
+fails mid-run (its slurmd and its jobs' processes killed at once,
 the node marked down by the admin) costs its elements nothing committed: SLURM requeues them, they run
 again on the other node and continue their shards, every user exactly once. And the cluster itself
 leaves nothing behind: no process, no namespace, no link.
@@ -24,7 +25,7 @@ from node_network import NodeNetwork
 from slurm_cluster import SlurmCluster, SlurmClusterError
 from shardrun.storage.batches import decode_batch
 from test_slurm import (assert_equals_reference, batch_files, element_starts, faulty_env, launch, own_config,
-                        submitted, wait_for_run)
+                        pending_after_requeue, submitted, wait_for_run)
 
 pytestmark = pytest.mark.e2e
 
@@ -82,6 +83,47 @@ def test_a_four_shard_run_on_two_nodes_equals_a_local_k1_run(two_node_cluster, w
     for index, host in hosts.items():
         assert f" on {host}, restart 0" in (tmp_path / "logs" / f"shard{index}.log").read_text()
         assert set(hosts_of(batch_files(run / f"shard-{index}-of-4")).values()) == {host}
+
+
+def test_an_element_requeued_mid_run_continues_its_shard_on_the_other_node(two_node_cluster, workspace, tmp_path):
+    """Two elements, one per node. The one on nodea is requeued mid-run (`scontrol requeue <array>_<index>`)
+    and kept off nodea while it waits (ExcNodeList), so it runs again on nodeb once its sibling is done
+    there: it continues its shard from the users committed on nodea, and the run merges equal to the
+    local K=1 run. (The shard's lock is flock, default: the nodes share one kernel, and a requeued
+    element's process is gone before it runs again.)"""
+    cluster = two_node_cluster
+    config = own_config(workspace, tmp_path, faulty=True)
+    run = tmp_path / "run"
+    result = launch(cluster, config, run, 2, env=faulty_env("slow:1"))
+    assert result.returncode == 0, result.stderr
+    (array,), _merge = submitted(run)
+
+    def on_nodea_with_two_users_done():
+        for record in cluster.jobs(array):
+            if record["JobState"] == "RUNNING" and record["NodeList"] == "nodea":
+                index = int(record["ArrayTaskId"])
+                if read_status(run / f"shard-{index}-of-2").get("users_done", 0) >= 2:
+                    return [index]  # a list: index 0 is falsy, and wait_for waits for a truthy value
+        return None
+
+    (index,) = wait_for(on_nodea_with_two_users_done, timeout=300, every=0.2)
+    shard_dir, element = run / f"shard-{index}-of-2", f"{array}_{index}"
+    cluster.scontrol("requeue", element)
+    record = pending_after_requeue(cluster, element)
+    assert record["Restarts"] == "1", record
+    cluster.scontrol("update", f"JobId={element}", "ExcNodeList=nodea")
+    committed_on_nodea = batch_files(shard_dir)
+    wait_for_run(cluster, run)
+
+    assert cluster.job(element)["NodeList"] == "nodeb"
+    log = (tmp_path / "logs" / f"shard{index}.log").read_text()
+    assert " on nodea, restart 0" in log and " on nodeb, restart 1" in log, log
+    status = read_status(shard_dir)
+    assert status["host"] == "nodeb" and status["resumed_with_done"] >= 2, "it continued, not restarted"
+    after = batch_files(shard_dir)
+    assert {name: after[name] for name in committed_on_nodea} == committed_on_nodea
+    assert set(hosts_of(after).values()) == {"nodea", "nodeb"}
+    assert_equals_reference(run, workspace, 2)
 
 
 def test_a_node_failure_mid_run_requeues_its_element_which_continues_on_the_other_node(workspace, tmp_path):
