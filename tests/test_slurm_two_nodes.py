@@ -12,6 +12,7 @@ leaves nothing behind: no process, no namespace, no link.
 
 from __future__ import annotations
 
+import ipaddress
 import secrets
 import subprocess
 import sys
@@ -21,7 +22,7 @@ import psutil
 import pytest
 
 from e2e_support import read_status, wait_for
-from node_network import NodeNetwork
+from node_network import NodeNetwork, NodeNetworkError, free_subnet
 from slurm_cluster import SlurmCluster, SlurmClusterError
 from shardrun.storage.batches import decode_batch
 from test_slurm import (assert_equals_reference, batch_files, element_starts, faulty_env, launch, own_config,
@@ -231,3 +232,14 @@ def test_what_a_killed_session_left_is_removed_by_the_next_network(tmp_path):
     finally:
         network.remove()
     assert network.leftovers() == []
+
+
+def test_the_nodes_subnet_overlaps_no_network_of_the_machine():
+    """The /24 is redrawn while it overlaps an address or a route of the machine; a default route is no overlap."""
+    in_use = [ipaddress.ip_network(network) for network in ("0.0.0.0/0", "10.7.0.0/16", "10.8.9.0/24", "10.9.9.1/32")]
+    draws = iter([7, 200, 8, 9, 9, 9, 9, 10])  # 10.7.200.0/24, 10.8.9.0/24, 10.9.9.0/24: taken; then 10.9.10.0/24
+    assert free_subnet(in_use, draw=lambda low, high: next(draws)) == ipaddress.ip_network("10.9.10.0/24")
+    assert free_subnet([ipaddress.ip_network("0.0.0.0/0")], draw=lambda low, high: 5) == ipaddress.ip_network(
+        "10.5.5.0/24")
+    with pytest.raises(NodeNetworkError, match="no free 10.x.y.0/24"):
+        free_subnet([ipaddress.ip_network("10.0.0.0/8")])
