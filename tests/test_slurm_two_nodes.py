@@ -149,8 +149,9 @@ def test_a_node_failure_mid_run_requeues_its_element_which_continues_on_the_othe
                 if record["JobState"] == "RUNNING" and record["NodeList"] == "nodea":
                     shard_dir = run / f"shard-{record['ArrayTaskId']}-of-4"
                     status = read_status(shard_dir)
+                    # Two users still to do: the one in flight may end, the other is at least 2 s of work.
                     if status.get("host") == "nodea" and status.get("users_done", 0) >= 1 and status.get(
-                            "users_todo", 0) >= 1 and hosts_of(batch_files(shard_dir)):
+                            "users_todo", 0) >= 2 and hosts_of(batch_files(shard_dir)):
                         return int(record["ArrayTaskId"]), status
             return None
 
