@@ -179,6 +179,9 @@ def test_a_node_failure_mid_run_requeues_its_element_which_continues_on_the_othe
         assert final["resumed_with_done"] == len(hosts_of(committed_on_nodea)), final
         hosts = hosts_of(batch_files(shard_dir))
         assert set(hosts.values()) == {"nodea", "nodeb"}, f"computed partly on each node: {hosts}"
+        for other in set(range(4)) - {index}:
+            assert cluster.job(f"{array}_{other}")["Restarts"] == "0", "only the failed node's element was requeued"
+            assert element_starts(tmp_path / "logs" / f"shard{other}.log") == 1
         assert_equals_reference(run, workspace, 4)
     finally:
         cluster.stop()
