@@ -53,6 +53,26 @@ def slurm_cluster():
     cluster.stop()
 
 
+@pytest.fixture(scope="module")
+def two_node_cluster():
+    """A private two-node SLURM cluster for one test module (tests/slurm_cluster.py with nodes=: nodea and nodeb,
+    one CPU each, each in network and UTS namespaces of its own, its own hostname and address), started when
+    a test of the module first asks for it and stopped, namespaces and links included, after its last test.
+    A requeued job may start again 6 s after the requeue (cred_expire=5, SLURM's minimum), not 121 s.
+    Needs root; if it cannot start, the tests that need it fail with the reason (docs/CLUSTER_TESTS.md)."""
+    cluster = SlurmCluster(shared=True, nodes={"nodea": 1, "nodeb": 1}, cred_expire=5)
+    try:
+        cluster.start()
+    except SlurmClusterError as error:
+        failure = str(error)
+    else:
+        failure = None
+    if failure:
+        pytest.fail(f"no two-node SLURM cluster for this test: {failure}", pytrace=False)
+    yield cluster
+    cluster.stop()
+
+
 @pytest.fixture(autouse=True)
 def no_process_outlives_its_test():
     """Every process a test started (shards, launchers, helpers; the launchers' shards too) is killed

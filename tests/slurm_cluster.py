@@ -1,6 +1,8 @@
-"""A private single-node SLURM cluster for the tests: real munged, slurmctld and slurmd (the Debian
-packages' binaries, see tools/install_slurm.sh) started in a temporary dir with their own munge key,
-config, ports, state and logs, so that several clusters (several test sessions) can run on one machine.
+"""A private SLURM cluster for the tests: real munged, slurmctld and slurmd (the Debian packages' binaries,
+see tools/install_slurm.sh) started in a temporary dir with their own munge key, config, ports, state and
+logs, so that several clusters (several test sessions) can run on one machine. One node (`localhost`) by
+default; with `nodes=` several, each slurmd in network and UTS namespaces of its own (its own address and
+hostname: tests/node_network.py), as separate hosts sharing one filesystem.
 
     cluster = SlurmCluster().start()        # or: with SlurmCluster() as cluster: ...
     job = cluster.sbatch("--array=0-3", "--output=/dev/null", script="#!/bin/bash\\n...")
@@ -32,9 +34,13 @@ from pathlib import Path
 
 import psutil
 
+from node_network import NodeNetwork, NodeNetworkError
+
 PACKAGES = "munge slurm-wlm slurmctld slurmd slurm-client"
 DAEMONS = ("munged", "slurmctld", "slurmd")
 COMMANDS = ("mungekey", "munge", *DAEMONS, "sbatch", "squeue", "scontrol", "scancel", "sinfo")
+# What a multi-node cluster needs besides (packages iproute2, util-linux, hostname).
+NODE_COMMANDS = ("ip", "nsenter", "unshare", "hostname")
 # Daemons live in sbin, which a non-root PATH often lacks.
 SEARCH_PATH = os.pathsep.join([os.environ.get("PATH", ""), "/usr/local/sbin", "/usr/sbin", "/sbin"])
 # A job in one of these states is over: its processes are gone (COMPLETING is not among them).
@@ -42,6 +48,8 @@ ENDED_STATES = frozenset({"COMPLETED", "CANCELLED", "FAILED", "TIMEOUT", "NODE_F
                           "DEADLINE", "OUT_OF_MEMORY", "REVOKED", "SPECIAL_EXIT"})
 # Variables of an enclosing SLURM job or of the user's shell that would steer our commands elsewhere.
 FOREIGN_PREFIXES = ("SLURM_", "SBATCH_", "SALLOC_", "SRUN_", "SQUEUE_", "SINFO_", "SCANCEL_", "SCONTROL_")
+# A multi-node cluster's slurmctld runs under this hostname (SlurmctldHost), in a UTS namespace of its own.
+CONTROLLER_HOST = "ctl"
 
 _running: list[SlurmCluster] = []
 
@@ -55,8 +63,8 @@ class SlurmClusterError(RuntimeError):
     """The cluster could not be started (or a command failed); the message holds the reason and the logs' tails."""
 
 
-def missing_commands() -> list[str]:
-    return [name for name in COMMANDS if shutil.which(name, path=SEARCH_PATH) is None]
+def missing_commands(names: Iterable[str] = COMMANDS) -> list[str]:
+    return [name for name in names if shutil.which(name, path=SEARCH_PATH) is None]
 
 
 def _free_port() -> int:
@@ -74,6 +82,17 @@ def _die_with_parent() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
+def stop_order(daemon: str) -> int:
+    """slurmctld first (no new job starts), then the slurmd, munged last (the others talk to it to the end)."""
+    return {"slurmctld": 0, "munged": 2}.get(daemon, 1)
+
+
+def with_hostname(hostname: str) -> list[str]:
+    """The command prefix that runs a program in a new UTS namespace whose hostname is `hostname` (the
+    program keeps the PID the prefix started with: unshare and sh exec)."""
+    return ["unshare", "--uts", "sh", "-c", 'hostname "$0" && exec "$@"', hostname]
+
+
 def parse_records(text: str) -> list[dict[str, str]]:
     """`scontrol -o show job|node` output: one record a line, `Key=Value` fields separated by spaces."""
     records = []
@@ -89,10 +108,15 @@ def parse_records(text: str) -> list[dict[str, str]]:
 
 
 class SlurmCluster:
-    """One slurmctld and one slurmd (node `localhost`) with their own munged, in a fresh temporary dir.
+    """One slurmctld and one slurmd (node `localhost`) with their own munged, in a fresh temporary dir; or,
+    with `nodes`, one slurmd per node, each in its own network and UTS namespace (its own address and
+    hostname, tests/node_network.py), on this one machine.
 
     cpus, real_memory_mb: the node's size (default: this machine's usable CPUs and total memory; the
         config is trusted over the hardware, SlurmdParameters=config_overrides, so a test may ask for more).
+    nodes: node name -> CPUs, for a multi-node cluster (needs root), e.g. {"nodea": 3, "nodeb": 1}. SLURM fills
+        the nodes in the order given (Weight 1, 2, ...); each has real_memory_mb (default: the machine's
+        memory shared equally). cpus must not be given with it.
     max_array_size: MaxArraySize (the largest array index is one less).
     kill_wait: KillWait, seconds between SIGTERM and SIGKILL at a time limit or a cancel (SLURM's default: 30).
     cred_expire: AuthInfo's cred_expire; also how long a requeued job waits before it may start again
@@ -105,9 +129,13 @@ class SlurmCluster:
     def __init__(self, *, cpus: int | None = None, real_memory_mb: int | None = None, max_array_size: int = 1001,
                  kill_wait: int = 5, cred_expire: int | None = None, partition: str = "debug",
                  extra_config: str = "", start_timeout: float = 60.0, keep_files: bool = False,
-                 shared: bool = False):
-        self.cpus = cpus or len(os.sched_getaffinity(0))
-        self.real_memory_mb = real_memory_mb or psutil.virtual_memory().total // 2**20
+                 shared: bool = False, nodes: dict[str, int] | None = None):
+        if nodes is not None and (cpus is not None or not nodes or "localhost" in nodes):
+            raise ValueError("nodes= gives every node's CPUs (not cpus=), and names at least one node, not localhost")
+        self.multi_node = nodes is not None
+        self.nodes = dict(nodes) if nodes else {"localhost": cpus or len(os.sched_getaffinity(0))}
+        self.cpus = next(iter(self.nodes.values()))
+        self.real_memory_mb = real_memory_mb or psutil.virtual_memory().total // 2**20 // len(self.nodes)
         self.max_array_size = max_array_size
         self.kill_wait = kill_wait
         self.cred_expire = cred_expire
@@ -124,17 +152,23 @@ class SlurmCluster:
         self.env: dict[str, str] = {}
         self.processes: dict[str, subprocess.Popen] = {}
         self.startup_seconds: float | None = None
+        self.network = NodeNetwork(self.name[1:], list(self.nodes)) if self.multi_node else None
 
     # --- start --------------------------------------------------------------------------------------
 
     def start(self, attempts: int = 3) -> SlurmCluster:
-        """Start munged, slurmctld and slurmd; return once `sinfo` shows the node idle. A port taken
-        between choosing it and binding it (another session) is retried with new ports."""
+        """Start munged, slurmctld and slurmd (one per node); return once `sinfo` shows every node idle. A
+        port taken between choosing it and binding it (another session) is retried with new ports."""
         missing = missing_commands()
         if missing:
             raise SlurmClusterError(
                 f"SLURM is not installed here: {', '.join(missing)} not found. Install it with "
                 f"tools/install_slurm.sh as root (Debian/Ubuntu packages: {PACKAGES}).")
+        missing = missing_commands(NODE_COMMANDS) if self.multi_node else []
+        if missing:
+            raise SlurmClusterError(
+                f"a multi-node cluster needs {', '.join(missing)}, not found. Install them with "
+                f"tools/install_slurm.sh as root (Debian/Ubuntu packages: iproute2, util-linux, hostname).")
         for attempt in range(1, attempts + 1):
             try:
                 return self._start_once()
@@ -157,6 +191,13 @@ class SlurmCluster:
         self.env["PATH"] = SEARCH_PATH
         self.env["SLURM_CONF"] = str(self.root / "slurm.conf")
         self.conf = self.root / "slurm.conf"
+        if self.network is not None:
+            try:
+                self.network.create()
+            except NodeNetworkError as error:
+                raise SlurmClusterError(f"the nodes' network could not be made: {error}") from error
+            for node in self.nodes:
+                (self.root / "spool" / node).mkdir(mode=0o755)
 
         munge = self.root / "munge"
         subprocess.run(["mungekey", "--create", f"--keyfile={munge / 'munge.key'}"], env=self.env,
@@ -170,9 +211,17 @@ class SlurmCluster:
         while self.slurmd_port == self.ctld_port:
             self.slurmd_port = _free_port()
         self.conf.write_text(self.config_text())
-        self._spawn("slurmctld", ["slurmctld", "-D"])
-        self._spawn("slurmd", ["slurmd", "-D", "-N", "localhost"])
-        self._wait(lambda: self.node_state() == "idle", "the node to be idle")
+        if self.network is None:
+            self._spawn("slurmctld", ["slurmctld", "-D"])
+            self._spawn("slurmd", ["slurmd", "-D", "-N", "localhost"])
+        else:
+            # slurmctld starts only where the hostname is SlurmctldHost's: its own UTS namespace, named ctl.
+            # It stays in this network namespace, where the test's commands reach it on the bridge's address.
+            self._spawn("slurmctld", [*with_hostname(CONTROLLER_HOST), "slurmctld", "-D"])
+            for node in self.nodes:
+                self._spawn(f"slurmd-{node}", [*self.network.enter(node), *with_hostname(node),
+                                                "slurmd", "-D", "-N", node])
+        self._wait(lambda: set(self.node_states().values()) == {"idle"}, "every node to be idle")
         self.startup_seconds = time.monotonic() - began
         return self
 
@@ -183,10 +232,30 @@ class SlurmCluster:
     def config_text(self) -> str:
         r = self.root
         auth = f"socket={self.munge_socket}" + (f",cred_expire={self.cred_expire}" if self.cred_expire else "")
+        memory = max(1, min(self.real_memory_mb // cpus for cpus in self.nodes.values()))
+        if self.network is None:
+            controller = "localhost(127.0.0.1)"
+            slurmd_files = f"""\
+SlurmdSpoolDir={r / 'spool'}
+SlurmdPidFile={r / 'run/slurmd.pid'}
+SlurmdLogFile={r / 'log/slurmd.log'}"""
+            node_lines = (f"NodeName=localhost NodeAddr=127.0.0.1 CPUs={self.cpus} RealMemory={self.real_memory_mb} "
+                          "State=UNKNOWN")
+        else:
+            controller = f"{CONTROLLER_HOST}({self.network.gateway})"
+            # %n: the node's name, so that each slurmd has its own spool, pid file and log.
+            slurmd_files = f"""\
+SlurmdSpoolDir={r / 'spool/%n'}
+SlurmdPidFile={r / 'run/slurmd-%n.pid'}
+SlurmdLogFile={r / 'log/slurmd-%n.log'}"""
+            node_lines = "\n".join(
+                f"NodeName={node} NodeHostname={node} NodeAddr={self.network.addresses[node]} CPUs={cpus} "
+                f"RealMemory={self.real_memory_mb} Weight={weight} State=UNKNOWN"
+                for weight, (node, cpus) in enumerate(self.nodes.items(), start=1))
         return f"""\
 # Written by tests/slurm_cluster.py for one test session's private cluster.
 ClusterName={self.name}
-SlurmctldHost=localhost(127.0.0.1)
+SlurmctldHost={controller}
 SlurmctldPort={self.ctld_port}
 SlurmdPort={self.slurmd_port}
 SlurmUser={self.user}
@@ -195,11 +264,9 @@ AuthType=auth/munge
 CredType=cred/munge
 AuthInfo={auth}
 StateSaveLocation={r / 'state'}
-SlurmdSpoolDir={r / 'spool'}
 SlurmctldPidFile={r / 'run/slurmctld.pid'}
-SlurmdPidFile={r / 'run/slurmd.pid'}
 SlurmctldLogFile={r / 'log/slurmctld.log'}
-SlurmdLogFile={r / 'log/slurmd.log'}
+{slurmd_files}
 # No cgroups, no accounting: what a container or a CI machine allows.
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
@@ -214,14 +281,14 @@ SchedulerType=sched/backfill
 SchedulerParameters=batch_sched_delay=0,sched_interval=2,sched_min_interval=100000,bf_interval=1
 SelectType=select/cons_tres
 SelectTypeParameters=CR_CPU_Memory
-DefMemPerCPU={max(1, self.real_memory_mb // self.cpus)}
+DefMemPerCPU={memory}
 SlurmdParameters=config_overrides
 ReturnToService=2
 KillWait={self.kill_wait}
 MinJobAge=300
 MaxArraySize={self.max_array_size}
-NodeName=localhost NodeAddr=127.0.0.1 CPUs={self.cpus} RealMemory={self.real_memory_mb} State=UNKNOWN
-PartitionName={self.partition} Nodes=localhost Default=YES MaxTime=INFINITE State=UP
+{node_lines}
+PartitionName={self.partition} Nodes={','.join(self.nodes)} Default=YES MaxTime=INFINITE State=UP
 {self.extra_config}
 """
 
@@ -288,12 +355,18 @@ PartitionName={self.partition} Nodes=localhost Default=YES MaxTime=INFINITE Stat
     def sinfo(self, *args: str) -> str:
         return self.command("sinfo", *args).stdout
 
-    def node_state(self) -> str:
-        return self.command("sinfo", "--noheader", "--Node", "--format=%T", timeout=10).stdout.strip()
+    def node_states(self) -> dict[str, str]:
+        """Each node's state as sinfo says it (idle, mixed, allocated, down*, drained, ...)."""
+        lines = self.command("sinfo", "--noheader", "--Node", "--format=%N %T", timeout=10).stdout.split("\n")
+        return dict(line.split(maxsplit=1) for line in lines if line.strip())
 
-    def node(self) -> dict[str, str]:
-        """`scontrol show node localhost`'s record (State, CPUTot, CPUAlloc, RealMemory, ...)."""
-        (record,) = parse_records(self.scontrol("--oneliner", "show", "node", "localhost"))
+    def node_state(self, node: str | None = None) -> str:
+        """A node's state (default: the first node's)."""
+        return self.node_states()[node or next(iter(self.nodes))]
+
+    def node(self, node: str | None = None) -> dict[str, str]:
+        """`scontrol show node`'s record of a node (default: the first): State, CPUTot, CPUAlloc, RealMemory, ..."""
+        (record,) = parse_records(self.scontrol("--oneliner", "show", "node", node or next(iter(self.nodes))))
         return record
 
     def jobs(self, job_id: str) -> list[dict[str, str]]:
@@ -381,9 +454,10 @@ PartitionName={self.partition} Nodes=localhost Default=YES MaxTime=INFINITE Stat
         return pids
 
     def job_pids(self) -> set[int]:
-        """Processes of this cluster's jobs that can be identified: every process whose environment
-        names this cluster's slurm.conf (slurmstepd inherits it from slurmd; SLURM sets it in a job's
-        environment), and their descendants. Never this process nor its ancestors."""
+        """Processes of this cluster's jobs that can be identified, the daemons excepted: every process whose
+        environment names this cluster's slurm.conf (slurmstepd inherits it from slurmd; SLURM sets it in a
+        job's environment) and their descendants; in a multi-node cluster also every process living in a
+        node's network namespace (node_pids). Never this process nor its ancestors."""
         marker = f"SLURM_CONF={self.conf}".encode()
         spared = {os.getpid(), *(parent.pid for parent in psutil.Process().parents())}
         found = set()
@@ -398,19 +472,52 @@ PartitionName={self.partition} Nodes=localhost Default=YES MaxTime=INFINITE Stat
                 found.update(child.pid for child in process.children(recursive=True))
             except (OSError, psutil.Error):
                 continue
-        return found - spared
+        for node in self.nodes if self.network is not None else ():
+            found |= self.node_pids(node)
+        return found - spared - self.daemon_pids()
+
+    def node_pids(self, node: str) -> set[int]:
+        """A multi-node cluster's node: every process in its network namespace now (its slurmd, the
+        slurmstepd and programs of its jobs, whatever they started)."""
+        if self.network is None:
+            raise SlurmClusterError("node_pids: a single-node cluster's jobs share the machine's namespaces")
+        return self.network.pids(node)
+
+    def kill_node(self, node: str) -> set[int]:
+        """The node fails, as in a power cut: its slurmd and every process of its jobs (node_pids) stop at
+        once and die, none of them telling slurmctld anything (an admin marks the node down, or
+        SlurmdTimeout does). Each is frozen (SIGSTOP) before any is killed: a slurmstepd that saw its
+        program die first would report the job ended (FAILED) and SLURM would not requeue it.
+        Returns the PIDs killed."""
+        frozen: dict[int, psutil.Process] = {}
+        while fresh := self.node_pids(node) - frozen.keys():  # a process may fork until frozen: look again
+            for pid in fresh:
+                try:
+                    process = psutil.Process(pid)
+                    process.suspend()
+                except psutil.NoSuchProcess:
+                    continue
+                frozen[pid] = process
+        for process in frozen.values():
+            with contextlib.suppress(psutil.NoSuchProcess):
+                process.kill()
+        slurmd = self.processes[f"slurmd-{node}"]
+        slurmd.wait(timeout=10)
+        psutil.wait_procs([process for pid, process in frozen.items() if pid != slurmd.pid], timeout=10)
+        return set(frozen)
 
     def stop(self, timeout: float = 15.0) -> None:
         """Stop the cluster: cancel its jobs (politely, bounded), SIGTERM each daemon by its PID and SIGKILL
-        what is left after `timeout`, SIGKILL the jobs' leftover processes (see job_pids), remove the dir."""
-        if self.root is None:
-            return
-        if all(process.poll() is None for process in self.processes.values()) and "slurmd" in self.processes:
+        what is left after `timeout`, SIGKILL the jobs' leftover processes (see job_pids), remove the nodes'
+        namespaces and links and the dir. Safe to call again, and after a start that failed half way."""
+        controller = self.processes.get("slurmctld")
+        if self.root is not None and controller is not None and controller.poll() is None and any(
+                name.startswith("slurmd") and process.poll() is None for name, process in self.processes.items()):
             with contextlib.suppress(SlurmClusterError, TimeoutError, subprocess.TimeoutExpired):
                 self.cancel_all(timeout=self.kill_wait + 5)
-        for name in ("slurmctld", "slurmd", "munged"):
-            process = self.processes.get(name)
-            if process is not None and process.poll() is None:
+        for name in sorted(self.processes, key=stop_order):
+            process = self.processes[name]
+            if process.poll() is None:
                 process.send_signal(signal.SIGTERM)
         deadline = time.monotonic() + timeout
         for process in self.processes.values():
@@ -419,19 +526,24 @@ PartitionName={self.partition} Nodes=localhost Default=YES MaxTime=INFINITE Stat
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
-        leftovers = []
-        for pid in self.job_pids():
-            with contextlib.suppress(psutil.Error):
-                process = psutil.Process(pid)
-                process.kill()
-                leftovers.append(process)
-        psutil.wait_procs(leftovers, timeout=10)
-        if self in _running:
-            _running.remove(self)
-        if not self.keep_files:
-            shutil.rmtree(self.root, ignore_errors=True)
-        self.root = None
-        self.processes = {}
+        if self.conf is not None:
+            leftovers = []
+            for pid in self.job_pids():
+                with contextlib.suppress(psutil.Error):
+                    process = psutil.Process(pid)
+                    process.kill()
+                    leftovers.append(process)
+            psutil.wait_procs(leftovers, timeout=10)
+        try:
+            if self.network is not None:
+                self.network.remove()
+        finally:
+            if self in _running:
+                _running.remove(self)
+            if self.root is not None and not self.keep_files:
+                shutil.rmtree(self.root, ignore_errors=True)
+            self.root = None
+            self.processes = {}
 
     def __enter__(self) -> SlurmCluster:
         return self.start()

@@ -3,10 +3,11 @@ slurmctld and slurmd from the Debian packages, started by the test session and s
 
 Every run is submitted with the project's own command, as a user would, and its merged result must
 equal the uninterrupted local K=1 reference of the same config: no user twice, none lost, no element
-running another's users, whatever SLURM did to the elements on the way (a requeue mid-run, a cancel
-and a resubmission by index, a time-limit warning answered by a drain and a self-requeue, the same
+running another's users, whatever SLURM did to the elements on the way (a cancel and a resubmission
+by index, a time-limit warning answered by a drain and a self-requeue, the same
 warning to the array's last element, whose siblings must run on undisturbed), or after users that
-failed for real were run again with --retry-failed.
+failed for real were run again with --retry-failed. (A requeue mid-run, continued on another node, and
+a node failure are in test_slurm_two_nodes.py.)
 """
 
 from __future__ import annotations
@@ -131,24 +132,6 @@ def test_an_array_of_four_and_its_merge_job_equal_a_local_k1_run(slurm_cluster, 
 
     again = launch(slurm_cluster, config, run, 4)
     assert again.returncode == 0 and "nothing to submit" in again.stdout, again.stdout
-
-
-def test_an_element_requeued_mid_run_continues_its_shard(slurm_cluster, workspace, tmp_path):
-    config = own_config(workspace, tmp_path, faulty=True)
-    run = tmp_path / "run"
-    result = launch(slurm_cluster, config, run, 2, env=faulty_env("slow:1"))
-    assert result.returncode == 0, result.stderr
-    (array,), _merge = submitted(run)
-    shard_dir = run / "shard-1-of-2"
-    wait_for(lambda: read_status(shard_dir).get("users_done", 0) >= 2, timeout=RUN_TIMEOUT)
-    element = f"{array}_1"
-    slurm_cluster.scontrol("requeue", element)
-    pending_after_requeue(slurm_cluster, element)
-    wait_for_run(slurm_cluster, run)
-    log = (tmp_path / "logs" / "shard1.log").read_text()
-    assert "restart 1" in log, "the element ran again after its requeue"
-    assert read_status(shard_dir)["resumed_with_done"] >= 2, "the requeued element continued, not restarted"
-    assert_equals_reference(run, workspace, 2)
 
 
 def test_a_cancelled_element_is_resubmitted_by_index_with_the_same_command(slurm_cluster, workspace, tmp_path):
