@@ -171,3 +171,15 @@ def the_same_element_restarted(cluster: SlurmCluster, tmp_path: Path, holder_nod
 
 def test_the_same_element_restarted_takes_its_earlier_runs_lease_over_at_once(slurm_cluster, tmp_path):
     the_same_element_restarted(slurm_cluster, tmp_path, holder_node="localhost", restart_on="localhost", pretend=True)
+
+
+# --- the same on two nodes of their own host names (conftest's two_node_cluster): no stand-in host name ---------
+
+def test_on_two_nodes_a_paused_holder_on_nodea_is_kept_and_taken_over_from_nodeb_once_its_job_ends(
+        two_node_cluster, tmp_path):
+    paused_holder_then_its_job_ends(two_node_cluster, tmp_path, "cancel", holder_node="nodea", newcomer_node="nodeb",
+                                    pretend=False)
+
+
+def test_on_two_nodes_an_element_killed_on_nodea_continues_at_once_on_nodeb(two_node_cluster, tmp_path):
+    the_same_element_restarted(two_node_cluster, tmp_path, holder_node="nodea", restart_on="nodeb", pretend=False)
