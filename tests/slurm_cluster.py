@@ -289,7 +289,9 @@ PartitionName={self.partition} Nodes=localhost Default=YES MaxTime=INFINITE Stat
         return self.command("sinfo", *args).stdout
 
     def node_state(self) -> str:
-        return self.command("sinfo", "--noheader", "--Node", "--format=%T", timeout=10).stdout.strip()
+        # sinfo --Node lists the node once per partition it is in (extra_config may add partitions).
+        states = set(self.command("sinfo", "--noheader", "--Node", "--format=%T", timeout=10).stdout.split())
+        return states.pop() if len(states) == 1 else " ".join(sorted(states))
 
     def node(self) -> dict[str, str]:
         """`scontrol show node localhost`'s record (State, CPUTot, CPUAlloc, RealMemory, ...)."""

@@ -55,6 +55,31 @@ def parse_queue(text: str) -> list[QueuedElement]:
     return elements
 
 
+@dataclass(frozen=True)
+class JobRecord:
+    """What `scontrol show job` says of one job that a stopping element decides on (shard/requeue.py)."""
+
+    state: str  # JobState: RUNNING, COMPLETING (being requeued or ending), ...
+    restarts: int  # how often SLURM has requeued the job so far (Restarts)
+    preempt_time: str | None  # when SLURM chose to preempt the job (PreemptTime); None when it has not
+
+    def requeued_since(self, restart_count: int) -> bool:
+        """SLURM has requeued the job since its run number `restart_count` (SLURM_RESTART_COUNT) started:
+        that run ends and SLURM starts the job again by itself."""
+        return self.restarts > restart_count
+
+
+def parse_job_record(text: str) -> JobRecord | None:
+    """`scontrol --oneliner show job <one job>` -> its record (pure); None when the text holds no job."""
+    fields = dict(part.split("=", 1) for part in text.split() if "=" in part)
+    state, restarts = fields.get("JobState"), fields.get("Restarts", "")
+    if not state or not restarts.isdigit():
+        return None
+    preempt_time = fields.get("PreemptTime")
+    return JobRecord(state.upper(), int(restarts),
+                     None if preempt_time in (None, "", "None", "(null)", "Unknown") else preempt_time)
+
+
 def parse_max_array_size(config_text: str) -> int:
     """MaxArraySize from `scontrol show config` (SLURM's default when it is not listed)."""
     for line in config_text.splitlines():
@@ -70,9 +95,10 @@ class SlurmCommands:
         self._run = run
         self._env = dict(env) if env is not None else None
 
-    def _call(self, command: Sequence[str], stdin: str | None = None, what: str = "") -> str:
+    def _call(self, command: Sequence[str], stdin: str | None = None, what: str = "", timeout: float = 120) -> str:
         try:
-            result = self._run(list(command), input=stdin, capture_output=True, text=True, timeout=120, env=self._env)
+            result = self._run(list(command), input=stdin, capture_output=True, text=True, timeout=timeout,
+                               env=self._env)
         except FileNotFoundError:
             raise SchedulerError(f"{command[0]} was not found: run launch_shards --scheduler slurm on a machine where"
                                  " SLURM's commands work (a login node), or use --scheduler local.") from None
@@ -106,6 +132,16 @@ class SlurmCommands:
     def requeue(self, job_id: str) -> None:
         """Ask SLURM to stop this job and start it again (the job must allow requeue: sbatch --requeue)."""
         self._call(["scontrol", "requeue", job_id], what=f"scontrol requeue {job_id}")
+
+    def job_record(self, job_id: str, timeout: float = 120) -> JobRecord:
+        """SLURM's record of one job or array element (`<array>_<task>`): its state, restarts and
+        preemption. A stopping element asks with a short timeout: SLURM's kill does not wait."""
+        out = self._call(["scontrol", "--oneliner", "show", "job", job_id], what=f"scontrol show job {job_id}",
+                         timeout=timeout)
+        record = parse_job_record(out)
+        if record is None:
+            raise SchedulerError(f"scontrol show job {job_id} answered without JobState and Restarts: {out.strip()!r}")
+        return record
 
     def max_array_size(self) -> int:
         return parse_max_array_size(self._call(["scontrol", "show", "config"], what="scontrol show config"))

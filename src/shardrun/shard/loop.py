@@ -37,13 +37,14 @@ from shardrun.shard.attempts import Attempts, carried_memory, scheduler_memory_b
 from shardrun.shard.fail_fast import FailFastStop, fail_fast_message, fail_fast_stop
 from shardrun.shard.lifecycle import StopFlag
 from shardrun.shard.plan import ShardPlan
-from shardrun.shard.requeue import decide_requeue, requeue_slurm_job
+from shardrun.shard.requeue import decide_requeue, read_own_job, requeue_slurm_job, requeued_by_slurm
 from shardrun.shard.user_log import UserLog
 from shardrun.shard.prepare import ResolvedDirs, WorkerOptions
 from shardrun.states import ShardState, UserStatus, user_outcome
 from shardrun.shard.jvm import (
     is_heap_exhaustion, java_class_name, java_stack, start_jvm, task_classpath, task_jvm_options, task_jvm_provenance,
 )
+from shardrun.scheduler.slurm import JobRecord
 from shardrun.storage.attempts import ATTEMPT
 from shardrun.storage.status import ShardStatus, status_document
 from shardrun.task import Dataset, Task
@@ -78,6 +79,7 @@ class ShardLoop:
         # The drain ends once: by the loop, or by the abandon timer of a preemption (whichever is first).
         self._ending_lock = threading.Lock()
         self._ending = False
+        self._requeue_counted = False  # this process has counted its job's requeue (by SLURM or by itself)
         previous = list(previous_outcomes)
         self.status = ShardStatus(
             dirs.shard,
@@ -193,6 +195,9 @@ class ShardLoop:
                        else (ShardState.INTERRUPTED, EXIT_INTERRUPTED))
         try:
             self.status.update(state=state.value, last_error=f"stopped by a second {signal_name}")
+            if self.stop.preempted and not self._requeue_counted:
+                # The grace time of SLURM's preemption ended before the drain did: SLURM requeues the job.
+                self._count_slurm_requeue(read_own_job(os.environ))
         except Exception as exc:  # leaving at once matters more than the status line; say why it is stale
             log.error("could not mark %s %s: %s", self.dirs.shard.status, state.value, exc)
         finally:
@@ -225,29 +230,49 @@ class ShardLoop:
         try:
             self.status.update(state=ShardState.PREEMPTED.value, current_user=None,
                                last_error=f"preempted by {self.stop.requested_by}; user {user!r} abandoned uncommitted")
-            self._requeue_if_work_left()
+            self._requeue_if_work_left(read_own_job(os.environ))
         except Exception as exc:  # leaving before the kill matters more than the status line
             log.error("could not record the preemption in %s: %s", self.dirs.shard.status, exc)
         finally:
             logging.shutdown()
             os._exit(EXIT_PREEMPTED)
 
-    def _requeue_if_work_left(self) -> None:
+    def _requeue_if_work_left(self, record: JobRecord | None) -> None:
+        """Have the job run again while users are left: counted, and asked for unless SLURM requeues it
+        already (requeue.decide_requeue decides from SLURM's `record` of the job)."""
         doc = self.status.snapshot()
-        decision = decide_requeue(doc["users_todo"], doc["requeues"], self.stop.preemption.requeue_limit, os.environ)
+        limit = self.stop.preemption.requeue_limit if self.stop.preemption is not None else 0
+        decision = decide_requeue(doc["users_todo"], doc["requeues"], limit, os.environ, record)
+        if decision.requeued_by_slurm:
+            self._count_slurm_requeue(record)
+            return
         if not decision.requeue:
             log.warning("not requeueing shard %s: %s", self.dirs.spec, decision.reason)
             return
         # Counted before the request: once the scheduler takes it, this process may be stopped at any moment.
+        self._requeue_counted = True
         self.status.update(requeues=doc["requeues"] + 1)
         try:
             job = requeue_slurm_job(os.environ)
         except SchedulerError as exc:
+            self._requeue_counted = False
             self.status.update(requeues=doc["requeues"], last_error=str(exc))
             log.error("%s", exc)
             return
-        log.warning("shard %s asked SLURM to requeue it, job %s (%d of at most %d); %d users to do", self.dirs.spec,
-                    job, doc["requeues"] + 1, self.stop.preemption.requeue_limit, doc["users_todo"])
+        count = doc["requeues"] + 1
+        why = f"requeue {count}; {decision.reason}" if decision.reason else f"{count} of at most {limit}"
+        log.warning("shard %s asked SLURM to requeue it, job %s (%s); %d users to do", self.dirs.spec, job, why,
+                    doc["users_todo"])
+
+    def _count_slurm_requeue(self, record: JobRecord | None) -> None:
+        """SLURM requeues this job itself (its record says so): one more requeue, none asked for."""
+        if not requeued_by_slurm(record, os.environ):
+            return
+        self._requeue_counted = True
+        requeues = self.status.snapshot()["requeues"] + 1
+        self.status.update(requeues=requeues)
+        log.warning("shard %s: SLURM requeued its job itself (a preemption's grace time ended, or scontrol requeue),"
+                    " requeue %d; it runs again without asking", self.dirs.spec, requeues)
 
     def _run_user(self, user_id: str) -> None:
         self.status.begin_user(user_id)
@@ -308,10 +333,13 @@ class ShardLoop:
         if not self._claim_ending():
             threading.Event().wait()  # the abandon timer is ending the process (os._exit)
         doc = self.status.snapshot()
-        if self.stop.preempted and doc["users_todo"] > 0:
+        # A stop signal with users left: SLURM's record tells a preemption whose grace time ended, or an
+        # admin's requeue (SLURM runs the job again: preempted), from a plain stop (scancel: interrupted).
+        record = read_own_job(os.environ) if self.stop.requested_by and doc["users_todo"] > 0 else None
+        if doc["users_todo"] > 0 and (self.stop.preempted or requeued_by_slurm(record, os.environ)):
             self.status.update(state=ShardState.PREEMPTED.value, last_error=f"preempted by {self.stop.requested_by}")
             log.warning("shard %s preempted with %d users to do", self.dirs.spec, doc["users_todo"])
-            self._requeue_if_work_left()
+            self._requeue_if_work_left(record)
             return EXIT_PREEMPTED
         if self.stop.requested_by and doc["users_todo"] > 0:
             self.status.update(state=ShardState.INTERRUPTED.value, last_error=f"stopped by {self.stop.requested_by}")
