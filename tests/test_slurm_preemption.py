@@ -97,6 +97,7 @@ def assert_requeued_once_and_siblings_undisturbed(cluster, seen: dict, workspace
     index, shard_dirs, logs = seen["index"], seen["shard_dirs"], seen["logs"]
     before_restart = seen["pending"]["_state_before"]
     assert seen["pending"]["Restarts"] == "1", seen["pending"]
+    assert before_restart.get("users_todo", 0) > 0, "no users were left to preempt: make the users slower"
     assert before_restart["state"] == "preempted" and before_restart["requeues"] == 1, before_restart
     assert "second SIGTERM" not in logs[index] and "abandoned" not in logs[index], "it drained in time"
 
@@ -138,11 +139,12 @@ def test_a_high_job_preempts_one_element_which_drains_on_its_signal_and_requeues
 def test_without_the_user_signal_the_grace_time_s_sigterm_alone_drains_and_slurm_requeues(
         preemption_cluster, workspace, tmp_path):
     """No preempt_send_user_signal: nothing at the preemption, SIGTERM when the grace time (5 s) ends,
-    the KILL KillWait (15 s) later. The element finishes its user in flight (4 s), commits, says
-    preempted and counts SLURM's requeue without asking for another. Two elements on two CPUs, so the
-    preempted one still has users left when its grace time ends."""
+    which slurmctld notices within 30 s, the KILL KillWait (15 s) later. The element finishes its user
+    in flight (8 s), commits, says preempted and counts SLURM's requeue without asking for another.
+    Two elements of 7 users on two CPUs, so that the preempted one still has users left (48 s of them)
+    when the TERM comes."""
     cluster = preemption_cluster(cpus=2, grace_seconds=5, user_signal=False, kill_wait=15)
-    seen = preempt_one_element(cluster, workspace, tmp_path, shards=2, signal="USR1@60", slow="slow:4")
+    seen = preempt_one_element(cluster, workspace, tmp_path, shards=2, signal="USR1@60", slow="slow:8")
     log = seen["logs"][seen["index"]]
     assert "SIGUSR1" not in log and "SIGTERM received" in log, log
     assert "SLURM requeued its job itself" in log and "asked SLURM to requeue" not in log, log

@@ -333,9 +333,9 @@ class ShardLoop:
         if not self._claim_ending():
             threading.Event().wait()  # the abandon timer is ending the process (os._exit)
         doc = self.status.snapshot()
-        # A stop signal with users left: SLURM's record tells a preemption whose grace time ended, or an
-        # admin's requeue (SLURM runs the job again: preempted), from a plain stop (scancel: interrupted).
-        record = read_own_job(os.environ) if self.stop.requested_by and doc["users_todo"] > 0 else None
+        # After a stop signal, SLURM's record tells a preemption whose grace time ended, or an admin's
+        # requeue (SLURM runs the job again: preempted), from a plain stop (scancel: interrupted).
+        record = read_own_job(os.environ) if self.stop.requested_by else None
         if doc["users_todo"] > 0 and (self.stop.preempted or requeued_by_slurm(record, os.environ)):
             self.status.update(state=ShardState.PREEMPTED.value, last_error=f"preempted by {self.stop.requested_by}")
             log.warning("shard %s preempted with %d users to do", self.dirs.spec, doc["users_todo"])
@@ -351,6 +351,8 @@ class ShardLoop:
             self.status.update(state=ShardState.FAILED.value, last_error=message)
             log.error("%s", message)
             return EXIT_USERS_FAILED
+        # SLURM's TERM came during the last user: the drain finished it, and the run SLURM starts again finds nothing to do.
+        self._count_slurm_requeue(record)
         failed = doc["users_failed"] > 0
         state = ShardState.COMPLETED_WITH_FAILURES if failed else ShardState.COMPLETED
         self.status.update(state=state.value, eta_seconds=0)
@@ -360,7 +362,8 @@ class ShardLoop:
 
 
 def previous_requeues(status_path: Path) -> int:
-    """How often earlier processes of this shard asked to be requeued (kept in status.json across starts)."""
+    """How often this shard's job was requeued so far, by its own request or by SLURM's (kept in status.json
+    across starts)."""
     count = status_document(status_path).get("requeues")
     return count if isinstance(count, int) and count >= 0 else 0
 
