@@ -6,9 +6,10 @@ failed rows) and the loop goes on; a storage failure stops the shard clearly. Ev
 a drain, a preemption, a second signal, a failure) first commits the users already finished. On the
 scheduler's warning signal (lifecycle.PreemptionNotice) the drain is bounded by the lead time: the user
 in flight is abandoned uncommitted if it has not ended in time, the shard says `preempted` and asks
-its scheduler to run it again (requeue.py) while users are left. A shard whose first --fail-fast users
-all failed with one error class stops (fail_fast.py): state `failed`, the error and its fix in
-status.json's last_error and the log, exit 1.
+its scheduler to run it again (requeue.py) while users are left, unless SLURM's record of the job says
+SLURM requeues it already (a preemption's grace time ended: then a plain TERM is a preemption too).
+A shard whose first --fail-fast users all failed with one error class stops (fail_fast.py): state
+`failed`, the error and its fix in status.json's last_error and the log, exit 1.
 """
 
 from __future__ import annotations
@@ -351,7 +352,7 @@ class ShardLoop:
             self.status.update(state=ShardState.FAILED.value, last_error=message)
             log.error("%s", message)
             return EXIT_USERS_FAILED
-        # SLURM's TERM came during the last user: the drain finished it, and the run SLURM starts again finds nothing to do.
+        # SLURM's TERM came during the last user: the drain finished it; SLURM's next run finds nothing to do.
         self._count_slurm_requeue(record)
         failed = doc["users_failed"] > 0
         state = ShardState.COMPLETED_WITH_FAILURES if failed else ShardState.COMPLETED
