@@ -148,6 +148,7 @@ def test_an_element_requeued_mid_run_continues_its_shard(slurm_cluster, workspac
     log = (tmp_path / "logs" / "shard1.log").read_text()
     assert "restart 1" in log, "the element ran again after its requeue"
     assert read_status(shard_dir)["resumed_with_done"] >= 2, "the requeued element continued, not restarted"
+    assert read_status(shard_dir)["requeues"] == 1 and "SLURM requeued its job itself" in log, "counted, not asked"
     assert_equals_reference(run, workspace, 2)
 
 
