@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -20,7 +21,8 @@ from shardrun.errors import EXIT_OK, EXIT_PREEMPTED, SchedulerError
 from shardrun.shard.lifecycle import PreemptionNotice
 from shardrun.scheduler.slurm import JobRecord, SlurmCommands, parse_job_record
 from shardrun.shard.requeue import (
-    decide_requeue, own_slurm_job, read_own_job, requeue_slurm_job, requeued_by_slurm, restart_count,
+    decide_requeue, grace_seconds_left, own_slurm_job, read_own_job, requeue_slurm_job, requeued_by_slurm,
+    restart_count,
 )
 from store_support import committed_users
 
@@ -155,10 +157,21 @@ ELEMENT = {"SLURM_JOB_ID": "2", "SLURM_ARRAY_JOB_ID": "1", "SLURM_ARRAY_TASK_ID"
 
 
 def test_scontrol_s_record_says_preempted_and_requeued():
-    assert parse_job_record(DURING_GRACE) == JobRecord("RUNNING", 0, "2026-12-07T11:42:00")
-    assert parse_job_record(GRACE_ENDED) == JobRecord("COMPLETING", 1, None)
+    assert parse_job_record(DURING_GRACE) == JobRecord("RUNNING", 0, "2026-12-07T11:42:00", "2026-12-07T11:42:20")
+    assert parse_job_record(GRACE_ENDED) == JobRecord("COMPLETING", 1, None, None)
     assert parse_job_record(NOT_PREEMPTED).preempt_time is None
     assert parse_job_record("") is None and parse_job_record("slurm_load_jobs error: Invalid job id") is None
+
+
+def test_the_grace_time_left_is_read_from_a_preempted_job_s_end_time_only():
+    """EndTime is the preemption + GraceTime once SLURM preempts; before, it is the time limit's end,
+    which the warning's lead already stands for."""
+    now = datetime(2026, 12, 7, 11, 42, 5)
+    assert grace_seconds_left(parse_job_record(DURING_GRACE), now) == 15.0
+    assert grace_seconds_left(parse_job_record(NOT_PREEMPTED), now) is None
+    assert grace_seconds_left(parse_job_record(GRACE_ENDED), now) is None
+    assert grace_seconds_left(None, now) is None
+    assert grace_seconds_left(JobRecord("RUNNING", 0, "2026-12-07T11:42:00", "soon"), now) is None
 
 
 @pytest.mark.parametrize("record, restart, by_slurm", [

@@ -124,13 +124,15 @@ def element_starts_in(log_text: str) -> int:
 
 def test_a_high_job_preempts_one_element_which_drains_on_its_signal_and_requeues_itself_once(
         preemption_cluster, workspace, tmp_path):
-    """preempt_send_user_signal: USR1 at the preemption, a grace time of 60 s; users of 4 s each. The
-    element finishes its user in flight, commits, and requeues itself (its log says so) well before
-    the grace time's end, so SLURM's own requeue never comes."""
-    cluster = preemption_cluster(cpus=3, grace_seconds=60, user_signal=True)
+    """preempt_send_user_signal: USR1 at the preemption, a grace time of 20 s, shorter than the
+    signal's lead (60 s), which the shard reads from SLURM's record of its job and drains within;
+    users of 4 s each. The element finishes its user in flight, commits, and requeues itself (its log
+    says so) well before the grace time's end, so SLURM's own requeue never comes."""
+    cluster = preemption_cluster(cpus=3, grace_seconds=20, user_signal=True)
     seen = preempt_one_element(cluster, workspace, tmp_path, shards=3, signal="USR1@60", slow="slow:4")
     log = seen["logs"][seen["index"]]
-    assert "SIGUSR1 received" in log and f"asked SLURM to requeue it, job {seen['element']} (" in log, log
+    assert "SIGUSR1 received" in log and "SLURM's grace time for this preemption ends in" in log, log
+    assert f"asked SLURM to requeue it, job {seen['element']} (" in log, log
     assert "preempted by SLURM at" in log, "it knew the preemption from SLURM's record of its job"
     assert "SLURM requeued its job itself" not in log, log
     assert_requeued_once_and_siblings_undisturbed(cluster, seen, workspace, shards=3)

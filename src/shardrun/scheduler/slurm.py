@@ -62,6 +62,7 @@ class JobRecord:
     state: str  # JobState: RUNNING, COMPLETING (being requeued or ending), ...
     restarts: int  # how often SLURM has requeued the job so far (Restarts)
     preempt_time: str | None  # when SLURM chose to preempt the job (PreemptTime); None when it has not
+    end_time: str | None = None  # EndTime, local time; for a preempted job the preemption + GraceTime
 
     def requeued_since(self, restart_count: int) -> bool:
         """SLURM has requeued the job since its run number `restart_count` (SLURM_RESTART_COUNT) started:
@@ -75,9 +76,11 @@ def parse_job_record(text: str) -> JobRecord | None:
     state, restarts = fields.get("JobState"), fields.get("Restarts", "")
     if not state or not restarts.isdigit():
         return None
-    preempt_time = fields.get("PreemptTime")
-    return JobRecord(state.upper(), int(restarts),
-                     None if preempt_time in (None, "", "None", "(null)", "Unknown") else preempt_time)
+    def time_field(name: str) -> str | None:
+        value = fields.get(name)
+        return None if value in (None, "", "None", "(null)", "Unknown") else value
+
+    return JobRecord(state.upper(), int(restarts), time_field("PreemptTime"), time_field("EndTime"))
 
 
 def parse_max_array_size(config_text: str) -> int:

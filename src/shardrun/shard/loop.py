@@ -38,7 +38,9 @@ from shardrun.shard.attempts import Attempts, carried_memory, scheduler_memory_b
 from shardrun.shard.fail_fast import FailFastStop, fail_fast_message, fail_fast_stop
 from shardrun.shard.lifecycle import StopFlag
 from shardrun.shard.plan import ShardPlan
-from shardrun.shard.requeue import decide_requeue, read_own_job, requeue_slurm_job, requeued_by_slurm
+from shardrun.shard.requeue import (
+    decide_requeue, grace_seconds_left, read_own_job, requeue_slurm_job, requeued_by_slurm,
+)
 from shardrun.shard.user_log import UserLog
 from shardrun.shard.prepare import ResolvedDirs, WorkerOptions
 from shardrun.states import ShardState, UserStatus, user_outcome
@@ -81,6 +83,7 @@ class ShardLoop:
         self._ending_lock = threading.Lock()
         self._ending = False
         self._requeue_counted = False  # this process has counted its job's requeue (by SLURM or by itself)
+        self._abandon_after: float | None = None  # seconds after the preemption signal (_arm_abandon_timer)
         previous = list(previous_outcomes)
         self.status = ShardStatus(
             dirs.shard,
@@ -208,8 +211,16 @@ class ShardLoop:
     def _arm_abandon_timer(self) -> None:
         notice = self.stop.preemption
         assert notice is not None and self.stop.preempted_at is not None
-        left = notice.abandon_after - (time.monotonic() - self.stop.preempted_at)
-        timer = threading.Timer(max(left, 0.0), self._abandon)
+        since_signal = time.monotonic() - self.stop.preempted_at
+        # A preemption by SLURM stops the job when its grace time ends, which may come before the lead.
+        grace_left = grace_seconds_left(read_own_job(os.environ), datetime.now())
+        if grace_left is not None and since_signal + grace_left < notice.lead_seconds:
+            notice = replace(notice, lead_seconds=max(since_signal + grace_left, 0.0))
+            log.warning("SLURM's grace time for this preemption ends in %.0f s, before the lead of %.0f s: the user"
+                        " in flight is kept if it ends within %.0f s of %s", grace_left,
+                        self.stop.preemption.lead_seconds, notice.abandon_after, self.stop.requested_by)
+        self._abandon_after = notice.abandon_after
+        timer = threading.Timer(max(notice.abandon_after - since_signal, 0.0), self._abandon)
         timer.daemon = True
         timer.start()
 
@@ -224,9 +235,8 @@ class ShardLoop:
         if not self._claim_ending():
             return  # the loop is already ending the shard itself
         user = self.status.snapshot().get("current_user")
-        notice = self.stop.preemption
         log.warning("the user in flight (%r) did not end within %.0f s of %s: abandoned uncommitted", user,
-                    notice.abandon_after, self.stop.requested_by)
+                    self._abandon_after, self.stop.requested_by)
         self.commits.try_flush(wait_seconds=ABANDON_COMMIT_WAIT_SECONDS)
         try:
             self.status.update(state=ShardState.PREEMPTED.value, current_user=None,

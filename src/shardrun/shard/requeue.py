@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Mapping
 
 from shardrun.errors import SchedulerError
@@ -62,6 +63,18 @@ def requeued_by_slurm(record: JobRecord | None, env: Mapping[str, str]) -> bool:
     """SLURM has requeued this job since this run of it started (its record counts a newer run):
     this run ends and SLURM starts the job again by itself."""
     return record is not None and record.requeued_since(restart_count(env))
+
+
+def grace_seconds_left(record: JobRecord | None, now: datetime) -> float | None:
+    """Seconds from `now` (local time, as scontrol prints) to the end of SLURM's grace time for a
+    preempted job (its EndTime: the preemption + GraceTime); None when SLURM has not preempted it or
+    the record does not say."""
+    if record is None or record.preempt_time is None or record.end_time is None:
+        return None
+    try:
+        return (datetime.fromisoformat(record.end_time) - now).total_seconds()
+    except ValueError:
+        return None
 
 
 def decide_requeue(users_todo: int, requeues_done: int, limit: int, env: Mapping[str, str],
