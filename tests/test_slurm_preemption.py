@@ -132,7 +132,7 @@ def test_a_high_job_preempts_one_element_which_drains_on_its_signal_and_requeues
     seen = preempt_one_element(cluster, workspace, tmp_path, shards=3, signal="USR1@60", slow="slow:4")
     log = seen["logs"][seen["index"]]
     assert "SIGUSR1 received" in log and "SLURM's grace time for this preemption ends in" in log, log
-    assert f"asked SLURM to requeue it, job {seen['element']} (" in log, log
+    assert f"asks SLURM to requeue it, job {seen['element']} (" in log, log
     assert "preempted by SLURM at" in log, "it knew the preemption from SLURM's record of its job"
     assert "SLURM requeued its job itself" not in log, log
     assert_requeued_once_and_siblings_undisturbed(cluster, seen, workspace, shards=3)
@@ -149,5 +149,5 @@ def test_without_the_user_signal_the_grace_time_s_sigterm_alone_drains_and_slurm
     seen = preempt_one_element(cluster, workspace, tmp_path, shards=2, signal="USR1@60", slow="slow:8")
     log = seen["logs"][seen["index"]]
     assert "SIGUSR1" not in log and "SIGTERM received" in log, log
-    assert "SLURM requeued its job itself" in log and "asked SLURM to requeue" not in log, log
+    assert "SLURM requeued its job itself" in log and "asks SLURM to requeue" not in log, log
     assert_requeued_once_and_siblings_undisturbed(cluster, seen, workspace, shards=2)

@@ -39,7 +39,7 @@ from shardrun.shard.fail_fast import FailFastStop, fail_fast_message, fail_fast_
 from shardrun.shard.lifecycle import StopFlag
 from shardrun.shard.plan import ShardPlan
 from shardrun.shard.requeue import (
-    decide_requeue, grace_seconds_left, read_own_job, requeue_slurm_job, requeued_by_slurm,
+    decide_requeue, grace_seconds_left, own_slurm_job, read_own_job, requeue_slurm_job, requeued_by_slurm,
 )
 from shardrun.shard.user_log import UserLog
 from shardrun.shard.prepare import ResolvedDirs, WorkerOptions
@@ -191,6 +191,11 @@ class ShardLoop:
             log.error("could not record the failure in %s: %s", self.dirs.shard.status, status_error)
 
     def _stop_now(self, signal_name: str) -> None:
+        if self._requeue_counted:
+            # The drain is over and the requeue recorded: this is SLURM stopping this run for that requeue.
+            log.info("%s: SLURM stops this run of the shard for its requeue", signal_name)
+            logging.shutdown()
+            os._exit(EXIT_PREEMPTED)
         log.warning("second %s: stopping now; the user in flight is abandoned uncommitted", signal_name)
         # Not waiting: the signal may have interrupted this very thread inside a commit.
         self.commits.try_flush(wait_seconds=0)
@@ -260,20 +265,19 @@ class ShardLoop:
         if not decision.requeue:
             log.warning("not requeueing shard %s: %s", self.dirs.spec, decision.reason)
             return
-        # Counted before the request: once the scheduler takes it, this process may be stopped at any moment.
+        # Counted and said before the request: once SLURM takes it, its TERM stops this process at once.
+        count = doc["requeues"] + 1
+        why = f"requeue {count}; {decision.reason}" if decision.reason else f"{count} of at most {limit}"
+        log.warning("shard %s asks SLURM to requeue it, job %s (%s); %d users to do", self.dirs.spec,
+                    own_slurm_job(os.environ), why, doc["users_todo"])
+        self.status.update(requeues=count)
         self._requeue_counted = True
-        self.status.update(requeues=doc["requeues"] + 1)
         try:
-            job = requeue_slurm_job(os.environ)
+            requeue_slurm_job(os.environ)
         except SchedulerError as exc:
             self._requeue_counted = False
             self.status.update(requeues=doc["requeues"], last_error=str(exc))
             log.error("%s", exc)
-            return
-        count = doc["requeues"] + 1
-        why = f"requeue {count}; {decision.reason}" if decision.reason else f"{count} of at most {limit}"
-        log.warning("shard %s asked SLURM to requeue it, job %s (%s); %d users to do", self.dirs.spec, job, why,
-                    doc["users_todo"])
 
     def _count_slurm_requeue(self, record: JobRecord | None) -> None:
         """SLURM requeues this job itself (its record says so): one more requeue, none asked for."""
