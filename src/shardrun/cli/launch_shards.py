@@ -89,7 +89,8 @@ def parser() -> argparse.ArgumentParser:
                        help="CPUs per element (sbatch --cpus-per-task; the shard's threads)")
     slurm.add_argument("--mem", metavar="SIZE", help="memory per element (default: heap + the JVM's overhead + the data)")
     slurm.add_argument("--requeue-limit", type=non_negative_int, default=3, metavar="N",
-                       help="times a preempted element requeues itself (then resubmit with the same command)")
+                       help="times an element warned of its time limit requeues itself (then resubmit with the same"
+                            " command); a preemption by SLURM is requeued regardless, as SLURM would")
     slurm.add_argument("--partition", help="sbatch --partition")
     slurm.add_argument("--account", help="sbatch --account")
     slurm.add_argument("--qos", help="sbatch --qos")
