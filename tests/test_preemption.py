@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -18,9 +19,17 @@ import pytest
 from e2e_support import analysis_values, faulty_task_config, read_status, shardrun, wait_for
 from shardrun.errors import EXIT_OK, EXIT_PREEMPTED, SchedulerError
 from shardrun.shard.lifecycle import PreemptionNotice
-from shardrun.scheduler.slurm import SlurmCommands
-from shardrun.shard.requeue import decide_requeue, own_slurm_job, requeue_slurm_job
+from shardrun.scheduler.slurm import JobRecord, SlurmCommands, job_record_of, parse_job_record
+from shardrun.shard.requeue import (
+    decide_requeue, grace_seconds_left, own_slurm_job, read_own_job, requeue_slurm_job, requeued_by_slurm,
+    restart_count,
+)
 from store_support import committed_users
+
+
+def record_of(text: str):
+    """scontrol's text of one job -> what a stopping element decides on."""
+    return job_record_of(parse_job_record(text))
 
 pytestmark = pytest.mark.e2e
 
@@ -137,6 +146,81 @@ def test_a_refused_requeue_names_the_scheduler_s_words():
 
     with pytest.raises(SchedulerError, match="Requested operation is disabled"):
         requeue_slurm_job({"SLURM_JOB_ID": "42"}, SlurmCommands(run=refusing_scontrol))
+
+
+# `scontrol --oneliner show job 1_0` as SLURM 22.05 printed it (shortened) for a preempted element of
+# a low partition with GraceTime=20: during the grace time, and once the grace time had ended.
+DURING_GRACE = ("JobId=2 ArrayJobId=1 ArrayTaskId=0 JobName=x JobState=RUNNING Reason=None Dependency=(null)"
+                " Requeue=1 Restarts=0 BatchFlag=1 RunTime=00:00:04 TimeLimit=UNLIMITED"
+                " StartTime=2026-12-07T11:42:56 EndTime=2026-12-07T11:42:20 PreemptEligibleTime=2026-12-07T11:38:22"
+                " PreemptTime=2026-12-07T11:42:00 SuspendTime=None Partition=low")
+GRACE_ENDED = ("JobId=2 ArrayJobId=1 ArrayTaskId=0 JobName=x JobState=COMPLETING Reason=None Dependency=(null)"
+               " Requeue=1 Restarts=1 BatchFlag=1 EndTime=Unknown PreemptEligibleTime=2026-12-07T11:38:22"
+               " PreemptTime=None SuspendTime=None Partition=low")
+NOT_PREEMPTED = DURING_GRACE.replace("PreemptTime=2026-12-07T11:42:00", "PreemptTime=None")
+ELEMENT = {"SLURM_JOB_ID": "2", "SLURM_ARRAY_JOB_ID": "1", "SLURM_ARRAY_TASK_ID": "0"}
+
+
+def test_scontrol_s_record_says_preempted_and_requeued():
+    assert record_of(DURING_GRACE) == JobRecord("RUNNING", 0, "2026-12-07T11:42:00", "2026-12-07T11:42:20")
+    assert record_of(GRACE_ENDED) == JobRecord("COMPLETING", 1, None, None)
+    assert record_of(NOT_PREEMPTED).preempt_time is None
+    assert record_of("") is None and record_of("slurm_load_jobs error: Invalid job id") is None
+
+
+def test_the_grace_time_left_is_read_from_a_preempted_job_s_end_time_only():
+    """EndTime is the preemption + GraceTime once SLURM preempts; before, it is the time limit's end,
+    which the warning's lead already stands for."""
+    now = datetime(2026, 12, 7, 11, 42, 5)
+    assert grace_seconds_left(record_of(DURING_GRACE), now) == 15.0
+    assert grace_seconds_left(record_of(NOT_PREEMPTED), now) is None
+    assert grace_seconds_left(record_of(GRACE_ENDED), now) is None
+    assert grace_seconds_left(None, now) is None
+    assert grace_seconds_left(JobRecord("RUNNING", 0, "2026-12-07T11:42:00", "soon"), now) is None
+
+
+@pytest.mark.parametrize("record, restart, by_slurm", [
+    (GRACE_ENDED, None, True),  # SLURM's record counts a run newer than this one (the first)
+    (GRACE_ENDED, "1", False),  # this run is the one it counts
+    (DURING_GRACE, None, False),
+    (None, None, False),  # no record: not known
+])
+def test_a_requeue_by_slurm_is_told_by_the_restart_count(record, restart, by_slurm):
+    env = {**ELEMENT, **({"SLURM_RESTART_COUNT": restart} if restart else {})}
+    assert restart_count(env) == int(restart or 0)
+    assert requeued_by_slurm(record_of(record) if record else None, env) == by_slurm
+
+
+def test_a_requeue_slurm_does_itself_is_never_asked_again_and_its_preemption_is_requeued_past_the_limit():
+    """Measured (docs/CLUSTER_TESTS.md): SLURM requeues a preempted job itself only when its grace time
+    ends with the job running, and refuses a second requeue then; a job that ends during the grace
+    time is not requeued (COMPLETED or FAILED), so a shard that drained in time asks."""
+    ended = decide_requeue(users_todo=3, requeues_done=0, limit=3, env=ELEMENT, record=record_of(GRACE_ENDED))
+    assert not ended.requeue and ended.requeued_by_slurm and "runs again without asking" in ended.reason
+    during = decide_requeue(users_todo=3, requeues_done=3, limit=3, env=ELEMENT, record=record_of(DURING_GRACE))
+    assert during.requeue and not during.requeued_by_slurm and "preempted by SLURM" in during.reason
+    warned = decide_requeue(users_todo=3, requeues_done=3, limit=3, env=ELEMENT, record=record_of(NOT_PREEMPTED))
+    assert not warned.requeue and "--requeue-limit 3" in warned.reason, "a time-limit warning stays bounded"
+    done = decide_requeue(users_todo=0, requeues_done=0, limit=3, env=ELEMENT, record=record_of(DURING_GRACE))
+    assert not done.requeue and not done.requeued_by_slurm
+
+
+def test_the_element_reads_its_own_record_and_goes_on_without_it_when_scontrol_fails():
+    """Stands in for scontrol (the real one is exercised by tests/test_slurm_preemption.py)."""
+    commands = []
+
+    def answering_scontrol(command, **kwargs):
+        commands.append((command, kwargs["timeout"]))
+        return subprocess.CompletedProcess(command, 0, GRACE_ENDED + "\n", "")
+
+    def failing_scontrol(command, **_kwargs):
+        return subprocess.CompletedProcess(command, 1, "", "slurm_load_jobs error: Unable to contact slurm controller")
+
+    assert read_own_job(ELEMENT, SlurmCommands(run=answering_scontrol)) == JobRecord("COMPLETING", 1, None)
+    (command, timeout), = commands
+    assert command == ["scontrol", "--oneliner", "show", "job", "1_0"] and timeout <= 30
+    assert read_own_job(ELEMENT, SlurmCommands(run=failing_scontrol)) is None
+    assert read_own_job({}, SlurmCommands(run=failing_scontrol)) is None
 
 
 @pytest.mark.parametrize("lead, after", [(120.0, 108.0), (30.0, 25.0), (4.0, 2.0)])

@@ -121,6 +121,7 @@ def test_an_element_requeued_mid_run_continues_its_shard_on_the_other_node(two_n
     assert " on nodea, restart 0" in log and " on nodeb, restart 1" in log, log
     status = read_status(shard_dir)
     assert status["host"] == "nodeb" and status["resumed_with_done"] >= 2, "it continued, not restarted"
+    assert status["requeues"] == 1 and "SLURM requeued its job itself" in log, "an admin's requeue: counted, not asked"
     after = batch_files(shard_dir)
     assert {name: after[name] for name in committed_on_nodea} == committed_on_nodea
     assert set(hosts_of(after).values()) == {"nodea", "nodeb"}

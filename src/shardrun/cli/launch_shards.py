@@ -91,7 +91,8 @@ def parser() -> argparse.ArgumentParser:
     slurm.add_argument("--merge-mem", metavar="SIZE",
                        help="memory of the merge + validate job (default: from the users, rows and columns of the result set)")
     slurm.add_argument("--requeue-limit", type=non_negative_int, default=3, metavar="N",
-                       help="times a preempted element requeues itself (then resubmit with the same command)")
+                       help="times an element warned of its time limit requeues itself (then resubmit with the same"
+                            " command); a preemption by SLURM is requeued regardless, as SLURM would")
     slurm.add_argument("--partition", help="sbatch --partition")
     slurm.add_argument("--account", help="sbatch --account")
     slurm.add_argument("--qos", help="sbatch --qos")

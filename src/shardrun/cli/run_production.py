@@ -70,7 +70,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--preempt-lead", type=positive_seconds, default=120.0, metavar="S",
                    help="seconds between the warning signal and the scheduler's kill (sbatch --signal=...@S)")
     p.add_argument("--requeue-limit", type=non_negative_int, default=3, metavar="N",
-                   help="after a preemption, ask SLURM to requeue this job at most N times in all (0: never)")
+                   help="after the warning signal, ask SLURM to requeue this job at most N times in all (0: never);"
+                        " a preemption by SLURM (PreemptTime in its record) is requeued regardless, as SLURM would")
     add_verbose(p)
     return p
 

@@ -166,6 +166,38 @@ def sighting_of(record: Mapping[str, str] | None, cluster: str | None, lost: boo
                        node_lost=lost)
 
 
+@dataclass(frozen=True)
+class JobRecord:
+    """What `scontrol show job` says of one job that a stopping element decides on (shard/requeue.py)."""
+
+    state: str  # JobState: RUNNING, COMPLETING (being requeued or ending), ...
+    restarts: int  # how often SLURM has requeued the job so far (Restarts)
+    preempt_time: str | None  # when SLURM chose to preempt the job (PreemptTime); None when it has not
+    end_time: str | None = None  # EndTime, local time; for a preempted job the preemption + GraceTime
+
+    def requeued_since(self, restart_count: int) -> bool:
+        """SLURM has requeued the job since its run number `restart_count` (SLURM_RESTART_COUNT) started:
+        that run ends and SLURM starts the job again by itself."""
+        return self.restarts > restart_count
+
+
+def job_record_of(fields: Mapping[str, str]) -> JobRecord | None:
+    """A job's fields (parse_job_record) -> what a stopping element decides on (pure); None when they are
+    not a job's."""
+    state, restarts = fields.get("JobState"), fields.get("Restarts", "")
+    if not state or not restarts.isdigit():
+        return None
+    def time_field(name: str) -> str | None:
+        value = fields.get(name)
+        return None if value in (None, "", "None", "(null)", "Unknown") else value
+
+    return JobRecord(state.upper(), int(restarts), time_field("PreemptTime"), time_field("EndTime"))
+
+
+def parse_max_array_size(config_text: str) -> int:
+    """MaxArraySize from `scontrol show config` (SLURM's default when it is not listed)."""
+
+
 def config_value(config_text: str, name: str) -> str | None:
     """One setting of `scontrol show config` (None when it is not listed)."""
     for line in config_text.splitlines():
@@ -239,16 +271,25 @@ class SlurmCommands:
         return config_value(self._call(["scontrol", "show", "config"], what="scontrol show config", timeout=30),
                             "ClusterName")
 
-    def job_record(self, job: str) -> dict[str, str] | None:
+    def job_record(self, job: str, timeout: float = 30) -> dict[str, str] | None:
         """SLURM's record of one job or array element (`<array>_<task>`); None when SLURM does not know it
         (ended long enough ago to be forgotten: MinJobAge, or never there)."""
-        result = self._run_command(["scontrol", "--oneliner", "show", "job", job], None, timeout=30)
+        result = self._run_command(["scontrol", "--oneliner", "show", "job", job], None, timeout=timeout)
         if result.returncode == 0:
             return parse_job_record(result.stdout)
         answer = said(result)
         if "Invalid job id specified" in answer or answer == f"Job {job} not found":
             return None
         raise SchedulerError(f"scontrol show job {job} failed: {answer}")
+
+    def job_state(self, job: str, timeout: float = 30) -> JobRecord:
+        """What a stopping element decides on (shard/requeue.py): its job's state, restarts and preemption.
+        It asks with a short timeout: SLURM's kill does not wait."""
+        fields = self.job_record(job, timeout)
+        record = job_record_of(fields) if fields is not None else None
+        if record is None:
+            raise SchedulerError(f"scontrol show job {job} answered without JobState and Restarts: {fields!r}")
+        return record
 
     def node_record(self, node: str) -> dict[str, str] | None:
         """SLURM's record of one node (None when SLURM does not know it)."""

@@ -6,9 +6,10 @@ failed rows) and the loop goes on; a storage failure stops the shard clearly. Ev
 a drain, a preemption, a second signal, a failure) first commits the users already finished. On the
 scheduler's warning signal (lifecycle.PreemptionNotice) the drain is bounded by the lead time: the user
 in flight is abandoned uncommitted if it has not ended in time, the shard says `preempted` and asks
-its scheduler to run it again (requeue.py) while users are left. A shard whose first --fail-fast users
-all failed with one error class stops (fail_fast.py): state `failed`, the error and its fix in
-status.json's last_error and the log, exit 1.
+its scheduler to run it again (requeue.py) while users are left, unless SLURM's record of the job says
+SLURM requeues it already (a preemption's grace time ended: then a plain TERM is a preemption too).
+A shard whose first --fail-fast users all failed with one error class stops (fail_fast.py): state
+`failed`, the error and its fix in status.json's last_error and the log, exit 1.
 """
 
 from __future__ import annotations
@@ -37,13 +38,16 @@ from shardrun.shard.attempts import Attempts, carried_memory, scheduler_memory_b
 from shardrun.shard.fail_fast import FailFastStop, fail_fast_message, fail_fast_stop
 from shardrun.shard.lifecycle import StopFlag
 from shardrun.shard.plan import ShardPlan
-from shardrun.shard.requeue import decide_requeue, requeue_slurm_job
+from shardrun.shard.requeue import (
+    decide_requeue, grace_seconds_left, own_slurm_job, read_own_job, requeue_slurm_job, requeued_by_slurm,
+)
 from shardrun.shard.user_log import UserLog
 from shardrun.shard.prepare import ResolvedDirs, WorkerOptions
 from shardrun.states import ShardState, UserStatus, user_outcome
 from shardrun.shard.jvm import (
     is_heap_exhaustion, java_class_name, java_stack, start_jvm, task_classpath, task_jvm_options, task_jvm_provenance,
 )
+from shardrun.scheduler.slurm import JobRecord
 from shardrun.storage.attempts import ATTEMPT
 from shardrun.storage.status import ShardStatus, status_document
 from shardrun.task import Dataset, Task
@@ -78,6 +82,8 @@ class ShardLoop:
         # The drain ends once: by the loop, or by the abandon timer of a preemption (whichever is first).
         self._ending_lock = threading.Lock()
         self._ending = False
+        self._requeue_counted = False  # this process has counted its job's requeue (by SLURM or by itself)
+        self._abandon_after: float | None = None  # seconds after the preemption signal (_arm_abandon_timer)
         previous = list(previous_outcomes)
         self.status = ShardStatus(
             dirs.shard,
@@ -185,6 +191,11 @@ class ShardLoop:
             log.error("could not record the failure in %s: %s", self.dirs.shard.status, status_error)
 
     def _stop_now(self, signal_name: str) -> None:
+        if self._requeue_counted:
+            # The drain is over and the requeue recorded: this is SLURM stopping this run for that requeue.
+            log.info("%s: SLURM stops this run of the shard for its requeue", signal_name)
+            logging.shutdown()
+            os._exit(EXIT_PREEMPTED)
         log.warning("second %s: stopping now; the user in flight is abandoned uncommitted", signal_name)
         # Not waiting: the signal may have interrupted this very thread inside a commit.
         self.commits.try_flush(wait_seconds=0)
@@ -193,6 +204,9 @@ class ShardLoop:
                        else (ShardState.INTERRUPTED, EXIT_INTERRUPTED))
         try:
             self.status.update(state=state.value, last_error=f"stopped by a second {signal_name}")
+            if self.stop.preempted and not self._requeue_counted:
+                # The grace time of SLURM's preemption ended before the drain did: SLURM requeues the job.
+                self._count_slurm_requeue(read_own_job(os.environ))
         except Exception as exc:  # leaving at once matters more than the status line; say why it is stale
             log.error("could not mark %s %s: %s", self.dirs.shard.status, state.value, exc)
         finally:
@@ -202,8 +216,16 @@ class ShardLoop:
     def _arm_abandon_timer(self) -> None:
         notice = self.stop.preemption
         assert notice is not None and self.stop.preempted_at is not None
-        left = notice.abandon_after - (time.monotonic() - self.stop.preempted_at)
-        timer = threading.Timer(max(left, 0.0), self._abandon)
+        since_signal = time.monotonic() - self.stop.preempted_at
+        # A preemption by SLURM stops the job when its grace time ends, which may come before the lead.
+        grace_left = grace_seconds_left(read_own_job(os.environ), datetime.now())
+        if grace_left is not None and since_signal + grace_left < notice.lead_seconds:
+            notice = replace(notice, lead_seconds=max(since_signal + grace_left, 0.0))
+            log.warning("SLURM's grace time for this preemption ends in %.0f s, before the lead of %.0f s: the user"
+                        " in flight is kept if it ends within %.0f s of %s", grace_left,
+                        self.stop.preemption.lead_seconds, notice.abandon_after, self.stop.requested_by)
+        self._abandon_after = notice.abandon_after
+        timer = threading.Timer(max(notice.abandon_after - since_signal, 0.0), self._abandon)
         timer.daemon = True
         timer.start()
 
@@ -218,36 +240,54 @@ class ShardLoop:
         if not self._claim_ending():
             return  # the loop is already ending the shard itself
         user = self.status.snapshot().get("current_user")
-        notice = self.stop.preemption
         log.warning("the user in flight (%r) did not end within %.0f s of %s: abandoned uncommitted", user,
-                    notice.abandon_after, self.stop.requested_by)
+                    self._abandon_after, self.stop.requested_by)
         self.commits.try_flush(wait_seconds=ABANDON_COMMIT_WAIT_SECONDS)
         try:
             self.status.update(state=ShardState.PREEMPTED.value, current_user=None,
                                last_error=f"preempted by {self.stop.requested_by}; user {user!r} abandoned uncommitted")
-            self._requeue_if_work_left()
+            self._requeue_if_work_left(read_own_job(os.environ))
         except Exception as exc:  # leaving before the kill matters more than the status line
             log.error("could not record the preemption in %s: %s", self.dirs.shard.status, exc)
         finally:
             logging.shutdown()
             os._exit(EXIT_PREEMPTED)
 
-    def _requeue_if_work_left(self) -> None:
+    def _requeue_if_work_left(self, record: JobRecord | None) -> None:
+        """Have the job run again while users are left: counted, and asked for unless SLURM requeues it
+        already (requeue.decide_requeue decides from SLURM's `record` of the job)."""
         doc = self.status.snapshot()
-        decision = decide_requeue(doc["users_todo"], doc["requeues"], self.stop.preemption.requeue_limit, os.environ)
+        limit = self.stop.preemption.requeue_limit if self.stop.preemption is not None else 0
+        decision = decide_requeue(doc["users_todo"], doc["requeues"], limit, os.environ, record)
+        if decision.requeued_by_slurm:
+            self._count_slurm_requeue(record)
+            return
         if not decision.requeue:
             log.warning("not requeueing shard %s: %s", self.dirs.spec, decision.reason)
             return
-        # Counted before the request: once the scheduler takes it, this process may be stopped at any moment.
-        self.status.update(requeues=doc["requeues"] + 1)
+        # Counted and said before the request: once SLURM takes it, its TERM stops this process at once.
+        count = doc["requeues"] + 1
+        why = f"requeue {count}; {decision.reason}" if decision.reason else f"{count} of at most {limit}"
+        log.warning("shard %s asks SLURM to requeue it, job %s (%s); %d users to do", self.dirs.spec,
+                    own_slurm_job(os.environ), why, doc["users_todo"])
+        self.status.update(requeues=count)
+        self._requeue_counted = True
         try:
-            job = requeue_slurm_job(os.environ)
+            requeue_slurm_job(os.environ)
         except SchedulerError as exc:
+            self._requeue_counted = False
             self.status.update(requeues=doc["requeues"], last_error=str(exc))
             log.error("%s", exc)
+
+    def _count_slurm_requeue(self, record: JobRecord | None) -> None:
+        """SLURM requeues this job itself (its record says so): one more requeue, none asked for."""
+        if not requeued_by_slurm(record, os.environ):
             return
-        log.warning("shard %s asked SLURM to requeue it, job %s (%d of at most %d); %d users to do", self.dirs.spec,
-                    job, doc["requeues"] + 1, self.stop.preemption.requeue_limit, doc["users_todo"])
+        self._requeue_counted = True
+        requeues = self.status.snapshot()["requeues"] + 1
+        self.status.update(requeues=requeues)
+        log.warning("shard %s: SLURM requeued its job itself (a preemption's grace time ended, or scontrol requeue),"
+                    " requeue %d; it runs again without asking", self.dirs.spec, requeues)
 
     def _run_user(self, user_id: str) -> None:
         self.status.begin_user(user_id)
@@ -308,10 +348,13 @@ class ShardLoop:
         if not self._claim_ending():
             threading.Event().wait()  # the abandon timer is ending the process (os._exit)
         doc = self.status.snapshot()
-        if self.stop.preempted and doc["users_todo"] > 0:
+        # After a stop signal, SLURM's record tells a preemption whose grace time ended, or an admin's
+        # requeue (SLURM runs the job again: preempted), from a plain stop (scancel: interrupted).
+        record = read_own_job(os.environ) if self.stop.requested_by else None
+        if doc["users_todo"] > 0 and (self.stop.preempted or requeued_by_slurm(record, os.environ)):
             self.status.update(state=ShardState.PREEMPTED.value, last_error=f"preempted by {self.stop.requested_by}")
             log.warning("shard %s preempted with %d users to do", self.dirs.spec, doc["users_todo"])
-            self._requeue_if_work_left()
+            self._requeue_if_work_left(record)
             return EXIT_PREEMPTED
         if self.stop.requested_by and doc["users_todo"] > 0:
             self.status.update(state=ShardState.INTERRUPTED.value, last_error=f"stopped by {self.stop.requested_by}")
@@ -323,6 +366,8 @@ class ShardLoop:
             self.status.update(state=ShardState.FAILED.value, last_error=message)
             log.error("%s", message)
             return EXIT_USERS_FAILED
+        # SLURM's TERM came during the last user: the drain finished it; SLURM's next run finds nothing to do.
+        self._count_slurm_requeue(record)
         failed = doc["users_failed"] > 0
         state = ShardState.COMPLETED_WITH_FAILURES if failed else ShardState.COMPLETED
         self.status.update(state=state.value, eta_seconds=0)
@@ -332,7 +377,8 @@ class ShardLoop:
 
 
 def previous_requeues(status_path: Path) -> int:
-    """How often earlier processes of this shard asked to be requeued (kept in status.json across starts)."""
+    """How often this shard's job was requeued so far, by its own request or by SLURM's (kept in status.json
+    across starts)."""
     count = status_document(status_path).get("requeues")
     return count if isinstance(count, int) and count >= 0 else 0
 
