@@ -6,7 +6,7 @@ import psutil
 import pytest
 
 from e2e_support import analysis_values, shardrun, write_categorical_data, write_config
-from slurm_cluster import SlurmCluster, SlurmClusterError, running_clusters
+from slurm_cluster import SlurmCluster, running_clusters, started_for_test
 from shardrun.config import JvmConfig
 from shardrun.infodynamics.jidt import find_jidt_jar
 from shardrun.shard.jvm import start_jvm
@@ -40,15 +40,7 @@ def slurm_cluster():
     dir), started when a test first asks for it and stopped at the session's end. A test submits with
     `slurm_cluster.sbatch(...)`, or runs SLURM commands (and shardrun's) with `env=slurm_cluster.env`.
     If SLURM cannot start here (not installed: tools/install_slurm.sh), the tests that need it fail."""
-    cluster = SlurmCluster(shared=True)
-    try:
-        cluster.start()
-    except SlurmClusterError as error:
-        failure = str(error)
-    else:
-        failure = None
-    if failure:
-        pytest.fail(f"no SLURM cluster for this test: {failure}", pytrace=False)
+    cluster = started_for_test(SlurmCluster(shared=True))
     yield cluster
     cluster.stop()
 
@@ -60,15 +52,7 @@ def two_node_cluster():
     a test of the module first asks for it and stopped, namespaces and links included, after its last test.
     A requeued job may start again 6 s after the requeue (cred_expire=5, SLURM's minimum), not 121 s.
     Needs root; if it cannot start, the tests that need it fail with the reason (docs/CLUSTER_TESTS.md)."""
-    cluster = SlurmCluster(shared=True, nodes={"nodea": 1, "nodeb": 1}, cred_expire=5)
-    try:
-        cluster.start()
-    except SlurmClusterError as error:
-        failure = str(error)
-    else:
-        failure = None
-    if failure:
-        pytest.fail(f"no two-node SLURM cluster for this test: {failure}", pytrace=False)
+    cluster = started_for_test(SlurmCluster(shared=True, nodes={"nodea": 1, "nodeb": 1}, cred_expire=5))
     yield cluster
     cluster.stop()
 

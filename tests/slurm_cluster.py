@@ -550,3 +550,14 @@ PartitionName={self.partition} Nodes={','.join(self.nodes)} Default=YES MaxTime=
 
     def __exit__(self, *exc_info) -> None:
         self.stop()
+
+
+def started_for_test(cluster: SlurmCluster) -> SlurmCluster:
+    """The cluster started, or the asking test failed (never skipped) with the reason and the daemons' logs."""
+    import pytest
+
+    try:
+        return cluster.start()
+    except SlurmClusterError as error:
+        kind = f"{len(cluster.nodes)}-node " if len(cluster.nodes) > 1 else ""
+        pytest.fail(f"no {kind}SLURM cluster for this test: {error}", pytrace=False)

@@ -23,7 +23,7 @@ import yaml
 from e2e_support import analysis_values, read_status, wait_for
 from shardrun.storage.batches import decode_batch
 from shardrun.storage.paths import ShardPaths
-from slurm_cluster import SlurmCluster, SlurmClusterError
+from slurm_cluster import SlurmCluster, started_for_test
 
 pytestmark = pytest.mark.e2e
 
@@ -38,11 +38,7 @@ def slurm_cluster():
     (cred_expire=10) instead of SLURM's default 121 s: requeues are left to SLURM, as on a real
     cluster, without making the tests wait two minutes each. (`scontrol update StartTime=now`
     does not do for array elements: slurmd refuses the revoked credential, "Job credential revoked".)"""
-    cluster = SlurmCluster(shared=True, cred_expire=10, max_array_size=MAX_ARRAY_SIZE)
-    try:
-        cluster.start()
-    except SlurmClusterError as error:
-        pytest.fail(f"no SLURM cluster for this test: {error}", pytrace=False)
+    cluster = started_for_test(SlurmCluster(shared=True, cred_expire=10, max_array_size=MAX_ARRAY_SIZE))
     yield cluster
     cluster.stop()
 
@@ -241,11 +237,7 @@ def test_the_time_limit_warning_drains_says_preempted_and_requeues_the_element(s
 def three_cpu_cluster():
     """A cluster of its own whose node has three CPUs, so that an array of three elements runs all at
     once (the module's cluster has the machine's CPUs, two here); requeued jobs start 11 s later."""
-    cluster = SlurmCluster(cpus=3, cred_expire=10)
-    try:
-        cluster.start()
-    except SlurmClusterError as error:
-        pytest.fail(f"no SLURM cluster for this test: {error}", pytrace=False)
+    cluster = started_for_test(SlurmCluster(cpus=3, cred_expire=10))
     yield cluster
     cluster.stop()
 

@@ -30,7 +30,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from slurm_cluster import SlurmCluster, SlurmClusterError
+from slurm_cluster import SlurmCluster, started_for_test
 from shardrun.storage.lease import read_lease
 
 pytestmark = pytest.mark.e2e
@@ -44,11 +44,7 @@ SHORT_STALE, LONG_STALE = 2, 600  # seconds: a heartbeat that goes stale in the 
 def slurm_cluster():
     """This module's own single-node cluster, whose requeued jobs may start again 6 s after the requeue
     (cred_expire=5, SLURM's minimum) instead of 121 s, so a restarted element comes back by itself."""
-    cluster = SlurmCluster(shared=True, cred_expire=5)
-    try:
-        cluster.start()
-    except SlurmClusterError as error:
-        pytest.fail(f"no SLURM cluster for this test: {error}", pytrace=False)
+    cluster = started_for_test(SlurmCluster(shared=True, cred_expire=5))
     yield cluster
     cluster.stop()
 

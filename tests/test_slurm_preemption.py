@@ -26,7 +26,7 @@ import time
 import pytest
 
 from e2e_support import read_status, wait_for
-from slurm_cluster import SlurmCluster, SlurmClusterError
+from slurm_cluster import SlurmCluster, started_for_test
 from test_slurm import (
     RUN_TIMEOUT, assert_equals_reference, batch_files, faulty_env, launch, own_config,
     pending_after_requeue, submitted, wait_for_run,
@@ -60,10 +60,7 @@ def preemption_cluster():
                                extra_config=preemption_config(grace_seconds, user_signal,
                                                               ",".join(nodes) if nodes else "localhost"))
         started.append(cluster)
-        try:
-            return cluster.start()
-        except SlurmClusterError as error:
-            pytest.fail(f"no SLURM cluster for this test: {error}", pytrace=False)
+        return started_for_test(cluster)
 
     yield start
     for cluster in started:

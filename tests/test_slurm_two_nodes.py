@@ -23,7 +23,7 @@ import pytest
 
 from e2e_support import read_status, wait_for
 from node_network import NodeNetwork, NodeNetworkError, free_subnet
-from slurm_cluster import SlurmCluster, SlurmClusterError
+from slurm_cluster import SlurmCluster, SlurmClusterError, started_for_test
 from shardrun.storage.batches import decode_batch
 from test_slurm import (assert_equals_reference, batch_files, element_starts, faulty_env, launch, own_config,
                         pending_after_requeue, submitted, wait_for_run)
@@ -34,13 +34,6 @@ pytestmark = pytest.mark.e2e
 # part in every run; a job requeued (by a node failure) may start again cred_expire + 1 s later, 6 s.
 NODES = {"nodea": 1, "nodeb": 1}
 CRED_EXPIRE = 5
-
-
-def started(cluster: SlurmCluster) -> SlurmCluster:
-    try:
-        return cluster.start()
-    except SlurmClusterError as error:
-        pytest.fail(f"no two-node SLURM cluster for this test: {error}", pytrace=False)
 
 
 def hosts_of(batches: dict[str, bytes]) -> dict[str, str]:
@@ -136,7 +129,7 @@ def test_a_node_failure_mid_run_requeues_its_element_which_continues_on_the_othe
     (the array is submitted with --requeue); cred_expire + 1 s later it runs on nodeb, keeps the users
     committed on nodea and computes only the rest: every user exactly once, the merge equal to the
     local K=1 run. Once stopped, the cluster leaves no process, namespace or link."""
-    cluster = started(SlurmCluster(nodes=NODES, cred_expire=CRED_EXPIRE))
+    cluster = started_for_test(SlurmCluster(nodes=NODES, cred_expire=CRED_EXPIRE))
     network, daemons = cluster.network, [psutil.Process(process.pid) for process in cluster.processes.values()]
     try:
         config = own_config(workspace, tmp_path, faulty=True)
@@ -195,7 +188,7 @@ def test_stop_leaves_no_process_namespace_or_link_even_after_a_failed_start(tmp_
     """A running cluster with a job that left a program behind (setsid: no longer the job's) is stopped:
     its daemons, that program and every namespace and link are gone. A cluster whose slurmctld refuses
     its config stops what it had started (munged, the namespaces) before it raises."""
-    cluster = started(SlurmCluster(nodes=NODES, cred_expire=CRED_EXPIRE))
+    cluster = started_for_test(SlurmCluster(nodes=NODES, cred_expire=CRED_EXPIRE))
     network = cluster.network
     orphan = tmp_path / "orphan"
     job = cluster.sbatch("-w", "nodeb", "--output=/dev/null",
