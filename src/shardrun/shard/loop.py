@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from shardrun.storage.atomic import write_json_atomic
-from shardrun.storage.commits import GroupCommitter, append_error
+from shardrun.storage.commits import GroupCommitter, append_line_once, error_line
 from shardrun.config import RunConfig
 from shardrun.storage.durability import durable_write
 from shardrun.errors import (
@@ -299,7 +299,8 @@ class ShardLoop:
             record["heap_needed_bytes"] = exc.needed_bytes
         elif is_heap_exhaustion(exc, self.task):
             record["heap_needed_bytes"] = None
-        durable_write("errors.jsonl", self.dirs.shard.dir, lambda: append_error(self.dirs.shard, record))
+        line = error_line(record)  # once: a retry appends this very line, or finds it landed
+        durable_write("errors.jsonl", self.dirs.shard.dir, lambda: append_line_once(self.dirs.shard.errors, line))
         reason = failure_reason(exc, self.task)
         self.status.update(last_error=f"{user_id}: {reason}")
         log.error("user %r failed: %s", user_id, reason)

@@ -43,12 +43,26 @@ def json_safe(value: Any) -> Any:
     return value
 
 
+class FsyncFailed(OSError):
+    """fsync(2) failed: the data may not be on the disk. Never retried (durability.is_transient): after a
+    failed fsync the kernel may have dropped the unwritten pages and marked them clean, so a second fsync
+    would succeed without writing them."""
+
+
+def fsync(fd: int, path: Path | str) -> None:
+    """os.fsync, whose failure is a FsyncFailed naming `path`."""
+    try:
+        os.fsync(fd)
+    except OSError as exc:
+        raise FsyncFailed(exc.errno, exc.strerror, str(path)) from exc
+
+
 def fsync_dir(path: Path) -> None:
     if os.name != "posix":
         return  # directories cannot be opened for fsync on Windows; rename is still atomic
     fd = os.open(path, os.O_RDONLY)
     try:
-        os.fsync(fd)
+        fsync(fd, path)
     finally:
         os.close(fd)
 
@@ -82,7 +96,7 @@ def write_temp_file(directory: Path, payload: bytes) -> Path:
         with os.fdopen(fd, "wb") as handle:
             handle.write(payload)
             handle.flush()
-            os.fsync(handle.fileno())
+            fsync(handle.fileno(), name)
     except BaseException:
         Path(name).unlink(missing_ok=True)
         raise
@@ -233,7 +247,7 @@ def fsync_tree(directory: Path) -> None:
     for path in directory.iterdir():
         if path.is_file():
             with open(path, "rb") as handle:
-                os.fsync(handle.fileno())
+                fsync(handle.fileno(), path)
     fsync_dir(directory)
 
 
