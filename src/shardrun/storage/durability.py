@@ -24,12 +24,13 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, TypeVar
-
-import tenacity
+from typing import TYPE_CHECKING, Callable, TypeVar
 
 from shardrun.errors import StorageError
 from shardrun.storage.atomic import FsyncFailed
+
+if TYPE_CHECKING:
+    import tenacity
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +88,21 @@ def storage_error(what: str, where: Path, exc: OSError, remedy: Remedy = SHARD) 
     return StorageError(f"{failed}{still}: {exc.strerror or exc}; {fix}, then {remedy.then}.")
 
 
+# Errnos that only a write can meet: an OSError with one of them that reached a command's top level
+# escaped a guard, and is still a storage failure (cli/common.guarded), not a bug to report.
+WRITE_ONLY_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG})
+SAME_COMMAND = Remedy("run the same command again", "output dir")
+
+
+def escaped_storage_failure(exc: BaseException) -> StorageError | None:
+    """The StorageError of a failed write that reached a command's top level without a guard, or None."""
+    if not isinstance(exc, OSError) or not (isinstance(exc, FsyncFailed) or exc.errno in WRITE_ONLY_ERRNOS):
+        return None
+    path = Path(exc.filename) if exc.filename else None
+    what, where = (path.name, path.parent) if path is not None else ("a file", Path("the output dir"))
+    return storage_error(what, where, exc, SAME_COMMAND)
+
+
 @dataclass(frozen=True)
 class IoRetryPolicy:
     attempts: int = 6
@@ -94,6 +110,10 @@ class IoRetryPolicy:
     max_wait: float = 30.0
 
     def retrying(self, sleep: Callable[[float], None] = time.sleep) -> tenacity.Retrying:
+        # imported at the first guarded write: merge, validate and monitor load this module for its error
+        # mapping and start without tenacity (tests/test_architecture.py)
+        import tenacity
+
         return tenacity.Retrying(
             sleep=sleep,
             stop=tenacity.stop_after_attempt(self.attempts),
