@@ -70,7 +70,8 @@ def test_permanent_errors_stop_at_once_with_the_fix(code, fix):
     write, calls = flaky([code])
     sleeps = []
     with pytest.raises(StorageError) as error:
-        durable_write("the result of user 'u1'", Path("shard-0-of-1/results"), write, IoRetryPolicy(), sleeps.append)
+        durable_write("the result of user 'u1'", Path("shard-0-of-1/results"), write, IoRetryPolicy(), sleeps.append,
+                      remedy=SHARD)
     assert calls == [1] and sleeps == []
     assert fix in str(error.value) and "shard-0-of-1/results" in str(error.value) and "'u1'" in str(error.value)
     assert "resume the shard" in str(error.value)
@@ -91,7 +92,7 @@ def test_a_failed_fsync_is_never_retried(code):
     write, calls = flaky([code], kind=FsyncFailed)
     sleeps = []
     with pytest.raises(StorageError) as error:
-        durable_write("status.json", Path("d"), write, IoRetryPolicy(), sleeps.append)
+        durable_write("status.json", Path("d"), write, IoRetryPolicy(), sleeps.append, remedy=SHARD)
     assert calls == [1] and sleeps == []
     assert "cannot make status.json durable in d" in str(error.value)
     assert "may not survive a crash" in str(error.value) and "still failing" not in str(error.value)
@@ -103,6 +104,11 @@ def test_each_command_names_its_own_next_step():
     assert "choose a writable --output dir, then run the same merge_shard_results command again" in str(error)
     assert "resume" not in str(error)
     assert "output.root or --out" in str(storage_error("x", Path("d"), OSError(errno.EACCES, "denied"), SHARD))
+    # a run under way lives where it is: no other place is offered
+    running = Remedy("continue the run: launch_shards --out RUN", None)
+    error = str(storage_error("launcher.json", Path("RUN"), OSError(errno.EROFS, "Read-only file system"), running))
+    assert "read-only: make it writable, then continue the run: launch_shards --out RUN." in error
+    assert "run the same command again" in str(storage_error("a new run dir", Path("out"), OSError(errno.ENOSPC, "full")))
 
 
 # --- faults in one step of a group commit ------------------------------------------------------
@@ -170,7 +176,7 @@ COMMIT_FAULTS = [
 
 
 def guard_without_waiting(what, where, write):
-    return durable_write(what, where, write, IoRetryPolicy(attempts=3), sleep=lambda seconds: None)
+    return durable_write(what, where, write, IoRetryPolicy(attempts=3), sleep=lambda seconds: None, remedy=SHARD)
 
 
 @pytest.mark.parametrize("fault", COMMIT_FAULTS, ids=[f.name for f in COMMIT_FAULTS])

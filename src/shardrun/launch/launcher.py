@@ -334,7 +334,7 @@ class Launcher:
         pilot = "" if self.options.pilot is None else f" --pilot {self.options.pilot}"
         command = (f"{self.options.invocation} --config {self.config.source} --shards {self.options.shards}"
                    f" --out {self.run.dir}{pilot}")
-        return Remedy(f"continue the run (its committed users are kept): {command}", "--out dir")
+        return Remedy(f"continue the run (its committed users are kept): {command}", None)
 
     def slot_json(self, index: int) -> dict:
         slot = self.supervisor.slots[index]

@@ -44,32 +44,35 @@ class Remedy:
     """What the person does once the storage is fixed, in the words of the command that met the failure.
 
     `then`: the command that continues (or repeats) the work, e.g. "resume the shard: run_production
-    --resume DIR"; `elsewhere`: where the output could go instead, e.g. "output.root or --out"."""
+    --resume DIR"; `elsewhere`: where the output could go instead, e.g. "output.root or --out", or None
+    where it cannot (a run under way lives where it is)."""
 
     then: str
-    elsewhere: str
+    elsewhere: str | None
 
 
+# Before anything is committed (a new run dir, its set-up) repeating the command is the whole fix.
+SAME_COMMAND = Remedy("run the same command again", "output.root or --out")
 SHARD = Remedy("resume the shard (run_production --resume SHARD_DIR, or launch_shards again with --out RUN): what is"
                " committed is kept, checked, and not computed again", "output.root or --out")
 
-# The problem in words, by errno: the one place that says what a storage failure means. `{elsewhere}`
-# is the command's own flag or key.
-_PROBLEMS = {
-    errno.ENOSPC: "the disk is full: free space",
-    errno.EDQUOT: "the disk quota is exhausted: free space or raise the quota",
-    errno.EFBIG: "a file size limit was hit (ulimit -f): raise it",
-    errno.EROFS: "the filesystem is read-only: make it writable, or choose a writable {elsewhere}",
-    errno.EACCES: "permission denied: make the dir writable for this user, or choose another {elsewhere}",
-    errno.EPERM: "operation not permitted: make the dir writable for this user, or choose another {elsewhere}",
-    errno.ENOENT: "a dir was moved, renamed or removed while the command ran: put it back where it was",
-    errno.ENOTDIR: "a dir was replaced by a file while the command ran: put the dir back where it was",
-    errno.EBUSY: "it is busy (a mount point, or in use by another program): choose another {elsewhere}",
+# The problem in words, by errno: the one place that says what a storage failure means, and the fix,
+# with another place for the output where the command has one (`{elsewhere}`: its own flag or key).
+_PROBLEMS: dict[int, tuple[str, str | None]] = {
+    errno.ENOSPC: ("the disk is full: free space", None),
+    errno.EDQUOT: ("the disk quota is exhausted: free space or raise the quota", None),
+    errno.EFBIG: ("a file size limit was hit (ulimit -f): raise it", None),
+    errno.EROFS: ("the filesystem is read-only: make it writable", "choose a writable {elsewhere}"),
+    errno.EACCES: ("permission denied: make the dir writable for this user", "choose another {elsewhere}"),
+    errno.EPERM: ("operation not permitted: make the dir writable for this user", "choose another {elsewhere}"),
+    errno.ENOENT: ("a dir was moved, renamed or removed while the command ran: put it back where it was", None),
+    errno.ENOTDIR: ("a dir was replaced by a file while the command ran: put the dir back where it was", None),
+    errno.EBUSY: ("it is busy (a mount point, or in use by another program): free it", "choose another {elsewhere}"),
 }
 _FSYNC_PROBLEM = ("the filesystem could not confirm that the data reached the disk, so it may not survive a crash"
                   " of the machine (a failed fsync is not retried: after one, a second fsync can succeed without"
                   " writing the data): check the disk or the file server (dmesg)")
-_OTHER_PROBLEM = "check the dir and the disk"
+_OTHER_PROBLEM = ("check the dir and the disk", None)
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -77,21 +80,21 @@ def is_transient(exc: BaseException) -> bool:
     return isinstance(exc, OSError) and not isinstance(exc, FsyncFailed) and exc.errno in TRANSIENT_ERRNOS
 
 
-def storage_error(what: str, where: Path, exc: OSError, remedy: Remedy = SHARD) -> StorageError:
+def storage_error(what: str, where: Path, exc: OSError, remedy: Remedy = SAME_COMMAND) -> StorageError:
     """The exit-6 error for a write that failed with `exc`: the file, the dir, the system's words, the fix."""
     if isinstance(exc, FsyncFailed):
-        problem, failed = _FSYNC_PROBLEM, f"cannot make {what} durable in {where}"
+        (fix, alternative), failed = (_FSYNC_PROBLEM, None), f"cannot make {what} durable in {where}"
     else:
-        problem, failed = _PROBLEMS.get(exc.errno, _OTHER_PROBLEM), f"cannot write {what} in {where}"
+        (fix, alternative), failed = _PROBLEMS.get(exc.errno, _OTHER_PROBLEM), f"cannot write {what} in {where}"
+    if alternative and remedy.elsewhere:
+        fix += ", or " + alternative.format(elsewhere=remedy.elsewhere)
     still = " (still failing after retries)" if is_transient(exc) else ""
-    fix = problem.format(elsewhere=remedy.elsewhere)
     return StorageError(f"{failed}{still}: {exc.strerror or exc}; {fix}, then {remedy.then}.")
 
 
 # Errnos that only a write can meet: an OSError with one of them that reached a command's top level
 # escaped a guard, and is still a storage failure (cli/common.guarded), not a bug to report.
 WRITE_ONLY_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG})
-SAME_COMMAND = Remedy("run the same command again", "output dir")
 
 
 def escaped_storage_failure(exc: BaseException) -> StorageError | None:
@@ -130,7 +133,7 @@ class IoRetryPolicy:
 
 def durable_write(
     what: str, where: Path, write: Callable[[], T], policy: IoRetryPolicy = IoRetryPolicy(),
-    sleep: Callable[[float], None] = time.sleep, remedy: Remedy = SHARD,
+    sleep: Callable[[float], None] = time.sleep, remedy: Remedy = SAME_COMMAND,
 ) -> T:
     """Run `write` (a step safe to repeat), retrying transient errors; any other OSError, a failed fsync
     among them, becomes a StorageError with the fix (storage_error)."""
