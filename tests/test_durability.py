@@ -16,6 +16,7 @@ from typing import Callable
 
 import pytest
 
+from shardrun.cli.common import command_parser, guarded
 from shardrun.errors import AlreadyCommitted, StorageError
 from shardrun.storage.atomic import FsyncFailed
 from shardrun.storage.commits import GroupCommitter, append_line_once, error_line, scan_committed
@@ -232,3 +233,27 @@ def test_an_error_line_is_appended_once_when_an_earlier_attempt_landed(tmp_path)
     append_line_once(path, first)  # the retry
     append_line_once(path, second)
     assert path.read_bytes() == first + second
+
+
+@pytest.mark.parametrize("failure", [
+    OSError(errno.ENOSPC, "No space left on device", "/data/out/run/merged/results.csv"),
+    OSError(errno.EROFS, "Read-only file system", "/data/out/run/merged/results.csv"),
+    FsyncFailed(errno.EIO, "Input/output error", "/data/out/run/merged/results.csv"),
+])
+def test_a_write_without_a_guard_still_ends_as_a_storage_error(failure, capsys):
+    """The net of every command (cli/common.guarded): exit 6 with the file and the fix, no traceback."""
+    def command(args):
+        raise failure
+
+    code = guarded(command, command_parser("some_command", "a command"), [])
+    err = capsys.readouterr().err
+    assert code == 6 and "Traceback" not in err and "please report" not in err
+    assert err.startswith("error: cannot ") and "results.csv" in err and " in /data/out/run/merged: " in err
+    assert "run the same command again" in err
+
+
+def test_other_errors_are_still_reported_as_bugs(capsys):
+    def command(args):
+        raise OSError(errno.EINVAL, "Invalid argument")
+
+    assert guarded(command, command_parser("some_command", "a command"), []) == 70

@@ -326,8 +326,10 @@ class Launcher:
         except StorageError as exc:
             self.storage_failure = exc
             why = getattr(exc.__cause__, "strerror", None) or exc.__cause__
-            # said in full once, as the command's error at the end; here only why the shards are stopped
-            self.handle(StopRequested(f"cannot write {what} in {where} ({why})", self.clock()))
+            # said in full once, as the command's error at the end; here only why the shards are stopped.
+            # A drain under way goes on as it is (a second request would stop the shards at once).
+            if not (self.supervisor.stopping or self.supervisor.finished):
+                self.handle(StopRequested(f"cannot write {what} in {where} ({why})", self.clock()))
             return False
 
     def storage_remedy(self) -> Remedy:
