@@ -8,6 +8,7 @@ reply to a link that was made. Everything else is real: the files, the links, th
 """
 
 import errno
+import json
 import os
 import stat
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ from shardrun.cli.common import command_parser, guarded
 from shardrun.errors import AlreadyCommitted, StorageError
 from shardrun.storage.atomic import FsyncFailed
 from shardrun.storage.commits import GroupCommitter, append_line_once, error_line, scan_committed
+from shardrun.storage.identity import ensure_identity
 from shardrun.storage.durability import SHARD, IoRetryPolicy, Remedy, durable_write, storage_error
 from shardrun.storage.paths import ShardPaths
 
@@ -210,6 +212,21 @@ def test_commit_fault(fault: CommitFault, tmp_path, monkeypatch):
     assert [p.name for p in shard.batch_files()] == ["b-000001.jsonl"]
     assert sorted(scan_committed(shard)) == ["alice", "bob"]
     assert not (shard.results / "quarantine").exists()
+
+
+def test_a_retried_shard_json_whose_link_landed_is_not_taken_for_an_earlier_run(tmp_path, monkeypatch):
+    """shard.json's link lands but answers EIO (a lost reply): the retry finds its own bytes and goes on,
+    instead of refusing the dir as one that 'already holds a shard of an earlier run'."""
+    shard = ShardPaths(tmp_path / "shard-0-of-1")
+    shard.make()
+    identity = {"shard": "0/1", "config_hash": "abc", "data_fingerprint": "d", "pilot": None}
+    kernel = Kernel(monkeypatch, "publish", errno.EIO, landed=True)
+    assert ensure_identity(shard, identity, resuming=False, guard=lambda write: guard_without_waiting(
+        "shard.json", shard.dir, write)) == identity
+    # the retry links again, finds the name taken by its own bytes, and says it created the file
+    assert kernel.calls["publish"] == 2 and json.loads(shard.identity.read_text()) == identity
+    monkeypatch.undo()
+    assert ensure_identity(shard, identity, resuming=True) == identity
 
 
 def test_a_batch_name_taken_by_another_file_is_still_refused(tmp_path):

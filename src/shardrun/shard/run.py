@@ -76,8 +76,8 @@ def run_shard(config: RunConfig, options: WorkerOptions, stop: StopFlag | None =
     lock = ShardLock(dirs.shard)
     durable_write("the shard lock", dirs.shard.dir, lock.acquire)
     try:
-        durable_write("shard.json", dirs.shard.dir,
-                      lambda: ensure_identity(dirs.shard, identity, resuming=dirs.resuming))
+        ensure_identity(dirs.shard, identity, resuming=dirs.resuming,
+                        guard=lambda write: durable_write("shard.json", dirs.shard.dir, write))
         durable_write("the scratch dir", dirs.shard.tmp, lambda: clean_tmp(dirs.shard))
         committed = committed_under_lock(prepared)
         plan = plan_shard(prepared.assignment, dirs.spec, options.pilot, committed, options.retry_failed)

@@ -134,7 +134,9 @@ def create_json_once(path: Path, obj: Any, sole_writer: bool = False) -> bool:
     try:
         way = publish_new(tmp, path)
     except FileExistsError:
-        return False
+        # The sole writer finding its very bytes there: its own earlier attempt landed (a retry after a
+        # lost reply), so it did create the file.
+        return sole_writer and holds(path, payload)
     finally:
         tmp.unlink(missing_ok=True)
     fsync_dir(path.parent)
@@ -226,6 +228,14 @@ def publish_new(tmp: Path, target: Path) -> str:
     # user is not committed and is computed again.
     os.rename(tmp, target)
     return CHECKED_RENAME
+
+
+def holds(path: Path, payload: bytes) -> bool:
+    """Whether the file `path` exists with exactly these bytes (a missing file does not)."""
+    try:
+        return path.stat().st_size == len(payload) and path.read_bytes() == payload
+    except FileNotFoundError:
+        return False
 
 
 def read_json(path: Path) -> Any:

@@ -27,7 +27,9 @@ from pathlib import Path
 from typing import Any, Callable, Container, Iterable, Mapping, Sequence
 
 from shardrun.errors import AlreadyCommitted
-from shardrun.storage.atomic import fsync, fsync_dir, json_safe, publish_new, read_json, utc_now, write_temp_file
+from shardrun.storage.atomic import (
+    fsync, fsync_dir, holds, json_safe, publish_new, read_json, utc_now, write_temp_file,
+)
 from shardrun.storage.batches import BadBatch, decode_batch, encode_batch, encode_record, readable_user_ids
 from shardrun.storage.paths import ShardPaths, batch_number, user_file_stem
 
@@ -251,14 +253,6 @@ def publish_once(tmp: Path, target: Path, payload: bytes) -> None:
         if holds(target, payload):
             return
         raise AlreadyCommitted(f"{target} exists already; batch names are never reused.") from None
-
-
-def holds(path: Path, payload: bytes) -> bool:
-    """Whether the file `path` exists with exactly these bytes (a missing file does not)."""
-    try:
-        return path.stat().st_size == len(payload) and path.read_bytes() == payload
-    except FileNotFoundError:
-        return False
 
 
 def next_batch_number(paths: ShardPaths) -> int:
