@@ -20,8 +20,8 @@ import threading
 import time
 import traceback
 from dataclasses import replace
-from functools import partial
 from datetime import datetime, timezone
+from functools import partial
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
