@@ -68,6 +68,8 @@ def test_shards_that_fail_together_do_not_retry_together():
     (errno.EACCES, "permission denied"),
     (errno.EFBIG, "file size limit"),
     (errno.ENOENT, "moved, renamed or removed while the command ran"),
+    (errno.ENOTDIR, "a part of the path is a file, not a dir"),
+    (errno.EEXIST, "a file of that name is in the way"),
 ])
 def test_permanent_errors_stop_at_once_with_the_fix(code, fix):
     write, calls = flaky([code])

@@ -66,7 +66,9 @@ _PROBLEMS: dict[int, tuple[str, str | None]] = {
     errno.EACCES: ("permission denied: make the dir writable for this user", "choose another {elsewhere}"),
     errno.EPERM: ("operation not permitted: make the dir writable for this user", "choose another {elsewhere}"),
     errno.ENOENT: ("a dir was moved, renamed or removed while the command ran: put it back where it was", None),
-    errno.ENOTDIR: ("a dir was replaced by a file while the command ran: put the dir back where it was", None),
+    errno.ENOTDIR: ("a part of the path is a file, not a dir (if a dir was replaced while the command ran, put it"
+                    " back)", "choose another {elsewhere}"),
+    errno.EEXIST: ("a file of that name is in the way where a dir is needed", "choose another {elsewhere}"),
     errno.EBUSY: ("it is busy (a mount point, or in use by another program): free it", "choose another {elsewhere}"),
 }
 _FSYNC_PROBLEM = ("the filesystem could not confirm that the data reached the disk, so it may not survive a crash"
