@@ -9,6 +9,7 @@ reply to a link that was made. Everything else is real: the files, the links, th
 
 import errno
 import json
+import logging
 import os
 import stat
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ import pytest
 
 from shardrun.cli.common import command_parser, guarded
 from shardrun.errors import AlreadyCommitted, StorageError
+from shardrun.shard.run import ShardLogFile
 from shardrun.storage.atomic import FsyncFailed
 from shardrun.storage.commits import GroupCommitter, append_line_once, error_line, scan_committed
 from shardrun.storage.identity import ensure_identity
@@ -276,3 +278,19 @@ def test_other_errors_are_still_reported_as_bugs(capsys):
         raise OSError(errno.EINVAL, "Invalid argument")
 
     assert guarded(command, command_parser("some_command", "a command"), []) == 70
+
+
+def test_a_shard_log_on_a_full_disk_says_so_once_without_a_traceback(capsys):
+    """/dev/full: a real device whose every write fails with ENOSPC."""
+    handler = ShardLogFile(Path("/dev/full"))
+    logger = logging.getLogger("test_durability.full_disk")
+    logger.addHandler(handler)
+    try:
+        for number in range(3):
+            logger.warning("line %d", number)
+    finally:
+        logger.removeHandler(handler)
+        handler.close()
+    err = capsys.readouterr().err
+    assert err.count("warning: cannot write the shard's log /dev/full (No space left on device)") == 1
+    assert "Traceback" not in err and "Logging error" not in err
