@@ -115,7 +115,8 @@ def test_each_command_names_its_own_next_step():
     running = Remedy("continue the run: launch_shards --out RUN", None)
     error = str(storage_error("launcher.json", Path("RUN"), OSError(errno.EROFS, "Read-only file system"), running))
     assert "read-only: make it writable, then continue the run: launch_shards --out RUN." in error
-    assert "run the same command again" in str(storage_error("a new run dir", Path("out"), OSError(errno.ENOSPC, "full")))
+    new_run = storage_error("a new run dir", Path("out"), OSError(errno.ENOSPC, "full"))
+    assert "run the same command again" in str(new_run)
 
 
 # --- faults in one step of a group commit ------------------------------------------------------

@@ -555,12 +555,14 @@ def launch(config: RunConfig, options: LaunchOptions, out: Callable[[str], None]
     if options.merge:
         merged = run.merged
         remedy = launcher.storage_remedy()  # a storage failure: the same command merges again
-        merged_set = merge_result_set(run.shard_dirs(), merged, overwrite=True, remedy=remedy)  # the launcher owns RUN/merged
+        # the launcher owns RUN/merged
+        merged_set = merge_result_set(run.shard_dirs(), merged, overwrite=True, remedy=remedy)
         report = merged_set.report
         # the frame just written, not read back
         validation = validation_of(merged, frame=merged_set.frame, max_failed=options.max_failed)
         durable_write("validation.json", merged,
-                      lambda: write_validation(merged, validation.problems, verdict=validation.document()), remedy=remedy)
+                      lambda: write_validation(merged, validation.problems, verdict=validation.document()),
+                      remedy=remedy)
         result.merged_dir = merged
         out(f"merged {report.rows} rows for {report.users} users into {merged}/results.csv (and .parquet)")
         # The final lines: the problems, the users by outcome, the verdict. Failed users beyond
