@@ -1200,6 +1200,15 @@ def stopped_on_the_failed_fsync(lab: Lab, outcome: Outcome) -> None:
     outcome.facts["done"] = done
 
 
+def rewritten_on_the_way_out(lab: Lab, outcome: Outcome) -> None:
+    """The third batch, whose temporary file's fsync failed, was never published from that file; the shard's
+    way out wrote its user into a new file, whose own fsync passed: committed once, as b-000003."""
+    stopped_on_the_failed_fsync(lab, outcome)
+    assert [path.name for path in batch_files(outcome.facts["shard_dir"])] == [
+        "b-000001.jsonl", "b-000002.jsonl", "b-000003.jsonl"]
+    assert outcome.facts["done"] == 3
+
+
 def batch_in_place_after_the_dir_fsync(lab: Lab, outcome: Outcome) -> None:
     """The third batch was published before its dir fsync failed: it is there, and counted."""
     stopped_on_the_failed_fsync(lab, outcome)
@@ -1518,7 +1527,7 @@ FAULTS = [
     Fault("eio-on-batch-fsync", "the fsync of the third batch's temporary file fails once with EIO"
           " (STAND_IN_FSYNC_EIO=.tmp:3, a stand-in for the disk's answer); then resume", fsync_fails_once(".tmp:3"), 6,
           ("error: cannot make the result of user", "durable in {shard_dir}/results", "Input/output error",
-           "then resume the shard"), (stopped_on_the_failed_fsync,), resume_every_user_once_then_merge),
+           "then resume the shard"), (rewritten_on_the_way_out,), resume_every_user_once_then_merge),
     Fault("launcher-run-dir-renamed-mid-run", "launch_shards --shards 2 --out RUN; RUN renamed once two users are"
           " committed; then renamed back and the same command again", rename_the_run_dir, 6,
           ("error: cannot write launcher.json in {run}", "moved, renamed or removed", "put it back where it was",
