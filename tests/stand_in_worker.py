@@ -11,6 +11,11 @@ STAND_IN_KILL_AT_BATCH_FSYNC=N
     SIGKILL this process when the fsync of its N-th batch file is about to happen, after the batch's
     bytes were written to its temporary file: stands in for a crash between a group commit's write and
     its fsync (a kill from outside cannot aim at it).
+STAND_IN_FSYNC_EIO=DIR:N
+    the N-th fsync of the dir named DIR or of a file in it fails with EIO, once (the fsync itself is not
+    made): stands in for a disk or a file server that failed to write back, which this machine cannot
+    produce on demand. `results:3` fails the dir fsync after the third batch was published; `.tmp:3`
+    the fsync of the third batch's temporary file, before it is published.
 STAND_IN_SLOW_EXIT=S
     at the process's exit (an atexit hook): put back the default action of every stop signal whose handler
     is not "ignore", as Python's finalization does (_PySignal_Fini), print "exiting", then sleep S seconds:
@@ -91,6 +96,25 @@ def install_stand_ins() -> None:
             real_fsync(fd)
 
         os.fsync = fsync
+
+
+    fsync_eio = os.environ.get("STAND_IN_FSYNC_EIO")
+    if fsync_eio:
+        failing_dir, _, nth = fsync_eio.rpartition(":")
+        real_fsync_of = os.fsync
+        fsyncs_there = 0
+
+        def fsync_that_fails_once(fd):
+            nonlocal fsyncs_there
+            path = Path(os.readlink(f"/proc/self/fd/{fd}"))
+            if failing_dir == (path.name if path.is_dir() else path.parent.name):
+                fsyncs_there += 1
+                if fsyncs_there == int(nth):
+                    print(f"stand-in: fsync of {path} fails with EIO", flush=True)
+                    raise OSError(errno.EIO, os.strerror(errno.EIO))
+            real_fsync_of(fd)
+
+        os.fsync = fsync_that_fails_once
 
 
 if __name__ == "__main__":

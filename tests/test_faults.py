@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Callable
 
 import pandas as pd
+import psutil
 import pytest
 import yaml
 
@@ -1187,6 +1188,160 @@ def unset_and_run_again(lab: Lab, outcome: Outcome) -> pd.DataFrame:
     return merged_values(lab, outcome.facts["run"])
 
 
+# --- 13. a failed fsync, and the launcher's own storage failures ----------------------------------
+
+
+def fsync_fails_once(where: str) -> Callable[[Lab], Outcome]:
+    """run_production (one user per batch) whose fsync `where` fails once with EIO (STAND_IN_FSYNC_EIO of
+    tests/stand_in_worker.py: a named stand-in for the disk's answer; the process, files and links are real)."""
+
+    def inject(lab: Lab) -> Outcome:
+        config = lab.config()
+        run_dir = lab.out / "run"
+        shard_dir = run_dir / "shard-0-of-1"
+        result = run(lab, stand_in_worker("--config", str(config), "--full", "--shard", "0/1", "--out", str(run_dir),
+                                          "--commit-interval", "0"), env={"STAND_IN_FSYNC_EIO": where})
+        output = result.stdout + result.stderr
+        return Outcome(result.returncode, output, facts={"run": run_dir, "shard_dir": shard_dir, "config": config})
+
+    return inject
+
+
+def stopped_on_the_failed_fsync(lab: Lab, outcome: Outcome) -> None:
+    """One fsync failed (the stand-in fails it once: had the shard retried it, the retry would have
+    passed and the shard completed); no AlreadyCommitted; the shard failed with the error; every batch
+    in results/ is whole, each user in it once; nothing left in .tmp/."""
+    shard_dir = outcome.facts["shard_dir"]
+    assert outcome.output.count("stand-in: fsync of") == 1
+    assert "AlreadyCommitted" not in outcome.output and "exists already" not in outcome.output
+    status = read_status(shard_dir)
+    assert status["state"] == "failed" and "durable" in status["last_error"]
+    done = lab.observe(shard_dir)
+    assert 2 <= done < 10 and status["users_done"] == done
+    assert list((shard_dir / ".tmp").iterdir()) == []
+    outcome.facts["done"] = done
+
+
+def rewritten_on_the_way_out(lab: Lab, outcome: Outcome) -> None:
+    """The third batch, whose temporary file's fsync failed, was never published from that file; the shard's
+    way out wrote its user into a new file, whose own fsync passed: committed once, as b-000003."""
+    stopped_on_the_failed_fsync(lab, outcome)
+    assert [path.name for path in batch_files(outcome.facts["shard_dir"])] == [
+        "b-000001.jsonl", "b-000002.jsonl", "b-000003.jsonl"]
+    assert outcome.facts["done"] == 3
+
+
+def batch_in_place_after_the_dir_fsync(lab: Lab, outcome: Outcome) -> None:
+    """The third batch was published before its dir fsync failed: it is there, and counted."""
+    stopped_on_the_failed_fsync(lab, outcome)
+    assert [path.name for path in batch_files(outcome.facts["shard_dir"])][-1] == "b-000003.jsonl"
+    assert outcome.facts["done"] == 3
+
+
+def launch_with_a_fault(lab: Lab, fault: Callable[[subprocess.Popen, Path], dict], run_dir: Path | None = None,
+                        wrap: tuple[str, ...] = ()) -> Outcome:
+    """launch_shards --shards 2 --out RUN (users slowed by --cooldown 0.3, so that both shards are still
+    running); `fault(launcher, run_dir)` strikes once two users are committed."""
+    config = lab.config()
+    run_dir = run_dir or lab.out / "run"
+    command = [sys.executable, "-m", "shardrun.launcher", "--config", str(config), "--shards", "2", "--out",
+               str(run_dir)]
+    launcher = start(lab, [*wrap, *command, "--cooldown", "0.3"])
+
+    def committed() -> int:
+        return sum(committed_count(shard_dir) for shard_dir in run_dir.glob("shard-*-of-2"))
+
+    wait_for(lambda: committed() >= 2, process=launcher, every=0.01)
+    shard_pids = [read_status(shard_dir)["pid"] for shard_dir in sorted(run_dir.glob("shard-*-of-2"))]
+    for shard_dir in run_dir.glob("shard-*-of-2"):
+        lab.observe(shard_dir)
+    facts = fault(launcher, run_dir)
+    output = output_of(launcher)
+    return Outcome(launcher.returncode, output, facts={"run": run_dir, "config": config, "command": command,
+                                                       "shard_pids": shard_pids, **facts})
+
+
+def rename_the_run_dir(lab: Lab) -> Outcome:
+    def rename(launcher: subprocess.Popen, run_dir: Path) -> dict:
+        moved = run_dir.with_name("run-renamed")
+        os.rename(run_dir, moved)
+        return {"moved": moved}
+
+    return launch_with_a_fault(lab, rename)
+
+
+def fill_the_disk_under_the_launcher(lab: Lab) -> Outcome:
+    """The output root is a 2 MiB tmpfs; a filler file takes all its free space once two users are committed."""
+    needs_root_mounts()
+    lab.out.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(lab.out)], check=True)
+    lab.cleanups.append(lambda: subprocess.run(["umount", "-l", str(lab.out)], check=True))
+
+    def fill(launcher: subprocess.Popen, run_dir: Path) -> dict:
+        filler = lab.out / "filler"
+        fd = os.open(filler, os.O_WRONLY | os.O_CREAT)
+        try:
+            while True:
+                os.write(fd, b"\0" * 4096)
+        except OSError as exc:
+            assert exc.errno == errno.ENOSPC
+        finally:
+            os.close(fd)
+        return {"filler": filler}
+
+    outcome = launch_with_a_fault(lab, fill)
+    outcome.facts["filler"].unlink()  # the fix, before universal_checks sees a file shardrun never names
+    return outcome
+
+
+def run_dir_read_only_under_the_launcher(lab: Lab) -> Outcome:
+    """The run dir turns read-only for the launcher and its shards (one mount namespace, the launcher's:
+    unshare -m, then a read-only bind mount made in it with nsenter), once two users are committed."""
+    needs_root_mounts()
+
+    def read_only(launcher: subprocess.Popen, run_dir: Path) -> dict:
+        subprocess.run(["nsenter", "-t", str(launcher.pid), "-m", "sh", "-c",
+                        'mount --bind "$0" "$0" && for attempt in $(seq 500); do'
+                        ' mount -o remount,ro,bind "$0" 2>/dev/null && exit 0; sleep 0.01; done;'
+                        ' mount -o remount,ro,bind "$0"', str(run_dir)], check=True)
+        return {}
+
+    return launch_with_a_fault(lab, read_only, wrap=("unshare", "-m", "--propagation", "private"))
+
+
+def launcher_stopped_its_shards(lab: Lab, outcome: Outcome) -> None:
+    """The shards were stopped and ended on their own (interrupted, or stopped by the same disk: never
+    killed, never a traceback in their logs), and no shard process is left; the committed users are whole."""
+    assert "Traceback" not in outcome.output
+    for pid in outcome.facts["shard_pids"]:
+        assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE, pid
+    summary = [line for line in outcome.output.splitlines() if line.lstrip().startswith("shard ") and "/2:" in line]
+    assert len(summary) == 2 and all("interrupted" in line or "cannot be written" in line for line in summary), summary
+    for log in lab.logs.glob("shard*.log"):
+        assert "Traceback" not in log.read_text(errors="replace"), log
+    run_dir = outcome.facts.get("moved", outcome.facts["run"])
+    assert sum(lab.observe(shard_dir) for shard_dir in run_dir.glob("shard-*-of-2")) < 10
+
+
+def continue_the_launch(lab: Lab, outcome: Outcome) -> pd.DataFrame:
+    """The documented fix (the dir put back, the space freed, or outside the read-only mount), then the
+    command the error names: the run completes, every user once, and merges to the reference."""
+    if "moved" in outcome.facts:
+        moved, run_dir = outcome.facts["moved"], outcome.facts["run"]
+        os.rename(moved, run_dir)
+        for path in [path for path in lab.committed if path.is_relative_to(moved)]:  # seen in the renamed dir
+            lab.committed[run_dir / path.relative_to(moved)] = lab.committed.pop(path)
+    result = run(lab, outcome.facts["command"])
+    assert result.returncode == 0 and "Traceback" not in result.stdout + result.stderr, result.stdout + result.stderr
+    assert sum(lab.observe(shard_dir) for shard_dir in outcome.facts["run"].glob("shard-*-of-2")) == 10
+    merged = analysis_values(outcome.facts["run"] / "merged")
+    assert not merged.duplicated(["user_id", "feature_mode"]).any()
+    return merged
+
+
+LAUNCHER_CONTINUES = "then continue the run (its committed users are kept): launch_shards --config {config}"
+
+
 # --- 9. config faults, 10. data faults, 11. no Java or jar -------------------------------------
 
 
@@ -1385,6 +1540,30 @@ FAULTS = [
           no_flock_forced, 2, ("error: file locks are not supported in shard dir {shard_dir}", "ENOLCK",
                                "SHARDRUN_LOCK=flock", "Unset SHARDRUN_LOCK"), (nothing_computed,),
           unset_and_run_again),
+    Fault("eio-on-dir-fsync-after-publish", "the dir fsync after the third batch was published fails once with EIO"
+          " (STAND_IN_FSYNC_EIO=results:3, a stand-in for the disk's answer); then resume",
+          fsync_fails_once("results:3"), 6,
+          ("error: cannot make the result of user", ", put in place, durable in {shard_dir}/results",
+           "Input/output error", "may not survive a crash", "then resume the shard"),
+          (batch_in_place_after_the_dir_fsync,), resume_every_user_once_then_merge),
+    Fault("eio-on-batch-fsync", "the fsync of the third batch's temporary file fails once with EIO"
+          " (STAND_IN_FSYNC_EIO=.tmp:3, a stand-in for the disk's answer); then resume", fsync_fails_once(".tmp:3"), 6,
+          ("error: cannot make the result of user", "durable in {shard_dir}/results", "Input/output error",
+           "then resume the shard"), (rewritten_on_the_way_out,), resume_every_user_once_then_merge),
+    Fault("launcher-run-dir-renamed-mid-run", "launch_shards --shards 2 --out RUN; RUN renamed once two users are"
+          " committed; then renamed back and the same command again", rename_the_run_dir, 6,
+          ("error: cannot write launcher.json in {run}", "moved, renamed or removed", "put it back where it was",
+           LAUNCHER_CONTINUES, "--out {run}"), (launcher_stopped_its_shards,), continue_the_launch),
+    Fault("launcher-disk-full", "launch_shards --shards 2 with its output root on a 2 MiB tmpfs, filled by a filler"
+          " file once two users are committed; then the filler removed and the same command again",
+          fill_the_disk_under_the_launcher, 6,
+          ("error: cannot write", "{run}", "No space left on device", "the disk is full", LAUNCHER_CONTINUES),
+          (launcher_stopped_its_shards,), continue_the_launch),
+    Fault("launcher-read-only-run-dir-mid-run", "launch_shards --shards 2 in a mount namespace of its own; the run dir"
+          " turned read-only there (bind mount) once two users are committed; then the same command outside it",
+          run_dir_read_only_under_the_launcher, 6,
+          ("error: cannot write", "{run}", "Read-only file system", LAUNCHER_CONTINUES),
+          (launcher_stopped_its_shards,), continue_the_launch),
     Fault("merge-identical-duplicates", "the same shard dir copied into a second run dir; merge both",
           merge_duplicates, 0, ("merged {rows} rows for {users} users from 2 shard dirs",), (duplicates_dropped,),
           lambda lab, outcome: outcome.recovered),

@@ -13,6 +13,7 @@ from typing import Callable, Sequence
 from shardrun.errors import EXIT_CLOSED_PIPE, EXIT_CRASH, EXIT_INTERRUPTED, ShardrunError, StopSignalReceived
 from shardrun.platforms import STOP_SIGNALS
 from shardrun.results.tolerance import FailedTolerance
+from shardrun.storage.durability import escaped_storage_failure
 from shardrun.units import heap_bytes
 
 log = logging.getLogger("shardrun")
@@ -84,7 +85,12 @@ def guarded(main: Callable[[argparse.Namespace], int], parser: argparse.Argument
     except ShardrunError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
-    except Exception:  # not swallowed: logged with its traceback, and a distinct exit code for the launcher
+    except Exception as exc:  # not swallowed: logged with its traceback, and a distinct exit code for the launcher
+        storage_failure = escaped_storage_failure(exc)
+        if storage_failure is not None:  # a full or read-only disk met by a write without a guard of its own
+            log.debug("the failed write", exc_info=True)
+            print(f"error: {storage_failure}", file=sys.stderr)
+            return storage_failure.exit_code
         log.exception("unexpected error; please report it with this traceback")
         return EXIT_CRASH
 

@@ -8,8 +8,13 @@ from typing import Sequence
 
 from shardrun.cli.common import add_max_failed, add_verbose, command_parser, guarded
 from shardrun.config import load_config
-from shardrun.errors import EXIT_OK, EXIT_VALIDATION_FAILED, StorageError, UsageError
+from shardrun.errors import EXIT_OK, EXIT_VALIDATION_FAILED, UsageError
 from shardrun.results.validate import checked_config_hash, validation_of, write_validation
+from shardrun.storage.durability import Remedy, durable_write
+
+# The verdict is printed before validation.json is written, so a failed write loses only the record of it.
+VALIDATE_AGAIN = Remedy("run the same validate_outputs command again (the verdict above was not recorded)",
+                        "copy of the result set (--dir)")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -46,13 +51,9 @@ def _validate(args: argparse.Namespace) -> int:
     for line in validation.lines():  # the final lines: the users by outcome, then the verdict
         print(line)
     print(f"{args.dir}: not valid ({len(problems)} problem(s) above)" if problems else f"{args.dir}: valid")
-    try:
-        note = write_validation(args.dir, problems, checked_config_hash(args.dir, config), validation.document())
-    except OSError as exc:
-        raise StorageError(
-            f"cannot write validation.json in {args.dir}: {exc.strerror or exc}; the verdict above was not"
-            " recorded. Make that dir writable (or copy the result set to a writable dir) and validate again."
-        ) from None
+    note = durable_write("validation.json", args.dir,
+                         lambda: write_validation(args.dir, problems, checked_config_hash(args.dir, config),
+                                                  validation.document()), remedy=VALIDATE_AGAIN)
     if note:
         print(f"note: {note}")
     return EXIT_VALIDATION_FAILED if problems else EXIT_OK

@@ -34,7 +34,7 @@ from shardrun.launch.admission import (
     available_cores, check_launch, measure_launch_data, refuse_shards_without_users, shard_memory_bytes,
 )
 from shardrun.config import RunConfig, resolve_threads
-from shardrun.storage.durability import durable_write
+from shardrun.storage.durability import Remedy, durable_write
 from shardrun.errors import (
     EXIT_INTERRUPTED,
     EXIT_OK,
@@ -46,6 +46,7 @@ from shardrun.errors import (
     AlreadyRunning,
     ConfigError,
     ResumeMismatch,
+    StorageError,
     UsageError,
 )
 from shardrun.storage.identity import read_run_document, read_shard_identity, run_difference
@@ -181,6 +182,7 @@ class Launcher:
         self.guard: ExclusiveFile | None = None  # held while this launcher runs the run (hold_run)
         self.live = LiveTable()
         self._signals: list[StopRequested] = []  # stop requests from the signal handler, for the loop
+        self.storage_failure: StorageError | None = None  # the launcher's own first failed write (exit 6)
 
     def out(self, message: str) -> None:
         self._out(message)
@@ -251,15 +253,15 @@ class Launcher:
 
     def forget_empty_run_dir(self) -> None:
         """No shard wrote run.json: nothing of the run exists, so leave no trace of it (launcher.json, the dir)."""
-        if self.run is None or self.run.run_json.is_file():
-            return
+        if self.run is None or self.run.run_json.is_file() or self.storage_failure is not None:
+            return  # after a storage failure the dir is left as it is: it may hold the run (renamed, read-only)
         self.release_run()
-        self.run.launcher_json.unlink(missing_ok=True)
-        if self.created_run_dir:
-            try:
+        try:
+            self.run.launcher_json.unlink(missing_ok=True)
+            if self.created_run_dir:
                 self.run.dir.rmdir()  # only if empty
-            except OSError:
-                pass
+        except OSError as exc:  # a tidy-up only: what is left is launcher.json, or an empty dir
+            log.info("left %s as it is: %s", self.run.dir, exc.strerror or exc)
 
     # --- events in, actions out ---------------------------------------------------------------
 
@@ -275,7 +277,9 @@ class Launcher:
         elif isinstance(action, RecordDeath):
             shard_paths = self.run.shard(self.spec(action.index))
             if shard_paths.status.is_file():
-                record_death(shard_paths, action.code, action.description, list(action.hs_err_files))
+                self.guarded_write("the death of shard " + str(self.spec(action.index)), shard_paths.dir,
+                                   lambda: record_death(shard_paths, action.code, action.description,
+                                                        list(action.hs_err_files)))
         elif isinstance(action, Suspend):
             self.port.suspend(action.index)
             log.info("CPU above %.0f%%: suspended shard %s", self.options.cpu_limit, self.spec(action.index))
@@ -302,8 +306,12 @@ class Launcher:
         command = shard_command(self.options.config_path, spec, self.run.dir, resume, self.options, action.xmx,
                                 self.threads, retry_failed=self.options.retry_failed and not action.restart)
         log_path = shard_log_path(self.config.output.log_dir, spec)
-        pid = self.port.start(action.index, command, log_path)
-        log.info("started shard %s as pid %d (%s), log %s", spec, pid, "resuming" if resume else "new", log_path)
+        pids: list[int] = []
+        if not self.guarded_write(f"the log of shard {spec}", log_path.parent,
+                                  lambda: pids.append(self.port.start(action.index, command, log_path))):
+            self.handle(ShardExited(action.index, EXIT_STORAGE, ()))  # it never started: its slot is done
+            return
+        log.info("started shard %s as pid %d (%s), log %s", spec, pids[0], "resuming" if resume else "new", log_path)
 
     def exit_event(self, index: int, code: int, pid: int) -> ShardExited:
         """A process's exit as the supervisor's event, with the JVM crash reports that process left."""
@@ -330,7 +338,32 @@ class Launcher:
         doc = {"pid": os.getpid(), "host": socket.gethostname(), "updated_at": utc_now(),
                "max_parallel": self.options.max_parallel, "cpu_limit": self.options.cpu_limit,
                "shards": [self.slot_json(slot.index) for slot in self.supervisor.slots]}
-        write_json_atomic(self.run.launcher_json, doc)
+        self.guarded_write("launcher.json", self.run.dir, lambda: write_json_atomic(self.run.launcher_json, doc))
+
+    def guarded_write(self, what: str, where: Path, write: Callable[[], object]) -> bool:
+        """The launcher's own writes, through the storage guard. A storage failure (full disk, read-only
+        or vanished run dir) stops the run as a stop signal would: every shard finishes its user in
+        flight and exits (3, or 6 when it meets the same disk), and the launcher then exits 6 with this
+        first error (launch). Nothing more is written after it. True if written."""
+        if self.storage_failure is not None:
+            return False
+        try:
+            durable_write(what, where, write, remedy=self.storage_remedy())
+            return True
+        except StorageError as exc:
+            self.storage_failure = exc
+            why = getattr(exc.__cause__, "strerror", None) or exc.__cause__
+            # said in full once, as the command's error at the end; here only why the shards are stopped.
+            # A drain under way goes on as it is (a second request would stop the shards at once).
+            if not (self.supervisor.stopping or self.supervisor.finished):
+                self.handle(StopRequested(f"cannot write {what} in {where} ({why})", self.clock()))
+            return False
+
+    def storage_remedy(self) -> Remedy:
+        pilot = "" if self.options.pilot is None else f" --pilot {self.options.pilot}"
+        command = (f"{self.options.invocation} --config {self.config.source} --shards {self.options.shards}"
+                   f" --out {self.run.dir}{pilot}")
+        return Remedy(f"continue the run (its committed users are kept): {command}", None)
 
     def slot_json(self, index: int) -> dict:
         slot = self.supervisor.slots[index]
@@ -389,7 +422,7 @@ class Launcher:
             self.show_progress()
 
     def summary(self) -> dict[str, int]:
-        written = self.run.run_json.is_file()
+        written = self.run.run_json.is_file() or self.storage_failure is not None
         self.out(f"run dir: {self.run.dir}" if written else "run dir: none (no shard wrote run.json)")
         codes = self.supervisor.exit_codes()
         for slot, view in zip(self.supervisor.slots, self.views()):
@@ -553,17 +586,23 @@ def run_and_merge(launcher: Launcher, config: RunConfig, options: LaunchOptions,
                           max_parallel=options.max_parallel)
     result.exit_code = overall_exit(result.shard_codes)
     launcher.forget_empty_run_dir()
+    if launcher.storage_failure is not None:
+        raise launcher.storage_failure  # exit 6: the shards have stopped; the error says how to continue
     if result.exit_code not in (EXIT_OK, EXIT_USERS_FAILED):
         refused = result.exit_code in (EXIT_USAGE, EXIT_SHARD_LOCKED, EXIT_STORAGE)
         out(f"not merging: {launcher.resume_hint(config.source, interrupted=not refused)}")
         return result
     if options.merge:
         merged = run.merged
-        merged_set = merge_result_set(run.shard_dirs(), merged, overwrite=True)  # the launcher owns RUN/merged
+        remedy = launcher.storage_remedy()  # a storage failure: the same command merges again
+        # the launcher owns RUN/merged
+        merged_set = merge_result_set(run.shard_dirs(), merged, overwrite=True, remedy=remedy)
         report = merged_set.report
         # the frame just written, not read back
         validation = validation_of(merged, frame=merged_set.frame, max_failed=options.max_failed)
-        write_validation(merged, validation.problems, verdict=validation.document())
+        durable_write("validation.json", merged,
+                      lambda: write_validation(merged, validation.problems, verdict=validation.document()),
+                      remedy=remedy)
         result.merged_dir = merged
         out(f"merged {report.rows} rows for {report.users} users into {merged}/results.csv (and .parquet)")
         # The final lines: the problems, the users by outcome, the verdict. Failed users beyond

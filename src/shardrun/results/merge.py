@@ -23,7 +23,6 @@ command's --overwrite; the launcher owns RUN/merged and always replaces it).
 
 from __future__ import annotations
 
-import errno
 import logging
 import os
 import secrets
@@ -65,9 +64,14 @@ from shardrun.results.trace import trace_and_memory, write_trace
 from shardrun.storage.exclusive import ExclusiveFile
 from shardrun.storage.paths import MergedPaths
 from shardrun.storage.atomic import fsync_tree, replace_dir, write_json_atomic
+from shardrun.storage.durability import Remedy, storage_error
 from shardrun.task import Task, task_result_seconds, task_set_columns, task_set_report
 
 log = logging.getLogger(__name__)
+
+# What to run once the output's storage is fixed (storage/durability.py says what the errno means).
+MERGE_AGAIN = Remedy("run the same merge_shard_results command again (an earlier result set there is untouched)",
+                     "--output dir")
 
 # The command line names the run's shard dirs with shard_dirs_of_run and older callers read result
 # files with read_result_file through this module; both live in read.py.
@@ -99,7 +103,7 @@ class MergedSet:
 
 def merge_result_set(shard_dirs: Sequence[Path], output_dir: Path, force: bool = False,
                      overwrite: bool = False, columnar: bool = True,
-                     pictures: PictureProcess | None = None) -> MergedSet:
+                     pictures: PictureProcess | None = None, remedy: Remedy = MERGE_AGAIN) -> MergedSet:
     """Merge shard dirs (of one run or of several) into results.csv, results.parquet, summary.png, run.png
     and merge_report.json in `output_dir`, all at once.
 
@@ -108,6 +112,7 @@ def merge_result_set(shard_dirs: Sequence[Path], output_dir: Path, force: bool =
     overwrite. `columnar` False reads and combines row by row even where columns would do (the same
     result set, slowly; the tests compare the two). `pictures`: the process that draws the pictures, if
     the caller started it already (the command does, before its imports); else the merge starts one.
+    `remedy`: what a storage failure's error tells to run afterwards (the caller's command).
     """
     started = time.monotonic()
     output_dir = Path(output_dir)
@@ -116,17 +121,18 @@ def merge_result_set(shard_dirs: Sequence[Path], output_dir: Path, force: bool =
     dirs = _distinct_dirs(list(shard_dirs))
     if not dirs:
         raise MergeError("no shard dirs given; pass shard dirs with --shards or a run dir with --run.")
-    with one_merge_into(output_dir):
-        prepare_output_dir(output_dir, overwrite)
+    with one_merge_into(output_dir, remedy):
+        prepare_output_dir(output_dir, overwrite, remedy)
         # a process of its own unless the caller started it: it imports matplotlib meanwhile
         with PictureProcess() if pictures is None else nullcontext(pictures) as drawing:
-            merged = _merge(dirs, output_dir, force, columnar, drawing)
+            merged = _merge(dirs, output_dir, force, columnar, drawing, remedy)
     log.log(logging.INFO if merged.report.complete else logging.WARNING, "%s (in %.1f s)", merged.report.summary(),
             time.monotonic() - started)
     return merged
 
 
-def _merge(dirs: list[Path], output_dir: Path, force: bool, columnar: bool, pictures: PictureProcess) -> MergedSet:
+def _merge(dirs: list[Path], output_dir: Path, force: bool, columnar: bool, pictures: PictureProcess,
+           remedy: Remedy) -> MergedSet:
     shards = [read_shard(d, columnar=columnar) for d in dirs]
 
     mismatch = find_mismatch(shards)
@@ -175,7 +181,8 @@ def _merge(dirs: list[Path], output_dir: Path, force: bool, columnar: bool, pict
         mixed_columns=mixed,
         task=task_set_report(task, frame, settings),
     )
-    write_result_set(output_dir, frame, report, pictures=lambda: drawn_pictures(pictures, drawing), trace=trace)
+    write_result_set(output_dir, frame, report, pictures=lambda: drawn_pictures(pictures, drawing), trace=trace,
+                     remedy=remedy)
     return MergedSet(report, frame)
 
 
@@ -206,23 +213,12 @@ def combine_row_by_row(shards: Sequence[ShardInput], task: Task, settings: Any |
 
 # --- the output dir ---------------------------------------------------------------------------
 
-_FIXES = {
-    errno.EROFS: "the filesystem is read-only: pass an --output dir on a writable filesystem",
-    errno.EACCES: "permission denied: make that dir writable for this user or pass another --output dir",
-    errno.EPERM: "operation not permitted: make that dir writable for this user or pass another --output dir",
-    errno.EBUSY: "it is a mount point or in use: pass a new dir inside it, or another dir, as --output",
-    errno.ENOSPC: "the disk is full: free space and merge again (an earlier result set there is untouched)",
-    errno.EDQUOT: "the disk quota is exhausted: free space and merge again (an earlier result set there is untouched)",
-}
-
-
-def cannot_write(output_dir: Path, exc: OSError) -> StorageError:
-    fix = _FIXES.get(exc.errno, "check the dir and the disk, then merge again (an earlier result set there is untouched)")
-    return StorageError(f"cannot write the result set {output_dir} in {output_dir.parent}: {exc.strerror or exc}; {fix}.")
+def cannot_write(output_dir: Path, exc: OSError, remedy: Remedy = MERGE_AGAIN) -> StorageError:
+    return storage_error(f"the result set {output_dir}", output_dir.parent, exc, remedy)
 
 
 @contextmanager
-def one_merge_into(output_dir: Path) -> Iterator[None]:
+def one_merge_into(output_dir: Path, remedy: Remedy = MERGE_AGAIN) -> Iterator[None]:
     """Held for the whole merge: a second merge into the same output is refused at once (exit 4), so two
     merges never both succeed with one set silently replacing the other."""
     guard = ExclusiveFile(MergedPaths(output_dir).merge_lock, f"a merge into {output_dir}",
@@ -231,14 +227,14 @@ def one_merge_into(output_dir: Path) -> Iterator[None]:
         output_dir.parent.mkdir(parents=True, exist_ok=True)
         guard.acquire()
     except OSError as exc:
-        raise cannot_write(output_dir, exc) from None
+        raise cannot_write(output_dir, exc, remedy) from None
     try:
         yield
     finally:
         guard.release()
 
 
-def prepare_output_dir(output_dir: Path, overwrite: bool) -> None:
+def prepare_output_dir(output_dir: Path, overwrite: bool, remedy: Remedy = MERGE_AGAIN) -> None:
     """Before anything is read: tidy what a crashed merge left beside the output dir (so a set it had
     moved aside is back in place and counts as existing), then refuse an output path that is a file,
     or an existing non-empty dir without `overwrite` (an empty dir holds no result set and is used)."""
@@ -246,7 +242,7 @@ def prepare_output_dir(output_dir: Path, overwrite: bool) -> None:
         try:
             _tidy_leftovers(MergedPaths(output_dir))
         except OSError as exc:
-            raise cannot_write(output_dir, exc) from None
+            raise cannot_write(output_dir, exc, remedy) from None
     if output_dir.exists() and not output_dir.is_dir():
         raise MergeError(
             f"--output {output_dir} is a file, not a dir; merge writes a result set dir (results.csv,"
@@ -283,7 +279,7 @@ def _tidy_leftovers(paths: MergedPaths) -> None:
 
 def write_result_set(output_dir: Path, frame: pd.DataFrame, report: MergeReport,
                      pictures: Callable[[], dict[str, bytes]] | None = None,
-                     trace: pd.DataFrame | None = None) -> None:
+                     trace: pd.DataFrame | None = None, remedy: Remedy = MERGE_AGAIN) -> None:
     """Build the whole set in a sibling staging dir (the report last), fsync it, then swap it into
     place: a merge that dies at any point leaves the previous complete set (or nothing) at the path,
     never new results next to an old report or validation. `pictures` gives the pictures' bytes by
@@ -295,7 +291,7 @@ def write_result_set(output_dir: Path, frame: pd.DataFrame, report: MergeReport,
         staging = _staging_dir(paths, "merging")
         staging.mkdir()
     except OSError as exc:
-        raise cannot_write(output_dir, exc) from None
+        raise cannot_write(output_dir, exc, remedy) from None
     try:
         new = MergedPaths(staging)
         # straight into the staging dir, which nobody reads before fsync_tree and the swap below
@@ -310,7 +306,7 @@ def write_result_set(output_dir: Path, frame: pd.DataFrame, report: MergeReport,
         replace_dir(staging, output_dir, aside=_staging_dir(paths, "old"))
     except OSError as exc:
         shutil.rmtree(staging, ignore_errors=True)
-        raise cannot_write(output_dir, exc) from None
+        raise cannot_write(output_dir, exc, remedy) from None
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

@@ -22,13 +22,14 @@ import time
 import traceback
 from dataclasses import replace
 from datetime import datetime, timezone
+from functools import partial
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from shardrun.storage.atomic import write_json_atomic
-from shardrun.storage.commits import GroupCommitter, append_error
+from shardrun.storage.commits import GroupCommitter, append_line_once, error_line
 from shardrun.config import RunConfig
-from shardrun.storage.durability import durable_write
+from shardrun.storage.durability import SHARD, durable_write
 from shardrun.errors import (
     EXIT_INTERRUPTED, EXIT_OK, EXIT_PREEMPTED, EXIT_USERS_FAILED, AlreadyCommitted, HeapTooSmall, SchedulerError,
     StorageError,
@@ -109,13 +110,15 @@ class ShardLoop:
                 **carried_memory(dirs.shard.status),  # the peaks of this shard's earlier processes
                 "process_starts": process_starts(dirs.shard.status),  # run.png's start-up and waiting
             },
-            write=lambda path, doc: durable_write("status.json", path.parent, lambda: write_json_atomic(path, doc)),
+            write=lambda path, doc: durable_write("status.json", path.parent, lambda: write_json_atomic(path, doc),
+                                                  remedy=SHARD),
             peak_rss=peak_rss,
         )
         self.attempts = Attempts(earlier_attempts or {})
         self.commits = GroupCommitter(
             dirs.shard, {"config_hash": config.hash, "shard": str(dirs.spec), "host": socket.gethostname()},
-            committed=plan.done, interval_seconds=options.commit_interval_seconds, guard=durable_write,
+            committed=plan.done, interval_seconds=options.commit_interval_seconds,
+            guard=partial(durable_write, remedy=SHARD),
             on_commit=self._count_committed,
         )
         self._outcomes_queued: dict[str, UserStatus] = {}  # ended users waiting for their batch
@@ -339,7 +342,9 @@ class ShardLoop:
             record["heap_needed_bytes"] = exc.needed_bytes
         elif is_heap_exhaustion(exc, self.task):
             record["heap_needed_bytes"] = None
-        durable_write("errors.jsonl", self.dirs.shard.dir, lambda: append_error(self.dirs.shard, record))
+        line = error_line(record)  # once: a retry appends this very line, or finds it landed
+        durable_write("errors.jsonl", self.dirs.shard.dir, lambda: append_line_once(self.dirs.shard.errors, line),
+                      remedy=SHARD)
         reason = failure_reason(exc, self.task)
         self.status.update(last_error=f"{user_id}: {reason}")
         log.error("user %r failed: %s", user_id, reason)

@@ -21,7 +21,7 @@ from shardrun.shard.plan import ShardPlan, assign_index, plan_shard
 from shardrun.sharding import ShardSpec
 from shardrun.storage import commits
 from shardrun.storage.commits import CommittedUser
-from shardrun.storage.durability import durable_write
+from shardrun.storage.durability import SHARD, durable_write
 from shardrun.storage.identity import read_run_document, read_shard_identity, run_difference
 from shardrun.storage.paths import RunPaths, ShardPaths, refuse_a_file_for_a_dir
 from shardrun.task import Dataset, Task, UserIndex, heap_advice, load_task, load_users, read_user_index
@@ -190,4 +190,4 @@ def shard_rows(task: Task, config: RunConfig, users: tuple[str, ...], index: Use
 
 def scan_committed_durably(paths: ShardPaths) -> dict[str, CommittedUser]:
     """commits.scan_committed, whose quarantine of an unreadable result file moves it (a write)."""
-    return durable_write("results/quarantine", paths.results, lambda: commits.scan_committed(paths))
+    return durable_write("results/quarantine", paths.results, lambda: commits.scan_committed(paths), remedy=SHARD)

@@ -6,6 +6,7 @@ import importlib.metadata
 import logging
 import os
 import platform
+import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Mapping
@@ -81,8 +82,8 @@ def run_shard(config: RunConfig, options: WorkerOptions, stop: StopFlag | None =
     lock = ShardLock(dirs.shard, **lease_scheduler(os.environ))
     durable_write("the shard lock", dirs.shard.dir, lock.acquire)
     try:
-        durable_write("shard.json", dirs.shard.dir,
-                      lambda: ensure_identity(dirs.shard, identity, resuming=dirs.resuming))
+        ensure_identity(dirs.shard, identity, resuming=dirs.resuming,
+                        guard=lambda write: durable_write("shard.json", dirs.shard.dir, write))
         durable_write("the scratch dir", dirs.shard.tmp, lambda: clean_tmp(dirs.shard))
         committed = committed_under_lock(prepared)
         plan = plan_shard(prepared.assignment, dirs.spec, options.pilot, committed, options.retry_failed)
@@ -162,6 +163,36 @@ def ensure_run_document(run: RunPaths, document: Mapping[str, Any]) -> None:
 
 
 def attach_shard_log(path: Path) -> None:
-    handler = logging.FileHandler(path, encoding="utf-8")
+    handler = ShardLogFile(path)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.getLogger().addHandler(handler)
+
+
+class ShardLogFile(logging.FileHandler):
+    """shard.log, in the shard dir: on a disk that fails under the shard (full, read-only, gone) its lines
+    cannot be written. That is said once on stderr, where every line goes too (cli/common.configure_logging),
+    instead of logging's "--- Logging error ---" and a traceback for every line; the shard's own error
+    (exit 6) says what to do."""
+
+    def __init__(self, path: Path):
+        super().__init__(path, encoding="utf-8")
+        self._said_failure = False
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        failure = sys.exc_info()[1]
+        if isinstance(failure, OSError):
+            self._say_failure(failure)
+        else:
+            super().handleError(record)
+
+    def close(self) -> None:
+        try:
+            super().close()  # flushes what is buffered
+        except OSError as failure:
+            self._say_failure(failure)
+
+    def _say_failure(self, failure: OSError) -> None:
+        if not self._said_failure:
+            self._said_failure = True
+            sys.stderr.write(f"warning: cannot write the shard's log {self.baseFilename}"
+                             f" ({failure.strerror or failure}); its lines go to stderr only\n")

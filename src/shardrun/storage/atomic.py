@@ -43,12 +43,26 @@ def json_safe(value: Any) -> Any:
     return value
 
 
+class FsyncFailed(OSError):
+    """fsync(2) failed: the data may not be on the disk. Never retried (durability.is_transient): after a
+    failed fsync the kernel may have dropped the unwritten pages and marked them clean, so a second fsync
+    would succeed without writing them."""
+
+
+def fsync(fd: int, path: Path | str) -> None:
+    """os.fsync, whose failure is a FsyncFailed naming `path`."""
+    try:
+        os.fsync(fd)
+    except OSError as exc:
+        raise FsyncFailed(exc.errno, exc.strerror, str(path)) from exc
+
+
 def fsync_dir(path: Path) -> None:
     if os.name != "posix":
         return  # directories cannot be opened for fsync on Windows; rename is still atomic
     fd = os.open(path, os.O_RDONLY)
     try:
-        os.fsync(fd)
+        fsync(fd, path)
     finally:
         os.close(fd)
 
@@ -82,7 +96,7 @@ def write_temp_file(directory: Path, payload: bytes) -> Path:
         with os.fdopen(fd, "wb") as handle:
             handle.write(payload)
             handle.flush()
-            os.fsync(handle.fileno())
+            fsync(handle.fileno(), name)
     except BaseException:
         Path(name).unlink(missing_ok=True)
         raise
@@ -120,7 +134,9 @@ def create_json_once(path: Path, obj: Any, sole_writer: bool = False) -> bool:
     try:
         way = publish_new(tmp, path)
     except FileExistsError:
-        return False
+        # The sole writer finding its very bytes there: its own earlier attempt landed (a retry after a
+        # lost reply), so it did create the file.
+        return sole_writer and holds(path, payload)
     finally:
         tmp.unlink(missing_ok=True)
     fsync_dir(path.parent)
@@ -214,6 +230,14 @@ def publish_new(tmp: Path, target: Path) -> str:
     return CHECKED_RENAME
 
 
+def holds(path: Path, payload: bytes) -> bool:
+    """Whether the file `path` exists with exactly these bytes (a missing file does not)."""
+    try:
+        return path.stat().st_size == len(payload) and path.read_bytes() == payload
+    except FileNotFoundError:
+        return False
+
+
 def read_json(path: Path) -> Any:
     with open(path, encoding="utf-8") as handle:
         return json.load(handle)
@@ -233,7 +257,7 @@ def fsync_tree(directory: Path) -> None:
     for path in directory.iterdir():
         if path.is_file():
             with open(path, "rb") as handle:
-                os.fsync(handle.fileno())
+                fsync(handle.fileno(), path)
     fsync_dir(directory)
 
 

@@ -27,7 +27,9 @@ from pathlib import Path
 from typing import Any, Callable, Container, Iterable, Mapping, Sequence
 
 from shardrun.errors import AlreadyCommitted
-from shardrun.storage.atomic import fsync_dir, json_safe, publish_new, read_json, utc_now, write_temp_file
+from shardrun.storage.atomic import (
+    fsync, fsync_dir, holds, json_safe, publish_new, read_json, utc_now, write_temp_file,
+)
 from shardrun.storage.batches import BadBatch, decode_batch, encode_batch, encode_record, readable_user_ids
 from shardrun.storage.paths import ShardPaths, batch_number, user_file_stem
 
@@ -191,13 +193,24 @@ class GroupCommitter:
         target = self._paths.batch(self._next_number)
         what = (f"the result of user {users[0]!r}" if len(users) == 1
                 else f"the results of {len(users)} users ({target.name})")
-        self._guard(what, self._paths.results, lambda: write_batch_file(self._paths, target, payload))
+        results = self._paths.results
+        # Three steps, each given to the guard alone so that a retry repeats only that step: the batch
+        # written to a new fsynced temporary file (a retry writes another), published at its name (a
+        # retry first looks whether the earlier attempt landed), and the dir fsynced (never retried).
+        tmp = self._guard(what, results, lambda: write_temp_file(self._paths.tmp, payload))
+        try:
+            self._guard(what, results, lambda: publish_once(tmp, target, payload))
+        finally:
+            tmp.unlink(missing_ok=True)
+        # Published: these users are committed now, whatever happens to the dir's fsync, so that no later
+        # flush (the drain, the shard's end) writes them a second time.
         self._committed.update(users)
         self._queue.clear()
         self._queued_ids.clear()
         self._next_number += 1
         self._last_batch = self._clock()
         self._on_commit(users)
+        self._guard(f"{what}, put in place,", results, lambda: fsync_dir(results))
         return target
 
     def start_flusher(self) -> None:
@@ -225,19 +238,21 @@ class GroupCommitter:
             self._thread.join(timeout=5)
 
 
-def write_batch_file(paths: ShardPaths, target: Path, payload: bytes) -> Path:
-    """Publish `payload` at `target`, a name that must be new: whole or not at all, then durable."""
-    tmp = write_temp_file(paths.tmp, payload)
+def publish_once(tmp: Path, target: Path, payload: bytes) -> None:
+    """Put the fsynced batch file `tmp` (whose bytes are `payload`) at `target`, a name that must be new;
+    safe to repeat: an attempt whose answer was lost (an EIO or a timeout from a file server after the
+    link was made) has landed when `target` holds exactly `payload`, and then nothing is done again.
+    A different file at `target` is AlreadyCommitted: batch names are never reused."""
+    if holds(target, payload):
+        return
     try:
         # a hard link, or on a filesystem without them a rename that cannot replace: the shard lock makes
         # this process the only writer of results/ (atomic.publish_new)
         publish_new(tmp, target)
     except FileExistsError:
+        if holds(target, payload):
+            return
         raise AlreadyCommitted(f"{target} exists already; batch names are never reused.") from None
-    finally:
-        tmp.unlink(missing_ok=True)
-    fsync_dir(paths.results)
-    return target
 
 
 def next_batch_number(paths: ShardPaths) -> int:
@@ -397,11 +412,27 @@ def clean_tmp(paths: ShardPaths) -> int:
 
 def append_error(paths: ShardPaths, record: Mapping[str, Any]) -> None:
     """One line per failed attempt; flushed and fsynced so a crash right after keeps it."""
-    line = json.dumps(json_safe({"time": utc_now(), **record}), allow_nan=False) + "\n"
-    with open(paths.errors, "a", encoding="utf-8") as handle:
+    append_line_once(paths.errors, error_line(record))
+
+
+def error_line(record: Mapping[str, Any]) -> bytes:
+    """errors.jsonl's line for a failed attempt, stamped with the time now (so that no two lines are alike)."""
+    return (json.dumps(json_safe({"time": utc_now(), **record}), allow_nan=False) + "\n").encode()
+
+
+def append_line_once(path: Path, line: bytes) -> None:
+    """Append `line` to `path` and fsync it; safe to repeat (durability.durable_write): an earlier attempt
+    whose write landed before it failed left the line at the file's end, and it is not appended again."""
+    with open(path, "a+b") as handle:
+        end = handle.seek(0, os.SEEK_END)
+        if end >= len(line):
+            handle.seek(end - len(line))
+            if handle.read(len(line)) == line:
+                fsync(handle.fileno(), path)
+                return
         handle.write(line)
         handle.flush()
-        os.fsync(handle.fileno())
+        fsync(handle.fileno(), path)
 
 
 def read_errors(paths: ShardPaths) -> list[dict[str, Any]]:

@@ -1,10 +1,20 @@
-"""What to do when writing a shard's files fails: retry what is transient, stop clearly on the rest.
+"""The one storage guard of every command: retry what is transient and safe to repeat, stop clearly on the rest.
 
 A network filesystem under load returns EIO, EAGAIN or ESTALE for a moment and then works again;
-those writes are retried with backoff (tenacity). A full disk, a read-only or forbidden dir does
-not heal by waiting: the shard stops at once with an error that names the dir and the fix, and
-nothing already committed is touched. The policy is a small pure object; the sleep is injected so
-tests record the waits instead of taking them.
+such a step is retried with jittered exponential backoff (tenacity's full jitter), so that K shards
+that met the same server hiccup do not come back to it all at the same instant. A full disk, a
+read-only, forbidden or vanished dir does not heal by waiting: the command stops at once with a
+StorageError (exit 6) that names the file, the dir and the fix, and nothing already committed is
+touched. The fix is the one mapping below (errno -> the problem in words); what to run afterwards
+is the command's own (`Remedy`): a shard is resumed, a merge is run again, a launcher continues its run.
+
+Only a step that is safe to repeat may be given to `durable_write`: one that starts afresh (a new
+temporary file, a replace), or one that first looks whether an earlier attempt already landed
+(commits.publish_once). A failed fsync is never retried (atomic.FsyncFailed): after it the kernel
+may have dropped the unwritten pages and marked them clean, so a second fsync succeeds without
+writing them (PostgreSQL's fsync lesson of 2018). It is a storage failure like a full disk.
+
+The policy is a small pure object; the sleep is injected so tests record the waits instead of taking them.
 """
 
 from __future__ import annotations
@@ -14,11 +24,13 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, TypeVar
-
-import tenacity
+from typing import TYPE_CHECKING, Callable, TypeVar
 
 from shardrun.errors import StorageError
+from shardrun.storage.atomic import FsyncFailed
+
+if TYPE_CHECKING:
+    import tenacity
 
 log = logging.getLogger(__name__)
 
@@ -26,31 +38,92 @@ T = TypeVar("T")
 
 TRANSIENT_ERRNOS = frozenset({errno.EIO, errno.EAGAIN, errno.EBUSY, errno.ESTALE, errno.EINTR, errno.ETIMEDOUT})
 
-_PERMANENT_FIXES = {
-    errno.ENOSPC: "the disk is full: free space (or move output.root) and resume the shard",
-    errno.EDQUOT: "the disk quota is exhausted: free space or raise the quota, then resume the shard",
-    errno.EFBIG: "a file size limit was hit (ulimit -f): raise it, then resume the shard",
-    errno.EROFS: "the filesystem is read-only: choose a writable output.root or --out, then resume",
-    errno.EACCES: "permission denied: make the dir writable for this user, then resume",
-    errno.EPERM: "operation not permitted: make the dir writable for this user, then resume",
+
+@dataclass(frozen=True)
+class Remedy:
+    """What the person does once the storage is fixed, in the words of the command that met the failure.
+
+    `then`: the command that continues (or repeats) the work, e.g. "resume the shard: run_production
+    --resume DIR"; `elsewhere`: where the output could go instead, e.g. "output.root or --out", or None
+    where it cannot (a run under way lives where it is)."""
+
+    then: str
+    elsewhere: str | None
+
+
+# Before anything is committed (a new run dir, its set-up) repeating the command is the whole fix.
+SAME_COMMAND = Remedy("run the same command again", "output.root or --out")
+SHARD = Remedy("resume the shard (run_production --resume SHARD_DIR, or launch_shards again with --out RUN): what is"
+               " committed is kept, checked, and not computed again", "output.root or --out")
+
+# The problem in words, by errno: the one place that says what a storage failure means, and the fix,
+# with another place for the output where the command has one (`{elsewhere}`: its own flag or key).
+_PROBLEMS: dict[int, tuple[str, str | None]] = {
+    errno.ENOSPC: ("the disk is full: free space", None),
+    errno.EDQUOT: ("the disk quota is exhausted: free space or raise the quota", None),
+    errno.EFBIG: ("a file size limit was hit (ulimit -f): raise it", None),
+    errno.EROFS: ("the filesystem is read-only: make it writable", "choose a writable {elsewhere}"),
+    errno.EACCES: ("permission denied: make the dir writable for this user", "choose another {elsewhere}"),
+    errno.EPERM: ("operation not permitted: make the dir writable for this user", "choose another {elsewhere}"),
+    errno.ENOENT: ("a dir was moved, renamed or removed while the command ran: put it back where it was", None),
+    errno.ENOTDIR: ("a part of the path is a file, not a dir (if a dir was replaced while the command ran, put it"
+                    " back)", "choose another {elsewhere}"),
+    errno.EEXIST: ("a file of that name is in the way where a dir is needed", "choose another {elsewhere}"),
+    errno.EBUSY: ("it is busy (a mount point, or in use by another program): free it", "choose another {elsewhere}"),
 }
+_FSYNC_PROBLEM = ("the filesystem could not confirm that the data reached the disk, so it may not survive a crash"
+                  " of the machine (a failed fsync is not retried: after one, a second fsync can succeed without"
+                  " writing the data): check the disk or the file server (dmesg)")
+_OTHER_PROBLEM = ("check the dir and the disk", None)
 
 
 def is_transient(exc: BaseException) -> bool:
-    return isinstance(exc, OSError) and exc.errno in TRANSIENT_ERRNOS
+    """A failure that may heal by waiting, in a step that may be repeated: never a failed fsync."""
+    return isinstance(exc, OSError) and not isinstance(exc, FsyncFailed) and exc.errno in TRANSIENT_ERRNOS
+
+
+def storage_error(what: str, where: Path, exc: OSError, remedy: Remedy = SAME_COMMAND) -> StorageError:
+    """The exit-6 error for a write that failed with `exc`: the file, the dir, the system's words, the fix."""
+    if isinstance(exc, FsyncFailed):
+        (fix, alternative), failed = (_FSYNC_PROBLEM, None), f"cannot make {what} durable in {where}"
+    else:
+        (fix, alternative), failed = _PROBLEMS.get(exc.errno, _OTHER_PROBLEM), f"cannot write {what} in {where}"
+    if alternative and remedy.elsewhere:
+        fix += ", or " + alternative.format(elsewhere=remedy.elsewhere)
+    still = " (still failing after retries)" if is_transient(exc) else ""
+    return StorageError(f"{failed}{still}: {exc.strerror or exc}; {fix}, then {remedy.then}.")
+
+
+# Errnos that only a write can meet: an OSError with one of them that reached a command's top level
+# escaped a guard, and is still a storage failure (cli/common.guarded), not a bug to report.
+WRITE_ONLY_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG})
+
+
+def escaped_storage_failure(exc: BaseException) -> StorageError | None:
+    """The StorageError of a failed write that reached a command's top level without a guard, or None."""
+    if not isinstance(exc, OSError) or not (isinstance(exc, FsyncFailed) or exc.errno in WRITE_ONLY_ERRNOS):
+        return None
+    path = Path(exc.filename) if exc.filename else None
+    what, where = (path.name, path.parent) if path is not None else ("a file", Path("the output dir"))
+    return storage_error(what, where, exc, SAME_COMMAND)
 
 
 @dataclass(frozen=True)
 class IoRetryPolicy:
     attempts: int = 6
-    first_wait: float = 0.5
+    first_wait: float = 0.5  # the first wait is drawn from [first_wait / 4, first_wait], each next window doubles
     max_wait: float = 30.0
 
     def retrying(self, sleep: Callable[[float], None] = time.sleep) -> tenacity.Retrying:
+        # imported at the first guarded write: merge, validate and monitor load this module for its error
+        # mapping and start without tenacity (tests/test_architecture.py)
+        import tenacity
+
         return tenacity.Retrying(
             sleep=sleep,
             stop=tenacity.stop_after_attempt(self.attempts),
-            wait=tenacity.wait_exponential(multiplier=self.first_wait, max=self.max_wait),
+            wait=tenacity.wait_random_exponential(multiplier=self.first_wait, min=self.first_wait / 4,
+                                                  max=self.max_wait),
             retry=tenacity.retry_if_exception(is_transient),
             before_sleep=lambda state: log.warning(
                 "transient I/O error (%s); retry %d of %d", state.outcome.exception(), state.attempt_number,
@@ -62,12 +135,11 @@ class IoRetryPolicy:
 
 def durable_write(
     what: str, where: Path, write: Callable[[], T], policy: IoRetryPolicy = IoRetryPolicy(),
-    sleep: Callable[[float], None] = time.sleep,
+    sleep: Callable[[float], None] = time.sleep, remedy: Remedy = SAME_COMMAND,
 ) -> T:
-    """Run `write`, retrying transient errors; any other OSError becomes a StorageError with the fix."""
+    """Run `write` (a step safe to repeat), retrying transient errors; any other OSError, a failed fsync
+    among them, becomes a StorageError with the fix (storage_error)."""
     try:
         return policy.retrying(sleep)(write)
     except OSError as exc:
-        fix = _PERMANENT_FIXES.get(exc.errno, "check the dir and the disk, then resume the shard")
-        transient = " (still failing after retries)" if is_transient(exc) else ""
-        raise StorageError(f"cannot write {what} in {where}{transient}: {exc.strerror or exc}; {fix}.") from exc
+        raise storage_error(what, where, exc, remedy) from exc

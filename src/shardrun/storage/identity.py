@@ -6,7 +6,7 @@ Also the readers of shard.json and run.json that turn a damaged file into a refu
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from shardrun.errors import ResumeMismatch
 from shardrun.storage.atomic import create_json_once, read_json
@@ -82,11 +82,13 @@ def _read_object(path: Path) -> dict[str, Any] | None:
     return document if isinstance(document, dict) else None
 
 
-def ensure_identity(paths: ShardPaths, identity: Mapping[str, Any], resuming: bool) -> dict[str, Any]:
+def ensure_identity(paths: ShardPaths, identity: Mapping[str, Any], resuming: bool,
+                    guard: Callable[[Callable[[], bool]], bool] = lambda write: write()) -> dict[str, Any]:
     """Write shard.json for a new shard dir, or check that a resumed one belongs to this run.
 
     Whether a dir is resumable is decided by its shard.json (same config hash, same data,
-    same shard layout), never by the dir merely existing.
+    same shard layout), never by the dir merely existing. `guard` runs the write (the storage guard):
+    the decision is made once, before it, so that a retried write is never taken for an earlier run.
     """
     existing = read_shard_identity(paths) if paths.identity.is_file() else None
     if existing is None:
@@ -95,7 +97,7 @@ def ensure_identity(paths: ShardPaths, identity: Mapping[str, Any], resuming: bo
                 f"{paths.dir} is not a shard dir (no shard.json): pass a shard dir or a run dir made by"
                 " run_production or launch_shards to --resume."
             )
-        create_json_once(paths.identity, dict(identity), sole_writer=True)  # under the shard lock
+        guard(lambda: create_json_once(paths.identity, dict(identity), sole_writer=True))  # under the shard lock
         return dict(identity)
     if not resuming:
         raise ResumeMismatch(
