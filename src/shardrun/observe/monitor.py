@@ -169,7 +169,8 @@ def watch(run_dirs: Sequence[Path], watch: bool, every: float, stale_after: floa
             print(f"{run_dir}  ({now:%Y-%m-%d %H:%M:%S} UTC)")
             if trouble:
                 print(f"  SLURM's view is missing: {trouble}")
-            print("\n".join(progress.render_table(views)) if views else "  (no shard has started yet)")
+            cpu = _doc(RunPaths(run_dir).launcher_json).get("cpu")  # what --cpu-limit suspended, and why
+            print("\n".join(progress.render_table(views, cpu=cpu)) if views else "  (no shard has started yet)")
             active = active or any(v.active for v in views)
         if not watch or not active:
             return EXIT_OK
