@@ -75,7 +75,7 @@ from shardrun.launch.supervisor import (
 from shardrun.shard.plan import assign_index
 from shardrun.sharding import ShardSpec
 from shardrun.storage.status import record_death, status_document
-from shardrun.states import ShardState
+from shardrun.states import ShardPhase, ShardState
 from shardrun.results.tolerance import NO_FAILED, FailedTolerance
 from shardrun.task import load_task
 from shardrun.units import heap_bytes
@@ -250,8 +250,10 @@ class Launcher:
                      self.supervisor.cpu)
         elif isinstance(action, Resume):
             self.port.resume(action.index)
+            others = any(slot.phase is ShardPhase.RUNNING and slot.index != action.index
+                         for slot in self.supervisor.slots)
             log.info("--cpu-limit %g%%: resumed shard %s (%s)", self.options.cpu_limit, self.spec(action.index),
-                     self.supervisor.cpu)
+                     f"one more fits: {self.supervisor.cpu}" if others else "no other shard was running")
         elif isinstance(action, Terminate):
             self.port.terminate(action.index)
             if action.wake:  # a stopped process cannot drain
