@@ -682,17 +682,25 @@ def completed_not_killed(lab: Lab, outcome: Outcome) -> None:
 
 
 def second_process_while_the_first_runs(lab: Lab, command: Callable[..., list[str]], env: dict | None = None) -> Outcome:
-    """`command(config, *args)` starts a shard, then the same command resumes its dir while it still runs."""
+    """`command(config, *args)` starts a shard, then the same command resumes its dir while it still runs.
+
+    The first is stopped (SIGSTOP) after its first commit until the second has ended, so it still holds
+    its shard dir when the second gets there, however long the second's start takes on a busy machine
+    (a stopped process keeps its lock, and on the same host its lease). --cooldown leaves users to do
+    after the first commit."""
     config = lab.config()
     run_dir = lab.out / "run"
     shard_dir = run_dir / "shard-0-of-1"
-    # --cooldown keeps the holder busy long enough for the second process to reach the lock (or lease)
     first = start(lab, command(config, "--shard", "0/1", "--out", str(run_dir), "--cooldown", "0.3"),
                   env={**os.environ, **(env or {})})
     wait_for_commits(first, shard_dir, 1)
+    first.send_signal(signal.SIGSTOP)
     committed_before = committed_count(shard_dir)
-    second = run(lab, command(config, "--resume", str(shard_dir)), env=env)
-    holder_alive = first.poll() is None
+    try:
+        second = run(lab, command(config, "--resume", str(shard_dir)), env=env)
+        holder_alive = first.poll() is None
+    finally:
+        first.send_signal(signal.SIGCONT)
     first_output = output_of(first)
     return Outcome(second.returncode, second.stdout + second.stderr,
                    facts={"run": run_dir, "shard_dir": shard_dir, "holder_pid": first.pid, "holder_alive": holder_alive,
