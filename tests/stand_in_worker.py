@@ -21,6 +21,11 @@ STAND_IN_SLOW_EXIT=S
     is not "ignore", as Python's finalization does (_PySignal_Fini), print "exiting", then sleep S seconds:
     stands in for the rest of a shard process's exit (the JVM's shutdown, the interpreter's teardown), the
     window in which a stop signal can still arrive.
+STAND_IN_COMMIT_EVERY_USERS=N
+    the group committer's clock counts the users that ended instead of seconds, and its interval is N of
+    them: every batch holds N users (the last one the rest), whatever the machine's load. Stands in for
+    a machine that ends N users within each commit interval, which a shared, busy machine does not
+    guarantee (a time-based batch there may hold one user).
 STAND_IN_KILL_AFTER_LEASE_ASIDE=1
     SIGKILL this process right after it renamed a stale lease aside, before it creates its own: stands
     in for a crash in the middle of a takeover.
@@ -62,6 +67,24 @@ def install_stand_ins() -> None:
             raise OSError(code, os.strerror(code))
 
         shardrun.platforms.lock_exclusive = flock_on_a_filesystem_without_locks
+
+    commit_every = int(os.environ.get("STAND_IN_COMMIT_EVERY_USERS") or 0)
+    if commit_every:
+        from shardrun.storage.commits import GroupCommitter
+
+        users_ended = 0
+        real_init, real_add = GroupCommitter.__init__, GroupCommitter.add
+
+        def init_counting_users(self, *args, **kwargs) -> None:
+            real_init(self, *args, **{**kwargs, "interval_seconds": commit_every, "clock": lambda: users_ended})
+
+        def add_counting_users(self, *args, **kwargs) -> None:
+            nonlocal users_ended
+            real_add(self, *args, **kwargs)
+            users_ended += 1
+
+        GroupCommitter.__init__ = init_counting_users
+        GroupCommitter.add = add_counting_users
 
     kill_before = int(os.environ.get("STAND_IN_KILL_BEFORE_RENAME") or 0)
     kill_after_aside = os.environ.get("STAND_IN_KILL_AFTER_LEASE_ASIDE") == "1"

@@ -241,6 +241,8 @@ def universal_checks(lab: Lab, before: dict) -> None:
 
 # Group commit as users meet it, on the small workload's short users: a batch file of one to a few users.
 COMMIT_INTERVAL = "0.2"
+# The batches of the group-commit cases (tests/stand_in_worker.py's STAND_IN_COMMIT_EVERY_USERS).
+USERS_PER_BATCH = 3
 # Users of about 0.1 s (a cooldown between them): a case that acts "after N commits" on a running shard
 # finds users left to do when the commits (in batches) show, whatever the machine's speed.
 SLOWED = ("--cooldown", "0.1")
@@ -681,17 +683,25 @@ def completed_not_killed(lab: Lab, outcome: Outcome) -> None:
 
 
 def second_process_while_the_first_runs(lab: Lab, command: Callable[..., list[str]], env: dict | None = None) -> Outcome:
-    """`command(config, *args)` starts a shard, then the same command resumes its dir while it still runs."""
+    """`command(config, *args)` starts a shard, then the same command resumes its dir while it still runs.
+
+    The first is stopped (SIGSTOP) after its first commit until the second has ended, so it still holds
+    its shard dir when the second gets there, however long the second's start takes on a busy machine
+    (a stopped process keeps its lock, and on the same host its lease). --cooldown leaves users to do
+    after the first commit."""
     config = lab.config()
     run_dir = lab.out / "run"
     shard_dir = run_dir / "shard-0-of-1"
-    # --cooldown keeps the holder busy long enough for the second process to reach the lock (or lease)
     first = start(lab, command(config, "--shard", "0/1", "--out", str(run_dir), "--cooldown", "0.3"),
                   env={**os.environ, **(env or {})})
     wait_for_commits(first, shard_dir, 1)
+    first.send_signal(signal.SIGSTOP)
     committed_before = committed_count(shard_dir)
-    second = run(lab, command(config, "--resume", str(shard_dir)), env=env)
-    holder_alive = first.poll() is None
+    try:
+        second = run(lab, command(config, "--resume", str(shard_dir)), env=env)
+        holder_alive = first.poll() is None
+    finally:
+        first.send_signal(signal.SIGCONT)
     first_output = output_of(first)
     return Outcome(second.returncode, second.stdout + second.stderr,
                    facts={"run": run_dir, "shard_dir": shard_dir, "holder_pid": first.pid, "holder_alive": holder_alive,
@@ -1017,46 +1027,48 @@ def checked_but_not_renamed(lab: Lab, outcome: Outcome) -> None:
 
 def crash_before_batch_fsync(lab: Lab) -> Outcome:
     """SIGKILL when the third batch's bytes are written to its temporary file and its fsync is about to
-    happen (the instant is aimed at by tests/stand_in_worker.py; the kill is real). The first user is a
-    batch of its own (no commit before it to wait for); users of about 0.1 s (a 0.05 s cooldown between
-    them) and a 0.25 s interval make the next ones hold several."""
+    happen (the instant is aimed at by tests/stand_in_worker.py; the kill is real). Every batch holds
+    three users whatever the machine's load (the stand-in's commit clock counts users, not seconds)."""
     config = lab.config()
     run_dir = lab.out / "run"
     shard_dir = run_dir / "shard-0-of-1"
-    result = run(lab, stand_in_worker("--config", str(config), "--full", "--shard", "0/1", "--out", str(run_dir),
-                                      "--commit-interval", "0.25", "--cooldown", "0.05"),
-                 env={"STAND_IN_KILL_AT_BATCH_FSYNC": "3"})
+    result = run(lab, stand_in_worker("--config", str(config), "--full", "--shard", "0/1", "--out", str(run_dir)),
+                 env={"STAND_IN_KILL_AT_BATCH_FSYNC": "3", "STAND_IN_COMMIT_EVERY_USERS": str(USERS_PER_BATCH)})
     return Outcome(result.returncode, result.stdout + result.stderr,
                    facts={"run": run_dir, "shard_dir": shard_dir, "config": config})
 
 
 def written_but_not_committed(lab: Lab, outcome: Outcome) -> None:
-    """The first two batches are committed whole, one of several users; the third's bytes are whole in
+    """The first two batches are committed whole, of several users each; the third's bytes are whole in
     .tmp/ but it was never published, so none of its users is committed (nor counted in status.json)."""
     shard_dir = outcome.facts["shard_dir"]
     done = lab.observe(shard_dir)
-    assert [path.name for path in batch_files(shard_dir)] == ["b-000001.jsonl", "b-000002.jsonl"]
-    assert done >= 3, "the premise: a batch of several users"
+    committed = batch_files(shard_dir)
+    assert [path.name for path in committed] == ["b-000001.jsonl", "b-000002.jsonl"]
+    assert [len(decode_batch(path.read_bytes()).records) for path in committed] == [USERS_PER_BATCH] * 2
+    assert done == 2 * USERS_PER_BATCH
     (orphan,) = (shard_dir / ".tmp").iterdir()
     pending = [record["user_id"] for record in decode_batch(orphan.read_bytes()).records]
-    assert pending and not set(pending) & set(committed_users(shard_dir))
+    assert len(pending) == USERS_PER_BATCH and not set(pending) & set(committed_users(shard_dir))
     assert read_status(shard_dir)["users_done"] <= done
     outcome.facts["done"] = done
 
 
 def torn_batch(lab: Lab) -> Outcome:
-    """A run whose users were all committed in batches of several (a long interval); then its last batch is
-    cut in the middle of a record, as by a disk that lost the end of a write; then resume."""
+    """A run whose users were all committed in batches of several (the stand-in's commit clock counts
+    users: batches of 4, 4 and 2, whatever the machine's load); then its last batch is cut in the middle
+    of a record, as by a disk that lost the end of a write; then resume."""
     config = lab.config()
     run_dir = lab.out / "run"
     shard_dir = run_dir / "shard-0-of-1"
-    made = run(lab, worker_command(config, "--shard", "0/1", "--out", str(run_dir), "--commit-interval", "30"))
+    made = run(lab, stand_in_worker("--config", str(config), "--full", "--shard", "0/1", "--out", str(run_dir)),
+               env={"STAND_IN_COMMIT_EVERY_USERS": "4"})
     assert made.returncode == 0, made.stdout + made.stderr
     *whole, last = batch_files(shard_dir)
     lab.observe(shard_dir, skip=(last,))
     payload = last.read_bytes()
     users = [record["user_id"] for record in decode_batch(payload).records]
-    assert len(users) >= 2, "the premise: a batch of several users"
+    assert len(users) == 2, "the premise: a last batch of several users"
     torn = payload[: payload.rindex(b'"user_id"')]  # the last record cut short
     last.write_bytes(torn)
     result = run(lab, worker_command(config, "--resume", str(shard_dir)))
@@ -1520,7 +1532,7 @@ FAULTS = [
     Fault("crash-between-check-and-rename", "on that vfat root, SIGKILL after the third commit's existence check,"
           " before its rename (instant aimed by a stand-in); then resume", crash_before_rename, -signal.SIGKILL, (),
           (checked_but_not_renamed,), resume_then_merge_elsewhere),
-    Fault("crash-between-batch-write-and-fsync", "SIGKILL after the second batch file's bytes are written to its"
+    Fault("crash-between-batch-write-and-fsync", "SIGKILL after the third batch file's bytes are written to its"
           " temporary file, before its fsync (instant aimed by a stand-in); then resume", crash_before_batch_fsync,
           -signal.SIGKILL, (), (written_but_not_committed,), resume_every_user_once_then_merge),
     Fault("torn-batch", "a batch of several users cut in the middle of its last record; then resume", torn_batch, 0,

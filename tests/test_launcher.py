@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -160,36 +161,64 @@ def busy_config(workspace, tmp_path) -> Path:
     return path
 
 
-def test_cpu_limit_suspends_and_resumes_shards(workspace, tmp_path):
-    # Two busy shards take the whole machine, far above 60%; the resume threshold (50%) stays well
-    # above an idle machine's noise, so the run always finishes.
-    launcher, run_dir = start_launcher(workspace, "--shards", "2", "--cpu-limit", "60", "--progress-every", "1",
-                                       config=busy_config(workspace, tmp_path))
-    wait_for(lambda: any(s["phase"] == "suspended" for s in launcher_doc(run_dir)["shards"]), process=launcher)
-    output, _ = launcher.communicate(timeout=600)
-    assert launcher.returncode == 0, output
+def on_one_cpu(workspace, tmp_path, *flags: str) -> tuple[subprocess.Popen, Path]:
+    """The launcher under `taskset -c 0` with two shards on that CPU (--max-parallel 2): whenever both run,
+    the CPU is 100% busy, whatever else runs on the machine and however many CPUs it has. Its output goes
+    to tmp_path/launcher.out (a pipe nobody reads while it runs could fill and block it)."""
+    run_dir = tmp_path / "run"
+    with open(tmp_path / "launcher.out", "w") as output:
+        launcher = subprocess.Popen(
+            ["taskset", "-c", "0", sys.executable, "-m", "shardrun.launcher", "--config",
+             str(busy_config(workspace, tmp_path)), "--shards", "2", "--max-parallel", "2", "--out", str(run_dir),
+             *flags],
+            cwd=workspace["root"], stdout=output, stderr=subprocess.STDOUT)
+    wait_for(lambda: (run_dir / "launcher.json").is_file(), process=launcher)
+    return launcher, run_dir
+
+
+def a_stopped_shard(run_dir: Path) -> int | None:
+    """The pid of a shard the launcher suspended whose process is stopped, or None."""
+    for shard in launcher_doc(run_dir)["shards"]:
+        try:
+            if shard["phase"] == "suspended" and psutil.Process(shard["pid"]).status() == psutil.STATUS_STOPPED:
+                return shard["pid"]
+        except psutil.NoSuchProcess:
+            continue
+    return None
+
+
+def test_cpu_limit_suspends_down_to_one_shard_never_none_and_the_run_completes(workspace, tmp_path):
+    """Two shards on one CPU keep it busier than --cpu-limit: one is suspended (its process stopped), the
+    other runs on, and when it ends the suspended one is resumed and ends too. At every moment a shard
+    runs; the progress line says what is suspended and why. Other programs' load only adds to the CPU's
+    use, so this holds on a busy machine as on an idle one."""
+    launcher, run_dir = on_one_cpu(workspace, tmp_path, "--cpu-limit", "60", "--progress-every", "1")
+    suspended_pid = wait_for(lambda: a_stopped_shard(run_dir), timeout=300, process=launcher)
+    suspended = [shard["pid"] for shard in launcher_doc(run_dir)["shards"]].index(suspended_pid)
+    phases_seen = []
+    while launcher.poll() is None:
+        phases = [shard["phase"] for shard in launcher_doc(run_dir)["shards"]]
+        if phases:
+            phases_seen.append(phases)
+        time.sleep(0.05)
+    output = (tmp_path / "launcher.out").read_text()
+    assert launcher.wait() == 0, output
     assert "validation passed" in output
     merged = analysis_values(run_dir / "merged")
     assert len(merged) == 28 and set(merged["status"]) == {"ok"}
+    none_running = [p for p in phases_seen if "suspended" in p and "running" not in p]
+    assert not none_running, f"no shard running while one was suspended: {none_running[0]}"
+    assert "running" in [p[suspended] for p in phases_seen], "the suspended shard was never seen running again"
+    assert launcher_doc(run_dir)["shards"][suspended]["exits"] == [0]  # resumed, not restarted
+    assert " suspended by --cpu-limit 60% (the CPUs are " in output, output
 
 
 def test_a_suspended_shard_does_not_outlive_a_sigkilled_launcher(workspace, tmp_path):
-    launcher, run_dir = start_launcher(workspace, "--shards", "2", "--cpu-limit", "60", "--no-merge",
-                                       config=busy_config(workspace, tmp_path))
-
-    def a_stopped_shard():
-        for shard in launcher_doc(run_dir)["shards"]:
-            try:
-                if shard["phase"] == "suspended" and psutil.Process(shard["pid"]).status() == psutil.STATUS_STOPPED:
-                    return True
-            except psutil.NoSuchProcess:
-                continue
-        return False
-
-    wait_for(a_stopped_shard, process=launcher)
+    launcher, run_dir = on_one_cpu(workspace, tmp_path, "--cpu-limit", "60", "--no-merge")
+    wait_for(lambda: a_stopped_shard(run_dir), timeout=300, process=launcher)
     pids = [s["pid"] for s in launcher_doc(run_dir)["shards"] if s["pid"]]
     launcher.kill()
-    launcher.communicate()
+    launcher.wait()
     for pid in pids:
         wait_for(lambda: not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE,
                  timeout=60, every=0.1)

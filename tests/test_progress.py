@@ -62,6 +62,22 @@ def test_table_and_line_show_every_shard():
     assert plain_line(views).startswith("progress: 0/2 running 5/10; 1/2 waiting 0/8")
 
 
+def test_instead_of_an_eta_the_line_says_what_cpu_limit_suspended_and_why():
+    views = [shard_view("0/3", status(), NOW, 120, "running"),
+             shard_view("1/3", status(), NOW, 120, "suspended"), shard_view("2/3", status(), NOW, 120, "suspended")]
+    assert views[1].eta_seconds is None  # its status.json's ETA was written before it was stopped
+    busy = {"limit": 60, "cpus_percent": 97.2, "run_percent": 48.4}
+    assert plain_line(views, cpu=busy) == (
+        "progress: 0/3 running 5/10; 1/3 suspended 5/10; 2/3 suspended 5/10; overall no ETA, shards 1/3, 2/3"
+        " suspended by --cpu-limit 60% (the CPUs are 97% busy: this run 48%, other programs 49%)")
+    no_room = {"limit": 60, "cpus_percent": 50.0, "run_percent": 50.0}
+    assert render_table(views[:2], cpu=no_room)[-1] == (
+        "overall: 10/20 users, no ETA, shard 1/3 suspended by --cpu-limit 60% (the CPUs are 50% busy: this run 50%,"
+        " other programs 0%; one more shard would take them above 60%)")
+    assert plain_line(views[:2], cpu=None).endswith("overall no ETA, shard 1/3 suspended by --cpu-limit")
+    assert plain_line(views[:1], cpu=busy).endswith("overall ETA 50s")  # nothing suspended: the ETA
+
+
 # --- monitor_progress on files: runs, run.json's K, newest by start time, files of the wrong shape -------------
 
 import json  # noqa: E402

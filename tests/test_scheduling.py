@@ -4,9 +4,11 @@ import signal
 
 import pytest
 
+from shardrun.launch.cpu import CpuMeter, cpus_busy, share_of_cpus
 from shardrun.launch.policies import (
-    CpuThrottle, RestartPolicy, describe_exit, died_abnormally, parallel_for_cores, shards_to_start,
+    CpuThrottle, RestartPolicy, describe_exit, died_abnormally, one_shard_percent, parallel_for_cores, shards_to_start,
 )
+from shardrun.launch.supervisor import CpuReading
 
 
 @pytest.mark.parametrize("code,abnormal", [
@@ -45,13 +47,60 @@ def test_max_parallel_starts_only_what_fits():
     assert shards_to_start([3], active=1, max_parallel=2) == [3]
 
 
-def test_cpu_throttle_has_a_band_between_suspend_and_resume():
-    throttle = CpuThrottle(limit=60, hysteresis=10)
-    assert throttle.decide(75, running=[0, 1, 2], suspended=[]) == ("suspend", 2)
-    assert throttle.decide(55, running=[0, 1], suspended=[2]) is None  # inside the band: hold
-    assert throttle.decide(45, running=[0, 1], suspended=[2, 3]) == ("resume", 2)
-    assert throttle.decide(95, running=[], suspended=[0, 1]) is None
-    assert throttle.decide(5, running=[0], suspended=[]) is None
+def test_cpu_throttle_suspends_down_to_one_running_shard_never_none():
+    throttle = CpuThrottle(limit=60)
+    assert throttle.decide(75, 70, running=[0, 1, 2], suspended=[]) == ("suspend", 2)
+    assert throttle.decide(100, 10, running=[0], suspended=[1, 2]) is None  # other programs' load: the last runs on
+    assert throttle.decide(100, 0, running=[], suspended=[1, 2]) == ("resume", 1)  # none running: whatever the load
+    assert throttle.decide(5, 5, running=[0], suspended=[]) is None
+
+
+def test_cpu_throttle_resumes_a_shard_when_one_more_fits_under_the_limit():
+    throttle = CpuThrottle(limit=60)
+    # one running shard uses 25% of the CPUs: 35% + 25% fits in 60%, 40% + 25% does not
+    assert throttle.decide(35, 25, running=[0], suspended=[1, 2]) == ("resume", 1)
+    assert throttle.decide(40, 25, running=[0], suspended=[1]) is None
+    # two shards on two CPUs and nothing else: the second would make 100%, so it stays suspended (no flapping)
+    assert throttle.decide(50, 50, running=[0], suspended=[1]) is None
+    assert throttle.decide(60, 0, running=[0], suspended=[1]) == ("resume", 1)  # exactly the limit fits
+    assert one_shard_percent(90, 3) == 30 and one_shard_percent(0, 0) == 0
+
+
+# --- the CPU readings (launch/cpu.py) -----------------------------------------------------------
+
+
+def test_the_runs_share_counts_each_process_by_pid_and_start_time():
+    before = {(10, 1.0): 4.0, (11, 1.0): 1.0, (12, 1.0): 3.0}
+    after = {(10, 1.0): 6.0,  # 2 s more
+             (11, 1.0): 1.0,  # suspended: nothing more
+             (13, 5.0): 1.0,  # started in between: all of its second
+             (12, 9.0): 0.5}  # pid 12 again, a new process: its own half second, not 0.5 - 3
+    # 3.5 CPU seconds in 2 s on 2 CPUs
+    assert share_of_cpus(before, after, elapsed_seconds=2.0, cpus=2) == 87.5
+    assert share_of_cpus(before, {}, 2.0, 2) == 0.0  # every process ended
+    assert share_of_cpus({}, {(1, 0.0): 100.0}, 1.0, 2) == 100.0  # never more than all of the CPUs
+    assert share_of_cpus(before, after, 0.0, 2) == 0.0
+
+
+def test_the_cpus_busy_are_those_of_the_affinity():
+    assert cpus_busy([100.0, 0.0, 50.0, 0.0], cpus=[0, 2]) == 75.0
+    assert cpus_busy([100.0, 0.0, 50.0, 0.0], cpus=None) == 37.5
+
+
+def test_the_meter_reads_since_its_previous_reading():
+    clock, seconds = [0.0], {(7, 1.0): 0.0}
+    meter = CpuMeter(lambda: dict(seconds), per_cpu=lambda: [80.0, 100.0], cpus=None, clock=lambda: clock[0])
+    clock[0], seconds[(7, 1.0)] = 2.0, 1.0
+    assert meter() == CpuReading(cpus_percent=90.0, run_percent=25.0)  # 1 CPU second in 2 s on 2 CPUs
+    clock[0] = 4.0  # the shard was suspended: no more CPU time
+    assert meter() == CpuReading(cpus_percent=90.0, run_percent=0.0)
+    lagging = CpuMeter(lambda: {(7, 1.0): 0.0}, per_cpu=lambda: [10.0], cpus=[0], clock=lambda: clock[0])
+    clock[0] = 5.0
+    assert lagging().cpus_percent == 10.0
+    # the run's use is part of the CPUs' use, though two reads a moment apart may disagree
+    catching_up = CpuMeter(lambda: {(7, 1.0): clock[0]}, per_cpu=lambda: [10.0], cpus=[0], clock=lambda: clock[0])
+    clock[0] = 6.0
+    assert catching_up() == CpuReading(cpus_percent=100.0, run_percent=100.0)
 
 
 # --- max-parallel's default from the cores ------------------------------------------------------

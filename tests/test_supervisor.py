@@ -33,6 +33,7 @@ from shardrun.launch.supervisor import (
     Suspend,
     Terminate,
     Tick,
+    feed,
     overall_exit,
 )
 from shardrun.states import ShardPhase
@@ -153,7 +154,7 @@ def test_an_unexpected_error_exit_is_a_death_and_restarted():
 def test_a_stop_request_drops_waiting_shards_and_asks_the_others_to_drain():
     sup = supervisor(shards=3, max_parallel=2, restarts=3, cpu_limit=60)
     sup.handle(Tick(0))
-    assert sup.handle(CpuReading(90)) == [Suspend(1)]
+    assert sup.handle(CpuReading(90, 90)) == [Suspend(1)]
     actions = sup.handle(StopRequested("SIGINT", 10.0))
     assert actions == [
         Say("SIGINT: asking every shard to finish its current user and stop (again to stop at once)"),
@@ -162,7 +163,7 @@ def test_a_stop_request_drops_waiting_shards_and_asks_the_others_to_drain():
     ]
     assert phases(sup) == ["running", "running", "done"]
     assert sup.handle(Tick(11)) == []  # nothing starts any more
-    assert sup.handle(CpuReading(99)) == []  # nor is suspended
+    assert sup.handle(CpuReading(99, 99)) == []  # nor is suspended
     assert sup.handle(ShardExited(0, 3)) == []
     actions = sup.handle(ShardExited(1, 70))  # a death while stopping: recorded, not restarted
     assert [type(a) for a in actions] == [Say, RecordDeath] and sup.finished
@@ -204,33 +205,63 @@ def test_a_sigkill_before_the_grace_period_is_still_the_oom_killer():
 # --- the CPU throttle ---------------------------------------------------------------------------
 
 
-def test_cpu_throttle_suspends_the_newest_and_resumes_the_first_with_a_band_between():
+def test_cpu_throttle_suspends_the_newest_down_to_one_and_resumes_the_first_when_one_more_fits():
     sup = supervisor(shards=3, cpu_limit=60, restarts=1)
     sup.handle(Tick(0))  # started 0, 1, 2 in that order
     sup.handle(ShardExited(0, SIGKILL))
     sup.handle(Tick(1))  # 0 restarted: now the newest
-    assert sup.handle(CpuReading(75)) == [Suspend(0)]
-    assert sup.handle(CpuReading(75)) == [Suspend(2)]
+    assert sup.handle(CpuReading(75, 75)) == [Suspend(0)]
+    assert sup.handle(CpuReading(75, 50)) == [Suspend(2)]
     assert phases(sup) == ["suspended", "running", "suspended"]
-    assert sup.handle(CpuReading(55)) == []  # inside the band: hold
-    assert sup.handle(CpuReading(45)) == [Resume(0)]
-    assert sup.handle(CpuReading(45)) == [Resume(2)]
-    assert sup.handle(CpuReading(45)) == []
+    assert sup.handle(CpuReading(99, 25)) == []  # the last running shard is never suspended
+    assert sup.handle(CpuReading(40, 25)) == []  # 40% + the 25% of one more shard: above 60%
+    assert sup.handle(CpuReading(30, 25)) == [Resume(0)]  # 30% + 25% fits
+    assert sup.handle(CpuReading(50, 50)) == []  # two shards of 25%: 50% + 25% does not fit
+    assert sup.handle(CpuReading(30, 30)) == [Resume(2)]
+    assert sup.handle(CpuReading(45, 45)) == []
     assert phases(sup) == ["running", "running", "running"]
-    assert sup.handle(CpuReading(100)) == [Suspend(0)]
+    assert sup.handle(CpuReading(100, 75)) == [Suspend(0)]
+
+
+def test_other_programs_load_slows_the_run_to_one_shard_but_never_stops_it():
+    """The machine stays 100% busy with other programs' work: the shards are suspended down to one, and
+    when that one ends, a suspended one takes its place at once, without waiting for a reading."""
+    sup = supervisor(shards=3, cpu_limit=60)
+    sup.handle(Tick(0))
+    busy = CpuReading(100, 30)
+    assert feed(sup, [busy, busy, busy, busy]) == [Suspend(2), Suspend(1)]
+    assert phases(sup) == ["running", "suspended", "suspended"]
+    assert sup.handle(ShardExited(0, 0)) == []
+    assert sup.handle(Tick(5)) == [Resume(1)]  # never none running: the first suspended one resumes
+    assert sup.handle(busy) == []
+    assert sup.handle(ShardExited(1, 0)) == [] and sup.handle(Tick(6)) == [Resume(2)]
+    assert sup.handle(ShardExited(2, 0)) == [] and sup.finished
+    assert overall_exit(sup.exit_codes()) == 0
 
 
 def test_without_a_cpu_limit_readings_change_nothing():
     sup = supervisor(shards=2)
     sup.handle(Tick(0))
-    assert sup.handle(CpuReading(100)) == []
+    assert sup.handle(CpuReading(100, 100)) == []
 
 
-def test_a_suspended_shard_is_still_counted_by_max_parallel():
+def test_a_suspended_shard_is_still_counted_by_max_parallel_and_resumes_before_waiting_shards_start():
+    sup = supervisor(shards=4, max_parallel=2, restarts=1, cpu_limit=60)
+    sup.handle(Tick(0))
+    assert sup.handle(CpuReading(99, 99)) == [Suspend(1)]
+    assert sup.handle(Tick(1)) == []
+    assert sup.handle(CpuReading(99, 50)) == []  # shard 0 runs on alone
+    sup.handle(ShardExited(0, SIGKILL))  # restarted, but behind the suspended shard
+    assert sup.handle(Tick(2)) == [Resume(1)]
+    assert phases(sup) == ["waiting", "running", "waiting", "waiting"]
+    assert sup.handle(Tick(3)) == [Start(0, "1g", restart=True)]  # none suspended now: the restart takes the free place
+
+
+def test_a_single_running_shard_is_never_suspended():
     sup = supervisor(shards=3, max_parallel=1, cpu_limit=60)
     sup.handle(Tick(0))
-    assert sup.handle(CpuReading(99)) == [Suspend(0)]
-    assert sup.handle(Tick(1)) == []
+    assert sup.handle(CpuReading(100, 50)) == []
+    assert phases(sup) == ["running", "waiting", "waiting"]
 
 
 # --- the launcher's exit ------------------------------------------------------------------------
@@ -258,6 +289,7 @@ class FakePort:
         self.live: dict[int, int] = {}  # index -> polls left
         self.pids: dict[int, int] = {}
         self.next_pid = 1000
+        self.stopped: set[int] = set()  # suspended: a stopped process makes no progress
 
     def start(self, index, command, log_path):
         self.next_pid += 1
@@ -269,6 +301,8 @@ class FakePort:
     def poll(self):
         exits = []
         for index in sorted(self.live):
+            if index in self.stopped:
+                continue
             self.live[index] -= 1
             if self.live[index] <= 0 and self.codes.get(index):
                 del self.live[index]
@@ -277,9 +311,11 @@ class FakePort:
 
     def suspend(self, index):
         self.calls.append(("suspend", index))
+        self.stopped.add(index)
 
     def resume(self, index):
         self.calls.append(("resume", index))
+        self.stopped.discard(index)
 
     def terminate(self, index):
         self.calls.append(("terminate", index))
@@ -293,7 +329,9 @@ class FakePort:
         return self.pids.get(index)
 
 
-def fake_launcher(tmp_path, port, outputs, **options) -> Launcher:
+def fake_launcher(tmp_path, port, outputs, cpu=CpuReading(0.0, 0.0), turns=10**5, **options) -> Launcher:
+    """A launcher on a fake port and a fake clock (0.2 s a turn); `cpu` every reading; more than `turns`
+    turns of its loop fail the test (a loop that would never end)."""
     config = load_config(REPO / "config" / "proposal.yaml")
     config = replace(config, jvm=JvmConfig(xms=None, xmx="1g", threads=1),
                      output=OutputConfig(root=tmp_path / "out", log_dir=tmp_path / "logs"))
@@ -301,9 +339,10 @@ def fake_launcher(tmp_path, port, outputs, **options) -> Launcher:
 
     def sleep(seconds):
         clock[0] += seconds
+        assert clock[0] < turns * seconds, "the launcher's loop did not end"
 
     launcher = Launcher(config, LaunchOptions(config_path=tmp_path / "c.yaml", **options), out=outputs.append,
-                        cpu_percent=lambda: 0.0, users_per_shard=[5] * options["shards"], port=port,
+                        cpu_reading=lambda: cpu, users_per_shard=[5] * options["shards"], port=port,
                         clock=lambda: clock[0], sleep=sleep)
     launcher.run = RunPaths(tmp_path / "run")
     launcher.run.dir.mkdir()
@@ -344,3 +383,37 @@ def test_a_signal_to_the_launcher_reaches_every_running_shard_through_the_port(t
     assert outputs[0] == "SIGTERM: asking every shard to finish its current user and stop (again to stop at once)"
     assert [s["phase"] for s in json.loads(launcher.run.launcher_json.read_text())["shards"]] == ["done"] * 3
     assert overall_exit(launcher.summary()) == 3
+
+
+def test_under_other_programs_load_the_launcher_keeps_one_shard_running_and_says_why_the_others_wait(tmp_path):
+    """Other programs keep the CPUs 100% busy: two of three shards are suspended, and the run goes on one
+    shard at a time to its end, the line saying what is suspended and why instead of an ETA."""
+    port = FakePort({0: [0], 1: [0], 2: [0]}, polls_alive=30)
+    outputs: list[str] = []
+    launcher = fake_launcher(tmp_path, port, outputs, cpu=CpuReading(100.0, 30.0), turns=1000, shards=3,
+                             cpu_limit=60, cpu_check_every=0.2, progress_every=1.0)
+    running = set()
+
+    def perform(action, perform=launcher.perform):
+        perform(action)
+        if isinstance(action, (Start, Resume)):
+            running.add(action.index)
+        elif isinstance(action, Suspend):
+            running.discard(action.index)
+
+    def handle(event, handle=launcher.handle):
+        if isinstance(event, ShardExited):
+            running.discard(event.index)
+        handle(event)
+        if isinstance(event, Tick):  # each turn ends with a tick: by then a shard runs, unless all are done
+            assert running or launcher.supervisor.finished, f"no shard running at {event}"
+
+    launcher.perform, launcher.handle = perform, handle
+    launcher.wait()
+    assert launcher.summary() == {"0/3": 0, "1/3": 0, "2/3": 0}
+    assert [call[:2] for call in port.calls if call[0] != "start"] == [
+        ("suspend", 2), ("suspend", 1), ("resume", 1), ("resume", 2)]
+    assert any(line.endswith("overall no ETA, shards 1/3, 2/3 suspended by --cpu-limit 60% (the CPUs are 100% busy:"
+                             " this run 30%, other programs 70%)") for line in outputs), outputs
+    assert json.loads(launcher.run.launcher_json.read_text())["cpu"] == {
+        "limit": 60, "cpus_percent": 100.0, "run_percent": 30.0}

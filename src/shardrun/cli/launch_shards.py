@@ -59,7 +59,8 @@ def parser() -> argparse.ArgumentParser:
                    help="run at most M shards at a time (default: as many as the cores available hold, each shard"
                         " counting its jvm.threads; with --scheduler slurm: the array's %%M cap, default none)")
     p.add_argument("--cpu-limit", type=float, metavar="P",
-                   help="suspend shards while the machine's CPU use is above P percent (resume below P-10)")
+                   help="suspend shards while the CPUs the run may use are more than P percent busy, down to one"
+                        " running shard, never none; resume one when one more fits under P")
     p.add_argument("--nice", type=nice_level, default=0, metavar="N", help="run shards with CPU priority lowered by N")
     p.add_argument("--threads", type=thread_count, metavar="N",
                    help="threads per shard (default jvm.threads; auto: the CPUs shared by the shards running at once)")

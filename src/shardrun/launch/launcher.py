@@ -24,8 +24,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 
-import psutil
-
 from shardrun.observe import progress
 from shardrun.observe.live import LiveTable
 from shardrun.storage.atomic import read_json, utc_now, write_json_atomic
@@ -33,6 +31,7 @@ from shardrun.platforms import STOP_SIGNALS
 from shardrun.launch.admission import (
     available_cores, check_launch, measure_launch_data, refuse_shards_without_users, shard_memory_bytes,
 )
+from shardrun.launch.cpu import CpuMeter, affinity
 from shardrun.config import RunConfig, resolve_threads
 from shardrun.storage.durability import Remedy, durable_write
 from shardrun.errors import (
@@ -84,7 +83,7 @@ from shardrun.launch.supervisor import (
 from shardrun.shard.plan import assign_index
 from shardrun.sharding import ShardSpec
 from shardrun.storage.status import record_death, status_document
-from shardrun.states import ShardState
+from shardrun.states import ShardPhase, ShardState
 from shardrun.results.tolerance import NO_FAILED, FailedTolerance
 from shardrun.task import load_task
 from shardrun.units import heap_bytes
@@ -162,13 +161,13 @@ class Launcher:
     """Runs the supervisor's decisions through a process port until every shard is done."""
 
     def __init__(self, config: RunConfig, options: LaunchOptions, out: Callable[[str], None] = print,
-                 cpu_percent: Callable[[], float] = lambda: psutil.cpu_percent(interval=None),
+                 cpu_reading: Callable[[], CpuReading] | None = None,
                  users_per_shard: list[int] | None = None, port: ProcessPort | None = None,
                  clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep):
         self.config = config
         self.options = options
         self._out = out
-        self.cpu_percent = cpu_percent
+        self.cpu_reading = cpu_reading  # None: a CpuMeter of this launcher's shards, made when the loop starts
         self.port: ProcessPort = port if port is not None else LocalProcesses()
         self.clock = clock
         self.sleep = sleep
@@ -282,11 +281,14 @@ class Launcher:
                                                         list(action.hs_err_files)))
         elif isinstance(action, Suspend):
             self.port.suspend(action.index)
-            log.info("CPU above %.0f%%: suspended shard %s", self.options.cpu_limit, self.spec(action.index))
+            log.info("--cpu-limit %g%%: suspended shard %s (%s)", self.options.cpu_limit, self.spec(action.index),
+                     self.supervisor.cpu)
         elif isinstance(action, Resume):
             self.port.resume(action.index)
-            log.info("CPU below %.0f%%: resumed shard %s",
-                     self.options.cpu_limit - self.supervisor.policy.throttle.hysteresis, self.spec(action.index))
+            others = any(slot.phase is ShardPhase.RUNNING and slot.index != action.index
+                         for slot in self.supervisor.slots)
+            log.info("--cpu-limit %g%%: resumed shard %s (%s)", self.options.cpu_limit, self.spec(action.index),
+                     f"one more fits: {self.supervisor.cpu}" if others else "no other shard was running")
         elif isinstance(action, Terminate):
             self.port.terminate(action.index)
             if action.wake:  # a stopped process cannot drain
@@ -337,7 +339,7 @@ class Launcher:
     def write_state(self) -> None:
         doc = {"pid": os.getpid(), "host": socket.gethostname(), "updated_at": utc_now(),
                "max_parallel": self.options.max_parallel, "cpu_limit": self.options.cpu_limit,
-               "shards": [self.slot_json(slot.index) for slot in self.supervisor.slots]}
+               "cpu": self.cpu_state(), "shards": [self.slot_json(slot.index) for slot in self.supervisor.slots]}
         self.guarded_write("launcher.json", self.run.dir, lambda: write_json_atomic(self.run.launcher_json, doc))
 
     def guarded_write(self, what: str, where: Path, write: Callable[[], object]) -> bool:
@@ -364,6 +366,13 @@ class Launcher:
         command = (f"{self.options.invocation} --config {self.config.source} --shards {self.options.shards}"
                    f" --out {self.run.dir}{pilot}")
         return Remedy(f"continue the run (its committed users are kept): {command}", None)
+
+    def cpu_state(self) -> dict | None:
+        """--cpu-limit's limit and latest reading (launcher.json's `cpu`, for the progress line); None without it."""
+        if self.options.cpu_limit is None:
+            return None
+        reading = self.supervisor.cpu
+        return {"limit": self.options.cpu_limit, **(reading.document() if reading is not None else {})}
 
     def slot_json(self, index: int) -> dict:
         slot = self.supervisor.slots[index]
@@ -395,14 +404,15 @@ class Launcher:
     def show_progress(self) -> None:
         views = self.views()
         if self.options.live:
-            self.live.draw(views, self.options.max_parallel)
+            self.live.draw(views, self.options.max_parallel, self.cpu_state())
         else:
-            self.out(progress.plain_line(views, self.options.max_parallel))
+            self.out(progress.plain_line(views, self.options.max_parallel, self.cpu_state()))
 
     def wait(self) -> None:
         progress_every = 1.0 if self.options.live else self.options.progress_every
         last_progress = last_cpu = self.clock()
-        self.cpu_percent()  # the first reading only starts psutil's measuring interval
+        if self.supervisor.policy.throttle is not None and self.cpu_reading is None:
+            self.cpu_reading = CpuMeter(self.port.cpu_seconds, cpus=affinity(), clock=self.clock)
         while True:
             self.step()
             if self.supervisor.finished:
@@ -410,7 +420,7 @@ class Launcher:
             now = self.clock()
             if now - last_cpu >= self.options.cpu_check_every:
                 if self.supervisor.policy.throttle is not None and not self.supervisor.stopping:
-                    self.handle(CpuReading(self.cpu_percent()))
+                    self.handle(self.cpu_reading())
                 last_cpu = now
             if now - last_progress >= progress_every:
                 self.show_progress()

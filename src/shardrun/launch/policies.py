@@ -187,20 +187,32 @@ def parallel_for_cores(shards: int, cores: int, cores_source: str, threads_per_s
 
 @dataclass(frozen=True)
 class CpuThrottle:
-    """Hold the machine's CPU use under `limit` percent by suspending shard processes.
+    """Keep the CPUs the run may use under `limit` percent busy by suspending shards, down to one, never none.
 
-    Above the limit, suspend one more shard (the most recently started: it has done least work);
-    below `limit - hysteresis`, resume one (the first suspended). One step per decision, so each
-    step's effect is measured before the next; the band between the two thresholds keeps it from
-    flapping. When the shards alone exceed the limit, this becomes a duty cycle around it.
+    Two readings decide, each in percent of those CPUs: how busy they are (every program's use, the
+    run's included) and the run's own use (its shards and their children). Busier than the limit:
+    suspend the most recently started running shard (it has done least work), unless it is the last
+    one running, so that other programs' load can slow the run but never stop it (the original
+    workflow likewise reduced its workers down to one, never to none). Resume the first suspended
+    shard when none is running, or when one more shard fits: the CPUs' use plus what one of the run's
+    running shards uses now stays within the limit. One step per reading, so each step's effect is
+    measured before the next; the prediction keeps it from flapping (a shard that would take the
+    CPUs above the limit again is not resumed).
     """
 
     limit: float
-    hysteresis: float = 10.0
 
-    def decide(self, cpu_percent: float, running: Sequence[int], suspended: Sequence[int]) -> tuple[str, int] | None:
-        if cpu_percent > self.limit and running:
+    def decide(self, cpus_percent: float, run_percent: float, running: Sequence[int],
+               suspended: Sequence[int]) -> tuple[str, int] | None:
+        if suspended and not running:
+            return ("resume", suspended[0])
+        if cpus_percent > self.limit and len(running) > 1:
             return ("suspend", running[-1])
-        if cpu_percent < self.limit - self.hysteresis and suspended:
+        if suspended and cpus_percent + one_shard_percent(run_percent, len(running)) <= self.limit:
             return ("resume", suspended[0])
         return None
+
+
+def one_shard_percent(run_percent: float, running: int) -> float:
+    """What one of the run's running shards uses, in percent of the CPUs: their use shared among them."""
+    return run_percent / running if running else 0.0

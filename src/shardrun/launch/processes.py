@@ -50,6 +50,10 @@ class ProcessPort(Protocol):
     def pid(self, index: int) -> int | None:
         """The pid of the shard's latest process (also after it ended), or None if it never started."""
 
+    def cpu_seconds(self) -> dict[tuple[int, float], float]:
+        """The CPU seconds (user + system) each live shard process and each of its descendants has used so
+        far, by (pid, create time); for --cpu-limit's reading of the run's own use."""
+
 
 class LocalProcesses:
     """Shards as child processes of the launcher (subprocess), each in its own process group."""
@@ -112,3 +116,22 @@ class LocalProcesses:
     def pid(self, index: int) -> int | None:
         process = self._processes.get(index)
         return process.pid if process else None
+
+    def cpu_seconds(self) -> dict[tuple[int, float], float]:
+        import psutil
+
+        seconds: dict[tuple[int, float], float] = {}
+        for index in sorted(self._live):
+            try:
+                shard = psutil.Process(self._processes[index].pid)
+                family = [shard, *shard.children(recursive=True)]
+            except psutil.Error:
+                continue  # it just ended: the next poll reports its exit
+            for process in family:
+                try:
+                    with process.oneshot():
+                        times = process.cpu_times()
+                        seconds[(process.pid, process.create_time())] = times.user + times.system
+                except psutil.Error:
+                    continue  # ended between the listing and the reading
+        return seconds

@@ -8,7 +8,9 @@ Every decision of `launch_shards` about its shards is made here, in `Supervisor.
 - a stop request (waiting shards are dropped, the others asked to drain, a suspended one woken so
   it can; a second request asks again): `_on_stop`
 - the kill of shards still running --grace seconds after the first stop request: `_on_tick`
-- the CPU throttle (suspend the newest running shard, resume the first suspended): `_on_cpu`
+- the CPU throttle (suspend the newest running shard but never the last one, resume the first
+  suspended when one more fits): `_on_cpu`; a suspended shard is resumed at once when no shard runs,
+  and waiting shards start only when none is suspended: `_on_tick`
 
 The launcher (launcher.py) turns what it observes into events, feeds them here and performs the
 returned actions through a process port (processes.py). A job-array backend would perform the same
@@ -56,9 +58,14 @@ class StopRequested:
 
 @dataclass(frozen=True)
 class CpuReading:
-    """The machine's CPU use in percent, measured every --cpu-check-every seconds."""
+    """The CPU use since the previous reading, every --cpu-check-every seconds, in percent of the CPUs
+    the run may use: every program's (`cpus_percent`, the run's included) and the run's own shards'."""
 
-    percent: float
+    cpus_percent: float
+    run_percent: float
+
+    def document(self) -> dict[str, float]:
+        return {"cpus_percent": round(self.cpus_percent, 1), "run_percent": round(self.run_percent, 1)}
 
 
 Event = Union[ShardExited, Tick, StopRequested, CpuReading]
@@ -78,14 +85,14 @@ class Start:
 
 @dataclass(frozen=True)
 class Suspend:
-    """Stop the shard's process for a while (SIGSTOP): the CPU is above --cpu-limit."""
+    """Stop the shard's process for a while (SIGSTOP): the CPUs are busier than --cpu-limit."""
 
     index: int
 
 
 @dataclass(frozen=True)
 class Resume:
-    """Continue a suspended shard (SIGCONT): the CPU is below --cpu-limit minus the hysteresis."""
+    """Continue a suspended shard (SIGCONT): one more shard fits under --cpu-limit, or no other runs."""
 
     index: int
 
@@ -175,6 +182,7 @@ class Supervisor:
         self.stopping_since: float | None = None
         self.killed_after_grace = False
         self._starts = 0
+        self.cpu: CpuReading | None = None  # the latest reading (--cpu-limit), for the progress line
 
     # --- queries ------------------------------------------------------------------------------
 
@@ -208,7 +216,7 @@ class Supervisor:
         if isinstance(event, StopRequested):
             return self._on_stop(event)
         if isinstance(event, CpuReading):
-            return self._on_cpu(event.percent)
+            return self._on_cpu(event)
         raise TypeError(f"not a supervisor event: {event!r}")
 
     def _on_exit(self, event: ShardExited) -> list[Action]:
@@ -238,8 +246,20 @@ class Supervisor:
             slot.phase = ShardPhase.DONE
         return actions
 
+    def suspended(self) -> list[int]:
+        """The shards the CPU throttle holds suspended, in shard order."""
+        return [slot.index for slot in self.slots if slot.phase is ShardPhase.SUSPENDED]
+
     def _on_tick(self, now: float) -> list[Action]:
         if not self.stopping:
+            suspended = self.suspended()
+            if suspended:
+                # Never none running: the last running shard ended, so the first suspended one takes
+                # its place at once. Waiting shards wait behind the suspended ones, which resume first.
+                if not any(slot.phase is ShardPhase.RUNNING for slot in self.slots):
+                    self.slots[suspended[0]].phase = ShardPhase.RUNNING
+                    return [Resume(suspended[0])]
+                return []
             waiting = [slot.index for slot in self.slots if slot.phase is ShardPhase.WAITING]
             active = sum(1 for slot in self.slots if slot.phase.alive)
             actions: list[Action] = []
@@ -273,13 +293,14 @@ class Supervisor:
                 slot.phase = ShardPhase.RUNNING
         return actions
 
-    def _on_cpu(self, percent: float) -> list[Action]:
+    def _on_cpu(self, reading: CpuReading) -> list[Action]:
         throttle = self.policy.throttle
         if throttle is None or self.stopping:
             return []
+        self.cpu = reading
         running = sorted((s for s in self.slots if s.phase is ShardPhase.RUNNING), key=lambda s: s.start_order)
-        suspended = [s.index for s in self.slots if s.phase is ShardPhase.SUSPENDED]
-        decision = throttle.decide(percent, [s.index for s in running], suspended)
+        decision = throttle.decide(reading.cpus_percent, reading.run_percent, [s.index for s in running],
+                                   self.suspended())
         if decision is None:
             return []
         what, index = decision

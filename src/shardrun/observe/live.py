@@ -7,7 +7,7 @@ message printed in between (`forget`) keeps the table below it instead of being 
 from __future__ import annotations
 
 import sys
-from typing import Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from shardrun.observe import progress
 
@@ -22,8 +22,9 @@ class LiveTable:
         """Something was printed below the table: draw the next one below that, not over it."""
         self._lines = 0
 
-    def draw(self, views: Sequence[progress.ShardView], parallel: int | None = None) -> None:
-        lines = progress.render_table(views, parallel)
+    def draw(self, views: Sequence[progress.ShardView], parallel: int | None = None,
+             cpu: Mapping[str, Any] | None = None) -> None:
+        lines = progress.render_table(views, parallel, cpu)
         clear = f"\x1b[{self._lines}F\x1b[J" if self._lines else ""
         self._write(clear + "\n".join(lines) + "\n")
         self._flush()

@@ -183,6 +183,7 @@ def show_runs(run_dirs: Sequence[Path], stale_after: float) -> bool:
         print(f"{run_dir}  ({now:%Y-%m-%d %H:%M:%S} UTC)")
         if trouble:
             print(f"  SLURM's view is missing: {trouble}")
-        print("\n".join(progress.render_table(views)) if views else "  (no shard has started yet)")
+        cpu = _doc(RunPaths(run_dir).launcher_json).get("cpu")  # what --cpu-limit suspended, and why
+        print("\n".join(progress.render_table(views, cpu=cpu)) if views else "  (no shard has started yet)")
         active = active or any(v.active for v in views)
     return active

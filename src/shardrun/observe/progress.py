@@ -120,7 +120,9 @@ def shard_view(
         failed=int(doc.get("users_failed") or 0),
         current_user=doc.get("current_user"),
         rate_per_hour=doc.get("rate_users_per_hour"),
-        eta_seconds=doc.get("eta_seconds") if doc.get("state") in ACTIVE_STATES else None,
+        # a suspended shard's ETA in its status.json was written before it was stopped: not true now
+        eta_seconds=(doc.get("eta_seconds") if doc.get("state") in ACTIVE_STATES
+                     and launcher_phase != ShardPhase.SUSPENDED else None),
         scheduler=scheduler,
     )
 
@@ -152,8 +154,28 @@ def format_seconds(seconds: float | None) -> str:
     return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
 
 
-def render_table(views: Sequence[ShardView], parallel: int | None = None) -> list[str]:
-    """One row per shard; a `slurm` column when the scheduler's view is known."""
+def suspension_note(views: Sequence[ShardView], cpu: Mapping[str, Any] | None = None) -> str | None:
+    """What --cpu-limit holds suspended and why, from launcher.json's `cpu` (its limit and latest reading);
+    None when no shard is suspended. It stands where the overall ETA would: with shards held back for as
+    long as the CPUs stay busy, no ETA is true."""
+    suspended = [v.shard for v in views if v.state == ShardPhase.SUSPENDED]
+    if not suspended:
+        return None
+    what = f"shard{'s' if len(suspended) > 1 else ''} {', '.join(suspended)} suspended by --cpu-limit"
+    cpu = cpu if isinstance(cpu, Mapping) else {}
+    limit, busy, own = (cpu.get(key) for key in ("limit", "cpus_percent", "run_percent"))
+    if not all(isinstance(value, (int, float)) and not isinstance(value, bool) for value in (limit, busy, own)):
+        return what
+    use = f"the CPUs are {busy:.0f}% busy: this run {own:.0f}%, other programs {max(busy - own, 0):.0f}%"
+    if busy > limit:
+        return f"{what} {limit:g}% ({use})"
+    return f"{what} {limit:g}% ({use}; one more shard would take them above {limit:g}%)"
+
+
+def render_table(views: Sequence[ShardView], parallel: int | None = None,
+                 cpu: Mapping[str, Any] | None = None) -> list[str]:
+    """One row per shard; a `slurm` column when the scheduler's view is known; `cpu`: launcher.json's
+    (suspension_note)."""
     with_scheduler = any(v.scheduler is not None for v in views)
     slurm_head = f" {'slurm':<22}" if with_scheduler else ""
     lines = [f"{'shard':<7} {'state':<24}{slurm_head} {'done/total':>11} {'failed':>6} {'users/h':>8} {'ETA':>7}"
@@ -168,11 +190,16 @@ def render_table(views: Sequence[ShardView], parallel: int | None = None) -> lis
         )
     done = sum(v.done for v in views)
     total = sum(v.total for v in views)
-    lines.append(f"overall: {done}/{total} users, ETA {format_seconds(overall_eta(views, parallel))}")
+    lines.append(f"overall: {done}/{total} users, {_eta_or_suspension(views, parallel, cpu)}")
     return lines
 
 
-def plain_line(views: Sequence[ShardView], parallel: int | None = None) -> str:
+def plain_line(views: Sequence[ShardView], parallel: int | None = None, cpu: Mapping[str, Any] | None = None) -> str:
     """One line for logs and CI, where a redrawn table would be noise."""
     parts = [f"{v.shard} {v.state} {v.done}/{v.total}" for v in views]
-    return f"progress: {'; '.join(parts)}; overall ETA {format_seconds(overall_eta(views, parallel))}"
+    return f"progress: {'; '.join(parts)}; overall {_eta_or_suspension(views, parallel, cpu)}"
+
+
+def _eta_or_suspension(views: Sequence[ShardView], parallel: int | None, cpu: Mapping[str, Any] | None) -> str:
+    note = suspension_note(views, cpu)
+    return f"no ETA, {note}" if note else f"ETA {format_seconds(overall_eta(views, parallel))}"
