@@ -546,6 +546,19 @@ def needs_root_mounts() -> None:
         pytest.skip("needs root with mount rights (tmpfs, bind mounts); see docs/RELIABILITY.md")
 
 
+def fill_to_the_brim(filler: Path) -> Path:
+    """A file that takes every free byte of its filesystem (a real ENOSPC for whoever writes next)."""
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT)
+    try:
+        while True:
+            os.write(fd, b"\0" * 4096)
+    except OSError as exc:
+        assert exc.errno == errno.ENOSPC
+    finally:
+        os.close(fd)
+    return filler
+
+
 def disk_full(lab: Lab) -> Outcome:
     """A real ENOSPC: the run dir on a 2 MiB tmpfs that a filler file fills after three commits."""
     needs_root_mounts()
@@ -559,15 +572,7 @@ def disk_full(lab: Lab) -> Outcome:
     shard = start(lab, worker_command(config, "--shard", "0/1", "--out", str(run_dir), "--heartbeat", "0.05",
                                       *SLOWED))
     wait_for_commits(shard, shard_dir, 3)
-    filler = disk / "filler"
-    fd = os.open(filler, os.O_WRONLY | os.O_CREAT)
-    try:
-        while True:
-            os.write(fd, b"\0" * 4096)
-    except OSError as exc:
-        assert exc.errno == errno.ENOSPC
-    finally:
-        os.close(fd)
+    filler = fill_to_the_brim(disk / "filler")
     before = committed_count(shard_dir)
     output = output_of(shard)
     return Outcome(shard.returncode, output, facts={"run": run_dir, "shard_dir": shard_dir, "config": config,
@@ -1290,16 +1295,7 @@ def fill_the_disk_under_the_launcher(lab: Lab) -> Outcome:
     lab.cleanups.append(lambda: subprocess.run(["umount", "-l", str(lab.out)], check=True))
 
     def fill(launcher: subprocess.Popen, run_dir: Path) -> dict:
-        filler = lab.out / "filler"
-        fd = os.open(filler, os.O_WRONLY | os.O_CREAT)
-        try:
-            while True:
-                os.write(fd, b"\0" * 4096)
-        except OSError as exc:
-            assert exc.errno == errno.ENOSPC
-        finally:
-            os.close(fd)
-        return {"filler": filler}
+        return {"filler": fill_to_the_brim(lab.out / "filler")}
 
     outcome = launch_with_a_fault(lab, fill)
     outcome.facts["filler"].unlink()  # the fix, before universal_checks sees a file shardrun never names
