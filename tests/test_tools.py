@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from e2e_support import analysis_values, read_status
+from e2e_support import analysis_values, faulty_task_config, read_status
 from shardrun.cli.run_parallel import config_and_shards
 from shardrun.errors import UsageError
 
@@ -119,7 +119,9 @@ def test_run_parallel_passes_every_launcher_flag_with_its_value(tmp_path):
 def test_the_continue_hint_after_a_run_of_the_script_is_the_script_and_it_finishes_the_run(workspace, tmp_path):
     run = tmp_path / "run"
     script = str(REPO / "run_parallel_4shards.sh")
-    launcher = subprocess.Popen([script, str(workspace["config"]), "2", "--out", "run", "--no-live"], cwd=tmp_path,
+    config, env = faulty_task_config(workspace, tmp_path)
+    env = {**env, "FAULTY_TASK": "slow:2"}  # users of 2 s: the kill after the first lands mid-run, whatever the load
+    launcher = subprocess.Popen([script, str(config), "2", "--out", "run", "--no-live"], cwd=tmp_path, env=env,
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     shard_dir = run / "shard-0-of-2"
     while read_status(shard_dir).get("users_done", 0) < 1:
@@ -131,7 +133,7 @@ def test_the_continue_hint_after_a_run_of_the_script_is_the_script_and_it_finish
     assert launcher.returncode != 0, output
     hint = output.split("Continue it with: ")[1].splitlines()[0]
     assert hint.startswith(f"{script} --config "), hint
-    again = subprocess.run(hint.split(), cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    again = subprocess.run(hint.split(), cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stdout + again.stderr
     pd.testing.assert_frame_equal(analysis_values(run / "merged"), workspace["reference"], check_exact=True)
 
