@@ -80,6 +80,10 @@ class ExclusiveFile:
             return
         try:
             self.path.unlink(missing_ok=True)
+        except OSError as exc:
+            # a read-only or vanished dir (the error the command ends with says so): a lock file left
+            # behind is harmless, the next command takes it over
+            log.debug("left the lock file %s: %s", self.path, exc.strerror or exc)
         finally:
             handle.close()
 
