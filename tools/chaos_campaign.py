@@ -53,6 +53,7 @@ TESTS = REPO / "tests"
 sys.path.insert(0, str(TESTS))
 
 from e2e_support import analysis_values, write_categorical_data, write_config  # noqa: E402
+from shardrun.storage.batches import readable_user_ids  # noqa: E402
 from store_support import batch_files  # noqa: E402
 
 log = logging.getLogger("chaos")
@@ -192,6 +193,7 @@ class TrialResult:
     shards: int
     seconds: float = 0.0
     delivered: dict = field(default_factory=dict)  # target -> signal name, of the faults that landed
+    facts: dict = field(default_factory=dict)  # users committed at the fault, the set a merge fault left, ...
     exits: list = field(default_factory=list)  # (command label, exit code, expected codes)
     users_lost: int = 0
     duplicated: int = 0
@@ -346,7 +348,16 @@ class Trial:
         except psutil.Error:
             return False
         self.result.delivered[target] = sig.name
+        self.result.facts["committed_at_fault"] = self.committed_user_count()
         return True
+
+    def committed_user_count(self) -> int:
+        return sum(len(readable_user_ids(payload)) for payload in self.committed.values())
+
+    def note_overlap(self, first: subprocess.Popen, second: subprocess.Popen, what: str) -> None:
+        """Two commands started at once count as a delivered fault if both were running together."""
+        if first.poll() is None and second.poll() is None:
+            self.result.delivered["concurrent"] = what
 
     def wait_gone(self, processes: list[psutil.Process]) -> None:
         """Processes that lost their parent (or were asked to stop) end on their own; they are the
@@ -420,6 +431,7 @@ class Trial:
         """After a merge was killed or stopped: at `output` the previous whole set, a new whole set, or
         (where there was none) nothing; never a part."""
         if not output.exists():
+            self.result.facts["set_after_fault"] = "none"
             if previous is not None:
                 self.result.partial_sets += 1
                 self.result.problems.append(f"the previous set at {output} is gone")
@@ -427,11 +439,10 @@ class Trial:
         check = compare_with_reference(output, self.workload.reference)
         report = output / "merge_report.json"
         kept = previous is not None and report.is_file() and report.read_bytes() == previous
+        self.result.facts["set_after_fault"] = "previous" if kept else "new"
         if check.problems:
             self.result.partial_sets += 1
             self.result.problems.append(f"the set at {output} after the fault is not whole: {check.problems}")
-        log.debug("trial %d: the set at %s after the fault is %s", self.result.index, output,
-                  "the previous one" if kept else "a new one")
 
 
 def alive(process: psutil.Process) -> bool:
@@ -554,6 +565,7 @@ def two_merges(trial: Trial) -> None:
     trial.launch("launch", expected={0})
     first = trial.merge("merge-a", trial.final_set.with_name("merged-twice"))
     second = trial.merge("merge-b", trial.final_set.with_name("merged-twice"))
+    trial.note_overlap(first, second, "2 merges")
     codes = sorted([trial.finish(first, {0, 2, 4}), trial.finish(second, {0, 2, 4})])
     if codes.count(0) != 1:
         trial.result.unexpected_exits += 1
@@ -565,6 +577,7 @@ def two_launchers(trial: Trial) -> None:
     """Two launch_shards on one new --out at once: one runs (exit 0), the other is refused (exit 4)."""
     first = trial.start("launch-a", "launcher", *trial.launch_args())
     second = trial.start("launch-b", "launcher", *trial.launch_args())
+    trial.note_overlap(first, second, "2 launchers")
     codes = sorted([trial.finish(first, {0, 4}), trial.finish(second, {0, 4})])
     if codes != [0, 4]:
         trial.result.unexpected_exits += 1
@@ -607,6 +620,7 @@ def disk_full(trial: Trial) -> None:
         trial.observe()
         fill_the_disk(filler)
         trial.result.delivered["disk"] = "ENOSPC"
+        trial.result.facts["committed_at_fault"] = trial.committed_user_count()
     # exit 6; 3 when the launcher's shards, stopped by the same disk, drained; 0 if it was done anyway
     trial.finish(launcher, {0, 3, 6} if filled else {0})
     if filled:
@@ -686,6 +700,15 @@ def summary_table(results: list[TrialResult]) -> list[str]:
     delivered = Counter((target, sig) for r in results for target, sig in r.delivered.items())
     lines.append("faults delivered by target: " + (", ".join(f"{target} {sig} {n}" for (target, sig), n in
                                                              sorted(delivered.items())) or "none"))
+    at_fault = [r.facts["committed_at_fault"] for r in results if "committed_at_fault" in r.facts
+                and r.kind in ("kill-shard", "kill-launcher", "signal-launcher", "signal-shard", "disk-full")]
+    if at_fault:
+        lines.append(f"runs struck before their first commit: {at_fault.count(0)}, after some users and before the"
+                     f" last: {sum(0 < n < USERS for n in at_fault)}, once every user was committed:"
+                     f" {at_fault.count(USERS)}")
+    sets = Counter(r.facts["set_after_fault"] for r in results if "set_after_fault" in r.facts)
+    if sets:
+        lines.append("set in place after a merge's fault: " + ", ".join(f"{k} {n}" for k, n in sorted(sets.items())))
     return lines
 
 
