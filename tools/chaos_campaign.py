@@ -5,9 +5,9 @@
 
 A small workload (12 users, the real JVM and JIDT jar; tests/faulty_task.py's "slow:S" keeps every user
 inside one Java call for a while, so that faults land mid-run) is first run once uninterrupted with
-`launch_shards --shards 1`: the reference. Then each trial picks a fault kind with the seeded RNG
-(the timing of processes is not seeded: the same seed gives the same kinds, K and delays, not the
-same instants), injects it at a random delay into real processes, recovers with the documented
+`launch_shards --shards 1`: the reference. Then each trial takes a fault kind (every kind once per
+round, in an order shuffled by the seeded RNG; the RNG also picks K and the delays, but the timing of
+processes is not seeded: the same seed gives the same kinds, K and delays, not the same instants), injects it at a random delay into real processes, recovers with the documented
 command (the same `launch_shards` command again, or the same merge again), and checks:
 - the final merged set equals the reference (bookkeeping columns aside): no user lost, no (user, mode)
   twice, no value differing;
@@ -466,8 +466,14 @@ def reap_orphans(popens: list[subprocess.Popen]) -> None:
 # --- the fault kinds -------------------------------------------------------------------------------
 
 
+# The faults strike within these fractions of the reference's wall times: from start-up to the end of the
+# user loop of a launch (K > 1 ends sooner than the K=1 reference), anywhere in a merge.
+LAUNCH_WINDOW = (0.05, 0.75)
+MERGE_WINDOW = (0.0, 0.7)
+
+
 def launch_delay(trial: Trial) -> float:
-    return trial.rng.uniform(0.05, 1.0) * trial.workload.launch_seconds
+    return trial.rng.uniform(*LAUNCH_WINDOW) * trial.workload.launch_seconds
 
 
 def kill_shard(trial: Trial) -> None:
@@ -505,7 +511,7 @@ def merge_fault(trial: Trial, target: str, sig: signal.Signals) -> None:
     report = output / "merge_report.json"
     previous = report.read_bytes() if report.is_file() else None
     merge = trial.merge("merge", output, *extra)
-    delay = trial.rng.uniform(0.0, 1.0) * trial.workload.merge_seconds
+    delay = trial.rng.uniform(*MERGE_WINDOW) * trial.workload.merge_seconds
     if target == "picture":
         victim = trial.wait_then_pick(merge, delay,
                                       lambda: trial.processes_matching(merge, "shardrun.results.picture_process"))
@@ -712,6 +718,17 @@ def summary_table(results: list[TrialResult]) -> list[str]:
     return lines
 
 
+def kinds_in_order(kinds: list[str], trials: int, rng: random.Random) -> list[str]:
+    """The fault kind of each trial: every kind once in a shuffled round, round after round, so that a
+    short campaign meets every kind."""
+    order: list[str] = []
+    while len(order) < trials:
+        round_ = list(kinds)
+        rng.shuffle(round_)
+        order += round_
+    return order[:trials]
+
+
 def become_subreaper() -> None:
     """Orphans of the trials' processes (a killed launcher's shards, a killed merge's picture process)
     become this script's children, so that a process left behind is seen."""
@@ -751,8 +768,7 @@ def main(argv: list[str] | None = None) -> int:
     rng = random.Random(args.seed)
     workload = prepare_workload(work)
     results = []
-    for index in range(args.trials):
-        kind = rng.choice(kinds)
+    for index, kind in enumerate(kinds_in_order(kinds, args.trials, rng)):
         trial_rng = random.Random(rng.getrandbits(64))
         result = run_trial(index, kind, work, workload, trial_rng, args.keep)
         results.append(result)
