@@ -334,18 +334,21 @@ class Trial:
         return None
 
     def deliver(self, target: str, process, sig: signal.Signals) -> bool:
-        """Send `sig` to a process that is still alive; record it as delivered."""
+        """Send `sig` to a process that is still alive; record it as delivered unless the process ignores it
+        (a shard that has recorded its end ignores the stop signals, by design)."""
         self.observe()  # what was committed before the fault
         try:
             if isinstance(process, subprocess.Popen):
                 if process.poll() is not None:
                     return False
-                process.send_signal(sig)
-            else:
-                if not process.is_running() or process.status() == psutil.STATUS_ZOMBIE:
-                    return False
-                process.send_signal(sig)
-        except psutil.Error:
+            elif not alive(process):
+                return False
+            ignored = ignores(process.pid, sig)
+            process.send_signal(sig)
+        except (psutil.Error, ProcessLookupError):
+            return False
+        if ignored:
+            self.result.facts["ignored"] = f"{target} {sig.name}"
             return False
         self.result.delivered[target] = sig.name
         self.result.facts["committed_at_fault"] = self.committed_user_count()
@@ -443,6 +446,26 @@ class Trial:
         if check.problems:
             self.result.partial_sets += 1
             self.result.problems.append(f"the set at {output} after the fault is not whole: {check.problems}")
+
+
+def ignores(pid: int, sig: signal.Signals) -> bool:
+    """Whether the process ignores `sig` (the SigIgn mask in /proc)."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("SigIgn:"):
+                return bool(int(line.split()[1], 16) >> (sig - 1) & 1)
+    except OSError:
+        pass
+    return False
+
+
+def default_stop_signals_for_commands() -> None:
+    """Started in the background (nohup, `&` in a script), this script has SIGINT ignored, and its commands
+    would inherit that (an ignored signal stays ignored across exec) and ignore the campaign's SIGINT, as
+    Python programs in the background do. A handler of its own is reset to the default action in every
+    command it starts: they get SIGINT as from a terminal."""
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def alive(process: psutil.Process) -> bool:
@@ -758,6 +781,7 @@ def main(argv: list[str] | None = None) -> int:
     work = args.work.resolve()
     work.mkdir(parents=True, exist_ok=True)
     become_subreaper()
+    default_stop_signals_for_commands()
     kinds = list(args.kinds or FAULTS)
     if "disk-full" in kinds and not can_mount():
         kinds.remove("disk-full")
