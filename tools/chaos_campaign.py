@@ -7,8 +7,9 @@ A small workload (12 users, the real JVM and JIDT jar; tests/faulty_task.py's "s
 inside one Java call for a while, so that faults land mid-run) is first run once uninterrupted with
 `launch_shards --shards 1`: the reference. Then each trial takes a fault kind (every kind once per
 round, in an order shuffled by the seeded RNG; the RNG also picks K and the delays, but the timing of
-processes is not seeded: the same seed gives the same kinds, K and delays, not the same instants), injects it at a random delay into real processes, recovers with the documented
-command (the same `launch_shards` command again, or the same merge again), and checks:
+processes is not seeded: the same seed gives the same kinds, K and delays, not the same instants),
+injects it at a random delay into real processes, recovers with the documented command (the same
+`launch_shards` command again, or the same merge again), and checks:
 - the final merged set equals the reference (bookkeeping columns aside): no user lost, no (user, mode)
   twice, no value differing;
 - every batch file seen committed during the trial is still there at the end, byte for byte;
@@ -118,7 +119,8 @@ def prepare_workload(work: Path) -> Workload:
                               cwd=root, env=env, capture_output=True, text=True, timeout=COMMAND_TIMEOUT)
     launch_seconds = time.monotonic() - started
     if launched.returncode != 0:
-        raise SystemExit(f"the reference run failed (exit {launched.returncode}):\n{launched.stdout}\n{launched.stderr}")
+        raise SystemExit(f"the reference run failed (exit {launched.returncode}):\n"
+                         f"{launched.stdout}\n{launched.stderr}")
     started = time.monotonic()
     merged = subprocess.run(shardrun_command("merge", "--run", run_dir, "--output", root / "timed-merge"),
                             cwd=root, env=env, capture_output=True, text=True, timeout=COMMAND_TIMEOUT)
@@ -255,7 +257,8 @@ class Trial:
             if time.monotonic() > deadline:
                 process.kill()
                 process.wait()
-                self.result.problems.append(f"{self.labels[process.pid]} did not end in {COMMAND_TIMEOUT:.0f} s; killed")
+                self.result.problems.append(
+                    f"{self.labels[process.pid]} did not end in {COMMAND_TIMEOUT:.0f} s; killed")
                 break
             self.observe()
             time.sleep(0.05)
