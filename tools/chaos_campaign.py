@@ -103,6 +103,10 @@ def shardrun_command(module: str, *args: object) -> list[str]:
     return [sys.executable, "-m", f"shardrun.{module}", *map(str, args)]
 
 
+class CannotStart(Exception):
+    """The campaign cannot run here: its reference run or merge failed (exit 2)."""
+
+
 def prepare_workload(work: Path) -> Workload:
     """The data, and the reference: one uninterrupted `launch_shards --shards 1`, then one merge timed."""
     root = work / "reference"
@@ -119,14 +123,14 @@ def prepare_workload(work: Path) -> Workload:
                               cwd=root, env=env, capture_output=True, text=True, timeout=COMMAND_TIMEOUT)
     launch_seconds = time.monotonic() - started
     if launched.returncode != 0:
-        raise SystemExit(f"the reference run failed (exit {launched.returncode}):\n"
-                         f"{launched.stdout}\n{launched.stderr}")
+        raise CannotStart(f"the reference run failed (exit {launched.returncode}):\n"
+                          f"{launched.stdout}\n{launched.stderr}")
     started = time.monotonic()
     merged = subprocess.run(shardrun_command("merge", "--run", run_dir, "--output", root / "timed-merge"),
                             cwd=root, env=env, capture_output=True, text=True, timeout=COMMAND_TIMEOUT)
     merge_seconds = time.monotonic() - started
     if merged.returncode != 0:
-        raise SystemExit(f"the reference merge failed (exit {merged.returncode}):\n{merged.stdout}\n{merged.stderr}")
+        raise CannotStart(f"the reference merge failed (exit {merged.returncode}):\n{merged.stdout}\n{merged.stderr}")
     reference = analysis_values(run_dir / "merged")
     log.info("reference: %d users, %d rows; K=1 launch %.1f s, merge %.1f s", reference["user_id"].nunique(),
              len(reference), launch_seconds, merge_seconds)
@@ -793,7 +797,11 @@ def main(argv: list[str] | None = None) -> int:
         log.error("no fault kind left to run")
         return 2
     rng = random.Random(args.seed)
-    workload = prepare_workload(work)
+    try:
+        workload = prepare_workload(work)
+    except CannotStart as exc:
+        log.error("the campaign cannot start: %s", exc)
+        return 2
     results = []
     for index, kind in enumerate(kinds_in_order(kinds, args.trials, rng)):
         trial_rng = random.Random(rng.getrandbits(64))
