@@ -10,6 +10,7 @@ import sys
 import psutil
 import pytest
 
+from shardrun.results.merge import drawn_pictures
 from shardrun.results.picture_process import PictureFailed, PictureProcess
 from shardrun.results.run_picture import RunPicture
 from shardrun.results.summary import ResultCounts, SummaryPicture
@@ -50,6 +51,19 @@ def test_a_process_killed_before_its_pictures_is_named_as_such():
         for name in ("summary.png", "run.png"):
             with pytest.raises(PictureFailed, match="killed by SIGKILL, likely the OOM killer"):
                 drawing.png(name)
+
+
+def test_a_merge_whose_picture_process_was_killed_says_so_in_one_line_without_a_traceback(caplog):
+    """The chaos campaign's finding: a SIGKILL to the pictures' process made the merge log its own stack,
+    twice (a traceback in the output of a merge that then exited 0)."""
+    with caplog.at_level(logging.ERROR, logger="shardrun.results.merge"), PictureProcess() as drawing:
+        psutil.Process(drawing.pid).kill()
+        drawing.draw(pictures())
+        assert drawn_pictures(drawing, ["summary.png", "run.png"]) == {}
+    assert [record.getMessage().split(" (")[0] for record in caplog.records] == ["could not draw summary.png",
+                                                                                 "could not draw run.png"]
+    assert all("killed by SIGKILL" in record.getMessage() and not record.exc_info for record in caplog.records)
+    assert "Traceback" not in caplog.text
 
 
 def test_a_panel_that_raises_comes_back_with_its_traceback_and_costs_only_its_picture():

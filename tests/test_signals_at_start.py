@@ -5,6 +5,7 @@ has its handlers (the SigCgt mask in /proc), which is long before its imports en
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -15,6 +16,7 @@ import pytest
 
 from e2e_support import read_status
 from shardrun.errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_PREEMPTED
+from shardrun.launch.processes import LocalProcesses
 
 
 def catches(pid: int, sig: signal.Signals) -> bool:
@@ -48,3 +50,25 @@ def test_a_signal_while_the_shard_imports_drains_it_and_the_same_command_runs_it
     again = subprocess.run(command, cwd=workspace["root"], capture_output=True, text=True, timeout=600)
     assert again.returncode == EXIT_OK, again.stdout + again.stderr
     assert read_status(tmp_path / "run" / "shard-0-of-2")["state"] == "completed"
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP], ids=["TERM", "HUP"])
+def test_a_signal_the_moment_the_launcher_started_a_shard_drains_it(workspace, tmp_path, sig):
+    """Before Python has run a line of the shard (its interpreter's own start-up, before EarlySignals):
+    the launcher starts shards with the stop signals held, so the signal waits for the handlers. The
+    chaos campaign's finding: a SIGTERM there killed the shard by the default action, and its launcher
+    exited 70 ("shard 0/4 killed by SIGTERM")."""
+    command = [sys.executable, "-m", "shardrun.worker", "--config", str(workspace["config"]), "--full", "--shard",
+               "0/2", "--out", str(tmp_path / "run")]
+    shards = LocalProcesses()
+    pid = shards.start(0, command, tmp_path / "shard0.log")
+    os.kill(pid, sig)  # at once: the shard's interpreter is still starting
+    deadline = time.monotonic() + 300
+    while not (exits := shards.poll()):
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    log = (tmp_path / "shard0.log").read_text()
+    assert exits[0].code == EXIT_INTERRUPTED, log
+    assert "Traceback" not in log and f"{sig.name} received" in log, log
+    # the launcher's own thread has the signals back
+    assert not set(signal.pthread_sigmask(signal.SIG_BLOCK, [])) & {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}

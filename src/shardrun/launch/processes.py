@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import IO, Protocol
 
 from shardrun import platforms
-from shardrun.shard.lifecycle import LAUNCHER_PID_ENV
+from shardrun.shard.lifecycle import LAUNCHER_PID_ENV, shard_signals_held
 from shardrun.storage.atomic import utc_now
 
 
@@ -73,9 +73,12 @@ class LocalProcesses:
         # alone, and if the launcher dies while this shard is suspended (--cpu-limit), the group
         # becomes orphaned and the kernel sends it SIGHUP and SIGCONT, so it drains instead of
         # staying stopped forever (a stopped process cannot act on its parent-death signal).
+        # With the stop signals held: one that comes in the shard's first milliseconds (a Ctrl-C passed on,
+        # the launcher's death) waits for its handlers instead of killing it (shard_signals_held).
         try:
-            process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log_handle,
-                                       stderr=subprocess.STDOUT, env=env, **platforms.own_process_group())
+            with shard_signals_held():
+                process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log_handle,
+                                           stderr=subprocess.STDOUT, env=env, **platforms.own_process_group())
         except BaseException:
             log_handle.close()
             raise

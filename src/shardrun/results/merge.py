@@ -56,7 +56,7 @@ from shardrun.results.read import (
     resolve_task,
 )
 from shardrun.results.report import MergeReport, mismatch_message
-from shardrun.results.picture_process import PictureProcess
+from shardrun.results.picture_process import PictureFailed, PictureProcess
 from shardrun.results.run_picture import RunPicture
 from shardrun.results.summary import ResultCounts, SummaryPicture, run_title, task_panels
 from shardrun.results.timeline import PREDICTED, span_table, start_table
@@ -370,5 +370,7 @@ def drawn_pictures(pictures: PictureProcess, names: Sequence[str]) -> dict[str, 
 
 
 def _picture_failed(name: str, exc: Exception) -> None:
+    # The pictures' process's report says all there is (its death, or its own traceback of a failed panel):
+    # this process's stack under it would only be a traceback to alarm the user.
     log.error("could not draw %s (%s: %s); the merged results are complete without it",
-              name, type(exc).__name__, exc, exc_info=True)
+              name, type(exc).__name__, exc, exc_info=not isinstance(exc, PictureFailed))

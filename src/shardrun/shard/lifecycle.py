@@ -8,8 +8,9 @@ import os
 import signal
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 from shardrun.errors import EXIT_INTERRUPTED
 from shardrun.platforms import STOP_SIGNALS, signal_on_parent_death
@@ -48,6 +49,23 @@ class PreemptionNotice:
 
 # The warning signals sbatch --signal may send besides the stop signals (run_production --preempt-signal).
 WARNING_SIGNALS = tuple(getattr(signal, name) for name in ("SIGUSR1", "SIGUSR2") if hasattr(signal, name))
+SHARD_SIGNALS = (*STOP_SIGNALS, *WARNING_SIGNALS)
+
+
+@contextmanager
+def shard_signals_held() -> Iterator[None]:
+    """Block the stop and warning signals in this thread while a shard is started in it. The shard inherits
+    the mask through exec, so a signal that comes before its Python has installed EarlySignals (the
+    interpreter's own start-up, tens of milliseconds) stays pending instead of killing it by the default
+    action; EarlySignals.catch unblocks them and they are noted. Where there are no signal masks, a no-op."""
+    if not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, SHARD_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, before)
 
 
 class EarlySignals:
@@ -59,8 +77,10 @@ class EarlySignals:
         self.caught: list[int] = []
 
     def catch(self) -> EarlySignals:
-        for sig in (*STOP_SIGNALS, *WARNING_SIGNALS):
+        for sig in SHARD_SIGNALS:
             signal.signal(sig, self._note)
+        if hasattr(signal, "pthread_sigmask"):  # a launcher starts its shards with them held (shard_signals_held)
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, SHARD_SIGNALS)
         return self
 
     def _note(self, signum: int, _frame: Any) -> None:
@@ -68,7 +88,7 @@ class EarlySignals:
 
     def release(self) -> None:
         """The signals nobody took over since get their default action back."""
-        for sig in (*STOP_SIGNALS, *WARNING_SIGNALS):
+        for sig in SHARD_SIGNALS:
             if signal.getsignal(sig) == self._note:
                 signal.signal(sig, signal.SIG_DFL)
 
