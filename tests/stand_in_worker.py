@@ -46,7 +46,7 @@ def install_stand_ins() -> None:
         import atexit
         import time
 
-        from shardrun.platforms import STOP_SIGNALS
+        from shardrun.early_signals import STOP_SIGNALS
 
         def slow_shutdown() -> None:
             for sig in STOP_SIGNALS:

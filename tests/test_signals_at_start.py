@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from e2e_support import read_status
+from shardrun.early_signals import signals_held
 from shardrun.errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_PREEMPTED
 from shardrun.launch.processes import LocalProcesses
 
@@ -72,3 +73,36 @@ def test_a_signal_the_moment_the_launcher_started_a_shard_drains_it(workspace, t
     assert "Traceback" not in log and f"{sig.name} received" in log, log
     # the launcher's own thread has the signals back
     assert not set(signal.pthread_sigmask(signal.SIG_BLOCK, [])) & {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP], ids=["TERM", "INT", "HUP"])
+@pytest.mark.parametrize("command", ["merge", "validate", "monitor", "launcher", "stop", "console-script"])
+def test_a_stop_signal_before_a_command_has_imported_anything_interrupts_it_cleanly(workspace, tmp_path, command, sig):
+    """Every command, not only the shard: a stop signal while its interpreter starts or its modules import
+    (pandas, Arrow: a tenth of a second or more, when a user's Ctrl-C or a scheduler's TERM may come) gets
+    the documented exit 3 with the interrupted message, never the default action (exit 143) nor a
+    KeyboardInterrupt traceback from inside an import, and the command has done nothing. The signal is
+    sent while the process is held from taking it (as a launcher starts its shards), so it is pending at
+    the process's very first instruction: the earliest instant there is."""
+    reference = workspace["root"] / "reference"
+    out = tmp_path / "out"
+    args = {
+        "merge": ["merge", "--run", str(reference), "--output", str(out)],
+        "validate": ["validate", "--dir", str(reference / "merged"), "--config", str(workspace["config"])],
+        "monitor": ["monitor", str(reference)],
+        "launcher": ["launcher", "--config", str(workspace["config"]), "--shards", "2", "--out", str(out)],
+        "stop": ["stop", str(reference)],
+        "console-script": ["merge_shard_results", "--run", str(reference), "--output", str(out)],
+    }[command]
+    program = ([str(Path(sys.executable).parent / args[0])] if command == "console-script"
+               else [sys.executable, "-m", f"shardrun.{args[0]}"])
+    merged_before = {f: f.read_bytes() for f in (reference / "merged").rglob("*") if f.is_file()}
+    with signals_held():
+        process = subprocess.Popen([*program, *args[1:]], cwd=workspace["root"], stdout=subprocess.PIPE,
+                                   stderr=subprocess.PIPE, text=True)
+        process.send_signal(sig)
+    stdout, stderr = process.communicate(timeout=300)
+    assert process.returncode == EXIT_INTERRUPTED, stdout + stderr
+    assert f"interrupted by {sig.name}" in stderr and "Traceback" not in stdout + stderr, stdout + stderr
+    assert not out.exists() and stdout == ""
+    assert {f: f.read_bytes() for f in (reference / "merged").rglob("*") if f.is_file()} == merged_before

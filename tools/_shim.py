@@ -20,11 +20,11 @@ REEXEC_MARK = "SHARDRUN_SHIM_REEXEC"
 
 def run(module: str, script: str) -> None:
     try:
-        entry = importlib.import_module(f"shardrun.cli.{module}").main
+        entry = importlib.import_module("shardrun.entry")
     except ImportError:
         _reexec(script)
         return
-    raise SystemExit(entry(sys.argv[1:]))
+    raise SystemExit(entry.run(module, sys.argv[1:]))
 
 
 def _reexec(script: str) -> None:

@@ -1,6 +1,6 @@
 """`python -m shardrun.merge` runs `merge_shard_results` (the console script's other name)."""
 
-from shardrun.cli.merge_shard_results import main
+from shardrun.entry import merge_shard_results as main
 
 if __name__ == "__main__":
     raise SystemExit(main())

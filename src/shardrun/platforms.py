@@ -20,12 +20,6 @@ log = logging.getLogger(__name__)
 
 WINDOWS = os.name == "nt"
 
-# Signals that ask a process to drain (finish the user in flight, then stop). SIGHUP: a lost terminal,
-# or the kernel telling an orphaned, suspended shard that its launcher is gone. Windows has no SIGHUP;
-# SIGBREAK is its Ctrl-Break.
-STOP_SIGNALS: tuple[signal.Signals, ...] = tuple(
-    getattr(signal, name) for name in ("SIGTERM", "SIGINT", "SIGHUP", "SIGBREAK") if hasattr(signal, name)
-)
 
 
 # HotSpot suspends and resumes its threads with SIGUSR2 unless _JAVA_SR_SIGNUM names another signal, and

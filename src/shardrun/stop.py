@@ -1,6 +1,6 @@
 """`python -m shardrun.stop` runs `stop_shards` (the console script's other name)."""
 
-from shardrun.cli.stop_shards import main
+from shardrun.entry import stop_shards as main
 
 if __name__ == "__main__":
     raise SystemExit(main())

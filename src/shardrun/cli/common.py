@@ -11,7 +11,7 @@ import sys
 from typing import Callable, Sequence
 
 from shardrun.errors import EXIT_CLOSED_PIPE, EXIT_CRASH, EXIT_INTERRUPTED, ShardrunError, StopSignalReceived
-from shardrun.platforms import STOP_SIGNALS
+from shardrun.early_signals import STOP_SIGNALS, EarlySignals
 from shardrun.results.tolerance import FailedTolerance
 from shardrun.storage.durability import escaped_storage_failure
 from shardrun.units import heap_bytes
@@ -60,15 +60,20 @@ def add_verbose(p: argparse.ArgumentParser) -> None:
 
 
 def guarded(main: Callable[[argparse.Namespace], int], parser: argparse.ArgumentParser, argv: Sequence[str] | None,
+            early: EarlySignals | None = None,
             parse: Callable[[Sequence[str] | None], argparse.Namespace] | None = None,
             stop_signals_interrupt: bool = True) -> int:
     """Run a command: its errors become their exit codes with one `error:` paragraph, never a traceback
     (but for a bug: exit 70). With `stop_signals_interrupt` a stop signal interrupts the command like
-    Ctrl-C until it installs handlers of its own (the launcher's drain); the shard has its own from the
-    start (worker.main) and passes False."""
-    if stop_signals_interrupt:
-        interrupt_on_stop_signals()
+    Ctrl-C until it installs handlers of its own (the launcher's drain), and one noted by `early` while
+    the command was imported (entry.run) interrupts it before it starts; the shard has its own drain
+    from the start, which takes `early`'s signals itself, and passes False."""
     try:
+        if stop_signals_interrupt:
+            interrupt_on_stop_signals()
+            noted = early.first_stop() if early is not None else None
+            if noted is not None:
+                raise StopSignalReceived(noted.name)
         args = (parse or parser.parse_args)(argv)
         configure_logging(getattr(args, "verbose", False))
         code = main(args)
@@ -101,8 +106,7 @@ def interrupt_on_stop_signals() -> None:
         raise StopSignalReceived(signal.Signals(signum).name)
 
     for sig in STOP_SIGNALS:
-        if sig != signal.SIGINT:
-            signal.signal(sig, interrupt)
+        signal.signal(sig, signal.default_int_handler if sig == signal.SIGINT else interrupt)
 
 
 def quiet_closed_stdout() -> None:

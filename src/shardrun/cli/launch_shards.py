@@ -14,6 +14,7 @@ from shardrun.cli.common import (
     positive_int, positive_seconds, thread_count,
 )
 from shardrun.config import load_config
+from shardrun.early_signals import EarlySignals
 from shardrun.errors import UsageError
 from shardrun.launch.cluster import ClusterOptions, submit_run
 from shardrun.launch.benchmark import run_benchmark
@@ -197,9 +198,5 @@ def run(args: argparse.Namespace) -> int:
     return launch(config, options).exit_code
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    return guarded(run, parser(), argv)
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+def main(argv: Sequence[str] | None = None, early: EarlySignals | None = None) -> int:
+    return guarded(run, parser(), argv, early)

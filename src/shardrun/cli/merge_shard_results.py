@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Sequence
 
 from shardrun.cli.common import add_verbose, command_parser, guarded
+from shardrun.early_signals import EarlySignals
 from shardrun.errors import EXIT_OK, EXIT_VALIDATION_FAILED
 from shardrun.results.picture_process import PictureProcess
 
@@ -40,9 +41,5 @@ def _merge(args: argparse.Namespace) -> int:
     return EXIT_OK if report.complete else EXIT_VALIDATION_FAILED
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    return guarded(_merge, parser(), argv)
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+def main(argv: Sequence[str] | None = None, early: EarlySignals | None = None) -> int:
+    return guarded(_merge, parser(), argv, early)

@@ -8,6 +8,7 @@ from typing import Sequence
 
 from shardrun.cli.common import add_verbose, command_parser, guarded, positive_seconds
 from shardrun.config import load_config
+from shardrun.early_signals import EarlySignals
 from shardrun.observe.monitor import watch
 
 DEFAULT_ROOT = Path("analysis/out")
@@ -32,9 +33,5 @@ def _monitor(args: argparse.Namespace) -> int:
     return watch(args.runs, watch=args.watch, every=args.every, stale_after=args.stale_after, root=root)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    return guarded(_monitor, parser(), argv)
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+def main(argv: Sequence[str] | None = None, early: EarlySignals | None = None) -> int:
+    return guarded(_monitor, parser(), argv, early)

@@ -16,6 +16,7 @@ from typing import Sequence
 
 from shardrun.cli import launch_shards
 from shardrun.cli.common import guarded
+from shardrun.early_signals import EarlySignals
 from shardrun.errors import UsageError
 
 CALLER_ENV = "SHARDRUN_CALLER_DIR"
@@ -86,10 +87,6 @@ def _run(args: argparse.Namespace) -> int:
     return launch_shards.run(args)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, early: EarlySignals | None = None) -> int:
     p = parser()
-    return guarded(_run, p, argv, parse=p.parse_intermixed_args)
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+    return guarded(_run, p, argv, early, parse=p.parse_intermixed_args)

@@ -16,10 +16,11 @@ from shardrun.cli.common import (
     positive_seconds, thread_count,
 )
 from shardrun.config import RunConfig, load_config
+from shardrun.early_signals import EarlySignals
 from shardrun.platforms import lower_priority
 from shardrun.errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, EnvironmentProblem, UsageError
 from shardrun.shard.fail_fast import DEFAULT_FAIL_FAST
-from shardrun.shard.lifecycle import PREEMPT_SIGNALS, EarlySignals, PreemptionNotice, StopFlag, die_with_launcher
+from shardrun.shard.lifecycle import PREEMPT_SIGNALS, PreemptionNotice, StopFlag, die_with_launcher
 from shardrun.shard.jvm import find_java, task_jvm_options
 from shardrun.shard.plan import partition_report
 from shardrun.shard.prepare import PreparedShard, WorkerOptions, prepare
@@ -198,9 +199,5 @@ def check_jvm_options(prepared: PreparedShard, config: RunConfig) -> None:
 
 
 def main(argv: Sequence[str] | None = None, early: EarlySignals | None = None) -> int:
-    """`early`: the signals noted before this module was imported (worker.main, the entry point)."""
+    """`early`: the signals noted before this module was imported (entry.run)."""
     return guarded(lambda args: _run_production(args, early), parser(), argv, stop_signals_interrupt=False)
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Sequence
 
 from shardrun.cli.common import add_verbose, command_parser, guarded
+from shardrun.early_signals import EarlySignals
 from shardrun.errors import EXIT_OK, UsageError
 from shardrun.observe.stop import stop_run
 from shardrun.storage.paths import RunPaths
@@ -45,9 +46,5 @@ def _stop(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    return guarded(_stop, parser(), argv)
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+def main(argv: Sequence[str] | None = None, early: EarlySignals | None = None) -> int:
+    return guarded(_stop, parser(), argv, early)

@@ -8,6 +8,7 @@ from typing import Sequence
 
 from shardrun.cli.common import add_max_failed, add_verbose, command_parser, guarded
 from shardrun.config import load_config
+from shardrun.early_signals import EarlySignals
 from shardrun.errors import EXIT_OK, EXIT_VALIDATION_FAILED, UsageError
 from shardrun.results.validate import checked_config_hash, validation_of, write_validation
 from shardrun.storage.durability import Remedy, durable_write
@@ -59,9 +60,5 @@ def _validate(args: argparse.Namespace) -> int:
     return EXIT_VALIDATION_FAILED if problems else EXIT_OK
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    return guarded(_validate, parser(), argv)
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+def main(argv: Sequence[str] | None = None, early: EarlySignals | None = None) -> int:
+    return guarded(_validate, parser(), argv, early)

@@ -27,7 +27,7 @@ from typing import Callable
 from shardrun.observe import progress
 from shardrun.observe.live import LiveTable
 from shardrun.storage.atomic import read_json, utc_now, write_json_atomic
-from shardrun.platforms import STOP_SIGNALS
+from shardrun.early_signals import STOP_SIGNALS
 from shardrun.launch.admission import (
     available_cores, check_launch, measure_launch_data, refuse_shards_without_users, shard_memory_bytes,
 )

@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import IO, Protocol
 
 from shardrun import platforms
-from shardrun.shard.lifecycle import LAUNCHER_PID_ENV, shard_signals_held
+from shardrun.early_signals import signals_held
+from shardrun.shard.lifecycle import LAUNCHER_PID_ENV
 from shardrun.storage.atomic import utc_now
 
 
@@ -74,9 +75,9 @@ class LocalProcesses:
         # becomes orphaned and the kernel sends it SIGHUP and SIGCONT, so it drains instead of
         # staying stopped forever (a stopped process cannot act on its parent-death signal).
         # With the stop signals held: one that comes in the shard's first milliseconds (a Ctrl-C passed on,
-        # the launcher's death) waits for its handlers instead of killing it (shard_signals_held).
+        # the launcher's death) waits for its handlers instead of killing it (signals_held).
         try:
-            with shard_signals_held():
+            with signals_held():
                 process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log_handle,
                                            stderr=subprocess.STDOUT, env=env, **platforms.own_process_group())
         except BaseException:

@@ -8,12 +8,12 @@ import os
 import signal
 import threading
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Sequence
 
+from shardrun.early_signals import STOP_SIGNALS
 from shardrun.errors import EXIT_INTERRUPTED
-from shardrun.platforms import STOP_SIGNALS, signal_on_parent_death
+from shardrun.platforms import signal_on_parent_death
 
 log = logging.getLogger(__name__)
 
@@ -45,52 +45,6 @@ class PreemptionNotice:
     @classmethod
     def named(cls, name: str, lead_seconds: float, requeue_limit: int) -> "PreemptionNotice":
         return cls(signal.Signals[f"SIG{name.upper().removeprefix('SIG')}"], lead_seconds, requeue_limit)
-
-
-# The warning signals sbatch --signal may send besides the stop signals (run_production --preempt-signal).
-WARNING_SIGNALS = tuple(getattr(signal, name) for name in ("SIGUSR1", "SIGUSR2") if hasattr(signal, name))
-SHARD_SIGNALS = (*STOP_SIGNALS, *WARNING_SIGNALS)
-
-
-@contextmanager
-def shard_signals_held() -> Iterator[None]:
-    """Block the stop and warning signals in this thread while a shard is started in it. The shard inherits
-    the mask through exec, so a signal that comes before its Python has installed EarlySignals (the
-    interpreter's own start-up, tens of milliseconds) stays pending instead of killing it by the default
-    action; EarlySignals.catch unblocks them and they are noted. Where there are no signal masks, a no-op."""
-    if not hasattr(signal, "pthread_sigmask"):
-        yield
-        return
-    before = signal.pthread_sigmask(signal.SIG_BLOCK, SHARD_SIGNALS)
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, before)
-
-
-class EarlySignals:
-    """The stop and warning signals noted, not acted on, while the process still imports (pandas, the task,
-    the JVM's bridge: a second or more): without it a SIGTERM in that second kills the shard by the
-    signal's default action, which its launcher reports as a crash. StopFlag.install handles them later."""
-
-    def __init__(self) -> None:
-        self.caught: list[int] = []
-
-    def catch(self) -> EarlySignals:
-        for sig in SHARD_SIGNALS:
-            signal.signal(sig, self._note)
-        if hasattr(signal, "pthread_sigmask"):  # a launcher starts its shards with them held (shard_signals_held)
-            signal.pthread_sigmask(signal.SIG_UNBLOCK, SHARD_SIGNALS)
-        return self
-
-    def _note(self, signum: int, _frame: Any) -> None:
-        self.caught.append(signum)
-
-    def release(self) -> None:
-        """The signals nobody took over since get their default action back."""
-        for sig in SHARD_SIGNALS:
-            if signal.getsignal(sig) == self._note:
-                signal.signal(sig, signal.SIG_DFL)
 
 
 class StopFlag:
