@@ -13,6 +13,8 @@ a node failure are in test_slurm_two_nodes.py.)
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -54,13 +56,14 @@ def own_config(workspace: dict, tmp_path: Path, faulty: bool = False) -> Path:
     return path
 
 
+def submission_command(config: Path, run: Path, shards: int, *flags: str) -> list[str]:
+    return [sys.executable, "-m", "shardrun.launcher", "--scheduler", "slurm", "--config", str(config),
+            "--shards", str(shards), "--out", str(run), *flags]
+
+
 def launch(cluster, config: Path, run: Path, shards: int, *flags: str, env: dict | None = None):
-    environment = {**cluster.env, **(env or {})}
-    return subprocess.run(
-        [sys.executable, "-m", "shardrun.launcher", "--scheduler", "slurm", "--config", str(config),
-         "--shards", str(shards), "--out", str(run), *flags],
-        env=environment, cwd=run.parent, capture_output=True, text=True, timeout=300,
-    )
+    return subprocess.run(submission_command(config, run, shards, *flags), env={**cluster.env, **(env or {})},
+                          cwd=run.parent, capture_output=True, text=True, timeout=300)
 
 
 def submitted(run: Path) -> tuple[list[str], str | None]:
@@ -128,6 +131,48 @@ def test_an_array_of_four_and_its_merge_job_equal_a_local_k1_run(slurm_cluster, 
 
     again = launch(slurm_cluster, config, run, 4)
     assert again.returncode == 0 and "nothing to submit" in again.stdout, again.stdout
+
+
+def test_two_submissions_of_one_new_run_at_once_submit_each_shard_once(slurm_cluster, workspace, tmp_path):
+    """Two `launch_shards --scheduler slurm --out RUN` started together: whichever order the machine gives
+    them, one submits the run and the other is refused naming it (exit 4), or finds every shard already
+    in the queue; never both submit, never a record of slurm.json lost."""
+    config = own_config(workspace, tmp_path)
+    run = tmp_path / "run"
+    both = [subprocess.Popen(submission_command(config, run, 3), env=slurm_cluster.env, cwd=tmp_path,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    said = [(p.returncode, out, err) for p in both for out, err in [p.communicate(timeout=300)]]
+    assert sorted(code for code, _, _ in said) in ([0, 0], [0, 4]), "\n\n".join(err[err.find("error:"):] for _, _, err in said)
+    for code, out, err in said:
+        if code == 4:
+            assert "launch_shards of the run" in err and ("already running" in err or "a moment ago" in err), err
+            assert "Traceback" not in err
+        elif "nothing to submit" not in out:
+            assert "submitted shards 0-2 of 3" in out, out
+    submissions = json.loads((run / "slurm.json").read_text())["submissions"]
+    indices = sorted(i for submission in submissions for array in submission["arrays"] for i in array["indices"])
+    assert indices == [0, 1, 2], submissions
+    wait_for_run(slurm_cluster, run)
+    assert_equals_reference(run, workspace, 3)
+
+
+def test_a_submission_is_refused_while_a_local_launcher_runs_the_run_naming_it(slurm_cluster, workspace, tmp_path):
+    config = own_config(workspace, tmp_path, faulty=True)
+    run = tmp_path / "run"
+    local = subprocess.Popen([sys.executable, "-m", "shardrun.launcher", "--config", str(config), "--shards", "2",
+                              "--out", str(run), "--no-merge"], env={**os.environ, **faulty_env("slow:2")},
+                             cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: (run / "run.json").is_file(), timeout=300, process=local)
+        submission = launch(slurm_cluster, config, run, 2, env=faulty_env("slow:2"))
+        assert submission.returncode == 4, submission.stdout + submission.stderr
+        assert f'"pid": {local.pid}' in submission.stderr and "Traceback" not in submission.stderr, submission.stderr
+        assert not (run / "slurm.json").exists(), "nothing may be submitted while the run runs here"
+        assert local.poll() is None, "the refused submission must leave the running launcher alone"
+    finally:
+        local.send_signal(signal.SIGTERM)
+        local.wait(timeout=300)
+    assert local.returncode == 3
 
 
 def test_a_cancelled_element_is_resubmitted_by_index_with_the_same_command(slurm_cluster, workspace, tmp_path):

@@ -13,16 +13,17 @@ from __future__ import annotations
 
 import math
 import sys
+from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Callable, Iterable, Mapping
 
 from shardrun.config import RunConfig
-from shardrun.errors import EXIT_OK, ConfigError, UsageError
+from shardrun.errors import EXIT_OK, UsageError
 from shardrun.heap_plan import plan_heap
 from shardrun.launch.admission import measure_launch_data, refuse_shards_without_users, shard_memory_bytes
-from shardrun.launch.launcher import check_same_run, refuse_if
+from shardrun.launch.launcher import check_same_run, hold_run, refuse_a_dir_of_something_else, refuse_if
 from shardrun.launch.slurm_script import (
     ElementJob, WarningSignal, array_script, index_ranges, merge_script, split_for_array_size, time_limit_seconds,
 )
@@ -175,9 +176,7 @@ def resolve_run_dir(config: RunConfig, options: ClusterOptions, data_fingerprint
         if run.run_json.is_file():
             check_same_run(run, "--out", options.shards, config.hash, options.pilot, data_fingerprint)
             return run, True
-        if run.dir.is_dir() and any(run.dir.iterdir()):
-            raise ConfigError(f"--out {run.dir} is not empty and holds no run.json, so it is no run to continue; pass an"
-                              " empty or new dir to --out.")
+        refuse_a_dir_of_something_else(run)
         return run, False
     task = load_task(config.task)
     name = f"{run_label(task, config, options.pilot)}_{datetime.now():%Y%m%d_%H%M%S}"
@@ -235,78 +234,84 @@ def submit_run(config: RunConfig, options: ClusterOptions, slurm: SlurmCommands 
         raise UsageError(f"--retry-failed: {run.dir} holds no run (no run.json), so it has no failed users to run"
                          " again; pass the dir of the run whose failed users to retry with --out.")
 
-    docs = status_documents(run, options.shards) if existing else {}
-    states = shard_states(docs)
-    failed = failed_users_by_shard(docs)
-    queue = queue_by_index(run, slurm) if existing else {}
-    queued = [index for index, element in queue.items() if element.waiting_or_running]
-    complete = [index for index, state in states.items() if state in COMPLETE]
-    retry = [index for index, count in failed.items() if count > 0] if options.retry_failed else []
-    submission = Submission(run.dir, shards_to_submit(options.shards, complete, queued, retry))
-    if existing:
-        out(f"run {run.dir}: {len(complete)} of {options.shards} shards complete, {len(queued)} in the queue")
-        for index in range(options.shards):
-            if index not in complete or index in retry:
-                said = describe_shard(index, states.get(index), queue.get(index), failed.get(index, 0),
-                                      options.retry_failed)
-                out(f"  {said}")
+    with ExitStack() as held:
+        if not options.dry_run:  # one submission of a run at a time, and none while a local launcher runs it
+            held.callback(hold_run(
+                run, new_run=not existing,
+                fix=f"wait for it to end, then run this command again: it submits only what is neither complete"
+                    f" nor in the queue (follow the run with: monitor_progress {run.dir} --watch).").release)
+        docs = status_documents(run, options.shards) if existing else {}
+        states = shard_states(docs)
+        failed = failed_users_by_shard(docs)
+        queue = queue_by_index(run, slurm) if existing else {}
+        queued = [index for index, element in queue.items() if element.waiting_or_running]
+        complete = [index for index, state in states.items() if state in COMPLETE]
+        retry = [index for index, count in failed.items() if count > 0] if options.retry_failed else []
+        submission = Submission(run.dir, shards_to_submit(options.shards, complete, queued, retry))
+        if existing:
+            out(f"run {run.dir}: {len(complete)} of {options.shards} shards complete, {len(queued)} in the queue")
+            for index in range(options.shards):
+                if index not in complete or index in retry:
+                    said = describe_shard(index, states.get(index), queue.get(index), failed.get(index, 0),
+                                          options.retry_failed)
+                    out(f"  {said}")
 
-    mem_mib = options.mem_mib or element_memory_mib(heap.heap, data.share_bytes)
-    workdir = Path.cwd()
-    log_dir = config.output.log_dir.resolve()
-    jobs = [
-        ElementJob(run_dir=run.dir, config_path=options.config_path.resolve(), shards=options.shards,
-                   array_ids=tuple(ids), index_offset=offset, python=sys.executable, workdir=workdir, log_dir=log_dir,
-                   pilot=options.pilot, xmx=heap.jvm.xmx, cpus=options.cpus, mem_mib=mem_mib, signal=options.signal,
-                   requeue_limit=options.requeue_limit, max_parallel=options.max_parallel,
-                   time_limit=options.time_limit, sbatch_options=options.sbatch_options,
-                   commit_interval_seconds=options.commit_interval_seconds, retry_failed=options.retry_failed,
-                   fail_fast=options.fail_fast)
-        for offset, ids in split_for_array_size(submission.to_submit, slurm.max_array_size())
-    ]
-    scripts = [array_script(job, array_job_name(run.dir)) for job in jobs]
-    # The merge job waits for every element of the run still in the queue, old arrays and new.
-    wait_for = sorted({element.array_job_id for element in queue.values() if element.waiting_or_running})
-    merge_mem_mib = options.merge_mem_mib or merge_memory_mib(
-        len(data.index.user_ids), len(task.failed_rows(config.settings, "any user", "rows per user")),
-        len(task.result_columns(config.settings)))
-    merge_text = merge_script(run.dir, options.config_path.resolve(), sys.executable, workdir, log_dir,
-                              merge_job_name(run.dir), options.sbatch_options, max_failed=str(options.max_failed),
-                              mem_mib=merge_mem_mib)
-    merge_needed = options.merge and bool(jobs or wait_for or not merged_valid(run))
-    out(f"memory per shard: {mem_mib} MiB (sbatch --mem; jvm {heap.jvm_line()})")
-    if merge_needed:
-        out(f"memory of the merge job: {merge_mem_mib} MiB (sbatch --mem; set it with --merge-mem)")
-    if not submission.to_submit:
-        out("nothing to submit: every shard is complete or in the queue")
-
-    if options.dry_run:
-        for job, script in zip(jobs, scripts):
-            out(f"--- array of shards {index_ranges(job.shard_indices)} (dry run: not submitted) ---")
-            out(script)
+        mem_mib = options.mem_mib or element_memory_mib(heap.heap, data.share_bytes)
+        workdir = Path.cwd()
+        log_dir = config.output.log_dir.resolve()
+        jobs = [
+            ElementJob(run_dir=run.dir, config_path=options.config_path.resolve(), shards=options.shards,
+                       array_ids=tuple(ids), index_offset=offset, python=sys.executable, workdir=workdir, log_dir=log_dir,
+                       pilot=options.pilot, xmx=heap.jvm.xmx, cpus=options.cpus, mem_mib=mem_mib, signal=options.signal,
+                       requeue_limit=options.requeue_limit, max_parallel=options.max_parallel,
+                       time_limit=options.time_limit, sbatch_options=options.sbatch_options,
+                       commit_interval_seconds=options.commit_interval_seconds, retry_failed=options.retry_failed,
+                       fail_fast=options.fail_fast)
+            for offset, ids in split_for_array_size(submission.to_submit, slurm.max_array_size())
+        ]
+        scripts = [array_script(job, array_job_name(run.dir)) for job in jobs]
+        # The merge job waits for every element of the run still in the queue, old arrays and new.
+        wait_for = sorted({element.array_job_id for element in queue.values() if element.waiting_or_running})
+        merge_mem_mib = options.merge_mem_mib or merge_memory_mib(
+            len(data.index.user_ids), len(task.failed_rows(config.settings, "any user", "rows per user")),
+            len(task.result_columns(config.settings)))
+        merge_text = merge_script(run.dir, options.config_path.resolve(), sys.executable, workdir, log_dir,
+                                  merge_job_name(run.dir), options.sbatch_options, max_failed=str(options.max_failed),
+                                  mem_mib=merge_mem_mib)
+        merge_needed = options.merge and bool(jobs or wait_for or not merged_valid(run))
+        out(f"memory per shard: {mem_mib} MiB (sbatch --mem; jvm {heap.jvm_line()})")
         if merge_needed:
-            out("--- merge job (dry run: not submitted), after the arrays end (afterany) ---")
-            out(merge_text)
-        return submission
+            out(f"memory of the merge job: {merge_mem_mib} MiB (sbatch --mem; set it with --merge-mem)")
+        if not submission.to_submit:
+            out("nothing to submit: every shard is complete or in the queue")
 
-    document = {**run_document(config, task, data.index, options.shards, options.pilot), "jvm": config.jvm.jvm_args()}
-    durable_write("run.json", run.dir, lambda: ensure_run_document(run, document))
-    # SLURM cannot open an element's --output in a missing dir: the element would fail before it starts.
-    durable_write("the log dir", log_dir, lambda: log_dir.mkdir(parents=True, exist_ok=True))
-    for job, script in zip(jobs, scripts):
-        submission.arrays.append(submit_array(run, job, script, slurm))
-        out(f"submitted shards {index_ranges(job.shard_indices)} of {options.shards} as array job"
-            f" {submission.arrays[-1]['job_id']}")
-    if merge_needed:
-        slurm.cancel_pending(merge_job_name(run.dir))  # an earlier merge job would merge too early
-        after = [*wait_for, *(array["job_id"] for array in submission.arrays)]
-        submission.merge_job_id = slurm.submit(merge_text, dependency=f"afterany:{':'.join(after)}" if after else None)
-        durable_write("slurm.json", run.dir, lambda: record_submission(run, [], submission.merge_job_id))
-        out(f"submitted the merge + validate job {submission.merge_job_id}"
-            + (f" (after {', '.join(after)} end)" if after else ""))
-    out(f"run dir: {run.dir}")
-    out(f"follow it: monitor_progress {run.dir} --watch   (SLURM's view: squeue --name={array_job_name(run.dir)})")
-    out(f"continue it (resubmit what is missing): launch_shards --scheduler slurm --config {options.config_path}"
-        f" --shards {options.shards} --out {run.dir}" + (f" --pilot {options.pilot}" if options.pilot else ""))
-    return submission
+        if options.dry_run:
+            for job, script in zip(jobs, scripts):
+                out(f"--- array of shards {index_ranges(job.shard_indices)} (dry run: not submitted) ---")
+                out(script)
+            if merge_needed:
+                out("--- merge job (dry run: not submitted), after the arrays end (afterany) ---")
+                out(merge_text)
+            return submission
+
+        document = {**run_document(config, task, data.index, options.shards, options.pilot), "jvm": config.jvm.jvm_args()}
+        durable_write("run.json", run.dir, lambda: ensure_run_document(run, document))
+        # SLURM cannot open an element's --output in a missing dir: the element would fail before it starts.
+        durable_write("the log dir", log_dir, lambda: log_dir.mkdir(parents=True, exist_ok=True))
+        for job, script in zip(jobs, scripts):
+            submission.arrays.append(submit_array(run, job, script, slurm))
+            out(f"submitted shards {index_ranges(job.shard_indices)} of {options.shards} as array job"
+                f" {submission.arrays[-1]['job_id']}")
+        if merge_needed:
+            slurm.cancel_pending(merge_job_name(run.dir))  # an earlier merge job would merge too early
+            after = [*wait_for, *(array["job_id"] for array in submission.arrays)]
+            submission.merge_job_id = slurm.submit(merge_text, dependency=f"afterany:{':'.join(after)}" if after else None)
+            durable_write("slurm.json", run.dir, lambda: record_submission(run, [], submission.merge_job_id))
+            out(f"submitted the merge + validate job {submission.merge_job_id}"
+                + (f" (after {', '.join(after)} end)" if after else ""))
+        out(f"run dir: {run.dir}")
+        out(f"follow it: monitor_progress {run.dir} --watch   (SLURM's view: squeue --name={array_job_name(run.dir)})")
+        out(f"continue it (resubmit what is missing): launch_shards --scheduler slurm --config {options.config_path}"
+            f" --shards {options.shards} --out {run.dir}" + (f" --pilot {options.pilot}" if options.pilot else ""))
+        return submission
 

@@ -35,7 +35,6 @@ from shardrun.launch.cpu import CpuMeter, affinity
 from shardrun.config import RunConfig, resolve_threads
 from shardrun.storage.durability import Remedy, durable_write
 from shardrun.errors import (
-    EXIT_INTERRUPTED,
     EXIT_OK,
     EXIT_SHARD_LOCKED,
     EXIT_STORAGE,
@@ -157,6 +156,32 @@ def supervisor_policy(config: RunConfig, options: LaunchOptions) -> SupervisorPo
     )
 
 
+def refuse_a_dir_of_something_else(run: RunPaths) -> None:
+    """A new run's --out must be empty or new: a dir of other files is no run to continue."""
+    others = run.foreign_entries()
+    if others:
+        raise ConfigError(
+            f"--out {run.dir} is not empty ({', '.join(others[:3])}{', ...' if len(others) > 3 else ''}) and"
+            " holds no run.json, so it is no run to continue; pass an empty or new dir to --out."
+        )
+
+
+def hold_run(run: RunPaths, new_run: bool, fix: str) -> ExclusiveFile:
+    """Be the one launch_shards of `run`, running it here or submitting it to SLURM, until the guard is
+    released: a second one is refused at once, naming this one and saying `fix`. A `new_run` that
+    another launch_shards started between the caller's look at the dir and here is refused as well, so
+    two commands on one new dir never both start it."""
+    guard = ExclusiveFile(run.launcher_lock, f"launch_shards of the run {run.dir}", fix)
+    durable_write("the run dir", run.dir, lambda: run.dir.mkdir(parents=True, exist_ok=True))
+    durable_write("the launcher's lock", run.dir, guard.acquire)
+    if new_run and run.run_json.is_file():
+        guard.release()
+        raise AlreadyRunning(f"another launch_shards started the run {run.dir} a moment ago; follow it with:"
+                             f" monitor_progress {run.dir} --watch, and run this command again once it has ended"
+                             " to continue the run.")
+    return guard
+
+
 class Launcher:
     """Runs the supervisor's decisions through a process port until every shard is done."""
 
@@ -214,14 +239,7 @@ class Launcher:
             if self.options.run_dir is not None:
                 raise ConfigError(f"--run-dir {run.dir} has no run.json; it is not a run made by launch_shards."
                                   f" To start a run there, pass --out {run.dir}.")
-            others = (sorted(p.name for p in run.dir.iterdir()
-                             if p.name not in (run.launcher_json.name, run.launcher_lock.name))
-                      if run.dir.is_dir() else [])
-            if others:
-                raise ConfigError(
-                    f"--out {run.dir} is not empty ({', '.join(others[:3])}{', ...' if len(others) > 3 else ''}) and"
-                    " holds no run.json, so it is no run to continue; pass an empty or new dir to --out."
-                )
+            refuse_a_dir_of_something_else(run)
             self.created_run_dir = not run.dir.exists()
             durable_write("the run dir", run.dir, lambda: run.dir.mkdir(parents=True, exist_ok=True))
             return run
@@ -232,18 +250,11 @@ class Launcher:
         return durable_write("a new run dir", root, lambda: RunPaths.create(root, label, datetime.now()))
 
     def hold_run(self) -> None:
-        """Be the one launcher of this run until release_run (a second one is refused at once, naming this
-        one), and refuse a new run that another launcher started between prepare_run_dir and here."""
+        """Be the one launcher of this run until release_run."""
         run = self.run
-        self.guard = ExclusiveFile(run.launcher_lock, f"launch_shards of the run {run.dir}",
-                                   f"follow it with: monitor_progress {run.dir} --watch, or stop it with: stop_shards"
-                                   f" {run.dir}; run this command again once it has ended to continue the run.")
-        durable_write("the launcher's lock", run.dir, self.guard.acquire)
-        if not self.resume_all and run.run_json.is_file():
-            self.release_run()
-            raise AlreadyRunning(f"another launch_shards started the run {run.dir} a moment ago; follow it with:"
-                                 f" monitor_progress {run.dir} --watch, and run this command again once it has ended"
-                                 " to continue the run.")
+        self.guard = hold_run(run, new_run=not self.resume_all,
+                              fix=f"follow it with: monitor_progress {run.dir} --watch, or stop it with: stop_shards"
+                                  f" {run.dir}; run this command again once it has ended to continue the run.")
 
     def release_run(self) -> None:
         if self.guard is not None:

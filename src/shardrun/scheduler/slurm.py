@@ -194,10 +194,6 @@ def job_record_of(fields: Mapping[str, str]) -> JobRecord | None:
     return JobRecord(state.upper(), int(restarts), time_field("PreemptTime"), time_field("EndTime"))
 
 
-def parse_max_array_size(config_text: str) -> int:
-    """MaxArraySize from `scontrol show config` (SLURM's default when it is not listed)."""
-
-
 def config_value(config_text: str, name: str) -> str | None:
     """One setting of `scontrol show config` (None when it is not listed)."""
     for line in config_text.splitlines():

@@ -128,6 +128,12 @@ class RunPaths:
     def merged(self) -> Path:
         return self.dir / "merged"
 
+    def foreign_entries(self) -> list[str]:
+        """The names in the dir besides a launcher's own files (what makes it something else than a new run)."""
+        if not self.dir.is_dir():
+            return []
+        return sorted(p.name for p in self.dir.iterdir() if p.name not in (self.launcher_json.name, self.launcher_lock.name))
+
     @property
     def slurm_json(self) -> Path:
         """The run's SLURM submissions (array job ids, indices, merge jobs), for resubmission and the monitor."""
