@@ -5,7 +5,7 @@ Importing a command's modules (pandas, Arrow, the task, JPype) takes from a tent
 second. A stop signal in that time would kill the command by the signal's default action (exit 143,
 which a launcher reports as a crash), and Ctrl-C would raise KeyboardInterrupt from inside an import (a
 traceback). This module imports nothing but `signal` and `contextlib`, so the window left is the
-interpreter's own start-up (about 20 ms); a launcher closes that too for its shards by starting them
+interpreter's own start-up (docs/RELIABILITY.md has the figures); a launcher closes that too for its shards by starting them
 with the signals held (`signals_held`)."""
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ from shardrun.early_signals import SHARD_SIGNALS, STOP_SIGNALS, EarlySignals
 
 TYPE_CHECKING = False  # typing is not imported: every millisecond before catch() is a window
 if TYPE_CHECKING:
-    from typing import Sequence
+    from typing import Callable, Sequence
 
 COMMANDS = ("run_production", "launch_shards", "merge_shard_results", "validate_outputs", "monitor_progress",
             "stop_shards", "run_parallel")
@@ -25,28 +25,21 @@ def run(command: str, argv: Sequence[str] | None = None) -> int:
     return importlib.import_module(f"shardrun.cli.{command}").main(argv, early)
 
 
-def run_production(argv: Sequence[str] | None = None) -> int:
-    return run("run_production", argv)
+def _command(name: str) -> Callable[[Sequence[str] | None], int]:
+    def main(argv: Sequence[str] | None = None) -> int:
+        return run(name, argv)
+
+    main.__name__ = main.__qualname__ = name
+    return main
 
 
-def launch_shards(argv: Sequence[str] | None = None) -> int:
-    return run("launch_shards", argv)
-
-
-def merge_shard_results(argv: Sequence[str] | None = None) -> int:
-    return run("merge_shard_results", argv)
-
-
-def validate_outputs(argv: Sequence[str] | None = None) -> int:
-    return run("validate_outputs", argv)
-
-
-def monitor_progress(argv: Sequence[str] | None = None) -> int:
-    return run("monitor_progress", argv)
-
-
-def stop_shards(argv: Sequence[str] | None = None) -> int:
-    return run("stop_shards", argv)
+# the console scripts (pyproject.toml) and the `python -m shardrun.<name>` modules call these
+run_production = _command("run_production")
+launch_shards = _command("launch_shards")
+merge_shard_results = _command("merge_shard_results")
+validate_outputs = _command("validate_outputs")
+monitor_progress = _command("monitor_progress")
+stop_shards = _command("stop_shards")
 
 
 if __name__ == "__main__":
