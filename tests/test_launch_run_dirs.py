@@ -210,6 +210,30 @@ def test_more_shards_than_users_is_refused_with_the_count_that_fits_and_nothing_
         assert not (tmp_path / scheduler).exists()
 
 
+@pytest.mark.jvm
+def test_a_refused_out_is_the_only_thing_said_before_the_data_are_read(workspace, tmp_path):
+    """--out a file, a dir of other files, or a run of another K: refused (exit 2) with nothing on stdout
+    (no plan shown before the refusal) and before the data are read; the existing run is left as it was."""
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("mine")
+    reference_run = workspace["root"] / "reference"
+    before = {p: p.read_bytes() for p in reference_run.rglob("*") if p.is_file()}
+    for out, says in ((a_file, f"--out {a_file} is a file, not a dir"),
+                      (foreign, f"--out {foreign} is not empty (notes.txt)"),
+                      (reference_run, "pass --shards 1 to continue it")):
+        for dry_run in ([], ["--dry-run"]):
+            result = shardrun("launcher", "--config", str(workspace["config"]), "--shards", "2", "--out", str(out),
+                              *dry_run, cwd=workspace["root"], check=False)
+            assert result.returncode == 2, result.stdout + result.stderr
+            assert result.stdout == "" and says in result.stderr and "Traceback" not in result.stderr
+            assert "indexed" not in result.stderr  # refused before the data were read
+    assert {p: p.read_bytes() for p in reference_run.rglob("*") if p.is_file()} == before
+    assert [p.name for p in foreign.iterdir()] == ["notes.txt"]
+
+
 @pytest.mark.e2e
 def test_a_second_launcher_on_a_running_run_is_refused_naming_the_first(workspace, tmp_path):
     """One launcher per run: a second launch_shards on the same --out while the first runs is refused at

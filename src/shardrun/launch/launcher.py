@@ -166,6 +166,33 @@ def refuse_a_dir_of_something_else(run: RunPaths) -> None:
         )
 
 
+def given_run_dir(config: RunConfig, options: LaunchOptions,
+                  data_fingerprint: str | None = None) -> tuple[RunPaths, bool] | None:
+    """The run dir --run-dir or --out names and whether it holds a run to continue (None: neither flag),
+    or a refusal: a file, a dir of another run (K, config, --pilot; the data when `data_fingerprint` is
+    given), a non-empty dir without run.json, --run-dir or --retry-failed without a run. Writes nothing,
+    so the launcher asks it before it reads the data or prints its plan (a refusal then is the one thing
+    the command says) and again, with the data's fingerprint, just before it uses the dir."""
+    given, flag = options.run_dir, "--run-dir"
+    if given is None:
+        given, flag = options.out, "--out"
+    if given is None:
+        return None
+    refuse_a_file_for_a_dir(given, flag)
+    run = RunPaths(given)
+    if run.run_json.is_file():
+        check_same_run(run, flag, options.shards, config.hash, options.pilot, data_fingerprint)
+        return run, True
+    if options.retry_failed:
+        raise UsageError(f"--retry-failed: {flag} {run.dir} holds no run (no run.json), so it has no failed"
+                         " users to run again; pass the dir of the run whose failed users to retry.")
+    if options.run_dir is not None:
+        raise ConfigError(f"--run-dir {run.dir} has no run.json; it is not a run made by launch_shards."
+                          f" To start a run there, pass --out {run.dir}.")
+    refuse_a_dir_of_something_else(run)
+    return run, False
+
+
 def hold_run(run: RunPaths, new_run: bool, fix: str) -> ExclusiveFile:
     """Be the one launch_shards of `run`, running it here or submitting it to SLURM, until the guard is
     released: a second one is refused at once, naming this one and saying `fix`. A `new_run` that
@@ -222,24 +249,12 @@ class Launcher:
 
         Every check of an existing run (K, config, data, --pilot) is made before anything is written.
         """
-        given, flag = self.options.run_dir, "--run-dir"
-        if given is None:
-            given, flag = self.options.out, "--out"
+        given = given_run_dir(self.config, self.options, data_fingerprint)
         if given is not None:
-            refuse_a_file_for_a_dir(given, flag)
-            run = RunPaths(given)
-            if run.run_json.is_file():
-                check_same_run(run, flag, self.options.shards, self.config.hash, self.options.pilot,
-                               data_fingerprint)
+            run, holds_run = given
+            if holds_run:
                 self.resume_all = True
                 return run
-            if self.options.retry_failed:
-                raise UsageError(f"--retry-failed: {flag} {run.dir} holds no run (no run.json), so it has no failed"
-                                 " users to run again; pass the dir of the run whose failed users to retry.")
-            if self.options.run_dir is not None:
-                raise ConfigError(f"--run-dir {run.dir} has no run.json; it is not a run made by launch_shards."
-                                  f" To start a run there, pass --out {run.dir}.")
-            refuse_a_dir_of_something_else(run)
             self.created_run_dir = not run.dir.exists()
             durable_write("the run dir", run.dir, lambda: run.dir.mkdir(parents=True, exist_ok=True))
             return run
@@ -572,6 +587,7 @@ def plan_launch(config: RunConfig, options: LaunchOptions,
                 out: Callable[[str], None]) -> tuple[RunConfig, LaunchOptions, list[int], str]:
     """Everything decided before a shard starts, printed: the cores (how many shards at once, their
     threads), then the heap and the memory of that many shards at once. Refuses a launch that cannot fit."""
+    given_run_dir(config, options)  # a refusal of --out/--run-dir comes before the data are read and the plan shown
     config, options, parallel = plan_parallel(config, options)
     config, users_per_shard, fingerprint, data_bytes = admit_launch(config, options, out)
     out(f"cores: {parallel.line}")
