@@ -15,7 +15,7 @@ import pytest
 
 from shardrun.errors import ConfigError, ResumeMismatch
 from shardrun.launch.policies import describe_exit, log_excerpt
-from e2e_support import analysis_values, shardrun, wait_for
+from e2e_support import analysis_values, shardrun, wait_for, write_config
 from shardrun.storage.paths import RunPaths
 from test_supervisor import FakePort, fake_launcher
 
@@ -232,6 +232,22 @@ def test_a_refused_out_is_the_only_thing_said_before_the_data_are_read(workspace
             assert "indexed" not in result.stderr  # refused before the data were read
     assert {p: p.read_bytes() for p in reference_run.rglob("*") if p.is_file()} == before
     assert [p.name for p in foreign.iterdir()] == ["notes.txt"]
+
+    # A run whose input changed since it started: known only once the data are read, and still refused
+    # before the plan is shown.
+    data = tmp_path / "users.csv"
+    data.write_bytes(workspace["data"].read_bytes())
+    config = write_config(tmp_path / "config.yaml", data, tmp_path)
+    run = tmp_path / "run"
+    shardrun("worker", "--config", str(config), "--pilot", "1", "--shard", "0/1", "--out", str(run), cwd=tmp_path)
+    with data.open("a") as more:
+        more.write(data.read_text().splitlines()[-1] + "\n")
+    committed = {p: p.read_bytes() for p in run.rglob("*") if p.is_file() and p.name != "shard.log"}
+    changed = shardrun("launcher", "--config", str(config), "--shards", "1", "--pilot", "1", "--out", str(run),
+                       cwd=tmp_path, check=False)
+    assert changed.returncode == 2, changed.stdout + changed.stderr
+    assert changed.stdout == "" and "the input file changed since the run started" in changed.stderr
+    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file() and p.name != "shard.log"} == committed
 
 
 @pytest.mark.e2e

@@ -550,6 +550,7 @@ def admit_launch(config: RunConfig, options: LaunchOptions,
     if not config.jvm.xmx_is_auto:
         refuse_if(task.preflight(config.settings, config.jvm.xmx_bytes))  # cheap: before reading the data
     data = measure_launch_data(task, config.settings, config.jvm, options.shards, config.partition)
+    given_run_dir(config, options, data.index.fingerprint)  # a run of other data: refused before the plan is shown
     if not any(where is not None and RunPaths(where).run_json.is_file() for where in (options.run_dir, options.out)):
         refuse_shards_without_users(options.shards, len(data.index.user_ids))
     at_once = min(options.shards, options.max_parallel or options.shards)
