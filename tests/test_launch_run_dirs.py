@@ -260,7 +260,9 @@ def test_a_second_launcher_on_a_running_run_is_refused_naming_the_first(workspac
                "--out", str(run)]
     first = subprocess.Popen(command, cwd=workspace["root"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lock = RunPaths(run).launcher_lock
-    wait_for(lambda: lock.is_file() and f'"pid": {first.pid}' in lock.read_text(), process=first)
+    # run.json too: a run that exists is refused before its data are read, with nothing on stdout
+    wait_for(lambda: lock.is_file() and f'"pid": {first.pid}' in lock.read_text() and RunPaths(run).run_json.is_file(),
+             process=first)
     os.kill(first.pid, signal.SIGSTOP)
     try:
         second = subprocess.run(command, cwd=workspace["root"], capture_output=True, text=True, timeout=300)
@@ -268,6 +270,7 @@ def test_a_second_launcher_on_a_running_run_is_refused_naming_the_first(workspac
         os.kill(first.pid, signal.SIGCONT)
     assert second.returncode == 4, second.stdout + second.stderr
     assert f'"pid": {first.pid}' in second.stderr and f"monitor_progress {run} --watch" in second.stderr
+    assert second.stdout == "" and "indexed" not in second.stderr  # refused at once: no plan, no data read
     output, _ = first.communicate(timeout=600)
     assert first.returncode == 0, output
     pd.testing.assert_frame_equal(analysis_values(run / "merged"), workspace["reference"], check_exact=True)

@@ -193,6 +193,12 @@ def given_run_dir(config: RunConfig, options: LaunchOptions,
     return run, False
 
 
+def follow_the_launcher(run: RunPaths) -> str:
+    """What to do about the live launcher of `run` instead of starting a second one."""
+    return (f"follow it with: monitor_progress {run.dir} --watch, or stop it with: stop_shards {run.dir}; run this"
+            " command again once it has ended to continue the run.")
+
+
 def hold_run(run: RunPaths, new_run: bool, fix: str) -> ExclusiveFile:
     """Be the one launch_shards of `run`, running it here or submitting it to SLURM, until the guard is
     released: a second one is refused at once, naming this one and saying `fix`. A `new_run` that
@@ -265,11 +271,9 @@ class Launcher:
         return durable_write("a new run dir", root, lambda: RunPaths.create(root, label, datetime.now()))
 
     def hold_run(self) -> None:
-        """Be the one launcher of this run until release_run."""
-        run = self.run
-        self.guard = hold_run(run, new_run=not self.resume_all,
-                              fix=f"follow it with: monitor_progress {run.dir} --watch, or stop it with: stop_shards"
-                                  f" {run.dir}; run this command again once it has ended to continue the run.")
+        """Be the one launcher of this run until release_run (held already when launch took it early)."""
+        if self.guard is None:
+            self.guard = hold_run(self.run, new_run=not self.resume_all, fix=follow_the_launcher(self.run))
 
     def release_run(self) -> None:
         if self.guard is not None:
@@ -596,14 +600,26 @@ def plan_launch(config: RunConfig, options: LaunchOptions,
 
 
 def launch(config: RunConfig, options: LaunchOptions, out: Callable[[str], None] = print) -> LaunchResult:
-    config, options, users_per_shard, fingerprint = plan_launch(config, options, out)
-    launcher = Launcher(config, options, out, users_per_shard=users_per_shard)
-    launcher.run = launcher.prepare_run_dir(fingerprint)
-    launcher.hold_run()
+    # A run that exists gets its one launcher before the data are read: a second launch_shards on a
+    # running run is refused at once, with nothing else said (a new run dir appears only after every
+    # check, so a new run is held once its dir is made).
+    given = given_run_dir(config, options)
+    early_guard = None
+    if given is not None and given[1]:
+        early_guard = hold_run(given[0], new_run=False, fix=follow_the_launcher(given[0]))
+    launcher = None
     try:
+        config, options, users_per_shard, fingerprint = plan_launch(config, options, out)
+        launcher = Launcher(config, options, out, users_per_shard=users_per_shard)
+        launcher.guard, early_guard = early_guard, None
+        launcher.run = launcher.prepare_run_dir(fingerprint)
+        launcher.hold_run()
         return run_and_merge(launcher, config, options, out)
     finally:
-        launcher.release_run()
+        if launcher is not None:
+            launcher.release_run()
+        if early_guard is not None:
+            early_guard.release()
 
 
 def run_and_merge(launcher: Launcher, config: RunConfig, options: LaunchOptions, out: Callable[[str], None]) -> LaunchResult:
