@@ -154,8 +154,14 @@ def test_out_refuses_another_pilot_and_a_dir_that_is_no_run(tmp_path):
     write_run_json(launcher, out)
     (out / "shard-0-of-2").mkdir()
     (out / "shard-0-of-2" / "shard.json").write_text(json.dumps({"shard": "0/2", "pilot": None}))
-    with pytest.raises(ResumeMismatch, match="started with --full"):
+    with pytest.raises(ResumeMismatch, match="started with --full") as refused:
         launcher.prepare_run_dir("fp")
+    assert "drop --pilot to continue it" in str(refused.value)  # launch_shards has no --full to pass
+    full = out_launcher(tmp_path, out)
+    (out / "shard-0-of-2" / "shard.json").write_text(json.dumps({"shard": "0/2", "pilot": 3}))
+    with pytest.raises(ResumeMismatch, match="started with --pilot 3") as refused:
+        full.prepare_run_dir("fp")
+    assert "pass --pilot 3 to continue it" in str(refused.value)
     stranger = tmp_path / "stranger"
     stranger.mkdir()
     (stranger / "notes.txt").write_text("mine")

@@ -521,9 +521,11 @@ def check_same_run(run: RunPaths, flag: str, shards: int, config_hash: str, pilo
     for shard_dir in run.shard_dirs():
         started_with = read_shard_identity(ShardPaths(shard_dir)).get("pilot")
         if started_with != pilot:
+            # launch_shards has no --full (a run without --pilot is a full run): the fix is a flag it takes
             started = "--full" if started_with is None else f"--pilot {started_with}"
+            fix = "drop --pilot" if started_with is None else f"pass --pilot {started_with}"
             raise ResumeMismatch(
-                f"{flag} {run.dir} was started with {started} ({shard_dir.name}/shard.json); pass {started} to"
+                f"{flag} {run.dir} was started with {started} ({shard_dir.name}/shard.json); {fix} to"
                 f" continue it ({other})."
             )
 
