@@ -17,6 +17,7 @@ from shardrun.errors import ConfigError, ResumeMismatch
 from shardrun.launch.policies import describe_exit, log_excerpt
 from e2e_support import analysis_values, shardrun, wait_for, write_config
 from shardrun.storage.paths import RunPaths
+from test_result_set import needs_root_mounts, read_only
 from test_supervisor import FakePort, fake_launcher
 
 SIGKILL = -9
@@ -254,6 +255,24 @@ def test_a_refused_out_is_the_only_thing_said_before_the_data_are_read(workspace
     assert changed.returncode == 2, changed.stdout + changed.stderr
     assert changed.stdout == "" and "the input file changed since the run started" in changed.stderr
     assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file() and p.name != "shard.log"} == committed
+
+
+@pytest.mark.jvm
+def test_an_out_on_a_read_only_filesystem_is_exit_6_before_the_data_are_read(workspace, tmp_path):
+    """--out in a read-only place (a new run, or output.root without --out): the storage error (exit 6)
+    with its fix, and nothing on stdout: no plan shown for a run that cannot be written."""
+    needs_root_mounts()
+    place = tmp_path / "ro"
+    place.mkdir()
+    config = write_config(tmp_path / "config.yaml", workspace["data"], place)  # output.root: ro/out
+    for out in (["--out", str(place / "run")], []):
+        result = subprocess.run([*read_only(place), sys.executable, "-m", "shardrun.launcher", "--config", str(config),
+                                 "--shards", "2", *out], cwd=workspace["root"], capture_output=True, text=True,
+                                timeout=300)
+        assert result.returncode == 6, result.stdout + result.stderr
+        assert result.stdout == "" and "Traceback" not in result.stderr and "indexed" not in result.stderr
+        assert "Read-only file system" in result.stderr and "then run the same command again" in result.stderr
+    assert list(place.iterdir()) == []
 
 
 @pytest.mark.e2e

@@ -13,6 +13,7 @@ set by the worker; for a suspended shard, the orphaned process group's SIGHUP + 
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import signal
@@ -33,7 +34,7 @@ from shardrun.launch.admission import (
 )
 from shardrun.launch.cpu import CpuMeter, affinity
 from shardrun.config import RunConfig, resolve_threads
-from shardrun.storage.durability import Remedy, durable_write
+from shardrun.storage.durability import Remedy, durable_write, storage_error
 from shardrun.errors import (
     EXIT_OK,
     EXIT_SHARD_LOCKED,
@@ -177,6 +178,7 @@ def given_run_dir(config: RunConfig, options: LaunchOptions,
     if given is None:
         given, flag = options.out, "--out"
     if given is None:
+        refuse_an_unwritable_place(config.output.root)  # where a new run dir is made
         return None
     refuse_a_file_for_a_dir(given, flag)
     run = RunPaths(given)
@@ -190,7 +192,21 @@ def given_run_dir(config: RunConfig, options: LaunchOptions,
         raise ConfigError(f"--run-dir {run.dir} has no run.json; it is not a run made by launch_shards."
                           f" To start a run there, pass --out {run.dir}.")
     refuse_a_dir_of_something_else(run)
+    refuse_an_unwritable_place(run.dir)
     return run, False
+
+
+def refuse_an_unwritable_place(run_dir: Path) -> None:
+    """A new run's dir (or the dir it would be made in) that this user cannot write (a read-only
+    filesystem, no permission): the storage error (exit 6) before the data are read and the plan shown,
+    not after. access(2) answers for root too on a read-only filesystem (EROFS)."""
+    place = run_dir
+    while not place.exists() and place != place.parent:
+        place = place.parent
+    if place.is_dir() and not os.access(place, os.W_OK | os.X_OK):
+        read_only = hasattr(os, "statvfs") and bool(os.statvfs(place).f_flag & os.ST_RDONLY)
+        code = errno.EROFS if read_only else errno.EACCES
+        raise storage_error("the run dir", run_dir, OSError(code, os.strerror(code), str(place)))
 
 
 def follow_the_launcher(run: RunPaths) -> str:
