@@ -135,6 +135,17 @@ def test_a_latin1_data_file_is_named_with_its_fix(tmp_path):
     assert "is not UTF-8 text" in result.stderr and "0xe9" in result.stderr and "iconv -f latin1" in result.stderr
 
 
+@pytest.mark.parametrize("content", [b"", b"\n", b"\r\n  \n"], ids=["0-bytes", "a-newline", "blank-lines"])
+def test_an_empty_data_file_is_said_to_be_empty(tmp_path, content):
+    config = bad_data_config(tmp_path, [HEADER] + hourly_lines("u1", [1, 2]))
+    (tmp_path / "users.csv").write_bytes(content)
+    result = run_worker(config, tmp_path, dry_run=False)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert f"data file {tmp_path / 'users.csv'} is empty ({len(content)} bytes, no text)" in result.stderr
+    assert "Point data.path at the file with your data" in result.stderr and "EmptyDataError" not in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
 def test_a_dir_where_a_file_belongs_and_a_file_where_a_dir_belongs_are_named_as_such(tmp_path):
     config = bad_data_config(tmp_path, [HEADER] + hourly_lines("u1", [1, 2]))
     config.write_text(config.read_text().replace(str(tmp_path / "users.csv"), str(tmp_path)))

@@ -105,8 +105,14 @@ def test_file_errors(tmp_path):
         load_config(tmp_path / "missing.yaml")
     broken = tmp_path / "broken.yaml"
     broken.write_text("jvm:\n  xmx: [1g\n")
-    with pytest.raises(ConfigError, match="not valid YAML at line"):
+    with pytest.raises(ConfigError, match="not valid YAML at line") as said:
         load_config(broken)
+    assert "Fix the file there" in str(said.value)  # the fix, not only the parser's complaint
+    tabbed = tmp_path / "tabbed.yaml"
+    tabbed.write_text("jvm:\n\txmx: 1g\n")
+    with pytest.raises(ConfigError, match="not valid YAML at line 2") as said:
+        load_config(tabbed)
+    assert "never tabs" in str(said.value)
     empty = tmp_path / "empty.yaml"
     empty.write_text("")
     with pytest.raises(ConfigError, match="is empty"):

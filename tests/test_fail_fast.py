@@ -9,6 +9,7 @@ import pytest
 
 from e2e_support import faulty_task_config, read_status, shardrun
 from faulty_task import MISSING_CLASS
+from shardrun.cli.run_production import parser as run_production_parser
 from shardrun.shard.fail_fast import DEFAULT_FAIL_FAST, FailFastStop, fail_fast_message, fail_fast_stop
 from shardrun.states import UserStatus
 
@@ -67,7 +68,9 @@ def test_a_shard_whose_every_user_fails_stops_after_the_first_n(workspace, tmp_p
     assert (status["users_done"], status["users_failed"], status["users_todo"]) == (3, 3, 11)
     said = f"shard 0/1 stopped (fail fast): its first 3 users all failed with TypeError (e.g. {MISSING})"
     assert status["last_error"].startswith(said), status["last_error"]
-    assert f"run_production --resume {shard_dir} --retry-failed" in status["last_error"]
+    hint = f"run_production --config {path} --full --resume {shard_dir} --retry-failed"
+    assert hint in status["last_error"]  # a command run_production takes: --full and the run's config
+    run_production_parser().parse_args(hint.split()[1:])  # argparse would exit 2 on a command it refuses
     assert said in (shard_dir / "shard.log").read_text()
     errors = [json.loads(line) for line in (shard_dir / "errors.jsonl").read_text().splitlines()]
     assert [e["user_id"] for e in errors] == ["user-00", "user-01", "user-02"]

@@ -15,8 +15,9 @@ import pytest
 
 from shardrun.errors import ConfigError, ResumeMismatch
 from shardrun.launch.policies import describe_exit, log_excerpt
-from e2e_support import analysis_values, shardrun, wait_for
+from e2e_support import analysis_values, shardrun, wait_for, write_config
 from shardrun.storage.paths import RunPaths
+from test_result_set import needs_root_mounts, read_only
 from test_supervisor import FakePort, fake_launcher
 
 SIGKILL = -9
@@ -154,8 +155,14 @@ def test_out_refuses_another_pilot_and_a_dir_that_is_no_run(tmp_path):
     write_run_json(launcher, out)
     (out / "shard-0-of-2").mkdir()
     (out / "shard-0-of-2" / "shard.json").write_text(json.dumps({"shard": "0/2", "pilot": None}))
-    with pytest.raises(ResumeMismatch, match="started with --full"):
+    with pytest.raises(ResumeMismatch, match="started with --full") as refused:
         launcher.prepare_run_dir("fp")
+    assert "drop --pilot to continue it" in str(refused.value)  # launch_shards has no --full to pass
+    full = out_launcher(tmp_path, out)
+    (out / "shard-0-of-2" / "shard.json").write_text(json.dumps({"shard": "0/2", "pilot": 3}))
+    with pytest.raises(ResumeMismatch, match="started with --pilot 3") as refused:
+        full.prepare_run_dir("fp")
+    assert "pass --pilot 3 to continue it" in str(refused.value)
     stranger = tmp_path / "stranger"
     stranger.mkdir()
     (stranger / "notes.txt").write_text("mine")
@@ -210,6 +217,64 @@ def test_more_shards_than_users_is_refused_with_the_count_that_fits_and_nothing_
         assert not (tmp_path / scheduler).exists()
 
 
+@pytest.mark.jvm
+def test_a_refused_out_is_the_only_thing_said_before_the_data_are_read(workspace, tmp_path):
+    """--out a file, a dir of other files, or a run of another K: refused (exit 2) with nothing on stdout
+    (no plan shown before the refusal) and before the data are read; the existing run is left as it was."""
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("mine")
+    reference_run = workspace["root"] / "reference"
+    before = {p: p.read_bytes() for p in reference_run.rglob("*") if p.is_file()}
+    for out, says in ((a_file, f"--out {a_file} is a file, not a dir"),
+                      (foreign, f"--out {foreign} is not empty (notes.txt)"),
+                      (reference_run, "pass --shards 1 to continue it")):
+        for dry_run in ([], ["--dry-run"]):
+            result = shardrun("launcher", "--config", str(workspace["config"]), "--shards", "2", "--out", str(out),
+                              *dry_run, cwd=workspace["root"], check=False)
+            assert result.returncode == 2, result.stdout + result.stderr
+            assert result.stdout == "" and says in result.stderr and "Traceback" not in result.stderr
+            assert "indexed" not in result.stderr  # refused before the data were read
+    assert {p: p.read_bytes() for p in reference_run.rglob("*") if p.is_file()} == before
+    assert [p.name for p in foreign.iterdir()] == ["notes.txt"]
+
+    # A run whose input changed since it started: known only once the data are read, and still refused
+    # before the plan is shown.
+    data = tmp_path / "users.csv"
+    data.write_bytes(workspace["data"].read_bytes())
+    config = write_config(tmp_path / "config.yaml", data, tmp_path)
+    run = tmp_path / "run"
+    shardrun("worker", "--config", str(config), "--pilot", "1", "--shard", "0/1", "--out", str(run), cwd=tmp_path)
+    with data.open("a") as more:
+        more.write(data.read_text().splitlines()[-1] + "\n")
+    committed = {p: p.read_bytes() for p in run.rglob("*") if p.is_file() and p.name != "shard.log"}
+    changed = shardrun("launcher", "--config", str(config), "--shards", "1", "--pilot", "1", "--out", str(run),
+                       cwd=tmp_path, check=False)
+    assert changed.returncode == 2, changed.stdout + changed.stderr
+    assert changed.stdout == "" and "the input file changed since the run started" in changed.stderr
+    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file() and p.name != "shard.log"} == committed
+
+
+@pytest.mark.jvm
+def test_an_out_on_a_read_only_filesystem_is_exit_6_before_the_data_are_read(workspace, tmp_path):
+    """--out in a read-only place (a new run, or output.root without --out): the storage error (exit 6)
+    with its fix, and nothing on stdout: no plan shown for a run that cannot be written."""
+    needs_root_mounts()
+    place = tmp_path / "ro"
+    place.mkdir()
+    config = write_config(tmp_path / "config.yaml", workspace["data"], place)  # output.root: ro/out
+    for out in (["--out", str(place / "run")], []):
+        result = subprocess.run([*read_only(place), sys.executable, "-m", "shardrun.launcher", "--config", str(config),
+                                 "--shards", "2", *out], cwd=workspace["root"], capture_output=True, text=True,
+                                timeout=300)
+        assert result.returncode == 6, result.stdout + result.stderr
+        assert result.stdout == "" and "Traceback" not in result.stderr and "indexed" not in result.stderr
+        assert "Read-only file system" in result.stderr and "then run the same command again" in result.stderr
+    assert list(place.iterdir()) == []
+
+
 @pytest.mark.e2e
 def test_a_second_launcher_on_a_running_run_is_refused_naming_the_first(workspace, tmp_path):
     """One launcher per run: a second launch_shards on the same --out while the first runs is refused at
@@ -220,7 +285,9 @@ def test_a_second_launcher_on_a_running_run_is_refused_naming_the_first(workspac
                "--out", str(run)]
     first = subprocess.Popen(command, cwd=workspace["root"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lock = RunPaths(run).launcher_lock
-    wait_for(lambda: lock.is_file() and f'"pid": {first.pid}' in lock.read_text(), process=first)
+    # run.json too: a run that exists is refused before its data are read, with nothing on stdout
+    wait_for(lambda: lock.is_file() and f'"pid": {first.pid}' in lock.read_text() and RunPaths(run).run_json.is_file(),
+             process=first)
     os.kill(first.pid, signal.SIGSTOP)
     try:
         second = subprocess.run(command, cwd=workspace["root"], capture_output=True, text=True, timeout=300)
@@ -228,6 +295,7 @@ def test_a_second_launcher_on_a_running_run_is_refused_naming_the_first(workspac
         os.kill(first.pid, signal.SIGCONT)
     assert second.returncode == 4, second.stdout + second.stderr
     assert f'"pid": {first.pid}' in second.stderr and f"monitor_progress {run} --watch" in second.stderr
+    assert second.stdout == "" and "indexed" not in second.stderr  # refused at once: no plan, no data read
     output, _ = first.communicate(timeout=600)
     assert first.returncode == 0, output
     pd.testing.assert_frame_equal(analysis_values(run / "merged"), workspace["reference"], check_exact=True)

@@ -147,6 +147,14 @@ def test_a_dir_without_a_run_is_an_error(tmp_path):
     assert monitor(cwd=tmp_path).returncode == 2  # no analysis/out here
 
 
+def test_a_missing_path_and_a_file_are_said_to_be_what_they_are(tmp_path):
+    (tmp_path / "a_file").write_text("x")
+    for name, words in (("nowhere", "does not exist"), ("a_file", "is a file, not a dir")):
+        result = monitor(str(tmp_path / name), cwd=tmp_path)
+        assert result.returncode == 2 and result.stdout == ""
+        assert f"error: {tmp_path / name} {words}; pass a run dir" in result.stderr and "holds no run" not in result.stderr
+
+
 def test_config_gives_the_output_root(tmp_path):
     import yaml
 

@@ -424,6 +424,27 @@ def test_validate_cli_on_a_missing_dir_a_file_and_a_read_only_dir(tmp_path, cli_
     assert not MergedPaths(out).validation.exists()
 
 
+def test_validate_cli_refuses_a_dir_that_holds_no_result_set_and_writes_nothing_there(tmp_path, cli_env):
+    run = make_run(tmp_path / "run", count=1)
+    before = sorted(p.relative_to(run) for p in run.rglob("*"))
+    unmerged = command(cli_env, "-m", "shardrun.validate", "--dir", str(run))
+    assert unmerged.returncode == 2 and unmerged.stdout == ""
+    assert f"error: {run} is a run dir, not a result set" in unmerged.stderr
+    assert f"merge_shard_results --run {run} --output {run / 'merged'}" in unmerged.stderr
+    merge_shards(shard_dirs_of_run(run), run / "merged")
+    merged_files = sorted(p.relative_to(run) for p in run.rglob("*"))
+    merged = command(cli_env, "-m", "shardrun.validate", "--dir", str(run))
+    assert merged.returncode == 2 and f"pass --dir {run / 'merged'}" in merged.stderr
+    assert sorted(p.relative_to(run) for p in run.rglob("*")) == merged_files  # no validation.json in the run dir
+    assert set(merged_files) - set(before) == {p.relative_to(run) for p in (run / "merged").rglob("*")} | {
+        Path("merged")}
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    nothing = command(cli_env, "-m", "shardrun.validate", "--dir", str(empty))
+    assert nothing.returncode == 2 and f"error: {empty} holds no result set" in nothing.stderr
+    assert list(empty.iterdir()) == []
+
+
 def test_validate_cli_says_when_it_replaces_a_validation_of_another_config(tmp_path, cli_env):
     run = make_run(tmp_path / "run", count=1)
     out = tmp_path / "merged"

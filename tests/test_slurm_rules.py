@@ -8,8 +8,10 @@ the same scripts to a real slurmctld, a --retry-failed resubmission included.
 
 from __future__ import annotations
 
+import os
 import shlex
 import subprocess
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -267,3 +269,26 @@ def test_a_new_runs_merge_job_asks_for_the_default_memory_or_merge_mem(workspace
     said.clear()
     submit_run(config, replace(options, merge_mem_mib=9000), SlurmCommands(run=scontrol_only), said.append)
     assert "#SBATCH --mem=9000M" in "\n".join(said)
+
+
+def test_a_slurm_that_does_not_answer_is_named_with_the_fix(tmp_path):
+    """A machine with SLURM's commands but no reachable controller: launch_shards --scheduler slurm ends with
+    exit 2, SLURM's own words and what to do (sinfo, a login node, or --scheduler local), no traceback. The
+    stand-in scontrol (a real executable on PATH) answers as an unconfigured one does."""
+    fake_bin = tmp_path / "bin"
+    fake_bin.mkdir()
+    scontrol = fake_bin / "scontrol"
+    scontrol.write_text("#!/bin/sh\necho 'scontrol: fatal: Could not establish a configuration source' >&2\nexit 1\n")
+    scontrol.chmod(0o755)
+    config = tmp_path / "config.yaml"
+    config.write_text((Path(__file__).resolve().parents[1] / "config" / "small.yaml").read_text().replace(
+        "data/sample_users.csv", str(Path(__file__).resolve().parents[1] / "data" / "sample_users.csv")))
+    env = dict(os.environ, PATH=f"{fake_bin}{os.pathsep}{os.environ['PATH']}")
+    result = subprocess.run([sys.executable, "-m", "shardrun.launcher", "--scheduler", "slurm", "--config", str(config),
+                             "--shards", "2", "--out", str(tmp_path / "run"), "--dry-run"],
+                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr
+    assert "Could not establish a configuration source. That is SLURM's own answer" in result.stderr
+    assert "sinfo" in result.stderr and "--scheduler local" in result.stderr
+    assert not (tmp_path / "run").exists()

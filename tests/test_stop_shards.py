@@ -139,3 +139,13 @@ def test_a_second_request_signals_again_only_with_now(tmp_path):
     finally:
         shard.kill()
         shard.wait()
+
+
+def test_a_missing_path_a_file_and_a_dir_of_no_run_are_refused_saying_which(tmp_path):
+    (tmp_path / "a_file").write_text("x")
+    (tmp_path / "empty").mkdir()
+    for name, words in (("nowhere", "does not exist"), ("a_file", "is a file, not a dir"),
+                        ("empty", "is not a run dir (no run.json, launcher.json or shard status)")):
+        result = shardrun("stop", str(tmp_path / name), cwd=tmp_path, check=False)
+        assert result.returncode == 2 and result.stdout == "" and "Traceback" not in result.stderr
+        assert f"error: {tmp_path / name} {words}; pass the dir of a run" in result.stderr

@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from e2e_support import analysis_values, faulty_task_config, read_status
+from e2e_support import analysis_values, faulty_task_config, read_status, wait_for, write_config
 from shardrun.cli.run_parallel import config_and_shards
 from shardrun.errors import UsageError
 
@@ -157,3 +157,37 @@ def test_shards_started_by_hand_without_out_become_one_set_as_each_says(workspac
     merged = tool("merge_shard_results", "--shards", *shard_dirs, "--output", str(tmp_path / "merged"), cwd=tmp_path)
     assert merged.returncode == 0, merged.stderr
     pd.testing.assert_frame_equal(analysis_values(tmp_path / "merged"), workspace["reference"], check_exact=True)
+
+
+@pytest.mark.e2e
+def test_a_shard_started_by_the_shim_hints_commands_that_run_without_the_venv_on_path(workspace, tmp_path):
+    """The original workflow: `python tools/run_production.py` from a shell whose PATH lacks .venv/bin. The
+    shard interrupted after its first user names the command that continues it, and the merge that joins
+    the hand-started shards, each spelled so that this shell runs it (the shim), never a bare console
+    script it cannot find; the continue command completes the shard."""
+    env = {k: v for k, v in os.environ.items() if k != "SHARDRUN_SHIM_REEXEC"}
+    env["PATH"] = os.pathsep.join(p for p in env.get("PATH", "").split(os.pathsep)
+                                  if not (Path(p) / "run_production").exists())
+    config = write_config(tmp_path / "config.yaml", workspace["data"], tmp_path)  # its run dirs under tmp_path/out
+    shard = subprocess.Popen([sys.executable, str(REPO / "tools" / "run_production.py"), "--config", str(config),
+                              "--full", "--shard", "0/2", "--cooldown", "30"],
+                             cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    out_root = tmp_path / "out"
+
+    def first_user_done():
+        return any(read_status(d).get("users_done", 0) >= 1 and read_status(d).get("pid") == shard.pid
+                   for d in out_root.glob("*/shard-0-of-2"))
+
+    wait_for(first_user_done, timeout=300, process=shard)
+    shard.send_signal(signal.SIGTERM)
+    stdout, stderr = shard.communicate(timeout=300)
+    assert shard.returncode == 3, stdout + stderr
+    continue_line = next(line for line in stdout.splitlines() if line.startswith("continue it with: "))
+    command = continue_line.removeprefix("continue it with: ")
+    assert command.split()[1] == str(REPO / "tools" / "run_production.py")
+    merge = stdout.split("merge them into one set with: ")[1].split(" --shards ")[0]
+    assert merge.split()[1] == str(REPO / "tools" / "merge_shard_results.py")
+    assert subprocess.run([*merge.split(), "--version"], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=120).returncode == 0
+    resumed = subprocess.run(command.split(), cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr

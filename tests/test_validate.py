@@ -255,8 +255,9 @@ def test_failed_users_fail_a_merged_set_with_their_class_and_where_to_look(merge
     (problem,) = validation.problems
     assert problem.startswith("2 users of 8 failed (--max-failed 0): 2 HeapTooSmall (raise jvm.xmx in the config,"
                               " or --xmx); see each shard dir's errors.jsonl")
-    assert problem.endswith("run_production --resume SHARD_DIR --retry-failed for each shard dir the set was merged"
-                            " from, then merge again")  # a set merged elsewhere than RUN/merged
+    # a set merged elsewhere than RUN/merged; a command run_production takes (--full, the run's config)
+    assert "run_production --config CONFIG --full --resume SHARD_DIR --retry-failed" in problem
+    assert problem.endswith("for each shard dir the set was merged from, then merge again")
     assert validation.lines() == ["users: 8 in the result set: 6 ok, 0 skipped, 2 failed",
                                   "  failed by error class: 2 HeapTooSmall (raise jvm.xmx in the config, or --xmx)"]
     assert validation_of(out, config, max_failed=FailedTolerance(2)).problems == []

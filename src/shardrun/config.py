@@ -215,7 +215,10 @@ def load_config(path: str | Path) -> RunConfig:
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise ConfigError(f"config file {path} is not valid YAML{where}: {getattr(exc, 'problem', exc)}.") from None
+        raise ConfigError(f"config file {path} is not valid YAML{where}: {getattr(exc, 'problem', exc)}. Fix the file"
+                          " there (a mapping is 'key: value' lines indented with spaces, never tabs; a list is [a, b]"
+                          " or '- a' lines; quote a value that holds ': ' or ' #'), or start again from"
+                          " config/proposal.yaml.") from None
     if raw is None:
         raise ConfigError(f"config file {path} is empty; start from config/proposal.yaml.")
     return parse_config(raw, source=path)

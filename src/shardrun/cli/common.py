@@ -6,8 +6,10 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shutil
 import signal
 import sys
+from pathlib import Path
 from typing import Callable, Sequence
 
 from shardrun.errors import EXIT_CLOSED_PIPE, EXIT_CRASH, EXIT_INTERRUPTED, ShardrunError, StopSignalReceived
@@ -45,6 +47,24 @@ class HelpWithDefaults(argparse.RawDescriptionHelpFormatter):
         if isinstance(default, (list, tuple)):
             default = " ".join(str(d) for d in default)
         return f"{text} (default: {default})"
+
+
+def command_spelling(name: str) -> str:
+    """How to write the shardrun command `name` in a hint so that it runs, for the way this process was
+    started: `python3 tools/<name>.py` when a tools/ shim started it (the original workflow), the bare
+    name when it is on PATH beside this Python, else the console script's full path (a .venv not
+    activated), else `python -m shardrun.entry <name>` with this Python."""
+    started = Path(sys.argv[0]) if sys.argv and sys.argv[0] else None
+    if started is not None and started.suffix == ".py" and started.parent.name == "tools" \
+            and (started.parent / f"{name}.py").is_file():
+        return f"{'python3' if shutil.which('python3') else sys.executable} {started.parent / f'{name}.py'}"
+    beside = Path(sys.executable).parent / name
+    found = shutil.which(name)
+    if found is not None and Path(found).parent == beside.parent:
+        return name
+    if beside.is_file():
+        return str(beside)
+    return f"{sys.executable} -m shardrun.entry {name}"
 
 
 def command_parser(prog: str, description: str) -> argparse.ArgumentParser:

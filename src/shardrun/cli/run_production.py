@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Sequence
 
 from shardrun.cli.common import (
-    add_verbose, command_parser, guarded, heap_size, nice_level, non_negative_int, non_negative_seconds, pilot_size,
-    positive_seconds, thread_count,
+    add_verbose, command_parser, command_spelling, guarded, heap_size, nice_level, non_negative_int,
+    non_negative_seconds, pilot_size, positive_seconds, thread_count,
 )
 from shardrun.config import RunConfig, load_config
 from shardrun.early_signals import EarlySignals
@@ -135,6 +135,10 @@ def _run_production(args: argparse.Namespace, early: EarlySignals | None = None)
     finally:
         stop.ignore_from_now()
     print(f"shard {outcome.plan.shard} done (exit {outcome.exit_code}): {outcome.dirs.shard.dir}")
+    if outcome.exit_code == EXIT_INTERRUPTED:
+        mode = "--full" if args.pilot is None else f"--pilot {args.pilot}"
+        print(f"continue it with: {command_spelling('run_production')} --config {args.config} {mode} --resume"
+              f" {outcome.dirs.shard.dir}")
     if args.out is None and args.resume is None and outcome.plan.shard.count > 1:
         mode = "--full" if args.pilot is None else f"--pilot {args.pilot}"
         print(alone_in_its_run_dir(outcome.dirs.run.dir, outcome.plan.shard, f"--config {args.config} {mode}"))
@@ -146,9 +150,9 @@ def alone_in_its_run_dir(run_dir: Path, shard: ShardSpec, flags: str) -> str:
     started by hand): how its K shards become one result set."""
     pattern = f"{run_dir.parent}/*/shard-*-of-{shard.count}"
     return (f"this run dir holds shard {shard} alone; once all {shard.count} shards are done, merge them into one set"
-            f" with: merge_shard_results --shards {pattern} --output DIR (the shell expands the pattern: make sure it"
-            f" names one run's {shard.count} shards), or next time give every shard one run dir:"
-            f" run_production {flags} --shard i/{shard.count} --out RUN")
+            f" with: {command_spelling('merge_shard_results')} --shards {pattern} --output DIR (the shell expands the"
+            f" pattern: make sure it names one run's {shard.count} shards), or next time give every shard one run dir:"
+            f" {command_spelling('run_production')} {flags} --shard i/{shard.count} --out RUN")
 
 
 def shard_of(args: argparse.Namespace) -> ShardSpec | None:

@@ -10,7 +10,7 @@ from shardrun.cli.common import add_verbose, command_parser, guarded
 from shardrun.early_signals import EarlySignals
 from shardrun.errors import EXIT_OK, UsageError
 from shardrun.observe.stop import stop_run
-from shardrun.storage.paths import RunPaths
+from shardrun.storage.paths import RunPaths, not_a_dir
 
 
 def parser() -> argparse.ArgumentParser:
@@ -32,7 +32,8 @@ def _stop(args: argparse.Namespace) -> int:
     run = RunPaths(args.run)
     if not run.dir.is_dir() or not (run.run_json.is_file() or run.launcher_json.is_file()
                                     or any(run.dir.glob("shard-*-of-*/status.json"))):
-        raise UsageError(f"{args.run} is not a run dir (no run.json, launcher.json or shard status); pass a run dir.")
+        why = not_a_dir(run.dir) or "is not a run dir (no run.json, launcher.json or shard status)"
+        raise UsageError(f"{args.run} {why}; pass the dir of a run (the one launch_shards or run_production printed).")
     report = stop_run(run.dir, now=args.now)
     verb = "stop now" if args.now else "drain"
     for target in report.signalled:

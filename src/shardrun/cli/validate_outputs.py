@@ -12,6 +12,7 @@ from shardrun.early_signals import EarlySignals
 from shardrun.errors import EXIT_OK, EXIT_VALIDATION_FAILED, UsageError
 from shardrun.results.validate import checked_config_hash, validation_of, write_validation
 from shardrun.storage.durability import Remedy, durable_write
+from shardrun.storage.paths import MergedPaths, RunPaths
 
 # The verdict is printed before validation.json is written, so a failed write loses only the record of it.
 VALIDATE_AGAIN = Remedy("run the same validate_outputs command again (the verdict above was not recorded)",
@@ -38,6 +39,23 @@ def _check_dir(result_dir: Path) -> None:
             f"{result_dir} is a file, not a result dir; pass the dir that holds results.parquet and"
             " merge_report.json (the --output dir of merge_shard_results) to --dir."
         )
+    paths = MergedPaths(result_dir)
+    if paths.parquet.is_file() or paths.csv.is_file():
+        return
+    # No result set here: a verdict would be written into a dir that is no result set (a run dir's
+    # validation.json), and "pass --config" would not help. Say what the dir is and where the set is.
+    run = RunPaths(result_dir)
+    if run.run_json.is_file() or run.shard_dirs():
+        merged = run.merged
+        where = (f"its result set is {merged}: pass --dir {merged}" if MergedPaths(merged).csv.is_file()
+                 or MergedPaths(merged).parquet.is_file() else
+                 f"it has no result set yet: merge it first with merge_shard_results --run {result_dir}"
+                 f" --output {merged}, then pass --dir {merged}")
+        raise UsageError(f"{result_dir} is a run dir, not a result set (no results.parquet or results.csv); {where}.")
+    raise UsageError(
+        f"{result_dir} holds no result set (no results.parquet or results.csv); pass the --output dir of"
+        " merge_shard_results (or RUN/merged of a launch_shards run) to --dir."
+    )
 
 
 def _validate(args: argparse.Namespace) -> int:

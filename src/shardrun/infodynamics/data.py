@@ -373,8 +373,21 @@ def _unreadable(path: Path, exc: BaseException) -> DataError:
             " UTF-8 (the file was likely saved as Latin-1 or Windows-1252). Save it as UTF-8, for example with:"
             f" iconv -f latin1 -t utf-8 '{path}' > '{path.with_suffix('.utf8.csv')}', then point data.path at the new"
             " file.")
+    if isinstance(exc, pd.errors.EmptyDataError) and _blank(path):
+        return DataError(f"data file {path} is empty ({path.stat().st_size} bytes, no text): it has no header line and no"
+                         " rows. Point data.path at the file with your data (a header line naming its columns, then"
+                         " one line per row).")
     return DataError(f"data file {path} cannot be read ({type(exc).__name__}: {exc}); check that it is a valid"
                      " CSV or Parquet file.")
+
+
+def _blank(path: Path, at_most: int = 4096) -> bool:
+    """Whether the file holds nothing but whitespace (an empty file, a lone newline): pandas' "No columns to
+    parse" then means the file is empty, which is what to say."""
+    try:
+        return path.stat().st_size <= at_most and path.read_bytes().strip() == b""
+    except OSError:
+        return False
 
 
 def _kind(path: Path) -> str:

@@ -13,6 +13,7 @@ set by the worker; for a suspended shard, the orphaned process group's SIGHUP + 
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import signal
@@ -33,7 +34,7 @@ from shardrun.launch.admission import (
 )
 from shardrun.launch.cpu import CpuMeter, affinity
 from shardrun.config import RunConfig, resolve_threads
-from shardrun.storage.durability import Remedy, durable_write
+from shardrun.storage.durability import Remedy, durable_write, storage_error
 from shardrun.errors import (
     EXIT_OK,
     EXIT_SHARD_LOCKED,
@@ -166,6 +167,54 @@ def refuse_a_dir_of_something_else(run: RunPaths) -> None:
         )
 
 
+def given_run_dir(config: RunConfig, options: LaunchOptions,
+                  data_fingerprint: str | None = None) -> tuple[RunPaths, bool] | None:
+    """The run dir --run-dir or --out names and whether it holds a run to continue (None: neither flag),
+    or a refusal: a file, a dir of another run (K, config, --pilot; the data when `data_fingerprint` is
+    given), a non-empty dir without run.json, --run-dir or --retry-failed without a run. Writes nothing,
+    so the launcher asks it before it reads the data or prints its plan (a refusal then is the one thing
+    the command says) and again, with the data's fingerprint, just before it uses the dir."""
+    given, flag = options.run_dir, "--run-dir"
+    if given is None:
+        given, flag = options.out, "--out"
+    if given is None:
+        refuse_an_unwritable_place(config.output.root)  # where a new run dir is made
+        return None
+    refuse_a_file_for_a_dir(given, flag)
+    run = RunPaths(given)
+    if run.run_json.is_file():
+        check_same_run(run, flag, options.shards, config.hash, options.pilot, data_fingerprint)
+        return run, True
+    if options.retry_failed:
+        raise UsageError(f"--retry-failed: {flag} {run.dir} holds no run (no run.json), so it has no failed"
+                         " users to run again; pass the dir of the run whose failed users to retry.")
+    if options.run_dir is not None:
+        raise ConfigError(f"--run-dir {run.dir} has no run.json; it is not a run made by launch_shards."
+                          f" To start a run there, pass --out {run.dir}.")
+    refuse_a_dir_of_something_else(run)
+    refuse_an_unwritable_place(run.dir)
+    return run, False
+
+
+def refuse_an_unwritable_place(run_dir: Path) -> None:
+    """A new run's dir (or the dir it would be made in) that this user cannot write (a read-only
+    filesystem, no permission): the storage error (exit 6) before the data are read and the plan shown,
+    not after. access(2) answers for root too on a read-only filesystem (EROFS)."""
+    place = run_dir
+    while not place.exists() and place != place.parent:
+        place = place.parent
+    if place.is_dir() and not os.access(place, os.W_OK | os.X_OK):
+        read_only = hasattr(os, "statvfs") and bool(os.statvfs(place).f_flag & os.ST_RDONLY)
+        code = errno.EROFS if read_only else errno.EACCES
+        raise storage_error("the run dir", run_dir, OSError(code, os.strerror(code), str(place)))
+
+
+def follow_the_launcher(run: RunPaths) -> str:
+    """What to do about the live launcher of `run` instead of starting a second one."""
+    return (f"follow it with: monitor_progress {run.dir} --watch, or stop it with: stop_shards {run.dir}; run this"
+            " command again once it has ended to continue the run.")
+
+
 def hold_run(run: RunPaths, new_run: bool, fix: str) -> ExclusiveFile:
     """Be the one launch_shards of `run`, running it here or submitting it to SLURM, until the guard is
     released: a second one is refused at once, naming this one and saying `fix`. A `new_run` that
@@ -222,24 +271,12 @@ class Launcher:
 
         Every check of an existing run (K, config, data, --pilot) is made before anything is written.
         """
-        given, flag = self.options.run_dir, "--run-dir"
-        if given is None:
-            given, flag = self.options.out, "--out"
+        given = given_run_dir(self.config, self.options, data_fingerprint)
         if given is not None:
-            refuse_a_file_for_a_dir(given, flag)
-            run = RunPaths(given)
-            if run.run_json.is_file():
-                check_same_run(run, flag, self.options.shards, self.config.hash, self.options.pilot,
-                               data_fingerprint)
+            run, holds_run = given
+            if holds_run:
                 self.resume_all = True
                 return run
-            if self.options.retry_failed:
-                raise UsageError(f"--retry-failed: {flag} {run.dir} holds no run (no run.json), so it has no failed"
-                                 " users to run again; pass the dir of the run whose failed users to retry.")
-            if self.options.run_dir is not None:
-                raise ConfigError(f"--run-dir {run.dir} has no run.json; it is not a run made by launch_shards."
-                                  f" To start a run there, pass --out {run.dir}.")
-            refuse_a_dir_of_something_else(run)
             self.created_run_dir = not run.dir.exists()
             durable_write("the run dir", run.dir, lambda: run.dir.mkdir(parents=True, exist_ok=True))
             return run
@@ -250,11 +287,9 @@ class Launcher:
         return durable_write("a new run dir", root, lambda: RunPaths.create(root, label, datetime.now()))
 
     def hold_run(self) -> None:
-        """Be the one launcher of this run until release_run."""
-        run = self.run
-        self.guard = hold_run(run, new_run=not self.resume_all,
-                              fix=f"follow it with: monitor_progress {run.dir} --watch, or stop it with: stop_shards"
-                                  f" {run.dir}; run this command again once it has ended to continue the run.")
+        """Be the one launcher of this run until release_run (held already when launch took it early)."""
+        if self.guard is None:
+            self.guard = hold_run(self.run, new_run=not self.resume_all, fix=follow_the_launcher(self.run))
 
     def release_run(self) -> None:
         if self.guard is not None:
@@ -502,9 +537,11 @@ def check_same_run(run: RunPaths, flag: str, shards: int, config_hash: str, pilo
     for shard_dir in run.shard_dirs():
         started_with = read_shard_identity(ShardPaths(shard_dir)).get("pilot")
         if started_with != pilot:
+            # launch_shards has no --full (a run without --pilot is a full run): the fix is a flag it takes
             started = "--full" if started_with is None else f"--pilot {started_with}"
+            fix = "drop --pilot" if started_with is None else f"pass --pilot {started_with}"
             raise ResumeMismatch(
-                f"{flag} {run.dir} was started with {started} ({shard_dir.name}/shard.json); pass {started} to"
+                f"{flag} {run.dir} was started with {started} ({shard_dir.name}/shard.json); {fix} to"
                 f" continue it ({other})."
             )
 
@@ -535,6 +572,7 @@ def admit_launch(config: RunConfig, options: LaunchOptions,
     if not config.jvm.xmx_is_auto:
         refuse_if(task.preflight(config.settings, config.jvm.xmx_bytes))  # cheap: before reading the data
     data = measure_launch_data(task, config.settings, config.jvm, options.shards, config.partition)
+    given_run_dir(config, options, data.index.fingerprint)  # a run of other data: refused before the plan is shown
     if not any(where is not None and RunPaths(where).run_json.is_file() for where in (options.run_dir, options.out)):
         refuse_shards_without_users(options.shards, len(data.index.user_ids))
     at_once = min(options.shards, options.max_parallel or options.shards)
@@ -572,6 +610,7 @@ def plan_launch(config: RunConfig, options: LaunchOptions,
                 out: Callable[[str], None]) -> tuple[RunConfig, LaunchOptions, list[int], str]:
     """Everything decided before a shard starts, printed: the cores (how many shards at once, their
     threads), then the heap and the memory of that many shards at once. Refuses a launch that cannot fit."""
+    given_run_dir(config, options)  # a refusal of --out/--run-dir comes before the data are read and the plan shown
     config, options, parallel = plan_parallel(config, options)
     config, users_per_shard, fingerprint, data_bytes = admit_launch(config, options, out)
     out(f"cores: {parallel.line}")
@@ -579,14 +618,26 @@ def plan_launch(config: RunConfig, options: LaunchOptions,
 
 
 def launch(config: RunConfig, options: LaunchOptions, out: Callable[[str], None] = print) -> LaunchResult:
-    config, options, users_per_shard, fingerprint = plan_launch(config, options, out)
-    launcher = Launcher(config, options, out, users_per_shard=users_per_shard)
-    launcher.run = launcher.prepare_run_dir(fingerprint)
-    launcher.hold_run()
+    # A run that exists gets its one launcher before the data are read: a second launch_shards on a
+    # running run is refused at once, with nothing else said (a new run dir appears only after every
+    # check, so a new run is held once its dir is made).
+    given = given_run_dir(config, options)
+    early_guard = None
+    if given is not None and given[1]:
+        early_guard = hold_run(given[0], new_run=False, fix=follow_the_launcher(given[0]))
+    launcher = None
     try:
+        config, options, users_per_shard, fingerprint = plan_launch(config, options, out)
+        launcher = Launcher(config, options, out, users_per_shard=users_per_shard)
+        launcher.guard, early_guard = early_guard, None
+        launcher.run = launcher.prepare_run_dir(fingerprint)
+        launcher.hold_run()
         return run_and_merge(launcher, config, options, out)
     finally:
-        launcher.release_run()
+        if launcher is not None:
+            launcher.release_run()
+        if early_guard is not None:
+            early_guard.release()
 
 
 def run_and_merge(launcher: Launcher, config: RunConfig, options: LaunchOptions, out: Callable[[str], None]) -> LaunchResult:

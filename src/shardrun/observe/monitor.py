@@ -21,7 +21,7 @@ from shardrun.observe import progress
 from shardrun.scheduler.slurm import SlurmCommands, queue_by_index
 from shardrun.sharding import ShardSpec
 from shardrun.storage.atomic import read_json
-from shardrun.storage.paths import RunPaths
+from shardrun.storage.paths import RunPaths, not_a_dir
 
 MISSING = object()  # no file (yet): not started
 UNREADABLE = object()  # a file that is not a JSON object
@@ -150,7 +150,8 @@ def resolve_runs(paths: Sequence[Path], root: Path) -> tuple[list[Path], list[st
         elif newest := newest_run(path):
             runs.extend(newest)
         else:
-            problems.append(f"{path} holds no run (no run.json or launcher.json in it or in a dir under it)")
+            problems.append(f"{path} {not_a_dir(path) or 'holds no run (no run.json or launcher.json in it or in a dir under it)'};"
+                            " pass a run dir of launch_shards or run_production (or a dir of runs, for its newest)")
     return runs, problems
 
 

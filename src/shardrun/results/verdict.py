@@ -169,8 +169,10 @@ class Rerun:
     """Where the failed users' errors are and the command that runs only them again, for the message."""
 
     errors: str = "each shard dir's errors.jsonl"
-    command: str = ("run_production --resume SHARD_DIR --retry-failed for each shard dir the set was merged from,"
-                    " then merge again")
+    # run_production takes no resume without --full (or the run's --pilot N) and its run's own config
+    command: str = ("run_production --config CONFIG --full --resume SHARD_DIR --retry-failed (with the run's"
+                    " config, and its --pilot N in place of --full for a pilot) for each shard dir the set was merged"
+                    " from, then merge again")
 
 
 def verdict_problems(outcomes: UserOutcomes, tolerance: FailedTolerance = NO_FAILED,

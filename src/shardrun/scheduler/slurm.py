@@ -233,7 +233,9 @@ class SlurmCommands:
     def _call(self, command: Sequence[str], stdin: str | None = None, what: str = "", timeout: float = 120) -> str:
         result = self._run_command(command, stdin, timeout)
         if result.returncode != 0:
-            raise SchedulerError(f"{what or command[0]} failed: {said(result)}")
+            raise SchedulerError(f"{what or command[0]} failed: {said(result)}. That is SLURM's own answer: fix what it"
+                                 " names (`sinfo` shows whether SLURM answers from this machine; submit from a login"
+                                 " node), or run on this machine with --scheduler local.")
         return result.stdout
 
     def submit(self, script: str, dependency: str | None = None) -> str:

@@ -367,7 +367,9 @@ class ShardLoop:
                         self.dirs.spec, doc["users_todo"], self.dirs.shard.dir)
             return EXIT_INTERRUPTED
         if self._fail_fast is not None and doc["users_todo"] > 0:
-            message = fail_fast_message(self._fail_fast, str(self.dirs.spec), str(self.dirs.shard.dir))
+            mode = "--full" if self.options.pilot is None else f"--pilot {self.options.pilot}"
+            config = f"--config {self.config.source} " if self.config.source is not None else ""
+            message = fail_fast_message(self._fail_fast, str(self.dirs.spec), str(self.dirs.shard.dir), config + mode)
             self.status.update(state=ShardState.FAILED.value, last_error=message)
             log.error("%s", message)
             return EXIT_USERS_FAILED

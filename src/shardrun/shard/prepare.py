@@ -23,7 +23,7 @@ from shardrun.storage import commits
 from shardrun.storage.commits import CommittedUser
 from shardrun.storage.durability import SHARD, durable_write
 from shardrun.storage.identity import read_run_document, read_shard_identity, run_difference
-from shardrun.storage.paths import RunPaths, ShardPaths, refuse_a_file_for_a_dir
+from shardrun.storage.paths import RunPaths, ShardPaths, not_a_dir, refuse_a_file_for_a_dir
 from shardrun.task import Dataset, Task, UserIndex, heap_advice, load_task, load_users, read_user_index
 
 
@@ -96,7 +96,7 @@ def resolve_dirs(config: RunConfig, task: Task, options: WorkerOptions, now: dat
                 read_shard_identity(shard_paths)  # a damaged one is refused here, before any write
             return ResolvedDirs(run, shard_paths, options.shard, resuming=shard_paths.identity.is_file())
         raise ResumeMismatch(
-            f"--resume {target} is neither a shard dir (with shard.json) nor a run dir (with run.json);"
+            f"--resume {target} {not_a_dir(target) or 'is neither a shard dir (with shard.json) nor a run dir (with run.json)'};"
             " pass a dir made by run_production or launch_shards."
         )
     if options.shard is None:

@@ -165,6 +165,16 @@ class RunPaths:
         raise FileExistsError(f"could not create a new run dir named {stem}* under {root}")
 
 
+def not_a_dir(path: Path) -> str | None:
+    """Why `path` cannot be the dir a command was given ("does not exist", "is a file, not a dir"), or None
+    when it is a dir: a refusal says what is true of the path before what the dir lacks."""
+    if not path.exists():
+        return "does not exist"
+    if not path.is_dir():
+        return "is a file, not a dir"
+    return None
+
+
 def refuse_a_file_for_a_dir(path: Path, flag: str) -> None:
     """--out and its kin name a dir, new or to continue: a file there is a mistake to say at once, not a
     failed write (which would read as a full disk)."""
