@@ -16,6 +16,7 @@ import pytest
 from shardrun.errors import ConfigError, ResumeMismatch
 from shardrun.launch.policies import describe_exit, log_excerpt
 from e2e_support import analysis_values, shardrun, wait_for, write_config
+from shardrun.storage.atomic import create_temp_file
 from shardrun.storage.paths import RunPaths
 from test_result_set import needs_root_mounts, read_only
 from test_supervisor import FakePort, fake_launcher
@@ -123,6 +124,24 @@ def test_out_starts_a_new_run_in_a_missing_or_empty_dir(tmp_path):
         launcher = out_launcher(tmp_path, out)
         run = launcher.prepare_run_dir("fp")
         assert run.dir == out and out.is_dir() and not launcher.resume_all
+
+
+def test_out_starts_a_new_run_where_a_launcher_was_killed_before_any_shard_wrote_run_json(tmp_path):
+    """What a launcher SIGKILLed while it wrote launcher.json leaves, before a shard wrote run.json (found by
+    the chaos campaign: the continuation refused the dir for the scratch file): its own files and a
+    scratch file of the atomic writer. The same command starts the run there."""
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "launcher.json").write_text("{}")
+    (out / ".launcher.lock").write_text("")
+    fd, _scratch = create_temp_file(out)
+    os.close(fd)
+    launcher = out_launcher(tmp_path, out)
+    run = launcher.prepare_run_dir("fp")
+    assert run.dir == out and not launcher.resume_all
+    (out / "notes.txt").write_text("a user's file")
+    with pytest.raises(ConfigError, match="notes.txt"):
+        out_launcher(tmp_path, out).prepare_run_dir("fp")
 
 
 def test_out_continues_the_same_run(tmp_path):

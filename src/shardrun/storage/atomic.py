@@ -73,6 +73,17 @@ _NEW_FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW
 NEW_FILE_MODE = 0o666  # what open(path, "w") asks for: the kernel takes the umask (or the dir's default ACL) off
 
 
+SCRATCH_SUFFIX = ".tmp"
+
+
+def is_scratch_name(name: str) -> bool:
+    """A name create_temp_file draws: such a file in a dir is only ever a writer's unfinished work (left
+    behind by one that was killed mid-write), never something a reader takes for data."""
+    token = name[1:-len(SCRATCH_SUFFIX)]
+    return (name.startswith(".") and name.endswith(SCRATCH_SUFFIX) and len(token) == 16
+            and all(c in "0123456789abcdef" for c in token))
+
+
 def create_temp_file(directory: Path) -> tuple[int, Path]:
     """A new, empty scratch file `.<random>.tmp` in `directory`, open for writing: (fd, path).
 
@@ -82,7 +93,7 @@ def create_temp_file(directory: Path) -> tuple[int, Path]:
     create itself, never set afterwards: no reading of the process-wide umask (racy: os.umask can
     only be read by setting it), and no moment at which the file has another mode."""
     for _ in range(10):
-        path = directory / f".{secrets.token_hex(8)}.tmp"
+        path = directory / f".{secrets.token_hex(8)}{SCRATCH_SUFFIX}"
         try:
             return os.open(path, _NEW_FILE_FLAGS, NEW_FILE_MODE), path
         except FileExistsError:

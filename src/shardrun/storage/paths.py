@@ -14,6 +14,7 @@ from pathlib import Path
 
 from shardrun.errors import UsageError
 from shardrun.sharding import ShardSpec
+from shardrun.storage.atomic import is_scratch_name
 
 RUN_JSON = "run.json"
 SHARD_JSON = "shard.json"
@@ -129,10 +130,12 @@ class RunPaths:
         return self.dir / "merged"
 
     def foreign_entries(self) -> list[str]:
-        """The names in the dir besides a launcher's own files (what makes it something else than a new run)."""
+        """The names in the dir besides a launcher's own files, and the scratch file of a launcher killed
+        while it wrote launcher.json: what makes it something else than a new run."""
         if not self.dir.is_dir():
             return []
-        return sorted(p.name for p in self.dir.iterdir() if p.name not in (self.launcher_json.name, self.launcher_lock.name))
+        return sorted(p.name for p in self.dir.iterdir()
+                      if p.name not in (self.launcher_json.name, self.launcher_lock.name) and not is_scratch_name(p.name))
 
     @property
     def slurm_json(self) -> Path:
