@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import sys
+from pathlib import Path
+
 import psutil
 import pytest
 
@@ -10,6 +14,17 @@ from slurm_cluster import SlurmCluster, running_clusters, started_for_test
 from shardrun.config import JvmConfig
 from shardrun.infodynamics.jidt import find_jidt_jar
 from shardrun.shard.jvm import start_jvm
+
+
+@pytest.fixture(scope="session", autouse=True)
+def console_scripts_on_path():
+    """The commands the tests start are those of a user whose venv is activated: its bin dir first on PATH,
+    so their hints name the bare console scripts (cli/common.command_spelling). Tests of the other ways
+    in (a shim, a console script by its path) take .venv/bin off PATH themselves."""
+    patch = pytest.MonkeyPatch()
+    patch.setenv("PATH", os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]))
+    yield
+    patch.undo()
 
 
 @pytest.fixture(scope="session")

@@ -139,6 +139,30 @@ def test_the_continue_hint_after_a_run_of_the_script_is_the_script_and_it_finish
 
 
 @pytest.mark.e2e
+def test_the_continue_hint_of_a_launcher_started_by_its_path_runs_without_the_venv_on_path(workspace, tmp_path):
+    """`.venv/bin/launch_shards` from a shell whose PATH lacks .venv/bin (a venv not activated): the hint
+    after a shard's death names the console script by its path, and that command finishes the run."""
+    run = tmp_path / "run"
+    config, env = faulty_task_config(workspace, tmp_path)
+    env = {**env, "FAULTY_TASK": "slow:2"}  # users of 2 s: the kill after the first lands mid-run, whatever the load
+    venv_bin = Path(sys.executable).parent
+    env["PATH"] = os.pathsep.join(p for p in env.get("PATH", "").split(os.pathsep)
+                                  if not (Path(p) / "launch_shards").exists())
+    launcher = subprocess.Popen([str(venv_bin / "launch_shards"), "--config", str(config), "--shards", "2", "--out",
+                                 "run", "--no-live"], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True)
+    wait_for(lambda: read_status(run / "shard-0-of-2").get("users_done", 0) >= 1, timeout=300, process=launcher)
+    os.kill(json.loads((run / "launcher.json").read_text())["shards"][0]["pid"], signal.SIGKILL)
+    output, _ = launcher.communicate(timeout=300)
+    assert launcher.returncode != 0, output
+    hint = output.split("Continue it with: ")[1].splitlines()[0]
+    assert hint.startswith(f"{venv_bin / 'launch_shards'} --config "), hint
+    again = subprocess.run(hint.split(), cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stdout + again.stderr
+    pd.testing.assert_frame_equal(analysis_values(run / "merged"), workspace["reference"], check_exact=True)
+
+
+@pytest.mark.e2e
 def test_shards_started_by_hand_without_out_become_one_set_as_each_says(workspace, tmp_path):
     """The original workflow: K run_production processes by hand, no --out, so K run dirs. Each says how
     they become one set; the merge it names (its pattern expanded as a shell would) equals a K=1 run."""

@@ -10,7 +10,8 @@ from pathlib import Path
 from typing import Sequence
 
 from shardrun.cli.common import (
-    add_max_failed, add_verbose, command_parser, guarded, nice_level, non_negative_int, non_negative_seconds, pilot_size,
+    add_max_failed, add_verbose, command_parser, command_spelling, guarded, nice_level, non_negative_int,
+    non_negative_seconds, pilot_size,
     positive_int, positive_seconds, thread_count,
 )
 from shardrun.config import load_config
@@ -144,8 +145,15 @@ def _submit(args: argparse.Namespace) -> int:
         cpus=args.cpus_per_shard, mem_mib=mem_mib, merge_mem_mib=merge_mem_mib, time_limit=args.time, requeue_limit=args.requeue_limit,
         sbatch_options=(*named, *args.sbatch_option), commit_interval_seconds=args.commit_interval,
         retry_failed=args.retry_failed, fail_fast=args.fail_fast, max_failed=args.max_failed,
+        invocation=invocation(args),
     )
     return submit_run(config, options).exit_code
+
+
+def invocation(args: argparse.Namespace) -> str:
+    """The command the hints repeat: ./run_parallel_4shards.sh's name when it ran this, else launch_shards
+    spelled so that it runs for the way this process was started."""
+    return getattr(args, "invocation", None) or command_spelling("launch_shards")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -185,7 +193,7 @@ def run(args: argparse.Namespace) -> int:
         restart=RestartPolicy(args.restarts, args.restart_heap_factor),
         live=sys.stdout.isatty() if args.live is None else args.live,
         retry_failed=args.retry_failed, fail_fast=args.fail_fast, max_failed=args.max_failed,
-        invocation=getattr(args, "invocation", "launch_shards"),
+        invocation=invocation(args),
     )
     if options.live:
         logging.getLogger().setLevel(logging.WARNING)  # log lines would tear the redrawn table

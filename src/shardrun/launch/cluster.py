@@ -68,6 +68,7 @@ class ClusterOptions:
     retry_failed: bool = False  # the elements run their shard's failed users again; complete shards with some too
     fail_fast: int | None = None  # None: the shard's own default (run_production --fail-fast)
     max_failed: FailedTolerance = NO_FAILED  # the merge job's validation: failed users the run may have
+    invocation: str = "launch_shards"  # the command the user ran, which the continue hint repeats
 
 
 @dataclass
@@ -311,7 +312,7 @@ def submit_run(config: RunConfig, options: ClusterOptions, slurm: SlurmCommands 
                 + (f" (after {', '.join(after)} end)" if after else ""))
         out(f"run dir: {run.dir}")
         out(f"follow it: monitor_progress {run.dir} --watch   (SLURM's view: squeue --name={array_job_name(run.dir)})")
-        out(f"continue it (resubmit what is missing): launch_shards --scheduler slurm --config {options.config_path}"
+        out(f"continue it (resubmit what is missing): {options.invocation} --scheduler slurm --config {options.config_path}"
             f" --shards {options.shards} --out {run.dir}" + (f" --pilot {options.pilot}" if options.pilot else ""))
         return submission
 
