@@ -14,6 +14,9 @@ The environment variable FAULTY_TASK picks the faults:
 - "slow:<seconds>": every user first spends that long inside one Java call (Thread.sleep), as a long
   JIDT computation does: Python's own signal handlers cannot run until it returns. The task's time
   estimate (user_seconds) adds those seconds, as an honest estimate of itself would.
+- FAULTY_HOLD=<file>, beside any mode: once a process has analysed its first user, each further user
+  waits inside Java while the file exists. A test keeps a shard running, whatever the machine's load,
+  until it removes the file (a named stand-in for a user that takes as long as the test needs).
 Every other user is analysed exactly as `shardrun.infodynamics:task` does.
 """
 
@@ -41,10 +44,16 @@ def crash_the_jvm() -> None:
 
 
 class FaultyTask(InfodynamicsTask):
+    users_begun = 0  # by this process: FAULTY_HOLD lets the first one through
+
     @staticmethod
     def analyse(dataset, user_id, settings):
         import jpype
 
+        hold = os.environ.get("FAULTY_HOLD")
+        FaultyTask.users_begun += 1
+        while hold and FaultyTask.users_begun > 1 and Path(hold).exists():
+            jpype.JClass("java.lang.Thread").sleep(200)
         mode = os.environ.get("FAULTY_TASK", "fail")
         if mode.startswith("slow:"):
             jpype.JClass("java.lang.Thread").sleep(int(float(mode.split(":", 1)[1]) * 1000))

@@ -171,7 +171,12 @@ def test_the_field_check_on_two_nodes_preemption_a_killed_element_continuing_els
     cluster = preemption_cluster(cpus={"nodea": 3, "nodeb": 2}, grace_seconds=30, user_signal=True)
     config = own_config(workspace, tmp_path, faulty=True)
     run = tmp_path / "run"
-    env = {**faulty_env("slow:3"), "SHARDRUN_LOCK": "lease"}
+    # Every element keeps running (its users after the first held) until the high job has preempted one:
+    # on a busy machine an element on nodeb could otherwise end before the high job comes, leaving it a
+    # free CPU and nothing to preempt.
+    hold = tmp_path / "hold"
+    hold.touch()
+    env = {**faulty_env("slow:3"), "SHARDRUN_LOCK": "lease", "FAULTY_HOLD": str(hold)}
     result = launch(cluster, config, run, 4, "--partition", "low", "--signal", "USR1@60", env=env)
     assert result.returncode == 0, result.stderr
     (array,), _merge = submitted(run)
@@ -200,6 +205,7 @@ def test_the_field_check_on_two_nodes_preemption_a_killed_element_continuing_els
                           f"--output={tmp_path / 'high.log'}", "--wrap=sleep 5")
     preempted = wait_for(lambda: [int(record["ArrayTaskId"]) for record in cluster.jobs(array)
                                   if record.get("PreemptTime", "None") != "None"], timeout=60, every=0.2)
+    hold.unlink()
     assert len(preempted) == 1, cluster.jobs(array)
     wait_for_run(cluster, run)
     assert cluster.job(high)["JobState"] == "COMPLETED"
