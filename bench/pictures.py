@@ -1,5 +1,5 @@
-"""The merge's two pictures at scale: summary.png and run.png of a synthetic result set, drawn by the
-merge's own picture process (results/picture_process.py), with the time it took and its peak memory.
+"""The merge's two pictures at scale: summary.png and run.png of a synthetic result set, drawn as the
+merge draws them (in its own process, after the tables), with the time it took and the peak memory.
 
     .venv/bin/python bench/pictures.py [--users 100000] [--shards 16] [--at-once 8] [--out DIR]
     .venv/bin/python bench/pictures.py --results RUN/merged/results.parquet [--out DIR]
@@ -30,7 +30,6 @@ import numpy as np
 import pandas as pd
 
 from shardrun.infodynamics import task as default_task
-from shardrun.results.picture_process import PictureProcess
 from shardrun.results.run_picture import RunPicture
 from shardrun.results.summary import ResultCounts, SummaryPicture, task_panels
 
@@ -128,20 +127,16 @@ def _settings():
     return load_config(Path(__file__).resolve().parents[1] / "config" / "proposal.yaml").settings
 
 
-def draw(drawing: PictureProcess, pictures: dict, out: Path) -> dict:
-    """Draw through the merge's picture process; seconds from hand-over to both PNGs, and its peak RSS.
-
-    The process must have been started before this process grew (as the merge starts it before it
-    reads the shards): a child's peak RSS counts its parent's pages until it executes Python anew."""
+def draw(pictures: dict, out: Path) -> dict:
+    """Draw each picture; seconds from the inputs to both PNGs, and this process's peak RSS (the set's
+    frame included, as in a merge)."""
     started = time.perf_counter()
-    with drawing:
-        drawing.draw(pictures)
-        drawn = {name: drawing.png(name) for name in pictures}
-        seconds = time.perf_counter() - started
+    drawn = {name: picture.png() for name, picture in pictures.items()}
+    seconds = time.perf_counter() - started
     for name, png in drawn.items():
         (out / name).write_bytes(png)
-    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024  # KiB on Linux
-    return {"draw_s": round(seconds, 2), "picture_process_peak_mib": round(peak / 2**20, 1),
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+    return {"draw_s": round(seconds, 2), "peak_mib": round(peak / 2**20, 1),
             "png_kib": {name: len(png) // 1024 for name, png in drawn.items()}}
 
 
@@ -155,10 +150,9 @@ def main() -> None:
     args = parser.parse_args()
     out = args.out or Path(tempfile.mkdtemp(prefix="pictures-"))
     out.mkdir(parents=True, exist_ok=True)
-    drawing = PictureProcess()  # first, as the merge does
     if args.results:
         frame = with_q_values(pd.read_parquet(args.results))
-        figures = draw(drawing, {"summary.png": SummaryPicture(ResultCounts.of(frame), args.results.parent.parent.name,
+        figures = draw({"summary.png": SummaryPicture(ResultCounts.of(frame), args.results.parent.parent.name,
                                                       tuple(task_panels(default_task, frame, None)))}, out)
     else:
         rng = np.random.default_rng(20261207)
@@ -168,11 +162,11 @@ def main() -> None:
         prepared = time.perf_counter()
         pictures = {"summary.png": SummaryPicture(ResultCounts.of(frame), "synthetic",
                                                   tuple(task_panels(default_task, frame, None))),
-                    "run.png": RunPicture(spans.drop(columns="user_id"), starts, "synthetic")}  # as the merge hands it
+                    "run.png": RunPicture(spans, starts, "synthetic")}
         handed = time.perf_counter()
         figures = {"users": args.users, "shards": args.shards, "at_once": args.at_once,
                    "synthetic_set_s": round(prepared - started, 2), "panels_and_tables_s": round(handed - prepared, 2),
-                   **draw(drawing, pictures, out)}
+                   **draw(pictures, out)}
     print(json.dumps({**figures, "out": str(out)}), flush=True)
 
 

@@ -93,3 +93,12 @@ def faulty_task_config(workspace: dict, tmp_path: Path) -> tuple[Path, dict]:
     path = tmp_path / "faulty.yaml"
     path.write_text(yaml.safe_dump(config))
     return path, {**os.environ, "PYTHONPATH": str(Path(__file__).parent)}
+
+
+def read_trace(path: Path) -> pd.DataFrame:
+    """trace.tsv as written: ids and text as text, empty fields missing, the numbers' types."""
+    text = ["user_id", "shard", "host", "start", "end", "status", "error_class", "committed"]
+    return pd.read_csv(path, sep="\t", dtype={**{c: str for c in text}, "pid": "Int64", "attempt": "Int64",
+                                              "heap_used_bytes": "Int64", "peak_rss_bytes": "Int64",
+                                              "seconds": "float64", "cpu_seconds": "float64"},
+                       keep_default_na=False, na_values=[""], encoding="utf-8")

@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Any, Callable
 
 from shardrun.storage.batches import decode_batch, encode_batch, encode_record, readable_user_ids
-from shardrun.storage.commits import rows_checksum
 from shardrun.storage.paths import ShardPaths
 
 
@@ -53,22 +52,3 @@ def edit_batch(path: Path, edit: Callable[[dict[str, Any]], Any], keep_checksum:
         new_head, _, new_body = payload.partition(b"\n")
         payload = head + b"\n" + new_body
     path.write_bytes(payload)
-
-
-def as_user_file(shard_dir: Path, user_id: str, format: int = 2, edit: Callable[[dict], Any] | None = None) -> Path:
-    """Move a user out of its batch into a one-file-per-user result, as runs made before batches
-    wrote them (format 2: rows_sha256 and config_hash; format 1: neither). Its batch must hold it alone."""
-    shard = ShardPaths(Path(shard_dir))
-    source = batch_of(shard.dir, user_id)
-    batch = decode_batch(source.read_bytes())
-    [record] = batch.records
-    legacy: dict[str, Any] = {"format": format, "user_id": user_id, "committed_at": record["ended_at"]}
-    if format >= 2:
-        legacy.update(config_hash=batch.header.get("config_hash"), rows_sha256=rows_checksum(record["rows"]))
-    legacy["rows"] = record["rows"]
-    if edit is not None:
-        edit(legacy)
-    target = shard.result(user_id)
-    target.write_text(json.dumps(legacy, indent=1))
-    source.unlink()
-    return target

@@ -11,15 +11,15 @@ import sys
 import pandas as pd
 import pytest
 
-from e2e_support import analysis_values, shardrun, wait_for
+from e2e_support import analysis_values, read_trace, shardrun, wait_for
 from shardrun.errors import MergeError
-from shardrun.results.frame import _typed_column, typed_frame
-from shardrun.results.merge import merge_shards
-from shardrun.results.read import read_shard, shard_dirs_of_run
-from shardrun.results.trace import read_trace
+from shardrun.results.frame import typed_column
+from shardrun.results.merge import merge_result_set, merge_shards
+from shardrun.results.read import shard_dirs_of_run
 from shardrun.storage.paths import MergedPaths, RunPaths
 from shardrun.sharding import ShardSpec
 from shardrun.storage.atomic import write_json_atomic
+from shardrun.storage.commits import commit_user
 from shardrun.config import parse_config
 from task_double import (  # noqa: F401  (task_double: the autouse fixture that makes the double loadable)
     COLUMNS,
@@ -261,7 +261,7 @@ def test_a_dir_that_is_not_a_shard_dir_is_refused(tmp_path):
         shard_dirs_of_run(tmp_path / "plain")
 
 
-# --- the typed frame: pandas' inference, checked against typing every value ---------------------
+# --- the typed frame: every kind of JSON value, through the merge ------------------------------
 
 COLUMNS_OF_EVERY_KIND = {
     "ints": [1, 2, 3, 4],
@@ -281,57 +281,53 @@ COLUMNS_OF_EVERY_KIND = {
 }
 
 
-def test_the_typed_frame_equals_typing_every_value():
-    rows = [{c: values[n] for c, values in COLUMNS_OF_EVERY_KIND.items()} for n in range(4)]
-    frame, mixed = typed_frame(rows, list(COLUMNS_OF_EVERY_KIND))
+def test_every_kind_of_json_value_is_typed_by_its_json_types(tmp_path):
+    """Four users whose rows carry every kind of column (Arrow cannot type some of them: those are read
+    by Python's json and typed value by value); each merged column is the rule's (frame.typed_column)."""
+    run = make_run(tmp_path / "run", count=1, skip_users=USERS)
+    RunPaths(run).run_json.unlink()  # the columns come from the rows
+    [shard] = [RunPaths(run).shard(ShardSpec(0, 1))]
+    for n, user_id in enumerate(USERS[:4]):
+        extra = {column: values[n] for column, values in COLUMNS_OF_EVERY_KIND.items()}
+        commit_user(shard, user_id, [{"user_id": user_id, "feature_mode": mode, **extra} for mode in MODES])
+
+    merged = merge_result_set([shard.dir], tmp_path / "merged")
+
     for column, values in COLUMNS_OF_EVERY_KIND.items():
-        pd.testing.assert_series_equal(frame[column], _typed_column(list(values)), check_names=False, obj=column)
-    assert [m["column"] for m in mixed] == ["bool_and_int", "text_and_numbers"]
-    assert mixed[0]["types"] == {"boolean": 2, "number": 2}
-    assert frame["ints_with_null"].dtype == "Int64" and frame["bools"].dtype == bool
+        expected = typed_column([value for value in values for _ in MODES])
+        pd.testing.assert_series_equal(merged.frame[column], expected, check_names=False, obj=column)
+    assert [m["column"] for m in merged.report.mixed_columns] == ["bool_and_int", "text_and_numbers"]
+    assert merged.report.mixed_columns[0]["types"] == {"boolean": 4, "number": 4}
+    frame = merged.frame
+    assert frame["ints"].dtype == "int64" and frame["ints_with_null"].dtype == "Int64" and frame["bools"].dtype == bool
     assert frame["all_null"].dtype == "float64" and frame["ints_and_floats"].dtype == "float64"
+    assert frame["huge_ints"].dtype == "float64" and frame["arrays"].tolist()[:2] == ["[1, 2]", "[1, 2]"]
+    assert frame["bool_and_int"].tolist()[::2] == ["true", "1", "0", "false"]
+    assert frame["objects"].tolist()[4] == '{"b": [2]}'
 
 
-# --- the columnar merge and the row-by-row merge give one result set ---------------------------------
+# --- duplicates and conflicts over whole columns ---------------------------------------------------
 
 
-def merge_both_ways(tmp_path, dirs, name):
-    """The same shard dirs merged in columns and row by row: the outputs and reports must agree."""
-    columnar, row_by_row = tmp_path / f"{name}-columnar", tmp_path / f"{name}-rows"
-    first = merge_shards(dirs, columnar)
-    second = merge_shards(dirs, row_by_row, columnar=False)
-    assert (columnar / "results.csv").read_bytes() == (row_by_row / "results.csv").read_bytes(), name
-    pd.testing.assert_frame_equal(pd.read_parquet(columnar / "results.parquet"),
-                                  pd.read_parquet(row_by_row / "results.parquet"), obj=name)
-    left, right = first.to_json(), second.to_json()
-    for differs_by_design in ("output_dir", "shards", "created_at"):
-        left.pop(differs_by_design), right.pop(differs_by_design)
-    assert left == right, name
-    return first
-
-
-def test_the_columnar_merge_equals_the_row_by_row_merge(tmp_path, caplog):
-    caplog.set_level("INFO")
+def test_duplicates_conflicts_and_types_across_shards(tmp_path):
     plain = make_run(tmp_path / "plain", count=3)
-    assert [s.columnar for s in map(read_shard, shard_dirs_of_run(plain))] == [True] * 3
-    merge_both_ways(tmp_path, shard_dirs_of_run(plain), "plain")
-
     conflicting = make_run(tmp_path / "conflicting", count=1, overrides={"u03": {"ais_bits": 99.0}, "u05": {"n_obs": None}})
-    report = merge_both_ways(tmp_path, shard_dirs_of_run(plain) + shard_dirs_of_run(conflicting), "duplicates")
-    assert report.identical_duplicates > 0 and len(report.conflicts) == 4  # two users, two modes each
-    assert "merging row by row" not in caplog.text  # in columns: the duplicates only were compared one by one
-
-    partial = make_run(tmp_path / "partial", count=4, indices=[0, 2], skip_users=["u04"],
-                       overrides={"u02": {"modes": ("activity",)}})
-    report = merge_both_ways(tmp_path, shard_dirs_of_run(partial), "partial")
-    assert report.missing_shards and report.missing_users and report.users_short_of_rows
+    report = merge_shards(shard_dirs_of_run(plain) + shard_dirs_of_run(conflicting), tmp_path / "duplicates")
+    assert report.identical_duplicates == 12 and report.rows == 16
+    assert sorted((c["key"]["user_id"], c["differences"][0]["column"]) for c in report.conflicts) == [
+        ("u03", "ais_bits"), ("u03", "ais_bits"), ("u05", "n_obs"), ("u05", "n_obs")]
+    # the first dir by sorted path is kept: "conflicting" before "plain"
+    assert [c["differences"][0]["values"] for c in report.conflicts if c["key"]["user_id"] == "u05"] == [[None, 103]] * 2
 
     floats_here = make_run(tmp_path / "floats", count=1, overrides={"u01": {"n_obs": 1128.5}})
-    merge_both_ways(tmp_path, shard_dirs_of_run(plain) + shard_dirs_of_run(floats_here), "ints and floats")
+    report = merge_shards(shard_dirs_of_run(plain) + shard_dirs_of_run(floats_here), tmp_path / "floats-merged")
+    assert {c["key"]["user_id"] for c in report.conflicts} == {"u01"} and report.mixed_columns == []
+    assert read_both(tmp_path / "floats-merged")[1]["n_obs"].dtype == "float64"
 
     mixed = make_run(tmp_path / "mixed", count=1, overrides={"u02": {"n_obs": True}})
-    report = merge_both_ways(tmp_path, shard_dirs_of_run(mixed), "mixed")
-    assert report.mixed_columns and "merged row by row" in caplog.text
+    report = merge_shards(shard_dirs_of_run(mixed), tmp_path / "mixed-merged")
+    assert report.mixed_columns == [{"column": "n_obs", "types": {"number": 14, "boolean": 2}}]
+    assert read_both(tmp_path / "mixed-merged")[1]["n_obs"].tolist()[4:6] == ["true", "true"]
 
 
 # --- a task's columns of the whole set (task.AddsSetColumns) ------------------------------------
@@ -362,19 +358,19 @@ def set_hooks(monkeypatch, task_double):
 def test_a_tasks_set_columns_are_filled_over_the_whole_set_before_the_picture(tmp_path, set_hooks):
     schema, seen = set_hooks
     run = make_run(tmp_path / "run", count=4)
-    report = merge_both_ways(tmp_path, shard_dirs_of_run(run), "set columns")
+    output = tmp_path / "set columns"
+    report = merge_shards(shard_dirs_of_run(run), output)
 
-    for output in (tmp_path / "set columns-columnar", tmp_path / "set columns-rows"):
-        for frame in read_both(output):
-            assert list(frame.columns) == schema + ["shard", "seconds", "config_hash"]
-            expected = {(u, m): 1 + sum(ais_of(other, m) < ais_of(u, m) for other in USERS) for u in USERS for m in MODES}
-            assert [expected[key] for key in zip(frame.user_id, frame.feature_mode)] == frame["rank_in_mode"].tolist()
-            assert frame["shard"].str.endswith("/4").all()  # a bookkeeping column is never the task's to fill
+    for frame in read_both(output):
+        assert list(frame.columns) == schema + ["shard", "seconds", "config_hash"]
+        expected = {(u, m): 1 + sum(ais_of(other, m) < ais_of(u, m) for other in USERS) for u in USERS for m in MODES}
+        assert [expected[key] for key in zip(frame.user_id, frame.feature_mode)] == frame["rank_in_mode"].tolist()
+        assert frame["shard"].str.endswith("/4").all()  # a bookkeeping column is never the task's to fill
     # the picture was given the frame with the set column already filled in
     assert seen and all(frame["rank_in_mode"].notna().all() for frame in seen)
     # a set column outside the schema is left out and said so; the task's facts are recorded
     assert report.dropped_columns == ["not_in_schema", "shard"]
-    on_disk = read_report(tmp_path / "set columns-columnar")
+    on_disk = read_report(output)
     best = {m: min(USERS, key=lambda u: (ais_of(u, m), u)) for m in MODES}
     assert on_disk["task"] == {"top": sorted(best.values())}
 
@@ -382,7 +378,7 @@ def test_a_tasks_set_columns_are_filled_over_the_whole_set_before_the_picture(tm
     single = make_run(tmp_path / "single", count=1)
     merge_shards(shard_dirs_of_run(single), tmp_path / "single-merged")
     pd.testing.assert_series_equal(read_both(tmp_path / "single-merged")[1]["rank_in_mode"],
-                                   read_both(tmp_path / "set columns-columnar")[1]["rank_in_mode"])
+                                   read_both(output)[1]["rank_in_mode"])
 
 
 def test_without_the_hooks_the_report_has_no_task_facts(tmp_path):

@@ -5,7 +5,6 @@ with and without the task's picture hook."""
 
 from __future__ import annotations
 
-import functools
 import logging
 import math
 import os
@@ -21,12 +20,11 @@ from shardrun.panel_style import why_nothing_is_drawn
 from shardrun.results import run_picture, summary, timeline
 from shardrun.results.merge import merge_shards
 from shardrun.results.read import read_shard, shard_dirs_of_run
-from shardrun.results.timeline import UserSpan, commit_spans
+from shardrun.results.timeline import UserSpan
 from shardrun.states import user_outcome
 from shardrun.task import SummaryPanel
 from shardrun.storage.paths import MergedPaths, ShardPaths
 from shardrun.storage.commits import commit_user, scan_committed
-import picture_panels
 from task_double import (  # noqa: F401  (task_double: the autouse fixture that makes the double loadable)
     COLUMNS,
     USERS,
@@ -40,6 +38,32 @@ from task_double import (  # noqa: F401  (task_double: the autouse fixture that 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 PIXELS = (summary.FIGURE_INCHES[1] * summary.DPI, summary.FIGURE_INCHES[0] * summary.DPI)  # rows, columns
 RUN_PIXELS = (run_picture.FIGURE_INCHES[1] * summary.DPI, run_picture.FIGURE_INCHES[0] * summary.DPI)
+
+
+def panel_titles(figure) -> list[str]:
+    """The titles of a drawn figure's panels, top row first (what a reader sees above each panel)."""
+    return [axes.get_title(loc="left") for axes in figure.axes]
+
+
+def user_span(shard: str, ended_at, rows, user_id: str | None = None) -> UserSpan | None:
+    """The span of one committed user, worked out user by user: the independent answer the merge's
+    span table (over whole columns) must equal. None without a readable commit time."""
+    try:
+        moment = datetime.fromisoformat(ended_at) if isinstance(ended_at, str) else None
+    except ValueError:
+        return None
+    if moment is None:
+        return None
+    end = (moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)).timestamp()
+    durations = [row.get("seconds") for row in rows]
+    seconds = max((float(d) for d in durations if isinstance(d, (int, float)) and not isinstance(d, bool)
+                   and math.isfinite(d) and d >= 0), default=0.0)
+    return UserSpan(shard=shard, start=end - seconds, end=end, status=user_outcome(rows).value, user_id=user_id)
+
+
+def commit_spans(shards) -> list[UserSpan]:
+    """span_table's spans one by one."""
+    return [UserSpan(*span) for span in timeline.span_table(shards).itertuples(index=False, name=None)]
 
 
 def result_frame(ais_by_k: dict[int, list[float]], null_by_k: dict[int, list[float]], status: list[str],
@@ -218,7 +242,7 @@ def test_te_hour_per_mode_with_its_fdr_share():
 
 def test_every_panel_of_summary_png_says_how_many_users_it_is_drawn_from():
     figure = draw(two_modes())
-    titles = summary.panel_titles(figure)
+    titles = panel_titles(figure)
     assert len(titles) == 5  # two modes' AIS, the FDR share, te_hour, the selected k
     assert all("n = 3" in title for title in titles), titles
 
@@ -261,7 +285,7 @@ def test_the_core_picture_without_task_panels_says_why_no_row_is_ok():
     frame = pd.DataFrame({"user_id": ["a", "b"], "status": ["skipped", "skipped"],
                           "reason": ["only 0 observations", "only 1 observations"]})
     figure = summary.draw_summary(summary.ResultCounts.of(frame), summary.task_panels(object(), frame, None))
-    assert summary.panel_titles(figure) == [summary.STATUS_PANEL_TITLE, summary.REASONS_PANEL_TITLE]
+    assert panel_titles(figure) == [summary.STATUS_PANEL_TITLE, summary.REASONS_PANEL_TITLE]
     assert "every row skipped: only N observations (2 of 2)" in texts_of(figure.axes[0])  # the core's words
     reasons = figure.axes[1]
     assert [label.get_text() for label in reasons.get_yticklabels()] == ["skipped: only N observations"]
@@ -281,12 +305,12 @@ def test_the_core_counts_reasons_by_kind_most_common_first():
 
 def test_user_span_ends_at_the_commit_and_lasts_the_rows_seconds():
     rows = [{"status": "ok", "seconds": 2.5}, {"status": "failed", "seconds": 2.5}]
-    span = timeline.user_span("1/4", "2026-01-01T00:00:10.250+00:00", rows, "u1")
+    span = user_span("1/4", "2026-01-01T00:00:10.250+00:00", rows, "u1")
     end = datetime(2026, 1, 1, 0, 0, 10, 250000, tzinfo=timezone.utc).timestamp()
     assert span == UserSpan("1/4", end - 2.5, end, "failed", "u1")
-    assert timeline.user_span("1/4", None, rows) is None
-    assert timeline.user_span("1/4", "not a time", rows) is None
-    assert timeline.user_span("0/1", "2026-01-01T00:00:10+00:00", [{"status": "skipped", "seconds": None}]).start == \
+    assert user_span("1/4", None, rows) is None
+    assert user_span("1/4", "not a time", rows) is None
+    assert user_span("0/1", "2026-01-01T00:00:10+00:00", [{"status": "skipped", "seconds": None}]).start == \
         datetime(2026, 1, 1, 0, 0, 10, tzinfo=timezone.utc).timestamp()
     # a span's status is the user's outcome as shardrun.states defines it, the one definition
     assert user_outcome([{"status": "skipped"}, {"status": "ok"}]) == "ok"
@@ -300,7 +324,7 @@ def test_user_span_ends_at_the_commit_and_lasts_the_rows_seconds():
 
 def span_status(rows) -> str:
     """The status the timeline gives a user with these rows."""
-    return timeline.user_span("0/1", "2026-01-01T00:00:10+00:00", rows).status
+    return user_span("0/1", "2026-01-01T00:00:10+00:00", rows).status
 
 
 def test_timeline_table_is_relative_to_the_run_start_and_ordered_by_shard():
@@ -560,14 +584,14 @@ def picture_frame():
 def test_the_core_picture_is_the_status_panel():
     frame = picture_frame()
     figure = summary.draw_summary(summary.ResultCounts.of(frame), summary.task_panels(object(), frame, None))
-    assert summary.panel_titles(figure) == [summary.STATUS_PANEL_TITLE, summary.REASONS_PANEL_TITLE]
+    assert panel_titles(figure) == [summary.STATUS_PANEL_TITLE, summary.REASONS_PANEL_TITLE]
     assert summary.status_counts(frame) == {"ok": 1, "failed": 1}
 
 
 def test_the_default_tasks_picture_is_the_science_only():
     frame = picture_frame()
     figure = draw(frame)
-    titles = summary.panel_titles(figure)
+    titles = panel_titles(figure)
     expected = [task_plots.AIS_PANEL_TITLE.format(mode="activity"), task_plots.FDR_PANEL_TITLE,
                 task_plots.TE_PANEL_TITLE, task_plots.SELECTED_K_PANEL_TITLE]
     assert len(titles) == len(expected) and all(title.startswith(start) for title, start in zip(titles, expected))
@@ -653,26 +677,25 @@ def test_process_starts_in_status_json_become_the_start_table(tmp_path):
     ShardPaths(first).status.write_text('{"state": "completed", "process_starts": ["2026-01-01T00:00:01.500+00:00",'
                                         ' "2026-01-01T00:01:00.000+00:00", "not a time", 7, {"a": 1}]}')
     ShardPaths(second).status.write_text('{"state": "completed"}')  # a run from before starts were recorded
-    for columnar in (True, False):
-        starts = timeline.start_table([read_shard(d, columnar=columnar) for d in (first, second)])
-        base = datetime(2026, 1, 1, tzinfo=timezone.utc).timestamp()
-        assert list(starts.itertuples(index=False, name=None)) == [("0/2", base + 1.5), ("0/2", base + 60.0)]
+    starts = timeline.start_table([read_shard(d) for d in (first, second)])
+    base = datetime(2026, 1, 1, tzinfo=timezone.utc).timestamp()
+    assert list(starts.itertuples(index=False, name=None)) == [("0/2", base + 1.5), ("0/2", base + 60.0)]
 
 
 def panels_of(*draws):
     return lambda frame, settings: [SummaryPanel(draw=draw) for draw in draws]
 
 
+def no_font(axes) -> None:
+    raise ValueError("no font")
+
+
 def hook_that_raises(frame, settings):
     raise ValueError("no font")
 
 
-@pytest.mark.parametrize("hook, said", [
-    (panels_of(picture_panels.no_font), ["ValueError: no font", "in no_font"]),  # raised in the picture's process
-    (panels_of(picture_panels.killed), ["killed by SIGKILL, likely the OOM killer"]),
-    (hook_that_raises, ["ValueError: no font"]),  # the task's hook, in the merge's own process
-], ids=["panel-raises", "picture-process-killed", "panels-hook-raises"])
-def test_a_plot_failure_keeps_the_merged_results(tmp_path, task_double, monkeypatch, caplog, hook, said):
+@pytest.mark.parametrize("hook", [panels_of(no_font), hook_that_raises], ids=["panel-raises", "panels-hook-raises"])
+def test_a_plot_failure_keeps_the_merged_results(tmp_path, task_double, monkeypatch, caplog, hook):
     run = make_run(tmp_path / "run", count=2)
     out = tmp_path / "merged"
     merge_shards(shard_dirs_of_run(run), out)  # a first merge leaves pictures behind
@@ -685,38 +708,23 @@ def test_a_plot_failure_keeps_the_merged_results(tmp_path, task_double, monkeypa
     assert report.complete and read_report(out)["complete"] is True
     assert len(read_both(out)[0]) == 16
     assert not MergedPaths(out).summary_png.exists()  # the old picture does not pass for this merge's
-    errors = [r for r in caplog.records if r.levelno == logging.ERROR]
-    # A traceback is in the log where it tells something: the merge's own, of a hook that raised in it, or the
-    # picture process's, inside its report; a killed picture process is one line, with no stack of the merge's.
-    assert errors and all(bool(r.exc_info) == (hook is hook_that_raises) for r in errors)
-    assert ("Traceback" in caplog.text) == ("killed" not in said[0])
-    assert any("summary.png" in r.getMessage() and all(words in r.getMessage() for words in said) for r in errors)
-    # the killed process takes run.png with it; a panel that raises costs summary.png only
-    assert MergedPaths(out).run_png.is_file() == ("killed" not in said[0])
+    [error] = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert "summary.png" in error.getMessage() and "ValueError: no font" in error.getMessage() and error.exc_info
+    assert_valid_png(MergedPaths(out).run_png, RUN_PIXELS)  # a failure of summary.png costs summary.png only
 
 
-def test_a_panel_that_cannot_be_pickled_is_drawn_in_the_merges_own_process(tmp_path, task_double, monkeypatch,
-                                                                          caplog):
-    marker = tmp_path / "drawn-by"
-    monkeypatch.setattr(task_double, "summary_panels",
-                        lambda frame, settings: [SummaryPanel(draw=lambda axes: picture_panels.slow(axes, marker, 0))],
-                        raising=False)
-    run = make_run(tmp_path / "run", count=2)
-    with caplog.at_level(logging.INFO, logger="shardrun.results.picture_process"):
-        merge_shards(shard_dirs_of_run(run), tmp_path / "merged")
-    assert_both_pictures(tmp_path / "merged")
-    assert marker.read_text() == str(os.getpid())
-    assert any("drawn in the merge's own process" in r.getMessage() for r in caplog.records)
+def test_the_pictures_are_drawn_in_the_merges_own_process_after_the_tables(tmp_path, task_double, monkeypatch):
+    drawn_by: list[tuple[int, bool]] = []
+    out = tmp_path / "merged"
 
+    def panel(axes) -> None:
+        staging = [p for p in tmp_path.iterdir() if p.name.startswith(".merged.merging-")]
+        drawn_by.append((os.getpid(), all((p / "results.parquet").is_file() for p in staging) and bool(staging)))
 
-def test_the_pictures_are_drawn_by_another_process(tmp_path, task_double, monkeypatch):
-    marker = tmp_path / "drawn-by"
-    monkeypatch.setattr(task_double, "summary_panels", panels_of(functools.partial(picture_panels.slow, marker=marker,
-                                                                                   seconds=0)), raising=False)
-    run = make_run(tmp_path / "run", count=2)
-    merge_shards(shard_dirs_of_run(run), tmp_path / "merged")
-    assert_both_pictures(tmp_path / "merged")
-    assert int(marker.read_text()) != os.getpid()
+    monkeypatch.setattr(task_double, "summary_panels", panels_of(panel), raising=False)
+    merge_shards(shard_dirs_of_run(make_run(tmp_path / "run", count=2)), out)
+    assert_both_pictures(out)
+    assert drawn_by == [(os.getpid(), True)]
 
 
 def test_hundreds_of_thousands_of_users_still_draw(tmp_path):
@@ -754,20 +762,9 @@ def test_hundreds_of_thousands_of_users_still_draw(tmp_path):
     assert_valid_png(run_path, RUN_PIXELS)
 
 
-def test_spans_read_in_columns_equal_spans_read_row_by_row(tmp_path):
-    statuses = {"u01": {"status": "failed", "reason": "boom"}, "u02": {"status": "skipped", "reason": "short"},
-                "u03": {"status": "no such status"}}
-    runs = [make_run(tmp_path / f"run{seconds}", count=2, overrides=statuses, seconds=seconds)
-            for seconds in (1.5, None, -1.0)]
-    for shard_dir in [d for run in runs for d in shard_dirs_of_run(run)]:
-        columnar, by_rows = read_shard(shard_dir), read_shard(shard_dir, columnar=False)
-        assert columnar.columnar and not by_rows.columnar
-        assert commit_spans([columnar]) == commit_spans([by_rows]) != []
-
-
 def test_the_timeline_of_a_span_table_equals_the_timeline_of_spans_one_by_one(tmp_path):
-    """merge draws from span_table's columns; a timeline of UserSpans built user by user (read row by
-    row, user_span) is the independent answer it must equal, value for value and in order."""
+    """merge draws from span_table's columns; a timeline of UserSpans built user by user (read by the
+    resume scan, user_span) is the independent answer it must equal, value for value and in order."""
     statuses = {"u01": {"status": "failed", "reason": "boom"}, "u02": {"status": "skipped", "reason": "short"}}
     # users whose rows differ in status and seconds: the user's outcome and its largest usable seconds
     mixed = {"u03": [("skipped", 2.0), ("ok", 3.5)], "u04": [("skipped", 1.0), ("skipped", None)],
@@ -780,15 +777,13 @@ def test_the_timeline_of_a_span_table_equals_the_timeline_of_spans_one_by_one(tm
                         [{"user_id": user_id, "feature_mode": mode, "status": status, "seconds": seconds}
                          for mode, (status, seconds) in zip(["activity", "composite"], rows)])
     dirs = [d for run in runs for d in shard_dirs_of_run(run)]
-    columnar = [read_shard(d) for d in dirs]
-    by_rows = [read_shard(d, columnar=False) for d in dirs]
-    one_by_one = [timeline.user_span(f"{shard.spec} {shard.dir.parent.name}", shard.ended_at.get(user_id), rows,
-                                     user_id)
-                  for shard in by_rows for user_id, rows in shard.committed.items()]
+    shards = [read_shard(d) for d in dirs]
+    one_by_one = [user_span(f"{shard.spec} {shard.dir.parent.name}", user.record["ended_at"], user.rows, user_id)
+                  for shard in shards for user_id, user in scan_committed(ShardPaths(shard.dir)).items()]
 
-    from_table = timeline.timeline_table(timeline.span_table(columnar))
+    from_table = timeline.timeline_table(timeline.span_table(shards))
 
-    assert all(shard.columnar for shard in columnar) and len(from_table) == len(one_by_one) == 2 * len(USERS)
+    assert len(from_table) == len(one_by_one) == 2 * len(USERS)
     pd.testing.assert_frame_equal(from_table, timeline.timeline_table(one_by_one))
     assert from_table.attrs == timeline.timeline_table(one_by_one).attrs
     assert set(from_table["status"]) == {"ok", "failed", "skipped"}

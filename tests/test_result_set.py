@@ -8,7 +8,6 @@ from a tiny module on PYTHONPATH, and check the exit code, the message and that 
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import os
@@ -16,26 +15,26 @@ import subprocess
 import sys
 from pathlib import Path
 
-import psutil
 import pytest
 
-from shardrun.errors import MergeError
+from shardrun.errors import MergeError, ResumeMismatch
 from shardrun.results.combine import values_equal
 from shardrun.results.merge import merge_shards
 from shardrun.results.read import shard_dirs_of_run
 from shardrun.results.validate import write_validation
 from shardrun.storage.atomic import read_json, write_json_atomic
-from shardrun.storage.commits import scan_committed
+from shardrun.sharding import ShardSpec
+from shardrun.storage.commits import commit_user, scan_committed
 from shardrun.storage.paths import MergedPaths, ShardPaths
 from shardrun.task import SummaryPanel
-import picture_panels
-from store_support import as_user_file, batch_of, edit_batch
+from store_support import batch_of, edit_batch
 from task_double import (  # noqa: F401  (task_double: the autouse fixture that makes the double loadable)
     DOUBLE_MODULE,
     make_run,
     raw_config,
     read_both,
     read_report,
+    rows_of,
     task_double,
 )
 
@@ -81,22 +80,20 @@ def test_a_failure_after_results_csv_leaves_nothing_at_a_new_output(tmp_path, mo
     assert siblings(out) == []  # no staging dir, no results.csv anywhere
 
 
-def test_a_failed_set_leaves_nothing_and_stops_its_picture_process(tmp_path, task_double, monkeypatch):
-    """The picture is drawn by its own process while the tables are written; a table that fails ends the
-    merge at once: no staging dir is left, and the process is stopped, not waited for."""
+def test_a_failed_set_leaves_nothing_and_draws_no_picture(tmp_path, task_double, monkeypatch):
+    """The pictures are drawn after the tables; a table that fails ends the merge at once: no staging
+    dir is left, and no time goes to a picture of a set that will not exist."""
     run = make_run(tmp_path / "run", count=1)
     out = tmp_path / "out" / "merged"
     marker = tmp_path / "drawn"
     monkeypatch.setattr(task_double, "summary_panels", lambda frame, settings: [
-        SummaryPanel(draw=functools.partial(picture_panels.slow, marker=marker, seconds=60))], raising=False)
+        SummaryPanel(draw=lambda axes: marker.write_text("drawn"))], raising=False)
     monkeypatch.setattr("shardrun.results.merge.write_parquet",
                         lambda frame, path: (_ for _ in ()).throw(RuntimeError("parquet writer down")))
-    children_before = {child.pid for child in psutil.Process().children()}
     with pytest.raises(RuntimeError, match="parquet writer down"):
         merge_shards(shard_dirs_of_run(run), out)
 
-    assert {child.pid for child in psutil.Process().children()} <= children_before
-    assert not marker.exists()  # the picture's 60 s panel never ended: its process was stopped
+    assert not marker.exists()
     assert siblings(out) == []
 
 
@@ -294,28 +291,63 @@ def test_a_file_from_another_configs_run_is_reported_by_merge(tmp_path):
     assert untrusted["user_id"] == "u05" and "comes from another config's run" in untrusted["problem"]
 
 
-def test_old_files_without_a_checksum_still_merge_with_a_note(tmp_path):
+def test_a_batch_whose_rows_carry_another_configs_hash_is_left_out(tmp_path):
     run = make_run(tmp_path / "run", count=1)
     shard = only_shard(run)
-    for user_id in ("u01", "u02", "u03"):
-        as_user_file(shard.dir, user_id, format=1)
+    edit_batch(batch_of(shard.dir, "u04"), lambda r: [row.update(config_hash="elsewhere") for row in r["rows"]],
+               keep_checksum=False)
+    report = merge_shards(shard_dirs_of_run(run), tmp_path / "merged")
+    [untrusted] = report.untrusted_files
+    assert untrusted["user_id"] == "u04" and "carry config hash 'elsewhere'" in untrusted["problem"]
+    assert [m["user_id"] for m in report.missing_users] == ["u04"]
+
+
+@pytest.mark.parametrize("mixed", [False, True], ids=["arrow", "python-json"])
+def test_a_retry_replaces_the_users_earlier_record_whichever_reader(tmp_path, mixed):
+    """--retry-failed's record stands in place of the failed one, in a shard Arrow reads and in one it
+    cannot type (a column of two JSON types: read by Python's json)."""
+    overrides = {"u02": {"n_obs": True}} if mixed else {}
+    overrides["u03"] = {"status": "failed", "reason": "boom", "ais_bits": None}
+    run = make_run(tmp_path / "run", count=1, overrides=overrides)
+    shard = only_shard(run)
+    config_hash = read_json(shard.identity)["config_hash"]
+    commit_user(shard, "u03", rows_of("u03", ShardSpec(0, 1), config_hash), replaces=True)
 
     report = merge_shards(shard_dirs_of_run(run), tmp_path / "merged")
 
-    assert report.complete and report.rows == 16
-    [note] = report.unverified_files
-    assert note["dir"] == str(shard.dir) and len(note["files"]) == 3
-    assert "3 result files of an older format have no checksum" in report.summary()
-    assert read_report(tmp_path / "merged")["unverified_files"] == [note]
+    assert report.rows == 16 and report.conflicts == [] and report.untrusted_files == []
+    assert bool(report.mixed_columns) == mixed
+    frame = read_both(tmp_path / "merged")[1]
+    assert frame.loc[frame.user_id == "u03", "status"].tolist() == ["ok", "ok"]
 
 
-def test_an_old_file_from_another_config_is_still_caught_by_its_rows(tmp_path):
+def test_a_copy_of_a_batch_is_left_out_and_reported(tmp_path):
     run = make_run(tmp_path / "run", count=1)
     shard = only_shard(run)
-    as_user_file(shard.dir, "u02", format=1,
-                 edit=lambda r: [row.update(config_hash="elsewhere") for row in r["rows"]])
+    original = batch_of(shard.dir, "u02")
+    copy = shard.batch(99)
+    copy.write_bytes(original.read_bytes())
+
     report = merge_shards(shard_dirs_of_run(run), tmp_path / "merged")
-    assert [u["user_id"] for u in report.untrusted_files] == ["u02"]
+
+    assert not report.complete and report.rows == 16 and report.identical_duplicates == 0
+    [untrusted] = report.untrusted_files
+    assert untrusted["file"] == copy.name and f"a copy of {original.name}" in untrusted["problem"]
+
+
+def test_a_run_dir_of_per_user_files_is_refused_by_merge_and_by_resume(tmp_path):
+    """Result files of runs made before batch files (u-<hash>.json) are not read: a shard dir holding one
+    is refused with what to do, never merged or resumed without its users."""
+    run = make_run(tmp_path / "run", count=1)
+    shard = only_shard(run)
+    older = shard.results / ("u-" + "0" * 40 + ".json")
+    older.write_text(json.dumps({"format": 2, "user_id": "u01", "rows": []}))
+
+    with pytest.raises(MergeError, match="made before batch files .*u-0+\\.json.*new dir"):
+        merge_shards(shard_dirs_of_run(run), tmp_path / "merged")
+    with pytest.raises(ResumeMismatch, match="made before batch files"):
+        scan_committed(shard)
+    assert older.is_file() and not (tmp_path / "merged").exists()
 
 
 def test_the_resume_scan_quarantines_an_edited_file_and_recomputes_it(tmp_path, caplog):

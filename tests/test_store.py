@@ -12,7 +12,7 @@ import pytest
 
 from shardrun.storage.atomic import create_json_once, read_json, write_json_atomic
 from shardrun.storage.commits import (
-    GroupCommitter, append_error, commit_user, next_batch_number, read_errors, rows_checksum, scan_committed,
+    GroupCommitter, append_error, commit_user, next_batch_number, read_errors, scan_committed,
 )
 from shardrun.storage.identity import ensure_identity
 from shardrun.storage.lock import ShardLock
@@ -77,7 +77,7 @@ def test_users_that_end_within_the_interval_share_one_batch(shard):
     committed = scan_committed(shard)
     assert sorted(committed) == [f"u{n}" for n in range(7)]
     assert {committed[f"u{n}"].path for n in range(6)} == {shard.batch(1)}
-    assert committed["u6"].rows == [{"user_id": "u6", "v": 6}] and committed["u6"].verified
+    assert committed["u6"].rows == [{"user_id": "u6", "v": 6}]
     with pytest.raises(AlreadyCommitted):
         committer.add("u3", [])
 
@@ -113,14 +113,12 @@ def test_torn_and_edited_batches_are_quarantined_whole_and_their_users_recompute
     edited.write_bytes(edited.read_bytes().replace(b'"a":3', b'"a":4'))
     torn = shard.batch(3)
     torn.write_bytes(shard.batch(1).read_bytes()[:-7])
-    legacy_torn = shard.result("torn")
-    legacy_torn.write_text('{"user_id": "torn", "rows": [')
     kept = scan_committed(shard, untrusted="keep")
     assert kept["b1"].problem and "records_sha256" in kept["b2"].problem and kept["good"].problem is None
     committed = scan_committed(shard)
     assert list(committed) == ["good"]
-    assert not edited.exists() and not torn.exists() and not legacy_torn.exists()
-    assert len(list((shard.results / "quarantine").iterdir())) == 3
+    assert not edited.exists() and not torn.exists()
+    assert len(list((shard.results / "quarantine").iterdir())) == 2
     assert GroupCommitter(shard, {}).flush() is None and next_batch_number(shard) == 4  # never a number again
 
 
@@ -133,17 +131,15 @@ def test_a_batch_of_another_config_is_not_trusted(shard):
     assert "'theirs'" in kept["b"].problem and "another config" in kept["b"].problem
 
 
-def test_one_file_per_user_results_of_older_runs_are_still_read(shard):
-    rows = [{"user_id": "old", "v": 1.5}]
-    record = {"format": 2, "user_id": "old", "committed_at": "2026-01-01T00:00:00.000+00:00",
-              "rows_sha256": rows_checksum(rows), "rows": rows}
-    shard.result("old").write_text(json.dumps(record))
-    misnamed = shard.result("other")
-    misnamed.write_text(json.dumps({"user_id": "not-other", "rows": []}))
-    committed = scan_committed(shard)
-    assert list(committed) == ["old"] and committed["old"].rows == rows and committed["old"].verified
-    assert committed["old"].record["ended_at"] == record["committed_at"]
-    assert not misnamed.exists()
+def test_a_resume_refuses_a_shard_dir_of_per_user_files_and_moves_nothing(shard):
+    """Runs made before batch files committed one u-<hash>.json per user; they are not read, so the
+    resume stops with what to do instead of computing those users again beside them."""
+    commit_user(shard, "new", [{"user_id": "new"}])
+    older = shard.results / ("u-" + "1" * 40 + ".json")
+    older.write_text(json.dumps({"format": 1, "user_id": "old", "rows": []}))
+    with pytest.raises(ResumeMismatch, match="run made before batch files .*--out NEW_DIR"):
+        scan_committed(shard)
+    assert older.is_file() and shard.batch(1).is_file() and not shard.quarantine.exists()
 
 
 def test_write_json_atomic_replaces_whole(shard):

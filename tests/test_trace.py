@@ -15,7 +15,7 @@ from shardrun.config import parse_config
 from shardrun.results.merge import merge_result_set
 from shardrun.results.read import read_shard, shard_dirs_of_run
 from shardrun.results.trace import (
-    TRACE_COLUMNS, TRACE_SCHEMA, read_trace, shard_memory, trace_and_memory, write_trace,
+    TRACE_COLUMNS, TRACE_SCHEMA, shard_memory, trace_and_memory, write_trace,
 )
 from shardrun.shard.attempts import Attempts, carried_memory, error_class, scheduler_memory_bytes
 from shardrun.sharding import ShardSpec
@@ -24,6 +24,7 @@ from shardrun.storage.attempts import recorded_attempts
 from shardrun.storage.commits import append_error, commit_user, read_errors, scan_committed
 from shardrun.storage.paths import MergedPaths, RunPaths
 from shardrun.storage.status import ShardStatus
+from e2e_support import read_trace
 from task_double import USERS, make_run, raw_config, rows_of, task_double  # noqa: F401
 
 T0 = datetime(2026, 12, 7, 8, 0, 0, tzinfo=timezone.utc)
@@ -88,43 +89,42 @@ def test_every_committed_user_and_every_failed_attempt_has_one_row(tmp_path):
     for user_id in ("u02", "u03", "u04", "u05", "u06", "u07"):
         run_user(shard, second, user_id, replaces=user_id == "u02")
 
-    for columnar in (True, False):
-        out = tmp_path / f"merged-{columnar}"
-        merged = merge_result_set(shard_dirs_of_run(run), out, columnar=columnar)
-        trace = read_trace(MergedPaths(out).trace)
-        assert list(trace.columns) == list(TRACE_COLUMNS)
-        assert sorted(trace["user_id"]) == sorted([*USERS, "u02", "u03"])
-        by_attempt = trace.set_index(["user_id", "attempt"])
-        assert list(by_attempt.loc[("u02", 1), ["status", "error_class", "committed"]]) == ["failed", "ValueError",
-                                                                                             "replaced"]
-        assert list(by_attempt.loc[("u02", 2), ["status", "committed"]]) == ["ok", "yes"]
-        assert list(by_attempt.loc[("u03", 1), ["status", "error_class", "committed"]]) == ["failed", "KeyError", "no"]
-        assert list(by_attempt.loc[("u03", 2), ["status", "committed"]]) == ["ok", "yes"]
-        assert by_attempt.loc[("u01", 1), "status"] == "skipped"
-        # every user standing in the results has exactly one row that is its result
-        standing = trace[trace["committed"] == "yes"]
-        assert sorted(standing["user_id"]) == sorted(set(merged.frame["user_id"])) == USERS
-        assert set(trace.loc[trace["status"] != "failed", "error_class"].isna()) == {True}
-        start = pd.to_datetime(trace["start"], format="ISO8601")
-        end = pd.to_datetime(trace["end"], format="ISO8601")
-        assert ((end - start).dt.total_seconds().round(3) == trace["seconds"]).all() and (trace["seconds"] > 0).all()
-        assert set(trace["heap_used_bytes"]) == {3 * 2**20, 5 * 2**20} and set(trace["peak_rss_bytes"]) == {200 * 2**20}
-        memory = merged.report.shards[0]["memory"]
-        assert memory["peak_heap_used_bytes"] == 5 * 2**20 and memory["peak_rss_bytes"] == 200 * 2**20
-        assert memory["processes"] == 1  # both "processes" of this test are this one
+    out = tmp_path / "merged"
+    merged = merge_result_set(shard_dirs_of_run(run), out)
+    trace = read_trace(MergedPaths(out).trace)
+    assert list(trace.columns) == list(TRACE_COLUMNS)
+    assert sorted(trace["user_id"]) == sorted([*USERS, "u02", "u03"])
+    by_attempt = trace.set_index(["user_id", "attempt"])
+    assert list(by_attempt.loc[("u02", 1), ["status", "error_class", "committed"]]) == ["failed", "ValueError",
+                                                                                         "replaced"]
+    assert list(by_attempt.loc[("u02", 2), ["status", "committed"]]) == ["ok", "yes"]
+    assert list(by_attempt.loc[("u03", 1), ["status", "error_class", "committed"]]) == ["failed", "KeyError", "no"]
+    assert list(by_attempt.loc[("u03", 2), ["status", "committed"]]) == ["ok", "yes"]
+    assert by_attempt.loc[("u01", 1), "status"] == "skipped"
+    # every user standing in the results has exactly one row that is its result
+    standing = trace[trace["committed"] == "yes"]
+    assert sorted(standing["user_id"]) == sorted(set(merged.frame["user_id"])) == USERS
+    assert set(trace.loc[trace["status"] != "failed", "error_class"].isna()) == {True}
+    start = pd.to_datetime(trace["start"], format="ISO8601")
+    end = pd.to_datetime(trace["end"], format="ISO8601")
+    assert ((end - start).dt.total_seconds().round(3) == trace["seconds"]).all() and (trace["seconds"] > 0).all()
+    assert set(trace["heap_used_bytes"]) == {3 * 2**20, 5 * 2**20} and set(trace["peak_rss_bytes"]) == {200 * 2**20}
+    memory = merged.report.shards[0]["memory"]
+    assert memory["peak_heap_used_bytes"] == 5 * 2**20 and memory["peak_rss_bytes"] == 200 * 2**20
+    assert memory["processes"] == 1  # both "processes" of this test are this one
 
 
-def test_a_shard_read_in_columns_stays_in_columns_and_its_rows_are_unchanged(tmp_path):
+def test_a_shard_read_in_columns_keeps_its_rows_unchanged(tmp_path):
     run, shard = empty_run(tmp_path)
     attempts = recorder()
     for user_id in USERS:
         run_user(shard, attempts, user_id)
-    columnar = read_shard(shard.dir, columnar=True)
-    row_by_row = read_shard(shard.dir, columnar=False)
-    assert columnar.columnar and "attempt" not in columnar.table.column_names
-    rows = columnar.table.drop_columns(["__user"]).to_pylist()
-    assert rows == [row for user_id in USERS for row in row_by_row.committed[user_id]]
-    assert columnar.attempts.num_rows == row_by_row.attempts.num_rows == len(USERS)
+    read = read_shard(shard.dir)
+    assert "attempt" not in read.table.column_names
+    rows = read.table.drop_columns(["__user"]).to_pylist()
+    committed = scan_committed(shard)  # the resume scan's reading, record by record
+    assert rows == [row for user_id in USERS for row in committed[user_id].rows]
+    assert read.attempts.num_rows == len(USERS)
 
 
 def test_records_of_older_runs_still_give_a_row_each(tmp_path):

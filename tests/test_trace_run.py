@@ -11,8 +11,8 @@ import sys
 import pandas as pd
 import pytest
 
-from e2e_support import faulty_task_config, read_status, shardrun
-from shardrun.results.trace import TRACE_COLUMNS, read_trace
+from e2e_support import faulty_task_config, read_status, read_trace, shardrun
+from shardrun.results.trace import TRACE_COLUMNS
 
 pytestmark = pytest.mark.e2e
 

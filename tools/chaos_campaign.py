@@ -532,8 +532,7 @@ def kill_launcher(trial: Trial) -> None:
 
 def merge_fault(trial: Trial, target: str, sig: signal.Signals) -> None:
     """A complete run, then a merge (into its merged set with --overwrite, or into a new output) that
-    gets `sig` at a random instant (target "merge"), or whose picture process does (target "picture");
-    the set in place must be whole; then the same merge again."""
+    gets `sig` at a random instant; the set in place must be whole; then the same merge again."""
     trial.launch()
     replace = trial.rng.random() < 0.5
     output = trial.final_set if replace else trial.run_dir / "merged-again"
@@ -542,17 +541,11 @@ def merge_fault(trial: Trial, target: str, sig: signal.Signals) -> None:
     previous = report.read_bytes() if report.is_file() else None
     merge = trial.merge("merge", output, *extra)
     delay = trial.rng.uniform(*MERGE_WINDOW) * trial.workload.merge_seconds
-    if target == "picture":
-        victim = trial.wait_then_pick(merge, delay,
-                                      lambda: trial.processes_matching(merge, "shardrun.results.picture_process"))
-    else:
-        victim = trial.wait_then_pick(merge, delay, lambda: [merge])
-    helpers = trial.processes_matching(merge, "shardrun.")  # its picture process, orphaned by a kill
+    victim = trial.wait_then_pick(merge, delay, lambda: [merge])
+    helpers = trial.processes_matching(merge, "shardrun.")
     delivered = victim is not None and trial.deliver(target, victim, sig)
     if not delivered:
         expected = {0}
-    elif target == "picture":
-        expected = {0, 5}  # the pictures are lost, or drawn in the merge's own process
     elif sig == signal.SIGKILL:
         expected = {-signal.SIGKILL}
     else:
@@ -673,7 +666,6 @@ FAULTS: dict[str, Callable[[Trial], None]] = {
     "kill-shard": kill_shard,
     "kill-launcher": kill_launcher,
     "kill-merge": lambda trial: merge_fault(trial, "merge", signal.SIGKILL),
-    "kill-picture": lambda trial: merge_fault(trial, "picture", signal.SIGKILL),
     "signal-launcher": signal_launcher,
     "signal-shard": signal_shard,
     "signal-merge": signal_merge,
@@ -760,7 +752,7 @@ def kinds_in_order(kinds: list[str], trials: int, rng: random.Random) -> list[st
 
 
 def become_subreaper() -> None:
-    """Orphans of the trials' processes (a killed launcher's shards, a killed merge's picture process)
+    """Orphans of the trials' processes (a killed launcher's shards)
     become this script's children, so that a process left behind is seen."""
     libc = ctypes.CDLL(None, use_errno=True)
     if libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:

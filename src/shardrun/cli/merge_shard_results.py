@@ -9,7 +9,6 @@ from typing import Sequence
 from shardrun.cli.common import add_verbose, command_parser, guarded
 from shardrun.early_signals import EarlySignals
 from shardrun.errors import EXIT_OK, EXIT_VALIDATION_FAILED
-from shardrun.results.picture_process import PictureProcess
 
 
 def parser() -> argparse.ArgumentParser:
@@ -28,13 +27,11 @@ def parser() -> argparse.ArgumentParser:
 
 
 def _merge(args: argparse.Namespace) -> int:
-    with PictureProcess() as pictures:
-        # imported once the picture's process is on its way: the two processes' imports overlap
-        from shardrun.results.merge import merge_shards
-        from shardrun.results.read import shard_dirs_of_run
+    from shardrun.results.merge import merge_shards
+    from shardrun.results.read import shard_dirs_of_run
 
-        dirs = shard_dirs_of_run(args.run) if args.run else list(args.shards)
-        report = merge_shards(dirs, args.output, force=args.force, overwrite=args.overwrite, pictures=pictures)
+    dirs = shard_dirs_of_run(args.run) if args.run else list(args.shards)
+    report = merge_shards(dirs, args.output, force=args.force, overwrite=args.overwrite)
     print(f"merged {report.rows} rows for {report.users} users from {len(dirs)} shard dirs into {args.output}")
     for line in report.problem_lines():
         print(f"  - {line}")

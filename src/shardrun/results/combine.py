@@ -11,17 +11,18 @@ the ShardInputs that read.py built.
 
 from __future__ import annotations
 
+import json
 import math
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from shardrun.results.columnar import PLAIN_TYPES, SOURCE, USER, typed_frame_of_table
+from shardrun.results.columnar import JSON_TEXT, SOURCE, USER, json_texts, typed_frame_of_table
 from shardrun.results.read import ShardInput
 from shardrun.sharding import ShardSpec
 from shardrun.task import BOOKKEEPING_COLUMNS
@@ -39,21 +40,7 @@ def find_mismatch(shards: Sequence[ShardInput]) -> list[dict[str, Any]]:
     ]
 
 
-# --- combining rows -------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class KeptRow:
-    row: Mapping[str, Any]
-    user_id: str  # the committed user the row belongs to (as stored in the result file)
-    source: Path
-
-
-@dataclass(frozen=True)
-class Combined:
-    rows: list[KeptRow]
-    identical_duplicates: int
-    conflicts: list[dict[str, Any]]
+# --- combining rows ---------------------------------------------------------------------------
 
 
 def is_missing(value: Any) -> bool:
@@ -101,21 +88,6 @@ def differing_columns(a: Mapping[str, Any], b: Mapping[str, Any]) -> list[str]:
     return [c for c in columns if not values_equal(a.get(c), b.get(c))]
 
 
-def row_key(row: Mapping[str, Any], key_columns: Sequence[str]) -> tuple:
-    return tuple(row.get(c) for c in key_columns)
-
-
-def typed_key(row: Mapping[str, Any], key_columns: Sequence[str]) -> tuple:
-    """The key as the merge matches it: with each value's JSON type, so a key of true and one of 1
-    (equal and of one hash in Python) are different keys. A key of strings only (the usual user id and
-    mode) is its plain tuple: it cannot equal a typed one, whose members are tuples."""
-    values = row_key(row, key_columns)
-    if all(type(v) is str for v in values):
-        return values
-    return tuple((json_type(v), None if is_missing(v) else repr(v) if json_type(v) in ("array", "object") else v)
-                 for v in values)
-
-
 def conflict(key_columns: Sequence[str], key: Sequence[Any], dirs: tuple[Path, Path],
              rows: tuple[Mapping[str, Any], Mapping[str, Any]], differences: Sequence[str]) -> dict[str, Any]:
     """A conflict as merge_report.json lists it: the key, the two dirs, each differing column's two values."""
@@ -126,78 +98,62 @@ def conflict(key_columns: Sequence[str], key: Sequence[Any], dirs: tuple[Path, P
     }
 
 
-def combine_rows(shards: Sequence[ShardInput], key_columns: Sequence[str]) -> Combined:
-    """One row per key. The first row (shards in the given order) is kept; later ones with the same
-    key are counted as identical duplicates, or listed as conflicts when any value differs."""
-    kept: dict[tuple, KeptRow] = {}
-    identical = 0
-    conflicts: list[dict[str, Any]] = []
-    for shard in shards:
-        for user_id, rows in shard.committed.items():
-            for row in rows:
-                typed = typed_key(row, key_columns)
-                first = kept.get(typed)
-                if first is None:
-                    kept[typed] = KeptRow(row=row, user_id=user_id, source=shard.dir)
-                    continue
-                differences = differing_columns(first.row, row)
-                if not differences:
-                    identical += 1
-                    continue
-                conflicts.append(conflict(key_columns, row_key(row, key_columns), (first.source, shard.dir),
-                                          (first.row, row), differences))
-    return Combined(rows=list(kept.values()), identical_duplicates=identical, conflicts=conflicts)
-
-
-# --- combining whole columns (the columnar merge) -----------------------------------------------
-
-
 @dataclass(frozen=True)
 class CombinedFrame:
-    """The merge's result set, however it was combined (combine_tables, or combine_rows and frame.typed_frame)."""
+    """The merge's result set: one row per key, the first row of each key (shards in merge order) kept."""
 
-    frame: pd.DataFrame  # one row per key, sorted by key, typed, in the output columns
+    frame: pd.DataFrame  # one row per key, sorted by key, in the output columns; JSON_TEXT ones still JSON text
     users: list[str]  # the committed user of each row of `frame`
     identical_duplicates: int
     conflicts: list[dict[str, Any]]
-    mixed: list[dict[str, Any]] = field(default_factory=list)  # columns of more than one JSON type (as text)
+    json_columns: list[str] = field(default_factory=list)  # the columns of `frame` that hold JSON texts
     dropped: list[str] = field(default_factory=list)  # columns the rows carry that the schema does not have
 
 
 def combine_tables(tables: Sequence[pa.Table | None], dirs: Sequence[Path], key_columns: Sequence[str],
-                   columns: Sequence[str]) -> CombinedFrame | None:
-    """combine.combine_rows, sorted_rows and frame.typed_frame over whole columns; None when the shards'
-    columns cannot be one typed table (then the merge goes row by row)."""
-    present = [t.append_column(SOURCE, pa.array(np.full(t.num_rows, n, dtype=np.int32)))
-               for n, t in enumerate(tables) if t is not None]
-    if not present:
-        return None
-    try:
-        table = pa.concat_tables(present, promote_options="permissive")
-    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
-        return None  # a column of one JSON type in one shard and another in the next
-    for column in key_columns:
-        if column not in table.column_names or not (pa.types.is_string(table.schema.field(column).type)
-                                                    or pa.types.is_large_string(table.schema.field(column).type)):
-            return None
-        if table.column(column).null_count:
-            return None
-    if not all(any(test(field.type) for test in PLAIN_TYPES) for field in table.schema):
-        return None
+                   columns: Sequence[str]) -> CombinedFrame:
+    """One row per key over whole columns: later rows of a key are identical duplicates, or conflicts
+    when any value differs (only the duplicated keys are compared one by one)."""
+    table = _one_table([t.append_column(SOURCE, pa.array(np.full(t.num_rows, n, dtype=np.int32)))
+                        for n, t in enumerate(tables) if t is not None])
+    json_columns = [c for c in columns if c in table.column_names and table.schema.field(c).type == JSON_TEXT]
     frame = typed_frame_of_table(table, [*dict.fromkeys([*columns, USER, SOURCE])])
     later = frame.duplicated(list(key_columns), keep="first").to_numpy()
     identical, conflicts = 0, []
     if later.any():
-        identical, conflicts = _compare_duplicates(frame, later, key_columns, columns, dirs)
+        identical, conflicts = _compare_duplicates(frame, later, key_columns, columns, dirs, json_columns)
     kept = (frame[~later] if later.any() else frame).sort_values(list(key_columns), kind="stable")
     dropped = sorted(set(table.column_names) - set(columns) - {USER, SOURCE})
     return CombinedFrame(frame=kept[list(columns)].reset_index(drop=True), users=kept[USER].tolist(),
-                         identical_duplicates=identical, conflicts=conflicts, dropped=dropped)
+                         identical_duplicates=identical, conflicts=conflicts, json_columns=json_columns,
+                         dropped=dropped)
+
+
+def _one_table(tables: Sequence[pa.Table]) -> pa.Table:
+    """The shards' tables as one; a column of one JSON type in one shard and another in the next is
+    JSON text (columnar.JSON_TEXT) in all of them."""
+    if not tables:
+        return pa.table({USER: pa.array([], pa.string()), SOURCE: pa.array([], pa.int32())})
+    kinds: dict[str, set[str]] = {}
+    for table in tables:
+        for column in table.schema:
+            if not pa.types.is_null(column.type):
+                kinds.setdefault(column.name, set()).add(_kind(column.type))
+    for name in [name for name, found in kinds.items() if len(found) > 1]:
+        tables = [t.set_column(t.schema.get_field_index(name), name, json_texts(t.column(name).to_pylist()))
+                  if name in t.column_names and t.schema.field(name).type != JSON_TEXT else t for t in tables]
+    return pa.concat_tables(tables, promote_options="permissive")
+
+
+def _kind(type: pa.DataType) -> str:
+    if pa.types.is_integer(type) or pa.types.is_floating(type):
+        return "number"
+    return "json" if type == JSON_TEXT else str(type)
 
 
 def _compare_duplicates(frame: pd.DataFrame, later: np.ndarray, key_columns: Sequence[str], columns: Sequence[str],
-                        dirs: Sequence[Path]) -> tuple[int, list[dict[str, Any]]]:
-    """Each later row of a key against the first (combine.combine_rows' rule), in merge order."""
+                        dirs: Sequence[Path], json_columns: Sequence[str]) -> tuple[int, list[dict[str, Any]]]:
+    """Each later row of a key against the first, in merge order, value by value (values_equal)."""
     keys = list(key_columns)
     involved = frame[frame.duplicated(keys, keep=False).to_numpy()]
     first_of: dict[tuple, dict[str, Any]] = {}
@@ -205,6 +161,7 @@ def _compare_duplicates(frame: pd.DataFrame, later: np.ndarray, key_columns: Seq
     for row in involved[[*columns, SOURCE]].to_dict("records"):
         row = {column: (None if value is pd.NA else value) for column, value in row.items()}
         key = tuple(row[c] for c in keys)
+        row.update({c: None if row[c] is None else json.loads(row[c]) for c in json_columns})
         first = first_of.setdefault(key, row)
         if first is row:
             continue
@@ -212,31 +169,9 @@ def _compare_duplicates(frame: pd.DataFrame, later: np.ndarray, key_columns: Seq
         if not differences:
             identical += 1
             continue
-        conflicts.append(conflict(keys, key, (dirs[first[SOURCE]], dirs[row[SOURCE]]), (first, row), differences))
+        conflicts.append(conflict(keys, tuple(row[c] for c in keys), (dirs[first[SOURCE]], dirs[row[SOURCE]]),
+                                  (first, row), differences))
     return identical, conflicts
-
-
-def _sortable(value: Any) -> tuple:
-    """A sort key for mixed key values: numbers, then text, then anything else, missing last."""
-    if is_missing(value):
-        return (3, "")
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return (0, value)
-    if isinstance(value, str):
-        return (1, value)
-    return (2, repr(value))
-
-
-def sorted_rows(rows: Iterable[KeptRow], key_columns: Sequence[str]) -> list[KeptRow]:
-    """The kept rows in key order (the order of the result set). Keys of strings only sort as plain
-    tuples: the same order as _sortable gives them, without a tuple per value."""
-    rows = list(rows)
-    keys = [row_key(kept.row, key_columns) for kept in rows]
-    if all(type(v) is str for key in keys for v in key):
-        order = sorted(range(len(rows)), key=keys.__getitem__)
-    else:
-        order = sorted(range(len(rows)), key=lambda n: tuple(_sortable(v) for v in keys[n]))
-    return [rows[n] for n in order]
 
 
 # --- coverage -------------------------------------------------------------------------------

@@ -5,11 +5,12 @@ uses to tell identical duplicates from conflicts: all boolean -> bool, all numbe
 value is written as an integer, else float64 (1128 and 1128.0 are then both 1128.0: one JSON number,
 one column type), all string -> text; null is
 missing in any of them. A column whose values are of more than one JSON type (true in one row, 1 in
-another; "n/a" next to numbers) is a problem the merge reports (typed_frame); it is written as text
+another; "n/a" next to numbers) is a problem the merge reports (typed_json_columns); it is written as text
 (JSON text for what is not a string), so the Parquet writer never meets a mixed-type column. Arrays and
 objects are written as JSON text too.
 
-Rows in, a pandas frame out; and the frame into a file (merge.py says where: its staging dir).
+The merge's frame comes typed from Arrow (columnar.typed_frame_of_table); only columns of JSON texts are
+typed here, value by value. Then the frame into a file (merge.py says where: its staging dir).
 """
 
 from __future__ import annotations
@@ -36,12 +37,11 @@ def schema_columns(task: Task, settings: Any) -> list[str]:
     return task_columns + [c for c in BOOKKEEPING_COLUMNS if c not in task_columns]
 
 
-def output_columns(task: Task, settings: Any | None, rows: Iterable[Mapping[str, Any]]) -> list[str]:
+def output_columns(task: Task, settings: Any | None, seen: Iterable[str]) -> list[str]:
     """The schema; without settings (no run.json), the key columns then the other columns the rows carry."""
     if settings is not None:
         return schema_columns(task, settings)
-    seen = {c for row in rows for c in row}
-    rest = sorted(seen - set(task.key_columns) - set(BOOKKEEPING_COLUMNS))
+    rest = sorted(set(seen) - set(task.key_columns) - set(BOOKKEEPING_COLUMNS))
     return list(task.key_columns) + rest + list(BOOKKEEPING_COLUMNS)
 
 
@@ -74,7 +74,7 @@ def _as_text(value: Any) -> str | None:
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1  # an integer beyond these is typed as a float, like 1128.5
 
 
-def _typed_column(values: list[Any]) -> pd.Series:
+def typed_column(values: list[Any]) -> pd.Series:
     """A column with a stable type from its values' JSON types (see the module doc). Rows are JSON,
     where a missing number is null; pandas alone would make an int column with one null into floats."""
     types = value_types(values)
@@ -93,50 +93,18 @@ def _typed_column(values: list[Any]) -> pd.Series:
     return pd.Series([_as_text(v) for v in values], dtype=TEXT_DTYPE)
 
 
-# pandas' inference of an object column (nulls skipped) -> the one JSON type all its values share
-_SINGLE_JSON_TYPE = {"integer": "number", "floating": "number", "mixed-integer-float": "number",
-                     "boolean": "boolean", "string": "string", "empty": "null"}
-
-
-def typed_frame(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> tuple[pd.DataFrame, list[dict[str, Any]]]:
-    """The frame of the rows in the given columns, every column of one type (mixed ones as text), and the
-    columns whose values are of more than one JSON type, with the count of each type.
-
-    A column's JSON type is found by pandas' inference over the column at C speed; only a column it does
-    not place in one JSON type (mixed values, arrays, objects) is typed value by value (_typed_column),
-    so a merge of 10^6 rows costs seconds, not minutes. The result is the same as typing every column
-    value by value (tests/test_merge.py checks both ways agree)."""
+def typed_json_columns(frame: pd.DataFrame, names: Sequence[str]) -> tuple[pd.DataFrame, list[dict[str, Any]]]:
+    """The frame with its columns of JSON texts (columnar.JSON_TEXT) decoded and typed (typed_column), and
+    those whose values are of more than one JSON type, with the count of each type."""
     typed: dict[str, pd.Series] = {}
     mixed: list[dict[str, Any]] = []
-    for column in columns:
-        values = np.array([row.get(column) for row in rows], dtype=object)
-        kind = _SINGLE_JSON_TYPE.get(pd.api.types.infer_dtype(values, skipna=True))
-        series = _typed_column_by_kind(values, kind) if kind is not None else None
-        if series is None:
-            types = value_types(values)
-            if len(types) > 1:
-                mixed.append({"column": column, "types": types})
-            series = _typed_column(list(values))
-        typed[column] = series
-    return pd.DataFrame(typed, columns=list(columns)), mixed
-
-
-def _typed_column_by_kind(values: np.ndarray, kind: str) -> pd.Series | None:
-    """_typed_column for a column whose values pandas placed in one JSON type; None to type it value by value."""
-    missing = pd.isna(values)
-    has_missing = bool(missing.any())
-    if kind == "null":
-        return pd.Series(np.full(len(values), math.nan), dtype="float64")
-    if kind == "boolean":
-        return pd.Series(values, dtype="boolean" if has_missing else bool)
-    if kind == "string":
-        return pd.Series(np.where(missing, None, values), dtype=TEXT_DTYPE)
-    if pd.api.types.infer_dtype(values, skipna=True) == "integer":
-        try:
-            return pd.Series(pd.array(np.where(missing, None, values), dtype="Int64" if has_missing else "int64"))
-        except (OverflowError, TypeError, ValueError):
-            return None  # beyond int64: value by value, as before
-    return pd.Series(np.where(missing, math.nan, values).astype("float64"))
+    for name in names:
+        values = [None if text is None or text is pd.NA else json.loads(text) for text in frame[name]]
+        types = value_types(values)
+        if len(types) > 1:
+            mixed.append({"column": name, "types": types})
+        typed[name] = typed_column(values)
+    return (frame.assign(**typed) if typed else frame), mixed
 
 
 _TEXT = pa.large_string()  # 64-bit offsets: a chunk of long texts cannot overflow them
@@ -163,7 +131,7 @@ def write_csv(frame: pd.DataFrame, path: Path, chunk_rows: int | None = None) ->
     The fields are built column by column with pyarrow.compute (several times faster than pandas'
     writer, whose float formatting was most of a merge). A frame with a column of another kind (Python
     values of mixed types, datetimes, float32, ...) or a column name that is not a string is written
-    whole by pandas, as before; the merge's frames (typed_frame) never have one.
+    whole by pandas, as before; the merge's frames never have one.
     """
     kinds = _field_kinds(frame)
     if kinds is None:
@@ -241,7 +209,7 @@ def _quoted_pieces(text: pa.Array) -> list[pa.Array | pa.Scalar]:
 
 
 def _arrow(column: pd.Series, type: pa.DataType | None = None) -> pa.Array:
-    """The column as one Arrow array; NaN, None and <NA> are null (a missing number, as in typed_frame)."""
+    """The column as one Arrow array; NaN, None and <NA> are null (a missing number, as in the merge's frame)."""
     values = pa.array(column, type=type, from_pandas=True)
     # a column already held by Arrow (pandas' "str") comes as chunks; one array joins with the others
     return values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values

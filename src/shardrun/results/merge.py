@@ -1,5 +1,5 @@
 """merge_shard_results: shard dirs -> one result set, in the order read -> combine -> frame -> write (the
-picture drawn meanwhile by its own process, picture_process.py).
+pictures drawn last, in this process: docs/dev/MERGE.md has the measurements).
 
 Merging is the last step before anyone reads the numbers, so it never guesses silently: rows
 that share a key but differ are conflicts (listed, and the set is marked incomplete), users a
@@ -12,7 +12,7 @@ Each step lives in its own module: read.py (shard dirs, run.json, the task), com
 rules: duplicates, conflicts, coverage), frame.py (the table and its bytes), report.py
 (merge_report.json). This module only runs them in order, with reading and writing at the two ends.
 Once combined, the task may fill in columns that depend on the whole set and add facts to the report
-(the optional hooks of task.AddsSetColumns), before the picture is started and the tables written.
+(the optional hooks of task.AddsSetColumns), before the tables are written and the pictures drawn.
 
 Writing is atomic for the whole set: results.csv, results.parquet, summary.png, run.png and
 merge_report.json are built in a sibling dir `.<name>.merging-<pid>-<random>` of the output dir,
@@ -28,7 +28,7 @@ import os
 import secrets
 import shutil
 import time
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
@@ -37,26 +37,18 @@ import pandas as pd
 import psutil
 
 from shardrun.errors import MergeError, StorageError
+from shardrun.results.columnar import USER
 from shardrun.results.combine import (
-    CombinedFrame,
-    combine_rows,
     combine_tables,
     find_mismatch,
     find_missing_shards,
     find_missing_users,
     find_unplanned_users,
     find_users_short_of_rows,
-    sorted_rows,
 )
-from shardrun.results.frame import output_columns, typed_frame, with_set_columns, write_csv, write_parquet
-from shardrun.results.read import (
-    ShardInput,
-    read_provenance,
-    read_shard,
-    resolve_task,
-)
+from shardrun.results.frame import output_columns, typed_json_columns, with_set_columns, write_csv, write_parquet
+from shardrun.results.read import ShardInput, read_provenance, read_shard, resolve_task
 from shardrun.results.report import MergeReport, mismatch_message
-from shardrun.results.picture_process import PictureFailed, PictureProcess
 from shardrun.results.run_picture import RunPicture
 from shardrun.results.summary import ResultCounts, SummaryPicture, run_title, task_panels
 from shardrun.results.timeline import PREDICTED, span_table, start_table
@@ -73,10 +65,6 @@ log = logging.getLogger(__name__)
 MERGE_AGAIN = Remedy("run the same merge_shard_results command again (an earlier result set there is untouched)",
                      "--output dir")
 
-# The command line names the run's shard dirs with shard_dirs_of_run and older callers read result
-# files with read_result_file through this module; both live in read.py.
-
-
 # --- the command ----------------------------------------------------------------------------
 
 
@@ -89,10 +77,9 @@ def _distinct_dirs(shard_dirs: Sequence[Path]) -> list[Path]:
 
 
 def merge_shards(shard_dirs: Sequence[Path], output_dir: Path, force: bool = False,
-                 overwrite: bool = False, columnar: bool = True,
-                 pictures: PictureProcess | None = None) -> MergeReport:
+                 overwrite: bool = False) -> MergeReport:
     """merge_result_set's report (the command's answer)."""
-    return merge_result_set(shard_dirs, output_dir, force, overwrite, columnar, pictures).report
+    return merge_result_set(shard_dirs, output_dir, force, overwrite).report
 
 
 @dataclass(frozen=True)
@@ -102,17 +89,13 @@ class MergedSet:
 
 
 def merge_result_set(shard_dirs: Sequence[Path], output_dir: Path, force: bool = False,
-                     overwrite: bool = False, columnar: bool = True,
-                     pictures: PictureProcess | None = None, remedy: Remedy = MERGE_AGAIN) -> MergedSet:
+                     overwrite: bool = False, remedy: Remedy = MERGE_AGAIN) -> MergedSet:
     """Merge shard dirs (of one run or of several) into results.csv, results.parquet, summary.png, run.png
     and merge_report.json in `output_dir`, all at once.
 
     `force` merges shards of different configs or data anyway (recorded, the set is incomplete);
     `overwrite` replaces an existing output dir. They are separate permissions: force does not imply
-    overwrite. `columnar` False reads and combines row by row even where columns would do (the same
-    result set, slowly; the tests compare the two). `pictures`: the process that draws the pictures, if
-    the caller started it already (the command does, before its imports); else the merge starts one.
-    `remedy`: what a storage failure's error tells to run afterwards (the caller's command).
+    overwrite. `remedy`: what a storage failure's error tells to run afterwards (the caller's command).
     """
     started = time.monotonic()
     output_dir = Path(output_dir)
@@ -123,17 +106,14 @@ def merge_result_set(shard_dirs: Sequence[Path], output_dir: Path, force: bool =
         raise MergeError("no shard dirs given; pass shard dirs with --shards or a run dir with --run.")
     with one_merge_into(output_dir, remedy):
         prepare_output_dir(output_dir, overwrite, remedy)
-        # a process of its own unless the caller started it: it imports matplotlib meanwhile
-        with PictureProcess() if pictures is None else nullcontext(pictures) as drawing:
-            merged = _merge(dirs, output_dir, force, columnar, drawing, remedy)
+        merged = _merge(dirs, output_dir, force, remedy)
     log.log(logging.INFO if merged.report.complete else logging.WARNING, "%s (in %.1f s)", merged.report.summary(),
             time.monotonic() - started)
     return merged
 
 
-def _merge(dirs: list[Path], output_dir: Path, force: bool, columnar: bool, pictures: PictureProcess,
-           remedy: Remedy) -> MergedSet:
-    shards = [read_shard(d, columnar=columnar) for d in dirs]
+def _merge(dirs: list[Path], output_dir: Path, force: bool, remedy: Remedy) -> MergedSet:
+    shards = [read_shard(d) for d in dirs]
 
     mismatch = find_mismatch(shards)
     if mismatch and not force:
@@ -143,11 +123,11 @@ def _merge(dirs: list[Path], output_dir: Path, force: bool, columnar: bool, pict
 
     provenance = read_provenance(dirs)
     task, settings = resolve_task(provenance, shards)
-    combined = combine_columnar(shards, task, settings)
-    if combined is None:
-        shards = [shard if not shard.columnar else read_shard(shard.dir, columnar=False) for shard in shards]
-        combined = combine_row_by_row(shards, task, settings)
-    frame, row_users, mixed, dropped = combined.frame, combined.users, combined.mixed, combined.dropped
+    present = {c for shard in shards if shard.table is not None for c in shard.table.column_names} - {USER}
+    combined = combine_tables([shard.table for shard in shards], [shard.dir for shard in shards], task.key_columns,
+                              output_columns(task, settings, present))
+    frame, mixed = typed_json_columns(combined.frame, combined.json_columns)
+    row_users, dropped = combined.users, combined.dropped
     # the task's columns of the whole set, before anything is drawn or written: both see them
     frame, outside = with_set_columns(frame, task_set_columns(task, frame, settings))
     if outside:
@@ -157,8 +137,6 @@ def _merge(dirs: list[Path], output_dir: Path, force: bool, columnar: bool, pict
         log.warning("columns %s are not in the task's schema and are left out of the merged results", dropped)
     for m in mixed:
         log.warning("column %r mixes JSON types %s; it is written as text", m["column"], m["types"])
-    # drawn by its process from here on, while the checks below run and the tables are written
-    drawing = start_pictures(pictures, frame, shards, run_title(dirs), task, settings)
     trace, memory = trace_and_memory(shards)
     report = MergeReport(
         output_dir=str(output_dir),
@@ -177,38 +155,12 @@ def _merge(dirs: list[Path], output_dir: Path, force: bool, columnar: bool, pict
         forced_mismatch=mismatch,
         provenance=provenance,
         untrusted_files=[u for s in shards for u in s.untrusted],
-        unverified_files=[{"dir": str(s.dir), "files": list(s.unverified)} for s in shards if s.unverified],
         mixed_columns=mixed,
         task=task_set_report(task, frame, settings),
     )
-    write_result_set(output_dir, frame, report, pictures=lambda: drawn_pictures(pictures, drawing), trace=trace,
-                     remedy=remedy)
+    write_result_set(output_dir, frame, report, trace=trace, remedy=remedy,
+                     pictures=lambda: draw_pictures(frame, shards, run_title(dirs), task, settings))
     return MergedSet(report, frame)
-
-
-# --- combining: in columns where the shards allow it, else row by row --------------------------
-
-
-def combine_columnar(shards: Sequence[ShardInput], task: Task, settings: Any | None) -> CombinedFrame | None:
-    """The merge over whole columns (combine.combine_tables), or None when some shard must be read row by row."""
-    if settings is None or not all(shard.columnar for shard in shards):
-        return None
-    tables = [shard.table for shard in shards]
-    combined = combine_tables(tables, [shard.dir for shard in shards], task.key_columns,
-                              output_columns(task, settings, []))
-    if combined is None and any(table is not None for table in tables):
-        log.info("the shards' columns cannot be typed as one table; merging row by row")
-    return combined
-
-
-def combine_row_by_row(shards: Sequence[ShardInput], task: Task, settings: Any | None) -> CombinedFrame:
-    combined = combine_rows(shards, task.key_columns)
-    ordered = sorted_rows(combined.rows, task.key_columns)
-    rows = [kept.row for kept in ordered]
-    columns = output_columns(task, settings, rows)
-    frame, mixed = typed_frame(rows, columns)
-    return CombinedFrame(frame, [kept.user_id for kept in ordered], combined.identical_duplicates,
-                         combined.conflicts, mixed, sorted({c for row in rows for c in row} - set(columns)))
 
 
 # --- the output dir ---------------------------------------------------------------------------
@@ -314,36 +266,32 @@ def write_result_set(output_dir: Path, frame: pd.DataFrame, report: MergeReport,
 
 # --- the pictures ------------------------------------------------------------------------------
 # The one guarded step of a merge: the pictures only illustrate results already written, so a plotting
-# failure (a matplotlib bug, an odd value, a missing font, a task's panel that raises, the pictures'
-# process killed) is logged as an error with its traceback and the merge goes on, its set without that
-# picture: a picture of an earlier merge is never shown next to results it does not describe. Each
-# picture fails alone: summary.png (the science) and run.png (the run) are drawn apart.
+# failure (a matplotlib bug, an odd value, a missing font, a task's panel that raises) is logged as an
+# error with its traceback and the merge goes on, its set without that picture: a picture of an earlier
+# merge is never shown next to results it does not describe. Each picture fails alone: summary.png (the
+# science) and run.png (the run) are drawn apart.
 
 
-def start_pictures(pictures: PictureProcess, frame: pd.DataFrame, shards: Sequence[ShardInput], title: str,
-                   task: Task, settings: Any | None) -> list[str]:
-    """Hand summary.png (the task's panels) and run.png (the shards' timeline) to the pictures'
-    process; the names of those handed over (one whose inputs failed is logged and left out)."""
-    handed = {}
-    try:
-        handed[MergedPaths.SUMMARY_PNG] = SummaryPicture(ResultCounts.of(frame), title,
-                                                         tuple(task_panels(task, frame, settings)))
-    except Exception as exc:  # noqa: BLE001 - documented guard: the picture must not cost the results
-        _picture_failed(MergedPaths.SUMMARY_PNG, exc)
-    try:
-        # the user ids stay here: the picture needs only each user's estimate (a tenth of its bytes at 10^6)
-        spans = predicted_spans(span_table(shards), task, frame, settings).drop(columns="user_id")
-        handed[MergedPaths.RUN_PNG] = RunPicture(spans, start_table(shards), title)
-    except Exception as exc:  # noqa: BLE001 - documented guard
-        _picture_failed(MergedPaths.RUN_PNG, exc)
-    if handed:
+def draw_pictures(frame: pd.DataFrame, shards: Sequence[ShardInput], title: str, task: Task,
+                  settings: Any | None) -> dict[str, bytes]:
+    """summary.png (the task's panels) and run.png (the shards' timeline) by file name; one that fails is
+    logged and left out."""
+    pictures = {
+        MergedPaths.SUMMARY_PNG: lambda: SummaryPicture(ResultCounts.of(frame), title,
+                                                        tuple(task_panels(task, frame, settings))),
+        MergedPaths.RUN_PNG: lambda: RunPicture(predicted_spans(span_table(shards), task, frame, settings),
+                                                start_table(shards), title),
+    }
+    drawn = {}
+    for name, picture in pictures.items():
         try:
-            pictures.draw(handed)
-        except Exception as exc:  # noqa: BLE001 - documented guard
-            for name in handed:
-                _picture_failed(name, exc)
-            return []
-    return list(handed)
+            drawn[name] = picture().png()
+        except Exception as exc:  # documented guard: the picture must not cost the results
+            log.exception("could not draw %s (%s: %s); the merged results are complete without it",
+                          name, type(exc).__name__, exc)
+            continue
+        log.info("drew %s", name)
+    return drawn
 
 
 def predicted_spans(spans: pd.DataFrame, task: Task, frame: pd.DataFrame, settings: Any | None) -> pd.DataFrame:
@@ -354,23 +302,3 @@ def predicted_spans(spans: pd.DataFrame, task: Task, frame: pd.DataFrame, settin
                  else pd.Series(dtype="float64"))
     ids = spans["user_id"].astype(object) if "user_id" in spans.columns else pd.Series(index=spans.index, dtype=object)
     return spans.assign(**{PREDICTED: ids.map(predicted).astype("float64").to_numpy()})
-
-
-def drawn_pictures(pictures: PictureProcess, names: Sequence[str]) -> dict[str, bytes]:
-    """The bytes of each picture drawn, by file name; a picture that failed is logged and left out."""
-    drawn = {}
-    for name in names:
-        try:
-            drawn[name] = pictures.png(name)
-        except Exception as exc:  # noqa: BLE001 - documented guard: the picture must not cost the results
-            _picture_failed(name, exc)
-            continue
-        log.info("drew %s", name)
-    return drawn
-
-
-def _picture_failed(name: str, exc: Exception) -> None:
-    # The pictures' process's report says all there is (its death, or its own traceback of a failed panel):
-    # this process's stack under it would only be a traceback to alarm the user.
-    log.error("could not draw %s (%s: %s); the merged results are complete without it",
-              name, type(exc).__name__, exc, exc_info=not isinstance(exc, PictureFailed))

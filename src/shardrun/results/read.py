@@ -17,12 +17,12 @@ import pyarrow as pa
 
 from shardrun.config import parse_config
 from shardrun.errors import MergeError, ShardrunError, TaskNotImportable
-from shardrun.results.columnar import STANDING, read_columnar
+from shardrun.results.columnar import read_columnar
 from shardrun.sharding import ShardSpec
 from shardrun.storage.paths import RunPaths, ShardPaths
 from shardrun.storage.atomic import read_json
-from shardrun.storage.attempts import ATTEMPT, attempt_of
-from shardrun.storage.commits import CommittedUser, read_errors, scan_committed
+from shardrun.storage.attempts import ATTEMPT
+from shardrun.storage.commits import read_errors, refuse_older_results
 from shardrun.task import Task, load_task
 
 log = logging.getLogger(__name__)
@@ -36,23 +36,19 @@ ERROR_FIELDS = ("user_id", "time", "error_type", "java_class", ATTEMPT)
 
 @dataclass(frozen=True)
 class ShardInput:
-    """One shard dir as merge sees it: its identity, its state and its committed rows, either as one
-    Arrow table (columnar.read_columnar) or row by row (`committed`)."""
+    """One shard dir as merge sees it: its identity, its state and its committed rows as one Arrow table
+    (columnar.read_columnar)."""
 
     dir: Path
     identity: Mapping[str, Any]
     spec: ShardSpec
     state: str | None
     users: tuple[str, ...]  # the committed users, in commit order
-    committed: Mapping[str, Sequence[Mapping[str, Any]]] = field(default_factory=dict)  # user id -> rows (row by row)
-    table: pa.Table | None = None  # the rows with columnar.USER (columnar); None row by row, or when there are none
-    columnar: bool = False
+    table: pa.Table | None = None  # the rows with columnar.USER; None when there are none
     ended_at: Mapping[str, Any] = field(default_factory=dict)  # user id -> when its analysis ended (the timeline)
-    # results whose file fails its check (a batch edited after the commit or cut short, or from another
-    # config's run): their rows are left out of the merge and each is a problem of the result set
+    # batch files that fail their check (edited after the commit or cut short, from another config's run,
+    # a copy): their rows are left out of the merge and each is a problem of the result set
     untrusted: Sequence[Mapping[str, Any]] = ()
-    # result files of format 1 (no checksum): merged, and listed as a note, never a problem
-    unverified: Sequence[str] = ()
     # every committed record's attempt, replaced ones included (columnar.record_attempts' columns)
     attempts: pa.Table | None = None
     errors: Sequence[Mapping[str, Any]] = ()  # errors.jsonl's lines, what the trace needs of them (ERROR_FIELDS)
@@ -85,7 +81,6 @@ class ShardInput:
             "users_planned": len(self.users_planned),
             "users_committed": len(self.users),
             "untrusted_files": len(self.untrusted),
-            "unverified_files": len(self.unverified),
             "state": self.state,
         }
 
@@ -104,8 +99,8 @@ def shard_dirs_of_run(run_dir: Path) -> list[Path]:
     return dirs
 
 
-def read_shard(shard_dir: Path, columnar: bool = True) -> ShardInput:
-    """A shard dir as merge reads it: in columns where it can (columnar.read_columnar), else row by row."""
+def read_shard(shard_dir: Path) -> ShardInput:
+    """A shard dir as merge reads it: its identity, status, errors and committed rows (columnar.read_columnar)."""
     paths = ShardPaths(Path(shard_dir))
     if not paths.dir.is_dir():
         raise MergeError(f"{paths.dir} does not exist; pass existing shard dirs (shard-<i>-of-<K>/) to --shards.")
@@ -124,53 +119,17 @@ def read_shard(shard_dir: Path, columnar: bool = True) -> ShardInput:
             f"{paths.identity} is not a valid shard identity ({exc!r}); it must be the shard.json written by"
             " run_production. Leave that dir out of the merge or restore the file."
         ) from None
+    refuse_older_results(paths, MergeError)
     status = _read_status(paths)
-    state = status.get("state")
-    errors = [{key: line.get(key) for key in ERROR_FIELDS} for line in read_errors(paths)]
-    launcher_slot = _launcher_slot(RunPaths(paths.dir.parent), spec)
-    process_starts = _process_starts(paths, status)
-    if columnar:
-        read = read_columnar(paths, identity.get("config_hash"))
-        if read is not None:
-            return ShardInput(dir=paths.dir, identity=identity, spec=spec, state=state, users=read.users,
-                              table=read.table, ended_at=read.ended_at, columnar=True, attempts=read.attempts,
-                              errors=errors, status=status, launcher_slot=launcher_slot,
-                              process_starts=process_starts)
-    # "keep": merge reports a file it cannot trust (and leaves it where it is) instead of moving it
-    unreadable: list[tuple[Path, str]] = []
-    scanned = scan_committed(paths, untrusted="keep", unreadable=unreadable)
-    users = {user_id: user for user_id, user in scanned.items() if user.problem is None}
-    untrusted = [
-        {"dir": str(paths.dir), "file": user.path.name, "user_id": user_id, "problem": user.problem}
-        for user_id, user in sorted(scanned.items())
-        if user.problem is not None
-    ] + [{"dir": str(paths.dir), "file": path.name, "user_id": None, "problem": problem} for path, problem in unreadable]
-    for entry in untrusted:
-        log.warning("result file %s/results/%s is left out of the merge: %s", entry["dir"], entry["file"], entry["problem"])
+    read = read_columnar(paths, identity.get("config_hash"))
     return ShardInput(
-        dir=paths.dir,
-        identity=identity,
-        spec=spec,
-        state=state,
-        users=tuple(users),
-        committed={user_id: user.rows for user_id, user in users.items()},
-        ended_at={user_id: user.record.get("ended_at") for user_id, user in users.items()},
-        untrusted=untrusted,
-        unverified=sorted({user.path.name for user in users.values() if not user.verified}),
-        attempts=committed_attempts(users.values()),
-        errors=errors,
-        status=status,
-        launcher_slot=launcher_slot,
-        process_starts=process_starts,
+        dir=paths.dir, identity=identity, spec=spec, state=status.get("state"), users=read.users, table=read.table,
+        ended_at=read.ended_at, attempts=read.attempts, status=status,
+        untrusted=[{"dir": str(paths.dir), **entry} for entry in read.untrusted],
+        errors=[{key: line.get(key) for key in ERROR_FIELDS} for line in read_errors(paths)],
+        launcher_slot=_launcher_slot(RunPaths(paths.dir.parent), spec),
+        process_starts=_process_starts(paths, status),
     )
-
-
-def committed_attempts(users: Iterable[CommittedUser]) -> pa.Table | None:
-    """columnar.record_attempts' table of users read row by row."""
-    entries = [{"user_id": user.user_id, "ended_at": record.get("ended_at"), ATTEMPT: attempt_of(record),
-                STANDING: position == len(user.records) - 1}
-               for user in users for position, record in enumerate(user.records)]
-    return pa.Table.from_pylist(entries) if entries else None
 
 
 def _launcher_slot(run: RunPaths, spec: ShardSpec) -> Mapping[str, Any]:

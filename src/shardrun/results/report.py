@@ -117,10 +117,8 @@ class MergeReport:
     dropped_columns: list[str]
     forced_mismatch: list[dict[str, Any]]
     provenance: list[dict[str, Any]]
-    # result files that fail their checksum or carry another config's hash (left out; a problem)
+    # batch files that fail their checksum, carry another config's hash or copy others (left out; a problem)
     untrusted_files: list[dict[str, Any]] = field(default_factory=list)
-    # per shard dir, its result files of format 1 (no checksum): merged, a note, not a problem
-    unverified_files: list[dict[str, Any]] = field(default_factory=list)
     # columns whose values are of more than one JSON type (frame.column_types); a problem
     mixed_columns: list[dict[str, Any]] = field(default_factory=list)
     # the task's facts about the whole set (task.AddsSetColumns.set_report); a record, not a problem
@@ -153,9 +151,6 @@ class MergeReport:
             f"merged {self.rows} rows of {self.users} users from {len(self.shards)} shard dirs into"
             f" {self.output_dir} ({self.identical_duplicates} identical duplicates dropped)"
         )
-        unverified = sum(len(u["files"]) for u in self.unverified_files)
-        if unverified:
-            head += f"; {unverified} result files of an older format have no checksum and were merged unverified"
         if self.complete:
             return head + "; the result set is complete"
         return f"{head}; INCOMPLETE, see {self.output_dir}/merge_report.json: " + "; ".join(self.problem_lines())

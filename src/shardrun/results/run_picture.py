@@ -59,8 +59,7 @@ UNITS = ((2 * 3600.0, 3600.0, "hours"), (180.0, 60.0, "minutes"), (0.0, 1.0, "se
 
 @dataclass(frozen=True)
 class RunPicture:
-    """Everything run.png is drawn from, small enough to hand to another process (picture_process.py):
-    the span table (each committed user's shard, start, end, status, and the task's estimate of its
+    """Everything run.png is drawn from: the span table (each committed user's shard, start, end, status, and the task's estimate of its
     seconds where it makes one) and the start table (each shard process's start)."""
 
     spans: pd.DataFrame | Sequence[Sequence[Any]]  # as timeline.timeline_table takes them

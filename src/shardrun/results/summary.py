@@ -101,8 +101,7 @@ class ResultCounts:
 
 @dataclass(frozen=True)
 class SummaryPicture:
-    """Everything summary.png is drawn from, small enough to hand to another process (merge draws it
-    in one, picture_process.py): the counts and the task's panels, never the frame."""
+    """Everything summary.png is drawn from: the counts and the task's panels, never the frame."""
 
     counts: ResultCounts
     title: str | None = None
@@ -164,11 +163,6 @@ def draw_summary(counts: ResultCounts, panels: Sequence[SummaryPanel] = (), titl
     figure.suptitle(f"{plain_title(counts, task_words)}\n{heading(counts, title)}",
                     fontsize=TITLE_SIZE + 1, fontweight="bold")
     return figure
-
-
-def panel_titles(figure) -> list[str]:
-    """The titles of a drawn figure's panels, top row first (what a reader sees above each panel)."""
-    return [axes.get_title(loc="left") for axes in figure.axes]
 
 
 def draw_status_panel(axes, counts: dict[str, int], why_empty: str | None = None) -> None:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import logging
 import math
 import re
-from datetime import datetime, timezone
 from typing import Any, Iterable, Mapping, NamedTuple, Sequence
 
 import numpy as np
@@ -27,7 +26,7 @@ import pyarrow as pa
 
 from shardrun.results.columnar import USER
 from shardrun.results.read import ShardInput
-from shardrun.states import STATUSES, UserStatus, user_outcome
+from shardrun.states import STATUSES, UserStatus
 
 log = logging.getLogger(__name__)
 
@@ -54,30 +53,6 @@ class UserSpan(NamedTuple):
 SPAN_COLUMNS = UserSpan._fields  # the columns of a span table (span_table)
 PREDICTED = "predicted_s"  # a span table's optional column: the task's estimate of the user's seconds
 START_COLUMNS = ("shard", "started")  # a start table (start_table): one row per process start, POSIX seconds
-
-
-def user_span(shard: str, ended_at: Any, rows: Sequence[Mapping[str, Any]], user_id: str | None = None) -> UserSpan | None:
-    """The span of one committed user: it ended at `ended_at` and took the rows' `seconds`.
-
-    None when the commit time is missing or unreadable (a result file written by hand or by another
-    tool): such a user is left out of the timeline only, never out of the results.
-    """
-    if not isinstance(ended_at, str):
-        return None
-    try:
-        moment = datetime.fromisoformat(ended_at)
-    except ValueError:
-        return None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=timezone.utc)  # store writes UTC; never read it as local time
-    end = moment.timestamp()
-    durations = [row.get("seconds") for row in rows]
-    seconds = max((float(d) for d in durations if _is_number(d) and math.isfinite(d) and d >= 0), default=0.0)
-    return UserSpan(shard=shard, start=end - seconds, end=end, status=user_outcome(rows).value, user_id=user_id)
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def shard_sort_key(label: str) -> tuple:
@@ -300,7 +275,7 @@ def timeline_bars(timeline: pd.DataFrame, max_bars_per_shard: int = MAX_BARS_PER
 
 
 def table_spans(label: str, shard: ShardInput) -> tuple[pd.DataFrame, int]:
-    """user_span for every committed user of a shard read in columns, over whole columns.
+    """user_span for every committed user of a shard, over whole columns.
     Returns the spans (a span table) and the number of users without a readable ended_at."""
     seconds, status = users_seconds_and_status(shard.table, shard.users)
     ended = pd.to_datetime(pd.Series([shard.ended_at.get(u) for u in shard.users], dtype=object),
@@ -342,13 +317,6 @@ def _column(table: pa.Table, name: str) -> pd.Series:
     return table.column(name).to_pandas()
 
 
-def row_spans(label: str, shard: ShardInput) -> tuple[pd.DataFrame, int]:
-    """user_span for every committed user of a shard read row by row, as table_spans answers."""
-    spans = [user_span(label, shard.ended_at.get(user_id), rows, user_id) for user_id, rows in shard.committed.items()]
-    timed = [span for span in spans if span is not None]
-    return pd.DataFrame(timed, columns=list(SPAN_COLUMNS)), len(spans) - len(timed)
-
-
 def shard_labels(shards: Sequence[ShardInput]) -> list[str]:
     """Each shard dir's label on the timeline: its shard ("1/4"), with its run dir's name where shards
     of one index from different runs are merged."""
@@ -365,7 +333,7 @@ def span_table(shards: Sequence[ShardInput]) -> pd.DataFrame:
     parts = []
     untimed = 0
     for shard, label in zip(shards, shard_labels(shards)):
-        part, shard_untimed = table_spans(label, shard) if shard.columnar else row_spans(label, shard)
+        part, shard_untimed = table_spans(label, shard)
         parts.append(part)
         untimed += shard_untimed
     if untimed:
@@ -382,7 +350,3 @@ def start_table(shards: Sequence[ShardInput]) -> pd.DataFrame:
     rows = [(label, started) for shard, label in zip(shards, shard_labels(shards)) for started in shard.process_starts]
     return pd.DataFrame(rows, columns=list(START_COLUMNS)).astype({"started": "float64"})
 
-
-def commit_spans(shards: Sequence[ShardInput]) -> list[UserSpan]:
-    """span_table's spans one by one."""
-    return [UserSpan(*span) for span in span_table(shards).itertuples(index=False, name=None)]

@@ -137,13 +137,11 @@ def _older_records(shard: ShardInput, records: pa.Table) -> pa.Table:
 def _row_outcomes(shard: ShardInput, users: set[str]) -> dict[str, tuple[str, float | None]]:
     """Each user's outcome (states.user_outcome) and seconds (its rows' largest), from its standing rows."""
     rows_by_user: dict[str, list[Mapping[str, Any]]] = defaultdict(list)
-    if shard.columnar and shard.table is not None:
+    if shard.table is not None:
         table = shard.table
         table = table.filter(pc.is_in(table.column(USER), pa.array(sorted(users), pa.string())))
         for row in table.select([c for c in (USER, "status", "seconds") if c in table.column_names]).to_pylist():
             rows_by_user[row[USER]].append(row)
-    elif not shard.columnar:
-        rows_by_user.update({user: list(shard.committed.get(user, [])) for user in users})
     outcomes = {}
     for user, rows in rows_by_user.items():
         seconds = [r["seconds"] for r in rows if isinstance(r.get("seconds"), (int, float))]
@@ -237,15 +235,6 @@ def _tsv_field(values: pa.Array) -> pa.Array:
     quoted = pc.binary_join_element_wise(_QUOTE, pc.replace_substring(values, pattern='"', replacement='""'), _QUOTE,
                                          _EMPTY)
     return pc.fill_null(pc.if_else(needs_quotes, quoted, values), _EMPTY)
-
-
-def read_trace(path: Path) -> pd.DataFrame:
-    """trace.tsv as written: ids and text as text, empty fields missing, the numbers' types."""
-    text = ["user_id", "shard", "host", "start", "end", "status", "error_class", "committed"]
-    return pd.read_csv(path, sep="\t", dtype={**{c: str for c in text}, "pid": "Int64", "attempt": "Int64",
-                                              "heap_used_bytes": "Int64", "peak_rss_bytes": "Int64",
-                                              "seconds": "float64", "cpu_seconds": "float64"},
-                       keep_default_na=False, na_values=[""], encoding="utf-8")
 
 
 # --- the merge report's memory section ----------------------------------------------------------

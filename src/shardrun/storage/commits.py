@@ -8,14 +8,12 @@ that end within a second share one file and one fsync, instead of a file, two fs
 
 Provenance: every batch carries the sha256 of its records' bytes and the shard's `config_hash`; a
 batch edited after its commit, or copied in from a run of another config, is told apart from one
-written here. Runs made before batches hold one file per user (`u-<hash>.json`, format 2 with
-`rows_sha256`, or format 1 with no checksum, accepted as unverified); they are still read, so those
-runs still merge and resume.
+written here. Runs made before batches held one file per user (`u-<hash>.json`); those files are not
+read: a shard dir holding one is refused (refuse_older_results), never half-read.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -26,12 +24,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Container, Iterable, Mapping, Sequence
 
-from shardrun.errors import AlreadyCommitted
+from shardrun.errors import AlreadyCommitted, ResumeMismatch, ShardrunError
 from shardrun.storage.atomic import (
     fsync, fsync_dir, holds, json_safe, publish_new, read_json, utc_now, write_temp_file,
 )
 from shardrun.storage.batches import BadBatch, decode_batch, encode_batch, encode_record, readable_user_ids
-from shardrun.storage.paths import ShardPaths, batch_number, user_file_stem
+from shardrun.storage.paths import ShardPaths, batch_number
 
 log = logging.getLogger(__name__)
 
@@ -41,38 +39,14 @@ class CommittedUser:
     user_id: str
     rows: list[dict[str, Any]]
     record: dict[str, Any]  # the user's record as stored; `ended_at` (when its analysis ended) for the timeline
-    path: Path  # the batch file (or, in older runs, the user's own file) that holds it
+    path: Path  # the batch file that holds it
     problem: str | None = None  # why the file cannot be trusted; only with untrusted="keep"
-    verified: bool = True  # False for a format 1 file (no checksum) and for an untrusted one
     replaced: tuple[Mapping[str, Any], ...] = ()  # the user's earlier records this one replaced (--retry-failed)
 
     @property
     def records(self) -> tuple[Mapping[str, Any], ...]:
         """Every committed record of the user, in commit order: the replaced ones, then the standing one."""
         return (*self.replaced, self.record)
-
-
-def rows_checksum(rows: Any) -> str:
-    """sha256 of the canonical JSON of the rows: NaN as null (as stored), keys sorted, no spaces,
-    ASCII. The rows read back from a file give the same text, so the checksum survives the round trip."""
-    canonical = json.dumps(json_safe(rows), sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
-    return hashlib.sha256(canonical.encode("ascii")).hexdigest()
-
-
-def verify_record(record: Mapping[str, Any], config_hash: str | None) -> str | None:
-    """Why a committed record cannot be trusted, or None.
-
-    The checksum must match the rows (else the file was edited after its commit); the file's config
-    hash and every row's `config_hash` must be the shard's (else the file comes from another config's
-    run). `config_hash` None (no shard.json to compare with) checks the checksum only. A record
-    without a checksum (format 1) is checked for its rows' config hash only.
-    """
-    rows = record.get("rows") or []
-    stored = record.get("rows_sha256")
-    if stored is not None and stored != rows_checksum(rows):
-        return ("its rows do not match the checksum written when it was committed (rows_sha256): it was"
-                " edited after the commit")
-    return config_problem(record.get("config_hash"), {"its rows": rows}, config_hash)
 
 
 def config_problem(file_hash: Any, rows_by_whose: Mapping[str, Sequence[Any]], config_hash: str | None) -> str | None:
@@ -275,19 +249,32 @@ def commit_user(paths: ShardPaths, user_id: str, rows: Sequence[Mapping[str, Any
     return written
 
 
-def scan_committed(paths: ShardPaths, untrusted: str = "quarantine",
-                   unreadable: list[tuple[Path, str]] | None = None) -> dict[str, CommittedUser]:
-    """Every user committed in this shard dir, by user id: its batch files, and the one-file-per-user
-    results of runs made before batches (format 1 and 2, read first, as they are older).
+OLDER_RESULTS = "u-*.json"  # one file per user: how runs made before batch files committed (not read)
 
-    A file that cannot be read as what commits write (torn, truncated, edited, a per-user file whose
-    name does not match its user, another config's) cannot be trusted. With `untrusted="quarantine"`
+
+def refuse_older_results(paths: ShardPaths, error: type[ShardrunError] = ResumeMismatch) -> None:
+    """Raise `error` when the shard dir holds result files of a run made before batch files: resumed or
+    merged, their users would be computed again or missing without a word."""
+    older = min(paths.results.glob(OLDER_RESULTS), default=None) if paths.results.is_dir() else None
+    if older is not None:
+        raise error(
+            f"{paths.dir} holds result files of a run made before batch files ({older.name} and others like it),"
+            " which this shardrun does not read. Start the run again in a new dir (--out NEW_DIR), or resume"
+            " and merge it with the shardrun version that made it."
+        )
+
+
+def scan_committed(paths: ShardPaths, untrusted: str = "quarantine") -> dict[str, CommittedUser]:
+    """Every user committed in this shard dir, by user id, from its batch files (refuse_older_results
+    first).
+
+    A file that cannot be read as what commits write (torn, truncated, edited, another config's)
+    cannot be trusted. With `untrusted="quarantine"`
     (the resume scan, under the shard lock) it is moved aside byte for byte to results/quarantine/
     with a warning that says why, and its users count as not committed, so the resume recomputes them
     (the analysis is deterministic: the same numbers). With `untrusted="keep"` (merge, and readers of a
     live shard) it is left in place and its users are returned with `problem` set, for the caller to
-    report; a file kept that names no user it could read (empty, garbage, cut inside its first record)
-    is appended to `unreadable` as (path, problem).
+    report.
 
     A second record of a user replaces the first only when it says so (--retry-failed); otherwise the
     first stands and the duplicate is logged.
@@ -297,6 +284,7 @@ def scan_committed(paths: ShardPaths, untrusted: str = "quarantine",
     committed: dict[str, CommittedUser] = {}
     if not paths.results.is_dir():
         return committed
+    refuse_older_results(paths)
     config_hash = shard_config_hash(paths)
 
     def set_aside(path: Path, user_ids: Sequence[str], problem: str) -> None:
@@ -304,34 +292,11 @@ def scan_committed(paths: ShardPaths, untrusted: str = "quarantine",
             _quarantine(paths, path, problem)
             return
         for user_id in user_ids:
-            committed.setdefault(user_id, CommittedUser(user_id, [], {}, path, problem=problem, verified=False))
-        if not user_ids and unreadable is not None:
-            unreadable.append((path, problem))
+            committed.setdefault(user_id, CommittedUser(user_id, [], {}, path, problem=problem))
 
-    for path in sorted(paths.results.glob("u-*.json")):
-        _scan_user_file(path, config_hash, committed, set_aside)
     for path in paths.batch_files():
         _scan_batch_file(path, config_hash, committed, set_aside)
     return committed
-
-
-def _scan_user_file(path: Path, config_hash: str | None, committed: dict[str, CommittedUser],
-                    set_aside: Callable[[Path, Sequence[str], str], None]) -> None:
-    try:
-        record = read_json(path)
-        user_id = record["user_id"]
-        rows = record["rows"]
-        if not isinstance(user_id, str) or path.stem != user_file_stem(user_id) or not isinstance(rows, list):
-            raise ValueError("file name, user id or rows do not match")
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        set_aside(path, [], f"it is unreadable ({exc})")
-        return
-    problem = verify_record(record, config_hash)
-    if problem is not None:
-        set_aside(path, [user_id], problem)
-        return
-    record = {**record, "ended_at": record.get("committed_at")}
-    committed[user_id] = CommittedUser(user_id, rows, record, path, verified="rows_sha256" in record)
 
 
 def _scan_batch_file(path: Path, config_hash: str | None, committed: dict[str, CommittedUser],
@@ -380,7 +345,7 @@ def results_listing(paths: ShardPaths) -> frozenset[tuple[str, int, int]]:
     if not paths.results.is_dir():
         return frozenset()
     listing = set()
-    for path in [*paths.results.glob("u-*.json"), *paths.batch_files()]:
+    for path in paths.batch_files():
         try:
             stat = path.stat()
         except FileNotFoundError:  # moved aside between the listing and the stat

@@ -7,7 +7,6 @@ user's own result file by a hash of the id.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -31,10 +30,6 @@ def batch_number(path: Path) -> int | None:
     if not (path.name.startswith(BATCH_PREFIX) and path.name.endswith(BATCH_SUFFIX) and digits.isdigit()):
         return None
     return int(digits)
-
-
-def user_file_stem(user_id: str) -> str:
-    return "u-" + hashlib.sha256(user_id.encode("utf-8", "surrogatepass")).hexdigest()[:40]
 
 
 @dataclass(frozen=True)
@@ -83,10 +78,6 @@ class ShardPaths:
     def tmp(self) -> Path:
         """Scratch space on the same filesystem, so a rename into results/ is atomic."""
         return self.dir / ".tmp"
-
-    def result(self, user_id: str) -> Path:
-        """A user's own result file, as runs made before batch files committed them (read, never written)."""
-        return self.results / f"{user_file_stem(user_id)}.json"
 
     @property
     def quarantine(self) -> Path:
