@@ -499,7 +499,7 @@ def drawn_panels(monkeypatch):
         seen.append(panels)
         return panels
 
-    monkeypatch.setattr("shardrun.results.merge.task_panels", spy)
+    monkeypatch.setattr("shardrun.results.pictures.task_panels", spy)
     return seen
 
 
@@ -650,7 +650,7 @@ def test_a_failing_picture_hook_keeps_the_merged_results_and_run_png(tmp_path, t
     monkeypatch.setattr(task_double, "summary_panels", broken, raising=False)
     run = make_run(tmp_path / "run", count=2)
     out = tmp_path / "merged"
-    with caplog.at_level(logging.ERROR, logger="shardrun.results.merge"):
+    with caplog.at_level(logging.ERROR, logger="shardrun.results.pictures"):
         report = merge_shards(shard_dirs_of_run(run), out)
     assert report.complete and len(read_both(out)[0]) == 16
     assert not MergedPaths(out).summary_png.exists()
@@ -702,7 +702,7 @@ def test_a_plot_failure_keeps_the_merged_results(tmp_path, task_double, monkeypa
     assert MergedPaths(out).summary_png.is_file() and MergedPaths(out).run_png.is_file()
 
     monkeypatch.setattr(task_double, "summary_panels", hook, raising=False)
-    with caplog.at_level(logging.ERROR, logger="shardrun.results.merge"):
+    with caplog.at_level(logging.ERROR, logger="shardrun.results.pictures"):
         report = merge_shards(shard_dirs_of_run(run), out, overwrite=True)
 
     assert report.complete and read_report(out)["complete"] is True

@@ -72,7 +72,7 @@ def test_a_failure_after_results_csv_leaves_nothing_at_a_new_output(tmp_path, mo
     def broken(frame, path):
         raise RuntimeError("parquet writer down")
 
-    monkeypatch.setattr("shardrun.results.merge.write_parquet", broken)
+    monkeypatch.setattr("shardrun.results.output.write_parquet", broken)
     with pytest.raises(RuntimeError, match="parquet writer down"):
         merge_shards(shard_dirs_of_run(run), out)
 
@@ -88,7 +88,7 @@ def test_a_failed_set_leaves_nothing_and_draws_no_picture(tmp_path, task_double,
     marker = tmp_path / "drawn"
     monkeypatch.setattr(task_double, "summary_panels", lambda frame, settings: [
         SummaryPanel(draw=lambda axes: marker.write_text("drawn"))], raising=False)
-    monkeypatch.setattr("shardrun.results.merge.write_parquet",
+    monkeypatch.setattr("shardrun.results.output.write_parquet",
                         lambda frame, path: (_ for _ in ()).throw(RuntimeError("parquet writer down")))
     with pytest.raises(RuntimeError, match="parquet writer down"):
         merge_shards(shard_dirs_of_run(run), out)
@@ -106,7 +106,7 @@ def test_a_failure_during_an_overwrite_keeps_the_previous_complete_set(tmp_path,
     assert set(before) == {"results.csv", "results.parquet", "merge_report.json", "summary.png", "run.png", "trace.tsv",
                            "validation.json"}
 
-    monkeypatch.setattr("shardrun.results.merge.write_parquet",
+    monkeypatch.setattr("shardrun.results.output.write_parquet",
                         lambda frame, path: (_ for _ in ()).throw(RuntimeError("parquet writer down")))
     with pytest.raises(RuntimeError):
         merge_shards(shard_dirs_of_run(run), out, overwrite=True)

@@ -17,7 +17,7 @@ import pyarrow as pa
 
 from shardrun.config import parse_config
 from shardrun.errors import MergeError, ShardrunError, TaskNotImportable
-from shardrun.results.columnar import read_columnar
+from shardrun.results.columnar import USER, read_columnar
 from shardrun.sharding import ShardSpec
 from shardrun.storage.paths import RunPaths, ShardPaths
 from shardrun.storage.atomic import read_json
@@ -58,6 +58,11 @@ class ShardInput:
     # when each of the shard's processes started (POSIX seconds, status.json's process_starts): the
     # timeline's waiting and start-up; empty for a shard run before they were recorded
     process_starts: Sequence[float] = ()
+
+    @property
+    def columns(self) -> list[str]:
+        """The columns its rows carry."""
+        return [] if self.table is None else [c for c in self.table.column_names if c != USER]
 
     @property
     def config_hash(self) -> str | None:
