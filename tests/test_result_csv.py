@@ -44,7 +44,7 @@ def cycled(values: list, rows: int) -> list:
 
 
 def tricky_frame(rows: int = 60) -> pd.DataFrame:
-    """Every kind of column typed_frame makes, with the values that are hard to write."""
+    """Every kind of column the merge's frame has, with the values that are hard to write."""
     ints = [0, 1, -1, 2**63 - 1, -(2**63), 2**53 + 1, 10**18, -(10**15)]
     return pd.DataFrame({
         "user_id": cycled(TRICKY_TEXTS[:-1], rows),
