@@ -14,7 +14,7 @@ import psutil
 import pytest
 
 from e2e_support import read_status, shardrun, wait_for
-from shardrun.observe.stop import stop_run, verify
+from shardrun.launch.stop import stop_run, verify
 
 pytestmark = pytest.mark.e2e
 
