@@ -7,7 +7,10 @@ import subprocess
 import sys
 from datetime import datetime, timedelta, timezone
 
-from shardrun.observe.progress import liveness, overall_eta, plain_line, render_table, shard_view
+from rich.console import Console
+
+from shardrun.observe.live import render
+from shardrun.observe.progress import liveness, overall, overall_eta, plain_line, printable, shard_view
 
 NOW = datetime(2026, 11, 23, 12, 0, 0, tzinfo=timezone.utc)
 
@@ -53,6 +56,14 @@ def test_overall_eta_pools_rates_and_counts_waiting_shards():
     assert overall_eta([shard_view("0/1", status(state="interrupted"), NOW, 120)]) is None
 
 
+def render_table(views, cpu=None, width=1000, height=None):
+    """The table's lines as a plain console of `width` x `height` shows them."""
+    out = Console(width=width, height=height or 25, force_terminal=False, color_system=None)
+    with out.capture() as captured:
+        out.print(render(views, cpu=cpu, out=out, height=height))
+    return [line.rstrip() for line in captured.get().splitlines()]
+
+
 def test_table_and_line_show_every_shard():
     views = [shard_view("0/2", status(), NOW, 120), shard_view("1/2", None, NOW, 120, "waiting", expected_total=8)]
     table = render_table(views)
@@ -60,6 +71,15 @@ def test_table_and_line_show_every_shard():
     assert "waiting" in table[2]
     assert table[-1].startswith("overall: 5/18 users, ETA")  # the waiting shard's users count
     assert plain_line(views).startswith("progress: 0/2 running 5/10; 1/2 waiting 0/8")
+
+
+def test_what_a_file_says_is_shown_spelled_out_and_long_ids_shortened():
+    assert printable("a\x1b[2Jb\u200b\n") == "a\\x1b[2Jb\\u200b\\n"  # never sent to a terminal raw
+    short = printable("u" * 30 + "-tail", 20)
+    assert len(short) == 20 and short.startswith("uuu") and short.endswith("-tail") and "…" in short
+    views = [shard_view("0/1", status(current_user="x\x1b]0;title\x07", state="running\x1b[2J"), NOW, 120)]
+    assert "x\\x1b]0;title\\x07" in "\n".join(render_table(views)) and "\x1b" not in "\n".join(render_table(views))
+    assert "\x1b" not in plain_line(views)
 
 
 def test_instead_of_an_eta_the_line_says_what_cpu_limit_suspended_and_why():
@@ -71,7 +91,7 @@ def test_instead_of_an_eta_the_line_says_what_cpu_limit_suspended_and_why():
         "progress: 0/3 running 5/10; 1/3 suspended 5/10; 2/3 suspended 5/10; overall no ETA, shards 1/3, 2/3"
         " suspended by --cpu-limit 60% (the CPUs are 97% busy: this run 48%, other programs 49%)")
     no_room = {"limit": 60, "cpus_percent": 50.0, "run_percent": 50.0}
-    assert render_table(views[:2], cpu=no_room)[-1] == (
+    assert overall(views[:2], cpu=no_room) == (
         "overall: 10/20 users, no ETA, shard 1/3 suspended by --cpu-limit 60% (the CPUs are 50% busy: this run 50%,"
         " other programs 0%; one more shard would take them above 60%)")
     assert plain_line(views[:2], cpu=None).endswith("overall no ETA, shard 1/3 suspended by --cpu-limit")

@@ -103,6 +103,14 @@ def stand_in(place: Path) -> subprocess.Popen:
     return process
 
 
+def test_a_status_json_of_the_wrong_shape_is_said_and_not_acted_on(tmp_path):
+    shard_dir = tmp_path / "run" / "shard-0-of-1"
+    shard_dir.mkdir(parents=True)
+    (shard_dir / "status.json").write_text(json.dumps({"state": "running", "pid": "12", "host": socket.gethostname()}))
+    report = stop_run(tmp_path / "run", send=lambda pid, signum: pytest.fail("signalled"))
+    assert report.signalled == [] and report.skipped == ["shard-0-of-1: status.json field 'pid' is str"]
+
+
 def test_verify_refuses_other_hosts_gone_pids_and_processes_younger_than_the_record(tmp_path):
     here = socket.gethostname()
     me = stand_in(tmp_path)

@@ -13,10 +13,11 @@ from __future__ import annotations
 import os
 import signal
 import socket
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any
 
 import psutil
 
@@ -24,6 +25,7 @@ from shardrun import platforms
 from shardrun.states import ShardPhase, ShardState
 from shardrun.storage.atomic import read_json, write_json_atomic
 from shardrun.storage.paths import RunPaths
+from shardrun.storage.status import read_status
 
 COMMAND_WORDS = ("shardrun", "run_production", "launch_shards")
 LAUNCHER_WORDS = ("launch_shards", "shardrun.launcher")
@@ -43,10 +45,6 @@ class StopReport:
     signalled: list[Target]
     via_launcher: list[str]  # shards the launcher will stop
     skipped: list[str]  # one line each: why a recorded process was not signalled
-
-    @property
-    def stopped_anything(self) -> bool:
-        return bool(self.signalled)
 
 
 def _read(path: Path) -> Mapping[str, Any] | None:
@@ -191,13 +189,14 @@ def stop_run(run_dir: Path, now: bool = False, signum: int = signal.SIGTERM,
             skipped.append(f"launcher: {why}")
 
     for shard_dir in sorted(run.dir.glob("shard-*-of-*")):
-        status = _read(shard_dir / "status.json")
-        name = shard_dir.name
-        if status is None:
+        try:
+            status = read_status(shard_dir / "status.json")
+        except ValueError as exc:
+            skipped.append(f"{shard_dir.name}: {exc}")
             continue
-        shard = status.get("shard") if isinstance(status.get("shard"), str) else name
-        if status.get("state") not in LIVE_STATES:
+        if status is None or status.get("state") not in LIVE_STATES:
             continue
+        shard = status.get("shard") or shard_dir.name
         pid = status.get("pid")
         if launcher_alive and launcher_pids.get(shard) == pid:
             via_launcher.append(f"shard {shard} (pid {pid})")
