@@ -5,14 +5,14 @@ import signal
 import socket
 import subprocess
 import sys
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from rich.console import Console
 
 from shardrun.observe.live import render
-from shardrun.observe.progress import liveness, overall, overall_eta, plain_line, printable, shard_view
+from shardrun.observe.progress import overall, overall_eta, plain_line, printable, shard_view
 
-NOW = datetime(2026, 11, 23, 12, 0, 0, tzinfo=timezone.utc)
+NOW = datetime(2026, 11, 23, 12, 0, 0, tzinfo=UTC)
 
 
 def status(**fields):
@@ -27,6 +27,10 @@ def dead_pid() -> int:
     process = subprocess.Popen([sys.executable, "-c", "pass"])
     process.wait()
     return process.pid
+
+
+def liveness(doc, now, stale_after, launcher_phase=None):
+    return shard_view("0/1", doc, now, stale_after, launcher_phase).state
 
 
 def test_a_running_shard_whose_process_is_gone_is_dead():
@@ -100,12 +104,12 @@ def test_instead_of_an_eta_the_line_says_what_cpu_limit_suspended_and_why():
 
 # --- monitor_progress on files: runs, run.json's K, newest by start time, files of the wrong shape -------------
 
-import json  # noqa: E402
-from pathlib import Path  # noqa: E402
+import json
+from pathlib import Path
 
-import pytest  # noqa: E402
+import pytest
 
-from shardrun.observe.monitor import newest_run, run_views  # noqa: E402
+from shardrun.observe.monitor import newest_run, run_views
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -122,7 +126,7 @@ def make_run(path: Path, shards: int, created_at: str, statuses: dict) -> Path:
 
 def monitor(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "shardrun.monitor", *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=120)
+                          timeout=120, check=False)
 
 
 def test_shards_that_have_not_started_are_shown_from_run_json(tmp_path):
@@ -197,7 +201,7 @@ def test_a_reader_that_left_ends_the_monitor_quietly_with_sigpipes_status(tmp_pa
     os.close(read_end)
     try:
         result = subprocess.run([sys.executable, "-m", "shardrun.monitor", str(run)], cwd=tmp_path, stdout=write_end,
-                                stderr=subprocess.PIPE, text=True, timeout=120)
+                                stderr=subprocess.PIPE, text=True, timeout=120, check=False)
     finally:
         os.close(write_end)
     assert result.returncode == 141 and result.stderr == "", result.stderr
@@ -207,11 +211,11 @@ def test_a_reader_that_left_ends_the_monitor_quietly_with_sigpipes_status(tmp_pa
 def test_ctrl_c_ends_a_watch_quietly(tmp_path):
     """--watch refreshes until every shard has ended, or until its user stops it: Ctrl-C then is no error
     (exit 0, nothing on stderr)."""
-    alive = status(pid=os.getpid(), updated_at=datetime.now(timezone.utc).isoformat())  # a live pid, a fresh heartbeat
+    alive = status(pid=os.getpid(), updated_at=datetime.now(UTC).isoformat())  # a live pid, a fresh heartbeat
     run = make_run(tmp_path / "run", 1, NOW.isoformat(), {0: alive})
     watching = subprocess.Popen([sys.executable, "-m", "shardrun.monitor", str(run), "--watch", "--every", "0.2"],
                                 cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert str(run) in watching.stdout.readline()  # its first refresh is out: it is watching
     watching.send_signal(signal.SIGINT)
-    stdout, stderr = watching.communicate(timeout=120)
+    _, stderr = watching.communicate(timeout=120)
     assert watching.returncode == 0 and stderr == "", stderr

@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -47,7 +47,7 @@ class StopReport:
     skipped: list[str]  # one line each: why a recorded process was not signalled
 
 
-def _read(path: Path) -> Mapping[str, Any] | None:
+def _read(path: Path) -> dict[str, Any] | None:
     try:
         doc = read_json(path)
     except (OSError, ValueError):
@@ -174,8 +174,8 @@ def stop_run(run_dir: Path, now: bool = False, signum: int = signal.SIGTERM,
     launcher_pids: dict[str, int] = {}
     launcher_alive = False
     if launcher is not None:
-        entries = launcher.get("shards") if isinstance(launcher.get("shards"), list) else []
-        for entry in entries:
+        entries = launcher.get("shards")
+        for entry in entries if isinstance(entries, list) else []:
             if (isinstance(entry, dict) and isinstance(entry.get("shard"), str) and isinstance(entry.get("pid"), int)
                     and entry.get("phase") != ShardPhase.DONE):
                 launcher_pids[entry["shard"]] = entry["pid"]
@@ -202,7 +202,7 @@ def stop_run(run_dir: Path, now: bool = False, signum: int = signal.SIGTERM,
             via_launcher.append(f"shard {shard} (pid {pid})")
             continue
         why = verify(pid, status.get("host"), status.get("started_at"), [shard_dir, run.dir], shard_dir / "lock")
-        if why is None:
+        if why is None and isinstance(pid, int):
             signal_once(f"shard {shard}", pid)
         else:
             skipped.append(f"shard {shard}: {why}")

@@ -35,11 +35,7 @@ SHOWN_FIRST = ("running", "starting", "suspended", "preempted", "interrupted", "
 def console(file: IO[str] | None = None) -> Console:
     """A console on `file` (sys.stdout as it is now): rich's own on a tty (TERM, NO_COLOR, the size), else plain."""
     file = file or sys.stdout
-    try:
-        tty = file.isatty()
-    except ValueError:  # closed
-        tty = False
-    if tty:
+    if file.isatty():
         return Console(file=file, highlight=False)
     return Console(file=file, highlight=False, force_terminal=False, force_interactive=False, width=PLAIN_WIDTH)
 

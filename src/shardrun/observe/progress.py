@@ -67,13 +67,6 @@ def pulse(doc: Mapping[str, Any], now: datetime, stale_after: float,
     return ("stale" if age is not None and age > stale_after else "alive"), age
 
 
-def liveness(doc: Mapping[str, Any], now: datetime, stale_after: float, launcher_phase: str | None = None) -> str:
-    """The state a shard's row says."""
-    word, age = pulse(doc, now, stale_after, launcher_phase)
-    return {"suspended": ShardPhase.SUSPENDED.value, "gone": "dead (process gone)",
-            "stale": f"dead? (no heartbeat for {age or 0:.0f} s)"}.get(word or "", doc.get("state", "unknown"))
-
-
 def shard_view(shard: str, doc: Mapping[str, Any] | None, now: datetime, stale_after: float,
                launcher_phase: str | None = None, expected_total: int | None = None,
                scheduler: str | None = None) -> ShardView:
@@ -82,8 +75,10 @@ def shard_view(shard: str, doc: Mapping[str, Any] | None, now: datetime, stale_a
     if doc is None:
         return ShardView(shard, launcher_phase or ShardPhase.WAITING.value, 0, expected_total or 0, scheduler=scheduler)
     word, age = pulse(doc, now, stale_after, launcher_phase)
+    shown = {"suspended": ShardPhase.SUSPENDED.value, "gone": "dead (process gone)",
+             "stale": f"dead? (no heartbeat for {age or 0:.0f} s)"}.get(word or "", doc.get("state", "unknown"))
     return ShardView(
-        shard=shard, state=liveness(doc, now, stale_after, launcher_phase),
+        shard=shard, state=shown,
         done=doc.get("users_done") or 0, total=doc.get("users_total") or 0, ok=doc.get("users_ok") or 0,
         skipped=doc.get("users_skipped") or 0, failed=doc.get("users_failed") or 0,
         current_user=doc.get("current_user"), rate_per_hour=doc.get("rate_users_per_hour"),
@@ -152,9 +147,11 @@ def suspension_note(views: Sequence[ShardView], cpu: Mapping[str, Any] | None = 
         return None
     what = f"shard{'s' if len(suspended) > 1 else ''} {', '.join(suspended)} suspended by --cpu-limit"
     cpu = cpu if isinstance(cpu, Mapping) else {}
-    limit, busy, own = (cpu.get(key) for key in ("limit", "cpus_percent", "run_percent"))
-    if not all(isinstance(value, (int, float)) and not isinstance(value, bool) for value in (limit, busy, own)):
+    reading = [cpu.get(key) for key in ("limit", "cpus_percent", "run_percent")]
+    numbers = [float(value) for value in reading if isinstance(value, (int, float)) and not isinstance(value, bool)]
+    if len(numbers) < len(reading):
         return what
+    limit, busy, own = numbers
     use = f"the CPUs are {busy:.0f}% busy: this run {own:.0f}%, other programs {max(busy - own, 0):.0f}%"
     if busy > limit:
         return f"{what} {limit:g}% ({use})"
