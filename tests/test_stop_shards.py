@@ -7,14 +7,14 @@ import json
 import socket
 import subprocess
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import psutil
 import pytest
 
 from e2e_support import read_status, shardrun, wait_for
-from shardrun.observe.stop import stop_run, verify
+from shardrun.launch.stop import stop_run, verify
 
 pytestmark = pytest.mark.e2e
 
@@ -81,7 +81,7 @@ def test_a_pid_that_belongs_to_another_program_is_not_signalled(tmp_path):
         shard_dir = run / "shard-0-of-1"
         shard_dir.mkdir(parents=True)
         (run / "run.json").write_text(json.dumps({"shards": 1, "created_at": "2026-01-01T00:00:00+00:00"}))
-        now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        now = datetime.now(UTC).isoformat(timespec="seconds")
         (shard_dir / "status.json").write_text(json.dumps(
             {"shard": "0/1", "state": "running", "pid": sleeper.pid, "host": socket.gethostname(), "started_at": now}))
         sent = []
@@ -103,11 +103,19 @@ def stand_in(place: Path) -> subprocess.Popen:
     return process
 
 
+def test_a_status_json_of_the_wrong_shape_is_said_and_not_acted_on(tmp_path):
+    shard_dir = tmp_path / "run" / "shard-0-of-1"
+    shard_dir.mkdir(parents=True)
+    (shard_dir / "status.json").write_text(json.dumps({"state": "running", "pid": "12", "host": socket.gethostname()}))
+    report = stop_run(tmp_path / "run", send=lambda pid, signum: pytest.fail("signalled"))
+    assert report.signalled == [] and report.skipped == ["shard-0-of-1: status.json field 'pid' is str"]
+
+
 def test_verify_refuses_other_hosts_gone_pids_and_processes_younger_than_the_record(tmp_path):
     here = socket.gethostname()
     me = stand_in(tmp_path)
     try:
-        now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        now = datetime.now(UTC).isoformat(timespec="seconds")
         assert "host" in verify(me.pid, "elsewhere", now, [tmp_path])
         assert verify(me.pid, here, now, [tmp_path]) is None
         assert "after the recorded start" in verify(me.pid, here, "2000-01-01T00:00:00+00:00", [tmp_path])
@@ -126,11 +134,11 @@ def test_a_second_request_signals_again_only_with_now(tmp_path):
     # a stand-in shard: a shardrun command line naming the shard dir
     shard = stand_in(shard_dir)
     try:
-        now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        now = datetime.now(UTC).isoformat(timespec="seconds")
         (shard_dir / "status.json").write_text(json.dumps(
             {"shard": "0/1", "state": "running", "pid": shard.pid, "host": socket.gethostname(), "started_at": now}))
         sent = []
-        record = lambda pid, signum: sent.append(pid) or True  # noqa: E731
+        record = lambda pid, signum: sent.append(pid) or True
         assert [t.pid for t in stop_run(run, send=record).signalled] == [shard.pid]
         again = stop_run(run, send=record)
         assert again.signalled == [] and "already asked" in again.skipped[0]
