@@ -15,6 +15,7 @@ import signal
 import socket
 from dataclasses import dataclass
 from datetime import datetime
+from itertools import pairwise
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
@@ -26,7 +27,7 @@ from shardrun.storage.atomic import read_json, write_json_atomic
 from shardrun.storage.paths import RunPaths
 
 COMMAND_WORDS = ("shardrun", "run_production", "launch_shards")
-LAUNCHER_WORDS = ("launch_shards", "shardrun.launcher")
+LAUNCHER_WORDS = ("launch_shards", "shardrun launch", "shardrun run_parallel")  # with `-m shardrun SUB`
 CLOCK_SLACK_SECONDS = 1.0  # the files' times are whole seconds
 LIVE_STATES = (ShardState.STARTING, ShardState.RUNNING)
 REQUESTS = "stop_requests.json"  # in the run dir: the processes already asked to drain (pid -> create time)
@@ -115,7 +116,8 @@ def verify(pid: Any, host: Any, started: Any, places: Iterable[Path] | None, loc
         return f"pid {pid} is gone"
     except psutil.Error as exc:
         return f"pid {pid} cannot be inspected ({exc.__class__.__name__})"
-    if not any(word in part for part in command for word in words):
+    pairs = [f"{Path(first).stem} {then}" for first, then in pairwise(command)]  # `shardrun SUB`
+    if not any(word in part for part in (*command, *pairs) for word in words):
         return f"pid {pid} is not a shardrun process now (pid reused?)"
     began = _time(started)
     if began is None:
