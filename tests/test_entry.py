@@ -1,8 +1,10 @@
 """The one command, `shardrun SUB` (the console script and `python -m shardrun`): its list of commands,
-each command's own parser under its new name, and the hints spelled as the command was started."""
+each command's own parser under its new name, the hints spelled as the command was started, and the
+generated CLI reference kept equal to the parsers."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -59,3 +61,10 @@ def test_hints_spell_a_command_the_way_this_one_was_started(monkeypatch, started
     script, *sub = spelled.split()
     assert command_spelling("merge_shard_results") == " ".join([str(BIN / script), *sub])
 
+
+def test_the_cli_reference_is_what_the_parsers_say_now():
+    spec = importlib.util.spec_from_file_location("cli_reference", REPO / "tools" / "cli_reference.py")
+    generator = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(generator)
+    assert generator.TARGET.read_text(encoding="utf-8") == generator.reference(), (
+        f"docs/CLI.md is stale: regenerate it with `{generator.REGENERATE}` and commit it")
