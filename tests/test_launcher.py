@@ -273,7 +273,7 @@ def test_failed_users_fail_the_run_and_retry_failed_runs_only_them_again(workspa
     assert ("2 users of 14 failed (--max-failed 0): 1 HeapTooSmall (raise jvm.xmx in the config, or --xmx),"
             " 1 java.lang.ArrayIndexOutOfBoundsException (e.g. user 'user-03': ") in output, output
     assert f"see {run}/shard-*/errors.jsonl" in output
-    assert f"run only them again: shardrun launch --config {path} --shards 2 --out {run} --retry-failed" in output
+    assert f"run only them again: launch_shards --config {path} --shards 2 --out {run} --retry-failed" in output
     assert "users: 14 in the result set: 12 ok, 0 skipped, 2 failed\n  failed by error class: 1 HeapTooSmall" in output
     written = json.loads((run / "merged" / "validation.json").read_text())
     assert written["verdict"] == "failed" and written["users"]["failed_by_class"] == {
