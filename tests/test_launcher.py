@@ -95,7 +95,7 @@ def test_without_restarts_the_death_is_written_into_the_shards_status(workspace)
     assert "likely the OOM killer" in status["last_error"]
     assert read_status(run_dir / "shard-1-of-2")["state"] == "completed"
     # the hint is a command that works as printed
-    hint = output.split("not merging: the run is incomplete. Continue it with: launch_shards ")[1].splitlines()[0]
+    hint = output.split("not merging: the run is incomplete. Continue it with: shardrun launch ")[1].splitlines()[0]
     assert hint == f"--config {workspace['config']} --shards 2 --out {run_dir}"
     shardrun("launch", *hint.split(), cwd=workspace["root"])
     pd.testing.assert_frame_equal(analysis_values(run_dir / "merged"), workspace["reference"], check_exact=True)
