@@ -284,9 +284,9 @@ def runs_section(surrogates: int, workdir: Path) -> None:
         seconds = []
         for threads in ([], ["--threads", "1"]):
             run_dir = workdir / f"run-{name.split()[0]}-{len(threads)}"
-            worker = [sys.executable, "-m", "shardrun.worker", "--config", str(path), "--full", "--shard", "0/1",
+            worker = [sys.executable, "-m", "shardrun", "run", "--config", str(path), "--full", "--shard", "0/1",
                       "--out", str(run_dir), *threads]
-            merge = [sys.executable, "-m", "shardrun.merge", "--run", str(run_dir), "--output", str(run_dir / "merged")]
+            merge = [sys.executable, "-m", "shardrun", "merge", "--run", str(run_dir), "--output", str(run_dir / "merged")]
             seconds.append(timed(lambda: [subprocess.run(c, check=True, capture_output=True, cwd=REPO)
                                           for c in (worker, merge)])[0])
         if users is None:

@@ -44,7 +44,7 @@ def workspace(tmp_path_factory):
     write_categorical_data(data, n_users=14, n_rows=700)
     config = write_config(root / "config.yaml", data, root)
     reference = root / "reference"
-    shardrun("worker", "--config", str(config), "--full", "--shard", "0/1", "--out", str(reference), cwd=root)
+    shardrun("run", "--config", str(config), "--full", "--shard", "0/1", "--out", str(reference), cwd=root)
     shardrun("merge", "--run", str(reference), "--output", str(reference / "merged"), cwd=root)
     return {"root": root, "config": config, "data": data, "reference": analysis_values(reference / "merged")}
 

@@ -93,7 +93,7 @@ def test_the_example_task_runs_merges_and_validates_without_jidt(no_jidt_python,
     config_path = tmp_path / "javastats.yaml"
     config_path.write_text(yaml.safe_dump(config, sort_keys=False))
 
-    done = subprocess.run([str(no_jidt_python), "-m", "shardrun.launcher", "--config", str(config_path), "--shards", "2"],
+    done = subprocess.run([str(no_jidt_python), "-m", "shardrun", "launch", "--config", str(config_path), "--shards", "2"],
                           cwd=tmp_path, capture_output=True, text=True, timeout=600,
                           env=clean_env(PYTHONPATH=str(EXAMPLES)))
     assert done.returncode == 0, done.stdout + done.stderr
@@ -123,15 +123,15 @@ def test_the_example_task_runs_merges_and_validates_without_jidt(no_jidt_python,
 
 
 @pytest.mark.parametrize("command", [
-    ["shardrun.worker", "--full", "--shard", "0/1"],
-    ["shardrun.launcher", "--shards", "2"],
+    ["run", "--full", "--shard", "0/1"],
+    ["launch", "--shards", "2"],
 ])
 def test_the_default_task_without_idtxl_uv_refuses_clearly(no_jidt_python, tmp_path, command):
     data = tmp_path / "users.csv"
     write_categorical_data(data, n_users=2, n_rows=100)
     config = write_config(tmp_path / "config.yaml", data, tmp_path)
-    module, *flags = command
-    done = subprocess.run([str(no_jidt_python), "-m", module, "--config", str(config), *flags],
+    sub, *flags = command
+    done = subprocess.run([str(no_jidt_python), "-m", "shardrun", sub, "--config", str(config), *flags],
                           cwd=tmp_path, capture_output=True, text=True, timeout=300, env=clean_env())
     assert done.returncode == 2, done.stdout + done.stderr
     assert "idtxl-uv" in done.stderr and "infodynamics.jar" in done.stderr, done.stderr

@@ -125,7 +125,7 @@ def make_run(path: Path, shards: int, created_at: str, statuses: dict) -> Path:
 
 
 def monitor(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "shardrun.monitor", *args], cwd=cwd, capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "shardrun", "monitor", *args], cwd=cwd, capture_output=True, text=True,
                           timeout=120, check=False)
 
 
@@ -200,7 +200,7 @@ def test_a_reader_that_left_ends_the_monitor_quietly_with_sigpipes_status(tmp_pa
     read_end, write_end = os.pipe()
     os.close(read_end)
     try:
-        result = subprocess.run([sys.executable, "-m", "shardrun.monitor", str(run)], cwd=tmp_path, stdout=write_end,
+        result = subprocess.run([sys.executable, "-m", "shardrun", "monitor", str(run)], cwd=tmp_path, stdout=write_end,
                                 stderr=subprocess.PIPE, text=True, timeout=120, check=False)
     finally:
         os.close(write_end)
@@ -213,7 +213,7 @@ def test_ctrl_c_ends_a_watch_quietly(tmp_path):
     (exit 0, nothing on stderr)."""
     alive = status(pid=os.getpid(), updated_at=datetime.now(UTC).isoformat())  # a live pid, a fresh heartbeat
     run = make_run(tmp_path / "run", 1, NOW.isoformat(), {0: alive})
-    watching = subprocess.Popen([sys.executable, "-m", "shardrun.monitor", str(run), "--watch", "--every", "0.2"],
+    watching = subprocess.Popen([sys.executable, "-m", "shardrun", "monitor", str(run), "--watch", "--every", "0.2"],
                                 cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert str(run) in watching.stdout.readline()  # its first refresh is out: it is watching
     watching.send_signal(signal.SIGINT)

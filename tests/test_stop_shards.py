@@ -14,14 +14,14 @@ import psutil
 import pytest
 
 from e2e_support import read_status, shardrun, wait_for
-from shardrun.launch.stop import stop_run, verify
+from shardrun.launch.stop import LAUNCHER_WORDS, stop_run, verify
 
 pytestmark = pytest.mark.e2e
 
 
 def start_shard(workspace, run: Path, shard: str) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-m", "shardrun.worker", "--config", str(workspace["config"]), "--full", "--shard", shard,
+        [sys.executable, "-m", "shardrun", "run", "--config", str(workspace["config"]), "--full", "--shard", shard,
          "--out", str(run), "--cooldown", "30"],
         cwd=workspace["root"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
@@ -52,7 +52,7 @@ def test_stop_shards_drains_a_launched_run_through_its_launcher(workspace):
     root = workspace["root"]
     earlier = set((root / "out").glob("*_full_*"))
     launcher = subprocess.Popen(
-        [sys.executable, "-m", "shardrun.launcher", "--config", str(workspace["config"]), "--shards", "2",
+        [sys.executable, "-m", "shardrun", "launch", "--config", str(workspace["config"]), "--shards", "2",
          "--cooldown", "30", "--no-merge"],
         cwd=root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
@@ -125,6 +125,22 @@ def test_verify_refuses_other_hosts_gone_pids_and_processes_younger_than_the_rec
         me.kill()
         me.wait()
     assert "gone" in verify(me.pid, here, now, [tmp_path])
+
+
+@pytest.mark.parametrize("words, launcher", [
+    (["shardrun", "launch"], True), (["launch_shards"], True), (["shardrun", "run_parallel"], True),
+    (["shardrun", "run"], False), (["run_production"], False),
+], ids=["shardrun-launch", "old-name", "the-script", "a-shard", "a-shard-by-its-old-name"])
+def test_a_launcher_is_told_by_its_command_line_new_spelling_or_old(words, launcher):
+    process = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", *words])
+    try:
+        wait_for(lambda: words[-1] in psutil.Process(process.pid).cmdline(), timeout=30, process=process)
+        now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        assert (verify(process.pid, socket.gethostname(), now, None, words=LAUNCHER_WORDS) is None) == launcher
+        assert verify(process.pid, socket.gethostname(), now, None) is None  # every one is a shardrun process
+    finally:
+        process.kill()
+        process.wait()
 
 
 def test_a_second_request_signals_again_only_with_now(tmp_path):

@@ -8,7 +8,7 @@ No JIDT, no jar: the JVM's own classes do the work, through JPype.
 
 Plug it in with `task: javastats:task` (the package on PYTHONPATH; docs/TASKS.md walks through it):
 
-    PYTHONPATH=examples python -m shardrun.launcher --config examples/javastats/config.yaml --shards 2
+    PYTHONPATH=examples python -m shardrun launch --config examples/javastats/config.yaml --shards 2
 
 Config keys of the task (besides the core's task, jvm and output):
 

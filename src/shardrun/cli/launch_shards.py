@@ -1,4 +1,4 @@
-"""launch_shards: K shards as local processes or a SLURM job array, then merge (also `python -m shardrun.launcher`)."""
+"""`shardrun launch` (also launch_shards): K shards as local processes or a SLURM job array, then merge."""
 
 from __future__ import annotations
 

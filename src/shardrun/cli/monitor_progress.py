@@ -1,4 +1,4 @@
-"""monitor_progress: the progress of runs (also `python -m shardrun.monitor`)."""
+"""`shardrun monitor` (also monitor_progress): the progress of runs."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""stop_shards: drain every live shard of a run on this host, as Ctrl-C does (also `python -m shardrun.stop`)."""
+"""`shardrun stop` (also stop_shards): drain every live shard of a run on this host, as Ctrl-C does."""
 
 from __future__ import annotations
 

@@ -137,7 +137,7 @@ def shard_command(config_path: Path, spec: ShardSpec, run_dir: Path, resume: boo
     where = ["--resume", str(run_dir)] if resume else ["--out", str(run_dir)]
     if resume and retry_failed:
         where.append("--retry-failed")
-    command = [sys.executable, "-m", "shardrun.worker", "--config", str(config_path), *mode, "--shard", str(spec),
+    command = [sys.executable, "-m", "shardrun", "run", "--config", str(config_path), *mode, "--shard", str(spec),
                *where, "--xmx", xmx, "--threads", str(threads)]
     if options.nice:
         command += ["--nice", str(options.nice)]

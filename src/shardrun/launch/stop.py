@@ -16,6 +16,7 @@ import socket
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,7 @@ from shardrun.storage.paths import RunPaths
 from shardrun.storage.status import read_status
 
 COMMAND_WORDS = ("shardrun", "run_production", "launch_shards")
-LAUNCHER_WORDS = ("launch_shards", "shardrun.launcher")
+LAUNCHER_WORDS = ("launch_shards", "shardrun launch", "shardrun run_parallel")  # with `-m shardrun SUB`
 CLOCK_SLACK_SECONDS = 1.0  # the files' times are whole seconds
 LIVE_STATES = (ShardState.STARTING, ShardState.RUNNING)
 REQUESTS = "stop_requests.json"  # in the run dir: the processes already asked to drain (pid -> create time)
@@ -113,7 +114,8 @@ def verify(pid: Any, host: Any, started: Any, places: Iterable[Path] | None, loc
         return f"pid {pid} is gone"
     except psutil.Error as exc:
         return f"pid {pid} cannot be inspected ({exc.__class__.__name__})"
-    if not any(word in part for part in command for word in words):
+    pairs = [f"{Path(first).stem} {then}" for first, then in pairwise(command)]  # `shardrun SUB`
+    if not any(word in part for part in (*command, *pairs) for word in words):
         return f"pid {pid} is not a shardrun process now (pid reused?)"
     began = _time(started)
     if began is None:
