@@ -55,7 +55,7 @@ def on_a_terminal(args: list[str], columns: int, rows: int = 24, draws: int | No
     (Ctrl-C) once that many tables were drawn."""
     master, slave = pty.openpty()
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", rows, columns, 0, 0))
-    process = subprocess.Popen([sys.executable, "-m", "shardrun.monitor", *args], stdin=slave, stdout=slave,
+    process = subprocess.Popen([sys.executable, "-m", "shardrun", "monitor", *args], stdin=slave, stdout=slave,
                                stderr=slave, env=terminal_env(**env))
     os.close(slave)
 
@@ -142,7 +142,7 @@ def test_the_launchers_table_is_redrawn_in_place_on_a_terminal_only(monkeypatch)
 
 def test_json_gives_each_shard_and_the_totals_one_line_per_refresh(tmp_path):
     run = make_run(tmp_path / "run", 4, os.getpid())
-    result = subprocess.run([sys.executable, "-m", "shardrun.monitor", str(run), "--json"], check=False, capture_output=True,
+    result = subprocess.run([sys.executable, "-m", "shardrun", "monitor", str(run), "--json"], check=False, capture_output=True,
                             text=True, timeout=120)
     assert result.returncode == 0 and len(result.stdout.splitlines()) == 1, result.stderr
     document = json.loads(result.stdout)
@@ -157,7 +157,7 @@ def test_json_gives_each_shard_and_the_totals_one_line_per_refresh(tmp_path):
     assert totals == {"shards": 4, "active": 3, "done": 12, "total": 40, "ok": 12, "skipped": 0, "failed": 0,
                       "requeues": 2, "eta_seconds": 252.0, "suspension": None,
                       "states": {"completed": 1, "running": 3}}
-    watching = subprocess.Popen([sys.executable, "-m", "shardrun.monitor", str(run), "--json", "--watch", "--every",
+    watching = subprocess.Popen([sys.executable, "-m", "shardrun", "monitor", str(run), "--json", "--watch", "--every",
                                  "0.2"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     ticks = [json.loads(watching.stdout.readline()) for _ in range(2)]
     watching.send_signal(signal.SIGINT)

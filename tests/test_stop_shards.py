@@ -135,7 +135,7 @@ def test_a_launcher_is_told_by_its_command_line_new_spelling_or_old(words, launc
     process = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", *words])
     try:
         wait_for(lambda: words[-1] in psutil.Process(process.pid).cmdline(), timeout=30, process=process)
-        now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        now = datetime.now(UTC).isoformat(timespec="seconds")
         assert (verify(process.pid, socket.gethostname(), now, None, words=LAUNCHER_WORDS) is None) == launcher
         assert verify(process.pid, socket.gethostname(), now, None) is None  # every one is a shardrun process
     finally:
