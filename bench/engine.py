@@ -25,7 +25,7 @@ memory and a daily rhythm, tools/make_sample_data.py's generator, so that many p
   implementation over the same users on one core, on the sample data and on 21 synthetic users of
   61,000 observations.
 
-Figures and the machine they came from: docs/PERFORMANCE.md.
+Figures and the machine they came from: docs/dev/PERFORMANCE.md.
 """
 
 from __future__ import annotations

@@ -25,7 +25,7 @@ Sections:
   assignment (sharding.py), users of 29,000 to 61,000 observations drawn with a fixed seed, a user's
   cost its observations.
 
-Figures and the commands that produced them: docs/PERFORMANCE.md ("Scale").
+Figures and the commands that produced them: docs/dev/PERFORMANCE.md ("Scale").
 """
 
 from __future__ import annotations

@@ -158,7 +158,7 @@ def test_admit_when_not_even_one_shard_fits():
 
 
 def test_overhead_constant_covers_the_measured_figures():
-    # docs/PERFORMANCE.md: RSS - heap of a shard process at -Xms = -Xmx with the heap pre-touched, the
+    # docs/dev/PERFORMANCE.md: RSS - heap of a shard process at -Xms = -Xmx with the heap pre-touched, the
     # figures sized for 64 CPUs (the largest); the constant keeps a margin of at least 20% over them.
     measured = {128: 240, 256: 243, 512: 256, 1024: 281, 2048: 324, 4096: 402}
     for heap_mib, overhead_mib in measured.items():

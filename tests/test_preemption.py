@@ -192,7 +192,7 @@ def test_a_requeue_by_slurm_is_told_by_the_restart_count(record, restart, by_slu
 
 
 def test_a_requeue_slurm_does_itself_is_never_asked_again_and_its_preemption_is_requeued_past_the_limit():
-    """Measured (docs/CLUSTER_TESTS.md): SLURM requeues a preempted job itself only when its grace time
+    """Measured (docs/dev/CLUSTER_TESTS.md): SLURM requeues a preempted job itself only when its grace time
     ends with the job running, and refuses a second requeue then; a job that ends during the grace
     time is not requeued (COMPLETED or FAILED), so a shard that drained in time asks."""
     ended = decide_requeue(users_todo=3, requeues_done=0, limit=3, env=ELEMENT, record=record_of(GRACE_ENDED))

@@ -175,7 +175,7 @@ def test_the_merge_jobs_memory_grows_with_the_result_sets_cells_from_a_floor():
     small = merge_memory_mib(60, 2, 32)
     assert 512 <= small < 1024
     # 10^6 users x 2 rows x 32 columns peaked at 2.4 GiB in the merge and 0.5 GiB in its picture
-    # (docs/PERFORMANCE.md): the default leaves room above that sum.
+    # (docs/dev/PERFORMANCE.md): the default leaves room above that sum.
     assert merge_memory_mib(10**6, 2, 32) > (2433 + 505) * 1.2
     assert merge_memory_mib(2 * 10**6, 2, 32) - small == pytest.approx(2 * (merge_memory_mib(10**6, 2, 32) - small), abs=2)
 

@@ -69,7 +69,7 @@ COMMAND_TIMEOUT = 300.0
 DRAIN_TIMEOUT = 60.0  # a process asked to stop (or orphaned by a SIGKILL) must be gone by then
 PR_SET_CHILD_SUBREAPER = 36
 
-# What each command may exit with after the fault, by fault kind (README "Exit codes"); None: not signalled.
+# What each command may exit with after the fault, by fault kind (docs/GUIDE.md "Exit codes"); None: not signalled.
 STOPPED = {0, 3}  # a stop signal that landed, or one that came as the command was ending anyway
 MERGED_SET = ("results.csv", "results.parquet", "merge_report.json")
 

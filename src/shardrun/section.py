@@ -102,7 +102,8 @@ class Section:
             near = [f"'{self.name(k)}' -> {match}" for k in unknown if (match := close_matches(k, sorted(self._seen)))]
             hint = f" Did you mean: {'; '.join(near)}?" if near else ""
             raise ConfigError(
-                f"unknown config key {names}; check the spelling against the config reference in README.md.{hint}"
+                f"unknown config key {names}; check the spelling against the config reference"
+                f" (docs/GUIDE.md: the core's keys; docs/ANALYSIS.md: the default analysis's).{hint}"
             )
         for child in self._children:
             child.finish()

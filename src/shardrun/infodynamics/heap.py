@@ -29,7 +29,7 @@ On top of the arrays:
   about 6 MiB after a full GC on OpenJDK 17 with JPype 1.7; 8 MiB here).
 - G1 keeps G1ReservePercent (10 %) of the heap free, so the total is divided by 0.9.
 R is an upper bound (real series show far fewer pasts), so the model errs on the safe side; the
-figures it was checked against are in docs/PERFORMANCE.md.
+figures it was checked against are in docs/dev/PERFORMANCE.md.
 """
 
 from __future__ import annotations

@@ -90,7 +90,7 @@ def element_memory_mib(heap_bytes: int, data_bytes: int) -> int:
 
 
 # A merge peaked at 2.4 GiB for 2,000,000 rows x 32 columns plus 505 MiB in its picture process
-# (docs/PERFORMANCE.md, "Merge and validate"): about 46 bytes a cell; 64 leaves room for wider text.
+# (docs/dev/PERFORMANCE.md, "Merge and validate"): about 46 bytes a cell; 64 leaves room for wider text.
 MERGE_BYTES_PER_CELL = 64
 MERGE_BASE_MIB = 768  # Python, pandas, pyarrow and matplotlib in the merge and its picture process
 
