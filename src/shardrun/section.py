@@ -31,9 +31,6 @@ class Section:
     def name(self, key: str) -> str:
         return f"{self._where}.{key}" if self._where else key
 
-    def has(self, key: str) -> bool:
-        return key in self._data
-
     def get(
         self,
         key: str,
