@@ -5,20 +5,21 @@ from __future__ import annotations
 import json
 import sys
 import types
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import pandas as pd
 import pytest
 
 from shardrun.config import parse_config
 from shardrun.results.read import read_result_file
-from shardrun.storage.paths import MergedPaths, RunPaths
 from shardrun.sharding import ShardSpec, users_of_shard
 from shardrun.storage.atomic import write_json_atomic
 from shardrun.storage.commits import commit_user
 from shardrun.storage.identity import ensure_identity
+from shardrun.storage.paths import MergedPaths, RunPaths
 from shardrun.task import Dataset, Task
 
 DOUBLE_MODULE = "shardrun_test_double_task"

@@ -6,7 +6,7 @@ No JIDT, no jar: the JVM's own classes do the work, through JPype.
 - java.math.BigDecimal adds the readings exactly as they are written in the file (exact_sum, a
   decimal string), so the sum does not depend on floating-point order.
 
-Plug it in with `task: javastats:task` (the package on PYTHONPATH; docs/TASKS.md walks through it):
+Plug it in with `task: javastats:task` (the package on PYTHONPATH; docs/TASKS.md is the tutorial):
 
     PYTHONPATH=examples launch_shards --config examples/javastats/config.yaml --shards 2
 
