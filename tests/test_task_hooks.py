@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -130,11 +130,12 @@ class Keyed(Bare):
         scale: float = 1.0
         label: str | None = None
         levels: tuple[int, ...] = (2, 3)
+        names: list[str] = field(default_factory=lambda: ["a"])
 
 
 def test_settings_are_read_from_the_dataclass_by_field_strictly():
     settings = Keyed().parse_settings(Section({"path": "d.csv", "scale": 2, "label": None, "levels": [4]}))
-    assert settings == Keyed.Settings(Path("d.csv"), 5, 2.0, None, (4,)) and isinstance(settings.scale, float)
+    assert settings == Keyed.Settings(Path("d.csv"), 5, 2.0, None, (4,), ["a"]) and isinstance(settings.scale, float)
     with pytest.raises(ConfigError, match="config key 'path' is required"):
         Keyed().parse_settings(Section({}))
     with pytest.raises(ConfigError, match="config key 'min_readings' must be int"):

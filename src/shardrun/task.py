@@ -108,8 +108,9 @@ class Task(ABC):
             kinds = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
             kind = next(kind for kind in kinds if kind is not type(None))
             kind = typing.get_origin(kind) or kind  # list[str] is read as a list
-            read = {Path: str, float: (int, float), tuple: list}.get(kind, kind)
-            default = {} if spec.default is dataclasses.MISSING else {"default": spec.default}
+            read: Any = {Path: str, float: (int, float), tuple: list}.get(kind, kind)
+            default = ({"default": spec.default} if spec.default is not dataclasses.MISSING else
+                       {"default": spec.default_factory()} if spec.default_factory is not dataclasses.MISSING else {})
             value = section.get(spec.name, read, nullable=type(None) in kinds, **default)
             values[spec.name] = value if value is None or kind not in (Path, float, tuple) else kind(value)
         return self.Settings(**values)
