@@ -22,7 +22,7 @@ def replaced(old: str, new: str) -> str:
 # (id, config text, what stderr must name)
 BAD = [
     ("task-not-a-task", replaced("task: shardrun.infodynamics:task", "task: os:path"),
-     ["'task'", "os:path", "parse_settings", "key_columns", "analyse"]),
+     ["'task'", "os:path", "not a shardrun.task.Task", "subclass shardrun.task.Task"]),
     ("levels-huge", replaced("levels: 4", "levels: 1000000"), ["'data.levels'", "between 2 and 256", "1000000"]),
     ("levels-5000", replaced("levels: 4", "levels: 5000"), ["'data.levels'", "between 2 and 256"]),
     ("hour-bins", replaced("hour_bins: 6", "hour_bins: 1000"), ["'hour_bins'", "between 1 and 24"]),

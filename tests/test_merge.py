@@ -334,7 +334,7 @@ def test_the_columnar_merge_equals_the_row_by_row_merge(tmp_path, caplog):
     assert report.mixed_columns and "merged row by row" in caplog.text
 
 
-# --- a task's columns of the whole set (task.AddsSetColumns) ------------------------------------
+# --- a task's columns of the whole set (Task.set_columns) ------------------------------------
 
 
 def rank_in_mode(frame: pd.DataFrame) -> pd.Series:

@@ -23,7 +23,7 @@ from shardrun.shard.prepare import WorkerOptions, prepare
 from shardrun.shard.run import committed_under_lock
 from shardrun.sharding import ShardSpec
 from shardrun.storage.commits import commit_user
-from shardrun.task import UserIndex, load_users, read_user_index
+from shardrun.task import Task, UserIndex, load_users, read_user_index
 
 
 def settings_for(path: Path, **data):
@@ -102,11 +102,14 @@ def test_an_empty_table_is_refused_by_the_index(tmp_path):
 
 
 def test_a_task_without_an_index_is_read_whole_once(tmp_path):
-    """A task without ReadsByUser (docs/TASKS.md): the index comes from the full load, which is kept."""
+    """A task without user_index (docs/TASKS.md): the index comes from the full load, which is kept."""
 
-    class WholeOnly:
-        def load(self, settings):
+    class WholeOnly(Task):
+        def load(self, settings, users=None):
             return task.load(settings)
+
+        def analyse(self, dataset, user_id, settings):
+            return []
 
     settings = settings_for(write(interleaved_table(), tmp_path / "d.csv"))
     index, whole = read_user_index(WholeOnly(), settings)

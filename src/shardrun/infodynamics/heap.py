@@ -264,13 +264,13 @@ def _fixed_step_bins(local_times: np.ndarray, step_nanos: int, keeps_empty_bins:
 
 
 def user_heap_needs(settings: Settings, dataset) -> dict[str, int]:
-    """The Task protocol's optional user_heap_needs: bytes of Java heap each user of `dataset` needs."""
+    """Task.user_heap_needs: bytes of Java heap each user of `dataset` needs."""
     user_ids, n_obs, analysed = observation_counts(dataset, settings)
     return dict(zip(user_ids, heap_needs(settings, n_obs, analysed).tolist()))
 
 
 def index_heap_needs(settings: Settings, index: UserIndex) -> dict[str, int] | None:
-    """The Task protocol's optional index_heap_needs: every user's need from its rows in the input.
+    """Task.index_heap_needs: every user's need from its rows in the input.
 
     An upper bound of user_heap_needs, because the need grows with n_obs and n_obs never exceeds the
     rows: without data.step a row with a missing value is dropped; with data.step and an aggregate

@@ -15,9 +15,9 @@ The input a shard loads, the rule: each shard is counted with the load peak of O
 measured. `measure_launch_data` reads the user index, assigns the users as the run will (the
 config's partition), loads the share with the most observations (the input rows of its users) and
 measures the peak memory that load took (platforms.PeakMemory): about the whole table's load peak / K
-for a task that reads by user (ReadsByUser), and never less than the largest share's, nor than its rows
+for a task that reads by user (Task.user_index), and never less than the largest share's, nor than its rows
 at the rate measured for a shard (LOAD_PEAK_BYTES_PER_ROW). A shard that
-loads the whole table is counted with the whole table's measured peak: a task without ReadsByUser,
+loads the whole table is counted with the whole table's measured peak: a task without user_index,
 or jvm.xmx auto where the task cannot bound the heap from the index (heap_plan.run_heap_needs).
 
 The side effects sit at the edges: `available_memory()` reads psutil and the cgroup files (through
@@ -40,7 +40,7 @@ from shardrun.platforms import PeakMemory
 from shardrun.shard.jvm import task_classpath
 from shardrun.shard.plan import assign_index
 from shardrun.errors import ConfigError
-from shardrun.task import UserIndex, heap_advice, load_users, read_user_index
+from shardrun.task import UserIndex, load_users, read_user_index
 from shardrun.units import MIB, format_bytes
 
 log = logging.getLogger(__name__)
@@ -419,7 +419,7 @@ def check_launch(
     task_classpath(task, config.settings, config.jvm)
     heap = plan_heap(config.jvm, data.needs if data is not None else None,
                      list(data.index.user_ids) if data is not None else [],
-                     advice=heap_advice(task, config.settings), checked=data.checked if data is not None else None)
+                     advice=task.heap_advice(config.settings), checked=data.checked if data is not None else None)
     if data_bytes is None:
         data_bytes = data.share_bytes if data is not None else 0
     if available_bytes is None:

@@ -12,7 +12,7 @@ Each step lives in its own module: read.py (shard dirs, run.json, the task), com
 rules: duplicates, conflicts, coverage), frame.py (the table and its bytes), report.py
 (merge_report.json). This module only runs them in order, with reading and writing at the two ends.
 Once combined, the task may fill in columns that depend on the whole set and add facts to the report
-(the optional hooks of task.AddsSetColumns), before the picture is started and the tables written.
+(the optional hooks Task.set_columns and set_report), before the picture is started and the tables written.
 
 Writing is atomic for the whole set: results.csv, results.parquet, summary.png, run.png and
 merge_report.json are built in a sibling dir `.<name>.merging-<pid>-<random>` of the output dir,
@@ -65,7 +65,7 @@ from shardrun.storage.exclusive import ExclusiveFile
 from shardrun.storage.paths import MergedPaths
 from shardrun.storage.atomic import fsync_tree, replace_dir, write_json_atomic
 from shardrun.storage.durability import Remedy, storage_error
-from shardrun.task import Task, task_result_seconds, task_set_columns, task_set_report
+from shardrun.task import Task
 
 log = logging.getLogger(__name__)
 
@@ -149,7 +149,7 @@ def _merge(dirs: list[Path], output_dir: Path, force: bool, columnar: bool, pict
         combined = combine_row_by_row(shards, task, settings)
     frame, row_users, mixed, dropped = combined.frame, combined.users, combined.mixed, combined.dropped
     # the task's columns of the whole set, before anything is drawn or written: both see them
-    frame, outside = with_set_columns(frame, task_set_columns(task, frame, settings))
+    frame, outside = with_set_columns(frame, {} if settings is None else dict(task.set_columns(frame, settings)))
     if outside:
         log.warning("the task's set columns %s are not among its result columns and are left out", outside)
         dropped = sorted({*dropped, *outside})
@@ -179,7 +179,7 @@ def _merge(dirs: list[Path], output_dir: Path, force: bool, columnar: bool, pict
         untrusted_files=[u for s in shards for u in s.untrusted],
         unverified_files=[{"dir": str(s.dir), "files": list(s.unverified)} for s in shards if s.unverified],
         mixed_columns=mixed,
-        task=task_set_report(task, frame, settings),
+        task={} if settings is None else dict(task.set_report(frame, settings)),
     )
     write_result_set(output_dir, frame, report, pictures=lambda: drawn_pictures(pictures, drawing), trace=trace,
                      remedy=remedy)
@@ -347,9 +347,9 @@ def start_pictures(pictures: PictureProcess, frame: pd.DataFrame, shards: Sequen
 
 
 def predicted_spans(spans: pd.DataFrame, task: Task, frame: pd.DataFrame, settings: Any | None) -> pd.DataFrame:
-    """The span table with the task's estimate of each user's seconds (PredictsTime.result_seconds),
+    """The span table with the task's estimate of each user's seconds (Task.result_seconds),
     NaN where it makes none."""
-    estimates = task_result_seconds(task, frame, settings)
+    estimates = None if settings is None else task.result_seconds(frame, settings)
     predicted = (pd.Series(estimates, dtype="float64") if estimates is not None and len(estimates)
                  else pd.Series(dtype="float64"))
     ids = spans["user_id"].astype(object) if "user_id" in spans.columns else pd.Series(index=spans.index, dtype=object)
