@@ -9,7 +9,7 @@ if not "%CONFIG%"=="" if exist "%~f1" set "CONFIG=%~f1"
 cd /d "%~dp0"
 if /i "%CONFIG%"=="--help" (
   echo usage: run_parallel_4shards.bat [CONFIG] [K]   ^(defaults: config\proposal.yaml, 4^)
-  if exist .venv\Scripts\launch_shards.exe .venv\Scripts\launch_shards.exe --help
+  if exist .venv\Scripts\python.exe .venv\Scripts\python.exe -m shardrun launch --help
   exit /b 0
 )
 if "%CONFIG%"=="" set "CONFIG=config\proposal.yaml"
@@ -27,5 +27,5 @@ if not exist .venv\Scripts\python.exe (
   .venv\Scripts\python.exe -m pip install -q -e ".[test]" || exit /b 2
   .venv\Scripts\python.exe -m pip install -q --no-deps idtxl-uv==1.6.1 || exit /b 2
 )
-.venv\Scripts\launch_shards.exe --config "%CONFIG%" --shards %SHARDS% --merge
+.venv\Scripts\python.exe -m shardrun launch --config "%CONFIG%" --shards %SHARDS% --merge
 exit /b %ERRORLEVEL%

@@ -9,4 +9,4 @@ set -euo pipefail
 CALLER="$(pwd)"
 cd "$(dirname "$0")"
 tools/bootstrap.sh
-SHARDRUN_CALLER_DIR="$CALLER" SHARDRUN_INVOKED_AS="$0" exec .venv/bin/python -m shardrun.entry run_parallel "$@"
+SHARDRUN_CALLER_DIR="$CALLER" SHARDRUN_INVOKED_AS="$0" exec .venv/bin/python -m shardrun run_parallel "$@"

@@ -25,7 +25,7 @@ memory and a daily rhythm, tools/make_sample_data.py's generator, so that many p
   implementation over the same users on one core, on the sample data and on 21 synthetic users of
   61,000 observations.
 
-Figures and the machine they came from: docs/PERFORMANCE.md.
+Figures and the machine they came from: docs/dev/PERFORMANCE.md.
 """
 
 from __future__ import annotations
@@ -44,6 +44,7 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tools"))
+sys.path.insert(0, str(REPO / "tests"))  # jidt_reference: the dense calculators
 
 from make_sample_data import simulate, transition_table  # noqa: E402
 from plain_numpy import BASE, HOUR_BINS, LEVELS, analyse_symbols, numpy_ais  # noqa: E402
@@ -51,8 +52,7 @@ from plain_numpy import BASE, HOUR_BINS, LEVELS, analyse_symbols, numpy_ais  # n
 from shardrun.config import JvmConfig  # noqa: E402
 from shardrun.section import Section
 from shardrun.infodynamics import heap, task  # noqa: E402
-from shardrun.infodynamics.measures import ais_test  # noqa: E402
-from shardrun.infodynamics.reference import dense_ais_test  # noqa: E402
+from jidt_reference import ais_test, dense_ais_test  # noqa: E402
 from shardrun.infodynamics.states import observed_pasts  # noqa: E402
 from shardrun.infodynamics.surrogates import UserSurrogates  # noqa: E402
 from shardrun.infodynamics.symbols import hour_symbols, mode_symbols, value_symbols  # noqa: E402
@@ -284,9 +284,9 @@ def runs_section(surrogates: int, workdir: Path) -> None:
         seconds = []
         for threads in ([], ["--threads", "1"]):
             run_dir = workdir / f"run-{name.split()[0]}-{len(threads)}"
-            worker = [sys.executable, "-m", "shardrun.worker", "--config", str(path), "--full", "--shard", "0/1",
+            worker = [sys.executable, "-m", "shardrun", "run", "--config", str(path), "--full", "--shard", "0/1",
                       "--out", str(run_dir), *threads]
-            merge = [sys.executable, "-m", "shardrun.merge", "--run", str(run_dir), "--output", str(run_dir / "merged")]
+            merge = [sys.executable, "-m", "shardrun", "merge", "--run", str(run_dir), "--output", str(run_dir / "merged")]
             seconds.append(timed(lambda: [subprocess.run(c, check=True, capture_output=True, cwd=REPO)
                                           for c in (worker, merge)])[0])
         if users is None:

@@ -15,7 +15,7 @@ overhead = peak RSS - committed heap. Run from the repository root:
 
     .venv/bin/python bench/jvm_overhead.py --config config/proposal.yaml --heaps 128m,256m,512m,1g,2g
 
-The figures and the exact command are recorded in docs/PERFORMANCE.md.
+The figures and the exact command are recorded in docs/dev/PERFORMANCE.md.
 """
 
 from __future__ import annotations

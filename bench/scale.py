@@ -25,7 +25,7 @@ Sections:
   assignment (sharding.py), users of 29,000 to 61,000 observations drawn with a fixed seed, a user's
   cost its observations.
 
-Figures and the commands that produced them: docs/PERFORMANCE.md ("Scale").
+Figures and the commands that produced them: docs/dev/PERFORMANCE.md ("Scale").
 """
 
 from __future__ import annotations
@@ -76,7 +76,7 @@ def template_run(work: Path) -> tuple[dict, list[dict], dict | None]:
     """run.json, one real user's rows and its attempt record, from a real pilot run of config/proposal.yaml."""
     out = work / "template"
     if not (out / "run.json").is_file():
-        subprocess.run([PYTHON, "-m", "shardrun.worker", "--config", "config/proposal.yaml", "--shard", "0/1",
+        subprocess.run([PYTHON, "-m", "shardrun", "run", "--config", "config/proposal.yaml", "--shard", "0/1",
                         "--pilot", "1", "--out", str(out)], cwd=REPO, check=True, capture_output=True)
     from shardrun.storage.commits import scan_committed
     from shardrun.storage.paths import ShardPaths
@@ -124,9 +124,9 @@ def merge_section(work: Path, user_counts: list[int], shard_counts: list[int]) -
                 write_store(run_dir, users, shards, run_doc, rows, attempt)
                 os.sync()  # else the first merge's fsyncs wait for the new store's writeback
             merged = run_dir / "merged"
-            merge_s, merge_rss = peak_rss_of([PYTHON, "-m", "shardrun.merge", "--run", str(run_dir), "--output",
+            merge_s, merge_rss = peak_rss_of([PYTHON, "-m", "shardrun", "merge", "--run", str(run_dir), "--output",
                                               str(merged), "--overwrite"], REPO)
-            validate_s, validate_rss = peak_rss_of([PYTHON, "-m", "shardrun.validate", "--dir", str(merged)], REPO)
+            validate_s, validate_rss = peak_rss_of([PYTHON, "-m", "shardrun", "validate", "--dir", str(merged)], REPO)
             started = time.perf_counter()
             frame = pd.read_csv(merged / "results.csv")
             read_s = time.perf_counter() - started
@@ -178,11 +178,11 @@ def overhead_section(work: Path, users: int) -> dict[str, Any]:
     run_dir = work / f"small-run-{users}"
     shutil.rmtree(run_dir, ignore_errors=True)  # a kept --work dir: each measurement starts a new run
     started = time.perf_counter()
-    subprocess.run([PYTHON, "-m", "shardrun.worker", "--config", str(config_path), "--full", "--shard", "0/1",
+    subprocess.run([PYTHON, "-m", "shardrun", "run", "--config", str(config_path), "--full", "--shard", "0/1",
                     "--out", str(run_dir)], cwd=REPO, check=True, capture_output=True)
     shard_s = time.perf_counter() - started
     started = time.perf_counter()
-    subprocess.run([PYTHON, "-m", "shardrun.merge", "--run", str(run_dir), "--output", str(run_dir / "merged")],
+    subprocess.run([PYTHON, "-m", "shardrun", "merge", "--run", str(run_dir), "--output", str(run_dir / "merged")],
                    cwd=REPO, check=True, capture_output=True)
     merge_s = time.perf_counter() - started
     started = time.perf_counter()

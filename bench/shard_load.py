@@ -10,7 +10,7 @@ process that started it, across exec). K=1 reads every row: what every shard pai
     .venv/bin/python bench/shard_load.py --rows 10000000 --dir bench-data
     .venv/bin/python bench/shard_load.py --rows 1000000 --shards 1 8 --formats parquet
 
-Figures and the machine: docs/PERFORMANCE.md ("Each shard reads its own users").
+Figures and the machine: docs/dev/PERFORMANCE.md ("Each shard reads its own users").
 """
 
 from __future__ import annotations

@@ -44,7 +44,7 @@ def workspace(tmp_path_factory):
     write_categorical_data(data, n_users=14, n_rows=700)
     config = write_config(root / "config.yaml", data, root)
     reference = root / "reference"
-    shardrun("worker", "--config", str(config), "--full", "--shard", "0/1", "--out", str(reference), cwd=root)
+    shardrun("run", "--config", str(config), "--full", "--shard", "0/1", "--out", str(reference), cwd=root)
     shardrun("merge", "--run", str(reference), "--output", str(reference / "merged"), cwd=root)
     return {"root": root, "config": config, "data": data, "reference": analysis_values(reference / "merged")}
 
@@ -66,7 +66,7 @@ def two_node_cluster():
     one CPU each, each in network and UTS namespaces of its own, its own hostname and address), started when
     a test of the module first asks for it and stopped, namespaces and links included, after its last test.
     A requeued job may start again 6 s after the requeue (cred_expire=5, SLURM's minimum), not 121 s.
-    Needs root; if it cannot start, the tests that need it fail with the reason (docs/CLUSTER_TESTS.md)."""
+    Needs root; if it cannot start, the tests that need it fail with the reason (docs/dev/CLUSTER_TESTS.md)."""
     cluster = started_for_test(SlurmCluster(shared=True, nodes={"nodea": 1, "nodeb": 1}, cred_expire=5))
     yield cluster
     cluster.stop()

@@ -54,11 +54,11 @@ def write_config(path: Path, data: Path, root: Path, surrogates: int = 60, k_gri
     return path
 
 
-def shardrun(module: str, *args: str, cwd: Path, check: bool = True, **kwargs) -> subprocess.CompletedProcess:
-    result = subprocess.run([sys.executable, "-m", f"shardrun.{module}", *args], cwd=cwd, capture_output=True,
+def shardrun(sub: str, *args: str, cwd: Path, check: bool = True, **kwargs) -> subprocess.CompletedProcess:
+    result = subprocess.run([sys.executable, "-m", "shardrun", sub, *args], cwd=cwd, capture_output=True,
                             text=True, timeout=600, **kwargs)
     if check and result.returncode != 0:
-        raise AssertionError(f"{module} {args} exited {result.returncode}\n{result.stdout}\n{result.stderr}")
+        raise AssertionError(f"shardrun {sub} {args} exited {result.returncode}\n{result.stdout}\n{result.stderr}")
     return result
 
 

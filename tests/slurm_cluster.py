@@ -12,7 +12,7 @@ hostname: tests/node_network.py), as separate hosts sharing one filesystem.
 Every command run through the cluster (`cluster.command`, `cluster.sbatch`, ...) or with `cluster.env`
 talks to this cluster only (SLURM_CONF). `stop()` stops what `start()` started, by PID, and kills the
 jobs' leftover processes it can identify (those whose environment names this cluster's config, and
-their descendants). docs/CLUSTER_TESTS.md describes the set-up and the behaviour measured on it.
+their descendants). docs/dev/CLUSTER_TESTS.md describes the set-up and the behaviour measured on it.
 """
 
 from __future__ import annotations

@@ -5,20 +5,22 @@ from __future__ import annotations
 import json
 import sys
 import types
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import pandas as pd
 import pytest
 
 from shardrun.config import parse_config
 from shardrun.results.read import read_result_file
-from shardrun.storage.paths import MergedPaths, RunPaths
 from shardrun.sharding import ShardSpec, users_of_shard
 from shardrun.storage.atomic import write_json_atomic
 from shardrun.storage.commits import commit_user
 from shardrun.storage.identity import ensure_identity
+from shardrun.storage.paths import MergedPaths, RunPaths
+from shardrun.task import Dataset, Task
 
 DOUBLE_MODULE = "shardrun_test_double_task"
 MODES = ("activity", "composite")
@@ -26,7 +28,7 @@ COLUMNS = ["user_id", "feature_mode", "status", "reason", "n_obs", "ais_bits", "
 USERS = [f"u{i:02d}" for i in range(8)]
 
 
-# --- the test double of the Task protocol -------------------------------------------------
+# --- the test double of a Task -------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -35,27 +37,22 @@ class DoubleSettings:
     users: tuple[str, ...]
 
 
-@dataclass(frozen=True)
-class DoubleDataset:
-    user_ids: list[str]
-    fingerprint: str
-
-
-class TaskDouble:
-    """Test double of shardrun.task.Task: only what merge and validate call."""
+class TaskDouble(Task):
+    """Test double of shardrun.task.Task: what merge and validate call; it analyses nobody."""
 
     key_columns = ("user_id", "feature_mode")
+    columns = ("n_obs", "ais_bits", "te_bits")
 
     def parse_settings(self, section):
         modes = section.get("modes", list, default=list(MODES))
         users = section.get("users", list, default=list(USERS))
         return DoubleSettings(modes=tuple(modes), users=tuple(users))
 
-    def result_columns(self, settings):
-        return list(COLUMNS)
+    def load(self, settings, users=None):
+        return Dataset(user_ids=sorted(settings.users), fingerprint="fp-test")
 
-    def load(self, settings):
-        return DoubleDataset(user_ids=sorted(settings.users), fingerprint="fp-test")
+    def analyse(self, dataset, user_id, settings):
+        raise AssertionError("the double is for merge and validate only")
 
     def check_rows(self, frame, settings):
         negative = frame[frame["ais_bits"] < 0]

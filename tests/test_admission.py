@@ -158,7 +158,7 @@ def test_admit_when_not_even_one_shard_fits():
 
 
 def test_overhead_constant_covers_the_measured_figures():
-    # docs/PERFORMANCE.md: RSS - heap of a shard process at -Xms = -Xmx with the heap pre-touched, the
+    # docs/dev/PERFORMANCE.md: RSS - heap of a shard process at -Xms = -Xmx with the heap pre-touched, the
     # figures sized for 64 CPUs (the largest); the constant keeps a margin of at least 20% over them.
     measured = {128: 240, 256: 243, 512: 256, 1024: 281, 2048: 324, 4096: 402}
     for heap_mib, overhead_mib in measured.items():
@@ -416,7 +416,7 @@ def test_with_sum_resampling_auto_loads_the_whole_table_in_every_shard(tmp_path)
 
 def run_dry(config: Path, *shard: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "shardrun.worker", "--config", str(config), "--full", "--shard", *(shard or ("0/1",)),
+        [sys.executable, "-m", "shardrun", "run", "--config", str(config), "--full", "--shard", *(shard or ("0/1",)),
          "--dry-run"], cwd=config.parent, capture_output=True, text=True, timeout=120,
     )
 
@@ -448,7 +448,7 @@ def test_a_shard_with_auto_records_the_resolved_flags(tmp_path):
     config["surrogates"] = 5
     path.write_text(yaml.safe_dump(config))
     run = tmp_path / "run"
-    done = subprocess.run([sys.executable, "-m", "shardrun.worker", "--config", str(path), "--pilot", "1",
+    done = subprocess.run([sys.executable, "-m", "shardrun", "run", "--config", str(path), "--pilot", "1",
                            "--shard", "0/2", "--out", str(run)], cwd=tmp_path, capture_output=True, text=True,
                           timeout=120)
     assert done.returncode == 0, done.stderr

@@ -74,26 +74,31 @@ def test_the_layer_contracts_of_pyproject_hold():
     assert "0 broken" in result.stdout, result.stdout
 
 
-def imported_by(alias: str) -> set[str]:
-    """The modules `python -m shardrun.<alias> --help` imports (python -X importtime lists each once)."""
-    result = subprocess.run([sys.executable, "-X", "importtime", "-m", f"shardrun.{alias}", "--help"],
+def imported_by(*command: str) -> set[str]:
+    """The modules `python -m shardrun COMMAND --help` imports (python -X importtime lists each once)."""
+    result = subprocess.run([sys.executable, "-X", "importtime", "-m", "shardrun", *command, "--help"],
                             cwd=REPO, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     return {line.rsplit("|", 1)[-1].strip() for line in result.stderr.splitlines() if line.startswith("import time:")}
 
 
-@pytest.mark.parametrize("alias", ["worker", "launcher", "merge", "validate", "monitor", "stop"])
-def test_an_entry_module_is_not_imported_a_second_time(alias):
+@pytest.mark.parametrize("command", ["run", "launch", "merge", "validate", "monitor", "stop"])
+def test_the_entry_module_is_not_imported_a_second_time(command):
     # Run with -m it is __main__; a second copy under its own name would hold its own globals.
-    assert f"shardrun.{alias}" not in imported_by(alias)
+    assert "shardrun.__main__" not in imported_by(command)
 
 
-@pytest.mark.parametrize("alias", ["merge", "validate", "monitor"])
-def test_reading_commands_do_not_load_the_shard_stack(alias):
-    modules = imported_by(alias)
+@pytest.mark.parametrize("command", ["merge", "validate", "monitor"])
+def test_reading_commands_do_not_load_the_shard_stack(command):
+    modules = imported_by(command)
     loaded = sorted(m for m in modules if m.split(".")[:2] in (["shardrun", "shard"], ["shardrun", "launch"])
                     or m.split(".")[0] in ("jpype", "_jpype", "tenacity"))
     assert loaded == []
+
+
+def test_the_list_of_commands_imports_none_of_them():
+    assert sorted(m for m in imported_by() if m.startswith("shardrun.")) == [
+        "shardrun.cli", "shardrun.early_signals", "shardrun.entry"]
 
 
 # The words of the default analysis (its library, its package on PyPI, its measure), as whole words.

@@ -22,7 +22,7 @@ def replaced(old: str, new: str) -> str:
 # (id, config text, what stderr must name)
 BAD = [
     ("task-not-a-task", replaced("task: shardrun.infodynamics:task", "task: os:path"),
-     ["'task'", "os:path", "parse_settings", "key_columns", "analyse"]),
+     ["'task'", "os:path", "not a shardrun.task.Task", "subclass shardrun.task.Task"]),
     ("levels-huge", replaced("levels: 4", "levels: 1000000"), ["'data.levels'", "between 2 and 256", "1000000"]),
     ("levels-5000", replaced("levels: 4", "levels: 5000"), ["'data.levels'", "between 2 and 256"]),
     ("hour-bins", replaced("hour_bins: 6", "hour_bins: 1000"), ["'hour_bins'", "between 1 and 24"]),
@@ -42,7 +42,7 @@ BAD = [
 
 
 def run_worker(config: Path, tmp_path: Path, dry_run: bool) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "shardrun.worker", "--config", str(config), "--full", "--shard", "0/1",
+    command = [sys.executable, "-m", "shardrun", "run", "--config", str(config), "--full", "--shard", "0/1",
                "--out", str(tmp_path / "out")] + (["--dry-run"] if dry_run else [])
     return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120)
 
@@ -110,7 +110,7 @@ def test_bad_data_exits_2_with_the_fix(tmp_path, lines, named, dry_run):
 def test_the_launcher_refuses_missing_values_before_starting_a_shard(tmp_path):
     lines, named = next(case[1:] for case in BAD_DATA if case[0] == "nan-values")
     config = bad_data_config(tmp_path, lines)
-    command = [sys.executable, "-m", "shardrun.launcher", "--config", str(config), "--shards", "2", "--out", str(tmp_path / "out"),
+    command = [sys.executable, "-m", "shardrun", "launch", "--config", str(config), "--shards", "2", "--out", str(tmp_path / "out"),
                "--dry-run"]
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120)
     assert result.returncode == 2, result.stdout + result.stderr
@@ -152,15 +152,15 @@ def test_a_dir_where_a_file_belongs_and_a_file_where_a_dir_belongs_are_named_as_
     result = run_worker(config, tmp_path, dry_run=True)
     assert result.returncode == 2 and f"data file {tmp_path} is a directory, not a table" in result.stderr
 
-    command = [sys.executable, "-m", "shardrun.worker", "--config", str(tmp_path), "--full", "--shard", "0/1",
+    command = [sys.executable, "-m", "shardrun", "run", "--config", str(tmp_path), "--full", "--shard", "0/1",
                "--out", str(tmp_path / "out")]
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120)
     assert result.returncode == 2 and f"--config {tmp_path} is a directory, not a config file" in result.stderr
 
     a_file = tmp_path / "a-file"
     a_file.write_text("mine\n")
-    for module, shard in (("shardrun.worker", ["--shard", "0/1", "--full"]), ("shardrun.launcher", ["--shards", "1"])):
-        command = [sys.executable, "-m", module, "--config", str(REPO / "config" / "small.yaml"), *shard,
+    for sub, shard in (("run", ["--shard", "0/1", "--full"]), ("launch", ["--shards", "1"])):
+        command = [sys.executable, "-m", "shardrun", sub, "--config", str(REPO / "config" / "small.yaml"), *shard,
                    "--out", str(a_file)]
         result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120)
         assert result.returncode == 2, result.stdout + result.stderr

@@ -115,7 +115,7 @@ def test_a_disagreement_fails_the_benchmark_with_the_differences():
 
 
 def launch_shards(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "shardrun.launcher", *args], cwd=cwd, capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "shardrun", "launch", *args], cwd=cwd, capture_output=True, text=True,
                           timeout=600)
 
 

@@ -72,8 +72,8 @@ def test_launch_shards_hands_its_commit_interval_to_every_shard(given, expected,
     options = LaunchOptions(config_path=REPO / "config" / "proposal.yaml", shards=2,
                             commit_interval_seconds=args.commit_interval)
     command = shard_command(options.config_path, ShardSpec(1, 2), tmp_path, False, options, "1g", 1)
-    assert command[1:3] == ["-m", "shardrun.worker"]
-    assert run_production.parser().parse_args(command[3:]).commit_interval == expected
+    assert command[1:4] == ["-m", "shardrun", "run"]
+    assert run_production.parser().parse_args(command[4:]).commit_interval == expected
 
 
 @pytest.mark.parametrize("value", ["lots", "-2", "2.5", "101%"])
@@ -87,14 +87,14 @@ def test_launch_shards_hands_fail_fast_and_retry_failed_to_every_shard(tmp_path)
     options = LaunchOptions(config_path=REPO / "config" / "proposal.yaml", shards=2, fail_fast=args.fail_fast,
                             retry_failed=args.retry_failed)
     resumed = run_production.parser().parse_args(
-        shard_command(options.config_path, ShardSpec(1, 2), tmp_path, True, options, "1g", 1, retry_failed=True)[3:])
+        shard_command(options.config_path, ShardSpec(1, 2), tmp_path, True, options, "1g", 1, retry_failed=True)[4:])
     assert resumed.fail_fast == 0 and resumed.retry_failed and resumed.resume == tmp_path
     # a shard that never started has nothing to retry: it starts with --out, as run_production requires
     fresh = run_production.parser().parse_args(
-        shard_command(options.config_path, ShardSpec(1, 2), tmp_path, False, options, "1g", 1, retry_failed=True)[3:])
+        shard_command(options.config_path, ShardSpec(1, 2), tmp_path, False, options, "1g", 1, retry_failed=True)[4:])
     assert not fresh.retry_failed and fresh.out == tmp_path
     default = run_production.parser().parse_args(shard_command(
-        options.config_path, ShardSpec(1, 2), tmp_path, False, LaunchOptions(options.config_path, 2), "1g", 1)[3:])
+        options.config_path, ShardSpec(1, 2), tmp_path, False, LaunchOptions(options.config_path, 2), "1g", 1)[4:])
     assert default.fail_fast == 5
 
 
@@ -128,7 +128,7 @@ def test_every_command_has_version_and_help_for_every_flag(name, capsys):
 
 
 def cli(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "shardrun.worker", *args], cwd=cwd, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "shardrun", "run", *args], cwd=cwd, capture_output=True,
                           text=True, timeout=300)
 
 

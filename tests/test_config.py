@@ -124,7 +124,7 @@ def run_production(config: dict, tmp_path: Path, env: dict | None = None) -> sub
     config = {**config, "output": {"root": str(tmp_path / "out")}}
     path.write_text(yaml.safe_dump(config))
     return subprocess.run(
-        [sys.executable, "-m", "shardrun.worker", "--config", str(path), "--full", "--shard", "0/2"],
+        [sys.executable, "-m", "shardrun", "run", "--config", str(path), "--full", "--shard", "0/2"],
         cwd=REPO, capture_output=True, text=True, timeout=120, env={**os.environ, **(env or {})},
     )
 

@@ -86,7 +86,7 @@ def test_sigkilled_shard_resumes_to_the_uninterrupted_result(workspace):
     run = root / "killed"
     victim = subprocess.Popen(
         # each user committed as it ends, and users of at least 0.3 s: users are left when one is done
-        [sys.executable, "-m", "shardrun.worker", "--config", str(config), "--full", "--shard", "1/3",
+        [sys.executable, "-m", "shardrun", "run", "--config", str(config), "--full", "--shard", "1/3",
          "--out", str(run), "--heartbeat", "0.2", "--commit-interval", "0", "--cooldown", "0.3"],
         cwd=root, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
@@ -104,7 +104,7 @@ def test_sigkilled_shard_resumes_to_the_uninterrupted_result(workspace):
     assert "1/3" in monitor.stdout and "dead (process gone)" in monitor.stdout, monitor.stdout
     committed_before = committed_users(shard_dir)
 
-    resumed = shardrun("worker", "--config", str(config), "--full", "--resume", str(shard_dir), cwd=root)
+    resumed = shardrun("run", "--config", str(config), "--full", "--resume", str(shard_dir), cwd=root)
     assert "exit 0" in resumed.stdout
     after = read_status(shard_dir)
     assert after["state"] == "completed"
@@ -114,7 +114,7 @@ def test_sigkilled_shard_resumes_to_the_uninterrupted_result(workspace):
     killed_start, resumed_start = (datetime.fromisoformat(t) for t in after["process_starts"])
     assert before["process_starts"] == after["process_starts"][:1] and killed_start < resumed_start
     for index in (0, 2):
-        shardrun("worker", "--config", str(config), "--full", "--shard", f"{index}/3", "--out", str(run), cwd=root)
+        shardrun("run", "--config", str(config), "--full", "--shard", f"{index}/3", "--out", str(run), cwd=root)
 
     shardrun("merge", "--run", str(run), "--output", str(run / "merged"), cwd=root)
     merged = analysis_values(run / "merged")
@@ -124,7 +124,7 @@ def test_sigkilled_shard_resumes_to_the_uninterrupted_result(workspace):
 
 def test_launcher_runs_k_shards_merges_and_validates(workspace):
     root, config = workspace["root"], workspace["config"]
-    result = shardrun("launcher", "--config", str(config), "--shards", "3", "--progress-every", "1", cwd=root)
+    result = shardrun("launch", "--config", str(config), "--shards", "3", "--progress-every", "1", cwd=root)
     run_dir = Path(result.stdout.split("run dir: ")[1].split()[0])
     assert (run_dir / "merged" / "results.csv").is_file()
     assert json.loads((run_dir / "merged" / "validation.json").read_text())["valid"] is True
@@ -150,7 +150,7 @@ def test_sigterm_to_the_launcher_drains_and_the_run_continues(workspace):
     earlier_runs = set((root / "out").glob("config_full_*"))
     launcher = subprocess.Popen(
         # --cooldown: shards of several seconds, still at work when the first commit shows in status.json
-        [sys.executable, "-m", "shardrun.launcher", "--config", str(config), "--shards", "2", "--grace", "60",
+        [sys.executable, "-m", "shardrun", "launch", "--config", str(config), "--shards", "2", "--grace", "60",
          "--cooldown", "0.5"],
         cwd=root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
@@ -174,7 +174,7 @@ def test_sigterm_to_the_launcher_drains_and_the_run_continues(workspace):
             os.kill(pid, 0)
     assert not (run_dir / "merged").exists()
 
-    shardrun("launcher", "--config", str(config), "--shards", "2", "--run-dir", str(run_dir), cwd=root)
+    shardrun("launch", "--config", str(config), "--shards", "2", "--run-dir", str(run_dir), cwd=root)
     pd.testing.assert_frame_equal(analysis_values(run_dir / "merged"), workspace["reference"], check_exact=True)
 
 
@@ -183,7 +183,7 @@ def test_launch_shards_out_starts_or_continues_one_run(workspace, tmp_path):
     root, config = workspace["root"], workspace["config"]
     out = tmp_path / "run"
     command = ["--config", str(config), "--shards", "2", "--out", str(out)]
-    launcher = subprocess.Popen([sys.executable, "-m", "shardrun.launcher", *command, "--grace", "60", "--cooldown", "0.5"],
+    launcher = subprocess.Popen([sys.executable, "-m", "shardrun", "launch", *command, "--grace", "60", "--cooldown", "0.5"],
                                 cwd=root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.monotonic() + 120
     while sum(read_status(d).get("users_done", 0) for d in out.glob("shard-*")) < 1:
@@ -192,29 +192,29 @@ def test_launch_shards_out_starts_or_continues_one_run(workspace, tmp_path):
     launcher.send_signal(signal.SIGTERM)
     output, _ = launcher.communicate(timeout=120)
     assert launcher.returncode == 3, output
-    assert f"Continue it with: launch_shards --config {config} --shards 2 --out {out}\n" in output + "\n"
+    assert f"Continue it with: shardrun launch --config {config} --shards 2 --out {out}\n" in output + "\n"
     assert not (out / "merged").exists()
 
-    again = shardrun("launcher", *command, cwd=root)
+    again = shardrun("launch", *command, cwd=root)
     assert "validation passed" in again.stdout
     pd.testing.assert_frame_equal(analysis_values(out / "merged"), workspace["reference"], check_exact=True)
-    shardrun("launcher", *command, cwd=root)  # a finished run: nothing left to do, the same result
+    shardrun("launch", *command, cwd=root)  # a finished run: nothing left to do, the same result
     pd.testing.assert_frame_equal(analysis_values(out / "merged"), workspace["reference"], check_exact=True)
 
-    other_k = shardrun("launcher", "--config", str(config), "--shards", "3", "--out", str(out), cwd=root, check=False)
+    other_k = shardrun("launch", "--config", str(config), "--shards", "3", "--out", str(out), cwd=root, check=False)
     assert other_k.returncode == 2 and "was started with 2 shards" in other_k.stderr and "pass --shards 2" in other_k.stderr
     assert not list(out.glob("shard-*-of-3"))
     identity_path = out / "shard-0-of-2" / "shard.json"
     identity = json.loads(identity_path.read_text())
     identity_path.write_text(json.dumps({**identity, "config_hash": "0123456789abcdef"}))
-    refused = shardrun("launcher", *command, cwd=root, check=False)  # the shard itself refuses: exit 2
+    refused = shardrun("launch", *command, cwd=root, check=False)  # the shard itself refuses: exit 2
     assert refused.returncode == 2, refused.stdout + refused.stderr
     (summary_line,) = [line for line in refused.stdout.split("\n  shard ") if line.startswith("0/2:")]
     assert "refused its input (config, data or environment);" in summary_line
     assert "see its log" not in summary_line and "crash" not in summary_line
     assert "\n      error: cannot resume" in summary_line and "'0123456789abcdef'" in summary_line
     identity_path.write_text("{damaged")
-    damaged = shardrun("launcher", *command, cwd=root, check=False)
+    damaged = shardrun("launch", *command, cwd=root, check=False)
     assert damaged.returncode == 2 and "shard.json is damaged" in damaged.stderr
     assert "Traceback" not in damaged.stdout + damaged.stderr and "crash" not in damaged.stdout + damaged.stderr
 
@@ -224,7 +224,7 @@ def test_failing_users_are_recorded_and_the_shard_goes_on(workspace, tmp_path):
     root = workspace["root"]
     path, env = faulty_task_config(workspace, tmp_path)
     run = tmp_path / "run"
-    result = shardrun("worker", "--config", str(path), "--full", "--shard", "0/1", "--out", str(run), cwd=root,
+    result = shardrun("run", "--config", str(path), "--full", "--shard", "0/1", "--out", str(run), cwd=root,
                       check=False, env=env)
     assert result.returncode == 1, result.stderr
     shard_dir = run / "shard-0-of-1"
@@ -274,7 +274,7 @@ def test_bad_config_is_refused_before_anything_is_written(workspace, tmp_path):
     bad["output"]["root"] = str(tmp_path / "never")
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump(bad))
-    result = shardrun("worker", "--config", str(path), "--full", "--shard", "0/2", cwd=root, check=False)
+    result = shardrun("run", "--config", str(path), "--full", "--shard", "0/2", cwd=root, check=False)
     assert result.returncode == 2
     assert "k_selection.k_grid" in result.stderr
     assert not (tmp_path / "never").exists()

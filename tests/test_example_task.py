@@ -1,4 +1,5 @@
-"""The example task of docs/TASKS.md (examples/javastats) runs end to end where JIDT is not installed.
+"""The example tasks run end to end: the tutorial's minimal task (examples/minimal) through launch_shards,
+merge and validate, and examples/javastats where JIDT is not installed.
 
 A venv is built without idtxl-uv: its site-packages links every entry of this project's venv except
 the idtxl package and its dist-info (the editable install's .pth comes along, so `shardrun` is this
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import statistics
 import subprocess
 import sys
 import sysconfig
@@ -19,7 +21,6 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-
 from e2e_support import write_categorical_data, write_config
 
 pytestmark = pytest.mark.e2e
@@ -27,6 +28,7 @@ pytestmark = pytest.mark.e2e
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO / "examples"
 EXAMPLE_CONFIG = EXAMPLES / "javastats" / "config.yaml"
+MINIMAL_CONFIG = EXAMPLES / "minimal" / "config.yaml"
 
 
 def is_jidt(name: str) -> bool:
@@ -86,6 +88,42 @@ def expected_statistics(csv_path: Path, min_readings: int) -> dict[str, dict]:
     return expected
 
 
+def test_the_minimal_task_of_the_tutorial_runs_merges_and_validates(tmp_path):
+    config = yaml.safe_load(MINIMAL_CONFIG.read_text())
+    config["path"] = str(REPO / config["path"])
+    config["output"] = {"root": str(tmp_path / "out"), "log_dir": str(tmp_path / "logs")}
+    config_path = tmp_path / "minimal.yaml"
+    config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+    bin_dir = Path(sys.executable).parent
+    env = clean_env(PYTHONPATH=str(EXAMPLES))
+
+    done = subprocess.run([str(bin_dir / "launch_shards"), "--config", str(config_path), "--shards", "2"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=600, env=env)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "validation passed" in done.stdout
+    (run_dir,) = (tmp_path / "out").iterdir()
+    again = tmp_path / "again"  # the tutorial's merge and validation by hand
+    for command in (["merge_shard_results", "--run", str(run_dir), "--output", str(again)],
+                    ["validate_outputs", "--dir", str(again)]):
+        by_hand = subprocess.run([str(bin_dir / command[0]), *command[1:]], cwd=tmp_path, capture_output=True,
+                                 text=True, timeout=600, env=env)
+        assert by_hand.returncode == 0, by_hand.stdout + by_hand.stderr
+    assert json.loads((again / "validation.json").read_text())["valid"] is True
+
+    frame = pd.read_parquet(again / "results.parquet").set_index("user_id")
+    values: dict[str, list[float]] = {}
+    for line in Path(config["path"]).read_text(encoding="utf-8").splitlines()[1:]:
+        user, _, value = line.split(",")
+        values.setdefault(user, []).append(float(value))
+    assert sorted(frame.index) == sorted(values) and sorted(set(frame["shard"])) == ["0/2", "1/2"]
+    assert list(frame.columns[:5]) == ["status", "reason", "n", "mean", "median"]
+    for user, numbers in values.items():
+        row = frame.loc[user]
+        assert row["status"] == "ok" and row["n"] == len(numbers), user
+        assert row["mean"] == pytest.approx(statistics.fmean(numbers), rel=1e-12), user
+        assert row["median"] == statistics.median(numbers), user
+
+
 def test_the_example_task_runs_merges_and_validates_without_jidt(no_jidt_python, tmp_path):
     config = yaml.safe_load(EXAMPLE_CONFIG.read_text())
     config["data"]["path"] = str(EXAMPLE_CONFIG.parent / "readings.csv")
@@ -93,7 +131,7 @@ def test_the_example_task_runs_merges_and_validates_without_jidt(no_jidt_python,
     config_path = tmp_path / "javastats.yaml"
     config_path.write_text(yaml.safe_dump(config, sort_keys=False))
 
-    done = subprocess.run([str(no_jidt_python), "-m", "shardrun.launcher", "--config", str(config_path), "--shards", "2"],
+    done = subprocess.run([str(no_jidt_python), "-m", "shardrun", "launch", "--config", str(config_path), "--shards", "2"],
                           cwd=tmp_path, capture_output=True, text=True, timeout=600,
                           env=clean_env(PYTHONPATH=str(EXAMPLES)))
     assert done.returncode == 0, done.stdout + done.stderr
@@ -123,15 +161,15 @@ def test_the_example_task_runs_merges_and_validates_without_jidt(no_jidt_python,
 
 
 @pytest.mark.parametrize("command", [
-    ["shardrun.worker", "--full", "--shard", "0/1"],
-    ["shardrun.launcher", "--shards", "2"],
+    ["run", "--full", "--shard", "0/1"],
+    ["launch", "--shards", "2"],
 ])
 def test_the_default_task_without_idtxl_uv_refuses_clearly(no_jidt_python, tmp_path, command):
     data = tmp_path / "users.csv"
     write_categorical_data(data, n_users=2, n_rows=100)
     config = write_config(tmp_path / "config.yaml", data, tmp_path)
-    module, *flags = command
-    done = subprocess.run([str(no_jidt_python), "-m", module, "--config", str(config), *flags],
+    sub, *flags = command
+    done = subprocess.run([str(no_jidt_python), "-m", "shardrun", sub, "--config", str(config), *flags],
                           cwd=tmp_path, capture_output=True, text=True, timeout=300, env=clean_env())
     assert done.returncode == 2, done.stdout + done.stderr
     assert "idtxl-uv" in done.stderr and "infodynamics.jar" in done.stderr, done.stderr

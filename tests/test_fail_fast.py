@@ -59,7 +59,7 @@ def test_a_shard_whose_every_user_fails_stops_after_the_first_n(workspace, tmp_p
     path, env = faulty_task_config(workspace, tmp_path)
     env["FAULTY_TASK"] = "missing-class"
     run = tmp_path / "run"
-    first = shardrun("worker", "--config", str(path), "--full", "--shard", "0/1", "--out", str(run),
+    first = shardrun("run", "--config", str(path), "--full", "--shard", "0/1", "--out", str(run),
                      "--fail-fast", "3", cwd=root, check=False, env=env)
     assert first.returncode == 1, first.stderr
     shard_dir = run / "shard-0-of-1"
@@ -76,7 +76,7 @@ def test_a_shard_whose_every_user_fails_stops_after_the_first_n(workspace, tmp_p
     assert [e["user_id"] for e in errors] == ["user-00", "user-01", "user-02"]
 
     # Without fail fast the shard runs every user, and every one fails: a run with nothing analysed.
-    rest = shardrun("worker", "--config", str(path), "--full", "--resume", str(shard_dir), "--fail-fast", "0",
+    rest = shardrun("run", "--config", str(path), "--full", "--resume", str(shard_dir), "--fail-fast", "0",
                     cwd=root, check=False, env=env)
     assert rest.returncode == 1, rest.stderr
     status = read_status(shard_dir)

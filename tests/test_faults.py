@@ -250,7 +250,7 @@ SLOWED = ("--cooldown", "0.1")
 
 def worker_command(config: Path, *args: str) -> list[str]:
     interval = () if "--commit-interval" in args else ("--commit-interval", COMMIT_INTERVAL)
-    return [sys.executable, "-m", "shardrun.worker", "--config", str(config), "--full", *interval, *args]
+    return [sys.executable, "-m", "shardrun", "run", "--config", str(config), "--full", *interval, *args]
 
 
 def run(lab: Lab, command: list[str], env: dict | None = None) -> subprocess.CompletedProcess:
@@ -620,7 +620,7 @@ def read_only_root_worker(lab: Lab) -> Outcome:
 
 
 def read_only_root_launcher(lab: Lab) -> Outcome:
-    return read_only_root(lab, lambda lab, config: [sys.executable, "-m", "shardrun.launcher", "--config",
+    return read_only_root(lab, lambda lab, config: [sys.executable, "-m", "shardrun", "launch", "--config",
                                                     str(config), "--shards", "2"])
 
 
@@ -765,7 +765,7 @@ def copy_of_reference(lab: Lab, name: str) -> Path:
 def merge_duplicates(lab: Lab) -> Outcome:
     copy = copy_of_reference(lab, "copy")
     output = lab.out / "merged-dup"
-    result = run(lab, [sys.executable, "-m", "shardrun.merge", "--shards", str(lab.small.run / "shard-0-of-1"),
+    result = run(lab, [sys.executable, "-m", "shardrun", "merge", "--shards", str(lab.small.run / "shard-0-of-1"),
                        str(copy), "--output", str(output)])
     reference = lab.small.reference
     return Outcome(result.returncode, result.stdout + result.stderr,
@@ -790,7 +790,7 @@ def merge_conflict(lab: Lab) -> Outcome:
     # edit, which merge would leave out as untrusted (merge-hand-edited-result-file)
     edit_batch(batch_of(copy, "user-03"), raise_ais_k2, keep_checksum=False)
     output = lab.out / "merged-conflict"
-    result = run(lab, [sys.executable, "-m", "shardrun.merge", "--shards", str(lab.small.run / "shard-0-of-1"),
+    result = run(lab, [sys.executable, "-m", "shardrun", "merge", "--shards", str(lab.small.run / "shard-0-of-1"),
                        str(copy), "--output", str(output)])
     return Outcome(result.returncode, result.stdout + result.stderr, facts={"merged": output, "copy": copy})
 
@@ -820,7 +820,7 @@ def copy_for_edit(lab: Lab, user: str) -> tuple[Path, Path, Path]:
 
 def merge_after(lab: Lab, run_dir: Path, shard_dir: Path, victim: Path, user: str) -> Outcome:
     output = lab.out / "merged-untrusted"
-    result = run(lab, [sys.executable, "-m", "shardrun.merge", "--run", str(run_dir), "--output", str(output)])
+    result = run(lab, [sys.executable, "-m", "shardrun", "merge", "--run", str(run_dir), "--output", str(output)])
     return Outcome(result.returncode, result.stdout + result.stderr,
                    facts={"run": run_dir, "shard_dir": shard_dir, "victim": victim, "payload": victim.read_bytes(),
                           "user": user, "merged": output, "config": lab.config()})
@@ -922,7 +922,7 @@ def hostile_ids(lab: Lab) -> Outcome:
     data = lab.input("hostile.csv", raw.to_csv(index=False))
     assert set(pd.read_csv(data, dtype=str)["who"]) >= set(HOSTILE)  # the CSV keeps NUL and the rest
     config = lab.config(data)
-    result = run(lab, [sys.executable, "-m", "shardrun.launcher", "--config", str(config), "--shards", "2"])
+    result = run(lab, [sys.executable, "-m", "shardrun", "launch", "--config", str(config), "--shards", "2"])
     output = result.stdout + result.stderr
     run_dir = Path(output.split("run dir: ")[1].split()[0]) if "run dir: " in output else None
     return Outcome(result.returncode, output, facts={"run": run_dir})
@@ -1261,7 +1261,7 @@ def launch_with_a_fault(lab: Lab, fault: Callable[[subprocess.Popen, Path], dict
     running); `fault(launcher, run_dir)` strikes once two users are committed."""
     config = lab.config()
     run_dir = run_dir or lab.out / "run"
-    command = [sys.executable, "-m", "shardrun.launcher", "--config", str(config), "--shards", "2", "--out",
+    command = [sys.executable, "-m", "shardrun", "launch", "--config", str(config), "--shards", "2", "--out",
                str(run_dir)]
     launcher = start(lab, [*wrap, *command, "--cooldown", "0.3"])
 

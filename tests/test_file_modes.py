@@ -72,7 +72,7 @@ def run_under_umask(umask: str, tmp_path: Path) -> tuple[Path, Path]:
     write_categorical_data(data, n_users=4, n_rows=300)
     config = write_config(tmp_path / "config.yaml", data, tmp_path, surrogates=20, k_grid=(1, 2))
     run = tmp_path / "run"
-    command = [sys.executable, "-m", "shardrun.launcher", "--config", str(config), "--shards", "2", "--out", str(run)]
+    command = [sys.executable, "-m", "shardrun", "launch", "--config", str(config), "--shards", "2", "--out", str(run)]
     result = subprocess.run(["sh", "-c", f'umask {umask}; exec "$@"', "sh", *command], cwd=tmp_path,
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, f"{result.stdout}\n{result.stderr}"

@@ -26,9 +26,10 @@ import pytest
 from shardrun.section import Section
 from shardrun.infodynamics import task
 from shardrun.infodynamics.jarrays import java_ints
-from shardrun.infodynamics.measures import ais_test, entropy_bits, permutation_p_value, te_test
+from jidt_reference import ais_test, fixed_permutations
+from shardrun.infodynamics.measures import entropy_bits, permutation_p_value, te_test
 from shardrun.infodynamics.states import observed_pasts
-from shardrun.infodynamics.surrogates import UserSurrogates, fixed_permutations
+from shardrun.infodynamics.surrogates import UserSurrogates
 from independent_estimator import (
     assert_row_matches,
     expected_mode_row,

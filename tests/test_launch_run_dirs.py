@@ -27,14 +27,14 @@ SIGKILL = -9
 # --- what the summary shows of a shard's log (pure) ----------------------------------------------
 
 EARLIER_START = """
-=== 2026-01-01T00:00:00Z python -m shardrun.worker --shard 0/2
+=== 2026-01-01T00:00:00Z python -m shardrun run --shard 0/2
 error: an old refusal that a later start must not show
 """
 
 
 def test_the_error_paragraph_of_the_last_start_is_shown():
     log = EARLIER_START + """
-=== 2026-01-01T00:01:00Z python -m shardrun.worker --shard 0/2 --resume run
+=== 2026-01-01T00:01:00Z python -m shardrun run --shard 0/2 --resume run
 2026-01-01 00:01:01,000 INFO shardrun.shard.prepare: loading
 error: the configured analysis cannot run as it stands:
   - the tests at k=4 need about 2.0 GiB
@@ -227,7 +227,7 @@ def test_more_shards_than_users_is_refused_with_the_count_that_fits_and_nothing_
     """14 users, 20 shards: six processes and JVMs would run for nothing. Refused before anything starts,
     locally and on SLURM (dry run: the refusal comes before any scheduler command)."""
     for scheduler in ("local", "slurm"):
-        result = shardrun("launcher", "--config", str(workspace["config"]), "--shards", "20", "--out",
+        result = shardrun("launch", "--config", str(workspace["config"]), "--shards", "20", "--out",
                           str(tmp_path / scheduler), "--scheduler", scheduler, *(["--dry-run"] if scheduler == "slurm"
                                                                                    else []),
                           cwd=workspace["root"], check=False)
@@ -251,7 +251,7 @@ def test_a_refused_out_is_the_only_thing_said_before_the_data_are_read(workspace
                       (foreign, f"--out {foreign} is not empty (notes.txt)"),
                       (reference_run, "pass --shards 1 to continue it")):
         for dry_run in ([], ["--dry-run"]):
-            result = shardrun("launcher", "--config", str(workspace["config"]), "--shards", "2", "--out", str(out),
+            result = shardrun("launch", "--config", str(workspace["config"]), "--shards", "2", "--out", str(out),
                               *dry_run, cwd=workspace["root"], check=False)
             assert result.returncode == 2, result.stdout + result.stderr
             assert result.stdout == "" and says in result.stderr and "Traceback" not in result.stderr
@@ -265,11 +265,11 @@ def test_a_refused_out_is_the_only_thing_said_before_the_data_are_read(workspace
     data.write_bytes(workspace["data"].read_bytes())
     config = write_config(tmp_path / "config.yaml", data, tmp_path)
     run = tmp_path / "run"
-    shardrun("worker", "--config", str(config), "--pilot", "1", "--shard", "0/1", "--out", str(run), cwd=tmp_path)
+    shardrun("run", "--config", str(config), "--pilot", "1", "--shard", "0/1", "--out", str(run), cwd=tmp_path)
     with data.open("a") as more:
         more.write(data.read_text().splitlines()[-1] + "\n")
     committed = {p: p.read_bytes() for p in run.rglob("*") if p.is_file() and p.name != "shard.log"}
-    changed = shardrun("launcher", "--config", str(config), "--shards", "1", "--pilot", "1", "--out", str(run),
+    changed = shardrun("launch", "--config", str(config), "--shards", "1", "--pilot", "1", "--out", str(run),
                        cwd=tmp_path, check=False)
     assert changed.returncode == 2, changed.stdout + changed.stderr
     assert changed.stdout == "" and "the input file changed since the run started" in changed.stderr
@@ -285,7 +285,7 @@ def test_an_out_on_a_read_only_filesystem_is_exit_6_before_the_data_are_read(wor
     place.mkdir()
     config = write_config(tmp_path / "config.yaml", workspace["data"], place)  # output.root: ro/out
     for out in (["--out", str(place / "run")], []):
-        result = subprocess.run([*read_only(place), sys.executable, "-m", "shardrun.launcher", "--config", str(config),
+        result = subprocess.run([*read_only(place), sys.executable, "-m", "shardrun", "launch", "--config", str(config),
                                  "--shards", "2", *out], cwd=workspace["root"], capture_output=True, text=True,
                                 timeout=300)
         assert result.returncode == 6, result.stdout + result.stderr
@@ -300,7 +300,7 @@ def test_a_second_launcher_on_a_running_run_is_refused_naming_the_first(workspac
     once (exit 4) naming it and how to follow it; the first runs the whole run. The first is paused
     (SIGSTOP; its shards run on) while the second tries, so they overlap whatever the load."""
     run = tmp_path / "run"
-    command = [sys.executable, "-m", "shardrun.launcher", "--config", str(workspace["config"]), "--shards", "2",
+    command = [sys.executable, "-m", "shardrun", "launch", "--config", str(workspace["config"]), "--shards", "2",
                "--out", str(run)]
     first = subprocess.Popen(command, cwd=workspace["root"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lock = RunPaths(run).launcher_lock

@@ -29,7 +29,7 @@ def start_launcher(workspace, *flags: str, config: Path | None = None,
     root = workspace["root"]
     earlier = set((root / "out").glob("*_full_*"))
     launcher = subprocess.Popen(
-        [sys.executable, "-m", "shardrun.launcher", "--config", str(config or workspace["config"]), *flags],
+        [sys.executable, "-m", "shardrun", "launch", "--config", str(config or workspace["config"]), *flags],
         cwd=root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
     )
 
@@ -95,9 +95,9 @@ def test_without_restarts_the_death_is_written_into_the_shards_status(workspace)
     assert "likely the OOM killer" in status["last_error"]
     assert read_status(run_dir / "shard-1-of-2")["state"] == "completed"
     # the hint is a command that works as printed
-    hint = output.split("not merging: the run is incomplete. Continue it with: launch_shards ")[1].splitlines()[0]
+    hint = output.split("not merging: the run is incomplete. Continue it with: shardrun launch ")[1].splitlines()[0]
     assert hint == f"--config {workspace['config']} --shards 2 --out {run_dir}"
-    shardrun("launcher", *hint.split(), cwd=workspace["root"])
+    shardrun("launch", *hint.split(), cwd=workspace["root"])
     pd.testing.assert_frame_equal(analysis_values(run_dir / "merged"), workspace["reference"], check_exact=True)
 
 
@@ -127,7 +127,7 @@ def test_max_parallel_runs_at_most_m_shards_at_once(workspace):
 def test_on_one_core_the_shards_run_one_at_a_time_unless_max_parallel_says_otherwise(workspace, tmp_path):
     """The launcher under `taskset -c 0`: one core available, so two shards run one after the other."""
     root, config = workspace["root"], workspace["config"]
-    on_core_zero = ["taskset", "-c", "0", sys.executable, "-m", "shardrun.launcher", "--config", str(config),
+    on_core_zero = ["taskset", "-c", "0", sys.executable, "-m", "shardrun", "launch", "--config", str(config),
                     "--shards", "2"]
     out = tmp_path / "run"
     launcher = subprocess.Popen([*on_core_zero, "--out", str(out)], cwd=root, stdout=subprocess.PIPE,
@@ -168,7 +168,7 @@ def on_one_cpu(workspace, tmp_path, *flags: str) -> tuple[subprocess.Popen, Path
     run_dir = tmp_path / "run"
     with open(tmp_path / "launcher.out", "w") as output:
         launcher = subprocess.Popen(
-            ["taskset", "-c", "0", sys.executable, "-m", "shardrun.launcher", "--config",
+            ["taskset", "-c", "0", sys.executable, "-m", "shardrun", "launch", "--config",
              str(busy_config(workspace, tmp_path)), "--shards", "2", "--max-parallel", "2", "--out", str(run_dir),
              *flags],
             cwd=workspace["root"], stdout=output, stderr=subprocess.STDOUT)
@@ -242,15 +242,15 @@ def test_retry_failed_runs_failed_users_again(workspace, tmp_path):
     root = workspace["root"]
     path, env = faulty_task_config(workspace, tmp_path)
     run = tmp_path / "run"
-    first = shardrun("worker", "--config", str(path), "--full", "--shard", "0/1", "--out", str(run), cwd=root,
+    first = shardrun("run", "--config", str(path), "--full", "--shard", "0/1", "--out", str(run), cwd=root,
                      check=False, env=env)
     assert first.returncode == 1
     shard_dir = run / "shard-0-of-1"
-    plain = shardrun("worker", "--config", str(path), "--full", "--resume", str(shard_dir), cwd=root,
+    plain = shardrun("run", "--config", str(path), "--full", "--resume", str(shard_dir), cwd=root,
                      check=False, env=env)
     assert plain.returncode == 1 and read_status(shard_dir)["users_failed"] == 2  # resume alone skips them
     healed = {**env, "FAULTY_TASK": "healed"}
-    shardrun("worker", "--config", str(path), "--full", "--resume", str(shard_dir), "--retry-failed", cwd=root,
+    shardrun("run", "--config", str(path), "--full", "--resume", str(shard_dir), "--retry-failed", cwd=root,
              env=healed)
     status = read_status(shard_dir)
     assert (status["users_failed"], status["users_ok"], status["users_done"]) == (0, 14, 14)
@@ -266,7 +266,7 @@ def test_failed_users_fail_the_run_and_retry_failed_runs_only_them_again(workspa
     path, env = faulty_task_config(workspace, tmp_path)
     run = tmp_path / "run"
     command = ["--config", str(path), "--shards", "2", "--out", str(run)]
-    failed = shardrun("launcher", *command, cwd=root, check=False, env=env)
+    failed = shardrun("launch", *command, cwd=root, check=False, env=env)
     output = failed.stdout
     assert failed.returncode == 5, output + failed.stderr
     assert "validation passed" not in output and f"validation FAILED (1 problem(s) above): {run}/merged" in output
@@ -283,7 +283,7 @@ def test_failed_users_fail_the_run_and_retry_failed_runs_only_them_again(workspa
     assert "12 ok, 0 skipped, 2 failed (within --max-failed 2)" in tolerated.stdout
     assert json.loads((run / "merged" / "validation.json").read_text())["verdict"] == "passed"
 
-    healed = shardrun("launcher", *command, "--retry-failed", cwd=root, env={**env, "FAULTY_TASK": "healed"})
+    healed = shardrun("launch", *command, "--retry-failed", cwd=root, env={**env, "FAULTY_TASK": "healed"})
     assert "validation passed" in healed.stdout and "14 ok, 0 skipped, 0 failed" in healed.stdout
     # user-03 and user-05 are shard 1's: it ran those two again; shard 0 had nothing to retry
     assert read_status(run / "shard-1-of-2")["resumed_with_done"] == 5
@@ -298,7 +298,7 @@ def test_shards_that_fail_fast_are_not_restarted_and_the_run_fails_until_retried
     path, env = faulty_task_config(workspace, tmp_path)
     run = tmp_path / "run"
     command = ["--config", str(path), "--shards", "2", "--out", str(run)]
-    stopped = shardrun("launcher", *command, "--fail-fast", "3", "--restarts", "2", cwd=root, check=False,
+    stopped = shardrun("launch", *command, "--fail-fast", "3", "--restarts", "2", cwd=root, check=False,
                        env={**env, "FAULTY_TASK": "missing-class"})
     output = stopped.stdout
     assert stopped.returncode == 5, output + stopped.stderr
@@ -312,7 +312,7 @@ def test_shards_that_fail_fast_are_not_restarted_and_the_run_fails_until_retried
     assert "6 users of 6 failed (--max-failed 0): 6 TypeError" in output
     assert "user 'user-13' has no results (planned in shard 1/2)" in output  # never run: not a result either
 
-    healed = shardrun("launcher", *command, "--retry-failed", cwd=root, env={**env, "FAULTY_TASK": "healed"})
+    healed = shardrun("launch", *command, "--retry-failed", cwd=root, env={**env, "FAULTY_TASK": "healed"})
     assert "validation passed" in healed.stdout
     pd.testing.assert_frame_equal(analysis_values(run / "merged"), workspace["reference"], check_exact=True)
 
@@ -322,7 +322,7 @@ def test_a_run_whose_every_user_was_skipped_is_not_valid(workspace, tmp_path):
     data = tmp_path / "short.csv"
     write_categorical_data(data, n_users=6, n_rows=3)
     config = write_config(tmp_path / "short.yaml", data, tmp_path)
-    done = shardrun("launcher", "--config", str(config), "--shards", "2", cwd=tmp_path, check=False)
+    done = shardrun("launch", "--config", str(config), "--shards", "2", cwd=tmp_path, check=False)
     assert done.returncode == 5, done.stdout + done.stderr
     assert "validation passed" not in done.stdout
     assert "nothing was analysed: every one of the 6 users was skipped (6 'only 3 observations; needs at least" \

@@ -330,7 +330,7 @@ def test_duplicates_conflicts_and_types_across_shards(tmp_path):
     assert read_both(tmp_path / "mixed-merged")[1]["n_obs"].tolist()[4:6] == ["true", "true"]
 
 
-# --- a task's columns of the whole set (task.AddsSetColumns) ------------------------------------
+# --- a task's columns of the whole set (Task.set_columns) ------------------------------------
 
 
 def rank_in_mode(frame: pd.DataFrame) -> pd.Series:
@@ -393,7 +393,7 @@ def test_a_second_merge_into_the_same_output_is_refused_naming_the_first(workspa
     the first's set is the one in place; never both succeed with one set silently replacing the other.
     The first is paused (SIGSTOP) while the second tries, so they overlap whatever the machine's load."""
     reference_run, out = workspace["root"] / "reference", tmp_path / "merged"
-    first = subprocess.Popen([sys.executable, "-m", "shardrun.merge", "--run", str(reference_run), "--output", str(out)],
+    first = subprocess.Popen([sys.executable, "-m", "shardrun", "merge", "--run", str(reference_run), "--output", str(out)],
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lock = MergedPaths(out).merge_lock
     wait_for(lambda: lock.is_file() and f'"pid": {first.pid}' in lock.read_text(), process=first)
@@ -418,7 +418,7 @@ def test_a_merge_interrupted_says_so_leaves_nothing_half_written_and_runs_again(
     one `error:` line, no traceback from either process; no set and no staging dir left; the same command
     then merges."""
     reference_run, out = workspace["root"] / "reference", tmp_path / "merged"
-    command = [sys.executable, "-m", "shardrun.merge", "--run", str(reference_run), "--output", str(out)]
+    command = [sys.executable, "-m", "shardrun", "merge", "--run", str(reference_run), "--output", str(out)]
     merge = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     lock = MergedPaths(out).merge_lock
     wait_for(lambda: lock.is_file() and f'"pid": {merge.pid}' in lock.read_text(), process=merge)

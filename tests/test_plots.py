@@ -284,7 +284,7 @@ def test_an_all_failed_set_names_the_most_common_reason():
 def test_the_core_picture_without_task_panels_says_why_no_row_is_ok():
     frame = pd.DataFrame({"user_id": ["a", "b"], "status": ["skipped", "skipped"],
                           "reason": ["only 0 observations", "only 1 observations"]})
-    figure = summary.draw_summary(summary.ResultCounts.of(frame), summary.task_panels(object(), frame, None))
+    figure = summary.draw_summary(summary.ResultCounts.of(frame), [])
     assert panel_titles(figure) == [summary.STATUS_PANEL_TITLE, summary.REASONS_PANEL_TITLE]
     assert "every row skipped: only N observations (2 of 2)" in texts_of(figure.axes[0])  # the core's words
     reasons = figure.axes[1]
@@ -568,7 +568,7 @@ def test_merge_draws_the_default_tasks_panels_through_its_hook(tmp_path, with_ai
 
 
 def test_merge_writes_the_status_panel_for_a_task_without_the_picture_hook(tmp_path, task_double, drawn_panels):
-    assert not hasattr(task_double, "summary_panels")
+    assert task_double.summary_panels(None, None) == []  # the default: no panels of its own
     run = make_run(tmp_path / "run", count=3)
     out = tmp_path / "merged"
     merge_shards(shard_dirs_of_run(run), out)
@@ -583,7 +583,7 @@ def picture_frame():
 
 def test_the_core_picture_is_the_status_panel():
     frame = picture_frame()
-    figure = summary.draw_summary(summary.ResultCounts.of(frame), summary.task_panels(object(), frame, None))
+    figure = summary.draw_summary(summary.ResultCounts.of(frame), [])
     assert panel_titles(figure) == [summary.STATUS_PANEL_TITLE, summary.REASONS_PANEL_TITLE]
     assert summary.status_counts(frame) == {"ok": 1, "failed": 1}
 
@@ -602,7 +602,7 @@ def test_the_default_tasks_picture_is_the_science_only():
 
 def test_the_core_title_says_users_and_names_no_analysis():
     frame = picture_frame()
-    figure = summary.draw_summary(summary.ResultCounts.of(frame), summary.task_panels(object(), frame, None),
+    figure = summary.draw_summary(summary.ResultCounts.of(frame), [],
                                   title="run1")
     first, second = figure.get_suptitle().split("\n")
     assert first == "2 users: result rows by status"
@@ -625,7 +625,7 @@ def test_fitted_limits_surround_the_data_with_a_margin():
 
 
 def test_the_tasks_estimate_from_rows_equals_its_estimate_from_the_input():
-    """run.png judges users by PredictsTime.result_seconds (from the merged rows); it must be the same
+    """run.png judges users by Task.result_seconds (from the merged rows); it must be the same
     estimate as user_seconds (from the input), which --time plans with."""
     from shardrun.config import load_config
 

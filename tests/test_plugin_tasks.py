@@ -18,11 +18,11 @@ from e2e_support import analysis_values
 PLUGIN = """from shardrun.infodynamics import task  # the default analysis, under a plug-in's name\n"""
 
 
-def command(module: str, *args: str, cwd: Path, pythonpath: Path | None = None) -> subprocess.CompletedProcess:
+def command(sub: str, *args: str, cwd: Path, pythonpath: Path | None = None) -> subprocess.CompletedProcess:
     env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
     if pythonpath is not None:
         env["PYTHONPATH"] = str(pythonpath)
-    return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=env, capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "shardrun", sub, *args], cwd=cwd, env=env, capture_output=True, text=True,
                           timeout=600)
 
 
@@ -35,28 +35,28 @@ def test_a_plugin_task_is_found_from_the_run_and_named_with_the_fix_when_gone(wo
     config.write_text(workspace["config"].read_text().replace("task: shardrun.infodynamics:task", "")
                       + "task: lab_task:task\n")
     run, merged = tmp_path / "run", tmp_path / "run" / "merged"
-    made = command("shardrun.worker", "--config", str(config), "--full", "--shard", "0/1", "--out", str(run),
+    made = command("run", "--config", str(config), "--full", "--shard", "0/1", "--out", str(run),
                    cwd=workspace["root"], pythonpath=plugins)
     assert made.returncode == 0, made.stderr
     assert json.loads((run / "run.json").read_text())["task_origin"] == str(plugins.resolve())
 
     # without PYTHONPATH: found where the run imported it from
-    merge = command("shardrun.merge", "--run", str(run), "--output", str(merged), cwd=tmp_path)
+    merge = command("merge", "--run", str(run), "--output", str(merged), cwd=tmp_path)
     assert merge.returncode == 0, merge.stderr
-    check = command("shardrun.validate", "--dir", str(merged), cwd=tmp_path)
+    check = command("validate", "--dir", str(merged), cwd=tmp_path)
     assert check.returncode == 0, check.stdout + check.stderr
     pd.testing.assert_frame_equal(analysis_values(merged), workspace["reference"], check_exact=True)
     verdict = (merged / "validation.json").read_bytes()
 
     plugins.rename(tmp_path / "plugins-moved")
-    check = command("shardrun.validate", "--dir", str(merged), cwd=tmp_path)
+    check = command("validate", "--dir", str(merged), cwd=tmp_path)
     assert check.returncode == 2, check.stdout + check.stderr
     assert "module 'lab_task', which cannot be imported" in check.stderr and "which is gone" in check.stderr
     assert f"PYTHONPATH={plugins.resolve()}" in check.stderr and "Traceback" not in check.stderr
     assert (merged / "validation.json").read_bytes() == verdict  # a check that could not run is no verdict
-    merge = command("shardrun.merge", "--run", str(run), "--output", str(tmp_path / "again"), cwd=tmp_path)
+    merge = command("merge", "--run", str(run), "--output", str(tmp_path / "again"), cwd=tmp_path)
     assert merge.returncode == 2 and "PYTHONPATH=" in merge.stderr and "shardrun version" not in merge.stderr
 
     # the fix the message names
-    check = command("shardrun.validate", "--dir", str(merged), cwd=tmp_path, pythonpath=tmp_path / "plugins-moved")
+    check = command("validate", "--dir", str(merged), cwd=tmp_path, pythonpath=tmp_path / "plugins-moved")
     assert check.returncode == 0, check.stdout + check.stderr

@@ -35,7 +35,7 @@ pytestmark = pytest.mark.e2e
 
 
 def start_shard(config: Path, env: dict, out: Path, *flags: str) -> subprocess.Popen:
-    command = [sys.executable, "-m", "shardrun.worker", "--config", str(config), "--full", "--shard", "0/2",
+    command = [sys.executable, "-m", "shardrun", "run", "--config", str(config), "--full", "--shard", "0/2",
                "--out", str(out), "--heartbeat", "0.5", *flags]
     return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
@@ -67,7 +67,7 @@ def test_warning_signal_drains_within_the_lead_and_says_preempted(workspace, tmp
     assert first in committed(shard_dir), "the user in flight ended in time: kept"
     assert status["users_todo"] > 0 and "not a SLURM job" in output
 
-    again = shardrun("worker", "--config", str(config), "--full", "--shard", "0/2", "--out", str(out), cwd=tmp_path,
+    again = shardrun("run", "--config", str(config), "--full", "--shard", "0/2", "--out", str(out), cwd=tmp_path,
                      env={**env, "FAULTY_TASK": "healed"})
     assert again.returncode == EXIT_OK and read_status(shard_dir)["state"] == "completed"
 
@@ -95,7 +95,7 @@ def test_a_user_that_cannot_end_within_the_lead_is_abandoned_uncommitted(workspa
 
     healed = {**env, "FAULTY_TASK": "healed"}
     for index in (0, 1):
-        shardrun("worker", "--config", str(config), "--full", "--shard", f"{index}/2", "--out", str(out),
+        shardrun("run", "--config", str(config), "--full", "--shard", f"{index}/2", "--out", str(out),
                  cwd=tmp_path, env=healed)
     shardrun("merge", "--run", str(out), "--output", str(out / "merged"), cwd=tmp_path, env=env)
     assert analysis_values(out / "merged").equals(workspace["reference"])
@@ -192,7 +192,7 @@ def test_a_requeue_by_slurm_is_told_by_the_restart_count(record, restart, by_slu
 
 
 def test_a_requeue_slurm_does_itself_is_never_asked_again_and_its_preemption_is_requeued_past_the_limit():
-    """Measured (docs/CLUSTER_TESTS.md): SLURM requeues a preempted job itself only when its grace time
+    """Measured (docs/dev/CLUSTER_TESTS.md): SLURM requeues a preempted job itself only when its grace time
     ends with the job running, and refuses a second requeue then; a job that ends during the grace
     time is not requeued (COMPLETED or FAILED), so a shard that drained in time asks."""
     ended = decide_requeue(users_todo=3, requeues_done=0, limit=3, env=ELEMENT, record=record_of(GRACE_ENDED))

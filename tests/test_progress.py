@@ -5,11 +5,14 @@ import signal
 import socket
 import subprocess
 import sys
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
-from shardrun.observe.progress import liveness, overall_eta, plain_line, render_table, shard_view
+from rich.console import Console
 
-NOW = datetime(2026, 11, 23, 12, 0, 0, tzinfo=timezone.utc)
+from shardrun.observe.live import render
+from shardrun.observe.progress import overall, overall_eta, plain_line, printable, shard_view
+
+NOW = datetime(2026, 11, 23, 12, 0, 0, tzinfo=UTC)
 
 
 def status(**fields):
@@ -24,6 +27,10 @@ def dead_pid() -> int:
     process = subprocess.Popen([sys.executable, "-c", "pass"])
     process.wait()
     return process.pid
+
+
+def liveness(doc, now, stale_after, launcher_phase=None):
+    return shard_view("0/1", doc, now, stale_after, launcher_phase).state
 
 
 def test_a_running_shard_whose_process_is_gone_is_dead():
@@ -53,6 +60,14 @@ def test_overall_eta_pools_rates_and_counts_waiting_shards():
     assert overall_eta([shard_view("0/1", status(state="interrupted"), NOW, 120)]) is None
 
 
+def render_table(views, cpu=None, width=1000, height=None):
+    """The table's lines as a plain console of `width` x `height` shows them."""
+    out = Console(width=width, height=height or 25, force_terminal=False, color_system=None)
+    with out.capture() as captured:
+        out.print(render(views, cpu=cpu, out=out, height=height))
+    return [line.rstrip() for line in captured.get().splitlines()]
+
+
 def test_table_and_line_show_every_shard():
     views = [shard_view("0/2", status(), NOW, 120), shard_view("1/2", None, NOW, 120, "waiting", expected_total=8)]
     table = render_table(views)
@@ -60,6 +75,15 @@ def test_table_and_line_show_every_shard():
     assert "waiting" in table[2]
     assert table[-1].startswith("overall: 5/18 users, ETA")  # the waiting shard's users count
     assert plain_line(views).startswith("progress: 0/2 running 5/10; 1/2 waiting 0/8")
+
+
+def test_what_a_file_says_is_shown_spelled_out_and_long_ids_shortened():
+    assert printable("a\x1b[2Jb\u200b\n") == "a\\x1b[2Jb\\u200b\\n"  # never sent to a terminal raw
+    short = printable("u" * 30 + "-tail", 20)
+    assert len(short) == 20 and short.startswith("uuu") and short.endswith("-tail") and "…" in short
+    views = [shard_view("0/1", status(current_user="x\x1b]0;title\x07", state="running\x1b[2J"), NOW, 120)]
+    assert "x\\x1b]0;title\\x07" in "\n".join(render_table(views)) and "\x1b" not in "\n".join(render_table(views))
+    assert "\x1b" not in plain_line(views)
 
 
 def test_instead_of_an_eta_the_line_says_what_cpu_limit_suspended_and_why():
@@ -71,7 +95,7 @@ def test_instead_of_an_eta_the_line_says_what_cpu_limit_suspended_and_why():
         "progress: 0/3 running 5/10; 1/3 suspended 5/10; 2/3 suspended 5/10; overall no ETA, shards 1/3, 2/3"
         " suspended by --cpu-limit 60% (the CPUs are 97% busy: this run 48%, other programs 49%)")
     no_room = {"limit": 60, "cpus_percent": 50.0, "run_percent": 50.0}
-    assert render_table(views[:2], cpu=no_room)[-1] == (
+    assert overall(views[:2], cpu=no_room) == (
         "overall: 10/20 users, no ETA, shard 1/3 suspended by --cpu-limit 60% (the CPUs are 50% busy: this run 50%,"
         " other programs 0%; one more shard would take them above 60%)")
     assert plain_line(views[:2], cpu=None).endswith("overall no ETA, shard 1/3 suspended by --cpu-limit")
@@ -80,12 +104,12 @@ def test_instead_of_an_eta_the_line_says_what_cpu_limit_suspended_and_why():
 
 # --- monitor_progress on files: runs, run.json's K, newest by start time, files of the wrong shape -------------
 
-import json  # noqa: E402
-from pathlib import Path  # noqa: E402
+import json
+from pathlib import Path
 
-import pytest  # noqa: E402
+import pytest
 
-from shardrun.observe.monitor import newest_run, run_views  # noqa: E402
+from shardrun.observe.monitor import newest_run, run_views
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -101,8 +125,8 @@ def make_run(path: Path, shards: int, created_at: str, statuses: dict) -> Path:
 
 
 def monitor(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "shardrun.monitor", *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=120)
+    return subprocess.run([sys.executable, "-m", "shardrun", "monitor", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=120, check=False)
 
 
 def test_shards_that_have_not_started_are_shown_from_run_json(tmp_path):
@@ -176,8 +200,8 @@ def test_a_reader_that_left_ends_the_monitor_quietly_with_sigpipes_status(tmp_pa
     read_end, write_end = os.pipe()
     os.close(read_end)
     try:
-        result = subprocess.run([sys.executable, "-m", "shardrun.monitor", str(run)], cwd=tmp_path, stdout=write_end,
-                                stderr=subprocess.PIPE, text=True, timeout=120)
+        result = subprocess.run([sys.executable, "-m", "shardrun", "monitor", str(run)], cwd=tmp_path, stdout=write_end,
+                                stderr=subprocess.PIPE, text=True, timeout=120, check=False)
     finally:
         os.close(write_end)
     assert result.returncode == 141 and result.stderr == "", result.stderr
@@ -187,11 +211,11 @@ def test_a_reader_that_left_ends_the_monitor_quietly_with_sigpipes_status(tmp_pa
 def test_ctrl_c_ends_a_watch_quietly(tmp_path):
     """--watch refreshes until every shard has ended, or until its user stops it: Ctrl-C then is no error
     (exit 0, nothing on stderr)."""
-    alive = status(pid=os.getpid(), updated_at=datetime.now(timezone.utc).isoformat())  # a live pid, a fresh heartbeat
+    alive = status(pid=os.getpid(), updated_at=datetime.now(UTC).isoformat())  # a live pid, a fresh heartbeat
     run = make_run(tmp_path / "run", 1, NOW.isoformat(), {0: alive})
-    watching = subprocess.Popen([sys.executable, "-m", "shardrun.monitor", str(run), "--watch", "--every", "0.2"],
+    watching = subprocess.Popen([sys.executable, "-m", "shardrun", "monitor", str(run), "--watch", "--every", "0.2"],
                                 cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert str(run) in watching.stdout.readline()  # its first refresh is out: it is watching
     watching.send_signal(signal.SIGINT)
-    stdout, stderr = watching.communicate(timeout=120)
+    _, stderr = watching.communicate(timeout=120)
     assert watching.returncode == 0 and stderr == "", stderr

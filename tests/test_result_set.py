@@ -2,7 +2,7 @@
 duplicates, and provenance (checksum + config hash) of every committed result file.
 
 In-process tests use the Task test double (task_double.py); the command-line tests run
-`python -m shardrun.merge` / `python -m shardrun.validate` as subprocesses with the double importable
+`python -m shardrun merge` / `python -m shardrun validate` as subprocesses with the double importable
 from a tiny module on PYTHONPATH, and check the exit code, the message and that no traceback shows.
 """
 
@@ -397,26 +397,26 @@ def read_only(path: Path) -> list[str]:
 def test_merge_cli_refuses_an_existing_dir_and_a_file(tmp_path, cli_env):
     run = make_run(tmp_path / "run", count=1)
     out = tmp_path / "merged"
-    assert command(cli_env, "-m", "shardrun.merge", "--run", str(run), "--output", str(out)).returncode == 0
+    assert command(cli_env, "-m", "shardrun", "merge", "--run", str(run), "--output", str(out)).returncode == 0
 
-    again = command(cli_env, "-m", "shardrun.merge", "--run", str(run), "--output", str(out))
+    again = command(cli_env, "-m", "shardrun", "merge", "--run", str(run), "--output", str(out))
     assert again.returncode == 2
     assert again.stderr.count("error: ") == 1 and "exists and is not empty" in again.stderr
     assert "--overwrite" in again.stderr
 
-    replaced = command(cli_env, "-m", "shardrun.merge", "--run", str(run), "--output", str(out), "--overwrite")
+    replaced = command(cli_env, "-m", "shardrun", "merge", "--run", str(run), "--output", str(out), "--overwrite")
     assert replaced.returncode == 0 and "merged 16 rows" in replaced.stdout
 
     a_file = tmp_path / "results.csv"
     a_file.write_text("x")
-    refused = command(cli_env, "-m", "shardrun.merge", "--run", str(run), "--output", str(a_file))
+    refused = command(cli_env, "-m", "shardrun", "merge", "--run", str(run), "--output", str(a_file))
     assert refused.returncode == 2 and f"error: --output {a_file} is a file, not a dir" in refused.stderr
 
 
 def test_merge_cli_reports_an_edited_file_with_exit_5(tmp_path, cli_env):
     run = make_run(tmp_path / "run", count=1)
     edit_user(only_shard(run), "u03", lambda r: r["rows"][0].update(ais_bits=0.25))
-    result = command(cli_env, "-m", "shardrun.merge", "--run", str(run), "--output", str(tmp_path / "merged"))
+    result = command(cli_env, "-m", "shardrun", "merge", "--run", str(run), "--output", str(tmp_path / "merged"))
     assert result.returncode == 5
     assert "edited after the commit" in result.stdout and "user 'u03' has no results" in result.stdout
 
@@ -426,7 +426,7 @@ def test_merge_cli_into_a_read_only_dir(tmp_path, cli_env):
     run = make_run(tmp_path / "run", count=1)
     root = tmp_path / "ro"
     root.mkdir()
-    result = command(cli_env, "-m", "shardrun.merge", "--run", str(run), "--output", str(root / "merged"),
+    result = command(cli_env, "-m", "shardrun", "merge", "--run", str(run), "--output", str(root / "merged"),
                      wrap=read_only(root))
     assert result.returncode == 6
     assert result.stderr.count("error: ") == 1
@@ -436,19 +436,19 @@ def test_merge_cli_into_a_read_only_dir(tmp_path, cli_env):
 
 
 def test_validate_cli_on_a_missing_dir_a_file_and_a_read_only_dir(tmp_path, cli_env):
-    missing = command(cli_env, "-m", "shardrun.validate", "--dir", str(tmp_path / "nowhere"))
+    missing = command(cli_env, "-m", "shardrun", "validate", "--dir", str(tmp_path / "nowhere"))
     assert missing.returncode == 2
     assert f"error: result dir {tmp_path / 'nowhere'} does not exist" in missing.stderr
     a_file = tmp_path / "f"
     a_file.write_text("x")
-    not_dir = command(cli_env, "-m", "shardrun.validate", "--dir", str(a_file))
+    not_dir = command(cli_env, "-m", "shardrun", "validate", "--dir", str(a_file))
     assert not_dir.returncode == 2 and "is a file, not a result dir" in not_dir.stderr
 
     needs_root_mounts()
     run = make_run(tmp_path / "run", count=1)
     out = tmp_path / "merged"
     merge_shards(shard_dirs_of_run(run), out)
-    result = command(cli_env, "-m", "shardrun.validate", "--dir", str(out), wrap=read_only(out))
+    result = command(cli_env, "-m", "shardrun", "validate", "--dir", str(out), wrap=read_only(out))
     assert result.returncode == 6
     assert f"{out}: valid" in result.stdout  # the verdict is shown even though it cannot be recorded
     assert result.stderr.count("error: ") == 1
@@ -459,20 +459,20 @@ def test_validate_cli_on_a_missing_dir_a_file_and_a_read_only_dir(tmp_path, cli_
 def test_validate_cli_refuses_a_dir_that_holds_no_result_set_and_writes_nothing_there(tmp_path, cli_env):
     run = make_run(tmp_path / "run", count=1)
     before = sorted(p.relative_to(run) for p in run.rglob("*"))
-    unmerged = command(cli_env, "-m", "shardrun.validate", "--dir", str(run))
+    unmerged = command(cli_env, "-m", "shardrun", "validate", "--dir", str(run))
     assert unmerged.returncode == 2 and unmerged.stdout == ""
     assert f"error: {run} is a run dir, not a result set" in unmerged.stderr
     assert f"merge_shard_results --run {run} --output {run / 'merged'}" in unmerged.stderr
     merge_shards(shard_dirs_of_run(run), run / "merged")
     merged_files = sorted(p.relative_to(run) for p in run.rglob("*"))
-    merged = command(cli_env, "-m", "shardrun.validate", "--dir", str(run))
+    merged = command(cli_env, "-m", "shardrun", "validate", "--dir", str(run))
     assert merged.returncode == 2 and f"pass --dir {run / 'merged'}" in merged.stderr
     assert sorted(p.relative_to(run) for p in run.rglob("*")) == merged_files  # no validation.json in the run dir
     assert set(merged_files) - set(before) == {p.relative_to(run) for p in (run / "merged").rglob("*")} | {
         Path("merged")}
     empty = tmp_path / "empty"
     empty.mkdir()
-    nothing = command(cli_env, "-m", "shardrun.validate", "--dir", str(empty))
+    nothing = command(cli_env, "-m", "shardrun", "validate", "--dir", str(empty))
     assert nothing.returncode == 2 and f"error: {empty} holds no result set" in nothing.stderr
     assert list(empty.iterdir()) == []
 
@@ -483,7 +483,7 @@ def test_validate_cli_says_when_it_replaces_a_validation_of_another_config(tmp_p
     merge_shards(shard_dirs_of_run(run), out)
     write_json_atomic(MergedPaths(out).validation,
                       {"valid": True, "problems": [], "config_hash": "earlier", "checked_at": "2025-01-01"})
-    result = command(cli_env, "-m", "shardrun.validate", "--dir", str(out))
+    result = command(cli_env, "-m", "shardrun", "validate", "--dir", str(out))
     assert result.returncode == 0
     assert "note: " in result.stdout and "'earlier'" in result.stdout
     assert read_json(MergedPaths(out).validation)["previous"]["config_hash"] == "earlier"

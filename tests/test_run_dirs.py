@@ -42,7 +42,7 @@ def test_a_shard_of_another_k_is_refused_naming_the_runs_k(small, flag):
     run = small["root"] / "run"
     run_json(run, 3)
     before = everything_under(run)
-    result = shardrun("worker", "--config", str(small["config"]), "--full", "--shard", "0/2", flag, str(run),
+    result = shardrun("run", "--config", str(small["config"]), "--full", "--shard", "0/2", flag, str(run),
                       cwd=small["root"], check=False)
     assert result.returncode == 2, result.stderr
     assert "K=3" in result.stderr and "--shard i/3" in result.stderr and "Traceback" not in result.stderr
@@ -57,7 +57,7 @@ def test_resume_of_a_shard_with_a_damaged_shard_json_is_a_refusal_with_the_fix(s
     (shard_dir / "results").mkdir(parents=True)
     (shard_dir / "shard.json").write_text(damage)
     for where in (["--resume", str(shard_dir)], ["--resume", str(run), "--shard", "1/2"]):
-        result = shardrun("worker", "--config", str(small["config"]), "--full", *where, cwd=small["root"],
+        result = shardrun("run", "--config", str(small["config"]), "--full", *where, cwd=small["root"],
                           check=False)
         assert result.returncode == 2, result.stdout + result.stderr
         assert "Traceback" not in result.stderr + result.stdout
@@ -69,14 +69,14 @@ def test_a_damaged_run_json_is_a_refusal_with_the_fix(small):
     run = small["root"] / "run"
     run.mkdir()
     (run / "run.json").write_text("{trunc")
-    result = shardrun("worker", "--config", str(small["config"]), "--full", "--shard", "0/2", "--out", str(run),
+    result = shardrun("run", "--config", str(small["config"]), "--full", "--shard", "0/2", "--out", str(run),
                       cwd=small["root"], check=False)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "run.json is damaged" in result.stderr and "Delete it" in result.stderr
 
 
 def test_a_new_run_dir_is_named_after_the_config(small):
-    result = shardrun("worker", "--config", str(small["config"]), "--pilot", "1", "--shard", "0/2",
+    result = shardrun("run", "--config", str(small["config"]), "--pilot", "1", "--shard", "0/2",
                       cwd=small["root"], check=False)
     assert result.returncode == 0, result.stdout + result.stderr
     (run_dir,) = (small["root"] / "out").iterdir()

@@ -202,7 +202,7 @@ def clean_environment(**more: str) -> dict[str, str]:
 
 @pytest.mark.jvm  # the dry run asks `java -version` whether it accepts the shard's flags
 def test_a_resubmitted_slurm_element_joins_its_run_as_shard_1_of_4(run_of_four):
-    result = shardrun("worker", "--config", str(run_of_four["config"]), "--full", "--shard", "auto",
+    result = shardrun("run", "--config", str(run_of_four["config"]), "--full", "--shard", "auto",
                       "--out", str(run_of_four["run"]), "--dry-run", cwd=run_of_four["root"],
                       env=clean_environment(**RESUBMITTED_ELEMENT))
     assert result.stdout.startswith("shard 1/4: 2 users assigned"), result.stdout
@@ -212,7 +212,7 @@ def test_a_resubmitted_slurm_element_joins_its_run_as_shard_1_of_4(run_of_four):
 
 
 def test_a_resubmitted_element_that_contradicts_the_run_is_refused_before_anything_is_read(run_of_four):
-    result = shardrun("worker", "--config", str(run_of_four["root"] / "no-such.yaml"), "--full", "--shard", "auto",
+    result = shardrun("run", "--config", str(run_of_four["root"] / "no-such.yaml"), "--full", "--shard", "auto",
                       "--out", str(run_of_four["run"]), cwd=run_of_four["root"], check=False,
                       env=clean_environment(**RESUBMITTED_ELEMENT, SHARDRUN_SHARDS="2"))
     assert result.returncode == 2, result.stdout + result.stderr

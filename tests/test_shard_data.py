@@ -23,7 +23,7 @@ from shardrun.shard.prepare import WorkerOptions, prepare
 from shardrun.shard.run import committed_under_lock
 from shardrun.sharding import ShardSpec
 from shardrun.storage.commits import commit_user
-from shardrun.task import UserIndex, load_users, read_user_index
+from shardrun.task import Task, UserIndex, load_users, read_user_index
 
 
 def settings_for(path: Path, **data):
@@ -102,11 +102,14 @@ def test_an_empty_table_is_refused_by_the_index(tmp_path):
 
 
 def test_a_task_without_an_index_is_read_whole_once(tmp_path):
-    """A task without ReadsByUser (docs/TASKS.md): the index comes from the full load, which is kept."""
+    """A task without user_index (docs/TASKS.md): the index comes from the full load, which is kept."""
 
-    class WholeOnly:
-        def load(self, settings):
+    class WholeOnly(Task):
+        def load(self, settings, users=None):
             return task.load(settings)
+
+        def analyse(self, dataset, user_id, settings):
+            return []
 
     settings = settings_for(write(interleaved_table(), tmp_path / "d.csv"))
     index, whole = read_user_index(WholeOnly(), settings)
@@ -219,17 +222,17 @@ def test_balanced_shards_merge_to_the_one_shard_result_and_a_finished_shard_star
     table = interleaved_table(seed=9, users=9)
     data = write(table.loc[table["user_id"] != "004"], tmp_path / "d.csv")
     reference_config = config_file(tmp_path, data)
-    shardrun("worker", "--config", str(reference_config), "--full", "--shard", "0/1", "--out", str(tmp_path / "one"),
+    shardrun("run", "--config", str(reference_config), "--full", "--shard", "0/1", "--out", str(tmp_path / "one"),
              cwd=tmp_path)
     shardrun("merge", "--run", str(tmp_path / "one"), "--output", str(tmp_path / "one" / "merged"), cwd=tmp_path)
 
     balanced_config = tmp_path / "balanced.yaml"
     balanced_config.write_text(reference_config.read_text() + "partition: balanced\n")
-    dry = shardrun("worker", "--config", str(balanced_config), "--full", "--shard", "0/3", "--dry-run", cwd=tmp_path)
+    dry = shardrun("run", "--config", str(balanced_config), "--full", "--shard", "0/3", "--dry-run", cwd=tmp_path)
     assert "  modulo: largest" in dry.stdout and "  balanced (this run): largest" in dry.stdout
     run = tmp_path / "three"
     for index in range(3):
-        shardrun("worker", "--config", str(balanced_config), "--full", "--shard", f"{index}/3", "--out", str(run),
+        shardrun("run", "--config", str(balanced_config), "--full", "--shard", f"{index}/3", "--out", str(run),
                  cwd=tmp_path)
     assert json.loads((run / "run.json").read_text())["partition"] == "balanced"
     shardrun("merge", "--run", str(run), "--output", str(run / "merged"), cwd=tmp_path)
@@ -239,7 +242,7 @@ def test_balanced_shards_merge_to_the_one_shard_result_and_a_finished_shard_star
 
     shard = run / "shard-1-of-3"
     before = json.loads((shard / "status.json").read_text())
-    again = shardrun("worker", "--config", str(balanced_config), "--full", "--resume", str(shard), cwd=tmp_path)
+    again = shardrun("run", "--config", str(balanced_config), "--full", "--resume", str(shard), cwd=tmp_path)
     assert "exit 0" in again.stdout
     assert "no user to do, so no JVM is started" in again.stderr, again.stderr
     assert "indexed " in again.stderr and "loaded " not in again.stderr  # no row of the data was read

@@ -35,7 +35,7 @@ def catches(pid: int, sig: signal.Signals) -> bool:
 ], ids=["TERM", "INT", "USR1-warning"])
 def test_a_signal_while_the_shard_imports_drains_it_and_the_same_command_runs_it(workspace, tmp_path, sig, flags,
                                                                                   code):
-    command = [sys.executable, "-m", "shardrun.worker", "--config", str(workspace["config"]), "--full", "--shard",
+    command = [sys.executable, "-m", "shardrun", "run", "--config", str(workspace["config"]), "--full", "--shard",
                "0/2", "--out", str(tmp_path / "run"), *flags]
     shard = subprocess.Popen(command, cwd=workspace["root"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                              text=True)
@@ -53,14 +53,15 @@ def test_a_signal_while_the_shard_imports_drains_it_and_the_same_command_runs_it
     assert read_status(tmp_path / "run" / "shard-0-of-2")["state"] == "completed"
 
 
+@pytest.mark.parametrize("program", [["-m", "shardrun", "run"], ["run_production"]], ids=["shardrun-run", "old-name"])
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP], ids=["TERM", "HUP"])
-def test_a_signal_the_moment_the_launcher_started_a_shard_drains_it(workspace, tmp_path, sig):
+def test_a_signal_the_moment_the_launcher_started_a_shard_drains_it(workspace, tmp_path, sig, program):
     """Before Python has run a line of the shard (its interpreter's own start-up, before EarlySignals):
     the launcher starts shards with the stop signals held, so the signal waits for the handlers. The
     chaos campaign's finding: a SIGTERM there killed the shard by the default action, and its launcher
-    exited 70 ("shard 0/4 killed by SIGTERM")."""
-    command = [sys.executable, "-m", "shardrun.worker", "--config", str(workspace["config"]), "--full", "--shard",
-               "0/2", "--out", str(tmp_path / "run")]
+    exited 70 ("shard 0/4 killed by SIGTERM"). The shard as the launcher starts it, and by its old name."""
+    start = [sys.executable, *program] if program[0] == "-m" else [str(Path(sys.executable).parent / program[0])]
+    command = [*start, "--config", str(workspace["config"]), "--full", "--shard", "0/2", "--out", str(tmp_path / "run")]
     shards = LocalProcesses()
     pid = shards.start(0, command, tmp_path / "shard0.log")
     os.kill(pid, sig)  # at once: the shard's interpreter is still starting
@@ -76,7 +77,7 @@ def test_a_signal_the_moment_the_launcher_started_a_shard_drains_it(workspace, t
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP], ids=["TERM", "INT", "HUP"])
-@pytest.mark.parametrize("command", ["merge", "validate", "monitor", "launcher", "stop", "console-script"])
+@pytest.mark.parametrize("command", ["merge", "validate", "monitor", "launch", "stop", "shardrun-script", "old-name"])
 def test_a_stop_signal_before_a_command_has_imported_anything_interrupts_it_cleanly(workspace, tmp_path, command, sig):
     """Every command, not only the shard: a stop signal while its interpreter starts or its modules import
     (pandas, Arrow: a tenth of a second or more, when a user's Ctrl-C or a scheduler's TERM may come) gets
@@ -90,15 +91,16 @@ def test_a_stop_signal_before_a_command_has_imported_anything_interrupts_it_clea
         "merge": ["merge", "--run", str(reference), "--output", str(out)],
         "validate": ["validate", "--dir", str(reference / "merged"), "--config", str(workspace["config"])],
         "monitor": ["monitor", str(reference)],
-        "launcher": ["launcher", "--config", str(workspace["config"]), "--shards", "2", "--out", str(out)],
+        "launch": ["launch", "--config", str(workspace["config"]), "--shards", "2", "--out", str(out)],
         "stop": ["stop", str(reference)],
-        "console-script": ["merge_shard_results", "--run", str(reference), "--output", str(out)],
+        "shardrun-script": ["shardrun", "merge", "--run", str(reference), "--output", str(out)],
+        "old-name": ["merge_shard_results", "--run", str(reference), "--output", str(out)],
     }[command]
-    program = ([str(Path(sys.executable).parent / args[0])] if command == "console-script"
-               else [sys.executable, "-m", f"shardrun.{args[0]}"])
+    program = ([str(Path(sys.executable).parent / args.pop(0))] if command in ("shardrun-script", "old-name")
+               else [sys.executable, "-m", "shardrun"])
     merged_before = {f: f.read_bytes() for f in (reference / "merged").rglob("*") if f.is_file()}
     with signals_held():
-        process = subprocess.Popen([*program, *args[1:]], cwd=workspace["root"], stdout=subprocess.PIPE,
+        process = subprocess.Popen([*program, *args], cwd=workspace["root"], stdout=subprocess.PIPE,
                                    stderr=subprocess.PIPE, text=True)
         process.send_signal(sig)
     stdout, stderr = process.communicate(timeout=300)

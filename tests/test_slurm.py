@@ -57,7 +57,7 @@ def own_config(workspace: dict, tmp_path: Path, faulty: bool = False) -> Path:
 
 
 def submission_command(config: Path, run: Path, shards: int, *flags: str) -> list[str]:
-    return [sys.executable, "-m", "shardrun.launcher", "--scheduler", "slurm", "--config", str(config),
+    return [sys.executable, "-m", "shardrun", "launch", "--scheduler", "slurm", "--config", str(config),
             "--shards", str(shards), "--out", str(run), *flags]
 
 
@@ -159,7 +159,7 @@ def test_two_submissions_of_one_new_run_at_once_submit_each_shard_once(slurm_clu
 def test_a_submission_is_refused_while_a_local_launcher_runs_the_run_naming_it(slurm_cluster, workspace, tmp_path):
     config = own_config(workspace, tmp_path, faulty=True)
     run = tmp_path / "run"
-    local = subprocess.Popen([sys.executable, "-m", "shardrun.launcher", "--config", str(config), "--shards", "2",
+    local = subprocess.Popen([sys.executable, "-m", "shardrun", "launch", "--config", str(config), "--shards", "2",
                               "--out", str(run), "--no-merge"], env={**os.environ, **faulty_env("slow:2")},
                              cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
@@ -190,7 +190,7 @@ def test_a_cancelled_element_is_resubmitted_by_index_with_the_same_command(slurm
     assert not (run / "merged" / "validation.json").is_file() or not json.loads(
         (run / "merged" / "validation.json").read_text())["valid"], "an incomplete run must not pass as complete"
 
-    monitor = subprocess.run([sys.executable, "-m", "shardrun.monitor", str(run)], env=slurm_cluster.env,
+    monitor = subprocess.run([sys.executable, "-m", "shardrun", "monitor", str(run)], env=slurm_cluster.env,
                              capture_output=True, text=True, timeout=120)
     lines = {line.split()[0]: line for line in monitor.stdout.splitlines() if line[:1].isdigit()}
     assert set(lines) == {"0/3", "1/3", "2/3"} and "slurm" in monitor.stdout, monitor.stdout

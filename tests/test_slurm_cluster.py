@@ -1,7 +1,7 @@
 """The test cluster itself (tests/slurm_cluster.py), on real daemons, and the SLURM behaviour the cluster
 tests rely on, measured: what an array element is told (plain, stepped, sparse arrays), afterany, a requeue
 (of one element, of a whole array) and how soon the element runs again, which process a warning signal
-reaches. docs/CLUSTER_TESTS.md lists
+reaches. docs/dev/CLUSTER_TESTS.md lists
 the figures.
 
 The slow measurements (a requeued job left to its begin time, about 2 minutes; warning signals at a time

@@ -11,7 +11,7 @@ merged result equals the uninterrupted local K=1 reference.
 
 - With SlurmctldParameters=preempt_send_user_signal, the element's --signal (USR1) comes at the
   preemption; the shard drains within the grace time and requeues itself (SLURM would not: a job that
-  ends during its grace time is left COMPLETED, measured in docs/CLUSTER_TESTS.md).
+  ends during its grace time is left COMPLETED, measured in docs/dev/CLUSTER_TESTS.md).
 - Without it, the element hears nothing until the grace time ends, then SIGTERM, with SLURM's requeue
   already under way: the shard drains as for any TERM, says preempted, counts SLURM's requeue and
   asks for none.

@@ -80,7 +80,7 @@ def test_an_offset_array_exports_its_offset_and_logs_apart():
 def test_the_element_command_is_one_that_run_production_accepts_with_auto_shard_and_k_from_the_run():
     script = array_script(job(pilot=5), "x")
     exec_line = next(line for line in script.splitlines() if line.startswith("exec "))
-    argv = shlex.split(exec_line)[4:]  # exec python -m shardrun.worker
+    argv = shlex.split(exec_line)[5:]  # exec python -m shardrun run
     args = run_production_parser().parse_args(argv)
     assert args.shard == "auto" and args.out == Path("/runs/r 1") and args.pilot == 5
     assert args.preempt_signal == "USR1" and args.preempt_lead == 120 and args.requeue_limit == 3
@@ -91,7 +91,7 @@ def test_the_element_command_is_one_that_run_production_accepts_with_auto_shard_
 def test_the_element_command_carries_the_launchers_commit_interval():
     script = array_script(job(commit_interval_seconds=30.0), "x")
     exec_line = next(line for line in script.splitlines() if line.startswith("exec "))
-    assert run_production_parser().parse_args(shlex.split(exec_line)[4:]).commit_interval == 30.0
+    assert run_production_parser().parse_args(shlex.split(exec_line)[5:]).commit_interval == 30.0
 
 
 def test_the_merge_script_merges_then_validates_and_is_valid_bash(tmp_path):
@@ -99,15 +99,15 @@ def test_the_merge_script_merges_then_validates_and_is_valid_bash(tmp_path):
     path = tmp_path / "merge.sh"
     path.write_text(script)
     assert subprocess.run(["bash", "-n", str(path)]).returncode == 0
-    assert script.index("shardrun.merge --run /runs/r1 --output /runs/r1/merged --overwrite") < script.index(
-        "shardrun.validate --dir /runs/r1/merged --config /cfg/c.yaml")
+    assert script.index("shardrun merge --run /runs/r1 --output /runs/r1/merged --overwrite") < script.index(
+        "shardrun validate --dir /runs/r1/merged --config /cfg/c.yaml")
 
 
 def test_the_merge_script_validates_with_the_launchers_max_failed(tmp_path):
     script = merge_script(Path("/runs/r1"), Path("/cfg/c.yaml"), "/venv/bin/python", Path("/w"), Path("/logs"), "m",
                           max_failed="2.5%")
-    validate_line = next(line for line in script.splitlines() if "shardrun.validate" in line)
-    argv = shlex.split(validate_line)[4:]  # exec python -m shardrun.validate
+    validate_line = next(line for line in script.splitlines() if "shardrun validate" in line)
+    argv = shlex.split(validate_line)[5:]  # exec python -m shardrun validate
     assert validate_outputs_parser().parse_args(argv).max_failed == FailedTolerance(percent=2.5)
     default = merge_script(Path("/runs/r1"), Path("/cfg/c.yaml"), "/venv/bin/python", Path("/w"), Path("/logs"), "m")
     assert default.rstrip().endswith("--max-failed 0")
@@ -116,11 +116,11 @@ def test_the_merge_script_validates_with_the_launchers_max_failed(tmp_path):
 def test_a_retry_element_resumes_the_run_and_retries_its_failed_users():
     script = array_script(job(retry_failed=True, fail_fast=3), "x")
     exec_line = next(line for line in script.splitlines() if line.startswith("exec "))
-    args = run_production_parser().parse_args(shlex.split(exec_line)[4:])
+    args = run_production_parser().parse_args(shlex.split(exec_line)[5:])
     assert args.shard == "auto" and args.resume == Path("/runs/r 1") and args.out is None
     assert args.retry_failed and args.fail_fast == 3
     plain = run_production_parser().parse_args(shlex.split(next(
-        line for line in array_script(job(), "x").splitlines() if line.startswith("exec ")))[4:])
+        line for line in array_script(job(), "x").splitlines() if line.startswith("exec ")))[5:])
     assert not plain.retry_failed and plain.fail_fast == 5  # the shard's own default
 
 
@@ -175,7 +175,7 @@ def test_the_merge_jobs_memory_grows_with_the_result_sets_cells_from_a_floor():
     small = merge_memory_mib(60, 2, 32)
     assert 512 <= small < 1024
     # 10^6 users x 2 rows x 32 columns peaked at 2.4 GiB in the merge and 0.5 GiB in its picture
-    # (docs/PERFORMANCE.md): the default leaves room above that sum.
+    # (docs/dev/PERFORMANCE.md): the default leaves room above that sum.
     assert merge_memory_mib(10**6, 2, 32) > (2433 + 505) * 1.2
     assert merge_memory_mib(2 * 10**6, 2, 32) - small == pytest.approx(2 * (merge_memory_mib(10**6, 2, 32) - small), abs=2)
 
@@ -228,7 +228,7 @@ def test_a_retry_resubmits_the_shards_with_failed_users_and_their_elements_retry
     path, env = faulty_task_config(workspace, tmp_path)
     run = tmp_path / "run"
     for shard in ("0/2", "1/2"):  # user-03 and user-05 fail, both of shard 1
-        done = shardrun("worker", "--config", str(path), "--full", "--shard", shard, "--out", str(run),
+        done = shardrun("run", "--config", str(path), "--full", "--shard", shard, "--out", str(run),
                         cwd=workspace["root"], check=False, env=env)
         assert done.returncode == (0 if shard == "0/2" else 1), done.stderr
     said: list[str] = []
@@ -239,8 +239,8 @@ def test_a_retry_resubmits_the_shards_with_failed_users_and_their_elements_retry
     text = "\n".join(said)
     assert "  shard 1: to submit, to run its 2 failed users again (completed_with_failures)" in text
     assert "shard 0:" not in text  # complete, nothing failed: not submitted
-    (exec_line,) = [line for line in text.splitlines() if line.startswith("exec ") and "shardrun.worker" in line]
-    args = run_production_parser().parse_args(shlex.split(exec_line)[4:])
+    (exec_line,) = [line for line in text.splitlines() if line.startswith("exec ") and "shardrun run" in line]
+    args = run_production_parser().parse_args(shlex.split(exec_line)[5:])
     assert args.resume == run and args.retry_failed and args.shard == "auto"
     assert "#SBATCH --array=1" in text and "--max-failed 1" in text
 
@@ -284,7 +284,7 @@ def test_a_slurm_that_does_not_answer_is_named_with_the_fix(tmp_path):
     config.write_text((Path(__file__).resolve().parents[1] / "config" / "small.yaml").read_text().replace(
         "data/sample_users.csv", str(Path(__file__).resolve().parents[1] / "data" / "sample_users.csv")))
     env = dict(os.environ, PATH=f"{fake_bin}{os.pathsep}{os.environ['PATH']}")
-    result = subprocess.run([sys.executable, "-m", "shardrun.launcher", "--scheduler", "slurm", "--config", str(config),
+    result = subprocess.run([sys.executable, "-m", "shardrun", "launch", "--scheduler", "slurm", "--config", str(config),
                              "--shards", "2", "--out", str(tmp_path / "run"), "--dry-run"],
                             cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 2, result.stdout + result.stderr

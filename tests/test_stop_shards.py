@@ -7,21 +7,21 @@ import json
 import socket
 import subprocess
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import psutil
 import pytest
 
 from e2e_support import read_status, shardrun, wait_for
-from shardrun.observe.stop import stop_run, verify
+from shardrun.launch.stop import LAUNCHER_WORDS, stop_run, verify
 
 pytestmark = pytest.mark.e2e
 
 
 def start_shard(workspace, run: Path, shard: str) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-m", "shardrun.worker", "--config", str(workspace["config"]), "--full", "--shard", shard,
+        [sys.executable, "-m", "shardrun", "run", "--config", str(workspace["config"]), "--full", "--shard", shard,
          "--out", str(run), "--cooldown", "30"],
         cwd=workspace["root"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
@@ -52,7 +52,7 @@ def test_stop_shards_drains_a_launched_run_through_its_launcher(workspace):
     root = workspace["root"]
     earlier = set((root / "out").glob("*_full_*"))
     launcher = subprocess.Popen(
-        [sys.executable, "-m", "shardrun.launcher", "--config", str(workspace["config"]), "--shards", "2",
+        [sys.executable, "-m", "shardrun", "launch", "--config", str(workspace["config"]), "--shards", "2",
          "--cooldown", "30", "--no-merge"],
         cwd=root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
@@ -81,7 +81,7 @@ def test_a_pid_that_belongs_to_another_program_is_not_signalled(tmp_path):
         shard_dir = run / "shard-0-of-1"
         shard_dir.mkdir(parents=True)
         (run / "run.json").write_text(json.dumps({"shards": 1, "created_at": "2026-01-01T00:00:00+00:00"}))
-        now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        now = datetime.now(UTC).isoformat(timespec="seconds")
         (shard_dir / "status.json").write_text(json.dumps(
             {"shard": "0/1", "state": "running", "pid": sleeper.pid, "host": socket.gethostname(), "started_at": now}))
         sent = []
@@ -103,11 +103,19 @@ def stand_in(place: Path) -> subprocess.Popen:
     return process
 
 
+def test_a_status_json_of_the_wrong_shape_is_said_and_not_acted_on(tmp_path):
+    shard_dir = tmp_path / "run" / "shard-0-of-1"
+    shard_dir.mkdir(parents=True)
+    (shard_dir / "status.json").write_text(json.dumps({"state": "running", "pid": "12", "host": socket.gethostname()}))
+    report = stop_run(tmp_path / "run", send=lambda pid, signum: pytest.fail("signalled"))
+    assert report.signalled == [] and report.skipped == ["shard-0-of-1: status.json field 'pid' is str"]
+
+
 def test_verify_refuses_other_hosts_gone_pids_and_processes_younger_than_the_record(tmp_path):
     here = socket.gethostname()
     me = stand_in(tmp_path)
     try:
-        now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        now = datetime.now(UTC).isoformat(timespec="seconds")
         assert "host" in verify(me.pid, "elsewhere", now, [tmp_path])
         assert verify(me.pid, here, now, [tmp_path]) is None
         assert "after the recorded start" in verify(me.pid, here, "2000-01-01T00:00:00+00:00", [tmp_path])
@@ -119,6 +127,22 @@ def test_verify_refuses_other_hosts_gone_pids_and_processes_younger_than_the_rec
     assert "gone" in verify(me.pid, here, now, [tmp_path])
 
 
+@pytest.mark.parametrize("words, launcher", [
+    (["shardrun", "launch"], True), (["launch_shards"], True), (["shardrun", "run_parallel"], True),
+    (["shardrun", "run"], False), (["run_production"], False),
+], ids=["shardrun-launch", "old-name", "the-script", "a-shard", "a-shard-by-its-old-name"])
+def test_a_launcher_is_told_by_its_command_line_new_spelling_or_old(words, launcher):
+    process = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", *words])
+    try:
+        wait_for(lambda: words[-1] in psutil.Process(process.pid).cmdline(), timeout=30, process=process)
+        now = datetime.now(UTC).isoformat(timespec="seconds")
+        assert (verify(process.pid, socket.gethostname(), now, None, words=LAUNCHER_WORDS) is None) == launcher
+        assert verify(process.pid, socket.gethostname(), now, None) is None  # every one is a shardrun process
+    finally:
+        process.kill()
+        process.wait()
+
+
 def test_a_second_request_signals_again_only_with_now(tmp_path):
     run = tmp_path / "run"
     shard_dir = run / "shard-0-of-1"
@@ -126,11 +150,11 @@ def test_a_second_request_signals_again_only_with_now(tmp_path):
     # a stand-in shard: a shardrun command line naming the shard dir
     shard = stand_in(shard_dir)
     try:
-        now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        now = datetime.now(UTC).isoformat(timespec="seconds")
         (shard_dir / "status.json").write_text(json.dumps(
             {"shard": "0/1", "state": "running", "pid": shard.pid, "host": socket.gethostname(), "started_at": now}))
         sent = []
-        record = lambda pid, signum: sent.append(pid) or True  # noqa: E731
+        record = lambda pid, signum: sent.append(pid) or True
         assert [t.pid for t in stop_run(run, send=record).signalled] == [shard.pid]
         again = stop_run(run, send=record)
         assert again.signalled == [] and "already asked" in again.skipped[0]

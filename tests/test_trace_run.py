@@ -21,7 +21,7 @@ FAILED = {"user-03": "java.lang.ArrayIndexOutOfBoundsException", "user-05": "Hea
 
 def run_worker(*args: str, cwd, env) -> tuple[int, int]:
     """A real run_production process: its pid and exit code."""
-    process = subprocess.Popen([sys.executable, "-m", "shardrun.worker", *args], cwd=cwd, env=env,
+    process = subprocess.Popen([sys.executable, "-m", "shardrun", "run", *args], cwd=cwd, env=env,
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     _, stderr = process.communicate(timeout=600)
     assert process.returncode in (0, 1), stderr
@@ -82,7 +82,7 @@ def test_a_real_run_traces_every_attempt_and_the_memory_each_shard_used(workspac
 def test_a_launched_run_reports_the_admissions_budget_against_the_peak(workspace, tmp_path):
     root = workspace["root"]
     run = tmp_path / "launched"
-    shardrun("launcher", "--config", str(workspace["config"]), "--shards", "2", "--out", str(run), cwd=root)
+    shardrun("launch", "--config", str(workspace["config"]), "--shards", "2", "--out", str(run), cwd=root)
     launcher = json.loads((run / "launcher.json").read_text())
     report = json.loads((run / "merged" / "merge_report.json").read_text())
     trace = read_trace(run / "merged" / "trace.tsv")

@@ -69,7 +69,7 @@ COMMAND_TIMEOUT = 300.0
 DRAIN_TIMEOUT = 60.0  # a process asked to stop (or orphaned by a SIGKILL) must be gone by then
 PR_SET_CHILD_SUBREAPER = 36
 
-# What each command may exit with after the fault, by fault kind (README "Exit codes"); None: not signalled.
+# What each command may exit with after the fault, by fault kind (docs/GUIDE.md "Exit codes"); None: not signalled.
 STOPPED = {0, 3}  # a stop signal that landed, or one that came as the command was ending anyway
 MERGED_SET = ("results.csv", "results.parquet", "merge_report.json")
 
@@ -99,8 +99,8 @@ def shardrun_env() -> dict:
     return {**os.environ, "PYTHONPATH": path, "FAULTY_TASK": f"slow:{SLOW_USER_SECONDS}"}
 
 
-def shardrun_command(module: str, *args: object) -> list[str]:
-    return [sys.executable, "-m", f"shardrun.{module}", *map(str, args)]
+def shardrun_command(command: str, *args: object) -> list[str]:
+    return [sys.executable, "-m", "shardrun", command, *map(str, args)]
 
 
 class CannotStart(Exception):
@@ -119,7 +119,7 @@ def prepare_workload(work: Path) -> Workload:
     config = draft.config(root)
     run_dir = root / "out" / "run"
     started = time.monotonic()
-    launched = subprocess.run(shardrun_command("launcher", "--config", config, "--shards", 1, "--out", run_dir),
+    launched = subprocess.run(shardrun_command("launch", "--config", config, "--shards", 1, "--out", run_dir),
                               cwd=root, env=env, capture_output=True, text=True, timeout=COMMAND_TIMEOUT)
     launch_seconds = time.monotonic() - started
     if launched.returncode != 0:
@@ -278,7 +278,7 @@ class Trial:
         return self.finish(self.start(label, module, *args), expected)
 
     def launch(self, label: str = "launch", expected: set[int] = frozenset({0})) -> int:
-        return self.run(label, "launcher", *self.launch_args(), expected=expected)
+        return self.run(label, "launch", *self.launch_args(), expected=expected)
 
     def merge(self, label: str, output: Path, *extra: str) -> subprocess.Popen:
         return self.start(label, "merge", "--run", self.run_dir, "--output", output, *extra)
@@ -508,9 +508,9 @@ def launch_delay(trial: Trial) -> float:
 
 def kill_shard(trial: Trial) -> None:
     """SIGKILL one shard of a launch at a random instant, then the same launch_shards command again."""
-    launcher = trial.start("launch", "launcher", *trial.launch_args())
+    launcher = trial.start("launch", "launch", *trial.launch_args())
     victim = trial.wait_then_pick(launcher, launch_delay(trial),
-                                  lambda: trial.processes_matching(launcher, "shardrun.worker"))
+                                  lambda: trial.processes_matching(launcher, "shardrun run"))
     killed = victim is not None and trial.deliver("shard", victim, signal.SIGKILL)
     # a shard killed after its last commit may have been counted complete: 0; else a shard died: 70
     trial.finish(launcher, {0, 70} if killed else {0})
@@ -520,10 +520,10 @@ def kill_shard(trial: Trial) -> None:
 def kill_launcher(trial: Trial) -> None:
     """SIGKILL launch_shards at a random instant (its shards get SIGTERM from the kernel and drain), then
     the same command again once they have ended."""
-    launcher = trial.start("launch", "launcher", *trial.launch_args())
+    launcher = trial.start("launch", "launch", *trial.launch_args())
     delay = launch_delay(trial)
     trial.wait_then_pick(launcher, delay, lambda: [launcher])
-    shards = trial.processes_matching(launcher, "shardrun.")
+    shards = trial.processes_matching(launcher, "shardrun run")
     killed = trial.deliver("launcher", launcher, signal.SIGKILL)
     trial.finish(launcher, {-signal.SIGKILL} if killed else {0})
     trial.wait_gone(shards)
@@ -564,9 +564,9 @@ def stop_signal(trial: Trial) -> signal.Signals:
 def signal_launcher(trial: Trial) -> None:
     """SIGTERM or SIGINT to launch_shards at a random instant: exit 3 (its shards drain), then continue."""
     sig = stop_signal(trial)
-    launcher = trial.start("launch", "launcher", *trial.launch_args())
+    launcher = trial.start("launch", "launch", *trial.launch_args())
     trial.wait_then_pick(launcher, launch_delay(trial), lambda: [launcher])
-    shards = trial.processes_matching(launcher, "shardrun.")
+    shards = trial.processes_matching(launcher, "shardrun run")
     delivered = trial.deliver("launcher", launcher, sig)
     trial.finish(launcher, STOPPED if delivered else {0})
     trial.wait_gone(shards)
@@ -576,9 +576,9 @@ def signal_launcher(trial: Trial) -> None:
 def signal_shard(trial: Trial) -> None:
     """SIGTERM or SIGINT to one shard at a random instant: it drains (exit 3, the launcher too), then continue."""
     sig = stop_signal(trial)
-    launcher = trial.start("launch", "launcher", *trial.launch_args())
+    launcher = trial.start("launch", "launch", *trial.launch_args())
     victim = trial.wait_then_pick(launcher, launch_delay(trial),
-                                  lambda: trial.processes_matching(launcher, "shardrun.worker"))
+                                  lambda: trial.processes_matching(launcher, "shardrun run"))
     delivered = victim is not None and trial.deliver("shard", victim, sig)
     trial.finish(launcher, STOPPED if delivered else {0})
     trial.launch("continue")
@@ -604,8 +604,8 @@ def two_merges(trial: Trial) -> None:
 
 def two_launchers(trial: Trial) -> None:
     """Two launch_shards on one new --out at once: one runs (exit 0), the other is refused (exit 4)."""
-    first = trial.start("launch-a", "launcher", *trial.launch_args())
-    second = trial.start("launch-b", "launcher", *trial.launch_args())
+    first = trial.start("launch-a", "launch", *trial.launch_args())
+    second = trial.start("launch-b", "launch", *trial.launch_args())
     trial.note_overlap(first, second, "2 launchers")
     codes = sorted([trial.finish(first, {0, 4}), trial.finish(second, {0, 4})])
     if codes != [0, 4]:
@@ -641,7 +641,7 @@ def disk_full(trial: Trial) -> None:
     out.mkdir()
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(out)], check=True)
     trial.cleanups.append(lambda: subprocess.run(["umount", "-l", str(out)], check=False))
-    launcher = trial.start("launch", "launcher", *trial.launch_args())
+    launcher = trial.start("launch", "launch", *trial.launch_args())
     trial.wait_then_pick(launcher, launch_delay(trial), lambda: [launcher])
     filler = out / "filler"
     filled = launcher.poll() is None
@@ -653,7 +653,7 @@ def disk_full(trial: Trial) -> None:
     # exit 6; 3 when the launcher's shards, stopped by the same disk, drained; 0 if it was done anyway
     trial.finish(launcher, {0, 3, 6} if filled else {0})
     if filled:
-        trial.wait_gone(trial.processes_matching(launcher, "shardrun."))
+        trial.wait_gone(trial.processes_matching(launcher, "shardrun run"))
         filler.unlink()
     trial.launch("continue")
 

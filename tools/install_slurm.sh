@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Make sure munge and SLURM are installed, for the tests' private clusters (tests/slurm_cluster.py,
-# docs/CLUSTER_TESTS.md), and iproute2, whose `ip` makes the two-node cluster's namespaces and links. Idempotent and instant when they are there.
+# docs/dev/CLUSTER_TESTS.md), and iproute2, whose `ip` makes the two-node cluster's namespaces and links. Idempotent and instant when they are there.
 # Missing and root with apt-get (CI): installs the Debian/Ubuntu packages. Missing otherwise: fails,
 # naming the packages. Called by run_tests.sh only (the main job does not need SLURM).
 set -euo pipefail

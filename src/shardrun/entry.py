@@ -1,28 +1,56 @@
-"""Every command's entry point: the console scripts, `python -m shardrun.<name>`, the tools/ shims and
-./run_parallel_4shards.sh all start here, so each command notes the stop signals (early_signals) before
-its own modules are imported, and a signal at any instant gets the command's documented exit.
-
-`python -m shardrun.entry COMMAND ARGS` runs COMMAND (the shell script's way in)."""
+"""Every command's entry point: `shardrun SUB` (the console script, `python -m shardrun`), the six console
+names, the tools/ shims and ./run_parallel_4shards.sh all start here, so each command notes the stop
+signals (early_signals) before its own modules are imported, and a signal at any instant gets the
+command's documented exit."""
 
 from __future__ import annotations
 
 import importlib
 import sys
 
+from shardrun.cli import SUBCOMMANDS
 from shardrun.early_signals import SHARD_SIGNALS, STOP_SIGNALS, EarlySignals
 
 TYPE_CHECKING = False  # typing is not imported: every millisecond before catch() is a window
 if TYPE_CHECKING:
-    from typing import Callable, Sequence
+    from collections.abc import Callable, Sequence
 
-COMMANDS = ("run_production", "launch_shards", "merge_shard_results", "validate_outputs", "monitor_progress",
-            "stop_shards", "run_parallel")
+MODULES = {sub: module for sub, module, _ in SUBCOMMANDS} | {"run_parallel": "run_parallel"}  # the script's, unlisted
 
 
 def run(command: str, argv: Sequence[str] | None = None) -> int:
     # a shard also notes the scheduler's warning signals: they ask it to drain before a time limit
     early = EarlySignals(SHARD_SIGNALS if command == "run_production" else STOP_SIGNALS).catch()
     return importlib.import_module(f"shardrun.cli.{command}").main(argv, early)
+
+
+USAGE = f"usage: shardrun [-h] [--version] {{{','.join(sub for sub, _, _ in SUBCOMMANDS)}}} ..."
+
+
+def help_text() -> str:
+    lines = [f"  {sub:<9} {line} (also {module})" for sub, module, line in SUBCOMMANDS]
+    return "\n".join([USAGE, "", "Run a per-user analysis as K resumable shards, then merge and validate.", "",
+                      "commands:", *lines, "", "`shardrun COMMAND --help` shows the command's own flags."])
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`shardrun SUB ARGS`: runs SUB's command; --help, --version, or an error (exit 2)."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    first = args[0] if args else ""
+    if first in MODULES:
+        return run(MODULES[first], args[1:])
+    if first in ("-h", "--help"):
+        print(help_text())
+        return 0
+    if first == "--version":
+        from shardrun.cli.common import shardrun_version
+
+        print(f"shardrun {shardrun_version()}")
+        return 0
+    said = f"unknown command {first!r}" if first else "no command given"
+    print(f"{USAGE}\nshardrun: error: {said}; choose one of {', '.join(s for s, _, _ in SUBCOMMANDS)}"
+          " (shardrun --help says what each does).", file=sys.stderr)
+    return 2
 
 
 def _command(name: str) -> Callable[[Sequence[str] | None], int]:
@@ -33,18 +61,10 @@ def _command(name: str) -> Callable[[Sequence[str] | None], int]:
     return main
 
 
-# the console scripts (pyproject.toml) and the `python -m shardrun.<name>` modules call these
+# the six console names (pyproject.toml), the original workflow's commands
 run_production = _command("run_production")
 launch_shards = _command("launch_shards")
 merge_shard_results = _command("merge_shard_results")
 validate_outputs = _command("validate_outputs")
 monitor_progress = _command("monitor_progress")
 stop_shards = _command("stop_shards")
-
-
-if __name__ == "__main__":
-    if len(sys.argv) < 2 or sys.argv[1] not in COMMANDS:
-        print(f"usage: python -m shardrun.entry COMMAND [ARGS], COMMAND one of {', '.join(COMMANDS)}",
-              file=sys.stderr)
-        raise SystemExit(2)
-    raise SystemExit(run(sys.argv[1], sys.argv[2:]))

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from shardrun.units import format_bytes
 
-# Exit codes of every command (documented in README.md, "Exit codes").
+# Exit codes of every command (documented in docs/GUIDE.md, "Exit codes").
 EXIT_OK = 0
 EXIT_USERS_FAILED = 1  # the shard finished but some users failed (see errors.jsonl), or it failed fast
 EXIT_USAGE = 2  # bad flags, config, data or environment: nothing was computed

@@ -10,7 +10,7 @@ before starting the JVM) and by the launcher's memory admission (shardrun.launch
 - `plan_heap(jvm, needs, users)`: that heap, and the users predicted to need more (HeapPlan).
 
 Which needs: every user's, so that all shards of a run choose the same heap. A shard that reads only
-its own users takes them from the task's bound on the user index (PredictsHeap.index_heap_needs, an
+its own users takes them from the task's bound on the user index (Task.index_heap_needs, an
 upper bound: the heap may come out a step larger than exact needs would give); without such a bound
 jvm.xmx auto makes it load the whole input (`run_heap_needs`). The users a shard is about to run are
 checked against the exact needs of their loaded rows (`checked`).
@@ -25,7 +25,7 @@ from typing import Any, Mapping, Sequence
 
 from shardrun.config import AUTO_HEAP, JvmConfig
 from shardrun.errors import ConfigError
-from shardrun.task import DEFAULT_HEAP_ADVICE, Dataset, UserIndex, index_heap_needs
+from shardrun.task import DEFAULT_HEAP_ADVICE, Dataset, Task, UserIndex
 from shardrun.units import GIB, MIB, format_bytes, heap_bytes
 
 log = logging.getLogger(__name__)
@@ -74,36 +74,36 @@ def describe_auto_rule() -> str:
     )
 
 
-def task_heap_needs(task: Any, settings: Any, dataset: Any, jvm: JvmConfig) -> dict[str, int] | None:
+def task_heap_needs(task: Task, settings: Any, dataset: Any, jvm: JvmConfig) -> dict[str, int] | None:
     """The task's per-user heap needs, or None when the task does not predict them.
 
     jvm.xmx auto cannot be decided without them, so that case is an error naming the way out.
     """
-    predict = getattr(task, "user_heap_needs", None)
-    if predict is None:
+    needs = task.user_heap_needs(settings, dataset)
+    if needs is None:
         if jvm.xmx == AUTO_HEAP:
             raise ConfigError(
                 f"jvm.xmx is auto, but the task {type(task).__name__} does not predict each user's heap"
-                " (it has no user_heap_needs, see shardrun.task.PredictsHeap); set jvm.xmx to a size such"
+                " (it has no user_heap_needs, docs/TASKS.md); set jvm.xmx to a size such"
                 " as 1g in the config."
             )
         return None
-    return predict(settings, dataset)
+    return dict(needs)
 
 
-def run_heap_needs(task: Any, settings: Any, index: UserIndex, whole: Dataset | None,
+def run_heap_needs(task: Task, settings: Any, index: UserIndex, whole: Dataset | None,
                    jvm: JvmConfig) -> tuple[dict[str, int] | None, Dataset | None]:
     """Every user's heap need for the run, and the whole Dataset when it had to be loaded for them.
 
-    Exact needs when the whole input is loaded already (`whole`, a task without ReadsByUser); else the
+    Exact needs when the whole input is loaded already (`whole`, a task without user_index); else the
     task's bound from the index; else, only when jvm.xmx is auto (which cannot be chosen otherwise),
     the whole input is loaded. None: no prediction of every user (an explicit heap needs none).
     """
     if whole is not None:
         return task_heap_needs(task, settings, whole, jvm), whole
-    bounds = index_heap_needs(task, settings, index)
+    bounds = task.index_heap_needs(settings, index)
     if bounds is not None or not jvm.xmx_is_auto:
-        return bounds, None
+        return None if bounds is None else dict(bounds), None
     log.info("jvm.xmx auto: the task bounds no user's heap from the user index, so every user's rows are"
              " read to choose it; set jvm.xmx to a size to read only this shard's users")
     whole = task.load(settings)

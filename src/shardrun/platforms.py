@@ -2,7 +2,7 @@
 branches on the platform itself, so nothing POSIX-only is touched on Windows.
 
 Linux is the platform that is tested; the Windows branches keep the same contracts with the means
-Windows has (README: "Set-up and the two commands" lists what differs).
+Windows has (docs/GUIDE.md, "Set-up", lists what differs).
 """
 
 from __future__ import annotations

@@ -7,7 +7,8 @@ the key, what it must be, and what was found.
 from __future__ import annotations
 
 import difflib
-from typing import Any, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 from shardrun.errors import ConfigError
 
@@ -30,9 +31,6 @@ class Section:
 
     def name(self, key: str) -> str:
         return f"{self._where}.{key}" if self._where else key
-
-    def has(self, key: str) -> bool:
-        return key in self._data
 
     def get(
         self,
@@ -88,7 +86,7 @@ class Section:
             key, str, default, check=lambda v: None if v in choices else f"must be one of {', '.join(choices)}"
         )
 
-    def section(self, key: str) -> "Section":
+    def section(self, key: str) -> Section:
         self._seen.add(key)
         child = Section(self._data.get(key), self.name(key))
         self._children.append(child)
@@ -102,7 +100,8 @@ class Section:
             near = [f"'{self.name(k)}' -> {match}" for k in unknown if (match := close_matches(k, sorted(self._seen)))]
             hint = f" Did you mean: {'; '.join(near)}?" if near else ""
             raise ConfigError(
-                f"unknown config key {names}; check the spelling against the config reference in README.md.{hint}"
+                f"unknown config key {names}; check the spelling against the config reference"
+                f" (docs/GUIDE.md: the core's keys; docs/ANALYSIS.md: the default analysis's).{hint}"
             )
         for child in self._children:
             child.finish()

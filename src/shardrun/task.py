@@ -1,44 +1,51 @@
-"""What the orchestration core needs from an analysis, and how it finds one by dotted path.
+"""What the core needs from an analysis: the `Task` base class, and finding a task by name.
 
-The core (worker, merge, validate) knows no analysis library; it talks to the analysis only through
-this protocol, so a user can plug in another JVM analysis with `task: package.module:object`
-(docs/TASKS.md walks through one). The required part is `Task`; the optional parts are
-`ReadsByUser` (a cheap user index, then only a shard's users loaded), `PredictsHeap` (per-user heap
-needs), `RunsOnJvm` (classpath, JVM options, heap exhaustion, provenance of the JVM's classpath) and
-`AddsSetColumns` (columns and facts that depend on the whole merged set), each hook with a default
-here or in the core.
+A task subclasses Task, declares its columns and defines `load` (read the input) and `analyse` (one
+user's rows); every other hook has a working default here (docs/TASKS.md). The core knows no analysis:
+it calls these methods only, on the object the config's `task:` names.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
+import importlib.metadata
+import os
 import sys
-from dataclasses import dataclass
+import types
+import typing
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from types import ModuleType
-from typing import Any, Callable, Collection, Mapping, NamedTuple, Protocol, Sequence
+from typing import Any, NamedTuple
 
 import pandas as pd
 
+from shardrun.errors import ConfigError, EnvironmentProblem, TaskNotImportable
 from shardrun.section import Section
-from shardrun.errors import ConfigError, TaskNotImportable
 
 # Columns the core adds to every row; the rest come from the task.
 BOOKKEEPING_COLUMNS = ("shard", "seconds", "config_hash")
+ENTRY_POINT_GROUP = "shardrun.tasks"  # an installed package's tasks, by name: `task: <name>`
+DEFAULT_HEAP_ADVICE = "make each user's analysis need less heap (see the task's documentation)"
 
 
-class Dataset(Protocol):
-    user_ids: Sequence[str]  # sorted; every shard computes the same list
-    fingerprint: str  # sha256 of the input, recorded in run.json and checked on resume
+@dataclass(frozen=True)
+class Dataset:
+    """What `Task.load` returns: sorted user ids (the same list in every process), the input's fingerprint
+    (checked on resume), and each user's data as `analyse` wants it. Any object with the first two will do."""
+
+    user_ids: Sequence[str]
+    fingerprint: str
+    rows: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
 class UserIndex:
     """Who is in the input and how much: what every shard reads before it loads its own users.
 
-    `user_ids` are sorted exactly as the task's Dataset.user_ids (every shard computes the same list);
-    `observations[i]` is the number of input rows of user_ids[i] (None when the task did not count
-    them: a task without ReadsByUser), the cost `partition: balanced` weighs users by.
+    `observations[i]`: the input rows of user_ids[i] (None: not counted), what `partition: balanced` weighs.
     """
 
     user_ids: tuple[str, ...]
@@ -54,236 +61,162 @@ class UserIndex:
         return list(self.observations) if self.observations is not None else [1] * len(self.user_ids)
 
 
-class Task(Protocol):
-    key_columns: tuple[str, ...]  # one result row per distinct key, e.g. (user_id, feature_mode)
-
-    def parse_settings(self, section: Section) -> Any:
-        """Read the task's own config keys (strictly) into a frozen dataclass."""
-
-    def preflight(self, settings: Any, heap_bytes: int) -> list[str]:
-        """Problems that make part of the configured work impossible, before any user starts."""
-
-    def load(self, settings: Any) -> Dataset:
-        """Read the input; raise DataError with the fix when it cannot be used."""
-
-    def result_columns(self, settings: Any) -> list[str]:
-        """The task's columns of the result set, in order (bookkeeping columns excluded)."""
-
-    def failed_rows(self, settings: Any, user_id: str, reason: str) -> list[Mapping[str, Any]]:
-        """The rows recorded for a user whose analysis raised (status failed)."""
-
-    def analyse(self, dataset: Dataset, user_id: str, settings: Any) -> list[Mapping[str, Any]]:
-        """One user's rows. Needs the JVM already started in this process."""
-
-    def check_rows(self, frame: pd.DataFrame, settings: Any) -> list[str]:
-        """Task-specific sanity checks of a merged result set (value ranges)."""
-
-    def describe_versions(self) -> Mapping[str, str]:
-        """Versions to record as provenance in run.json (libraries, jars); needs no JVM."""
-
-    # Optional: run_label(settings) -> str, put into new run dir names (`<config stem>_full_<label>_<time>`).
-    # Optional: user_index(settings) -> UserIndex, with load(settings, users=...) (see ReadsByUser below):
-    # a shard then reads only its users' rows.
-    # Optional: user_heap_needs(settings, dataset) -> dict[str, int] (see PredictsHeap below), which
-    # jvm.xmx: auto, the --dry-run heap report and the launcher's memory check rely on.
-    # Optional: with_threads(settings, threads) -> settings: the settings to analyse with when the shard
-    # process may use `threads` threads (jvm.threads); a number must never depend on it, and the config
-    # hash must not either.
-    # Optional: the JVM hooks of RunsOnJvm below (classpath, options, heap exhaustion, advice, provenance).
-    # Optional: set_columns(frame, settings) and set_report(frame, settings) (see AddsSetColumns below):
-    # columns and merge_report.json facts that depend on the whole merged set.
-
-
-class ReadsByUser(Protocol):
-    """The optional part of a Task that lets each shard read only its own users (docs/TASKS.md).
-
-    Without it every shard loads the whole input (Task.load) and takes its users from that."""
-
-    def user_index(self, settings: Any) -> UserIndex:
-        """A cheap pass over the input (its user id column at least): sorted ids, rows per user, the
-        fingerprint. Refuse (DataError) whatever the full load refuses about user ids, with the same
-        message, and whatever else in the input must stop every shard alike (a shard loads only its
-        users' rows; the default task audits every cell of its three columns here)."""
-
-    def load(self, settings: Any, users: Collection[str] | None = None) -> Dataset:
-        """Task.load, reading only the rows of `users` (None: every user). The Dataset's user_ids are
-        those of `users` present in the input; every check of the full load applies to the rows read."""
-
-
-class PredictsHeap(Protocol):
-    """The optional part of a Task that predicts each user's Java heap (shardrun.launch.admission uses it)."""
-
-    def user_heap_needs(self, settings: Any, dataset: Dataset) -> dict[str, int]:
-        """Bytes of Java heap (-Xmx) each user of `dataset` needs: the largest over everything the
-        analysis runs for that user. A user skipped by rule needs only the JVM's baseline. Called
-        once per process on every user, so it must be fast (no JVM, no per-user series building)."""
-
-    def index_heap_needs(self, settings: Any, index: UserIndex) -> dict[str, int] | None:
-        """Optional (with ReadsByUser): every user's need from the index alone, never below
-        user_heap_needs (an upper bound); None when the index cannot bound it. jvm.xmx: auto is chosen
-        from these, so that every shard chooses the same heap without loading other shards' users."""
-
-
-def read_user_index(task: Any, settings: Any) -> tuple[UserIndex, Dataset | None]:
-    """The input's user index, and the whole Dataset when the task has no index of its own (then the
-    index is taken from a full load, which the caller should keep rather than load again)."""
-    index_of = getattr(task, "user_index", None)
-    if index_of is not None:
-        return index_of(settings), None
-    dataset = task.load(settings)
-    return UserIndex(tuple(dataset.user_ids), dataset.fingerprint), dataset
-
-
-def load_users(task: Any, settings: Any, users: Collection[str], index: UserIndex) -> Dataset:
-    """The Dataset of `users` (a shard's users to do): only their rows when the task reads by user and
-    they are not every user of `index`; otherwise the whole input, exactly as Task.load reads it."""
-    if getattr(task, "user_index", None) is None or len(users) == len(index.user_ids):
-        return task.load(settings)
-    return task.load(settings, users=users)
-
-
-def index_heap_needs(task: Any, settings: Any, index: UserIndex) -> dict[str, int] | None:
-    """The task's upper bounds of every user's heap from the index (PredictsHeap.index_heap_needs), or None."""
-    predict = getattr(task, "index_heap_needs", None)
-    return None if predict is None else predict(settings, index)
-
-
-class PredictsTime(Protocol):
-    """The optional part of a Task that estimates each user's analysis time (launch_shards --scheduler
-    slurm --time names the users that could not finish within an element's time limit)."""
-
-    def user_seconds(self, settings: Any, dataset: Dataset) -> dict[str, float]:
-        """Estimated seconds of each user's analysis, erring long. Fast: no JVM, no per-user series."""
-
-
-    def result_seconds(self, frame: pd.DataFrame, settings: Any) -> Mapping[str, float]:
-        """Optional: the same estimate from a merged result frame instead of the input (the merge's
-        run.png judges each user's time against it without loading the data): seconds by user id, NaN
-        or absent for a user it cannot estimate (a failed user without its sizes)."""
-
-
-def task_user_seconds(task: Any, settings: Any, dataset: Dataset) -> dict[str, float] | None:
-    """The task's per-user time estimates (PredictsTime), or None when it makes none."""
-    predict = getattr(task, "user_seconds", None)
-    return None if predict is None else dict(predict(settings, dataset))
-
-
-class AddsSetColumns(Protocol):
-    """The optional part of a Task whose results depend on the whole merged set, not one user alone (a
-    correction for multiple comparisons, a rank among users). shardrun.results.merge calls it once the
-    shards' rows are combined, before anything is written or drawn; never with settings None (a merge
-    without run.json adds nothing). Both hooks must be deterministic: the same rows give the same
-    answer whatever K, the shards' order or the resume history (a tie or a missing value included),
-    so that merging again gives the same set."""
-
-    def set_columns(self, frame: pd.DataFrame, settings: Any) -> Mapping[str, pd.Series]:
-        """Columns of the whole set, each a Series aligned to the frame's index. Each must be one of
-        result_columns (where it stands in the schema, and validation knows it); the shards' rows leave
-        it out, and the merge fills it in. A name outside result_columns is left out with a warning
-        (merge_report.json's dropped_columns). Validate the values in check_rows."""
-
-    def set_report(self, frame: pd.DataFrame, settings: Any) -> Mapping[str, Any]:
-        """JSON-able facts about the set (the frame with the set columns in), written to
-        merge_report.json under "task"."""
-
-
-def task_set_columns(task: Any, frame: pd.DataFrame, settings: Any | None) -> dict[str, pd.Series]:
-    """The task's columns of the whole set (AddsSetColumns.set_columns), or none."""
-    add = getattr(task, "set_columns", None)
-    return {} if add is None or settings is None else dict(add(frame, settings))
-
-
-def task_set_report(task: Any, frame: pd.DataFrame, settings: Any | None) -> dict[str, Any]:
-    """The task's facts about the whole set for merge_report.json (AddsSetColumns.set_report), or none."""
-    report = getattr(task, "set_report", None)
-    return {} if report is None or settings is None else dict(report(frame, settings))
-
-
-def task_result_seconds(task: Any, frame: pd.DataFrame, settings: Any | None) -> Mapping[str, float] | None:
-    """The task's per-user time estimates from merged rows (PredictsTime.result_seconds), or None when
-    it makes none or the merge found no settings (no run.json)."""
-    predict = getattr(task, "result_seconds", None)
-    return None if predict is None or settings is None else predict(frame, settings)
-
-
 class SummaryPanel(NamedTuple):
-    """One panel a task adds to summary.png (see DrawsSummary)."""
+    """One panel a task adds to summary.png (Task.summary_panels)."""
 
     draw: Callable[[Any], None]  # draws the panel on the matplotlib Axes it is given
     width: float = 1.0  # relative to the other panels of its row, which share the picture's width
     row: int = 0  # the picture's row it is drawn in, from the top; rows share the picture's height
 
 
-class DrawsSummary(Protocol):
-    """The optional part of a Task that draws a merge's summary.png, the picture of its results
-    (shardrun.results.summary uses it); without it the picture holds the core's two panels: the rows by
-    status, and the skipped and failed rows by their reason."""
+def configured_classpath(configured: str | None) -> list[str]:
+    """The default classpath: jvm.classpath's entries (split on os.pathsep), each required to exist."""
+    paths = []
+    for entry in (entry for entry in (configured or "").split(os.pathsep) if entry):
+        path = Path(entry).expanduser()
+        if not path.exists():
+            raise EnvironmentProblem(
+                f"jvm.classpath names {path}, which does not exist; point jvm.classpath at the jars or dirs"
+                " the task needs (separated by the OS's path separator), or remove the key.")
+        paths.append(str(path.resolve()))
+    return paths
+
+
+class Task(ABC):
+    """An analysis run per user: define `load` and `analyse`, declare `columns`; the rest is optional."""
+
+    key_columns: tuple[str, ...] = ("user_id",)  # one row per key; the first names the user
+    columns: tuple[str, ...] = ()  # the task's value columns, after the key columns, status and reason
+    Settings: type | None = None  # a dataclass of the task's config keys, read by parse_settings
+
+    @abstractmethod
+    def load(self, settings: Any, users: Collection[str] | None = None) -> Any:
+        """The input as a Dataset (no JVM here); `users`: only those users' rows are needed (may be ignored)."""
+
+    @abstractmethod
+    def analyse(self, dataset: Any, user_id: str, settings: Any) -> list[Mapping[str, Any]]:
+        """One user's rows (key columns, status, reason, `columns`); the JVM is running."""
+
+    def parse_settings(self, section: Section) -> Any:
+        """Each field of `Settings` from the config's top-level key of its name (str, int, float, bool,
+        list, Path, or X | None); None without Settings. Override it for nested keys or checks."""
+        if self.Settings is None:
+            return None
+        hints, values = typing.get_type_hints(self.Settings), {}
+        for spec in dataclasses.fields(self.Settings):
+            hint = hints[spec.name]
+            kinds = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+            kind = next(kind for kind in kinds if kind is not type(None))
+            kind = typing.get_origin(kind) or kind  # list[str] is read as a list
+            read: Any = {Path: str, float: (int, float), tuple: list}.get(kind, kind)
+            default = ({"default": spec.default} if spec.default is not dataclasses.MISSING else
+                       {"default": spec.default_factory()} if spec.default_factory is not dataclasses.MISSING else {})
+            value = section.get(spec.name, read, nullable=type(None) in kinds, **default)
+            values[spec.name] = value if value is None or kind not in (Path, float, tuple) else kind(value)
+        return self.Settings(**values)
+
+    def result_columns(self, settings: Any) -> list[str]:
+        """The task's columns of the result set, in order: the key columns, status, reason, `columns`."""
+        return [*self.key_columns, "status", "reason", *self.columns]
+
+    def failed_rows(self, settings: Any, user_id: str, reason: str) -> list[Mapping[str, Any]]:
+        """The rows recorded for a user whose analysis raised: one, its values empty."""
+        empty = dict.fromkeys(self.result_columns(settings))
+        return [{**empty, self.key_columns[0]: user_id, "status": "failed", "reason": reason}]
+
+    def preflight(self, settings: Any, heap_bytes: int) -> list[str]:
+        """Problems that make part of the configured work impossible with this heap, before any user."""
+        return []
+
+    def check_rows(self, frame: pd.DataFrame, settings: Any) -> list[str]:
+        """Value problems of a merged result set, one line each (validate_outputs)."""
+        return []
+
+    def describe_versions(self) -> Mapping[str, str]:
+        """Versions recorded in run.json (libraries, jars); no JVM here."""
+        return {}
+
+    def run_label(self, settings: Any) -> str | None:
+        """A part of new run dir names: `<config stem>_full_<label>_<time>`."""
+        return None
+
+    def with_threads(self, settings: Any, threads: int) -> Any:
+        """The settings to analyse with when a shard may use `threads` threads (no number may change)."""
+        return settings
+
+    def user_index(self, settings: Any) -> UserIndex | None:
+        """A cheap pass over the input, so that each shard loads only its users; None: load it whole."""
+        return None
+
+    def user_heap_needs(self, settings: Any, dataset: Any) -> Mapping[str, int] | None:
+        """Bytes of Java heap each user of `dataset` needs (fast, no JVM); None: jvm.xmx auto is refused."""
+        return None
+
+    def index_heap_needs(self, settings: Any, index: UserIndex) -> Mapping[str, int] | None:
+        """Upper bounds of user_heap_needs from the index alone, or None (then auto loads the whole input)."""
+        return None
+
+    def user_seconds(self, settings: Any, dataset: Any) -> Mapping[str, float] | None:
+        """Each user's estimated seconds, erring long (SLURM --time checks them); None: no estimate."""
+        return None
+
+    def result_seconds(self, frame: pd.DataFrame, settings: Any) -> Mapping[str, float] | None:
+        """The same estimate from merged rows, by user id (run.png's slow users); None: no estimate."""
+        return None
 
     def summary_panels(self, frame: pd.DataFrame, settings: Any | None) -> Sequence[SummaryPanel]:
-        """Panels of the merged result frame: summary.png holds them only (the run's timeline is the
-        core's run.png). `settings` is None when the merge found no run.json. Import matplotlib
-        inside the drawing functions only, so that loading the task stays cheap."""
+        """The task's panels of summary.png; none: the core's rows by status and reasons."""
+        return []
 
+    def set_columns(self, frame: pd.DataFrame, settings: Any) -> Mapping[str, pd.Series]:
+        """Columns of the whole merged set (each one of result_columns), deterministic whatever K."""
+        return {}
 
-class RunsOnJvm(Protocol):
-    """The optional JVM part of a Task. Every hook has a default; a task defines those it needs.
-
-    The core starts the JVM once per shard process, after every check and before the first analyse.
-    """
+    def set_report(self, frame: pd.DataFrame, settings: Any) -> Mapping[str, Any]:
+        """JSON-able facts about the whole merged set, merge_report.json's "task"."""
+        return {}
 
     def jvm_classpath(self, settings: Any, configured: str | None) -> list[str]:
-        """The classpath entries (jars, dirs) the JVM starts with. `configured` is the config's
-        jvm.classpath (a core key), or None. Raise EnvironmentProblem naming the fix when a needed jar
-        is missing: it is called before anything is written, so the shard refuses to start (exit 2).
-        Default (no hook): jvm.classpath split on os.pathsep, each entry required to exist; none = []."""
+        """The JVM's classpath, given jvm.classpath; EnvironmentProblem naming the fix when a jar is missing."""
+        return configured_classpath(configured)
 
     def jvm_options(self, settings: Any) -> list[str]:
-        """Extra JVM flags the analysis needs (never -Xmx/-Xms: the heap is jvm.xmx's), placed before
-        the config's jvm.options so that a user's own flag wins. Default: none."""
+        """Extra JVM flags (never -Xmx/-Xms), before the config's jvm.options."""
+        return []
 
     def is_heap_exhaustion(self, exc: BaseException) -> bool:
-        """True for the task's own forms of heap exhaustion (a library that wraps OutOfMemoryError in
-        another exception). The core recognises java.lang.OutOfMemoryError itself. Default: none."""
+        """The task's own forms of heap exhaustion (the core knows java.lang.OutOfMemoryError)."""
+        return False
 
     def heap_advice(self, settings: Any) -> str:
-        """How to make the analysis need less heap (a lower-case phrase such as "lower the window"),
-        said wherever the core advises raising jvm.xmx. Default: DEFAULT_HEAP_ADVICE."""
+        """How to need less heap, a lower-case phrase said wherever the core advises raising jvm.xmx."""
+        return DEFAULT_HEAP_ADVICE
 
     def jvm_provenance(self, classpath: Sequence[str]) -> Mapping[str, Any]:
-        """Facts about the classpath the JVM was started with (a jar's sha256, say), recorded in each
-        shard's status.json once the JVM runs. Keys must not clash with the core's status keys
-        (those are kept). Default: none."""
+        """Facts about the JVM's classpath (a jar's sha256), recorded in status.json."""
+        return {}
 
 
-DEFAULT_HEAP_ADVICE = "make each user's analysis need less heap (see the task's documentation)"
+def read_user_index(task: Task, settings: Any) -> tuple[UserIndex, Any | None]:
+    """The input's user index, and the whole Dataset when the task has no index of its own (then the
+    index is taken from a full load, which the caller should keep rather than load again)."""
+    index = task.user_index(settings)
+    if index is not None:
+        return index, None
+    dataset = task.load(settings)
+    return UserIndex(tuple(dataset.user_ids), dataset.fingerprint), dataset
 
 
-def heap_advice(task: Any, settings: Any) -> str:
-    """The task's advice for a user or run that does not fit in the heap (RunsOnJvm.heap_advice)."""
-    advise = getattr(task, "heap_advice", None)
-    return str(advise(settings)) if advise is not None else DEFAULT_HEAP_ADVICE
+def load_users(task: Task, settings: Any, users: Collection[str], index: UserIndex) -> Any:
+    """The Dataset of `users` (a shard's users to do): the whole input when they are every user."""
+    return task.load(settings) if len(users) == len(index.user_ids) else task.load(settings, users=users)
 
 
-def _required_members() -> tuple[str, ...]:
-    """The members every Task has (the Protocol's attribute and methods, in the order written above)."""
-    methods = [name for name, value in vars(Task).items() if callable(value) and not name.startswith("_")]
-    return tuple(dict.fromkeys([*Task.__annotations__, *methods]))
-
-
-REQUIRED_MEMBERS = _required_members()
-# What every command asks of a task (reading its config keys, the result set's keys and columns): an
-# object without one of these is not a task at all. A partial task (merge and validate only, such as
-# the tests' double) has these and may lack the rest, which only a shard calls.
-ESSENTIAL_MEMBERS = ("key_columns", "parse_settings", "result_columns")
-
-
-def task_origin(dotted: str) -> str | None:
-    """The dir on the Python path that the task's module was imported from (the dir that holds its top
-    package), recorded in run.json so that later commands on the run find a plug-in task again; None if
-    the module has no file."""
-    module_name = dotted.partition(":")[0]
-    module = sys.modules.get(module_name)
-    origin = getattr(module, "__file__", None)
+def task_origin(name: str) -> str | None:
+    """The dir on the Python path that the `module:object` task's top package was imported from, recorded
+    in run.json so that later commands find a plug-in task again; None for an entry point or no file."""
+    module_name, colon, _ = name.partition(":")
+    origin = getattr(sys.modules.get(module_name), "__file__", None) if colon else None
     if not origin:
         return None
     path = Path(origin).resolve()
@@ -292,7 +225,7 @@ def task_origin(dotted: str) -> str | None:
     return str(path.parents[module_name.count(".")])
 
 
-def _import_task_module(module_name: str, origin: str | None) -> ModuleType:
+def _import_task_module(module_name: str, origin: str | None) -> types.ModuleType:
     """The module, from the Python path, else from `origin` (where the run imported it from)."""
     try:
         return importlib.import_module(module_name)
@@ -312,30 +245,39 @@ def _import_task_module(module_name: str, origin: str | None) -> ModuleType:
         " (docs/TASKS.md).")
 
 
-def load_task(dotted: str, origin: str | None = None) -> Task:
-    """The object `package.module:object` names (its module found on the Python path, else in `origin`:
-    task_origin as run.json recorded it); ConfigError, listing every Task member it lacks, when it lacks
-    one of ESSENTIAL_MEMBERS or has one that cannot be called."""
-    module_name, _, attr = dotted.partition(":")
-    if not module_name or not attr:
-        raise ConfigError(f"config key 'task' must look like 'package.module:object', got {dotted!r}.")
-    module = _import_task_module(module_name, origin)
-    try:
-        task = getattr(module, attr)
-    except AttributeError:
-        raise ConfigError(f"config key 'task': module {module_name!r} has no object {attr!r}.") from None
-    missing = [name for name in REQUIRED_MEMBERS if not hasattr(task, name)]
-    not_callable = [name for name in REQUIRED_MEMBERS if name not in missing and name in vars(Task)
-                    and not callable(getattr(task, name))]
-    if any(name in missing for name in ESSENTIAL_MEMBERS) or not_callable:
-        problems = []
-        if missing:
-            problems.append(f"it lacks {', '.join(missing)}")
-        if not_callable:
-            problems.append(f"{', '.join(not_callable)} cannot be called")
+def _entry_point(name: str) -> Any:
+    """The object an installed package declares as task `name` (entry-point group shardrun.tasks)."""
+    declared = importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)
+    if name not in declared.names:
+        known = ", ".join(sorted(declared.names)) or "none"
         raise ConfigError(
-            f"config key 'task' names {dotted!r}, a {type(task).__name__}, which is not a task: {'; '.join(problems)}"
-            " (the members of shardrun.task.Task). Name an object that implements the protocol (docs/TASKS.md),"
-            " such as the default shardrun.infodynamics:task, or remove the key."
-        )
+            f"config key 'task' must look like 'package.module:object' or name an installed task: {name!r} has no"
+            f" ':', and no installed package declares it in the entry-point group {ENTRY_POINT_GROUP!r} (declared:"
+            f" {known}). Name the object, such as {name}:task with its dir on PYTHONPATH, or install the package"
+            " that declares the task (docs/TASKS.md).")
+    return declared[name].load()
+
+
+def load_task(name: str, origin: str | None = None) -> Task:
+    """The Task `package.module:object` names (its module from the Python path, else from `origin`, as
+    run.json recorded it), or the entry point `name`; a Task subclass is instantiated."""
+    module_name, colon, attr = name.partition(":")
+    if not colon:
+        task = _entry_point(name)
+    elif not module_name or not attr:
+        raise ConfigError(f"config key 'task' must look like 'package.module:object' or a task's name, got {name!r}.")
+    else:
+        task = getattr(_import_task_module(module_name, origin), attr, None)
+        if task is None:
+            raise ConfigError(f"config key 'task': module {module_name!r} has no object {attr!r}.")
+    if isinstance(task, type) and issubclass(task, Task):
+        try:
+            task = task()
+        except TypeError as exc:
+            raise ConfigError(f"config key 'task' names {name!r}, which cannot be made a task: {exc}.") from None
+    if not isinstance(task, Task):
+        raise ConfigError(
+            f"config key 'task' names {name!r}, a {type(task).__name__}, which is not a shardrun.task.Task. Make its"
+            " class subclass shardrun.task.Task (it then needs only load and analyse; the other hooks keep their"
+            " names, docs/TASKS.md), or name a task such as the default shardrun.infodynamics:task.")
     return task

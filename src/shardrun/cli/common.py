@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 from typing import Callable, Sequence
 
+from shardrun.cli import SUBCOMMANDS
 from shardrun.errors import EXIT_CLOSED_PIPE, EXIT_CRASH, EXIT_INTERRUPTED, ShardrunError, StopSignalReceived
 from shardrun.early_signals import STOP_SIGNALS, EarlySignals
 from shardrun.results.tolerance import FailedTolerance
@@ -49,26 +50,41 @@ class HelpWithDefaults(argparse.RawDescriptionHelpFormatter):
         return f"{text} (default: {default})"
 
 
+def subcommand(name: str) -> str:
+    """`shardrun SUB`'s SUB of the command whose console name is `name`."""
+    return next(sub for sub, module, _ in SUBCOMMANDS if module == name)
+
+
+def one_command() -> bool:
+    """This process was started as `shardrun SUB` (the console script or `python -m shardrun`)."""
+    started = Path(sys.argv[0]) if sys.argv and sys.argv[0] else Path()
+    return started.stem == "shardrun" or started.parts[-2:] == ("shardrun", "__main__.py")
+
+
 def command_spelling(name: str) -> str:
-    """How to write the shardrun command `name` in a hint so that it runs, for the way this process was
-    started: `python3 tools/<name>.py` when a tools/ shim started it (the original workflow), the bare
-    name when it is on PATH beside this Python, else the console script's full path (a .venv not
-    activated), else `python -m shardrun.entry <name>` with this Python."""
+    """The command `name` (run_production, ...) as a hint writes it so that it runs, the way this process
+    was started: `python3 tools/<name>.py` from a tools/ shim; else `shardrun SUB` or the console name
+    `name`, bare when on PATH beside this Python, else by its full path (a .venv not activated), else
+    `python -m shardrun SUB`."""
     started = Path(sys.argv[0]) if sys.argv and sys.argv[0] else None
     if started is not None and started.suffix == ".py" and started.parent.name == "tools" \
             and (started.parent / f"{name}.py").is_file():
         return f"{'python3' if shutil.which('python3') else sys.executable} {started.parent / f'{name}.py'}"
-    beside = Path(sys.executable).parent / name
-    found = shutil.which(name)
+    sub = subcommand(name)
+    script, rest = ("shardrun", f" {sub}") if one_command() else (name, "")
+    beside = Path(sys.executable).parent / script
+    found = shutil.which(script)
     if found is not None and Path(found).parent == beside.parent:
-        return name
+        return script + rest
     if beside.is_file():
-        return str(beside)
-    return f"{sys.executable} -m shardrun.entry {name}"
+        return f"{beside}{rest}"
+    return f"{sys.executable} -m shardrun {sub}"
 
 
-def command_parser(prog: str, description: str) -> argparse.ArgumentParser:
-    """The parser every console script starts from: defaults in --help, --version."""
+def command_parser(name: str, description: str) -> argparse.ArgumentParser:
+    """The parser every command starts from: its prog as it was started (`shardrun SUB` or its console
+    name), defaults in --help, --version."""
+    prog = f"shardrun {subcommand(name)}" if one_command() else name
     p = argparse.ArgumentParser(prog=prog, description=description, formatter_class=HelpWithDefaults)
     p.add_argument("--version", action="version", version=f"%(prog)s (shardrun {shardrun_version()})",
                    help="print shardrun's version and exit")

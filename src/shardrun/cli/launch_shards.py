@@ -1,9 +1,10 @@
-"""launch_shards: K shards as local processes or a SLURM job array, then merge (also `python -m shardrun.launcher`)."""
+"""`shardrun launch` (also launch_shards): K shards as local processes or a SLURM job array, then merge."""
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -56,7 +57,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--progress-every", type=positive_seconds, default=30.0, metavar="S",
                    help="seconds between progress lines when not on a terminal")
     p.add_argument("--live", action=argparse.BooleanOptionalAction, default=None,
-                   help="redraw a progress table (default: when stdout is a terminal)")
+                   help="redraw a progress table (default: when stdout is a terminal, not TERM=dumb)")
     p.add_argument("--max-parallel", type=positive_int, metavar="M",
                    help="run at most M shards at a time (default: as many as the cores available hold, each shard"
                         " counting its jvm.threads; with --scheduler slurm: the array's %%M cap, default none)")
@@ -191,7 +192,7 @@ def run(args: argparse.Namespace) -> int:
         max_parallel=args.max_parallel, cpu_limit=args.cpu_limit, nice=args.nice, cooldown_seconds=args.cooldown,
         commit_interval_seconds=args.commit_interval,
         restart=RestartPolicy(args.restarts, args.restart_heap_factor),
-        live=sys.stdout.isatty() if args.live is None else args.live,
+        live=sys.stdout.isatty() and os.environ.get("TERM") != "dumb" if args.live is None else args.live,
         retry_failed=args.retry_failed, fail_fast=args.fail_fast, max_failed=args.max_failed,
         invocation=invocation(args),
     )

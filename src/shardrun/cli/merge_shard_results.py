@@ -1,4 +1,4 @@
-"""merge_shard_results: shard dirs into one result set (also `python -m shardrun.merge`)."""
+"""`shardrun merge` (also merge_shard_results): shard dirs into one result set."""
 
 from __future__ import annotations
 

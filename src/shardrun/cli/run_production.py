@@ -1,4 +1,4 @@
-"""run_production: one shard of the analysis (also `python -m shardrun.worker`)."""
+"""`shardrun run` (also run_production): one shard of the analysis."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""stop_shards: drain every live shard of a run on this host, as Ctrl-C does (also `python -m shardrun.stop`)."""
+"""`shardrun stop` (also stop_shards): drain every live shard of a run on this host, as Ctrl-C does."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Sequence
 from shardrun.cli.common import add_verbose, command_parser, guarded
 from shardrun.early_signals import EarlySignals
 from shardrun.errors import EXIT_OK, UsageError
-from shardrun.observe.stop import stop_run
+from shardrun.launch.stop import stop_run
 from shardrun.storage.paths import RunPaths, not_a_dir
 
 

@@ -1,4 +1,4 @@
-"""validate_outputs: check a merged result set (also `python -m shardrun.validate`)."""
+"""`shardrun validate` (also validate_outputs): check a merged result set."""
 
 from __future__ import annotations
 

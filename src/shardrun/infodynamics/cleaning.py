@@ -1,7 +1,7 @@
 """What loading did to each user's rows before the analysis, as columns of the user's result rows.
 
 Every step of data.py that changes a user's series is counted here, so that nothing in the input is
-dropped, merged or reordered without the result rows saying so (README, "Result columns"):
+dropped, merged or reordered without the result rows saying so (docs/ANALYSIS.md, "Missing values and cleaning"):
 
     n_dropped               rows left out (data.missing: drop): a missing value (empty cell, NaN),
                             an infinite value (inf, -inf) or a missing timestamp. Always 0 with

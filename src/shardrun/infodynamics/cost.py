@@ -1,9 +1,9 @@
-"""How long each user's analysis is expected to take: the Task protocol's optional user_seconds (from
+"""How long each user's analysis is expected to take: Task.user_seconds (from
 the input) and result_seconds (from merged rows), one formula (estimated_seconds).
 
 An estimate for planning (a scheduler's time limit) and for run.png's slow users, not a promise: seconds grow with the user's
 observations times the tests run on them (one value and `surrogates` permutations, per k of the grid,
-per feature mode), plus a fixed start. The rate is measured (docs/PERFORMANCE.md): about 4.5e-8 s per
+per feature mode), plus a fixed start. The rate is measured (docs/dev/PERFORMANCE.md): about 4.5e-8 s per
 (observation x test) on 61,000-observation users and 6e-8 s on the sample data's median user (3e-7 s
 for the first user of a JVM, before the JIT has warmed up), on this project's 2-CPU reference machine.
 The constant below doubles the typical figure so that the estimate errs long; distinct pasts at large
@@ -39,7 +39,7 @@ def estimated_seconds(settings: Settings, n_obs: np.ndarray, analysed: np.ndarra
 
 
 def result_seconds(frame: pd.DataFrame, settings: Settings) -> Mapping[str, float]:
-    """PredictsTime.result_seconds: the same estimate from merged rows, by user id (run.png judges each
+    """Task.result_seconds: the same estimate from merged rows, by user id (run.png judges each
     user's time against it). A user's n_obs is in its rows; it ran the tests when a row of it is ok (a
     skipped user stopped before them). A user without n_obs (failed before its series was read) is
     left out."""

@@ -33,7 +33,7 @@ Rules (documented for users in the config reference):
   (no events is a count of zero) and are dropped for `mean`, `min`, `max`, `first`, `last` (there is
   no value to report).
 
-Reading by user (the Task protocol's ReadsByUser): `user_index` reads the three configured columns in
+Reading by user (Task.user_index): `user_index` reads the three configured columns in
 chunks (CSV) or record batches (Parquet), audits them (audit.py: so a problem anywhere in the file stops
 every shard at start alike) and gives the sorted ids and rows per user; `load(settings,
 users)` then reads only those users' rows: a CSV in chunks, keeping the matching rows of each; a
@@ -233,7 +233,7 @@ def _group_by_user(frame: pd.DataFrame, path: Path, data: DataSettings) -> dict[
 
 
 def user_index(settings: Settings) -> UserIndex:
-    """The Task protocol's optional user_index: the three configured columns streamed (ReadsByUser),
+    """Task.user_index: the three configured columns streamed,
     audited over the whole file (audit.py) and the ids counted.
 
     The ids are checked as the full load checks them (the same audit, the same messages over the whole

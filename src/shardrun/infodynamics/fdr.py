@@ -1,5 +1,5 @@
 """Benjamini-Hochberg q-values over the users of a merged set: the task's set-level columns and report
-(the optional hooks of shardrun.task.AddsSetColumns, called by the merge).
+(the optional hooks Task.set_columns and set_report, called by the merge).
 
 Every p-value column gets a q-value column beside it: ais_k<k>_p -> ais_k<k>_q, te_hour_p -> te_hour_q.
 A family is one feature mode and one column: the ok rows of that mode with a p in that column, one per
@@ -52,7 +52,7 @@ def _family_p_values(frame: pd.DataFrame, p_column: str) -> pd.Series:
 
 
 def set_columns(frame: pd.DataFrame, settings: Settings) -> dict[str, pd.Series]:
-    """AddsSetColumns.set_columns: the q column of every p column, a BH family per feature mode."""
+    """Task.set_columns: the q column of every p column, a BH family per feature mode."""
     modes = frame["feature_mode"].astype(str).to_numpy()
     columns = {}
     for p_column in p_columns(settings):

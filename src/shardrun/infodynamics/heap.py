@@ -29,7 +29,7 @@ On top of the arrays:
   about 6 MiB after a full GC on OpenJDK 17 with JPype 1.7; 8 MiB here).
 - G1 keeps G1ReservePercent (10 %) of the heap free, so the total is divided by 0.9.
 R is an upper bound (real series show far fewer pasts), so the model errs on the safe side; the
-figures it was checked against are in docs/PERFORMANCE.md.
+figures it was checked against are in docs/dev/PERFORMANCE.md.
 """
 
 from __future__ import annotations
@@ -264,13 +264,13 @@ def _fixed_step_bins(local_times: np.ndarray, step_nanos: int, keeps_empty_bins:
 
 
 def user_heap_needs(settings: Settings, dataset) -> dict[str, int]:
-    """The Task protocol's optional user_heap_needs: bytes of Java heap each user of `dataset` needs."""
+    """Task.user_heap_needs: bytes of Java heap each user of `dataset` needs."""
     user_ids, n_obs, analysed = observation_counts(dataset, settings)
     return dict(zip(user_ids, heap_needs(settings, n_obs, analysed).tolist()))
 
 
 def index_heap_needs(settings: Settings, index: UserIndex) -> dict[str, int] | None:
-    """The Task protocol's optional index_heap_needs: every user's need from its rows in the input.
+    """Task.index_heap_needs: every user's need from its rows in the input.
 
     An upper bound of user_heap_needs, because the need grows with n_obs and n_obs never exceeds the
     rows: without data.step a row with a missing value is dropped; with data.step and an aggregate

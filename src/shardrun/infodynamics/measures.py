@@ -89,12 +89,6 @@ def ais_tests(series: Sequence[tuple[np.ndarray, int, ObservedPasts]], permutati
     return _significance([calculator_of(*one) for one in series], permutations, None, threads)
 
 
-def ais_test(symbols: np.ndarray, base: int, pasts: ObservedPasts, permutations: PermutationSource,
-             threads: JvmThreads = ONE_THREAD) -> NullTest:
-    """AIS(k) of the series (k = pasts.k) and its permutation null."""
-    return ais_tests([(symbols, base, pasts)], permutations, threads)[0]
-
-
 def te_test(
     source: np.ndarray, destination: np.ndarray, source_base: int, destination_base: int,
     pasts: ObservedPasts, permutations: PermutationSource, threads: JvmThreads = ONE_THREAD,

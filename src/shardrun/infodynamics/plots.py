@@ -9,7 +9,7 @@
 
 Every panel says how many users it is drawn from (n), and a panel with nothing to draw says why
 (every user skipped, and for which reason). Found by the core through the task's optional
-`summary_panels` hook (shardrun.task.DrawsSummary). Two halves: the data preparation is pure (a frame
+`summary_panels` hook (shardrun.task.Task). Two halves: the data preparation is pure (a frame
 of merged rows in, small tables out) and is tested without drawing; the drawing functions take a
 matplotlib Axes and import matplotlib only when called. Whatever the size of the result set, the
 drawing stays small: a handful of quantiles and counts per (mode, k). The first panel also says, as

@@ -41,8 +41,8 @@ Keys and defaults (`task`, `jvm` and `output` belong to the core and are not rea
 Every problem raises ConfigError naming the key (through shardrun.config.Section).
 
 The bounds keep a typing slip from sizing memory or time: JIDT's tables hold levels x hour_bins
-arrays per observed past, and a user's permutations take surrogates x n_obs ints (README, config
-reference, says why these numbers).
+arrays per observed past, and a user's permutations take surrogates x n_obs ints (docs/ANALYSIS.md,
+"Config keys", says why these numbers).
 
 data.time_format and data.timezone are fields of TimedDataSettings only, which `parse_data` returns
 when one of them is set: the config hash is taken over the settings' fields (shardrun.config), so a

@@ -113,16 +113,3 @@ class UserSurrogates:
 
         for start in range(0, self.count, rows_per_batch):
             yield functools.partial(build, start)
-
-
-def fixed_permutations(*batches: np.ndarray) -> Callable[[int, np.ndarray | None, int], Iterator[Callable[[], object]]]:
-    """A permutation source (measures.PermutationSource) handing out the given rows, batch by batch:
-    for tests and benchmarks that choose their own permutations."""
-
-    def source(observations: int, reorder: np.ndarray | None, parts: int = 1) -> Iterator[Callable[[], object]]:
-        for rows in batches:
-            if rows.shape[1] != observations:
-                raise ValueError(f"permutations of length {rows.shape[1]} for {observations} observations")
-            yield functools.partial(java_int_matrix, rows if reorder is None else rows[:, reorder])
-
-    return source

@@ -6,7 +6,7 @@ processes:
 
 - `admit(shards, heap, native_overhead, available)`: K x (heap + the process's memory beyond its
   heap) must fit in the memory available, or the launcher refuses to start and says which K or
-  heap would fit. The overhead beyond the heap was measured (docs/PERFORMANCE.md, bench/jvm_overhead.py)
+  heap would fit. The overhead beyond the heap was measured (docs/dev/PERFORMANCE.md, bench/jvm_overhead.py)
   and is encoded in `native_overhead_bytes`; the input a shard loads is added to it.
 - `cores_from(affinity, quota)`: the cores the shards may use, the smaller of the launcher's CPU
   affinity and its cgroup's CPU quota (how many run at once follows in policies.parallel_for_cores).
@@ -15,9 +15,9 @@ The input a shard loads, the rule: each shard is counted with the load peak of O
 measured. `measure_launch_data` reads the user index, assigns the users as the run will (the
 config's partition), loads the share with the most observations (the input rows of its users) and
 measures the peak memory that load took (platforms.PeakMemory): about the whole table's load peak / K
-for a task that reads by user (ReadsByUser), and never less than the largest share's, nor than its rows
+for a task that reads by user (Task.user_index), and never less than the largest share's, nor than its rows
 at the rate measured for a shard (LOAD_PEAK_BYTES_PER_ROW). A shard that
-loads the whole table is counted with the whole table's measured peak: a task without ReadsByUser,
+loads the whole table is counted with the whole table's measured peak: a task without user_index,
 or jvm.xmx auto where the task cannot bound the heap from the index (heap_plan.run_heap_needs).
 
 The side effects sit at the edges: `available_memory()` reads psutil and the cgroup files (through
@@ -40,7 +40,7 @@ from shardrun.platforms import PeakMemory
 from shardrun.shard.jvm import task_classpath
 from shardrun.shard.plan import assign_index
 from shardrun.errors import ConfigError
-from shardrun.task import UserIndex, heap_advice, load_users, read_user_index
+from shardrun.task import UserIndex, load_users, read_user_index
 from shardrun.units import MIB, format_bytes
 
 log = logging.getLogger(__name__)
@@ -51,7 +51,7 @@ log = logging.getLogger(__name__)
 # A shard process's RSS minus its (fully touched) Java heap: CPython, numpy, pandas, shardrun and the
 # sample table (135 MiB before the JVM starts), then libjvm, JPype, metaspace, code cache, threads and
 # G1's own structures (mark bitmaps, card table, remembered sets), which grow with the heap. Measured
-# with bench/jvm_overhead.py (docs/PERFORMANCE.md): on 2 CPUs 199 MiB at -Xmx128m, 234 MiB at 1g,
+# with bench/jvm_overhead.py (docs/dev/PERFORMANCE.md): on 2 CPUs 199 MiB at -Xmx128m, 234 MiB at 1g,
 # 370 MiB at 4g (about 194 MiB + 4.4% of the heap); sized for 64 CPUs (more GC and compiler threads)
 # 240 MiB at 128m, 281 MiB at 1g, 402 MiB at 4g (about 235 MiB + 4%). The constants cover the 64-CPU
 # figures with a margin of at least 20% (other library versions, a larger Python heap while analysing).
@@ -346,7 +346,7 @@ class LaunchData:
 
 
 # A shard's load peak per input row (the text of the timestamps, their parsed instants and local times, the
-# values, the sort), measured with bench/shard_load.py (docs/PERFORMANCE.md: about 250 bytes). The
+# values, the sort), measured with bench/shard_load.py (docs/dev/PERFORMANCE.md: about 250 bytes). The
 # launcher's own measurement can come out low: its process may reuse memory the user index pass freed,
 # which a fresh shard process does not have; so a share is never counted below its rows at this rate.
 LOAD_PEAK_BYTES_PER_ROW = 250
@@ -419,7 +419,7 @@ def check_launch(
     task_classpath(task, config.settings, config.jvm)
     heap = plan_heap(config.jvm, data.needs if data is not None else None,
                      list(data.index.user_ids) if data is not None else [],
-                     advice=heap_advice(task, config.settings), checked=data.checked if data is not None else None)
+                     advice=task.heap_advice(config.settings), checked=data.checked if data is not None else None)
     if data_bytes is None:
         data_bytes = data.share_bytes if data is not None else 0
     if available_bytes is None:

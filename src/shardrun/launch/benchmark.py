@@ -16,7 +16,7 @@ seconds its users took (each user's `seconds`, summed over the shards) divided b
 at once; the rest, T - A, is start-up (Python, the data, the JVM, in every shard and every wave of
 --max-parallel) and waiting, which the full run pays the same. The full run's time = (T - A) + A x
 (work of all users / work of the pilot's users), where a user's work is the task's own time estimate
-(PredictsTime.user_seconds: for the default analysis it grows with the user's observations) or, for
+(Task.user_seconds: for the default analysis it grows with the user's observations) or, for
 a task without one, 1 per user. Scaling the whole of T instead would scale the start-ups too: on the
 sample data, where start-up is most of a run, that projected 59 s for a 10 s run.
 """
@@ -28,7 +28,7 @@ import math
 from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 from shardrun.config import RunConfig
 from shardrun.errors import EXIT_OK, EXIT_USERS_FAILED, EXIT_VALIDATION_FAILED, UsageError
@@ -39,7 +39,7 @@ from shardrun.results.timeline import span_table
 from shardrun.shard.prepare import config_stem
 from shardrun.storage.durability import durable_write
 from shardrun.storage.paths import RunPaths
-from shardrun.task import load_task, task_user_seconds
+from shardrun.task import Task, load_task
 
 log = logging.getLogger(__name__)
 
@@ -94,9 +94,9 @@ def users_seconds(run_dir: Path) -> float:
     return float((spans["end"] - spans["start"]).sum())
 
 
-def user_work(task: object, settings: object, dataset: object) -> tuple[list[float], str]:
+def user_work(task: Task, settings: Any, dataset: Any) -> tuple[list[float], str]:
     """Each user's work in sorted order, and what it is: the task's time estimate, else 1 per user."""
-    estimates = task_user_seconds(task, settings, dataset)
+    estimates = task.user_seconds(settings, dataset)
     if estimates:
         return [float(estimates[u]) for u in dataset.user_ids], "the task's per-user time estimate"
     return [1.0] * len(dataset.user_ids), "users"

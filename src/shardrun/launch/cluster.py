@@ -42,7 +42,7 @@ from shardrun.storage.atomic import read_json, write_bytes_atomic
 from shardrun.storage.durability import durable_write
 from shardrun.storage.paths import RunPaths
 from shardrun.storage.status import status_document
-from shardrun.task import heap_advice, load_task, task_user_seconds
+from shardrun.task import load_task
 from shardrun.units import MIB
 
 COMPLETE = frozenset({ShardState.COMPLETED, ShardState.COMPLETED_WITH_FAILURES})
@@ -90,7 +90,7 @@ def element_memory_mib(heap_bytes: int, data_bytes: int) -> int:
 
 
 # A merge peaked at 2.4 GiB for 2,000,000 rows x 32 columns plus 505 MiB in its picture process
-# (docs/PERFORMANCE.md, "Merge and validate"): about 46 bytes a cell; 64 leaves room for wider text.
+# (docs/dev/PERFORMANCE.md, "Merge and validate"): about 46 bytes a cell; 64 leaves room for wider text.
 MERGE_BYTES_PER_CELL = 64
 MERGE_BASE_MIB = 768  # Python, pandas, pyarrow and matplotlib in the merge and its picture process
 
@@ -215,7 +215,7 @@ def submit_run(config: RunConfig, options: ClusterOptions, slurm: SlurmCommands 
         refuse_if(task.preflight(config.settings, config.jvm.xmx_bytes))
     task_classpath(task, config.settings, config.jvm)
     data = measure_launch_data(task, config.settings, config.jvm, options.shards, config.partition)
-    heap = plan_heap(config.jvm, data.needs, list(data.index.user_ids), advice=heap_advice(task, config.settings),
+    heap = plan_heap(config.jvm, data.needs, list(data.index.user_ids), advice=task.heap_advice(config.settings),
                      checked=data.checked)
     refuse_if(task.preflight(config.settings, heap.heap))
     for line in heap.report_lines():
@@ -224,7 +224,7 @@ def submit_run(config: RunConfig, options: ClusterOptions, slurm: SlurmCommands 
         out(line)
     limit_seconds = time_limit_seconds(options.time_limit) if options.time_limit else None
     # The time estimates need every user's rows: read only when --time asks for them.
-    predicted = task_user_seconds(task, config.settings, task.load(config.settings)) if limit_seconds else None
+    predicted = task.user_seconds(config.settings, task.load(config.settings)) if limit_seconds else None
     for line in time_limit_lines(predicted, limit_seconds, options.signal.lead_seconds):
         out(line)
     config = replace(config, jvm=heap.jvm)

@@ -27,7 +27,7 @@ from typing import Callable
 
 from shardrun.observe import progress
 from shardrun.observe.live import LiveTable
-from shardrun.storage.atomic import read_json, utc_now, write_json_atomic
+from shardrun.storage.atomic import utc_now, write_json_atomic
 from shardrun.early_signals import STOP_SIGNALS
 from shardrun.launch.admission import (
     available_cores, check_launch, measure_launch_data, refuse_shards_without_users, shard_memory_bytes,
@@ -137,7 +137,7 @@ def shard_command(config_path: Path, spec: ShardSpec, run_dir: Path, resume: boo
     where = ["--resume", str(run_dir)] if resume else ["--out", str(run_dir)]
     if resume and retry_failed:
         where.append("--retry-failed")
-    command = [sys.executable, "-m", "shardrun.worker", "--config", str(config_path), *mode, "--shard", str(spec),
+    command = [sys.executable, "-m", "shardrun", "run", "--config", str(config_path), *mode, "--shard", str(spec),
                *where, "--xmx", xmx, "--threads", str(threads)]
     if options.nice:
         command += ["--nice", str(options.nice)]
@@ -434,15 +434,8 @@ class Launcher:
         views = []
         for slot in self.supervisor.slots:
             spec = self.spec(slot.index)
-            status_path = self.run.shard(spec).status
-            doc = None
-            if status_path.is_file():
-                try:
-                    doc = read_json(status_path)
-                except (OSError, ValueError):
-                    doc = None  # replaced atomically: an error here is a race with the writer
-            views.append(progress.shard_view(str(spec), doc, now, stale_after=120.0, launcher_phase=slot.phase.value,
-                                             expected_total=self.users_total[slot.index]))
+            views.append(progress.read_view(str(spec), self.run.shard(spec).status, now, stale_after=120.0,
+                                            launcher_phase=slot.phase.value, expected_total=self.users_total[slot.index]))
         return views
 
     def show_progress(self) -> None:

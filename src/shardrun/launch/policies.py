@@ -154,7 +154,7 @@ def parallel_for_cores(shards: int, cores: int, cores_source: str, threads_per_s
 
     A shard keeps `threads_per_shard` cores busy (jvm.threads; auto counts one, since auto shares the
     cores among the shards at once). More shards than that on the cores only share them: measured,
-    four JVMs on two cores took 14% longer than two (docs/PERFORMANCE.md), so by default the shards
+    four JVMs on two cores took 14% longer than two (docs/dev/PERFORMANCE.md), so by default the shards
     beyond wait and start as earlier ones finish. An explicit --max-parallel always wins.
     `cores_source` says where the figure of cores comes from, for the line.
     """

@@ -129,7 +129,7 @@ def element_command(job: ElementJob) -> list[str]:
     --shard auto) whether or not the shard has started: a shard never started simply has nothing to retry."""
     mode = ["--full"] if job.pilot is None else ["--pilot", str(job.pilot)]
     where = ["--resume", str(job.run_dir), "--retry-failed"] if job.retry_failed else ["--out", str(job.run_dir)]
-    return [job.python, "-m", "shardrun.worker", "--config", str(job.config_path), *mode, "--shard", "auto",
+    return [job.python, "-m", "shardrun", "run", "--config", str(job.config_path), *mode, "--shard", "auto",
             *where, "--xmx", job.xmx, "--threads", str(job.cpus),
             "--preempt-signal", job.signal.name, "--preempt-lead", str(job.signal.lead_seconds),
             "--requeue-limit", str(job.requeue_limit),
@@ -200,8 +200,8 @@ def merge_script(run_dir: Path, config_path: Path, python: str, workdir: Path, l
         "",
         "set -u",
         'echo "=== $(date -u +%Y-%m-%dT%H:%M:%SZ) SLURM job ${SLURM_JOB_ID}: merge"',
-        f"{_q(python)} -m shardrun.merge --run {_q(run_dir)} --output {_q(merged)} --overwrite || exit $?",
-        f"exec {_q(python)} -m shardrun.validate --dir {_q(merged)} --config {_q(config_path)}"
+        f"{_q(python)} -m shardrun merge --run {_q(run_dir)} --output {_q(merged)} --overwrite || exit $?",
+        f"exec {_q(python)} -m shardrun validate --dir {_q(merged)} --config {_q(config_path)}"
         f" --max-failed {_q(max_failed)}",
         "",
     ])

@@ -2,50 +2,62 @@
 
 Reads only files: run.json (the shard count K, so shards that have not started show too; the start
 time that picks the newest run), each shard's status.json and, when the run was started by
-launch_shards, RUN/launcher.json (waiting and suspended shards, restarts). A shard recorded as
-running is shown dead when its pid is gone or its heartbeat is stale (progress.liveness). A file of
-the wrong shape is shown as such for its shard, never a crash.
+launch_shards, RUN/launcher.json (waiting and suspended shards). A shard recorded as running is shown
+dead when its pid is gone or its heartbeat is stale (progress.pulse). A file of the wrong shape is
+shown as such for its shard, never a crash.
+
+--json prints one JSON document per refresh, on one line (docs/MONITOR.md):
+    {"format": 1, "at": ISO time, "runs": [{"run": dir, "slurm_error": str|null,
+     "totals": {"shards", "active", "done", "total", "ok", "skipped", "failed", "requeues",
+                "eta_seconds", "suspension", "states": {state: count}},
+     "shards": [one object per shard, the fields of progress.ShardView]}]}
 """
 
 from __future__ import annotations
 
+import json
 import sys
 import time
-from datetime import datetime, timezone
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict
+from datetime import UTC, datetime
 from pathlib import Path
-from dataclasses import replace
-from typing import Any, Mapping, Sequence
+from typing import Any
 
-from shardrun.errors import EXIT_OK, EXIT_USAGE, SchedulerError, StopSignalReceived
+from rich.console import RenderableType
+from rich.text import Text
+
+from shardrun.errors import (
+    EXIT_OK,
+    EXIT_USAGE,
+    SchedulerError,
+    StopSignalReceived,
+    UsageError,
+)
 from shardrun.observe import progress
+from shardrun.observe.live import LiveTable, console, render
 from shardrun.scheduler.slurm import SlurmCommands, queue_by_index
 from shardrun.sharding import ShardSpec
 from shardrun.storage.atomic import read_json
 from shardrun.storage.paths import RunPaths, not_a_dir
 
-MISSING = object()  # no file (yet): not started
-UNREADABLE = object()  # a file that is not a JSON object
-
-
-def _read(path: Path) -> Any:
-    try:
-        doc = read_json(path)
-    except FileNotFoundError:
-        return MISSING
-    except (OSError, ValueError):
-        return UNREADABLE  # replaced under us (atomic writes) or damaged: shown as such this tick
-    return doc if isinstance(doc, dict) else UNREADABLE
+JSON_FORMAT = 1
 
 
 def _doc(path: Path) -> dict[str, Any]:
-    doc = _read(path)
+    """run.json or launcher.json as it stands; {} when absent, replaced under us or damaged."""
+    try:
+        doc = read_json(path)
+    except (OSError, ValueError):
+        return {}
     return doc if isinstance(doc, dict) else {}
 
 
 def _spec(text: Any) -> ShardSpec | None:
     try:
         return ShardSpec.parse(text) if isinstance(text, str) and text.strip() != "auto" else None
-    except Exception:
+    except UsageError:
         return None
 
 
@@ -88,15 +100,8 @@ def run_views(run_dir: Path, now: datetime, stale_after: float,
         phase = entry.get("phase") if isinstance(entry.get("phase"), str) else None
         total = entry.get("users_total") if isinstance(entry.get("users_total"), int) else expected_users(run_doc, spec)
         in_queue = None if scheduler is None else scheduler.get(spec.index, "not in the queue")
-        doc = _read(run_dir / spec.dirname / "status.json")
-        if doc is UNREADABLE:
-            views.append(replace(progress.unreadable_view(str(spec)), scheduler=in_queue))
-            continue
-        doc = None if doc is MISSING else doc
-        try:
-            views.append(progress.shard_view(str(spec), doc, now, stale_after, phase, total, in_queue))
-        except (TypeError, ValueError, AttributeError, OverflowError):
-            views.append(replace(progress.unreadable_view(str(spec)), scheduler=in_queue))  # fields of the wrong type
+        views.append(progress.read_view(str(spec), run_dir / spec.dirname / "status.json", now, stale_after, phase,
+                                        total, in_queue))
     return views
 
 
@@ -118,7 +123,7 @@ def run_started(run_dir: Path) -> float:
     if isinstance(created, str):
         try:
             moment = datetime.fromisoformat(created)
-            return (moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)).timestamp()
+            return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
         except ValueError:
             pass
     return run_dir.stat().st_mtime
@@ -129,13 +134,9 @@ def is_run(path: Path) -> bool:
     return paths.run_json.is_file() or paths.launcher_json.is_file()
 
 
-def runs_under(root: Path) -> list[Path]:
-    return [p for p in root.glob("*") if p.is_dir() and is_run(p)] if root.is_dir() else []
-
-
 def newest_run(root: Path = Path("analysis/out")) -> list[Path]:
-    runs = sorted(runs_under(root), key=lambda p: (run_started(p), p.name))
-    return runs[-1:]
+    runs = [p for p in root.glob("*") if p.is_dir() and is_run(p)] if root.is_dir() else []
+    return sorted(runs, key=lambda p: (run_started(p), p.name))[-1:]
 
 
 def resolve_runs(paths: Sequence[Path], root: Path) -> tuple[list[Path], list[str]]:
@@ -156,15 +157,16 @@ def resolve_runs(paths: Sequence[Path], root: Path) -> tuple[list[Path], list[st
 
 
 def watch(run_dirs: Sequence[Path], watch: bool, every: float, stale_after: float,
-          root: Path = Path("analysis/out")) -> int:
+          root: Path = Path("analysis/out"), as_json: bool = False) -> int:
     run_dirs, problems = resolve_runs(run_dirs, root)
     for problem in problems:
-        print(f"error: {problem}", file=sys.stderr)
+        print(f"error: {progress.printable(problem)}", file=sys.stderr)
     if problems or not run_dirs:
         return EXIT_USAGE
+    live = LiveTable()
     try:
         while True:
-            active = show_runs(run_dirs, stale_after)
+            active = show_runs(run_dirs, stale_after, live if watch else None, as_json)
             if not watch or not active:
                 return EXIT_OK
             time.sleep(every)
@@ -174,17 +176,37 @@ def watch(run_dirs: Sequence[Path], watch: bool, every: float, stale_after: floa
         raise
 
 
-def show_runs(run_dirs: Sequence[Path], stale_after: float) -> bool:
-    """Print each run's progress once; True if some shard is still active."""
-    now = datetime.now(timezone.utc)
-    active = False
+def run_document(run_dir: Path, views: Sequence[progress.ShardView], trouble: str | None,
+                 cpu: Mapping[str, Any] | None) -> dict[str, Any]:
+    """One run of --json: its shards (the fields of ShardView) and their totals."""
+    totals = {key: sum(getattr(v, key) for v in views) for key in ("done", "total", "ok", "skipped", "failed", "requeues")}
+    return {"run": str(run_dir.resolve()), "slurm_error": trouble,
+            "totals": {"shards": len(views), "active": sum(v.active for v in views), **totals,
+                       "eta_seconds": progress.overall_eta(views), "suspension": progress.suspension_note(views, cpu),
+                       "states": dict(Counter(v.state for v in views))},
+            "shards": [asdict(v) for v in views]}
+
+
+def show_runs(run_dirs: Sequence[Path], stale_after: float, live: LiveTable | None = None, as_json: bool = False) -> bool:
+    """Show each run's progress once (`live`: in place of the last showing); True if some shard is still active."""
+    now = datetime.now(UTC)
+    runs = []
     for run_dir in run_dirs:
         scheduler, trouble = slurm_view(RunPaths(run_dir))
-        views = run_views(run_dir, now, stale_after, scheduler)
-        print(f"{run_dir}  ({now:%Y-%m-%d %H:%M:%S} UTC)")
-        if trouble:
-            print(f"  SLURM's view is missing: {trouble}")
         cpu = _doc(RunPaths(run_dir).launcher_json).get("cpu")  # what --cpu-limit suspended, and why
-        print("\n".join(progress.render_table(views, cpu=cpu)) if views else "  (no shard has started yet)")
-        active = active or any(v.active for v in views)
-    return active
+        runs.append((run_dir, run_views(run_dir, now, stale_after, scheduler), trouble, cpu))
+    if as_json:
+        document = {"format": JSON_FORMAT, "at": now.isoformat(timespec="seconds"),
+                    "runs": [run_document(*run) for run in runs]}
+        print(json.dumps(document), flush=True)
+    else:
+        out = console()
+        height = out.height // len(runs) - 2 if live is not None and out.is_interactive else None
+        blocks: list[RenderableType] = []
+        for run_dir, views, trouble, cpu in runs:
+            blocks.append(Text(f"{progress.printable(str(run_dir))}  ({now:%Y-%m-%d %H:%M:%S} UTC)"))
+            if trouble:
+                blocks.append(Text(f"  SLURM's view is missing: {progress.printable(trouble)}"))
+            blocks.append(render(views, cpu=cpu, out=out, height=height) if views else Text("  (no shard has started yet)"))
+        (live or LiveTable()).show(out, blocks)
+    return any(v.active for _, views, _, _ in runs for v in views)

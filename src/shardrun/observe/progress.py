@@ -1,130 +1,114 @@
-"""What a person sees of a run's progress: pure functions from status.json and launcher.json documents.
+"""What a person or a script sees of a run's shards: views from status.json and launcher.json.
 
-Used by the launcher's live view and by `monitor_progress`, so both say the same thing. A shard
-recorded as running is shown dead when its pid is gone (same host) or its heartbeat is stale,
+Shared by the launcher's progress, `monitor_progress` and its --json, so all say the same thing. A
+shard recorded as running is shown dead when its pid is gone (same host) or its heartbeat is stale,
 unless the launcher says it suspended it on purpose (--cpu-limit).
 """
 
 from __future__ import annotations
 
 import socket
-from dataclasses import dataclass, replace
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Mapping, Sequence
+from pathlib import Path
+from typing import Any
 
 import psutil
 
 from shardrun.states import ShardPhase, ShardState
+from shardrun.storage.status import read_status
 
 ACTIVE_STATES = (ShardState.STARTING, ShardState.RUNNING)
 ENDED_WELL = (ShardState.COMPLETED, ShardState.COMPLETED_WITH_FAILURES)
+UNREADABLE = "unreadable status.json"
 
 
 @dataclass(frozen=True)
 class ShardView:
+    """One shard as shown; its fields, by name, are a shard of `monitor_progress --json` (docs/MONITOR.md)."""
     shard: str
-    state: str
+    state: str  # what its row says: the liveness verdict, status.json's state, or the launcher's phase
     done: int
     total: int
-    ok: int
-    skipped: int
-    failed: int
-    current_user: str | None
-    rate_per_hour: float | None
-    eta_seconds: float | None
+    ok: int = 0
+    skipped: int = 0
+    failed: int = 0
+    current_user: str | None = None
+    rate_per_hour: float | None = None
+    eta_seconds: float | None = None
     scheduler: str | None = None  # the cluster scheduler's view of the shard's job (SLURM), when it has one
+    recorded_state: str | None = None  # status.json's own state (None: not written yet, or unreadable)
+    liveness: str | None = None  # of a shard recorded active: alive | suspended | gone | stale
+    heartbeat_age_seconds: float | None = None
+    pid: int | None = None
+    host: str | None = None
+    suspended: bool = False  # by --cpu-limit
+    preempted: bool = False
+    requeues: int = 0
 
     @property
     def active(self) -> bool:
         return self.state in ACTIVE_STATES or self.state in (ShardPhase.SUSPENDED, ShardPhase.WAITING)
 
 
-def liveness(doc: Mapping[str, Any], now: datetime, stale_after: float, launcher_phase: str | None = None) -> str:
-    state = doc.get("state", "unknown")
-    if state not in ACTIVE_STATES:
-        return state
-    if launcher_phase == ShardPhase.SUSPENDED:
-        return ShardPhase.SUSPENDED.value
-    pid = doc.get("pid")
-    if doc.get("host") == socket.gethostname() and isinstance(pid, int) and not psutil.pid_exists(pid):
-        return "dead (process gone)"
+def pulse(doc: Mapping[str, Any], now: datetime, stale_after: float,
+          launcher_phase: str | None = None) -> tuple[str | None, float | None]:
+    """(liveness, heartbeat age): None for a shard not recorded active; else suspended, gone, stale or alive."""
     updated = doc.get("updated_at")
-    if updated:
-        age = (now - datetime.fromisoformat(updated)).total_seconds()
-        if age > stale_after:
-            return f"dead? (no heartbeat for {age:.0f} s)"
-    return state
+    age = (now - datetime.fromisoformat(updated)).total_seconds() if updated else None
+    pid = doc.get("pid")
+    if doc.get("state") not in ACTIVE_STATES:
+        return None, age
+    if launcher_phase == ShardPhase.SUSPENDED:
+        return "suspended", age
+    if doc.get("host") == socket.gethostname() and isinstance(pid, int) and not psutil.pid_exists(pid):
+        return "gone", age
+    return ("stale" if age is not None and age > stale_after else "alive"), age
 
 
-UNREADABLE = "unreadable status.json"
-
-
-def _typed(doc: Mapping[str, Any], key: str, types: tuple[type, ...]) -> Any:
-    """doc[key] if absent, null or of one of `types` (bool is not a number); else a ValueError."""
-    value = doc.get(key)
-    if value is None:
-        return None
-    if isinstance(value, bool) and bool not in types or not isinstance(value, types):
-        raise ValueError(f"status.json field {key!r} is {type(value).__name__}")
-    return value
-
-
-def _checked(doc: Mapping[str, Any]) -> None:
-    """A status.json of the wrong shape is refused here, so nothing below fails on it."""
-    if not isinstance(doc, Mapping):
-        raise ValueError("status.json is not a JSON object")
-    _typed(doc, "state", (str,))
-    _typed(doc, "host", (str,))
-    _typed(doc, "current_user", (str,))
-    for key in ("pid", "users_done", "users_total", "users_ok", "users_skipped", "users_failed"):
-        _typed(doc, key, (int,))
-    for key in ("rate_users_per_hour", "eta_seconds"):
-        _typed(doc, key, (int, float))
-    updated = _typed(doc, "updated_at", (str,))
-    if updated is not None and datetime.fromisoformat(updated).tzinfo is None:
-        raise ValueError("status.json field 'updated_at' has no time zone")
-
-
-def unreadable_view(shard: str) -> ShardView:
-    """A shard whose status.json cannot be read as one (not a JSON object, fields of the wrong type)."""
-    return ShardView(shard, UNREADABLE, 0, 0, 0, 0, 0, None, None, None)
-
-
-def shard_view(
-    shard: str,
-    doc: Mapping[str, Any] | None,
-    now: datetime,
-    stale_after: float,
-    launcher_phase: str | None = None,
-    expected_total: int | None = None,
-    scheduler: str | None = None,
-) -> ShardView:
-    """One shard's row; `expected_total` (from the launcher) counts a shard that has not written status yet.
-
-    A status.json of the wrong shape gives the row 'unreadable status.json' instead of an exception.
-    """
+def shard_view(shard: str, doc: Mapping[str, Any] | None, now: datetime, stale_after: float,
+               launcher_phase: str | None = None, expected_total: int | None = None,
+               scheduler: str | None = None) -> ShardView:
+    """One shard's row from its status.json as read_status gives it; `expected_total` (from the launcher
+    or run.json) counts a shard that has not written its status yet."""
     if doc is None:
-        return ShardView(shard, launcher_phase or ShardPhase.WAITING.value, 0, expected_total or 0, 0, 0, 0, None, None,
-                         None, scheduler)
-    try:
-        _checked(doc)
-    except ValueError:
-        return replace(unreadable_view(shard), scheduler=scheduler)
+        return ShardView(shard, launcher_phase or ShardPhase.WAITING.value, 0, expected_total or 0, scheduler=scheduler)
+    word, age = pulse(doc, now, stale_after, launcher_phase)
+    shown = {"suspended": ShardPhase.SUSPENDED.value, "gone": "dead (process gone)",
+             "stale": f"dead? (no heartbeat for {age or 0:.0f} s)"}.get(word or "", doc.get("state", "unknown"))
     return ShardView(
-        shard=shard,
-        state=liveness(doc, now, stale_after, launcher_phase),
-        done=int(doc.get("users_done") or 0),
-        total=int(doc.get("users_total") or 0),
-        ok=int(doc.get("users_ok") or 0),
-        skipped=int(doc.get("users_skipped") or 0),
-        failed=int(doc.get("users_failed") or 0),
-        current_user=doc.get("current_user"),
-        rate_per_hour=doc.get("rate_users_per_hour"),
+        shard=shard, state=shown,
+        done=doc.get("users_done") or 0, total=doc.get("users_total") or 0, ok=doc.get("users_ok") or 0,
+        skipped=doc.get("users_skipped") or 0, failed=doc.get("users_failed") or 0,
+        current_user=doc.get("current_user"), rate_per_hour=doc.get("rate_users_per_hour"),
         # a suspended shard's ETA in its status.json was written before it was stopped: not true now
-        eta_seconds=(doc.get("eta_seconds") if doc.get("state") in ACTIVE_STATES
-                     and launcher_phase != ShardPhase.SUSPENDED else None),
-        scheduler=scheduler,
+        eta_seconds=doc.get("eta_seconds") if word not in (None, "suspended") else None,
+        scheduler=scheduler, recorded_state=doc.get("state"), liveness=word,
+        heartbeat_age_seconds=None if age is None else round(age, 1), pid=doc.get("pid"), host=doc.get("host"),
+        suspended=word == "suspended", preempted=doc.get("state") == ShardState.PREEMPTED,
+        requeues=doc.get("requeues") or 0,
     )
+
+
+def read_view(shard: str, path: Path, now: datetime, stale_after: float, launcher_phase: str | None = None,
+              expected_total: int | None = None, scheduler: str | None = None) -> ShardView:
+    """One shard's row from the status.json at `path`; one that is not a status.json says so in its row."""
+    try:
+        doc = read_status(path)
+        return shard_view(shard, doc, now, stale_after, launcher_phase, expected_total, scheduler)
+    except ValueError:
+        return ShardView(shard, UNREADABLE, 0, 0, scheduler=scheduler)
+
+
+def printable(text: str, limit: int | None = None) -> str:
+    """Text from a file made safe to show: control characters (escape sequences too) spelled out, never
+    sent to a terminal raw; beyond `limit` characters, shortened in the middle."""
+    text = "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+    if limit is None or len(text) <= limit:
+        return text
+    head = (limit - 1) // 2
+    return f"{text[:head]}…{text[len(text) - (limit - 1 - head):]}"
 
 
 def overall_eta(views: Sequence[ShardView], parallel: int | None = None) -> float | None:
@@ -148,7 +132,7 @@ def overall_eta(views: Sequence[ShardView], parallel: int | None = None) -> floa
 def format_seconds(seconds: float | None) -> str:
     if seconds is None:
         return "-"
-    seconds = int(round(seconds))
+    seconds = round(seconds)
     hours, rest = divmod(seconds, 3600)
     minutes, secs = divmod(rest, 60)
     return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
@@ -163,40 +147,26 @@ def suspension_note(views: Sequence[ShardView], cpu: Mapping[str, Any] | None = 
         return None
     what = f"shard{'s' if len(suspended) > 1 else ''} {', '.join(suspended)} suspended by --cpu-limit"
     cpu = cpu if isinstance(cpu, Mapping) else {}
-    limit, busy, own = (cpu.get(key) for key in ("limit", "cpus_percent", "run_percent"))
-    if not all(isinstance(value, (int, float)) and not isinstance(value, bool) for value in (limit, busy, own)):
+    reading = [cpu.get(key) for key in ("limit", "cpus_percent", "run_percent")]
+    numbers = [float(value) for value in reading if isinstance(value, (int, float)) and not isinstance(value, bool)]
+    if len(numbers) < len(reading):
         return what
+    limit, busy, own = numbers
     use = f"the CPUs are {busy:.0f}% busy: this run {own:.0f}%, other programs {max(busy - own, 0):.0f}%"
     if busy > limit:
         return f"{what} {limit:g}% ({use})"
     return f"{what} {limit:g}% ({use}; one more shard would take them above {limit:g}%)"
 
 
-def render_table(views: Sequence[ShardView], parallel: int | None = None,
-                 cpu: Mapping[str, Any] | None = None) -> list[str]:
-    """One row per shard; a `slurm` column when the scheduler's view is known; `cpu`: launcher.json's
-    (suspension_note)."""
-    with_scheduler = any(v.scheduler is not None for v in views)
-    slurm_head = f" {'slurm':<22}" if with_scheduler else ""
-    lines = [f"{'shard':<7} {'state':<24}{slurm_head} {'done/total':>11} {'failed':>6} {'users/h':>8} {'ETA':>7}"
-             "  current user"]
-    for v in views:
-        rate = f"{v.rate_per_hour:.0f}" if v.rate_per_hour else "-"
-        current = (v.current_user or "")[:30]
-        slurm = f" {(v.scheduler or '-')[:22]:<22}" if with_scheduler else ""
-        lines.append(
-            f"{v.shard:<7} {v.state[:24]:<24}{slurm} {f'{v.done}/{v.total}':>11} {v.failed:>6} {rate:>8}"
-            f" {format_seconds(v.eta_seconds):>7}  {current}"
-        )
-    done = sum(v.done for v in views)
-    total = sum(v.total for v in views)
-    lines.append(f"overall: {done}/{total} users, {_eta_or_suspension(views, parallel, cpu)}")
-    return lines
+def overall(views: Sequence[ShardView], parallel: int | None = None, cpu: Mapping[str, Any] | None = None) -> str:
+    """The line under the table: every shard's users, and the run's ETA or what --cpu-limit holds back."""
+    return (f"overall: {sum(v.done for v in views)}/{sum(v.total for v in views)} users,"
+            f" {_eta_or_suspension(views, parallel, cpu)}")
 
 
 def plain_line(views: Sequence[ShardView], parallel: int | None = None, cpu: Mapping[str, Any] | None = None) -> str:
     """One line for logs and CI, where a redrawn table would be noise."""
-    parts = [f"{v.shard} {v.state} {v.done}/{v.total}" for v in views]
+    parts = [f"{v.shard} {printable(v.state)} {v.done}/{v.total}" for v in views]
     return f"progress: {'; '.join(parts)}; overall {_eta_or_suspension(views, parallel, cpu)}"
 
 

@@ -46,7 +46,7 @@ def output_columns(task: Task, settings: Any | None, seen: Iterable[str]) -> lis
 
 
 def with_set_columns(frame: pd.DataFrame, columns: Mapping[str, pd.Series]) -> tuple[pd.DataFrame, list[str]]:
-    """The frame with a task's columns of the whole set (task.AddsSetColumns) filled in where the schema
+    """The frame with a task's columns of the whole set (Task.set_columns) filled in where the schema
     places them (each aligned by the index), and the names the task's schema has no place for (left out;
     the core's bookkeeping columns are never the task's to fill)."""
     kept = {name: series for name, series in columns.items()

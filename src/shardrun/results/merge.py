@@ -12,7 +12,7 @@ Each step lives in its own module: read.py (shard dirs, run.json, the task), com
 rules: duplicates, conflicts, coverage), frame.py (the table and its bytes), report.py
 (merge_report.json), output.py (the output dir), pictures.py. This module only runs them in order, with reading and writing at the two ends.
 Once combined, the task may fill in columns that depend on the whole set and add facts to the report
-(the optional hooks of task.AddsSetColumns), before the tables are written (output.py: the whole set
+(the optional hooks Task.set_columns and set_report), before the tables are written (output.py: the whole set
 at once) and the pictures drawn (pictures.py).
 """
 
@@ -42,7 +42,6 @@ from shardrun.results.read import read_provenance, read_shard, resolve_task
 from shardrun.results.report import MergeReport, mismatch_message
 from shardrun.results.trace import trace_and_memory
 from shardrun.storage.durability import Remedy
-from shardrun.task import task_set_columns, task_set_report
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +109,7 @@ def _merge(dirs: list[Path], output_dir: Path, force: bool, remedy: Remedy) -> M
     frame, mixed = typed_json_columns(combined.frame, combined.json_columns)
     row_users, dropped = combined.users, combined.dropped
     # the task's columns of the whole set, before anything is drawn or written: both see them
-    frame, outside = with_set_columns(frame, task_set_columns(task, frame, settings))
+    frame, outside = with_set_columns(frame, {} if settings is None else dict(task.set_columns(frame, settings)))
     if outside:
         log.warning("the task's set columns %s are not among its result columns and are left out", outside)
         dropped = sorted({*dropped, *outside})
@@ -137,7 +136,7 @@ def _merge(dirs: list[Path], output_dir: Path, force: bool, remedy: Remedy) -> M
         provenance=provenance,
         untrusted_files=[u for s in shards for u in s.untrusted],
         mixed_columns=mixed,
-        task=task_set_report(task, frame, settings),
+        task={} if settings is None else dict(task.set_report(frame, settings)),
     )
     write_result_set(output_dir, frame, report, trace=trace, remedy=remedy,
                      pictures=lambda: draw_pictures(frame, shards, task, settings))

@@ -20,7 +20,7 @@ from shardrun.results.run_picture import RunPicture
 from shardrun.results.summary import ResultCounts, SummaryPicture, run_title, task_panels
 from shardrun.results.timeline import PREDICTED, span_table, start_table
 from shardrun.storage.paths import MergedPaths
-from shardrun.task import Task, task_result_seconds
+from shardrun.task import Task
 
 log = logging.getLogger(__name__)
 
@@ -50,9 +50,9 @@ def draw_pictures(frame: pd.DataFrame, shards: Sequence[ShardInput], task: Task,
 
 
 def predicted_spans(spans: pd.DataFrame, task: Task, frame: pd.DataFrame, settings: Any | None) -> pd.DataFrame:
-    """The span table with the task's estimate of each user's seconds (PredictsTime.result_seconds),
+    """The span table with the task's estimate of each user's seconds (Task.result_seconds),
     NaN where it makes none."""
-    estimates = task_result_seconds(task, frame, settings)
+    estimates = None if settings is None else task.result_seconds(frame, settings)
     predicted = (pd.Series(estimates, dtype="float64") if estimates is not None and len(estimates)
                  else pd.Series(dtype="float64"))
     ids = spans["user_id"].astype(object) if "user_id" in spans.columns else pd.Series(index=spans.index, dtype=object)

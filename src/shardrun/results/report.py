@@ -121,7 +121,7 @@ class MergeReport:
     untrusted_files: list[dict[str, Any]] = field(default_factory=list)
     # columns whose values are of more than one JSON type (frame.column_types); a problem
     mixed_columns: list[dict[str, Any]] = field(default_factory=list)
-    # the task's facts about the whole set (task.AddsSetColumns.set_report); a record, not a problem
+    # the task's facts about the whole set (Task.set_report); a record, not a problem
     task: dict[str, Any] = field(default_factory=dict)
     created_at: str = field(default_factory=utc_now)
 

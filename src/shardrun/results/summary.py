@@ -1,7 +1,7 @@
 """summary.png of a merged result set: the science, the task's panels (if it draws any) under a title in
 plain words. The run's operations (each shard's timeline) are run.png's (run_picture.py).
 
-A task adds its panels through the optional `summary_panels` hook (shardrun.task.DrawsSummary), in
+A task adds its panels through the optional hook Task.summary_panels (shardrun.task), in
 rows (SummaryPanel.row); a panel may also say in plain words what the picture shows, as the figure's
 title (`axes.figure.suptitle`), and the core puts its own part in front: how many users, never the
 analysis's name. For a task without panels the core draws the result rows by status, and says why
@@ -46,9 +46,8 @@ MAX_REASONS = 12  # the most common kinds of reason drawn; the rest counted in o
 
 
 def task_panels(task: Task, frame: pd.DataFrame, settings: Any | None) -> list[SummaryPanel]:
-    """The task's own panels (Task hook `summary_panels`); none for a task without the hook."""
-    hook = getattr(task, "summary_panels", None)
-    return [] if hook is None else list(hook(frame, settings))
+    """The task's own panels (Task.summary_panels)."""
+    return list(task.summary_panels(frame, settings))
 
 
 def status_counts(frame: pd.DataFrame) -> dict[str, int]:

@@ -5,7 +5,7 @@ forks after starting one hangs, so the worker starts it once, explicitly, after 
 do work. Workers are started with subprocess, never by forking a process that has a JVM.
 
 What goes on the classpath, extra JVM flags, the task's own forms of heap exhaustion and what to
-record of the classpath are the task's (shardrun.task.RunsOnJvm); the defaults live here.
+record of the classpath are the task's (shardrun.task.Task's JVM hooks).
 """
 
 from __future__ import annotations
@@ -19,41 +19,23 @@ from typing import Any, Mapping, Sequence
 from shardrun.config import JvmConfig
 from shardrun.errors import ConfigError, EnvironmentProblem
 from shardrun.platforms import keep_usr2_from_jvm
+from shardrun.task import Task
 
 log = logging.getLogger(__name__)
 
 
-def configured_classpath(configured: str | None) -> list[str]:
-    """The default classpath of a task without a jvm_classpath hook: jvm.classpath's entries, each existing."""
-    entries = [entry for entry in (configured or "").split(os.pathsep) if entry]
-    paths = []
-    for entry in entries:
-        path = Path(entry).expanduser()
-        if not path.exists():
-            raise EnvironmentProblem(
-                f"jvm.classpath names {path}, which does not exist; point jvm.classpath at the jars or dirs"
-                " the task needs (separated by the OS's path separator), or remove the key."
-            )
-        paths.append(str(path.resolve()))
-    return paths
-
-
-def task_classpath(task: Any, settings: Any, jvm: JvmConfig) -> list[str]:
-    """The classpath the task's JVM starts with (RunsOnJvm.jvm_classpath, given jvm.classpath).
+def task_classpath(task: Task, settings: Any, jvm: JvmConfig) -> list[str]:
+    """The classpath the task's JVM starts with (Task.jvm_classpath, given jvm.classpath).
 
     Raises EnvironmentProblem with the fix when something the task needs is missing: a shard calls it
     before it writes anything.
     """
-    hook = getattr(task, "jvm_classpath", None)
-    if hook is None:
-        return configured_classpath(jvm.classpath)
-    return [str(entry) for entry in hook(settings, jvm.classpath)]
+    return [str(entry) for entry in task.jvm_classpath(settings, jvm.classpath)]
 
 
-def task_jvm_options(task: Any, settings: Any) -> tuple[str, ...]:
-    """The task's extra JVM flags (RunsOnJvm.jvm_options), checked like the config's jvm.options."""
-    hook = getattr(task, "jvm_options", None)
-    options = tuple(hook(settings)) if hook is not None else ()
+def task_jvm_options(task: Task, settings: Any) -> tuple[str, ...]:
+    """The task's extra JVM flags (Task.jvm_options), checked like the config's jvm.options."""
+    options = tuple(task.jvm_options(settings))
     for option in options:
         if not isinstance(option, str) or not option.startswith("-") or option.startswith(("-Xmx", "-Xms")):
             raise ConfigError(
@@ -63,10 +45,9 @@ def task_jvm_options(task: Any, settings: Any) -> tuple[str, ...]:
     return options
 
 
-def task_jvm_provenance(task: Any, classpath: Sequence[str]) -> Mapping[str, Any]:
-    """What the task records of the classpath its JVM started with (RunsOnJvm.jvm_provenance)."""
-    hook = getattr(task, "jvm_provenance", None)
-    return dict(hook(list(classpath))) if hook is not None else {}
+def task_jvm_provenance(task: Task, classpath: Sequence[str]) -> Mapping[str, Any]:
+    """What the task records of the classpath its JVM started with (Task.jvm_provenance)."""
+    return dict(task.jvm_provenance(list(classpath)))
 
 
 def find_java() -> str:
@@ -168,12 +149,11 @@ def java_class_name(exc: BaseException) -> str | None:
     return None
 
 
-def is_heap_exhaustion(exc: BaseException, task: Any = None) -> bool:
-    """A java.lang.OutOfMemoryError, or one of the task's own forms (RunsOnJvm.is_heap_exhaustion)."""
+def is_heap_exhaustion(exc: BaseException, task: Task | None = None) -> bool:
+    """A java.lang.OutOfMemoryError, or one of the task's own forms (Task.is_heap_exhaustion)."""
     if java_class_name(exc) == "java.lang.OutOfMemoryError":
         return True
-    hook = getattr(task, "is_heap_exhaustion", None)
-    return bool(hook is not None and hook(exc))
+    return task is not None and bool(task.is_heap_exhaustion(exc))
 
 
 def java_stack(exc: BaseException) -> str | None:

@@ -24,7 +24,7 @@ from shardrun.storage.commits import CommittedUser
 from shardrun.storage.durability import SHARD, durable_write
 from shardrun.storage.identity import read_run_document, read_shard_identity, run_difference
 from shardrun.storage.paths import RunPaths, ShardPaths, not_a_dir, refuse_a_file_for_a_dir
-from shardrun.task import Dataset, Task, UserIndex, heap_advice, load_task, load_users, read_user_index
+from shardrun.task import Dataset, Task, UserIndex, load_task, load_users, read_user_index
 
 
 @dataclass(frozen=True)
@@ -124,8 +124,8 @@ def resolve_dirs(config: RunConfig, task: Task, options: WorkerOptions, now: dat
 def run_label(task: Task, config: RunConfig, pilot: int | None) -> str:
     """The name of a new run dir before its time: `<config stem>_<full|pilotN>[_<task's label>]`."""
     mode = "full" if pilot is None else f"pilot{pilot}"
-    label_of = getattr(task, "run_label", None)
-    label = f"{mode}_{label_of(config.settings)}" if label_of else mode
+    label = task.run_label(config.settings)
+    label = f"{mode}_{label}" if label else mode
     stem = config_stem(config)
     return f"{stem}_{label}" if stem else label
 
@@ -143,7 +143,7 @@ class PreparedShard:
 
     task: Task
     index: UserIndex  # every user of the input: the assignment, run.json's fingerprint and user count
-    dataset: Dataset | None  # the rows of the users to do (all rows for a task without ReadsByUser); None: none to do
+    dataset: Dataset | None  # the rows of the users to do (all rows for a task without user_index); None: none to do
     dirs: ResolvedDirs
     assignment: list[list[str]]  # every shard's users (config.partition), shard i's at index i
     plan: ShardPlan
@@ -177,7 +177,7 @@ def prepare(config: RunConfig, options: WorkerOptions) -> PreparedShard:
     dataset = whole if whole is not None else shard_rows(task, config, plan.todo, index)
     checked = task_heap_needs(task, config.settings, dataset, config.jvm) if dataset is not None else {}
     heap = plan_heap(config.jvm, needs if needs is not None else checked, plan.todo,
-                     advice=heap_advice(task, config.settings), checked=checked)
+                     advice=task.heap_advice(config.settings), checked=checked)
     if config.jvm.xmx_is_auto:
         problems = task.preflight(config.settings, heap.heap)
     return PreparedShard(task, index, dataset, dirs, assignment, plan, heap, problems, committed, listing)

@@ -2,7 +2,7 @@
 does it (pure: decide_requeue, from the facts), which job (pure: scheduler.slurm.own_slurm_job), and
 the two calls to SLURM (read_own_job, requeue_slurm_job).
 
-Requeued once, by SLURM or by the shard, never both (measured with SLURM 22.05, docs/CLUSTER_TESTS.md):
+Requeued once, by SLURM or by the shard, never both (measured with SLURM 22.05, docs/dev/CLUSTER_TESTS.md):
 SLURM requeues a preempted job (PreemptMode=REQUEUE) itself only when its GraceTime ends with the
 job still running, and its record then already counts the new run (Restarts); a job that ends on
 its own during the grace time is not requeued (COMPLETED or FAILED), so the shard that drained in

@@ -28,7 +28,7 @@ from shardrun.storage.identity import ensure_identity, read_run_document, run_di
 from shardrun.storage.lock import ShardLock
 from shardrun.storage.durability import durable_write
 from shardrun.storage.paths import RunPaths
-from shardrun.task import Task, UserIndex, heap_advice, task_origin
+from shardrun.task import Task, UserIndex, task_origin
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +47,7 @@ def run_shard(config: RunConfig, options: WorkerOptions, stop: StopFlag | None =
     if prepared.problems:
         raise ConfigError(
             "the configured analysis cannot run as it stands:\n  - " + "\n  - ".join(prepared.problems)
-            + f"\n{capitalised(heap_advice(task, config.settings))}, or raise jvm.xmx; `run_production --dry-run`"
+            + f"\n{capitalised(task.heap_advice(config.settings))}, or raise jvm.xmx; `run_production --dry-run`"
             " lists this before any user starts."
         )
     if stop.requested_by:
@@ -60,7 +60,7 @@ def run_shard(config: RunConfig, options: WorkerOptions, stop: StopFlag | None =
     # run.json, errors.jsonl.
     threads = resolve_threads(config.jvm.threads, dirs.spec.count)
     config = replace(config, jvm=replace(heap.jvm, threads=threads),
-                     settings=with_threads(task, config.settings, threads))
+                     settings=task.with_threads(config.settings, threads))
     identity = {
         "shard": str(dirs.spec),
         "config_hash": config.hash,
@@ -111,12 +111,6 @@ def committed_under_lock(prepared: PreparedShard) -> dict[str, CommittedUser]:
 
 def capitalised(text: str) -> str:
     return text[:1].upper() + text[1:]
-
-
-def with_threads(task: Task, settings: Any, threads: int) -> Any:
-    """The task's settings for `threads` threads, if the task can use them (Task.with_threads)."""
-    set_threads = getattr(task, "with_threads", None)
-    return settings if set_threads is None else set_threads(settings, threads)
 
 
 def versions(task: Task) -> dict[str, str]:

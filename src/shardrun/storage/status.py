@@ -14,6 +14,7 @@ import os
 import socket
 import threading
 import time
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -25,6 +26,34 @@ from shardrun.storage.paths import ShardPaths
 log = logging.getLogger(__name__)
 
 STATUS_FORMAT = 1
+
+
+_FIELD_TYPES: dict[str, tuple[type, ...]] = {
+    **dict.fromkeys(("shard", "state", "host", "current_user", "started_at", "updated_at"), (str,)),
+    **dict.fromkeys(("pid", "requeues", "users_done", "users_total", "users_ok", "users_skipped", "users_failed"), (int,)),
+    **dict.fromkeys(("rate_users_per_hour", "eta_seconds"), (int, float)),
+}
+
+
+def read_status(path: Path) -> dict[str, Any] | None:
+    """A shard's status.json for the readers that judge the shard by it (the progress views, stop_shards):
+    None when absent; a ValueError saying why when it is not one (not a JSON object, a field of the wrong
+    type, a time without its zone), so that nothing reading its fields fails on it."""
+    try:
+        doc = read_json(path)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise ValueError(f"status.json cannot be read ({exc.strerror})") from exc
+    if not isinstance(doc, dict):
+        raise ValueError("status.json is not a JSON object")
+    for key, types in _FIELD_TYPES.items():
+        value = doc.get(key)
+        if value is not None and (not isinstance(value, types) or isinstance(value, bool)):
+            raise ValueError(f"status.json field {key!r} is {type(value).__name__}")
+    if doc.get("updated_at") is not None and datetime.fromisoformat(doc["updated_at"]).tzinfo is None:
+        raise ValueError("status.json field 'updated_at' has no time zone")
+    return doc
 
 
 def status_document(path: Path) -> dict[str, Any]:

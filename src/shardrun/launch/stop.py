@@ -13,10 +13,12 @@ from __future__ import annotations
 import os
 import signal
 import socket
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
+from itertools import pairwise
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any
 
 import psutil
 
@@ -24,9 +26,10 @@ from shardrun import platforms
 from shardrun.states import ShardPhase, ShardState
 from shardrun.storage.atomic import read_json, write_json_atomic
 from shardrun.storage.paths import RunPaths
+from shardrun.storage.status import read_status
 
 COMMAND_WORDS = ("shardrun", "run_production", "launch_shards")
-LAUNCHER_WORDS = ("launch_shards", "shardrun.launcher")
+LAUNCHER_WORDS = ("launch_shards", "shardrun launch", "shardrun run_parallel")  # with `-m shardrun SUB`
 CLOCK_SLACK_SECONDS = 1.0  # the files' times are whole seconds
 LIVE_STATES = (ShardState.STARTING, ShardState.RUNNING)
 REQUESTS = "stop_requests.json"  # in the run dir: the processes already asked to drain (pid -> create time)
@@ -44,12 +47,8 @@ class StopReport:
     via_launcher: list[str]  # shards the launcher will stop
     skipped: list[str]  # one line each: why a recorded process was not signalled
 
-    @property
-    def stopped_anything(self) -> bool:
-        return bool(self.signalled)
 
-
-def _read(path: Path) -> Mapping[str, Any] | None:
+def _read(path: Path) -> dict[str, Any] | None:
     try:
         doc = read_json(path)
     except (OSError, ValueError):
@@ -115,7 +114,8 @@ def verify(pid: Any, host: Any, started: Any, places: Iterable[Path] | None, loc
         return f"pid {pid} is gone"
     except psutil.Error as exc:
         return f"pid {pid} cannot be inspected ({exc.__class__.__name__})"
-    if not any(word in part for part in command for word in words):
+    pairs = [f"{Path(first).stem} {then}" for first, then in pairwise(command)]  # `shardrun SUB`
+    if not any(word in part for part in (*command, *pairs) for word in words):
         return f"pid {pid} is not a shardrun process now (pid reused?)"
     began = _time(started)
     if began is None:
@@ -176,8 +176,8 @@ def stop_run(run_dir: Path, now: bool = False, signum: int = signal.SIGTERM,
     launcher_pids: dict[str, int] = {}
     launcher_alive = False
     if launcher is not None:
-        entries = launcher.get("shards") if isinstance(launcher.get("shards"), list) else []
-        for entry in entries:
+        entries = launcher.get("shards")
+        for entry in entries if isinstance(entries, list) else []:
             if (isinstance(entry, dict) and isinstance(entry.get("shard"), str) and isinstance(entry.get("pid"), int)
                     and entry.get("phase") != ShardPhase.DONE):
                 launcher_pids[entry["shard"]] = entry["pid"]
@@ -191,19 +191,20 @@ def stop_run(run_dir: Path, now: bool = False, signum: int = signal.SIGTERM,
             skipped.append(f"launcher: {why}")
 
     for shard_dir in sorted(run.dir.glob("shard-*-of-*")):
-        status = _read(shard_dir / "status.json")
-        name = shard_dir.name
-        if status is None:
+        try:
+            status = read_status(shard_dir / "status.json")
+        except ValueError as exc:
+            skipped.append(f"{shard_dir.name}: {exc}")
             continue
-        shard = status.get("shard") if isinstance(status.get("shard"), str) else name
-        if status.get("state") not in LIVE_STATES:
+        if status is None or status.get("state") not in LIVE_STATES:
             continue
+        shard = status.get("shard") or shard_dir.name
         pid = status.get("pid")
         if launcher_alive and launcher_pids.get(shard) == pid:
             via_launcher.append(f"shard {shard} (pid {pid})")
             continue
         why = verify(pid, status.get("host"), status.get("started_at"), [shard_dir, run.dir], shard_dir / "lock")
-        if why is None:
+        if why is None and isinstance(pid, int):
             signal_once(f"shard {shard}", pid)
         else:
             skipped.append(f"shard {shard}: {why}")
