@@ -2,10 +2,11 @@
 
     .venv/bin/python bench/merge.py RUN [--repeat 5] [--src DIR]
 
-Runs `python -m shardrun.merge --run RUN --output <temp> --overwrite` `--repeat` times and prints each
+Runs `python -m shardrun merge --run RUN --output <temp> --overwrite` `--repeat` times and prints each
 run's seconds, CPU seconds (user + system, its processes together) and peak MiB, then the medians
 (JSON). `--src` puts another source tree first on the
-path (an older shardrun, to compare two versions in one session); docs/dev/MERGE.md keeps the figures.
+path (an older shardrun, to compare two versions in one session; with --command "-m shardrun.merge"
+for one from before `python -m shardrun`); docs/dev/MERGE.md keeps the figures.
 """
 
 from __future__ import annotations
@@ -39,11 +40,11 @@ def cpu_of_children() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def measure(run: Path, output: Path, env: dict[str, str]) -> dict[str, float]:
+def measure(command: list[str], run: Path, output: Path, env: dict[str, str]) -> dict[str, float]:
     cpu_before = cpu_of_children()
     started = time.perf_counter()
-    child = subprocess.Popen([sys.executable, "-m", "shardrun.merge", "--run", str(run), "--output", str(output),
-                              "--overwrite"], env=env, stdout=subprocess.DEVNULL)
+    child = subprocess.Popen([*command, "--run", str(run), "--output", str(output), "--overwrite"], env=env,
+                             stdout=subprocess.DEVNULL)
     watched, peak = psutil.Process(child.pid), 0
     while child.poll() is None:
         try:
@@ -63,12 +64,15 @@ def main() -> None:
     parser.add_argument("run", type=Path)
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--src", type=Path, help="a shardrun source tree (its src/) put first on the path")
+    parser.add_argument("--command", default="-m shardrun merge",
+                        help="the merge command after the interpreter (default: %(default)s)")
     args = parser.parse_args()
     env = dict(os.environ)
     if args.src:
         env["PYTHONPATH"] = os.pathsep.join([str(args.src.resolve()), env.get("PYTHONPATH", "")])
     with tempfile.TemporaryDirectory(prefix="merge-bench-") as scratch:
-        runs = [measure(args.run, Path(scratch) / "merged", env) for _ in range(args.repeat)]
+        command = [sys.executable, *args.command.split()]
+        runs = [measure(command, args.run, Path(scratch) / "merged", env) for _ in range(args.repeat)]
     medians = {key: statistics.median(r[key] for r in runs) for key in ("wall_s", "cpu_s", "peak_mib")}
     print(json.dumps({"runs": runs, "median": medians}))
 
