@@ -414,15 +414,15 @@ def test_a_second_merge_into_the_same_output_is_refused_naming_the_first(workspa
 @pytest.mark.e2e
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["TERM", "INT"])
 def test_a_merge_interrupted_says_so_leaves_nothing_half_written_and_runs_again(workspace, tmp_path, sig):
-    """A stop signal in the middle of a merge (and of its picture process, in its process group): exit 3,
-    one `error:` line, no traceback from either process; no set and no staging dir left; the same command
+    """A stop signal in the middle of a merge (sent to its process group): exit 3,
+    one `error:` line, no traceback; no set and no staging dir left; the same command
     then merges."""
     reference_run, out = workspace["root"] / "reference", tmp_path / "merged"
     command = [sys.executable, "-m", "shardrun", "merge", "--run", str(reference_run), "--output", str(out)]
     merge = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     lock = MergedPaths(out).merge_lock
     wait_for(lambda: lock.is_file() and f'"pid": {merge.pid}' in lock.read_text(), process=merge)
-    os.killpg(merge.pid, sig)  # the merge and its picture process, as a terminal's Ctrl-C or a stop would
+    os.killpg(merge.pid, sig)  # its process group, as a terminal's Ctrl-C or a stop would
     stdout, stderr = merge.communicate(timeout=300)
     assert merge.returncode == 3, stdout + stderr
     assert f"error: interrupted by {sig.name}" in stderr and "Traceback" not in stderr, stderr
