@@ -5,8 +5,8 @@ This is where the merge decides a conflict: rows that share a key are identical 
 every value agrees (bookkeeping columns aside, missing == missing), and conflicts otherwise.
 "Agrees" is by JSON type and value (json_type): true is not 1 and "1" is not 1; a number is one
 JSON type, so 1128 and 1128.0 are the same number (JSON does not tell them apart, and the merged
-column types them alike: frame.column_types). Nothing here reads or writes a file; the inputs are
-the ShardInputs that read.py built.
+column types them alike: frame.py). Nothing here reads or writes a file; the inputs are the shards'
+Arrow tables (columnar.read_columnar) and the ShardInputs that read.py built.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The merge's two pictures, summary.png (the task's panels) and run.png (the shards' timeline), drawn by
 the merge's own process once the tables are written (docs/dev/MERGE.md: a process of their own cost
-more memory and CPU than the second it could save).
+more memory and CPU than the drawing time it could hide).
 
 The pictures only illustrate results already written, so a plotting failure (a matplotlib bug, an
 odd value, a missing font, a task's panel that raises) is logged as an error with its traceback and the

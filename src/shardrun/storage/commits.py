@@ -258,7 +258,7 @@ def refuse_older_results(paths: ShardPaths, error: type[ShardrunError] = ResumeM
     older = min(paths.results.glob(OLDER_RESULTS), default=None) if paths.results.is_dir() else None
     if older is not None:
         raise error(
-            f"{paths.dir} holds result files of a run made before batch files ({older.name} and others like it),"
+            f"{paths.dir} holds result files of a run made before batch files ({older.name}, for one),"
             " which this shardrun does not read. Start the run again in a new dir (--out NEW_DIR), or resume"
             " and merge it with the shardrun version that made it."
         )
