@@ -221,8 +221,12 @@ def _foreign_rows(rows: pa.Table | None, config_hash: str | None) -> list[tuple[
     if rows is None or config_hash is None or "config_hash" not in rows.column_names:
         return None
     hashes = rows.column("config_hash")
-    own = pa.scalar(json.dumps(config_hash) if hashes.type == JSON_TEXT else config_hash, hashes.type)
-    found = rows.filter(pc.fill_null(pc.not_equal(hashes, own), False))
+    if pa.types.is_string(hashes.type) or hashes.type == JSON_TEXT:
+        own = pa.scalar(json.dumps(config_hash) if hashes.type == JSON_TEXT else config_hash, hashes.type)
+        foreign = pc.fill_null(pc.not_equal(hashes, own), False)
+    else:  # all null (none is foreign), or numbers or booleans (all are)
+        foreign = pc.is_valid(hashes)
+    found = rows.filter(foreign)
     if not found.num_rows:
         return None
     return list(dict(zip(found.column(RECORD).to_pylist(), found.column("config_hash").to_pylist())).items())
