@@ -22,7 +22,7 @@ from shardrun.section import Section
 from shardrun.shard.prepare import WorkerOptions, prepare
 from shardrun.shard.run import committed_under_lock
 from shardrun.sharding import ShardSpec
-from shardrun.storage.commits import commit_user
+from store_support import commit_user
 from shardrun.task import UserIndex, load_users, read_user_index
 
 

@@ -16,10 +16,12 @@ from shardrun.cli.common import (
 )
 from shardrun.config import load_config
 from shardrun.early_signals import EarlySignals
-from shardrun.errors import UsageError
+from shardrun.errors import EXIT_OK, UsageError
 from shardrun.launch.cluster import ClusterOptions, submit_run
 from shardrun.launch.benchmark import run_benchmark
-from shardrun.launch.launcher import LaunchOptions, launch, plan_launch
+from shardrun.launch.local import launch
+from shardrun.launch.local_plan import plan_launch
+from shardrun.launch.options import LaunchOptions
 from shardrun.launch.policies import RestartPolicy
 from shardrun.launch.slurm_script import DEFAULT_SIGNAL, WarningSignal, time_limit_seconds
 from shardrun.shard.fail_fast import DEFAULT_FAIL_FAST
@@ -147,7 +149,8 @@ def _submit(args: argparse.Namespace) -> int:
         retry_failed=args.retry_failed, fail_fast=args.fail_fast, max_failed=args.max_failed,
         invocation=invocation(args),
     )
-    return submit_run(config, options).exit_code
+    submit_run(config, options)
+    return EXIT_OK
 
 
 def invocation(args: argparse.Namespace) -> str:

@@ -22,7 +22,7 @@ or jvm.xmx auto where the task cannot bound the heap from the index (heap_plan.r
 
 The side effects sit at the edges: `available_memory()` reads psutil and the cgroup files (through
 the pure parsers below), `available_cores()` the affinity and the cgroup's CPU quota files,
-`measure_launch_data` reads the input, `check_launch` puts them together for the launcher. The worker
+`measure_launch_data` reads the input, `admit_shards` puts them together for the launcher. The worker
 resolves the heap after loading its users and before starting the JVM.
 """
 
@@ -34,13 +34,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-from shardrun.config import JvmConfig, RunConfig, usable_cpus
-from shardrun.heap_plan import HeapPlan, plan_heap, run_heap_needs, task_heap_needs
+from shardrun.config import JvmConfig, usable_cpus
+from shardrun.heap_plan import HeapPlan, run_heap_needs, task_heap_needs
 from shardrun.platforms import PeakMemory
-from shardrun.shard.jvm import task_classpath
 from shardrun.shard.plan import assign_index
 from shardrun.errors import ConfigError
-from shardrun.task import UserIndex, heap_advice, load_users, read_user_index
+from shardrun.task import UserIndex, load_users, read_user_index
 from shardrun.units import MIB, format_bytes
 
 log = logging.getLogger(__name__)
@@ -55,7 +54,7 @@ log = logging.getLogger(__name__)
 # 370 MiB at 4g (about 194 MiB + 4.4% of the heap); sized for 64 CPUs (more GC and compiler threads)
 # 240 MiB at 128m, 281 MiB at 1g, 402 MiB at 4g (about 235 MiB + 4%). The constants cover the 64-CPU
 # figures with a margin of at least 20% (other library versions, a larger Python heap while analysing).
-# The loaded input is counted separately (`data_bytes` of check_launch, the rule in the module
+# The loaded input is counted separately (`data_bytes` of admit_shards, the rule in the module
 # docstring): for millions of users it can outweigh everything above.
 NATIVE_OVERHEAD_FIXED_BYTES = 288 * MIB
 NATIVE_OVERHEAD_HEAP_FRACTION = 0.05
@@ -228,12 +227,9 @@ def cgroup_available(root: Path = Path("/sys/fs/cgroup"), proc_cgroup: Path = Pa
     return tightest
 
 
-def available_memory() -> int:
-    """Bytes this machine can still give to new processes: psutil's available, capped by a cgroup limit."""
-    return _available_memory()[0]
-
-
-def _available_memory() -> tuple[int, str]:
+def available_memory() -> tuple[int, str]:
+    """Bytes this machine can still give to new processes (psutil's available, capped by a cgroup limit)
+    and what they are, in words."""
     import psutil
 
     available = (int(psutil.virtual_memory().available), "memory available (psutil)")
@@ -382,48 +378,11 @@ def measure_launch_data(task: Any, settings: Any, jvm: JvmConfig, shards: int, p
     return LaunchData(index, needs if needs is not None else checked, checked, peak, users, whole is not None)
 
 
-@dataclass(frozen=True)
-class LaunchCheck:
-    heap: HeapPlan  # heap.jvm: the resolved JVM config to give every shard (pass heap.jvm.xmx as --xmx)
-    admission: Admission
-
-    @property
-    def ok(self) -> bool:
-        return self.admission.ok
-
-
-def check_launch(
-    config: RunConfig,
-    task: Any,
-    data: LaunchData | None,
-    shards: int,
-    *,
-    data_bytes: int | None = None,
-    available_bytes: int | None = None,
-) -> LaunchCheck:
-    """Resolve the heap (from the data when given) and admit K shards against the memory available.
-
-    `data` (measure_launch_data) is required for jvm.xmx auto (the needs come from the data); without
-    it an explicit heap is admitted as configured and nobody is checked per user. `data_bytes` is the
-    memory one shard's input takes in its process; default data.share_bytes (the rule in the module
-    docstring), 0 without data. `available_bytes` defaults to available_memory(). A classpath the task
-    cannot find (Task.jvm_classpath) raises EnvironmentProblem here, before any shard starts.
-    """
-    if data is None and config.jvm.xmx_is_auto:
-        raise ConfigError(
-            "jvm.xmx is auto, which is chosen from the data, but the launcher's memory check was given no"
-            " data; read it first (shardrun.launch.admission.measure_launch_data) or set jvm.xmx to a size"
-            " such as 1g."
-        )
-    # What the task needs on the classpath (a jar) is missing: refuse the launch, not each of K shards.
-    task_classpath(task, config.settings, config.jvm)
-    heap = plan_heap(config.jvm, data.needs if data is not None else None,
-                     list(data.index.user_ids) if data is not None else [],
-                     advice=heap_advice(task, config.settings), checked=data.checked if data is not None else None)
-    if data_bytes is None:
-        data_bytes = data.share_bytes if data is not None else 0
+def admit_shards(heap: HeapPlan, shards: int, data_bytes: int, available_bytes: int | None = None) -> Admission:
+    """Admit `shards` shards at once of `heap` (the plan's), each with `data_bytes` of input in memory,
+    against the memory available (default: psutil's, capped by a cgroup limit)."""
     if available_bytes is None:
-        available_bytes, available_what = _available_memory()
+        available_bytes, available_what = available_memory()
     else:
         available_what = "memory available"
     admission = admit(
@@ -431,4 +390,4 @@ def check_launch(
         heap_floor_bytes=heap.largest_need or 0, available_what=available_what,
     )
     log.info("memory check for %d shards with %s: %s", shards, heap.jvm_line(), admission.message)
-    return LaunchCheck(heap=heap, admission=admission)
+    return admission

@@ -32,7 +32,8 @@ from typing import Callable, Sequence
 
 from shardrun.config import RunConfig
 from shardrun.errors import EXIT_OK, EXIT_USERS_FAILED, EXIT_VALIDATION_FAILED, UsageError
-from shardrun.launch.launcher import LaunchOptions, launch
+from shardrun.launch.local import launch
+from shardrun.launch.options import LaunchOptions
 from shardrun.results.compare import read_result_frame, result_differences
 from shardrun.results.read import read_shard
 from shardrun.results.timeline import span_table

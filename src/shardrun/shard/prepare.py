@@ -11,9 +11,10 @@ import re
 from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
+from typing import Mapping, Sequence
 
 from shardrun.config import RunConfig
-from shardrun.errors import ResumeMismatch, UsageError
+from shardrun.errors import ConfigError, ResumeMismatch, UsageError
 from shardrun.heap_plan import HeapPlan, plan_heap, run_heap_needs, task_heap_needs
 from shardrun.shard.fail_fast import DEFAULT_FAIL_FAST
 from shardrun.shard.jvm import find_java, task_classpath, task_jvm_options
@@ -163,8 +164,7 @@ def prepare(config: RunConfig, options: WorkerOptions) -> PreparedShard:
     choose the same heap): the task's bound from the index where it has one, else a full load.
     """
     task = load_task(config.task)
-    problems = [] if config.jvm.xmx_is_auto else task.preflight(config.settings, config.jvm.xmx_bytes)
-    task_classpath(task, config.settings, config.jvm)  # a missing jar refuses the shard before any write
+    problems = preflight(task, config)
     task_jvm_options(task, config.settings)
     find_java()
     index, whole = read_user_index(task, config.settings)
@@ -176,11 +176,29 @@ def prepare(config: RunConfig, options: WorkerOptions) -> PreparedShard:
     plan = plan_shard(assignment, dirs.spec, options.pilot, committed, options.retry_failed)
     dataset = whole if whole is not None else shard_rows(task, config, plan.todo, index)
     checked = task_heap_needs(task, config.settings, dataset, config.jvm) if dataset is not None else {}
-    heap = plan_heap(config.jvm, needs if needs is not None else checked, plan.todo,
-                     advice=heap_advice(task, config.settings), checked=checked)
-    if config.jvm.xmx_is_auto:
-        problems = task.preflight(config.settings, heap.heap)
+    heap, problems = task_heap(task, config, needs if needs is not None else checked, plan.todo, checked, problems)
     return PreparedShard(task, index, dataset, dirs, assignment, plan, heap, problems, committed, listing)
+
+
+def preflight(task: Task, config: RunConfig) -> list[str]:
+    """Before the data are read: the task's classpath (a missing jar refuses at once, before any write) and
+    its problems with a heap given as a size ([] for jvm.xmx auto: checked once resolved, task_heap)."""
+    task_classpath(task, config.settings, config.jvm)
+    return [] if config.jvm.xmx_is_auto else task.preflight(config.settings, config.jvm.xmx_bytes)
+
+
+def task_heap(task: Task, config: RunConfig, needs: Mapping[str, int] | None, users: Sequence[str],
+                 checked: Mapping[str, int] | None, problems: list[str]) -> tuple[HeapPlan, list[str]]:
+    """The heap for `users` and the task's problems with it: preflight's for a size, else the auto heap's."""
+    heap = plan_heap(config.jvm, needs, users, advice=heap_advice(task, config.settings), checked=checked)
+    return heap, task.preflight(config.settings, heap.heap) if config.jvm.xmx_is_auto else problems
+
+
+def refuse_if(problems: list[str], fix: str = "") -> None:
+    """The task's preflight problems as the refusal of the run (exit 2), with `fix` on a line of its own."""
+    if problems:
+        raise ConfigError("the configured analysis cannot run as it stands:\n  - " + "\n  - ".join(problems)
+                          + (f"\n{fix}" if fix else ""))
 
 
 def shard_rows(task: Task, config: RunConfig, users: tuple[str, ...], index: UserIndex) -> Dataset | None:

@@ -12,13 +12,13 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from shardrun.config import RunConfig, resolve_threads
-from shardrun.errors import EXIT_INTERRUPTED, EXIT_PREEMPTED, ConfigError, ResumeMismatch
+from shardrun.errors import EXIT_INTERRUPTED, EXIT_PREEMPTED, ResumeMismatch
 from shardrun.scheduler.slurm import lease_scheduler
 from shardrun.shard.lifecycle import StopFlag
 from shardrun.shard.loop import ShardLoop
 from shardrun.shard.plan import ShardPlan, plan_shard
 from shardrun.shard.prepare import (
-    PreparedShard, ResolvedDirs, WorkerOptions, create_run_dir, prepare, scan_committed_durably, shard_rows,
+    PreparedShard, ResolvedDirs, WorkerOptions, create_run_dir, prepare, refuse_if, scan_committed_durably, shard_rows,
 )
 from shardrun.states import user_outcome
 from shardrun.storage.atomic import create_json_once, utc_now
@@ -44,12 +44,8 @@ def run_shard(config: RunConfig, options: WorkerOptions, stop: StopFlag | None =
     stop = stop or StopFlag()
     prepared = prepare(config, options)
     task, index, dirs, heap = prepared.task, prepared.index, prepared.dirs, prepared.heap
-    if prepared.problems:
-        raise ConfigError(
-            "the configured analysis cannot run as it stands:\n  - " + "\n  - ".join(prepared.problems)
-            + f"\n{capitalised(heap_advice(task, config.settings))}, or raise jvm.xmx; `run_production --dry-run`"
-            " lists this before any user starts."
-        )
+    refuse_if(prepared.problems, f"{capitalised(heap_advice(task, config.settings))}, or raise jvm.xmx;"
+              " `run_production --dry-run` lists this before any user starts.")
     if stop.requested_by:
         log.warning("%s received before the shard started: nothing was written, and the same command starts it"
                     " again whenever you like", stop.requested_by)
@@ -93,7 +89,8 @@ def run_shard(config: RunConfig, options: WorkerOptions, stop: StopFlag | None =
             dataset = shard_rows(task, config, plan.todo, index)
         previous = [user_outcome(committed[u].rows) for u in plan.done]
         earlier = recorded_attempts(read_errors(dirs.shard), {u: committed[u].records for u in plan.retry})
-        exit_code = ShardLoop(config, task, dataset, dirs, plan, options, previous, stop, earlier).run()
+        shard = replace(prepared, dirs=dirs, plan=plan, dataset=dataset)
+        exit_code = ShardLoop(config, shard, options, previous, stop, earlier).run()
     finally:
         lock.release()
     return ShardOutcome(exit_code=exit_code, plan=plan, dirs=dirs)
