@@ -20,7 +20,7 @@ from shardrun.storage.atomic import create_temp_file
 from shardrun.launch import report
 from shardrun.launch.local_plan import given
 from shardrun.launch.run_dir import HeldRun, check_same_run, open_run_dir
-from shardrun.shard.prepare import run_label
+from shardrun.shard.dirs import run_label
 from shardrun.storage.paths import RunPaths
 from shardrun.task import load_task
 from test_result_set import needs_root_mounts, read_only

@@ -109,6 +109,23 @@ def admit(
     if total <= available_bytes:
         return Admission(True, f"{arithmetic} fits in the {format_bytes(available_bytes)} of {available_what}.",
                          max_shards, max_heap)
+    fixes, note = smaller_fixes(shards, max_shards, max_heap, heap_floor_bytes, native_overhead_bytes, available_bytes)
+    # Always a fix that works as it stands: the memory this launch needs.
+    short = format_bytes(total - max(available_bytes, 0))
+    fixes.append(f"{'or ' if fixes else ''}give the launch more memory: free {short} on this machine,"
+                 f" or run on one with {format_bytes(total)} of {available_what}")
+    lead = "not even one shard fits" if max_shards == 0 else "the OOM killer would end shards mid-run"
+    message = (
+        f"{arithmetic} is more than the {format_bytes(available_bytes)} of {available_what}: {lead}{note}."
+        f" To fit: {'; '.join(fixes)}."
+    )
+    return Admission(False, message, max_shards, max_heap)
+
+
+def smaller_fixes(shards: int, max_shards: int, max_heap: int, heap_floor_bytes: int, native_overhead_bytes: int,
+                  available_bytes: int) -> tuple[list[str], str]:
+    """The ways to fit by asking less (fewer shards at once, a smaller heap), and why not a smaller heap
+    when the largest user needs more than would fit."""
     fixes = []
     if max_shards >= 1:
         fixes.append(f"run at most {max_shards} shard{'s' if max_shards > 1 else ''} at once"
@@ -125,16 +142,7 @@ def admit(
         if one_heap > max_heap and one_heap >= max(heap_floor_bytes, MIB):
             fixes.append(f"run one shard at a time with a smaller heap (--max-parallel 1 and jvm.xmx"
                          f" {one_heap // MIB}m or less)")
-    # Always a fix that works as it stands: the memory this launch needs.
-    short = format_bytes(total - max(available_bytes, 0))
-    fixes.append(f"{'or ' if fixes else ''}give the launch more memory: free {short} on this machine,"
-                 f" or run on one with {format_bytes(total)} of {available_what}")
-    lead = "not even one shard fits" if max_shards == 0 else "the OOM killer would end shards mid-run"
-    message = (
-        f"{arithmetic} is more than the {format_bytes(available_bytes)} of {available_what}: {lead}{note}."
-        f" To fit: {'; '.join(fixes)}."
-    )
-    return Admission(False, message, max_shards, max_heap)
+    return fixes, note
 
 
 # --- Memory available: psutil, capped by a cgroup limit ---------------------------------------

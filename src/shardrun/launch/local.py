@@ -15,7 +15,7 @@ from shardrun.launch.local_plan import given, plan_launch
 from shardrun.launch.options import LaunchOptions
 from shardrun.launch.run_dir import HeldRun, follow_the_launcher, hold_run, open_run_dir
 
-__all__ = ["LaunchResult", "launch"]
+__all__ = ["LaunchResult", "dry_run", "launch"]
 
 
 def launch(config: RunConfig, options: LaunchOptions, out: Callable[[str], None] = print) -> LaunchResult:
@@ -36,6 +36,13 @@ def launch(config: RunConfig, options: LaunchOptions, out: Callable[[str], None]
             held.release()
         if early_guard is not None:
             early_guard.release()
+
+
+def dry_run(config: RunConfig, options: LaunchOptions, out: Callable[[str], None] = print) -> int:
+    """The plan, said as a launch would say it; nothing started, nothing written."""
+    plan_launch(config, options, out)
+    out(f"dry run: started no shard and wrote nothing; without --dry-run this starts {options.shards} shards")
+    return 0
 
 
 def run_shards(launcher: Launcher, held: HeldRun, out: Callable[[str], None]) -> LaunchResult:

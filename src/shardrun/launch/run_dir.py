@@ -14,6 +14,7 @@ from shardrun.errors import AlreadyRunning, ConfigError, ResumeMismatch, UsageEr
 from shardrun.storage.durability import durable_write, storage_error
 from shardrun.storage.exclusive import ExclusiveFile
 from shardrun.storage.identity import read_run_document, read_shard_identity, run_difference
+from shardrun.shard.dirs import config_stem
 from shardrun.storage.paths import RunPaths, ShardPaths, refuse_a_file_for_a_dir
 
 log = logging.getLogger(__name__)
@@ -160,3 +161,19 @@ def open_run_dir(where: RunDir, root: Path, label: str, guard: ExclusiveFile | N
     if not where.existing:
         durable_write("the run dir", where.run.dir, lambda: where.run.dir.mkdir(parents=True, exist_ok=True))
     return HeldRun(where.run, where.existing, created, guard)
+
+
+def benchmark_dir(config: RunConfig, out: Path | None, shards: int, users: int) -> Path:
+    """--benchmark's dir: --out DIR (new or empty), else a new dir `<config stem>_benchmark<n>_<time>` under
+    output.root."""
+    if out is not None:
+        if out.exists() and (not out.is_dir() or any(out.iterdir())):
+            raise UsageError(f"--out {out} is not a new or empty dir; --benchmark puts its two runs (k1/ and"
+                             f" k{shards}/) there. Pass a new dir to --out, or leave --out out for a new dir"
+                             f" under output.root.")
+        durable_write("the benchmark dir", out, lambda: out.mkdir(parents=True, exist_ok=True))
+        return out
+    stem = config_stem(config)
+    label = f"{stem}_benchmark{users}" if stem else f"benchmark{users}"
+    root = config.output.root
+    return durable_write("a new benchmark dir", root, lambda: RunPaths.create(root, label, datetime.now())).dir
