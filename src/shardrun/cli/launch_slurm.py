@@ -8,7 +8,11 @@ from shardrun.cli.common import non_negative_int, positive_int
 from shardrun.config import load_config
 from shardrun.errors import EXIT_OK, UsageError
 from shardrun.launch.cluster import ClusterOptions, submit_run
-from shardrun.launch.slurm_script import DEFAULT_SIGNAL, WarningSignal, time_limit_seconds
+from shardrun.launch.slurm_script import (
+    DEFAULT_SIGNAL,
+    WarningSignal,
+    time_limit_seconds,
+)
 from shardrun.units import MIB, heap_bytes
 
 # Flags of the local launcher only, with their defaults: given with --scheduler slurm they are refused.

@@ -1,29 +1,12 @@
 """Admission: whether K shards, each with its heap and its share of the input, fit in this machine's
-memory, and the cores they get.
+memory (admit: K x (heap + the measured overhead beyond it + the input), pure), and the cores they get.
 
-The heap itself is chosen in shardrun.heap_plan. Here, a pure function of numbers, tested without
-processes:
-
-- `admit(shards, heap, native_overhead, available)`: K x (heap + the process's memory beyond its
-  heap) must fit in the memory available, or the launcher refuses to start and says which K or
-  heap would fit. The overhead beyond the heap was measured (docs/PERFORMANCE.md, bench/jvm_overhead.py)
-  and is encoded in `native_overhead_bytes`; the input a shard loads is added to it.
-- `cores_from(affinity, quota)`: the cores the shards may use, the smaller of the launcher's CPU
-  affinity and its cgroup's CPU quota (how many run at once follows in policies.parallel_for_cores).
-
-The input a shard loads, the rule: each shard is counted with the load peak of ONE shard's share,
-measured. `measure_launch_data` reads the user index, assigns the users as the run will (the
-config's partition), loads the share with the most observations (the input rows of its users) and
-measures the peak memory that load took (platforms.PeakMemory): about the whole table's load peak / K
-for a task that reads by user (ReadsByUser), and never less than the largest share's, nor than its rows
-at the rate measured for a shard (LOAD_PEAK_BYTES_PER_ROW). A shard that
-loads the whole table is counted with the whole table's measured peak: a task without ReadsByUser,
-or jvm.xmx auto where the task cannot bound the heap from the index (heap_plan.run_heap_needs).
-
-The side effects sit at the edges: `available_memory()` reads psutil and the cgroup files (through
-the pure parsers below), `available_cores()` the affinity and the cgroup's CPU quota files,
-`measure_launch_data` reads the input, `admit_shards` puts them together for the launcher. The worker
-resolves the heap after loading its users and before starting the JVM.
+The input rule: each shard is counted with the load peak of ONE shard's share, measured on the share
+with the most rows (measure_launch_data; platforms.PeakMemory), never below its rows at the rate
+measured for a shard (LOAD_PEAK_BYTES_PER_ROW); a shard that loads the whole table (a task without
+ReadsByUser, or jvm.xmx auto the task cannot bound from the index) with the whole table's peak.
+Figures: docs/PERFORMANCE.md, bench/jvm_overhead.py. Side effects only at the edges: available_memory
+(psutil, cgroup), available_cores (affinity, CPU quota), measure_launch_data (the input).
 """
 
 from __future__ import annotations

@@ -1,12 +1,9 @@
 """`launch_shards --scheduler slurm`: a run's shards as a SLURM job array, then a merge job.
 
-One command both starts and continues a run. On a new run it writes run.json (so every element
-takes K from the run), submits an array of K elements and a merge + validate job that waits for
-them (afterany). On an existing run (`--out DIR`) it submits only the shards that are neither
-complete (status.json) nor still SLURM's business (waiting, running, requeued), by index, and a new
-merge job in place of the one still pending. With `--retry-failed` the complete shards that have
-failed users are submitted too, and every element runs its shard's failed users again. `--dry-run` prints all of it and submits nothing.
-Every decision is a pure function below; SLURM itself is behind scheduler.slurm.SlurmCommands.
+One command starts and continues a run: a new run gets run.json, an array of K elements and a merge
+job after them (afterany); a run that exists gets only the shards neither complete nor in the queue
+(with --retry-failed, complete ones with failed users too) and a merge job in place of a pending one.
+The decisions are pure (slurm_rules.py); SLURM itself is behind scheduler.slurm.SlurmCommands.
 """
 
 from __future__ import annotations

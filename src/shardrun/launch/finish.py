@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
-from shardrun.errors import EXIT_OK, EXIT_SHARD_LOCKED, EXIT_STORAGE, EXIT_USAGE, EXIT_USERS_FAILED, EXIT_VALIDATION_FAILED
+from shardrun.errors import (
+    EXIT_OK,
+    EXIT_SHARD_LOCKED,
+    EXIT_STORAGE,
+    EXIT_USAGE,
+    EXIT_USERS_FAILED,
+    EXIT_VALIDATION_FAILED,
+)
 from shardrun.launch import report
 from shardrun.launch.launcher import Launcher
 from shardrun.launch.run_dir import HeldRun

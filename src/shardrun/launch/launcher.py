@@ -1,13 +1,8 @@
 """The local launcher's loop: the process port's events in, the pure supervisor's actions carried out.
 
-The launcher never starts a JVM: it starts shard processes through the process port (processes.py:
-subprocess, a fresh interpreter each, so no JVM is ever forked) and does what the supervisor
-(supervisor.py) decides: start (at most --max-parallel at once), restart by resuming (--restarts),
-suspend and resume (--cpu-limit), drain on a signal, kill after --grace. Each shard runs in its own
-process group so that a terminal's Ctrl-C reaches the launcher alone, which then drains the shards
-once; each shard also dies with the launcher (parent-death signal, set by the worker; for a
-suspended shard, the orphaned process group's SIGHUP + SIGCONT). The plan, the run dir, the summary
-and the merge are local.py's.
+It never starts a JVM: shards are fresh interpreters started through the port (processes.py), each in
+its own process group, so a terminal's Ctrl-C reaches the launcher alone, which drains them once; each
+shard dies with the launcher (parent-death signal; a suspended one by its orphaned group's SIGHUP).
 """
 
 from __future__ import annotations

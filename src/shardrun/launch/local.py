@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import signal
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from shardrun.config import RunConfig
 from shardrun.early_signals import STOP_SIGNALS

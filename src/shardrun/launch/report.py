@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import os
 import socket
-from datetime import datetime, timezone
+from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from shardrun.errors import EXIT_USERS_FAILED
 from shardrun.launch.options import LaunchOptions
@@ -18,7 +19,8 @@ from shardrun.observe.live import LiveTable
 from shardrun.states import ShardState
 from shardrun.storage.atomic import read_json, utc_now, write_json_atomic
 from shardrun.storage.paths import RunPaths, ShardPaths, shard_log_path
-from shardrun.storage.status import record_death as record_death_in_status, status_document
+from shardrun.storage.status import record_death as record_death_in_status
+from shardrun.storage.status import status_document
 
 
 class Display:
@@ -42,7 +44,7 @@ class Display:
 
 def shard_views(run: RunPaths, supervisor: Supervisor, users_total: list[int | None]) -> list[progress.ShardView]:
     """Each shard's row from its status.json and its phase in the supervisor."""
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     views = []
     for slot in supervisor.slots:
         spec = supervisor.spec(slot.index)

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Iterable, Mapping
 
 from shardrun.launch.admission import shard_memory_bytes
 from shardrun.observe.progress import format_seconds

@@ -8,10 +8,11 @@ import logging
 import os
 import platform
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from shardrun.config import RunConfig
 from shardrun.errors import ResumeMismatch, UsageError
@@ -19,8 +20,18 @@ from shardrun.shard.fail_fast import DEFAULT_FAIL_FAST
 from shardrun.sharding import ShardSpec, resolve_auto_shard
 from shardrun.storage.atomic import create_json_once, utc_now
 from shardrun.storage.durability import durable_write
-from shardrun.storage.identity import read_run_document, read_shard_identity, recorded_shard_count, run_difference
-from shardrun.storage.paths import RunPaths, ShardPaths, not_a_dir, refuse_a_file_for_a_dir
+from shardrun.storage.identity import (
+    read_run_document,
+    read_shard_identity,
+    recorded_shard_count,
+    run_difference,
+)
+from shardrun.storage.paths import (
+    RunPaths,
+    ShardPaths,
+    not_a_dir,
+    refuse_a_file_for_a_dir,
+)
 from shardrun.task import Task, UserIndex, task_origin
 
 log = logging.getLogger(__name__)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from shardrun.config import RunConfig
 from shardrun.errors import EXIT_OK, EXIT_USAGE, EnvironmentProblem, UsageError

@@ -13,15 +13,21 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from datetime import datetime
-from typing import Any, Callable, Mapping, NoReturn
+from typing import Any, NoReturn
 
 from shardrun.errors import EXIT_INTERRUPTED, EXIT_PREEMPTED, SchedulerError
 from shardrun.scheduler.slurm import JobRecord
 from shardrun.shard.lifecycle import StopFlag
 from shardrun.shard.requeue import (
-    decide_requeue, grace_seconds_left, own_slurm_job, read_own_job, requeue_slurm_job, requeued_by_slurm,
+    decide_requeue,
+    grace_seconds_left,
+    own_slurm_job,
+    read_own_job,
+    requeue_slurm_job,
+    requeued_by_slurm,
 )
 from shardrun.states import ShardState
 from shardrun.storage.paths import ShardPaths

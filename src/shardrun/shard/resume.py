@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import replace
-from typing import Any, Mapping
+from typing import Any
 
 from shardrun.config import RunConfig
 from shardrun.scheduler.slurm import lease_scheduler
@@ -12,7 +13,12 @@ from shardrun.shard.plan import plan_shard
 from shardrun.shard.prepare import PreparedShard, scan_committed_durably, shard_rows
 from shardrun.states import user_outcome
 from shardrun.storage.attempts import recorded_attempts
-from shardrun.storage.commits import CommittedUser, clean_tmp, read_errors, results_listing
+from shardrun.storage.commits import (
+    CommittedUser,
+    clean_tmp,
+    read_errors,
+    results_listing,
+)
 from shardrun.storage.durability import durable_write
 from shardrun.storage.identity import ensure_identity
 from shardrun.storage.lock import ShardLock

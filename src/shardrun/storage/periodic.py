@@ -4,7 +4,7 @@ lease's refresher and a preemption's abandon timer (an action that returns False
 from __future__ import annotations
 
 import threading
-from typing import Callable
+from collections.abc import Callable
 
 
 class Periodic:
