@@ -16,9 +16,9 @@ from shardrun.launch.slurm_script import (
 from shardrun.units import MIB, heap_bytes
 
 # Flags of the local launcher only, with their defaults: given with --scheduler slurm they are refused.
-LOCAL_ONLY = {"run_dir": None, "grace": 120.0, "live": None, "cpu_limit": None, "nice": 0, "cooldown": 0.0,
+LOCAL_ONLY: dict[str, object] = {"run_dir": None, "grace": 120.0, "live": None, "cpu_limit": None, "nice": 0, "cooldown": 0.0,
               "restarts": 0, "restart_heap_factor": 1.0, "threads": None, "progress_every": 30.0, "benchmark": None}
-SLURM_ONLY = {"time": None, "signal": DEFAULT_SIGNAL, "cpus_per_shard": 1, "mem": None, "merge_mem": None,
+SLURM_ONLY: dict[str, object] = {"time": None, "signal": DEFAULT_SIGNAL, "cpus_per_shard": 1, "mem": None, "merge_mem": None,
               "requeue_limit": 3, "sbatch_option": [], "partition": None, "account": None, "qos": None,
               "constraint": None}
 
@@ -45,7 +45,7 @@ def add_slurm_flags(p: argparse.ArgumentParser) -> None:
                        help="any other sbatch option, written into the scripts as is (repeatable), e.g. --sbatch-option=--gres=tmp:10G")
 
 
-def given_flags(args: argparse.Namespace, defaults: dict) -> list[str]:
+def given_flags(args: argparse.Namespace, defaults: dict[str, object]) -> list[str]:
     """The flags of `defaults` given with another value than their default."""
     return [f"--{name.replace('_', '-')}" for name, default in defaults.items() if getattr(args, name) != default]
 

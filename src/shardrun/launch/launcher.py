@@ -70,7 +70,7 @@ class Launcher:
         self.port: ProcessPort = port if port is not None else LocalProcesses()
         self.clock = clock
         self.sleep = sleep
-        self.users_total: list[int | None] = list(users_per_shard or [None] * options.shards)
+        self.users_total: list[int | None] = [*users_per_shard] if users_per_shard else [None] * options.shards
         self.supervisor = Supervisor(options.supervisor_policy(config.jvm.xmx))
         # The CPUs are shared by the shards that run at once (auto), not by all K.
         self.threads = resolve_threads(config.jvm.threads, options.at_once)
@@ -87,11 +87,12 @@ class Launcher:
             self.perform(action)
 
     def perform(self, action: Action) -> None:
-        spec = self.supervisor.spec(action.index) if not isinstance(action, Say) else None
+        if isinstance(action, Say):
+            self.out(action.message)
+            return
+        spec = self.supervisor.spec(action.index)
         if isinstance(action, Start):
             self.start(action)
-        elif isinstance(action, Say):
-            self.out(action.message)
         elif isinstance(action, RecordDeath):
             shard = self.run.shard(spec)
             if shard.status.is_file():

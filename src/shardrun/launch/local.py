@@ -23,7 +23,8 @@ def launch(config: RunConfig, options: LaunchOptions, out: Callable[[str], None]
     # running run is refused at once, with nothing else said (a new run dir appears only after every
     # check, so a new run is held once its dir is made).
     where = given(config, options)
-    early_guard = hold_run(where.run, new_run=False, fix=follow_the_launcher(where.run)) if where.existing else None
+    early_guard = (hold_run(where.run, new_run=False, fix=follow_the_launcher(where.run))
+                   if where.run is not None and where.existing else None)
     held: HeldRun | None = None
     try:
         plan, options, users_per_shard = plan_launch(config, options, out, where)

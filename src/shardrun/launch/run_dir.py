@@ -161,10 +161,11 @@ def open_run_dir(where: RunDir, root: Path, label: str, guard: ExclusiveFile | N
     if where.run is None:
         run = durable_write("a new run dir", root, lambda: RunPaths.create(root, label, datetime.now()))
         return HeldRun(run, False, True, guard)
-    created = not where.existing and not where.run.dir.exists()
+    given = where.run
+    created = not where.existing and not given.dir.exists()
     if not where.existing:
-        durable_write("the run dir", where.run.dir, lambda: where.run.dir.mkdir(parents=True, exist_ok=True))
-    return HeldRun(where.run, where.existing, created, guard)
+        durable_write("the run dir", given.dir, lambda: given.dir.mkdir(parents=True, exist_ok=True))
+    return HeldRun(given, where.existing, created, guard)
 
 
 def benchmark_dir(config: RunConfig, out: Path | None, shards: int, users: int) -> Path:

@@ -90,11 +90,12 @@ class ShardEnding:
         since_signal = time.monotonic() - self.stop.preempted_at
         # A preemption by SLURM stops the job when its grace time ends, which may come before the lead.
         grace_left = grace_seconds_left(read_own_job(os.environ), datetime.now())
-        if grace_left is not None and since_signal + grace_left < notice.lead_seconds:
+        lead = notice.lead_seconds
+        if grace_left is not None and since_signal + grace_left < lead:
             notice = replace(notice, lead_seconds=max(since_signal + grace_left, 0.0))
             log.warning("SLURM's grace time for this preemption ends in %.0f s, before the lead of %.0f s: the user"
-                        " in flight is kept if it ends within %.0f s of %s", grace_left,
-                        self.stop.preemption.lead_seconds, notice.abandon_after, self.stop.requested_by)
+                        " in flight is kept if it ends within %.0f s of %s", grace_left, lead,
+                        notice.abandon_after, self.stop.requested_by)
         self._abandon_after = notice.abandon_after
         Periodic("preemption-abandon", max(notice.abandon_after - since_signal, 0.0), self.abandon).start()
 

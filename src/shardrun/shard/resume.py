@@ -11,7 +11,7 @@ from shardrun.config import RunConfig
 from shardrun.scheduler.slurm import lease_scheduler
 from shardrun.shard.plan import plan_shard
 from shardrun.shard.prepare import PreparedShard, scan_committed_durably, shard_rows
-from shardrun.states import user_outcome
+from shardrun.states import UserStatus, user_outcome
 from shardrun.storage.attempts import recorded_attempts
 from shardrun.storage.commits import (
     CommittedUser,
@@ -42,7 +42,7 @@ def hold_shard(prepared: PreparedShard, identity: Mapping[str, Any]) -> ShardLoc
 
 
 def resume_under_lock(prepared: PreparedShard, config: RunConfig, pilot: int | None,
-                      retry_failed: bool) -> tuple[PreparedShard, list[str], dict[str, int]]:
+                      retry_failed: bool) -> tuple[PreparedShard, list[UserStatus], dict[str, int]]:
     """The shard as the loop takes it (its plan from the committed users, the rows of its users to do),
     the outcomes of the users done already and each retried user's earlier attempts."""
     committed = committed_under_lock(prepared)

@@ -66,7 +66,12 @@ def set_up(config: RunConfig, prepared: PreparedShard, options: WorkerOptions) -
     run_doc = {**run_document(config, task, prepared.index, dirs.spec.count, options.pilot),
                "jvm": config.jvm.jvm_args()}
     durable_write("run.json", dirs.run.dir, lambda: ensure_run_document(dirs.run, run_doc))
-    durable_write("the shard dir", dirs.shard.dir, lambda: (dirs.shard.make(), attach_shard_log(dirs.shard.log)))
+
+    def make_shard_dir() -> None:
+        dirs.shard.make()
+        attach_shard_log(dirs.shard.log)
+
+    durable_write("the shard dir", dirs.shard.dir, make_shard_dir)
     log.info("JVM heap: %s", heap.jvm_line())
     if heap.over_budget_count:
         log.warning("%s", "\n".join(heap.report_lines()))
