@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping, Sequence
 
 from shardrun.storage.batches import decode_batch, encode_batch, encode_record, readable_user_ids
+from shardrun.storage.commits import GroupCommitter, scan_committed, shard_config_hash
 from shardrun.storage.paths import ShardPaths
 
 
@@ -52,3 +53,15 @@ def edit_batch(path: Path, edit: Callable[[dict[str, Any]], Any], keep_checksum:
         new_head, _, new_body = payload.partition(b"\n")
         payload = head + b"\n" + new_body
     path.write_bytes(payload)
+
+
+def commit_user(paths: ShardPaths, user_id: str, rows: Sequence[Mapping[str, Any]],
+                header: Mapping[str, Any] | None = None, replaces: bool = False,
+                attempt: Mapping[str, Any] | None = None) -> Path:
+    """Commit one user now, as a batch of its own (a stand-in worker's or a tool's single commit)."""
+    committer = GroupCommitter(paths, {"config_hash": shard_config_hash(paths), **(header or {})},
+                               committed=scan_committed(paths, untrusted="keep"))
+    committer.add(user_id, rows, replaces=replaces, attempt=attempt)
+    written = committer.flush()
+    assert written is not None
+    return written

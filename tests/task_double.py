@@ -17,7 +17,7 @@ from shardrun.config import parse_config
 from shardrun.results.read import read_result_file
 from shardrun.sharding import ShardSpec, users_of_shard
 from shardrun.storage.atomic import write_json_atomic
-from shardrun.storage.commits import commit_user
+from store_support import commit_user
 from shardrun.storage.identity import ensure_identity
 from shardrun.storage.paths import MergedPaths, RunPaths
 from shardrun.task import Dataset, Task

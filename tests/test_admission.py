@@ -21,8 +21,7 @@ from shardrun.launch.admission import (
     cgroup_available,
     cgroup_cpu_quota,
     cgroup_headroom,
-    LaunchData,
-    check_launch,
+    admit_shards,
     cores_from,
     measure_launch_data,
     native_overhead_bytes,
@@ -33,7 +32,7 @@ from shardrun.launch.admission import (
     parse_proc_cgroup,
 )
 from shardrun.config import JvmConfig, load_config, parse_config
-from shardrun.task import UserIndex
+from shardrun.shard.prepare import task_heap
 from shardrun.section import Section
 from shardrun.errors import ConfigError
 from shardrun.infodynamics import heap, task
@@ -209,7 +208,7 @@ def test_cgroup_available_takes_the_tightest_limit_on_the_way_up(tmp_path):
 def test_available_memory_is_positive_and_at_most_the_machines():
     import psutil
 
-    assert 0 < admission.available_memory() <= psutil.virtual_memory().total
+    assert 0 < admission.available_memory()[0] <= psutil.virtual_memory().total
 
 
 # --- cores available: affinity and the cgroup's CPU quota --------------------------------------
@@ -348,30 +347,28 @@ def test_observation_counts_match_the_series_after_resampling(tmp_path, step, ag
 # --- the launcher's check and the worker's dry run --------------------------------------------
 
 
-def test_check_launch_resolves_auto_from_the_data_and_admits(tmp_path):
+def test_the_plan_resolves_auto_from_the_data_and_admits(tmp_path):
     config = load_config(proposal_with(tmp_path, xms="auto", xmx="auto"))
     data = measure_launch_data(task, config.settings, config.jvm, 4, config.partition)
-    roomy = check_launch(config, task, data, 4, available_bytes=64 * GIB)
-    assert roomy.ok and roomy.heap.jvm == JvmConfig(xms="128m", xmx="128m")
-    tight = check_launch(config, task, data, 4, data_bytes=0, available_bytes=1 * GIB)
-    assert not tight.ok and f"--shards {tight.admission.max_shards_that_fit}" in tight.admission.message
-    assert tight.admission.max_shards_that_fit == 1 * GIB // (128 * MIB + native_overhead_bytes(128 * MIB))
-    with pytest.raises(ConfigError, match="auto.*no data"):
-        check_launch(config, task, None, 4)
+    plan, problems = task_heap(task, config, data.needs, list(data.index.user_ids), data.checked, [])
+    assert problems == [] and plan.jvm == JvmConfig(xms="128m", xmx="128m")
+    assert admit_shards(plan, 4, data.share_bytes, available_bytes=64 * GIB).ok
+    tight = admit_shards(plan, 4, 0, available_bytes=1 * GIB)
+    assert not tight.ok and f"--shards {tight.max_shards_that_fit}" in tight.message
+    assert tight.max_shards_that_fit == 1 * GIB // (128 * MIB + native_overhead_bytes(128 * MIB))
     explicit = load_config(proposal_with(tmp_path, xms=None, xmx="256m"))  # a size: no data needed
-    assert check_launch(explicit, task, None, 2, available_bytes=64 * GIB).heap.jvm.xmx == "256m"
+    assert task_heap(task, explicit, None, [], None, [])[0].jvm.xmx == "256m"
 
 
-def test_check_launch_counts_one_shards_share_of_the_data(tmp_path):
+def test_admission_counts_one_shards_share_of_the_data(tmp_path):
     config = load_config(proposal_with(tmp_path, xms=None, xmx="256m"))
-    index = UserIndex(("a", "b"), "fp", (10, 10))
-    share = LaunchData(index, None, None, share_bytes=300 * MIB, share_users=1, whole_table=False)
+    heap_plan = task_heap(task, config, None, ["a", "b"], None, [])[0]
     overhead = native_overhead_bytes(256 * MIB)
     fits = 2 * (256 * MIB + overhead + 300 * MIB)
-    assert check_launch(config, task, share, 2, available_bytes=fits).ok
-    refused = check_launch(config, task, share, 2, available_bytes=fits - MIB)
-    assert not refused.ok and "2 shards x (256.0 MiB Java heap" in refused.admission.message
-    assert check_launch(config, task, share, 2, data_bytes=0, available_bytes=fits - 600 * MIB).ok  # data_bytes wins
+    assert admit_shards(heap_plan, 2, 300 * MIB, available_bytes=fits).ok
+    refused = admit_shards(heap_plan, 2, 300 * MIB, available_bytes=fits - MIB)
+    assert not refused.ok and "2 shards x (256.0 MiB Java heap" in refused.message
+    assert admit_shards(heap_plan, 2, 0, available_bytes=fits - 600 * MIB).ok
 
 
 def big_table(path: Path, users: int, rows_each: int) -> Path:

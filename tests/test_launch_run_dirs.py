@@ -17,9 +17,14 @@ from shardrun.errors import ConfigError, ResumeMismatch
 from shardrun.launch.policies import describe_exit, log_excerpt
 from e2e_support import analysis_values, shardrun, wait_for, write_config
 from shardrun.storage.atomic import create_temp_file
+from shardrun.launch import report
+from shardrun.launch.local_plan import given
+from shardrun.launch.run_dir import HeldRun, check_same_run, open_run_dir
+from shardrun.shard.dirs import run_label
 from shardrun.storage.paths import RunPaths
+from shardrun.task import load_task
 from test_result_set import needs_root_mounts, read_only
-from test_supervisor import FakePort, fake_launcher
+from test_supervisor import FakePort, fake_launcher, summary
 
 SIGKILL = -9
 
@@ -93,7 +98,7 @@ def test_the_summary_shows_a_refused_shards_error_instead_of_see_its_log(tmp_pat
     (tmp_path / "logs" / "shard0.log").write_text(
         "=== start\nerror: cannot resume run/shard-0-of-2: its shard.json is damaged (...)\nshard done\n")
     launcher.wait()
-    launcher.summary()
+    summary(launcher)
     (line0,) = [o for o in outputs if o.startswith("  shard 0/2")]
     assert "refused its input (config, data or environment);" in line0 and "see its log" not in line0
     assert line0.endswith("\n      error: cannot resume run/shard-0-of-2: its shard.json is damaged (...)")
@@ -111,6 +116,21 @@ def write_run_json(launcher, run_dir, **changes):
     (run_dir / "run.json").write_text(json.dumps(doc))
 
 
+def prepare_run_dir(launcher, fingerprint="fp") -> HeldRun:
+    """The run dir as launch() takes it: given_run_dir, the data's check of the plan, then made; launcher.run is set."""
+    config, options = launcher.config, launcher.options
+    where = given(config, options)
+    if where.existing:
+        check_same_run(where.run, where.flag, options.shards, config.hash, options.pilot, fingerprint)
+    held = open_run_dir(where, config.output.root, run_label(load_task(config.task), config, options.pilot))
+    launcher.run = held.run
+    return held
+
+
+def resume_hint(launcher, config_source, interrupted=True) -> str:
+    return report.resume_hint(launcher.run, launcher.options, config_source, interrupted)
+
+
 def out_launcher(tmp_path, out, **options):
     base = tmp_path / f"launcher{len(list(tmp_path.glob('launcher*')))}"  # fake_launcher makes base/run
     base.mkdir()
@@ -122,8 +142,8 @@ def test_out_starts_a_new_run_in_a_missing_or_empty_dir(tmp_path):
         if out.name == "empty":
             out.mkdir()
         launcher = out_launcher(tmp_path, out)
-        run = launcher.prepare_run_dir("fp")
-        assert run.dir == out and out.is_dir() and not launcher.resume_all
+        held = prepare_run_dir(launcher)
+        assert held.run.dir == out and out.is_dir() and not held.existing
 
 
 def test_out_starts_a_new_run_where_a_launcher_was_killed_before_any_shard_wrote_run_json(tmp_path):
@@ -137,18 +157,19 @@ def test_out_starts_a_new_run_where_a_launcher_was_killed_before_any_shard_wrote
     fd, _scratch = create_temp_file(out)
     os.close(fd)
     launcher = out_launcher(tmp_path, out)
-    run = launcher.prepare_run_dir("fp")
-    assert run.dir == out and not launcher.resume_all
+    held = prepare_run_dir(launcher)
+    assert held.run.dir == out and not held.existing
     (out / "notes.txt").write_text("a user's file")
     with pytest.raises(ConfigError, match="notes.txt"):
-        out_launcher(tmp_path, out).prepare_run_dir("fp")
+        prepare_run_dir(out_launcher(tmp_path, out))
 
 
 def test_out_continues_the_same_run(tmp_path):
     out = tmp_path / "run1"
     launcher = out_launcher(tmp_path, out)
     write_run_json(launcher, out)
-    assert launcher.prepare_run_dir("fp").dir == out and launcher.resume_all
+    held = prepare_run_dir(launcher)
+    assert held.run.dir == out and held.existing
 
 
 @pytest.mark.parametrize("changes, error, words", [
@@ -162,7 +183,7 @@ def test_out_refuses_another_run_naming_the_difference(tmp_path, changes, error,
     write_run_json(launcher, out, **changes)
     before = sorted(out.rglob("*"))
     with pytest.raises(error) as refused:
-        launcher.prepare_run_dir("fp")
+        prepare_run_dir(launcher)
     for word in words:
         assert word in str(refused.value)
     assert sorted(out.rglob("*")) == before
@@ -175,50 +196,50 @@ def test_out_refuses_another_pilot_and_a_dir_that_is_no_run(tmp_path):
     (out / "shard-0-of-2").mkdir()
     (out / "shard-0-of-2" / "shard.json").write_text(json.dumps({"shard": "0/2", "pilot": None}))
     with pytest.raises(ResumeMismatch, match="started with --full") as refused:
-        launcher.prepare_run_dir("fp")
+        prepare_run_dir(launcher)
     assert "drop --pilot to continue it" in str(refused.value)  # launch_shards has no --full to pass
     full = out_launcher(tmp_path, out)
     (out / "shard-0-of-2" / "shard.json").write_text(json.dumps({"shard": "0/2", "pilot": 3}))
     with pytest.raises(ResumeMismatch, match="started with --pilot 3") as refused:
-        full.prepare_run_dir("fp")
+        prepare_run_dir(full)
     assert "pass --pilot 3 to continue it" in str(refused.value)
     stranger = tmp_path / "stranger"
     stranger.mkdir()
     (stranger / "notes.txt").write_text("mine")
     with pytest.raises(ConfigError, match="not empty"):
-        out_launcher(tmp_path, stranger).prepare_run_dir("fp")
+        prepare_run_dir(out_launcher(tmp_path, stranger))
 
 
 def test_the_resume_hint_never_names_a_dir_without_run_json(tmp_path):
     out = tmp_path / "run1"
     launcher = out_launcher(tmp_path, out, pilot=4)
-    launcher.run = launcher.prepare_run_dir("fp")
-    hint = launcher.resume_hint(tmp_path / "c.yaml")
+    held = prepare_run_dir(launcher)
+    hint = resume_hint(launcher, tmp_path / "c.yaml")
     assert hint.startswith("nothing was written") and hint.endswith(f"--shards 2 --out {out} --pilot 4")
-    launcher.forget_empty_run_dir()
+    held.forget_if_empty()
     assert not out.exists()  # made by this launcher, nothing in it
     write_run_json(launcher, out)
-    assert launcher.resume_hint(tmp_path / "c.yaml") == (
+    assert resume_hint(launcher, tmp_path / "c.yaml") == (
         f"the run is incomplete. Continue it with: launch_shards --config {tmp_path / 'c.yaml'} --shards 2"
         f" --out {out} --pilot 4")
     # refused shards (bad data, a full disk): the same command is refused again until that is fixed
-    assert launcher.resume_hint(tmp_path / "c.yaml", interrupted=False).startswith(
+    assert resume_hint(launcher, tmp_path / "c.yaml", interrupted=False).startswith(
         "the run is incomplete. Once the errors above are fixed, continue it with: launch_shards --config")
     # a new run dir under output.root, made and left empty: removed, and the hint is the same command
     (tmp_path / "fresh").mkdir()
     fresh = fake_launcher(tmp_path / "fresh", FakePort({}), [], shards=2)
-    fresh.run = fresh.prepare_run_dir("fp")
+    fresh_held = prepare_run_dir(fresh)
     assert fresh.run.dir.parent == tmp_path / "fresh" / "out" and fresh.run.dir.name.startswith("proposal_full_")
-    assert fresh.resume_hint(tmp_path / "c.yaml").endswith(f"--config {tmp_path / 'c.yaml'} --shards 2")
+    assert resume_hint(fresh, tmp_path / "c.yaml").endswith(f"--config {tmp_path / 'c.yaml'} --shards 2")
     fresh.write_state()
-    fresh.forget_empty_run_dir()
+    fresh_held.forget_if_empty()
     assert not fresh.run.dir.exists()
 
 
 def test_with_nothing_written_after_refusals_the_hint_says_to_fix_them_first(tmp_path):
     launcher = out_launcher(tmp_path, tmp_path / "run1")
-    launcher.run = launcher.prepare_run_dir("fp")
-    hint = launcher.resume_hint(tmp_path / "c.yaml", interrupted=False)
+    prepare_run_dir(launcher)
+    hint = resume_hint(launcher, tmp_path / "c.yaml", interrupted=False)
     assert hint.startswith("nothing was written") and "Once the errors above are fixed, the same command" in hint
 
 

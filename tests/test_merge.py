@@ -19,7 +19,7 @@ from shardrun.results.read import shard_dirs_of_run
 from shardrun.storage.paths import MergedPaths, RunPaths
 from shardrun.sharding import ShardSpec
 from shardrun.storage.atomic import write_json_atomic
-from shardrun.storage.commits import commit_user
+from store_support import commit_user
 from shardrun.config import parse_config
 from task_double import (  # noqa: F401  (task_double: the autouse fixture that makes the double loadable)
     COLUMNS,

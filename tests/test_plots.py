@@ -24,7 +24,8 @@ from shardrun.results.timeline import UserSpan
 from shardrun.states import user_outcome
 from shardrun.task import SummaryPanel
 from shardrun.storage.paths import MergedPaths, ShardPaths
-from shardrun.storage.commits import commit_user, scan_committed
+from shardrun.storage.commits import scan_committed
+from store_support import commit_user
 from task_double import (  # noqa: F401  (task_double: the autouse fixture that makes the double loadable)
     COLUMNS,
     USERS,

@@ -24,7 +24,8 @@ from shardrun.results.read import shard_dirs_of_run
 from shardrun.results.validate import write_validation
 from shardrun.storage.atomic import read_json, write_json_atomic
 from shardrun.sharding import ShardSpec
-from shardrun.storage.commits import commit_user, scan_committed
+from shardrun.storage.commits import scan_committed
+from store_support import commit_user
 from shardrun.storage.paths import MergedPaths, ShardPaths
 from shardrun.task import SummaryPanel
 from store_support import batch_of, edit_batch

@@ -20,9 +20,9 @@ from shardrun.infodynamics import data as data_module
 from shardrun.infodynamics import task
 from shardrun.section import Section
 from shardrun.shard.prepare import WorkerOptions, prepare
-from shardrun.shard.run import committed_under_lock
+from shardrun.shard.resume import committed_under_lock
 from shardrun.sharding import ShardSpec
-from shardrun.storage.commits import commit_user
+from store_support import commit_user
 from shardrun.task import Task, UserIndex, load_users, read_user_index
 
 

@@ -23,8 +23,9 @@ from shardrun.results.tolerance import FailedTolerance
 from shardrun.errors import UsageError
 from e2e_support import faulty_task_config, shardrun
 from shardrun.config import load_config
-from shardrun.launch.cluster import (
-    ClusterOptions, element_memory_mib, merge_memory_mib, shards_to_submit, submit_run, time_limit_lines, users_over_time_limit,
+from shardrun.launch.cluster import ClusterOptions, submit_run
+from shardrun.launch.slurm_rules import (
+    element_memory_mib, merge_memory_mib, shards_to_submit, time_limit_lines, users_over_time_limit,
 )
 from shardrun.launch.slurm_script import (
     ElementJob, WarningSignal, array_script, index_ranges, merge_script, split_for_array_size, time_limit_seconds,

@@ -12,8 +12,9 @@ import pytest
 
 from shardrun.storage.atomic import create_json_once, read_json, write_json_atomic
 from shardrun.storage.commits import (
-    GroupCommitter, append_error, commit_user, next_batch_number, read_errors, scan_committed,
+    GroupCommitter, append_error, next_batch_number, read_errors, scan_committed,
 )
+from store_support import commit_user
 from shardrun.storage.identity import ensure_identity
 from shardrun.storage.lock import ShardLock
 from shardrun.errors import AlreadyCommitted, ResumeMismatch, ShardLocked

@@ -16,7 +16,9 @@ import pytest
 
 from shardrun.config import JvmConfig, OutputConfig, load_config
 from shardrun.launch.admission import native_overhead_bytes
-from shardrun.launch.launcher import LaunchOptions, Launcher
+from shardrun.launch import report
+from shardrun.launch.launcher import Launcher
+from shardrun.launch.options import LaunchOptions
 from shardrun.launch.policies import CpuThrottle, RestartPolicy
 from shardrun.launch.processes import Exited
 from shardrun.launch.supervisor import (
@@ -33,7 +35,6 @@ from shardrun.launch.supervisor import (
     Suspend,
     Terminate,
     Tick,
-    feed,
     overall_exit,
 )
 from shardrun.states import ShardPhase
@@ -223,6 +224,11 @@ def test_cpu_throttle_suspends_the_newest_down_to_one_and_resumes_the_first_when
     assert sup.handle(CpuReading(100, 75)) == [Suspend(0)]
 
 
+def feed(supervisor: Supervisor, events) -> list:
+    """Every action for these events, in order."""
+    return [action for event in events for action in supervisor.handle(event)]
+
+
 def test_other_programs_load_slows_the_run_to_one_shard_but_never_stops_it():
     """The machine stays 100% busy with other programs' work: the shards are suspended down to one, and
     when that one ends, a suspended one takes its place at once, without waiting for a reading."""
@@ -341,12 +347,17 @@ def fake_launcher(tmp_path, port, outputs, cpu=CpuReading(0.0, 0.0), turns=10**5
         clock[0] += seconds
         assert clock[0] < turns * seconds, "the launcher's loop did not end"
 
-    launcher = Launcher(config, LaunchOptions(config_path=tmp_path / "c.yaml", **options), out=outputs.append,
-                        cpu_reading=lambda: cpu, users_per_shard=[5] * options["shards"], port=port,
-                        clock=lambda: clock[0], sleep=sleep)
-    launcher.run = RunPaths(tmp_path / "run")
-    launcher.run.dir.mkdir()
-    return launcher
+    run = RunPaths(tmp_path / "run")
+    run.dir.mkdir()
+    return Launcher(config, LaunchOptions(config_path=tmp_path / "c.yaml", **options), run, out=outputs.append,
+                    cpu_reading=lambda: cpu, users_per_shard=[5] * options["shards"], port=port,
+                    clock=lambda: clock[0], sleep=sleep)
+
+
+def summary(launcher: Launcher) -> dict[str, int]:
+    """The end-of-run lines (launch.report.summary) of a launcher whose loop has ended; the exit codes."""
+    return report.summary(launcher.run, launcher.supervisor, launcher.views(), launcher.config.output.log_dir,
+                          launcher.run.run_json.is_file(), launcher.out)
 
 
 def test_the_launcher_performs_the_supervisors_restart_through_the_port(tmp_path):
@@ -369,7 +380,7 @@ def test_the_launcher_performs_the_supervisors_restart_through_the_port(tmp_path
     }
     assert doc["shards"][1]["exits"] == [0] and doc["shards"][1]["pid"] == 1003
     assert doc["shards"][1]["memory_budget_bytes"] == 1024 * MIB + native_overhead_bytes(1024 * MIB) + 10 * MIB
-    assert launcher.summary() == {"0/2": 0, "1/2": 0}
+    assert summary(launcher) == {"0/2": 0, "1/2": 0}
 
 
 def test_a_signal_to_the_launcher_reaches_every_running_shard_through_the_port(tmp_path):
@@ -382,7 +393,7 @@ def test_a_signal_to_the_launcher_reaches_every_running_shard_through_the_port(t
     assert [call[:2] for call in port.calls] == [("start", 0), ("start", 1), ("terminate", 0), ("terminate", 1)]
     assert outputs[0] == "SIGTERM: asking every shard to finish its current user and stop (again to stop at once)"
     assert [s["phase"] for s in json.loads(launcher.run.launcher_json.read_text())["shards"]] == ["done"] * 3
-    assert overall_exit(launcher.summary()) == 3
+    assert overall_exit(summary(launcher)) == 3
 
 
 def test_under_other_programs_load_the_launcher_keeps_one_shard_running_and_says_why_the_others_wait(tmp_path):
@@ -410,7 +421,7 @@ def test_under_other_programs_load_the_launcher_keeps_one_shard_running_and_says
 
     launcher.perform, launcher.handle = perform, handle
     launcher.wait()
-    assert launcher.summary() == {"0/3": 0, "1/3": 0, "2/3": 0}
+    assert summary(launcher) == {"0/3": 0, "1/3": 0, "2/3": 0}
     assert [call[:2] for call in port.calls if call[0] != "start"] == [
         ("suspend", 2), ("suspend", 1), ("resume", 1), ("resume", 2)]
     assert any(line.endswith("overall no ETA, shards 1/3, 2/3 suspended by --cpu-limit 60% (the CPUs are 100% busy:"

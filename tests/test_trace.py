@@ -21,7 +21,8 @@ from shardrun.shard.attempts import Attempts, carried_memory, error_class, sched
 from shardrun.sharding import ShardSpec
 from shardrun.storage.atomic import write_json_atomic
 from shardrun.storage.attempts import recorded_attempts
-from shardrun.storage.commits import append_error, commit_user, read_errors, scan_committed
+from shardrun.storage.commits import append_error, read_errors, scan_committed
+from store_support import commit_user
 from shardrun.storage.paths import MergedPaths, RunPaths
 from shardrun.storage.status import ShardStatus
 from e2e_support import read_trace

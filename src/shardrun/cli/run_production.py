@@ -3,10 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import logging
-import os
-import shutil
-import subprocess
 from dataclasses import replace
 from pathlib import Path
 from typing import Sequence
@@ -15,21 +11,17 @@ from shardrun.cli.common import (
     add_verbose, command_parser, command_spelling, guarded, heap_size, nice_level, non_negative_int,
     non_negative_seconds, pilot_size, positive_seconds, thread_count,
 )
-from shardrun.config import RunConfig, load_config
+from shardrun.config import load_config
 from shardrun.early_signals import EarlySignals
+from shardrun.errors import EXIT_INTERRUPTED, UsageError
 from shardrun.platforms import lower_priority
-from shardrun.errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, EnvironmentProblem, UsageError
+from shardrun.shard.dirs import WorkerOptions, shard_of
+from shardrun.shard.dry_run import dry_run
 from shardrun.shard.fail_fast import DEFAULT_FAIL_FAST
 from shardrun.shard.lifecycle import PREEMPT_SIGNALS, PreemptionNotice, StopFlag, die_with_launcher
-from shardrun.shard.jvm import find_java, task_jvm_options
-from shardrun.shard.plan import partition_report
-from shardrun.shard.prepare import PreparedShard, WorkerOptions, prepare
-from shardrun.shard.run import run_shard
-from shardrun.sharding import ShardSpec, resolve_auto_shard
-from shardrun.storage.identity import recorded_shard_count
+from shardrun.shard.run import ShardOutcome, run_shard
 
 DEFAULT_CONFIG = Path("config/proposal.yaml")
-log = logging.getLogger(__name__)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -81,7 +73,35 @@ def _run_production(args: argparse.Namespace, early: EarlySignals | None = None)
     # Flags are checked before anything is loaded: a missing --shard must not wait for the data.
     if args.shard is None and args.resume is None:
         raise UsageError("--shard i/K is required (or --shard auto inside a scheduler job array).")
-    shard = shard_of(args)
+    shard = shard_of(args.shard, args.out or args.resume)
+    stop = stop_flag(args, early)
+    if stop is None:
+        return EXIT_INTERRUPTED
+    if args.retry_failed and not args.resume:
+        raise UsageError("--retry-failed goes with --resume DIR: it retries the failed users of an existing shard.")
+    config = load_config(args.config)
+    if args.xmx:
+        config = replace(config, jvm=replace(config.jvm, xmx=args.xmx))
+    if args.threads:
+        config = replace(config, jvm=replace(config.jvm, threads=args.threads))
+    options = WorkerOptions(
+        shard=shard, pilot=args.pilot, out=args.out, resume=args.resume, dry_run=args.dry_run,
+        heartbeat_seconds=args.heartbeat, cooldown_seconds=args.cooldown, commit_interval_seconds=args.commit_interval,
+        retry_failed=args.retry_failed, fail_fast=args.fail_fast,
+    )
+    if args.dry_run:
+        return dry_run(config, options, print)
+    try:
+        outcome = run_shard(config, options, stop)
+    finally:
+        stop.ignore_from_now()
+    say_outcome(args, outcome)
+    return outcome.exit_code
+
+
+def stop_flag(args: argparse.Namespace, early: EarlySignals | None) -> StopFlag | None:
+    """The shard's stop flag, its handlers installed (not for --dry-run), the signals noted early handed
+    to it; None: a --dry-run that a signal stopped already."""
     preemption = (PreemptionNotice.named(args.preempt_signal, args.preempt_lead, args.requeue_limit)
                   if args.preempt_signal else None)
     stop = StopFlag(preemption)
@@ -93,113 +113,29 @@ def _run_production(args: argparse.Namespace, early: EarlySignals | None = None)
     if early is not None:
         early.release()
         if args.dry_run and early.caught:
-            return EXIT_INTERRUPTED
-    if args.retry_failed and not args.resume:
-        raise UsageError("--retry-failed goes with --resume DIR: it retries the failed users of an existing shard.")
-    config = load_config(args.config)
-    if args.xmx:
-        config = replace(config, jvm=replace(config.jvm, xmx=args.xmx))
-    if args.threads:
-        config = replace(config, jvm=replace(config.jvm, threads=args.threads))
-    options = WorkerOptions(
-        shard=shard,
-        pilot=args.pilot,
-        out=args.out,
-        resume=args.resume,
-        dry_run=args.dry_run,
-        heartbeat_seconds=args.heartbeat,
-        cooldown_seconds=args.cooldown,
-        commit_interval_seconds=args.commit_interval,
-        retry_failed=args.retry_failed,
-        fail_fast=args.fail_fast,
-    )
-    if args.dry_run:
-        prepared = prepare(config, options)
-        plan = prepared.plan
-        print(f"shard {plan.shard}: {len(plan.assigned)} users assigned, {len(plan.done)} already done,"
-              f" {len(plan.todo)} to do")
-        print(f"shard dir: {prepared.dirs.shard.dir}")
-        for line in partition_report(prepared.index, plan.shard.count, config.partition):
-            print(line)
-        print(f"jvm: {prepared.heap.jvm_line()}")
-        for line in prepared.heap.report_lines():
-            print(line)
-        for problem in prepared.problems:
-            print(f"cannot run: {problem}")
-        check_jvm_options(prepared, config)
-        if not prepared.problems:
-            print("preflight: the task found nothing that cannot run with this heap")
-        return EXIT_USAGE if prepared.problems else EXIT_OK
-    try:
-        outcome = run_shard(config, options, stop)
-    finally:
-        stop.ignore_from_now()
-    print(f"shard {outcome.plan.shard} done (exit {outcome.exit_code}): {outcome.dirs.shard.dir}")
+            return None
+    return stop
+
+
+def say_outcome(args: argparse.Namespace, outcome: ShardOutcome) -> None:
+    shard, dirs = outcome.shard.plan.shard, outcome.shard.dirs
+    print(f"shard {shard} done (exit {outcome.exit_code}): {dirs.shard.dir}")
+    mode = "--full" if args.pilot is None else f"--pilot {args.pilot}"
     if outcome.exit_code == EXIT_INTERRUPTED:
-        mode = "--full" if args.pilot is None else f"--pilot {args.pilot}"
         print(f"continue it with: {command_spelling('run_production')} --config {args.config} {mode} --resume"
-              f" {outcome.dirs.shard.dir}")
-    if args.out is None and args.resume is None and outcome.plan.shard.count > 1:
-        mode = "--full" if args.pilot is None else f"--pilot {args.pilot}"
-        print(alone_in_its_run_dir(outcome.dirs.run.dir, outcome.plan.shard, f"--config {args.config} {mode}"))
-    return outcome.exit_code
+              f" {dirs.shard.dir}")
+    if args.out is None and args.resume is None and shard.count > 1:
+        print(alone_in_its_run_dir(dirs.run.dir, str(shard), shard.count, f"--config {args.config} {mode}"))
 
 
-def alone_in_its_run_dir(run_dir: Path, shard: ShardSpec, flags: str) -> str:
-    """A shard of K > 1 started without --out makes a run dir of its own (the original workflow, shards
-    started by hand): how its K shards become one result set."""
-    pattern = f"{run_dir.parent}/*/shard-*-of-{shard.count}"
-    return (f"this run dir holds shard {shard} alone; once all {shard.count} shards are done, merge them into one set"
+def alone_in_its_run_dir(run_dir: Path, shard: str, count: int, flags: str) -> str:
+    """A shard (i/K) of K > 1 started without --out makes a run dir of its own (the original workflow,
+    shards started by hand): how its K shards become one result set."""
+    pattern = f"{run_dir.parent}/*/shard-*-of-{count}"
+    return (f"this run dir holds shard {shard} alone; once all {count} shards are done, merge them into one set"
             f" with: {command_spelling('merge_shard_results')} --shards {pattern} --output DIR (the shell expands the"
-            f" pattern: make sure it names one run's {shard.count} shards), or next time give every shard one run dir:"
-            f" {command_spelling('run_production')} {flags} --shard i/{shard.count} --out RUN")
-
-
-def shard_of(args: argparse.Namespace) -> ShardSpec | None:
-    """--shard as a ShardSpec. With auto, K is fixed by the run when --out/--resume names one (its run.json),
-    never taken from a job array's size alone: a resubmitted element must join the run it belongs to."""
-    if not args.shard:
-        return None
-    if args.shard.strip() != "auto":
-        return ShardSpec.parse(args.shard)
-    target = args.out or args.resume
-    recorded = recorded_shard_count(target) if target is not None else None
-    run_dir, run_shards = recorded if recorded else (None, None)
-    auto = resolve_auto_shard(os.environ, run_shards, None if run_dir is None else str(run_dir))
-    log.info("--shard auto: %s", auto.explanation)
-    return auto.spec
-
-
-def java_executable(jvm_library: str) -> str:
-    """The `java` launcher of the Java whose JVM library JPype would load (lib/server/libjvm.so -> bin/java)."""
-    library = Path(jvm_library).resolve()
-    for home in library.parents[:4]:
-        for name in ("java", "java.exe"):
-            candidate = home / "bin" / name
-            if candidate.is_file() and os.access(candidate, os.X_OK):
-                return str(candidate)
-    found = shutil.which("java")
-    if found is None:
-        raise EnvironmentProblem(f"no java launcher was found next to {jvm_library} nor on PATH; set JAVA_HOME.")
-    return found
-
-
-def check_jvm_options(prepared: PreparedShard, config: RunConfig) -> None:
-    """Start `java <the shard's flags> -version` in a subprocess (never a JVM in this process) and
-    refuse, with the JVM's own words, flags it would refuse at the real start."""
-    options = (*task_jvm_options(prepared.task, config.settings), *prepared.heap.jvm.jvm_args(), "-Xrs")
-    command = [java_executable(find_java()), *options, "-version"]
-    try:
-        result = subprocess.run(command, capture_output=True, text=True, timeout=120)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        raise EnvironmentProblem(f"could not run {' '.join(command)} to check the JVM flags ({exc}).") from None
-    if result.returncode != 0:
-        said = " ".join(line.strip() for line in (result.stderr or result.stdout).splitlines() if line.strip())
-        raise UsageError(
-            f"the JVM refuses the flags {' '.join(options)}: {said} Fix jvm.options, jvm.xms or jvm.xmx in the"
-            " config (or --xmx)."
-        )
-    print(f"java accepts the flags: {' '.join(options)}")
+            f" pattern: make sure it names one run's {count} shards), or next time give every shard one run dir:"
+            f" {command_spelling('run_production')} {flags} --shard i/{count} --out RUN")
 
 
 def main(argv: Sequence[str] | None = None, early: EarlySignals | None = None) -> int:

@@ -1,29 +1,12 @@
 """Admission: whether K shards, each with its heap and its share of the input, fit in this machine's
-memory, and the cores they get.
+memory (admit: K x (heap + the measured overhead beyond it + the input), pure), and the cores they get.
 
-The heap itself is chosen in shardrun.heap_plan. Here, a pure function of numbers, tested without
-processes:
-
-- `admit(shards, heap, native_overhead, available)`: K x (heap + the process's memory beyond its
-  heap) must fit in the memory available, or the launcher refuses to start and says which K or
-  heap would fit. The overhead beyond the heap was measured (docs/dev/PERFORMANCE.md, bench/jvm_overhead.py)
-  and is encoded in `native_overhead_bytes`; the input a shard loads is added to it.
-- `cores_from(affinity, quota)`: the cores the shards may use, the smaller of the launcher's CPU
-  affinity and its cgroup's CPU quota (how many run at once follows in policies.parallel_for_cores).
-
-The input a shard loads, the rule: each shard is counted with the load peak of ONE shard's share,
-measured. `measure_launch_data` reads the user index, assigns the users as the run will (the
-config's partition), loads the share with the most observations (the input rows of its users) and
-measures the peak memory that load took (platforms.PeakMemory): about the whole table's load peak / K
-for a task that reads by user (Task.user_index), and never less than the largest share's, nor than its rows
-at the rate measured for a shard (LOAD_PEAK_BYTES_PER_ROW). A shard that
-loads the whole table is counted with the whole table's measured peak: a task without user_index,
-or jvm.xmx auto where the task cannot bound the heap from the index (heap_plan.run_heap_needs).
-
-The side effects sit at the edges: `available_memory()` reads psutil and the cgroup files (through
-the pure parsers below), `available_cores()` the affinity and the cgroup's CPU quota files,
-`measure_launch_data` reads the input, `check_launch` puts them together for the launcher. The worker
-resolves the heap after loading its users and before starting the JVM.
+The input rule: each shard is counted with the load peak of ONE shard's share, measured on the share
+with the most rows (measure_launch_data; platforms.PeakMemory), never below its rows at the rate
+measured for a shard (LOAD_PEAK_BYTES_PER_ROW); a shard that loads the whole table (a task without
+user_index, or jvm.xmx auto the task cannot bound from the index) with the whole table's peak.
+Figures: docs/dev/PERFORMANCE.md, bench/jvm_overhead.py. Side effects only at the edges: available_memory
+(psutil, cgroup), available_cores (affinity, CPU quota), measure_launch_data (the input).
 """
 
 from __future__ import annotations
@@ -34,10 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-from shardrun.config import JvmConfig, RunConfig, usable_cpus
-from shardrun.heap_plan import HeapPlan, plan_heap, run_heap_needs, task_heap_needs
+from shardrun.config import JvmConfig, usable_cpus
+from shardrun.heap_plan import HeapPlan, run_heap_needs, task_heap_needs
 from shardrun.platforms import PeakMemory
-from shardrun.shard.jvm import task_classpath
 from shardrun.shard.plan import assign_index
 from shardrun.errors import ConfigError
 from shardrun.task import UserIndex, load_users, read_user_index
@@ -55,7 +37,7 @@ log = logging.getLogger(__name__)
 # 370 MiB at 4g (about 194 MiB + 4.4% of the heap); sized for 64 CPUs (more GC and compiler threads)
 # 240 MiB at 128m, 281 MiB at 1g, 402 MiB at 4g (about 235 MiB + 4%). The constants cover the 64-CPU
 # figures with a margin of at least 20% (other library versions, a larger Python heap while analysing).
-# The loaded input is counted separately (`data_bytes` of check_launch, the rule in the module
+# The loaded input is counted separately (`data_bytes` of admit_shards, the rule in the module
 # docstring): for millions of users it can outweigh everything above.
 NATIVE_OVERHEAD_FIXED_BYTES = 288 * MIB
 NATIVE_OVERHEAD_HEAP_FRACTION = 0.05
@@ -110,6 +92,23 @@ def admit(
     if total <= available_bytes:
         return Admission(True, f"{arithmetic} fits in the {format_bytes(available_bytes)} of {available_what}.",
                          max_shards, max_heap)
+    fixes, note = smaller_fixes(shards, max_shards, max_heap, heap_floor_bytes, native_overhead_bytes, available_bytes)
+    # Always a fix that works as it stands: the memory this launch needs.
+    short = format_bytes(total - max(available_bytes, 0))
+    fixes.append(f"{'or ' if fixes else ''}give the launch more memory: free {short} on this machine,"
+                 f" or run on one with {format_bytes(total)} of {available_what}")
+    lead = "not even one shard fits" if max_shards == 0 else "the OOM killer would end shards mid-run"
+    message = (
+        f"{arithmetic} is more than the {format_bytes(available_bytes)} of {available_what}: {lead}{note}."
+        f" To fit: {'; '.join(fixes)}."
+    )
+    return Admission(False, message, max_shards, max_heap)
+
+
+def smaller_fixes(shards: int, max_shards: int, max_heap: int, heap_floor_bytes: int, native_overhead_bytes: int,
+                  available_bytes: int) -> tuple[list[str], str]:
+    """The ways to fit by asking less (fewer shards at once, a smaller heap), and why not a smaller heap
+    when the largest user needs more than would fit."""
     fixes = []
     if max_shards >= 1:
         fixes.append(f"run at most {max_shards} shard{'s' if max_shards > 1 else ''} at once"
@@ -126,16 +125,7 @@ def admit(
         if one_heap > max_heap and one_heap >= max(heap_floor_bytes, MIB):
             fixes.append(f"run one shard at a time with a smaller heap (--max-parallel 1 and jvm.xmx"
                          f" {one_heap // MIB}m or less)")
-    # Always a fix that works as it stands: the memory this launch needs.
-    short = format_bytes(total - max(available_bytes, 0))
-    fixes.append(f"{'or ' if fixes else ''}give the launch more memory: free {short} on this machine,"
-                 f" or run on one with {format_bytes(total)} of {available_what}")
-    lead = "not even one shard fits" if max_shards == 0 else "the OOM killer would end shards mid-run"
-    message = (
-        f"{arithmetic} is more than the {format_bytes(available_bytes)} of {available_what}: {lead}{note}."
-        f" To fit: {'; '.join(fixes)}."
-    )
-    return Admission(False, message, max_shards, max_heap)
+    return fixes, note
 
 
 # --- Memory available: psutil, capped by a cgroup limit ---------------------------------------
@@ -228,12 +218,9 @@ def cgroup_available(root: Path = Path("/sys/fs/cgroup"), proc_cgroup: Path = Pa
     return tightest
 
 
-def available_memory() -> int:
-    """Bytes this machine can still give to new processes: psutil's available, capped by a cgroup limit."""
-    return _available_memory()[0]
-
-
-def _available_memory() -> tuple[int, str]:
+def available_memory() -> tuple[int, str]:
+    """Bytes this machine can still give to new processes (psutil's available, capped by a cgroup limit)
+    and what they are, in words."""
     import psutil
 
     available = (int(psutil.virtual_memory().available), "memory available (psutil)")
@@ -382,48 +369,11 @@ def measure_launch_data(task: Any, settings: Any, jvm: JvmConfig, shards: int, p
     return LaunchData(index, needs if needs is not None else checked, checked, peak, users, whole is not None)
 
 
-@dataclass(frozen=True)
-class LaunchCheck:
-    heap: HeapPlan  # heap.jvm: the resolved JVM config to give every shard (pass heap.jvm.xmx as --xmx)
-    admission: Admission
-
-    @property
-    def ok(self) -> bool:
-        return self.admission.ok
-
-
-def check_launch(
-    config: RunConfig,
-    task: Any,
-    data: LaunchData | None,
-    shards: int,
-    *,
-    data_bytes: int | None = None,
-    available_bytes: int | None = None,
-) -> LaunchCheck:
-    """Resolve the heap (from the data when given) and admit K shards against the memory available.
-
-    `data` (measure_launch_data) is required for jvm.xmx auto (the needs come from the data); without
-    it an explicit heap is admitted as configured and nobody is checked per user. `data_bytes` is the
-    memory one shard's input takes in its process; default data.share_bytes (the rule in the module
-    docstring), 0 without data. `available_bytes` defaults to available_memory(). A classpath the task
-    cannot find (Task.jvm_classpath) raises EnvironmentProblem here, before any shard starts.
-    """
-    if data is None and config.jvm.xmx_is_auto:
-        raise ConfigError(
-            "jvm.xmx is auto, which is chosen from the data, but the launcher's memory check was given no"
-            " data; read it first (shardrun.launch.admission.measure_launch_data) or set jvm.xmx to a size"
-            " such as 1g."
-        )
-    # What the task needs on the classpath (a jar) is missing: refuse the launch, not each of K shards.
-    task_classpath(task, config.settings, config.jvm)
-    heap = plan_heap(config.jvm, data.needs if data is not None else None,
-                     list(data.index.user_ids) if data is not None else [],
-                     advice=task.heap_advice(config.settings), checked=data.checked if data is not None else None)
-    if data_bytes is None:
-        data_bytes = data.share_bytes if data is not None else 0
+def admit_shards(heap: HeapPlan, shards: int, data_bytes: int, available_bytes: int | None = None) -> Admission:
+    """Admit `shards` shards at once of `heap` (the plan's), each with `data_bytes` of input in memory,
+    against the memory available (default: psutil's, capped by a cgroup limit)."""
     if available_bytes is None:
-        available_bytes, available_what = _available_memory()
+        available_bytes, available_what = available_memory()
     else:
         available_what = "memory available"
     admission = admit(
@@ -431,4 +381,4 @@ def check_launch(
         heap_floor_bytes=heap.largest_need or 0, available_what=available_what,
     )
     log.info("memory check for %d shards with %s: %s", shards, heap.jvm_line(), admission.message)
-    return LaunchCheck(heap=heap, admission=admission)
+    return admission

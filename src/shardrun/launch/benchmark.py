@@ -26,18 +26,17 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass, replace
-from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from shardrun.config import RunConfig
 from shardrun.errors import EXIT_OK, EXIT_USERS_FAILED, EXIT_VALIDATION_FAILED, UsageError
-from shardrun.launch.launcher import LaunchOptions, launch
+from shardrun.launch.local import launch
+from shardrun.launch.options import LaunchOptions
 from shardrun.results.compare import read_result_frame, result_differences
 from shardrun.results.read import read_shard
 from shardrun.results.timeline import span_table
-from shardrun.shard.prepare import config_stem
-from shardrun.storage.durability import durable_write
+from shardrun.launch.run_dir import benchmark_dir
 from shardrun.storage.paths import RunPaths
 from shardrun.task import Task, load_task
 
@@ -119,22 +118,6 @@ def verdict(shards: int, reference_rows: int, users: int, differences: Sequence[
         *(f"  - {line}" for line in differences)])
 
 
-def benchmark_dir(config: RunConfig, options: LaunchOptions, users: int) -> Path:
-    """--out DIR (new or empty), else a new dir `<config stem>_benchmark<n>_<time>` under output.root."""
-    if options.out is not None:
-        out = options.out
-        if out.exists() and (not out.is_dir() or any(out.iterdir())):
-            raise UsageError(f"--out {out} is not a new or empty dir; --benchmark puts its two runs (k1/ and"
-                             f" k{options.shards}/) there. Pass a new dir to --out, or leave --out out for a new dir"
-                             f" under output.root.")
-        durable_write("the benchmark dir", out, lambda: out.mkdir(parents=True, exist_ok=True))
-        return out
-    stem = config_stem(config)
-    label = f"{stem}_benchmark{users}" if stem else f"benchmark{users}"
-    root = config.output.root
-    return durable_write("a new benchmark dir", root, lambda: RunPaths.create(root, label, datetime.now())).dir
-
-
 def run_benchmark(config: RunConfig, options: LaunchOptions, requested: int, out: Callable[[str], None] = print) -> int:
     """Run the pilot at K=1 and at options.shards, compare, report; the exit code."""
     if options.shards < 2:
@@ -145,16 +128,9 @@ def run_benchmark(config: RunConfig, options: LaunchOptions, requested: int, out
     work, work_unit = user_work(task, config.settings, dataset)
     del dataset  # the runs' shards load their own copies
     chosen = pilot_users(requested, options.shards, len(work))
-    where = benchmark_dir(config, options, chosen.users)
-    if chosen.users < requested:
-        rounded = f" (all of them: --benchmark {requested} is more than there are)"
-    elif chosen.users > requested:
-        rounded = (f" (--benchmark {requested} rounded up to a multiple of K={options.shards}, so that --pilot"
-                   f" {chosen.per_shard} in each of {options.shards} shards takes exactly these users)")
-    else:
-        rounded = ""
-    out(f"benchmark: the first {chosen.users} of {len(work)} users in sorted order{rounded}, at K=1 and at"
-        f" K={options.shards}, in {where}")
+    where = benchmark_dir(config, options.out, options.shards, chosen.users)
+    out(f"benchmark: the first {chosen.users} of {len(work)} users in sorted order{rounding(requested, chosen, options.shards)},"
+        f" at K=1 and at K={options.shards}, in {where}")
     results = {}
     for shards, pilot in ((1, chosen.users), (options.shards, chosen.per_shard)):
         out(f"benchmark: K={shards} (--pilot {pilot}{' per shard' if shards > 1 else ''}) in {where / f'k{shards}'}")
@@ -180,13 +156,28 @@ def run_benchmark(config: RunConfig, options: LaunchOptions, requested: int, out
         return outcome.exit_code
     at_once = min(options.shards, many.max_parallel or options.shards)
     projection = project(many.shards_seconds, users_seconds(many.run_dir), at_once, sum(work[:chosen.users]), sum(work))
-    scaled_by = (f"{len(work)} / {chosen.users} users" if work_unit == "users"
-                 else f"{projection.scale:.2f} ({work_unit} of all {len(work)} users over these {chosen.users})")
-    out(f"benchmark: projected full run at K={options.shards}: {_duration(projection.seconds)} ="
-        f" {projection.fixed:.1f} s of start-up and waiting (the K={options.shards} run's {many.shards_seconds:.1f} s"
-        f" less its analysis) + {projection.analysis:.1f} s of analysis (its users' seconds / {at_once} shard{'s' if at_once > 1 else ''}"
-        f" at once) x {scaled_by}")
+    out(projection_line(projection, options.shards, many.shards_seconds, at_once, len(work), chosen.users, work_unit))
     return max(one.exit_code, many.exit_code)
+
+
+def rounding(requested: int, chosen: PilotUsers, shards: int) -> str:
+    """How the users run differ from --benchmark N: all there are, or N rounded up to a multiple of K."""
+    if chosen.users < requested:
+        return f" (all of them: --benchmark {requested} is more than there are)"
+    if chosen.users > requested:
+        return (f" (--benchmark {requested} rounded up to a multiple of K={shards}, so that --pilot"
+                f" {chosen.per_shard} in each of {shards} shards takes exactly these users)")
+    return ""
+
+
+def projection_line(projection: Projection, shards: int, measured: float, at_once: int, users: int, pilot: int,
+                    work_unit: str) -> str:
+    scaled_by = (f"{users} / {pilot} users" if work_unit == "users"
+                 else f"{projection.scale:.2f} ({work_unit} of all {users} users over these {pilot})")
+    return (f"benchmark: projected full run at K={shards}: {_duration(projection.seconds)} ="
+            f" {projection.fixed:.1f} s of start-up and waiting (the K={shards} run's {measured:.1f} s"
+            f" less its analysis) + {projection.analysis:.1f} s of analysis (its users' seconds / {at_once}"
+            f" shard{'s' if at_once > 1 else ''} at once) x {scaled_by}")
 
 
 def _duration(seconds: float) -> str:

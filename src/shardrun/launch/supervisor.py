@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import signal
 from dataclasses import dataclass, field
-from typing import Sequence, Union
+from typing import Union
 
 from shardrun.errors import EXIT_CRASH, EXIT_INTERRUPTED, EXIT_OK, EXIT_PREEMPTED
 from shardrun.launch.policies import CpuThrottle, RestartPolicy, describe_exit, died_abnormally, shards_to_start
@@ -202,6 +202,9 @@ class Supervisor:
         """The shards whose process exists (running or suspended): the ones whose exit to watch."""
         return [slot.index for slot in self.slots if slot.phase.alive]
 
+    def others_running(self, index: int) -> bool:
+        return any(slot.phase is ShardPhase.RUNNING and slot.index != index for slot in self.slots)
+
     def exit_codes(self) -> dict[str, int]:
         """Each shard's last exit code; a shard that never exited counts as interrupted."""
         return {str(self.spec(slot.index)): slot.exits[-1] if slot.exits else EXIT_INTERRUPTED for slot in self.slots}
@@ -309,8 +312,3 @@ class Supervisor:
             return [Suspend(index)]
         self.slots[index].phase = ShardPhase.RUNNING
         return [Resume(index)]
-
-
-def feed(supervisor: Supervisor, events: Sequence[Event]) -> list[Action]:
-    """Every action for these events, in order (a convenience for tests and replays)."""
-    return [action for event in events for action in supervisor.handle(event)]

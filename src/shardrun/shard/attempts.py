@@ -15,14 +15,22 @@ from __future__ import annotations
 import os
 import socket
 import time
+import traceback
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from functools import partial
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
-from shardrun.platforms import peak_rss
-from shardrun.shard.jvm import heap_used_bytes, java_class_name
-from shardrun.storage.status import status_document
+from shardrun.errors import HeapTooSmall
+from shardrun.platforms import peak_rss, process_start_time
+from shardrun.shard.jvm import heap_used_bytes, is_heap_exhaustion, java_class_name, java_stack
+from shardrun.storage.atomic import write_json_atomic
+from shardrun.storage.attempts import ATTEMPT
+from shardrun.storage.commits import GroupCommitter, append_line_once, error_line
+from shardrun.storage.durability import SHARD, durable_write
+from shardrun.storage.paths import ShardPaths
+from shardrun.storage.status import ShardStatus, status_document
 from shardrun.units import MIB
 
 
@@ -126,3 +134,75 @@ def scheduler_memory_bytes(environ: Mapping[str, str]) -> int | None:
 
 def _mib(text: str | None) -> int | None:
     return int(text) if text is not None and text.strip().isdigit() else None
+
+
+def error_record(user_id: str, shard: str, exc: BaseException, xmx: str, attempt: Mapping[str, Any],
+                 task: Any) -> dict[str, Any]:
+    """A failed user's line in errors.jsonl: the error, its Java class and stack, the heap it had."""
+    record: dict[str, Any] = {
+        "user_id": user_id,
+        "shard": shard,
+        "error_type": type(exc).__name__,
+        "message": str(exc),
+        "java_class": java_class_name(exc) or java_class_name(exc.__cause__ or exc),
+        "java_stack": java_stack(exc) or (java_stack(exc.__cause__) if exc.__cause__ else None),
+        "traceback": "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)),
+        "xmx": xmx,
+        ATTEMPT: attempt,
+    }
+    if isinstance(exc, HeapTooSmall):
+        record["heap_needed_bytes"] = exc.needed_bytes
+    elif is_heap_exhaustion(exc, task):
+        record["heap_needed_bytes"] = None
+    return record
+
+
+def failure_reason(exc: BaseException, task: Any = None) -> str:
+    if is_heap_exhaustion(exc, task) and not isinstance(exc, HeapTooSmall):
+        return f"Java heap exhausted ({exc}); raise jvm.xmx and retry the failed users (--retry-failed)"
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}"[:500]
+
+
+def previous_requeues(status_path: Path) -> int:
+    """How often this shard's job was requeued so far, by its own request or by SLURM's (kept in status.json
+    across starts)."""
+    count = status_document(status_path).get("requeues")
+    return count if isinstance(count, int) and count >= 0 else 0
+
+
+def process_starts(status_path: Path, keep: int = 100) -> list[str]:
+    """When this shard's processes started: earlier ones (kept in status.json across starts) and this
+    one, in UTC with milliseconds; the last `keep`."""
+    earlier = status_document(status_path).get("process_starts")
+    earlier = [s for s in earlier if isinstance(s, str)] if isinstance(earlier, list) else []
+    started = process_start_time() or time.time()
+    return [*earlier, datetime.fromtimestamp(started, timezone.utc).isoformat(timespec="milliseconds")][-keep:]
+
+
+def shard_status(paths: ShardPaths, fields: Mapping[str, Any]) -> ShardStatus:
+    """This process's status.json: `fields` and what earlier processes of the shard left there (their
+    peaks, requeues, starts, JVM crash reports), written through the storage guard."""
+    return ShardStatus(paths, {
+        **fields,
+        # reports of JVMs that crashed in this shard dir before (-XX:ErrorFile), kept across restarts
+        "jvm_crash_logs": [str(p) for p in paths.hs_err_files()] or None,
+        "requeues": previous_requeues(paths.status),
+        "slurm_mem_bytes": scheduler_memory_bytes(os.environ),
+        **carried_memory(paths.status),  # the peaks of this shard's earlier processes
+        "process_starts": process_starts(paths.status),  # run.png's start-up and waiting
+    }, write=lambda path, doc: durable_write("status.json", path.parent, lambda: write_json_atomic(path, doc),
+                                             remedy=SHARD), peak_rss=peak_rss)
+
+
+def shard_committer(paths: ShardPaths, header: Mapping[str, Any], committed: Iterable[str], interval_seconds: float,
+                    on_commit: Callable[[Sequence[str]], None]) -> GroupCommitter:
+    """The shard's group committer, its writes through the storage guard."""
+    header = {**header, "host": socket.gethostname()}
+    return GroupCommitter(paths, header, committed=committed, interval_seconds=interval_seconds,
+                          guard=partial(durable_write, remedy=SHARD), on_commit=on_commit)
+
+
+def write_error(paths: ShardPaths, record: Mapping[str, Any]) -> None:
+    line = error_line(record)  # once: a retry appends this very line, or finds it landed
+    durable_write("errors.jsonl", paths.dir, lambda: append_line_once(paths.errors, line), remedy=SHARD)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -106,6 +106,15 @@ def start_jvm(config: JvmConfig, classpath: Sequence[str] = ()) -> JvmInfo:
     version = str(jpype.JClass("java.lang.System").getProperty("java.version"))
     log.info("JVM %s started with %s, classpath %s", version, " ".join(args), os.pathsep.join(entries) or "(none)")
     return JvmInfo(classpath=entries, java_version=version, args=args)
+
+
+def start_task_jvm(task: Any, settings: Any, jvm: JvmConfig, error_file: str) -> tuple[JvmInfo, Mapping[str, Any]]:
+    """Start the task's JVM (its flags first, so that the config's jvm.options win; a crash writes its
+    hs_err file at `error_file`, in the shard dir where the launcher and users look); and what the
+    task says of the JVM it runs on (Task.jvm_provenance)."""
+    options = (*task_jvm_options(task, settings), *jvm.options, f"-XX:ErrorFile={error_file}")
+    info = start_jvm(replace(jvm, options=options), task_classpath(task, settings, jvm))
+    return info, task_jvm_provenance(task, info.classpath)
 
 
 def unlink_python_gc_from_java_gc() -> None:

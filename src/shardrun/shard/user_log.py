@@ -12,7 +12,9 @@ The clock is injected: tests step it instead of waiting.
 from __future__ import annotations
 
 import logging
+import sys
 import time
+from pathlib import Path
 from typing import Callable
 
 from shardrun.states import UserStatus
@@ -42,3 +44,39 @@ class UserLog:
             self._log.info("%d more users ok, each in under %.0f s (%d ended in this process so far, the last %r)",
                            self._quiet, self._slow, self._ended, user_id)
             self._quiet, self._last_line = 0, now
+
+
+def attach_shard_log(path: Path) -> None:
+    handler = ShardLogFile(path)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.getLogger().addHandler(handler)
+
+
+class ShardLogFile(logging.FileHandler):
+    """shard.log, in the shard dir: on a disk that fails under the shard (full, read-only, gone) its lines
+    cannot be written. That is said once on stderr, where every line goes too (cli/common.configure_logging),
+    instead of logging's "--- Logging error ---" and a traceback for every line; the shard's own error
+    (exit 6) says what to do."""
+
+    def __init__(self, path: Path):
+        super().__init__(path, encoding="utf-8")
+        self._said_failure = False
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        failure = sys.exc_info()[1]
+        if isinstance(failure, OSError):
+            self._say_failure(failure)
+        else:
+            super().handleError(record)
+
+    def close(self) -> None:
+        try:
+            super().close()  # flushes what is buffered
+        except OSError as failure:
+            self._say_failure(failure)
+
+    def _say_failure(self, failure: OSError) -> None:
+        if not self._said_failure:
+            self._said_failure = True
+            sys.stderr.write(f"warning: cannot write the shard's log {self.baseFilename}"
+                             f" ({failure.strerror or failure}); its lines go to stderr only\n")

@@ -30,6 +30,7 @@ from shardrun.storage.atomic import (
 )
 from shardrun.storage.batches import BadBatch, decode_batch, encode_batch, encode_record, readable_user_ids
 from shardrun.storage.paths import ShardPaths, batch_number
+from shardrun.storage.periodic import Periodic
 
 log = logging.getLogger(__name__)
 
@@ -107,8 +108,7 @@ class GroupCommitter:
         self._last_batch = clock()
         self._next_number = next_batch_number(paths)
         self._failure: BaseException | None = None  # a background flush that failed, raised by the next call
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._flusher: Periodic | None = None
 
     @property
     def queued(self) -> int:
@@ -190,26 +190,24 @@ class GroupCommitter:
     def start_flusher(self) -> None:
         if self._interval <= 0:
             return  # every user is committed as it ends (flush_if_due): nothing is ever left waiting
+        self._flusher = Periodic("group-commit", self._interval, self._flush_in_background)
+        self._flusher.start()
 
-        def flush_in_background() -> None:
-            while not self._stop.wait(self._interval):
-                with self._lock:
-                    if self._failure is not None:
-                        return
-                    try:
-                        if self._due():
-                            self._write_queue()
-                    except BaseException as exc:  # raised in the shard loop at its next commit
-                        self._failure = exc
-                        return
-
-        self._thread = threading.Thread(target=flush_in_background, name="group-commit", daemon=True)
-        self._thread.start()
+    def _flush_in_background(self) -> bool:
+        with self._lock:
+            if self._failure is not None:
+                return False
+            try:
+                if self._due():
+                    self._write_queue()
+            except BaseException as exc:  # raised in the shard loop at its next commit
+                self._failure = exc
+                return False
+        return True
 
     def stop_flusher(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
+        if self._flusher is not None:
+            self._flusher.stop()
 
 
 def publish_once(tmp: Path, target: Path, payload: bytes) -> None:
@@ -235,18 +233,6 @@ def next_batch_number(paths: ShardPaths) -> int:
     set_aside = [Path(path.name.rsplit(".", 1)[0]) for path in paths.quarantine.glob("b-*")]
     numbers = [batch_number(path) for path in [*paths.batch_files(), *set_aside]]
     return max((n for n in numbers if n is not None), default=0) + 1
-
-
-def commit_user(paths: ShardPaths, user_id: str, rows: Sequence[Mapping[str, Any]],
-                header: Mapping[str, Any] | None = None, replaces: bool = False,
-                attempt: Mapping[str, Any] | None = None) -> Path:
-    """Commit one user now, as a batch of its own (a stand-in worker's or a tool's single commit)."""
-    committer = GroupCommitter(paths, {"config_hash": shard_config_hash(paths), **(header or {})},
-                               committed=scan_committed(paths, untrusted="keep"))
-    committer.add(user_id, rows, replaces=replaces, attempt=attempt)
-    written = committer.flush()
-    assert written is not None
-    return written
 
 
 OLDER_RESULTS = "u-*.json"  # one file per user: how runs made before batch files committed (not read)

@@ -29,7 +29,6 @@ import logging
 import os
 import secrets
 import socket
-import threading
 import time
 from dataclasses import asdict, dataclass
 from enum import Enum
@@ -40,6 +39,7 @@ import psutil
 
 from shardrun.platforms import boot_id
 from shardrun.storage.atomic import NEW_FILE_MODE, utc_now
+from shardrun.storage.periodic import Periodic
 
 log = logging.getLogger(__name__)
 
@@ -291,8 +291,7 @@ class Lease:
         self._ask_scheduler = ask_scheduler
         self._fd: int | None = None
         self._inode: tuple[int, int] | None = None
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._refresher = Periodic("lease-heartbeat", self.refresh_every, self._refresh_once)
         self.holder: Holder | None = None
         self.took_over: str | None = None  # why the lease found here was stale, if one was taken over
 
@@ -320,9 +319,7 @@ class Lease:
                 raise
             self._fd, self._inode, self.holder = fd, (stat.st_dev, stat.st_ino), me
             self._remove_aside_leftovers()
-            self._stop.clear()
-            self._thread = threading.Thread(target=self._refresh_loop, name="lease-heartbeat", daemon=True)
-            self._thread.start()
+            self._refresher.start()
             return
         raise LeaseHeld(self._state_or_none())  # contended five times over: someone else keeps winning
 
@@ -391,28 +388,24 @@ class Lease:
             log.error("the lease %s was taken over by another process (this one's heartbeat was older than"
                       " %g s, or the file was removed): this process must stop writing the shard", self.path,
                       self.stale_after)
-            self._stop.set()
+            self._refresher.stop()
             self._on_lost()
             return False
         self._beat(fd)
         return True
 
-    def _refresh_loop(self) -> None:
-        while not self._stop.wait(self.refresh_every):
-            try:
-                if not self.refresh():
-                    return
-            # A network filesystem that fails for a moment must not end the heartbeat: the next beat
-            # retries, and the lease only goes stale after several missed ones.
-            except OSError as exc:
-                log.warning("lease heartbeat could not touch %s: %s", self.path, exc)
+    def _refresh_once(self) -> bool:
+        try:
+            return self.refresh()
+        # A network filesystem that fails for a moment must not end the heartbeat: the next beat
+        # retries, and the lease only goes stale after several missed ones.
+        except OSError as exc:
+            log.warning("lease heartbeat could not touch %s: %s", self.path, exc)
+            return True
 
     def release(self) -> None:
         """Stop the heartbeat and remove the lease if it is still this holder's."""
-        self._stop.set()
-        if self._thread is not None and self._thread is not threading.current_thread():
-            self._thread.join(timeout=5)
-        self._thread = None
+        self._refresher.stop()
         fd, self._fd = self._fd, None
         if fd is None:
             return
@@ -421,6 +414,3 @@ class Lease:
                 self.path.unlink(missing_ok=True)
         finally:
             os.close(fd)
-
-    def describe_holder(self) -> dict[str, Any]:
-        return asdict(self.holder) if self.holder else {}

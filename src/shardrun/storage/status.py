@@ -22,6 +22,7 @@ from shardrun.errors import StorageError
 from shardrun.states import ShardState, UserStatus
 from shardrun.storage.atomic import read_json, utc_now, write_json_atomic
 from shardrun.storage.paths import ShardPaths
+from shardrun.storage.periodic import Periodic
 
 log = logging.getLogger(__name__)
 
@@ -106,8 +107,7 @@ class ShardStatus:
             "last_error": None,
             **base,
         }
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._heartbeat: Periodic | None = None
 
     def snapshot(self) -> dict[str, Any]:
         with self._lock:
@@ -173,22 +173,20 @@ class ShardStatus:
 
     def start_heartbeat(self, every_seconds: float, min_interval: float = 1.0) -> None:
         def beat() -> None:
-            while not self._stop.wait(min(min_interval, every_seconds)):
-                try:
-                    self.write_if_due(every_seconds)
-                # The shard loop meets the same disk on its next write and stops there. A StorageError
-                # (a write given up by durable_write: full disk, read-only dir) must not end this
-                # thread with a traceback that buries the shard's own one-paragraph error.
-                except (OSError, StorageError) as exc:
-                    log.warning("heartbeat could not write %s: %s", self._paths.status, exc)
+            try:
+                self.write_if_due(every_seconds)
+            # The shard loop meets the same disk on its next write and stops there. A StorageError
+            # (a write given up by durable_write: full disk, read-only dir) must not end this
+            # thread with a traceback that buries the shard's own one-paragraph error.
+            except (OSError, StorageError) as exc:
+                log.warning("heartbeat could not write %s: %s", self._paths.status, exc)
 
-        self._thread = threading.Thread(target=beat, name="status-heartbeat", daemon=True)
-        self._thread.start()
+        self._heartbeat = Periodic("status-heartbeat", min(min_interval, every_seconds), beat)
+        self._heartbeat.start()
 
     def stop_heartbeat(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
+        if self._heartbeat is not None:
+            self._heartbeat.stop()
 
 
 def record_death(paths: ShardPaths, exit_code: int, description: str, hs_err_files: list[str]) -> bool:
