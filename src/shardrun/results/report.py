@@ -45,56 +45,49 @@ def mismatch_message(mismatch: Sequence[Mapping[str, Any]]) -> str:
     )
 
 
+def _untrusted_line(u: Mapping[str, Any]) -> str:
+    whose = "no user readable in it" if u["user_id"] is None else "user " + show(u["user_id"])
+    return f"result file {u['dir']}/results/{u['file']} ({whose}) is left out: {u['problem']}"
+
+
+# Per list of merge_report.json: its line for one entry, and what a capped list calls the rest (None: not capped).
+_CONFLICTS = (("conflicts", lambda c: f"conflicting rows for {describe_key(c['key'], list(c['key']))} in"
+               f" {', '.join(c['dirs'])}: {', '.join(d['column'] for d in c['differences'])} differ", "conflicts"),)
+_FILES = (
+    ("untrusted_files", _untrusted_line, "untrusted result files"),
+    ("mixed_columns", lambda m: f"column {m['column']!r} mixes JSON types"
+     f" ({', '.join(f'{t}: {n} rows' for t, n in m['types'].items())}); it is written as text", None),
+)
+_COVERAGE = (
+    ("missing_users", lambda m: f"user {show(m['user_id'])} has no results (planned in shard {', '.join(m['shards'])})",
+     "missing users"),
+    ("missing_shards", lambda m: f"shard {m['shard']} was not merged (its users are unknown)", None),
+    ("users_short_of_rows", lambda m: f"user {show(m['user_id'])} has {m['rows']} rows, others have {m['expected_rows']}",
+     "users short of rows"),
+    ("unplanned_users", lambda m: f"user {show(m['user_id'])} has results but no shard planned it", "unplanned users"),
+)
+
+
+def _listed(report: Mapping[str, Any], kinds: Sequence[tuple[str, Any, str | None]]) -> list[str]:
+    problems: list[str] = []
+    for key, line, what in kinds:
+        lines = [line(entry) for entry in report.get(key, [])]
+        problems += capped(lines, what) if what else lines
+    return problems
+
+
 def report_problems(report: Mapping[str, Any], coverage: bool = True) -> list[str]:
     """One line per problem recorded in a merge report (the dict of merge_report.json).
 
     `coverage` False leaves out the coverage lists, for a caller that checks users another way.
     """
-    problems = capped(
-        [
-            f"conflicting rows for {describe_key(c['key'], list(c['key']))} in {', '.join(c['dirs'])}:"
-            f" {', '.join(d['column'] for d in c['differences'])} differ"
-            for c in report.get("conflicts", [])
-        ],
-        "conflicts",
-    )
+    problems = _listed(report, _CONFLICTS)
     if report.get("forced_mismatch"):
         problems.append("shards of different configs or input data were merged with --force")
-    problems += capped(
-        [
-            f"result file {u['dir']}/results/{u['file']}"
-            f" ({'no user readable in it' if u['user_id'] is None else 'user ' + show(u['user_id'])}) is left out:"
-            f" {u['problem']}"
-            for u in report.get("untrusted_files", [])
-        ],
-        "untrusted result files",
-    )
-    problems += [
-        f"column {m['column']!r} mixes JSON types ({', '.join(f'{t}: {n} rows' for t, n in m['types'].items())});"
-        " it is written as text"
-        for m in report.get("mixed_columns", [])
-    ]
+    problems += _listed(report, _FILES)
     if not coverage:
         return problems
-    problems += capped(
-        [
-            f"user {show(m['user_id'])} has no results (planned in shard {', '.join(m['shards'])})"
-            for m in report.get("missing_users", [])
-        ],
-        "missing users",
-    )
-    problems += [f"shard {m['shard']} was not merged (its users are unknown)" for m in report.get("missing_shards", [])]
-    problems += capped(
-        [
-            f"user {show(m['user_id'])} has {m['rows']} rows, others have {m['expected_rows']}"
-            for m in report.get("users_short_of_rows", [])
-        ],
-        "users short of rows",
-    )
-    problems += capped(
-        [f"user {show(m['user_id'])} has results but no shard planned it" for m in report.get("unplanned_users", [])],
-        "unplanned users",
-    )
+    problems += _listed(report, _COVERAGE)
     if not report.get("complete", False) and not problems:
         problems.append("the merge is marked incomplete")
     return problems

@@ -19,11 +19,9 @@ from typing import Any, Mapping, Sequence
 
 import pandas as pd
 
-from shardrun.config import RunConfig, parse_config
-from shardrun.storage.identity import read_run_document
-from shardrun.errors import ShardrunError, TaskNotImportable
+from shardrun.config import RunConfig
 from shardrun.results.frame import schema_columns
-from shardrun.results.read import STATUS_COLUMNS, read_result_file
+from shardrun.results.read import STATUS_COLUMNS, read_result_file, recorded_config
 from shardrun.results.report import capped, describe_key, report_problems, show
 from shardrun.storage.paths import MergedPaths, RunPaths
 from shardrun.storage.atomic import read_json, utc_now, write_json_atomic
@@ -178,20 +176,6 @@ def _read_frame(paths: MergedPaths, task: Task) -> tuple[pd.DataFrame | None, li
         return None, [f"{source} cannot be read: {exc}"]
 
 
-def _settings_from_report(report: Mapping[str, Any]) -> tuple[RunConfig | None, list[str]]:
-    """The config the merge recorded: the provenance entry with the report's config hash, else the first."""
-    provenance = report.get("provenance") or []
-    if not provenance:
-        return None, ["merge_report.json records no run.json (no config snapshot); pass --config to validate"]
-    entry = next((p for p in provenance if p.get("config_hash") == report.get("config_hash")), provenance[0])
-    try:
-        return parse_config(entry["config"], task_origin=entry.get("task_origin")), []
-    except TaskNotImportable:
-        raise  # a check that cannot run here is no verdict on the results: exit 2, validation.json untouched
-    except (KeyError, ShardrunError) as exc:
-        return None, [f"the config snapshot in {entry.get('run_dir')}/run.json cannot be parsed ({exc}); pass --config"]
-
-
 @dataclass(frozen=True)
 class Validation:
     """A result set's problems (empty: valid) and its users by outcome (None: the rows could not be read)."""
@@ -220,8 +204,10 @@ def rerun_of(result_dir: Path) -> Rerun:
     if not run.run_json.is_file():
         return Rerun()
     try:
-        document = read_run_document(run.run_json)
-    except ShardrunError:
+        document = read_json(run.run_json)
+    except ValueError:  # a damaged run.json names no rerun
+        return Rerun()
+    if not isinstance(document, dict):
         return Rerun()
     config = document.get("config_path") or "CONFIG"
     pilot = f" --pilot {document['pilot']}" if document.get("pilot") else ""
@@ -254,7 +240,7 @@ def validation_of(result_dir: Path, config: RunConfig | None = None, frame: pd.D
         if report is None:
             return Validation([f"no merge_report.json in {paths.dir}; pass --config to validate results without it"],
                               max_failed=max_failed)
-        config, problems = _settings_from_report(report)
+        config, problems = recorded_config(report)
         if config is None:
             return Validation(problems, max_failed=max_failed)
     task = load_task(config.task)
