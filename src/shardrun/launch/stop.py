@@ -1,11 +1,7 @@
-"""`stop_shards RUN`: drain every live shard of a run on this host from another terminal, as Ctrl-C does.
+"""`stop_shards RUN`: drain a run's live shards on this host from another terminal, as Ctrl-C does.
 
-A pid in a file is only a claim: the process may have ended and its pid been reused, or it may run
-on another host. A process is signalled only when it is verifiably the one the file names: same
-host, alive, a shardrun command line, started no later than the file says it started, and tied to
-this run (its command line names the shard dir or the run dir, or it holds the shard's lock file
-open). A launcher that is alive is signalled instead of the shards it started (it forwards the
-signal to each of them, as for Ctrl-C; signalling both would count as the second, immediate stop).
+A recorded pid is only a claim (reused, or on another host): a process is signalled only when verified
+as the one the file names. A live launcher is signalled instead of its shards (it forwards the signal).
 """
 
 from __future__ import annotations
@@ -150,11 +146,8 @@ def _create_time(pid: int) -> float | None:
 
 def stop_run(run_dir: Path, now: bool = False, signum: int = signal.SIGTERM,
              send: Callable[[int, int], bool] = _signal) -> StopReport:
-    """Signal the run's live launcher (if any) and every live shard it did not start; report each decision.
-
-    A process this command already asked to drain is signalled again only with `now` (the second
-    signal: stop at once, abandoning the user in flight).
-    """
+    """Signal the run's live launcher and every live shard it did not start; report each decision. A process
+    already asked to drain is signalled again only with `now` (the second signal: stop at once)."""
     run = RunPaths(run_dir)
     stopper = _Stopper(now, signum, send, _read(run.dir / REQUESTS) or {}, StopReport([], [], []))
     launcher = _read(run.launcher_json)

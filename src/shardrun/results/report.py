@@ -1,9 +1,5 @@
-"""merge_report.json and the readable one-liners of its problems.
-
-MergeReport is what a merge found (written as merge_report.json); `report_problems` turns that
-document into one line per problem. validate reports the same problems from the file, with the
-same helpers (`show`, `capped`, `describe_key`), so a problem reads the same from both commands.
-"""
+"""merge_report.json (MergeReport) and its problems as one-liners; validate uses the same helpers, so a
+problem reads the same from merge and validate."""
 
 from __future__ import annotations
 
@@ -36,13 +32,10 @@ def capped(problems: Sequence[str], what: str) -> list[str]:
 
 def mismatch_message(mismatch: Sequence[Mapping[str, Any]]) -> str:
     """Why shards of different configs or data are refused (the list from combine.find_mismatch)."""
-    lines = "; ".join(
-        f"{m['dir']}: config hash {m['config_hash']}, data fingerprint {m['data_fingerprint']}" for m in mismatch
-    )
-    return (
-        f"refusing to merge shards of different configs or input data ({lines}). Merge only shards of one"
-        " config and one input; --force merges anyway and records the mismatch in merge_report.json."
-    )
+    lines = "; ".join(f"{m['dir']}: config hash {m['config_hash']}, data fingerprint {m['data_fingerprint']}"
+                      for m in mismatch)
+    return (f"refusing to merge shards of different configs or input data ({lines}). Merge only shards of one"
+            " config and one input; --force merges anyway and records the mismatch in merge_report.json.")
 
 
 def _untrusted_line(u: Mapping[str, Any]) -> str:
@@ -120,16 +113,8 @@ class MergeReport:
 
     @property
     def complete(self) -> bool:
-        return not (
-            self.conflicts
-            or self.missing_users
-            or self.missing_shards
-            or self.users_short_of_rows
-            or self.unplanned_users
-            or self.forced_mismatch
-            or self.untrusted_files
-            or self.mixed_columns
-        )
+        return not (self.conflicts or self.missing_users or self.missing_shards or self.users_short_of_rows
+                    or self.unplanned_users or self.forced_mismatch or self.untrusted_files or self.mixed_columns)
 
     def to_json(self) -> dict[str, Any]:
         """The content of merge_report.json."""
@@ -140,10 +125,8 @@ class MergeReport:
         return report_problems(self.to_json())
 
     def summary(self) -> str:
-        head = (
-            f"merged {self.rows} rows of {self.users} users from {len(self.shards)} shard dirs into"
-            f" {self.output_dir} ({self.identical_duplicates} identical duplicates dropped)"
-        )
+        head = (f"merged {self.rows} rows of {self.users} users from {len(self.shards)} shard dirs into"
+                f" {self.output_dir} ({self.identical_duplicates} identical duplicates dropped)")
         if self.complete:
             return head + "; the result set is complete"
         return f"{head}; INCOMPLETE, see {self.output_dir}/merge_report.json: " + "; ".join(self.problem_lines())

@@ -1,14 +1,5 @@
-"""run.png of a merged result set: where the run's time went, shard by shard.
-
-The operational view beside summary.png's science: each shard's timeline with its phases drawn apart
-(waiting to start while other shards held the cores, start-up from its process's start to its first
-user, then its users coloured by outcome), the users that took far longer than the task predicted
-outlined, and below it each user's seconds against that prediction. The tables come from
-timeline.py (pure); this module only draws them.
-
-Drawn on an explicit Agg canvas as summary.png is (see summary.py); matplotlib is imported inside
-the drawing functions only.
-"""
+"""run.png: where a run's time went, shard by shard (waiting, start-up, users by outcome, slow users),
+drawn from timeline.py's pure tables on an Agg canvas; matplotlib is imported only when drawing."""
 
 from __future__ import annotations
 
@@ -60,8 +51,7 @@ UNITS = ((2 * 3600.0, 3600.0, "hours"), (180.0, 60.0, "minutes"), (0.0, 1.0, "se
 
 @dataclass(frozen=True)
 class RunPicture:
-    """Everything run.png is drawn from: the span table (each committed user's shard, start, end, status, and the task's estimate of its
-    seconds where it makes one) and the start table (each shard process's start)."""
+    """All run.png is drawn from: the span table (with the task's estimates) and the process start table."""
 
     spans: pd.DataFrame | Sequence[Sequence[Any]]  # as timeline.timeline_table takes them
     starts: pd.DataFrame | None = None  # timeline.start_table
@@ -90,8 +80,7 @@ def duration(seconds: float) -> str:
 
 def draw_run(spans: pd.DataFrame | Iterable[Sequence[Any]], starts: pd.DataFrame | None = None,
              title: str | None = None):
-    """run.png as a matplotlib Figure (on an Agg canvas): the timeline above, each user's seconds
-    against the task's estimate below."""
+    """run.png as a Figure: the timeline above; the users against their estimates and the shards' time below."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -103,13 +92,13 @@ def draw_run(spans: pd.DataFrame | Iterable[Sequence[Any]], starts: pd.DataFrame
     phases = shard_phases(timeline, started)
     slow = slow_users(timeline, first)
     grid = figure.add_gridspec(2, 2, height_ratios=[1.45, 1], width_ratios=[1.6, 1])
-    draw_timeline_panel(figure.add_subplot(grid[0, :]), timeline, phases, slow, has_starts=len(started) > 0)
+    has_starts = len(started) > 0
+    draw_timeline_panel(figure.add_subplot(grid[0, :]), timeline, phases, slow, has_starts)
     draw_estimate_panel(figure.add_subplot(grid[1, 0]), timeline, first, slow)
-    draw_breakdown_panel(figure.add_subplot(grid[1, 1]), shard_summary(timeline, phases), has_starts=len(started) > 0)
-    shards = timeline["shard"].nunique()
+    draw_breakdown_panel(figure.add_subplot(grid[1, 1]), shard_summary(timeline, phases), has_starts)
     users = len(timeline)
-    first_line = (f"{plural(users, 'user')}, {plural(shards, 'shard')}: where the run's time went"
-                  if users else "where the run's time went")
+    counts = f"{plural(users, 'user')}, {plural(timeline['shard'].nunique(), 'shard')}: " if users else ""
+    first_line = counts + "where the run's time went"
     second = title or ""
     if timeline.attrs.get("run_start") is not None:
         second += f"{': ' if second else ''}run start {datetime.fromtimestamp(timeline.attrs['run_start'], timezone.utc):%Y-%m-%d %H:%M:%S} UTC"

@@ -1,14 +1,5 @@
-"""Checks a merged result set and returns its problems as readable one-liners (empty = valid).
-
-`check_frame` is the pure core (a frame in, problems out); `validation_of` gathers what it needs
-from disk: the results file, merge_report.json, and the settings (from --config, or from the
-config snapshot the merge recorded as provenance). Problems are returned, not raised: a result set
-with problems is an answer, not an error; the CLI prints them and exits non-zero.
-
-Beyond the rows' shape, the run-level verdict (verdict.py): users failed beyond --max-failed, or no
-user analysed at all, are problems too; `validation_of` returns the problems with the users' counts
-by outcome, for the final lines and validation.json.
-"""
+"""A merged result set's problems as one-liners (empty = valid): `check_frame` is the pure core,
+`validation_of` gathers from disk and adds the run-level verdict. Problems are an answer, not an error."""
 
 from __future__ import annotations
 
@@ -198,15 +189,14 @@ class Validation:
 
 
 def rerun_of(result_dir: Path) -> Rerun:
-    """Where the failures are told and how to run only them again: a run's own merged dir (RUN/merged)
-    names its run (launch_shards --out RUN --retry-failed); any other result set, its shard dirs."""
+    """Where a run's own merged dir (RUN/merged) tells its failures and the command that runs only them again."""
     run = RunPaths(Path(result_dir).resolve().parent)
     if not run.run_json.is_file():
         return Rerun()
     try:
         document = read_json(run.run_json)
     except ValueError:  # a damaged run.json names no rerun
-        return Rerun()
+        document = None
     if not isinstance(document, dict):
         return Rerun()
     config = document.get("config_path") or "CONFIG"
@@ -219,37 +209,33 @@ def rerun_of(result_dir: Path) -> Rerun:
 
 def validation_of(result_dir: Path, config: RunConfig | None = None, frame: pd.DataFrame | None = None,
                   max_failed: FailedTolerance = NO_FAILED) -> Validation:
-    """The result set in `result_dir` checked, with its users by outcome. `frame`: the result set the
-    merge in this process has just written there (merge.MergedSet), checked instead of reading it back.
+    """The result set in `result_dir` checked (`frame`: the rows this process just merged there, not read back).
+    Coverage is against the config's input users when `config` is given, else against merge_report.json;
+    a bad config or unreadable input raises (a usage error, not a property of the results)."""
+    def refused(problems: list[str]) -> Validation:
+        return Validation(problems, max_failed=max_failed)
 
-    With `config`, coverage is checked against the users of the config's input (a pilot run then
-    reports the users it did not run); without, against what merge_report.json recorded.
-    A bad config or unreadable input data raises (a usage error, not a property of the results).
-    """
     paths = MergedPaths(Path(result_dir))
     if not paths.dir.is_dir():
-        return Validation([f"result dir {paths.dir} does not exist; pass the --output dir of merge_shard_results"],
-                          max_failed=max_failed)
+        return refused([f"result dir {paths.dir} does not exist; pass the --output dir of merge_shard_results"])
     try:
         report = read_json(paths.report) if paths.report.is_file() else None
     except (OSError, ValueError) as exc:
-        return Validation([f"{paths.report} cannot be read ({exc}); merge again with merge_shard_results"],
-                          max_failed=max_failed)
+        return refused([f"{paths.report} cannot be read ({exc}); merge again with merge_shard_results"])
     coverage_from_report = config is None
     if coverage_from_report:
         if report is None:
-            return Validation([f"no merge_report.json in {paths.dir}; pass --config to validate results without it"],
-                              max_failed=max_failed)
+            return refused([f"no merge_report.json in {paths.dir}; pass --config to validate results without it"])
         config, problems = recorded_config(report)
         if config is None:
-            return Validation(problems, max_failed=max_failed)
+            return refused(problems)
     task = load_task(config.task)
     # The user index where the task has one: the ids without loading every row.
     expected_users = None if coverage_from_report else list(read_user_index(task, config.settings)[0].user_ids)
     if frame is None:
         frame, problems = _read_frame(paths, task)
         if frame is None:
-            return Validation(problems, max_failed=max_failed)
+            return refused(problems)
     problems = check_frame(frame, task, config.settings, expected_users, config_hash=config.hash)
     if report is not None:
         problems += check_report(report, coverage=coverage_from_report)
@@ -274,14 +260,8 @@ def checked_config_hash(result_dir: Path, config: RunConfig | None) -> str | Non
 
 def write_validation(result_dir: Path, problems: Sequence[str], config_hash: str | None = None,
                      verdict: Mapping[str, Any] | None = None) -> str | None:
-    """Write validation.json (the verdict, its problems, the config hash checked against, and
-    `verdict`: Validation.document(), the users by outcome and the --max-failed tolerance).
-
-    A validation.json already there that records another config hash is not replaced silently: the
-    new file keeps it under `previous` (its config hash, verdict and time), and the returned note
-    (also logged as a warning) says so; None when there was nothing to say. `config_hash` None takes
-    the hash merge_report.json records.
-    """
+    """Write validation.json (verdict, problems, the config hash checked, Validation.document()). An earlier one
+    against another config hash is kept under `previous`, and the returned (and logged) note says so."""
     paths = MergedPaths(Path(result_dir))
     if config_hash is None:
         config_hash = checked_config_hash(paths.dir, None)
