@@ -118,9 +118,7 @@ def verify(pid: Any, host: Any, started: Any, places: Iterable[Path] | None, loc
         return f"pid {pid}: no start time recorded to check it against"
     if created > began + CLOCK_SLACK_SECONDS:
         return f"pid {pid} started after the recorded start (pid reused)"
-    if places is None:
-        return None
-    if not (_mentions(process, command, places) or (lock is not None and _holds(process, lock))):
+    if places is not None and not (_mentions(process, command, places) or (lock is not None and _holds(process, lock))):
         return f"pid {pid} is a shardrun process of another run"
     return None
 

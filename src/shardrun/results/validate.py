@@ -45,11 +45,9 @@ def check_columns(frame: pd.DataFrame, expected: Sequence[str]) -> list[str]:
 
 def check_one_row_per_key(frame: pd.DataFrame, key_columns: Sequence[str]) -> list[str]:
     duplicated = frame[frame.duplicated(subset=list(key_columns), keep=False)]
-    problems = [
-        f"duplicate key {describe_key(dict(zip(key_columns, key)), key_columns)}: {len(group)} rows (expected one)"
-        for key, group in duplicated.groupby(list(key_columns), sort=True, dropna=False)
-    ]
-    return capped(problems, "duplicate keys")
+    return capped([f"duplicate key {describe_key(dict(zip(key_columns, key)), key_columns)}: {len(group)} rows"
+                   " (expected one)" for key, group in duplicated.groupby(list(key_columns), sort=True, dropna=False)],
+                  "duplicate keys")
 
 
 def _blank_mask(column: pd.Series) -> pd.Series:
@@ -81,15 +79,11 @@ def check_config_hash(frame: pd.DataFrame, config_hash: str | None) -> list[str]
     if blank.any():
         problems.append("some rows have no config_hash")
     if len(values) > 1:
-        problems.append(
-            f"column config_hash has {len(values)} values ({', '.join(map(show, values))});"
-            " a result set must come from one config"
-        )
+        problems.append(f"column config_hash has {len(values)} values ({', '.join(map(show, values))});"
+                        " a result set must come from one config")
     elif values and config_hash is not None and values[0] != config_hash:
-        problems.append(
-            f"config_hash is {values[0]!r} but the config's hash is {config_hash!r};"
-            " the results were computed with another config"
-        )
+        problems.append(f"config_hash is {values[0]!r} but the config's hash is {config_hash!r};"
+                        " the results were computed with another config")
     return problems
 
 
@@ -110,20 +104,14 @@ def check_rows_per_user(frame: pd.DataFrame, key_columns: Sequence[str]) -> list
     # Counted for every user at once; only the users short of rows are looked at one by one.
     per_user = frame[[user_column, *other]].drop_duplicates().groupby(user_column, sort=True).size()
     short = frame[frame[user_column].isin(per_user.index[per_user < len(all_keys)])]
-    problems = []
-    for user, group in short.groupby(user_column, sort=True):
-        for absent in sorted(all_keys - set(group[other].itertuples(index=False, name=None)), key=repr):
-            problems.append(f"user {show(user)} has no row for {describe_key(dict(zip(other, absent)), other)}")
-    return capped(problems, "missing rows")
+    return capped([f"user {show(user)} has no row for {describe_key(dict(zip(other, absent)), other)}"
+                   for user, group in short.groupby(user_column, sort=True)
+                   for absent in sorted(all_keys - set(group[other].itertuples(index=False, name=None)), key=repr)],
+                  "missing rows")
 
 
-def check_frame(
-    frame: pd.DataFrame,
-    task: Task,
-    settings: Any,
-    expected_users: Sequence[str] | None,
-    config_hash: str | None = None,
-) -> list[str]:
+def check_frame(frame: pd.DataFrame, task: Task, settings: Any, expected_users: Sequence[str] | None,
+                config_hash: str | None = None) -> list[str]:
     """Problems of a result frame; no I/O. `expected_users` None skips the input-coverage check;
     `config_hash` None checks only that the set has a single hash."""
     key_columns = list(task.key_columns)
@@ -145,12 +133,6 @@ def check_frame(
         # The task's value checks assume its schema; with columns missing they would only fail noisily.
         problems += capped(list(task.check_rows(frame, settings)), "value problems")
     return problems
-
-
-def check_report(report: Mapping[str, Any], coverage: bool) -> list[str]:
-    """Problems recorded by merge. Conflicts and forced mismatches always count; the coverage lists
-    only when there is no config to check the users against."""
-    return [f"merge report: {line}" for line in report_problems(report, coverage=coverage)]
 
 
 # --- gathering from disk --------------------------------------------------------------------
@@ -237,8 +219,8 @@ def validation_of(result_dir: Path, config: RunConfig | None = None, frame: pd.D
         if frame is None:
             return refused(problems)
     problems = check_frame(frame, task, config.settings, expected_users, config_hash=config.hash)
-    if report is not None:
-        problems += check_report(report, coverage=coverage_from_report)
+    if report is not None:  # merge's coverage lists count only when there is no config to check the users against
+        problems += [f"merge report: {line}" for line in report_problems(report, coverage=coverage_from_report)]
     user_column = task.key_columns[0]  # by convention the first key column names the user
     outcomes = count_outcomes(frame, user_column) if {user_column, "status"} <= set(frame.columns) else None
     if outcomes is not None:
