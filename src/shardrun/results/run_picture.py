@@ -132,7 +132,6 @@ def draw_timeline_panel(axes, timeline: pd.DataFrame, phases: pd.DataFrame, slow
 
 
 def _bars(axes, y: float, starts: pd.Series, widths: Any, per: float, **style: Any) -> None:
-    """One shard's row of boxes, in the axis' unit."""
     axes.broken_barh(list(zip(starts / per, widths / per)), (y - BAR_HEIGHT / 2, BAR_HEIGHT), **style)
 
 
@@ -188,9 +187,7 @@ def _timeline_legend(axes, statuses: set[str], phases: pd.DataFrame, slow: pd.Da
         basis = "its estimate (scaled to the run's median)" if slow.attrs["basis"] == "estimate" else "the median user"
         handles.append(Line2D([], [], color=SLOW_EDGE, marker="v", linestyle="none", markersize=6,
                               label=f"slow: ≥ {slow.attrs['factor']:g}× {basis}"))
-    notes = []
-    if per_bar > 1:
-        notes.append(f"one bar = up to {per_bar:,} consecutive users, coloured by their most common status")
+    notes = [f"one bar = up to {per_bar:,} consecutive users, coloured by their most common status"] if per_bar > 1 else []
     if not has_starts:
         notes.append("no process start times in this run: waiting and start-up not shown")
     axes.legend(handles=handles, fontsize=LEGEND_SIZE, loc="upper center", bbox_to_anchor=(0.5, -0.13),
@@ -264,8 +261,7 @@ def _draw_estimate_points(axes, predicted: np.ndarray, seconds: np.ndarray, show
 
 
 def _label_log_ticks(axes) -> None:
-    """Plain numbers (0.5 s, not 5 x 10^-1); minor ticks labelled while an axis spans less than a decade,
-    at 2 and 5 beyond."""
+    """0.5 s, not 5 x 10^-1; every minor tick labelled within a decade, those at 2 and 5 beyond."""
     from matplotlib.ticker import FuncFormatter
 
     for axis in (axes.xaxis, axes.yaxis):
