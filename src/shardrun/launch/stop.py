@@ -1,11 +1,7 @@
-"""`stop_shards RUN`: drain every live shard of a run on this host from another terminal, as Ctrl-C does.
+"""`stop_shards RUN`: drain a run's live shards on this host from another terminal, as Ctrl-C does.
 
-A pid in a file is only a claim: the process may have ended and its pid been reused, or it may run
-on another host. A process is signalled only when it is verifiably the one the file names: same
-host, alive, a shardrun command line, started no later than the file says it started, and tied to
-this run (its command line names the shard dir or the run dir, or it holds the shard's lock file
-open). A launcher that is alive is signalled instead of the shards it started (it forwards the
-signal to each of them, as for Ctrl-C; signalling both would count as the second, immediate stop).
+A recorded pid is only a claim (reused, or on another host): a process is signalled only when verified
+as the one the file names. A live launcher is signalled instead of its shards (it forwards the signal).
 """
 
 from __future__ import annotations
@@ -122,9 +118,7 @@ def verify(pid: Any, host: Any, started: Any, places: Iterable[Path] | None, loc
         return f"pid {pid}: no start time recorded to check it against"
     if created > began + CLOCK_SLACK_SECONDS:
         return f"pid {pid} started after the recorded start (pid reused)"
-    if places is None:
-        return None
-    if not (_mentions(process, command, places) or (lock is not None and _holds(process, lock))):
+    if places is not None and not (_mentions(process, command, places) or (lock is not None and _holds(process, lock))):
         return f"pid {pid} is a shardrun process of another run"
     return None
 
@@ -150,68 +144,75 @@ def _create_time(pid: int) -> float | None:
 
 def stop_run(run_dir: Path, now: bool = False, signum: int = signal.SIGTERM,
              send: Callable[[int, int], bool] = _signal) -> StopReport:
-    """Signal the run's live launcher (if any) and every live shard it did not start; report each decision.
-
-    A process this command already asked to drain is signalled again only with `now` (the second
-    signal: stop at once, abandoning the user in flight).
-    """
+    """Signal the run's live launcher and every live shard it did not start; report each decision. A process
+    already asked to drain is signalled again only with `now` (the second signal: stop at once)."""
     run = RunPaths(run_dir)
-    signalled: list[Target] = []
-    via_launcher: list[str] = []
-    skipped: list[str] = []
-    asked = _read(run.dir / REQUESTS) or {}
+    stopper = _Stopper(now, signum, send, _read(run.dir / REQUESTS) or {}, StopReport([], [], []))
+    launcher = _read(run.launcher_json)
+    launched = stopper.stop_launcher(launcher) if launcher is not None else None
+    for shard_dir in sorted(run.dir.glob("shard-*-of-*")):
+        stopper.stop_shard(run, shard_dir, launched)
+    if stopper.report.signalled:
+        try:
+            write_json_atomic(run.dir / REQUESTS, stopper.asked)
+        except OSError:
+            pass  # only the memory of this request is lost: a second request without --now signals again
+    return stopper.report
 
-    def signal_once(what: str, pid: int) -> bool:
+
+@dataclass
+class _Stopper:
+    """One stop_run's decisions so far, and the processes asked to drain (pid -> create time)."""
+
+    now: bool
+    signum: int
+    send: Callable[[int, int], bool]
+    asked: dict[str, Any]
+    report: StopReport
+
+    def signal_once(self, what: str, pid: int) -> bool:
         created = _create_time(pid)
-        if not now and created is not None and asked.get(str(pid)) == created:
-            skipped.append(f"{what}: pid {pid} was already asked to drain; --now stops it at once")
+        if not self.now and created is not None and self.asked.get(str(pid)) == created:
+            self.report.skipped.append(f"{what}: pid {pid} was already asked to drain; --now stops it at once")
             return True
-        if send(pid, signum):
-            signalled.append(Target(what, pid))
-            asked[str(pid)] = created
+        if self.send(pid, self.signum):
+            self.report.signalled.append(Target(what, pid))
+            self.asked[str(pid)] = created
             return True
         return False
 
-    launcher = _read(run.launcher_json)
-    launcher_pids: dict[str, int] = {}
-    launcher_alive = False
-    if launcher is not None:
+    def stop_launcher(self, launcher: dict[str, Any]) -> dict[str, int] | None:
+        """Signal a live launcher; the pids of the shards it will stop (None when it is not alive)."""
         entries = launcher.get("shards")
-        for entry in entries if isinstance(entries, list) else []:
-            if (isinstance(entry, dict) and isinstance(entry.get("shard"), str) and isinstance(entry.get("pid"), int)
-                    and entry.get("phase") != ShardPhase.DONE):
-                launcher_pids[entry["shard"]] = entry["pid"]
+        pids = {entry["shard"]: entry["pid"] for entry in (entries if isinstance(entries, list) else [])
+                if isinstance(entry, dict) and isinstance(entry.get("shard"), str)
+                and isinstance(entry.get("pid"), int) and entry.get("phase") != ShardPhase.DONE}
         # A launcher's command line need not name the run dir it made itself: a launcher command line
         # on this host, older than its latest launcher.json, is the evidence.
         why = verify(launcher.get("pid"), launcher.get("host"), launcher.get("updated_at"), None,
                      words=LAUNCHER_WORDS)
         if why is None:
-            launcher_alive = signal_once("launcher", launcher["pid"])
-        elif not why.endswith("is gone"):
-            skipped.append(f"launcher: {why}")
+            return pids if self.signal_once("launcher", launcher["pid"]) else None
+        if not why.endswith("is gone"):
+            self.report.skipped.append(f"launcher: {why}")
+        return None
 
-    for shard_dir in sorted(run.dir.glob("shard-*-of-*")):
+    def stop_shard(self, run: RunPaths, shard_dir: Path, launched: dict[str, int] | None) -> None:
+        """Signal a live shard, or leave it to its launcher, or say why not."""
         try:
             status = read_status(shard_dir / "status.json")
         except ValueError as exc:
-            skipped.append(f"{shard_dir.name}: {exc}")
-            continue
+            self.report.skipped.append(f"{shard_dir.name}: {exc}")
+            return
         if status is None or status.get("state") not in LIVE_STATES:
-            continue
+            return
         shard = status.get("shard") or shard_dir.name
         pid = status.get("pid")
-        if launcher_alive and launcher_pids.get(shard) == pid:
-            via_launcher.append(f"shard {shard} (pid {pid})")
-            continue
+        if launched is not None and launched.get(shard) == pid:
+            self.report.via_launcher.append(f"shard {shard} (pid {pid})")
+            return
         why = verify(pid, status.get("host"), status.get("started_at"), [shard_dir, run.dir], shard_dir / "lock")
         if why is None and isinstance(pid, int):
-            signal_once(f"shard {shard}", pid)
+            self.signal_once(f"shard {shard}", pid)
         else:
-            skipped.append(f"shard {shard}: {why}")
-    if signalled:
-        try:
-            write_json_atomic(run.dir / REQUESTS, asked)
-        except OSError:
-            pass  # only the memory of this request is lost: a second request without --now signals again
-    return StopReport(signalled, via_launcher, skipped)
-
+            self.report.skipped.append(f"shard {shard}: {why}")

@@ -15,7 +15,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import pandas as pd
 import pyarrow as pa
 
-from shardrun.config import parse_config
+from shardrun.config import RunConfig, parse_config
 from shardrun.errors import MergeError, ShardrunError, TaskNotImportable
 from shardrun.results.columnar import USER, read_columnar
 from shardrun.sharding import ShardSpec
@@ -212,6 +212,20 @@ def resolve_task(provenance: Sequence[Mapping[str, Any]], shards: Sequence[Shard
     if not isinstance(task_path, str):
         raise MergeError(f"{shards[0].dir}/shard.json names no task and there is no run.json; cannot merge it.")
     return load_task(task_path, shards[0].identity.get("task_origin")), None
+
+
+def recorded_config(report: Mapping[str, Any]) -> tuple[RunConfig | None, list[str]]:
+    """For validate, the config a merge recorded: the provenance entry with the report's config hash, else the first."""
+    provenance = report.get("provenance") or []
+    if not provenance:
+        return None, ["merge_report.json records no run.json (no config snapshot); pass --config to validate"]
+    entry = next((p for p in provenance if p.get("config_hash") == report.get("config_hash")), provenance[0])
+    try:
+        return parse_config(entry["config"], task_origin=entry.get("task_origin")), []
+    except TaskNotImportable:
+        raise  # a check that cannot run here is no verdict on the results: exit 2, validation.json untouched
+    except (KeyError, ShardrunError) as exc:
+        return None, [f"the config snapshot in {entry.get('run_dir')}/run.json cannot be parsed ({exc}); pass --config"]
 
 
 def read_result_file(path: Path, text_columns: Iterable[str]) -> pd.DataFrame:

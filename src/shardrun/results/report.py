@@ -1,9 +1,5 @@
-"""merge_report.json and the readable one-liners of its problems.
-
-MergeReport is what a merge found (written as merge_report.json); `report_problems` turns that
-document into one line per problem. validate reports the same problems from the file, with the
-same helpers (`show`, `capped`, `describe_key`), so a problem reads the same from both commands.
-"""
+"""merge_report.json (MergeReport) and its problems as one-liners; validate uses the same helpers, so a
+problem reads the same from merge and validate."""
 
 from __future__ import annotations
 
@@ -36,13 +32,41 @@ def capped(problems: Sequence[str], what: str) -> list[str]:
 
 def mismatch_message(mismatch: Sequence[Mapping[str, Any]]) -> str:
     """Why shards of different configs or data are refused (the list from combine.find_mismatch)."""
-    lines = "; ".join(
-        f"{m['dir']}: config hash {m['config_hash']}, data fingerprint {m['data_fingerprint']}" for m in mismatch
-    )
-    return (
-        f"refusing to merge shards of different configs or input data ({lines}). Merge only shards of one"
-        " config and one input; --force merges anyway and records the mismatch in merge_report.json."
-    )
+    lines = "; ".join(f"{m['dir']}: config hash {m['config_hash']}, data fingerprint {m['data_fingerprint']}"
+                      for m in mismatch)
+    return (f"refusing to merge shards of different configs or input data ({lines}). Merge only shards of one"
+            " config and one input; --force merges anyway and records the mismatch in merge_report.json.")
+
+
+def _untrusted_line(u: Mapping[str, Any]) -> str:
+    whose = "no user readable in it" if u["user_id"] is None else "user " + show(u["user_id"])
+    return f"result file {u['dir']}/results/{u['file']} ({whose}) is left out: {u['problem']}"
+
+
+# Per list of merge_report.json: its line for one entry, and what a capped list calls the rest (None: not capped).
+_CONFLICTS = (("conflicts", lambda c: f"conflicting rows for {describe_key(c['key'], list(c['key']))} in"
+               f" {', '.join(c['dirs'])}: {', '.join(d['column'] for d in c['differences'])} differ", "conflicts"),)
+_FILES = (
+    ("untrusted_files", _untrusted_line, "untrusted result files"),
+    ("mixed_columns", lambda m: f"column {m['column']!r} mixes JSON types"
+     f" ({', '.join(f'{t}: {n} rows' for t, n in m['types'].items())}); it is written as text", None),
+)
+_COVERAGE = (
+    ("missing_users", lambda m: f"user {show(m['user_id'])} has no results (planned in shard {', '.join(m['shards'])})",
+     "missing users"),
+    ("missing_shards", lambda m: f"shard {m['shard']} was not merged (its users are unknown)", None),
+    ("users_short_of_rows", lambda m: f"user {show(m['user_id'])} has {m['rows']} rows, others have {m['expected_rows']}",
+     "users short of rows"),
+    ("unplanned_users", lambda m: f"user {show(m['user_id'])} has results but no shard planned it", "unplanned users"),
+)
+
+
+def _listed(report: Mapping[str, Any], kinds: Sequence[tuple[str, Any, str | None]]) -> list[str]:
+    problems: list[str] = []
+    for key, line, what in kinds:
+        lines = [line(entry) for entry in report.get(key, [])]
+        problems += capped(lines, what) if what else lines
+    return problems
 
 
 def report_problems(report: Mapping[str, Any], coverage: bool = True) -> list[str]:
@@ -50,51 +74,13 @@ def report_problems(report: Mapping[str, Any], coverage: bool = True) -> list[st
 
     `coverage` False leaves out the coverage lists, for a caller that checks users another way.
     """
-    problems = capped(
-        [
-            f"conflicting rows for {describe_key(c['key'], list(c['key']))} in {', '.join(c['dirs'])}:"
-            f" {', '.join(d['column'] for d in c['differences'])} differ"
-            for c in report.get("conflicts", [])
-        ],
-        "conflicts",
-    )
+    problems = _listed(report, _CONFLICTS)
     if report.get("forced_mismatch"):
         problems.append("shards of different configs or input data were merged with --force")
-    problems += capped(
-        [
-            f"result file {u['dir']}/results/{u['file']}"
-            f" ({'no user readable in it' if u['user_id'] is None else 'user ' + show(u['user_id'])}) is left out:"
-            f" {u['problem']}"
-            for u in report.get("untrusted_files", [])
-        ],
-        "untrusted result files",
-    )
-    problems += [
-        f"column {m['column']!r} mixes JSON types ({', '.join(f'{t}: {n} rows' for t, n in m['types'].items())});"
-        " it is written as text"
-        for m in report.get("mixed_columns", [])
-    ]
+    problems += _listed(report, _FILES)
     if not coverage:
         return problems
-    problems += capped(
-        [
-            f"user {show(m['user_id'])} has no results (planned in shard {', '.join(m['shards'])})"
-            for m in report.get("missing_users", [])
-        ],
-        "missing users",
-    )
-    problems += [f"shard {m['shard']} was not merged (its users are unknown)" for m in report.get("missing_shards", [])]
-    problems += capped(
-        [
-            f"user {show(m['user_id'])} has {m['rows']} rows, others have {m['expected_rows']}"
-            for m in report.get("users_short_of_rows", [])
-        ],
-        "users short of rows",
-    )
-    problems += capped(
-        [f"user {show(m['user_id'])} has results but no shard planned it" for m in report.get("unplanned_users", [])],
-        "unplanned users",
-    )
+    problems += _listed(report, _COVERAGE)
     if not report.get("complete", False) and not problems:
         problems.append("the merge is marked incomplete")
     return problems
@@ -127,16 +113,8 @@ class MergeReport:
 
     @property
     def complete(self) -> bool:
-        return not (
-            self.conflicts
-            or self.missing_users
-            or self.missing_shards
-            or self.users_short_of_rows
-            or self.unplanned_users
-            or self.forced_mismatch
-            or self.untrusted_files
-            or self.mixed_columns
-        )
+        return not (self.conflicts or self.missing_users or self.missing_shards or self.users_short_of_rows
+                    or self.unplanned_users or self.forced_mismatch or self.untrusted_files or self.mixed_columns)
 
     def to_json(self) -> dict[str, Any]:
         """The content of merge_report.json."""
@@ -147,10 +125,8 @@ class MergeReport:
         return report_problems(self.to_json())
 
     def summary(self) -> str:
-        head = (
-            f"merged {self.rows} rows of {self.users} users from {len(self.shards)} shard dirs into"
-            f" {self.output_dir} ({self.identical_duplicates} identical duplicates dropped)"
-        )
+        head = (f"merged {self.rows} rows of {self.users} users from {len(self.shards)} shard dirs into"
+                f" {self.output_dir} ({self.identical_duplicates} identical duplicates dropped)")
         if self.complete:
             return head + "; the result set is complete"
         return f"{head}; INCOMPLETE, see {self.output_dir}/merge_report.json: " + "; ".join(self.problem_lines())

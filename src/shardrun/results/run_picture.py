@@ -1,14 +1,5 @@
-"""run.png of a merged result set: where the run's time went, shard by shard.
-
-The operational view beside summary.png's science: each shard's timeline with its phases drawn apart
-(waiting to start while other shards held the cores, start-up from its process's start to its first
-user, then its users coloured by outcome), the users that took far longer than the task predicted
-outlined, and below it each user's seconds against that prediction. The tables come from
-timeline.py (pure); this module only draws them.
-
-Drawn on an explicit Agg canvas as summary.png is (see summary.py); matplotlib is imported inside
-the drawing functions only.
-"""
+"""run.png: where a run's time went, shard by shard (waiting, start-up, users by outcome, slow users),
+drawn from timeline.py's pure tables on an Agg canvas; matplotlib is imported only when drawing."""
 
 from __future__ import annotations
 
@@ -53,14 +44,14 @@ WAITING_COLOUR = "#e6e6e6"
 STARTUP_COLOUR = "#f2c14e"
 SLOW_EDGE = "black"
 WARM_UP_COLOUR = "#e07b00"
+BAR_HEIGHT = 0.7  # of a shard's row
 # where a timeline runs longer than this many seconds, its axis counts minutes, then hours
 UNITS = ((2 * 3600.0, 3600.0, "hours"), (180.0, 60.0, "minutes"), (0.0, 1.0, "seconds"))
 
 
 @dataclass(frozen=True)
 class RunPicture:
-    """Everything run.png is drawn from: the span table (each committed user's shard, start, end, status, and the task's estimate of its
-    seconds where it makes one) and the start table (each shard process's start)."""
+    """All run.png is drawn from: the span table (with the task's estimates) and the process start table."""
 
     spans: pd.DataFrame | Sequence[Sequence[Any]]  # as timeline.timeline_table takes them
     starts: pd.DataFrame | None = None  # timeline.start_table
@@ -89,8 +80,7 @@ def duration(seconds: float) -> str:
 
 def draw_run(spans: pd.DataFrame | Iterable[Sequence[Any]], starts: pd.DataFrame | None = None,
              title: str | None = None):
-    """run.png as a matplotlib Figure (on an Agg canvas): the timeline above, each user's seconds
-    against the task's estimate below."""
+    """run.png as a Figure: the timeline above; the users against their estimates and the shards' time below."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -102,13 +92,13 @@ def draw_run(spans: pd.DataFrame | Iterable[Sequence[Any]], starts: pd.DataFrame
     phases = shard_phases(timeline, started)
     slow = slow_users(timeline, first)
     grid = figure.add_gridspec(2, 2, height_ratios=[1.45, 1], width_ratios=[1.6, 1])
-    draw_timeline_panel(figure.add_subplot(grid[0, :]), timeline, phases, slow, has_starts=len(started) > 0)
+    has_starts = len(started) > 0
+    draw_timeline_panel(figure.add_subplot(grid[0, :]), timeline, phases, slow, has_starts)
     draw_estimate_panel(figure.add_subplot(grid[1, 0]), timeline, first, slow)
-    draw_breakdown_panel(figure.add_subplot(grid[1, 1]), shard_summary(timeline, phases), has_starts=len(started) > 0)
-    shards = timeline["shard"].nunique()
+    draw_breakdown_panel(figure.add_subplot(grid[1, 1]), shard_summary(timeline, phases), has_starts)
     users = len(timeline)
-    first_line = (f"{plural(users, 'user')}, {plural(shards, 'shard')}: where the run's time went"
-                  if users else "where the run's time went")
+    counts = f"{plural(users, 'user')}, {plural(timeline['shard'].nunique(), 'shard')}: " if users else ""
+    first_line = counts + "where the run's time went"
     second = title or ""
     if timeline.attrs.get("run_start") is not None:
         second += f"{': ' if second else ''}run start {datetime.fromtimestamp(timeline.attrs['run_start'], timezone.utc):%Y-%m-%d %H:%M:%S} UTC"
@@ -118,9 +108,6 @@ def draw_run(spans: pd.DataFrame | Iterable[Sequence[Any]], starts: pd.DataFrame
 
 def draw_timeline_panel(axes, timeline: pd.DataFrame, phases: pd.DataFrame, slow: pd.DataFrame,
                         has_starts: bool = True) -> None:
-    from matplotlib.patches import Patch
-    from matplotlib.lines import Line2D
-
     end = float(max(timeline["end_s"].max(), 0.0)) if len(timeline) else 0.0
     per, unit = time_unit(end)
     style_axes(axes, TIMELINE_TITLE, f"{unit} since the run's start", "shard")
@@ -131,29 +118,48 @@ def draw_timeline_panel(axes, timeline: pd.DataFrame, phases: pd.DataFrame, slow
         return
     shards = sorted(timeline["shard"].unique(), key=shard_sort_key)
     row = {label: i for i, label in enumerate(shards)}
-    height = 0.7
     sliver = 0.002 * max(end, 1e-3)  # a user of (almost) no time still gets a sliver, so that it is seen
+    bars = _draw_spans(axes, timeline, phases, slow, row, per, sliver)
+    annotate = len(shards) <= 40
+    if annotate:
+        _draw_shard_notes(axes, shard_summary(timeline, phases).set_index("shard"), row, per)
+    axes.set_yticks(range(len(shards)))
+    step = max(1, math.ceil(len(shards) / 40))  # at most ~40 shard labels stay legible
+    axes.set_yticklabels([label if i % step == 0 else "" for i, label in enumerate(shards)])
+    axes.set_ylim(len(shards) - 0.5, -0.5 - 0.15)  # first shard on top, room for the slow markers
+    axes.set_xlim(0, max(end, 1e-3) / per * (1.32 if annotate else 1.02))  # room for the notes
+    _timeline_legend(axes, set(timeline["status"].unique()), phases, slow, int(bars["users"].max()), has_starts)
+
+
+def _bars(axes, y: float, starts: pd.Series, widths: Any, per: float, **style: Any) -> None:
+    axes.broken_barh(list(zip(starts / per, widths / per)), (y - BAR_HEIGHT / 2, BAR_HEIGHT), **style)
+
+
+def _draw_spans(axes, timeline: pd.DataFrame, phases: pd.DataFrame, slow: pd.DataFrame, row: dict[str, int],
+                per: float, sliver: float) -> pd.DataFrame:
+    """The shards' phases, their users coloured by outcome and the slow ones outlined; returns the bars."""
     for phase, colour, hatch in (("waiting", WAITING_COLOUR, "//"), ("start-up", STARTUP_COLOUR, None)):
         for label, group in phases[phases["phase"] == phase].groupby("shard", sort=False):
-            axes.broken_barh(list(zip(group["start_s"] / per, np.maximum(group["end_s"] - group["start_s"], sliver) / per)),
-                             (row[label] - height / 2, height), facecolors=colour, edgecolors="#9a9a9a" if hatch else "none",
-                             hatch=hatch, linewidth=0.4)
+            _bars(axes, row[label], group["start_s"], np.maximum(group["end_s"] - group["start_s"], sliver), per,
+                  facecolors=colour, edgecolors="#9a9a9a" if hatch else "none", hatch=hatch, linewidth=0.4)
     bars = timeline_bars(timeline)
     bars = bars.assign(width=np.maximum(bars["end_s"] - bars["start_s"], sliver))
-    edge = "white" if len(bars) <= 60 * len(shards) else "none"  # white between users while bars are wide
+    edge = "white" if len(bars) <= 60 * len(row) else "none"  # white between users while bars are wide
     for (label, status), group in bars.groupby(["shard", "status"], sort=False):
-        axes.broken_barh(list(zip(group["start_s"] / per, group["width"] / per)), (row[label] - height / 2, height),
-                         facecolors=STATUS_COLOURS.get(status, "black"), edgecolors=edge, linewidth=0.6)
+        _bars(axes, row[label], group["start_s"], group["width"], per,
+              facecolors=STATUS_COLOURS.get(status, "black"), edgecolors=edge, linewidth=0.6)
     for label, group in slow.groupby("shard", sort=False):
-        axes.broken_barh(list(zip(group["start_s"] / per, np.maximum(group["seconds"], sliver) / per)),
-                         (row[label] - height / 2, height), facecolors="none", edgecolors=SLOW_EDGE, linewidth=1.8)
+        _bars(axes, row[label], group["start_s"], np.maximum(group["seconds"], sliver), per,
+              facecolors="none", edgecolors=SLOW_EDGE, linewidth=1.8)
         # a marker above the user: at 10^5 users its box is narrower than a pixel
-        axes.plot((group["start_s"] + group["seconds"] / 2) / per, [row[label] - height / 2 - 0.08] * len(group),
+        axes.plot((group["start_s"] + group["seconds"] / 2) / per, [row[label] - BAR_HEIGHT / 2 - 0.08] * len(group),
                   linestyle="none", marker="v", color=SLOW_EDGE, markersize=6, clip_on=False)
+    return bars
 
-    summary = shard_summary(timeline, phases).set_index("shard")
-    annotate = len(shards) <= 40
-    for label in shards if annotate else []:
+
+def _draw_shard_notes(axes, summary: pd.DataFrame, row: dict[str, int], per: float) -> None:
+    """After each shard's last user: its users, failures, wait and start-up."""
+    for label, y in row.items():
         info = summary.loc[label]
         note = " " + plural(int(info["users"]), "user")
         if info["failed"]:
@@ -162,15 +168,14 @@ def draw_timeline_panel(axes, timeline: pd.DataFrame, phases: pd.DataFrame, slow
             note += f" · waited {duration(info['waited_s'])}"
         if info["startup_s"] > 0:
             note += f" · start-up {duration(info['startup_s'])}"
-        axes.text(info["finish_s"] / per, row[label], note, va="center", ha="left", fontsize=NOTE_SIZE, clip_on=False)
+        axes.text(info["finish_s"] / per, y, note, va="center", ha="left", fontsize=NOTE_SIZE, clip_on=False)
 
-    axes.set_yticks(range(len(shards)))
-    step = max(1, math.ceil(len(shards) / 40))  # at most ~40 shard labels stay legible
-    axes.set_yticklabels([label if i % step == 0 else "" for i, label in enumerate(shards)])
-    axes.set_ylim(len(shards) - 0.5, -0.5 - 0.15)  # first shard on top, room for the slow markers
-    axes.set_xlim(0, max(end, 1e-3) / per * (1.32 if annotate else 1.02))  # room for the notes
 
-    statuses = set(timeline["status"].unique())
+def _timeline_legend(axes, statuses: set[str], phases: pd.DataFrame, slow: pd.DataFrame, per_bar: int,
+                     has_starts: bool) -> None:
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+
     handles = []
     if (phases["phase"] == "waiting").any():
         handles.append(Patch(facecolor=WAITING_COLOUR, edgecolor="#9a9a9a", hatch="//",
@@ -179,14 +184,10 @@ def draw_timeline_panel(axes, timeline: pd.DataFrame, phases: pd.DataFrame, slow
         handles.append(Patch(facecolor=STARTUP_COLOUR, label="start-up: process start to first user (data, JVM)"))
     handles += [Patch(facecolor=STATUS_COLOURS[s], label=f"user {s}") for s in STATUS_SEVERITY if s in statuses]
     if not slow.empty:
-        basis = ("its estimate (scaled to the run's median)" if slow.attrs["basis"] == "estimate"
-                 else "the median user")
+        basis = "its estimate (scaled to the run's median)" if slow.attrs["basis"] == "estimate" else "the median user"
         handles.append(Line2D([], [], color=SLOW_EDGE, marker="v", linestyle="none", markersize=6,
                               label=f"slow: ≥ {slow.attrs['factor']:g}× {basis}"))
-    per_bar = int(bars["users"].max())
-    notes = []
-    if per_bar > 1:
-        notes.append(f"one bar = up to {per_bar:,} consecutive users, coloured by their most common status")
+    notes = [f"one bar = up to {per_bar:,} consecutive users, coloured by their most common status"] if per_bar > 1 else []
     if not has_starts:
         notes.append("no process start times in this run: waiting and start-up not shown")
     axes.legend(handles=handles, fontsize=LEGEND_SIZE, loc="upper center", bbox_to_anchor=(0.5, -0.13),
@@ -197,24 +198,9 @@ def draw_timeline_panel(axes, timeline: pd.DataFrame, phases: pd.DataFrame, slow
 def draw_estimate_panel(axes, timeline: pd.DataFrame, first: np.ndarray, slow: pd.DataFrame) -> None:
     """Each user's seconds against the task's estimate (log-log), the run's median rate and the slow
     line; without estimates, how the users' seconds are spread, with the slow line."""
-    from matplotlib.ticker import FuncFormatter
-
-    has_estimate = slow.attrs.get("basis") == "estimate"
     scale, factor = slow.attrs.get("scale", math.nan), slow.attrs.get("factor", 3.0)
-    n = len(timeline)
-    if not has_estimate:
-        style_axes(axes, f"{SECONDS_TITLE}, n = {n:,}", "seconds of one user", "users")
-        seconds = timeline["seconds"].to_numpy(dtype=float)
-        seconds = seconds[np.isfinite(seconds)]
-        if not seconds.size:
-            empty_panel(axes, "no committed users with a commit time")
-            return
-        axes.hist(seconds, bins=min(60, max(10, int(math.sqrt(seconds.size)))), color="#8c8c8c")
-        if math.isfinite(scale) and scale > 0:  # a median user of no measurable time judges nobody
-            axes.axvline(factor * scale, color=SLOW_EDGE, linestyle="--", linewidth=1.2,
-                         label=f"slow: ≥ {factor:g}× the median user ({scale:,.3g} s)")
-            axes.legend(fontsize=LEGEND_SIZE, loc="upper right")
-        axes.yaxis.set_major_formatter(thousands())
+    if slow.attrs.get("basis") != "estimate":
+        _draw_seconds_spread(axes, timeline, scale, factor)
         return
     predicted = timeline[PREDICTED].to_numpy(dtype=float)
     seconds = timeline["seconds"].to_numpy(dtype=float)
@@ -229,6 +215,38 @@ def draw_estimate_panel(axes, timeline: pd.DataFrame, first: np.ndarray, slow: p
     if not shown.any():
         empty_panel(axes, "no user has both an estimate and a measured time")
         return
+    _draw_estimate_points(axes, predicted, seconds, shown, first, slow)
+    if math.isfinite(scale) and scale > 0:
+        x = np.geomspace(float(predicted[shown].min()) / 1.1, float(predicted[shown].max()) * 1.1, 50)
+        axes.plot(x, scale * x, color="#555555", linewidth=1.2,
+                  label=f"the run's median: {scale:,.3g} s taken per estimated second")
+        axes.plot(x, factor * scale * x, color=SLOW_EDGE, linestyle="--", linewidth=1.2,
+                  label=f"slow: ≥ {factor:g}× that")
+    axes.autoscale_view()
+    _label_log_ticks(axes)
+    # outside, to the right: inside it would hide the slow and the warm-up users, which sit high
+    axes.legend(fontsize=LEGEND_SIZE, loc="upper left", bbox_to_anchor=(1.01, 1.0), framealpha=0.9)
+
+
+def _draw_seconds_spread(axes, timeline: pd.DataFrame, scale: float, factor: float) -> None:
+    """Without estimates: a histogram of the users' seconds and the slow line."""
+    style_axes(axes, f"{SECONDS_TITLE}, n = {len(timeline):,}", "seconds of one user", "users")
+    seconds = timeline["seconds"].to_numpy(dtype=float)
+    seconds = seconds[np.isfinite(seconds)]
+    if not seconds.size:
+        empty_panel(axes, "no committed users with a commit time")
+        return
+    axes.hist(seconds, bins=min(60, max(10, int(math.sqrt(seconds.size)))), color="#8c8c8c")
+    if math.isfinite(scale) and scale > 0:  # a median user of no measurable time judges nobody
+        axes.axvline(factor * scale, color=SLOW_EDGE, linestyle="--", linewidth=1.2,
+                     label=f"slow: ≥ {factor:g}× the median user ({scale:,.3g} s)")
+        axes.legend(fontsize=LEGEND_SIZE, loc="upper right")
+    axes.yaxis.set_major_formatter(thousands())
+
+
+def _draw_estimate_points(axes, predicted: np.ndarray, seconds: np.ndarray, shown: np.ndarray, first: np.ndarray,
+                          slow: pd.DataFrame) -> None:
+    """The judged users, the JVMs' first users (warm-up) apart, and the slow ones circled."""
     judged = shown & ~first
     warm = shown & first
     if judged.any():
@@ -240,22 +258,17 @@ def draw_estimate_panel(axes, timeline: pd.DataFrame, first: np.ndarray, slow: p
     if not slow.empty:
         axes.scatter(slow[PREDICTED], slow["seconds"], s=60, facecolors="none", edgecolors=SLOW_EDGE, linewidths=1.4,
                      label=f"slow (marked above; at most {SLOW_PER_SHARD} per shard)")
-    low, high = float(predicted[shown].min()), float(predicted[shown].max())
-    x = np.geomspace(low / 1.1, high * 1.1, 50)
-    if math.isfinite(scale) and scale > 0:
-        axes.plot(x, scale * x, color="#555555", linewidth=1.2,
-                  label=f"the run's median: {scale:,.3g} s taken per estimated second")
-        axes.plot(x, factor * scale * x, color=SLOW_EDGE, linestyle="--", linewidth=1.2,
-                  label=f"slow: ≥ {factor:g}× that")
-    axes.autoscale_view()
-    for axis in (axes.xaxis, axes.yaxis):  # 0.5 s, not 5 x 10^-1
+
+
+def _label_log_ticks(axes) -> None:
+    """0.5 s, not 5 x 10^-1; every minor tick labelled within a decade, those at 2 and 5 beyond."""
+    from matplotlib.ticker import FuncFormatter
+
+    for axis in (axes.xaxis, axes.yaxis):
         axis.set_major_formatter(thousands())
         low, high = sorted(axis.get_view_interval())
-        # minor ticks labelled: every one while the axis spans less than a decade, at 2 and 5 beyond
         axis.set_minor_formatter(thousands() if low > 0 and high < 10 * low else
                                  FuncFormatter(lambda x, _: thousands()(x) if f"{x:.0e}"[0] in "25" else ""))
-    # outside, to the right: inside it would hide the slow and the warm-up users, which sit high
-    axes.legend(fontsize=LEGEND_SIZE, loc="upper left", bbox_to_anchor=(1.01, 1.0), framealpha=0.9)
 
 
 def draw_breakdown_panel(axes, summary: pd.DataFrame, has_starts: bool = True) -> None:

@@ -1,14 +1,5 @@
-"""Checks a merged result set and returns its problems as readable one-liners (empty = valid).
-
-`check_frame` is the pure core (a frame in, problems out); `validation_of` gathers what it needs
-from disk: the results file, merge_report.json, and the settings (from --config, or from the
-config snapshot the merge recorded as provenance). Problems are returned, not raised: a result set
-with problems is an answer, not an error; the CLI prints them and exits non-zero.
-
-Beyond the rows' shape, the run-level verdict (verdict.py): users failed beyond --max-failed, or no
-user analysed at all, are problems too; `validation_of` returns the problems with the users' counts
-by outcome, for the final lines and validation.json.
-"""
+"""A merged result set's problems as one-liners (empty = valid): `check_frame` is the pure core,
+`validation_of` gathers from disk and adds the run-level verdict. Problems are an answer, not an error."""
 
 from __future__ import annotations
 
@@ -19,11 +10,9 @@ from typing import Any, Mapping, Sequence
 
 import pandas as pd
 
-from shardrun.config import RunConfig, parse_config
-from shardrun.storage.identity import read_run_document
-from shardrun.errors import ShardrunError, TaskNotImportable
+from shardrun.config import RunConfig
 from shardrun.results.frame import schema_columns
-from shardrun.results.read import STATUS_COLUMNS, read_result_file
+from shardrun.results.read import STATUS_COLUMNS, read_result_file, recorded_config
 from shardrun.results.report import capped, describe_key, report_problems, show
 from shardrun.storage.paths import MergedPaths, RunPaths
 from shardrun.storage.atomic import read_json, utc_now, write_json_atomic
@@ -56,11 +45,9 @@ def check_columns(frame: pd.DataFrame, expected: Sequence[str]) -> list[str]:
 
 def check_one_row_per_key(frame: pd.DataFrame, key_columns: Sequence[str]) -> list[str]:
     duplicated = frame[frame.duplicated(subset=list(key_columns), keep=False)]
-    problems = [
-        f"duplicate key {describe_key(dict(zip(key_columns, key)), key_columns)}: {len(group)} rows (expected one)"
-        for key, group in duplicated.groupby(list(key_columns), sort=True, dropna=False)
-    ]
-    return capped(problems, "duplicate keys")
+    return capped([f"duplicate key {describe_key(dict(zip(key_columns, key)), key_columns)}: {len(group)} rows"
+                   " (expected one)" for key, group in duplicated.groupby(list(key_columns), sort=True, dropna=False)],
+                  "duplicate keys")
 
 
 def _blank_mask(column: pd.Series) -> pd.Series:
@@ -92,15 +79,11 @@ def check_config_hash(frame: pd.DataFrame, config_hash: str | None) -> list[str]
     if blank.any():
         problems.append("some rows have no config_hash")
     if len(values) > 1:
-        problems.append(
-            f"column config_hash has {len(values)} values ({', '.join(map(show, values))});"
-            " a result set must come from one config"
-        )
+        problems.append(f"column config_hash has {len(values)} values ({', '.join(map(show, values))});"
+                        " a result set must come from one config")
     elif values and config_hash is not None and values[0] != config_hash:
-        problems.append(
-            f"config_hash is {values[0]!r} but the config's hash is {config_hash!r};"
-            " the results were computed with another config"
-        )
+        problems.append(f"config_hash is {values[0]!r} but the config's hash is {config_hash!r};"
+                        " the results were computed with another config")
     return problems
 
 
@@ -121,20 +104,14 @@ def check_rows_per_user(frame: pd.DataFrame, key_columns: Sequence[str]) -> list
     # Counted for every user at once; only the users short of rows are looked at one by one.
     per_user = frame[[user_column, *other]].drop_duplicates().groupby(user_column, sort=True).size()
     short = frame[frame[user_column].isin(per_user.index[per_user < len(all_keys)])]
-    problems = []
-    for user, group in short.groupby(user_column, sort=True):
-        for absent in sorted(all_keys - set(group[other].itertuples(index=False, name=None)), key=repr):
-            problems.append(f"user {show(user)} has no row for {describe_key(dict(zip(other, absent)), other)}")
-    return capped(problems, "missing rows")
+    return capped([f"user {show(user)} has no row for {describe_key(dict(zip(other, absent)), other)}"
+                   for user, group in short.groupby(user_column, sort=True)
+                   for absent in sorted(all_keys - set(group[other].itertuples(index=False, name=None)), key=repr)],
+                  "missing rows")
 
 
-def check_frame(
-    frame: pd.DataFrame,
-    task: Task,
-    settings: Any,
-    expected_users: Sequence[str] | None,
-    config_hash: str | None = None,
-) -> list[str]:
+def check_frame(frame: pd.DataFrame, task: Task, settings: Any, expected_users: Sequence[str] | None,
+                config_hash: str | None = None) -> list[str]:
     """Problems of a result frame; no I/O. `expected_users` None skips the input-coverage check;
     `config_hash` None checks only that the set has a single hash."""
     key_columns = list(task.key_columns)
@@ -158,12 +135,6 @@ def check_frame(
     return problems
 
 
-def check_report(report: Mapping[str, Any], coverage: bool) -> list[str]:
-    """Problems recorded by merge. Conflicts and forced mismatches always count; the coverage lists
-    only when there is no config to check the users against."""
-    return [f"merge report: {line}" for line in report_problems(report, coverage=coverage)]
-
-
 # --- gathering from disk --------------------------------------------------------------------
 
 
@@ -176,20 +147,6 @@ def _read_frame(paths: MergedPaths, task: Task) -> tuple[pd.DataFrame | None, li
     except (OSError, ValueError) as exc:
         # pyarrow's and pandas' parse errors derive from ValueError (ArrowInvalid, ParserError)
         return None, [f"{source} cannot be read: {exc}"]
-
-
-def _settings_from_report(report: Mapping[str, Any]) -> tuple[RunConfig | None, list[str]]:
-    """The config the merge recorded: the provenance entry with the report's config hash, else the first."""
-    provenance = report.get("provenance") or []
-    if not provenance:
-        return None, ["merge_report.json records no run.json (no config snapshot); pass --config to validate"]
-    entry = next((p for p in provenance if p.get("config_hash") == report.get("config_hash")), provenance[0])
-    try:
-        return parse_config(entry["config"], task_origin=entry.get("task_origin")), []
-    except TaskNotImportable:
-        raise  # a check that cannot run here is no verdict on the results: exit 2, validation.json untouched
-    except (KeyError, ShardrunError) as exc:
-        return None, [f"the config snapshot in {entry.get('run_dir')}/run.json cannot be parsed ({exc}); pass --config"]
 
 
 @dataclass(frozen=True)
@@ -214,14 +171,15 @@ class Validation:
 
 
 def rerun_of(result_dir: Path) -> Rerun:
-    """Where the failures are told and how to run only them again: a run's own merged dir (RUN/merged)
-    names its run (launch_shards --out RUN --retry-failed); any other result set, its shard dirs."""
+    """Where a run's own merged dir (RUN/merged) tells its failures and the command that runs only them again."""
     run = RunPaths(Path(result_dir).resolve().parent)
     if not run.run_json.is_file():
         return Rerun()
     try:
-        document = read_run_document(run.run_json)
-    except ShardrunError:
+        document = read_json(run.run_json)
+    except ValueError:  # a damaged run.json names no rerun
+        document = None
+    if not isinstance(document, dict):
         return Rerun()
     config = document.get("config_path") or "CONFIG"
     pilot = f" --pilot {document['pilot']}" if document.get("pilot") else ""
@@ -233,40 +191,36 @@ def rerun_of(result_dir: Path) -> Rerun:
 
 def validation_of(result_dir: Path, config: RunConfig | None = None, frame: pd.DataFrame | None = None,
                   max_failed: FailedTolerance = NO_FAILED) -> Validation:
-    """The result set in `result_dir` checked, with its users by outcome. `frame`: the result set the
-    merge in this process has just written there (merge.MergedSet), checked instead of reading it back.
+    """The result set in `result_dir` checked (`frame`: the rows this process just merged there, not read back).
+    Coverage is against the config's input users when `config` is given, else against merge_report.json;
+    a bad config or unreadable input raises (a usage error, not a property of the results)."""
+    def refused(problems: list[str]) -> Validation:
+        return Validation(problems, max_failed=max_failed)
 
-    With `config`, coverage is checked against the users of the config's input (a pilot run then
-    reports the users it did not run); without, against what merge_report.json recorded.
-    A bad config or unreadable input data raises (a usage error, not a property of the results).
-    """
     paths = MergedPaths(Path(result_dir))
     if not paths.dir.is_dir():
-        return Validation([f"result dir {paths.dir} does not exist; pass the --output dir of merge_shard_results"],
-                          max_failed=max_failed)
+        return refused([f"result dir {paths.dir} does not exist; pass the --output dir of merge_shard_results"])
     try:
         report = read_json(paths.report) if paths.report.is_file() else None
     except (OSError, ValueError) as exc:
-        return Validation([f"{paths.report} cannot be read ({exc}); merge again with merge_shard_results"],
-                          max_failed=max_failed)
+        return refused([f"{paths.report} cannot be read ({exc}); merge again with merge_shard_results"])
     coverage_from_report = config is None
     if coverage_from_report:
         if report is None:
-            return Validation([f"no merge_report.json in {paths.dir}; pass --config to validate results without it"],
-                              max_failed=max_failed)
-        config, problems = _settings_from_report(report)
+            return refused([f"no merge_report.json in {paths.dir}; pass --config to validate results without it"])
+        config, problems = recorded_config(report)
         if config is None:
-            return Validation(problems, max_failed=max_failed)
+            return refused(problems)
     task = load_task(config.task)
     # The user index where the task has one: the ids without loading every row.
     expected_users = None if coverage_from_report else list(read_user_index(task, config.settings)[0].user_ids)
     if frame is None:
         frame, problems = _read_frame(paths, task)
         if frame is None:
-            return Validation(problems, max_failed=max_failed)
+            return refused(problems)
     problems = check_frame(frame, task, config.settings, expected_users, config_hash=config.hash)
-    if report is not None:
-        problems += check_report(report, coverage=coverage_from_report)
+    if report is not None:  # merge's coverage lists count only when there is no config to check the users against
+        problems += [f"merge report: {line}" for line in report_problems(report, coverage=coverage_from_report)]
     user_column = task.key_columns[0]  # by convention the first key column names the user
     outcomes = count_outcomes(frame, user_column) if {user_column, "status"} <= set(frame.columns) else None
     if outcomes is not None:
@@ -288,14 +242,8 @@ def checked_config_hash(result_dir: Path, config: RunConfig | None) -> str | Non
 
 def write_validation(result_dir: Path, problems: Sequence[str], config_hash: str | None = None,
                      verdict: Mapping[str, Any] | None = None) -> str | None:
-    """Write validation.json (the verdict, its problems, the config hash checked against, and
-    `verdict`: Validation.document(), the users by outcome and the --max-failed tolerance).
-
-    A validation.json already there that records another config hash is not replaced silently: the
-    new file keeps it under `previous` (its config hash, verdict and time), and the returned note
-    (also logged as a warning) says so; None when there was nothing to say. `config_hash` None takes
-    the hash merge_report.json records.
-    """
+    """Write validation.json (verdict, problems, the config hash checked, Validation.document()). An earlier one
+    against another config hash is kept under `previous`, and the returned (and logged) note says so."""
     paths = MergedPaths(Path(result_dir))
     if config_hash is None:
         config_hash = checked_config_hash(paths.dir, None)
