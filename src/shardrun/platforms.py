@@ -244,7 +244,7 @@ class PeakMemory:
     def __init__(self) -> None:
         self._before = 0
 
-    def start(self) -> "PeakMemory":
+    def start(self) -> PeakMemory:
         import psutil
 
         if sys.platform.startswith("linux"):

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import argparse
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from shardrun.cli import launch_shards
 from shardrun.cli.common import guarded
@@ -38,7 +38,7 @@ def parser() -> argparse.ArgumentParser:
     p.usage = argparse.SUPPRESS
     p.description = USAGE
     p.add_argument("positional", nargs="*", metavar="CONFIG K", help=argparse.SUPPRESS)
-    for action in p._actions:  # noqa: SLF001 (which flags the caller gave, told apart from defaults)
+    for action in p._actions:
         if action.dest in ("config", "shards"):
             action.default = None
     return p

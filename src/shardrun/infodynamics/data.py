@@ -45,17 +45,19 @@ data row, line 2 of a CSV), whichever rows were read.
 
 from __future__ import annotations
 
-import logging
 import bisect
+import logging
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from functools import cached_property
 from pathlib import Path
-from typing import Collection, Iterator, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
 
+from shardrun.digest import file_sha256
 from shardrun.errors import DataError
 from shardrun.infodynamics.audit import (
     EXAMPLES,
@@ -69,7 +71,6 @@ from shardrun.infodynamics.audit import (
 )
 from shardrun.infodynamics.cleaning import Cleaning
 from shardrun.infodynamics.settings import DataSettings, Settings
-from shardrun.digest import file_sha256
 from shardrun.task import UserIndex
 
 log = logging.getLogger(__name__)
@@ -491,7 +492,7 @@ class _Times:
     own: np.ndarray  # datetime64[ns], the wall clock of the row's own offset (NaT where not aware)
 
     @staticmethod
-    def of(parsed: pd.Series) -> "_Times":
+    def of(parsed: pd.Series) -> _Times:
         """From one parsed column: all without an offset, or all in one zone."""
         if isinstance(parsed.dtype, pd.DatetimeTZDtype):
             nat = np.full(len(parsed), np.datetime64("NaT"), dtype="datetime64[ns]")
@@ -501,7 +502,7 @@ class _Times:
         return _Times(np.zeros(len(parsed), dtype=bool), _as_ns(parsed), nat, nat)
 
     @staticmethod
-    def of_rows(stamps: list[datetime]) -> "_Times":
+    def of_rows(stamps: list[datetime]) -> _Times:
         """From Python datetimes, some with an offset and some without, or with different offsets."""
         aware = np.array([stamp.tzinfo is not None for stamp in stamps], dtype=bool)
         naive = _as_ns(pd.to_datetime([None if a else s for a, s in zip(aware, stamps)]))

@@ -39,11 +39,11 @@ import math
 import numpy as np
 import pandas as pd
 
-from shardrun.task import UserIndex
-from shardrun.units import MIB, format_bytes
 from shardrun.infodynamics.settings import Settings, minimum_observations
 from shardrun.infodynamics.surrogates import batch_rows
 from shardrun.infodynamics.symbols import mode_base
+from shardrun.task import UserIndex
+from shardrun.units import MIB, format_bytes
 
 JVM_BASELINE_BYTES = 8 * MIB
 G1_RESERVE_FRACTION = 0.10
@@ -260,7 +260,7 @@ def _fixed_step_bins(local_times: np.ndarray, step_nanos: int, keeps_empty_bins:
     times = np.sort(local_times.astype("datetime64[ns]").view(np.int64))
     origin = times[0] - times[0] % (86_400 * 10**9)  # 'start_day'; times are naive local wall clock
     bins = (times - origin) // step_nanos
-    return int(bins[-1] - bins[0] + 1) if keeps_empty_bins else int(len(np.unique(bins)))
+    return int(bins[-1] - bins[0] + 1) if keeps_empty_bins else len(np.unique(bins))
 
 
 def user_heap_needs(settings: Settings, dataset) -> dict[str, int]:

@@ -10,8 +10,8 @@ from __future__ import annotations
 import importlib.metadata
 import importlib.util
 import re
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from shardrun.digest import file_sha256
 from shardrun.errors import EnvironmentProblem

@@ -28,11 +28,10 @@ identically for every batch, and the count and the mean are taken over all surro
 from __future__ import annotations
 
 import functools
-
 import re
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 

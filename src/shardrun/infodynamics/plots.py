@@ -20,11 +20,13 @@ from __future__ import annotations
 
 import functools
 import re
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from shardrun.infodynamics.fdr import ALPHA
 from shardrun.panel_style import (
     LEGEND_SIZE,
     NOTE_SIZE,
@@ -33,7 +35,6 @@ from shardrun.panel_style import (
     thousands,
     why_nothing_is_drawn,
 )
-from shardrun.infodynamics.fdr import ALPHA
 from shardrun.states import UserStatus
 from shardrun.task import SummaryPanel
 

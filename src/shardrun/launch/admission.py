@@ -13,15 +13,16 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from shardrun.config import JvmConfig, usable_cpus
+from shardrun.errors import ConfigError
 from shardrun.heap_plan import HeapPlan, run_heap_needs, task_heap_needs
 from shardrun.platforms import PeakMemory
 from shardrun.shard.plan import assign_index
-from shardrun.errors import ConfigError
 from shardrun.task import UserIndex, load_users, read_user_index
 from shardrun.units import MIB, format_bytes
 

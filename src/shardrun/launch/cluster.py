@@ -9,21 +9,35 @@ The decisions are pure (slurm_rules.py); SLURM itself is behind scheduler.slurm.
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Callable
 
 from shardrun.config import RunConfig
 from shardrun.launch.plan import RunPlan, plan_run
 from shardrun.launch.run_dir import given_run_dir, hold_run
 from shardrun.launch.slurm_rules import (
-    COMPLETE, describe_shard, element_memory_mib, failed_users_by_shard, merge_memory_mib, merged_valid,
-    shard_states, shards_to_submit, status_documents, time_limit_lines,
+    COMPLETE,
+    describe_shard,
+    element_memory_mib,
+    failed_users_by_shard,
+    merge_memory_mib,
+    merged_valid,
+    shard_states,
+    shards_to_submit,
+    status_documents,
+    time_limit_lines,
 )
 from shardrun.launch.slurm_script import (
-    ElementJob, WarningSignal, array_script, index_ranges, merge_script, split_for_array_size, time_limit_seconds,
+    ElementJob,
+    WarningSignal,
+    array_script,
+    index_ranges,
+    merge_script,
+    split_for_array_size,
+    time_limit_seconds,
 )
 from shardrun.results.tolerance import NO_FAILED, FailedTolerance
 from shardrun.scheduler.slurm import SlurmCommands, array_job_name, merge_job_name, queue_by_index, record_submission

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import re
 import shlex
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
 
 from shardrun.errors import UsageError
 
@@ -28,7 +28,7 @@ class WarningSignal:
     lead_seconds: int
 
     @classmethod
-    def parse(cls, text: str) -> "WarningSignal":
+    def parse(cls, text: str) -> WarningSignal:
         match = _SIGNAL_RE.match(text.strip().upper())
         if not match:
             raise UsageError(f"--signal {text!r}: give SIGNAL@SECONDS with SIGNAL one of TERM, USR1, USR2 (for example"

@@ -11,7 +11,8 @@ results it does not describe. Each picture fails alone.
 from __future__ import annotations
 
 import logging
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import pandas as pd
 
@@ -43,7 +44,7 @@ def draw_pictures(frame: pd.DataFrame, shards: Sequence[ShardInput], task: Task,
         except Exception as exc:  # documented guard: the picture must not cost the results
             # the error in the line itself too: the one line a reader of the merge's output sees
             log.exception("could not draw %s (%s: %s); the merged results are complete without it",
-                          name, type(exc).__name__, exc)  # noqa: TRY401
+                          name, type(exc).__name__, exc)
             continue
         log.info("drew %s", name)
     return drawn

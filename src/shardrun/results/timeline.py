@@ -18,7 +18,8 @@ from __future__ import annotations
 import logging
 import math
 import re
-from typing import Any, Iterable, Mapping, NamedTuple, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -192,7 +193,7 @@ def shard_summary(timeline: pd.DataFrame, phases: pd.DataFrame | None = None) ->
     )
     counts = pd.crosstab(timeline["shard"], timeline["status"])
     for status in UserStatus:
-        summary[status.value] = counts[status] if status in counts else 0
+        summary[status.value] = counts.get(status, 0)
     summary["lag_s"] = summary["finish_s"] - summary["finish_s"].min()
     for phase, column in (("waiting", "waited_s"), ("start-up", "startup_s")):
         mine = phases[phases["phase"] == phase] if phases is not None and len(phases) else None

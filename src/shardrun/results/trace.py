@@ -19,8 +19,9 @@ R's `read.delim(path, colClasses=c(user_id="character"), na.strings="")` give ev
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import pandas as pd
 import pyarrow as pa

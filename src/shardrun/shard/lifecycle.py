@@ -8,8 +8,9 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from shardrun.early_signals import STOP_SIGNALS
 from shardrun.errors import EXIT_INTERRUPTED
@@ -43,7 +44,7 @@ class PreemptionNotice:
         return self.lead_seconds - margin
 
     @classmethod
-    def named(cls, name: str, lead_seconds: float, requeue_limit: int) -> "PreemptionNotice":
+    def named(cls, name: str, lead_seconds: float, requeue_limit: int) -> PreemptionNotice:
         return cls(signal.Signals[f"SIG{name.upper().removeprefix('SIG')}"], lead_seconds, requeue_limit)
 
 

@@ -14,7 +14,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from shardrun.config import RunConfig
 from shardrun.errors import EXIT_OK, EXIT_USERS_FAILED, AlreadyCommitted, StorageError

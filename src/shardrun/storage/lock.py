@@ -22,13 +22,23 @@ import os
 import signal
 import socket
 import time
-from typing import IO, Any, Callable
+from collections.abc import Callable
+from typing import IO, Any
 
 from shardrun import platforms
 from shardrun.errors import EnvironmentProblem, LocksUnsupported, ShardLocked
 from shardrun.storage.atomic import utc_now
-from shardrun.storage.lease import (DEFAULT_STALE_SECONDS, LEASE_STALE_ENV, Holder, JobAsker, Lease, LeaseHeld,
-                                    SchedulerJob, read_lease, staleness)
+from shardrun.storage.lease import (
+    DEFAULT_STALE_SECONDS,
+    LEASE_STALE_ENV,
+    Holder,
+    JobAsker,
+    Lease,
+    LeaseHeld,
+    SchedulerJob,
+    read_lease,
+    staleness,
+)
 from shardrun.storage.paths import ShardPaths
 
 log = logging.getLogger(__name__)
@@ -125,7 +135,7 @@ class ShardLock:
         open all the same: its holder's text and its open file tell stop_shards which process runs the
         shard); ShardLocked if another process holds it. Any other error is raised (durable_write
         reports it)."""
-        handle = open(self._path, "a+", encoding="utf-8")
+        handle = open(self._path, "a+", encoding="utf-8")  # noqa: SIM115 (held with the lock)
         try:
             (self._os_lock or platforms.lock_exclusive)(handle)
         except OSError as exc:
@@ -205,7 +215,7 @@ class ShardLock:
             self._handle.close()
             self._handle = None
 
-    def __enter__(self) -> "ShardLock":
+    def __enter__(self) -> ShardLock:
         self.acquire()
         return self
 

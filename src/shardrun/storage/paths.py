@@ -145,7 +145,7 @@ class RunPaths:
         return sorted(p for p in self.dir.glob("shard-*-of-*") if (p / SHARD_JSON).is_file())
 
     @staticmethod
-    def create(root: Path, label: str, now: datetime) -> "RunPaths":
+    def create(root: Path, label: str, now: datetime) -> RunPaths:
         """A new, empty run dir `<label>_<YYYYmmdd_HHMMSS>` under root (suffixed if that second is taken)."""
         root.mkdir(parents=True, exist_ok=True)
         stem = f"{label}_{now:%Y%m%d_%H%M%S}"
