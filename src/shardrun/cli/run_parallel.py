@@ -50,9 +50,9 @@ def config_and_shards(positional: Sequence[str], config: Path | None, shards: in
     if len(positional) > 2:
         raise UsageError(f"at most two positional arguments (CONFIG and K), got: {' '.join(positional)}; flags and"
                          f" their values go with their flag ({SCRIPT} --help lists them).")
-    words = list(positional)
-    if len(words) == 1 and words[0].isdigit():
-        words = [None, words[0]]
+    words: list[str | None] = list(positional)
+    if len(positional) == 1 and positional[0].isdigit():
+        words = [None, positional[0]]
     given_config, given_shards = (words + [None, None])[:2]
     if given_shards is not None and not given_shards.isdigit():
         raise UsageError(f"K must be a whole number of shards, got {given_shards!r} ({SCRIPT} CONFIG K).")

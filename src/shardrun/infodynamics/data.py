@@ -410,7 +410,7 @@ def _wanted_columns(data: DataSettings) -> list[str]:
 
 def _text_columns(data: DataSettings) -> dict[str, type]:
     # Text in, so ids like 007 and labels keep their spelling; numbers are converted later, checked.
-    text_columns = {data.user_column: str, data.time_column: str}
+    text_columns: dict[str, type] = {data.user_column: str, data.time_column: str}
     if data.encoding == "categorical":
         text_columns[data.value_column] = str
     return text_columns
@@ -505,9 +505,9 @@ class _Times:
     def of_rows(stamps: list[datetime]) -> _Times:
         """From Python datetimes, some with an offset and some without, or with different offsets."""
         aware = np.array([stamp.tzinfo is not None for stamp in stamps], dtype=bool)
-        naive = _as_ns(pd.to_datetime([None if a else s for a, s in zip(aware, stamps)]))
-        utc = _as_ns(pd.to_datetime([s if a else None for a, s in zip(aware, stamps)], utc=True).tz_localize(None))
-        own = _as_ns(pd.to_datetime([s.replace(tzinfo=None) if a else None for a, s in zip(aware, stamps)]))
+        naive = _as_ns(pd.to_datetime([None if a else s for a, s in zip(aware, stamps)]))  # type: ignore[arg-type]
+        utc = _as_ns(pd.to_datetime([s if a else None for a, s in zip(aware, stamps)], utc=True).tz_localize(None))  # type: ignore[arg-type]
+        own = _as_ns(pd.to_datetime([s.replace(tzinfo=None) if a else None for a, s in zip(aware, stamps)]))  # type: ignore[arg-type]
         return _Times(aware, naive, utc, own)
 
     def resolve(self, path: Path, name: str, zone: str | None, file_rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -582,7 +582,7 @@ def _refuse(column: pd.Series, bad: np.ndarray, path: Path, name: str, time_form
     raise DataError(unparsed_times(path, name, len(bad), examples + more, time_format))
 
 
-def _as_ns(times: pd.Series | pd.DatetimeIndex) -> np.ndarray:
+def _as_ns(times: pd.Series | pd.Index) -> np.ndarray:
     return np.asarray(times, dtype="datetime64[ns]")
 
 

@@ -54,7 +54,7 @@ _G1_REGIONS = np.array([MIB << i for i in range(6)], dtype=np.int64)  # 1..32 Mi
 _FIXED_POINT_STEPS = 8
 
 
-def _array_bytes(length: np.ndarray, element: int) -> np.ndarray:
+def _array_bytes(length: np.ndarray | int, element: int) -> np.ndarray | int:
     return (_HEADER + element * length + 7) // 8 * 8
 
 
@@ -65,7 +65,7 @@ def _region_bytes(heaps: np.ndarray) -> np.ndarray:
     return _G1_REGIONS[np.clip(index, 0, len(_G1_REGIONS) - 1)]
 
 
-def _on_heap(count, length: np.ndarray, element: int, region: np.ndarray) -> np.ndarray:
+def _on_heap(count, length: np.ndarray | int, element: int, region: np.ndarray) -> np.ndarray:
     """Heap of `count` arrays of `length` elements: humongous ones (>= half a region) take whole regions."""
     size = _array_bytes(length, element)
     return count * np.where(size * 2 < region, size, -(-size // region) * region)

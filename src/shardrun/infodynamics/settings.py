@@ -102,8 +102,8 @@ class DataSettings:
 class TimedDataSettings(DataSettings):
     """DataSettings with data.time_format or data.timezone set: both are hashed."""
 
-    time_format: str | None = None
-    timezone: str | None = None
+    time_format: str | None = None  # type: ignore[misc]  # fields here, class constants in DataSettings (on purpose)
+    timezone: str | None = None  # type: ignore[misc]
 
 
 @dataclass(frozen=True)

@@ -145,6 +145,7 @@ def run_benchmark(config: RunConfig, options: LaunchOptions, requested: int, out
             return result.exit_code
         results[shards] = result
     one, many = results[1], results[options.shards]
+    assert one.merged_dir and many.merged_dir and one.shards_seconds is not None and many.shards_seconds is not None
     out(f"benchmark: K=1 took {one.shards_seconds:.1f} s, K={options.shards} took {many.shards_seconds:.1f} s"
         f" (first shard's start to last shard's exit): speedup {one.shards_seconds / many.shards_seconds:.2f}x")
     reference = read_result_frame(one.merged_dir)

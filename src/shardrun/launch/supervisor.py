@@ -253,7 +253,7 @@ class Supervisor:
         return [slot.index for slot in self.slots if slot.phase is ShardPhase.SUSPENDED]
 
     def _on_tick(self, now: float) -> list[Action]:
-        if not self.stopping:
+        if self.stopping_since is None:
             suspended = self.suspended()
             if suspended:
                 # Never none running: the last running shard ended, so the first suspended one takes

@@ -134,7 +134,7 @@ def _merge(dirs: list[Path], output_dir: Path, force: bool, remedy: Remedy) -> M
         dropped_columns=dropped,
         forced_mismatch=mismatch,
         provenance=provenance,
-        untrusted_files=[u for s in shards for u in s.untrusted],
+        untrusted_files=[dict(u) for s in shards for u in s.untrusted],
         mixed_columns=mixed,
         task={} if settings is None else dict(task.set_report(frame, settings)),
     )

@@ -218,7 +218,7 @@ def slow_users(timeline: pd.DataFrame, first: np.ndarray | None = None, factor: 
     """
     predicted = timeline[PREDICTED].to_numpy(dtype="float64") if PREDICTED in timeline.columns else None
     has_estimate = predicted is not None and bool(np.any(np.isfinite(predicted) & (predicted > 0)))
-    if not has_estimate:
+    if predicted is None or not has_estimate:
         predicted = np.ones(len(timeline))
     judged = np.isfinite(predicted) & (predicted > 0)
     if first is not None:
@@ -296,7 +296,7 @@ def users_seconds_and_status(table: pa.Table | None, users: Sequence[str]) -> tu
     row is, else ok). Counted with numpy per row: a pandas group-by per shard costs more than its rows."""
     if table is None or not table.num_rows:
         return np.zeros(len(users)), np.full(len(users), UserStatus.FAILED.value)
-    owner = pd.Index(users, dtype=object).get_indexer(table.column(USER).to_numpy(zero_copy_only=False))
+    owner = pd.Index(list(users), dtype=object).get_indexer(table.column(USER).to_numpy(zero_copy_only=False))
     row_seconds = pd.to_numeric(_column(table, "seconds"), errors="coerce").to_numpy(dtype=float, na_value=np.nan)
     usable = np.isfinite(row_seconds) & (row_seconds >= 0)
     seconds = np.zeros(len(users))

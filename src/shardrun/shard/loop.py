@@ -159,7 +159,7 @@ class ShardLoop:
             self._outcomes_queued.pop(user_id)
             log.error("user %r was already committed in %s; keeping the first commit", user_id, self.dirs.shard.dir)
         self.status.end_user(attempt.heap_used_bytes)
-        self.user_log.user_ended(user_id, outcome, attempt.seconds)
+        self.user_log.user_ended(user_id, outcome, record["seconds"])  # set by record()
         if len(self._first_users) < self.options.fail_fast:
             self._first_users.append((outcome, reason))
             self._fail_fast = fail_fast_stop(self._first_users, self.options.fail_fast)

@@ -201,7 +201,7 @@ def _choose_way(directory: Path, way: str, refused: OSError) -> None:
            " take the name between the check and the rename")
     log.warning("hard links are refused in %s (%s: link failed with %s, %s): files are put in place by %s from now"
                 " on; %s (docs/SHARED_FILESYSTEMS.md)", directory, describe_filesystem(directory),
-                errno.errorcode.get(refused.errno, refused.errno), refused.strerror, way, why)
+                errno.errorcode.get(refused.errno or 0, refused.errno), refused.strerror, way, why)
 
 
 def publish_new(tmp: Path, target: Path) -> str:

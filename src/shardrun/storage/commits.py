@@ -47,7 +47,7 @@ log = logging.getLogger(__name__)
 class CommittedUser:
     user_id: str
     rows: list[dict[str, Any]]
-    record: dict[str, Any]  # the user's record as stored; `ended_at` (when its analysis ended) for the timeline
+    record: Mapping[str, Any]  # the user's record as stored; `ended_at` (when its analysis ended) for the timeline
     path: Path  # the batch file that holds it
     problem: str | None = None  # why the file cannot be trusted; only with untrusted="keep"
     replaced: tuple[Mapping[str, Any], ...] = ()  # the user's earlier records this one replaced (--retry-failed)
@@ -101,7 +101,7 @@ class GroupCommitter:
 
     def __init__(self, paths: ShardPaths, header: Mapping[str, Any], committed: Iterable[str] = (),
                  interval_seconds: float = 1.0, clock: Callable[[], float] = time.monotonic,
-                 guard: Callable[[str, Path, Callable[[], Path]], Path] | None = None,
+                 guard: Callable[[str, Path, Callable[[], Any]], Any] | None = None,
                  on_commit: Callable[[Sequence[str]], None] = lambda user_ids: None):
         self._paths = paths
         self._header = dict(header)
@@ -321,8 +321,8 @@ def _scan_batch_file(path: Path, config_hash: str | None, committed: dict[str, C
                     " stands", user_id, path, committed[user_id].path)
     for record in batch.records:
         if record["user_id"] not in repeated:
-            earlier = committed.get(record["user_id"])
-            replaced = () if earlier is None or earlier.problem is not None else earlier.records
+            before = committed.get(record["user_id"])
+            replaced = () if before is None or before.problem is not None else before.records
             committed[record["user_id"]] = CommittedUser(record["user_id"], record["rows"], record, path,
                                                          replaced=replaced)
 

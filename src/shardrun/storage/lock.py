@@ -162,7 +162,7 @@ class ShardLock:
             if self.mechanism == "flock":
                 raise LocksUnsupported(
                     f"file locks are not supported in shard dir {shard_dir} ({where}): flock failed with"
-                    f" {errno.errorcode.get(unsupported.errno, unsupported.errno)} ({unsupported.strerror}), and"
+                    f" {errno.errorcode.get(unsupported.errno or 0, unsupported.errno)} ({unsupported.strerror}), and"
                     f" {LOCK_ENV}=flock asks for them. Unset {LOCK_ENV} (or set it to lease) to use a lease file"
                     " instead (docs/SHARED_FILESYSTEMS.md), or mount the filesystem with locking (NFS: without"
                     " nolock, with the lock manager running), then resume."
@@ -172,11 +172,11 @@ class ShardLock:
                 " A shard killed on this host is taken over at once; one killed on another host at once when SLURM says"
                 " its job no longer runs there, else once its heartbeat is %g s old (%s). Set %s=lease for every process of the run to choose it"
                 " on purpose (docs/SHARED_FILESYSTEMS.md).",
-                shard_dir, where, errno.errorcode.get(unsupported.errno, unsupported.errno), unsupported.strerror,
+                shard_dir, where, errno.errorcode.get(unsupported.errno or 0, unsupported.errno), unsupported.strerror,
                 self._paths.lease.name, self.stale_after, LEASE_STALE_ENV, LOCK_ENV)
             return True
         fs = platforms.filesystem_of(shard_dir)
-        if self.mechanism == "auto" and platforms.flock_is_host_local(fs):
+        if self.mechanism == "auto" and fs is not None and platforms.flock_is_host_local(fs):
             log.warning(
                 "%s is on %s, whose flock locks only this host (local_lock=%s): another host would get the same"
                 " lock at once. Using a lease file (%s) as well. Set %s=lease for every process of the run to"

@@ -90,8 +90,8 @@ class ShardPaths:
 
     def batch_files(self) -> list[Path]:
         """The batch files in commit order."""
-        found = [p for p in self.results.glob(f"{BATCH_PREFIX}*{BATCH_SUFFIX}") if batch_number(p) is not None]
-        return sorted(found, key=batch_number)
+        found = {p: n for p in self.results.glob(f"{BATCH_PREFIX}*{BATCH_SUFFIX}") if (n := batch_number(p)) is not None}
+        return sorted(found, key=found.__getitem__)
 
     def make(self) -> None:
         for path in (self.dir, self.results, self.tmp):
