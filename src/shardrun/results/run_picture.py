@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import io
 import math
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
-from typing import Any, Iterable, Sequence
+from datetime import UTC, datetime
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -83,7 +84,7 @@ def time_unit(end_s: float) -> tuple[float, str]:
 
 def duration(seconds: float) -> str:
     """A span of time as a person reads it: 2.5 s, 15.2 min, 3.1 h."""
-    per, unit = time_unit(seconds * 0.999)  # 180 s stays "180.0 s"; longer ones in minutes, then hours
+    per, _ = time_unit(seconds * 0.999)  # 180 s stays "180.0 s"; longer ones in minutes, then hours
     return f"{seconds:,.1f} s" if per == 1.0 else f"{seconds / per:,.1f} {'min' if per == 60.0 else 'h'}"
 
 
@@ -111,15 +112,16 @@ def draw_run(spans: pd.DataFrame | Iterable[Sequence[Any]], starts: pd.DataFrame
                   if users else "where the run's time went")
     second = title or ""
     if timeline.attrs.get("run_start") is not None:
-        second += f"{': ' if second else ''}run start {datetime.fromtimestamp(timeline.attrs['run_start'], timezone.utc):%Y-%m-%d %H:%M:%S} UTC"
+        second += f"{': ' if second else ''}run start {datetime.fromtimestamp(timeline.attrs['run_start'], UTC):%Y-%m-%d %H:%M:%S} UTC"
     figure.suptitle(f"{first_line}\n{second}" if second else first_line, fontsize=TITLE_SIZE + 1, fontweight="bold")
     return figure
 
 
 def draw_timeline_panel(axes, timeline: pd.DataFrame, phases: pd.DataFrame, slow: pd.DataFrame,
                         has_starts: bool = True) -> None:
-    from matplotlib.patches import Patch
+    from matplotlib.artist import Artist
     from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
 
     end = float(max(timeline["end_s"].max(), 0.0)) if len(timeline) else 0.0
     per, unit = time_unit(end)
@@ -141,9 +143,9 @@ def draw_timeline_panel(axes, timeline: pd.DataFrame, phases: pd.DataFrame, slow
     bars = timeline_bars(timeline)
     bars = bars.assign(width=np.maximum(bars["end_s"] - bars["start_s"], sliver))
     edge = "white" if len(bars) <= 60 * len(shards) else "none"  # white between users while bars are wide
-    for (label, status), group in bars.groupby(["shard", "status"], sort=False):
-        axes.broken_barh(list(zip(group["start_s"] / per, group["width"] / per)), (row[label] - height / 2, height),
-                         facecolors=STATUS_COLOURS.get(status, "black"), edgecolors=edge, linewidth=0.6)
+    for (shard, status), group in bars.groupby(["shard", "status"], sort=False):
+        axes.broken_barh(list(zip(group["start_s"] / per, group["width"] / per)), (row[shard] - height / 2, height),
+                         facecolors=STATUS_COLOURS.get(str(status), "black"), edgecolors=edge, linewidth=0.6)
     for label, group in slow.groupby("shard", sort=False):
         axes.broken_barh(list(zip(group["start_s"] / per, np.maximum(group["seconds"], sliver) / per)),
                          (row[label] - height / 2, height), facecolors="none", edgecolors=SLOW_EDGE, linewidth=1.8)
@@ -171,7 +173,7 @@ def draw_timeline_panel(axes, timeline: pd.DataFrame, phases: pd.DataFrame, slow
     axes.set_xlim(0, max(end, 1e-3) / per * (1.32 if annotate else 1.02))  # room for the notes
 
     statuses = set(timeline["status"].unique())
-    handles = []
+    handles: list[Artist] = []
     if (phases["phase"] == "waiting").any():
         handles.append(Patch(facecolor=WAITING_COLOUR, edgecolor="#9a9a9a", hatch="//",
                              label="waiting to start: no free core yet (on a cluster: in the queue)"))
@@ -277,7 +279,7 @@ def draw_breakdown_panel(axes, summary: pd.DataFrame, has_starts: bool = True) -
     left = np.zeros(len(ordered))
     y = np.arange(len(ordered))
     for label, seconds, colour, hatch in parts:
-        values = seconds.to_numpy(dtype=float) / per
+        values = np.asarray(seconds, dtype=float) / per
         if values.any() or label == "users' analysis":
             axes.barh(y, values, left=left, height=0.7, color=colour, hatch=hatch,
                       edgecolor="#9a9a9a" if hatch else "none", linewidth=0.4, label=label)
