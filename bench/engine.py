@@ -46,18 +46,18 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tools"))
 sys.path.insert(0, str(REPO / "tests"))  # jidt_reference: the dense calculators
 
-from make_sample_data import simulate, transition_table  # noqa: E402
-from plain_numpy import BASE, HOUR_BINS, LEVELS, analyse_symbols, numpy_ais  # noqa: E402
-
 from shardrun.config import JvmConfig  # noqa: E402
-from shardrun.section import Section
 from shardrun.infodynamics import heap, task  # noqa: E402
-from jidt_reference import ais_test, dense_ais_test  # noqa: E402
+from shardrun.infodynamics.jidt import find_jidt_jar  # noqa: E402
 from shardrun.infodynamics.states import observed_pasts  # noqa: E402
 from shardrun.infodynamics.surrogates import UserSurrogates  # noqa: E402
 from shardrun.infodynamics.symbols import hour_symbols, mode_symbols, value_symbols  # noqa: E402
-from shardrun.infodynamics.jidt import find_jidt_jar  # noqa: E402
+from shardrun.section import Section  # noqa: E402
 from shardrun.shard.jvm import start_jvm  # noqa: E402
+
+from jidt_reference import ais_test, dense_ais_test  # noqa: E402
+from make_sample_data import simulate, transition_table  # noqa: E402
+from plain_numpy import BASE, HOUR_BINS, LEVELS, analyse_symbols, numpy_ais  # noqa: E402
 
 MIB = 1024**2
 DENSE_SECONDS_PER_CELL = 1.2e-9  # measured: the dense calculator sweeps base^(k+1) cells per surrogate

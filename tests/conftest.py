@@ -9,11 +9,12 @@ from pathlib import Path
 import psutil
 import pytest
 
-from e2e_support import analysis_values, shardrun, write_categorical_data, write_config
-from slurm_cluster import SlurmCluster, running_clusters, started_for_test
 from shardrun.config import JvmConfig
 from shardrun.infodynamics.jidt import find_jidt_jar
 from shardrun.shard.jvm import start_jvm
+
+from e2e_support import analysis_values, shardrun, write_categorical_data, write_config
+from slurm_cluster import SlurmCluster, running_clusters, started_for_test
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -10,7 +10,7 @@ permutations, and bench/engine.py times them side by side.
 from __future__ import annotations
 
 import functools
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 

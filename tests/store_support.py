@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 from shardrun.storage.batches import decode_batch, encode_batch, encode_record, readable_user_ids
 from shardrun.storage.commits import GroupCommitter, scan_committed, shard_config_hash
@@ -50,7 +51,7 @@ def edit_batch(path: Path, edit: Callable[[dict[str, Any]], Any], keep_checksum:
     fields = {k: v for k, v in old_header.items() if k not in ("format", "users", "records_sha256")}
     payload = encode_batch({**fields, **(header or {})}, lines)
     if keep_checksum:
-        new_head, _, new_body = payload.partition(b"\n")
+        _new_head, _, new_body = payload.partition(b"\n")
         payload = head + b"\n" + new_body
     path.write_bytes(payload)
 

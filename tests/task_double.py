@@ -17,10 +17,11 @@ from shardrun.config import parse_config
 from shardrun.results.read import read_result_file
 from shardrun.sharding import ShardSpec, users_of_shard
 from shardrun.storage.atomic import write_json_atomic
-from store_support import commit_user
 from shardrun.storage.identity import ensure_identity
 from shardrun.storage.paths import MergedPaths, RunPaths
 from shardrun.task import Dataset, Task
+
+from store_support import commit_user
 
 DOUBLE_MODULE = "shardrun_test_double_task"
 MODES = ("activity", "composite")

@@ -13,15 +13,25 @@ import numpy as np
 import pytest
 import yaml
 
+from shardrun.config import JvmConfig, load_config, parse_config
+from shardrun.errors import ConfigError
+from shardrun.heap_plan import (
+    AUTO_HEAP_CEILING,
+    AUTO_HEAP_FLOOR,
+    AUTO_HEAP_STEP,
+    auto_heap_bytes,
+    plan_heap,
+    resolve_heap,
+)
+from shardrun.infodynamics import heap, task
 from shardrun.launch import admission
-from shardrun.heap_plan import AUTO_HEAP_CEILING, AUTO_HEAP_FLOOR, AUTO_HEAP_STEP, auto_heap_bytes, plan_heap, resolve_heap
 from shardrun.launch.admission import (
     admit,
+    admit_shards,
     available_cores,
     cgroup_available,
     cgroup_cpu_quota,
     cgroup_headroom,
-    admit_shards,
     cores_from,
     measure_launch_data,
     native_overhead_bytes,
@@ -31,11 +41,8 @@ from shardrun.launch.admission import (
     parse_memory_stat,
     parse_proc_cgroup,
 )
-from shardrun.config import JvmConfig, load_config, parse_config
-from shardrun.shard.prepare import task_heap
 from shardrun.section import Section
-from shardrun.errors import ConfigError
-from shardrun.infodynamics import heap, task
+from shardrun.shard.prepare import task_heap
 
 REPO = Path(__file__).resolve().parents[1]
 PROPOSAL = yaml.safe_load((REPO / "config" / "proposal.yaml").read_text())
@@ -94,7 +101,7 @@ def test_an_unresolved_auto_heap_is_never_used():
     with pytest.raises(ConfigError, match="jvm.xms is 'auto'.*Set jvm.xms to a size"):
         JvmConfig(xms="auto", xmx="1g").jvm_args()
     with pytest.raises(ConfigError, match="jvm.xmx is 'auto'"):
-        JvmConfig(xms=None, xmx="auto").xmx_bytes
+        JvmConfig(xms=None, xmx="auto").xmx_bytes  # noqa: B018 (the property raises)
     assert JvmConfig(xms="auto", xmx="1g").xmx_bytes == GIB  # a known xmx can be compared already
 
 

@@ -11,8 +11,14 @@ from pathlib import Path
 import pytest
 import yaml
 
-from shardrun.cli import launch_shards, merge_shard_results, monitor_progress, run_production, stop_shards
-from shardrun.cli import validate_outputs
+from shardrun.cli import (
+    launch_shards,
+    merge_shard_results,
+    monitor_progress,
+    run_production,
+    stop_shards,
+    validate_outputs,
+)
 from shardrun.launch.launcher import LaunchOptions, shard_command
 from shardrun.sharding import ShardSpec
 

@@ -11,8 +11,8 @@ import pytest
 import yaml
 
 from shardrun.config import load_config, parse_config
-from shardrun.units import heap_bytes
 from shardrun.errors import ConfigError
+from shardrun.units import heap_bytes
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = yaml.safe_load((REPO / "config" / "small.yaml").read_text())

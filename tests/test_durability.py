@@ -12,9 +12,9 @@ import json
 import logging
 import os
 import stat
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import pytest
 
@@ -23,8 +23,8 @@ from shardrun.errors import AlreadyCommitted, StorageError
 from shardrun.shard.user_log import ShardLogFile
 from shardrun.storage.atomic import FsyncFailed
 from shardrun.storage.commits import GroupCommitter, append_line_once, error_line, scan_committed
-from shardrun.storage.identity import ensure_identity
 from shardrun.storage.durability import SHARD, IoRetryPolicy, Remedy, durable_write, storage_error
+from shardrun.storage.identity import ensure_identity
 from shardrun.storage.paths import ShardPaths
 
 

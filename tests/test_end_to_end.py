@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from datetime import datetime
+from itertools import pairwise
 from pathlib import Path
 
 import numpy as np
@@ -17,9 +18,10 @@ import pandas as pd
 import pytest
 import yaml
 
-from e2e_support import faulty_task_config, analysis_values, read_status, shardrun
 from shardrun.results.read import read_shard, shard_dirs_of_run
 from shardrun.results.timeline import span_table, start_table
+
+from e2e_support import analysis_values, faulty_task_config, read_status, shardrun
 from independent_estimator import assert_row_matches, brute_force_q, expected_mode_row
 from store_support import committed_users
 
@@ -67,7 +69,7 @@ def test_validation_catches_tampered_q_values(workspace, tmp_path):
     frame = pd.read_parquet(merged / "results.parquet")
     activity = frame.index[frame.feature_mode == "activity"]
     by_p = frame.loc[activity, "te_hour_p"].sort_values(kind="stable").index
-    smaller, larger = next((a, b) for a, b in zip(by_p, by_p[1:]) if frame.at[a, "te_hour_q"] < frame.at[b, "te_hour_q"])
+    smaller, larger = next((a, b) for a, b in pairwise(by_p) if frame.at[a, "te_hour_q"] < frame.at[b, "te_hour_q"])
     frame.loc[[smaller, larger], "te_hour_q"] = frame.loc[[larger, smaller], "te_hour_q"].to_numpy()
     frame.loc[activity[0], "ais_k1_q"] = frame.at[activity[0], "ais_k1_p"] / 2
     frame.to_parquet(merged / "results.parquet", index=False)

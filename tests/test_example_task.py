@@ -21,6 +21,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
+
 from e2e_support import write_categorical_data, write_config
 
 pytestmark = pytest.mark.e2e

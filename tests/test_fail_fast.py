@@ -7,11 +7,12 @@ import json
 
 import pytest
 
-from e2e_support import faulty_task_config, read_status, shardrun
-from faulty_task import MISSING_CLASS
 from shardrun.cli.run_production import parser as run_production_parser
 from shardrun.shard.fail_fast import DEFAULT_FAIL_FAST, FailFastStop, fail_fast_message, fail_fast_stop
 from shardrun.states import UserStatus
+
+from e2e_support import faulty_task_config, read_status, shardrun
+from faulty_task import MISSING_CLASS
 
 FAILED, OK, SKIPPED = UserStatus.FAILED, UserStatus.OK, UserStatus.SKIPPED
 HEAP = "HeapTooSmall: Java heap exhausted: this user needs about 3.0 GiB. Raise jvm.xmx in the config."

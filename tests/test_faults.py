@@ -29,21 +29,22 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import pandas as pd
 import psutil
 import pytest
 import yaml
 
-from e2e_support import analysis_values, read_status, shardrun, wait_for, write_categorical_data, write_config
-from fs_support import stand_in_worker, vfat_mount
 from shardrun.results.merge import merge_shards
 from shardrun.results.read import read_result_file, shard_dirs_of_run
 from shardrun.storage.batches import decode_batch
+
+from e2e_support import analysis_values, read_status, shardrun, wait_for, write_categorical_data, write_config
+from fs_support import stand_in_worker, vfat_mount
 from store_support import batch_files, batch_of, committed_user_count, committed_users, edit_batch
 
 pytestmark = pytest.mark.e2e
@@ -1069,7 +1070,7 @@ def torn_batch(lab: Lab) -> Outcome:
     made = run(lab, stand_in_worker("--config", str(config), "--full", "--shard", "0/1", "--out", str(run_dir)),
                env={"STAND_IN_COMMIT_EVERY_USERS": "4"})
     assert made.returncode == 0, made.stdout + made.stderr
-    *whole, last = batch_files(shard_dir)
+    *_whole, last = batch_files(shard_dir)
     lab.observe(shard_dir, skip=(last,))
     payload = last.read_bytes()
     users = [record["user_id"] for record in decode_batch(payload).records]
@@ -1449,7 +1450,7 @@ def nan_rows_dropped(lab: Lab, outcome: Outcome) -> None:
     data = outcome.facts["data"]
     mine = others_equal_reference(lab, outcome.facts["merged"], NAN_USER)
     expected = int(((data["who"] == NAN_USER) & data["label"].notna()).sum())
-    assert 0 < outcome.facts["missing"] and expected == int((data["who"] == NAN_USER).sum()) - outcome.facts["missing"]
+    assert outcome.facts["missing"] > 0 and expected == int((data["who"] == NAN_USER).sum()) - outcome.facts["missing"]
     assert set(mine["status"]) == {"ok"} and set(mine["n_obs"]) == {expected}
     missing = outcome.facts["missing"]
     assert set(mine["n_dropped"]) == {missing} and set(mine["dropped_reason"]) == {f"{missing} missing values"}

@@ -12,9 +12,16 @@ from pathlib import Path
 
 import pytest
 
-from e2e_support import write_categorical_data, write_config
-from shardrun.storage.atomic import create_json_once, publish_new, write_bytes_atomic, write_json_atomic, write_temp_file
+from shardrun.storage.atomic import (
+    create_json_once,
+    publish_new,
+    write_bytes_atomic,
+    write_json_atomic,
+    write_temp_file,
+)
 from shardrun.storage.lease import Lease
+
+from e2e_support import write_categorical_data, write_config
 
 
 def mode_of(path: Path) -> int:

@@ -10,9 +10,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from shardrun.section import Section
 from shardrun.infodynamics import task
 from shardrun.infodynamics.analysis import row_columns
+from shardrun.section import Section
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "data" / "sample_users.csv"

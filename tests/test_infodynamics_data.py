@@ -10,11 +10,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from shardrun.section import Section
 from shardrun.errors import DataError
 from shardrun.infodynamics import task
 from shardrun.infodynamics.cleaning import Cleaning, cleaning_summary
 from shardrun.infodynamics.symbols import TooManyLabels, hour_symbols, mode_symbols, value_symbols
+from shardrun.section import Section
 
 
 def settings_for(path: Path, **data):

@@ -16,17 +16,17 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from shardrun.section import Section
-from shardrun.infodynamics import surrogates, task
+from shardrun.infodynamics import states, surrogates, task
 from shardrun.infodynamics.analysis import select_k
-from jidt_reference import ais_test, dense_ais_test, dense_te_test, fixed_permutations
-from shardrun.infodynamics.measures import te_test
-from shardrun.infodynamics import states
 from shardrun.infodynamics.jarrays import ONE_CALL_ELEMENTS, java_int_matrix, java_ints
+from shardrun.infodynamics.measures import te_test
 from shardrun.infodynamics.states import observed_pasts, window_ids
 from shardrun.infodynamics.surrogates import UserSurrogates, draw_in_jvm, surrogate_seed
 from shardrun.infodynamics.symbols import hour_symbols, mode_symbols, quantile_edges, value_symbols
+from shardrun.section import Section
+
 from independent_estimator import java_shuffled_range
+from jidt_reference import ais_test, dense_ais_test, dense_te_test, fixed_permutations
 from test_infodynamics_analysis import as_merged
 
 REPO = Path(__file__).resolve().parents[1]

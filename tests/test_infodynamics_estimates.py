@@ -23,13 +23,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from shardrun.section import Section
 from shardrun.infodynamics import task
 from shardrun.infodynamics.jarrays import java_ints
-from jidt_reference import ais_test, fixed_permutations
 from shardrun.infodynamics.measures import entropy_bits, permutation_p_value, te_test
 from shardrun.infodynamics.states import observed_pasts
 from shardrun.infodynamics.surrogates import UserSurrogates
+from shardrun.section import Section
+
 from independent_estimator import (
     assert_row_matches,
     expected_mode_row,
@@ -41,6 +41,7 @@ from independent_estimator import (
     plugin_te_null,
     user_permutations,
 )
+from jidt_reference import ais_test, fixed_permutations
 
 pytestmark = pytest.mark.usefixtures("jvm")
 

@@ -12,6 +12,7 @@ import pytest
 
 from shardrun.infodynamics import task
 from shardrun.infodynamics.fdr import bh_q_values
+
 from independent_estimator import brute_force_q
 from test_infodynamics_analysis import make_settings
 

@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from shardrun.infodynamics import heap, task
 from shardrun.section import Section
 from shardrun.units import heap_bytes
-from shardrun.infodynamics import heap, task
 
 REPO = Path(__file__).resolve().parents[1]
 MIB = 1024**2

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from shardrun.heap_plan import AUTO_HEAP_FLOOR
 from shardrun.config import load_config
+from shardrun.heap_plan import AUTO_HEAP_FLOOR
 from shardrun.infodynamics import task
 from shardrun.infodynamics.settings import minimum_observations
 

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 
 from shardrun.config import parse_config
-from shardrun.section import Section
 from shardrun.errors import ConfigError
 from shardrun.infodynamics import task
 from shardrun.infodynamics.settings import Settings
+from shardrun.section import Section
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -14,15 +14,16 @@ import pandas as pd
 import pytest
 
 from shardrun.errors import ConfigError, ResumeMismatch
-from shardrun.launch.policies import describe_exit, log_excerpt
-from e2e_support import analysis_values, shardrun, wait_for, write_config
-from shardrun.storage.atomic import create_temp_file
 from shardrun.launch import report
 from shardrun.launch.local_plan import given
+from shardrun.launch.policies import describe_exit, log_excerpt
 from shardrun.launch.run_dir import HeldRun, check_same_run, open_run_dir
 from shardrun.shard.dirs import run_label
+from shardrun.storage.atomic import create_temp_file
 from shardrun.storage.paths import RunPaths
 from shardrun.task import load_task
+
+from e2e_support import analysis_values, shardrun, wait_for, write_config
 from test_result_set import needs_root_mounts, read_only
 from test_supervisor import FakePort, fake_launcher, summary
 

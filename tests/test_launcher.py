@@ -17,7 +17,13 @@ import pytest
 import yaml
 
 from e2e_support import (
-    analysis_values, faulty_task_config, read_status, shardrun, wait_for, write_categorical_data, write_config,
+    analysis_values,
+    faulty_task_config,
+    read_status,
+    shardrun,
+    wait_for,
+    write_categorical_data,
+    write_config,
 )
 from faulty_task import MISSING_CLASS
 
@@ -220,7 +226,7 @@ def test_a_suspended_shard_does_not_outlive_a_sigkilled_launcher(workspace, tmp_
     launcher.kill()
     launcher.wait()
     for pid in pids:
-        wait_for(lambda: not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE,
+        wait_for(lambda pid=pid: not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE,
                  timeout=60, every=0.1)
 
 
@@ -230,7 +236,7 @@ def test_shards_die_with_a_sigkilled_launcher(workspace):
     launcher.kill()
     launcher.communicate()
     for pid in pids:
-        wait_for(lambda: not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE,
+        wait_for(lambda pid=pid: not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE,
                  timeout=60, every=0.1)
     statuses = {d.name: read_status(d) for d in run_dir.glob("shard-*")}
     logs = {d.name: (d / "shard.log").read_text()[-2000:] for d in run_dir.glob("shard-*")}

@@ -20,10 +20,27 @@ from pathlib import Path
 
 import pytest
 
-from shardrun.scheduler.slurm import (SlurmCommands, expand_hostlist, lease_scheduler, node_lost, parse_job_record,
-                                      sighting_of, this_job)
-from shardrun.storage.lease import (Holder, JobActivity, JobSighting, Lease, LeaseHeld, LeaseState, SchedulerJob,
-                                    read_lease, scheduler_verdict, staleness)
+from shardrun.scheduler.slurm import (
+    SlurmCommands,
+    expand_hostlist,
+    lease_scheduler,
+    node_lost,
+    parse_job_record,
+    sighting_of,
+    this_job,
+)
+from shardrun.storage.lease import (
+    Holder,
+    JobActivity,
+    JobSighting,
+    Lease,
+    LeaseHeld,
+    LeaseState,
+    SchedulerJob,
+    read_lease,
+    scheduler_verdict,
+    staleness,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -11,16 +11,17 @@ import sys
 import pandas as pd
 import pytest
 
-from e2e_support import analysis_values, read_trace, shardrun, wait_for
+from shardrun.config import parse_config
 from shardrun.errors import MergeError
 from shardrun.results.frame import typed_column
 from shardrun.results.merge import merge_result_set, merge_shards
 from shardrun.results.read import shard_dirs_of_run
-from shardrun.storage.paths import MergedPaths, RunPaths
 from shardrun.sharding import ShardSpec
 from shardrun.storage.atomic import write_json_atomic
+from shardrun.storage.paths import MergedPaths, RunPaths
+
+from e2e_support import analysis_values, read_trace, shardrun, wait_for
 from store_support import commit_user
-from shardrun.config import parse_config
 from task_double import (  # noqa: F401  (task_double: the autouse fixture that makes the double loadable)
     COLUMNS,
     MODES,
@@ -32,7 +33,6 @@ from task_double import (  # noqa: F401  (task_double: the autouse fixture that 
     read_report,
     task_double,
 )
-
 
 # --- tests ----------------------------------------------------------------------------------
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 import math
 import os
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import numpy as np
 import pandas as pd
@@ -22,9 +22,10 @@ from shardrun.results.merge import merge_shards
 from shardrun.results.read import read_shard, shard_dirs_of_run
 from shardrun.results.timeline import UserSpan
 from shardrun.states import user_outcome
-from shardrun.task import SummaryPanel
-from shardrun.storage.paths import MergedPaths, ShardPaths
 from shardrun.storage.commits import scan_committed
+from shardrun.storage.paths import MergedPaths, ShardPaths
+from shardrun.task import SummaryPanel
+
 from store_support import commit_user
 from task_double import (  # noqa: F401  (task_double: the autouse fixture that makes the double loadable)
     COLUMNS,
@@ -55,7 +56,7 @@ def user_span(shard: str, ended_at, rows, user_id: str | None = None) -> UserSpa
         return None
     if moment is None:
         return None
-    end = (moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)).timestamp()
+    end = (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
     durations = [row.get("seconds") for row in rows]
     seconds = max((float(d) for d in durations if isinstance(d, (int, float)) and not isinstance(d, bool)
                    and math.isfinite(d) and d >= 0), default=0.0)
@@ -185,7 +186,7 @@ def test_each_modes_ais_panel_draws_the_ceiling_at_log2_of_its_base():
     for mode, base in (("activity", 4), ("composite", 24)):
         axes = axes_titled(figure, task_plots.AIS_PANEL_TITLE.format(mode=mode))
         assert math.log2(base) in [pytest.approx(y) for y in horizontal_lines(axes)]
-        low, high = axes.get_ylim()
+        _low, high = axes.get_ylim()
         assert high > math.log2(base)  # the ceiling is in view, however low the values are
         labels = [t.get_text() for t in axes.get_legend().get_texts()]
         assert f"ceiling log2(base) = log2({base}) = {math.log2(base):.2f} bits" in labels
@@ -307,12 +308,12 @@ def test_the_core_counts_reasons_by_kind_most_common_first():
 def test_user_span_ends_at_the_commit_and_lasts_the_rows_seconds():
     rows = [{"status": "ok", "seconds": 2.5}, {"status": "failed", "seconds": 2.5}]
     span = user_span("1/4", "2026-01-01T00:00:10.250+00:00", rows, "u1")
-    end = datetime(2026, 1, 1, 0, 0, 10, 250000, tzinfo=timezone.utc).timestamp()
+    end = datetime(2026, 1, 1, 0, 0, 10, 250000, tzinfo=UTC).timestamp()
     assert span == UserSpan("1/4", end - 2.5, end, "failed", "u1")
     assert user_span("1/4", None, rows) is None
     assert user_span("1/4", "not a time", rows) is None
     assert user_span("0/1", "2026-01-01T00:00:10+00:00", [{"status": "skipped", "seconds": None}]).start == \
-        datetime(2026, 1, 1, 0, 0, 10, tzinfo=timezone.utc).timestamp()
+        datetime(2026, 1, 1, 0, 0, 10, tzinfo=UTC).timestamp()
     # a span's status is the user's outcome as shardrun.states defines it, the one definition
     assert user_outcome([{"status": "skipped"}, {"status": "ok"}]) == "ok"
     assert user_outcome([{"status": "skipped"}]) == "skipped"
@@ -459,7 +460,7 @@ def test_timeline_bars_of_hundreds_of_thousands_stay_few():
 
 
 def test_run_png_draws_the_phases_and_names_what_it_lacks():
-    table, _ = two_waves()
+    _table, _ = two_waves()
     spans = [UserSpan(*row) for row in [("0/3", 2.0, 5.0, "ok", "a"), ("1/3", 1.5, 9.0, "ok", "c"),
                                         ("2/3", 8.0, 10.0, "ok", "d")]]
     starts = pd.DataFrame({"shard": ["0/3", "1/3", "2/3"], "started": [0.0, 0.1, 6.5]})
@@ -679,7 +680,7 @@ def test_process_starts_in_status_json_become_the_start_table(tmp_path):
                                         ' "2026-01-01T00:01:00.000+00:00", "not a time", 7, {"a": 1}]}')
     ShardPaths(second).status.write_text('{"state": "completed"}')  # a run from before starts were recorded
     starts = timeline.start_table([read_shard(d) for d in (first, second)])
-    base = datetime(2026, 1, 1, tzinfo=timezone.utc).timestamp()
+    base = datetime(2026, 1, 1, tzinfo=UTC).timestamp()
     assert list(starts.itertuples(index=False, name=None)) == [("0/2", base + 1.5), ("0/2", base + 60.0)]
 
 

@@ -16,14 +16,20 @@ from pathlib import Path
 
 import pytest
 
-from e2e_support import analysis_values, faulty_task_config, read_status, shardrun, wait_for
 from shardrun.errors import EXIT_OK, EXIT_PREEMPTED, SchedulerError
-from shardrun.shard.lifecycle import PreemptionNotice
 from shardrun.scheduler.slurm import JobRecord, SlurmCommands, job_record_of, parse_job_record
+from shardrun.shard.lifecycle import PreemptionNotice
 from shardrun.shard.requeue import (
-    decide_requeue, grace_seconds_left, own_slurm_job, read_own_job, requeue_slurm_job, requeued_by_slurm,
+    decide_requeue,
+    grace_seconds_left,
+    own_slurm_job,
+    read_own_job,
+    requeue_slurm_job,
+    requeued_by_slurm,
     restart_count,
 )
+
+from e2e_support import analysis_values, faulty_task_config, read_status, shardrun, wait_for
 from store_support import committed_users
 
 

@@ -1,15 +1,19 @@
 """What the live view and monitor_progress show, from status documents: no processes but one dead pid."""
 
+import json
 import os
 import signal
 import socket
 import subprocess
 import sys
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
+import pytest
 from rich.console import Console
 
 from shardrun.observe.live import render
+from shardrun.observe.monitor import newest_run, run_views
 from shardrun.observe.progress import overall, overall_eta, plain_line, printable, shard_view
 
 NOW = datetime(2026, 11, 23, 12, 0, 0, tzinfo=UTC)
@@ -103,13 +107,6 @@ def test_instead_of_an_eta_the_line_says_what_cpu_limit_suspended_and_why():
 
 
 # --- monitor_progress on files: runs, run.json's K, newest by start time, files of the wrong shape -------------
-
-import json
-from pathlib import Path
-
-import pytest
-
-from shardrun.observe.monitor import newest_run, run_views
 
 REPO = Path(__file__).resolve().parents[1]
 

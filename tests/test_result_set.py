@@ -22,13 +22,13 @@ from shardrun.results.combine import values_equal
 from shardrun.results.merge import merge_shards
 from shardrun.results.read import shard_dirs_of_run
 from shardrun.results.validate import write_validation
-from shardrun.storage.atomic import read_json, write_json_atomic
 from shardrun.sharding import ShardSpec
+from shardrun.storage.atomic import read_json, write_json_atomic
 from shardrun.storage.commits import scan_committed
-from store_support import commit_user
 from shardrun.storage.paths import MergedPaths, ShardPaths
 from shardrun.task import SummaryPanel
-from store_support import batch_of, edit_batch
+
+from store_support import batch_of, commit_user, edit_batch
 from task_double import (  # noqa: F401  (task_double: the autouse fixture that makes the double loadable)
     DOUBLE_MODULE,
     make_run,
@@ -235,7 +235,7 @@ def test_true_and_1_conflict_and_1128_and_1128_0_are_identical(tmp_path):
     # u02's true is kept among numbers: the column mixes JSON types, is reported and written as text
     assert report.mixed_columns == [{"column": "n_obs", "types": {"number": 14, "boolean": 2}}]
     assert any("column 'n_obs' mixes JSON types" in line for line in report.problem_lines())
-    csv_frame, parquet_frame = read_both(tmp_path / "merged")
+    _csv_frame, parquet_frame = read_both(tmp_path / "merged")
     assert parquet_frame["n_obs"].tolist()[:4] == ["103", "103", "1128", "1128"]
     assert parquet_frame["n_obs"].tolist()[4:6] == ["true", "true"]
 

@@ -11,13 +11,14 @@ from pathlib import Path
 import pytest
 import yaml
 
-from e2e_support import shardrun, write_categorical_data, write_config
 from shardrun.config import load_config
 from shardrun.errors import ConfigError
 from shardrun.shard import prepare as prepare_module
 from shardrun.shard.prepare import WorkerOptions
 from shardrun.shard.run import run_shard
 from shardrun.sharding import ShardSpec
+
+from e2e_support import shardrun, write_categorical_data, write_config
 
 
 @pytest.fixture()

@@ -6,7 +6,13 @@ import pytest
 
 from shardrun.launch.cpu import CpuMeter, cpus_busy, share_of_cpus
 from shardrun.launch.policies import (
-    CpuThrottle, RestartPolicy, describe_exit, died_abnormally, one_shard_percent, parallel_for_cores, shards_to_start,
+    CpuThrottle,
+    RestartPolicy,
+    describe_exit,
+    died_abnormally,
+    one_shard_percent,
+    parallel_for_cores,
+    shards_to_start,
 )
 from shardrun.launch.supervisor import CpuReading
 

@@ -12,10 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from e2e_support import shardrun, write_categorical_data, write_config
 from shardrun.errors import ResumeMismatch, UsageError
 from shardrun.sharding import SCHEDULERS, ShardSpec, resolve_auto_shard
 from shardrun.storage.identity import recorded_shard_count
+
+from e2e_support import shardrun, write_categorical_data, write_config
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -13,7 +13,6 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from e2e_support import analysis_values, shardrun, write_config
 from shardrun.config import load_config
 from shardrun.errors import DataError
 from shardrun.infodynamics import data as data_module
@@ -22,8 +21,10 @@ from shardrun.section import Section
 from shardrun.shard.prepare import WorkerOptions, prepare
 from shardrun.shard.resume import committed_under_lock
 from shardrun.sharding import ShardSpec
-from store_support import commit_user
 from shardrun.task import Task, UserIndex, load_users, read_user_index
+
+from e2e_support import analysis_values, shardrun, write_config
+from store_support import commit_user
 
 
 def settings_for(path: Path, **data):

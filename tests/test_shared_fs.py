@@ -23,18 +23,27 @@ from pathlib import Path
 
 import pytest
 
-from fs_support import vfat_mount
 from shardrun import platforms
 from shardrun.errors import AlreadyCommitted, EnvironmentProblem, LocksUnsupported, ShardLocked
 from shardrun.storage.atomic import (
-    CHECKED_RENAME, HARD_LINK, RENAME_NOREPLACE, create_json_once, publish_new, publish_way, read_json, write_temp_file,
+    CHECKED_RENAME,
+    HARD_LINK,
+    RENAME_NOREPLACE,
+    create_json_once,
+    publish_new,
+    publish_way,
+    read_json,
+    write_temp_file,
 )
 from shardrun.storage.commits import clean_tmp, scan_committed
-from store_support import commit_user
 from shardrun.storage.identity import ensure_identity
 from shardrun.storage.lease import Holder, Judgement, Lease, LeaseState, process_started, read_lease, staleness
 from shardrun.storage.lock import LOCK_ENV, ShardLock, lease_stale_seconds, lock_mechanism
 from shardrun.storage.paths import ShardPaths
+
+from fs_support import vfat_mount
+from store_support import commit_user
+
 
 @pytest.fixture
 def shard(tmp_path):

@@ -14,10 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from e2e_support import read_status
 from shardrun.early_signals import signals_held
 from shardrun.errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_PREEMPTED
 from shardrun.launch.processes import LocalProcesses
+
+from e2e_support import read_status
 
 
 def catches(pid: int, sig: signal.Signals) -> bool:

@@ -22,9 +22,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from e2e_support import analysis_values, read_status, wait_for
 from shardrun.storage.batches import decode_batch
 from shardrun.storage.paths import ShardPaths
+
+from e2e_support import analysis_values, read_status, wait_for
 from slurm_cluster import SlurmCluster, started_for_test
 
 pytestmark = pytest.mark.e2e

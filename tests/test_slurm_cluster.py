@@ -191,7 +191,7 @@ def start_again_now(cluster, element: str, out: Path, begin_time: float) -> tupl
             return wait_for_events(out, lambda seen: len(starts(seen)) == 2, window, "the element's second start"), updates
         except AssertionError:
             if time.time() + 12 >= begin_time:
-                raise AssertionError(f"the element did not start again before its begin time; updates: {updates}")
+                raise AssertionError(f"the element did not start again before its begin time; updates: {updates}") from None
 
 
 def test_a_requeued_element_waits_for_its_begin_time_unless_moved_to_now(slurm_cluster, tmp_path):
@@ -325,7 +325,7 @@ def test_a_second_cluster_is_separate_and_stop_leaves_no_process(slurm_cluster, 
         root = cluster.root
     finally:
         cluster.stop()
-    gone, alive = psutil.wait_procs([sleeper, *daemons], timeout=5)
+    _gone, alive = psutil.wait_procs([sleeper, *daemons], timeout=5)
     assert alive == []
     assert not root.exists()
     # The session's cluster did not notice.
@@ -365,7 +365,7 @@ def test_a_warning_signal_reaches_the_execd_program_before_the_time_limit(slurm_
 
 
 def test_a_requeued_job_left_alone_starts_again_after_its_begin_time(slurm_cluster, slow):
-    job, out, requeued_at = slow["left"]
+    _job, out, requeued_at = slow["left"]
     seen = wait_for_events(out, lambda seen: len(starts(seen)) == 2, 200, "the requeued job's second start")
     again = starts(seen)[1]["wall"] - requeued_at
     print(f"requeued job ran again after {again:.1f} s without StartTime=now")

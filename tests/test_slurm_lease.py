@@ -30,8 +30,9 @@ from pathlib import Path
 import psutil
 import pytest
 
-from slurm_cluster import SlurmCluster, started_for_test
 from shardrun.storage.lease import read_lease
+
+from slurm_cluster import SlurmCluster, started_for_test
 
 pytestmark = pytest.mark.e2e
 

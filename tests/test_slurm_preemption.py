@@ -28,8 +28,15 @@ import pytest
 from e2e_support import read_status, wait_for
 from slurm_cluster import SlurmCluster, started_for_test
 from test_slurm import (
-    RUN_TIMEOUT, assert_equals_reference, batch_files, faulty_env, launch, own_config,
-    pending_after_requeue, submitted, wait_for_run,
+    RUN_TIMEOUT,
+    assert_equals_reference,
+    batch_files,
+    faulty_env,
+    launch,
+    own_config,
+    pending_after_requeue,
+    submitted,
+    wait_for_run,
 )
 
 pytestmark = pytest.mark.e2e

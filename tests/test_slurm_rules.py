@@ -19,20 +19,31 @@ import pytest
 
 from shardrun.cli.run_production import parser as run_production_parser
 from shardrun.cli.validate_outputs import parser as validate_outputs_parser
-from shardrun.results.tolerance import FailedTolerance
-from shardrun.errors import UsageError
-from e2e_support import faulty_task_config, shardrun
 from shardrun.config import load_config
+from shardrun.errors import UsageError
 from shardrun.launch.cluster import ClusterOptions, submit_run
 from shardrun.launch.slurm_rules import (
-    element_memory_mib, merge_memory_mib, shards_to_submit, time_limit_lines, users_over_time_limit,
+    element_memory_mib,
+    merge_memory_mib,
+    shards_to_submit,
+    time_limit_lines,
+    users_over_time_limit,
 )
 from shardrun.launch.slurm_script import (
-    ElementJob, WarningSignal, array_script, index_ranges, merge_script, split_for_array_size, time_limit_seconds,
+    ElementJob,
+    WarningSignal,
+    array_script,
+    index_ranges,
+    merge_script,
+    split_for_array_size,
+    time_limit_seconds,
 )
+from shardrun.results.tolerance import FailedTolerance
 from shardrun.scheduler.slurm import SlurmCommands, parse_max_array_size, parse_queue, scheduler_view
 from shardrun.task import load_task
 from shardrun.units import MIB
+
+from e2e_support import faulty_task_config, shardrun
 
 
 def job(**changes) -> ElementJob:
@@ -54,7 +65,7 @@ def test_index_ranges(indices, text):
 def test_runs_larger_than_max_array_size_become_several_arrays_with_offsets():
     assert split_for_array_size(range(10), 4) == [(0, [0, 1, 2, 3]), (4, [0, 1, 2, 3]), (8, [0, 1])]
     assert split_for_array_size([1, 9], 4) == [(0, [1]), (8, [1])]
-    for offset, ids in split_for_array_size(range(2500), 1001):
+    for _offset, ids in split_for_array_size(range(2500), 1001):
         assert max(ids) < 1001
 
 

@@ -21,12 +21,22 @@ from pathlib import Path
 import psutil
 import pytest
 
+from shardrun.storage.batches import decode_batch
+
 from e2e_support import read_status, wait_for
 from node_network import NodeNetwork, NodeNetworkError, free_subnet
 from slurm_cluster import SlurmCluster, SlurmClusterError, started_for_test
-from shardrun.storage.batches import decode_batch
-from test_slurm import (assert_equals_reference, batch_files, element_starts, faulty_env, launch, own_config,
-                        pending_after_requeue, submitted, wait_for_run)
+from test_slurm import (
+    assert_equals_reference,
+    batch_files,
+    element_starts,
+    faulty_env,
+    launch,
+    own_config,
+    pending_after_requeue,
+    submitted,
+    wait_for_run,
+)
 
 pytestmark = pytest.mark.e2e
 

@@ -13,8 +13,9 @@ from pathlib import Path
 import psutil
 import pytest
 
-from e2e_support import read_status, shardrun, wait_for
 from shardrun.launch.stop import LAUNCHER_WORDS, stop_run, verify
+
+from e2e_support import read_status, shardrun, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -154,7 +155,11 @@ def test_a_second_request_signals_again_only_with_now(tmp_path):
         (shard_dir / "status.json").write_text(json.dumps(
             {"shard": "0/1", "state": "running", "pid": shard.pid, "host": socket.gethostname(), "started_at": now}))
         sent = []
-        record = lambda pid, signum: sent.append(pid) or True
+
+        def record(pid, signum):
+            sent.append(pid)
+            return True
+
         assert [t.pid for t in stop_run(run, send=record).signalled] == [shard.pid]
         again = stop_run(run, send=record)
         assert again.signalled == [] and "already asked" in again.skipped[0]

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from shardrun.config import JvmConfig, OutputConfig, load_config
-from shardrun.launch.admission import native_overhead_bytes
 from shardrun.launch import report
+from shardrun.launch.admission import native_overhead_bytes
 from shardrun.launch.launcher import Launcher
 from shardrun.launch.options import LaunchOptions
 from shardrun.launch.policies import CpuThrottle, RestartPolicy

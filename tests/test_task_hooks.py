@@ -15,8 +15,8 @@ from shardrun.heap_plan import plan_heap
 from shardrun.infodynamics import task as default_task
 from shardrun.infodynamics.jidt import HEAP_ADVICE
 from shardrun.section import Section
-from shardrun.shard.jvm import is_heap_exhaustion, task_classpath, task_jvm_options, task_jvm_provenance
 from shardrun.shard.attempts import failure_reason
+from shardrun.shard.jvm import is_heap_exhaustion, task_classpath, task_jvm_options, task_jvm_provenance
 from shardrun.task import DEFAULT_HEAP_ADVICE, Task, load_task
 from shardrun.units import MIB
 

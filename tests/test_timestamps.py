@@ -12,6 +12,7 @@ import yaml
 from shardrun.config import parse_config
 from shardrun.errors import ConfigError, DataError
 from shardrun.infodynamics import task
+
 from test_infodynamics_data import settings_for  # the same minimal config of the analysis
 
 REPO = Path(__file__).resolve().parents[1]

@@ -14,9 +14,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from e2e_support import analysis_values, faulty_task_config, read_status, wait_for, write_config
 from shardrun.cli.run_parallel import config_and_shards
 from shardrun.errors import UsageError
+
+from e2e_support import analysis_values, faulty_task_config, read_status, wait_for, write_config
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -4,7 +4,7 @@ A real run with the JVM and a failing user is in test_trace_run.py."""
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pandas as pd
@@ -15,20 +15,25 @@ from shardrun.config import parse_config
 from shardrun.results.merge import merge_result_set
 from shardrun.results.read import read_shard, shard_dirs_of_run
 from shardrun.results.trace import (
-    TRACE_COLUMNS, TRACE_SCHEMA, shard_memory, trace_and_memory, write_trace,
+    TRACE_COLUMNS,
+    TRACE_SCHEMA,
+    shard_memory,
+    trace_and_memory,
+    write_trace,
 )
 from shardrun.shard.attempts import Attempts, carried_memory, error_class, scheduler_memory_bytes
 from shardrun.sharding import ShardSpec
 from shardrun.storage.atomic import write_json_atomic
 from shardrun.storage.attempts import recorded_attempts
 from shardrun.storage.commits import append_error, read_errors, scan_committed
-from store_support import commit_user
 from shardrun.storage.paths import MergedPaths, RunPaths
 from shardrun.storage.status import ShardStatus
+
 from e2e_support import read_trace
+from store_support import commit_user
 from task_double import USERS, make_run, raw_config, rows_of, task_double  # noqa: F401
 
-T0 = datetime(2026, 12, 7, 8, 0, 0, tzinfo=timezone.utc)
+T0 = datetime(2026, 12, 7, 8, 0, 0, tzinfo=UTC)
 
 
 class Clocks:
@@ -116,7 +121,7 @@ def test_every_committed_user_and_every_failed_attempt_has_one_row(tmp_path):
 
 
 def test_a_shard_read_in_columns_keeps_its_rows_unchanged(tmp_path):
-    run, shard = empty_run(tmp_path)
+    _run, shard = empty_run(tmp_path)
     attempts = recorder()
     for user_id in USERS:
         run_user(shard, attempts, user_id)

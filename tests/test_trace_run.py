@@ -11,8 +11,9 @@ import sys
 import pandas as pd
 import pytest
 
-from e2e_support import faulty_task_config, read_status, read_trace, shardrun
 from shardrun.results.trace import TRACE_COLUMNS
+
+from e2e_support import faulty_task_config, read_status, read_trace, shardrun
 
 pytestmark = pytest.mark.e2e
 

@@ -41,9 +41,9 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import pandas as pd
 import psutil
@@ -53,8 +53,9 @@ REPO = Path(__file__).resolve().parents[1]
 TESTS = REPO / "tests"
 sys.path.insert(0, str(TESTS))
 
-from e2e_support import analysis_values, write_categorical_data, write_config  # noqa: E402
 from shardrun.storage.batches import readable_user_ids  # noqa: E402
+
+from e2e_support import analysis_values, write_categorical_data, write_config  # noqa: E402
 from store_support import batch_files  # noqa: E402
 
 log = logging.getLogger("chaos")

@@ -74,7 +74,10 @@ class JavaStatsTask(Task):
     def parse_settings(self, section: Section) -> Settings:
         """`data.path`, `data.user_column`, `data.value_column`, `min_readings` (a nested mapping: read here)."""
         data = section.section("data")
-        non_empty = lambda value: None if value.strip() else "must not be empty"
+
+        def non_empty(value: str) -> str | None:
+            return None if value.strip() else "must not be empty"
+
         path = data.get("path", str, check=non_empty)
         user_column = data.get("user_column", str, default="user_id", check=non_empty)
         value_column = data.get("value_column", str, default="value", check=non_empty)

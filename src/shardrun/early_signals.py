@@ -15,7 +15,8 @@ from contextlib import contextmanager
 
 TYPE_CHECKING = False  # typing itself is not imported: its import is a third of this module's
 if TYPE_CHECKING:
-    from typing import Any, Iterator, Sequence
+    from collections.abc import Iterator, Sequence
+    from typing import Any
 
 # Signals that ask a process to drain (finish the user in flight, then stop). SIGHUP: a lost terminal,
 # or the kernel telling an orphaned, suspended shard that its launcher is gone. Windows has no SIGHUP;

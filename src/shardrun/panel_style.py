@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 import textwrap
-from typing import Callable
+from collections.abc import Callable
 
 import pandas as pd
 
@@ -62,13 +62,13 @@ def reason_kind(reason: object) -> str:
     return _NUMBER.sub("N", text)[:90] or "no reason given"
 
 
-def common_reasons(reasons: pd.Series, plain: Callable[[str], str] | None = None) -> list[tuple[str, int]]:
+def common_reasons(reasons: pd.Series, plain: Callable[[str], str | None] | None = None) -> list[tuple[str, int]]:
     """How many rows give each kind of reason (reason_kind, or the task's own words `plain` for a
     reason it knows), most common first. Each distinct text is read once: a frame may hold millions."""
     codes, distinct = pd.factorize(reasons.astype(object), use_na_sentinel=False)
     counts = pd.Series(codes).value_counts()
     kinds: dict[str, int] = {}
-    for code, n in counts.items():
+    for code, n in zip(counts.index, counts, strict=True):
         reason = distinct[code]
         kind = (plain(str(reason)) if plain is not None and isinstance(reason, str) else None) or reason_kind(reason)
         kinds[kind] = kinds.get(kind, 0) + int(n)
@@ -76,7 +76,7 @@ def common_reasons(reasons: pd.Series, plain: Callable[[str], str] | None = None
 
 
 def why_nothing_is_drawn(statuses: pd.Series, reasons: pd.Series | None, what: str = "user",
-                         plain: Callable[[str], str] | None = None) -> str:
+                         plain: Callable[[str], str | None] | None = None) -> str:
     """In plain words, why rows with these statuses give a panel nothing to draw (none has status ok):
     "every user skipped: too few observations (60 of 60)", "every user failed: <most common reason>",
     or the mix ("40 skipped (...), 20 failed (...)"). `what` names a row ("user", or "user of composite")."""

@@ -44,7 +44,7 @@ def lock_exclusive(handle: IO[Any]) -> None:
     """A non-blocking exclusive lock on an open file that the OS drops when the process dies; OSError if
     another process holds it (flock on POSIX, a one-byte region lock on Windows). An errno in
     LOCKS_UNSUPPORTED_ERRNOS means the filesystem cannot lock at all, not that the lock is taken."""
-    if WINDOWS:
+    if sys.platform == "win32":  # not WINDOWS: mypy checks only the branch of the platform it runs on
         import msvcrt
 
         handle.seek(0)
@@ -74,7 +74,7 @@ def lower_priority(steps: int) -> None:
     """Lower this process's CPU priority: `nice` by `steps` on POSIX, the below-normal class on Windows."""
     if steps <= 0:
         return
-    if WINDOWS:
+    if sys.platform == "win32":
         import psutil
 
         psutil.Process().nice(psutil.BELOW_NORMAL_PRIORITY_CLASS)
@@ -85,7 +85,7 @@ def lower_priority(steps: int) -> None:
 def own_process_group() -> dict[str, Any]:
     """subprocess.Popen options that start a child in its own process group (so a terminal's Ctrl-C
     reaches the launcher alone, which then drains its shards once)."""
-    if WINDOWS:
+    if sys.platform == "win32":
         import subprocess
 
         return {"creationflags": subprocess.CREATE_NEW_PROCESS_GROUP}
@@ -244,7 +244,7 @@ class PeakMemory:
     def __init__(self) -> None:
         self._before = 0
 
-    def start(self) -> "PeakMemory":
+    def start(self) -> PeakMemory:
         import psutil
 
         if sys.platform.startswith("linux"):
@@ -272,7 +272,7 @@ def peak_rss() -> int:
                         return int(line.split()[1]) * 1024
         except (OSError, ValueError, IndexError):
             pass
-    if WINDOWS:
+    if sys.platform == "win32":
         import psutil
 
         return int(psutil.Process().memory_info().peak_wset)

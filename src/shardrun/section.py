@@ -53,7 +53,7 @@ class Section:
             return None
         kinds = kind if isinstance(kind, tuple) else (kind,)
         # bool is an int in Python; a YAML `true` where a number belongs is a mistake.
-        if isinstance(value, bool) and bool not in kinds or not isinstance(value, kinds):
+        if (isinstance(value, bool) and bool not in kinds) or not isinstance(value, kinds):
             expected = " or ".join(k.__name__ for k in kinds) + (" or null" if nullable else "")
             hint = ""
             if int in kinds and float not in kinds and isinstance(value, (str, float)):

@@ -24,8 +24,8 @@ from __future__ import annotations
 import heapq
 import os
 import re
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Callable, Mapping, Sequence
 
 from shardrun.errors import UsageError
 
@@ -57,7 +57,7 @@ class ShardSpec:
         return f"shard-{self.index}-of-{self.count}"
 
     @classmethod
-    def parse(cls, text: str, env: Mapping[str, str] | None = None, run_shards: int | None = None) -> "ShardSpec":
+    def parse(cls, text: str, env: Mapping[str, str] | None = None, run_shards: int | None = None) -> ShardSpec:
         """'i/K', or 'auto' to read a scheduler's job-array variables (run_shards: K of the run dir the
         shard joins, which decides K when it is known)."""
         if text.strip() == "auto":

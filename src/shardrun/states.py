@@ -7,8 +7,9 @@ They are str enums, so they compare equal to the plain strings that the files on
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable, Mapping
 from enum import StrEnum
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 
 class UserStatus(StrEnum):

@@ -25,7 +25,7 @@ def heap_bytes(value: str) -> int:
     return int(match.group(1)) * _HEAP_UNITS[match.group(2).lower()]
 
 
-def heap_flag_value(n_bytes: int) -> str:
+def heap_flag_value(n_bytes: float) -> str:
     """The smallest whole number of MiB that holds `n_bytes`, as a heap size ("129m")."""
     return f"{-(-int(n_bytes) // MIB)}m"
 

@@ -9,12 +9,12 @@ import os
 import shutil
 import signal
 import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 from shardrun.cli import SUBCOMMANDS
-from shardrun.errors import EXIT_CLOSED_PIPE, EXIT_CRASH, EXIT_INTERRUPTED, ShardrunError, StopSignalReceived
 from shardrun.early_signals import STOP_SIGNALS, EarlySignals
+from shardrun.errors import EXIT_CLOSED_PIPE, EXIT_CRASH, EXIT_INTERRUPTED, ShardrunError, StopSignalReceived
 from shardrun.results.tolerance import FailedTolerance
 from shardrun.storage.durability import escaped_storage_failure
 from shardrun.units import heap_bytes
@@ -169,7 +169,7 @@ def _number(text: str, kind: type, what: str) -> float | int:
         value = kind(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not {what}") from None
-    if kind is float and value != value or value in (float("inf"), float("-inf")):
+    if (kind is float and value != value) or value in (float("inf"), float("-inf")):
         raise argparse.ArgumentTypeError(f"{text!r} is not {what}")
     return value
 

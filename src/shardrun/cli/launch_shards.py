@@ -6,24 +6,34 @@ import argparse
 import logging
 import os
 import sys
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Sequence
 
 from shardrun.cli.common import (
-    add_max_failed, add_verbose, command_parser, command_spelling, guarded, nice_level, non_negative_int,
-    non_negative_seconds, pilot_size,
-    positive_int, positive_seconds, thread_count,
+    add_max_failed,
+    add_verbose,
+    command_parser,
+    command_spelling,
+    guarded,
+    nice_level,
+    non_negative_int,
+    non_negative_seconds,
+    pilot_size,
+    positive_int,
+    positive_seconds,
+    thread_count,
 )
+from shardrun.cli.launch_slurm import SLURM_ONLY, add_slurm_flags, given_flags, submit
 from shardrun.config import load_config
 from shardrun.early_signals import EarlySignals
-from shardrun.cli.launch_slurm import SLURM_ONLY, add_slurm_flags, given_flags, submit
 from shardrun.errors import UsageError
 from shardrun.launch.benchmark import run_benchmark
 from shardrun.launch.local import dry_run, launch
 from shardrun.launch.options import LaunchOptions
 from shardrun.launch.policies import RestartPolicy
 from shardrun.shard.fail_fast import DEFAULT_FAIL_FAST
+
 
 def parser() -> argparse.ArgumentParser:
     p = command_parser("launch_shards", "Run K shards as K local processes (or as a SLURM job array), then merge.")

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import argparse
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from shardrun.cli import launch_shards
 from shardrun.cli.common import guarded
@@ -38,7 +38,7 @@ def parser() -> argparse.ArgumentParser:
     p.usage = argparse.SUPPRESS
     p.description = USAGE
     p.add_argument("positional", nargs="*", metavar="CONFIG K", help=argparse.SUPPRESS)
-    for action in p._actions:  # noqa: SLF001 (which flags the caller gave, told apart from defaults)
+    for action in p._actions:
         if action.dest in ("config", "shards"):
             action.default = None
     return p
@@ -50,9 +50,9 @@ def config_and_shards(positional: Sequence[str], config: Path | None, shards: in
     if len(positional) > 2:
         raise UsageError(f"at most two positional arguments (CONFIG and K), got: {' '.join(positional)}; flags and"
                          f" their values go with their flag ({SCRIPT} --help lists them).")
-    words = list(positional)
-    if len(words) == 1 and words[0].isdigit():
-        words = [None, words[0]]
+    words: list[str | None] = list(positional)
+    if len(positional) == 1 and positional[0].isdigit():
+        words = [None, positional[0]]
     given_config, given_shards = (words + [None, None])[:2]
     if given_shards is not None and not given_shards.isdigit():
         raise UsageError(f"K must be a whole number of shards, got {given_shards!r} ({SCRIPT} CONFIG K).")

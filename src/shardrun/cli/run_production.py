@@ -3,13 +3,22 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Sequence
 
 from shardrun.cli.common import (
-    add_verbose, command_parser, command_spelling, guarded, heap_size, nice_level, non_negative_int,
-    non_negative_seconds, pilot_size, positive_seconds, thread_count,
+    add_verbose,
+    command_parser,
+    command_spelling,
+    guarded,
+    heap_size,
+    nice_level,
+    non_negative_int,
+    non_negative_seconds,
+    pilot_size,
+    positive_seconds,
+    thread_count,
 )
 from shardrun.config import load_config
 from shardrun.early_signals import EarlySignals

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from shardrun.cli.common import add_max_failed, add_verbose, command_parser, guarded
 from shardrun.config import load_config

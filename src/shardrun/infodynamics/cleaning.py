@@ -82,7 +82,7 @@ def cleaning_summary(frame: pd.DataFrame) -> dict[str, Any]:
         "users_without_counts": int(users.nunique() - len(per_user)),
     }
     for column in COUNT_COLUMNS:
-        values = per_user[column] if column in per_user.columns else pd.Series([], dtype=float)
+        values: pd.Series = per_user[column] if column in per_user.columns else pd.Series([], dtype=float)
         summary[column] = {"total": int(values.sum()), "users": int((values > 0).sum())}
     return summary
 

@@ -13,7 +13,7 @@ requeue stay the guard.
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 import numpy as np
 import pandas as pd
@@ -52,4 +52,4 @@ def result_seconds(frame: pd.DataFrame, settings: Settings) -> Mapping[str, floa
     sizes = per_user["n_obs"].max().dropna()
     analysed = per_user["ok"].any().reindex(sizes.index)
     seconds = estimated_seconds(settings, sizes.to_numpy(), analysed.to_numpy(dtype=bool))
-    return pd.Series(seconds, index=sizes.index)
+    return dict(zip(sizes.index, seconds.tolist()))

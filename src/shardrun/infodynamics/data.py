@@ -45,17 +45,19 @@ data row, line 2 of a CSV), whichever rows were read.
 
 from __future__ import annotations
 
-import logging
 import bisect
+import logging
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from functools import cached_property
 from pathlib import Path
-from typing import Collection, Iterator, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
 
+from shardrun.digest import file_sha256
 from shardrun.errors import DataError
 from shardrun.infodynamics.audit import (
     EXAMPLES,
@@ -69,7 +71,6 @@ from shardrun.infodynamics.audit import (
 )
 from shardrun.infodynamics.cleaning import Cleaning
 from shardrun.infodynamics.settings import DataSettings, Settings
-from shardrun.digest import file_sha256
 from shardrun.task import UserIndex
 
 log = logging.getLogger(__name__)
@@ -409,7 +410,7 @@ def _wanted_columns(data: DataSettings) -> list[str]:
 
 def _text_columns(data: DataSettings) -> dict[str, type]:
     # Text in, so ids like 007 and labels keep their spelling; numbers are converted later, checked.
-    text_columns = {data.user_column: str, data.time_column: str}
+    text_columns: dict[str, type] = {data.user_column: str, data.time_column: str}
     if data.encoding == "categorical":
         text_columns[data.value_column] = str
     return text_columns
@@ -491,7 +492,7 @@ class _Times:
     own: np.ndarray  # datetime64[ns], the wall clock of the row's own offset (NaT where not aware)
 
     @staticmethod
-    def of(parsed: pd.Series) -> "_Times":
+    def of(parsed: pd.Series) -> _Times:
         """From one parsed column: all without an offset, or all in one zone."""
         if isinstance(parsed.dtype, pd.DatetimeTZDtype):
             nat = np.full(len(parsed), np.datetime64("NaT"), dtype="datetime64[ns]")
@@ -501,12 +502,12 @@ class _Times:
         return _Times(np.zeros(len(parsed), dtype=bool), _as_ns(parsed), nat, nat)
 
     @staticmethod
-    def of_rows(stamps: list[datetime]) -> "_Times":
+    def of_rows(stamps: list[datetime]) -> _Times:
         """From Python datetimes, some with an offset and some without, or with different offsets."""
         aware = np.array([stamp.tzinfo is not None for stamp in stamps], dtype=bool)
-        naive = _as_ns(pd.to_datetime([None if a else s for a, s in zip(aware, stamps)]))
-        utc = _as_ns(pd.to_datetime([s if a else None for a, s in zip(aware, stamps)], utc=True).tz_localize(None))
-        own = _as_ns(pd.to_datetime([s.replace(tzinfo=None) if a else None for a, s in zip(aware, stamps)]))
+        naive = _as_ns(pd.to_datetime([None if a else s for a, s in zip(aware, stamps)]))  # type: ignore[arg-type]
+        utc = _as_ns(pd.to_datetime([s if a else None for a, s in zip(aware, stamps)], utc=True).tz_localize(None))  # type: ignore[arg-type]
+        own = _as_ns(pd.to_datetime([s.replace(tzinfo=None) if a else None for a, s in zip(aware, stamps)]))  # type: ignore[arg-type]
         return _Times(aware, naive, utc, own)
 
     def resolve(self, path: Path, name: str, zone: str | None, file_rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -581,7 +582,7 @@ def _refuse(column: pd.Series, bad: np.ndarray, path: Path, name: str, time_form
     raise DataError(unparsed_times(path, name, len(bad), examples + more, time_format))
 
 
-def _as_ns(times: pd.Series | pd.DatetimeIndex) -> np.ndarray:
+def _as_ns(times: pd.Series | pd.Index) -> np.ndarray:
     return np.asarray(times, dtype="datetime64[ns]")
 
 

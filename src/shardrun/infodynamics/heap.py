@@ -39,11 +39,11 @@ import math
 import numpy as np
 import pandas as pd
 
-from shardrun.task import UserIndex
-from shardrun.units import MIB, format_bytes
 from shardrun.infodynamics.settings import Settings, minimum_observations
 from shardrun.infodynamics.surrogates import batch_rows
 from shardrun.infodynamics.symbols import mode_base
+from shardrun.task import UserIndex
+from shardrun.units import MIB, format_bytes
 
 JVM_BASELINE_BYTES = 8 * MIB
 G1_RESERVE_FRACTION = 0.10
@@ -54,7 +54,7 @@ _G1_REGIONS = np.array([MIB << i for i in range(6)], dtype=np.int64)  # 1..32 Mi
 _FIXED_POINT_STEPS = 8
 
 
-def _array_bytes(length: np.ndarray, element: int) -> np.ndarray:
+def _array_bytes(length: np.ndarray | int, element: int) -> np.ndarray | int:
     return (_HEADER + element * length + 7) // 8 * 8
 
 
@@ -65,7 +65,7 @@ def _region_bytes(heaps: np.ndarray) -> np.ndarray:
     return _G1_REGIONS[np.clip(index, 0, len(_G1_REGIONS) - 1)]
 
 
-def _on_heap(count, length: np.ndarray, element: int, region: np.ndarray) -> np.ndarray:
+def _on_heap(count, length: np.ndarray | int, element: int, region: np.ndarray) -> np.ndarray:
     """Heap of `count` arrays of `length` elements: humongous ones (>= half a region) take whole regions."""
     size = _array_bytes(length, element)
     return count * np.where(size * 2 < region, size, -(-size // region) * region)
@@ -260,7 +260,7 @@ def _fixed_step_bins(local_times: np.ndarray, step_nanos: int, keeps_empty_bins:
     times = np.sort(local_times.astype("datetime64[ns]").view(np.int64))
     origin = times[0] - times[0] % (86_400 * 10**9)  # 'start_day'; times are naive local wall clock
     bins = (times - origin) // step_nanos
-    return int(bins[-1] - bins[0] + 1) if keeps_empty_bins else int(len(np.unique(bins)))
+    return int(bins[-1] - bins[0] + 1) if keeps_empty_bins else len(np.unique(bins))
 
 
 def user_heap_needs(settings: Settings, dataset) -> dict[str, int]:

@@ -10,8 +10,8 @@ from __future__ import annotations
 import importlib.metadata
 import importlib.util
 import re
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from shardrun.digest import file_sha256
 from shardrun.errors import EnvironmentProblem
@@ -83,7 +83,9 @@ def _java_class_name(exc: BaseException) -> str | None:
 
 def is_jidt_heap_exhaustion(exc: BaseException) -> bool:
     """Task.is_heap_exhaustion: JIDT's RuntimeException that wraps an OutOfMemoryError."""
-    if _java_class_name(exc) is None:
+    import jpype
+
+    if not isinstance(exc, jpype.JException):
         return False
     return _JIDT_HEAP_MESSAGE.search(str(exc.getMessage() or "")) is not None
 

@@ -13,7 +13,8 @@ the thread count.
 from __future__ import annotations
 
 import threading
-from typing import Callable, Iterable, TypeVar
+from collections.abc import Callable, Iterable
+from typing import TypeVar
 
 Item = TypeVar("Item")
 Result = TypeVar("Result")

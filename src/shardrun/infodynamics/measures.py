@@ -28,11 +28,11 @@ identically for every batch, and the count and the mean are taken over all surro
 from __future__ import annotations
 
 import functools
-
 import re
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable, Iterable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -121,7 +121,7 @@ def _te_reorder(sources: np.ndarray, nexts: np.ndarray, pasts: np.ndarray) -> np
     return rank[cmi_order]
 
 
-def _significance(new_calculators: Sequence[Callable[[], object]], permutations: PermutationSource,
+def _significance(new_calculators: Sequence[Callable[[], Any]], permutations: PermutationSource,
                   reorder: np.ndarray | None, threads: JvmThreads) -> list[NullTest]:
     """The values and nulls of calculators over the same observations; the batches of surrogates run on
     `threads`, all on the same calculators. That is safe: computeSignificance(int[][]) builds its own
@@ -132,7 +132,7 @@ def _significance(new_calculators: Sequence[Callable[[], object]], permutations:
     observations = int(calculators[0].getNumObservations())
     values = [float(calculator.computeAverageLocalOfObservations()) for calculator in calculators]
 
-    def nulls_of(build_batch: Callable[[], object]) -> list[np.ndarray]:
+    def nulls_of(build_batch: Callable[[], Any]) -> list[np.ndarray]:
         batch = build_batch()
         return [np.array(calculator.computeSignificance(batch).distribution, dtype=np.float64)
                 for calculator in calculators]

@@ -20,11 +20,13 @@ from __future__ import annotations
 
 import functools
 import re
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from shardrun.infodynamics.fdr import ALPHA
 from shardrun.panel_style import (
     LEGEND_SIZE,
     NOTE_SIZE,
@@ -33,7 +35,6 @@ from shardrun.panel_style import (
     thousands,
     why_nothing_is_drawn,
 )
-from shardrun.infodynamics.fdr import ALPHA
 from shardrun.states import UserStatus
 from shardrun.task import SummaryPanel
 
@@ -317,6 +318,7 @@ def draw_ais_panel(axes, mode: str, quantiles: pd.DataFrame, ceiling: tuple[floa
                    ks: Sequence[int], n: int, why: str | None = None) -> None:
     """One feature mode: the users' raw AIS (median and bands, the mode's colour) and bias-corrected AIS
     (AIS minus its permutation null's mean: dark, dashed) against k, under the ceiling log2(base)."""
+    from matplotlib.artist import Artist
     from matplotlib.lines import Line2D
     from matplotlib.patches import Patch
 
@@ -328,7 +330,7 @@ def draw_ais_panel(axes, mode: str, quantiles: pd.DataFrame, ceiling: tuple[floa
         return
     raw = quantiles[quantiles["measure"] == "ais"].sort_values("k")
     corrected = quantiles[quantiles["measure"] == "bias_corrected"].sort_values("k")
-    handles = []
+    handles: list[Artist] = []
     if not raw.empty:
         _band(axes, raw, colour, (0.13, 0.30))
         axes.plot(raw["k"], raw["median"], "-o", color=colour, linewidth=2.2, markersize=6)
@@ -405,7 +407,7 @@ def draw_te_panel(axes, table: pd.DataFrame, colours: Mapping[str, str], has_col
         return
     modes = table.sort_values("feature_mode").reset_index(drop=True)
     top = float(modes["q90"].max())
-    for i, row in modes.iterrows():
+    for i, (_, row) in enumerate(modes.iterrows()):
         colour = colours.get(row["feature_mode"], "black")
         axes.vlines(i, row["q10"], row["q90"], color=colour, linewidth=1.5)
         axes.bar(i, row["q75"] - row["q25"], bottom=row["q25"], width=0.5, color=colour, alpha=0.45,

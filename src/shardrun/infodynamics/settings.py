@@ -53,14 +53,14 @@ from __future__ import annotations
 
 import zoneinfo
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import ClassVar
 
 import pandas as pd
 
-from shardrun.section import Section
 from shardrun.errors import ConfigError
 from shardrun.infodynamics.surrogates import SCHEME
+from shardrun.section import Section
 
 # How a p-value is computed from its null (measures.permutation_p_value). Before it, a p was JIDT's b / S
 # (ENGINE "observed-pasts-v1/<scheme>"): a run dir of that engine has another config hash and is
@@ -102,8 +102,8 @@ class DataSettings:
 class TimedDataSettings(DataSettings):
     """DataSettings with data.time_format or data.timezone set: both are hashed."""
 
-    time_format: str | None = None
-    timezone: str | None = None
+    time_format: str | None = None  # type: ignore[misc]  # fields here, class constants in DataSettings (on purpose)
+    timezone: str | None = None  # type: ignore[misc]
 
 
 @dataclass(frozen=True)
@@ -159,7 +159,7 @@ def _time_format(value: str) -> str | None:
     hint = 'must be a strptime format with % directives such as "%d/%m/%Y %H:%M", or null for ISO 8601'
     if "%" not in value:
         return hint
-    sample = datetime(2025, 1, 31, 13, 5, 7, tzinfo=timezone.utc)
+    sample = datetime(2025, 1, 31, 13, 5, 7, tzinfo=UTC)
     try:
         datetime.strptime(sample.strftime(value), value)
     except ValueError:

@@ -18,8 +18,8 @@ followed by x[j+k-1], so its code (id of the shorter window) * base + x[j+k-1] i
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 import numpy as np
 

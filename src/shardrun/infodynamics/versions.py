@@ -7,8 +7,8 @@ import importlib.metadata
 
 import numpy as np
 
-from shardrun.errors import EnvironmentProblem
 from shardrun.digest import file_sha256
+from shardrun.errors import EnvironmentProblem
 from shardrun.infodynamics.jidt import JIDT_DISTRIBUTION, find_jidt_jar
 
 

@@ -13,16 +13,17 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from shardrun.config import JvmConfig, usable_cpus
+from shardrun.errors import ConfigError
 from shardrun.heap_plan import HeapPlan, run_heap_needs, task_heap_needs
 from shardrun.platforms import PeakMemory
 from shardrun.shard.plan import assign_index
-from shardrun.errors import ConfigError
-from shardrun.task import UserIndex, load_users, read_user_index
+from shardrun.task import Dataset, UserIndex, load_users, read_user_index
 from shardrun.units import MIB, format_bytes
 
 log = logging.getLogger(__name__)
@@ -354,6 +355,7 @@ def measure_launch_data(task: Any, settings: Any, jvm: JvmConfig, shards: int, p
     index, whole = read_user_index(task, settings)
     needs, whole = run_heap_needs(task, settings, index, whole, jvm)
     rows_of = dict(zip(index.user_ids, index.costs()))
+    dataset: Dataset | None
     if whole is not None:
         dataset, peak, users = whole, whole_load.grown(), len(index.user_ids)
         rows = sum(rows_of.values())

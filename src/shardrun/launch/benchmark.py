@@ -25,18 +25,19 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from shardrun.config import RunConfig
 from shardrun.errors import EXIT_OK, EXIT_USERS_FAILED, EXIT_VALIDATION_FAILED, UsageError
 from shardrun.launch.local import launch
 from shardrun.launch.options import LaunchOptions
+from shardrun.launch.run_dir import benchmark_dir
 from shardrun.results.compare import read_result_frame, result_differences
 from shardrun.results.read import read_shard
 from shardrun.results.timeline import span_table
-from shardrun.launch.run_dir import benchmark_dir
 from shardrun.storage.paths import RunPaths
 from shardrun.task import Task, load_task
 
@@ -144,6 +145,7 @@ def run_benchmark(config: RunConfig, options: LaunchOptions, requested: int, out
             return result.exit_code
         results[shards] = result
     one, many = results[1], results[options.shards]
+    assert one.merged_dir and many.merged_dir and one.shards_seconds is not None and many.shards_seconds is not None
     out(f"benchmark: K=1 took {one.shards_seconds:.1f} s, K={options.shards} took {many.shards_seconds:.1f} s"
         f" (first shard's start to last shard's exit): speedup {one.shards_seconds / many.shards_seconds:.2f}x")
     reference = read_result_frame(one.merged_dir)

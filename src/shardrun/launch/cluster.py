@@ -9,21 +9,35 @@ The decisions are pure (slurm_rules.py); SLURM itself is behind scheduler.slurm.
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Callable
 
 from shardrun.config import RunConfig
 from shardrun.launch.plan import RunPlan, plan_run
 from shardrun.launch.run_dir import given_run_dir, hold_run
 from shardrun.launch.slurm_rules import (
-    COMPLETE, describe_shard, element_memory_mib, failed_users_by_shard, merge_memory_mib, merged_valid,
-    shard_states, shards_to_submit, status_documents, time_limit_lines,
+    COMPLETE,
+    describe_shard,
+    element_memory_mib,
+    failed_users_by_shard,
+    merge_memory_mib,
+    merged_valid,
+    shard_states,
+    shards_to_submit,
+    status_documents,
+    time_limit_lines,
 )
 from shardrun.launch.slurm_script import (
-    ElementJob, WarningSignal, array_script, index_ranges, merge_script, split_for_array_size, time_limit_seconds,
+    ElementJob,
+    WarningSignal,
+    array_script,
+    index_ranges,
+    merge_script,
+    split_for_array_size,
+    time_limit_seconds,
 )
 from shardrun.results.tolerance import NO_FAILED, FailedTolerance
 from shardrun.scheduler.slurm import SlurmCommands, array_job_name, merge_job_name, queue_by_index, record_submission
@@ -70,8 +84,12 @@ def submit_array(run: RunPaths, job: ElementJob, script: str, slurm: SlurmComman
     """Keep the script in RUN/slurm/, submit it, and record the array in slurm.json at once: a
     submission that is not recorded would be submitted again by the next resubmission."""
     path = run.slurm_scripts / f"array_{datetime.now():%Y%m%d_%H%M%S_%f}.sh"
-    durable_write("the sbatch script", run.slurm_scripts,
-                  lambda: (path.parent.mkdir(parents=True, exist_ok=True), write_bytes_atomic(path, script.encode())))
+
+    def write() -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_bytes_atomic(path, script.encode())
+
+    durable_write("the sbatch script", run.slurm_scripts, write)
     array = {"job_id": slurm.submit(script), "index_offset": job.index_offset, "indices": job.shard_indices,
              "script": str(path.relative_to(run.dir))}
     durable_write("slurm.json", run.dir, lambda: record_submission(run, [array], None))
@@ -150,7 +168,7 @@ def what_to_submit(run: RunPaths, existing: bool, options: ClusterOptions, slurm
 
 
 def element_jobs(run: RunPaths, plan: RunPlan, options: ClusterOptions, to_submit: list[int], mem_mib: int,
-                 max_array_size: int | None) -> list[ElementJob]:
+                 max_array_size: int) -> list[ElementJob]:
     """The shards to submit as job arrays of at most SLURM's MaxArraySize."""
     return [
         ElementJob(run_dir=run.dir, config_path=options.config_path.resolve(), shards=options.shards,

@@ -8,7 +8,7 @@ CPU times (the process port's `cpu_seconds`), with an injected clock, and gives 
 from __future__ import annotations
 
 import time
-from typing import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 
 from shardrun.launch.supervisor import CpuReading
 

@@ -11,8 +11,8 @@ import logging
 import signal
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from shardrun.config import RunConfig, resolve_threads
 from shardrun.errors import EXIT_STORAGE, StorageError
@@ -21,11 +21,23 @@ from shardrun.launch.options import LaunchOptions
 from shardrun.launch.policies import died_abnormally
 from shardrun.launch.processes import LocalProcesses, ProcessPort
 from shardrun.launch.supervisor import (
-    Action, CpuReading, Event, Kill, RecordDeath, Resume, Say, ShardExited, Start, StopRequested, Supervisor,
-    Suspend, Terminate, Tick,
+    Action,
+    CpuReading,
+    Event,
+    Kill,
+    RecordDeath,
+    Resume,
+    Say,
+    ShardExited,
+    Start,
+    StopRequested,
+    Supervisor,
+    Suspend,
+    Terminate,
+    Tick,
 )
-from shardrun.storage.durability import Remedy, durable_write
 from shardrun.sharding import ShardSpec
+from shardrun.storage.durability import Remedy, durable_write
 from shardrun.storage.paths import RunPaths, shard_log_path
 
 __all__ = ["LaunchOptions", "Launcher", "shard_command"]

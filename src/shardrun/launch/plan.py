@@ -7,6 +7,7 @@ from every user's need -> the task's preflight of that heap. A refusal here is t
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
 from shardrun.config import RunConfig
@@ -40,7 +41,7 @@ class RunPlan:
     def partition_lines(self, shards: int) -> list[str]:
         return partition_report(self.data.index, shards, self.config.partition)
 
-    def user_seconds(self) -> dict[str, float] | None:
+    def user_seconds(self) -> Mapping[str, float] | None:
         """The task's estimate of every user's time (reads all the rows), None when it makes none."""
         return self.task.user_seconds(self.config.settings, self.task.load(self.config.settings))
 

@@ -9,10 +9,9 @@ from __future__ import annotations
 import re
 import signal
 import textwrap
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
-from shardrun.units import heap_bytes, heap_flag_value
 from shardrun.errors import (
     EXIT_INTERRUPTED,
     EXIT_OK,
@@ -23,6 +22,7 @@ from shardrun.errors import (
     EXIT_USERS_FAILED,
     EXIT_VALIDATION_FAILED,
 )
+from shardrun.units import heap_bytes, heap_flag_value
 
 # Exits that say the shard itself decided to stop: restarting would change nothing.
 DELIBERATE_EXITS = frozenset(

@@ -66,7 +66,7 @@ class LocalProcesses:
 
     def start(self, index: int, command: list[str], log_path: Path) -> int:
         log_path.parent.mkdir(parents=True, exist_ok=True)
-        log_handle = open(log_path, "ab")
+        log_handle = open(log_path, "ab")  # noqa: SIM115 (the child's log: closed when it exits)
         log_handle.write(f"\n=== {utc_now()} {' '.join(command)}\n".encode())
         log_handle.flush()
         env = {**os.environ, LAUNCHER_PID_ENV: str(os.getpid())}

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import re
 import shlex
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
 
 from shardrun.errors import UsageError
 
@@ -28,7 +28,7 @@ class WarningSignal:
     lead_seconds: int
 
     @classmethod
-    def parse(cls, text: str) -> "WarningSignal":
+    def parse(cls, text: str) -> WarningSignal:
         match = _SIGNAL_RE.match(text.strip().upper())
         if not match:
             raise UsageError(f"--signal {text!r}: give SIGNAL@SECONDS with SIGNAL one of TERM, USR1, USR2 (for example"
@@ -53,10 +53,11 @@ def time_limit_seconds(text: str) -> int | None:
     if not match:
         raise UsageError(f"--time {text!r}: give a SLURM time limit such as 90 (minutes), 4:00:00 or 2-00:00:00.")
     days, first, second, third = (int(part) if part else None for part in match.groups())
+    assert first is not None  # the pattern requires the first number
     if days is not None:  # D-H, D-H:M, D-H:M:S
         seconds = days * 86400 + first * 3600 + (second or 0) * 60 + (third or 0)
     elif third is not None:  # H:M:S
-        seconds = first * 3600 + second * 60 + third
+        seconds = first * 3600 + (second or 0) * 60 + third
     else:  # M or M:S
         seconds = first * 60 + (second or 0)
     if seconds <= 0:
@@ -100,7 +101,7 @@ def index_ranges(indices: Iterable[int]) -> str:
     parts = []
     start = previous = None
     for index in [*ordered, None]:
-        if start is not None and index == previous + 1:
+        if start is not None and index is not None and index - 1 == previous:
             previous = index
             continue
         if start is not None:

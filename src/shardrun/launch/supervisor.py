@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import signal
 from dataclasses import dataclass, field
-from typing import Union
 
 from shardrun.errors import EXIT_CRASH, EXIT_INTERRUPTED, EXIT_OK, EXIT_PREEMPTED
 from shardrun.launch.policies import CpuThrottle, RestartPolicy, describe_exit, died_abnormally, shards_to_start
@@ -68,7 +67,7 @@ class CpuReading:
         return {"cpus_percent": round(self.cpus_percent, 1), "run_percent": round(self.run_percent, 1)}
 
 
-Event = Union[ShardExited, Tick, StopRequested, CpuReading]
+Event = ShardExited | Tick | StopRequested | CpuReading
 
 # --- actions: what the launcher must do ---------------------------------------------------------
 
@@ -130,7 +129,7 @@ class Say:
     message: str
 
 
-Action = Union[Start, Suspend, Resume, Terminate, Kill, RecordDeath, Say]
+Action = Start | Suspend | Resume | Terminate | Kill | RecordDeath | Say
 
 # --- state --------------------------------------------------------------------------------------
 
@@ -254,7 +253,7 @@ class Supervisor:
         return [slot.index for slot in self.slots if slot.phase is ShardPhase.SUSPENDED]
 
     def _on_tick(self, now: float) -> list[Action]:
-        if not self.stopping:
+        if self.stopping_since is None:
             suspended = self.suspended()
             if suspended:
                 # Never none running: the last running shard ended, so the first suspended one takes

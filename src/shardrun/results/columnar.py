@@ -19,9 +19,10 @@ from __future__ import annotations
 import io
 import json
 import logging
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -80,7 +81,7 @@ class _Batch:
 def read_columnar(paths: ShardPaths, config_hash: str | None) -> ColumnarShard:
     """The shard's trusted committed rows as one Arrow table, and the batch files left out."""
     untrusted: list[dict[str, Any]] = []
-    batches = [batch for path in paths.batch_files() if (batch := _verified(path, config_hash, untrusted))]
+    batches: list[_Batch | None] = [b for path in paths.batch_files() if (b := _verified(path, config_hash, untrusted))]
     records, rows, batch_of = _parsed(batches, config_hash, untrusted)
     order = sorted(_standing(records, batch_of, batches, untrusted))
     trusted = np.flatnonzero(np.isin(batch_of, [n for n, b in enumerate(batches) if b is not None]))
@@ -96,7 +97,7 @@ def read_columnar(paths: ShardPaths, config_hash: str | None) -> ColumnarShard:
     return ColumnarShard(users, dict(zip(users, ended)), table, attempts, untrusted)
 
 
-def _left_out(untrusted: list[dict[str, Any]], path: Path, user_ids: Sequence[str], problem: str) -> None:
+def _left_out(untrusted: list[dict[str, Any]], path: Path, user_ids: Sequence[str | None], problem: str) -> None:
     untrusted += [{"file": path.name, "user_id": user_id, "problem": problem} for user_id in user_ids or [None]]
     log.warning("result file %s is left out of the merge: %s", path, problem)
 
@@ -120,7 +121,7 @@ def _verified(path: Path, config_hash: str | None, untrusted: list[dict[str, Any
     if problem is not None:
         _left_out(untrusted, path, readable_user_ids(payload), problem)
         return None
-    return _Batch(path, payload, body, users)
+    return _Batch(path, payload, body, lines)  # == users: the header's count, checked above
 
 
 def _parsed(batches: list[_Batch | None], config_hash: str | None, untrusted: list[dict[str, Any]]
@@ -140,10 +141,10 @@ def _parsed(batches: list[_Batch | None], config_hash: str | None, untrusted: li
         user_ids = records.column("user_id")
         for record, found in foreign:
             n = int(batch_of[record])
-            if batches[n] is not None:
+            if (batch := batches[n]) is not None:
                 problem = config_problem(None, {f"the rows of user {user_ids[record].as_py()!r}": [{"config_hash": found}]},
                                          config_hash)
-                _left_out(untrusted, batches[n].path, readable_user_ids(batches[n].payload), problem or "")
+                _left_out(untrusted, batch.path, readable_user_ids(batch.payload), problem or "")
                 batches[n] = None
     return records, rows, batch_of
 
@@ -175,7 +176,7 @@ def _parsed_by_arrow(batches: Sequence[_Batch]) -> tuple[pa.Table, pa.Table | No
 def _parsed_by_python(batches: list[_Batch | None], untrusted: list[dict[str, Any]]) -> tuple[pa.Table, pa.Table]:
     """The bodies parsed record by record (a batch that is not one of records is left out: None in
     `batches`); each row column typed by Arrow where its values share one JSON type, else JSON_TEXT."""
-    records: list[dict[str, Any]] = []
+    records: list[Mapping[str, Any]] = []
     for n, batch in enumerate(batches):
         if batch is None:
             continue
@@ -240,7 +241,7 @@ def _standing(records: pa.Table, batch_of: np.ndarray, batches: Sequence[_Batch 
     by_user: dict[str, int] = {}
     user_ids = records.column("user_id").to_pylist()
     replaces = records.column("replaces").to_pylist() if "replaces" in records.column_names else [None] * len(user_ids)
-    starts = np.flatnonzero(np.diff(batch_of, prepend=-1)) if len(batch_of) else []
+    starts: np.ndarray | list[int] = np.flatnonzero(np.diff(batch_of, prepend=-1)) if len(batch_of) else []
     for start, end in zip(starts, [*starts[1:], len(batch_of)]):
         n = int(batch_of[start])
         if batches[n] is None:

@@ -14,9 +14,10 @@ from __future__ import annotations
 import json
 import math
 from collections import Counter
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -119,7 +120,7 @@ def combine_tables(tables: Sequence[pa.Table | None], dirs: Sequence[Path], key_
     json_columns = [c for c in columns if c in table.column_names and table.schema.field(c).type == JSON_TEXT]
     frame = typed_frame_of_table(table, [*dict.fromkeys([*columns, USER, SOURCE])])
     later = frame.duplicated(list(key_columns), keep="first").to_numpy()
-    identical, conflicts = 0, []
+    identical, conflicts = 0, list[dict[str, Any]]()
     if later.any():
         identical, conflicts = _compare_duplicates(frame, later, key_columns, columns, dirs, json_columns)
     kept = (frame[~later] if later.any() else frame).sort_values(list(key_columns), kind="stable")
@@ -158,8 +159,8 @@ def _compare_duplicates(frame: pd.DataFrame, later: np.ndarray, key_columns: Seq
     involved = frame[frame.duplicated(keys, keep=False).to_numpy()]
     first_of: dict[tuple, dict[str, Any]] = {}
     identical, conflicts = 0, []
-    for row in involved[[*columns, SOURCE]].to_dict("records"):
-        row = {column: (None if value is pd.NA else value) for column, value in row.items()}
+    for record in involved[[*columns, SOURCE]].to_dict("records"):
+        row: dict[str, Any] = {str(column): (None if value is pd.NA else value) for column, value in record.items()}
         key = tuple(row[c] for c in keys)
         row.update({c: None if row[c] is None else json.loads(row[c]) for c in json_columns})
         first = first_of.setdefault(key, row)

@@ -8,8 +8,8 @@ checks its run at K against its run at K=1 with `result_differences`. The bookke
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import pandas as pd
 

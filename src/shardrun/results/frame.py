@@ -18,8 +18,9 @@ from __future__ import annotations
 import csv
 import json
 import math
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -160,7 +161,7 @@ def _field_kinds(frame: pd.DataFrame) -> list[str] | None:
 
 def _field_kind(column: pd.Series) -> str | None:
     dtype = column.dtype
-    if dtype == bool or isinstance(dtype, pd.BooleanDtype):
+    if dtype == bool or isinstance(dtype, pd.BooleanDtype):  # noqa: E721 (a numpy dtype equals its type)
         return "boolean"  # bool, and nullable boolean with <NA>
     if pd.api.types.is_integer_dtype(dtype):
         return "integer"  # int64, and nullable Int64 with <NA>
@@ -168,7 +169,7 @@ def _field_kind(column: pd.Series) -> str | None:
         return "float"
     if isinstance(dtype, pd.StringDtype):
         return "text"
-    if dtype == object and pd.api.types.infer_dtype(column, skipna=True) in ("string", "empty"):
+    if dtype == object and pd.api.types.infer_dtype(column, skipna=True) in ("string", "empty"):  # noqa: E721
         return "text"  # str values and missing ones (None, NaN, <NA>); "empty": all missing
     return None
 

@@ -20,9 +20,9 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import pandas as pd
 
@@ -134,7 +134,7 @@ def _merge(dirs: list[Path], output_dir: Path, force: bool, remedy: Remedy) -> M
         dropped_columns=dropped,
         forced_mismatch=mismatch,
         provenance=provenance,
-        untrusted_files=[u for s in shards for u in s.untrusted],
+        untrusted_files=[dict(u) for s in shards for u in s.untrusted],
         mixed_columns=mixed,
         task={} if settings is None else dict(task.set_report(frame, settings)),
     )

@@ -11,7 +11,8 @@ results it does not describe. Each picture fails alone.
 from __future__ import annotations
 
 import logging
-from typing import Any, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import pandas as pd
 
@@ -30,7 +31,7 @@ def draw_pictures(frame: pd.DataFrame, shards: Sequence[ShardInput], task: Task,
     """summary.png (the task's panels) and run.png (the shards' timeline) by file name; one that fails is
     logged and left out."""
     title = run_title([shard.dir for shard in shards])
-    pictures = {
+    pictures: dict[str, Callable[[], SummaryPicture | RunPicture]] = {
         MergedPaths.SUMMARY_PNG: lambda: SummaryPicture(ResultCounts.of(frame), title,
                                                         tuple(task_panels(task, frame, settings))),
         MergedPaths.RUN_PNG: lambda: RunPicture(predicted_spans(span_table(shards), task, frame, settings),
@@ -43,7 +44,7 @@ def draw_pictures(frame: pd.DataFrame, shards: Sequence[ShardInput], task: Task,
         except Exception as exc:  # documented guard: the picture must not cost the results
             # the error in the line itself too: the one line a reader of the merge's output sees
             log.exception("could not draw %s (%s: %s); the merged results are complete without it",
-                          name, type(exc).__name__, exc)  # noqa: TRY401
+                          name, type(exc).__name__, exc)
             continue
         log.info("drew %s", name)
     return drawn

@@ -8,9 +8,10 @@ reported, so an unreadable one does not stop a merge.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 import pandas as pd
 import pyarrow as pa
@@ -19,10 +20,10 @@ from shardrun.config import RunConfig, parse_config
 from shardrun.errors import MergeError, ShardrunError, TaskNotImportable
 from shardrun.results.columnar import USER, read_columnar
 from shardrun.sharding import ShardSpec
-from shardrun.storage.paths import RunPaths, ShardPaths
 from shardrun.storage.atomic import read_json
 from shardrun.storage.attempts import ATTEMPT
 from shardrun.storage.commits import read_errors, refuse_older_results
+from shardrun.storage.paths import RunPaths, ShardPaths
 from shardrun.task import Task, load_task
 
 log = logging.getLogger(__name__)

@@ -3,8 +3,9 @@ problem reads the same from merge and validate."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from shardrun.storage.atomic import utc_now
 
@@ -18,7 +19,7 @@ def show(value: Any) -> str:
     return text if len(text) <= _MAX_VALUE_CHARS else text[: _MAX_VALUE_CHARS - 3] + "..."
 
 
-def describe_key(row: Mapping[str, Any], key_columns: Sequence[str]) -> str:
+def describe_key(row: Mapping[Any, Any], key_columns: Sequence[str]) -> str:
     return ", ".join(f"{c}={show(row.get(c))}" for c in key_columns)
 
 

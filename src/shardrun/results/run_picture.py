@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import io
 import math
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
-from typing import Any, Iterable, Sequence
+from datetime import UTC, datetime
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -74,7 +75,7 @@ def time_unit(end_s: float) -> tuple[float, str]:
 
 def duration(seconds: float) -> str:
     """A span of time as a person reads it: 2.5 s, 15.2 min, 3.1 h."""
-    per, unit = time_unit(seconds * 0.999)  # 180 s stays "180.0 s"; longer ones in minutes, then hours
+    per, _ = time_unit(seconds * 0.999)  # 180 s stays "180.0 s"; longer ones in minutes, then hours
     return f"{seconds:,.1f} s" if per == 1.0 else f"{seconds / per:,.1f} {'min' if per == 60.0 else 'h'}"
 
 
@@ -101,7 +102,7 @@ def draw_run(spans: pd.DataFrame | Iterable[Sequence[Any]], starts: pd.DataFrame
     first_line = counts + "where the run's time went"
     second = title or ""
     if timeline.attrs.get("run_start") is not None:
-        second += f"{': ' if second else ''}run start {datetime.fromtimestamp(timeline.attrs['run_start'], timezone.utc):%Y-%m-%d %H:%M:%S} UTC"
+        second += f"{': ' if second else ''}run start {datetime.fromtimestamp(timeline.attrs['run_start'], UTC):%Y-%m-%d %H:%M:%S} UTC"
     figure.suptitle(f"{first_line}\n{second}" if second else first_line, fontsize=TITLE_SIZE + 1, fontweight="bold")
     return figure
 
@@ -135,7 +136,7 @@ def _bars(axes, y: float, starts: pd.Series, widths: Any, per: float, **style: A
     axes.broken_barh(list(zip(starts / per, widths / per)), (y - BAR_HEIGHT / 2, BAR_HEIGHT), **style)
 
 
-def _draw_spans(axes, timeline: pd.DataFrame, phases: pd.DataFrame, slow: pd.DataFrame, row: dict[str, int],
+def _draw_spans(axes, timeline: pd.DataFrame, phases: pd.DataFrame, slow: pd.DataFrame, row: dict[Any, int],
                 per: float, sliver: float) -> pd.DataFrame:
     """The shards' phases, their users coloured by outcome and the slow ones outlined; returns the bars."""
     for phase, colour, hatch in (("waiting", WAITING_COLOUR, "//"), ("start-up", STARTUP_COLOUR, None)):
@@ -145,9 +146,9 @@ def _draw_spans(axes, timeline: pd.DataFrame, phases: pd.DataFrame, slow: pd.Dat
     bars = timeline_bars(timeline)
     bars = bars.assign(width=np.maximum(bars["end_s"] - bars["start_s"], sliver))
     edge = "white" if len(bars) <= 60 * len(row) else "none"  # white between users while bars are wide
-    for (label, status), group in bars.groupby(["shard", "status"], sort=False):
-        _bars(axes, row[label], group["start_s"], group["width"], per,
-              facecolors=STATUS_COLOURS.get(status, "black"), edgecolors=edge, linewidth=0.6)
+    for (shard, status), group in bars.groupby(["shard", "status"], sort=False):
+        _bars(axes, row[shard], group["start_s"], group["width"], per,
+              facecolors=STATUS_COLOURS.get(str(status), "black"), edgecolors=edge, linewidth=0.6)
     for label, group in slow.groupby("shard", sort=False):
         _bars(axes, row[label], group["start_s"], np.maximum(group["seconds"], sliver), per,
               facecolors="none", edgecolors=SLOW_EDGE, linewidth=1.8)
@@ -160,7 +161,7 @@ def _draw_spans(axes, timeline: pd.DataFrame, phases: pd.DataFrame, slow: pd.Dat
 def _draw_shard_notes(axes, summary: pd.DataFrame, row: dict[str, int], per: float) -> None:
     """After each shard's last user: its users, failures, wait and start-up."""
     for label, y in row.items():
-        info = summary.loc[label]
+        info = summary.loc[label].to_dict()
         note = " " + plural(int(info["users"]), "user")
         if info["failed"]:
             note += f", {int(info['failed']):,} failed"
@@ -173,10 +174,11 @@ def _draw_shard_notes(axes, summary: pd.DataFrame, row: dict[str, int], per: flo
 
 def _timeline_legend(axes, statuses: set[str], phases: pd.DataFrame, slow: pd.DataFrame, per_bar: int,
                      has_starts: bool) -> None:
+    from matplotlib.artist import Artist
     from matplotlib.lines import Line2D
     from matplotlib.patches import Patch
 
-    handles = []
+    handles: list[Artist] = []
     if (phases["phase"] == "waiting").any():
         handles.append(Patch(facecolor=WAITING_COLOUR, edgecolor="#9a9a9a", hatch="//",
                              label="waiting to start: no free core yet (on a cluster: in the queue)"))
@@ -290,7 +292,7 @@ def draw_breakdown_panel(axes, summary: pd.DataFrame, has_starts: bool = True) -
     left = np.zeros(len(ordered))
     y = np.arange(len(ordered))
     for label, seconds, colour, hatch in parts:
-        values = seconds.to_numpy(dtype=float) / per
+        values = np.asarray(seconds, dtype=float) / per
         if values.any() or label == "users' analysis":
             axes.barh(y, values, left=left, height=0.7, color=colour, hatch=hatch,
                       edgecolor="#9a9a9a" if hatch else "none", linewidth=0.4, label=label)

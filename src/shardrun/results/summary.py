@@ -15,9 +15,10 @@ is imported inside the drawing functions only, so importing merge does not pay f
 from __future__ import annotations
 
 import io
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import pandas as pd
 
@@ -93,7 +94,7 @@ class ResultCounts:
     reasons: tuple[tuple[str, str, int], ...] = ()  # reason_counts
 
     @classmethod
-    def of(cls, frame: pd.DataFrame) -> "ResultCounts":
+    def of(cls, frame: pd.DataFrame) -> ResultCounts:
         users = int(frame["user_id"].nunique()) if "user_id" in frame.columns else None
         return cls(len(frame), users, status_counts(frame), why_no_ok_rows(frame), reason_counts(frame))
 

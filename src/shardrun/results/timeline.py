@@ -18,7 +18,8 @@ from __future__ import annotations
 import logging
 import math
 import re
-from typing import Any, Iterable, Mapping, NamedTuple, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -192,7 +193,7 @@ def shard_summary(timeline: pd.DataFrame, phases: pd.DataFrame | None = None) ->
     )
     counts = pd.crosstab(timeline["shard"], timeline["status"])
     for status in UserStatus:
-        summary[status.value] = counts[status] if status in counts else 0
+        summary[status.value] = counts.get(status, 0)
     summary["lag_s"] = summary["finish_s"] - summary["finish_s"].min()
     for phase, column in (("waiting", "waited_s"), ("start-up", "startup_s")):
         mine = phases[phases["phase"] == phase] if phases is not None and len(phases) else None
@@ -217,7 +218,7 @@ def slow_users(timeline: pd.DataFrame, first: np.ndarray | None = None, factor: 
     """
     predicted = timeline[PREDICTED].to_numpy(dtype="float64") if PREDICTED in timeline.columns else None
     has_estimate = predicted is not None and bool(np.any(np.isfinite(predicted) & (predicted > 0)))
-    if not has_estimate:
+    if predicted is None or not has_estimate:
         predicted = np.ones(len(timeline))
     judged = np.isfinite(predicted) & (predicted > 0)
     if first is not None:
@@ -295,7 +296,7 @@ def users_seconds_and_status(table: pa.Table | None, users: Sequence[str]) -> tu
     row is, else ok). Counted with numpy per row: a pandas group-by per shard costs more than its rows."""
     if table is None or not table.num_rows:
         return np.zeros(len(users)), np.full(len(users), UserStatus.FAILED.value)
-    owner = pd.Index(users, dtype=object).get_indexer(table.column(USER).to_numpy(zero_copy_only=False))
+    owner = pd.Index(list(users), dtype=object).get_indexer(table.column(USER).to_numpy(zero_copy_only=False))
     row_seconds = pd.to_numeric(_column(table, "seconds"), errors="coerce").to_numpy(dtype=float, na_value=np.nan)
     usable = np.isfinite(row_seconds) & (row_seconds >= 0)
     seconds = np.zeros(len(users))

@@ -14,7 +14,7 @@ class FailedTolerance:
     percent: float | None = None  # when set, the tolerance is this share of the users and `count` is unused
 
     @classmethod
-    def parse(cls, text: str) -> "FailedTolerance":
+    def parse(cls, text: str) -> FailedTolerance:
         """"5" (users) or "2%" / "2.5%" (of the users); ValueError with the rule otherwise."""
         raw = str(text).strip()
         rule = f"--max-failed takes a number of users (5) or a share of the users (2%), got {text!r}"

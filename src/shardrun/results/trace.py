@@ -19,8 +19,9 @@ R's `read.delim(path, colClasses=c(user_id="character"), na.strings="")` give ev
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import pandas as pd
 import pyarrow as pa
@@ -158,12 +159,12 @@ def _uncommitted_errors(errors: Sequence[Mapping[str, Any]], committed: pa.Table
         return TRACE_SCHEMA.empty_table()
     seen = set(zip(committed.column("user_id").to_pylist(), committed.column("pid").to_pylist(),
                    committed.column("start").to_pylist()))
-    older_failed: dict[str, int] = defaultdict(int)
+    older_failed: dict[str | None, int] = defaultdict(int)
     for user_id, host, status in zip(committed.column("user_id").to_pylist(), committed.column("host").to_pylist(),
                                      committed.column("status").to_pylist()):
         if host is None and status == UserStatus.FAILED.value:
             older_failed[user_id] += 1
-    older_lines: dict[str, list[Mapping[str, Any]]] = defaultdict(list)
+    older_lines: dict[str | None, list[Mapping[str, Any]]] = defaultdict(list)
     rows = []
     for line in errors:
         attempt = attempt_of(line)
@@ -174,7 +175,7 @@ def _uncommitted_errors(errors: Sequence[Mapping[str, Any]], committed: pa.Table
                          **{column: attempt.get(field) for column, field in RECORD_FIELDS.items()}})
     for user_id, lines in older_lines.items():
         for line in lines[:max(len(lines) - older_failed[user_id], 0)]:
-            rows.append({"user_id": user_id, "end": _iso(pd.to_datetime(line.get("time"), utc=True, errors="coerce")),
+            rows.append({"user_id": user_id, "end": _iso(pd.to_datetime(line.get("time", ""), utc=True, errors="coerce")),
                          "status": UserStatus.FAILED.value, "committed": NOT_COMMITTED,
                          "error_class": line.get("java_class") or line.get("error_type")})
     return pa.Table.from_pylist([_typed_row(row) for row in rows], schema=TRACE_SCHEMA)
@@ -182,7 +183,7 @@ def _uncommitted_errors(errors: Sequence[Mapping[str, Any]], committed: pa.Table
 
 def _typed_row(row: Mapping[str, Any]) -> dict[str, Any]:
     """A row of TRACE_SCHEMA from values read from JSON: a value of the wrong type is unknown (None)."""
-    kinds = {pa.int64(): int, pa.float64(): (int, float), pa.string(): str}
+    kinds: dict[Any, type | tuple[type, ...]] = {pa.int64(): int, pa.float64(): (int, float), pa.string(): str}
     return {name: value if isinstance(value, kinds[TRACE_SCHEMA.field(name).type])
             and not isinstance(value, bool) else None for name, value in row.items()}
 

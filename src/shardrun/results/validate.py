@@ -4,9 +4,10 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import pandas as pd
 
@@ -14,14 +15,19 @@ from shardrun.config import RunConfig
 from shardrun.results.frame import schema_columns
 from shardrun.results.read import STATUS_COLUMNS, read_result_file, recorded_config
 from shardrun.results.report import capped, describe_key, report_problems, show
-from shardrun.storage.paths import MergedPaths, RunPaths
-from shardrun.storage.atomic import read_json, utc_now, write_json_atomic
-from shardrun.states import STATUSES, UserStatus
-from shardrun.task import BOOKKEEPING_COLUMNS, Task, load_task, read_user_index
 from shardrun.results.tolerance import NO_FAILED, FailedTolerance
 from shardrun.results.verdict import (
-    Rerun, UserOutcomes, count_outcomes, outcome_document, outcome_lines, verdict_problems,
+    Rerun,
+    UserOutcomes,
+    count_outcomes,
+    outcome_document,
+    outcome_lines,
+    verdict_problems,
 )
+from shardrun.states import STATUSES, UserStatus
+from shardrun.storage.atomic import read_json, utc_now, write_json_atomic
+from shardrun.storage.paths import MergedPaths, RunPaths
+from shardrun.task import BOOKKEEPING_COLUMNS, Task, load_task, read_user_index
 
 log = logging.getLogger(__name__)
 
@@ -57,10 +63,10 @@ def _blank_mask(column: pd.Series) -> pd.Series:
 
 def check_statuses(frame: pd.DataFrame, key_columns: Sequence[str]) -> list[str]:
     # The rule found for every row at once; only the rows that break it are looked at one by one.
-    status = frame["status"]
-    bad = _blank_mask(status) | ~status.isin(STATUSES)
+    statuses = frame["status"]
+    bad = _blank_mask(statuses) | ~statuses.isin(STATUSES)
     if "reason" in frame.columns:
-        bad |= status.isin([UserStatus.SKIPPED, UserStatus.FAILED]) & _blank_mask(frame["reason"])
+        bad |= statuses.isin([UserStatus.SKIPPED, UserStatus.FAILED]) & _blank_mask(frame["reason"])
     problems = []
     for row in frame[bad.to_numpy(dtype=bool)].to_dict("records"):
         where = describe_key(row, key_columns)
@@ -205,7 +211,7 @@ def validation_of(result_dir: Path, config: RunConfig | None = None, frame: pd.D
     except (OSError, ValueError) as exc:
         return refused([f"{paths.report} cannot be read ({exc}); merge again with merge_shard_results"])
     coverage_from_report = config is None
-    if coverage_from_report:
+    if config is None:
         if report is None:
             return refused([f"no merge_report.json in {paths.dir}; pass --config to validate results without it"])
         config, problems = recorded_config(report)

@@ -15,9 +15,10 @@ Java stack) and is where the lines send the reader.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import pandas as pd
 

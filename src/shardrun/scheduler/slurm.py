@@ -14,9 +14,10 @@ from __future__ import annotations
 import logging
 import re
 import subprocess
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 from shardrun.errors import SchedulerError
 from shardrun.storage.atomic import read_json, utc_now, write_json_atomic

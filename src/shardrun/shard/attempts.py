@@ -16,11 +16,12 @@ import os
 import socket
 import time
 import traceback
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
-from pathlib import Path
+from datetime import UTC, datetime, timedelta
 from functools import partial
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
 
 from shardrun.errors import HeapTooSmall
 from shardrun.platforms import peak_rss, process_start_time
@@ -54,11 +55,11 @@ class Attempts:
     def __init__(self, earlier: Mapping[str, int], heap_used: Callable[[], int | None] = heap_used_bytes,
                  rss: Callable[[], int] = peak_rss, clock: Callable[[], float] = time.monotonic,
                  cpu_clock: Callable[[], float] = time.process_time,
-                 now: Callable[[], datetime] = lambda: datetime.now(timezone.utc)):
+                 now: Callable[[], datetime] = lambda: datetime.now(UTC)):
         self._counts = dict(earlier)
         self._probes = Probes(heap_used, rss, clock, cpu_clock, now, socket.gethostname(), os.getpid())
 
-    def start(self, user_id: str) -> "Attempt":
+    def start(self, user_id: str) -> Attempt:
         number = self._counts.get(user_id, 0) + 1
         self._counts[user_id] = number
         return Attempt(self._probes, number)
@@ -105,7 +106,7 @@ class Attempt:
 
 def timestamp(moment: datetime) -> str:
     """UTC, ISO 8601, milliseconds (the resolution of `seconds`)."""
-    return moment.astimezone(timezone.utc).isoformat(timespec="milliseconds")
+    return moment.astimezone(UTC).isoformat(timespec="milliseconds")
 
 
 def error_class(failure: BaseException) -> str:
@@ -177,7 +178,7 @@ def process_starts(status_path: Path, keep: int = 100) -> list[str]:
     earlier = status_document(status_path).get("process_starts")
     earlier = [s for s in earlier if isinstance(s, str)] if isinstance(earlier, list) else []
     started = process_start_time() or time.time()
-    return [*earlier, datetime.fromtimestamp(started, timezone.utc).isoformat(timespec="milliseconds")][-keep:]
+    return [*earlier, datetime.fromtimestamp(started, UTC).isoformat(timespec="milliseconds")][-keep:]
 
 
 def shard_status(paths: ShardPaths, fields: Mapping[str, Any]) -> ShardStatus:

@@ -9,8 +9,8 @@ failures come later (or differ) is never stopped by this rule. N = 0 turns it of
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 from shardrun.states import UserStatus, failure_class
 

@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from shardrun.config import JvmConfig
 from shardrun.errors import ConfigError, EnvironmentProblem
@@ -167,7 +168,9 @@ def is_heap_exhaustion(exc: BaseException, task: Task | None = None) -> bool:
 
 def java_stack(exc: BaseException) -> str | None:
     """The Java stack trace of a JPype exception, for errors.jsonl."""
-    if java_class_name(exc) is None:
+    import jpype
+
+    if not isinstance(exc, jpype.JException):
         return None
     try:
         return str(exc.stacktrace())

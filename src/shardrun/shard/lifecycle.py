@@ -8,8 +8,9 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from shardrun.early_signals import STOP_SIGNALS
 from shardrun.errors import EXIT_INTERRUPTED
@@ -43,7 +44,7 @@ class PreemptionNotice:
         return self.lead_seconds - margin
 
     @classmethod
-    def named(cls, name: str, lead_seconds: float, requeue_limit: int) -> "PreemptionNotice":
+    def named(cls, name: str, lead_seconds: float, requeue_limit: int) -> PreemptionNotice:
         return cls(signal.Signals[f"SIG{name.upper().removeprefix('SIG')}"], lead_seconds, requeue_limit)
 
 
@@ -80,7 +81,7 @@ class StopFlag:
         for sig in {*STOP_SIGNALS, *([self.preemption.signal] if self.preemption else [])}:
             signal.signal(sig, self._handle)
         if self.preemption is not None:
-            self._watch_wakeup_fd()
+            self._watch_wakeup_fd(self.preemption)
         for signum in caught_before:
             self._handle(signum, None)
 
@@ -88,7 +89,7 @@ class StopFlag:
         name = signal.Signals(signum).name
         if self.preemption is not None and signum == self.preemption.signal and not self._preemption_handled:
             self._preemption_handled = True
-            self._note_preemption()  # a no-op when the watcher thread noted it first
+            self._note_preemption(self.preemption)  # a no-op when the watcher thread noted it first
             return
         if self.requested_by is not None:
             self.on_second(name)
@@ -104,29 +105,28 @@ class StopFlag:
         for sig in {*STOP_SIGNALS, *([self.preemption.signal] if self.preemption else [])}:
             signal.signal(sig, signal.SIG_IGN)
 
-    def _note_preemption(self) -> None:
+    def _note_preemption(self, notice: PreemptionNotice) -> None:
         """Record the preemption signal once, from the watcher thread or the handler, whichever is first."""
         with self._preempt_lock:
             if self.preempted_at is not None:
                 return
             self.preempted_at = time.monotonic()
-            self.requested_by = self.requested_by or self.preemption.signal.name
+            self.requested_by = self.requested_by or notice.signal.name
         log.warning("%s received: the scheduler stops this shard in %.0f s; the user in flight is kept if it ends"
-                    " within %.0f s, then the shard stops", self.preemption.signal.name, self.preemption.lead_seconds,
-                    self.preemption.abandon_after)
+                    " within %.0f s, then the shard stops", notice.signal.name, notice.lead_seconds, notice.abandon_after)
         self.on_preempt()
 
-    def _watch_wakeup_fd(self) -> None:
+    def _watch_wakeup_fd(self, notice: PreemptionNotice) -> None:
         read_end, write_end = os.pipe()
         os.set_blocking(write_end, False)
         signal.set_wakeup_fd(write_end, warn_on_full_buffer=False)
-        wanted = int(self.preemption.signal)
+        wanted = int(notice.signal)
 
         def watch() -> None:
             while True:
                 for signum in os.read(read_end, 64):
                     if signum == wanted:
-                        self._note_preemption()
+                        self._note_preemption(notice)
 
         threading.Thread(target=watch, name="preemption-watch", daemon=True).start()
 

@@ -14,7 +14,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from shardrun.config import RunConfig
 from shardrun.errors import EXIT_OK, EXIT_USERS_FAILED, AlreadyCommitted, StorageError
@@ -158,7 +159,7 @@ class ShardLoop:
             self._outcomes_queued.pop(user_id)
             log.error("user %r was already committed in %s; keeping the first commit", user_id, self.dirs.shard.dir)
         self.status.end_user(attempt.heap_used_bytes)
-        self.user_log.user_ended(user_id, outcome, attempt.seconds)
+        self.user_log.user_ended(user_id, outcome, record["seconds"])  # set by record()
         if len(self._first_users) < self.options.fail_fast:
             self._first_users.append((outcome, reason))
             self._fail_fast = fail_fast_stop(self._first_users, self.options.fail_fast)

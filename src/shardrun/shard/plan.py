@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from shardrun.sharding import PARTITIONS, ShardSpec, assign_users, shard_costs
 from shardrun.states import UserStatus, user_outcome

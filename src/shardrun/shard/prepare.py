@@ -7,9 +7,9 @@ started.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Mapping, Sequence
 
 from shardrun.config import RunConfig
 from shardrun.errors import ConfigError

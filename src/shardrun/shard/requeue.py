@@ -16,9 +16,9 @@ EXIT_PREEMPTED and its `preempted` status.json, and the same command continues i
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Mapping
 
 from shardrun.errors import SchedulerError
 from shardrun.scheduler.slurm import SLURM_RESTART_ENV, JobRecord, SlurmCommands, own_slurm_job

@@ -19,7 +19,7 @@ import secrets
 import shutil
 import sys
 import threading
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 
 
 def utc_now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 def json_safe(value: Any) -> Any:
@@ -201,7 +201,7 @@ def _choose_way(directory: Path, way: str, refused: OSError) -> None:
            " take the name between the check and the rename")
     log.warning("hard links are refused in %s (%s: link failed with %s, %s): files are put in place by %s from now"
                 " on; %s (docs/SHARED_FILESYSTEMS.md)", directory, describe_filesystem(directory),
-                errno.errorcode.get(refused.errno, refused.errno), refused.strerror, way, why)
+                errno.errorcode.get(refused.errno or 0, refused.errno), refused.strerror, way, why)
 
 
 def publish_new(tmp: Path, target: Path) -> str:

@@ -20,7 +20,8 @@ counted, and the next attempt takes its number.
 from __future__ import annotations
 
 from collections import Counter
-from typing import Any, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 ATTEMPT = "attempt"  # the key of the attempt record in a batch record and in an errors.jsonl line
 

@@ -19,14 +19,22 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable, Container, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Callable, Container, Iterable, Mapping, Sequence
+from typing import Any
 
 from shardrun.errors import AlreadyCommitted, ResumeMismatch, ShardrunError
 from shardrun.storage.atomic import (
-    fsync, fsync_dir, holds, json_safe, publish_new, read_json, utc_now, write_temp_file,
+    fsync,
+    fsync_dir,
+    holds,
+    json_safe,
+    publish_new,
+    read_json,
+    utc_now,
+    write_temp_file,
 )
 from shardrun.storage.batches import BadBatch, decode_batch, encode_batch, encode_record, readable_user_ids
 from shardrun.storage.paths import ShardPaths, batch_number
@@ -39,7 +47,7 @@ log = logging.getLogger(__name__)
 class CommittedUser:
     user_id: str
     rows: list[dict[str, Any]]
-    record: dict[str, Any]  # the user's record as stored; `ended_at` (when its analysis ended) for the timeline
+    record: Mapping[str, Any]  # the user's record as stored; `ended_at` (when its analysis ended) for the timeline
     path: Path  # the batch file that holds it
     problem: str | None = None  # why the file cannot be trusted; only with untrusted="keep"
     replaced: tuple[Mapping[str, Any], ...] = ()  # the user's earlier records this one replaced (--retry-failed)
@@ -93,7 +101,7 @@ class GroupCommitter:
 
     def __init__(self, paths: ShardPaths, header: Mapping[str, Any], committed: Iterable[str] = (),
                  interval_seconds: float = 1.0, clock: Callable[[], float] = time.monotonic,
-                 guard: Callable[[str, Path, Callable[[], Path]], Path] | None = None,
+                 guard: Callable[[str, Path, Callable[[], Any]], Any] | None = None,
                  on_commit: Callable[[Sequence[str]], None] = lambda user_ids: None):
         self._paths = paths
         self._header = dict(header)
@@ -122,7 +130,7 @@ class GroupCommitter:
             if not replaces and (user_id in self._committed or user_id in self._queued_ids):
                 raise AlreadyCommitted(f"user {user_id!r} is committed already in {self._paths.results};"
                                        " a user is committed once.")
-            ended_at = datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+            ended_at = datetime.now(UTC).isoformat(timespec="milliseconds")
             self._queue.append((user_id, encode_record(user_id, rows, ended_at, replaces, attempt)))
             self._queued_ids.add(user_id)
 
@@ -162,7 +170,7 @@ class GroupCommitter:
 
     def _write_queue(self) -> Path:
         users = [user_id for user_id, _ in self._queue]
-        header = {**self._header, "committed_at": datetime.now(timezone.utc).isoformat(timespec="milliseconds")}
+        header = {**self._header, "committed_at": datetime.now(UTC).isoformat(timespec="milliseconds")}
         payload = encode_batch(header, [line for _, line in self._queue])
         target = self._paths.batch(self._next_number)
         what = (f"the result of user {users[0]!r}" if len(users) == 1
@@ -313,8 +321,8 @@ def _scan_batch_file(path: Path, config_hash: str | None, committed: dict[str, C
                     " stands", user_id, path, committed[user_id].path)
     for record in batch.records:
         if record["user_id"] not in repeated:
-            earlier = committed.get(record["user_id"])
-            replaced = () if earlier is None or earlier.problem is not None else earlier.records
+            before = committed.get(record["user_id"])
+            replaced = () if before is None or before.problem is not None else before.records
             committed[record["user_id"]] = CommittedUser(record["user_id"], record["rows"], record, path,
                                                          replaced=replaced)
 

@@ -22,9 +22,10 @@ from __future__ import annotations
 import errno
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from shardrun.errors import StorageError
 from shardrun.storage.atomic import FsyncFailed
@@ -58,7 +59,7 @@ SHARD = Remedy("resume the shard (run_production --resume SHARD_DIR, or launch_s
 
 # The problem in words, by errno: the one place that says what a storage failure means, and the fix,
 # with another place for the output where the command has one (`{elsewhere}`: its own flag or key).
-_PROBLEMS: dict[int, tuple[str, str | None]] = {
+_PROBLEMS: dict[int | None, tuple[str, str | None]] = {
     errno.ENOSPC: ("the disk is full: free space", None),
     errno.EDQUOT: ("the disk quota is exhausted: free space or raise the quota", None),
     errno.EFBIG: ("a file size limit was hit (ulimit -f): raise it", None),
@@ -126,7 +127,7 @@ class IoRetryPolicy:
                                                   max=self.max_wait),
             retry=tenacity.retry_if_exception(is_transient),
             before_sleep=lambda state: log.warning(
-                "transient I/O error (%s); retry %d of %d", state.outcome.exception(), state.attempt_number,
+                "transient I/O error (%s); retry %d of %d", state.outcome and state.outcome.exception(), state.attempt_number,
                 self.attempts - 1,
             ),
             reraise=True,

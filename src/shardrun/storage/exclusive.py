@@ -38,7 +38,7 @@ class ExclusiveFile:
 
     def acquire(self) -> None:
         for _ in range(5):
-            handle = open(self.path, "a+", encoding="utf-8")
+            handle = open(self.path, "a+", encoding="utf-8")  # noqa: SIM115 (held until release)
             try:
                 platforms.lock_exclusive(handle)
             except OSError as exc:

@@ -5,8 +5,9 @@ Also the readers of shard.json and run.json that turn a damaged file into a refu
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 from shardrun.errors import ResumeMismatch
 from shardrun.storage.atomic import create_json_once, read_json
@@ -112,7 +113,7 @@ def ensure_identity(paths: ShardPaths, identity: Mapping[str, Any], resuming: bo
     ):
         if existing.get(key) != identity.get(key):
             def shown(value: Any) -> str:
-                return "--full" if key == "pilot" and value is None else repr(value)
+                return "--full" if key == "pilot" and value is None else repr(value)  # noqa: B023 (used in this turn)
 
             raise ResumeMismatch(
                 f"cannot resume {paths.dir}: its {what} is {shown(existing.get(key))} but this run has"

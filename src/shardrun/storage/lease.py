@@ -30,10 +30,11 @@ import os
 import secrets
 import socket
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from enum import Enum
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import psutil
 
@@ -63,7 +64,7 @@ class SchedulerJob:
         return f"{self.scheduler} job {self.element} (run {self.restart}) on {self.node}"
 
     @classmethod
-    def from_dict(cls, raw: Any) -> "SchedulerJob | None":
+    def from_dict(cls, raw: Any) -> SchedulerJob | None:
         if not isinstance(raw, Mapping):
             return None
         try:
@@ -87,11 +88,11 @@ class Holder:
     job: SchedulerJob | None = None  # absent in leases written before it was recorded
 
     @classmethod
-    def this_process(cls, job: SchedulerJob | None = None) -> "Holder":
+    def this_process(cls, job: SchedulerJob | None = None) -> Holder:
         return cls(host=socket.gethostname(), pid=os.getpid(), boot_id=boot_id(), started=process_started(os.getpid()),
                    token=secrets.token_hex(8), acquired_at=utc_now(), job=job)
 
-    def same_machine(self, other: "Holder") -> bool:
+    def same_machine(self, other: Holder) -> bool:
         """Same host name and same boot: only then can a pid be looked up here. Two machines (or
         containers) that share a host name differ in boot id, and a reboot changes it."""
         return self.host == other.host and self.boot_id == other.boot_id
@@ -100,7 +101,7 @@ class Holder:
         return json.dumps(asdict(self))
 
     @classmethod
-    def from_json(cls, text: str) -> "Holder | None":
+    def from_json(cls, text: str) -> Holder | None:
         try:
             raw = json.loads(text)
             return cls(host=str(raw["host"]), pid=int(raw["pid"]), boot_id=raw.get("boot_id"),

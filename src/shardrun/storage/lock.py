@@ -22,13 +22,23 @@ import os
 import signal
 import socket
 import time
-from typing import IO, Any, Callable
+from collections.abc import Callable
+from typing import IO, Any
 
 from shardrun import platforms
 from shardrun.errors import EnvironmentProblem, LocksUnsupported, ShardLocked
 from shardrun.storage.atomic import utc_now
-from shardrun.storage.lease import (DEFAULT_STALE_SECONDS, LEASE_STALE_ENV, Holder, JobAsker, Lease, LeaseHeld,
-                                    SchedulerJob, read_lease, staleness)
+from shardrun.storage.lease import (
+    DEFAULT_STALE_SECONDS,
+    LEASE_STALE_ENV,
+    Holder,
+    JobAsker,
+    Lease,
+    LeaseHeld,
+    SchedulerJob,
+    read_lease,
+    staleness,
+)
 from shardrun.storage.paths import ShardPaths
 
 log = logging.getLogger(__name__)
@@ -125,7 +135,7 @@ class ShardLock:
         open all the same: its holder's text and its open file tell stop_shards which process runs the
         shard); ShardLocked if another process holds it. Any other error is raised (durable_write
         reports it)."""
-        handle = open(self._path, "a+", encoding="utf-8")
+        handle = open(self._path, "a+", encoding="utf-8")  # noqa: SIM115 (held with the lock)
         try:
             (self._os_lock or platforms.lock_exclusive)(handle)
         except OSError as exc:
@@ -152,7 +162,7 @@ class ShardLock:
             if self.mechanism == "flock":
                 raise LocksUnsupported(
                     f"file locks are not supported in shard dir {shard_dir} ({where}): flock failed with"
-                    f" {errno.errorcode.get(unsupported.errno, unsupported.errno)} ({unsupported.strerror}), and"
+                    f" {errno.errorcode.get(unsupported.errno or 0, unsupported.errno)} ({unsupported.strerror}), and"
                     f" {LOCK_ENV}=flock asks for them. Unset {LOCK_ENV} (or set it to lease) to use a lease file"
                     " instead (docs/SHARED_FILESYSTEMS.md), or mount the filesystem with locking (NFS: without"
                     " nolock, with the lock manager running), then resume."
@@ -162,11 +172,11 @@ class ShardLock:
                 " A shard killed on this host is taken over at once; one killed on another host at once when SLURM says"
                 " its job no longer runs there, else once its heartbeat is %g s old (%s). Set %s=lease for every process of the run to choose it"
                 " on purpose (docs/SHARED_FILESYSTEMS.md).",
-                shard_dir, where, errno.errorcode.get(unsupported.errno, unsupported.errno), unsupported.strerror,
+                shard_dir, where, errno.errorcode.get(unsupported.errno or 0, unsupported.errno), unsupported.strerror,
                 self._paths.lease.name, self.stale_after, LEASE_STALE_ENV, LOCK_ENV)
             return True
         fs = platforms.filesystem_of(shard_dir)
-        if self.mechanism == "auto" and platforms.flock_is_host_local(fs):
+        if self.mechanism == "auto" and fs is not None and platforms.flock_is_host_local(fs):
             log.warning(
                 "%s is on %s, whose flock locks only this host (local_lock=%s): another host would get the same"
                 " lock at once. Using a lease file (%s) as well. Set %s=lease for every process of the run to"
@@ -205,7 +215,7 @@ class ShardLock:
             self._handle.close()
             self._handle = None
 
-    def __enter__(self) -> "ShardLock":
+    def __enter__(self) -> ShardLock:
         self.acquire()
         return self
 

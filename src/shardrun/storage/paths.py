@@ -90,8 +90,8 @@ class ShardPaths:
 
     def batch_files(self) -> list[Path]:
         """The batch files in commit order."""
-        found = [p for p in self.results.glob(f"{BATCH_PREFIX}*{BATCH_SUFFIX}") if batch_number(p) is not None]
-        return sorted(found, key=batch_number)
+        found = {p: n for p in self.results.glob(f"{BATCH_PREFIX}*{BATCH_SUFFIX}") if (n := batch_number(p)) is not None}
+        return sorted(found, key=found.__getitem__)
 
     def make(self) -> None:
         for path in (self.dir, self.results, self.tmp):
@@ -145,7 +145,7 @@ class RunPaths:
         return sorted(p for p in self.dir.glob("shard-*-of-*") if (p / SHARD_JSON).is_file())
 
     @staticmethod
-    def create(root: Path, label: str, now: datetime) -> "RunPaths":
+    def create(root: Path, label: str, now: datetime) -> RunPaths:
         """A new, empty run dir `<label>_<YYYYmmdd_HHMMSS>` under root (suffixed if that second is taken)."""
         root.mkdir(parents=True, exist_ok=True)
         stem = f"{label}_{now:%Y%m%d_%H%M%S}"

@@ -14,9 +14,10 @@ import os
 import socket
 import threading
 import time
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from shardrun.errors import StorageError
 from shardrun.states import ShardState, UserStatus
