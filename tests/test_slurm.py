@@ -146,7 +146,9 @@ def test_two_submissions_of_one_new_run_at_once_submit_each_shard_once(slurm_clu
     assert sorted(code for code, _, _ in said) in ([0, 0], [0, 4]), "\n\n".join(err[err.find("error:"):] for _, _, err in said)
     for code, out, err in said:
         if code == 4:
-            assert "launch_shards of the run" in err and ("already running" in err or "a moment ago" in err), err
+            # the run is named whichever of the two refusals came: held right now, or started a moment ago
+            held = f"launch_shards of the run {run}" in err and "already running" in err
+            assert held or f"started the run {run} a moment ago" in err, err
             assert "Traceback" not in err
         elif "nothing to submit" not in out:
             assert "submitted shards 0-2 of 3" in out, out
