@@ -22,7 +22,7 @@ Sections:
 - load: a shard's start (user index, plan, the rows of its users) and its peak memory at K=1 and K=8 on a
   generated table of --load-rows rows, CSV and Parquet: bench/shard_load.py, run from here.
 - balance: makespan over the lower bound, max(total / K, largest user), for modulo and balanced
-  assignment (sharding.py), users of 29,000 to 61,000 observations drawn with a fixed seed, a user's
+  assignment (partition.py), users of 29,000 to 61,000 observations drawn with a fixed seed, a user's
   cost its observations.
 
 Figures and the commands that produced them: docs/dev/PERFORMANCE.md ("Scale").
@@ -88,7 +88,7 @@ def template_run(work: Path) -> tuple[dict, list[dict], dict | None]:
 def write_store(run_dir: Path, users: int, shards: int, run_doc: dict, rows: list[dict],
                 attempt: dict | None = None) -> None:
     """A finished run of `users` synthetic users over `shards` shard dirs, committed by the real group committer."""
-    from shardrun.sharding import ShardSpec, users_of_shard
+    from shardrun.partition import ShardSpec, users_of_shard
     from shardrun.storage.atomic import write_json_atomic
     from shardrun.storage.commits import GroupCommitter
     from shardrun.storage.paths import RunPaths
@@ -220,7 +220,7 @@ def check_same_numbers(plain: Path, merged: Path, users: int) -> None:
 def balance_section(users: int, shard_counts: list[int], seed: int = 20261202) -> list[dict[str, Any]]:
     """Makespan over the lower bound for users of 29,000..61,000 observations (the production data's range),
     with a user's cost taken as its observations (the analysis is linear in them)."""
-    from shardrun.sharding import ShardSpec, balanced_assignment, users_of_shard
+    from shardrun.partition import ShardSpec, balanced_assignment, users_of_shard
 
     rng = np.random.default_rng(seed)
     user_ids = [f"u{n:06d}" for n in range(users)]

@@ -84,13 +84,13 @@ def peak_rss_mib() -> float:
 def measure(config_path: str, shard: str) -> dict:
     """In this process: one shard's preparation, timed, and the process's peak RSS."""
     from shardrun.config import load_config
-    from shardrun.shard.prepare import WorkerOptions, prepare
-    from shardrun.sharding import ShardSpec
+    from shardrun.partition import ShardSpec
+    from shardrun.shard.prepare import ShardOptions, prepare
 
     imported = peak_rss_mib()
     config = load_config(config_path)
     started = time.perf_counter()
-    prepared = prepare(config, WorkerOptions(shard=ShardSpec.parse(shard), pilot=None, dry_run=True))
+    prepared = prepare(config, ShardOptions(shard=ShardSpec.parse(shard), pilot=None, dry_run=True))
     seconds = time.perf_counter() - started
     return {
         "seconds": round(seconds, 2),

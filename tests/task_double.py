@@ -14,8 +14,8 @@ import pandas as pd
 import pytest
 
 from shardrun.config import parse_config
+from shardrun.partition import ShardSpec, users_of_shard
 from shardrun.results.read import read_result_file
-from shardrun.sharding import ShardSpec, users_of_shard
 from shardrun.storage.atomic import write_json_atomic
 from shardrun.storage.identity import ensure_identity
 from shardrun.storage.paths import MergedPaths, RunPaths

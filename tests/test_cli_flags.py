@@ -20,7 +20,7 @@ from shardrun.cli import (
     validate_outputs,
 )
 from shardrun.launch.launcher import LaunchOptions, shard_command
-from shardrun.sharding import ShardSpec
+from shardrun.partition import ShardSpec
 
 REPO = Path(__file__).resolve().parents[1]
 PARSERS = {

@@ -13,10 +13,10 @@ import pytest
 
 from shardrun.config import parse_config
 from shardrun.errors import MergeError
+from shardrun.partition import ShardSpec
 from shardrun.results.frame import typed_column
 from shardrun.results.merge import merge_result_set, merge_shards
 from shardrun.results.read import shard_dirs_of_run
-from shardrun.sharding import ShardSpec
 from shardrun.storage.atomic import write_json_atomic
 from shardrun.storage.paths import MergedPaths, RunPaths
 

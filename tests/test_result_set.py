@@ -18,11 +18,11 @@ from pathlib import Path
 import pytest
 
 from shardrun.errors import MergeError, ResumeMismatch
+from shardrun.partition import ShardSpec
 from shardrun.results.combine import values_equal
 from shardrun.results.merge import merge_shards
 from shardrun.results.read import shard_dirs_of_run
 from shardrun.results.validate import write_validation
-from shardrun.sharding import ShardSpec
 from shardrun.storage.atomic import read_json, write_json_atomic
 from shardrun.storage.commits import scan_committed
 from shardrun.storage.paths import MergedPaths, ShardPaths

@@ -13,10 +13,10 @@ import yaml
 
 from shardrun.config import load_config
 from shardrun.errors import ConfigError
+from shardrun.partition import ShardSpec
 from shardrun.shard import prepare as prepare_module
-from shardrun.shard.prepare import WorkerOptions
+from shardrun.shard.prepare import ShardOptions
 from shardrun.shard.run import run_shard
-from shardrun.sharding import ShardSpec
 
 from e2e_support import shardrun, write_categorical_data, write_config
 
@@ -102,7 +102,7 @@ def test_a_refused_preflight_leaves_no_run_dir(small, monkeypatch):
             return ["the test refuses every heap"]
 
     monkeypatch.setattr(prepare_module, "load_task", lambda spec: Refusing(real_load_task(spec)))
-    options = WorkerOptions(shard=ShardSpec(0, 2), pilot=None)
+    options = ShardOptions(shard=ShardSpec(0, 2), pilot=None)
     with pytest.raises(ConfigError, match="the test refuses every heap"):
         run_shard(load_config(small["config"]), options)
     assert not (small["root"] / "out").exists() or not any((small["root"] / "out").iterdir())

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from shardrun.errors import ResumeMismatch, UsageError
-from shardrun.sharding import SCHEDULERS, ShardSpec, resolve_auto_shard
+from shardrun.partition import SCHEDULERS, ShardSpec, resolve_auto_shard
 from shardrun.storage.identity import recorded_shard_count
 
 from e2e_support import shardrun, write_categorical_data, write_config

@@ -17,10 +17,10 @@ from shardrun.config import load_config
 from shardrun.errors import DataError
 from shardrun.infodynamics import data as data_module
 from shardrun.infodynamics import task
+from shardrun.partition import ShardSpec
 from shardrun.section import Section
-from shardrun.shard.prepare import WorkerOptions, prepare
+from shardrun.shard.prepare import ShardOptions, prepare
 from shardrun.shard.resume import committed_under_lock
-from shardrun.sharding import ShardSpec
 from shardrun.task import Task, UserIndex, load_users, read_user_index
 
 from e2e_support import analysis_values, shardrun, write_config
@@ -178,7 +178,7 @@ def config_file(tmp_path: Path, data: Path, **extra) -> Path:
 def test_a_shard_loads_only_the_users_it_has_to_do(tmp_path):
     data = write(interleaved_table(), tmp_path / "d.parquet")
     config = load_config(config_file(tmp_path, data, partition="balanced"))
-    prepared = prepare(config, WorkerOptions(shard=ShardSpec(2, 4), pilot=None, out=tmp_path / "run"))
+    prepared = prepare(config, ShardOptions(shard=ShardSpec(2, 4), pilot=None, out=tmp_path / "run"))
     assert len(prepared.index.user_ids) == 23 and prepared.plan.todo == tuple(prepared.assignment[2])
     assert prepared.dataset.user_ids == prepared.plan.todo
     sizes = [sum(dict(zip(prepared.index.user_ids, prepared.index.observations))[u] for u in shard)
@@ -190,12 +190,12 @@ def test_under_the_lock_prepares_scan_stands_until_a_result_file_changes(tmp_pat
     data = write(interleaved_table(users=6), tmp_path / "d.csv")
     config = load_config(config_file(tmp_path, data))
     run = tmp_path / "run"
-    fresh = prepare(config, WorkerOptions(shard=ShardSpec(0, 2), pilot=None, out=run))
+    fresh = prepare(config, ShardOptions(shard=ShardSpec(0, 2), pilot=None, out=run))
     shard = fresh.dirs.shard
     shard.make()
     (shard.dir / "shard.json").write_text(json.dumps({"shard": "0/2", "config_hash": config.hash}))
     commit_user(shard, fresh.plan.todo[0], [{"user_id": fresh.plan.todo[0], "config_hash": config.hash}], {})
-    resumed = prepare(config, WorkerOptions(shard=ShardSpec(0, 2), pilot=None, out=run))
+    resumed = prepare(config, ShardOptions(shard=ShardSpec(0, 2), pilot=None, out=run))
     assert resumed.dirs.resuming and list(resumed.committed) == [fresh.plan.todo[0]]
     assert resumed.dataset.user_ids == fresh.plan.todo[1:]  # the committed user's rows are not read
     assert committed_under_lock(resumed) is resumed.committed  # nothing changed: no second scan

@@ -12,6 +12,7 @@ import pyarrow as pa
 import pytest
 
 from shardrun.config import parse_config
+from shardrun.partition import ShardSpec
 from shardrun.results.merge import merge_result_set
 from shardrun.results.read import read_shard, shard_dirs_of_run
 from shardrun.results.trace import (
@@ -22,7 +23,6 @@ from shardrun.results.trace import (
     write_trace,
 )
 from shardrun.shard.attempts import Attempts, carried_memory, error_class, scheduler_memory_bytes
-from shardrun.sharding import ShardSpec
 from shardrun.storage.atomic import write_json_atomic
 from shardrun.storage.attempts import recorded_attempts
 from shardrun.storage.commits import append_error, read_errors, scan_committed

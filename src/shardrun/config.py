@@ -19,8 +19,8 @@ from typing import Any
 import yaml
 
 from shardrun.errors import ConfigError
+from shardrun.partition import MODULO, PARTITIONS
 from shardrun.section import Section, describe_value
-from shardrun.sharding import MODULO, PARTITIONS
 from shardrun.units import heap_bytes, is_heap_size
 
 AUTO = "auto"  # a value chosen at start: jvm.threads (resolve_threads), jvm.xmx and jvm.xms
@@ -95,7 +95,7 @@ class RunConfig:
     hash: str
     source: Path | None = None
     raw: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
-    # Which shard runs which user (shardrun.sharding: modulo or balanced); in the hash, so that every
+    # Which shard runs which user (shardrun.partition: modulo or balanced); in the hash, so that every
     # shard of a run, each reading the config on its own, assigns users alike.
     partition: str = MODULO
 

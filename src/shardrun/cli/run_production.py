@@ -24,7 +24,7 @@ from shardrun.config import load_config
 from shardrun.early_signals import EarlySignals
 from shardrun.errors import EXIT_INTERRUPTED, UsageError
 from shardrun.platforms import lower_priority
-from shardrun.shard.dirs import WorkerOptions, shard_of
+from shardrun.shard.dirs import ShardOptions, shard_of
 from shardrun.shard.dry_run import dry_run
 from shardrun.shard.fail_fast import DEFAULT_FAIL_FAST
 from shardrun.shard.lifecycle import PREEMPT_SIGNALS, PreemptionNotice, StopFlag, die_with_launcher
@@ -93,7 +93,7 @@ def _run_production(args: argparse.Namespace, early: EarlySignals | None = None)
         config = replace(config, jvm=replace(config.jvm, xmx=args.xmx))
     if args.threads:
         config = replace(config, jvm=replace(config.jvm, threads=args.threads))
-    options = WorkerOptions(
+    options = ShardOptions(
         shard=shard, pilot=args.pilot, out=args.out, resume=args.resume, dry_run=args.dry_run,
         heartbeat_seconds=args.heartbeat, cooldown_seconds=args.cooldown, commit_interval_seconds=args.commit_interval,
         retry_failed=args.retry_failed, fail_fast=args.fail_fast,

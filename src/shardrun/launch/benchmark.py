@@ -1,7 +1,7 @@
 """launch_shards --benchmark N: the same users at K=1 and at the requested K, timed and compared.
 
 Which users. Shard i of K owns the users at positions i, i+K, i+2K, ... of the sorted user list
-(sharding.users_of_shard), and --pilot P keeps the first P users of each shard. So P users per shard
+(partition.users_of_shard), and --pilot P keeps the first P users of each shard. So P users per shard
 are exactly the positions 0 .. P*K-1: the first P*K users of the list. The benchmark rounds N up to
 a multiple of K (n = ceil(N/K) * K, at most the users there are), runs K=1 with --pilot n and K with
 --pilot n/K, and both analyse the first n users, with no change to how a shard picks its users.

@@ -36,7 +36,7 @@ from shardrun.launch.supervisor import (
     Terminate,
     Tick,
 )
-from shardrun.sharding import ShardSpec
+from shardrun.partition import ShardSpec
 from shardrun.storage.durability import Remedy, durable_write
 from shardrun.storage.paths import RunPaths, shard_log_path
 

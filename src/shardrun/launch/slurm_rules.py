@@ -8,8 +8,8 @@ from pathlib import Path
 
 from shardrun.launch.admission import shard_memory_bytes
 from shardrun.observe.progress import format_seconds
+from shardrun.partition import ShardSpec
 from shardrun.scheduler.slurm import QueuedElement
-from shardrun.sharding import ShardSpec
 from shardrun.states import ShardState
 from shardrun.storage.atomic import read_json
 from shardrun.storage.paths import RunPaths

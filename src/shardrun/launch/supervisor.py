@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 
 from shardrun.errors import EXIT_CRASH, EXIT_INTERRUPTED, EXIT_OK, EXIT_PREEMPTED
 from shardrun.launch.policies import CpuThrottle, RestartPolicy, describe_exit, died_abnormally, shards_to_start
-from shardrun.sharding import ShardSpec
+from shardrun.partition import ShardSpec
 from shardrun.states import ShardPhase
 
 # --- events: what the launcher observed ---------------------------------------------------------

@@ -37,8 +37,8 @@ from shardrun.errors import (
 )
 from shardrun.observe import progress
 from shardrun.observe.live import LiveTable, console, render
+from shardrun.partition import ShardSpec
 from shardrun.scheduler.slurm import SlurmCommands, queue_by_index
-from shardrun.sharding import ShardSpec
 from shardrun.storage.atomic import read_json
 from shardrun.storage.paths import RunPaths, not_a_dir
 

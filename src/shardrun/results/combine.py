@@ -23,9 +23,9 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from shardrun.partition import ShardSpec
 from shardrun.results.columnar import JSON_TEXT, SOURCE, USER, json_texts, typed_frame_of_table
 from shardrun.results.read import ShardInput
-from shardrun.sharding import ShardSpec
 from shardrun.task import BOOKKEEPING_COLUMNS
 
 # --- consistency of the shards ---------------------------------------------------------------

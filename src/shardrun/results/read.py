@@ -18,8 +18,8 @@ import pyarrow as pa
 
 from shardrun.config import RunConfig, parse_config
 from shardrun.errors import MergeError, ShardrunError, TaskNotImportable
+from shardrun.partition import ShardSpec
 from shardrun.results.columnar import USER, read_columnar
-from shardrun.sharding import ShardSpec
 from shardrun.storage.atomic import read_json
 from shardrun.storage.attempts import ATTEMPT
 from shardrun.storage.commits import read_errors, refuse_older_results

@@ -16,8 +16,8 @@ from typing import Any
 
 from shardrun.config import RunConfig
 from shardrun.errors import ResumeMismatch, UsageError
+from shardrun.partition import ShardSpec, resolve_auto_shard
 from shardrun.shard.fail_fast import DEFAULT_FAIL_FAST
-from shardrun.sharding import ShardSpec, resolve_auto_shard
 from shardrun.storage.atomic import create_json_once, utc_now
 from shardrun.storage.durability import durable_write
 from shardrun.storage.identity import (
@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class WorkerOptions:
+class ShardOptions:
     shard: ShardSpec | None  # None: taken from the shard dir given to --resume
     pilot: int | None  # None means --full
     out: Path | None = None
@@ -83,7 +83,7 @@ def check_shard_count(run: RunPaths, spec: ShardSpec, flag: str) -> None:
                              f" new --out for K={spec.count}.")
 
 
-def resolve_dirs(config: RunConfig, task: Task, options: WorkerOptions, now: datetime) -> ResolvedDirs:
+def resolve_dirs(config: RunConfig, task: Task, options: ShardOptions, now: datetime) -> ResolvedDirs:
     """Where this shard writes. Reads only; creates nothing (a brand-new run dir is only named)."""
     if options.resume is not None:
         target = options.resume

@@ -12,10 +12,10 @@ from shardrun.config import RunConfig
 from shardrun.errors import EXIT_OK, EXIT_USAGE, EnvironmentProblem, UsageError
 from shardrun.shard.jvm import find_java, task_jvm_options
 from shardrun.shard.plan import partition_report
-from shardrun.shard.prepare import PreparedShard, WorkerOptions, prepare
+from shardrun.shard.prepare import PreparedShard, ShardOptions, prepare
 
 
-def dry_run(config: RunConfig, options: WorkerOptions, say: Callable[[str], None]) -> int:
+def dry_run(config: RunConfig, options: ShardOptions, say: Callable[[str], None]) -> int:
     """Say the plan (users, dir, partition, heap) and the task's problems with it; exit 2 when it has any."""
     prepared = prepare(config, options)
     plan = prepared.plan

@@ -1,8 +1,8 @@
 """Starting the one JVM of a process with the task's classpath and options, and naming Java errors.
 
 Nothing here runs at import time: a JVM cannot be restarted in a process, and a process that
-forks after starting one hangs, so the worker starts it once, explicitly, after it has decided to
-do work. Workers are started with subprocess, never by forking a process that has a JVM.
+forks after starting one hangs, so a shard starts it once, explicitly, after it has decided to
+do work. Shards are started with subprocess, never by forking a process that has a JVM.
 
 What goes on the classpath, extra JVM flags, the task's own forms of heap exhaustion and what to
 record of the classpath are the task's (shardrun.task.Task's JVM hooks).
@@ -88,7 +88,7 @@ def start_jvm(config: JvmConfig, classpath: Sequence[str] = ()) -> JvmInfo:
     import jpype
 
     # -Xrs: the JVM must not install its own SIGTERM/SIGINT handlers, which would run its shutdown
-    # and exit under the worker's feet; the worker's Python handlers drain instead.
+    # and exit under the shard's feet; the shard's Python handlers drain instead.
     args = (*config.jvm_args(), "-Xrs")
     if jpype.isJVMStarted():
         raise RuntimeError("the JVM is already running in this process; start_jvm must be called once")

@@ -51,7 +51,7 @@ class PreemptionNotice:
 class StopFlag:
     """Set by SIGTERM/SIGINT/SIGHUP (platforms.STOP_SIGNALS): finish the user in flight, commit it, then stop taking users.
 
-    Installed first thing in the worker, before the data is read or the JVM starts, so that a
+    Installed first thing in the shard process, before the data is read or the JVM starts, so that a
     signal at any moment leads to a drain, never to the default action half-way through start-up.
     A second signal calls `on_second` (by default: leave at once).
 
@@ -77,7 +77,7 @@ class StopFlag:
 
     def install(self, caught_before: Sequence[int] = ()) -> None:
         """Take the stop (and warning) signals from now on; `caught_before`: the signals that came before,
-        while the process was still importing (worker.main), handled now in their order."""
+        while the process was still importing (entry.py), handled now in their order."""
         for sig in {*STOP_SIGNALS, *([self.preemption.signal] if self.preemption else [])}:
             signal.signal(sig, self._handle)
         if self.preemption is not None:

@@ -24,7 +24,7 @@ from shardrun.shard.fail_fast import FailFastStop, fail_fast_message, fail_fast_
 from shardrun.shard.jvm import start_task_jvm
 from shardrun.shard.lifecycle import StopFlag
 from shardrun.shard.preemption import ShardEnding
-from shardrun.shard.prepare import PreparedShard, WorkerOptions
+from shardrun.shard.prepare import PreparedShard, ShardOptions
 from shardrun.shard.user_log import UserLog
 from shardrun.states import ShardState, UserStatus, user_outcome
 
@@ -36,7 +36,7 @@ class ShardLoop:
         self,
         config: RunConfig,
         shard: PreparedShard,  # its plan and dataset as of the lock (the dataset None when no user is to do)
-        options: WorkerOptions,
+        options: ShardOptions,
         previous_outcomes: Sequence[str],
         stop: StopFlag,
         earlier_attempts: Mapping[str, int] | None = None,  # storage.attempts.recorded_attempts

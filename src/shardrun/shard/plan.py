@@ -6,7 +6,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from shardrun.sharding import PARTITIONS, ShardSpec, assign_users, shard_costs
+from shardrun.partition import PARTITIONS, ShardSpec, assign_users, shard_costs
 from shardrun.states import UserStatus, user_outcome
 from shardrun.task import UserIndex
 

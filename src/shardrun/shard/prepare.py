@@ -14,7 +14,7 @@ from datetime import datetime
 from shardrun.config import RunConfig
 from shardrun.errors import ConfigError
 from shardrun.heap_plan import HeapPlan, plan_heap, run_heap_needs, task_heap_needs
-from shardrun.shard.dirs import ResolvedDirs, WorkerOptions, resolve_dirs
+from shardrun.shard.dirs import ResolvedDirs, ShardOptions, resolve_dirs
 from shardrun.shard.jvm import find_java, task_classpath, task_jvm_options
 from shardrun.shard.plan import ShardPlan, assign_index, plan_shard
 from shardrun.storage import commits
@@ -40,7 +40,7 @@ class PreparedShard:
     committed_listing: frozenset  # the result files that scan saw (commits.results_listing)
 
 
-def prepare(config: RunConfig, options: WorkerOptions) -> PreparedShard:
+def prepare(config: RunConfig, options: ShardOptions) -> PreparedShard:
     """Read the config's consequences, the user index, the shard dir and this shard's rows; write nothing.
 
     The order keeps a shard's memory to its own share: the user index (ids and rows per user, a cheap

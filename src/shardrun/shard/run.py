@@ -7,7 +7,7 @@ from dataclasses import dataclass, replace
 
 from shardrun.config import RunConfig, resolve_threads
 from shardrun.errors import EXIT_INTERRUPTED, EXIT_PREEMPTED
-from shardrun.shard.dirs import WorkerOptions, create_run_dir, ensure_run_document, run_document
+from shardrun.shard.dirs import ShardOptions, create_run_dir, ensure_run_document, run_document
 from shardrun.shard.lifecycle import StopFlag
 from shardrun.shard.loop import ShardLoop
 from shardrun.shard.prepare import PreparedShard, prepare, refuse_if
@@ -25,7 +25,7 @@ class ShardOutcome:
     shard: PreparedShard  # its dirs and its plan
 
 
-def run_shard(config: RunConfig, options: WorkerOptions, stop: StopFlag | None = None) -> ShardOutcome:
+def run_shard(config: RunConfig, options: ShardOptions, stop: StopFlag | None = None) -> ShardOutcome:
     stop = stop or StopFlag()
     prepared = prepare(config, options)
     refuse_if(prepared.problems, f"{capitalised(prepared.task.heap_advice(config.settings))}, or raise jvm.xmx;"
@@ -53,7 +53,7 @@ def run_shard(config: RunConfig, options: WorkerOptions, stop: StopFlag | None =
     return ShardOutcome(exit_code, shard)
 
 
-def set_up(config: RunConfig, prepared: PreparedShard, options: WorkerOptions) -> RunConfig:
+def set_up(config: RunConfig, prepared: PreparedShard, options: ShardOptions) -> RunConfig:
     """run.json and the shard dir with its log; the config with the resolved heap and threads, which from
     here on go to the JVM, the task, status.json, run.json and errors.jsonl. Every write goes through
     durable_write like the loop's own: a read-only or full output dir is a StorageError naming the dir

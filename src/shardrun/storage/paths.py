@@ -12,7 +12,7 @@ from datetime import datetime
 from pathlib import Path
 
 from shardrun.errors import UsageError
-from shardrun.sharding import ShardSpec
+from shardrun.partition import ShardSpec
 from shardrun.storage.atomic import is_scratch_name
 
 RUN_JSON = "run.json"

@@ -193,7 +193,7 @@ class ShardStatus:
 def record_death(paths: ShardPaths, exit_code: int, description: str, hs_err_files: list[str]) -> bool:
     """Write a dead shard's end into its status.json (a killed process cannot write it itself).
 
-    Taken under the shard lock, so it can never race a live worker: if the lock is held, some
+    Taken under the shard lock, so it can never race a live shard: if the lock is held, some
     process owns the shard again and its own status stands. True if the death was recorded.
     """
     from shardrun.errors import ShardLocked
