@@ -16,6 +16,7 @@ import pytest
 from shardrun.errors import ConfigError, ResumeMismatch
 from shardrun.launch import report
 from shardrun.launch.local_plan import given
+from shardrun.launch.options import DEFAULT_SHARDS, shards_to_launch
 from shardrun.launch.policies import describe_exit, log_excerpt
 from shardrun.launch.run_dir import HeldRun, check_same_run, open_run_dir
 from shardrun.shard.dirs import run_label
@@ -340,3 +341,17 @@ def test_a_second_launcher_on_a_running_run_is_refused_naming_the_first(workspac
     output, _ = first.communicate(timeout=600)
     assert first.returncode == 0, output
     pd.testing.assert_frame_equal(analysis_values(run / "merged"), workspace["reference"], check_exact=True)
+
+
+@pytest.mark.e2e
+def test_continuing_a_run_takes_its_k_when_shards_is_not_given(workspace, tmp_path):
+    """`--out RUN` of an existing run without --shards continues it at the run's K, not at the default 4
+    (which that run would refuse); a new dir without --shards gets the default."""
+    run = tmp_path / "run"
+    assert shards_to_launch(None, run) == DEFAULT_SHARDS
+    launch = ("launch", "--config", str(workspace["config"]), "--pilot", "1", "--no-merge", "--out", str(run))
+    shardrun(*launch, "--shards", "2", cwd=workspace["root"])
+    assert shards_to_launch(None, run) == 2 and shards_to_launch(3, run) == 3
+    again = shardrun(*launch, cwd=workspace["root"])
+    assert "shard 1/2" in again.stdout and "shard-0-of-4" not in again.stdout + again.stderr, again.stdout
+    assert sorted(p.name for p in run.glob("shard-*")) == ["shard-0-of-2", "shard-1-of-2"]

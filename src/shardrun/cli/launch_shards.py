@@ -30,7 +30,7 @@ from shardrun.early_signals import EarlySignals
 from shardrun.errors import UsageError
 from shardrun.launch.benchmark import run_benchmark
 from shardrun.launch.local import dry_run, launch
-from shardrun.launch.options import LaunchOptions
+from shardrun.launch.options import LaunchOptions, shards_to_launch
 from shardrun.launch.policies import RestartPolicy
 from shardrun.shard.fail_fast import DEFAULT_FAIL_FAST
 
@@ -38,7 +38,8 @@ from shardrun.shard.fail_fast import DEFAULT_FAIL_FAST
 def parser() -> argparse.ArgumentParser:
     p = command_parser("launch_shards", "Run K shards as K local processes (or as a SLURM job array), then merge.")
     p.add_argument("--config", type=Path, default=Path("config/proposal.yaml"), help="YAML config")
-    p.add_argument("--shards", type=positive_int, default=4, metavar="K", help="number of shards")
+    p.add_argument("--shards", type=positive_int, metavar="K",
+                   help="number of shards (default: the K of the run --out or --run-dir names, else 4)")
     where = p.add_mutually_exclusive_group()
     where.add_argument("--out", type=Path, metavar="DIR",
                        help="start the run in DIR, or continue it if DIR holds the same run (config, data, K)")
@@ -98,6 +99,7 @@ def invocation(args: argparse.Namespace) -> str:
 
 def run(args: argparse.Namespace) -> int:
     """launch_shards on parsed flags (also ./run_parallel_4shards.sh's, which adds `invocation`)."""
+    args.shards = shards_to_launch(args.shards, args.out or args.run_dir)
     if args.shards < 1:
         raise UsageError(f"--shards must be at least 1, got {args.shards}.")
     if args.retry_failed and args.out is None and args.run_dir is None:

@@ -77,7 +77,7 @@ def _run(args: argparse.Namespace) -> int:
     caller = Path(os.environ.get(CALLER_ENV) or Path.cwd())
     config, shards = config_and_shards(args.positional, args.config, args.shards)
     args.config = find_config(config, caller, Path.cwd())
-    args.shards = shards if shards is not None else 4
+    args.shards = shards
     for name in ("out", "run_dir"):
         where = getattr(args, name)
         if where is not None and not where.is_absolute():

@@ -9,7 +9,19 @@ from shardrun.launch.admission import shard_memory_bytes
 from shardrun.launch.policies import CpuThrottle, RestartPolicy
 from shardrun.launch.supervisor import SupervisorPolicy
 from shardrun.results.tolerance import NO_FAILED, FailedTolerance
+from shardrun.storage.identity import recorded_shard_count
 from shardrun.units import heap_bytes
+
+DEFAULT_SHARDS = 4
+
+
+def shards_to_launch(given: int | None, where: Path | None) -> int:
+    """--shards when given, else the K of the run that --out or --run-dir names (so that continuing a run
+    needs no K), else DEFAULT_SHARDS."""
+    if given is not None:
+        return given
+    recorded = recorded_shard_count(where) if where is not None and where.is_dir() else None
+    return recorded[1] if recorded else DEFAULT_SHARDS
 
 
 @dataclass(frozen=True)
