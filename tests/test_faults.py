@@ -1348,7 +1348,7 @@ def continue_the_launch(lab: Lab, outcome: Outcome) -> pd.DataFrame:
     return merged
 
 
-LAUNCHER_CONTINUES = "then continue the run (its committed users are kept): launch_shards --config {config}"
+LAUNCHER_CONTINUES = "then continue the run (its committed users are kept): shardrun launch --config {config}"
 
 
 # --- 9. config faults, 10. data faults, 11. no Java or jar -------------------------------------
