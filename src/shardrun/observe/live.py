@@ -1,11 +1,6 @@
 """The progress table, laid out by rich: fitted to a terminal and redrawn in place, plain lines elsewhere.
 
-On a terminal that can redraw (a tty, not TERM=dumb) a row never wraps: the wide columns are
-truncated, then the least needed dropped; the rows that fit its height are shown, the most telling
-first, the rest counted in one line; each draw replaces the last, and a message printed in between
-(`forget`) keeps the table below it. Elsewhere (a pipe, a file, TERM=dumb) the table is plain lines,
-never an escape code, and no draw replaces another. NO_COLOR takes the colours away. Everything a file
-says is shown through progress.printable.
+A row never wraps on a terminal; a pipe, a file or TERM=dumb gets plain lines without escape codes.
 """
 
 from __future__ import annotations

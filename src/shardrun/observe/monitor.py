@@ -1,11 +1,6 @@
 """`monitor_progress`: the state of every shard of a run, from another terminal or after the fact.
 
-Reads only files: run.json (the shard count K, so shards that have not started show too; the start
-time that picks the newest run), each shard's status.json and, when the run was started by
-launch_shards, RUN/launcher.json (waiting and suspended shards). A shard recorded as running is shown
-dead when its pid is gone or its heartbeat is stale (progress.pulse). A file of the wrong shape is
-shown as such for its shard, never a crash.
-
+Reads only files (run.json, status.json, RUN/launcher.json); a file of the wrong shape is shown, never a crash.
 --json prints one JSON document per refresh, on one line (docs/MONITOR.md):
     {"format": 1, "at": ISO time, "runs": [{"run": dir, "slurm_error": str|null,
      "totals": {"shards", "active", "done", "total", "ok", "skipped", "failed", "requeues",

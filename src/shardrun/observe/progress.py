@@ -1,8 +1,6 @@
 """What a person or a script sees of a run's shards: views from status.json and launcher.json.
 
-Shared by the launcher's progress, `monitor_progress` and its --json, so all say the same thing. A
-shard recorded as running is shown dead when its pid is gone (same host) or its heartbeat is stale,
-unless the launcher says it suspended it on purpose (--cpu-limit).
+Shared by the launcher's progress and `monitor_progress` (and its --json), so all say the same thing.
 """
 
 from __future__ import annotations
@@ -112,11 +110,7 @@ def printable(text: str, limit: int | None = None) -> str:
 
 
 def overall_eta(views: Sequence[ShardView], parallel: int | None = None) -> float | None:
-    """Seconds until the whole run ends: remaining users at the pooled per-user time, over the parallelism.
-
-    With every shard running this is close to the slowest shard's ETA; with shards still waiting
-    (--max-parallel) it accounts for their users too. None until some shard has a measured rate.
-    """
+    """Seconds until the whole run ends: remaining users at the pooled per-user time, over the parallelism."""
     remaining = sum(max(v.total - v.done, 0) for v in views if v.state not in ENDED_WELL)
     rates = [v.rate_per_hour for v in views if v.rate_per_hour]
     if remaining == 0:

@@ -1,17 +1,6 @@
 """A shard's committed rows as one Arrow table (the merge's only reader of batch files), and an Arrow
-table as the merge's typed frame.
-
-Reading every value into a Python object costs time and memory in proportion to the values (100,000
-users: seconds and a gigabyte); here a shard's verified batch bodies are parsed at once by Arrow's JSON
-reader into typed columns (combine.combine_tables then finds duplicates, conflicts and the order over
-whole columns). Only where Arrow cannot type the values faithfully (a column of more than one JSON
-type, arrays or objects, an integer beyond int64) are the shard's batches parsed by Python's json, and
-each such column travels as JSON text (one JSON value per row, typed JSON_TEXT), so that no value is
-changed before the merge compares and types it.
-
-Trust is decided per batch file, by the resume scan's rules (storage/commits.py): a batch that fails
-its checksum, comes from another config's run, is not a batch of records, or is a copy of earlier ones
-is left out and listed (its users by id where they can be read); the file stays where it is.
+table as the merge's typed frame. Python objects per value cost seconds and a gigabyte at 100,000 users;
+values Arrow cannot type faithfully travel as JSON text. Batch trust follows storage/commits.py.
 """
 
 from __future__ import annotations
@@ -49,10 +38,8 @@ PLAIN_TYPES = (pa.types.is_integer, pa.types.is_floating, pa.types.is_boolean, p
 
 
 def _text_dtype() -> Any:
-    """The dtype of the merged frame's text columns: pandas' own text dtype where it has one (pandas 3:
-    Arrow's strings, a missing text NaN; what read_csv and read_parquet give back for the written set),
-    Python str objects (object) before it. Arrow's strings cost a fraction of the memory and time of a
-    str object per value, in the frame and in writing results.csv and results.parquet from it."""
+    """The merged frame's text dtype: pandas' own (Arrow strings, pandas 3) where it has one, else object;
+    Arrow's strings cost a fraction of the memory and time of a str object per value."""
     inferred = pd.Series(["text"]).dtype
     return inferred if isinstance(inferred, pd.StringDtype) else object
 

@@ -1,12 +1,7 @@
-"""The merge's rules, pure: which row is kept for a key, what is a duplicate, what is a conflict,
-which shards and users are missing.
+"""The merge's rules, pure: which row is kept for a key, duplicates, conflicts, missing shards and users.
 
-This is where the merge decides a conflict: rows that share a key are identical duplicates when
-every value agrees (bookkeeping columns aside, missing == missing), and conflicts otherwise.
-"Agrees" is by JSON type and value (json_type): true is not 1 and "1" is not 1; a number is one
-JSON type, so 1128 and 1128.0 are the same number (JSON does not tell them apart, and the merged
-column types them alike: frame.py). Nothing here reads or writes a file; the inputs are the shards'
-Arrow tables (columnar.read_columnar) and the ShardInputs that read.py built.
+Rows sharing a key are duplicates when every value agrees by JSON type and value (true is not 1,
+1128 is 1128.0), conflicts otherwise.
 """
 
 from __future__ import annotations
@@ -69,7 +64,6 @@ def json_type(value: Any) -> str:
 
 def values_equal(a: Any, b: Any) -> bool:
     """Same JSON type and equal value, with missing == missing (so NaN == NaN and null == NaN).
-
     true != 1, "1" != 1, 1128 == 1128.0 (one JSON number); arrays and objects element by element."""
     kind = json_type(a)
     if kind != json_type(b):

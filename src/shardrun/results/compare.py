@@ -1,9 +1,6 @@
-"""Two result sets of the same users, compared value for value with the bookkeeping columns aside (pure).
+"""Two result sets of the same users, compared value for value, bookkeeping columns aside (pure).
 
-A number never depends on K, the shard order or a resume (docs/ARCHITECTURE.md, "Determinism"), so
-two runs over the same users must agree exactly, not within a tolerance: `launch_shards --benchmark`
-checks its run at K against its run at K=1 with `result_differences`. The bookkeeping columns
-(which shard, how long, the config hash) differ by design and are left out.
+Numbers never depend on K or the shard order, so runs must agree exactly (launch_shards --benchmark).
 """
 
 from __future__ import annotations
@@ -25,10 +22,7 @@ def read_result_frame(merged_dir: Path) -> pd.DataFrame:
 def result_differences(reference: pd.DataFrame, other: pd.DataFrame, key_columns: Sequence[str],
                        names: tuple[str, str] = ("the reference", "the other"), limit: int = 10) -> list[str]:
     """Every way `other` differs from `reference`, one line each (the first `limit`, then a count); [] if none.
-
-    Rows are matched by `key_columns`. Missing equals missing (NaN, None); anything else must be equal
-    by `==`, so 1 and 1.0 agree (JSON has one number type) and "1" and 1 do not.
-    """
+    Missing equals missing; else `==`, so 1 and 1.0 agree and "1" and 1 do not."""
     first, second = names
     keys = list(key_columns)
     problems: list[str] = []

@@ -1,16 +1,7 @@
 """The result set as a table: its columns (the task's schema), typed columns, CSV and Parquet bytes.
 
-A column's type comes from the JSON types of its values (combine.json_type), the same rule the merge
-uses to tell identical duplicates from conflicts: all boolean -> bool, all number -> int64 when every
-value is written as an integer, else float64 (1128 and 1128.0 are then both 1128.0: one JSON number,
-one column type), all string -> text; null is
-missing in any of them. A column whose values are of more than one JSON type (true in one row, 1 in
-another; "n/a" next to numbers) is a problem the merge reports (typed_json_columns); it is written as text
-(JSON text for what is not a string), so the Parquet writer never meets a mixed-type column. Arrays and
-objects are written as JSON text too.
-
-The merge's frame comes typed from Arrow (columnar.typed_frame_of_table); only columns of JSON texts are
-typed here, value by value. Then the frame into a file (merge.py says where: its staging dir).
+A column is typed by its values' JSON types, the rule the merge uses for conflicts; a mixed-type
+column, arrays and objects are written as JSON text (docs/FORMATS.md).
 """
 
 from __future__ import annotations
@@ -119,21 +110,7 @@ CSV_CHUNK_CELLS = 2**20
 def write_csv(frame: pd.DataFrame, path: Path, chunk_rows: int | None = None) -> None:
     """The frame as CSV (UTF-8, lines ending in \\n), written in chunks of rows (`chunk_rows`, by
     default about CSV_CHUNK_CELLS cells): the text of millions of rows is never one string in memory.
-
-    Every text field is quoted, its quotes doubled: an id with a comma, a carriage return, a line feed
-    or a NUL reads back as itself. Numbers and booleans are bare (True/False, inf/-inf); a missing value
-    (None, NaN, <NA>) is "", the same field as an empty text (pandas reads both as missing, the csv
-    module both as ''). The header is every column name quoted. These are the bytes pandas'
-    to_csv(quoting=QUOTE_NONNUMERIC) wrote, except floats: they are spelled by Arrow, the shortest text
-    that reads back to the same double, with ".0" where that text would read as an integer (2.0 is
-    "2.0", -0.0 is "-0.0", 1e16 is "1e+16"); pandas spelled some differently ("1e-05" is now
-    "0.00001", "1e-07" "1e-7", "15000000000.0" "1.5e+10"), the same doubles.
-
-    The fields are built column by column with pyarrow.compute (several times faster than pandas'
-    writer, whose float formatting was most of a merge). A frame with a column of another kind (Python
-    values of mixed types, datetimes, float32, ...) or a column name that is not a string is written
-    whole by pandas, as before; the merge's frames never have one.
-    """
+    Every text field is quoted; floats are Arrow's shortest round-trip text (docs/FORMATS.md)."""
     kinds = _field_kinds(frame)
     if kinds is None:
         _write_csv_with_pandas(frame, path)

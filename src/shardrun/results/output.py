@@ -1,11 +1,5 @@
-"""The merge's output dir: one merge into it at a time, leftovers of a crashed merge tidied, and the
-whole set written in a sibling staging dir and swapped into place.
-
-Writing is atomic for the whole set: results.csv, results.parquet, trace.tsv, summary.png, run.png and
-merge_report.json are built in a sibling dir `.<name>.merging-<pid>-<random>` of the output dir,
-fsynced, and swapped into place (storage.atomic.replace_dir), so the output path holds the previous
-complete set or the new one, never a part. An existing, non-empty output dir is refused unless `overwrite` (the
-command's --overwrite; the launcher owns RUN/merged and always replaces it).
+"""The merge's output dir: one merge at a time, a crashed merge's leftovers tidied, the whole set
+written in a sibling staging dir and swapped into place, so the path never holds a partial set.
 """
 
 from __future__ import annotations
@@ -105,10 +99,7 @@ def write_result_set(output_dir: Path, frame: pd.DataFrame, report: MergeReport,
                      pictures: Callable[[], dict[str, bytes]] | None = None,
                      trace: pd.DataFrame | None = None, remedy: Remedy = MERGE_AGAIN) -> None:
     """Build the whole set in a sibling staging dir (the report last), fsync it, then swap it into
-    place: a merge that dies at any point leaves the previous complete set (or nothing) at the path,
-    never new results next to an old report or validation. `pictures` gives the pictures' bytes by
-    file name once the tables are written (a picture not given is not in the set); `trace` is
-    trace.tsv's table (None: none)."""
+    place: a merge that dies at any point leaves the previous complete set (or nothing) at the path."""
     paths = MergedPaths(output_dir)
     try:
         output_dir.parent.mkdir(parents=True, exist_ok=True)

@@ -1,11 +1,6 @@
-"""The merge's two pictures, summary.png (the task's panels) and run.png (the shards' timeline), drawn by
-the merge's own process once the tables are written (docs/dev/MERGE.md: a process of their own cost
-more memory and CPU than the drawing time it could hide).
+"""The merge's two pictures, summary.png and run.png, drawn in the merge's own process (docs/dev/MERGE.md).
 
-The pictures only illustrate results already written, so a plotting failure (a matplotlib bug, an
-odd value, a missing font, a task's panel that raises) is logged as an error with its traceback and the
-merge goes on, its set without that picture: a picture of an earlier merge is never shown next to
-results it does not describe. Each picture fails alone.
+A plotting failure is logged and the merge goes on without that picture; each picture fails alone.
 """
 
 from __future__ import annotations

@@ -1,8 +1,6 @@
 """What merge and validate read from disk: shard dirs, run.json provenance, the task, result files.
 
-Reading is one end of a merge (writing is the other); everything in between is pure. A dir that
-cannot be read as a shard dir raises MergeError with the fix; a shard's status.json is only
-reported, so an unreadable one does not stop a merge.
+An unreadable shard dir raises MergeError with the fix; an unreadable status.json is only reported.
 """
 
 from __future__ import annotations

@@ -71,10 +71,7 @@ def _listed(report: Mapping[str, Any], kinds: Sequence[tuple[str, Any, str | Non
 
 
 def report_problems(report: Mapping[str, Any], coverage: bool = True) -> list[str]:
-    """One line per problem recorded in a merge report (the dict of merge_report.json).
-
-    `coverage` False leaves out the coverage lists, for a caller that checks users another way.
-    """
+    """One line per problem recorded in a merge report (the dict of merge_report.json)."""
     problems = _listed(report, _CONFLICTS)
     if report.get("forced_mismatch"):
         problems.append("shards of different configs or input data were merged with --force")

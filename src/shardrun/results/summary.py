@@ -1,15 +1,6 @@
-"""summary.png of a merged result set: the science, the task's panels (if it draws any) under a title in
-plain words. The run's operations (each shard's timeline) are run.png's (run_picture.py).
+"""summary.png of a merged result set: the task's panels (Task.summary_panels) under a plain-words title.
 
-A task adds its panels through the optional hook Task.summary_panels (shardrun.task), in
-rows (SummaryPanel.row); a panel may also say in plain words what the picture shows, as the figure's
-title (`axes.figure.suptitle`), and the core puts its own part in front: how many users, never the
-analysis's name. For a task without panels the core draws the result rows by status, and says why
-when none is ok.
-
-Everything is drawn on an explicit Agg canvas: pyplot's global state is never touched, so merging
-inside another program (a notebook, a GUI) neither opens windows nor changes its figures. matplotlib
-is imported inside the drawing functions only, so importing merge does not pay for it.
+Drawn on an explicit Agg canvas (pyplot's global state is never touched); matplotlib is imported lazily.
 """
 
 from __future__ import annotations

@@ -1,16 +1,5 @@
 """The per-shard timeline of a merge (run.png), pure: committed users as spans, the shards' process
-starts, and the tables drawn from them.
-
-A span is one committed user of one shard dir, from its start to its commit; its status is the
-user's outcome (shardrun.states.user_outcome). A merge holds them as one span table (span_table: a
-row per user, UserSpan's fields as columns, plus the task's estimate of its seconds, `predicted_s`,
-where the task makes one), and the shards' process starts as a start table (start_table: shard,
-started; from each shard's status.json). From these: the timeline table (seconds since the run
-start, ordered by shard), each shard's phases before its users (waiting to start: a shard started
-after the run's first ones, as the launcher runs at most so many at once; start-up: from a process's
-start to its first user), a per-shard summary, the slow users (against the task's estimate, never the
-first user of a JVM), and the bars to draw (at most `MAX_BARS_PER_SHARD` per shard, consecutive users
-combined beyond that). Drawing them is run_picture.py's job.
+starts, and the tables drawn from them (drawing is run_picture.py's job).
 """
 
 from __future__ import annotations
@@ -73,13 +62,7 @@ def mapped(column: pd.Series, mapping: Mapping[Any, Any], default: Any) -> np.nd
 
 def timeline_table(spans: pd.DataFrame | Iterable[Sequence[Any]], starts: pd.DataFrame | None = None) -> pd.DataFrame:
     """One row per span: shard, start_s, end_s (seconds since the run start), seconds, status, user_id,
-    predicted_s (the task's estimate; NaN without one).
-
-    `spans` is a span table (span_table) or spans one by one (UserSpan or any sequence of its fields);
-    `starts` a start table (start_table), whose earliest start is the run's start when it comes before
-    every user. Sorted by shard (see shard_sort_key), then start. The frame's attrs["run_start"] holds
-    the run's start in POSIX seconds (None when there are no spans).
-    """
+    predicted_s (the task's estimate; NaN without one)."""
     if isinstance(spans, pd.DataFrame):
         table = spans.reindex(columns=[*SPAN_COLUMNS, PREDICTED]).copy()
     else:
@@ -149,15 +132,7 @@ def first_users(timeline: pd.DataFrame, starts: pd.DataFrame) -> np.ndarray:
 
 
 def shard_phases(timeline: pd.DataFrame, starts: pd.DataFrame) -> pd.DataFrame:
-    """What each shard did before its users: shard, phase, start_s, end_s.
-
-    "waiting": from the run's start to the shard's first process start, when the shard started later
-    by more than WAITED_AT_LEAST (the launcher runs at most so many shards at once: it waited for a
-    free core; on a cluster, for the scheduler). "start-up": from each process start to the first user
-    after it (reading the data, starting the JVM). A shard whose starts are not known (a run before
-    they were recorded) has no phases; a process start with no user after it (nothing left to do, or
-    died first) has none.
-    """
+    """What each shard did before its users: shard, phase, start_s, end_s."""
     columns = ["shard", "phase", "start_s", "end_s"]
     begins = timeline["start_s"].to_numpy()
     records = []
@@ -175,10 +150,7 @@ def shard_phases(timeline: pd.DataFrame, starts: pd.DataFrame) -> pd.DataFrame:
 def shard_summary(timeline: pd.DataFrame, phases: pd.DataFrame | None = None) -> pd.DataFrame:
     """Per shard: users, ok / skipped / failed, first_start_s, finish_s, busy_s (sum of user
     seconds), lag_s (how long after the first shard to finish it finished), waited_s and startup_s
-    (its phases' seconds, 0 without them).
-
-    Ordered straggler first: latest finish first, then by shard.
-    """
+    (its phases' seconds, 0 without them). Ordered straggler first: latest finish first."""
     columns = ["shard", "users", *STATUSES, "first_start_s", "finish_s", "busy_s", "lag_s", "waited_s", "startup_s"]
     if timeline.empty:
         return pd.DataFrame(columns=columns)
@@ -208,14 +180,7 @@ def shard_summary(timeline: pd.DataFrame, phases: pd.DataFrame | None = None) ->
 def slow_users(timeline: pd.DataFrame, first: np.ndarray | None = None, factor: float = SLOW_FACTOR,
                per_shard: int = SLOW_PER_SHARD) -> pd.DataFrame:
     """Users that took at least `factor` times what their estimate says, at most `per_shard` per shard,
-    the most over their estimate first.
-
-    The estimate is the task's (`predicted_s`), scaled to this run's machine by the median user's
-    seconds per predicted second; without estimates every user is predicted the same, so slow means
-    `factor` times the median user. The first user of each JVM (`first`, see first_users) is never
-    judged: its time holds the JVM's warm-up, not its own cost. attrs: "basis" ("estimate" or
-    "median") and "scale" (seconds per predicted second). Empty when nothing stands out.
-    """
+    the most over their estimate first. A JVM's first user is never judged: its time holds the warm-up."""
     predicted = timeline[PREDICTED].to_numpy(dtype="float64") if PREDICTED in timeline.columns else None
     has_estimate = predicted is not None and bool(np.any(np.isfinite(predicted) & (predicted > 0)))
     if predicted is None or not has_estimate:
@@ -237,14 +202,7 @@ def slow_users(timeline: pd.DataFrame, first: np.ndarray | None = None, factor: 
 
 def timeline_bars(timeline: pd.DataFrame, max_bars_per_shard: int = MAX_BARS_PER_SHARD) -> pd.DataFrame:
     """Bars to draw: shard, start_s, end_s, status, users (how many users the bar stands for).
-
-    A shard with at most `max_bars_per_shard` users gets one bar per user. A bigger shard gets its
-    users combined in start order, `ceil(n / max_bars_per_shard)` consecutive users per bar, with
-    the most common status of its users (ties go to the more severe status), so a bar shows what
-    most of its users did and a cluster of failures still shows. A bar never bridges an idle
-    gap (a shard stopped and resumed later): a gap longer than 1/2000 of the run starts a new bar,
-    so idle time stays visible.
-    """
+    Beyond max_bars_per_shard consecutive users share a bar (most common status, ties to the more severe)."""
     columns = ["shard", "start_s", "end_s", "status", "users"]
     if timeline.empty:
         return pd.DataFrame(columns=columns)
@@ -292,8 +250,7 @@ def table_spans(label: str, shard: ShardInput) -> tuple[pd.DataFrame, int]:
 def users_seconds_and_status(table: pa.Table | None, users: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
     """Per user of `users` (in that order), from its rows in `table` (column columnar.USER): its
     seconds, the largest finite, non-negative `seconds` of its rows (0 without one), and its status
-    by user_outcome's rule (failed without rows or with a failed or unknown status, skipped when every
-    row is, else ok). Counted with numpy per row: a pandas group-by per shard costs more than its rows."""
+    by user_outcome's rule. Counted with numpy: a pandas group-by per shard costs more than its rows."""
     if table is None or not table.num_rows:
         return np.zeros(len(users)), np.full(len(users), UserStatus.FAILED.value)
     owner = pd.Index(list(users), dtype=object).get_indexer(table.column(USER).to_numpy(zero_copy_only=False))
@@ -328,9 +285,7 @@ def shard_labels(shards: Sequence[ShardInput]) -> list[str]:
 
 def span_table(shards: Sequence[ShardInput]) -> pd.DataFrame:
     """Every committed user of every shard dir as a timeline span, one row each with UserSpan's fields
-    as columns (duplicates included: each was real work of its shard). Shards of one index from
-    different runs are told apart by run dir. Built over whole columns: a Python object per user
-    costs a noticeable part of a merge of 10^5 users."""
+    as columns (duplicates included: each was real work of its shard), built over whole columns."""
     parts = []
     untimed = 0
     for shard, label in zip(shards, shard_labels(shards)):

@@ -1,19 +1,6 @@
-"""merged/trace.tsv and the merge report's memory section, built from what read_shard returns (pure).
+"""merged/trace.tsv (one row per attempt at a user) and the merge report's memory section (pure).
 
-The trace has one row per attempt at a user that reached a commit or an error record (Nextflow's
-trace, GNU parallel's joblog): every committed record of every shard dir, the ones --retry-failed
-replaced included, and every errors.jsonl line whose commit never landed. A failed attempt leaves both
-an error line and a committed record; they carry the same attempt record (storage/attempts.py) and
-are one row. Records written before attempts were recorded give what they can: status, seconds and
-end from the rows and the commit, host, pid and memory empty, attempts numbered in the order they ended.
-
-The table is built over whole Arrow columns (a Python object per user costs seconds at 10^5 users);
-only the rare records without an attempt record are looked at one by one.
-
-trace.tsv is tab-separated, quoted like CSV: a field holding a tab, a newline, a carriage return or a
-double quote is put in double quotes, its quotes doubled (user ids are untrusted text), so
-`pandas.read_csv(path, sep="\\t", dtype={"user_id": str}, keep_default_na=False, na_values=[""])` and
-R's `read.delim(path, colClasses=c(user_id="character"), na.strings="")` give every id back exactly.
+trace.tsv is tab-separated, quoted like CSV, so every untrusted user id reads back exactly (docs/FORMATS.md).
 """
 
 from __future__ import annotations
@@ -242,13 +229,7 @@ def _tsv_field(values: pa.Array) -> pa.Array:
 
 
 def shard_memory(shard: ShardInput, trace: pa.Table) -> dict[str, Any]:
-    """What a shard was given against what it used, for merge_report.json (None where unknown).
-
-    Requested: the JVM's -Xmx (its last process's, from status.json), and the memory budget: SLURM's
-    allocation where the shard ran as an element (status.json's slurm_mem_bytes), else what the local
-    launcher's admission counted for it (launcher.json). Used: the peak RSS of the shard's processes
-    (the largest of them: each process carries its predecessors' peak in status.json) and the largest
-    heap in use after any user. `trace` is this shard's rows of the trace (shard_trace)."""
+    """What a shard was given against what it used, for merge_report.json (None where unknown)."""
     status = shard.status
     xmx = _xmx(status.get("jvm") or shard.identity.get("jvm"))
     slurm = _count(status.get("slurm_mem_bytes"))

@@ -1,15 +1,7 @@
-"""The run-level verdict of a result set, pure: how many users ended ok, skipped (by reason) and failed
-(by error class), and whether that is a result a scientist may use.
+"""The run-level verdict of a result set, pure: ok, skipped and failed counts, and whether it may be used.
 
-A result set passes only when at least one user was analysed and no more users failed than the
-tolerance allows (`--max-failed N|P%`, default 0). The counts, the reasons and the fix are said in
-the final lines of validate_outputs and launch_shards and recorded in validation.json.
-
-Where the error class comes from: a failed user's rows carry `status: failed` and a `reason` that
-the shard writes as "<ExceptionClass>: <message>" (states.failure_class reads it back). The class
-is taken from the rows, not from the shards' errors.jsonl, so a result set merged from anywhere is
-classified the same, without its shard dirs; errors.jsonl keeps each failure's whole story (message,
-Java stack) and is where the lines send the reader.
+It passes when a user was analysed and failures are within --max-failed (default 0). The error class
+is read from the rows' reason, not errors.jsonl, so a set merged from anywhere is classified alike.
 """
 
 from __future__ import annotations
@@ -91,9 +83,7 @@ def count_outcomes(frame: pd.DataFrame, user_column: str) -> UserOutcomes:
     """Each user's outcome from its rows (states.user_outcome's rule, for every user at once): failed
     when a row failed or has no known status, skipped when every row was skipped, else ok. Skipped
     users are grouped by their reason with its numbers aside ("only 3 observations" and "only 0
-    observations" are one reason), failed users by error class (states.failure_class).
-
-    The flags are found over whole columns; only the failed and skipped users' rows become text."""
+    observations" are one reason), failed users by error class (states.failure_class)."""
     if frame.empty:
         return UserOutcomes(users=0, ok=0)
     status = frame["status"]
