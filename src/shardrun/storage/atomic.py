@@ -1,10 +1,6 @@
-"""Files that appear whole or not at all: write to a temporary file, fsync, rename (or link) into place;
-and dirs that do the same (replace_dir: a dir built beside its target, fsynced, swapped into place).
+"""Files and dirs that appear whole or not at all (temporary file, fsync, rename or link).
 
-publish_new is the one place where a file is put at a name that must not exist yet (a user's result,
-shard.json, run.json): a hard link where the filesystem has them, else a rename that refuses to
-replace (renameat2 RENAME_NOREPLACE), else a rename after checking that the name is free. The way is
-chosen once per dir and logged once (docs/SHARED_FILESYSTEMS.md).
+publish_new falls back from hard link to RENAME_NOREPLACE to a checked rename: docs/SHARED_FILESYSTEMS.md.
 """
 
 from __future__ import annotations
@@ -44,9 +40,7 @@ def json_safe(value: Any) -> Any:
 
 
 class FsyncFailed(OSError):
-    """fsync(2) failed: the data may not be on the disk. Never retried (durability.is_transient): after a
-    failed fsync the kernel may have dropped the unwritten pages and marked them clean, so a second fsync
-    would succeed without writing them."""
+    """fsync(2) failed. Never retried: the kernel may have marked the lost pages clean already."""
 
 
 def fsync(fd: int, path: Path | str) -> None:
@@ -67,8 +61,7 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-# O_EXCL: a scratch name is never shared with another writer, nor followed through a symlink;
-# binary on Windows (Python makes every fd non-inheritable already)
+# O_EXCL and O_NOFOLLOW: a scratch name is never shared nor followed through a symlink
 _NEW_FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_BINARY", 0)
 NEW_FILE_MODE = 0o666  # what open(path, "w") asks for: the kernel takes the umask (or the dir's default ACL) off
 
@@ -77,21 +70,16 @@ SCRATCH_SUFFIX = ".tmp"
 
 
 def is_scratch_name(name: str) -> bool:
-    """A name create_temp_file draws: such a file in a dir is only ever a writer's unfinished work (left
-    behind by one that was killed mid-write), never something a reader takes for data."""
+    """A name create_temp_file draws: a killed writer's leftover, never data."""
     token = name[1:-len(SCRATCH_SUFFIX)]
     return (name.startswith(".") and name.endswith(SCRATCH_SUFFIX) and len(token) == 16
             and all(c in "0123456789abcdef" for c in token))
 
 
 def create_temp_file(directory: Path) -> tuple[int, Path]:
-    """A new, empty scratch file `.<random>.tmp` in `directory`, open for writing: (fd, path).
+    """A new scratch file `.<random>.tmp` in `directory`, open for writing: (fd, path).
 
-    Its mode is the one any program's new file gets (0o666 less the umask), so what is published
-    from it is as readable and writable by the group as the user's umask says (umask 002: a lab
-    shares the run). tempfile.mkstemp would create 0600 whatever the umask. The mode is given to the
-    create itself, never set afterwards: no reading of the process-wide umask (racy: os.umask can
-    only be read by setting it), and no moment at which the file has another mode."""
+    Mode 0o666 less the umask, so a group can share the run (mkstemp would force 0600)."""
     for _ in range(10):
         path = directory / f".{secrets.token_hex(8)}{SCRATCH_SUFFIX}"
         try:
@@ -134,19 +122,15 @@ def write_json_atomic(path: Path, obj: Any) -> None:
 
 
 def create_json_once(path: Path, obj: Any, sole_writer: bool = False) -> bool:
-    """Write `path` only if it does not exist yet (atomically). True if this call created it.
+    """Write `path` atomically only if it does not exist yet; True if this call created it.
 
-    `sole_writer`: the caller holds the shard lock of the dir (shard.json). Without it (run.json,
-    which every shard of a run may try to create at once) and where the filesystem offers only the
-    checked rename, the file is read back: if another process's rename replaced this one's, the call
-    says it did not create the file, and the caller compares with what is there."""
+    Without `sole_writer` (the shard lock), a checked rename is read back, as racing shards may replace it."""
     payload = encode_json(obj)
     tmp = write_temp_file(path.parent, payload)
     try:
         way = publish_new(tmp, path)
     except FileExistsError:
-        # The sole writer finding its very bytes there: its own earlier attempt landed (a retry after a
-        # lost reply), so it did create the file.
+        # the sole writer finding its own bytes: an earlier attempt landed
         return sole_writer and holds(path, payload)
     finally:
         tmp.unlink(missing_ok=True)
@@ -165,10 +149,8 @@ HARD_LINK = "hard link"
 RENAME_NOREPLACE = "rename without replace (renameat2 RENAME_NOREPLACE)"
 CHECKED_RENAME = "rename after checking that the name is free"
 
-# What link(2) answers on a filesystem (or a pair of dirs) that has no hard links: FAT and exFAT,
-# FUSE filesystems without link (EPERM), BeeGFS across dirs (EPERM), others EOPNOTSUPP, ENOSYS,
-# EMLINK or EXDEV. A real permission problem gives EPERM too; the rename that follows then fails with
-# it and the caller reports it.
+# link(2) errors meaning "no hard links here" (FAT, FUSE, BeeGFS across dirs: EPERM); a real EPERM
+# resurfaces from the rename that follows
 LINK_REFUSED_ERRNOS = frozenset({errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS, errno.EMLINK, errno.EXDEV})
 
 _ways_by_dir: dict[str, str] = {}
@@ -177,14 +159,13 @@ _ways_lock = threading.Lock()
 
 
 def publish_way(directory: Path) -> str:
-    """How publish_new puts files into `directory` in this process (HARD_LINK until a link was refused)."""
+    """How publish_new puts files into `directory` (HARD_LINK until a link was refused)."""
     with _ways_lock:
         return _ways_by_dir.get(str(directory), HARD_LINK)
 
 
 def _choose_way(directory: Path, way: str, refused: OSError) -> None:
-    """Remember `way` for `directory`; say so once per filesystem at warning level (a shard has three
-    such dirs: the run dir, its own dir and results/), and for its other dirs at info level."""
+    """Remember `way` for `directory`; warn once per filesystem, then log at info level."""
     try:
         device = os.stat(directory).st_dev
     except OSError:
@@ -205,15 +186,9 @@ def _choose_way(directory: Path, way: str, refused: OSError) -> None:
 
 
 def publish_new(tmp: Path, target: Path) -> str:
-    """Put the complete, fsynced file `tmp` at `target` in one step, only if `target` does not exist:
-    FileExistsError if it does (then `tmp` stays for the caller to remove). Returns the way used.
+    """Put the fsynced `tmp` at `target` in one step, FileExistsError if it exists; returns the way used.
 
-    A hard link is atomic and refuses an existing name, on any number of writers. Where links are
-    refused, renameat2(RENAME_NOREPLACE) keeps both properties. Where that is missing too (NFS and
-    FUSE filesystems without it answer EINVAL), the name is checked and then renamed into: exactly once as long as one
-    process writes the dir, which the shard lock guarantees for a shard dir. Even if two writers did
-    race there, the name is the user's, so the second rename replaces the first file whole: the user
-    is never there twice and never torn."""
+    The checked-rename fallback is exactly-once only with one writer per dir (the shard lock)."""
     directory = target.parent
     way = publish_way(directory)
     if way == HARD_LINK:
@@ -235,8 +210,7 @@ def publish_new(tmp: Path, target: Path) -> str:
         return RENAME_NOREPLACE
     if os.path.lexists(target):
         raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(target))
-    # A crash here leaves `tmp` in its scratch dir (removed at the next start) and the name free: the
-    # user is not committed and is computed again.
+    # a crash here leaves the name free: the user is recomputed
     os.rename(tmp, target)
     return CHECKED_RENAME
 
@@ -273,8 +247,7 @@ def fsync_tree(directory: Path) -> None:
 
 
 def _renameat2(a: Path, b: Path, flags: int) -> bool:
-    """Linux renameat2(a, b, flags); False where the OS, the C library or the filesystem lacks it
-    (ENOSYS, EINVAL, EOPNOTSUPP); any other failure is raised (EEXIST as FileExistsError)."""
+    """Linux renameat2(a, b, flags); False where unsupported, any other failure raised."""
     if not sys.platform.startswith("linux"):
         return False
     try:
@@ -292,23 +265,19 @@ def _renameat2(a: Path, b: Path, flags: int) -> bool:
 
 
 def exchange_paths(a: Path, b: Path) -> bool:
-    """Swap two existing paths in one step (Linux renameat2 RENAME_EXCHANGE); False where the OS or
-    the filesystem cannot (then the caller falls back to two renames)."""
+    """Swap two paths in one step (RENAME_EXCHANGE); False where unsupported."""
     return _renameat2(a, b, _RENAME_EXCHANGE)
 
 
 def rename_noreplace(a: Path, b: Path) -> bool:
-    """Rename `a` to `b` in one step unless `b` exists (FileExistsError); False where the OS or the
-    filesystem has no such rename (Linux renameat2 RENAME_NOREPLACE; NFS and many FUSE filesystems lack it)."""
+    """Rename `a` to `b` unless `b` exists (FileExistsError); False where unsupported (NFS, many FUSE)."""
     return _renameat2(a, b, _RENAME_NOREPLACE)
 
 
 def replace_dir(new: Path, target: Path, aside: Path) -> None:
-    """Put the complete, fsynced dir `new` at `target` (both in one parent): at every instant the
-    path holds the old dir or the new one, never a mix. Where the path is taken, the two are swapped
-    in one step (RENAME_EXCHANGE); without it the old dir is renamed to `aside`, the new one renamed
-    in, the old one removed (a crash between the two renames leaves the old set complete at `aside`,
-    which the next merge puts back). The old dir is removed last."""
+    """Put the fsynced dir `new` at `target`: the old dir or the new, never a mix.
+
+    Without RENAME_EXCHANGE a crash may leave the old set at `aside`, which the next merge puts back."""
     parent = target.parent
     if not target.exists() and not target.is_symlink():
         os.rename(new, target)

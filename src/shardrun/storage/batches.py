@@ -1,18 +1,6 @@
-"""The batch file: several users' committed results in one file, checked by one checksum (pure).
+"""The batch file: several users' results under one checksum of the raw record bytes (pure).
 
-A batch is JSON Lines: a header line, then one line per user. The header carries `records_sha256`,
-the sha256 of the exact bytes after the header line, so checking a batch is one hash over its bytes
-(no re-encoding of values) and any change to any record after the commit is seen. The batch is the
-unit of trust: a batch that fails the check is set aside whole, and its users are recomputed.
-
-    {"format": 3, "users": 2, "records_sha256": "...", "committed_at": "...", "config_hash": "...", ...}
-    {"user_id": "u1", "ended_at": "...", "attempt": {...}, "rows": [...]}
-    {"user_id": "u2", "ended_at": "...", "replaces": true, "attempt": {...}, "rows": [...]}
-
-`replaces` marks a user run again by --retry-failed: its record takes the place of the user's earlier
-(failed) one; without it a second record of a user is a duplicate and the first one stands.
-`attempt` is the attempt that made the rows (storage/attempts.py: where, when, how long, the heap);
-records written before attempts were recorded have none, and are read as before.
+A batch is trusted or set aside whole; the format is in docs/FORMATS.md ("Batch files").
 """
 
 from __future__ import annotations
@@ -69,9 +57,9 @@ def encode_batch(header: Mapping[str, Any], record_lines: Sequence[bytes]) -> by
 
 
 def verified_body(payload: bytes) -> tuple[dict[str, Any], memoryview]:
-    """A batch's header and the bytes of its records, checked against the header's checksum (the
-    records are not parsed: a reader that parses them in bulk takes the bytes), or BadBatch. The
-    records are a view into `payload`, not a copy: a merge reads hundreds of megabytes of them."""
+    """A batch's header and its checksum-verified record bytes (unparsed), or BadBatch.
+
+    The records are a view, not a copy: a merge reads hundreds of megabytes of them."""
     end_of_head = payload.find(b"\n")
     if end_of_head < 0:
         raise BadBatch("it has no header line (empty or cut off)")
@@ -108,8 +96,7 @@ def decode_batch(payload: bytes) -> Batch:
 
 
 def readable_user_ids(payload: bytes) -> list[str]:
-    """The user ids that can still be read from the records of a bad batch (to name whose results it
-    held); the records themselves are not trusted."""
+    """The user ids still readable in a bad batch, to name whose results it held."""
     user_ids = []
     for line in payload.split(b"\n")[1:]:
         try:

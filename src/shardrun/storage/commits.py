@@ -1,15 +1,7 @@
-"""A shard's results, exactly once: the group committer (batches of users, each batch file whole or
-absent), the resume scan, and errors.jsonl.
+"""A shard's results, exactly once: the group committer, the resume scan, and errors.jsonl.
 
-A user is committed when a batch file holding its record is published in results/ (storage/batches.py
-is the format): written to a fsynced temporary file and put in place by atomic.publish_new, so a crash
-at any instant leaves every user committed whole or not at all. Batching is group commit: the users
-that end within a second share one file and one fsync, instead of a file, two fsyncs and a link each.
-
-Provenance: every batch carries the sha256 of its records' bytes and the shard's `config_hash`; a
-batch edited after its commit, or copied in from a run of another config, is told apart from one
-written here. Runs made before batches held one file per user (`u-<hash>.json`); those files are not
-read: a shard dir holding one is refused (refuse_older_results), never half-read.
+Each batch file is published whole or not at all, so a crash leaves every user committed or not;
+users ending within a second share one file and one fsync. Format: storage/batches.py, docs/FORMATS.md.
 """
 
 from __future__ import annotations
@@ -54,13 +46,12 @@ class CommittedUser:
 
     @property
     def records(self) -> tuple[Mapping[str, Any], ...]:
-        """Every committed record of the user, in commit order: the replaced ones, then the standing one."""
+        """Every committed record of the user, the replaced ones first."""
         return (*self.replaced, self.record)
 
 
 def config_problem(file_hash: Any, rows_by_whose: Mapping[str, Sequence[Any]], config_hash: str | None) -> str | None:
-    """Why a file of another config's run is not this shard's: its own config hash, or that of any of
-    its rows (`rows_by_whose` names each row list for the message), differs from `config_hash`."""
+    """Why a file comes from another config's run (its or a row's config hash differs), or None."""
     if config_hash is None:
         return None
     if file_hash is not None and file_hash != config_hash:
@@ -75,7 +66,7 @@ def config_problem(file_hash: Any, rows_by_whose: Mapping[str, Sequence[Any]], c
 
 
 def shard_config_hash(paths: ShardPaths) -> str | None:
-    """The config hash in the shard's shard.json, or None when there is none (yet) or it cannot be read."""
+    """The config hash in shard.json, or None when absent or unreadable."""
     try:
         identity = read_json(paths.identity)
     except (OSError, ValueError):
@@ -85,18 +76,10 @@ def shard_config_hash(paths: ShardPaths) -> str | None:
 
 
 class GroupCommitter:
-    """Commits a shard's users in batches, each user exactly once (the shard lock makes this the only writer).
+    """Commits a shard's users in batches every `interval_seconds`, each user exactly once.
 
-    `add` queues a finished user; the queue becomes one batch file, written to a fsynced temporary file
-    and published under a new name (atomic.publish_new), so every user of the batch is committed at once
-    or none is. A batch is written when `interval_seconds` have passed since the last one: a shard of
-    long users commits each user as it ends, a shard of many small users one file (one fsync) a second.
-    A crash loses at most the users queued since the last batch; they were never committed, so the
-    resume computes them again. `flush` writes the queue now (the drain, the end of the shard).
-
-    A background flusher (start_flusher) writes a queue left waiting behind a long user. The lock is
-    taken only by this object; `try_flush` waits for it at most as long as it is told (a signal handler
-    on the thread that holds it must not deadlock).
+    A crash loses only users queued since the last batch (the resume recomputes them); `try_flush`
+    waits bounded so a signal handler on the lock's thread cannot deadlock.
     """
 
     def __init__(self, paths: ShardPaths, header: Mapping[str, Any], committed: Iterable[str] = (),
@@ -145,8 +128,7 @@ class GroupCommitter:
             return self._write_queue() if self._queue else None
 
     def try_flush(self, wait_seconds: float = 0.0) -> bool:
-        """Write the queue if the lock comes free within `wait_seconds`; False if not, or if the write failed
-        (logged: the caller is leaving, and the queued users are recomputed by the next run)."""
+        """Write the queue if the lock frees within `wait_seconds`; False (logged) if not or if it failed."""
         if not self._lock.acquire(timeout=wait_seconds):
             log.error("could not commit the %d users queued: a commit was in progress", len(self._queue))
             return False
@@ -176,16 +158,13 @@ class GroupCommitter:
         what = (f"the result of user {users[0]!r}" if len(users) == 1
                 else f"the results of {len(users)} users ({target.name})")
         results = self._paths.results
-        # Three steps, each given to the guard alone so that a retry repeats only that step: the batch
-        # written to a new fsynced temporary file (a retry writes another), published at its name (a
-        # retry first looks whether the earlier attempt landed), and the dir fsynced (never retried).
+        # write, publish, fsync the dir: each guarded alone so a retry repeats only that step
         tmp = self._guard(what, results, lambda: write_temp_file(self._paths.tmp, payload))
         try:
             self._guard(what, results, lambda: publish_once(tmp, target, payload))
         finally:
             tmp.unlink(missing_ok=True)
-        # Published: these users are committed now, whatever happens to the dir's fsync, so that no later
-        # flush (the drain, the shard's end) writes them a second time.
+        # committed now, whatever the dir's fsync does: no later flush may write them again
         self._committed.update(users)
         self._queue.clear()
         self._queued_ids.clear()
@@ -219,15 +198,13 @@ class GroupCommitter:
 
 
 def publish_once(tmp: Path, target: Path, payload: bytes) -> None:
-    """Put the fsynced batch file `tmp` (whose bytes are `payload`) at `target`, a name that must be new;
-    safe to repeat: an attempt whose answer was lost (an EIO or a timeout from a file server after the
-    link was made) has landed when `target` holds exactly `payload`, and then nothing is done again.
-    A different file at `target` is AlreadyCommitted: batch names are never reused."""
+    """Publish `tmp` at the new name `target`; safe to repeat after a lost answer (EIO, timeout).
+
+    A different file already at `target` is AlreadyCommitted: batch names are never reused."""
     if holds(target, payload):
         return
     try:
-        # a hard link, or on a filesystem without them a rename that cannot replace: the shard lock makes
-        # this process the only writer of results/ (atomic.publish_new)
+        # safe without hard links too: the shard lock makes this the only writer (atomic.publish_new)
         publish_new(tmp, target)
     except FileExistsError:
         if holds(target, payload):
@@ -236,8 +213,7 @@ def publish_once(tmp: Path, target: Path, payload: bytes) -> None:
 
 
 def next_batch_number(paths: ShardPaths) -> int:
-    """One past the highest batch number ever used here, quarantined batches included: a number is never
-    given to a second batch, so a name in a log or a report always means one file."""
+    """One past the highest batch number used, quarantined included: a name always means one file."""
     set_aside = [Path(path.name.rsplit(".", 1)[0]) for path in paths.quarantine.glob("b-*")]
     numbers = [batch_number(path) for path in [*paths.batch_files(), *set_aside]]
     return max((n for n in numbers if n is not None), default=0) + 1
@@ -247,8 +223,7 @@ OLDER_RESULTS = "u-*.json"  # one file per user: how runs made before batch file
 
 
 def refuse_older_results(paths: ShardPaths, error: type[ShardrunError] = ResumeMismatch) -> None:
-    """Raise `error` when the shard dir holds result files of a run made before batch files: resumed or
-    merged, their users would be computed again or missing without a word."""
+    """Raise `error` if pre-batch result files are here: they would otherwise be silently ignored."""
     older = min(paths.results.glob(OLDER_RESULTS), default=None) if paths.results.is_dir() else None
     if older is not None:
         raise error(
@@ -259,19 +234,10 @@ def refuse_older_results(paths: ShardPaths, error: type[ShardrunError] = ResumeM
 
 
 def scan_committed(paths: ShardPaths, untrusted: str = "quarantine") -> dict[str, CommittedUser]:
-    """Every user committed in this shard dir, by user id, from its batch files (refuse_older_results
-    first).
+    """Every user committed in this shard dir, by user id, from its batch files.
 
-    A file that cannot be read as what commits write (torn, truncated, edited, another config's)
-    cannot be trusted. With `untrusted="quarantine"`
-    (the resume scan, under the shard lock) it is moved aside byte for byte to results/quarantine/
-    with a warning that says why, and its users count as not committed, so the resume recomputes them
-    (the analysis is deterministic: the same numbers). With `untrusted="keep"` (merge, and readers of a
-    live shard) it is left in place and its users are returned with `problem` set, for the caller to
-    report.
-
-    A second record of a user replaces the first only when it says so (--retry-failed); otherwise the
-    first stands and the duplicate is logged.
+    An untrusted file is moved to results/quarantine/ ("quarantine", under the shard lock) or
+    returned with `problem` set ("keep", for merge and live readers).
     """
     if untrusted not in ("quarantine", "keep"):
         raise ValueError(f"untrusted must be 'quarantine' or 'keep', not {untrusted!r}")
@@ -328,14 +294,12 @@ def _scan_batch_file(path: Path, config_hash: str | None, committed: dict[str, C
 
 
 def stands(user_id: str, replaces: bool, earlier: Container[str]) -> bool:
-    """Whether a user's record stands: the first of that user, or a later one that replaces the earlier
-    (--retry-failed). A later record that does not say so is a duplicate; the first one stands."""
+    """Whether a record stands: the user's first, or a later one that says it replaces (--retry-failed)."""
     return user_id not in earlier or bool(replaces)
 
 
 def results_listing(paths: ShardPaths) -> frozenset[tuple[str, int, int]]:
-    """(name, size, mtime in ns) of every result file: what a second look compares with the first to
-    know whether a scan still holds, without reading any file again."""
+    """(name, size, mtime ns) of every result file, to tell cheaply whether a scan still holds."""
     if not paths.results.is_dir():
         return frozenset()
     listing = set()
@@ -375,13 +339,12 @@ def append_error(paths: ShardPaths, record: Mapping[str, Any]) -> None:
 
 
 def error_line(record: Mapping[str, Any]) -> bytes:
-    """errors.jsonl's line for a failed attempt, stamped with the time now (so that no two lines are alike)."""
+    """errors.jsonl's line for a failed attempt, timestamped so no two lines are alike."""
     return (json.dumps(json_safe({"time": utc_now(), **record}), allow_nan=False) + "\n").encode()
 
 
 def append_line_once(path: Path, line: bytes) -> None:
-    """Append `line` to `path` and fsync it; safe to repeat (durability.durable_write): an earlier attempt
-    whose write landed before it failed left the line at the file's end, and it is not appended again."""
+    """Append `line` to `path` and fsync; safe to repeat: a line already at the end is not appended again."""
     with open(path, "a+b") as handle:
         end = handle.seek(0, os.SEEK_END)
         if end >= len(line):

@@ -1,20 +1,7 @@
-"""The one storage guard of every command: retry what is transient and safe to repeat, stop clearly on the rest.
+"""The storage guard of every command: retry transient errors with jitter, stop clearly on the rest.
 
-A network filesystem under load returns EIO, EAGAIN or ESTALE for a moment and then works again;
-such a step is retried with jittered exponential backoff (tenacity's full jitter), so that K shards
-that met the same server hiccup do not come back to it all at the same instant. A full disk, a
-read-only, forbidden or vanished dir does not heal by waiting: the command stops at once with a
-StorageError (exit 6) that names the file, the dir and the fix, and nothing already committed is
-touched. The fix is the one mapping below (errno -> the problem in words); what to run afterwards
-is the command's own (`Remedy`): a shard is resumed, a merge is run again, a launcher continues its run.
-
-Only a step that is safe to repeat may be given to `durable_write`: one that starts afresh (a new
-temporary file, a replace), or one that first looks whether an earlier attempt already landed
-(commits.publish_once). A failed fsync is never retried (atomic.FsyncFailed): after it the kernel
-may have dropped the unwritten pages and marked them clean, so a second fsync succeeds without
-writing them (PostgreSQL's fsync lesson of 2018). It is a storage failure like a full disk.
-
-The policy is a small pure object; the sleep is injected so tests record the waits instead of taking them.
+Jitter keeps K shards from hitting a recovering file server at once; a failed fsync is never
+retried (PostgreSQL's 2018 lesson). Only steps safe to repeat may be guarded. See docs/RELIABILITY.md.
 """
 
 from __future__ import annotations
@@ -42,11 +29,7 @@ TRANSIENT_ERRNOS = frozenset({errno.EIO, errno.EAGAIN, errno.EBUSY, errno.ESTALE
 
 @dataclass(frozen=True)
 class Remedy:
-    """What the person does once the storage is fixed, in the words of the command that met the failure.
-
-    `then`: the command that continues (or repeats) the work, e.g. "resume the shard: run_production
-    --resume DIR"; `elsewhere`: where the output could go instead, e.g. "output.root or --out", or None
-    where it cannot (a run under way lives where it is)."""
+    """What to run once the storage is fixed (`then`), and where output could go instead (`elsewhere`)."""
 
     then: str
     elsewhere: str | None
@@ -57,8 +40,7 @@ SAME_COMMAND = Remedy("run the same command again", "output.root or --out")
 SHARD = Remedy("resume the shard (run_production --resume SHARD_DIR, or launch_shards again with --out RUN): what is"
                " committed is kept, checked, and not computed again", "output.root or --out")
 
-# The problem in words, by errno: the one place that says what a storage failure means, and the fix,
-# with another place for the output where the command has one (`{elsewhere}`: its own flag or key).
+# the problem and its fix, by errno (`{elsewhere}`: the command's own output flag or key)
 _PROBLEMS: dict[int | None, tuple[str, str | None]] = {
     errno.ENOSPC: ("the disk is full: free space", None),
     errno.EDQUOT: ("the disk quota is exhausted: free space or raise the quota", None),
@@ -95,8 +77,7 @@ def storage_error(what: str, where: Path, exc: OSError, remedy: Remedy = SAME_CO
     return StorageError(f"{failed}{still}: {exc.strerror or exc}; {fix}, then {remedy.then}.")
 
 
-# Errnos that only a write can meet: an OSError with one of them that reached a command's top level
-# escaped a guard, and is still a storage failure (cli/common.guarded), not a bug to report.
+# write-only errnos: one reaching the top level escaped a guard, and is a storage failure, not a bug
 WRITE_ONLY_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG})
 
 
@@ -138,8 +119,7 @@ def durable_write(
     what: str, where: Path, write: Callable[[], T], policy: IoRetryPolicy = IoRetryPolicy(),
     sleep: Callable[[float], None] = time.sleep, remedy: Remedy = SAME_COMMAND,
 ) -> T:
-    """Run `write` (a step safe to repeat), retrying transient errors; any other OSError, a failed fsync
-    among them, becomes a StorageError with the fix (storage_error)."""
+    """Run `write` (safe to repeat), retrying transient errors; other OSErrors become a StorageError."""
     try:
         return policy.retrying(sleep)(write)
     except OSError as exc:

@@ -1,13 +1,6 @@
-"""One live process at a time for a whole command: one launcher per run, one merge per output.
+"""One live process per command: one launcher per run, one merge per output (flock, refused at once).
 
-A lock file held with the OS lock (flock) for as long as the command runs; the kernel drops it when the
-process dies, however it dies, so a crashed command never blocks the next one. Its text names the
-holder (pid, host, since) for the refusal. A second command is refused at once (AlreadyRunning, exit
-4), naming the live one; it never waits and never replaces what the first one writes.
-
-Where the filesystem has no locks (NFS without a lock manager), the command runs unguarded, with a
-warning: the shard dirs keep their own lock (storage/lock.py), so shards are never run twice; only two
-commands started by hand at once on such a filesystem are not told apart.
+Without file locks the command runs unguarded with a warning; shard dirs keep their own lock.
 """
 
 from __future__ import annotations
@@ -27,8 +20,7 @@ log = logging.getLogger(__name__)
 
 
 class ExclusiveFile:
-    """Hold `path` exclusively from acquire() to release(); `what` names the work for the refusal
-    ("launch_shards of run R"), `fix` says what to do instead."""
+    """Hold `path` exclusively from acquire() to release(); `what` and `fix` word the refusal."""
 
     def __init__(self, path: Path, what: str, fix: str):
         self.path = path
@@ -53,8 +45,7 @@ class ExclusiveFile:
                 if not platforms.lock_is_held(exc):
                     raise
                 raise AlreadyRunning(f"{self.what} is already running ({holder}); {self.fix}") from None
-            # The holder before us may have removed the file after we opened it: then our lock is on a
-            # file nobody else sees, and the path is taken again.
+            # the previous holder may have unlinked it after our open: lock the path again
             if self._same_file(handle):
                 handle.seek(0)
                 handle.truncate()
@@ -81,8 +72,7 @@ class ExclusiveFile:
         try:
             self.path.unlink(missing_ok=True)
         except OSError as exc:
-            # a read-only or vanished dir (the error the command ends with says so): a lock file left
-            # behind is harmless, the next command takes it over
+            # a lock file left behind is harmless: the next command takes it over
             log.debug("left the lock file %s: %s", self.path, exc.strerror or exc)
         finally:
             handle.close()

@@ -42,8 +42,7 @@ def read_run_document(path: Path) -> dict[str, Any]:
 
 
 def recorded_shard_count(path: Path) -> tuple[Path, int] | None:
-    """(run dir, K) of the run that `path` is (a run dir) or is in (a shard dir), from its run.json; None when
-    there is no run.json yet (a new run dir). A run.json without a valid K is a ResumeMismatch with its fix."""
+    """(run dir, K) from the run.json of `path` or its run; None without run.json, ResumeMismatch if K is bad."""
     run = RunPaths(path.parent if ShardPaths(path).identity.is_file() else path)
     if not run.run_json.is_file():
         return None
@@ -58,9 +57,7 @@ def recorded_shard_count(path: Path) -> tuple[Path, int] | None:
 
 def run_difference(existing: Mapping[str, Any], shards: int, config_hash: str | None = None,
                    data_fingerprint: str | None = None) -> tuple[str, str] | None:
-    """How the run of `existing` (a run.json) differs from this one, as (key, words); None when it is the
-    same run. The config and the data are compared only when given. The one rule of "the same run" for
-    a shard joining a run dir and for the launcher continuing one: one K, one config, one input."""
+    """How run.json `existing` differs from this run, as (key, words), or None: one K, config and input."""
     if existing.get("shards") != shards:
         return "shards", (f"it was started with {existing.get('shards')} shards (K={existing.get('shards')}, its"
                           f" run.json), and this is K={shards}: a run dir holds one K")
@@ -87,9 +84,7 @@ def ensure_identity(paths: ShardPaths, identity: Mapping[str, Any], resuming: bo
                     guard: Callable[[Callable[[], bool]], bool] = lambda write: write()) -> dict[str, Any]:
     """Write shard.json for a new shard dir, or check that a resumed one belongs to this run.
 
-    Whether a dir is resumable is decided by its shard.json (same config hash, same data,
-    same shard layout), never by the dir merely existing. `guard` runs the write (the storage guard):
-    the decision is made once, before it, so that a retried write is never taken for an earlier run.
+    Decided once before `guard` writes, so a retried write is never taken for an earlier run.
     """
     existing = read_shard_identity(paths) if paths.identity.is_file() else None
     if existing is None:

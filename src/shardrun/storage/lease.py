@@ -1,25 +1,7 @@
-"""A lease file: the shard lock where the filesystem has no working file locks.
+"""A lease file (O_EXCL create, mtime heartbeat): the shard lock where file locks do not work.
 
-The lease is a file created with O_CREAT|O_EXCL (atomic on local filesystems and on NFS v3 and
-later), holding who holds it: host, boot id, pid and the process's start time, a random token, and
-the scheduler's job the holder runs in, if any (`SchedulerJob`: SLURM's element, its restart count
-and node). Its modification time is the heartbeat: the holder sets it every `refresh_every` seconds
-from a thread of its own. Another process respects the lease unless it is stale (`staleness`):
-
-- on the same host (same host name and boot id), only when the holder's process is gone (its pid
-  no longer runs, or runs another process: a different start time). The clock does not count there:
-  a shard suspended by `--cpu-limit` or a debugger is alive however old its heartbeat;
-- on another host, for a holder in a scheduler's job, by what the scheduler says of that job now
-  (`scheduler_verdict`): at once when the run that took the lease no longer runs on the holder's
-  node (ended, forgotten, pending again, running elsewhere, or a later run of it); never while it
-  still runs there, however old the heartbeat (a paused holder is alive);
-- otherwise (no scheduler job, the scheduler could not be asked or its answer settles nothing, a
-  lease that cannot be read), only when the heartbeat is older than `stale_after` seconds
-  (SHARDRUN_LEASE_STALE_SECONDS, default 120).
-
-A stale lease is taken over by renaming it aside first (to `lease.taken-<token>`): of two
-processes that both found it stale only one rename finds the file, and the new lease is again an
-O_EXCL create, so two takers can never both win. docs/SHARED_FILESYSTEMS.md explains the choice.
+Staleness: same host, the holder's pid; another host, its scheduler job, else the heartbeat's age.
+Takeover renames the lease aside first, so two takers never both win: docs/SHARED_FILESYSTEMS.md.
 """
 
 from __future__ import annotations
@@ -51,8 +33,7 @@ TAKEN_ASIDE = ".taken-"  # `lease.taken-<token>`: a stale lease moved aside by t
 
 @dataclass(frozen=True)
 class SchedulerJob:
-    """The scheduler's job a holder runs in, as the scheduler names it (scheduler/slurm.py makes it
-    from the job's environment)."""
+    """The scheduler's job a holder runs in (scheduler/slurm.py makes it from the environment)."""
 
     scheduler: str  # "slurm"
     cluster: str | None  # the cluster's name: a job id means something on its own cluster only
@@ -93,8 +74,7 @@ class Holder:
                    token=secrets.token_hex(8), acquired_at=utc_now(), job=job)
 
     def same_machine(self, other: Holder) -> bool:
-        """Same host name and same boot: only then can a pid be looked up here. Two machines (or
-        containers) that share a host name differ in boot id, and a reboot changes it."""
+        """Same host and boot id (hosts sharing a name differ in boot id): only then is a pid meaningful here."""
         return self.host == other.host and self.boot_id == other.boot_id
 
     def to_json(self) -> str:
@@ -144,19 +124,9 @@ JobAsker = Callable[[SchedulerJob], "JobSighting | None"]  # None: the scheduler
 
 
 def scheduler_verdict(job: SchedulerJob, sighting: JobSighting, me: SchedulerJob | None = None) -> Judgement | None:
-    """Whether the run of `job` that took the lease is over, from the scheduler's answer; None when the
-    answer settles nothing (then the heartbeat decides). Pure.
+    """Whether the holder's run of `job` is over, by the scheduler; None if the answer settles nothing.
 
-    The scheduler never starts a run of a job before the previous run's processes are gone from its
-    nodes, nor calls a job ended or pending before then (SLURM: it is COMPLETING until every node
-    reported them killed): so a job that is gone, waiting, in a later run, or running on other nodes
-    has no process of the holder's run left. Anything else that may have processes on the holder's node
-    (running there in the same run, completing, suspended, an unknown state, nodes that cannot be read)
-    is respected whatever the heartbeat: a holder paused there is alive. A node the scheduler lost
-    contact with settles nothing: it may have crashed, or still run the holder cut off from the
-    scheduler but not from the filesystem, and the scheduler cannot tell. `me`, the asking process's own
-    job, only names the case where the newcomer is the same job restarted (its run is then the later one
-    the scheduler reports)."""
+    Sound because SLURM ends or requeues a job only once its processes are gone (COMPLETING until then)."""
     on = f"{job.scheduler} job {job.element}"
     if sighting.cluster is None or sighting.cluster != job.cluster:
         return None  # another cluster's job ids mean other jobs
@@ -211,8 +181,7 @@ def process_started(pid: int) -> float | None:
 
 
 def process_alive(pid: int, started: float | None) -> bool:
-    """True if `pid` runs on this machine and is the process that started at `started` (not a later
-    process that reused the pid). A zombie (dead, not yet reaped) is gone."""
+    """True if `pid` runs here and started at `started` (not a reused pid); a zombie is gone."""
     try:
         process = psutil.Process(pid)
         if process.status() == psutil.STATUS_ZOMBIE:
@@ -227,9 +196,7 @@ def process_alive(pid: int, started: float | None) -> bool:
 def staleness(state: LeaseState, me: Holder, now: float, stale_after: float,
               alive: Callable[[int, float | None], bool] = process_alive,
               ask_scheduler: JobAsker | None = None) -> Judgement:
-    """Whether the lease in `state` may be taken over by `me`, and why (the module's rule: the process
-    table on the same machine; elsewhere the scheduler, when the holder recorded a job and the
-    scheduler answers something that settles it; else the heartbeat's age)."""
+    """Whether `me` may take over the lease in `state`, and why (the rule in the module docstring)."""
     holder = state.holder
     if holder is not None and holder.same_machine(me):
         if alive(holder.pid, holder.started):
@@ -266,15 +233,9 @@ class LeaseHeld(Exception):
 
 
 class Lease:
-    """One lease file, held from acquire() to release(), refreshed by its own thread meanwhile.
+    """One lease file, held from acquire() to release() and refreshed by its own thread.
 
-    If the file stops being this holder's (another process judged it stale and took it over, for
-    example after this host could not reach the filesystem for `stale_after` seconds), the refresher
-    calls `on_lost` once and stops: the holder must stop writing.
-
-    `job` is the scheduler's job this process runs in (recorded in the lease), `ask_scheduler` how to
-    ask the scheduler about another holder's job (scheduler/slurm.py); without them the heartbeat alone
-    decides about a holder on another host.
+    If another process takes it over, the refresher calls `on_lost` once: the holder must stop writing.
     """
 
     def __init__(self, path: Path, stale_after: float = DEFAULT_STALE_SECONDS, refresh_every: float | None = None,
@@ -337,15 +298,13 @@ class Lease:
             os.rename(self.path, aside)
         except FileNotFoundError:
             return  # another process moved it first; the O_EXCL create decides between us
-        # A crash here leaves no lease and the aside file: the next process creates the lease at
-        # once and removes the leftover.
+        # a crash here leaves only the aside file, which the next holder removes
         try:
             moved = read_lease(aside)
         except FileNotFoundError:
             return  # the new holder already removed our aside file: the create will tell
         if moved.inode != state.inode or (moved.holder and state.holder and moved.holder.token != state.holder.token):
-            # Between our read and our rename another process took the stale lease over and made a
-            # new one, which we just moved: put it back (unless yet another is there) and give way.
+            # we moved a newer taker's lease: put it back and give way
             if not os.path.lexists(self.path):
                 os.rename(aside, self.path)
             raise LeaseHeld(moved)
@@ -365,8 +324,7 @@ class Lease:
 
     def _beat(self, fd: int) -> None:
         now = self._clock()
-        # Through the open file: if the lease was moved aside, this touches the moved file, never
-        # a lease another process made since.
+        # through the fd, so a lease moved aside never touches a newer holder's file
         if os.utime in os.supports_fd:
             os.utime(fd, (now, now))
         else:
@@ -398,8 +356,7 @@ class Lease:
     def _refresh_once(self) -> bool:
         try:
             return self.refresh()
-        # A network filesystem that fails for a moment must not end the heartbeat: the next beat
-        # retries, and the lease only goes stale after several missed ones.
+        # a brief network filesystem error must not end the heartbeat: the next beat retries
         except OSError as exc:
             log.warning("lease heartbeat could not touch %s: %s", self.path, exc)
             return True

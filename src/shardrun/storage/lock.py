@@ -1,16 +1,6 @@
-"""At most one live process per shard dir: an OS file lock, or a lease file where the filesystem has
-no working locks (docs/SHARED_FILESYSTEMS.md).
+"""At most one live process per shard dir: an OS file lock, or a lease where locks do not work.
 
-Which one, by SHARDRUN_LOCK:
-- `auto` (the default): the OS lock (flock on POSIX). When the filesystem answers that it has no
-  locks (ENOLCK, ENOSYS, EOPNOTSUPP: NFS without a lock manager, some Lustre mounts), or is an NFS
-  mount whose flock only locks this host (local_lock=flock or all, what `nolock` means), the lease
-  file is used instead, with a warning that names the filesystem and what changes.
-- `flock`: the OS lock only; a filesystem without locks is an error (LocksUnsupported).
-- `lease`: the lease file, plus the OS lock where the filesystem has one.
-
-The two see each other: a process on the OS lock refuses a shard dir whose lease is live, and a
-process on the lease takes the OS lock too where it can, so it refuses a shard whose OS lock is held.
+SHARDRUN_LOCK picks auto, flock or lease; each refuses a dir the other holds (docs/SHARED_FILESYSTEMS.md).
 """
 
 from __future__ import annotations
@@ -71,20 +61,14 @@ def lease_stale_seconds(value: str | None) -> float:
 
 
 def stop_this_process() -> None:
-    """What a holder does when its lease was taken over: the stop signal, so the shard drains (the
-    launcher and the scheduler see an interrupted shard, which resumes later)."""
+    """On a lost lease, SIGTERM: the shard drains and is resumed later."""
     signal.raise_signal(signal.SIGTERM)
 
 
 class ShardLock:
     """At most one live process per shard dir (the module's rule).
 
-    The OS lock is held for the life of the process, so the kernel releases it when the process dies
-    however it dies: a stale lock file left by a SIGKILL never blocks a resume. The lock file's text
-    (pid, host) only serves the error message and stop_shards, and is written by the holder only. The lease (when used) is released by release(); a
-    holder killed before that leaves it, and the next process takes it over by the lease's stale rule.
-    `job` and `ask_scheduler` (scheduler/slurm.py: lease_scheduler) let that rule ask the scheduler about
-    a holder on another host instead of waiting for its heartbeat to age (storage/lease.py).
+    The kernel drops the OS lock however the process dies, so a SIGKILL never blocks a resume.
     """
 
     def __init__(self, paths: ShardPaths, mechanism: str | None = None, stale_after: float | None = None,
@@ -95,7 +79,7 @@ class ShardLock:
         self.mechanism = lock_mechanism(mechanism if mechanism is not None else os.environ.get(LOCK_ENV))
         self.stale_after = (stale_after if stale_after is not None
                             else lease_stale_seconds(os.environ.get(LEASE_STALE_ENV)))
-        # Resolved at call time, so a test can stand in for a filesystem without locks.
+        # resolved at call time, so a test can fake a filesystem without locks
         self._os_lock = os_lock
         self._on_lease_lost = on_lease_lost or stop_this_process
         self._job = job
@@ -131,10 +115,7 @@ class ShardLock:
         self._handle = handle
 
     def _take_os_lock(self) -> tuple[IO[Any], OSError | None]:
-        """The lock file, open and locked, or open with the error if the filesystem has no locks (kept
-        open all the same: its holder's text and its open file tell stop_shards which process runs the
-        shard); ShardLocked if another process holds it. Any other error is raised (durable_write
-        reports it)."""
+        """The lock file, open and locked (or open, with the error, where there are no locks); ShardLocked if held."""
         handle = open(self._path, "a+", encoding="utf-8")  # noqa: SIM115 (held with the lock)
         try:
             (self._os_lock or platforms.lock_exclusive)(handle)
@@ -186,8 +167,7 @@ class ShardLock:
         return False
 
     def _refuse_a_live_lease(self) -> None:
-        """A process that holds the shard through a lease (on a host whose filesystem has no locks, or
-        with SHARDRUN_LOCK=lease) does not show in the OS lock: its lease must be stale or absent."""
+        """A lease holder does not show in the OS lock: refuse the shard unless its lease is stale or absent."""
         try:
             state = read_lease(self._paths.lease)
         except FileNotFoundError:

@@ -1,8 +1,6 @@
 """The one place that names every file of a run and of a shard.
 
-User ids are untrusted text (they come from the data): they never become part of a path. Results
-are committed in numbered batch files that hold the ids inside; runs made before batches named each
-user's own result file by a hash of the id.
+User ids are untrusted text from the data: they never become part of a path.
 """
 
 from __future__ import annotations
@@ -59,7 +57,7 @@ class ShardPaths:
 
     @property
     def lease(self) -> Path:
-        """The lease file that stands in for the OS lock where the filesystem has none (storage/lease.py)."""
+        """The lease standing in for the OS lock where there is none (storage/lease.py)."""
         return self.dir / "lease"
 
     @property
@@ -81,7 +79,7 @@ class ShardPaths:
 
     @property
     def quarantine(self) -> Path:
-        """Result files a resume could not read or trust, moved aside byte for byte (a time suffix added)."""
+        """Result files a resume could not trust, moved aside byte for byte."""
         return self.results / "quarantine"
 
     def batch(self, number: int) -> Path:
@@ -121,8 +119,7 @@ class RunPaths:
         return self.dir / "merged"
 
     def foreign_entries(self) -> list[str]:
-        """The names in the dir besides a launcher's own files, and the scratch file of a launcher killed
-        while it wrote launcher.json: what makes it something else than a new run."""
+        """Names in the dir besides the launcher's own files and scratch: what makes it not a new run."""
         if not self.dir.is_dir():
             return []
         return sorted(p.name for p in self.dir.iterdir()
@@ -130,7 +127,7 @@ class RunPaths:
 
     @property
     def slurm_json(self) -> Path:
-        """The run's SLURM submissions (array job ids, indices, merge jobs), for resubmission and the monitor."""
+        """The run's SLURM submissions, for resubmission and the monitor."""
         return self.dir / "slurm.json"
 
     @property
@@ -160,8 +157,7 @@ class RunPaths:
 
 
 def not_a_dir(path: Path) -> str | None:
-    """Why `path` cannot be the dir a command was given ("does not exist", "is a file, not a dir"), or None
-    when it is a dir: a refusal says what is true of the path before what the dir lacks."""
+    """Why `path` cannot be the dir a command was given, or None when it is a dir."""
     if not path.exists():
         return "does not exist"
     if not path.is_dir():
@@ -170,8 +166,7 @@ def not_a_dir(path: Path) -> str | None:
 
 
 def refuse_a_file_for_a_dir(path: Path, flag: str) -> None:
-    """--out and its kin name a dir, new or to continue: a file there is a mistake to say at once, not a
-    failed write (which would read as a full disk)."""
+    """Refuse a file given as a dir at once, before a failed write reads as a full disk."""
     if path.exists() and not path.is_dir():
         raise UsageError(f"{flag} {path} is a file, not a dir; pass the path of a run dir (a new one, or one to"
                          " continue).")
@@ -184,9 +179,7 @@ class MergedPaths:
     SUMMARY_PNG = "summary.png"  # the results in pictures (the task's panels)
     RUN_PNG = "run.png"  # the run in a picture (each shard's timeline)
 
-    # A result set is built in a sibling dir `.<name>.merging-<pid>-<random>` and swapped into place;
-    # `.<name>.old-<pid>-<random>` holds the set it replaces for a moment. Both start with a dot and
-    # never hold a merge_report.json under the result set's own name, so nothing takes them for one.
+    # staging dirs `.<name>.merging-<pid>-<random>` and `.<name>.old-...` are dotted: never taken for a set
     def staging_prefix(self, kind: str) -> str:
         """`.<name>.merging-` (kind "merging") or `.<name>.old-` (kind "old")."""
         return f".{self.dir.name}.{kind}-"
@@ -234,7 +227,7 @@ class MergedPaths:
 
     @property
     def trace(self) -> Path:
-        """One row per attempt at a user: where, when, how long, its outcome, memory (results/trace.py)."""
+        """One row per attempt at a user (results/trace.py)."""
         return self.dir / "trace.tsv"
 
 

@@ -1,5 +1,4 @@
-"""One background thread that repeats an action: the commits' flusher, status.json's heartbeat, the
-lease's refresher and a preemption's abandon timer (an action that returns False runs once)."""
+"""One background thread that repeats an action (flusher, heartbeats, abandon timer)."""
 
 from __future__ import annotations
 
@@ -8,8 +7,7 @@ from collections.abc import Callable
 
 
 class Periodic:
-    """Runs `action` every `interval` seconds on a daemon thread, from start until stop or until the
-    action returns False; the first run is one interval after start."""
+    """Runs `action` every `interval` seconds on a daemon thread until stop() or it returns False."""
 
     def __init__(self, name: str, interval: float, action: Callable[[], object]):
         self.name = name

@@ -1,10 +1,7 @@
 """status.json of a running shard: the counts, the current user, a heartbeat and an ETA.
 
-One object owns the document. A change of state (`update`) is written at once; the per-user counts
-(`begin_user`, `end_user`) only mark the document changed, and a daemon thread writes it at most once
-every `min_interval` seconds, so a shard of many small users does not pay a write and an fsync per
-user. The same thread rewrites it every `heartbeat` seconds regardless, so that a long user still
-shows a fresh `updated_at` (a stale heartbeat is how a monitor tells a hung or dead shard from a slow one).
+Counts are written at most once per `min_interval` (no fsync per user); the heartbeat keeps
+`updated_at` fresh so a monitor can tell a hung shard from a slow one.
 """
 
 from __future__ import annotations
@@ -38,9 +35,7 @@ _FIELD_TYPES: dict[str, tuple[type, ...]] = {
 
 
 def read_status(path: Path) -> dict[str, Any] | None:
-    """A shard's status.json for the readers that judge the shard by it (the progress views, stop_shards):
-    None when absent; a ValueError saying why when it is not one (not a JSON object, a field of the wrong
-    type, a time without its zone), so that nothing reading its fields fails on it."""
+    """A shard's status.json, validated; None when absent, ValueError saying why when malformed."""
     try:
         doc = read_json(path)
     except FileNotFoundError:
@@ -59,8 +54,7 @@ def read_status(path: Path) -> dict[str, Any] | None:
 
 
 def status_document(path: Path) -> dict[str, Any]:
-    """A shard's status.json as it stands, {} when it is absent, unreadable or not a JSON object: for
-    the readers that only look at it (a shard's next process, the launcher, a SLURM submit)."""
+    """A shard's status.json as it stands, {} when absent, unreadable or not a JSON object."""
     try:
         doc = read_json(path)
     except (OSError, ValueError):
@@ -81,8 +75,7 @@ class ShardStatus:
         self._peak_rss = peak_rss  # this process's peak RSS in bytes (platforms.peak_rss), read at every write
         self._write = write
         self._clock = clock
-        # Re-entrant: the second-signal handler updates the status from the main thread, which the
-        # signal may have interrupted inside update() while holding this lock.
+        # re-entrant: the second-signal handler may interrupt update() on the same thread
         self._lock = threading.RLock()
         self._session_start = clock()
         self._session_users = 0
@@ -129,8 +122,7 @@ class ShardStatus:
                 self._changed = True
 
     def end_user(self, heap_used_bytes: int | None = None) -> None:
-        """The user in flight has ended (its result is queued for commit), leaving `heap_used_bytes` of
-        the JVM's heap in use (kept as the peak over users: peak_heap_used_bytes)."""
+        """The user in flight has ended; `heap_used_bytes` feeds peak_heap_used_bytes."""
         with self._lock:
             self._doc.update(current_user=None, current_user_since=None)
             if heap_used_bytes is not None:
@@ -138,9 +130,7 @@ class ShardStatus:
             self._changed = True
 
     def count_committed(self, outcomes: Sequence[UserStatus]) -> None:
-        """Count users whose commit has landed (outcome ok / skipped / failed); refresh rate and ETA.
-        Counted at the commit, not at the analysis's end, so `users_done` never counts a user a crash
-        could still lose."""
+        """Count users whose commit landed (never earlier: a crash could lose them); refresh rate and ETA."""
         with self._lock:
             self._session_users += len(outcomes)
             doc = self._doc
@@ -176,9 +166,7 @@ class ShardStatus:
         def beat() -> None:
             try:
                 self.write_if_due(every_seconds)
-            # The shard loop meets the same disk on its next write and stops there. A StorageError
-            # (a write given up by durable_write: full disk, read-only dir) must not end this
-            # thread with a traceback that buries the shard's own one-paragraph error.
+            # the shard loop reports the same disk error; a traceback here would bury it
             except (OSError, StorageError) as exc:
                 log.warning("heartbeat could not write %s: %s", self._paths.status, exc)
 
@@ -191,11 +179,7 @@ class ShardStatus:
 
 
 def record_death(paths: ShardPaths, exit_code: int, description: str, hs_err_files: list[str]) -> bool:
-    """Write a dead shard's end into its status.json (a killed process cannot write it itself).
-
-    Taken under the shard lock, so it can never race a live shard: if the lock is held, some
-    process owns the shard again and its own status stands. True if the death was recorded.
-    """
+    """Record a dead shard's end in its status.json, under the shard lock; True if recorded."""
     from shardrun.errors import ShardLocked
     from shardrun.storage.lock import ShardLock
 
