@@ -1,20 +1,7 @@
-"""merge_shard_results: shard dirs -> one result set, in the order read -> combine -> frame -> write (the
-pictures drawn last, in this process).
+"""merge_shard_results: read -> combine -> the task's whole-set columns -> write -> pictures, in order.
 
-Merging is the last step before anyone reads the numbers, so it never guesses silently: rows
-that share a key but differ are conflicts (listed, and the set is marked incomplete), users a
-shard planned but never committed are listed, and shards of a K-way split that were not given
-are listed. The shards may come from one run or from several separately started runs (for
-example four runs of one shard each, or a run copied from another machine); rows are combined
-from all of them.
-
-Each step lives in its own module: read.py (shard dirs, run.json, the task), combine.py (the pure
-rules: duplicates, conflicts, coverage), frame.py (the table and its bytes), report.py
-(merge_report.json), output.py (the output dir), pictures.py. This module only runs them in order, with reading and writing at the two ends.
-Once combined, the task may fill in columns that depend on the whole set and add facts to the report
-(the optional hooks Task.set_columns and set_report), before the tables are written (output.py: the whole set
-at once) and the pictures drawn (pictures.py).
-"""
+It never guesses: conflicting rows, users planned but never committed and missing shards of a K-way
+split are listed, and the set is marked incomplete. Shards may come from several runs."""
 
 from __future__ import annotations
 
