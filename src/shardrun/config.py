@@ -1,8 +1,6 @@
-"""YAML config -> frozen dataclasses, with strict validation and a config hash.
+"""YAML config -> frozen dataclasses, strictly validated, with a config hash.
 
-The core owns four keys (`task`, `partition`, `jvm`, `output`); every other top-level key belongs to
-the task, which parses it with the same `Section` reader so that all errors look alike and name the
-key. A key nobody consumed is an error: a typo must never silently fall back to a default.
+A key nobody consumed is an error: a typo must never silently fall back to a default.
 """
 
 from __future__ import annotations
@@ -24,7 +22,7 @@ from shardrun.section import Section, describe_value
 from shardrun.units import heap_bytes, is_heap_size
 
 AUTO = "auto"  # a value chosen at start: jvm.threads (resolve_threads), jvm.xmx and jvm.xms
-# jvm.xmx / jvm.xms value meaning "choose from the data": see shardrun.admission.resolve_heap.
+# jvm.xmx / jvm.xms value meaning "choose from the data": see shardrun.heap_plan.resolve_heap.
 AUTO_HEAP = AUTO
 
 
@@ -36,15 +34,12 @@ def _heap_check(value: str) -> str | None:
 
 @dataclass(frozen=True)
 class JvmConfig:
-    # A heap size such as "1g", or "auto" (AUTO_HEAP) until shardrun.admission.resolve_heap has
-    # chosen one from the data: xmx auto = the largest user's predicted need plus a margin; xms auto
-    # = the same as xmx (the whole heap committed at start, as the launcher's memory check assumes).
+    # A heap size such as "1g", or "auto" until shardrun.heap_plan.resolve_heap chooses one.
     xms: str | None
     xmx: str
     options: tuple[str, ...] = ()
     classpath: str | None = None
-    # Threads that drive the JVM in one shard process (the task's own parallelism); None = auto:
-    # the CPUs this process may use divided by the shards sharing them (see resolve_threads).
+    # Threads driving the JVM in one shard; None = auto (see resolve_threads).
     threads: int | None = None
 
     @property
@@ -72,7 +67,7 @@ class JvmConfig:
 
 
 def _unresolved(key: str) -> None:
-    # A caller skipped shardrun.admission.resolve_heap: a bug, but the user needs a way out.
+    # A caller skipped shardrun.heap_plan.resolve_heap: a bug, but the user needs a way out.
     raise ConfigError(
         f"{key} is 'auto', which is chosen from the data just before the JVM starts, but this step needed"
         f" a heap size before that. Set {key} to a size such as 1g in the config, and report this as a bug"
@@ -95,8 +90,7 @@ class RunConfig:
     hash: str
     source: Path | None = None
     raw: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
-    # Which shard runs which user (shardrun.partition: modulo or balanced); in the hash, so that every
-    # shard of a run, each reading the config on its own, assigns users alike.
+    # Which shard runs which user (shardrun.partition); hashed, so every shard assigns users alike.
     partition: str = MODULO
 
 
@@ -148,14 +142,9 @@ def parse_output(section: Section) -> OutputConfig:
 
 
 def config_hash(task: str, settings: Any, partition: str = MODULO) -> str:
-    """Hash of what the numbers depend on: the task and its settings, not heap sizes or paths of output,
-    and of which shard runs which user (`partition`).
+    """Hash of what the numbers and the assignment depend on: task, settings, `partition`; not heap or output.
 
-    A resume may change the heap or the output root; it may not change the science, nor move users
-    between shards (a user committed by one shard would be run again by another). A settings field
-    whose metadata says `hashed: False` (how many threads run the work, say) is left out. The default
-    partition is left out too, so the hash of a config without the key stays what it was before the key
-    existed (runs started then still resume).
+    Fields with `hashed: False` and the default partition (so older runs still resume) are left out.
     """
     document = {"task": task, "settings": _hashed(settings)}
     if partition != MODULO:
@@ -174,8 +163,7 @@ def _hashed(value: Any) -> Any:
 
 
 def parse_config(raw: Any, source: Path | None = None, task_origin: str | None = None) -> RunConfig:
-    """A config from its YAML mapping; `task_origin`: where a run recorded its task module was imported
-    from (task.task_origin), for a plug-in task not on the Python path now."""
+    """A config from its YAML mapping; `task_origin`: a plug-in task's recorded import dir."""
     from shardrun.task import load_task  # late: the task module may be a user's plug-in
 
     top = Section(raw, "")

@@ -1,7 +1,6 @@
-"""The exceptions shardrun raises on purpose, and the exit codes they map to.
+"""The exceptions shardrun raises on purpose, and their exit codes.
 
-Every message names the problem and the fix, in one paragraph, because the person reading it is
-a researcher looking at a log hours into a run, not the author of the code.
+Every message names the problem and the fix in one paragraph: its reader is a researcher, not the author.
 """
 
 from __future__ import annotations
@@ -22,8 +21,7 @@ EXIT_CRASH = 70  # an unexpected error (a bug) or, for the launcher, a shard tha
 
 
 class StopSignalReceived(BaseException):
-    """A stop signal (SIGTERM, SIGHUP) reached a command that has no drain of its own, as Ctrl-C raises
-    KeyboardInterrupt: a BaseException, so no `except Exception` on its way takes it for an error."""
+    """A stop signal reached a command without a drain; a BaseException, like KeyboardInterrupt."""
 
     def __init__(self, signal_name: str):
         super().__init__(signal_name)
@@ -90,17 +88,11 @@ class AlreadyRunning(ShardrunError):
 
 
 class LocksUnsupported(EnvironmentProblem):
-    """The shard dir's filesystem has no file locks (flock fails with ENOLCK, ENOSYS or EOPNOTSUPP) and
-    SHARDRUN_LOCK=flock forbids the lease file that would stand in for them. Nothing was computed."""
+    """No file locks on the shard dir's filesystem and SHARDRUN_LOCK=flock forbids the lease file."""
 
 
 class HeapTooSmall(ShardrunError):
-    """One user's analysis needs more Java heap than the JVM was given.
-
-    Raised per user (the shard records the user as failed and goes on with the next one), never for
-    the whole run; a shard with such a user ends with EXIT_USERS_FAILED. `advice` is the task's own
-    way to need less heap (Task.heap_advice), said after raising jvm.xmx.
-    """
+    """One user's analysis needs more Java heap than the JVM was given (per user, never the whole run)."""
 
     exit_code = EXIT_USERS_FAILED
 

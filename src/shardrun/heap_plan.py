@@ -1,19 +1,6 @@
-"""The heap a shard's JVM gets: `jvm.xmx: auto` from the task's per-user needs, and who exceeds it.
+"""The heap a shard's JVM gets (`jvm.xmx: auto` from the task's per-user needs) and who exceeds it.
 
-Pure functions of numbers, shared by a shard (which resolves its heap after loading the data and
-before starting the JVM) and by the launcher's memory admission (shardrun.launch.admission):
-
-- `resolve_heap(jvm, needs)`: `jvm.xmx: auto` becomes a size chosen from the users' predicted heap
-  needs (Task.user_heap_needs): the largest need plus AUTO_HEAP_MARGIN, rounded up to a multiple of
-  AUTO_HEAP_STEP, at least AUTO_HEAP_FLOOR and at most AUTO_HEAP_CEILING. `jvm.xms: auto` becomes the
-  chosen xmx. A heap given as a size is kept as it is.
-- `plan_heap(jvm, needs, users)`: that heap, and the users predicted to need more (HeapPlan).
-
-Which needs: every user's, so that all shards of a run choose the same heap. A shard that reads only
-its own users takes them from the task's bound on the user index (Task.index_heap_needs, an
-upper bound: the heap may come out a step larger than exact needs would give); without such a bound
-jvm.xmx auto makes it load the whole input (`run_heap_needs`). The users a shard is about to run are
-checked against the exact needs of their loaded rows (`checked`).
+Pure, shared by shards and the launcher's admission; auto uses every user's need so all shards agree.
 """
 
 from __future__ import annotations
@@ -31,14 +18,11 @@ from shardrun.units import GIB, MIB, format_bytes, heap_bytes
 
 log = logging.getLogger(__name__)
 
-# The default task's heap model is within about 10% of measured needs; the margin covers that,
-# the larger G1 regions of a larger heap (each humongous array is rounded up to whole regions), and
-# garbage the collector has not yet reclaimed between one part of a user's analysis and the next.
+# Covers the heap model's ~10% error, G1's humongous-region rounding and not-yet-reclaimed garbage.
 AUTO_HEAP_MARGIN = 0.25
 AUTO_HEAP_STEP = 64 * MIB  # round up to this, so nearby data give the same flags
 AUTO_HEAP_FLOOR = 128 * MIB  # below this the JVM's own start-up and JIT use matter more than the model
-# Above 32 GiB the JVM turns off compressed references, so every reference doubles and a 33 GiB heap
-# holds less than a 31 GiB one; a need beyond this is an outlier user or settings to reconsider.
+# Above 32 GiB the JVM drops compressed references: a 33 GiB heap holds less than a 31 GiB one.
 AUTO_HEAP_CEILING = 31 * GIB
 OVER_BUDGET_SHOWN = 20  # users listed by --dry-run and in the log; the rest are counted
 
@@ -54,12 +38,7 @@ def auto_heap_bytes(largest_need: int, at_least: int = 0) -> int:
 
 
 def resolve_heap(jvm: JvmConfig, needs: Mapping[str, int]) -> JvmConfig:
-    """The JvmConfig the JVM starts with: `auto` replaced by sizes, everything else unchanged.
-
-    xmx auto: auto_heap_bytes of the largest need in `needs` (the floor when there are none).
-    xms auto: the same as the final xmx, so the whole heap is committed at start (no growth pauses,
-    and the process's size is the one the launcher's admission check counted).
-    """
+    """The JvmConfig with `auto` replaced by sizes; xms auto = xmx, so the size admission counted is committed."""
     xmx = jvm.xmx
     if jvm.xmx == AUTO_HEAP:
         explicit_xms = heap_bytes(jvm.xms) if jvm.xms not in (None, AUTO_HEAP) else 0
@@ -76,10 +55,7 @@ def describe_auto_rule() -> str:
 
 
 def task_heap_needs(task: Task, settings: Any, dataset: Any, jvm: JvmConfig) -> dict[str, int] | None:
-    """The task's per-user heap needs, or None when the task does not predict them.
-
-    jvm.xmx auto cannot be decided without them, so that case is an error naming the way out.
-    """
+    """The task's per-user heap needs, or None; jvm.xmx auto without them is an error."""
     needs = task.user_heap_needs(settings, dataset)
     if needs is None:
         if jvm.xmx == AUTO_HEAP:
@@ -94,11 +70,9 @@ def task_heap_needs(task: Task, settings: Any, dataset: Any, jvm: JvmConfig) -> 
 
 def run_heap_needs(task: Task, settings: Any, index: UserIndex, whole: Dataset | None,
                    jvm: JvmConfig) -> tuple[dict[str, int] | None, Dataset | None]:
-    """Every user's heap need for the run, and the whole Dataset when it had to be loaded for them.
+    """Every user's heap need (exact, or the index bound), and the whole Dataset if it had to be loaded.
 
-    Exact needs when the whole input is loaded already (`whole`, a task without user_index); else the
-    task's bound from the index; else, only when jvm.xmx is auto (which cannot be chosen otherwise),
-    the whole input is loaded. None: no prediction of every user (an explicit heap needs none).
+    The whole input is loaded only for jvm.xmx auto without an index bound.
     """
     if whole is not None:
         return task_heap_needs(task, settings, whole, jvm), whole
@@ -166,9 +140,7 @@ def plan_heap(jvm: JvmConfig, needs: Mapping[str, int] | None, users: Sequence[s
               advice: str = DEFAULT_HEAP_ADVICE, checked: Mapping[str, int] | None = None) -> HeapPlan:
     """Resolve the heap from every user's need, then list which of `users` exceed it (pure).
 
-    `checked`: the needs `users` are checked against, when closer than `needs` (exact needs of their
-    loaded rows where `needs` are bounds from the index); default `needs`. `advice` (the task's
-    heap_advice) is the fix the report names when raising the heap cannot help.
+    `checked`: exact needs of `users`, when `needs` are only bounds from the index.
     """
     resolved = resolve_heap(jvm, needs or {})
     if not needs:

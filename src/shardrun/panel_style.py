@@ -1,6 +1,4 @@
-"""The look every panel of the merge's pictures shares (summary.png and run.png, the core's panels and
-a task's alike): font sizes, axis styling, tick labels with thousands separators, and what a panel
-without data says: the text of an empty panel and why it is empty (every user skipped, and why).
+"""The look every panel of the merge's pictures shares, and what an empty panel says about why.
 
 matplotlib is imported inside the functions, so importing this module costs nothing.
 """
@@ -29,8 +27,7 @@ def thousands():
 
 
 def empty_panel(axes, message: str, keep_x_ticks: bool = False) -> None:
-    """A panel without data keeps its title and labels, says why it is empty, and drops the
-    meaningless 0..1 ticks."""
+    """A panel without data keeps its title and labels, says why it is empty, drops its 0..1 ticks."""
     # wrapped: a reason can be longer than a narrow panel is wide
     wrapped = "\n".join(textwrap.fill(line, EMPTY_PANEL_WIDTH) for line in message.split("\n"))
     axes.text(0.5, 0.5, wrapped, transform=axes.transAxes, ha="center", va="center", fontsize=LABEL_SIZE,
@@ -55,16 +52,14 @@ _NUMBER = re.compile(r"\d+(?:\.\d+)?")
 
 
 def reason_kind(reason: object) -> str:
-    """A reason's kind, so that users skipped or failed for the same cause count together: its first
-    clause (before a ";" or a parenthesis), numbers written as N ("only N observations")."""
+    """A reason's first clause with numbers as N, so the same cause counts together."""
     text = "" if reason is None or reason is pd.NA or (isinstance(reason, float) and reason != reason) else str(reason)
     text = re.split(r";|\s\(|\n", text.strip(), maxsplit=1)[0].strip()
     return _NUMBER.sub("N", text)[:90] or "no reason given"
 
 
 def common_reasons(reasons: pd.Series, plain: Callable[[str], str | None] | None = None) -> list[tuple[str, int]]:
-    """How many rows give each kind of reason (reason_kind, or the task's own words `plain` for a
-    reason it knows), most common first. Each distinct text is read once: a frame may hold millions."""
+    """Rows per kind of reason, most common first; each distinct text read once (a frame may hold millions)."""
     codes, distinct = pd.factorize(reasons.astype(object), use_na_sentinel=False)
     counts = pd.Series(codes).value_counts()
     kinds: dict[str, int] = {}
@@ -77,9 +72,7 @@ def common_reasons(reasons: pd.Series, plain: Callable[[str], str | None] | None
 
 def why_nothing_is_drawn(statuses: pd.Series, reasons: pd.Series | None, what: str = "user",
                          plain: Callable[[str], str | None] | None = None) -> str:
-    """In plain words, why rows with these statuses give a panel nothing to draw (none has status ok):
-    "every user skipped: too few observations (60 of 60)", "every user failed: <most common reason>",
-    or the mix ("40 skipped (...), 20 failed (...)"). `what` names a row ("user", or "user of composite")."""
+    """Why these rows (none ok) give a panel nothing to draw, e.g. "every user skipped: too few ... (60 of 60)"."""
     statuses = statuses.astype(object)
     if not len(statuses):
         return f"no {what}s in this result set"

@@ -1,22 +1,6 @@
-"""Which users belong to which shard: pure functions, no files, no processes.
+"""Which users belong to which shard (`modulo` or LPT `balanced`), pure, so every shard computes it alone.
 
-Two partitions, chosen by the config's core key `partition` (part of the config hash, so every shard
-of a run uses the same one):
-
-- `modulo` (the default): user u belongs to shard i of K iff index(u) % K == i, where index is u's
-  position in the sorted list of user ids.
-- `balanced`: greedy longest-processing-time-first over the users' costs (balanced_assignment): users
-  taken by cost, largest first, ties by user id; each goes to the shard with the least cost so far,
-  ties to the lowest shard index. Within the 4/3 - 1/(3K) bound of LPT on the optimal makespan, and in
-  practice close to max(total / K, the largest user).
-
-Every shard computes the same sorted list and the same costs on its own (the task's user index), so
-no coordination is needed and a shard is just a process with an index (a job array element on a
-scheduler). A shard's users are always kept in the order of the sorted list.
-
-`--shard auto` turns a scheduler's job-array variables into i/K (resolve_auto_shard); the table of
-schedulers, the order in which they are tried and where each variable was checked are in
-docs/SCHEDULERS.md.
+`--shard auto` reads a scheduler's job-array variables as i/K; the schedulers are in docs/SCHEDULERS.md.
 """
 
 from __future__ import annotations
@@ -58,8 +42,7 @@ class ShardSpec:
 
     @classmethod
     def parse(cls, text: str, env: Mapping[str, str] | None = None, run_shards: int | None = None) -> ShardSpec:
-        """'i/K', or 'auto' to read a scheduler's job-array variables (run_shards: K of the run dir the
-        shard joins, which decides K when it is known)."""
+        """'i/K', or 'auto' to read a scheduler's job-array variables (run_shards: the run's K, if known)."""
         if text.strip() == "auto":
             return resolve_auto_shard(os.environ if env is None else env, run_shards).spec
         match = _SPEC_RE.match(text)
@@ -70,13 +53,9 @@ class ShardSpec:
 
 @dataclass(frozen=True)
 class Scheduler:
-    """How one job-array system numbers its elements, as `--shard auto` reads it.
+    """How one job-array system numbers its elements: index = (ID - first) / step + SHARDRUN_INDEX_OFFSET.
 
-    An element's shard index is (ID - first) / step + SHARDRUN_INDEX_OFFSET, where ID is the value of
-    index_variable, step that of step_variable (1 without one) and first the ID that is shard 0:
-    SHARDRUN_FIRST_INDEX when set, else lowest_index moved up to the residue, modulo the step, of the
-    array's lowest ID as submitted (first_variable). Only the residue, not the lowest ID itself, so that
-    a resubmission of chosen elements (`sbatch --array=1`) keeps their indices.
+    `first` uses only the residue of the lowest ID, so a resubmission (`sbatch --array=1`) keeps indices.
     """
 
     name: str
@@ -91,10 +70,8 @@ class Scheduler:
     gives_count: bool = True  # False: the scheduler never says K (documented in the refusal)
 
 
-# Tried in this order; the first whose index variable is set wins. The innermost launcher comes first:
-# shardrun's own variable, then a process launcher that runs inside a job (GNU parallel), then
-# container orchestrators, then batch schedulers (whose variables are inherited by everything a job
-# starts). Names and bases checked against each scheduler's documentation (docs/SCHEDULERS.md, Sources).
+# Tried in order, innermost launcher first (batch schedulers' variables are inherited by all a job
+# starts); the first set wins. Checked against each scheduler's docs (docs/SCHEDULERS.md, Sources).
 SCHEDULERS: tuple[Scheduler, ...] = (
     # Any scheduler, and HTCondor, which has no variable of its own: environment = "SHARDRUN_INDEX=$(Process)".
     Scheduler("SHARDRUN_INDEX", SHARDRUN_INDEX, lowest_index=0, gives_count=False),
@@ -148,9 +125,8 @@ class _ArrayElement:
 
 def resolve_auto_shard(env: Mapping[str, str], run_shards: int | None = None,
                        run_dir: str | None = None) -> AutoShard:
-    """i/K of this job-array element. K comes from the run (run_shards: K in run.json of the run dir
-    the shard joins), else SHARDRUN_SHARDS, else the scheduler's array size when the array is evidently
-    a whole first submission; explicit numbers that disagree are refused, never reconciled."""
+    """i/K of this element; K from the run, else SHARDRUN_SHARDS, else a whole array's size.
+    Explicit numbers that disagree are refused, never reconciled."""
     element = _array_element(env)
     shards, shards_from = _shard_count(env, element, run_shards, run_dir or "the run dir")
     fix_base = (
@@ -256,10 +232,8 @@ def _array_element(env: Mapping[str, str]) -> _ArrayElement:
 
 def _whole_array_size(scheduler: Scheduler, array_lowest: int | None, last_id: int | None, size: int | None,
                       step: int, shard_of: Callable[[int], int]) -> tuple[int | None, str]:
-    """The array's size as K, only when the array is evidently a whole first submission: its lowest ID is
-    shard 0 and its IDs are every step from lowest to highest. A resubmission of chosen elements
-    (`--array=1`) or a sparse list (`--array=0,5,9`) says nothing about K. Returns (size, where it comes
-    from) or (None, why not)."""
+    """(the array's size, source) when it is evidently a whole first submission, else (None, why not):
+    a resubmission (`--array=1`) or a sparse list (`--array=0,5,9`) says nothing about K."""
     if not scheduler.gives_count:
         return None, f"{scheduler.name} does not give the number of shards"
     if array_lowest is None:
@@ -283,8 +257,7 @@ def _whole_array_size(scheduler: Scheduler, array_lowest: int | None, last_id: i
 
 def _shard_count(env: Mapping[str, str], element: _ArrayElement, run_shards: int | None,
                  run_dir: str) -> tuple[int, str]:
-    """K and where it comes from: the run's, else SHARDRUN_SHARDS, else the array's size when the array is
-    evidently the whole run."""
+    """K and its source: the run's, else SHARDRUN_SHARDS, else a whole array's size."""
     declared = _integer(env, SHARDRUN_SHARDS, 1)
     if run_shards is not None and declared is not None and declared != run_shards:
         raise UsageError(
@@ -324,10 +297,9 @@ PARTITIONS = (MODULO, BALANCED)
 
 
 def balanced_assignment(sorted_user_ids: Sequence[str], costs: Sequence[float], count: int) -> list[list[str]]:
-    """Each shard's users under `balanced` (see the module docstring), each list in sorted-list order.
+    """Each shard's users under `balanced`: LPT, ties by user then lowest shard; lists in sorted order.
 
-    A cost is any non-negative number that grows with a user's work (the task's observations); only
-    their order and sums matter, and every shard must pass the same ones.
+    Within LPT's 4/3 - 1/(3K) bound of the optimum; every shard must pass the same costs.
     """
     if len(costs) != len(sorted_user_ids):
         raise ValueError(f"{len(costs)} costs for {len(sorted_user_ids)} users")
@@ -349,10 +321,7 @@ def balanced_assignment(sorted_user_ids: Sequence[str], costs: Sequence[float], 
 
 def assign_users(sorted_user_ids: Sequence[str], count: int, partition: str = MODULO,
                  costs: Sequence[float] | None = None) -> list[list[str]]:
-    """Every shard's users of a run of `count` shards: shard i's list at index i.
-
-    `costs` (one per user) is needed by `balanced` only; None there means one unit per user, which
-    gives modulo's shards."""
+    """Every shard's users, shard i's at index i; `costs` only for `balanced` (None: one unit each)."""
     if partition == MODULO:
         return [users_of_shard(sorted_user_ids, ShardSpec(index, count)) for index in range(count)]
     if partition == BALANCED:

@@ -1,8 +1,6 @@
-"""What differs between POSIX and Windows, in one place: the rest of shardrun calls these and never
-branches on the platform itself, so nothing POSIX-only is touched on Windows.
+"""What differs between POSIX and Windows, in one place: nothing else branches on the platform.
 
-Linux is the platform that is tested; the Windows branches keep the same contracts with the means
-Windows has (docs/GUIDE.md, "Set-up", lists what differs).
+Linux is tested; Windows keeps the same contracts (docs/GUIDE.md, "Set-up").
 """
 
 from __future__ import annotations
@@ -22,9 +20,8 @@ WINDOWS = os.name == "nt"
 
 
 
-# HotSpot suspends and resumes its threads with SIGUSR2 unless _JAVA_SR_SIGNUM names another signal, and
-# then takes SIGUSR2 from Python: a scheduler's `--signal=USR2` warning would be lost once the JVM runs.
-# A real-time signal nobody else uses takes that role instead (HotSpot accepts one above SIGSEGV).
+# HotSpot takes SIGUSR2 (a scheduler's `--signal=USR2` warning) unless _JAVA_SR_SIGNUM names another;
+# an unused real-time signal takes that role (HotSpot accepts one above SIGSEGV).
 JVM_SUSPEND_SIGNAL_ENV = "_JAVA_SR_SIGNUM"
 
 
@@ -34,16 +31,14 @@ def keep_usr2_from_jvm() -> None:
         os.environ.setdefault(JVM_SUSPEND_SIGNAL_ENV, str(signal.SIGRTMIN + 6))
 
 
-# What an OS lock call answers when the filesystem has no locks at all (NFS mounted without a lock
-# manager, some Lustre and FUSE mounts), as opposed to a lock that another process holds.
+# A lock call's answer when the filesystem has no locks (NFS without a lock manager, some Lustre, FUSE).
 LOCKS_UNSUPPORTED_ERRNOS = frozenset({errno.ENOLCK, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP})
 LOCK_HELD_ERRNOS = frozenset({errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES, errno.EDEADLK})
 
 
 def lock_exclusive(handle: IO[Any]) -> None:
-    """A non-blocking exclusive lock on an open file that the OS drops when the process dies; OSError if
-    another process holds it (flock on POSIX, a one-byte region lock on Windows). An errno in
-    LOCKS_UNSUPPORTED_ERRNOS means the filesystem cannot lock at all, not that the lock is taken."""
+    """A non-blocking exclusive lock the OS drops when the process dies; OSError if held, or (errno in
+    LOCKS_UNSUPPORTED_ERRNOS) if the filesystem cannot lock."""
     if sys.platform == "win32":  # not WINDOWS: mypy checks only the branch of the platform it runs on
         import msvcrt
 
@@ -56,8 +51,7 @@ def lock_exclusive(handle: IO[Any]) -> None:
 
 
 def signal_on_parent_death(signum: int) -> bool:
-    """Ask the kernel to send `signum` to this process when its parent dies (Linux prctl
-    PR_SET_PDEATHSIG). False where there is no such request (other platforms) or it failed."""
+    """Linux PR_SET_PDEATHSIG: `signum` when the parent dies; False elsewhere or on failure."""
     if not sys.platform.startswith("linux"):
         return False
     import ctypes
@@ -83,8 +77,7 @@ def lower_priority(steps: int) -> None:
 
 
 def own_process_group() -> dict[str, Any]:
-    """subprocess.Popen options that start a child in its own process group (so a terminal's Ctrl-C
-    reaches the launcher alone, which then drains its shards once)."""
+    """Popen options for a child in its own process group, so Ctrl-C reaches the launcher alone."""
     if sys.platform == "win32":
         import subprocess
 
@@ -112,8 +105,7 @@ def resume(pid: int) -> None:
 
 
 def lock_is_held(exc: OSError) -> bool:
-    """True if `exc`, raised by lock_exclusive, means another process holds the lock. On Windows every
-    failure counts as held (msvcrt reports a held region with several errnos; untested here)."""
+    """True if `exc` of lock_exclusive means the lock is held (on Windows, any failure; untested)."""
     return WINDOWS or exc.errno in LOCK_HELD_ERRNOS
 
 
@@ -123,8 +115,7 @@ def locks_unsupported(exc: OSError) -> bool:
 
 
 def boot_id() -> str | None:
-    """This boot of this machine (Linux), so a lease of a process from before a reboot is told apart
-    from a live one with the same pid; None elsewhere."""
+    """This boot's id (Linux), telling a lease from before a reboot from a live pid; None elsewhere."""
     try:
         return Path("/proc/sys/kernel/random/boot_id").read_text().strip() or None
     except OSError:
@@ -132,10 +123,8 @@ def boot_id() -> str | None:
 
 
 def process_start_time() -> float | None:
-    """When this process started, in POSIX seconds, to the kernel's tick (10 ms): its age from
-    /proc/uptime and its start tick in /proc/self/stat, taken from now. psutil's create_time adds the
-    start tick to the boot time in whole seconds, so it can be up to a second off the wall clock the
-    timeline's other times are read from. None where /proc has no such files (then psutil's)."""
+    """This process's start in POSIX seconds, to 10 ms, from /proc (psutil's can be a second off);
+    None without /proc."""
     import time
 
     try:
@@ -202,8 +191,7 @@ def parse_mountinfo(text: str) -> list[Filesystem]:
 
 
 def filesystem_of(path: Path, mountinfo: str | None = None) -> Filesystem | None:
-    """The mount that holds `path` (the longest mount point above it, the last one mounted there);
-    None where the OS does not say (not Linux) or it cannot be read."""
+    """The mount that holds `path`; None off Linux or when unreadable."""
     if mountinfo is None:
         try:
             mountinfo = Path("/proc/self/mountinfo").read_text()
@@ -225,20 +213,14 @@ def describe_filesystem(path: Path) -> str:
 
 
 def flock_is_host_local(fs: Filesystem | None) -> bool:
-    """True for a mount whose flock locks only this host's processes while other hosts see the same
-    files: NFS mounted with local_lock=flock or local_lock=all (what `nolock` means). flock then
-    succeeds everywhere at once, so it cannot keep two hosts off one shard dir."""
+    """True for NFS with local_lock=flock|all (`nolock`): flock succeeds on every host at once."""
     return fs is not None and fs.type in ("nfs", "nfs4") and fs.option("local_lock") in ("flock", "all")
 
 
 class PeakMemory:
-    """The most memory this process took above its size at start(): the peak of a load, not what it
-    keeps afterwards (a parse holds its text and its columns at once, briefly).
+    """The most memory this process took above its size at start(): a load's peak, not what it keeps.
 
-    Linux: the peak resident size (VmHWM) reset at start by writing 5 to /proc/self/clear_refs, so an
-    earlier peak does not count. Windows: psutil's peak working set, which cannot be reset. Elsewhere,
-    or where the reset is refused: the lifetime peak (getrusage). An earlier peak can only overstate the
-    figure, which errs on the side the memory admission needs.
+    Linux resets VmHWM via /proc/self/clear_refs; elsewhere an earlier peak may overstate it (the safe side).
     """
 
     def __init__(self) -> None:
@@ -262,8 +244,7 @@ class PeakMemory:
 
 
 def peak_rss() -> int:
-    """This process's peak resident size in bytes (its high-water mark since it started, unless a
-    PeakMemory reset it)."""
+    """This process's peak resident size in bytes (since start, unless a PeakMemory reset it)."""
     if sys.platform.startswith("linux"):
         try:
             with open("/proc/self/status") as handle:

@@ -1,8 +1,4 @@
-"""Strict reading of one mapping of the YAML config: the right type, a check, and no unknown key.
-
-The core and every task read their keys with it, so that all config errors look alike: they name
-the key, what it must be, and what was found.
-"""
+"""Strict reading of one mapping of the YAML config, shared by the core and tasks so errors look alike."""
 
 from __future__ import annotations
 

@@ -1,7 +1,6 @@
-"""The states of the things shardrun tracks, each named once: a user's outcome, a shard's state in
-status.json, and a shard's phase in the launcher (launcher.json).
+"""The states shardrun tracks (user outcome, shard state, launcher phase), each named once.
 
-They are str enums, so they compare equal to the plain strings that the files on disk hold.
+str enums, so they compare equal to the plain strings on disk.
 """
 
 from __future__ import annotations
@@ -24,9 +23,7 @@ STATUSES = tuple(status.value for status in UserStatus)
 
 
 def user_outcome(rows: Iterable[Mapping[str, Any]]) -> UserStatus:
-    """One user's outcome from its rows: failed if any row failed, skipped if every row was skipped,
-    else ok. A user with no rows, or with a status nobody knows, counts as failed: it cannot be trusted.
-    """
+    """failed if any row failed (or no rows, or an unknown status), skipped if all skipped, else ok."""
     statuses = {row.get("status") for row in rows}
     if not statuses or UserStatus.FAILED in statuses or not statuses <= set(STATUSES):
         return UserStatus.FAILED
@@ -43,10 +40,7 @@ _MAX_CLASS_CHARS = 80
 
 
 def failure_class(reason: Any) -> str:
-    """The error class of a failed user, from its reason: the leading "<Class>:" (HeapTooSmall,
-    java.lang.NullPointerException), else the reason's first phrase (up to its first ':', ';' or '(',
-    as in "Java heap exhausted (...)"); "no reason given" for an empty one. Pure: the merged rows
-    alone are enough, so a result set is classified without the shard dirs it came from."""
+    """A failed user's error class from its reason: the leading "<Class>:", else its first phrase (pure)."""
     text = "" if reason is None else str(reason).strip()
     match = _LEADING_CLASS.match(text)
     found = match.group(1) if match else _FIRST_PHRASE.split(text, maxsplit=1)[0].strip()

@@ -1,8 +1,6 @@
-"""What the core needs from an analysis: the `Task` base class, and finding a task by name.
+"""The `Task` base class, the core's only view of an analysis, and finding a task by name.
 
-A task subclasses Task, declares its columns and defines `load` (read the input) and `analyse` (one
-user's rows); every other hook has a working default here (docs/TASKS.md). The core knows no analysis:
-it calls these methods only, on the object the config's `task:` names.
+A task defines `load` and `analyse`; every other hook has a default here (docs/TASKS.md).
 """
 
 from __future__ import annotations
@@ -33,8 +31,8 @@ DEFAULT_HEAP_ADVICE = "make each user's analysis need less heap (see the task's 
 
 @dataclass(frozen=True)
 class Dataset:
-    """What `Task.load` returns: sorted user ids (the same list in every process), the input's fingerprint
-    (checked on resume), and each user's data as `analyse` wants it. Any object with the first two will do."""
+    """What `Task.load` returns: sorted user ids (the same in every process), the input's fingerprint
+    (checked on resume), and each user's data for `analyse`."""
 
     user_ids: Sequence[str]
     fingerprint: str
@@ -43,10 +41,7 @@ class Dataset:
 
 @dataclass(frozen=True)
 class UserIndex:
-    """Who is in the input and how much: what every shard reads before it loads its own users.
-
-    `observations[i]`: the input rows of user_ids[i] (None: not counted), what `partition: balanced` weighs.
-    """
+    """Who is in the input and how much; `observations[i]`: user_ids[i]'s rows (None: not counted)."""
 
     user_ids: tuple[str, ...]
     fingerprint: str  # the same as the Dataset's: recorded in run.json and checked on resume
@@ -98,8 +93,7 @@ class Task(ABC):
         """One user's rows (key columns, status, reason, `columns`); the JVM is running."""
 
     def parse_settings(self, section: Section) -> Any:
-        """Each field of `Settings` from the config's top-level key of its name (str, int, float, bool,
-        list, Path, or X | None); None without Settings. Override it for nested keys or checks."""
+        """Each `Settings` field from the config's top-level key of its name; None without Settings."""
         if self.Settings is None:
             return None
         hints, values = typing.get_type_hints(self.Settings), {}
@@ -198,8 +192,7 @@ class Task(ABC):
 
 
 def read_user_index(task: Task, settings: Any) -> tuple[UserIndex, Any | None]:
-    """The input's user index, and the whole Dataset when the task has no index of its own (then the
-    index is taken from a full load, which the caller should keep rather than load again)."""
+    """The user index, and the whole Dataset when the index came from a full load (keep it)."""
     index = task.user_index(settings)
     if index is not None:
         return index, None
@@ -213,8 +206,7 @@ def load_users(task: Task, settings: Any, users: Collection[str], index: UserInd
 
 
 def task_origin(name: str) -> str | None:
-    """The dir on the Python path that the `module:object` task's top package was imported from, recorded
-    in run.json so that later commands find a plug-in task again; None for an entry point or no file."""
+    """The dir a `module:object` task was imported from, for run.json; None for an entry point."""
     module_name, colon, _ = name.partition(":")
     origin = getattr(sys.modules.get(module_name), "__file__", None) if colon else None
     if not origin:
@@ -259,8 +251,7 @@ def _entry_point(name: str) -> Any:
 
 
 def load_task(name: str, origin: str | None = None) -> Task:
-    """The Task `package.module:object` names (its module from the Python path, else from `origin`, as
-    run.json recorded it), or the entry point `name`; a Task subclass is instantiated."""
+    """The Task `package.module:object` (else from `origin`) or entry point `name` names, instantiated."""
     module_name, colon, attr = name.partition(":")
     if not colon:
         task = _entry_point(name)

@@ -1,12 +1,6 @@
-"""Admission: whether K shards, each with its heap and its share of the input, fit in this machine's
-memory (admit: K x (heap + the measured overhead beyond it + the input), pure), and the cores they get.
+"""Admission: whether K shards (heap + measured overhead + their share of the input) fit in memory, and their cores.
 
-The input rule: each shard is counted with the load peak of ONE shard's share, measured on the share
-with the most rows (measure_launch_data; platforms.PeakMemory), never below its rows at the rate
-measured for a shard (LOAD_PEAK_BYTES_PER_ROW); a shard that loads the whole table (a task without
-user_index, or jvm.xmx auto the task cannot bound from the index) with the whole table's peak.
-Figures: docs/dev/PERFORMANCE.md, bench/jvm_overhead.py. Side effects only at the edges: available_memory
-(psutil, cgroup), available_cores (affinity, CPU quota), measure_launch_data (the input).
+Each shard counts the load peak of the largest share (or the whole table); figures in docs/dev/PERFORMANCE.md.
 """
 
 from __future__ import annotations
@@ -31,15 +25,8 @@ log = logging.getLogger(__name__)
 
 # --- Memory beyond the heap, measured ---------------------------------------------------------
 
-# A shard process's RSS minus its (fully touched) Java heap: CPython, numpy, pandas, shardrun and the
-# sample table (135 MiB before the JVM starts), then libjvm, JPype, metaspace, code cache, threads and
-# G1's own structures (mark bitmaps, card table, remembered sets), which grow with the heap. Measured
-# with bench/jvm_overhead.py (docs/dev/PERFORMANCE.md): on 2 CPUs 199 MiB at -Xmx128m, 234 MiB at 1g,
-# 370 MiB at 4g (about 194 MiB + 4.4% of the heap); sized for 64 CPUs (more GC and compiler threads)
-# 240 MiB at 128m, 281 MiB at 1g, 402 MiB at 4g (about 235 MiB + 4%). The constants cover the 64-CPU
-# figures with a margin of at least 20% (other library versions, a larger Python heap while analysing).
-# The loaded input is counted separately (`data_bytes` of admit_shards, the rule in the module
-# docstring): for millions of users it can outweigh everything above.
+# A shard's RSS beyond its Java heap, measured with bench/jvm_overhead.py (docs/dev/PERFORMANCE.md):
+# about 235 MiB + 4% of the heap on 64 CPUs; these constants add a margin of at least 20%.
 NATIVE_OVERHEAD_FIXED_BYTES = 288 * MIB
 NATIVE_OVERHEAD_HEAP_FRACTION = 0.05
 
@@ -76,9 +63,7 @@ def admit(
 ) -> Admission:
     """May K shards of `heap_bytes` heap (plus overhead) start with `available_bytes` free? (pure)
 
-    The suggested heap keeps the overhead of the requested heap, which overstates it for a smaller
-    heap (the overhead grows with the heap), so the suggestion errs on the side of fitting.
-    `heap_floor_bytes` is the largest user's need: a heap below it is not offered as a way out.
+    No heap below `heap_floor_bytes` (the largest user's need) is offered as a fix.
     """
     if shards < 1:
         raise ValueError(f"shards must be at least 1, got {shards}")
@@ -108,8 +93,7 @@ def admit(
 
 def smaller_fixes(shards: int, max_shards: int, max_heap: int, heap_floor_bytes: int, native_overhead_bytes: int,
                   available_bytes: int) -> tuple[list[str], str]:
-    """The ways to fit by asking less (fewer shards at once, a smaller heap), and why not a smaller heap
-    when the largest user needs more than would fit."""
+    """The ways to fit by asking less (fewer shards, a smaller heap), and a note when no heap can."""
     fixes = []
     if max_shards >= 1:
         fixes.append(f"run at most {max_shards} shard{'s' if max_shards > 1 else ''} at once"
@@ -220,8 +204,7 @@ def cgroup_available(root: Path = Path("/sys/fs/cgroup"), proc_cgroup: Path = Pa
 
 
 def available_memory() -> tuple[int, str]:
-    """Bytes this machine can still give to new processes (psutil's available, capped by a cgroup limit)
-    and what they are, in words."""
+    """Bytes free for new processes (psutil, capped by a cgroup limit), and their source in words."""
     import psutil
 
     available = (int(psutil.virtual_memory().available), "memory available (psutil)")
@@ -244,7 +227,7 @@ class CoresAvailable:
     quota_file: str | None = None
 
     def describe(self) -> str:
-        """Where `count` comes from, in words: "affinity 2; cgroup quota none"."""
+        """E.g. "affinity 2; cgroup quota none"."""
         quota = "none" if self.quota is None else f"{self.quota:g} cores, {self.quota_file}"
         return f"affinity {self.affinity}; cgroup quota {quota}"
 
@@ -254,10 +237,7 @@ def _quota_cores(quota: int, period: int) -> float | None:
 
 
 def parse_cpu_max(text: str) -> float | None:
-    """cpu.max (v2), "<quota> <period>" in microseconds or "max <period>" -> cores' worth, None for no quota.
-
-    A file that does not read as that is taken as no quota: the figure only caps a default.
-    """
+    """cpu.max (v2) -> cores' worth, None for no quota (or an unreadable file: it only caps a default)."""
     fields = text.split()
     if not fields or fields[0] == "max":
         return None
@@ -276,10 +256,7 @@ def parse_cfs_quota(quota_text: str, period_text: str) -> float | None:
 
 
 def cores_from(affinity: int, quota: float | None) -> int:
-    """The cores the shards may use: the affinity, capped by the quota rounded up, at least 1 (pure).
-
-    Rounded up as the JVM does for its own processor count: a quota of 1.5 cores keeps two busy.
-    """
+    """The affinity capped by the quota rounded up (as the JVM does), at least 1 (pure)."""
     limits = [affinity] + ([math.ceil(quota)] if quota is not None else [])
     return max(1, min(limits))
 
@@ -333,16 +310,13 @@ class LaunchData:
         return f"{format_bytes(self.share_bytes)} to load {what}, measured"
 
 
-# A shard's load peak per input row (the text of the timestamps, their parsed instants and local times, the
-# values, the sort), measured with bench/shard_load.py (docs/dev/PERFORMANCE.md: about 250 bytes). The
-# launcher's own measurement can come out low: its process may reuse memory the user index pass freed,
-# which a fresh shard process does not have; so a share is never counted below its rows at this rate.
+# A shard's load peak per row (bench/shard_load.py, docs/dev/PERFORMANCE.md); a floor, since the
+# launcher's own measurement can come out low by reusing memory its index pass freed.
 LOAD_PEAK_BYTES_PER_ROW = 250
 
 
 def refuse_shards_without_users(shards: int, users: int) -> None:
-    """A new run of more shards than users would start a process, a JVM and a log for every empty shard,
-    for nothing: refused with the number that fits. (A run that exists keeps its K: run.json.)"""
+    """Refuse a new run with more shards than users (empty shards still cost a process and a JVM)."""
     if shards > users:
         raise ConfigError(f"{shards} shards for {users} user{'s' if users != 1 else ''}: {shards - users} shards would"
                           f" have no user and still start a process and a JVM each. Pass --shards {max(users, 1)} or"
@@ -372,8 +346,7 @@ def measure_launch_data(task: Any, settings: Any, jvm: JvmConfig, shards: int, p
 
 
 def admit_shards(heap: HeapPlan, shards: int, data_bytes: int, available_bytes: int | None = None) -> Admission:
-    """Admit `shards` shards at once of `heap` (the plan's), each with `data_bytes` of input in memory,
-    against the memory available (default: psutil's, capped by a cgroup limit)."""
+    """Admit `shards` shards of `heap`, each with `data_bytes` of input, against the memory available."""
     if available_bytes is None:
         available_bytes, available_what = available_memory()
     else:

@@ -1,24 +1,7 @@
-"""launch_shards --benchmark N: the same users at K=1 and at the requested K, timed and compared.
+"""launch_shards --benchmark N: the same first n users (N rounded up to a multiple of K) at K=1 and K.
 
-Which users. Shard i of K owns the users at positions i, i+K, i+2K, ... of the sorted user list
-(partition.users_of_shard), and --pilot P keeps the first P users of each shard. So P users per shard
-are exactly the positions 0 .. P*K-1: the first P*K users of the list. The benchmark rounds N up to
-a multiple of K (n = ceil(N/K) * K, at most the users there are), runs K=1 with --pilot n and K with
---pilot n/K, and both analyse the first n users, with no change to how a shard picks its users.
-
-What it reports. Each run is a whole launch_shards run (memory and cores checks, shards, merge,
-validation) in its own dir under one benchmark dir. The time of a run is the wall time from its first
-shard's start to its last shard's exit (LaunchResult.shards_seconds): the speedup is K=1's over K's.
-The merged results of both must agree value for value (results.compare), or the benchmark fails.
-
-The projection of the full run at K splits the K run's time T in two. The analysis part A is the
-seconds its users took (each user's `seconds`, summed over the shards) divided by the shards that ran
-at once; the rest, T - A, is start-up (Python, the data, the JVM, in every shard and every wave of
---max-parallel) and waiting, which the full run pays the same. The full run's time = (T - A) + A x
-(work of all users / work of the pilot's users), where a user's work is the task's own time estimate
-(Task.user_seconds: for the default analysis it grows with the user's observations) or, for
-a task without one, 1 per user. Scaling the whole of T instead would scale the start-ups too: on the
-sample data, where start-up is most of a run, that projected 59 s for a 10 s run.
+Results must agree value for value. The projection scales only the analysis part of the K run's
+time, not start-up (scaling all of it projected 59 s for a 10 s sample run).
 """
 
 from __future__ import annotations
@@ -77,11 +60,7 @@ class Projection:
 
 def project(measured_seconds: float, users_seconds: float, at_once: int, pilot_work: float,
             total_work: float) -> Projection:
-    """The K run's time split into start-up and analysis, the analysis scaled to all users (pure).
-
-    `users_seconds` is the sum of the pilot users' analysis seconds over every shard; `at_once` the
-    shards that ran at the same time. The analysis part never exceeds the measured time.
-    """
+    """(T - A) + A x (all users' work / the pilot's), A = `users_seconds` / `at_once`, capped at T (pure)."""
     if pilot_work <= 0 or at_once < 1:
         raise ValueError(f"the pilot's work and the shards at once must be positive, got {pilot_work} and {at_once}")
     analysis = min(max(users_seconds, 0.0) / at_once, measured_seconds)

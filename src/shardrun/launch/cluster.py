@@ -1,9 +1,6 @@
 """`launch_shards --scheduler slurm`: a run's shards as a SLURM job array, then a merge job.
 
-One command starts and continues a run: a new run gets run.json, an array of K elements and a merge
-job after them (afterany); a run that exists gets only the shards neither complete nor in the queue
-(with --retry-failed, complete ones with failed users too) and a merge job in place of a pending one.
-The decisions are pure (slurm_rules.py); SLURM itself is behind scheduler.slurm.SlurmCommands.
+One command starts and continues a run (only shards neither complete nor queued are submitted again).
 """
 
 from __future__ import annotations
@@ -81,8 +78,7 @@ class Submission:
 
 
 def submit_array(run: RunPaths, job: ElementJob, script: str, slurm: SlurmCommands) -> dict:
-    """Keep the script in RUN/slurm/, submit it, and record the array in slurm.json at once: a
-    submission that is not recorded would be submitted again by the next resubmission."""
+    """Keep the script in RUN/slurm/, submit it, and record it in slurm.json at once (else it is resubmitted)."""
     path = run.slurm_scripts / f"array_{datetime.now():%Y%m%d_%H%M%S_%f}.sh"
 
     def write() -> None:
@@ -148,8 +144,7 @@ def submit_run(config: RunConfig, options: ClusterOptions, slurm: SlurmCommands 
 
 def what_to_submit(run: RunPaths, existing: bool, options: ClusterOptions, slurm: SlurmCommands,
                    out: Callable[[str], None]) -> tuple[Submission, dict]:
-    """The shards neither complete (unless retried) nor in the queue, said shard by shard for a run that
-    exists; and the run's queue by index."""
+    """The shards neither complete (unless retried) nor queued, explained; and the queue by index."""
     docs = status_documents(run, options.shards) if existing else {}
     states = shard_states(docs)
     failed = failed_users_by_shard(docs)

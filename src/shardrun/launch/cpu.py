@@ -1,9 +1,4 @@
-"""The readings of --cpu-limit: how busy the CPUs the run may use are, and how much of them its own shards use.
-
-The arithmetic is pure (`share_of_cpus`, `cpus_busy`); `CpuMeter` only reads psutil and the shards'
-CPU times (the process port's `cpu_seconds`), with an injected clock, and gives the supervisor a
-`CpuReading` every --cpu-check-every seconds.
-"""
+"""The readings of --cpu-limit: how busy the run's CPUs are, and how much its own shards use (pure arithmetic)."""
 
 from __future__ import annotations
 
@@ -17,11 +12,9 @@ ProcessKey = tuple[int, float]  # (pid, create time): a pid the kernel gave agai
 
 def share_of_cpus(before: Mapping[ProcessKey, float], after: Mapping[ProcessKey, float], elapsed_seconds: float,
                   cpus: int) -> float:
-    """The CPU time processes used between two readings of their cumulative CPU seconds, in percent of
-    `cpus` CPUs over `elapsed_seconds` (pure).
+    """CPU time used between two readings, in percent of `cpus` over `elapsed_seconds` (pure).
 
-    A process absent from `before` started in between: all of its time counts. One absent from `after`
-    ended in between: its last part is not seen (at most one reading's worth, and it is gone).
+    A process that ended in between loses its last part (at most one reading's worth).
     """
     if elapsed_seconds <= 0 or cpus < 1:
         return 0.0

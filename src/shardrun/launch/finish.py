@@ -59,10 +59,7 @@ def finish(launcher: Launcher, held: HeldRun, shards_seconds: float, out: Callab
 
 def merge_and_validate(shard_dirs: list[Path], merged: Path, max_failed: FailedTolerance, remedy: Remedy,
                        out: Callable[[str], None]) -> int:
-    """Merge the run's shards into RUN/merged (the launcher owns it) and validate the frame just written.
-    The final lines: the problems, the users by outcome, the verdict; failed users beyond --max-failed
-    are a problem, so "validation passed" means every user counted. A storage failure: the same
-    command merges again (`remedy`)."""
+    """Merge the run's shards into RUN/merged and validate it; failures beyond --max-failed fail validation."""
     merged_set = merge_result_set(shard_dirs, merged, overwrite=True, remedy=remedy)
     report_ = merged_set.report
     validation = validation_of(merged, frame=merged_set.frame, max_failed=max_failed)

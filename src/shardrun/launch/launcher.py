@@ -1,8 +1,6 @@
-"""The local launcher's loop: the process port's events in, the pure supervisor's actions carried out.
+"""The local launcher's loop: the port's events in, the pure supervisor's actions carried out.
 
-It never starts a JVM: shards are fresh interpreters started through the port (processes.py), each in
-its own process group, so a terminal's Ctrl-C reaches the launcher alone, which drains them once; each
-shard dies with the launcher (parent-death signal; a suspended one by its orphaned group's SIGHUP).
+Shards run in their own process groups (Ctrl-C reaches the launcher alone) and die with the launcher.
 """
 
 from __future__ import annotations
@@ -130,8 +128,7 @@ class Launcher:
         spec = self.supervisor.spec(action.index)
         # Resume whenever the shard dir has an identity: after a restart, or when continuing a run.
         resume = self.run.shard(spec).identity.is_file()
-        # Failed users are retried at a shard's first start only: a restart after a death resumes, and
-        # does not run again the users that failed in this very launch.
+        # Failed users are retried at a shard's first start only, not on a restart in this launch.
         command = shard_command(self.options.config_path, spec, self.run.dir, resume, self.options, action.xmx,
                                 self.threads, retry_failed=self.options.retry_failed and not action.restart)
         log_path = shard_log_path(self.config.output.log_dir, spec)
@@ -165,8 +162,7 @@ class Launcher:
         self.handle(Tick(self.clock()))
 
     def wait(self) -> None:
-        """Turn until every shard is done: the CPU reading every --cpu-check-every, the progress every
-        --progress-every (a second live), launcher.json every turn."""
+        """Turn until every shard is done, reading CPU, progress and writing launcher.json on schedule."""
         progress_every = 1.0 if self.options.live else self.options.progress_every
         last_progress = last_cpu = self.clock()
         while True:
@@ -200,10 +196,8 @@ class Launcher:
                            lambda: report.write_launcher_json(self.run, self.options, self.cpu_state(), shards))
 
     def guarded_write(self, what: str, where: Path, write: Callable[[], object]) -> bool:
-        """The launcher's own writes, through the storage guard. A storage failure (full disk, read-only
-        or vanished run dir) stops the run as a stop signal would: every shard finishes its user in
-        flight and exits (3, or 6 when it meets the same disk), and the launcher then exits 6 with this
-        first error (local.launch). Nothing more is written after it. True if written."""
+        """The launcher's own writes, guarded: a storage failure drains the run as a stop signal would
+        and the launcher exits 6 (local.launch). True if written."""
         if self.storage_failure is not None:
             return False
         try:
@@ -212,8 +206,7 @@ class Launcher:
         except StorageError as exc:
             self.storage_failure = exc
             why = getattr(exc.__cause__, "strerror", None) or exc.__cause__
-            # said in full once, as the command's error at the end; here only why the shards are stopped.
-            # A drain under way goes on as it is (a second request would stop the shards at once).
+            # said in full once at the end; a drain under way goes on (a second request would kill).
             if not (self.supervisor.stopping or self.supervisor.finished):
                 self.handle(StopRequested(f"cannot write {what} in {where} ({why})", self.clock()))
             return False

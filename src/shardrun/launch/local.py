@@ -19,9 +19,7 @@ __all__ = ["LaunchResult", "dry_run", "launch"]
 
 
 def launch(config: RunConfig, options: LaunchOptions, out: Callable[[str], None] = print) -> LaunchResult:
-    # A run that exists gets its one launcher before the data are read: a second launch_shards on a
-    # running run is refused at once, with nothing else said (a new run dir appears only after every
-    # check, so a new run is held once its dir is made).
+    # An existing run is held before the data are read, so a second launch is refused at once.
     where = given(config, options)
     early_guard = (hold_run(where.run, new_run=False, fix=follow_the_launcher(where.run))
                    if where.run is not None and where.existing else None)

@@ -21,8 +21,7 @@ def given(config: RunConfig, options: LaunchOptions) -> RunDir:
 
 
 def plan_parallel(config: RunConfig, options: LaunchOptions) -> tuple[RunConfig, LaunchOptions, ParallelPlan]:
-    """The shards at once on the cores available (an explicit --max-parallel wins) and their threads,
-    written into the options and the config the launcher runs with."""
+    """Shards at once and their threads, written into the options and config the launcher runs with."""
     cores = available_cores()
     parallel = parallel_for_cores(options.shards, cores.count, cores.describe(), config.jvm.threads,
                                   options.max_parallel)
@@ -32,9 +31,7 @@ def plan_parallel(config: RunConfig, options: LaunchOptions) -> tuple[RunConfig,
 
 def plan_launch(config: RunConfig, options: LaunchOptions, out: Callable[[str], None],
                 where: RunDir | None = None) -> tuple[RunPlan, LaunchOptions, list[int]]:
-    """Everything decided before a shard starts, printed: the heap, the data, the memory of the shards
-    that run at once, the cores (how many at once, their threads); and each shard's number of users.
-    Refuses a launch that cannot fit."""
+    """Print everything decided before a shard starts; refuse a launch that cannot fit."""
     where = where or given(config, options)
     config, options, parallel = plan_parallel(config, options)
     plan = plan_run(config, where, options.shards, options.pilot)

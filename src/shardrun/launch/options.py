@@ -16,8 +16,7 @@ DEFAULT_SHARDS = 4
 
 
 def shards_to_launch(given: int | None, where: Path | None) -> int:
-    """--shards when given, else the K of the run that --out or --run-dir names (so that continuing a run
-    needs no K), else DEFAULT_SHARDS."""
+    """--shards, else the K of the run --out or --run-dir names, else DEFAULT_SHARDS."""
     if given is not None:
         return given
     recorded = recorded_shard_count(where) if where is not None and where.is_dir() else None

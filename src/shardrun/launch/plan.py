@@ -1,9 +1,4 @@
-"""The plan step of a launch, local or on SLURM: the task's preflight, the data, the heap, the run's identity.
-
-One pass, before any process starts and before anything is written: preflight (shard.prepare, which a
-shard itself runs too) -> the data read as the shards will (admission.measure_launch_data) -> the heap
-from every user's need -> the task's preflight of that heap. A refusal here is the one thing said.
-"""
+"""The plan step of a launch: preflight, data, heap, the run's identity, before anything is written."""
 
 from __future__ import annotations
 
@@ -52,8 +47,7 @@ class RunPlan:
 
 
 def plan_run(config: RunConfig, where: RunDir, shards: int, pilot: int | None) -> RunPlan:
-    """Refuse a run the task cannot do (its preflight, before and after the heap), a run dir of other
-    data, or a new run of more shards than users; else the plan every shard of the run is started with."""
+    """The plan every shard starts with, or a refusal (preflight, other data, more shards than users)."""
     task = load_task(config.task)
     problems = preflight(task, config)
     refuse_if(problems)  # cheap: before reading the data

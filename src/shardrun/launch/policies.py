@@ -1,8 +1,4 @@
-"""The launcher's decisions, as small pure objects: which shard to start, restart, suspend or resume.
-
-No processes here: the launcher (launcher.py) observes its children, asks these policies, and acts.
-That keeps every rule testable with plain values.
-"""
+"""The launcher's rules as small pure objects (start, restart, suspend, resume), testable with plain values."""
 
 from __future__ import annotations
 
@@ -37,10 +33,7 @@ def died_abnormally(exit_code: int) -> bool:
 
 
 def describe_exit(code: int, log_hint: bool = True) -> str:
-    """A shard's exit status in words, with the likely cause for a death by signal.
-
-    log_hint=False leaves out "see its log" (the caller shows the log's error lines instead).
-    """
+    """A shard's exit status in words, with the likely cause of a death by signal."""
     see = "; see its log" if log_hint else ""
     words = {
         EXIT_OK: "completed",
@@ -75,12 +68,9 @@ _LOG_RECORD = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d")
 
 
 def log_excerpt(text: str, max_lines: int = 4, width: int = 300) -> list[str]:
-    """The few lines of a shard's log that say why it stopped, from its last start (pure).
+    """The few lines of a shard's log, since its last `===` start line, that say why it stopped (pure).
 
-    The log holds every start of the shard, each after a `=== <time> <command>` line; only the last
-    start counts. In order of preference: the `error:` paragraph of a refusal, the end of the last
-    Python traceback (its last frame and the exception), the JVM's fatal error report, the last
-    ERROR/CRITICAL log records. Nothing meaningful (a SIGKILL mid-run, say): [].
+    Preferred: a refusal's `error:`, a traceback's end, the JVM's fatal report, the last ERROR records.
     """
     lines = [line.rstrip() for line in text.splitlines()]
     starts = [i for i, line in enumerate(lines) if line.startswith("=== ")]
@@ -152,11 +142,7 @@ def parallel_for_cores(shards: int, cores: int, cores_source: str, threads_per_s
                        given_max_parallel: int | None) -> ParallelPlan:
     """At most as many shards at once as the cores hold, unless --max-parallel says otherwise (pure).
 
-    A shard keeps `threads_per_shard` cores busy (jvm.threads; auto counts one, since auto shares the
-    cores among the shards at once). More shards than that on the cores only share them: measured,
-    four JVMs on two cores took 14% longer than two (docs/dev/PERFORMANCE.md), so by default the shards
-    beyond wait and start as earlier ones finish. An explicit --max-parallel always wins.
-    `cores_source` says where the figure of cores comes from, for the line.
+    Measured: four JVMs on two cores took 14% longer than two (docs/dev/PERFORMANCE.md).
     """
     if shards < 1 or cores < 1:
         raise ValueError(f"shards and cores must be at least 1, got {shards} and {cores}")
@@ -187,17 +173,10 @@ def parallel_for_cores(shards: int, cores: int, cores_source: str, threads_per_s
 
 @dataclass(frozen=True)
 class CpuThrottle:
-    """Keep the CPUs the run may use under `limit` percent busy by suspending shards, down to one, never none.
+    """Keep the run's CPUs under `limit` percent by suspending shards, down to one, never none.
 
-    Two readings decide, each in percent of those CPUs: how busy they are (every program's use, the
-    run's included) and the run's own use (its shards and their children). Busier than the limit:
-    suspend the most recently started running shard (it has done least work), unless it is the last
-    one running, so that other programs' load can slow the run but never stop it (the original
-    workflow likewise reduced its workers down to one, never to none). Resume the first suspended
-    shard when none is running, or when one more shard fits: the CPUs' use plus what one of the run's
-    running shards uses now stays within the limit. One step per reading, so each step's effect is
-    measured before the next; the prediction keeps it from flapping (a shard that would take the
-    CPUs above the limit again is not resumed).
+    Suspends the newest running shard; resumes one only if it is predicted to fit (no flapping);
+    one step per reading.
     """
 
     limit: float

@@ -1,9 +1,4 @@
-"""The process port: the only place where the launcher touches its shards' processes.
-
-`ProcessPort` is what the launcher needs of a backend (start a shard's command with its log file,
-report exits, suspend, resume, ask to stop, kill). `LocalProcesses` is the real one: each shard a
-child process of the launcher. A job-array backend would be another implementation of the same port.
-"""
+"""The process port: the only place where the launcher touches its shards' processes."""
 
 from __future__ import annotations
 
@@ -52,8 +47,7 @@ class ProcessPort(Protocol):
         """The pid of the shard's latest process (also after it ended), or None if it never started."""
 
     def cpu_seconds(self) -> dict[tuple[int, float], float]:
-        """The CPU seconds (user + system) each live shard process and each of its descendants has used so
-        far, by (pid, create time); for --cpu-limit's reading of the run's own use."""
+        """CPU seconds of each live shard process and descendant, by (pid, create time), for --cpu-limit."""
 
 
 class LocalProcesses:

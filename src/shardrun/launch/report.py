@@ -98,9 +98,7 @@ def stopped_early(status_path: Path, code: int) -> str | None:
 
 
 def resume_hint(run: RunPaths, options: LaunchOptions, config_source: Path | None, interrupted: bool = True) -> str:
-    """A command that continues this run, or (nothing written yet) the one that starts it; when the
-    shards were not interrupted but refused (a bad input, a full disk, ...), the same command would be
-    refused again until that is fixed, and the hint says so first."""
+    """The command that continues (or starts) this run, saying first when a refusal must be fixed."""
     if run.run_json.is_file():
         then = "Continue it with" if interrupted else "Once the errors above are fixed, continue it with"
         return f"the run is incomplete. {then}: {options.continue_command(config_source, run.dir)}"

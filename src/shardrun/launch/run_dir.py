@@ -26,8 +26,7 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class RunDir:
-    """Where a launch runs: `run` None for a new dir under output.root (named later); `existing`: it holds
-    this run already (same K, config and --pilot), to continue."""
+    """Where a launch runs: `run` None for a new dir (named later); `existing`: this run, to continue."""
 
     run: RunPaths | None
     existing: bool
@@ -36,9 +35,7 @@ class RunDir:
 
 def given_run_dir(config: RunConfig, shards: int, pilot: int | None, out: Path | None, run_dir: Path | None = None,
                   retry_failed: bool = False) -> RunDir:
-    """The run dir --run-dir or --out names, or a refusal: a file, a dir of another run (K, config, --pilot),
-    a non-empty dir without run.json, --run-dir or --retry-failed without a run. Writes nothing, so a
-    refusal comes before the data are read and the plan is shown (the data: check_same_run, later)."""
+    """The run dir --run-dir or --out names, or a refusal; writes nothing, so it refuses before the data are read."""
     given, flag = (run_dir, "--run-dir") if run_dir is not None else (out, "--out")
     if given is None:
         refuse_an_unwritable_place(config.output.root)  # where a new run dir is made
@@ -93,8 +90,7 @@ def refuse_a_dir_of_something_else(run: RunPaths) -> None:
 
 
 def refuse_an_unwritable_place(run_dir: Path) -> None:
-    """A new run's dir (or the dir it would be made in) that this user cannot write: the storage error
-    (exit 6) before the data are read. access(2) answers for root too on a read-only filesystem (EROFS)."""
+    """Refuse (exit 6) a new run dir this user cannot write; access(2) answers for root too on EROFS."""
     place = run_dir
     while not place.exists() and place != place.parent:
         place = place.parent
@@ -111,10 +107,7 @@ def follow_the_launcher(run: RunPaths) -> str:
 
 
 def hold_run(run: RunPaths, new_run: bool, fix: str) -> ExclusiveFile:
-    """Be the one launch_shards of `run`, running it here or submitting it to SLURM, until the guard is
-    released: a second one is refused at once, naming this one and saying `fix`. A `new_run` that
-    another launch_shards started since the caller looked is refused as well, so two commands on one new
-    dir never both start it."""
+    """Be the one launch_shards of `run` until released; a second one (even on a new dir) is refused with `fix`."""
     guard = ExclusiveFile(run.launcher_lock, f"launch_shards of the run {run.dir}", fix)
     durable_write("the run dir", run.dir, lambda: run.dir.mkdir(parents=True, exist_ok=True))
     durable_write("the launcher's lock", run.dir, guard.acquire)
@@ -126,8 +119,7 @@ def hold_run(run: RunPaths, new_run: bool, fix: str) -> ExclusiveFile:
 
 @dataclass
 class HeldRun:
-    """A local launch's run dir: held by its one launcher, and left without a trace (launcher.json, the dir
-    this launch made) when no shard wrote run.json."""
+    """A local launch's run dir, held by its one launcher; left traceless if no shard wrote run.json."""
 
     run: RunPaths
     existing: bool
@@ -169,8 +161,7 @@ def open_run_dir(where: RunDir, root: Path, label: str, guard: ExclusiveFile | N
 
 
 def benchmark_dir(config: RunConfig, out: Path | None, shards: int, users: int) -> Path:
-    """--benchmark's dir: --out DIR (new or empty), else a new dir `<config stem>_benchmark<n>_<time>` under
-    output.root."""
+    """--benchmark's dir: --out DIR (new or empty), else a new `<config stem>_benchmark<n>_<time>`."""
     if out is not None:
         if out.exists() and (not out.is_dir() or any(out.iterdir())):
             raise UsageError(f"--out {out} is not a new or empty dir; --benchmark puts its two runs (k1/ and"

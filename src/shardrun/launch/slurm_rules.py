@@ -20,8 +20,7 @@ COMPLETE = frozenset({ShardState.COMPLETED, ShardState.COMPLETED_WITH_FAILURES})
 
 
 def element_memory_mib(heap_bytes: int, data_bytes: int) -> int:
-    """sbatch --mem for one shard: its Java heap, the process beyond the heap (measured, admission.py)
-    and the load peak of its share of the input (admission's rule)."""
+    """sbatch --mem for one shard, as admission.py counts it."""
     return math.ceil(shard_memory_bytes(heap_bytes, data_bytes) / MIB)
 
 
@@ -32,23 +31,20 @@ MERGE_BASE_MIB = 768  # Python, pandas, pyarrow and matplotlib in the merge and 
 
 
 def merge_memory_mib(users: int, rows_per_user: int, columns: int) -> int:
-    """sbatch --mem for the merge + validate job: a base for two processes' libraries and the result
-    set's cells (every user's rows), which the merge and its picture hold in memory at once."""
+    """sbatch --mem for the merge + validate job: a base plus the result set's cells."""
     cells = users * max(rows_per_user, 1) * max(columns, 1)
     return MERGE_BASE_MIB + math.ceil(cells * MERGE_BYTES_PER_CELL / MIB)
 
 
 def shards_to_submit(shards: int, complete: Iterable[int], queued: Iterable[int],
                      retry: Iterable[int] = ()) -> list[int]:
-    """The shard indices that are neither complete nor still waiting or running in the queue; a
-    complete shard in `retry` (--retry-failed: it has failed users) is submitted again unless queued."""
+    """The shards neither complete (unless in `retry`) nor queued."""
     settled = (set(complete) - set(retry)) | set(queued)
     return [index for index in range(shards) if index not in settled]
 
 
 def users_over_time_limit(predicted: Mapping[str, float], limit_seconds: int, lead_seconds: int) -> list[tuple[str, float]]:
-    """Users whose predicted time exceeds what an element has before its warning (the limit less the
-    lead): they would be abandoned at every requeue. Longest first (pure)."""
+    """Users predicted to outlast the time before the warning (abandoned at every requeue), longest first."""
     budget = limit_seconds - lead_seconds
     return sorted(((user, seconds) for user, seconds in predicted.items() if seconds > budget),
                   key=lambda item: (-item[1], item[0]))

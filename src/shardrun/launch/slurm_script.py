@@ -1,10 +1,7 @@
-"""What a run submits to SLURM, as text: the job array's sbatch script and the merge job's (pure).
+"""The sbatch scripts a run submits (shard array, merge job), as text (pure).
 
-Every element runs one idempotent command, `run_production --shard auto --out RUN`: the shard's index
-comes from SLURM_ARRAY_TASK_ID (plus SHARDRUN_INDEX_OFFSET when the cluster's MaxArraySize makes a
-run several arrays) and K from the run's run.json, never from the array's size, so a requeue, a
-preemption or a resubmission of chosen elements continues the same shard. docs/CLUSTER.md explains
-the script line by line.
+Every element runs one idempotent command whose K comes from run.json, so a requeue continues the
+same shard; docs/CLUSTER.md explains the script line by line.
 """
 
 from __future__ import annotations
@@ -126,8 +123,7 @@ def _q(value: object) -> str:
 
 
 def element_command(job: ElementJob) -> list[str]:
-    """The element's one command. --retry-failed goes with --resume, which takes a run dir (with
-    --shard auto) whether or not the shard has started: a shard never started simply has nothing to retry."""
+    """The element's one command (--retry-failed with --resume, harmless for a shard never started)."""
     mode = ["--full"] if job.pilot is None else ["--pilot", str(job.pilot)]
     where = ["--resume", str(job.run_dir), "--retry-failed"] if job.retry_failed else ["--out", str(job.run_dir)]
     return [job.python, "-m", "shardrun", "run", "--config", str(job.config_path), *mode, "--shard", "auto",
@@ -139,9 +135,8 @@ def element_command(job: ElementJob) -> list[str]:
 
 
 def log_pattern(job: ElementJob) -> str:
-    """SLURM's --output: `analysis/shard<i>.log` as in the original workflow, %a being the shard index
-    when the array has no offset. An array with an offset keeps SLURM's own lines in
-    `slurm-<array>_<id>.log`; its script sends the shard's output to shard<i>.log itself."""
+    """SLURM's --output: `analysis/shard<i>.log`; with an offset, `slurm-<array>_<id>.log` and the script
+    writes shard<i>.log itself."""
     name = "shard%a.log" if job.index_offset == 0 else "slurm-%A_%a.log"
     return str(job.log_dir / name)
 
@@ -184,8 +179,7 @@ def array_script(job: ElementJob, job_name: str) -> str:
 
 def merge_script(run_dir: Path, config_path: Path, python: str, workdir: Path, log_dir: Path, job_name: str,
                  sbatch_options: Sequence[str] = (), max_failed: str = "0", mem_mib: int | None = None) -> str:
-    """The job that merges and validates the run once every element has ended (afterany, given at submit);
-    its validation fails (exit 5) with more failed users than `max_failed` (--max-failed N|P%)."""
+    """The merge job (afterany every element); it fails (exit 5) with more failures than `max_failed`."""
     merged = run_dir / "merged"
     return "\n".join([
         "#!/bin/bash",

@@ -94,8 +94,7 @@ def _holds(process: psutil.Process, path: Path) -> bool:
 
 def verify(pid: Any, host: Any, started: Any, places: Iterable[Path] | None, lock: Path | None = None,
            words: tuple[str, ...] = COMMAND_WORDS) -> str | None:
-    """None when pid is verifiably a shardrun process (its command line has one of `words`) on this host,
-    started no later than `started`, and tied to one of `places` (unless None); else why not."""
+    """None when pid is verifiably this run's shardrun process on this host (started by `started`); else why not."""
     if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
         return "no pid recorded"
     if host != socket.gethostname():
@@ -144,8 +143,7 @@ def _create_time(pid: int) -> float | None:
 
 def stop_run(run_dir: Path, now: bool = False, signum: int = signal.SIGTERM,
              send: Callable[[int, int], bool] = _signal) -> StopReport:
-    """Signal the run's live launcher and every live shard it did not start; report each decision. A process
-    already asked to drain is signalled again only with `now` (the second signal: stop at once)."""
+    """Signal the run's live launcher and the live shards it did not start; `now` re-signals (stop at once)."""
     run = RunPaths(run_dir)
     stopper = _Stopper(now, signum, send, _read(run.dir / REQUESTS) or {}, StopReport([], [], []))
     launcher = _read(run.launcher_json)
@@ -187,8 +185,7 @@ class _Stopper:
         pids = {entry["shard"]: entry["pid"] for entry in (entries if isinstance(entries, list) else [])
                 if isinstance(entry, dict) and isinstance(entry.get("shard"), str)
                 and isinstance(entry.get("pid"), int) and entry.get("phase") != ShardPhase.DONE}
-        # A launcher's command line need not name the run dir it made itself: a launcher command line
-        # on this host, older than its latest launcher.json, is the evidence.
+        # A launcher need not name its run dir: one on this host older than launcher.json is evidence.
         why = verify(launcher.get("pid"), launcher.get("host"), launcher.get("updated_at"), None,
                      words=LAUNCHER_WORDS)
         if why is None:

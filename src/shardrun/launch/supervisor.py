@@ -1,20 +1,7 @@
-"""The launcher's supervisor: events in, actions out. Pure: no processes, files, clocks or signals.
+"""The launcher's supervisor: events in, actions out, pure (no processes, files, clocks or signals).
 
-Every decision of `launch_shards` about its shards is made here, in `Supervisor.handle`:
-
-- which waiting shards start (at most --max-parallel at once, in shard order): `_on_tick`
-- what a shard's exit means (a death is recorded; an abnormal one is restarted by resuming its dir
-  with the heap grown by --restart-heap-factor, at most --restarts times): `_on_exit`
-- a stop request (waiting shards are dropped, the others asked to drain, a suspended one woken so
-  it can; a second request asks again): `_on_stop`
-- the kill of shards still running --grace seconds after the first stop request: `_on_tick`
-- the CPU throttle (suspend the newest running shard but never the last one, resume the first
-  suspended when one more fits): `_on_cpu`; a suspended shard is resumed at once when no shard runs,
-  and waiting shards start only when none is suspended: `_on_tick`
-
-The launcher (launcher.py) turns what it observes into events, feeds them here and performs the
-returned actions through a process port (processes.py). A job-array backend would perform the same
-actions with a different port. The rules themselves are the policies of policies.py.
+Every decision about the shards (start, restart, stop, kill, CPU throttle) is made in `Supervisor.handle`,
+so it is tested without processes; launcher.py performs the actions, policies.py holds the rules.
 """
 
 from __future__ import annotations
@@ -32,8 +19,7 @@ from shardrun.states import ShardPhase
 
 @dataclass(frozen=True)
 class ShardExited:
-    """A shard's process ended: its exit code (negative: killed by that signal) and the JVM crash
-    reports (hs_err files) that this process left in its shard dir."""
+    """A shard's process ended: its exit code (negative: that signal) and its hs_err crash reports."""
 
     index: int
     code: int
@@ -57,8 +43,7 @@ class StopRequested:
 
 @dataclass(frozen=True)
 class CpuReading:
-    """The CPU use since the previous reading, every --cpu-check-every seconds, in percent of the CPUs
-    the run may use: every program's (`cpus_percent`, the run's included) and the run's own shards'."""
+    """CPU use since the last reading, in percent of the run's CPUs: all programs' and the shards'."""
 
     cpus_percent: float
     run_percent: float
@@ -74,8 +59,7 @@ Event = ShardExited | Tick | StopRequested | CpuReading
 
 @dataclass(frozen=True)
 class Start:
-    """Start shard `index` with heap `xmx` (a restart resumes its dir: the launcher resumes whenever
-    the shard dir has an identity)."""
+    """Start shard `index` with heap `xmx` (a restart resumes its dir)."""
 
     index: int
     xmx: str
@@ -98,8 +82,7 @@ class Resume:
 
 @dataclass(frozen=True)
 class Terminate:
-    """Ask the shard to finish its user in flight and stop (SIGTERM); `wake`: it is suspended, so
-    continue it too (SIGCONT), since a stopped process cannot drain."""
+    """SIGTERM: finish the user in flight and stop; `wake`: SIGCONT too, a stopped process cannot drain."""
 
     index: int
     wake: bool = False
@@ -171,8 +154,7 @@ def overall_exit(codes: dict[str, int]) -> int:
 
 
 class Supervisor:
-    """The shards' phases and the launcher's stop state; `handle(event)` changes only these and
-    returns what the launcher must do, in order."""
+    """The shards' phases and stop state; `handle(event)` changes them and returns the actions, in order."""
 
     def __init__(self, policy: SupervisorPolicy):
         self.policy = policy
@@ -256,8 +238,7 @@ class Supervisor:
         if self.stopping_since is None:
             suspended = self.suspended()
             if suspended:
-                # Never none running: the last running shard ended, so the first suspended one takes
-                # its place at once. Waiting shards wait behind the suspended ones, which resume first.
+                # Never none running: the first suspended shard resumes before any waiting one starts.
                 if not any(slot.phase is ShardPhase.RUNNING for slot in self.slots):
                     self.slots[suspended[0]].phase = ShardPhase.RUNNING
                     return [Resume(suspended[0])]

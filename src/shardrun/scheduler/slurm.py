@@ -1,12 +1,6 @@
-"""The one place that talks to SLURM (sbatch, squeue, scancel, scontrol), and the run's record of
-what was submitted (RUN/slurm.json).
+"""The one place that talks to SLURM (sbatch, squeue, scancel, scontrol), and RUN/slurm.json.
 
-`SlurmCommands` runs the commands through an injected `run` (subprocess.run by default); parsing
-their output is pure (`parse_queue`, `parse_job_record`, `sighting_of`), so the rules are tested on
-text and the commands on a real cluster (tests/test_slurm.py, tests/test_slurm_lease.py).
-
-It also tells the shard lease which job a process runs in (`this_job`) and asks SLURM about another
-holder's job (`lease_scheduler`): storage/lease.py decides from the answer.
+Parsing is pure so the rules test on text; the commands are tested on a cluster (docs/dev/CLUSTER_TESTS.md).
 """
 
 from __future__ import annotations
@@ -39,9 +33,8 @@ WAITING_OR_RUNNING = frozenset({
     "SUSPENDED", "SIGNALING", "STAGE_OUT", "STOPPED",
 })
 DEFAULT_MAX_ARRAY_SIZE = 1001  # SLURM's default MaxArraySize
-# What a job's state says of its processes, for the lease (storage/lease.py: JobActivity). SLURM shows a
-# job COMPLETING until every node reported its processes gone, and only then ended or pending again;
-# any state not named here counts as "processes may be there" (JobActivity.PRESENT).
+# For the lease: SLURM shows COMPLETING until every node reports its processes gone; any state not
+# named here counts as "processes may be there".
 ENDED_STATES = frozenset({"COMPLETED", "CANCELLED", "FAILED", "TIMEOUT", "NODE_FAIL", "PREEMPTED", "BOOT_FAIL",
                           "DEADLINE", "OUT_OF_MEMORY", "REVOKED"})
 WAITING_STATES = frozenset({"PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "SPECIAL_EXIT", "RESV_DEL_HOLD"})
@@ -78,11 +71,8 @@ def parse_queue(text: str) -> list[QueuedElement]:
 
 
 def own_slurm_job(env: Mapping[str, str]) -> str | None:
-    """The name by which SLURM's commands act on this job alone: `<array job id>_<task id>` for an
-    array element, SLURM_JOB_ID otherwise; None outside SLURM.
-
-    An element's SLURM_JOB_ID will not do: the array's last element to start keeps the array's own
-    id as its SLURM_JOB_ID, and `scontrol requeue <array id>` requeues every element of the array."""
+    """`<array job id>_<task id>` for an array element, else SLURM_JOB_ID; None outside SLURM.
+    Not SLURM_JOB_ID for an element: the last one to start has the array's id, which requeues them all."""
     array_job, task = env.get(SLURM_ARRAY_JOB_ENV, "").strip(), env.get(SLURM_ARRAY_TASK_ENV, "").strip()
     if array_job and task:
         return f"{array_job}_{task}"
@@ -90,9 +80,8 @@ def own_slurm_job(env: Mapping[str, str]) -> str | None:
 
 
 def this_job(env: Mapping[str, str]) -> SchedulerJob | None:
-    """The SLURM job this process runs in, for its lease; None outside a job, and for a process that has
-    a job's variables but was not started by slurmd on a node of it (a shell of `salloc` on a login node
-    has SLURM_JOB_ID but no SLURMD_NODENAME): SLURM's view of the job says nothing about such a process."""
+    """The SLURM job this process runs in, for its lease; None outside one or without SLURMD_NODENAME
+    (an `salloc` shell on a login node has a job's variables but is not in it)."""
     element, node = own_slurm_job(env), env.get(SLURM_NODE_ENV, "").strip()
     if element is None or not node:
         return None
@@ -102,9 +91,8 @@ def this_job(env: Mapping[str, str]) -> SchedulerJob | None:
 
 
 def parse_job_record(text: str) -> dict[str, str]:
-    """`scontrol --oneliner show job <id>` of one job (or `show node` of one node) -> its `Key=Value`
-    fields (pure). A key is a word that may hold ':' and '/' (AllocNode:Sid, CPUs/Task); a value may
-    hold spaces (OS=Linux 6.1 #1 SMP) but no space followed by such a word and '='."""
+    """`scontrol --oneliner show job|node` -> its `Key=Value` fields (pure); keys may hold ':' and '/',
+    values may hold spaces (OS=Linux 6.1 #1 SMP)."""
     record: dict[str, str] = {}
     line = next((line for line in text.splitlines() if line.strip()), "")
     for field in re.split(r" +(?=[A-Za-z][\w/:]*=)", line.strip()):
@@ -115,8 +103,7 @@ def parse_job_record(text: str) -> dict[str, str]:
 
 
 def expand_hostlist(text: str) -> frozenset[str] | None:
-    """SLURM's node list (`nodea,node[01-03,7]`) -> the node names; None if empty or in a form this does
-    not read (two bracket groups in one name, say): the caller then assumes any node (pure)."""
+    """`nodea,node[01-03,7]` -> node names; None if empty or unreadable: the caller assumes any node (pure)."""
     names: set[str] = set()
     for part in re.findall(r"[^,\[]+(?:\[[^\]]*\][^,\[]*)?", text.strip()):
         match = re.fullmatch(r"([^\[\]]*)(?:\[([^\]]*)\]([^\[\]]*))?", part)
@@ -137,8 +124,7 @@ def expand_hostlist(text: str) -> frozenset[str] | None:
 
 
 def node_lost(record: Mapping[str, str] | None) -> bool:
-    """True if SLURM's record of a node (None: SLURM does not know it) says SLURM has lost contact with it
-    (DOWN, NOT_RESPONDING: `State=DOWN+NOT_RESPONDING`, `IDLE*`): it cannot say what still runs there (pure)."""
+    """True if SLURM has lost contact with the node (DOWN, NOT_RESPONDING, `IDLE*`) (pure)."""
     if record is None:
         return True
     flags = set(record.get("State", "").replace("*", "+NOT_RESPONDING").upper().split("+"))
@@ -146,8 +132,7 @@ def node_lost(record: Mapping[str, str] | None) -> bool:
 
 
 def sighting_of(record: Mapping[str, str] | None, cluster: str | None, lost: bool = False) -> JobSighting:
-    """What SLURM's record of a job (None: SLURM does not know the job) says of its processes; `lost`: SLURM
-    has lost the node the lease's holder ran on (node_lost) (pure)."""
+    """What SLURM's record of a job (None: unknown) says of its processes (pure)."""
     if record is None:
         return JobSighting(cluster=cluster, activity=JobActivity.GONE, state="no longer known to SLURM",
                            node_lost=lost)
@@ -177,14 +162,12 @@ class JobRecord:
     end_time: str | None = None  # EndTime, local time; for a preempted job the preemption + GraceTime
 
     def requeued_since(self, restart_count: int) -> bool:
-        """SLURM has requeued the job since its run number `restart_count` (SLURM_RESTART_COUNT) started:
-        that run ends and SLURM starts the job again by itself."""
+        """SLURM has requeued the job since run `restart_count` (SLURM_RESTART_COUNT) started."""
         return self.restarts > restart_count
 
 
 def job_record_of(fields: Mapping[str, str]) -> JobRecord | None:
-    """A job's fields (parse_job_record) -> what a stopping element decides on (pure); None when they are
-    not a job's."""
+    """A job's fields -> its JobRecord (pure); None when they are not a job's."""
     state, restarts = fields.get("JobState"), fields.get("Restarts", "")
     if not state or not restarts.isdigit():
         return None
@@ -249,8 +232,7 @@ class SlurmCommands:
         return job_id
 
     def queue(self, job_name: str) -> list[QueuedElement]:
-        """Every element of the arrays named `job_name` that SLURM still lists (by name: an id SLURM has
-        forgotten would make squeue fail)."""
+        """Every element of the arrays named `job_name` (by name: a forgotten id would make squeue fail)."""
         out = self._call(["squeue", "--array", "--noheader", "--states=all", "--format=%F|%K|%A|%T|%r",
                           f"--name={job_name}"], what="squeue")
         return parse_queue(out)
@@ -271,8 +253,7 @@ class SlurmCommands:
                             "ClusterName")
 
     def job_record(self, job: str, timeout: float = 30) -> dict[str, str] | None:
-        """SLURM's record of one job or array element (`<array>_<task>`); None when SLURM does not know it
-        (ended long enough ago to be forgotten: MinJobAge, or never there)."""
+        """SLURM's record of one job or element; None when unknown (forgotten after MinJobAge)."""
         result = self._run_command(["scontrol", "--oneliner", "show", "job", job], None, timeout=timeout)
         if result.returncode == 0:
             return parse_job_record(result.stdout)
@@ -282,8 +263,7 @@ class SlurmCommands:
         raise SchedulerError(f"scontrol show job {job} failed: {answer}")
 
     def job_state(self, job: str, timeout: float = 30) -> JobRecord:
-        """What a stopping element decides on (shard/requeue.py): its job's state, restarts and preemption.
-        It asks with a short timeout: SLURM's kill does not wait."""
+        """Its job's state, restarts and preemption, with a short timeout: SLURM's kill does not wait."""
         fields = self.job_record(job, timeout)
         record = job_record_of(fields) if fields is not None else None
         if record is None:
@@ -302,11 +282,8 @@ class SlurmCommands:
 
 
 def lease_scheduler(env: Mapping[str, str], slurm: SlurmCommands | None = None) -> dict[str, Any]:
-    """What a shard lock needs to ask SLURM about a lease's holder on another host: this process's own
-    job (`job`, recorded in its lease) and `ask_scheduler` (storage/lease.py decides from the answer).
-    Outside SLURM the asker is still given: a lease written inside a job, found by a process outside
-    one (a resume from the login node), is asked about too, and where SLURM's commands are missing the
-    asker answers None and the heartbeat decides."""
+    """This process's job and an `ask_scheduler` for a lease's holder elsewhere (storage/lease.py).
+    Given outside SLURM too (a login-node resume); without SLURM's commands it answers None."""
     commands = slurm or SlurmCommands()
 
     def ask(job: SchedulerJob) -> JobSighting | None:

@@ -1,13 +1,6 @@
-"""What a shard measures of each attempt at a user, and of its own memory.
+"""What a shard measures of each attempt at a user (cheap enough for every user), and of its memory.
 
-An attempt's record (its format: storage/attempts.py) says where it ran (host, pid), when (start, and
-end = start + seconds), its CPU time (the whole process's, JVM threads included), its status and
-error class, the JVM heap in use once it ended and the process's peak RSS so far: read at the
-attempt's end, a clock read, two JNI calls and one getrusage, so that every user can afford it.
-
-status.json keeps the peaks over the shard's processes (a resumed shard has several: each carries
-the earlier ones' peaks forward) and what the scheduler granted, for the merge report's memory
-section (results/trace.py).
+status.json carries the peaks forward across the shard's processes, for the merge report (results/trace.py).
 """
 
 from __future__ import annotations
@@ -49,8 +42,7 @@ class Probes:
 
 
 class Attempts:
-    """Starts the attempts of one shard process; `earlier` counts each user's attempts recorded before
-    (storage.attempts.recorded_attempts), so numbers go on where the shard dir's records left off."""
+    """Starts the attempts of one shard process, numbered on from `earlier` recorded ones."""
 
     def __init__(self, earlier: Mapping[str, int], heap_used: Callable[[], int | None] = heap_used_bytes,
                  rss: Callable[[], int] = peak_rss, clock: Callable[[], float] = time.monotonic,
@@ -110,22 +102,19 @@ def timestamp(moment: datetime) -> str:
 
 
 def error_class(failure: BaseException) -> str:
-    """The class of what the analysis raised: the Java class for a Java exception
-    (java.lang.ArrayIndexOutOfBoundsException), else the Python one (HeapTooSmall, ValueError)."""
+    """The Java class of a Java exception, else the Python class, of what the analysis raised."""
     return java_class_name(failure) or type(failure).__name__
 
 
 def carried_memory(status_path: Path) -> dict[str, int]:
-    """The peaks an earlier process of this shard recorded in status.json, to be carried forward
-    (peak_rss_bytes: over its processes; peak_heap_used_bytes: over its users)."""
+    """The peaks an earlier process of this shard recorded in status.json, to carry forward."""
     doc = status_document(status_path)
     return {key: doc[key] for key in ("peak_rss_bytes", "peak_heap_used_bytes")
             if isinstance(doc.get(key), int) and not isinstance(doc.get(key), bool)}
 
 
 def scheduler_memory_bytes(environ: Mapping[str, str]) -> int | None:
-    """The memory SLURM granted this job (sbatch --mem: SLURM_MEM_PER_NODE; --mem-per-cpu:
-    SLURM_MEM_PER_CPU times SLURM_CPUS_ON_NODE; both in MiB), None outside SLURM or when unknown."""
+    """SLURM's memory grant: SLURM_MEM_PER_NODE, or SLURM_MEM_PER_CPU x SLURM_CPUS_ON_NODE (MiB); else None."""
     per_node = _mib(environ.get("SLURM_MEM_PER_NODE"))
     if per_node is not None:
         return per_node * MIB
@@ -166,15 +155,13 @@ def failure_reason(exc: BaseException, task: Any = None) -> str:
 
 
 def previous_requeues(status_path: Path) -> int:
-    """How often this shard's job was requeued so far, by its own request or by SLURM's (kept in status.json
-    across starts)."""
+    """How often this shard's job was requeued so far (kept in status.json across starts)."""
     count = status_document(status_path).get("requeues")
     return count if isinstance(count, int) and count >= 0 else 0
 
 
 def process_starts(status_path: Path, keep: int = 100) -> list[str]:
-    """When this shard's processes started: earlier ones (kept in status.json across starts) and this
-    one, in UTC with milliseconds; the last `keep`."""
+    """The last `keep` start times of this shard's processes, this one included (UTC, ms)."""
     earlier = status_document(status_path).get("process_starts")
     earlier = [s for s in earlier if isinstance(s, str)] if isinstance(earlier, list) else []
     started = process_start_time() or time.time()
@@ -182,8 +169,7 @@ def process_starts(status_path: Path, keep: int = 100) -> list[str]:
 
 
 def shard_status(paths: ShardPaths, fields: Mapping[str, Any]) -> ShardStatus:
-    """This process's status.json: `fields` and what earlier processes of the shard left there (their
-    peaks, requeues, starts, JVM crash reports), written through the storage guard."""
+    """This process's status.json: `fields` plus what earlier processes left, through the storage guard."""
     return ShardStatus(paths, {
         **fields,
         # reports of JVMs that crashed in this shard dir before (-XX:ErrorFile), kept across restarts

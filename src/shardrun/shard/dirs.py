@@ -1,5 +1,4 @@
-"""What a shard is asked and where it writes: the run dir and the shard dir, named and checked before any
-write (resolve_dirs), made once every check has passed (create_run_dir), and the run's run.json."""
+"""The run dir and shard dir, checked before any write and made only once every check passed; run.json."""
 
 from __future__ import annotations
 
@@ -57,8 +56,7 @@ class ResolvedDirs:
     shard: ShardPaths
     spec: ShardSpec
     resuming: bool  # the shard dir already has an identity that must match
-    # A brand-new run dir under output.root: named (root, label, time) here, created by create_run_dir
-    # only once every check has passed, so a refused start leaves no empty run dir behind.
+    # Named here, created later by create_run_dir, so a refused start leaves no empty run dir behind.
     new_run: tuple[Path, str, datetime] | None = None
 
 
@@ -121,10 +119,8 @@ def resolve_dirs(config: RunConfig, task: Task, options: ShardOptions, now: date
         if not options.dry_run:
             new_run = (config.output.root, run_label(task, config, options.pilot), now)
     shard_paths = run.shard(options.shard)
-    # --out starts the shard or continues it, like launch_shards --out: a job array element that is
-    # requeued, preempted or resubmitted runs this same command again. Whether it continues is decided
-    # by the shard's identity (same config, data and --pilot, checked under the lock), never by the
-    # dir existing; committed users are skipped as with --resume.
+    # --out starts or continues (a requeued element reruns it): the shard's identity decides, checked
+    # under the lock, never the dir existing.
     continuing = shard_paths.identity.is_file()
     if continuing:
         read_shard_identity(shard_paths)  # a damaged one is refused here, before any write
@@ -191,9 +187,8 @@ def ensure_run_document(run: RunPaths, document: Mapping[str, Any]) -> None:
 
 
 def shard_of(given: str | None, target: Path | None) -> ShardSpec | None:
-    """--shard as a ShardSpec. With auto, K is fixed by the run when --out/--resume (`target`) names one
-    (its run.json), never taken from a job array's size alone: a resubmitted element must join the run it
-    belongs to."""
+    """--shard as a ShardSpec; with auto, K comes from the run `target` names, so a resubmitted element
+    joins its run."""
     if not given:
         return None
     if given.strip() != "auto":

@@ -50,8 +50,7 @@ def java_executable(jvm_library: str) -> str:
 
 
 def check_jvm_options(prepared: PreparedShard, config: RunConfig, say: Callable[[str], None]) -> None:
-    """Start `java <the shard's flags> -version` in a subprocess (never a JVM in this process) and
-    refuse, with the JVM's own words, flags it would refuse at the real start."""
+    """Refuse flags the JVM would refuse, by `java <flags> -version` in a subprocess (never in-process)."""
     options = (*task_jvm_options(prepared.task, config.settings), *prepared.heap.jvm.jvm_args(), "-Xrs")
     command = [java_executable(find_java()), *options, "-version"]
     try:

@@ -1,11 +1,6 @@
-"""Starting the one JVM of a process with the task's classpath and options, and naming Java errors.
+"""Starting a process's one JVM with the task's classpath and options, and naming Java errors.
 
-Nothing here runs at import time: a JVM cannot be restarted in a process, and a process that
-forks after starting one hangs, so a shard starts it once, explicitly, after it has decided to
-do work. Shards are started with subprocess, never by forking a process that has a JVM.
-
-What goes on the classpath, extra JVM flags, the task's own forms of heap exhaustion and what to
-record of the classpath are the task's (shardrun.task.Task's JVM hooks).
+Nothing runs at import: a JVM cannot restart and a fork after it hangs, so shards start it once, explicitly.
 """
 
 from __future__ import annotations
@@ -26,11 +21,7 @@ log = logging.getLogger(__name__)
 
 
 def task_classpath(task: Task, settings: Any, jvm: JvmConfig) -> list[str]:
-    """The classpath the task's JVM starts with (Task.jvm_classpath, given jvm.classpath).
-
-    Raises EnvironmentProblem with the fix when something the task needs is missing: a shard calls it
-    before it writes anything.
-    """
+    """The task's classpath; EnvironmentProblem with the fix when something is missing."""
     return [str(entry) for entry in task.jvm_classpath(settings, jvm.classpath)]
 
 
@@ -80,11 +71,7 @@ class JvmInfo:
 
 
 def start_jvm(config: JvmConfig, classpath: Sequence[str] = ()) -> JvmInfo:
-    """Start this process's JVM with the config's heap and options and `classpath` (once per process).
-
-    A shard takes the classpath from the task (task_classpath) and puts the task's own flags into
-    config.options (task_jvm_options).
-    """
+    """Start this process's JVM with the config's heap, options and `classpath` (once per process)."""
     import jpype
 
     # -Xrs: the JVM must not install its own SIGTERM/SIGINT handlers, which would run its shutdown
@@ -110,22 +97,16 @@ def start_jvm(config: JvmConfig, classpath: Sequence[str] = ()) -> JvmInfo:
 
 
 def start_task_jvm(task: Any, settings: Any, jvm: JvmConfig, error_file: str) -> tuple[JvmInfo, Mapping[str, Any]]:
-    """Start the task's JVM (its flags first, so that the config's jvm.options win; a crash writes its
-    hs_err file at `error_file`, in the shard dir where the launcher and users look); and what the
-    task says of the JVM it runs on (Task.jvm_provenance)."""
+    """Start the task's JVM (config's jvm.options win; hs_err at `error_file`); return its provenance."""
     options = (*task_jvm_options(task, settings), *jvm.options, f"-XX:ErrorFile={error_file}")
     info = start_jvm(replace(jvm, options=options), task_classpath(task, settings, jvm))
     return info, task_jvm_provenance(task, info.classpath)
 
 
 def unlink_python_gc_from_java_gc() -> None:
-    """Drop the callback JPype adds to Python's garbage collector at start.
+    """Drop JPype's Python-GC callback: it forces full Java GCs (jpype #1197), measured 30% of a large user.
 
-    With it, every Python collection (thousands per user) checks JPype's memory marks and often forces
-    a full Java collection (jpype issue #1197): measured 30% of the time of a user with 61,000
-    observations. A Java object that Python holds is released by reference counting the moment its
-    last Python reference goes, and shardrun builds no reference cycles through Java objects, so the
-    hook has nothing to collect here; Java's own collector still runs whenever the heap needs it.
+    Safe: shardrun builds no reference cycles through Java objects.
     """
     import gc
 
@@ -135,8 +116,7 @@ def unlink_python_gc_from_java_gc() -> None:
 
 
 def heap_used_bytes() -> int | None:
-    """The JVM heap in use now (Runtime.totalMemory() - freeMemory(): live objects and garbage not yet
-    collected), or None when this process has no JVM. Two cheap JNI calls, no collection forced."""
+    """The JVM heap in use now (total - free, garbage included), or None without a JVM; no GC forced."""
     import jpype
 
     if not jpype.isJVMStarted():

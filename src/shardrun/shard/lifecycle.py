@@ -28,11 +28,8 @@ PREEMPT_SIGNALS = ("TERM", "USR1", "USR2")
 
 @dataclass(frozen=True)
 class PreemptionNotice:
-    """The scheduler's promise: `signal` comes `lead_seconds` before it stops this process (a time
-    limit, a preemption). The shard then drains as for any stop, but the user in flight is kept only
-    if it ends in time: `abandon_after` seconds after the signal it is given up uncommitted, leaving
-    a margin to record the state and ask for a requeue before the kill. `requeue_limit` bounds how
-    often the shard asks its scheduler to run it again (0: never)."""
+    """`signal` comes `lead_seconds` before the scheduler's stop; the user in flight is abandoned after
+    `abandon_after`; `requeue_limit` bounds the shard's requeue requests (0: never)."""
 
     signal: signal.Signals
     lead_seconds: float
@@ -49,17 +46,9 @@ class PreemptionNotice:
 
 
 class StopFlag:
-    """Set by SIGTERM/SIGINT/SIGHUP (platforms.STOP_SIGNALS): finish the user in flight, commit it, then stop taking users.
+    """Set by a stop signal: finish and commit the user in flight, then stop; a second calls `on_second`.
 
-    Installed first thing in the shard process, before the data is read or the JVM starts, so that a
-    signal at any moment leads to a drain, never to the default action half-way through start-up.
-    A second signal calls `on_second` (by default: leave at once).
-
-    With a `preemption` notice, its signal (one of the stop signals, or USR1/USR2) sets `preempted`
-    as well and calls `on_preempt`, which the shard loop uses to bound the drain by the lead time.
-    Python runs its signal handlers only when the main thread is back in the interpreter, which may
-    be minutes later during one long Java call; so the preemption is also watched through the
-    signal wakeup fd by a thread of its own, which notes it the moment it arrives.
+    A thread watches the wakeup fd for the preemption signal: Python's handlers wait out a long Java call.
     """
 
     def __init__(self, preemption: PreemptionNotice | None = None) -> None:
@@ -98,10 +87,7 @@ class StopFlag:
         log.warning("%s received: finishing the user in flight, then stopping", name)
 
     def ignore_from_now(self) -> None:
-        """The shard's end is recorded (status.json, exit code chosen): a stop signal has nothing left to
-        stop, and during the process's exit (the JVM's shutdown, after Python has put the default
-        handlers back) it would kill a shard that finished, which its launcher then reports as killed.
-        Ignored signals stay ignored through Python's finalization."""
+        """Ignore stop signals once the end is recorded: during exit they would kill a finished shard."""
         for sig in {*STOP_SIGNALS, *([self.preemption.signal] if self.preemption else [])}:
             signal.signal(sig, signal.SIG_IGN)
 
@@ -132,12 +118,7 @@ class StopFlag:
 
 
 def die_with_launcher() -> None:
-    """A shard started by launch_shards ends when the launcher ends, however the launcher ends.
-
-    Linux delivers SIGTERM to this process when its parent dies (prctl PR_SET_PDEATHSIG), which
-    the stop flag turns into a drain. If the launcher died before this call, stop at once.
-    Elsewhere (no prctl), the launcher's own signal forwarding is the only guard.
-    """
+    """A shard of launch_shards ends with its launcher (Linux PR_SET_PDEATHSIG; elsewhere only forwarding)."""
     launcher_pid = os.environ.get(LAUNCHER_PID_ENV)
     if not launcher_pid or not signal_on_parent_death(signal.SIGTERM):
         return

@@ -1,12 +1,6 @@
 """The loop of one shard process: for each user, analyse -> commit -> status, with a drain on signals.
 
-A user becomes done only by its commit (commits.GroupCommitter: the users that end within a second
-share one batch file, published whole or not at all). One user's failure is recorded (errors.jsonl,
-failed rows) and the loop goes on; a storage failure stops the shard clearly. Every way out (the end,
-a drain, a preemption, a second signal, a failure) first commits the users already finished; how a
-stopped shard ends (a preemption's abandon and requeue, a second signal) is preemption.py's.
-A shard whose first --fail-fast users all failed with one error class stops (fail_fast.py): state
-`failed`, the error and its fix in status.json's last_error and the log, exit 1.
+A user is done only by its commit; every way out first commits the users already finished.
 """
 
 from __future__ import annotations
@@ -129,8 +123,7 @@ class ShardLoop:
     def _record_shard_failure(self, exc: BaseException) -> None:
         try:
             self.status.update(state=ShardState.FAILED.value, last_error=f"{type(exc).__name__}: {exc}")
-        # The disk that failed the shard may refuse this too (as a StorageError when the status writer
-        # goes through durable_write); the shard's first error is the one to report, not this one.
+        # The failed disk may refuse this too; the shard's first error is the one to report.
         except (OSError, StorageError) as status_error:
             log.error("could not record the failure in %s: %s", self.dirs.shard.status, status_error)
 

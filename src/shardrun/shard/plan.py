@@ -23,8 +23,7 @@ class ShardPlan:
 
 
 def assign_index(index: UserIndex, count: int, partition: str) -> list[list[str]]:
-    """Every shard's users of a run of `count` shards under `partition`, from the user index (the costs
-    of `balanced` are the index's observations per user)."""
+    """Every shard's users under `partition`, from the user index."""
     return assign_users(index.user_ids, count, partition, index.costs())
 
 
@@ -52,8 +51,7 @@ def plan_shard(
 def partition_report(index: UserIndex, count: int, chosen: str) -> list[str]:
     """Each shard's predicted cost under every partition, for --dry-run (pure).
 
-    The cost is the index's observations per user (one per user when the task counts none); the lower
-    bound no assignment can beat is max(total / K, the largest user)."""
+    Lower bound no assignment can beat: max(total / K, the largest user)."""
     costs = index.costs()
     cost_of = dict(zip(index.user_ids, costs))
     unit = "observations" if index.observations is not None else "users"

@@ -1,10 +1,6 @@
 """How a stopped shard process ends: the drain claimed once, a preemption's abandon and requeue, a second signal.
 
-On the scheduler's warning signal (lifecycle.PreemptionNotice) the drain is bounded by the lead time:
-the user in flight is abandoned uncommitted if it has not ended in time, the shard says `preempted`
-and asks its scheduler to run it again (requeue.py) while users are left, unless SLURM's record of the
-job says SLURM requeues it already (a preemption's grace time ended: then a plain TERM is a
-preemption too). The loop and the abandon timer may both try to end the shard: the first one does.
+After a warning signal the drain is bounded by the lead time; the first of the loop and the abandon timer ends it.
 """
 
 from __future__ import annotations
@@ -36,8 +32,7 @@ from shardrun.storage.status import ShardStatus
 
 log = logging.getLogger(__name__)
 
-# How long a preemption's abandon waits for a commit the loop is writing, before leaving without the
-# users it holds (they are recomputed after the requeue); within the margin kept before the kill.
+# How long an abandon waits for a commit in progress (its users are recomputed after the requeue).
 ABANDON_COMMIT_WAIT_SECONDS = 2.0
 
 
@@ -100,9 +95,7 @@ class ShardEnding:
         Periodic("preemption-abandon", max(notice.abandon_after - since_signal, 0.0), self.abandon).start()
 
     def abandon(self) -> bool:
-        """The lead time is nearly over and the user in flight has not ended: give it up uncommitted
-        (commits are atomic, so it is simply not done) and leave before the scheduler's kill. Runs once
-        (False to its Periodic), unless the loop is ending the shard itself already."""
+        """The lead time is nearly over: give up the user in flight uncommitted and leave before the kill (once)."""
         if not self.claim():
             return False
         user = self.status.snapshot().get("current_user")
@@ -119,9 +112,8 @@ class ShardEnding:
             leave(EXIT_PREEMPTED)
 
     def stopped(self, doc: Mapping[str, Any]) -> tuple[int | None, JobRecord | None]:
-        """The exit of a shard stopped with users to do (preempted, or interrupted), else None; and SLURM's
-        record of the job after a stop signal, which tells a preemption whose grace time ended, or an
-        admin's requeue (SLURM runs the job again: preempted), from a plain stop (scancel: interrupted)."""
+        """The exit of a shard stopped with users to do, else None, and SLURM's record, which tells a
+        preemption or requeue (preempted) from a scancel (interrupted)."""
         record = read_own_job(os.environ) if self.stop.requested_by else None
         if doc["users_todo"] > 0 and (self.stop.preempted or requeued_by_slurm(record, os.environ)):
             self.status.update(state=ShardState.PREEMPTED.value, last_error=f"preempted by {self.stop.requested_by}")
@@ -136,8 +128,7 @@ class ShardEnding:
         return None, record
 
     def requeue_if_work_left(self, record: JobRecord | None) -> None:
-        """Have the job run again while users are left: counted, and asked for unless SLURM requeues it
-        already (requeue.decide_requeue decides from SLURM's `record` of the job)."""
+        """Requeue the job while users are left, unless SLURM already does (requeue.decide_requeue)."""
         doc = self.status.snapshot()
         limit = self.stop.preemption.requeue_limit if self.stop.preemption is not None else 0
         decision = decide_requeue(doc["users_todo"], doc["requeues"], limit, os.environ, record)

@@ -1,8 +1,6 @@
-"""Everything a shard decides before its first write: task, data, heap, dirs and plan (what --dry-run prints).
+"""Everything a shard decides before its first write (what --dry-run prints).
 
-Order matters for the guarantees: everything that can reject the input (config, preflight of the
-analysis, data, the resume identity) happens here, before any directory is created or the JVM is
-started.
+Everything that can reject the input happens here, before any dir is created or the JVM starts.
 """
 
 from __future__ import annotations
@@ -43,11 +41,7 @@ class PreparedShard:
 def prepare(config: RunConfig, options: ShardOptions) -> PreparedShard:
     """Read the config's consequences, the user index, the shard dir and this shard's rows; write nothing.
 
-    The order keeps a shard's memory to its own share: the user index (ids and rows per user, a cheap
-    pass) -> the assignment and the plan (the resume scan) -> the rows of the users to do only
-    (Task.load with users, for a task that reads by user). A heap given as a size is preflighted before
-    the data is read. jvm.xmx: auto is chosen from every user's predicted need (so all shards of a run
-    choose the same heap): the task's bound from the index where it has one, else a full load.
+    Index first, then only the rows of the users to do, so a shard's memory is its own share.
     """
     task = load_task(config.task)
     problems = preflight(task, config)
@@ -67,8 +61,7 @@ def prepare(config: RunConfig, options: ShardOptions) -> PreparedShard:
 
 
 def preflight(task: Task, config: RunConfig) -> list[str]:
-    """Before the data are read: the task's classpath (a missing jar refuses at once, before any write) and
-    its problems with a heap given as a size ([] for jvm.xmx auto: checked once resolved, task_heap)."""
+    """Before the data are read: the task's classpath and its problems with a fixed heap ([] for auto)."""
     task_classpath(task, config.settings, config.jvm)
     return [] if config.jvm.xmx_is_auto else task.preflight(config.settings, config.jvm.xmx_bytes)
 

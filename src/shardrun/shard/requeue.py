@@ -1,16 +1,6 @@
-"""A shard that stops early with users left asks its scheduler to run it again: whether, and who
-does it (pure: decide_requeue, from the facts), which job (pure: scheduler.slurm.own_slurm_job), and
-the two calls to SLURM (read_own_job, requeue_slurm_job).
+"""A shard stopped early with users left asks its scheduler to run it again (SLURM only).
 
-Requeued once, by SLURM or by the shard, never both (measured with SLURM 22.05, docs/dev/CLUSTER_TESTS.md):
-SLURM requeues a preempted job (PreemptMode=REQUEUE) itself only when its GraceTime ends with the
-job still running, and its record then already counts the new run (Restarts); a job that ends on
-its own during the grace time is not requeued (COMPLETED or FAILED), so the shard that drained in
-time must ask. A requeue asked for a job SLURM is already requeueing is refused ("Job is pending
-execution").
-
-Only SLURM has a command an element can run on itself; elsewhere a preempted shard ends with
-EXIT_PREEMPTED and its `preempted` status.json, and the same command continues it.
+Requeued once, by SLURM (GraceTime ended while running) or by the shard, never both (docs/dev/CLUSTER_TESTS.md).
 """
 
 from __future__ import annotations
@@ -44,8 +34,7 @@ def restart_count(env: Mapping[str, str]) -> int:
 
 
 def requeued_by_slurm(record: JobRecord | None, env: Mapping[str, str]) -> bool:
-    """SLURM has requeued this job since this run of it started (its record counts a newer run):
-    this run ends and SLURM starts the job again by itself."""
+    """SLURM has requeued this job since this run of it started (its record counts a newer run)."""
     return record is not None and record.requeued_since(restart_count(env))
 
 

@@ -25,9 +25,7 @@ from shardrun.storage.lock import ShardLock
 
 
 def hold_shard(prepared: PreparedShard, identity: Mapping[str, Any]) -> ShardLock:
-    """This process's lock on the shard, its identity (shard.json) checked or written and its scratch dir
-    emptied. In a SLURM job, the lease records it, and a lease left on another node is judged by SLURM's
-    view of its job."""
+    """Lock the shard, check or write shard.json, empty its scratch dir (a SLURM lease is judged by SLURM)."""
     dirs = prepared.dirs
     lock = ShardLock(dirs.shard, **lease_scheduler(os.environ))
     durable_write("the shard lock", dirs.shard.dir, lock.acquire)
@@ -43,8 +41,7 @@ def hold_shard(prepared: PreparedShard, identity: Mapping[str, Any]) -> ShardLoc
 
 def resume_under_lock(prepared: PreparedShard, config: RunConfig, pilot: int | None,
                       retry_failed: bool) -> tuple[PreparedShard, list[UserStatus], dict[str, int]]:
-    """The shard as the loop takes it (its plan from the committed users, the rows of its users to do),
-    the outcomes of the users done already and each retried user's earlier attempts."""
+    """The shard as the loop takes it, the outcomes of users done, and retried users' earlier attempts."""
     committed = committed_under_lock(prepared)
     plan = plan_shard(prepared.assignment, prepared.dirs.spec, pilot, committed, retry_failed)
     dataset = prepared.dataset
@@ -57,9 +54,7 @@ def resume_under_lock(prepared: PreparedShard, config: RunConfig, pilot: int | N
 
 
 def committed_under_lock(prepared: PreparedShard) -> dict[str, CommittedUser]:
-    """The committed users now that this process holds the lock: prepare's scan while the result files
-    are those it saw (one scan for a resume, however many users it has), else a new scan, since another
-    process may have committed between prepare and the lock."""
+    """The committed users under the lock: prepare's scan if unchanged, else a new one."""
     shard = prepared.dirs.shard
     if prepared.dirs.resuming and results_listing(shard) == prepared.committed_listing:
         return prepared.committed

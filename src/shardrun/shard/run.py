@@ -54,10 +54,8 @@ def run_shard(config: RunConfig, options: ShardOptions, stop: StopFlag | None = 
 
 
 def set_up(config: RunConfig, prepared: PreparedShard, options: ShardOptions) -> RunConfig:
-    """run.json and the shard dir with its log; the config with the resolved heap and threads, which from
-    here on go to the JVM, the task, status.json, run.json and errors.jsonl. Every write goes through
-    durable_write like the loop's own: a read-only or full output dir is a StorageError naming the dir
-    and the fix (exit 6), not an unexpected crash."""
+    """run.json, the shard dir and its log, and the config with the resolved heap and threads.
+    Writes go through durable_write: a bad output dir is a StorageError (exit 6), not a crash."""
     dirs, heap, task = prepared.dirs, prepared.heap, prepared.task
     threads = resolve_threads(config.jvm.threads, dirs.spec.count)
     config = replace(config, jvm=replace(heap.jvm, threads=threads),

@@ -1,12 +1,6 @@
 """What the shard log says about each user, at a rate a reader can follow.
 
-A user who failed, was skipped or took at least SLOW_USER_SECONDS gets its own INFO line, as before. A
-quick user who ended ok gets a DEBUG line (shown with --verbose) and is counted into an INFO line
-written at most every PROGRESS_EVERY_SECONDS: a shard of 100,000 small users would otherwise write
-100,000 lines, and formatting and flushing them to two logs cost about 6% of such a shard's time.
-status.json names the user in flight at every moment, so a crash is still traced to its user.
-
-The clock is injected: tests step it instead of waiting.
+Quick ok users are summed into a periodic INFO line: a line each cost about 6% of a 100,000-user shard.
 """
 
 from __future__ import annotations
@@ -53,10 +47,7 @@ def attach_shard_log(path: Path) -> None:
 
 
 class ShardLogFile(logging.FileHandler):
-    """shard.log, in the shard dir: on a disk that fails under the shard (full, read-only, gone) its lines
-    cannot be written. That is said once on stderr, where every line goes too (cli/common.configure_logging),
-    instead of logging's "--- Logging error ---" and a traceback for every line; the shard's own error
-    (exit 6) says what to do."""
+    """shard.log; on a failing disk said once on stderr, not a traceback for every line."""
 
     def __init__(self, path: Path):
         super().__init__(path, encoding="utf-8")
