@@ -87,3 +87,14 @@ def unmount(mount_point: Path) -> None:
 def stand_in_worker(*args: str) -> list[str]:
     """run_production's command line, through tests/stand_in_worker.py (stand-ins chosen by STAND_IN_* variables)."""
     return [sys.executable, str(TESTS / "stand_in_worker.py"), *args]
+
+
+def needs_root_mounts() -> None:
+    if os.geteuid() != 0 or subprocess.run(["unshare", "-m", "true"], capture_output=True).returncode != 0:
+        pytest.skip("needs root with mount rights (tmpfs, bind mounts in a private mount namespace)")
+
+
+def read_only(path: Path) -> list[str]:
+    """Run the command with `path` read-only: a bind mount in a private mount namespace (root ignores chmod)."""
+    return ["unshare", "-m", "--propagation", "private", "sh", "-c",
+            'mount --bind "$0" "$0" && mount -o remount,ro,bind "$0" && exec "$@"', str(path)]

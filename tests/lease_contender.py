@@ -1,6 +1,6 @@
 """A process that takes a shard dir's lease as a shard takes it (storage/lock.py's ShardLock with
 SHARDRUN_LOCK=lease, told its SLURM job and how to ask SLURM by scheduler/slurm.py's lease_scheduler,
-as shard/run.py does), for tests/test_slurm_lease.py:
+as shard/run.py does), for tests/scheduler/test_slurm_lease.py:
 
     python tests/lease_contender.py SHARD_DIR REPORT [--hold] [--pretend-host NAME]
 

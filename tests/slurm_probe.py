@@ -1,4 +1,4 @@
-"""A job's program for tests/test_slurm_cluster.py: it appends JSON lines to OUT, one when it starts (its pid,
+"""A job's program for tests/scheduler/test_slurm_cluster.py: it appends JSON lines to OUT, one when it starts (its pid,
 its parent's, SLURM's variables) and one for every signal it receives (with the seconds since it started).
 
     python slurm_probe.py OUT [--exit-on SIGTERM ...] [--seconds S]

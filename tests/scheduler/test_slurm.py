@@ -107,7 +107,7 @@ def element_starts(log: Path) -> int:
 
 def faulty_env(mode: str) -> dict:
     """The environment in which tests/faulty_task.py is found and runs in `mode` ("slow:<seconds>", "fail", ...)."""
-    return {"PYTHONPATH": str(Path(__file__).parent), "FAULTY_TASK": mode}
+    return {"PYTHONPATH": str(Path(__file__).resolve().parents[1]), "FAULTY_TASK": mode}
 
 
 def test_an_array_of_four_and_its_merge_job_equal_a_local_k1_run(slurm_cluster, workspace, tmp_path):

@@ -108,7 +108,7 @@ def test_instead_of_an_eta_the_line_says_what_cpu_limit_suspended_and_why():
 
 # --- monitor_progress on files: runs, run.json's K, newest by start time, files of the wrong shape -------------
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def make_run(path: Path, shards: int, created_at: str, statuses: dict) -> Path:

@@ -360,7 +360,7 @@ def test_commits_on_vfat_are_exactly_once_through_the_checked_rename(vfat, caplo
 
 def test_a_crash_between_the_check_and_the_rename_leaves_the_user_uncommitted(vfat):
     """What the checked rename leaves if the process dies between its check and its rename (the
-    crash itself, in a real shard process, is test_faults' crash-between-check-and-rename)."""
+    crash itself, in a real shard process, is the fault table's crash-between-check-and-rename)."""
     shard = ShardPaths(vfat / "run" / "shard-0-of-1")
     shard.make()
     commit_user(shard, "alice", [{"user_id": "alice"}], {})

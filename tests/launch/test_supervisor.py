@@ -2,7 +2,7 @@
 
 The first tests feed events to the pure `Supervisor` and assert its actions; the last ones drive the
 `Launcher` loop with `FakePort`, a test double of the process port (the way pytest-xdist tests its
-schedulers with fake nodes). The real processes are tested in test_launcher.py and test_faults.py.
+schedulers with fake nodes). The real processes are tested in test_launcher.py and tests/faults/
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ from shardrun.states import ShardPhase
 from shardrun.storage.paths import RunPaths
 from shardrun.units import MIB
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SIGKILL = -signal.SIGKILL
 
 

@@ -44,7 +44,7 @@ from shardrun.launch.admission import (
 from shardrun.section import Section
 from shardrun.shard.prepare import task_heap
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 PROPOSAL = yaml.safe_load((REPO / "config" / "proposal.yaml").read_text())
 MIB = 1024**2
 GIB = 1024**3

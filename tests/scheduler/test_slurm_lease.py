@@ -36,7 +36,7 @@ from slurm_cluster import SlurmCluster, started_for_test
 
 pytestmark = pytest.mark.e2e
 
-CONTENDER = Path(__file__).with_name("lease_contender.py")
+CONTENDER = Path(__file__).resolve().parents[1] / "lease_contender.py"
 PYTHON = sys.executable
 SHORT_STALE, LONG_STALE = 2, 600  # seconds: a heartbeat that goes stale in the test, and one that cannot
 

@@ -18,7 +18,7 @@ from shardrun.storage.identity import recorded_shard_count
 
 from e2e_support import shardrun, write_categorical_data, write_config
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def slurm(task_id: int, low: int, high: int, count: int, step: int = 1, **more: str) -> dict[str, str]:

@@ -15,7 +15,7 @@ from shardrun.infodynamics import heap, task
 from shardrun.section import Section
 from shardrun.units import heap_bytes
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 MIB = 1024**2
 
 

@@ -14,7 +14,7 @@ from shardrun.infodynamics import task
 from shardrun.infodynamics.analysis import row_columns
 from shardrun.section import Section
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SAMPLE = REPO / "data" / "sample_users.csv"
 
 

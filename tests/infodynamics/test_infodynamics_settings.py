@@ -14,7 +14,7 @@ from shardrun.infodynamics import task
 from shardrun.infodynamics.settings import Settings
 from shardrun.section import Section
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 BASE = {
     "data": {"path": "data/sample_users.csv"},

@@ -15,7 +15,7 @@ from shardrun.infodynamics import task
 
 from test_infodynamics_data import settings_for  # the same minimal config of the analysis
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 # Days 1..12 are read either way; 13.. only day first. Hours cross the bins of hour_bins: 6.
 INSTANTS = [pd.Timestamp(2025, 1, 11, 3), pd.Timestamp(2025, 1, 2, 9), pd.Timestamp(2025, 1, 13, 22),

@@ -24,7 +24,7 @@ import pytest
 
 from slurm_cluster import SlurmCluster, SlurmClusterError
 
-PROBE = Path(__file__).with_name("slurm_probe.py")
+PROBE = Path(__file__).resolve().parents[1] / "slurm_probe.py"
 PYTHON = sys.executable
 
 

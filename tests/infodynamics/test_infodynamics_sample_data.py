@@ -13,7 +13,7 @@ from shardrun.heap_plan import AUTO_HEAP_FLOOR
 from shardrun.infodynamics import task
 from shardrun.infodynamics.settings import minimum_observations
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SAMPLE = REPO / "data" / "sample_users.csv"
 
 

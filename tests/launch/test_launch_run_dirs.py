@@ -25,7 +25,7 @@ from shardrun.storage.paths import RunPaths
 from shardrun.task import load_task
 
 from e2e_support import analysis_values, shardrun, wait_for, write_config
-from test_result_set import needs_root_mounts, read_only
+from fs_support import needs_root_mounts, read_only
 from test_supervisor import FakePort, fake_launcher, summary
 
 SIGKILL = -9

@@ -1,7 +1,7 @@
 """The lease's rule for a holder on another host (storage/lease.py: staleness, scheduler_verdict), with
 SLURM's answers as scontrol gave them on a real cluster (tests/slurm_cluster.py, SLURM 22.05), replayed
 by a stand-in for the command runner: this machine has one host, and the policy is pure. The real
-commands against a real cluster: tests/test_slurm_lease.py.
+commands against a real cluster: tests/scheduler/test_slurm_lease.py.
 
 Also real processes across "hosts": a holder process whose lease names another host (a stand-in: this
 test has one host) paused with SIGSTOP, and a newcomer that asks the (replayed) scheduler.
@@ -42,7 +42,7 @@ from shardrun.storage.lease import (
     staleness,
 )
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 # `scontrol --oneliner show job 1_1` on the test cluster, an array element running (trimmed of the fields
 # after NodeList/BatchHost that the rule does not read; the format is scontrol's).

@@ -29,7 +29,7 @@ from independent_estimator import java_shuffled_range
 from jidt_reference import ais_test, dense_ais_test, dense_te_test, fixed_permutations
 from test_infodynamics_analysis import as_merged
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SAMPLE = REPO / "data" / "sample_users.csv"
 
 

@@ -28,6 +28,7 @@ from shardrun.storage.commits import scan_committed
 from shardrun.storage.paths import MergedPaths, ShardPaths
 from shardrun.task import SummaryPanel
 
+from fs_support import needs_root_mounts, read_only
 from store_support import batch_of, commit_user, edit_batch
 from task_double import (  # noqa: F401  (task_double: the autouse fixture that makes the double loadable)
     DOUBLE_MODULE,
@@ -39,7 +40,7 @@ from task_double import (  # noqa: F401  (task_double: the autouse fixture that 
     task_double,
 )
 
-TESTS = Path(__file__).resolve().parent
+TESTS = Path(__file__).resolve().parents[1]
 SRC = TESTS.parent / "src"
 
 
@@ -382,17 +383,6 @@ def command(env, *args: str, wrap: list[str] = ()) -> subprocess.CompletedProces
     result = subprocess.run([*wrap, sys.executable, *args], env=env, capture_output=True, text=True, timeout=120)
     assert "Traceback" not in result.stdout + result.stderr
     return result
-
-
-def needs_root_mounts() -> None:
-    if os.geteuid() != 0 or subprocess.run(["unshare", "-m", "true"], capture_output=True).returncode != 0:
-        pytest.skip("needs root with mount rights (a read-only bind mount in a private mount namespace)")
-
-
-def read_only(path: Path) -> list[str]:
-    """Run the command with `path` read-only: a bind mount in a private mount namespace (root ignores chmod)."""
-    return ["unshare", "-m", "--propagation", "private", "sh", "-c",
-            'mount --bind "$0" "$0" && mount -o remount,ro,bind "$0" && exec "$@"', str(path)]
 
 
 def test_merge_cli_refuses_an_existing_dir_and_a_file(tmp_path, cli_env):

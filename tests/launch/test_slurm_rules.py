@@ -2,7 +2,7 @@
 
 The scripts are checked by bash itself (`bash -n`) and by running the element's command line through
 the real argument parser of run_production; one dry run of a --retry-failed resubmission is made on a
-real run, with a named stand-in for SLURM's commands (`scontrol_only`). tests/test_slurm.py submits
+real run, with a named stand-in for SLURM's commands (`scontrol_only`). tests/scheduler/test_slurm.py submits
 the same scripts to a real slurmctld, a --retry-failed resubmission included.
 """
 
@@ -224,7 +224,7 @@ def test_users_that_cannot_finish_before_the_warning_are_named_longest_first():
 
 def scontrol_only(command, **_):
     """A named stand-in for SLURM's commands, so that the resubmission rule is checked here without a
-    cluster (the real submission, its elements and its merge job: tests/test_slurm.py's
+    cluster (the real submission, its elements and its merge job: tests/scheduler/test_slurm.py's
     test_retry_failed_resubmits_only_the_shard_with_failed_users_and_runs_only_them_again). It answers
     `scontrol show config` with a MaxArraySize and fails the test on any other command: a dry run must
     not submit (sbatch), and a run never submitted to SLURM has no queue to read (squeue)."""
@@ -293,8 +293,8 @@ def test_a_slurm_that_does_not_answer_is_named_with_the_fix(tmp_path):
     scontrol.write_text("#!/bin/sh\necho 'scontrol: fatal: Could not establish a configuration source' >&2\nexit 1\n")
     scontrol.chmod(0o755)
     config = tmp_path / "config.yaml"
-    config.write_text((Path(__file__).resolve().parents[1] / "config" / "small.yaml").read_text().replace(
-        "data/sample_users.csv", str(Path(__file__).resolve().parents[1] / "data" / "sample_users.csv")))
+    config.write_text((Path(__file__).resolve().parents[2] / "config" / "small.yaml").read_text().replace(
+        "data/sample_users.csv", str(Path(__file__).resolve().parents[2] / "data" / "sample_users.csv")))
     env = dict(os.environ, PATH=f"{fake_bin}{os.pathsep}{os.environ['PATH']}")
     result = subprocess.run([sys.executable, "-m", "shardrun", "launch", "--scheduler", "slurm", "--config", str(config),
                              "--shards", "2", "--out", str(tmp_path / "run"), "--dry-run"],

@@ -21,7 +21,7 @@ from shardrun.launch.benchmark import pilot_users, project, verdict
 from shardrun.partition import ShardSpec, users_of_shard
 from shardrun.results.compare import read_result_frame, result_differences
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 KEYS = ("user_id", "feature_mode")
 
 

@@ -133,7 +133,7 @@ def test_an_element_names_itself_alone(env, job):
 
 
 def test_the_last_element_requeues_itself_not_its_array():
-    """Stands in for scontrol (the real one is exercised by tests/test_slurm.py): the command it is given."""
+    """Stands in for scontrol (the real one is exercised by tests/scheduler/test_slurm.py): the command it is given."""
     commands = []
 
     def recording_scontrol(command, **_kwargs):
@@ -146,7 +146,7 @@ def test_the_last_element_requeues_itself_not_its_array():
 
 
 def test_a_refused_requeue_names_the_scheduler_s_words():
-    """Stands in for scontrol (the real one is exercised by tests/test_slurm.py): its refusal is reported."""
+    """Stands in for scontrol (the real one is exercised by tests/scheduler/test_slurm.py): its refusal is reported."""
     def refusing_scontrol(command, **_kwargs):
         return subprocess.CompletedProcess(command, 1, "", "scontrol: error: Requested operation is disabled\n")
 
@@ -212,7 +212,7 @@ def test_a_requeue_slurm_does_itself_is_never_asked_again_and_its_preemption_is_
 
 
 def test_the_element_reads_its_own_record_and_goes_on_without_it_when_scontrol_fails():
-    """Stands in for scontrol (the real one is exercised by tests/test_slurm_preemption.py)."""
+    """Stands in for scontrol (the real one is exercised by tests/scheduler/test_slurm_preemption.py)."""
     commands = []
 
     def answering_scontrol(command, **kwargs):
