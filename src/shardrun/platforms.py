@@ -8,6 +8,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import re
 import signal
 import sys
 from dataclasses import dataclass
@@ -18,27 +19,16 @@ log = logging.getLogger(__name__)
 
 WINDOWS = os.name == "nt"
 
-
-
-# HotSpot takes SIGUSR2 (a scheduler's `--signal=USR2` warning) unless _JAVA_SR_SIGNUM names another;
-# an unused real-time signal takes that role (HotSpot accepts one above SIGSEGV).
-JVM_SUSPEND_SIGNAL_ENV = "_JAVA_SR_SIGNUM"
-
-
 def keep_usr2_from_jvm() -> None:
     """Before the JVM starts: move HotSpot's suspend/resume signal off SIGUSR2 (POSIX; a user's own choice stands)."""
+    # HotSpot takes SIGUSR2 (a scheduler's `--signal=USR2` warning) unless _JAVA_SR_SIGNUM names another;
+    # an unused real-time signal takes that role (HotSpot accepts one above SIGSEGV).
     if not WINDOWS and hasattr(signal, "SIGRTMIN"):
-        os.environ.setdefault(JVM_SUSPEND_SIGNAL_ENV, str(signal.SIGRTMIN + 6))
-
-
-# A lock call's answer when the filesystem has no locks (NFS without a lock manager, some Lustre, FUSE).
-LOCKS_UNSUPPORTED_ERRNOS = frozenset({errno.ENOLCK, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP})
-LOCK_HELD_ERRNOS = frozenset({errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES, errno.EDEADLK})
+        os.environ.setdefault("_JAVA_SR_SIGNUM", str(signal.SIGRTMIN + 6))
 
 
 def lock_exclusive(handle: IO[Any]) -> None:
-    """A non-blocking exclusive lock the OS drops when the process dies; OSError if held, or (errno in
-    LOCKS_UNSUPPORTED_ERRNOS) if the filesystem cannot lock."""
+    """A non-blocking exclusive lock the OS drops when the process dies; OSError if held or unsupported."""
     if sys.platform == "win32":  # not WINDOWS: mypy checks only the branch of the platform it runs on
         import msvcrt
 
@@ -106,12 +96,13 @@ def resume(pid: int) -> None:
 
 def lock_is_held(exc: OSError) -> bool:
     """True if `exc` of lock_exclusive means the lock is held (on Windows, any failure; untested)."""
-    return WINDOWS or exc.errno in LOCK_HELD_ERRNOS
+    return WINDOWS or exc.errno in {errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES, errno.EDEADLK}
 
 
 def locks_unsupported(exc: OSError) -> bool:
-    """True if `exc`, raised by lock_exclusive, means the filesystem has no file locks."""
-    return not WINDOWS and exc.errno in LOCKS_UNSUPPORTED_ERRNOS
+    """True if `exc` of lock_exclusive means the filesystem has no file locks (NFS without a lock manager,
+    some Lustre, FUSE)."""
+    return not WINDOWS and exc.errno in {errno.ENOLCK, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP}
 
 
 def boot_id() -> str | None:
@@ -123,8 +114,7 @@ def boot_id() -> str | None:
 
 
 def process_start_time() -> float | None:
-    """This process's start in POSIX seconds, to 10 ms, from /proc (psutil's can be a second off);
-    None without /proc."""
+    """This process's start in POSIX seconds, to 10 ms from /proc (psutil's can be a second off)."""
     import time
 
     try:
@@ -163,15 +153,7 @@ class Filesystem:
 
 def _unescape_mountinfo(field: str) -> str:
     # mountinfo writes space, tab, newline and backslash in octal (\040 ...)
-    out, i = [], 0
-    while i < len(field):
-        if field[i] == "\\" and i + 3 < len(field) and field[i + 1:i + 4].isdigit():
-            out.append(chr(int(field[i + 1:i + 4], 8)))
-            i += 4
-        else:
-            out.append(field[i])
-            i += 1
-    return "".join(out)
+    return re.sub(r"\\([0-7]{3})", lambda octal: chr(int(octal.group(1), 8)), field)
 
 
 def parse_mountinfo(text: str) -> list[Filesystem]:
@@ -212,9 +194,9 @@ def describe_filesystem(path: Path) -> str:
     return fs.describe() if fs else "filesystem type unknown"
 
 
-def flock_is_host_local(fs: Filesystem | None) -> bool:
+def flock_is_host_local(fs: Filesystem) -> bool:
     """True for NFS with local_lock=flock|all (`nolock`): flock succeeds on every host at once."""
-    return fs is not None and fs.type in ("nfs", "nfs4") and fs.option("local_lock") in ("flock", "all")
+    return fs.type in ("nfs", "nfs4") and fs.option("local_lock") in ("flock", "all")
 
 
 class PeakMemory:

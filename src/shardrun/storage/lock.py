@@ -113,10 +113,6 @@ class Holder:
         return cls(host=socket.gethostname(), pid=os.getpid(), boot_id=platforms.boot_id(),
                    started=process_started(os.getpid()), token=secrets.token_hex(8), acquired_at=utc_now(), job=job)
 
-    def same_machine(self, other: Holder) -> bool:
-        """Same host and boot id (hosts sharing a name differ in boot id): only then is a pid meaningful here."""
-        return self.host == other.host and self.boot_id == other.boot_id
-
     def to_json(self) -> str:
         return json.dumps(asdict(self))
 
@@ -230,7 +226,8 @@ def staleness(state: LeaseState, me: Holder, now: float, stale_after: float,
               ask_scheduler: JobAsker | None = None) -> Judgement:
     """Whether `me` may take over the lease in `state`, and why (the rule in the module docstring)."""
     holder = state.holder
-    if holder is not None and holder.same_machine(me):
+    # same host and boot id (hosts sharing a name differ in boot id): only then is a pid meaningful here
+    if holder is not None and (holder.host, holder.boot_id) == (me.host, me.boot_id):
         if process_alive(holder.pid, holder.started):
             return Judgement(False, f"its process {holder.pid} runs on this host")
         return Judgement(True, f"its process {holder.pid} on this host is gone")
@@ -255,7 +252,6 @@ def read_lease(path: Path) -> LeaseState:
 
 
 def inode_of(path: Path) -> tuple[int, int] | None:
-    """Which file is at `path` now (None: none)."""
     try:
         stat = os.stat(path)
     except FileNotFoundError:
@@ -327,13 +323,9 @@ class Lease:
             state = None
         raise self._in_use(state)
 
-    def refuse_a_live_one(self) -> None:
-        """For a holder of the OS lock, which a lease's holder does not show in: ShardLocked unless the lease
-        is stale or absent."""
-        self._judge(Holder.this_process(self._job))
-
-    def _judge(self, me: Holder) -> tuple[LeaseState, Judgement] | None:
+    def judge(self, me: Holder | None = None) -> tuple[LeaseState, Judgement] | None:
         """The lease here and why it is stale (None: there is none); ShardLocked if it is not stale."""
+        me = me or Holder.this_process(self._job)
         try:
             state = read_lease(self.path)
         except FileNotFoundError:
@@ -348,7 +340,7 @@ class Lease:
         return shard_in_use(self.path.parent, f"{held}; {why}" if why else held, self.stale_after)
 
     def _take_over_if_stale(self, me: Holder) -> None:
-        judged = self._judge(me)
+        judged = self.judge(me)
         if judged is None:
             return  # released (or moved aside by another taker) since our create: try again
         state, judgement = judged
@@ -501,8 +493,8 @@ class ShardLock:
         try:
             if self._lease_needed(unsupported):
                 self._lease.acquire()
-            else:
-                self._lease.refuse_a_live_one()
+            else:  # a lease's holder does not show in the OS lock
+                self._lease.judge()
         except BaseException:
             handle.close()
             raise
