@@ -10,10 +10,14 @@ import logging
 import os
 import re
 import signal
+import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
+
+import psutil
 
 log = logging.getLogger(__name__)
 
@@ -59,18 +63,14 @@ def lower_priority(steps: int) -> None:
     if steps <= 0:
         return
     if sys.platform == "win32":
-        import psutil
-
         psutil.Process().nice(psutil.BELOW_NORMAL_PRIORITY_CLASS)
-        return
-    os.nice(steps)
+    else:
+        os.nice(steps)
 
 
 def own_process_group() -> dict[str, Any]:
     """Popen options for a child in its own process group, so Ctrl-C reaches the launcher alone."""
     if sys.platform == "win32":
-        import subprocess
-
         return {"creationflags": subprocess.CREATE_NEW_PROCESS_GROUP}
     return {"process_group": 0}
 
@@ -78,20 +78,16 @@ def own_process_group() -> dict[str, Any]:
 def suspend(pid: int) -> None:
     """Stop a process from running until `resume` (SIGSTOP; on Windows, psutil suspends its threads)."""
     if WINDOWS:
-        import psutil
-
         psutil.Process(pid).suspend()
-        return
-    os.kill(pid, signal.SIGSTOP)
+    else:
+        os.kill(pid, signal.SIGSTOP)
 
 
 def resume(pid: int) -> None:
     if WINDOWS:
-        import psutil
-
         psutil.Process(pid).resume()
-        return
-    os.kill(pid, signal.SIGCONT)
+    else:
+        os.kill(pid, signal.SIGCONT)
 
 
 def lock_is_held(exc: OSError) -> bool:
@@ -115,15 +111,11 @@ def boot_id() -> str | None:
 
 def process_start_time() -> float | None:
     """This process's start in POSIX seconds, to 10 ms from /proc (psutil's can be a second off)."""
-    import time
-
     try:
         uptime = float(Path("/proc/uptime").read_text().split()[0])
         start_tick = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
         return time.time() - (uptime - start_tick / os.sysconf("SC_CLK_TCK"))
     except (OSError, ValueError, IndexError):
-        import psutil
-
         try:
             return psutil.Process().create_time()
         except (psutil.Error, OSError):
@@ -209,8 +201,6 @@ class PeakMemory:
         self._before = 0
 
     def start(self) -> PeakMemory:
-        import psutil
-
         if sys.platform.startswith("linux"):
             try:
                 with open("/proc/self/clear_refs", "w") as handle:
@@ -236,8 +226,6 @@ def peak_rss() -> int:
         except (OSError, ValueError, IndexError):
             pass
     if sys.platform == "win32":
-        import psutil
-
         return int(psutil.Process().memory_info().peak_wset)
     import resource
 
