@@ -96,7 +96,6 @@ class HeapTooSmall(ShardrunError):
     def __init__(self, needed_bytes: int | None, xmx: str | None, detail: str, advice: str | None = None):
         self.needed_bytes = needed_bytes
         self.xmx = xmx
-        self.detail = detail
         need = f"about {format_bytes(needed_bytes)}" if needed_bytes else "more heap"
         other_way = f", or {advice}" if advice else ""
         super().__init__(

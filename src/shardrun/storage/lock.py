@@ -411,12 +411,12 @@ def take_os_lock(path: Path, refusal: Callable[[str], Exception],
         except OSError as exc:
             if platforms.locks_unsupported(exc):
                 return handle, exc
-            handle.seek(0)
-            holder = handle.read().strip() or "a process that has not written its name yet"
-            handle.close()
-            if platforms.lock_is_held(exc):
-                raise refusal(holder) from None
-            raise
+            with handle:
+                if not platforms.lock_is_held(exc):
+                    raise
+                handle.seek(0)
+                holder = handle.read().strip() or "a process that has not written its name yet"
+            raise refusal(holder) from None
         # a holder that removes the file on release may have done so after our open: lock the path again
         held = os.fstat(handle.fileno())
         if inode_of(path) == (held.st_dev, held.st_ino):
