@@ -156,7 +156,7 @@ class Judgement:
     why: str
 
 
-JobAsker = Callable[[SchedulerJob], "JobSighting | None"]  # None: the scheduler could not be asked
+JobAsker = Callable[[SchedulerJob], JobSighting | None]  # None: the scheduler could not be asked
 
 
 def scheduler_verdict(job: SchedulerJob, sighting: JobSighting, me: SchedulerJob | None = None) -> Judgement | None:
@@ -164,12 +164,11 @@ def scheduler_verdict(job: SchedulerJob, sighting: JobSighting, me: SchedulerJob
 
     Sound because SLURM ends or requeues a job only once its processes are gone (COMPLETING until then)."""
     on = f"{job.scheduler} job {job.element}"
-    if sighting.cluster is None or sighting.cluster != job.cluster:
-        return None  # another cluster's job ids mean other jobs
-    if sighting.node_lost:
+    # another cluster's job ids mean other jobs; what runs on a lost node is unknown; a scheduler at an
+    # earlier run than the holder's is not at the job the holder ran in
+    if (sighting.cluster is None or sighting.cluster != job.cluster or sighting.node_lost
+            or (sighting.restart is not None and sighting.restart < job.restart)):
         return None
-    if sighting.restart is not None and sighting.restart < job.restart:
-        return None  # the scheduler is at an earlier run than the holder's: not the job the holder ran in
     if sighting.activity is JobActivity.GONE:
         return Judgement(True, f"its {on} has ended ({sighting.state})")
     if sighting.activity is JobActivity.WAITING:
