@@ -148,24 +148,9 @@ def _unescape_mountinfo(field: str) -> str:
     return re.sub(r"\\([0-7]{3})", lambda octal: chr(int(octal.group(1), 8)), field)
 
 
-def parse_mountinfo(text: str) -> list[Filesystem]:
-    """The mounts of a /proc/<pid>/mountinfo text, in its order (later mounts hide earlier ones)."""
-    mounts = []
-    for line in text.splitlines():
-        left, sep, right = line.partition(" - ")
-        fields, tail = left.split(), right.split()
-        if not sep or len(fields) < 6 or len(tail) < 2:
-            continue
-        options = set(fields[5].split(","))
-        if len(tail) > 2:
-            options.update(tail[2].split(","))
-        mounts.append(Filesystem(type=tail[0], source=_unescape_mountinfo(tail[1]),
-                                 mount_point=_unescape_mountinfo(fields[4]), options=frozenset(options)))
-    return mounts
-
-
 def filesystem_of(path: Path, mountinfo: str | None = None) -> Filesystem | None:
-    """The mount that holds `path`; None off Linux or when unreadable."""
+    """The mount that holds `path` (of those in mountinfo's order, the later hides the earlier); None off
+    Linux or when unreadable."""
     if mountinfo is None:
         try:
             mountinfo = Path("/proc/self/mountinfo").read_text()
@@ -173,11 +158,17 @@ def filesystem_of(path: Path, mountinfo: str | None = None) -> Filesystem | None
             return None
     target = os.path.realpath(path)
     best: Filesystem | None = None
-    for mount in parse_mountinfo(mountinfo):
-        point = mount.mount_point
+    for line in mountinfo.splitlines():
+        left, sep, right = line.partition(" - ")
+        fields, tail = left.split(), right.split()
+        if not sep or len(fields) < 6 or len(tail) < 2:
+            continue
+        point = _unescape_mountinfo(fields[4])
         inside = target == point or target.startswith(point.rstrip("/") + "/")
         if inside and (best is None or len(point) >= len(best.mount_point)):
-            best = mount
+            options = fields[5].split(",") + (tail[2].split(",") if len(tail) > 2 else [])
+            best = Filesystem(type=tail[0], source=_unescape_mountinfo(tail[1]), mount_point=point,
+                              options=frozenset(options))
     return best
 
 
