@@ -63,8 +63,7 @@ class MergeError(ShardrunError):
 
 
 class StorageError(ShardrunError):
-    """The shard's files cannot be written (disk full, read-only, ...); the shard stops and what was
-    committed stays."""
+    """The shard's files cannot be written (disk full, read-only, ...); what was committed stays."""
 
     exit_code = EXIT_STORAGE
 
@@ -81,10 +80,8 @@ class ShardLocked(ShardrunError):
     exit_code = EXIT_SHARD_LOCKED
 
 
-class AlreadyRunning(ShardrunError):
+class AlreadyRunning(ShardLocked):
     """Another live process runs the same run (a launcher) or writes the same merge output."""
-
-    exit_code = EXIT_SHARD_LOCKED
 
 
 class LocksUnsupported(EnvironmentProblem):
@@ -99,7 +96,6 @@ class HeapTooSmall(ShardrunError):
     def __init__(self, needed_bytes: int | None, xmx: str | None, detail: str, advice: str | None = None):
         self.needed_bytes = needed_bytes
         self.xmx = xmx
-        self.detail = detail
         need = f"about {format_bytes(needed_bytes)}" if needed_bytes else "more heap"
         other_way = f", or {advice}" if advice else ""
         super().__init__(
@@ -111,5 +107,3 @@ class HeapTooSmall(ShardrunError):
 
 class SchedulerError(ShardrunError):
     """The cluster's scheduler refused or failed a request (submit, requeue, query); its own words are in the message."""
-
-    exit_code = EXIT_USAGE

@@ -8,37 +8,31 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import re
 import signal
+import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
+
+import psutil
 
 log = logging.getLogger(__name__)
 
 WINDOWS = os.name == "nt"
 
-
-
-# HotSpot takes SIGUSR2 (a scheduler's `--signal=USR2` warning) unless _JAVA_SR_SIGNUM names another;
-# an unused real-time signal takes that role (HotSpot accepts one above SIGSEGV).
-JVM_SUSPEND_SIGNAL_ENV = "_JAVA_SR_SIGNUM"
-
-
 def keep_usr2_from_jvm() -> None:
     """Before the JVM starts: move HotSpot's suspend/resume signal off SIGUSR2 (POSIX; a user's own choice stands)."""
+    # HotSpot takes SIGUSR2 (a scheduler's `--signal=USR2` warning) unless _JAVA_SR_SIGNUM names another;
+    # an unused real-time signal takes that role (HotSpot accepts one above SIGSEGV).
     if not WINDOWS and hasattr(signal, "SIGRTMIN"):
-        os.environ.setdefault(JVM_SUSPEND_SIGNAL_ENV, str(signal.SIGRTMIN + 6))
-
-
-# A lock call's answer when the filesystem has no locks (NFS without a lock manager, some Lustre, FUSE).
-LOCKS_UNSUPPORTED_ERRNOS = frozenset({errno.ENOLCK, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP})
-LOCK_HELD_ERRNOS = frozenset({errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES, errno.EDEADLK})
+        os.environ.setdefault("_JAVA_SR_SIGNUM", str(signal.SIGRTMIN + 6))
 
 
 def lock_exclusive(handle: IO[Any]) -> None:
-    """A non-blocking exclusive lock the OS drops when the process dies; OSError if held, or (errno in
-    LOCKS_UNSUPPORTED_ERRNOS) if the filesystem cannot lock."""
+    """A non-blocking exclusive lock the OS drops when the process dies; OSError if held or unsupported."""
     if sys.platform == "win32":  # not WINDOWS: mypy checks only the branch of the platform it runs on
         import msvcrt
 
@@ -69,18 +63,14 @@ def lower_priority(steps: int) -> None:
     if steps <= 0:
         return
     if sys.platform == "win32":
-        import psutil
-
         psutil.Process().nice(psutil.BELOW_NORMAL_PRIORITY_CLASS)
-        return
-    os.nice(steps)
+    else:
+        os.nice(steps)
 
 
 def own_process_group() -> dict[str, Any]:
     """Popen options for a child in its own process group, so Ctrl-C reaches the launcher alone."""
     if sys.platform == "win32":
-        import subprocess
-
         return {"creationflags": subprocess.CREATE_NEW_PROCESS_GROUP}
     return {"process_group": 0}
 
@@ -88,30 +78,27 @@ def own_process_group() -> dict[str, Any]:
 def suspend(pid: int) -> None:
     """Stop a process from running until `resume` (SIGSTOP; on Windows, psutil suspends its threads)."""
     if WINDOWS:
-        import psutil
-
         psutil.Process(pid).suspend()
-        return
-    os.kill(pid, signal.SIGSTOP)
+    else:
+        os.kill(pid, signal.SIGSTOP)
 
 
 def resume(pid: int) -> None:
     if WINDOWS:
-        import psutil
-
         psutil.Process(pid).resume()
-        return
-    os.kill(pid, signal.SIGCONT)
+    else:
+        os.kill(pid, signal.SIGCONT)
 
 
 def lock_is_held(exc: OSError) -> bool:
     """True if `exc` of lock_exclusive means the lock is held (on Windows, any failure; untested)."""
-    return WINDOWS or exc.errno in LOCK_HELD_ERRNOS
+    return WINDOWS or exc.errno in {errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES, errno.EDEADLK}
 
 
 def locks_unsupported(exc: OSError) -> bool:
-    """True if `exc`, raised by lock_exclusive, means the filesystem has no file locks."""
-    return not WINDOWS and exc.errno in LOCKS_UNSUPPORTED_ERRNOS
+    """True if `exc` of lock_exclusive means the filesystem has no file locks (NFS without a lock manager,
+    some Lustre, FUSE)."""
+    return not WINDOWS and exc.errno in {errno.ENOLCK, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP}
 
 
 def boot_id() -> str | None:
@@ -123,17 +110,12 @@ def boot_id() -> str | None:
 
 
 def process_start_time() -> float | None:
-    """This process's start in POSIX seconds, to 10 ms, from /proc (psutil's can be a second off);
-    None without /proc."""
-    import time
-
+    """This process's start in POSIX seconds, to 10 ms from /proc (psutil's can be a second off)."""
     try:
         uptime = float(Path("/proc/uptime").read_text().split()[0])
         start_tick = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
         return time.time() - (uptime - start_tick / os.sysconf("SC_CLK_TCK"))
     except (OSError, ValueError, IndexError):
-        import psutil
-
         try:
             return psutil.Process().create_time()
         except (psutil.Error, OSError):
@@ -163,35 +145,12 @@ class Filesystem:
 
 def _unescape_mountinfo(field: str) -> str:
     # mountinfo writes space, tab, newline and backslash in octal (\040 ...)
-    out, i = [], 0
-    while i < len(field):
-        if field[i] == "\\" and i + 3 < len(field) and field[i + 1:i + 4].isdigit():
-            out.append(chr(int(field[i + 1:i + 4], 8)))
-            i += 4
-        else:
-            out.append(field[i])
-            i += 1
-    return "".join(out)
-
-
-def parse_mountinfo(text: str) -> list[Filesystem]:
-    """The mounts of a /proc/<pid>/mountinfo text, in its order (later mounts hide earlier ones)."""
-    mounts = []
-    for line in text.splitlines():
-        left, sep, right = line.partition(" - ")
-        fields, tail = left.split(), right.split()
-        if not sep or len(fields) < 6 or len(tail) < 2:
-            continue
-        options = set(fields[5].split(","))
-        if len(tail) > 2:
-            options.update(tail[2].split(","))
-        mounts.append(Filesystem(type=tail[0], source=_unescape_mountinfo(tail[1]),
-                                 mount_point=_unescape_mountinfo(fields[4]), options=frozenset(options)))
-    return mounts
+    return re.sub(r"\\([0-7]{3})", lambda octal: chr(int(octal.group(1), 8)), field)
 
 
 def filesystem_of(path: Path, mountinfo: str | None = None) -> Filesystem | None:
-    """The mount that holds `path`; None off Linux or when unreadable."""
+    """The mount that holds `path` (of those in mountinfo's order, the later hides the earlier); None off
+    Linux or when unreadable."""
     if mountinfo is None:
         try:
             mountinfo = Path("/proc/self/mountinfo").read_text()
@@ -199,11 +158,17 @@ def filesystem_of(path: Path, mountinfo: str | None = None) -> Filesystem | None
             return None
     target = os.path.realpath(path)
     best: Filesystem | None = None
-    for mount in parse_mountinfo(mountinfo):
-        point = mount.mount_point
+    for line in mountinfo.splitlines():
+        left, sep, right = line.partition(" - ")
+        fields, tail = left.split(), right.split()
+        if not sep or len(fields) < 6 or len(tail) < 2:
+            continue
+        point = _unescape_mountinfo(fields[4])
         inside = target == point or target.startswith(point.rstrip("/") + "/")
         if inside and (best is None or len(point) >= len(best.mount_point)):
-            best = mount
+            options = fields[5].split(",") + (tail[2].split(",") if len(tail) > 2 else [])
+            best = Filesystem(type=tail[0], source=_unescape_mountinfo(tail[1]), mount_point=point,
+                              options=frozenset(options))
     return best
 
 
@@ -212,9 +177,9 @@ def describe_filesystem(path: Path) -> str:
     return fs.describe() if fs else "filesystem type unknown"
 
 
-def flock_is_host_local(fs: Filesystem | None) -> bool:
+def flock_is_host_local(fs: Filesystem) -> bool:
     """True for NFS with local_lock=flock|all (`nolock`): flock succeeds on every host at once."""
-    return fs is not None and fs.type in ("nfs", "nfs4") and fs.option("local_lock") in ("flock", "all")
+    return fs.type in ("nfs", "nfs4") and fs.option("local_lock") in ("flock", "all")
 
 
 class PeakMemory:
@@ -227,8 +192,6 @@ class PeakMemory:
         self._before = 0
 
     def start(self) -> PeakMemory:
-        import psutil
-
         if sys.platform.startswith("linux"):
             try:
                 with open("/proc/self/clear_refs", "w") as handle:
@@ -254,8 +217,6 @@ def peak_rss() -> int:
         except (OSError, ValueError, IndexError):
             pass
     if sys.platform == "win32":
-        import psutil
-
         return int(psutil.Process().memory_info().peak_wset)
     import resource
 

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import re
 
-KIB = 1024
 MIB = 1024**2
 GIB = 1024**3
 
 _HEAP_SIZE = re.compile(r"^([1-9][0-9]*)([kKmMgGtT]?)$")
-_HEAP_UNITS = {"": 1, "k": KIB, "m": MIB, "g": GIB, "t": 1024**4}
+_HEAP_UNITS = {"": 1, "k": 1024, "m": MIB, "g": GIB, "t": 1024**4}
 
 
 def is_heap_size(value: str) -> bool:
@@ -32,8 +31,8 @@ def heap_flag_value(n_bytes: float) -> str:
 
 def format_bytes(n: int | float) -> str:
     n = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
-    raise AssertionError("unreachable")
+    return f"{n:.1f} TiB"

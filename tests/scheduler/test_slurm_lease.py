@@ -1,5 +1,5 @@
 """A shard's lease held by a SLURM job, on a real cluster (tests/slurm_cluster.py): the newcomer asks SLURM
-(scontrol, through scheduler/slurm.py) instead of waiting out the heartbeat (storage/lease.py).
+(scontrol, through scheduler/slurm.py) instead of waiting out the heartbeat (storage/lock.py).
 
 - A holder paused with SIGSTOP while its job still runs on its node is never taken over, even once
   its heartbeat is older than the stale time; once its job is requeued (or cancelled) a newcomer takes
@@ -30,7 +30,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from shardrun.storage.lease import read_lease
+from shardrun.storage.lock import read_lease
 
 from slurm_cluster import SlurmCluster, started_for_test
 

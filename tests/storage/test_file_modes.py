@@ -19,7 +19,7 @@ from shardrun.storage.atomic import (
     write_json_atomic,
     write_temp_file,
 )
-from shardrun.storage.lease import Lease
+from shardrun.storage.lock import Lease
 
 from e2e_support import write_categorical_data, write_config
 

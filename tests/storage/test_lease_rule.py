@@ -1,4 +1,4 @@
-"""The lease's rule for a holder on another host (storage/lease.py: staleness, scheduler_verdict), with
+"""The lease's rule for a holder on another host (storage/lock.py: staleness, scheduler_verdict), with
 SLURM's answers as scontrol gave them on a real cluster (tests/slurm_cluster.py, SLURM 22.05), replayed
 by a stand-in for the command runner: this machine has one host, and the policy is pure. The real
 commands against a real cluster: tests/scheduler/test_slurm_lease.py.
@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from shardrun.errors import ShardLocked
 from shardrun.scheduler.slurm import (
     SlurmCommands,
     expand_hostlist,
@@ -29,12 +30,11 @@ from shardrun.scheduler.slurm import (
     sighting_of,
     this_job,
 )
-from shardrun.storage.lease import (
+from shardrun.storage.lock import (
     Holder,
     JobActivity,
     JobSighting,
     Lease,
-    LeaseHeld,
     LeaseState,
     SchedulerJob,
     read_lease,
@@ -249,7 +249,7 @@ def test_the_verdict_without_a_cluster_name_settles_nothing():
 HOLD = """
 import socket, sys, time
 from pathlib import Path
-from shardrun.storage.lease import Lease, SchedulerJob
+from shardrun.storage.lock import Lease, SchedulerJob
 socket.gethostname = lambda: "nodea"  # stands in for another host: this test has one
 lost = []
 lease = Lease(Path(sys.argv[1]), stale_after=float(sys.argv[2]), on_lost=lambda: lost.append(True),
@@ -281,7 +281,7 @@ def test_a_paused_holder_on_another_host_is_kept_while_slurm_runs_its_job_there_
         assert time.time() - read_lease(path).heartbeat > stale_after  # by the heartbeat alone: stale
         running_there = Lease(path, stale_after=stale_after, ask_scheduler=sighting("RUNNING", JobActivity.RUNNING,
                                                                                     {"nodea"}))
-        with pytest.raises(LeaseHeld, match=r'"host": "nodea".*"job": "slurm job 7_1 \(run 0\) on nodea".*RUNNING'):
+        with pytest.raises(ShardLocked, match=r'"host": "nodea".*"job": "slurm job 7_1 \(run 0\) on nodea".*RUNNING'):
             running_there.acquire()
         assert read_lease(path).holder.pid == holder.pid
 

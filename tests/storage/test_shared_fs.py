@@ -37,8 +37,19 @@ from shardrun.storage.atomic import (
 )
 from shardrun.storage.commits import clean_tmp, scan_committed
 from shardrun.storage.identity import ensure_identity
-from shardrun.storage.lease import Holder, Judgement, Lease, LeaseState, process_started, read_lease, staleness
-from shardrun.storage.lock import LOCK_ENV, ShardLock, lease_stale_seconds, lock_mechanism
+from shardrun.storage.lock import (
+    LOCK_ENV,
+    Holder,
+    Judgement,
+    Lease,
+    LeaseState,
+    ShardLock,
+    lease_stale_seconds,
+    lock_mechanism,
+    process_started,
+    read_lease,
+    staleness,
+)
 from shardrun.storage.paths import ShardPaths
 
 from fs_support import vfat_mount

@@ -13,12 +13,12 @@ from shardrun.config import RunConfig
 from shardrun.errors import AlreadyRunning, ConfigError, ResumeMismatch, UsageError
 from shardrun.shard.dirs import config_stem
 from shardrun.storage.durability import durable_write, storage_error
-from shardrun.storage.exclusive import ExclusiveFile
 from shardrun.storage.identity import (
     read_run_document,
     read_shard_identity,
     run_difference,
 )
+from shardrun.storage.lock import ExclusiveFile
 from shardrun.storage.paths import RunPaths, ShardPaths, refuse_a_file_for_a_dir
 
 log = logging.getLogger(__name__)

@@ -21,7 +21,7 @@ from shardrun.results.report import MergeReport
 from shardrun.results.trace import write_trace
 from shardrun.storage.atomic import fsync_tree, replace_dir, write_json_atomic
 from shardrun.storage.durability import Remedy, storage_error
-from shardrun.storage.exclusive import ExclusiveFile
+from shardrun.storage.lock import ExclusiveFile
 from shardrun.storage.paths import MergedPaths
 
 log = logging.getLogger(__name__)

@@ -15,7 +15,7 @@ from typing import Any
 
 from shardrun.errors import SchedulerError
 from shardrun.storage.atomic import read_json, utc_now, write_json_atomic
-from shardrun.storage.lease import JobActivity, JobAsker, JobSighting, SchedulerJob
+from shardrun.storage.lock import JobActivity, JobAsker, JobSighting, SchedulerJob
 from shardrun.storage.paths import RunPaths
 
 log = logging.getLogger(__name__)
@@ -282,7 +282,7 @@ class SlurmCommands:
 
 
 def lease_scheduler(env: Mapping[str, str], slurm: SlurmCommands | None = None) -> dict[str, Any]:
-    """This process's job and an `ask_scheduler` for a lease's holder elsewhere (storage/lease.py).
+    """This process's job and an `ask_scheduler` for a lease's holder elsewhere (storage/lock.py).
     Given outside SLURM too (a login-node resume); without SLURM's commands it answers None."""
     commands = slurm or SlurmCommands()
 

@@ -57,7 +57,7 @@ class ShardPaths:
 
     @property
     def lease(self) -> Path:
-        """The lease standing in for the OS lock where there is none (storage/lease.py)."""
+        """The lease standing in for the OS lock where there is none (storage/lock.py)."""
         return self.dir / "lease"
 
     @property
@@ -111,7 +111,7 @@ class RunPaths:
 
     @property
     def launcher_lock(self) -> Path:
-        """Held by the one launch_shards running this run (storage/exclusive.py)."""
+        """Held by the one launch_shards running this run (storage/lock.py)."""
         return self.dir / ".launcher.lock"
 
     @property
@@ -186,7 +186,7 @@ class MergedPaths:
 
     @property
     def merge_lock(self) -> Path:
-        """`.<name>.merge-lock` beside the set: held by the one merge writing it (storage/exclusive.py)."""
+        """`.<name>.merge-lock` beside the set: held by the one merge writing it (storage/lock.py)."""
         return self.dir.parent / f".{self.dir.name}.merge-lock"
 
     def leftovers(self, kind: str) -> list[Path]:
