@@ -359,7 +359,7 @@ def two_waves():
 
 def test_phases_are_waiting_for_a_core_then_start_up_until_the_first_user():
     table, starts = two_waves()
-    phases = timeline.shard_phases(table, starts)
+    phases, _ = timeline.process_phases(table, starts)
     assert list(phases.itertuples(index=False, name=None)) == [
         ("0/3", "start-up", 0.0, 2.0),
         ("1/3", "start-up", 0.1, 1.5),  # started 0.1 s after the first: the launcher's turn, not a wait
@@ -375,9 +375,9 @@ def test_a_restarted_shard_gets_a_start_up_per_process():
     starts = pd.DataFrame({"shard": ["0/1", "0/1"], "started": [0.0, 8.0]})
     table = timeline.timeline_table(spans, starts)
     relative = timeline.relative_starts(starts, table)
-    phases = timeline.shard_phases(table, relative)
+    phases, first = timeline.process_phases(table, relative)
     assert list(zip(phases.phase, phases.start_s, phases.end_s)) == [("start-up", 0.0, 1.0), ("start-up", 8.0, 10.0)]
-    assert list(timeline.first_users(table, relative)) == [True, False, True]  # each process's first user
+    assert list(first) == [True, False, True]  # each process's first user
 
 
 def test_shard_summary_lists_the_straggler_shard_first():
@@ -409,7 +409,7 @@ def test_a_slow_user_is_marked_against_its_estimate_never_for_being_first():
              UserSpan("0/2", 21.0, 25.0, "ok", "slow"), UserSpan("1/2", 0.0, 1.0, "ok", "v")]
     predicted = [1.0, 10.0, *[1.0] * 6, 1.0, 1.0]
     table = timeline.timeline_table(with_estimates(spans, predicted))
-    first = timeline.first_users(table, timeline.relative_starts(None, table))
+    _, first = timeline.process_phases(table, timeline.relative_starts(None, table))
 
     slow = timeline.slow_users(table, first)
 
@@ -424,7 +424,8 @@ def test_the_estimate_is_scaled_to_the_machine():
     """A machine four times slower than the estimate's: no user is slow for that alone."""
     spans = [UserSpan("0/1", float(i), i + 4.0, "ok", f"u{i}") for i in range(10)]
     table = timeline.timeline_table(with_estimates(spans, [1.0] * 10))
-    assert timeline.slow_users(table, timeline.first_users(table, timeline.relative_starts(None, table))).empty
+    _, first = timeline.process_phases(table, timeline.relative_starts(None, table))
+    assert timeline.slow_users(table, first).empty
 
 
 def test_timeline_bars_cap_per_shard_and_keep_idle_gaps():
@@ -793,7 +794,7 @@ def test_where_each_shards_time_went_adds_up_to_its_finish():
     from matplotlib.figure import Figure
 
     table, starts = two_waves()
-    per_shard = timeline.shard_summary(table, timeline.shard_phases(table, starts))
+    per_shard = timeline.shard_summary(table, timeline.process_phases(table, starts)[0])
     axes = Figure().add_subplot()
     pictures.draw_breakdown_panel(axes, per_shard)
     widths: dict[float, float] = {}

@@ -32,9 +32,8 @@ from shardrun.results.timeline import (
     PREDICTED,
     SLOW_PER_SHARD,
     STATUS_SEVERITY,
-    first_users,
+    process_phases,
     relative_starts,
-    shard_phases,
     shard_sort_key,
     shard_summary,
     slow_users,
@@ -52,18 +51,15 @@ log = logging.getLogger(__name__)
 DPI = 110
 SUMMARY_INCHES = (16, 11)
 RUN_INCHES = (16, 10)
-STATUS_COLOURS = {UserStatus.OK.value: "#4c72b0", UserStatus.SKIPPED.value: "#b0b0b0", UserStatus.FAILED.value: "#d62728"}
+STATUS_COLOURS = {UserStatus.OK.value: "#4c72b0", UserStatus.SKIPPED.value: "#b0b0b0",
+                  UserStatus.FAILED.value: "#d62728"}
 STATUS_PANEL_TITLE = "Result rows by status"
 REASONS_PANEL_TITLE = "Why rows were skipped or failed"
 MAX_REASONS = 12  # the most common kinds of reason drawn; the rest counted in one line
 TIMELINE_TITLE = "Per-shard timeline: waiting for a core, start-up, then each user from its start to its commit"
-ESTIMATE_TITLE = "Each user's time against the task's estimate"
-BREAKDOWN_TITLE = "Where each shard's time went"
-SECONDS_TITLE = "Each user's time (the task gives no estimate)"
 WAITING_COLOUR = "#e6e6e6"
 STARTUP_COLOUR = "#f2c14e"
 SLOW_EDGE = "black"
-WARM_UP_COLOUR = "#e07b00"
 BAR_HEIGHT = 0.7  # of a shard's row
 # where a timeline runs longer than this many seconds, its axis counts minutes, then hours
 UNITS = ((2 * 3600.0, 3600.0, "hours"), (180.0, 60.0, "minutes"), (0.0, 1.0, "seconds"))
@@ -243,8 +239,7 @@ def draw_run(spans: pd.DataFrame | Iterable[Sequence[Any]], starts: pd.DataFrame
     figure = new_figure(RUN_INCHES)
     timeline = timeline_table(spans, starts)
     started = relative_starts(starts, timeline)
-    first = first_users(timeline, started)
-    phases = shard_phases(timeline, started)
+    phases, first = process_phases(timeline, started)
     slow = slow_users(timeline, first)
     summary = shard_summary(timeline, phases)
     grid = figure.add_gridspec(2, 2, height_ratios=[1.45, 1], width_ratios=[1.6, 1])
@@ -340,7 +335,9 @@ def _timeline_legend(axes, statuses: set[str], phases: pd.DataFrame, slow: pd.Da
         basis = "its estimate (scaled to the run's median)" if slow.attrs["basis"] == "estimate" else "the median user"
         handles.append(Line2D([], [], color=SLOW_EDGE, marker="v", linestyle="none", markersize=6,
                               label=f"slow: ≥ {slow.attrs['factor']:g}× {basis}"))
-    notes = [f"one bar = up to {per_bar:,} consecutive users, coloured by their most common status"] if per_bar > 1 else []
+    notes = []
+    if per_bar > 1:
+        notes.append(f"one bar = up to {per_bar:,} consecutive users, coloured by their most common status")
     if not has_starts:
         notes.append("no process start times in this run: waiting and start-up not shown")
     axes.legend(handles=handles, fontsize=LEGEND_SIZE, loc="upper center", bbox_to_anchor=(0.5, -0.13),
@@ -353,7 +350,8 @@ def draw_estimate_panel(axes, timeline: pd.DataFrame, first: np.ndarray, slow: p
     without estimates, a histogram of the users' seconds with the slow line."""
     scale, factor = slow.attrs["scale"], slow.attrs["factor"]
     if slow.attrs["basis"] != "estimate":
-        style_axes(axes, f"{SECONDS_TITLE}, n = {len(timeline):,}", "seconds of one user", "users")
+        style_axes(axes, f"Each user's time (the task gives no estimate), n = {len(timeline):,}", "seconds of one user",
+                   "users")
         seconds = timeline["seconds"].to_numpy(dtype=float)
         seconds = seconds[np.isfinite(seconds)]
         if not seconds.size:
@@ -370,7 +368,7 @@ def draw_estimate_panel(axes, timeline: pd.DataFrame, first: np.ndarray, slow: p
     seconds = timeline["seconds"].to_numpy(dtype=float)
     estimated = np.isfinite(predicted) & (predicted > 0)
     shown = estimated & (seconds > 0)  # a log scale has no place for a user of no measurable time
-    title = f"{ESTIMATE_TITLE}, n = {plural(int(estimated.sum()), 'user')} with an estimate"
+    title = f"Each user's time against the task's estimate, n = {plural(int(estimated.sum()), 'user')} with an estimate"
     if (estimated & ~shown).any():
         title += f"\n({int((estimated & ~shown).sum()):,} of them took no measurable time: not drawn)"
     style_axes(axes, title, "estimated seconds (the task's prediction)", "seconds taken")
@@ -401,7 +399,7 @@ def _draw_estimate_points(axes, predicted: np.ndarray, seconds: np.ndarray, show
         axes.scatter(predicted[judged], seconds[judged], s=6 if judged.sum() > 2000 else 14, color="#4c72b0",
                      alpha=0.5, linewidths=0, rasterized=True, label="user")
     if warm.any():
-        axes.scatter(predicted[warm], seconds[warm], s=30, marker="^", color=WARM_UP_COLOUR,
+        axes.scatter(predicted[warm], seconds[warm], s=30, marker="^", color="#e07b00",
                      label="first user of a JVM (its warm-up: not judged)")
     if not slow.empty:
         axes.scatter(slow[PREDICTED], slow["seconds"], s=60, facecolors="none", edgecolors=SLOW_EDGE, linewidths=1.4,
@@ -423,7 +421,8 @@ def draw_breakdown_panel(axes, summary: pd.DataFrame, has_starts: bool = True) -
     """Per shard, its time from the run's start to its last user, stacked: waiting to start, start-up,
     its users' analysis, and the rest (commits and gaps between users, a restart's lost time)."""
     per, unit = time_unit(float(summary["finish_s"].max()) if len(summary) else 0.0)  # the timeline's unit
-    style_axes(axes, f"{BREAKDOWN_TITLE}, {plural(len(summary), 'shard')}", f"{unit} from the run's start", "shard")
+    style_axes(axes, f"Where each shard's time went, {plural(len(summary), 'shard')}", f"{unit} from the run's start",
+               "shard")
     axes.grid(False, axis="y")
     axes.xaxis.set_major_formatter(thousands())
     if summary.empty:

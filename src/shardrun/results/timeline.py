@@ -60,18 +60,11 @@ def shard_sort_key(label: str) -> tuple:
     return (1, 0, 0, label)
 
 
-def mapped(column: pd.Series, mapping: Mapping[Any, Any], default: Any) -> np.ndarray:
-    """column.map(mapping) with a default, looked up once per distinct value (map() calls Python per row)."""
-    codes, distinct = pd.factorize(column, use_na_sentinel=False)
-    return np.array([mapping.get(value, default) for value in distinct])[codes]
-
-
 # --- the spans and starts of the shard dirs -----------------------------------------------------
 
 
 def shard_labels(shards: Sequence[ShardInput]) -> list[str]:
-    """Each shard dir's label: its shard ("1/4"), with its run dir's name where shards of one index from
-    different runs are merged."""
+    """Each shard dir's label: its shard ("1/4"), and its run dir's name where runs share that shard."""
     labels = [str(s.spec) for s in shards]
     repeated = {label for label in labels if labels.count(label) > 1}
     return [f"{label} {shard.dir.parent.name}" if label in repeated else label for shard, label in zip(shards, labels)]
@@ -155,8 +148,7 @@ def timeline_table(spans: pd.DataFrame | Iterable[Sequence[Any]], starts: pd.Dat
     table["seconds"] = table["end_s"] - table["start_s"]
     table[PREDICTED] = pd.to_numeric(table[PREDICTED], errors="coerce").astype("float64")
     # unique() rather than set(): iterating a text column value by value costs a second per million
-    order = {label: rank for rank, label in enumerate(sorted(table["shard"].unique(), key=shard_sort_key))}
-    table["shard_rank"] = mapped(table["shard"], order, default=len(order))
+    table["shard_rank"] = pd.Categorical(table["shard"], sorted(table["shard"].unique(), key=shard_sort_key)).codes
     table = table.sort_values(["shard_rank", "start_s", "end_s"], kind="stable").reset_index(drop=True)
     table = table[["shard", "start_s", "end_s", "seconds", "status", "user_id", PREDICTED]]
     table.attrs["run_start"] = run_start
@@ -174,49 +166,32 @@ def relative_starts(starts: pd.DataFrame | None, timeline: pd.DataFrame) -> pd.D
     return table.sort_values(["shard", "started_s"], kind="stable").reset_index(drop=True)
 
 
-def _process_firsts(timeline: pd.DataFrame, starts: pd.DataFrame) -> list[tuple[str, float, int | None]]:
-    """Per process start (relative_starts): its shard, its time and the timeline row of the first user at
-    or after it (None when no user came after it)."""
+def process_phases(timeline: pd.DataFrame, starts: pd.DataFrame) -> tuple[pd.DataFrame, np.ndarray]:
+    """From the process starts (relative_starts): what each shard did before its users (shard, phase:
+    "waiting" for a core or "start-up", start_s, end_s), and which spans are a process's first user (a JVM
+    just started: its time holds the JIT's warm-up), a shard's first where its starts are not known."""
     begins = timeline["start_s"].to_numpy()
     rows_of = timeline.groupby("shard", sort=False).indices  # rows of a shard, in start order
-    firsts = []
-    for shard, started in zip(starts["shard"], starts["started_s"]):
-        rows = rows_of.get(shard)
-        if rows is None:
-            continue
-        # a user's start is its commit time less its seconds: a few milliseconds early at most
-        after = np.searchsorted(begins[rows], started - 0.05)
-        firsts.append((shard, float(started), int(rows[after]) if after < len(rows) else None))
-    return firsts
-
-
-def first_users(timeline: pd.DataFrame, starts: pd.DataFrame) -> np.ndarray:
-    """Which spans are a process's first user (a JVM just started: its time holds the JIT's warm-up): the
-    first at or after each process start, and the first of a shard whose starts are not known."""
     first = np.zeros(len(timeline), dtype=bool)
-    known = set(starts["shard"].unique()) if len(starts) else set()
-    for shard, rows in timeline.groupby("shard", sort=False).indices.items():
+    known = set(starts["shard"])
+    for shard, rows in rows_of.items():
         if shard not in known:
             first[rows[0]] = True
-    for _, _, row in _process_firsts(timeline, starts):
-        if row is not None:
-            first[row] = True
-    return first
-
-
-def shard_phases(timeline: pd.DataFrame, starts: pd.DataFrame) -> pd.DataFrame:
-    """What each shard did before its users: shard, phase ("waiting", "start-up"), start_s, end_s."""
-    begins = timeline["start_s"].to_numpy()
     records = []
     waited: set[str] = set()
-    for shard, started, row in _process_firsts(timeline, starts):  # starts are sorted by shard, then time
+    for shard, started in zip(starts["shard"], starts["started_s"]):  # by shard, then time; only drawn shards
         if shard not in waited:
             waited.add(shard)
             if started > WAITED_AT_LEAST:
                 records.append((shard, "waiting", 0.0, started))
-        if row is not None:
-            records.append((shard, "start-up", started, max(float(begins[row]), started)))
-    return pd.DataFrame.from_records(records, columns=["shard", "phase", "start_s", "end_s"])
+        rows = rows_of[shard]
+        # the first user at or after the start: a user's start is its commit time less its seconds, a few
+        # milliseconds early at most
+        after = np.searchsorted(begins[rows], started - 0.05)
+        if after < len(rows):
+            first[rows[after]] = True
+            records.append((shard, "start-up", started, max(float(begins[rows[after]]), started)))
+    return pd.DataFrame.from_records(records, columns=["shard", "phase", "start_s", "end_s"]), first
 
 
 def shard_summary(timeline: pd.DataFrame, phases: pd.DataFrame | None = None) -> pd.DataFrame:
@@ -276,7 +251,7 @@ def timeline_bars(timeline: pd.DataFrame, max_bars_per_shard: int = MAX_BARS_PER
     total = float(frame["end_s"].max() - frame["start_s"].min())
     idle_gap = frame["start_s"] - by_shard["end_s"].shift() > max(total / 2000, 1e-9)
     frame["bar"] = ((by_shard.cumcount() % chunk == 0) | idle_gap).astype("int64").cumsum()  # by shard, then start
-    frame["severity"] = mapped(frame["status"], STATUS_SEVERITY, default=max(STATUS_SEVERITY.values()))
+    frame["severity"] = frame["status"].map(STATUS_SEVERITY).fillna(max(STATUS_SEVERITY.values()))
     grouped = frame.groupby("bar", sort=True)
     bars = pd.DataFrame({"shard": grouped["shard"].first(), "start_s": grouped["start_s"].min(),
                          "end_s": grouped["end_s"].max(), "users": grouped.size()})
@@ -400,7 +375,8 @@ def _uncommitted_errors(errors: Sequence[Mapping[str, Any]], committed: pa.Table
                          **{column: attempt.get(field) for column, field in RECORD_FIELDS.items()}})
     for user_id, lines in older_lines.items():
         for line in lines[:max(len(lines) - older_failed[user_id], 0)]:
-            rows.append({"user_id": user_id, "end": _iso(pd.to_datetime(line.get("time", ""), utc=True, errors="coerce")),
+            end = pd.to_datetime(line.get("time", ""), utc=True, errors="coerce")
+            rows.append({"user_id": user_id, "end": _iso(end),
                          "status": UserStatus.FAILED.value, "committed": NOT_COMMITTED,
                          "error_class": line.get("java_class") or line.get("error_type")})
     # values read from JSON: one of the wrong type is unknown (None)
