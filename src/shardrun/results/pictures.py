@@ -169,23 +169,15 @@ def draw_summary(frame: pd.DataFrame, panels: Sequence[SummaryPanel] = (), title
 
 def draw_status_panel(axes, frame: pd.DataFrame, counts: dict[str, int]) -> None:
     """The core's panel for a task that draws none: result rows per status, and why none is ok when none is."""
-    style_axes(axes, STATUS_PANEL_TITLE, "status", "rows")
-    axes.grid(False, axis="x")
+    style_axes(axes, STATUS_PANEL_TITLE, "rows", "status")
+    axes.grid(False, axis="y")
     if not counts:
         empty_panel(axes, "no status column")
         return
-    statuses = list(counts)
-    bars = axes.bar(range(len(statuses)), [counts[s] for s in statuses],
-                    color=[STATUS_COLOURS.get(s, "black") for s in statuses], width=0.6)
-    axes.bar_label(bars, labels=[f"{counts[s]:,}" for s in statuses], fontsize=NOTE_SIZE, padding=2)
-    axes.set_xticks(range(len(statuses)))
-    axes.set_xticklabels(statuses)
-    axes.set_ylim(0, max(counts.values()) * 1.15)
-    axes.yaxis.get_major_locator().set_params(integer=True)
-    axes.yaxis.set_major_formatter(thousands())
+    _counted_bars(axes, list(counts), list(counts.values()), [STATUS_COLOURS.get(s, "black") for s in counts])
     if UserStatus.OK.value not in counts:
         why = why_nothing_is_drawn(frame["status"], frame.get("reason"), what="row")
-        axes.text(0.5, 0.97, why, transform=axes.transAxes, ha="center", va="top", fontsize=NOTE_SIZE + 1,
+        axes.text(0.5, 0.03, why, transform=axes.transAxes, ha="center", va="bottom", fontsize=NOTE_SIZE + 1,
                   color="#333333", bbox=dict(facecolor="white", edgecolor="#999999", alpha=0.9))
 
 
@@ -204,12 +196,17 @@ def draw_reasons_panel(axes, reasons: Sequence[tuple[str, str, int]]) -> None:
         labels.append(f"{len(reasons) - MAX_REASONS:,} other reasons")
         values.append(sum(n for _, _, n in reasons[MAX_REASONS:]))
         colours.append("#dddddd")
+    _counted_bars(axes, labels, values, colours)
+
+
+def _counted_bars(axes, labels: list[str], values: list[int], colours: list[str]) -> None:
+    """A bar per count, top down, its count beside it; a bar keeps its height however few there are."""
     y = range(len(values))
     bars = axes.barh(y, values, color=colours, height=0.6)
     axes.bar_label(bars, labels=[f"{n:,}" for n in values], fontsize=NOTE_SIZE, padding=2)
     axes.set_yticks(list(y))
     axes.set_yticklabels(labels)
-    axes.set_ylim(max(len(values), 8) - 0.5, -0.5)  # a bar keeps its height however few reasons there are
+    axes.set_ylim(max(len(values), 8) - 0.5, -0.5)
     axes.set_xlim(0, max(values) * 1.15)
     axes.xaxis.get_major_locator().set_params(integer=True)
     axes.xaxis.set_major_formatter(thousands())
