@@ -30,8 +30,7 @@ import numpy as np
 import pandas as pd
 
 from shardrun.infodynamics import task as default_task
-from shardrun.results.run_picture import RunPicture
-from shardrun.results.summary import ResultCounts, SummaryPicture, task_panels
+from shardrun.results.pictures import draw_run, draw_summary, png
 
 KS = range(1, 7)
 MODES = {"activity": 4, "composite": 24}
@@ -128,16 +127,16 @@ def _settings():
 
 
 def draw(pictures: dict, out: Path) -> dict:
-    """Draw each picture; seconds from the inputs to both PNGs, and this process's peak RSS (the set's
-    frame included, as in a merge)."""
+    """Draw each picture (a figure's maker by file name); seconds from the inputs to both PNGs, and this
+    process's peak RSS (the set's frame included, as in a merge)."""
     started = time.perf_counter()
-    drawn = {name: picture.png() for name, picture in pictures.items()}
+    drawn = {name: png(figure()) for name, figure in pictures.items()}
     seconds = time.perf_counter() - started
-    for name, png in drawn.items():
-        (out / name).write_bytes(png)
+    for name, payload in drawn.items():
+        (out / name).write_bytes(payload)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
     return {"draw_s": round(seconds, 2), "peak_mib": round(peak / 2**20, 1),
-            "png_kib": {name: len(png) // 1024 for name, png in drawn.items()}}
+            "png_kib": {name: len(payload) // 1024 for name, payload in drawn.items()}}
 
 
 def main() -> None:
@@ -152,17 +151,17 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     if args.results:
         frame = with_q_values(pd.read_parquet(args.results))
-        figures = draw({"summary.png": SummaryPicture(ResultCounts.of(frame), args.results.parent.parent.name,
-                                                      tuple(task_panels(default_task, frame, None)))}, out)
+        panels = default_task.summary_panels(frame, None)
+        figures = draw({"summary.png": lambda: draw_summary(frame, panels, args.results.parent.parent.name)}, out)
     else:
         rng = np.random.default_rng(20261207)
         started = time.perf_counter()
         frame = synthetic_frame(args.users, rng)
         spans, starts = synthetic_run(frame, args.shards, args.at_once, rng)
         prepared = time.perf_counter()
-        pictures = {"summary.png": SummaryPicture(ResultCounts.of(frame), "synthetic",
-                                                  tuple(task_panels(default_task, frame, None))),
-                    "run.png": RunPicture(spans, starts, "synthetic")}
+        panels = default_task.summary_panels(frame, None)
+        pictures = {"summary.png": lambda: draw_summary(frame, panels, "synthetic"),
+                    "run.png": lambda: draw_run(spans, starts, "synthetic")}
         handed = time.perf_counter()
         figures = {"users": args.users, "shards": args.shards, "at_once": args.at_once,
                    "synthetic_set_s": round(prepared - started, 2), "panels_and_tables_s": round(handed - prepared, 2),

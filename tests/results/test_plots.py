@@ -17,7 +17,7 @@ import pytest
 from shardrun.infodynamics import plots as task_plots
 from shardrun.infodynamics import task as default_task
 from shardrun.panel_style import why_nothing_is_drawn
-from shardrun.results import run_picture, summary, timeline
+from shardrun.results import pictures, timeline
 from shardrun.results.merge import merge_shards
 from shardrun.results.read import read_shard, shard_dirs_of_run
 from shardrun.results.timeline import UserSpan
@@ -38,8 +38,8 @@ from task_double import (  # noqa: F401  (task_double: the autouse fixture that 
 )
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-PIXELS = (summary.FIGURE_INCHES[1] * summary.DPI, summary.FIGURE_INCHES[0] * summary.DPI)  # rows, columns
-RUN_PIXELS = (run_picture.FIGURE_INCHES[1] * summary.DPI, run_picture.FIGURE_INCHES[0] * summary.DPI)
+PIXELS = (pictures.SUMMARY_INCHES[1] * pictures.DPI, pictures.SUMMARY_INCHES[0] * pictures.DPI)  # rows, columns
+RUN_PIXELS = (pictures.RUN_INCHES[1] * pictures.DPI, pictures.RUN_INCHES[0] * pictures.DPI)
 
 
 def panel_titles(figure) -> list[str]:
@@ -163,7 +163,7 @@ def two_modes(q: float | None = 0.01) -> pd.DataFrame:
 
 
 def draw(frame: pd.DataFrame):
-    return summary.draw_summary(summary.ResultCounts.of(frame), summary.task_panels(default_task, frame, None))
+    return pictures.draw_summary(frame, default_task.summary_panels(frame, None))
 
 
 def axes_titled(figure, start: str):
@@ -286,8 +286,8 @@ def test_an_all_failed_set_names_the_most_common_reason():
 def test_the_core_picture_without_task_panels_says_why_no_row_is_ok():
     frame = pd.DataFrame({"user_id": ["a", "b"], "status": ["skipped", "skipped"],
                           "reason": ["only 0 observations", "only 1 observations"]})
-    figure = summary.draw_summary(summary.ResultCounts.of(frame), [])
-    assert panel_titles(figure) == [summary.STATUS_PANEL_TITLE, summary.REASONS_PANEL_TITLE]
+    figure = pictures.draw_summary(frame, [])
+    assert panel_titles(figure) == [pictures.STATUS_PANEL_TITLE, pictures.REASONS_PANEL_TITLE]
     assert "every row skipped: only N observations (2 of 2)" in texts_of(figure.axes[0])  # the core's words
     reasons = figure.axes[1]
     assert [label.get_text() for label in reasons.get_yticklabels()] == ["skipped: only N observations"]
@@ -298,7 +298,7 @@ def test_the_core_counts_reasons_by_kind_most_common_first():
     frame = pd.DataFrame({"status": ["skipped", "skipped", "failed", "ok", "failed", "failed"],
                           "reason": ["only 3 observations", "only 4 observations", "RuntimeError: boom", "",
                                      "RuntimeError: boom", "OutOfMemoryError (need 1 GiB)"]})
-    assert summary.reason_counts(frame) == (("failed", "RuntimeError: boom", 2), ("skipped", "only N observations", 2),
+    assert pictures.reason_counts(frame) == (("failed", "RuntimeError: boom", 2), ("skipped", "only N observations", 2),
                                             ("failed", "OutOfMemoryError", 1))
 
 
@@ -359,7 +359,7 @@ def two_waves():
 
 def test_phases_are_waiting_for_a_core_then_start_up_until_the_first_user():
     table, starts = two_waves()
-    phases = timeline.shard_phases(table, starts)
+    phases, _ = timeline.process_phases(table, starts)
     assert list(phases.itertuples(index=False, name=None)) == [
         ("0/3", "start-up", 0.0, 2.0),
         ("1/3", "start-up", 0.1, 1.5),  # started 0.1 s after the first: the launcher's turn, not a wait
@@ -375,9 +375,9 @@ def test_a_restarted_shard_gets_a_start_up_per_process():
     starts = pd.DataFrame({"shard": ["0/1", "0/1"], "started": [0.0, 8.0]})
     table = timeline.timeline_table(spans, starts)
     relative = timeline.relative_starts(starts, table)
-    phases = timeline.shard_phases(table, relative)
+    phases, first = timeline.process_phases(table, relative)
     assert list(zip(phases.phase, phases.start_s, phases.end_s)) == [("start-up", 0.0, 1.0), ("start-up", 8.0, 10.0)]
-    assert list(timeline.first_users(table, relative)) == [True, False, True]  # each process's first user
+    assert list(first) == [True, False, True]  # each process's first user
 
 
 def test_shard_summary_lists_the_straggler_shard_first():
@@ -409,7 +409,7 @@ def test_a_slow_user_is_marked_against_its_estimate_never_for_being_first():
              UserSpan("0/2", 21.0, 25.0, "ok", "slow"), UserSpan("1/2", 0.0, 1.0, "ok", "v")]
     predicted = [1.0, 10.0, *[1.0] * 6, 1.0, 1.0]
     table = timeline.timeline_table(with_estimates(spans, predicted))
-    first = timeline.first_users(table, timeline.relative_starts(None, table))
+    _, first = timeline.process_phases(table, timeline.relative_starts(None, table))
 
     slow = timeline.slow_users(table, first)
 
@@ -424,7 +424,8 @@ def test_the_estimate_is_scaled_to_the_machine():
     """A machine four times slower than the estimate's: no user is slow for that alone."""
     spans = [UserSpan("0/1", float(i), i + 4.0, "ok", f"u{i}") for i in range(10)]
     table = timeline.timeline_table(with_estimates(spans, [1.0] * 10))
-    assert timeline.slow_users(table, timeline.first_users(table, timeline.relative_starts(None, table))).empty
+    _, first = timeline.process_phases(table, timeline.relative_starts(None, table))
+    assert timeline.slow_users(table, first).empty
 
 
 def test_timeline_bars_cap_per_shard_and_keep_idle_gaps():
@@ -464,15 +465,15 @@ def test_run_png_draws_the_phases_and_names_what_it_lacks():
     spans = [UserSpan(*row) for row in [("0/3", 2.0, 5.0, "ok", "a"), ("1/3", 1.5, 9.0, "ok", "c"),
                                         ("2/3", 8.0, 10.0, "ok", "d")]]
     starts = pd.DataFrame({"shard": ["0/3", "1/3", "2/3"], "started": [0.0, 0.1, 6.5]})
-    figure = run_picture.draw_run(spans, starts, "run1")
-    [line] = [a for a in figure.axes if a.get_title(loc="left") == run_picture.TIMELINE_TITLE]
+    figure = pictures.draw_run(spans, starts, "run1")
+    [line] = [a for a in figure.axes if a.get_title(loc="left") == pictures.TIMELINE_TITLE]
     labels = [t.get_text() for t in line.get_legend().get_texts()]
     assert labels[:2] == ["waiting to start: no free core yet (on a cluster: in the queue)",
                           "start-up: process start to first user (data, JVM)"]
     assert " 1 user · waited 6.5 s · start-up 1.5 s" in texts_of(line)
     assert figure.get_suptitle().startswith("3 users, 3 shards: where the run's time went\nrun1")
-    without = run_picture.draw_run(spans, None)
-    [line] = [a for a in without.axes if a.get_title(loc="left") == run_picture.TIMELINE_TITLE]
+    without = pictures.draw_run(spans, None)
+    [line] = [a for a in without.axes if a.get_title(loc="left") == pictures.TIMELINE_TITLE]
     assert "no process start times in this run" in line.get_legend().get_title().get_text()
 
 
@@ -495,13 +496,13 @@ def with_ais_columns(task_double, monkeypatch):
 def drawn_panels(monkeypatch):
     """The panels each merge takes from its task to draw (it still draws them)."""
     seen = []
+    draw_summary = pictures.draw_summary
 
-    def spy(task, frame, settings):
-        panels = summary.task_panels(task, frame, settings)
-        seen.append(panels)
-        return panels
+    def spy(frame, panels, title=None):
+        seen.append(list(panels))
+        return draw_summary(frame, seen[-1], title)
 
-    monkeypatch.setattr("shardrun.results.pictures.task_panels", spy)
+    monkeypatch.setattr(pictures, "draw_summary", spy)
     return seen
 
 
@@ -585,9 +586,9 @@ def picture_frame():
 
 def test_the_core_picture_is_the_status_panel():
     frame = picture_frame()
-    figure = summary.draw_summary(summary.ResultCounts.of(frame), [])
-    assert panel_titles(figure) == [summary.STATUS_PANEL_TITLE, summary.REASONS_PANEL_TITLE]
-    assert summary.status_counts(frame) == {"ok": 1, "failed": 1}
+    figure = pictures.draw_summary(frame, [])
+    assert panel_titles(figure) == [pictures.STATUS_PANEL_TITLE, pictures.REASONS_PANEL_TITLE]
+    assert pictures.status_counts(frame) == {"ok": 1, "failed": 1}
 
 
 def test_the_default_tasks_picture_is_the_science_only():
@@ -604,8 +605,7 @@ def test_the_default_tasks_picture_is_the_science_only():
 
 def test_the_core_title_says_users_and_names_no_analysis():
     frame = picture_frame()
-    figure = summary.draw_summary(summary.ResultCounts.of(frame), [],
-                                  title="run1")
+    figure = pictures.draw_summary(frame, [], title="run1")
     first, second = figure.get_suptitle().split("\n")
     assert first == "2 users: result rows by status"
     assert second == "run1: 2 result rows, ok 1 / failed 1"
@@ -756,9 +756,8 @@ def test_hundreds_of_thousands_of_users_still_draw(tmp_path):
     starts = pd.DataFrame({"shard": [f"{s}/16" for s in range(16)], "started": -2.0})
 
     summary_path, run_path = tmp_path / "summary.png", tmp_path / "run.png"
-    summary_path.write_bytes(summary.SummaryPicture(summary.ResultCounts.of(frame),
-                                                    panels=tuple(task_plots.summary_panels(frame, None))).png())
-    run_path.write_bytes(run_picture.RunPicture(spans, starts).png())
+    summary_path.write_bytes(pictures.png(pictures.draw_summary(frame, task_plots.summary_panels(frame, None))))
+    run_path.write_bytes(pictures.png(pictures.draw_run(spans, starts)))
 
     assert_valid_png(summary_path)
     assert_valid_png(run_path, RUN_PIXELS)
@@ -795,9 +794,9 @@ def test_where_each_shards_time_went_adds_up_to_its_finish():
     from matplotlib.figure import Figure
 
     table, starts = two_waves()
-    per_shard = timeline.shard_summary(table, timeline.shard_phases(table, starts))
+    per_shard = timeline.shard_summary(table, timeline.process_phases(table, starts)[0])
     axes = Figure().add_subplot()
-    run_picture.draw_breakdown_panel(axes, per_shard)
+    pictures.draw_breakdown_panel(axes, per_shard)
     widths: dict[float, float] = {}
     for bar in axes.patches:
         widths[round(bar.get_y() + bar.get_height() / 2)] = widths.get(round(bar.get_y() + bar.get_height() / 2), 0.0) \
@@ -807,6 +806,6 @@ def test_where_each_shards_time_went_adds_up_to_its_finish():
 
 
 def test_durations_read_in_the_unit_a_person_would_use():
-    assert [run_picture.duration(s) for s in (2.5, 180.0, 910.8, 3 * 3600.0)] == ["2.5 s", "180.0 s", "15.2 min",
+    assert [pictures.duration(s) for s in (2.5, 180.0, 910.8, 3 * 3600.0)] == ["2.5 s", "180.0 s", "15.2 min",
                                                                                  "3.0 h"]
-    assert run_picture.time_unit(100.0) == (1.0, "seconds") and run_picture.time_unit(5000.0) == (60.0, "minutes")
+    assert pictures.time_unit(100.0) == (1.0, "seconds") and pictures.time_unit(5000.0) == (60.0, "minutes")

@@ -15,7 +15,7 @@ from shardrun.config import parse_config
 from shardrun.partition import ShardSpec
 from shardrun.results.merge import merge_result_set
 from shardrun.results.read import read_shard, shard_dirs_of_run
-from shardrun.results.trace import (
+from shardrun.results.timeline import (
     TRACE_COLUMNS,
     TRACE_SCHEMA,
     shard_memory,

@@ -11,7 +11,7 @@ import sys
 import pandas as pd
 import pytest
 
-from shardrun.results.trace import TRACE_COLUMNS
+from shardrun.results.timeline import TRACE_COLUMNS
 
 from e2e_support import faulty_task_config, read_status, read_trace, shardrun
 

@@ -27,7 +27,7 @@ from shardrun.results.output import MERGE_AGAIN, one_merge_into, prepare_output_
 from shardrun.results.pictures import draw_pictures
 from shardrun.results.read import read_provenance, read_shard, resolve_task
 from shardrun.results.report import MergeReport, mismatch_message
-from shardrun.results.trace import trace_and_memory
+from shardrun.results.timeline import trace_and_memory
 from shardrun.storage.durability import Remedy
 
 log = logging.getLogger(__name__)

@@ -14,11 +14,12 @@ from pathlib import Path
 
 import pandas as pd
 import psutil
+import pyarrow as pa
 
-from shardrun.errors import MergeError, StorageError
+from shardrun.errors import MergeError
 from shardrun.results.frame import write_csv, write_parquet
 from shardrun.results.report import MergeReport
-from shardrun.results.trace import write_trace
+from shardrun.results.timeline import write_trace
 from shardrun.storage.atomic import fsync_tree, replace_dir, write_json_atomic
 from shardrun.storage.durability import Remedy, storage_error
 from shardrun.storage.lock import ExclusiveFile
@@ -31,8 +32,13 @@ MERGE_AGAIN = Remedy("run the same merge_shard_results command again (an earlier
                      "--output dir")
 
 
-def cannot_write(output_dir: Path, exc: OSError, remedy: Remedy = MERGE_AGAIN) -> StorageError:
-    return storage_error(f"the result set {output_dir}", output_dir.parent, exc, remedy)
+@contextmanager
+def _storage_errors(output_dir: Path, remedy: Remedy) -> Iterator[None]:
+    """An OSError of the output's storage becomes a StorageError that says what it means and what to run."""
+    try:
+        yield
+    except OSError as exc:
+        raise storage_error(f"the result set {output_dir}", output_dir.parent, exc, remedy) from None
 
 
 @contextmanager
@@ -41,11 +47,9 @@ def one_merge_into(output_dir: Path, remedy: Remedy = MERGE_AGAIN) -> Iterator[N
     merges never both succeed with one set silently replacing the other."""
     guard = ExclusiveFile(MergedPaths(output_dir).merge_lock, f"a merge into {output_dir}",
                           "wait for it to end (or stop it), then merge again if its set is not the one you want.")
-    try:
+    with _storage_errors(output_dir, remedy):
         output_dir.parent.mkdir(parents=True, exist_ok=True)
         guard.acquire()
-    except OSError as exc:
-        raise cannot_write(output_dir, exc, remedy) from None
     try:
         yield
     finally:
@@ -57,10 +61,8 @@ def prepare_output_dir(output_dir: Path, overwrite: bool, remedy: Remedy = MERGE
     moved aside is back in place and counts as existing), then refuse an output path that is a file,
     or an existing non-empty dir without `overwrite` (an empty dir holds no result set and is used)."""
     if output_dir.parent.is_dir():
-        try:
+        with _storage_errors(output_dir, remedy):
             _tidy_leftovers(MergedPaths(output_dir))
-        except OSError as exc:
-            raise cannot_write(output_dir, exc, remedy) from None
     if output_dir.exists() and not output_dir.is_dir():
         raise MergeError(
             f"--output {output_dir} is a file, not a dir; merge writes a result set dir (results.csv,"
@@ -95,33 +97,26 @@ def _tidy_leftovers(paths: MergedPaths) -> None:
             log.info("removed %s, left by a merge that did not finish", leftover)
 
 
-def write_result_set(output_dir: Path, frame: pd.DataFrame, report: MergeReport,
-                     pictures: Callable[[], dict[str, bytes]] | None = None,
-                     trace: pd.DataFrame | None = None, remedy: Remedy = MERGE_AGAIN) -> None:
+def write_result_set(output_dir: Path, frame: pd.DataFrame, report: MergeReport, trace: pa.Table,
+                     pictures: Callable[[], dict[str, bytes]], remedy: Remedy = MERGE_AGAIN) -> None:
     """Build the whole set in a sibling staging dir (the report last), fsync it, then swap it into
     place: a merge that dies at any point leaves the previous complete set (or nothing) at the path."""
     paths = MergedPaths(output_dir)
-    try:
+    with _storage_errors(output_dir, remedy):
         output_dir.parent.mkdir(parents=True, exist_ok=True)
         staging = _staging_dir(paths, "merging")
         staging.mkdir()
-    except OSError as exc:
-        raise cannot_write(output_dir, exc, remedy) from None
-    try:
-        new = MergedPaths(staging)
-        # straight into the staging dir, which nobody reads before fsync_tree and the swap below
-        write_csv(frame, new.csv)
-        write_parquet(frame, new.parquet)
-        if trace is not None:
+        try:
+            new = MergedPaths(staging)
+            # straight into the staging dir, which nobody reads before fsync_tree and the swap below
+            write_csv(frame, new.csv)
+            write_parquet(frame, new.parquet)
             write_trace(trace, new.trace)
-        for name, png in (pictures() if pictures is not None else {}).items():
-            (new.dir / name).write_bytes(png)
-        write_json_atomic(new.report, report.to_json())
-        fsync_tree(staging)
-        replace_dir(staging, output_dir, aside=_staging_dir(paths, "old"))
-    except OSError as exc:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise cannot_write(output_dir, exc, remedy) from None
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+            for name, png in pictures().items():
+                (new.dir / name).write_bytes(png)
+            write_json_atomic(new.report, report.to_json())
+            fsync_tree(staging)
+            replace_dir(staging, output_dir, aside=_staging_dir(paths, "old"))
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
