@@ -8,18 +8,25 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from shardrun.errors import UsageError
 from shardrun.partition import ShardSpec
 from shardrun.storage.atomic import is_scratch_name
 
-RUN_JSON = "run.json"
 SHARD_JSON = "shard.json"
-STATUS_JSON = "status.json"
-
-
 BATCH_PREFIX = "b-"
 BATCH_SUFFIX = ".jsonl"
+
+
+class _Named:
+    """The path `name` in the dir of the paths object it is read from."""
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def __get__(self, paths: Any, owner: type) -> Path:
+        return paths.dir / self.name
 
 
 def batch_number(path: Path) -> int | None:
@@ -34,35 +41,15 @@ def batch_number(path: Path) -> int | None:
 class ShardPaths:
     dir: Path
 
-    @property
-    def status(self) -> Path:
-        return self.dir / STATUS_JSON
-
-    @property
-    def identity(self) -> Path:
-        """shard.json: which run, shard, config and data this dir belongs to (written once)."""
-        return self.dir / SHARD_JSON
-
-    @property
-    def results(self) -> Path:
-        return self.dir / "results"
-
-    @property
-    def errors(self) -> Path:
-        return self.dir / "errors.jsonl"
-
-    @property
-    def lock(self) -> Path:
-        return self.dir / "lock"
-
-    @property
-    def lease(self) -> Path:
-        """The lease standing in for the OS lock where there is none (storage/lease.py)."""
-        return self.dir / "lease"
-
-    @property
-    def log(self) -> Path:
-        return self.dir / "shard.log"
+    status = _Named("status.json")
+    identity = _Named(SHARD_JSON)  # which run, shard, config and data this dir belongs to (written once)
+    results = _Named("results")
+    errors = _Named("errors.jsonl")
+    lock = _Named("lock")
+    lease = _Named("lease")  # stands in for the OS lock where there is none (storage/lease.py)
+    log = _Named("shard.log")
+    tmp = _Named(".tmp")  # scratch space on the same filesystem, so a rename into results/ is atomic
+    quarantine = _Named("results/quarantine")  # result files a resume could not trust, moved aside byte for byte
 
     @property
     def hs_err_pattern(self) -> str:
@@ -72,18 +59,8 @@ class ShardPaths:
     def hs_err_files(self) -> list[Path]:
         return sorted(self.dir.glob("hs_err_pid*.log"))
 
-    @property
-    def tmp(self) -> Path:
-        """Scratch space on the same filesystem, so a rename into results/ is atomic."""
-        return self.dir / ".tmp"
-
-    @property
-    def quarantine(self) -> Path:
-        """Result files a resume could not trust, moved aside byte for byte."""
-        return self.results / "quarantine"
-
     def batch(self, number: int) -> Path:
-        """The number-th batch file of committed users (storage/batches.py)."""
+        """The number-th batch file of committed users (storage/commits.py)."""
         return self.results / f"{BATCH_PREFIX}{number:06d}{BATCH_SUFFIX}"
 
     def batch_files(self) -> list[Path]:
@@ -100,23 +77,12 @@ class ShardPaths:
 class RunPaths:
     dir: Path
 
-    @property
-    def run_json(self) -> Path:
-        return self.dir / RUN_JSON
-
-    @property
-    def launcher_json(self) -> Path:
-        """What only the launcher knows: waiting and suspended shards, restarts, deaths."""
-        return self.dir / "launcher.json"
-
-    @property
-    def launcher_lock(self) -> Path:
-        """Held by the one launch_shards running this run (storage/exclusive.py)."""
-        return self.dir / ".launcher.lock"
-
-    @property
-    def merged(self) -> Path:
-        return self.dir / "merged"
+    run_json = _Named("run.json")
+    launcher_json = _Named("launcher.json")  # what only the launcher knows: waiting and suspended shards, deaths
+    launcher_lock = _Named(".launcher.lock")  # held by the one launch_shards running this run (storage/exclusive.py)
+    merged = _Named("merged")
+    slurm_json = _Named("slurm.json")  # the run's SLURM submissions, for resubmission and the monitor
+    slurm_scripts = _Named("slurm")  # the sbatch scripts as submitted, kept for the user to read and rerun
 
     def foreign_entries(self) -> list[str]:
         """Names in the dir besides the launcher's own files and scratch: what makes it not a new run."""
@@ -124,16 +90,6 @@ class RunPaths:
             return []
         return sorted(p.name for p in self.dir.iterdir()
                       if p.name not in (self.launcher_json.name, self.launcher_lock.name) and not is_scratch_name(p.name))
-
-    @property
-    def slurm_json(self) -> Path:
-        """The run's SLURM submissions, for resubmission and the monitor."""
-        return self.dir / "slurm.json"
-
-    @property
-    def slurm_scripts(self) -> Path:
-        """The sbatch scripts as submitted, kept for the user to read and rerun."""
-        return self.dir / "slurm"
 
     def shard(self, spec: ShardSpec) -> ShardPaths:
         return ShardPaths(self.dir / spec.dirname)
@@ -179,6 +135,14 @@ class MergedPaths:
     SUMMARY_PNG = "summary.png"  # the results in pictures (the task's panels)
     RUN_PNG = "run.png"  # the run in a picture (each shard's timeline)
 
+    csv = _Named("results.csv")
+    parquet = _Named("results.parquet")
+    report = _Named("merge_report.json")
+    validation = _Named("validation.json")
+    summary_png = _Named(SUMMARY_PNG)
+    run_png = _Named(RUN_PNG)
+    trace = _Named("trace.tsv")  # one row per attempt at a user (results/trace.py)
+
     # staging dirs `.<name>.merging-<pid>-<random>` and `.<name>.old-...` are dotted: never taken for a set
     def staging_prefix(self, kind: str) -> str:
         """`.<name>.merging-` (kind "merging") or `.<name>.old-` (kind "old")."""
@@ -200,35 +164,6 @@ class MergedPaths:
             return int(path.name.rsplit("-", 2)[-2])
         except (IndexError, ValueError):
             return None
-
-    @property
-    def csv(self) -> Path:
-        return self.dir / "results.csv"
-
-    @property
-    def parquet(self) -> Path:
-        return self.dir / "results.parquet"
-
-    @property
-    def report(self) -> Path:
-        return self.dir / "merge_report.json"
-
-    @property
-    def validation(self) -> Path:
-        return self.dir / "validation.json"
-
-    @property
-    def summary_png(self) -> Path:
-        return self.dir / self.SUMMARY_PNG
-
-    @property
-    def run_png(self) -> Path:
-        return self.dir / self.RUN_PNG
-
-    @property
-    def trace(self) -> Path:
-        """One row per attempt at a user (results/trace.py)."""
-        return self.dir / "trace.tsv"
 
 
 def shard_log_path(log_dir: Path, spec: ShardSpec) -> Path:
