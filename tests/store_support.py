@@ -7,9 +7,23 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from shardrun.storage.batches import decode_batch, encode_batch, encode_record, readable_user_ids
-from shardrun.storage.commits import GroupCommitter, scan_committed, shard_config_hash
+from shardrun.storage.commits import (
+    GroupCommitter,
+    append_line_once,
+    decode_batch,
+    encode_batch,
+    encode_record,
+    error_line,
+    readable_user_ids,
+    scan_committed,
+    shard_config_hash,
+)
 from shardrun.storage.paths import ShardPaths
+
+
+def append_error(paths: ShardPaths, record: Mapping[str, Any]) -> None:
+    """An errors.jsonl line for a failed attempt, as a shard writes it."""
+    append_line_once(paths.errors, error_line(record))
 
 
 def batch_files(shard_dir: Path) -> list[Path]:

@@ -41,7 +41,7 @@ import yaml
 
 from shardrun.results.merge import merge_shards
 from shardrun.results.read import read_result_file, shard_dirs_of_run
-from shardrun.storage.batches import decode_batch
+from shardrun.storage.commits import decode_batch
 
 from e2e_support import analysis_values, read_status, shardrun, wait_for, write_categorical_data, write_config
 from fs_support import stand_in_worker, vfat_mount

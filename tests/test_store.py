@@ -14,7 +14,6 @@ from shardrun.errors import AlreadyCommitted, ResumeMismatch, ShardLocked
 from shardrun.storage.atomic import create_json_once, read_json, write_json_atomic
 from shardrun.storage.commits import (
     GroupCommitter,
-    append_error,
     next_batch_number,
     read_errors,
     scan_committed,
@@ -23,7 +22,7 @@ from shardrun.storage.identity import ensure_identity
 from shardrun.storage.lock import ShardLock
 from shardrun.storage.paths import ShardPaths
 
-from store_support import commit_user
+from store_support import append_error, commit_user
 
 HOSTILE_IDS = ["../../escape", "/etc/passwd", "a/b\\c", "nul\x00byte", "x" * 5000, "..", "ünïcødé", ""]
 

@@ -18,7 +18,7 @@ from shardrun.results.columnar import STANDING, USER
 from shardrun.results.frame import text_bytes
 from shardrun.results.read import ShardInput
 from shardrun.states import UserStatus, user_outcome
-from shardrun.storage.attempts import ATTEMPT, attempt_of
+from shardrun.storage.commits import ATTEMPT, attempt_of
 from shardrun.units import heap_bytes
 
 TRACE_SCHEMA = pa.schema([
@@ -28,7 +28,7 @@ TRACE_SCHEMA = pa.schema([
     ("peak_rss_bytes", pa.int64()), ("cpu_seconds", pa.float64()), ("committed", pa.string()),
 ])
 TRACE_COLUMNS = tuple(TRACE_SCHEMA.names)
-# the trace's columns as fields of an attempt record (storage/attempts.py), where they are one
+# the trace's columns as fields of an attempt record (storage/commits.py), where they are one
 RECORD_FIELDS = {"host": "host", "pid": "pid", "attempt": "number", "start": "start", "end": "end",
                  "seconds": "seconds", "status": "status", "error_class": "error_class",
                  "heap_used_bytes": "heap_used_bytes", "peak_rss_bytes": "peak_rss_bytes",
