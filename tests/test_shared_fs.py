@@ -36,10 +36,9 @@ from shardrun.storage.atomic import (
     write_temp_file,
 )
 from shardrun.storage.commits import clean_tmp, scan_committed
-from shardrun.storage.identity import ensure_identity
 from shardrun.storage.lease import Holder, Judgement, Lease, LeaseState, process_started, read_lease, staleness
 from shardrun.storage.lock import LOCK_ENV, ShardLock, lease_stale_seconds, lock_mechanism
-from shardrun.storage.paths import ShardPaths
+from shardrun.storage.paths import ShardPaths, ensure_identity
 
 from fs_support import vfat_mount
 from store_support import commit_user

@@ -18,9 +18,8 @@ from shardrun.storage.commits import (
     read_errors,
     scan_committed,
 )
-from shardrun.storage.identity import ensure_identity
 from shardrun.storage.lock import ShardLock
-from shardrun.storage.paths import ShardPaths
+from shardrun.storage.paths import ShardPaths, ensure_identity
 
 from store_support import append_error, commit_user
 

@@ -14,12 +14,14 @@ from shardrun.errors import AlreadyRunning, ConfigError, ResumeMismatch, UsageEr
 from shardrun.shard.dirs import config_stem
 from shardrun.storage.durability import durable_write, storage_error
 from shardrun.storage.exclusive import ExclusiveFile
-from shardrun.storage.identity import (
+from shardrun.storage.paths import (
+    RunPaths,
+    ShardPaths,
     read_run_document,
     read_shard_identity,
+    refuse_a_file_for_a_dir,
     run_difference,
 )
-from shardrun.storage.paths import RunPaths, ShardPaths, refuse_a_file_for_a_dir
 
 log = logging.getLogger(__name__)
 

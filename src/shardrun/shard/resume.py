@@ -20,8 +20,8 @@ from shardrun.storage.commits import (
     results_listing,
 )
 from shardrun.storage.durability import durable_write
-from shardrun.storage.identity import ensure_identity
 from shardrun.storage.lock import ShardLock
+from shardrun.storage.paths import ensure_identity
 
 
 def hold_shard(prepared: PreparedShard, identity: Mapping[str, Any]) -> ShardLock:
