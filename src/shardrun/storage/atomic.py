@@ -133,12 +133,7 @@ def create_json_once(path: Path, obj: Any, sole_writer: bool = False) -> bool:
     finally:
         tmp.unlink(missing_ok=True)
     fsync_dir(path.parent)
-    if way == CHECKED_RENAME and not sole_writer:
-        try:
-            return path.read_bytes() == payload
-        except FileNotFoundError:
-            return False
-    return True
+    return sole_writer or way != CHECKED_RENAME or holds(path, payload)
 
 
 # --- a file at a name that must not exist yet -----------------------------------------------
@@ -193,10 +188,8 @@ def publish_new(tmp: Path, target: Path) -> str:
         try:
             os.link(tmp, target)
             return HARD_LINK
-        except FileExistsError:
-            raise
         except OSError as exc:
-            if exc.errno not in LINK_REFUSED_ERRNOS:
+            if exc.errno not in LINK_REFUSED_ERRNOS:  # FileExistsError among them
                 raise
             refused = exc
         if rename_noreplace(tmp, target):

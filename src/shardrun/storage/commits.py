@@ -332,9 +332,8 @@ def publish_once(tmp: Path, target: Path, payload: bytes) -> None:
         # safe without hard links too: the shard lock makes this the only writer (atomic.publish_new)
         publish_new(tmp, target)
     except FileExistsError:
-        if holds(target, payload):
-            return
-        raise AlreadyCommitted(f"{target} exists already; batch names are never reused.") from None
+        if not holds(target, payload):
+            raise AlreadyCommitted(f"{target} exists already; batch names are never reused.") from None
 
 
 def next_batch_number(paths: ShardPaths) -> int:
@@ -349,7 +348,7 @@ OLDER_RESULTS = "u-*.json"  # one file per user: how runs made before batch file
 
 def refuse_older_results(paths: ShardPaths, error: type[ShardrunError] = ResumeMismatch) -> None:
     """Raise `error` if pre-batch result files are here: they would otherwise be silently ignored."""
-    older = min(paths.results.glob(OLDER_RESULTS), default=None) if paths.results.is_dir() else None
+    older = min(paths.results.glob(OLDER_RESULTS), default=None)
     if older is not None:
         raise error(
             f"{paths.dir} holds result files of a run made before batch files ({older.name}, for one),"
@@ -366,17 +365,19 @@ def scan_committed(paths: ShardPaths, untrusted: Literal["quarantine", "keep"] =
     returned with `problem` set ("keep", for merge and live readers).
     """
     committed: dict[str, CommittedUser] = {}
-    if not paths.results.is_dir():
-        return committed
     refuse_older_results(paths)
     config_hash = shard_config_hash(paths)
 
     def set_aside(path: Path, user_ids: Sequence[str], problem: str) -> None:
-        if untrusted == "quarantine":
-            _quarantine(paths, path, problem)
+        if untrusted == "keep":
+            for user_id in user_ids:
+                committed.setdefault(user_id, CommittedUser(user_id, [], {}, path, problem=problem))
             return
-        for user_id in user_ids:
-            committed.setdefault(user_id, CommittedUser(user_id, [], {}, path, problem=problem))
+        paths.quarantine.mkdir(exist_ok=True)
+        target = paths.quarantine / f"{path.name}.{datetime.now():%Y%m%d%H%M%S%f}"
+        os.replace(path, target)
+        log.warning("result file %s cannot be trusted: %s; moved to %s and its users will be recomputed", path,
+                    problem, target)
 
     for path in paths.batch_files():
         _scan_batch_file(path, config_hash, committed, set_aside)
@@ -434,14 +435,6 @@ def results_listing(paths: ShardPaths) -> frozenset[tuple[str, int, int]]:
     return frozenset(listing)
 
 
-def _quarantine(paths: ShardPaths, path: Path, why: str) -> None:
-    paths.quarantine.mkdir(exist_ok=True)
-    target = paths.quarantine / f"{path.name}.{datetime.now():%Y%m%d%H%M%S%f}"
-    os.replace(path, target)
-    log.warning("result file %s cannot be trusted: %s; moved to %s and its users will be recomputed", path, why,
-                target)
-
-
 def clean_tmp(paths: ShardPaths) -> int:
     """Remove scratch files of a previous process (never visible results)."""
     removed = 0
@@ -464,14 +457,10 @@ def append_line_once(path: Path, line: bytes) -> None:
     """Append `line` to `path` and fsync, so a crash right after keeps it; safe to repeat: a line already at
     the end is not appended again."""
     with open(path, "a+b") as handle:
-        end = handle.seek(0, os.SEEK_END)
-        if end >= len(line):
-            handle.seek(end - len(line))
-            if handle.read(len(line)) == line:
-                fsync(handle.fileno(), path)
-                return
-        handle.write(line)
-        handle.flush()
+        handle.seek(max(handle.seek(0, os.SEEK_END) - len(line), 0))
+        if handle.read() != line:  # a shorter file cannot end with the line either
+            handle.write(line)  # at the end, wherever the position: the file is open for appending
+            handle.flush()
         fsync(handle.fileno(), path)
 
 
