@@ -101,7 +101,7 @@ def write_temp_file(directory: Path, payload: bytes) -> Path:
 
 
 def encode_json(obj: Any) -> bytes:
-    return (json.dumps(json_safe(obj), indent=1, sort_keys=False, allow_nan=False) + "\n").encode()
+    return (json.dumps(json_safe(obj), indent=1, allow_nan=False) + "\n").encode()
 
 
 def write_bytes_atomic(path: Path, payload: bytes) -> None:

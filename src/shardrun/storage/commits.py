@@ -361,8 +361,8 @@ def scan_committed(paths: ShardPaths, untrusted: Literal["quarantine", "keep"] =
                    ) -> dict[str, CommittedUser]:
     """Every user committed in this shard dir, by user id, from its batch files.
 
-    An untrusted file is moved to results/quarantine/ ("quarantine", under the shard lock) or
-    returned with `problem` set ("keep", for merge and live readers).
+    An untrusted file is moved to results/quarantine/ ("quarantine", under the shard lock) or its users
+    returned with `problem` set ("keep": a look that moves nothing; merge reads through results/columnar.py).
     """
     committed: dict[str, CommittedUser] = {}
     refuse_older_results(paths)

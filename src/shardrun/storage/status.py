@@ -1,6 +1,6 @@
 """status.json of a running shard: the counts, the current user, a heartbeat and an ETA.
 
-Counts are written at most once per `min_interval` (no fsync per user); the heartbeat keeps
+Counts are written at most once a second (no fsync per user); the heartbeat keeps
 `updated_at` fresh so a monitor can tell a hung shard from a slow one.
 """
 
@@ -144,7 +144,7 @@ class ShardStatus:
                 return True
             return False
 
-    def start_heartbeat(self, every_seconds: float, min_interval: float = 1.0) -> None:
+    def start_heartbeat(self, every_seconds: float) -> None:
         def beat() -> None:
             try:
                 self.write_if_due(every_seconds)
@@ -152,7 +152,7 @@ class ShardStatus:
             except (OSError, StorageError) as exc:
                 log.warning("heartbeat could not write %s: %s", self._paths.status, exc)
 
-        self._heartbeat = Periodic("status-heartbeat", min(min_interval, every_seconds), beat)
+        self._heartbeat = Periodic("status-heartbeat", min(1.0, every_seconds), beat)
         self._heartbeat.start()
 
     def stop_heartbeat(self) -> None:
