@@ -15,7 +15,6 @@ from shardrun.storage.commits import (
     encode_record,
     error_line,
     readable_user_ids,
-    scan_committed,
     shard_config_hash,
 )
 from shardrun.storage.paths import ShardPaths
@@ -75,7 +74,7 @@ def commit_user(paths: ShardPaths, user_id: str, rows: Sequence[Mapping[str, Any
                 attempt: Mapping[str, Any] | None = None) -> Path:
     """Commit one user now, as a batch of its own (a stand-in worker's or a tool's single commit)."""
     committer = GroupCommitter(paths, {"config_hash": shard_config_hash(paths), **(header or {})},
-                               committed=scan_committed(paths, untrusted="keep"))
+                               committed=[user for path in paths.batch_files() for user in batch_users(path)])
     committer.add(user_id, rows, replaces=replaces, attempt=attempt)
     written = committer.flush()
     assert written is not None

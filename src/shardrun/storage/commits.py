@@ -19,7 +19,7 @@ from collections.abc import Callable, Container, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from shardrun.errors import AlreadyCommitted, ResumeMismatch, ShardrunError
 from shardrun.storage.atomic import fsync, fsync_dir, holds, json_safe, publish_new, read_json, utc_now, write_temp_file
@@ -166,7 +166,6 @@ class CommittedUser:
     rows: list[dict[str, Any]]
     record: Mapping[str, Any]  # the user's record as stored; `ended_at` (when its analysis ended) for the timeline
     path: Path  # the batch file that holds it
-    problem: str | None = None  # why the file cannot be trusted; only with untrusted="keep"
     replaced: tuple[Mapping[str, Any], ...] = ()  # the user's earlier records this one replaced (--retry-failed)
 
     @property
@@ -357,65 +356,53 @@ def refuse_older_results(paths: ShardPaths, error: type[ShardrunError] = ResumeM
         )
 
 
-def scan_committed(paths: ShardPaths, untrusted: Literal["quarantine", "keep"] = "quarantine"
-                   ) -> dict[str, CommittedUser]:
-    """Every user committed in this shard dir, by user id, from its batch files.
+def scan_committed(paths: ShardPaths) -> dict[str, CommittedUser]:
+    """Every user committed in this shard dir, by user id, from its batch files (under the shard lock).
 
-    An untrusted file is moved to results/quarantine/ ("quarantine", under the shard lock) or its users
-    returned with `problem` set ("keep": a look that moves nothing; merge reads through results/columnar.py).
+    An untrusted file is moved to results/quarantine/; merge reads through results/columnar.py instead.
     """
     committed: dict[str, CommittedUser] = {}
     refuse_older_results(paths)
     config_hash = shard_config_hash(paths)
-
-    def set_aside(path: Path, user_ids: Sequence[str], problem: str) -> None:
-        if untrusted == "keep":
-            for user_id in user_ids:
-                committed.setdefault(user_id, CommittedUser(user_id, [], {}, path, problem=problem))
-            return
-        paths.quarantine.mkdir(exist_ok=True)
-        target = paths.quarantine / f"{path.name}.{datetime.now():%Y%m%d%H%M%S%f}"
-        os.replace(path, target)
-        log.warning("result file %s cannot be trusted: %s; moved to %s and its users will be recomputed", path,
-                    problem, target)
-
     for path in paths.batch_files():
-        _scan_batch_file(path, config_hash, committed, set_aside)
+        problem = _scan_batch_file(path, config_hash, committed)
+        if problem is not None:
+            paths.quarantine.mkdir(exist_ok=True)
+            target = paths.quarantine / f"{path.name}.{datetime.now():%Y%m%d%H%M%S%f}"
+            os.replace(path, target)
+            log.warning("result file %s cannot be trusted: %s; moved to %s and its users will be recomputed", path,
+                        problem, target)
     return committed
 
 
-def _scan_batch_file(path: Path, config_hash: str | None, committed: dict[str, CommittedUser],
-                     set_aside: Callable[[Path, Sequence[str], str], None]) -> None:
+def _scan_batch_file(path: Path, config_hash: str | None, committed: dict[str, CommittedUser]) -> str | None:
+    """Add the users of one batch file to `committed`, or say why the file cannot be trusted."""
     try:
-        payload = path.read_bytes()
-        batch = decode_batch(payload)
+        batch = decode_batch(path.read_bytes())
     except OSError as exc:
-        set_aside(path, [], f"it is unreadable ({exc})")
-        return
+        return f"it is unreadable ({exc})"
     except BadBatch as exc:
-        set_aside(path, readable_user_ids(payload), str(exc))
-        return
+        return str(exc)
     user_ids = [record["user_id"] for record in batch.records]
     problem = config_problem(batch.header.get("config_hash"),
                              {f"the rows of user {r['user_id']!r}": r["rows"] for r in batch.records}, config_hash)
     if problem is not None:
-        set_aside(path, user_ids, problem)
-        return
+        return problem
     repeated = [user_id for user_id, record in zip(user_ids, batch.records)
                 if not stands(user_id, record.get("replaces", False), committed)]
     if repeated and len(repeated) == len(user_ids):
         earlier = committed[repeated[0]].path.name
-        set_aside(path, [], f"every user in it is committed already (a copy of {earlier}?), and it replaces none")
-        return
+        return f"every user in it is committed already (a copy of {earlier}?), and it replaces none"
     for user_id in repeated:
         log.warning("user %r has a second record in %s that does not replace the first (in %s); the first"
                     " stands", user_id, path, committed[user_id].path)
     for record in batch.records:
         if record["user_id"] not in repeated:
             before = committed.get(record["user_id"])
-            replaced = () if before is None or before.problem is not None else before.records
+            replaced = () if before is None else before.records
             committed[record["user_id"]] = CommittedUser(record["user_id"], record["rows"], record, path,
                                                          replaced=replaced)
+    return None
 
 
 def stands(user_id: str, replaces: bool, earlier: Container[str]) -> bool:
