@@ -7,9 +7,22 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from shardrun.storage.batches import decode_batch, encode_batch, encode_record, readable_user_ids
-from shardrun.storage.commits import GroupCommitter, scan_committed, shard_config_hash
+from shardrun.storage.commits import (
+    GroupCommitter,
+    append_line_once,
+    decode_batch,
+    encode_batch,
+    encode_record,
+    error_line,
+    readable_user_ids,
+    shard_config_hash,
+)
 from shardrun.storage.paths import ShardPaths
+
+
+def append_error(paths: ShardPaths, record: Mapping[str, Any]) -> None:
+    """An errors.jsonl line for a failed attempt, as a shard writes it."""
+    append_line_once(paths.errors, error_line(record))
 
 
 def batch_files(shard_dir: Path) -> list[Path]:
@@ -61,7 +74,7 @@ def commit_user(paths: ShardPaths, user_id: str, rows: Sequence[Mapping[str, Any
                 attempt: Mapping[str, Any] | None = None) -> Path:
     """Commit one user now, as a batch of its own (a stand-in worker's or a tool's single commit)."""
     committer = GroupCommitter(paths, {"config_hash": shard_config_hash(paths), **(header or {})},
-                               committed=scan_committed(paths, untrusted="keep"))
+                               committed=[user for path in paths.batch_files() for user in batch_users(path)])
     committer.add(user_id, rows, replaces=replaces, attempt=attempt)
     written = committer.flush()
     assert written is not None

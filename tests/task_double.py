@@ -17,8 +17,7 @@ from shardrun.config import parse_config
 from shardrun.partition import ShardSpec, users_of_shard
 from shardrun.results.read import read_result_file
 from shardrun.storage.atomic import write_json_atomic
-from shardrun.storage.identity import ensure_identity
-from shardrun.storage.paths import MergedPaths, RunPaths
+from shardrun.storage.paths import MergedPaths, RunPaths, ensure_identity
 from shardrun.task import Dataset, Task
 
 from store_support import commit_user

@@ -82,7 +82,7 @@ def test_a_run_dir_of_the_earlier_p_values_is_not_continued():
     from shardrun.config import config_hash
     from shardrun.infodynamics.settings import ENGINE, P_VALUES
     from shardrun.infodynamics.surrogates import SCHEME
-    from shardrun.storage.identity import run_difference
+    from shardrun.storage.paths import run_difference
 
     config = parse_config(SMALL)
     assert P_VALUES in ENGINE and config.settings.engine == ENGINE

@@ -53,7 +53,7 @@ REPO = Path(__file__).resolve().parents[1]
 TESTS = REPO / "tests"
 sys.path.insert(0, str(TESTS))
 
-from shardrun.storage.batches import readable_user_ids  # noqa: E402
+from shardrun.storage.commits import readable_user_ids  # noqa: E402
 
 from e2e_support import analysis_values, write_categorical_data, write_config  # noqa: E402
 from store_support import batch_files  # noqa: E402

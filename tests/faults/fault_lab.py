@@ -32,7 +32,7 @@ import yaml
 
 from shardrun.results.merge import merge_shards
 from shardrun.results.read import shard_dirs_of_run
-from shardrun.storage.batches import decode_batch
+from shardrun.storage.commits import decode_batch
 
 from e2e_support import analysis_values, read_status, shardrun, wait_for, write_config
 from store_support import batch_files, committed_user_count

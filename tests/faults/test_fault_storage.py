@@ -41,7 +41,7 @@ from fault_lab import (
     worker_command,
 )
 
-from shardrun.storage.batches import decode_batch
+from shardrun.storage.commits import decode_batch
 
 from e2e_support import analysis_values, read_status, shardrun, wait_for
 from fs_support import needs_root_mounts, stand_in_worker, vfat_mount

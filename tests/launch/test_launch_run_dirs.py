@@ -20,7 +20,7 @@ from shardrun.launch.options import DEFAULT_SHARDS, shards_to_launch
 from shardrun.launch.policies import describe_exit, log_excerpt
 from shardrun.launch.run_dir import HeldRun, check_same_run, open_run_dir
 from shardrun.shard.dirs import run_label
-from shardrun.storage.atomic import create_temp_file
+from shardrun.storage.atomic import write_temp_file
 from shardrun.storage.paths import RunPaths
 from shardrun.task import load_task
 
@@ -156,8 +156,7 @@ def test_out_starts_a_new_run_where_a_launcher_was_killed_before_any_shard_wrote
     out.mkdir()
     (out / "launcher.json").write_text("{}")
     (out / ".launcher.lock").write_text("")
-    fd, _scratch = create_temp_file(out)
-    os.close(fd)
+    write_temp_file(out, b"")
     launcher = out_launcher(tmp_path, out)
     held = prepare_run_dir(launcher)
     assert held.run.dir == out and not held.existing

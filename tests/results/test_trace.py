@@ -24,13 +24,12 @@ from shardrun.results.timeline import (
 )
 from shardrun.shard.attempts import Attempts, carried_memory, error_class, scheduler_memory_bytes
 from shardrun.storage.atomic import write_json_atomic
-from shardrun.storage.attempts import recorded_attempts
-from shardrun.storage.commits import append_error, read_errors, scan_committed
+from shardrun.storage.commits import read_errors, recorded_attempts, scan_committed
 from shardrun.storage.paths import MergedPaths, RunPaths
 from shardrun.storage.status import ShardStatus
 
 from e2e_support import read_trace
-from store_support import commit_user
+from store_support import append_error, commit_user
 from task_double import USERS, make_run, raw_config, rows_of, task_double  # noqa: F401
 
 T0 = datetime(2026, 12, 7, 8, 0, 0, tzinfo=UTC)

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from shardrun.storage.batches import decode_batch
+from shardrun.storage.commits import decode_batch
 from shardrun.storage.paths import ShardPaths
 
 from e2e_support import analysis_values, read_status, wait_for

@@ -21,7 +21,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from shardrun.storage.batches import decode_batch
+from shardrun.storage.commits import decode_batch
 
 from e2e_support import read_status, wait_for
 from node_network import NodeNetwork, NodeNetworkError, free_subnet

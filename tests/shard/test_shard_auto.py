@@ -14,7 +14,7 @@ import pytest
 
 from shardrun.errors import ResumeMismatch, UsageError
 from shardrun.partition import SCHEDULERS, ShardSpec, resolve_auto_shard
-from shardrun.storage.identity import recorded_shard_count
+from shardrun.storage.paths import recorded_shard_count
 
 from e2e_support import shardrun, write_categorical_data, write_config
 

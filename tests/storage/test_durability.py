@@ -24,8 +24,7 @@ from shardrun.shard.user_log import ShardLogFile
 from shardrun.storage.atomic import FsyncFailed
 from shardrun.storage.commits import GroupCommitter, append_line_once, error_line, scan_committed
 from shardrun.storage.durability import SHARD, IoRetryPolicy, Remedy, durable_write, storage_error
-from shardrun.storage.identity import ensure_identity
-from shardrun.storage.paths import ShardPaths
+from shardrun.storage.paths import ShardPaths, ensure_identity
 
 
 def flaky(failures: list[int], kind: type = OSError):

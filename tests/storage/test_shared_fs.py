@@ -36,7 +36,6 @@ from shardrun.storage.atomic import (
     write_temp_file,
 )
 from shardrun.storage.commits import clean_tmp, scan_committed
-from shardrun.storage.identity import ensure_identity
 from shardrun.storage.lock import (
     LOCK_ENV,
     Holder,
@@ -50,7 +49,7 @@ from shardrun.storage.lock import (
     read_lease,
     staleness,
 )
-from shardrun.storage.paths import ShardPaths
+from shardrun.storage.paths import ShardPaths, ensure_identity
 
 from fs_support import vfat_mount
 from store_support import commit_user

@@ -9,7 +9,7 @@ from shardrun.launch.admission import shard_memory_bytes
 from shardrun.launch.policies import CpuThrottle, RestartPolicy
 from shardrun.launch.supervisor import SupervisorPolicy
 from shardrun.results.tolerance import NO_FAILED, FailedTolerance
-from shardrun.storage.identity import recorded_shard_count
+from shardrun.storage.paths import recorded_shard_count
 from shardrun.units import heap_bytes
 
 DEFAULT_SHARDS = 4

@@ -13,13 +13,15 @@ from shardrun.config import RunConfig
 from shardrun.errors import AlreadyRunning, ConfigError, ResumeMismatch, UsageError
 from shardrun.shard.dirs import config_stem
 from shardrun.storage.durability import durable_write, storage_error
-from shardrun.storage.identity import (
+from shardrun.storage.lock import ExclusiveFile
+from shardrun.storage.paths import (
+    RunPaths,
+    ShardPaths,
     read_run_document,
     read_shard_identity,
+    refuse_a_file_for_a_dir,
     run_difference,
 )
-from shardrun.storage.lock import ExclusiveFile
-from shardrun.storage.paths import RunPaths, ShardPaths, refuse_a_file_for_a_dir
 
 log = logging.getLogger(__name__)
 

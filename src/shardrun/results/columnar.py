@@ -19,9 +19,15 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.json as pa_json
 
-from shardrun.storage.attempts import ATTEMPT
-from shardrun.storage.batches import BadBatch, decode_batch, readable_user_ids, verified_body
-from shardrun.storage.commits import config_problem, stands
+from shardrun.storage.commits import (
+    ATTEMPT,
+    BadBatch,
+    config_problem,
+    decode_batch,
+    readable_user_ids,
+    stands,
+    verified_body,
+)
 from shardrun.storage.paths import ShardPaths
 
 log = logging.getLogger(__name__)
@@ -52,7 +58,7 @@ class ColumnarShard:
     users: tuple[str, ...]  # committed users, in commit order
     ended_at: Mapping[str, Any]
     table: pa.Table | None  # the rows of the users' standing records, with USER; None when there are none
-    # every trusted record's user_id, ended_at, attempt (storage/attempts.py) and STANDING, replaced ones included
+    # every trusted record's user_id, ended_at, attempt (storage/commits.py) and STANDING, replaced ones included
     attempts: pa.Table | None = None
     untrusted: Sequence[Mapping[str, Any]] = ()  # the batch files left out: {"file", "user_id", "problem"}
 

@@ -19,8 +19,7 @@ from shardrun.errors import MergeError, ShardrunError, TaskNotImportable
 from shardrun.partition import ShardSpec
 from shardrun.results.columnar import USER, read_columnar
 from shardrun.storage.atomic import read_json
-from shardrun.storage.attempts import ATTEMPT
-from shardrun.storage.commits import read_errors, refuse_older_results
+from shardrun.storage.commits import ATTEMPT, read_errors, refuse_older_results
 from shardrun.storage.paths import RunPaths, ShardPaths
 from shardrun.task import Task, load_task
 

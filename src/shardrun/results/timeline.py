@@ -23,7 +23,7 @@ from shardrun.results.columnar import STANDING, USER
 from shardrun.results.frame import text_bytes
 from shardrun.results.read import ShardInput
 from shardrun.states import STATUSES, UserStatus
-from shardrun.storage.attempts import ATTEMPT, attempt_of
+from shardrun.storage.commits import ATTEMPT, attempt_of
 from shardrun.units import heap_bytes
 
 log = logging.getLogger(__name__)
@@ -271,7 +271,7 @@ TRACE_SCHEMA = pa.schema([
     ("peak_rss_bytes", pa.int64()), ("cpu_seconds", pa.float64()), ("committed", pa.string()),
 ])
 TRACE_COLUMNS = tuple(TRACE_SCHEMA.names)
-# the trace's columns as fields of an attempt record (storage/attempts.py): all but `attempt` by their name
+# the trace's columns as fields of an attempt record (storage/commits.py): all but `attempt` by their name
 RECORD_FIELDS = {"attempt": "number", **{name: name for name in TRACE_COLUMNS[2:-1] if name != "attempt"}}
 # `committed`: whether the attempt's rows are the shard's result for the user
 COMMITTED = "yes"

@@ -20,8 +20,7 @@ from shardrun.errors import HeapTooSmall
 from shardrun.platforms import peak_rss, process_start_time
 from shardrun.shard.jvm import heap_used_bytes, is_heap_exhaustion, java_class_name, java_stack
 from shardrun.storage.atomic import write_json_atomic
-from shardrun.storage.attempts import ATTEMPT
-from shardrun.storage.commits import GroupCommitter, append_line_once, error_line
+from shardrun.storage.commits import ATTEMPT, GroupCommitter, append_line_once, error_line
 from shardrun.storage.durability import SHARD, durable_write
 from shardrun.storage.paths import ShardPaths
 from shardrun.storage.status import ShardStatus, status_document

@@ -19,17 +19,15 @@ from shardrun.partition import ShardSpec, resolve_auto_shard
 from shardrun.shard.fail_fast import DEFAULT_FAIL_FAST
 from shardrun.storage.atomic import create_json_once, utc_now
 from shardrun.storage.durability import durable_write
-from shardrun.storage.identity import (
-    read_run_document,
-    read_shard_identity,
-    recorded_shard_count,
-    run_difference,
-)
 from shardrun.storage.paths import (
     RunPaths,
     ShardPaths,
     not_a_dir,
+    read_run_document,
+    read_shard_identity,
+    recorded_shard_count,
     refuse_a_file_for_a_dir,
+    run_difference,
 )
 from shardrun.task import Task, UserIndex, task_origin
 

@@ -33,7 +33,7 @@ class ShardLoop:
         options: ShardOptions,
         previous_outcomes: Sequence[str],
         stop: StopFlag,
-        earlier_attempts: Mapping[str, int] | None = None,  # storage.attempts.recorded_attempts
+        earlier_attempts: Mapping[str, int] | None = None,  # storage.commits.recorded_attempts
     ):
         self.config = config
         self.task, self.dataset, self.dirs, self.plan = shard.task, shard.dataset, shard.dirs, shard.plan

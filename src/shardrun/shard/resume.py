@@ -12,16 +12,16 @@ from shardrun.scheduler.slurm import lease_scheduler
 from shardrun.shard.plan import plan_shard
 from shardrun.shard.prepare import PreparedShard, scan_committed_durably, shard_rows
 from shardrun.states import UserStatus, user_outcome
-from shardrun.storage.attempts import recorded_attempts
 from shardrun.storage.commits import (
     CommittedUser,
     clean_tmp,
     read_errors,
+    recorded_attempts,
     results_listing,
 )
 from shardrun.storage.durability import durable_write
-from shardrun.storage.identity import ensure_identity
 from shardrun.storage.lock import ShardLock
+from shardrun.storage.paths import ensure_identity
 
 
 def hold_shard(prepared: PreparedShard, identity: Mapping[str, Any]) -> ShardLock:

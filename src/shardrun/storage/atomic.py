@@ -70,40 +70,38 @@ SCRATCH_SUFFIX = ".tmp"
 
 
 def is_scratch_name(name: str) -> bool:
-    """A name create_temp_file draws: a killed writer's leftover, never data."""
+    """A name write_temp_file draws: a killed writer's leftover, never data."""
     token = name[1:-len(SCRATCH_SUFFIX)]
     return (name.startswith(".") and name.endswith(SCRATCH_SUFFIX) and len(token) == 16
             and all(c in "0123456789abcdef" for c in token))
 
 
-def create_temp_file(directory: Path) -> tuple[int, Path]:
-    """A new scratch file `.<random>.tmp` in `directory`, open for writing: (fd, path).
+def write_temp_file(directory: Path, payload: bytes) -> Path:
+    """A new fsynced scratch file `.<random>.tmp` in `directory` holding `payload`.
 
     Mode 0o666 less the umask, so a group can share the run (mkstemp would force 0600)."""
     for _ in range(10):
         path = directory / f".{secrets.token_hex(8)}{SCRATCH_SUFFIX}"
         try:
-            return os.open(path, _NEW_FILE_FLAGS, NEW_FILE_MODE), path
+            fd = os.open(path, _NEW_FILE_FLAGS, NEW_FILE_MODE)
+            break
         except FileExistsError:
             continue  # another writer drew the same 64 random bits: draw again
-    raise FileExistsError(errno.EEXIST, "no free scratch file name after 10 draws", str(directory))
-
-
-def write_temp_file(directory: Path, payload: bytes) -> Path:
-    fd, name = create_temp_file(directory)
+    else:
+        raise FileExistsError(errno.EEXIST, "no free scratch file name after 10 draws", str(directory))
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(payload)
             handle.flush()
-            fsync(handle.fileno(), name)
+            fsync(handle.fileno(), path)
     except BaseException:
-        Path(name).unlink(missing_ok=True)
+        path.unlink(missing_ok=True)
         raise
-    return Path(name)
+    return path
 
 
 def encode_json(obj: Any) -> bytes:
-    return (json.dumps(json_safe(obj), indent=1, sort_keys=False, allow_nan=False) + "\n").encode()
+    return (json.dumps(json_safe(obj), indent=1, allow_nan=False) + "\n").encode()
 
 
 def write_bytes_atomic(path: Path, payload: bytes) -> None:
@@ -135,12 +133,7 @@ def create_json_once(path: Path, obj: Any, sole_writer: bool = False) -> bool:
     finally:
         tmp.unlink(missing_ok=True)
     fsync_dir(path.parent)
-    if way == CHECKED_RENAME and not sole_writer:
-        try:
-            return path.read_bytes() == payload
-        except FileNotFoundError:
-            return False
-    return True
+    return sole_writer or way != CHECKED_RENAME or holds(path, payload)
 
 
 # --- a file at a name that must not exist yet -----------------------------------------------
@@ -195,10 +188,8 @@ def publish_new(tmp: Path, target: Path) -> str:
         try:
             os.link(tmp, target)
             return HARD_LINK
-        except FileExistsError:
-            raise
         except OSError as exc:
-            if exc.errno not in LINK_REFUSED_ERRNOS:
+            if exc.errno not in LINK_REFUSED_ERRNOS:  # FileExistsError among them
                 raise
             refused = exc
         if rename_noreplace(tmp, target):

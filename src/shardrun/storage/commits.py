@@ -1,16 +1,20 @@
-"""A shard's results, exactly once: the group committer, the resume scan, and errors.jsonl.
+"""A shard's results, exactly once: the batch file, the group committer, the resume scan, errors.jsonl.
 
-Each batch file is published whole or not at all, so a crash leaves every user committed or not;
-users ending within a second share one file and one fsync. Format: storage/batches.py, docs/FORMATS.md.
+Each batch file holds several users' records under one checksum of their raw bytes and is published
+whole or not at all, so a crash leaves every user committed or not; users ending within a second share
+one file and one fsync. A batch is trusted or set aside whole. Format: docs/FORMATS.md ("Batch files").
+An attempt whose commit a crash lost leaves no record, so the next takes its number.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Container, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -18,21 +22,142 @@ from pathlib import Path
 from typing import Any
 
 from shardrun.errors import AlreadyCommitted, ResumeMismatch, ShardrunError
-from shardrun.storage.atomic import (
-    fsync,
-    fsync_dir,
-    holds,
-    json_safe,
-    publish_new,
-    read_json,
-    utc_now,
-    write_temp_file,
-)
-from shardrun.storage.batches import BadBatch, decode_batch, encode_batch, encode_record, readable_user_ids
+from shardrun.storage.atomic import fsync, fsync_dir, holds, json_safe, publish_new, read_json, utc_now, write_temp_file
 from shardrun.storage.paths import ShardPaths, batch_number
 from shardrun.storage.periodic import Periodic
 
 log = logging.getLogger(__name__)
+
+
+# --- attempts ---
+
+ATTEMPT = "attempt"  # the key of the attempt record in a batch record and in an errors.jsonl line
+
+
+def attempt_of(record: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    """The attempt record inside a batch record or an errors.jsonl line; None in older ones."""
+    attempt = record.get(ATTEMPT)
+    return attempt if isinstance(attempt, Mapping) else None
+
+
+def recorded_attempts(errors: Iterable[Mapping[str, Any]],
+                      committed: Mapping[str, Sequence[Mapping[str, Any]]]) -> dict[str, int]:
+    """How many attempts at each user a shard dir records, from errors.jsonl lines and committed records.
+
+    The highest of the three counts, since each alone misses some attempts."""
+    numbers: dict[str, int] = {}
+    error_lines: Counter[str] = Counter()
+    for line in errors:
+        user_id = line.get("user_id")
+        if isinstance(user_id, str):
+            error_lines[user_id] += 1
+            numbers[user_id] = max(numbers.get(user_id, 0), _number(attempt_of(line)))
+    for user_id, records in committed.items():
+        numbers[user_id] = max([numbers.get(user_id, 0), len(records),
+                                *(_number(attempt_of(record)) for record in records)])
+    return {user_id: max(count, error_lines[user_id]) for user_id, count in numbers.items()}
+
+
+def _number(attempt: Mapping[str, Any] | None) -> int:
+    number = attempt.get("number") if attempt is not None else None
+    return number if isinstance(number, int) and not isinstance(number, bool) and number > 0 else 0
+
+
+# --- the batch file ---
+
+BATCH_FORMAT = 3
+
+
+class BadBatch(ValueError):
+    """The bytes are not a whole, unchanged batch file (torn, truncated, edited or not a batch)."""
+
+
+@dataclass(frozen=True)
+class Batch:
+    header: Mapping[str, Any]
+    records: Sequence[Mapping[str, Any]]
+
+
+# json.dumps with these options builds an encoder per call: a quarter of the cost of a small user's record
+_COMPACT = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
+
+
+def encode_record(user_id: str, rows: Sequence[Mapping[str, Any]], ended_at: str, replaces: bool = False,
+                  attempt: Mapping[str, Any] | None = None) -> bytes:
+    """One user's line: NaN as null (JSON has none), compact, ASCII (any id survives any reader)."""
+    record: dict[str, Any] = {"user_id": user_id, "ended_at": ended_at}
+    if replaces:
+        record["replaces"] = True
+    if attempt is not None:
+        record[ATTEMPT] = dict(attempt)
+    record["rows"] = list(rows)
+    try:
+        text = _COMPACT.encode(record)
+    except ValueError:  # a NaN or an infinity somewhere: only then is every value looked at
+        text = _COMPACT.encode(json_safe(record))
+    return text.encode("ascii") + b"\n"
+
+
+def encode_batch(header: Mapping[str, Any], record_lines: Sequence[bytes]) -> bytes:
+    body = b"".join(record_lines)
+    full_header = {"format": BATCH_FORMAT, "users": len(record_lines),
+                   "records_sha256": hashlib.sha256(body).hexdigest(), **header}
+    return _COMPACT.encode(full_header).encode("ascii") + b"\n" + body
+
+
+def verified_body(payload: bytes) -> tuple[dict[str, Any], memoryview]:
+    """A batch's header and its checksum-verified record bytes (unparsed), or BadBatch.
+
+    The records are a view, not a copy: a merge reads hundreds of megabytes of them."""
+    end_of_head = payload.find(b"\n")
+    if end_of_head < 0:
+        raise BadBatch("it has no header line (empty or cut off)")
+    head, body = payload[:end_of_head], memoryview(payload)[end_of_head + 1:]
+    try:
+        header = json.loads(head)
+    except ValueError as exc:
+        raise BadBatch(f"its header is not JSON ({exc})") from None
+    if not isinstance(header, dict) or header.get("format") != BATCH_FORMAT:
+        raise BadBatch(f"its header is not a format-{BATCH_FORMAT} batch header")
+    if hashlib.sha256(body).hexdigest() != header.get("records_sha256"):
+        raise BadBatch("its records do not match the checksum written when it was committed (records_sha256):"
+                       " it was cut short or edited after the commit")
+    return header, body
+
+
+def decode_batch(payload: bytes) -> Batch:
+    """The header and records of a batch file's bytes, or BadBatch saying what is wrong with them."""
+    header, body = verified_body(payload)
+    lines = bytes(body).splitlines()
+    if len(lines) != header.get("users"):
+        raise BadBatch(f"it holds {len(lines)} records but its header says {header.get('users')}")
+    records = []
+    for number, line in enumerate(lines, start=2):
+        try:
+            record = json.loads(line)
+        except ValueError as exc:
+            raise BadBatch(f"line {number} is not JSON ({exc})") from None
+        if not (isinstance(record, dict) and isinstance(record.get("user_id"), str)
+                and isinstance(record.get("rows"), list)):
+            raise BadBatch(f"line {number} is not a user's record (user_id and rows)")
+        records.append(record)
+    return Batch(header=header, records=records)
+
+
+def readable_user_ids(payload: bytes) -> list[str]:
+    """The user ids still readable in a bad batch, to name whose results it held."""
+    user_ids = []
+    for line in payload.split(b"\n")[1:]:
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict) and isinstance(record.get("user_id"), str):
+            user_ids.append(record["user_id"])
+    return user_ids
+
+
+# --- committing and reading back ---
 
 
 @dataclass(frozen=True)
@@ -41,7 +166,6 @@ class CommittedUser:
     rows: list[dict[str, Any]]
     record: Mapping[str, Any]  # the user's record as stored; `ended_at` (when its analysis ended) for the timeline
     path: Path  # the batch file that holds it
-    problem: str | None = None  # why the file cannot be trusted; only with untrusted="keep"
     replaced: tuple[Mapping[str, Any], ...] = ()  # the user's earlier records this one replaced (--retry-failed)
 
     @property
@@ -107,7 +231,7 @@ class GroupCommitter:
 
     def add(self, user_id: str, rows: Sequence[Mapping[str, Any]], replaces: bool = False,
             attempt: Mapping[str, Any] | None = None) -> None:
-        """Queue a finished user's rows (and the attempt that made them: storage/attempts.py)."""
+        """Queue a finished user's rows (and the attempt that made them)."""
         with self._lock:
             self._raise_failure()
             if not replaces and (user_id in self._committed or user_id in self._queued_ids):
@@ -207,9 +331,8 @@ def publish_once(tmp: Path, target: Path, payload: bytes) -> None:
         # safe without hard links too: the shard lock makes this the only writer (atomic.publish_new)
         publish_new(tmp, target)
     except FileExistsError:
-        if holds(target, payload):
-            return
-        raise AlreadyCommitted(f"{target} exists already; batch names are never reused.") from None
+        if not holds(target, payload):
+            raise AlreadyCommitted(f"{target} exists already; batch names are never reused.") from None
 
 
 def next_batch_number(paths: ShardPaths) -> int:
@@ -224,7 +347,7 @@ OLDER_RESULTS = "u-*.json"  # one file per user: how runs made before batch file
 
 def refuse_older_results(paths: ShardPaths, error: type[ShardrunError] = ResumeMismatch) -> None:
     """Raise `error` if pre-batch result files are here: they would otherwise be silently ignored."""
-    older = min(paths.results.glob(OLDER_RESULTS), default=None) if paths.results.is_dir() else None
+    older = min(paths.results.glob(OLDER_RESULTS), default=None)
     if older is not None:
         raise error(
             f"{paths.dir} holds result files of a run made before batch files ({older.name}, for one),"
@@ -233,64 +356,53 @@ def refuse_older_results(paths: ShardPaths, error: type[ShardrunError] = ResumeM
         )
 
 
-def scan_committed(paths: ShardPaths, untrusted: str = "quarantine") -> dict[str, CommittedUser]:
-    """Every user committed in this shard dir, by user id, from its batch files.
+def scan_committed(paths: ShardPaths) -> dict[str, CommittedUser]:
+    """Every user committed in this shard dir, by user id, from its batch files (under the shard lock).
 
-    An untrusted file is moved to results/quarantine/ ("quarantine", under the shard lock) or
-    returned with `problem` set ("keep", for merge and live readers).
+    An untrusted file is moved to results/quarantine/; merge reads through results/columnar.py instead.
     """
-    if untrusted not in ("quarantine", "keep"):
-        raise ValueError(f"untrusted must be 'quarantine' or 'keep', not {untrusted!r}")
     committed: dict[str, CommittedUser] = {}
-    if not paths.results.is_dir():
-        return committed
     refuse_older_results(paths)
     config_hash = shard_config_hash(paths)
-
-    def set_aside(path: Path, user_ids: Sequence[str], problem: str) -> None:
-        if untrusted == "quarantine":
-            _quarantine(paths, path, problem)
-            return
-        for user_id in user_ids:
-            committed.setdefault(user_id, CommittedUser(user_id, [], {}, path, problem=problem))
-
     for path in paths.batch_files():
-        _scan_batch_file(path, config_hash, committed, set_aside)
+        problem = _scan_batch_file(path, config_hash, committed)
+        if problem is not None:
+            paths.quarantine.mkdir(exist_ok=True)
+            target = paths.quarantine / f"{path.name}.{datetime.now():%Y%m%d%H%M%S%f}"
+            os.replace(path, target)
+            log.warning("result file %s cannot be trusted: %s; moved to %s and its users will be recomputed", path,
+                        problem, target)
     return committed
 
 
-def _scan_batch_file(path: Path, config_hash: str | None, committed: dict[str, CommittedUser],
-                     set_aside: Callable[[Path, Sequence[str], str], None]) -> None:
+def _scan_batch_file(path: Path, config_hash: str | None, committed: dict[str, CommittedUser]) -> str | None:
+    """Add the users of one batch file to `committed`, or say why the file cannot be trusted."""
     try:
-        payload = path.read_bytes()
-        batch = decode_batch(payload)
+        batch = decode_batch(path.read_bytes())
     except OSError as exc:
-        set_aside(path, [], f"it is unreadable ({exc})")
-        return
+        return f"it is unreadable ({exc})"
     except BadBatch as exc:
-        set_aside(path, readable_user_ids(payload), str(exc))
-        return
+        return str(exc)
     user_ids = [record["user_id"] for record in batch.records]
     problem = config_problem(batch.header.get("config_hash"),
                              {f"the rows of user {r['user_id']!r}": r["rows"] for r in batch.records}, config_hash)
     if problem is not None:
-        set_aside(path, user_ids, problem)
-        return
+        return problem
     repeated = [user_id for user_id, record in zip(user_ids, batch.records)
                 if not stands(user_id, record.get("replaces", False), committed)]
     if repeated and len(repeated) == len(user_ids):
         earlier = committed[repeated[0]].path.name
-        set_aside(path, [], f"every user in it is committed already (a copy of {earlier}?), and it replaces none")
-        return
+        return f"every user in it is committed already (a copy of {earlier}?), and it replaces none"
     for user_id in repeated:
         log.warning("user %r has a second record in %s that does not replace the first (in %s); the first"
                     " stands", user_id, path, committed[user_id].path)
     for record in batch.records:
         if record["user_id"] not in repeated:
             before = committed.get(record["user_id"])
-            replaced = () if before is None or before.problem is not None else before.records
+            replaced = () if before is None else before.records
             committed[record["user_id"]] = CommittedUser(record["user_id"], record["rows"], record, path,
                                                          replaced=replaced)
+    return None
 
 
 def stands(user_id: str, replaces: bool, earlier: Container[str]) -> bool:
@@ -300,8 +412,6 @@ def stands(user_id: str, replaces: bool, earlier: Container[str]) -> bool:
 
 def results_listing(paths: ShardPaths) -> frozenset[tuple[str, int, int]]:
     """(name, size, mtime ns) of every result file, to tell cheaply whether a scan still holds."""
-    if not paths.results.is_dir():
-        return frozenset()
     listing = set()
     for path in paths.batch_files():
         try:
@@ -310,14 +420,6 @@ def results_listing(paths: ShardPaths) -> frozenset[tuple[str, int, int]]:
             continue
         listing.add((path.name, stat.st_size, stat.st_mtime_ns))
     return frozenset(listing)
-
-
-def _quarantine(paths: ShardPaths, path: Path, why: str) -> None:
-    paths.quarantine.mkdir(exist_ok=True)
-    target = paths.quarantine / f"{path.name}.{datetime.now():%Y%m%d%H%M%S%f}"
-    os.replace(path, target)
-    log.warning("result file %s cannot be trusted: %s; moved to %s and its users will be recomputed", path, why,
-                target)
 
 
 def clean_tmp(paths: ShardPaths) -> int:
@@ -333,27 +435,19 @@ def clean_tmp(paths: ShardPaths) -> int:
     return removed
 
 
-def append_error(paths: ShardPaths, record: Mapping[str, Any]) -> None:
-    """One line per failed attempt; flushed and fsynced so a crash right after keeps it."""
-    append_line_once(paths.errors, error_line(record))
-
-
 def error_line(record: Mapping[str, Any]) -> bytes:
     """errors.jsonl's line for a failed attempt, timestamped so no two lines are alike."""
     return (json.dumps(json_safe({"time": utc_now(), **record}), allow_nan=False) + "\n").encode()
 
 
 def append_line_once(path: Path, line: bytes) -> None:
-    """Append `line` to `path` and fsync; safe to repeat: a line already at the end is not appended again."""
+    """Append `line` to `path` and fsync, so a crash right after keeps it; safe to repeat: a line already at
+    the end is not appended again."""
     with open(path, "a+b") as handle:
-        end = handle.seek(0, os.SEEK_END)
-        if end >= len(line):
-            handle.seek(end - len(line))
-            if handle.read(len(line)) == line:
-                fsync(handle.fileno(), path)
-                return
-        handle.write(line)
-        handle.flush()
+        handle.seek(max(handle.seek(0, os.SEEK_END) - len(line), 0))
+        if handle.read() != line:  # a shorter file cannot end with the line either
+            handle.write(line)  # at the end, wherever the position: the file is open for appending
+            handle.flush()
         fsync(handle.fileno(), path)
 
 

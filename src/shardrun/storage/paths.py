@@ -1,25 +1,35 @@
-"""The one place that names every file of a run and of a shard.
+"""The one place that names every file of a run and of a shard, and what a run and a shard dir are.
 
-User ids are untrusted text from the data: they never become part of a path.
+User ids are untrusted text from the data: they never become part of a path. shard.json (what a shard
+dir is: shard, config hash, data, mode) is written once and checked on every resume; its readers and
+run.json's turn a damaged file into a refusal with its fix.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
-from shardrun.errors import UsageError
+from shardrun.errors import ResumeMismatch, UsageError
 from shardrun.partition import ShardSpec
-from shardrun.storage.atomic import is_scratch_name
+from shardrun.storage.atomic import create_json_once, is_scratch_name, read_json
 
-RUN_JSON = "run.json"
 SHARD_JSON = "shard.json"
-STATUS_JSON = "status.json"
-
-
 BATCH_PREFIX = "b-"
 BATCH_SUFFIX = ".jsonl"
+
+
+class _Named:
+    """The path `name` in the dir of the paths object it is read from."""
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def __get__(self, paths: Any, owner: type) -> Path:
+        return paths.dir / self.name
 
 
 def batch_number(path: Path) -> int | None:
@@ -34,35 +44,15 @@ def batch_number(path: Path) -> int | None:
 class ShardPaths:
     dir: Path
 
-    @property
-    def status(self) -> Path:
-        return self.dir / STATUS_JSON
-
-    @property
-    def identity(self) -> Path:
-        """shard.json: which run, shard, config and data this dir belongs to (written once)."""
-        return self.dir / SHARD_JSON
-
-    @property
-    def results(self) -> Path:
-        return self.dir / "results"
-
-    @property
-    def errors(self) -> Path:
-        return self.dir / "errors.jsonl"
-
-    @property
-    def lock(self) -> Path:
-        return self.dir / "lock"
-
-    @property
-    def lease(self) -> Path:
-        """The lease standing in for the OS lock where there is none (storage/lock.py)."""
-        return self.dir / "lease"
-
-    @property
-    def log(self) -> Path:
-        return self.dir / "shard.log"
+    status = _Named("status.json")
+    identity = _Named(SHARD_JSON)  # which run, shard, config and data this dir belongs to (written once)
+    results = _Named("results")
+    errors = _Named("errors.jsonl")
+    lock = _Named("lock")
+    lease = _Named("lease")  # stands in for the OS lock where there is none (storage/lock.py)
+    log = _Named("shard.log")
+    tmp = _Named(".tmp")  # scratch space on the same filesystem, so a rename into results/ is atomic
+    quarantine = _Named("results/quarantine")  # result files a resume could not trust, moved aside byte for byte
 
     @property
     def hs_err_pattern(self) -> str:
@@ -72,18 +62,8 @@ class ShardPaths:
     def hs_err_files(self) -> list[Path]:
         return sorted(self.dir.glob("hs_err_pid*.log"))
 
-    @property
-    def tmp(self) -> Path:
-        """Scratch space on the same filesystem, so a rename into results/ is atomic."""
-        return self.dir / ".tmp"
-
-    @property
-    def quarantine(self) -> Path:
-        """Result files a resume could not trust, moved aside byte for byte."""
-        return self.results / "quarantine"
-
     def batch(self, number: int) -> Path:
-        """The number-th batch file of committed users (storage/batches.py)."""
+        """The number-th batch file of committed users (storage/commits.py)."""
         return self.results / f"{BATCH_PREFIX}{number:06d}{BATCH_SUFFIX}"
 
     def batch_files(self) -> list[Path]:
@@ -100,23 +80,12 @@ class ShardPaths:
 class RunPaths:
     dir: Path
 
-    @property
-    def run_json(self) -> Path:
-        return self.dir / RUN_JSON
-
-    @property
-    def launcher_json(self) -> Path:
-        """What only the launcher knows: waiting and suspended shards, restarts, deaths."""
-        return self.dir / "launcher.json"
-
-    @property
-    def launcher_lock(self) -> Path:
-        """Held by the one launch_shards running this run (storage/lock.py)."""
-        return self.dir / ".launcher.lock"
-
-    @property
-    def merged(self) -> Path:
-        return self.dir / "merged"
+    run_json = _Named("run.json")
+    launcher_json = _Named("launcher.json")  # what only the launcher knows: waiting and suspended shards, deaths
+    launcher_lock = _Named(".launcher.lock")  # held by the one launch_shards running this run (storage/lock.py)
+    merged = _Named("merged")
+    slurm_json = _Named("slurm.json")  # the run's SLURM submissions, for resubmission and the monitor
+    slurm_scripts = _Named("slurm")  # the sbatch scripts as submitted, kept for the user to read and rerun
 
     def foreign_entries(self) -> list[str]:
         """Names in the dir besides the launcher's own files and scratch: what makes it not a new run."""
@@ -124,16 +93,6 @@ class RunPaths:
             return []
         return sorted(p.name for p in self.dir.iterdir()
                       if p.name not in (self.launcher_json.name, self.launcher_lock.name) and not is_scratch_name(p.name))
-
-    @property
-    def slurm_json(self) -> Path:
-        """The run's SLURM submissions, for resubmission and the monitor."""
-        return self.dir / "slurm.json"
-
-    @property
-    def slurm_scripts(self) -> Path:
-        """The sbatch scripts as submitted, kept for the user to read and rerun."""
-        return self.dir / "slurm"
 
     def shard(self, spec: ShardSpec) -> ShardPaths:
         return ShardPaths(self.dir / spec.dirname)
@@ -179,6 +138,14 @@ class MergedPaths:
     SUMMARY_PNG = "summary.png"  # the results in pictures (the task's panels)
     RUN_PNG = "run.png"  # the run in a picture (each shard's timeline)
 
+    csv = _Named("results.csv")
+    parquet = _Named("results.parquet")
+    report = _Named("merge_report.json")
+    validation = _Named("validation.json")
+    summary_png = _Named(SUMMARY_PNG)
+    run_png = _Named(RUN_PNG)
+    trace = _Named("trace.tsv")  # one row per attempt at a user (results/trace.py)
+
     # staging dirs `.<name>.merging-<pid>-<random>` and `.<name>.old-...` are dotted: never taken for a set
     def staging_prefix(self, kind: str) -> str:
         """`.<name>.merging-` (kind "merging") or `.<name>.old-` (kind "old")."""
@@ -201,36 +168,113 @@ class MergedPaths:
         except (IndexError, ValueError):
             return None
 
-    @property
-    def csv(self) -> Path:
-        return self.dir / "results.csv"
-
-    @property
-    def parquet(self) -> Path:
-        return self.dir / "results.parquet"
-
-    @property
-    def report(self) -> Path:
-        return self.dir / "merge_report.json"
-
-    @property
-    def validation(self) -> Path:
-        return self.dir / "validation.json"
-
-    @property
-    def summary_png(self) -> Path:
-        return self.dir / self.SUMMARY_PNG
-
-    @property
-    def run_png(self) -> Path:
-        return self.dir / self.RUN_PNG
-
-    @property
-    def trace(self) -> Path:
-        """One row per attempt at a user (results/trace.py)."""
-        return self.dir / "trace.tsv"
-
 
 def shard_log_path(log_dir: Path, spec: ShardSpec) -> Path:
     """`analysis/shard<i>.log`, the per-shard log of the original workflow (written by the launcher)."""
     return log_dir / f"shard{spec.index}.log"
+
+
+# --- shard.json and run.json ---
+
+
+def read_shard_identity(paths: ShardPaths) -> dict[str, Any]:
+    """shard.json of a shard dir; a damaged one (not a JSON object with its shard) is a ResumeMismatch."""
+    document = _read_object(paths.identity)
+    if document is None or not isinstance(document.get("shard"), str):
+        run = paths.dir.parent
+        raise ResumeMismatch(
+            f"cannot resume {paths.dir}: its shard.json is damaged (not the JSON object shardrun writes"
+            " once at the shard's start), so it cannot be told which run it belongs to. Its committed results"
+            f" are not trusted without it: move the dir aside (e.g. rename it to {paths.dir.name}.damaged) and"
+            f" run the shard again with --resume {run} --shard i/K (or `launch_shards --out {run}`), which"
+            " starts that shard afresh."
+        )
+    return document
+
+
+def read_run_document(path: Path) -> dict[str, Any]:
+    """run.json of a run dir; a damaged one is a ResumeMismatch naming the fix."""
+    document = _read_object(path)
+    if document is None:
+        raise ResumeMismatch(
+            f"{path} is damaged (not the JSON object shardrun writes once when a run starts), so it cannot be"
+            f" told which run {path.parent} is. Delete it and run the same command again (the next shard writes"
+            " it anew; each shard's shard.json still guards its own dir), or start the run in a new --out dir."
+        )
+    return document
+
+
+def recorded_shard_count(path: Path) -> tuple[Path, int] | None:
+    """(run dir, K) from the run.json of `path` or its run; None without run.json, ResumeMismatch if K is bad."""
+    run = RunPaths(path.parent if ShardPaths(path).identity.is_file() else path)
+    if not run.run_json.is_file():
+        return None
+    shards = read_run_document(run.run_json).get("shards")
+    if isinstance(shards, bool) or not isinstance(shards, int) or shards < 1:
+        raise ResumeMismatch(
+            f"{run.run_json} does not say how many shards the run has (its \"shards\" is {shards!r}), so --shard auto"
+            f" cannot tell K. Pass --shard i/K explicitly, or start the run in a new --out dir."
+        )
+    return run.dir, shards
+
+
+def run_difference(existing: Mapping[str, Any], shards: int, config_hash: str | None = None,
+                   data_fingerprint: str | None = None) -> tuple[str, str] | None:
+    """How run.json `existing` differs from this run, as (key, words), or None: one K, config and input."""
+    if existing.get("shards") != shards:
+        return "shards", (f"it was started with {existing.get('shards')} shards (K={existing.get('shards')}, its"
+                          f" run.json), and this is K={shards}: a run dir holds one K")
+    if config_hash is not None and existing.get("config_hash") != config_hash:
+        return "config_hash", (f"it holds a run of another config: its config hash is {existing.get('config_hash')!r}"
+                               f" (config {existing.get('config_path')}), this config's is {config_hash!r}")
+    if data_fingerprint is not None and existing.get("data_fingerprint") != data_fingerprint:
+        return "data_fingerprint", (f"it holds a run of other input data: its data fingerprint is"
+                                    f" {existing.get('data_fingerprint')!r}, the data now is {data_fingerprint!r}"
+                                    " (the input file changed since the run started)")
+    return None
+
+
+def _read_object(path: Path) -> dict[str, Any] | None:
+    """A JSON object from `path`, or None if the file is not one (truncated, overwritten, not UTF-8)."""
+    try:
+        document = read_json(path)
+    except ValueError:  # JSONDecodeError and UnicodeDecodeError
+        return None
+    return document if isinstance(document, dict) else None
+
+
+def ensure_identity(paths: ShardPaths, identity: Mapping[str, Any], resuming: bool,
+                    guard: Callable[[Callable[[], bool]], bool] = lambda write: write()) -> dict[str, Any]:
+    """Write shard.json for a new shard dir, or check that a resumed one belongs to this run.
+
+    Decided once before `guard` writes, so a retried write is never taken for an earlier run.
+    """
+    existing = read_shard_identity(paths) if paths.identity.is_file() else None
+    if existing is None:
+        if resuming:
+            raise ResumeMismatch(
+                f"{paths.dir} is not a shard dir (no shard.json): pass a shard dir or a run dir made by"
+                " run_production or launch_shards to --resume."
+            )
+        guard(lambda: create_json_once(paths.identity, dict(identity), sole_writer=True))  # under the shard lock
+        return dict(identity)
+    if not resuming:
+        raise ResumeMismatch(
+            f"{paths.dir} already holds a shard of an earlier run; continue it with --resume {paths.dir.parent}"
+            " or choose a new --out."
+        )
+    for key, what, fix in (
+        ("shard", "shard", "pass the same --shard (or none) when resuming"),
+        ("config_hash", "config hash", "resume with the config that started the run (see run.json)"),
+        ("data_fingerprint", "input data", "the input file changed since the run started; restore it or start a new run"),
+        ("pilot", "--pilot size", "resume with the same --full / --pilot N as the run started with"),
+    ):
+        if existing.get(key) != identity.get(key):
+            def shown(value: Any) -> str:
+                return "--full" if key == "pilot" and value is None else repr(value)  # noqa: B023 (used in this turn)
+
+            raise ResumeMismatch(
+                f"cannot resume {paths.dir}: its {what} is {shown(existing.get(key))} but this run has"
+                f" {shown(identity.get(key))}; {fix}."
+            )
+    return existing

@@ -1,6 +1,6 @@
 """status.json of a running shard: the counts, the current user, a heartbeat and an ETA.
 
-Counts are written at most once per `min_interval` (no fsync per user); the heartbeat keeps
+Counts are written at most once a second (no fsync per user); the heartbeat keeps
 `updated_at` fresh so a monitor can tell a hung shard from a slow one.
 """
 
@@ -16,9 +16,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from shardrun.errors import StorageError
+from shardrun.errors import ShardLocked, StorageError
 from shardrun.states import ShardState, UserStatus
 from shardrun.storage.atomic import read_json, utc_now, write_json_atomic
+from shardrun.storage.lock import ShardLock
 from shardrun.storage.paths import ShardPaths
 from shardrun.storage.periodic import Periodic
 
@@ -63,42 +64,23 @@ def status_document(path: Path) -> dict[str, Any]:
 
 
 class ShardStatus:
-    def __init__(
-        self,
-        paths: ShardPaths,
-        base: dict[str, Any],
-        clock: Callable[[], float] = time.monotonic,
-        write: Callable[[Path, Any], None] = write_json_atomic,
-        peak_rss: Callable[[], int] | None = None,
-    ):
+    def __init__(self, paths: ShardPaths, base: dict[str, Any],
+                 write: Callable[[Path, Any], None] = write_json_atomic, peak_rss: Callable[[], int] | None = None):
         self._paths = paths
         self._peak_rss = peak_rss  # this process's peak RSS in bytes (platforms.peak_rss), read at every write
         self._write = write
-        self._clock = clock
         # re-entrant: the second-signal handler may interrupt update() on the same thread
         self._lock = threading.RLock()
-        self._session_start = clock()
+        self._session_start = self._last_write = time.monotonic()
         self._session_users = 0
         self._changed = False  # counts changed since the last write (written by the heartbeat thread)
-        self._last_write = clock()
+        now = utc_now()
         self._doc: dict[str, Any] = {
-            "format": STATUS_FORMAT,
-            "pid": os.getpid(),
-            "host": socket.gethostname(),
+            "format": STATUS_FORMAT, "pid": os.getpid(), "host": socket.gethostname(),
             "state": ShardState.STARTING.value,
-            "users_total": 0,
-            "users_done": 0,
-            "users_ok": 0,
-            "users_failed": 0,
-            "users_skipped": 0,
-            "users_todo": 0,
-            "current_user": None,
-            "current_user_since": None,
-            "started_at": utc_now(),
-            "updated_at": utc_now(),
-            "rate_users_per_hour": None,
-            "eta_seconds": None,
-            "last_error": None,
+            **dict.fromkeys(("users_total", "users_done", "users_ok", "users_failed", "users_skipped", "users_todo"), 0),
+            "current_user": None, "current_user_since": None, "started_at": now, "updated_at": now,
+            **dict.fromkeys(("rate_users_per_hour", "eta_seconds", "last_error"), None),
             **base,
         }
         self._heartbeat: Periodic | None = None
@@ -138,7 +120,7 @@ class ShardStatus:
                 doc["users_done"] += 1
                 doc[f"users_{outcome}"] += 1
             doc["users_todo"] = max(doc["users_total"] - doc["users_done"], 0)
-            elapsed = max(self._clock() - self._session_start, 1e-9)
+            elapsed = max(time.monotonic() - self._session_start, 1e-9)
             if self._session_users:
                 per_user = elapsed / self._session_users
                 doc["rate_users_per_hour"] = round(3600.0 / per_user, 2)
@@ -152,17 +134,17 @@ class ShardStatus:
             self._doc["peak_rss_bytes"] = max(self._doc.get("peak_rss_bytes") or 0, self._peak_rss())
         self._write(self._paths.status, self._doc)
         self._changed = False
-        self._last_write = self._clock()
+        self._last_write = time.monotonic()
 
     def write_if_due(self, heartbeat_seconds: float) -> bool:
         """Write when the counts changed, or when `heartbeat_seconds` passed since the last write."""
         with self._lock:
-            if self._changed or self._clock() - self._last_write >= heartbeat_seconds:
+            if self._changed or time.monotonic() - self._last_write >= heartbeat_seconds:
                 self._write_locked()
                 return True
             return False
 
-    def start_heartbeat(self, every_seconds: float, min_interval: float = 1.0) -> None:
+    def start_heartbeat(self, every_seconds: float) -> None:
         def beat() -> None:
             try:
                 self.write_if_due(every_seconds)
@@ -170,7 +152,7 @@ class ShardStatus:
             except (OSError, StorageError) as exc:
                 log.warning("heartbeat could not write %s: %s", self._paths.status, exc)
 
-        self._heartbeat = Periodic("status-heartbeat", min(min_interval, every_seconds), beat)
+        self._heartbeat = Periodic("status-heartbeat", min(1.0, every_seconds), beat)
         self._heartbeat.start()
 
     def stop_heartbeat(self) -> None:
@@ -180,8 +162,6 @@ class ShardStatus:
 
 def record_death(paths: ShardPaths, exit_code: int, description: str, hs_err_files: list[str]) -> bool:
     """Record a dead shard's end in its status.json, under the shard lock; True if recorded."""
-    from shardrun.errors import ShardLocked
-    from shardrun.storage.lock import ShardLock
 
     try:
         with ShardLock(paths):
