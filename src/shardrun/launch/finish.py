@@ -6,16 +6,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from shardrun.errors import (
-    EXIT_OK,
-    EXIT_SHARD_LOCKED,
-    EXIT_STORAGE,
-    EXIT_USAGE,
-    EXIT_USERS_FAILED,
-    EXIT_VALIDATION_FAILED,
-)
+from shardrun.errors import EXIT_OK, EXIT_USERS_FAILED, EXIT_VALIDATION_FAILED
 from shardrun.launch import report
 from shardrun.launch.launcher import Launcher
+from shardrun.launch.policies import REFUSALS
 from shardrun.launch.run_dir import HeldRun
 from shardrun.launch.supervisor import overall_exit
 from shardrun.results.merge import merge_result_set
@@ -47,8 +41,8 @@ def finish(launcher: Launcher, held: HeldRun, shards_seconds: float, out: Callab
     # after a storage failure the dir is left as it is: it may hold the run (renamed, read-only)
     held.forget_if_empty()
     if result.exit_code not in (EXIT_OK, EXIT_USERS_FAILED):
-        refused = result.exit_code in (EXIT_USAGE, EXIT_SHARD_LOCKED, EXIT_STORAGE)
-        out(f"not merging: {report.resume_hint(run, options, launcher.config.source, interrupted=not refused)}")
+        interrupted = result.exit_code not in REFUSALS
+        out(f"not merging: {report.resume_hint(run, options, launcher.config.source, interrupted)}")
         return result
     if options.merge:
         result.merged_dir = run.merged
@@ -61,13 +55,13 @@ def merge_and_validate(shard_dirs: list[Path], merged: Path, max_failed: FailedT
                        out: Callable[[str], None]) -> int:
     """Merge the run's shards into RUN/merged and validate it; failures beyond --max-failed fail validation."""
     merged_set = merge_result_set(shard_dirs, merged, overwrite=True, remedy=remedy)
-    report_ = merged_set.report
     validation = validation_of(merged, frame=merged_set.frame, max_failed=max_failed)
     durable_write("validation.json", merged,
                   lambda: write_validation(merged, validation.problems, verdict=validation.document()), remedy=remedy)
-    out(f"merged {report_.rows} rows for {report_.users} users into {merged}/results.csv (and .parquet)")
+    out(f"merged {merged_set.report.rows} rows for {merged_set.report.users} users into {merged}/results.csv"
+        " (and .parquet)")
     if validation.problems:
-        out("validation FAILED:\n  - " + "\n  - ".join(validation.problems))
+        out(f"{len(validation.problems)} validation problem(s):\n  - " + "\n  - ".join(validation.problems))
     for line in validation.lines():
         out(line)
     if validation.problems:

@@ -20,11 +20,10 @@ from shardrun.errors import (
 )
 from shardrun.units import heap_bytes, heap_flag_value
 
+# Exits of a shard refused its work (its input, its dir, its storage): nothing to continue until fixed.
+REFUSALS = frozenset({EXIT_USAGE, EXIT_SHARD_LOCKED, EXIT_STORAGE})
 # Exits that say the shard itself decided to stop: restarting would change nothing.
-DELIBERATE_EXITS = frozenset(
-    {EXIT_OK, EXIT_USERS_FAILED, EXIT_USAGE, EXIT_INTERRUPTED, EXIT_SHARD_LOCKED, EXIT_VALIDATION_FAILED, EXIT_STORAGE,
-     EXIT_PREEMPTED}
-)
+DELIBERATE_EXITS = REFUSALS | {EXIT_OK, EXIT_USERS_FAILED, EXIT_INTERRUPTED, EXIT_VALIDATION_FAILED, EXIT_PREEMPTED}
 
 
 def died_abnormally(exit_code: int) -> bool:
