@@ -17,6 +17,7 @@ from typing import Any
 from shardrun.config import JvmConfig, usable_cpus
 from shardrun.errors import ConfigError
 from shardrun.heap_plan import HeapPlan, run_heap_needs, task_heap_needs
+from shardrun.launch.policies import plural
 from shardrun.launch.supervisor import CpuReading
 from shardrun.platforms import PeakMemory
 from shardrun.shard.plan import assign_index
@@ -38,10 +39,6 @@ def native_overhead_bytes(heap: int) -> int:
 def shard_memory_bytes(heap: int, data_bytes: int) -> int:
     """What the admission counts for one shard: its heap, the process beyond it, its share of the input."""
     return heap + native_overhead_bytes(heap) + data_bytes
-
-
-def plural(count: int, word: str) -> str:
-    return f"{count} {word}{'s' if count != 1 else ''}"
 
 
 @dataclass(frozen=True)
@@ -72,7 +69,7 @@ def admit(shards: int, heap_bytes: int, native_overhead_bytes: int, available_by
                          max_shards, max_heap)
     fixes, note = [], ""
     if max_shards >= 1:
-        fixes.append(f"run at most {max_shards} shard{'s' if max_shards > 1 else ''} at once"
+        fixes.append(f"run at most {plural(max_shards, 'shard')} at once"
                      f" (--max-parallel {max_shards}, or --shards {max_shards})")
     floor = max(heap_floor_bytes, MIB)
     if max_heap >= floor:
