@@ -197,9 +197,8 @@ def cgroup_cpu_quota(root: Path = Path("/sys/fs/cgroup"),
                      proc_cgroup: Path = Path("/proc/self/cgroup")) -> tuple[float, str] | None:
     """(the tightest cgroup CPU quota on the way up, in cores' worth, its file), or None without one."""
     v2_path, v1_path = parse_proc_cgroup(_read(proc_cgroup) or "", controller="cpu")
-    found = []
-    for directory in _candidate_dirs(root, v2_path):
-        found.append((parse_cpu_max(_read(directory / "cpu.max") or ""), str(directory / "cpu.max")))
+    found = [(parse_cpu_max(_read(directory / "cpu.max") or ""), str(directory / "cpu.max"))
+             for directory in _candidate_dirs(root, v2_path)]
     # v1 mounts the cpu controller alone or joined with cpuacct, under either name.
     for mount in (root / "cpu", root / "cpu,cpuacct", root / "cpuacct,cpu"):
         for directory in _candidate_dirs(mount, v1_path):

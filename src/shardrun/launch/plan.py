@@ -26,7 +26,7 @@ class RunPlan:
     where: RunDir
 
     def label(self, pilot: int | None) -> str:
-        """A new run dir's name before its time (shard.prepare.run_label)."""
+        """A new run dir's name before its time."""
         return run_label(self.task, self.config, pilot)
 
     def partition_lines(self, shards: int) -> list[str]:
