@@ -47,25 +47,13 @@ def resolve_heap(jvm: JvmConfig, needs: Mapping[str, int]) -> JvmConfig:
     return replace(jvm, xmx=xmx, xms=xms)
 
 
-def describe_auto_rule() -> str:
-    return (
-        f"the largest user need + {AUTO_HEAP_MARGIN:.0%}, rounded up to a multiple of {AUTO_HEAP_STEP // MIB} MiB,"
-        f" at least {AUTO_HEAP_FLOOR // MIB} MiB and at most {AUTO_HEAP_CEILING // GIB} GiB"
-    )
-
-
 def task_heap_needs(task: Task, settings: Any, dataset: Any, jvm: JvmConfig) -> dict[str, int] | None:
     """The task's per-user heap needs, or None; jvm.xmx auto without them is an error."""
     needs = task.user_heap_needs(settings, dataset)
-    if needs is None:
-        if jvm.xmx == AUTO_HEAP:
-            raise ConfigError(
-                f"jvm.xmx is auto, but the task {type(task).__name__} does not predict each user's heap"
-                " (it has no user_heap_needs, docs/TASKS.md); set jvm.xmx to a size such"
-                " as 1g in the config."
-            )
-        return None
-    return dict(needs)
+    if needs is None and jvm.xmx == AUTO_HEAP:
+        raise ConfigError(f"jvm.xmx is auto, but the task {type(task).__name__} does not predict each user's heap"
+                          " (it has no user_heap_needs, docs/TASKS.md); set jvm.xmx to a size such as 1g in the config.")
+    return None if needs is None else dict(needs)
 
 
 def run_heap_needs(task: Task, settings: Any, index: UserIndex, whole: Dataset | None,
@@ -111,7 +99,9 @@ class HeapPlan:
         if self.largest_need is None or self.largest_user is None:
             return f"{flags} (jvm.xmx auto: no users, so the floor of {AUTO_HEAP_FLOOR // MIB} MiB)"
         return (f"{flags} (jvm.xmx auto: user {self.largest_user!r} needs {format_bytes(self.largest_need)};"
-                f" {describe_auto_rule()})")
+                f" the largest user need + {AUTO_HEAP_MARGIN:.0%}, rounded up to a multiple of"
+                f" {AUTO_HEAP_STEP // MIB} MiB, at least {AUTO_HEAP_FLOOR // MIB} MiB and at most"
+                f" {AUTO_HEAP_CEILING // GIB} GiB)")
 
     def report_lines(self) -> list[str]:
         """What --dry-run prints under the JVM flags: who is predicted to exceed the heap."""
@@ -127,11 +117,9 @@ class HeapPlan:
         lines += [f"  user {user!r}: needs {format_bytes(need)}, heap {heap}" for user, need in self.over_budget]
         if self.over_budget_count > len(self.over_budget):
             lines.append(f"  ... and {self.over_budget_count - len(self.over_budget)} more")
-        fix = (
-            f"{self.advice} (auto stops at {AUTO_HEAP_CEILING // GIB} GiB)" if self.configured.xmx_is_auto
-            else f"raise jvm.xmx to {auto_heap_bytes(self.over_budget_largest) // MIB}m (their largest need"
-                 f" + {AUTO_HEAP_MARGIN:.0%}), or set jvm.xmx: auto"
-        )
+        fix = (f"{self.advice} (auto stops at {AUTO_HEAP_CEILING // GIB} GiB)" if self.configured.xmx_is_auto
+               else f"raise jvm.xmx to {auto_heap_bytes(self.over_budget_largest) // MIB}m (their largest need"
+                    f" + {AUTO_HEAP_MARGIN:.0%}), or set jvm.xmx: auto")
         lines.append(f"  fix: {fix}")
         return lines
 
@@ -150,8 +138,6 @@ def plan_heap(jvm: JvmConfig, needs: Mapping[str, int] | None, users: Sequence[s
     heap = resolved.xmx_bytes
     need_of = {user: checked.get(user, needs.get(user, 0)) for user in users}
     over = [(user, need) for user, need in need_of.items() if need > heap]
-    return HeapPlan(
-        configured=jvm, jvm=resolved, largest_need=needs[largest_user], largest_user=largest_user,
-        users_considered=len(users), over_budget=tuple(over[:OVER_BUDGET_SHOWN]), over_budget_count=len(over),
-        over_budget_largest=max((need for _, need in over), default=0), advice=advice,
-    )
+    return HeapPlan(configured=jvm, jvm=resolved, largest_need=needs[largest_user], largest_user=largest_user,
+                    users_considered=len(users), over_budget=tuple(over[:OVER_BUDGET_SHOWN]), over_budget_count=len(over),
+                    over_budget_largest=max((need for _, need in over), default=0), advice=advice)

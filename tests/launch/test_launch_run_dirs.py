@@ -15,7 +15,7 @@ import pytest
 
 from shardrun.errors import ConfigError, ResumeMismatch
 from shardrun.launch import report
-from shardrun.launch.local_plan import given
+from shardrun.launch.local import given
 from shardrun.launch.options import DEFAULT_SHARDS, shards_to_launch
 from shardrun.launch.policies import describe_exit, log_excerpt
 from shardrun.launch.run_dir import HeldRun, check_same_run, open_run_dir

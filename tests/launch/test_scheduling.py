@@ -4,7 +4,7 @@ import signal
 
 import pytest
 
-from shardrun.launch.cpu import CpuMeter, cpus_busy, share_of_cpus
+from shardrun.launch.admission import CpuMeter, cpus_busy, share_of_cpus
 from shardrun.launch.policies import (
     CpuThrottle,
     RestartPolicy,
@@ -72,7 +72,7 @@ def test_cpu_throttle_resumes_a_shard_when_one_more_fits_under_the_limit():
     assert one_shard_percent(90, 3) == 30 and one_shard_percent(0, 0) == 0
 
 
-# --- the CPU readings (launch/cpu.py) -----------------------------------------------------------
+# --- the CPU readings (launch/admission.py) --------------------------------------------------------
 
 
 def test_the_runs_share_counts_each_process_by_pid_and_start_time():

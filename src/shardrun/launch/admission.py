@@ -1,4 +1,5 @@
-"""Admission: whether K shards (heap + measured overhead + their share of the input) fit in memory, and their cores.
+"""What the machine offers a launch: whether K shards (heap + measured overhead + their share of the input)
+fit in its memory, the cores they may use, and how busy those cores are (--cpu-limit's readings).
 
 Each shard counts the load peak of the largest share (or the whole table); figures in docs/dev/PERFORMANCE.md.
 """
@@ -7,7 +8,8 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,15 +17,14 @@ from typing import Any
 from shardrun.config import JvmConfig, usable_cpus
 from shardrun.errors import ConfigError
 from shardrun.heap_plan import HeapPlan, run_heap_needs, task_heap_needs
+from shardrun.launch.policies import plural
+from shardrun.launch.supervisor import CpuReading
 from shardrun.platforms import PeakMemory
 from shardrun.shard.plan import assign_index
 from shardrun.task import Dataset, UserIndex, load_users, read_user_index
 from shardrun.units import MIB, format_bytes
 
 log = logging.getLogger(__name__)
-
-
-# --- Memory beyond the heap, measured ---------------------------------------------------------
 
 # A shard's RSS beyond its Java heap, measured with bench/jvm_overhead.py (docs/dev/PERFORMANCE.md):
 # about 235 MiB + 4% of the heap on 64 CPUs; these constants add a margin of at least 20%.
@@ -32,16 +33,12 @@ NATIVE_OVERHEAD_HEAP_FRACTION = 0.05
 
 
 def native_overhead_bytes(heap: int) -> int:
-    """Memory a shard process uses beyond a Java heap of `heap` bytes (with a margin; see above)."""
     return NATIVE_OVERHEAD_FIXED_BYTES + math.ceil(NATIVE_OVERHEAD_HEAP_FRACTION * heap)
 
 
 def shard_memory_bytes(heap: int, data_bytes: int) -> int:
     """What the admission counts for one shard: its heap, the process beyond it, its share of the input."""
     return heap + native_overhead_bytes(heap) + data_bytes
-
-
-# --- Admission ------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -52,68 +49,48 @@ class Admission:
     max_heap_that_fits: int  # bytes (whole MiB) per shard for the requested K; 0 when none fits
 
 
-def admit(
-    shards: int,
-    heap_bytes: int,
-    native_overhead_bytes: int,
-    available_bytes: int,
-    *,
-    heap_floor_bytes: int = 0,
-    available_what: str = "memory available",
-) -> Admission:
+def admit(shards: int, heap_bytes: int, native_overhead_bytes: int, available_bytes: int, *,
+          heap_floor_bytes: int = 0, available_what: str = "memory available") -> Admission:
     """May K shards of `heap_bytes` heap (plus overhead) start with `available_bytes` free? (pure)
 
     No heap below `heap_floor_bytes` (the largest user's need) is offered as a fix.
     """
     if shards < 1:
         raise ValueError(f"shards must be at least 1, got {shards}")
+    available = max(available_bytes, 0)
     per_shard = heap_bytes + native_overhead_bytes
     total = shards * per_shard
-    max_shards = max(available_bytes, 0) // per_shard
-    max_heap = max((max(available_bytes, 0) // shards - native_overhead_bytes) // MIB * MIB, 0)
-    arithmetic = (
-        f"{shards} shard{'s' if shards > 1 else ''} x ({format_bytes(heap_bytes)} Java heap"
-        f" + {format_bytes(native_overhead_bytes)} beyond the heap) = {format_bytes(total)}"
-    )
+    max_shards = available // per_shard
+    max_heap = max((available // shards - native_overhead_bytes) // MIB * MIB, 0)
+    arithmetic = (f"{plural(shards, 'shard')} x ({format_bytes(heap_bytes)} Java heap"
+                  f" + {format_bytes(native_overhead_bytes)} beyond the heap) = {format_bytes(total)}")
     if total <= available_bytes:
         return Admission(True, f"{arithmetic} fits in the {format_bytes(available_bytes)} of {available_what}.",
                          max_shards, max_heap)
-    fixes, note = smaller_fixes(shards, max_shards, max_heap, heap_floor_bytes, native_overhead_bytes, available_bytes)
-    # Always a fix that works as it stands: the memory this launch needs.
-    short = format_bytes(total - max(available_bytes, 0))
-    fixes.append(f"{'or ' if fixes else ''}give the launch more memory: free {short} on this machine,"
-                 f" or run on one with {format_bytes(total)} of {available_what}")
-    lead = "not even one shard fits" if max_shards == 0 else "the OOM killer would end shards mid-run"
-    message = (
-        f"{arithmetic} is more than the {format_bytes(available_bytes)} of {available_what}: {lead}{note}."
-        f" To fit: {'; '.join(fixes)}."
-    )
-    return Admission(False, message, max_shards, max_heap)
-
-
-def smaller_fixes(shards: int, max_shards: int, max_heap: int, heap_floor_bytes: int, native_overhead_bytes: int,
-                  available_bytes: int) -> tuple[list[str], str]:
-    """The ways to fit by asking less (fewer shards, a smaller heap), and a note when no heap can."""
-    fixes = []
+    fixes, note = [], ""
     if max_shards >= 1:
-        fixes.append(f"run at most {max_shards} shard{'s' if max_shards > 1 else ''} at once"
+        fixes.append(f"run at most {plural(max_shards, 'shard')} at once"
                      f" (--max-parallel {max_shards}, or --shards {max_shards})")
-    note = ""
-    if max_heap >= max(heap_floor_bytes, MIB):
+    floor = max(heap_floor_bytes, MIB)
+    if max_heap >= floor:
         fixes.append(f"lower jvm.xmx to {max_heap // MIB}m or less")
     elif max_heap > 0:
-        note = (f"; not a smaller heap: {max_heap // MIB}m would fit {shards} shard{'s' if shards > 1 else ''},"
+        note = (f"; not a smaller heap: {max_heap // MIB}m would fit {plural(shards, 'shard')},"
                 f" but the largest user needs {format_bytes(heap_floor_bytes)}")
-    if max_shards == 0 and shards > 1 and max_heap < max(heap_floor_bytes, MIB):
-        # No heap fits K at once, not even one shard of this heap: one at a time with a smaller heap may.
-        one_heap = max((max(available_bytes, 0) - native_overhead_bytes) // MIB * MIB, 0)
-        if one_heap > max_heap and one_heap >= max(heap_floor_bytes, MIB):
-            fixes.append(f"run one shard at a time with a smaller heap (--max-parallel 1 and jvm.xmx"
-                         f" {one_heap // MIB}m or less)")
-    return fixes, note
+    # No heap fits K at once, not even one shard of this heap: one at a time with a smaller heap may.
+    one_heap = max((available - native_overhead_bytes) // MIB * MIB, 0)
+    if max_shards == 0 and shards > 1 and max_heap < floor and one_heap > max_heap and one_heap >= floor:
+        fixes.append(f"run one shard at a time with a smaller heap (--max-parallel 1 and jvm.xmx"
+                     f" {one_heap // MIB}m or less)")
+    # Always a fix that works as it stands: the memory this launch needs.
+    fixes.append(f"{'or ' if fixes else ''}give the launch more memory: free {format_bytes(total - available)}"
+                 f" on this machine, or run on one with {format_bytes(total)} of {available_what}")
+    lead = "not even one shard fits" if max_shards == 0 else "the OOM killer would end shards mid-run"
+    return Admission(False, f"{arithmetic} is more than the {format_bytes(available_bytes)} of {available_what}:"
+                            f" {lead}{note}. To fit: {'; '.join(fixes)}.", max_shards, max_heap)
 
 
-# --- Memory available: psutil, capped by a cgroup limit ---------------------------------------
+# --- The cgroup files: memory limits and CPU quotas ----------------------------------------------
 
 _UNLIMITED = 2**60  # cgroup v1 writes "no limit" as a page-aligned 2^63 - 1
 
@@ -129,12 +106,8 @@ def parse_cgroup_limit(text: str) -> int | None:
 
 def parse_memory_stat(text: str) -> dict[str, int]:
     """memory.stat -> {key: value}; malformed lines are skipped (the file is advisory here)."""
-    stat = {}
-    for line in text.splitlines():
-        key, _, value = line.partition(" ")
-        if value.strip().isdigit():
-            stat[key] = int(value)
-    return stat
+    pairs = (line.partition(" ") for line in text.splitlines())
+    return {key: int(value) for key, _, value in pairs if value.strip().isdigit()}
 
 
 def parse_proc_cgroup(text: str, controller: str = "memory") -> tuple[str | None, str | None]:
@@ -142,13 +115,10 @@ def parse_proc_cgroup(text: str, controller: str = "memory") -> tuple[str | None
     v2 = v1 = None
     for line in text.splitlines():
         parts = line.split(":", 2)
-        if len(parts) != 3:
-            continue
-        _, controllers, path = parts
-        if controllers == "":
-            v2 = path
-        elif controller in controllers.split(","):
-            v1 = path
+        if len(parts) == 3 and parts[1] == "":
+            v2 = parts[2]
+        elif len(parts) == 3 and controller in parts[1].split(","):
+            v1 = parts[2]
     return v2, v1
 
 
@@ -161,13 +131,11 @@ def cgroup_headroom(limit: int, usage: int, stat: Mapping[str, int]) -> int:
 def _candidate_dirs(mount: Path, path: str | None) -> list[Path]:
     """The process's cgroup dir and its ancestors up to the mount (every limit on the way applies)."""
     dirs = []
-    if path:
-        current = mount / path.lstrip("/")
-        while current != mount and mount in current.parents:
-            dirs.append(current)
-            current = current.parent
-    dirs.append(mount)
-    return dirs
+    current = mount / path.lstrip("/") if path else mount
+    while current != mount and mount in current.parents:
+        dirs.append(current)
+        current = current.parent
+    return [*dirs, mount]
 
 
 def _read(path: Path) -> str | None:
@@ -177,30 +145,22 @@ def _read(path: Path) -> str | None:
         return None
 
 
-def _read_int(path: Path) -> int:
-    text = (_read(path) or "").strip()
-    return int(text) if text.isdigit() else 0
-
-
-def cgroup_available(root: Path = Path("/sys/fs/cgroup"), proc_cgroup: Path = Path("/proc/self/cgroup")) -> tuple[int, str] | None:
+def cgroup_available(root: Path = Path("/sys/fs/cgroup"),
+                     proc_cgroup: Path = Path("/proc/self/cgroup")) -> tuple[int, str] | None:
     """(bytes the tightest cgroup memory limit still allows, its file), or None without a limit."""
     v2_path, v1_path = parse_proc_cgroup(_read(proc_cgroup) or "")
-    layouts = (
-        (root, v2_path, "memory.max", "memory.current"),
-        (root / "memory", v1_path, "memory.limit_in_bytes", "memory.usage_in_bytes"),
-    )
-    tightest: tuple[int, str] | None = None
+    layouts = ((root, v2_path, "memory.max", "memory.current"),
+               (root / "memory", v1_path, "memory.limit_in_bytes", "memory.usage_in_bytes"))
+    found = []
     for mount, path, limit_name, usage_name in layouts:
         for directory in _candidate_dirs(mount, path):
-            limit_text = _read(directory / limit_name)
-            limit = parse_cgroup_limit(limit_text) if limit_text is not None else None
-            if limit is None:
-                continue
-            usage = _read_int(directory / usage_name)
-            headroom = cgroup_headroom(limit, usage, parse_memory_stat(_read(directory / "memory.stat") or ""))
-            if tightest is None or headroom < tightest[0]:
-                tightest = (headroom, str(directory / limit_name))
-    return tightest
+            limit = parse_cgroup_limit(_read(directory / limit_name) or "")
+            if limit is not None:
+                usage = (_read(directory / usage_name) or "").strip()
+                stat = parse_memory_stat(_read(directory / "memory.stat") or "")
+                found.append((cgroup_headroom(limit, int(usage) if usage.isdigit() else 0, stat),
+                              str(directory / limit_name)))
+    return min(found, key=lambda headroom: headroom[0]) if found else None
 
 
 def available_memory() -> tuple[int, str]:
@@ -214,83 +174,132 @@ def available_memory() -> tuple[int, str]:
     return available
 
 
-# --- Cores available: the affinity, capped by a cgroup CPU quota -------------------------------
-
-
-@dataclass(frozen=True)
-class CoresAvailable:
-    """The cores the launcher's shards may run on, and where the figure comes from."""
-
-    count: int  # min(affinity, quota rounded up), at least 1
-    affinity: int  # CPUs in the launcher's affinity mask (a scheduler's allocation, taskset)
-    quota: float | None = None  # cores' worth of CPU time the tightest cgroup grants; None: no quota
-    quota_file: str | None = None
-
-    def describe(self) -> str:
-        """E.g. "affinity 2; cgroup quota none"."""
-        quota = "none" if self.quota is None else f"{self.quota:g} cores, {self.quota_file}"
-        return f"affinity {self.affinity}; cgroup quota {quota}"
-
-
-def _quota_cores(quota: int, period: int) -> float | None:
-    return quota / period if quota > 0 and period > 0 else None
+def _quota_cores(quota: str, period: str) -> float | None:
+    try:
+        quota_us, period_us = int(quota), int(period)
+    except ValueError:  # "max", or an unreadable file: the quota only caps a default
+        return None
+    return quota_us / period_us if quota_us > 0 and period_us > 0 else None
 
 
 def parse_cpu_max(text: str) -> float | None:
-    """cpu.max (v2) -> cores' worth, None for no quota (or an unreadable file: it only caps a default)."""
+    """cpu.max (v2) -> cores' worth, None for no quota."""
     fields = text.split()
-    if not fields or fields[0] == "max":
-        return None
-    try:
-        return _quota_cores(int(fields[0]), int(fields[1]) if len(fields) > 1 else 100_000)
-    except ValueError:
-        return None
+    return _quota_cores(fields[0], fields[1] if len(fields) > 1 else "100000") if fields else None
 
 
 def parse_cfs_quota(quota_text: str, period_text: str) -> float | None:
     """cpu.cfs_quota_us and cpu.cfs_period_us (v1) -> cores' worth, None for no quota (-1)."""
-    try:
-        return _quota_cores(int(quota_text.strip()), int(period_text.strip()))
-    except ValueError:
-        return None
-
-
-def cores_from(affinity: int, quota: float | None) -> int:
-    """The affinity capped by the quota rounded up (as the JVM does), at least 1 (pure)."""
-    limits = [affinity] + ([math.ceil(quota)] if quota is not None else [])
-    return max(1, min(limits))
+    return _quota_cores(quota_text.strip(), period_text.strip())
 
 
 def cgroup_cpu_quota(root: Path = Path("/sys/fs/cgroup"),
                      proc_cgroup: Path = Path("/proc/self/cgroup")) -> tuple[float, str] | None:
     """(the tightest cgroup CPU quota on the way up, in cores' worth, its file), or None without one."""
     v2_path, v1_path = parse_proc_cgroup(_read(proc_cgroup) or "", controller="cpu")
-    found: list[tuple[float | None, Path]] = []
-    for directory in _candidate_dirs(root, v2_path):
-        text = _read(directory / "cpu.max")
-        if text is not None:
-            found.append((parse_cpu_max(text), directory / "cpu.max"))
+    found = [(parse_cpu_max(_read(directory / "cpu.max") or ""), str(directory / "cpu.max"))
+             for directory in _candidate_dirs(root, v2_path)]
     # v1 mounts the cpu controller alone or joined with cpuacct, under either name.
     for mount in (root / "cpu", root / "cpu,cpuacct", root / "cpuacct,cpu"):
         for directory in _candidate_dirs(mount, v1_path):
-            quota_text, period_text = _read(directory / "cpu.cfs_quota_us"), _read(directory / "cpu.cfs_period_us")
-            if quota_text is not None and period_text is not None:
-                found.append((parse_cfs_quota(quota_text, period_text), directory / "cpu.cfs_quota_us"))
-    quotas = [(quota, str(path)) for quota, path in found if quota is not None]
+            quota, period = _read(directory / "cpu.cfs_quota_us"), _read(directory / "cpu.cfs_period_us")
+            if quota is not None and period is not None:
+                found.append((parse_cfs_quota(quota, period), str(directory / "cpu.cfs_quota_us")))
+    quotas = [(quota, path) for quota, path in found if quota is not None]
     return min(quotas) if quotas else None
+
+
+# --- Cores available: the affinity, capped by a cgroup CPU quota -----------------------------------
+
+
+@dataclass(frozen=True)
+class CoresAvailable:
+    count: int  # min(affinity, quota rounded up), at least 1
+    affinity: int  # CPUs in the launcher's affinity mask (a scheduler's allocation, taskset)
+    quota: float | None = None  # cores' worth of CPU time the tightest cgroup grants; None: no quota
+    quota_file: str | None = None
+
+    def describe(self) -> str:
+        quota = "none" if self.quota is None else f"{self.quota:g} cores, {self.quota_file}"
+        return f"affinity {self.affinity}; cgroup quota {quota}"
+
+
+def cores_from(affinity: int, quota: float | None) -> int:
+    """The affinity capped by the quota rounded up (as the JVM does), at least 1 (pure)."""
+    return max(1, min(affinity, math.ceil(quota) if quota is not None else affinity))
 
 
 def available_cores() -> CoresAvailable:
     """The cores this process (and the shards it starts, which inherit both limits) may use."""
     affinity = usable_cpus()
-    quota = cgroup_cpu_quota()
-    cores = CoresAvailable(cores_from(affinity, quota[0] if quota else None), affinity,
-                           *(quota if quota else (None, None)))
+    quota, quota_file = cgroup_cpu_quota() or (None, None)
+    cores = CoresAvailable(cores_from(affinity, quota), affinity, quota, quota_file)
     log.info("cores available: %d (%s)", cores.count, cores.describe())
     return cores
 
 
-# --- The launcher's check ------------------------------------------------------------------
+ProcessKey = tuple[int, float]  # (pid, create time): a pid the kernel gave again to a new process is another process
+
+
+def share_of_cpus(before: Mapping[ProcessKey, float], after: Mapping[ProcessKey, float], elapsed_seconds: float,
+                  cpus: int) -> float:
+    """CPU time used between two readings, in percent of `cpus` (pure); a process that ended in between
+    loses its last part (at most one reading's worth)."""
+    if elapsed_seconds <= 0 or cpus < 1:
+        return 0.0
+    used = sum(max(seconds - before.get(key, 0.0), 0.0) for key, seconds in after.items())
+    return min(100.0 * used / (elapsed_seconds * cpus), 100.0)
+
+
+def cpus_busy(per_cpu_percent: Sequence[float], cpus: Collection[int] | None) -> float:
+    """The mean use of the CPUs the run may use (`cpus`, its affinity; None: all) (pure)."""
+    chosen = ([per_cpu_percent[cpu] for cpu in sorted(cpus) if cpu < len(per_cpu_percent)] if cpus
+              else list(per_cpu_percent))
+    return sum(chosen) / len(chosen) if chosen else 0.0
+
+
+def affinity() -> list[int] | None:
+    """The CPUs this process may run on (the shards inherit them), or None where the platform does not say."""
+    import psutil
+
+    try:
+        return list(psutil.Process().cpu_affinity())
+    except (AttributeError, NotImplementedError, OSError):  # macOS has no affinity
+        return None
+
+
+def per_cpu_percent() -> list[float]:
+    """Each CPU's use since the previous call, every program's (psutil)."""
+    import psutil
+
+    return list(psutil.cpu_percent(interval=None, percpu=True))
+
+
+class CpuMeter:
+    """Reads, at each call, the CPUs' use and the run's own since the previous call."""
+
+    def __init__(self, process_seconds: Callable[[], Mapping[ProcessKey, float]],
+                 per_cpu: Callable[[], Sequence[float]] = per_cpu_percent,
+                 cpus: list[int] | None = None, clock: Callable[[], float] = time.monotonic):
+        self._process_seconds = process_seconds
+        self._per_cpu = per_cpu
+        self._clock = clock
+        self._cpus = cpus
+        every_cpu = per_cpu()  # the first call also starts psutil's measuring interval
+        self._count = len(cpus) if cpus else len(every_cpu)
+        self._since = clock()
+        self._seconds = dict(process_seconds())
+
+    def __call__(self) -> CpuReading:
+        now, seconds = self._clock(), dict(self._process_seconds())
+        run = share_of_cpus(self._seconds, seconds, now - self._since, self._count)
+        self._since, self._seconds = now, seconds
+        cpus = cpus_busy(self._per_cpu(), self._cpus)
+        # the run's use is part of the CPUs' use; two readings a moment apart may disagree a little
+        return CpuReading(cpus_percent=max(cpus, run), run_percent=run)
+
+
+# --- The launcher's check ------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -318,7 +327,7 @@ LOAD_PEAK_BYTES_PER_ROW = 250
 def refuse_shards_without_users(shards: int, users: int) -> None:
     """Refuse a new run with more shards than users (empty shards still cost a process and a JVM)."""
     if shards > users:
-        raise ConfigError(f"{shards} shards for {users} user{'s' if users != 1 else ''}: {shards - users} shards would"
+        raise ConfigError(f"{shards} shards for {plural(users, 'user')}: {shards - users} shards would"
                           f" have no user and still start a process and a JVM each. Pass --shards {max(users, 1)} or"
                           " fewer (a shard per user at most).")
 
@@ -329,31 +338,25 @@ def measure_launch_data(task: Any, settings: Any, jvm: JvmConfig, shards: int, p
     index, whole = read_user_index(task, settings)
     needs, whole = run_heap_needs(task, settings, index, whole, jvm)
     rows_of = dict(zip(index.user_ids, index.costs()))
-    dataset: Dataset | None
+    dataset: Dataset | None = whole
     if whole is not None:
-        dataset, peak, users = whole, whole_load.grown(), len(index.user_ids)
-        rows = sum(rows_of.values())
+        peak, users = whole_load.grown(), list(index.user_ids)
     else:
-        assignment = assign_index(index, shards, partition)
-        largest = max(assignment, key=lambda users: sum(rows_of[u] for u in users))
+        users = max(assign_index(index, shards, partition), key=lambda share: sum(rows_of[u] for u in share))
         share_load = PeakMemory().start()
-        dataset = load_users(task, settings, tuple(largest), index) if largest else None
-        peak, users = share_load.grown(), len(largest)
-        rows = sum(rows_of[u] for u in largest)
-    peak = max(peak, int(rows * LOAD_PEAK_BYTES_PER_ROW))
+        dataset = load_users(task, settings, tuple(users), index) if users else None
+        peak = share_load.grown()
+    peak = max(peak, int(sum(rows_of[u] for u in users) * LOAD_PEAK_BYTES_PER_ROW))
     checked = task_heap_needs(task, settings, dataset, jvm) if dataset is not None else None
-    return LaunchData(index, needs if needs is not None else checked, checked, peak, users, whole is not None)
+    return LaunchData(index, needs if needs is not None else checked, checked, peak, len(users), whole is not None)
 
 
 def admit_shards(heap: HeapPlan, shards: int, data_bytes: int, available_bytes: int | None = None) -> Admission:
     """Admit `shards` shards of `heap`, each with `data_bytes` of input, against the memory available."""
+    available_what = "memory available"
     if available_bytes is None:
         available_bytes, available_what = available_memory()
-    else:
-        available_what = "memory available"
-    admission = admit(
-        shards, heap.heap, native_overhead_bytes(heap.heap) + data_bytes, available_bytes,
-        heap_floor_bytes=heap.largest_need or 0, available_what=available_what,
-    )
+    admission = admit(shards, heap.heap, native_overhead_bytes(heap.heap) + data_bytes, available_bytes,
+                      heap_floor_bytes=heap.largest_need or 0, available_what=available_what)
     log.info("memory check for %d shards with %s: %s", shards, heap.jvm_line(), admission.message)
     return admission

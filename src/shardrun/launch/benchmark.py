@@ -11,44 +11,38 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
 
 from shardrun.config import RunConfig
 from shardrun.errors import EXIT_OK, EXIT_USERS_FAILED, EXIT_VALIDATION_FAILED, UsageError
-from shardrun.launch.local import launch
+from shardrun.launch.local import LaunchResult, launch
 from shardrun.launch.options import LaunchOptions
 from shardrun.launch.run_dir import benchmark_dir
 from shardrun.results.compare import read_result_frame, result_differences
 from shardrun.results.read import read_shard
 from shardrun.results.timeline import span_table
 from shardrun.storage.paths import RunPaths
-from shardrun.task import Task, load_task
+from shardrun.task import load_task
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class PilotUsers:
-    """The users both runs analyse: the first `users` of the sorted list."""
-
-    users: int  # n: the --pilot of the K=1 run
+    users: int  # n, the first users of the sorted list: the --pilot of the K=1 run
     per_shard: int  # n / K: the --pilot of the K run
-    requested: int  # N as given
 
 
 def pilot_users(requested: int, shards: int, users_total: int) -> PilotUsers:
-    """N rounded up to a multiple of K, at most the users there are (pure; see the module's docstring)."""
+    """N rounded up to a multiple of K, at most the users there are (pure)."""
     if requested < 1 or shards < 1:
         raise ValueError(f"requested users and shards must be at least 1, got {requested} and {shards}")
     users = min(math.ceil(requested / shards) * shards, users_total)
     # Fewer users than asked for: each shard's pilot need only hold its share of all of them.
-    return PilotUsers(users=users, per_shard=max(1, math.ceil(users / shards)), requested=requested)
+    return PilotUsers(users=users, per_shard=max(1, math.ceil(users / shards)))
 
 
 @dataclass(frozen=True)
 class Projection:
-    """The full run's time from the K run's (see the module's docstring)."""
-
     fixed: float  # of the K run's time: start-ups and waiting, which the full run pays the same
     analysis: float  # of the K run's time: its users' analysis, on the shards that ran at once
     scale: float  # the work of all users over the work of the pilot's users
@@ -65,20 +59,6 @@ def project(measured_seconds: float, users_seconds: float, at_once: int, pilot_w
         raise ValueError(f"the pilot's work and the shards at once must be positive, got {pilot_work} and {at_once}")
     analysis = min(max(users_seconds, 0.0) / at_once, measured_seconds)
     return Projection(fixed=measured_seconds - analysis, analysis=analysis, scale=total_work / pilot_work)
-
-
-def users_seconds(run_dir: Path) -> float:
-    """The seconds a run's committed users took to analyse, summed over its shards (their `seconds`)."""
-    spans = span_table([read_shard(d) for d in RunPaths(run_dir).shard_dirs()])
-    return float((spans["end"] - spans["start"]).sum())
-
-
-def user_work(task: Task, settings: Any, dataset: Any) -> tuple[list[float], str]:
-    """Each user's work in sorted order, and what it is: the task's time estimate, else 1 per user."""
-    estimates = task.user_seconds(settings, dataset)
-    if estimates:
-        return [float(estimates[u]) for u in dataset.user_ids], "the task's per-user time estimate"
-    return [1.0] * len(dataset.user_ids), "users"
 
 
 @dataclass(frozen=True)
@@ -100,45 +80,66 @@ def verdict(shards: int, reference_rows: int, users: int, differences: Sequence[
 
 def run_benchmark(config: RunConfig, options: LaunchOptions, requested: int, out: Callable[[str], None] = print) -> int:
     """Run the pilot at K=1 and at options.shards, compare, report; the exit code."""
-    if options.shards < 2:
-        raise UsageError(f"--benchmark compares K=1 with the K of --shards, which is {options.shards}; pass"
+    shards = options.shards
+    if shards < 2:
+        raise UsageError(f"--benchmark compares K=1 with the K of --shards, which is {shards}; pass"
                          " --shards 2 or more.")
     task = load_task(config.task)
     dataset = task.load(config.settings)
-    work, work_unit = user_work(task, config.settings, dataset)
+    # Each user's work in sorted order: the task's time estimate, else 1 per user.
+    estimates = task.user_seconds(config.settings, dataset)
+    work = [float(estimates[u]) if estimates else 1.0 for u in dataset.user_ids]
     del dataset  # the runs' shards load their own copies
-    chosen = pilot_users(requested, options.shards, len(work))
-    where = benchmark_dir(config, options.out, options.shards, chosen.users)
-    out(f"benchmark: the first {chosen.users} of {len(work)} users in sorted order{rounding(requested, chosen, options.shards)},"
-        f" at K=1 and at K={options.shards}, in {where}")
-    results = {}
-    for shards, pilot in ((1, chosen.users), (options.shards, chosen.per_shard)):
-        out(f"benchmark: K={shards} (--pilot {pilot}{' per shard' if shards > 1 else ''}) in {where / f'k{shards}'}")
-        result = launch(config, replace(options, shards=shards, pilot=pilot, out=where / f"k{shards}", run_dir=None,
-                                     merge=True), out)
-        log.info("benchmark run at K=%d: exit %d, shards' wall time %s s, run dir %s", shards, result.exit_code,
+    chosen = pilot_users(requested, shards, len(work))
+    where = benchmark_dir(config, options.out, shards, chosen.users)
+    out(f"benchmark: the first {chosen.users} of {len(work)} users in sorted order{rounding(requested, chosen, shards)},"
+        f" at K=1 and at K={shards}, in {where}")
+    results: list[LaunchResult] = []
+    for run_k, pilot in ((1, chosen.users), (shards, chosen.per_shard)):
+        out(f"benchmark: K={run_k} (--pilot {pilot}{' per shard' if run_k > 1 else ''}) in"
+            f" {where / f'k{run_k}'}")
+        result = launch(config, replace(options, shards=run_k, pilot=pilot, out=where / f"k{run_k}",
+                                        run_dir=None, merge=True), out)
+        log.info("benchmark run at K=%d: exit %d, shards' wall time %s s, run dir %s", run_k, result.exit_code,
                  None if result.shards_seconds is None else round(result.shards_seconds, 3), result.run_dir)
         if result.exit_code not in (EXIT_OK, EXIT_USERS_FAILED) or result.merged_dir is None:
-            out(f"benchmark stopped: the K={shards} run did not complete (exit {result.exit_code}; see above), so"
+            out(f"benchmark stopped: the K={run_k} run did not complete (exit {result.exit_code}; see above), so"
                 " there is nothing to compare. Fix what it reports and run the benchmark again.")
             return result.exit_code
-        results[shards] = result
-    one, many = results[1], results[options.shards]
+        results.append(result)
+    return compare(results[0], results[1], shards, task.key_columns, work, chosen.users,
+                   "users" if not estimates else "the task's per-user time estimate", out)
+
+
+def compare(one: LaunchResult, many: LaunchResult, shards: int, key_columns: Sequence[str], work: list[float],
+            pilot: int, work_unit: str, out: Callable[[str], None]) -> int:
+    """The speedup, the verdict on the numbers and, when they agree, the full run's projected time."""
     assert one.merged_dir and many.merged_dir and one.shards_seconds is not None and many.shards_seconds is not None
-    out(f"benchmark: K=1 took {one.shards_seconds:.1f} s, K={options.shards} took {many.shards_seconds:.1f} s"
+    out(f"benchmark: K=1 took {one.shards_seconds:.1f} s, K={shards} took {many.shards_seconds:.1f} s"
         f" (first shard's start to last shard's exit): speedup {one.shards_seconds / many.shards_seconds:.2f}x")
     reference = read_result_frame(one.merged_dir)
-    differences = result_differences(reference, read_result_frame(many.merged_dir), task.key_columns,
-                                     names=("K=1", f"K={options.shards}"))
-    outcome = verdict(options.shards, len(reference), chosen.users, differences)
+    differences = result_differences(reference, read_result_frame(many.merged_dir), key_columns,
+                                     names=("K=1", f"K={shards}"))
+    outcome = verdict(shards, len(reference), pilot, differences)
     for line in outcome.lines:
         out(line)
     if outcome.exit_code != EXIT_OK:
         return outcome.exit_code
-    at_once = min(options.shards, many.max_parallel or options.shards)
-    projection = project(many.shards_seconds, users_seconds(many.run_dir), at_once, sum(work[:chosen.users]), sum(work))
-    out(projection_line(projection, options.shards, many.shards_seconds, at_once, len(work), chosen.users, work_unit))
+    at_once = min(shards, many.max_parallel or shards)
+    projection = project(many.shards_seconds, users_seconds(many.run_dir), at_once, sum(work[:pilot]), sum(work))
+    scaled_by = (f"{len(work)} / {pilot} users" if work_unit == "users"
+                 else f"{projection.scale:.2f} ({work_unit} of all {len(work)} users over these {pilot})")
+    out(f"benchmark: projected full run at K={shards}: {duration(projection.seconds)} ="
+        f" {projection.fixed:.1f} s of start-up and waiting (the K={shards} run's {many.shards_seconds:.1f} s"
+        f" less its analysis) + {projection.analysis:.1f} s of analysis (its users' seconds / {at_once}"
+        f" shard{'s' if at_once > 1 else ''} at once) x {scaled_by}")
     return max(one.exit_code, many.exit_code)
+
+
+def users_seconds(run_dir: Path) -> float:
+    """The seconds a run's committed users took to analyse, summed over its shards (their `seconds`)."""
+    spans = span_table([read_shard(d) for d in RunPaths(run_dir).shard_dirs()])
+    return float((spans["end"] - spans["start"]).sum())
 
 
 def rounding(requested: int, chosen: PilotUsers, shards: int) -> str:
@@ -151,19 +152,7 @@ def rounding(requested: int, chosen: PilotUsers, shards: int) -> str:
     return ""
 
 
-def projection_line(projection: Projection, shards: int, measured: float, at_once: int, users: int, pilot: int,
-                    work_unit: str) -> str:
-    scaled_by = (f"{users} / {pilot} users" if work_unit == "users"
-                 else f"{projection.scale:.2f} ({work_unit} of all {users} users over these {pilot})")
-    return (f"benchmark: projected full run at K={shards}: {_duration(projection.seconds)} ="
-            f" {projection.fixed:.1f} s of start-up and waiting (the K={shards} run's {measured:.1f} s"
-            f" less its analysis) + {projection.analysis:.1f} s of analysis (its users' seconds / {at_once}"
-            f" shard{'s' if at_once > 1 else ''} at once) x {scaled_by}")
-
-
-def _duration(seconds: float) -> str:
+def duration(seconds: float) -> str:
     if seconds < 120:
         return f"{seconds:.0f} s"
-    if seconds < 2 * 3600:
-        return f"{seconds / 60:.1f} min"
-    return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 60:.1f} min" if seconds < 2 * 3600 else f"{seconds / 3600:.1f} h"

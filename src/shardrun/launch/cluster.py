@@ -68,7 +68,6 @@ class ClusterOptions:
 
 @dataclass
 class Submission:
-    run_dir: Path
     to_submit: list[int]
     arrays: list[dict] = field(default_factory=list)  # {"job_id", "index_offset", "indices"}
     merge_job_id: str | None = None
@@ -159,7 +158,7 @@ def what_to_submit(run: RunPaths, existing: bool, options: ClusterOptions, slurm
                 said = describe_shard(index, states.get(index), queue.get(index), failed.get(index, 0),
                                       options.retry_failed)
                 out(f"  {said}")
-    return Submission(run.dir, shards_to_submit(options.shards, complete, queued, retry)), queue
+    return Submission(shards_to_submit(options.shards, complete, queued, retry)), queue
 
 
 def element_jobs(run: RunPaths, plan: RunPlan, options: ClusterOptions, to_submit: list[int], mem_mib: int,

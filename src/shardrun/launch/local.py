@@ -1,21 +1,50 @@
-"""`launch_shards` on this machine: plan, hold the run dir, run the loop (launcher.py), then finish (finish.py)."""
+"""`launch_shards` on this machine: plan (plan.py, then the shards at once on the cores and in the memory),
+hold the run dir, run the loop (launcher.py), then finish (finish.py)."""
 
 from __future__ import annotations
 
 import signal
 import time
 from collections.abc import Callable
+from dataclasses import replace
 
 from shardrun.config import RunConfig
 from shardrun.early_signals import STOP_SIGNALS
-from shardrun.launch.cpu import CpuMeter, affinity
+from shardrun.errors import ConfigError
+from shardrun.launch.admission import CpuMeter, admit_shards, affinity, available_cores
 from shardrun.launch.finish import LaunchResult, finish
 from shardrun.launch.launcher import Launcher
-from shardrun.launch.local_plan import given, plan_launch
 from shardrun.launch.options import LaunchOptions
-from shardrun.launch.run_dir import HeldRun, follow_the_launcher, hold_run, open_run_dir
+from shardrun.launch.plan import RunPlan, plan_run
+from shardrun.launch.policies import parallel_for_cores
+from shardrun.launch.run_dir import HeldRun, RunDir, follow_the_launcher, given_run_dir, hold_run, open_run_dir
 
 __all__ = ["LaunchResult", "dry_run", "launch"]
+
+
+def given(config: RunConfig, options: LaunchOptions) -> RunDir:
+    """The run dir --run-dir or --out names (run_dir.given_run_dir), checked before anything is read."""
+    return given_run_dir(config, options.shards, options.pilot, options.out, options.run_dir, options.retry_failed)
+
+
+def plan_launch(config: RunConfig, options: LaunchOptions, out: Callable[[str], None],
+                where: RunDir | None = None) -> tuple[RunPlan, LaunchOptions, list[int]]:
+    """Print everything decided before a shard starts; refuse a launch that cannot fit."""
+    where = where or given(config, options)
+    cores = available_cores()
+    parallel = parallel_for_cores(options.shards, cores.count, cores.describe(), config.jvm.threads,
+                                  options.max_parallel)
+    config = replace(config, jvm=replace(config.jvm, threads=parallel.threads))
+    options = replace(options, max_parallel=parallel.max_parallel)
+    plan = plan_run(config, where, options.shards, options.pilot)
+    admission = admit_shards(plan.heap, options.at_once, plan.data.share_bytes)
+    if not admission.ok:
+        raise ConfigError(f"not starting {options.shards} shards: {admission.message}")
+    for line in [*plan.heap.report_lines(), f"data per shard: {plan.data.describe()}",
+                 f"memory: {admission.message}", f"cores: {parallel.line}"]:
+        out(line)
+    return (plan, replace(options, shard_data_bytes=plan.data.share_bytes),
+            plan.users_per_shard(options.shards, options.pilot))
 
 
 def launch(config: RunConfig, options: LaunchOptions, out: Callable[[str], None] = print) -> LaunchResult:

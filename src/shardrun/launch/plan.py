@@ -7,14 +7,10 @@ from dataclasses import dataclass, replace
 
 from shardrun.config import RunConfig
 from shardrun.heap_plan import HeapPlan
-from shardrun.launch.admission import (
-    LaunchData,
-    measure_launch_data,
-    refuse_shards_without_users,
-)
+from shardrun.launch.admission import LaunchData, measure_launch_data, refuse_shards_without_users
 from shardrun.launch.run_dir import RunDir, check_same_run
 from shardrun.shard.dirs import ensure_run_document, run_document, run_label
-from shardrun.shard.plan import partition_report
+from shardrun.shard.plan import assign_index, partition_report
 from shardrun.shard.prepare import preflight, refuse_if, task_heap
 from shardrun.storage.durability import durable_write
 from shardrun.storage.paths import RunPaths
@@ -30,11 +26,16 @@ class RunPlan:
     where: RunDir
 
     def label(self, pilot: int | None) -> str:
-        """A new run dir's name before its time (shard.prepare.run_label)."""
+        """A new run dir's name before its time."""
         return run_label(self.task, self.config, pilot)
 
     def partition_lines(self, shards: int) -> list[str]:
         return partition_report(self.data.index, shards, self.config.partition)
+
+    def users_per_shard(self, shards: int, pilot: int | None) -> list[int]:
+        """Each shard's users to do (a pilot's at most), for the progress view."""
+        shares = [len(users) for users in assign_index(self.data.index, shards, self.config.partition)]
+        return shares if pilot is None else [min(users, pilot) for users in shares]
 
     def user_seconds(self) -> Mapping[str, float] | None:
         """The task's estimate of every user's time (reads all the rows), None when it makes none."""

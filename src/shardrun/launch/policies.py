@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import re
 import signal
 import textwrap
@@ -20,11 +21,10 @@ from shardrun.errors import (
 )
 from shardrun.units import heap_bytes, heap_flag_value
 
+# Exits of a shard refused its work (its input, its dir, its storage): nothing to continue until fixed.
+REFUSALS = frozenset({EXIT_USAGE, EXIT_SHARD_LOCKED, EXIT_STORAGE})
 # Exits that say the shard itself decided to stop: restarting would change nothing.
-DELIBERATE_EXITS = frozenset(
-    {EXIT_OK, EXIT_USERS_FAILED, EXIT_USAGE, EXIT_INTERRUPTED, EXIT_SHARD_LOCKED, EXIT_VALIDATION_FAILED, EXIT_STORAGE,
-     EXIT_PREEMPTED}
-)
+DELIBERATE_EXITS = REFUSALS | {EXIT_OK, EXIT_USERS_FAILED, EXIT_INTERRUPTED, EXIT_VALIDATION_FAILED, EXIT_PREEMPTED}
 
 
 def died_abnormally(exit_code: int) -> bool:
@@ -76,30 +76,24 @@ def log_excerpt(text: str, max_lines: int = 4, width: int = 300) -> list[str]:
     starts = [i for i, line in enumerate(lines) if line.startswith("=== ")]
     lines = [line for line in lines[starts[-1] + 1 if starts else 0:] if line.strip()]
 
+    def last(prefix: str) -> int | None:
+        return max((i for i, line in enumerate(lines) if line.startswith(prefix)), default=None)
+
     def cut(chosen: list[str]) -> list[str]:
         return [line if len(line) <= width else line[: width - 3] + "..." for line in chosen[:max_lines]]
 
-    errors = [i for i, line in enumerate(lines) if line.startswith("error:")]
-    if errors:
-        paragraph = [lines[errors[-1]]]
-        for line in lines[errors[-1] + 1:]:
-            if not line.startswith(" "):
-                break
-            paragraph.append(line)
+    def indented_after(i: int) -> list[str]:
+        return list(itertools.takewhile(lambda line: line.startswith(" "), lines[i + 1:]))
+
+    if (error := last("error:")) is not None:
         # whole: a refusal's fix is its last words; folded to the width instead of cut
+        paragraph = [lines[error], *indented_after(error)]
         return [folded for line in paragraph for folded in textwrap.wrap(line, width, subsequent_indent="  ")]
-    tracebacks = [i for i, line in enumerate(lines) if line.startswith("Traceback (most recent call last)")]
-    if tracebacks:
-        block = []
-        for line in lines[tracebacks[-1] + 1:]:
-            block.append(line)
-            if not line.startswith(" "):
-                break  # the exception line ends the traceback
+    if (traceback := last("Traceback (most recent call last)")) is not None:
+        block = lines[traceback + 1: traceback + len(indented_after(traceback)) + 2]  # to the exception line
         return cut(block[-min(max_lines, 3):])
-    fatal = [i for i, line in enumerate(lines) if line.startswith("# A fatal error has been detected")]
-    if fatal:
-        report = [line for line in lines[fatal[-1]:] if line.startswith("#") and line.strip("# ")]
-        return cut(report)
+    if (fatal := last("# A fatal error has been detected")) is not None:
+        return cut([line for line in lines[fatal:] if line.startswith("#") and line.strip("# ")])
     records = [line for line in lines if _LOG_RECORD.match(line) and (" ERROR " in line or " CRITICAL " in line)]
     return cut(records[-max_lines:])
 
@@ -129,13 +123,15 @@ def shards_to_start(waiting: Sequence[int], active: int, max_parallel: int | Non
     return list(waiting[: max(max_parallel - active, 0)])
 
 
+def plural(count: int, word: str) -> str:
+    return f"{count} {word}{'s' if count != 1 else ''}"
+
+
 @dataclass(frozen=True)
 class ParallelPlan:
-    """How many shards run at once on the cores available, and the launch plan's line that says so."""
-
     max_parallel: int | None  # None: every shard at once
     threads: int  # threads per shard (jvm.threads, or auto: the cores shared by the shards at once)
-    line: str
+    line: str  # the launch plan's line that says so
 
 
 def parallel_for_cores(shards: int, cores: int, cores_source: str, threads_per_shard: int | None,
@@ -147,28 +143,21 @@ def parallel_for_cores(shards: int, cores: int, cores_source: str, threads_per_s
     if shards < 1 or cores < 1:
         raise ValueError(f"shards and cores must be at least 1, got {shards} and {cores}")
     allowed = max(1, cores // (threads_per_shard or 1))
-    if given_max_parallel is not None:
-        max_parallel: int | None = given_max_parallel
-    else:
-        max_parallel = None if shards <= allowed else allowed
+    max_parallel = given_max_parallel if given_max_parallel is not None else None if shards <= allowed else allowed
     at_once = min(shards, max_parallel or shards)
     threads = threads_per_shard or max(1, cores // at_once)
     source = "jvm.threads" if threads_per_shard else "jvm.threads auto"
-    per_shard = f", {threads} thread{'s' if threads > 1 else ''} each ({source})"
-    what = f"{shards} shard{'s' if shards > 1 else ''} on {cores} core{'s' if cores > 1 else ''} available ({cores_source})"
+    what = f"{plural(shards, 'shard')} on {plural(cores, 'core')} available ({cores_source})"
+    per_shard = f", {plural(threads, 'thread')} each ({source})"
     if given_max_parallel is not None:
-        busy = at_once * threads
-        shared = f"; {busy} threads share {cores} core{'s' if cores > 1 else ''}" if busy > cores else ""
-        return ParallelPlan(max_parallel, threads,
-                            f"{what}: running at most {at_once} at once (--max-parallel {given_max_parallel})"
-                            f"{per_shard}{shared}")
-    if max_parallel is None:
-        if shards == 1:
-            return ParallelPlan(None, threads, f"{what}: {threads} thread{'s' if threads > 1 else ''} ({source})")
-        return ParallelPlan(None, threads, f"{what}: all at once{per_shard}")
-    return ParallelPlan(max_parallel, threads,
-                        f"{what}: running at most {max_parallel} at once{per_shard}, the others as earlier ones"
-                        f" finish; pass --max-parallel {shards} to run all at once")
+        shared = f"; {at_once * threads} threads share {plural(cores, 'core')}" if at_once * threads > cores else ""
+        line = f"{what}: running at most {at_once} at once (--max-parallel {given_max_parallel}){per_shard}{shared}"
+    elif max_parallel is not None:
+        line = (f"{what}: running at most {max_parallel} at once{per_shard}, the others as earlier ones finish;"
+                f" pass --max-parallel {shards} to run all at once")
+    else:
+        line = f"{what}: {plural(threads, 'thread')} ({source})" if shards == 1 else f"{what}: all at once{per_shard}"
+    return ParallelPlan(max_parallel, threads, line)
 
 
 @dataclass(frozen=True)

@@ -73,16 +73,13 @@ def summary(run: RunPaths, supervisor: Supervisor, views: list[progress.ShardVie
         spec = supervisor.spec(slot.index)
         code = codes[str(spec)]
         log_path = shard_log_path(log_dir, spec)
-        excerpt = shard_error_lines(log_path) if slot.exits and shows_its_error(code) else []
         stopped = stopped_early(run.shard(spec).status, code)
-        if stopped:
-            excerpt = [stopped]
+        excerpt = [stopped] if stopped else shard_error_lines(log_path) if slot.exits and shows_its_error(code) else []
         restarts = f", restarted {slot.restarts}x" if slot.restarts else ""
         counts = (f" {view.done}/{view.total} users ({view.ok} ok, {view.skipped} skipped, {view.failed} failed)"
                   if view.total else "")
-        said = describe_exit(code, log_hint=not excerpt) if slot.exits else "never started"
-        if stopped:
-            said = "stopped early: its first users all failed alike (fail fast)"
+        said = ("stopped early: its first users all failed alike (fail fast)" if stopped
+                else describe_exit(code, log_hint=not excerpt) if slot.exits else "never started")
         say(f"  shard {spec}: {said}{restarts};{counts} log {log_path}" + "".join(f"\n      {line}" for line in excerpt))
     return codes
 
@@ -99,12 +96,11 @@ def stopped_early(status_path: Path, code: int) -> str | None:
 
 def resume_hint(run: RunPaths, options: LaunchOptions, config_source: Path | None, interrupted: bool = True) -> str:
     """The command that continues (or starts) this run, saying first when a refusal must be fixed."""
-    if run.run_json.is_file():
-        then = "Continue it with" if interrupted else "Once the errors above are fixed, continue it with"
-        return f"the run is incomplete. {then}: {options.continue_command(config_source, run.dir)}"
-    then = ("The same command starts the run" if interrupted
-            else "Once the errors above are fixed, the same command starts the run")
-    return f"nothing was written (no shard got as far as run.json). {then}: {options.continue_command(config_source, None)}"
+    written = run.run_json.is_file()
+    then = "continue it with" if written else "the same command starts the run"
+    then = then[0].upper() + then[1:] if interrupted else f"Once the errors above are fixed, {then}"
+    where = "the run is incomplete." if written else "nothing was written (no shard got as far as run.json)."
+    return f"{where} {then}: {options.continue_command(config_source, run.dir if written else None)}"
 
 
 def shard_error_lines(log_path: Path, tail_bytes: int = 256 * 1024) -> list[str]:
