@@ -12,7 +12,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import yaml
 
@@ -34,13 +34,18 @@ def _heap_check(value: str) -> str | None:
 
 @dataclass(frozen=True)
 class JvmConfig:
-    # A heap size such as "1g", or "auto" until shardrun.heap_plan.resolve_heap chooses one.
-    xms: str | None
-    xmx: str
-    options: tuple[str, ...] = ()
-    classpath: str | None = None
-    # Threads driving the JVM in one shard; None = auto (see resolve_threads).
-    threads: int | None = None
+    # xms and xmx stay "auto" until shardrun.heap_plan.resolve_heap chooses a size.
+    xms: Annotated[str | None, "initial heap: null (the JVM's default), a size, or auto (the chosen xmx, committed at "
+                               "start; with xmx auto a size is its lower bound)"]
+    xmx: Annotated[str, "largest heap of a shard process (256m, 2g, ...), or auto: from the data, the largest user's "
+                        "need + 25% (docs/GUIDE.md, Memory)"]
+    options: Annotated[tuple[str, ...], "extra JVM flags, never the heap (shardrun adds -Xrs: SIGINT and SIGTERM are "
+                                        "left to the drain)"] = ()
+    classpath: Annotated[str | None, "handed to the task (Task.jvm_classpath); without that hook: jars or dirs joined "
+                                     "by the OS's path separator, each must exist"] = None
+    # None: auto, resolved by resolve_threads
+    threads: Annotated[int | None, "threads driving the JVM in a shard; auto: the process's CPUs shared by the shards "
+                                   "running at once; not hashed"] = None
 
     @property
     def xmx_is_auto(self) -> bool:
@@ -77,21 +82,23 @@ def _unresolved(key: str) -> None:
 
 @dataclass(frozen=True)
 class OutputConfig:
-    root: Path
-    log_dir: Path
+    root: Annotated[Path, "where new run dirs are made"]
+    log_dir: Annotated[Path, "where the launcher writes shard<i>.log (null: the parent of output.root)"]
 
 
 @dataclass(frozen=True)
 class RunConfig:
-    task: str
+    task: Annotated[str, "the analysis: package.module:object, or a task's name in the entry-point group "
+                         "shardrun.tasks (docs/TASKS.md)"]
     jvm: JvmConfig
     output: OutputConfig
     settings: Any  # the task's own frozen dataclass
     hash: str
     source: Path | None = None
     raw: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
-    # Which shard runs which user (shardrun.partition); hashed, so every shard assigns users alike.
-    partition: str = MODULO
+    # hashed, so that every shard of a run assigns the users alike
+    partition: Annotated[str, "which shard runs which user: modulo (place in the sorted ids mod K) or balanced (by "
+                              "rows, largest first, to the lightest shard)"] = MODULO
 
 
 def parse_jvm(section: Section) -> JvmConfig:

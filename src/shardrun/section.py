@@ -8,7 +8,7 @@ from typing import Any
 
 from shardrun.errors import ConfigError
 
-_REQUIRED = object()
+REQUIRED = object()
 
 
 class Section:
@@ -32,14 +32,14 @@ class Section:
         self,
         key: str,
         kind: type | tuple[type, ...],
-        default: Any = _REQUIRED,
+        default: Any = REQUIRED,
         check: Callable[[Any], str | None] | None = None,
         nullable: bool = False,
     ) -> Any:
         """The value of `key`, checked: right type, and `check(value)` returns None (or a reason)."""
         self._seen.add(key)
         if key not in self._data:
-            if default is _REQUIRED:
+            if default is REQUIRED:
                 near = close_matches(key, [k for k in self._data if k not in self._seen])
                 fix = (f"did you mean {near}? Rename it to '{key}'" if near else "add it to the config")
                 raise ConfigError(f"config key '{self.name(key)}' is required but missing; {fix}.")
@@ -63,7 +63,7 @@ class Section:
                 raise ConfigError(f"config key '{self.name(key)}' {reason}, got {describe_value(value)}.")
         return value
 
-    def int_list(self, key: str, default: Any = _REQUIRED, positive: bool = True) -> tuple[int, ...]:
+    def int_list(self, key: str, default: Any = REQUIRED, positive: bool = True) -> tuple[int, ...]:
         values = self.get(key, list, default=default)
         if not values:
             raise ConfigError(f"config key '{self.name(key)}' must be a non-empty list of integers, got [].")
@@ -77,14 +77,14 @@ class Section:
             raise ConfigError(f"config key '{self.name(key)}' lists a value twice: {values!r}.")
         return tuple(values)
 
-    def choice(self, key: str, choices: tuple[str, ...], default: Any = _REQUIRED) -> str:
+    def choice(self, key: str, choices: tuple[str, ...], default: Any = REQUIRED) -> str:
         return self.get(
             key, str, default, check=lambda v: None if v in choices else f"must be one of {', '.join(choices)}"
         )
 
     def section(self, key: str) -> Section:
         self._seen.add(key)
-        child = Section(self._data.get(key), self.name(key))
+        child = type(self)(self._data.get(key), self.name(key))
         self._children.append(child)
         return child
 
@@ -96,8 +96,7 @@ class Section:
             near = [f"'{self.name(k)}' -> {match}" for k in unknown if (match := close_matches(k, sorted(self._seen)))]
             hint = f" Did you mean: {'; '.join(near)}?" if near else ""
             raise ConfigError(
-                f"unknown config key {names}; check the spelling against the config reference"
-                f" (docs/GUIDE.md: the core's keys; docs/ANALYSIS.md: the default analysis's).{hint}"
+                f"unknown config key {names}; check the spelling against the config reference (docs/CONFIG.md).{hint}"
             )
         for child in self._children:
             child.finish()
