@@ -82,9 +82,9 @@ def reference() -> str:
                          f" meanings of keys never read: {sorted(documented - set(reads))}")
     return "\n".join([
         "# Config reference", "",
-        f"Generated from the code by `{REGENERATE}`: each key's type and default as the config is read,",
-        "its meaning from beside its field. Every key is checked: an unknown key, a wrong type or a bad value",
-        "is an error naming the key, and nothing runs.", "",
+        f"Generated from the code by `{REGENERATE}`: each key's type and default as the",
+        "config is read, its meaning from beside its field. Every key is checked: an unknown key, a wrong",
+        "type or a bad value is an error naming the key, and nothing runs.", "",
         "## The core's keys", "",
         "Every top-level key other than these belongs to the task. The config hash (in run.json, shard.json,",
         "every row) covers `task`, `partition` (unless `modulo`) and the task's settings, not `jvm` or",
