@@ -1,7 +1,9 @@
-"""The core's config keys, strict parsing, and environment errors: each names the key or the fix."""
+"""The core's config keys, strict parsing, and environment errors: each names the key or the fix; and the
+generated config reference kept equal to the code."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -141,3 +143,11 @@ def test_wrong_java_home_is_refused_with_the_fix(tmp_path):
     assert result.returncode == 2
     assert "JAVA_HOME is" in result.stderr and "Point JAVA_HOME at a JDK" in result.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_the_config_reference_is_what_the_code_says_now():
+    spec = importlib.util.spec_from_file_location("config_reference", REPO / "tools" / "config_reference.py")
+    generator = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(generator)
+    assert generator.TARGET.read_text(encoding="utf-8") == generator.reference(), (
+        f"docs/CONFIG.md is stale: regenerate it with `{generator.REGENERATE}` and commit it")

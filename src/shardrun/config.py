@@ -1,7 +1,6 @@
-"""YAML config -> frozen dataclasses, strictly validated, with a config hash.
-
-A key nobody consumed is an error: a typo must never silently fall back to a default.
-"""
+"""YAML config -> frozen dataclasses, strictly validated, with a config hash. A key nobody consumed is
+an error: a typo must never silently fall back to a default. Each key's meaning is in its field's
+Annotated text (docs/CONFIG.md is generated from them and the reads)."""
 
 from __future__ import annotations
 
@@ -12,7 +11,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import yaml
 
@@ -21,26 +20,28 @@ from shardrun.partition import MODULO, PARTITIONS
 from shardrun.section import Section, describe_value
 from shardrun.units import heap_bytes, is_heap_size
 
-AUTO = "auto"  # a value chosen at start: jvm.threads (resolve_threads), jvm.xmx and jvm.xms
-# jvm.xmx / jvm.xms value meaning "choose from the data": see shardrun.heap_plan.resolve_heap.
+AUTO = "auto"  # a value chosen at start: jvm.threads (resolve_threads), jvm.xmx and jvm.xms (heap_plan.resolve_heap)
 AUTO_HEAP = AUTO
 
 
 def _heap_check(value: str) -> str | None:
-    if value == AUTO_HEAP or is_heap_size(value):
-        return None
-    return "must be a JVM heap size such as 256m or 2g, or auto"
+    return None if value == AUTO_HEAP or is_heap_size(value) else "must be a JVM heap size such as 256m or 2g, or auto"
 
 
 @dataclass(frozen=True)
 class JvmConfig:
-    # A heap size such as "1g", or "auto" until shardrun.heap_plan.resolve_heap chooses one.
-    xms: str | None
-    xmx: str
-    options: tuple[str, ...] = ()
-    classpath: str | None = None
-    # Threads driving the JVM in one shard; None = auto (see resolve_threads).
-    threads: int | None = None
+    # xms and xmx stay "auto" until shardrun.heap_plan.resolve_heap chooses a size.
+    xms: Annotated[str | None, "initial heap: null (the JVM's default), a size, or auto (the chosen xmx, committed at "
+                               "start; with xmx auto a size is its lower bound)"]
+    xmx: Annotated[str, "largest heap of a shard process (256m, 2g, ...), or auto: from the data, the largest user's "
+                        "need + 25% (docs/GUIDE.md, Memory)"]
+    options: Annotated[tuple[str, ...], "extra JVM flags, never the heap (shardrun adds -Xrs: SIGINT and SIGTERM are "
+                                        "left to the drain)"] = ()
+    classpath: Annotated[str | None, "handed to the task (Task.jvm_classpath); without that hook: jars or dirs joined "
+                                     "by the OS's path separator, each must exist"] = None
+    # None: auto, resolved by resolve_threads
+    threads: Annotated[int | None, "threads driving the JVM in a shard; auto: the process's CPUs shared by the shards "
+                                   "running at once; not hashed"] = None
 
     @property
     def xmx_is_auto(self) -> bool:
@@ -77,21 +78,23 @@ def _unresolved(key: str) -> None:
 
 @dataclass(frozen=True)
 class OutputConfig:
-    root: Path
-    log_dir: Path
+    root: Annotated[Path, "where new run dirs are made"]
+    log_dir: Annotated[Path, "where the launcher writes shard<i>.log (null: the parent of output.root)"]
 
 
 @dataclass(frozen=True)
 class RunConfig:
-    task: str
+    task: Annotated[str, "the analysis: package.module:object, or a task's name in the entry-point group "
+                         "shardrun.tasks (docs/TASKS.md)"]
     jvm: JvmConfig
     output: OutputConfig
     settings: Any  # the task's own frozen dataclass
     hash: str
     source: Path | None = None
     raw: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
-    # Which shard runs which user (shardrun.partition); hashed, so every shard assigns users alike.
-    partition: str = MODULO
+    # hashed, so that every shard of a run assigns the users alike
+    partition: Annotated[str, "which shard runs which user: modulo (place in the sorted ids mod K) or balanced (by "
+                              "rows, largest first, to the lightest shard)"] = MODULO
 
 
 def parse_jvm(section: Section) -> JvmConfig:
@@ -114,9 +117,8 @@ def parse_jvm(section: Section) -> JvmConfig:
 
 
 def _threads_check(value: int | str) -> str | None:
-    if value == AUTO or (isinstance(value, int) and value >= 1):
-        return None
-    return "must be auto or a positive number of threads"
+    positive = value == AUTO or (isinstance(value, int) and value >= 1)
+    return None if positive else "must be auto or a positive number of threads"
 
 
 def usable_cpus() -> int:
@@ -129,23 +131,18 @@ def usable_cpus() -> int:
 
 def resolve_threads(configured: int | None, shards_sharing: int) -> int:
     """jvm.threads: as configured, or auto: this process's CPUs shared by `shards_sharing` shards."""
-    if configured is not None:
-        return configured
-    return max(1, usable_cpus() // max(1, shards_sharing))
+    return configured if configured is not None else max(1, usable_cpus() // max(1, shards_sharing))
 
 
 def parse_output(section: Section) -> OutputConfig:
-    root = section.get("root", str, default="analysis/out")
+    root = Path(section.get("root", str, default="analysis/out"))
     log_dir = section.get("log_dir", str, default=None, nullable=True)
-    root_path = Path(root)
-    return OutputConfig(root=root_path, log_dir=Path(log_dir) if log_dir else root_path.parent)
+    return OutputConfig(root=root, log_dir=Path(log_dir) if log_dir else root.parent)
 
 
 def config_hash(task: str, settings: Any, partition: str = MODULO) -> str:
     """Hash of what the numbers and the assignment depend on: task, settings, `partition`; not heap or output.
-
-    Fields with `hashed: False` and the default partition (so older runs still resume) are left out.
-    """
+    Fields with `hashed: False` and the default partition (so older runs still resume) are left out."""
     document = {"task": task, "settings": _hashed(settings)}
     if partition != MODULO:
         document["partition"] = partition
@@ -174,16 +171,8 @@ def parse_config(raw: Any, source: Path | None = None, task_origin: str | None =
     task = load_task(task_path, task_origin)
     settings = task.parse_settings(top)
     top.finish()
-    return RunConfig(
-        task=task_path,
-        jvm=jvm,
-        output=output,
-        settings=settings,
-        hash=config_hash(task_path, settings, partition),
-        source=source,
-        raw=raw,
-        partition=partition,
-    )
+    return RunConfig(task=task_path, jvm=jvm, output=output, settings=settings, source=source, raw=raw,
+                     hash=config_hash(task_path, settings, partition), partition=partition)
 
 
 def load_config(path: str | Path) -> RunConfig:

@@ -1,12 +1,11 @@
 """The signals shardrun's processes take, and every command's first act: noting them before anything
 else is imported.
 
-Importing a command's modules (pandas, Arrow, the task, JPype) takes from a tenth of a second to a
-second. A stop signal in that time would kill the command by the signal's default action (exit 143,
-which a launcher reports as a crash), and Ctrl-C would raise KeyboardInterrupt from inside an import (a
-traceback). This module imports nothing but `signal` and `contextlib`, so the window left is the
-interpreter's own start-up (docs/RELIABILITY.md has the figures); a launcher closes that too for its shards by starting them
-with the signals held (`signals_held`)."""
+Importing a command's modules (pandas, Arrow, the task, JPype) takes up to a second. A stop signal then
+would kill the command by its default action (exit 143, a crash to a launcher), and Ctrl-C would raise
+KeyboardInterrupt inside an import. This module imports only `signal` and `contextlib`, so the window
+left is the interpreter's start-up (docs/RELIABILITY.md), which a launcher closes too by starting its
+shards with the signals held (`signals_held`)."""
 
 from __future__ import annotations
 
@@ -35,9 +34,8 @@ SHARD_SIGNALS = (*STOP_SIGNALS, *WARNING_SIGNALS)
 @contextmanager
 def signals_held(signals: Sequence[int] = SHARD_SIGNALS) -> Iterator[None]:
     """Block `signals` in this thread while a process is started from it. The child inherits the mask
-    through exec, so a signal that comes before its Python has run EarlySignals.catch (the interpreter's
-    own start-up) stays pending instead of killing it by the default action; catch unblocks them and
-    they are noted. Where there are no signal masks, a no-op."""
+    through exec, so a signal before its EarlySignals.catch stays pending instead of killing it; catch
+    unblocks and notes them. Where there are no signal masks, a no-op."""
     if not hasattr(signal, "pthread_sigmask"):
         yield
         return
@@ -49,9 +47,8 @@ def signals_held(signals: Sequence[int] = SHARD_SIGNALS) -> Iterator[None]:
 
 
 class EarlySignals:
-    """`signals` noted, not acted on, until the command takes them over: the shard's drain
-    (StopFlag.install, which handles the noted ones in their order), or cli.common.guarded, which turns
-    a noted stop signal into the command's interrupted exit before it does anything."""
+    """`signals` noted, not acted on, until the command takes them over: the shard's drain (StopFlag.install
+    handles the noted ones in order), or cli.common.guarded (a noted stop signal: the interrupted exit)."""
 
     def __init__(self, signals: Sequence[int] = STOP_SIGNALS) -> None:
         self.signals = tuple(signals)
@@ -72,8 +69,7 @@ class EarlySignals:
         return next((signal.Signals(s) for s in self.caught if s in STOP_SIGNALS), None)
 
     def release(self) -> None:
-        """The signals nobody took over since get their default action back (Python's KeyboardInterrupt
-        for SIGINT)."""
+        """The signals nobody took over get their default action back (KeyboardInterrupt for SIGINT)."""
         for sig in self.signals:
             if signal.getsignal(sig) == self._note:
                 signal.signal(sig, signal.default_int_handler if sig == signal.SIGINT else signal.SIG_DFL)

@@ -27,12 +27,6 @@ def run(command: str, argv: Sequence[str] | None = None) -> int:
 USAGE = f"usage: shardrun [-h] [--version] {{{','.join(sub for sub, _, _ in SUBCOMMANDS)}}} ..."
 
 
-def help_text() -> str:
-    lines = [f"  {sub:<9} {line} (also {module})" for sub, module, line in SUBCOMMANDS]
-    return "\n".join([USAGE, "", "Run a per-user analysis as K resumable shards, then merge and validate.", "",
-                      "commands:", *lines, "", "`shardrun COMMAND --help` shows the command's own flags."])
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """`shardrun SUB ARGS`: runs SUB's command; --help, --version, or an error (exit 2)."""
     args = list(sys.argv[1:] if argv is None else argv)
@@ -40,7 +34,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if first in MODULES:
         return run(MODULES[first], args[1:])
     if first in ("-h", "--help"):
-        print(help_text())
+        lines = [f"  {sub:<9} {line} (also {module})" for sub, module, line in SUBCOMMANDS]
+        print("\n".join([USAGE, "", "Run a per-user analysis as K resumable shards, then merge and validate.", "",
+                         "commands:", *lines, "", "`shardrun COMMAND --help` shows the command's own flags."]))
         return 0
     if first == "--version":
         from shardrun.cli.common import shardrun_version

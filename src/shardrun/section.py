@@ -8,7 +8,7 @@ from typing import Any
 
 from shardrun.errors import ConfigError
 
-_REQUIRED = object()
+REQUIRED = object()
 
 
 class Section:
@@ -28,18 +28,12 @@ class Section:
     def name(self, key: str) -> str:
         return f"{self._where}.{key}" if self._where else key
 
-    def get(
-        self,
-        key: str,
-        kind: type | tuple[type, ...],
-        default: Any = _REQUIRED,
-        check: Callable[[Any], str | None] | None = None,
-        nullable: bool = False,
-    ) -> Any:
+    def get(self, key: str, kind: type | tuple[type, ...], default: Any = REQUIRED,
+            check: Callable[[Any], str | None] | None = None, nullable: bool = False) -> Any:
         """The value of `key`, checked: right type, and `check(value)` returns None (or a reason)."""
         self._seen.add(key)
         if key not in self._data:
-            if default is _REQUIRED:
+            if default is REQUIRED:
                 near = close_matches(key, [k for k in self._data if k not in self._seen])
                 fix = (f"did you mean {near}? Rename it to '{key}'" if near else "add it to the config")
                 raise ConfigError(f"config key '{self.name(key)}' is required but missing; {fix}.")
@@ -54,37 +48,32 @@ class Section:
             hint = ""
             if int in kinds and float not in kinds and isinstance(value, (str, float)):
                 hint = " Write it as a whole number such as 100 (YAML reads 1e3 as text, and 1.0e+3 as a float)."
-            raise ConfigError(
-                f"config key '{self.name(key)}' must be {expected}, got {describe_value(value)}.{hint}"
-            )
+            raise ConfigError(f"config key '{self.name(key)}' must be {expected}, got {describe_value(value)}.{hint}")
         if check is not None:
             reason = check(value)
             if reason:
                 raise ConfigError(f"config key '{self.name(key)}' {reason}, got {describe_value(value)}.")
         return value
 
-    def int_list(self, key: str, default: Any = _REQUIRED, positive: bool = True) -> tuple[int, ...]:
+    def int_list(self, key: str, default: Any = REQUIRED, positive: bool = True) -> tuple[int, ...]:
         values = self.get(key, list, default=default)
         if not values:
             raise ConfigError(f"config key '{self.name(key)}' must be a non-empty list of integers, got [].")
         for v in values:
             if isinstance(v, bool) or not isinstance(v, int) or (positive and v <= 0):
-                raise ConfigError(
-                    f"config key '{self.name(key)}' must list {'positive ' if positive else ''}integers only,"
-                    f" got {describe_value(v)} in {values!r}."
-                )
+                raise ConfigError(f"config key '{self.name(key)}' must list {'positive ' if positive else ''}integers"
+                                  f" only, got {describe_value(v)} in {values!r}.")
         if len(set(values)) != len(values):
             raise ConfigError(f"config key '{self.name(key)}' lists a value twice: {values!r}.")
         return tuple(values)
 
-    def choice(self, key: str, choices: tuple[str, ...], default: Any = _REQUIRED) -> str:
-        return self.get(
-            key, str, default, check=lambda v: None if v in choices else f"must be one of {', '.join(choices)}"
-        )
+    def choice(self, key: str, choices: tuple[str, ...], default: Any = REQUIRED) -> str:
+        return self.get(key, str, default,
+                        check=lambda v: None if v in choices else f"must be one of {', '.join(choices)}")
 
     def section(self, key: str) -> Section:
         self._seen.add(key)
-        child = Section(self._data.get(key), self.name(key))
+        child = type(self)(self._data.get(key), self.name(key))
         self._children.append(child)
         return child
 
@@ -95,10 +84,8 @@ class Section:
             names = ", ".join(f"'{self.name(k)}'" for k in unknown)
             near = [f"'{self.name(k)}' -> {match}" for k in unknown if (match := close_matches(k, sorted(self._seen)))]
             hint = f" Did you mean: {'; '.join(near)}?" if near else ""
-            raise ConfigError(
-                f"unknown config key {names}; check the spelling against the config reference"
-                f" (docs/GUIDE.md: the core's keys; docs/ANALYSIS.md: the default analysis's).{hint}"
-            )
+            raise ConfigError(f"unknown config key {names}; check the spelling against the config reference"
+                              f" (docs/CONFIG.md).{hint}")
         for child in self._children:
             child.finish()
 

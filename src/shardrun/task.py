@@ -1,7 +1,5 @@
-"""The `Task` base class, the core's only view of an analysis, and finding a task by name.
-
-A task defines `load` and `analyse`; every other hook has a default here (docs/TASKS.md).
-"""
+"""The `Task` base class, the core's only view of an analysis, and finding a task by name. A task
+defines `load` and `analyse`; every other hook has a default here (docs/TASKS.md)."""
 
 from __future__ import annotations
 
@@ -62,19 +60,6 @@ class SummaryPanel(NamedTuple):
     draw: Callable[[Any], None]  # draws the panel on the matplotlib Axes it is given
     width: float = 1.0  # relative to the other panels of its row, which share the picture's width
     row: int = 0  # the picture's row it is drawn in, from the top; rows share the picture's height
-
-
-def configured_classpath(configured: str | None) -> list[str]:
-    """The default classpath: jvm.classpath's entries (split on os.pathsep), each required to exist."""
-    paths = []
-    for entry in (entry for entry in (configured or "").split(os.pathsep) if entry):
-        path = Path(entry).expanduser()
-        if not path.exists():
-            raise EnvironmentProblem(
-                f"jvm.classpath names {path}, which does not exist; point jvm.classpath at the jars or dirs"
-                " the task needs (separated by the OS's path separator), or remove the key.")
-        paths.append(str(path.resolve()))
-    return paths
 
 
 class Task(ABC):
@@ -171,8 +156,17 @@ class Task(ABC):
         return {}
 
     def jvm_classpath(self, settings: Any, configured: str | None) -> list[str]:
-        """The JVM's classpath, given jvm.classpath; EnvironmentProblem naming the fix when a jar is missing."""
-        return configured_classpath(configured)
+        """The JVM's classpath, given jvm.classpath (by default its entries, split on os.pathsep, each required
+        to exist); EnvironmentProblem naming the fix when a jar is missing."""
+        paths = []
+        for entry in (entry for entry in (configured or "").split(os.pathsep) if entry):
+            path = Path(entry).expanduser()
+            if not path.exists():
+                raise EnvironmentProblem(
+                    f"jvm.classpath names {path}, which does not exist; point jvm.classpath at the jars or dirs"
+                    " the task needs (separated by the OS's path separator), or remove the key.")
+            paths.append(str(path.resolve()))
+        return paths
 
     def jvm_options(self, settings: Any) -> list[str]:
         """Extra JVM flags (never -Xmx/-Xms), before the config's jvm.options."""

@@ -1,4 +1,4 @@
-"""What every command shares: its parser (help with defaults, --version), logging set-up,
+"""What every command shares: its parser (help with defaults, --version, --verbose), logging set-up,
 error-to-exit mapping, and flag value types (a bad value is refused by argparse: exit 2, no traceback)."""
 
 from __future__ import annotations
@@ -17,11 +17,9 @@ from shardrun.early_signals import STOP_SIGNALS, EarlySignals
 from shardrun.errors import EXIT_CLOSED_PIPE, EXIT_CRASH, EXIT_INTERRUPTED, ShardrunError, StopSignalReceived
 from shardrun.results.tolerance import FailedTolerance
 from shardrun.storage.durability import escaped_storage_failure
-from shardrun.units import heap_bytes
+from shardrun.units import MIB, heap_bytes
 
 log = logging.getLogger("shardrun")
-
-AUTO = "auto"
 
 
 def shardrun_version() -> str:
@@ -37,13 +35,9 @@ class HelpWithDefaults(argparse.RawDescriptionHelpFormatter):
     """Every flag's help ends with its default, when it has one worth saying (not None, not False)."""
 
     def _get_help_string(self, action: argparse.Action) -> str:
-        text = action.help or ""
-        default = action.default
-        if (
-            "%(default)" in text or "default" in text
-            or default is None or default is False or default is argparse.SUPPRESS
-            or not action.option_strings
-        ):
+        text, default = action.help or "", action.default
+        if "default" in text or any(default is none for none in (None, False, argparse.SUPPRESS)) \
+                or not action.option_strings:
             return text
         if isinstance(default, (list, tuple)):
             default = " ".join(str(d) for d in default)
@@ -83,16 +77,13 @@ def command_spelling(name: str) -> str:
 
 def command_parser(name: str, description: str) -> argparse.ArgumentParser:
     """The parser every command starts from: its prog as it was started (`shardrun SUB` or its console
-    name), defaults in --help, --version."""
+    name), defaults in --help, --version, --verbose."""
     prog = f"shardrun {subcommand(name)}" if one_command() else name
     p = argparse.ArgumentParser(prog=prog, description=description, formatter_class=HelpWithDefaults)
     p.add_argument("--version", action="version", version=f"%(prog)s (shardrun {shardrun_version()})",
                    help="print shardrun's version and exit")
-    return p
-
-
-def add_verbose(p: argparse.ArgumentParser) -> None:
     p.add_argument("-v", "--verbose", action="store_true", help="log debug messages too")
+    return p
 
 
 def guarded(main: Callable[[argparse.Namespace], int], parser: argparse.ArgumentParser, argv: Sequence[str] | None,
@@ -101,17 +92,18 @@ def guarded(main: Callable[[argparse.Namespace], int], parser: argparse.Argument
             stop_signals_interrupt: bool = True) -> int:
     """Run a command: its errors become their exit codes with one `error:` paragraph, never a traceback
     (but for a bug: exit 70). With `stop_signals_interrupt` a stop signal interrupts the command like
-    Ctrl-C until it installs handlers of its own (the launcher's drain), and one noted by `early` while
-    the command was imported (entry.run) interrupts it before it starts; the shard has its own drain
-    from the start, which takes `early`'s signals itself, and passes False."""
+    Ctrl-C (until it installs its own handlers), and so does one `early` noted during the imports; the
+    shard passes False: its drain takes `early`'s signals itself."""
     try:
         if stop_signals_interrupt:
-            interrupt_on_stop_signals()
+            for sig in STOP_SIGNALS:  # SIGTERM and SIGHUP raise StopSignalReceived, as SIGINT KeyboardInterrupt
+                signal.signal(sig, signal.default_int_handler if sig == signal.SIGINT else _interrupt)
             noted = early.first_stop() if early is not None else None
             if noted is not None:
                 raise StopSignalReceived(noted.name)
         args = (parse or parser.parse_args)(argv)
-        configure_logging(getattr(args, "verbose", False))
+        logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, stream=sys.stderr,
+                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         code = main(args)
         sys.stdout.flush()  # here, not at the interpreter's exit, so that a closed pipe is caught below
         return code
@@ -121,7 +113,11 @@ def guarded(main: Callable[[argparse.Namespace], int], parser: argparse.Argument
               " atomic); run the same command again to do it.", file=sys.stderr)
         return EXIT_INTERRUPTED
     except BrokenPipeError:
-        quiet_closed_stdout()
+        # stdout to /dev/null, so that the interpreter's own flush at exit does not fail again and print a
+        # traceback (the Python documentation's advice on SIGPIPE)
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
         return EXIT_CLOSED_PIPE
     except ShardrunError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -136,27 +132,14 @@ def guarded(main: Callable[[argparse.Namespace], int], parser: argparse.Argument
         return EXIT_CRASH
 
 
-def interrupt_on_stop_signals() -> None:
-    """SIGTERM and SIGHUP raise StopSignalReceived, as SIGINT raises KeyboardInterrupt."""
-    def interrupt(signum: int, _frame: object) -> None:
-        raise StopSignalReceived(signal.Signals(signum).name)
-
-    for sig in STOP_SIGNALS:
-        signal.signal(sig, signal.default_int_handler if sig == signal.SIGINT else interrupt)
-
-
-def quiet_closed_stdout() -> None:
-    """After the reader of stdout left: point stdout at /dev/null, so that the interpreter's own flush at
-    exit does not fail again and print a traceback (the Python documentation's advice on SIGPIPE)."""
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, sys.stdout.fileno())
-    os.close(devnull)
+def _interrupt(signum: int, _frame: object) -> None:
+    raise StopSignalReceived(signal.Signals(signum).name)
 
 
 def heap_size(text: str) -> str:
     """A JVM heap size such as 512m or 2g, or auto (chosen from the data, as jvm.xmx: auto in a config)."""
-    if text.strip().lower() == AUTO:
-        return AUTO
+    if text.strip().lower() == "auto":
+        return "auto"
     try:
         heap_bytes(text)
     except ValueError:
@@ -164,26 +147,29 @@ def heap_size(text: str) -> str:
     return text
 
 
-def _number(text: str, kind: type, what: str) -> float | int:
+def mib_size(text: str) -> int | None:
+    """--mem, --merge-mem: a size such as 4g, in MiB."""
     try:
-        value = kind(text)
+        return max(heap_bytes(text) // MIB, 1) if text else None
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not {what}") from None
-    if (kind is float and value != value) or value in (float("inf"), float("-inf")):
-        raise argparse.ArgumentTypeError(f"{text!r} is not {what}")
-    return value
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size such as 4g or 3500m") from None
 
 
 def number_type(kind: type, what: str, rule: str, at_least: float | None = None, above: float | None = None,
                 at_most: float | None = None) -> Callable[[str], float | int]:
-    """An argparse type for a number within bounds; `rule` says the bounds in words for the error."""
+    """An argparse type for a finite number within bounds; `rule` says the bounds in words for the error."""
 
     def parse(text: str) -> float | int:
-        value = _number(text, kind, what)
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {what}") from None
+        if value != value or value in (float("inf"), float("-inf")):  # nan is not equal to itself
+            raise argparse.ArgumentTypeError(f"{text!r} is not {what}")
         if ((at_least is not None and value < at_least) or (above is not None and value <= above)
                 or (at_most is not None and value > at_most)):
             raise argparse.ArgumentTypeError(f"{rule}, got {text!r}")
-        return kind(value)
+        return value
 
     return parse
 
@@ -209,11 +195,3 @@ def add_max_failed(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-failed", type=failed_tolerance, default=FailedTolerance(), metavar="N|P%",
                    help="the failed users a result set may have and still pass validation: a number of users (5)"
                         " or a share of them (2%%); default 0: any failed user fails the validation (exit 5)")
-
-
-def configure_logging(verbose: bool = False) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )

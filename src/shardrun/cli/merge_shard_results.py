@@ -6,7 +6,7 @@ import argparse
 from collections.abc import Sequence
 from pathlib import Path
 
-from shardrun.cli.common import add_verbose, command_parser, guarded
+from shardrun.cli.common import command_parser, guarded
 from shardrun.early_signals import EarlySignals
 from shardrun.errors import EXIT_OK, EXIT_VALIDATION_FAILED
 
@@ -22,7 +22,6 @@ def parser() -> argparse.ArgumentParser:
                         " incomplete); does not imply --overwrite")
     p.add_argument("--overwrite", action="store_true",
                    help="replace an existing --output dir (the old set stays until the new one is complete)")
-    add_verbose(p)
     return p
 
 

@@ -6,7 +6,7 @@ import argparse
 from collections.abc import Sequence
 from pathlib import Path
 
-from shardrun.cli.common import add_verbose, command_parser, guarded, positive_seconds
+from shardrun.cli.common import command_parser, guarded, positive_seconds
 from shardrun.config import load_config
 from shardrun.early_signals import EarlySignals
 from shardrun.observe.monitor import watch
@@ -23,10 +23,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--watch", action="store_true", help="refresh until every shard has ended")
     p.add_argument("--json", action="store_true",
                    help="for scripts: one JSON document per refresh, on one line (its shape: docs/MONITOR.md)")
-    p.add_argument("--every", type=positive_seconds, default=5.0, metavar="S", help="seconds between refreshes with --watch")
+    p.add_argument("--every", type=positive_seconds, default=5.0, metavar="S",
+                   help="seconds between refreshes with --watch")
     p.add_argument("--stale-after", type=positive_seconds, default=120.0, metavar="S",
                    help="a running shard whose heartbeat is older than this is shown as dead")
-    add_verbose(p)
     return p
 
 

@@ -44,7 +44,8 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def config_and_shards(positional: Sequence[str], config: Path | None, shards: int | None) -> tuple[Path | None, int | None]:
+def config_and_shards(positional: Sequence[str], config: Path | None,
+                      shards: int | None) -> tuple[Path | None, int | None]:
     """CONFIG and K from the positional words: one number is K, one other word is CONFIG, two are both;
     a flag (--config, --shards) wins over its positional twin."""
     if len(positional) > 2:
@@ -60,24 +61,17 @@ def config_and_shards(positional: Sequence[str], config: Path | None, shards: in
             shards or (int(given_shards) if given_shards else None))
 
 
-def find_config(config: Path | None, caller: Path, repository: Path) -> Path:
-    """A config named relative to the caller's directory, else to the repository's."""
-    if config is None:
-        config = DEFAULT_CONFIG
-    if config.is_absolute():
-        return config
-    for base in (caller, repository):
-        if (base / config).exists():
-            return base / config
-    raise UsageError(f"config {config} not found (looked in {caller} and in the repository {repository}); give its"
-                     " path.")
-
-
 def _run(args: argparse.Namespace) -> int:
-    caller = Path(os.environ.get(CALLER_ENV) or Path.cwd())
-    config, shards = config_and_shards(args.positional, args.config, args.shards)
-    args.config = find_config(config, caller, Path.cwd())
-    args.shards = shards
+    caller, repository = Path(os.environ.get(CALLER_ENV) or Path.cwd()), Path.cwd()
+    config, args.shards = config_and_shards(args.positional, args.config, args.shards)
+    config = config or DEFAULT_CONFIG
+    # a relative config is looked for in the caller's dir, then in the repository
+    found = [config] if config.is_absolute() else [base / config for base in (caller, repository)
+                                                   if (base / config).exists()]
+    if not found:
+        raise UsageError(f"config {config} not found (looked in {caller} and in the repository {repository});"
+                         " give its path.")
+    args.config = found[0]
     for name in ("out", "run_dir"):
         where = getattr(args, name)
         if where is not None and not where.is_absolute():

@@ -7,19 +7,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
-from shardrun.cli.common import (
-    add_verbose,
-    command_parser,
-    command_spelling,
-    guarded,
-    heap_size,
-    nice_level,
-    non_negative_int,
-    non_negative_seconds,
-    pilot_size,
-    positive_seconds,
-    thread_count,
-)
+from shardrun.cli import common
 from shardrun.config import load_config
 from shardrun.early_signals import EarlySignals
 from shardrun.errors import EXIT_INTERRUPTED, UsageError
@@ -30,18 +18,14 @@ from shardrun.shard.fail_fast import DEFAULT_FAIL_FAST
 from shardrun.shard.lifecycle import PREEMPT_SIGNALS, PreemptionNotice, StopFlag, die_with_launcher
 from shardrun.shard.run import ShardOutcome, run_shard
 
-DEFAULT_CONFIG = Path("config/proposal.yaml")
-
 
 def parser() -> argparse.ArgumentParser:
-    p = command_parser(
-        "run_production",
-        "Run one shard of the analysis: the users whose index in the sorted user list is i mod K.",
-    )
-    p.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="YAML config")
+    p = common.command_parser("run_production", "Run one shard of the analysis: the users whose index in the sorted"
+                                                " user list is i mod K.")
+    p.add_argument("--config", type=Path, default=Path("config/proposal.yaml"), help="YAML config")
     mode = p.add_mutually_exclusive_group(required=True)
     mode.add_argument("--full", action="store_true", help="every user of the shard")
-    mode.add_argument("--pilot", type=pilot_size, metavar="N", help="only the first N users of the shard")
+    mode.add_argument("--pilot", type=common.pilot_size, metavar="N", help="only the first N users of the shard")
     p.add_argument("--shard", metavar="i/K",
                    help="i/K (0 <= i < K), or 'auto' inside a job array (SLURM, SGE, LSF, PBS, HTCondor, Kubernetes,"
                         " AWS Batch, GNU parallel: docs/SCHEDULERS.md); with auto, K is the run's when --out or"
@@ -50,31 +34,33 @@ def parser() -> argparse.ArgumentParser:
     where.add_argument("--out", type=Path, help="run dir; the shard writes DIR/shard-<i>-of-<K>/")
     where.add_argument("--resume", type=Path, help="continue a shard dir, or a run dir (with --shard)")
     p.add_argument("--dry-run", action="store_true", help="print the plan and what cannot run, then exit")
-    p.add_argument("--heartbeat", type=positive_seconds, default=10.0, metavar="S",
+    p.add_argument("--heartbeat", type=common.positive_seconds, default=10.0, metavar="S",
                    help="seconds between refreshes of status.json")
     p.add_argument("--retry-failed", action="store_true",
                    help="with --resume: run again the users whose committed result is 'failed'")
-    p.add_argument("--fail-fast", type=non_negative_int, default=DEFAULT_FAIL_FAST, metavar="N",
+    p.add_argument("--fail-fast", type=common.non_negative_int, default=DEFAULT_FAIL_FAST, metavar="N",
                    help="stop the shard (exit 1, the error and its fix in the log and status.json) when its first N"
                         " users all fail with the same error class; 0: never")
-    p.add_argument("--xmx", type=heap_size, metavar="SIZE", help="override jvm.xmx (e.g. 2g, or auto: from the data); does not change the config hash")
-    p.add_argument("--threads", type=thread_count, metavar="N",
+    p.add_argument("--xmx", type=common.heap_size, metavar="SIZE",
+                   help="override jvm.xmx (e.g. 2g, or auto: from the data); does not change the config hash")
+    p.add_argument("--threads", type=common.thread_count, metavar="N",
                    help="override jvm.threads: threads driving the JVM in this process; numbers do not depend on it")
-    p.add_argument("--nice", type=nice_level, default=0, metavar="N", help="lower this process's CPU priority by N (0-19)")
-    p.add_argument("--cooldown", type=non_negative_seconds, default=0.0, metavar="S", help="pause S seconds between users")
-    p.add_argument("--commit-interval", type=non_negative_seconds, default=1.0, metavar="S",
+    p.add_argument("--nice", type=common.nice_level, default=0, metavar="N",
+                   help="lower this process's CPU priority by N (0-19)")
+    p.add_argument("--cooldown", type=common.non_negative_seconds, default=0.0, metavar="S",
+                   help="pause S seconds between users")
+    p.add_argument("--commit-interval", type=common.non_negative_seconds, default=1.0, metavar="S",
                    help="group commit: users that end within S seconds of the last commit are committed together,"
                         " in one file and one fsync (default 1; 0 commits every user as it ends). A crash loses at"
                         " most the users of the last S seconds, which the resume computes again")
     p.add_argument("--preempt-signal", choices=PREEMPT_SIGNALS, metavar="SIG",
                    help="the scheduler's warning signal (TERM, USR1 or USR2; sbatch --signal) ahead of a time limit or"
                         " preemption: drain within --preempt-lead, status 'preempted', requeue while users are left")
-    p.add_argument("--preempt-lead", type=positive_seconds, default=120.0, metavar="S",
+    p.add_argument("--preempt-lead", type=common.positive_seconds, default=120.0, metavar="S",
                    help="seconds between the warning signal and the scheduler's kill (sbatch --signal=...@S)")
-    p.add_argument("--requeue-limit", type=non_negative_int, default=3, metavar="N",
+    p.add_argument("--requeue-limit", type=common.non_negative_int, default=3, metavar="N",
                    help="after the warning signal, ask SLURM to requeue this job at most N times in all (0: never);"
                         " a preemption by SLURM (PreemptTime in its record) is requeued regardless, as SLURM would")
-    add_verbose(p)
     return p
 
 
@@ -129,24 +115,19 @@ def stop_flag(args: argparse.Namespace, early: EarlySignals | None) -> StopFlag 
 def say_outcome(args: argparse.Namespace, outcome: ShardOutcome) -> None:
     shard, dirs = outcome.shard.plan.shard, outcome.shard.dirs
     print(f"shard {shard} done (exit {outcome.exit_code}): {dirs.shard.dir}")
-    mode = "--full" if args.pilot is None else f"--pilot {args.pilot}"
+    flags = f"--config {args.config} {'--full' if args.pilot is None else f'--pilot {args.pilot}'}"
+    run_production = common.command_spelling("run_production")
     if outcome.exit_code == EXIT_INTERRUPTED:
-        print(f"continue it with: {command_spelling('run_production')} --config {args.config} {mode} --resume"
-              f" {dirs.shard.dir}")
+        print(f"continue it with: {run_production} {flags} --resume {dirs.shard.dir}")
     if args.out is None and args.resume is None and shard.count > 1:
-        print(alone_in_its_run_dir(dirs.run.dir, str(shard), shard.count, f"--config {args.config} {mode}"))
-
-
-def alone_in_its_run_dir(run_dir: Path, shard: str, count: int, flags: str) -> str:
-    """A shard (i/K) of K > 1 started without --out makes a run dir of its own (the original workflow,
-    shards started by hand): how its K shards become one result set."""
-    pattern = f"{run_dir.parent}/*/shard-*-of-{count}"
-    return (f"this run dir holds shard {shard} alone; once all {count} shards are done, merge them into one set"
-            f" with: {command_spelling('merge_shard_results')} --shards {pattern} --output DIR (the shell expands the"
-            f" pattern: make sure it names one run's {count} shards), or next time give every shard one run dir:"
-            f" {command_spelling('run_production')} {flags} --shard i/{count} --out RUN")
+        # a shard of K > 1 started without --out (by hand, as in the original workflow) made a run dir of its own
+        print(f"this run dir holds shard {shard} alone; once all {shard.count} shards are done, merge them into one set"
+              f" with: {common.command_spelling('merge_shard_results')} --shards"
+              f" {dirs.run.dir.parent}/*/shard-*-of-{shard.count} --output DIR (the shell expands the pattern: make"
+              f" sure it names one run's {shard.count} shards), or next time give every shard one run dir:"
+              f" {run_production} {flags} --shard i/{shard.count} --out RUN")
 
 
 def main(argv: Sequence[str] | None = None, early: EarlySignals | None = None) -> int:
     """`early`: the signals noted before this module was imported (entry.run)."""
-    return guarded(lambda args: _run_production(args, early), parser(), argv, stop_signals_interrupt=False)
+    return common.guarded(lambda args: _run_production(args, early), parser(), argv, stop_signals_interrupt=False)

@@ -6,7 +6,7 @@ import argparse
 from collections.abc import Sequence
 from pathlib import Path
 
-from shardrun.cli.common import add_verbose, command_parser, guarded
+from shardrun.cli.common import command_parser, guarded
 from shardrun.early_signals import EarlySignals
 from shardrun.errors import EXIT_OK, UsageError
 from shardrun.launch.stop import stop_run
@@ -22,9 +22,8 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("run", type=Path, metavar="RUN_DIR", help="the run dir (holding run.json and shard-<i>-of-<K>/)")
     p.add_argument("--now", action="store_true",
-                   help="signal again processes already asked to drain: they stop at once, abandoning the user in flight"
-                        " (uncommitted)")
-    add_verbose(p)
+                   help="signal again processes already asked to drain: they stop at once, abandoning the user in"
+                        " flight (uncommitted)")
     return p
 
 

@@ -6,7 +6,7 @@ import argparse
 from collections.abc import Sequence
 from pathlib import Path
 
-from shardrun.cli.common import add_max_failed, add_verbose, command_parser, guarded
+from shardrun.cli.common import add_max_failed, command_parser, guarded
 from shardrun.config import load_config
 from shardrun.early_signals import EarlySignals
 from shardrun.errors import EXIT_OK, EXIT_VALIDATION_FAILED, UsageError
@@ -24,38 +24,31 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--dir", type=Path, required=True, help="a merged dir (with results.parquet or results.csv)")
     p.add_argument("--config", type=Path, help="check coverage against this config's input data")
     add_max_failed(p)
-    add_verbose(p)
     return p
 
 
 def _check_dir(result_dir: Path) -> None:
-    if not result_dir.exists():
-        raise UsageError(
-            f"result dir {result_dir} does not exist; pass the --output dir of merge_shard_results (or RUN/merged"
-            " of a launch_shards run) to --dir."
-        )
-    if not result_dir.is_dir():
-        raise UsageError(
-            f"{result_dir} is a file, not a result dir; pass the dir that holds results.parquet and"
-            " merge_report.json (the --output dir of merge_shard_results) to --dir."
-        )
-    paths = MergedPaths(result_dir)
-    if paths.parquet.is_file() or paths.csv.is_file():
+    merged = MergedPaths(result_dir)
+    if merged.parquet.is_file() or merged.csv.is_file():
         return
+    if not result_dir.exists():
+        raise UsageError(f"result dir {result_dir} does not exist; pass the --output dir of merge_shard_results (or"
+                         " RUN/merged of a launch_shards run) to --dir.")
+    if not result_dir.is_dir():
+        raise UsageError(f"{result_dir} is a file, not a result dir; pass the dir that holds results.parquet and"
+                         " merge_report.json (the --output dir of merge_shard_results) to --dir.")
     # No result set here: a verdict would be written into a dir that is no result set (a run dir's
     # validation.json), and "pass --config" would not help. Say what the dir is and where the set is.
     run = RunPaths(result_dir)
     if run.run_json.is_file() or run.shard_dirs():
-        merged = run.merged
-        where = (f"its result set is {merged}: pass --dir {merged}" if MergedPaths(merged).csv.is_file()
-                 or MergedPaths(merged).parquet.is_file() else
+        set_of_run = MergedPaths(run.merged)
+        where = (f"its result set is {run.merged}: pass --dir {run.merged}"
+                 if set_of_run.csv.is_file() or set_of_run.parquet.is_file() else
                  f"it has no result set yet: merge it first with merge_shard_results --run {result_dir}"
-                 f" --output {merged}, then pass --dir {merged}")
+                 f" --output {run.merged}, then pass --dir {run.merged}")
         raise UsageError(f"{result_dir} is a run dir, not a result set (no results.parquet or results.csv); {where}.")
-    raise UsageError(
-        f"{result_dir} holds no result set (no results.parquet or results.csv); pass the --output dir of"
-        " merge_shard_results (or RUN/merged of a launch_shards run) to --dir."
-    )
+    raise UsageError(f"{result_dir} holds no result set (no results.parquet or results.csv); pass the --output dir of"
+                     " merge_shard_results (or RUN/merged of a launch_shards run) to --dir.")
 
 
 def _validate(args: argparse.Namespace) -> int:

@@ -1,42 +1,7 @@
 """The analysis's own config keys (DESIGN section 5), read strictly into frozen dataclasses.
 
-Keys and defaults (`task`, `jvm` and `output` belong to the core and are not read here):
-
-    data.path              required; CSV or Parquet (by extension). Kept as written; a relative path
-                           is resolved against the current working directory when the data is loaded.
-    data.user_column       default "user_id"
-    data.time_column       default "timestamp"
-    data.value_column      default "value"
-    data.encoding          quantile | categorical, default quantile
-    data.levels            integer 2..LEVELS_MAX (256), default 4. quantile: bins per user. categorical: the
-                           largest number of distinct labels one user may have (the alphabet size, see
-                           symbols.py)
-    data.time_format       null (default: ISO 8601 text only, or a datetime column) or a strptime format
-                           such as "%d/%m/%Y %H:%M" that every timestamp text must match (data.py)
-    data.timezone          null (default: each timestamp's local time as written) or an IANA zone name
-                           such as "Europe/Berlin": offset-aware timestamps are converted to that zone's
-                           local time, those without an offset are taken as written in it (data.py)
-    data.step              null (rows as given, the default) or a pandas frequency such as "1h"
-    data.aggregate         sum | mean | min | max | count | first | last, default sum; used only with
-                           `step`. With categorical encoding only first | last | min | max | count,
-                           because a sum or mean of labels is not a label.
-    data.missing           refuse | drop, default refuse. What a row with a missing or non-finite value
-                           (empty, NaN, inf, -inf) or without a timestamp does: refuse stops every
-                           shard at start (exit 2) naming the rows and users; drop leaves those rows
-                           out, and each user's result rows count them (n_dropped, dropped_reason;
-                           data.py, cleaning.py). Not hashed: on the same input both give the same
-                           rows or refuse gives none.
-    data.min_observations  integer >= 1, default 20. An addition to the original config: a user with
-                           fewer observations (after NaN removal and resampling) than
-                           max(min_observations, largest k + 2) is skipped with a reason.
-    hour_bins              integer 1..24, default 6 (bins of whole hours of the day)
-    feature_modes          required, non-empty list of distinct modes from activity | composite
-    k_selection.strategy   AIS (the only strategy), default AIS
-    k_selection.k_grid     required, non-empty list of distinct positive integers (stored sorted)
-    k_selection.k_max      null (default) or a positive integer; k above it are dropped from the grid
-    k_selection.undersampling_guard   bool, default false
-    surrogates             integer 1..SURROGATES_MAX (10,000), default 100
-    seed                   required integer; the surrogates depend on it
+Each key's type, default and meaning (beside its field below): docs/CONFIG.md, generated from this
+code by tools/config_reference.py; `task`, `jvm` and `output` belong to the core.
 
 Every problem raises ConfigError naming the key (through shardrun.config.Section).
 
@@ -54,7 +19,7 @@ from __future__ import annotations
 import zoneinfo
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import ClassVar
+from typing import Annotated, ClassVar
 
 import pandas as pd
 
@@ -81,18 +46,19 @@ SURROGATES_MAX = 10_000
 
 @dataclass(frozen=True)
 class DataSettings:
-    path: str
-    user_column: str
-    time_column: str
-    value_column: str
-    encoding: str
-    levels: int
-    step: str | None
-    aggregate: str
-    min_observations: int
+    path: Annotated[str, "the input: CSV or Parquet (by extension), one row per (user, time)"]
+    user_column: Annotated[str, "the column of user ids (read as text)"]
+    time_column: Annotated[str, "the column of timestamps"]
+    value_column: Annotated[str, "the column of values"]
+    encoding: Annotated[str, "quantile: per-user quantile bins of numbers; categorical: the values are labels"]
+    levels: Annotated[int, "2 to 256: quantile bins per user, or (categorical) the most distinct labels of a user"]
+    step: Annotated[str | None, "null: rows as given; a pandas frequency such as 1h: each user resampled onto it"]
+    aggregate: Annotated[str, "how step combines a bin's rows (categorical: first, last, min, max or count)"]
+    min_observations: Annotated[int, "a user with fewer observations than max(this, largest k + 2) is skipped"]
     # Not hashed: with the same input, refuse and drop give the same rows, or refuse gives none (it
     # refuses at start), so a run dir keeps its hash whichever is set.
-    missing: str = field(default="refuse", kw_only=True, metadata={"hashed": False})
+    missing: Annotated[str, "a missing or non-finite value: refuse stops at start (exit 2); drop leaves its row out"
+                       ] = field(default="refuse", kw_only=True, metadata={"hashed": False})
     # Not fields here (see the module docstring): null unless set, then TimedDataSettings holds them.
     time_format: ClassVar[str | None] = None
     timezone: ClassVar[str | None] = None
@@ -102,16 +68,21 @@ class DataSettings:
 class TimedDataSettings(DataSettings):
     """DataSettings with data.time_format or data.timezone set: both are hashed."""
 
-    time_format: str | None = None  # type: ignore[misc]  # fields here, class constants in DataSettings (on purpose)
-    timezone: str | None = None  # type: ignore[misc]
+    # fields here, class constants in DataSettings (on purpose)
+    time_format: Annotated[  # type: ignore[misc]
+        str | None, "null: ISO 8601 text (or a datetime column); else a strptime format every timestamp matches"] = None
+    timezone: Annotated[  # type: ignore[misc]
+        str | None, "null: local time as written; an IANA zone name: times converted to (or taken as) its local time"
+    ] = None
 
 
 @dataclass(frozen=True)
 class KSelection:
-    strategy: str
-    k_grid: tuple[int, ...]
-    k_max: int | None
-    undersampling_guard: bool
+    strategy: Annotated[str, "AIS (the only one): the k with the largest bias-corrected AIS, the smallest on ties"]
+    k_grid: Annotated[tuple[int, ...], "the history lengths k to evaluate"]
+    k_max: Annotated[int | None, "null, or the largest k of the grid to evaluate"]
+    undersampling_guard: Annotated[bool, "true: a k is evaluated only with an observation per cell of its table"
+                                         " on average"]
 
     @property
     def ks(self) -> tuple[int, ...]:
@@ -122,11 +93,11 @@ class KSelection:
 @dataclass(frozen=True)
 class Settings:
     data: DataSettings
-    hour_bins: int
-    feature_modes: tuple[str, ...]
+    hour_bins: Annotated[int, "1 to 24: bins of the day's hours (6: 4-hour windows)"]
+    feature_modes: Annotated[tuple[str, ...], "activity (the value symbol) and/or composite (value symbol x hour bin)"]
     k_selection: KSelection
-    surrogates: int
-    seed: int
+    surrogates: Annotated[int, "1 to 10,000 permutations per test for the null distributions and p-values"]
+    seed: Annotated[int, "the permutations depend on (seed, user id, surrogate index) only"]
     # Not a config key: how the numbers are computed. It is part of the config hash, so a run dir is
     # never continued by code that computes other numbers from the same config.
     engine: str = ENGINE
