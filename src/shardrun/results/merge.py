@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -26,13 +27,19 @@ from shardrun.results.frame import output_columns, typed_json_columns, with_set_
 from shardrun.results.output import MERGE_AGAIN, one_merge_into, prepare_output_dir, write_result_set
 from shardrun.results.pictures import draw_pictures
 from shardrun.results.read import read_provenance, read_shard, resolve_task
-from shardrun.results.report import MergeReport, mismatch_message
 from shardrun.results.trace import trace_and_memory
+from shardrun.results.validate import MergeReport
 from shardrun.storage.durability import Remedy
 
 log = logging.getLogger(__name__)
 
-# --- the command ----------------------------------------------------------------------------
+
+def mismatch_message(mismatch: Sequence[Mapping[str, Any]]) -> str:
+    """Why shards of different configs or data are refused (the list from combine.find_mismatch)."""
+    lines = "; ".join(f"{m['dir']}: config hash {m['config_hash']}, data fingerprint {m['data_fingerprint']}"
+                      for m in mismatch)
+    return (f"refusing to merge shards of different configs or input data ({lines}). Merge only shards of one"
+            " config and one input; --force merges anyway and records the mismatch in merge_report.json.")
 
 
 def _distinct_dirs(shard_dirs: Sequence[Path]) -> list[Path]:
