@@ -1,4 +1,5 @@
-"""The result set as a table: its columns (the task's schema), typed columns, CSV and Parquet bytes.
+"""The result set as a table: its columns (the task's schema), values typed by their JSON types, CSV and
+Parquet bytes, and two sets compared value for value.
 
 A column is typed by its values' JSON types, the rule the merge uses for conflicts; a mixed-type
 column, arrays and objects are written as JSON text (docs/FORMATS.md).
@@ -18,8 +19,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from shardrun.results.columnar import TEXT_DTYPE
-from shardrun.results.combine import is_missing, json_type
+from shardrun.results.read import JSON_TEXT
+from shardrun.storage.paths import MergedPaths
 from shardrun.task import BOOKKEEPING_COLUMNS, Task
 
 
@@ -45,6 +46,47 @@ def with_set_columns(frame: pd.DataFrame, columns: Mapping[str, pd.Series]) -> t
             if name in frame.columns and name not in BOOKKEEPING_COLUMNS}
     outside = sorted(name for name in columns if name not in kept)
     return (frame.assign(**kept) if kept else frame), outside
+
+
+# --- JSON types ------------------------------------------------------------------------------
+
+
+def is_missing(value: Any) -> bool:
+    """JSON null and NaN both mean 'no number' (NaN is stored as null)."""
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def json_type(value: Any) -> str:
+    """The JSON type of a value read from a result file: null (also NaN), boolean, number, string,
+    array or object. int and float are both "number"; bool is not a number here (JSON's true is not 1)."""
+    if is_missing(value):
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, (int, float)):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, (list, tuple)):
+        return "array"
+    if isinstance(value, dict):
+        return "object"
+    return type(value).__name__
+
+
+def values_equal(a: Any, b: Any) -> bool:
+    """Same JSON type and equal value, with missing == missing (so NaN == NaN and null == NaN).
+    true != 1, "1" != 1, 1128 == 1128.0 (one JSON number); arrays and objects element by element."""
+    kind = json_type(a)
+    if kind != json_type(b):
+        return False
+    if kind == "null":
+        return True
+    if kind == "array":
+        return len(a) == len(b) and all(values_equal(x, y) for x, y in zip(a, b))
+    if kind == "object":
+        return a.keys() == b.keys() and all(values_equal(a[k], b[k]) for k in a)
+    return a == b
 
 
 def value_types(values: Iterable[Any]) -> dict[str, int]:
@@ -97,6 +139,46 @@ def typed_json_columns(frame: pd.DataFrame, names: Sequence[str]) -> tuple[pd.Da
             mixed.append({"column": name, "types": types})
         typed[name] = typed_column(values)
     return (frame.assign(**typed) if typed else frame), mixed
+
+
+def _text_dtype() -> Any:
+    """The merged frame's text dtype: pandas' own (Arrow strings, pandas 3) where it has one, else object;
+    Arrow's strings cost a fraction of the memory and time of a str object per value."""
+    inferred = pd.Series(["text"]).dtype
+    return inferred if isinstance(inferred, pd.StringDtype) else object
+
+
+TEXT_DTYPE = _text_dtype()
+
+
+def typed_frame_of_table(table: pa.Table, columns: Sequence[str]) -> pd.DataFrame:
+    """The typed frame of an Arrow table (typed_column's types): int64 (Int64 with nulls), float64, bool
+    (boolean with nulls), text; a column no row has is all null (float)."""
+    typed: dict[str, pd.Series] = {}
+    for column in columns:
+        values = table.column(column) if column in table.column_names else pa.nulls(table.num_rows)
+        kind = values.type
+        has_nulls = values.null_count > 0
+        if pa.types.is_null(kind):
+            typed[column] = pd.Series(np.full(table.num_rows, np.nan), dtype="float64")
+        elif pa.types.is_integer(kind):
+            typed[column] = pd.Series(values.to_pandas(types_mapper={kind: pd.Int64Dtype()}.get)
+                                      if has_nulls else values.to_numpy(), dtype="Int64" if has_nulls else "int64")
+        elif pa.types.is_boolean(kind):
+            typed[column] = pd.Series(values.to_pylist() if has_nulls else values.to_numpy(),
+                                      dtype="boolean" if has_nulls else bool)
+        elif kind == JSON_TEXT:  # decoded and typed once the rows are combined (typed_json_columns)
+            typed[column] = pd.Series(values.to_numpy(zero_copy_only=False), dtype=object)
+        elif pa.types.is_string(kind):
+            # TEXT_DTYPE: Arrow's own strings kept as they are, or else an object array of str made by Arrow
+            typed[column] = (pd.Series(values.to_pandas(), dtype=TEXT_DTYPE) if TEXT_DTYPE is not object
+                             else pd.Series(values.to_numpy(zero_copy_only=False), dtype=object))
+        else:
+            typed[column] = pd.Series(values.to_numpy(zero_copy_only=False), dtype="float64")
+    return pd.DataFrame(typed, columns=list(columns))
+
+
+# --- CSV and Parquet -------------------------------------------------------------------------
 
 
 _TEXT = pa.large_string()  # 64-bit offsets: a chunk of long texts cannot overflow them
@@ -209,3 +291,58 @@ def text_bytes(text: pa.Array) -> pa.Buffer:
 
 def write_parquet(frame: pd.DataFrame, path: Path) -> None:
     frame.to_parquet(path, index=False, engine="pyarrow")
+
+
+# --- two result sets compared ----------------------------------------------------------------
+
+
+def read_result_frame(merged_dir: Path) -> pd.DataFrame:
+    """A merged result set's table, as the merge wrote it (results.parquet keeps the column types)."""
+    return pd.read_parquet(MergedPaths(Path(merged_dir)).parquet)
+
+
+def result_differences(reference: pd.DataFrame, other: pd.DataFrame, key_columns: Sequence[str],
+                       names: tuple[str, str] = ("the reference", "the other"), limit: int = 10) -> list[str]:
+    """Every way `other` differs from `reference`, one line each (the first `limit`, then a count); [] if none.
+    Missing equals missing; else `==`, so 1 and 1.0 agree and "1" and 1 do not."""
+    first, second = names
+    keys = list(key_columns)
+    problems: list[str] = []
+    frames = []
+    for name, frame in ((first, reference), (second, other)):
+        absent = [k for k in keys if k not in frame.columns]
+        if absent:
+            return [f"{name} has no key column {', '.join(absent)}"]
+        values = frame.drop(columns=[c for c in BOOKKEEPING_COLUMNS if c in frame.columns]).set_index(keys)
+        duplicated = values.index[values.index.duplicated()].unique()
+        if len(duplicated):
+            problems.append(f"{name} has more than one row for {_key(duplicated[0])}"
+                            + (f" and {len(duplicated) - 1} more keys" if len(duplicated) > 1 else ""))
+            values = values[~values.index.duplicated()]
+        frames.append(values)
+    ours, theirs = frames
+    sides = ((first, ours, theirs), (second, theirs, ours))
+    problems += [f"column {column!r} is in {name} only"
+                 for name, here, there in sides for column in here.columns.difference(there.columns, sort=False)]
+    problems += [f"{_key(key)} is in {name} only"
+                 for name, here, there in sides for key in here.index.difference(there.index, sort=False)]
+    common_rows = ours.index.intersection(theirs.index, sort=False)
+    ours, theirs = ours.loc[common_rows], theirs.loc[common_rows]
+    for column in [c for c in ours.columns if c in theirs.columns]:
+        mine, yours = ours[column], theirs[column]
+        both_missing = mine.isna().to_numpy() & yours.isna().to_numpy()
+        equal = (mine.astype(object).to_numpy() == yours.astype(object).to_numpy()) | both_missing
+        for key, a, b in zip(common_rows[~equal], mine.to_numpy()[~equal], yours.to_numpy()[~equal]):
+            problems.append(f"{_key(key)}: {column} is {_value(a)} in {first} but {_value(b)} in {second}")
+    if len(problems) > limit:
+        return problems[:limit] + [f"... and {len(problems) - limit} more differences"]
+    return problems
+
+
+def _value(value: object) -> str:
+    """repr of the plain Python value (numpy's scalars print as np.float64(...) otherwise)."""
+    return repr(value.item() if hasattr(value, "item") else value)
+
+
+def _key(key: object) -> str:
+    return "(" + ", ".join(map(str, key)) + ")" if isinstance(key, tuple) else str(key)

@@ -1,26 +1,34 @@
-"""What merge and validate read from disk: shard dirs, run.json provenance, the task, result files.
+"""What merge and validate read from disk: shard dirs, their committed rows, run.json provenance, the task,
+result files. An unreadable shard dir raises MergeError with the fix; an unreadable status.json is only reported.
 
-An unreadable shard dir raises MergeError with the fix; an unreadable status.json is only reported.
+A shard's committed rows are read as one Arrow table (the merge's only reader of batch files): Python
+objects per value cost seconds and a gigabyte at 100,000 users; values Arrow cannot type faithfully
+travel as JSON text. Batch trust follows storage/commits.py.
 """
 
 from __future__ import annotations
 
+import io
+import json
 import logging
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.json as pa_json
 
 from shardrun.config import RunConfig, parse_config
 from shardrun.errors import MergeError, ShardrunError, TaskNotImportable
 from shardrun.partition import ShardSpec
-from shardrun.results.columnar import USER, read_columnar
 from shardrun.storage.atomic import read_json
 from shardrun.storage.attempts import ATTEMPT
-from shardrun.storage.commits import read_errors, refuse_older_results
+from shardrun.storage.batches import BadBatch, decode_batch, readable_user_ids, verified_body
+from shardrun.storage.commits import config_problem, read_errors, refuse_older_results, stands
 from shardrun.storage.paths import RunPaths, ShardPaths
 from shardrun.task import Task, load_task
 
@@ -31,24 +39,32 @@ log = logging.getLogger(__name__)
 STATUS_COLUMNS = ("status", "reason")
 # what a merge keeps of an errors.jsonl line (the trace's; its traceback and stacks stay in the file)
 ERROR_FIELDS = ("user_id", "time", "error_type", "java_class", ATTEMPT)
+USER = "__user"  # the committed user a row belongs to (its record's user id)
+SOURCE = "__source"  # the index of the shard dir a row came from, in merge order
+RECORD = "__record"  # the index of a row's record among the shard's records (while it is read)
+STANDING = "__standing"  # whether a record is its user's standing one (not replaced by --retry-failed)
+JSON_TEXT = pa.large_string()  # the type of a column of JSON texts, and only of one (Arrow's own text is string)
+
+# Arrow types a column keeps as they are; any other (lists, structs) is parsed again by Python's json
+PLAIN_TYPES = (pa.types.is_integer, pa.types.is_floating, pa.types.is_boolean, pa.types.is_string,
+               pa.types.is_null)
 
 
 @dataclass(frozen=True)
 class ShardInput:
-    """One shard dir as merge sees it: its identity, its state and its committed rows as one Arrow table
-    (columnar.read_columnar)."""
+    """One shard dir as merge sees it: its identity, its state and its committed rows as one Arrow table."""
 
     dir: Path
     identity: Mapping[str, Any]
     spec: ShardSpec
     state: str | None
     users: tuple[str, ...]  # the committed users, in commit order
-    table: pa.Table | None = None  # the rows with columnar.USER; None when there are none
+    table: pa.Table | None = None  # the standing records' rows, with USER; None when there are none
     ended_at: Mapping[str, Any] = field(default_factory=dict)  # user id -> when its analysis ended (the timeline)
     # batch files that fail their check (edited after the commit or cut short, from another config's run,
     # a copy): their rows are left out of the merge and each is a problem of the result set
     untrusted: Sequence[Mapping[str, Any]] = ()
-    # every committed record's attempt, replaced ones included (columnar.record_attempts' columns)
+    # every trusted record's user_id, ended_at, attempt and STANDING, replaced ones included
     attempts: pa.Table | None = None
     errors: Sequence[Mapping[str, Any]] = ()  # errors.jsonl's lines, what the trace needs of them (ERROR_FIELDS)
     # status.json ({} when absent; only {"state": "unreadable"} when it cannot be read: _read_status)
@@ -104,7 +120,7 @@ def shard_dirs_of_run(run_dir: Path) -> list[Path]:
 
 
 def read_shard(shard_dir: Path) -> ShardInput:
-    """A shard dir as merge reads it: its identity, status, errors and committed rows (columnar.read_columnar)."""
+    """A shard dir as merge reads it: its identity, status, errors and committed rows."""
     paths = ShardPaths(Path(shard_dir))
     if not paths.dir.is_dir():
         raise MergeError(f"{paths.dir} does not exist; pass existing shard dirs (shard-<i>-of-<K>/) to --shards.")
@@ -125,11 +141,9 @@ def read_shard(shard_dir: Path) -> ShardInput:
         ) from None
     refuse_older_results(paths, MergeError)
     status = _read_status(paths)
-    read = read_columnar(paths, identity.get("config_hash"))
+    committed = _committed_rows(paths, identity.get("config_hash"))
     return ShardInput(
-        dir=paths.dir, identity=identity, spec=spec, state=status.get("state"), users=read.users, table=read.table,
-        ended_at=read.ended_at, attempts=read.attempts, status=status,
-        untrusted=[{"dir": str(paths.dir), **entry} for entry in read.untrusted],
+        dir=paths.dir, identity=identity, spec=spec, state=status.get("state"), status=status, **committed,
         errors=[{key: line.get(key) for key in ERROR_FIELDS} for line in read_errors(paths)],
         launcher_slot=_launcher_slot(RunPaths(paths.dir.parent), spec),
         process_starts=_process_starts(paths, status),
@@ -239,3 +253,205 @@ def read_result_file(path: Path, text_columns: Iterable[str]) -> pd.DataFrame:
         na_values=[""],
         encoding="utf-8",
     )
+
+
+# --- batch files -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Batch:
+    path: Path
+    payload: bytes
+    body: memoryview
+    users: int
+
+
+def _committed_rows(paths: ShardPaths, config_hash: str | None) -> dict[str, Any]:
+    """ShardInput's users, ended_at, table and attempts of the trusted batch files, and those left out."""
+    untrusted: list[dict[str, Any]] = []
+    batches: list[_Batch | None] = [b for path in paths.batch_files() if (b := _verified(path, config_hash, untrusted))]
+    records, rows, batch_of = _parsed(batches, config_hash, untrusted)
+    order = sorted(_standing(records, batch_of, batches, untrusted))
+    trusted = np.flatnonzero(np.isin(batch_of, [n for n, b in enumerate(batches) if b is not None]))
+    attempts = _record_attempts(records, order).take(pa.array(trusted, pa.int64())) if len(trusted) else None
+    chosen = records.take(pa.array(order, pa.int64()))
+    users = tuple(chosen.column("user_id").to_pylist())
+    ended = chosen.column("ended_at").to_pylist() if "ended_at" in chosen.column_names else [None] * len(users)
+    table = None
+    if rows is not None:
+        table = rows.filter(pa.array(np.isin(rows.column(RECORD).to_numpy(), order)))
+        owners = records.column("user_id").take(table.column(RECORD))
+        table = table.drop_columns([RECORD]).append_column(USER, owners) if table.num_rows else None
+    return {"users": users, "ended_at": dict(zip(users, ended)), "table": table, "attempts": attempts,
+            "untrusted": [{"dir": str(paths.dir), **entry} for entry in untrusted]}
+
+
+def _left_out(untrusted: list[dict[str, Any]], path: Path, user_ids: Sequence[str | None], problem: str) -> None:
+    untrusted += [{"file": path.name, "user_id": user_id, "problem": problem} for user_id in user_ids or [None]]
+    log.warning("result file %s is left out of the merge: %s", path, problem)
+
+
+def _verified(path: Path, config_hash: str | None, untrusted: list[dict[str, Any]]) -> _Batch | None:
+    """The batch file checked whole (its checksum, its config, its count of records), or None, listed."""
+    try:
+        payload = path.read_bytes()
+    except OSError as exc:
+        _left_out(untrusted, path, [], f"it is unreadable ({exc})")
+        return None
+    try:
+        header, body = verified_body(payload)
+        users = header.get("users")
+        lines = payload.count(b"\n", len(payload) - len(body))
+        whole = lines == users and (users == 0 or payload.endswith(b"\n"))
+        problem = (config_problem(header.get("config_hash"), {}, config_hash)
+                   or (None if whole else f"it holds {lines} records but its header says {users}"))
+    except BadBatch as exc:
+        problem = str(exc)
+    if problem is not None:
+        _left_out(untrusted, path, readable_user_ids(payload), problem)
+        return None
+    return _Batch(path, payload, body, lines)  # == users: the header's count, checked above
+
+
+def _parsed(batches: list[_Batch | None], config_hash: str | None, untrusted: list[dict[str, Any]]
+            ) -> tuple[pa.Table, pa.Table | None, np.ndarray]:
+    """The records (without their rows), the rows with the index of their record (`__record`), and each
+    record's batch; batches whose rows carry another config's hash are left out (None in `batches`)."""
+    present = [b for b in batches if b is not None]
+    parsed = _parsed_by_arrow(present) if present else None
+    if parsed is None and present:
+        parsed = _parsed_by_python(batches, untrusted)
+        present = [b for b in batches if b is not None]
+    records, rows = parsed if parsed is not None else (pa.table({"user_id": pa.array([], pa.string())}), None)
+    batch_index = [n for n, b in enumerate(batches) if b is not None]
+    batch_of = np.repeat(np.array(batch_index, dtype=np.int64), [b.users for b in present])
+    foreign = _foreign_rows(rows, config_hash)
+    if foreign is not None:
+        user_ids = records.column("user_id")
+        for record, found in foreign:
+            n = int(batch_of[record])
+            if (batch := batches[n]) is not None:
+                problem = config_problem(None, {f"the rows of user {user_ids[record].as_py()!r}": [{"config_hash": found}]},
+                                         config_hash)
+                _left_out(untrusted, batch.path, readable_user_ids(batch.payload), problem or "")
+                batches[n] = None
+    return records, rows, batch_of
+
+
+def _parsed_by_arrow(batches: Sequence[_Batch]) -> tuple[pa.Table, pa.Table | None] | None:
+    """All the bodies parsed at once by Arrow, or None where its types would not be the values' own."""
+    try:
+        records = pa_json.read_json(io.BytesIO(b"".join(b.body for b in batches)))
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+        log.info("the batches of %s are read by Python's json: %s", batches[0].path.parent.parent, exc)
+        return None
+    names = records.column_names
+    if ("user_id" not in names or "rows" not in names or records.num_rows != sum(b.users for b in batches)
+            or not pa.types.is_string(records.schema.field("user_id").type) or records.column("user_id").null_count
+            or not pa.types.is_list(records.schema.field("rows").type)):
+        return None  # not records as commits write them: each batch is judged by Python's json
+    rows_column = records.column("rows").combine_chunks()
+    rows = None
+    if pa.types.is_struct(rows_column.type.value_type):
+        rows = pa.Table.from_struct_array(pc.list_flatten(rows_column))
+        if not all(any(test(f.type) for test in PLAIN_TYPES) for f in rows.schema):
+            return None  # arrays or objects in the rows: Arrow's structs would add keys, its lists retype
+        rows = rows.append_column(RECORD, pc.list_parent_indices(rows_column))
+    elif len(rows_column.flatten()):
+        return None
+    return records.drop_columns(["rows"]), rows
+
+
+def _parsed_by_python(batches: list[_Batch | None], untrusted: list[dict[str, Any]]) -> tuple[pa.Table, pa.Table]:
+    """The bodies parsed record by record (a batch that is not one of records is left out: None in
+    `batches`); each row column typed by Arrow where its values share one JSON type, else JSON_TEXT."""
+    records: list[Mapping[str, Any]] = []
+    for n, batch in enumerate(batches):
+        if batch is None:
+            continue
+        try:
+            decoded = decode_batch(batch.payload).records
+            if not all(isinstance(row, dict) for record in decoded for row in record["rows"]):
+                raise BadBatch("its rows are not all JSON objects")
+        except BadBatch as exc:
+            _left_out(untrusted, batch.path, readable_user_ids(batch.payload), str(exc))
+            batches[n] = None
+            continue
+        records += decoded
+    rows = [(n, row) for n, record in enumerate(records) for row in record["rows"]]
+    names = list(dict.fromkeys(name for _, row in rows for name in row))
+    columns = {name: _column([row.get(name) for _, row in rows]) for name in names}
+    columns[RECORD] = pa.array([n for n, _ in rows], pa.int64())
+    fields = dict.fromkeys(key for record in records for key in record if key != "rows")
+    meta = {key: pa.array([record.get(key) for record in records], pa.string() if key == "user_id" else None)
+            for key in {"user_id": None, **fields}}
+    return pa.table(meta), pa.table(columns)
+
+
+def _column(values: list[Any]) -> pa.Array | pa.ChunkedArray:
+    """Values of one JSON type (or null) as Arrow types them; any others as JSON texts (JSON_TEXT)."""
+    kinds = {type(v) for v in values} - {type(None)}
+    if kinds and (kinds <= {bool} or kinds <= {int, float} or kinds <= {str}):
+        try:
+            return pa.array(values)
+        except (pa.ArrowInvalid, OverflowError):  # an integer beyond int64
+            pass
+    elif not kinds:
+        return pa.nulls(len(values))
+    return json_texts(values)
+
+
+def json_texts(values: Sequence[Any]) -> pa.ChunkedArray:
+    """Python values as a JSON_TEXT column (null stays null)."""
+    return pa.chunked_array([pa.array([None if v is None else json.dumps(v) for v in values], JSON_TEXT)], JSON_TEXT)
+
+
+def _foreign_rows(rows: pa.Table | None, config_hash: str | None) -> list[tuple[int, Any]] | None:
+    """(record, its rows' config hash) of the rows that carry another config's hash, one per record."""
+    if rows is None or config_hash is None or "config_hash" not in rows.column_names:
+        return None
+    hashes = rows.column("config_hash")
+    if pa.types.is_string(hashes.type) or hashes.type == JSON_TEXT:
+        own = pa.scalar(json.dumps(config_hash) if hashes.type == JSON_TEXT else config_hash, hashes.type)
+        foreign = pc.fill_null(pc.not_equal(hashes, own), False)
+    else:  # all null (none is foreign), or numbers or booleans (all are)
+        foreign = pc.is_valid(hashes)
+    found = rows.filter(foreign)
+    if not found.num_rows:
+        return None
+    return list(dict(zip(found.column(RECORD).to_pylist(), found.column("config_hash").to_pylist())).items())
+
+
+def _standing(records: pa.Table, batch_of: np.ndarray, batches: Sequence[_Batch | None],
+              untrusted: list[dict[str, Any]]) -> dict[int, str]:
+    """The standing record of each user (record index -> user id), by commits.stands, over the trusted
+    batches; a batch none of whose records stands (a copy of earlier ones) is left out as the resume
+    scan sets it aside."""
+    by_user: dict[str, int] = {}
+    user_ids = records.column("user_id").to_pylist()
+    replaces = records.column("replaces").to_pylist() if "replaces" in records.column_names else [None] * len(user_ids)
+    starts: np.ndarray | list[int] = np.flatnonzero(np.diff(batch_of, prepend=-1)) if len(batch_of) else []
+    for start, end in zip(starts, [*starts[1:], len(batch_of)]):
+        n = int(batch_of[start])
+        if batches[n] is None:
+            continue
+        standing = [i for i in range(start, end) if stands(user_ids[i], bool(replaces[i]), by_user)]
+        if not standing:
+            earlier = batches[int(batch_of[by_user[user_ids[start]]])].path.name  # type: ignore[union-attr]
+            _left_out(untrusted, batches[n].path, [],  # type: ignore[union-attr]
+                      f"every user in it is committed already (a copy of {earlier}?), and it replaces none")
+            batches[n] = None  # type: ignore[index]
+            continue
+        by_user.update((user_ids[i], i) for i in standing)
+    return {index: user_id for user_id, index in by_user.items()}
+
+
+def _record_attempts(records: pa.Table, standing: Sequence[int]) -> pa.Table:
+    """Every record's user_id, ended_at and attempt (null in records written before attempts were
+    recorded), and STANDING: whether it is the user's standing record (else a later one replaced it)."""
+    columns = {name: records.column(name) if name in records.column_names else pa.nulls(records.num_rows)
+               for name in ("user_id", "ended_at", ATTEMPT)}
+    flags = np.zeros(records.num_rows, dtype=bool)
+    flags[standing] = True
+    columns[STANDING] = pa.array(flags)
+    return pa.table(columns)

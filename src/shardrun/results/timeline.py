@@ -14,8 +14,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from shardrun.results.columnar import USER
-from shardrun.results.read import ShardInput
+from shardrun.results.read import USER, ShardInput
 from shardrun.states import STATUSES, UserStatus
 
 log = logging.getLogger(__name__)
@@ -248,7 +247,7 @@ def table_spans(label: str, shard: ShardInput) -> tuple[pd.DataFrame, int]:
 
 
 def users_seconds_and_status(table: pa.Table | None, users: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-    """Per user of `users` (in that order), from its rows in `table` (column columnar.USER): its
+    """Per user of `users` (in that order), from its rows in `table` (column read.USER): its
     seconds, the largest finite, non-negative `seconds` of its rows (0 without one), and its status
     by user_outcome's rule. Counted with numpy: a pandas group-by per shard costs more than its rows."""
     if table is None or not table.num_rows:

@@ -14,9 +14,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from shardrun.results.columnar import STANDING, USER
 from shardrun.results.frame import text_bytes
-from shardrun.results.read import ShardInput
+from shardrun.results.read import STANDING, USER, ShardInput
 from shardrun.states import UserStatus, user_outcome
 from shardrun.storage.attempts import ATTEMPT, attempt_of
 from shardrun.units import heap_bytes
