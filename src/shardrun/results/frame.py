@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -39,9 +40,8 @@ def output_columns(task: Task, settings: Any | None, seen: Iterable[str]) -> lis
 
 
 def with_set_columns(frame: pd.DataFrame, columns: Mapping[str, pd.Series]) -> tuple[pd.DataFrame, list[str]]:
-    """The frame with a task's columns of the whole set (Task.set_columns) filled in where the schema
-    places them (each aligned by the index), and the names the task's schema has no place for (left out;
-    the core's bookkeeping columns are never the task's to fill)."""
+    """The frame with a task's columns of the whole set (Task.set_columns, aligned by the index), and the names
+    its schema has no place for (left out; the bookkeeping columns are never the task's to fill)."""
     kept = {name: series for name, series in columns.items()
             if name in frame.columns and name not in BOOKKEEPING_COLUMNS}
     outside = sorted(name for name in columns if name not in kept)
@@ -56,22 +56,15 @@ def is_missing(value: Any) -> bool:
     return value is None or (isinstance(value, float) and math.isnan(value))
 
 
+# bool before number: JSON's true is not 1
+_JSON_TYPES = ((bool, "boolean"), ((int, float), "number"), (str, "string"), ((list, tuple), "array"), (dict, "object"))
+
+
 def json_type(value: Any) -> str:
-    """The JSON type of a value read from a result file: null (also NaN), boolean, number, string,
-    array or object. int and float are both "number"; bool is not a number here (JSON's true is not 1)."""
+    """The JSON type of a value read from a result file: null (also NaN), boolean, number, string, array or object."""
     if is_missing(value):
         return "null"
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, (int, float)):
-        return "number"
-    if isinstance(value, str):
-        return "string"
-    if isinstance(value, (list, tuple)):
-        return "array"
-    if isinstance(value, dict):
-        return "object"
-    return type(value).__name__
+    return next((name for kinds, name in _JSON_TYPES if isinstance(value, kinds)), type(value).__name__)
 
 
 def values_equal(a: Any, b: Any) -> bool:
@@ -91,18 +84,7 @@ def values_equal(a: Any, b: Any) -> bool:
 
 def value_types(values: Iterable[Any]) -> dict[str, int]:
     """How many values of each JSON type (null aside), in the order first seen."""
-    counts: dict[str, int] = {}
-    for value in values:
-        kind = json_type(value)
-        if kind != "null":
-            counts[kind] = counts.get(kind, 0) + 1
-    return counts
-
-
-def _as_text(value: Any) -> str | None:
-    if is_missing(value):
-        return None
-    return value if isinstance(value, str) else json.dumps(value, sort_keys=True, allow_nan=False)
+    return dict(Counter(kind for kind in map(json_type, values) if kind != "null"))
 
 
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1  # an integer beyond these is typed as a float, like 1128.5
@@ -124,12 +106,13 @@ def typed_column(values: list[Any]) -> pd.Series:
         return pd.Series([math.nan if is_missing(v) else float(v) for v in values], dtype="float64")
     if kind == "string":
         return pd.Series([None if is_missing(v) else v for v in values], dtype=TEXT_DTYPE)
-    return pd.Series([_as_text(v) for v in values], dtype=TEXT_DTYPE)
+    return pd.Series([None if is_missing(v) else v if isinstance(v, str)
+                      else json.dumps(v, sort_keys=True, allow_nan=False) for v in values], dtype=TEXT_DTYPE)
 
 
 def typed_json_columns(frame: pd.DataFrame, names: Sequence[str]) -> tuple[pd.DataFrame, list[dict[str, Any]]]:
-    """The frame with its columns of JSON texts (columnar.JSON_TEXT) decoded and typed (typed_column), and
-    those whose values are of more than one JSON type, with the count of each type."""
+    """The frame with its columns of JSON texts (JSON_TEXT) decoded and typed (typed_column), and those whose
+    values are of more than one JSON type, with the count of each type."""
     typed: dict[str, pd.Series] = {}
     mixed: list[dict[str, Any]] = []
     for name in names:
@@ -141,14 +124,11 @@ def typed_json_columns(frame: pd.DataFrame, names: Sequence[str]) -> tuple[pd.Da
     return (frame.assign(**typed) if typed else frame), mixed
 
 
-def _text_dtype() -> Any:
-    """The merged frame's text dtype: pandas' own (Arrow strings, pandas 3) where it has one, else object;
-    Arrow's strings cost a fraction of the memory and time of a str object per value."""
-    inferred = pd.Series(["text"]).dtype
-    return inferred if isinstance(inferred, pd.StringDtype) else object
-
-
-TEXT_DTYPE = _text_dtype()
+# The merged frame's text dtype: pandas' own (Arrow strings, pandas 3) where it has one, else object;
+# Arrow's strings cost a fraction of the memory and time of a str object per value.
+TEXT_DTYPE: Any = pd.Series(["text"]).dtype
+if not isinstance(TEXT_DTYPE, pd.StringDtype):
+    TEXT_DTYPE = object
 
 
 def typed_frame_of_table(table: pa.Table, columns: Sequence[str]) -> pd.DataFrame:
@@ -193,32 +173,20 @@ def write_csv(frame: pd.DataFrame, path: Path, chunk_rows: int | None = None) ->
     """The frame as CSV (UTF-8, lines ending in \\n), written in chunks of rows (`chunk_rows`, by
     default about CSV_CHUNK_CELLS cells): the text of millions of rows is never one string in memory.
     Every text field is quoted; floats are Arrow's shortest round-trip text (docs/FORMATS.md)."""
-    kinds = _field_kinds(frame)
-    if kinds is None:
-        _write_csv_with_pandas(frame, path)
+    kinds = [_field_kind(frame.iloc[:, n]) for n in range(len(frame.columns))]
+    if not kinds or None in kinds or not all(isinstance(name, str) for name in frame.columns):
+        # a column (or the header) of a kind only pandas writes as before; pandas writes in chunks of rows too
+        frame.to_csv(path, index=False, quoting=csv.QUOTE_NONNUMERIC, lineterminator="\n", encoding="utf-8")
         return
     rows = chunk_rows or max(1, CSV_CHUNK_CELLS // len(kinds))
     with open(path, "wb") as out:
-        out.write(_header_line(frame.columns))
+        out.write((",".join('"' + name.replace('"', '""') + '"' for name in frame.columns) + "\n").encode("utf-8"))
         for start in range(0, len(frame), rows):
-            out.write(_lines(frame.iloc[start:start + rows], kinds))
-
-
-def _write_csv_with_pandas(frame: pd.DataFrame, path: Path) -> None:
-    # pandas writes it in chunks of rows too
-    frame.to_csv(path, index=False, quoting=csv.QUOTE_NONNUMERIC, lineterminator="\n", encoding="utf-8")
-
-
-def _field_kinds(frame: pd.DataFrame) -> list[str] | None:
-    """How each column's fields are written ("text", "float", "integer", "boolean"); None if a column
-    (or the header) is of a kind only pandas writes as before."""
-    if len(frame.columns) == 0 or not all(isinstance(name, str) for name in frame.columns):
-        return None
-    kinds = [_field_kind(frame.iloc[:, n]) for n in range(len(frame.columns))]
-    return None if None in kinds else kinds  # type: ignore[return-value]
+            out.write(_lines(frame.iloc[start:start + rows], kinds))  # type: ignore[arg-type]
 
 
 def _field_kind(column: pd.Series) -> str | None:
+    """How the column's fields are written ("text", "float", "integer", "boolean"), or None: by pandas."""
     dtype = column.dtype
     if dtype == bool or isinstance(dtype, pd.BooleanDtype):  # noqa: E721 (a numpy dtype equals its type)
         return "boolean"  # bool, and nullable boolean with <NA>
@@ -231,10 +199,6 @@ def _field_kind(column: pd.Series) -> str | None:
     if dtype == object and pd.api.types.infer_dtype(column, skipna=True) in ("string", "empty"):  # noqa: E721
         return "text"  # str values and missing ones (None, NaN, <NA>); "empty": all missing
     return None
-
-
-def _header_line(names: Iterable[str]) -> bytes:
-    return (",".join('"' + name.replace('"', '""') + '"' for name in names) + "\n").encode("utf-8")
 
 
 def _lines(chunk: pd.DataFrame, kinds: Sequence[str]) -> pa.Buffer:
@@ -250,8 +214,10 @@ def _lines(chunk: pd.DataFrame, kinds: Sequence[str]) -> pa.Buffer:
 
 def _field_pieces(column: pd.Series, kind: str) -> list[pa.Array | pa.Scalar]:
     """What one column's fields are made of, none of them null: a missing value is ""."""
-    if kind == "text":
-        return _quoted_pieces(_arrow(column, _TEXT))
+    if kind == "text":  # a quote, the text with its quotes doubled, a quote: a missing text is "", as an empty one
+        quote = pa.scalar('"', _TEXT)
+        doubled = pc.replace_substring(_arrow(column, _TEXT), pattern='"', replacement='""')
+        return [quote, pc.fill_null(doubled, _NOTHING), quote]
     values = _arrow(column)
     if kind == "boolean":
         words = pc.if_else(values, pa.scalar("True", _TEXT), pa.scalar("False", _TEXT))
@@ -260,12 +226,6 @@ def _field_pieces(column: pd.Series, kind: str) -> list[pa.Array | pa.Scalar]:
     if kind == "integer":
         return [pc.fill_null(text, _MISSING_FIELD)]
     return [pc.fill_null(text, _MISSING_FIELD), _point_where_integral(text)]
-
-
-def _quoted_pieces(text: pa.Array) -> list[pa.Array | pa.Scalar]:
-    """A quote, the text with its quotes doubled, a quote: a missing text is "", as an empty one."""
-    quote = pa.scalar('"', _TEXT)
-    return [quote, pc.fill_null(pc.replace_substring(text, pattern='"', replacement='""'), _NOTHING), quote]
 
 
 def _arrow(column: pd.Series, type: pa.DataType | None = None) -> pa.Array:

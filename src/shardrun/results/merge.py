@@ -120,10 +120,7 @@ def _merge(dirs: list[Path], output_dir: Path, force: bool, remedy: Remedy) -> M
         users=len(set(combined.users)),
         identical_duplicates=combined.identical_duplicates,
         conflicts=combined.conflicts,
-        missing_users=find_missing_users(shards),
-        missing_shards=find_missing_shards(shards),
-        users_short_of_rows=find_users_short_of_rows(combined.users),
-        unplanned_users=find_unplanned_users(shards),
+        **coverage(shards, combined.users),
         dropped_columns=dropped,
         forced_mismatch=mismatch,
         provenance=provenance,
@@ -193,17 +190,13 @@ def _one_table(tables: Sequence[pa.Table]) -> pa.Table:
     for table in tables:
         for column in table.schema:
             if not pa.types.is_null(column.type):
-                kinds.setdefault(column.name, set()).add(_kind(column.type))
+                number = pa.types.is_integer(column.type) or pa.types.is_floating(column.type)
+                kind = "number" if number else "json" if column.type == JSON_TEXT else str(column.type)
+                kinds.setdefault(column.name, set()).add(kind)
     for name in [name for name, found in kinds.items() if len(found) > 1]:
         tables = [t.set_column(t.schema.get_field_index(name), name, json_texts(t.column(name).to_pylist()))
                   if name in t.column_names and t.schema.field(name).type != JSON_TEXT else t for t in tables]
     return pa.concat_tables(tables, promote_options="permissive")
-
-
-def _kind(type: pa.DataType) -> str:
-    if pa.types.is_integer(type) or pa.types.is_floating(type):
-        return "number"
-    return "json" if type == JSON_TEXT else str(type)
 
 
 def _compare_duplicates(frame: pd.DataFrame, key_columns: Sequence[str], columns: Sequence[str],
@@ -236,38 +229,30 @@ def _compare_duplicates(frame: pd.DataFrame, key_columns: Sequence[str], columns
 # --- coverage ---------------------------------------------------------------------------------
 
 
-def find_missing_shards(shards: Sequence[ShardInput]) -> list[dict[str, Any]]:
-    """For every K seen, the indices 0..K-1 that no given dir covers."""
+def coverage(shards: Sequence[ShardInput], row_users: Sequence[str]) -> dict[str, Any]:
+    """merge_report.json's coverage lists: the users some shard planned that no given dir committed (with the
+    shards that should have them), the shards of each K seen that no dir covers, the users with fewer rows
+    than the user with the most (a feature mode missing), and the users with rows that no shard planned."""
+    committed = {u for s in shards for u in s.users}
+    planned = {u for s in shards for u in s.users_planned}
+    planned_in: dict[str, list[ShardInput]] = {}
     covered: dict[int, set[int]] = {}
     for shard in shards:
         covered.setdefault(shard.spec.count, set()).add(shard.spec.index)
-    return [{"shard": str(ShardSpec(index, count)),
-             "note": "no dir of this shard was given; which users it holds is unknown to merge"}
-            for count, indices in sorted(covered.items()) for index in range(count) if index not in indices]
-
-
-def find_missing_users(shards: Sequence[ShardInput]) -> list[dict[str, Any]]:
-    """Users some shard planned that no given dir committed, with the shard(s) that should have them."""
-    committed = {u for s in shards for u in s.users}
-    planned_in: dict[str, list[ShardInput]] = {}
-    for shard in shards:
         # only the uncommitted users are collected and sorted: the committed are most users of a big run
         for user_id in [u for u in shard.users_planned if u not in committed]:
             planned_in.setdefault(user_id, []).append(shard)
-    return [{"user_id": user_id, "shards": sorted({str(s.spec) for s in planned_in[user_id]}),
-             "dirs": [str(s.dir) for s in planned_in[user_id]]} for user_id in sorted(planned_in)]
-
-
-def find_unplanned_users(shards: Sequence[ShardInput]) -> list[dict[str, Any]]:
-    """Users with committed rows that no shard planned: the shard dirs disagree about the user list."""
-    planned = {u for s in shards for u in s.users_planned}
-    return [{"user_id": user_id, "dir": str(s.dir)} for s in shards for user_id in sorted(set(s.users) - planned)]
-
-
-def find_users_short_of_rows(row_users: Sequence[str]) -> list[dict[str, Any]]:
-    """Users with fewer rows than the user with the most (for example a feature mode missing), from the
-    committed user of each row of the result set."""
     counts = Counter(row_users)
-    expected = max(counts.values(), default=0)
-    return [{"user_id": user_id, "rows": counts[user_id], "expected_rows": expected}
-            for user_id in sorted(user_id for user_id, n in counts.items() if n < expected)]
+    most = max(counts.values(), default=0)
+    return {
+        "missing_users": [{"user_id": user_id, "shards": sorted({str(s.spec) for s in planned_in[user_id]}),
+                           "dirs": [str(s.dir) for s in planned_in[user_id]]} for user_id in sorted(planned_in)],
+        "missing_shards": [{"shard": str(ShardSpec(index, count)),
+                            "note": "no dir of this shard was given; which users it holds is unknown to merge"}
+                           for count, indices in sorted(covered.items()) for index in range(count)
+                           if index not in indices],
+        "users_short_of_rows": [{"user_id": user_id, "rows": counts[user_id], "expected_rows": most}
+                                for user_id in sorted(user_id for user_id, n in counts.items() if n < most)],
+        "unplanned_users": [{"user_id": user_id, "dir": str(s.dir)}
+                            for s in shards for user_id in sorted(set(s.users) - planned)],
+    }

@@ -61,17 +61,14 @@ class ShardInput:
     users: tuple[str, ...]  # the committed users, in commit order
     table: pa.Table | None = None  # the standing records' rows, with USER; None when there are none
     ended_at: Mapping[str, Any] = field(default_factory=dict)  # user id -> when its analysis ended (the timeline)
-    # batch files that fail their check (edited after the commit or cut short, from another config's run,
-    # a copy): their rows are left out of the merge and each is a problem of the result set
+    # batch files that fail their check (edited, cut short, another config's, a copy): left out, a problem
     untrusted: Sequence[Mapping[str, Any]] = ()
     # every trusted record's user_id, ended_at, attempt and STANDING, replaced ones included
     attempts: pa.Table | None = None
     errors: Sequence[Mapping[str, Any]] = ()  # errors.jsonl's lines, what the trace needs of them (ERROR_FIELDS)
-    # status.json ({} when absent; only {"state": "unreadable"} when it cannot be read: _read_status)
-    status: Mapping[str, Any] = field(default_factory=dict)
+    status: Mapping[str, Any] = field(default_factory=dict)  # status.json (_read_status)
     launcher_slot: Mapping[str, Any] = field(default_factory=dict)  # its entry in the run's launcher.json, if any
-    # when each of the shard's processes started (POSIX seconds, status.json's process_starts): the
-    # timeline's waiting and start-up; empty for a shard run before they were recorded
+    # when each of its processes started (POSIX seconds): the timeline's waiting and start-up
     process_starts: Sequence[float] = ()
 
     @property
@@ -92,17 +89,11 @@ class ShardInput:
         return list(self.identity.get("users_planned") or [])
 
     def describe(self) -> dict[str, Any]:
-        return {
-            "dir": str(self.dir),
-            "shard": str(self.spec),
-            "config_hash": self.config_hash,
-            "data_fingerprint": self.data_fingerprint,
-            "pilot": self.identity.get("pilot"),
-            "users_planned": len(self.users_planned),
-            "users_committed": len(self.users),
-            "untrusted_files": len(self.untrusted),
-            "state": self.state,
-        }
+        """Its entry in merge_report.json's shards."""
+        return {"dir": str(self.dir), "shard": str(self.spec), "config_hash": self.config_hash,
+                "data_fingerprint": self.data_fingerprint, "pilot": self.identity.get("pilot"),
+                "users_planned": len(self.users_planned), "users_committed": len(self.users),
+                "untrusted_files": len(self.untrusted), "state": self.state}
 
 
 def shard_dirs_of_run(run_dir: Path) -> list[Path]:
@@ -112,10 +103,8 @@ def shard_dirs_of_run(run_dir: Path) -> list[Path]:
         raise MergeError(f"run dir {run_dir} does not exist; pass the run dir that holds the shard-<i>-of-<K>/ dirs.")
     dirs = RunPaths(run_dir).shard_dirs()
     if not dirs:
-        raise MergeError(
-            f"{run_dir} holds no shard dirs (shard-<i>-of-<K>/ with a shard.json); pass a run dir made by"
-            " run_production or launch_shards with --run, or list shard dirs with --shards."
-        )
+        raise MergeError(f"{run_dir} holds no shard dirs (shard-<i>-of-<K>/ with a shard.json); pass a run dir made by"
+                         " run_production or launch_shards with --run, or list shard dirs with --shards.")
     return dirs
 
 
@@ -125,20 +114,15 @@ def read_shard(shard_dir: Path) -> ShardInput:
     if not paths.dir.is_dir():
         raise MergeError(f"{paths.dir} does not exist; pass existing shard dirs (shard-<i>-of-<K>/) to --shards.")
     if not paths.identity.is_file():
-        hint = (
-            " It looks like a run dir: pass it with --run instead."
-            if RunPaths(paths.dir).shard_dirs()
-            else " Pass dirs named shard-<i>-of-<K>/ written by run_production."
-        )
+        hint = (" It looks like a run dir: pass it with --run instead." if RunPaths(paths.dir).shard_dirs()
+                else " Pass dirs named shard-<i>-of-<K>/ written by run_production.")
         raise MergeError(f"{paths.dir} is not a shard dir (it has no shard.json).{hint}")
     try:
         identity = read_json(paths.identity)
         spec = ShardSpec.parse(identity["shard"])
     except (OSError, ValueError, KeyError, TypeError, ShardrunError) as exc:
-        raise MergeError(
-            f"{paths.identity} is not a valid shard identity ({exc!r}); it must be the shard.json written by"
-            " run_production. Leave that dir out of the merge or restore the file."
-        ) from None
+        raise MergeError(f"{paths.identity} is not a valid shard identity ({exc!r}); it must be the shard.json"
+                         " written by run_production. Leave that dir out of the merge or restore the file.") from None
     refuse_older_results(paths, MergeError)
     status = _read_status(paths)
     committed = _committed_rows(paths, identity.get("config_hash"))
@@ -158,9 +142,9 @@ def _launcher_slot(run: RunPaths, spec: ShardSpec) -> Mapping[str, Any]:
     except (OSError, ValueError):
         return {}
     slots = doc.get("shards") if isinstance(doc, dict) else None
-    mine = [slot for slot in slots if isinstance(slot, dict) and slot.get("shard") == str(spec)] \
-        if isinstance(slots, list) else []
-    return mine[0] if mine else {}
+    if not isinstance(slots, list):
+        return {}
+    return next((slot for slot in slots if isinstance(slot, dict) and slot.get("shard") == str(spec)), {})
 
 
 def _read_status(paths: ShardPaths) -> dict[str, Any]:
@@ -202,7 +186,8 @@ def read_provenance(shard_dirs: Iterable[Path]) -> list[dict[str, Any]]:
         try:
             provenance.append({"run_dir": str(run.dir), **read_json(run.run_json)})
         except (OSError, ValueError, TypeError) as exc:
-            raise MergeError(f"{run.run_json} cannot be read ({exc}); restore it or merge without its shards.") from None
+            raise MergeError(f"{run.run_json} cannot be read ({exc}); restore it or merge without its shards."
+                             ) from None
     return provenance
 
 
@@ -210,16 +195,10 @@ def resolve_task(provenance: Sequence[Mapping[str, Any]], shards: Sequence[Shard
     """The task and its settings, from the first run.json's config snapshot. Without any run.json
     only the task is known (from shard.json), and the columns come from the rows."""
     if provenance:
-        source = provenance[0]
-        try:
-            config = parse_config(source["config"], task_origin=source.get("task_origin"))
-        except TaskNotImportable:
-            raise
-        except (KeyError, ShardrunError) as exc:
-            raise MergeError(
-                f"the config snapshot in {source['run_dir']}/run.json cannot be parsed ({exc}); the code may have"
-                " changed since the run. Merge with the shardrun version that made the run."
-            ) from None
+        config, why = _snapshot(provenance[0])
+        if config is None:
+            raise MergeError(f"{why}; the code may have changed since the run. Merge with the shardrun version that"
+                             " made the run.")
         return load_task(config.task), config.settings
     task_path = shards[0].identity.get("task")
     if not isinstance(task_path, str):
@@ -232,13 +211,20 @@ def recorded_config(report: Mapping[str, Any]) -> tuple[RunConfig | None, list[s
     provenance = report.get("provenance") or []
     if not provenance:
         return None, ["merge_report.json records no run.json (no config snapshot); pass --config to validate"]
-    entry = next((p for p in provenance if p.get("config_hash") == report.get("config_hash")), provenance[0])
+    config, why = _snapshot(next((p for p in provenance if p.get("config_hash") == report.get("config_hash")),
+                                 provenance[0]))
+    return config, [] if config is not None else [f"{why}; pass --config"]
+
+
+def _snapshot(entry: Mapping[str, Any]) -> tuple[RunConfig | None, str]:
+    """The config snapshot of a provenance entry (its run.json), or None and why it cannot be parsed. A task
+    that cannot be imported here raises: that is no verdict on the results (exit 2, validation.json untouched)."""
     try:
-        return parse_config(entry["config"], task_origin=entry.get("task_origin")), []
+        return parse_config(entry["config"], task_origin=entry.get("task_origin")), ""
     except TaskNotImportable:
-        raise  # a check that cannot run here is no verdict on the results: exit 2, validation.json untouched
+        raise
     except (KeyError, ShardrunError) as exc:
-        return None, [f"the config snapshot in {entry.get('run_dir')}/run.json cannot be parsed ({exc}); pass --config"]
+        return None, f"the config snapshot in {entry.get('run_dir')}/run.json cannot be parsed ({exc})"
 
 
 def read_result_file(path: Path, text_columns: Iterable[str]) -> pd.DataFrame:
@@ -246,13 +232,8 @@ def read_result_file(path: Path, text_columns: Iterable[str]) -> pd.DataFrame:
     if path.suffix == ".parquet":
         return pd.read_parquet(path, engine="pyarrow")
     # Only empty fields are missing: default NA strings such as "NA" or "None" may be real user ids.
-    return pd.read_csv(
-        path,
-        dtype={c: str for c in text_columns},
-        keep_default_na=False,
-        na_values=[""],
-        encoding="utf-8",
-    )
+    return pd.read_csv(path, dtype={c: str for c in text_columns}, keep_default_na=False, na_values=[""],
+                       encoding="utf-8")
 
 
 # --- batch files -----------------------------------------------------------------------------
@@ -272,8 +253,12 @@ def _committed_rows(paths: ShardPaths, config_hash: str | None) -> dict[str, Any
     batches: list[_Batch | None] = [b for path in paths.batch_files() if (b := _verified(path, config_hash, untrusted))]
     records, rows, batch_of = _parsed(batches, config_hash, untrusted)
     order = sorted(_standing(records, batch_of, batches, untrusted))
+    # every trusted record's user_id, ended_at, attempt (null before attempts were recorded) and STANDING
+    columns = {name: records.column(name) if name in records.column_names else pa.nulls(records.num_rows)
+               for name in ("user_id", "ended_at", ATTEMPT)}
+    columns[STANDING] = pa.array(np.isin(np.arange(records.num_rows), order))
     trusted = np.flatnonzero(np.isin(batch_of, [n for n, b in enumerate(batches) if b is not None]))
-    attempts = _record_attempts(records, order).take(pa.array(trusted, pa.int64())) if len(trusted) else None
+    attempts = pa.table(columns).take(pa.array(trusted, pa.int64())) if len(trusted) else None
     chosen = records.take(pa.array(order, pa.int64()))
     users = tuple(chosen.column("user_id").to_pylist())
     ended = chosen.column("ended_at").to_pylist() if "ended_at" in chosen.column_names else [None] * len(users)
@@ -331,8 +316,8 @@ def _parsed(batches: list[_Batch | None], config_hash: str | None, untrusted: li
         for record, found in foreign:
             n = int(batch_of[record])
             if (batch := batches[n]) is not None:
-                problem = config_problem(None, {f"the rows of user {user_ids[record].as_py()!r}": [{"config_hash": found}]},
-                                         config_hash)
+                whose = f"the rows of user {user_ids[record].as_py()!r}"
+                problem = config_problem(None, {whose: [{"config_hash": found}]}, config_hash)
                 _left_out(untrusted, batch.path, readable_user_ids(batch.payload), problem or "")
                 batches[n] = None
     return records, rows, batch_of
@@ -444,14 +429,3 @@ def _standing(records: pa.Table, batch_of: np.ndarray, batches: Sequence[_Batch 
             continue
         by_user.update((user_ids[i], i) for i in standing)
     return {index: user_id for user_id, index in by_user.items()}
-
-
-def _record_attempts(records: pa.Table, standing: Sequence[int]) -> pa.Table:
-    """Every record's user_id, ended_at and attempt (null in records written before attempts were
-    recorded), and STANDING: whether it is the user's standing record (else a later one replaced it)."""
-    columns = {name: records.column(name) if name in records.column_names else pa.nulls(records.num_rows)
-               for name in ("user_id", "ended_at", ATTEMPT)}
-    flags = np.zeros(records.num_rows, dtype=bool)
-    flags[standing] = True
-    columns[STANDING] = pa.array(flags)
-    return pa.table(columns)

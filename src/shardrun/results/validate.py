@@ -1,10 +1,6 @@
-"""A result set's problems, one line each (empty = valid): merge_report.json's, the checks of the rows
-(`check_frame`, pure) and the run-level verdict (`count_outcomes`, `verdict_problems`, pure), gathered
-from disk by `validation_of`. Problems are an answer, not an error; merge and validate word them alike.
-
-The verdict passes when a user was analysed and failures are within --max-failed (default 0). The error
-class is read from the rows' reason, not errors.jsonl, so a set merged from anywhere is classified alike.
-"""
+"""A result set's problems, one line each (empty = valid): merge_report.json's, the rows' (`check_frame`)
+and the run-level verdict (`verdict_problems`: a user was analysed, failures within --max-failed), gathered
+from disk by `validation_of`. Problems are an answer, not an error; merge and validate word them alike."""
 
 from __future__ import annotations
 
@@ -157,7 +153,7 @@ class MergeReport:
 
 
 def _blank(column: pd.Series) -> pd.Series:
-    """None, NaN, pandas' NA, or text of only whitespace."""
+    """None, NaN, pandas' NA or text of only whitespace, for each value."""
     return column.isna() | column.astype(str).str.strip().eq("")
 
 
@@ -312,16 +308,15 @@ def _groups(users: pd.DataFrame, key: pd.Series, by_reason: bool = False) -> lis
 
 
 def count_outcomes(frame: pd.DataFrame, user_column: str) -> UserOutcomes:
-    """Each user's outcome from its rows (states.user_outcome's rule, for every user at once): failed
-    when a row failed or has no known status, skipped when every row was skipped, else ok. Skipped
-    users are grouped by their reason with its numbers aside ("only 3 observations" and "only 0
-    observations" are one reason), failed users by error class (states.failure_class)."""
+    """Each user's outcome from its rows (states.user_outcome's rule, for every user at once). Skipped users are
+    grouped by their reason with its numbers aside ("only 3 observations" and "only 0 observations" are one
+    reason), failed users by error class, read from the reason (states.failure_class), not errors.jsonl."""
     if frame.empty:
         return UserOutcomes(users=0, ok=0)
     status = frame["status"]
-    known = status.isin(STATUSES).to_numpy(dtype=bool)  # a missing status is not known
-    failed_row = status.eq(UserStatus.FAILED.value).fillna(False).to_numpy(dtype=bool) | ~known
-    skipped_row = status.eq(UserStatus.SKIPPED.value).fillna(False).to_numpy(dtype=bool)
+    # a row with no known status (a missing one too) fails its user
+    failed_row = ~status.isin([UserStatus.OK.value, UserStatus.SKIPPED.value]).to_numpy(dtype=bool)
+    skipped_row = status.isin([UserStatus.SKIPPED.value]).to_numpy(dtype=bool)
     flags = pd.DataFrame({"failed": failed_row, "skipped": skipped_row}, index=frame.index)
     per_user = flags.groupby(frame[user_column], sort=False, dropna=False).agg(failed=("failed", "any"),
                                                                                skipped=("skipped", "all"))
@@ -443,10 +438,6 @@ class Validation:
     outcomes: UserOutcomes | None = None
     max_failed: FailedTolerance = NO_FAILED
 
-    @property
-    def valid(self) -> bool:
-        return not self.problems
-
     def lines(self) -> list[str]:
         """The final lines about the users (counts, skips by reason, failures by error class)."""
         return outcome_lines(self.outcomes, self.max_failed) if self.outcomes is not None else []
@@ -472,17 +463,6 @@ def rerun_of(result_dir: Path) -> Rerun:
     return Rerun(errors=f"{run.dir}/shard-*/errors.jsonl",
                  command=f"launch_shards{scheduler} --config {config} --shards {document.get('shards')}"
                          f" --out {run.dir}{pilot} --retry-failed")
-
-
-def _read_frame(paths: MergedPaths, task: Task) -> tuple[pd.DataFrame | None, list[str]]:
-    source = paths.parquet if paths.parquet.is_file() else paths.csv
-    if not source.is_file():
-        return None, [f"no results.parquet or results.csv in {paths.dir}; run merge_shard_results --output {paths.dir}"]
-    try:
-        return read_result_file(source, [*task.key_columns, *STATUS_COLUMNS, *BOOKKEEPING_COLUMNS]), []
-    except (OSError, ValueError) as exc:
-        # pyarrow's and pandas' parse errors derive from ValueError (ArrowInvalid, ParserError)
-        return None, [f"{source} cannot be read: {exc}"]
 
 
 def validation_of(result_dir: Path, config: RunConfig | None = None, frame: pd.DataFrame | None = None,
@@ -511,9 +491,14 @@ def validation_of(result_dir: Path, config: RunConfig | None = None, frame: pd.D
     # The user index where the task has one: the ids without loading every row.
     expected_users = None if coverage_from_report else list(read_user_index(task, config.settings)[0].user_ids)
     if frame is None:
-        frame, problems = _read_frame(paths, task)
-        if frame is None:
-            return refused(problems)
+        source = paths.parquet if paths.parquet.is_file() else paths.csv
+        if not source.is_file():
+            return refused([f"no results.parquet or results.csv in {paths.dir}; run merge_shard_results --output"
+                            f" {paths.dir}"])
+        try:
+            frame = read_result_file(source, [*task.key_columns, *STATUS_COLUMNS, *BOOKKEEPING_COLUMNS])
+        except (OSError, ValueError) as exc:  # pyarrow's and pandas' parse errors are ValueErrors
+            return refused([f"{source} cannot be read: {exc}"])
     problems = check_frame(frame, task, config.settings, expected_users, config_hash=config.hash)
     if report is not None:  # merge's coverage lists count only when there is no config to check the users against
         problems += [f"merge report: {line}" for line in report_problems(report, coverage=coverage_from_report)]
