@@ -38,10 +38,13 @@ _REASON_CHARS = 120
 _DIGITS = re.compile(r"\d+(?:\.\d+)?")
 
 
+def _shortened(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def show(value: Any) -> str:
     """A value as it appears in a message: repr (so NUL and newlines stay visible), cut if long."""
-    text = repr(value)
-    return text if len(text) <= _MAX_VALUE_CHARS else text[: _MAX_VALUE_CHARS - 3] + "..."
+    return _shortened(repr(value), _MAX_VALUE_CHARS)
 
 
 def describe_key(row: Mapping[Any, Any], key_columns: Sequence[str]) -> str:
@@ -342,9 +345,8 @@ def count_outcomes(frame: pd.DataFrame, user_column: str) -> UserOutcomes:
                         failed=_groups(failed_rows, failed_rows["reason"].map(failure_class)))
 
 
-def _cut(text: str, limit: int = _REASON_CHARS) -> str:
-    text = " ".join(str(text).split())
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+def _cut(text: str) -> str:
+    return _shortened(" ".join(str(text).split()), _REASON_CHARS)
 
 
 def _plural(count: int, word: str) -> str:
@@ -364,19 +366,18 @@ def _skipped_parts(outcomes: UserOutcomes) -> str:
                     for group in outcomes.skipped], "reasons")
 
 
-def _failed_part(group: ReasonGroup) -> str:
-    fix = KNOWN_FIXES.get(group.label)
-    if fix is None:
-        said = group.example_reason
-        # A Java exception's message repeats its class ("java.lang.X: java.lang.X: text"): said once, in the label.
-        while said.startswith(f"{group.label}:"):
-            said = said[len(group.label) + 1:].lstrip()
-        fix = f"e.g. user {group.example_user!r}: {_cut(said)}"
-    return f"{group.users} {group.label} ({fix})"
-
-
 def _failed_parts(outcomes: UserOutcomes) -> str:
-    return _listed([_failed_part(group) for group in outcomes.failed], "error classes")
+    parts = []
+    for group in outcomes.failed:
+        fix = KNOWN_FIXES.get(group.label)
+        if fix is None:
+            said = group.example_reason
+            # A Java exception's message repeats its class ("java.lang.X: java.lang.X: text"): said once, in the label.
+            while said.startswith(f"{group.label}:"):
+                said = said[len(group.label) + 1:].lstrip()
+            fix = f"e.g. user {group.example_user!r}: {_cut(said)}"
+        parts.append(f"{group.users} {group.label} ({fix})")
+    return _listed(parts, "error classes")
 
 
 @dataclass(frozen=True)
