@@ -120,7 +120,7 @@ def _merge(dirs: list[Path], output_dir: Path, force: bool, remedy: Remedy) -> M
         users=len(set(combined.users)),
         identical_duplicates=combined.identical_duplicates,
         conflicts=combined.conflicts,
-        **coverage(shards, combined.users),
+        **_coverage(shards, combined.users),
         dropped_columns=dropped,
         forced_mismatch=mismatch,
         provenance=provenance,
@@ -229,7 +229,7 @@ def _compare_duplicates(frame: pd.DataFrame, key_columns: Sequence[str], columns
 # --- coverage ---------------------------------------------------------------------------------
 
 
-def coverage(shards: Sequence[ShardInput], row_users: Sequence[str]) -> dict[str, Any]:
+def _coverage(shards: Sequence[ShardInput], row_users: Sequence[str]) -> dict[str, Any]:
     """merge_report.json's coverage lists: the users some shard planned that no given dir committed (with the
     shards that should have them), the shards of each K seen that no dir covers, the users with fewer rows
     than the user with the most (a feature mode missing), and the users with rows that no shard planned."""
