@@ -19,7 +19,7 @@ from shardrun.errors import EXIT_OK, EXIT_VALIDATION_FAILED
 from shardrun.launch.admission import available_cores
 from shardrun.launch.benchmark import pilot_users, project, verdict
 from shardrun.partition import ShardSpec, users_of_shard
-from shardrun.results.compare import read_result_frame, result_differences
+from shardrun.results.frame import read_result_frame, result_differences
 
 REPO = Path(__file__).resolve().parents[2]
 KEYS = ("user_id", "feature_mode")

@@ -19,7 +19,7 @@ import pytest
 
 from shardrun.errors import MergeError, ResumeMismatch
 from shardrun.partition import ShardSpec
-from shardrun.results.combine import values_equal
+from shardrun.results.frame import values_equal
 from shardrun.results.merge import merge_shards
 from shardrun.results.read import shard_dirs_of_run
 from shardrun.results.validate import write_validation

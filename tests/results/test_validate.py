@@ -11,9 +11,8 @@ from shardrun.config import parse_config
 from shardrun.partition import ShardSpec
 from shardrun.results.merge import merge_result_set, merge_shards
 from shardrun.results.read import shard_dirs_of_run
-from shardrun.results.report import MAX_LISTED
 from shardrun.results.tolerance import FailedTolerance
-from shardrun.results.validate import check_frame, validation_of, write_validation
+from shardrun.results.validate import MAX_LISTED, check_frame, validation_of, write_validation
 from shardrun.section import Section
 from shardrun.storage.paths import MergedPaths, RunPaths
 

@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from shardrun.results.tolerance import NO_FAILED, FailedTolerance
-from shardrun.results.verdict import Rerun, count_outcomes, outcome_lines, verdict_problems
+from shardrun.results.validate import Rerun, count_outcomes, outcome_lines, verdict_problems
 from shardrun.states import failure_class
 
 MODES = ("activity", "composite")

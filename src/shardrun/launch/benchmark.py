@@ -17,7 +17,7 @@ from shardrun.errors import EXIT_OK, EXIT_USERS_FAILED, EXIT_VALIDATION_FAILED, 
 from shardrun.launch.local import LaunchResult, launch
 from shardrun.launch.options import LaunchOptions
 from shardrun.launch.run_dir import benchmark_dir
-from shardrun.results.compare import read_result_frame, result_differences
+from shardrun.results.frame import read_result_frame, result_differences
 from shardrun.results.read import read_shard
 from shardrun.results.timeline import span_table
 from shardrun.storage.paths import RunPaths

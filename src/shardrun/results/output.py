@@ -18,8 +18,8 @@ import pyarrow as pa
 
 from shardrun.errors import MergeError
 from shardrun.results.frame import write_csv, write_parquet
-from shardrun.results.report import MergeReport
 from shardrun.results.timeline import write_trace
+from shardrun.results.validate import MergeReport
 from shardrun.storage.atomic import fsync_tree, replace_dir, write_json_atomic
 from shardrun.storage.durability import Remedy, storage_error
 from shardrun.storage.lock import ExclusiveFile

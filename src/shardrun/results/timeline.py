@@ -19,9 +19,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from shardrun.results.columnar import STANDING, USER
 from shardrun.results.frame import text_bytes
-from shardrun.results.read import ShardInput
+from shardrun.results.read import STANDING, USER, ShardInput
 from shardrun.states import STATUSES, UserStatus
 from shardrun.storage.commits import ATTEMPT, attempt_of
 from shardrun.units import heap_bytes
@@ -93,9 +92,9 @@ def span_table(shards: Sequence[ShardInput]) -> pd.DataFrame:
 
 
 def users_seconds_and_status(table: pa.Table | None, users: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-    """Per user of `users` (in that order), from its rows in `table`: the largest finite, non-negative
-    `seconds` of its rows (NaN without one) and its status by states.user_outcome's rule. Counted with
-    numpy: a pandas group-by per shard costs more than its rows."""
+    """Per user of `users` (in that order), from its rows in `table` (column read.USER): the largest
+    finite, non-negative `seconds` of its rows (NaN without one) and its status by states.user_outcome's
+    rule. Counted with numpy: a pandas group-by per shard costs more than its rows."""
     if table is None or not table.num_rows:
         return np.full(len(users), np.nan), np.full(len(users), UserStatus.FAILED.value)
     owner = pd.Index(list(users), dtype=object).get_indexer(table.column(USER).to_numpy(zero_copy_only=False))

@@ -1,6 +1,6 @@
 """What a shard measures of each attempt at a user (cheap enough for every user), and of its memory.
 
-status.json carries the peaks forward across the shard's processes, for the merge report (results/trace.py).
+status.json carries the peaks forward across the shard's processes, for the merge report (results/timeline.py).
 """
 
 from __future__ import annotations

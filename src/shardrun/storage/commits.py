@@ -359,7 +359,7 @@ def refuse_older_results(paths: ShardPaths, error: type[ShardrunError] = ResumeM
 def scan_committed(paths: ShardPaths) -> dict[str, CommittedUser]:
     """Every user committed in this shard dir, by user id, from its batch files (under the shard lock).
 
-    An untrusted file is moved to results/quarantine/; merge reads through results/columnar.py instead.
+    An untrusted file is moved to results/quarantine/; merge reads through results/read.py instead.
     """
     committed: dict[str, CommittedUser] = {}
     refuse_older_results(paths)

@@ -144,7 +144,7 @@ class MergedPaths:
     validation = _Named("validation.json")
     summary_png = _Named(SUMMARY_PNG)
     run_png = _Named(RUN_PNG)
-    trace = _Named("trace.tsv")  # one row per attempt at a user (results/trace.py)
+    trace = _Named("trace.tsv")  # one row per attempt at a user (results/timeline.py)
 
     # staging dirs `.<name>.merging-<pid>-<random>` and `.<name>.old-...` are dotted: never taken for a set
     def staging_prefix(self, kind: str) -> str:
