@@ -1,4 +1,4 @@
-"""The process port: the only place where the launcher touches its shards' processes."""
+"""The process port: the only place where the launcher touches its shards' processes (tests pass a fake)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import signal
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Protocol
+from typing import IO
 
 from shardrun import platforms
 from shardrun.early_signals import signals_held
@@ -24,34 +24,9 @@ class Exited:
     pid: int
 
 
-class ProcessPort(Protocol):
-    def start(self, index: int, command: list[str], log_path: Path) -> int:
-        """Start shard `index` running `command`, its output appended to `log_path`; return its pid."""
-
-    def poll(self) -> list[Exited]:
-        """The shards whose process ended since the last poll, in shard order."""
-
-    def suspend(self, index: int) -> None:
-        """Stop the shard's process for now (SIGSTOP)."""
-
-    def resume(self, index: int) -> None:
-        """Continue a suspended shard (SIGCONT)."""
-
-    def terminate(self, index: int) -> None:
-        """Ask the shard to drain and stop (SIGTERM)."""
-
-    def kill(self, index: int) -> None:
-        """End the shard at once (SIGKILL)."""
-
-    def pid(self, index: int) -> int | None:
-        """The pid of the shard's latest process (also after it ended), or None if it never started."""
-
-    def cpu_seconds(self) -> dict[tuple[int, float], float]:
-        """CPU seconds of each live shard process and descendant, by (pid, create time), for --cpu-limit."""
-
-
 class LocalProcesses:
-    """Shards as child processes of the launcher (subprocess), each in its own process group."""
+    """Shards as child processes of the launcher, each in its own process group. Signals go to a live
+    shard only; `pid` is its latest process's (also after it ended); `cpu_seconds` is by (pid, create time)."""
 
     def __init__(self) -> None:
         self._processes: dict[int, subprocess.Popen] = {}
@@ -92,10 +67,6 @@ class LocalProcesses:
                 exits.append(Exited(index, process.returncode, process.pid))
         return exits
 
-    def _signal(self, index: int, signum: int) -> None:
-        if index in self._live:
-            self._processes[index].send_signal(signum)
-
     def suspend(self, index: int) -> None:
         if index in self._live:
             platforms.suspend(self._processes[index].pid)
@@ -105,7 +76,8 @@ class LocalProcesses:
             platforms.resume(self._processes[index].pid)
 
     def terminate(self, index: int) -> None:
-        self._signal(index, signal.SIGTERM)
+        if index in self._live:
+            self._processes[index].send_signal(signal.SIGTERM)
 
     def kill(self, index: int) -> None:
         if index in self._live:
