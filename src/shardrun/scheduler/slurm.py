@@ -254,13 +254,7 @@ class SlurmCommands:
 
     def job_record(self, job: str, timeout: float = 30) -> dict[str, str] | None:
         """SLURM's record of one job or element; None when unknown (forgotten after MinJobAge)."""
-        result = self._run_command(["scontrol", "--oneliner", "show", "job", job], None, timeout=timeout)
-        if result.returncode == 0:
-            return parse_job_record(result.stdout)
-        answer = said(result)
-        if "Invalid job id specified" in answer or answer == f"Job {job} not found":
-            return None
-        raise SchedulerError(f"scontrol show job {job} failed: {answer}")
+        return self._show("job", job, timeout)
 
     def job_state(self, job: str, timeout: float = 30) -> JobRecord:
         """Its job's state, restarts and preemption, with a short timeout: SLURM's kill does not wait."""
@@ -272,13 +266,16 @@ class SlurmCommands:
 
     def node_record(self, node: str) -> dict[str, str] | None:
         """SLURM's record of one node (None when SLURM does not know it)."""
-        result = self._run_command(["scontrol", "--oneliner", "show", "node", node], None, timeout=30)
+        return self._show("node", node, 30)
+
+    def _show(self, kind: str, name: str, timeout: float) -> dict[str, str] | None:
+        result = self._run_command(["scontrol", "--oneliner", "show", kind, name], None, timeout=timeout)
         if result.returncode == 0:
             return parse_job_record(result.stdout)
         answer = said(result)
-        if answer == f"Node {node} not found":
+        if "Invalid job id specified" in answer or answer == f"{kind.capitalize()} {name} not found":
             return None
-        raise SchedulerError(f"scontrol show node {node} failed: {answer}")
+        raise SchedulerError(f"scontrol show {kind} {name} failed: {answer}")
 
 
 def lease_scheduler(env: Mapping[str, str], slurm: SlurmCommands | None = None) -> dict[str, Any]:
