@@ -1,7 +1,5 @@
-"""The one place that talks to SLURM (sbatch, squeue, scancel, scontrol), and RUN/slurm.json.
-
-Parsing is pure so the rules test on text; the commands are tested on a cluster (docs/dev/CLUSTER_TESTS.md).
-"""
+"""The one place that talks to SLURM (sbatch, squeue, scancel, scontrol), and RUN/slurm.json. Parsing is
+pure so the rules test on text; the commands are tested on a cluster (docs/dev/CLUSTER_TESTS.md)."""
 
 from __future__ import annotations
 
@@ -180,11 +178,8 @@ def job_record_of(fields: Mapping[str, str]) -> JobRecord | None:
 
 def config_value(config_text: str, name: str) -> str | None:
     """One setting of `scontrol show config` (None when it is not listed)."""
-    for line in config_text.splitlines():
-        key, _, value = line.partition("=")
-        if key.strip() == name:
-            return value.strip()
-    return None
+    values = (line.partition("=") for line in config_text.splitlines())
+    return next((value.strip() for key, _, value in values if key.strip() == name), None)
 
 
 def parse_max_array_size(config_text: str) -> int:
@@ -319,16 +314,6 @@ def record_submission(run: RunPaths, arrays: Sequence[Mapping[str, Any]], merge_
     write_json_atomic(run.slurm_json, {"format": 1, "submissions": submissions})
 
 
-def recorded_arrays(submissions: Sequence[Mapping[str, Any]]) -> dict[str, int]:
-    """{array job id: index offset} of every array the run submitted."""
-    arrays = {}
-    for submission in submissions:
-        for array in submission.get("arrays", []):
-            if isinstance(array, dict) and isinstance(array.get("job_id"), str):
-                arrays[array["job_id"]] = int(array.get("index_offset", 0))
-    return arrays
-
-
 def scheduler_view(elements: Iterable[QueuedElement], offsets: Mapping[str, int]) -> dict[int, QueuedElement]:
     """Each shard index's newest element in the queue (a later submission wins over an earlier one)."""
     view: dict[int, QueuedElement] = {}
@@ -349,5 +334,7 @@ def merge_job_name(run_dir: Path) -> str:
 
 def queue_by_index(run: RunPaths, slurm: SlurmCommands) -> dict[int, QueuedElement]:
     """SLURM's view of each shard of a run it was given ({} for a run never submitted to SLURM)."""
-    offsets = recorded_arrays(read_submissions(run))
+    offsets = {array["job_id"]: int(array.get("index_offset", 0)) for submission in read_submissions(run)
+               for array in submission.get("arrays", [])
+               if isinstance(array, dict) and isinstance(array.get("job_id"), str)}
     return scheduler_view(slurm.queue(array_job_name(run.dir)), offsets) if offsets else {}
