@@ -61,12 +61,10 @@ def time_limit_seconds(text: str) -> int | None:
         raise UsageError(f"--time {text!r}: give a SLURM time limit such as 90 (minutes), 4:00:00 or 2-00:00:00.")
     days, first, second, third = (int(part) if part else None for part in match.groups())
     assert first is not None  # the pattern requires the first number
-    if days is not None:  # D-H, D-H:M, D-H:M:S
-        seconds = days * 86400 + first * 3600 + (second or 0) * 60 + (third or 0)
-    elif third is not None:  # H:M:S
-        seconds = first * 3600 + (second or 0) * 60 + third
-    else:  # M or M:S
+    if days is None and third is None:  # M or M:S
         seconds = first * 60 + (second or 0)
+    else:  # H:M:S, D-H, D-H:M, D-H:M:S
+        seconds = (days or 0) * 86400 + first * 3600 + (second or 0) * 60 + (third or 0)
     if seconds <= 0:
         raise UsageError(f"--time {text!r}: the time limit must be more than zero.")
     return seconds
@@ -104,17 +102,13 @@ class ElementJob:
 
 def index_ranges(indices: Iterable[int]) -> str:
     """0,1,2,5,7,8 -> '0-2,5,7-8': sbatch --array syntax."""
-    ordered = sorted(set(indices))
-    parts = []
-    start = previous = None
-    for index in [*ordered, None]:
-        if start is not None and index is not None and index - 1 == previous:
-            previous = index
-            continue
-        if start is not None:
-            parts.append(str(start) if start == previous else f"{start}-{previous}")
-        start = previous = index
-    return ",".join(parts)
+    spans: list[list[int]] = []  # [first, last] of each run of consecutive indices
+    for index in sorted(set(indices)):
+        if spans and index == spans[-1][1] + 1:
+            spans[-1][1] = index
+        else:
+            spans.append([index, index])
+    return ",".join(str(first) if first == last else f"{first}-{last}" for first, last in spans)
 
 
 def split_for_array_size(indices: Sequence[int], max_array_size: int) -> list[tuple[int, list[int]]]:
@@ -144,13 +138,6 @@ def element_command(job: ElementJob) -> list[str]:
             *([] if job.fail_fast is None else ["--fail-fast", str(job.fail_fast)])]
 
 
-def log_pattern(job: ElementJob) -> str:
-    """SLURM's --output: `analysis/shard<i>.log`; with an offset, `slurm-<array>_<id>.log` and the script
-    writes shard<i>.log itself."""
-    name = "shard%a.log" if job.index_offset == 0 else "slurm-%A_%a.log"
-    return str(job.log_dir / name)
-
-
 def array_script(job: ElementJob, job_name: str) -> str:
     cap = f"%{job.max_parallel}" if job.max_parallel else ""
     lines = [
@@ -166,7 +153,8 @@ def array_script(job: ElementJob, job_name: str) -> str:
         f"#SBATCH --signal=B:{job.signal}",
         "#SBATCH --requeue",
         "#SBATCH --open-mode=append",
-        f"#SBATCH --output={log_pattern(job)}",
+        # shard<i>.log; with an offset SLURM's %a is no shard index: the script writes shard<i>.log itself
+        f"#SBATCH --output={job.log_dir / ('shard%a.log' if job.index_offset == 0 else 'slurm-%A_%a.log')}",
         f"#SBATCH --chdir={job.workdir}",
         *(f"#SBATCH {option}" for option in job.sbatch_options),
         "",
