@@ -30,8 +30,7 @@ class LocalProcesses:
 
     def __init__(self) -> None:
         self._processes: dict[int, subprocess.Popen] = {}
-        self._logs: dict[int, IO[bytes]] = {}
-        self._live: set[int] = set()
+        self._logs: dict[int, IO[bytes]] = {}  # of the live shards: closed when the shard's exit is polled
 
     def start(self, index: int, command: list[str], log_path: Path) -> int:
         log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -54,33 +53,31 @@ class LocalProcesses:
             raise
         self._processes[index] = process
         self._logs[index] = log_handle
-        self._live.add(index)
         return process.pid
 
     def poll(self) -> list[Exited]:
         exits = []
-        for index in sorted(self._live):
+        for index in sorted(self._logs):
             process = self._processes[index]
             if process.poll() is not None:
-                self._live.discard(index)
                 self._logs.pop(index).close()
                 exits.append(Exited(index, process.returncode, process.pid))
         return exits
 
     def suspend(self, index: int) -> None:
-        if index in self._live:
+        if index in self._logs:
             platforms.suspend(self._processes[index].pid)
 
     def resume(self, index: int) -> None:
-        if index in self._live:
+        if index in self._logs:
             platforms.resume(self._processes[index].pid)
 
     def terminate(self, index: int) -> None:
-        if index in self._live:
+        if index in self._logs:
             self._processes[index].send_signal(signal.SIGTERM)
 
     def kill(self, index: int) -> None:
-        if index in self._live:
+        if index in self._logs:
             self._processes[index].kill()
 
     def pid(self, index: int) -> int | None:
@@ -91,7 +88,7 @@ class LocalProcesses:
         import psutil
 
         seconds: dict[tuple[int, float], float] = {}
-        for index in sorted(self._live):
+        for index in sorted(self._logs):
             try:
                 shard = psutil.Process(self._processes[index].pid)
                 family = [shard, *shard.children(recursive=True)]

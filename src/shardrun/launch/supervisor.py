@@ -141,7 +141,6 @@ class Supervisor:
     def __init__(self, policy: SupervisorPolicy):
         self.policy = policy
         self.slots = [SlotState(i, policy.xmx) for i in range(policy.shards)]
-        self.stop_requests = 0
         self.stopping_since: float | None = None
         self.killed_after_grace = False
         self._starts = 0
@@ -180,15 +179,14 @@ class Supervisor:
         return self._on_cpu(event)
 
     def _on_exit(self, event: ShardExited) -> list[Action]:
-        slot = self.slots[event.index]
+        slot, code = self.slots[event.index], event.code
         if not slot.phase.alive:
             return []  # not ours to watch (a duplicate report)
         spec = self.spec(slot.index)
-        code = event.code
         slot.exits.append(code)
         actions: list[Action] = []
         if died_abnormally(code):
-            hs_err = tuple(event.hs_err_files)
+            hs_err = event.hs_err_files
             if self.killed_after_grace and code == -signal.SIGKILL:
                 description = f"killed by the launcher after the --grace period of {self.policy.grace_seconds:.0f} s"
             else:
@@ -236,8 +234,7 @@ class Supervisor:
         return actions
 
     def _on_stop(self, event: StopRequested) -> list[Action]:
-        self.stop_requests += 1
-        if self.stop_requests == 1:
+        if self.stopping_since is None:
             self.stopping_since = event.now
             actions: list[Action] = [Say(f"{event.signal_name}: asking every shard to finish its current user and"
                                          f" stop (again to stop at once)")]
