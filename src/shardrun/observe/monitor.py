@@ -37,10 +37,10 @@ def _spec(text: Any) -> ShardSpec | None:
         return None
 
 
-def run_shards(run_dir: Path, launcher: dict[str, Any]) -> dict[ShardSpec, dict[str, Any]]:
+def run_shards(run_dir: Path, run_doc: dict[str, Any], launcher: dict[str, Any]) -> dict[ShardSpec, dict[str, Any]]:
     """Every shard of the run: K from run.json, the launcher's list, and the shard dirs on disk."""
     shards: dict[ShardSpec, dict[str, Any]] = {}
-    count = status_document(RunPaths(run_dir).run_json).get("shards")
+    count = run_doc.get("shards")
     if isinstance(count, int) and not isinstance(count, bool) and 0 < count <= 100_000:
         for index in range(count):
             shards[ShardSpec(index, count)] = {}
@@ -69,10 +69,10 @@ def expected_users(run_doc: dict[str, Any], spec: ShardSpec) -> int | None:
 def run_views(run_dir: Path, now: datetime, stale_after: float,
               scheduler: Mapping[int, str] | None = None) -> list[progress.ShardView]:
     """`scheduler`: the cluster scheduler's word for each shard index (absent: not in its queue)."""
-    launcher = status_document(RunPaths(run_dir).launcher_json)
     run_doc = status_document(RunPaths(run_dir).run_json)
+    shards = run_shards(run_dir, run_doc, status_document(RunPaths(run_dir).launcher_json))
     views = []
-    for spec, entry in sorted(run_shards(run_dir, launcher).items(), key=lambda item: (item[0].count, item[0].index)):
+    for spec, entry in sorted(shards.items(), key=lambda item: (item[0].count, item[0].index)):
         phase = entry.get("phase") if isinstance(entry.get("phase"), str) else None
         total = entry.get("users_total") if isinstance(entry.get("users_total"), int) else expected_users(run_doc, spec)
         in_queue = None if scheduler is None else scheduler.get(spec.index, "not in the queue")

@@ -194,14 +194,12 @@ def said(result: subprocess.CompletedProcess) -> str:
 
 
 class SlurmCommands:
-    def __init__(self, run: Callable[..., subprocess.CompletedProcess] = subprocess.run,
-                 env: Mapping[str, str] | None = None):
-        self._run = run
-        self._env = dict(env) if env is not None else None
+    def __init__(self, run: Callable[..., subprocess.CompletedProcess] = subprocess.run):
+        self._run = run  # tests pass a stand-in
 
     def _run_command(self, command: Sequence[str], stdin: str | None, timeout: float) -> subprocess.CompletedProcess:
         try:
-            return self._run(list(command), input=stdin, capture_output=True, text=True, timeout=timeout, env=self._env)
+            return self._run(list(command), input=stdin, capture_output=True, text=True, timeout=timeout)
         except FileNotFoundError:
             raise SchedulerError(f"{command[0]} was not found: run launch_shards --scheduler slurm on a machine where"
                                  " SLURM's commands work (a login node), or use --scheduler local.") from None
