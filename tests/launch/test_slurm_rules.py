@@ -22,21 +22,19 @@ from shardrun.cli.validate_outputs import parser as validate_outputs_parser
 from shardrun.config import load_config
 from shardrun.errors import UsageError
 from shardrun.launch.cluster import ClusterOptions, submit_run
-from shardrun.launch.slurm_rules import (
-    element_memory_mib,
-    merge_memory_mib,
-    shards_to_submit,
-    time_limit_lines,
-    users_over_time_limit,
-)
 from shardrun.launch.slurm_script import (
     ElementJob,
     WarningSignal,
     array_script,
+    element_memory_mib,
     index_ranges,
+    merge_memory_mib,
     merge_script,
+    shards_to_submit,
     split_for_array_size,
+    time_limit_lines,
     time_limit_seconds,
+    users_over_time_limit,
 )
 from shardrun.results.tolerance import FailedTolerance
 from shardrun.scheduler.slurm import SlurmCommands, parse_max_array_size, parse_queue, scheduler_view

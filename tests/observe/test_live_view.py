@@ -20,8 +20,7 @@ from pathlib import Path
 import pytest
 from rich.cells import cell_len
 
-from shardrun.observe.live import LiveTable
-from shardrun.observe.progress import shard_view
+from shardrun.observe.progress import LiveTable, shard_view
 
 EVIL = "evil\x1b[2J\x1b]0;pwned\x07"  # clears the screen and sets the window title, if sent raw
 SHOWN = "evil\\x1b[2J\\x1b]0;pwned\\x07"

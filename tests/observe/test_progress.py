@@ -12,9 +12,8 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from shardrun.observe.live import render
 from shardrun.observe.monitor import newest_run, run_views
-from shardrun.observe.progress import overall, overall_eta, plain_line, printable, shard_view
+from shardrun.observe.progress import overall, overall_eta, plain_line, printable, render, shard_view
 
 NOW = datetime(2026, 11, 23, 12, 0, 0, tzinfo=UTC)
 

@@ -15,25 +15,23 @@ from pathlib import Path
 from shardrun.config import RunConfig
 from shardrun.launch.plan import RunPlan, plan_run
 from shardrun.launch.run_dir import given_run_dir, hold_run
-from shardrun.launch.slurm_rules import (
-    COMPLETE,
-    describe_shard,
-    element_memory_mib,
-    failed_users_by_shard,
-    merge_memory_mib,
-    merged_valid,
-    shard_states,
-    shards_to_submit,
-    status_documents,
-    time_limit_lines,
-)
 from shardrun.launch.slurm_script import (
+    COMPLETE,
     ElementJob,
     WarningSignal,
     array_script,
+    describe_shard,
+    element_memory_mib,
+    failed_users_by_shard,
     index_ranges,
+    merge_memory_mib,
     merge_script,
+    merged_valid,
+    shard_states,
+    shards_to_submit,
     split_for_array_size,
+    status_documents,
+    time_limit_lines,
     time_limit_seconds,
 )
 from shardrun.results.tolerance import NO_FAILED, FailedTolerance

@@ -1,7 +1,5 @@
 """The local launcher's loop: the port's events in, the pure supervisor's actions carried out.
-
-Shards run in their own process groups (Ctrl-C reaches the launcher alone) and die with the launcher.
-"""
+Shards run in their own process groups (Ctrl-C reaches the launcher alone) and die with the launcher."""
 
 from __future__ import annotations
 
@@ -17,7 +15,7 @@ from shardrun.errors import EXIT_STORAGE, StorageError
 from shardrun.launch import report
 from shardrun.launch.options import LaunchOptions
 from shardrun.launch.policies import died_abnormally
-from shardrun.launch.processes import LocalProcesses, ProcessPort
+from shardrun.launch.processes import LocalProcesses
 from shardrun.launch.supervisor import (
     Action,
     CpuReading,
@@ -63,21 +61,19 @@ def shard_command(config_path: Path, spec: ShardSpec, run_dir: Path, resume: boo
     return command
 
 
-
-
 class Launcher:
     """Runs the supervisor's decisions through a process port until every shard is done."""
 
     def __init__(self, config: RunConfig, options: LaunchOptions, run: RunPaths, out: Callable[[str], None] = print,
                  cpu_reading: Callable[[], CpuReading] | None = None, users_per_shard: list[int] | None = None,
-                 port: ProcessPort | None = None, clock: Callable[[], float] = time.monotonic,
+                 port: LocalProcesses | None = None, clock: Callable[[], float] = time.monotonic,
                  sleep: Callable[[float], None] = time.sleep):
         self.config = config
         self.options = options
         self.run = run
         self.display = report.Display(out, options)
         self.cpu_reading = cpu_reading  # --cpu-limit's meter; None: no limit
-        self.port: ProcessPort = port if port is not None else LocalProcesses()
+        self.port = port if port is not None else LocalProcesses()
         self.clock = clock
         self.sleep = sleep
         self.users_total: list[int | None] = [*users_per_shard] if users_per_shard else [None] * options.shards
@@ -89,8 +85,6 @@ class Launcher:
 
     def out(self, message: str) -> None:
         self.display.say(message)
-
-    # --- events in, actions out ---------------------------------------------------------------
 
     def handle(self, event: Event) -> None:
         for action in self.supervisor.handle(event):
@@ -121,8 +115,6 @@ class Launcher:
                 self.port.resume(action.index)
         elif isinstance(action, Kill):
             self.port.kill(action.index)
-        else:
-            raise TypeError(f"not a supervisor action: {action!r}")
 
     def start(self, action: Start) -> None:
         spec = self.supervisor.spec(action.index)
@@ -150,8 +142,6 @@ class Launcher:
     def request_stop(self, signum: int, _frame: object = None) -> None:
         """The signal handler: the loop hands the request to the supervisor within one turn (0.2 s)."""
         self._signals.append(StopRequested(signal.Signals(signum).name, self.clock()))
-
-    # --- the loop -----------------------------------------------------------------------------
 
     def step(self) -> None:
         """One turn: stop requests, exits, then starts or the grace kill."""
@@ -196,8 +186,8 @@ class Launcher:
                            lambda: report.write_launcher_json(self.run, self.options, self.cpu_state(), shards))
 
     def guarded_write(self, what: str, where: Path, write: Callable[[], object]) -> bool:
-        """The launcher's own writes, guarded: a storage failure drains the run as a stop signal would
-        and the launcher exits 6 (local.launch). True if written."""
+        """The launcher's own write; True if written. A storage failure drains the run as a stop signal
+        would, and the launcher exits 6 (local.launch)."""
         if self.storage_failure is not None:
             return False
         try:

@@ -1,4 +1,4 @@
-"""The process port: the only place where the launcher touches its shards' processes."""
+"""The process port: the only place where the launcher touches its shards' processes (tests pass a fake)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import signal
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Protocol
+from typing import IO
 
 from shardrun import platforms
 from shardrun.early_signals import signals_held
@@ -24,39 +24,13 @@ class Exited:
     pid: int
 
 
-class ProcessPort(Protocol):
-    def start(self, index: int, command: list[str], log_path: Path) -> int:
-        """Start shard `index` running `command`, its output appended to `log_path`; return its pid."""
-
-    def poll(self) -> list[Exited]:
-        """The shards whose process ended since the last poll, in shard order."""
-
-    def suspend(self, index: int) -> None:
-        """Stop the shard's process for now (SIGSTOP)."""
-
-    def resume(self, index: int) -> None:
-        """Continue a suspended shard (SIGCONT)."""
-
-    def terminate(self, index: int) -> None:
-        """Ask the shard to drain and stop (SIGTERM)."""
-
-    def kill(self, index: int) -> None:
-        """End the shard at once (SIGKILL)."""
-
-    def pid(self, index: int) -> int | None:
-        """The pid of the shard's latest process (also after it ended), or None if it never started."""
-
-    def cpu_seconds(self) -> dict[tuple[int, float], float]:
-        """CPU seconds of each live shard process and descendant, by (pid, create time), for --cpu-limit."""
-
-
 class LocalProcesses:
-    """Shards as child processes of the launcher (subprocess), each in its own process group."""
+    """Shards as child processes of the launcher, each in its own process group. Signals go to a live
+    shard only; `pid` is its latest process's (also after it ended); `cpu_seconds` is by (pid, create time)."""
 
     def __init__(self) -> None:
         self._processes: dict[int, subprocess.Popen] = {}
-        self._logs: dict[int, IO[bytes]] = {}
-        self._live: set[int] = set()
+        self._logs: dict[int, IO[bytes]] = {}  # of the live shards: closed when the shard's exit is polled
 
     def start(self, index: int, command: list[str], log_path: Path) -> int:
         log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -79,36 +53,31 @@ class LocalProcesses:
             raise
         self._processes[index] = process
         self._logs[index] = log_handle
-        self._live.add(index)
         return process.pid
 
     def poll(self) -> list[Exited]:
         exits = []
-        for index in sorted(self._live):
+        for index in sorted(self._logs):
             process = self._processes[index]
             if process.poll() is not None:
-                self._live.discard(index)
                 self._logs.pop(index).close()
                 exits.append(Exited(index, process.returncode, process.pid))
         return exits
 
-    def _signal(self, index: int, signum: int) -> None:
-        if index in self._live:
-            self._processes[index].send_signal(signum)
-
     def suspend(self, index: int) -> None:
-        if index in self._live:
+        if index in self._logs:
             platforms.suspend(self._processes[index].pid)
 
     def resume(self, index: int) -> None:
-        if index in self._live:
+        if index in self._logs:
             platforms.resume(self._processes[index].pid)
 
     def terminate(self, index: int) -> None:
-        self._signal(index, signal.SIGTERM)
+        if index in self._logs:
+            self._processes[index].send_signal(signal.SIGTERM)
 
     def kill(self, index: int) -> None:
-        if index in self._live:
+        if index in self._logs:
             self._processes[index].kill()
 
     def pid(self, index: int) -> int | None:
@@ -119,7 +88,7 @@ class LocalProcesses:
         import psutil
 
         seconds: dict[tuple[int, float], float] = {}
-        for index in sorted(self._live):
+        for index in sorted(self._logs):
             try:
                 shard = psutil.Process(self._processes[index].pid)
                 family = [shard, *shard.children(recursive=True)]

@@ -15,7 +15,7 @@ from shardrun.launch.options import LaunchOptions
 from shardrun.launch.policies import describe_exit, log_excerpt, shows_its_error
 from shardrun.launch.supervisor import RecordDeath, Supervisor
 from shardrun.observe import progress
-from shardrun.observe.live import LiveTable
+from shardrun.observe.progress import LiveTable
 from shardrun.states import ShardState
 from shardrun.storage.atomic import utc_now, write_json_atomic
 from shardrun.storage.paths import RunPaths, ShardPaths, shard_log_path

@@ -53,7 +53,10 @@ def given_run_dir(config: RunConfig, shards: int, pilot: int | None, out: Path |
     if run_dir is not None:
         raise ConfigError(f"--run-dir {run.dir} has no run.json; it is not a run made by launch_shards."
                           f" To start a run there, pass --out {run.dir}.")
-    refuse_a_dir_of_something_else(run)
+    others = run.foreign_entries()  # a dir of other files is no run to continue
+    if others:
+        raise ConfigError(f"--out {run.dir} is not empty ({', '.join(others[:3])}{', ...' if len(others) > 3 else ''})"
+                          " and holds no run.json, so it is no run to continue; pass an empty or new dir to --out.")
     refuse_an_unwritable_place(run.dir)
     return RunDir(run, False, flag)
 
@@ -75,20 +78,8 @@ def check_same_run(run: RunPaths, flag: str, shards: int, config_hash: str, pilo
             # launch_shards has no --full (a run without --pilot is a full run): the fix is a flag it takes
             started = "--full" if started_with is None else f"--pilot {started_with}"
             fix = "drop --pilot" if started_with is None else f"pass --pilot {started_with}"
-            raise ResumeMismatch(
-                f"{flag} {run.dir} was started with {started} ({shard_dir.name}/shard.json); {fix} to"
-                f" continue it ({other})."
-            )
-
-
-def refuse_a_dir_of_something_else(run: RunPaths) -> None:
-    """A new run's --out must be empty or new: a dir of other files is no run to continue."""
-    others = run.foreign_entries()
-    if others:
-        raise ConfigError(
-            f"--out {run.dir} is not empty ({', '.join(others[:3])}{', ...' if len(others) > 3 else ''}) and"
-            " holds no run.json, so it is no run to continue; pass an empty or new dir to --out."
-        )
+            raise ResumeMismatch(f"{flag} {run.dir} was started with {started} ({shard_dir.name}/shard.json); {fix}"
+                                 f" to continue it ({other}).")
 
 
 def refuse_an_unwritable_place(run_dir: Path) -> None:

@@ -1,4 +1,5 @@
-"""The sbatch scripts a run submits (shard array, merge job), as text (pure).
+"""A SLURM submission's parts, pure: the sbatch scripts (shard array, merge job) as text, and the
+decisions made from the run's state (what to submit, its memory, what --time allows).
 
 Every element runs one idempotent command whose K comes from run.json, so a requeue continues the
 same shard; docs/CLUSTER.md explains the script line by line.
@@ -6,13 +7,22 @@ same shard; docs/CLUSTER.md explains the script line by line.
 
 from __future__ import annotations
 
+import math
 import re
 import shlex
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from shardrun.errors import UsageError
+from shardrun.launch.admission import shard_memory_bytes
+from shardrun.observe.progress import format_seconds
+from shardrun.partition import ShardSpec
+from shardrun.scheduler.slurm import QueuedElement
+from shardrun.states import ShardState
+from shardrun.storage.paths import RunPaths
+from shardrun.storage.status import status_document
+from shardrun.units import MIB
 
 # sbatch --signal=[B:]SIG[@SECONDS]: the signals a shard can take as its warning (run_production --preempt-signal).
 _SIGNAL_RE = re.compile(r"^(?:B:)?(?:SIG)?(TERM|USR1|USR2)(?:@(\d+))?$")
@@ -51,12 +61,10 @@ def time_limit_seconds(text: str) -> int | None:
         raise UsageError(f"--time {text!r}: give a SLURM time limit such as 90 (minutes), 4:00:00 or 2-00:00:00.")
     days, first, second, third = (int(part) if part else None for part in match.groups())
     assert first is not None  # the pattern requires the first number
-    if days is not None:  # D-H, D-H:M, D-H:M:S
-        seconds = days * 86400 + first * 3600 + (second or 0) * 60 + (third or 0)
-    elif third is not None:  # H:M:S
-        seconds = first * 3600 + (second or 0) * 60 + third
-    else:  # M or M:S
+    if days is None and third is None:  # M or M:S
         seconds = first * 60 + (second or 0)
+    else:  # H:M:S, D-H, D-H:M, D-H:M:S
+        seconds = (days or 0) * 86400 + first * 3600 + (second or 0) * 60 + (third or 0)
     if seconds <= 0:
         raise UsageError(f"--time {text!r}: the time limit must be more than zero.")
     return seconds
@@ -94,17 +102,13 @@ class ElementJob:
 
 def index_ranges(indices: Iterable[int]) -> str:
     """0,1,2,5,7,8 -> '0-2,5,7-8': sbatch --array syntax."""
-    ordered = sorted(set(indices))
-    parts = []
-    start = previous = None
-    for index in [*ordered, None]:
-        if start is not None and index is not None and index - 1 == previous:
-            previous = index
-            continue
-        if start is not None:
-            parts.append(str(start) if start == previous else f"{start}-{previous}")
-        start = previous = index
-    return ",".join(parts)
+    spans: list[list[int]] = []  # [first, last] of each run of consecutive indices
+    for index in sorted(set(indices)):
+        if spans and index == spans[-1][1] + 1:
+            spans[-1][1] = index
+        else:
+            spans.append([index, index])
+    return ",".join(str(first) if first == last else f"{first}-{last}" for first, last in spans)
 
 
 def split_for_array_size(indices: Sequence[int], max_array_size: int) -> list[tuple[int, list[int]]]:
@@ -134,13 +138,6 @@ def element_command(job: ElementJob) -> list[str]:
             *([] if job.fail_fast is None else ["--fail-fast", str(job.fail_fast)])]
 
 
-def log_pattern(job: ElementJob) -> str:
-    """SLURM's --output: `analysis/shard<i>.log`; with an offset, `slurm-<array>_<id>.log` and the script
-    writes shard<i>.log itself."""
-    name = "shard%a.log" if job.index_offset == 0 else "slurm-%A_%a.log"
-    return str(job.log_dir / name)
-
-
 def array_script(job: ElementJob, job_name: str) -> str:
     cap = f"%{job.max_parallel}" if job.max_parallel else ""
     lines = [
@@ -156,7 +153,8 @@ def array_script(job: ElementJob, job_name: str) -> str:
         f"#SBATCH --signal=B:{job.signal}",
         "#SBATCH --requeue",
         "#SBATCH --open-mode=append",
-        f"#SBATCH --output={log_pattern(job)}",
+        # shard<i>.log; with an offset SLURM's %a is no shard index: the script writes shard<i>.log itself
+        f"#SBATCH --output={job.log_dir / ('shard%a.log' if job.index_offset == 0 else 'slurm-%A_%a.log')}",
         f"#SBATCH --chdir={job.workdir}",
         *(f"#SBATCH {option}" for option in job.sbatch_options),
         "",
@@ -200,3 +198,94 @@ def merge_script(run_dir: Path, config_path: Path, python: str, workdir: Path, l
         f" --max-failed {_q(max_failed)}",
         "",
     ])
+
+
+COMPLETE = frozenset({ShardState.COMPLETED, ShardState.COMPLETED_WITH_FAILURES})
+
+
+def element_memory_mib(heap_bytes: int, data_bytes: int) -> int:
+    """sbatch --mem for one shard, as admission.py counts it."""
+    return math.ceil(shard_memory_bytes(heap_bytes, data_bytes) / MIB)
+
+
+# A merge peaked at 2.4 GiB for 2,000,000 rows x 32 columns plus 505 MiB in its picture process
+# (docs/dev/PERFORMANCE.md, "Merge and validate"): about 46 bytes a cell; 64 leaves room for wider text.
+MERGE_BYTES_PER_CELL = 64
+MERGE_BASE_MIB = 768  # Python, pandas, pyarrow and matplotlib in the merge and its picture process
+
+
+def merge_memory_mib(users: int, rows_per_user: int, columns: int) -> int:
+    """sbatch --mem for the merge + validate job: a base plus the result set's cells."""
+    cells = users * max(rows_per_user, 1) * max(columns, 1)
+    return MERGE_BASE_MIB + math.ceil(cells * MERGE_BYTES_PER_CELL / MIB)
+
+
+def shards_to_submit(shards: int, complete: Iterable[int], queued: Iterable[int],
+                     retry: Iterable[int] = ()) -> list[int]:
+    """The shards neither complete (unless in `retry`) nor queued."""
+    settled = (set(complete) - set(retry)) | set(queued)
+    return [index for index in range(shards) if index not in settled]
+
+
+def users_over_time_limit(predicted: Mapping[str, float], limit_seconds: int, lead_seconds: int) -> list[tuple[str, float]]:
+    """Users predicted to outlast the time before the warning (abandoned at every requeue), longest first."""
+    budget = limit_seconds - lead_seconds
+    return sorted(((user, seconds) for user, seconds in predicted.items() if seconds > budget),
+                  key=lambda item: (-item[1], item[0]))
+
+
+def time_limit_lines(predicted: Mapping[str, float] | None, limit_seconds: int | None, lead_seconds: int) -> list[str]:
+    """What the submission says about --time: the longest user, and every user that cannot finish."""
+    if limit_seconds is None:
+        return []
+    if predicted is None:
+        return ["time: the task estimates no user's time; nothing checked against --time"]
+    if not predicted:
+        return []
+    longest = max(predicted.values())
+    lines = [f"time: {format_seconds(limit_seconds)} per element; the longest user is estimated at"
+             f" {format_seconds(longest)} (the task's estimate)"]
+    over = users_over_time_limit(predicted, limit_seconds, lead_seconds)
+    for user, seconds in over[:20]:
+        lines.append(f"  cannot finish within --time: user {user!r} (estimated {format_seconds(seconds)}, over the"
+                     f" {format_seconds(limit_seconds - lead_seconds)} an element has before its warning)")
+    if len(over) > 20:
+        lines.append(f"  ... and {len(over) - 20} more users")
+    if over:
+        lines.append(f"  {len(over)} users would be abandoned at every requeue: raise --time above"
+                     f" {format_seconds(over[0][1] + lead_seconds)}")
+    return lines
+
+
+def describe_shard(index: int, state: str | None, queued: QueuedElement | None, failed_users: int = 0,
+                   retry: bool = False) -> str:
+    if queued is not None and queued.waiting_or_running:
+        return f"shard {index}: in the queue ({queued})"
+    if state in COMPLETE and retry and failed_users:
+        return f"shard {index}: to submit, to run its {failed_users} failed users again ({state})"
+    if state in COMPLETE:
+        return f"shard {index}: {state}"
+    return f"shard {index}: to submit ({state or 'never started'})"
+
+
+# --- the run on disk ---------------------------------------------------------------------------------
+
+
+def status_documents(run: RunPaths, shards: int) -> dict[int, dict]:
+    """Each shard's status.json by index, read once ({} for a shard without one)."""
+    return {index: status_document(run.shard(ShardSpec(index, shards)).status) for index in range(shards)}
+
+
+def shard_states(docs: Mapping[int, Mapping]) -> dict[int, str | None]:
+    return {index: doc.get("state") for index, doc in docs.items()}
+
+
+def failed_users_by_shard(docs: Mapping[int, Mapping]) -> dict[int, int]:
+    """Each shard's failed users as its status.json counts them (0 when it has none or no status)."""
+    counts = {index: doc.get("users_failed") for index, doc in docs.items()}
+    return {index: count if isinstance(count, int) else 0 for index, count in counts.items()}
+
+
+def merged_valid(merged: Path) -> bool:
+    """The run's own merge exists and passed validation."""
+    return status_document(merged / "validation.json").get("valid") is True

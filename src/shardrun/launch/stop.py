@@ -20,9 +20,9 @@ import psutil
 
 from shardrun import platforms
 from shardrun.states import ShardPhase, ShardState
-from shardrun.storage.atomic import read_json, write_json_atomic
+from shardrun.storage.atomic import write_json_atomic
 from shardrun.storage.paths import RunPaths
-from shardrun.storage.status import read_status
+from shardrun.storage.status import read_status, status_document
 
 COMMAND_WORDS = ("shardrun", "run_production", "launch_shards")
 LAUNCHER_WORDS = ("launch_shards", "shardrun launch", "shardrun run_parallel")  # with `-m shardrun SUB`
@@ -42,23 +42,6 @@ class StopReport:
     signalled: list[Target]
     via_launcher: list[str]  # shards the launcher will stop
     skipped: list[str]  # one line each: why a recorded process was not signalled
-
-
-def _read(path: Path) -> dict[str, Any] | None:
-    try:
-        doc = read_json(path)
-    except (OSError, ValueError):
-        return None
-    return doc if isinstance(doc, dict) else None
-
-
-def _time(text: Any) -> float | None:
-    if not isinstance(text, str):
-        return None
-    try:
-        return datetime.fromisoformat(text).timestamp()
-    except ValueError:
-        return None
 
 
 def _mentions(process: psutil.Process, command: list[str], places: Iterable[Path]) -> bool:
@@ -112,8 +95,9 @@ def verify(pid: Any, host: Any, started: Any, places: Iterable[Path] | None, loc
     pairs = [f"{Path(first).stem} {then}" for first, then in pairwise(command)]  # `shardrun SUB`
     if not any(word in part for part in (*command, *pairs) for word in words):
         return f"pid {pid} is not a shardrun process now (pid reused?)"
-    began = _time(started)
-    if began is None:
+    try:
+        began = datetime.fromisoformat(started).timestamp()
+    except (TypeError, ValueError):
         return f"pid {pid}: no start time recorded to check it against"
     if created > began + CLOCK_SLACK_SECONDS:
         return f"pid {pid} started after the recorded start (pid reused)"
@@ -134,82 +118,74 @@ def _signal(pid: int, signum: int) -> bool:
     return True
 
 
-def _create_time(pid: int) -> float | None:
-    try:
-        return psutil.Process(pid).create_time()
-    except psutil.Error:
-        return None
-
-
 def stop_run(run_dir: Path, now: bool = False, signum: int = signal.SIGTERM,
              send: Callable[[int, int], bool] = _signal) -> StopReport:
     """Signal the run's live launcher and the live shards it did not start; `now` re-signals (stop at once)."""
     run = RunPaths(run_dir)
-    stopper = _Stopper(now, signum, send, _read(run.dir / REQUESTS) or {}, StopReport([], [], []))
-    launcher = _read(run.launcher_json)
-    launched = stopper.stop_launcher(launcher) if launcher is not None else None
-    for shard_dir in sorted(run.dir.glob("shard-*-of-*")):
-        stopper.stop_shard(run, shard_dir, launched)
-    if stopper.report.signalled:
+    report = StopReport([], [], [])
+    asked = status_document(run.dir / REQUESTS)
+
+    def signal_once(what: str, pid: int) -> bool:
         try:
-            write_json_atomic(run.dir / REQUESTS, stopper.asked)
-        except OSError:
-            pass  # only the memory of this request is lost: a second request without --now signals again
-    return stopper.report
-
-
-@dataclass
-class _Stopper:
-    """One stop_run's decisions so far, and the processes asked to drain (pid -> create time)."""
-
-    now: bool
-    signum: int
-    send: Callable[[int, int], bool]
-    asked: dict[str, Any]
-    report: StopReport
-
-    def signal_once(self, what: str, pid: int) -> bool:
-        created = _create_time(pid)
-        if not self.now and created is not None and self.asked.get(str(pid)) == created:
-            self.report.skipped.append(f"{what}: pid {pid} was already asked to drain; --now stops it at once")
+            created: float | None = psutil.Process(pid).create_time()
+        except psutil.Error:
+            created = None
+        if not now and created is not None and asked.get(str(pid)) == created:
+            report.skipped.append(f"{what}: pid {pid} was already asked to drain; --now stops it at once")
             return True
-        if self.send(pid, self.signum):
-            self.report.signalled.append(Target(what, pid))
-            self.asked[str(pid)] = created
+        if send(pid, signum):
+            report.signalled.append(Target(what, pid))
+            asked[str(pid)] = created
             return True
         return False
 
-    def stop_launcher(self, launcher: dict[str, Any]) -> dict[str, int] | None:
-        """Signal a live launcher; the pids of the shards it will stop (None when it is not alive)."""
-        entries = launcher.get("shards")
-        pids = {entry["shard"]: entry["pid"] for entry in (entries if isinstance(entries, list) else [])
-                if isinstance(entry, dict) and isinstance(entry.get("shard"), str)
-                and isinstance(entry.get("pid"), int) and entry.get("phase") != ShardPhase.DONE}
-        # A launcher need not name its run dir: one on this host older than launcher.json is evidence.
-        why = verify(launcher.get("pid"), launcher.get("host"), launcher.get("updated_at"), None,
-                     words=LAUNCHER_WORDS)
-        if why is None:
-            return pids if self.signal_once("launcher", launcher["pid"]) else None
-        if not why.endswith("is gone"):
-            self.report.skipped.append(f"launcher: {why}")
-        return None
-
-    def stop_shard(self, run: RunPaths, shard_dir: Path, launched: dict[str, int] | None) -> None:
-        """Signal a live shard, or leave it to its launcher, or say why not."""
+    launched = _stop_launcher(status_document(run.launcher_json), report, signal_once)
+    for shard_dir in sorted(run.dir.glob("shard-*-of-*")):
+        _stop_shard(run, shard_dir, launched, report, signal_once)
+    if report.signalled:
         try:
-            status = read_status(shard_dir / "status.json")
-        except ValueError as exc:
-            self.report.skipped.append(f"{shard_dir.name}: {exc}")
-            return
-        if status is None or status.get("state") not in LIVE_STATES:
-            return
-        shard = status.get("shard") or shard_dir.name
-        pid = status.get("pid")
-        if launched is not None and launched.get(shard) == pid:
-            self.report.via_launcher.append(f"shard {shard} (pid {pid})")
-            return
-        why = verify(pid, status.get("host"), status.get("started_at"), [shard_dir, run.dir], shard_dir / "lock")
-        if why is None and isinstance(pid, int):
-            self.signal_once(f"shard {shard}", pid)
-        else:
-            self.report.skipped.append(f"shard {shard}: {why}")
+            write_json_atomic(run.dir / REQUESTS, asked)
+        except OSError:
+            pass  # only the memory of this request is lost: a second request without --now signals again
+    return report
+
+
+def _stop_launcher(launcher: dict[str, Any], report: StopReport,
+                   signal_once: Callable[[str, int], bool]) -> dict[str, int] | None:
+    """Signal a live launcher; the pids of the shards it will stop (None when it is not alive)."""
+    if not launcher:
+        return None
+    # A launcher need not name its run dir: one on this host older than launcher.json is evidence.
+    why = verify(launcher.get("pid"), launcher.get("host"), launcher.get("updated_at"), None, words=LAUNCHER_WORDS)
+    if why is not None:
+        if not why.endswith("is gone"):
+            report.skipped.append(f"launcher: {why}")
+        return None
+    if not signal_once("launcher", launcher["pid"]):
+        return None
+    entries = launcher.get("shards")
+    return {entry["shard"]: entry["pid"] for entry in (entries if isinstance(entries, list) else [])
+            if isinstance(entry, dict) and isinstance(entry.get("shard"), str)
+            and isinstance(entry.get("pid"), int) and entry.get("phase") != ShardPhase.DONE}
+
+
+def _stop_shard(run: RunPaths, shard_dir: Path, launched: dict[str, int] | None, report: StopReport,
+                signal_once: Callable[[str, int], bool]) -> None:
+    """Signal a live shard, or leave it to its launcher, or say why not."""
+    try:
+        status = read_status(shard_dir / "status.json")
+    except ValueError as exc:
+        report.skipped.append(f"{shard_dir.name}: {exc}")
+        return
+    if status is None or status.get("state") not in LIVE_STATES:
+        return
+    shard = status.get("shard") or shard_dir.name
+    pid = status.get("pid")
+    if launched is not None and launched.get(shard) == pid:
+        report.via_launcher.append(f"shard {shard} (pid {pid})")
+        return
+    why = verify(pid, status.get("host"), status.get("started_at"), [shard_dir, run.dir], shard_dir / "lock")
+    if why is None and isinstance(pid, int):
+        signal_once(f"shard {shard}", pid)
+    else:
+        report.skipped.append(f"shard {shard}: {why}")

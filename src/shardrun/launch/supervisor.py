@@ -1,8 +1,5 @@
-"""The launcher's supervisor: events in, actions out, pure (no processes, files, clocks or signals).
-
-Every decision about the shards (start, restart, stop, kill, CPU throttle) is made in `Supervisor.handle`,
-so it is tested without processes; launcher.py performs the actions, policies.py holds the rules.
-"""
+"""The launcher's supervisor, pure: every decision about the shards (start, restart, stop, kill, CPU
+throttle) is made in `Supervisor.handle`, so it is tested without processes; launcher.py acts on them."""
 
 from __future__ import annotations
 
@@ -28,16 +25,12 @@ class ShardExited:
 
 @dataclass(frozen=True)
 class Tick:
-    """Time passed; `now` is a monotonic clock in seconds."""
-
-    now: float
+    now: float  # a monotonic clock, in seconds
 
 
 @dataclass(frozen=True)
 class StopRequested:
-    """The launcher received a stop signal (`signal_name`, e.g. "SIGINT") at monotonic time `now`."""
-
-    signal_name: str
+    signal_name: str  # e.g. "SIGINT", or why the launcher stops itself
     now: float
 
 
@@ -58,48 +51,39 @@ Event = ShardExited | Tick | StopRequested | CpuReading
 
 
 @dataclass(frozen=True)
-class Start:
-    """Start shard `index` with heap `xmx` (a restart resumes its dir)."""
-
+class ShardAction:
     index: int
+
+
+@dataclass(frozen=True)
+class Start(ShardAction):
     xmx: str
-    restart: bool = False
+    restart: bool = False  # a restart resumes its dir
+
+
+class Suspend(ShardAction):
+    """SIGSTOP: the CPUs are busier than --cpu-limit."""
+
+
+class Resume(ShardAction):
+    """SIGCONT: one more shard fits under --cpu-limit, or no other runs."""
 
 
 @dataclass(frozen=True)
-class Suspend:
-    """Stop the shard's process for a while (SIGSTOP): the CPUs are busier than --cpu-limit."""
-
-    index: int
-
-
-@dataclass(frozen=True)
-class Resume:
-    """Continue a suspended shard (SIGCONT): one more shard fits under --cpu-limit, or no other runs."""
-
-    index: int
-
-
-@dataclass(frozen=True)
-class Terminate:
+class Terminate(ShardAction):
     """SIGTERM: finish the user in flight and stop; `wake`: SIGCONT too, a stopped process cannot drain."""
 
-    index: int
     wake: bool = False
 
 
-@dataclass(frozen=True)
-class Kill:
-    """Kill the shard at once (SIGKILL): the --grace period is over."""
-
-    index: int
+class Kill(ShardAction):
+    """SIGKILL: the --grace period is over."""
 
 
 @dataclass(frozen=True)
-class RecordDeath:
+class RecordDeath(ShardAction):
     """Write the abnormal death into the shard's status.json (if the shard wrote one)."""
 
-    index: int
     code: int
     description: str
     hs_err_files: tuple[str, ...] = ()
@@ -107,9 +91,7 @@ class RecordDeath:
 
 @dataclass(frozen=True)
 class Say:
-    """A line for the person who runs the launcher."""
-
-    message: str
+    message: str  # a line for the person who runs the launcher
 
 
 Action = Start | Suspend | Resume | Terminate | Kill | RecordDeath | Say
@@ -159,13 +141,10 @@ class Supervisor:
     def __init__(self, policy: SupervisorPolicy):
         self.policy = policy
         self.slots = [SlotState(i, policy.xmx) for i in range(policy.shards)]
-        self.stop_requests = 0
         self.stopping_since: float | None = None
         self.killed_after_grace = False
         self._starts = 0
         self.cpu: CpuReading | None = None  # the latest reading (--cpu-limit), for the progress line
-
-    # --- queries ------------------------------------------------------------------------------
 
     def spec(self, index: int) -> ShardSpec:
         return ShardSpec(index, self.policy.shards)
@@ -190,8 +169,6 @@ class Supervisor:
         """Each shard's last exit code; a shard that never exited counts as interrupted."""
         return {str(self.spec(slot.index)): slot.exits[-1] if slot.exits else EXIT_INTERRUPTED for slot in self.slots}
 
-    # --- events -------------------------------------------------------------------------------
-
     def handle(self, event: Event) -> list[Action]:
         if isinstance(event, ShardExited):
             return self._on_exit(event)
@@ -199,20 +176,17 @@ class Supervisor:
             return self._on_tick(event.now)
         if isinstance(event, StopRequested):
             return self._on_stop(event)
-        if isinstance(event, CpuReading):
-            return self._on_cpu(event)
-        raise TypeError(f"not a supervisor event: {event!r}")
+        return self._on_cpu(event)
 
     def _on_exit(self, event: ShardExited) -> list[Action]:
-        slot = self.slots[event.index]
+        slot, code = self.slots[event.index], event.code
         if not slot.phase.alive:
             return []  # not ours to watch (a duplicate report)
         spec = self.spec(slot.index)
-        code = event.code
         slot.exits.append(code)
         actions: list[Action] = []
         if died_abnormally(code):
-            hs_err = tuple(event.hs_err_files)
+            hs_err = event.hs_err_files
             if self.killed_after_grace and code == -signal.SIGKILL:
                 description = f"killed by the launcher after the --grace period of {self.policy.grace_seconds:.0f} s"
             else:
@@ -235,34 +209,32 @@ class Supervisor:
         return [slot.index for slot in self.slots if slot.phase is ShardPhase.SUSPENDED]
 
     def _on_tick(self, now: float) -> list[Action]:
-        if self.stopping_since is None:
-            suspended = self.suspended()
-            if suspended:
-                # Never none running: the first suspended shard resumes before any waiting one starts.
-                if not any(slot.phase is ShardPhase.RUNNING for slot in self.slots):
-                    self.slots[suspended[0]].phase = ShardPhase.RUNNING
-                    return [Resume(suspended[0])]
+        if self.stopping_since is not None:
+            if self.killed_after_grace or now - self.stopping_since <= self.policy.grace_seconds:
                 return []
-            waiting = [slot.index for slot in self.slots if slot.phase is ShardPhase.WAITING]
-            active = sum(1 for slot in self.slots if slot.phase.alive)
-            actions: list[Action] = []
-            for index in shards_to_start(waiting, active, self.policy.max_parallel):
-                slot = self.slots[index]
-                self._starts += 1
-                slot.phase = ShardPhase.RUNNING
-                slot.starts += 1
-                slot.start_order = self._starts
-                actions.append(Start(index, slot.xmx, restart=slot.restarts > 0))
-            return actions
-        if not self.killed_after_grace and now - self.stopping_since > self.policy.grace_seconds:
             self.killed_after_grace = True
             return [Say(f"grace period of {self.policy.grace_seconds:.0f} s over: killing the remaining shards"),
                     *(Kill(index) for index in self.alive())]
-        return []
+        suspended = self.suspended()
+        if suspended:
+            # Never none running: the first suspended shard resumes before any waiting one starts.
+            if any(slot.phase is ShardPhase.RUNNING for slot in self.slots):
+                return []
+            self.slots[suspended[0]].phase = ShardPhase.RUNNING
+            return [Resume(suspended[0])]
+        waiting = [slot.index for slot in self.slots if slot.phase is ShardPhase.WAITING]
+        actions: list[Action] = []
+        for index in shards_to_start(waiting, len(self.alive()), self.policy.max_parallel):
+            slot = self.slots[index]
+            self._starts += 1
+            slot.phase = ShardPhase.RUNNING
+            slot.starts += 1
+            slot.start_order = self._starts
+            actions.append(Start(index, slot.xmx, restart=slot.restarts > 0))
+        return actions
 
     def _on_stop(self, event: StopRequested) -> list[Action]:
-        self.stop_requests += 1
-        if self.stop_requests == 1:
+        if self.stopping_since is None:
             self.stopping_since = event.now
             actions: list[Action] = [Say(f"{event.signal_name}: asking every shard to finish its current user and"
                                          f" stop (again to stop at once)")]

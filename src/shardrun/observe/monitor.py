@@ -1,11 +1,7 @@
 """`monitor_progress`: the state of every shard of a run, from another terminal or after the fact.
 
 Reads only files (run.json, status.json, RUN/launcher.json); a file of the wrong shape is shown, never a crash.
---json prints one JSON document per refresh, on one line (docs/MONITOR.md):
-    {"format": 1, "at": ISO time, "runs": [{"run": dir, "slurm_error": str|null,
-     "totals": {"shards", "active", "done", "total", "ok", "skipped", "failed", "requeues",
-                "eta_seconds", "suspension", "states": {state: count}},
-     "shards": [one object per shard, the fields of progress.ShardView]}]}
+--json prints one JSON document per refresh, on one line (its fields: docs/MONITOR.md).
 """
 
 from __future__ import annotations
@@ -23,30 +19,15 @@ from typing import Any
 from rich.console import RenderableType
 from rich.text import Text
 
-from shardrun.errors import (
-    EXIT_OK,
-    EXIT_USAGE,
-    SchedulerError,
-    StopSignalReceived,
-    UsageError,
-)
+from shardrun.errors import EXIT_OK, EXIT_USAGE, SchedulerError, StopSignalReceived, UsageError
 from shardrun.observe import progress
-from shardrun.observe.live import LiveTable, console, render
+from shardrun.observe.progress import LiveTable, console, render
 from shardrun.partition import ShardSpec
 from shardrun.scheduler.slurm import SlurmCommands, queue_by_index
-from shardrun.storage.atomic import read_json
 from shardrun.storage.paths import RunPaths, not_a_dir
+from shardrun.storage.status import status_document
 
 JSON_FORMAT = 1
-
-
-def _doc(path: Path) -> dict[str, Any]:
-    """run.json or launcher.json as it stands; {} when absent, replaced under us or damaged."""
-    try:
-        doc = read_json(path)
-    except (OSError, ValueError):
-        return {}
-    return doc if isinstance(doc, dict) else {}
 
 
 def _spec(text: Any) -> ShardSpec | None:
@@ -56,10 +37,10 @@ def _spec(text: Any) -> ShardSpec | None:
         return None
 
 
-def run_shards(run_dir: Path, launcher: dict[str, Any]) -> dict[ShardSpec, dict[str, Any]]:
+def run_shards(run_dir: Path, run_doc: dict[str, Any], launcher: dict[str, Any]) -> dict[ShardSpec, dict[str, Any]]:
     """Every shard of the run: K from run.json, the launcher's list, and the shard dirs on disk."""
     shards: dict[ShardSpec, dict[str, Any]] = {}
-    count = _doc(RunPaths(run_dir).run_json).get("shards")
+    count = run_doc.get("shards")
     if isinstance(count, int) and not isinstance(count, bool) and 0 < count <= 100_000:
         for index in range(count):
             shards[ShardSpec(index, count)] = {}
@@ -88,10 +69,10 @@ def expected_users(run_doc: dict[str, Any], spec: ShardSpec) -> int | None:
 def run_views(run_dir: Path, now: datetime, stale_after: float,
               scheduler: Mapping[int, str] | None = None) -> list[progress.ShardView]:
     """`scheduler`: the cluster scheduler's word for each shard index (absent: not in its queue)."""
-    launcher = _doc(RunPaths(run_dir).launcher_json)
-    run_doc = _doc(RunPaths(run_dir).run_json)
+    run_doc = status_document(RunPaths(run_dir).run_json)
+    shards = run_shards(run_dir, run_doc, status_document(RunPaths(run_dir).launcher_json))
     views = []
-    for spec, entry in sorted(run_shards(run_dir, launcher).items(), key=lambda item: (item[0].count, item[0].index)):
+    for spec, entry in sorted(shards.items(), key=lambda item: (item[0].count, item[0].index)):
         phase = entry.get("phase") if isinstance(entry.get("phase"), str) else None
         total = entry.get("users_total") if isinstance(entry.get("users_total"), int) else expected_users(run_doc, spec)
         in_queue = None if scheduler is None else scheduler.get(spec.index, "not in the queue")
@@ -114,7 +95,7 @@ def slurm_view(run: RunPaths) -> tuple[dict[int, str] | None, str | None]:
 
 def run_started(run_dir: Path) -> float:
     """When the run began: run.json's created_at, else the dir's own time (a run whose shards have not written yet)."""
-    created = _doc(RunPaths(run_dir).run_json).get("created_at")
+    created = status_document(RunPaths(run_dir).run_json).get("created_at")
     if isinstance(created, str):
         try:
             moment = datetime.fromisoformat(created)
@@ -188,7 +169,7 @@ def show_runs(run_dirs: Sequence[Path], stale_after: float, live: LiveTable | No
     runs = []
     for run_dir in run_dirs:
         scheduler, trouble = slurm_view(RunPaths(run_dir))
-        cpu = _doc(RunPaths(run_dir).launcher_json).get("cpu")  # what --cpu-limit suspended, and why
+        cpu = status_document(RunPaths(run_dir).launcher_json).get("cpu")  # what --cpu-limit suspended, and why
         runs.append((run_dir, run_views(run_dir, now, stale_after, scheduler), trouble, cpu))
     if as_json:
         document = {"format": JSON_FORMAT, "at": now.isoformat(timespec="seconds"),

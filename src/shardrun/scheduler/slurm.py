@@ -1,7 +1,5 @@
-"""The one place that talks to SLURM (sbatch, squeue, scancel, scontrol), and RUN/slurm.json.
-
-Parsing is pure so the rules test on text; the commands are tested on a cluster (docs/dev/CLUSTER_TESTS.md).
-"""
+"""The one place that talks to SLURM (sbatch, squeue, scancel, scontrol), and RUN/slurm.json. Parsing is
+pure so the rules test on text; the commands are tested on a cluster (docs/dev/CLUSTER_TESTS.md)."""
 
 from __future__ import annotations
 
@@ -180,11 +178,8 @@ def job_record_of(fields: Mapping[str, str]) -> JobRecord | None:
 
 def config_value(config_text: str, name: str) -> str | None:
     """One setting of `scontrol show config` (None when it is not listed)."""
-    for line in config_text.splitlines():
-        key, _, value = line.partition("=")
-        if key.strip() == name:
-            return value.strip()
-    return None
+    values = (line.partition("=") for line in config_text.splitlines())
+    return next((value.strip() for key, _, value in values if key.strip() == name), None)
 
 
 def parse_max_array_size(config_text: str) -> int:
@@ -199,14 +194,12 @@ def said(result: subprocess.CompletedProcess) -> str:
 
 
 class SlurmCommands:
-    def __init__(self, run: Callable[..., subprocess.CompletedProcess] = subprocess.run,
-                 env: Mapping[str, str] | None = None):
-        self._run = run
-        self._env = dict(env) if env is not None else None
+    def __init__(self, run: Callable[..., subprocess.CompletedProcess] = subprocess.run):
+        self._run = run  # tests pass a stand-in
 
     def _run_command(self, command: Sequence[str], stdin: str | None, timeout: float) -> subprocess.CompletedProcess:
         try:
-            return self._run(list(command), input=stdin, capture_output=True, text=True, timeout=timeout, env=self._env)
+            return self._run(list(command), input=stdin, capture_output=True, text=True, timeout=timeout)
         except FileNotFoundError:
             raise SchedulerError(f"{command[0]} was not found: run launch_shards --scheduler slurm on a machine where"
                                  " SLURM's commands work (a login node), or use --scheduler local.") from None
@@ -254,13 +247,7 @@ class SlurmCommands:
 
     def job_record(self, job: str, timeout: float = 30) -> dict[str, str] | None:
         """SLURM's record of one job or element; None when unknown (forgotten after MinJobAge)."""
-        result = self._run_command(["scontrol", "--oneliner", "show", "job", job], None, timeout=timeout)
-        if result.returncode == 0:
-            return parse_job_record(result.stdout)
-        answer = said(result)
-        if "Invalid job id specified" in answer or answer == f"Job {job} not found":
-            return None
-        raise SchedulerError(f"scontrol show job {job} failed: {answer}")
+        return self._show("job", job, timeout)
 
     def job_state(self, job: str, timeout: float = 30) -> JobRecord:
         """Its job's state, restarts and preemption, with a short timeout: SLURM's kill does not wait."""
@@ -272,13 +259,16 @@ class SlurmCommands:
 
     def node_record(self, node: str) -> dict[str, str] | None:
         """SLURM's record of one node (None when SLURM does not know it)."""
-        result = self._run_command(["scontrol", "--oneliner", "show", "node", node], None, timeout=30)
+        return self._show("node", node, 30)
+
+    def _show(self, kind: str, name: str, timeout: float) -> dict[str, str] | None:
+        result = self._run_command(["scontrol", "--oneliner", "show", kind, name], None, timeout=timeout)
         if result.returncode == 0:
             return parse_job_record(result.stdout)
         answer = said(result)
-        if answer == f"Node {node} not found":
+        if "Invalid job id specified" in answer or answer == f"{kind.capitalize()} {name} not found":
             return None
-        raise SchedulerError(f"scontrol show node {node} failed: {answer}")
+        raise SchedulerError(f"scontrol show {kind} {name} failed: {answer}")
 
 
 def lease_scheduler(env: Mapping[str, str], slurm: SlurmCommands | None = None) -> dict[str, Any]:
@@ -322,16 +312,6 @@ def record_submission(run: RunPaths, arrays: Sequence[Mapping[str, Any]], merge_
     write_json_atomic(run.slurm_json, {"format": 1, "submissions": submissions})
 
 
-def recorded_arrays(submissions: Sequence[Mapping[str, Any]]) -> dict[str, int]:
-    """{array job id: index offset} of every array the run submitted."""
-    arrays = {}
-    for submission in submissions:
-        for array in submission.get("arrays", []):
-            if isinstance(array, dict) and isinstance(array.get("job_id"), str):
-                arrays[array["job_id"]] = int(array.get("index_offset", 0))
-    return arrays
-
-
 def scheduler_view(elements: Iterable[QueuedElement], offsets: Mapping[str, int]) -> dict[int, QueuedElement]:
     """Each shard index's newest element in the queue (a later submission wins over an earlier one)."""
     view: dict[int, QueuedElement] = {}
@@ -352,5 +332,7 @@ def merge_job_name(run_dir: Path) -> str:
 
 def queue_by_index(run: RunPaths, slurm: SlurmCommands) -> dict[int, QueuedElement]:
     """SLURM's view of each shard of a run it was given ({} for a run never submitted to SLURM)."""
-    offsets = recorded_arrays(read_submissions(run))
+    offsets = {array["job_id"]: int(array.get("index_offset", 0)) for submission in read_submissions(run)
+               for array in submission.get("arrays", [])
+               if isinstance(array, dict) and isinstance(array.get("job_id"), str)}
     return scheduler_view(slurm.queue(array_job_name(run.dir)), offsets) if offsets else {}
