@@ -16,8 +16,7 @@ from shardrun.errors import EXIT_OK, EXIT_USERS_FAILED, AlreadyCommitted, Storag
 from shardrun.shard.attempts import Attempts, error_record, failure_reason, shard_committer, shard_status, write_error
 from shardrun.shard.fail_fast import FailFastStop, fail_fast_message, fail_fast_stop
 from shardrun.shard.jvm import start_task_jvm
-from shardrun.shard.lifecycle import StopFlag
-from shardrun.shard.preemption import ShardEnding
+from shardrun.shard.lifecycle import ShardEnding, StopFlag
 from shardrun.shard.prepare import PreparedShard, ShardOptions
 from shardrun.shard.user_log import UserLog
 from shardrun.states import ShardState, UserStatus, user_outcome

@@ -6,7 +6,6 @@ import logging
 from dataclasses import dataclass, replace
 
 from shardrun.config import RunConfig, resolve_threads
-from shardrun.errors import EXIT_INTERRUPTED, EXIT_PREEMPTED
 from shardrun.shard.dirs import ShardOptions, create_run_dir, ensure_run_document, run_document
 from shardrun.shard.lifecycle import StopFlag
 from shardrun.shard.loop import ShardLoop
@@ -33,7 +32,7 @@ def run_shard(config: RunConfig, options: ShardOptions, stop: StopFlag | None = 
     if stop.requested_by:
         log.warning("%s received before the shard started: nothing was written, and the same command starts it"
                     " again whenever you like", stop.requested_by)
-        return ShardOutcome(EXIT_PREEMPTED if stop.preempted else EXIT_INTERRUPTED, prepared)
+        return ShardOutcome(stop.exit_code, prepared)
     prepared = replace(prepared, dirs=create_run_dir(prepared.dirs))  # every check passed: only now a new run dir
     config = set_up(config, prepared, options)
     lock = hold_shard(prepared, {
