@@ -32,7 +32,7 @@ from shardrun.launch.benchmark import run_benchmark
 from shardrun.launch.local import dry_run, launch
 from shardrun.launch.options import LaunchOptions, shards_to_launch
 from shardrun.launch.policies import RestartPolicy
-from shardrun.shard.fail_fast import DEFAULT_FAIL_FAST
+from shardrun.shard.dirs import DEFAULT_FAIL_FAST
 
 
 def parser() -> argparse.ArgumentParser:

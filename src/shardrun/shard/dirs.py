@@ -16,7 +16,6 @@ from typing import Any
 from shardrun.config import RunConfig
 from shardrun.errors import ResumeMismatch, UsageError
 from shardrun.partition import ShardSpec, resolve_auto_shard
-from shardrun.shard.fail_fast import DEFAULT_FAIL_FAST
 from shardrun.storage.atomic import create_json_once, utc_now
 from shardrun.storage.durability import durable_write
 from shardrun.storage.identity import (
@@ -34,6 +33,8 @@ from shardrun.storage.paths import (
 from shardrun.task import Task, UserIndex, task_origin
 
 log = logging.getLogger(__name__)
+
+DEFAULT_FAIL_FAST = 5  # users: enough that chance rarely stops a shard, few enough to stop a doomed one in minutes
 
 
 @dataclass(frozen=True)

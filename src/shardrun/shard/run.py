@@ -8,10 +8,9 @@ from dataclasses import dataclass, replace
 from shardrun.config import RunConfig, resolve_threads
 from shardrun.shard.dirs import ShardOptions, create_run_dir, ensure_run_document, run_document
 from shardrun.shard.lifecycle import StopFlag
-from shardrun.shard.loop import ShardLoop
+from shardrun.shard.loop import ShardLoop, attach_shard_log
 from shardrun.shard.prepare import PreparedShard, prepare, refuse_if
 from shardrun.shard.resume import hold_shard, resume_under_lock
-from shardrun.shard.user_log import attach_shard_log
 from shardrun.storage.durability import durable_write
 from shardrun.task import task_origin
 
