@@ -7,7 +7,7 @@ import pytest
 
 from shardrun.errors import UsageError
 from shardrun.partition import BALANCED, MODULO, ShardSpec, assign_users, balanced_assignment, users_of_shard
-from shardrun.shard.plan import assign_index, partition_report, plan_shard
+from shardrun.shard.prepare import assign_index, partition_report, plan_shard
 from shardrun.task import UserIndex
 
 USERS = sorted(f"user{n:03d}" for n in range(23))

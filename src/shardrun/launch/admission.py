@@ -16,7 +16,7 @@ from shardrun.config import JvmConfig, usable_cpus
 from shardrun.errors import ConfigError
 from shardrun.heap_plan import HeapPlan, run_heap_needs, task_heap_needs
 from shardrun.platforms import PeakMemory
-from shardrun.shard.plan import assign_index
+from shardrun.shard.prepare import assign_index
 from shardrun.task import Dataset, UserIndex, load_users, read_user_index
 from shardrun.units import MIB, format_bytes
 

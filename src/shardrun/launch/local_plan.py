@@ -12,7 +12,7 @@ from shardrun.launch.options import LaunchOptions
 from shardrun.launch.plan import RunPlan, plan_run
 from shardrun.launch.policies import ParallelPlan, parallel_for_cores
 from shardrun.launch.run_dir import RunDir, given_run_dir
-from shardrun.shard.plan import assign_index
+from shardrun.shard.prepare import assign_index
 
 
 def given(config: RunConfig, options: LaunchOptions) -> RunDir:

@@ -14,8 +14,7 @@ from shardrun.launch.admission import (
 )
 from shardrun.launch.run_dir import RunDir, check_same_run
 from shardrun.shard.dirs import ensure_run_document, run_document, run_label
-from shardrun.shard.plan import partition_report
-from shardrun.shard.prepare import preflight, refuse_if, task_heap
+from shardrun.shard.prepare import partition_report, preflight, refuse_if, task_heap
 from shardrun.storage.durability import durable_write
 from shardrun.storage.paths import RunPaths
 from shardrun.task import Task, load_task

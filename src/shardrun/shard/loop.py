@@ -23,6 +23,8 @@ from shardrun.shard.jvm import start_task_jvm
 from shardrun.shard.lifecycle import ShardEnding, StopFlag
 from shardrun.shard.prepare import PreparedShard, ShardOptions
 from shardrun.states import ShardState, UserStatus, failure_class, user_outcome
+from shardrun.storage.attempts import recorded_attempts
+from shardrun.storage.commits import read_errors
 
 log = logging.getLogger(__name__)
 
@@ -31,20 +33,16 @@ PROGRESS_EVERY_SECONDS = 30.0
 
 
 class ShardLoop:
-    def __init__(
-        self,
-        config: RunConfig,
-        shard: PreparedShard,  # its plan and dataset as of the lock (the dataset None when no user is to do)
-        options: ShardOptions,
-        previous_outcomes: Sequence[str],
-        stop: StopFlag,
-        earlier_attempts: Mapping[str, int] | None = None,  # storage.attempts.recorded_attempts
-    ):
+    def __init__(self, config: RunConfig, shard: PreparedShard, options: ShardOptions, stop: StopFlag):
+        """`shard`: its plan, dataset and committed users as of the lock (resume_under_lock)."""
         self.config = config
         self.task, self.dataset, self.dirs, self.plan = shard.task, shard.dataset, shard.dirs, shard.plan
         self.options = options
         self.stop = stop
-        dirs, plan, previous = self.dirs, self.plan, list(previous_outcomes)
+        dirs, plan = self.dirs, self.plan
+        previous = [user_outcome(shard.committed[u].rows) for u in plan.done]
+        # Retried users' attempts are numbered on from those recorded.
+        earlier = recorded_attempts(read_errors(dirs.shard), {u: shard.committed[u].records for u in plan.retry})
         self.status = shard_status(dirs.shard, {
             "shard": str(dirs.spec),
             "shard_index": dirs.spec.index,
@@ -61,7 +59,7 @@ class ShardLoop:
             "users_todo": len(plan.todo),
             "resumed_with_done": len(plan.done),
         })
-        self.attempts = Attempts(earlier_attempts or {})
+        self.attempts = Attempts(earlier)
         self.commits = shard_committer(dirs.shard, {"config_hash": config.hash, "shard": str(dirs.spec)}, plan.done,
                                        options.commit_interval_seconds, self._count_committed)
         # The drain ends once: by the loop, or by the abandon timer of a preemption (whichever is first).
