@@ -17,7 +17,7 @@ from typing import Any
 from shardrun.config import RunConfig
 from shardrun.errors import EXIT_OK, EXIT_USAGE, ConfigError, EnvironmentProblem, UsageError
 from shardrun.heap_plan import HeapPlan, plan_heap, run_heap_needs, task_heap_needs
-from shardrun.partition import PARTITIONS, ShardSpec, assign_users, shard_costs
+from shardrun.partition import PARTITIONS, ShardSpec, assign_users
 from shardrun.shard.dirs import ResolvedDirs, ShardOptions, resolve_dirs
 from shardrun.shard.jvm import find_java, task_classpath, task_jvm_options
 from shardrun.states import UserStatus, user_outcome
@@ -174,7 +174,7 @@ def partition_report(index: UserIndex, count: int, chosen: str) -> list[str]:
     bound = max(sum(costs) / count, max(costs, default=0))
     lines = [f"predicted cost per shard ({unit}; lower bound {bound:,.0f}):"]
     for partition in PARTITIONS:
-        per_shard = shard_costs(assign_users(index.user_ids, count, partition, costs), cost_of)
+        per_shard = [sum(cost_of[u] for u in users) for users in assign_users(index.user_ids, count, partition, costs)]
         largest = max(per_shard, default=0)
         ratio = f"{largest / bound:.3f}x the lower bound" if bound else "no users"
         mark = " (this run)" if partition == chosen else ""
