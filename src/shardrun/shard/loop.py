@@ -108,13 +108,13 @@ class ShardLoop:
 
     def _start_jvm(self) -> None:
         try:
-            jvm_info, provenance = start_task_jvm(self.task, self.config.settings, self.config.jvm,
+            java_version, provenance = start_task_jvm(self.task, self.config.settings, self.config.jvm,
                                                   self.dirs.shard.hs_err_pattern)
         except Exception as exc:
             self.status.update(state=ShardState.FAILED.value, last_error=str(exc))
             raise
         core_keys = self.status.snapshot().keys() | {"java_version", "exit_code"}  # never overridden by a task
-        self.status.update(state=ShardState.RUNNING.value, java_version=jvm_info.java_version,
+        self.status.update(state=ShardState.RUNNING.value, java_version=java_version,
                            **{key: value for key, value in provenance.items() if key not in core_keys})
 
     def _cool_down(self) -> None:

@@ -5,21 +5,17 @@ Everything that can reject the input happens here, before any dir is created or 
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 from shardrun.config import RunConfig
-from shardrun.errors import EXIT_OK, EXIT_USAGE, ConfigError, EnvironmentProblem, UsageError
+from shardrun.errors import EXIT_OK, EXIT_USAGE, ConfigError
 from shardrun.heap_plan import HeapPlan, plan_heap, run_heap_needs, task_heap_needs
 from shardrun.partition import PARTITIONS, ShardSpec, assign_users
 from shardrun.shard.dirs import ResolvedDirs, ShardOptions, resolve_dirs
-from shardrun.shard.jvm import find_java, task_classpath, task_jvm_options
+from shardrun.shard.jvm import check_jvm_flags, find_java, task_classpath, task_jvm_options
 from shardrun.states import UserStatus, user_outcome
 from shardrun.storage import commits
 from shardrun.storage.commits import CommittedUser
@@ -158,7 +154,9 @@ def dry_run(config: RunConfig, options: ShardOptions, say: Callable[[str], None]
         say(line)
     for problem in prepared.problems:
         say(f"cannot run: {problem}")
-    check_jvm_options(prepared, config, say)
+    flags = (*task_jvm_options(prepared.task, config.settings), *prepared.heap.jvm.jvm_args(), "-Xrs")
+    check_jvm_flags(flags)
+    say(f"java accepts the flags: {' '.join(flags)}")
     if not prepared.problems:
         say("preflight: the task found nothing that cannot run with this heap")
     return EXIT_USAGE if prepared.problems else EXIT_OK
@@ -181,34 +179,3 @@ def partition_report(index: UserIndex, count: int, chosen: str) -> list[str]:
         lines.append(f"  {partition}{mark}: largest {largest:,.0f}, {ratio}; shards "
                      + ", ".join(f"{i}: {cost:,.0f}" for i, cost in enumerate(per_shard)))
     return lines
-
-
-def java_executable(jvm_library: str) -> str:
-    """The `java` launcher of the Java whose JVM library JPype would load (lib/server/libjvm.so -> bin/java)."""
-    library = Path(jvm_library).resolve()
-    for home in library.parents[:4]:
-        for name in ("java", "java.exe"):
-            candidate = home / "bin" / name
-            if candidate.is_file() and os.access(candidate, os.X_OK):
-                return str(candidate)
-    found = shutil.which("java")
-    if found is None:
-        raise EnvironmentProblem(f"no java launcher was found next to {jvm_library} nor on PATH; set JAVA_HOME.")
-    return found
-
-
-def check_jvm_options(prepared: PreparedShard, config: RunConfig, say: Callable[[str], None]) -> None:
-    """Refuse flags the JVM would refuse, by `java <flags> -version` in a subprocess (never in-process)."""
-    options = (*task_jvm_options(prepared.task, config.settings), *prepared.heap.jvm.jvm_args(), "-Xrs")
-    command = [java_executable(find_java()), *options, "-version"]
-    try:
-        result = subprocess.run(command, capture_output=True, text=True, timeout=120)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        raise EnvironmentProblem(f"could not run {' '.join(command)} to check the JVM flags ({exc}).") from None
-    if result.returncode != 0:
-        said = " ".join(line.strip() for line in (result.stderr or result.stdout).splitlines() if line.strip())
-        raise UsageError(
-            f"the JVM refuses the flags {' '.join(options)}: {said} Fix jvm.options, jvm.xms or jvm.xmx in the"
-            " config (or --xmx)."
-        )
-    say(f"java accepts the flags: {' '.join(options)}")
