@@ -6,7 +6,6 @@
 from __future__ import annotations
 
 import heapq
-import os
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -41,10 +40,8 @@ class ShardSpec:
         return f"shard-{self.index}-of-{self.count}"
 
     @classmethod
-    def parse(cls, text: str, env: Mapping[str, str] | None = None, run_shards: int | None = None) -> ShardSpec:
-        """'i/K', or 'auto' to read a scheduler's job-array variables (run_shards: the run's K, if known)."""
-        if text.strip() == "auto":
-            return resolve_auto_shard(os.environ if env is None else env, run_shards).spec
+    def parse(cls, text: str) -> ShardSpec:
+        """'i/K' ('auto' is resolve_auto_shard's, with the run's K: shard/dirs.py shard_of)."""
         match = _SPEC_RE.match(text)
         if not match:
             raise UsageError(f"--shard must look like i/K (for example 0/4) or 'auto', got {text!r}.")
