@@ -32,7 +32,6 @@ log = logging.getLogger(__name__)
 # Set by launch_shards in each shard's environment: the pid the shard must not outlive.
 LAUNCHER_PID_ENV = "SHARDRUN_LAUNCHER_PID"
 
-
 # Signals a scheduler can be asked to send ahead of its stop (sbatch --signal): their names as flags take them.
 PREEMPT_SIGNALS = ("TERM", "USR1", "USR2")
 
@@ -70,6 +69,7 @@ class StopFlag:
         self.on_preempt: Callable[[], None] = lambda: None
         self._preempt_lock = threading.Lock()
         self._preemption_handled = False  # the handler has seen the preemption signal (the watcher may have first)
+        self._signals = {*STOP_SIGNALS, *([preemption.signal] if preemption else [])}
 
     @property
     def preempted(self) -> bool:
@@ -83,7 +83,7 @@ class StopFlag:
     def install(self, caught_before: Sequence[int] = ()) -> None:
         """Take the stop (and warning) signals from now on; `caught_before`: the signals that came before,
         while the process was still importing (entry.py), handled now in their order."""
-        for sig in {*STOP_SIGNALS, *([self.preemption.signal] if self.preemption else [])}:
+        for sig in self._signals:
             signal.signal(sig, self._handle)
         if self.preemption is not None:
             self._watch_wakeup_fd(self.preemption)
@@ -104,7 +104,7 @@ class StopFlag:
 
     def ignore_from_now(self) -> None:
         """Ignore stop signals once the end is recorded: during exit they would kill a finished shard."""
-        for sig in {*STOP_SIGNALS, *([self.preemption.signal] if self.preemption else [])}:
+        for sig in self._signals:
             signal.signal(sig, signal.SIG_IGN)
 
     def _note_preemption(self, notice: PreemptionNotice) -> None:

@@ -18,7 +18,6 @@ from shardrun.shard.dirs import ResolvedDirs, ShardOptions, resolve_dirs
 from shardrun.shard.jvm import check_jvm_flags, find_java, task_classpath, task_jvm_options
 from shardrun.states import UserStatus, user_outcome
 from shardrun.storage import commits
-from shardrun.storage.commits import CommittedUser
 from shardrun.storage.durability import SHARD, durable_write
 from shardrun.task import Dataset, Task, UserIndex, load_task, load_users, read_user_index
 
@@ -46,15 +45,13 @@ class PreparedShard:
     plan: ShardPlan
     heap: HeapPlan  # the resolved JVM flags (jvm.xmx auto) and the users over the heap
     problems: list[str]  # the task's preflight: work that cannot run with that heap
-    committed: dict[str, CommittedUser]  # the resume scan the plan was made from
+    committed: dict[str, commits.CommittedUser]  # the resume scan the plan was made from (again under the lock)
     committed_listing: frozenset  # the result files that scan saw (commits.results_listing)
 
 
 def prepare(config: RunConfig, options: ShardOptions) -> PreparedShard:
     """Read the config's consequences, the user index, the shard dir and this shard's rows; write nothing.
-
-    Index first, then only the rows of the users to do, so a shard's memory is its own share.
-    """
+    Index first, then only the rows of the users to do, so a shard's memory is its own share."""
     task = load_task(config.task)
     problems = preflight(task, config)
     task_jvm_options(task, config.settings)
@@ -97,7 +94,7 @@ def shard_rows(task: Task, config: RunConfig, users: tuple[str, ...], index: Use
     return load_users(task, config.settings, users, index) if users else None
 
 
-def scan_committed(dirs: ResolvedDirs) -> dict[str, CommittedUser]:
+def scan_committed(dirs: ResolvedDirs) -> dict[str, commits.CommittedUser]:
     """commits.scan_committed, whose quarantine of an unreadable result file moves it (a write)."""
     shard = dirs.shard
     return durable_write("results/quarantine", shard.results, lambda: commits.scan_committed(shard), remedy=SHARD)
@@ -133,7 +130,7 @@ def resume_under_lock(prepared: PreparedShard, config: RunConfig, options: Shard
     return replace(prepared, plan=plan, dataset=dataset, committed=committed)
 
 
-def committed_under_lock(prepared: PreparedShard) -> dict[str, CommittedUser]:
+def committed_under_lock(prepared: PreparedShard) -> dict[str, commits.CommittedUser]:
     """The committed users under the lock: prepare's scan if unchanged, else a new one."""
     dirs = prepared.dirs
     if dirs.resuming and commits.results_listing(dirs.shard) == prepared.committed_listing:
@@ -163,9 +160,8 @@ def dry_run(config: RunConfig, options: ShardOptions, say: Callable[[str], None]
 
 
 def partition_report(index: UserIndex, count: int, chosen: str) -> list[str]:
-    """Each shard's predicted cost under every partition, for --dry-run (pure).
-
-    Lower bound no assignment can beat: max(total / K, the largest user)."""
+    """Each shard's predicted cost under every partition, for --dry-run (pure), against the lower bound no
+    assignment can beat: max(total / K, the largest user)."""
     costs = index.costs()
     cost_of = dict(zip(index.user_ids, costs))
     unit = "observations" if index.observations is not None else "users"
