@@ -112,6 +112,7 @@ class _ArrayElement:
     said: str  # "SLURM_ARRAY_TASK_ID=5"
     index: int  # the shard index, offset included
     how: str  # "first index 1, step 2"
+    offset: int  # SHARDRUN_INDEX_OFFSET
     last_index: int | None  # the shard index of the array's highest ID, when the scheduler says it
     last_said: str | None
     count: int | None  # the array's size when it evidently is a whole run: its lowest ID is shard 0
@@ -126,7 +127,7 @@ def resolve_auto_shard(env: Mapping[str, str], run_shards: int | None = None,
     shards, shards_from = _shard_count(env, element, run_shards, run_dir or "the run dir")
     fix = (f"If the array's IDs count shards from 1 (e.g. --array=1-{shards}), set {SHARDRUN_FIRST_INDEX}=1;"
            f" if this array is one of several that together make the run, its {SHARDRUN_INDEX_OFFSET}"
-           f" ({_offset(env)} now) plus its size must not exceed K.")
+           f" ({element.offset} now) plus its size must not exceed K.")
     in_range = f"but the run has K={shards} shards (0..{shards - 1})"
     if element.index >= shards:
         raise UsageError(f"--shard auto: {element.said} gives shard {element.index} ({element.how}), {in_range}."
@@ -165,10 +166,6 @@ def _integer(env: Mapping[str, str], name: str | None, minimum: int) -> int | No
     return value
 
 
-def _offset(env: Mapping[str, str]) -> int:
-    return _integer(env, SHARDRUN_INDEX_OFFSET, 0) or 0
-
-
 def _array_element(env: Mapping[str, str]) -> _ArrayElement:
     scheduler = next((s for s in SCHEDULERS if _present(env, s)), None)
     if scheduler is None:
@@ -183,7 +180,7 @@ def _array_element(env: Mapping[str, str]) -> _ArrayElement:
     array_id = _integer(env, scheduler.index_variable, 0)
     assert array_id is not None  # _present: set and not empty
     step = _integer(env, scheduler.step_variable, 1) or 1
-    offset = _offset(env)
+    offset = _integer(env, SHARDRUN_INDEX_OFFSET, 0) or 0
     array_lowest = _integer(env, scheduler.first_variable, 0)
     if array_lowest is None and scheduler.counts_whole_array:
         array_lowest = scheduler.lowest_index
@@ -213,8 +210,8 @@ def _array_element(env: Mapping[str, str]) -> _ArrayElement:
     if last_id is None and size is not None and scheduler.counts_whole_array and array_lowest is not None:
         last_id, last_said = array_lowest + (size - 1) * step, f"{scheduler.count_variable}={size}"
     count, count_said = _whole_array_size(scheduler, array_lowest, last_id, size, step, shard_of)
-    return _ArrayElement(scheduler, said, shard_of(array_id), how, None if last_id is None else shard_of(last_id),
-                         last_said, count, count_said)
+    return _ArrayElement(scheduler, said, shard_of(array_id), how, offset,
+                         None if last_id is None else shard_of(last_id), last_said, count, count_said)
 
 
 def _whole_array_size(scheduler: Scheduler, array_lowest: int | None, last_id: int | None, size: int | None,

@@ -147,7 +147,7 @@ class ShardLoop:
         outcome = user_outcome(rows)
         record = attempt.record(outcome, failure)
         if failure is not None:
-            self._record_error(user_id, failure, record)
+            self._record_error(user_id, failure, reason, record)
         self._outcomes_queued[user_id] = outcome  # before add: the background flusher may commit it at once
         try:
             self.commits.add(user_id, rows, replaces=user_id in self.plan.retry, attempt=record)
@@ -164,10 +164,9 @@ class ShardLoop:
     def _count_committed(self, user_ids: Sequence[str]) -> None:
         self.status.count_committed([self._outcomes_queued.pop(user_id) for user_id in user_ids])
 
-    def _record_error(self, user_id: str, exc: BaseException, attempt: Mapping[str, Any]) -> None:
+    def _record_error(self, user_id: str, exc: BaseException, reason: str, attempt: Mapping[str, Any]) -> None:
         write_error(self.dirs.shard, error_record(user_id, str(self.dirs.spec), exc, self.config.jvm.xmx, attempt,
                                                   self.task))
-        reason = failure_reason(exc, self.task)
         self.status.update(last_error=f"{user_id}: {reason}")
         log.error("user %r failed: %s", user_id, reason)
 
