@@ -16,7 +16,7 @@ from shardrun.infodynamics import task as default_task
 from shardrun.infodynamics.jidt import HEAP_ADVICE
 from shardrun.section import Section
 from shardrun.shard.attempts import failure_reason
-from shardrun.shard.jvm import is_heap_exhaustion, task_classpath, task_jvm_options, task_jvm_provenance
+from shardrun.shard.jvm import is_heap_exhaustion, task_classpath, task_jvm_options
 from shardrun.task import DEFAULT_HEAP_ADVICE, Task, load_task
 from shardrun.units import MIB
 
@@ -74,12 +74,12 @@ def test_the_default_task_refuses_a_missing_jar_naming_the_package(tmp_path):
         task_classpath(default_task, None, given)
     (jar,) = task_classpath(default_task, None, JVM)
     assert jar.endswith("infodynamics.jar")
-    assert len(task_jvm_provenance(default_task, [jar])["jidt_jar_sha256"]) == 64
+    assert len(default_task.jvm_provenance([jar])["jidt_jar_sha256"]) == 64
 
 
 def test_task_jvm_options_and_provenance():
     assert task_jvm_options(Bare(), None) == () and task_jvm_options(Hooked(), None) == ("-Dexample=1",)
-    assert task_jvm_provenance(Bare(), ["x"]) == {} and task_jvm_provenance(Hooked(), ["x"]) == {"a_jar": "x"}
+    assert dict(Bare().jvm_provenance(["x"])) == {} and Hooked().jvm_provenance(["x"]) == {"a_jar": "x"}
 
     class SetsTheHeap(Bare):
         def jvm_options(self, settings):

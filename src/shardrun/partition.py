@@ -6,7 +6,6 @@
 from __future__ import annotations
 
 import heapq
-import os
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -41,10 +40,8 @@ class ShardSpec:
         return f"shard-{self.index}-of-{self.count}"
 
     @classmethod
-    def parse(cls, text: str, env: Mapping[str, str] | None = None, run_shards: int | None = None) -> ShardSpec:
-        """'i/K', or 'auto' to read a scheduler's job-array variables (run_shards: the run's K, if known)."""
-        if text.strip() == "auto":
-            return resolve_auto_shard(os.environ if env is None else env, run_shards).spec
+    def parse(cls, text: str) -> ShardSpec:
+        """'i/K' ('auto' is resolve_auto_shard's, with the run's K: shard/dirs.py shard_of)."""
         match = _SPEC_RE.match(text)
         if not match:
             raise UsageError(f"--shard must look like i/K (for example 0/4) or 'auto', got {text!r}.")
@@ -103,10 +100,8 @@ SCHEDULERS: tuple[Scheduler, ...] = (
 
 @dataclass(frozen=True)
 class AutoShard:
-    """What `--shard auto` decided, and how, in words for the shard's log."""
-
     spec: ShardSpec
-    explanation: str
+    explanation: str  # what `--shard auto` decided, and how, in words for the shard's log
 
 
 @dataclass(frozen=True)
@@ -117,6 +112,7 @@ class _ArrayElement:
     said: str  # "SLURM_ARRAY_TASK_ID=5"
     index: int  # the shard index, offset included
     how: str  # "first index 1, step 2"
+    offset: int  # SHARDRUN_INDEX_OFFSET
     last_index: int | None  # the shard index of the array's highest ID, when the scheduler says it
     last_said: str | None
     count: int | None  # the array's size when it evidently is a whole run: its lowest ID is shard 0
@@ -126,25 +122,20 @@ class _ArrayElement:
 def resolve_auto_shard(env: Mapping[str, str], run_shards: int | None = None,
                        run_dir: str | None = None) -> AutoShard:
     """i/K of this element; K from the run, else SHARDRUN_SHARDS, else a whole array's size.
-    Explicit numbers that disagree are refused, never reconciled."""
+    Explicit numbers that disagree are refused, never reconciled (docs/SCHEDULERS.md)."""
     element = _array_element(env)
     shards, shards_from = _shard_count(env, element, run_shards, run_dir or "the run dir")
-    fix_base = (
-        f"If the array's IDs count shards from 1 (e.g. --array=1-{shards}), set {SHARDRUN_FIRST_INDEX}=1;"
-        f" if this array is one of several that together make the run, its {SHARDRUN_INDEX_OFFSET}"
-        f" ({_offset(env)} now) plus its size must not exceed K."
-    )
+    fix = (f"If the array's IDs count shards from 1 (e.g. --array=1-{shards}), set {SHARDRUN_FIRST_INDEX}=1;"
+           f" if this array is one of several that together make the run, its {SHARDRUN_INDEX_OFFSET}"
+           f" ({element.offset} now) plus its size must not exceed K.")
+    in_range = f"but the run has K={shards} shards (0..{shards - 1})"
     if element.index >= shards:
-        raise UsageError(
-            f"--shard auto: {element.said} gives shard {element.index} ({element.how}), but the run has K={shards}"
-            f" shards (0..{shards - 1}). {fix_base} Or pass --shard i/{shards}."
-        )
+        raise UsageError(f"--shard auto: {element.said} gives shard {element.index} ({element.how}), {in_range}."
+                         f" {fix} Or pass --shard i/{shards}.")
     if element.last_index is not None and element.last_index >= shards:
-        raise UsageError(
-            f"--shard auto: this array's highest ID ({element.last_said}) would be shard {element.last_index}"
-            f" ({element.how}), but the run has K={shards} shards (0..{shards - 1}), so every element is refused"
-            f" before any of them starts. {fix_base}"
-        )
+        raise UsageError(f"--shard auto: this array's highest ID ({element.last_said}) would be shard"
+                         f" {element.last_index} ({element.how}), {in_range}, so every element is refused before"
+                         f" any of them starts. {fix}")
     spec = ShardSpec(element.index, shards)
     ignored = [f"{s.index_variable}={env[s.index_variable]}" for s in SCHEDULERS
                if s is not element.scheduler and _present(env, s)]
@@ -158,16 +149,16 @@ def _present(env: Mapping[str, str], scheduler: Scheduler) -> bool:
     return bool(value) and value not in scheduler.outside_an_array
 
 
-def _integer(env: Mapping[str, str], name: str, minimum: int) -> int | None:
-    """The integer value of `name`, None when it is unset or empty; anything else is refused."""
-    text = env.get(name, "").strip()
+def _integer(env: Mapping[str, str], name: str | None, minimum: int) -> int | None:
+    """The integer value of `name`, None when it is unset, empty or no variable; anything else is refused."""
+    text = env.get(name, "").strip() if name else ""
     if not text:
         return None
     try:
         value = int(text)
     except ValueError:
-        value = None
-    if value is None or value < minimum:
+        value = minimum - 1
+    if value < minimum:
         raise UsageError(
             f"--shard auto: {name}={text!r} is not a whole number >= {minimum}. Fix or unset {name} in the job's"
             " environment, or pass --shard i/K."
@@ -175,41 +166,34 @@ def _integer(env: Mapping[str, str], name: str, minimum: int) -> int | None:
     return value
 
 
-def _offset(env: Mapping[str, str]) -> int:
-    return _integer(env, SHARDRUN_INDEX_OFFSET, 0) or 0
-
-
 def _array_element(env: Mapping[str, str]) -> _ArrayElement:
     scheduler = next((s for s in SCHEDULERS if _present(env, s)), None)
     if scheduler is None:
-        names = ", ".join(s.index_variable for s in SCHEDULERS)
         outside = [f"{s.index_variable}={env[s.index_variable]}" for s in SCHEDULERS
                    if env.get(s.index_variable, "").strip() in s.outside_an_array]
         said = f" ({', '.join(outside)}: a job that is not an array element)" if outside else ""
         raise UsageError(
-            f"--shard auto needs a job array element, but none of {names} is set{said}. On HTCondor, pass the"
-            f' process number in the submit file (environment = "{SHARDRUN_INDEX}=$(Process)"); elsewhere, outside'
-            " a job array, pass --shard i/K."
+            f"--shard auto needs a job array element, but none of {', '.join(s.index_variable for s in SCHEDULERS)}"
+            f' is set{said}. On HTCondor, pass the process number in the submit file (environment ='
+            f' "{SHARDRUN_INDEX}=$(Process)"); elsewhere, outside a job array, pass --shard i/K.'
         )
-    variable = scheduler.index_variable
-    array_id = _integer(env, variable, 0)
+    array_id = _integer(env, scheduler.index_variable, 0)
     assert array_id is not None  # _present: set and not empty
-    step = (_integer(env, scheduler.step_variable, 1) if scheduler.step_variable else None) or 1
-    offset = _offset(env)
-    array_lowest = _integer(env, scheduler.first_variable, 0) if scheduler.first_variable else None
+    step = _integer(env, scheduler.step_variable, 1) or 1
+    offset = _integer(env, SHARDRUN_INDEX_OFFSET, 0) or 0
+    array_lowest = _integer(env, scheduler.first_variable, 0)
     if array_lowest is None and scheduler.counts_whole_array:
         array_lowest = scheduler.lowest_index
+    first = scheduler.lowest_index
+    if array_lowest is not None:  # its residue, not the lowest ID: --array=1 resubmits shard 1, not shard 0
+        first += (array_lowest - scheduler.lowest_index) % step
     override = _integer(env, SHARDRUN_FIRST_INDEX, 0)
     if override is not None:
-        first, first_from = override, f"{SHARDRUN_FIRST_INDEX}={override}"
-    elif array_lowest is not None:
-        # The residue of the array's lowest ID, not that ID: --array=1 resubmits shard 1, not shard 0.
-        first = scheduler.lowest_index + (array_lowest - scheduler.lowest_index) % step
-        first_from = f"first index {first}"
+        first, how = override, f"{SHARDRUN_FIRST_INDEX}={override}"
     else:
-        first, first_from = scheduler.lowest_index, f"first index {scheduler.lowest_index}"
-    how = first_from + (f", step {step}" if step != 1 else "") + (f", offset {offset}" if offset else "")
-    said = f"{variable}={array_id}"
+        how = f"first index {first}"
+    how += (f", step {step}" if step != 1 else "") + (f", offset {offset}" if offset else "")
+    said = f"{scheduler.index_variable}={array_id}"
     if array_id < first or (array_id - first) % step:
         raise UsageError(
             f"--shard auto: {said} is not first index {first} plus a multiple of step {step}, so it names no shard."
@@ -220,14 +204,14 @@ def _array_element(env: Mapping[str, str]) -> _ArrayElement:
     def shard_of(some_id: int) -> int:
         return (some_id - first) // step + offset
 
-    last_id = _integer(env, scheduler.last_variable, 0) if scheduler.last_variable else None
-    size = _integer(env, scheduler.count_variable, 1) if scheduler.count_variable else None
+    last_id = _integer(env, scheduler.last_variable, 0)
+    size = _integer(env, scheduler.count_variable, 1)
     last_said = f"{scheduler.last_variable}={last_id}" if last_id is not None else None
     if last_id is None and size is not None and scheduler.counts_whole_array and array_lowest is not None:
         last_id, last_said = array_lowest + (size - 1) * step, f"{scheduler.count_variable}={size}"
     count, count_said = _whole_array_size(scheduler, array_lowest, last_id, size, step, shard_of)
-    return _ArrayElement(scheduler, said, shard_of(array_id), how, None if last_id is None else shard_of(last_id),
-                         last_said, count, count_said)
+    return _ArrayElement(scheduler, said, shard_of(array_id), how, offset,
+                         None if last_id is None else shard_of(last_id), last_said, count, count_said)
 
 
 def _whole_array_size(scheduler: Scheduler, array_lowest: int | None, last_id: int | None, size: int | None,
@@ -299,12 +283,9 @@ PARTITIONS = (MODULO, BALANCED)
 def balanced_assignment(sorted_user_ids: Sequence[str], costs: Sequence[float], count: int) -> list[list[str]]:
     """Each shard's users under `balanced`: LPT, ties by user then lowest shard; lists in sorted order.
 
-    Within LPT's 4/3 - 1/(3K) bound of the optimum; every shard must pass the same costs.
+    Within LPT's 4/3 - 1/(3K) bound of the optimum; every shard must pass the same costs (one per user:
+    UserIndex checks) and a count >= 1 (ShardSpec checks).
     """
-    if len(costs) != len(sorted_user_ids):
-        raise ValueError(f"{len(costs)} costs for {len(sorted_user_ids)} users")
-    if count < 1:
-        raise ValueError(f"count must be at least 1, got {count}")
     # The user's position stands in for its id in the tie-break: the list is sorted, so it orders alike.
     by_cost = sorted(range(len(sorted_user_ids)), key=lambda position: (-costs[position], position))
     shard_of = [0] * len(sorted_user_ids)
@@ -327,8 +308,3 @@ def assign_users(sorted_user_ids: Sequence[str], count: int, partition: str = MO
     if partition == BALANCED:
         return balanced_assignment(sorted_user_ids, [1] * len(sorted_user_ids) if costs is None else costs, count)
     raise ValueError(f"unknown partition {partition!r}; one of {', '.join(PARTITIONS)}")
-
-
-def shard_costs(assignment: Sequence[Sequence[str]], cost_of: Mapping[str, float]) -> list[float]:
-    """The summed cost of each shard's users (what --dry-run compares between partitions)."""
-    return [sum(cost_of[user_id] for user_id in users) for users in assignment]

@@ -8,7 +8,8 @@ import json
 import pytest
 
 from shardrun.cli.run_production import parser as run_production_parser
-from shardrun.shard.fail_fast import DEFAULT_FAIL_FAST, FailFastStop, fail_fast_message, fail_fast_stop
+from shardrun.shard.dirs import DEFAULT_FAIL_FAST
+from shardrun.shard.loop import FailFastStop, fail_fast_message, fail_fast_stop
 from shardrun.states import UserStatus
 
 from e2e_support import faulty_task_config, read_status, shardrun

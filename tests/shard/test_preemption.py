@@ -17,12 +17,11 @@ from pathlib import Path
 import pytest
 
 from shardrun.errors import EXIT_OK, EXIT_PREEMPTED, SchedulerError
-from shardrun.scheduler.slurm import JobRecord, SlurmCommands, job_record_of, parse_job_record
-from shardrun.shard.lifecycle import PreemptionNotice
-from shardrun.shard.requeue import (
+from shardrun.scheduler.slurm import JobRecord, SlurmCommands, job_record_of, own_slurm_job, parse_job_record
+from shardrun.shard.lifecycle import (
+    PreemptionNotice,
     decide_requeue,
     grace_seconds_left,
-    own_slurm_job,
     read_own_job,
     requeue_slurm_job,
     requeued_by_slurm,

@@ -91,7 +91,6 @@ RESOLVED = [
                          ids=[case[0] for case in RESOLVED])
 def test_auto_gives_the_element_its_shard(env, run_shards, expected):
     assert resolve_auto_shard(env, run_shards).spec == expected
-    assert ShardSpec.parse("auto", env, run_shards) == expected
 
 
 # (case, environment, K of the run dir or None, words the refusal must hold: the problem and its fix)

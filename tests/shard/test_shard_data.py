@@ -19,8 +19,7 @@ from shardrun.infodynamics import data as data_module
 from shardrun.infodynamics import task
 from shardrun.partition import ShardSpec
 from shardrun.section import Section
-from shardrun.shard.prepare import ShardOptions, prepare
-from shardrun.shard.resume import committed_under_lock
+from shardrun.shard.prepare import ShardOptions, committed_under_lock, prepare
 from shardrun.task import Task, UserIndex, load_users, read_user_index
 
 from e2e_support import analysis_values, shardrun, write_config

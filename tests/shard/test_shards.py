@@ -6,8 +6,16 @@ import numpy as np
 import pytest
 
 from shardrun.errors import UsageError
-from shardrun.partition import BALANCED, MODULO, ShardSpec, assign_users, balanced_assignment, users_of_shard
-from shardrun.shard.plan import assign_index, partition_report, plan_shard
+from shardrun.partition import (
+    BALANCED,
+    MODULO,
+    ShardSpec,
+    assign_users,
+    balanced_assignment,
+    resolve_auto_shard,
+    users_of_shard,
+)
+from shardrun.shard.prepare import assign_index, partition_report, plan_shard
 from shardrun.task import UserIndex
 
 USERS = sorted(f"user{n:03d}" for n in range(23))
@@ -37,17 +45,17 @@ def test_parse_shard_rejects_bad_specs(text):
 
 
 def test_auto_sge_counts_from_one():
-    assert ShardSpec.parse("auto", {"SGE_TASK_ID": "1", "SHARDRUN_SHARDS": "3"}) == ShardSpec(0, 3)
+    assert resolve_auto_shard({"SGE_TASK_ID": "1", "SHARDRUN_SHARDS": "3"}).spec == ShardSpec(0, 3)
 
 
 def test_auto_without_count_says_how_to_fix():
     with pytest.raises(UsageError, match="SHARDRUN_SHARDS"):
-        ShardSpec.parse("auto", {"PBS_ARRAY_INDEX": "1"})
+        resolve_auto_shard({"PBS_ARRAY_INDEX": "1"})
 
 
 def test_auto_outside_a_job_array_is_an_error():
     with pytest.raises(UsageError, match="job array"):
-        ShardSpec.parse("auto", {})
+        resolve_auto_shard({})
 
 
 def test_plan_skips_committed_and_pilot_takes_the_first_users():

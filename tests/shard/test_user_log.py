@@ -1,10 +1,10 @@
-"""The shard log's lines about users (shard/user_log.py), with a stepped clock instead of waiting."""
+"""The shard log's lines about users (shard/loop.py: UserLog), with a stepped clock instead of waiting."""
 
 from __future__ import annotations
 
 import logging
 
-from shardrun.shard.user_log import UserLog
+from shardrun.shard.loop import UserLog
 from shardrun.states import UserStatus
 
 
@@ -23,7 +23,7 @@ def lines(caplog, level: int) -> list[str]:
 def test_quick_ok_users_are_counted_into_a_progress_line_at_most_every_period(caplog):
     clock, logger = SteppedClock(), logging.getLogger("test.user_log")
     caplog.set_level(logging.DEBUG, logger.name)
-    user_log = UserLog(logger, clock=clock, every_seconds=30, slow_seconds=1)
+    user_log = UserLog(logger, clock=clock)
     for n in range(5):
         clock.now = n * 10.0  # 0, 10, 20, 30, 40 s
         user_log.user_ended(f"u{n}", UserStatus.OK, 0.01)
@@ -41,7 +41,7 @@ def test_quick_ok_users_are_counted_into_a_progress_line_at_most_every_period(ca
 def test_slow_skipped_and_failed_users_keep_their_own_info_line(caplog):
     clock, logger = SteppedClock(), logging.getLogger("test.user_log")
     caplog.set_level(logging.DEBUG, logger.name)
-    user_log = UserLog(logger, clock=clock, every_seconds=30, slow_seconds=1)
+    user_log = UserLog(logger, clock=clock)
     user_log.user_ended("slow", UserStatus.OK, 1.0)
     user_log.user_ended("short", UserStatus.SKIPPED, 0.0)
     user_log.user_ended("broken", UserStatus.FAILED, 0.2)

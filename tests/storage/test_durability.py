@@ -20,7 +20,7 @@ import pytest
 
 from shardrun.cli.common import command_parser, guarded
 from shardrun.errors import AlreadyCommitted, StorageError
-from shardrun.shard.user_log import ShardLogFile
+from shardrun.shard.loop import ShardLogFile
 from shardrun.storage.atomic import FsyncFailed
 from shardrun.storage.commits import GroupCommitter, append_line_once, error_line, scan_committed
 from shardrun.storage.durability import SHARD, IoRetryPolicy, Remedy, durable_write, storage_error

@@ -19,7 +19,7 @@ from shardrun.launch.local import dry_run, launch
 from shardrun.launch.options import LaunchOptions, shards_to_launch
 from shardrun.launch.policies import RestartPolicy
 from shardrun.launch.slurm_script import DEFAULT_SIGNAL, WarningSignal, time_limit_seconds
-from shardrun.shard.fail_fast import DEFAULT_FAIL_FAST
+from shardrun.shard.dirs import DEFAULT_FAIL_FAST
 
 # Flags of one scheduler only: given with the other one they are refused.
 LOCAL_ONLY = ("run_dir", "grace", "live", "cpu_limit", "nice", "cooldown", "restarts", "restart_heap_factor", "threads",

@@ -12,10 +12,9 @@ from shardrun.config import load_config
 from shardrun.early_signals import EarlySignals
 from shardrun.errors import EXIT_INTERRUPTED, UsageError
 from shardrun.platforms import lower_priority
-from shardrun.shard.dirs import ShardOptions, shard_of
-from shardrun.shard.dry_run import dry_run
-from shardrun.shard.fail_fast import DEFAULT_FAIL_FAST
+from shardrun.shard.dirs import DEFAULT_FAIL_FAST, ShardOptions, shard_of
 from shardrun.shard.lifecycle import PREEMPT_SIGNALS, PreemptionNotice, StopFlag, die_with_launcher
+from shardrun.shard.prepare import dry_run
 from shardrun.shard.run import ShardOutcome, run_shard
 
 

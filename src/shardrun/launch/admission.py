@@ -20,7 +20,7 @@ from shardrun.heap_plan import HeapPlan, run_heap_needs, task_heap_needs
 from shardrun.launch.policies import plural
 from shardrun.launch.supervisor import CpuReading
 from shardrun.platforms import PeakMemory
-from shardrun.shard.plan import assign_index
+from shardrun.shard.prepare import assign_index
 from shardrun.task import Dataset, UserIndex, load_users, read_user_index
 from shardrun.units import MIB, format_bytes
 

@@ -10,8 +10,7 @@ from shardrun.heap_plan import HeapPlan
 from shardrun.launch.admission import LaunchData, measure_launch_data, refuse_shards_without_users
 from shardrun.launch.run_dir import RunDir, check_same_run
 from shardrun.shard.dirs import ensure_run_document, run_document, run_label
-from shardrun.shard.plan import assign_index, partition_report
-from shardrun.shard.prepare import preflight, refuse_if, task_heap
+from shardrun.shard.prepare import assign_index, partition_report, preflight, refuse_if, task_heap
 from shardrun.storage.durability import durable_write
 from shardrun.storage.paths import RunPaths
 from shardrun.task import Task, load_task

@@ -10,7 +10,6 @@ import socket
 import time
 import traceback
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import partial
 from pathlib import Path
@@ -27,39 +26,29 @@ from shardrun.storage.status import ShardStatus, status_document
 from shardrun.units import MIB
 
 
-@dataclass(frozen=True)
-class Probes:
-    """Where an attempt reads its facts: the clocks, the JVM's heap in use, the peak RSS, and who runs it."""
-
-    heap_used: Callable[[], int | None]
-    rss: Callable[[], int]
-    clock: Callable[[], float]
-    cpu_clock: Callable[[], float]
-    now: Callable[[], datetime]
-    host: str
-    pid: int
-
-
 class Attempts:
-    """Starts the attempts of one shard process, numbered on from `earlier` recorded ones."""
+    """Starts the attempts of one shard process, numbered on from `earlier` recorded ones; the probes
+    (clocks, the JVM's heap in use, the peak RSS) are injected for tests."""
 
     def __init__(self, earlier: Mapping[str, int], heap_used: Callable[[], int | None] = heap_used_bytes,
                  rss: Callable[[], int] = peak_rss, clock: Callable[[], float] = time.monotonic,
                  cpu_clock: Callable[[], float] = time.process_time,
                  now: Callable[[], datetime] = lambda: datetime.now(UTC)):
         self._counts = dict(earlier)
-        self._probes = Probes(heap_used, rss, clock, cpu_clock, now, socket.gethostname(), os.getpid())
+        self.heap_used, self.rss, self.now = heap_used, rss, now
+        self.clock, self.cpu_clock = clock, cpu_clock
+        self.host, self.pid = socket.gethostname(), os.getpid()
 
     def start(self, user_id: str) -> Attempt:
         number = self._counts.get(user_id, 0) + 1
         self._counts[user_id] = number
-        return Attempt(self._probes, number)
+        return Attempt(self, number)
 
 
 class Attempt:
     """One attempt in flight; `stop` reads its clocks and the memory once, `record` is what is stored."""
 
-    def __init__(self, probes: Probes, number: int):
+    def __init__(self, probes: Attempts, number: int):
         self._probes = probes
         self.number = number
         self._started_at = probes.now()
@@ -153,30 +142,20 @@ def failure_reason(exc: BaseException, task: Any = None) -> str:
     return f"{type(exc).__name__}: {text[0] if text else ''}"[:500]
 
 
-def previous_requeues(status_path: Path) -> int:
-    """How often this shard's job was requeued so far (kept in status.json across starts)."""
-    count = status_document(status_path).get("requeues")
-    return count if isinstance(count, int) and count >= 0 else 0
-
-
-def process_starts(status_path: Path, keep: int = 100) -> list[str]:
-    """The last `keep` start times of this shard's processes, this one included (UTC, ms)."""
-    earlier = status_document(status_path).get("process_starts")
-    earlier = [s for s in earlier if isinstance(s, str)] if isinstance(earlier, list) else []
-    started = process_start_time() or time.time()
-    return [*earlier, datetime.fromtimestamp(started, UTC).isoformat(timespec="milliseconds")][-keep:]
-
-
 def shard_status(paths: ShardPaths, fields: Mapping[str, Any]) -> ShardStatus:
     """This process's status.json: `fields` plus what earlier processes left, through the storage guard."""
+    earlier = status_document(paths.status)
+    requeues, starts = earlier.get("requeues"), earlier.get("process_starts")
+    starts = [start for start in starts if isinstance(start, str)] if isinstance(starts, list) else []
     return ShardStatus(paths, {
         **fields,
         # reports of JVMs that crashed in this shard dir before (-XX:ErrorFile), kept across restarts
         "jvm_crash_logs": [str(p) for p in paths.hs_err_files()] or None,
-        "requeues": previous_requeues(paths.status),
+        "requeues": requeues if isinstance(requeues, int) and requeues >= 0 else 0,  # the job's, across its runs
         "slurm_mem_bytes": scheduler_memory_bytes(os.environ),
         **carried_memory(paths.status),  # the peaks of this shard's earlier processes
-        "process_starts": process_starts(paths.status),  # run.png's start-up and waiting
+        # the last 100 starts of this shard's processes, this one's included: run.png's start-up and waiting
+        "process_starts": [*starts, timestamp(datetime.fromtimestamp(process_start_time() or time.time(), UTC))][-100:],
     }, write=lambda path, doc: durable_write("status.json", path.parent, lambda: write_json_atomic(path, doc),
                                              remedy=SHARD), peak_rss=peak_rss)
 

@@ -1,4 +1,5 @@
-"""The run dir and shard dir, checked before any write and made only once every check passed; run.json."""
+"""Where a shard writes: the run dir and shard dir, checked before any write and a new run dir made only once
+every check passed; run.json; --shard (auto: K from the run); ShardOptions, what a shard is asked."""
 
 from __future__ import annotations
 
@@ -16,7 +17,6 @@ from typing import Any
 from shardrun.config import RunConfig
 from shardrun.errors import ResumeMismatch, UsageError
 from shardrun.partition import ShardSpec, resolve_auto_shard
-from shardrun.shard.fail_fast import DEFAULT_FAIL_FAST
 from shardrun.storage.atomic import create_json_once, utc_now
 from shardrun.storage.durability import durable_write
 from shardrun.storage.paths import (
@@ -32,6 +32,8 @@ from shardrun.storage.paths import (
 from shardrun.task import Task, UserIndex, task_origin
 
 log = logging.getLogger(__name__)
+
+DEFAULT_FAIL_FAST = 5  # users: enough that chance rarely stops a shard, few enough to stop a doomed one in minutes
 
 
 @dataclass(frozen=True)
@@ -81,48 +83,38 @@ def check_shard_count(run: RunPaths, spec: ShardSpec, flag: str) -> None:
 
 def resolve_dirs(config: RunConfig, task: Task, options: ShardOptions, now: datetime) -> ResolvedDirs:
     """Where this shard writes. Reads only; creates nothing (a brand-new run dir is only named)."""
-    if options.resume is not None:
-        target = options.resume
-        if (target / "shard.json").is_file():
-            identity = read_shard_identity(ShardPaths(target))
-            spec = ShardSpec.parse(identity["shard"])
-            if options.shard is not None and options.shard != spec:
-                raise ResumeMismatch(
-                    f"--resume {target} is shard {spec} but --shard says {options.shard}; drop --shard or"
-                    " pass the run dir instead."
-                )
-            return ResolvedDirs(RunPaths(target.parent), ShardPaths(target), spec, resuming=True)
-        if (target / "run.json").is_file():
-            if options.shard is None:
-                raise UsageError(f"--resume {target} is a run dir: say which shard with --shard i/K.")
-            run = RunPaths(target)
-            check_shard_count(run, options.shard, "--resume")
-            shard_paths = run.shard(options.shard)
-            if shard_paths.identity.is_file():
-                read_shard_identity(shard_paths)  # a damaged one is refused here, before any write
-            return ResolvedDirs(run, shard_paths, options.shard, resuming=shard_paths.identity.is_file())
-        raise ResumeMismatch(
-            f"--resume {target} {not_a_dir(target) or 'is neither a shard dir (with shard.json) nor a run dir (with run.json)'};"
-            " pass a dir made by run_production or launch_shards."
-        )
-    if options.shard is None:
+    target, spec, new_run = options.resume, options.shard, None
+    if target is not None and (target / "shard.json").is_file():
+        spec = ShardSpec.parse(read_shard_identity(ShardPaths(target))["shard"])
+        if options.shard is not None and options.shard != spec:
+            raise ResumeMismatch(f"--resume {target} is shard {spec} but --shard says {options.shard}; drop --shard"
+                                 " or pass the run dir instead.")
+        return ResolvedDirs(RunPaths(target.parent), ShardPaths(target), spec, resuming=True)
+    if target is not None:
+        if not (target / "run.json").is_file():
+            what = not_a_dir(target) or "is neither a shard dir (with shard.json) nor a run dir (with run.json)"
+            raise ResumeMismatch(f"--resume {target} {what}; pass a dir made by run_production or launch_shards.")
+        if spec is None:
+            raise UsageError(f"--resume {target} is a run dir: say which shard with --shard i/K.")
+        run = RunPaths(target)
+        check_shard_count(run, spec, "--resume")
+    elif spec is None:
         raise UsageError("--shard i/K is required (or --shard auto inside a scheduler job array).")
-    new_run = None
-    if options.out is not None:
+    elif options.out is not None:
         refuse_a_file_for_a_dir(options.out, "--out")
         run = RunPaths(options.out)
-        check_shard_count(run, options.shard, "--out")
+        check_shard_count(run, spec, "--out")
     else:
         run = RunPaths(config.output.root / "(new run dir)")
         if not options.dry_run:
             new_run = (config.output.root, run_label(task, config, options.pilot), now)
-    shard_paths = run.shard(options.shard)
+    shard = run.shard(spec)
     # --out starts or continues (a requeued element reruns it): the shard's identity decides, checked
     # under the lock, never the dir existing.
-    continuing = shard_paths.identity.is_file()
-    if continuing:
-        read_shard_identity(shard_paths)  # a damaged one is refused here, before any write
-    return ResolvedDirs(run, shard_paths, options.shard, resuming=continuing, new_run=new_run)
+    resuming = shard.identity.is_file()
+    if resuming:
+        read_shard_identity(shard)  # a damaged one is refused here, before any write
+    return ResolvedDirs(run, shard, spec, resuming, new_run)
 
 
 def run_label(task: Task, config: RunConfig, pilot: int | None) -> str:
@@ -141,21 +133,13 @@ def config_stem(config: RunConfig) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", Path(config.source).stem).strip("-.")
 
 
-def versions(task: Task) -> dict[str, str]:
+def run_document(config: RunConfig, task: Task, index: UserIndex, shard_count: int,
+                 pilot: int | None = None) -> dict[str, Any]:
+    """run.json: what a run is (config snapshot and hash, K, --pilot, versions), written once per run dir."""
     try:
         own = importlib.metadata.version("shardrun")
     except importlib.metadata.PackageNotFoundError:
         own = "unknown (not installed)"
-    return {
-        "shardrun": own,
-        "python": platform.python_version(),
-        **{k: str(v) for k, v in task.describe_versions().items()},
-    }
-
-
-def run_document(config: RunConfig, task: Task, index: UserIndex, shard_count: int,
-                 pilot: int | None = None) -> dict[str, Any]:
-    """run.json: what a run is (config snapshot and hash, K, --pilot, versions), written once per run dir."""
     return {
         "config": dict(config.raw),
         "config_path": str(config.source) if config.source else None,
@@ -167,7 +151,8 @@ def run_document(config: RunConfig, task: Task, index: UserIndex, shard_count: i
         "users_total": len(index.user_ids),
         "partition": config.partition,
         "pilot": pilot,
-        "versions": versions(task),
+        "versions": {"shardrun": own, "python": platform.python_version(),
+                     **{k: str(v) for k, v in task.describe_versions().items()}},
         "created_at": utc_now(),
     }
 

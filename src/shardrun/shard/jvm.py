@@ -1,4 +1,5 @@
-"""Starting a process's one JVM with the task's classpath and options, and naming Java errors.
+"""Starting a process's one JVM with the task's classpath and options (--dry-run tries them in a `java -version`
+subprocess instead), and naming Java errors.
 
 Nothing runs at import: a JVM cannot restart and a fork after it hangs, so shards start it once, explicitly.
 """
@@ -7,13 +8,15 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+import shutil
+import subprocess
+from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from shardrun.config import JvmConfig
-from shardrun.errors import ConfigError, EnvironmentProblem
+from shardrun.errors import ConfigError, EnvironmentProblem, UsageError
 from shardrun.platforms import keep_usr2_from_jvm
 from shardrun.task import Task
 
@@ -37,11 +40,6 @@ def task_jvm_options(task: Task, settings: Any) -> tuple[str, ...]:
     return options
 
 
-def task_jvm_provenance(task: Task, classpath: Sequence[str]) -> Mapping[str, Any]:
-    """What the task records of the classpath its JVM started with (Task.jvm_provenance)."""
-    return dict(task.jvm_provenance(list(classpath)))
-
-
 def find_java() -> str:
     """Path of the JVM library JPype will load; a clear error when there is no Java."""
     import jpype
@@ -63,15 +61,37 @@ def find_java() -> str:
     return path
 
 
-@dataclass(frozen=True)
-class JvmInfo:
-    classpath: tuple[str, ...]
-    java_version: str
-    args: tuple[str, ...]
+def java_executable(jvm_library: str) -> str:
+    """The `java` launcher of the Java whose JVM library JPype would load (lib/server/libjvm.so -> bin/java)."""
+    library = Path(jvm_library).resolve()
+    for home in library.parents[:4]:
+        for name in ("java", "java.exe"):
+            candidate = home / "bin" / name
+            if candidate.is_file() and os.access(candidate, os.X_OK):
+                return str(candidate)
+    found = shutil.which("java")
+    if found is None:
+        raise EnvironmentProblem(f"no java launcher was found next to {jvm_library} nor on PATH; set JAVA_HOME.")
+    return found
 
 
-def start_jvm(config: JvmConfig, classpath: Sequence[str] = ()) -> JvmInfo:
-    """Start this process's JVM with the config's heap, options and `classpath` (once per process)."""
+def check_jvm_flags(options: Sequence[str]) -> None:
+    """Refuse flags the JVM would refuse, by `java <flags> -version` in a subprocess (never in-process)."""
+    command = [java_executable(find_java()), *options, "-version"]
+    try:
+        result = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise EnvironmentProblem(f"could not run {' '.join(command)} to check the JVM flags ({exc}).") from None
+    if result.returncode != 0:
+        said = " ".join(line.strip() for line in (result.stderr or result.stdout).splitlines() if line.strip())
+        raise UsageError(
+            f"the JVM refuses the flags {' '.join(options)}: {said} Fix jvm.options, jvm.xms or jvm.xmx in the"
+            " config (or --xmx)."
+        )
+
+
+def start_jvm(config: JvmConfig, classpath: Sequence[str] = ()) -> str:
+    """Start this process's JVM with the config's heap, options and `classpath` (once per process); its version."""
     import jpype
 
     # -Xrs: the JVM must not install its own SIGTERM/SIGINT handlers, which would run its shutdown
@@ -93,14 +113,15 @@ def start_jvm(config: JvmConfig, classpath: Sequence[str] = ()) -> JvmInfo:
     # JClass, not jpype.java.lang.System: the first walk of the `java` package costs about 0.3 s
     version = str(jpype.JClass("java.lang.System").getProperty("java.version"))
     log.info("JVM %s started with %s, classpath %s", version, " ".join(args), os.pathsep.join(entries) or "(none)")
-    return JvmInfo(classpath=entries, java_version=version, args=args)
+    return version
 
 
-def start_task_jvm(task: Any, settings: Any, jvm: JvmConfig, error_file: str) -> tuple[JvmInfo, Mapping[str, Any]]:
-    """Start the task's JVM (config's jvm.options win; hs_err at `error_file`); return its provenance."""
+def start_task_jvm(task: Task, settings: Any, jvm: JvmConfig, error_file: str) -> tuple[str, dict[str, Any]]:
+    """Start the task's JVM (config's jvm.options win; hs_err at `error_file`): its Java version and what the
+    task records of its classpath (Task.jvm_provenance)."""
     options = (*task_jvm_options(task, settings), *jvm.options, f"-XX:ErrorFile={error_file}")
-    info = start_jvm(replace(jvm, options=options), task_classpath(task, settings, jvm))
-    return info, task_jvm_provenance(task, info.classpath)
+    classpath = task_classpath(task, settings, jvm)
+    return start_jvm(replace(jvm, options=options), classpath), dict(task.jvm_provenance(classpath))
 
 
 def unlink_python_gc_from_java_gc() -> None:
@@ -130,13 +151,9 @@ def heap_used_bytes() -> int | None:
 
 def java_class_name(exc: BaseException) -> str | None:
     """'java.lang.OutOfMemoryError' for a Java exception seen through JPype, else None."""
-    try:
-        import jpype
-    except ImportError:  # pragma: no cover - jpype is a hard dependency
-        return None
-    if isinstance(exc, jpype.JException):
-        return str(exc.getClass().getName())
-    return None
+    import jpype
+
+    return str(exc.getClass().getName()) if isinstance(exc, jpype.JException) else None
 
 
 def is_heap_exhaustion(exc: BaseException, task: Task | None = None) -> bool:
