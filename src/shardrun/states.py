@@ -33,7 +33,7 @@ def user_outcome(rows: Iterable[Mapping[str, Any]]) -> UserStatus:
 
 
 # A failed user's reason begins with the class of the error that failed it, "<ExceptionClass>: <message>"
-# (shard.loop.failure_reason writes it so); a Java exception's class is its dotted Java name.
+# (shard.attempts.failure_reason writes it so); a Java exception's class is its dotted Java name.
 _LEADING_CLASS = re.compile(r"^\s*([A-Za-z_][\w.$]*)\s*:")
 _FIRST_PHRASE = re.compile(r"[:;(]")
 _MAX_CLASS_CHARS = 80

@@ -152,7 +152,7 @@ def sighting_of(record: Mapping[str, str] | None, cluster: str | None, lost: boo
 
 @dataclass(frozen=True)
 class JobRecord:
-    """What `scontrol show job` says of one job that a stopping element decides on (shard/requeue.py)."""
+    """What `scontrol show job` says of one job that a stopping element decides on (shard/lifecycle.py)."""
 
     state: str  # JobState: RUNNING, COMPLETING (being requeued or ending), ...
     restarts: int  # how often SLURM has requeued the job so far (Restarts)
