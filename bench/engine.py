@@ -178,8 +178,9 @@ def tests_section(series: dict[str, np.ndarray], surrogates: int, dense_budget: 
             np_s, (np_value, _) = timed(lambda: numpy_ais(symbols.astype(np.int64), BASE, k, surrogates,
                                                            np.random.default_rng(k)))
             assert abs(np_value - ours.value) < 1e-9
-            rows.append([name, str(n), str(k), str(pasts.distinct), dense_cell, f"{ours_s:.3f} s ({model / MIB:.0f} MiB)",
-                         ratio, inform_cell, f"{np_s:.3f} s", f"{np_s / ours_s:.1f}x"])
+            rows.append([name, str(n), str(k), str(pasts.distinct), dense_cell,
+                         f"{ours_s:.3f} s ({model / MIB:.0f} MiB)", ratio, inform_cell, f"{np_s:.3f} s",
+                         f"{np_s / ours_s:.1f}x"])
     table(rows)
 
 
@@ -286,7 +287,8 @@ def runs_section(surrogates: int, workdir: Path) -> None:
             run_dir = workdir / f"run-{name.split()[0]}-{len(threads)}"
             worker = [sys.executable, "-m", "shardrun", "run", "--config", str(path), "--full", "--shard", "0/1",
                       "--out", str(run_dir), *threads]
-            merge = [sys.executable, "-m", "shardrun", "merge", "--run", str(run_dir), "--output", str(run_dir / "merged")]
+            merge = [sys.executable, "-m", "shardrun", "merge", "--run", str(run_dir),
+                     "--output", str(run_dir / "merged")]
             seconds.append(timed(lambda: [subprocess.run(c, check=True, capture_output=True, cwd=REPO)
                                           for c in (worker, merge)])[0])
         if users is None:
@@ -302,7 +304,8 @@ def runs_section(surrogates: int, workdir: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--surrogates", type=int, default=100)
-    parser.add_argument("--dense-budget", type=float, default=120.0, help="skip a dense test predicted to take longer (s)")
+    parser.add_argument("--dense-budget", type=float, default=120.0,
+                        help="skip a dense test predicted to take longer (s)")
     parser.add_argument("--sections", default="tests,draws,users,runs")
     args = parser.parse_args()
     sections = set(args.sections.split(","))

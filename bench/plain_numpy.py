@@ -59,7 +59,8 @@ def numpy_ais(symbols: np.ndarray, base: int, k: int, surrogates: int, rng: np.r
     return value, float(np.mean(null))
 
 
-def numpy_te(source: np.ndarray, dest: np.ndarray, k: int, surrogates: int, rng: np.random.Generator) -> tuple[float, float]:
+def numpy_te(source: np.ndarray, dest: np.ndarray, k: int, surrogates: int,
+             rng: np.random.Generator) -> tuple[float, float]:
     """TE from the hour bins to the value symbols at destination history k, and its permutation p-value."""
     past = window_codes(dest, LEVELS, k)
     src, nexts = source[k - 1:len(source) - 1].astype(np.int64), dest[k:].astype(np.int64)

@@ -31,7 +31,8 @@ def write_categorical_data(path: Path, n_users: int, n_rows: int, seed: int = 7)
             if rng.random() > stay:
                 state = int(rng.integers(0, 3))
             labels.append(LABELS[state])
-        frames.append(pd.DataFrame({"who": f"user-{u:02d}", "when": times.strftime("%Y-%m-%dT%H:%M:%S"), "label": labels}))
+        frames.append(pd.DataFrame({"who": f"user-{u:02d}", "when": times.strftime("%Y-%m-%dT%H:%M:%S"),
+                                    "label": labels}))
     pd.concat(frames).to_csv(path, index=False)
 
 

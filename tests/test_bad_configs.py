@@ -28,7 +28,8 @@ BAD = [
     ("hour-bins", replaced("hour_bins: 6", "hour_bins: 1000"), ["'hour_bins'", "between 1 and 24"]),
     ("surrogates-huge", replaced("surrogates: 10", "surrogates: 1000000000000"),
      ["'surrogates'", "at most 10,000", "lower surrogates"]),
-    ("surrogates-zero", replaced("surrogates: 10", "surrogates: 0"), ["'surrogates'", "at least 1", "set surrogates to 100"]),
+    ("surrogates-zero", replaced("surrogates: 10", "surrogates: 0"),
+     ["'surrogates'", "at least 1", "set surrogates to 100"]),
     ("required-key-misspelt", replaced("feature_modes:", "feature_mode:"),
      ["'feature_modes' is required", "did you mean 'feature_mode'? Rename it to 'feature_modes'"]),
     ("optional-key-misspelt", replaced("hour_bins: 6", "hour_bin: 6"), ["unknown config key 'hour_bin'",
@@ -110,8 +111,8 @@ def test_bad_data_exits_2_with_the_fix(tmp_path, lines, named, dry_run):
 def test_the_launcher_refuses_missing_values_before_starting_a_shard(tmp_path):
     lines, named = next(case[1:] for case in BAD_DATA if case[0] == "nan-values")
     config = bad_data_config(tmp_path, lines)
-    command = [sys.executable, "-m", "shardrun", "launch", "--config", str(config), "--shards", "2", "--out", str(tmp_path / "out"),
-               "--dry-run"]
+    command = [sys.executable, "-m", "shardrun", "launch", "--config", str(config), "--shards", "2",
+               "--out", str(tmp_path / "out"), "--dry-run"]
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120)
     assert result.returncode == 2, result.stdout + result.stderr
     assert "Traceback" not in result.stderr and named[1] in result.stderr

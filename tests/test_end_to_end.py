@@ -138,7 +138,8 @@ def test_launcher_runs_k_shards_merges_and_validates(workspace):
     pd.testing.assert_frame_equal(analysis_values(run_dir / "merged"), workspace["reference"], check_exact=True)
     csv = pd.read_csv(run_dir / "merged" / "results.csv")
     assert len(csv) == len(workspace["reference"])
-    assert (run_dir / "merged" / "summary.png").stat().st_size > 0 and (run_dir / "merged" / "run.png").stat().st_size > 0
+    assert ((run_dir / "merged" / "summary.png").stat().st_size > 0
+            and (run_dir / "merged" / "run.png").stat().st_size > 0)
     # each shard's process started before its first user, on the clock the users' times are read from
     shards = [read_shard(d) for d in shard_dirs_of_run(run_dir)]
     spans, starts = span_table(shards), start_table(shards)
@@ -185,7 +186,8 @@ def test_launch_shards_out_starts_or_continues_one_run(workspace, tmp_path):
     root, config = workspace["root"], workspace["config"]
     out = tmp_path / "run"
     command = ["--config", str(config), "--shards", "2", "--out", str(out)]
-    launcher = subprocess.Popen([sys.executable, "-m", "shardrun", "launch", *command, "--grace", "60", "--cooldown", "0.5"],
+    launcher = subprocess.Popen([sys.executable, "-m", "shardrun", "launch", *command,
+                                 "--grace", "60", "--cooldown", "0.5"],
                                 cwd=root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.monotonic() + 120
     while sum(read_status(d).get("users_done", 0) for d in out.glob("shard-*")) < 1:
@@ -204,7 +206,8 @@ def test_launch_shards_out_starts_or_continues_one_run(workspace, tmp_path):
     pd.testing.assert_frame_equal(analysis_values(out / "merged"), workspace["reference"], check_exact=True)
 
     other_k = shardrun("launch", "--config", str(config), "--shards", "3", "--out", str(out), cwd=root, check=False)
-    assert other_k.returncode == 2 and "was started with 2 shards" in other_k.stderr and "pass --shards 2" in other_k.stderr
+    assert (other_k.returncode == 2 and "was started with 2 shards" in other_k.stderr
+            and "pass --shards 2" in other_k.stderr)
     assert not list(out.glob("shard-*-of-3"))
     identity_path = out / "shard-0-of-2" / "shard.json"
     identity = json.loads(identity_path.read_text())

@@ -132,7 +132,8 @@ def test_the_example_task_runs_merges_and_validates_without_jidt(no_jidt_python,
     config_path = tmp_path / "javastats.yaml"
     config_path.write_text(yaml.safe_dump(config, sort_keys=False))
 
-    done = subprocess.run([str(no_jidt_python), "-m", "shardrun", "launch", "--config", str(config_path), "--shards", "2"],
+    done = subprocess.run([str(no_jidt_python), "-m", "shardrun", "launch", "--config", str(config_path),
+                           "--shards", "2"],
                           cwd=tmp_path, capture_output=True, text=True, timeout=600,
                           env=clean_env(PYTHONPATH=str(EXAMPLES)))
     assert done.returncode == 0, done.stdout + done.stderr

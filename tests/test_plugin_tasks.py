@@ -22,8 +22,8 @@ def command(sub: str, *args: str, cwd: Path, pythonpath: Path | None = None) -> 
     env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
     if pythonpath is not None:
         env["PYTHONPATH"] = str(pythonpath)
-    return subprocess.run([sys.executable, "-m", "shardrun", sub, *args], cwd=cwd, env=env, capture_output=True, text=True,
-                          timeout=600)
+    return subprocess.run([sys.executable, "-m", "shardrun", sub, *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=600)
 
 
 @pytest.mark.e2e

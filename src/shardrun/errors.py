@@ -106,4 +106,5 @@ class HeapTooSmall(ShardrunError):
 
 
 class SchedulerError(ShardrunError):
-    """The cluster's scheduler refused or failed a request (submit, requeue, query); its own words are in the message."""
+    """The cluster's scheduler refused or failed a request (submit, requeue, query); its own words are in the
+    message."""

@@ -52,7 +52,8 @@ def task_heap_needs(task: Task, settings: Any, dataset: Any, jvm: JvmConfig) -> 
     needs = task.user_heap_needs(settings, dataset)
     if needs is None and jvm.xmx == AUTO_HEAP:
         raise ConfigError(f"jvm.xmx is auto, but the task {type(task).__name__} does not predict each user's heap"
-                          " (it has no user_heap_needs, docs/TASKS.md); set jvm.xmx to a size such as 1g in the config.")
+                          " (it has no user_heap_needs, docs/TASKS.md); set jvm.xmx to a size such as 1g in the"
+                          " config.")
     return None if needs is None else dict(needs)
 
 
@@ -139,5 +140,6 @@ def plan_heap(jvm: JvmConfig, needs: Mapping[str, int] | None, users: Sequence[s
     need_of = {user: checked.get(user, needs.get(user, 0)) for user in users}
     over = [(user, need) for user, need in need_of.items() if need > heap]
     return HeapPlan(configured=jvm, jvm=resolved, largest_need=needs[largest_user], largest_user=largest_user,
-                    users_considered=len(users), over_budget=tuple(over[:OVER_BUDGET_SHOWN]), over_budget_count=len(over),
-                    over_budget_largest=max((need for _, need in over), default=0), advice=advice)
+                    users_considered=len(users), over_budget=tuple(over[:OVER_BUDGET_SHOWN]),
+                    over_budget_count=len(over), over_budget_largest=max((need for _, need in over), default=0),
+                    advice=advice)

@@ -138,8 +138,8 @@ REPO_SKIP = (".venv", ".git", "__pycache__", ".pytest_cache")
 # Names shardrun gives, by the kind of dir that holds them. A user id never becomes one of them.
 NAME_RULES = {
     "run": (r"run\.json", r"launcher\.json", r"\.launcher\.lock", r"\.merged\.merge-lock", r"\.[^/]+\.tmp"),
-    "shard": (r"shard\.json", r"status\.json", r"lock", r"lease", r"shard\.log", r"errors\.jsonl", r"hs_err_pid\d+\.log",
-              r"\.[^/]+\.tmp"),
+    "shard": (r"shard\.json", r"status\.json", r"lock", r"lease", r"shard\.log", r"errors\.jsonl",
+              r"hs_err_pid\d+\.log", r"\.[^/]+\.tmp"),
     "results": (r"b-\d{6}\.jsonl",),
     "quarantine": (r"b-\d{6}\.jsonl\.\d+",),
     "tmp": (r"\.[^/]+\.tmp",),
@@ -268,7 +268,8 @@ def merge_run(lab: Lab, outcome: Outcome) -> pd.DataFrame:
     return merged_values(lab, outcome.facts["run"])
 
 
-def second_process_while_the_first_runs(lab: Lab, command: Callable[..., list[str]], env: dict | None = None) -> Outcome:
+def second_process_while_the_first_runs(lab: Lab, command: Callable[..., list[str]],
+                                        env: dict | None = None) -> Outcome:
     """`command(config, *args)` starts a shard, then the same command resumes its dir while it still runs.
 
     The first is stopped (SIGSTOP) after its first commit until the second has ended, so it still holds

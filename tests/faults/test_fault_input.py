@@ -216,7 +216,8 @@ def duplicates_kept_in_file_order(lab: Lab, outcome: Outcome) -> None:
     mine = others_equal_reference(lab, outcome.facts["merged"], DUP_USER)
     reference = lab.small.reference.set_index(["user_id", "feature_mode"])
     assert set(mine["n_obs"]) == {int((outcome.facts["data"]["who"] == DUP_USER).sum())}
-    columns = [c for c in mine.columns if not c.startswith("te_hour") and c not in ("user_id", "n_duplicate_timestamps")]
+    columns = [c for c in mine.columns
+               if not c.startswith("te_hour") and c not in ("user_id", "n_duplicate_timestamps")]
     assert mine.loc["activity", columns].tolist() == reference.loc[(DUP_USER, "activity"), columns].tolist()
     assert set(mine["n_duplicate_timestamps"]) == {outcome.facts["repeats"]}
 

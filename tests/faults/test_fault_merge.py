@@ -173,7 +173,8 @@ def resume_quarantines_and_recomputes(lab: Lab, outcome: Outcome) -> pd.DataFram
     and its user is computed again (the same numbers as before the edit); the merge equals the reference."""
     shard_dir = outcome.facts["shard_dir"]
     result = resume(lab, outcome.facts["config"], shard_dir)
-    assert "cannot be trusted" in result.stdout + result.stderr and "will be recomputed" in result.stdout + result.stderr
+    assert ("cannot be trusted" in result.stdout + result.stderr
+            and "will be recomputed" in result.stdout + result.stderr)
     [quarantined] = sorted((shard_dir / "results" / "quarantine").iterdir())
     assert quarantined.read_bytes() == outcome.facts["payload"]
     assert read_status(shard_dir)["resumed_with_done"] == 9

@@ -286,8 +286,9 @@ def crash_before_rename(lab: Lab) -> Outcome:
     out = vfat_output_root(lab)
     config = lab.config()
     run_dir = out / "run"
+    # --commit-interval 0: one user per batch, so the third rename is the third user
     result = run(lab, stand_in_worker("--config", str(config), "--full", "--shard", "0/1", "--out", str(run_dir),
-                                      "--commit-interval", "0"),  # one user per batch: the third rename is the third user
+                                      "--commit-interval", "0"),
                  env={"STAND_IN_KILL_BEFORE_RENAME": "3"})
     return Outcome(result.returncode, result.stdout + result.stderr,
                    facts={"run": run_dir, "shard_dir": run_dir / "shard-0-of-1", "config": config})

@@ -117,12 +117,15 @@ def test_dropped_rows_are_counted_in_every_row_and_the_numbers_are_those_of_the_
     clean.drop(index=mine[[5, 50, 80, 120]]).to_csv(tmp_path / "kept.csv", index=False)
     settings = {name: make_settings(tmp_path / f"{name}.csv", data={"missing": "drop"}) for name in ("dirty", "kept",
                                                                                                       "clean")}
-    rows = {name: {user: task.analyse(task.load(s), user, s) for user in ("u001", "u021")} for name, s in settings.items()}
+    rows = {name: {user: task.analyse(task.load(s), user, s) for user in ("u001", "u021")}
+            for name, s in settings.items()}
     for row in rows["dirty"]["u021"]:
         assert row["status"] == "ok"
-        assert (row["n_dropped"], row["dropped_reason"]) == (4, "2 missing values, 1 infinite value, 1 missing timestamp")
+        assert (row["n_dropped"], row["dropped_reason"]) == (
+            4, "2 missing values, 1 infinite value, 1 missing timestamp")
     numbers = [c for c in row_columns(settings["dirty"]) if c not in ("n_dropped", "dropped_reason")]
-    assert [[r[c] for c in numbers] for r in rows["dirty"]["u021"]] == [[r[c] for c in numbers] for r in rows["kept"]["u021"]]
+    assert ([[r[c] for c in numbers] for r in rows["dirty"]["u021"]]
+            == [[r[c] for c in numbers] for r in rows["kept"]["u021"]])
     assert same_rows(rows["dirty"]["u001"], rows["clean"]["u001"])
     assert all(r["n_dropped"] == 0 and r["dropped_reason"] == "" for r in rows["dirty"]["u001"])
     frame = as_merged([row for user_rows in rows["dirty"].values() for row in user_rows], settings["dirty"])

@@ -163,7 +163,8 @@ def test_unparseable_timestamps_are_quoted(tmp_path):
 def test_empty_timestamp_is_refused_unless_dropped(tmp_path):
     path = write_csv(tmp_path / "d.csv", [("a", "2025-01-01T01:00:00", 1), ("a", None, 2), ("b", None, 3)])
     for read in (task.user_index, task.load):
-        with pytest.raises(DataError, match=r"2 missing timestamps in column 'timestamp'\): rows 2, 3 .*of 2 users \(a, b\)"):
+        with pytest.raises(DataError,
+                           match=r"2 missing timestamps in column 'timestamp'\): rows 2, 3 .*of 2 users \(a, b\)"):
             read(settings_for(path))
     dropped = task.load(settings_for(path, missing="drop"))
     # b lost its only row: still a user (skipped with 0 observations), its rows say why
@@ -332,7 +333,8 @@ def test_the_index_refuses_what_only_another_shards_rows_hold(tmp_path):
 
 def test_cleaning_summary_totals_each_count_once_per_user():
     rows = []
-    for user, dropped, reason, moved in (("a", 0, "", 0), ("b", 3, "3 missing values", 2), ("c", 1, "1 infinite value", 0)):
+    for user, dropped, reason, moved in (("a", 0, "", 0), ("b", 3, "3 missing values", 2),
+                                         ("c", 1, "1 infinite value", 0)):
         for mode in ("activity", "composite"):
             rows.append({"user_id": user, "feature_mode": mode, "n_dropped": dropped, "dropped_reason": reason,
                          "n_out_of_order": moved, "n_duplicate_timestamps": 0, "n_merged_rows": 0, "n_empty_bins": 0})

@@ -110,7 +110,8 @@ def test_a_family_is_one_feature_mode_and_one_p_column_of_ok_rows(tmp_path: Path
 def test_validation_catches_q_values_that_are_not_bh_s(tmp_path: Path):
     settings = make_settings(tmp_path / "x.csv", k_grid=(1, 2))
     s = 1 / 9
-    frame = result_frame(settings, [(f"u{i}", "activity", "ok", p, p, p) for i, p in enumerate((s, 2 * s, 4 * s, 8 * s))])
+    frame = result_frame(settings, [(f"u{i}", "activity", "ok", p, p, p)
+                                    for i, p in enumerate((s, 2 * s, 4 * s, 8 * s))])
     assert task.check_rows(frame, settings) == []
     # out of BH's order: the user with the larger p given a smaller q (still >= its p)
     swapped = frame.copy()

@@ -81,7 +81,8 @@ def test_auto_adds_the_margin_and_rounds_up_to_the_step():
     assert auto_heap_bytes(10 * MIB, at_least=1 * GIB) == 1 * GIB  # never below an explicit xms
     for need in np.random.default_rng(3).integers(1, 8 * GIB, 200).tolist():
         chosen = auto_heap_bytes(need)
-        assert chosen % AUTO_HEAP_STEP == 0 and chosen >= need * 1.25 and chosen - AUTO_HEAP_STEP < max(need * 1.25, AUTO_HEAP_FLOOR)
+        assert (chosen % AUTO_HEAP_STEP == 0 and chosen >= need * 1.25
+                and chosen - AUTO_HEAP_STEP < max(need * 1.25, AUTO_HEAP_FLOOR))
 
 
 def test_resolve_heap_replaces_auto_only():

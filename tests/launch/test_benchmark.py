@@ -162,7 +162,8 @@ def test_a_benchmark_of_the_main_job_runs_the_same_users_twice_and_agrees(tmp_pa
     assert where.parent == tmp_path / "out" and where.name.startswith("proposal_benchmark8_")
     assert ("benchmark: the first 8 of 60 users in sorted order (--benchmark 5 rounded up to a multiple of K=4, so"
             " that --pilot 2 in each of 4 shards takes exactly these users)") in out
-    assert f"benchmark: K=1 (--pilot 8) in {where / 'k1'}" in out and f"K=4 (--pilot 2 per shard) in {where / 'k4'}" in out
+    assert (f"benchmark: K=1 (--pilot 8) in {where / 'k1'}" in out
+            and f"K=4 (--pilot 2 per shard) in {where / 'k4'}" in out)
     assert re.search(r"\nbenchmark: K=1 took \d+\.\d s, K=4 took \d+\.\d s \(first shard's start to last shard's"
                      r" exit\): speedup \d+\.\d\dx\n", out), out
     assert ("benchmark: the numbers agree: 16 rows of 8 users, K=1 and K=4 value for value"

@@ -324,7 +324,8 @@ def test_a_second_launcher_on_a_running_run_is_refused_naming_the_first(workspac
     run = tmp_path / "run"
     command = [sys.executable, "-m", "shardrun", "launch", "--config", str(workspace["config"]), "--shards", "2",
                "--out", str(run)]
-    first = subprocess.Popen(command, cwd=workspace["root"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    first = subprocess.Popen(command, cwd=workspace["root"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                             text=True)
     lock = RunPaths(run).launcher_lock
     # run.json too: a run that exists is refused before its data are read, with nothing on stdout
     wait_for(lambda: lock.is_file() and f'"pid": {first.pid}' in lock.read_text() and RunPaths(run).run_json.is_file(),

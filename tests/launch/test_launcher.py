@@ -83,7 +83,8 @@ def test_a_jvm_crash_is_recorded_with_its_report_and_the_shard_restarted(workspa
     shard_dir = run_dir / "shard-0-of-2"  # user-08 is the 9th user: index 8, shard 0 of 2
     reports = list(shard_dir.glob("hs_err_pid*.log"))
     assert len(reports) == 1 and "SIGSEGV" in reports[0].read_text()
-    assert f"shard 0/2 killed by SIGABRT (a JVM crash: see hs_err_pid*.log in the shard dir); JVM crash report: {reports[0]}" in output
+    assert ("shard 0/2 killed by SIGABRT (a JVM crash: see hs_err_pid*.log in the shard dir);"
+            f" JVM crash report: {reports[0]}") in output
     assert launcher_doc(run_dir)["shards"][0]["restarts"] == 1
     status = read_status(shard_dir)
     assert status["state"] == "completed" and status["jvm_crash_logs"] == [str(reports[0])]
@@ -152,8 +153,8 @@ def test_on_one_core_the_shards_run_one_at_a_time_unless_max_parallel_says_other
     explicit = subprocess.run([*on_core_zero, "--out", str(tmp_path / "explicit"), "--max-parallel", "2", "--dry-run"],
                               cwd=root, capture_output=True, text=True, timeout=120)
     assert explicit.returncode == 0, explicit.stdout + explicit.stderr
-    assert ": running at most 2 at once (--max-parallel 2), 1 thread each (jvm.threads auto); 2 threads share 1 core\n" \
-        in explicit.stdout, explicit.stdout
+    assert (": running at most 2 at once (--max-parallel 2), 1 thread each (jvm.threads auto);"
+            " 2 threads share 1 core\n") in explicit.stdout, explicit.stdout
     assert "dry run: started no shard and wrote nothing" in explicit.stdout
     assert not (tmp_path / "explicit").exists()
 

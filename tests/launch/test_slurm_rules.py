@@ -187,7 +187,8 @@ def test_the_merge_jobs_memory_grows_with_the_result_sets_cells_from_a_floor():
     # 10^6 users x 2 rows x 32 columns peaked at 2.4 GiB in the merge and 0.5 GiB in its picture
     # (docs/dev/PERFORMANCE.md): the default leaves room above that sum.
     assert merge_memory_mib(10**6, 2, 32) > (2433 + 505) * 1.2
-    assert merge_memory_mib(2 * 10**6, 2, 32) - small == pytest.approx(2 * (merge_memory_mib(10**6, 2, 32) - small), abs=2)
+    assert (merge_memory_mib(2 * 10**6, 2, 32) - small
+            == pytest.approx(2 * (merge_memory_mib(10**6, 2, 32) - small), abs=2))
 
 
 def test_the_merge_script_asks_for_its_memory():
@@ -216,7 +217,8 @@ def test_users_that_cannot_finish_before_the_warning_are_named_longest_first():
                                                                                         ("c", 3590.0)]
     lines = time_limit_lines(predicted, 3600, 120)
     assert "user 'd'" in lines[1] and "raise --time above 2h32m" in lines[-1]
-    assert time_limit_lines(None, 3600, 120) == ["time: the task estimates no user's time; nothing checked against --time"]
+    assert time_limit_lines(None, 3600, 120) == [
+        "time: the task estimates no user's time; nothing checked against --time"]
     assert time_limit_lines(predicted, None, 120) == []
 
 
@@ -294,8 +296,8 @@ def test_a_slurm_that_does_not_answer_is_named_with_the_fix(tmp_path):
     config.write_text((Path(__file__).resolve().parents[2] / "config" / "small.yaml").read_text().replace(
         "data/sample_users.csv", str(Path(__file__).resolve().parents[2] / "data" / "sample_users.csv")))
     env = dict(os.environ, PATH=f"{fake_bin}{os.pathsep}{os.environ['PATH']}")
-    result = subprocess.run([sys.executable, "-m", "shardrun", "launch", "--scheduler", "slurm", "--config", str(config),
-                             "--shards", "2", "--out", str(tmp_path / "run"), "--dry-run"],
+    result = subprocess.run([sys.executable, "-m", "shardrun", "launch", "--scheduler", "slurm",
+                             "--config", str(config), "--shards", "2", "--out", str(tmp_path / "run"), "--dry-run"],
                             cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 2, result.stdout + result.stderr
     assert "Traceback" not in result.stderr

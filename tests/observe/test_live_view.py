@@ -141,8 +141,8 @@ def test_the_launchers_table_is_redrawn_in_place_on_a_terminal_only(monkeypatch)
 
 def test_json_gives_each_shard_and_the_totals_one_line_per_refresh(tmp_path):
     run = make_run(tmp_path / "run", 4, os.getpid())
-    result = subprocess.run([sys.executable, "-m", "shardrun", "monitor", str(run), "--json"], check=False, capture_output=True,
-                            text=True, timeout=120)
+    result = subprocess.run([sys.executable, "-m", "shardrun", "monitor", str(run), "--json"], check=False,
+                            capture_output=True, text=True, timeout=120)
     assert result.returncode == 0 and len(result.stdout.splitlines()) == 1, result.stderr
     document = json.loads(result.stdout)
     assert document["format"] == 1 and [r["run"] for r in document["runs"]] == [str(run.resolve())]

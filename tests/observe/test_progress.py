@@ -172,7 +172,8 @@ def test_a_missing_path_and_a_file_are_said_to_be_what_they_are(tmp_path):
     for name, words in (("nowhere", "does not exist"), ("a_file", "is a file, not a dir")):
         result = monitor(str(tmp_path / name), cwd=tmp_path)
         assert result.returncode == 2 and result.stdout == ""
-        assert f"error: {tmp_path / name} {words}; pass a run dir" in result.stderr and "holds no run" not in result.stderr
+        assert (f"error: {tmp_path / name} {words}; pass a run dir" in result.stderr
+                and "holds no run" not in result.stderr)
 
 
 def test_config_gives_the_output_root(tmp_path):

@@ -311,13 +311,15 @@ def test_every_kind_of_json_value_is_typed_by_its_json_types(tmp_path):
 
 def test_duplicates_conflicts_and_types_across_shards(tmp_path):
     plain = make_run(tmp_path / "plain", count=3)
-    conflicting = make_run(tmp_path / "conflicting", count=1, overrides={"u03": {"ais_bits": 99.0}, "u05": {"n_obs": None}})
+    conflicting = make_run(tmp_path / "conflicting", count=1,
+                           overrides={"u03": {"ais_bits": 99.0}, "u05": {"n_obs": None}})
     report = merge_shards(shard_dirs_of_run(plain) + shard_dirs_of_run(conflicting), tmp_path / "duplicates")
     assert report.identical_duplicates == 12 and report.rows == 16
     assert sorted((c["key"]["user_id"], c["differences"][0]["column"]) for c in report.conflicts) == [
         ("u03", "ais_bits"), ("u03", "ais_bits"), ("u05", "n_obs"), ("u05", "n_obs")]
     # the first dir by sorted path is kept: "conflicting" before "plain"
-    assert [c["differences"][0]["values"] for c in report.conflicts if c["key"]["user_id"] == "u05"] == [[None, 103]] * 2
+    assert [c["differences"][0]["values"] for c in report.conflicts
+            if c["key"]["user_id"] == "u05"] == [[None, 103]] * 2
 
     floats_here = make_run(tmp_path / "floats", count=1, overrides={"u01": {"n_obs": 1128.5}})
     report = merge_shards(shard_dirs_of_run(plain) + shard_dirs_of_run(floats_here), tmp_path / "floats-merged")
@@ -393,8 +395,8 @@ def test_a_second_merge_into_the_same_output_is_refused_naming_the_first(workspa
     the first's set is the one in place; never both succeed with one set silently replacing the other.
     The first is paused (SIGSTOP) while the second tries, so they overlap whatever the machine's load."""
     reference_run, out = workspace["root"] / "reference", tmp_path / "merged"
-    first = subprocess.Popen([sys.executable, "-m", "shardrun", "merge", "--run", str(reference_run), "--output", str(out)],
-                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    first = subprocess.Popen([sys.executable, "-m", "shardrun", "merge", "--run", str(reference_run),
+                              "--output", str(out)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lock = MergedPaths(out).merge_lock
     wait_for(lambda: lock.is_file() and f'"pid": {first.pid}' in lock.read_text(), process=first)
     os.kill(first.pid, signal.SIGSTOP)

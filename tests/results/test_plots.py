@@ -143,7 +143,8 @@ def test_selected_k_counts_include_zero_counts_of_the_grid_and_only_ok_rows():
 
     counts = task_plots.selected_k_counts(frame)
 
-    assert list(zip(counts.feature_mode, counts.k, counts.users)) == [("activity", 1, 1), ("activity", 2, 0), ("activity", 3, 2)]
+    assert list(zip(counts.feature_mode, counts.k, counts.users)) == [("activity", 1, 1), ("activity", 2, 0),
+                                                                      ("activity", 3, 2)]
     assert task_plots.selected_k_counts(frame.drop(columns="k_selected")).empty
 
 

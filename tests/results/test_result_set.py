@@ -208,7 +208,8 @@ def test_validation_of_another_config_is_not_replaced_silently(tmp_path):
     assert note and first["config_hash"] in note and "other-hash" in note
     written = read_json(MergedPaths(out).validation)
     assert written["config_hash"] == "other-hash"
-    assert written["previous"] == {"config_hash": first["config_hash"], "valid": True, "checked_at": first["checked_at"]}
+    assert written["previous"] == {"config_hash": first["config_hash"], "valid": True,
+                                   "checked_at": first["checked_at"]}
 
 
 # --- 5. typed duplicates ----------------------------------------------------------------------

@@ -136,7 +136,8 @@ def test_records_of_older_runs_still_give_a_row_each(tmp_path):
     """Batches and errors.jsonl lines written before attempts were recorded: no attempt record."""
     run = make_run(tmp_path / "run", count=2, overrides={"u02": {"status": "failed", "reason": "boom"}}, seconds=2.5)
     shard0 = RunPaths(run).shard(ShardSpec(0, 2))  # u00, u02, u04, u06
-    append_error(shard0, {"user_id": "u02", "error_type": "RuntimeError", "java_class": None})  # u02's committed failure
+    # u02's committed failure
+    append_error(shard0, {"user_id": "u02", "error_type": "RuntimeError", "java_class": None})
     # an attempt whose commit was lost, before the one committed (errors.jsonl's times are whole seconds)
     append_error(shard0, {"user_id": "u04", "error_type": "OSError", "time": "2025-01-01T00:00:00+00:00"})
     commit_user(shard0, "u02", rows_of("u02", ShardSpec(0, 2), parse_config(raw_config()).hash, seconds=2.5),
@@ -179,7 +180,8 @@ def test_attempt_numbers_go_on_from_what_the_shard_dir_records():
     # a task that reports a failure in its rows without raising leaves no error line: its record counts
     assert recorded_attempts([], {"b": [{"rows": []}]}) == {"b": 1}
     # a failure leaves both: one attempt, not two
-    assert recorded_attempts([{"user_id": "c", "attempt": {"number": 1}}], {"c": [{"attempt": {"number": 1}}]}) == {"c": 1}
+    assert recorded_attempts([{"user_id": "c", "attempt": {"number": 1}}],
+                             {"c": [{"attempt": {"number": 1}}]}) == {"c": 1}
     assert recorded_attempts([{"user_id": "d", **numbered}], {}) == {"d": 3}
     attempts = Attempts({"d": 3}, heap_used=lambda: None, rss=lambda: 1)
     assert [attempts.start("d").number, attempts.start("d").number, attempts.start("e").number] == [4, 5, 1]

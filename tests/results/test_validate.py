@@ -133,7 +133,8 @@ def test_long_lists_are_capped():
     problems = check(frame, expected_users=users)
 
     assert len(problems) == MAX_LISTED + 1
-    assert problems[-1] == f"... and {len(frame) - MAX_LISTED} more rows with a bad status or reason ({len(frame)} in all)"
+    assert problems[-1] == (f"... and {len(frame) - MAX_LISTED} more rows with a bad status or reason"
+                            f" ({len(frame)} in all)")
 
 
 def test_hostile_ids_are_shown_escaped_and_cut():

@@ -78,7 +78,8 @@ def test_failed_users_fail_the_verdict_with_counts_by_class_and_the_fix():
     rerun = Rerun(errors="RUN/shard-*/errors.jsonl", command="launch_shards --out RUN --retry-failed")
     (problem,) = verdict_problems(outcomes, NO_FAILED, rerun)
     assert problem.startswith("12 users of 17 failed (--max-failed 0): 10 HeapTooSmall (raise jvm.xmx in the config,"
-                              " or --xmx), 2 java.lang.ArrayIndexOutOfBoundsException (e.g. user 'j0': Index 7 out of bounds);"), problem
+                              " or --xmx), 2 java.lang.ArrayIndexOutOfBoundsException (e.g. user 'j0': Index 7 out of"
+                              " bounds);"), problem
     assert "see RUN/shard-*/errors.jsonl" in problem and problem.endswith("launch_shards --out RUN --retry-failed")
     assert verdict_problems(outcomes, FailedTolerance(12)) == []
     assert verdict_problems(outcomes, FailedTolerance(11)) != []

@@ -143,7 +143,8 @@ def test_two_submissions_of_one_new_run_at_once_submit_each_shard_once(slurm_clu
     both = [subprocess.Popen(submission_command(config, run, 3), env=slurm_cluster.env, cwd=tmp_path,
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
     said = [(p.returncode, out, err) for p in both for out, err in [p.communicate(timeout=300)]]
-    assert sorted(code for code, _, _ in said) in ([0, 0], [0, 4]), "\n\n".join(err[err.find("error:"):] for _, _, err in said)
+    assert sorted(code for code, _, _ in said) in ([0, 0], [0, 4]), "\n\n".join(
+        err[err.find("error:"):] for _, _, err in said)
     for code, out, err in said:
         if code == 4:
             # the run is named whichever of the two refusals came: held right now, or started a moment ago

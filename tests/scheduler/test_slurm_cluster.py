@@ -188,10 +188,12 @@ def start_again_now(cluster, element: str, out: Path, begin_time: float) -> tupl
         updates.append(f"{record['JobState']} {record.get('Reason')} eligible {record.get('EligibleTime')}")
         window = min(10.0, begin_time - time.time() - 2)
         try:
-            return wait_for_events(out, lambda seen: len(starts(seen)) == 2, window, "the element's second start"), updates
+            return (wait_for_events(out, lambda seen: len(starts(seen)) == 2, window, "the element's second start"),
+                    updates)
         except AssertionError:
             if time.time() + 12 >= begin_time:
-                raise AssertionError(f"the element did not start again before its begin time; updates: {updates}") from None
+                raise AssertionError(f"the element did not start again before its begin time;"
+                                     f" updates: {updates}") from None
 
 
 def test_a_requeued_element_waits_for_its_begin_time_unless_moved_to_now(slurm_cluster, tmp_path):

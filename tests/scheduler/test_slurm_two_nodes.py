@@ -225,7 +225,8 @@ def test_what_a_killed_session_left_is_removed_by_the_next_network(tmp_path):
     script = ("import sys, time; sys.path.insert(0, sys.argv[1]); from node_network import NodeNetwork; "
               "network = NodeNetwork(sys.argv[2], ['nodea', 'nodeb']).create(); print(flush=True); time.sleep(300)")
     tag = "x" + secrets.token_hex(4)
-    maker = subprocess.Popen([sys.executable, "-c", script, str(Path(__file__).resolve().parents[1]), tag], stdout=subprocess.PIPE)
+    maker = subprocess.Popen([sys.executable, "-c", script, str(Path(__file__).resolve().parents[1]), tag],
+                             stdout=subprocess.PIPE)
     assert maker.stdout.readline() == b"\n"
     abandoned = NodeNetwork(tag, ["nodea", "nodeb"])
     abandoned.netns = {node: f"shardrun-{tag}-{maker.pid}-{node}" for node in abandoned.nodes}

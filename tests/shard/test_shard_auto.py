@@ -196,7 +196,8 @@ RESUBMITTED_ELEMENT = {"SLURM_ARRAY_TASK_ID": "1", "SLURM_ARRAY_TASK_COUNT": "1"
 
 def clean_environment(**more: str) -> dict[str, str]:
     """This process's environment without any job-array variable a CI runner may have, plus `more`."""
-    names = {s.index_variable for s in SCHEDULERS} | {"SHARDRUN_SHARDS", "SHARDRUN_INDEX_OFFSET", "SHARDRUN_FIRST_INDEX"}
+    names = ({s.index_variable for s in SCHEDULERS}
+             | {"SHARDRUN_SHARDS", "SHARDRUN_INDEX_OFFSET", "SHARDRUN_FIRST_INDEX"})
     return {**{k: v for k, v in os.environ.items() if k not in names}, **more}
 
 

@@ -33,7 +33,8 @@ def test_user_belongs_to_index_mod_k():
     assert users_of_shard(USERS, shard) == [USERS[i] for i in range(2, len(USERS), 4)]
 
 
-@pytest.mark.parametrize("text,expected", [("0/4", ShardSpec(0, 4)), (" 3 / 4 ", ShardSpec(3, 4)), ("0/1", ShardSpec(0, 1))])
+@pytest.mark.parametrize("text,expected", [("0/4", ShardSpec(0, 4)), (" 3 / 4 ", ShardSpec(3, 4)),
+                                           ("0/1", ShardSpec(0, 1))])
 def test_parse_shard(text, expected):
     assert ShardSpec.parse(text) == expected
 
@@ -62,7 +63,8 @@ def test_plan_skips_committed_and_pilot_takes_the_first_users():
     shard = ShardSpec(1, 3)
     mine = users_of_shard(USERS, shard)
     assignment = assign_users(USERS, 3)
-    plan = plan_shard(assignment, shard, pilot=None, committed={mine[0]: object(), mine[3]: object(), "other": object()})
+    plan = plan_shard(assignment, shard, pilot=None,
+                      committed={mine[0]: object(), mine[3]: object(), "other": object()})
     assert plan.assigned == tuple(mine)
     assert plan.done == (mine[0], mine[3])
     assert plan.todo == tuple(u for u in mine if u not in (mine[0], mine[3]))
@@ -155,7 +157,8 @@ def test_the_balanced_assignment_beats_modulo_on_skewed_users():
     users = [f"u{i:03d}" for i in range(40)]
     costs = [100_000 if i % 4 == 0 else 1_000 for i in range(40)]  # modulo puts every large user on shard 0
     index = UserIndex(tuple(users), "fp", tuple(costs))
-    assert makespan(assign_index(index, 4, BALANCED), users, costs) < makespan(assign_index(index, 4, MODULO), users, costs) / 3
+    assert (makespan(assign_index(index, 4, BALANCED), users, costs)
+            < makespan(assign_index(index, 4, MODULO), users, costs) / 3)
     lines = partition_report(index, 4, BALANCED)
     assert lines[0] == "predicted cost per shard (observations; lower bound 257,500):"
     assert lines[1].startswith("  modulo: largest 1,000,000, 3.883x the lower bound; shards 0: 1,000,000, 1: 10,000")

@@ -41,7 +41,8 @@ def test_a_signal_while_the_shard_imports_drains_it_and_the_same_command_runs_it
     shard = subprocess.Popen(command, cwd=workspace["root"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                              text=True)
     deadline = time.monotonic() + 120
-    while not catches(shard.pid, signal.SIGUSR2):  # the last one EarlySignals takes (SIGINT has Python's from the start)
+    # SIGUSR2: the last one EarlySignals takes (SIGINT has Python's from the start)
+    while not catches(shard.pid, signal.SIGUSR2):
         assert shard.poll() is None and time.monotonic() < deadline
         time.sleep(0.001)
     shard.send_signal(sig)

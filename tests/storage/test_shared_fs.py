@@ -182,7 +182,8 @@ def test_the_stale_rule():
     # Same machine: the process table decides, whatever the heartbeat (a suspended shard is alive).
     assert not staleness(state(parent, old), me, now, 120).stale
     reused = replace(parent, started=parent.started - 100)  # the pid now runs a later process
-    assert staleness(state(reused, fresh), me, now, 120) == Judgement(True, f"its process {alive_pid} on this host is gone")
+    assert (staleness(state(reused, fresh), me, now, 120)
+            == Judgement(True, f"its process {alive_pid} on this host is gone"))
     # Same host name, another boot (a reboot, or another machine with the same name): the heartbeat decides.
     rebooted = replace(parent, boot_id="another boot")
     assert not staleness(state(rebooted, fresh), me, now, 120).stale

@@ -2,12 +2,12 @@
 
 Found by the core through `task: shardrun.infodynamics:task`. One module per job: settings (config
 keys), audit (the whole input's cells checked at start), data (loading), cleaning (what loading did
-to each user's rows, counted in the result rows), symbols (symbolisation), states (observed pasts), surrogates (the seeded
-permutations), jarrays (numpy to Java arrays), jclasses (the Java classes, looked up once), measures (the JIDT calls), heap (memory model and
-preflight), analysis (one user's rows), fdr (q-values over the merged set's users), checks (value
-ranges of a result set), jidt (the JVM hooks:
-the jar from idtxl-uv, JIDT's wrapped heap exhaustion, the heap advice, the jar's sha256), versions
-(provenance), reference (JIDT's dense calculators, for tests and benchmarks only).
+to each user's rows, counted in the result rows), symbols (symbolisation), states (observed pasts),
+surrogates (the seeded permutations), jarrays (numpy to Java arrays), jclasses (the Java classes,
+looked up once), measures (the JIDT calls), heap (memory model and preflight), analysis (one user's
+rows), fdr (q-values over the merged set's users), checks (value ranges of a result set), jidt (the
+JVM hooks: the jar from idtxl-uv, JIDT's wrapped heap exhaustion, the heap advice, the jar's sha256),
+versions (provenance), reference (JIDT's dense calculators, for tests and benchmarks only).
 """
 
 from __future__ import annotations

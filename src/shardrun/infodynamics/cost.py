@@ -1,14 +1,14 @@
 """How long each user's analysis is expected to take: Task.user_seconds (from
 the input) and result_seconds (from merged rows), one formula (estimated_seconds).
 
-An estimate for planning (a scheduler's time limit) and for run.png's slow users, not a promise: seconds grow with the user's
-observations times the tests run on them (one value and `surrogates` permutations, per k of the grid,
-per feature mode), plus a fixed start. The rate is measured (docs/dev/PERFORMANCE.md): about 4.5e-8 s per
-(observation x test) on 61,000-observation users and 6e-8 s on the sample data's median user (3e-7 s
-for the first user of a JVM, before the JIT has warmed up), on this project's 2-CPU reference machine.
-The constant below doubles the typical figure so that the estimate errs long; distinct pasts at large
-k, slower CPUs and a loaded node can still exceed it, which is why the time limit's own warning and the
-requeue stay the guard.
+An estimate for planning (a scheduler's time limit) and for run.png's slow users, not a promise: seconds
+grow with the user's observations times the tests run on them (one value and `surrogates` permutations,
+per k of the grid, per feature mode), plus a fixed start. The rate is measured (docs/dev/PERFORMANCE.md):
+about 4.5e-8 s per (observation x test) on 61,000-observation users and 6e-8 s on the sample data's
+median user (3e-7 s for the first user of a JVM, before the JIT has warmed up), on this project's 2-CPU
+reference machine. The constant below doubles the typical figure so that the estimate errs long;
+distinct pasts at large k, slower CPUs and a loaded node can still exceed it, which is why the time
+limit's own warning and the requeue stay the guard.
 """
 
 from __future__ import annotations

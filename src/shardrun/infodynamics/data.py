@@ -375,9 +375,9 @@ def _unreadable(path: Path, exc: BaseException) -> DataError:
             f" iconv -f latin1 -t utf-8 '{path}' > '{path.with_suffix('.utf8.csv')}', then point data.path at the new"
             " file.")
     if isinstance(exc, pd.errors.EmptyDataError) and _blank(path):
-        return DataError(f"data file {path} is empty ({path.stat().st_size} bytes, no text): it has no header line and no"
-                         " rows. Point data.path at the file with your data (a header line naming its columns, then"
-                         " one line per row).")
+        return DataError(f"data file {path} is empty ({path.stat().st_size} bytes, no text): it has no header line"
+                         " and no rows. Point data.path at the file with your data (a header line naming its columns,"
+                         " then one line per row).")
     return DataError(f"data file {path} cannot be read ({type(exc).__name__}: {exc}); check that it is a valid"
                      " CSV or Parquet file.")
 
@@ -516,8 +516,8 @@ class _Times:
             if self.aware.any() and not self.aware.all():
                 raise DataError(
                     f"data file {path}: column {name!r} mixes timestamps with and without a UTC offset"
-                    f" ({row_list(file_rows[np.flatnonzero(~self.aware)])} have none), so their order is unknown; give every"
-                    " timestamp an offset or none, or set data.timezone to the zone the ones without an offset"
+                    f" ({row_list(file_rows[np.flatnonzero(~self.aware)])} have none), so their order is unknown; give"
+                    " every timestamp an offset or none, or set data.timezone to the zone the ones without an offset"
                     " are written in (such as \"Europe/Berlin\")."
                 )
             instants = np.where(self.aware, self.utc, self.naive)

@@ -11,9 +11,9 @@ skipped or failed user, a k left out by the undersampling guard) has no q and is
 With the m p-values of a family sorted, p_(1) <= ... <= p_(m), q_(i) = min over j >= i of p_(j) m / j,
 at most 1: the Benjamini & Hochberg (1995) step-up procedure as adjusted p-values. A user is
 significant at a false discovery rate alpha when q < alpha (the picture and merge_report.json count
-the same way; BH's procedure at level alpha also takes q = alpha, which a p of S surrogates can reach). Tied p-values get the same q whatever
-their order, so the columns depend only on the set's p-values: merging again, with any K, gives the
-same q-values.
+the same way; BH's procedure at level alpha also takes q = alpha, which a p of S surrogates can reach).
+Tied p-values get the same q whatever their order, so the columns depend only on the set's p-values:
+merging again, with any K, gives the same q-values.
 """
 
 from __future__ import annotations
@@ -66,16 +66,18 @@ def set_columns(frame: pd.DataFrame, settings: Settings) -> dict[str, pd.Series]
 
 
 def q_value_report(frame: pd.DataFrame, settings: Settings) -> dict[str, Any]:
-    """The q-values' part of the task's set_report: per q column and feature mode, the users tested (m) and those significant
-    at q < ALPHA."""
+    """The q-values' part of the task's set_report: per q column and feature mode, the users tested (m) and
+    those significant at q < ALPHA."""
     modes = frame["feature_mode"].astype(str)
     families: dict[str, dict[str, dict[str, int]]] = {}
     for p_column in p_columns(settings):
         q_values = pd.to_numeric(frame[q_column(p_column)], errors="coerce")
         tested = _family_p_values(frame, p_column).notna()
         families[q_column(p_column)] = {
-            mode: {"tested": int(tested[modes == mode].sum()), "significant": int((q_values[modes == mode] < ALPHA).sum())}
+            mode: {"tested": int(tested[modes == mode].sum()),
+                   "significant": int((q_values[modes == mode] < ALPHA).sum())}
             for mode in sorted(modes.unique())
         }
-    return {"q_values": {"method": "Benjamini-Hochberg", "family": "one feature mode, one p column: its ok rows with a p",
+    return {"q_values": {"method": "Benjamini-Hochberg",
+                         "family": "one feature mode, one p column: its ok rows with a p",
                          "alpha": ALPHA, "columns": families}}

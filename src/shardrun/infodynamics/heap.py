@@ -97,8 +97,10 @@ def _ais_phase(settings: Settings, k: int, n_obs: np.ndarray, threads: int, regi
     """Every mode's AIS at k at once (they share the batches): each mode's calculator, and per thread the
     copy computeSignificance builds, the per-observation arrays and its batch."""
     m = np.maximum(n_obs - k, 0)
-    calculators = [_mi_calculator(mode_base(settings, mode), past_ids_bound(n_obs, mode_base(settings, mode), k), region)
-                   for mode in settings.feature_modes]
+    calculators = [
+        _mi_calculator(mode_base(settings, mode), past_ids_bound(n_obs, mode_base(settings, mode), k), region)
+        for mode in settings.feature_modes
+    ]
     per_thread = sum(calculators) + len(calculators) * _on_heap(3, m, 4, region)
     return sum(calculators) + threads * per_thread + _batch(m, settings.surrogates, threads, region)
 
@@ -110,7 +112,8 @@ def _te_phase(settings: Settings, k: int, n_obs: np.ndarray, threads: int, regio
         _on_heap(2, sources, _REFERENCE, region) + _on_heap(sources + 1, nexts, _REFERENCE, region)
         + _on_heap(sources * nexts + sources + nexts + 1, ids, 4, region)
     )
-    return calculator + threads * (calculator + _on_heap(4, m, 4, region)) + _batch(m, settings.surrogates, threads, region)
+    return (calculator + threads * (calculator + _on_heap(4, m, 4, region))
+            + _batch(m, settings.surrogates, threads, region))
 
 
 def _draw_phase(n_obs: np.ndarray, threads: int, region: np.ndarray) -> np.ndarray:
@@ -174,7 +177,8 @@ def preflight(settings: Settings, heap_bytes: int) -> list[str]:
     return problems
 
 
-def heap_needs(settings: Settings, n_obs: np.ndarray, analysed: np.ndarray | None = None, threads: int = 1) -> np.ndarray:
+def heap_needs(settings: Settings, n_obs: np.ndarray, analysed: np.ndarray | None = None,
+               threads: int = 1) -> np.ndarray:
     """Each user's heap need (bytes): the largest minimum_heap over the k it runs.
 
     `analysed[i]` False marks a user skipped by a rule the caller knows (too many category labels);

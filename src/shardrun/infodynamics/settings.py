@@ -177,8 +177,8 @@ def parse_data(section: Section) -> DataSettings:
         value_column=section.get("value_column", str, default="value", check=_non_empty),
         encoding=encoding,
         levels=section.get("levels", int, default=4,
-                           check=_between(2, LEVELS_MAX, "more bins leave JIDT's count tables mostly empty and only cost memory;"
-                                                   " lower data.levels")),
+                           check=_between(2, LEVELS_MAX, "more bins leave JIDT's count tables mostly empty and only"
+                                                         " cost memory; lower data.levels")),
         step=step,
         aggregate=aggregate,
         min_observations=section.get("min_observations", int, default=20, check=_at_least(1)),
@@ -221,7 +221,8 @@ def parse_settings(section: Section) -> Settings:
     settings = Settings(
         data=parse_data(data_section),
         hour_bins=section.get(
-            "hour_bins", int, default=6, check=_between(1, 24, "bins of the 24 hours of a day; set a number in that range")
+            "hour_bins", int, default=6,
+            check=_between(1, 24, "bins of the 24 hours of a day; set a number in that range"),
         ),
         feature_modes=parse_feature_modes(section),
         k_selection=parse_k_selection(k_section),

@@ -101,7 +101,8 @@ class UserSurrogates:
             return base  # a view: callers copy (into the JVM) and never write
         return base[base < observations].reshape(len(base), observations)
 
-    def batches(self, observations: int, reorder: np.ndarray | None = None, parts: int = 1) -> Iterator[Callable[[], object]]:
+    def batches(self, observations: int, reorder: np.ndarray | None = None,
+                parts: int = 1) -> Iterator[Callable[[], object]]:
         """The batches of one test (or of several tests of one size, which share them), each as a call that
         builds its Java int[][], so that the thread that runs a batch builds it; `reorder[t]` (if given) is
         the column placed at t."""

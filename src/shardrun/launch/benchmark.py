@@ -92,8 +92,8 @@ def run_benchmark(config: RunConfig, options: LaunchOptions, requested: int, out
     del dataset  # the runs' shards load their own copies
     chosen = pilot_users(requested, shards, len(work))
     where = benchmark_dir(config, options.out, shards, chosen.users)
-    out(f"benchmark: the first {chosen.users} of {len(work)} users in sorted order{rounding(requested, chosen, shards)},"
-        f" at K=1 and at K={shards}, in {where}")
+    out(f"benchmark: the first {chosen.users} of {len(work)} users in sorted order"
+        f"{rounding(requested, chosen, shards)}, at K=1 and at K={shards}, in {where}")
     results: list[LaunchResult] = []
     for run_k, pilot in ((1, chosen.users), (shards, chosen.per_shard)):
         out(f"benchmark: K={run_k} (--pilot {pilot}{' per shard' if run_k > 1 else ''}) in"

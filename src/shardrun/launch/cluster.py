@@ -102,20 +102,21 @@ def submit_run(config: RunConfig, options: ClusterOptions, slurm: SlurmCommands 
     predicted = plan.user_seconds() if limit_seconds else None
     for line in time_limit_lines(predicted, limit_seconds, options.signal.lead_seconds):
         out(line)
-    run = where.run or RunPaths(config.output.root.resolve() / f"{plan.label(options.pilot)}_{datetime.now():%Y%m%d_%H%M%S}")
+    run = where.run or RunPaths(config.output.root.resolve()
+                                / f"{plan.label(options.pilot)}_{datetime.now():%Y%m%d_%H%M%S}")
     with ExitStack() as held:
         if not options.dry_run:  # one submission of a run at a time, and none while a local launcher runs it
-            held.callback(hold_run(
-                run, new_run=not where.existing,
-                fix=f"wait for it to end, then run this command again: it submits only what is neither complete"
-                    f" nor in the queue (follow the run with: monitor_progress {run.dir} --watch).").release)
+            held.callback(hold_run(run, new_run=not where.existing, fix=(
+                f"wait for it to end, then run this command again: it submits only what is neither complete nor in"
+                f" the queue (follow the run with: monitor_progress {run.dir} --watch).")).release)
         submission, queue = what_to_submit(run, where.existing, options, slurm, out)
         mem_mib = options.mem_mib or element_memory_mib(plan.heap.heap, plan.data.share_bytes)
         jobs = element_jobs(run, plan, options, submission.to_submit, mem_mib, slurm.max_array_size())
         # The merge job waits for every element of the run still in the queue, old arrays and new.
         wait_for = sorted({element.array_job_id for element in queue.values() if element.waiting_or_running})
         merge_mem_mib = options.merge_mem_mib or merge_memory_mib(
-            len(plan.data.index.user_ids), len(plan.task.failed_rows(plan.config.settings, "any user", "rows per user")),
+            len(plan.data.index.user_ids),
+            len(plan.task.failed_rows(plan.config.settings, "any user", "rows per user")),
             len(plan.task.result_columns(plan.config.settings)))
         merge_text = merge_script(run.dir, options.config_path.resolve(), sys.executable, Path.cwd(),
                                   plan.config.output.log_dir.resolve(), merge_job_name(run.dir), options.sbatch_options,
@@ -130,7 +131,8 @@ def submit_run(config: RunConfig, options: ClusterOptions, slurm: SlurmCommands 
                    for job in jobs}
         if options.dry_run:
             for what, script in [*scripts.items(), *([("merge job", merge_text)] if merge_needed else [])]:
-                out(f"--- {what} (dry run: not submitted){', after the arrays end (afterany)' if what == 'merge job' else ''} ---")
+                out(f"--- {what} (dry run: not submitted)"
+                    f"{', after the arrays end (afterany)' if what == 'merge job' else ''} ---")
                 out(script)
             return submission
         plan.write_run_json(run, options.shards, options.pilot)

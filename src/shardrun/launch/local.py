@@ -81,7 +81,8 @@ def run_shards(launcher: Launcher, held: HeldRun, out: Callable[[str], None]) ->
     previous = {sig: signal.signal(sig, launcher.request_stop) for sig in STOP_SIGNALS}
     started = time.monotonic()
     try:
-        out(f"starting {options.shards} shards in {held.run.dir}; logs in {launcher.config.output.log_dir}/shard<i>.log")
+        out(f"starting {options.shards} shards in {held.run.dir};"
+            f" logs in {launcher.config.output.log_dir}/shard<i>.log")
         launcher.wait()
     finally:
         for sig, handler in previous.items():

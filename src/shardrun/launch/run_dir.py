@@ -106,7 +106,8 @@ def hold_run(run: RunPaths, new_run: bool, fix: str) -> ExclusiveFile:
     durable_write("the launcher's lock", run.dir, guard.acquire)
     if new_run and run.run_json.is_file():
         guard.release()
-        raise AlreadyRunning(f"another launch_shards started the run {run.dir} a moment ago; {follow_the_launcher(run)}")
+        raise AlreadyRunning(f"another launch_shards started the run {run.dir} a moment ago;"
+                             f" {follow_the_launcher(run)}")
     return guard
 
 

@@ -227,7 +227,8 @@ def shards_to_submit(shards: int, complete: Iterable[int], queued: Iterable[int]
     return [index for index in range(shards) if index not in settled]
 
 
-def users_over_time_limit(predicted: Mapping[str, float], limit_seconds: int, lead_seconds: int) -> list[tuple[str, float]]:
+def users_over_time_limit(predicted: Mapping[str, float], limit_seconds: int,
+                          lead_seconds: int) -> list[tuple[str, float]]:
     """Users predicted to outlast the time before the warning (abandoned at every requeue), longest first."""
     budget = limit_seconds - lead_seconds
     return sorted(((user, seconds) for user, seconds in predicted.items() if seconds > budget),

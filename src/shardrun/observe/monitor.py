@@ -127,7 +127,8 @@ def resolve_runs(paths: Sequence[Path], root: Path) -> tuple[list[Path], list[st
         elif newest := newest_run(path):
             runs.extend(newest)
         else:
-            problems.append(f"{path} {not_a_dir(path) or 'holds no run (no run.json or launcher.json in it or in a dir under it)'};"
+            no_run = "holds no run (no run.json or launcher.json in it or in a dir under it)"
+            problems.append(f"{path} {not_a_dir(path) or no_run};"
                             " pass a run dir of launch_shards or run_production (or a dir of runs, for its newest)")
     return runs, problems
 
@@ -155,7 +156,8 @@ def watch(run_dirs: Sequence[Path], watch: bool, every: float, stale_after: floa
 def run_document(run_dir: Path, views: Sequence[progress.ShardView], trouble: str | None,
                  cpu: Mapping[str, Any] | None) -> dict[str, Any]:
     """One run of --json: its shards (the fields of ShardView) and their totals."""
-    totals = {key: sum(getattr(v, key) for v in views) for key in ("done", "total", "ok", "skipped", "failed", "requeues")}
+    totals = {key: sum(getattr(v, key) for v in views)
+              for key in ("done", "total", "ok", "skipped", "failed", "requeues")}
     return {"run": str(run_dir.resolve()), "slurm_error": trouble,
             "totals": {"shards": len(views), "active": sum(v.active for v in views), **totals,
                        "eta_seconds": progress.overall_eta(views), "suspension": progress.suspension_note(views, cpu),
@@ -163,7 +165,8 @@ def run_document(run_dir: Path, views: Sequence[progress.ShardView], trouble: st
             "shards": [asdict(v) for v in views]}
 
 
-def show_runs(run_dirs: Sequence[Path], stale_after: float, live: LiveTable | None = None, as_json: bool = False) -> bool:
+def show_runs(run_dirs: Sequence[Path], stale_after: float, live: LiveTable | None = None,
+              as_json: bool = False) -> bool:
     """Show each run's progress once (`live`: in place of the last showing); True if some shard is still active."""
     now = datetime.now(UTC)
     runs = []
@@ -183,6 +186,7 @@ def show_runs(run_dirs: Sequence[Path], stale_after: float, live: LiveTable | No
             blocks.append(Text(f"{progress.printable(str(run_dir))}  ({now:%Y-%m-%d %H:%M:%S} UTC)"))
             if trouble:
                 blocks.append(Text(f"  SLURM's view is missing: {progress.printable(trouble)}"))
-            blocks.append(render(views, cpu=cpu, out=out, height=height) if views else Text("  (no shard has started yet)"))
+            blocks.append(render(views, cpu=cpu, out=out, height=height) if views
+                          else Text("  (no shard has started yet)"))
         (live or LiveTable()).show(out, blocks)
     return any(v.active for _, views, _, _ in runs for v in views)

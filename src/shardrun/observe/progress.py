@@ -206,8 +206,9 @@ def _columns(views: Sequence[ShardView], width: int) -> list[tuple[str, str, int
         ("ETA", "right", [_cell(format_seconds(v.eta_seconds)) for v in views]),
         ("current user", "left", [_cell(printable(v.current_user or "", USER_CHARS)) for v in views]),
     ]
-    sized = [(name, justify, min(max(cell_len(text.plain) for text in [_cell(name), *cells]), NARROWEST.get(name, width)),
-              cells) for name, justify, cells in columns if name != "slurm" or any(v.scheduler for v in views)]
+    sized = [(name, justify,
+              min(max(cell_len(text.plain) for text in [_cell(name), *cells]), NARROWEST.get(name, width)), cells)
+             for name, justify, cells in columns if name != "slurm" or any(v.scheduler for v in views)]
     for dropped in DROPPED_FIRST:
         if sum(narrowest + 2 for _, _, narrowest, _ in sized) - 2 <= width:
             break

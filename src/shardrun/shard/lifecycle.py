@@ -115,7 +115,8 @@ class StopFlag:
             self.preempted_at = time.monotonic()
             self.requested_by = self.requested_by or notice.signal.name
         log.warning("%s received: the scheduler stops this shard in %.0f s; the user in flight is kept if it ends"
-                    " within %.0f s, then the shard stops", notice.signal.name, notice.lead_seconds, notice.abandon_after)
+                    " within %.0f s, then the shard stops",
+                    notice.signal.name, notice.lead_seconds, notice.abandon_after)
         self.on_preempt()
 
     def _watch_wakeup_fd(self, notice: PreemptionNotice) -> None:

@@ -274,6 +274,6 @@ def fail_fast_message(stop: FailFastStop, shard: str, shard_dir: str, run_flags:
     return (f"shard {shard} stopped (fail fast): its first {stop.users} users all failed with {stop.error_class}"
             f" (e.g. {stop.example_reason[:500]}). Fix that cause (each user's error and Java stack are in"
             f" {shard_dir}/errors.jsonl), then run the shard again with its failed users:"
-            f" run_production {run_flags + ' ' if run_flags else ''}--resume {shard_dir} --retry-failed (a launch_shards"
-            " run: launch_shards --out RUN"
+            f" run_production {run_flags + ' ' if run_flags else ''}--resume {shard_dir} --retry-failed"
+            " (a launch_shards run: launch_shards --out RUN"
             " --retry-failed). --fail-fast 0 turns this check off.")

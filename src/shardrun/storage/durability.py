@@ -108,8 +108,8 @@ class IoRetryPolicy:
                                                   max=self.max_wait),
             retry=tenacity.retry_if_exception(is_transient),
             before_sleep=lambda state: log.warning(
-                "transient I/O error (%s); retry %d of %d", state.outcome and state.outcome.exception(), state.attempt_number,
-                self.attempts - 1,
+                "transient I/O error (%s); retry %d of %d", state.outcome and state.outcome.exception(),
+                state.attempt_number, self.attempts - 1,
             ),
             reraise=True,
         )
