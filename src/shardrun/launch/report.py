@@ -71,8 +71,6 @@ class LauncherShard(TypedDict):
 
 
 class LauncherJson(TypedDict):
-    """launcher.json."""
-
     pid: Annotated[int, "the launcher's process"]
     host: Annotated[str, "the launcher's machine"]
     updated_at: Annotated[str, "the launcher's last write"]

@@ -534,8 +534,6 @@ def checked_config_hash(result_dir: Path, config: RunConfig | None) -> str | Non
 
 
 class ValidationJson(TypedDict):
-    """validation.json (write_validation)."""
-
     valid: Annotated[bool, "true when it passed"]
     verdict: Annotated[str, "`passed` or `failed`"]
     problems: Annotated[list[str], "one line per problem"]
