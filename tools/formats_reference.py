@@ -19,6 +19,7 @@ from shardrun.launch.report import LauncherJson, LauncherShard
 from shardrun.results.read import MergedShard
 from shardrun.results.timeline import ShardMemory, TraceRow
 from shardrun.results.validate import MergeReport, ValidationJson
+from shardrun.scheduler.slurm import SlurmSubmission
 from shardrun.storage.commits import BatchHeader, BatchRecord, ErrorLine
 from shardrun.storage.paths import RunJson, ShardJson
 from shardrun.storage.status import StatusJson
@@ -35,6 +36,7 @@ DEFINITIONS: dict[str, tuple[type, str]] = {
     "errors.jsonl": (ErrorLine, "field"),
     "launcher.json": (LauncherJson, "field"),
     "launcher.json shards": (LauncherShard, "field"),
+    "slurm.json submissions": (SlurmSubmission, "field"),
     "merge_report.json": (MergeReport, "field"),
     "merge_report.json shards": (MergedShard, "field"),
     "merge_report.json memory": (ShardMemory, "key"),
