@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from shardrun.scheduler.slurm import SlurmSubmission
 from shardrun.storage.commits import decode_batch
 from shardrun.storage.paths import ShardPaths
 
@@ -70,6 +71,7 @@ def launch(cluster, config: Path, run: Path, shards: int, *flags: str, env: dict
 def submitted(run: Path) -> tuple[list[str], str | None]:
     """The array job ids and the newest merge job id that RUN/slurm.json records."""
     submissions = json.loads((run / "slurm.json").read_text())["submissions"]
+    assert all(submission.keys() == SlurmSubmission.__annotations__.keys() for submission in submissions)
     arrays = [array["job_id"] for submission in submissions for array in submission["arrays"]]
     return arrays, submissions[-1]["merge_job_id"]
 

@@ -212,7 +212,7 @@ class Launcher:
         reading = self.supervisor.cpu
         return {"limit": self.options.cpu_limit, **(reading.document() if reading is not None else {})}
 
-    def slot_json(self, index: int) -> dict:
+    def slot_json(self, index: int) -> report.LauncherShard:
         slot = self.supervisor.slots[index]
         return {
             "shard": str(self.supervisor.spec(index)), "phase": slot.phase.value, "pid": self.port.pid(index),

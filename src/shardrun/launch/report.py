@@ -8,7 +8,7 @@ import socket
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Annotated, TypedDict
 
 from shardrun.errors import EXIT_USERS_FAILED
 from shardrun.launch.options import LaunchOptions
@@ -53,8 +53,37 @@ def shard_views(run: RunPaths, supervisor: Supervisor, users_total: list[int | N
     return views
 
 
-def write_launcher_json(run: RunPaths, options: LaunchOptions, cpu: dict | None, shards: list[dict[str, Any]]) -> None:
-    doc = {"pid": os.getpid(), "host": socket.gethostname(), "updated_at": utc_now(),
+class LauncherShard(TypedDict):
+    """A shard's entry in launcher.json (Launcher.slot_json)."""
+
+    shard: Annotated[str, "`\"i/K\"`"]
+    phase: Annotated[str, "`waiting`: not started yet or waiting for its restart; `running`; `suspended` by"
+                          " `--cpu-limit`; `done`: exited and not started again"]
+    pid: Annotated[int | None, "its latest process (also after it ended)"]
+    users_total: Annotated[int | None, "its users"]
+    starts: Annotated[int, "processes started"]
+    restarts: Annotated[int, "of those, restarts"]
+    xmx: Annotated[str, "the `-Xmx` of its latest process"]
+    exits: Annotated[list[int], "its processes' exit codes"]
+    deaths: Annotated[list[str], "how each abnormal end was described"]
+    memory_budget_bytes: Annotated[int | None, "what the memory admission counted for it at its current heap:"
+                                               " [GUIDE.md](GUIDE.md#memory)"]
+
+
+class LauncherJson(TypedDict):
+    pid: Annotated[int, "the launcher's process"]
+    host: Annotated[str, "the launcher's machine"]
+    updated_at: Annotated[str, "the launcher's last write"]
+    max_parallel: Annotated[int | None, "shards running at once"]
+    cpu_limit: Annotated[float | None, "`--cpu-limit` P"]
+    cpu: Annotated[dict[str, float] | None, "its `limit` and the latest reading in percent of the CPUs the run may"
+                                            " use, `cpus_percent` (every program) and `run_percent` (the run's"
+                                            " shards); null without `--cpu-limit`"]
+    shards: Annotated[list[LauncherShard], "per shard (below)"]
+
+
+def write_launcher_json(run: RunPaths, options: LaunchOptions, cpu: dict | None, shards: list[LauncherShard]) -> None:
+    doc: LauncherJson = {"pid": os.getpid(), "host": socket.gethostname(), "updated_at": utc_now(),
            "max_parallel": options.max_parallel, "cpu_limit": options.cpu_limit, "cpu": cpu, "shards": shards}
     write_json_atomic(run.launcher_json, doc)
 

@@ -113,7 +113,7 @@ def _merge(dirs: list[Path], output_dir: Path, force: bool, remedy: Remedy) -> M
     trace, memory = trace_and_memory(shards)
     report = MergeReport(
         output_dir=str(output_dir),
-        shards=[{**s.describe(), "memory": m} for s, m in zip(shards, memory)],
+        shards=[s.describe(m) for s, m in zip(shards, memory)],
         config_hash=None if mismatch else shards[0].config_hash,
         data_fingerprint=None if mismatch else shards[0].data_fingerprint,
         rows=len(frame),

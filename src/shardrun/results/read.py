@@ -14,7 +14,7 @@ import logging
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, TypedDict
 
 import numpy as np
 import pandas as pd
@@ -58,6 +58,21 @@ PLAIN_TYPES = (pa.types.is_integer, pa.types.is_floating, pa.types.is_boolean, p
                pa.types.is_null)
 
 
+class MergedShard(TypedDict):
+    """A shard dir's entry in merge_report.json's `shards`."""
+
+    dir: Annotated[str, "the shard dir"]
+    shard: Annotated[str, "`\"i/K\"`"]
+    config_hash: Annotated[str | None, "as in its shard.json"]
+    data_fingerprint: Annotated[str | None, "as in its shard.json"]
+    pilot: Annotated[int | None, "as in its shard.json"]
+    users_planned: Annotated[int, "its users"]
+    users_committed: Annotated[int, "its users committed"]
+    untrusted_files: Annotated[int, "its batch files left out"]
+    state: Annotated[str | None, "its status.json's `state`"]
+    memory: Annotated[Mapping[str, Any], "what it was given against what it used (below)"]
+
+
 @dataclass(frozen=True)
 class ShardInput:
     """One shard dir as merge sees it: its identity, its state and its committed rows as one Arrow table."""
@@ -96,12 +111,12 @@ class ShardInput:
     def users_planned(self) -> list[str]:
         return list(self.identity.get("users_planned") or [])
 
-    def describe(self) -> dict[str, Any]:
+    def describe(self, memory: Mapping[str, Any]) -> MergedShard:
         """Its entry in merge_report.json's shards."""
         return {"dir": str(self.dir), "shard": str(self.spec), "config_hash": self.config_hash,
                 "data_fingerprint": self.data_fingerprint, "pilot": self.identity.get("pilot"),
                 "users_planned": len(self.users_planned), "users_committed": len(self.users),
-                "untrusted_files": len(self.untrusted), "state": self.state}
+                "untrusted_files": len(self.untrusted), "state": self.state, "memory": memory}
 
 
 def shard_dirs_of_run(run_dir: Path) -> list[Path]:

@@ -12,7 +12,7 @@ import re
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Annotated, Any, NamedTuple, TypedDict
 
 import numpy as np
 import pandas as pd
@@ -263,6 +263,34 @@ def timeline_bars(timeline: pd.DataFrame, max_bars_per_shard: int = MAX_BARS_PER
 
 # --- trace.tsv: one row per attempt at a user -----------------------------------------------------
 
+class TraceRow(TypedDict):
+    """A row of trace.tsv (its columns in order; TRACE_SCHEMA types them for Arrow)."""
+
+    user_id: Annotated[str, "the user"]
+    shard: Annotated[str, "the shard (`i/K`) that ran it"]
+    host: Annotated[str | None, "the machine that ran the attempt"]
+    pid: Annotated[int | None, "the shard process that ran the attempt"]
+    attempt: Annotated[int, "1 for the first attempt at the user in its shard dir, counting every earlier one recorded"
+                            " (its errors.jsonl lines and committed records, replaced ones included); an attempt whose"
+                            " commit a crash lost without an error line left no record and is not counted"]
+    start: Annotated[str | None, "milliseconds (`2026-12-07T08:31:02.120+00:00`)"]
+    end: Annotated[str | None, "`start` + `seconds`, milliseconds"]
+    seconds: Annotated[float | None, "the attempt's duration (the rows' `seconds`, on the monotonic clock)"]
+    status: Annotated[str, "`ok`, `skipped` or `failed`, as the user's rows say"]
+    error_class: Annotated[str | None, "for a failed attempt, the class of what the analysis raised: the Java class for"
+                                       " a Java exception (`java.lang.ArrayIndexOutOfBoundsException`), else the"
+                                       " Python one (`HeapTooSmall`); empty otherwise. The message and stacks are in"
+                                       " errors.jsonl"]
+    heap_used_bytes: Annotated[int | None, "the JVM heap in use right after the attempt (`Runtime.totalMemory() -"
+                                           " freeMemory()`)"]
+    peak_rss_bytes: Annotated[int | None, "the shard process's peak resident size so far, at the attempt's end"]
+    cpu_seconds: Annotated[float | None, "CPU time of the whole shard process during the attempt (the JVM's threads"
+                                         " included); above `seconds` when the analysis ran on several threads"]
+    committed: Annotated[str, "`yes` (its rows are the user's result), `replaced` (committed, then replaced through"
+                              " `--retry-failed`), `no` (only its errors.jsonl line: the shard stopped before the"
+                              " commit)"]
+
+
 TRACE_SCHEMA = pa.schema([
     ("user_id", pa.string()), ("shard", pa.string()), ("host", pa.string()), ("pid", pa.int64()),
     ("attempt", pa.int64()), ("start", pa.string()), ("end", pa.string()), ("seconds", pa.float64()),
@@ -282,7 +310,7 @@ _TEXT = pa.large_string()
 _TAB, _NEWLINE, _QUOTE, _EMPTY = (pa.scalar(text, _TEXT) for text in ("\t", "\n", '"', ""))
 
 
-def trace_and_memory(shards: Sequence[ShardInput]) -> tuple[pa.Table, list[dict[str, Any]]]:
+def trace_and_memory(shards: Sequence[ShardInput]) -> tuple[pa.Table, list[ShardMemory]]:
     """The trace of all shards, by shard (K, then i), then start (else end, for an older record without
     its start); and each shard's memory section (shard_memory), in the order of `shards`."""
     parts = [_shard_trace(shard) for shard in shards]
@@ -430,8 +458,21 @@ def _tsv_field(values: pa.Array) -> pa.Array:
 # --- the merge report's memory section ----------------------------------------------------------
 
 
-def shard_memory(shard: ShardInput, trace: pa.Table) -> dict[str, Any]:
-    """What a shard was given against what it used, for merge_report.json (None where unknown)."""
+class ShardMemory(TypedDict):
+    """A shard's `memory` in merge_report.json: what it was given against what it used (None where unknown)."""
+
+    xmx: Annotated[str | None, "the `-Xmx` of the shard's JVM (of its last process, from status.json's `jvm`)"]
+    xmx_bytes: Annotated[int | None, "the same in bytes"]
+    budget_bytes: Annotated[int | None, "the memory set aside for the shard: SLURM's allocation where it ran as an"
+                                        " array element, else what the launcher's admission counted (from"
+                                        " launcher.json); null for a shard started by hand outside SLURM"]
+    budget_source: Annotated[str | None, "`\"slurm --mem\"` or `\"launcher admission\"`"]
+    peak_rss_bytes: Annotated[int | None, "the largest peak resident size of the shard's processes"]
+    peak_heap_used_bytes: Annotated[int | None, "the largest JVM heap in use after any of its users"]
+    processes: Annotated[int, "how many shard processes ran its attempts (distinct host and pid in the trace)"]
+
+
+def shard_memory(shard: ShardInput, trace: pa.Table) -> ShardMemory:
     status = shard.status
     jvm_args = status.get("jvm") or shard.identity.get("jvm")
     # the last -Xmx is the one the JVM takes

@@ -10,13 +10,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
+from typing import Annotated, Any, NotRequired, TypedDict
 
 import pandas as pd
 
 from shardrun.config import RunConfig
 from shardrun.results.frame import schema_columns
-from shardrun.results.read import STATUS_COLUMNS, read_result_file, recorded_config
+from shardrun.results.read import STATUS_COLUMNS, MergedShard, read_result_file, recorded_config
 from shardrun.results.tolerance import NO_FAILED, FailedTolerance
 from shardrun.states import STATUSES, UserStatus, failure_class
 from shardrun.storage.atomic import read_json, utc_now, write_json_atomic
@@ -110,29 +110,39 @@ def report_problems(report: Mapping[str, Any], coverage: bool = True) -> list[st
 
 @dataclass(frozen=True)
 class MergeReport:
-    output_dir: str
-    shards: list[dict[str, Any]]
-    config_hash: str | None  # None when shards of different configs were merged with force
-    data_fingerprint: str | None
-    rows: int
-    users: int
-    identical_duplicates: int
-    conflicts: list[dict[str, Any]]
-    missing_users: list[dict[str, Any]]
-    missing_shards: list[dict[str, Any]]
-    users_short_of_rows: list[dict[str, Any]]
-    unplanned_users: list[dict[str, Any]]
-    dropped_columns: list[str]
-    forced_mismatch: list[dict[str, Any]]
-    provenance: list[dict[str, Any]]
-    # batch files that fail their checksum, carry another config's hash or copy others (left out; a problem)
-    untrusted_files: list[dict[str, Any]] = field(default_factory=list)
-    mixed_columns: list[dict[str, Any]] = field(default_factory=list)  # values of several JSON types; a problem
-    task: dict[str, Any] = field(default_factory=dict)  # the task's facts about the whole set (Task.set_report)
-    created_at: str = field(default_factory=utc_now)
+    """merge_report.json: these fields, then `complete`."""
+
+    output_dir: Annotated[str, "where the set is"]
+    shards: Annotated[list[MergedShard], "per shard dir (below)"]
+    config_hash: Annotated[str | None, "of the set (null when shards of different configs were merged with `--force`)"]
+    data_fingerprint: Annotated[str | None, "of the set (null as `config_hash`)"]
+    rows: Annotated[int, "rows in the set"]
+    users: Annotated[int, "users in the set"]
+    identical_duplicates: Annotated[int, "rows dropped as identical duplicates (every value the same JSON type and"
+                                         " value, bookkeeping columns aside)"]
+    conflicts: Annotated[list[dict[str, Any]], "*problem*: rows of one key whose values differ (`key`, `dirs`,"
+                                               " `differences`)"]
+    missing_users: Annotated[list[dict[str, Any]], "*problem*: planned users without results"]
+    missing_shards: Annotated[list[dict[str, Any]], "*problem*: shards of the run not merged"]
+    users_short_of_rows: Annotated[list[dict[str, Any]], "*problem*: users with fewer rows than the others"]
+    unplanned_users: Annotated[list[dict[str, Any]], "*problem*: users no shard planned"]
+    dropped_columns: Annotated[list[str], "columns the rows carry that the task's schema does not have (left out)"]
+    forced_mismatch: Annotated[list[dict[str, Any]], "*problem*: shards of different configs or data merged with"
+                                                     " `--force`"]
+    provenance: Annotated[list[dict[str, Any]], "each run's run.json (and its `run_dir`)"]
+    untrusted_files: Annotated[list[dict[str, Any]], "*problem*: batch files that fail their checksum, carry another"
+                                                     " config's hash or copy earlier ones (`dir`, `file`, `user_id`,"
+                                                     " `problem`); their rows are left out"] = field(default_factory=list)
+    mixed_columns: Annotated[list[dict[str, Any]], "*problem*: columns mixing JSON types (`column`, `types`)"] = field(
+        default_factory=list)
+    task: Annotated[dict[str, Any], "the task's facts about the whole set (Task.set_report); the default task:"
+                                    " `q_values` and `cleaning` ([ANALYSIS.md](ANALYSIS.md#what-the-merge-adds))"] = field(
+        default_factory=dict)
+    created_at: Annotated[str, "when"] = field(default_factory=utc_now)
 
     @property
     def complete(self) -> bool:
+        """the set is whole and sane: none of the lists marked *problem* has an entry"""
         return not (self.conflicts or self.missing_users or self.missing_shards or self.users_short_of_rows
                     or self.unplanned_users or self.forced_mismatch or self.untrusted_files or self.mixed_columns)
 
@@ -520,6 +530,19 @@ def checked_config_hash(result_dir: Path, config: RunConfig | None) -> str | Non
         return None
     value = report.get("config_hash") if isinstance(report, dict) else None
     return value if isinstance(value, str) else None
+
+
+class ValidationJson(TypedDict):
+    valid: Annotated[bool, "true when it passed"]
+    verdict: Annotated[str, "`passed` or `failed`"]
+    problems: Annotated[list[str], "one line per problem"]
+    users: Annotated[dict[str, Any] | None, "`total`, `ok`, `skipped`, `failed`, `skipped_by_reason`,"
+                                            " `failed_by_class` (null when the rows could not be read)"]
+    max_failed: Annotated[str, "the `--max-failed` it was judged with (`\"0\"`, `\"5\"`, `\"2%\"`)"]
+    config_hash: Annotated[str | None, "the config it was checked against"]
+    checked_at: Annotated[str, "when"]
+    previous: NotRequired[Annotated[dict[str, Any], "when the file there recorded another config hash: its"
+                                                    " `config_hash`, `valid` and `checked_at`"]]
 
 
 def write_validation(result_dir: Path, problems: Sequence[str], config_hash: str | None = None,

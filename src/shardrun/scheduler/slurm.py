@@ -9,7 +9,7 @@ import subprocess
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, TypedDict
 
 from shardrun.errors import SchedulerError
 from shardrun.storage.atomic import read_json, utc_now, write_json_atomic
@@ -296,6 +296,15 @@ def lease_scheduler(env: Mapping[str, str], slurm: SlurmCommands | None = None) 
 # --- RUN/slurm.json -------------------------------------------------------------------------------
 
 
+class SlurmSubmission(TypedDict):
+    """An entry of slurm.json's `submissions`."""
+
+    submitted_at: Annotated[str, "when SLURM accepted it"]
+    arrays: Annotated[list[dict[str, Any]], "each `job_id`, `index_offset`, `indices` and `script` (the sbatch script"
+                                            " kept in `slurm/`)"]
+    merge_job_id: Annotated[str | None, "the merge and validate job"]
+
+
 def read_submissions(run: RunPaths) -> list[dict[str, Any]]:
     """Every submission of the run, oldest first ([] before the first)."""
     try:
@@ -308,7 +317,8 @@ def read_submissions(run: RunPaths) -> list[dict[str, Any]]:
 
 def record_submission(run: RunPaths, arrays: Sequence[Mapping[str, Any]], merge_job_id: str | None) -> None:
     submissions = read_submissions(run)
-    submissions.append({"submitted_at": utc_now(), "arrays": [dict(a) for a in arrays], "merge_job_id": merge_job_id})
+    entry: SlurmSubmission = {"submitted_at": utc_now(), "arrays": [dict(a) for a in arrays], "merge_job_id": merge_job_id}
+    submissions.append(dict(entry))
     write_json_atomic(run.slurm_json, {"format": 1, "submissions": submissions})
 
 

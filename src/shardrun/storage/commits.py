@@ -19,7 +19,7 @@ from collections.abc import Callable, Container, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, NotRequired, TypedDict
 
 from shardrun.errors import AlreadyCommitted, ResumeMismatch, ShardrunError
 from shardrun.storage.atomic import fsync, fsync_dir, holds, json_safe, publish_new, read_json, utc_now, write_temp_file
@@ -70,6 +70,33 @@ BATCH_FORMAT = 3
 
 class BadBatch(ValueError):
     """The bytes are not a whole, unchanged batch file (torn, truncated, edited or not a batch)."""
+
+
+ATTEMPT_FIELDS = "`number`, and `host` to `cpu_seconds` as trace.tsv's columns"
+
+
+class BatchHeader(TypedDict):
+    """A batch file's first line."""
+
+    format: Annotated[int, "3"]
+    users: Annotated[int, "the records that follow"]
+    records_sha256: Annotated[str, "sha256 of the exact bytes after the header line"]
+    config_hash: Annotated[str, "as in run.json"]
+    shard: Annotated[str, "`\"i/K\"`"]
+    host: Annotated[str, "the machine that committed it"]
+    committed_at: Annotated[str, "when (milliseconds)"]
+
+
+class BatchRecord(TypedDict):
+    """A batch file's line for one user."""
+
+    user_id: Annotated[str, "the user"]
+    ended_at: Annotated[str, "when its analysis ended (milliseconds)"]
+    replaces: NotRequired[Annotated[bool, "true when `--retry-failed` ran the user again: its record takes the place"
+                                          " of the earlier failed one (without it a second record of a user is a"
+                                          " duplicate and the first stands)"]]
+    attempt: NotRequired[Annotated[dict[str, Any], f"the attempt that made the rows ({ATTEMPT_FIELDS})"]]
+    rows: Annotated[list[dict[str, Any]], "the user's result rows, NaN written as null"]
 
 
 @dataclass(frozen=True)
@@ -433,6 +460,22 @@ def clean_tmp(paths: ShardPaths) -> int:
         leftover.unlink(missing_ok=True)
         removed += 1
     return removed
+
+
+class ErrorLine(TypedDict):
+    """errors.jsonl's line (built by shard/attempts.py error_record)."""
+
+    time: Annotated[str, "when it was written"]
+    user_id: Annotated[str, "the user"]
+    shard: Annotated[str, "`\"i/K\"`"]
+    error_type: Annotated[str, "the Python class of the error"]
+    message: Annotated[str, "its message"]
+    java_class: Annotated[str | None, "the Java class of a Java exception"]
+    java_stack: Annotated[str | None, "its Java stack trace"]
+    traceback: Annotated[str, "the Python traceback"]
+    xmx: Annotated[str, "the `-Xmx` of the JVM"]
+    attempt: Annotated[dict[str, Any], f"the failed attempt ({ATTEMPT_FIELDS})"]
+    heap_needed_bytes: NotRequired[Annotated[int | None, "for a heap failure: the heap it needed (null when unknown)"]]
 
 
 def error_line(record: Mapping[str, Any]) -> bytes:

@@ -11,7 +11,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, TypedDict
 
 from shardrun.errors import ResumeMismatch, UsageError
 from shardrun.partition import ShardSpec
@@ -175,6 +175,38 @@ def shard_log_path(log_dir: Path, spec: ShardSpec) -> Path:
 
 
 # --- shard.json and run.json ---
+
+
+class RunJson(TypedDict):
+    """run.json (written by shard/dirs.py run_document)."""
+
+    config: Annotated[dict[str, Any], "the config as read (a snapshot; `jvm.xmx: auto` kept as written)"]
+    config_path: Annotated[str | None, "the config file"]
+    config_hash: Annotated[str, "the hash of the task and its analysis settings (not `jvm`, not `output`)"]
+    task: Annotated[str, "the task as `module:object`"]
+    task_origin: Annotated[str | None, "the dir on the import path that held its module ([TASKS.md](TASKS.md))"]
+    shards: Annotated[int, "K"]
+    data_fingerprint: Annotated[str, "the input's fingerprint (the default task: its sha256)"]
+    users_total: Annotated[int, "the users in the input"]
+    partition: Annotated[str, "`modulo` or `balanced` ([GUIDE.md](GUIDE.md#the-cores-keys))"]
+    pilot: Annotated[int | None, "N for a `--pilot N` run, null for a full one"]
+    versions: Annotated[dict[str, str], "shardrun, Python and the task's own (the default task: numpy, idtxl-uv,"
+                                        " the JIDT jar and its sha256)"]
+    created_at: Annotated[str, "when the first shard wrote it"]
+    jvm: Annotated[list[str], "the resolved JVM flags (`-Xms128m`, `-Xmx128m`)"]
+
+
+class ShardJson(TypedDict):
+    """shard.json (written by shard/run.py)."""
+
+    shard: Annotated[str, "`\"i/K\"`"]
+    config_hash: Annotated[str, "as in run.json"]
+    data_fingerprint: Annotated[str, "as in run.json"]
+    pilot: Annotated[int | None, "as in run.json"]
+    task: Annotated[str, "as in run.json"]
+    task_origin: Annotated[str | None, "as in run.json"]
+    users_planned: Annotated[list[str], "the shard's users, in order"]
+
 
 
 def read_shard_identity(paths: ShardPaths) -> dict[str, Any]:

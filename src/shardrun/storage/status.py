@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, NotRequired, TypedDict
 
 from shardrun.errors import ShardLocked, StorageError
 from shardrun.states import ShardState, UserStatus
@@ -26,6 +26,55 @@ from shardrun.storage.periodic import Periodic
 log = logging.getLogger(__name__)
 
 STATUS_FORMAT = 1
+
+
+class StatusJson(TypedDict):
+    """status.json; filled by ShardStatus, shard/loop.py and shard/attempts.py, plus the task's jvm_provenance keys."""
+
+    format: Annotated[int, "1"]
+    shard: Annotated[str, "`\"i/K\"`"]
+    shard_index: Annotated[int, "i"]
+    shard_count: Annotated[int, "K"]
+    pid: Annotated[int, "the process writing it"]
+    host: Annotated[str, "the machine of the process writing it"]
+    state: Annotated[str, "`starting`, `running`, `completed`, `completed_with_failures`, `failed` (stopped by its own"
+                          " error: the disk, or [fail fast](GUIDE.md#fail-fast)), `interrupted`, `preempted` (drained"
+                          " on the scheduler's warning signal), `killed` (written by the launcher)"]
+    users_total: Annotated[int, "the shard's users"]
+    users_done: Annotated[int, "users done, those before a resume included; a user counts once its commit landed"]
+    users_ok: Annotated[int, "of the users done, those ok"]
+    users_skipped: Annotated[int, "of the users done, those skipped"]
+    users_failed: Annotated[int, "of the users done, those failed"]
+    users_todo: Annotated[int, "the shard's users not done yet"]
+    resumed_with_done: Annotated[int, "users already committed when this process started"]
+    current_user: Annotated[str | None, "the user in flight"]
+    current_user_since: Annotated[str | None, "when the user in flight started"]
+    started_at: Annotated[str, "this process's start"]
+    updated_at: Annotated[str, "the last write (the heartbeat)"]
+    rate_users_per_hour: Annotated[float | None, "from this process's users so far"]
+    eta_seconds: Annotated[float | None, "from this process's users so far"]
+    run_dir: Annotated[str, "provenance: the run dir"]
+    config_hash: Annotated[str, "provenance: as in run.json"]
+    jvm: Annotated[list[str], "provenance: the JVM flags"]
+    threads: Annotated[int, "provenance: the resolved `jvm.threads`"]
+    java_version: NotRequired[Annotated[str, "provenance: the JVM's version, once it runs"]]
+    requeues: Annotated[int, "how often the shard's SLURM job was requeued so far: asked by the shard (a time-limit"
+                             " warning, a preemption it drained ahead of) or done by SLURM (a preemption's grace time"
+                             " ended, `scontrol requeue`), as its process saw it"
+                             " ([CLUSTER.md](CLUSTER.md#preemption-by-slurm))"]
+    process_starts: Annotated[list[str], "when each process of the shard started (milliseconds; kept across restarts,"
+                                         " the last 100): `run.png`'s waiting and start-up"]
+    last_error: Annotated[str | None, "the latest failure in one line (after fail fast: the error class, an example,"
+                                      " where the stacks are and the command that goes on)"]
+    exit_code: NotRequired[Annotated[int, "written by the launcher when the shard died abnormally"]]
+    jvm_crash_logs: Annotated[list[str] | None, "the `hs_err_pid*.log` files of the shard dir (null when none)"]
+    peak_rss_bytes: Annotated[int, "the largest peak resident size of the shard's processes so far (the process's"
+                                   " high-water mark, read at every write of the file; each process starts from the"
+                                   " peak its predecessors recorded)"]
+    peak_heap_used_bytes: NotRequired[Annotated[int, "the largest JVM heap in use after any user of the shard"
+                                                     " (`Runtime.totalMemory() - freeMemory()`)"]]
+    slurm_mem_bytes: Annotated[int | None, "the memory SLURM granted the job (`SLURM_MEM_PER_NODE`, or"
+                                           " `SLURM_MEM_PER_CPU` x `SLURM_CPUS_ON_NODE`); null outside SLURM"]
 
 
 _FIELD_TYPES: dict[str, tuple[type, ...]] = {
