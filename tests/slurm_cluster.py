@@ -372,11 +372,15 @@ PartitionName={self.partition} Nodes={','.join(self.nodes)} Default=YES MaxTime=
     def jobs(self, job_id: str) -> list[dict[str, str]]:
         """`scontrol show job`'s records of a job id (an array's id gives one record per element, and one for
         its elements still pending together); [] once SLURM has forgotten the job (MinJobAge=300 s)."""
-        result = self.command("scontrol", "--oneliner", "show", "job", str(job_id), check=False)
+        for _ in range(3):  # a loaded slurmctld may fail a query without a word: asked again
+            result = self.command("scontrol", "--oneliner", "show", "job", str(job_id), check=False)
+            if result.returncode == 0 or result.stderr.strip():
+                break
+            time.sleep(1)
         if result.returncode != 0:
             if "Invalid job id" in result.stderr:
                 return []
-            raise SlurmClusterError(f"scontrol show job {job_id}: {result.stderr.strip()}")
+            raise SlurmClusterError(f"scontrol show job {job_id}: exit {result.returncode}: {result.stderr.strip()}")
         return parse_records(result.stdout)
 
     def job(self, job_id: str) -> dict[str, str]:

@@ -22,6 +22,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from e2e_support import wait_for
 from slurm_cluster import SlurmCluster, SlurmClusterError
 
 PROBE = Path(__file__).resolve().parents[1] / "slurm_probe.py"
@@ -128,8 +129,10 @@ def test_an_array_with_a_concurrency_cap_then_an_afterany_job(slurm_cluster, tmp
     array = slurm_cluster.sbatch("--output=/dev/null", "--array=0-3%2", script=array_script(out, seconds=1))
     after = slurm_cluster.sbatch("--output=/dev/null", f"--dependency=afterany:{array}",
                                  script=f"#!/bin/bash\ndate +%s.%N > {tmp_path}/after\nls {out} > {tmp_path}/seen\n")
-    pending = slurm_cluster.job(after)
-    assert pending["JobState"] == "PENDING" and pending["Reason"] == "Dependency"
+    # A loaded slurmctld may show another reason until its scheduler has tested the dependency once.
+    pending = wait_for(lambda: (record := slurm_cluster.job(after))["Reason"] == "Dependency" and record,
+                       timeout=30, every=0.2)
+    assert pending["JobState"] == "PENDING"
     slurm_cluster.wait_until_gone([array, after], timeout=120)
 
     written = {int(path.name): read_vars(path) for path in out.iterdir()}
