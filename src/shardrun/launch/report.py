@@ -109,7 +109,8 @@ def summary(run: RunPaths, supervisor: Supervisor, views: list[progress.ShardVie
                   if view.total else "")
         said = ("stopped early: its first users all failed alike (fail fast)" if stopped
                 else describe_exit(code, log_hint=not excerpt) if slot.exits else "never started")
-        say(f"  shard {spec}: {said}{restarts};{counts} log {log_path}" + "".join(f"\n      {line}" for line in excerpt))
+        say(f"  shard {spec}: {said}{restarts};{counts} log {log_path}"
+            + "".join(f"\n      {line}" for line in excerpt))
     return codes
 
 

@@ -132,12 +132,13 @@ class MergeReport:
     provenance: Annotated[list[dict[str, Any]], "each run's run.json (and its `run_dir`)"]
     untrusted_files: Annotated[list[dict[str, Any]], "*problem*: batch files that fail their checksum, carry another"
                                                      " config's hash or copy earlier ones (`dir`, `file`, `user_id`,"
-                                                     " `problem`); their rows are left out"] = field(default_factory=list)
+                                                     " `problem`); their rows are left out"] = field(
+        default_factory=list)
     mixed_columns: Annotated[list[dict[str, Any]], "*problem*: columns mixing JSON types (`column`, `types`)"] = field(
         default_factory=list)
     task: Annotated[dict[str, Any], "the task's facts about the whole set (Task.set_report); the default task:"
-                                    " `q_values` and `cleaning` ([ANALYSIS.md](ANALYSIS.md#what-the-merge-adds))"] = field(
-        default_factory=dict)
+                                    " `q_values` and `cleaning`"
+                                    " ([ANALYSIS.md](ANALYSIS.md#what-the-merge-adds))"] = field(default_factory=dict)
     created_at: Annotated[str, "when"] = field(default_factory=utc_now)
 
     @property

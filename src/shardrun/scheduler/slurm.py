@@ -317,7 +317,8 @@ def read_submissions(run: RunPaths) -> list[dict[str, Any]]:
 
 def record_submission(run: RunPaths, arrays: Sequence[Mapping[str, Any]], merge_job_id: str | None) -> None:
     submissions = read_submissions(run)
-    entry: SlurmSubmission = {"submitted_at": utc_now(), "arrays": [dict(a) for a in arrays], "merge_job_id": merge_job_id}
+    entry: SlurmSubmission = {"submitted_at": utc_now(), "arrays": [dict(a) for a in arrays],
+                              "merge_job_id": merge_job_id}
     submissions.append(dict(entry))
     write_json_atomic(run.slurm_json, {"format": 1, "submissions": submissions})
 

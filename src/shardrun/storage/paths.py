@@ -68,7 +68,8 @@ class ShardPaths:
 
     def batch_files(self) -> list[Path]:
         """The batch files in commit order."""
-        found = {p: n for p in self.results.glob(f"{BATCH_PREFIX}*{BATCH_SUFFIX}") if (n := batch_number(p)) is not None}
+        found = {p: n for p in self.results.glob(f"{BATCH_PREFIX}*{BATCH_SUFFIX}")
+                 if (n := batch_number(p)) is not None}
         return sorted(found, key=found.__getitem__)
 
     def make(self) -> None:
@@ -91,8 +92,8 @@ class RunPaths:
         """Names in the dir besides the launcher's own files and scratch: what makes it not a new run."""
         if not self.dir.is_dir():
             return []
-        return sorted(p.name for p in self.dir.iterdir()
-                      if p.name not in (self.launcher_json.name, self.launcher_lock.name) and not is_scratch_name(p.name))
+        own = (self.launcher_json.name, self.launcher_lock.name)
+        return sorted(p.name for p in self.dir.iterdir() if p.name not in own and not is_scratch_name(p.name))
 
     def shard(self, spec: ShardSpec) -> ShardPaths:
         return ShardPaths(self.dir / spec.dirname)
@@ -298,7 +299,8 @@ def ensure_identity(paths: ShardPaths, identity: Mapping[str, Any], resuming: bo
     for key, what, fix in (
         ("shard", "shard", "pass the same --shard (or none) when resuming"),
         ("config_hash", "config hash", "resume with the config that started the run (see run.json)"),
-        ("data_fingerprint", "input data", "the input file changed since the run started; restore it or start a new run"),
+        ("data_fingerprint", "input data",
+         "the input file changed since the run started; restore it or start a new run"),
         ("pilot", "--pilot size", "resume with the same --full / --pilot N as the run started with"),
     ):
         if existing.get(key) != identity.get(key):

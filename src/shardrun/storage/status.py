@@ -79,7 +79,8 @@ class StatusJson(TypedDict):
 
 _FIELD_TYPES: dict[str, tuple[type, ...]] = {
     **dict.fromkeys(("shard", "state", "host", "current_user", "started_at", "updated_at"), (str,)),
-    **dict.fromkeys(("pid", "requeues", "users_done", "users_total", "users_ok", "users_skipped", "users_failed"), (int,)),
+    **dict.fromkeys(("pid", "requeues", "users_done", "users_total", "users_ok", "users_skipped", "users_failed"),
+                    (int,)),
     **dict.fromkeys(("rate_users_per_hour", "eta_seconds"), (int, float)),
 }
 
@@ -127,7 +128,8 @@ class ShardStatus:
         self._doc: dict[str, Any] = {
             "format": STATUS_FORMAT, "pid": os.getpid(), "host": socket.gethostname(),
             "state": ShardState.STARTING.value,
-            **dict.fromkeys(("users_total", "users_done", "users_ok", "users_failed", "users_skipped", "users_todo"), 0),
+            **dict.fromkeys(("users_total", "users_done", "users_ok", "users_failed", "users_skipped",
+                             "users_todo"), 0),
             "current_user": None, "current_user_since": None, "started_at": now, "updated_at": now,
             **dict.fromkeys(("rate_users_per_hour", "eta_seconds", "last_error"), None),
             **base,
