@@ -191,8 +191,7 @@ class RunJson(TypedDict):
     users_total: Annotated[int, "the users in the input"]
     partition: Annotated[str, "`modulo` or `balanced` ([GUIDE.md](GUIDE.md#the-cores-keys))"]
     pilot: Annotated[int | None, "N for a `--pilot N` run, null for a full one"]
-    versions: Annotated[dict[str, str], "shardrun, Python and the task's own (the default task: numpy, idtxl-uv,"
-                                        " the JIDT jar and its sha256)"]
+    versions: Annotated[dict[str, str], "shardrun's, Python's and the task's own (Task.versions)"]
     created_at: Annotated[str, "when the first shard wrote it"]
     jvm: Annotated[list[str], "the resolved JVM flags (`-Xms128m`, `-Xmx128m`)"]
 
